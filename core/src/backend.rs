@@ -1,0 +1,338 @@
+//! The `Backend` trait: the primitive kernels every device implements.
+//!
+//! A backend value is a *device handle* (the CPU backend is a unit struct; a CUDA backend holds
+//! its context). Its `Storage` is an owned, dtype-tagged buffer. Every kernel reads its inputs
+//! through a [`Layout`] (so transposed, narrowed and broadcast views need no copy) and returns a
+//! fresh, contiguous output buffer. Shape checking happens in [`Tensor`](crate::Tensor) before a
+//! kernel is called; kernels may assume consistent arguments and only report device failures.
+//!
+//! Conventions shared by all methods:
+//! - "last axis" kernels (softmax, norms, cross-entropy, topk) operate along the innermost axis;
+//!   the tensor layer moves other axes there first;
+//! - index tensors are `U32`, masks are `U8`;
+//! - f16/bf16 inputs are computed in f32 and rounded once on store.
+
+use crate::cpu::CpuStorage;
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::layout::Layout;
+use crate::op::{BinaryOp, CmpOp, Conv2dParams, Pool2dParams, ReduceOp, UnaryOp};
+use crate::shape::Shape;
+
+/// A device that can hold tensors and run the primitive op set.
+pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
+    /// An owned buffer of elements of one dtype on this device.
+    type Storage: Send + Sync + std::fmt::Debug + 'static;
+
+    /// Human-readable device name, e.g. `cpu` or `cuda:0`.
+    fn device_name(&self) -> String;
+    /// Whether two handles denote the same device (operands must live on one device).
+    fn same_device(&self, other: &Self) -> bool;
+
+    /// The dtype of a buffer.
+    fn storage_dtype(storage: &Self::Storage) -> DType;
+    /// Number of elements in a buffer.
+    fn storage_len(storage: &Self::Storage) -> usize;
+
+    // ---- creation and transfer ----
+    /// A buffer of `len` copies of `value` (converted to `dtype`).
+    fn full(&self, len: usize, value: f64, dtype: DType) -> Result<Self::Storage>;
+    /// Upload host data.
+    fn from_cpu(&self, data: &CpuStorage) -> Result<Self::Storage>;
+    /// Download the elements of `layout` (in logical row-major order) to the host.
+    fn to_cpu(&self, src: &Self::Storage, layout: &Layout) -> Result<CpuStorage>;
+    /// A contiguous copy of the view.
+    fn copy_contiguous(&self, src: &Self::Storage, layout: &Layout) -> Result<Self::Storage>;
+    /// A contiguous copy converted to `dtype`.
+    fn cast(&self, src: &Self::Storage, layout: &Layout, dtype: DType) -> Result<Self::Storage>;
+
+    // ---- elementwise ----
+    /// `op(x)` for every element (float dtypes).
+    fn unary(&self, op: UnaryOp, src: &Self::Storage, layout: &Layout) -> Result<Self::Storage>;
+    /// `op(a, b)` elementwise; both layouts have the same shape (broadcast already applied).
+    fn binary(
+        &self,
+        op: BinaryOp,
+        lhs: &Self::Storage,
+        lhs_layout: &Layout,
+        rhs: &Self::Storage,
+        rhs_layout: &Layout,
+    ) -> Result<Self::Storage>;
+    /// Elementwise comparison producing a `U8` mask; same-shape layouts.
+    fn cmp(
+        &self,
+        op: CmpOp,
+        lhs: &Self::Storage,
+        lhs_layout: &Layout,
+        rhs: &Self::Storage,
+        rhs_layout: &Layout,
+    ) -> Result<Self::Storage>;
+    /// `cond ? on_true : on_false` elementwise; `cond` is `U8`; same-shape layouts.
+    #[allow(clippy::too_many_arguments)]
+    fn where_cond(
+        &self,
+        cond: &Self::Storage,
+        cond_layout: &Layout,
+        on_true: &Self::Storage,
+        true_layout: &Layout,
+        on_false: &Self::Storage,
+        false_layout: &Layout,
+    ) -> Result<Self::Storage>;
+
+    // ---- reductions and scans ----
+    /// Reduce along `axis`; the output has the input's shape without `axis`, contiguous.
+    /// ArgMax/ArgMin produce `U32`.
+    fn reduce(
+        &self,
+        op: ReduceOp,
+        src: &Self::Storage,
+        layout: &Layout,
+        axis: usize,
+    ) -> Result<Self::Storage>;
+    /// Cumulative sum along `axis` (inclusive or exclusive, forward or reverse); same shape.
+    fn cumsum(
+        &self,
+        src: &Self::Storage,
+        layout: &Layout,
+        axis: usize,
+        exclusive: bool,
+        reverse: bool,
+    ) -> Result<Self::Storage>;
+
+    // ---- matrix products ----
+    /// Batched `lhs @ rhs`: layouts `[batch.., m, k]` and `[batch.., k, n]` with identical batch
+    /// dims (broadcast batch dims have stride 0). Output contiguous `[batch.., m, n]`. Any
+    /// strides are accepted for the matrix dims, so transposed operands need no copy.
+    fn matmul(
+        &self,
+        lhs: &Self::Storage,
+        lhs_layout: &Layout,
+        rhs: &Self::Storage,
+        rhs_layout: &Layout,
+    ) -> Result<Self::Storage>;
+
+    // ---- fused last-axis kernels ----
+    /// softmax (or log_softmax when `log`) along the last axis.
+    fn softmax_last(
+        &self,
+        src: &Self::Storage,
+        layout: &Layout,
+        log: bool,
+    ) -> Result<Self::Storage>;
+    /// Backward of [`Backend::softmax_last`] from its output `y` and upstream `dy` (contiguous,
+    /// same shape): `dx = y * (dy - sum(dy*y))`, or for log: `dx = dy - exp(y) * sum(dy)`.
+    fn softmax_last_backward(
+        &self,
+        y: &Self::Storage,
+        dy: &Self::Storage,
+        shape: &Shape,
+        log: bool,
+    ) -> Result<Self::Storage>;
+    /// RMS norm over the last axis: `y = x * rstd * w`, `rstd = 1/sqrt(mean(x^2) + eps)`.
+    /// Input contiguous `[rows, n]`; `weight` is `[n]` or absent. Returns `(y, rstd[rows] as f32)`.
+    fn rms_norm(
+        &self,
+        x: &Self::Storage,
+        weight: Option<&Self::Storage>,
+        rows: usize,
+        n: usize,
+        eps: f64,
+    ) -> Result<(Self::Storage, Self::Storage)>;
+    /// Backward of [`Backend::rms_norm`]: `(dx, dweight)` (dweight absent without weight).
+    fn rms_norm_backward(
+        &self,
+        x: &Self::Storage,
+        weight: Option<&Self::Storage>,
+        rstd: &Self::Storage,
+        dy: &Self::Storage,
+        rows: usize,
+        n: usize,
+    ) -> Result<(Self::Storage, Option<Self::Storage>)>;
+    /// Layer norm over the last axis: `y = (x - mean) * rstd * w + b`. Contiguous `[rows, n]`.
+    /// Returns `(y, mean[rows], rstd[rows])`, statistics in f32.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm(
+        &self,
+        x: &Self::Storage,
+        weight: Option<&Self::Storage>,
+        bias: Option<&Self::Storage>,
+        rows: usize,
+        n: usize,
+        eps: f64,
+    ) -> Result<(Self::Storage, Self::Storage, Self::Storage)>;
+    /// Backward of [`Backend::layer_norm`]: `(dx, dweight, dbias)`.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm_backward(
+        &self,
+        x: &Self::Storage,
+        weight: Option<&Self::Storage>,
+        mean: &Self::Storage,
+        rstd: &Self::Storage,
+        dy: &Self::Storage,
+        rows: usize,
+        n: usize,
+    ) -> Result<(Self::Storage, Option<Self::Storage>, Option<Self::Storage>)>;
+    /// Cross-entropy of contiguous logits `[rows, classes]` against `U32` targets `[rows]`:
+    /// returns `(loss[rows], lse[rows])` where `loss = lse - logit[target]`, and 0 for rows whose
+    /// target equals `ignore_index`. Both outputs have the logits' dtype (f16/bf16: f32).
+    fn cross_entropy(
+        &self,
+        logits: &Self::Storage,
+        targets: &Self::Storage,
+        rows: usize,
+        classes: usize,
+        ignore_index: Option<u32>,
+    ) -> Result<(Self::Storage, Self::Storage)>;
+    /// Backward of [`Backend::cross_entropy`]: `dlogits = dloss * (softmax(logits) - onehot)`,
+    /// zero rows for ignored targets. `dloss` is `[rows]`.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy_backward(
+        &self,
+        logits: &Self::Storage,
+        targets: &Self::Storage,
+        lse: &Self::Storage,
+        dloss: &Self::Storage,
+        rows: usize,
+        classes: usize,
+        ignore_index: Option<u32>,
+    ) -> Result<Self::Storage>;
+    /// The `k` largest elements of each last-axis row, sorted descending (ties: lower index
+    /// first), and their `U32` indices. Outputs `[rows.., k]`.
+    fn topk_last(
+        &self,
+        src: &Self::Storage,
+        layout: &Layout,
+        k: usize,
+    ) -> Result<(Self::Storage, Self::Storage)>;
+
+    // ---- indexing ----
+    /// Select along `axis` the entries listed in the `U32` vector `ids`: output shape is the
+    /// input's with `axis` replaced by `ids.len()`. Indices are checked by the caller.
+    fn index_select(
+        &self,
+        src: &Self::Storage,
+        layout: &Layout,
+        axis: usize,
+        ids: &Self::Storage,
+        ids_layout: &Layout,
+    ) -> Result<Self::Storage>;
+    /// Adjoint of `index_select`: a zero tensor of `out_shape` into which each slice `i` of
+    /// contiguous `src` is added at `ids[i]` along `axis`.
+    fn index_add(
+        &self,
+        src: &Self::Storage,
+        src_shape: &Shape,
+        axis: usize,
+        ids: &Self::Storage,
+        ids_layout: &Layout,
+        out_shape: &Shape,
+    ) -> Result<Self::Storage>;
+    /// numpy `take_along_axis`: `out[.., i, ..] = src[.., ids[.., i, ..], ..]` along `axis`;
+    /// `ids` has the output's shape.
+    fn gather(
+        &self,
+        src: &Self::Storage,
+        layout: &Layout,
+        axis: usize,
+        ids: &Self::Storage,
+        ids_layout: &Layout,
+    ) -> Result<Self::Storage>;
+    /// Adjoint of `gather`: `base` (copied) plus each `src` element added at the position `ids`
+    /// names along `axis`. `ids` and `src` have the same shape.
+    #[allow(clippy::too_many_arguments)]
+    fn scatter_add(
+        &self,
+        base: &Self::Storage,
+        base_layout: &Layout,
+        axis: usize,
+        ids: &Self::Storage,
+        ids_layout: &Layout,
+        src: &Self::Storage,
+        src_layout: &Layout,
+    ) -> Result<Self::Storage>;
+    /// Concatenate views along `axis` (all other dims equal).
+    fn concat(&self, parts: &[(&Self::Storage, &Layout)], axis: usize) -> Result<Self::Storage>;
+    /// Constant padding: `pads[i] = (before, after)` for every axis.
+    fn pad(
+        &self,
+        src: &Self::Storage,
+        layout: &Layout,
+        pads: &[(usize, usize)],
+        value: f64,
+    ) -> Result<Self::Storage>;
+
+    // ---- convolution and pooling (NCHW) ----
+    /// 2-D convolution, `x: [n, c, h, w]`, `w: [o, c/groups, kh, kw]` -> `[n, o, oh, ow]`.
+    fn conv2d(
+        &self,
+        x: &Self::Storage,
+        x_layout: &Layout,
+        w: &Self::Storage,
+        w_layout: &Layout,
+        p: &Conv2dParams,
+    ) -> Result<Self::Storage>;
+    /// Gradient of conv2d w.r.t. its input, `dy` contiguous.
+    fn conv2d_backward_input(
+        &self,
+        dy: &Self::Storage,
+        dy_shape: &Shape,
+        w: &Self::Storage,
+        w_layout: &Layout,
+        x_shape: &Shape,
+        p: &Conv2dParams,
+    ) -> Result<Self::Storage>;
+    /// Gradient of conv2d w.r.t. its weight, `dy` contiguous.
+    fn conv2d_backward_weight(
+        &self,
+        x: &Self::Storage,
+        x_layout: &Layout,
+        dy: &Self::Storage,
+        dy_shape: &Shape,
+        w_shape: &Shape,
+        p: &Conv2dParams,
+    ) -> Result<Self::Storage>;
+    /// Max pooling; returns `(y, argmax)` where argmax holds the flat `h*w` index of the winner.
+    fn max_pool2d(
+        &self,
+        x: &Self::Storage,
+        layout: &Layout,
+        p: &Pool2dParams,
+    ) -> Result<(Self::Storage, Self::Storage)>;
+    /// Backward of max pooling: routes `dy` to the recorded winners.
+    fn max_pool2d_backward(
+        &self,
+        dy: &Self::Storage,
+        argmax: &Self::Storage,
+        dy_shape: &Shape,
+        x_shape: &Shape,
+    ) -> Result<Self::Storage>;
+    /// Average pooling.
+    fn avg_pool2d(
+        &self,
+        x: &Self::Storage,
+        layout: &Layout,
+        p: &Pool2dParams,
+    ) -> Result<Self::Storage>;
+    /// Backward of average pooling, `dy` contiguous.
+    fn avg_pool2d_backward(
+        &self,
+        dy: &Self::Storage,
+        dy_shape: &Shape,
+        x_shape: &Shape,
+        p: &Pool2dParams,
+    ) -> Result<Self::Storage>;
+    /// Nearest-neighbour upsampling by integer factors `(fh, fw)`.
+    fn upsample_nearest2d(
+        &self,
+        x: &Self::Storage,
+        layout: &Layout,
+        factor: (usize, usize),
+    ) -> Result<Self::Storage>;
+    /// Backward of nearest upsampling (sums each `fh x fw` block), `dy` contiguous.
+    fn upsample_nearest2d_backward(
+        &self,
+        dy: &Self::Storage,
+        dy_shape: &Shape,
+        factor: (usize, usize),
+    ) -> Result<Self::Storage>;
+}

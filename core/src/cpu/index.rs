@@ -1,0 +1,310 @@
+//! Indexing kernels: index_select / index_add, gather / scatter_add, concat, pad.
+//!
+//! Every kernel views its tensors as `[outer, len, inner]` around the indexed axis (see
+//! [`split_axis`]). Indices are validated by the tensor layer before a kernel runs.
+
+use crate::cpu::reduce::split_axis;
+use crate::cpu::storage::{CpuElement, CpuStorage};
+use crate::cpu::strided::gather as gather_view;
+
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::shape::Shape;
+use half::{bf16, f16};
+
+macro_rules! each_dtype {
+    ($s:expr, |$v:ident| $body:expr) => {
+        match $s {
+            CpuStorage::U8($v) => $body,
+            CpuStorage::U32($v) => $body,
+            CpuStorage::F16($v) => $body,
+            CpuStorage::BF16($v) => $body,
+            CpuStorage::F32($v) => $body,
+            CpuStorage::F64($v) => $body,
+        }
+    };
+}
+
+/// `out[o, i, :] = src[o, ids[i], :]`.
+pub fn index_select(
+    s: &CpuStorage,
+    layout: &Layout,
+    axis: usize,
+    ids: &CpuStorage,
+    ids_layout: &Layout,
+) -> Result<CpuStorage> {
+    let ids = ids.u32_view(ids_layout, "index_select")?;
+    let (outer, len, inner) = split_axis(layout.dims(), axis);
+    fn go<T: CpuElement>(
+        v: &[T],
+        l: &Layout,
+        ids: &[u32],
+        outer: usize,
+        len: usize,
+        inner: usize,
+    ) -> CpuStorage {
+        let x = gather_view(v, l);
+        let mut out = Vec::with_capacity(outer * ids.len() * inner);
+        for o in 0..outer {
+            for &i in ids {
+                let start = (o * len + i as usize) * inner;
+                out.extend_from_slice(&x[start..start + inner]);
+            }
+        }
+        T::wrap(out)
+    }
+    Ok(each_dtype!(s, |v| go(v, layout, &ids, outer, len, inner)))
+}
+
+/// Adds values at positions through a float accumulation, shared by index_add and scatter_add.
+fn add_into<T: CpuElement>(dst: &mut [T], at: usize, v: T) {
+    dst[at] = T::from_f64(dst[at].as_f64() + v.as_f64());
+}
+
+/// `out = zeros(out_shape); out[o, ids[i], :] += src[o, i, :]`.
+pub fn index_add(
+    src: &CpuStorage,
+    src_shape: &Shape,
+    axis: usize,
+    ids: &CpuStorage,
+    ids_layout: &Layout,
+    out_shape: &Shape,
+) -> Result<CpuStorage> {
+    let ids = ids.u32_view(ids_layout, "index_add")?;
+    let (outer, n, inner) = split_axis(src_shape.dims(), axis);
+    let len = out_shape.dims()[axis];
+    fn go_f<T: CpuElement + num_traits::Float>(
+        x: &[T],
+        ids: &[u32],
+        outer: usize,
+        n: usize,
+        inner: usize,
+        len: usize,
+    ) -> CpuStorage {
+        let mut out = vec![T::zero(); outer * len * inner];
+        for o in 0..outer {
+            for (i, &t) in ids.iter().enumerate().take(n) {
+                let (src, dst) = ((o * n + i) * inner, (o * len + t as usize) * inner);
+                for j in 0..inner {
+                    out[dst + j] = out[dst + j] + x[src + j];
+                }
+            }
+        }
+        T::wrap(out)
+    }
+    fn go_h<T: CpuElement>(
+        x: &[T],
+        ids: &[u32],
+        outer: usize,
+        n: usize,
+        inner: usize,
+        len: usize,
+    ) -> CpuStorage {
+        let mut out = vec![T::from_f64(0.0); outer * len * inner];
+        for o in 0..outer {
+            for (i, &t) in ids.iter().enumerate().take(n) {
+                let (src, dst) = ((o * n + i) * inner, (o * len + t as usize) * inner);
+                for j in 0..inner {
+                    add_into(&mut out, dst + j, x[src + j]);
+                }
+            }
+        }
+        T::wrap(out)
+    }
+    Ok(match src {
+        CpuStorage::F32(x) => go_f(x, &ids, outer, n, inner, len),
+        CpuStorage::F64(x) => go_f(x, &ids, outer, n, inner, len),
+        CpuStorage::F16(x) => go_h::<f16>(x, &ids, outer, n, inner, len),
+        CpuStorage::BF16(x) => go_h::<bf16>(x, &ids, outer, n, inner, len),
+        s => {
+            return Err(Error::UnsupportedDType {
+                op: "index_add",
+                dtype: s.dtype(),
+                expected: "a float dtype",
+            })
+        }
+    })
+}
+
+/// `out[o, i, j] = src[o, ids[o, i, j], j]` (numpy take_along_axis).
+pub fn gather(
+    s: &CpuStorage,
+    layout: &Layout,
+    axis: usize,
+    ids: &CpuStorage,
+    ids_layout: &Layout,
+) -> Result<CpuStorage> {
+    let ids = ids.u32_view(ids_layout, "gather")?;
+    let (_, len, _) = split_axis(layout.dims(), axis);
+    let (outer, m, inner) = split_axis(ids_layout.dims(), axis);
+    fn go<T: CpuElement>(
+        v: &[T],
+        l: &Layout,
+        ids: &[u32],
+        outer: usize,
+        m: usize,
+        inner: usize,
+        len: usize,
+    ) -> CpuStorage {
+        let x = gather_view(v, l);
+        let mut out = Vec::with_capacity(ids.len());
+        for o in 0..outer {
+            for i in 0..m {
+                for j in 0..inner {
+                    let t = ids[(o * m + i) * inner + j] as usize;
+                    out.push(x[(o * len + t) * inner + j]);
+                }
+            }
+        }
+        T::wrap(out)
+    }
+    Ok(each_dtype!(s, |v| go(
+        v, layout, &ids, outer, m, inner, len
+    )))
+}
+
+/// `out = base; out[o, ids[o, i, j], j] += src[o, i, j]`.
+#[allow(clippy::too_many_arguments)]
+pub fn scatter_add(
+    base: &CpuStorage,
+    base_layout: &Layout,
+    axis: usize,
+    ids: &CpuStorage,
+    ids_layout: &Layout,
+    src: &CpuStorage,
+    src_layout: &Layout,
+) -> Result<CpuStorage> {
+    let ids = ids.u32_view(ids_layout, "scatter_add")?;
+    let (_, len, _) = split_axis(base_layout.dims(), axis);
+    let (outer, m, inner) = split_axis(ids_layout.dims(), axis);
+    fn go<T: CpuElement>(
+        b: &[T],
+        bl: &Layout,
+        s: &[T],
+        sl: &Layout,
+        ids: &[u32],
+        d: (usize, usize, usize, usize),
+    ) -> CpuStorage {
+        let (outer, m, inner, len) = d;
+        let mut out = gather_view(b, bl);
+        let x = gather_view(s, sl);
+        for o in 0..outer {
+            for i in 0..m {
+                for j in 0..inner {
+                    let k = (o * m + i) * inner + j;
+                    add_into(&mut out, (o * len + ids[k] as usize) * inner + j, x[k]);
+                }
+            }
+        }
+        T::wrap(out)
+    }
+    let d = (outer, m, inner, len);
+    Ok(match (base, src) {
+        (CpuStorage::F32(b), CpuStorage::F32(s)) => go(b, base_layout, s, src_layout, &ids, d),
+        (CpuStorage::F64(b), CpuStorage::F64(s)) => go(b, base_layout, s, src_layout, &ids, d),
+        (CpuStorage::F16(b), CpuStorage::F16(s)) => go(b, base_layout, s, src_layout, &ids, d),
+        (CpuStorage::BF16(b), CpuStorage::BF16(s)) => go(b, base_layout, s, src_layout, &ids, d),
+        (CpuStorage::U32(b), CpuStorage::U32(s)) => go(b, base_layout, s, src_layout, &ids, d),
+        (b, s) => {
+            return Err(Error::DTypeMismatch {
+                op: "scatter_add",
+                lhs: b.dtype(),
+                rhs: s.dtype(),
+            })
+        }
+    })
+}
+
+/// Concatenate same-dtype views along `axis`.
+pub fn concat(parts: &[(&CpuStorage, &Layout)], axis: usize) -> Result<CpuStorage> {
+    let first = parts
+        .first()
+        .ok_or_else(|| Error::invalid("concat", "needs at least one tensor"))?;
+    fn go<T: CpuElement>(parts: &[(&CpuStorage, &Layout)], axis: usize) -> Result<CpuStorage> {
+        let dims0 = parts[0].1.dims();
+        let outer: usize = dims0[..axis].iter().product();
+        let inner: usize = dims0[axis + 1..].iter().product();
+        let datas: Vec<Vec<T>> = parts
+            .iter()
+            .map(|(s, l)| {
+                T::unwrap_ref(s)
+                    .map(|v| gather_view(v, l))
+                    .ok_or(Error::DTypeMismatch {
+                        op: "concat",
+                        lhs: T::DTYPE,
+                        rhs: s.dtype(),
+                    })
+            })
+            .collect::<Result<_>>()?;
+        let total: usize = datas.iter().map(|d| d.len()).sum();
+        let mut out = Vec::with_capacity(total);
+        for o in 0..outer {
+            for (d, (_, l)) in datas.iter().zip(parts) {
+                let blk = l.dims()[axis] * inner;
+                out.extend_from_slice(&d[o * blk..(o + 1) * blk]);
+            }
+        }
+        Ok(T::wrap(out))
+    }
+    match first.0 {
+        CpuStorage::U8(_) => go::<u8>(parts, axis),
+        CpuStorage::U32(_) => go::<u32>(parts, axis),
+        CpuStorage::F16(_) => go::<f16>(parts, axis),
+        CpuStorage::BF16(_) => go::<bf16>(parts, axis),
+        CpuStorage::F32(_) => go::<f32>(parts, axis),
+        CpuStorage::F64(_) => go::<f64>(parts, axis),
+    }
+}
+
+/// Constant padding of every axis by `pads[i] = (before, after)`.
+pub fn pad(
+    s: &CpuStorage,
+    layout: &Layout,
+    pads: &[(usize, usize)],
+    value: f64,
+) -> Result<CpuStorage> {
+    let in_dims = layout.dims().to_vec();
+    let out_dims: Vec<usize> = in_dims
+        .iter()
+        .zip(pads)
+        .map(|(&d, &(a, b))| d + a + b)
+        .collect();
+    fn go<T: CpuElement>(
+        v: &[T],
+        l: &Layout,
+        in_dims: &[usize],
+        out_dims: &[usize],
+        pads: &[(usize, usize)],
+        value: f64,
+    ) -> CpuStorage {
+        let x = gather_view(v, l);
+        let out_shape = Shape::from(out_dims.to_vec());
+        let mut out = vec![T::from_f64(value); out_shape.elem_count()];
+        let ostr = out_shape.contiguous_strides();
+        let rank = in_dims.len();
+        if rank == 0 {
+            if !x.is_empty() {
+                out[0] = x[0];
+            }
+            return T::wrap(out);
+        }
+        let n = in_dims[rank - 1];
+        if n == 0 || x.is_empty() {
+            return T::wrap(out);
+        }
+        for (r, row) in x.chunks(n).enumerate() {
+            let mut rem = r;
+            let mut off = pads[rank - 1].0;
+            for k in (0..rank - 1).rev() {
+                let i = rem % in_dims[k];
+                rem /= in_dims[k];
+                off += (i + pads[k].0) * ostr[k];
+            }
+            out[off..off + n].copy_from_slice(row);
+        }
+        T::wrap(out)
+    }
+    Ok(each_dtype!(s, |v| go(
+        v, layout, &in_dims, &out_dims, pads, value
+    )))
+}

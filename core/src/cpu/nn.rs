@@ -1,0 +1,604 @@
+//! Fused last-axis kernels: softmax, RMS/layer norm, cross-entropy, top-k.
+//!
+//! All take contiguous `[rows, n]` data (the tensor layer arranges that) and work row by row in
+//! parallel. Per-row statistics (rstd, mean, logsumexp) are returned in the compute dtype (f64
+//! for f64 inputs, f32 otherwise) because the backward pass needs them at full precision.
+
+use crate::cpu::storage::{CpuStorage, FloatVec};
+use crate::cpu::strided::gather;
+use crate::dtype::{DType, Float};
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use rayon::prelude::*;
+
+fn rows_mut<T: Send>(out: &mut [T], n: usize, f: impl Fn(usize, &mut [T]) + Send + Sync) {
+    if n == 0 {
+        return;
+    }
+    if out.len() >= super::PAR_THRESHOLD {
+        out.par_chunks_mut(n).enumerate().for_each(|(r, d)| f(r, d));
+    } else {
+        out.chunks_mut(n).enumerate().for_each(|(r, d)| f(r, d));
+    }
+}
+
+/// Store a compute vector in the input's dtype.
+fn store<T: Float>(v: Vec<T>, dtype: DType) -> CpuStorage {
+    // T is f64 only when dtype is F64; otherwise it is f32.
+    if dtype == DType::F64 {
+        CpuStorage::F64(v.into_iter().map(|x| x.as_f64()).collect())
+    } else {
+        CpuStorage::store_f32(v.into_iter().map(|x| x.as_f64() as f32).collect(), dtype)
+    }
+}
+
+/// Statistics stay in the compute dtype (f64 or f32).
+fn store_stat<T: Float>(v: Vec<T>, dtype: DType) -> CpuStorage {
+    if dtype == DType::F64 {
+        CpuStorage::F64(v.into_iter().map(|x| x.as_f64()).collect())
+    } else {
+        CpuStorage::F32(v.into_iter().map(|x| x.as_f64() as f32).collect())
+    }
+}
+
+macro_rules! with_float {
+    ($fv:expr, |$x:ident| $body:expr) => {
+        match $fv {
+            FloatVec::F32($x) => $body,
+            FloatVec::F64($x) => $body,
+        }
+    };
+}
+
+fn contiguous_float(s: &CpuStorage, len: usize, op: &'static str) -> Result<FloatVec> {
+    s.float_vec(&Layout::contiguous(len), op)
+}
+
+// ---------------------------------------------------------------- softmax
+
+fn softmax_rows<T: Float>(x: &[T], n: usize, log: bool) -> Vec<T> {
+    let mut out = x.to_vec();
+    rows_mut(&mut out, n, |_, row| {
+        let m = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+        // A row of all -inf (fully masked) gives NaN in softmax, as in PyTorch.
+        let mut sum = T::ZERO;
+        for v in row.iter_mut() {
+            *v = *v - m;
+            sum = sum + v.exp();
+        }
+        if log {
+            let ls = sum.ln();
+            row.iter_mut().for_each(|v| *v = *v - ls);
+        } else {
+            let inv = T::ONE / sum;
+            row.iter_mut().for_each(|v| *v = v.exp() * inv);
+        }
+    });
+    out
+}
+
+/// softmax / log_softmax along the last axis.
+pub fn softmax_last(s: &CpuStorage, layout: &Layout, log: bool) -> Result<CpuStorage> {
+    let n = layout.dims().last().copied().unwrap_or(1);
+    let dtype = s.dtype();
+    Ok(with_float!(s.float_vec(layout, "softmax")?, |x| store(
+        softmax_rows(&x, n, log),
+        dtype
+    )))
+}
+
+fn softmax_bwd_rows<T: Float>(y: &[T], dy: &[T], n: usize, log: bool) -> Vec<T> {
+    let mut out = vec![T::ZERO; y.len()];
+    rows_mut(&mut out, n, |r, dx| {
+        let (yr, gr) = (&y[r * n..(r + 1) * n], &dy[r * n..(r + 1) * n]);
+        if log {
+            let s: T = gr.iter().copied().sum();
+            for i in 0..n {
+                dx[i] = gr[i] - yr[i].exp() * s;
+            }
+        } else {
+            let s: T = yr.iter().zip(gr).map(|(&a, &b)| a * b).sum();
+            for i in 0..n {
+                dx[i] = yr[i] * (gr[i] - s);
+            }
+        }
+    });
+    out
+}
+
+/// Backward of softmax / log_softmax.
+pub fn softmax_last_backward(
+    y: &CpuStorage,
+    dy: &CpuStorage,
+    len: usize,
+    n: usize,
+    log: bool,
+) -> Result<CpuStorage> {
+    let dtype = y.dtype();
+    let (y, dy) = (
+        contiguous_float(y, len, "softmax_backward")?,
+        contiguous_float(dy, len, "softmax_backward")?,
+    );
+    Ok(match (y, dy) {
+        (FloatVec::F32(y), FloatVec::F32(g)) => store(softmax_bwd_rows(&y, &g, n, log), dtype),
+        (FloatVec::F64(y), FloatVec::F64(g)) => store(softmax_bwd_rows(&y, &g, n, log), dtype),
+        _ => {
+            return Err(Error::invalid(
+                "softmax_backward",
+                "output and gradient dtypes differ",
+            ))
+        }
+    })
+}
+
+// ---------------------------------------------------------------- norms
+
+fn opt_weight<T: Float>(
+    w: Option<&CpuStorage>,
+    n: usize,
+    op: &'static str,
+) -> Result<Option<Vec<T>>> {
+    w.map(|w| {
+        Ok(w.to_f64_vec(&Layout::contiguous(n))
+            .into_iter()
+            .map(T::from_f64)
+            .collect())
+    })
+    .transpose()
+    .map_err(|e: Error| Error::invalid(op, e.to_string()))
+}
+
+fn rms_rows<T: Float>(x: &[T], w: Option<&[T]>, rows: usize, n: usize, eps: T) -> (Vec<T>, Vec<T>) {
+    let mut y = vec![T::ZERO; x.len()];
+    let mut rstd = vec![T::ZERO; rows];
+    let r: Vec<T> = (0..rows)
+        .into_par_iter()
+        .map(|r| {
+            let row = &x[r * n..(r + 1) * n];
+            let ms = row.iter().map(|&v| v.as_f64() * v.as_f64()).sum::<f64>() / n.max(1) as f64;
+            T::ONE / (T::from_f64(ms) + eps).sqrt()
+        })
+        .collect();
+    rstd.copy_from_slice(&r);
+    rows_mut(&mut y, n, |i, yr| {
+        let xr = &x[i * n..(i + 1) * n];
+        for j in 0..n {
+            yr[j] = xr[j] * rstd[i] * w.map_or(T::ONE, |w| w[j]);
+        }
+    });
+    (y, rstd)
+}
+
+/// RMS norm forward.
+pub fn rms_norm(
+    x: &CpuStorage,
+    w: Option<&CpuStorage>,
+    rows: usize,
+    n: usize,
+    eps: f64,
+) -> Result<(CpuStorage, CpuStorage)> {
+    let dtype = x.dtype();
+    Ok(with_float!(
+        contiguous_float(x, rows * n, "rms_norm")?,
+        |x| {
+            let w = opt_weight(w, n, "rms_norm")?;
+            let (y, r) = rms_rows(
+                &x,
+                w.as_deref(),
+                rows,
+                n,
+                crate::dtype::WithDType::from_f64(eps),
+            );
+            (store(y, dtype), store_stat(r, dtype))
+        }
+    ))
+}
+
+fn rms_bwd_rows<T: Float>(
+    x: &[T],
+    w: Option<&[T]>,
+    rstd: &[T],
+    dy: &[T],
+    rows: usize,
+    n: usize,
+) -> (Vec<T>, Option<Vec<T>>) {
+    // y_j = x_j r w_j, r = (mean(x^2)+eps)^(-1/2), dr/dx_j = -r^3 x_j / n
+    // dx_j = r (w_j g_j) - x_j r^3 / n * sum_k (w_k g_k x_k)
+    let mut dx = vec![T::ZERO; x.len()];
+    rows_mut(&mut dx, n, |i, d| {
+        let (xr, gr, r) = (&x[i * n..(i + 1) * n], &dy[i * n..(i + 1) * n], rstd[i]);
+        let wg = |j: usize| gr[j] * w.map_or(T::ONE, |w| w[j]);
+        let dot: T = (0..n).map(|j| wg(j) * xr[j]).sum();
+        let c = r * r * r * dot / T::from_f64(n as f64);
+        for j in 0..n {
+            d[j] = r * wg(j) - xr[j] * c;
+        }
+    });
+    let dw = w.map(|_| {
+        (0..n)
+            .into_par_iter()
+            .map(|j| {
+                T::from_f64(
+                    (0..rows)
+                        .map(|i| (dy[i * n + j] * x[i * n + j] * rstd[i]).as_f64())
+                        .sum::<f64>(),
+                )
+            })
+            .collect()
+    });
+    (dx, dw)
+}
+
+/// RMS norm backward.
+pub fn rms_norm_backward(
+    x: &CpuStorage,
+    w: Option<&CpuStorage>,
+    rstd: &CpuStorage,
+    dy: &CpuStorage,
+    rows: usize,
+    n: usize,
+) -> Result<(CpuStorage, Option<CpuStorage>)> {
+    let dtype = x.dtype();
+    let wdtype = w.map(|w| w.dtype());
+    let op = "rms_norm_backward";
+    Ok(
+        match (
+            contiguous_float(x, rows * n, op)?,
+            contiguous_float(dy, rows * n, op)?,
+            contiguous_float(rstd, rows, op)?,
+        ) {
+            (FloatVec::F64(x), FloatVec::F64(g), FloatVec::F64(r)) => {
+                let w = opt_weight::<f64>(w, n, op)?;
+                let (dx, dw) = rms_bwd_rows(&x, w.as_deref(), &r, &g, rows, n);
+                (store(dx, dtype), dw.map(|d| store(d, wdtype.unwrap())))
+            }
+            (FloatVec::F32(x), FloatVec::F32(g), FloatVec::F32(r)) => {
+                let w = opt_weight::<f32>(w, n, op)?;
+                let (dx, dw) = rms_bwd_rows(&x, w.as_deref(), &r, &g, rows, n);
+                (store(dx, dtype), dw.map(|d| store(d, wdtype.unwrap())))
+            }
+            _ => {
+                return Err(Error::invalid(
+                    op,
+                    "input, gradient and statistics dtypes differ",
+                ))
+            }
+        },
+    )
+}
+
+fn ln_rows<T: Float>(
+    x: &[T],
+    w: Option<&[T]>,
+    b: Option<&[T]>,
+    rows: usize,
+    n: usize,
+    eps: T,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let stats: Vec<(T, T)> = (0..rows)
+        .into_par_iter()
+        .map(|r| {
+            let row = &x[r * n..(r + 1) * n];
+            let nn = n.max(1) as f64;
+            let mean = row.iter().map(|v| v.as_f64()).sum::<f64>() / nn;
+            let var = row.iter().map(|v| (v.as_f64() - mean).powi(2)).sum::<f64>() / nn;
+            (T::from_f64(mean), T::ONE / (T::from_f64(var) + eps).sqrt())
+        })
+        .collect();
+    let mut y = vec![T::ZERO; x.len()];
+    rows_mut(&mut y, n, |i, yr| {
+        let (m, r) = stats[i];
+        for j in 0..n {
+            let h = (x[i * n + j] - m) * r;
+            yr[j] = h * w.map_or(T::ONE, |w| w[j]) + b.map_or(T::ZERO, |b| b[j]);
+        }
+    });
+    (
+        y,
+        stats.iter().map(|s| s.0).collect(),
+        stats.iter().map(|s| s.1).collect(),
+    )
+}
+
+/// Layer norm forward.
+pub fn layer_norm(
+    x: &CpuStorage,
+    w: Option<&CpuStorage>,
+    b: Option<&CpuStorage>,
+    rows: usize,
+    n: usize,
+    eps: f64,
+) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
+    let dtype = x.dtype();
+    Ok(with_float!(
+        contiguous_float(x, rows * n, "layer_norm")?,
+        |x| {
+            let w = opt_weight(w, n, "layer_norm")?;
+            let b = opt_weight(b, n, "layer_norm")?;
+            let (y, m, r) = ln_rows(
+                &x,
+                w.as_deref(),
+                b.as_deref(),
+                rows,
+                n,
+                crate::dtype::WithDType::from_f64(eps),
+            );
+            (store(y, dtype), store_stat(m, dtype), store_stat(r, dtype))
+        }
+    ))
+}
+
+type LnGrads<T> = (Vec<T>, Option<Vec<T>>, Option<Vec<T>>);
+
+fn ln_bwd_rows<T: Float>(
+    x: &[T],
+    w: Option<&[T]>,
+    mean: &[T],
+    rstd: &[T],
+    dy: &[T],
+    rows: usize,
+    n: usize,
+) -> LnGrads<T> {
+    // h = (x - m) r; with g' = g w: dx = r (g' - mean(g') - h mean(g' h))
+    let mut dx = vec![T::ZERO; x.len()];
+    let nn = T::from_f64(n.max(1) as f64);
+    rows_mut(&mut dx, n, |i, d| {
+        let (m, r) = (mean[i], rstd[i]);
+        let h = |j: usize| (x[i * n + j] - m) * r;
+        let gw = |j: usize| dy[i * n + j] * w.map_or(T::ONE, |w| w[j]);
+        let s1: T = (0..n).map(gw).sum::<T>() / nn;
+        let s2: T = (0..n).map(|j| gw(j) * h(j)).sum::<T>() / nn;
+        for j in 0..n {
+            d[j] = r * (gw(j) - s1 - h(j) * s2);
+        }
+    });
+    let dw = w.map(|_| {
+        (0..n)
+            .into_par_iter()
+            .map(|j| {
+                T::from_f64(
+                    (0..rows)
+                        .map(|i| (dy[i * n + j] * (x[i * n + j] - mean[i]) * rstd[i]).as_f64())
+                        .sum(),
+                )
+            })
+            .collect()
+    });
+    let db = w.map(|_| {
+        (0..n)
+            .into_par_iter()
+            .map(|j| T::from_f64((0..rows).map(|i| dy[i * n + j].as_f64()).sum()))
+            .collect()
+    });
+    (dx, dw, db)
+}
+
+/// Layer norm backward: `(dx, dweight, dbias)`; the affine grads exist when a weight was given.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_backward(
+    x: &CpuStorage,
+    w: Option<&CpuStorage>,
+    mean: &CpuStorage,
+    rstd: &CpuStorage,
+    dy: &CpuStorage,
+    rows: usize,
+    n: usize,
+) -> Result<(CpuStorage, Option<CpuStorage>, Option<CpuStorage>)> {
+    let dtype = x.dtype();
+    let wd = w.map(|w| w.dtype()).unwrap_or(dtype);
+    let op = "layer_norm_backward";
+    let f = (
+        contiguous_float(x, rows * n, op)?,
+        contiguous_float(dy, rows * n, op)?,
+        contiguous_float(mean, rows, op)?,
+        contiguous_float(rstd, rows, op)?,
+    );
+    Ok(match f {
+        (FloatVec::F64(x), FloatVec::F64(g), FloatVec::F64(m), FloatVec::F64(r)) => {
+            let w = opt_weight::<f64>(w, n, op)?;
+            let (dx, dw, db) = ln_bwd_rows(&x, w.as_deref(), &m, &r, &g, rows, n);
+            (
+                store(dx, dtype),
+                dw.map(|d| store(d, wd)),
+                db.map(|d| store(d, wd)),
+            )
+        }
+        (FloatVec::F32(x), FloatVec::F32(g), FloatVec::F32(m), FloatVec::F32(r)) => {
+            let w = opt_weight::<f32>(w, n, op)?;
+            let (dx, dw, db) = ln_bwd_rows(&x, w.as_deref(), &m, &r, &g, rows, n);
+            (
+                store(dx, dtype),
+                dw.map(|d| store(d, wd)),
+                db.map(|d| store(d, wd)),
+            )
+        }
+        _ => {
+            return Err(Error::invalid(
+                op,
+                "input, gradient and statistics dtypes differ",
+            ))
+        }
+    })
+}
+
+// ---------------------------------------------------------------- cross-entropy
+
+fn ce_rows<T: Float>(x: &[T], t: &[u32], classes: usize, ignore: Option<u32>) -> (Vec<T>, Vec<T>) {
+    let res: Vec<(T, T)> = (0..t.len())
+        .into_par_iter()
+        .map(|r| {
+            let row = &x[r * classes..(r + 1) * classes];
+            let m = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+            let s: f64 = row.iter().map(|&v| (v - m).exp().as_f64()).sum();
+            let lse = m + T::from_f64(s.ln());
+            if Some(t[r]) == ignore {
+                (T::ZERO, lse)
+            } else {
+                (lse - row[t[r] as usize], lse)
+            }
+        })
+        .collect();
+    (
+        res.iter().map(|p| p.0).collect(),
+        res.iter().map(|p| p.1).collect(),
+    )
+}
+
+/// Fused log-softmax + NLL per row.
+pub fn cross_entropy(
+    logits: &CpuStorage,
+    targets: &CpuStorage,
+    rows: usize,
+    classes: usize,
+    ignore: Option<u32>,
+) -> Result<(CpuStorage, CpuStorage)> {
+    let dtype = logits.dtype();
+    let t = targets.u32_view(&Layout::contiguous(rows), "cross_entropy")?;
+    if let Some(&bad) = t
+        .iter()
+        .find(|&&c| Some(c) != ignore && c as usize >= classes)
+    {
+        let shape = vec![rows, classes].into();
+        return Err(Error::Index {
+            op: "cross_entropy",
+            index: bad as usize,
+            size: classes,
+            axis: 1,
+            shape,
+        });
+    }
+    Ok(with_float!(
+        contiguous_float(logits, rows * classes, "cross_entropy")?,
+        |x| {
+            let (l, s) = ce_rows(&x, &t, classes, ignore);
+            (store_stat(l, dtype), store_stat(s, dtype))
+        }
+    ))
+}
+
+fn ce_bwd_rows<T: Float>(
+    x: &[T],
+    t: &[u32],
+    lse: &[T],
+    dl: &[T],
+    classes: usize,
+    ignore: Option<u32>,
+) -> Vec<T> {
+    let mut out = vec![T::ZERO; x.len()];
+    rows_mut(&mut out, classes, |r, d| {
+        if Some(t[r]) == ignore {
+            return;
+        }
+        for c in 0..classes {
+            d[c] = (x[r * classes + c] - lse[r]).exp() * dl[r];
+        }
+        d[t[r] as usize] = d[t[r] as usize] - dl[r];
+    });
+    out
+}
+
+/// Backward of the fused cross-entropy.
+#[allow(clippy::too_many_arguments)]
+pub fn cross_entropy_backward(
+    logits: &CpuStorage,
+    targets: &CpuStorage,
+    lse: &CpuStorage,
+    dloss: &CpuStorage,
+    rows: usize,
+    classes: usize,
+    ignore: Option<u32>,
+) -> Result<CpuStorage> {
+    let op = "cross_entropy_backward";
+    let dtype = logits.dtype();
+    let t = targets.u32_view(&Layout::contiguous(rows), op)?;
+    Ok(
+        match (
+            contiguous_float(logits, rows * classes, op)?,
+            contiguous_float(lse, rows, op)?,
+            contiguous_float(dloss, rows, op)?,
+        ) {
+            (FloatVec::F64(x), FloatVec::F64(s), FloatVec::F64(g)) => {
+                store(ce_bwd_rows(&x, &t, &s, &g, classes, ignore), dtype)
+            }
+            (FloatVec::F32(x), FloatVec::F32(s), FloatVec::F32(g)) => {
+                store(ce_bwd_rows(&x, &t, &s, &g, classes, ignore), dtype)
+            }
+            _ => {
+                return Err(Error::invalid(
+                    op,
+                    "logits, statistics and gradient dtypes differ",
+                ))
+            }
+        },
+    )
+}
+
+// ---------------------------------------------------------------- top-k
+
+/// The k largest entries of each last-axis row, descending, ties broken by lower index.
+pub fn topk_last(s: &CpuStorage, layout: &Layout, k: usize) -> Result<(CpuStorage, CpuStorage)> {
+    let n = layout.dims().last().copied().unwrap_or(1);
+    let rows = if n == 0 { 0 } else { layout.elem_count() / n };
+    fn go<T: Copy + PartialOrd + Send + Sync + Default>(
+        x: &[T],
+        rows: usize,
+        n: usize,
+        k: usize,
+    ) -> (Vec<T>, Vec<u32>) {
+        let per: Vec<(Vec<T>, Vec<u32>)> = (0..rows)
+            .into_par_iter()
+            .map(|r| {
+                let row = &x[r * n..(r + 1) * n];
+                let mut idx: Vec<u32> = (0..n as u32).collect();
+                // NaN sorts first (as the largest), keeping the order total.
+                let key = |i: u32| row[i as usize];
+                idx.sort_by(|&a, &b| {
+                    let (va, vb) = (key(a), key(b));
+                    let na = va.partial_cmp(&va).is_none();
+                    let nb = vb.partial_cmp(&vb).is_none();
+                    match (na, nb) {
+                        (true, true) => a.cmp(&b),
+                        (true, false) => std::cmp::Ordering::Less,
+                        (false, true) => std::cmp::Ordering::Greater,
+                        _ => vb.partial_cmp(&va).unwrap().then(a.cmp(&b)),
+                    }
+                });
+                idx.truncate(k);
+                (idx.iter().map(|&i| row[i as usize]).collect(), idx)
+            })
+            .collect();
+        let mut v = Vec::with_capacity(rows * k);
+        let mut i = Vec::with_capacity(rows * k);
+        for (a, b) in per {
+            v.extend(a);
+            i.extend(b);
+        }
+        (v, i)
+    }
+    Ok(match s {
+        CpuStorage::F32(x) => {
+            let (v, i) = go(&gather(x, layout), rows, n, k);
+            (CpuStorage::F32(v), CpuStorage::U32(i))
+        }
+        CpuStorage::F64(x) => {
+            let (v, i) = go(&gather(x, layout), rows, n, k);
+            (CpuStorage::F64(v), CpuStorage::U32(i))
+        }
+        CpuStorage::F16(x) => {
+            let (v, i) = go(&gather(x, layout), rows, n, k);
+            (CpuStorage::F16(v), CpuStorage::U32(i))
+        }
+        CpuStorage::BF16(x) => {
+            let (v, i) = go(&gather(x, layout), rows, n, k);
+            (CpuStorage::BF16(v), CpuStorage::U32(i))
+        }
+        CpuStorage::U32(x) => {
+            let (v, i) = go(&gather(x, layout), rows, n, k);
+            (CpuStorage::U32(v), CpuStorage::U32(i))
+        }
+        CpuStorage::U8(x) => {
+            let (v, i) = go(&gather(x, layout), rows, n, k);
+            (CpuStorage::U8(v), CpuStorage::U32(i))
+        }
+    })
+}

@@ -1,0 +1,35 @@
+//! # ela-core
+//!
+//! The tensor engine under ELA-rs: [`Shape`] and strided [`Layout`] (views without copies),
+//! [`DType`], typed [`Error`]s, the [`Backend`] trait (the primitive op set every device
+//! implements) and the [`Cpu`] backend, with a GEMM written here.
+//!
+//! ```
+//! use ela_core::{Cpu, Tensor};
+//! let a = Tensor::from_vec(vec![1f32, 2., 3., 4., 5., 6.], [2, 3], &Cpu)?;
+//! let b = a.transpose(0, 1)?;            // a view: no copy
+//! let c = a.matmul(&b)?;                 // [2, 2]
+//! assert_eq!(c.to_vec::<f32>()?, vec![14., 32., 32., 77.]);
+//! # Ok::<(), ela_core::Error>(())
+//! ```
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod cpu;
+pub mod dtype;
+pub mod error;
+pub mod layout;
+pub mod op;
+pub mod rng;
+pub mod shape;
+pub mod tensor;
+
+pub use backend::Backend;
+pub use cpu::{Cpu, CpuStorage};
+pub use dtype::{DType, Float, WithDType};
+pub use error::{Error, Result};
+pub use layout::Layout;
+pub use op::{BinaryOp, CmpOp, Conv2dParams, Pool2dParams, ReduceOp, UnaryOp};
+pub use rng::Rng;
+pub use shape::{Dim, Shape};
+pub use tensor::Tensor;

@@ -1,0 +1,228 @@
+//! Convolution, pooling and upsampling over NCHW tensors.
+
+use super::Tensor;
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::op::{Conv2dParams, Pool2dParams};
+use crate::shape::Shape;
+
+impl<B: Backend> Tensor<B> {
+    fn check_nchw(&self, op: &'static str) -> Result<()> {
+        self.check_float(op)?;
+        if self.rank() != 4 {
+            return Err(Error::RankMismatch {
+                op,
+                expected: "4 ([batch, channels, height, width])",
+                shape: self.shape().clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Output shape of `conv2d(self, weight, p)` after checking every argument.
+    pub fn conv2d_out_shape(&self, weight: &Self, p: &Conv2dParams) -> Result<Shape> {
+        const OP: &str = "conv2d";
+        self.check_nchw(OP)?;
+        weight.check_nchw(OP)?;
+        self.check_same_dtype(weight, OP)?;
+        self.check_same_device(weight, OP)?;
+        let (x, w) = (self.dims(), weight.dims());
+        let bad = |hint: String| Error::ShapeMismatch {
+            op: OP,
+            lhs: self.shape().clone(),
+            rhs: weight.shape().clone(),
+            hint,
+        };
+        if p.groups == 0
+            || p.stride.0 == 0
+            || p.stride.1 == 0
+            || p.dilation.0 == 0
+            || p.dilation.1 == 0
+        {
+            return Err(Error::invalid(
+                OP,
+                format!("groups, stride and dilation must be positive, got {p:?}"),
+            ));
+        }
+        if x[1] % p.groups != 0 || w[0] % p.groups != 0 {
+            return Err(bad(format!(
+                "input channels {} and output channels {} must both be divisible by groups {}",
+                x[1], w[0], p.groups
+            )));
+        }
+        if w[1] * p.groups != x[1] {
+            return Err(bad(format!(
+                "weight [out, in/groups, kh, kw] expects {} input channels per group, the input has {} channels in {} groups",
+                w[1], x[1], p.groups
+            )));
+        }
+        let (oh, ow) = p.output_hw((x[2], x[3]), (w[2], w[3])).ok_or_else(|| {
+            bad(format!(
+                "the {}x{} kernel (dilation {:?}) does not fit the padded {}x{} input",
+                w[2], w[3], p.dilation, x[2], x[3]
+            ))
+        })?;
+        Ok(Shape::from([x[0], w[0], oh, ow]))
+    }
+
+    /// 2-D convolution (cross-correlation, as in PyTorch): `self [n, c, h, w]`,
+    /// `weight [o, c/groups, kh, kw]` -> `[n, o, oh, ow]`. Add a bias by broadcasting.
+    pub fn conv2d(&self, weight: &Self, p: &Conv2dParams) -> Result<Self> {
+        let out = self.conv2d_out_shape(weight, p)?;
+        let s = self.device().conv2d(
+            self.storage(),
+            self.layout(),
+            weight.storage(),
+            weight.layout(),
+            p,
+        )?;
+        Ok(Self::from_storage(s, out, self.device()))
+    }
+
+    /// Gradient of conv2d w.r.t. the input, from `dy = self`.
+    pub fn conv2d_backward_input(
+        &self,
+        weight: &Self,
+        x_shape: &Shape,
+        p: &Conv2dParams,
+    ) -> Result<Self> {
+        let dy = self.contiguous()?;
+        let s = self.device().conv2d_backward_input(
+            dy.storage(),
+            dy.shape(),
+            weight.storage(),
+            weight.layout(),
+            x_shape,
+            p,
+        )?;
+        Ok(Self::from_storage(s, x_shape.clone(), self.device()))
+    }
+
+    /// Gradient of conv2d w.r.t. the weight, from `dy = self` and the input `x`.
+    pub fn conv2d_backward_weight(
+        &self,
+        x: &Self,
+        w_shape: &Shape,
+        p: &Conv2dParams,
+    ) -> Result<Self> {
+        let dy = self.contiguous()?;
+        let s = self.device().conv2d_backward_weight(
+            x.storage(),
+            x.layout(),
+            dy.storage(),
+            dy.shape(),
+            w_shape,
+            p,
+        )?;
+        Ok(Self::from_storage(s, w_shape.clone(), self.device()))
+    }
+
+    fn pool_out_shape(&self, p: &Pool2dParams, op: &'static str) -> Result<Shape> {
+        self.check_nchw(op)?;
+        let d = self.dims();
+        if p.kernel.0 == 0 || p.kernel.1 == 0 || p.stride.0 == 0 || p.stride.1 == 0 {
+            return Err(Error::invalid(
+                op,
+                format!("kernel and stride must be positive, got {p:?}"),
+            ));
+        }
+        if p.padding.0 * 2 > p.kernel.0 || p.padding.1 * 2 > p.kernel.1 {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "padding {:?} must be at most half the kernel {:?}",
+                    p.padding, p.kernel
+                ),
+            ));
+        }
+        let (oh, ow) = p.output_hw((d[2], d[3])).ok_or_else(|| {
+            Error::invalid(
+                op,
+                format!(
+                    "the {:?} window does not fit the padded {}x{} input (shape {})",
+                    p.kernel,
+                    d[2],
+                    d[3],
+                    self.shape()
+                ),
+            )
+        })?;
+        Ok(Shape::from([d[0], d[1], oh, ow]))
+    }
+
+    /// Max pooling, returning `(y, argmax)` (argmax: flat `h*w` index of each window's winner).
+    pub fn max_pool2d_fwd(&self, p: &Pool2dParams) -> Result<(Self, Self)> {
+        let out = self.pool_out_shape(p, "max_pool2d")?;
+        let (y, a) = self.device().max_pool2d(self.storage(), self.layout(), p)?;
+        Ok((
+            Self::from_storage(y, out.clone(), self.device()),
+            Self::from_storage(a, out, self.device()),
+        ))
+    }
+
+    /// Max pooling.
+    pub fn max_pool2d(&self, p: &Pool2dParams) -> Result<Self> {
+        Ok(self.max_pool2d_fwd(p)?.0)
+    }
+
+    /// Backward of max pooling from `dy = self`.
+    pub fn max_pool2d_backward(&self, argmax: &Self, x_shape: &Shape) -> Result<Self> {
+        let dy = self.contiguous()?;
+        let am = argmax.contiguous()?;
+        let s =
+            self.device()
+                .max_pool2d_backward(dy.storage(), am.storage(), dy.shape(), x_shape)?;
+        Ok(Self::from_storage(s, x_shape.clone(), self.device()))
+    }
+
+    /// Average pooling.
+    pub fn avg_pool2d(&self, p: &Pool2dParams) -> Result<Self> {
+        let out = self.pool_out_shape(p, "avg_pool2d")?;
+        let s = self.device().avg_pool2d(self.storage(), self.layout(), p)?;
+        Ok(Self::from_storage(s, out, self.device()))
+    }
+
+    /// Backward of average pooling from `dy = self`.
+    pub fn avg_pool2d_backward(&self, x_shape: &Shape, p: &Pool2dParams) -> Result<Self> {
+        let dy = self.contiguous()?;
+        let s = self
+            .device()
+            .avg_pool2d_backward(dy.storage(), dy.shape(), x_shape, p)?;
+        Ok(Self::from_storage(s, x_shape.clone(), self.device()))
+    }
+
+    /// Nearest-neighbour upsampling by integer factors `(fh, fw)`.
+    pub fn upsample_nearest2d(&self, factor: (usize, usize)) -> Result<Self> {
+        const OP: &str = "upsample_nearest2d";
+        self.check_nchw(OP)?;
+        if factor.0 == 0 || factor.1 == 0 {
+            return Err(Error::invalid(
+                OP,
+                format!("scale factors must be positive, got {factor:?}"),
+            ));
+        }
+        let d = self.dims();
+        let s = self
+            .device()
+            .upsample_nearest2d(self.storage(), self.layout(), factor)?;
+        Ok(Self::from_storage(
+            s,
+            [d[0], d[1], d[2] * factor.0, d[3] * factor.1],
+            self.device(),
+        ))
+    }
+
+    /// Backward of nearest upsampling from `dy = self`.
+    pub fn upsample_nearest2d_backward(&self, factor: (usize, usize)) -> Result<Self> {
+        let dy = self.contiguous()?;
+        let d = dy.dims();
+        let s = self
+            .device()
+            .upsample_nearest2d_backward(dy.storage(), dy.shape(), factor)?;
+        Ok(Self::from_storage(
+            s,
+            [d[0], d[1], d[2] / factor.0, d[3] / factor.1],
+            self.device(),
+        ))
+    }
+}

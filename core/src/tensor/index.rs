@@ -1,0 +1,241 @@
+//! Indexing and assembly: index_select / embedding / index_add, gather / scatter_add, concat,
+//! stack, pad, and the causal (tril) mask.
+//!
+//! Index tensors are `U32`. They are range-checked on the host before any kernel runs, so an
+//! out-of-range index is an [`Error::Index`] naming the index, the axis and the shape, never a
+//! crash or a silent read of another row.
+
+use super::Tensor;
+use crate::backend::Backend;
+use crate::cpu::CpuStorage;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::shape::{Dim, Shape};
+
+impl<B: Backend> Tensor<B> {
+    /// Check that every entry of the `U32` tensor `ids` is `< size`.
+    fn check_ids(
+        ids: &Self,
+        size: usize,
+        axis: usize,
+        shape: &Shape,
+        op: &'static str,
+    ) -> Result<()> {
+        ids.check_dtype(DType::U32, op, "u32 indices")?;
+        if let Some(&bad) = ids.to_vec::<u32>()?.iter().find(|&&i| i as usize >= size) {
+            return Err(Error::Index {
+                op,
+                index: bad as usize,
+                size,
+                axis,
+                shape: shape.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Entries `ids` (a `U32` vector) along `axis`.
+    pub fn index_select<D: Dim>(&self, ids: &Self, axis: D) -> Result<Self> {
+        const OP: &str = "index_select";
+        let a = axis.to_index(self.shape(), OP)?;
+        self.check_same_device(ids, OP)?;
+        if ids.rank() != 1 {
+            return Err(Error::RankMismatch {
+                op: OP,
+                expected: "1 for the indices",
+                shape: ids.shape().clone(),
+            });
+        }
+        Self::check_ids(ids, self.dims()[a], a, self.shape(), OP)?;
+        let s = self.device().index_select(
+            self.storage(),
+            self.layout(),
+            a,
+            ids.storage(),
+            ids.layout(),
+        )?;
+        Ok(Self::from_storage(
+            s,
+            self.shape().with_dim(a, ids.elem_count()),
+            self.device(),
+        ))
+    }
+
+    /// Embedding lookup: rows of the table `self [vocab, dim]` for `ids` of any shape; the
+    /// output has shape `ids.shape + [dim]`.
+    pub fn embedding(&self, ids: &Self) -> Result<Self> {
+        if self.rank() != 2 {
+            return Err(Error::RankMismatch {
+                op: "embedding",
+                expected: "2 ([vocab, dim]) for the table",
+                shape: self.shape().clone(),
+            });
+        }
+        let flat = ids.flatten_all()?;
+        let rows = self.index_select(&flat, 0usize)?;
+        let mut out = ids.dims().to_vec();
+        out.push(self.dims()[1]);
+        rows.reshape(out)
+    }
+
+    /// Adjoint of [`Tensor::index_select`]: zeros of `out_shape` with slice `i` of `self` added
+    /// at `ids[i]` along `axis` (repeated indices accumulate).
+    pub fn index_add<D: Dim>(&self, ids: &Self, axis: D, out_shape: &Shape) -> Result<Self> {
+        const OP: &str = "index_add";
+        self.check_float(OP)?;
+        let a = axis.to_index(self.shape(), OP)?;
+        if out_shape.rank() != self.rank()
+            || out_shape.remove(a) != self.shape().remove(a)
+            || ids.elem_count() != self.dims()[a]
+        {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                lhs: self.shape().clone(),
+                rhs: out_shape.clone(),
+                hint: format!("source and output must agree outside axis {a}, and the source has one slice per index"),
+            });
+        }
+        Self::check_ids(ids, out_shape.dims()[a], a, out_shape, OP)?;
+        let x = self.contiguous()?;
+        let s = self.device().index_add(
+            x.storage(),
+            x.shape(),
+            a,
+            ids.storage(),
+            ids.layout(),
+            out_shape,
+        )?;
+        Ok(Self::from_storage(s, out_shape.clone(), self.device()))
+    }
+
+    fn check_gather_shapes(&self, ids: &Self, a: usize, op: &'static str) -> Result<()> {
+        self.check_same_device(ids, op)?;
+        if ids.rank() != self.rank() || ids.shape().remove(a) != self.shape().remove(a) {
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: self.shape().clone(),
+                rhs: ids.shape().clone(),
+                hint: format!("indices must have the source's shape except along axis {a}"),
+            });
+        }
+        Self::check_ids(ids, self.dims()[a], a, self.shape(), op)
+    }
+
+    /// `out[.., i, ..] = self[.., ids[.., i, ..], ..]` along `axis` (numpy `take_along_axis`).
+    pub fn gather<D: Dim>(&self, ids: &Self, axis: D) -> Result<Self> {
+        let a = axis.to_index(self.shape(), "gather")?;
+        self.check_gather_shapes(ids, a, "gather")?;
+        let s = self.device().gather(
+            self.storage(),
+            self.layout(),
+            a,
+            ids.storage(),
+            ids.layout(),
+        )?;
+        Ok(Self::from_storage(s, ids.shape().clone(), self.device()))
+    }
+
+    /// `self` plus every element of `src` added at the index `ids` gives along `axis`
+    /// (the adjoint of [`Tensor::gather`]; repeated indices accumulate).
+    pub fn scatter_add<D: Dim>(&self, ids: &Self, src: &Self, axis: D) -> Result<Self> {
+        const OP: &str = "scatter_add";
+        let a = axis.to_index(self.shape(), OP)?;
+        self.check_gather_shapes(ids, a, OP)?;
+        self.check_same_dtype(src, OP)?;
+        if src.shape() != ids.shape() {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                lhs: ids.shape().clone(),
+                rhs: src.shape().clone(),
+                hint: "indices and source must have the same shape".into(),
+            });
+        }
+        let s = self.device().scatter_add(
+            self.storage(),
+            self.layout(),
+            a,
+            ids.storage(),
+            ids.layout(),
+            src.storage(),
+            src.layout(),
+        )?;
+        Ok(Self::from_storage(s, self.shape().clone(), self.device()))
+    }
+
+    /// Concatenate along `axis`; all other dimensions must agree.
+    pub fn concat<D: Dim>(parts: &[&Self], axis: D) -> Result<Self> {
+        const OP: &str = "concat";
+        let first = parts
+            .first()
+            .ok_or_else(|| Error::invalid(OP, "needs at least one tensor"))?;
+        let a = axis.to_index(first.shape(), OP)?;
+        let mut total = 0;
+        for p in parts {
+            first.check_same_device(p, OP)?;
+            first.check_same_dtype(p, OP)?;
+            if p.rank() != first.rank() || p.shape().remove(a) != first.shape().remove(a) {
+                return Err(Error::ShapeMismatch {
+                    op: OP,
+                    lhs: first.shape().clone(),
+                    rhs: p.shape().clone(),
+                    hint: format!("all tensors must have the same shape except along axis {a}"),
+                });
+            }
+            total += p.dims()[a];
+        }
+        let views: Vec<_> = parts.iter().map(|p| (p.storage(), p.layout())).collect();
+        let s = first.device().concat(&views, a)?;
+        Ok(Self::from_storage(
+            s,
+            first.shape().with_dim(a, total),
+            first.device(),
+        ))
+    }
+
+    /// Stack equal-shape tensors along a new axis.
+    pub fn stack<D: Dim>(parts: &[&Self], axis: D) -> Result<Self> {
+        let first = parts
+            .first()
+            .ok_or_else(|| Error::invalid("stack", "needs at least one tensor"))?;
+        let a = axis.to_index_plus_one(first.shape(), "stack")?;
+        let ups: Vec<Self> = parts
+            .iter()
+            .map(|p| p.unsqueeze(a))
+            .collect::<Result<_>>()?;
+        let refs: Vec<&Self> = ups.iter().collect();
+        Self::concat(&refs, a)
+    }
+
+    /// Pad every axis with `value`: `pads[i] = (before, after)`, one pair per axis.
+    pub fn pad(&self, pads: &[(usize, usize)], value: f64) -> Result<Self> {
+        if pads.len() != self.rank() {
+            return Err(Error::invalid(
+                "pad",
+                format!(
+                    "got {} (before, after) pairs for a tensor of rank {} (shape {})",
+                    pads.len(),
+                    self.rank(),
+                    self.shape()
+                ),
+            ));
+        }
+        let s = self
+            .device()
+            .pad(self.storage(), self.layout(), pads, value)?;
+        let out: Vec<usize> = self
+            .dims()
+            .iter()
+            .zip(pads)
+            .map(|(&d, &(a, b))| d + a + b)
+            .collect();
+        Ok(Self::from_storage(s, out, self.device()))
+    }
+
+    /// The causal mask `[rows, cols]`: 1 where `col <= row + diagonal`, else 0 (`U8`).
+    pub fn tril_mask(rows: usize, cols: usize, diagonal: isize, device: &B) -> Result<Self> {
+        let v: Vec<u8> = (0..rows)
+            .flat_map(|r| (0..cols).map(move |c| (c as isize <= r as isize + diagonal) as u8))
+            .collect();
+        Self::from_cpu_storage(&CpuStorage::U8(v), [rows, cols], device)
+    }
+}

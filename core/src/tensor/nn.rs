@@ -1,0 +1,250 @@
+//! Fused neural-network kernels: softmax, norms, cross-entropy, top-k. Norms and cross-entropy
+//! also return the per-row statistics that their backward passes reuse (`*_fwd` methods).
+
+use super::Tensor;
+use crate::backend::Backend;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::shape::Dim;
+
+impl<B: Backend> Tensor<B> {
+    /// Moves `axis` last (a view), so a last-axis kernel can run; returns the axis index.
+    fn axis_last<D: Dim>(&self, axis: D, op: &'static str) -> Result<(Self, usize)> {
+        let a = axis.to_index(self.shape(), op)?;
+        let last = self.rank() - 1;
+        Ok((
+            if a == last {
+                self.clone()
+            } else {
+                self.transpose(a, last)?
+            },
+            a,
+        ))
+    }
+
+    fn softmax_impl<D: Dim>(&self, axis: D, log: bool, op: &'static str) -> Result<Self> {
+        self.check_float(op)?;
+        let (x, a) = self.axis_last(axis, op)?;
+        let s = self.device().softmax_last(x.storage(), x.layout(), log)?;
+        let y = Self::from_storage(s, x.shape().clone(), self.device());
+        let last = self.rank() - 1;
+        if a == last {
+            Ok(y)
+        } else {
+            y.transpose(a, last)
+        }
+    }
+
+    /// softmax along `axis`.
+    pub fn softmax<D: Dim>(&self, axis: D) -> Result<Self> {
+        self.softmax_impl(axis, false, "softmax")
+    }
+
+    /// log_softmax along `axis`.
+    pub fn log_softmax<D: Dim>(&self, axis: D) -> Result<Self> {
+        self.softmax_impl(axis, true, "log_softmax")
+    }
+
+    /// Backward of softmax/log_softmax along the last axis from the output `self` and `dy`.
+    pub fn softmax_last_backward(&self, dy: &Self, log: bool) -> Result<Self> {
+        let (y, g) = (self.contiguous()?, dy.contiguous()?);
+        let s = self
+            .device()
+            .softmax_last_backward(y.storage(), g.storage(), y.shape(), log)?;
+        Ok(Self::from_storage(s, y.shape().clone(), self.device()))
+    }
+
+    fn check_norm_param(&self, p: Option<&Self>, n: usize, op: &'static str) -> Result<()> {
+        if let Some(p) = p {
+            self.check_same_device(p, op)?;
+            if p.dims() != [n] {
+                return Err(Error::ShapeMismatch {
+                    op,
+                    lhs: self.shape().clone(),
+                    rhs: p.shape().clone(),
+                    hint: format!(
+                        "the weight/bias must have shape [{n}] (the input's last dimension)"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn rows_n(&self, op: &'static str) -> Result<(usize, usize)> {
+        let n = *self.dims().last().ok_or(Error::RankMismatch {
+            op,
+            expected: "at least 1",
+            shape: self.shape().clone(),
+        })?;
+        Ok((if n == 0 { 0 } else { self.elem_count() / n }, n))
+    }
+
+    /// RMS norm over the last axis, returning `(y, rstd)` with `rstd` of shape `[rows]`.
+    pub fn rms_norm_fwd(&self, weight: Option<&Self>, eps: f64) -> Result<(Self, Self)> {
+        const OP: &str = "rms_norm";
+        self.check_float(OP)?;
+        let (rows, n) = self.rows_n(OP)?;
+        self.check_norm_param(weight, n, OP)?;
+        let x = self.contiguous()?;
+        let w = weight
+            .map(|w| w.to_dtype(self.dtype()).and_then(|w| w.contiguous()))
+            .transpose()?;
+        let (y, r) =
+            self.device()
+                .rms_norm(x.storage(), w.as_ref().map(|w| w.storage()), rows, n, eps)?;
+        Ok((
+            Self::from_storage(y, self.shape().clone(), self.device()),
+            Self::from_storage(r, rows, self.device()),
+        ))
+    }
+
+    /// RMS norm over the last axis: `x / sqrt(mean(x^2) + eps) * weight`.
+    pub fn rms_norm(&self, weight: Option<&Self>, eps: f64) -> Result<Self> {
+        Ok(self.rms_norm_fwd(weight, eps)?.0)
+    }
+
+    /// Layer norm over the last axis, returning `(y, mean, rstd)`.
+    pub fn layer_norm_fwd(
+        &self,
+        weight: Option<&Self>,
+        bias: Option<&Self>,
+        eps: f64,
+    ) -> Result<(Self, Self, Self)> {
+        const OP: &str = "layer_norm";
+        self.check_float(OP)?;
+        let (rows, n) = self.rows_n(OP)?;
+        self.check_norm_param(weight, n, OP)?;
+        self.check_norm_param(bias, n, OP)?;
+        let x = self.contiguous()?;
+        let w = weight
+            .map(|w| w.to_dtype(self.dtype()).and_then(|w| w.contiguous()))
+            .transpose()?;
+        let b = bias
+            .map(|b| b.to_dtype(self.dtype()).and_then(|b| b.contiguous()))
+            .transpose()?;
+        let (y, m, r) = self.device().layer_norm(
+            x.storage(),
+            w.as_ref().map(|w| w.storage()),
+            b.as_ref().map(|b| b.storage()),
+            rows,
+            n,
+            eps,
+        )?;
+        let d = self.device();
+        Ok((
+            Self::from_storage(y, self.shape().clone(), d),
+            Self::from_storage(m, rows, d),
+            Self::from_storage(r, rows, d),
+        ))
+    }
+
+    /// Layer norm over the last axis: `(x - mean) / sqrt(var + eps) * weight + bias`.
+    pub fn layer_norm(&self, weight: Option<&Self>, bias: Option<&Self>, eps: f64) -> Result<Self> {
+        Ok(self.layer_norm_fwd(weight, bias, eps)?.0)
+    }
+
+    fn check_ce(&self, targets: &Self) -> Result<(usize, usize)> {
+        const OP: &str = "cross_entropy";
+        self.check_float(OP)?;
+        self.check_same_device(targets, OP)?;
+        targets.check_dtype(DType::U32, OP, "u32 class indices as targets")?;
+        if self.rank() != 2 || targets.rank() != 1 || targets.dims()[0] != self.dims()[0] {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                lhs: self.shape().clone(),
+                rhs: targets.shape().clone(),
+                hint: "expected logits [rows, classes] and targets [rows] (flatten batch and time first)".into(),
+            });
+        }
+        Ok((self.dims()[0], self.dims()[1]))
+    }
+
+    /// Per-row cross-entropy `lse(logits) - logits[target]` (0 where the target is
+    /// `ignore_index`), with the row log-sum-exp: `(loss [rows], lse [rows])`.
+    pub fn cross_entropy_fwd(
+        &self,
+        targets: &Self,
+        ignore_index: Option<u32>,
+    ) -> Result<(Self, Self)> {
+        let (rows, classes) = self.check_ce(targets)?;
+        let (x, t) = (self.contiguous()?, targets.contiguous()?);
+        let (l, s) =
+            self.device()
+                .cross_entropy(x.storage(), t.storage(), rows, classes, ignore_index)?;
+        let d = self.device();
+        Ok((
+            Self::from_storage(l, rows, d),
+            Self::from_storage(s, rows, d),
+        ))
+    }
+
+    /// Mean cross-entropy over the rows whose target is not `ignore_index`, as a rank-0 tensor.
+    pub fn cross_entropy(&self, targets: &Self, ignore_index: Option<u32>) -> Result<Self> {
+        let (loss, _) = self.cross_entropy_fwd(targets, ignore_index)?;
+        let counted = match ignore_index {
+            None => targets.elem_count(),
+            Some(ig) => targets
+                .to_vec::<u32>()?
+                .iter()
+                .filter(|&&t| t != ig)
+                .count(),
+        };
+        loss.sum_all()?.mul_scalar(1.0 / counted.max(1) as f64)
+    }
+
+    /// Backward of [`Tensor::cross_entropy_fwd`] given `dloss [rows]`.
+    pub fn cross_entropy_backward(
+        &self,
+        targets: &Self,
+        lse: &Self,
+        dloss: &Self,
+        ignore_index: Option<u32>,
+    ) -> Result<Self> {
+        let (rows, classes) = self.check_ce(targets)?;
+        let (x, t, s, g) = (
+            self.contiguous()?,
+            targets.contiguous()?,
+            lse.contiguous()?,
+            dloss.to_dtype(lse.dtype())?.contiguous()?,
+        );
+        let out = self.device().cross_entropy_backward(
+            x.storage(),
+            t.storage(),
+            s.storage(),
+            g.storage(),
+            rows,
+            classes,
+            ignore_index,
+        )?;
+        Ok(Self::from_storage(out, self.shape().clone(), self.device()))
+    }
+
+    /// The `k` largest values along `axis`, sorted descending, and their `U32` indices.
+    pub fn topk<D: Dim>(&self, k: usize, axis: D) -> Result<(Self, Self)> {
+        const OP: &str = "topk";
+        let (x, a) = self.axis_last(axis, OP)?;
+        let n = *x.dims().last().unwrap();
+        if k > n {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "k = {k} exceeds the size {n} of axis {a} (shape {})",
+                    self.shape()
+                ),
+            ));
+        }
+        let (v, i) = self.device().topk_last(x.storage(), x.layout(), k)?;
+        let shape = x.shape().with_dim(x.rank() - 1, k);
+        let (v, i) = (
+            Self::from_storage(v, shape.clone(), self.device()),
+            Self::from_storage(i, shape, self.device()),
+        );
+        let last = self.rank() - 1;
+        if a == last {
+            Ok((v, i))
+        } else {
+            Ok((v.transpose(a, last)?, i.transpose(a, last)?))
+        }
+    }
+}
