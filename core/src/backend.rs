@@ -82,13 +82,7 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
     // ---- reductions and scans ----
     /// Reduce along `axis`; the output has the input's shape without `axis`, contiguous.
     /// ArgMax/ArgMin produce `U32`.
-    fn reduce(
-        &self,
-        op: ReduceOp,
-        src: &Self::Storage,
-        layout: &Layout,
-        axis: usize,
-    ) -> Result<Self::Storage>;
+    fn reduce(&self, op: ReduceOp, src: &Self::Storage, layout: &Layout, axis: usize) -> Result<Self::Storage>;
     /// Cumulative sum along `axis` (inclusive or exclusive, forward or reverse); same shape.
     fn cumsum(
         &self,
@@ -113,12 +107,7 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
 
     // ---- fused last-axis kernels ----
     /// softmax (or log_softmax when `log`) along the last axis.
-    fn softmax_last(
-        &self,
-        src: &Self::Storage,
-        layout: &Layout,
-        log: bool,
-    ) -> Result<Self::Storage>;
+    fn softmax_last(&self, src: &Self::Storage, layout: &Layout, log: bool) -> Result<Self::Storage>;
     /// Backward of [`Backend::softmax_last`] from its output `y` and upstream `dy` (contiguous,
     /// same shape): `dx = y * (dy - sum(dy*y))`, or for log: `dx = dy - exp(y) * sum(dy)`.
     fn softmax_last_backward(
@@ -198,12 +187,7 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Self::Storage>;
     /// The `k` largest elements of each last-axis row, sorted descending (ties: lower index
     /// first), and their `U32` indices. Outputs `[rows.., k]`.
-    fn topk_last(
-        &self,
-        src: &Self::Storage,
-        layout: &Layout,
-        k: usize,
-    ) -> Result<(Self::Storage, Self::Storage)>;
+    fn topk_last(&self, src: &Self::Storage, layout: &Layout, k: usize) -> Result<(Self::Storage, Self::Storage)>;
 
     // ---- indexing ----
     /// Select along `axis` the entries listed in the `U32` vector `ids`: output shape is the
@@ -253,13 +237,7 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
     /// Concatenate views along `axis` (all other dims equal).
     fn concat(&self, parts: &[(&Self::Storage, &Layout)], axis: usize) -> Result<Self::Storage>;
     /// Constant padding: `pads[i] = (before, after)` for every axis.
-    fn pad(
-        &self,
-        src: &Self::Storage,
-        layout: &Layout,
-        pads: &[(usize, usize)],
-        value: f64,
-    ) -> Result<Self::Storage>;
+    fn pad(&self, src: &Self::Storage, layout: &Layout, pads: &[(usize, usize)], value: f64) -> Result<Self::Storage>;
 
     // ---- convolution and pooling (NCHW) ----
     /// 2-D convolution, `x: [n, c, h, w]`, `w: [o, c/groups, kh, kw]` -> `[n, o, oh, ow]`.
@@ -307,12 +285,7 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         x_shape: &Shape,
     ) -> Result<Self::Storage>;
     /// Average pooling.
-    fn avg_pool2d(
-        &self,
-        x: &Self::Storage,
-        layout: &Layout,
-        p: &Pool2dParams,
-    ) -> Result<Self::Storage>;
+    fn avg_pool2d(&self, x: &Self::Storage, layout: &Layout, p: &Pool2dParams) -> Result<Self::Storage>;
     /// Backward of average pooling, `dy` contiguous.
     fn avg_pool2d_backward(
         &self,
@@ -322,12 +295,7 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         p: &Pool2dParams,
     ) -> Result<Self::Storage>;
     /// Nearest-neighbour upsampling by integer factors `(fh, fw)`.
-    fn upsample_nearest2d(
-        &self,
-        x: &Self::Storage,
-        layout: &Layout,
-        factor: (usize, usize),
-    ) -> Result<Self::Storage>;
+    fn upsample_nearest2d(&self, x: &Self::Storage, layout: &Layout, factor: (usize, usize)) -> Result<Self::Storage>;
     /// Backward of nearest upsampling (sums each `fh x fw` block), `dy` contiguous.
     fn upsample_nearest2d_backward(
         &self,

@@ -73,9 +73,7 @@ impl std::str::FromStr for DType {
 }
 
 /// A Rust type that is the element of some [`DType`].
-pub trait WithDType:
-    Copy + Send + Sync + 'static + bytemuck::Pod + std::fmt::Debug + PartialOrd + Default
-{
+pub trait WithDType: Copy + Send + Sync + 'static + bytemuck::Pod + std::fmt::Debug + PartialOrd + Default {
     /// The matching dtype.
     const DTYPE: DType;
     /// Widening conversion (exact for every type here except u32 above 2^53, which cannot occur).

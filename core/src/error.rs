@@ -154,22 +154,18 @@ impl std::fmt::Display for Error {
                 "{op}: index {index} is out of range for axis {axis} of size {size} (shape {shape}); \
                  indices must be in 0..{size}"
             ),
-            Error::ElementCount { op, shape, got } => write!(
-                f,
-                "{op}: shape {shape} needs {} elements but {got} were given",
-                shape.elem_count()
-            ),
-            Error::DTypeMismatch { op, lhs, rhs } => write!(
-                f,
-                "{op}: dtype mismatch: {lhs:?} vs {rhs:?} (convert one operand with .to_dtype())"
-            ),
+            Error::ElementCount { op, shape, got } => {
+                write!(f, "{op}: shape {shape} needs {} elements but {got} were given", shape.elem_count())
+            }
+            Error::DTypeMismatch { op, lhs, rhs } => {
+                write!(f, "{op}: dtype mismatch: {lhs:?} vs {rhs:?} (convert one operand with .to_dtype())")
+            }
             Error::UnsupportedDType { op, dtype, expected } => {
                 write!(f, "{op}: dtype {dtype:?} is not supported; expected {expected}")
             }
-            Error::DeviceMismatch { op, lhs, rhs } => write!(
-                f,
-                "{op}: operands are on different devices ({lhs} and {rhs}); move one with .to_device()"
-            ),
+            Error::DeviceMismatch { op, lhs, rhs } => {
+                write!(f, "{op}: operands are on different devices ({lhs} and {rhs}); move one with .to_device()")
+            }
             Error::InvalidArgument { op, msg } => write!(f, "{op}: {msg}"),
             Error::DeviceUnavailable { device, reason } => {
                 write!(f, "device {device} is unavailable: {reason}")
@@ -185,9 +181,6 @@ impl std::error::Error for Error {}
 impl Error {
     /// Shorthand for [`Error::InvalidArgument`].
     pub fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
-        Error::InvalidArgument {
-            op,
-            msg: msg.into(),
-        }
+        Error::InvalidArgument { op, msg: msg.into() }
     }
 }

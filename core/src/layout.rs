@@ -20,21 +20,13 @@ impl Layout {
     pub fn contiguous(shape: impl Into<Shape>) -> Self {
         let shape = shape.into();
         let strides = shape.contiguous_strides();
-        Layout {
-            shape,
-            strides,
-            offset: 0,
-        }
+        Layout { shape, strides, offset: 0 }
     }
 
     /// A layout from raw parts (no checks; used by backends).
     pub fn from_parts(shape: Shape, strides: Vec<usize>, offset: usize) -> Self {
         debug_assert_eq!(shape.rank(), strides.len());
-        Layout {
-            shape,
-            strides,
-            offset,
-        }
+        Layout { shape, strides, offset }
     }
 
     /// The logical shape.
@@ -73,8 +65,7 @@ impl Layout {
 
     /// `Some(start..end)` of the storage when contiguous.
     pub fn contiguous_range(&self) -> Option<std::ops::Range<usize>> {
-        self.is_contiguous()
-            .then(|| self.offset..self.offset + self.elem_count())
+        self.is_contiguous().then(|| self.offset..self.offset + self.elem_count())
     }
 
     /// Swap two axes (a view).
@@ -83,47 +74,26 @@ impl Layout {
         let mut strides = self.strides.clone();
         dims.swap(a, b);
         strides.swap(a, b);
-        Layout {
-            shape: dims.into(),
-            strides,
-            offset: self.offset,
-        }
+        Layout { shape: dims.into(), strides, offset: self.offset }
     }
 
     /// Reorder axes: output axis `i` is input axis `perm[i]` (a view).
     pub fn permute(&self, perm: &[usize], op: &'static str) -> Result<Layout> {
         let r = self.shape.rank();
         let mut seen = vec![false; r];
-        if perm.len() != r
-            || perm
-                .iter()
-                .any(|&p| p >= r || std::mem::replace(&mut seen[p], true))
-        {
+        if perm.len() != r || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true)) {
             return Err(Error::invalid(
                 op,
-                format!(
-                    "{perm:?} is not a permutation of the {r} axes of shape {}",
-                    self.shape
-                ),
+                format!("{perm:?} is not a permutation of the {r} axes of shape {}", self.shape),
             ));
         }
         let dims: Vec<usize> = perm.iter().map(|&p| self.dims()[p]).collect();
         let strides = perm.iter().map(|&p| self.strides[p]).collect();
-        Ok(Layout {
-            shape: dims.into(),
-            strides,
-            offset: self.offset,
-        })
+        Ok(Layout { shape: dims.into(), strides, offset: self.offset })
     }
 
     /// Elements `start..start+len` along `axis` (a view).
-    pub fn narrow(
-        &self,
-        axis: usize,
-        start: usize,
-        len: usize,
-        op: &'static str,
-    ) -> Result<Layout> {
+    pub fn narrow(&self, axis: usize, start: usize, len: usize, op: &'static str) -> Result<Layout> {
         let size = self.dims()[axis];
         if start.checked_add(len).is_none_or(|e| e > size) {
             return Err(Error::invalid(
@@ -135,27 +105,15 @@ impl Layout {
                 ),
             ));
         }
-        let offset = if len == 0 {
-            self.offset
-        } else {
-            self.offset + start * self.strides[axis]
-        };
-        Ok(Layout {
-            shape: self.shape.with_dim(axis, len),
-            strides: self.strides.clone(),
-            offset,
-        })
+        let offset = if len == 0 { self.offset } else { self.offset + start * self.strides[axis] };
+        Ok(Layout { shape: self.shape.with_dim(axis, len), strides: self.strides.clone(), offset })
     }
 
     /// Broadcast to `target` by prepending axes and stretching size-1 axes with stride 0 (a view).
     pub fn broadcast_as(&self, target: &Shape, op: &'static str) -> Result<Layout> {
         let (src, tgt) = (self.dims(), target.dims());
         if src.len() > tgt.len() {
-            return Err(Error::Broadcast {
-                op,
-                lhs: self.shape.clone(),
-                rhs: target.clone(),
-            });
+            return Err(Error::Broadcast { op, lhs: self.shape.clone(), rhs: target.clone() });
         }
         let lead = tgt.len() - src.len();
         let mut strides = vec![0; tgt.len()];
@@ -166,36 +124,20 @@ impl Layout {
             } else if d == 1 {
                 0
             } else {
-                return Err(Error::Broadcast {
-                    op,
-                    lhs: self.shape.clone(),
-                    rhs: target.clone(),
-                });
+                return Err(Error::Broadcast { op, lhs: self.shape.clone(), rhs: target.clone() });
             };
         }
-        Ok(Layout {
-            shape: target.clone(),
-            strides,
-            offset: self.offset,
-        })
+        Ok(Layout { shape: target.clone(), strides, offset: self.offset })
     }
 
     /// Insert an axis of size 1 at `axis` (a view).
     pub fn unsqueeze(&self, axis: usize) -> Layout {
         let mut dims = self.dims().to_vec();
         let mut strides = self.strides.clone();
-        let s = if axis < strides.len() {
-            strides[axis] * dims[axis]
-        } else {
-            1
-        };
+        let s = if axis < strides.len() { strides[axis] * dims[axis] } else { 1 };
         dims.insert(axis, 1);
         strides.insert(axis, s);
-        Layout {
-            shape: dims.into(),
-            strides,
-            offset: self.offset,
-        }
+        Layout { shape: dims.into(), strides, offset: self.offset }
     }
 
     /// Remove an axis of size 1 (a view). The caller checks the size.
@@ -204,11 +146,7 @@ impl Layout {
         let mut strides = self.strides.clone();
         dims.remove(axis);
         strides.remove(axis);
-        Layout {
-            shape: dims.into(),
-            strides,
-            offset: self.offset,
-        }
+        Layout { shape: dims.into(), strides, offset: self.offset }
     }
 
     /// The same elements under a new shape, when that needs no copy (contiguous input).
@@ -223,12 +161,7 @@ impl Layout {
     /// Storage offset of the element at `index` (one entry per axis).
     #[inline]
     pub fn offset_of(&self, index: &[usize]) -> usize {
-        self.offset
-            + index
-                .iter()
-                .zip(&self.strides)
-                .map(|(i, s)| i * s)
-                .sum::<usize>()
+        self.offset + index.iter().zip(&self.strides).map(|(i, s)| i * s).sum::<usize>()
     }
 
     /// Storage offset of the `i`-th element in row-major logical order.
@@ -249,12 +182,7 @@ impl Layout {
     /// demand by [`Rows::row_offset`]. Rank-0 layouts are one row of one element.
     pub fn rows(&self) -> Rows<'_> {
         match self.dims().last() {
-            None => Rows {
-                layout: self,
-                rows: 1,
-                inner_len: 1,
-                inner_stride: 1,
-            },
+            None => Rows { layout: self, rows: 1, inner_len: 1, inner_stride: 1 },
             Some(&n) => Rows {
                 layout: self,
                 rows: if n == 0 { 0 } else { self.elem_count() / n },
@@ -323,16 +251,12 @@ mod tests {
         let n = Layout::contiguous([4, 5]).narrow(1, 2, 3, "t").unwrap();
         assert_eq!(n.offset(), 2);
         assert_eq!(n.offset_of(&[1, 0]), 7);
-        assert!(Layout::contiguous([4, 5])
-            .narrow(1, 3, 3, "narrow")
-            .is_err());
+        assert!(Layout::contiguous([4, 5]).narrow(1, 3, 3, "narrow").is_err());
     }
 
     #[test]
     fn rows_cover_all_elements() {
-        let l = Layout::contiguous([2, 3, 4])
-            .permute(&[2, 0, 1], "t")
-            .unwrap();
+        let l = Layout::contiguous([2, 3, 4]).permute(&[2, 0, 1], "t").unwrap();
         let rows = l.rows();
         let mut all = vec![];
         for r in 0..rows.rows {

@@ -173,23 +173,14 @@ pub struct Conv2dParams {
 
 impl Default for Conv2dParams {
     fn default() -> Self {
-        Conv2dParams {
-            stride: (1, 1),
-            padding: (0, 0),
-            dilation: (1, 1),
-            groups: 1,
-        }
+        Conv2dParams { stride: (1, 1), padding: (0, 0), dilation: (1, 1), groups: 1 }
     }
 }
 
 impl Conv2dParams {
     /// Output spatial size for input `(h, w)` and kernel `(kh, kw)`; `None` when the kernel does
     /// not fit.
-    pub fn output_hw(
-        &self,
-        (h, w): (usize, usize),
-        (kh, kw): (usize, usize),
-    ) -> Option<(usize, usize)> {
+    pub fn output_hw(&self, (h, w): (usize, usize), (kh, kw): (usize, usize)) -> Option<(usize, usize)> {
         let f = |n: usize, k: usize, s: usize, p: usize, d: usize| {
             let eff = d * (k.max(1) - 1) + 1;
             (n + 2 * p).checked_sub(eff).map(|v| v / s + 1)
@@ -218,11 +209,7 @@ pub struct Pool2dParams {
 impl Pool2dParams {
     /// Output spatial size, `None` when the window does not fit.
     pub fn output_hw(&self, (h, w): (usize, usize)) -> Option<(usize, usize)> {
-        let f =
-            |n: usize, k: usize, s: usize, p: usize| (n + 2 * p).checked_sub(k).map(|v| v / s + 1);
-        Some((
-            f(h, self.kernel.0, self.stride.0, self.padding.0)?,
-            f(w, self.kernel.1, self.stride.1, self.padding.1)?,
-        ))
+        let f = |n: usize, k: usize, s: usize, p: usize| (n + 2 * p).checked_sub(k).map(|v| v / s + 1);
+        Some((f(h, self.kernel.0, self.stride.0, self.padding.0)?, f(w, self.kernel.1, self.stride.1, self.padding.1)?))
     }
 }

@@ -58,26 +58,14 @@ impl Shape {
         let rank = a.len().max(b.len());
         let mut out = vec![0; rank];
         for i in 0..rank {
-            let da = if i < rank - a.len() {
-                1
-            } else {
-                a[i - (rank - a.len())]
-            };
-            let db = if i < rank - b.len() {
-                1
-            } else {
-                b[i - (rank - b.len())]
-            };
+            let da = if i < rank - a.len() { 1 } else { a[i - (rank - a.len())] };
+            let db = if i < rank - b.len() { 1 } else { b[i - (rank - b.len())] };
             out[i] = if da == db || db == 1 {
                 da
             } else if da == 1 {
                 db
             } else {
-                return Err(Error::Broadcast {
-                    op,
-                    lhs: self.clone(),
-                    rhs: other.clone(),
-                });
+                return Err(Error::Broadcast { op, lhs: self.clone(), rhs: other.clone() });
             };
         }
         Ok(Shape(out))
@@ -101,11 +89,7 @@ impl Shape {
     pub fn matrix_dims(&self, op: &'static str) -> Result<(&[usize], usize, usize)> {
         let r = self.rank();
         if r < 2 {
-            return Err(Error::RankMismatch {
-                op,
-                expected: "at least 2",
-                shape: self.clone(),
-            });
+            return Err(Error::RankMismatch { op, expected: "at least 2", shape: self.clone() });
         }
         Ok((&self.0[..r - 2], self.0[r - 2], self.0[r - 1]))
     }
@@ -171,11 +155,7 @@ pub trait Dim: Copy + std::fmt::Debug {
 fn signed_axis(axis: isize, rank: usize, shape: &Shape, op: &'static str) -> Result<usize> {
     let idx = if axis < 0 { axis + rank as isize } else { axis };
     if idx < 0 || idx >= rank as isize {
-        return Err(Error::Axis {
-            op,
-            axis,
-            shape: shape.clone(),
-        });
+        return Err(Error::Axis { op, axis, shape: shape.clone() });
     }
     Ok(idx as usize)
 }
@@ -214,9 +194,7 @@ mod tests {
         let a = Shape::from([3, 1, 5]);
         let b = Shape::from([4, 1]);
         assert_eq!(a.broadcast_with(&b, "t").unwrap(), Shape::from([3, 4, 5]));
-        let err = Shape::from([3])
-            .broadcast_with(&Shape::from([4]), "add")
-            .unwrap_err();
+        let err = Shape::from([3]).broadcast_with(&Shape::from([4]), "add").unwrap_err();
         assert!(err.to_string().contains("[3]") && err.to_string().contains("[4]"));
     }
 

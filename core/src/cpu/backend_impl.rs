@@ -82,15 +82,7 @@ impl Backend for Cpu {
     ) -> Result<(S, Option<S>)> {
         nn::rms_norm_backward(x, w, rstd, dy, rows, n)
     }
-    fn layer_norm(
-        &self,
-        x: &S,
-        w: Option<&S>,
-        b: Option<&S>,
-        rows: usize,
-        n: usize,
-        eps: f64,
-    ) -> Result<(S, S, S)> {
+    fn layer_norm(&self, x: &S, w: Option<&S>, b: Option<&S>, rows: usize, n: usize, eps: f64) -> Result<(S, S, S)> {
         nn::layer_norm(x, w, b, rows, n, eps)
     }
     fn layer_norm_backward(
@@ -105,14 +97,7 @@ impl Backend for Cpu {
     ) -> Result<(S, Option<S>, Option<S>)> {
         nn::layer_norm_backward(x, w, mean, rstd, dy, rows, n)
     }
-    fn cross_entropy(
-        &self,
-        logits: &S,
-        t: &S,
-        rows: usize,
-        classes: usize,
-        ignore: Option<u32>,
-    ) -> Result<(S, S)> {
+    fn cross_entropy(&self, logits: &S, t: &S, rows: usize, classes: usize, ignore: Option<u32>) -> Result<(S, S)> {
         nn::cross_entropy(logits, t, rows, classes, ignore)
     }
     fn cross_entropy_backward(
@@ -133,30 +118,13 @@ impl Backend for Cpu {
     fn index_select(&self, s: &S, l: &Layout, axis: usize, ids: &S, li: &Layout) -> Result<S> {
         index::index_select(s, l, axis, ids, li)
     }
-    fn index_add(
-        &self,
-        s: &S,
-        ss: &Shape,
-        axis: usize,
-        ids: &S,
-        li: &Layout,
-        out: &Shape,
-    ) -> Result<S> {
+    fn index_add(&self, s: &S, ss: &Shape, axis: usize, ids: &S, li: &Layout, out: &Shape) -> Result<S> {
         index::index_add(s, ss, axis, ids, li, out)
     }
     fn gather(&self, s: &S, l: &Layout, axis: usize, ids: &S, li: &Layout) -> Result<S> {
         index::gather(s, l, axis, ids, li)
     }
-    fn scatter_add(
-        &self,
-        b: &S,
-        lb: &Layout,
-        axis: usize,
-        ids: &S,
-        li: &Layout,
-        s: &S,
-        ls: &Layout,
-    ) -> Result<S> {
+    fn scatter_add(&self, b: &S, lb: &Layout, axis: usize, ids: &S, li: &Layout, s: &S, ls: &Layout) -> Result<S> {
         index::scatter_add(b, lb, axis, ids, li, s, ls)
     }
     fn concat(&self, parts: &[(&S, &Layout)], axis: usize) -> Result<S> {

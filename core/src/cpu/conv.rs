@@ -32,18 +32,7 @@ impl Geo {
         let (oh, ow) = p
             .output_hw((x[2], x[3]), (wd[2], wd[3]))
             .ok_or_else(|| Error::invalid("conv2d", "kernel larger than the padded input"))?;
-        Ok(Geo {
-            n: x[0],
-            c: x[1],
-            h: x[2],
-            w: x[3],
-            o: wd[0],
-            kh: wd[2],
-            kw: wd[3],
-            oh,
-            ow,
-            g: p.groups,
-        })
+        Ok(Geo { n: x[0], c: x[1], h: x[2], w: x[3], o: wd[0], kh: wd[2], kw: wd[3], oh, ow, g: p.groups })
     }
     fn cg(&self) -> usize {
         self.c / self.g
@@ -58,18 +47,10 @@ impl Geo {
 
 /// Input row/col read by output pixel (oy, ox) at tap (ky, kx), or None in the padding.
 #[inline]
-fn tap(
-    p: &Conv2dParams,
-    g: &Geo,
-    oy: usize,
-    ox: usize,
-    ky: usize,
-    kx: usize,
-) -> Option<(usize, usize)> {
+fn tap(p: &Conv2dParams, g: &Geo, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
     let iy = (oy * p.stride.0 + ky * p.dilation.0) as isize - p.padding.0 as isize;
     let ix = (ox * p.stride.1 + kx * p.dilation.1) as isize - p.padding.1 as isize;
-    (iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w)
-        .then_some((iy as usize, ix as usize))
+    (iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w).then_some((iy as usize, ix as usize))
 }
 
 /// col[(ci*kh + ky)*kw + kx, oy*ow + ox] for channels `c0..c0+cg` of image `img`.
@@ -119,33 +100,16 @@ fn conv_fwd<T: GemmFloat>(x: &[T], w: &[T], g: &Geo, p: &Conv2dParams) -> Vec<T>
     if out.is_empty() {
         return out;
     }
-    out.par_chunks_mut(g.o * npix)
-        .enumerate()
-        .for_each(|(img, o_img)| {
-            let xi = &x[img * g.c * g.h * g.w..(img + 1) * g.c * g.h * g.w];
-            let mut col = vec![T::ZERO; g.krows() * npix];
-            for gi in 0..g.g {
-                im2col(xi, g, p, gi * g.cg(), &mut col);
-                let wg = &w[gi * g.og() * g.krows()..];
-                let og = &mut o_img[gi * g.og() * npix..(gi + 1) * g.og() * npix];
-                T::gemm(
-                    g.og(),
-                    npix,
-                    g.krows(),
-                    T::ONE,
-                    wg,
-                    g.krows(),
-                    1,
-                    &col,
-                    npix,
-                    1,
-                    T::ZERO,
-                    og,
-                    npix,
-                    1,
-                );
-            }
-        });
+    out.par_chunks_mut(g.o * npix).enumerate().for_each(|(img, o_img)| {
+        let xi = &x[img * g.c * g.h * g.w..(img + 1) * g.c * g.h * g.w];
+        let mut col = vec![T::ZERO; g.krows() * npix];
+        for gi in 0..g.g {
+            im2col(xi, g, p, gi * g.cg(), &mut col);
+            let wg = &w[gi * g.og() * g.krows()..];
+            let og = &mut o_img[gi * g.og() * npix..(gi + 1) * g.og() * npix];
+            T::gemm(g.og(), npix, g.krows(), T::ONE, wg, g.krows(), 1, &col, npix, 1, T::ZERO, og, npix, 1);
+        }
+    });
     out
 }
 
@@ -155,33 +119,16 @@ fn conv_bwd_input<T: GemmFloat>(dy: &[T], w: &[T], g: &Geo, p: &Conv2dParams) ->
     if dx.is_empty() {
         return dx;
     }
-    dx.par_chunks_mut(g.c * g.h * g.w)
-        .enumerate()
-        .for_each(|(img, dxi)| {
-            let mut dcol = vec![T::ZERO; g.krows() * npix];
-            for gi in 0..g.g {
-                let wg = &w[gi * g.og() * g.krows()..];
-                let dyg = &dy[(img * g.o + gi * g.og()) * npix..];
-                // dcol = W_g^T @ dy_g: read W_g [og, krows] transposed through its strides.
-                T::gemm(
-                    g.krows(),
-                    npix,
-                    g.og(),
-                    T::ONE,
-                    wg,
-                    1,
-                    g.krows(),
-                    dyg,
-                    npix,
-                    1,
-                    T::ZERO,
-                    &mut dcol,
-                    npix,
-                    1,
-                );
-                col2im(&dcol, g, p, gi * g.cg(), dxi);
-            }
-        });
+    dx.par_chunks_mut(g.c * g.h * g.w).enumerate().for_each(|(img, dxi)| {
+        let mut dcol = vec![T::ZERO; g.krows() * npix];
+        for gi in 0..g.g {
+            let wg = &w[gi * g.og() * g.krows()..];
+            let dyg = &dy[(img * g.o + gi * g.og()) * npix..];
+            // dcol = W_g^T @ dy_g: read W_g [og, krows] transposed through its strides.
+            T::gemm(g.krows(), npix, g.og(), T::ONE, wg, 1, g.krows(), dyg, npix, 1, T::ZERO, &mut dcol, npix, 1);
+            col2im(&dcol, g, p, gi * g.cg(), dxi);
+        }
+    });
     dx
 }
 
@@ -200,22 +147,7 @@ fn conv_bwd_weight<T: GemmFloat>(x: &[T], dy: &[T], g: &Geo, p: &Conv2dParams) -
                 let dyg = &dy[(img * g.o + gi * g.og()) * npix..];
                 let dwg = &mut dw[gi * g.og() * g.krows()..(gi + 1) * g.og() * g.krows()];
                 // dW_g = dy_g [og, npix] @ col^T [npix, krows]
-                T::gemm(
-                    g.og(),
-                    g.krows(),
-                    npix,
-                    T::ONE,
-                    dyg,
-                    npix,
-                    1,
-                    &col,
-                    1,
-                    npix,
-                    T::ZERO,
-                    dwg,
-                    g.krows(),
-                    1,
-                );
+                T::gemm(g.og(), g.krows(), npix, T::ONE, dyg, npix, 1, &col, 1, npix, T::ZERO, dwg, g.krows(), 1);
             }
             dw
         })
@@ -247,19 +179,10 @@ macro_rules! two_floats {
 }
 
 /// conv2d forward.
-pub fn conv2d(
-    x: &CpuStorage,
-    lx: &Layout,
-    w: &CpuStorage,
-    lw: &Layout,
-    p: &Conv2dParams,
-) -> Result<CpuStorage> {
+pub fn conv2d(x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout, p: &Conv2dParams) -> Result<CpuStorage> {
     let g = Geo::new(lx.dims(), lw.dims(), p)?;
     let (xv, wv) = (x.float_vec(lx, "conv2d")?, w.float_vec(lw, "conv2d")?);
-    Ok(store(
-        two_floats!("conv2d", xv, wv, |a, b| conv_fwd(&a, &b, &g, p)),
-        x.dtype(),
-    ))
+    Ok(store(two_floats!("conv2d", xv, wv, |a, b| conv_fwd(&a, &b, &g, p)), x.dtype()))
 }
 
 /// conv2d gradient w.r.t. the input.
@@ -272,16 +195,9 @@ pub fn conv2d_backward_input(
     p: &Conv2dParams,
 ) -> Result<CpuStorage> {
     let g = Geo::new(xs.dims(), lw.dims(), p)?;
-    let (dv, wv) = (
-        dy.float_vec(&Layout::contiguous(dys.clone()), "conv2d_backward")?,
-        w.float_vec(lw, "conv2d_backward")?,
-    );
-    Ok(store(
-        two_floats!("conv2d_backward", dv, wv, |a, b| conv_bwd_input(
-            &a, &b, &g, p
-        )),
-        dy.dtype(),
-    ))
+    let (dv, wv) =
+        (dy.float_vec(&Layout::contiguous(dys.clone()), "conv2d_backward")?, w.float_vec(lw, "conv2d_backward")?);
+    Ok(store(two_floats!("conv2d_backward", dv, wv, |a, b| conv_bwd_input(&a, &b, &g, p)), dy.dtype()))
 }
 
 /// conv2d gradient w.r.t. the weight.
@@ -294,24 +210,16 @@ pub fn conv2d_backward_weight(
     p: &Conv2dParams,
 ) -> Result<CpuStorage> {
     let g = Geo::new(lx.dims(), ws.dims(), p)?;
-    let (xv, dv) = (
-        x.float_vec(lx, "conv2d_backward")?,
-        dy.float_vec(&Layout::contiguous(dys.clone()), "conv2d_backward")?,
-    );
-    Ok(store(
-        two_floats!("conv2d_backward", xv, dv, |a, b| conv_bwd_weight(
-            &a, &b, &g, p
-        )),
-        dy.dtype(),
-    ))
+    let (xv, dv) =
+        (x.float_vec(lx, "conv2d_backward")?, dy.float_vec(&Layout::contiguous(dys.clone()), "conv2d_backward")?);
+    Ok(store(two_floats!("conv2d_backward", xv, dv, |a, b| conv_bwd_weight(&a, &b, &g, p)), dy.dtype()))
 }
 
 // ---------------------------------------------------------------- pooling
 
 fn pool_geo(d: &[usize], p: &Pool2dParams) -> Result<(usize, usize, usize, usize, usize)> {
-    let (oh, ow) = p
-        .output_hw((d[2], d[3]))
-        .ok_or_else(|| Error::invalid("pool2d", "window larger than the padded input"))?;
+    let (oh, ow) =
+        p.output_hw((d[2], d[3])).ok_or_else(|| Error::invalid("pool2d", "window larger than the padded input"))?;
     Ok((d[0] * d[1], d[2], d[3], oh, ow))
 }
 
@@ -341,38 +249,31 @@ fn max_pool<T: Float>(
 ) -> (Vec<T>, Vec<u32>) {
     let mut y = vec![T::ZERO; planes * oh * ow];
     let mut am = vec![0u32; planes * oh * ow];
-    y.par_chunks_mut(oh * ow.max(1))
-        .zip(am.par_chunks_mut(oh * ow.max(1)))
-        .enumerate()
-        .for_each(|(pl, (yo, ao))| {
-            let xp = &x[pl * h * w..(pl + 1) * h * w];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let (ys, xs) = window(p, h, w, oy, ox);
-                    let (mut best, mut bi) = (T::neg_infinity(), u32::MAX);
-                    for iy in ys {
-                        for ix in xs.clone() {
-                            let v = xp[iy * w + ix];
-                            if bi == u32::MAX || v > best || v.is_nan() {
-                                best = v;
-                                bi = (iy * w + ix) as u32;
-                            }
+    y.par_chunks_mut(oh * ow.max(1)).zip(am.par_chunks_mut(oh * ow.max(1))).enumerate().for_each(|(pl, (yo, ao))| {
+        let xp = &x[pl * h * w..(pl + 1) * h * w];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let (ys, xs) = window(p, h, w, oy, ox);
+                let (mut best, mut bi) = (T::neg_infinity(), u32::MAX);
+                for iy in ys {
+                    for ix in xs.clone() {
+                        let v = xp[iy * w + ix];
+                        if bi == u32::MAX || v > best || v.is_nan() {
+                            best = v;
+                            bi = (iy * w + ix) as u32;
                         }
                     }
-                    yo[oy * ow + ox] = best;
-                    ao[oy * ow + ox] = bi;
                 }
+                yo[oy * ow + ox] = best;
+                ao[oy * ow + ox] = bi;
             }
-        });
+        }
+    });
     (y, am)
 }
 
 /// Max pooling forward: `(y, argmax)`.
-pub fn max_pool2d(
-    x: &CpuStorage,
-    l: &Layout,
-    p: &Pool2dParams,
-) -> Result<(CpuStorage, CpuStorage)> {
+pub fn max_pool2d(x: &CpuStorage, l: &Layout, p: &Pool2dParams) -> Result<(CpuStorage, CpuStorage)> {
     let (planes, h, w, oh, ow) = pool_geo(l.dims(), p)?;
     Ok(match x.float_vec(l, "max_pool2d")? {
         FloatVec::F32(v) => {
@@ -387,12 +288,7 @@ pub fn max_pool2d(
 }
 
 /// Max pooling backward.
-pub fn max_pool2d_backward(
-    dy: &CpuStorage,
-    argmax: &CpuStorage,
-    dys: &Shape,
-    xs: &Shape,
-) -> Result<CpuStorage> {
+pub fn max_pool2d_backward(dy: &CpuStorage, argmax: &CpuStorage, dys: &Shape, xs: &Shape) -> Result<CpuStorage> {
     let d = dys.dims();
     let (planes, opix) = (d[0] * d[1], d[2] * d[3]);
     let ipix = xs.dims()[2] * xs.dims()[3];
@@ -425,34 +321,24 @@ fn avg_div(p: &Pool2dParams, ys: &std::ops::Range<usize>, xs: &std::ops::Range<u
 /// Average pooling forward.
 pub fn avg_pool2d(x: &CpuStorage, l: &Layout, p: &Pool2dParams) -> Result<CpuStorage> {
     let (planes, h, w, oh, ow) = pool_geo(l.dims(), p)?;
-    fn go<T: Float>(
-        x: &[T],
-        planes: usize,
-        h: usize,
-        w: usize,
-        oh: usize,
-        ow: usize,
-        p: &Pool2dParams,
-    ) -> Vec<T> {
+    fn go<T: Float>(x: &[T], planes: usize, h: usize, w: usize, oh: usize, ow: usize, p: &Pool2dParams) -> Vec<T> {
         let mut y = vec![T::ZERO; planes * oh * ow];
-        y.par_chunks_mut((oh * ow).max(1))
-            .enumerate()
-            .for_each(|(pl, yo)| {
-                let xp = &x[pl * h * w..(pl + 1) * h * w];
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let (ys, xs) = window(p, h, w, oy, ox);
-                        let div = T::from_f64(avg_div(p, &ys, &xs));
-                        let mut s = T::ZERO;
-                        for iy in ys {
-                            for ix in xs.clone() {
-                                s = s + xp[iy * w + ix];
-                            }
+        y.par_chunks_mut((oh * ow).max(1)).enumerate().for_each(|(pl, yo)| {
+            let xp = &x[pl * h * w..(pl + 1) * h * w];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let (ys, xs) = window(p, h, w, oy, ox);
+                    let div = T::from_f64(avg_div(p, &ys, &xs));
+                    let mut s = T::ZERO;
+                    for iy in ys {
+                        for ix in xs.clone() {
+                            s = s + xp[iy * w + ix];
                         }
-                        yo[oy * ow + ox] = s / div;
                     }
+                    yo[oy * ow + ox] = s / div;
                 }
-            });
+            }
+        });
         y
     }
     let v = match x.float_vec(l, "avg_pool2d")? {
@@ -463,38 +349,23 @@ pub fn avg_pool2d(x: &CpuStorage, l: &Layout, p: &Pool2dParams) -> Result<CpuSto
 }
 
 /// Average pooling backward.
-pub fn avg_pool2d_backward(
-    dy: &CpuStorage,
-    dys: &Shape,
-    xs: &Shape,
-    p: &Pool2dParams,
-) -> Result<CpuStorage> {
+pub fn avg_pool2d_backward(dy: &CpuStorage, dys: &Shape, xs: &Shape, p: &Pool2dParams) -> Result<CpuStorage> {
     let (planes, h, w, oh, ow) = pool_geo(xs.dims(), p)?;
-    fn go<T: Float>(
-        g: &[T],
-        planes: usize,
-        h: usize,
-        w: usize,
-        oh: usize,
-        ow: usize,
-        p: &Pool2dParams,
-    ) -> Vec<T> {
+    fn go<T: Float>(g: &[T], planes: usize, h: usize, w: usize, oh: usize, ow: usize, p: &Pool2dParams) -> Vec<T> {
         let mut dx = vec![T::ZERO; planes * h * w];
-        dx.par_chunks_mut((h * w).max(1))
-            .enumerate()
-            .for_each(|(pl, dxp)| {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let (ys, xs) = window(p, h, w, oy, ox);
-                        let v = g[pl * oh * ow + oy * ow + ox] / T::from_f64(avg_div(p, &ys, &xs));
-                        for iy in ys {
-                            for ix in xs.clone() {
-                                dxp[iy * w + ix] = dxp[iy * w + ix] + v;
-                            }
+        dx.par_chunks_mut((h * w).max(1)).enumerate().for_each(|(pl, dxp)| {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let (ys, xs) = window(p, h, w, oy, ox);
+                    let v = g[pl * oh * ow + oy * ow + ox] / T::from_f64(avg_div(p, &ys, &xs));
+                    for iy in ys {
+                        for ix in xs.clone() {
+                            dxp[iy * w + ix] = dxp[iy * w + ix] + v;
                         }
                     }
                 }
-            });
+            }
+        });
         dx
     }
     let v = match dy.float_vec(&Layout::contiguous(dys.clone()), "avg_pool2d_backward")? {
@@ -505,11 +376,7 @@ pub fn avg_pool2d_backward(
 }
 
 /// Nearest-neighbour upsampling by integer factors.
-pub fn upsample_nearest2d(
-    x: &CpuStorage,
-    l: &Layout,
-    (fh, fw): (usize, usize),
-) -> Result<CpuStorage> {
+pub fn upsample_nearest2d(x: &CpuStorage, l: &Layout, (fh, fw): (usize, usize)) -> Result<CpuStorage> {
     let d = l.dims();
     let (planes, h, w) = (d[0] * d[1], d[2], d[3]);
     fn go<T: Float>(x: &[T], planes: usize, h: usize, w: usize, fh: usize, fw: usize) -> Vec<T> {
@@ -532,24 +399,11 @@ pub fn upsample_nearest2d(
 }
 
 /// Backward of nearest upsampling: each input cell receives the sum of its `fh x fw` block.
-pub fn upsample_nearest2d_backward(
-    dy: &CpuStorage,
-    dys: &Shape,
-    (fh, fw): (usize, usize),
-) -> Result<CpuStorage> {
+pub fn upsample_nearest2d_backward(dy: &CpuStorage, dys: &Shape, (fh, fw): (usize, usize)) -> Result<CpuStorage> {
     let d = dys.dims();
     let (planes, oh, ow) = (d[0] * d[1], d[2], d[3]);
     let (h, w) = (oh / fh, ow / fw);
-    fn go<T: Float>(
-        g: &[T],
-        planes: usize,
-        oh: usize,
-        ow: usize,
-        fh: usize,
-        fw: usize,
-        h: usize,
-        w: usize,
-    ) -> Vec<T> {
+    fn go<T: Float>(g: &[T], planes: usize, oh: usize, ow: usize, fh: usize, fw: usize, h: usize, w: usize) -> Vec<T> {
         let mut dx = vec![T::ZERO; planes * h * w];
         for pl in 0..planes {
             for oy in 0..oh {
@@ -561,10 +415,7 @@ pub fn upsample_nearest2d_backward(
         }
         dx
     }
-    let v = match dy.float_vec(
-        &Layout::contiguous(dys.clone()),
-        "upsample_nearest2d_backward",
-    )? {
+    let v = match dy.float_vec(&Layout::contiguous(dys.clone()), "upsample_nearest2d_backward")? {
         FloatVec::F32(g) => FloatVec::F32(go(&g, planes, oh, ow, fh, fw, h, w)),
         FloatVec::F64(g) => FloatVec::F64(go(&g, planes, oh, ow, fh, fw, h, w)),
     };

@@ -123,13 +123,9 @@ impl FloatMap1 for Unary {
 /// `op(x)` over a float view.
 pub fn unary(op: UnaryOp, s: &CpuStorage, layout: &Layout) -> Result<CpuStorage> {
     match Unary(op).map(s, layout) {
-        Err(Error::UnsupportedDType {
-            dtype, expected, ..
-        }) => Err(Error::UnsupportedDType {
-            op: op.name(),
-            dtype,
-            expected,
-        }),
+        Err(Error::UnsupportedDType { dtype, expected, .. }) => {
+            Err(Error::UnsupportedDType { op: op.name(), dtype, expected })
+        }
         r => r,
     }
 }
@@ -147,10 +143,7 @@ where
     if let (Some(ra), Some(rb)) = (la.contiguous_range(), lb.contiguous_range()) {
         let (a, b) = (&a[ra], &b[rb]);
         return if n >= PAR_THRESHOLD {
-            a.par_iter()
-                .zip(b.par_iter())
-                .map(|(&x, &y)| f(x, y))
-                .collect()
+            a.par_iter().zip(b.par_iter()).map(|(&x, &y)| f(x, y)).collect()
         } else {
             a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
         };
@@ -190,32 +183,16 @@ where
         }
     };
     if n >= PAR_THRESHOLD {
-        out.par_chunks_mut(len)
-            .enumerate()
-            .for_each(|(r, dst)| row(r, dst));
+        out.par_chunks_mut(len).enumerate().for_each(|(r, dst)| row(r, dst));
     } else {
-        out.chunks_mut(len)
-            .enumerate()
-            .for_each(|(r, dst)| row(r, dst));
+        out.chunks_mut(len).enumerate().for_each(|(r, dst)| row(r, dst));
     }
     out
 }
 
 /// `op(a, b)` over two same-shape float views of one dtype.
-pub fn binary(
-    op: BinaryOp,
-    a: &CpuStorage,
-    la: &Layout,
-    b: &CpuStorage,
-    lb: &Layout,
-) -> Result<CpuStorage> {
-    fn half<H: WithDType + CpuElement>(
-        op: BinaryOp,
-        a: &[H],
-        la: &Layout,
-        b: &[H],
-        lb: &Layout,
-    ) -> CpuStorage {
+pub fn binary(op: BinaryOp, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<CpuStorage> {
+    fn half<H: WithDType + CpuElement>(op: BinaryOp, a: &[H], la: &Layout, b: &[H], lb: &Layout) -> CpuStorage {
         let out = zip_map(a, la, b, lb, |x: H, y: H| {
             H::from_f64(binary_scalar(op, x.as_f64() as f32, y.as_f64() as f32) as f64)
         });
@@ -231,30 +208,14 @@ pub fn binary(
         (CpuStorage::F16(x), CpuStorage::F16(y)) => half::<f16>(op, x, la, y, lb),
         (CpuStorage::BF16(x), CpuStorage::BF16(y)) => half::<bf16>(op, x, la, y, lb),
         (x, y) if x.dtype() != y.dtype() => {
-            return Err(Error::DTypeMismatch {
-                op: op.name(),
-                lhs: x.dtype(),
-                rhs: y.dtype(),
-            })
+            return Err(Error::DTypeMismatch { op: op.name(), lhs: x.dtype(), rhs: y.dtype() })
         }
-        (x, _) => {
-            return Err(Error::UnsupportedDType {
-                op: op.name(),
-                dtype: x.dtype(),
-                expected: "a float dtype",
-            })
-        }
+        (x, _) => return Err(Error::UnsupportedDType { op: op.name(), dtype: x.dtype(), expected: "a float dtype" }),
     })
 }
 
 /// Elementwise comparison of two same-shape views of one dtype, as a `U8` mask.
-pub fn cmp(
-    op: CmpOp,
-    a: &CpuStorage,
-    la: &Layout,
-    b: &CpuStorage,
-    lb: &Layout,
-) -> Result<CpuStorage> {
+pub fn cmp(op: CmpOp, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<CpuStorage> {
     fn go<T: WithDType>(op: CmpOp, a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<u8> {
         zip_map(a, la, b, lb, |x: T, y: T| {
             let r = match op {
@@ -275,13 +236,7 @@ pub fn cmp(
         (CpuStorage::BF16(x), CpuStorage::BF16(y)) => go(op, x, la, y, lb),
         (CpuStorage::F32(x), CpuStorage::F32(y)) => go(op, x, la, y, lb),
         (CpuStorage::F64(x), CpuStorage::F64(y)) => go(op, x, la, y, lb),
-        (x, y) => {
-            return Err(Error::DTypeMismatch {
-                op: "cmp",
-                lhs: x.dtype(),
-                rhs: y.dtype(),
-            })
-        }
+        (x, y) => return Err(Error::DTypeMismatch { op: "cmp", lhs: x.dtype(), rhs: y.dtype() }),
     }))
 }
 
@@ -295,31 +250,14 @@ pub fn where_cond(
     lf: &Layout,
 ) -> Result<CpuStorage> {
     let CpuStorage::U8(c) = cond else {
-        return Err(Error::UnsupportedDType {
-            op: "where_cond",
-            dtype: cond.dtype(),
-            expected: "a u8 mask",
-        });
+        return Err(Error::UnsupportedDType { op: "where_cond", dtype: cond.dtype(), expected: "a u8 mask" });
     };
     // Pick in two passes through zip_map: first (cond, t) -> Option, then with f. Values are
     // copied, never computed, so every dtype is handled the same way.
-    fn go<T: CpuElement + Default>(
-        c: &[u8],
-        lc: &Layout,
-        t: &[T],
-        lt: &Layout,
-        f: &[T],
-        lf: &Layout,
-    ) -> CpuStorage {
+    fn go<T: CpuElement + Default>(c: &[u8], lc: &Layout, t: &[T], lt: &Layout, f: &[T], lf: &Layout) -> CpuStorage {
         let picked: Vec<(u8, T)> = zip_map(c, lc, t, lt, |m, x| (m, x));
         let pl = Layout::contiguous(lc.shape().clone());
-        T::wrap(zip_map(
-            &picked,
-            &pl,
-            f,
-            lf,
-            |(m, x), y| if m != 0 { x } else { y },
-        ))
+        T::wrap(zip_map(&picked, &pl, f, lf, |(m, x), y| if m != 0 { x } else { y }))
     }
     Ok(match (t, f) {
         (CpuStorage::U8(x), CpuStorage::U8(y)) => go(c, lc, x, lt, y, lf),
@@ -328,13 +266,7 @@ pub fn where_cond(
         (CpuStorage::BF16(x), CpuStorage::BF16(y)) => go(c, lc, x, lt, y, lf),
         (CpuStorage::F32(x), CpuStorage::F32(y)) => go(c, lc, x, lt, y, lf),
         (CpuStorage::F64(x), CpuStorage::F64(y)) => go(c, lc, x, lt, y, lf),
-        (x, y) => {
-            return Err(Error::DTypeMismatch {
-                op: "where_cond",
-                lhs: x.dtype(),
-                rhs: y.dtype(),
-            })
-        }
+        (x, y) => return Err(Error::DTypeMismatch { op: "where_cond", lhs: x.dtype(), rhs: y.dtype() }),
     })
 }
 
@@ -372,15 +304,11 @@ pub fn cast(s: &CpuStorage, layout: &Layout, dtype: DType) -> CpuStorage {
     }
     match (s, dtype) {
         // Direct paths avoid double rounding through f64 for the common float casts.
-        (CpuStorage::F32(v), DType::F16) => {
-            CpuStorage::F16(gather(v, layout).into_iter().map(f16::from_f32).collect())
-        }
+        (CpuStorage::F32(v), DType::F16) => CpuStorage::F16(gather(v, layout).into_iter().map(f16::from_f32).collect()),
         (CpuStorage::F32(v), DType::BF16) => {
             CpuStorage::BF16(gather(v, layout).into_iter().map(bf16::from_f32).collect())
         }
-        (CpuStorage::F64(v), DType::F32) => {
-            CpuStorage::F32(gather(v, layout).into_iter().map(|x| x as f32).collect())
-        }
+        (CpuStorage::F64(v), DType::F32) => CpuStorage::F32(gather(v, layout).into_iter().map(|x| x as f32).collect()),
         _ => CpuStorage::from_f64_vec(&s.to_f64_vec(layout), dtype),
     }
 }

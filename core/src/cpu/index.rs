@@ -35,14 +35,7 @@ pub fn index_select(
 ) -> Result<CpuStorage> {
     let ids = ids.u32_view(ids_layout, "index_select")?;
     let (outer, len, inner) = split_axis(layout.dims(), axis);
-    fn go<T: CpuElement>(
-        v: &[T],
-        l: &Layout,
-        ids: &[u32],
-        outer: usize,
-        len: usize,
-        inner: usize,
-    ) -> CpuStorage {
+    fn go<T: CpuElement>(v: &[T], l: &Layout, ids: &[u32], outer: usize, len: usize, inner: usize) -> CpuStorage {
         let x = gather_view(v, l);
         let mut out = Vec::with_capacity(outer * ids.len() * inner);
         for o in 0..outer {
@@ -92,14 +85,7 @@ pub fn index_add(
         }
         T::wrap(out)
     }
-    fn go_h<T: CpuElement>(
-        x: &[T],
-        ids: &[u32],
-        outer: usize,
-        n: usize,
-        inner: usize,
-        len: usize,
-    ) -> CpuStorage {
+    fn go_h<T: CpuElement>(x: &[T], ids: &[u32], outer: usize, n: usize, inner: usize, len: usize) -> CpuStorage {
         let mut out = vec![T::from_f64(0.0); outer * len * inner];
         for o in 0..outer {
             for (i, &t) in ids.iter().enumerate().take(n) {
@@ -116,13 +102,7 @@ pub fn index_add(
         CpuStorage::F64(x) => go_f(x, &ids, outer, n, inner, len),
         CpuStorage::F16(x) => go_h::<f16>(x, &ids, outer, n, inner, len),
         CpuStorage::BF16(x) => go_h::<bf16>(x, &ids, outer, n, inner, len),
-        s => {
-            return Err(Error::UnsupportedDType {
-                op: "index_add",
-                dtype: s.dtype(),
-                expected: "a float dtype",
-            })
-        }
+        s => return Err(Error::UnsupportedDType { op: "index_add", dtype: s.dtype(), expected: "a float dtype" }),
     })
 }
 
@@ -158,9 +138,7 @@ pub fn gather(
         }
         T::wrap(out)
     }
-    Ok(each_dtype!(s, |v| go(
-        v, layout, &ids, outer, m, inner, len
-    )))
+    Ok(each_dtype!(s, |v| go(v, layout, &ids, outer, m, inner, len)))
 }
 
 /// `out = base; out[o, ids[o, i, j], j] += src[o, i, j]`.
@@ -205,21 +183,13 @@ pub fn scatter_add(
         (CpuStorage::F16(b), CpuStorage::F16(s)) => go(b, base_layout, s, src_layout, &ids, d),
         (CpuStorage::BF16(b), CpuStorage::BF16(s)) => go(b, base_layout, s, src_layout, &ids, d),
         (CpuStorage::U32(b), CpuStorage::U32(s)) => go(b, base_layout, s, src_layout, &ids, d),
-        (b, s) => {
-            return Err(Error::DTypeMismatch {
-                op: "scatter_add",
-                lhs: b.dtype(),
-                rhs: s.dtype(),
-            })
-        }
+        (b, s) => return Err(Error::DTypeMismatch { op: "scatter_add", lhs: b.dtype(), rhs: s.dtype() }),
     })
 }
 
 /// Concatenate same-dtype views along `axis`.
 pub fn concat(parts: &[(&CpuStorage, &Layout)], axis: usize) -> Result<CpuStorage> {
-    let first = parts
-        .first()
-        .ok_or_else(|| Error::invalid("concat", "needs at least one tensor"))?;
+    let first = parts.first().ok_or_else(|| Error::invalid("concat", "needs at least one tensor"))?;
     fn go<T: CpuElement>(parts: &[(&CpuStorage, &Layout)], axis: usize) -> Result<CpuStorage> {
         let dims0 = parts[0].1.dims();
         let outer: usize = dims0[..axis].iter().product();
@@ -227,13 +197,11 @@ pub fn concat(parts: &[(&CpuStorage, &Layout)], axis: usize) -> Result<CpuStorag
         let datas: Vec<Vec<T>> = parts
             .iter()
             .map(|(s, l)| {
-                T::unwrap_ref(s)
-                    .map(|v| gather_view(v, l))
-                    .ok_or(Error::DTypeMismatch {
-                        op: "concat",
-                        lhs: T::DTYPE,
-                        rhs: s.dtype(),
-                    })
+                T::unwrap_ref(s).map(|v| gather_view(v, l)).ok_or(Error::DTypeMismatch {
+                    op: "concat",
+                    lhs: T::DTYPE,
+                    rhs: s.dtype(),
+                })
             })
             .collect::<Result<_>>()?;
         let total: usize = datas.iter().map(|d| d.len()).sum();
@@ -257,18 +225,9 @@ pub fn concat(parts: &[(&CpuStorage, &Layout)], axis: usize) -> Result<CpuStorag
 }
 
 /// Constant padding of every axis by `pads[i] = (before, after)`.
-pub fn pad(
-    s: &CpuStorage,
-    layout: &Layout,
-    pads: &[(usize, usize)],
-    value: f64,
-) -> Result<CpuStorage> {
+pub fn pad(s: &CpuStorage, layout: &Layout, pads: &[(usize, usize)], value: f64) -> Result<CpuStorage> {
     let in_dims = layout.dims().to_vec();
-    let out_dims: Vec<usize> = in_dims
-        .iter()
-        .zip(pads)
-        .map(|(&d, &(a, b))| d + a + b)
-        .collect();
+    let out_dims: Vec<usize> = in_dims.iter().zip(pads).map(|(&d, &(a, b))| d + a + b).collect();
     fn go<T: CpuElement>(
         v: &[T],
         l: &Layout,
@@ -304,7 +263,5 @@ pub fn pad(
         }
         T::wrap(out)
     }
-    Ok(each_dtype!(s, |v| go(
-        v, layout, &in_dims, &out_dims, pads, value
-    )))
+    Ok(each_dtype!(s, |v| go(v, layout, &in_dims, &out_dims, pads, value)))
 }

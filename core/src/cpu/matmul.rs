@@ -15,11 +15,7 @@ fn batch_offsets(l: &Layout) -> Vec<usize> {
     let rank = l.dims().len();
     let bdims = &l.dims()[..rank - 2];
     let nb: usize = bdims.iter().product();
-    let bl = Layout::from_parts(
-        Shape::from(bdims.to_vec()),
-        l.strides()[..rank - 2].to_vec(),
-        l.offset(),
-    );
+    let bl = Layout::from_parts(Shape::from(bdims.to_vec()), l.strides()[..rank - 2].to_vec(), l.offset());
     (0..nb).map(|b| bl.offset_of_linear(b)).collect()
 }
 
@@ -34,32 +30,13 @@ macro_rules! batched {
         let mut out = vec![<$t>::default(); oa.len() * m * n];
         if m * n > 0 {
             let one = |bi: usize, c: &mut [$t]| {
-                $gemm(
-                    m,
-                    n,
-                    k,
-                    1.0,
-                    &a[oa[bi]..],
-                    rsa,
-                    csa,
-                    &b[ob[bi]..],
-                    rsb,
-                    csb,
-                    0.0,
-                    c,
-                    n,
-                    1,
-                );
+                $gemm(m, n, k, 1.0, &a[oa[bi]..], rsa, csa, &b[ob[bi]..], rsb, csb, 0.0, c, n, 1);
             };
             // Many small products: one per thread. Few large ones: the GEMM parallelises inside.
             if oa.len() > 1 && m * n * k < (1 << 18) {
-                out.par_chunks_mut(m * n)
-                    .enumerate()
-                    .for_each(|(bi, c)| one(bi, c));
+                out.par_chunks_mut(m * n).enumerate().for_each(|(bi, c)| one(bi, c));
             } else {
-                out.chunks_mut(m * n)
-                    .enumerate()
-                    .for_each(|(bi, c)| one(bi, c));
+                out.chunks_mut(m * n).enumerate().for_each(|(bi, c)| one(bi, c));
             }
         }
         out
@@ -69,38 +46,21 @@ macro_rules! batched {
 /// `[batch.., m, k] @ [batch.., k, n]` with identical batch dims.
 pub fn matmul(a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<CpuStorage> {
     Ok(match (a, b) {
-        (CpuStorage::F32(x), CpuStorage::F32(y)) => {
-            CpuStorage::F32(batched!(gemm_f32, f32, x, la, y, lb))
-        }
-        (CpuStorage::F64(x), CpuStorage::F64(y)) => {
-            CpuStorage::F64(batched!(gemm_f64, f64, x, la, y, lb))
-        }
+        (CpuStorage::F32(x), CpuStorage::F32(y)) => CpuStorage::F32(batched!(gemm_f32, f32, x, la, y, lb)),
+        (CpuStorage::F64(x), CpuStorage::F64(y)) => CpuStorage::F64(batched!(gemm_f64, f64, x, la, y, lb)),
         (CpuStorage::F16(_), CpuStorage::F16(_)) | (CpuStorage::BF16(_), CpuStorage::BF16(_)) => {
             let (wa, wb) = match (a, b) {
                 (CpuStorage::F16(x), CpuStorage::F16(y)) => (widen(x, la), widen(y, lb)),
                 (CpuStorage::BF16(x), CpuStorage::BF16(y)) => (widen(x, la), widen(y, lb)),
                 _ => unreachable!(),
             };
-            let (ca, cb) = (
-                Layout::contiguous(la.shape().clone()),
-                Layout::contiguous(lb.shape().clone()),
-            );
+            let (ca, cb) = (Layout::contiguous(la.shape().clone()), Layout::contiguous(lb.shape().clone()));
             CpuStorage::store_f32(batched!(gemm_f32, f32, &wa, &ca, &wb, &cb), a.dtype())
         }
         (x, y) if x.dtype() != y.dtype() => {
-            return Err(Error::DTypeMismatch {
-                op: "matmul",
-                lhs: x.dtype(),
-                rhs: y.dtype(),
-            })
+            return Err(Error::DTypeMismatch { op: "matmul", lhs: x.dtype(), rhs: y.dtype() })
         }
-        (x, _) => {
-            return Err(Error::UnsupportedDType {
-                op: "matmul",
-                dtype: x.dtype(),
-                expected: "a float dtype",
-            })
-        }
+        (x, _) => return Err(Error::UnsupportedDType { op: "matmul", dtype: x.dtype(), expected: "a float dtype" }),
     })
 }
 

@@ -81,10 +81,7 @@ fn softmax_rows<T: Float>(x: &[T], n: usize, log: bool) -> Vec<T> {
 pub fn softmax_last(s: &CpuStorage, layout: &Layout, log: bool) -> Result<CpuStorage> {
     let n = layout.dims().last().copied().unwrap_or(1);
     let dtype = s.dtype();
-    Ok(with_float!(s.float_vec(layout, "softmax")?, |x| store(
-        softmax_rows(&x, n, log),
-        dtype
-    )))
+    Ok(with_float!(s.float_vec(layout, "softmax")?, |x| store(softmax_rows(&x, n, log), dtype)))
 }
 
 fn softmax_bwd_rows<T: Float>(y: &[T], dy: &[T], n: usize, log: bool) -> Vec<T> {
@@ -107,45 +104,22 @@ fn softmax_bwd_rows<T: Float>(y: &[T], dy: &[T], n: usize, log: bool) -> Vec<T> 
 }
 
 /// Backward of softmax / log_softmax.
-pub fn softmax_last_backward(
-    y: &CpuStorage,
-    dy: &CpuStorage,
-    len: usize,
-    n: usize,
-    log: bool,
-) -> Result<CpuStorage> {
+pub fn softmax_last_backward(y: &CpuStorage, dy: &CpuStorage, len: usize, n: usize, log: bool) -> Result<CpuStorage> {
     let dtype = y.dtype();
-    let (y, dy) = (
-        contiguous_float(y, len, "softmax_backward")?,
-        contiguous_float(dy, len, "softmax_backward")?,
-    );
+    let (y, dy) = (contiguous_float(y, len, "softmax_backward")?, contiguous_float(dy, len, "softmax_backward")?);
     Ok(match (y, dy) {
         (FloatVec::F32(y), FloatVec::F32(g)) => store(softmax_bwd_rows(&y, &g, n, log), dtype),
         (FloatVec::F64(y), FloatVec::F64(g)) => store(softmax_bwd_rows(&y, &g, n, log), dtype),
-        _ => {
-            return Err(Error::invalid(
-                "softmax_backward",
-                "output and gradient dtypes differ",
-            ))
-        }
+        _ => return Err(Error::invalid("softmax_backward", "output and gradient dtypes differ")),
     })
 }
 
 // ---------------------------------------------------------------- norms
 
-fn opt_weight<T: Float>(
-    w: Option<&CpuStorage>,
-    n: usize,
-    op: &'static str,
-) -> Result<Option<Vec<T>>> {
-    w.map(|w| {
-        Ok(w.to_f64_vec(&Layout::contiguous(n))
-            .into_iter()
-            .map(T::from_f64)
-            .collect())
-    })
-    .transpose()
-    .map_err(|e: Error| Error::invalid(op, e.to_string()))
+fn opt_weight<T: Float>(w: Option<&CpuStorage>, n: usize, op: &'static str) -> Result<Option<Vec<T>>> {
+    w.map(|w| Ok(w.to_f64_vec(&Layout::contiguous(n)).into_iter().map(T::from_f64).collect()))
+        .transpose()
+        .map_err(|e: Error| Error::invalid(op, e.to_string()))
 }
 
 fn rms_rows<T: Float>(x: &[T], w: Option<&[T]>, rows: usize, n: usize, eps: T) -> (Vec<T>, Vec<T>) {
@@ -178,20 +152,11 @@ pub fn rms_norm(
     eps: f64,
 ) -> Result<(CpuStorage, CpuStorage)> {
     let dtype = x.dtype();
-    Ok(with_float!(
-        contiguous_float(x, rows * n, "rms_norm")?,
-        |x| {
-            let w = opt_weight(w, n, "rms_norm")?;
-            let (y, r) = rms_rows(
-                &x,
-                w.as_deref(),
-                rows,
-                n,
-                crate::dtype::WithDType::from_f64(eps),
-            );
-            (store(y, dtype), store_stat(r, dtype))
-        }
-    ))
+    Ok(with_float!(contiguous_float(x, rows * n, "rms_norm")?, |x| {
+        let w = opt_weight(w, n, "rms_norm")?;
+        let (y, r) = rms_rows(&x, w.as_deref(), rows, n, crate::dtype::WithDType::from_f64(eps));
+        (store(y, dtype), store_stat(r, dtype))
+    }))
 }
 
 fn rms_bwd_rows<T: Float>(
@@ -217,13 +182,7 @@ fn rms_bwd_rows<T: Float>(
     let dw = w.map(|_| {
         (0..n)
             .into_par_iter()
-            .map(|j| {
-                T::from_f64(
-                    (0..rows)
-                        .map(|i| (dy[i * n + j] * x[i * n + j] * rstd[i]).as_f64())
-                        .sum::<f64>(),
-                )
-            })
+            .map(|j| T::from_f64((0..rows).map(|i| (dy[i * n + j] * x[i * n + j] * rstd[i]).as_f64()).sum::<f64>()))
             .collect()
     });
     (dx, dw)
@@ -257,12 +216,7 @@ pub fn rms_norm_backward(
                 let (dx, dw) = rms_bwd_rows(&x, w.as_deref(), &r, &g, rows, n);
                 (store(dx, dtype), dw.map(|d| store(d, wdtype.unwrap())))
             }
-            _ => {
-                return Err(Error::invalid(
-                    op,
-                    "input, gradient and statistics dtypes differ",
-                ))
-            }
+            _ => return Err(Error::invalid(op, "input, gradient and statistics dtypes differ")),
         },
     )
 }
@@ -293,11 +247,7 @@ fn ln_rows<T: Float>(
             yr[j] = h * w.map_or(T::ONE, |w| w[j]) + b.map_or(T::ZERO, |b| b[j]);
         }
     });
-    (
-        y,
-        stats.iter().map(|s| s.0).collect(),
-        stats.iter().map(|s| s.1).collect(),
-    )
+    (y, stats.iter().map(|s| s.0).collect(), stats.iter().map(|s| s.1).collect())
 }
 
 /// Layer norm forward.
@@ -310,22 +260,12 @@ pub fn layer_norm(
     eps: f64,
 ) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
     let dtype = x.dtype();
-    Ok(with_float!(
-        contiguous_float(x, rows * n, "layer_norm")?,
-        |x| {
-            let w = opt_weight(w, n, "layer_norm")?;
-            let b = opt_weight(b, n, "layer_norm")?;
-            let (y, m, r) = ln_rows(
-                &x,
-                w.as_deref(),
-                b.as_deref(),
-                rows,
-                n,
-                crate::dtype::WithDType::from_f64(eps),
-            );
-            (store(y, dtype), store_stat(m, dtype), store_stat(r, dtype))
-        }
-    ))
+    Ok(with_float!(contiguous_float(x, rows * n, "layer_norm")?, |x| {
+        let w = opt_weight(w, n, "layer_norm")?;
+        let b = opt_weight(b, n, "layer_norm")?;
+        let (y, m, r) = ln_rows(&x, w.as_deref(), b.as_deref(), rows, n, crate::dtype::WithDType::from_f64(eps));
+        (store(y, dtype), store_stat(m, dtype), store_stat(r, dtype))
+    }))
 }
 
 type LnGrads<T> = (Vec<T>, Option<Vec<T>>, Option<Vec<T>>);
@@ -356,19 +296,12 @@ fn ln_bwd_rows<T: Float>(
         (0..n)
             .into_par_iter()
             .map(|j| {
-                T::from_f64(
-                    (0..rows)
-                        .map(|i| (dy[i * n + j] * (x[i * n + j] - mean[i]) * rstd[i]).as_f64())
-                        .sum(),
-                )
+                T::from_f64((0..rows).map(|i| (dy[i * n + j] * (x[i * n + j] - mean[i]) * rstd[i]).as_f64()).sum())
             })
             .collect()
     });
     let db = w.map(|_| {
-        (0..n)
-            .into_par_iter()
-            .map(|j| T::from_f64((0..rows).map(|i| dy[i * n + j].as_f64()).sum()))
-            .collect()
+        (0..n).into_par_iter().map(|j| T::from_f64((0..rows).map(|i| dy[i * n + j].as_f64()).sum())).collect()
     });
     (dx, dw, db)
 }
@@ -397,27 +330,14 @@ pub fn layer_norm_backward(
         (FloatVec::F64(x), FloatVec::F64(g), FloatVec::F64(m), FloatVec::F64(r)) => {
             let w = opt_weight::<f64>(w, n, op)?;
             let (dx, dw, db) = ln_bwd_rows(&x, w.as_deref(), &m, &r, &g, rows, n);
-            (
-                store(dx, dtype),
-                dw.map(|d| store(d, wd)),
-                db.map(|d| store(d, wd)),
-            )
+            (store(dx, dtype), dw.map(|d| store(d, wd)), db.map(|d| store(d, wd)))
         }
         (FloatVec::F32(x), FloatVec::F32(g), FloatVec::F32(m), FloatVec::F32(r)) => {
             let w = opt_weight::<f32>(w, n, op)?;
             let (dx, dw, db) = ln_bwd_rows(&x, w.as_deref(), &m, &r, &g, rows, n);
-            (
-                store(dx, dtype),
-                dw.map(|d| store(d, wd)),
-                db.map(|d| store(d, wd)),
-            )
+            (store(dx, dtype), dw.map(|d| store(d, wd)), db.map(|d| store(d, wd)))
         }
-        _ => {
-            return Err(Error::invalid(
-                op,
-                "input, gradient and statistics dtypes differ",
-            ))
-        }
+        _ => return Err(Error::invalid(op, "input, gradient and statistics dtypes differ")),
     })
 }
 
@@ -438,10 +358,7 @@ fn ce_rows<T: Float>(x: &[T], t: &[u32], classes: usize, ignore: Option<u32>) ->
             }
         })
         .collect();
-    (
-        res.iter().map(|p| p.0).collect(),
-        res.iter().map(|p| p.1).collect(),
-    )
+    (res.iter().map(|p| p.0).collect(), res.iter().map(|p| p.1).collect())
 }
 
 /// Fused log-softmax + NLL per row.
@@ -454,36 +371,17 @@ pub fn cross_entropy(
 ) -> Result<(CpuStorage, CpuStorage)> {
     let dtype = logits.dtype();
     let t = targets.u32_view(&Layout::contiguous(rows), "cross_entropy")?;
-    if let Some(&bad) = t
-        .iter()
-        .find(|&&c| Some(c) != ignore && c as usize >= classes)
-    {
+    if let Some(&bad) = t.iter().find(|&&c| Some(c) != ignore && c as usize >= classes) {
         let shape = vec![rows, classes].into();
-        return Err(Error::Index {
-            op: "cross_entropy",
-            index: bad as usize,
-            size: classes,
-            axis: 1,
-            shape,
-        });
+        return Err(Error::Index { op: "cross_entropy", index: bad as usize, size: classes, axis: 1, shape });
     }
-    Ok(with_float!(
-        contiguous_float(logits, rows * classes, "cross_entropy")?,
-        |x| {
-            let (l, s) = ce_rows(&x, &t, classes, ignore);
-            (store_stat(l, dtype), store_stat(s, dtype))
-        }
-    ))
+    Ok(with_float!(contiguous_float(logits, rows * classes, "cross_entropy")?, |x| {
+        let (l, s) = ce_rows(&x, &t, classes, ignore);
+        (store_stat(l, dtype), store_stat(s, dtype))
+    }))
 }
 
-fn ce_bwd_rows<T: Float>(
-    x: &[T],
-    t: &[u32],
-    lse: &[T],
-    dl: &[T],
-    classes: usize,
-    ignore: Option<u32>,
-) -> Vec<T> {
+fn ce_bwd_rows<T: Float>(x: &[T], t: &[u32], lse: &[T], dl: &[T], classes: usize, ignore: Option<u32>) -> Vec<T> {
     let mut out = vec![T::ZERO; x.len()];
     rows_mut(&mut out, classes, |r, d| {
         if Some(t[r]) == ignore {
@@ -523,12 +421,7 @@ pub fn cross_entropy_backward(
             (FloatVec::F32(x), FloatVec::F32(s), FloatVec::F32(g)) => {
                 store(ce_bwd_rows(&x, &t, &s, &g, classes, ignore), dtype)
             }
-            _ => {
-                return Err(Error::invalid(
-                    op,
-                    "logits, statistics and gradient dtypes differ",
-                ))
-            }
+            _ => return Err(Error::invalid(op, "logits, statistics and gradient dtypes differ")),
         },
     )
 }

@@ -20,13 +20,7 @@ pub(crate) fn split_axis(dims: &[usize], axis: usize) -> (usize, usize, usize) {
     (outer, dims[axis], inner)
 }
 
-fn reduce_float<T: Float>(
-    op: ReduceOp,
-    x: &[T],
-    outer: usize,
-    len: usize,
-    inner: usize,
-) -> (Vec<T>, Vec<u32>) {
+fn reduce_float<T: Float>(op: ReduceOp, x: &[T], outer: usize, len: usize, inner: usize) -> (Vec<T>, Vec<u32>) {
     let is_arg = matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin);
     let mut vals = vec![T::ZERO; if is_arg { 0 } else { outer * inner }];
     let mut idxs = vec![0u32; if is_arg { outer * inner } else { 0 }];
@@ -88,22 +82,14 @@ fn reduce_float<T: Float>(
     let work = outer * len * inner;
     if is_arg {
         if work >= PAR_THRESHOLD && inner > 0 {
-            idxs.par_chunks_mut(inner)
-                .enumerate()
-                .for_each(|(o, ix)| block(o, &mut [], ix));
+            idxs.par_chunks_mut(inner).enumerate().for_each(|(o, ix)| block(o, &mut [], ix));
         } else if inner > 0 {
-            idxs.chunks_mut(inner)
-                .enumerate()
-                .for_each(|(o, ix)| block(o, &mut [], ix));
+            idxs.chunks_mut(inner).enumerate().for_each(|(o, ix)| block(o, &mut [], ix));
         }
     } else if work >= PAR_THRESHOLD && inner > 0 {
-        vals.par_chunks_mut(inner)
-            .enumerate()
-            .for_each(|(o, v)| block(o, v, &mut []));
+        vals.par_chunks_mut(inner).enumerate().for_each(|(o, v)| block(o, v, &mut []));
     } else if inner > 0 {
-        vals.chunks_mut(inner)
-            .enumerate()
-            .for_each(|(o, v)| block(o, v, &mut []));
+        vals.chunks_mut(inner).enumerate().for_each(|(o, v)| block(o, v, &mut []));
     }
     (vals, idxs)
 }
@@ -114,10 +100,7 @@ pub fn reduce(op: ReduceOp, s: &CpuStorage, layout: &Layout, axis: usize) -> Res
     if len == 0 && !matches!(op, ReduceOp::Sum | ReduceOp::LogSumExp) {
         return Err(Error::invalid(
             op.name(),
-            format!(
-                "cannot reduce over axis {axis} of size 0 (shape {})",
-                layout.shape()
-            ),
+            format!("cannot reduce over axis {axis} of size 0 (shape {})", layout.shape()),
         ));
     }
     let dtype = s.dtype();
@@ -142,14 +125,7 @@ pub fn reduce(op: ReduceOp, s: &CpuStorage, layout: &Layout, axis: usize) -> Res
     })
 }
 
-fn cumsum_float<T: Float>(
-    x: &[T],
-    _outer: usize,
-    len: usize,
-    inner: usize,
-    exclusive: bool,
-    reverse: bool,
-) -> Vec<T> {
+fn cumsum_float<T: Float>(x: &[T], _outer: usize, len: usize, inner: usize, exclusive: bool, reverse: bool) -> Vec<T> {
     let mut out = vec![T::ZERO; x.len()];
     let block = |o: usize, dst: &mut [T]| {
         let base = o * len * inner;
@@ -173,34 +149,19 @@ fn cumsum_float<T: Float>(
         return out;
     }
     if x.len() >= PAR_THRESHOLD {
-        out.par_chunks_mut(bl)
-            .enumerate()
-            .for_each(|(o, d)| block(o, d));
+        out.par_chunks_mut(bl).enumerate().for_each(|(o, d)| block(o, d));
     } else {
-        out.chunks_mut(bl)
-            .enumerate()
-            .for_each(|(o, d)| block(o, d));
+        out.chunks_mut(bl).enumerate().for_each(|(o, d)| block(o, d));
     }
     out
 }
 
 /// Cumulative sum of a view along `axis`.
-pub fn cumsum(
-    s: &CpuStorage,
-    layout: &Layout,
-    axis: usize,
-    exclusive: bool,
-    reverse: bool,
-) -> Result<CpuStorage> {
+pub fn cumsum(s: &CpuStorage, layout: &Layout, axis: usize, exclusive: bool, reverse: bool) -> Result<CpuStorage> {
     let (outer, len, inner) = split_axis(layout.dims(), axis);
     let dtype = s.dtype();
     Ok(match s.float_vec(layout, "cumsum")? {
-        FloatVec::F64(x) => {
-            CpuStorage::F64(cumsum_float(&x, outer, len, inner, exclusive, reverse))
-        }
-        FloatVec::F32(x) => CpuStorage::store_f32(
-            cumsum_float(&x, outer, len, inner, exclusive, reverse),
-            dtype,
-        ),
+        FloatVec::F64(x) => CpuStorage::F64(cumsum_float(&x, outer, len, inner, exclusive, reverse)),
+        FloatVec::F32(x) => CpuStorage::store_f32(cumsum_float(&x, outer, len, inner, exclusive, reverse), dtype),
     })
 }

@@ -118,11 +118,7 @@ impl CpuStorage {
     pub(crate) fn u32_view(&self, layout: &Layout, op: &'static str) -> Result<Vec<u32>> {
         match self {
             CpuStorage::U32(v) => Ok(gather(v, layout)),
-            s => Err(Error::UnsupportedDType {
-                op,
-                dtype: s.dtype(),
-                expected: "u32 indices",
-            }),
+            s => Err(Error::UnsupportedDType { op, dtype: s.dtype(), expected: "u32 indices" }),
         }
     }
 }
@@ -139,32 +135,21 @@ pub(crate) trait FloatMap1 {
             CpuStorage::F16(v) => {
                 let w = widen(v, layout);
                 let out = self.f(&w, &Layout::contiguous(layout.shape().clone()))?;
-                Ok(CpuStorage::F16(
-                    out.into_iter().map(f16::from_f32).collect(),
-                ))
+                Ok(CpuStorage::F16(out.into_iter().map(f16::from_f32).collect()))
             }
             CpuStorage::BF16(v) => {
                 let w = widen(v, layout);
                 let out = self.f(&w, &Layout::contiguous(layout.shape().clone()))?;
-                Ok(CpuStorage::BF16(
-                    out.into_iter().map(bf16::from_f32).collect(),
-                ))
+                Ok(CpuStorage::BF16(out.into_iter().map(bf16::from_f32).collect()))
             }
-            s => Err(Error::UnsupportedDType {
-                op: Self::OP,
-                dtype: s.dtype(),
-                expected: "a float dtype",
-            }),
+            s => Err(Error::UnsupportedDType { op: Self::OP, dtype: s.dtype(), expected: "a float dtype" }),
         }
     }
 }
 
 /// Widen a half-precision view to a contiguous f32 vector.
 pub(crate) fn widen<T: WithDType>(v: &[T], layout: &Layout) -> Vec<f32> {
-    gather(v, layout)
-        .into_iter()
-        .map(|x| x.as_f64() as f32)
-        .collect()
+    gather(v, layout).into_iter().map(|x| x.as_f64() as f32).collect()
 }
 
 /// A float view as a contiguous vector of `T` (f32 or f64, matching the storage; f16/bf16 widen
@@ -182,13 +167,7 @@ impl CpuStorage {
             CpuStorage::F64(v) => FloatVec::F64(gather(v, layout)),
             CpuStorage::F16(v) => FloatVec::F32(widen(v, layout)),
             CpuStorage::BF16(v) => FloatVec::F32(widen(v, layout)),
-            s => {
-                return Err(Error::UnsupportedDType {
-                    op,
-                    dtype: s.dtype(),
-                    expected: "a float dtype",
-                })
-            }
+            s => return Err(Error::UnsupportedDType { op, dtype: s.dtype(), expected: "a float dtype" }),
         })
     }
 

@@ -38,10 +38,7 @@ pub(crate) fn gather<T: Copy + Send + Sync>(v: &[T], layout: &Layout) -> Vec<T> 
 }
 
 /// A view's elements as a borrowed slice when contiguous, else a gathered copy.
-pub(crate) fn contiguous_cow<'a, T: Copy + Send + Sync>(
-    v: &'a [T],
-    layout: &Layout,
-) -> std::borrow::Cow<'a, [T]>
+pub(crate) fn contiguous_cow<'a, T: Copy + Send + Sync>(v: &'a [T], layout: &Layout) -> std::borrow::Cow<'a, [T]>
 where
     [T]: ToOwned<Owned = Vec<T>>,
 {

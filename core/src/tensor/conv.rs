@@ -33,16 +33,8 @@ impl<B: Backend> Tensor<B> {
             rhs: weight.shape().clone(),
             hint,
         };
-        if p.groups == 0
-            || p.stride.0 == 0
-            || p.stride.1 == 0
-            || p.dilation.0 == 0
-            || p.dilation.1 == 0
-        {
-            return Err(Error::invalid(
-                OP,
-                format!("groups, stride and dilation must be positive, got {p:?}"),
-            ));
+        if p.groups == 0 || p.stride.0 == 0 || p.stride.1 == 0 || p.dilation.0 == 0 || p.dilation.1 == 0 {
+            return Err(Error::invalid(OP, format!("groups, stride and dilation must be positive, got {p:?}")));
         }
         if x[1] % p.groups != 0 || w[0] % p.groups != 0 {
             return Err(bad(format!(
@@ -69,23 +61,12 @@ impl<B: Backend> Tensor<B> {
     /// `weight [o, c/groups, kh, kw]` -> `[n, o, oh, ow]`. Add a bias by broadcasting.
     pub fn conv2d(&self, weight: &Self, p: &Conv2dParams) -> Result<Self> {
         let out = self.conv2d_out_shape(weight, p)?;
-        let s = self.device().conv2d(
-            self.storage(),
-            self.layout(),
-            weight.storage(),
-            weight.layout(),
-            p,
-        )?;
+        let s = self.device().conv2d(self.storage(), self.layout(), weight.storage(), weight.layout(), p)?;
         Ok(Self::from_storage(s, out, self.device()))
     }
 
     /// Gradient of conv2d w.r.t. the input, from `dy = self`.
-    pub fn conv2d_backward_input(
-        &self,
-        weight: &Self,
-        x_shape: &Shape,
-        p: &Conv2dParams,
-    ) -> Result<Self> {
+    pub fn conv2d_backward_input(&self, weight: &Self, x_shape: &Shape, p: &Conv2dParams) -> Result<Self> {
         let dy = self.contiguous()?;
         let s = self.device().conv2d_backward_input(
             dy.storage(),
@@ -99,21 +80,9 @@ impl<B: Backend> Tensor<B> {
     }
 
     /// Gradient of conv2d w.r.t. the weight, from `dy = self` and the input `x`.
-    pub fn conv2d_backward_weight(
-        &self,
-        x: &Self,
-        w_shape: &Shape,
-        p: &Conv2dParams,
-    ) -> Result<Self> {
+    pub fn conv2d_backward_weight(&self, x: &Self, w_shape: &Shape, p: &Conv2dParams) -> Result<Self> {
         let dy = self.contiguous()?;
-        let s = self.device().conv2d_backward_weight(
-            x.storage(),
-            x.layout(),
-            dy.storage(),
-            dy.shape(),
-            w_shape,
-            p,
-        )?;
+        let s = self.device().conv2d_backward_weight(x.storage(), x.layout(), dy.storage(), dy.shape(), w_shape, p)?;
         Ok(Self::from_storage(s, w_shape.clone(), self.device()))
     }
 
@@ -121,18 +90,12 @@ impl<B: Backend> Tensor<B> {
         self.check_nchw(op)?;
         let d = self.dims();
         if p.kernel.0 == 0 || p.kernel.1 == 0 || p.stride.0 == 0 || p.stride.1 == 0 {
-            return Err(Error::invalid(
-                op,
-                format!("kernel and stride must be positive, got {p:?}"),
-            ));
+            return Err(Error::invalid(op, format!("kernel and stride must be positive, got {p:?}")));
         }
         if p.padding.0 * 2 > p.kernel.0 || p.padding.1 * 2 > p.kernel.1 {
             return Err(Error::invalid(
                 op,
-                format!(
-                    "padding {:?} must be at most half the kernel {:?}",
-                    p.padding, p.kernel
-                ),
+                format!("padding {:?} must be at most half the kernel {:?}", p.padding, p.kernel),
             ));
         }
         let (oh, ow) = p.output_hw((d[2], d[3])).ok_or_else(|| {
@@ -154,10 +117,7 @@ impl<B: Backend> Tensor<B> {
     pub fn max_pool2d_fwd(&self, p: &Pool2dParams) -> Result<(Self, Self)> {
         let out = self.pool_out_shape(p, "max_pool2d")?;
         let (y, a) = self.device().max_pool2d(self.storage(), self.layout(), p)?;
-        Ok((
-            Self::from_storage(y, out.clone(), self.device()),
-            Self::from_storage(a, out, self.device()),
-        ))
+        Ok((Self::from_storage(y, out.clone(), self.device()), Self::from_storage(a, out, self.device())))
     }
 
     /// Max pooling.
@@ -169,9 +129,7 @@ impl<B: Backend> Tensor<B> {
     pub fn max_pool2d_backward(&self, argmax: &Self, x_shape: &Shape) -> Result<Self> {
         let dy = self.contiguous()?;
         let am = argmax.contiguous()?;
-        let s =
-            self.device()
-                .max_pool2d_backward(dy.storage(), am.storage(), dy.shape(), x_shape)?;
+        let s = self.device().max_pool2d_backward(dy.storage(), am.storage(), dy.shape(), x_shape)?;
         Ok(Self::from_storage(s, x_shape.clone(), self.device()))
     }
 
@@ -185,9 +143,7 @@ impl<B: Backend> Tensor<B> {
     /// Backward of average pooling from `dy = self`.
     pub fn avg_pool2d_backward(&self, x_shape: &Shape, p: &Pool2dParams) -> Result<Self> {
         let dy = self.contiguous()?;
-        let s = self
-            .device()
-            .avg_pool2d_backward(dy.storage(), dy.shape(), x_shape, p)?;
+        let s = self.device().avg_pool2d_backward(dy.storage(), dy.shape(), x_shape, p)?;
         Ok(Self::from_storage(s, x_shape.clone(), self.device()))
     }
 
@@ -196,33 +152,18 @@ impl<B: Backend> Tensor<B> {
         const OP: &str = "upsample_nearest2d";
         self.check_nchw(OP)?;
         if factor.0 == 0 || factor.1 == 0 {
-            return Err(Error::invalid(
-                OP,
-                format!("scale factors must be positive, got {factor:?}"),
-            ));
+            return Err(Error::invalid(OP, format!("scale factors must be positive, got {factor:?}")));
         }
         let d = self.dims();
-        let s = self
-            .device()
-            .upsample_nearest2d(self.storage(), self.layout(), factor)?;
-        Ok(Self::from_storage(
-            s,
-            [d[0], d[1], d[2] * factor.0, d[3] * factor.1],
-            self.device(),
-        ))
+        let s = self.device().upsample_nearest2d(self.storage(), self.layout(), factor)?;
+        Ok(Self::from_storage(s, [d[0], d[1], d[2] * factor.0, d[3] * factor.1], self.device()))
     }
 
     /// Backward of nearest upsampling from `dy = self`.
     pub fn upsample_nearest2d_backward(&self, factor: (usize, usize)) -> Result<Self> {
         let dy = self.contiguous()?;
         let d = dy.dims();
-        let s = self
-            .device()
-            .upsample_nearest2d_backward(dy.storage(), dy.shape(), factor)?;
-        Ok(Self::from_storage(
-            s,
-            [d[0], d[1], d[2] / factor.0, d[3] / factor.1],
-            self.device(),
-        ))
+        let s = self.device().upsample_nearest2d_backward(dy.storage(), dy.shape(), factor)?;
+        Ok(Self::from_storage(s, [d[0], d[1], d[2] / factor.0, d[3] / factor.1], self.device()))
     }
 }

@@ -97,9 +97,7 @@ impl<B: Backend> Tensor<B> {
         self.check_same_dtype(other, op.name())?;
         self.check_float(op.name())?;
         let (a, b) = self.broadcast_pair(other, op.name())?;
-        let s = self
-            .device()
-            .binary(op, a.storage(), a.layout(), b.storage(), b.layout())?;
+        let s = self.device().binary(op, a.storage(), a.layout(), b.storage(), b.layout())?;
         Ok(Self::from_storage(s, a.shape().clone(), self.device()))
     }
 
@@ -132,9 +130,7 @@ impl<B: Backend> Tensor<B> {
     pub fn cmp(&self, op: CmpOp, other: &Self) -> Result<Self> {
         self.check_same_dtype(other, "cmp")?;
         let (a, b) = self.broadcast_pair(other, "cmp")?;
-        let s = self
-            .device()
-            .cmp(op, a.storage(), a.layout(), b.storage(), b.layout())?;
+        let s = self.device().cmp(op, a.storage(), a.layout(), b.storage(), b.layout())?;
         Ok(Self::from_storage(s, a.shape().clone(), self.device()))
     }
 
@@ -157,25 +153,14 @@ impl<B: Backend> Tensor<B> {
         let c = self.broadcast_as(shape.clone())?;
         let t = on_true.broadcast_as(shape.clone())?;
         let f = on_false.broadcast_as(shape.clone())?;
-        let s = self.device().where_cond(
-            c.storage(),
-            c.layout(),
-            t.storage(),
-            t.layout(),
-            f.storage(),
-            f.layout(),
-        )?;
+        let s = self.device().where_cond(c.storage(), c.layout(), t.storage(), t.layout(), f.storage(), f.layout())?;
         Ok(Self::from_storage(s, shape, self.device()))
     }
 
     /// Replace the elements where `mask` (U8, broadcastable) is nonzero by `value`.
     pub fn masked_fill(&self, mask: &Self, value: f64) -> Result<Self> {
         if mask.dtype() != DType::U8 {
-            return Err(Error::UnsupportedDType {
-                op: "masked_fill",
-                dtype: mask.dtype(),
-                expected: "a u8 mask",
-            });
+            return Err(Error::UnsupportedDType { op: "masked_fill", dtype: mask.dtype(), expected: "a u8 mask" });
         }
         let v = Self::scalar(value, self.dtype(), self.device())?;
         mask.where_cond(&v, self)

@@ -14,22 +14,10 @@ use crate::shape::{Dim, Shape};
 
 impl<B: Backend> Tensor<B> {
     /// Check that every entry of the `U32` tensor `ids` is `< size`.
-    fn check_ids(
-        ids: &Self,
-        size: usize,
-        axis: usize,
-        shape: &Shape,
-        op: &'static str,
-    ) -> Result<()> {
+    fn check_ids(ids: &Self, size: usize, axis: usize, shape: &Shape, op: &'static str) -> Result<()> {
         ids.check_dtype(DType::U32, op, "u32 indices")?;
         if let Some(&bad) = ids.to_vec::<u32>()?.iter().find(|&&i| i as usize >= size) {
-            return Err(Error::Index {
-                op,
-                index: bad as usize,
-                size,
-                axis,
-                shape: shape.clone(),
-            });
+            return Err(Error::Index { op, index: bad as usize, size, axis, shape: shape.clone() });
         }
         Ok(())
     }
@@ -40,25 +28,11 @@ impl<B: Backend> Tensor<B> {
         let a = axis.to_index(self.shape(), OP)?;
         self.check_same_device(ids, OP)?;
         if ids.rank() != 1 {
-            return Err(Error::RankMismatch {
-                op: OP,
-                expected: "1 for the indices",
-                shape: ids.shape().clone(),
-            });
+            return Err(Error::RankMismatch { op: OP, expected: "1 for the indices", shape: ids.shape().clone() });
         }
         Self::check_ids(ids, self.dims()[a], a, self.shape(), OP)?;
-        let s = self.device().index_select(
-            self.storage(),
-            self.layout(),
-            a,
-            ids.storage(),
-            ids.layout(),
-        )?;
-        Ok(Self::from_storage(
-            s,
-            self.shape().with_dim(a, ids.elem_count()),
-            self.device(),
-        ))
+        let s = self.device().index_select(self.storage(), self.layout(), a, ids.storage(), ids.layout())?;
+        Ok(Self::from_storage(s, self.shape().with_dim(a, ids.elem_count()), self.device()))
     }
 
     /// Embedding lookup: rows of the table `self [vocab, dim]` for `ids` of any shape; the
@@ -97,14 +71,7 @@ impl<B: Backend> Tensor<B> {
         }
         Self::check_ids(ids, out_shape.dims()[a], a, out_shape, OP)?;
         let x = self.contiguous()?;
-        let s = self.device().index_add(
-            x.storage(),
-            x.shape(),
-            a,
-            ids.storage(),
-            ids.layout(),
-            out_shape,
-        )?;
+        let s = self.device().index_add(x.storage(), x.shape(), a, ids.storage(), ids.layout(), out_shape)?;
         Ok(Self::from_storage(s, out_shape.clone(), self.device()))
     }
 
@@ -125,13 +92,7 @@ impl<B: Backend> Tensor<B> {
     pub fn gather<D: Dim>(&self, ids: &Self, axis: D) -> Result<Self> {
         let a = axis.to_index(self.shape(), "gather")?;
         self.check_gather_shapes(ids, a, "gather")?;
-        let s = self.device().gather(
-            self.storage(),
-            self.layout(),
-            a,
-            ids.storage(),
-            ids.layout(),
-        )?;
+        let s = self.device().gather(self.storage(), self.layout(), a, ids.storage(), ids.layout())?;
         Ok(Self::from_storage(s, ids.shape().clone(), self.device()))
     }
 
@@ -165,9 +126,7 @@ impl<B: Backend> Tensor<B> {
     /// Concatenate along `axis`; all other dimensions must agree.
     pub fn concat<D: Dim>(parts: &[&Self], axis: D) -> Result<Self> {
         const OP: &str = "concat";
-        let first = parts
-            .first()
-            .ok_or_else(|| Error::invalid(OP, "needs at least one tensor"))?;
+        let first = parts.first().ok_or_else(|| Error::invalid(OP, "needs at least one tensor"))?;
         let a = axis.to_index(first.shape(), OP)?;
         let mut total = 0;
         for p in parts {
@@ -185,23 +144,14 @@ impl<B: Backend> Tensor<B> {
         }
         let views: Vec<_> = parts.iter().map(|p| (p.storage(), p.layout())).collect();
         let s = first.device().concat(&views, a)?;
-        Ok(Self::from_storage(
-            s,
-            first.shape().with_dim(a, total),
-            first.device(),
-        ))
+        Ok(Self::from_storage(s, first.shape().with_dim(a, total), first.device()))
     }
 
     /// Stack equal-shape tensors along a new axis.
     pub fn stack<D: Dim>(parts: &[&Self], axis: D) -> Result<Self> {
-        let first = parts
-            .first()
-            .ok_or_else(|| Error::invalid("stack", "needs at least one tensor"))?;
+        let first = parts.first().ok_or_else(|| Error::invalid("stack", "needs at least one tensor"))?;
         let a = axis.to_index_plus_one(first.shape(), "stack")?;
-        let ups: Vec<Self> = parts
-            .iter()
-            .map(|p| p.unsqueeze(a))
-            .collect::<Result<_>>()?;
+        let ups: Vec<Self> = parts.iter().map(|p| p.unsqueeze(a)).collect::<Result<_>>()?;
         let refs: Vec<&Self> = ups.iter().collect();
         Self::concat(&refs, a)
     }
@@ -219,23 +169,15 @@ impl<B: Backend> Tensor<B> {
                 ),
             ));
         }
-        let s = self
-            .device()
-            .pad(self.storage(), self.layout(), pads, value)?;
-        let out: Vec<usize> = self
-            .dims()
-            .iter()
-            .zip(pads)
-            .map(|(&d, &(a, b))| d + a + b)
-            .collect();
+        let s = self.device().pad(self.storage(), self.layout(), pads, value)?;
+        let out: Vec<usize> = self.dims().iter().zip(pads).map(|(&d, &(a, b))| d + a + b).collect();
         Ok(Self::from_storage(s, out, self.device()))
     }
 
     /// The causal mask `[rows, cols]`: 1 where `col <= row + diagonal`, else 0 (`U8`).
     pub fn tril_mask(rows: usize, cols: usize, diagonal: isize, device: &B) -> Result<Self> {
-        let v: Vec<u8> = (0..rows)
-            .flat_map(|r| (0..cols).map(move |c| (c as isize <= r as isize + diagonal) as u8))
-            .collect();
+        let v: Vec<u8> =
+            (0..rows).flat_map(|r| (0..cols).map(move |c| (c as isize <= r as isize + diagonal) as u8)).collect();
         Self::from_cpu_storage(&CpuStorage::U8(v), [rows, cols], device)
     }
 }

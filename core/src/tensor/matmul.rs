@@ -27,23 +27,21 @@ impl<B: Backend> Tensor<B> {
                 ),
             });
         }
-        let batch = Shape::from(ab.to_vec())
-            .broadcast_with(&Shape::from(bb.to_vec()), OP)
-            .map_err(|_| Error::ShapeMismatch {
+        let batch = Shape::from(ab.to_vec()).broadcast_with(&Shape::from(bb.to_vec()), OP).map_err(|_| {
+            Error::ShapeMismatch {
                 op: OP,
                 lhs: self.shape().clone(),
                 rhs: rhs.shape().clone(),
                 hint: format!("batch dims {ab:?} and {bb:?} cannot be broadcast together"),
-            })?;
+            }
+        })?;
         let mut ls = batch.dims().to_vec();
         ls.extend([m, k]);
         let mut rs = batch.dims().to_vec();
         rs.extend([k, n]);
         let la = self.layout().broadcast_as(&ls.into(), OP)?;
         let lb = rhs.layout().broadcast_as(&rs.into(), OP)?;
-        let s = self
-            .device()
-            .matmul(self.storage(), &la, rhs.storage(), &lb)?;
+        let s = self.device().matmul(self.storage(), &la, rhs.storage(), &lb)?;
         let mut out = batch.dims().to_vec();
         out.extend([m, n]);
         Ok(Self::from_storage(s, out, self.device()))

@@ -49,13 +49,7 @@ impl<B: Backend> Clone for Tensor<B> {
 
 impl<B: Backend> std::fmt::Debug for Tensor<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Tensor[{}; {:?}; {}]",
-            self.layout.shape(),
-            self.dtype,
-            self.device.device_name()
-        )
+        write!(f, "Tensor[{}; {:?}; {}]", self.layout.shape(), self.dtype, self.device.device_name())
     }
 }
 
@@ -67,64 +61,34 @@ impl<B: Backend> Tensor<B> {
         let shape = shape.into();
         let dtype = B::storage_dtype(&storage);
         debug_assert_eq!(B::storage_len(&storage), shape.elem_count());
-        Tensor {
-            storage: Arc::new(storage),
-            layout: Layout::contiguous(shape),
-            dtype,
-            device: device.clone(),
-        }
+        Tensor { storage: Arc::new(storage), layout: Layout::contiguous(shape), dtype, device: device.clone() }
     }
 
     /// A new view of this tensor's buffer under another layout.
     pub(crate) fn with_layout(&self, layout: Layout) -> Self {
-        Tensor {
-            storage: self.storage.clone(),
-            layout,
-            dtype: self.dtype,
-            device: self.device.clone(),
-        }
+        Tensor { storage: self.storage.clone(), layout, dtype: self.dtype, device: self.device.clone() }
     }
 
     /// A tensor from a vector in row-major order.
-    pub fn from_vec<T: CpuElement>(
-        data: Vec<T>,
-        shape: impl Into<Shape>,
-        device: &B,
-    ) -> Result<Self> {
+    pub fn from_vec<T: CpuElement>(data: Vec<T>, shape: impl Into<Shape>, device: &B) -> Result<Self> {
         let shape = shape.into();
         if data.len() != shape.elem_count() {
-            return Err(Error::ElementCount {
-                op: "from_vec",
-                shape,
-                got: data.len(),
-            });
+            return Err(Error::ElementCount { op: "from_vec", shape, got: data.len() });
         }
         let s = device.from_cpu(&T::wrap(data))?;
         Ok(Self::from_storage(s, shape, device))
     }
 
     /// A tensor copied from a slice in row-major order.
-    pub fn from_slice<T: CpuElement>(
-        data: &[T],
-        shape: impl Into<Shape>,
-        device: &B,
-    ) -> Result<Self> {
+    pub fn from_slice<T: CpuElement>(data: &[T], shape: impl Into<Shape>, device: &B) -> Result<Self> {
         Self::from_vec(data.to_vec(), shape, device)
     }
 
     /// A tensor from host storage.
-    pub fn from_cpu_storage(
-        data: &CpuStorage,
-        shape: impl Into<Shape>,
-        device: &B,
-    ) -> Result<Self> {
+    pub fn from_cpu_storage(data: &CpuStorage, shape: impl Into<Shape>, device: &B) -> Result<Self> {
         let shape = shape.into();
         if data.len() != shape.elem_count() {
-            return Err(Error::ElementCount {
-                op: "from_cpu_storage",
-                shape,
-                got: data.len(),
-            });
+            return Err(Error::ElementCount { op: "from_cpu_storage", shape, got: data.len() });
         }
         Ok(Self::from_storage(device.from_cpu(data)?, shape, device))
     }
@@ -137,11 +101,7 @@ impl<B: Backend> Tensor<B> {
     /// A tensor filled with `value`.
     pub fn full(value: f64, shape: impl Into<Shape>, dtype: DType, device: &B) -> Result<Self> {
         let shape = shape.into();
-        Ok(Self::from_storage(
-            device.full(shape.elem_count(), value, dtype)?,
-            shape,
-            device,
-        ))
+        Ok(Self::from_storage(device.full(shape.elem_count(), value, dtype)?, shape, device))
     }
 
     /// A tensor of zeros.
@@ -182,9 +142,7 @@ impl<B: Backend> Tensor<B> {
         device: &B,
     ) -> Result<Self> {
         let shape = shape.into();
-        let v: Vec<f64> = (0..shape.elem_count())
-            .map(|_| mean + std * rng.normal())
-            .collect();
+        let v: Vec<f64> = (0..shape.elem_count()).map(|_| mean + std * rng.normal()).collect();
         Self::from_cpu_storage(&CpuStorage::from_f64_vec(&v, dtype), shape, device)
     }
 
@@ -198,9 +156,7 @@ impl<B: Backend> Tensor<B> {
         device: &B,
     ) -> Result<Self> {
         let shape = shape.into();
-        let v: Vec<f64> = (0..shape.elem_count())
-            .map(|_| lo + (hi - lo) * rng.uniform())
-            .collect();
+        let v: Vec<f64> = (0..shape.elem_count()).map(|_| lo + (hi - lo) * rng.uniform()).collect();
         Self::from_cpu_storage(&CpuStorage::from_f64_vec(&v, dtype), shape, device)
     }
 
@@ -257,11 +213,7 @@ impl<B: Backend> Tensor<B> {
     /// The elements in row-major order; `T` must match the dtype.
     pub fn to_vec<T: CpuElement>(&self) -> Result<Vec<T>> {
         if T::DTYPE != self.dtype {
-            return Err(Error::DTypeMismatch {
-                op: "to_vec",
-                lhs: self.dtype,
-                rhs: T::DTYPE,
-            });
+            return Err(Error::DTypeMismatch { op: "to_vec", lhs: self.dtype, rhs: T::DTYPE });
         }
         let s = self.to_cpu_storage()?;
         Ok(T::unwrap_ref(&s).expect("dtype checked above").to_vec())
@@ -278,11 +230,7 @@ impl<B: Backend> Tensor<B> {
         if self.elem_count() != 1 {
             return Err(Error::invalid(
                 "to_scalar",
-                format!(
-                    "tensor of shape {} has {} elements, not 1",
-                    self.shape(),
-                    self.elem_count()
-                ),
+                format!("tensor of shape {} has {} elements, not 1", self.shape(), self.elem_count()),
             ));
         }
         Ok(self.to_vec_f64()?[0])
@@ -318,22 +266,14 @@ impl<B: Backend> Tensor<B> {
 
     pub(crate) fn check_same_device(&self, other: &Self, op: &'static str) -> Result<()> {
         if !self.device.same_device(&other.device) {
-            return Err(Error::DeviceMismatch {
-                op,
-                lhs: self.device.device_name(),
-                rhs: other.device.device_name(),
-            });
+            return Err(Error::DeviceMismatch { op, lhs: self.device.device_name(), rhs: other.device.device_name() });
         }
         Ok(())
     }
 
     pub(crate) fn check_same_dtype(&self, other: &Self, op: &'static str) -> Result<()> {
         if self.dtype != other.dtype {
-            return Err(Error::DTypeMismatch {
-                op,
-                lhs: self.dtype,
-                rhs: other.dtype,
-            });
+            return Err(Error::DTypeMismatch { op, lhs: self.dtype, rhs: other.dtype });
         }
         Ok(())
     }
@@ -349,18 +289,9 @@ impl<B: Backend> Tensor<B> {
         Ok(())
     }
 
-    pub(crate) fn check_dtype(
-        &self,
-        dtype: DType,
-        op: &'static str,
-        expected: &'static str,
-    ) -> Result<()> {
+    pub(crate) fn check_dtype(&self, dtype: DType, op: &'static str, expected: &'static str) -> Result<()> {
         if self.dtype != dtype {
-            return Err(Error::UnsupportedDType {
-                op,
-                dtype: self.dtype,
-                expected,
-            });
+            return Err(Error::UnsupportedDType { op, dtype: self.dtype, expected });
         }
         Ok(())
     }
@@ -376,8 +307,6 @@ impl<B: Backend> Tensor<B> {
             });
         }
         let (a, b) = (self.to_vec_f64()?, other.to_vec_f64()?);
-        Ok(a.iter()
-            .zip(&b)
-            .all(|(x, y)| (x - y).abs() <= atol + rtol * y.abs() || (x.is_nan() && y.is_nan())))
+        Ok(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= atol + rtol * y.abs() || (x.is_nan() && y.is_nan())))
     }
 }

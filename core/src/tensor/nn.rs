@@ -12,14 +12,7 @@ impl<B: Backend> Tensor<B> {
     fn axis_last<D: Dim>(&self, axis: D, op: &'static str) -> Result<(Self, usize)> {
         let a = axis.to_index(self.shape(), op)?;
         let last = self.rank() - 1;
-        Ok((
-            if a == last {
-                self.clone()
-            } else {
-                self.transpose(a, last)?
-            },
-            a,
-        ))
+        Ok((if a == last { self.clone() } else { self.transpose(a, last)? }, a))
     }
 
     fn softmax_impl<D: Dim>(&self, axis: D, log: bool, op: &'static str) -> Result<Self> {
@@ -48,9 +41,7 @@ impl<B: Backend> Tensor<B> {
     /// Backward of softmax/log_softmax along the last axis from the output `self` and `dy`.
     pub fn softmax_last_backward(&self, dy: &Self, log: bool) -> Result<Self> {
         let (y, g) = (self.contiguous()?, dy.contiguous()?);
-        let s = self
-            .device()
-            .softmax_last_backward(y.storage(), g.storage(), y.shape(), log)?;
+        let s = self.device().softmax_last_backward(y.storage(), g.storage(), y.shape(), log)?;
         Ok(Self::from_storage(s, y.shape().clone(), self.device()))
     }
 
@@ -62,9 +53,7 @@ impl<B: Backend> Tensor<B> {
                     op,
                     lhs: self.shape().clone(),
                     rhs: p.shape().clone(),
-                    hint: format!(
-                        "the weight/bias must have shape [{n}] (the input's last dimension)"
-                    ),
+                    hint: format!("the weight/bias must have shape [{n}] (the input's last dimension)"),
                 });
             }
         }
@@ -87,16 +76,9 @@ impl<B: Backend> Tensor<B> {
         let (rows, n) = self.rows_n(OP)?;
         self.check_norm_param(weight, n, OP)?;
         let x = self.contiguous()?;
-        let w = weight
-            .map(|w| w.to_dtype(self.dtype()).and_then(|w| w.contiguous()))
-            .transpose()?;
-        let (y, r) =
-            self.device()
-                .rms_norm(x.storage(), w.as_ref().map(|w| w.storage()), rows, n, eps)?;
-        Ok((
-            Self::from_storage(y, self.shape().clone(), self.device()),
-            Self::from_storage(r, rows, self.device()),
-        ))
+        let w = weight.map(|w| w.to_dtype(self.dtype()).and_then(|w| w.contiguous())).transpose()?;
+        let (y, r) = self.device().rms_norm(x.storage(), w.as_ref().map(|w| w.storage()), rows, n, eps)?;
+        Ok((Self::from_storage(y, self.shape().clone(), self.device()), Self::from_storage(r, rows, self.device())))
     }
 
     /// RMS norm over the last axis: `x / sqrt(mean(x^2) + eps) * weight`.
@@ -105,24 +87,15 @@ impl<B: Backend> Tensor<B> {
     }
 
     /// Layer norm over the last axis, returning `(y, mean, rstd)`.
-    pub fn layer_norm_fwd(
-        &self,
-        weight: Option<&Self>,
-        bias: Option<&Self>,
-        eps: f64,
-    ) -> Result<(Self, Self, Self)> {
+    pub fn layer_norm_fwd(&self, weight: Option<&Self>, bias: Option<&Self>, eps: f64) -> Result<(Self, Self, Self)> {
         const OP: &str = "layer_norm";
         self.check_float(OP)?;
         let (rows, n) = self.rows_n(OP)?;
         self.check_norm_param(weight, n, OP)?;
         self.check_norm_param(bias, n, OP)?;
         let x = self.contiguous()?;
-        let w = weight
-            .map(|w| w.to_dtype(self.dtype()).and_then(|w| w.contiguous()))
-            .transpose()?;
-        let b = bias
-            .map(|b| b.to_dtype(self.dtype()).and_then(|b| b.contiguous()))
-            .transpose()?;
+        let w = weight.map(|w| w.to_dtype(self.dtype()).and_then(|w| w.contiguous())).transpose()?;
+        let b = bias.map(|b| b.to_dtype(self.dtype()).and_then(|b| b.contiguous())).transpose()?;
         let (y, m, r) = self.device().layer_norm(
             x.storage(),
             w.as_ref().map(|w| w.storage()),
@@ -162,21 +135,12 @@ impl<B: Backend> Tensor<B> {
 
     /// Per-row cross-entropy `lse(logits) - logits[target]` (0 where the target is
     /// `ignore_index`), with the row log-sum-exp: `(loss [rows], lse [rows])`.
-    pub fn cross_entropy_fwd(
-        &self,
-        targets: &Self,
-        ignore_index: Option<u32>,
-    ) -> Result<(Self, Self)> {
+    pub fn cross_entropy_fwd(&self, targets: &Self, ignore_index: Option<u32>) -> Result<(Self, Self)> {
         let (rows, classes) = self.check_ce(targets)?;
         let (x, t) = (self.contiguous()?, targets.contiguous()?);
-        let (l, s) =
-            self.device()
-                .cross_entropy(x.storage(), t.storage(), rows, classes, ignore_index)?;
+        let (l, s) = self.device().cross_entropy(x.storage(), t.storage(), rows, classes, ignore_index)?;
         let d = self.device();
-        Ok((
-            Self::from_storage(l, rows, d),
-            Self::from_storage(s, rows, d),
-        ))
+        Ok((Self::from_storage(l, rows, d), Self::from_storage(s, rows, d)))
     }
 
     /// Mean cross-entropy over the rows whose target is not `ignore_index`, as a rank-0 tensor.
@@ -184,11 +148,7 @@ impl<B: Backend> Tensor<B> {
         let (loss, _) = self.cross_entropy_fwd(targets, ignore_index)?;
         let counted = match ignore_index {
             None => targets.elem_count(),
-            Some(ig) => targets
-                .to_vec::<u32>()?
-                .iter()
-                .filter(|&&t| t != ig)
-                .count(),
+            Some(ig) => targets.to_vec::<u32>()?.iter().filter(|&&t| t != ig).count(),
         };
         loss.sum_all()?.mul_scalar(1.0 / counted.max(1) as f64)
     }
@@ -202,12 +162,8 @@ impl<B: Backend> Tensor<B> {
         ignore_index: Option<u32>,
     ) -> Result<Self> {
         let (rows, classes) = self.check_ce(targets)?;
-        let (x, t, s, g) = (
-            self.contiguous()?,
-            targets.contiguous()?,
-            lse.contiguous()?,
-            dloss.to_dtype(lse.dtype())?.contiguous()?,
-        );
+        let (x, t, s, g) =
+            (self.contiguous()?, targets.contiguous()?, lse.contiguous()?, dloss.to_dtype(lse.dtype())?.contiguous()?);
         let out = self.device().cross_entropy_backward(
             x.storage(),
             t.storage(),
@@ -228,18 +184,12 @@ impl<B: Backend> Tensor<B> {
         if k > n {
             return Err(Error::invalid(
                 OP,
-                format!(
-                    "k = {k} exceeds the size {n} of axis {a} (shape {})",
-                    self.shape()
-                ),
+                format!("k = {k} exceeds the size {n} of axis {a} (shape {})", self.shape()),
             ));
         }
         let (v, i) = self.device().topk_last(x.storage(), x.layout(), k)?;
         let shape = x.shape().with_dim(x.rank() - 1, k);
-        let (v, i) = (
-            Self::from_storage(v, shape.clone(), self.device()),
-            Self::from_storage(i, shape, self.device()),
-        );
+        let (v, i) = (Self::from_storage(v, shape.clone(), self.device()), Self::from_storage(i, shape, self.device()));
         let last = self.rank() - 1;
         if a == last {
             Ok((v, i))

@@ -13,11 +13,7 @@ impl<B: Backend> Tensor<B> {
         self.check_float(op.name())?;
         let a = axis.to_index(self.shape(), op.name())?;
         let s = self.device().reduce(op, self.storage(), self.layout(), a)?;
-        let out = if keepdim {
-            self.shape().with_dim(a, 1)
-        } else {
-            self.shape().remove(a)
-        };
+        let out = if keepdim { self.shape().with_dim(a, 1) } else { self.shape().remove(a) };
         Ok(Self::from_storage(s, out, self.device()))
     }
 
@@ -67,9 +63,7 @@ impl<B: Backend> Tensor<B> {
     pub fn cumsum<D: Dim>(&self, axis: D, exclusive: bool, reverse: bool) -> Result<Self> {
         self.check_float("cumsum")?;
         let a = axis.to_index(self.shape(), "cumsum")?;
-        let s = self
-            .device()
-            .cumsum(self.storage(), self.layout(), a, exclusive, reverse)?;
+        let s = self.device().cumsum(self.storage(), self.layout(), a, exclusive, reverse)?;
         Ok(Self::from_storage(s, self.shape().clone(), self.device()))
     }
 
@@ -80,14 +74,11 @@ impl<B: Backend> Tensor<B> {
             return Ok(self.clone());
         }
         let (src, tgt) = (self.dims(), shape.dims());
-        let lead = src
-            .len()
-            .checked_sub(tgt.len())
-            .ok_or_else(|| Error::Broadcast {
-                op: "sum_to",
-                lhs: self.shape().clone(),
-                rhs: shape.clone(),
-            })?;
+        let lead = src.len().checked_sub(tgt.len()).ok_or_else(|| Error::Broadcast {
+            op: "sum_to",
+            lhs: self.shape().clone(),
+            rhs: shape.clone(),
+        })?;
         let mut t = self.clone();
         for _ in 0..lead {
             t = t.sum(0usize, false)?;
@@ -96,11 +87,7 @@ impl<B: Backend> Tensor<B> {
             if d == 1 && s != 1 {
                 t = t.sum(i, true)?;
             } else if d != s {
-                return Err(Error::Broadcast {
-                    op: "sum_to",
-                    lhs: self.shape().clone(),
-                    rhs: shape.clone(),
-                });
+                return Err(Error::Broadcast { op: "sum_to", lhs: self.shape().clone(), rhs: shape.clone() });
             }
         }
         Ok(t)

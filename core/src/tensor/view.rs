@@ -14,17 +14,17 @@ impl<B: Backend> Tensor<B> {
         let n = self.elem_count();
         let holes = dims.iter().filter(|&&d| d == usize::MAX).count();
         if holes > 1 {
-            return Err(Error::invalid(
-                "reshape",
-                "at most one dimension can be inferred (usize::MAX)",
-            ));
+            return Err(Error::invalid("reshape", "at most one dimension can be inferred (usize::MAX)"));
         }
         if holes == 1 {
             let known: usize = dims.iter().filter(|&&d| d != usize::MAX).product();
             if known == 0 || n % known != 0 {
                 return Err(Error::invalid(
                     "reshape",
-                    format!("cannot infer a dimension: {n} elements of shape {} do not divide into {known}", self.shape()),
+                    format!(
+                        "cannot infer a dimension: {n} elements of shape {} do not divide into {known}",
+                        self.shape()
+                    ),
                 ));
             }
             for d in dims.iter_mut().filter(|d| **d == usize::MAX) {
@@ -53,15 +53,9 @@ impl<B: Backend> Tensor<B> {
 
     /// Merge axes `start..=end` into one.
     pub fn flatten<D: Dim>(&self, start: D, end: D) -> Result<Self> {
-        let (s, e) = (
-            start.to_index(self.shape(), "flatten")?,
-            end.to_index(self.shape(), "flatten")?,
-        );
+        let (s, e) = (start.to_index(self.shape(), "flatten")?, end.to_index(self.shape(), "flatten")?);
         if s > e {
-            return Err(Error::invalid(
-                "flatten",
-                format!("start axis {s} is after end axis {e}"),
-            ));
+            return Err(Error::invalid("flatten", format!("start axis {s} is after end axis {e}")));
         }
         let d = self.dims();
         let mut nd = d[..s].to_vec();
@@ -72,21 +66,14 @@ impl<B: Backend> Tensor<B> {
 
     /// Swap two axes (a view).
     pub fn transpose<D: Dim>(&self, a: D, b: D) -> Result<Self> {
-        let (a, b) = (
-            a.to_index(self.shape(), "transpose")?,
-            b.to_index(self.shape(), "transpose")?,
-        );
+        let (a, b) = (a.to_index(self.shape(), "transpose")?, b.to_index(self.shape(), "transpose")?);
         Ok(self.with_layout(self.layout().transpose(a, b)))
     }
 
     /// Swap the last two axes (a view): the matrix transpose of every batch entry.
     pub fn t(&self) -> Result<Self> {
         if self.rank() < 2 {
-            return Err(Error::RankMismatch {
-                op: "t",
-                expected: "at least 2",
-                shape: self.shape().clone(),
-            });
+            return Err(Error::RankMismatch { op: "t", expected: "at least 2", shape: self.shape().clone() });
         }
         self.transpose(-2isize, -1isize)
     }
@@ -109,10 +96,7 @@ impl<B: Backend> Tensor<B> {
             return Err(Error::invalid("split", "piece size must be positive"));
         }
         let n = self.dims()[a];
-        (0..n)
-            .step_by(size)
-            .map(|s| self.narrow(a, s, size.min(n - s)))
-            .collect()
+        (0..n).step_by(size).map(|s| self.narrow(a, s, size.min(n - s))).collect()
     }
 
     /// Split into `chunks` nearly equal pieces along `axis` (views); like PyTorch's `chunk`.
@@ -142,11 +126,7 @@ impl<B: Backend> Tensor<B> {
         if self.dims()[a] != 1 {
             return Err(Error::invalid(
                 "squeeze",
-                format!(
-                    "axis {a} has size {} (shape {}), not 1",
-                    self.dims()[a],
-                    self.shape()
-                ),
+                format!("axis {a} has size {} (shape {}), not 1", self.dims()[a], self.shape()),
             ));
         }
         Ok(self.with_layout(self.layout().squeeze(a)))

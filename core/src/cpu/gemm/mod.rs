@@ -25,11 +25,7 @@ pub fn gemm_f32(
                 acc += a[i * rsa + p * csa] * b[p * rsb + j * csb];
             }
             let o = &mut c[i * rsc + j * csc];
-            *o = if beta == 0.0 {
-                alpha * acc
-            } else {
-                alpha * acc + beta * *o
-            };
+            *o = if beta == 0.0 { alpha * acc } else { alpha * acc + beta * *o };
         }
     }
 }
@@ -58,11 +54,7 @@ pub fn gemm_f64(
                 acc += a[i * rsa + p * csa] * b[p * rsb + j * csb];
             }
             let o = &mut c[i * rsc + j * csc];
-            *o = if beta == 0.0 {
-                alpha * acc
-            } else {
-                alpha * acc + beta * *o
-            };
+            *o = if beta == 0.0 { alpha * acc } else { alpha * acc + beta * *o };
         }
     }
 }
