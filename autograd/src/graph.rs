@@ -1,0 +1,128 @@
+//! The backward pass: reverse topological traversal with gradient accumulation.
+
+use std::collections::{HashMap, HashSet};
+
+use ela_core::{Backend, Error, Result, Tensor};
+
+use crate::grad_mode::no_grad;
+use crate::var::Var;
+
+/// Gradients of the leaves that require them, keyed by var.
+pub struct Grads<B: Backend> {
+    map: HashMap<usize, Tensor<B>>,
+}
+
+impl<B: Backend> Grads<B> {
+    /// The gradient of `var`, if it received one.
+    pub fn get(&self, var: &Var<B>) -> Option<&Tensor<B>> {
+        self.map.get(&var.id())
+    }
+    /// Take the gradient of `var` out.
+    pub fn remove(&mut self, var: &Var<B>) -> Option<Tensor<B>> {
+        self.map.remove(&var.id())
+    }
+    /// Insert or replace a gradient (e.g. after clipping).
+    pub fn insert(&mut self, var: &Var<B>, grad: Tensor<B>) {
+        self.map.insert(var.id(), grad);
+    }
+    /// Number of gradients held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    /// True when no gradient is held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+    /// Empty gradient set.
+    pub fn empty() -> Self {
+        Grads { map: HashMap::new() }
+    }
+}
+
+impl<B: Backend> Var<B> {
+    /// Interior nodes reachable from `self` that require grad, inputs before outputs.
+    fn topo_order(&self) -> Vec<Var<B>> {
+        let mut order = Vec::new();
+        let mut seen = HashSet::new();
+        // Iterative post-order DFS: (var, children_pushed).
+        let mut stack = vec![(self.clone(), false)];
+        while let Some((v, expanded)) = stack.pop() {
+            if expanded {
+                order.push(v);
+                continue;
+            }
+            if !v.requires_grad() || !seen.insert(v.id()) {
+                continue;
+            }
+            stack.push((v.clone(), true));
+            if let Some(n) = &v.0.node {
+                for i in &n.inputs {
+                    if i.requires_grad() && !seen.contains(&i.id()) {
+                        stack.push((i.clone(), false));
+                    }
+                }
+            }
+        }
+        order
+    }
+
+    /// Backpropagate from a one-element var (a loss): returns the gradient of every leaf that
+    /// requires one. Intermediate gradients are freed as soon as they are used.
+    pub fn backward(&self) -> Result<Grads<B>> {
+        let v = self.value();
+        if v.elem_count() != 1 {
+            return Err(Error::invalid(
+                "backward",
+                format!(
+                    "backward() needs a one-element output (a loss), got shape {}; use backward_with(grad)",
+                    v.shape()
+                ),
+            ));
+        }
+        let seed = v.ones_like()?;
+        self.backward_with(seed)
+    }
+
+    /// Backpropagate with an explicit output gradient of the output's shape.
+    pub fn backward_with(&self, grad: Tensor<B>) -> Result<Grads<B>> {
+        let v = self.value();
+        if grad.shape() != v.shape() {
+            return Err(Error::ShapeMismatch {
+                op: "backward_with",
+                lhs: v.shape().clone(),
+                rhs: grad.shape().clone(),
+                hint: "the seed gradient must have the output's shape".into(),
+            });
+        }
+        let mut grads: HashMap<usize, Tensor<B>> = HashMap::new();
+        if !self.requires_grad() {
+            return Ok(Grads { map: grads });
+        }
+        grads.insert(self.id(), grad);
+        // Backward formulas are plain tensor ops: never record them.
+        no_grad(|| {
+            for var in self.topo_order().into_iter().rev() {
+                let Some(node) = &var.0.node else { continue };
+                let Some(g) = grads.remove(&var.id()) else { continue };
+                let needs: Vec<bool> = node.inputs.iter().map(|i| i.requires_grad()).collect();
+                let in_grads = (node.backward)(&g, &needs)?;
+                for ((input, gi), need) in node.inputs.iter().zip(in_grads).zip(&needs) {
+                    let (Some(gi), true) = (gi, *need) else { continue };
+                    debug_assert_eq!(
+                        gi.shape(),
+                        input.value().shape(),
+                        "backward of {} returned a wrong shape",
+                        node.op
+                    );
+                    let acc = match grads.remove(&input.id()) {
+                        Some(prev) => prev.add(&gi)?,
+                        None => gi,
+                    };
+                    grads.insert(input.id(), acc);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(Grads { map: grads })
+    }
+}

@@ -1,0 +1,118 @@
+//! Fused ops with dedicated backward kernels: softmax, log_softmax, RMS norm, layer norm and
+//! cross-entropy. Derivations: docs/autograd.md#fused-ops.
+
+use ela_core::{Backend, Dim, Result, Tensor};
+
+use crate::var::Var;
+
+impl<B: Backend> Var<B> {
+    fn softmax_impl<D: Dim>(&self, axis: D, log: bool) -> Result<Self> {
+        let x = self.value();
+        let a = axis.to_index(x.shape(), "softmax")?;
+        let y = if log { x.log_softmax(a)? } else { x.softmax(a)? };
+        let ys = y.clone();
+        let last = x.rank() - 1;
+        Var::record(if log { "log_softmax" } else { "softmax" }, y, &[self], move |g, _| {
+            // The kernel works on the last axis: move `a` there and back.
+            let (yl, gl) =
+                if a == last { (ys.clone(), g.clone()) } else { (ys.transpose(a, last)?, g.transpose(a, last)?) };
+            let dx = yl.softmax_last_backward(&gl, log)?;
+            Ok(vec![Some(if a == last { dx } else { dx.transpose(a, last)? })])
+        })
+    }
+
+    /// softmax along `axis`: `dx = y * (dy - sum(dy * y))`.
+    pub fn softmax<D: Dim>(&self, axis: D) -> Result<Self> {
+        self.softmax_impl(axis, false)
+    }
+
+    /// log_softmax along `axis`: `dx = dy - softmax(x) * sum(dy)`.
+    pub fn log_softmax<D: Dim>(&self, axis: D) -> Result<Self> {
+        self.softmax_impl(axis, true)
+    }
+
+    /// RMS norm over the last axis with an optional gain `weight [n]`.
+    pub fn rms_norm(&self, weight: Option<&Self>, eps: f64) -> Result<Self> {
+        let x = self.value();
+        let w = weight.map(|w| w.value());
+        let (y, rstd) = x.rms_norm_fwd(w.as_ref(), eps)?;
+        let inputs: Vec<&Var<B>> = std::iter::once(self).chain(weight).collect();
+        Var::record("rms_norm", y, &inputs, move |g, _| {
+            let n = *x.dims().last().unwrap();
+            let rows = rstd.elem_count();
+            let (xc, gc) = (x.contiguous()?, g.contiguous()?);
+            let wc = w.as_ref().map(|w| w.contiguous()).transpose()?;
+            let dev = x.device();
+            let (dx, dw) = dev.rms_norm_backward(
+                xc.storage(),
+                wc.as_ref().map(|w| w.storage()),
+                rstd.storage(),
+                gc.storage(),
+                rows,
+                n,
+            )?;
+            let mut out = vec![Some(Tensor::from_storage(dx, x.shape().clone(), dev))];
+            if let Some(dw) = dw {
+                out.push(Some(Tensor::from_storage(dw, n, dev)));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Layer norm over the last axis with optional `weight [n]` and `bias [n]`.
+    pub fn layer_norm(&self, weight: Option<&Self>, bias: Option<&Self>, eps: f64) -> Result<Self> {
+        let x = self.value();
+        let (w, b) = (weight.map(|w| w.value()), bias.map(|b| b.value()));
+        let (y, mean, rstd) = x.layer_norm_fwd(w.as_ref(), b.as_ref(), eps)?;
+        let inputs: Vec<&Var<B>> = std::iter::once(self).chain(weight).chain(bias).collect();
+        let (has_w, has_b) = (weight.is_some(), bias.is_some());
+        Var::record("layer_norm", y, &inputs, move |g, _| {
+            let n = *x.dims().last().unwrap();
+            let rows = rstd.elem_count();
+            let (xc, gc) = (x.contiguous()?, g.contiguous()?);
+            let wc = w.as_ref().map(|w| w.contiguous()).transpose()?;
+            let dev = x.device();
+            let (dx, dw, db) = dev.layer_norm_backward(
+                xc.storage(),
+                wc.as_ref().map(|w| w.storage()),
+                mean.storage(),
+                rstd.storage(),
+                gc.storage(),
+                rows,
+                n,
+            )?;
+            let mut out = vec![Some(Tensor::from_storage(dx, x.shape().clone(), dev))];
+            if has_w {
+                out.push(dw.map(|d| Tensor::from_storage(d, n, dev)));
+            }
+            if has_b {
+                // Without a weight the kernel skips the affine grads; db = sum over rows of dy.
+                let db = match db {
+                    Some(d) => Tensor::from_storage(d, n, dev),
+                    None => g.reshape([rows, n])?.sum(0usize, false)?,
+                };
+                out.push(Some(db));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Mean cross-entropy of logits `[rows, classes]` against `U32` targets `[rows]`, over the
+    /// rows whose target is not `ignore_index`. Returns a rank-0 loss.
+    pub fn cross_entropy(&self, targets: &Tensor<B>, ignore_index: Option<u32>) -> Result<Self> {
+        let x = self.value();
+        let (loss_rows, lse) = x.cross_entropy_fwd(targets, ignore_index)?;
+        let counted = match ignore_index {
+            None => targets.elem_count(),
+            Some(ig) => targets.to_vec::<u32>()?.iter().filter(|&&t| t != ig).count(),
+        };
+        let scale = 1.0 / counted.max(1) as f64;
+        let loss = loss_rows.sum_all()?.mul_scalar(scale)?;
+        let t = targets.clone();
+        Var::record("cross_entropy", loss, &[self], move |g, _| {
+            // d mean / d loss_row = scale for every row; times the upstream scalar.
+            let dl = g.to_dtype(lse.dtype())?.mul_scalar(scale)?.broadcast_as(lse.shape().clone())?;
+            Ok(vec![Some(x.cross_entropy_backward(&t, &lse, &dl, ignore_index)?)])
+        })
+    }
+}

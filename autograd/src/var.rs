@@ -1,0 +1,169 @@
+//! [`Var`]: a tensor that knows how it was computed.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use ela_core::{Backend, Error, Result, Tensor};
+
+use crate::grad_mode::is_grad_enabled;
+
+/// The backward closure of a node: given the gradient of the node's output and which inputs need
+/// a gradient, returns one optional gradient per input (same shape as that input).
+pub type BackwardFn<B> = Box<dyn Fn(&Tensor<B>, &[bool]) -> Result<Vec<Option<Tensor<B>>>> + Send + Sync>;
+
+pub(crate) struct Node<B: Backend> {
+    pub(crate) op: &'static str,
+    pub(crate) inputs: Vec<Var<B>>,
+    pub(crate) backward: BackwardFn<B>,
+}
+
+pub(crate) struct VarInner<B: Backend> {
+    pub(crate) id: usize,
+    value: RwLock<Tensor<B>>,
+    pub(crate) node: Option<Node<B>>,
+    pub(crate) requires_grad: bool,
+}
+
+/// A tensor in the autograd graph. Cloning is cheap and clones refer to the same variable.
+///
+/// Leaves are created with [`Var::param`] (trainable: gradients are collected for them) or
+/// [`Var::constant`]. Results of ops on vars are interior nodes that remember their inputs while
+/// gradients are enabled and some input requires a gradient.
+pub struct Var<B: Backend>(pub(crate) Arc<VarInner<B>>);
+
+impl<B: Backend> Clone for Var<B> {
+    fn clone(&self) -> Self {
+        Var(self.0.clone())
+    }
+}
+
+impl<B: Backend> std::fmt::Debug for Var<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let op = self.0.node.as_ref().map_or("leaf", |n| n.op);
+        write!(f, "Var#{}({:?}, {op}, requires_grad={})", self.0.id, self.value(), self.0.requires_grad)
+    }
+}
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+
+impl<B: Backend> Var<B> {
+    fn new(value: Tensor<B>, node: Option<Node<B>>, requires_grad: bool) -> Self {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        Var(Arc::new(VarInner { id, value: RwLock::new(value), node, requires_grad }))
+    }
+
+    /// A trainable leaf: [`Var::backward`] returns a gradient for it.
+    pub fn param(value: Tensor<B>) -> Self {
+        Self::new(value, None, true)
+    }
+
+    /// A leaf that needs no gradient (inputs, targets, masks).
+    pub fn constant(value: Tensor<B>) -> Self {
+        Self::new(value, None, false)
+    }
+
+    /// A constant leaf holding the same value (cuts the graph here).
+    pub fn detach(&self) -> Self {
+        Self::constant(self.value())
+    }
+
+    /// The current value (a cheap clone of the tensor handle).
+    pub fn value(&self) -> Tensor<B> {
+        self.0.value.read().expect("var lock poisoned").clone()
+    }
+
+    /// Replace the value of a leaf (optimizer updates, checkpoint loading). The shape and dtype
+    /// must stay the same, and interior nodes cannot be set.
+    pub fn set_value(&self, value: Tensor<B>) -> Result<()> {
+        if self.0.node.is_some() {
+            return Err(Error::invalid("set_value", "only leaf vars (params/constants) can be assigned"));
+        }
+        let mut v = self.0.value.write().expect("var lock poisoned");
+        if v.shape() != value.shape() || v.dtype() != value.dtype() {
+            return Err(Error::ShapeMismatch {
+                op: "set_value",
+                lhs: v.shape().clone(),
+                rhs: value.shape().clone(),
+                hint: format!("a var keeps its shape and dtype ({:?}); got {:?}", v.dtype(), value.dtype()),
+            });
+        }
+        *v = value;
+        Ok(())
+    }
+
+    /// Unique id of this var (gradients are keyed by it).
+    pub fn id(&self) -> usize {
+        self.0.id
+    }
+
+    /// Whether gradients flow to this var.
+    pub fn requires_grad(&self) -> bool {
+        self.0.requires_grad
+    }
+
+    /// True for vars created by [`Var::param`] / [`Var::constant`].
+    pub fn is_leaf(&self) -> bool {
+        self.0.node.is_none()
+    }
+
+    /// The name of the op that produced this var ("leaf" for leaves).
+    pub fn op_name(&self) -> &'static str {
+        self.0.node.as_ref().map_or("leaf", |n| n.op)
+    }
+
+    /// Shape of the value.
+    pub fn shape(&self) -> ela_core::Shape {
+        self.value().shape().clone()
+    }
+
+    /// Dimensions of the value.
+    pub fn dims(&self) -> Vec<usize> {
+        self.value().dims().to_vec()
+    }
+
+    /// Rank of the value.
+    pub fn rank(&self) -> usize {
+        self.value().rank()
+    }
+
+    /// Dtype of the value.
+    pub fn dtype(&self) -> ela_core::DType {
+        self.value().dtype()
+    }
+
+    /// The device of the value.
+    pub fn device(&self) -> B {
+        self.value().device().clone()
+    }
+
+    /// Record the result of an op. When gradients are disabled or no input requires one, the
+    /// result is a constant and `backward` is dropped unused.
+    pub fn record(
+        op: &'static str,
+        value: Tensor<B>,
+        inputs: &[&Var<B>],
+        backward: impl Fn(&Tensor<B>, &[bool]) -> Result<Vec<Option<Tensor<B>>>> + Send + Sync + 'static,
+    ) -> Result<Self> {
+        let needs = is_grad_enabled() && inputs.iter().any(|v| v.requires_grad());
+        if !needs {
+            return Ok(Self::constant(value));
+        }
+        let node = Node { op, inputs: inputs.iter().map(|v| (*v).clone()).collect(), backward: Box::new(backward) };
+        Ok(Self::new(value, Some(node), true))
+    }
+}
+
+impl<B: Backend> Drop for VarInner<B> {
+    /// Tear long chains down iteratively: a recursive drop of a deep graph (thousands of ops)
+    /// would overflow the stack.
+    fn drop(&mut self) {
+        let mut stack: Vec<Var<B>> = self.node.take().map(|n| n.inputs).unwrap_or_default();
+        while let Some(v) = stack.pop() {
+            if let Ok(mut inner) = Arc::try_unwrap(v.0) {
+                if let Some(n) = inner.node.take() {
+                    stack.extend(n.inputs);
+                }
+            }
+        }
+    }
+}
