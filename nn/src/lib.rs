@@ -1,1 +1,12 @@
-//! Placeholder
+//! # ela-nn
+//!
+//! Neural-network building blocks on top of [`ela_autograd`]: Exact Linear Attention and its
+//! kernels ([`ela`]), modules and a parameter registry ([`module`], [`layers`]), optimizers
+//! ([`optim`]) and checkpoints ([`checkpoint`]). Every module is generic over the backend.
+#![warn(missing_docs)]
+
+pub mod checkpoint;
+pub mod ela;
+pub mod layers;
+pub mod module;
+pub mod optim;
