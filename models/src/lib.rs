@@ -1,1 +1,8 @@
-//! Placeholder
+//! # ela-models
+//!
+//! Models built on ELA-rs and the `ela` command-line tool that trains, samples, verifies and
+//! benchmarks them.
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod demo;
