@@ -106,7 +106,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let model = Mlp::new(args.hidden, DType::F32, &mut rng)?;
     let x = Var::constant(Tensor::from_vec(xs, [n, 2], &Cpu)?);
     let t = Tensor::from_vec(ys.clone(), [n], &Cpu)?;
-    let mut velocity: Vec<Tensor<Cpu>> = model.params().iter().map(|p| p.value().zeros_like()).collect::<Result<_>>()?;
+    let mut velocity: Vec<Tensor<Cpu>> =
+        model.params().iter().map(|p| p.value().zeros_like()).collect::<Result<_>>()?;
     let start = Instant::now();
     let mut loss_first = None;
     let mut loss = 0.0;

@@ -31,12 +31,31 @@ const VERBS: &[(&str, &str)] = &[
     ("finds", "find"),
     ("likes", "like"),
 ];
-const ADJECTIVES: &[&str] = &["quiet", "red", "heavy", "bright", "strange", "wooden", "frozen", "tiny", "golden", "patient"];
+const ADJECTIVES: &[&str] =
+    &["quiet", "red", "heavy", "bright", "strange", "wooden", "frozen", "tiny", "golden", "patient"];
 const NOUNS: &[&str] = &["stone", "lantern", "boat", "garden", "letter", "mountain", "song", "bridge", "map", "window"];
-const PLACES: &[&str] = &["near the sea", "in the morning", "under the bridge", "before the storm", "at night", "by the old mill"];
+const PLACES: &[&str] =
+    &["near the sea", "in the morning", "under the bridge", "before the storm", "at night", "by the old mill"];
 const NUMBERS: &[&str] = &[
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen",
-    "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
 ];
 
 fn pick<'a, T>(rng: &mut Rng, xs: &'a [T]) -> &'a T {

@@ -30,7 +30,10 @@ impl TextDataset {
     /// at least one window of `seq + 1` tokens.
     pub fn split(tokens: Vec<u32>, val_fraction: f64, seq: usize) -> Result<Self> {
         if !(val_fraction > 0.0 && val_fraction < 1.0) {
-            return Err(Error::invalid("dataset", format!("validation fraction must be in (0, 1), got {val_fraction}")));
+            return Err(Error::invalid(
+                "dataset",
+                format!("validation fraction must be in (0, 1), got {val_fraction}"),
+            ));
         }
         let n_val = ((tokens.len() as f64) * val_fraction) as usize;
         let n_train = tokens.len() - n_val;
