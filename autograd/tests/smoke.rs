@@ -35,6 +35,7 @@ fn smoke_all_families() {
     check("avgpool", &|v| v[0].avg_pool2d(&pp), vec![rand(&[1, 2, 4, 5], 21)]);
     check("up", &|v| v[0].upsample_nearest2d((2, 3)), vec![rand(&[1, 2, 2, 2], 22)]);
     let ids = Tensor::from_vec(vec![2u32, 0, 2], [3], &Cpu).unwrap();
+    check("index_add", &|v| v[0].index_add(&ids, 0usize, &ela_core::Shape::from([4, 3])), vec![rand(&[3, 3], 29)]);
     check("embed", &|v| v[0].embedding(&ids), vec![rand(&[4, 3], 23)]);
     check(
         "narrow_concat",

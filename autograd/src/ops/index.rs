@@ -16,6 +16,16 @@ impl<B: Backend> Var<B> {
         Var::record("index_select", y, &[self], move |g, _| Ok(vec![Some(g.index_add(&ids, a, x.shape())?)]))
     }
 
+    /// Zeros of `out_shape` with slice `i` of `self` added at `ids[i]` along `axis` (see
+    /// [`Tensor::index_add`]); the gradient is the matching `index_select` of the output's.
+    pub fn index_add<D: Dim>(&self, ids: &Tensor<B>, axis: D, out_shape: &ela_core::Shape) -> Result<Self> {
+        let x = self.value();
+        let a = axis.to_index(x.shape(), "index_add")?;
+        let y = x.index_add(ids, a, out_shape)?;
+        let ids = ids.clone();
+        Var::record("index_add", y, &[self], move |g, _| Ok(vec![Some(g.index_select(&ids, a)?)]))
+    }
+
     /// Embedding lookup: rows of `self [vocab, dim]` for `ids` of any shape.
     pub fn embedding(&self, ids: &Tensor<B>) -> Result<Self> {
         let mut out = ids.dims().to_vec();
