@@ -9,4 +9,5 @@ pub mod checkpoint;
 pub mod ela;
 pub mod layers;
 pub mod module;
+pub mod moe;
 pub mod optim;
