@@ -51,8 +51,11 @@ impl Layout {
     }
 
     /// True when the elements are stored row-major without gaps (dimensions of size 1 may have any
-    /// stride).
+    /// stride; an empty view is trivially contiguous).
     pub fn is_contiguous(&self) -> bool {
+        if self.elem_count() == 0 {
+            return true;
+        }
         let mut acc = 1;
         for (&d, &s) in self.dims().iter().zip(&self.strides).rev() {
             if d != 1 && s != acc {
@@ -63,8 +66,12 @@ impl Layout {
         true
     }
 
-    /// `Some(start..end)` of the storage when contiguous.
+    /// `Some(start..end)` of the storage when contiguous. An empty view gives `0..0`: its
+    /// offset may point past the end of an empty buffer and must never be used to index.
     pub fn contiguous_range(&self) -> Option<std::ops::Range<usize>> {
+        if self.elem_count() == 0 {
+            return Some(0..0);
+        }
         self.is_contiguous().then(|| self.offset..self.offset + self.elem_count())
     }
 

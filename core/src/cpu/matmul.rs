@@ -28,7 +28,9 @@ macro_rules! batched {
         let (rsb, csb) = (lb.strides()[r - 2], lb.strides()[r - 1]);
         let (oa, ob) = (batch_offsets(la), batch_offsets(lb));
         let mut out = vec![<$t>::default(); oa.len() * m * n];
-        if m * n > 0 {
+        // k = 0 leaves the zeros (an empty sum); the operands' offsets may then point past
+        // their empty buffers and must not be sliced.
+        if m * n > 0 && k > 0 {
             let one = |bi: usize, c: &mut [$t]| {
                 $gemm(m, n, k, 1.0, &a[oa[bi]..], rsa, csa, &b[ob[bi]..], rsb, csb, 0.0, c, n, 1);
             };

@@ -253,13 +253,21 @@ impl<B: Backend> Tensor<B> {
         Tensor::from_cpu_storage(&host, self.shape().clone(), device)
     }
 
-    /// The same values in a contiguous buffer (returns `self` when already contiguous).
+    /// The same values in a buffer that holds exactly them, row-major from element 0 (returns
+    /// `self` when that is already the case). After this call kernels may read `storage()`
+    /// without a layout; a contiguous view that starts at an offset or covers only part of its
+    /// buffer (a `narrow` of the leading axis, a piece of a `split`) is copied.
     pub fn contiguous(&self) -> Result<Self> {
-        if self.layout.is_contiguous() {
+        if self.is_exact_buffer() {
             return Ok(self.clone());
         }
         let s = self.device.copy_contiguous(&self.storage, &self.layout)?;
         Ok(Self::from_storage(s, self.shape().clone(), &self.device))
+    }
+
+    /// True when the storage holds exactly this tensor's elements in row-major order.
+    pub fn is_exact_buffer(&self) -> bool {
+        self.layout.is_contiguous() && self.layout.offset() == 0 && B::storage_len(&self.storage) == self.elem_count()
     }
 
     // ------------------------------------------------------------ argument checks

@@ -1,0 +1,187 @@
+//! AdamW: Adam with decoupled weight decay (Loshchilov & Hutter 2019), as in PyTorch.
+//!
+//! For a parameter `p` with gradient `g` at its `t`-th update (t = 1, 2, ...):
+//!
+//! ```text
+//! p <- p (1 - lr wd)                              decoupled decay: not part of the gradient
+//! m <- b1 m + (1 - b1) g
+//! v <- b2 v + (1 - b2) g^2
+//! p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+//! ```
+//!
+//! The decay shrinks weights at the same relative rate whatever the gradient scale, unlike L2
+//! regularisation inside Adam, whose decay term is divided by `sqrt(v)` and so fades for
+//! parameters with large gradients.
+
+use ela_autograd::{no_grad, Grads, Var};
+use ela_core::{Backend, DType, Error, Result, Tensor};
+
+use super::{check_params, grad_for, on_device, split_state, state_dtype, Optimizer};
+use crate::module::StateDict;
+
+/// Hyper-parameters of [`AdamW`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWConfig {
+    /// Learning rate.
+    pub lr: f64,
+    /// Decay of the first-moment average.
+    pub beta1: f64,
+    /// Decay of the second-moment average.
+    pub beta2: f64,
+    /// Added to `sqrt(v_hat)` to bound the step.
+    pub eps: f64,
+    /// Decoupled weight decay coefficient (multiplied by `lr`).
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    /// PyTorch's defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight decay 0.01.
+    fn default() -> Self {
+        AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+    }
+}
+
+struct Slot<B: Backend> {
+    m: Tensor<B>,
+    v: Tensor<B>,
+    step: u64,
+}
+
+/// The AdamW optimizer.
+pub struct AdamW<B: Backend> {
+    params: Vec<(String, Var<B>)>,
+    decay: Vec<bool>,
+    state: Vec<Option<Slot<B>>>,
+    cfg: AdamWConfig,
+}
+
+const SLOTS: [(&str, bool); 3] = [("exp_avg", true), ("exp_avg_sq", true), ("step", false)];
+
+impl<B: Backend> AdamW<B> {
+    /// An optimizer over named parameters; every parameter is decayed until
+    /// [`AdamW::exclude_from_weight_decay`] says otherwise.
+    pub fn new(params: Vec<(String, Var<B>)>, cfg: AdamWConfig) -> Result<Self> {
+        let ok = |b: f64| (0.0..1.0).contains(&b);
+        if !(cfg.lr >= 0.0 && ok(cfg.beta1) && ok(cfg.beta2) && cfg.eps >= 0.0 && cfg.weight_decay >= 0.0) {
+            return Err(Error::invalid(
+                "AdamW::new",
+                format!("need lr >= 0, betas in [0, 1), eps >= 0 and weight_decay >= 0; got {cfg:?}"),
+            ));
+        }
+        check_params(&params, "AdamW::new")?;
+        let n = params.len();
+        Ok(AdamW { params, decay: vec![true; n], state: (0..n).map(|_| None).collect(), cfg })
+    }
+
+    /// Turn weight decay off for the parameters where `pred(name, var)` holds (commonly biases,
+    /// norm gains and embeddings: `|_, v| v.rank() < 2`). Returns how many were excluded.
+    pub fn exclude_from_weight_decay(&mut self, pred: impl Fn(&str, &Var<B>) -> bool) -> usize {
+        let mut n = 0;
+        for ((name, v), d) in self.params.iter().zip(self.decay.iter_mut()) {
+            if pred(name, v) {
+                *d = false;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The hyper-parameters.
+    pub fn config(&self) -> &AdamWConfig {
+        &self.cfg
+    }
+
+    /// The parameters, in the order given.
+    pub fn params(&self) -> &[(String, Var<B>)] {
+        &self.params
+    }
+
+    /// How many updates the parameter `name` has received (0 before its first).
+    pub fn step_count(&self, name: &str) -> Option<u64> {
+        let i = self.params.iter().position(|(n, _)| n == name)?;
+        Some(self.state[i].as_ref().map_or(0, |s| s.step))
+    }
+
+    fn update_one(&mut self, i: usize, grads: &Grads<B>) -> Result<()> {
+        let (name, var) = &self.params[i];
+        let sd = state_dtype(var.dtype());
+        let Some(g) = grad_for(grads, name, var, sd, "AdamW::step")? else { return Ok(()) };
+        let c = self.cfg;
+        let slot = match self.state[i].take() {
+            Some(s) => s,
+            None => Slot { m: g.zeros_like()?, v: g.zeros_like()?, step: 0 },
+        };
+        let step = slot.step + 1;
+        let m = slot.m.mul_scalar(c.beta1)?.add(&g.mul_scalar(1.0 - c.beta1)?)?;
+        let v = slot.v.mul_scalar(c.beta2)?.add(&g.square()?.mul_scalar(1.0 - c.beta2)?)?;
+        let bc1 = 1.0 - c.beta1.powf(step as f64);
+        let bc2 = 1.0 - c.beta2.powf(step as f64);
+        let mut p = var.value().to_dtype(sd)?;
+        if self.decay[i] && c.weight_decay != 0.0 {
+            p = p.mul_scalar(1.0 - c.lr * c.weight_decay)?;
+        }
+        let denom = v.sqrt()?.affine(1.0 / bc2.sqrt(), c.eps)?;
+        p = p.sub(&m.div(&denom)?.mul_scalar(c.lr / bc1)?)?;
+        var.set_value(p.to_dtype(var.dtype())?)?;
+        self.state[i] = Some(Slot { m, v, step });
+        Ok(())
+    }
+}
+
+impl<B: Backend> Optimizer<B> for AdamW<B> {
+    fn step(&mut self, grads: &Grads<B>) -> Result<()> {
+        no_grad(|| (0..self.params.len()).try_for_each(|i| self.update_one(i, grads)))
+    }
+
+    fn lr(&self) -> f64 {
+        self.cfg.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.cfg.lr = lr;
+    }
+
+    fn state_dict(&self) -> Result<StateDict<B>> {
+        let mut sd = StateDict::new();
+        for ((name, var), s) in self.params.iter().zip(&self.state) {
+            let Some(s) = s else { continue };
+            sd.insert(format!("{name}.exp_avg"), s.m.clone());
+            sd.insert(format!("{name}.exp_avg_sq"), s.v.clone());
+            // A step count is exact in f64 up to 2^53; stored as a rank-0 tensor on the device.
+            sd.insert(format!("{name}.step"), Tensor::scalar(s.step as f64, DType::F64, &var.device())?);
+        }
+        Ok(sd)
+    }
+
+    fn load_state_dict(&mut self, sd: &StateDict<B>) -> Result<()> {
+        const OP: &str = "AdamW::load_state_dict";
+        let groups = split_state(sd, &self.params, &SLOTS, OP)?;
+        let mut new_state = Vec::with_capacity(groups.len());
+        for (g, (name, var)) in groups.into_iter().zip(&self.params) {
+            let dt = state_dtype(var.dtype());
+            new_state.push(match (&g[0], &g[1], &g[2]) {
+                (None, None, None) => None,
+                (Some(m), Some(v), Some(step)) => {
+                    let s = step.to_scalar()?;
+                    if !(s >= 1.0 && s.fract() == 0.0 && s < 9.007e15) {
+                        return Err(Error::invalid(OP, format!("{name:?}.step must be a positive integer, got {s}")));
+                    }
+                    let dev = var.device();
+                    Some(Slot {
+                        m: on_device(m, &dev)?.to_dtype(dt)?,
+                        v: on_device(v, &dev)?.to_dtype(dt)?,
+                        step: s as u64,
+                    })
+                }
+                _ => {
+                    return Err(Error::invalid(
+                        OP,
+                        format!("{name:?} needs all of exp_avg, exp_avg_sq and step, or none of them"),
+                    ))
+                }
+            });
+        }
+        self.state = new_state;
+        Ok(())
+    }
+}
