@@ -69,6 +69,8 @@ pub enum Error {
         shape: Shape,
         /// The number of elements available.
         got: usize,
+        /// The shape the elements came from, when there was one (reshape).
+        from: Option<Shape>,
     },
     /// Two operands have different dtypes.
     DTypeMismatch {
@@ -154,8 +156,12 @@ impl std::fmt::Display for Error {
                 "{op}: index {index} is out of range for axis {axis} of size {size} (shape {shape}); \
                  indices must be in 0..{size}"
             ),
-            Error::ElementCount { op, shape, got } => {
-                write!(f, "{op}: shape {shape} needs {} elements but {got} were given", shape.elem_count())
+            Error::ElementCount { op, shape, got, from } => {
+                write!(f, "{op}: shape {shape} needs {} elements but {got} were given", shape.elem_count())?;
+                match from {
+                    Some(src) => write!(f, " (by a tensor of shape {src}); reshape keeps the number of elements"),
+                    None => Ok(()),
+                }
             }
             Error::DTypeMismatch { op, lhs, rhs } => {
                 write!(f, "{op}: dtype mismatch: {lhs:?} vs {rhs:?} (convert one operand with .to_dtype())")

@@ -1,1 +1,3 @@
 //! Reference implementations
+
+pub mod reference;

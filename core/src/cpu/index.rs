@@ -183,7 +183,16 @@ pub fn scatter_add(
         (CpuStorage::F16(b), CpuStorage::F16(s)) => go(b, base_layout, s, src_layout, &ids, d),
         (CpuStorage::BF16(b), CpuStorage::BF16(s)) => go(b, base_layout, s, src_layout, &ids, d),
         (CpuStorage::U32(b), CpuStorage::U32(s)) => go(b, base_layout, s, src_layout, &ids, d),
-        (b, s) => return Err(Error::DTypeMismatch { op: "scatter_add", lhs: b.dtype(), rhs: s.dtype() }),
+        (b, s) if b.dtype() != s.dtype() => {
+            return Err(Error::DTypeMismatch { op: "scatter_add", lhs: b.dtype(), rhs: s.dtype() })
+        }
+        (b, _) => {
+            return Err(Error::UnsupportedDType {
+                op: "scatter_add",
+                dtype: b.dtype(),
+                expected: "f16, bf16, f32, f64 or u32",
+            })
+        }
     })
 }
 

@@ -65,8 +65,36 @@ impl<B: Backend> Tensor<B> {
         Ok(Self::from_storage(s, out, self.device()))
     }
 
+    /// Check that `self` is a valid `dy` for `conv2d(x, w, p)` with `x: x_shape`, `w: w_shape`.
+    fn check_conv_grad(&self, x_shape: &Shape, w_shape: &Shape, p: &Conv2dParams, op: &'static str) -> Result<()> {
+        self.check_nchw(op)?;
+        if x_shape.rank() != 4 || w_shape.rank() != 4 {
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: x_shape.clone(),
+                rhs: w_shape.clone(),
+                hint: "input and weight shapes must both be rank 4 ([n, c, h, w] and [o, c/groups, kh, kw])".into(),
+            });
+        }
+        // The forward's own checks, on shapes only, give the dy shape that must come back.
+        let x = Self::zeros(x_shape.clone(), self.dtype(), self.device())?;
+        let w = Self::zeros(w_shape.clone(), self.dtype(), self.device())?;
+        let out = x.conv2d_out_shape(&w, p).map_err(|e| Error::invalid(op, e.to_string()))?;
+        if &out != self.shape() {
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: self.shape().clone(),
+                rhs: out,
+                hint: format!("dy must have conv2d's output shape for input {x_shape} and weight {w_shape}"),
+            });
+        }
+        Ok(())
+    }
+
     /// Gradient of conv2d w.r.t. the input, from `dy = self`.
     pub fn conv2d_backward_input(&self, weight: &Self, x_shape: &Shape, p: &Conv2dParams) -> Result<Self> {
+        self.check_conv_grad(x_shape, weight.shape(), p, "conv2d_backward_input")?;
+        self.check_same_dtype(weight, "conv2d_backward_input")?;
         let dy = self.contiguous()?;
         let s = self.device().conv2d_backward_input(
             dy.storage(),
@@ -81,6 +109,8 @@ impl<B: Backend> Tensor<B> {
 
     /// Gradient of conv2d w.r.t. the weight, from `dy = self` and the input `x`.
     pub fn conv2d_backward_weight(&self, x: &Self, w_shape: &Shape, p: &Conv2dParams) -> Result<Self> {
+        self.check_conv_grad(x.shape(), w_shape, p, "conv2d_backward_weight")?;
+        self.check_same_dtype(x, "conv2d_backward_weight")?;
         let dy = self.contiguous()?;
         let s = self.device().conv2d_backward_weight(x.storage(), x.layout(), dy.storage(), dy.shape(), w_shape, p)?;
         Ok(Self::from_storage(s, w_shape.clone(), self.device()))
@@ -89,6 +119,9 @@ impl<B: Backend> Tensor<B> {
     fn pool_out_shape(&self, p: &Pool2dParams, op: &'static str) -> Result<Shape> {
         self.check_nchw(op)?;
         let d = self.dims();
+        if d[2] == 0 || d[3] == 0 {
+            return Err(Error::invalid(op, format!("the input {} has no pixels to pool", self.shape())));
+        }
         if p.kernel.0 == 0 || p.kernel.1 == 0 || p.stride.0 == 0 || p.stride.1 == 0 {
             return Err(Error::invalid(op, format!("kernel and stride must be positive, got {p:?}")));
         }
@@ -127,8 +160,27 @@ impl<B: Backend> Tensor<B> {
 
     /// Backward of max pooling from `dy = self`.
     pub fn max_pool2d_backward(&self, argmax: &Self, x_shape: &Shape) -> Result<Self> {
-        let dy = self.contiguous()?;
+        const OP: &str = "max_pool2d_backward";
+        self.check_nchw(OP)?;
+        argmax.check_dtype(crate::DType::U32, OP, "the u32 argmax of max_pool2d_fwd")?;
+        let xd = x_shape.dims();
+        if argmax.shape() != self.shape() || xd.len() != 4 || xd[..2] != self.dims()[..2] {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                lhs: self.shape().clone(),
+                rhs: x_shape.clone(),
+                hint: format!(
+                    "dy and argmax ({}) must have the pooled shape, and x_shape the same batch and channels",
+                    argmax.shape()
+                ),
+            });
+        }
         let am = argmax.contiguous()?;
+        let pixels = xd[2] * xd[3];
+        if let Some(&bad) = am.to_vec::<u32>()?.iter().find(|&&i| i as usize >= pixels) {
+            return Err(Error::Index { op: OP, index: bad as usize, size: pixels, axis: 2, shape: x_shape.clone() });
+        }
+        let dy = self.contiguous()?;
         let s = self.device().max_pool2d_backward(dy.storage(), am.storage(), dy.shape(), x_shape)?;
         Ok(Self::from_storage(s, x_shape.clone(), self.device()))
     }
@@ -142,6 +194,17 @@ impl<B: Backend> Tensor<B> {
 
     /// Backward of average pooling from `dy = self`.
     pub fn avg_pool2d_backward(&self, x_shape: &Shape, p: &Pool2dParams) -> Result<Self> {
+        const OP: &str = "avg_pool2d_backward";
+        self.check_nchw(OP)?;
+        let out = Self::zeros(x_shape.clone(), self.dtype(), self.device())?.pool_out_shape(p, OP)?;
+        if &out != self.shape() {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                lhs: self.shape().clone(),
+                rhs: out,
+                hint: format!("dy must have avg_pool2d's output shape for input {x_shape}"),
+            });
+        }
         let dy = self.contiguous()?;
         let s = self.device().avg_pool2d_backward(dy.storage(), dy.shape(), x_shape, p)?;
         Ok(Self::from_storage(s, x_shape.clone(), self.device()))
@@ -161,6 +224,18 @@ impl<B: Backend> Tensor<B> {
 
     /// Backward of nearest upsampling from `dy = self`.
     pub fn upsample_nearest2d_backward(&self, factor: (usize, usize)) -> Result<Self> {
+        const OP: &str = "upsample_nearest2d_backward";
+        self.check_nchw(OP)?;
+        let d = self.dims();
+        if factor.0 == 0 || factor.1 == 0 || d[2] % factor.0 != 0 || d[3] % factor.1 != 0 {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "dy {} must be an upsampled image: height and width divisible by the factors {factor:?}",
+                    self.shape()
+                ),
+            ));
+        }
         let dy = self.contiguous()?;
         let d = dy.dims();
         let s = self.device().upsample_nearest2d_backward(dy.storage(), dy.shape(), factor)?;

@@ -45,11 +45,14 @@ impl<B: Backend> Tensor<B> {
                 shape: self.shape().clone(),
             });
         }
+        self.check_same_device(ids, "embedding")?;
+        // Checked here (once) so that errors name `embedding`, not an inner op.
+        Self::check_ids(ids, self.dims()[0], 0, self.shape(), "embedding")?;
         let flat = ids.flatten_all()?;
-        let rows = self.index_select(&flat, 0usize)?;
+        let s = self.device().index_select(self.storage(), self.layout(), 0, flat.storage(), flat.layout())?;
         let mut out = ids.dims().to_vec();
         out.push(self.dims()[1]);
-        rows.reshape(out)
+        Ok(Self::from_storage(s, out, self.device()))
     }
 
     /// Adjoint of [`Tensor::index_select`]: zeros of `out_shape` with slice `i` of `self` added

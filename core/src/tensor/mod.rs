@@ -73,7 +73,7 @@ impl<B: Backend> Tensor<B> {
     pub fn from_vec<T: CpuElement>(data: Vec<T>, shape: impl Into<Shape>, device: &B) -> Result<Self> {
         let shape = shape.into();
         if data.len() != shape.elem_count() {
-            return Err(Error::ElementCount { op: "from_vec", shape, got: data.len() });
+            return Err(Error::ElementCount { op: "from_vec", shape, got: data.len(), from: None });
         }
         let s = device.from_cpu(&T::wrap(data))?;
         Ok(Self::from_storage(s, shape, device))
@@ -88,7 +88,7 @@ impl<B: Backend> Tensor<B> {
     pub fn from_cpu_storage(data: &CpuStorage, shape: impl Into<Shape>, device: &B) -> Result<Self> {
         let shape = shape.into();
         if data.len() != shape.elem_count() {
-            return Err(Error::ElementCount { op: "from_cpu_storage", shape, got: data.len() });
+            return Err(Error::ElementCount { op: "from_cpu_storage", shape, got: data.len(), from: None });
         }
         Ok(Self::from_storage(device.from_cpu(data)?, shape, device))
     }

@@ -40,6 +40,15 @@ impl<B: Backend> Tensor<B> {
 
     /// Backward of softmax/log_softmax along the last axis from the output `self` and `dy`.
     pub fn softmax_last_backward(&self, dy: &Self, log: bool) -> Result<Self> {
+        if self.shape() != dy.shape() || self.rank() == 0 {
+            return Err(Error::ShapeMismatch {
+                op: "softmax_backward",
+                lhs: self.shape().clone(),
+                rhs: dy.shape().clone(),
+                hint: "the output and its gradient must have the same shape (rank >= 1)".into(),
+            });
+        }
+        self.check_same_dtype(dy, "softmax_backward")?;
         let (y, g) = (self.contiguous()?, dy.contiguous()?);
         let s = self.device().softmax_last_backward(y.storage(), g.storage(), y.shape(), log)?;
         Ok(Self::from_storage(s, y.shape().clone(), self.device()))
@@ -144,6 +153,8 @@ impl<B: Backend> Tensor<B> {
     }
 
     /// Mean cross-entropy over the rows whose target is not `ignore_index`, as a rank-0 tensor.
+    /// When every row is ignored the loss is 0 (an empty mean contributes nothing to training;
+    /// PyTorch returns NaN here).
     pub fn cross_entropy(&self, targets: &Self, ignore_index: Option<u32>) -> Result<Self> {
         let (loss, _) = self.cross_entropy_fwd(targets, ignore_index)?;
         let counted = match ignore_index {
@@ -162,6 +173,16 @@ impl<B: Backend> Tensor<B> {
         ignore_index: Option<u32>,
     ) -> Result<Self> {
         let (rows, classes) = self.check_ce(targets)?;
+        for (name, t) in [("lse", lse), ("dloss", dloss)] {
+            if t.dims() != [rows] {
+                return Err(Error::ShapeMismatch {
+                    op: "cross_entropy_backward",
+                    lhs: self.shape().clone(),
+                    rhs: t.shape().clone(),
+                    hint: format!("{name} must have one entry per row of the logits: shape [{rows}]"),
+                });
+            }
+        }
         let (x, t, s, g) =
             (self.contiguous()?, targets.contiguous()?, lse.contiguous()?, dloss.to_dtype(lse.dtype())?.contiguous()?);
         let out = self.device().cross_entropy_backward(

@@ -33,12 +33,7 @@ impl<B: Backend> Tensor<B> {
         }
         let shape = Shape::from(dims);
         if shape.elem_count() != n {
-            return Err(Error::ShapeMismatch {
-                op: "reshape",
-                lhs: self.shape().clone(),
-                rhs: shape,
-                hint: format!("the element counts differ ({n} vs target); reshape keeps the number of elements"),
-            });
+            return Err(Error::ElementCount { op: "reshape", shape, got: n, from: Some(self.shape().clone()) });
         }
         match self.layout().reshape_view(&shape) {
             Some(l) => Ok(self.with_layout(l)),
