@@ -99,8 +99,23 @@ macro_rules! with_dtype {
 }
 with_dtype!(u8, U8, |v: u8| v as f64, |v: f64| v as u8);
 with_dtype!(u32, U32, |v: u32| v as f64, |v: f64| v as u32);
-with_dtype!(f16, F16, |v: f16| v.to_f64(), f16::from_f64);
-with_dtype!(bf16, BF16, |v: bf16| v.to_f64(), bf16::from_f64);
+with_dtype!(f16, F16, |v: f16| v.to_f64(), |v: f64| f16::from_f32(f64_to_f32_round_to_odd(v)));
+with_dtype!(bf16, BF16, |v: bf16| v.to_f64(), |v: f64| bf16::from_f32(f64_to_f32_round_to_odd(v)));
+
+/// f64 -> f32 rounding to *odd*: truncate toward zero, then set the last mantissa bit when the
+/// result is inexact. A value rounded this way to f32 and then to nearest-even in f16 or bf16
+/// equals the value rounded once to f16/bf16 (f32's 24 bits exceed 2p + 2 for both targets),
+/// whereas rounding to nearest twice can land one unit off at ties (and half's own `from_f64`
+/// goes through f32 that way on CPUs with F16C).
+fn f64_to_f32_round_to_odd(v: f64) -> f32 {
+    let r = v as f32;
+    if !r.is_finite() || r as f64 == v {
+        return r;
+    }
+    // Truncate toward zero: step back one ulp if nearest rounding moved away from zero.
+    let t = if (r as f64).abs() > v.abs() { f32::from_bits(r.to_bits() - 1) } else { r };
+    f32::from_bits(t.to_bits() | 1)
+}
 with_dtype!(f32, F32, |v: f32| v as f64, |v: f64| v as f32);
 with_dtype!(f64, F64, |v: f64| v, |v: f64| v);
 
@@ -113,6 +128,27 @@ pub trait Float: WithDType + num_traits::Float + std::iter::Sum + Send + Sync {
     /// One.
     const ONE: Self;
 }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f64_to_half_rounds_once() {
+        // 1 + 2^-11 is the f16 tie between 1 and 1 + 2^-10; the extra 2^-30 breaks the tie
+        // upward, but rounding to f32 first drops it and the tie then goes to even (down).
+        let x = 1.0 + 2f64.powi(-11) + 2f64.powi(-30);
+        assert_eq!(<f16 as WithDType>::from_f64(x), f16::from_f64(1.0 + 2f64.powi(-10)));
+        let y = 1.0 + 2f64.powi(-8) + 2f64.powi(-30);
+        assert_eq!(<bf16 as WithDType>::from_f64(y), bf16::from_f64(1.0 + 2f64.powi(-7)));
+        // Exact values, ties, infinities and NaN behave as IEEE round-to-nearest-even.
+        for v in [0.0, -0.0, 1.0, -2.5, 65504.0, 1e-8, f64::INFINITY, 1e300] {
+            assert_eq!(<f16 as WithDType>::from_f64(v).to_f64(), f16::from_f32(v as f32).to_f64(), "{v}");
+        }
+        assert!(<bf16 as WithDType>::from_f64(f64::NAN).is_nan());
+        assert_eq!(<f16 as WithDType>::from_f64(1.0 + 2f64.powi(-11)), f16::from_f64(1.0));
+    }
+}
+
 impl Float for f32 {
     fn from_f32(v: f32) -> Self {
         v

@@ -1,3 +1,5 @@
-//! Reference implementations
+//! Cross-crate integration and property tests of ELA-rs, and the naive reference implementations
+//! ([`reference`]) those tests compare the engine against.
+#![warn(missing_docs)]
 
 pub mod reference;

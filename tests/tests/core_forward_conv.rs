@@ -1,0 +1,233 @@
+//! Forward correctness of conv2d, pooling and nearest upsampling and of their backward kernels,
+//! against the direct-loop references in `ela_tests::reference` plus adjoint identities.
+
+mod core_forward_common;
+
+use core_forward_common::*;
+use ela_core::{Conv2dParams, DType, Pool2dParams, Shape};
+use ela_tests::reference::{self as r, ConvGeo, PoolGeo, RefTensor, TestRng};
+use proptest::prelude::*;
+
+// ====================================================================== conv2d
+
+#[derive(Debug, Clone)]
+struct ConvCase {
+    n: usize,
+    groups: usize,
+    cg: usize,
+    og: usize,
+    hw: (usize, usize),
+    k: (usize, usize),
+    stride: (usize, usize),
+    pad: (usize, usize),
+    dil: (usize, usize),
+}
+
+fn conv_case() -> impl Strategy<Value = ConvCase> {
+    (
+        0usize..=2,
+        1usize..=3,
+        1usize..=2,
+        1usize..=2,
+        (1usize..=6, 1usize..=6),
+        (1usize..=3, 1usize..=3),
+        (1usize..=2, 1usize..=3),
+        (0usize..=2, 0usize..=1),
+        (1usize..=2, 1usize..=2),
+    )
+        .prop_map(|(n, groups, cg, og, hw, k, stride, pad, dil)| ConvCase {
+            n,
+            groups,
+            cg,
+            og,
+            hw,
+            k,
+            stride,
+            pad,
+            dil,
+        })
+}
+
+impl ConvCase {
+    fn params(&self) -> Conv2dParams {
+        Conv2dParams { stride: self.stride, padding: self.pad, dilation: self.dil, groups: self.groups }
+    }
+    fn geo(&self) -> ConvGeo {
+        ConvGeo { stride: self.stride, padding: self.pad, dilation: self.dil, groups: self.groups }
+    }
+    fn x_shape(&self) -> Vec<usize> {
+        vec![self.n, self.groups * self.cg, self.hw.0, self.hw.1]
+    }
+    fn w_shape(&self) -> Vec<usize> {
+        vec![self.groups * self.og, self.cg, self.k.0, self.k.1]
+    }
+    fn out_hw(&self) -> Option<(usize, usize)> {
+        Some((
+            r::conv_out_len(self.hw.0, self.k.0, self.stride.0, self.pad.0, self.dil.0)?,
+            r::conv_out_len(self.hw.1, self.k.1, self.stride.1, self.pad.1, self.dil.1)?,
+        ))
+    }
+}
+
+fn run_conv(c: &ConvCase, seed: u64, lx: Lay, lw: Lay, dt: DType) -> TestResult {
+    let mut rng = TestRng::new(seed);
+    let (x, xt) = input(&c.x_shape(), dt, lx, Vals::Uni, &mut rng);
+    let (w, wt) = input(&c.w_shape(), dt, lw, Vals::Uni, &mut rng);
+    let p = c.params();
+    let Some((oh, ow)) = c.out_hw() else {
+        prop_assert!(xt.conv2d(&wt, &p).is_err(), "kernel does not fit: conv2d must be an error ({:?})", c);
+        return Ok(());
+    };
+    let (rt, at) = if dt == DType::F64 { (1e-12, 1e-11) } else { (1e-5, 1e-4) };
+    let y = xt.conv2d(&wt, &p)?;
+    check(&y, &r::conv2d(&x, &w, c.geo()), rt, at, &format!("conv2d {c:?}"))?;
+    // Backward passes against the reference adjoint loops...
+    let dy_shape = [c.n, c.groups * c.og, oh, ow];
+    let (dy, dyt) = input(&dy_shape, dt, lx, Vals::Uni, &mut rng);
+    let dx = dyt.conv2d_backward_input(&wt, &Shape::from(c.x_shape()), &p)?;
+    check(
+        &dx,
+        &r::conv2d_backward_input(&dy, &w, &c.x_shape(), c.geo()),
+        rt,
+        at,
+        &format!("conv2d_backward_input {c:?}"),
+    )?;
+    let dw = dyt.conv2d_backward_weight(&xt, &Shape::from(c.w_shape()), &p)?;
+    check(
+        &dw,
+        &r::conv2d_backward_weight(&dy, &x, &c.w_shape(), c.geo()),
+        rt,
+        at,
+        &format!("conv2d_backward_weight {c:?}"),
+    )?;
+    // ...and the adjoint identities <dy, conv(x, w)> == <dx, x> == <dw, w>.
+    if dt == DType::F64 {
+        let yv = r::conv2d(&x, &w, c.geo());
+        let lhs = r::dot(&dy, &yv);
+        let rx = r::dot(&RefTensor::new(c.x_shape(), dx.to_vec_f64()?), &x);
+        let rw = r::dot(&RefTensor::new(c.w_shape(), dw.to_vec_f64()?), &w);
+        prop_assert!((lhs - rx).abs() <= 1e-10 * (1.0 + lhs.abs()), "<dy, conv x> {} vs <dx, x> {}", lhs, rx);
+        prop_assert!((lhs - rw).abs() <= 1e-10 * (1.0 + lhs.abs()), "<dy, conv x> {} vs <dw, w> {}", lhs, rw);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(cfg())]
+
+    #[test]
+    fn conv2d_f64(c in conv_case(), seed in any::<u64>(), lx in lay(), lw in lay_nb()) {
+        run_conv(&c, seed, lx, lw, DType::F64)?;
+    }
+
+    #[test]
+    fn conv2d_f32(c in conv_case(), seed in any::<u64>(), lx in lay_nb(), lw in lay()) {
+        run_conv(&c, seed, lx, lw, DType::F32)?;
+    }
+
+    /// Depthwise: groups == in_channels, with a channel multiplier.
+    #[test]
+    fn conv2d_depthwise(ch in 1usize..=4, mult in 1usize..=2, hw in (2usize..=6, 2usize..=6), seed in any::<u64>(), lx in lay()) {
+        let c = ConvCase { n: 2, groups: ch, cg: 1, og: mult, hw, k: (3, 3), stride: (1, 2), pad: (1, 1), dil: (1, 1) };
+        run_conv(&c, seed, lx, Lay::Contig, DType::F64)?;
+    }
+}
+
+// ====================================================================== pooling and upsampling
+
+#[derive(Debug, Clone)]
+struct PoolCase {
+    shape: Vec<usize>,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    pad: (usize, usize),
+}
+
+fn pool_case() -> impl Strategy<Value = PoolCase> {
+    (
+        0usize..=2,
+        1usize..=3,
+        1usize..=6,
+        1usize..=6,
+        (1usize..=3, 1usize..=3),
+        (1usize..=3, 1usize..=3),
+        (0usize..=1, 0usize..=1),
+    )
+        .prop_map(|(n, c, h, w, kernel, stride, pad)| PoolCase {
+            shape: vec![n, c, h, w],
+            kernel,
+            stride,
+            // padding at most half the kernel
+            pad: (pad.0.min(kernel.0 / 2), pad.1.min(kernel.1 / 2)),
+        })
+}
+
+impl PoolCase {
+    fn params(&self, count_include_pad: bool) -> Pool2dParams {
+        Pool2dParams { kernel: self.kernel, stride: self.stride, padding: self.pad, count_include_pad }
+    }
+    fn geo(&self, count_include_pad: bool) -> PoolGeo {
+        PoolGeo { kernel: self.kernel, stride: self.stride, padding: self.pad, count_include_pad }
+    }
+    fn out_hw(&self) -> Option<(usize, usize)> {
+        Some((
+            r::pool_out_len(self.shape[2], self.kernel.0, self.stride.0, self.pad.0)?,
+            r::pool_out_len(self.shape[3], self.kernel.1, self.stride.1, self.pad.1)?,
+        ))
+    }
+}
+
+proptest! {
+    #![proptest_config(cfg())]
+
+    #[test]
+    fn pooling(c in pool_case(), seed in any::<u64>(), l in lay(), ints in any::<bool>(), f32_ in any::<bool>()) {
+        let mut rng = TestRng::new(seed);
+        let dt = if f32_ { DType::F32 } else { DType::F64 };
+        let (rt, at) = tol(dt);
+        let (x, xt) = input(&c.shape, dt, l, if ints { Vals::Ints } else { Vals::Uni }, &mut rng);
+        let Some((oh, ow)) = c.out_hw() else {
+            prop_assert!(xt.max_pool2d(&c.params(false)).is_err());
+            prop_assert!(xt.avg_pool2d(&c.params(true)).is_err());
+            return Ok(());
+        };
+        let os = [c.shape[0], c.shape[1], oh, ow];
+        let (dy, dyt) = input(&os, dt, l, Vals::Uni, &mut rng);
+        // max pooling: values, winner indices (first maximum on ties), routed gradient
+        let (y, am) = xt.max_pool2d_fwd(&c.params(false))?;
+        let (ry, ram) = r::max_pool2d(&x, c.geo(false));
+        check_exact(&y, &ry, &format!("max_pool2d {c:?}"))?;
+        check_exact(&am, &ram, &format!("max_pool2d argmax {c:?}"))?;
+        check_exact(&xt.max_pool2d(&c.params(true))?, &ry, "max_pool2d ignores count_include_pad")?;
+        let dx = dyt.max_pool2d_backward(&am, &Shape::from(c.shape.clone()))?;
+        check(&dx, &r::max_pool2d_backward(&dy, &x, c.geo(false)), rt, at, &format!("max_pool2d_backward {c:?}"))?;
+        // average pooling both ways, and its backward (the adjoint)
+        for cip in [false, true] {
+            let y = xt.avg_pool2d(&c.params(cip))?;
+            check(&y, &r::avg_pool2d(&x, c.geo(cip)), rt, at, &format!("avg_pool2d cip={cip} {c:?}"))?;
+            let dx = dyt.avg_pool2d_backward(&Shape::from(c.shape.clone()), &c.params(cip))?;
+            let rdx = r::avg_pool2d_backward(&dy, &c.shape, c.geo(cip));
+            check(&dx, &rdx, rt, at, &format!("avg_pool2d_backward cip={cip} {c:?}"))?;
+            let lhs = r::dot(&dy, &r::avg_pool2d(&x, c.geo(cip)));
+            let rhs = r::dot(&rdx, &x);
+            prop_assert!((lhs - rhs).abs() <= 1e-9 * (1.0 + lhs.abs()), "reference adjoint {} vs {}", lhs, rhs);
+        }
+    }
+
+    #[test]
+    fn upsample_nearest(s in (0usize..=2, 0usize..=3, 0usize..=4, 0usize..=4), f in (1usize..=3, 1usize..=3), seed in any::<u64>(), l in lay(), f32_ in any::<bool>()) {
+        let mut rng = TestRng::new(seed);
+        let dt = if f32_ { DType::F32 } else { DType::F64 };
+        let (rt, at) = tol(dt);
+        let shape = [s.0, s.1, s.2, s.3];
+        let (x, xt) = input(&shape, dt, l, Vals::Uni, &mut rng);
+        let y = xt.upsample_nearest2d(f)?;
+        check_exact(&y, &r::upsample_nearest2d(&x, f), &format!("upsample {f:?}"))?;
+        let (dy, dyt) = input(y.dims(), dt, l, Vals::Uni, &mut rng);
+        let dx = dyt.upsample_nearest2d_backward(f)?;
+        let rdx = r::upsample_nearest2d_backward(&dy, f);
+        check(&dx, &rdx, rt, at, &format!("upsample backward {f:?}"))?;
+        let lhs = r::dot(&dy, &r::upsample_nearest2d(&x, f));
+        prop_assert!((lhs - r::dot(&rdx, &x)).abs() <= 1e-9 * (1.0 + lhs.abs()));
+    }
+}
