@@ -17,6 +17,7 @@
 pub mod backend;
 pub mod cpu;
 pub mod dtype;
+pub mod ela;
 pub mod error;
 pub mod layout;
 pub mod op;
@@ -27,6 +28,7 @@ pub mod tensor;
 pub use backend::Backend;
 pub use cpu::{Cpu, CpuStorage};
 pub use dtype::{DType, Float, WithDType};
+pub use ela::{ElaKernel, ElaParams, ElaState};
 pub use error::{Error, Result};
 pub use layout::Layout;
 pub use op::{BinaryOp, CmpOp, Conv2dParams, Pool2dParams, ReduceOp, UnaryOp};

@@ -1,4 +1,46 @@
 //! # ela-cuda
 //!
-//! The CUDA backend of ELA-rs. It is being built (see the CUDA issue); this crate currently only
-//! reserves its place in the workspace so the dependency graph of DESIGN.md holds.
+//! The CUDA backend of ELA-rs: [`Cuda`] implements [`ela_core::Backend`] with kernels written in
+//! CUDA C (`cuda/kernels/*.cu`, one file per op family) that NVRTC compiles at run time for the
+//! GPU in the machine, cuBLAS for matrix products, and a caching allocator so that a training
+//! step makes no `cuMemAlloc`/`cuMemFree` call once it has run once.
+//!
+//! Nothing CUDA is needed to *build* this crate: cudarc opens `libcuda`, `libnvrtc` and
+//! `libcublas` when a device is first opened. Without them, or without a GPU, [`Cuda::new`] and
+//! [`cuda_if_available`] return [`ela_core::Error::DeviceUnavailable`] saying why, so a program
+//! can fall back to the CPU:
+//!
+//! ```no_run
+//! use ela_core::{Cpu, Tensor};
+//! match ela_cuda::cuda_if_available() {
+//!     Ok(gpu) => {
+//!         let a = Tensor::from_vec(vec![1f32, 2., 3., 4.], [2, 2], &gpu)?;
+//!         let b = a.matmul(&a.t()?)?;                 // cuBLAS, transposed operand read in place
+//!         println!("{:?}", b.to_vec::<f32>()?);       // [5, 11, 11, 25]
+//!     }
+//!     Err(why) => {
+//!         eprintln!("running on the CPU: {why}");
+//!         let a = Tensor::from_vec(vec![1f32, 2., 3., 4.], [2, 2], &Cpu)?;
+//!         println!("{:?}", a.matmul(&a.t()?)?.to_vec::<f32>()?);
+//!     }
+//! }
+//! # Ok::<(), ela_core::Error>(())
+//! ```
+//!
+//! Layout of the crate: `device.rs` (opening a GPU, module cache, launches, transfers),
+//! `alloc.rs` (caching allocator, [`MemoryStats`]), `kernels.rs` (sources and NVRTC),
+//! `strided.rs` (strided views as kernel arguments), `ops/` (one file per op family, next to its
+//! `.cu` file, fused ELA included), `backend_impl.rs` (the trait impl). See `cuda/README.md`.
+#![warn(missing_docs)]
+
+mod alloc;
+mod backend_impl;
+mod device;
+pub mod kernels;
+mod ops;
+mod storage;
+mod strided;
+
+pub use alloc::MemoryStats;
+pub use device::{cuda_if_available, cuda_or_none, Cuda};
+pub use storage::CudaStorage;

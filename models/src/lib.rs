@@ -7,4 +7,6 @@
 pub mod cli;
 pub mod data;
 pub mod demo;
+pub mod lm;
 pub mod report;
+pub mod train;

@@ -5,6 +5,7 @@
 //! ([`optim`]) and checkpoints ([`checkpoint`]). Every module is generic over the backend.
 #![warn(missing_docs)]
 
+pub mod attention;
 pub mod checkpoint;
 pub mod ela;
 pub mod layers;

@@ -176,4 +176,38 @@ impl Backend for Cpu {
     fn upsample_nearest2d_backward(&self, dy: &S, dys: &Shape, f: (usize, usize)) -> Result<S> {
         conv::upsample_nearest2d_backward(dy, dys, f)
     }
+    fn ela_forward(
+        &self,
+        q: &S,
+        k: &S,
+        v: &S,
+        dims: &crate::ela::ElaDims,
+        p: &crate::ela::ElaParams,
+        state: Option<&mut crate::ela::ElaStateBufs<S>>,
+    ) -> Result<S> {
+        super::ela::forward(q, k, v, dims, p, state)
+    }
+    fn ela_backward(
+        &self,
+        q: &S,
+        k: &S,
+        v: &S,
+        y: &S,
+        dy: &S,
+        dims: &crate::ela::ElaDims,
+        p: &crate::ela::ElaParams,
+    ) -> Result<(S, S, S)> {
+        super::ela::backward(q, k, v, y, dy, dims, p)
+    }
+    fn ela_step(
+        &self,
+        q: &S,
+        k: &S,
+        v: &S,
+        dims: &crate::ela::ElaDims,
+        kernel: crate::ela::ElaKernel,
+        state: &mut crate::ela::ElaStateBufs<S>,
+    ) -> Result<S> {
+        super::ela::step(q, k, v, dims, kernel, state)
+    }
 }

@@ -6,6 +6,7 @@
 
 mod backend_impl;
 pub mod conv;
+pub mod ela;
 pub mod elementwise;
 pub mod gemm;
 pub mod index;

@@ -10,6 +10,8 @@
 //! `index.rs` (gather, scatter, concat, pad, ...) and `conv.rs`.
 
 mod conv;
+mod ela;
+pub use ela::ElaState;
 mod elementwise;
 mod index;
 mod matmul;

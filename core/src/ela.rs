@@ -1,0 +1,174 @@
+//! Exact Linear Attention (ELA): the descriptors shared by every backend's fused ELA kernels.
+//!
+//! Per head, with queries `q_i`, keys `k_j` in `R^D`, values `v_j` in `R^Dv` and a kernel that
+//! decomposes exactly as `k(q, k) = phi(q) . psi(k)` with `phi, psi : R^D -> R^F`:
+//!
+//! ```text
+//! causal:      y_i = sum_{j<=i} k(q_i,k_j) v_j / sum_{j<=i} k(q_i,k_j)
+//!                  = phi(q_i)^T S_i / (phi(q_i) . z_i),   S_i = sum_{j<=i} psi(k_j) v_j^T,  z_i = sum_{j<=i} psi(k_j)
+//! non-causal:  the same sums over all j
+//! ```
+//!
+//! The fused ops ([`Backend::ela_forward`](crate::Backend::ela_forward),
+//! [`Backend::ela_backward`](crate::Backend::ela_backward), [`Backend::ela_step`](crate::Backend::ela_step))
+//! take the kernel as an [`ElaKernel`] so a device can fuse the feature maps into its kernels. A
+//! kernel that is not built in runs as [`ElaKernel::Identity`]: the caller computes `phi(q)` and
+//! `psi(k)` itself and passes them as `q` and `k`.
+//!
+//! The tensor-level entry points are [`Tensor::ela`](crate::Tensor::ela),
+//! [`Tensor::ela_backward`](crate::Tensor::ela_backward) and [`ElaState`];
+//! the derivation of every equation is in `docs/ela.md`.
+
+use crate::error::{Error, Result};
+
+/// The kernels the fused ELA ops compute their feature maps for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ElaKernel {
+    /// `k(q,k) = sum_d exp(q_d) exp(k_d)`; `phi = exp(q)`, `psi = exp(k)`, `F = D`. Positive, so the
+    /// denominator never vanishes. The fused ops shift the exponents so nothing overflows (see
+    /// `docs/ela.md#numerics`); the shifts cancel exactly in the ratio.
+    HadamardExp,
+    /// `k(q,k) = |q+k|^2`; `phi = (q, |q|^2, 1)`, `psi = (2k, 1, |k|^2)`, `F = D + 2`. The kernel is
+    /// non-negative but the features are signed: the denominator is a cancelling sum.
+    SumSqEuclid,
+    /// `k(q,k) = |q-k|^2`; `phi = (q, |q|^2, 1)`, `psi = (-2k, 1, |k|^2)`, `F = D + 2`. Same caveat.
+    SubSqEuclid,
+    /// The paper's "restore standard attention" blueprint `(q.k + 1)(|q|^2 + 1)(|k|^2 + 1)`;
+    /// `phi = (|q|^2+1)(q, 1)`, `psi = (|k|^2+1)(k, 1)`, `F = D + 1`. **Negative when `q.k < -1`**,
+    /// which breaks the non-negativity that attention weights need.
+    Blueprint,
+    /// `q` and `k` already are the feature vectors `phi(q)`, `psi(k)` (`F = D`): how user kernels run.
+    Identity,
+}
+
+impl ElaKernel {
+    /// Every kernel, in declaration order.
+    pub const ALL: [ElaKernel; 5] = [
+        ElaKernel::HadamardExp,
+        ElaKernel::SumSqEuclid,
+        ElaKernel::SubSqEuclid,
+        ElaKernel::Blueprint,
+        ElaKernel::Identity,
+    ];
+
+    /// Feature size `F` for inputs of dimension `d`.
+    pub fn feature_size(self, d: usize) -> usize {
+        match self {
+            ElaKernel::HadamardExp | ElaKernel::Identity => d,
+            ElaKernel::SumSqEuclid | ElaKernel::SubSqEuclid => d + 2,
+            ElaKernel::Blueprint => d + 1,
+        }
+    }
+
+    /// Short name, as accepted by [`str::parse`] ("hadamard-exp", "sum-sq-euclid", ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            ElaKernel::HadamardExp => "hadamard-exp",
+            ElaKernel::SumSqEuclid => "sum-sq-euclid",
+            ElaKernel::SubSqEuclid => "sub-sq-euclid",
+            ElaKernel::Blueprint => "blueprint",
+            ElaKernel::Identity => "identity",
+        }
+    }
+
+    /// True for the kernel whose fused ops carry log-scale units (Hadamard Exp): its recurrent state
+    /// has a third buffer of per-feature running maxima.
+    pub fn has_units(self) -> bool {
+        self == ElaKernel::HadamardExp
+    }
+}
+
+impl std::fmt::Display for ElaKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ElaKernel {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        ElaKernel::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = ElaKernel::ALL.iter().map(|k| k.name()).collect();
+            Error::invalid("ela_kernel", format!("unknown ELA kernel {s:?}; expected one of {}", names.join(", ")))
+        })
+    }
+}
+
+/// Default chunk length of the chunked form: big enough for efficient matrix products, small
+/// enough that the `C x C` intra-chunk block stays in cache.
+pub const DEFAULT_CHUNK: usize = 64;
+
+/// Options of the fused ELA ops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ElaParams {
+    /// Which kernel's feature maps to apply to `q` and `k`.
+    pub kernel: ElaKernel,
+    /// Causal (`j <= i`) or full (all `j`) attention.
+    pub causal: bool,
+    /// Chunk length `C` of the chunked form (>= 1). Results agree for every `C` up to rounding.
+    pub chunk: usize,
+}
+
+impl Default for ElaParams {
+    fn default() -> Self {
+        ElaParams { kernel: ElaKernel::HadamardExp, causal: true, chunk: DEFAULT_CHUNK }
+    }
+}
+
+impl ElaParams {
+    /// Causal attention with `kernel` and the default chunk length.
+    pub fn causal(kernel: ElaKernel) -> Self {
+        ElaParams { kernel, causal: true, chunk: DEFAULT_CHUNK }
+    }
+
+    /// Non-causal attention with `kernel` and the default chunk length.
+    pub fn non_causal(kernel: ElaKernel) -> Self {
+        ElaParams { kernel, causal: false, chunk: DEFAULT_CHUNK }
+    }
+
+    /// The same options with another chunk length.
+    pub fn with_chunk(self, chunk: usize) -> Self {
+        ElaParams { chunk, ..self }
+    }
+}
+
+/// Sizes of one fused ELA call. Tensors are contiguous: `q`, `k`: `[batch, heads, t, d]`,
+/// `v` and the output: `[batch, heads, t, dv]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ElaDims {
+    /// Batch size.
+    pub batch: usize,
+    /// Number of heads.
+    pub heads: usize,
+    /// Sequence length (1 for a recurrent step).
+    pub t: usize,
+    /// Query/key dimension (the feature size when the kernel is `Identity`).
+    pub d: usize,
+    /// Value dimension.
+    pub dv: usize,
+}
+
+impl ElaDims {
+    /// Number of independent (batch, head) sequences.
+    pub fn sequences(&self) -> usize {
+        self.batch * self.heads
+    }
+}
+
+/// The recurrent state of ELA for `batch x heads` sequences, as device buffers.
+///
+/// Per sequence: `s` is `F x Dv` (row-major), `z` is `F`, and for kernels with units (Hadamard
+/// Exp) `m` is `F` per-feature log-scales: the true state is `S_true[f, :] = exp(m[f]) s[f, :]`,
+/// `z_true[f] = exp(m[f]) z[f]`, where `m[f]` is the running maximum of `k[f]` over the keys seen
+/// (`-inf` before the first key). Buffers are f32 for f16/bf16/f32 inputs and f64 for f64 inputs.
+#[derive(Clone, Debug)]
+pub struct ElaStateBufs<S> {
+    /// `[batch, heads, F, Dv]` numerator state.
+    pub s: S,
+    /// `[batch, heads, F]` denominator state.
+    pub z: S,
+    /// `[batch, heads, F]` log-scales (Hadamard Exp only).
+    pub m: Option<S>,
+}
+
+pub use crate::tensor::ElaState;

@@ -1,0 +1,308 @@
+//! Fused Exact Linear Attention at the tensor level: argument checks around the backend's
+//! `ela_forward` / `ela_backward` / `ela_step` kernels, and [`ElaState`], the recurrent state used
+//! for decoding. The math is in `docs/ela.md`; the autograd node and the user-kernel path are in
+//! `ela-nn` (`ela_nn::ela`).
+
+use super::Tensor;
+use crate::backend::Backend;
+use crate::dtype::DType;
+use crate::ela::{ElaDims, ElaKernel, ElaParams, ElaStateBufs};
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::shape::Shape;
+
+/// Checks shared by the fused ops; returns the sizes of the call.
+fn check_qkv<B: Backend>(
+    op: &'static str,
+    q: &Tensor<B>,
+    k: &Tensor<B>,
+    v: &Tensor<B>,
+    p: &ElaParams,
+) -> Result<ElaDims> {
+    for t in [k, v] {
+        q.check_same_device(t, op)?;
+        q.check_same_dtype(t, op)?;
+    }
+    q.check_float(op)?;
+    for t in [q, k, v] {
+        if t.rank() != 4 {
+            return Err(Error::RankMismatch {
+                op,
+                expected: "4 ([batch, heads, time, dim])",
+                shape: t.shape().clone(),
+            });
+        }
+    }
+    if q.dims() != k.dims() {
+        return Err(Error::ShapeMismatch {
+            op,
+            lhs: q.shape().clone(),
+            rhs: k.shape().clone(),
+            hint: "q and k must have the same shape [batch, heads, time, dim]".into(),
+        });
+    }
+    if v.dims()[..3] != q.dims()[..3] {
+        return Err(Error::ShapeMismatch {
+            op,
+            lhs: q.shape().clone(),
+            rhs: v.shape().clone(),
+            hint: "v must be [batch, heads, time, dv] with the batch, heads and time of q (dv may differ)".into(),
+        });
+    }
+    let d = q.dims();
+    let dims = ElaDims { batch: d[0], heads: d[1], t: d[2], d: d[3], dv: v.dims()[3] };
+    check_params(op, p, dims.d)?;
+    Ok(dims)
+}
+
+fn check_params(op: &'static str, p: &ElaParams, d: usize) -> Result<()> {
+    if p.chunk == 0 {
+        return Err(Error::invalid(op, "the chunk length must be >= 1 (the default is 64)"));
+    }
+    if d == 0 {
+        return Err(Error::invalid(
+            op,
+            format!("q/k have dimension 0; kernel {} needs at least one feature", p.kernel),
+        ));
+    }
+    Ok(())
+}
+
+impl<B: Backend> Tensor<B> {
+    /// Fused chunked Exact Linear Attention with `self` as the queries: `q`, `k`:
+    /// `[batch, heads, time, d]`, `v`: `[batch, heads, time, dv]` (one float dtype, one device).
+    /// Returns `y` `[batch, heads, time, dv]`,
+    /// `y_i = sum_j k(q_i,k_j) v_j / sum_j k(q_i,k_j)` over `j <= i` (causal) or all `j`. The
+    /// division is exact (no epsilon): for Hadamard Exp the denominator is always positive; for the
+    /// signed kernels it can vanish (docs/ela.md#epsilon-policy). For [`ElaKernel::Identity`] `q` and `k`
+    /// are the feature vectors `phi(q)`, `psi(k)`.
+    pub fn ela(&self, k: &Self, v: &Self, params: &ElaParams) -> Result<Self> {
+        let dims = check_qkv("ela", self, k, v, params)?;
+        let (q, k, v) = (self.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let y = self.device().ela_forward(q.storage(), k.storage(), v.storage(), &dims, params, None)?;
+        Ok(Self::from_storage(y, v.shape().clone(), self.device()))
+    }
+
+    /// Gradients `(dq, dk, dv)` of [`Tensor::ela`] given its output `y` and the upstream gradient
+    /// `dy` (both `[batch, heads, time, dv]`), by the hand-derived reverse chunk scan.
+    pub fn ela_backward(
+        q: &Self,
+        k: &Self,
+        v: &Self,
+        y: &Self,
+        dy: &Self,
+        params: &ElaParams,
+    ) -> Result<(Self, Self, Self)> {
+        const OP: &str = "ela_backward";
+        let dims = check_qkv(OP, q, k, v, params)?;
+        for t in [y, dy] {
+            q.check_same_device(t, OP)?;
+            if t.shape() != v.shape() {
+                return Err(Error::ShapeMismatch {
+                    op: OP,
+                    lhs: v.shape().clone(),
+                    rhs: t.shape().clone(),
+                    hint: "y and dy must have v's shape [batch, heads, time, dv]".into(),
+                });
+            }
+        }
+        let c = |t: &Self| t.to_dtype(q.dtype())?.contiguous();
+        let (qc, kc, vc, yc, gc) = (c(q)?, c(k)?, c(v)?, c(y)?, c(dy)?);
+        let dev = q.device();
+        let (dq, dk, dv) =
+            dev.ela_backward(qc.storage(), kc.storage(), vc.storage(), yc.storage(), gc.storage(), &dims, params)?;
+        Ok((
+            Self::from_storage(dq, q.shape().clone(), dev),
+            Self::from_storage(dk, k.shape().clone(), dev),
+            Self::from_storage(dv, v.shape().clone(), dev),
+        ))
+    }
+}
+
+/// `(S, z, m)` of an [`ElaState`] as tensors (see [`ElaState::buffers`]).
+pub type StateTensors<B> = (Tensor<B>, Tensor<B>, Option<Tensor<B>>);
+
+/// The recurrent state of causal ELA for `batch x heads` sequences: per sequence `S` (`F x Dv`),
+/// `z` (`F`) and, for Hadamard Exp, the per-feature log-scales `m` (`F`). Decoding one token costs
+/// O(F Dv) per head whatever the context length.
+///
+/// ```
+/// use ela_core::{Cpu, DType, ElaKernel, ElaParams, ElaState, Rng, Tensor};
+/// let mut rng = Rng::new(0);
+/// let mut x = |t| Tensor::<Cpu>::randn(0.0, 1.0, [1, 2, t, 4], DType::F64, &mut rng, &Cpu);
+/// let (q, k, v) = (x(5)?, x(5)?, x(5)?);
+/// let full = q.ela(&k, &v, &ElaParams::causal(ElaKernel::HadamardExp))?;
+/// // Prefill the first 3 tokens, then decode the last 2 one at a time.
+/// let mut st = ElaState::new(ElaKernel::HadamardExp, 1, 2, 4, 4, DType::F64, &Cpu)?;
+/// st.prefill(&q.narrow(2, 0, 3)?, &k.narrow(2, 0, 3)?, &v.narrow(2, 0, 3)?, 64)?;
+/// st.step(&q.narrow(2, 3, 1)?, &k.narrow(2, 3, 1)?, &v.narrow(2, 3, 1)?)?;
+/// let y4 = st.step(&q.narrow(2, 4, 1)?, &k.narrow(2, 4, 1)?, &v.narrow(2, 4, 1)?)?;
+/// assert!(y4.all_close(&full.narrow(2, 4, 1)?, 1e-12, 1e-12)?);
+/// # Ok::<(), ela_core::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct ElaState<B: Backend> {
+    bufs: ElaStateBufs<B::Storage>,
+    kernel: ElaKernel,
+    dims: ElaDims,
+    dtype: DType,
+    tokens: usize,
+    device: B,
+}
+
+impl<B: Backend> ElaState<B> {
+    /// An empty state for `batch x heads` sequences with queries/keys of dimension `d` (the
+    /// feature size for [`ElaKernel::Identity`]) and values of dimension `dv`, for inputs of
+    /// `dtype`. The buffers are f64 for f64 inputs and f32 otherwise.
+    pub fn new(
+        kernel: ElaKernel,
+        batch: usize,
+        heads: usize,
+        d: usize,
+        dv: usize,
+        dtype: DType,
+        device: &B,
+    ) -> Result<Self> {
+        const OP: &str = "ElaState::new";
+        if !dtype.is_float() {
+            return Err(Error::UnsupportedDType { op: OP, dtype, expected: "a float dtype (f16, bf16, f32, f64)" });
+        }
+        check_params(OP, &ElaParams::causal(kernel), d)?;
+        let sd = Self::state_dtype_for(dtype);
+        let (n, f) = (batch * heads, kernel.feature_size(d));
+        let bufs = ElaStateBufs {
+            s: device.full(n * f * dv, 0.0, sd)?,
+            z: device.full(n * f, 0.0, sd)?,
+            m: if kernel.has_units() { Some(device.full(n * f, f64::NEG_INFINITY, sd)?) } else { None },
+        };
+        let dims = ElaDims { batch, heads, t: 0, d, dv };
+        Ok(ElaState { bufs, kernel, dims, dtype, tokens: 0, device: device.clone() })
+    }
+
+    fn state_dtype_for(dtype: DType) -> DType {
+        if dtype == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        }
+    }
+
+    /// Run the chunked form over a prompt `q`, `k` `[batch, heads, t, d]`, `v` `[batch, heads, t, dv]`,
+    /// continuing from this state, and return its outputs; the state then holds every token seen.
+    pub fn prefill(&mut self, q: &Tensor<B>, k: &Tensor<B>, v: &Tensor<B>, chunk: usize) -> Result<Tensor<B>> {
+        const OP: &str = "ElaState::prefill";
+        let p = ElaParams { kernel: self.kernel, causal: true, chunk };
+        let dims = check_qkv(OP, q, k, v, &p)?;
+        self.check_matches(OP, q, &dims)?;
+        let (qc, kc, vc) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let y = self.device.ela_forward(qc.storage(), kc.storage(), vc.storage(), &dims, &p, Some(&mut self.bufs))?;
+        self.tokens += dims.t;
+        Ok(Tensor::from_storage(y, v.shape().clone(), &self.device))
+    }
+
+    /// Decode one token: `q`, `k` `[batch, heads, d]` and `v` `[batch, heads, dv]` (or the same
+    /// with a time axis of length 1 before the last). Returns `y` with `v`'s shape.
+    pub fn step(&mut self, q: &Tensor<B>, k: &Tensor<B>, v: &Tensor<B>) -> Result<Tensor<B>> {
+        const OP: &str = "ElaState::step";
+        let r = q.rank();
+        if !(r == 3 || (r == 4 && q.dims()[2] == 1)) || k.rank() != r || v.rank() != r {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                lhs: q.shape().clone(),
+                rhs: v.shape().clone(),
+                hint: "a step takes q, k [batch, heads, d] and v [batch, heads, dv] (or [batch, heads, 1, ..])".into(),
+            });
+        }
+        let as4 = |t: &Tensor<B>| if r == 3 { t.unsqueeze(2) } else { Ok(t.clone()) };
+        let (q4, k4, v4) = (as4(q)?, as4(k)?, as4(v)?);
+        let p = ElaParams::causal(self.kernel);
+        let dims = check_qkv(OP, &q4, &k4, &v4, &p)?;
+        self.check_matches(OP, q, &dims)?;
+        let (qc, kc, vc) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let y = self.device.ela_step(qc.storage(), kc.storage(), vc.storage(), &dims, self.kernel, &mut self.bufs)?;
+        self.tokens += 1;
+        Ok(Tensor::from_storage(y, v.shape().clone(), &self.device))
+    }
+
+    fn check_matches(&self, op: &'static str, q: &Tensor<B>, dims: &ElaDims) -> Result<()> {
+        let want = (self.dims.batch, self.dims.heads, self.dims.d, self.dims.dv);
+        if (dims.batch, dims.heads, dims.d, dims.dv) != want {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "inputs have batch {}, heads {}, d {}, dv {} but the state was made for batch {}, heads {}, \
+                     d {}, dv {}",
+                    dims.batch, dims.heads, dims.d, dims.dv, want.0, want.1, want.2, want.3
+                ),
+            ));
+        }
+        if q.dtype() != self.dtype {
+            return Err(Error::DTypeMismatch { op, lhs: self.dtype, rhs: q.dtype() });
+        }
+        if !self.device.same_device(q.device()) {
+            return Err(Error::DeviceMismatch { op, lhs: self.device.device_name(), rhs: q.device().device_name() });
+        }
+        Ok(())
+    }
+
+    /// Bytes held by the state buffers: `batch * heads * (F Dv + F [+ F]) * size_of(state dtype)`.
+    pub fn bytes(&self) -> usize {
+        let (n, f) = (self.dims.sequences(), self.feature_size());
+        let units = if self.kernel.has_units() { f } else { 0 };
+        n * (f * self.dims.dv + f + units) * self.state_dtype().size_in_bytes()
+    }
+
+    /// Dtype of the state buffers (f64 for f64 inputs, else f32).
+    pub fn state_dtype(&self) -> DType {
+        Self::state_dtype_for(self.dtype)
+    }
+    /// Dtype of the inputs and outputs.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// The kernel.
+    pub fn kernel(&self) -> ElaKernel {
+        self.kernel
+    }
+    /// Feature size `F`.
+    pub fn feature_size(&self) -> usize {
+        self.kernel.feature_size(self.dims.d)
+    }
+    /// Number of tokens absorbed so far.
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// Copies of the buffers as tensors: `S` `[batch, heads, F, dv]`, `z` `[batch, heads, F]` and
+    /// the log-scales `m` `[batch, heads, F]` (Hadamard Exp), in the state dtype. For Hadamard Exp
+    /// the true sums are `exp(m) * S` and `exp(m) * z` (row-wise).
+    pub fn buffers(&self) -> Result<StateTensors<B>> {
+        let (b, h, f, dv) = (self.dims.batch, self.dims.heads, self.feature_size(), self.dims.dv);
+        let copy = |s: &B::Storage, shape: Shape| -> Result<Tensor<B>> {
+            let c = self.device.copy_contiguous(s, &Layout::contiguous(shape.clone()))?;
+            Ok(Tensor::from_storage(c, shape, &self.device))
+        };
+        Ok((
+            copy(&self.bufs.s, Shape::from(vec![b, h, f, dv]))?,
+            copy(&self.bufs.z, Shape::from(vec![b, h, f]))?,
+            self.bufs.m.as_ref().map(|m| copy(m, Shape::from(vec![b, h, f]))).transpose()?,
+        ))
+    }
+
+    /// An independent copy (e.g. to branch a decode).
+    pub fn try_clone(&self) -> Result<Self> {
+        let copy = |s: &B::Storage| self.device.copy_contiguous(s, &Layout::contiguous(B::storage_len(s)));
+        Ok(ElaState {
+            bufs: ElaStateBufs {
+                s: copy(&self.bufs.s)?,
+                z: copy(&self.bufs.z)?,
+                m: self.bufs.m.as_ref().map(copy).transpose()?,
+            },
+            kernel: self.kernel,
+            dims: self.dims,
+            dtype: self.dtype,
+            tokens: self.tokens,
+            device: self.device.clone(),
+        })
+    }
+}

@@ -1,0 +1,192 @@
+// Convolution helpers (im2col / col2im around cuBLAS GEMMs), pooling and nearest upsampling over
+// contiguous NCHW data, mirroring core/src/cpu/conv.rs. Backward kernels gather (each input cell
+// sums the outputs that read it) so they are deterministic, except max-pool backward, which
+// scatters into an f32/f64 buffer with atomics because overlapping windows may pick one cell twice.
+
+// Mirror of `ConvGeo` in src/ops/conv.rs.
+struct ConvGeo {
+    i64 n, c, h, w, kh, kw, oh, ow, sh, sw, ph, pw, dh, dw;
+};
+
+// col[img, (ci*kh + ky)*kw + kx, oy*ow + ox] = x[img, ci, iy, ix] (0 in the padding), for the
+// g.n images starting at x; copies by element width.
+#define IM2COL(W, T)                                                                                 \
+    extern "C" __global__ void im2col_w##W(T* col, const T* x, ConvGeo g) {                        \
+        i64 npix = g.oh * g.ow, krows = g.c * g.kh * g.kw;                                          \
+        FOR_EACH(k, g.n * krows * npix) {                                                           \
+            i64 p = k % npix, row = (k / npix) % krows, img = k / (npix * krows);                  \
+            i64 ci = row / (g.kh * g.kw), ky = (row / g.kw) % g.kh, kx = row % g.kw;               \
+            i64 iy = (p / g.ow) * g.sh + ky * g.dh - g.ph, ix = (p % g.ow) * g.sw + kx * g.dw - g.pw; \
+            T v = 0;                                                                                \
+            if (iy >= 0 && ix >= 0 && iy < g.h && ix < g.w) v = x[((img * g.c + ci) * g.h + iy) * g.w + ix]; \
+            col[k] = v;                                                                             \
+        }                                                                                           \
+    }
+IM2COL(2, u16)
+IM2COL(4, u32)
+IM2COL(8, u64)
+
+// dx[img, ci, iy, ix] = sum of dcol entries whose tap reads (iy, ix); dcol is in the compute type.
+template <typename D> __device__ void col2im_impl(typename D::S* dx, const typename D::C* dcol, ConvGeo g) {
+    typedef typename D::C C;
+    i64 npix = g.oh * g.ow, krows = g.c * g.kh * g.kw;
+    FOR_EACH(k, g.n * g.c * g.h * g.w) {
+        i64 ix = k % g.w, iy = (k / g.w) % g.h, ci = (k / (g.w * g.h)) % g.c, img = k / (g.w * g.h * g.c);
+        C acc = (C)0;
+        for (i64 ky = 0; ky < g.kh; ++ky) {
+            i64 ty = iy + g.ph - ky * g.dh;
+            if (ty < 0 || ty % g.sh != 0) continue;
+            i64 oy = ty / g.sh;
+            if (oy >= g.oh) continue;
+            for (i64 kx = 0; kx < g.kw; ++kx) {
+                i64 tx = ix + g.pw - kx * g.dw;
+                if (tx < 0 || tx % g.sw != 0) continue;
+                i64 ox = tx / g.sw;
+                if (ox >= g.ow) continue;
+                acc += dcol[(img * krows + (ci * g.kh + ky) * g.kw + kx) * npix + oy * g.ow + ox];
+            }
+        }
+        dx[k] = D::store(acc);
+    }
+}
+#define COL2IM(NAME, D) \
+    extern "C" __global__ void col2im_##NAME(D::S* dx, const D::C* dcol, ConvGeo g) { col2im_impl<D>(dx, dcol, g); }
+COL2IM(f16, F16)
+COL2IM(bf16, BF16)
+COL2IM(f32, F32)
+COL2IM(f64, F64)
+
+// ---------------------------------------------------------------- pooling
+
+// Mirror of `PoolGeo` in src/ops/conv.rs.
+struct PoolGeo {
+    i64 planes, h, w, oh, ow, kh, kw, sh, sw, ph, pw, include_pad;
+};
+
+// Input rows [y0, y1) and columns [x0, x1) covered by window (oy, ox), clipped to the input.
+__device__ __forceinline__ void pool_window(const PoolGeo& g, i64 oy, i64 ox, i64& y0, i64& y1, i64& x0, i64& x1) {
+    i64 ys = oy * g.sh - g.ph, xs = ox * g.sw - g.pw;
+    y0 = ys > 0 ? ys : 0;
+    x0 = xs > 0 ? xs : 0;
+    y1 = ys + g.kh < g.h ? ys + g.kh : g.h;
+    x1 = xs + g.kw < g.w ? xs + g.kw : g.w;
+    if (y1 < y0) y1 = y0;
+    if (x1 < x0) x1 = x0;
+}
+
+template <typename D> __device__ __forceinline__ typename D::C pool_div(const PoolGeo& g, i64 cells) {
+    if (g.include_pad) return (typename D::C)(g.kh * g.kw);
+    return (typename D::C)(cells > 0 ? cells : 1);
+}
+
+// The winner is the first maximum in row-major window order; a NaN wins (the last one seen).
+template <typename D> __device__ void max_pool_impl(typename D::S* y, u32* am, const typename D::S* x, PoolGeo g) {
+    typedef typename D::C C;
+    FOR_EACH(k, g.planes * g.oh * g.ow) {
+        i64 ox = k % g.ow, oy = (k / g.ow) % g.oh, pl = k / (g.ow * g.oh);
+        i64 y0, y1, x0, x1;
+        pool_window(g, oy, ox, y0, y1, x0, x1);
+        C best = neg_inf<C>();
+        u32 bi = 0xffffffffu;
+        for (i64 iy = y0; iy < y1; ++iy)
+            for (i64 ix = x0; ix < x1; ++ix) {
+                C v = D::load(x[(pl * g.h + iy) * g.w + ix]);
+                if (bi == 0xffffffffu || v > best || x_isnan(v)) {
+                    best = v;
+                    bi = (u32)(iy * g.w + ix);
+                }
+            }
+        y[k] = D::store(best);
+        am[k] = bi;
+    }
+}
+
+// dx (compute type, pre-zeroed) [plane, h*w] += dy at each output's winner.
+template <typename D> __device__ void max_pool_bwd_impl(typename D::C* dx, const typename D::S* dy, const u32* am, i64 planes, i64 opix, i64 ipix) {
+    FOR_EACH(k, planes * opix) {
+        u32 a = am[k];
+        if ((i64)a < ipix) atomicAdd(&dx[(k / opix) * ipix + a], D::load(dy[k]));
+    }
+}
+
+template <typename D> __device__ void avg_pool_impl(typename D::S* y, const typename D::S* x, PoolGeo g) {
+    typedef typename D::C C;
+    FOR_EACH(k, g.planes * g.oh * g.ow) {
+        i64 ox = k % g.ow, oy = (k / g.ow) % g.oh, pl = k / (g.ow * g.oh);
+        i64 y0, y1, x0, x1;
+        pool_window(g, oy, ox, y0, y1, x0, x1);
+        C s = (C)0;
+        for (i64 iy = y0; iy < y1; ++iy)
+            for (i64 ix = x0; ix < x1; ++ix) s += D::load(x[(pl * g.h + iy) * g.w + ix]);
+        y[k] = D::store(s / pool_div<D>(g, (y1 - y0) * (x1 - x0)));
+    }
+}
+
+// dx[pl, iy, ix] = sum over the windows that cover (iy, ix) of dy / divisor.
+template <typename D> __device__ void avg_pool_bwd_impl(typename D::S* dx, const typename D::S* dy, PoolGeo g) {
+    typedef typename D::C C;
+    FOR_EACH(k, g.planes * g.h * g.w) {
+        i64 ix = k % g.w, iy = (k / g.w) % g.h, pl = k / (g.w * g.h);
+        // oy covers iy when oy*sh - ph <= iy < oy*sh - ph + kh.
+        i64 tlo = iy + g.ph - g.kh + 1, thi = iy + g.ph;
+        i64 oy0 = tlo <= 0 ? 0 : (tlo + g.sh - 1) / g.sh, oy1 = thi / g.sh;
+        i64 slo = ix + g.pw - g.kw + 1, shi = ix + g.pw;
+        i64 ox0 = slo <= 0 ? 0 : (slo + g.sw - 1) / g.sw, ox1 = shi / g.sw;
+        if (oy1 >= g.oh) oy1 = g.oh - 1;
+        if (ox1 >= g.ow) ox1 = g.ow - 1;
+        C acc = (C)0;
+        for (i64 oy = oy0; oy <= oy1; ++oy)
+            for (i64 ox = ox0; ox <= ox1; ++ox) {
+                i64 y0, y1, x0, x1;
+                pool_window(g, oy, ox, y0, y1, x0, x1);
+                acc += D::load(dy[(pl * g.oh + oy) * g.ow + ox]) / pool_div<D>(g, (y1 - y0) * (x1 - x0));
+            }
+        dx[k] = D::store(acc);
+    }
+}
+
+// Nearest upsampling: y[pl, oy, ox] = x[pl, oy / fh, ox / fw]; backward sums each fh x fw block.
+template <typename D>
+__device__ void upsample_impl(typename D::S* y, const typename D::S* x, i64 planes, i64 h, i64 w, i64 fh, i64 fw) {
+    i64 oh = h * fh, ow = w * fw;
+    FOR_EACH(k, planes * oh * ow) {
+        i64 ox = k % ow, oy = (k / ow) % oh, pl = k / (ow * oh);
+        y[k] = x[(pl * h + oy / fh) * w + ox / fw];
+    }
+}
+template <typename D>
+__device__ void upsample_bwd_impl(typename D::S* dx, const typename D::S* dy, i64 planes, i64 h, i64 w, i64 fh, i64 fw) {
+    typedef typename D::C C;
+    i64 oh = h * fh, ow = w * fw;
+    FOR_EACH(k, planes * h * w) {
+        i64 ix = k % w, iy = (k / w) % h, pl = k / (w * h);
+        C acc = (C)0;
+        for (i64 a = 0; a < fh; ++a)
+            for (i64 b = 0; b < fw; ++b) acc += D::load(dy[(pl * oh + iy * fh + a) * ow + ix * fw + b]);
+        dx[k] = D::store(acc);
+    }
+}
+
+#define POOL(NAME, D)                                                                                              \
+    extern "C" __global__ void max_pool_##NAME(D::S* y, u32* am, const D::S* x, PoolGeo g) {                     \
+        max_pool_impl<D>(y, am, x, g);                                                                             \
+    }                                                                                                              \
+    extern "C" __global__ void max_pool_bwd_##NAME(D::C* dx, const D::S* dy, const u32* am, i64 planes, i64 opix, \
+                                                   i64 ipix) {                                                     \
+        max_pool_bwd_impl<D>(dx, dy, am, planes, opix, ipix);                                                      \
+    }                                                                                                              \
+    extern "C" __global__ void avg_pool_##NAME(D::S* y, const D::S* x, PoolGeo g) { avg_pool_impl<D>(y, x, g); }  \
+    extern "C" __global__ void avg_pool_bwd_##NAME(D::S* dx, const D::S* dy, PoolGeo g) {                        \
+        avg_pool_bwd_impl<D>(dx, dy, g);                                                                           \
+    }                                                                                                              \
+    extern "C" __global__ void upsample_##NAME(D::S* y, const D::S* x, i64 planes, i64 h, i64 w, i64 fh, i64 fw) { \
+        upsample_impl<D>(y, x, planes, h, w, fh, fw);                                                              \
+    }                                                                                                              \
+    extern "C" __global__ void upsample_bwd_##NAME(D::S* dx, const D::S* dy, i64 planes, i64 h, i64 w, i64 fh,    \
+                                                   i64 fw) {                                                       \
+        upsample_bwd_impl<D>(dx, dy, planes, h, w, fh, fw);                                                        \
+    }
+POOL(f16, F16)
+POOL(bf16, BF16)
+POOL(f32, F32)
+POOL(f64, F64)

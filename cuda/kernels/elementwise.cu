@@ -1,0 +1,180 @@
+// Elementwise kernels: fill, strided copy, cast, unary maps, binary maps, comparisons, where.
+// Every input is read through a `Desc` (shape, strides, offset), so transposed, narrowed and
+// broadcast (stride 0) views need no copy; outputs are contiguous unless a kernel says otherwise.
+// The scalar definitions mirror core/src/cpu/elementwise.rs (`unary_scalar`, `binary_scalar`).
+
+// ---------------------------------------------------------------- fill / copy / cast
+
+template <typename D> __device__ void fill_impl(typename D::S* out, i64 n, double v) {
+    typename D::S x = D::from_f64(v);
+    FOR_EACH(i, n) out[i] = x;
+}
+#define FILL(NAME, D) \
+    extern "C" __global__ void fill_##NAME(D::S* out, i64 n, double v) { fill_impl<D>(out, n, v); }
+FILL(u8, U8)
+FILL(u32, U32)
+FILL(f16, F16)
+FILL(bf16, BF16)
+FILL(f32, F32)
+FILL(f64, F64)
+
+// dst[view] = src[view]: copies by element width, so one kernel serves every dtype of that size.
+#define COPY(W, T)                                                                               \
+    extern "C" __global__ void copy_w##W(T* dst, Desc dd, const T* src, Desc sd, i64 n) {        \
+        FOR_EACH(i, n) dst[desc_offset(dd, i)] = src[desc_offset(sd, i)];                        \
+    }
+COPY(1, u8)
+COPY(2, u16)
+COPY(4, u32)
+COPY(8, u64)
+
+// Contiguous copy converted from dtype A to dtype B through f64 (exact for every source here;
+// the f64 -> target rounding is correct, see from_f64).
+#define CAST(AN, A, BN, B)                                                                        \
+    extern "C" __global__ void cast_##AN##_##BN(B::S* out, const A::S* src, Desc sd, i64 n) {     \
+        FOR_EACH(i, n) out[i] = B::from_f64(A::to_f64(src[desc_offset(sd, i)]));                  \
+    }
+#define CAST_FROM(AN, A) \
+    CAST(AN, A, u8, U8) CAST(AN, A, u32, U32) CAST(AN, A, f16, F16) CAST(AN, A, bf16, BF16) CAST(AN, A, f32, F32) CAST(AN, A, f64, F64)
+CAST_FROM(u8, U8)
+CAST_FROM(u32, U32)
+CAST_FROM(f16, F16)
+CAST_FROM(bf16, BF16)
+CAST_FROM(f32, F32)
+CAST_FROM(f64, F64)
+
+// ---------------------------------------------------------------- unary
+
+// Op codes: the order of `UnaryOp` in core/src/op.rs (mapped in src/ops/elementwise.rs).
+template <typename C> __device__ __forceinline__ C unary_scalar(int op, C x, C p1, C p2) {
+    const C one = (C)1, zero = (C)0;
+    switch (op) {
+        case 0: return -x;
+        case 1: return x_exp(x);
+        case 2: return x_log(x);
+        case 3: return x_sqrt(x);
+        case 4: return one / x;
+        case 5: return x_abs(x);
+        case 6: return x * x;
+        case 7: return x > zero ? x : zero;
+        case 8: {  // GELU, tanh approximation
+            const C k = (C)0.7978845608028654, c = (C)0.044715, h = (C)0.5;
+            return h * x * (one + x_tanh(k * (x + c * x * x * x)));
+        }
+        case 9: {  // d GELU / dx
+            const C k = (C)0.7978845608028654, c = (C)0.044715, c3 = (C)(3.0 * 0.044715), h = (C)0.5;
+            C t = x_tanh(k * (x + c * x * x * x));
+            C du = k * (one + c3 * x * x);
+            return h * (one + t) + h * x * (one - t * t) * du;
+        }
+        case 10: return x / (one + x_exp(-x));
+        case 11: {
+            C s = one / (one + x_exp(-x));
+            return s * (one + x * (one - s));
+        }
+        case 12: {  // two branches so neither exp overflows
+            if (x >= zero) return one / (one + x_exp(-x));
+            C e = x_exp(x);
+            return e / (one + e);
+        }
+        case 13: return x_tanh(x);
+        case 14: return x > zero ? one : (x < zero ? -one : zero);
+        case 15: return x > zero ? one : zero;
+        case 16: return x_pow(x, p1);
+        case 17: return x * p1 + p2;
+        case 18: return x_max(x, p1);
+        case 19: return x_min(x, p1);
+    }
+    return x;
+}
+
+template <typename D>
+__device__ void unary_impl(typename D::S* out, const typename D::S* x, Desc xd, i64 n, int op, double p1, double p2) {
+    typedef typename D::C C;
+    C a = (C)p1, b = (C)p2;
+    FOR_EACH(i, n) out[i] = D::store(unary_scalar<C>(op, D::load(x[desc_offset(xd, i)]), a, b));
+}
+#define UNARY(NAME, D)                                                                              \
+    extern "C" __global__ void unary_##NAME(D::S* out, const D::S* x, Desc xd, i64 n, int op, double p1, \
+                                            double p2) {                                            \
+        unary_impl<D>(out, x, xd, n, op, p1, p2);                                                   \
+    }
+UNARY(f16, F16)
+UNARY(bf16, BF16)
+UNARY(f32, F32)
+UNARY(f64, F64)
+
+// ---------------------------------------------------------------- binary
+
+template <typename C> __device__ __forceinline__ C binary_scalar(int op, C a, C b) {
+    switch (op) {
+        case 0: return a + b;
+        case 1: return a - b;
+        case 2: return a * b;
+        case 3: return a / b;
+        case 4: return (x_isnan(a) || a >= b) ? a : b;  // NaN propagates, as numpy's maximum
+        case 5: return (x_isnan(a) || a <= b) ? a : b;
+    }
+    return a;
+}
+
+template <typename D>
+__device__ void binary_impl(typename D::S* out, const typename D::S* a, Desc ad, const typename D::S* b, Desc bd,
+                            i64 n, int op) {
+    typedef typename D::C C;
+    FOR_EACH(i, n) {
+        C x = D::load(a[desc_offset(ad, i)]);
+        C y = D::load(b[desc_offset(bd, i)]);
+        out[i] = D::store(binary_scalar<C>(op, x, y));
+    }
+}
+#define BINARY(NAME, D)                                                                                    \
+    extern "C" __global__ void binary_##NAME(D::S* out, const D::S* a, Desc ad, const D::S* b, Desc bd, i64 n, \
+                                             int op) {                                                     \
+        binary_impl<D>(out, a, ad, b, bd, n, op);                                                          \
+    }
+BINARY(f16, F16)
+BINARY(bf16, BF16)
+BINARY(f32, F32)
+BINARY(f64, F64)
+
+// ---------------------------------------------------------------- comparisons and where
+
+template <typename D>
+__device__ void cmp_impl(u8* out, const typename D::S* a, Desc ad, const typename D::S* b, Desc bd, i64 n, int op) {
+    FOR_EACH(i, n) {
+        typename D::C x = D::load(a[desc_offset(ad, i)]);
+        typename D::C y = D::load(b[desc_offset(bd, i)]);
+        bool r;
+        switch (op) {
+            case 0: r = x == y; break;
+            case 1: r = x != y; break;
+            case 2: r = x < y; break;
+            case 3: r = x <= y; break;
+            case 4: r = x > y; break;
+            default: r = x >= y; break;
+        }
+        out[i] = r ? 1 : 0;
+    }
+}
+#define CMP(NAME, D)                                                                                     \
+    extern "C" __global__ void cmp_##NAME(u8* out, const D::S* a, Desc ad, const D::S* b, Desc bd, i64 n, int op) { \
+        cmp_impl<D>(out, a, ad, b, bd, n, op);                                                           \
+    }
+CMP(u8, U8)
+CMP(u32, U32)
+CMP(f16, F16)
+CMP(bf16, BF16)
+CMP(f32, F32)
+CMP(f64, F64)
+
+// Values are copied, never computed, so one kernel per element width serves every dtype.
+#define WHERE(W, T)                                                                                       \
+    extern "C" __global__ void where_w##W(T* out, const u8* c, Desc cd, const T* t, Desc td, const T* f, \
+                                          Desc fd, i64 n) {                                              \
+        FOR_EACH(i, n) out[i] = c[desc_offset(cd, i)] != 0 ? t[desc_offset(td, i)] : f[desc_offset(fd, i)]; \
+    }
+WHERE(1, u8)
+WHERE(2, u16)
+WHERE(4, u32)
+WHERE(8, u64)

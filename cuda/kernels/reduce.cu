@@ -1,0 +1,249 @@
+// Reductions along one axis, cumulative sums and top-k. Inputs are contiguous and seen as
+// [outer, len, inner] around the reduced axis (the Rust side copies strided views first), as in
+// core/src/cpu/reduce.rs. Sums accumulate in f64 like the CPU backend.
+
+// Op codes: 0 sum, 1 max, 2 min, 3 argmax, 4 argmin, 5 logsumexp.
+
+// (value, index) of a running max/min: NaN wins (first NaN by index), then the better value, then
+// the lower index. The combine is associative and commutative, so any reduction order gives the
+// sequential CPU answer.
+template <typename C> struct Arg {
+    C v;
+    u32 i;
+};
+template <typename C> __device__ __forceinline__ Arg<C> arg_pick(Arg<C> a, Arg<C> b, bool is_max) {
+    bool an = x_isnan(a.v), bn = x_isnan(b.v);
+    if (an || bn) {
+        if (an && bn) return a.i <= b.i ? a : b;
+        return an ? a : b;
+    }
+    if (a.v == b.v) return a.i <= b.i ? a : b;
+    bool a_better = is_max ? (a.v > b.v) : (a.v < b.v);
+    return a_better ? a : b;
+}
+
+// One output of a reduction computed by the `nt` threads t = 0..nt of a group (a single thread
+// or a whole block). Returns the value (sum, max, min, lse) or the index (argmax, argmin).
+template <typename D> struct Red {
+    typedef typename D::C C;
+    double sum;
+    Arg<C> arg;
+};
+
+template <typename D>
+__device__ __forceinline__ Red<D> reduce_partial(const typename D::S* x, i64 base, i64 len, i64 inner, int op,
+                                                 i64 t0, i64 nt, typename D::C shift) {
+    typedef typename D::C C;
+    Red<D> r;
+    r.sum = 0.0;
+    r.arg.v = (op == 1 || op == 3) ? neg_inf<C>() : -neg_inf<C>();
+    r.arg.i = 0xffffffffu;
+    for (i64 i = t0; i < len; i += nt) {
+        C v = D::load(x[base + i * inner]);
+        if (op == 0) {
+            r.sum += (double)v;
+        } else if (op == 5) {
+            r.sum += (double)x_exp(v - shift);
+        } else {
+            Arg<C> c;
+            c.v = v;
+            c.i = (u32)i;
+            r.arg = r.arg.i == 0xffffffffu ? c : arg_pick(r.arg, c, op == 1 || op == 3);
+        }
+    }
+    return r;
+}
+
+// The logsumexp shift: max ignoring NaN (Rust's f32::max), -inf for an empty axis.
+template <typename D>
+__device__ __forceinline__ typename D::C lse_max(const typename D::S* x, i64 base, i64 len, i64 inner, i64 t0, i64 nt) {
+    typename D::C m = neg_inf<typename D::C>();
+    for (i64 i = t0; i < len; i += nt) m = x_max(m, D::load(x[base + i * inner]));
+    return m;
+}
+
+template <typename D> __device__ __forceinline__ bool finite_c(typename D::C m) {
+    return m == m && x_abs(m) != -neg_inf<typename D::C>();
+}
+
+// One thread per output: for short reduced axes.
+template <typename D>
+__device__ void reduce_thread_impl(typename D::S* out, u32* idx, const typename D::S* x, i64 outer, i64 len,
+                                   i64 inner, int op) {
+    typedef typename D::C C;
+    FOR_EACH(o, outer * inner) {
+        i64 base = (o / inner) * len * inner + (o % inner);
+        if (op == 3 || op == 4) {
+            Red<D> r = reduce_partial<D>(x, base, len, inner, op, 0, 1, (C)0);
+            idx[o] = r.arg.i == 0xffffffffu ? 0 : r.arg.i;
+        } else if (op == 0) {
+            out[o] = D::store((C)reduce_partial<D>(x, base, len, inner, op, 0, 1, (C)0).sum);
+        } else if (op == 5) {
+            C m = lse_max<D>(x, base, len, inner, 0, 1);
+            if (!finite_c<D>(m)) {
+                out[o] = D::store(m);
+            } else {
+                double s = reduce_partial<D>(x, base, len, inner, op, 0, 1, m).sum;
+                out[o] = D::store(m + (C)log(s));
+            }
+        } else {
+            out[o] = D::store(reduce_partial<D>(x, base, len, inner, op, 0, 1, (C)0).arg.v);
+        }
+    }
+}
+
+// One block per output: for long reduced axes.
+template <typename D>
+__device__ void reduce_block_impl(typename D::S* out, u32* idx, const typename D::S* x, i64 outer, i64 len,
+                                  i64 inner, int op) {
+    typedef typename D::C C;
+    __shared__ double sh_d[32];
+    __shared__ C sh_c[32];
+    __shared__ Arg<C> sh_a[ROW_THREADS_MAX];
+    for (i64 o = blockIdx.x; o < outer * inner; o += gridDim.x) {
+        i64 base = (o / inner) * len * inner + (o % inner);
+        C m = (C)0;
+        if (op == 5) m = block_max<C>(lse_max<D>(x, base, len, inner, threadIdx.x, blockDim.x), sh_c);
+        Red<D> r = reduce_partial<D>(x, base, len, inner, op, threadIdx.x, blockDim.x, m);
+        if (op == 0 || op == 5) {
+            double s = block_sum<double>(r.sum, sh_d);
+            if (threadIdx.x == 0) {
+                if (op == 0) out[o] = D::store((C)s);
+                else out[o] = D::store(finite_c<D>(m) ? m + (C)log(s) : m);
+            }
+        } else {
+            __syncthreads();
+            sh_a[threadIdx.x] = r.arg;
+            __syncthreads();
+            for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+                if (threadIdx.x < w) {
+                    Arg<C> a = sh_a[threadIdx.x], b = sh_a[threadIdx.x + w];
+                    if (a.i == 0xffffffffu) a = b;
+                    else if (b.i != 0xffffffffu) a = arg_pick(a, b, op == 1 || op == 3);
+                    sh_a[threadIdx.x] = a;
+                }
+                __syncthreads();
+            }
+            if (threadIdx.x == 0) {
+                Arg<C> a = sh_a[0];
+                if (op == 3 || op == 4) idx[o] = a.i == 0xffffffffu ? 0 : a.i;
+                else out[o] = D::store(a.v);
+            }
+        }
+    }
+}
+
+#define REDUCE(NAME, D)                                                                                  \
+    extern "C" __global__ void reduce_thread_##NAME(D::S* out, u32* idx, const D::S* x, i64 outer, i64 len, \
+                                                    i64 inner, int op) {                                 \
+        reduce_thread_impl<D>(out, idx, x, outer, len, inner, op);                                       \
+    }                                                                                                    \
+    extern "C" __global__ void reduce_block_##NAME(D::S* out, u32* idx, const D::S* x, i64 outer, i64 len, \
+                                                   i64 inner, int op) {                                  \
+        reduce_block_impl<D>(out, idx, x, outer, len, inner, op);                                        \
+    }
+REDUCE(f16, F16)
+REDUCE(bf16, BF16)
+REDUCE(f32, F32)
+REDUCE(f64, F64)
+
+// ---------------------------------------------------------------- cumsum
+
+// One thread per (outer, inner) line, accumulating in the compute type like the CPU backend.
+template <typename D>
+__device__ void cumsum_impl(typename D::S* out, const typename D::S* x, i64 outer, i64 len, i64 inner, int exclusive,
+                            int reverse) {
+    typedef typename D::C C;
+    FOR_EACH(o, outer * inner) {
+        i64 base = (o / inner) * len * inner + (o % inner);
+        C acc = (C)0;
+        for (i64 s = 0; s < len; ++s) {
+            i64 i = reverse ? len - 1 - s : s;
+            C v = D::load(x[base + i * inner]);
+            if (exclusive) {
+                out[base + i * inner] = D::store(acc);
+                acc = acc + v;
+            } else {
+                acc = acc + v;
+                out[base + i * inner] = D::store(acc);
+            }
+        }
+    }
+}
+#define CUMSUM(NAME, D)                                                                                 \
+    extern "C" __global__ void cumsum_##NAME(D::S* out, const D::S* x, i64 outer, i64 len, i64 inner, \
+                                             int exclusive, int reverse) {                              \
+        cumsum_impl<D>(out, x, outer, len, inner, exclusive, reverse);                                  \
+    }
+CUMSUM(f16, F16)
+CUMSUM(bf16, BF16)
+CUMSUM(f32, F32)
+CUMSUM(f64, F64)
+
+// ---------------------------------------------------------------- top-k
+
+// Total order of top-k: NaN first (lower index first among NaNs), then larger values, then the
+// lower index. Returns true when (a, ia) comes before (b, ib).
+__device__ __forceinline__ bool topk_before(double a, u32 ia, double b, u32 ib) {
+    bool an = a != a, bn = b != b;
+    if (an || bn) return (an && bn) ? ia < ib : an;
+    if (a != b) return a > b;
+    return ia < ib;
+}
+
+// One block per row of a contiguous [rows, n] input. Pass p selects the first element (in the
+// order above) that comes after the one pass p-1 selected: O(k n / threads) per row.
+template <typename D>
+__device__ void topk_impl(typename D::S* vals, u32* idxs, const typename D::S* x, i64 rows, i64 n, i64 k) {
+    __shared__ double sv[ROW_THREADS_MAX];
+    __shared__ u32 si[ROW_THREADS_MAX];
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        const typename D::S* row = x + r * n;
+        double pv = 0.0;
+        u32 pi = 0xffffffffu;  // none selected yet
+        for (i64 p = 0; p < k; ++p) {
+            double bv = 0.0;
+            u32 bi = 0xffffffffu;
+            for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
+                double v = D::to_f64(row[j]);
+                if (pi != 0xffffffffu && !topk_before(pv, pi, v, (u32)j)) continue;
+                if (bi == 0xffffffffu || topk_before(v, (u32)j, bv, bi)) {
+                    bv = v;
+                    bi = (u32)j;
+                }
+            }
+            __syncthreads();
+            sv[threadIdx.x] = bv;
+            si[threadIdx.x] = bi;
+            __syncthreads();
+            for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+                if (threadIdx.x < w) {
+                    u32 oi = si[threadIdx.x + w];
+                    if (oi != 0xffffffffu &&
+                        (si[threadIdx.x] == 0xffffffffu || topk_before(sv[threadIdx.x + w], oi, sv[threadIdx.x], si[threadIdx.x]))) {
+                        sv[threadIdx.x] = sv[threadIdx.x + w];
+                        si[threadIdx.x] = oi;
+                    }
+                }
+                __syncthreads();
+            }
+            pv = sv[0];
+            pi = si[0];
+            if (pi == 0xffffffffu) break;  // k > n: cannot happen through the tensor API
+            if (threadIdx.x == 0) {
+                vals[r * k + p] = row[pi];
+                idxs[r * k + p] = pi;
+            }
+        }
+    }
+}
+#define TOPK(NAME, D)                                                                                         \
+    extern "C" __global__ void topk_##NAME(D::S* vals, u32* idxs, const D::S* x, i64 rows, i64 n, i64 k) { \
+        topk_impl<D>(vals, idxs, x, rows, n, k);                                                           \
+    }
+TOPK(u8, U8)
+TOPK(u32, U32)
+TOPK(f16, F16)
+TOPK(bf16, BF16)
+TOPK(f32, F32)
+TOPK(f64, F64)

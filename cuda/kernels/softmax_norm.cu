@@ -1,0 +1,253 @@
+// Last-axis softmax / log-softmax and RMS / layer norm, forward and backward, over contiguous
+// [rows, n] data: one block per row (grid-stride over rows), block reductions in registers and
+// shared memory. The formulas and the precision of every sum mirror core/src/cpu/nn.rs; per-row
+// statistics (rstd, mean) are stored in the compute type C (f32, or f64 for f64 inputs).
+
+// ---------------------------------------------------------------- softmax
+
+template <typename D> __device__ void softmax_impl(typename D::S* y, const typename D::S* x, i64 rows, i64 n, int log_) {
+    typedef typename D::C C;
+    __shared__ C sh[32];
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        const typename D::S* xr = x + r * n;
+        typename D::S* yr = y + r * n;
+        C m = neg_inf<C>();
+        for (i64 j = threadIdx.x; j < n; j += blockDim.x) m = x_max(m, D::load(xr[j]));
+        m = block_max<C>(m, sh);
+        C s = (C)0;
+        for (i64 j = threadIdx.x; j < n; j += blockDim.x) s += x_exp(D::load(xr[j]) - m);
+        s = block_sum<C>(s, sh);
+        if (log_) {
+            C ls = x_log(s);
+            for (i64 j = threadIdx.x; j < n; j += blockDim.x) yr[j] = D::store(D::load(xr[j]) - m - ls);
+        } else {
+            C inv = (C)1 / s;
+            for (i64 j = threadIdx.x; j < n; j += blockDim.x) yr[j] = D::store(x_exp(D::load(xr[j]) - m) * inv);
+        }
+    }
+}
+
+// log: dx = dy - exp(y) sum(dy); else dx = y (dy - sum(dy y)).
+template <typename D>
+__device__ void softmax_bwd_impl(typename D::S* dx, const typename D::S* y, const typename D::S* dy, i64 rows, i64 n,
+                                 int log_) {
+    typedef typename D::C C;
+    __shared__ C sh[32];
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        const typename D::S *yr = y + r * n, *gr = dy + r * n;
+        C s = (C)0;
+        for (i64 j = threadIdx.x; j < n; j += blockDim.x) s += log_ ? D::load(gr[j]) : D::load(yr[j]) * D::load(gr[j]);
+        s = block_sum<C>(s, sh);
+        for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
+            C yv = D::load(yr[j]), g = D::load(gr[j]);
+            dx[r * n + j] = D::store(log_ ? g - x_exp(yv) * s : yv * (g - s));
+        }
+    }
+}
+
+#define SOFTMAX(NAME, D)                                                                                     \
+    extern "C" __global__ void softmax_##NAME(D::S* y, const D::S* x, i64 rows, i64 n, int log_) {          \
+        softmax_impl<D>(y, x, rows, n, log_);                                                                \
+    }                                                                                                        \
+    extern "C" __global__ void softmax_bwd_##NAME(D::S* dx, const D::S* y, const D::S* dy, i64 rows, i64 n, \
+                                                  int log_) {                                                \
+        softmax_bwd_impl<D>(dx, y, dy, rows, n, log_);                                                       \
+    }
+SOFTMAX(f16, F16)
+SOFTMAX(bf16, BF16)
+SOFTMAX(f32, F32)
+SOFTMAX(f64, F64)
+
+// ---------------------------------------------------------------- RMS norm
+
+// y = x rstd w, rstd = 1 / sqrt(mean(x^2) + eps); `w` may be null.
+template <typename D>
+__device__ void rms_impl(typename D::S* y, typename D::C* rstd, const typename D::S* x, const typename D::S* w, i64 rows,
+                         i64 n, double eps) {
+    typedef typename D::C C;
+    __shared__ double sh[32];
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        const typename D::S* xr = x + r * n;
+        double ss = 0.0;
+        for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
+            double v = (double)D::load(xr[j]);
+            ss += v * v;
+        }
+        ss = block_sum<double>(ss, sh);
+        C rs = (C)1 / x_sqrt((C)(ss / (double)(n > 0 ? n : 1)) + (C)eps);
+        if (threadIdx.x == 0) rstd[r] = rs;
+        for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
+            C v = D::load(xr[j]) * rs;
+            if (w) v = v * D::load(w[j]);
+            y[r * n + j] = D::store(v);
+        }
+    }
+}
+
+// dx_j = r (w_j g_j) - x_j r^3 / n * sum_k (w_k g_k x_k)
+template <typename D>
+__device__ void rms_bwd_impl(typename D::S* dx, const typename D::S* x, const typename D::S* w, const typename D::C* rstd,
+                             const typename D::S* dy, i64 rows, i64 n) {
+    typedef typename D::C C;
+    __shared__ double sh[32];
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        const typename D::S *xr = x + r * n, *gr = dy + r * n;
+        double dot = 0.0;
+        for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
+            C wg = D::load(gr[j]);
+            if (w) wg = wg * D::load(w[j]);
+            dot += (double)(wg * D::load(xr[j]));
+        }
+        dot = block_sum<double>(dot, sh);
+        C rs = rstd[r];
+        C c = rs * rs * rs * (C)dot / (C)n;
+        for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
+            C wg = D::load(gr[j]);
+            if (w) wg = wg * D::load(w[j]);
+            dx[r * n + j] = D::store(rs * wg - D::load(xr[j]) * c);
+        }
+    }
+}
+
+#define RMS(NAME, D)                                                                                              \
+    extern "C" __global__ void rms_norm_##NAME(D::S* y, D::C* rstd, const D::S* x, const D::S* w, i64 rows, i64 n, \
+                                               double eps) {                                                      \
+        rms_impl<D>(y, rstd, x, w, rows, n, eps);                                                                 \
+    }                                                                                                             \
+    extern "C" __global__ void rms_norm_bwd_##NAME(D::S* dx, const D::S* x, const D::S* w, const D::C* rstd,     \
+                                                   const D::S* dy, i64 rows, i64 n) {                             \
+        rms_bwd_impl<D>(dx, x, w, rstd, dy, rows, n);                                                             \
+    }
+RMS(f16, F16)
+RMS(bf16, BF16)
+RMS(f32, F32)
+RMS(f64, F64)
+
+// ---------------------------------------------------------------- layer norm
+
+// y = (x - mean) rstd w + b with a two-pass variance in f64; `w`, `b` may be null.
+template <typename D>
+__device__ void ln_impl(typename D::S* y, typename D::C* mean, typename D::C* rstd, const typename D::S* x,
+                        const typename D::S* w, const typename D::S* b, i64 rows, i64 n, double eps) {
+    typedef typename D::C C;
+    __shared__ double sh[32];
+    double nn = (double)(n > 0 ? n : 1);
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        const typename D::S* xr = x + r * n;
+        double s = 0.0;
+        for (i64 j = threadIdx.x; j < n; j += blockDim.x) s += (double)D::load(xr[j]);
+        double mu = block_sum<double>(s, sh) / nn;
+        double v = 0.0;
+        for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
+            double d = (double)D::load(xr[j]) - mu;
+            v += d * d;
+        }
+        v = block_sum<double>(v, sh) / nn;
+        C m = (C)mu;
+        C rs = (C)1 / x_sqrt((C)v + (C)eps);
+        if (threadIdx.x == 0) {
+            mean[r] = m;
+            rstd[r] = rs;
+        }
+        for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
+            C h = (D::load(xr[j]) - m) * rs;
+            if (w) h = h * D::load(w[j]);
+            if (b) h = h + D::load(b[j]);
+            y[r * n + j] = D::store(h);
+        }
+    }
+}
+
+// h = (x - m) r, g' = g w: dx = r (g' - mean(g') - h mean(g' h))
+template <typename D>
+__device__ void ln_bwd_impl(typename D::S* dx, const typename D::S* x, const typename D::S* w, const typename D::C* mean,
+                            const typename D::C* rstd, const typename D::S* dy, i64 rows, i64 n) {
+    typedef typename D::C C;
+    __shared__ double sh[32];
+    C nn = (C)(n > 0 ? n : 1);
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        const typename D::S *xr = x + r * n, *gr = dy + r * n;
+        C m = mean[r], rs = rstd[r];
+        double s1 = 0.0, s2 = 0.0;
+        for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
+            C gw = D::load(gr[j]);
+            if (w) gw = gw * D::load(w[j]);
+            s1 += (double)gw;
+            s2 += (double)(gw * ((D::load(xr[j]) - m) * rs));
+        }
+        C a = (C)block_sum<double>(s1, sh) / nn;
+        C c = (C)block_sum<double>(s2, sh) / nn;
+        for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
+            C gw = D::load(gr[j]);
+            if (w) gw = gw * D::load(w[j]);
+            C h = (D::load(xr[j]) - m) * rs;
+            dx[r * n + j] = D::store(rs * (gw - a - h * c));
+        }
+    }
+}
+
+#define LN(NAME, D)                                                                                                 \
+    extern "C" __global__ void layer_norm_##NAME(D::S* y, D::C* mean, D::C* rstd, const D::S* x, const D::S* w,     \
+                                                 const D::S* b, i64 rows, i64 n, double eps) {                      \
+        ln_impl<D>(y, mean, rstd, x, w, b, rows, n, eps);                                                           \
+    }                                                                                                               \
+    extern "C" __global__ void layer_norm_bwd_##NAME(D::S* dx, const D::S* x, const D::S* w, const D::C* mean,      \
+                                                     const D::C* rstd, const D::S* dy, i64 rows, i64 n) {           \
+        ln_bwd_impl<D>(dx, x, w, mean, rstd, dy, rows, n);                                                          \
+    }
+LN(f16, F16)
+LN(bf16, BF16)
+LN(f32, F32)
+LN(f64, F64)
+
+// ---------------------------------------------------------------- weight / bias gradients
+
+// Column sums over rows of a per-element product, in two steps so many blocks share the rows:
+// partial[chunk, j] = sum over rows r = chunk, chunk + chunks, ... of term(r, j), in f64, then
+// colsum_finish adds the chunks. mode 0: dy x rstd (RMS dweight); 1: dy (x - mean) rstd (layer
+// norm dweight); 2: dy (layer norm dbias).
+template <typename D>
+__device__ void colsum_impl(double* partial, const typename D::S* x, const typename D::S* dy, const typename D::C* mean,
+                            const typename D::C* rstd, i64 rows, i64 n, int mode) {
+    typedef typename D::C C;
+    i64 chunks = gridDim.y;
+    for (i64 j = (i64)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (i64)gridDim.x * blockDim.x) {
+        double acc = 0.0;
+        for (i64 r = blockIdx.y; r < rows; r += chunks) {
+            C g = D::load(dy[r * n + j]);
+            C t;
+            if (mode == 0) t = g * D::load(x[r * n + j]) * rstd[r];
+            else if (mode == 1) t = g * (D::load(x[r * n + j]) - mean[r]) * rstd[r];
+            else t = g;
+            acc += (double)t;
+        }
+        partial[blockIdx.y * n + j] = acc;
+    }
+}
+#define COLSUM(NAME, D)                                                                                          \
+    extern "C" __global__ void colsum_##NAME(double* partial, const D::S* x, const D::S* dy, const D::C* mean,   \
+                                             const D::C* rstd, i64 rows, i64 n, int mode) {                      \
+        colsum_impl<D>(partial, x, dy, mean, rstd, rows, n, mode);                                               \
+    }
+COLSUM(f16, F16)
+COLSUM(bf16, BF16)
+COLSUM(f32, F32)
+COLSUM(f64, F64)
+
+// out[j] = sum_c partial[c, j], rounded to the compute type and then to the output dtype (the
+// CPU backend's T::from_f64 followed by its store).
+template <typename D> __device__ void colsum_finish_impl(typename D::S* out, const double* partial, i64 chunks, i64 n) {
+    FOR_EACH(j, n) {
+        double acc = 0.0;
+        for (i64 c = 0; c < chunks; ++c) acc += partial[c * n + j];
+        out[j] = D::store((typename D::C)acc);
+    }
+}
+#define COLSUM_FINISH(NAME, D)                                                                                  \
+    extern "C" __global__ void colsum_finish_##NAME(D::S* out, const double* partial, i64 chunks, i64 n) {     \
+        colsum_finish_impl<D>(out, partial, chunks, n);                                                         \
+    }
+COLSUM_FINISH(f16, F16)
+COLSUM_FINISH(bf16, BF16)
+COLSUM_FINISH(f32, F32)
+COLSUM_FINISH(f64, F64)

@@ -1,0 +1,417 @@
+//! The [`Cuda`] device handle: opening a GPU (with typed errors when none is usable), the
+//! per-process module cache, kernel launches, host transfers and the cuBLAS handle.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::cublas::{result as br, sys as bs};
+use cudarc::driver::{result as dr, sys, CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::nvrtc::Ptx;
+use ela_core::{DType, Error, Result};
+
+use crate::alloc::{Allocator, DeviceBuffer, MemoryStats};
+use crate::kernels::{self, Image, KernelFile};
+use crate::storage::CudaStorage;
+use crate::strided::Desc;
+
+/// A CUDA device. Cheap to clone: all handles to one ordinal share one context, stream, module
+/// cache, cuBLAS handle and caching allocator for the whole process, so tensors created through
+/// any of them can be mixed.
+#[derive(Clone)]
+pub struct Cuda {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) ordinal: usize,
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    pub(crate) name: String,
+    pub(crate) cc: (i32, i32),
+    pub(crate) arch: String,
+    pub(crate) alloc: Arc<Allocator>,
+    modules: Mutex<HashMap<KernelFile, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<(KernelFile, String), CudaFunction>>,
+    pub(crate) blas: Mutex<Blas>,
+    pub(crate) tf32: AtomicBool,
+}
+
+/// The cuBLAS handle (bound to the device's stream); used under the mutex only.
+pub(crate) struct Blas(pub(crate) bs::cublasHandle_t);
+// SAFETY: the handle is only used while holding its mutex, and cuBLAS handles may move between
+// threads.
+unsafe impl Send for Blas {}
+
+impl std::fmt::Debug for Cuda {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cuda(cuda:{}, {}, sm_{}{})", self.inner.ordinal, self.inner.name, self.inner.cc.0, self.inner.cc.1)
+    }
+}
+
+/// Converts a driver error into a typed backend error naming the op.
+pub(crate) fn driver_error(op: &'static str, e: dr::DriverError) -> Error {
+    Error::Backend { backend: "cuda", op, msg: format!("CUDA driver error: {e:?}") }
+}
+
+fn unavailable(ordinal: usize, reason: impl Into<String>) -> Error {
+    Error::DeviceUnavailable { device: format!("cuda:{ordinal}"), reason: reason.into() }
+}
+
+fn devices() -> &'static Mutex<HashMap<usize, Arc<Inner>>> {
+    static DEVICES: OnceLock<Mutex<HashMap<usize, Arc<Inner>>>> = OnceLock::new();
+    DEVICES.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Whether the CUDA driver library can be loaded, and how many GPUs it sees.
+fn probe(ordinal: usize) -> Result<()> {
+    // SAFETY: only tries to dlopen candidate library names.
+    if !unsafe { sys::is_culib_present() } {
+        return Err(unavailable(
+            ordinal,
+            format!(
+                "the CUDA driver library was not found (tried {:?}): install the NVIDIA driver, or use \
+                 the CPU backend",
+                kernels::linux_candidates("cuda")
+            ),
+        ));
+    }
+    let count = CudaContext::device_count().map_err(|e| unavailable(ordinal, format!("cuInit failed: {e:?}")))?;
+    if count <= 0 {
+        return Err(unavailable(ordinal, "the CUDA driver sees no GPU (check nvidia-smi and CUDA_VISIBLE_DEVICES)"));
+    }
+    if ordinal >= count as usize {
+        return Err(unavailable(ordinal, format!("only {count} CUDA device(s) are visible (ordinals 0..{count})")));
+    }
+    if !kernels::nvrtc_available() {
+        return Err(kernels::nvrtc_missing());
+    }
+    // SAFETY: only tries to dlopen candidate library names.
+    if !unsafe { bs::is_culib_present() } {
+        return Err(unavailable(
+            ordinal,
+            format!(
+                "the cuBLAS library was not found (tried {:?}): install the CUDA toolkit (or the \
+                 nvidia-cublas package) and add its lib directory to LD_LIBRARY_PATH",
+                kernels::linux_candidates("cublas")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn open(ordinal: usize) -> Result<Inner> {
+    probe(ordinal)?;
+    let ctx = CudaContext::new(ordinal).map_err(|e| unavailable(ordinal, format!("creating a context: {e:?}")))?;
+    let stream = ctx.new_stream().map_err(|e| unavailable(ordinal, format!("creating a stream: {e:?}")))?;
+    let cc = ctx.compute_capability().map_err(|e| driver_error("open", e))?;
+    let name = ctx.name().map_err(|e| driver_error("open", e))?;
+    let arch = kernels::pick_arch(cc.0 * 10 + cc.1)?;
+    ctx.bind_to_thread().map_err(|e| driver_error("open", e))?;
+    let handle =
+        br::create_handle().map_err(|e| unavailable(ordinal, format!("cuBLAS could not be initialised: {e:?}")))?;
+    // SAFETY: valid handle and stream; the stream outlives the handle (both live forever).
+    unsafe { br::set_stream(handle, stream.cu_stream() as bs::cudaStream_t) }
+        .map_err(|e| unavailable(ordinal, format!("cuBLAS could not use the stream: {e:?}")))?;
+    let alloc = Arc::new(Allocator::new(ctx.clone(), stream.clone()));
+    Ok(Inner {
+        ordinal,
+        ctx,
+        stream,
+        name,
+        cc,
+        arch,
+        alloc,
+        modules: Mutex::new(HashMap::new()),
+        functions: Mutex::new(HashMap::new()),
+        blas: Mutex::new(Blas(handle)),
+        tf32: AtomicBool::new(false),
+    })
+}
+
+/// The first CUDA device when one is usable, else the reason it is not (so callers can fall back
+/// to the CPU and say why).
+pub fn cuda_if_available() -> std::result::Result<Cuda, Error> {
+    Cuda::new(0)
+}
+
+/// Shorthand: `Some(device 0)` or `None`, dropping the reason.
+pub fn cuda_or_none() -> Option<Cuda> {
+    Cuda::new(0).ok()
+}
+
+impl Cuda {
+    /// Opens CUDA device `ordinal` (or returns the process-wide handle already open for it).
+    /// A missing driver, NVRTC or cuBLAS library, no GPU, or a bad ordinal give
+    /// [`Error::DeviceUnavailable`] with the reason; nothing panics.
+    pub fn new(ordinal: usize) -> Result<Cuda> {
+        let mut map = devices().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(inner) = map.get(&ordinal) {
+            return Ok(Cuda { inner: inner.clone() });
+        }
+        // cudarc panics when a symbol is missing from an (unexpectedly old) library; keep that
+        // from crossing our API as a panic.
+        let inner = std::panic::catch_unwind(|| open(ordinal)).unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(unavailable(ordinal, format!("initialisation failed inside cudarc: {msg}")))
+        })?;
+        let inner = Arc::new(inner);
+        map.insert(ordinal, inner.clone());
+        Ok(Cuda { inner })
+    }
+
+    /// The device ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.inner.ordinal
+    }
+    /// The GPU's name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+    /// Compute capability (major, minor).
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.inner.cc
+    }
+    /// The NVRTC target the kernels are compiled for (`sm_XY`, or `compute_XY` when NVRTC is older
+    /// than the GPU).
+    pub fn kernel_arch(&self) -> &str {
+        &self.inner.arch
+    }
+
+    /// Lets f32 matrix products (matmul, conv2d) use TF32 tensor cores (10-bit mantissa inputs,
+    /// f32 accumulation). Off by default: results then match f64 references to f32 rounding. The
+    /// switch belongs to the device, so it affects every handle of this ordinal in the process
+    /// (like PyTorch's `allow_tf32`). See README.md for the error measured with it on.
+    pub fn set_allow_tf32(&self, allow: bool) {
+        self.inner.tf32.store(allow, Ordering::Relaxed);
+    }
+    /// Whether TF32 is allowed for f32 matrix products.
+    pub fn allow_tf32(&self) -> bool {
+        self.inner.tf32.load(Ordering::Relaxed)
+    }
+
+    /// Device memory used by tensors, cached for reuse, and the peak, in bytes.
+    pub fn memory_stats(&self) -> MemoryStats {
+        self.inner.alloc.stats()
+    }
+    /// Restarts peak tracking from the current use.
+    pub fn reset_peak_memory(&self) {
+        self.inner.alloc.reset_peak()
+    }
+    /// Returns every cached (unused) block to the driver.
+    pub fn empty_cache(&self) -> Result<()> {
+        self.inner.alloc.empty_cache()
+    }
+    /// Waits until all queued work on this device has finished; reports asynchronous kernel
+    /// failures.
+    pub fn synchronize(&self) -> Result<()> {
+        self.inner.stream.synchronize().map_err(|e| driver_error("synchronize", e))
+    }
+
+    // ------------------------------------------------------------ internals
+
+    pub(crate) fn bind(&self, op: &'static str) -> Result<()> {
+        self.inner.ctx.bind_to_thread().map_err(|e| driver_error(op, e))
+    }
+
+    pub(crate) fn cu_stream(&self) -> sys::CUstream {
+        self.inner.stream.cu_stream()
+    }
+
+    /// An uninitialised buffer of `len` elements of `dtype`.
+    pub(crate) fn alloc(&self, dtype: DType, len: usize) -> Result<CudaStorage> {
+        let buf = self.inner.alloc.alloc(len * dtype.size_in_bytes())?;
+        Ok(CudaStorage::new(buf, dtype, len))
+    }
+
+    /// A zero-filled buffer.
+    pub(crate) fn zeros(&self, dtype: DType, len: usize) -> Result<CudaStorage> {
+        let s = self.alloc(dtype, len)?;
+        self.memset_zero(s.ptr(), len * dtype.size_in_bytes())?;
+        Ok(s)
+    }
+
+    pub(crate) fn memset_zero(&self, ptr: u64, bytes: usize) -> Result<()> {
+        self.memset_byte(ptr, 0, bytes)
+    }
+
+    /// Sets `bytes` bytes at `ptr` to `value` (stream-ordered).
+    pub(crate) fn memset_byte(&self, ptr: u64, value: u8, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.bind("memset")?;
+        unsafe { dr::memset_d8_async(ptr, value, bytes, self.cu_stream()) }.map_err(|e| driver_error("memset", e))
+    }
+
+    /// Uploads a host slice into a fresh buffer (waits for the copy: the slice may be freed next).
+    pub(crate) fn upload<T>(&self, data: &[T], dtype: DType) -> Result<CudaStorage> {
+        let s = self.alloc(dtype, data.len())?;
+        if !data.is_empty() {
+            self.bind("from_cpu")?;
+            unsafe { dr::memcpy_htod_async(s.ptr(), data, self.cu_stream()) }
+                .map_err(|e| driver_error("from_cpu", e))?;
+            self.synchronize()?;
+        }
+        Ok(s)
+    }
+
+    /// Downloads `out.len()` elements starting at byte address `ptr`.
+    pub(crate) fn download<T>(&self, ptr: u64, out: &mut [T]) -> Result<()> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.bind("to_cpu")?;
+        unsafe { dr::memcpy_dtoh_async(out, ptr, self.cu_stream()) }.map_err(|e| driver_error("to_cpu", e))?;
+        self.synchronize()
+    }
+
+    pub(crate) fn copy_d2d(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.bind("copy")?;
+        unsafe { dr::memcpy_dtod_async(dst, src, bytes, self.cu_stream()) }.map_err(|e| driver_error("copy", e))
+    }
+
+    /// A scratch device buffer (not a tensor), e.g. for partial sums.
+    pub(crate) fn scratch(&self, bytes: usize) -> Result<DeviceBuffer> {
+        self.inner.alloc.alloc(bytes)
+    }
+
+    /// The kernel `name` of `file`, compiling and loading the file on first use.
+    pub(crate) fn function(&self, file: KernelFile, name: &str) -> Result<CudaFunction> {
+        let key = (file, name.to_string());
+        if let Some(f) = self.inner.functions.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(f.clone());
+        }
+        let module = {
+            let mut mods = self.inner.modules.lock().unwrap_or_else(|p| p.into_inner());
+            match mods.get(&file) {
+                Some(m) => m.clone(),
+                None => {
+                    let ptx = match kernels::compile(file, &self.inner.arch)? {
+                        Image::Cubin(b) => Ptx::from_binary(b),
+                        Image::Ptx(s) => Ptx::from_src(s),
+                    };
+                    let m = self.inner.ctx.load_module(ptx).map_err(|e| Error::Backend {
+                        backend: "cuda",
+                        op: "load_module",
+                        msg: format!(
+                            "loading {} ({}) failed: {e:?}; a driver older than NVRTC cannot load its \
+                             output, so update the driver or use an older CUDA toolkit",
+                            file.name(),
+                            self.inner.arch
+                        ),
+                    })?;
+                    mods.insert(file, m.clone());
+                    m
+                }
+            }
+        };
+        let f = module.load_function(name).map_err(|e| Error::Backend {
+            backend: "cuda",
+            op: "load_function",
+            msg: format!("kernel {name} not found in {}: {e:?}", file.name()),
+        })?;
+        self.inner.functions.lock().unwrap_or_else(|p| p.into_inner()).insert(key, f.clone());
+        Ok(f)
+    }
+
+    /// Launches `name` from `file` with the given grid/block and arguments, on the device stream.
+    pub(crate) fn launch(&self, file: KernelFile, name: &str, cfg: Cfg, args: &[Arg]) -> Result<()> {
+        self.launch_smem(file, name, cfg, 0, args)
+    }
+
+    /// [`Cuda::launch`] with `smem` bytes of dynamic shared memory per block.
+    pub(crate) fn launch_smem(&self, file: KernelFile, name: &str, cfg: Cfg, smem: u32, args: &[Arg]) -> Result<()> {
+        if cfg.grid == 0 {
+            return Ok(());
+        }
+        let f = self.function(file, name)?;
+        self.bind("launch")?;
+        let mut ptrs: Vec<*mut c_void> = args.iter().map(Arg::as_ptr).collect();
+        // SAFETY: the argument list matches the kernel's signature (each call site mirrors the
+        // extern "C" declaration in the .cu file) and every pointer argument is a live buffer.
+        unsafe {
+            dr::launch_kernel(
+                f.cu_function(),
+                (cfg.grid, cfg.grid_y, 1),
+                (cfg.block, 1, 1),
+                smem,
+                self.cu_stream(),
+                &mut ptrs,
+            )
+        }
+        .map_err(|e| Error::Backend { backend: "cuda", op: "launch", msg: format!("launching {name}: {e:?}") })
+    }
+}
+
+/// Grid and block sizes of a launch.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Cfg {
+    pub grid: u32,
+    pub grid_y: u32,
+    pub block: u32,
+}
+
+impl Cfg {
+    /// Elementwise launch over `n` elements (grid-stride loops cover the rest).
+    pub(crate) fn elems(n: usize) -> Cfg {
+        Cfg { grid: n.div_ceil(256).min(1 << 20) as u32, grid_y: 1, block: 256 }
+    }
+    /// One block per row of `n` elements: a power of two of threads in 32..=1024.
+    pub(crate) fn rows(rows: usize, n: usize) -> Cfg {
+        let block = n.next_power_of_two().clamp(32, 1024) as u32;
+        Cfg { grid: rows.min(1 << 20) as u32, grid_y: 1, block }
+    }
+    /// The same launch with at most `max` threads per block.
+    pub(crate) fn with_max_block(self, max: u32) -> Cfg {
+        Cfg { block: self.block.min(max), ..self }
+    }
+}
+
+/// One kernel argument; the variants match the C parameter types.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Arg {
+    /// A device pointer (`T*`).
+    Ptr(u64),
+    /// `i64` (sizes).
+    I64(i64),
+    /// `int`.
+    I32(i32),
+    /// `u32`.
+    U32(u32),
+    /// `double`.
+    F64(f64),
+    /// `Desc` by value.
+    Desc(Desc),
+    /// `ConvGeo` by value.
+    Conv(crate::ops::conv::ConvGeo),
+    /// `PoolGeo` by value.
+    Pool(crate::ops::conv::PoolGeo),
+}
+
+impl Arg {
+    fn as_ptr(&self) -> *mut c_void {
+        match self {
+            Arg::Ptr(v) => v as *const u64 as *mut c_void,
+            Arg::I64(v) => v as *const i64 as *mut c_void,
+            Arg::I32(v) => v as *const i32 as *mut c_void,
+            Arg::U32(v) => v as *const u32 as *mut c_void,
+            Arg::F64(v) => v as *const f64 as *mut c_void,
+            Arg::Desc(v) => v as *const Desc as *mut c_void,
+            Arg::Conv(v) => v as *const _ as *mut c_void,
+            Arg::Pool(v) => v as *const _ as *mut c_void,
+        }
+    }
+    /// `usize` as the kernels' `i64`.
+    pub(crate) fn n(v: usize) -> Arg {
+        Arg::I64(v as i64)
+    }
+}

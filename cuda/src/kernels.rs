@@ -1,0 +1,223 @@
+//! The CUDA C sources of the kernels and their run-time compilation with NVRTC.
+//!
+//! Each op family is one file in `cuda/kernels/`, embedded with `include_str!` and compiled on
+//! first use for the device's own architecture (`--gpu-architecture=sm_XY`, fetching a CUBIN, so
+//! the driver does no JIT work), then cached for the life of the process (see
+//! `Cuda::function`). If the installed NVRTC is older than the GPU, the newest architecture
+//! it knows is compiled to PTX instead and the driver finishes the job.
+//!
+//! Compilation needs no GPU, only `libnvrtc`: [`compile_all`] checks every source on a machine
+//! without a device (the test `nvrtc_compiles_every_kernel_file` uses it).
+
+use std::ffi::{c_char, c_int, CStr, CString};
+
+use cudarc::nvrtc::{result as nr, sys as ns};
+use ela_core::{Error, Result};
+
+/// Prepended to every kernel file: types, `Desc`, half conversions, block reductions.
+const COMMON: &str = include_str!("../kernels/common.cuh");
+
+/// One kernel source file (one op family).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelFile {
+    /// fill, copy, cast, unary, binary, cmp, where
+    Elementwise,
+    /// reduce, cumsum, topk
+    Reduce,
+    /// softmax, RMS norm, layer norm (+ backward, column sums)
+    SoftmaxNorm,
+    /// fused cross-entropy forward and backward
+    CrossEntropy,
+    /// index_select, gather, index_add, scatter_add
+    Index,
+    /// im2col/col2im, pooling, upsampling
+    ConvPool,
+    /// fused Exact Linear Attention: forward (+ carried state), backward
+    Ela,
+}
+
+impl KernelFile {
+    /// Every kernel file.
+    pub const ALL: [KernelFile; 7] = [
+        KernelFile::Elementwise,
+        KernelFile::Reduce,
+        KernelFile::SoftmaxNorm,
+        KernelFile::CrossEntropy,
+        KernelFile::Index,
+        KernelFile::ConvPool,
+        KernelFile::Ela,
+    ];
+
+    /// File name under `cuda/kernels/`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelFile::Elementwise => "elementwise.cu",
+            KernelFile::Reduce => "reduce.cu",
+            KernelFile::SoftmaxNorm => "softmax_norm.cu",
+            KernelFile::CrossEntropy => "cross_entropy.cu",
+            KernelFile::Index => "index.cu",
+            KernelFile::ConvPool => "conv_pool.cu",
+            KernelFile::Ela => "ela.cu",
+        }
+    }
+
+    /// The file's CUDA C source (without the common prelude).
+    pub fn source(self) -> &'static str {
+        match self {
+            KernelFile::Elementwise => include_str!("../kernels/elementwise.cu"),
+            KernelFile::Reduce => include_str!("../kernels/reduce.cu"),
+            KernelFile::SoftmaxNorm => include_str!("../kernels/softmax_norm.cu"),
+            KernelFile::CrossEntropy => include_str!("../kernels/cross_entropy.cu"),
+            KernelFile::Index => include_str!("../kernels/index.cu"),
+            KernelFile::ConvPool => include_str!("../kernels/conv_pool.cu"),
+            KernelFile::Ela => include_str!("../kernels/ela.cu"),
+        }
+    }
+}
+
+/// A compiled module image: a CUBIN for a real architecture or PTX text for a virtual one.
+#[derive(Clone, Debug)]
+pub enum Image {
+    /// Machine code for `sm_XY`.
+    Cubin(Vec<u8>),
+    /// PTX for `compute_XY` (the driver compiles it when loading).
+    Ptx(String),
+}
+
+/// True when an NVRTC library can be loaded (see README.md for the names tried).
+pub fn nvrtc_available() -> bool {
+    // SAFETY: only tries to dlopen candidate library names.
+    unsafe { ns::is_culib_present() }
+}
+
+fn nvrtc_err(op: &'static str, msg: impl Into<String>) -> Error {
+    Error::Backend { backend: "cuda", op, msg: msg.into() }
+}
+
+fn check(op: &'static str, r: ns::nvrtcResult) -> Result<()> {
+    r.result().map_err(|e| nvrtc_err(op, format!("NVRTC call failed: {e:?}")))
+}
+
+/// The NVRTC version as (major, minor).
+pub fn nvrtc_version() -> Result<(i32, i32)> {
+    if !nvrtc_available() {
+        return Err(nvrtc_missing());
+    }
+    let (mut major, mut minor) = (0, 0);
+    check("nvrtc_version", unsafe { ns::nvrtcVersion(&mut major, &mut minor) })?;
+    Ok((major, minor))
+}
+
+/// The error for a missing NVRTC library.
+pub(crate) fn nvrtc_missing() -> Error {
+    Error::DeviceUnavailable {
+        device: "cuda".into(),
+        reason: format!(
+            "the NVRTC library (runtime kernel compiler) was not found; tried {:?}. Install the CUDA \
+             toolkit (or the nvidia-cuda-nvrtc package) and add its lib directory to LD_LIBRARY_PATH, \
+             or use the CPU backend",
+            linux_candidates("nvrtc")
+        ),
+    }
+}
+
+/// The library file names cudarc tries for `lib` on this platform, in order (Linux sonames only,
+/// for messages).
+pub fn linux_candidates(lib: &str) -> Vec<String> {
+    cudarc::get_lib_name_candidates(lib).into_iter().filter(|n| !n.contains("64")).collect()
+}
+
+/// Architectures (`XY` of `sm_XY`) the loaded NVRTC can compile for.
+pub fn supported_archs() -> Result<Vec<i32>> {
+    if !nvrtc_available() {
+        return Err(nvrtc_missing());
+    }
+    let mut n: c_int = 0;
+    check("nvrtc_archs", unsafe { ns::nvrtcGetNumSupportedArchs(&mut n) })?;
+    let mut v = vec![0 as c_int; n.max(0) as usize];
+    if n > 0 {
+        check("nvrtc_archs", unsafe { ns::nvrtcGetSupportedArchs(v.as_mut_ptr()) })?;
+    }
+    Ok(v)
+}
+
+/// The `--gpu-architecture` value for a device of compute capability `cc` (e.g. 90): the real
+/// architecture when NVRTC knows it, else the newest older virtual one (PTX, JIT-compiled by the
+/// driver). Errors when NVRTC supports nothing at or below `cc`.
+pub fn pick_arch(cc: i32) -> Result<String> {
+    let archs = supported_archs()?;
+    if archs.contains(&cc) {
+        return Ok(format!("sm_{cc}"));
+    }
+    match archs.iter().filter(|&&a| a <= cc).max() {
+        Some(a) => Ok(format!("compute_{a}")),
+        None => Err(Error::DeviceUnavailable {
+            device: "cuda".into(),
+            reason: format!(
+                "the loaded NVRTC supports architectures {archs:?}, none at or below this GPU's compute \
+                 capability {}.{}: install a CUDA toolkit that supports this GPU",
+                cc / 10,
+                cc % 10
+            ),
+        }),
+    }
+}
+
+/// Compiles one kernel file for `arch` (`sm_XY` gives a CUBIN, `compute_XY` PTX). A compile
+/// failure becomes [`Error::Backend`] carrying NVRTC's log.
+pub fn compile(file: KernelFile, arch: &str) -> Result<Image> {
+    compile_source(file.name(), file.source(), arch)
+}
+
+/// Compiles CUDA C `source` (after the common prelude) as file `name` for `arch`.
+pub fn compile_source(name: &str, source: &str, arch: &str) -> Result<Image> {
+    if !nvrtc_available() {
+        return Err(nvrtc_missing());
+    }
+    let src = format!("{COMMON}\n#line 1 \"{name}\"\n{source}");
+    let src = CString::new(src).map_err(|_| nvrtc_err("nvrtc_compile", "kernel source contains a NUL byte"))?;
+    let cname = CString::new(name).map_err(|_| nvrtc_err("nvrtc_compile", "file name contains a NUL byte"))?;
+    let prog = nr::create_program(&src, Some(&cname))
+        .map_err(|e| nvrtc_err("nvrtc_compile", format!("creating the program for {name}: {e:?}")))?;
+    let opts = [format!("--gpu-architecture={arch}"), "--std=c++17".to_string()];
+    let out = (|| {
+        if let Err(e) = unsafe { nr::compile_program(prog, &opts) } {
+            let log = unsafe { nr::get_program_log(prog) }
+                .map(|l| unsafe { CStr::from_ptr(l.as_ptr()) }.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            return Err(nvrtc_err(
+                "nvrtc_compile",
+                format!("compiling {name} for {arch} failed ({e:?}); NVRTC log:\n{log}"),
+            ));
+        }
+        if arch.starts_with("sm_") {
+            let mut size = 0usize;
+            check("nvrtc_cubin", unsafe { ns::nvrtcGetCUBINSize(prog, &mut size) })?;
+            let mut buf = vec![0u8; size];
+            check("nvrtc_cubin", unsafe { ns::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut c_char) })?;
+            Ok(Image::Cubin(buf))
+        } else {
+            let ptx = unsafe { nr::get_ptx(prog) }.map_err(|e| nvrtc_err("nvrtc_ptx", format!("{e:?}")))?;
+            let s = unsafe { CStr::from_ptr(ptx.as_ptr()) }.to_string_lossy().into_owned();
+            Ok(Image::Ptx(s))
+        }
+    })();
+    // SAFETY: `prog` was created above and is destroyed once.
+    let _ = unsafe { nr::destroy_program(prog) };
+    out
+}
+
+/// Compiles every kernel file for `arch` (e.g. `sm_90`), returning the image sizes in bytes.
+/// Needs NVRTC but no GPU.
+pub fn compile_all(arch: &str) -> Result<Vec<(&'static str, usize)>> {
+    KernelFile::ALL
+        .iter()
+        .map(|&f| {
+            let n = match compile(f, arch)? {
+                Image::Cubin(b) => b.len(),
+                Image::Ptx(s) => s.len(),
+            };
+            Ok((f.name(), n))
+        })
+        .collect()
+}

@@ -1,0 +1,407 @@
+//! Convolution (im2col + cuBLAS), pooling and nearest upsampling over NCHW tensors (kernels in
+//! `kernels/conv_pool.cu`).
+//!
+//! conv2d per group g: `out_g [O/g, OH*OW] = W_g [O/g, K] @ col_g [K, OH*OW]`, K = C/g*kh*kw, one
+//! strided-batched GEMM over the images of a chunk (the weight has batch stride 0). The backward
+//! passes are the other two products of the same matrices: `dcol = W_g^T @ dy_g` folded back by
+//! col2im (dx), and `dW_g = sum_img dy_g @ col_g^T` (dW, batched over groups, accumulated over
+//! images with beta = 1). f16/bf16 gradients accumulate in f32 buffers and round once.
+
+use cudarc::driver::DeviceRepr;
+use ela_core::{Conv2dParams, DType, Error, Layout, Pool2dParams, Result, Shape};
+
+use super::matmul::Operand;
+use super::{check_float, check_same, dt, stat_dtype, width};
+use crate::device::{Arg, Cfg, Cuda};
+use crate::kernels::KernelFile::ConvPool as CP;
+use crate::storage::CudaStorage;
+
+/// Elements of im2col buffer per launch chunk (256 MiB of f32): bounds the scratch memory.
+const COL_LIMIT: usize = 1 << 26;
+
+/// Mirror of `struct ConvGeo` in conv_pool.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ConvGeo {
+    n: i64,
+    c: i64,
+    h: i64,
+    w: i64,
+    kh: i64,
+    kw: i64,
+    oh: i64,
+    ow: i64,
+    sh: i64,
+    sw: i64,
+    ph: i64,
+    pw: i64,
+    dh: i64,
+    dw: i64,
+}
+// SAFETY: plain-old-data with the C layout of the kernel-side struct.
+unsafe impl DeviceRepr for ConvGeo {}
+
+/// Mirror of `struct PoolGeo` in conv_pool.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PoolGeo {
+    planes: i64,
+    h: i64,
+    w: i64,
+    oh: i64,
+    ow: i64,
+    kh: i64,
+    kw: i64,
+    sh: i64,
+    sw: i64,
+    ph: i64,
+    pw: i64,
+    include_pad: i64,
+}
+// SAFETY: as above.
+unsafe impl DeviceRepr for PoolGeo {}
+
+/// Sizes of one convolution: input [n, c, h, w], weight [o, c/g, kh, kw], output [n, o, oh, ow].
+struct Geo {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    g: usize,
+    p: Conv2dParams,
+}
+
+impl Geo {
+    fn new(x: &[usize], wd: &[usize], p: &Conv2dParams) -> Result<Geo> {
+        let (oh, ow) = p
+            .output_hw((x[2], x[3]), (wd[2], wd[3]))
+            .ok_or_else(|| Error::invalid("conv2d", "kernel larger than the padded input"))?;
+        Ok(Geo { n: x[0], c: x[1], h: x[2], w: x[3], o: wd[0], kh: wd[2], kw: wd[3], oh, ow, g: p.groups, p: *p })
+    }
+    fn npix(&self) -> usize {
+        self.oh * self.ow
+    }
+    /// Rows of one group's im2col matrix.
+    fn krows(&self) -> usize {
+        self.c / self.g * self.kh * self.kw
+    }
+    fn og(&self) -> usize {
+        self.o / self.g
+    }
+    /// im2col elements per image (all groups).
+    fn col_per_img(&self) -> usize {
+        self.c * self.kh * self.kw * self.npix()
+    }
+    /// Images per chunk so the im2col buffer stays under [`COL_LIMIT`].
+    fn chunk(&self) -> usize {
+        (COL_LIMIT / self.col_per_img().max(1)).clamp(1, self.n.max(1))
+    }
+    /// 1x1, stride 1, no padding: the input already is the im2col matrix.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.p.stride == (1, 1) && self.p.padding == (0, 0)
+    }
+    fn kernel_geo(&self, n: usize) -> ConvGeo {
+        let i = |v: usize| v as i64;
+        ConvGeo {
+            n: i(n),
+            c: i(self.c),
+            h: i(self.h),
+            w: i(self.w),
+            kh: i(self.kh),
+            kw: i(self.kw),
+            oh: i(self.oh),
+            ow: i(self.ow),
+            sh: i(self.p.stride.0),
+            sw: i(self.p.stride.1),
+            ph: i(self.p.padding.0),
+            pw: i(self.p.padding.1),
+            dh: i(self.p.dilation.0),
+            dw: i(self.p.dilation.1),
+        }
+    }
+}
+
+fn pool_geo(d: &[usize], p: &Pool2dParams, op: &'static str) -> Result<PoolGeo> {
+    let (oh, ow) =
+        p.output_hw((d[2], d[3])).ok_or_else(|| Error::invalid(op, "window larger than the padded input"))?;
+    let i = |v: usize| v as i64;
+    Ok(PoolGeo {
+        planes: i(d[0] * d[1]),
+        h: i(d[2]),
+        w: i(d[3]),
+        oh: i(oh),
+        ow: i(ow),
+        kh: i(p.kernel.0),
+        kw: i(p.kernel.1),
+        sh: i(p.stride.0),
+        sw: i(p.stride.1),
+        ph: i(p.padding.0),
+        pw: i(p.padding.1),
+        include_pad: p.count_include_pad as i64,
+    })
+}
+
+impl Cuda {
+    /// im2col of images `i0..i0+n` into `col` (or the input itself for pointwise convolutions).
+    fn im2col(&self, g: &Geo, x: u64, dtype: DType, i0: usize, n: usize, col: &Option<CudaStorage>) -> Result<u64> {
+        let es = dtype.size_in_bytes() as u64;
+        let xp = x + (i0 * g.c * g.h * g.w) as u64 * es;
+        match col {
+            None => Ok(xp),
+            Some(col) => {
+                let args = [Arg::Ptr(col.ptr()), Arg::Ptr(xp), Arg::Conv(g.kernel_geo(n))];
+                self.launch(CP, &format!("im2col_{}", width(dtype)), Cfg::elems(n * g.col_per_img()), &args)?;
+                Ok(col.ptr())
+            }
+        }
+    }
+
+    fn col_buffer(&self, g: &Geo, dtype: DType) -> Result<Option<CudaStorage>> {
+        if g.pointwise() {
+            Ok(None)
+        } else {
+            Ok(Some(self.alloc(dtype, g.chunk() * g.col_per_img())?))
+        }
+    }
+
+    /// 2-D convolution.
+    pub(crate) fn conv2d_impl(
+        &self,
+        x: &CudaStorage,
+        lx: &Layout,
+        w: &CudaStorage,
+        lw: &Layout,
+        p: &Conv2dParams,
+    ) -> Result<CudaStorage> {
+        check_float("conv2d", x.dtype())?;
+        check_same("conv2d", x, w)?;
+        let g = Geo::new(lx.dims(), lw.dims(), p)?;
+        let d = x.dtype();
+        let es = d.size_in_bytes() as u64;
+        let out = self.alloc(d, g.n * g.o * g.npix())?;
+        if out.is_empty() {
+            return Ok(out);
+        }
+        if g.krows() == 0 {
+            self.memset_zero(out.ptr(), out.len() * d.size_in_bytes())?;
+            return Ok(out);
+        }
+        let (xc, wc) = (self.contig(x, lx)?, self.contig(w, lw)?);
+        let col = self.col_buffer(&g, d)?;
+        let (npix, krows, og) = (g.npix(), g.krows(), g.og());
+        let mut i0 = 0;
+        while i0 < g.n {
+            let n = g.chunk().min(g.n - i0);
+            let colp = self.im2col(&g, xc.ptr(), d, i0, n, &col)?;
+            for gi in 0..g.g {
+                let a = Operand { ptr: wc.ptr() + (gi * og * krows) as u64 * es, rs: krows, cs: 1, batch_stride: 0 };
+                let b = Operand {
+                    ptr: colp + (gi * krows * npix) as u64 * es,
+                    rs: npix,
+                    cs: 1,
+                    batch_stride: g.col_per_img(),
+                };
+                let c = out.ptr() + ((i0 * g.o + gi * og) * npix) as u64 * es;
+                self.gemm(d, d, (og, npix, krows, n), a, b, (c, npix, g.o * npix), 0.0)?;
+            }
+            i0 += n;
+        }
+        Ok(out)
+    }
+
+    /// Gradient of conv2d w.r.t. its input.
+    pub(crate) fn conv2d_bwd_input_impl(
+        &self,
+        dy: &CudaStorage,
+        w: &CudaStorage,
+        lw: &Layout,
+        xs: &Shape,
+        p: &Conv2dParams,
+    ) -> Result<CudaStorage> {
+        check_float("conv2d_backward", dy.dtype())?;
+        check_same("conv2d_backward", dy, w)?;
+        let g = Geo::new(xs.dims(), lw.dims(), p)?;
+        let d = dy.dtype();
+        let acc = stat_dtype(d);
+        let (es, ea) = (d.size_in_bytes() as u64, acc.size_in_bytes() as u64);
+        let dx = self.alloc(d, xs.elem_count())?;
+        if dx.is_empty() {
+            return Ok(dx);
+        }
+        let wc = self.contig(w, lw)?;
+        let (npix, krows, og) = (g.npix(), g.krows(), g.og());
+        let dcol = self.alloc(acc, g.chunk() * g.col_per_img())?;
+        if npix == 0 || og == 0 {
+            self.memset_zero(dcol.ptr(), dcol.len() * acc.size_in_bytes())?;
+        }
+        let mut i0 = 0;
+        while i0 < g.n {
+            let n = g.chunk().min(g.n - i0);
+            for gi in 0..g.g {
+                // W_g^T [krows, og]: the row-major W_g read with swapped strides.
+                let a = Operand { ptr: wc.ptr() + (gi * og * krows) as u64 * es, rs: 1, cs: krows, batch_stride: 0 };
+                let b = Operand {
+                    ptr: dy.ptr() + ((i0 * g.o + gi * og) * npix) as u64 * es,
+                    rs: npix,
+                    cs: 1,
+                    batch_stride: g.o * npix,
+                };
+                let c = dcol.ptr() + (gi * krows * npix) as u64 * ea;
+                if og > 0 {
+                    self.gemm(d, acc, (krows, npix, og, n), a, b, (c, npix, g.col_per_img()), 0.0)?;
+                }
+            }
+            let dxp = dx.ptr() + (i0 * g.c * g.h * g.w) as u64 * es;
+            let args = [Arg::Ptr(dxp), Arg::Ptr(dcol.ptr()), Arg::Conv(g.kernel_geo(n))];
+            self.launch(CP, &format!("col2im_{}", dt(d)), Cfg::elems(n * g.c * g.h * g.w), &args)?;
+            i0 += n;
+        }
+        Ok(dx)
+    }
+
+    /// Gradient of conv2d w.r.t. its weight.
+    pub(crate) fn conv2d_bwd_weight_impl(
+        &self,
+        x: &CudaStorage,
+        lx: &Layout,
+        dy: &CudaStorage,
+        ws: &Shape,
+        p: &Conv2dParams,
+    ) -> Result<CudaStorage> {
+        check_float("conv2d_backward", dy.dtype())?;
+        check_same("conv2d_backward", x, dy)?;
+        let g = Geo::new(lx.dims(), ws.dims(), p)?;
+        let d = dy.dtype();
+        let acc = stat_dtype(d);
+        let es = d.size_in_bytes() as u64;
+        let dw = self.zeros(acc, ws.elem_count())?;
+        let (npix, krows, og) = (g.npix(), g.krows(), g.og());
+        if g.n > 0 && npix > 0 && krows > 0 && og > 0 {
+            let xc = self.contig(x, lx)?;
+            let col = self.col_buffer(&g, d)?;
+            let mut i0 = 0;
+            while i0 < g.n {
+                let n = g.chunk().min(g.n - i0);
+                let colp = self.im2col(&g, xc.ptr(), d, i0, n, &col)?;
+                for img in 0..n {
+                    // Batched over groups: dW_g [og, krows] += dy_g [og, npix] @ col_g^T [npix, krows].
+                    let dyp = dy.ptr() + ((i0 + img) * g.o * npix) as u64 * es;
+                    let a = Operand { ptr: dyp, rs: npix, cs: 1, batch_stride: og * npix };
+                    let cp = colp + (img * g.col_per_img()) as u64 * es;
+                    let b = Operand { ptr: cp, rs: 1, cs: npix, batch_stride: krows * npix };
+                    self.gemm(d, acc, (og, krows, npix, g.g), a, b, (dw.ptr(), krows, og * krows), 1.0)?;
+                }
+                i0 += n;
+            }
+        }
+        if acc == d {
+            Ok(dw)
+        } else {
+            self.cast_impl(&dw, &Layout::contiguous(ws.clone()), d)
+        }
+    }
+
+    /// Max pooling: `(y, argmax)` with the flat `h*w` index of each window's winner.
+    pub(crate) fn max_pool_impl(
+        &self,
+        x: &CudaStorage,
+        l: &Layout,
+        p: &Pool2dParams,
+    ) -> Result<(CudaStorage, CudaStorage)> {
+        check_float("max_pool2d", x.dtype())?;
+        let geo = pool_geo(l.dims(), p, "max_pool2d")?;
+        let n = (geo.planes * geo.oh * geo.ow) as usize;
+        let (y, am) = (self.alloc(x.dtype(), n)?, self.alloc(DType::U32, n)?);
+        let xc = self.contig(x, l)?;
+        let args = [Arg::Ptr(y.ptr()), Arg::Ptr(am.ptr()), Arg::Ptr(xc.ptr()), Arg::Pool(geo)];
+        self.launch(CP, &format!("max_pool_{}", dt(x.dtype())), Cfg::elems(n), &args)?;
+        Ok((y, am))
+    }
+
+    /// Backward of max pooling: routes `dy` to the recorded winners.
+    pub(crate) fn max_pool_bwd_impl(
+        &self,
+        dy: &CudaStorage,
+        am: &CudaStorage,
+        dys: &Shape,
+        xs: &Shape,
+    ) -> Result<CudaStorage> {
+        const OP: &str = "max_pool2d_backward";
+        check_float(OP, dy.dtype())?;
+        if am.dtype() != DType::U32 {
+            return Err(Error::UnsupportedDType { op: OP, dtype: am.dtype(), expected: "u32 argmax indices" });
+        }
+        let (d, acc) = (dy.dtype(), stat_dtype(dy.dtype()));
+        let dd = dys.dims();
+        let (planes, opix, ipix) = (dd[0] * dd[1], dd[2] * dd[3], xs.dims()[2] * xs.dims()[3]);
+        let dx = self.zeros(acc, xs.elem_count())?;
+        let args =
+            [Arg::Ptr(dx.ptr()), Arg::Ptr(dy.ptr()), Arg::Ptr(am.ptr()), Arg::n(planes), Arg::n(opix), Arg::n(ipix)];
+        self.launch(CP, &format!("max_pool_bwd_{}", dt(d)), Cfg::elems(planes * opix), &args)?;
+        if acc == d {
+            Ok(dx)
+        } else {
+            self.cast_impl(&dx, &Layout::contiguous(xs.clone()), d)
+        }
+    }
+
+    /// Average pooling.
+    pub(crate) fn avg_pool_impl(&self, x: &CudaStorage, l: &Layout, p: &Pool2dParams) -> Result<CudaStorage> {
+        check_float("avg_pool2d", x.dtype())?;
+        let geo = pool_geo(l.dims(), p, "avg_pool2d")?;
+        let n = (geo.planes * geo.oh * geo.ow) as usize;
+        let y = self.alloc(x.dtype(), n)?;
+        let xc = self.contig(x, l)?;
+        let args = [Arg::Ptr(y.ptr()), Arg::Ptr(xc.ptr()), Arg::Pool(geo)];
+        self.launch(CP, &format!("avg_pool_{}", dt(x.dtype())), Cfg::elems(n), &args)?;
+        Ok(y)
+    }
+
+    /// Backward of average pooling.
+    pub(crate) fn avg_pool_bwd_impl(&self, dy: &CudaStorage, xs: &Shape, p: &Pool2dParams) -> Result<CudaStorage> {
+        check_float("avg_pool2d_backward", dy.dtype())?;
+        let geo = pool_geo(xs.dims(), p, "avg_pool2d_backward")?;
+        let dx = self.alloc(dy.dtype(), xs.elem_count())?;
+        let args = [Arg::Ptr(dx.ptr()), Arg::Ptr(dy.ptr()), Arg::Pool(geo)];
+        self.launch(CP, &format!("avg_pool_bwd_{}", dt(dy.dtype())), Cfg::elems(dx.len()), &args)?;
+        Ok(dx)
+    }
+
+    /// Nearest-neighbour upsampling by integer factors.
+    pub(crate) fn upsample_impl(&self, x: &CudaStorage, l: &Layout, (fh, fw): (usize, usize)) -> Result<CudaStorage> {
+        check_float("upsample_nearest2d", x.dtype())?;
+        let d = l.dims();
+        let (planes, h, w) = (d[0] * d[1], d[2], d[3]);
+        let y = self.alloc(x.dtype(), planes * h * fh * w * fw)?;
+        let xc = self.contig(x, l)?;
+        let args =
+            [Arg::Ptr(y.ptr()), Arg::Ptr(xc.ptr()), Arg::n(planes), Arg::n(h), Arg::n(w), Arg::n(fh), Arg::n(fw)];
+        self.launch(CP, &format!("upsample_{}", dt(x.dtype())), Cfg::elems(y.len()), &args)?;
+        Ok(y)
+    }
+
+    /// Backward of nearest upsampling: each input cell sums its `fh x fw` block.
+    pub(crate) fn upsample_bwd_impl(
+        &self,
+        dy: &CudaStorage,
+        dys: &Shape,
+        (fh, fw): (usize, usize),
+    ) -> Result<CudaStorage> {
+        check_float("upsample_nearest2d_backward", dy.dtype())?;
+        if fh == 0 || fw == 0 {
+            return Err(Error::invalid("upsample_nearest2d_backward", "factors must be at least 1"));
+        }
+        let d = dys.dims();
+        let (planes, h, w) = (d[0] * d[1], d[2] / fh, d[3] / fw);
+        let dx = self.alloc(dy.dtype(), planes * h * w)?;
+        let args =
+            [Arg::Ptr(dx.ptr()), Arg::Ptr(dy.ptr()), Arg::n(planes), Arg::n(h), Arg::n(w), Arg::n(fh), Arg::n(fw)];
+        self.launch(CP, &format!("upsample_bwd_{}", dt(dy.dtype())), Cfg::elems(dx.len()), &args)?;
+        Ok(dx)
+    }
+}

@@ -1,0 +1,259 @@
+//! Fused Exact Linear Attention (kernels in `kernels/ela.cu`): forward (causal with an optional
+//! carried state, non-causal), backward and the recurrent step. One block per (batch, head)
+//! sequence scans time in the recurrent form; see the .cu file for the math and the numerics.
+
+use ela_core::ela::{ElaDims, ElaKernel, ElaParams, ElaStateBufs};
+use ela_core::{DType, Error, Result};
+
+use super::{check_float, check_same, dt, stat_dtype};
+use crate::device::{Arg, Cfg, Cuda};
+use crate::kernels::KernelFile::Ela as ELA;
+use crate::storage::CudaStorage;
+
+/// Threads per sequence block.
+const THREADS: u32 = 256;
+/// Dynamic shared memory available to a block without opting in to more.
+const SMEM_LIMIT: usize = 48 * 1024;
+
+fn kernel_code(k: ElaKernel) -> i32 {
+    match k {
+        ElaKernel::HadamardExp => 0,
+        ElaKernel::SumSqEuclid => 1,
+        ElaKernel::SubSqEuclid => 2,
+        ElaKernel::Blueprint => 3,
+        ElaKernel::Identity => 4,
+    }
+}
+
+fn check_len(op: &'static str, what: &str, s: &CudaStorage, want: usize, dims: &ElaDims) -> Result<()> {
+    if s.len() != want {
+        return Err(Error::invalid(op, format!("{what} has {} elements, expected {want} for {dims:?}", s.len())));
+    }
+    Ok(())
+}
+
+/// Checks q/k/v against `dims` and returns their dtype.
+fn check_qkv(op: &'static str, q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, dims: &ElaDims) -> Result<DType> {
+    check_same(op, q, k)?;
+    check_same(op, q, v)?;
+    check_float(op, q.dtype())?;
+    let rows = dims.sequences() * dims.t;
+    check_len(op, "q", q, rows * dims.d, dims)?;
+    check_len(op, "k", k, rows * dims.d, dims)?;
+    check_len(op, "v", v, rows * dims.dv, dims)?;
+    if i32::try_from(dims.d.max(dims.dv) + 2).is_err() {
+        return Err(Error::invalid(op, format!("head dimensions of {dims:?} are too large")));
+    }
+    Ok(q.dtype())
+}
+
+fn check_params(op: &'static str, p: &ElaParams, with_state: bool) -> Result<()> {
+    if p.chunk == 0 {
+        return Err(Error::invalid(op, "chunk length must be >= 1"));
+    }
+    if with_state && !p.causal {
+        return Err(Error::invalid(op, "a recurrent state only exists for causal attention (set causal: true)"));
+    }
+    Ok(())
+}
+
+/// Bytes of dynamic shared memory per block: q, k (d), v, y, g (dv), phi, psi, r, t (F), 32 for
+/// reductions, in the compute type.
+fn smem_bytes(op: &'static str, dims: &ElaDims, f: usize, c: DType) -> Result<u32> {
+    let bytes = (2 * dims.d + 3 * dims.dv + 4 * f + 32) * c.size_in_bytes();
+    if bytes > SMEM_LIMIT {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "head dimensions d = {}, dv = {} need {bytes} bytes of shared memory per block (limit {SMEM_LIMIT})",
+                dims.d, dims.dv
+            ),
+        ));
+    }
+    Ok(bytes as u32)
+}
+
+/// The state buffers' device addresses after checking them against `dims` (as the CPU does).
+fn state_ptrs(
+    op: &'static str,
+    st: &ElaStateBufs<CudaStorage>,
+    dims: &ElaDims,
+    kernel: ElaKernel,
+    sd: DType,
+) -> Result<(u64, u64, u64)> {
+    let (n, f, dv) = (dims.sequences(), kernel.feature_size(dims.d), dims.dv);
+    let bad = |what: &str| {
+        Error::invalid(
+            op,
+            format!(
+                "the recurrent state's {what} buffer does not match {dims:?} with kernel {kernel} (expected \
+                 {sd:?} buffers of F = {f} features; create it with ElaState::new)"
+            ),
+        )
+    };
+    let ok = |s: &CudaStorage, len: usize| s.dtype() == sd && s.len() == len;
+    if !ok(&st.s, n * f * dv) {
+        return Err(bad("S"));
+    }
+    if !ok(&st.z, n * f) {
+        return Err(bad("z"));
+    }
+    let m = match (&st.m, kernel.has_units()) {
+        (Some(m), true) if ok(m, n * f) => m.ptr(),
+        (None, false) => 0,
+        _ => return Err(bad("m (log-scale)")),
+    };
+    Ok((st.s.ptr(), st.z.ptr(), m))
+}
+
+impl Cuda {
+    /// A fresh state scratch `(S, z, m)` for `n` sequences: zeros, and -inf log-scales.
+    fn ela_scratch(
+        &self,
+        n: usize,
+        f: usize,
+        dv: usize,
+        kernel: ElaKernel,
+        sd: DType,
+    ) -> Result<ElaStateBufs<CudaStorage>> {
+        Ok(ElaStateBufs {
+            s: self.zeros(sd, n * f * dv)?,
+            z: self.zeros(sd, n * f)?,
+            m: kernel.has_units().then(|| self.full_impl(n * f, f64::NEG_INFINITY, sd)).transpose()?,
+        })
+    }
+
+    fn ela_launch_cfg(n: usize) -> Cfg {
+        Cfg { grid: n.min(1 << 16) as u32, grid_y: 1, block: THREADS }
+    }
+
+    /// Fused ELA forward (see `Backend::ela_forward`).
+    pub(crate) fn ela_forward_impl(
+        &self,
+        q: &CudaStorage,
+        k: &CudaStorage,
+        v: &CudaStorage,
+        dims: &ElaDims,
+        p: &ElaParams,
+        state: Option<&mut ElaStateBufs<CudaStorage>>,
+    ) -> Result<CudaStorage> {
+        self.ela_forward_op("ela_forward", q, k, v, dims, p, state)
+    }
+
+    /// The forward under the name `op` (errors name the public op).
+    #[allow(clippy::too_many_arguments)]
+    fn ela_forward_op(
+        &self,
+        op: &'static str,
+        q: &CudaStorage,
+        k: &CudaStorage,
+        v: &CudaStorage,
+        dims: &ElaDims,
+        p: &ElaParams,
+        state: Option<&mut ElaStateBufs<CudaStorage>>,
+    ) -> Result<CudaStorage> {
+        let d = check_qkv(op, q, k, v, dims)?;
+        check_params(op, p, state.is_some())?;
+        let (n, f, sd) = (dims.sequences(), p.kernel.feature_size(dims.d), stat_dtype(d));
+        let y = self.alloc(d, n * dims.t * dims.dv)?;
+        let scratch;
+        let (s, z, m) = match state {
+            Some(st) => state_ptrs(op, st, dims, p.kernel, sd)?,
+            None => {
+                scratch = self.ela_scratch(n, f, dims.dv, p.kernel, sd)?;
+                (scratch.s.ptr(), scratch.z.ptr(), scratch.m.as_ref().map_or(0, |m| m.ptr()))
+            }
+        };
+        if n == 0 || dims.t == 0 {
+            return Ok(y);
+        }
+        let args = [
+            Arg::Ptr(y.ptr()),
+            Arg::Ptr(q.ptr()),
+            Arg::Ptr(k.ptr()),
+            Arg::Ptr(v.ptr()),
+            Arg::Ptr(s),
+            Arg::Ptr(z),
+            Arg::Ptr(m),
+            Arg::n(n),
+            Arg::n(dims.t),
+            Arg::I32(dims.d as i32),
+            Arg::I32(dims.dv as i32),
+            Arg::I32(kernel_code(p.kernel)),
+            Arg::I32(p.causal as i32),
+        ];
+        let smem = smem_bytes(op, dims, f, sd)?;
+        self.launch_smem(ELA, &format!("ela_fwd_{}", dt(d)), Self::ela_launch_cfg(n), smem, &args)?;
+        Ok(y)
+    }
+
+    /// Backward of the fused forward from an empty state (see `Backend::ela_backward`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn ela_backward_impl(
+        &self,
+        q: &CudaStorage,
+        k: &CudaStorage,
+        v: &CudaStorage,
+        y: &CudaStorage,
+        dy: &CudaStorage,
+        dims: &ElaDims,
+        p: &ElaParams,
+    ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+        const OP: &str = "ela_backward";
+        let d = check_qkv(OP, q, k, v, dims)?;
+        check_same(OP, q, y)?;
+        check_same(OP, q, dy)?;
+        check_len(OP, "y", y, v.len(), dims)?;
+        check_len(OP, "dy", dy, v.len(), dims)?;
+        check_params(OP, p, false)?;
+        let (n, t, f, sd) = (dims.sequences(), dims.t, p.kernel.feature_size(dims.d), stat_dtype(d));
+        let (dq, dk, dvo) = (self.alloc(d, q.len())?, self.alloc(d, k.len())?, self.alloc(d, v.len())?);
+        if t == 0 || n == 0 {
+            return Ok((dq, dk, dvo));
+        }
+        let st = self.ela_scratch(n, f, dims.dv, p.kernel, sd)?;
+        let (u, w) = (self.zeros(sd, n * f * dims.dv)?, self.zeros(sd, n * f)?);
+        let mh = if p.kernel.has_units() && p.causal { Some(self.alloc(sd, n * t * f)?) } else { None };
+        let dn = self.alloc(sd, n * t)?;
+        let args = [
+            Arg::Ptr(dq.ptr()),
+            Arg::Ptr(dk.ptr()),
+            Arg::Ptr(dvo.ptr()),
+            Arg::Ptr(q.ptr()),
+            Arg::Ptr(k.ptr()),
+            Arg::Ptr(v.ptr()),
+            Arg::Ptr(y.ptr()),
+            Arg::Ptr(dy.ptr()),
+            Arg::Ptr(st.s.ptr()),
+            Arg::Ptr(st.z.ptr()),
+            Arg::Ptr(st.m.as_ref().map_or(0, |m| m.ptr())),
+            Arg::Ptr(u.ptr()),
+            Arg::Ptr(w.ptr()),
+            Arg::Ptr(mh.as_ref().map_or(0, |m| m.ptr())),
+            Arg::Ptr(dn.ptr()),
+            Arg::n(n),
+            Arg::n(t),
+            Arg::I32(dims.d as i32),
+            Arg::I32(dims.dv as i32),
+            Arg::I32(kernel_code(p.kernel)),
+            Arg::I32(p.causal as i32),
+        ];
+        let smem = smem_bytes(OP, dims, f, sd)?;
+        self.launch_smem(ELA, &format!("ela_bwd_{}", dt(d)), Self::ela_launch_cfg(n), smem, &args)?;
+        Ok((dq, dk, dvo))
+    }
+
+    /// One recurrent step: the causal forward of one token from the carried state.
+    pub(crate) fn ela_step_impl(
+        &self,
+        q: &CudaStorage,
+        k: &CudaStorage,
+        v: &CudaStorage,
+        dims: &ElaDims,
+        kernel: ElaKernel,
+        state: &mut ElaStateBufs<CudaStorage>,
+    ) -> Result<CudaStorage> {
+        let one = ElaDims { t: 1, ..*dims };
+        self.ela_forward_op("ela_step", q, k, v, &one, &ElaParams { kernel, causal: true, chunk: 1 }, Some(state))
+    }
+}

@@ -1,0 +1,311 @@
+//! Fused last-axis kernels: softmax, RMS/layer norm and cross-entropy, forward and backward
+//! (kernels in `kernels/softmax_norm.cu` and `kernels/cross_entropy.cu`).
+
+use ela_core::{DType, Error, Layout, Result, Shape};
+
+use super::{check_float, dt, stat_dtype};
+use crate::device::{Arg, Cfg, Cuda};
+use crate::kernels::KernelFile::{CrossEntropy as CE, SoftmaxNorm as SN};
+use crate::storage::CudaStorage;
+
+/// Row blocks used by the column sums of weight gradients (each block sums rows/CHUNKS rows).
+const COLSUM_CHUNKS: usize = 64;
+
+fn expect_dtype(op: &'static str, s: &CudaStorage, d: DType, what: &'static str) -> Result<()> {
+    if s.dtype() == d {
+        Ok(())
+    } else {
+        Err(Error::invalid(op, format!("{what} has dtype {:?}, expected {d:?}", s.dtype())))
+    }
+}
+
+impl Cuda {
+    /// softmax / log_softmax along the last axis of a view.
+    pub(crate) fn softmax_impl(&self, src: &CudaStorage, l: &Layout, log: bool) -> Result<CudaStorage> {
+        check_float("softmax", src.dtype())?;
+        let n = l.dims().last().copied().unwrap_or(1);
+        let rows = l.elem_count().checked_div(n).unwrap_or(0);
+        let out = self.alloc(src.dtype(), l.elem_count())?;
+        let x = self.contig(src, l)?;
+        let args = [Arg::Ptr(out.ptr()), Arg::Ptr(x.ptr()), Arg::n(rows), Arg::n(n), Arg::I32(log as i32)];
+        self.launch(SN, &format!("softmax_{}", dt(src.dtype())), Cfg::rows(rows, n), &args)?;
+        Ok(out)
+    }
+
+    /// Backward of softmax / log_softmax from contiguous `y` and `dy`.
+    pub(crate) fn softmax_bwd_impl(
+        &self,
+        y: &CudaStorage,
+        dy: &CudaStorage,
+        shape: &Shape,
+        log: bool,
+    ) -> Result<CudaStorage> {
+        const OP: &str = "softmax_backward";
+        check_float(OP, y.dtype())?;
+        expect_dtype(OP, dy, y.dtype(), "the gradient")?;
+        let n = shape.dims().last().copied().unwrap_or(1);
+        let rows = shape.elem_count().checked_div(n).unwrap_or(0);
+        let out = self.alloc(y.dtype(), shape.elem_count())?;
+        let args =
+            [Arg::Ptr(out.ptr()), Arg::Ptr(y.ptr()), Arg::Ptr(dy.ptr()), Arg::n(rows), Arg::n(n), Arg::I32(log as i32)];
+        self.launch(SN, &format!("softmax_bwd_{}", dt(y.dtype())), Cfg::rows(rows, n), &args)?;
+        Ok(out)
+    }
+
+    /// A norm parameter in the input's dtype (cast when it differs), or a null pointer.
+    fn param_as(&self, p: Option<&CudaStorage>, d: DType, n: usize) -> Result<(u64, Option<CudaStorage>)> {
+        match p {
+            None => Ok((0, None)),
+            Some(p) if p.dtype() == d => Ok((p.ptr(), None)),
+            Some(p) => {
+                let c = self.cast_impl(p, &Layout::contiguous(n), d)?;
+                Ok((c.ptr(), Some(c)))
+            }
+        }
+    }
+
+    /// RMS norm of contiguous `[rows, n]`: `(y, rstd)`.
+    pub(crate) fn rms_norm_impl(
+        &self,
+        x: &CudaStorage,
+        w: Option<&CudaStorage>,
+        rows: usize,
+        n: usize,
+        eps: f64,
+    ) -> Result<(CudaStorage, CudaStorage)> {
+        check_float("rms_norm", x.dtype())?;
+        let y = self.alloc(x.dtype(), rows * n)?;
+        let rstd = self.alloc(stat_dtype(x.dtype()), rows)?;
+        let (wp, _wc) = self.param_as(w, x.dtype(), n)?;
+        let args = [
+            Arg::Ptr(y.ptr()),
+            Arg::Ptr(rstd.ptr()),
+            Arg::Ptr(x.ptr()),
+            Arg::Ptr(wp),
+            Arg::n(rows),
+            Arg::n(n),
+            Arg::F64(eps),
+        ];
+        self.launch(SN, &format!("rms_norm_{}", dt(x.dtype())), Cfg::rows(rows, n), &args)?;
+        Ok((y, rstd))
+    }
+
+    /// Sums over rows of `[rows, n]` per-element terms (see `colsum` in softmax_norm.cu), stored
+    /// in `out_dtype`.
+    #[allow(clippy::too_many_arguments)]
+    fn colsum(
+        &self,
+        x: &CudaStorage,
+        dy: &CudaStorage,
+        mean: u64,
+        rstd: u64,
+        rows: usize,
+        n: usize,
+        mode: i32,
+        out_dtype: DType,
+    ) -> Result<CudaStorage> {
+        let out = self.alloc(out_dtype, n)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        let chunks = rows.clamp(1, COLSUM_CHUNKS);
+        let partial = self.scratch(chunks * n * 8)?;
+        let cfg = Cfg { grid: n.div_ceil(256).min(1 << 16) as u32, grid_y: chunks as u32, block: 256 };
+        let args = [
+            Arg::Ptr(partial.ptr()),
+            Arg::Ptr(x.ptr()),
+            Arg::Ptr(dy.ptr()),
+            Arg::Ptr(mean),
+            Arg::Ptr(rstd),
+            Arg::n(rows),
+            Arg::n(n),
+            Arg::I32(mode),
+        ];
+        self.launch(SN, &format!("colsum_{}", dt(x.dtype())), cfg, &args)?;
+        let args = [Arg::Ptr(out.ptr()), Arg::Ptr(partial.ptr()), Arg::n(chunks), Arg::n(n)];
+        self.launch(SN, &format!("colsum_finish_{}", dt(out_dtype)), Cfg::elems(n), &args)?;
+        Ok(out)
+    }
+
+    /// Backward of RMS norm: `(dx, dweight)`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn rms_norm_bwd_impl(
+        &self,
+        x: &CudaStorage,
+        w: Option<&CudaStorage>,
+        rstd: &CudaStorage,
+        dy: &CudaStorage,
+        rows: usize,
+        n: usize,
+    ) -> Result<(CudaStorage, Option<CudaStorage>)> {
+        const OP: &str = "rms_norm_backward";
+        check_float(OP, x.dtype())?;
+        expect_dtype(OP, dy, x.dtype(), "the gradient")?;
+        expect_dtype(OP, rstd, stat_dtype(x.dtype()), "rstd")?;
+        let dx = self.alloc(x.dtype(), rows * n)?;
+        let (wp, _wc) = self.param_as(w, x.dtype(), n)?;
+        let args = [
+            Arg::Ptr(dx.ptr()),
+            Arg::Ptr(x.ptr()),
+            Arg::Ptr(wp),
+            Arg::Ptr(rstd.ptr()),
+            Arg::Ptr(dy.ptr()),
+            Arg::n(rows),
+            Arg::n(n),
+        ];
+        self.launch(SN, &format!("rms_norm_bwd_{}", dt(x.dtype())), Cfg::rows(rows, n), &args)?;
+        let dw = w.map(|w| self.colsum(x, dy, 0, rstd.ptr(), rows, n, 0, w.dtype())).transpose()?;
+        Ok((dx, dw))
+    }
+
+    /// Layer norm of contiguous `[rows, n]`: `(y, mean, rstd)`.
+    pub(crate) fn layer_norm_impl(
+        &self,
+        x: &CudaStorage,
+        w: Option<&CudaStorage>,
+        b: Option<&CudaStorage>,
+        rows: usize,
+        n: usize,
+        eps: f64,
+    ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+        check_float("layer_norm", x.dtype())?;
+        let y = self.alloc(x.dtype(), rows * n)?;
+        let mean = self.alloc(stat_dtype(x.dtype()), rows)?;
+        let rstd = self.alloc(stat_dtype(x.dtype()), rows)?;
+        let (wp, _wc) = self.param_as(w, x.dtype(), n)?;
+        let (bp, _bc) = self.param_as(b, x.dtype(), n)?;
+        let args = [
+            Arg::Ptr(y.ptr()),
+            Arg::Ptr(mean.ptr()),
+            Arg::Ptr(rstd.ptr()),
+            Arg::Ptr(x.ptr()),
+            Arg::Ptr(wp),
+            Arg::Ptr(bp),
+            Arg::n(rows),
+            Arg::n(n),
+            Arg::F64(eps),
+        ];
+        self.launch(SN, &format!("layer_norm_{}", dt(x.dtype())), Cfg::rows(rows, n), &args)?;
+        Ok((y, mean, rstd))
+    }
+
+    /// Backward of layer norm: `(dx, dweight, dbias)`; the parameter gradients exist when a
+    /// weight was given (as on the CPU).
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    pub(crate) fn layer_norm_bwd_impl(
+        &self,
+        x: &CudaStorage,
+        w: Option<&CudaStorage>,
+        mean: &CudaStorage,
+        rstd: &CudaStorage,
+        dy: &CudaStorage,
+        rows: usize,
+        n: usize,
+    ) -> Result<(CudaStorage, Option<CudaStorage>, Option<CudaStorage>)> {
+        const OP: &str = "layer_norm_backward";
+        check_float(OP, x.dtype())?;
+        expect_dtype(OP, dy, x.dtype(), "the gradient")?;
+        expect_dtype(OP, mean, stat_dtype(x.dtype()), "mean")?;
+        expect_dtype(OP, rstd, stat_dtype(x.dtype()), "rstd")?;
+        let dx = self.alloc(x.dtype(), rows * n)?;
+        let (wp, _wc) = self.param_as(w, x.dtype(), n)?;
+        let args = [
+            Arg::Ptr(dx.ptr()),
+            Arg::Ptr(x.ptr()),
+            Arg::Ptr(wp),
+            Arg::Ptr(mean.ptr()),
+            Arg::Ptr(rstd.ptr()),
+            Arg::Ptr(dy.ptr()),
+            Arg::n(rows),
+            Arg::n(n),
+        ];
+        self.launch(SN, &format!("layer_norm_bwd_{}", dt(x.dtype())), Cfg::rows(rows, n), &args)?;
+        let (mut dw, mut db) = (None, None);
+        if let Some(w) = w {
+            dw = Some(self.colsum(x, dy, mean.ptr(), rstd.ptr(), rows, n, 1, w.dtype())?);
+            db = Some(self.colsum(x, dy, mean.ptr(), rstd.ptr(), rows, n, 2, w.dtype())?);
+        }
+        Ok((dx, dw, db))
+    }
+
+    /// Fused cross-entropy: `(loss[rows], lse[rows])` in the statistics dtype. An out-of-range
+    /// target (not `ignore`) is an [`Error::Index`] naming the first such row's target.
+    pub(crate) fn cross_entropy_impl(
+        &self,
+        logits: &CudaStorage,
+        targets: &CudaStorage,
+        rows: usize,
+        classes: usize,
+        ignore: Option<u32>,
+    ) -> Result<(CudaStorage, CudaStorage)> {
+        const OP: &str = "cross_entropy";
+        check_float(OP, logits.dtype())?;
+        if targets.dtype() != DType::U32 {
+            return Err(Error::UnsupportedDType { op: OP, dtype: targets.dtype(), expected: "u32 class indices" });
+        }
+        let sd = stat_dtype(logits.dtype());
+        let (loss, lse) = (self.alloc(sd, rows)?, self.alloc(sd, rows)?);
+        if rows == 0 {
+            return Ok((loss, lse));
+        }
+        let bad = self.scratch(4)?;
+        self.memset_byte(bad.ptr(), 0xff, 4)?;
+        let args = [
+            Arg::Ptr(loss.ptr()),
+            Arg::Ptr(lse.ptr()),
+            Arg::Ptr(bad.ptr()),
+            Arg::Ptr(logits.ptr()),
+            Arg::Ptr(targets.ptr()),
+            Arg::n(rows),
+            Arg::n(classes),
+            Arg::I32(ignore.is_some() as i32),
+            Arg::U32(ignore.unwrap_or(0)),
+        ];
+        self.launch(CE, &format!("ce_fwd_{}", dt(logits.dtype())), Cfg::rows(rows, classes), &args)?;
+        let mut row = [0u32];
+        self.download(bad.ptr(), &mut row)?;
+        if row[0] != u32::MAX {
+            let mut t = [0u32];
+            self.download(targets.ptr_at(row[0] as usize), &mut t)?;
+            let shape = Shape::from(vec![rows, classes]);
+            return Err(Error::Index { op: OP, index: t[0] as usize, size: classes, axis: 1, shape });
+        }
+        Ok((loss, lse))
+    }
+
+    /// Backward of the fused cross-entropy: `dloss * (softmax - onehot)` in the logits' dtype.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn cross_entropy_bwd_impl(
+        &self,
+        logits: &CudaStorage,
+        targets: &CudaStorage,
+        lse: &CudaStorage,
+        dloss: &CudaStorage,
+        rows: usize,
+        classes: usize,
+        ignore: Option<u32>,
+    ) -> Result<CudaStorage> {
+        const OP: &str = "cross_entropy_backward";
+        check_float(OP, logits.dtype())?;
+        if targets.dtype() != DType::U32 {
+            return Err(Error::UnsupportedDType { op: OP, dtype: targets.dtype(), expected: "u32 class indices" });
+        }
+        let sd = stat_dtype(logits.dtype());
+        expect_dtype(OP, lse, sd, "lse")?;
+        expect_dtype(OP, dloss, sd, "dloss")?;
+        let dx = self.alloc(logits.dtype(), rows * classes)?;
+        let args = [
+            Arg::Ptr(dx.ptr()),
+            Arg::Ptr(logits.ptr()),
+            Arg::Ptr(targets.ptr()),
+            Arg::Ptr(lse.ptr()),
+            Arg::Ptr(dloss.ptr()),
+            Arg::n(rows),
+            Arg::n(classes),
+            Arg::I32(ignore.is_some() as i32),
+            Arg::U32(ignore.unwrap_or(0)),
+        ];
+        self.launch(CE, &format!("ce_bwd_{}", dt(logits.dtype())), Cfg::rows(rows, classes), &args)?;
+        Ok(dx)
+    }
+}

@@ -1,0 +1,44 @@
+//! The kernel sources compile with NVRTC. Needs only libnvrtc (no GPU): where it is missing the
+//! test prints why and passes, unless ELA_REQUIRE_CUDA=1.
+
+use ela_cuda::kernels;
+
+#[test]
+fn nvrtc_compiles_every_kernel_file() {
+    if !kernels::nvrtc_available() {
+        assert!(
+            std::env::var("ELA_REQUIRE_CUDA").as_deref() != Ok("1"),
+            "ELA_REQUIRE_CUDA=1 but no NVRTC library could be loaded"
+        );
+        println!("skipped: no NVRTC library (tried {:?})", kernels::linux_candidates("nvrtc"));
+        return;
+    }
+    let (major, minor) = kernels::nvrtc_version().unwrap();
+    let archs = kernels::supported_archs().unwrap();
+    println!("NVRTC {major}.{minor}, architectures {archs:?}");
+    // Every file as Hopper machine code (the device machine's GPU)...
+    match kernels::compile_all("sm_90") {
+        Ok(sizes) => println!("sm_90 CUBIN bytes: {sizes:?}"),
+        Err(e) => panic!("{e}"),
+    }
+    // ...and the PTX path (used when NVRTC is older than the GPU) for the oldest architecture.
+    let arch = format!("compute_{}", archs[0]);
+    match kernels::compile(kernels::KernelFile::CrossEntropy, &arch) {
+        Ok(kernels::Image::Ptx(p)) => assert!(p.contains(".entry ce_fwd_f32"), "PTX for {arch} holds the kernels"),
+        Ok(_) => panic!("expected PTX for {arch}, got a CUBIN"),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn a_broken_kernel_is_a_typed_error_with_the_log() {
+    if !kernels::nvrtc_available() {
+        println!("skipped: no NVRTC library");
+        return;
+    }
+    let err = kernels::compile_source("broken.cu", "extern \"C\" __global__ void k() { undefined_thing(); }", "sm_90")
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ela_core::Error::Backend { .. }), "{err:?}");
+    assert!(msg.contains("undefined_thing") && msg.contains("broken.cu"), "the NVRTC log is in the message: {msg}");
+}

@@ -1,0 +1,139 @@
+//! Fused ELA on the GPU against the CPU backend's chunked kernels: forward (causal, non-causal,
+//! every built-in kernel), backward, prefill with a carried state and recurrent steps.
+
+use ela_core::ela::ElaParams;
+use ela_core::{Cpu, DType, ElaKernel, ElaState, Result, Rng, Tensor};
+use ela_cuda::Cuda;
+
+use crate::{check_tol, gpu, Pair};
+
+/// q, k scaled and shifted (large shifts stress Hadamard Exp's log-scales), v standard normal.
+fn qkv(dims: [usize; 4], dv: usize, scale: f64, shift: f64, dtype: DType, seed: u64, dev: &Cuda) -> (Pair, Pair, Pair) {
+    let mut rng = Rng::new(seed);
+    let mut mk = |shape: Vec<usize>, s: f64, o: f64| {
+        Pair::new(Tensor::randn(o, s, shape, DType::F64, &mut rng, &Cpu).unwrap().to_dtype(dtype).unwrap(), dev)
+    };
+    let [b, h, t, d] = dims;
+    (mk(vec![b, h, t, d], scale, shift), mk(vec![b, h, t, d], scale, -shift), mk(vec![b, h, t, dv], 1.0, 0.0))
+}
+
+/// (rtol, atol) of GPU vs CPU ELA results: both are correct to rounding but sum in other orders
+/// (recurrent scan vs chunked products).
+fn ela_tol(d: DType) -> (f64, f64) {
+    match d {
+        DType::F64 => (1e-9, 1e-10),
+        DType::F32 => (2e-4, 2e-5),
+        DType::F16 => (4e-3, 2e-3),
+        _ => (3e-2, 1e-2),
+    }
+}
+
+#[test]
+fn ela_forward_and_backward_match_the_cpu_for_every_kernel() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    for (ki, kernel) in ElaKernel::ALL.into_iter().enumerate() {
+        for (di, &d) in [DType::F64, DType::F32, DType::F16, DType::BF16].iter().enumerate() {
+            for causal in [true, false] {
+                // Signed kernels: small inputs keep denominators away from 0 (|q+k|^2 is positive).
+                let (scale, shift) = match kernel {
+                    ElaKernel::HadamardExp => (1.0, 0.5),
+                    ElaKernel::Identity => (0.1, 1.0),
+                    _ => (0.3, 0.2),
+                };
+                let seed = 200 + 10 * ki as u64 + di as u64;
+                let (q, k, v) = qkv([2, 3, 37, 8], 5, scale, shift, d, seed, &dev);
+                let p = ElaParams { kernel, causal, chunk: 8 };
+                let tag = format!("{kernel} causal={causal} {d:?}");
+                let (cy, gy) = (q.cpu.ela(&k.cpu, &v.cpu, &p)?, q.gpu.ela(&k.gpu, &v.gpu, &p)?);
+                let (rt, at) = ela_tol(d);
+                check_tol(&format!("ela forward {tag}"), &cy, &gy, rt, at);
+                let dy = Pair::randn(&[2, 3, 37, 5], d, seed + 1, &dev);
+                let c = Tensor::ela_backward(&q.cpu, &k.cpu, &v.cpu, &cy, &dy.cpu, &p)?;
+                let g = Tensor::ela_backward(&q.gpu, &k.gpu, &v.gpu, &gy, &dy.gpu, &p)?;
+                for (name, c, g) in [("dq", c.0, g.0), ("dk", c.1, g.1), ("dv", c.2, g.2)] {
+                    check_tol(&format!("ela {name} {tag}"), &c, &g, rt * 5.0, at * 5.0);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn hadamard_exp_survives_inputs_that_overflow_exp() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    // exp(120) overflows f32 and f16: the log-scales keep every term <= 1.
+    for d in [DType::F32, DType::F64] {
+        for causal in [true, false] {
+            let (q, k, v) = qkv([1, 2, 50, 6], 4, 3.0, 60.0, d, 7, &dev);
+            let p = ElaParams { kernel: ElaKernel::HadamardExp, causal, chunk: 16 };
+            let (cy, gy) = (q.cpu.ela(&k.cpu, &v.cpu, &p)?, q.gpu.ela(&k.gpu, &v.gpu, &p)?);
+            assert!(gy.to_vec_f64()?.iter().all(|x| x.is_finite()), "finite outputs");
+            let (rt, at) = ela_tol(d);
+            check_tol(&format!("large-input ela causal={causal} {d:?}"), &cy, &gy, rt, at);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn prefill_then_steps_match_the_cpu_state_and_outputs() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    for kernel in ElaKernel::ALL {
+        for d in [DType::F32, DType::F64] {
+            let (scale, shift) = if kernel == ElaKernel::HadamardExp { (2.0, 3.0) } else { (0.3, 0.2) };
+            let (q, k, v) = qkv([2, 2, 12, 4], 3, scale, shift, d, 11, &dev);
+            let mut cs = ElaState::new(kernel, 2, 2, 4, 3, d, &Cpu)?;
+            let mut gs = ElaState::new(kernel, 2, 2, 4, 3, d, &dev)?;
+            let cy = cs.prefill(&q.cpu.narrow(2, 0, 9)?, &k.cpu.narrow(2, 0, 9)?, &v.cpu.narrow(2, 0, 9)?, 4)?;
+            let gy = gs.prefill(&q.gpu.narrow(2, 0, 9)?, &k.gpu.narrow(2, 0, 9)?, &v.gpu.narrow(2, 0, 9)?, 4)?;
+            let (rt, at) = ela_tol(d);
+            let tag = format!("{kernel} {d:?}");
+            check_tol(&format!("prefill {tag}"), &cy, &gy, rt, at);
+            for i in 9..12 {
+                let cy = cs.step(&q.cpu.narrow(2, i, 1)?, &k.cpu.narrow(2, i, 1)?, &v.cpu.narrow(2, i, 1)?)?;
+                let gy = gs.step(&q.gpu.narrow(2, i, 1)?, &k.gpu.narrow(2, i, 1)?, &v.gpu.narrow(2, i, 1)?)?;
+                check_tol(&format!("step {i} {tag}"), &cy, &gy, rt, at);
+            }
+            // The carried state itself (S, z and the log-scales) agrees.
+            let (cb, gb) = (cs.buffers()?, gs.buffers()?);
+            check_tol(&format!("state S {tag}"), &cb.0, &gb.0, rt, at);
+            check_tol(&format!("state z {tag}"), &cb.1, &gb.1, rt, at);
+            if let (Some(cm), Some(gm)) = (cb.2, gb.2) {
+                check_tol(&format!("state m {tag}"), &cm, &gm, 0.0, 0.0);
+            }
+            // The whole sequence in one causal call gives the same outputs as prefill + steps.
+            let full = q.gpu.ela(&k.gpu, &v.gpu, &ElaParams::causal(kernel))?;
+            let last = full.narrow(2, 11, 1)?;
+            assert_eq!(gs.tokens(), 12);
+            let cpu_full = q.cpu.ela(&k.cpu, &v.cpu, &ElaParams::causal(kernel))?.narrow(2, 11, 1)?;
+            check_tol(&format!("full vs steps {tag}"), &cpu_full.contiguous()?, &last.contiguous()?, rt, at);
+        }
+    }
+    // A state only exists for causal attention: a typed error, as on the CPU.
+    let (q, k, v) = qkv([1, 1, 4, 4], 4, 1.0, 0.0, DType::F32, 3, &dev);
+    let mut st = ela_core::ela::ElaStateBufs { s: dev.full_f32(16)?, z: dev.full_f32(4)?, m: Some(dev.full_f32(4)?) };
+    let dims = ela_core::ela::ElaDims { batch: 1, heads: 1, t: 4, d: 4, dv: 4 };
+    let p = ElaParams::non_causal(ElaKernel::HadamardExp);
+    let err = ela_core::Backend::ela_forward(
+        &dev,
+        q.gpu.storage(),
+        k.gpu.storage(),
+        v.gpu.storage(),
+        &dims,
+        &p,
+        Some(&mut st),
+    );
+    assert!(matches!(err, Err(ela_core::Error::InvalidArgument { .. })), "{err:?}");
+    Ok(())
+}
+
+/// Test helper: a zero f32 buffer through the Backend API.
+trait FullF32 {
+    fn full_f32(&self, n: usize) -> Result<ela_cuda::CudaStorage>;
+}
+impl FullF32 for Cuda {
+    fn full_f32(&self, n: usize) -> Result<ela_cuda::CudaStorage> {
+        ela_core::Backend::full(self, n, 0.0, DType::F32)
+    }
+}

@@ -1,0 +1,166 @@
+//! Softmax, RMS/layer norm and cross-entropy: forward and the dedicated backward kernels.
+
+use ela_core::{Cpu, Error, Result, Tensor};
+
+use crate::{both, check, check_tol, gpu, Pair, FLOATS};
+
+#[test]
+fn softmax_and_log_softmax_forward_backward() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    for (k, &d) in FLOATS.iter().enumerate() {
+        // Row lengths below, at and above a warp and a full block; a strided input.
+        for n in [1usize, 7, 32, 100, 1500] {
+            let x = Pair::randn_strided(&[3, n.max(2)], d, 40 + k as u64, &dev);
+            let x = Pair { cpu: x.cpu.narrow(1, 0, n)?, gpu: x.gpu.narrow(1, 0, n)? };
+            let dy = Pair::randn(&[3, n], d, 41 + k as u64, &dev);
+            for log in [false, true] {
+                let (c, g) = both!(|x| if log { x.log_softmax(1usize)? } else { x.softmax(1usize)? });
+                check(&format!("softmax n={n} log={log} {d:?}"), &c, &g);
+                let y = Pair { cpu: c, gpu: g };
+                let (c, g) = both!(|y, dy| y.softmax_last_backward(dy, log)?);
+                check(&format!("softmax backward n={n} log={log} {d:?}"), &c, &g);
+            }
+        }
+        // Along axis 0 (the tensor layer hands the kernel a transposed view).
+        let x = Pair::randn(&[6, 5], d, 42, &dev);
+        let (c, g) = both!(|x| x.softmax(0usize)?);
+        check("softmax axis 0", &c, &g);
+    }
+    // A fully masked row gives NaN on both devices.
+    let x = Pair::new(Tensor::from_vec(vec![f32::NEG_INFINITY; 4], [1, 4], &Cpu)?, &dev);
+    let (c, g) = both!(|x| x.softmax(1usize)?);
+    check("masked row", &c, &g);
+    Ok(())
+}
+
+#[test]
+fn rms_and_layer_norm_forward_backward() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    for (k, &d) in FLOATS.iter().enumerate() {
+        for (rows, n) in [(5usize, 8usize), (70, 33), (3, 1024), (130, 3)] {
+            let s = 50 + k as u64 * 7 + n as u64;
+            let x = Pair::randn(&[rows, n], d, s, &dev);
+            let w = Pair::randn(&[n], d, s + 1, &dev);
+            let b = Pair::randn(&[n], d, s + 2, &dev);
+            let dy = Pair::randn(&[rows, n], d, s + 3, &dev);
+            let tag = format!("{rows}x{n} {d:?}");
+            for with_w in [false, true] {
+                let wo = |p: &Pair| if with_w { Some((p.cpu.clone(), p.gpu.clone())) } else { None };
+                let wp = wo(&w);
+                let (cw, gw) = (wp.as_ref().map(|p| &p.0), wp.as_ref().map(|p| &p.1));
+                // RMS norm.
+                let (cy, cr) = x.cpu.rms_norm_fwd(cw, 1e-5)?;
+                let (gy, gr) = x.gpu.rms_norm_fwd(gw, 1e-5)?;
+                check(&format!("rms y {tag} w={with_w}"), &cy, &gy);
+                check(&format!("rms rstd {tag}"), &cr, &gr);
+                let dev_c = Cpu;
+                let (cdx, cdw) = ela_core::Backend::rms_norm_backward(
+                    &dev_c,
+                    x.cpu.contiguous()?.storage(),
+                    cw.map(|w| w.storage()),
+                    cr.storage(),
+                    dy.cpu.storage(),
+                    rows,
+                    n,
+                )?;
+                let (gdx, gdw) = ela_core::Backend::rms_norm_backward(
+                    &dev,
+                    x.gpu.storage(),
+                    gw.map(|w| w.storage()),
+                    gr.storage(),
+                    dy.gpu.storage(),
+                    rows,
+                    n,
+                )?;
+                let (rt, at) = crate::tol(d);
+                let wrap_c = |s| Tensor::from_storage(s, [rows, n], &Cpu);
+                let wrap_g = |s| Tensor::from_storage(s, [rows, n], &dev);
+                check_tol(&format!("rms dx {tag}"), &wrap_c(cdx), &wrap_g(gdx), rt * 4.0, at * 4.0);
+                assert_eq!(cdw.is_some(), gdw.is_some());
+                if let (Some(c), Some(g)) = (cdw, gdw) {
+                    let (c, g) = (Tensor::from_storage(c, n, &Cpu), Tensor::from_storage(g, n, &dev));
+                    check_tol(&format!("rms dw {tag}"), &c, &g, rt * 4.0, at * 4.0);
+                }
+                // Layer norm, with and without bias.
+                for with_b in [false, true] {
+                    let bp = if with_b { Some((&b.cpu, &b.gpu)) } else { None };
+                    let (cy, cm, cr) = x.cpu.layer_norm_fwd(cw, bp.map(|p| p.0), 1e-5)?;
+                    let (gy, gm, gr) = x.gpu.layer_norm_fwd(gw, bp.map(|p| p.1), 1e-5)?;
+                    check(&format!("ln y {tag} w={with_w} b={with_b}"), &cy, &gy);
+                    check(&format!("ln mean {tag}"), &cm, &gm);
+                    check(&format!("ln rstd {tag}"), &cr, &gr);
+                    let c = ela_core::Backend::layer_norm_backward(
+                        &dev_c,
+                        x.cpu.storage(),
+                        cw.map(|w| w.storage()),
+                        cm.storage(),
+                        cr.storage(),
+                        dy.cpu.storage(),
+                        rows,
+                        n,
+                    )?;
+                    let g = ela_core::Backend::layer_norm_backward(
+                        &dev,
+                        x.gpu.storage(),
+                        gw.map(|w| w.storage()),
+                        gm.storage(),
+                        gr.storage(),
+                        dy.gpu.storage(),
+                        rows,
+                        n,
+                    )?;
+                    check_tol(&format!("ln dx {tag}"), &wrap_c(c.0), &wrap_g(g.0), rt * 4.0, at * 4.0);
+                    for (name, cs, gs) in [("dw", c.1, g.1), ("db", c.2, g.2)] {
+                        assert_eq!(cs.is_some(), gs.is_some(), "ln {name} presence");
+                        if let (Some(cs), Some(gs)) = (cs, gs) {
+                            let (c, g) = (Tensor::from_storage(cs, n, &Cpu), Tensor::from_storage(gs, n, &dev));
+                            check_tol(&format!("ln {name} {tag}"), &c, &g, rt * 4.0, at * 4.0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn cross_entropy_forward_backward_and_bad_targets() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    for (k, &d) in FLOATS.iter().enumerate() {
+        for (rows, classes) in [(9usize, 5usize), (33, 1000), (4, 50_000)] {
+            let x = Pair::randn(&[rows, classes], d, 60 + k as u64, &dev);
+            let mut t = Pair::ids(&[rows], classes as u32, 61 + k as u64, &dev);
+            // Some rows carry the ignore index.
+            let ig = classes as u32 + 7;
+            let mut tv = t.cpu.to_vec::<u32>()?;
+            tv[0] = ig;
+            tv[rows - 1] = ig;
+            t = Pair::new(Tensor::from_vec(tv, rows, &Cpu)?, &dev);
+            for ignore in [None, Some(ig)] {
+                if ignore.is_none() {
+                    // Without an ignore index, `ig` is an out-of-range target.
+                    let err = x.gpu.cross_entropy_fwd(&t.gpu, None).unwrap_err();
+                    assert!(
+                        matches!(err, Error::Index { index, size, .. } if index == ig as usize && size == classes),
+                        "{err}"
+                    );
+                    continue;
+                }
+                let ((cl, cs), (gl, gs)) = both!(|x, t| x.cross_entropy_fwd(t, ignore)?);
+                let tag = format!("{rows}x{classes} {d:?}");
+                check_tol(&format!("ce loss {tag}"), &cl, &gl, 2e-5, 2e-5);
+                check_tol(&format!("ce lse {tag}"), &cs, &gs, 2e-5, 2e-5);
+                let dl = Pair::randn(&[rows], cl.dtype(), 62, &dev);
+                let (c, g) = (
+                    x.cpu.cross_entropy_backward(&t.cpu, &cs, &dl.cpu, ignore)?,
+                    x.gpu.cross_entropy_backward(&t.gpu, &gs, &dl.gpu, ignore)?,
+                );
+                check(&format!("ce backward {tag}"), &c, &g);
+                let (c, g) = both!(|x, t| x.cross_entropy(t, ignore)?);
+                check_tol(&format!("ce mean {tag}"), &c, &g, 2e-5, 2e-5);
+            }
+        }
+    }
+    Ok(())
+}

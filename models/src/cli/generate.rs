@@ -1,0 +1,72 @@
+//! `ela generate`: sample from a trained checkpoint.
+
+use std::path::PathBuf;
+
+use ela_core::{Backend, Cpu, DType, Error, Result, Rng};
+use ela_nn::checkpoint;
+use ela_nn::module::ParamStore;
+
+use crate::data::ByteTokenizer;
+use crate::lm::{generate, ElaLm, LmConfig, SampleConfig};
+
+/// Options of `ela generate`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GenerateArgs {
+    /// A run folder (holding checkpoint.safetensors) or a checkpoint file.
+    #[arg(long, default_value = "runs/ela-small")]
+    pub checkpoint: PathBuf,
+    /// Text to continue.
+    #[arg(long, default_value = "the ")]
+    pub prompt: String,
+    /// Bytes to generate.
+    #[arg(long, default_value_t = 200)]
+    pub tokens: usize,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    /// Keep the k most likely bytes (0 = all).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Nucleus probability mass.
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f64,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Device: `cpu` or `cuda`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Load the model saved in a checkpoint (file or run folder).
+pub fn load_model<B: Backend>(path: &std::path::Path, device: &B) -> Result<ElaLm<B>> {
+    let file = if path.is_dir() { path.join("checkpoint.safetensors") } else { path.to_path_buf() };
+    let ck = checkpoint::load(&file, device)?;
+    let cfg = LmConfig::from_pairs(|k| ck.metadata.get(k).cloned())
+        .map_err(|e| Error::Io { path: file.display().to_string(), msg: format!("not an ELA-rs LM checkpoint: {e}") })?;
+    let store = ParamStore::new(device, DType::F32, 0);
+    let model = ElaLm::new(&store, cfg)?;
+    store.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "model."), true)?;
+    Ok(model)
+}
+
+fn go<B: Backend>(args: &GenerateArgs, device: &B) -> Result<String> {
+    let model = load_model(&args.checkpoint, device)?;
+    let cfg = SampleConfig { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p };
+    let prompt = ByteTokenizer.encode(&args.prompt);
+    if prompt.is_empty() {
+        return Err(Error::invalid("generate", "--prompt must not be empty"));
+    }
+    let out = generate(&model, &prompt, args.tokens, &cfg, &mut Rng::new(args.seed))?;
+    Ok(format!("{}{}", args.prompt, ByteTokenizer.decode(&out)))
+}
+
+/// Run `ela generate`.
+pub fn run(args: &GenerateArgs) -> Result<()> {
+    let text = match args.device.as_str() {
+        "cpu" => go(args, &Cpu)?,
+        other => super::with_gpu(other, |dev| go(args, dev))?,
+    };
+    println!("{text}");
+    Ok(())
+}

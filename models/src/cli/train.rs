@@ -1,0 +1,34 @@
+//! `ela train`.
+
+use ela_core::{Cpu, Result};
+
+use crate::train::{train, TrainArgs};
+
+/// Run `ela train` and print its report.
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let report = match args.device.as_str() {
+        "cpu" => train(args, &Cpu)?,
+        other => super::with_gpu(other, |dev| train(args, dev))?,
+    };
+    if let Some(first) = report.first_loss {
+        println!("train loss: {first:.4} -> {:.4} nats/byte over {} steps", report.last_loss, report.steps_run);
+    }
+    println!(
+        "validation loss: {:.4} nats/byte ({:.3} bits/byte); unigram baseline: {:.4} nats/byte",
+        report.val_loss,
+        report.val_loss / std::f64::consts::LN_2,
+        report.unigram_loss
+    );
+    println!(
+        "{} parameters, {:.1} s, {:.0} tokens/s",
+        report.params, report.seconds, report.tokens_per_sec
+    );
+    println!("sample: {:?}", report.sample);
+    println!(
+        "checkpoint: {}\nloss plot: {}\nmetrics: {}",
+        report.checkpoint.display(),
+        report.plot.display(),
+        report.metrics.display()
+    );
+    Ok(())
+}

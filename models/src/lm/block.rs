@@ -1,0 +1,194 @@
+//! One layer of the LM: attention, FFN (dense SwiGLU or MoE), optional Memory Lobe, connected by
+//! Hyper-Link or by the standard pre-norm residual.
+
+use ela_autograd::Var;
+use ela_core::{Backend, Error, Result};
+use ela_nn::attention::{AttnCache, Attention, AttentionConfig};
+use ela_nn::layers::{LinearInit, RmsNorm, SwiGlu};
+use ela_nn::moe::{Moe, MoeConfig, RoutingBias, RoutingStats, ScoreFn};
+use ela_nn::module::ParamStore;
+
+use super::config::{LmConfig, Link, LobeMode};
+use super::mixer::{attention_mixer, lobe_mixer};
+
+/// The FFN of a block.
+pub enum Ffn<B: Backend> {
+    /// Dense SwiGLU.
+    Dense(SwiGlu<B>),
+    /// Mixture of SwiGLU experts.
+    Moe(Moe<B>),
+}
+
+/// What a block's forward returns besides its output.
+pub struct BlockAux<B: Backend> {
+    /// MoE auxiliary loss, when enabled.
+    pub aux_loss: Option<Var<B>>,
+    /// MoE routing statistics, when the FFN is an MoE.
+    pub stats: Option<RoutingStats>,
+}
+
+/// Decoding caches of one block.
+pub struct BlockCache<B: Backend> {
+    attn: AttnCache<B>,
+    lobe: Option<AttnCache<B>>,
+}
+
+impl<B: Backend> BlockCache<B> {
+    /// Bytes held (attention cache plus lobe state).
+    pub fn bytes(&self) -> usize {
+        self.attn.bytes() + self.lobe.as_ref().map_or(0, |c| c.bytes())
+    }
+}
+
+/// One layer.
+pub struct Block<B: Backend> {
+    norm1: RmsNorm<B>,
+    norm2: Option<RmsNorm<B>>,
+    attn: Attention<B>,
+    ffn: Ffn<B>,
+    lobe: Option<Attention<B>>,
+    link: Link,
+}
+
+fn parse_bias(s: &str) -> Result<RoutingBias> {
+    Ok(match s {
+        "none" => RoutingBias::None,
+        "inner" => RoutingBias::Inner,
+        "outer" => RoutingBias::Outer,
+        _ => return Err(Error::invalid("LmConfig", format!("unknown MoE bias {s:?}; expected none, inner or outer"))),
+    })
+}
+
+fn parse_score(s: &str) -> Result<ScoreFn> {
+    Ok(match s {
+        "softmax" => ScoreFn::Softmax,
+        "sigmoid" => ScoreFn::Sigmoid,
+        _ => return Err(Error::invalid("LmConfig", format!("unknown MoE score {s:?}; expected softmax or sigmoid"))),
+    })
+}
+
+impl<B: Backend> Block<B> {
+    /// Register the layer's parameters under `vs`.
+    pub fn new(vs: &ParamStore<B>, cfg: &LmConfig) -> Result<Self> {
+        let eps = 1e-6;
+        let attn_cfg = AttentionConfig {
+            dim: cfg.dim,
+            heads: cfg.heads,
+            causal: true,
+            rope: cfg.rope_max_len.map(|l| (10_000.0, l)),
+            mixer: attention_mixer(&cfg.attention)?,
+        };
+        let ffn = match &cfg.moe {
+            None => Ffn::Dense(SwiGlu::new(&vs.sub("ffn"), cfg.dim, cfg.ffn_hidden, LinearInit::Normal { std: 0.02 })?),
+            Some(m) => {
+                let mut mc = MoeConfig::new(cfg.dim, cfg.ffn_hidden, m.experts, m.top_k);
+                mc.bias = parse_bias(&m.bias)?;
+                mc.score = parse_score(&m.score)?;
+                mc.aux_alpha = m.aux_alpha;
+                mc.loss_free_gamma = m.loss_free_gamma;
+                Ffn::Moe(Moe::new(&vs.sub("moe"), mc)?)
+            }
+        };
+        let lobe = match cfg.lobe {
+            LobeMode::Off => None,
+            mode => {
+                let lc = AttentionConfig {
+                    dim: cfg.dim,
+                    heads: 1,
+                    causal: mode == LobeMode::Causal,
+                    rope: None,
+                    mixer: lobe_mixer()?,
+                };
+                Some(Attention::new(&vs.sub("lobe"), lc)?)
+            }
+        };
+        Ok(Block {
+            norm1: RmsNorm::new(&vs.sub("norm1"), cfg.dim, eps)?,
+            norm2: (cfg.link == Link::Residual).then(|| RmsNorm::new(&vs.sub("norm2"), cfg.dim, eps)).transpose()?,
+            attn: Attention::new(&vs.sub("attn"), attn_cfg)?,
+            ffn,
+            lobe,
+            link: cfg.link,
+        })
+    }
+
+    /// The MoE layer, if the FFN is one.
+    pub fn moe(&self) -> Option<&Moe<B>> {
+        match &self.ffn {
+            Ffn::Moe(m) => Some(m),
+            Ffn::Dense(_) => None,
+        }
+    }
+
+    fn ffn(&self, x: &Var<B>) -> Result<(Var<B>, BlockAux<B>)> {
+        Ok(match &self.ffn {
+            Ffn::Dense(m) => (m.forward(x)?, BlockAux { aux_loss: None, stats: None }),
+            Ffn::Moe(m) => {
+                let o = m.forward(x)?;
+                (o.y, BlockAux { aux_loss: o.aux_loss, stats: Some(o.stats) })
+            }
+        })
+    }
+
+    /// Combine the attention output `a` (or the residual stream) into the layer output, given
+    /// the lobe's way of running (whole sequence or one step).
+    fn connect(
+        &self,
+        x: &Var<B>,
+        a: Var<B>,
+        mut lobe: impl FnMut(&Attention<B>, &Var<B>) -> Result<Var<B>>,
+    ) -> Result<(Var<B>, BlockAux<B>)> {
+        match self.link {
+            Link::Hyper => {
+                // f = a + FFN(a); m = Lobe(f); x' = x + f + m (no residual around attention).
+                let (h, aux) = self.ffn(&a)?;
+                let f = a.add(&h)?;
+                let out = match &self.lobe {
+                    Some(l) => x.add(&f)?.add(&lobe(l, &f)?)?,
+                    None => x.add(&f)?,
+                };
+                Ok((out, aux))
+            }
+            Link::Residual => {
+                let h = x.add(&a)?;
+                let norm2 = self.norm2.as_ref().expect("residual blocks have norm2");
+                let (f, aux) = self.ffn(&norm2.forward(&h)?)?;
+                let out = match &self.lobe {
+                    Some(l) => h.add(&f)?.add(&lobe(l, &f)?)?,
+                    None => h.add(&f)?,
+                };
+                Ok((out, aux))
+            }
+        }
+    }
+
+    /// Whole-sequence forward `[batch, time, dim]`.
+    pub fn forward(&self, x: &Var<B>) -> Result<(Var<B>, BlockAux<B>)> {
+        let a = self.attn.forward(&self.norm1.forward(x)?)?;
+        self.connect(x, a, |l, f| l.forward(f))
+    }
+
+    /// Run a prompt and keep the caches for decoding.
+    pub fn prefill(&self, x: &Var<B>) -> Result<(Var<B>, BlockCache<B>)> {
+        let (a, attn_cache) = self.attn.prefill(&self.norm1.forward(x)?)?;
+        let mut lobe_cache = None;
+        let (out, _) = self.connect(x, a, |l, f| {
+            let (m, c) = l.prefill(f)?;
+            lobe_cache = Some(c);
+            Ok(m)
+        })?;
+        Ok((out, BlockCache { attn: attn_cache, lobe: lobe_cache }))
+    }
+
+    /// Decode one position `x [batch, 1, dim]` at absolute position `pos`.
+    pub fn step(&self, x: &Var<B>, pos: usize, cache: &mut BlockCache<B>) -> Result<Var<B>> {
+        let a = self.attn.step(&self.norm1.forward(x)?, pos, &mut cache.attn)?;
+        let lobe_cache = &mut cache.lobe;
+        let (out, _) = self.connect(x, a, |l, f| {
+            let c = lobe_cache.as_mut().ok_or_else(|| Error::invalid("Block::step", "missing lobe cache"))?;
+            l.step(f, pos, c)
+        })?;
+        Ok(out)
+    }
+}
+

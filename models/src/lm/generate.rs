@@ -1,0 +1,118 @@
+//! Sampling: greedy, temperature, top-k and top-p (nucleus), decoding from the model's state.
+
+use ela_core::{Backend, Error, Result, Rng};
+
+use super::model::ElaLm;
+
+/// Sampling options.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SampleConfig {
+    /// Softmax temperature; 0 means greedy (argmax).
+    pub temperature: f64,
+    /// Keep only the `k` most likely tokens (0 = no limit).
+    pub top_k: usize,
+    /// Keep the smallest set of most likely tokens whose probability reaches `p` (1 = no limit).
+    pub top_p: f64,
+}
+
+impl Default for SampleConfig {
+    fn default() -> Self {
+        SampleConfig { temperature: 0.8, top_k: 40, top_p: 0.95 }
+    }
+}
+
+impl SampleConfig {
+    /// Check the ranges.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(Error::invalid("sample", format!("temperature must be >= 0, got {}", self.temperature)));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::invalid("sample", format!("top_p must be in (0, 1], got {}", self.top_p)));
+        }
+        Ok(())
+    }
+}
+
+/// Draw one token id from `logits` (one row).
+pub fn sample(logits: &[f64], cfg: &SampleConfig, rng: &mut Rng) -> usize {
+    if cfg.temperature == 0.0 {
+        return logits.iter().enumerate().fold((0, f64::NEG_INFINITY), |b, (i, &l)| if l > b.1 { (i, l) } else { b }).0;
+    }
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].partial_cmp(&logits[a]).unwrap_or(std::cmp::Ordering::Equal));
+    if cfg.top_k > 0 {
+        order.truncate(cfg.top_k.max(1));
+    }
+    let m = logits[order[0]];
+    let mut probs: Vec<f64> = order.iter().map(|&i| ((logits[i] - m) / cfg.temperature).exp()).collect();
+    let z: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= z);
+    // Nucleus: the shortest prefix (most likely first) whose mass reaches top_p.
+    let mut mass = 0.0;
+    let mut keep = probs.len();
+    for (i, p) in probs.iter().enumerate() {
+        mass += p;
+        if mass >= cfg.top_p {
+            keep = i + 1;
+            break;
+        }
+    }
+    let z: f64 = probs[..keep].iter().sum();
+    let mut u = rng.uniform() * z;
+    for (i, p) in probs[..keep].iter().enumerate() {
+        u -= p;
+        if u <= 0.0 {
+            return order[i];
+        }
+    }
+    order[keep - 1]
+}
+
+/// Continue `prompt` by `new_tokens` tokens (batch of one), returning only the new tokens.
+pub fn generate<B: Backend>(
+    model: &ElaLm<B>,
+    prompt: &[u32],
+    new_tokens: usize,
+    cfg: &SampleConfig,
+    rng: &mut Rng,
+) -> Result<Vec<u32>> {
+    cfg.validate()?;
+    let dev = model.store().device();
+    let ids = ela_core::Tensor::from_vec(prompt.to_vec(), [1, prompt.len()], dev)?;
+    let (mut logits, mut state) = model.prefill(&ids)?;
+    let mut out = Vec::with_capacity(new_tokens);
+    for i in 0..new_tokens {
+        let next = sample(&logits.to_vec_f64()?, cfg, rng) as u32;
+        out.push(next);
+        if i + 1 < new_tokens {
+            logits = model.step(&[next], &mut state)?.squeeze(0usize)?;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_topk_topp() {
+        let logits = [0.0, 3.0, 1.0, 2.9];
+        let mut rng = Rng::new(0);
+        assert_eq!(sample(&logits, &SampleConfig { temperature: 0.0, top_k: 0, top_p: 1.0 }, &mut rng), 1);
+        // top_k = 1 is greedy whatever the temperature.
+        for _ in 0..20 {
+            assert_eq!(sample(&logits, &SampleConfig { temperature: 5.0, top_k: 1, top_p: 1.0 }, &mut rng), 1);
+        }
+        // A tiny top_p keeps only the most likely token.
+        for _ in 0..20 {
+            assert_eq!(sample(&logits, &SampleConfig { temperature: 1.0, top_k: 0, top_p: 1e-6 }, &mut rng), 1);
+        }
+        // top_k = 2 only ever returns tokens 1 or 3, and both occur.
+        let draws: Vec<usize> =
+            (0..200).map(|_| sample(&logits, &SampleConfig { temperature: 1.0, top_k: 2, top_p: 1.0 }, &mut rng)).collect();
+        assert!(draws.iter().all(|&d| d == 1 || d == 3) && draws.contains(&1) && draws.contains(&3));
+        assert!(SampleConfig { temperature: -1.0, top_k: 0, top_p: 1.0 }.validate().is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! The ELA language model: configuration, blocks (Hyper-Link or residual, MoE, Memory Lobe),
+//! the model with its decoding state, and sampling.
+
+pub mod block;
+pub mod config;
+pub mod generate;
+mod mixer;
+pub mod model;
+
+pub use config::{AttnKind, LmConfig, Link, LobeMode, MoeSpec};
+pub use generate::{generate, sample, SampleConfig};
+pub use model::{DecodeState, ElaLm, LmOutput};

@@ -1,0 +1,179 @@
+//! `ElaLm`: the decoder language model.
+
+use ela_autograd::{no_grad, Var};
+use ela_core::{Backend, CpuStorage, DType, Error, Result, Tensor};
+use ela_nn::layers::{Embedding, Linear, LinearConfig, LinearInit, RmsNorm};
+use ela_nn::moe::RoutingStats;
+use ela_nn::module::ParamStore;
+
+use super::block::{Block, BlockCache};
+use super::config::LmConfig;
+
+/// Output of a training forward pass.
+pub struct LmOutput<B: Backend> {
+    /// Logits `[batch, time, vocab]`.
+    pub logits: Var<B>,
+    /// Sum of the layers' MoE auxiliary losses, when enabled.
+    pub aux_loss: Option<Var<B>>,
+    /// Routing statistics per MoE layer (empty for dense models).
+    pub routing: Vec<RoutingStats>,
+}
+
+/// Decoding state of the whole model: one cache per layer and the next position.
+pub struct DecodeState<B: Backend> {
+    caches: Vec<BlockCache<B>>,
+    pos: usize,
+}
+
+impl<B: Backend> DecodeState<B> {
+    /// Tokens processed so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+    /// Bytes of state held across layers: constant for ELA layers, growing for softmax KV caches.
+    pub fn bytes(&self) -> usize {
+        self.caches.iter().map(|c| c.bytes()).sum()
+    }
+}
+
+/// The ELA language model (see docs/model.md).
+pub struct ElaLm<B: Backend> {
+    cfg: LmConfig,
+    embed: Embedding<B>,
+    blocks: Vec<Block<B>>,
+    final_norm: Option<RmsNorm<B>>,
+    head: Option<Linear<B>>,
+    store: ParamStore<B>,
+}
+
+impl<B: Backend> ElaLm<B> {
+    /// Build the model with parameters registered in `store`.
+    pub fn new(store: &ParamStore<B>, cfg: LmConfig) -> Result<Self> {
+        cfg.validate()?;
+        let embed = Embedding::new(&store.sub("embed"), cfg.vocab, cfg.dim, 0.02)?;
+        let blocks = (0..cfg.layers).map(|i| Block::new(&store.sub("layers").sub(i), &cfg)).collect::<Result<Vec<_>>>()?;
+        let final_norm = cfg.final_norm.then(|| RmsNorm::new(&store.sub("final_norm"), cfg.dim, 1e-6)).transpose()?;
+        let head = (!cfg.tied_embeddings)
+            .then(|| Linear::new(&store.sub("head"), cfg.dim, cfg.vocab, LinearConfig::no_bias(LinearInit::Normal { std: 0.02 })))
+            .transpose()?;
+        Ok(ElaLm { cfg, embed, blocks, final_norm, head, store: store.clone() })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LmConfig {
+        &self.cfg
+    }
+
+    /// The parameter store (names, counts, state dict).
+    pub fn store(&self) -> &ParamStore<B> {
+        &self.store
+    }
+
+    /// The layers.
+    pub fn blocks(&self) -> &[Block<B>] {
+        &self.blocks
+    }
+
+    fn check_ids(&self, ids: &Tensor<B>) -> Result<(usize, usize)> {
+        if ids.dtype() != DType::U32 || ids.rank() != 2 {
+            return Err(Error::invalid(
+                "ElaLm",
+                format!("token ids must be a u32 tensor [batch, time], got {:?} {}", ids.dtype(), ids.shape()),
+            ));
+        }
+        Ok((ids.dims()[0], ids.dims()[1]))
+    }
+
+    fn logits(&self, h: &Var<B>) -> Result<Var<B>> {
+        let h = match &self.final_norm {
+            Some(n) => n.forward(h)?,
+            None => h.clone(),
+        };
+        match &self.head {
+            Some(l) => l.forward(&h),
+            None => {
+                let d = h.dims();
+                let flat = h.reshape([d[0] * d[1], self.cfg.dim])?;
+                flat.matmul(&self.embed.weight().t()?)?.reshape([d[0], d[1], self.cfg.vocab])
+            }
+        }
+    }
+
+    /// Logits for token ids `[batch, time]` (causal: position t sees tokens <= t only, unless a
+    /// bidirectional lobe was chosen).
+    pub fn forward(&self, ids: &Tensor<B>) -> Result<LmOutput<B>> {
+        self.check_ids(ids)?;
+        let mut h = self.embed.forward(ids)?;
+        let mut aux: Option<Var<B>> = None;
+        let mut routing = Vec::new();
+        for b in &self.blocks {
+            let (out, a) = b.forward(&h)?;
+            h = out;
+            if let Some(l) = a.aux_loss {
+                aux = Some(match aux {
+                    Some(prev) => prev.add(&l)?,
+                    None => l,
+                });
+            }
+            routing.extend(a.stats);
+        }
+        Ok(LmOutput { logits: self.logits(&h)?, aux_loss: aux, routing })
+    }
+
+    /// Mean next-token cross-entropy of `ids` against `targets` (both `[batch, time]`), plus the
+    /// auxiliary loss if any: `(total loss, cross-entropy value, output)`.
+    pub fn loss(&self, ids: &Tensor<B>, targets: &Tensor<B>) -> Result<(Var<B>, f64, LmOutput<B>)> {
+        let (b, t) = self.check_ids(ids)?;
+        if targets.dims() != [b, t] {
+            return Err(Error::ShapeMismatch {
+                op: "ElaLm::loss",
+                lhs: ids.shape().clone(),
+                rhs: targets.shape().clone(),
+                hint: "targets must have the ids' shape [batch, time]".into(),
+            });
+        }
+        let out = self.forward(ids)?;
+        let ce = out.logits.reshape([b * t, self.cfg.vocab])?.cross_entropy(&targets.flatten_all()?, None)?;
+        let ce_value = ce.value().to_scalar()?;
+        let total = match &out.aux_loss {
+            Some(a) => ce.add(a)?,
+            None => ce,
+        };
+        Ok((total, ce_value, out))
+    }
+
+    /// Run a prompt `[batch, time]` and return the logits of its last position `[batch, vocab]`
+    /// and the state to continue decoding from.
+    pub fn prefill(&self, ids: &Tensor<B>) -> Result<(Tensor<B>, DecodeState<B>)> {
+        let (_, t) = self.check_ids(ids)?;
+        if t == 0 {
+            return Err(Error::invalid("ElaLm::prefill", "the prompt must hold at least one token"));
+        }
+        no_grad(|| {
+            let mut h = self.embed.forward(ids)?;
+            let mut caches = Vec::with_capacity(self.blocks.len());
+            for b in &self.blocks {
+                let (out, c) = b.prefill(&h)?;
+                h = out;
+                caches.push(c);
+            }
+            let logits = self.logits(&h.narrow(1usize, t - 1, 1)?)?.value().squeeze(1usize)?;
+            Ok((logits, DecodeState { caches, pos: t }))
+        })
+    }
+
+    /// Feed one token per batch row (`[batch]` u32) and return the next logits `[batch, vocab]`.
+    /// Every ELA layer (attention and causal lobe) does O(1) work and memory per token.
+    pub fn step(&self, tokens: &[u32], state: &mut DecodeState<B>) -> Result<Tensor<B>> {
+        let dev = self.store.device();
+        let ids = Tensor::from_cpu_storage(&CpuStorage::U32(tokens.to_vec()), [tokens.len(), 1], dev)?;
+        no_grad(|| {
+            let mut h = self.embed.forward(&ids)?;
+            for (b, c) in self.blocks.iter().zip(state.caches.iter_mut()) {
+                h = b.step(&h, state.pos, c)?;
+            }
+            state.pos += 1;
+            self.logits(&h)?.value().squeeze(1usize)
+        })
+    }
+}

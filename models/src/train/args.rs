@@ -1,0 +1,248 @@
+//! Command-line options of `ela train` and how they become a model configuration.
+
+use std::path::PathBuf;
+
+use ela_core::{Error, Result};
+
+use crate::lm::{AttnKind, LmConfig, Link, LobeMode, MoeSpec};
+
+/// Model switches shared by `train`, `info` and `bench`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Token mixer of the attention layers: `ela` or `softmax`.
+    #[arg(long, default_value = "ela")]
+    pub attention: String,
+    /// ELA kernel: hadamard-exp, sum-sq-euclid, sub-sq-euclid, blueprint.
+    #[arg(long, default_value = "hadamard-exp")]
+    pub kernel: String,
+    /// Chunk length of the chunked ELA form.
+    #[arg(long, default_value_t = 64)]
+    pub chunk: usize,
+    /// Layer connection: `hyper` (Hyper-Link) or `residual`.
+    #[arg(long, default_value = "hyper")]
+    pub link: String,
+    /// Memory Lobe: `off`, `causal`, or `bidirectional` (leaks future tokens in an LM).
+    #[arg(long, default_value = "causal")]
+    pub lobe: String,
+    /// Model width.
+    #[arg(long, default_value_t = 128)]
+    pub dim: usize,
+    /// Number of layers.
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    /// Attention heads.
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    /// FFN (or expert) hidden width.
+    #[arg(long, default_value_t = 256)]
+    pub ffn_hidden: usize,
+    /// Number of experts (0: a dense SwiGLU FFN).
+    #[arg(long, default_value_t = 4)]
+    pub experts: usize,
+    /// Experts per token.
+    #[arg(long, default_value_t = 2)]
+    pub top_k: usize,
+    /// Routing-score bias: none, inner, outer.
+    #[arg(long, default_value = "outer")]
+    pub moe_bias: String,
+    /// Router score function: softmax or sigmoid.
+    #[arg(long, default_value = "softmax")]
+    pub moe_score: String,
+    /// Switch auxiliary-loss weight (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub aux_alpha: f64,
+    /// Loss-free balancing step (0 = off).
+    #[arg(long, default_value_t = 1e-3)]
+    pub loss_free_gamma: f64,
+    /// Drop the final RMSNorm (the paper's setting).
+    #[arg(long)]
+    pub no_final_norm: bool,
+    /// Use a separate output matrix instead of the embedding.
+    #[arg(long)]
+    pub untied: bool,
+    /// Rotary position embedding up to this many positions (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub rope: usize,
+}
+
+impl ModelArgs {
+    /// The model configuration these switches describe.
+    pub fn to_config(&self) -> Result<LmConfig> {
+        let attention = match self.attention.as_str() {
+            "softmax" => AttnKind::Softmax,
+            "ela" => {
+                // Validate the kernel name now, for a one-line error.
+                self.kernel.parse::<ela_nn::ela::ElaKernel>()?;
+                if self.chunk == 0 {
+                    return Err(Error::invalid("train", "--chunk must be positive"));
+                }
+                AttnKind::Ela { kernel: self.kernel.clone(), chunk: self.chunk }
+            }
+            s => return Err(Error::invalid("train", format!("--attention must be `ela` or `softmax`, got {s:?}"))),
+        };
+        let link = match self.link.as_str() {
+            "hyper" => Link::Hyper,
+            "residual" => Link::Residual,
+            s => return Err(Error::invalid("train", format!("--link must be `hyper` or `residual`, got {s:?}"))),
+        };
+        let lobe = match self.lobe.as_str() {
+            "off" => LobeMode::Off,
+            "causal" => LobeMode::Causal,
+            "bidirectional" => LobeMode::Bidirectional,
+            s => return Err(Error::invalid("train", format!("--lobe must be off, causal or bidirectional, got {s:?}"))),
+        };
+        if !["none", "inner", "outer"].contains(&self.moe_bias.as_str()) {
+            return Err(Error::invalid("train", format!("--moe-bias must be none, inner or outer, got {:?}", self.moe_bias)));
+        }
+        if !["softmax", "sigmoid"].contains(&self.moe_score.as_str()) {
+            return Err(Error::invalid("train", format!("--moe-score must be softmax or sigmoid, got {:?}", self.moe_score)));
+        }
+        let cfg = LmConfig {
+            vocab: 256,
+            dim: self.dim,
+            layers: self.layers,
+            heads: self.heads,
+            ffn_hidden: self.ffn_hidden,
+            attention,
+            link,
+            lobe,
+            moe: (self.experts > 0).then(|| MoeSpec {
+                experts: self.experts,
+                top_k: self.top_k,
+                bias: self.moe_bias.clone(),
+                score: self.moe_score.clone(),
+                aux_alpha: self.aux_alpha,
+                loss_free_gamma: self.loss_free_gamma,
+            }),
+            final_norm: !self.no_final_norm,
+            tied_embeddings: !self.untied,
+            rope_max_len: (self.rope > 0).then_some(self.rope),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Options of `ela train`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Model switches.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Train on this text file instead of the embedded corpus.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 400)]
+    pub steps: usize,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    pub seq: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    /// Final learning rate of the cosine decay.
+    #[arg(long, default_value_t = 3e-4)]
+    pub min_lr: f64,
+    /// Linear warmup steps.
+    #[arg(long, default_value_t = 40)]
+    pub warmup: usize,
+    /// AdamW decoupled weight decay (not applied to norms, biases or the selection bias).
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f64,
+    /// Clip gradients to this global norm (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Seed of initialisation and batch sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Validation every this many steps (and at the end).
+    #[arg(long, default_value_t = 100)]
+    pub eval_every: usize,
+    /// At most this many validation windows.
+    #[arg(long, default_value_t = 64)]
+    pub eval_windows: usize,
+    /// Save a checkpoint every this many steps (and at the end); 0 = only at the end.
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: usize,
+    /// Output folder (checkpoint, config.json, metrics.jsonl, loss.svg).
+    #[arg(long, default_value = "runs/ela-small")]
+    pub out: PathBuf,
+    /// Continue the run saved in `--out` (its own settings are used; the loss sequence equals
+    /// an uninterrupted run's).
+    #[arg(long)]
+    pub resume: bool,
+    /// Characters of sample text printed at the end.
+    #[arg(long, default_value_t = 200)]
+    pub sample_len: usize,
+    /// Device: `cpu` or `cuda`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Testing aid: abort the process (no cleanup, like a kill) right after this step.
+    #[arg(long, hide = true)]
+    pub abort_after: Option<usize>,
+}
+
+impl TrainArgs {
+    /// The run settings (everything but paths and the device) as `(key, value)` strings, saved
+    /// with the checkpoint so `--resume` continues the same run.
+    pub fn run_pairs(&self) -> Vec<(String, String)> {
+        let data = self.data.as_ref().map_or("<embedded>".to_string(), |p| p.display().to_string());
+        [
+            ("data", data),
+            ("steps", self.steps.to_string()),
+            ("batch", self.batch.to_string()),
+            ("seq", self.seq.to_string()),
+            ("lr", format!("{:?}", self.lr)),
+            ("min_lr", format!("{:?}", self.min_lr)),
+            ("warmup", self.warmup.to_string()),
+            ("weight_decay", format!("{:?}", self.weight_decay)),
+            ("clip", format!("{:?}", self.clip)),
+            ("seed", self.seed.to_string()),
+            ("eval_every", self.eval_every.to_string()),
+            ("eval_windows", self.eval_windows.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("run.{k}"), v))
+        .collect()
+    }
+
+    /// Overwrite the run settings from saved pairs (for `--resume`).
+    pub fn apply_run_pairs(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+        let field = |k: &str| get(&format!("run.{k}")).ok_or_else(|| Error::invalid("resume", format!("checkpoint lacks run.{k}")));
+        fn num<T: std::str::FromStr>(k: &str, v: String) -> Result<T> {
+            v.parse().map_err(|_| Error::invalid("resume", format!("run.{k}: cannot parse {v:?}")))
+        }
+        let data = field("data")?;
+        self.data = (data != "<embedded>").then(|| PathBuf::from(data));
+        self.steps = num("steps", field("steps")?)?;
+        self.batch = num("batch", field("batch")?)?;
+        self.seq = num("seq", field("seq")?)?;
+        self.lr = num("lr", field("lr")?)?;
+        self.min_lr = num("min_lr", field("min_lr")?)?;
+        self.warmup = num("warmup", field("warmup")?)?;
+        self.weight_decay = num("weight_decay", field("weight_decay")?)?;
+        self.clip = num("clip", field("clip")?)?;
+        self.seed = num("seed", field("seed")?)?;
+        self.eval_every = num("eval_every", field("eval_every")?)?;
+        self.eval_windows = num("eval_windows", field("eval_windows")?)?;
+        Ok(())
+    }
+
+    /// Check ranges before anything is built.
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 || self.batch == 0 || self.seq == 0 {
+            return Err(Error::invalid("train", "--steps, --batch and --seq must be positive"));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) || !(self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+            return Err(Error::invalid("train", format!("need 0 < --lr and 0 <= --min-lr <= --lr, got {} and {}", self.lr, self.min_lr)));
+        }
+        if self.eval_every == 0 {
+            return Err(Error::invalid("train", "--eval-every must be positive"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,306 @@
+//! The training loop: data, model, AdamW with warmup + cosine, clipping, MoE balancing, metrics,
+//! validation, checkpoints that resume exactly, the loss plot and a sample.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ela_autograd::no_grad;
+use ela_core::{Backend, CpuStorage, DType, Error, Result, Rng, Tensor};
+use ela_nn::checkpoint::{self, xxh64, Metadata};
+use ela_nn::module::ParamStore;
+use ela_nn::optim::{clip_grad_norm, AdamW, AdamWConfig, Optimizer, WarmupCosine};
+
+use super::args::TrainArgs;
+use crate::data::{default_corpus, Batch, ByteTokenizer, TextDataset};
+use crate::lm::{generate, ElaLm, LmConfig, SampleConfig};
+use crate::report::metrics::{MetricsLog, Value};
+use crate::report::plot::{write_svg, Series};
+use crate::report::progress::Progress;
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    /// Trainable parameters.
+    pub params: usize,
+    /// Steps run in this invocation.
+    pub steps_run: usize,
+    /// Training tokens per second over this invocation.
+    pub tokens_per_sec: f64,
+    /// Cross-entropy (nats/byte) of the first step of the run.
+    pub first_loss: Option<f64>,
+    /// Cross-entropy of the last step.
+    pub last_loss: f64,
+    /// Validation cross-entropy at the end.
+    pub val_loss: f64,
+    /// Validation cross-entropy of the unigram (byte-frequency) model fitted on the train split.
+    pub unigram_loss: f64,
+    /// Generated sample text.
+    pub sample: String,
+    /// The checkpoint file.
+    pub checkpoint: PathBuf,
+    /// The loss plot.
+    pub plot: PathBuf,
+    /// The metrics log.
+    pub metrics: PathBuf,
+    /// Wall-clock seconds of this invocation.
+    pub seconds: f64,
+}
+
+const CKPT: &str = "checkpoint.safetensors";
+
+fn io(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Io { path: path.display().to_string(), msg: e.to_string() }
+}
+
+fn load_text(path: &Option<PathBuf>) -> Result<String> {
+    match path {
+        None => Ok(default_corpus()),
+        Some(p) => {
+            let bytes = std::fs::read(p).map_err(|e| io(p, format!("cannot read the training text: {e}")))?;
+            if bytes.is_empty() {
+                return Err(io(p, "the training text is empty"));
+            }
+            // Byte-level tokens: any file works, but say so if it is not text.
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        }
+    }
+}
+
+/// Cross-entropy on `val` of byte frequencies counted on `train` (add-one smoothing).
+pub fn unigram_loss(train: &[u32], val: &[u32], vocab: usize) -> f64 {
+    let mut counts = vec![1.0f64; vocab];
+    for &t in train {
+        counts[t as usize] += 1.0;
+    }
+    let total: f64 = counts.iter().sum();
+    -val.iter().map(|&t| (counts[t as usize] / total).ln()).sum::<f64>() / val.len().max(1) as f64
+}
+
+/// The batch of step `step`: a function of the seed and the step only, so a resumed run draws
+/// exactly the batches the uninterrupted run would have.
+fn batch_for_step(ds: &TextDataset, args: &TrainArgs, step: usize) -> Batch {
+    let mut rng = Rng::new(args.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0xB5));
+    ds.train_batch(args.batch, args.seq, &mut rng)
+}
+
+fn ids<B: Backend>(v: &[u32], b: usize, t: usize, dev: &B) -> Result<Tensor<B>> {
+    Tensor::from_cpu_storage(&CpuStorage::U32(v.to_vec()), [b, t], dev)
+}
+
+/// Mean validation cross-entropy over up to `windows` windows.
+pub fn validate<B: Backend>(model: &ElaLm<B>, ds: &TextDataset, seq: usize, batch: usize, windows: usize) -> Result<f64> {
+    let dev = model.store().device();
+    let (mut sum, mut n) = (0.0, 0usize);
+    for b in ds.val_batches(batch, seq, windows) {
+        let (_, ce, _) = no_grad(|| model.loss(&ids(&b.inputs, b.batch, seq, dev)?, &ids(&b.targets, b.batch, seq, dev)?))?;
+        sum += ce * b.batch as f64;
+        n += b.batch;
+    }
+    Ok(sum / n.max(1) as f64)
+}
+
+fn metadata(cfg: &LmConfig, args: &TrainArgs, step: usize, data_hash: u64) -> Metadata {
+    let mut m: Metadata = BTreeMap::new();
+    for (k, v) in cfg.to_pairs().into_iter().chain(args.run_pairs()) {
+        m.insert(k, v);
+    }
+    m.insert("run.step".into(), step.to_string());
+    m.insert("run.data_hash".into(), format!("{data_hash:016x}"));
+    m.insert("format".into(), "ela-rs checkpoint v1".into());
+    m
+}
+
+fn write_config_json(out: &Path, meta: &Metadata) -> Result<()> {
+    let fields: Vec<(&str, Value)> = meta.iter().map(|(k, v)| (k.as_str(), Value::Str(v.clone()))).collect();
+    let text = crate::report::metrics::json_line(&fields) + "\n";
+    checkpoint::write_atomic(&out.join("config.json"), text.as_bytes())
+}
+
+/// Train (or resume) as `args` says, on `device`.
+pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
+    let mut args = args.clone();
+    let ckpt_path = args.out.join(CKPT);
+    let resumed = if args.resume {
+        let ck = checkpoint::load(&ckpt_path, device)
+            .map_err(|e| Error::invalid("train --resume", format!("cannot resume from {}: {e}", ckpt_path.display())))?;
+        args.apply_run_pairs(|k| ck.metadata.get(k).cloned())?;
+        Some(ck)
+    } else {
+        if ckpt_path.exists() {
+            return Err(Error::invalid(
+                "train",
+                format!("{} already holds a run; continue it with --resume or choose another --out", args.out.display()),
+            ));
+        }
+        None
+    };
+    args.validate()?;
+    let cfg = match &resumed {
+        Some(ck) => LmConfig::from_pairs(|k| ck.metadata.get(k).cloned())?,
+        None => args.model.to_config()?,
+    };
+    let text = load_text(&args.data)?;
+    let data_hash = xxh64(text.as_bytes(), 0);
+    let tokens = ByteTokenizer.encode(&text);
+    let ds = TextDataset::split(tokens, 0.1, args.seq)?;
+
+    let store = ParamStore::new(device, DType::F32, args.seed);
+    let model = ElaLm::new(&store, cfg.clone())?;
+    let params = store.num_params();
+    let mut opt = AdamW::new(
+        store.named_params(),
+        AdamWConfig { lr: args.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: args.weight_decay },
+    )?;
+    opt.exclude_from_weight_decay(|_, v| v.rank() < 2);
+    let sched = WarmupCosine::new(args.lr, args.min_lr, args.warmup, args.steps)?;
+
+    let mut start = 0;
+    if let Some(ck) = &resumed {
+        let hash = ck.metadata.get("run.data_hash").cloned().unwrap_or_default();
+        if hash != format!("{data_hash:016x}") {
+            return Err(Error::invalid("train --resume", "the training text differs from the one the run started with"));
+        }
+        store.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "model."), true)?;
+        opt.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "optim."))?;
+        start = ck.metadata.get("run.step").and_then(|s| s.parse().ok()).ok_or_else(|| Error::invalid("resume", "no run.step"))?;
+    }
+    std::fs::create_dir_all(&args.out).map_err(|e| io(&args.out, e))?;
+    let metrics_path = args.out.join("metrics.jsonl");
+    if resumed.is_none() && metrics_path.exists() {
+        std::fs::remove_file(&metrics_path).map_err(|e| io(&metrics_path, e))?;
+    }
+    let mut log = MetricsLog::append(&metrics_path)?;
+    write_config_json(&args.out, &metadata(&cfg, &args, start, data_hash))?;
+
+    eprintln!(
+        "model: {params} parameters ({}); data: {} train / {} validation bytes; {} steps of {}x{} tokens{}",
+        describe(&cfg),
+        ds.train.len(),
+        ds.val.len(),
+        args.steps,
+        args.batch,
+        args.seq,
+        if start > 0 { format!(", resuming at step {start}") } else { String::new() }
+    );
+    let progress = Progress::new(args.steps.saturating_sub(start), 10);
+    let t0 = Instant::now();
+    let (mut first_loss, mut last_loss, mut val_loss) = (None, f64::NAN, f64::NAN);
+    for step in start..args.steps {
+        let lr = sched.lr_at(step);
+        opt.set_lr(lr);
+        let b = batch_for_step(&ds, &args, step);
+        let (loss, ce, out) = model.loss(&ids(&b.inputs, b.batch, b.seq, device)?, &ids(&b.targets, b.batch, b.seq, device)?)?;
+        let mut grads = loss.backward()?;
+        let norm = if args.clip > 0.0 { clip_grad_norm(&store.params(), &mut grads, args.clip)? } else { f64::NAN };
+        if norm.is_finite() || args.clip == 0.0 {
+            opt.step(&grads)?;
+        }
+        let moes: Vec<_> = model.blocks().iter().filter_map(|b| b.moe()).collect();
+        for (m, stats) in moes.iter().zip(&out.routing) {
+            m.update_selection_bias(stats)?;
+        }
+        first_loss.get_or_insert(ce);
+        last_loss = ce;
+        let done = step + 1;
+        let tps = ((done - start) * args.batch * args.seq) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+        let mut rec = vec![
+            ("step", Value::Int(done as i64)),
+            ("loss", Value::Num(ce)),
+            ("lr", Value::Num(lr)),
+            ("grad_norm", Value::Num(norm)),
+            ("tokens_per_sec", Value::Num(tps)),
+        ];
+        if !out.routing.is_empty() {
+            let ent = out.routing.iter().map(|r| r.entropy).sum::<f64>() / out.routing.len() as f64;
+            let max_load = out.routing.iter().flat_map(|r| r.load.iter().copied()).fold(0.0, f64::max);
+            rec.push(("moe_entropy", Value::Num(ent)));
+            rec.push(("moe_max_load", Value::Num(max_load)));
+        }
+        if done % args.eval_every == 0 || done == args.steps {
+            val_loss = validate(&model, &ds, args.seq, args.batch, args.eval_windows)?;
+            rec.push(("val_loss", Value::Num(val_loss)));
+        }
+        log.write(&rec)?;
+        progress.update(step - start, &format!("loss {ce:.3} | val {val_loss:.3} | {tps:.0} tok/s"));
+        if (args.checkpoint_every > 0 && done % args.checkpoint_every == 0) || done == args.steps {
+            let mut tensors = checkpoint::with_prefix(&store.state_dict(), "model.");
+            tensors.extend(checkpoint::with_prefix(&opt.state_dict()?, "optim."));
+            checkpoint::save(&ckpt_path, &tensors, &metadata(&cfg, &args, done, data_hash))?;
+        }
+        if args.abort_after == Some(done) {
+            std::process::abort();
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let steps_run = args.steps.saturating_sub(start);
+    if steps_run == 0 {
+        val_loss = validate(&model, &ds, args.seq, args.batch, args.eval_windows)?;
+    }
+    let plot = args.out.join("loss.svg");
+    plot_metrics(&metrics_path, &plot)?;
+    let prompt = ByteTokenizer.encode("the ");
+    let sample_cfg = SampleConfig::default();
+    let new = generate(&model, &prompt, args.sample_len, &sample_cfg, &mut Rng::new(args.seed))?;
+    Ok(TrainReport {
+        params,
+        steps_run,
+        tokens_per_sec: (steps_run * args.batch * args.seq) as f64 / seconds.max(1e-9),
+        first_loss,
+        last_loss,
+        val_loss,
+        unigram_loss: unigram_loss(&ds.train, &ds.val, cfg.vocab),
+        sample: format!("the {}", ByteTokenizer.decode(&new)),
+        checkpoint: ckpt_path,
+        plot,
+        metrics: metrics_path,
+        seconds,
+    })
+}
+
+/// A short description of the switches, for logs.
+pub fn describe(cfg: &LmConfig) -> String {
+    let attn = match &cfg.attention {
+        crate::lm::AttnKind::Softmax => "softmax attention".to_string(),
+        crate::lm::AttnKind::Ela { kernel, chunk } => format!("ELA {kernel} chunk {chunk}"),
+    };
+    let ffn = match &cfg.moe {
+        None => "dense FFN".to_string(),
+        Some(m) => format!("MoE {}x top-{} {} bias", m.experts, m.top_k, m.bias),
+    };
+    format!("d={} L={} H={}, {attn}, {:?} link, lobe {:?}, {ffn}", cfg.dim, cfg.layers, cfg.heads, cfg.link, cfg.lobe)
+}
+
+/// Draw train and validation loss from a metrics log into an SVG.
+pub fn plot_metrics(metrics: &Path, svg: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(metrics).map_err(|e| io(metrics, e))?;
+    let num = |line: &str, key: &str| -> Option<f64> {
+        let at = line.find(&format!("\"{key}\":"))? + key.len() + 3;
+        let rest = &line[at..];
+        let end = rest.find([',', '}']).unwrap_or(rest.len());
+        rest[..end].parse().ok()
+    };
+    // A resumed run appends: keep the last record of each step.
+    let mut train = BTreeMap::new();
+    let mut val = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(step) = num(line, "step") {
+            let s = step as i64;
+            if let Some(l) = num(line, "loss") {
+                train.insert(s, l);
+            }
+            if let Some(v) = num(line, "val_loss") {
+                val.insert(s, v);
+            }
+        }
+    }
+    let tr: Vec<(f64, f64)> = train.into_iter().map(|(s, l)| (s as f64, l)).collect();
+    let va: Vec<(f64, f64)> = val.into_iter().map(|(s, l)| (s as f64, l)).collect();
+    write_svg(
+        svg,
+        "ELA-rs training loss",
+        "step",
+        "cross-entropy (nats/byte)",
+        &[Series { label: "train", points: &tr, color: "#1f77b4" }, Series { label: "validation", points: &va, color: "#d62728" }],
+    )
+}

@@ -1,0 +1,206 @@
+//! Multi-head attention with a pluggable token mixer, for training (whole sequences) and for
+//! decoding (one token at a time from a cache).
+//!
+//! Projections `q, k, v, o` are [`Linear`] maps `d -> d` (no bias), split into `heads` heads of
+//! `d / heads`; optional RoPE rotates `q` and `k`. The mixer combines the heads' values:
+//!
+//! - [`Mixer::Softmax`]: `softmax(q k^T / sqrt(d_h) + causal mask) v`, decoding from a KV cache
+//!   that grows by one key and value per token (memory and time per token grow with context);
+//! - [`Mixer::Ela`]: Exact Linear Attention with any built-in kernel (see [`crate::ela`]), decoding
+//!   from its recurrent state `(S, z)` in constant time and memory per token.
+
+use ela_autograd::{no_grad, Var};
+use ela_core::{Backend, CmpOp, Error, Result, Tensor};
+
+use crate::ela::{ElaAttention, ElaState};
+use crate::layers::{Linear, LinearConfig, LinearInit, Rope};
+use crate::module::ParamStore;
+
+/// How the heads mix tokens.
+#[derive(Clone, Debug)]
+pub enum Mixer {
+    /// Scaled dot-product softmax attention (the baseline).
+    Softmax,
+    /// Exact Linear Attention.
+    Ela(ElaAttention),
+}
+
+/// Shape and behaviour of an [`Attention`] layer.
+#[derive(Clone, Debug)]
+pub struct AttentionConfig {
+    /// Model width `d`.
+    pub dim: usize,
+    /// Number of heads (must divide `dim`).
+    pub heads: usize,
+    /// Causal (decoder) or bidirectional.
+    pub causal: bool,
+    /// RoPE `(base, max_len)`, or none.
+    pub rope: Option<(f64, usize)>,
+    /// The token mixer.
+    pub mixer: Mixer,
+}
+
+/// The decoding cache of one attention layer.
+pub enum AttnCache<B: Backend> {
+    /// Keys and values `[batch, heads, t, d_h]` of every token so far.
+    Kv {
+        /// Cached keys (after RoPE).
+        k: Tensor<B>,
+        /// Cached values.
+        v: Tensor<B>,
+    },
+    /// The ELA recurrent state.
+    Ela(ElaState<B>),
+}
+
+impl<B: Backend> AttnCache<B> {
+    /// Bytes held by the cache (what grows, or not, with context length).
+    pub fn bytes(&self) -> usize {
+        match self {
+            AttnCache::Kv { k, v } => (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes(),
+            AttnCache::Ela(s) => s.bytes(),
+        }
+    }
+}
+
+/// Multi-head attention (see the module docs).
+pub struct Attention<B: Backend> {
+    q: Linear<B>,
+    k: Linear<B>,
+    v: Linear<B>,
+    o: Linear<B>,
+    rope: Option<Rope<B>>,
+    cfg: AttentionConfig,
+}
+
+impl<B: Backend> Attention<B> {
+    /// Register `q`, `k`, `v`, `o` projections under `vs`.
+    pub fn new(vs: &ParamStore<B>, cfg: AttentionConfig) -> Result<Self> {
+        if cfg.heads == 0 || cfg.dim % cfg.heads != 0 {
+            return Err(Error::invalid(
+                "Attention",
+                format!("heads ({}) must be positive and divide the model width ({})", cfg.heads, cfg.dim),
+            ));
+        }
+        let lin = |name: &str| {
+            let init = LinearInit::Normal { std: (1.0 / cfg.dim as f64).sqrt() };
+            Linear::new(&vs.sub(name), cfg.dim, cfg.dim, LinearConfig::no_bias(init))
+        };
+        let rope = match cfg.rope {
+            Some((base, max_len)) => Some(Rope::new(cfg.dim / cfg.heads, max_len, base, vs.dtype(), vs.device())?),
+            None => None,
+        };
+        Ok(Attention { q: lin("q")?, k: lin("k")?, v: lin("v")?, o: lin("o")?, rope, cfg })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AttentionConfig {
+        &self.cfg
+    }
+
+    fn head_dim(&self) -> usize {
+        self.cfg.dim / self.cfg.heads
+    }
+
+    /// `[b, t, d] -> [b, heads, t, d_h]`, rotated by RoPE at `offset` when enabled.
+    fn heads(&self, x: &Var<B>, lin: &Linear<B>, rotate: bool, offset: usize) -> Result<Var<B>> {
+        let d = x.dims();
+        let h = lin.forward(x)?.reshape([d[0], d[1], self.cfg.heads, self.head_dim()])?.transpose(1usize, 2usize)?;
+        match (&self.rope, rotate) {
+            (Some(r), true) => r.apply(&h, offset),
+            _ => Ok(h),
+        }
+    }
+
+    fn check_input(&self, x: &Var<B>) -> Result<(usize, usize)> {
+        let d = x.dims();
+        if d.len() != 3 || d[2] != self.cfg.dim {
+            return Err(Error::ShapeMismatch {
+                op: "Attention",
+                lhs: x.shape(),
+                rhs: vec![self.cfg.dim].into(),
+                hint: format!("expected input [batch, time, {}]", self.cfg.dim),
+            });
+        }
+        Ok((d[0], d[1]))
+    }
+
+    fn merge(&self, y: &Var<B>, b: usize, t: usize) -> Result<Var<B>> {
+        self.o.forward(&y.transpose(1usize, 2usize)?.reshape([b, t, self.cfg.dim])?)
+    }
+
+    /// Whole-sequence forward `x [batch, time, d] -> [batch, time, d]`.
+    pub fn forward(&self, x: &Var<B>) -> Result<Var<B>> {
+        let (b, t) = self.check_input(x)?;
+        let (q, k, v) = (self.heads(x, &self.q, true, 0)?, self.heads(x, &self.k, true, 0)?, self.heads(x, &self.v, false, 0)?);
+        let y = match &self.cfg.mixer {
+            Mixer::Softmax => softmax_attention(&q, &k, &v, self.cfg.causal)?,
+            Mixer::Ela(ela) => ela.forward(&q, &k, &v, self.cfg.causal)?,
+        };
+        self.merge(&y, b, t)
+    }
+
+    /// Run a prompt `x [batch, time, d]` and return its output and the cache to decode from.
+    pub fn prefill(&self, x: &Var<B>) -> Result<(Var<B>, AttnCache<B>)> {
+        self.require_causal("prefill")?;
+        let (b, t) = self.check_input(x)?;
+        no_grad(|| {
+            let (q, k, v) =
+                (self.heads(x, &self.q, true, 0)?, self.heads(x, &self.k, true, 0)?, self.heads(x, &self.v, false, 0)?);
+            let (y, cache) = match &self.cfg.mixer {
+                Mixer::Softmax => (softmax_attention(&q, &k, &v, true)?, AttnCache::Kv { k: k.value(), v: v.value() }),
+                Mixer::Ela(ela) => {
+                    let (y, state) = ela.prefill(&q.value(), &k.value(), &v.value())?;
+                    (Var::constant(y), AttnCache::Ela(state))
+                }
+            };
+            Ok((self.merge(&y, b, t)?, cache))
+        })
+    }
+
+    /// Decode one token `x [batch, 1, d]` at absolute position `pos`, updating `cache`.
+    pub fn step(&self, x: &Var<B>, pos: usize, cache: &mut AttnCache<B>) -> Result<Var<B>> {
+        self.require_causal("step")?;
+        let (b, t) = self.check_input(x)?;
+        if t != 1 {
+            return Err(Error::invalid("Attention::step", format!("decodes one token at a time, got {t}")));
+        }
+        no_grad(|| {
+            let (q, k, v) =
+                (self.heads(x, &self.q, true, pos)?, self.heads(x, &self.k, true, pos)?, self.heads(x, &self.v, false, pos)?);
+            let y = match (cache, &self.cfg.mixer) {
+                (AttnCache::Kv { k: kc, v: vc }, Mixer::Softmax) => {
+                    *kc = Tensor::concat(&[&*kc, &k.value()], 2usize)?;
+                    *vc = Tensor::concat(&[&*vc, &v.value()], 2usize)?;
+                    // The new query sees every cached token: no mask.
+                    softmax_attention(&q, &Var::constant(kc.clone()), &Var::constant(vc.clone()), false)?
+                }
+                (AttnCache::Ela(state), Mixer::Ela(ela)) => Var::constant(ela.step(state, &q.value(), &k.value(), &v.value())?),
+                _ => return Err(Error::invalid("Attention::step", "the cache does not belong to this layer's mixer")),
+            };
+            self.merge(&y, b, 1)
+        })
+    }
+
+    fn require_causal(&self, op: &str) -> Result<()> {
+        if !self.cfg.causal {
+            return Err(Error::invalid("Attention", format!("{op} decodes left to right and needs a causal layer")));
+        }
+        Ok(())
+    }
+}
+
+/// `softmax(q k^T / sqrt(d_h) [+ causal mask]) v` over `[.., t, d_h]` tensors.
+pub fn softmax_attention<B: Backend>(q: &Var<B>, k: &Var<B>, v: &Var<B>, causal: bool) -> Result<Var<B>> {
+    let dh = *q.dims().last().unwrap_or(&1);
+    let scores = q.matmul(&k.t()?)?.mul_scalar(1.0 / (dh as f64).sqrt())?;
+    let scores = if causal {
+        let (tq, tk) = (q.dims()[q.rank() - 2], k.dims()[k.rank() - 2]);
+        // Query i may see keys j <= i + (tk - tq) (queries are the last tq of tk positions).
+        let allowed = Tensor::tril_mask(tq, tk, tk as isize - tq as isize, &q.device())?;
+        scores.masked_fill(&allowed.cmp_scalar(CmpOp::Eq, 0.0)?, f64::NEG_INFINITY)?
+    } else {
+        scores
+    };
+    scores.softmax(-1isize)?.matmul(v)
+}

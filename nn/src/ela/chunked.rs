@@ -1,0 +1,79 @@
+//! The chunked form as ONE autograd node: the fused backend forward, and a backward that is the
+//! hand-derived reverse chunk scan (`Tensor::ela_backward`, docs/ela.md#backward) followed, for
+//! user kernels, by the kernel's own feature-map VJPs.
+
+use std::sync::Arc;
+
+use ela_autograd::Var;
+use ela_core::{Backend, ElaKernel, ElaParams, Error, Result, Tensor};
+
+use super::kernel::Kernel;
+use super::reference::check_qkv;
+
+/// Chunked ELA of a built-in fused kernel, recorded as one node `ela_chunked` with inputs
+/// `(q, k, v)`.
+pub fn chunked_fused<B: Backend>(q: &Var<B>, k: &Var<B>, v: &Var<B>, params: ElaParams) -> Result<Var<B>> {
+    let (qv, kv, vv) = (q.value(), k.value(), v.value());
+    let y = qv.ela(&kv, &vv, &params)?;
+    let ys = y.clone();
+    Var::record("ela_chunked", y, &[q, k, v], move |g, needs| {
+        let (dq, dk, dv) = Tensor::ela_backward(&qv, &kv, &vv, &ys, g, &params)?;
+        Ok(vec![needs[0].then_some(dq), needs[1].then_some(dk), needs[2].then_some(dv)])
+    })
+}
+
+/// The features `phi(q)`, `psi(k)` of a user kernel, checked against its feature size.
+pub(crate) fn user_features<B: Backend>(
+    kernel: &dyn Kernel<B>,
+    q: &Tensor<B>,
+    k: &Tensor<B>,
+) -> Result<(Tensor<B>, Tensor<B>)> {
+    let (phi, psi) = (kernel.phi(q)?, kernel.psi(k)?);
+    let d = q.dims().last().copied().unwrap_or(0);
+    let f = kernel.feature_size(d);
+    let mut want = q.dims().to_vec();
+    if let Some(last) = want.last_mut() {
+        *last = f;
+    }
+    for (x, what) in [(&phi, "phi(q)"), (&psi, "psi(k)")] {
+        if x.dims() != want.as_slice() {
+            return Err(Error::ShapeMismatch {
+                op: "ela_chunked",
+                lhs: q.shape().clone(),
+                rhs: x.shape().clone(),
+                hint: format!("kernel {}: {what} must be [.., {f}] (feature_size({d}))", kernel.name()),
+            });
+        }
+    }
+    Ok((phi, psi))
+}
+
+/// Chunked ELA with any [`Kernel`]: built-ins run fused; a user kernel runs as
+/// `ela(phi(q), psi(k), v)` with [`ElaKernel::Identity`], its backward mapping `(dphi, dpsi)` back
+/// through the kernel's `phi_vjp` / `psi_vjp`. Either way the result is one autograd node.
+pub fn chunked<B: Backend>(
+    q: &Var<B>,
+    k: &Var<B>,
+    v: &Var<B>,
+    kernel: &Arc<dyn Kernel<B>>,
+    causal: bool,
+    chunk: usize,
+) -> Result<Var<B>> {
+    if let Some(fused) = kernel.fused() {
+        return chunked_fused(q, k, v, ElaParams { kernel: fused, causal, chunk });
+    }
+    let (qv, kv, vv) = (q.value(), k.value(), v.value());
+    check_qkv("ela_chunked", &qv, &kv, &vv)?;
+    let (phi, psi) = user_features(kernel.as_ref(), &qv, &kv)?;
+    let params = ElaParams { kernel: ElaKernel::Identity, causal, chunk };
+    let y = phi.ela(&psi, &vv, &params)?;
+    let (ys, kern) = (y.clone(), kernel.clone());
+    Var::record("ela_chunked", y, &[q, k, v], move |g, needs| {
+        let (dphi, dpsi, dv) = Tensor::ela_backward(&phi, &psi, &vv, &ys, g, &params)?;
+        Ok(vec![
+            needs[0].then(|| kern.phi_vjp(&qv, &dphi)).transpose()?,
+            needs[1].then(|| kern.psi_vjp(&kv, &dpsi)).transpose()?,
+            needs[2].then_some(dv),
+        ])
+    })
+}

@@ -1,0 +1,149 @@
+//! The recurrent form (decoding): a state `(S, z)` per head, one step per token in O(F Dv)
+//! whatever the context length, and a chunked prefill that hands over its final state so
+//! decoding continues exactly where a prompt ended.
+
+use std::sync::Arc;
+
+use ela_core::{Backend, DType, ElaKernel, Result, Tensor};
+
+use super::chunked::user_features;
+use super::kernel::Kernel;
+
+/// The recurrent ELA state of `batch x heads` sequences for any [`Kernel`]. Built-in kernels use
+/// the backend's fused step; a user kernel's `phi`/`psi` are applied first and the state holds
+/// its `F`-dimensional features ([`ElaKernel::Identity`]).
+pub struct ElaState<B: Backend> {
+    inner: ela_core::ElaState<B>,
+    /// Set for user kernels: their feature maps run before every step.
+    user: Option<Arc<dyn Kernel<B>>>,
+}
+
+impl<B: Backend> std::fmt::Debug for ElaState<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kernel = self.user.as_ref().map_or_else(|| self.inner.kernel().name().to_string(), |k| k.name());
+        write!(f, "ElaState(kernel {kernel}, {} tokens, {} bytes)", self.inner.tokens(), self.inner.bytes())
+    }
+}
+
+impl<B: Backend> ElaState<B> {
+    /// An empty state for queries/keys of dimension `d` and values of dimension `dv`, for inputs of
+    /// `dtype` (the buffers are f64 for f64 inputs, f32 otherwise).
+    pub fn new(
+        kernel: &Arc<dyn Kernel<B>>,
+        batch: usize,
+        heads: usize,
+        d: usize,
+        dv: usize,
+        dtype: DType,
+        device: &B,
+    ) -> Result<Self> {
+        Ok(match kernel.fused() {
+            Some(fused) => {
+                ElaState { inner: ela_core::ElaState::new(fused, batch, heads, d, dv, dtype, device)?, user: None }
+            }
+            None => ElaState {
+                inner: ela_core::ElaState::new(
+                    ElaKernel::Identity,
+                    batch,
+                    heads,
+                    kernel.feature_size(d),
+                    dv,
+                    dtype,
+                    device,
+                )?,
+                user: Some(kernel.clone()),
+            },
+        })
+    }
+
+    /// An empty state of a built-in kernel.
+    pub fn builtin(
+        kernel: ElaKernel,
+        batch: usize,
+        heads: usize,
+        d: usize,
+        dv: usize,
+        dtype: DType,
+        device: &B,
+    ) -> Result<Self> {
+        Ok(ElaState { inner: ela_core::ElaState::new(kernel, batch, heads, d, dv, dtype, device)?, user: None })
+    }
+
+    fn features(&self, q: &Tensor<B>, k: &Tensor<B>) -> Result<(Tensor<B>, Tensor<B>)> {
+        match &self.user {
+            Some(kern) => user_features(kern.as_ref(), q, k),
+            None => Ok((q.clone(), k.clone())),
+        }
+    }
+
+    /// Run the chunked form over `q`, `k` `[batch, heads, t, d]`, `v` `[batch, heads, t, dv]`
+    /// from this state, return the outputs, and keep the final state.
+    pub fn prefill(&mut self, q: &Tensor<B>, k: &Tensor<B>, v: &Tensor<B>, chunk: usize) -> Result<Tensor<B>> {
+        let (phi, psi) = self.features(q, k)?;
+        self.inner.prefill(&phi, &psi, v, chunk)
+    }
+
+    /// Decode one token for every sequence: `q`, `k` `[batch, heads, d]`, `v` `[batch, heads, dv]`
+    /// (or with a time axis of length 1). Returns `y` with `v`'s shape.
+    pub fn step(&mut self, q: &Tensor<B>, k: &Tensor<B>, v: &Tensor<B>) -> Result<Tensor<B>> {
+        let (phi, psi) = self.features(q, k)?;
+        self.inner.step(&phi, &psi, v)
+    }
+
+    /// Bytes held by the state (constant in the context length).
+    pub fn bytes(&self) -> usize {
+        self.inner.bytes()
+    }
+
+    /// Tokens absorbed so far.
+    pub fn tokens(&self) -> usize {
+        self.inner.tokens()
+    }
+
+    /// The backend state (buffers, feature size, dtypes).
+    pub fn inner(&self) -> &ela_core::ElaState<B> {
+        &self.inner
+    }
+
+    /// An independent copy (e.g. to branch a decode).
+    pub fn try_clone(&self) -> Result<Self> {
+        Ok(ElaState { inner: self.inner.try_clone()?, user: self.user.clone() })
+    }
+}
+
+/// Prefill from an empty state: the chunked outputs of a prompt and the state to decode from.
+pub fn prefill<B: Backend>(
+    q: &Tensor<B>,
+    k: &Tensor<B>,
+    v: &Tensor<B>,
+    kernel: &Arc<dyn Kernel<B>>,
+    chunk: usize,
+) -> Result<(Tensor<B>, ElaState<B>)> {
+    super::reference::check_qkv("ela_prefill", q, k, v)?;
+    let d = q.dims();
+    let mut st = ElaState::new(kernel, d[0], d[1], d[3], v.dims()[3], q.dtype(), q.device())?;
+    let y = st.prefill(q, k, v, chunk)?;
+    Ok((y, st))
+}
+
+/// The recurrent form over a whole sequence: start from an empty state and step token by token
+/// (the decoding path, used to verify it against the other forms).
+pub fn recurrent<B: Backend>(
+    q: &Tensor<B>,
+    k: &Tensor<B>,
+    v: &Tensor<B>,
+    kernel: &Arc<dyn Kernel<B>>,
+) -> Result<Tensor<B>> {
+    super::reference::check_qkv("ela_recurrent", q, k, v)?;
+    let d = q.dims();
+    let (t, dv) = (d[2], v.dims()[3]);
+    let mut st = ElaState::new(kernel, d[0], d[1], d[3], dv, q.dtype(), q.device())?;
+    if t == 0 {
+        return Tensor::zeros(v.shape().clone(), v.dtype(), v.device());
+    }
+    let ys: Vec<Tensor<B>> = (0..t)
+        .map(|i| st.step(&q.narrow(2, i, 1)?, &k.narrow(2, i, 1)?, &v.narrow(2, i, 1)?))
+        .collect::<Result<_>>()?;
+    let refs: Vec<&Tensor<B>> = ys.iter().collect();
+    Tensor::concat(&refs, 2)
+}

@@ -1,0 +1,72 @@
+//! The quadratic reference: materialise the kernel matrix `K_ij = k(q_i, k_j)` from the kernel's
+//! closed form, mask it, normalise. Built from ordinary autograd ops, so its gradient comes from
+//! the tape. It is the oracle the fast forms are tested against, O(T^2) in time and memory.
+
+use ela_autograd::Var;
+use ela_core::{Backend, Error, Result, Tensor};
+
+use super::kernel::Kernel;
+
+/// Checks `q`, `k` `[batch, heads, t, d]` and `v` `[batch, heads, t, dv]`.
+pub(crate) fn check_qkv<B: Backend>(op: &'static str, q: &Tensor<B>, k: &Tensor<B>, v: &Tensor<B>) -> Result<()> {
+    for t in [q, k, v] {
+        if t.rank() != 4 {
+            return Err(Error::RankMismatch {
+                op,
+                expected: "4 ([batch, heads, time, dim])",
+                shape: t.shape().clone(),
+            });
+        }
+    }
+    if q.dims() != k.dims() {
+        return Err(Error::ShapeMismatch {
+            op,
+            lhs: q.shape().clone(),
+            rhs: k.shape().clone(),
+            hint: "q and k must have the same shape [batch, heads, time, dim]".into(),
+        });
+    }
+    if v.dims()[..3] != q.dims()[..3] {
+        return Err(Error::ShapeMismatch {
+            op,
+            lhs: q.shape().clone(),
+            rhs: v.shape().clone(),
+            hint: "v must be [batch, heads, time, dv] with the batch, heads and time of q (dv may differ)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Un-normalised numerator `num_i = sum_j K_ij v_j` (`[batch, heads, t, dv]`) and denominator
+/// `den_i = sum_j K_ij` (`[batch, heads, t, 1]`), sums over `j <= i` when `causal`.
+pub fn quadratic_parts<B: Backend>(
+    q: &Var<B>,
+    k: &Var<B>,
+    v: &Var<B>,
+    kernel: &dyn Kernel<B>,
+    causal: bool,
+) -> Result<(Var<B>, Var<B>)> {
+    check_qkv("ela_quadratic", &q.value(), &k.value(), &v.value())?;
+    let a = kernel.kernel_matrix(q, k)?;
+    let a = if causal {
+        let t = q.dims()[2];
+        let keep = Tensor::tril_mask(t, t, 0, &q.device())?;
+        let zero = Var::constant(Tensor::zeros((), a.dtype(), &q.device())?);
+        Var::where_cond(&keep, &a, &zero)?
+    } else {
+        a
+    };
+    Ok((a.matmul(v)?, a.sum(-1isize, true)?))
+}
+
+/// `y_i = sum_j k(q_i,k_j) v_j / sum_j k(q_i,k_j)` (over `j <= i` when `causal`), the quadratic way.
+pub fn quadratic<B: Backend>(
+    q: &Var<B>,
+    k: &Var<B>,
+    v: &Var<B>,
+    kernel: &dyn Kernel<B>,
+    causal: bool,
+) -> Result<Var<B>> {
+    let (num, den) = quadratic_parts(q, k, v, kernel, causal)?;
+    num.div(&den)
+}

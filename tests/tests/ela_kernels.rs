@@ -1,0 +1,166 @@
+//! ELA kernels: the checker confirms the built-ins decompose exactly and reports the blueprint
+//! kernel's non-negativity violation (q.k < -1); a user-defined kernel runs through every form
+//! (chunked via the Identity fused path and its own VJPs), and the checker catches user kernels
+//! whose decomposition or VJP is wrong.
+
+mod ela_common;
+
+use std::sync::Arc;
+
+use ela_autograd::Var;
+use ela_common::{max_abs, rel, rel_floor};
+use ela_core::{Backend, Cpu, DType, ElaKernel, Result, Rng, Tensor};
+use ela_nn::ela::{builtin, check_kernel, CheckOptions, Ela, Form, Kernel};
+
+/// `(q.k)^2 = (q (x) q) . (k (x) k)`: F = D^2, non-negative. The features are outer products;
+/// `phi_ab = q_a q_b` gives `dq_a = sum_b (G_ab + G_ba) q_b`.
+#[derive(Clone, Copy)]
+struct SquaredDot {
+    /// Deliberate bugs for the checker tests.
+    bad_vjp: bool,
+    bad_scale: f64,
+}
+
+impl SquaredDot {
+    fn outer<B: Backend>(x: &Tensor<B>, scale: f64) -> Result<Tensor<B>> {
+        let d = *x.dims().last().unwrap();
+        let mut shape = x.dims().to_vec();
+        *shape.last_mut().unwrap() = d * d;
+        x.unsqueeze(-1isize)?.mul(&x.unsqueeze(-2isize)?)?.mul_scalar(scale)?.reshape(shape)
+    }
+    fn vjp<B: Backend>(x: &Tensor<B>, g: &Tensor<B>, symmetric: bool) -> Result<Tensor<B>> {
+        let d = *x.dims().last().unwrap();
+        let mut shape = x.dims().to_vec();
+        shape.push(d);
+        let g = g.reshape(shape)?;
+        let gs = if symmetric { g.add(&g.t()?)? } else { g };
+        gs.matmul(&x.unsqueeze(-1isize)?)?.squeeze(-1isize)
+    }
+}
+
+impl<B: Backend> Kernel<B> for SquaredDot {
+    fn name(&self) -> String {
+        "squared-dot".into()
+    }
+    fn feature_size(&self, d: usize) -> usize {
+        d * d
+    }
+    fn phi(&self, q: &Tensor<B>) -> Result<Tensor<B>> {
+        Self::outer(q, self.bad_scale)
+    }
+    fn psi(&self, k: &Tensor<B>) -> Result<Tensor<B>> {
+        Self::outer(k, 1.0)
+    }
+    fn phi_vjp(&self, q: &Tensor<B>, d_phi: &Tensor<B>) -> Result<Tensor<B>> {
+        Self::vjp(q, &d_phi.mul_scalar(self.bad_scale)?, true)
+    }
+    fn psi_vjp(&self, k: &Tensor<B>, d_psi: &Tensor<B>) -> Result<Tensor<B>> {
+        Self::vjp(k, d_psi, !self.bad_vjp)
+    }
+    fn kernel_matrix(&self, q: &Var<B>, k: &Var<B>) -> Result<Var<B>> {
+        q.matmul(&k.t()?)?.square()
+    }
+}
+
+const GOOD: SquaredDot = SquaredDot { bad_vjp: false, bad_scale: 1.0 };
+
+#[test]
+fn builtin_kernels_decompose_exactly() {
+    let opts = CheckOptions { dim: 6, samples: 24, ..CheckOptions::default() };
+    for kernel in [
+        ElaKernel::HadamardExp,
+        ElaKernel::SumSqEuclid,
+        ElaKernel::SubSqEuclid,
+        ElaKernel::Blueprint,
+        ElaKernel::Identity,
+    ] {
+        let rep = check_kernel(builtin::<Cpu>(kernel).as_ref(), &Cpu, &opts).unwrap();
+        assert!(rep.exact(1e-12, 1e-6), "{rep}");
+        assert_eq!(rep.pairs, 3 * 24 * 24);
+        let signed = matches!(
+            kernel,
+            ElaKernel::SumSqEuclid | ElaKernel::SubSqEuclid | ElaKernel::Blueprint | ElaKernel::Identity
+        );
+        assert_eq!(rep.signed_phi || rep.signed_psi, signed, "{rep}");
+        match kernel {
+            ElaKernel::HadamardExp | ElaKernel::SumSqEuclid | ElaKernel::SubSqEuclid => {
+                assert!(rep.non_negative(), "{rep}")
+            }
+            _ => assert!(!rep.non_negative(), "{rep}"),
+        }
+    }
+}
+
+/// The blueprint `(q.k + 1)(|q|^2 + 1)(|k|^2 + 1)` is negative exactly where `q.k < -1`.
+#[test]
+fn blueprint_violates_non_negativity_when_q_dot_k_below_minus_one() {
+    let rep = check_kernel(builtin::<Cpu>(ElaKernel::Blueprint).as_ref(), &Cpu, &CheckOptions::default()).unwrap();
+    assert!(rep.negative_pairs > 0);
+    let worst = rep.worst_negative.clone().unwrap();
+    assert!(worst.q_dot_k < -1.0 && worst.value < 0.0, "{worst:?}");
+    assert!(rep.to_string().contains("NON-NEGATIVITY VIOLATED"), "{rep}");
+    // Direct probe on both sides of q.k = -1.
+    let kern = builtin::<Cpu>(ElaKernel::Blueprint);
+    for (qk, negative) in [(-1.5, true), (-0.5, false)] {
+        let q = Var::constant(Tensor::from_vec(vec![1.0f64, 0.0], [1, 2], &Cpu).unwrap());
+        let k = Var::constant(Tensor::from_vec(vec![qk, 0.0f64], [1, 2], &Cpu).unwrap());
+        let value = kern.kernel_matrix(&q, &k).unwrap().value().to_scalar().unwrap();
+        assert_eq!(value < 0.0, negative, "q.k = {qk}: k = {value}");
+    }
+}
+
+#[test]
+fn checker_catches_wrong_user_kernels() {
+    let opts = CheckOptions { dim: 3, samples: 16, ..CheckOptions::default() };
+    let good = check_kernel::<Cpu>(&GOOD, &Cpu, &opts).unwrap();
+    assert!(good.exact(1e-12, 1e-6) && good.non_negative(), "{good}");
+    let bad_vjp = check_kernel::<Cpu>(&SquaredDot { bad_vjp: true, ..GOOD }, &Cpu, &opts).unwrap();
+    assert!(good.max_decomposition_error < 1e-12 && bad_vjp.psi_vjp_error > 1e-2, "{bad_vjp}");
+    assert!(!bad_vjp.exact(1e-12, 1e-6));
+    let bad_features = check_kernel::<Cpu>(&SquaredDot { bad_scale: 1.01, ..GOOD }, &Cpu, &opts).unwrap();
+    assert!(bad_features.max_decomposition_error > 1e-3, "{bad_features}");
+}
+
+fn user_inputs(b: usize, h: usize, t: usize, d: usize, dv: usize, seed: u64) -> [Tensor<Cpu>; 4] {
+    let mut rng = Rng::new(seed);
+    let mut x =
+        |w: usize, lo: f64, hi: f64| Tensor::rand_uniform(lo, hi, [b, h, t, w], DType::F64, &mut rng, &Cpu).unwrap();
+    // Positive q and k keep every q.k (so the denominator) away from 0.
+    [x(d, 0.2, 1.0), x(d, 0.2, 1.0), x(dv, -1.0, 1.0), x(dv, -1.0, 1.0)]
+}
+
+/// A user kernel runs through every form: chunked (Identity fused path + the kernel's VJPs, still
+/// one autograd node), recurrent, prefill + steps; all agree with the quadratic reference.
+#[test]
+fn user_kernel_runs_through_every_form() {
+    for causal in [true, false] {
+        for (t, d, chunk) in [(1, 1, 4), (45, 3, 8), (130, 4, 64)] {
+            let [q, k, v, dy] = user_inputs(2, 2, t, d, 3, t as u64);
+            let ela = Ela::<Cpu>::new(Arc::new(GOOD)).with_causal(causal).with_chunk(chunk);
+            let reference = ela.run(Form::Quadratic, &q, &k, &v, Some(&dy)).unwrap();
+            let fast = ela.run(Form::Chunked, &q, &k, &v, Some(&dy)).unwrap();
+            assert!(rel(&fast.y, &reference.y) <= 1e-10, "t={t} causal={causal}: {}", rel(&fast.y, &reference.y));
+            let (g, r) = (fast.grads.unwrap(), reference.grads.unwrap());
+            let floor = max_abs(&dy) * max_abs(&v);
+            for (a, b) in [(&g.dq, &r.dq), (&g.dk, &r.dk), (&g.dv, &r.dv)] {
+                assert!(rel_floor(a, b, floor) <= 1e-9, "t={t} causal={causal}: {}", rel_floor(a, b, floor));
+            }
+            if causal {
+                let rec = ela.run(Form::Recurrent, &q, &k, &v, None).unwrap().y;
+                assert!(rel(&rec, &reference.y) <= 1e-10);
+                let p = t / 2;
+                let (_, mut st) = ela
+                    .prefill(&q.narrow(2, 0, p).unwrap(), &k.narrow(2, 0, p).unwrap(), &v.narrow(2, 0, p).unwrap())
+                    .unwrap();
+                assert_eq!(st.bytes(), 2 * 2 * (d * d * 3 + d * d) * 8);
+                for i in p..t {
+                    let at = |x: &Tensor<Cpu>| x.narrow(2, i, 1).unwrap();
+                    let yi = st.step(&at(&q), &at(&k), &at(&v)).unwrap();
+                    assert!(rel(&yi, &at(&reference.y)) <= 1e-10);
+                }
+            }
+            let node = ela.chunked(&Var::param(q.clone()), &Var::param(k.clone()), &Var::param(v.clone())).unwrap();
+            assert_eq!(node.op_name(), "ela_chunked");
+        }
+    }
+}
