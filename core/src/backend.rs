@@ -304,7 +304,6 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         factor: (usize, usize),
     ) -> Result<Self::Storage>;
     // ---- exact linear attention (ELA): see crate::ela and docs/ela.md ----
-    // Default bodies report a typed error, so a backend compiles before it has fused ELA kernels.
     /// Fused chunked ELA. `q`, `k`: contiguous `[batch, heads, t, d]`, `v`: `[batch, heads, t, dv]`,
     /// one float dtype; returns `y` `[batch, heads, t, dv]` in that dtype. With `state` (causal
     /// only) the scan starts from that recurrent state and leaves the final one in it (prefill).
@@ -316,10 +315,7 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         dims: &crate::ela::ElaDims,
         params: &crate::ela::ElaParams,
         state: Option<&mut crate::ela::ElaStateBufs<Self::Storage>>,
-    ) -> Result<Self::Storage> {
-        let _ = (q, k, v, dims, params, state);
-        Err(ela_missing(self, "ela_forward"))
-    }
+    ) -> Result<Self::Storage>;
     /// Backward of [`Backend::ela_forward`] (from an empty state) given its output `y` and the
     /// upstream gradient `dy` (contiguous, `v`'s shape): returns `(dq, dk, dv)`.
     #[allow(clippy::too_many_arguments)]
@@ -332,10 +328,7 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         dy: &Self::Storage,
         dims: &crate::ela::ElaDims,
         params: &crate::ela::ElaParams,
-    ) -> Result<(Self::Storage, Self::Storage, Self::Storage)> {
-        let _ = (q, k, v, y, dy, dims, params);
-        Err(ela_missing(self, "ela_backward"))
-    }
+    ) -> Result<(Self::Storage, Self::Storage, Self::Storage)>;
     /// One recurrent ELA step for all `batch x heads` sequences: `q`, `k` `[batch, heads, d]`,
     /// `v` `[batch, heads, dv]` (`dims.t` is ignored); updates `state` in place and returns `y`
     /// `[batch, heads, dv]` in the inputs' dtype.
@@ -347,20 +340,5 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         dims: &crate::ela::ElaDims,
         kernel: crate::ela::ElaKernel,
         state: &mut crate::ela::ElaStateBufs<Self::Storage>,
-    ) -> Result<Self::Storage> {
-        let _ = (q, k, v, dims, kernel, state);
-        Err(ela_missing(self, "ela_step"))
-    }
-}
-
-/// The error a backend without fused ELA kernels reports.
-fn ela_missing<B: Backend>(b: &B, op: &'static str) -> crate::error::Error {
-    crate::error::Error::Backend {
-        backend: "ela",
-        op,
-        msg: format!(
-            "the fused ELA kernels are not implemented on {} yet; run ELA on the CPU backend",
-            b.device_name()
-        ),
-    }
+    ) -> Result<Self::Storage>;
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use ela_core::{Backend, Cpu, DType, Error, Result, Rng};
+use ela_core::{Backend, DType, Error, Result, Rng};
 use ela_nn::checkpoint;
 use ela_nn::module::ParamStore;
 
@@ -42,8 +42,10 @@ pub struct GenerateArgs {
 pub fn load_model<B: Backend>(path: &std::path::Path, device: &B) -> Result<ElaLm<B>> {
     let file = if path.is_dir() { path.join("checkpoint.safetensors") } else { path.to_path_buf() };
     let ck = checkpoint::load(&file, device)?;
-    let cfg = LmConfig::from_pairs(|k| ck.metadata.get(k).cloned())
-        .map_err(|e| Error::Io { path: file.display().to_string(), msg: format!("not an ELA-rs LM checkpoint: {e}") })?;
+    let cfg = LmConfig::from_pairs(|k| ck.metadata.get(k).cloned()).map_err(|e| Error::Io {
+        path: file.display().to_string(),
+        msg: format!("not an ELA-rs LM checkpoint: {e}"),
+    })?;
     let store = ParamStore::new(device, DType::F32, 0);
     let model = ElaLm::new(&store, cfg)?;
     store.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "model."), true)?;
@@ -63,10 +65,7 @@ fn go<B: Backend>(args: &GenerateArgs, device: &B) -> Result<String> {
 
 /// Run `ela generate`.
 pub fn run(args: &GenerateArgs) -> Result<()> {
-    let text = match args.device.as_str() {
-        "cpu" => go(args, &Cpu)?,
-        other => super::with_gpu(other, |dev| go(args, dev))?,
-    };
+    let text = crate::on_device!(&args.device, |dev| go(args, dev))?;
     println!("{text}");
     Ok(())
 }

@@ -26,7 +26,11 @@ pub fn run(args: &InfoArgs) -> Result<()> {
     for (name, v) in store.named_params() {
         let n = v.value().elem_count();
         let parts: Vec<&str> = name.split('.').collect();
-        let key = if parts[0] == "layers" && parts.len() > 2 { format!("layers.*.{}", parts[2]) } else { parts[0].to_string() };
+        let key = if parts[0] == "layers" && parts.len() > 2 {
+            format!("layers.*.{}", parts[2])
+        } else {
+            parts[0].to_string()
+        };
         *by_kind.entry(key).or_default() += n;
     }
     for (k, n) in &by_kind {

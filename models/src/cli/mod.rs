@@ -40,14 +40,41 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Run `f` on the GPU named by `device` (`cuda` or `cuda:N`).
-pub fn with_gpu<R>(device: &str, f: impl FnOnce(&ela_core::Cpu) -> Result<R>) -> Result<R> {
-    let _ = f;
-    match device {
-        d if d == "cuda" || d.starts_with("cuda:") => Err(Error::DeviceUnavailable {
-            device: d.to_string(),
-            reason: "this build of `ela` has no CUDA backend yet; use --device cpu".into(),
-        }),
-        d => Err(Error::invalid("device", format!("unknown device {d:?}; expected cpu or cuda"))),
+/// Where a command runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// The CPU backend.
+    Cpu,
+    /// CUDA device with this ordinal.
+    Cuda(usize),
+}
+
+/// Parse `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<DeviceChoice> {
+    match s {
+        "cpu" => Ok(DeviceChoice::Cpu),
+        "cuda" => Ok(DeviceChoice::Cuda(0)),
+        _ => match s.strip_prefix("cuda:").map(str::parse) {
+            Some(Ok(n)) => Ok(DeviceChoice::Cuda(n)),
+            _ => Err(Error::invalid("device", format!("unknown device {s:?}; expected cpu, cuda or cuda:N"))),
+        },
     }
+}
+
+/// Run a generic body on the backend a `--device` string names: `on_device!(dev_str, |dev| f(dev))`.
+/// `dev` is `&Cpu` or `&Cuda`; a missing driver or GPU is a one-line `DeviceUnavailable` error.
+#[macro_export]
+macro_rules! on_device {
+    ($device:expr, |$dev:ident| $body:expr) => {{
+        match $crate::cli::parse_device($device)? {
+            $crate::cli::DeviceChoice::Cpu => {
+                let $dev = &ela_core::Cpu;
+                $body
+            }
+            $crate::cli::DeviceChoice::Cuda(ordinal) => {
+                let $dev = &ela_cuda::Cuda::new(ordinal)?;
+                $body
+            }
+        }
+    }};
 }

@@ -1,15 +1,12 @@
 //! `ela train`.
 
-use ela_core::{Cpu, Result};
+use ela_core::Result;
 
 use crate::train::{train, TrainArgs};
 
 /// Run `ela train` and print its report.
 pub fn run(args: &TrainArgs) -> Result<()> {
-    let report = match args.device.as_str() {
-        "cpu" => train(args, &Cpu)?,
-        other => super::with_gpu(other, |dev| train(args, dev))?,
-    };
+    let report = crate::on_device!(&args.device, |dev| train(args, dev))?;
     if let Some(first) = report.first_loss {
         println!("train loss: {first:.4} -> {:.4} nats/byte over {} steps", report.last_loss, report.steps_run);
     }
@@ -19,10 +16,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         report.val_loss / std::f64::consts::LN_2,
         report.unigram_loss
     );
-    println!(
-        "{} parameters, {:.1} s, {:.0} tokens/s",
-        report.params, report.seconds, report.tokens_per_sec
-    );
+    println!("{} parameters, {:.1} s, {:.0} tokens/s", report.params, report.seconds, report.tokens_per_sec);
     println!("sample: {:?}", report.sample);
     println!(
         "checkpoint: {}\nloss plot: {}\nmetrics: {}",
