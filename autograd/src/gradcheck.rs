@@ -117,10 +117,12 @@ where
             if scale > opts.atol {
                 report.max_rel_err = report.max_rel_err.max(rel);
             }
-            if !(abs <= allowed) {
+            // Written so that a NaN error counts as a failure.
+            let within = abs <= allowed;
+            if !within {
                 report.passed = false;
             }
-            if abs - allowed > worst_excess || report.worst.is_none() || (!(abs <= allowed) && !abs.is_finite()) {
+            if abs - allowed > worst_excess || report.worst.is_none() || (!within && !abs.is_finite()) {
                 worst_excess = abs - allowed;
                 report.worst = Some((i, e, a, numeric));
             }

@@ -38,6 +38,7 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
     /// A buffer of `len` copies of `value` (converted to `dtype`).
     fn full(&self, len: usize, value: f64, dtype: DType) -> Result<Self::Storage>;
     /// Upload host data.
+    #[allow(clippy::wrong_self_convention)] // a device method: `self` is where the data goes
     fn from_cpu(&self, data: &CpuStorage) -> Result<Self::Storage>;
     /// Download the elements of `layout` (in logical row-major order) to the host.
     fn to_cpu(&self, src: &Self::Storage, layout: &Layout) -> Result<CpuStorage>;
@@ -150,7 +151,7 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         eps: f64,
     ) -> Result<(Self::Storage, Self::Storage, Self::Storage)>;
     /// Backward of [`Backend::layer_norm`]: `(dx, dweight, dbias)`.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn layer_norm_backward(
         &self,
         x: &Self::Storage,

@@ -128,6 +128,21 @@ pub trait Float: WithDType + num_traits::Float + std::iter::Sum + Send + Sync {
     /// One.
     const ONE: Self;
 }
+impl Float for f32 {
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+impl Float for f64 {
+    fn from_f32(v: f32) -> Self {
+        v as f64
+    }
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,19 +162,4 @@ mod tests {
         assert!(<bf16 as WithDType>::from_f64(f64::NAN).is_nan());
         assert_eq!(<f16 as WithDType>::from_f64(1.0 + 2f64.powi(-11)), f16::from_f64(1.0));
     }
-}
-
-impl Float for f32 {
-    fn from_f32(v: f32) -> Self {
-        v
-    }
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-}
-impl Float for f64 {
-    fn from_f32(v: f32) -> Self {
-        v as f64
-    }
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
 }

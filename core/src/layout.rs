@@ -192,7 +192,7 @@ impl Layout {
             None => Rows { layout: self, rows: 1, inner_len: 1, inner_stride: 1 },
             Some(&n) => Rows {
                 layout: self,
-                rows: if n == 0 { 0 } else { self.elem_count() / n },
+                rows: self.elem_count().checked_div(n).unwrap_or(0),
                 inner_len: n,
                 inner_stride: *self.strides.last().unwrap(),
             },

@@ -59,7 +59,8 @@ impl Mlp {
     fn new(hidden: usize, dtype: DType, rng: &mut Rng) -> Result<Self> {
         let p = |t: Tensor<Cpu>| Var::param(t);
         Ok(Mlp {
-            w1: p(Tensor::randn(0.0, (2.0f64 / 2.0).sqrt(), [2, hidden], dtype, rng, &Cpu)?),
+            // He init, std = sqrt(2 / fan_in), with fan_in = 2 input coordinates.
+            w1: p(Tensor::randn(0.0, 1.0, [2, hidden], dtype, rng, &Cpu)?),
             b1: p(Tensor::zeros([hidden], dtype, &Cpu)?),
             w2: p(Tensor::randn(0.0, (1.0 / hidden as f64).sqrt(), [hidden, CLASSES], dtype, rng, &Cpu)?),
             b2: p(Tensor::zeros([CLASSES], dtype, &Cpu)?),

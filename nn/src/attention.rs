@@ -76,7 +76,7 @@ pub struct Attention<B: Backend> {
 impl<B: Backend> Attention<B> {
     /// Register `q`, `k`, `v`, `o` projections under `vs`.
     pub fn new(vs: &ParamStore<B>, cfg: AttentionConfig) -> Result<Self> {
-        if cfg.heads == 0 || cfg.dim % cfg.heads != 0 {
+        if cfg.heads == 0 || !cfg.dim.is_multiple_of(cfg.heads) {
             return Err(Error::invalid(
                 "Attention",
                 format!("heads ({}) must be positive and divide the model width ({})", cfg.heads, cfg.dim),
@@ -132,7 +132,8 @@ impl<B: Backend> Attention<B> {
     /// Whole-sequence forward `x [batch, time, d] -> [batch, time, d]`.
     pub fn forward(&self, x: &Var<B>) -> Result<Var<B>> {
         let (b, t) = self.check_input(x)?;
-        let (q, k, v) = (self.heads(x, &self.q, true, 0)?, self.heads(x, &self.k, true, 0)?, self.heads(x, &self.v, false, 0)?);
+        let (q, k, v) =
+            (self.heads(x, &self.q, true, 0)?, self.heads(x, &self.k, true, 0)?, self.heads(x, &self.v, false, 0)?);
         let y = match &self.cfg.mixer {
             Mixer::Softmax => softmax_attention(&q, &k, &v, self.cfg.causal)?,
             Mixer::Ela(ela) => ela.forward(&q, &k, &v, self.cfg.causal)?,
@@ -166,8 +167,11 @@ impl<B: Backend> Attention<B> {
             return Err(Error::invalid("Attention::step", format!("decodes one token at a time, got {t}")));
         }
         no_grad(|| {
-            let (q, k, v) =
-                (self.heads(x, &self.q, true, pos)?, self.heads(x, &self.k, true, pos)?, self.heads(x, &self.v, false, pos)?);
+            let (q, k, v) = (
+                self.heads(x, &self.q, true, pos)?,
+                self.heads(x, &self.k, true, pos)?,
+                self.heads(x, &self.v, false, pos)?,
+            );
             let y = match (cache, &self.cfg.mixer) {
                 (AttnCache::Kv { k: kc, v: vc }, Mixer::Softmax) => {
                     *kc = Tensor::concat(&[&*kc, &k.value()], 2usize)?;
@@ -175,7 +179,9 @@ impl<B: Backend> Attention<B> {
                     // The new query sees every cached token: no mask.
                     softmax_attention(&q, &Var::constant(kc.clone()), &Var::constant(vc.clone()), false)?
                 }
-                (AttnCache::Ela(state), Mixer::Ela(ela)) => Var::constant(ela.step(state, &q.value(), &k.value(), &v.value())?),
+                (AttnCache::Ela(state), Mixer::Ela(ela)) => {
+                    Var::constant(ela.step(state, &q.value(), &k.value(), &v.value())?)
+                }
                 _ => return Err(Error::invalid("Attention::step", "the cache does not belong to this layer's mixer")),
             };
             self.merge(&y, b, 1)

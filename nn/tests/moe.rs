@@ -105,7 +105,9 @@ fn gradients_match_finite_differences() {
         let moe = Moe::new(&vs, cfg).unwrap();
         let x = input(6, 5, 3);
         // d(output)/d(input) through gradcheck.
-        let report = gradcheck(|v| moe.forward(&v[0]).map(|o| o.y), &[x.clone()], GradcheckOptions::default()).unwrap();
+        let report =
+            gradcheck(|v| moe.forward(&v[0]).map(|o| o.y), std::slice::from_ref(&x), GradcheckOptions::default())
+                .unwrap();
         assert!(report.passed, "{cfg:?} input: {report}");
         // d(loss)/d(every parameter element) by central differences on the stored values.
         let r = input(6, 5, 4);

@@ -403,6 +403,8 @@ pub fn upsample_nearest2d_backward(dy: &CpuStorage, dys: &Shape, (fh, fw): (usiz
     let d = dys.dims();
     let (planes, oh, ow) = (d[0] * d[1], d[2], d[3]);
     let (h, w) = (oh / fh, ow / fw);
+    // Output (oy, ox) feeds input (oy / fh, ox / fw): one pass over dy accumulates each block.
+    #[allow(clippy::too_many_arguments)]
     fn go<T: Float>(g: &[T], planes: usize, oh: usize, ow: usize, fh: usize, fw: usize, h: usize, w: usize) -> Vec<T> {
         let mut dx = vec![T::ZERO; planes * h * w];
         for pl in 0..planes {

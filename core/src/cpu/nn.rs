@@ -288,8 +288,8 @@ fn ln_bwd_rows<T: Float>(
         let gw = |j: usize| dy[i * n + j] * w.map_or(T::ONE, |w| w[j]);
         let s1: T = (0..n).map(gw).sum::<T>() / nn;
         let s2: T = (0..n).map(|j| gw(j) * h(j)).sum::<T>() / nn;
-        for j in 0..n {
-            d[j] = r * (gw(j) - s1 - h(j) * s2);
+        for (j, dj) in d.iter_mut().enumerate() {
+            *dj = r * (gw(j) - s1 - h(j) * s2);
         }
     });
     let dw = w.map(|_| {
@@ -431,7 +431,7 @@ pub fn cross_entropy_backward(
 /// The k largest entries of each last-axis row, descending, ties broken by lower index.
 pub fn topk_last(s: &CpuStorage, layout: &Layout, k: usize) -> Result<(CpuStorage, CpuStorage)> {
     let n = layout.dims().last().copied().unwrap_or(1);
-    let rows = if n == 0 { 0 } else { layout.elem_count() / n };
+    let rows = layout.elem_count().checked_div(n).unwrap_or(0);
     fn go<T: Copy + PartialOrd + Send + Sync + Default>(
         x: &[T],
         rows: usize,

@@ -227,7 +227,7 @@ impl<B: Backend> Tensor<B> {
         const OP: &str = "upsample_nearest2d_backward";
         self.check_nchw(OP)?;
         let d = self.dims();
-        if factor.0 == 0 || factor.1 == 0 || d[2] % factor.0 != 0 || d[3] % factor.1 != 0 {
+        if factor.0 == 0 || factor.1 == 0 || !d[2].is_multiple_of(factor.0) || !d[3].is_multiple_of(factor.1) {
             return Err(Error::invalid(
                 OP,
                 format!(

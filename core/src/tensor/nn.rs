@@ -75,7 +75,7 @@ impl<B: Backend> Tensor<B> {
             expected: "at least 1",
             shape: self.shape().clone(),
         })?;
-        Ok((if n == 0 { 0 } else { self.elem_count() / n }, n))
+        Ok((self.elem_count().checked_div(n).unwrap_or(0), n))
     }
 
     /// RMS norm over the last axis, returning `(y, rstd)` with `rstd` of shape `[rows]`.

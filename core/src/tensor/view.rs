@@ -18,7 +18,7 @@ impl<B: Backend> Tensor<B> {
         }
         if holes == 1 {
             let known: usize = dims.iter().filter(|&&d| d != usize::MAX).product();
-            if known == 0 || n % known != 0 {
+            if known == 0 || !n.is_multiple_of(known) {
                 return Err(Error::invalid(
                     "reshape",
                     format!(

@@ -58,35 +58,35 @@ const NUMBERS: &[&str] = &[
     "eighteen",
 ];
 
-fn pick<'a, T>(rng: &mut Rng, xs: &'a [T]) -> &'a T {
-    &xs[rng.below(xs.len() as u64) as usize]
+fn pick<T: Copy>(rng: &mut Rng, xs: &[T]) -> T {
+    xs[rng.below(xs.len() as u64) as usize]
 }
 
 fn sentence(rng: &mut Rng, out: &mut String) {
     match rng.below(4) {
         0 | 1 => {
-            let (subj, plural) = *pick(rng, SUBJECTS);
-            let (v3, v) = *pick(rng, VERBS);
+            let (subj, plural) = pick(rng, SUBJECTS);
+            let (v3, v) = pick(rng, VERBS);
             out.push_str(subj);
             out.push(' ');
             out.push_str(if plural { v } else { v3 });
             out.push_str(" the ");
             if rng.below(2) == 0 {
-                out.push_str(*pick(rng, ADJECTIVES));
+                out.push_str(pick(rng, ADJECTIVES));
                 out.push(' ');
             }
-            out.push_str(*pick(rng, NOUNS));
+            out.push_str(pick(rng, NOUNS));
             if rng.below(3) == 0 {
                 out.push(' ');
-                out.push_str(*pick(rng, PLACES));
+                out.push_str(pick(rng, PLACES));
             }
             if rng.below(4) == 0 {
-                let (v3b, vb) = *pick(rng, VERBS);
+                let (v3b, vb) = pick(rng, VERBS);
                 out.push_str(", and ");
                 out.push_str(if plural { "they " } else { "it " });
                 out.push_str(if plural { vb } else { v3b });
                 out.push_str(" the ");
-                out.push_str(*pick(rng, NOUNS));
+                out.push_str(pick(rng, NOUNS));
             }
             out.push('.');
         }
@@ -101,13 +101,13 @@ fn sentence(rng: &mut Rng, out: &mut String) {
             out.push('.');
         }
         _ => {
-            let noun = *pick(rng, NOUNS);
-            let adj = *pick(rng, ADJECTIVES);
+            let noun = pick(rng, NOUNS);
+            let adj = pick(rng, ADJECTIVES);
             out.push_str("the ");
             out.push_str(noun);
             out.push_str(" that ");
-            let (subj, plural) = *pick(rng, SUBJECTS);
-            let (v3, v) = *pick(rng, VERBS);
+            let (subj, plural) = pick(rng, SUBJECTS);
+            let (v3, v) = pick(rng, VERBS);
             out.push_str(subj);
             out.push(' ');
             out.push_str(if plural { v } else { v3 });

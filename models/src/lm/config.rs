@@ -116,10 +116,10 @@ impl LmConfig {
         if self.vocab == 0 || self.dim == 0 || self.layers == 0 || self.ffn_hidden == 0 {
             return bad("vocab, dim, layers and ffn_hidden must be positive".into());
         }
-        if self.heads == 0 || self.dim % self.heads != 0 {
+        if self.heads == 0 || !self.dim.is_multiple_of(self.heads) {
             return bad(format!("heads ({}) must divide dim ({})", self.heads, self.dim));
         }
-        if self.rope_max_len.is_some() && (self.dim / self.heads) % 2 != 0 {
+        if self.rope_max_len.is_some() && !(self.dim / self.heads).is_multiple_of(2) {
             return bad(format!("RoPE needs an even head size, got {}", self.dim / self.heads));
         }
         if let Some(m) = &self.moe {
@@ -147,21 +147,30 @@ impl LmConfig {
                     AttnKind::Ela { kernel, .. } => format!("ela:{kernel}"),
                 },
             ),
-            ("chunk", match &self.attention {
-                AttnKind::Ela { chunk, .. } => chunk.to_string(),
-                AttnKind::Softmax => "0".into(),
-            }),
-            ("link", match self.link {
-                Link::Hyper => "hyper",
-                Link::Residual => "residual",
-            }
-            .into()),
-            ("lobe", match self.lobe {
-                LobeMode::Off => "off",
-                LobeMode::Causal => "causal",
-                LobeMode::Bidirectional => "bidirectional",
-            }
-            .into()),
+            (
+                "chunk",
+                match &self.attention {
+                    AttnKind::Ela { chunk, .. } => chunk.to_string(),
+                    AttnKind::Softmax => "0".into(),
+                },
+            ),
+            (
+                "link",
+                match self.link {
+                    Link::Hyper => "hyper",
+                    Link::Residual => "residual",
+                }
+                .into(),
+            ),
+            (
+                "lobe",
+                match self.lobe {
+                    LobeMode::Off => "off",
+                    LobeMode::Causal => "causal",
+                    LobeMode::Bidirectional => "bidirectional",
+                }
+                .into(),
+            ),
             ("final_norm", self.final_norm.to_string()),
             ("tied_embeddings", self.tied_embeddings.to_string()),
             ("rope_max_len", self.rope_max_len.map_or("none".into(), |l| l.to_string())),
@@ -183,7 +192,9 @@ impl LmConfig {
 
     /// Read a configuration written by [`LmConfig::to_pairs`].
     pub fn from_pairs(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let field = |k: &str| get(&format!("model.{k}")).ok_or_else(|| Error::invalid("LmConfig", format!("missing key model.{k}")));
+        let field = |k: &str| {
+            get(&format!("model.{k}")).ok_or_else(|| Error::invalid("LmConfig", format!("missing key model.{k}")))
+        };
         fn num<T: std::str::FromStr>(k: &str, v: String) -> Result<T> {
             v.parse().map_err(|_| Error::invalid("LmConfig", format!("model.{k}: cannot parse {v:?}")))
         }

@@ -38,7 +38,7 @@ impl Progress {
             if done == self.total {
                 let _ = writeln!(err);
             }
-        } else if done % self.every == 0 || done == self.total || step == 0 {
+        } else if done.is_multiple_of(self.every) || done == self.total || step == 0 {
             let _ = writeln!(err, "{line}");
         }
         let _ = err.flush();

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use ela_core::{Error, Result};
 
-use crate::lm::{AttnKind, LmConfig, Link, LobeMode, MoeSpec};
+use crate::lm::{AttnKind, Link, LmConfig, LobeMode, MoeSpec};
 
 /// Model switches shared by `train`, `info` and `bench`.
 #[derive(clap::Args, Debug, Clone)]
@@ -89,13 +89,21 @@ impl ModelArgs {
             "off" => LobeMode::Off,
             "causal" => LobeMode::Causal,
             "bidirectional" => LobeMode::Bidirectional,
-            s => return Err(Error::invalid("train", format!("--lobe must be off, causal or bidirectional, got {s:?}"))),
+            s => {
+                return Err(Error::invalid("train", format!("--lobe must be off, causal or bidirectional, got {s:?}")))
+            }
         };
         if !["none", "inner", "outer"].contains(&self.moe_bias.as_str()) {
-            return Err(Error::invalid("train", format!("--moe-bias must be none, inner or outer, got {:?}", self.moe_bias)));
+            return Err(Error::invalid(
+                "train",
+                format!("--moe-bias must be none, inner or outer, got {:?}", self.moe_bias),
+            ));
         }
         if !["softmax", "sigmoid"].contains(&self.moe_score.as_str()) {
-            return Err(Error::invalid("train", format!("--moe-score must be softmax or sigmoid, got {:?}", self.moe_score)));
+            return Err(Error::invalid(
+                "train",
+                format!("--moe-score must be softmax or sigmoid, got {:?}", self.moe_score),
+            ));
         }
         let cfg = LmConfig {
             vocab: 256,
@@ -212,7 +220,9 @@ impl TrainArgs {
 
     /// Overwrite the run settings from saved pairs (for `--resume`).
     pub fn apply_run_pairs(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
-        let field = |k: &str| get(&format!("run.{k}")).ok_or_else(|| Error::invalid("resume", format!("checkpoint lacks run.{k}")));
+        let field = |k: &str| {
+            get(&format!("run.{k}")).ok_or_else(|| Error::invalid("resume", format!("checkpoint lacks run.{k}")))
+        };
         fn num<T: std::str::FromStr>(k: &str, v: String) -> Result<T> {
             v.parse().map_err(|_| Error::invalid("resume", format!("run.{k}: cannot parse {v:?}")))
         }
@@ -237,8 +247,13 @@ impl TrainArgs {
         if self.steps == 0 || self.batch == 0 || self.seq == 0 {
             return Err(Error::invalid("train", "--steps, --batch and --seq must be positive"));
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) || !(self.min_lr >= 0.0 && self.min_lr <= self.lr) {
-            return Err(Error::invalid("train", format!("need 0 < --lr and 0 <= --min-lr <= --lr, got {} and {}", self.lr, self.min_lr)));
+        let lr_ok = self.lr > 0.0 && self.lr.is_finite();
+        let min_ok = self.min_lr >= 0.0 && self.min_lr <= self.lr;
+        if !lr_ok || !min_ok {
+            return Err(Error::invalid(
+                "train",
+                format!("need 0 < --lr and 0 <= --min-lr <= --lr, got {} and {}", self.lr, self.min_lr),
+            ));
         }
         if self.eval_every == 0 {
             return Err(Error::invalid("train", "--eval-every must be positive"));
