@@ -94,7 +94,7 @@ impl LmConfig {
             heads: 4,
             ffn_hidden: 256,
             attention: AttnKind::Ela { kernel: "hadamard-exp".into(), chunk: 64 },
-            link: Link::Hyper,
+            link: Link::Residual,
             lobe: LobeMode::Causal,
             moe: Some(MoeSpec {
                 experts: 4,

@@ -18,8 +18,9 @@ pub struct ModelArgs {
     /// Chunk length of the chunked ELA form.
     #[arg(long, default_value_t = 64)]
     pub chunk: usize,
-    /// Layer connection: `hyper` (Hyper-Link) or `residual`.
-    #[arg(long, default_value = "hyper")]
+    /// Layer connection: `residual` (pre-norm) or `hyper` (the paper's Hyper-Link, which trains
+    /// more slowly at this size: see docs/model.md).
+    #[arg(long, default_value = "residual")]
     pub link: String,
     /// Memory Lobe: `off`, `causal`, or `bidirectional` (leaks future tokens in an LM).
     #[arg(long, default_value = "causal")]
