@@ -1,0 +1,107 @@
+//! Packing of A and B blocks into contiguous, zero-padded micro-panels.
+//!
+//! Packing turns any strided operand (row-major, transposed, broadcast with
+//! stride 0) into the exact order the micro-kernel streams, so the kernel
+//! only ever does unit-stride loads and never needs an edge case: partial
+//! panels are padded up to the full `MR`/`NR` width. The padded lanes only
+//! feed tile entries that are discarded, so padding with zeros is not needed
+//! for correctness; it keeps stale buffer contents (possibly denormals or
+//! NaN, slow on some CPUs) out of the FMAs.
+
+use super::Elem;
+
+/// Packs a `lanes x kb` block into `ceil(lanes / w)` micro-panels of width
+/// `w`, panel after panel, each stored k-major: `dst[panel][p][lane]`.
+///
+/// For A the lanes are rows (`s_lane = rsa`, `s_k = csa`, `w = MR`); for B
+/// they are columns (`s_lane = csb`, `s_k = rsb`, `w = NR`).
+///
+/// # Safety
+/// `src[l * s_lane + p * s_k]` must be readable for all `l < lanes`,
+/// `p < kb`, and `dst` writable for `ceil(lanes / w) * w * kb` elements.
+pub(crate) unsafe fn pack<T: Elem>(
+    w: usize,
+    lanes: usize,
+    kb: usize,
+    src: *const T,
+    s_lane: usize,
+    s_k: usize,
+    dst: *mut T,
+) {
+    let mut l0 = 0;
+    let mut d = dst;
+    while l0 < lanes {
+        let cols = w.min(lanes - l0);
+        // SAFETY: every offset below is inside the ranges the caller vouched for.
+        unsafe {
+            let s = src.add(l0 * s_lane);
+            if cols == w && s_lane == 1 {
+                // Lanes contiguous in memory (row-major B, column-major A):
+                // one memcpy per k step.
+                for p in 0..kb {
+                    core::ptr::copy_nonoverlapping(s.add(p * s_k), d.add(p * w), w);
+                }
+            } else if s_k != 0 && s_k < s_lane {
+                // k is the faster-varying direction in memory (row-major A,
+                // column-major B): read each lane contiguously, scatter into
+                // the panel, which is small enough to sit in L1.
+                for l in 0..cols {
+                    let sl = s.add(l * s_lane);
+                    for p in 0..kb {
+                        *d.add(p * w + l) = *sl.add(p * s_k);
+                    }
+                }
+                zero_pad(w, cols, kb, d);
+            } else {
+                for p in 0..kb {
+                    let sp = s.add(p * s_k);
+                    for l in 0..cols {
+                        *d.add(p * w + l) = *sp.add(l * s_lane);
+                    }
+                }
+                zero_pad(w, cols, kb, d);
+            }
+            d = d.add(w * kb);
+        }
+        l0 += w;
+    }
+}
+
+/// Packs an `rows x kb` block of A whose rows are contiguous (`csa == 1`,
+/// plain row-major A) as `MR`-row micro-panels in *row* layout:
+/// `dst[panel][row][p]`, each row a straight copy. The `func_rows` kernels
+/// read this layout, which saves the scalar transpose of a k-major pack
+/// (worth ~8% when n is small and A is re-packed often).
+///
+/// # Safety
+/// `src[l * rsa + p]` must be readable for `l < rows`, `p < kb`, and `dst`
+/// writable for `ceil(rows / mr) * mr * kb` elements.
+pub(crate) unsafe fn pack_a_rows<T: Elem>(mr: usize, rows: usize, kb: usize, src: *const T, rsa: usize, dst: *mut T) {
+    let padded = rows.div_ceil(mr) * mr;
+    for l in 0..padded {
+        // SAFETY: row l < rows is in bounds of src; l * kb + kb <= padded * kb.
+        unsafe {
+            let d = dst.add(l * kb);
+            if l < rows {
+                core::ptr::copy_nonoverlapping(src.add(l * rsa), d, kb);
+            } else {
+                core::ptr::write_bytes(d, 0, kb);
+            }
+        }
+    }
+}
+
+/// Zeroes lanes `cols..w` of every k step of one panel.
+///
+/// # Safety
+/// `d` must be writable for `w * kb` elements.
+unsafe fn zero_pad<T: Elem>(w: usize, cols: usize, kb: usize, d: *mut T) {
+    if cols < w {
+        for p in 0..kb {
+            for l in cols..w {
+                // SAFETY: p * w + l < kb * w.
+                unsafe { *d.add(p * w + l) = T::ZERO };
+            }
+        }
+    }
+}

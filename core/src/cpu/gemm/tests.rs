@@ -1,0 +1,319 @@
+//! Checks every kernel this CPU supports, single- and multi-threaded,
+//! against a naive f64 triple loop on awkward shapes and layouts.
+
+use super::*;
+
+/// Element types under test, with what the checks need from them.
+trait TestElem: Elem + std::fmt::Debug {
+    const EPS: f64;
+    fn from_f64(x: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn kernels() -> Vec<Kernel<Self>>;
+}
+
+impl TestElem for f32 {
+    const EPS: f64 = f32::EPSILON as f64;
+    fn from_f64(x: f64) -> Self {
+        x as f32
+    }
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn kernels() -> Vec<Kernel<Self>> {
+        f32_kernels()
+    }
+}
+
+impl TestElem for f64 {
+    const EPS: f64 = f64::EPSILON;
+    fn from_f64(x: f64) -> Self {
+        x
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn kernels() -> Vec<Kernel<Self>> {
+        f64_kernels()
+    }
+}
+
+/// Deterministic xorshift values in [-1, 1).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    }
+}
+
+/// A logical `rows x cols` matrix stored with the given strides (plus some
+/// slack), padded with `pad` so stray writes are detectable.
+struct Strided<T> {
+    data: Vec<T>,
+    rs: usize,
+    cs: usize,
+}
+
+/// Layouts: row-major, column-major, both with a leading dimension larger
+/// than needed; `Gapped` has no unit stride at all; `Bcast` repeats one row
+/// (rs = 0).
+#[derive(Clone, Copy, Debug)]
+enum Layout {
+    Row,
+    Col,
+    Gapped,
+    Bcast,
+}
+
+fn make<T: TestElem>(rows: usize, cols: usize, lay: Layout, rng: &mut Rng, pad: T) -> Strided<T> {
+    let (rs, cs, len) = match lay {
+        Layout::Row => (cols + 3, 1, rows * (cols + 3)),
+        Layout::Col => (1, rows + 2, cols * (rows + 2)),
+        Layout::Gapped => (2 * cols + 1, 2, rows * (2 * cols + 1)),
+        Layout::Bcast => (0, 1, cols),
+    };
+    let mut data = vec![pad; len.max(1)];
+    for i in 0..rows {
+        for j in 0..cols {
+            data[i * rs + j * cs] = T::from_f64(rng.next());
+        }
+    }
+    Strided { data, rs, cs }
+}
+
+fn at<T: TestElem>(s: &Strided<T>, i: usize, j: usize) -> f64 {
+    s.data[i * s.rs + j * s.cs].to_f64()
+}
+
+/// Runs one GEMM with `kern` and compares with the naive f64 product.
+#[allow(clippy::too_many_arguments)]
+fn check<T: TestElem>(
+    kern: &Kernel<T>,
+    par_min: usize,
+    (m, n, k): (usize, usize, usize),
+    (la, lb, lc): (Layout, Layout, Layout),
+    alpha: f64,
+    beta: f64,
+    seed: u64,
+) {
+    let mut rng = Rng(seed * 2654435761 + 1);
+    let a = make::<T>(m, k, la, &mut rng, T::from_f64(f64::NAN));
+    let b = make::<T>(k, n, lb, &mut rng, T::from_f64(f64::NAN));
+    // beta == 0: C starts as NaN, which must be overwritten, not scaled.
+    let init = if beta == 0.0 { f64::NAN } else { 7.0 };
+    let mut c = make::<T>(m, n, lc, &mut rng, T::from_f64(1e30));
+    if beta == 0.0 {
+        for i in 0..m {
+            for j in 0..n {
+                c.data[i * c.rs + j * c.cs] = T::from_f64(init);
+            }
+        }
+    }
+    let c0 = c.data.clone();
+    let p = Operands {
+        m,
+        n,
+        k,
+        alpha: T::from_f64(alpha),
+        a: &a.data,
+        rsa: a.rs,
+        csa: a.cs,
+        b: &b.data,
+        rsb: b.rs,
+        csb: b.cs,
+        beta: T::from_f64(beta),
+        rsc: c.rs,
+        csc: c.cs,
+    };
+    gemm_with(kern, par_min, p, &mut c.data);
+    let mut touched = vec![false; c.data.len()];
+    for i in 0..m {
+        for j in 0..n {
+            let idx = i * c.rs + j * c.cs;
+            touched[idx] = true;
+            let (mut s, mut abs) = (0.0, 0.0);
+            for p in 0..k {
+                let x = at(&a, i, p) * at(&b, p, j);
+                s += x;
+                abs += x.abs();
+            }
+            let old = if beta == 0.0 { 0.0 } else { c0[idx].to_f64() };
+            let want = alpha * s + beta * old;
+            let tol = 4.0 * (k as f64 + 2.0) * T::EPS * (alpha.abs() * abs + (beta * old).abs()) + 1e-30;
+            let got = c.data[idx].to_f64();
+            assert!(
+                (got - want).abs() <= tol,
+                "{} m{m} n{n} k{k} {la:?}/{lb:?}/{lc:?} a{alpha} b{beta} at ({i},{j}): got {got}, want {want}",
+                kern.name
+            );
+        }
+    }
+    for (idx, t) in touched.iter().enumerate() {
+        if !t {
+            assert_eq!(c.data[idx].to_f64().to_bits(), c0[idx].to_f64().to_bits(), "padding written");
+        }
+    }
+}
+
+const SHAPES: &[(usize, usize, usize)] = &[
+    (0, 0, 0),
+    (0, 5, 3),
+    (5, 0, 3),
+    (5, 3, 0),
+    (1, 1, 1),
+    (1, 1, 9),
+    (2, 3, 4),
+    (17, 31, 7),
+    (13, 33, 65),
+    (6, 16, 256),
+    (12, 32, 257),
+    (37, 65, 300),
+    (100, 1, 50),
+    (1, 100, 50),
+    (145, 97, 33),
+];
+
+const LAYOUTS: [Layout; 2] = [Layout::Row, Layout::Col];
+
+fn all_layouts<T: TestElem>(shape: (usize, usize, usize), alpha: f64, beta: f64, par_min: usize) {
+    for kern in T::kernels() {
+        for la in LAYOUTS {
+            for lb in LAYOUTS {
+                for lc in LAYOUTS {
+                    check::<T>(&kern, par_min, shape, (la, lb, lc), alpha, beta, 1);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn small_shapes_all_layouts_f32() {
+    for &s in SHAPES {
+        all_layouts::<f32>(s, 1.0, 0.0, usize::MAX);
+        all_layouts::<f32>(s, -1.5, 0.75, 0);
+    }
+}
+
+#[test]
+fn small_shapes_all_layouts_f64() {
+    for &s in SHAPES {
+        all_layouts::<f64>(s, 1.0, 0.0, usize::MAX);
+        all_layouts::<f64>(s, 0.5, -2.0, 0);
+    }
+}
+
+#[test]
+fn big_shape_crosses_all_blocks() {
+    // 300 > mc, 519 > kc (uneven k split), 257 leaves partial NR panels.
+    for kern in f32_kernels() {
+        check::<f32>(&kern, 0, (300, 257, 519), (Layout::Row, Layout::Row, Layout::Row), 1.0, 0.0, 2);
+        check::<f32>(&kern, 0, (300, 257, 519), (Layout::Col, Layout::Col, Layout::Row), 2.0, 1.0, 3);
+    }
+    for kern in f64_kernels() {
+        check::<f64>(&kern, 0, (300, 257, 519), (Layout::Col, Layout::Row, Layout::Col), 1.0, 0.5, 4);
+    }
+    // n > nc so the jc loop runs more than once.
+    let kern = f32_kernel();
+    check::<f32>(kern, 0, (3, 4099, 5), (Layout::Row, Layout::Row, Layout::Row), 1.0, 1.0, 5);
+    check::<f32>(kern, 0, (5000, 3, 5), (Layout::Row, Layout::Row, Layout::Row), 1.0, 0.0, 6);
+}
+
+#[test]
+fn alpha_beta_special_values() {
+    for (alpha, beta) in [(0.0, 2.0), (0.0, 0.0), (1.0, 1.0), (-1.0, 0.0), (3.0, -1.0)] {
+        for &s in &[(1, 1, 1), (17, 31, 7), (64, 70, 80)] {
+            for kern in f32_kernels() {
+                check::<f32>(&kern, 0, s, (Layout::Row, Layout::Col, Layout::Row), alpha, beta, 7);
+            }
+        }
+    }
+}
+
+#[test]
+fn no_unit_stride() {
+    for &s in &[(1, 1, 1), (17, 31, 7), (70, 40, 300)] {
+        for kern in f32_kernels() {
+            check::<f32>(&kern, 0, s, (Layout::Gapped, Layout::Gapped, Layout::Gapped), 1.0, 0.0, 11);
+            check::<f32>(&kern, 0, s, (Layout::Gapped, Layout::Row, Layout::Gapped), -1.0, 0.5, 12);
+        }
+        for kern in f64_kernels() {
+            check::<f64>(&kern, 0, s, (Layout::Col, Layout::Gapped, Layout::Gapped), 1.0, 2.0, 13);
+        }
+    }
+}
+
+#[test]
+fn broadcast_strides() {
+    for &s in &[(1, 1, 1), (17, 31, 7), (70, 40, 300)] {
+        for kern in f32_kernels() {
+            check::<f32>(&kern, 0, s, (Layout::Bcast, Layout::Row, Layout::Row), 1.0, 0.0, 8);
+            check::<f32>(&kern, 0, s, (Layout::Row, Layout::Bcast, Layout::Col), 1.0, 0.5, 9);
+        }
+        for kern in f64_kernels() {
+            check::<f64>(&kern, 0, s, (Layout::Bcast, Layout::Bcast, Layout::Row), 1.0, 0.0, 10);
+        }
+    }
+}
+
+#[test]
+fn random_shapes() {
+    let mut rng = Rng(42);
+    let mut dim = |max: f64| ((rng.next() + 1.0) * 0.5 * max) as usize;
+    for seed in 0..40 {
+        let shape = (dim(90.0), dim(90.0), dim(90.0));
+        let lay = |x: u64| if x & 1 == 0 { Layout::Row } else { Layout::Col };
+        let lays = (lay(seed), lay(seed >> 1), lay(seed >> 2));
+        for kern in f32_kernels() {
+            check::<f32>(&kern, 0, shape, lays, 1.25, 0.5, seed);
+        }
+        check::<f64>(f64_kernel(), 0, shape, lays, 1.0, 0.0, seed);
+    }
+}
+
+#[test]
+fn public_api_and_nested_rayon() {
+    let (m, n, k) = (96, 80, 70);
+    let a: Vec<f32> = (0..m * k).map(|x| (x % 7) as f32 - 3.0).collect();
+    let b: Vec<f32> = (0..k * n).map(|x| (x % 5) as f32 - 2.0).collect();
+    let mut want = vec![0.0f32; m * n];
+    gemm_f32(m, n, k, 1.0, &a, k, 1, &b, n, 1, 0.0, &mut want, n, 1);
+    // Same product from inside a parallel loop (as batched matmul does).
+    let outs: Vec<Vec<f32>> = (0..4)
+        .into_par_iter()
+        .map(|_| {
+            let mut c = vec![f32::NAN; m * n];
+            gemm_f32(m, n, k, 1.0, &a, k, 1, &b, n, 1, 0.0, &mut c, n, 1);
+            c
+        })
+        .collect();
+    for c in outs {
+        assert_eq!(c, want);
+    }
+    let ad: Vec<f64> = a.iter().map(|&x| x as f64).collect();
+    let bd: Vec<f64> = b.iter().map(|&x| x as f64).collect();
+    let mut cd = vec![0.0f64; m * n];
+    gemm_f64(m, n, k, 1.0, &ad, k, 1, &bd, n, 1, 0.0, &mut cd, n, 1);
+    // Small integers: exact in both precisions.
+    assert!(cd.iter().zip(&want).all(|(&x, &y)| x == y as f64));
+}
+
+#[test]
+#[should_panic(expected = "A slice too short")]
+fn short_slice_panics() {
+    let mut c = [0.0f32; 4];
+    gemm_f32(2, 2, 2, 1.0, &[1.0; 3], 2, 1, &[1.0; 4], 2, 1, 0.0, &mut c, 2, 1);
+}
+
+#[test]
+fn overlap_detection() {
+    assert!(no_overlap(4, 5, 5, 1));
+    assert!(no_overlap(4, 1, 5, 4));
+    assert!(!no_overlap(4, 1, 5, 3));
+    assert!(!no_overlap(4, 0, 5, 1));
+    assert!(no_overlap(1, 0, 5, 1));
+    assert!(no_overlap(1, 0, 1, 0));
+}
