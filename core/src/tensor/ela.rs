@@ -24,35 +24,43 @@ fn check_qkv<B: Backend>(
         q.check_same_dtype(t, op)?;
     }
     q.check_float(op)?;
-    for t in [q, k, v] {
-        if t.rank() != 4 {
-            return Err(Error::RankMismatch {
-                op,
-                expected: "4 ([batch, heads, time, dim])",
-                shape: t.shape().clone(),
-            });
-        }
-    }
-    if q.dims() != k.dims() {
-        return Err(Error::ShapeMismatch {
-            op,
-            lhs: q.shape().clone(),
-            rhs: k.shape().clone(),
-            hint: "q and k must have the same shape [batch, heads, time, dim]".into(),
-        });
-    }
-    if v.dims()[..3] != q.dims()[..3] {
-        return Err(Error::ShapeMismatch {
-            op,
-            lhs: q.shape().clone(),
-            rhs: v.shape().clone(),
-            hint: "v must be [batch, heads, time, dv] with the batch, heads and time of q (dv may differ)".into(),
-        });
-    }
-    let d = q.dims();
-    let dims = ElaDims { batch: d[0], heads: d[1], t: d[2], d: d[3], dv: v.dims()[3] };
+    let dims = Tensor::ela_dims(op, q, k, v)?;
     check_params(op, p, dims.d)?;
     Ok(dims)
+}
+
+impl<B: Backend> Tensor<B> {
+    /// Check the shapes of an ELA call, `q`, `k` `[batch, heads, t, d]` and `v`
+    /// `[batch, heads, t, dv]`, and return its sizes (shared by every ELA form).
+    pub fn ela_dims(op: &'static str, q: &Tensor<B>, k: &Tensor<B>, v: &Tensor<B>) -> Result<ElaDims> {
+        for t in [q, k, v] {
+            if t.rank() != 4 {
+                return Err(Error::RankMismatch {
+                    op,
+                    expected: "4 ([batch, heads, time, dim])",
+                    shape: t.shape().clone(),
+                });
+            }
+        }
+        if q.dims() != k.dims() {
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: q.shape().clone(),
+                rhs: k.shape().clone(),
+                hint: "q and k must have the same shape [batch, heads, time, dim]".into(),
+            });
+        }
+        if v.dims()[..3] != q.dims()[..3] {
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: q.shape().clone(),
+                rhs: v.shape().clone(),
+                hint: "v must be [batch, heads, time, dv] with the batch, heads and time of q (dv may differ)".into(),
+            });
+        }
+        let d = q.dims();
+        Ok(ElaDims { batch: d[0], heads: d[1], t: d[2], d: d[3], dv: v.dims()[3] })
+    }
 }
 
 fn check_params(op: &'static str, p: &ElaParams, d: usize) -> Result<()> {

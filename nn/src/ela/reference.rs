@@ -3,38 +3,13 @@
 //! the tape. It is the oracle the fast forms are tested against, O(T^2) in time and memory.
 
 use ela_autograd::Var;
-use ela_core::{Backend, Error, Result, Tensor};
+use ela_core::{Backend, Result, Tensor};
 
 use super::kernel::Kernel;
 
 /// Checks `q`, `k` `[batch, heads, t, d]` and `v` `[batch, heads, t, dv]`.
 pub(crate) fn check_qkv<B: Backend>(op: &'static str, q: &Tensor<B>, k: &Tensor<B>, v: &Tensor<B>) -> Result<()> {
-    for t in [q, k, v] {
-        if t.rank() != 4 {
-            return Err(Error::RankMismatch {
-                op,
-                expected: "4 ([batch, heads, time, dim])",
-                shape: t.shape().clone(),
-            });
-        }
-    }
-    if q.dims() != k.dims() {
-        return Err(Error::ShapeMismatch {
-            op,
-            lhs: q.shape().clone(),
-            rhs: k.shape().clone(),
-            hint: "q and k must have the same shape [batch, heads, time, dim]".into(),
-        });
-    }
-    if v.dims()[..3] != q.dims()[..3] {
-        return Err(Error::ShapeMismatch {
-            op,
-            lhs: q.shape().clone(),
-            rhs: v.shape().clone(),
-            hint: "v must be [batch, heads, time, dv] with the batch, heads and time of q (dv may differ)".into(),
-        });
-    }
-    Ok(())
+    Tensor::ela_dims(op, q, k, v).map(|_| ())
 }
 
 /// Un-normalised numerator `num_i = sum_j K_ij v_j` (`[batch, heads, t, dv]`) and denominator
