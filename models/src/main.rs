@@ -4,7 +4,27 @@
 use clap::Parser;
 use ela_models::cli::{run, Cli};
 
+/// Restore the default SIGPIPE action, so `ela info | head` ends quietly like other Unix tools
+/// instead of panicking on the closed pipe (Rust ignores SIGPIPE and turns it into EPIPE errors,
+/// which `println!` reports by panicking).
+#[cfg(unix)]
+fn default_sigpipe() {
+    extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+    const SIGPIPE: i32 = 13;
+    const SIG_DFL: usize = 0;
+    // SAFETY: called once at start-up, before any thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        signal(SIGPIPE, SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn default_sigpipe() {}
+
 fn main() {
+    default_sigpipe();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => match e.kind() {

@@ -1,9 +1,11 @@
 //! Command-line interface: argument definitions and dispatch. Each subcommand lives in its own
 //! file and returns `ela_core::Result`, so errors reach `main` as one typed value.
 
+pub mod bench;
 pub mod generate;
 pub mod info;
 pub mod train;
+pub mod verify;
 
 use clap::{Parser, Subcommand};
 use ela_core::{Error, Result};
@@ -28,6 +30,11 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Train a small MLP on a generated spiral data set (a tour of the engine).
     Demo(crate::demo::DemoArgs),
+    /// Check that the chunked and recurrent ELA forms equal the f64 quadratic reference (outputs
+    /// and gradients) on random inputs; exits 1 if any error exceeds the dtype's tolerance.
+    Verify(verify::VerifyArgs),
+    /// Benchmarks: `ela bench ela` (ELA vs quadratic, softmax, JAX over T) and `ela bench decode`.
+    Bench(bench::BenchArgs),
 }
 
 /// Run a parsed command line.
@@ -37,6 +44,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate::run(&args),
         Command::Info(args) => info::run(&args),
         Command::Demo(args) => crate::demo::run(&args),
+        Command::Verify(args) => verify::run(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }
 

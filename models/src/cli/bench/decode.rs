@@ -1,0 +1,189 @@
+//! `ela bench decode`: per-token decoding latency and decoding-state bytes of the LM with ELA
+//! attention against the same LM with softmax attention, over context length.
+//!
+//! Two models that differ only in their attention mixer (Hyper-Link, dense SwiGLU FFN, Memory Lobe
+//! off, no RoPE, f32) are built from the same seed; each first runs an untimed 64-token warm-up (one-off
+//! costs such as CUDA kernel compilation). For every context N a random prompt of N tokens is
+//! prefilled (timed once), then `--steps` single-token steps are timed after one warm-up step;
+//! each timed step includes copying the logits to the host (what sampling needs, and a device
+//! synchronisation on CUDA). The bytes are `DecodeState::bytes()` after the prefill: the ELA
+//! state `(S, z, m)` per layer and head, or the softmax KV cache of N keys and values per layer.
+//!
+//! Softmax runs only up to `--softmax-max-context`: our softmax prefill is composed of tensor
+//! ops and materialises the `[heads, N, N]` score matrix per layer, which does not fit in memory
+//! for long contexts. Nothing is extrapolated: unmeasured cells print "-".
+
+use std::time::Instant;
+
+use ela_core::{Backend, CpuStorage, DType, Error, Result, Rng, Tensor};
+use ela_nn::module::ParamStore;
+
+use super::{fmt_bytes, fmt_ms, machine, median, parse_list};
+use crate::lm::{AttnKind, ElaLm, Link, LmConfig, LobeMode};
+
+/// Options of `ela bench decode`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchDecodeArgs {
+    /// Context lengths N (prompt tokens before decoding), comma-separated.
+    #[arg(long, default_value = "1024,2048,4096,8192,16384,32768,65536")]
+    pub contexts: String,
+    /// Timed decoding steps per context (the median is reported), after one warm-up step.
+    #[arg(long, default_value_t = 16)]
+    pub steps: usize,
+    /// Model width.
+    #[arg(long, default_value_t = 128)]
+    pub dim: usize,
+    /// Layers.
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    /// Attention heads.
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    /// FFN hidden width (dense SwiGLU).
+    #[arg(long, default_value_t = 256)]
+    pub ffn_hidden: usize,
+    /// ELA kernel.
+    #[arg(long, default_value = "hadamard-exp")]
+    pub kernel: String,
+    /// Chunk length of the ELA prefill.
+    #[arg(long, default_value_t = 64)]
+    pub chunk: usize,
+    /// Largest context for the softmax model (its prefill holds [heads, N, N] scores per layer).
+    #[arg(long, default_value_t = 8192)]
+    pub softmax_max_context: usize,
+    /// Device: cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Seed of the weights and the prompts.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Measurements of one model at one context.
+#[derive(Clone, Copy, Debug)]
+struct Cell {
+    step_ms: f64,
+    prefill_s: f64,
+    bytes: usize,
+}
+
+fn config(args: &BenchDecodeArgs, attention: AttnKind) -> LmConfig {
+    LmConfig {
+        vocab: 256,
+        dim: args.dim,
+        layers: args.layers,
+        heads: args.heads,
+        ffn_hidden: args.ffn_hidden,
+        attention,
+        link: Link::Hyper,
+        lobe: LobeMode::Off,
+        moe: None,
+        final_norm: true,
+        tied_embeddings: true,
+        rope_max_len: None,
+    }
+}
+
+/// Prefill `n` random tokens, then time single-token steps.
+fn measure<B: Backend>(model: &ElaLm<B>, n: usize, steps: usize, rng: &mut Rng, dev: &B) -> Result<Cell> {
+    let ids: Vec<u32> = (0..n).map(|_| rng.below(256) as u32).collect();
+    let ids = Tensor::from_cpu_storage(&CpuStorage::U32(ids), [1, n], dev)?;
+    let t0 = Instant::now();
+    let (logits, mut state) = model.prefill(&ids)?;
+    logits.to_vec_f64()?;
+    let prefill_s = t0.elapsed().as_secs_f64();
+    let bytes = state.bytes();
+    let mut times = Vec::with_capacity(steps);
+    for i in 0..=steps {
+        let token = rng.below(256) as u32;
+        let t0 = Instant::now();
+        model.step(&[token], &mut state)?.to_vec_f64()?;
+        if i > 0 {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(Cell { step_ms: median(&mut times), prefill_s, bytes })
+}
+
+/// Measure both models at every context: `[ela, softmax]` per context.
+fn go<B: Backend>(args: &BenchDecodeArgs, contexts: &[usize], dev: &B) -> Result<Vec<[Option<Cell>; 2]>> {
+    let kinds = [AttnKind::Ela { kernel: args.kernel.clone(), chunk: args.chunk }, AttnKind::Softmax];
+    let mut out = vec![[None, None]; contexts.len()];
+    for (m, kind) in kinds.into_iter().enumerate() {
+        let is_softmax = kind == AttnKind::Softmax;
+        let store = ParamStore::new(dev, DType::F32, args.seed);
+        let model = ElaLm::new(&store, config(args, kind))?;
+        let mut rng = Rng::new(args.seed ^ 0xdec0de);
+        // Untimed warm-up: first calls pay one-off costs (CUDA kernel compilation, allocator growth).
+        measure(&model, 64, 1, &mut rng, dev)?;
+        for (i, &n) in contexts.iter().enumerate() {
+            if is_softmax && n > args.softmax_max_context {
+                continue;
+            }
+            out[i][m] = Some(measure(&model, n, args.steps, &mut rng, dev)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Run `ela bench decode`.
+pub fn run(args: &BenchDecodeArgs) -> Result<()> {
+    let contexts = parse_list("--contexts", &args.contexts)?;
+    if args.steps == 0 {
+        return Err(Error::invalid("ela bench decode", "--steps must be at least 1"));
+    }
+    args.check_kernel()?;
+    config(args, AttnKind::Softmax).validate()?;
+    // A missing GPU is a one-line error before any output.
+    crate::on_device!(&args.device, |_dev| Ok::<(), Error>(()))?;
+    println!(
+        "ela bench decode: LM dim {} layers {} heads {} ffn {} (Hyper-Link, dense SwiGLU, lobe off, f32), ELA kernel {} chunk {}, batch 1, on {}",
+        args.dim, args.layers, args.heads, args.ffn_hidden, args.kernel, args.chunk, args.device
+    );
+    println!("machine: {}", machine());
+    if let crate::cli::DeviceChoice::Cuda(ordinal) = crate::cli::parse_device(&args.device)? {
+        println!("gpu: {}", ela_cuda::Cuda::new(ordinal)?.name());
+    }
+    println!("command: {}", std::env::args().collect::<Vec<_>>().join(" "));
+    println!(
+        "date: {} (UTC); per-token latency = median of {} steps after 1 warm-up (logits copied to the host); bytes after the prefill",
+        super::today_utc(),
+        args.steps
+    );
+    let cells = crate::on_device!(&args.device, |dev| go(args, &contexts, dev))?;
+    println!();
+    println!("| context | ELA ms/token | ELA state bytes | softmax ms/token | softmax KV-cache bytes | ELA prefill s | softmax prefill s |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for (n, [e, s]) in contexts.iter().zip(&cells) {
+        let col = |c: &Option<Cell>| {
+            (
+                fmt_ms(c.map(|c| c.step_ms)),
+                c.map_or("-".into(), |c| fmt_bytes(c.bytes)),
+                c.map_or("-".into(), |c| format!("{:.2}", c.prefill_s)),
+            )
+        };
+        let ((em, eb, ep), (sm, sb, sp)) = (col(e), col(s));
+        println!("| {n} | {em} | {eb} | {sm} | {sb} | {ep} | {sp} |");
+    }
+    if let Some(&n) = contexts.iter().find(|&&n| n > args.softmax_max_context) {
+        let gib = (args.heads * n * n * 4) as f64 / (1u64 << 30) as f64;
+        println!(
+            "\nsoftmax skipped above N = {} (--softmax-max-context): its composed prefill materialises the \
+             [heads, N, N] f32 scores per layer ({gib:.1} GiB each at N = {n}, several alive at once)",
+            args.softmax_max_context
+        );
+    }
+    println!("load average after: {}", super::load());
+    Ok(())
+}
+
+impl BenchDecodeArgs {
+    /// The kernel name and chunk, checked for a one-line error before any work.
+    fn check_kernel(&self) -> Result<()> {
+        self.kernel.parse::<ela_nn::ela::ElaKernel>()?;
+        if self.chunk == 0 {
+            return Err(Error::invalid("ela bench decode", "--chunk must be at least 1"));
+        }
+        Ok(())
+    }
+}

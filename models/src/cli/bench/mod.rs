@@ -1,0 +1,162 @@
+//! `ela bench`: wall-clock benchmarks that print markdown tables (docs/benchmarks.md).
+//!
+//! - `ela bench ela`: CPU time of the chunked ELA forward and forward+backward against the
+//!   quadratic reference, softmax attention and (with `--jax`) the JAX peer, over sequence length.
+//! - `ela bench decode`: per-token decoding latency and state / KV-cache bytes of the LM with ELA
+//!   against softmax attention, over context length.
+//!
+//! Every figure is the median of `--reps` timed runs after one untimed warm-up run. The header
+//! names the machine and its load average, because the numbers mean nothing without them.
+
+pub mod decode;
+pub mod ela;
+
+use std::time::Instant;
+
+use ela_core::{Error, Result};
+
+/// Options of `ela bench`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Which benchmark.
+    #[command(subcommand)]
+    pub which: BenchCommand,
+}
+
+/// The benchmarks.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum BenchCommand {
+    /// Chunked ELA vs the quadratic reference, softmax attention and the JAX peer over T (CPU).
+    Ela(ela::BenchElaArgs),
+    /// Per-token decode latency and state/KV bytes, ELA vs softmax LM, over context length.
+    Decode(decode::BenchDecodeArgs),
+}
+
+/// Run `ela bench`.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    match &args.which {
+        BenchCommand::Ela(a) => ela::run(a),
+        BenchCommand::Decode(a) => decode::run(a),
+    }
+}
+
+/// Parse a comma-separated list of positive integers (`--times 256,1024`).
+pub fn parse_list(flag: &'static str, s: &str) -> Result<Vec<usize>> {
+    let v = s
+        .split(',')
+        .map(|x| match x.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(Error::invalid(
+                "ela bench",
+                format!("{flag}: {x:?} is not a positive integer (expected e.g. 256,1024)"),
+            )),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if v.is_empty() {
+        return Err(Error::invalid("ela bench", format!("{flag} is empty")));
+    }
+    Ok(v)
+}
+
+/// Median wall-clock milliseconds of `reps` runs of `f`, after one untimed warm-up run.
+pub fn median_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut times = Vec::with_capacity(reps.max(1));
+    for _ in 0..reps.max(1) {
+        let t0 = Instant::now();
+        f()?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(median(&mut times))
+}
+
+/// Median of a non-empty slice (sorts it); the upper middle for even lengths.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// CPU model, logical cores and the 1/5/15-minute load average (Linux; "unknown" elsewhere).
+pub fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{model}, {cores} logical cores, load average {}", load())
+}
+
+/// The 1/5/15-minute load average, as `/proc/loadavg` prints it.
+pub fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Today's date in UTC as `YYYY-MM-DD` (from the system clock; civil-from-days conversion).
+pub fn today_utc() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    civil_date(secs / 86_400)
+}
+
+/// `YYYY-MM-DD` of the day `days` after 1970-01-01 (H. Hinnant's `civil_from_days`).
+fn civil_date(days: u64) -> String {
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// A time in ms with three significant digits, or "-" when not measured.
+pub fn fmt_ms(x: Option<f64>) -> String {
+    match x {
+        None => "-".into(),
+        Some(v) if v >= 100.0 => format!("{v:.0}"),
+        Some(v) if v >= 10.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.2}"),
+    }
+}
+
+/// Bytes with a binary unit, e.g. `69632 (68.0 KiB)`.
+pub fn fmt_bytes(n: usize) -> String {
+    let units = ["B", "KiB", "MiB", "GiB"];
+    let (mut x, mut u) = (n as f64, 0);
+    while x >= 1024.0 && u + 1 < units.len() {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{n} ({x:.1} {})", units[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_medians_and_units() {
+        assert_eq!(parse_list("--times", "256, 1024").unwrap(), vec![256, 1024]);
+        assert!(parse_list("--times", "256,x").is_err() && parse_list("--times", "0").is_err());
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(fmt_bytes(69632), "69632 (68.0 KiB)");
+        assert_eq!(fmt_bytes(12), "12 B");
+        assert_eq!(fmt_ms(None), "-");
+        assert_eq!(fmt_ms(Some(1234.4)), "1234");
+        assert_eq!(civil_date(0), "1970-01-01");
+        assert_eq!(civil_date(19_782), "2024-02-29");
+        assert_eq!(civil_date(20_454), "2026-01-01");
+    }
+}
