@@ -10,9 +10,35 @@ fn ela() -> Command {
 }
 
 const TINY: &[&str] = &[
-    "train", "--dim", "16", "--layers", "2", "--heads", "2", "--ffn-hidden", "16", "--experts", "2", "--top-k", "1",
-    "--steps", "12", "--batch", "2", "--seq", "16", "--warmup", "2", "--eval-every", "6", "--eval-windows", "4",
-    "--checkpoint-every", "4", "--sample-len", "8",
+    "train",
+    "--dim",
+    "16",
+    "--layers",
+    "2",
+    "--heads",
+    "2",
+    "--ffn-hidden",
+    "16",
+    "--experts",
+    "2",
+    "--top-k",
+    "1",
+    "--steps",
+    "12",
+    "--batch",
+    "2",
+    "--seq",
+    "16",
+    "--warmup",
+    "2",
+    "--eval-every",
+    "6",
+    "--eval-windows",
+    "4",
+    "--checkpoint-every",
+    "4",
+    "--sample-len",
+    "8",
 ];
 
 /// `(step, loss)` of every record, in file order.
@@ -87,4 +113,15 @@ fn bad_inputs_are_one_line_errors() {
         assert!(err.starts_with("error: "), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn bidirectional_lobe_warns_and_skips_sampling() {
+    let dir = std::env::temp_dir().join(format!("ela-bidir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = run(&[TINY, &["--lobe", "bidirectional", "--out", dir.to_str().unwrap()]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning: --lobe bidirectional"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cannot decode left to right"));
+    let _ = std::fs::remove_dir_all(&dir);
 }

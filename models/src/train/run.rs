@@ -89,11 +89,18 @@ fn ids<B: Backend>(v: &[u32], b: usize, t: usize, dev: &B) -> Result<Tensor<B>> 
 }
 
 /// Mean validation cross-entropy over up to `windows` windows.
-pub fn validate<B: Backend>(model: &ElaLm<B>, ds: &TextDataset, seq: usize, batch: usize, windows: usize) -> Result<f64> {
+pub fn validate<B: Backend>(
+    model: &ElaLm<B>,
+    ds: &TextDataset,
+    seq: usize,
+    batch: usize,
+    windows: usize,
+) -> Result<f64> {
     let dev = model.store().device();
     let (mut sum, mut n) = (0.0, 0usize);
     for b in ds.val_batches(batch, seq, windows) {
-        let (_, ce, _) = no_grad(|| model.loss(&ids(&b.inputs, b.batch, seq, dev)?, &ids(&b.targets, b.batch, seq, dev)?))?;
+        let (_, ce, _) =
+            no_grad(|| model.loss(&ids(&b.inputs, b.batch, seq, dev)?, &ids(&b.targets, b.batch, seq, dev)?))?;
         sum += ce * b.batch as f64;
         n += b.batch;
     }
@@ -122,15 +129,19 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
     let mut args = args.clone();
     let ckpt_path = args.out.join(CKPT);
     let resumed = if args.resume {
-        let ck = checkpoint::load(&ckpt_path, device)
-            .map_err(|e| Error::invalid("train --resume", format!("cannot resume from {}: {e}", ckpt_path.display())))?;
+        let ck = checkpoint::load(&ckpt_path, device).map_err(|e| {
+            Error::invalid("train --resume", format!("cannot resume from {}: {e}", ckpt_path.display()))
+        })?;
         args.apply_run_pairs(|k| ck.metadata.get(k).cloned())?;
         Some(ck)
     } else {
         if ckpt_path.exists() {
             return Err(Error::invalid(
                 "train",
-                format!("{} already holds a run; continue it with --resume or choose another --out", args.out.display()),
+                format!(
+                    "{} already holds a run; continue it with --resume or choose another --out",
+                    args.out.display()
+                ),
             ));
         }
         None
@@ -140,6 +151,12 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
         Some(ck) => LmConfig::from_pairs(|k| ck.metadata.get(k).cloned())?,
         None => args.model.to_config()?,
     };
+    if cfg.lobe == crate::lm::LobeMode::Bidirectional {
+        eprintln!(
+            "warning: --lobe bidirectional lets every position see later tokens, so this causal LM's loss is \
+             not a next-token loss and the model cannot decode left to right (see docs/model.md)"
+        );
+    }
     let text = load_text(&args.data)?;
     let data_hash = xxh64(text.as_bytes(), 0);
     let tokens = ByteTokenizer.encode(&text);
@@ -159,11 +176,18 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
     if let Some(ck) = &resumed {
         let hash = ck.metadata.get("run.data_hash").cloned().unwrap_or_default();
         if hash != format!("{data_hash:016x}") {
-            return Err(Error::invalid("train --resume", "the training text differs from the one the run started with"));
+            return Err(Error::invalid(
+                "train --resume",
+                "the training text differs from the one the run started with",
+            ));
         }
         store.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "model."), true)?;
         opt.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "optim."))?;
-        start = ck.metadata.get("run.step").and_then(|s| s.parse().ok()).ok_or_else(|| Error::invalid("resume", "no run.step"))?;
+        start = ck
+            .metadata
+            .get("run.step")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::invalid("resume", "no run.step"))?;
     }
     std::fs::create_dir_all(&args.out).map_err(|e| io(&args.out, e))?;
     let metrics_path = args.out.join("metrics.jsonl");
@@ -190,7 +214,8 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
         let lr = sched.lr_at(step);
         opt.set_lr(lr);
         let b = batch_for_step(&ds, &args, step);
-        let (loss, ce, out) = model.loss(&ids(&b.inputs, b.batch, b.seq, device)?, &ids(&b.targets, b.batch, b.seq, device)?)?;
+        let (loss, ce, out) =
+            model.loss(&ids(&b.inputs, b.batch, b.seq, device)?, &ids(&b.targets, b.batch, b.seq, device)?)?;
         let mut grads = loss.backward()?;
         let norm = if args.clip > 0.0 { clip_grad_norm(&store.params(), &mut grads, args.clip)? } else { f64::NAN };
         if norm.is_finite() || args.clip == 0.0 {
@@ -241,7 +266,13 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
     plot_metrics(&metrics_path, &plot)?;
     let prompt = ByteTokenizer.encode("the ");
     let sample_cfg = SampleConfig::default();
-    let new = generate(&model, &prompt, args.sample_len, &sample_cfg, &mut Rng::new(args.seed))?;
+    // A bidirectional lobe sees the future, so such a model has no left-to-right sample.
+    let sample = if cfg.lobe == crate::lm::LobeMode::Bidirectional {
+        "(no sample: a model with a bidirectional lobe cannot decode left to right)".to_string()
+    } else {
+        let new = generate(&model, &prompt, args.sample_len, &sample_cfg, &mut Rng::new(args.seed))?;
+        format!("the {}", ByteTokenizer.decode(&new))
+    };
     Ok(TrainReport {
         params,
         steps_run,
@@ -250,7 +281,7 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
         last_loss,
         val_loss,
         unigram_loss: unigram_loss(&ds.train, &ds.val, cfg.vocab),
-        sample: format!("the {}", ByteTokenizer.decode(&new)),
+        sample,
         checkpoint: ckpt_path,
         plot,
         metrics: metrics_path,
@@ -301,6 +332,9 @@ pub fn plot_metrics(metrics: &Path, svg: &Path) -> Result<()> {
         "ELA-rs training loss",
         "step",
         "cross-entropy (nats/byte)",
-        &[Series { label: "train", points: &tr, color: "#1f77b4" }, Series { label: "validation", points: &va, color: "#d62728" }],
+        &[
+            Series { label: "train", points: &tr, color: "#1f77b4" },
+            Series { label: "validation", points: &va, color: "#d62728" },
+        ],
     )
 }
