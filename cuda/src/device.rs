@@ -335,6 +335,17 @@ impl Cuda {
         }
         let f = self.function(file, name)?;
         self.bind("launch")?;
+        if smem > 48 * 1024 {
+            // Blocks get more than 48 KiB of shared memory only after opting in, per function.
+            f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+                .map_err(|e| Error::Backend {
+                    backend: "cuda",
+                    op: "launch",
+                    msg: format!(
+                        "{name} needs {smem} bytes of shared memory per block, more than this GPU allows: {e:?}"
+                    ),
+                })?;
+        }
         let mut ptrs: Vec<*mut c_void> = args.iter().map(Arg::as_ptr).collect();
         // SAFETY: the argument list matches the kernel's signature (each call site mirrors the
         // extern "C" declaration in the .cu file) and every pointer argument is a live buffer.

@@ -9,6 +9,7 @@
 //! Compilation needs no GPU, only `libnvrtc`: [`compile_all`] checks every source on a machine
 //! without a device (the test `nvrtc_compiles_every_kernel_file` uses it).
 
+use std::borrow::Cow;
 use std::ffi::{c_char, c_int, CStr, CString};
 
 use cudarc::nvrtc::{result as nr, sys as ns};
@@ -16,6 +17,17 @@ use ela_core::{Error, Result};
 
 /// Prepended to every kernel file: types, `Desc`, half conversions, block reductions.
 const COMMON: &str = include_str!("../kernels/common.cuh");
+
+/// Input dtype of a chunked-ELA kernel variant (the code in `ELA_DT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ElaDt {
+    /// f32 inputs: FFMA tile products, exact to f32 rounding.
+    F32 = 0,
+    /// f16 inputs: bf16 tensor-core products, f32 state.
+    F16 = 1,
+    /// bf16 inputs: bf16 tensor-core products, f32 state.
+    BF16 = 2,
+}
 
 /// One kernel source file (one op family).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -32,13 +44,24 @@ pub enum KernelFile {
     Index,
     /// im2col/col2im, pooling, upsampling
     ConvPool,
-    /// fused Exact Linear Attention: forward (+ carried state), backward
+    /// fused Exact Linear Attention, any kernel: the per-token scan (forward, backward, step)
     Ela,
+    /// chunked Hadamard-Exp ELA on tensor cores (`ela_tile.cuh`, `ela_chunk.cu`,
+    /// `ela_chunk_bwd.cu`), compiled separately for each input dtype and head sizes `d`, `dv`
+    ElaChunk {
+        /// Input dtype.
+        dt: ElaDt,
+        /// Query/key head size (= the feature size).
+        d: u16,
+        /// Value head size.
+        dv: u16,
+    },
 }
 
 impl KernelFile {
-    /// Every kernel file.
-    pub const ALL: [KernelFile; 7] = [
+    /// Every kernel file (the chunked ELA kernels in two representative variants: the
+    /// tensor-core path and the f32 path with 32-row chunks).
+    pub const ALL: [KernelFile; 9] = [
         KernelFile::Elementwise,
         KernelFile::Reduce,
         KernelFile::SoftmaxNorm,
@@ -46,6 +69,8 @@ impl KernelFile {
         KernelFile::Index,
         KernelFile::ConvPool,
         KernelFile::Ela,
+        KernelFile::ElaChunk { dt: ElaDt::BF16, d: 64, dv: 64 },
+        KernelFile::ElaChunk { dt: ElaDt::F32, d: 128, dv: 128 },
     ];
 
     /// File name under `cuda/kernels/`.
@@ -58,6 +83,7 @@ impl KernelFile {
             KernelFile::Index => "index.cu",
             KernelFile::ConvPool => "conv_pool.cu",
             KernelFile::Ela => "ela.cu",
+            KernelFile::ElaChunk { .. } => "ela_chunk.cu",
         }
     }
 
@@ -71,6 +97,23 @@ impl KernelFile {
             KernelFile::Index => include_str!("../kernels/index.cu"),
             KernelFile::ConvPool => include_str!("../kernels/conv_pool.cu"),
             KernelFile::Ela => include_str!("../kernels/ela.cu"),
+            KernelFile::ElaChunk { .. } => include_str!("../kernels/ela_chunk.cu"),
+        }
+    }
+
+    /// The text NVRTC compiles after the common prelude: [`KernelFile::source`], and for the
+    /// chunked ELA kernels the variant's defines, the tile header and the backward file.
+    pub fn full_source(self) -> Cow<'static, str> {
+        match self {
+            KernelFile::ElaChunk { dt, d, dv } => Cow::Owned(format!(
+                "#define ELA_DT {}\n#define ELA_D {d}\n#define ELA_DV {dv}\n#line 1 \"ela_tile.cuh\"\n{}\n#line 1 \
+                 \"ela_chunk.cu\"\n{}\n#line 1 \"ela_chunk_bwd.cu\"\n{}",
+                dt as i32,
+                include_str!("../kernels/ela_tile.cuh"),
+                self.source(),
+                include_str!("../kernels/ela_chunk_bwd.cu"),
+            )),
+            _ => Cow::Borrowed(self.source()),
         }
     }
 }
@@ -166,7 +209,7 @@ pub fn pick_arch(cc: i32) -> Result<String> {
 /// Compiles one kernel file for `arch` (`sm_XY` gives a CUBIN, `compute_XY` PTX). A compile
 /// failure becomes [`Error::Backend`] carrying NVRTC's log.
 pub fn compile(file: KernelFile, arch: &str) -> Result<Image> {
-    compile_source(file.name(), file.source(), arch)
+    compile_source(file.name(), &file.full_source(), arch)
 }
 
 /// Compiles CUDA C `source` (after the common prelude) as file `name` for `arch`.

@@ -40,7 +40,9 @@ pub mod kernels;
 mod ops;
 mod storage;
 mod strided;
+mod timing;
 
 pub use alloc::MemoryStats;
 pub use device::{cuda_if_available, cuda_or_none, Cuda};
 pub use storage::CudaStorage;
+pub use timing::GpuTimer;

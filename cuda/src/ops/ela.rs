@@ -1,10 +1,13 @@
-//! Fused Exact Linear Attention (kernels in `kernels/ela.cu`): forward (causal with an optional
-//! carried state, non-causal), backward and the recurrent step. One block per (batch, head)
-//! sequence scans time in the recurrent form; see the .cu file for the math and the numerics.
+//! Fused Exact Linear Attention: forward (causal with an optional carried state, non-causal),
+//! backward and the recurrent step. Hadamard Exp with f32/f16/bf16 inputs and head sizes 64 or
+//! 128 runs the chunked tensor-core kernels of `ops/ela_fast.rs`; every other call runs
+//! `kernels/ela.cu`, where one block per (batch, head) sequence scans time in the recurrent
+//! form (see the .cu file for the math and the numerics).
 
 use ela_core::ela::{ElaDims, ElaKernel, ElaParams, ElaStateBufs};
 use ela_core::{DType, Error, Result};
 
+use super::ela_fast;
 use super::{check_float, check_same, dt, stat_dtype};
 use crate::device::{Arg, Cfg, Cuda};
 use crate::kernels::KernelFile::Ela as ELA;
@@ -155,6 +158,16 @@ impl Cuda {
         let d = check_qkv(op, q, k, v, dims)?;
         check_params(op, p, state.is_some())?;
         let (n, f, sd) = (dims.sequences(), p.kernel.feature_size(dims.d), stat_dtype(d));
+        if let Some(fast) = ela_fast::variant(p.kernel, d, dims) {
+            let state = match state {
+                Some(st) => {
+                    let ptrs = state_ptrs(op, st, dims, p.kernel, sd)?;
+                    Some((st, [ptrs.0, ptrs.1, ptrs.2]))
+                }
+                None => None,
+            };
+            return self.ela_fast_forward(&fast, q, k, v, dims, p.causal, state);
+        }
         let y = self.alloc(d, n * dims.t * dims.dv)?;
         let scratch;
         let (s, z, m) = match state {
@@ -207,6 +220,9 @@ impl Cuda {
         check_len(OP, "dy", dy, v.len(), dims)?;
         check_params(OP, p, false)?;
         let (n, t, f, sd) = (dims.sequences(), dims.t, p.kernel.feature_size(dims.d), stat_dtype(d));
+        if let Some(fast) = ela_fast::variant(p.kernel, d, dims) {
+            return self.ela_fast_backward(&fast, q, k, v, y, dy, dims, p.causal);
+        }
         let (dq, dk, dvo) = (self.alloc(d, q.len())?, self.alloc(d, k.len())?, self.alloc(d, v.len())?);
         if t == 0 || n == 0 {
             return Ok((dq, dk, dvo));
@@ -253,7 +269,14 @@ impl Cuda {
         kernel: ElaKernel,
         state: &mut ElaStateBufs<CudaStorage>,
     ) -> Result<CudaStorage> {
+        const OP: &str = "ela_step";
         let one = ElaDims { t: 1, ..*dims };
-        self.ela_forward_op("ela_step", q, k, v, &one, &ElaParams { kernel, causal: true, chunk: 1 }, Some(state))
+        let d = check_qkv(OP, q, k, v, &one)?;
+        if let Some(fast) = ela_fast::variant(kernel, d, &one) {
+            // All sequences in one launch, one block each (ela_chunk_bwd.cu, `ela_step_fast`).
+            let (s, z, m) = state_ptrs(OP, state, &one, kernel, stat_dtype(d))?;
+            return self.ela_fast_step(&fast, q, k, v, one.sequences(), [s, z, m]);
+        }
+        self.ela_forward_op(OP, q, k, v, &one, &ElaParams { kernel, causal: true, chunk: 1 }, Some(state))
     }
 }

@@ -10,6 +10,7 @@
 mod alloc_errors;
 mod conv;
 mod ela;
+mod ela_fast;
 mod elementwise;
 mod grads;
 mod index;

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Peer of the LM training-step benchmark: the ELA LM of `ela train --link residual --lobe off
+--experts 0` written in PyTorch eager, trained on the same card with the same settings, f32.
+
+Architecture (models/src/lm, nn/src): byte embedding (vocab 256, tied output head), `layers`
+pre-norm blocks h = x + Attn(RMSNorm(x)), x' = h + SwiGLU(RMSNorm(h)); attention: q, k, v, o
+linear maps d -> d without bias, `heads` heads, causal Hadamard-Exp ELA; SwiGLU:
+w_down(silu(w_gate x) * w_up x); final RMSNorm (eps 1e-6), logits = h E^T, mean cross-entropy;
+AdamW (beta 0.9/0.95, eps 1e-8, weight decay 0.1), gradient clipping at 1.0.
+
+ELA in eager PyTorch, chunked (C = 64) as in DESIGN.md section 4, with the overflow protection
+of docs/ela.md reduced to what eager tensors allow cheaply: phi = exp(q - max_d q) (per-row shift,
+cancels), psi = exp(k - max k) with one max per (batch, head) (cancels). Memory O(T C + T/C D^2).
+
+Usage: python3 benches/peers/lm_torch.py [--dim 512 --layers 8 --heads 8 --ffn 2048 --seq 2048
+--batch 8 --steps 12] (TF32 off, as our stack's default). Prints tokens/s over the steps after
+two warm-up steps (device-synchronized wall time).
+"""
+import argparse
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def ela_chunked(q, k, v, chunk=64):
+    b, h, t, d = q.shape
+    dv = v.shape[-1]
+    pad = (-t) % chunk
+    if pad:
+        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+    n = (t + pad) // chunk
+    phi = torch.exp(q - q.amax(-1, keepdim=True))
+    psi = torch.exp(k - k.amax((-2, -1), keepdim=True).detach())
+    if pad:
+        psi = psi * (torch.arange(t + pad, device=q.device) < t).to(psi.dtype)[:, None]
+    phi = phi.view(b, h, n, chunk, d)
+    psi = psi.view(b, h, n, chunk, d)
+    vc = v.view(b, h, n, chunk, dv)
+    mask = torch.tril(torch.ones(chunk, chunk, device=q.device, dtype=q.dtype))
+    a = torch.einsum("bhncd,bhnsd->bhncs", phi, psi) * mask
+    num = torch.einsum("bhncs,bhnsv->bhncv", a, vc)
+    den = a.sum(-1)
+    kv = torch.einsum("bhncd,bhncv->bhndv", psi, vc)
+    ks = psi.sum(3)
+    s = torch.cumsum(kv, 2) - kv
+    z = torch.cumsum(ks, 2) - ks
+    num = num + torch.einsum("bhncd,bhndv->bhncv", phi, s)
+    den = den + torch.einsum("bhncd,bhnd->bhnc", phi, z)
+    return (num / den[..., None]).reshape(b, h, t + pad, dv)[:, :, :t]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d, eps=1e-6):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.w
+
+
+class Block(nn.Module):
+    def __init__(self, d, heads, ffn):
+        super().__init__()
+        self.heads = heads
+        self.n1, self.n2 = RMSNorm(d), RMSNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d, bias=False) for _ in range(4))
+        self.gate, self.up = nn.Linear(d, ffn, bias=False), nn.Linear(d, ffn, bias=False)
+        self.down = nn.Linear(ffn, d, bias=False)
+
+    def attn(self, x):
+        b, t, d = x.shape
+        sp = lambda y: y.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
+        y = ela_chunked(sp(self.q(x)), sp(self.k(x)), sp(self.v(x)))
+        return self.o(y.transpose(1, 2).reshape(b, t, d))
+
+    def forward(self, x):
+        h = x + self.attn(self.n1(x))
+        g = self.n2(h)
+        return h + self.down(F.silu(self.gate(g)) * self.up(g))
+
+
+class Lm(nn.Module):
+    def __init__(self, d, layers, heads, ffn):
+        super().__init__()
+        self.emb = nn.Embedding(256, d)
+        nn.init.normal_(self.emb.weight, std=0.02)
+        self.blocks = nn.ModuleList(Block(d, heads, ffn) for _ in range(layers))
+        self.norm = RMSNorm(d)
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        for blk in self.blocks:
+            h = blk(h)
+        return self.norm(h) @ self.emb.weight.T
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--ffn", type=int, default=2048)
+    ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=12)
+    args = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    model = Lm(args.dim, args.layers, args.heads, args.ffn).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    data = torch.randint(0, 256, (args.steps + 2, args.batch, args.seq + 1), device="cuda")
+    params = sum(p.numel() for p in model.parameters())
+
+    def step(i):
+        ids, tgt = data[i, :, :-1], data[i, :, 1:]
+        loss = F.cross_entropy(model(ids).reshape(-1, 256), tgt.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss
+
+    for i in range(2):
+        step(i)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(args.steps):
+        loss = step(i + 2)
+    torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    tok = args.steps * args.batch * args.seq
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}; {params} parameters")
+    print(f"pytorch eager f32: {args.steps} steps of {args.batch}x{args.seq} tokens in {dt:.2f} s: "
+          f"{tok / dt:.0f} tokens/s ({1e3 * dt / args.steps:.0f} ms/step), last loss {loss.item():.3f}, "
+          f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+
+
+if __name__ == "__main__":
+    main()

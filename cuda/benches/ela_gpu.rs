@@ -1,0 +1,108 @@
+//! Fused ELA on the GPU (Hadamard Exp, causal): chunked forward and forward + backward,
+//! B = 8, H = 16, D = Dv in {64, 128}, T = 1k..32k, bf16 and f32. Device time (CUDA events),
+//! median of repetitions after warm-up. Every configuration is also checked: the outputs start as
+//! NaN (poisoned allocator blocks) and sequence 0 (batch 0, head 0) of y, dq, dk, dv is compared
+//! with the CPU backend's f64 fused kernels on the same (rounded) inputs.
+//!
+//! Run on the GPU machine: `ela_gpu [filters]`, e.g. `ela_gpu d=64 bf16`; a filter keeps the rows
+//! whose label contains it. Prints a markdown table.
+
+mod common;
+
+use common::{device, median, poison, rand_tensor, rel_err, selected};
+use ela_core::ela::ElaParams;
+use ela_core::{Cpu, DType, ElaKernel, Result, Tensor};
+use ela_cuda::{Cuda, GpuTimer};
+
+const B: usize = 8;
+const H: usize = 16;
+const TS: [usize; 6] = [1024, 2048, 4096, 8192, 16384, 32768];
+
+/// Sequence 0 (batch 0, head 0) as an f64 CPU tensor `[1, 1, t, w]`.
+fn seq0(x: &Tensor<Cuda>) -> Result<Tensor<Cpu>> {
+    x.narrow(0, 0, 1)?.narrow(1, 0, 1)?.contiguous()?.to_device(&Cpu)?.to_dtype(DType::F64)
+}
+
+fn main() -> Result<()> {
+    let dev = device();
+    let timer = GpuTimer::new(&dev)?;
+    println!(
+        "device: {} (sm_{}{}), kernels for {}",
+        dev.name(),
+        dev.compute_capability().0,
+        dev.compute_capability().1,
+        dev.kernel_arch()
+    );
+    println!("| D | dtype | T | forward ms | fwd+bwd ms | y err | grad err |");
+    println!("|---|---|---|---|---|---|---|");
+    let p = ElaParams::causal(ElaKernel::HadamardExp);
+    for d in [64, 128] {
+        for dtype in [DType::BF16, DType::F32] {
+            let tag = format!("d={d} {dtype:?}").to_lowercase();
+            if !TS.iter().any(|t| selected(&format!("{tag} T={t}"))) {
+                continue;
+            }
+            let tmax = *TS.iter().filter(|t| selected(&format!("{tag} T={t}"))).max().unwrap_or(&TS[5]);
+            // Inputs as in the peer script: uniform with variance 1, q shifted up and k down.
+            let s3 = 3f32.sqrt();
+            let base = [
+                rand_tensor(&dev, &[B, H, tmax, d], -s3 + 0.5, s3 + 0.5, 1, dtype)?,
+                rand_tensor(&dev, &[B, H, tmax, d], -s3 - 0.5, s3 - 0.5, 2, dtype)?,
+                rand_tensor(&dev, &[B, H, tmax, d], -s3, s3, 3, dtype)?,
+                rand_tensor(&dev, &[B, H, tmax, d], -s3, s3, 4, dtype)?,
+            ];
+            for t in TS {
+                let label = format!("{tag} T={t}");
+                if t > tmax || !selected(&label) {
+                    continue;
+                }
+                let cut = |x: &Tensor<Cuda>| x.narrow(2, 0, t).and_then(|x| x.contiguous());
+                let (q, k, v, dy) = (cut(&base[0])?, cut(&base[1])?, cut(&base[2])?, cut(&base[3])?);
+                let reps = if t <= 4096 { 10 } else { 5 };
+                let mut fwd = Vec::new();
+                let mut both = Vec::new();
+                for i in 0..reps + 2 {
+                    let (y, ms) = timer.time(|| q.ela(&k, &v, &p))?;
+                    let (_, ms2) = timer.time(|| {
+                        let y = q.ela(&k, &v, &p)?;
+                        Tensor::ela_backward(&q, &k, &v, &y, &dy, &p)
+                    })?;
+                    drop(y);
+                    if i >= 2 {
+                        fwd.push(ms);
+                        both.push(ms2);
+                    }
+                }
+                // The checked run: outputs in NaN-filled blocks, sequence 0 against f64 on the CPU.
+                poison(&dev, B * H * t * d, dtype, 4)?;
+                let y = q.ela(&k, &v, &p)?;
+                poison(&dev, B * H * t * d, dtype, 4)?;
+                let (dq, dk, dv) = Tensor::ela_backward(&q, &k, &v, &y, &dy, &p)?;
+                let (q0, k0, v0, dy0) = (seq0(&q)?, seq0(&k)?, seq0(&v)?, seq0(&dy)?);
+                let y64 = q0.ela(&k0, &v0, &p)?;
+                let g64 = Tensor::ela_backward(&q0, &k0, &v0, &y64, &dy0, &p)?;
+                let e = |a: &Tensor<Cuda>, b: &Tensor<Cpu>| -> Result<f64> {
+                    Ok(rel_err(&seq0(a)?.to_vec_f64()?, &b.to_vec_f64()?))
+                };
+                let ey = e(&y, &y64)?;
+                let eg = e(&dq, &g64.0)?.max(e(&dk, &g64.1)?).max(e(&dv, &g64.2)?);
+                // Every element written and finite: a NaN or inf anywhere makes the sum non-finite.
+                let mut all_finite = true;
+                for x in [&y, &dq, &dk, &dv] {
+                    let rows = x.to_dtype(DType::F32)?.reshape([B * H, t * d])?.sum(1, false)?;
+                    all_finite &= rows.sum_all()?.to_scalar()?.is_finite();
+                }
+                println!(
+                    "| {d} | {} | {t} | {:.3} | {:.3} | {ey:.1e} | {eg:.1e}{} |",
+                    format!("{dtype:?}").to_lowercase(),
+                    median(fwd),
+                    median(both),
+                    if all_finite { "" } else { " NON-FINITE" }
+                );
+            }
+            drop(base);
+            dev.empty_cache()?;
+        }
+    }
+    Ok(())
+}

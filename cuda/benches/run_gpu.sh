@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Runs the CUDA tests, the GPU benchmarks and their peers on the GPU machine, from the repo root,
+# with `.gpu` (built here: `../shared/tools/gpu-bundle -p ela-cuda -p ela-models --bins`, plus the
+# bench executables of ela-cuda copied into .gpu/bin) and the fla-core wheel in `.whl` carried.
+# Logs go to $OUT, in few files (the device tool returns at most 8).
+#
+# Sections (default: all): tests ela decode peers-ela gemm lm. With peers-ela, fla's Triton
+# autotuning runs first in parallel background processes, overlapping the (untimed) tests; the
+# timed benchmarks start only after it has finished, so nothing else shares the GPU with them.
+#   bash cuda/benches/run_gpu.sh tests ela decode peers-ela
+set -u
+OUT=${OUT:-/tmp/ela-gpu-out}
+mkdir -p "$OUT"
+SECTIONS=${*:-tests ela decode peers-ela lm gemm}
+want() { for s in $SECTIONS; do [ "$s" = "$1" ] && return 0; done; return 1; }
+stamp() { echo "== $(date -u +%FT%TZ) $*" >>"$OUT/summary.md"; }
+export TRITON_CACHE_DIR=/tmp/triton-cache PYTHONUNBUFFERED=1
+{
+  echo "# GPU run $(date -u +%F)"
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.total --format=csv,noheader
+} >>"$OUT/summary.md"
+if want peers-ela; then
+  stamp "fla install + autotune warm-up (background)"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/*.whl >>"$OUT/peers.md" 2>&1
+  for combo in "64 bfloat16" "128 bfloat16" "64 float32" "128 float32"; do
+    # shellcheck disable=SC2086
+    (PYTHONPATH=/tmp/site timeout "${FLA_WARM_S:-300}" python3 benches/peers/ela_fla.py --warm $combo \
+      >"/tmp/warm_${combo// /_}.log" 2>&1) &
+  done
+fi
+if want tests; then
+  stamp tests
+  timeout "${TESTS_S:-200}" bash .gpu/run-tests.sh cuda >>"$OUT/summary.md" 2>&1
+  grep -E "^(F32|BF16|F16|magnitude|crossed)" "$OUT/gpu-tests.log" >>"$OUT/summary.md"
+fi
+if want peers-ela; then
+  wait
+  stamp "warm-up done: $(ls /tmp/fla_ready_* 2>/dev/null | tr '\n' ' ')"
+  tail -n 3 /tmp/warm_*.log >>"$OUT/peers.md" 2>/dev/null
+fi
+if want ela; then
+  stamp ela_gpu
+  timeout "${ELA_S:-240}" .gpu/bin/ela_gpu >>"$OUT/ela.md" 2>&1 || echo "ela_gpu exit $?" >>"$OUT/ela.md"
+fi
+if want decode; then
+  stamp ela_decode
+  timeout 60 .gpu/bin/ela_decode >>"$OUT/ela.md" 2>&1 || echo "ela_decode exit $?" >>"$OUT/ela.md"
+fi
+if want peers-ela; then
+  stamp peers-ela
+  PYTHONPATH=/tmp/site FLA_NEED_WARM=1 timeout "${PEERS_S:-240}" python3 benches/peers/ela_fla.py >>"$OUT/peers.md" 2>&1 \
+    || echo "ela_fla.py exit $?" >>"$OUT/peers.md"
+fi
+if want lm; then
+  stamp lm
+  args="--dim 512 --layers 8 --heads 8 --seq 2048 --batch 8"
+  echo "ela train --device cuda $args --link residual --lobe off --experts 0 --ffn-hidden 2048 --steps 12" >>"$OUT/lm.txt"
+  # shellcheck disable=SC2086
+  timeout "${LM_S:-300}" .gpu/bin/ela train --device cuda $args --link residual --lobe off --experts 0 --ffn-hidden 2048 \
+    --steps 12 --warmup 2 --eval-every 1000 --eval-windows 1 --checkpoint-every 0 --sample-len 16 --out /tmp/lmrun \
+    >>"$OUT/lm.txt" 2>&1 || echo "ela train exit $?" >>"$OUT/lm.txt"
+  cp /tmp/lmrun/metrics.jsonl "$OUT/lm_metrics.jsonl" 2>/dev/null
+  timeout "${LM_S:-300}" python3 benches/peers/lm_torch.py --steps 12 >>"$OUT/lm.txt" 2>&1 || echo "lm_torch.py exit $?" >>"$OUT/lm.txt"
+fi
+if want gemm; then
+  stamp gemm
+  timeout "${GEMM_S:-120}" .gpu/bin/gemm_gpu >>"$OUT/gemm.md" 2>&1 || echo "gemm_gpu exit $?" >>"$OUT/gemm.md"
+  timeout "${GEMM_S:-120}" python3 benches/peers/gemm_torch.py >>"$OUT/gemm.md" 2>&1
+fi
+stamp done

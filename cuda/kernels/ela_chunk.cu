@@ -1,0 +1,461 @@
+// Chunked Exact Linear Attention (Hadamard Exp) on tensor cores: the forward and the backward of
+// docs/ela.md in the CPU kernels' exact numerics (log-scale units, per-row shifts, per-feature
+// running maxima, the exact path for rows whose fast denominator underflows), split into kernels
+// that each have plenty of parallel work:
+//
+//   ela_scan (mode 0), one block per (sequence, 32 value columns), walks the chunks in order and
+//     writes the state before every chunk: slot c = (S^(c), z^(c), m^(c)), slot nch = the final
+//     state (S in the operand type, z and m f32). Per chunk: m' = max(m, column max of the keys),
+//     S <- S exp(m - m') + exp(K - m')^T V, z likewise (eq. (S')).
+//   ela_out, one block per (chunk, sequence): the chunk's rows from its state slot (eqs. (F1),
+//     (F2) with (N1), (U), (N2)): A = (Phi_a Psi_a^T) * E masked, y = (A V + Phi_b S) / den.
+//     In mode 1 (backward) it writes per row (u, den, c = g . y, exact-path flag) instead of y.
+//   ela_scan (mode 1) walks the chunks backwards and writes U^(c+1), w^(c+1): the reverse
+//     accumulators of the rows after each chunk (eq. (R)), moved between units on the way.
+//   ela_bwd (ela_chunk_bwd.cu), one block per (chunk, sequence): dq, dk, dv of the chunk
+//     (eqs. (B1)-(B4) in units) from the slots, with the exact path for underflowed rows.
+//
+// Non-causal attention uses the final slot for every chunk (one global state and one global U).
+// The chunk length C is the kernel's own (ELA_C): results agree with any CPU chunk length to
+// rounding. The recurrent step for all sequences in one launch is at the end of
+// ela_chunk_bwd.cu.
+
+// Value columns per scan block: 32, or 64 for 128-wide values, so that the scan's 2 * B * H blocks
+// all stay resident (two per multiprocessor): a scan block runs for the whole sequence.
+#define SCAN_DVB (ELA_DV > 64 ? 64 : 32)
+
+// ---------------------------------------------------------------- scan over chunks
+
+// The state product S += Psi^T [V | 1] carries z (or w, with the column c * den) as one more
+// 8-column tile of the same tensor-core product: no separate reduction over the chunk's rows.
+extern "C" __global__ void __launch_bounds__(ELA_THREADS, 2)
+    ela_scan(const ST* x, const ST* val, MT* slot_s, float* slot_z, float* slot_m, const ela_f4* rows,
+             const float* init_s, const float* init_z, const float* init_m, float* fin_s, float* fin_z, float* fin_m,
+             i64 T, int nch, int mode, int causal) {
+    constexpr int F = ELA_F, DV = ELA_DV, C = ELA_C, DVB = SCAN_DVB, LDX = F + 1, LDC = LDP(C);
+    typedef WarpMap<F, DVB> W;
+    constexpr int NX = C * F / (4 * ELA_THREADS), NVV = C * DVB / (4 * ELA_THREADS);
+    static_assert(NX * 4 * ELA_THREADS == C * F && NVV * 4 * ELA_THREADS == C * DVB, "staging split");
+    static_assert(ELA_THREADS % (F / 4) == 0, "a thread's x vectors share their columns");
+    float* xf = (float*)ela_smem;     // [C][LDX]: keys (mode 0) or queries (mode 1) as f32
+    float* mto = xf + C * LDX;        // [F] the units after this chunk's update
+    float* rsc = mto + F;             // [F] units change factors
+    float* part = rsc + F;            // [ELA_WARPS][F] column maxima of the keys, per warp
+    float* rinf = part + ELA_WARPS * F;  // [C][4] row info (mode 1)
+    MT* vT = (MT*)(rinf + 4 * C);     // [DVB + 8][LDC] values (or gradients) transposed, then [1 | c den]
+    MT* fT = vT + (DVB + 8) * LDC;    // [F][LDC] key or query features, transposed
+    check_smem(fT + F * LDC);
+
+    const int seq = blockIdx.x, j0 = blockIdx.y * DVB, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int row0 = W::row0(), col0 = W::col0();
+    const bool lead = blockIdx.y == 0, zw = W::group() == 0 && (lane & 3) == 0;  // zw: holds z (col 0)
+    const i64 nslot = mode == 0 ? (i64)nch + 1 : (i64)nch;
+    MT* ss = slot_s + seq * nslot * F * DV;
+    float* sz = slot_z + seq * nslot * F;
+    const float* sm = slot_m + seq * ((i64)nch + 1) * F;
+    const ST* xs = x + seq * T * F;
+    const ST* vs = val + seq * T * DV;
+
+    float acc[W::NT][4], accz[1][4];  // accz: the [1 | c den] tile (group-0 warps)
+    zero_acc(acc);
+    zero_acc(accz);
+    float mf = neg_inf<float>();  // thread f < F: the current log-scale (mode 0)
+    if (mode == 0 && init_s) {
+        const float* is = init_s + (i64)seq * F * DV;
+#pragma unroll
+        for (int nt = 0; nt < W::NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[nt][e] = is[ACC_ROW(row0, e) * DV + j0 + ACC_COL(col0, nt, e)];
+        if (zw) {
+            accz[0][0] = init_z[(i64)seq * F + ACC_ROW(row0, 0)];
+            accz[0][2] = init_z[(i64)seq * F + ACC_ROW(row0, 2)];
+        }
+        if (tid < F) mf = init_m[(i64)seq * F + tid];
+    }
+    for (int e = tid; e < 8 * LDC; e += ELA_THREADS) vT[DVB * LDC + e] = to_mt(0.f);
+
+    // Registers holding the next chunk's inputs: loaded one chunk ahead so the global-memory
+    // latency overlaps the current chunk's work.
+    RAW4 px[NX], pv[NVV];
+    ela_f4 pr;
+    pr.x = 0.f, pr.y = 1.f, pr.z = 0.f, pr.w = 0.f;
+    auto fetch = [&](int c) {
+        const i64 t0 = (i64)c * C;
+        const int n = (int)min((i64)C, T - t0);
+#pragma unroll
+        for (int i = 0; i < NX; ++i) {
+            const int e = tid + i * ELA_THREADS, r = e / (F / 4), cq = e % (F / 4);
+            px[i] = r < n ? ld_raw4(xs + (t0 + r) * F + 4 * cq) : raw_zero();
+        }
+#pragma unroll
+        for (int i = 0; i < NVV; ++i) {
+            const int e = tid + i * ELA_THREADS, r = e / (DVB / 4), cq = e % (DVB / 4);
+            pv[i] = r < n ? ld_raw4(vs + (t0 + r) * DV + j0 + 4 * cq) : raw_zero();
+        }
+        if (mode == 1 && tid < C) {
+            if (tid < n) pr = rows[seq * T + t0 + tid];
+            else pr.x = 0.f, pr.y = 1.f, pr.z = 0.f, pr.w = 0.f;
+        }
+    };
+    auto store_slot = [&](i64 slot) {
+        MT* dst = ss + slot * F * DV;
+#pragma unroll
+        for (int nt = 0; nt < W::NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; e += 2)
+                store_mt2(dst + ACC_ROW(row0, e) * DV + j0 + ACC_COL(col0, nt, e), acc[nt][e], acc[nt][e + 1]);
+        if (lead && zw) {
+            sz[slot * F + ACC_ROW(row0, 0)] = accz[0][0];
+            sz[slot * F + ACC_ROW(row0, 2)] = accz[0][2];
+        }
+        if (mode == 0 && lead && tid < F) slot_m[(seq * ((i64)nch + 1) + slot) * F + tid] = mf;
+    };
+    fetch(mode == 0 ? 0 : nch - 1);
+
+    for (int it = 0; it < nch; ++it) {
+        const int c = mode == 0 ? it : nch - 1 - it;
+        const i64 t0 = (i64)c * C;
+        const int n = (int)min((i64)C, T - t0);
+        // (1) Slot c: the state before chunk c (mode 0) or U, w of the rows after it (mode 1).
+        if (causal) store_slot(c);
+        // (2) Stage the prefetched chunk; then prefetch the next one.
+        __syncthreads();  // the previous chunk's product has read vT, fT
+        if (mode == 1 && tid < C) {
+            rinf[4 * tid] = pr.x;
+            rinf[4 * tid + 1] = pr.y;
+            rinf[4 * tid + 2] = pr.z;
+            rinf[4 * tid + 3] = pr.w;
+        }
+        if (tid < C) vT[DVB * LDC + tid] = to_mt(tid < n ? (mode == 0 ? 1.f : pr.z * pr.y) : 0.f);
+        {
+            float cm[4] = {neg_inf<float>(), neg_inf<float>(), neg_inf<float>(), neg_inf<float>()};
+#pragma unroll
+            for (int i = 0; i < NX; ++i) {
+                const int e = tid + i * ELA_THREADS, r = e / (F / 4), cq = e % (F / 4);
+                float o[4];
+                unpack4(px[i], o);
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    xf[r * LDX + 4 * cq + j] = o[j];
+                    if (r < n) cm[j] = fmaxf(cm[j], o[j]);
+                }
+            }
+            if (mode == 0) {
+                // Column maxima of this warp's key rows (lanes l and l + F/4 share columns).
+#pragma unroll
+                for (int o = F / 4; o < 32; o <<= 1)
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) cm[j] = fmaxf(cm[j], __shfl_xor_sync(0xffffffffu, cm[j], o));
+                if (lane < F / 4)
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) part[warp * F + 4 * (tid % (F / 4)) + j] = cm[j];
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < NVV; ++i) {
+            const int e = tid + i * ELA_THREADS, r = e / (DVB / 4), cq = e % (DVB / 4);
+            MT o[4];
+            raw_to_mt4(pv[i], o);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) vT[(4 * cq + j) * LDC + r] = o[j];
+        }
+        if (it + 1 < nch) fetch(mode == 0 ? c + 1 : c - 1);
+        __syncthreads();
+        if (tid < F) {
+            float from, to;
+            if (mode == 0) {
+                float mx = neg_inf<float>();
+#pragma unroll
+                for (int w = 0; w < ELA_WARPS; ++w) mx = fmaxf(mx, part[w * F + tid]);
+                from = mf;
+                to = fmaxf(mf, mx);
+                mf = to;
+            } else {
+                from = sm[(causal ? c + 1 : nch) * (i64)F + tid];
+                to = causal ? sm[(i64)c * F + tid] : from;
+            }
+            rsc[tid] = units_factor(from, to);
+            mto[tid] = to;
+        }
+        __syncthreads();
+        // (3) Features, transposed (fT[f][j]): mode 0 psi = exp(k - m'); mode 1
+        //     phi_b / den = exp(q + m^(c) - u) / den (eqs. (S'), (R); 1/den folds g = dy / den in).
+        {
+            const int j = tid % C;
+            const float uj = mode == 1 ? rinf[4 * j] : 0.f, inv = mode == 1 ? 1.f / rinf[4 * j + 1] : 1.f;
+            for (int f = tid / C; f < F; f += ELA_THREADS / C) {
+                float val = 0.f;
+                if (j < n)
+                    val = mode == 0 ? __expf(xf[j * LDX + f] - mto[f]) : __expf(xf[j * LDX + f] + mto[f] - uj) * inv;
+                fT[f * LDC + j] = to_mt(val);
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < W::NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[nt][e] *= rsc[ACC_ROW(row0, e)];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) accz[0][e] *= rsc[ACC_ROW(row0, e)];
+        __syncthreads();
+        mm_tile<W::NT, false, true>(acc, fT, LDC, vT, LDC, row0, col0, C);
+        if (W::group() == 0) mm_tile<1, false, true>(accz, fT, LDC, vT, LDC, row0, DVB, C);
+    }
+
+    if (mode == 0 || !causal) store_slot(mode == 0 ? nch : 0);  // final state / global U, w
+    if (mode == 0 && fin_s) {
+        // ...and in f32 for a carried state (prefill).
+        float* fsd = fin_s + (i64)seq * F * DV;
+#pragma unroll
+        for (int nt = 0; nt < W::NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) fsd[ACC_ROW(row0, e) * DV + j0 + ACC_COL(col0, nt, e)] = acc[nt][e];
+        if (lead && zw) {
+            fin_z[(i64)seq * F + ACC_ROW(row0, 0)] = accz[0][0];
+            fin_z[(i64)seq * F + ACC_ROW(row0, 2)] = accz[0][2];
+        }
+        if (lead && tid < F) fin_m[(i64)seq * F + tid] = mf;
+    }
+}
+
+// ---------------------------------------------------------------- rows of one chunk
+
+// The exact path for row i of the chunk (docs/ela.md "exact rows after underflow"; the CPU's
+// slow.rs): u = r_i, the row's true largest log-term, so its largest term is 1. Block-wide;
+// `sc` is scratch for 2F + C floats.
+__device__ void slow_row(int i, const ST* qg, const ST* kg, const ST* vg, const MT* Sg, const float* mst,
+                         const float* zst, float* sc, float* red, int mode, ST* yrow, ela_f4* rrow, const ST* dyrow,
+                         const ST* yinrow) {
+    constexpr int F = ELA_F, DV = ELA_DV;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    float* qr = sc;
+    float* sj = qr + F;
+    float* wsf = sj + ELA_C;
+    if (tid < F) qr[tid] = DT::load(qg[(i64)i * F + tid]);
+    __syncthreads();
+    float mx = tid < F ? qr[tid] + mst[tid] : neg_inf<float>();
+    for (int e = tid; e < (i + 1) * F; e += ELA_THREADS) mx = fmaxf(mx, qr[e % F] + DT::load(kg[e]));
+    const float r = block_max<float>(mx, red);
+    for (int j = warp; j <= i; j += ELA_WARPS) {
+        float s = 0.f;
+        for (int f = lane; f < F; f += 32) s += __expf(qr[f] + DT::load(kg[(i64)j * F + f]) - r);
+        s = warp_sum(s);
+        if (lane == 0) sj[j] = s;
+    }
+    if (tid < F) wsf[tid] = __expf(qr[tid] + mst[tid] - r);
+    __syncthreads();
+    const float den = block_sum<float>((tid <= i ? sj[tid] : 0.f) + (tid < F ? wsf[tid] * zst[tid] : 0.f), red);
+    if (mode == 0) {
+        for (int col = tid; col < DV; col += ELA_THREADS) {
+            float num = 0.f;
+            for (int j = 0; j <= i; ++j) num += sj[j] * DT::load(vg[(i64)j * DV + col]);
+            for (int f = 0; f < F; ++f) num += wsf[f] * from_mt(Sg[(i64)f * DV + col]);
+            yrow[col] = DT::store(num / den);
+        }
+    } else {
+        float s = 0.f;
+        for (int col = tid; col < DV; col += ELA_THREADS) s += DT::load(dyrow[col]) * DT::load(yinrow[col]);
+        s = block_sum<float>(s, red);
+        if (tid == 0) {
+            ela_f4 o;
+            o.x = r, o.y = den, o.z = s / den, o.w = 1.f;
+            *rrow = o;
+        }
+    }
+    __syncthreads();
+}
+
+// Blocks per multiprocessor ela_out is compiled for (a register cap): 3 for 16-bit inputs with
+// 64-wide heads, whose shared memory allows 3 (a few registers spill; occupancy matters more
+// here: the kernel is latency-bound), else no cap.
+#define ELA_MINB (ELA_MMA && ELA_F <= 64 && ELA_DV <= 64 ? 3 : 1)
+
+// Mode 0: y of the chunk's rows. Mode 1: per row (u, den, c = (dy . y) / den, exact-path flag).
+extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
+    ela_out(ST* y, ela_f4* rows, const ST* q, const ST* k, const ST* v, const ST* dy, const ST* yin,
+            const MT* slot_s, const float* slot_z, const float* slot_m, i64 T, int nch, int mode, int causal) {
+    constexpr int F = ELA_F, DV = ELA_DV, C = ELA_C, LDF = LDP(F), LDV = LDP(DV), LDC = LDP(C);
+    constexpr int R0 = (2 * C * LDF > F * LDV) ? 2 * C * LDF : F * LDV;
+    typedef WarpMap<C, C> WA;
+    typedef WarpMap<C, DV> WY;
+    MT* phia = (MT*)ela_smem;  // [C][LDF] exp(q - mq); with psia later the state tile [F][LDV]
+    MT* psia = phia + C * LDF;  // [C][LDF] exp(k - mk)
+    MT* Sst = phia;
+    MT* phib = phia + R0;       // [C][LDF] exp(q + m - u)
+    MT* vsm = phib + C * LDF;   // [C][LDV]
+    MT* At = vsm + C * LDV;     // [C][LDC] the masked intra-chunk block A
+    float* mst = (float*)(At + C * LDC);
+    float* zst = mst + F;
+    float* mk = zst + F;
+    float* pm = mk + C;
+    float* mq = pm + C;
+    float* uu = mq + C;
+    float* dst = uu + C;
+    float* den = dst + C;
+    float* dpart = den + C;  // [WA::GROUPS][C]
+    int* slw = (int*)(dpart + WA::GROUPS * C);
+    float* red = (float*)(slw + C);
+    check_smem(red + 32);
+
+    const int c = blockIdx.x, seq = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const i64 t0 = (i64)c * C, rowbase = seq * T + t0;
+    const int n = (int)min((i64)C, T - t0);
+    const i64 slot = (i64)seq * (nch + 1) + (causal ? c : nch);
+    const MT* Sg = slot_s + slot * F * DV;
+    const ST *qg = q + rowbase * F, *kg = k + rowbase * F, *vg = v + rowbase * DV;
+
+    // Every global load of the chunk is issued here, before any is used: q and k rows, the v tile
+    // (or dy and y rows), and the log-scales and z of the state slot.
+    typedef RowPart<F> RP;
+    RP kp, qp;
+    if (causal) kp.load(kg, n);
+    qp.load(qg, n);
+    TileRegs<ST, true, C, DV> vt;
+    if (mode == 0 && causal) vt.load(vg, n);
+    RowPart<DV> dyp, yp;
+    if (mode == 1) {
+        dyp.load(dy + rowbase * DV, n);
+        yp.load(yin + rowbase * DV, n);
+    }
+    if (tid < F) {
+        mst[tid] = slot_m[slot * F + tid];
+        zst[tid] = slot_z[slot * F + tid];
+    }
+    const int row = RP::row(), rc0 = RP::col0();
+    if (causal) {
+        // (N1) key side: mk_j = max_d k_jd, psi_a = exp(k - mk).
+        float mx = neg_inf<float>();
+#pragma unroll
+        for (int e = 0; e < RP::EPT; ++e) mx = fmaxf(mx, kp.x[e]);
+        mx = RP::max(mx);  // every lane takes part in the shuffles
+        if (row >= n) mx = neg_inf<float>();
+#pragma unroll
+        for (int e = 0; e < RP::EPT; e += 2)
+            store_mt2(psia + row * LDF + rc0 + e, row < n ? __expf(kp.x[e] - mx) : 0.f,
+                      row < n ? __expf(kp.x[e + 1] - mx) : 0.f);
+        if (RP::head()) mk[row] = mx;
+        if (mode == 0) vt.store(vsm, LDV, (const float*)0);
+    }
+    __syncthreads();
+    if (causal && warp == 0) {
+        // Prefix maxima of mk (causal: row i's units use keys <= i only).
+        for (int h = 0; h < C; h += 32) {
+            float a = mk[h + lane];
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const float b = __shfl_up_sync(0xffffffffu, a, o);
+                if (lane >= o) a = fmaxf(a, b);
+            }
+            if (h > 0) a = fmaxf(a, pm[h - 1]);
+            pm[h + lane] = a;
+            __syncwarp();
+        }
+    }
+    __syncthreads();
+    {
+        // (U), (N1), (N2) query side: u_i, phi_a, phi_b and the state part of the denominator.
+        const int i = row;
+        float a = neg_inf<float>(), b = neg_inf<float>();
+#pragma unroll
+        for (int e = 0; e < RP::EPT; ++e) {
+            a = fmaxf(a, qp.x[e]);
+            b = fmaxf(b, qp.x[e] + mst[rc0 + e]);
+        }
+        const float mqv = RP::max(a), smax = RP::max(b);
+        const float u = causal ? fmaxf(mqv + pm[i], smax) : smax;
+        float ds = 0.f;
+#pragma unroll
+        for (int e = 0; e < RP::EPT; e += 2) {
+            const float p0 = i < n ? __expf(qp.x[e] + mst[rc0 + e] - u) : 0.f;
+            const float p1 = i < n ? __expf(qp.x[e + 1] + mst[rc0 + e + 1] - u) : 0.f;
+            ds += p0 * zst[rc0 + e] + p1 * zst[rc0 + e + 1];
+            store_mt2(phib + i * LDF + rc0 + e, p0, p1);
+            if (causal)
+                store_mt2(phia + i * LDF + rc0 + e, i < n ? __expf(qp.x[e] - mqv) : 0.f,
+                          i < n ? __expf(qp.x[e + 1] - mqv) : 0.f);
+        }
+        ds = RP::sum(ds);
+        if (RP::head()) {
+            mq[i] = i < n ? mqv : 0.f;
+            uu[i] = i < n ? u : 0.f;
+            dst[i] = ds;
+        }
+    }
+    // The state tile, in flight during the intra-chunk product (it takes phi_a's and psi_a's
+    // place once that product is done).
+    TileRegs<MT, false, F, DV> st;
+    if (mode == 0) st.load(Sg, F);
+    __syncthreads();
+    if (causal) {
+        // A = (phi_a psi_a^T) * E, E_ij = exp(mq_i + mk_j - u_i), entries above the diagonal set to 0.
+        float acc[WA::NT][4];
+        zero_acc(acc);
+        const int r0 = WA::row0(), c0 = WA::col0();
+        mm_tile<WA::NT, false, true>(acc, phia, LDF, psia, LDF, r0, c0, F);
+        float slo = 0.f, shi = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < WA::NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const int i = ACC_ROW(r0, e), j = ACC_COL(c0, nt, e);
+                const bool ok = i < n;
+                const float a0 = (ok && j <= i) ? acc[nt][e] * __expf(mq[i] + mk[j] - uu[i]) : 0.f;
+                const float a1 = (ok && j + 1 <= i) ? acc[nt][e + 1] * __expf(mq[i] + mk[j + 1] - uu[i]) : 0.f;
+                store_mt2(At + i * LDC + j, a0, a1);
+                if (e == 0) slo += a0 + a1;
+                else shi += a0 + a1;
+            }
+        slo += __shfl_xor_sync(0xffffffffu, slo, 1);
+        slo += __shfl_xor_sync(0xffffffffu, slo, 2);
+        shi += __shfl_xor_sync(0xffffffffu, shi, 1);
+        shi += __shfl_xor_sync(0xffffffffu, shi, 2);
+        if ((lane & 3) == 0) {
+            dpart[WA::group() * C + ACC_ROW(r0, 0)] = slo;
+            dpart[WA::group() * C + ACC_ROW(r0, 2)] = shi;
+        }
+    }
+    __syncthreads();
+    if (tid < C) {
+        float d = dst[tid];
+        if (causal)
+            for (int g = 0; g < WA::GROUPS; ++g) d += dpart[g * C + tid];
+        den[tid] = d;
+        slw[tid] = (causal && tid < n && d < ELA_TINY) ? 1 : 0;
+    }
+    if (mode == 0) st.store(Sst, LDV, (const float*)0);  // phi_a, psi_a are dead now
+    __syncthreads();
+    if (mode == 0) {
+        // (F1), (F2): y = (A V + phi_b S) / den.
+        float acc[WY::NT][4];
+        zero_acc(acc);
+        const int r0 = WY::row0(), c0 = WY::col0();
+        if (causal) mm_tile<WY::NT, false, false>(acc, At, LDC, vsm, LDV, r0, c0, C);
+        mm_tile<WY::NT, false, false>(acc, phib, LDF, Sst, LDV, r0, c0, F);
+#pragma unroll
+        for (int nt = 0; nt < WY::NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const int i = ACC_ROW(r0, e), col = ACC_COL(c0, nt, e);
+                if (i < n && !slw[i])
+                    store_st2(y + (rowbase + i) * DV + col, acc[nt][e] / den[i], acc[nt][e + 1] / den[i]);
+            }
+    } else {
+        float s = 0.f;
+#pragma unroll
+        for (int e = 0; e < RowPart<DV>::EPT; ++e) s += dyp.x[e] * yp.x[e];
+        s = RowPart<DV>::sum(s);
+        const int i = RowPart<DV>::row();
+        if (RowPart<DV>::head() && i < n && !slw[i]) {
+            ela_f4 o;
+            o.x = uu[i], o.y = den[i], o.z = s / den[i], o.w = 0.f;
+            rows[rowbase + i] = o;
+        }
+    }
+    if (__syncthreads_or(tid < C && slw[tid])) {
+        float* sc = (float*)phib;  // free now
+        for (int i = 0; i < n; ++i) {
+            if (!slw[i]) continue;
+            slow_row(i, qg, kg, vg, Sg, mst, zst, sc, red, mode, y + (rowbase + i) * DV, rows + rowbase + i,
+                     dy + (rowbase + i) * DV, yin + (rowbase + i) * DV);
+        }
+    }
+}

@@ -1,0 +1,327 @@
+// Chunked ELA backward (one block per (chunk, sequence)) and the recurrent step; see the header
+// of ela_chunk.cu. For the chunk of rows I with state S^(c), z^(c) (units m^(c)) before it and the
+// reverse accumulators U^(c+1), w^(c+1) (units m^(c+1)) of the rows after it (docs/ela.md,
+// "the backward in units"), g_i = dy_i / den_i, c_i = g_i . y_i:
+//
+//   D     = (G V^T - c 1^T) * E * M                       (B1, intra; E_ij = exp(mq_i + mk_j - u_i))
+//   A     = (Phi_a Psi_a^T) * E * M
+//   dv    = A^T G + Psi_u U                                (B4; psi_u = exp(k - m^(c+1)))
+//   dk    = psi_a * (D^T Phi_a) + psi_u * (V U^T - 1 w^T)  (B3, B5)
+//   dq    = phi_a * (D Psi_a) + phi_b * (G S^T - c z^T)    (B2, B5; phi_b = exp(q + m^(c) - u))
+//
+// Rows on the exact path (flag from ela_out) take no part in D and A; their terms are added
+// afterwards with u = r_i, as the CPU's slow::backward_row does.
+
+extern "C" __global__ void __launch_bounds__(ELA_THREADS)
+    ela_bwd(ST* dq, ST* dk, ST* dv, const ST* q, const ST* k, const ST* v, const ST* dy, const ela_f4* rows,
+            const MT* slot_s, const float* slot_z, const float* slot_m, const MT* slot_u, const float* slot_w, i64 T,
+            int nch, int causal) {
+    constexpr int F = ELA_F, DV = ELA_DV, C = ELA_C, LDF = LDP(F), LDV = LDP(DV), LDC = LDP(C);
+    typedef WarpMap<C, C> WA;
+    typedef WarpMap<C, DV> WV;
+    typedef WarpMap<C, F> WF;
+    MT* phia = (MT*)ela_smem;  // [C][LDF] exp(q - mq)
+    MT* psia = phia + C * LDF;  // [C][LDF] exp(k - mk)
+    MT* psiu = psia + C * LDF;  // [C][LDF] exp(k - m^(c+1))
+    MT* G = psiu + C * LDF;     // [C][LDV] dy / den (0 on exact-path rows)
+    MT* vsm = G + C * LDV;      // [C][LDV]
+    MT* At = vsm + C * LDV;     // [C][LDC]
+    MT* Dm = At + C * LDC;      // [C][LDC]
+    MT* US = Dm + C * LDC;      // [F][LDV]: U, then S
+    float* mcur = (float*)(US + F * LDV);
+    float* mnx = mcur + F;
+    float* zst = mnx + F;
+    float* wst = zst + F;
+    float* mq = wst + F;
+    float* mk = mq + C;
+    float* uu = mk + C;
+    float* gmul = uu + C;
+    float* cc = gmul + C;
+    float* csl = cc + C;
+    float* dnv = csl + C;
+    float* act = dnv + C;
+    int* slw = (int*)(act + C);
+    check_smem(slw + C);
+
+    const int c = blockIdx.x, seq = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const i64 t0 = (i64)c * C, rowbase = seq * T + t0;
+    const int n = (int)min((i64)C, T - t0);
+    const i64 slot = (i64)seq * (nch + 1) + (causal ? c : nch), slot1 = causal ? slot + 1 : slot;
+    const i64 uslot = (i64)seq * nch + (causal ? c : 0);
+    const MT* Sg = slot_s + slot * F * DV;
+    const ST *qg = q + rowbase * F, *kg = k + rowbase * F, *vg = v + rowbase * DV, *dyg = dy + rowbase * DV;
+
+    // Every global load of the chunk is issued here, before any is used.
+    typedef RowPart<F> RP;
+    RP kp, qp;
+    kp.load(kg, n);
+    if (causal) qp.load(qg, n);
+    TileRegs<ST, true, C, DV> vt, gt;
+    vt.load(vg, n);
+    gt.load(dyg, n);
+    TileRegs<MT, false, F, DV> ut;
+    ut.load(slot_u + uslot * F * DV, F);
+    ela_f4 r;
+    r.x = 0.f, r.y = 1.f, r.z = 0.f, r.w = 0.f;
+    if (tid < n) r = rows[rowbase + tid];
+    if (tid < F) {
+        mcur[tid] = slot_m[slot * F + tid];
+        mnx[tid] = slot_m[slot1 * F + tid];
+        zst[tid] = slot_z[slot * F + tid];
+        wst[tid] = slot_w[uslot * F + tid];
+    }
+    if (tid < C) {
+        const bool slow = tid < n && r.w != 0.f, on = tid < n && !slow;
+        uu[tid] = r.x;
+        dnv[tid] = r.y;
+        gmul[tid] = on ? 1.f / r.y : 0.f;
+        cc[tid] = on ? r.z : 0.f;
+        csl[tid] = r.z;
+        act[tid] = on ? 1.f : 0.f;
+        slw[tid] = slow ? 1 : 0;
+    }
+    ut.store(US, LDV, (const float*)0);
+    vt.store(vsm, LDV, (const float*)0);
+    __syncthreads();
+    gt.store(G, LDV, gmul);  // g = dy / den, 0 on exact-path rows
+    {
+        const int j = RP::row(), c0 = RP::col0();
+        float mx = neg_inf<float>();
+#pragma unroll
+        for (int e = 0; e < RP::EPT; ++e) mx = fmaxf(mx, kp.x[e]);
+        mx = RP::max(mx);
+#pragma unroll
+        for (int e = 0; e < RP::EPT; e += 2) {
+            const int d = c0 + e;
+            const float k0 = kp.x[e], k1 = kp.x[e + 1];
+            store_mt2(psia + j * LDF + d, j < n ? __expf(k0 - mx) : 0.f, j < n ? __expf(k1 - mx) : 0.f);
+            store_mt2(psiu + j * LDF + d, j < n ? __expf(k0 - mnx[d]) : 0.f, j < n ? __expf(k1 - mnx[d + 1]) : 0.f);
+        }
+        if (RP::head()) mk[j] = j < n ? mx : neg_inf<float>();
+        if (causal) {
+            float mxq = neg_inf<float>();
+#pragma unroll
+            for (int e = 0; e < RP::EPT; ++e) mxq = fmaxf(mxq, qp.x[e]);
+            mxq = RP::max(mxq);
+#pragma unroll
+            for (int e = 0; e < RP::EPT; e += 2)
+                store_mt2(phia + j * LDF + c0 + e, j < n ? __expf(qp.x[e] - mxq) : 0.f,
+                          j < n ? __expf(qp.x[e + 1] - mxq) : 0.f);
+            if (RP::head()) mq[j] = mxq;
+        }
+    }
+    __syncthreads();
+    if (causal) {
+        float aA[WA::NT][4], aD[WA::NT][4];
+        zero_acc(aA);
+        zero_acc(aD);
+        const int r0 = WA::row0(), c0 = WA::col0();
+        mm_tile<WA::NT, false, true>(aA, phia, LDF, psia, LDF, r0, c0, F);
+        mm_tile<WA::NT, false, true>(aD, G, LDV, vsm, LDV, r0, c0, DV);
+#pragma unroll
+        for (int nt = 0; nt < WA::NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const int i = ACC_ROW(r0, e), j = ACC_COL(c0, nt, e);
+                const bool on = act[i] != 0.f;
+                const float e0 = (on && j <= i) ? __expf(mq[i] + mk[j] - uu[i]) : 0.f;
+                const float e1 = (on && j + 1 <= i) ? __expf(mq[i] + mk[j + 1] - uu[i]) : 0.f;
+                store_mt2(At + i * LDC + j, e0 == 0.f ? 0.f : aA[nt][e] * e0, e1 == 0.f ? 0.f : aA[nt][e + 1] * e1);
+                store_mt2(Dm + i * LDC + j, e0 == 0.f ? 0.f : (aD[nt][e] - cc[i]) * e0,
+                          e1 == 0.f ? 0.f : (aD[nt][e + 1] - cc[i]) * e1);
+            }
+    }
+    __syncthreads();
+    // The state tile for dq, in flight during the dv and dk products (it replaces U after dk).
+    TileRegs<MT, false, F, DV> stt;
+    stt.load(Sg, F);
+    {
+        // dv = A^T G + psi_u U
+        float acc[WV::NT][4];
+        zero_acc(acc);
+        const int r0 = WV::row0(), c0 = WV::col0();
+        if (causal) mm_tile<WV::NT, true, false>(acc, At, LDC, G, LDV, r0, c0, C);
+        mm_tile<WV::NT, false, false>(acc, psiu, LDF, US, LDV, r0, c0, F);
+#pragma unroll
+        for (int nt = 0; nt < WV::NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const int j = ACC_ROW(r0, e), col = ACC_COL(c0, nt, e);
+                if (j < n) store_st2(dv + (rowbase + j) * DV + col, acc[nt][e], acc[nt][e + 1]);
+            }
+    }
+    {
+        // dk = psi_a * (D^T phi_a) + psi_u * (V U^T - w)
+        float a1[WF::NT][4], a2[WF::NT][4];
+        zero_acc(a1);
+        zero_acc(a2);
+        const int r0 = WF::row0(), c0 = WF::col0();
+        if (causal) mm_tile<WF::NT, true, false>(a1, Dm, LDC, phia, LDF, r0, c0, C);
+        mm_tile<WF::NT, false, true>(a2, vsm, LDV, US, LDV, r0, c0, DV);
+#pragma unroll
+        for (int nt = 0; nt < WF::NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const int j = ACC_ROW(r0, e), d = ACC_COL(c0, nt, e);
+                if (j >= n) continue;
+                const float v0 = from_mt(psia[j * LDF + d]) * a1[nt][e] + from_mt(psiu[j * LDF + d]) * (a2[nt][e] - wst[d]);
+                const float v1 = from_mt(psia[j * LDF + d + 1]) * a1[nt][e + 1] +
+                                 from_mt(psiu[j * LDF + d + 1]) * (a2[nt][e + 1] - wst[d + 1]);
+                store_st2(dk + (rowbase + j) * F + d, v0, v1);
+            }
+    }
+    __syncthreads();
+    stt.store(US, LDV, (const float*)0);
+    __syncthreads();
+    {
+        // dq = phi_a * (D psi_a) + phi_b * (G S^T - c z)
+        float a1[WF::NT][4], a2[WF::NT][4];
+        zero_acc(a1);
+        zero_acc(a2);
+        const int r0 = WF::row0(), c0 = WF::col0();
+        if (causal) mm_tile<WF::NT, false, false>(a1, Dm, LDC, psia, LDF, r0, c0, C);
+        mm_tile<WF::NT, false, true>(a2, G, LDV, US, LDV, r0, c0, DV);
+#pragma unroll
+        for (int nt = 0; nt < WF::NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const int i = ACC_ROW(r0, e), d = ACC_COL(c0, nt, e);
+                if (i >= n) continue;
+                const bool on = act[i] != 0.f;
+                const float q0 = DT::load(qg[(i64)i * F + d]), q1 = DT::load(qg[(i64)i * F + d + 1]);
+                const float pb0 = on ? __expf(q0 + mcur[d] - uu[i]) : 0.f;
+                const float pb1 = on ? __expf(q1 + mcur[d + 1] - uu[i]) : 0.f;
+                float v0 = pb0 * (a2[nt][e] - cc[i] * zst[d]), v1 = pb1 * (a2[nt][e + 1] - cc[i] * zst[d + 1]);
+                if (causal) {
+                    v0 += from_mt(phia[i * LDF + d]) * a1[nt][e];
+                    v1 += from_mt(phia[i * LDF + d + 1]) * a1[nt][e + 1];
+                }
+                store_st2(dq + (rowbase + i) * F + d, v0, v1);
+            }
+    }
+    if (__syncthreads_or(tid < C && slw[tid])) {
+        // Exact-path rows (slow::backward_row): weights exp(q_i + k_j - r_i) over the chunk's keys
+        // j <= i and exp(q_i + m - r_i) against the state. Their dk, dv terms are summed in f32
+        // over all such rows and added to the fast-path values once (one extra rounding in
+        // bf16/f16, not one per row); dq_i, 0 on the fast path, is written directly.
+        static_assert(C * (F + DV) + DV + 2 * F + 2 * C <= (3 * C * LDF + 2 * C * LDV + 2 * C * LDC + F * LDV) *
+                                                             (int)sizeof(MT) / 4,
+                      "exact-path scratch fits in the tiles");
+        float* adk = (float*)ela_smem;  // every tile is free now
+        float* adv = adk + C * F;
+        float* gv = adv + C * DV;
+        float* qr = gv + DV;
+        float* da = qr + F;
+        float* sj = da + C;
+        float* ws = sj + C;
+        int last = 0;
+        for (int i = 0; i < n; ++i)
+            if (slw[i]) last = i;
+        for (int e = tid; e < (last + 1) * F; e += ELA_THREADS) adk[e] = 0.f;
+        for (int e = tid; e < (last + 1) * DV; e += ELA_THREADS) adv[e] = 0.f;
+        for (int i = 0; i <= last; ++i) {
+            if (!slw[i]) continue;
+            const float r = uu[i], dn = dnv[i], ci = csl[i];
+            if (tid < DV) gv[tid] = DT::load(dyg[(i64)i * DV + tid]) / dn;
+            if (tid < F) qr[tid] = DT::load(qg[(i64)i * F + tid]);
+            __syncthreads();
+            for (int j = warp; j <= i; j += ELA_WARPS) {
+                float a = 0.f, s = 0.f;
+                for (int col = lane; col < DV; col += 32) a += gv[col] * DT::load(vg[(i64)j * DV + col]);
+                for (int f = lane; f < F; f += 32) s += __expf(qr[f] + DT::load(kg[(i64)j * F + f]) - r);
+                a = warp_sum(a);
+                s = warp_sum(s);
+                if (lane == 0) {
+                    da[j] = a - ci;
+                    sj[j] = s;
+                }
+            }
+            if (tid < F) ws[tid] = __expf(qr[tid] + mcur[tid] - r);
+            __syncthreads();
+            for (int e = tid; e < (i + 1) * F; e += ELA_THREADS)
+                adk[e] += __expf(qr[e % F] + DT::load(kg[e]) - r) * da[e / F];
+            for (int e = tid; e < (i + 1) * DV; e += ELA_THREADS) adv[e] += sj[e / DV] * gv[e % DV];
+            if (tid < F) {
+                float s = 0.f, sg = 0.f;
+                for (int j = 0; j <= i; ++j) s += __expf(qr[tid] + DT::load(kg[(i64)j * F + tid]) - r) * da[j];
+                for (int col = 0; col < DV; ++col) sg += from_mt(Sg[(i64)tid * DV + col]) * gv[col];
+                dq[(rowbase + i) * F + tid] = DT::store(s + ws[tid] * (sg - ci * zst[tid]));
+            }
+            __syncthreads();
+        }
+        for (int e = tid; e < (last + 1) * F; e += ELA_THREADS) {
+            ST* p = dk + rowbase * F + e;
+            *p = DT::store(DT::load(*p) + adk[e]);
+        }
+        for (int e = tid; e < (last + 1) * DV; e += ELA_THREADS) {
+            ST* p = dv + rowbase * DV + e;
+            *p = DT::store(DT::load(*p) + adv[e]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- recurrent step
+
+// One token for every sequence (one block each): absorb (k, v) into the f32 state with the
+// running log-scales, then y = phi^T S / (phi . z), phi = exp(q + m' - u), u = max_f (q_f + m'_f)
+// (the recurrent form of docs/ela.md; u is the exact largest log-term, so den >= 1). Each thread
+// streams F / RG rows of four state columns as 16-byte loads and stores; memory-bound.
+extern "C" __global__ void __launch_bounds__(ELA_THREADS)
+    ela_step_fast(ST* y, const ST* q, const ST* k, const ST* v, float* S, float* z, float* m) {
+    constexpr int F = ELA_F, DV = ELA_DV, CG = DV / 4, RG = ELA_THREADS / CG;
+    static_assert(RG * CG == ELA_THREADS && F % RG == 0, "step tiling");
+    __shared__ float rs[F], ps[F], ph[F], zs[F], vv[DV], red[32], part[RG * DV];
+    const int b = blockIdx.x, tid = threadIdx.x;
+    if (tid < F) {
+        const i64 o = (i64)b * F + tid;
+        const float mo = m[o], kf = DT::load(k[o]), mn = fmaxf(mo, kf);
+        const float r = units_factor(mo, mn), p = __expf(kf - mn);
+        const float zn = z[o] * r + p;
+        z[o] = zn;
+        m[o] = mn;
+        rs[tid] = r;
+        ps[tid] = p;
+        zs[tid] = zn;
+        ph[tid] = DT::load(q[o]) + mn;
+    }
+    if (tid < DV) vv[tid] = DT::load(v[(i64)b * DV + tid]);
+    __syncthreads();
+    const float u = block_max<float>(tid < F ? ph[tid] : neg_inf<float>(), red);
+    float pd = 0.f;
+    if (tid < F) {
+        const float p = __expf(ph[tid] - u);
+        ph[tid] = p;
+        pd = p * zs[tid];
+    }
+    const float den = block_sum<float>(pd, red);
+    __syncthreads();
+    const int cg = tid % CG, rg = tid / CG;
+    const float v0 = vv[4 * cg], v1 = vv[4 * cg + 1], v2 = vv[4 * cg + 2], v3 = vv[4 * cg + 3];
+    float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+    ela_f4* Sb = (ela_f4*)(S + (i64)b * F * DV);
+#pragma unroll
+    for (int f = rg; f < F; f += RG) {
+        ela_f4 s = Sb[f * CG + cg];
+        const float r = rs[f], p = ps[f], w = ph[f];
+        s.x = s.x * r + p * v0;
+        s.y = s.y * r + p * v1;
+        s.z = s.z * r + p * v2;
+        s.w = s.w * r + p * v3;
+        Sb[f * CG + cg] = s;
+        a0 += w * s.x;
+        a1 += w * s.y;
+        a2 += w * s.z;
+        a3 += w * s.w;
+    }
+    part[rg * DV + 4 * cg] = a0;
+    part[rg * DV + 4 * cg + 1] = a1;
+    part[rg * DV + 4 * cg + 2] = a2;
+    part[rg * DV + 4 * cg + 3] = a3;
+    __syncthreads();
+    if (tid < DV) {
+        float s = 0.f;
+#pragma unroll
+        for (int g = 0; g < RG; ++g) s += part[g * DV + tid];
+        y[(i64)b * DV + tid] = DT::store(s / den);
+    }
+}

@@ -1,0 +1,349 @@
+// Building blocks of the chunked ELA kernels (ela_chunk.cu, ela_chunk_bwd.cu), compiled once per
+// variant: the Rust side prepends ELA_DT (0 f32, 1 f16, 2 bf16), ELA_D (= the feature size F of
+// Hadamard Exp) and ELA_DV. See the header of ela_chunk.cu for the algorithm.
+//
+// Every small matrix product of a chunk runs through `mm_tile`: one warp computes a 16 x 8*NT tile
+// of C = A B from operands in shared memory. Half-precision inputs use the tensor cores
+// (mma.sync m16n8k16, bf16 operands, f32 accumulation); f32 inputs use FFMA with the same
+// accumulator layout, so every epilogue is shared and the f32 path stays exact to f32 rounding.
+// Both paths leave, in lane (g = lane / 4, t = lane % 4), acc[nt][e] = C(row0 + g + 8 (e >> 1),
+// col0 + 8 nt + 2 t + (e & 1)).
+//
+// Operand precision (bf16 path): feature values exp(x - max) are in [0, 1], S/U/G/V are rounded
+// to bf16 (8-bit mantissa, f32 range: nothing overflows); all sums, the state (S, z), the
+// denominators and the log-scales stay f32. f16 inputs use the same bf16 products: S and the
+// gradients G can exceed the f16 range.
+
+#if !defined(ELA_DT) || !defined(ELA_D) || !defined(ELA_DV)
+#error "ela_tile.cuh needs ELA_DT, ELA_D and ELA_DV"
+#endif
+
+#define ELA_THREADS 256
+#define ELA_WARPS 8
+#define ELA_F ELA_D
+// Chunk length: 64 rows, or 32 for f32 with a 128-wide head (the f32 tiles would not fit in
+// shared memory). The Rust side (ops/ela_fast.rs, `chunk_len`) mirrors this rule.
+#if ELA_DT == 0 && (ELA_D > 64 || ELA_DV > 64)
+#define ELA_C 32
+#else
+#define ELA_C 64
+#endif
+
+#if ELA_DT == 0
+#define ELA_MMA 0
+typedef float MT;  // operand type of the tile products in shared memory
+typedef F32 DT;
+#define ELA_PAD 4  // row padding (elements): conflict-free fragment loads
+#elif ELA_DT == 1
+#define ELA_MMA 1
+typedef u16 MT;
+typedef F16 DT;
+#define ELA_PAD 8
+#else
+#define ELA_MMA 1
+typedef u16 MT;
+typedef BF16 DT;
+#define ELA_PAD 8
+#endif
+typedef DT::S ST;  // storage type of q, k, v, y and the gradients
+#define LDP(n) ((n) + ELA_PAD)
+
+// Every kernel carves its dynamic shared memory from this array.
+extern __shared__ __align__(16) unsigned char ela_smem[];
+
+// Traps (a launch failure the host reports) when a kernel's carve ends past the dynamic shared
+// memory it was launched with: the byte counts on the Rust side (ops/ela_fast.rs) mirror the
+// carves, and this keeps a mismatch from silently corrupting memory.
+__device__ __forceinline__ void check_smem(const void* end) {
+    unsigned dyn;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
+    if ((unsigned)((const unsigned char*)end - ela_smem) > dyn) __trap();
+}
+
+// Minimum denominator of the fast path (docs/ela.md, "exact rows after underflow").
+#define ELA_TINY 1e-20f
+
+// f32 -> bf16 pairs with the hardware conversion (round to nearest even, as f32_to_bf16).
+__device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
+    u32 w;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(w) : "f"(hi), "f"(lo));
+    return w;
+}
+__device__ __forceinline__ MT to_mt(float x) {
+#if ELA_MMA
+    return (MT)(pack_bf16x2(x, 0.f) & 0xffffu);
+#else
+    return x;
+#endif
+}
+__device__ __forceinline__ float from_mt(MT x) {
+#if ELA_MMA
+    return bf16_to_f32(x);
+#else
+    return x;
+#endif
+}
+// Two adjacent elements (row-major pair) of a tile.
+__device__ __forceinline__ void store_mt2(MT* p, float a, float b) {
+#if ELA_MMA
+    *(u32*)p = pack_bf16x2(a, b);
+#else
+    p[0] = a;
+    p[1] = b;
+#endif
+}
+__device__ __forceinline__ void store_st2(ST* p, float a, float b) {
+#if ELA_DT == 2
+    *(u32*)p = pack_bf16x2(a, b);
+#else
+    p[0] = DT::store(a);
+    p[1] = DT::store(b);
+#endif
+}
+
+// Four consecutive storage elements as one vector load (8 or 16 bytes; callers keep the
+// alignment: row lengths are multiples of 4 elements and buffers come from cudaMalloc).
+struct __align__(16) ela_f4 {
+    float x, y, z, w;
+};
+struct __align__(8) ela_u2 {
+    u32 x, y;
+};
+#if ELA_DT == 0
+typedef ela_f4 RAW4;
+__device__ __forceinline__ void unpack4(RAW4 r, float* o) {
+    o[0] = r.x;
+    o[1] = r.y;
+    o[2] = r.z;
+    o[3] = r.w;
+}
+__device__ __forceinline__ RAW4 raw_zero() {
+    RAW4 r;
+    r.x = r.y = r.z = r.w = 0.f;
+    return r;
+}
+#else
+typedef ela_u2 RAW4;
+__device__ __forceinline__ void unpack4(RAW4 r, float* o) {
+    o[0] = DT::load((u16)(r.x & 0xffffu));
+    o[1] = DT::load((u16)(r.x >> 16));
+    o[2] = DT::load((u16)(r.y & 0xffffu));
+    o[3] = DT::load((u16)(r.y >> 16));
+}
+__device__ __forceinline__ RAW4 raw_zero() {
+    RAW4 r;
+    r.x = r.y = 0u;
+    return r;
+}
+#endif
+__device__ __forceinline__ RAW4 ld_raw4(const ST* p) { return *(const RAW4*)p; }
+// Four raw storage elements as tile operands: the bits themselves for bf16 and f32 inputs.
+__device__ __forceinline__ void raw_to_mt4(RAW4 r, MT* o) {
+#if ELA_DT == 0
+    o[0] = r.x;
+    o[1] = r.y;
+    o[2] = r.z;
+    o[3] = r.w;
+#elif ELA_DT == 2
+    o[0] = (u16)(r.x & 0xffffu);
+    o[1] = (u16)(r.x >> 16);
+    o[2] = (u16)(r.y & 0xffffu);
+    o[3] = (u16)(r.y >> 16);
+#else
+    float f[4];
+    unpack4(r, f);
+    for (int j = 0; j < 4; ++j) o[j] = to_mt(f[j]);
+#endif
+}
+
+// Units change factor exp(min - max) <= 1 between log-scales a and b (docs/ela.md (S')): the
+// state moves from m to m' >= m as S * exp(m - m'), the reverse accumulator U from m^(c+1) to
+// m^(c) <= m^(c+1) as U * exp(m^(c) - m^(c+1)). An empty side (-inf) gives 0, equal scales 1.
+__device__ __forceinline__ float units_factor(float a, float b) {
+    if (a == b) return 1.f;
+    float lo = fminf(a, b), hi = fmaxf(a, b);
+    if (lo == neg_inf<float>()) return 0.f;
+    return __expf(lo - hi);
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// How 8 warps cover an R x N output: R/16 row strips times 8/(R/16) column groups of N/groups.
+template <int R, int N> struct WarpMap {
+    static constexpr int STRIPS = R / 16;
+    static constexpr int GROUPS = ELA_WARPS / STRIPS;
+    static constexpr int COLS = N / GROUPS;
+    static constexpr int NT = COLS / 8;
+    static_assert(STRIPS >= 1 && STRIPS <= ELA_WARPS && NT >= 1 && COLS % 8 == 0, "tile shape");
+    static __device__ __forceinline__ int row0() { return ((threadIdx.x >> 5) % STRIPS) * 16; }
+    static __device__ __forceinline__ int col0() { return ((threadIdx.x >> 5) / STRIPS) * COLS; }
+    static __device__ __forceinline__ int group() { return (threadIdx.x >> 5) / STRIPS; }
+};
+
+template <int NT> __device__ __forceinline__ void zero_acc(float (&acc)[NT][4]) {
+#pragma unroll
+    for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+}
+
+#if ELA_MMA
+__device__ __forceinline__ void mma_bf16(float (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+// The pair X(r, k), X(r, k+1) of a matrix stored row-major (TR = false: X[r*ld + k], adjacent,
+// one 32-bit load) or column-major (TR = true: X[k*ld + r], two 16-bit loads), low half first.
+template <bool TR> __device__ __forceinline__ u32 pair16(const MT* X, int ld, int r, int k) {
+    if (!TR) return *(const u32*)(X + r * ld + k);
+    return (u32)X[k * ld + r] | ((u32)X[(k + 1) * ld + r] << 16);
+}
+#endif
+
+// acc += A B for this warp's 16 x 8*NT tile at (row0, col0), inner length K (a multiple of 16):
+// A(r, k) = AT ? A[k*lda + r] : A[r*lda + k],  B(k, c) = BT ? B[c*ldb + k] : B[k*ldb + c].
+template <int NT, bool AT, bool BT>
+__device__ __forceinline__ void mm_tile(float (&acc)[NT][4], const MT* A, int lda, const MT* B, int ldb, int row0,
+                                        int col0, int K) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#if ELA_MMA
+    for (int k0 = 0; k0 < K; k0 += 16) {
+        const int ka = k0 + 2 * t;
+        u32 a0 = pair16<AT>(A, lda, row0 + g, ka);
+        u32 a1 = pair16<AT>(A, lda, row0 + g + 8, ka);
+        u32 a2 = pair16<AT>(A, lda, row0 + g, ka + 8);
+        u32 a3 = pair16<AT>(A, lda, row0 + g + 8, ka + 8);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            const int c = col0 + 8 * nt + g;
+            u32 b0 = pair16<!BT>(B, ldb, c, ka);
+            u32 b1 = pair16<!BT>(B, ldb, c, ka + 8);
+            mma_bf16(acc[nt], a0, a1, a2, a3, b0, b1);
+        }
+    }
+#else
+#pragma unroll 4
+    for (int k = 0; k < K; ++k) {
+        const float alo = AT ? A[k * lda + row0 + g] : A[(row0 + g) * lda + k];
+        const float ahi = AT ? A[k * lda + row0 + g + 8] : A[(row0 + g + 8) * lda + k];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            const int c = col0 + 8 * nt + 2 * t;
+            const float b0 = BT ? B[c * ldb + k] : B[k * ldb + c];
+            const float b1 = BT ? B[(c + 1) * ldb + k] : B[k * ldb + c + 1];
+            acc[nt][0] = fmaf(alo, b0, acc[nt][0]);
+            acc[nt][1] = fmaf(alo, b1, acc[nt][1]);
+            acc[nt][2] = fmaf(ahi, b0, acc[nt][2]);
+            acc[nt][3] = fmaf(ahi, b1, acc[nt][3]);
+        }
+    }
+#endif
+}
+
+// Row and column of accumulator element (nt, e) of this lane.
+#define ACC_ROW(row0, e) ((row0) + ((threadIdx.x & 31) >> 2) + 8 * ((e) >> 1))
+#define ACC_COL(col0, nt, e) ((col0) + 8 * (nt) + 2 * (threadIdx.x & 3) + ((e) & 1))
+
+struct __align__(16) ela_u4 {
+    u32 x, y, z, w;
+};
+
+// A ROWS x COLS row-major tile of E elements in global memory (E = ST for inputs, converted as
+// the dtype says; E = MT for state slots), read by all threads as 16-byte vectors into registers
+// first (`load`: every load in flight at once), then written to a shared tile of MT with row
+// stride ld (`store`), optionally multiplied by a per-row factor. Rows >= valid read as 0.
+template <typename E, bool INPUT, int ROWS, int COLS> struct TileRegs {
+    static constexpr int EPV = 16 / (int)sizeof(E);
+    static constexpr int PER = ROWS * COLS / EPV / ELA_THREADS;
+    static_assert(PER >= 1 && PER * EPV * ELA_THREADS == ROWS * COLS && COLS % EPV == 0, "tile split");
+    ela_u4 v[PER];
+    __device__ __forceinline__ void load(const E* src, int valid) {
+#pragma unroll
+        for (int i = 0; i < PER; ++i) {
+            const int e = threadIdx.x + i * ELA_THREADS;
+            if ((e * EPV) / COLS < valid) v[i] = ((const ela_u4*)src)[e];
+            else v[i].x = v[i].y = v[i].z = v[i].w = 0u;
+        }
+    }
+    __device__ __forceinline__ void store(MT* dst, int ld, const float* mul) const {
+        // The same bits in the operand type (state slots; bf16 or f32 inputs) copy as they are.
+        if (!mul && (!INPUT || ELA_DT != 1) && sizeof(E) == sizeof(MT)) {
+#pragma unroll
+            for (int i = 0; i < PER; ++i) {
+                const int e = (threadIdx.x + i * ELA_THREADS) * EPV;
+                *(ela_u4*)(dst + (e / COLS) * ld + e % COLS) = v[i];
+            }
+            return;
+        }
+#pragma unroll
+        for (int i = 0; i < PER; ++i) {
+            const int e = (threadIdx.x + i * ELA_THREADS) * EPV, r = e / COLS, c = e % COLS;
+            float x[EPV];
+            const u32 w[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
+#pragma unroll
+            for (int k = 0; k < EPV; ++k) {
+                if (sizeof(E) == 4) x[k] = __uint_as_float(w[k]);
+                else {
+                    const u16 h = (u16)((w[k / 2] >> (16 * (k & 1))) & 0xffffu);
+                    x[k] = INPUT ? DT::load(h) : from_mt(h);
+                }
+            }
+            const float m = mul ? mul[r] : 1.f;
+#pragma unroll
+            for (int k = 0; k < EPV; k += 2) store_mt2(dst + r * ld + c + k, x[k] * m, x[k + 1] * m);
+        }
+    }
+};
+
+// The rows of a chunk, TPR = ELA_THREADS / ELA_C consecutive threads per row: thread tid holds row
+// tid / TPR, elements [(tid % TPR) * EPT, + EPT) of a W-wide row, as floats (rows >= n read 0).
+// All of a thread's loads are 16-byte vectors issued before any use; row reductions are TPR-lane
+// shuffles.
+template <int W> struct RowPart {
+    static constexpr int TPR = ELA_THREADS / ELA_C, EPT = W / TPR;
+    static constexpr int NV = EPT * (int)sizeof(ST) / 16, PV = 16 / (int)sizeof(ST);
+    static_assert(NV >= 1 && NV * 16 == EPT * (int)sizeof(ST), "row split");
+    float x[EPT];
+    static __device__ __forceinline__ int row() { return threadIdx.x / TPR; }
+    static __device__ __forceinline__ int col0() { return (threadIdx.x % TPR) * EPT; }
+    static __device__ __forceinline__ bool head() { return threadIdx.x % TPR == 0; }
+    __device__ __forceinline__ void load(const ST* base, int n) {
+        ela_u4 raw[NV];
+        const bool ok = row() < n;
+        const ela_u4* p = (const ela_u4*)(base + (i64)row() * W + col0());
+#pragma unroll
+        for (int i = 0; i < NV; ++i) {
+            if (ok) raw[i] = p[i];
+            else raw[i].x = raw[i].y = raw[i].z = raw[i].w = 0u;
+        }
+#pragma unroll
+        for (int i = 0; i < NV; ++i) {
+            const u32 w[4] = {raw[i].x, raw[i].y, raw[i].z, raw[i].w};
+#pragma unroll
+            for (int k = 0; k < PV; ++k) {
+                if (sizeof(ST) == 4) x[i * PV + k] = __uint_as_float(w[k]);
+                else x[i * PV + k] = DT::load((u16)((w[k / 2] >> (16 * (k & 1))) & 0xffffu));
+            }
+        }
+    }
+    static __device__ __forceinline__ float max(float v) {
+#pragma unroll
+        for (int o = 1; o < TPR; o <<= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+        return v;
+    }
+    static __device__ __forceinline__ float sum(float v) {
+#pragma unroll
+        for (int o = 1; o < TPR; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        return v;
+    }
+};

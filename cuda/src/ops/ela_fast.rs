@@ -1,0 +1,322 @@
+//! The chunked tensor-core path of fused Hadamard-Exp ELA (`kernels/ela_tile.cuh`,
+//! `ela_chunk.cu`, `ela_chunk_bwd.cu`; the algorithm is in the header of `ela_chunk.cu`).
+//!
+//! Taken for Hadamard Exp with f32/f16/bf16 inputs and head sizes `d`, `dv` in {64, 128}; every
+//! other call runs the per-token scan of `ops/ela.rs`. Work is split into launches with parallel
+//! work: a scan over chunks per (sequence, 32 value columns) writes the state before every chunk
+//! ("slots"), then one block per (chunk, sequence) computes the chunk's rows; the backward adds
+//! a per-row pass (units, denominators), a reverse scan for the accumulators `U, w` and one block
+//! per (chunk, sequence) for `dq, dk, dv`.
+
+use ela_core::ela::{ElaDims, ElaKernel, ElaStateBufs};
+use ela_core::{DType, Result};
+
+use crate::device::{Arg, Cfg, Cuda};
+use crate::kernels::{ElaDt, KernelFile};
+use crate::storage::CudaStorage;
+
+/// Threads per block of every chunked kernel (8 warps).
+const THREADS: u32 = 256;
+/// Value columns per block of the scan kernel (`SCAN_DVB` in ela_chunk.cu).
+fn scan_dvb(dv: usize) -> usize {
+    if dv > 64 {
+        64
+    } else {
+        32
+    }
+}
+
+/// Launches one chunked kernel; with `ELA_CUDA_PROFILE` set, each launch is timed alone (CUDA
+/// events, synchronizing) and reported on stderr: a debugging aid for where the time goes.
+fn launch(dev: &Cuda, fast: &Fast, name: &str, cfg: Cfg, smem: u32, args: &[Arg]) -> Result<()> {
+    if std::env::var_os("ELA_CUDA_PROFILE").is_none() {
+        return dev.launch_smem(fast.file, name, cfg, smem, args);
+    }
+    let timer = crate::GpuTimer::new(dev)?;
+    let ((), ms) = timer.time(|| dev.launch_smem(fast.file, name, cfg, smem, args))?;
+    eprintln!("ela-profile {name} grid {}x{} smem {smem}: {:.1} us", cfg.grid, cfg.grid_y, ms * 1e3);
+    Ok(())
+}
+
+/// One compiled variant of the chunked kernels and its sizes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fast {
+    file: KernelFile,
+    /// Chunk length (`ELA_C`).
+    c: usize,
+    f: usize,
+    dv: usize,
+    /// Operand type of the state slots: bf16 (16-bit inputs) or f32.
+    mt: DType,
+}
+
+/// The variant for these inputs, if the chunked path supports them.
+pub(crate) fn variant(kernel: ElaKernel, dtype: DType, dims: &ElaDims) -> Option<Fast> {
+    if std::env::var_os("ELA_CUDA_SCAN_ONLY").is_some() {
+        // Debugging/benchmark switch: force the per-token scan.
+        return None;
+    }
+    let dt = match dtype {
+        DType::F32 => ElaDt::F32,
+        DType::F16 => ElaDt::F16,
+        DType::BF16 => ElaDt::BF16,
+        _ => return None,
+    };
+    let sizes_ok = [64, 128].contains(&dims.d) && [64, 128].contains(&dims.dv);
+    if kernel != ElaKernel::HadamardExp || !sizes_ok || dims.sequences() > 65_535 {
+        return None;
+    }
+    // The f32 tiles of a 128-wide head only fit in shared memory with 32-row chunks (ela_tile.cuh).
+    let c = if dt == ElaDt::F32 && (dims.d > 64 || dims.dv > 64) { 32 } else { 64 };
+    if dims.t.div_ceil(c) >= i32::MAX as usize {
+        return None;
+    }
+    Some(Fast {
+        file: KernelFile::ElaChunk { dt, d: dims.d as u16, dv: dims.dv as u16 },
+        c,
+        f: dims.d,
+        dv: dims.dv,
+        mt: if dt == ElaDt::F32 { DType::F32 } else { DType::BF16 },
+    })
+}
+
+fn lp(fast: &Fast, n: usize) -> usize {
+    n + if fast.mt == DType::F32 { 4 } else { 8 }
+}
+
+impl Fast {
+    fn nch(&self, t: usize) -> usize {
+        t.div_ceil(self.c)
+    }
+    /// Dynamic shared memory of `ela_scan` (mirrors its carve).
+    fn scan_smem(&self) -> u32 {
+        let (c, f) = (self.c, self.f);
+        ((c * (f + 1) + 10 * f + 4 * c) * 4 + (scan_dvb(self.dv) + 8 + f) * lp(self, c) * self.mt.size_in_bytes())
+            as u32
+    }
+    /// Dynamic shared memory of `ela_out`.
+    fn out_smem(&self) -> u32 {
+        let (c, f, dv) = (self.c, self.f, self.dv);
+        let (ldf, ldv, ldc) = (lp(self, f), lp(self, dv), lp(self, c));
+        let r0 = (2 * c * ldf).max(f * ldv);
+        let groups = 8 / (c / 16);
+        let tiles = r0 + c * ldf + c * ldv + c * ldc;
+        (tiles * self.mt.size_in_bytes() + 4 * (2 * f + 6 * c + groups * c + c + 32)) as u32
+    }
+    /// Dynamic shared memory of `ela_bwd`.
+    fn bwd_smem(&self) -> u32 {
+        let (c, f, dv) = (self.c, self.f, self.dv);
+        let (ldf, ldv, ldc) = (lp(self, f), lp(self, dv), lp(self, c));
+        let tiles = 3 * c * ldf + 2 * c * ldv + 2 * c * ldc + f * ldv;
+        (tiles * self.mt.size_in_bytes() + 4 * (4 * f + 8 * c + c)) as u32
+    }
+}
+
+/// The per-chunk states: `s` `[seq][nch+1][F][Dv]` (operand type), `z`, `m` `[seq][nch+1][F]` f32.
+struct Slots {
+    s: CudaStorage,
+    z: CudaStorage,
+    m: CudaStorage,
+}
+
+impl Cuda {
+    fn ela_slots(&self, fast: &Fast, n: usize, slots: usize) -> Result<Slots> {
+        Ok(Slots {
+            s: self.alloc(fast.mt, n * slots * fast.f * fast.dv)?,
+            z: self.alloc(DType::F32, n * slots * fast.f)?,
+            m: self.alloc(DType::F32, n * slots * fast.f)?,
+        })
+    }
+
+    /// `ela_scan`: mode 0 writes the forward slots from `x = k`, `val = v` (and an optional
+    /// initial state; `fin` receives the final state in f32); mode 1 the reverse accumulators
+    /// from `x = q`, `val = dy` and the row info.
+    #[allow(clippy::too_many_arguments)]
+    fn ela_scan(
+        &self,
+        fast: &Fast,
+        n: usize,
+        t: usize,
+        x: u64,
+        val: u64,
+        out: (&CudaStorage, &CudaStorage),
+        m: &CudaStorage,
+        rows: u64,
+        init: [u64; 3],
+        fin: [u64; 3],
+        mode: i32,
+        causal: bool,
+    ) -> Result<()> {
+        let args = [
+            Arg::Ptr(x),
+            Arg::Ptr(val),
+            Arg::Ptr(out.0.ptr()),
+            Arg::Ptr(out.1.ptr()),
+            Arg::Ptr(m.ptr()),
+            Arg::Ptr(rows),
+            Arg::Ptr(init[0]),
+            Arg::Ptr(init[1]),
+            Arg::Ptr(init[2]),
+            Arg::Ptr(fin[0]),
+            Arg::Ptr(fin[1]),
+            Arg::Ptr(fin[2]),
+            Arg::n(t),
+            Arg::I32(fast.nch(t) as i32),
+            Arg::I32(mode),
+            Arg::I32(causal as i32),
+        ];
+        let cfg = Cfg { grid: n as u32, grid_y: (fast.dv / scan_dvb(fast.dv)) as u32, block: THREADS };
+        launch(self, fast, "ela_scan", cfg, fast.scan_smem(), &args)
+    }
+
+    /// Chunked forward (`Backend::ela_forward` for the supported shapes).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn ela_fast_forward(
+        &self,
+        fast: &Fast,
+        q: &CudaStorage,
+        k: &CudaStorage,
+        v: &CudaStorage,
+        dims: &ElaDims,
+        causal: bool,
+        state: Option<(&mut ElaStateBufs<CudaStorage>, [u64; 3])>,
+    ) -> Result<CudaStorage> {
+        let (n, t) = (dims.sequences(), dims.t);
+        let y = self.alloc(q.dtype(), n * t * dims.dv)?;
+        if n == 0 || t == 0 {
+            return Ok(y);
+        }
+        let nch = fast.nch(t);
+        let sl = self.ela_slots(fast, n, nch + 1)?;
+        let (f, dv) = (fast.f, fast.dv);
+        let fin = match &state {
+            Some(_) => Some((
+                self.alloc(DType::F32, n * f * dv)?,
+                self.alloc(DType::F32, n * f)?,
+                self.alloc(DType::F32, n * f)?,
+            )),
+            None => None,
+        };
+        let init = state.as_ref().map_or([0; 3], |s| s.1);
+        let finp = fin.as_ref().map_or([0; 3], |x| [x.0.ptr(), x.1.ptr(), x.2.ptr()]);
+        self.ela_scan(fast, n, t, k.ptr(), v.ptr(), (&sl.s, &sl.z), &sl.m, 0, init, finp, 0, causal)?;
+        let args = [
+            Arg::Ptr(y.ptr()),
+            Arg::Ptr(0),
+            Arg::Ptr(q.ptr()),
+            Arg::Ptr(k.ptr()),
+            Arg::Ptr(v.ptr()),
+            Arg::Ptr(0),
+            Arg::Ptr(0),
+            Arg::Ptr(sl.s.ptr()),
+            Arg::Ptr(sl.z.ptr()),
+            Arg::Ptr(sl.m.ptr()),
+            Arg::n(t),
+            Arg::I32(nch as i32),
+            Arg::I32(0),
+            Arg::I32(causal as i32),
+        ];
+        let cfg = Cfg { grid: nch as u32, grid_y: n as u32, block: THREADS };
+        launch(self, fast, "ela_out", cfg, fast.out_smem(), &args)?;
+        if let (Some((st, _)), Some((fs, fz, fm))) = (state, fin) {
+            // The final state, f32, back into the carried buffers (separate from the initial ones:
+            // the scan's blocks read the initial log-scales while others finish).
+            self.copy_d2d(st.s.ptr(), fs.ptr(), n * f * dv * 4)?;
+            self.copy_d2d(st.z.ptr(), fz.ptr(), n * f * 4)?;
+            if let Some(m) = &st.m {
+                self.copy_d2d(m.ptr(), fm.ptr(), n * f * 4)?;
+            }
+        }
+        Ok(y)
+    }
+
+    /// Chunked backward from an empty state (`Backend::ela_backward` for the supported shapes).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn ela_fast_backward(
+        &self,
+        fast: &Fast,
+        q: &CudaStorage,
+        k: &CudaStorage,
+        v: &CudaStorage,
+        y: &CudaStorage,
+        dy: &CudaStorage,
+        dims: &ElaDims,
+        causal: bool,
+    ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+        let (n, t, d) = (dims.sequences(), dims.t, q.dtype());
+        let (dq, dk, dvo) = (self.alloc(d, q.len())?, self.alloc(d, k.len())?, self.alloc(d, v.len())?);
+        if n == 0 || t == 0 {
+            return Ok((dq, dk, dvo));
+        }
+        let nch = fast.nch(t);
+        let sl = self.ela_slots(fast, n, nch + 1)?;
+        self.ela_scan(fast, n, t, k.ptr(), v.ptr(), (&sl.s, &sl.z), &sl.m, 0, [0; 3], [0; 3], 0, causal)?;
+        // Per row (u, den, c, exact-path flag).
+        let rows = self.alloc(DType::F32, n * t * 4)?;
+        let args = [
+            Arg::Ptr(0),
+            Arg::Ptr(rows.ptr()),
+            Arg::Ptr(q.ptr()),
+            Arg::Ptr(k.ptr()),
+            Arg::Ptr(v.ptr()),
+            Arg::Ptr(dy.ptr()),
+            Arg::Ptr(y.ptr()),
+            Arg::Ptr(sl.s.ptr()),
+            Arg::Ptr(sl.z.ptr()),
+            Arg::Ptr(sl.m.ptr()),
+            Arg::n(t),
+            Arg::I32(nch as i32),
+            Arg::I32(1),
+            Arg::I32(causal as i32),
+        ];
+        let per_chunk = Cfg { grid: nch as u32, grid_y: n as u32, block: THREADS };
+        launch(self, fast, "ela_out", per_chunk, fast.out_smem(), &args)?;
+        // U, w of the rows after every chunk.
+        let (u, w) = (self.alloc(fast.mt, n * nch * fast.f * fast.dv)?, self.alloc(DType::F32, n * nch * fast.f)?);
+        self.ela_scan(fast, n, t, q.ptr(), dy.ptr(), (&u, &w), &sl.m, rows.ptr(), [0; 3], [0; 3], 1, causal)?;
+        let args = [
+            Arg::Ptr(dq.ptr()),
+            Arg::Ptr(dk.ptr()),
+            Arg::Ptr(dvo.ptr()),
+            Arg::Ptr(q.ptr()),
+            Arg::Ptr(k.ptr()),
+            Arg::Ptr(v.ptr()),
+            Arg::Ptr(dy.ptr()),
+            Arg::Ptr(rows.ptr()),
+            Arg::Ptr(sl.s.ptr()),
+            Arg::Ptr(sl.z.ptr()),
+            Arg::Ptr(sl.m.ptr()),
+            Arg::Ptr(u.ptr()),
+            Arg::Ptr(w.ptr()),
+            Arg::n(t),
+            Arg::I32(nch as i32),
+            Arg::I32(causal as i32),
+        ];
+        launch(self, fast, "ela_bwd", per_chunk, fast.bwd_smem(), &args)?;
+        Ok((dq, dk, dvo))
+    }
+
+    /// One recurrent step for every sequence in one launch (state buffers already checked).
+    pub(crate) fn ela_fast_step(
+        &self,
+        fast: &Fast,
+        q: &CudaStorage,
+        k: &CudaStorage,
+        v: &CudaStorage,
+        n: usize,
+        state: [u64; 3],
+    ) -> Result<CudaStorage> {
+        let y = self.alloc(q.dtype(), n * fast.dv)?;
+        let args = [
+            Arg::Ptr(y.ptr()),
+            Arg::Ptr(q.ptr()),
+            Arg::Ptr(k.ptr()),
+            Arg::Ptr(v.ptr()),
+            Arg::Ptr(state[0]),
+            Arg::Ptr(state[1]),
+            Arg::Ptr(state[2]),
+        ];
+        self.launch(fast.file, "ela_step_fast", Cfg { grid: n as u32, grid_y: 1, block: THREADS }, &args)?;
+        Ok(y)
+    }
+}

@@ -1,0 +1,212 @@
+//! The chunked tensor-core ELA kernels (Hadamard Exp, head sizes 64/128, f32/f16/bf16): forward
+//! against a quadratic f64 reference written here, gradients against the CPU's f64 fused
+//! backward (itself checked against the quadratic tape to 1e-9), and both against the CPU
+//! backend in the same dtype; the numerics cases of docs/ela.md (inputs of magnitude 80, crossed
+//! maxima that take the exact path); prefill with a carried state and the one-launch recurrent
+//! step against the CPU state, buffer by buffer. Outputs land in NaN-filled memory, so an
+//! element a kernel does not write shows up.
+
+use ela_core::ela::ElaParams;
+use ela_core::{Cpu, DType, ElaKernel, ElaState, Result, Rng, Tensor};
+use ela_cuda::Cuda;
+
+use crate::{gpu, rel_err, Pair};
+
+const EXP: ElaKernel = ElaKernel::HadamardExp;
+
+/// Normwise bound against f64 of the chunked path: f32 to its rounding, 16-bit inputs to 1e-2
+/// (bf16 operands in the tile products; S, z, den and the log-scales f32).
+fn bound(d: DType) -> f64 {
+    if d == DType::F32 {
+        1e-5
+    } else {
+        1e-2
+    }
+}
+
+/// Fills the caching allocator's free list with NaN blocks of `elems` elements of `dtype`, so
+/// the op's next allocations of that size reuse them.
+fn poison(dev: &Cuda, elems: usize, dtype: DType, count: usize) {
+    let blocks: Vec<_> = (0..count).map(|_| Tensor::full(f64::NAN, [elems], dtype, dev).unwrap()).collect();
+    drop(blocks);
+}
+
+/// `y_i = sum_j a_ij v_j / sum_j a_ij`, `a_ij = sum_d exp(q_id + k_jd)`, in f64 (no shifts: the
+/// test inputs stay far from f64 overflow).
+#[allow(clippy::too_many_arguments)]
+fn quadratic(q: &[f64], k: &[f64], v: &[f64], seqs: usize, t: usize, d: usize, dv: usize, causal: bool) -> Vec<f64> {
+    let mut y = vec![0.0; seqs * t * dv];
+    for s in 0..seqs {
+        let (q, k, v) = (&q[s * t * d..], &k[s * t * d..], &v[s * t * dv..]);
+        for i in 0..t {
+            let (mut num, mut den) = (vec![0.0; dv], 0.0);
+            for j in 0..if causal { i + 1 } else { t } {
+                let a: f64 = (0..d).map(|e| (q[i * d + e] + k[j * d + e]).exp()).sum();
+                den += a;
+                num.iter_mut().zip(&v[j * dv..(j + 1) * dv]).for_each(|(o, x)| *o += a * x);
+            }
+            y[(s * t + i) * dv..(s * t + i + 1) * dv].iter_mut().zip(&num).for_each(|(o, x)| *o = x / den);
+        }
+    }
+    y
+}
+
+fn finite(t: &Tensor<Cuda>) -> bool {
+    t.to_vec_f64().unwrap().iter().all(|x| x.is_finite())
+}
+
+/// Forward and backward of one case on the GPU, with the errors against f64 and against the
+/// CPU backend in the same dtype: `[y, dq, dk, dv]` each `(vs f64, vs CPU)`.
+fn run_case(dev: &Cuda, q: &Pair, k: &Pair, v: &Pair, dy: &Pair, causal: bool) -> Result<[(f64, f64); 4]> {
+    let (dims, dv) = (q.cpu.dims().to_vec(), v.cpu.dims()[3]);
+    let (seqs, t, d) = (dims[0] * dims[1], dims[2], dims[3]);
+    let dtype = q.cpu.dtype();
+    let p = ElaParams { kernel: EXP, causal, chunk: 64 };
+    poison(dev, seqs * t * dv, dtype, 4);
+    let gy = q.gpu.ela(&k.gpu, &v.gpu, &p)?;
+    assert!(finite(&gy), "every output written and finite ({dtype:?}, causal {causal})");
+    poison(dev, seqs * t * d, dtype, 4);
+    let g = Tensor::ela_backward(&q.gpu, &k.gpu, &v.gpu, &gy, &dy.gpu, &p)?;
+    for x in [&g.0, &g.1, &g.2] {
+        assert!(finite(x), "every gradient written and finite ({dtype:?}, causal {causal})");
+    }
+    // References: f64 on the same (rounded) inputs; the CPU backend in the same dtype.
+    let up = |x: &Pair| x.cpu.to_dtype(DType::F64).unwrap();
+    let (q64, k64, v64, dy64) = (up(q), up(k), up(v), up(dy));
+    let want = quadratic(&q64.to_vec_f64()?, &k64.to_vec_f64()?, &v64.to_vec_f64()?, seqs, t, d, dv, causal);
+    let y64 = q64.ela(&k64, &v64, &p)?;
+    let r64 = Tensor::ela_backward(&q64, &k64, &v64, &y64, &dy64, &p)?;
+    let cy = q.cpu.ela(&k.cpu, &v.cpu, &p)?;
+    let rc = Tensor::ela_backward(&q.cpu, &k.cpu, &v.cpu, &cy, &dy.cpu, &p)?;
+    let e = |a: &Tensor<Cuda>, b: &Tensor<Cpu>| rel_err(&a.to_vec_f64().unwrap(), &b.to_vec_f64().unwrap());
+    Ok([
+        (rel_err(&gy.to_vec_f64()?, &want), e(&gy, &cy)),
+        (e(&g.0, &r64.0), e(&g.0, &rc.0)),
+        (e(&g.1, &r64.1), e(&g.1, &rc.1)),
+        (e(&g.2, &r64.2), e(&g.2, &rc.2)),
+    ])
+}
+
+fn show(errs: &[(f64, f64)]) -> String {
+    errs.iter().map(|(a, b)| format!("({a:.2e}, {b:.2e})")).collect::<Vec<_>>().join(" ")
+}
+
+fn qkv(shape: [usize; 4], dv: usize, dtype: DType, seed: u64, dev: &Cuda) -> (Pair, Pair, Pair, Pair) {
+    let [b, h, t, d] = shape;
+    let mut rng = Rng::new(seed);
+    let mut mk = |w: usize, scale: f64, shift: f64| {
+        let x = Tensor::randn(shift, scale, vec![b, h, t, w], DType::F64, &mut rng, &Cpu).unwrap();
+        Pair::new(x.to_dtype(dtype).unwrap(), dev)
+    };
+    (mk(d, 1.0, 0.5), mk(d, 1.0, -0.5), mk(dv, 1.0, 0.0), mk(dv, 1.0, 0.0))
+}
+
+#[test]
+fn chunked_ela_matches_f64_and_the_cpu() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    let variants = [
+        (DType::F32, 64, 64),
+        (DType::BF16, 64, 64),
+        (DType::F16, 64, 64),
+        (DType::F32, 128, 128),
+        (DType::BF16, 128, 128),
+        (DType::BF16, 64, 128),
+    ];
+    for (vi, &(dtype, d, dv)) in variants.iter().enumerate() {
+        // 150 rows: two full 64-row chunks and a partial one (f32 with 128-wide heads: 32-row chunks).
+        for (t, causal) in [(150, true), (150, false), (37, true)] {
+            let (q, k, v, dy) = qkv([2, 2, t, d], dv, dtype, 300 + vi as u64, &dev);
+            let errs = run_case(&dev, &q, &k, &v, &dy, causal)?;
+            println!(
+                "{dtype:?} d={d} dv={dv} T={t} causal={causal}: [y, dq, dk, dv] (vs f64, vs cpu) = {}",
+                show(&errs)
+            );
+            for (name, (e64, ecpu)) in ["y", "dq", "dk", "dv"].iter().zip(errs) {
+                // Gradients: f32 to 5e-5 (the 1/den^2 terms cancel); 16-bit inputs to the bound.
+                let tol = if *name == "y" || dtype != DType::F32 { bound(dtype) } else { 5e-5 };
+                assert!(e64 <= tol, "{name} {dtype:?} d={d} dv={dv} T={t} causal={causal}: {e64:e} vs f64 > {tol:e}");
+                assert!(ecpu <= 2.0 * tol, "{name} {dtype:?} d={d} T={t} causal={causal}: {ecpu:e} vs the CPU");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn chunked_ela_magnitude_80_and_the_exact_path() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    let (t, d, dv) = (160, 64, 64);
+    for dtype in [DType::F32, DType::BF16] {
+        // Uniform in [-80, 80]: q_d + k_d reaches 160, far past exp's f32 range.
+        let u = |seed| Pair::uniform(&[1, 2, t, d], -80.0, 80.0, dtype, seed, &dev);
+        let (q, k) = (u(1), u(2));
+        let (v, dy) = (Pair::randn(&[1, 2, t, dv], dtype, 3, &dev), Pair::randn(&[1, 2, t, dv], dtype, 4, &dev));
+        let errs = run_case(&dev, &q, &k, &v, &dy, true)?;
+        println!("magnitude 80 {dtype:?}: {}", show(&errs));
+        if dtype == DType::F32 {
+            assert!(errs[0].0 <= 1e-4, "forward {:e}", errs[0].0);
+            assert!(errs[1..].iter().all(|e| e.0 <= 1e-3), "gradients {errs:?}");
+        } else {
+            assert!(errs.iter().all(|e| e.0 <= 3e-2), "bf16 {errs:?}");
+        }
+    }
+    // Crossed maxima (q = (80.., -80..), k = (-80.., 80..)): u_i - r_i = 160 underflows every fast
+    // term, so every row takes the exact path, in the forward and in the backward.
+    let mut rng = Rng::new(9);
+    let (mut qv, mut kv) = (vec![0.0; 2 * t * d], vec![0.0; 2 * t * d]);
+    for r in 0..2 * t {
+        for e in 0..d {
+            let s = if e < d / 2 { 80.0 } else { -80.0 };
+            qv[r * d + e] = s + rng.normal();
+            kv[r * d + e] = -s + rng.normal();
+        }
+    }
+    let to =
+        |x: Vec<f64>| Pair::new(Tensor::from_vec(x, [1, 2, t, d], &Cpu).unwrap().to_dtype(DType::F32).unwrap(), &dev);
+    let (q, k) = (to(qv), to(kv));
+    let (v, dy) = (Pair::randn(&[1, 2, t, dv], DType::F32, 5, &dev), Pair::randn(&[1, 2, t, dv], DType::F32, 6, &dev));
+    let errs = run_case(&dev, &q, &k, &v, &dy, true)?;
+    println!("crossed maxima f32: {}", show(&errs));
+    assert!(errs[0].0 <= 1e-4 && errs[1..].iter().all(|e| e.0 <= 1e-3), "exact path {errs:?}");
+    Ok(())
+}
+
+#[test]
+fn chunked_prefill_and_batched_steps_match_the_cpu_state() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    for (dtype, d) in [(DType::F32, 64), (DType::BF16, 128), (DType::F32, 128)] {
+        let (b, h, t) = (2, 3, 100);
+        let mut rng = Rng::new(40 + d as u64);
+        let mut mk = |w: usize, scale: f64, shift: f64| {
+            let x = Tensor::randn(shift, scale, vec![b, h, t + 4, w], DType::F64, &mut rng, &Cpu).unwrap();
+            Pair::new(x.to_dtype(dtype).unwrap(), &dev)
+        };
+        let (q, k, v) = (mk(d, 1.5, 2.0), mk(d, 1.5, -1.0), mk(d, 1.0, 0.0));
+        let mut cs = ElaState::new(EXP, b, h, d, d, dtype, &Cpu)?;
+        let mut gs = ElaState::new(EXP, b, h, d, d, dtype, &dev)?;
+        let tol = bound(dtype);
+        let tag = format!("{dtype:?} d={d}");
+        // Two prefills (the second continues from the carried state), then batched steps.
+        for (a, len) in [(0, 70), (70, 30)] {
+            let cy = cs.prefill(&q.cpu.narrow(2, a, len)?, &k.cpu.narrow(2, a, len)?, &v.cpu.narrow(2, a, len)?, 64)?;
+            let gy = gs.prefill(&q.gpu.narrow(2, a, len)?, &k.gpu.narrow(2, a, len)?, &v.gpu.narrow(2, a, len)?, 64)?;
+            let e = rel_err(&gy.to_vec_f64()?, &cy.to_vec_f64()?);
+            assert!(e <= 2.0 * tol, "prefill at {a} {tag}: {e:e}");
+        }
+        for i in t..t + 4 {
+            let cy = cs.step(&q.cpu.narrow(2, i, 1)?, &k.cpu.narrow(2, i, 1)?, &v.cpu.narrow(2, i, 1)?)?;
+            let gy = gs.step(&q.gpu.narrow(2, i, 1)?, &k.gpu.narrow(2, i, 1)?, &v.gpu.narrow(2, i, 1)?)?;
+            let e = rel_err(&gy.to_vec_f64()?, &cy.to_vec_f64()?);
+            assert!(e <= 2.0 * tol, "step {i} {tag}: {e:e}");
+        }
+        let (cb, gb) = (cs.buffers()?, gs.buffers()?);
+        let e = |a: &Tensor<Cpu>, b: &Tensor<Cuda>| rel_err(&b.to_vec_f64().unwrap(), &a.to_vec_f64().unwrap());
+        assert!(e(&cb.0, &gb.0) <= 2.0 * tol, "state S {tag}: {:e}", e(&cb.0, &gb.0));
+        assert!(e(&cb.1, &gb.1) <= 2.0 * tol, "state z {tag}: {:e}", e(&cb.1, &gb.1));
+        // The log-scales are running maxima of the keys: exactly equal.
+        let (cm, gm) = (cb.2.unwrap().to_vec_f64()?, gb.2.unwrap().to_vec_f64()?);
+        assert_eq!(cm, gm, "state m {tag}");
+        assert_eq!(gs.tokens(), t + 4);
+    }
+    Ok(())
+}
