@@ -1,6 +1,6 @@
 //! Shared helpers of the LM tests: small configurations covering every switch.
 
-use ela_models::lm::{AttnKind, LmConfig, Link, LobeMode, MoeSpec};
+use ela_models::lm::{AttnKind, Link, LmConfig, LobeMode, MoeSpec};
 
 /// A tiny configuration for tests.
 pub fn tiny(attention: AttnKind, link: Link, lobe: LobeMode, moe: bool) -> LmConfig {

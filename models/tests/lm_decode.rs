@@ -24,12 +24,14 @@ fn check(dtype: DType, tol: f64) {
             // Full forward on the whole prefix; its last position must match the decoder's.
             let t = seq.len();
             let full = no_grad(|| model.forward(&Tensor::from_vec(seq.clone(), [1, t], &Cpu).unwrap())).unwrap();
-            let last = full.logits.value().narrow(1usize, t - 1, 1).unwrap().flatten_all().unwrap().to_vec_f64().unwrap();
+            let last =
+                full.logits.value().narrow(1usize, t - 1, 1).unwrap().flatten_all().unwrap().to_vec_f64().unwrap();
             let dec = logits.flatten_all().unwrap().to_vec_f64().unwrap();
             let err = max_rel(&dec, &last);
             assert!(err < tol, "config {i} {cfg:?} step {step}: decode vs full forward differ by {err:e}");
             // Greedy next token.
-            let next = dec.iter().enumerate().fold((0, f64::MIN), |b, (j, &v)| if v > b.1 { (j, v) } else { b }).0 as u32;
+            let next =
+                dec.iter().enumerate().fold((0, f64::MIN), |b, (j, &v)| if v > b.1 { (j, v) } else { b }).0 as u32;
             seq.push(next);
             logits = model.step(&[next], &mut state).unwrap();
         }
@@ -50,7 +52,12 @@ fn decoding_matches_full_forward_f32() {
 #[test]
 fn ela_state_is_constant_while_kv_cache_grows() {
     use ela_models::lm::{AttnKind, Link, LobeMode};
-    let ela = lm_common::tiny(AttnKind::Ela { kernel: "hadamard-exp".into(), chunk: 4 }, Link::Hyper, LobeMode::Causal, false);
+    let ela = lm_common::tiny(
+        AttnKind::Ela { kernel: "hadamard-exp".into(), chunk: 4 },
+        Link::Hyper,
+        LobeMode::Causal,
+        false,
+    );
     let soft = lm_common::tiny(AttnKind::Softmax, Link::Hyper, LobeMode::Off, false);
     for (cfg, grows) in [(ela, false), (soft, true)] {
         let model = ElaLm::new(&ParamStore::new(&Cpu, DType::F32, 0), cfg).unwrap();

@@ -3,12 +3,12 @@
 
 use ela_autograd::Var;
 use ela_core::{Backend, Error, Result};
-use ela_nn::attention::{AttnCache, Attention, AttentionConfig};
+use ela_nn::attention::{Attention, AttentionConfig, AttnCache};
 use ela_nn::layers::{LinearInit, RmsNorm, SwiGlu};
-use ela_nn::moe::{Moe, MoeConfig, RoutingBias, RoutingStats, ScoreFn};
 use ela_nn::module::ParamStore;
+use ela_nn::moe::{Moe, MoeConfig, RoutingBias, RoutingStats, ScoreFn};
 
-use super::config::{LmConfig, Link, LobeMode};
+use super::config::{Link, LmConfig, LobeMode};
 use super::mixer::{attention_mixer, lobe_mixer};
 
 /// The FFN of a block.
@@ -191,4 +191,3 @@ impl<B: Backend> Block<B> {
         Ok(out)
     }
 }
-

@@ -110,8 +110,9 @@ mod tests {
             assert_eq!(sample(&logits, &SampleConfig { temperature: 1.0, top_k: 0, top_p: 1e-6 }, &mut rng), 1);
         }
         // top_k = 2 only ever returns tokens 1 or 3, and both occur.
-        let draws: Vec<usize> =
-            (0..200).map(|_| sample(&logits, &SampleConfig { temperature: 1.0, top_k: 2, top_p: 1.0 }, &mut rng)).collect();
+        let draws: Vec<usize> = (0..200)
+            .map(|_| sample(&logits, &SampleConfig { temperature: 1.0, top_k: 2, top_p: 1.0 }, &mut rng))
+            .collect();
         assert!(draws.iter().all(|&d| d == 1 || d == 3) && draws.contains(&1) && draws.contains(&3));
         assert!(SampleConfig { temperature: -1.0, top_k: 0, top_p: 1.0 }.validate().is_err());
     }

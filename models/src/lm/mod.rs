@@ -7,6 +7,6 @@ pub mod generate;
 mod mixer;
 pub mod model;
 
-pub use config::{AttnKind, LmConfig, Link, LobeMode, MoeSpec};
+pub use config::{AttnKind, Link, LmConfig, LobeMode, MoeSpec};
 pub use generate::{generate, sample, SampleConfig};
 pub use model::{DecodeState, ElaLm, LmOutput};

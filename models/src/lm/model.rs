@@ -3,8 +3,8 @@
 use ela_autograd::{no_grad, Var};
 use ela_core::{Backend, CpuStorage, DType, Error, Result, Tensor};
 use ela_nn::layers::{Embedding, Linear, LinearConfig, LinearInit, RmsNorm};
-use ela_nn::moe::RoutingStats;
 use ela_nn::module::ParamStore;
+use ela_nn::moe::RoutingStats;
 
 use super::block::{Block, BlockCache};
 use super::config::LmConfig;
@@ -51,10 +51,18 @@ impl<B: Backend> ElaLm<B> {
     pub fn new(store: &ParamStore<B>, cfg: LmConfig) -> Result<Self> {
         cfg.validate()?;
         let embed = Embedding::new(&store.sub("embed"), cfg.vocab, cfg.dim, 0.02)?;
-        let blocks = (0..cfg.layers).map(|i| Block::new(&store.sub("layers").sub(i), &cfg)).collect::<Result<Vec<_>>>()?;
+        let blocks =
+            (0..cfg.layers).map(|i| Block::new(&store.sub("layers").sub(i), &cfg)).collect::<Result<Vec<_>>>()?;
         let final_norm = cfg.final_norm.then(|| RmsNorm::new(&store.sub("final_norm"), cfg.dim, 1e-6)).transpose()?;
         let head = (!cfg.tied_embeddings)
-            .then(|| Linear::new(&store.sub("head"), cfg.dim, cfg.vocab, LinearConfig::no_bias(LinearInit::Normal { std: 0.02 })))
+            .then(|| {
+                Linear::new(
+                    &store.sub("head"),
+                    cfg.dim,
+                    cfg.vocab,
+                    LinearConfig::no_bias(LinearInit::Normal { std: 0.02 }),
+                )
+            })
             .transpose()?;
         Ok(ElaLm { cfg, embed, blocks, final_norm, head, store: store.clone() })
     }
