@@ -9,7 +9,7 @@
 //!
 //! Every op's backward is written by hand directly under its forward, in `ops/` (one file per op
 //! family), using only `Tensor` ops, so it runs on any backend. The derivations are in
-//! `docs/autograd.md`. [`gradcheck`] compares any function's gradients with central finite
+//! `docs/autograd.md`. [`gradcheck()`] compares any function's gradients with central finite
 //! differences in f64.
 //!
 //! ```

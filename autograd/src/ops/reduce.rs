@@ -76,7 +76,7 @@ impl<B: Backend> Var<B> {
         })
     }
 
-    /// Cumulative sum along `axis` (see [`Tensor::cumsum`]).
+    /// Cumulative sum along `axis` (see [`ela_core::Tensor::cumsum`]).
     pub fn cumsum<D: Dim>(&self, axis: D, exclusive: bool, reverse: bool) -> Result<Self> {
         let x = self.value();
         let a = axis.to_index(x.shape(), "cumsum")?;
@@ -85,7 +85,7 @@ impl<B: Backend> Var<B> {
         Var::record("cumsum", y, &[self], move |g, _| Ok(vec![Some(g.cumsum(a, exclusive, !reverse)?)]))
     }
 
-    /// Sum over broadcast axes down to `shape` (see [`Tensor::sum_to`]).
+    /// Sum over broadcast axes down to `shape` (see [`ela_core::Tensor::sum_to`]).
     pub fn sum_to(&self, shape: &ela_core::Shape) -> Result<Self> {
         let x = self.value();
         let y = x.sum_to(shape)?;

@@ -1,7 +1,7 @@
 //! Indexing kernels: index_select / index_add, gather / scatter_add, concat, pad.
 //!
 //! Every kernel views its tensors as `[outer, len, inner]` around the indexed axis (see
-//! [`split_axis`]). Indices are validated by the tensor layer before a kernel runs.
+//! `split_axis` in reduce.rs). Indices are validated by the tensor layer before a kernel runs.
 
 use crate::cpu::reduce::split_axis;
 use crate::cpu::storage::{CpuElement, CpuStorage};
