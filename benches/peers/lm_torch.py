@@ -106,6 +106,7 @@ def main():
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--profile", action="store_true", help="also print the top CUDA kernels of 2 steps")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -137,6 +138,14 @@ def main():
     print(f"pytorch eager f32: {args.steps} steps of {args.batch}x{args.seq} tokens in {dt:.2f} s: "
           f"{tok / dt:.0f} tokens/s ({1e3 * dt / args.steps:.0f} ms/step), last loss {loss.item():.3f}, "
           f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for i in range(2):
+                step(i)
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
 
 
 if __name__ == "__main__":

@@ -317,8 +317,22 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         params: &crate::ela::ElaParams,
         state: Option<&mut crate::ela::ElaStateBufs<Self::Storage>>,
     ) -> Result<Self::Storage>;
+    /// [`Backend::ela_forward`] from an empty state, also returning what the backend can reuse in
+    /// [`Backend::ela_backward`] (`None`: nothing; the default). For training.
+    fn ela_forward_saving(
+        &self,
+        q: &Self::Storage,
+        k: &Self::Storage,
+        v: &Self::Storage,
+        dims: &crate::ela::ElaDims,
+        params: &crate::ela::ElaParams,
+    ) -> Result<(Self::Storage, Option<crate::ela::ElaSaved<Self::Storage>>)> {
+        Ok((self.ela_forward(q, k, v, dims, params, None)?, None))
+    }
     /// Backward of [`Backend::ela_forward`] (from an empty state) given its output `y` and the
-    /// upstream gradient `dy` (contiguous, `v`'s shape): returns `(dq, dk, dv)`.
+    /// upstream gradient `dy` (contiguous, `v`'s shape): returns `(dq, dk, dv)`. `saved` is what
+    /// [`Backend::ela_forward_saving`] returned for the same call (checked by the caller to match
+    /// `dims` and `params`); a backend may ignore it and recompute.
     #[allow(clippy::too_many_arguments)]
     fn ela_backward(
         &self,
@@ -329,6 +343,7 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         dy: &Self::Storage,
         dims: &crate::ela::ElaDims,
         params: &crate::ela::ElaParams,
+        saved: Option<&crate::ela::ElaSaved<Self::Storage>>,
     ) -> Result<(Self::Storage, Self::Storage, Self::Storage)>;
     /// One recurrent ELA step for all `batch x heads` sequences: `q`, `k` `[batch, heads, d]`,
     /// `v` `[batch, heads, dv]` (`dims.t` is ignored); updates `state` in place and returns `y`

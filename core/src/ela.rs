@@ -171,4 +171,21 @@ pub struct ElaStateBufs<S> {
     pub m: Option<S>,
 }
 
+/// What a backend's ELA forward kept for its backward ([`Backend::ela_forward_saving`]): buffers in a
+/// layout only that backend reads (the CUDA chunked path keeps its per-chunk states and per-row
+/// scales, so the backward skips recomputing the forward), with the sizes and options they were
+/// made for. Holding it trades memory (for the CUDA path about one more `k` at bf16 with
+/// 64-row chunks) for backward time.
+///
+/// [`Backend::ela_forward_saving`]: crate::Backend::ela_forward_saving
+#[derive(Debug)]
+pub struct ElaSaved<S> {
+    /// The backend's buffers.
+    pub buffers: Vec<S>,
+    /// The sizes of the forward call.
+    pub dims: ElaDims,
+    /// The options of the forward call.
+    pub params: ElaParams,
+}
+
 pub use crate::tensor::ElaState;

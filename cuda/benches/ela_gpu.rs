@@ -64,8 +64,9 @@ fn main() -> Result<()> {
                 for i in 0..reps + 2 {
                     let (y, ms) = timer.time(|| q.ela(&k, &v, &p))?;
                     let (_, ms2) = timer.time(|| {
-                        let y = q.ela(&k, &v, &p)?;
-                        Tensor::ela_backward(&q, &k, &v, &y, &dy, &p)
+                        // As in training (the autograd node): the forward keeps its state for the backward.
+                        let (y, saved) = q.ela_saving(&k, &v, &p)?;
+                        Tensor::ela_backward_saved(&q, &k, &v, &y, &dy, &p, saved.as_ref())
                     })?;
                     drop(y);
                     if i >= 2 {
@@ -75,9 +76,10 @@ fn main() -> Result<()> {
                 }
                 // The checked run: outputs in NaN-filled blocks, sequence 0 against f64 on the CPU.
                 poison(&dev, B * H * t * d, dtype, 4)?;
-                let y = q.ela(&k, &v, &p)?;
+                let (y, saved) = q.ela_saving(&k, &v, &p)?;
                 poison(&dev, B * H * t * d, dtype, 4)?;
-                let (dq, dk, dv) = Tensor::ela_backward(&q, &k, &v, &y, &dy, &p)?;
+                let (dq, dk, dv) = Tensor::ela_backward_saved(&q, &k, &v, &y, &dy, &p, saved.as_ref())?;
+                drop(saved);
                 let (q0, k0, v0, dy0) = (seq0(&q)?, seq0(&k)?, seq0(&v)?, seq0(&dy)?);
                 let y64 = q0.ela(&k0, &v0, &p)?;
                 let g64 = Tensor::ela_backward(&q0, &k0, &v0, &y64, &dy0, &p)?;

@@ -20,23 +20,30 @@
 // rounding. The recurrent step for all sequences in one launch is at the end of
 // ela_chunk_bwd.cu.
 
-// Value columns per scan block: 32, or 64 for 128-wide values, so that the scan's 2 * B * H blocks
-// all stay resident (two per multiprocessor): a scan block runs for the whole sequence.
+// A scan block owns SCAN_FB state rows (features) and SCAN_DVB value columns of one sequence: the
+// rows of S, z and m are independent of each other (each feature has its own running maximum),
+// so 128-wide heads split theirs in two, for B * H * 4 blocks that are all resident (four per
+// multiprocessor): a scan block runs for the whole sequence. Value columns per block: 32, or 64
+// for 128-wide values (each column block recomputes the features' exp).
 #define SCAN_DVB (ELA_DV > 64 ? 64 : 32)
+#define SCAN_FB 64
+#define SCAN_NDVB (ELA_DV / SCAN_DVB)
 
 // ---------------------------------------------------------------- scan over chunks
 
 // The state product S += Psi^T [V | 1] carries z (or w, with the column c * den) as one more
 // 8-column tile of the same tensor-core product: no separate reduction over the chunk's rows.
-extern "C" __global__ void __launch_bounds__(ELA_THREADS, 2)
+extern "C" __global__ void __launch_bounds__(ELA_THREADS, 4)
     ela_scan(const ST* x, const ST* val, MT* slot_s, float* slot_z, float* slot_m, const ela_f4* rows,
              const float* init_s, const float* init_z, const float* init_m, float* fin_s, float* fin_z, float* fin_m,
              i64 T, int nch, int mode, int causal) {
-    constexpr int F = ELA_F, DV = ELA_DV, C = ELA_C, DVB = SCAN_DVB, LDX = F + 1, LDC = LDP(C);
+    // F: this block's features (state rows), FA: all of them (the row stride of x and the slots).
+    constexpr int FA = ELA_F, F = SCAN_FB, DV = ELA_DV, C = ELA_C, DVB = SCAN_DVB, LDX = F + 1, LDC = LDP(C);
     typedef WarpMap<F, DVB> W;
     constexpr int NX = C * F / (4 * ELA_THREADS), NVV = C * DVB / (4 * ELA_THREADS);
     static_assert(NX * 4 * ELA_THREADS == C * F && NVV * 4 * ELA_THREADS == C * DVB, "staging split");
     static_assert(ELA_THREADS % (F / 4) == 0, "a thread's x vectors share their columns");
+    static_assert(FA % F == 0, "feature split");
     float* xf = (float*)ela_smem;     // [C][LDX]: keys (mode 0) or queries (mode 1) as f32
     float* mto = xf + C * LDX;        // [F] the units after this chunk's update
     float* rsc = mto + F;             // [F] units change factors
@@ -46,14 +53,15 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, 2)
     MT* fT = vT + (DVB + 8) * LDC;    // [F][LDC] key or query features, transposed
     check_smem(fT + F * LDC);
 
-    const int seq = blockIdx.x, j0 = blockIdx.y * DVB, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int seq = blockIdx.x, j0 = (blockIdx.y % SCAN_NDVB) * DVB, f0 = (blockIdx.y / SCAN_NDVB) * F;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int row0 = W::row0(), col0 = W::col0();
-    const bool lead = blockIdx.y == 0, zw = W::group() == 0 && (lane & 3) == 0;  // zw: holds z (col 0)
+    const bool lead = j0 == 0, zw = W::group() == 0 && (lane & 3) == 0;  // zw: holds z (col 0)
     const i64 nslot = mode == 0 ? (i64)nch + 1 : (i64)nch;
-    MT* ss = slot_s + seq * nslot * F * DV;
-    float* sz = slot_z + seq * nslot * F;
-    const float* sm = slot_m + seq * ((i64)nch + 1) * F;
-    const ST* xs = x + seq * T * F;
+    MT* ss = slot_s + seq * nslot * FA * DV + f0 * DV;
+    float* sz = slot_z + seq * nslot * FA + f0;
+    const float* sm = slot_m + seq * ((i64)nch + 1) * FA + f0;
+    const ST* xs = x + seq * T * FA + f0;
     const ST* vs = val + seq * T * DV;
 
     float acc[W::NT][4], accz[1][4];  // accz: the [1 | c den] tile (group-0 warps)
@@ -61,16 +69,16 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, 2)
     zero_acc(accz);
     float mf = neg_inf<float>();  // thread f < F: the current log-scale (mode 0)
     if (mode == 0 && init_s) {
-        const float* is = init_s + (i64)seq * F * DV;
+        const float* is = init_s + ((i64)seq * FA + f0) * DV;
 #pragma unroll
         for (int nt = 0; nt < W::NT; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[nt][e] = is[ACC_ROW(row0, e) * DV + j0 + ACC_COL(col0, nt, e)];
         if (zw) {
-            accz[0][0] = init_z[(i64)seq * F + ACC_ROW(row0, 0)];
-            accz[0][2] = init_z[(i64)seq * F + ACC_ROW(row0, 2)];
+            accz[0][0] = init_z[(i64)seq * FA + f0 + ACC_ROW(row0, 0)];
+            accz[0][2] = init_z[(i64)seq * FA + f0 + ACC_ROW(row0, 2)];
         }
-        if (tid < F) mf = init_m[(i64)seq * F + tid];
+        if (tid < F) mf = init_m[(i64)seq * FA + f0 + tid];
     }
     for (int e = tid; e < 8 * LDC; e += ELA_THREADS) vT[DVB * LDC + e] = to_mt(0.f);
 
@@ -85,7 +93,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, 2)
 #pragma unroll
         for (int i = 0; i < NX; ++i) {
             const int e = tid + i * ELA_THREADS, r = e / (F / 4), cq = e % (F / 4);
-            px[i] = r < n ? ld_raw4(xs + (t0 + r) * F + 4 * cq) : raw_zero();
+            px[i] = r < n ? ld_raw4(xs + (t0 + r) * FA + 4 * cq) : raw_zero();
         }
 #pragma unroll
         for (int i = 0; i < NVV; ++i) {
@@ -98,17 +106,17 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, 2)
         }
     };
     auto store_slot = [&](i64 slot) {
-        MT* dst = ss + slot * F * DV;
+        MT* dst = ss + slot * FA * DV;
 #pragma unroll
         for (int nt = 0; nt < W::NT; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; e += 2)
                 store_mt2(dst + ACC_ROW(row0, e) * DV + j0 + ACC_COL(col0, nt, e), acc[nt][e], acc[nt][e + 1]);
         if (lead && zw) {
-            sz[slot * F + ACC_ROW(row0, 0)] = accz[0][0];
-            sz[slot * F + ACC_ROW(row0, 2)] = accz[0][2];
+            sz[slot * FA + ACC_ROW(row0, 0)] = accz[0][0];
+            sz[slot * FA + ACC_ROW(row0, 2)] = accz[0][2];
         }
-        if (mode == 0 && lead && tid < F) slot_m[(seq * ((i64)nch + 1) + slot) * F + tid] = mf;
+        if (mode == 0 && lead && tid < F) slot_m[(seq * ((i64)nch + 1) + slot) * FA + f0 + tid] = mf;
     };
     fetch(mode == 0 ? 0 : nch - 1);
 
@@ -171,8 +179,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, 2)
                 to = fmaxf(mf, mx);
                 mf = to;
             } else {
-                from = sm[(causal ? c + 1 : nch) * (i64)F + tid];
-                to = causal ? sm[(i64)c * F + tid] : from;
+                from = sm[(causal ? c + 1 : nch) * (i64)FA + tid];
+                to = causal ? sm[(i64)c * FA + tid] : from;
             }
             rsc[tid] = units_factor(from, to);
             mto[tid] = to;
@@ -204,16 +212,16 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, 2)
     if (mode == 0 || !causal) store_slot(mode == 0 ? nch : 0);  // final state / global U, w
     if (mode == 0 && fin_s) {
         // ...and in f32 for a carried state (prefill).
-        float* fsd = fin_s + (i64)seq * F * DV;
+        float* fsd = fin_s + ((i64)seq * FA + f0) * DV;
 #pragma unroll
         for (int nt = 0; nt < W::NT; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) fsd[ACC_ROW(row0, e) * DV + j0 + ACC_COL(col0, nt, e)] = acc[nt][e];
         if (lead && zw) {
-            fin_z[(i64)seq * F + ACC_ROW(row0, 0)] = accz[0][0];
-            fin_z[(i64)seq * F + ACC_ROW(row0, 2)] = accz[0][2];
+            fin_z[(i64)seq * FA + f0 + ACC_ROW(row0, 0)] = accz[0][0];
+            fin_z[(i64)seq * FA + f0 + ACC_ROW(row0, 2)] = accz[0][2];
         }
-        if (lead && tid < F) fin_m[(i64)seq * F + tid] = mf;
+        if (lead && tid < F) fin_m[(i64)seq * FA + f0 + tid] = mf;
     }
 }
 
@@ -251,6 +259,11 @@ __device__ void slow_row(int i, const ST* qg, const ST* kg, const ST* vg, const 
             for (int f = 0; f < F; ++f) num += wsf[f] * from_mt(Sg[(i64)f * DV + col]);
             yrow[col] = DT::store(num / den);
         }
+        if (rrow && tid == 0) {
+            ela_f4 o;
+            o.x = r, o.y = den, o.z = 0.f, o.w = 1.f;
+            *rrow = o;
+        }
     } else {
         float s = 0.f;
         for (int col = tid; col < DV; col += ELA_THREADS) s += DT::load(dyrow[col]) * DT::load(yinrow[col]);
@@ -269,7 +282,9 @@ __device__ void slow_row(int i, const ST* qg, const ST* kg, const ST* vg, const 
 // here: the kernel is latency-bound), else no cap.
 #define ELA_MINB (ELA_MMA && ELA_F <= 64 && ELA_DV <= 64 ? 3 : 1)
 
-// Mode 0: y of the chunk's rows. Mode 1: per row (u, den, c = (dy . y) / den, exact-path flag).
+// Mode 0: y of the chunk's rows, and with `rows` also per row (u, den, 0, exact-path flag) for a
+// backward that reuses the forward (ela_rows_dot then fills in c). Mode 1: per row
+// (u, den, c = (dy . y) / den, exact-path flag).
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
     ela_out(ST* y, ela_f4* rows, const ST* q, const ST* k, const ST* v, const ST* dy, const ST* yin,
             const MT* slot_s, const float* slot_z, const float* slot_m, i64 T, int nch, int mode, int causal) {
@@ -438,6 +453,11 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
                 if (i < n && !slw[i])
                     store_st2(y + (rowbase + i) * DV + col, acc[nt][e] / den[i], acc[nt][e + 1] / den[i]);
             }
+        if (rows && tid < n && !slw[tid]) {
+            ela_f4 o;
+            o.x = uu[tid], o.y = den[tid], o.z = 0.f, o.w = 0.f;
+            rows[rowbase + tid] = o;
+        }
     } else {
         float s = 0.f;
 #pragma unroll
@@ -454,8 +474,26 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         float* sc = (float*)phib;  // free now
         for (int i = 0; i < n; ++i) {
             if (!slw[i]) continue;
-            slow_row(i, qg, kg, vg, Sg, mst, zst, sc, red, mode, y + (rowbase + i) * DV, rows + rowbase + i,
-                     dy + (rowbase + i) * DV, yin + (rowbase + i) * DV);
+            slow_row(i, qg, kg, vg, Sg, mst, zst, sc, red, mode, y + (rowbase + i) * DV,
+                     rows ? rows + rowbase + i : (ela_f4*)0, dy + (rowbase + i) * DV, yin + (rowbase + i) * DV);
         }
     }
+}
+
+// c_i = (dy_i . y_i) / den_i into the row info a saving forward wrote (ela_out mode 0 with
+// `rows`): what ela_out mode 1 adds when the backward recomputes the forward. A row is read by
+// TPR threads with 16-byte loads (RowPart's split for ELA_C rows, here per row of the grid).
+extern "C" __global__ void ela_rows_dot(ela_f4* rows, const ST* dy, const ST* y, i64 nrows) {
+    typedef RowPart<ELA_DV> RP;
+    const i64 r0 = (i64)blockIdx.x * ELA_C;
+    const int n = (int)min((i64)ELA_C, nrows - r0);
+    RP a, b;
+    a.load(dy + r0 * ELA_DV, n);
+    b.load(y + r0 * ELA_DV, n);
+    float s = 0.f;
+#pragma unroll
+    for (int e = 0; e < RP::EPT; ++e) s += a.x[e] * b.x[e];
+    s = RP::sum(s);
+    const int i = RP::row();
+    if (RP::head() && i < n) rows[r0 + i].z = s / rows[r0 + i].y;
 }

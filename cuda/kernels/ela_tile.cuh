@@ -208,6 +208,68 @@ template <bool TR> __device__ __forceinline__ u32 pair16(const MT* X, int ld, in
     if (!TR) return *(const u32*)(X + r * ld + k);
     return (u32)X[k * ld + r] | ((u32)X[(k + 1) * ld + r] << 16);
 }
+
+// Shared-memory address of a generic pointer into shared memory.
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    unsigned long long a;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
+    return (u32)a;
+}
+// ldmatrix: four 8 x 8 tiles of 16-bit elements; lane l gives the address of row l % 8 of tile
+// l / 8 (16 bytes, 16-byte aligned) and receives in r[i] its pair of tile i, as the mma operand
+// layout wants it (TRANS: of the transposed tile).
+template <bool TRANS> __device__ __forceinline__ void ldsm_x4(u32 (&r)[4], const MT* p) {
+    if (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(smem_addr(p)));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(smem_addr(p)));
+}
+template <bool TRANS> __device__ __forceinline__ void ldsm_x2(u32 (&r)[2], const MT* p) {
+    if (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                     : "=r"(r[0]), "=r"(r[1])
+                     : "r"(smem_addr(p)));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+                     : "=r"(r[0]), "=r"(r[1])
+                     : "r"(smem_addr(p)));
+}
+
+// mm_tile's tensor-core loop with ldmatrix fragments: one x4 per A fragment, one x4 per two B
+// tiles (x2 for an odd last one) instead of a 32- or two 16-bit shared loads per register.
+// Row strides and bases must be 16-byte aligned (mm_tile checks).
+template <int NT, bool AT, bool BT>
+__device__ __forceinline__ void mm_tile_ldsm(float (&acc)[NT][4], const MT* A, int lda, const MT* B, int ldb,
+                                             int row0, int col0, int K) {
+    const int lane = threadIdx.x & 31, li = lane & 7, m1 = (lane >> 3) & 1, m2 = lane >> 4;
+    for (int k0 = 0; k0 < K; k0 += 16) {
+        u32 a[4];
+        // Tiles in a0..a3 order: (rows +0, k +0), (rows +8, k +0), (rows +0, k +8), (rows +8, k +8).
+        if (AT) ldsm_x4<true>(a, A + (k0 + li + 8 * m2) * lda + row0 + 8 * m1);
+        else ldsm_x4<false>(a, A + (row0 + li + 8 * m1) * lda + k0 + 8 * m2);
+#pragma unroll
+        for (int nt = 0; nt + 1 < NT; nt += 2) {
+            // Tiles: (nt, k +0), (nt, k +8), (nt + 1, k +0), (nt + 1, k +8).
+            u32 b[4];
+            const int c = col0 + 8 * nt + 8 * m2;
+            if (BT) ldsm_x4<false>(b, B + (c + li) * ldb + k0 + 8 * m1);
+            else ldsm_x4<true>(b, B + (k0 + li + 8 * m1) * ldb + c);
+            mma_bf16(acc[nt], a[0], a[1], a[2], a[3], b[0], b[1]);
+            mma_bf16(acc[nt + 1], a[0], a[1], a[2], a[3], b[2], b[3]);
+        }
+        if (NT % 2) {
+            u32 b[2];
+            const int c = col0 + 8 * (NT - 1);
+            if (BT) ldsm_x2<false>(b, B + (c + li) * ldb + k0 + 8 * m1);
+            else ldsm_x2<true>(b, B + (k0 + li + 8 * m1) * ldb + c);
+            mma_bf16(acc[NT - 1], a[0], a[1], a[2], a[3], b[0], b[1]);
+        }
+    }
+}
 #endif
 
 // acc += A B for this warp's 16 x 8*NT tile at (row0, col0), inner length K (a multiple of 16):
@@ -217,6 +279,11 @@ __device__ __forceinline__ void mm_tile(float (&acc)[NT][4], const MT* A, int ld
                                         int col0, int K) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #if ELA_MMA
+    // ldmatrix needs 16-byte aligned rows (warp-uniform test; the carves keep them aligned).
+    if ((((smem_addr(A) | smem_addr(B)) & 15) | (((lda | ldb) * 2) & 15) | ((row0 | col0) & 7)) == 0) {
+        mm_tile_ldsm<NT, AT, BT>(acc, A, lda, B, ldb, row0, col0, K);
+        return;
+    }
     for (int k0 = 0; k0 < K; k0 += 16) {
         const int ka = k0 + 2 * t;
         u32 a0 = pair16<AT>(A, lda, row0 + g, ka);

@@ -92,6 +92,23 @@ __device__ void reduce_thread_impl(typename D::S* out, u32* idx, const typename 
     }
 }
 
+// The block-wide pick of one running (value, index) per thread; every thread gets the result.
+template <typename C> __device__ Arg<C> block_arg(Arg<C> a, Arg<C>* sh_a, bool is_max) {
+    __syncthreads();
+    sh_a[threadIdx.x] = a;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if (threadIdx.x < w) {
+            Arg<C> l = sh_a[threadIdx.x], r = sh_a[threadIdx.x + w];
+            if (l.i == 0xffffffffu) l = r;
+            else if (r.i != 0xffffffffu) l = arg_pick(l, r, is_max);
+            sh_a[threadIdx.x] = l;
+        }
+        __syncthreads();
+    }
+    return sh_a[0];
+}
+
 // One block per output: for long reduced axes.
 template <typename D>
 __device__ void reduce_block_impl(typename D::S* out, u32* idx, const typename D::S* x, i64 outer, i64 len,
@@ -112,23 +129,92 @@ __device__ void reduce_block_impl(typename D::S* out, u32* idx, const typename D
                 else out[o] = D::store(finite_c<D>(m) ? m + (C)log(s) : m);
             }
         } else {
-            __syncthreads();
-            sh_a[threadIdx.x] = r.arg;
-            __syncthreads();
-            for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-                if (threadIdx.x < w) {
-                    Arg<C> a = sh_a[threadIdx.x], b = sh_a[threadIdx.x + w];
-                    if (a.i == 0xffffffffu) a = b;
-                    else if (b.i != 0xffffffffu) a = arg_pick(a, b, op == 1 || op == 3);
-                    sh_a[threadIdx.x] = a;
-                }
-                __syncthreads();
-            }
+            Arg<C> a = block_arg<C>(r.arg, sh_a, op == 1 || op == 3);
             if (threadIdx.x == 0) {
-                Arg<C> a = sh_a[0];
                 if (op == 3 || op == 4) idx[o] = a.i == 0xffffffffu ? 0 : a.i;
                 else out[o] = D::store(a.v);
             }
+        }
+    }
+}
+
+// Split reduction, for few outputs over a long axis (a whole-tensor sum, a gradient norm): with
+// one block per output a single multiprocessor would read everything. Block (p, o) of the grid
+// (P, outputs) reduces segment p (`seg` elements) of output o's axis into a partial, and
+// reduce_split_finish combines each output's P partials in one block. Sums stay in f64 and
+// max/min/arg picks are exact and order-free, so the result is the one-block reduction's.
+// Logsumexp is three launches: the split shift (max ignoring NaN; `phase` 0, into `shift`), the
+// split sum of exp(v - shift) (phase 1), then the finish.
+template <typename D>
+__device__ void reduce_split_impl(double* psum, double* pval, u32* pidx, const double* shift,
+                                  const typename D::S* x, i64 len, i64 inner, i64 seg, int op, int phase) {
+    typedef typename D::C C;
+    __shared__ double sh_d[32];
+    __shared__ C sh_c[32];
+    __shared__ Arg<C> sh_a[ROW_THREADS_MAX];
+    const i64 p = blockIdx.x, o = blockIdx.y, k = o * gridDim.x + p, s0 = p * seg;
+    const i64 n = min(seg, len - s0);
+    const i64 base = (o / inner) * len * inner + (o % inner) + s0 * inner;
+    if (op == 5 && phase == 0) {
+        C m = block_max<C>(lse_max<D>(x, base, n, inner, threadIdx.x, blockDim.x), sh_c);
+        if (threadIdx.x == 0) pval[k] = (double)m;
+        return;
+    }
+    Red<D> r = reduce_partial<D>(x, base, n, inner, op, threadIdx.x, blockDim.x, op == 5 ? (C)shift[o] : (C)0);
+    if (op == 0 || op == 5) {
+        double s = block_sum<double>(r.sum, sh_d);
+        if (threadIdx.x == 0) psum[k] = s;
+    } else {
+        Arg<C> a = block_arg<C>(r.arg, sh_a, op == 1 || op == 3);
+        if (threadIdx.x == 0) {
+            pval[k] = (double)a.v;
+            pidx[k] = a.i == 0xffffffffu ? a.i : a.i + (u32)s0;
+        }
+    }
+}
+
+// One block per output over its `parts` partials (see reduce_split_impl). Phase 0 of logsumexp
+// writes the shift; phase 1 finishes from `shift` and the partial sums.
+template <typename D>
+__device__ void reduce_split_finish_impl(typename D::S* out, u32* idx, double* shift, const double* psum,
+                                         const double* pval, const u32* pidx, int parts, int op, int phase) {
+    typedef typename D::C C;
+    __shared__ double sh_d[32];
+    __shared__ C sh_c[32];
+    __shared__ Arg<C> sh_a[ROW_THREADS_MAX];
+    const i64 o = blockIdx.x, k0 = o * parts;
+    if (op == 5 && phase == 0) {
+        C m = neg_inf<C>();
+        for (int p = threadIdx.x; p < parts; p += blockDim.x) m = x_max(m, (C)pval[k0 + p]);
+        m = block_max<C>(m, sh_c);
+        if (threadIdx.x == 0) shift[o] = (double)m;
+    } else if (op == 0 || op == 5) {
+        double s = 0.0;
+        for (int p = threadIdx.x; p < parts; p += blockDim.x) s += psum[k0 + p];
+        s = block_sum<double>(s, sh_d);
+        if (threadIdx.x == 0) {
+            if (op == 0) {
+                out[o] = D::store((C)s);
+            } else {
+                C m = (C)shift[o];
+                out[o] = D::store(finite_c<D>(m) ? m + (C)log(s) : m);
+            }
+        }
+    } else {
+        Arg<C> a;
+        a.v = (C)0;
+        a.i = 0xffffffffu;
+        for (int p = threadIdx.x; p < parts; p += blockDim.x) {
+            Arg<C> c;
+            c.v = (C)pval[k0 + p];
+            c.i = pidx[k0 + p];
+            if (a.i == 0xffffffffu) a = c;
+            else if (c.i != 0xffffffffu) a = arg_pick(a, c, op == 1 || op == 3);
+        }
+        a = block_arg<C>(a, sh_a, op == 1 || op == 3);
+        if (threadIdx.x == 0) {
+            if (op == 3 || op == 4) idx[o] = a.i == 0xffffffffu ? 0 : a.i;
+            else out[o] = D::store(a.v);
         }
     }
 }
@@ -141,6 +227,15 @@ __device__ void reduce_block_impl(typename D::S* out, u32* idx, const typename D
     extern "C" __global__ void reduce_block_##NAME(D::S* out, u32* idx, const D::S* x, i64 outer, i64 len, \
                                                    i64 inner, int op) {                                  \
         reduce_block_impl<D>(out, idx, x, outer, len, inner, op);                                        \
+    }                                                                                                    \
+    extern "C" __global__ void reduce_split_##NAME(double* psum, double* pval, u32* pidx, const double* shift, \
+                                                   const D::S* x, i64 len, i64 inner, i64 seg, int op, int phase) { \
+        reduce_split_impl<D>(psum, pval, pidx, shift, x, len, inner, seg, op, phase);                    \
+    }                                                                                                    \
+    extern "C" __global__ void reduce_split_finish_##NAME(D::S* out, u32* idx, double* shift, const double* psum, \
+                                                          const double* pval, const u32* pidx, int parts, int op, \
+                                                          int phase) {                                   \
+        reduce_split_finish_impl<D>(out, idx, shift, psum, pval, pidx, parts, op, phase);                \
     }
 REDUCE(f16, F16)
 REDUCE(bf16, BF16)

@@ -4,7 +4,7 @@ use ela_core::{
     Backend, BinaryOp, CmpOp, Conv2dParams, CpuStorage, DType, Layout, Pool2dParams, ReduceOp, Result, Shape, UnaryOp,
 };
 
-use ela_core::ela::{ElaDims, ElaKernel, ElaParams, ElaStateBufs};
+use ela_core::ela::{ElaDims, ElaKernel, ElaParams, ElaSaved, ElaStateBufs};
 
 use crate::device::Cuda;
 use crate::storage::CudaStorage;
@@ -218,8 +218,28 @@ impl Backend for Cuda {
     ) -> Result<S> {
         self.ela_forward_impl(q, k, v, dims, p, state)
     }
-    fn ela_backward(&self, q: &S, k: &S, v: &S, y: &S, dy: &S, dims: &ElaDims, p: &ElaParams) -> Result<(S, S, S)> {
-        self.ela_backward_impl(q, k, v, y, dy, dims, p)
+    fn ela_forward_saving(
+        &self,
+        q: &S,
+        k: &S,
+        v: &S,
+        dims: &ElaDims,
+        p: &ElaParams,
+    ) -> Result<(S, Option<ElaSaved<S>>)> {
+        self.ela_forward_saving_impl(q, k, v, dims, p)
+    }
+    fn ela_backward(
+        &self,
+        q: &S,
+        k: &S,
+        v: &S,
+        y: &S,
+        dy: &S,
+        dims: &ElaDims,
+        p: &ElaParams,
+        saved: Option<&ElaSaved<S>>,
+    ) -> Result<(S, S, S)> {
+        self.ela_backward_impl(q, k, v, y, dy, dims, p, saved)
     }
     fn ela_step(
         &self,

@@ -36,6 +36,8 @@ pub(crate) struct Inner {
     functions: Mutex<HashMap<(KernelFile, String), CudaFunction>>,
     pub(crate) blas: Mutex<Blas>,
     pub(crate) tf32: AtomicBool,
+    /// Per-kernel device times (`ELA_CUDA_KERNEL_STATS=1`), else `None`.
+    pub(crate) stats: Option<crate::profile::KernelStats>,
 }
 
 /// The cuBLAS handle (bound to the device's stream); used under the mutex only.
@@ -127,6 +129,7 @@ fn open(ordinal: usize) -> Result<Inner> {
         functions: Mutex::new(HashMap::new()),
         blas: Mutex::new(Blas(handle)),
         tf32: AtomicBool::new(false),
+        stats: crate::profile::KernelStats::from_env(),
     })
 }
 
@@ -347,19 +350,44 @@ impl Cuda {
                 })?;
         }
         let mut ptrs: Vec<*mut c_void> = args.iter().map(Arg::as_ptr).collect();
-        // SAFETY: the argument list matches the kernel's signature (each call site mirrors the
-        // extern "C" declaration in the .cu file) and every pointer argument is a live buffer.
-        unsafe {
-            dr::launch_kernel(
-                f.cu_function(),
-                (cfg.grid, cfg.grid_y, 1),
-                (cfg.block, 1, 1),
-                smem,
-                self.cu_stream(),
-                &mut ptrs,
-            )
+        let mut launch = || {
+            // SAFETY: the argument list matches the kernel's signature (each call site mirrors the
+            // extern "C" declaration in the .cu file) and every pointer argument is a live buffer.
+            unsafe {
+                dr::launch_kernel(
+                    f.cu_function(),
+                    (cfg.grid, cfg.grid_y, 1),
+                    (cfg.block, 1, 1),
+                    smem,
+                    self.cu_stream(),
+                    &mut ptrs,
+                )
+            }
+            .map_err(|e| Error::Backend {
+                backend: "cuda",
+                op: "launch",
+                msg: format!("launching {name}: {e:?}"),
+            })
+        };
+        match &self.inner.stats {
+            Some(stats) => stats.record(&self.inner.stream, name, launch),
+            None => launch(),
         }
-        .map_err(|e| Error::Backend { backend: "cuda", op: "launch", msg: format!("launching {name}: {e:?}") })
+    }
+
+    /// Runs a cuBLAS call (or any queued work) under the label `name` in the kernel statistics.
+    pub(crate) fn profiled(&self, name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+        match &self.inner.stats {
+            Some(stats) => stats.record(&self.inner.stream, name, f),
+            None => f(),
+        }
+    }
+
+    /// With `ELA_CUDA_KERNEL_STATS=1` set when the device was opened: the `top` kernels by total
+    /// device time so far, the summed kernel time against the stream's elapsed time, and the host
+    /// time spent issuing launches (waits for the queued work). `None` when not enabled.
+    pub fn kernel_stats_report(&self, top: usize) -> Result<Option<String>> {
+        self.inner.stats.as_ref().map(|s| s.report(&self.inner.stream, top)).transpose()
     }
 }
 

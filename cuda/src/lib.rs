@@ -38,6 +38,7 @@ mod backend_impl;
 mod device;
 pub mod kernels;
 mod ops;
+mod profile;
 mod storage;
 mod strided;
 mod timing;

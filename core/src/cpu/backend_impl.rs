@@ -196,7 +196,9 @@ impl Backend for Cpu {
         dy: &S,
         dims: &crate::ela::ElaDims,
         p: &crate::ela::ElaParams,
+        _saved: Option<&crate::ela::ElaSaved<S>>,
     ) -> Result<(S, S, S)> {
+        // The CPU forward saves nothing: its backward recomputes the chunk states.
         super::ela::backward(q, k, v, y, dy, dims, p)
     }
     fn ela_step(

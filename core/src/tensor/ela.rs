@@ -6,7 +6,7 @@
 use super::Tensor;
 use crate::backend::Backend;
 use crate::dtype::DType;
-use crate::ela::{ElaDims, ElaKernel, ElaParams, ElaStateBufs};
+use crate::ela::{ElaDims, ElaKernel, ElaParams, ElaSaved, ElaStateBufs};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::shape::Shape;
@@ -91,6 +91,17 @@ impl<B: Backend> Tensor<B> {
         Ok(Self::from_storage(y, v.shape().clone(), self.device()))
     }
 
+    /// [`Tensor::ela`] for training: also returns what the backend keeps for
+    /// [`Tensor::ela_backward_saved`] (`None` where it keeps nothing, e.g. on the CPU). The CUDA
+    /// chunked path keeps its per-chunk states and per-row scales so that the backward does not
+    /// recompute the forward: faster, for about one more `k` of memory until the backward.
+    pub fn ela_saving(&self, k: &Self, v: &Self, params: &ElaParams) -> Result<(Self, Option<ElaSaved<B::Storage>>)> {
+        let dims = check_qkv("ela", self, k, v, params)?;
+        let (q, k, v) = (self.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let (y, saved) = self.device().ela_forward_saving(q.storage(), k.storage(), v.storage(), &dims, params)?;
+        Ok((Self::from_storage(y, v.shape().clone(), self.device()), saved))
+    }
+
     /// Gradients `(dq, dk, dv)` of [`Tensor::ela`] given its output `y` and the upstream gradient
     /// `dy` (both `[batch, heads, time, dv]`), by the hand-derived reverse chunk scan.
     pub fn ela_backward(
@@ -101,8 +112,34 @@ impl<B: Backend> Tensor<B> {
         dy: &Self,
         params: &ElaParams,
     ) -> Result<(Self, Self, Self)> {
+        Self::ela_backward_saved(q, k, v, y, dy, params, None)
+    }
+
+    /// [`Tensor::ela_backward`] reusing what [`Tensor::ela_saving`] kept for the same `q, k, v`
+    /// and `params` (`y` is its output). A `saved` made for other sizes or options is an error.
+    pub fn ela_backward_saved(
+        q: &Self,
+        k: &Self,
+        v: &Self,
+        y: &Self,
+        dy: &Self,
+        params: &ElaParams,
+        saved: Option<&ElaSaved<B::Storage>>,
+    ) -> Result<(Self, Self, Self)> {
         const OP: &str = "ela_backward";
         let dims = check_qkv(OP, q, k, v, params)?;
+        if let Some(s) = saved {
+            if s.dims != dims || s.params != *params {
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "the saved forward state is for {:?} with {:?}, this call is {dims:?} with {params:?}: \
+                         pass what ela_saving returned for these q, k, v",
+                        s.dims, s.params
+                    ),
+                ));
+            }
+        }
         for t in [y, dy] {
             q.check_same_device(t, OP)?;
             if t.shape() != v.shape() {
@@ -117,8 +154,16 @@ impl<B: Backend> Tensor<B> {
         let c = |t: &Self| t.to_dtype(q.dtype())?.contiguous();
         let (qc, kc, vc, yc, gc) = (c(q)?, c(k)?, c(v)?, c(y)?, c(dy)?);
         let dev = q.device();
-        let (dq, dk, dv) =
-            dev.ela_backward(qc.storage(), kc.storage(), vc.storage(), yc.storage(), gc.storage(), &dims, params)?;
+        let (dq, dk, dv) = dev.ela_backward(
+            qc.storage(),
+            kc.storage(),
+            vc.storage(),
+            yc.storage(),
+            gc.storage(),
+            &dims,
+            params,
+            saved,
+        )?;
         Ok((
             Self::from_storage(dq, q.shape().clone(), dev),
             Self::from_storage(dk, k.shape().clone(), dev),

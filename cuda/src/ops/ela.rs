@@ -4,7 +4,7 @@
 //! `kernels/ela.cu`, where one block per (batch, head) sequence scans time in the recurrent
 //! form (see the .cu file for the math and the numerics).
 
-use ela_core::ela::{ElaDims, ElaKernel, ElaParams, ElaStateBufs};
+use ela_core::ela::{ElaDims, ElaKernel, ElaParams, ElaSaved, ElaStateBufs};
 use ela_core::{DType, Error, Result};
 
 use super::ela_fast;
@@ -143,6 +143,28 @@ impl Cuda {
         self.ela_forward_op("ela_forward", q, k, v, dims, p, state)
     }
 
+    /// `Backend::ela_forward_saving`: the chunked path keeps its slots and per-row scales for the
+    /// backward; other shapes save nothing.
+    pub(crate) fn ela_forward_saving_impl(
+        &self,
+        q: &CudaStorage,
+        k: &CudaStorage,
+        v: &CudaStorage,
+        dims: &ElaDims,
+        p: &ElaParams,
+    ) -> Result<(CudaStorage, Option<ElaSaved<CudaStorage>>)> {
+        const OP: &str = "ela_forward";
+        let d = check_qkv(OP, q, k, v, dims)?;
+        check_params(OP, p, false)?;
+        match ela_fast::variant(p.kernel, d, dims) {
+            Some(fast) => {
+                let (y, bufs) = self.ela_fast_forward_saving(&fast, q, k, v, dims, p.causal)?;
+                Ok((y, bufs.map(|buffers| ElaSaved { buffers, dims: *dims, params: *p })))
+            }
+            None => Ok((self.ela_forward_op(OP, q, k, v, dims, p, None)?, None)),
+        }
+    }
+
     /// The forward under the name `op` (errors name the public op).
     #[allow(clippy::too_many_arguments)]
     fn ela_forward_op(
@@ -211,6 +233,7 @@ impl Cuda {
         dy: &CudaStorage,
         dims: &ElaDims,
         p: &ElaParams,
+        saved: Option<&ElaSaved<CudaStorage>>,
     ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
         const OP: &str = "ela_backward";
         let d = check_qkv(OP, q, k, v, dims)?;
@@ -221,7 +244,8 @@ impl Cuda {
         check_params(OP, p, false)?;
         let (n, t, f, sd) = (dims.sequences(), dims.t, p.kernel.feature_size(dims.d), stat_dtype(d));
         if let Some(fast) = ela_fast::variant(p.kernel, d, dims) {
-            return self.ela_fast_backward(&fast, q, k, v, y, dy, dims, p.causal);
+            let saved = saved.filter(|s| s.dims == *dims && s.params == *p).map(|s| s.buffers.as_slice());
+            return self.ela_fast_backward(&fast, q, k, v, y, dy, dims, p.causal, saved);
         }
         let (dq, dk, dvo) = (self.alloc(d, q.len())?, self.alloc(d, k.len())?, self.alloc(d, v.len())?);
         if t == 0 || n == 0 {

@@ -9,7 +9,7 @@
 //! per (chunk, sequence) for `dq, dk, dv`.
 
 use ela_core::ela::{ElaDims, ElaKernel, ElaStateBufs};
-use ela_core::{DType, Result};
+use ela_core::{DType, Error, Result};
 
 use crate::device::{Arg, Cfg, Cuda};
 use crate::kernels::{ElaDt, KernelFile};
@@ -17,6 +17,9 @@ use crate::storage::CudaStorage;
 
 /// Threads per block of every chunked kernel (8 warps).
 const THREADS: u32 = 256;
+/// State rows (features) per scan block (`SCAN_FB` in `kernels/ela_chunk.cu`).
+const SCAN_FB: usize = 64;
+
 /// Value columns per block of the scan kernel (`SCAN_DVB` in ela_chunk.cu).
 fn scan_dvb(dv: usize) -> usize {
     if dv > 64 {
@@ -90,7 +93,7 @@ impl Fast {
     }
     /// Dynamic shared memory of `ela_scan` (mirrors its carve).
     fn scan_smem(&self) -> u32 {
-        let (c, f) = (self.c, self.f);
+        let (c, f) = (self.c, SCAN_FB);
         ((c * (f + 1) + 10 * f + 4 * c) * 4 + (scan_dvb(self.dv) + 8 + f) * lp(self, c) * self.mt.size_in_bytes())
             as u32
     }
@@ -165,7 +168,8 @@ impl Cuda {
             Arg::I32(mode),
             Arg::I32(causal as i32),
         ];
-        let cfg = Cfg { grid: n as u32, grid_y: (fast.dv / scan_dvb(fast.dv)) as u32, block: THREADS };
+        let blocks_y = (fast.dv / scan_dvb(fast.dv)) * (fast.f / SCAN_FB);
+        let cfg = Cfg { grid: n as u32, grid_y: blocks_y as u32, block: THREADS };
         launch(self, fast, "ela_scan", cfg, fast.scan_smem(), &args)
     }
 
@@ -181,13 +185,43 @@ impl Cuda {
         causal: bool,
         state: Option<(&mut ElaStateBufs<CudaStorage>, [u64; 3])>,
     ) -> Result<CudaStorage> {
+        Ok(self.ela_fast_forward_rows(fast, q, k, v, dims, causal, state, false)?.0)
+    }
+
+    /// Chunked forward from an empty state that keeps, for the backward, the slots and the row
+    /// info `(u, den, 0, exact-path flag)`: buffers `[s, z, m, rows]` (`None` for an empty call).
+    pub(crate) fn ela_fast_forward_saving(
+        &self,
+        fast: &Fast,
+        q: &CudaStorage,
+        k: &CudaStorage,
+        v: &CudaStorage,
+        dims: &ElaDims,
+        causal: bool,
+    ) -> Result<(CudaStorage, Option<Vec<CudaStorage>>)> {
+        self.ela_fast_forward_rows(fast, q, k, v, dims, causal, None, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ela_fast_forward_rows(
+        &self,
+        fast: &Fast,
+        q: &CudaStorage,
+        k: &CudaStorage,
+        v: &CudaStorage,
+        dims: &ElaDims,
+        causal: bool,
+        state: Option<(&mut ElaStateBufs<CudaStorage>, [u64; 3])>,
+        save: bool,
+    ) -> Result<(CudaStorage, Option<Vec<CudaStorage>>)> {
         let (n, t) = (dims.sequences(), dims.t);
         let y = self.alloc(q.dtype(), n * t * dims.dv)?;
         if n == 0 || t == 0 {
-            return Ok(y);
+            return Ok((y, None));
         }
         let nch = fast.nch(t);
         let sl = self.ela_slots(fast, n, nch + 1)?;
+        let rows = if save { Some(self.alloc(DType::F32, n * t * 4)?) } else { None };
         let (f, dv) = (fast.f, fast.dv);
         let fin = match &state {
             Some(_) => Some((
@@ -202,7 +236,7 @@ impl Cuda {
         self.ela_scan(fast, n, t, k.ptr(), v.ptr(), (&sl.s, &sl.z), &sl.m, 0, init, finp, 0, causal)?;
         let args = [
             Arg::Ptr(y.ptr()),
-            Arg::Ptr(0),
+            Arg::Ptr(rows.as_ref().map_or(0, |r| r.ptr())),
             Arg::Ptr(q.ptr()),
             Arg::Ptr(k.ptr()),
             Arg::Ptr(v.ptr()),
@@ -227,10 +261,13 @@ impl Cuda {
                 self.copy_d2d(m.ptr(), fm.ptr(), n * f * 4)?;
             }
         }
-        Ok(y)
+        Ok((y, rows.map(|r| vec![sl.s, sl.z, sl.m, r])))
     }
 
     /// Chunked backward from an empty state (`Backend::ela_backward` for the supported shapes).
+    /// With `saved` (the buffers of [`Cuda::ela_fast_forward_saving`] for the same call) the
+    /// forward's slots and row scales are reused: only `c = dy . y / den` is computed per row;
+    /// without, the slots are rescanned and the rows recomputed (`ela_out` mode 1).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn ela_fast_backward(
         &self,
@@ -242,6 +279,7 @@ impl Cuda {
         dy: &CudaStorage,
         dims: &ElaDims,
         causal: bool,
+        saved: Option<&[CudaStorage]>,
     ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
         let (n, t, d) = (dims.sequences(), dims.t, q.dtype());
         let (dq, dk, dvo) = (self.alloc(d, q.len())?, self.alloc(d, k.len())?, self.alloc(d, v.len())?);
@@ -249,6 +287,26 @@ impl Cuda {
             return Ok((dq, dk, dvo));
         }
         let nch = fast.nch(t);
+        if let Some([s, z, m, rows]) = saved {
+            let want = [n * (nch + 1) * fast.f * fast.dv, n * (nch + 1) * fast.f, n * (nch + 1) * fast.f, n * t * 4];
+            let have = [s.len(), z.len(), m.len(), rows.len()];
+            if want != have || s.dtype() != fast.mt {
+                return Err(Error::Backend {
+                    backend: "cuda",
+                    op: "ela_backward",
+                    msg: format!(
+                        "saved forward buffers of {have:?} elements, expected {want:?} ({:?} slots): \
+                         pass what ela_saving returned for these inputs",
+                        fast.mt
+                    ),
+                });
+            }
+            let args = [Arg::Ptr(rows.ptr()), Arg::Ptr(dy.ptr()), Arg::Ptr(y.ptr()), Arg::n(n * t)];
+            let cfg = Cfg { grid: (n * t).div_ceil(fast.c) as u32, grid_y: 1, block: THREADS };
+            launch(self, fast, "ela_rows_dot", cfg, 0, &args)?;
+            self.ela_fast_backward_from(fast, q, k, v, dy, [s, z, m], rows, (&dq, &dk, &dvo), t, causal)?;
+            return Ok((dq, dk, dvo));
+        }
         let sl = self.ela_slots(fast, n, nch + 1)?;
         self.ela_scan(fast, n, t, k.ptr(), v.ptr(), (&sl.s, &sl.z), &sl.m, 0, [0; 3], [0; 3], 0, causal)?;
         // Per row (u, den, c, exact-path flag).
@@ -271,9 +329,30 @@ impl Cuda {
         ];
         let per_chunk = Cfg { grid: nch as u32, grid_y: n as u32, block: THREADS };
         launch(self, fast, "ela_out", per_chunk, fast.out_smem(), &args)?;
+        self.ela_fast_backward_from(fast, q, k, v, dy, [&sl.s, &sl.z, &sl.m], &rows, (&dq, &dk, &dvo), t, causal)?;
+        Ok((dq, dk, dvo))
+    }
+
+    /// The backward's reverse scan and gradient kernel, from the forward slots and row info.
+    #[allow(clippy::too_many_arguments)]
+    fn ela_fast_backward_from(
+        &self,
+        fast: &Fast,
+        q: &CudaStorage,
+        k: &CudaStorage,
+        v: &CudaStorage,
+        dy: &CudaStorage,
+        [ss, sz, sm]: [&CudaStorage; 3],
+        rows: &CudaStorage,
+        (dq, dk, dvo): (&CudaStorage, &CudaStorage, &CudaStorage),
+        t: usize,
+        causal: bool,
+    ) -> Result<()> {
+        let (n, nch) = (q.len() / (t * fast.f), fast.nch(t));
+        let per_chunk = Cfg { grid: nch as u32, grid_y: n as u32, block: THREADS };
         // U, w of the rows after every chunk.
         let (u, w) = (self.alloc(fast.mt, n * nch * fast.f * fast.dv)?, self.alloc(DType::F32, n * nch * fast.f)?);
-        self.ela_scan(fast, n, t, q.ptr(), dy.ptr(), (&u, &w), &sl.m, rows.ptr(), [0; 3], [0; 3], 1, causal)?;
+        self.ela_scan(fast, n, t, q.ptr(), dy.ptr(), (&u, &w), sm, rows.ptr(), [0; 3], [0; 3], 1, causal)?;
         let args = [
             Arg::Ptr(dq.ptr()),
             Arg::Ptr(dk.ptr()),
@@ -283,17 +362,16 @@ impl Cuda {
             Arg::Ptr(v.ptr()),
             Arg::Ptr(dy.ptr()),
             Arg::Ptr(rows.ptr()),
-            Arg::Ptr(sl.s.ptr()),
-            Arg::Ptr(sl.z.ptr()),
-            Arg::Ptr(sl.m.ptr()),
+            Arg::Ptr(ss.ptr()),
+            Arg::Ptr(sz.ptr()),
+            Arg::Ptr(sm.ptr()),
             Arg::Ptr(u.ptr()),
             Arg::Ptr(w.ptr()),
             Arg::n(t),
             Arg::I32(nch as i32),
             Arg::I32(causal as i32),
         ];
-        launch(self, fast, "ela_bwd", per_chunk, fast.bwd_smem(), &args)?;
-        Ok((dq, dk, dvo))
+        launch(self, fast, "ela_bwd", per_chunk, fast.bwd_smem(), &args)
     }
 
     /// One recurrent step for every sequence in one launch (state buffers already checked).

@@ -89,41 +89,43 @@ impl Cuda {
         } else {
             (&alpha32 as *const f32 as _, &beta32 as *const f32 as _)
         };
-        let blas = self.inner.blas.lock().unwrap_or_else(|p| p.into_inner());
-        self.bind(OP)?;
-        // SAFETY: pointers are live device buffers sized for these dims and strides (checked by
-        // the callers), alpha/beta point to host scalars of the compute type.
-        unsafe {
-            cudarc::cublas::result::gemm_strided_batched_ex(
-                blas.0,
-                op_b,
-                op_a,
-                to_i32(OP, "n", n)?,
-                to_i32(OP, "m", m)?,
-                to_i32(OP, "k", k)?,
-                pa,
-                b.ptr as *const _,
-                data_type(in_dtype),
-                to_i32(OP, "ldb", ldb)?,
-                b.batch_stride as i64,
-                a.ptr as *const _,
-                data_type(in_dtype),
-                to_i32(OP, "lda", lda)?,
-                a.batch_stride as i64,
-                pb,
-                c as *mut _,
-                data_type(out_dtype),
-                to_i32(OP, "ldc", ldc)?,
-                c_batch as i64,
-                to_i32(OP, "batch", batch)?,
-                compute,
-                bs::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .map_err(|e| Error::Backend {
-            backend: "cuda",
-            op: OP,
-            msg: format!("cuBLAS GEMM (m={m}, n={n}, k={k}, batch={batch}, {in_dtype:?}) failed: {e:?}"),
+        self.profiled("cublas_gemm", || {
+            let blas = self.inner.blas.lock().unwrap_or_else(|p| p.into_inner());
+            self.bind(OP)?;
+            // SAFETY: pointers are live device buffers sized for these dims and strides (checked by
+            // the callers), alpha/beta point to host scalars of the compute type.
+            unsafe {
+                cudarc::cublas::result::gemm_strided_batched_ex(
+                    blas.0,
+                    op_b,
+                    op_a,
+                    to_i32(OP, "n", n)?,
+                    to_i32(OP, "m", m)?,
+                    to_i32(OP, "k", k)?,
+                    pa,
+                    b.ptr as *const _,
+                    data_type(in_dtype),
+                    to_i32(OP, "ldb", ldb)?,
+                    b.batch_stride as i64,
+                    a.ptr as *const _,
+                    data_type(in_dtype),
+                    to_i32(OP, "lda", lda)?,
+                    a.batch_stride as i64,
+                    pb,
+                    c as *mut _,
+                    data_type(out_dtype),
+                    to_i32(OP, "ldc", ldc)?,
+                    c_batch as i64,
+                    to_i32(OP, "batch", batch)?,
+                    compute,
+                    bs::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            }
+            .map_err(|e| Error::Backend {
+                backend: "cuda",
+                op: OP,
+                msg: format!("cuBLAS GEMM (m={m}, n={n}, k={k}, batch={batch}, {in_dtype:?}) failed: {e:?}"),
+            })
         })
     }
 

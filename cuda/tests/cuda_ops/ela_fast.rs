@@ -70,6 +70,19 @@ fn run_case(dev: &Cuda, q: &Pair, k: &Pair, v: &Pair, dy: &Pair, causal: bool) -
     for x in [&g.0, &g.1, &g.2] {
         assert!(finite(x), "every gradient written and finite ({dtype:?}, causal {causal})");
     }
+    // The training path: the forward keeps its slots and row scales, the backward reuses them.
+    // Same forward bits; the gradients differ from the recomputing backward only by the order of
+    // the sum in c = dy . y / den (and, for 16-bit outputs, the roundings that order can flip).
+    poison(dev, seqs * t * 4, DType::F32, 2);
+    let (sy, saved) = q.gpu.ela_saving(&k.gpu, &v.gpu, &p)?;
+    assert!(saved.is_some(), "the chunked path keeps its forward state");
+    assert_eq!(sy.to_vec_f64()?, gy.to_vec_f64()?, "saving forward == forward");
+    let gs = Tensor::ela_backward_saved(&q.gpu, &k.gpu, &v.gpu, &sy, &dy.gpu, &p, saved.as_ref())?;
+    let same = if dtype == DType::F32 { 1e-6 } else { bound(dtype) / 4.0 };
+    for (name, a, b) in [("dq", &gs.0, &g.0), ("dk", &gs.1, &g.1), ("dv", &gs.2, &g.2)] {
+        let e = rel_err(&a.to_vec_f64()?, &b.to_vec_f64()?);
+        assert!(e <= same, "{name} with the saved forward vs recomputed ({dtype:?}, causal {causal}): {e:e}");
+    }
     // References: f64 on the same (rounded) inputs; the CPU backend in the same dtype.
     let up = |x: &Pair| x.cpu.to_dtype(DType::F64).unwrap();
     let (q64, k64, v64, dy64) = (up(q), up(k), up(v), up(dy));
@@ -129,6 +142,30 @@ fn chunked_ela_matches_f64_and_the_cpu() -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+#[test]
+fn saved_forward_state_of_another_call_is_an_error() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    let (q, k, v, dy) = qkv([1, 2, 100, 64], 64, DType::BF16, 7, &dev);
+    let p = ElaParams { kernel: EXP, causal: true, chunk: 64 };
+    let (y, saved) = q.gpu.ela_saving(&k.gpu, &v.gpu, &p)?;
+    let other = ElaParams { causal: false, ..p };
+    let err = Tensor::ela_backward_saved(&q.gpu, &k.gpu, &v.gpu, &y, &dy.gpu, &other, saved.as_ref()).unwrap_err();
+    assert!(err.to_string().contains("ela_saving"), "{err}");
+    let cut = |x: &Tensor<Cuda>| x.narrow(2, 0, 50).unwrap().contiguous().unwrap();
+    let err = Tensor::ela_backward_saved(
+        &cut(&q.gpu),
+        &cut(&k.gpu),
+        &cut(&v.gpu),
+        &cut(&y),
+        &cut(&dy.gpu),
+        &p,
+        saved.as_ref(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("saved forward state"), "{err}");
     Ok(())
 }
 

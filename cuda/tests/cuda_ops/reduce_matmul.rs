@@ -46,6 +46,47 @@ fn reductions_along_every_axis_match() -> Result<()> {
 }
 
 #[test]
+fn whole_tensor_reductions_split_over_blocks_match() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    // Few outputs over long axes take the split path (partials per segment, then a finish):
+    // 1 and 3 outputs, axis lengths around segment boundaries, an inner stride.
+    for (k, &d) in FLOATS.iter().enumerate() {
+        for (shape, axis) in [([1usize, 300_001, 1], 1), ([3, 20_000, 1], 1), ([1, 9000, 2], 1), ([70_000, 1, 1], 0)] {
+            let x = Pair::randn(&shape, d, 40 + k as u64, &dev);
+            for op in REDUCE {
+                let (c, g) = both!(|x| x.reduce(op, axis, false)?);
+                let (rt, at) = crate::tol(d);
+                check_tol(&format!("split {op:?} axis {axis} of {shape:?} {d:?}"), &c, &g, rt * 4.0, at * 4.0);
+            }
+        }
+    }
+    // Exact picks across segments: tied maxima in different segments take the first; a NaN in a
+    // late segment wins max/argmax and poisons sum and logsumexp; all -inf gives -inf.
+    let n = 200_000;
+    let mut v: Vec<f32> = (0..n).map(|i| (i % 13) as f32 * 0.25).collect();
+    v[150_000] = 9.0;
+    v[60_000] = 9.0;
+    v[10] = -7.0;
+    v[190_000] = -7.0;
+    let x = Pair::new(Tensor::from_vec(v.clone(), [n], &Cpu)?, &dev);
+    for op in REDUCE {
+        let (c, g) = both!(|x| x.reduce(op, 0usize, false)?);
+        check_tol(&format!("split {op:?} ties"), &c, &g, 1e-6, 0.0);
+    }
+    let mut w = v;
+    w[170_001] = f32::NAN;
+    let x = Pair::new(Tensor::from_vec(w, [n], &Cpu)?, &dev);
+    for op in REDUCE {
+        let (c, g) = both!(|x| x.reduce(op, 0usize, false)?);
+        check_tol(&format!("split {op:?} NaN"), &c, &g, 0.0, 0.0);
+    }
+    let x = Pair::new(Tensor::from_vec(vec![f32::NEG_INFINITY; n], [n], &Cpu)?, &dev);
+    let (c, g) = both!(|x| x.reduce(ReduceOp::LogSumExp, 0usize, false)?);
+    check_tol("split logsumexp of -inf", &c, &g, 0.0, 0.0);
+    Ok(())
+}
+
+#[test]
 fn cumsum_forward_reverse_exclusive() -> Result<()> {
     let Some(dev) = gpu() else { return Ok(()) };
     for (k, &d) in FLOATS.iter().enumerate() {

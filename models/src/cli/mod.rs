@@ -82,7 +82,14 @@ macro_rules! on_device {
             }
             $crate::cli::DeviceChoice::Cuda(ordinal) => {
                 let $dev = &ela_cuda::Cuda::new(ordinal)?;
-                $body
+                let out = $body;
+                // ELA_CUDA_KERNEL_STATS=1: where the device time went (see ela_cuda::Cuda::kernel_stats_report).
+                match $dev.kernel_stats_report(40) {
+                    Ok(Some(report)) => eprintln!("{report}"),
+                    Ok(None) => {}
+                    Err(e) => eprintln!("kernel stats: {e}"),
+                }
+                out
             }
         }
     }};

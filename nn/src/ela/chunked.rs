@@ -14,10 +14,12 @@ use super::reference::check_qkv;
 /// `(q, k, v)`.
 pub fn chunked_fused<B: Backend>(q: &Var<B>, k: &Var<B>, v: &Var<B>, params: ElaParams) -> Result<Var<B>> {
     let (qv, kv, vv) = (q.value(), k.value(), v.value());
-    let y = qv.ela(&kv, &vv, &params)?;
+    // The backend may keep its forward's chunk states for the backward (CUDA does: the backward
+    // then skips recomputing them); they live as long as this node.
+    let (y, saved) = qv.ela_saving(&kv, &vv, &params)?;
     let ys = y.clone();
     Var::record("ela_chunked", y, &[q, k, v], move |g, needs| {
-        let (dq, dk, dv) = Tensor::ela_backward(&qv, &kv, &vv, &ys, g, &params)?;
+        let (dq, dk, dv) = Tensor::ela_backward_saved(&qv, &kv, &vv, &ys, g, &params, saved.as_ref())?;
         Ok(vec![needs[0].then_some(dq), needs[1].then_some(dk), needs[2].then_some(dv)])
     })
 }
