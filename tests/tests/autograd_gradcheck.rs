@@ -1,5 +1,8 @@
-//! Gradient checks of every differentiable op of `Var<Cpu>`, in f64, against central finite
-//! differences (`ela_autograd::gradcheck`), with proptest-drawn shapes and values.
+//! Gradient checks of every differentiable op of `Var<B>`, in f64, against central finite
+//! differences (`ela_autograd::gradcheck`), with proptest-drawn shapes and values, on every
+//! backend (`NAME::cpu`, `NAME::cuda`): the inputs are drawn on the host and uploaded, and the
+//! forward, the backward and the perturbed forwards of the finite differences all run on the
+//! device under test.
 //!
 //! Every input is drawn together with a *view mode*: it is stored either as is, transposed, with
 //! two extra leading rows, or with one extra trailing column, and the function under test first
@@ -12,18 +15,22 @@
 //! A few backward passes are also compared with independent references (naive matmul loops, the
 //! explicit softmax Jacobian, the cross-entropy formula, RMS norm composed of primitive ops).
 //! Cases per property: `ELA_PROPTEST_CASES` (default 16).
+//!
+//! The tolerances are the CPU's on CUDA too: everything is f64, where the GPU's other summation
+//! orders (tree reductions, cuBLAS, atomics in index_add/scatter_add) move results by ~1e-16
+//! relative, far below the finite differences' own error.
 
 use std::ops::RangeInclusive;
 use std::slice::from_ref;
 
 use ela_autograd::{gradcheck, GradcheckOptions, Var};
-use ela_core::{Conv2dParams, Cpu, DType, Pool2dParams, Result, Tensor, UnaryOp};
+use ela_core::{Backend, Conv2dParams, DType, Pool2dParams, Result, Tensor, UnaryOp};
+use ela_tests::{device_proptest, device_tests};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::TestCaseError;
 
-type V = Var<Cpu>;
 type TestResult = std::result::Result<(), TestCaseError>;
 
 fn cfg() -> ProptestConfig {
@@ -32,8 +39,14 @@ fn cfg() -> ProptestConfig {
     ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
 }
 
-fn tensor(dims: &[usize], data: Vec<f64>) -> Tensor<Cpu> {
-    Tensor::from_vec(data, dims.to_vec(), &Cpu).unwrap()
+/// A unary op under test.
+type UnaryFn<B> = fn(&Var<B>) -> Result<Var<B>>;
+/// A function of the inputs under test.
+type VarsFn<'a, B> = dyn Fn(&[Var<B>]) -> Result<Var<B>> + 'a;
+
+/// An f64 tensor on `dev` (the values are uploaded from the host).
+fn tensor<B: Backend>(dev: &B, dims: &[usize], data: Vec<f64>) -> Tensor<B> {
+    Tensor::from_vec(data, dims.to_vec(), dev).unwrap()
 }
 
 fn prod(d: &[usize]) -> usize {
@@ -96,10 +109,10 @@ impl In {
         }
         s
     }
-    fn tensor(&self) -> Tensor<Cpu> {
-        tensor(&Self::stored(&self.dims, self.mode), self.data.clone())
+    fn tensor<B: Backend>(&self, dev: &B) -> Tensor<B> {
+        tensor(dev, &Self::stored(&self.dims, self.mode), self.data.clone())
     }
-    fn view(&self, v: &V) -> Result<V> {
+    fn view<B: Backend>(&self, v: &Var<B>) -> Result<Var<B>> {
         let r = self.dims.len();
         match self.mode {
             1 if r >= 2 => v.t(),
@@ -150,13 +163,24 @@ fn one(rank: RangeInclusive<usize>, max: usize, k: Vals) -> impl Strategy<Value 
     dims(rank, max).prop_flat_map(move |d| input(d, k))
 }
 
-fn check(name: &str, ins: &[In], f: impl Fn(&[V]) -> Result<V>) -> TestResult {
-    check_opts(name, ins, GradcheckOptions::default(), f)
+/// Gradient check of `f` on `dev` at the inputs `ins` (each through its view mode).
+fn check<B: Backend>(dev: &B, name: &str, ins: &[In], f: impl Fn(&[Var<B>]) -> Result<Var<B>>) -> TestResult {
+    check_opts(dev, name, ins, GradcheckOptions::default(), f)
 }
 
-fn check_opts(name: &str, ins: &[In], opts: GradcheckOptions, f: impl Fn(&[V]) -> Result<V>) -> TestResult {
-    let xs: Vec<Tensor<Cpu>> = ins.iter().map(In::tensor).collect();
-    let g = |vs: &[V]| {
+/// [`check`] with explicit step and tolerances. Failures name the op, the inputs' logical shapes
+/// and view modes (F64 throughout) and the worst element.
+fn check_opts<B: Backend>(
+    dev: &B,
+    name: &str,
+    ins: &[In],
+    opts: GradcheckOptions,
+    f: impl Fn(&[Var<B>]) -> Result<Var<B>>,
+) -> TestResult {
+    let shapes: Vec<String> = ins.iter().map(|i| format!("{:?} mode {}", i.dims, i.mode)).collect();
+    let name = format!("{name} F64 [{}]", shapes.join(", "));
+    let xs: Vec<Tensor<B>> = ins.iter().map(|i| i.tensor(dev)).collect();
+    let g = |vs: &[Var<B>]| {
         let views = ins.iter().zip(vs).map(|(i, v)| i.view(v)).collect::<Result<Vec<_>>>()?;
         f(&views)
     };
@@ -166,133 +190,127 @@ fn check_opts(name: &str, ins: &[In], opts: GradcheckOptions, f: impl Fn(&[V]) -
     Ok(())
 }
 
-fn u32s(dims: &[usize], ids: Vec<u32>) -> Tensor<Cpu> {
-    Tensor::from_vec(ids, dims.to_vec(), &Cpu).unwrap()
+/// A `U32` index tensor on `dev`.
+fn u32s<B: Backend>(dev: &B, dims: &[usize], ids: Vec<u32>) -> Tensor<B> {
+    Tensor::from_vec(ids, dims.to_vec(), dev).unwrap()
 }
 
 // ------------------------------------------------------------------------------ elementwise
 
-proptest! {
+device_proptest! {
     #![proptest_config(cfg())]
 
-    #[test]
-    fn unary_smooth(x in one(0..=3, 3, Vals::Normal)) {
-        type F = fn(&V) -> Result<V>;
-        let ops: [(&str, F); 8] = [
+    fn unary_smooth<B: Backend>(dev: &B, x in one(0..=3, 3, Vals::Normal)) {
+        let ops: [(&str, UnaryFn<B>); 8] = [
             ("neg", |v| v.neg()), ("exp", |v| v.exp()), ("tanh", |v| v.tanh()), ("sigmoid", |v| v.sigmoid()),
             ("gelu", |v| v.gelu()), ("silu", |v| v.silu()), ("square", |v| v.square()),
             ("affine", |v| v.affine(-1.5, 0.25)),
         ];
         for (name, op) in ops {
-            check(name, from_ref(&x), |v| op(&v[0]))?;
+            check(dev, name, from_ref(&x), |v| op(&v[0]))?;
         }
     }
 
-    #[test]
-    fn unary_positive_domain(x in one(0..=3, 3, Vals::Positive)) {
-        type F = fn(&V) -> Result<V>;
-        let ops: [(&str, F); 7] = [
+    fn unary_positive_domain<B: Backend>(dev: &B, x in one(0..=3, 3, Vals::Positive)) {
+        let ops: [(&str, UnaryFn<B>); 7] = [
             ("log", |v| v.log()), ("sqrt", |v| v.sqrt()), ("recip", |v| v.recip()),
             ("powf(-1.5)", |v| v.powf(-1.5)), ("powf(0.5)", |v| v.powf(0.5)),
             ("powf(2.5)", |v| v.powf(2.5)), ("powf(3)", |v| v.powf(3.0)),
         ];
         for (name, op) in ops {
-            check(name, from_ref(&x), |v| op(&v[0]))?;
+            check(dev, name, from_ref(&x), |v| op(&v[0]))?;
         }
     }
 
-    #[test]
-    fn unary_kinked(x in one(0..=3, 4, Vals::Distinct)) {
-        type F = fn(&V) -> Result<V>;
-        let ops: [(&str, F); 7] = [
+    fn unary_kinked<B: Backend>(dev: &B, x in one(0..=3, 4, Vals::Distinct)) {
+        let ops: [(&str, UnaryFn<B>); 7] = [
             ("abs", |v| v.abs()), ("relu", |v| v.relu()), ("maximum_scalar", |v| v.maximum_scalar(0.1)),
             ("minimum_scalar", |v| v.minimum_scalar(-0.2)), ("clamp", |v| v.clamp(-0.3, 0.2)),
             // Piecewise constant: zero gradient away from 0.
             ("sign", |v| v.unary(UnaryOp::Sign)), ("step", |v| v.unary(UnaryOp::Step)),
         ];
         for (name, op) in ops {
-            check(name, from_ref(&x), |v| op(&v[0]))?;
+            check(dev, name, from_ref(&x), |v| op(&v[0]))?;
         }
     }
 
-    #[test]
-    fn binary_broadcast(
+    fn binary_broadcast<B: Backend>(
+        dev: &B,
         n in bcast(2, 3).prop_flat_map(|(_, s)| inputs(s, Vals::Normal)),
         p in bcast(2, 3).prop_flat_map(|(_, s)| inputs(s, Vals::Positive)),
         d in bcast(2, 3).prop_flat_map(|(_, s)| inputs(s, Vals::Distinct)),
     ) {
-        check("add", &n, |v| v[0].add(&v[1]))?;
-        check("sub", &n, |v| v[0].sub(&v[1]))?;
-        check("mul", &n, |v| v[0].mul(&v[1]))?;
-        check("div", &p, |v| v[0].div(&v[1]))?;
-        check("maximum", &d, |v| v[0].maximum(&v[1]))?;
-        check("minimum", &d, |v| v[0].minimum(&v[1]))?;
+        check(dev, "add", &n, |v| v[0].add(&v[1]))?;
+        check(dev, "sub", &n, |v| v[0].sub(&v[1]))?;
+        check(dev, "mul", &n, |v| v[0].mul(&v[1]))?;
+        check(dev, "div", &p, |v| v[0].div(&v[1]))?;
+        check(dev, "maximum", &d, |v| v[0].maximum(&v[1]))?;
+        check(dev, "minimum", &d, |v| v[0].minimum(&v[1]))?;
         // The same var on both sides: both contributions accumulate.
-        check("mul(x, x)", &n[..1], |v| v[0].mul(&v[0]))?;
+        check(dev, "mul(x, x)", &n[..1], |v| v[0].mul(&v[0]))?;
     }
 
-    #[test]
-    fn where_cond_masked_fill(
+    fn where_cond_masked_fill<B: Backend>(
+        dev: &B,
         (ins, mdims, bits) in bcast(3, 3).prop_flat_map(|(_, s)| {
             let n = prod(&s[0]);
             (inputs(s[1..].to_vec(), Vals::Normal), Just(s[0].clone()), vec(0u8..2, n))
         })
     ) {
-        let mask = Tensor::from_vec(bits, mdims, &Cpu).unwrap();
-        check("where_cond", &ins, |v| Var::where_cond(&mask, &v[0], &v[1]))?;
-        check("masked_fill", &ins[..1], |v| v[0].masked_fill(&mask, 0.7))?;
+        let mask = Tensor::from_vec(bits, mdims, dev).unwrap();
+        check(dev, "where_cond", &ins, |v| Var::where_cond(&mask, &v[0], &v[1]))?;
+        check(dev, "masked_fill", &ins[..1], |v| v[0].masked_fill(&mask, 0.7))?;
     }
 
-    #[test]
-    fn to_dtype_round_trip(x in one(0..=3, 3, Vals::Normal)) {
+    fn to_dtype_round_trip<B: Backend>(dev: &B, x in one(0..=3, 3, Vals::Normal)) {
         // Through f32 the loss is only exact to ~1e-7 relative, so use a large step: the function
         // is quadratic, for which central differences have no truncation error.
         let opts = GradcheckOptions { eps: 1e-2, rtol: 1e-3, atol: 1e-3, seed: 0 };
-        check_opts("to_dtype", &[x], opts, |v| v[0].to_dtype(DType::F32)?.mul_scalar(1.5)?.to_dtype(DType::F64)?.square())?;
+        check_opts(dev, "to_dtype", &[x], opts, |v| v[0].to_dtype(DType::F32)?.mul_scalar(1.5)?.to_dtype(DType::F64)?.square())?;
     }
 }
 
 // ------------------------------------------------------------------------------ reductions
 
-proptest! {
+device_proptest! {
     #![proptest_config(cfg())]
 
-    #[test]
-    fn reductions(x in one(1..=3, 3, Vals::Normal), ax in any::<Index>(), keep in any::<bool>()) {
+    fn reductions<B: Backend>(dev: &B, x in one(1..=3, 3, Vals::Normal), ax in any::<Index>(), keep in any::<bool>()) {
         let a = ax.index(x.dims.len());
-        check("sum", from_ref(&x), |v| v[0].sum(a, keep))?;
-        check("sum_all", from_ref(&x), |v| v[0].sum_all())?;
+        check(dev, "sum", from_ref(&x), |v| v[0].sum(a, keep))?;
+        check(dev, "sum_all", from_ref(&x), |v| v[0].sum_all())?;
         for (excl, rev) in [(false, false), (true, false), (false, true), (true, true)] {
-            check(&format!("cumsum(exclusive={excl}, reverse={rev})"), from_ref(&x), |v| v[0].cumsum(a, excl, rev))?;
+            check(dev, &format!("cumsum(exclusive={excl}, reverse={rev})"), from_ref(&x), |v| v[0].cumsum(a, excl, rev))?;
         }
-        check("mean", from_ref(&x), |v| v[0].mean(a, keep))?;
-        check("logsumexp", from_ref(&x), |v| v[0].logsumexp(a, keep))?;
-        check("mean_all", from_ref(&x), |v| v[0].mean_all())?;
+        check(dev, "mean", from_ref(&x), |v| v[0].mean(a, keep))?;
+        check(dev, "logsumexp", from_ref(&x), |v| v[0].logsumexp(a, keep))?;
+        check(dev, "mean_all", from_ref(&x), |v| v[0].mean_all())?;
     }
 
-    #[test]
-    fn max_min(x in one(1..=3, 4, Vals::Distinct), ax in any::<Index>(), keep in any::<bool>()) {
+    fn max_min<B: Backend>(dev: &B, x in one(1..=3, 4, Vals::Distinct), ax in any::<Index>(), keep in any::<bool>()) {
         let a = ax.index(x.dims.len());
-        check("max", from_ref(&x), |v| v[0].max(a, keep))?;
-        check("min", from_ref(&x), |v| v[0].min(a, keep))?;
+        check(dev, "max", from_ref(&x), |v| v[0].max(a, keep))?;
+        check(dev, "min", from_ref(&x), |v| v[0].min(a, keep))?;
     }
 
-    #[test]
-    fn sum_to_broadcast((x, small) in bcast(1, 3).prop_flat_map(|(out, s)| (input(out, Vals::Normal), Just(s[0].clone())))) {
+    fn sum_to_broadcast<B: Backend>(
+        dev: &B,
+        (x, small) in bcast(1, 3).prop_flat_map(|(out, s)| (input(out, Vals::Normal), Just(s[0].clone()))),
+    ) {
         let (big, target) = (x.dims.clone(), small.into());
-        check("sum_to", from_ref(&x), |v| v[0].sum_to(&target))?;
+        check(dev, "sum_to", from_ref(&x), |v| v[0].sum_to(&target))?;
         let y = In { dims: target.dims().to_vec(), mode: 0, data: x.data[..target.elem_count()].to_vec() };
-        check("broadcast_as", &[y], |v| v[0].broadcast_as(big.clone()))?;
+        check(dev, "broadcast_as", &[y], |v| v[0].broadcast_as(big.clone()))?;
     }
 }
 
 // ------------------------------------------------------------------------------ matmul
 
-proptest! {
+device_proptest! {
     #![proptest_config(cfg())]
 
-    #[test]
-    fn matmul_batched_broadcast(
+    fn matmul_batched_broadcast<B: Backend>(
+        dev: &B,
         ins in (bcast(2, 2), 1..=3usize, 1..=3usize, 1..=3usize).prop_flat_map(|((_, b), m, k, n)| {
             let a = [b[0].clone(), vec![m, k]].concat();
             let c = [b[1].clone(), vec![k, n]].concat();
@@ -300,13 +318,13 @@ proptest! {
         })
     ) {
         // View mode 1 stores an operand transposed, so transposed operands are covered too.
-        check("matmul", &ins, |v| v[0].matmul(&v[1]))?;
-        check("matmul(a, a^T)", &ins[..1], |v| v[0].matmul(&v[0].t()?))?;
+        check(dev, "matmul", &ins, |v| v[0].matmul(&v[1]))?;
+        check(dev, "matmul(a, a^T)", &ins[..1], |v| v[0].matmul(&v[0].t()?))?;
     }
 
     /// dA = G B^T and dB = A^T G summed over broadcast batches, by naive loops.
-    #[test]
-    fn matmul_matches_naive_loops(
+    fn matmul_matches_naive_loops<B: Backend>(
+        dev: &B,
         (bs, m, k, n, ba, bb, tb) in (1..=3usize, 1..=3usize, 1..=3usize, 1..=3usize, any::<bool>(), any::<bool>(), any::<bool>()),
         seed in any::<u64>(),
     ) {
@@ -314,14 +332,14 @@ proptest! {
         let mut rng = ela_core::Rng::new(seed);
         let mut draw = |len: usize| (0..len).map(|_| rng.normal()).collect::<Vec<f64>>();
         let (av, bv, gv) = (draw(ba * m * k), draw(bb * k * n), draw(bs * m * n));
-        let a = V::param(tensor(&[ba, m, k], av.clone()));
+        let a = Var::param(tensor(dev, &[ba, m, k], av.clone()));
         // With `tb` the rhs is stored as [bb, n, k] and used through a transposed view.
-        let b = V::param(if tb { tensor(&[bb, n, k], bv.clone()) } else { tensor(&[bb, k, n], bv.clone()) });
+        let b = Var::param(tensor(dev, &if tb { [bb, n, k] } else { [bb, k, n] }, bv.clone()));
         let bval = |q: usize, l: usize, j: usize| if tb { bv[(q * n + j) * k + l] } else { bv[(q * k + l) * n + j] };
         let y = a.matmul(&if tb { b.t()? } else { b.clone() })?;
         let bs = ba.max(bb);
         let gv = gv[..bs * m * n].to_vec();
-        let grads = y.backward_with(tensor(&[bs, m, n], gv.clone()))?;
+        let grads = y.backward_with(tensor(dev, &[bs, m, n], gv.clone()))?;
         let (mut ry, mut da, mut db) = (vec![0.0; bs * m * n], vec![0.0; av.len()], vec![0.0; bv.len()]);
         for q in 0..bs {
             let (qa, qb) = (q % ba, q % bb);
@@ -347,56 +365,65 @@ proptest! {
 
 // ------------------------------------------------------------------------------ shape ops
 
-proptest! {
+device_proptest! {
     #![proptest_config(cfg())]
 
-    #[test]
-    fn reshape_flatten_permute(x in one(1..=4, 3, Vals::Normal), i in any::<Index>(), j in any::<Index>(),
-                               perm in (1..=4usize).prop_flat_map(|r| Just((0..r).collect::<Vec<_>>()).prop_shuffle())) {
+    fn reshape_flatten_permute<B: Backend>(
+        dev: &B,
+        x in one(1..=4, 3, Vals::Normal),
+        i in any::<Index>(),
+        j in any::<Index>(),
+        perm in (1..=4usize).prop_flat_map(|r| Just((0..r).collect::<Vec<_>>()).prop_shuffle()),
+    ) {
         let r = x.dims.len();
         let rev: Vec<usize> = x.dims.iter().rev().copied().collect();
         let (s, e) = { let (s, e) = (i.index(r), j.index(r)); (s.min(e), s.max(e)) };
-        check("reshape", from_ref(&x), |v| v[0].reshape(rev.clone()))?;
-        check("flatten", from_ref(&x), |v| v[0].flatten(s, e))?;
-        check("flatten_all", from_ref(&x), |v| v[0].flatten_all())?;
-        check("transpose", from_ref(&x), |v| v[0].transpose(i.index(r), j.index(r)))?;
+        check(dev, "reshape", from_ref(&x), |v| v[0].reshape(rev.clone()))?;
+        check(dev, "flatten", from_ref(&x), |v| v[0].flatten(s, e))?;
+        check(dev, "flatten_all", from_ref(&x), |v| v[0].flatten_all())?;
+        check(dev, "transpose", from_ref(&x), |v| v[0].transpose(i.index(r), j.index(r)))?;
         // Reshaping a transposed view needs a copy: checks the copy's gradient path.
         if r >= 2 {
-            check("t.reshape", from_ref(&x), |v| v[0].t()?.reshape(prod(&x.dims)))?;
+            check(dev, "t.reshape", from_ref(&x), |v| v[0].t()?.reshape(prod(&x.dims)))?;
         }
         let p: Vec<usize> = perm.iter().copied().filter(|&a| a < r).collect();
         if p.len() == r {
-            check("permute", from_ref(&x), |v| v[0].permute(&p)?.contiguous())?;
+            check(dev, "permute", from_ref(&x), |v| v[0].permute(&p)?.contiguous())?;
         }
     }
 
-    #[test]
-    fn narrow_split_chunk(x in one(1..=3, 5, Vals::Normal), ax in any::<Index>(), s in any::<Index>(),
-                          l in any::<Index>(), size in 1..=3usize, chunks in 1..=3usize) {
+    fn narrow_split_chunk<B: Backend>(
+        dev: &B,
+        x in one(1..=3, 5, Vals::Normal),
+        ax in any::<Index>(),
+        s in any::<Index>(),
+        l in any::<Index>(),
+        size in 1..=3usize,
+        chunks in 1..=3usize,
+    ) {
         let a = ax.index(x.dims.len());
         let d = x.dims[a];
         let start = s.index(d + 1);
         let len = l.index(d - start + 1);
-        check("narrow", from_ref(&x), |v| v[0].narrow(a, start, len))?;
+        check(dev, "narrow", from_ref(&x), |v| v[0].narrow(a, start, len))?;
         // Pieces reassembled in reverse order, each scaled differently.
-        let rejoin = |parts: Vec<V>| -> Result<V> {
+        let rejoin = |parts: Vec<Var<B>>| -> Result<Var<B>> {
             let scaled = parts.iter().rev().enumerate().map(|(i, p)| p.mul_scalar(i as f64 + 1.0)).collect::<Result<Vec<_>>>()?;
             Var::concat(&scaled.iter().collect::<Vec<_>>(), a)
         };
-        check("split", from_ref(&x), |v| rejoin(v[0].split(size, a)?))?;
-        check("chunk", from_ref(&x), |v| rejoin(v[0].chunk(chunks, a)?))?;
+        check(dev, "split", from_ref(&x), |v| rejoin(v[0].split(size, a)?))?;
+        check(dev, "chunk", from_ref(&x), |v| rejoin(v[0].chunk(chunks, a)?))?;
     }
 
-    #[test]
-    fn unsqueeze_squeeze_contiguous(x in one(0..=3, 3, Vals::Normal), ax in any::<Index>()) {
+    fn unsqueeze_squeeze_contiguous<B: Backend>(dev: &B, x in one(0..=3, 3, Vals::Normal), ax in any::<Index>()) {
         let a = ax.index(x.dims.len() + 1);
-        check("unsqueeze", from_ref(&x), |v| v[0].unsqueeze(a))?;
-        check("unsqueeze.squeeze", from_ref(&x), |v| v[0].unsqueeze(a)?.exp()?.squeeze(a))?;
-        check("contiguous", from_ref(&x), |v| v[0].contiguous()?.square())?;
+        check(dev, "unsqueeze", from_ref(&x), |v| v[0].unsqueeze(a))?;
+        check(dev, "unsqueeze.squeeze", from_ref(&x), |v| v[0].unsqueeze(a)?.exp()?.squeeze(a))?;
+        check(dev, "contiguous", from_ref(&x), |v| v[0].contiguous()?.square())?;
     }
 
-    #[test]
-    fn concat_stack(
+    fn concat_stack<B: Backend>(
+        dev: &B,
         (ins, a) in (1..=3usize, 1..=3usize, any::<Index>()).prop_flat_map(|(k, r, ax)| {
             let a = ax.index(r);
             (dims(r..=r, 3), vec(1..=3usize, k)).prop_flat_map(move |(d, sizes)| {
@@ -407,25 +434,24 @@ proptest! {
         same in (1..=3usize, dims(0..=3, 3)).prop_flat_map(|(k, d)| inputs(vec![d; k], Vals::Normal)),
         sa in any::<Index>(),
     ) {
-        check("concat", &ins, |v| Var::concat(&v.iter().collect::<Vec<_>>(), a))?;
+        check(dev, "concat", &ins, |v| Var::concat(&v.iter().collect::<Vec<_>>(), a))?;
         let sa = sa.index(same[0].dims.len() + 1);
-        check("stack", &same, |v| Var::stack(&v.iter().collect::<Vec<_>>(), sa))?;
+        check(dev, "stack", &same, |v| Var::stack(&v.iter().collect::<Vec<_>>(), sa))?;
     }
 
-    #[test]
-    fn pad(x in one(1..=3, 3, Vals::Normal), pads in vec((0..=2usize, 0..=2usize), 3)) {
+    fn pad<B: Backend>(dev: &B, x in one(1..=3, 3, Vals::Normal), pads in vec((0..=2usize, 0..=2usize), 3)) {
         let pads = pads[..x.dims.len()].to_vec();
-        check("pad", &[x], |v| v[0].pad(&pads, 0.7))?;
+        check(dev, "pad", &[x], |v| v[0].pad(&pads, 0.7))?;
     }
 }
 
 // ------------------------------------------------------------------------------ indexing
 
-proptest! {
+device_proptest! {
     #![proptest_config(cfg())]
 
-    #[test]
-    fn index_select_embedding(
+    fn index_select_embedding<B: Backend>(
+        dev: &B,
         (x, a, ids) in (one(1..=3, 3, Vals::Normal), any::<Index>()).prop_flat_map(|(x, ax)| {
             let a = ax.index(x.dims.len());
             let d = x.dims[a] as u32;
@@ -436,14 +462,14 @@ proptest! {
         }),
     ) {
         let n = ids.len();
-        let ids = u32s(&[n], ids);
-        check("index_select", &[x], |v| v[0].index_select(&ids, a))?;
-        let eids = u32s(&eids.1, eids.0);
-        check("embedding", &[table], |v| v[0].embedding(&eids))?;
+        let ids = u32s(dev, &[n], ids);
+        check(dev, "index_select", &[x], |v| v[0].index_select(&ids, a))?;
+        let eids = u32s(dev, &eids.1, eids.0);
+        check(dev, "embedding", &[table], |v| v[0].embedding(&eids))?;
     }
 
-    #[test]
-    fn gather_scatter_add(
+    fn gather_scatter_add<B: Backend>(
+        dev: &B,
         (ins, a, idims, ids) in (dims(1..=3, 3), any::<Index>(), 1..=4usize).prop_flat_map(|(d, ax, m)| {
             let a = ax.index(d.len());
             let mut idims = d.clone();
@@ -452,56 +478,56 @@ proptest! {
             (inputs(vec![d.clone(), idims.clone()], Vals::Normal), Just(a), Just(idims), vec(0..d[a] as u32, n))
         })
     ) {
-        let ids = u32s(&idims, ids);
-        check("gather", &ins[..1], |v| v[0].gather(&ids, a))?;
-        check("scatter_add", &ins, |v| v[0].scatter_add(&ids, &v[1], a))?;
+        let ids = u32s(dev, &idims, ids);
+        check(dev, "gather", &ins[..1], |v| v[0].gather(&ids, a))?;
+        check(dev, "scatter_add", &ins, |v| v[0].scatter_add(&ids, &v[1], a))?;
     }
 
-    #[test]
-    fn topk(x in one(1..=3, 5, Vals::Distinct), ax in any::<Index>(), k in any::<Index>()) {
+    fn topk<B: Backend>(dev: &B, x in one(1..=3, 5, Vals::Distinct), ax in any::<Index>(), k in any::<Index>()) {
         let a = ax.index(x.dims.len());
         let k = k.index(x.dims[a] + 1);
-        check("topk", &[x], |v| Ok(v[0].topk(k, a)?.0))?;
+        check(dev, "topk", &[x], |v| Ok(v[0].topk(k, a)?.0))?;
     }
 }
 
 // ------------------------------------------------------------------------------ fused ops
 
-proptest! {
+device_proptest! {
     #![proptest_config(cfg())]
 
-    #[test]
-    fn softmax_any_axis(x in one(1..=3, 4, Vals::Normal), ax in any::<Index>()) {
+    fn softmax_any_axis<B: Backend>(dev: &B, x in one(1..=3, 4, Vals::Normal), ax in any::<Index>()) {
         let a = ax.index(x.dims.len());
-        check("softmax", from_ref(&x), |v| v[0].softmax(a))?;
-        check("log_softmax", from_ref(&x), |v| v[0].log_softmax(a))?;
+        check(dev, "softmax", from_ref(&x), |v| v[0].softmax(a))?;
+        check(dev, "log_softmax", from_ref(&x), |v| v[0].log_softmax(a))?;
     }
 
-    #[test]
-    fn norms(ins in dims(1..=3, 4).prop_flat_map(|d| { let n = *d.last().unwrap(); inputs_m(vec![d, vec![n], vec![n]], Vals::Normal, NO_OFFSET) })) {
+    fn norms<B: Backend>(
+        dev: &B,
+        ins in dims(1..=3, 4).prop_flat_map(|d| { let n = *d.last().unwrap(); inputs_m(vec![d, vec![n], vec![n]], Vals::Normal, NO_OFFSET) }),
+    ) {
         let (x, w, b) = (&ins[0], &ins[1], &ins[2]);
-        check("rms_norm", from_ref(x), |v| v[0].rms_norm(None, 1e-5))?;
-        check("rms_norm(w)", &[x.clone(), w.clone()], |v| v[0].rms_norm(Some(&v[1]), 1e-5))?;
-        check("layer_norm", from_ref(x), |v| v[0].layer_norm(None, None, 1e-5))?;
-        check("layer_norm(w)", &[x.clone(), w.clone()], |v| v[0].layer_norm(Some(&v[1]), None, 1e-5))?;
-        check("layer_norm(b)", &[x.clone(), b.clone()], |v| v[0].layer_norm(None, Some(&v[1]), 1e-5))?;
-        check("layer_norm(w, b)", &ins, |v| v[0].layer_norm(Some(&v[1]), Some(&v[2]), 1e-5))?;
+        check(dev, "rms_norm", from_ref(x), |v| v[0].rms_norm(None, 1e-5))?;
+        check(dev, "rms_norm(w)", &[x.clone(), w.clone()], |v| v[0].rms_norm(Some(&v[1]), 1e-5))?;
+        check(dev, "layer_norm", from_ref(x), |v| v[0].layer_norm(None, None, 1e-5))?;
+        check(dev, "layer_norm(w)", &[x.clone(), w.clone()], |v| v[0].layer_norm(Some(&v[1]), None, 1e-5))?;
+        check(dev, "layer_norm(b)", &[x.clone(), b.clone()], |v| v[0].layer_norm(None, Some(&v[1]), 1e-5))?;
+        check(dev, "layer_norm(w, b)", &ins, |v| v[0].layer_norm(Some(&v[1]), Some(&v[2]), 1e-5))?;
     }
 
-    #[test]
-    fn cross_entropy(
+    fn cross_entropy<B: Backend>(
+        dev: &B,
         (x, raw, dropped) in (1..=4usize, 1..=5usize).prop_flat_map(|(rows, classes)| {
             (input_m(vec![rows, classes], Vals::Normal, NO_OFFSET), vec(0..classes as u32, rows), vec(any::<bool>(), rows))
         }),
     ) {
         let rows = raw.len();
-        let t = u32s(&[rows], raw.clone());
-        check("cross_entropy", from_ref(&x), |v| v[0].cross_entropy(&t, None))?;
+        let t = u32s(dev, &[rows], raw.clone());
+        check(dev, "cross_entropy", from_ref(&x), |v| v[0].cross_entropy(&t, None))?;
         // A valid class as ignore_index, and an out-of-range sentinel (PyTorch's -100 habit).
-        check("cross_entropy(ignore=0)", from_ref(&x), |v| v[0].cross_entropy(&t, Some(0)))?;
+        check(dev, "cross_entropy(ignore=0)", from_ref(&x), |v| v[0].cross_entropy(&t, Some(0)))?;
         let ts: Vec<u32> = raw.iter().zip(&dropped).map(|(&c, &d)| if d { u32::MAX } else { c }).collect();
-        let ts = u32s(&[rows], ts);
-        check("cross_entropy(ignore=MAX)", &[x], |v| v[0].cross_entropy(&ts, Some(u32::MAX)))?;
+        let ts = u32s(dev, &[rows], ts);
+        check(dev, "cross_entropy(ignore=MAX)", &[x], |v| v[0].cross_entropy(&ts, Some(u32::MAX)))?;
     }
 }
 
@@ -538,53 +564,58 @@ fn pool_case(k: Vals) -> impl Strategy<Value = PoolCase> {
         })
 }
 
-proptest! {
+device_proptest! {
     #![proptest_config(cfg())]
 
     /// stride, padding, dilation and groups (cpg = 1 with groups > 1 is depthwise).
-    #[test]
-    fn conv2d((ins, p) in conv_case()) {
-        check(&format!("conv2d {p:?}"), &ins, |v| v[0].conv2d(&v[1], &p))?;
+    fn conv2d<B: Backend>(dev: &B, (ins, p) in conv_case()) {
+        check(dev, &format!("conv2d {p:?}"), &ins, |v| v[0].conv2d(&v[1], &p))?;
     }
 
-    #[test]
-    fn conv2d_depthwise(
+    fn conv2d_depthwise<B: Backend>(
+        dev: &B,
         (ins, p) in (1..=3usize, 1..=2usize, 1..=3usize).prop_flat_map(|(c, mult, s)| {
             let p = Conv2dParams { stride: (s, 1), padding: (1, 1), dilation: (1, 1), groups: c };
             (inputs(vec![vec![2, c, 4, 5], vec![c * mult, 1, 3, 3]], Vals::Normal), Just(p))
         })
     ) {
-        check("conv2d depthwise", &ins, |v| v[0].conv2d(&v[1], &p))?;
+        check(dev, "conv2d depthwise", &ins, |v| v[0].conv2d(&v[1], &p))?;
     }
 
-    #[test]
-    fn pooling((x, kernel, stride, padding) in pool_case(Vals::Distinct), up in (1..=3usize, 1..=3usize)) {
+    fn pooling<B: Backend>(
+        dev: &B,
+        (x, kernel, stride, padding) in pool_case(Vals::Distinct),
+        up in (1..=3usize, 1..=3usize),
+    ) {
         let p = |count_include_pad| Pool2dParams { kernel, stride, padding, count_include_pad };
-        check(&format!("max_pool2d {:?}", p(false)), from_ref(&x), |v| v[0].max_pool2d(&p(false)))?;
+        check(dev, &format!("max_pool2d {:?}", p(false)), from_ref(&x), |v| v[0].max_pool2d(&p(false)))?;
         for inc in [false, true] {
-            check(&format!("avg_pool2d {:?}", p(inc)), from_ref(&x), |v| v[0].avg_pool2d(&p(inc)))?;
+            check(dev, &format!("avg_pool2d {:?}", p(inc)), from_ref(&x), |v| v[0].avg_pool2d(&p(inc)))?;
         }
-        check("upsample_nearest2d", &[x], |v| v[0].upsample_nearest2d(up))?;
+        check(dev, "upsample_nearest2d", &[x], |v| v[0].upsample_nearest2d(up))?;
     }
 }
 
 // ------------------------------------------------------------------------------ references
 
-proptest! {
+device_proptest! {
     #![proptest_config(cfg())]
 
     /// softmax: J = diag(y) - y y^T; log_softmax: J = I - 1 y^T. dx = J^T g, built explicitly.
-    #[test]
-    fn softmax_matches_explicit_jacobian(x in vec(-3.0f64..3.0, 1..=6), g in vec(-1.0f64..1.0, 6)) {
+    fn softmax_matches_explicit_jacobian<B: Backend>(
+        dev: &B,
+        x in vec(-3.0f64..3.0, 1..=6),
+        g in vec(-1.0f64..1.0, 6),
+    ) {
         let n = x.len();
         let g = &g[..n];
         let m = x.iter().fold(f64::MIN, |a, &b| a.max(b));
         let z: f64 = x.iter().map(|v| (v - m).exp()).sum();
         let y: Vec<f64> = x.iter().map(|v| (v - m).exp() / z).collect();
         for log in [false, true] {
-            let xv = V::param(tensor(&[n], x.clone()));
+            let xv = Var::param(tensor(dev, &[n], x.clone()));
             let out = if log { xv.log_softmax(0)? } else { xv.softmax(0)? };
-            let dx = out.backward_with(tensor(&[n], g.to_vec()))?.get(&xv).unwrap().to_vec::<f64>()?;
+            let dx = out.backward_with(tensor(dev, &[n], g.to_vec()))?.get(&xv).unwrap().to_vec::<f64>()?;
             for j in 0..n {
                 let jac = |i: usize| if log { (i == j) as u8 as f64 - y[j] } else { y[i] * ((i == j) as u8 as f64 - y[j]) };
                 let want: f64 = (0..n).map(|i| jac(i) * g[i]).sum();
@@ -594,13 +625,14 @@ proptest! {
     }
 
     /// Mean cross-entropy: dlogits = (softmax(x) - onehot(t)) / counted rows, 0 on ignored rows.
-    #[test]
-    fn cross_entropy_matches_formula(
+    fn cross_entropy_matches_formula<B: Backend>(
+        dev: &B,
         (x, t) in (1..=4usize, 2..=5usize).prop_flat_map(|(r, c)| (vec(-3.0f64..3.0, r * c), vec(0..c as u32, r))),
     ) {
         let (rows, c) = (t.len(), x.len() / t.len());
-        let xv = V::param(tensor(&[rows, c], x.clone()));
-        let dx = xv.cross_entropy(&u32s(&[rows], t.clone()), Some(0))?.backward()?.get(&xv).unwrap().to_vec::<f64>()?;
+        let xv = Var::param(tensor(dev, &[rows, c], x.clone()));
+        let loss = xv.cross_entropy(&u32s(dev, &[rows], t.clone()), Some(0))?;
+        let dx = loss.backward()?.get(&xv).unwrap().to_vec::<f64>()?;
         let counted = t.iter().filter(|&&k| k != 0).count().max(1) as f64;
         for r in 0..rows {
             let row = &x[r * c..(r + 1) * c];
@@ -613,13 +645,12 @@ proptest! {
     }
 
     /// The fused RMS-norm backward equals the backward of the same function built from primitives.
-    #[test]
-    fn rms_norm_matches_composed(ins in dims(1..=3, 5).prop_flat_map(|d| {
-        let n = *d.last().unwrap();
-        inputs_m(vec![d.clone(), vec![n], d], Vals::Normal, &[0])
-    })) {
-        let (x, w) = (V::param(ins[0].tensor()), V::param(ins[1].tensor()));
-        let g = ins[2].tensor();
+    fn rms_norm_matches_composed<B: Backend>(
+        dev: &B,
+        ins in dims(1..=3, 5).prop_flat_map(|d| { let n = *d.last().unwrap(); inputs_m(vec![d.clone(), vec![n], d], Vals::Normal, &[0]) }),
+    ) {
+        let (x, w) = (Var::param(ins[0].tensor(dev)), Var::param(ins[1].tensor(dev)));
+        let g = ins[2].tensor(dev);
         let fused = x.rms_norm(Some(&w), 1e-5)?;
         let r = x.rank() - 1;
         let composed = x.div(&x.square()?.mean(r, true)?.add_scalar(1e-5)?.sqrt()?)?.mul(&w)?;
@@ -633,69 +664,69 @@ proptest! {
 
 // ------------------------------------------------------------------------------ empty tensors
 
-proptest! {
+device_proptest! {
     #![proptest_config(cfg())]
 
     /// A zero-size leading axis: no rows to differentiate, but the other operands must still get
     /// exact (zero or partial) gradients and nothing may fail.
-    #[test]
-    fn empty_leading_axis(ins in (1..=3usize, 1..=3usize).prop_flat_map(|(k, n)| {
-        inputs_m(vec![vec![0, k], vec![k], vec![k, n], vec![2, k], vec![0, k, 2, 2], vec![n, k, 1, 2]], Vals::Normal, &[0])
-    })) {
+    fn empty_leading_axis<B: Backend>(
+        dev: &B,
+        ins in (1..=3usize, 1..=3usize).prop_flat_map(|(k, n)| { inputs_m(vec![vec![0, k], vec![k], vec![k, n], vec![2, k], vec![0, k, 2, 2], vec![n, k, 1, 2]], Vals::Normal, &[0]) }),
+    ) {
         let (x, b, w, y, img, ker) = (&ins[0], &ins[1], &ins[2], &ins[3], &ins[4], &ins[5]);
-        let none = u32s(&[0], vec![]);
-        check("exp", from_ref(x), |v| v[0].exp())?;
-        check("add broadcast", &[x.clone(), b.clone()], |v| v[0].add(&v[1]))?;
-        check("sum over the empty axis", from_ref(x), |v| v[0].sum(0, false))?;
-        check("sum_all", from_ref(x), |v| v[0].sum_all())?;
-        check("softmax", from_ref(x), |v| v[0].softmax(1))?;
-        check("layer_norm", &[x.clone(), b.clone()], |v| v[0].layer_norm(Some(&v[1]), None, 1e-5))?;
-        check("matmul", &[x.clone(), w.clone()], |v| v[0].matmul(&v[1]))?;
-        check("concat", &[x.clone(), y.clone()], |v| Var::concat(&[&v[0], &v[1]], 0))?;
-        check("index_select", from_ref(w), |v| v[0].index_select(&none, 0))?;
-        check("embedding", from_ref(w), |v| v[0].embedding(&none))?;
-        check("cross_entropy", from_ref(x), |v| v[0].cross_entropy(&none, None))?;
-        check("conv2d", &[img.clone(), ker.clone()], |v| v[0].conv2d(&v[1], &Conv2dParams::default()))?;
+        let none = u32s(dev, &[0], vec![]);
+        check(dev, "exp", from_ref(x), |v| v[0].exp())?;
+        check(dev, "add broadcast", &[x.clone(), b.clone()], |v| v[0].add(&v[1]))?;
+        check(dev, "sum over the empty axis", from_ref(x), |v| v[0].sum(0, false))?;
+        check(dev, "sum_all", from_ref(x), |v| v[0].sum_all())?;
+        check(dev, "softmax", from_ref(x), |v| v[0].softmax(1))?;
+        check(dev, "layer_norm", &[x.clone(), b.clone()], |v| v[0].layer_norm(Some(&v[1]), None, 1e-5))?;
+        check(dev, "matmul", &[x.clone(), w.clone()], |v| v[0].matmul(&v[1]))?;
+        check(dev, "concat", &[x.clone(), y.clone()], |v| Var::concat(&[&v[0], &v[1]], 0))?;
+        check(dev, "index_select", from_ref(w), |v| v[0].index_select(&none, 0))?;
+        check(dev, "embedding", from_ref(w), |v| v[0].embedding(&none))?;
+        check(dev, "cross_entropy", from_ref(x), |v| v[0].cross_entropy(&none, None))?;
+        check(dev, "conv2d", &[img.clone(), ker.clone()], |v| v[0].conv2d(&v[1], &Conv2dParams::default()))?;
     }
 }
 
 // ------------------------------------------------------------------------------ regressions
 
-/// Every op on zero-size axes in any position (the default strategies put them in front only).
-/// Regression: empty views used to keep offsets past their buffer's end, and reshaping them
-/// recursed forever.
-#[test]
-fn empty_inner_axes() {
-    let cfg = ProptestConfig { cases: cfg().cases, failure_persistence: None, ..ProptestConfig::default() };
-    let strategy = (vec(0..=2usize, 3), 0..3usize).prop_flat_map(|(d, a)| (input(d, Vals::Normal), Just(a)));
-    proptest::test_runner::TestRunner::new(cfg)
-        .run(&strategy, |(x, a)| {
-            check("sum_all", from_ref(&x), |v| v[0].sum_all())?;
-            check("reshape", from_ref(&x), |v| v[0].reshape(x.dims.iter().rev().copied().collect::<Vec<_>>()))?;
-            check("cumsum", from_ref(&x), |v| v[0].cumsum(a, false, false))?;
-            check("matmul", from_ref(&x), |v| v[0].matmul(&v[0].t()?))?;
-            check("stack", from_ref(&x), |v| Var::stack(&[&v[0], &v[0].exp()?], a))?;
-            Ok(())
-        })
-        .unwrap();
+device_proptest! {
+    #![proptest_config(cfg())]
+
+    /// Every op on zero-size axes in any position (the default strategies put them in front only).
+    /// Regression: empty views used to keep offsets past their buffer's end, and reshaping them
+    /// recursed forever.
+    fn empty_inner_axes<B: Backend>(
+        dev: &B,
+        (x, a) in (vec(0..=2usize, 3), 0..3usize).prop_flat_map(|(d, a)| (input(d, Vals::Normal), Just(a))),
+    ) {
+        check(dev, "sum_all", from_ref(&x), |v| v[0].sum_all())?;
+        check(dev, "reshape", from_ref(&x), |v| v[0].reshape(x.dims.iter().rev().copied().collect::<Vec<_>>()))?;
+        check(dev, "cumsum", from_ref(&x), |v| v[0].cumsum(a, false, false))?;
+        check(dev, "matmul", from_ref(&x), |v| v[0].matmul(&v[0].t()?))?;
+        check(dev, "stack", from_ref(&x), |v| Var::stack(&[&v[0], &v[0].exp()?], a))?;
+    }
 }
+
+device_tests!(fused_ops_on_offset_views);
 
 /// Fused ops on offset views, and ops whose output is a later part of a concat/stack: the
 /// concat backward hands each part `g.narrow(0, start, len)`, a contiguous view with an offset.
 /// Regression: `contiguous()` used to return such views unchanged to kernels that ignore offsets.
-#[test]
-fn fused_ops_on_offset_views() {
+fn fused_ops_on_offset_views<B: Backend>(dev: &B) {
     let x = In { dims: vec![2, 3], mode: 2, data: (0..12).map(|i| (i as f64 * 0.37).sin()).collect() };
     let y = In { mode: 0, data: x.data[..6].to_vec(), ..x.clone() };
     let img = In { dims: vec![1, 1, 4, 4], mode: 0, data: (0..16).map(|i| (i as f64 * 0.71).sin()).collect() };
     let ker = In { dims: vec![1, 1, 2, 2], mode: 0, data: vec![0.3, -0.2, 0.5, 0.1] };
-    let (t, ids) = (u32s(&[2], vec![1, 2]), u32s(&[3], vec![1, 0, 1]));
+    let (t, ids) = (u32s(dev, &[2], vec![1, 2]), u32s(dev, &[3], vec![1, 0, 1]));
     let pool = Pool2dParams { kernel: (2, 2), stride: (2, 2), padding: (0, 0), count_include_pad: true };
     // `second(a, b)` stacks b behind a, so b's backward receives an offset view.
-    let second = |a: V, b: V| Var::stack(&[&a, &b], 0);
+    let second = |a: Var<B>, b: Var<B>| Var::stack(&[&a, &b], 0);
     let mut failed = Vec::new();
-    let mut run = |name: &str, ins: &[In], f: &dyn Fn(&[V]) -> Result<V>| {
-        if let Err(e) = check(name, ins, f) {
+    let mut run = |name: &str, ins: &[In], f: &VarsFn<'_, B>| {
+        if let Err(e) = check(dev, name, ins, f) {
             failed.push(e.to_string());
         }
     };
@@ -706,7 +737,7 @@ fn fused_ops_on_offset_views() {
     run("stack(., rms_norm)", from_ref(&y), &|v| second(v[0].exp()?, v[0].rms_norm(None, 1e-5)?));
     run("concat(., index_select)", from_ref(&y), &|v| Var::concat(&[&v[0], &v[0].index_select(&ids, 0)?], 0));
     run("stack(., conv2d)", &[img.clone(), ker], &|v| {
-        let c = |v: &[V]| v[0].conv2d(&v[1], &Conv2dParams::default());
+        let c = |v: &[Var<B>]| v[0].conv2d(&v[1], &Conv2dParams::default());
         second(c(v)?.exp()?, c(v)?)
     });
     run("stack(., max_pool2d)", from_ref(&img), &|v| second(v[0].max_pool2d(&pool)?.exp()?, v[0].max_pool2d(&pool)?));

@@ -1,10 +1,14 @@
 //! Forward correctness of conv2d, pooling and nearest upsampling and of their backward kernels,
-//! against the direct-loop references in `ela_tests::reference` plus adjoint identities.
+//! against the direct-loop references in `ela_tests::reference` plus adjoint identities, on every
+//! backend (`NAME::cpu`, `NAME::cuda`). CUDA's conv2d is im2col + cuBLAS (TF32 off), another
+//! summation order than the direct loops but over at most 18 (forward, input gradient) or 72
+//! (weight gradient) products here, well inside the CPU's tolerances.
 
 mod core_forward_common;
 
 use core_forward_common::*;
-use ela_core::{Conv2dParams, DType, Pool2dParams, Shape};
+use ela_core::{Backend, Conv2dParams, DType, Pool2dParams, Shape};
+use ela_tests::device_proptest;
 use ela_tests::reference::{self as r, ConvGeo, PoolGeo, RefTensor, TestRng};
 use proptest::prelude::*;
 
@@ -69,37 +73,28 @@ impl ConvCase {
     }
 }
 
-fn run_conv(c: &ConvCase, seed: u64, lx: Lay, lw: Lay, dt: DType) -> TestResult {
+fn run_conv<B: Backend>(dev: &B, c: &ConvCase, seed: u64, lx: Lay, lw: Lay, dt: DType) -> TestResult {
     let mut rng = TestRng::new(seed);
-    let (x, xt) = input(&c.x_shape(), dt, lx, Vals::Uni, &mut rng);
-    let (w, wt) = input(&c.w_shape(), dt, lw, Vals::Uni, &mut rng);
+    let (x, xt) = input(dev, &c.x_shape(), dt, lx, Vals::Uni, &mut rng);
+    let (w, wt) = input(dev, &c.w_shape(), dt, lw, Vals::Uni, &mut rng);
     let p = c.params();
     let Some((oh, ow)) = c.out_hw() else {
         prop_assert!(xt.conv2d(&wt, &p).is_err(), "kernel does not fit: conv2d must be an error ({:?})", c);
         return Ok(());
     };
     let (rt, at) = if dt == DType::F64 { (1e-12, 1e-11) } else { (1e-5, 1e-4) };
-    let y = xt.conv2d(&wt, &p)?;
-    check(&y, &r::conv2d(&x, &w, c.geo()), rt, at, &format!("conv2d {c:?}"))?;
+    let what = format!("conv2d x {:?} {lx:?} w {:?} {lw:?} {dt:?} {c:?}", c.x_shape(), c.w_shape());
+    let y = xt.conv2d(&wt, &p).ctx(&what)?;
+    check(&y, &r::conv2d(&x, &w, c.geo()), rt, at, &what)?;
     // Backward passes against the reference adjoint loops...
     let dy_shape = [c.n, c.groups * c.og, oh, ow];
-    let (dy, dyt) = input(&dy_shape, dt, lx, Vals::Uni, &mut rng);
-    let dx = dyt.conv2d_backward_input(&wt, &Shape::from(c.x_shape()), &p)?;
-    check(
-        &dx,
-        &r::conv2d_backward_input(&dy, &w, &c.x_shape(), c.geo()),
-        rt,
-        at,
-        &format!("conv2d_backward_input {c:?}"),
-    )?;
-    let dw = dyt.conv2d_backward_weight(&xt, &Shape::from(c.w_shape()), &p)?;
-    check(
-        &dw,
-        &r::conv2d_backward_weight(&dy, &x, &c.w_shape(), c.geo()),
-        rt,
-        at,
-        &format!("conv2d_backward_weight {c:?}"),
-    )?;
+    let (dy, dyt) = input(dev, &dy_shape, dt, lx, Vals::Uni, &mut rng);
+    let what = format!("conv2d_backward_input dy {dy_shape:?} {lx:?} w {:?} {lw:?} {dt:?} {c:?}", c.w_shape());
+    let dx = dyt.conv2d_backward_input(&wt, &Shape::from(c.x_shape()), &p).ctx(&what)?;
+    check(&dx, &r::conv2d_backward_input(&dy, &w, &c.x_shape(), c.geo()), rt, at, &what)?;
+    let what = format!("conv2d_backward_weight dy {dy_shape:?} {lx:?} x {:?} {lx:?} {dt:?} {c:?}", c.x_shape());
+    let dw = dyt.conv2d_backward_weight(&xt, &Shape::from(c.w_shape()), &p).ctx(&what)?;
+    check(&dw, &r::conv2d_backward_weight(&dy, &x, &c.w_shape(), c.geo()), rt, at, &what)?;
     // ...and the adjoint identities <dy, conv(x, w)> == <dx, x> == <dw, w>.
     if dt == DType::F64 {
         let yv = r::conv2d(&x, &w, c.geo());
@@ -112,24 +107,28 @@ fn run_conv(c: &ConvCase, seed: u64, lx: Lay, lw: Lay, dt: DType) -> TestResult 
     Ok(())
 }
 
-proptest! {
+device_proptest! {
     #![proptest_config(cfg())]
 
-    #[test]
-    fn conv2d_f64(c in conv_case(), seed in any::<u64>(), lx in lay(), lw in lay_nb()) {
-        run_conv(&c, seed, lx, lw, DType::F64)?;
+    fn conv2d_f64<B: Backend>(dev: &B, c in conv_case(), seed in any::<u64>(), lx in lay(), lw in lay_nb()) {
+        run_conv(dev, &c, seed, lx, lw, DType::F64)?;
     }
 
-    #[test]
-    fn conv2d_f32(c in conv_case(), seed in any::<u64>(), lx in lay_nb(), lw in lay()) {
-        run_conv(&c, seed, lx, lw, DType::F32)?;
+    fn conv2d_f32<B: Backend>(dev: &B, c in conv_case(), seed in any::<u64>(), lx in lay_nb(), lw in lay()) {
+        run_conv(dev, &c, seed, lx, lw, DType::F32)?;
     }
 
     /// Depthwise: groups == in_channels, with a channel multiplier.
-    #[test]
-    fn conv2d_depthwise(ch in 1usize..=4, mult in 1usize..=2, hw in (2usize..=6, 2usize..=6), seed in any::<u64>(), lx in lay()) {
+    fn conv2d_depthwise<B: Backend>(
+        dev: &B,
+        ch in 1usize..=4,
+        mult in 1usize..=2,
+        hw in (2usize..=6, 2usize..=6),
+        seed in any::<u64>(),
+        lx in lay(),
+    ) {
         let c = ConvCase { n: 2, groups: ch, cg: 1, og: mult, hw, k: (3, 3), stride: (1, 2), pad: (1, 1), dil: (1, 1) };
-        run_conv(&c, seed, lx, Lay::Contig, DType::F64)?;
+        run_conv(dev, &c, seed, lx, Lay::Contig, DType::F64)?;
     }
 }
 
@@ -177,56 +176,76 @@ impl PoolCase {
     }
 }
 
-proptest! {
+device_proptest! {
     #![proptest_config(cfg())]
 
-    #[test]
-    fn pooling(c in pool_case(), seed in any::<u64>(), l in lay(), ints in any::<bool>(), f32_ in any::<bool>()) {
+    fn pooling<B: Backend>(
+        dev: &B,
+        c in pool_case(),
+        seed in any::<u64>(),
+        l in lay(),
+        ints in any::<bool>(),
+        f32_ in any::<bool>(),
+    ) {
         let mut rng = TestRng::new(seed);
         let dt = if f32_ { DType::F32 } else { DType::F64 };
         let (rt, at) = tol(dt);
-        let (x, xt) = input(&c.shape, dt, l, if ints { Vals::Ints } else { Vals::Uni }, &mut rng);
+        let (x, xt) = input(dev, &c.shape, dt, l, if ints { Vals::Ints } else { Vals::Uni }, &mut rng);
         let Some((oh, ow)) = c.out_hw() else {
-            prop_assert!(xt.max_pool2d(&c.params(false)).is_err());
-            prop_assert!(xt.avg_pool2d(&c.params(true)).is_err());
+            prop_assert!(xt.max_pool2d(&c.params(false)).is_err(), "window too big: max_pool2d must fail ({:?})", c);
+            prop_assert!(xt.avg_pool2d(&c.params(true)).is_err(), "window too big: avg_pool2d must fail ({:?})", c);
             return Ok(());
         };
         let os = [c.shape[0], c.shape[1], oh, ow];
-        let (dy, dyt) = input(&os, dt, l, Vals::Uni, &mut rng);
+        let (dy, dyt) = input(dev, &os, dt, l, Vals::Uni, &mut rng);
+        let case = format!("{dt:?} {l:?} {c:?}");
         // max pooling: values, winner indices (first maximum on ties), routed gradient
-        let (y, am) = xt.max_pool2d_fwd(&c.params(false))?;
+        let what = format!("max_pool2d {case}");
+        let (y, am) = xt.max_pool2d_fwd(&c.params(false)).ctx(&what)?;
         let (ry, ram) = r::max_pool2d(&x, c.geo(false));
-        check_exact(&y, &ry, &format!("max_pool2d {c:?}"))?;
-        check_exact(&am, &ram, &format!("max_pool2d argmax {c:?}"))?;
-        check_exact(&xt.max_pool2d(&c.params(true))?, &ry, "max_pool2d ignores count_include_pad")?;
-        let dx = dyt.max_pool2d_backward(&am, &Shape::from(c.shape.clone()))?;
-        check(&dx, &r::max_pool2d_backward(&dy, &x, c.geo(false)), rt, at, &format!("max_pool2d_backward {c:?}"))?;
+        check_exact(&y, &ry, &what)?;
+        check_exact(&am, &ram, &format!("max_pool2d argmax {case}"))?;
+        let what = format!("max_pool2d (count_include_pad, ignored) {case}");
+        check_exact(&xt.max_pool2d(&c.params(true)).ctx(&what)?, &ry, &what)?;
+        let what = format!("max_pool2d_backward {case}");
+        let dx = dyt.max_pool2d_backward(&am, &Shape::from(c.shape.clone())).ctx(&what)?;
+        check(&dx, &r::max_pool2d_backward(&dy, &x, c.geo(false)), rt, at, &what)?;
         // average pooling both ways, and its backward (the adjoint)
         for cip in [false, true] {
-            let y = xt.avg_pool2d(&c.params(cip))?;
-            check(&y, &r::avg_pool2d(&x, c.geo(cip)), rt, at, &format!("avg_pool2d cip={cip} {c:?}"))?;
-            let dx = dyt.avg_pool2d_backward(&Shape::from(c.shape.clone()), &c.params(cip))?;
+            let what = format!("avg_pool2d cip={cip} {case}");
+            let y = xt.avg_pool2d(&c.params(cip)).ctx(&what)?;
+            check(&y, &r::avg_pool2d(&x, c.geo(cip)), rt, at, &what)?;
+            let what = format!("avg_pool2d_backward cip={cip} {case}");
+            let dx = dyt.avg_pool2d_backward(&Shape::from(c.shape.clone()), &c.params(cip)).ctx(&what)?;
             let rdx = r::avg_pool2d_backward(&dy, &c.shape, c.geo(cip));
-            check(&dx, &rdx, rt, at, &format!("avg_pool2d_backward cip={cip} {c:?}"))?;
+            check(&dx, &rdx, rt, at, &what)?;
             let lhs = r::dot(&dy, &r::avg_pool2d(&x, c.geo(cip)));
             let rhs = r::dot(&rdx, &x);
             prop_assert!((lhs - rhs).abs() <= 1e-9 * (1.0 + lhs.abs()), "reference adjoint {} vs {}", lhs, rhs);
         }
     }
 
-    #[test]
-    fn upsample_nearest(s in (0usize..=2, 0usize..=3, 0usize..=4, 0usize..=4), f in (1usize..=3, 1usize..=3), seed in any::<u64>(), l in lay(), f32_ in any::<bool>()) {
+    fn upsample_nearest<B: Backend>(
+        dev: &B,
+        s in (0usize..=2, 0usize..=3, 0usize..=4, 0usize..=4),
+        f in (1usize..=3, 1usize..=3),
+        seed in any::<u64>(),
+        l in lay(),
+        f32_ in any::<bool>(),
+    ) {
         let mut rng = TestRng::new(seed);
         let dt = if f32_ { DType::F32 } else { DType::F64 };
         let (rt, at) = tol(dt);
         let shape = [s.0, s.1, s.2, s.3];
-        let (x, xt) = input(&shape, dt, l, Vals::Uni, &mut rng);
-        let y = xt.upsample_nearest2d(f)?;
-        check_exact(&y, &r::upsample_nearest2d(&x, f), &format!("upsample {f:?}"))?;
-        let (dy, dyt) = input(y.dims(), dt, l, Vals::Uni, &mut rng);
-        let dx = dyt.upsample_nearest2d_backward(f)?;
+        let (x, xt) = input(dev, &shape, dt, l, Vals::Uni, &mut rng);
+        let what = format!("upsample_nearest2d {f:?} of {shape:?} {dt:?} {l:?}");
+        let y = xt.upsample_nearest2d(f).ctx(&what)?;
+        check_exact(&y, &r::upsample_nearest2d(&x, f), &what)?;
+        let (dy, dyt) = input(dev, y.dims(), dt, l, Vals::Uni, &mut rng);
+        let what = format!("upsample_nearest2d_backward {f:?} of {:?} {dt:?} {l:?}", y.dims());
+        let dx = dyt.upsample_nearest2d_backward(f).ctx(&what)?;
         let rdx = r::upsample_nearest2d_backward(&dy, f);
-        check(&dx, &rdx, rt, at, &format!("upsample backward {f:?}"))?;
+        check(&dx, &rdx, rt, at, &what)?;
         let lhs = r::dot(&dy, &r::upsample_nearest2d(&x, f));
         prop_assert!((lhs - r::dot(&rdx, &x)).abs() <= 1e-9 * (1.0 + lhs.abs()));
     }

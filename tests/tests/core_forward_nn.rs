@@ -1,55 +1,82 @@
 //! Forward correctness of the fused nn ops (softmax / log_softmax, rms_norm / layer_norm,
-//! cross-entropy, topk) against `ela_tests::reference`, including extreme-value stability.
+//! cross-entropy, topk) against `ela_tests::reference`, including extreme-value stability, on
+//! every backend (`NAME::cpu`, `NAME::cuda`).
 
 mod core_forward_common;
 
 use core_forward_common::*;
-use ela_core::{Cpu, DType, Tensor};
+use ela_core::{Backend, DType, Tensor};
 use ela_tests::reference::{self as r, RefTensor, TestRng};
+use ela_tests::{device_proptest, device_tests};
 use proptest::prelude::*;
 
 // ====================================================================== softmax, norms, CE, topk
 
-proptest! {
+device_proptest! {
     #![proptest_config(cfg())]
 
-    #[test]
-    fn softmax_and_log_softmax(s in shape(1..=4, 0..=5), seed in any::<u64>(), l in lay(), f32_ in any::<bool>()) {
+    fn softmax_and_log_softmax<B: Backend>(
+        dev: &B,
+        s in shape(1..=4, 0..=5),
+        seed in any::<u64>(),
+        l in lay(),
+        f32_ in any::<bool>(),
+    ) {
         let mut rng = TestRng::new(seed);
         let dt = if f32_ { DType::F32 } else { DType::F64 };
         let (rt, at) = if f32_ { (1e-5, 1e-6) } else { (1e-12, 1e-13) };
-        let (x, t) = input(&s, dt, l, Vals::Wide, &mut rng);
+        let (x, t) = input(dev, &s, dt, l, Vals::Wide, &mut rng);
         let (a, ai) = axis_of(s.len(), &mut rng);
-        check(&t.softmax(a)?, &r::map_lanes(&x, ai, r::softmax_lane), rt, at, &format!("softmax axis {a}"))?;
+        let what = format!("softmax axis {a} of {s:?} {dt:?} {l:?}");
+        check(&t.softmax(a).ctx(&what)?, &r::map_lanes(&x, ai, r::softmax_lane), rt, at, &what)?;
         let (rt, at) = if f32_ { (1e-5, 1e-4) } else { (1e-12, 1e-11) };
-        check(&t.log_softmax(a)?, &r::map_lanes(&x, ai, r::log_softmax_lane), rt, at, &format!("log_softmax axis {a}"))?;
+        let what = format!("log_softmax axis {a} of {s:?} {dt:?} {l:?}");
+        check(&t.log_softmax(a).ctx(&what)?, &r::map_lanes(&x, ai, r::log_softmax_lane), rt, at, &what)?;
     }
 
-    #[test]
-    fn rms_norm_and_layer_norm(s in shape(1..=4, 0..=5), seed in any::<u64>(), l in lay(),
-                               use_w in any::<bool>(), use_b in any::<bool>(), eps_i in 0usize..3, f32_ in any::<bool>()) {
+    fn rms_norm_and_layer_norm<B: Backend>(
+        dev: &B,
+        s in shape(1..=4, 0..=5),
+        seed in any::<u64>(),
+        l in lay(),
+        use_w in any::<bool>(),
+        use_b in any::<bool>(),
+        eps_i in 0usize..3,
+        f32_ in any::<bool>(),
+    ) {
         let mut rng = TestRng::new(seed);
         let dt = if f32_ { DType::F32 } else { DType::F64 };
         let (rt, at) = if f32_ { (1e-4, 1e-4) } else { (1e-10, 1e-10) };
         let eps = [1e-5, 1e-6, 0.1][eps_i];
-        let (x, t) = input(&s, dt, l, Vals::Uni, &mut rng);
+        let (x, t) = input(dev, &s, dt, l, Vals::Uni, &mut rng);
         let n = *s.last().unwrap();
         // Weights and biases, sometimes as strided views.
-        let (w, wt) = input(&[n], dt, if rng.below(2) == 0 { Lay::Narrow } else { Lay::Contig }, Vals::Uni, &mut rng);
-        let (b, bt) = input(&[n], dt, if rng.below(2) == 0 { Lay::Narrow } else { Lay::Contig }, Vals::Uni, &mut rng);
+        let lay_1d = |rng: &mut TestRng| if rng.below(2) == 0 { Lay::Narrow } else { Lay::Contig };
+        let lw = lay_1d(&mut rng);
+        let (w, wt) = input(dev, &[n], dt, lw, Vals::Uni, &mut rng);
+        let lb = lay_1d(&mut rng);
+        let (b, bt) = input(dev, &[n], dt, lb, Vals::Uni, &mut rng);
         let (wr, wo) = if use_w { (Some(&w.data[..]), Some(&wt)) } else { (None, None) };
         let (br, bo) = if use_b { (Some(&b.data[..]), Some(&bt)) } else { (None, None) };
-        check(&t.rms_norm(wo, eps)?, &r::rms_norm(&x, wr, eps), rt, at, "rms_norm")?;
-        check(&t.layer_norm(wo, bo, eps)?, &r::layer_norm(&x, wr, br, eps), rt, at, "layer_norm")?;
+        let what = format!("rms_norm eps {eps} weight {use_w} of {s:?} {dt:?} {l:?}");
+        check(&t.rms_norm(wo, eps).ctx(&what)?, &r::rms_norm(&x, wr, eps), rt, at, &what)?;
+        let what = format!("layer_norm eps {eps} weight {use_w} bias {use_b} of {s:?} {dt:?} {l:?}");
+        check(&t.layer_norm(wo, bo, eps).ctx(&what)?, &r::layer_norm(&x, wr, br, eps), rt, at, &what)?;
     }
 
-    #[test]
-    fn cross_entropy_with_and_without_ignore(rows in 0usize..=6, classes in 1usize..=5, seed in any::<u64>(),
-                                             ig in 0usize..4, l in lay(), f32_ in any::<bool>()) {
+    fn cross_entropy_with_and_without_ignore<B: Backend>(
+        dev: &B,
+        rows in 0usize..=6,
+        classes in 1usize..=5,
+        seed in any::<u64>(),
+        ig in 0usize..4,
+        l in lay(),
+        f32_ in any::<bool>(),
+    ) {
         let mut rng = TestRng::new(seed);
         let dt = if f32_ { DType::F32 } else { DType::F64 };
         let (rt, at) = if f32_ { (1e-5, 1e-5) } else { (1e-12, 1e-12) };
-        let (x, t) = input(&[rows, classes], dt, l, Vals::Wide, &mut rng);
+        let (x, t) = input(dev, &[rows, classes], dt, l, Vals::Wide, &mut rng);
         // ig: 0 = no ignore_index, 1 = ignore a valid class, 2 = ignore an out-of-range id (-100
         // style), 3 = ignore and every row ignored.
         let ignore = match ig {
@@ -63,34 +90,43 @@ proptest! {
                 _ => rng.below(classes),
             })
             .collect();
-        let tt = u32_tensor(&targets, &[rows]);
+        let tt = u32_tensor(dev, &targets, &[rows]);
         let ig32 = ignore.map(|i| i as u32);
         let (losses, lses, mean) = r::cross_entropy(&x, &targets, ignore);
-        let loss = t.cross_entropy(&tt, ig32)?;
-        prop_assert_eq!(loss.rank(), 0);
-        check(&loss, &RefTensor::full(&[], mean), rt, at, &format!("cross_entropy mean (ignore {ignore:?})"))?;
-        let (l_rows, lse) = t.cross_entropy_fwd(&tt, ig32)?;
-        check(&l_rows, &RefTensor::new(vec![rows], losses), rt, at, "cross_entropy per-row loss")?;
-        check(&lse, &RefTensor::new(vec![rows], lses), rt, at, "cross_entropy lse")?;
+        let what = format!("cross_entropy (ignore {ignore:?}) of [{rows}, {classes}] {dt:?} {l:?}");
+        let loss = t.cross_entropy(&tt, ig32).ctx(&what)?;
+        prop_assert_eq!(loss.rank(), 0, "{}", what);
+        check(&loss, &RefTensor::full(&[], mean), rt, at, &format!("{what}: mean"))?;
+        let (l_rows, lse) = t.cross_entropy_fwd(&tt, ig32).ctx(&what)?;
+        check(&l_rows, &RefTensor::new(vec![rows], losses), rt, at, &format!("{what}: per-row loss"))?;
+        check(&lse, &RefTensor::new(vec![rows], lses), rt, at, &format!("{what}: lse"))?;
     }
 
-    #[test]
-    fn topk_values_and_indices(s in shape(1..=4, 1..=5), seed in any::<u64>(), l in lay(), ints in any::<bool>()) {
+    fn topk_values_and_indices<B: Backend>(
+        dev: &B,
+        s in shape(1..=4, 1..=5),
+        seed in any::<u64>(),
+        l in lay(),
+        ints in any::<bool>(),
+    ) {
         let mut rng = TestRng::new(seed);
-        let (x, t) = input(&s, DType::F64, l, if ints { Vals::Ints } else { Vals::Uni }, &mut rng);
+        let (x, t) = input(dev, &s, DType::F64, l, if ints { Vals::Ints } else { Vals::Uni }, &mut rng);
         let (a, ai) = axis_of(s.len(), &mut rng);
         let k = rng.below(s[ai] + 1);
-        let (v, i) = t.topk(k, a)?;
+        let what = format!("topk k={k} axis {a} of {s:?} F64 {l:?}");
+        let (v, i) = t.topk(k, a).ctx(&what)?;
         let (rv, ri) = r::topk(&x, k, ai);
-        prop_assert_eq!(i.dtype(), DType::U32);
-        check_exact(&v, &rv, &format!("topk values k={k} axis {a}"))?;
-        check_exact(&i, &ri, &format!("topk indices k={k} axis {a}"))?;
+        prop_assert_eq!(i.dtype(), DType::U32, "{}", what);
+        check_exact(&v, &rv, &format!("{what}: values"))?;
+        check_exact(&i, &ri, &format!("{what}: indices"))?;
     }
 }
 
-#[test]
-fn softmax_large_values_and_masked_rows() -> ela_core::Result<()> {
-    let x = Tensor::from_vec(vec![1000.0f64, 1000.0, -1000.0, -1e308, 0.0, 1000.0], [3, 2], &Cpu)?;
+device_tests!(softmax_large_values_and_masked_rows, cross_entropy_large_logits, topk_ties_lower_index_first);
+
+/// Rows of +-1000 and -1e308 neither overflow nor give NaN.
+fn softmax_large_values_and_masked_rows<B: Backend>(dev: &B) -> ela_core::Result<()> {
+    let x = Tensor::from_vec(vec![1000.0f64, 1000.0, -1000.0, -1e308, 0.0, 1000.0], [3, 2], dev)?;
     let s = x.softmax(1usize)?.to_vec::<f64>()?;
     assert_eq!(&s[..2], &[0.5, 0.5]);
     assert_eq!(&s[2..4], &[1.0, 0.0]);
@@ -103,19 +139,19 @@ fn softmax_large_values_and_masked_rows() -> ela_core::Result<()> {
     Ok(())
 }
 
-#[test]
-fn cross_entropy_large_logits() -> ela_core::Result<()> {
-    let x = Tensor::from_vec(vec![1000.0f64, 0.0, -1000.0, 2000.0], [2, 2], &Cpu)?;
-    let t = Tensor::from_vec(vec![0u32, 0], 2, &Cpu)?;
+/// Logits of +-1000 and 2000 give exact losses.
+fn cross_entropy_large_logits<B: Backend>(dev: &B) -> ela_core::Result<()> {
+    let x = Tensor::from_vec(vec![1000.0f64, 0.0, -1000.0, 2000.0], [2, 2], dev)?;
+    let t = Tensor::from_vec(vec![0u32, 0], 2, dev)?;
     let (l, _) = x.cross_entropy_fwd(&t, None)?;
     let l = l.to_vec::<f64>()?;
     assert!(l[0].abs() < 1e-12 && (l[1] - 3000.0).abs() < 1e-9, "{l:?}");
     Ok(())
 }
 
-#[test]
-fn topk_ties_lower_index_first() -> ela_core::Result<()> {
-    let x = Tensor::from_vec(vec![1.0f32, 5.0, 5.0, 2.0, 5.0], 5, &Cpu)?;
+/// Ties are ordered by index.
+fn topk_ties_lower_index_first<B: Backend>(dev: &B) -> ela_core::Result<()> {
+    let x = Tensor::from_vec(vec![1.0f32, 5.0, 5.0, 2.0, 5.0], 5, dev)?;
     let (v, i) = x.topk(4, 0usize)?;
     assert_eq!(v.to_vec::<f32>()?, vec![5.0, 5.0, 5.0, 2.0]);
     assert_eq!(i.to_vec::<u32>()?, vec![1, 2, 4, 3]);

@@ -1,12 +1,18 @@
 //! ELA decoding and causality: prefill then step-by-step decoding reproduces the full causal
 //! output; changing q/k/v after position i leaves the outputs up to i bit-identical; the state's
 //! size does not grow with context; bad calls are typed errors.
+//!
+//! Every test runs on every backend (`NAME::cpu`, `NAME::cuda`): inputs are drawn on the CPU and
+//! uploaded, the states and forms under test run on the device, and the references (the full
+//! causal output) are computed on the CPU in f64.
 
 mod ela_common;
 
-use ela_common::{cases, inputs, rel, KERNELS};
-use ela_core::{Cpu, DType, ElaKernel, ElaParams, ElaState, Error, Rng, Tensor};
+use ela_common::{cases, inputs, rel, up, KERNELS};
+use ela_core::{Backend, Cpu, DType, ElaKernel, ElaParams, ElaState, Error, Rng, Tensor};
 use ela_nn::ela::{self as ela, Ela, Form};
+use ela_tests::device::Context;
+use ela_tests::{device_proptest, device_tests};
 use proptest::prelude::*;
 
 /// A copy of `x` with every position after `i` along time replaced by fresh values.
@@ -25,17 +31,17 @@ fn perturb_after(x: &Tensor<Cpu>, i: usize, seed: u64) -> Tensor<Cpu> {
     Tensor::concat(&[&head, &tail], 2).unwrap()
 }
 
-fn bits(x: &Tensor<Cpu>) -> Vec<u64> {
+fn bits<B: Backend>(x: &Tensor<B>) -> Vec<u64> {
     x.to_vec_f64().unwrap().iter().map(|v| v.to_bits()).collect()
 }
 
-proptest! {
+device_proptest! {
     #![proptest_config(ProptestConfig::with_cases(cases(48)))]
 
     /// Outputs at positions <= i do not change in a single bit when q, k, v change after i
     /// (chunked form; i is often inside a chunk, where the intra-chunk block is shared).
-    #[test]
-    fn causality_is_bit_exact(
+    fn causality_is_bit_exact<B: Backend>(
+        dev: &B,
         kernel in prop::sample::select(KERNELS.to_vec()),
         f32_inputs in any::<bool>(),
         t in 2usize..=150,
@@ -48,21 +54,24 @@ proptest! {
         let dtype = if f32_inputs { DType::F32 } else { DType::F64 };
         let (q, k, v) = inputs(kernel, 1, 2, t, d, dv, 1.0, seed, dtype);
         let i = ((t - 1) as f64 * cut) as usize;
-        let ela = Ela::<Cpu>::builtin(kernel).with_chunk(chunk);
-        let y = ela.run(Form::Chunked, &q, &k, &v, None).unwrap().y;
-        let (q2, k2, v2) = (perturb_after(&q, i, seed ^ 1), perturb_after(&k, i, seed ^ 2), perturb_after(&v, i, seed ^ 3));
-        let y2 = ela.run(Form::Chunked, &q2, &k2, &v2, None).unwrap().y;
-        let (a, b) = (y.narrow(2, 0, i + 1).unwrap(), y2.narrow(2, 0, i + 1).unwrap());
-        prop_assert_eq!(bits(&a), bits(&b), "{} i={} t={} C={}", kernel, i, t, chunk);
+        let what = format!("ela chunked {kernel} {dtype:?} q/k [1, 2, {t}, {d}] v [.., {dv}] C={chunk} cut after {i}");
+        let ela = Ela::<B>::builtin(kernel).with_chunk(chunk);
+        let y = ela.run(Form::Chunked, &up(dev, &q), &up(dev, &k), &up(dev, &v), None).ctx(&what)?.y;
+        let (q2, k2) = (perturb_after(&q, i, seed ^ 1), perturb_after(&k, i, seed ^ 2));
+        let v2 = perturb_after(&v, i, seed ^ 3);
+        let y2 = ela.run(Form::Chunked, &up(dev, &q2), &up(dev, &k2), &up(dev, &v2), None).ctx(&what)?.y;
+        let (a, b) = (y.narrow(2, 0, i + 1)?, y2.narrow(2, 0, i + 1)?);
+        prop_assert_eq!(bits(&a), bits(&b), "{}: outputs up to the cut changed", what);
         if i + 1 < t {
-            prop_assert_ne!(bits(&y.narrow(2, i + 1, t - i - 1).unwrap()), bits(&y2.narrow(2, i + 1, t - i - 1).unwrap()));
+            let later = |y: &Tensor<B>| y.narrow(2, i + 1, t - i - 1).map(|x| bits(&x));
+            prop_assert_ne!(later(&y)?, later(&y2)?, "{}: later outputs did not change", what);
         }
     }
 
     /// Prefill the first p tokens (chunked), then decode the rest one token at a time: the
-    /// outputs equal the full causal chunked output (f64, 1e-10).
-    #[test]
-    fn prefill_then_steps_reproduce_the_full_output(
+    /// outputs equal the full causal chunked output computed on the CPU (f64, 1e-10).
+    fn prefill_then_steps_reproduce_the_full_output<B: Backend>(
+        dev: &B,
         kernel in prop::sample::select(KERNELS.to_vec()),
         (b, h) in (1usize..=2, 1usize..=3),
         t in 1usize..=120,
@@ -73,50 +82,58 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let (q, k, v) = inputs(kernel, b, h, t, d, dv, 1.0, seed, DType::F64);
-        let ela = Ela::<Cpu>::builtin(kernel).with_chunk(chunk);
-        let full = ela.run(Form::Chunked, &q, &k, &v, None).unwrap().y;
+        let full = Ela::<Cpu>::builtin(kernel).with_chunk(chunk).run(Form::Chunked, &q, &k, &v, None)?.y;
+        let (q, k, v) = (up(dev, &q), up(dev, &k), up(dev, &v));
+        let ela = Ela::<B>::builtin(kernel).with_chunk(chunk);
         let p = (t as f64 * split) as usize;
-        let (y0, mut st) = ela.prefill(&q.narrow(2, 0, p).unwrap(), &k.narrow(2, 0, p).unwrap(), &v.narrow(2, 0, p).unwrap()).unwrap();
-        prop_assert!(p == 0 || rel(&y0, &full.narrow(2, 0, p).unwrap()) <= 1e-10);
+        let what = format!("ela {kernel} F64 q/k [{b}, {h}, {t}, {d}] v [{b}, {h}, {t}, {dv}] C={chunk}, prefill {p}");
+        let (y0, mut st) = ela.prefill(&q.narrow(2, 0, p)?, &k.narrow(2, 0, p)?, &v.narrow(2, 0, p)?).ctx(&what)?;
+        prop_assert!(p == 0 || rel(&y0, &full.narrow(2, 0, p)?) <= 1e-10, "{}: prefill outputs", what);
         let bytes = st.bytes();
         for i in p..t {
             // Decode with rank-3 [batch, heads, d] inputs.
-            let at = |x: &Tensor<Cpu>| x.narrow(2, i, 1).unwrap().squeeze(2).unwrap();
-            let yi = st.step(&at(&q), &at(&k), &at(&v)).unwrap();
-            let e = rel(&yi, &at(&full));
-            prop_assert!(e <= 1e-10, "{kernel} step {i} after prefill {p}: {e:e}");
+            let at = |x: &Tensor<B>| x.narrow(2, i, 1).unwrap().squeeze(2).unwrap();
+            let yi = st.step(&at(&q), &at(&k), &at(&v)).ctx(format!("{what}: step {i}"))?;
+            let e = rel(&yi, &full.narrow(2, i, 1)?.squeeze(2)?);
+            prop_assert!(e <= 1e-10, "{what}: step {i}: {e:e}");
         }
-        prop_assert_eq!(st.bytes(), bytes);
-        prop_assert_eq!(st.tokens(), t);
+        prop_assert_eq!(st.bytes(), bytes, "{}", what);
+        prop_assert_eq!(st.tokens(), t, "{}", what);
     }
 }
 
+device_tests!(prefill_continues_an_existing_state, state_size_is_constant_and_documented, bad_calls_are_typed_errors);
+
 /// Two prefills in a row continue the same state.
-#[test]
-fn prefill_continues_an_existing_state() {
+fn prefill_continues_an_existing_state<B: Backend>(dev: &B) {
     let (q, k, v) = inputs(ElaKernel::HadamardExp, 2, 2, 70, 8, 4, 1.5, 5, DType::F64);
     let full = q.ela(&k, &v, &ElaParams::causal(ElaKernel::HadamardExp)).unwrap();
-    let mut st = ElaState::new(ElaKernel::HadamardExp, 2, 2, 8, 4, DType::F64, &Cpu).unwrap();
-    let part = |x: &Tensor<Cpu>, a, n| x.narrow(2, a, n).unwrap();
+    let (q, k, v) = (up(dev, &q), up(dev, &k), up(dev, &v));
+    let mut st = ElaState::new(ElaKernel::HadamardExp, 2, 2, 8, 4, DType::F64, dev).unwrap();
+    let part = |x: &Tensor<B>, a, n| x.narrow(2, a, n).unwrap();
     st.prefill(&part(&q, 0, 33), &part(&k, 0, 33), &part(&v, 0, 33), 16).unwrap();
     let y = st.prefill(&part(&q, 33, 37), &part(&k, 33, 37), &part(&v, 33, 37), 5).unwrap();
-    assert!(rel(&y, &part(&full, 33, 37)) <= 1e-12);
+    let e = rel(&y, &full.narrow(2, 33, 37).unwrap());
+    assert!(e <= 1e-12, "second prefill of hadamard-exp F64 [2, 2, 37, 8]: {e:e}");
 }
 
 /// O(F Dv) per head: the state has the same size after 1 and after 1000 tokens, and the size is
-/// batch * heads * (F Dv + F [+ F log-scales]) * 4 bytes for f32.
-#[test]
-fn state_size_is_constant_and_documented() {
+/// batch * heads * (F Dv + F [+ F log-scales]) * 4 bytes for f32, which is what its buffers hold.
+fn state_size_is_constant_and_documented<B: Backend>(dev: &B) {
     let (b, h, d, dv) = (2, 3, 16, 8);
     for kernel in KERNELS {
         let f = kernel.feature_size(d);
         let units = if kernel == ElaKernel::HadamardExp { f } else { 0 };
         let want = b * h * (f * dv + f + units) * 4;
         let (q, k, v) = inputs(kernel, b, h, 1000, d, dv, 1.0, 9, DType::F32);
-        let ela = Ela::<Cpu>::builtin(kernel);
+        let (q, k, v) = (up(dev, &q), up(dev, &k), up(dev, &v));
+        let ela = Ela::<B>::builtin(kernel);
         let (_, mut st) =
             ela.prefill(&q.narrow(2, 0, 1).unwrap(), &k.narrow(2, 0, 1).unwrap(), &v.narrow(2, 0, 1).unwrap()).unwrap();
         assert_eq!(st.bytes(), want, "{kernel}");
+        let (s, z, m) = st.inner().buffers().unwrap();
+        let held = [Some(&s), Some(&z), m.as_ref()].iter().flatten().map(|x| x.elem_count() * 4).sum::<usize>();
+        assert_eq!(held, want, "{kernel}: bytes in the state's buffers");
         let (_, st2) = ela.prefill(&q, &k, &v).unwrap();
         assert_eq!(st2.bytes(), want);
         assert_eq!(st.inner().state_dtype(), DType::F32);
@@ -125,14 +142,10 @@ fn state_size_is_constant_and_documented() {
     }
 }
 
-fn is_err<T: std::fmt::Debug>(r: ela_core::Result<T>, what: &str) -> String {
-    let e: Error = r.expect_err(what);
-    e.to_string()
-}
-
-#[test]
-fn bad_calls_are_typed_errors() {
+/// Wrong ranks, shapes, dtypes, chunk lengths and state mismatches are typed errors.
+fn bad_calls_are_typed_errors<B: Backend>(dev: &B) {
     let (q, k, v) = inputs(ElaKernel::HadamardExp, 1, 2, 5, 4, 3, 1.0, 1, DType::F64);
+    let (q, k, v) = (up(dev, &q), up(dev, &k), up(dev, &v));
     let p = ElaParams::causal(ElaKernel::HadamardExp);
     let msg = is_err(q.reshape([2, 5, 4]).unwrap().ela(&k, &v, &p), "rank 3");
     assert!(msg.contains("ela") && msg.contains("rank"), "{msg}");
@@ -142,14 +155,14 @@ fn bad_calls_are_typed_errors() {
     assert!(msg.contains("dv may differ"), "{msg}");
     assert!(is_err(q.ela(&k, &v, &p.with_chunk(0)), "chunk 0").contains("chunk"));
     assert!(matches!(q.ela(&k.to_dtype(DType::F32).unwrap(), &v, &p), Err(Error::DTypeMismatch { .. })));
-    let ints = Tensor::zeros([1, 2, 5, 4], DType::U32, &Cpu).unwrap();
+    let ints = Tensor::zeros([1, 2, 5, 4], DType::U32, dev).unwrap();
     assert!(matches!(ints.ela(&ints, &ints, &p), Err(Error::UnsupportedDType { .. })));
     // Recurrent forms are causal only; states check what they are fed.
-    let nc = Ela::<Cpu>::builtin(ElaKernel::HadamardExp).with_causal(false);
+    let nc = Ela::<B>::builtin(ElaKernel::HadamardExp).with_causal(false);
     assert!(is_err(nc.prefill(&q, &k, &v), "non-causal prefill").contains("causal"));
     assert!(nc.run(Form::Recurrent, &q, &k, &v, None).is_err());
-    let mut st = ela::ElaState::<Cpu>::builtin(ElaKernel::HadamardExp, 1, 2, 4, 3, DType::F64, &Cpu).unwrap();
-    let at = |x: &Tensor<Cpu>| x.narrow(2, 0, 1).unwrap();
+    let mut st = ela::ElaState::<B>::builtin(ElaKernel::HadamardExp, 1, 2, 4, 3, DType::F64, dev).unwrap();
+    let at = |x: &Tensor<B>| x.narrow(2, 0, 1).unwrap();
     assert!(
         is_err(st.step(&at(&q), &at(&k), &at(&v.narrow(3, 0, 2).unwrap())), "dv mismatch").contains("state was made")
     );
@@ -163,4 +176,9 @@ fn bad_calls_are_typed_errors() {
     ));
     assert!(st.step(&q, &k, &v).is_err(), "a step takes one token");
     assert_eq!(st.tokens(), 0, "failed steps leave the state untouched");
+}
+
+fn is_err<T: std::fmt::Debug>(r: ela_core::Result<T>, what: &str) -> String {
+    let e: Error = r.expect_err(what);
+    e.to_string()
 }

@@ -2,44 +2,68 @@
 //! reference to 1e-4 and stay finite), rows whose shared log-scale underflows are recomputed
 //! exactly, shifting all queries or all keys by a constant changes nothing (the shifts cancel),
 //! and f16/bf16 inputs run with f32 state.
+//!
+//! Every test runs on every backend (`NAME::cpu`, `NAME::cuda`): the forms under test run on the
+//! device, the f64 quadratic reference (output and tape gradients) on the CPU, from the same
+//! rounded inputs.
 
 mod ela_common;
 
-use ela_common::{f64t, finite, inputs, max_abs, rel, rel_floor};
-use ela_core::{Cpu, DType, ElaKernel, Rng, Tensor};
+use ela_common::{f64t, finite, inputs, max_abs, rel, rel_floor, up};
+use ela_core::{Backend, Cpu, DType, ElaKernel, Rng, Tensor};
 use ela_nn::ela::{Ela, Form};
+use ela_tests::device_tests;
 
 fn uniform(shape: [usize; 4], lo: f64, hi: f64, seed: u64, dtype: DType) -> Tensor<Cpu> {
     Tensor::rand_uniform(lo, hi, shape, DType::F64, &mut Rng::new(seed), &Cpu).unwrap().to_dtype(dtype).unwrap()
 }
 
-/// Compare the f32 chunked (and recurrent) forms with the f64 quadratic reference; returns the
-/// forward error and the largest gradient error (gradients normalised by `max|dy| max|v|`).
-fn f32_vs_f64(ela: &Ela<Cpu>, q: &Tensor<Cpu>, k: &Tensor<Cpu>, v: &Tensor<Cpu>) -> (f64, f64) {
+/// Compare the f32 chunked (and recurrent) forms of Hadamard Exp ELA on `dev` with the f64
+/// quadratic reference on the CPU; returns the forward error and the largest gradient error
+/// (gradients normalised by `max|dy| max|v|`). `what` names the case in failure messages.
+fn f32_vs_f64<B: Backend>(
+    dev: &B,
+    (causal, chunk): (bool, usize),
+    q: &Tensor<Cpu>,
+    k: &Tensor<Cpu>,
+    v: &Tensor<Cpu>,
+    what: &str,
+) -> (f64, f64) {
+    let what =
+        format!("{what} hadamard-exp causal={causal} C={chunk} {:?} q/k {:?} v {:?}", q.dtype(), q.dims(), v.dims());
     let dy = uniform([q.dims()[0], q.dims()[1], q.dims()[2], v.dims()[3]], -1.0, 1.0, 77, DType::F32);
-    let reference = ela.run(Form::Quadratic, &f64t(q), &f64t(k), &f64t(v), Some(&f64t(&dy))).unwrap();
-    assert!(finite(&reference.y), "the f64 reference itself must be finite here");
-    let fast = ela.run(Form::Chunked, q, k, v, Some(&dy)).unwrap();
-    assert!(finite(&fast.y), "chunked output has non-finite values");
+    let cpu = Ela::<Cpu>::builtin(ElaKernel::HadamardExp).with_causal(causal).with_chunk(chunk);
+    let reference = cpu.run(Form::Quadratic, &f64t(q), &f64t(k), &f64t(v), Some(&f64t(&dy))).unwrap();
+    assert!(finite(&reference.y), "{what}: the f64 reference itself must be finite here");
+    let ela = Ela::<B>::builtin(ElaKernel::HadamardExp).with_causal(causal).with_chunk(chunk);
+    let (qd, kd, vd) = (up(dev, q), up(dev, k), up(dev, v));
+    let fast = ela.run(Form::Chunked, &qd, &kd, &vd, Some(&up(dev, &dy))).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(finite(&fast.y), "{what}: chunked output has non-finite values");
     let mut err = rel(&fast.y, &reference.y);
-    if ela.causal {
-        let rec = ela.run(Form::Recurrent, q, k, v, None).unwrap().y;
-        assert!(finite(&rec), "recurrent output has non-finite values");
+    if causal {
+        let rec = ela.run(Form::Recurrent, &qd, &kd, &vd, None).unwrap_or_else(|e| panic!("{what}: recurrent: {e}")).y;
+        assert!(finite(&rec), "{what}: recurrent output has non-finite values");
         err = err.max(rel(&rec, &reference.y));
     }
     let (g, r) = (fast.grads.unwrap(), reference.grads.unwrap());
     let floor = max_abs(&dy) * max_abs(v);
     let mut gerr = 0f64;
-    for (a, b) in [(&g.dq, &r.dq), (&g.dk, &r.dk), (&g.dv, &r.dv)] {
-        assert!(finite(a), "non-finite gradient");
+    for (name, a, b) in [("dq", &g.dq, &r.dq), ("dk", &g.dk, &r.dk), ("dv", &g.dv, &r.dv)] {
+        assert!(finite(a), "{what}: non-finite gradient {name}");
         gerr = gerr.max(rel_floor(a, b, floor));
     }
     (err, gerr)
 }
 
+device_tests!(
+    magnitude_80_in_f32_matches_f64,
+    crossed_maxima_take_the_exact_path,
+    very_negative_inputs_are_shift_invariant,
+    half_precision_inputs_use_f32_state
+);
+
 /// Inputs uniform in [-80, 80]: exp(q + k) reaches e^160, far beyond f32 (max ~e^88.7).
-#[test]
-fn magnitude_80_in_f32_matches_f64() {
+fn magnitude_80_in_f32_matches_f64<B: Backend>(dev: &B) {
     for d in [1, 2, 8, 64] {
         for causal in [true, false] {
             for chunk in [16, 64] {
@@ -47,8 +71,7 @@ fn magnitude_80_in_f32_matches_f64() {
                 let q = uniform([1, 2, t, d], -80.0, 80.0, d as u64, DType::F32);
                 let k = uniform([1, 2, t, d], -80.0, 80.0, 100 + d as u64, DType::F32);
                 let v = uniform([1, 2, t, 8], -1.0, 1.0, 200 + d as u64, DType::F32);
-                let ela = Ela::<Cpu>::builtin(ElaKernel::HadamardExp).with_causal(causal).with_chunk(chunk);
-                let (e, g) = f32_vs_f64(&ela, &q, &k, &v);
+                let (e, g) = f32_vs_f64(dev, (causal, chunk), &q, &k, &v, "magnitude 80");
                 assert!(e <= 1e-4, "d={d} causal={causal} C={chunk}: forward {e:e}");
                 assert!(g <= 1e-3, "d={d} causal={causal} C={chunk}: gradients {g:e}");
             }
@@ -59,8 +82,7 @@ fn magnitude_80_in_f32_matches_f64() {
 /// The worst case for shared shifts: each query's large coordinates meet each key's small ones,
 /// so `max_d q + max_d k` exceeds every true log-term `q_d + k_d` by ~160 and the fast path's
 /// terms underflow f32. Those rows take the exact path (`den < TINY`) and still match.
-#[test]
-fn crossed_maxima_take_the_exact_path() {
+fn crossed_maxima_take_the_exact_path<B: Backend>(dev: &B) {
     let (t, d, dv) = (50, 2, 3);
     let mut rng = Rng::new(5);
     let (mut q, mut k) = (vec![0.0; t * d], vec![0.0; t * d]);
@@ -74,64 +96,72 @@ fn crossed_maxima_take_the_exact_path() {
     let (q, k) = (to(q, d), to(k, d));
     let v = uniform([1, 1, t, dv], -1.0, 1.0, 3, DType::F32);
     for chunk in [1, 8, 64] {
-        let ela = Ela::<Cpu>::builtin(ElaKernel::HadamardExp).with_chunk(chunk);
-        let (e, g) = f32_vs_f64(&ela, &q, &k, &v);
+        let (e, g) = f32_vs_f64(dev, (true, chunk), &q, &k, &v, "crossed maxima");
         assert!(e <= 1e-4 && g <= 1e-3, "C={chunk}: forward {e:e}, gradients {g:e}");
     }
 }
 
 /// Adding a constant to every query, or to every key, leaves Hadamard Exp ELA unchanged (the
-/// factor cancels in the ratio), including by -1000 where exp underflows in any dtype: outputs and
-/// gradients stay finite and equal to the unshifted ones. In f32 the log-terms of inputs near
-/// +-1000 carry an absolute rounding of ~1000 eps = 1.2e-4 (one ulp of the input), so agreement
-/// there is to that level: backward stability, not a shift artefact.
-#[test]
-fn very_negative_inputs_are_shift_invariant() {
+/// factor cancels in the ratio), including by -1000 where exp underflows in any dtype: outputs
+/// and gradients stay finite and equal to the unshifted ones. In f32 the log-terms of inputs
+/// near +-1000 carry an absolute rounding of ~1000 eps = 1.2e-4 (one ulp of the input), so
+/// agreement there is to that level: backward stability, not a shift artefact.
+fn very_negative_inputs_are_shift_invariant<B: Backend>(dev: &B) {
     for dtype in [DType::F64, DType::F32] {
         let tol = if dtype == DType::F64 { 1e-10 } else { 1000.0 * f32::EPSILON as f64 };
         for causal in [true, false] {
             let (q, k, v) = inputs(ElaKernel::HadamardExp, 1, 2, 90, 6, 4, 1.0, 21, dtype);
-            let dy = uniform([1, 2, 90, 4], -1.0, 1.0, 8, dtype);
-            let ela = Ela::<Cpu>::builtin(ElaKernel::HadamardExp).with_causal(causal).with_chunk(32);
+            let (q, k, v) = (up(dev, &q), up(dev, &k), up(dev, &v));
+            let dy = up(dev, &uniform([1, 2, 90, 4], -1.0, 1.0, 8, dtype));
+            let ela = Ela::<B>::builtin(ElaKernel::HadamardExp).with_causal(causal).with_chunk(32);
             for (sq, sk) in [(-1000.0, 0.0), (0.0, -1000.0), (-1000.0, -1000.0), (300.0, -700.0)] {
+                let what = format!("hadamard-exp {dtype:?} causal={causal} q/k [1, 2, 90, 6] shift ({sq}, {sk})");
                 let (q2, k2) = (q.add_scalar(sq).unwrap(), k.add_scalar(sk).unwrap());
-                let out = ela.run(Form::Chunked, &q2, &k2, &v, Some(&dy)).unwrap();
-                assert!(finite(&out.y), "{dtype:?} shift ({sq}, {sk})");
+                let out = ela.run(Form::Chunked, &q2, &k2, &v, Some(&dy)).unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert!(finite(&out.y), "{what}: non-finite outputs");
                 // f32 rounds q + shift: compare with the unshifted run on the rounded inputs.
                 let (q3, k3) = (q2.add_scalar(-sq).unwrap(), k2.add_scalar(-sk).unwrap());
-                let want = ela.run(Form::Chunked, &q3, &k3, &v, Some(&dy)).unwrap();
+                let want = ela.run(Form::Chunked, &q3, &k3, &v, Some(&dy)).unwrap_or_else(|e| panic!("{what}: {e}"));
                 let e = rel(&out.y, &want.y);
-                assert!(e <= tol, "{dtype:?} causal={causal} shift ({sq}, {sk}): {e:e}");
+                assert!(e <= tol, "{what}: {e:e}");
                 let (g, w) = (out.grads.unwrap(), want.grads.unwrap());
                 let floor = max_abs(&dy) * max_abs(&v);
-                for (a, b) in [(&g.dq, &w.dq), (&g.dk, &w.dk), (&g.dv, &w.dv)] {
-                    assert!(rel_floor(a, b, floor) <= 10.0 * tol, "{dtype:?} shift ({sq}, {sk}) gradient");
+                for (name, a, b) in [("dq", &g.dq, &w.dq), ("dk", &g.dk, &w.dk), ("dv", &g.dv, &w.dv)] {
+                    let e = rel_floor(a, b, floor);
+                    assert!(e <= 10.0 * tol, "{what}: gradient {name} {e:e}");
                 }
                 if causal {
-                    let rec = ela.run(Form::Recurrent, &q2, &k2, &v, None).unwrap().y;
-                    assert!(rel(&rec, &want.y) <= tol, "recurrent, shift ({sq}, {sk})");
+                    let rec = ela.run(Form::Recurrent, &q2, &k2, &v, None).unwrap_or_else(|e| panic!("{what}: {e}")).y;
+                    assert!(rel(&rec, &want.y) <= tol, "{what}: recurrent");
                 }
             }
         }
     }
 }
 
-/// f16 and bf16 inputs: computed in f32 with an f32 state, rounded once on output.
-#[test]
-fn half_precision_inputs_use_f32_state() {
+/// f16 and bf16 inputs: computed in f32 with an f32 state, rounded once on output; within
+/// 1e-2 of the f64 reference on the rounded inputs.
+fn half_precision_inputs_use_f32_state<B: Backend>(dev: &B) {
     for dtype in [DType::F16, DType::BF16] {
         let (q, k, v) = inputs(ElaKernel::HadamardExp, 1, 2, 70, 8, 4, 1.0, 4, DType::F32);
+        // Rounded on the CPU, so the reference sees exactly the device's inputs.
         let (qh, kh, vh) = (q.to_dtype(dtype).unwrap(), k.to_dtype(dtype).unwrap(), v.to_dtype(dtype).unwrap());
-        let ela = Ela::<Cpu>::builtin(ElaKernel::HadamardExp).with_chunk(16);
-        let y = ela.run(Form::Chunked, &qh, &kh, &vh, None).unwrap().y;
+        let want = Ela::<Cpu>::builtin(ElaKernel::HadamardExp)
+            .run(Form::Quadratic, &f64t(&qh), &f64t(&kh), &f64t(&vh), None)
+            .unwrap()
+            .y;
+        let (qh, kh, vh) = (up(dev, &qh), up(dev, &kh), up(dev, &vh));
+        let ela = Ela::<B>::builtin(ElaKernel::HadamardExp).with_chunk(16);
+        let what = format!("hadamard-exp chunked {dtype:?} q/k [1, 2, 70, 8] v [1, 2, 70, 4]");
+        let y = ela.run(Form::Chunked, &qh, &kh, &vh, None).unwrap_or_else(|e| panic!("{what}: {e}")).y;
         assert_eq!(y.dtype(), dtype);
-        let want = ela.run(Form::Quadratic, &f64t(&qh), &f64t(&kh), &f64t(&vh), None).unwrap().y;
-        assert!(rel(&y, &want) <= 1e-2, "{dtype:?}: {}", rel(&y, &want));
-        let (_, st) = ela.prefill(&qh, &kh, &vh).unwrap();
+        assert!(rel(&y, &want) <= 1e-2, "{what}: {}", rel(&y, &want));
+        let (_, st) = ela.prefill(&qh, &kh, &vh).unwrap_or_else(|e| panic!("{what}: prefill: {e}"));
         assert_eq!(st.inner().state_dtype(), DType::F32);
         let dy = y.ones_like().unwrap();
-        let g = ela.run(Form::Chunked, &qh, &kh, &vh, Some(&dy)).unwrap().grads.unwrap();
+        let g = ela.run(Form::Chunked, &qh, &kh, &vh, Some(&dy)).unwrap_or_else(|e| panic!("{what}: backward: {e}"));
+        let g = g.grads.unwrap();
         assert_eq!(g.dq.dtype(), dtype);
-        assert!(finite(&g.dq) && finite(&g.dk) && finite(&g.dv));
+        assert!(finite(&g.dq) && finite(&g.dk) && finite(&g.dv), "{what}: non-finite gradients");
     }
 }

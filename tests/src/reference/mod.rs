@@ -3,7 +3,8 @@
 //! Everything here works on [`RefTensor`], a row-major `Vec<f64>` with an explicit shape, and is
 //! written as plain loops over multi-indices: no strides tricks, no blocking, no parallelism.
 //! Speed is irrelevant; the point is that each function can be checked by reading it. The
-//! property tests in `tests/core_forward_*.rs` compare every `Tensor<Cpu>` op against these.
+//! property tests in `tests/core_forward_*.rs` compare every tensor op, on every backend, against
+//! these.
 //!
 //! This module holds [`RefTensor`] and its index helpers; the op families live in submodules and
 //! are re-exported here, so every reference is reached as `ela_tests::reference::NAME`.

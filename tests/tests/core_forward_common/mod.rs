@@ -1,20 +1,23 @@
 //! Input builders, strategies and comparisons shared by the `core_forward_*.rs` property tests,
-//! which check every `Tensor<Cpu>` op against the naive references in `ela_tests::reference`.
+//! which check every tensor op, on every backend (`ela_tests::device`), against the naive f64
+//! references in `ela_tests::reference`.
 //!
 //! Shapes (ranks 0..=4, dims 0..=5 with size-1 and empty dims), values and memory layouts are
 //! drawn by proptest. Inputs are built contiguous, permuted (transposed strides), narrowed
 //! (offset + gaps, with NaN in the skipped cells so a kernel that reads outside its view is
-//! caught) or broadcast (stride 0) before the op runs. f64 results must match to ~1e-12, f32 to
-//! ~1e-5. `ELA_PROPTEST_CASES` sets the case count (default 128).
+//! caught) or broadcast (stride 0) before the op runs. The values (rounded to the dtype under
+//! test) and the buffer that holds them are made on the CPU; the buffer is moved to the device
+//! and the view is taken there, so the device's kernels see the strided layout. f64 results must
+//! match to ~1e-12, f32 to ~1e-5. `ELA_PROPTEST_CASES` sets the case count (default 128).
 //!
 //! Each test binary uses only part of these helpers, hence `allow(dead_code)`.
 #![allow(dead_code)]
 
-use ela_core::{Cpu, DType, Tensor};
+use ela_core::{Backend, Cpu, DType, Tensor};
+pub use ela_tests::device::Context;
 use ela_tests::reference::{self as r, RefTensor, TestRng};
 use proptest::prelude::*;
 
-pub type T = Tensor<Cpu>;
 pub type TestResult = std::result::Result<(), TestCaseError>;
 
 pub fn cfg() -> ProptestConfig {
@@ -100,27 +103,30 @@ pub fn round_ref(x: &RefTensor, dt: DType) -> RefTensor {
     }
 }
 
-/// A contiguous tensor holding `x` in `dt`.
-pub fn tensor(x: &RefTensor, dt: DType) -> T {
-    Tensor::from_vec(x.data.clone(), x.shape.clone(), &Cpu).unwrap().to_dtype(dt).unwrap()
+/// A contiguous tensor on `dev` holding `x` in `dt` (converted on the CPU, so every device gets
+/// the same bits as the reference's rounded values).
+pub fn tensor<B: Backend>(dev: &B, x: &RefTensor, dt: DType) -> Tensor<B> {
+    let host = Tensor::from_vec(x.data.clone(), x.shape.clone(), &Cpu).unwrap().to_dtype(dt).unwrap();
+    ela_tests::device::upload(&host, dev)
 }
 
-pub fn u32_tensor(ids: &[usize], shape: &[usize]) -> T {
-    Tensor::from_vec(ids.iter().map(|&i| i as u32).collect::<Vec<u32>>(), shape.to_vec(), &Cpu).unwrap()
+/// A `U32` index tensor on `dev`.
+pub fn u32_tensor<B: Backend>(dev: &B, ids: &[usize], shape: &[usize]) -> Tensor<B> {
+    Tensor::from_vec(ids.iter().map(|&i| i as u32).collect::<Vec<u32>>(), shape.to_vec(), dev).unwrap()
 }
 
-/// A tensor whose logical values are `x` but whose storage is laid out as `lay` says.
+/// A tensor on `dev` whose logical values are `x` but whose storage is laid out as `lay` says.
 /// Bcast cannot reproduce arbitrary values, so it is handled by [`input`].
-pub fn with_layout(x: &RefTensor, dt: DType, lay: Lay, rng: &mut TestRng) -> T {
+pub fn with_layout<B: Backend>(dev: &B, x: &RefTensor, dt: DType, lay: Lay, rng: &mut TestRng) -> Tensor<B> {
     let rank = x.rank();
     let (perm, narrow) = match lay {
-        Lay::Contig | Lay::Bcast => return tensor(x, dt),
+        Lay::Contig | Lay::Bcast => return tensor(dev, x, dt),
         Lay::Perm => (rng.permutation(rank), false),
         Lay::Narrow => ((0..rank).collect(), true),
         Lay::PermNarrow => (rng.permutation(rank), true),
     };
     if rank == 0 {
-        return tensor(x, dt);
+        return tensor(dev, x, dt);
     }
     // Storage axis i holds logical axis perm[i].
     let stored = r::permute(x, &perm);
@@ -130,9 +136,9 @@ pub fn with_layout(x: &RefTensor, dt: DType, lay: Lay, rng: &mut TestRng) -> T {
         let mut pads = vec![(0, 0); rank];
         pads[axis] = (before, after);
         let padded = r::pad(&stored, &pads, f64::NAN);
-        tensor(&padded, dt).narrow(axis, before, stored.shape[axis]).unwrap()
+        tensor(dev, &padded, dt).narrow(axis, before, stored.shape[axis]).unwrap()
     } else {
-        tensor(&stored, dt)
+        tensor(dev, &stored, dt)
     };
     let mut inv = vec![0; rank];
     for (i, &p) in perm.iter().enumerate() {
@@ -143,17 +149,24 @@ pub fn with_layout(x: &RefTensor, dt: DType, lay: Lay, rng: &mut TestRng) -> T {
     t
 }
 
-/// A random input of `shape` laid out as `lay`, with its reference (rounded to `dt`).
-pub fn input(shape: &[usize], dt: DType, lay: Lay, v: Vals, rng: &mut TestRng) -> (RefTensor, T) {
+/// A random input of `shape` on `dev` laid out as `lay`, with its reference (rounded to `dt`).
+pub fn input<B: Backend>(
+    dev: &B,
+    shape: &[usize],
+    dt: DType,
+    lay: Lay,
+    v: Vals,
+    rng: &mut TestRng,
+) -> (RefTensor, Tensor<B>) {
     if lay == Lay::Bcast {
         let lead = rng.below(shape.len() + 1);
         let base_shape: Vec<usize> = shape[lead..].iter().map(|&d| if rng.below(2) == 0 { 1 } else { d }).collect();
         let base = round_ref(&rand_ref(&base_shape, rng, v), dt);
-        let t = tensor(&base, dt).broadcast_as(shape.to_vec()).unwrap();
+        let t = tensor(dev, &base, dt).broadcast_as(shape.to_vec()).unwrap();
         return (r::broadcast_to(&base, shape).unwrap(), t);
     }
     let x = round_ref(&rand_ref(shape, rng, v), dt);
-    let t = with_layout(&x, dt, lay, rng);
+    let t = with_layout(dev, &x, dt, lay, rng);
     (x, t)
 }
 
@@ -169,10 +182,11 @@ pub fn close(a: f64, b: f64, rtol: f64, atol: f64) -> bool {
     (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= atol + rtol * b.abs()
 }
 
-/// Shape and values of `got` against the reference.
-pub fn check(got: &T, want: &RefTensor, rtol: f64, atol: f64, what: &str) -> TestResult {
+/// Shape and values of `got` (on any device; read back to the host) against the reference.
+/// `what` names the op, dtype, shapes and layouts for the failure message.
+pub fn check<B: Backend>(got: &Tensor<B>, want: &RefTensor, rtol: f64, atol: f64, what: &str) -> TestResult {
     prop_assert_eq!(got.dims(), &want.shape[..], "{}: shape", what);
-    let g = got.to_vec_f64()?;
+    let g = got.to_vec_f64().ctx(format!("{what}: reading the result back"))?;
     for (i, (&a, &b)) in g.iter().zip(&want.data).enumerate() {
         prop_assert!(
             close(a, b, rtol, atol),
@@ -197,7 +211,7 @@ pub fn must(r: TestResult) {
 }
 
 /// Exact comparison (indices, masks, copies).
-pub fn check_exact(got: &T, want: &RefTensor, what: &str) -> TestResult {
+pub fn check_exact<B: Backend>(got: &Tensor<B>, want: &RefTensor, what: &str) -> TestResult {
     check(got, want, 0.0, 0.0, what)
 }
 

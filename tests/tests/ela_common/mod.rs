@@ -1,8 +1,14 @@
 //! Helpers shared by the ELA property tests (`ela_*.rs`): per-kernel input generators whose
 //! denominators stay well away from 0, case counts, and comparisons.
+//!
+//! The device-generic tests (`NAME::cpu`, `NAME::cuda`) draw their inputs here on the CPU
+//! (rounded once to the dtype under test), compute the f64 quadratic reference on the CPU from
+//! those rounded values, [`up`]load the inputs to the device under test and compare what the device
+//! computes with the reference; every comparison below accepts tensors of any backend.
 #![allow(dead_code)]
 
-use ela_core::{Cpu, DType, ElaKernel, Rng, Tensor};
+use ela_core::{Backend, Cpu, DType, ElaKernel, Rng, Tensor};
+use ela_tests::device::{download, upload};
 
 /// Proptest cases: `ELA_PROPTEST_CASES` when set (heavier sweeps), else `default`.
 pub fn cases(default: u32) -> u32 {
@@ -60,24 +66,30 @@ pub fn inputs(
     (tensor(q, [b, h, t, d], dtype), tensor(k, [b, h, t, d], dtype), tensor(v, [b, h, t, dv], dtype))
 }
 
-/// The same tensor in f64.
-pub fn f64t(x: &Tensor<Cpu>) -> Tensor<Cpu> {
-    x.to_dtype(DType::F64).unwrap()
+/// `x` (a CPU tensor) on the device under test.
+pub fn up<B: Backend>(dev: &B, x: &Tensor<Cpu>) -> Tensor<B> {
+    upload(x, dev)
 }
 
-/// Normwise relative difference `max|a - b| / max|b|` (in f64; NaN counts as infinitely far).
-pub fn rel(a: &Tensor<Cpu>, b: &Tensor<Cpu>) -> f64 {
+/// The same tensor on the CPU in f64.
+pub fn f64t<B: Backend>(x: &Tensor<B>) -> Tensor<Cpu> {
+    download(x).to_dtype(DType::F64).unwrap()
+}
+
+/// Normwise relative difference `max|a - b| / max|b|` (in f64 on the host, so `a` and `b` may
+/// live on different devices; NaN counts as infinitely far).
+pub fn rel<B1: Backend, B2: Backend>(a: &Tensor<B1>, b: &Tensor<B2>) -> f64 {
     ela_nn::ela::max_rel_diff(&f64t(a), &f64t(b)).unwrap()
 }
 
 /// True when every element is finite.
-pub fn finite(x: &Tensor<Cpu>) -> bool {
+pub fn finite<B: Backend>(x: &Tensor<B>) -> bool {
     x.to_vec_f64().unwrap().iter().all(|v| v.is_finite())
 }
 
 /// `max|a - b| / max(max|b|, floor)`: for gradients that can vanish exactly (e.g. `dq` of a
 /// one-token sequence), where `floor` is their natural scale `max|dy| * max|v|`.
-pub fn rel_floor(a: &Tensor<Cpu>, b: &Tensor<Cpu>, floor: f64) -> f64 {
+pub fn rel_floor<B1: Backend, B2: Backend>(a: &Tensor<B1>, b: &Tensor<B2>, floor: f64) -> f64 {
     let (x, y) = (a.to_vec_f64().unwrap(), b.to_vec_f64().unwrap());
     assert_eq!(a.shape(), b.shape());
     let scale = y.iter().fold(floor, |m, v| m.max(v.abs()));
@@ -92,6 +104,6 @@ pub fn rel_floor(a: &Tensor<Cpu>, b: &Tensor<Cpu>, floor: f64) -> f64 {
 }
 
 /// `max|x|`.
-pub fn max_abs(x: &Tensor<Cpu>) -> f64 {
+pub fn max_abs<B: Backend>(x: &Tensor<B>) -> f64 {
     x.to_vec_f64().unwrap().iter().fold(0.0, |m, v| m.max(v.abs()))
 }
