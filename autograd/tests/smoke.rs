@@ -8,7 +8,8 @@ fn rand(shape: &[usize], seed: u64) -> Tensor<Cpu> {
 #[test]
 fn smoke_all_families() {
     let o = GradcheckOptions::default();
-    let check = |name: &str, f: &dyn Fn(&[Var<Cpu>]) -> ela_core::Result<Var<Cpu>>, xs: Vec<Tensor<Cpu>>| {
+    type Op<'a> = &'a dyn Fn(&[Var<Cpu>]) -> ela_core::Result<Var<Cpu>>;
+    let check = |name: &str, f: Op, xs: Vec<Tensor<Cpu>>| {
         let r = gradcheck(f, &xs, o).unwrap();
         assert!(r.passed, "{name}: {r}");
     };

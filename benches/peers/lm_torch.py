@@ -141,11 +141,16 @@ def main():
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
             for i in range(2):
                 step(i)
             torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
+        # Matrix products by operand shapes (to compare with ELA_CUDA_KERNEL_STATS=1 of `ela train`).
+        mm = [e for e in prof.key_averages(group_by_input_shape=True) if e.key in ("aten::mm", "aten::bmm", "aten::addmm", "aten::matmul")]
+        mm.sort(key=lambda e: -e.device_time_total)
+        for e in mm[:25]:
+            print(f"{e.key} {e.input_shapes} calls {e.count} total {e.device_time_total / 1e3:.2f} ms")
 
 
 if __name__ == "__main__":

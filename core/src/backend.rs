@@ -304,6 +304,19 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         dy_shape: &Shape,
         factor: (usize, usize),
     ) -> Result<Self::Storage>;
+    // ---- optimizers ----
+    /// One fused AdamW update ([`crate::AdamWStep`] has the formula) of `n` elements: `p`, `g`,
+    /// `m`, `v` contiguous, one dtype, f32 or f64. Returns `(p', m', v')`. One pass over memory
+    /// instead of a dozen elementwise ops per parameter.
+    fn adamw_update(
+        &self,
+        p: &Self::Storage,
+        g: &Self::Storage,
+        m: &Self::Storage,
+        v: &Self::Storage,
+        n: usize,
+        step: &crate::op::AdamWStep,
+    ) -> Result<(Self::Storage, Self::Storage, Self::Storage)>;
     // ---- exact linear attention (ELA): see crate::ela and docs/ela.md ----
     /// Fused chunked ELA. `q`, `k`: contiguous `[batch, heads, t, d]`, `v`: `[batch, heads, t, dv]`,
     /// one float dtype; returns `y` `[batch, heads, t, dv]` in that dtype. With `state` (causal
@@ -326,7 +339,7 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         v: &Self::Storage,
         dims: &crate::ela::ElaDims,
         params: &crate::ela::ElaParams,
-    ) -> Result<(Self::Storage, Option<crate::ela::ElaSaved<Self::Storage>>)> {
+    ) -> Result<crate::ela::ElaSavingOutput<Self::Storage>> {
         Ok((self.ela_forward(q, k, v, dims, params, None)?, None))
     }
     /// Backward of [`Backend::ela_forward`] (from an empty state) given its output `y` and the

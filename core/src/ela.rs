@@ -188,4 +188,8 @@ pub struct ElaSaved<S> {
     pub params: ElaParams,
 }
 
+/// What [`Backend::ela_forward_saving`](crate::Backend::ela_forward_saving) returns: the output
+/// and what the backend kept for the backward, if anything.
+pub type ElaSavingOutput<S> = (S, Option<ElaSaved<S>>);
+
 pub use crate::tensor::ElaState;

@@ -31,7 +31,7 @@ pub use dtype::{DType, Float, WithDType};
 pub use ela::{ElaKernel, ElaParams, ElaSaved, ElaState};
 pub use error::{Error, Result};
 pub use layout::Layout;
-pub use op::{BinaryOp, CmpOp, Conv2dParams, Pool2dParams, ReduceOp, UnaryOp};
+pub use op::{AdamWStep, BinaryOp, CmpOp, Conv2dParams, Pool2dParams, ReduceOp, UnaryOp};
 pub use rng::Rng;
 pub use shape::{Dim, Shape};
 pub use tensor::Tensor;

@@ -213,3 +213,31 @@ impl Pool2dParams {
         Some((f(h, self.kernel.0, self.stride.0, self.padding.0)?, f(w, self.kernel.1, self.stride.1, self.padding.1)?))
     }
 }
+
+/// The scalars of one fused AdamW update ([`crate::Backend::adamw_update`]), per element:
+///
+/// ```text
+/// m' = beta1 m + (1 - beta1) g
+/// v' = beta2 v + (1 - beta2) g^2
+/// p' = p decay - lr / bc1 * m' / (sqrt(v') / sqrt(bc2) + eps)
+/// ```
+///
+/// with `decay = 1 - lr weight_decay` (1 for parameters without decay) and the bias corrections
+/// `bc1 = 1 - beta1^t`, `bc2 = 1 - beta2^t` of the `t`-th update (ela-nn's `AdamW` fills them in).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWStep {
+    /// Learning rate.
+    pub lr: f64,
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Added to the denominator.
+    pub eps: f64,
+    /// Multiplier of the parameter before the update (decoupled weight decay).
+    pub decay: f64,
+    /// `1 - beta1^t`.
+    pub bc1: f64,
+    /// `1 - beta2^t`.
+    pub bc2: f64,
+}

@@ -27,6 +27,10 @@ COPY(1, u8)
 COPY(2, u16)
 COPY(4, u32)
 COPY(8, u64)
+struct __align__(16) u128x {
+    u64 lo, hi;
+};
+COPY(16, u128x)
 
 // Contiguous copy converted from dtype A to dtype B through f64 (exact for every source here;
 // the f64 -> target rounding is correct, see from_f64).
@@ -178,3 +182,32 @@ WHERE(1, u8)
 WHERE(2, u16)
 WHERE(4, u32)
 WHERE(8, u64)
+
+// ---------------------------------------------------------------- fused AdamW update
+
+// One AdamW update per element (core's AdamWStep: m' = b1 m + (1 - b1) g,
+// v' = b2 v + (1 - b2) g^2, p' = p decay - step * m' / (sqrt(v') * inv_sqrt_bc2 + eps)), in the
+// same operation order as the CPU backend, in the buffers' own precision.
+template <typename T>
+__device__ void adamw_impl(T* po, T* mo, T* vo, const T* p, const T* g, const T* m, const T* v, i64 n, T b1, T b2,
+                           T decay, T step, T inv_sqrt_bc2, T eps) {
+    FOR_EACH(i, n) {
+        const T gi = g[i];
+        const T mi = b1 * m[i] + ((T)1 - b1) * gi;
+        const T vi = b2 * v[i] + ((T)1 - b2) * (gi * gi);
+        po[i] = p[i] * decay - step * (mi / (sqrt(vi) * inv_sqrt_bc2 + eps));
+        mo[i] = mi;
+        vo[i] = vi;
+    }
+}
+extern "C" __global__ void adamw_f32(float* po, float* mo, float* vo, const float* p, const float* g, const float* m,
+                                     const float* v, i64 n, double b1, double b2, double decay, double step,
+                                     double inv_sqrt_bc2, double eps) {
+    adamw_impl<float>(po, mo, vo, p, g, m, v, n, (float)b1, (float)b2, (float)decay, (float)step, (float)inv_sqrt_bc2,
+                      (float)eps);
+}
+extern "C" __global__ void adamw_f64(double* po, double* mo, double* vo, const double* p, const double* g,
+                                     const double* m, const double* v, i64 n, double b1, double b2, double decay,
+                                     double step, double inv_sqrt_bc2, double eps) {
+    adamw_impl<double>(po, mo, vo, p, g, m, v, n, b1, b2, decay, step, inv_sqrt_bc2, eps);
+}

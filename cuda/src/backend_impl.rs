@@ -1,7 +1,8 @@
 //! `impl Backend for Cuda`: a thin map from the trait onto the op modules in `ops/`.
 
 use ela_core::{
-    Backend, BinaryOp, CmpOp, Conv2dParams, CpuStorage, DType, Layout, Pool2dParams, ReduceOp, Result, Shape, UnaryOp,
+    AdamWStep, Backend, BinaryOp, CmpOp, Conv2dParams, CpuStorage, DType, Layout, Pool2dParams, ReduceOp, Result,
+    Shape, UnaryOp,
 };
 
 use ela_core::ela::{ElaDims, ElaKernel, ElaParams, ElaSaved, ElaStateBufs};
@@ -206,6 +207,9 @@ impl Backend for Cuda {
     }
     fn upsample_nearest2d_backward(&self, dy: &S, dys: &Shape, f: (usize, usize)) -> Result<S> {
         self.upsample_bwd_impl(dy, dys, f)
+    }
+    fn adamw_update(&self, p: &S, g: &S, m: &S, v: &S, n: usize, step: &AdamWStep) -> Result<(S, S, S)> {
+        self.adamw_update_impl(p, g, m, v, n, step)
     }
     fn ela_forward(
         &self,

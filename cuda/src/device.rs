@@ -38,7 +38,12 @@ pub(crate) struct Inner {
     pub(crate) tf32: AtomicBool,
     /// Per-kernel device times (`ELA_CUDA_KERNEL_STATS=1`), else `None`.
     pub(crate) stats: Option<crate::profile::KernelStats>,
+    /// cuBLAS's workspace (set on the handle; kept alive with it).
+    _blas_workspace: crate::alloc::DeviceBuffer,
 }
+
+/// Bytes of cuBLAS workspace (PyTorch's default on Hopper).
+const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 /// The cuBLAS handle (bound to the device's stream); used under the mutex only.
 pub(crate) struct Blas(pub(crate) bs::cublasHandle_t);
@@ -117,6 +122,16 @@ fn open(ordinal: usize) -> Result<Inner> {
     unsafe { br::set_stream(handle, stream.cu_stream() as bs::cudaStream_t) }
         .map_err(|e| unavailable(ordinal, format!("cuBLAS could not use the stream: {e:?}")))?;
     let alloc = Arc::new(Allocator::new(ctx.clone(), stream.clone()));
+    // cuBLAS gets a workspace of its own for the stream (as PyTorch gives it), so that no GEMM
+    // allocates one or falls back to a workspace-free algorithm.
+    let blas_workspace = alloc.alloc(BLAS_WORKSPACE_BYTES)?;
+    // SAFETY: valid handle; the buffer lives in `Inner` as long as the handle.
+    let status = unsafe {
+        bs::cublasSetWorkspace_v2(handle, blas_workspace.ptr() as *mut std::ffi::c_void, BLAS_WORKSPACE_BYTES)
+    };
+    if status != bs::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        return Err(unavailable(ordinal, format!("cuBLAS refused its workspace: {status:?}")));
+    }
     Ok(Inner {
         ordinal,
         ctx,
@@ -130,6 +145,7 @@ fn open(ordinal: usize) -> Result<Inner> {
         blas: Mutex::new(Blas(handle)),
         tf32: AtomicBool::new(false),
         stats: crate::profile::KernelStats::from_env(),
+        _blas_workspace: blas_workspace,
     })
 }
 
@@ -376,9 +392,9 @@ impl Cuda {
     }
 
     /// Runs a cuBLAS call (or any queued work) under the label `name` in the kernel statistics.
-    pub(crate) fn profiled(&self, name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    pub(crate) fn profiled(&self, label: impl FnOnce() -> String, f: impl FnOnce() -> Result<()>) -> Result<()> {
         match &self.inner.stats {
-            Some(stats) => stats.record(&self.inner.stream, name, f),
+            Some(stats) => stats.record(&self.inner.stream, &label(), f),
             None => f(),
         }
     }

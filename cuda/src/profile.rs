@@ -5,6 +5,11 @@
 //! report compares the summed kernel time with the elapsed time of the stream (the rest is the
 //! GPU waiting for the host) and with the host time spent issuing launches.
 //!
+//! A launch's device time runs from the event before it to the event after it, so when the GPU
+//! had run out of queued work it includes the wait for the host to issue the launch: a kernel
+//! whose device time far exceeds its isolated duration (or whose host column is large) marks a
+//! point where the program is host-bound.
+//!
 //! Not a benchmark: leave it off for measurements (docs/benchmarks.md never uses it).
 
 use std::collections::HashMap;
@@ -23,6 +28,7 @@ const BATCH: usize = 4096;
 struct Totals {
     count: u64,
     device: f64,
+    host: f64,
 }
 
 /// The collected statistics of one device.
@@ -32,7 +38,7 @@ pub(crate) struct KernelStats {
 
 #[derive(Default)]
 struct State {
-    pending: Vec<(String, CudaEvent, CudaEvent)>,
+    pending: Vec<(String, CudaEvent, CudaEvent, f64)>,
     totals: HashMap<String, Totals>,
     first: Option<CudaEvent>,
     host: Duration,
@@ -63,9 +69,10 @@ impl KernelStats {
         a.record(stream).map_err(|e| driver_error("kernel_stats", e))?;
         let t0 = Instant::now();
         launch()?;
-        st.host += t0.elapsed();
+        let host = t0.elapsed();
+        st.host += host;
         b.record(stream).map_err(|e| driver_error("kernel_stats", e))?;
-        st.pending.push((name.to_string(), a, b));
+        st.pending.push((name.to_string(), a, b, host.as_secs_f64() * 1e3));
         if st.pending.len() >= BATCH {
             Self::resolve(&mut st, stream)?;
         }
@@ -74,11 +81,13 @@ impl KernelStats {
 
     fn resolve(st: &mut State, stream: &CudaStream) -> Result<()> {
         stream.synchronize().map_err(|e| driver_error("kernel_stats", e))?;
-        for (name, a, b) in st.pending.drain(..) {
+        let pending = std::mem::take(&mut st.pending);
+        for (name, a, b, host) in pending {
             let ms = a.elapsed_ms(&b).map_err(|e| driver_error("kernel_stats", e))? as f64;
             let t = st.totals.entry(name).or_default();
             t.count += 1;
             t.device += ms;
+            t.host += host;
         }
         Ok(())
     }
@@ -102,12 +111,13 @@ impl KernelStats {
         let launches: u64 = rows.iter().map(|r| r.1.count).sum();
         let mut out = format!(
             "kernel stats: {launches} launches, {busy:.1} ms in kernels over {elapsed:.1} ms of stream time \
-             ({:.0}% busy), {:.1} ms of host time issuing them\n| kernel | calls | total ms | mean us |\n|---|---|---|---|\n",
+             ({:.0}% busy), {:.1} ms of host time issuing them\n| kernel | calls | device ms | mean us | host ms |\n|---|---|---|---|---|\n",
             100.0 * busy / elapsed.max(1e-9),
             st.host.as_secs_f64() * 1e3
         );
         for (name, t) in rows.into_iter().take(top) {
-            out += &format!("| {name} | {} | {:.2} | {:.1} |\n", t.count, t.device, 1e3 * t.device / t.count as f64);
+            let mean = 1e3 * t.device / t.count as f64;
+            out += &format!("| {name} | {} | {:.2} | {mean:.1} | {:.2} |\n", t.count, t.device, t.host);
         }
         Ok(out)
     }

@@ -176,6 +176,9 @@ impl Backend for Cpu {
     fn upsample_nearest2d_backward(&self, dy: &S, dys: &Shape, f: (usize, usize)) -> Result<S> {
         conv::upsample_nearest2d_backward(dy, dys, f)
     }
+    fn adamw_update(&self, p: &S, g: &S, m: &S, v: &S, n: usize, step: &crate::op::AdamWStep) -> Result<(S, S, S)> {
+        super::optim::adamw_update(p, g, m, v, n, step)
+    }
     fn ela_forward(
         &self,
         q: &S,

@@ -12,6 +12,7 @@ pub mod gemm;
 pub mod index;
 pub mod matmul;
 pub mod nn;
+pub mod optim;
 pub mod reduce;
 pub mod storage;
 pub(crate) mod strided;

@@ -16,6 +16,7 @@ mod elementwise;
 mod index;
 mod matmul;
 mod nn;
+mod optim;
 mod reduce;
 mod view;
 

@@ -89,7 +89,8 @@ impl Cuda {
         } else {
             (&alpha32 as *const f32 as _, &beta32 as *const f32 as _)
         };
-        self.profiled("cublas_gemm", || {
+        let label = || format!("cublas_gemm {in_dtype:?} m{m} n{n} k{k} b{batch} {op_a:?}/{op_b:?}");
+        self.profiled(label, || {
             let blas = self.inner.blas.lock().unwrap_or_else(|p| p.into_inner());
             self.bind(OP)?;
             // SAFETY: pointers are live device buffers sized for these dims and strides (checked by

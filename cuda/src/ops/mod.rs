@@ -8,6 +8,7 @@ pub(crate) mod elementwise;
 pub(crate) mod index;
 pub(crate) mod matmul;
 pub(crate) mod nn;
+pub(crate) mod optim;
 pub(crate) mod reduce;
 
 use ela_core::{DType, Error, Result};

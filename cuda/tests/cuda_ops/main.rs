@@ -15,6 +15,7 @@ mod elementwise;
 mod grads;
 mod index;
 mod nn;
+mod optim;
 mod reduce_matmul;
 
 use ela_core::{Cpu, DType, Rng, Shape, Tensor};

@@ -14,7 +14,7 @@
 //! parameters with large gradients.
 
 use ela_autograd::{no_grad, Grads, Var};
-use ela_core::{Backend, DType, Error, Result, Tensor};
+use ela_core::{AdamWStep, Backend, DType, Error, Result, Tensor};
 
 use super::{check_params, grad_for, on_device, split_state, state_dtype, Optimizer};
 use crate::module::StateDict;
@@ -112,16 +112,18 @@ impl<B: Backend> AdamW<B> {
             None => Slot { m: g.zeros_like()?, v: g.zeros_like()?, step: 0 },
         };
         let step = slot.step + 1;
-        let m = slot.m.mul_scalar(c.beta1)?.add(&g.mul_scalar(1.0 - c.beta1)?)?;
-        let v = slot.v.mul_scalar(c.beta2)?.add(&g.square()?.mul_scalar(1.0 - c.beta2)?)?;
-        let bc1 = 1.0 - c.beta1.powf(step as f64);
-        let bc2 = 1.0 - c.beta2.powf(step as f64);
-        let mut p = var.value().to_dtype(sd)?;
-        if self.decay[i] && c.weight_decay != 0.0 {
-            p = p.mul_scalar(1.0 - c.lr * c.weight_decay)?;
-        }
-        let denom = v.sqrt()?.affine(1.0 / bc2.sqrt(), c.eps)?;
-        p = p.sub(&m.div(&denom)?.mul_scalar(c.lr / bc1)?)?;
+        let decay = if self.decay[i] { 1.0 - c.lr * c.weight_decay } else { 1.0 };
+        let hp = AdamWStep {
+            lr: c.lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            decay,
+            bc1: 1.0 - c.beta1.powf(step as f64),
+            bc2: 1.0 - c.beta2.powf(step as f64),
+        };
+        // One fused pass (Backend::adamw_update) in the state dtype: f32 for half parameters.
+        let (p, m, v) = var.value().to_dtype(sd)?.adamw_update(&g, &slot.m, &slot.v, &hp)?;
         var.set_value(p.to_dtype(var.dtype())?)?;
         self.state[i] = Some(Slot { m, v, step });
         Ok(())

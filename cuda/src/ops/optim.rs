@@ -1,0 +1,55 @@
+//! Fused optimizer updates (`adamw_*` in `kernels/elementwise.cu`).
+
+use ela_core::{AdamWStep, DType, Error, Result};
+
+use crate::device::{Arg, Cfg, Cuda};
+use crate::kernels::KernelFile::Elementwise as EW;
+use crate::storage::CudaStorage;
+
+impl Cuda {
+    /// `Backend::adamw_update`: one launch per parameter.
+    pub(crate) fn adamw_update_impl(
+        &self,
+        p: &CudaStorage,
+        g: &CudaStorage,
+        m: &CudaStorage,
+        v: &CudaStorage,
+        n: usize,
+        s: &AdamWStep,
+    ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+        const OP: &str = "adamw_update";
+        let d = p.dtype();
+        let name = match d {
+            DType::F32 => "adamw_f32",
+            DType::F64 => "adamw_f64",
+            _ => return Err(Error::UnsupportedDType { op: OP, dtype: d, expected: "f32 or f64" }),
+        };
+        for (what, x) in [("gradient", g), ("first moment", m), ("second moment", v), ("parameter", p)] {
+            if x.dtype() != d || x.len() < n {
+                return Err(Error::invalid(
+                    OP,
+                    format!("the {what} buffer is {:?} x {}, need {d:?} x {n}", x.dtype(), x.len()),
+                ));
+            }
+        }
+        let (po, mo, vo) = (self.alloc(d, n)?, self.alloc(d, n)?, self.alloc(d, n)?);
+        let args = [
+            Arg::Ptr(po.ptr()),
+            Arg::Ptr(mo.ptr()),
+            Arg::Ptr(vo.ptr()),
+            Arg::Ptr(p.ptr()),
+            Arg::Ptr(g.ptr()),
+            Arg::Ptr(m.ptr()),
+            Arg::Ptr(v.ptr()),
+            Arg::n(n),
+            Arg::F64(s.beta1),
+            Arg::F64(s.beta2),
+            Arg::F64(s.decay),
+            Arg::F64(s.lr / s.bc1),
+            Arg::F64(1.0 / s.bc2.sqrt()),
+            Arg::F64(s.eps),
+        ];
+        self.launch(EW, name, Cfg::elems(n), &args)?;
+        Ok((po, mo, vo))
+    }
+}
