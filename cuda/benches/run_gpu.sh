@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the CUDA tests, the GPU benchmarks and their peers on the GPU machine, from the repo root,
-# with `.gpu` (built here: `../shared/tools/gpu-bundle -p ela-cuda -p ela-models --bins`, plus the
-# bench executables of ela-cuda copied into .gpu/bin) and the fla-core wheel in `.whl` carried.
+# with `.gpu` (built here by `bash cuda/benches/bundle.sh -p ela-tests`, then packed:
+# `tar czf .gpu-pack/b.tgz .gpu`) and the fla-core wheel in `.whl` carried.
 # Logs go to $OUT, in few files (the device tool returns at most 8).
 #
 # Sections (default: all): tests ela decode peers-ela gemm lm. With peers-ela, fla's Triton
@@ -10,6 +10,9 @@
 #   bash cuda/benches/run_gpu.sh tests ela decode peers-ela
 set -u
 OUT=${OUT:-/tmp/ela-gpu-out}
+# The bundle may travel packed (`tar czf .gpu-pack/b.tgz .gpu`: the test executables of ela-tests
+# push .gpu past what one call may carry).
+if [ ! -d .gpu ] && [ -f .gpu-pack/b.tgz ]; then tar xzf .gpu-pack/b.tgz; fi
 mkdir -p "$OUT"
 SECTIONS=${*:-tests ela decode peers-ela lm gemm}
 want() { for s in $SECTIONS; do [ "$s" = "$1" ] && return 0; done; return 1; }
@@ -31,7 +34,7 @@ if want peers-ela; then
 fi
 if want tests; then
   stamp tests
-  timeout "${TESTS_S:-200}" bash .gpu/run-tests.sh cuda >>"$OUT/summary.md" 2>&1
+  timeout "${TESTS_S:-400}" bash .gpu/run-tests.sh >>"$OUT/summary.md" 2>&1
   grep -E "^(F32|BF16|F16|magnitude|crossed)" "$OUT/gpu-tests.log" >>"$OUT/summary.md"
 fi
 if want peers-ela; then
@@ -55,12 +58,14 @@ fi
 if want lm; then
   stamp lm
   args="--dim 512 --layers 8 --heads 8 --seq 2048 --batch 8"
-  echo "ela train --device cuda $args --link residual --lobe off --experts 0 --ffn-hidden 2048 --steps 12" >>"$OUT/lm.txt"
+  echo "ela train --device cuda $args --link residual --lobe off --experts 0 --ffn-hidden 2048 --steps 14" >>"$OUT/lm.txt"
   # shellcheck disable=SC2086
   timeout "${LM_S:-300}" .gpu/bin/ela train --device cuda $args --link residual --lobe off --experts 0 --ffn-hidden 2048 \
-    --steps 12 --warmup 2 --eval-every 1000 --eval-windows 1 --checkpoint-every 0 --sample-len 16 --out /tmp/lmrun \
+    --steps 14 --warmup 2 --eval-every 1000 --eval-windows 1 --checkpoint-every 0 --sample-len 16 --out /tmp/lmrun \
     >>"$OUT/lm.txt" 2>&1 || echo "ela train exit $?" >>"$OUT/lm.txt"
   cp /tmp/lmrun/metrics.jsonl "$OUT/lm_metrics.jsonl" 2>/dev/null
+  # Steady state: steps 3..14 (tokens_per_sec in the metrics is cumulative from step 1).
+  python3 cuda/benches/lm_steady.py /tmp/lmrun/metrics.jsonl 16384 2 >>"$OUT/lm.txt" 2>&1
   timeout "${LM_S:-300}" python3 benches/peers/lm_torch.py --steps 12 >>"$OUT/lm.txt" 2>&1 || echo "lm_torch.py exit $?" >>"$OUT/lm.txt"
 fi
 if want gemm; then

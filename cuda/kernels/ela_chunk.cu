@@ -31,27 +31,43 @@
 
 // ---------------------------------------------------------------- scan over chunks
 
+// Four MT values to shared memory with one vector store (8 bytes for 16-bit MT, 16 for f32).
+__device__ __forceinline__ void st_mt4(MT* p, float a, float b, float c, float d) {
+#if ELA_MMA
+    ela_u2 w;
+    w.x = pack_bf16x2(a, b);
+    w.y = pack_bf16x2(c, d);
+    *(ela_u2*)p = w;
+#else
+    *(ela_f4*)p = ela_f4{a, b, c, d};
+#endif
+}
+
 // The state product S += Psi^T [V | 1] carries z (or w, with the column c * den) as one more
 // 8-column tile of the same tensor-core product: no separate reduction over the chunk's rows.
+// Psi (the chunk's features, [C][F]) and [V | 1] ([C][DVB + 8]) stay row-major in shared memory,
+// as they arrive: the product reads Psi^T through ldmatrix.trans. Each thread computes the
+// features of the key (or query) vectors it loaded, from registers, so a chunk costs three
+// barriers: stage values and column maxima | new units | features.
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, 4)
     ela_scan(const ST* x, const ST* val, MT* slot_s, float* slot_z, float* slot_m, const ela_f4* rows,
              const float* init_s, const float* init_z, const float* init_m, float* fin_s, float* fin_z, float* fin_m,
              i64 T, int nch, int mode, int causal) {
     // F: this block's features (state rows), FA: all of them (the row stride of x and the slots).
-    constexpr int FA = ELA_F, F = SCAN_FB, DV = ELA_DV, C = ELA_C, DVB = SCAN_DVB, LDX = F + 1, LDC = LDP(C);
+    constexpr int FA = ELA_F, F = SCAN_FB, DV = ELA_DV, C = ELA_C, DVB = SCAN_DVB;
+    constexpr int LDF = LDP(F), LDV = LDP(DVB + 8);
     typedef WarpMap<F, DVB> W;
     constexpr int NX = C * F / (4 * ELA_THREADS), NVV = C * DVB / (4 * ELA_THREADS);
     static_assert(NX * 4 * ELA_THREADS == C * F && NVV * 4 * ELA_THREADS == C * DVB, "staging split");
     static_assert(ELA_THREADS % (F / 4) == 0, "a thread's x vectors share their columns");
     static_assert(FA % F == 0, "feature split");
-    float* xf = (float*)ela_smem;     // [C][LDX]: keys (mode 0) or queries (mode 1) as f32
-    float* mto = xf + C * LDX;        // [F] the units after this chunk's update
+    MT* psi = (MT*)ela_smem;          // [C][LDF] the chunk's features
+    MT* vsm = psi + C * LDF;          // [C][LDV] values (or gradients), then the [1 | c den] column
+    float* mto = (float*)(vsm + C * LDV);  // [F] the units after this chunk's update
     float* rsc = mto + F;             // [F] units change factors
     float* part = rsc + F;            // [ELA_WARPS][F] column maxima of the keys, per warp
     float* rinf = part + ELA_WARPS * F;  // [C][4] row info (mode 1)
-    MT* vT = (MT*)(rinf + 4 * C);     // [DVB + 8][LDC] values (or gradients) transposed, then [1 | c den]
-    MT* fT = vT + (DVB + 8) * LDC;    // [F][LDC] key or query features, transposed
-    check_smem(fT + F * LDC);
+    check_smem(rinf + 4 * C);
 
     const int seq = blockIdx.x, j0 = (blockIdx.y % SCAN_NDVB) * DVB, f0 = (blockIdx.y / SCAN_NDVB) * F;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -80,13 +96,14 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, 4)
         }
         if (tid < F) mf = init_m[(i64)seq * FA + f0 + tid];
     }
-    for (int e = tid; e < 8 * LDC; e += ELA_THREADS) vT[DVB * LDC + e] = to_mt(0.f);
+    // Columns DVB + 1 .. DVB + 7 of [V | 1] stay 0.
+    for (int e = tid; e < C * 8; e += ELA_THREADS) vsm[(e / 8) * LDV + DVB + e % 8] = to_mt(0.f);
 
-    // Registers holding the next chunk's inputs: loaded one chunk ahead so the global-memory
-    // latency overlaps the current chunk's work.
+    // Registers holding the chunk's inputs, loaded while the previous chunk's product runs.
     RAW4 px[NX], pv[NVV];
     ela_f4 pr;
     pr.x = 0.f, pr.y = 1.f, pr.z = 0.f, pr.w = 0.f;
+    float m_from = 0.f, m_to = 0.f;  // mode 1, thread f < F: the slot units around the chunk
     auto fetch = [&](int c) {
         const i64 t0 = (i64)c * C;
         const int n = (int)min((i64)C, T - t0);
@@ -103,6 +120,10 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, 4)
         if (mode == 1 && tid < C) {
             if (tid < n) pr = rows[seq * T + t0 + tid];
             else pr.x = 0.f, pr.y = 1.f, pr.z = 0.f, pr.w = 0.f;
+        }
+        if (mode == 1 && tid < F) {
+            m_from = sm[(causal ? c + 1 : nch) * (i64)FA + tid];
+            m_to = causal ? sm[(i64)c * FA + tid] : m_from;
         }
     };
     auto store_slot = [&](i64 slot) {
@@ -126,49 +147,44 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, 4)
         const int n = (int)min((i64)C, T - t0);
         // (1) Slot c: the state before chunk c (mode 0) or U, w of the rows after it (mode 1).
         if (causal) store_slot(c);
-        // (2) Stage the prefetched chunk; then prefetch the next one.
-        __syncthreads();  // the previous chunk's product has read vT, fT
+        // (2) Stage the values and the [1 | c den] column; the keys' column maxima (mode 0).
+        __syncthreads();  // the previous chunk's product has read psi, vsm
         if (mode == 1 && tid < C) {
             rinf[4 * tid] = pr.x;
             rinf[4 * tid + 1] = pr.y;
             rinf[4 * tid + 2] = pr.z;
             rinf[4 * tid + 3] = pr.w;
         }
-        if (tid < C) vT[DVB * LDC + tid] = to_mt(tid < n ? (mode == 0 ? 1.f : pr.z * pr.y) : 0.f);
-        {
-            float cm[4] = {neg_inf<float>(), neg_inf<float>(), neg_inf<float>(), neg_inf<float>()};
-#pragma unroll
-            for (int i = 0; i < NX; ++i) {
-                const int e = tid + i * ELA_THREADS, r = e / (F / 4), cq = e % (F / 4);
-                float o[4];
-                unpack4(px[i], o);
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    xf[r * LDX + 4 * cq + j] = o[j];
-                    if (r < n) cm[j] = fmaxf(cm[j], o[j]);
-                }
-            }
-            if (mode == 0) {
-                // Column maxima of this warp's key rows (lanes l and l + F/4 share columns).
-#pragma unroll
-                for (int o = F / 4; o < 32; o <<= 1)
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) cm[j] = fmaxf(cm[j], __shfl_xor_sync(0xffffffffu, cm[j], o));
-                if (lane < F / 4)
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) part[warp * F + 4 * (tid % (F / 4)) + j] = cm[j];
-            }
-        }
+        if (tid < C) vsm[tid * LDV + DVB] = to_mt(tid < n ? (mode == 0 ? 1.f : pr.z * pr.y) : 0.f);
 #pragma unroll
         for (int i = 0; i < NVV; ++i) {
             const int e = tid + i * ELA_THREADS, r = e / (DVB / 4), cq = e % (DVB / 4);
             MT o[4];
             raw_to_mt4(pv[i], o);
-#pragma unroll
-            for (int j = 0; j < 4; ++j) vT[(4 * cq + j) * LDC + r] = o[j];
+            st_mt4(vsm + r * LDV + 4 * cq, from_mt(o[0]), from_mt(o[1]), from_mt(o[2]), from_mt(o[3]));
         }
-        if (it + 1 < nch) fetch(mode == 0 ? c + 1 : c - 1);
+        if (mode == 0) {
+            float cm[4] = {neg_inf<float>(), neg_inf<float>(), neg_inf<float>(), neg_inf<float>()};
+#pragma unroll
+            for (int i = 0; i < NX; ++i) {
+                const int e = tid + i * ELA_THREADS, r = e / (F / 4);
+                float o[4];
+                unpack4(px[i], o);
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+                    if (r < n) cm[j] = fmaxf(cm[j], o[j]);
+            }
+            // Column maxima of this warp's key rows (lanes l and l + F/4 share columns).
+#pragma unroll
+            for (int o = F / 4; o < 32; o <<= 1)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) cm[j] = fmaxf(cm[j], __shfl_xor_sync(0xffffffffu, cm[j], o));
+            if (lane < F / 4)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) part[warp * F + 4 * (tid % (F / 4)) + j] = cm[j];
+        }
         __syncthreads();
+        // (3) The units after this chunk and the factors that move the state to them.
         if (tid < F) {
             float from, to;
             if (mode == 0) {
@@ -179,24 +195,27 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, 4)
                 to = fmaxf(mf, mx);
                 mf = to;
             } else {
-                from = sm[(causal ? c + 1 : nch) * (i64)FA + tid];
-                to = causal ? sm[(i64)c * FA + tid] : from;
+                from = m_from;
+                to = m_to;
             }
             rsc[tid] = units_factor(from, to);
             mto[tid] = to;
         }
         __syncthreads();
-        // (3) Features, transposed (fT[f][j]): mode 0 psi = exp(k - m'); mode 1
+        // (4) Features from the registers: mode 0 psi = exp(k - m'); mode 1
         //     phi_b / den = exp(q + m^(c) - u) / den (eqs. (S'), (R); 1/den folds g = dy / den in).
-        {
-            const int j = tid % C;
-            const float uj = mode == 1 ? rinf[4 * j] : 0.f, inv = mode == 1 ? 1.f / rinf[4 * j + 1] : 1.f;
-            for (int f = tid / C; f < F; f += ELA_THREADS / C) {
-                float val = 0.f;
-                if (j < n)
-                    val = mode == 0 ? __expf(xf[j * LDX + f] - mto[f]) : __expf(xf[j * LDX + f] + mto[f] - uj) * inv;
-                fT[f * LDC + j] = to_mt(val);
-            }
+#pragma unroll
+        for (int i = 0; i < NX; ++i) {
+            const int e = tid + i * ELA_THREADS, r = e / (F / 4), f = 4 * (e % (F / 4));
+            float o[4];
+            unpack4(px[i], o);
+            float u = 0.f, inv = 1.f;
+            if (mode == 1) u = rinf[4 * r], inv = 1.f / rinf[4 * r + 1];
+            float ex[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+                ex[j] = r >= n ? 0.f : mode == 0 ? __expf(o[j] - mto[f + j]) : __expf(o[j] + mto[f + j] - u) * inv;
+            st_mt4(psi + r * LDF + f, ex[0], ex[1], ex[2], ex[3]);
         }
 #pragma unroll
         for (int nt = 0; nt < W::NT; ++nt)
@@ -204,9 +223,10 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, 4)
             for (int e = 0; e < 4; ++e) acc[nt][e] *= rsc[ACC_ROW(row0, e)];
 #pragma unroll
         for (int e = 0; e < 4; ++e) accz[0][e] *= rsc[ACC_ROW(row0, e)];
+        if (it + 1 < nch) fetch(mode == 0 ? c + 1 : c - 1);  // the registers are free now
         __syncthreads();
-        mm_tile<W::NT, false, true>(acc, fT, LDC, vT, LDC, row0, col0, C);
-        if (W::group() == 0) mm_tile<1, false, true>(accz, fT, LDC, vT, LDC, row0, DVB, C);
+        mm_tile<W::NT, true, false>(acc, psi, LDF, vsm, LDV, row0, col0, C);
+        if (W::group() == 0) mm_tile<1, true, false>(accz, psi, LDF, vsm, LDV, row0, DVB, C);
     }
 
     if (mode == 0 || !causal) store_slot(mode == 0 ? nch : 0);  // final state / global U, w

@@ -12,7 +12,11 @@
 // Rows on the exact path (flag from ela_out) take no part in D and A; their terms are added
 // afterwards with u = r_i, as the CPU's slow::backward_row does.
 
-extern "C" __global__ void __launch_bounds__(ELA_THREADS)
+// Blocks per multiprocessor: 3 for 16-bit inputs with 64-wide heads (the shared memory allows
+// exactly 3; registers are capped at 85 per thread), else no cap.
+#define ELA_BWD_MINB (ELA_MMA && ELA_F <= 64 && ELA_DV <= 64 ? 3 : 1)
+
+extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
     ela_bwd(ST* dq, ST* dk, ST* dv, const ST* q, const ST* k, const ST* v, const ST* dy, const ela_f4* rows,
             const MT* slot_s, const float* slot_z, const float* slot_m, const MT* slot_u, const float* slot_w, i64 T,
             int nch, int causal) {
@@ -37,10 +41,10 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS)
     float* uu = mk + C;
     float* gmul = uu + C;
     float* cc = gmul + C;
-    float* csl = cc + C;
-    float* dnv = csl + C;
-    float* act = dnv + C;
-    int* slw = (int*)(act + C);
+    // (No more per-row arrays: at 64-wide heads the carve must stay under a third of the
+    // multiprocessor's shared memory, so that three blocks are resident; the exact path reads its
+    // rows' den and c from global memory.)
+    int* slw = (int*)(cc + C);
     check_smem(slw + C);
 
     const int c = blockIdx.x, seq = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -73,11 +77,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS)
     if (tid < C) {
         const bool slow = tid < n && r.w != 0.f, on = tid < n && !slow;
         uu[tid] = r.x;
-        dnv[tid] = r.y;
         gmul[tid] = on ? 1.f / r.y : 0.f;
         cc[tid] = on ? r.z : 0.f;
-        csl[tid] = r.z;
-        act[tid] = on ? 1.f : 0.f;
         slw[tid] = slow ? 1 : 0;
     }
     ut.store(US, LDV, (const float*)0);
@@ -123,7 +124,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS)
 #pragma unroll
             for (int e = 0; e < 4; e += 2) {
                 const int i = ACC_ROW(r0, e), j = ACC_COL(c0, nt, e);
-                const bool on = act[i] != 0.f;
+                const bool on = gmul[i] != 0.f;  // 1 / den on the fast path, else 0
                 const float e0 = (on && j <= i) ? __expf(mq[i] + mk[j] - uu[i]) : 0.f;
                 const float e1 = (on && j + 1 <= i) ? __expf(mq[i] + mk[j + 1] - uu[i]) : 0.f;
                 store_mt2(At + i * LDC + j, e0 == 0.f ? 0.f : aA[nt][e] * e0, e1 == 0.f ? 0.f : aA[nt][e + 1] * e1);
@@ -187,7 +188,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS)
             for (int e = 0; e < 4; e += 2) {
                 const int i = ACC_ROW(r0, e), d = ACC_COL(c0, nt, e);
                 if (i >= n) continue;
-                const bool on = act[i] != 0.f;
+                const bool on = gmul[i] != 0.f;  // 1 / den on the fast path, else 0
                 const float q0 = DT::load(qg[(i64)i * F + d]), q1 = DT::load(qg[(i64)i * F + d + 1]);
                 const float pb0 = on ? __expf(q0 + mcur[d] - uu[i]) : 0.f;
                 const float pb1 = on ? __expf(q1 + mcur[d + 1] - uu[i]) : 0.f;
@@ -221,7 +222,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS)
         for (int e = tid; e < (last + 1) * DV; e += ELA_THREADS) adv[e] = 0.f;
         for (int i = 0; i <= last; ++i) {
             if (!slw[i]) continue;
-            const float r = uu[i], dn = dnv[i], ci = csl[i];
+            const ela_f4 ri = rows[rowbase + i];
+            const float r = uu[i], dn = ri.y, ci = ri.z;
             if (tid < DV) gv[tid] = DT::load(dyg[(i64)i * DV + tid]) / dn;
             if (tid < F) qr[tid] = DT::load(qg[(i64)i * F + tid]);
             __syncthreads();

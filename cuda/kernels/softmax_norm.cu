@@ -235,12 +235,22 @@ COLSUM(f32, F32)
 COLSUM(f64, F64)
 
 // out[j] = sum_c partial[c, j], rounded to the compute type and then to the output dtype (the
-// CPU backend's T::from_f64 followed by its store).
+// CPU backend's T::from_f64 followed by its store). A block of 256 threads owns 32 columns: its
+// 8 warps sum every 8th chunk (coalesced over the columns), then warp 0 adds the 8 partials in a
+// fixed order.
 template <typename D> __device__ void colsum_finish_impl(typename D::S* out, const double* partial, i64 chunks, i64 n) {
-    FOR_EACH(j, n) {
-        double acc = 0.0;
-        for (i64 c = 0; c < chunks; ++c) acc += partial[c * n + j];
-        out[j] = D::store((typename D::C)acc);
+    __shared__ double part[8][32];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const i64 j = (i64)blockIdx.x * 32 + lane;
+    double acc = 0.0;
+    if (j < n)
+        for (i64 c = w; c < chunks; c += 8) acc += partial[c * n + j];
+    part[w][lane] = acc;
+    __syncthreads();
+    if (w == 0 && j < n) {
+        double t = 0.0;
+        for (int k = 0; k < 8; ++k) t += part[k][lane];
+        out[j] = D::store((typename D::C)t);
     }
 }
 #define COLSUM_FINISH(NAME, D)                                                                                  \

@@ -27,7 +27,7 @@ fn main() -> Result<()> {
         let grads = loss.backward()?;
         opt.step(&grads)?;
         if step % 10 == 0 {
-            println!("step {step:>2}: cross-entropy {cross_entropy:.3} nats/byte");
+            println!("step {step:>2}: cross-entropy {:.3} nats/byte", cross_entropy.to_scalar()?);
         }
     }
     Ok(())

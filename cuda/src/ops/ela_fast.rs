@@ -94,8 +94,8 @@ impl Fast {
     /// Dynamic shared memory of `ela_scan` (mirrors its carve).
     fn scan_smem(&self) -> u32 {
         let (c, f) = (self.c, SCAN_FB);
-        ((c * (f + 1) + 10 * f + 4 * c) * 4 + (scan_dvb(self.dv) + 8 + f) * lp(self, c) * self.mt.size_in_bytes())
-            as u32
+        let tiles = c * lp(self, f) + c * lp(self, scan_dvb(self.dv) + 8);
+        (tiles * self.mt.size_in_bytes() + (10 * f + 4 * c) * 4) as u32
     }
     /// Dynamic shared memory of `ela_out`.
     fn out_smem(&self) -> u32 {
@@ -111,7 +111,7 @@ impl Fast {
         let (c, f, dv) = (self.c, self.f, self.dv);
         let (ldf, ldv, ldc) = (lp(self, f), lp(self, dv), lp(self, c));
         let tiles = 3 * c * ldf + 2 * c * ldv + 2 * c * ldc + f * ldv;
-        (tiles * self.mt.size_in_bytes() + 4 * (4 * f + 8 * c + c)) as u32
+        (tiles * self.mt.size_in_bytes() + 4 * (4 * f + 6 * c)) as u32
     }
 }
 

@@ -8,8 +8,10 @@ use crate::device::{Arg, Cfg, Cuda};
 use crate::kernels::KernelFile::{CrossEntropy as CE, SoftmaxNorm as SN};
 use crate::storage::CudaStorage;
 
-/// Row blocks used by the column sums of weight gradients (each block sums rows/CHUNKS rows).
-const COLSUM_CHUNKS: usize = 64;
+/// Blocks the column sums of weight gradients aim for: the rows are split into as many chunks as
+/// it takes for the `[n / 256, chunks]` grid to fill the GPU (a norm weight of 512 columns over
+/// 16k rows: 2 x 512 blocks of 32 rows: 28 us on an H200, where 2 x 64 blocks took 122 us).
+const COLSUM_TARGET_BLOCKS: usize = 1024;
 
 fn expect_dtype(op: &'static str, s: &CudaStorage, d: DType, what: &'static str) -> Result<()> {
     if s.dtype() == d {
@@ -108,9 +110,10 @@ impl Cuda {
         if n == 0 {
             return Ok(out);
         }
-        let chunks = rows.clamp(1, COLSUM_CHUNKS);
+        let grid_x = n.div_ceil(256).min(1 << 16);
+        let chunks = COLSUM_TARGET_BLOCKS.div_ceil(grid_x).clamp(1, rows.max(1)).min(u16::MAX as usize);
         let partial = self.scratch(chunks * n * 8)?;
-        let cfg = Cfg { grid: n.div_ceil(256).min(1 << 16) as u32, grid_y: chunks as u32, block: 256 };
+        let cfg = Cfg { grid: grid_x as u32, grid_y: chunks as u32, block: 256 };
         let args = [
             Arg::Ptr(partial.ptr()),
             Arg::Ptr(x.ptr()),
@@ -123,7 +126,8 @@ impl Cuda {
         ];
         self.launch(SN, &format!("colsum_{}", dt(x.dtype())), cfg, &args)?;
         let args = [Arg::Ptr(out.ptr()), Arg::Ptr(partial.ptr()), Arg::n(chunks), Arg::n(n)];
-        self.launch(SN, &format!("colsum_finish_{}", dt(out_dtype)), Cfg::elems(n), &args)?;
+        let finish = Cfg { grid: n.div_ceil(32) as u32, grid_y: 1, block: 256 };
+        self.launch(SN, &format!("colsum_finish_{}", dt(out_dtype)), finish, &args)?;
         Ok(out)
     }
 

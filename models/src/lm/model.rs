@@ -129,8 +129,10 @@ impl<B: Backend> ElaLm<B> {
     }
 
     /// Mean next-token cross-entropy of `ids` against `targets` (both `[batch, time]`), plus the
-    /// auxiliary loss if any: `(total loss, cross-entropy value, output)`.
-    pub fn loss(&self, ids: &Tensor<B>, targets: &Tensor<B>) -> Result<(Var<B>, f64, LmOutput<B>)> {
+    /// auxiliary loss if any: `(total loss, cross-entropy, output)`. The cross-entropy is a scalar
+    /// tensor on the model's device: read it (`to_scalar`) after the backward and the update are
+    /// queued, since reading makes the host wait for the GPU to finish the forward.
+    pub fn loss(&self, ids: &Tensor<B>, targets: &Tensor<B>) -> Result<(Var<B>, Tensor<B>, LmOutput<B>)> {
         let (b, t) = self.check_ids(ids)?;
         if targets.dims() != [b, t] {
             return Err(Error::ShapeMismatch {
@@ -142,7 +144,7 @@ impl<B: Backend> ElaLm<B> {
         }
         let out = self.forward(ids)?;
         let ce = out.logits.reshape([b * t, self.cfg.vocab])?.cross_entropy(&targets.flatten_all()?, None)?;
-        let ce_value = ce.value().to_scalar()?;
+        let ce_value = ce.value();
         let total = match &out.aux_loss {
             Some(a) => ce.add(a)?,
             None => ce,

@@ -101,7 +101,7 @@ pub fn validate<B: Backend>(
     for b in ds.val_batches(batch, seq, windows) {
         let (_, ce, _) =
             no_grad(|| model.loss(&ids(&b.inputs, b.batch, seq, dev)?, &ids(&b.targets, b.batch, seq, dev)?))?;
-        sum += ce * b.batch as f64;
+        sum += ce.to_scalar()? * b.batch as f64;
         n += b.batch;
     }
     Ok(sum / n.max(1) as f64)
@@ -221,6 +221,8 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
         if norm.is_finite() || args.clip == 0.0 {
             opt.step(&grads)?;
         }
+        // Read only now: on a GPU the update is already queued behind the forward.
+        let ce = ce.to_scalar()?;
         let moes: Vec<_> = model.blocks().iter().filter_map(|b| b.moe()).collect();
         for (m, stats) in moes.iter().zip(&out.routing) {
             m.update_selection_bias(stats)?;
