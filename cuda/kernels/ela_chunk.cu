@@ -27,6 +27,12 @@
 // for 128-wide values (each column block recomputes the features' exp).
 #define SCAN_DVB (ELA_DV > 64 ? 64 : 32)
 #define SCAN_FB 64
+// Chunks per step of the scan (below) and blocks per multiprocessor it is compiled for: 64-wide
+// heads take 2 chunks a step in 2 * B * H blocks, two per multiprocessor (registers for two chunks
+// in flight); 128-wide heads take 1 in 4 * B * H blocks, four per multiprocessor, all resident.
+#define SCAN_WIDE (ELA_F > 64 || ELA_DV > 64)
+#define SCAN_P (SCAN_WIDE ? 1 : 2)
+#define SCAN_MINB (SCAN_WIDE ? 4 : 2)
 #define SCAN_NDVB (ELA_DV / SCAN_DVB)
 
 // ---------------------------------------------------------------- scan over chunks
@@ -47,27 +53,32 @@ __device__ __forceinline__ void st_mt4(MT* p, float a, float b, float c, float d
 // 8-column tile of the same tensor-core product: no separate reduction over the chunk's rows.
 // Psi (the chunk's features, [C][F]) and [V | 1] ([C][DVB + 8]) stay row-major in shared memory,
 // as they arrive: the product reads Psi^T through ldmatrix.trans. Each thread computes the
-// features of the key (or query) vectors it loaded, from registers, so a chunk costs three
-// barriers: stage values and column maxima | new units | features.
-extern "C" __global__ void __launch_bounds__(ELA_THREADS, 4)
+// features of the key (or query) vectors it loaded, from registers.
+//
+// The walk is sequential, so what bounds it is the latency of one step, not throughput: each
+// step takes SCAN_P chunks, whose staging, column maxima, units and features are computed side by
+// side (three barriers for all), and only the tile products and the slot stores between them run
+// one after the other. The state, the units and the slots are exactly those of a chunk-by-chunk
+// walk.
+extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB)
     ela_scan(const ST* x, const ST* val, MT* slot_s, float* slot_z, float* slot_m, const ela_f4* rows,
              const float* init_s, const float* init_z, const float* init_m, float* fin_s, float* fin_z, float* fin_m,
              i64 T, int nch, int mode, int causal) {
     // F: this block's features (state rows), FA: all of them (the row stride of x and the slots).
-    constexpr int FA = ELA_F, F = SCAN_FB, DV = ELA_DV, C = ELA_C, DVB = SCAN_DVB;
+    constexpr int FA = ELA_F, F = SCAN_FB, DV = ELA_DV, C = ELA_C, DVB = SCAN_DVB, P = SCAN_P;
     constexpr int LDF = LDP(F), LDV = LDP(DVB + 8);
     typedef WarpMap<F, DVB> W;
     constexpr int NX = C * F / (4 * ELA_THREADS), NVV = C * DVB / (4 * ELA_THREADS);
     static_assert(NX * 4 * ELA_THREADS == C * F && NVV * 4 * ELA_THREADS == C * DVB, "staging split");
     static_assert(ELA_THREADS % (F / 4) == 0, "a thread's x vectors share their columns");
     static_assert(FA % F == 0, "feature split");
-    MT* psi = (MT*)ela_smem;          // [C][LDF] the chunk's features
-    MT* vsm = psi + C * LDF;          // [C][LDV] values (or gradients), then the [1 | c den] column
-    float* mto = (float*)(vsm + C * LDV);  // [F] the units after this chunk's update
-    float* rsc = mto + F;             // [F] units change factors
-    float* part = rsc + F;            // [ELA_WARPS][F] column maxima of the keys, per warp
-    float* rinf = part + ELA_WARPS * F;  // [C][4] row info (mode 1)
-    check_smem(rinf + 4 * C);
+    MT* psi = (MT*)ela_smem;              // [P][C][LDF] the chunks' features
+    MT* vsm = psi + P * C * LDF;          // [P][C][LDV] values (or gradients), then the [1 | c den] column
+    float* mto = (float*)(vsm + P * C * LDV);  // [P][F] the units after each chunk's update
+    float* rsc = mto + P * F;             // [P][F] units change factors
+    float* part = rsc + P * F;            // [P][ELA_WARPS][F] column maxima of the keys, per warp
+    float* rinf = part + P * ELA_WARPS * F;  // [P][C][4] row info (mode 1)
+    check_smem(rinf + P * 4 * C);
 
     const int seq = blockIdx.x, j0 = (blockIdx.y % SCAN_NDVB) * DVB, f0 = (blockIdx.y / SCAN_NDVB) * F;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -83,7 +94,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, 4)
     float acc[W::NT][4], accz[1][4];  // accz: the [1 | c den] tile (group-0 warps)
     zero_acc(acc);
     zero_acc(accz);
-    float mf = neg_inf<float>();  // thread f < F: the current log-scale (mode 0)
+    float mf = neg_inf<float>();  // thread f < F: the units of acc (mode 0)
     if (mode == 0 && init_s) {
         const float* is = init_s + ((i64)seq * FA + f0) * DV;
 #pragma unroll
@@ -97,33 +108,43 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, 4)
         if (tid < F) mf = init_m[(i64)seq * FA + f0 + tid];
     }
     // Columns DVB + 1 .. DVB + 7 of [V | 1] stay 0.
-    for (int e = tid; e < C * 8; e += ELA_THREADS) vsm[(e / 8) * LDV + DVB + e % 8] = to_mt(0.f);
+    for (int e = tid; e < P * C * 8; e += ELA_THREADS) vsm[(e / 8) * LDV + DVB + e % 8] = to_mt(0.f);
 
-    // Registers holding the chunk's inputs, loaded while the previous chunk's product runs.
-    RAW4 px[NX], pv[NVV];
-    ela_f4 pr;
-    pr.x = 0.f, pr.y = 1.f, pr.z = 0.f, pr.w = 0.f;
-    float m_from = 0.f, m_to = 0.f;  // mode 1, thread f < F: the slot units around the chunk
-    auto fetch = [&](int c) {
-        const i64 t0 = (i64)c * C;
-        const int n = (int)min((i64)C, T - t0);
+    // The chunk handled as the `p`-th of step `it` (-1: none, past the end of the walk).
+    auto chunk_of = [&](int it, int p) {
+        const int k = it + p;
+        return k >= nch ? -1 : mode == 0 ? k : nch - 1 - k;
+    };
+    auto rows_of = [&](int c) { return c < 0 ? 0 : (int)min((i64)C, T - (i64)c * C); };
+
+    // Registers holding a step's inputs, loaded while the previous step's products run.
+    RAW4 px[P][NX], pv[P][NVV];
+    ela_f4 pr[P];
+    float m_from[P], m_to[P];  // mode 1, thread f < F: the slot units around each chunk
+    auto fetch = [&](int it) {
 #pragma unroll
-        for (int i = 0; i < NX; ++i) {
-            const int e = tid + i * ELA_THREADS, r = e / (F / 4), cq = e % (F / 4);
-            px[i] = r < n ? ld_raw4(xs + (t0 + r) * FA + 4 * cq) : raw_zero();
-        }
+        for (int p = 0; p < P; ++p) {
+            const int c = chunk_of(it, p), n = rows_of(c);
+            const i64 t0 = (i64)max(c, 0) * C;
 #pragma unroll
-        for (int i = 0; i < NVV; ++i) {
-            const int e = tid + i * ELA_THREADS, r = e / (DVB / 4), cq = e % (DVB / 4);
-            pv[i] = r < n ? ld_raw4(vs + (t0 + r) * DV + j0 + 4 * cq) : raw_zero();
-        }
-        if (mode == 1 && tid < C) {
-            if (tid < n) pr = rows[seq * T + t0 + tid];
-            else pr.x = 0.f, pr.y = 1.f, pr.z = 0.f, pr.w = 0.f;
-        }
-        if (mode == 1 && tid < F) {
-            m_from = sm[(causal ? c + 1 : nch) * (i64)FA + tid];
-            m_to = causal ? sm[(i64)c * FA + tid] : m_from;
+            for (int i = 0; i < NX; ++i) {
+                const int e = tid + i * ELA_THREADS, r = e / (F / 4), cq = e % (F / 4);
+                px[p][i] = r < n ? ld_raw4(xs + (t0 + r) * FA + 4 * cq) : raw_zero();
+            }
+#pragma unroll
+            for (int i = 0; i < NVV; ++i) {
+                const int e = tid + i * ELA_THREADS, r = e / (DVB / 4), cq = e % (DVB / 4);
+                pv[p][i] = r < n ? ld_raw4(vs + (t0 + r) * DV + j0 + 4 * cq) : raw_zero();
+            }
+            if (mode == 1 && tid < C) {
+                if (tid < n) pr[p] = rows[seq * T + t0 + tid];
+                else pr[p].x = 0.f, pr[p].y = 1.f, pr[p].z = 0.f, pr[p].w = 0.f;
+            }
+            if (mode == 1 && tid < F) {
+                // A missing chunk keeps the units (factor 1).
+                m_from[p] = c < 0 ? 0.f : sm[(causal ? c + 1 : nch) * (i64)FA + tid];
+                m_to[p] = c < 0 ? 0.f : causal ? sm[(i64)c * FA + tid] : m_from[p];
+            }
         }
     };
     auto store_slot = [&](i64 slot) {
@@ -139,94 +160,112 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, 4)
         }
         if (mode == 0 && lead && tid < F) slot_m[(seq * ((i64)nch + 1) + slot) * FA + f0 + tid] = mf;
     };
-    fetch(mode == 0 ? 0 : nch - 1);
+    fetch(0);
 
-    for (int it = 0; it < nch; ++it) {
-        const int c = mode == 0 ? it : nch - 1 - it;
-        const i64 t0 = (i64)c * C;
-        const int n = (int)min((i64)C, T - t0);
-        // (1) Slot c: the state before chunk c (mode 0) or U, w of the rows after it (mode 1).
-        if (causal) store_slot(c);
-        // (2) Stage the values and the [1 | c den] column; the keys' column maxima (mode 0).
-        __syncthreads();  // the previous chunk's product has read psi, vsm
-        if (mode == 1 && tid < C) {
-            rinf[4 * tid] = pr.x;
-            rinf[4 * tid + 1] = pr.y;
-            rinf[4 * tid + 2] = pr.z;
-            rinf[4 * tid + 3] = pr.w;
-        }
-        if (tid < C) vsm[tid * LDV + DVB] = to_mt(tid < n ? (mode == 0 ? 1.f : pr.z * pr.y) : 0.f);
+    for (int it = 0; it < nch; it += P) {
+        // (1) Slot of the step's first chunk: the state before it (mode 0) or U, w of the rows
+        //     after it (mode 1).
+        if (causal) store_slot(chunk_of(it, 0));
+        // (2) Stage each chunk's values and [1 | c den] column; the keys' column maxima (mode 0).
+        __syncthreads();  // the previous step's products have read psi, vsm
 #pragma unroll
-        for (int i = 0; i < NVV; ++i) {
-            const int e = tid + i * ELA_THREADS, r = e / (DVB / 4), cq = e % (DVB / 4);
-            MT o[4];
-            raw_to_mt4(pv[i], o);
-            st_mt4(vsm + r * LDV + 4 * cq, from_mt(o[0]), from_mt(o[1]), from_mt(o[2]), from_mt(o[3]));
-        }
-        if (mode == 0) {
-            float cm[4] = {neg_inf<float>(), neg_inf<float>(), neg_inf<float>(), neg_inf<float>()};
-#pragma unroll
-            for (int i = 0; i < NX; ++i) {
-                const int e = tid + i * ELA_THREADS, r = e / (F / 4);
-                float o[4];
-                unpack4(px[i], o);
-#pragma unroll
-                for (int j = 0; j < 4; ++j)
-                    if (r < n) cm[j] = fmaxf(cm[j], o[j]);
+        for (int p = 0; p < P; ++p) {
+            const int n = rows_of(chunk_of(it, p));
+            MT* vp = vsm + p * C * LDV;
+            if (mode == 1 && tid < C) {
+                float* ri = rinf + (p * C + tid) * 4;
+                ri[0] = pr[p].x, ri[1] = pr[p].y, ri[2] = pr[p].z, ri[3] = pr[p].w;
             }
-            // Column maxima of this warp's key rows (lanes l and l + F/4 share columns).
+            if (tid < C) vp[tid * LDV + DVB] = to_mt(tid < n ? (mode == 0 ? 1.f : pr[p].z * pr[p].y) : 0.f);
 #pragma unroll
-            for (int o = F / 4; o < 32; o <<= 1)
+            for (int i = 0; i < NVV; ++i) {
+                const int e = tid + i * ELA_THREADS, r = e / (DVB / 4), cq = e % (DVB / 4);
+                MT o[4];
+                raw_to_mt4(pv[p][i], o);
+                st_mt4(vp + r * LDV + 4 * cq, from_mt(o[0]), from_mt(o[1]), from_mt(o[2]), from_mt(o[3]));
+            }
+            if (mode == 0) {
+                float cm[4] = {neg_inf<float>(), neg_inf<float>(), neg_inf<float>(), neg_inf<float>()};
 #pragma unroll
-                for (int j = 0; j < 4; ++j) cm[j] = fmaxf(cm[j], __shfl_xor_sync(0xffffffffu, cm[j], o));
-            if (lane < F / 4)
+                for (int i = 0; i < NX; ++i) {
+                    const int e = tid + i * ELA_THREADS, r = e / (F / 4);
+                    float o[4];
+                    unpack4(px[p][i], o);
 #pragma unroll
-                for (int j = 0; j < 4; ++j) part[warp * F + 4 * (tid % (F / 4)) + j] = cm[j];
+                    for (int j = 0; j < 4; ++j)
+                        if (r < n) cm[j] = fmaxf(cm[j], o[j]);
+                }
+                // Column maxima of this warp's key rows (lanes l and l + F/4 share columns).
+#pragma unroll
+                for (int o = F / 4; o < 32; o <<= 1)
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) cm[j] = fmaxf(cm[j], __shfl_xor_sync(0xffffffffu, cm[j], o));
+                if (lane < F / 4)
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) part[(p * ELA_WARPS + warp) * F + 4 * (tid % (F / 4)) + j] = cm[j];
+            }
         }
         __syncthreads();
-        // (3) The units after this chunk and the factors that move the state to them.
+        // (3) The units after each chunk and the factors that move the state to them.
         if (tid < F) {
-            float from, to;
-            if (mode == 0) {
-                float mx = neg_inf<float>();
+            float from = mf;
 #pragma unroll
-                for (int w = 0; w < ELA_WARPS; ++w) mx = fmaxf(mx, part[w * F + tid]);
-                from = mf;
-                to = fmaxf(mf, mx);
-                mf = to;
-            } else {
-                from = m_from;
-                to = m_to;
+            for (int p = 0; p < P; ++p) {
+                float to;
+                if (mode == 0) {
+                    float mx = neg_inf<float>();
+#pragma unroll
+                    for (int w = 0; w < ELA_WARPS; ++w) mx = fmaxf(mx, part[(p * ELA_WARPS + w) * F + tid]);
+                    to = fmaxf(from, mx);  // a missing chunk's maxima are -inf: units kept
+                } else {
+                    from = m_from[p];
+                    to = m_to[p];
+                }
+                rsc[p * F + tid] = units_factor(from, to);
+                mto[p * F + tid] = to;
+                from = to;
             }
-            rsc[tid] = units_factor(from, to);
-            mto[tid] = to;
         }
         __syncthreads();
         // (4) Features from the registers: mode 0 psi = exp(k - m'); mode 1
         //     phi_b / den = exp(q + m^(c) - u) / den (eqs. (S'), (R); 1/den folds g = dy / den in).
 #pragma unroll
-        for (int i = 0; i < NX; ++i) {
-            const int e = tid + i * ELA_THREADS, r = e / (F / 4), f = 4 * (e % (F / 4));
-            float o[4];
-            unpack4(px[i], o);
-            float u = 0.f, inv = 1.f;
-            if (mode == 1) u = rinf[4 * r], inv = 1.f / rinf[4 * r + 1];
-            float ex[4];
+        for (int p = 0; p < P; ++p) {
+            const int n = rows_of(chunk_of(it, p));
+            const float* mt = mto + p * F;
 #pragma unroll
-            for (int j = 0; j < 4; ++j)
-                ex[j] = r >= n ? 0.f : mode == 0 ? __expf(o[j] - mto[f + j]) : __expf(o[j] + mto[f + j] - u) * inv;
-            st_mt4(psi + r * LDF + f, ex[0], ex[1], ex[2], ex[3]);
+            for (int i = 0; i < NX; ++i) {
+                const int e = tid + i * ELA_THREADS, r = e / (F / 4), f = 4 * (e % (F / 4));
+                float o[4];
+                unpack4(px[p][i], o);
+                float u = 0.f, inv = 1.f;
+                if (mode == 1) u = rinf[(p * C + r) * 4], inv = 1.f / rinf[(p * C + r) * 4 + 1];
+                float ex[4];
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+                    ex[j] = r >= n ? 0.f : mode == 0 ? __expf(o[j] - mt[f + j]) : __expf(o[j] + mt[f + j] - u) * inv;
+                st_mt4(psi + (p * C + r) * LDF + f, ex[0], ex[1], ex[2], ex[3]);
+            }
         }
-#pragma unroll
-        for (int nt = 0; nt < W::NT; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[nt][e] *= rsc[ACC_ROW(row0, e)];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) accz[0][e] *= rsc[ACC_ROW(row0, e)];
-        if (it + 1 < nch) fetch(mode == 0 ? c + 1 : c - 1);  // the registers are free now
+        if (it + P < nch) fetch(it + P);  // the registers are free now
         __syncthreads();
-        mm_tile<W::NT, true, false>(acc, psi, LDF, vsm, LDV, row0, col0, C);
-        if (W::group() == 0) mm_tile<1, true, false>(accz, psi, LDF, vsm, LDV, row0, DVB, C);
+        // (5) The chunks' products in order, the second chunk's slot between them.
+#pragma unroll
+        for (int p = 0; p < P; ++p) {
+            const int c = chunk_of(it, p);
+            if (c < 0) break;
+            if (p > 0 && causal) store_slot(c);
+#pragma unroll
+            for (int nt = 0; nt < W::NT; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[nt][e] *= rsc[p * F + ACC_ROW(row0, e)];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) accz[0][e] *= rsc[p * F + ACC_ROW(row0, e)];
+            if (tid < F) mf = mto[p * F + tid];
+            mm_tile<W::NT, true, false>(acc, psi + p * C * LDF, LDF, vsm + p * C * LDV, LDV, row0, col0, C);
+            if (W::group() == 0)
+                mm_tile<1, true, false>(accz, psi + p * C * LDF, LDF, vsm + p * C * LDV, LDV, row0, DVB, C);
+        }
     }
 
     if (mode == 0 || !causal) store_slot(mode == 0 ? nch : 0);  // final state / global U, w

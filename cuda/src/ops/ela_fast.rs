@@ -94,8 +94,11 @@ impl Fast {
     /// Dynamic shared memory of `ela_scan` (mirrors its carve).
     fn scan_smem(&self) -> u32 {
         let (c, f) = (self.c, SCAN_FB);
+        // SCAN_P chunks per step (2 for 64-wide heads, else 1), each with its tiles and
+        // per-feature / per-row vectors.
+        let per_step = if self.f > 64 || self.dv > 64 { 1 } else { 2 };
         let tiles = c * lp(self, f) + c * lp(self, scan_dvb(self.dv) + 8);
-        (tiles * self.mt.size_in_bytes() + (10 * f + 4 * c) * 4) as u32
+        (per_step * (tiles * self.mt.size_in_bytes() + (10 * f + 4 * c) * 4)) as u32
     }
     /// Dynamic shared memory of `ela_out`.
     fn out_smem(&self) -> u32 {
