@@ -628,3 +628,46 @@ fn scatter_add_u8_error_is_meaningful() {
     let e = err(base.scatter_add(&ids(&[0]), &src, 0usize), "scatter_add u8");
     assert!(matches!(e, Error::UnsupportedDType { op: "scatter_add", dtype: DType::U8, .. }), "{e:?}");
 }
+
+#[test]
+fn adamw_update_checks_dtypes_and_shapes() {
+    let s = ela_core::AdamWStep { lr: 0.1, beta1: 0.9, beta2: 0.99, eps: 1e-8, decay: 1.0, bc1: 0.1, bc2: 0.01 };
+    let p = f32s(&[2, 3]);
+    // Mismatched shape, mismatched dtype, half-precision parameters: typed errors naming the op.
+    for (g, what) in [(f32s(&[3, 2]), "shape"), (f64s(&[2, 3]), "dtype")] {
+        let e = p.adamw_update(&g, &p, &p, &s).unwrap_err();
+        assert!(matches!(e, Error::ShapeMismatch { op: "adamw_update", .. }), "{what}: {e}");
+    }
+    let h = p.to_dtype(DType::BF16).unwrap();
+    let e = h.adamw_update(&h, &h, &h, &s).unwrap_err();
+    assert!(matches!(e, Error::UnsupportedDType { op: "adamw_update", .. }), "{e}");
+    // A valid call: with zero moments, step 1 moves every weight by lr (|m_hat| / sqrt(v_hat) = 1).
+    let z = p.zeros_like().unwrap();
+    let (p1, m1, v1) = p.adamw_update(&p, &z, &z, &s).unwrap();
+    let (p0, p1) = (p.to_vec_f64().unwrap(), p1.to_vec_f64().unwrap());
+    for (a, b) in p0.iter().zip(&p1) {
+        let want = if *a == 0.0 { 0.0 } else { a - 0.1 * a.signum() };
+        assert!((b - want).abs() < 1e-6, "{a} -> {b}, want {want}");
+    }
+    assert_eq!(m1.dims(), [2, 3]);
+    assert_eq!(v1.dims(), [2, 3]);
+}
+
+#[test]
+fn ela_saving_on_the_cpu_keeps_nothing_and_matches_the_plain_backward() {
+    use ela_core::{ElaKernel, ElaParams};
+    let x = |seed: f32| {
+        T::from_vec((0..2 * 3 * 5).map(|i| (i as f32 * 0.37 + seed).sin()).collect::<Vec<f32>>(), [1, 2, 5, 3], &Cpu)
+            .unwrap()
+    };
+    let (q, k, v, dy) = (x(0.1), x(0.7), x(1.3), x(2.1));
+    let p = ElaParams::causal(ElaKernel::HadamardExp);
+    let (y, saved) = q.ela_saving(&k, &v, &p).unwrap();
+    assert!(saved.is_none(), "the CPU backend recomputes in the backward");
+    assert_eq!(y.to_vec_f64().unwrap(), q.ela(&k, &v, &p).unwrap().to_vec_f64().unwrap());
+    let a = T::ela_backward(&q, &k, &v, &y, &dy, &p).unwrap();
+    let b = T::ela_backward_saved(&q, &k, &v, &y, &dy, &p, None).unwrap();
+    for (x, z) in [(&a.0, &b.0), (&a.1, &b.1), (&a.2, &b.2)] {
+        assert_eq!(x.to_vec_f64().unwrap(), z.to_vec_f64().unwrap());
+    }
+}
