@@ -138,6 +138,18 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         rows: usize,
         n: usize,
     ) -> Result<(Self::Storage, Option<Self::Storage>)>;
+    /// The SwiGLU gate `silu(a) * b` of two contiguous buffers of `n` elements of one float dtype
+    /// (computed in f32, or f64 for f64, and rounded once).
+    fn swiglu(&self, a: &Self::Storage, b: &Self::Storage, n: usize) -> Result<Self::Storage>;
+    /// Backward of [`Backend::swiglu`] given the upstream gradient `g`:
+    /// `(da, db) = (g * b * silu'(a), g * silu(a))`.
+    fn swiglu_backward(
+        &self,
+        a: &Self::Storage,
+        b: &Self::Storage,
+        g: &Self::Storage,
+        n: usize,
+    ) -> Result<(Self::Storage, Self::Storage)>;
     /// Layer norm over the last axis: `y = (x - mean) * rstd * w + b`. Contiguous `[rows, n]`.
     /// Returns `(y, mean[rows], rstd[rows])`, statistics in f32.
     #[allow(clippy::too_many_arguments)]

@@ -211,3 +211,39 @@ extern "C" __global__ void adamw_f64(double* po, double* mo, double* vo, const d
                                      double step, double inv_sqrt_bc2, double eps) {
     adamw_impl<double>(po, mo, vo, p, g, m, v, n, b1, b2, decay, step, inv_sqrt_bc2, eps);
 }
+
+// ---------------------------------------------------------------- SwiGLU
+
+// y = silu(a) b, and its backward da = g b silu'(a), db = g silu(a) with silu(a) = a s,
+// silu'(a) = s (1 + a (1 - s)), s = 1 / (1 + exp(-a)): the CPU backend's formulas
+// (core/src/cpu/nn.rs), in the compute type, rounded once.
+template <typename D> __device__ void swiglu_impl(typename D::S* out, const typename D::S* a, const typename D::S* b, i64 n) {
+    typedef typename D::C C;
+    FOR_EACH(i, n) {
+        const C x = D::load(a[i]);
+        out[i] = D::store(x / ((C)1 + x_exp(-x)) * D::load(b[i]));
+    }
+}
+template <typename D>
+__device__ void swiglu_bwd_impl(typename D::S* da, typename D::S* db, const typename D::S* a, const typename D::S* b,
+                                const typename D::S* g, i64 n) {
+    typedef typename D::C C;
+    FOR_EACH(i, n) {
+        const C x = D::load(a[i]), v = D::load(b[i]), gi = D::load(g[i]);
+        const C s = (C)1 / ((C)1 + x_exp(-x));
+        da[i] = D::store(gi * v * (s * ((C)1 + x * ((C)1 - s))));
+        db[i] = D::store(gi * (x * s));
+    }
+}
+#define SWIGLU(NAME, D)                                                                                    \
+    extern "C" __global__ void swiglu_##NAME(D::S* out, const D::S* a, const D::S* b, i64 n) {              \
+        swiglu_impl<D>(out, a, b, n);                                                                      \
+    }                                                                                                      \
+    extern "C" __global__ void swiglu_bwd_##NAME(D::S* da, D::S* db, const D::S* a, const D::S* b,          \
+                                                 const D::S* g, i64 n) {                                   \
+        swiglu_bwd_impl<D>(da, db, a, b, g, n);                                                            \
+    }
+SWIGLU(f16, F16)
+SWIGLU(bf16, BF16)
+SWIGLU(f32, F32)
+SWIGLU(f64, F64)

@@ -103,6 +103,12 @@ impl Backend for Cuda {
     fn rms_norm(&self, x: &S, w: Option<&S>, rows: usize, n: usize, eps: f64) -> Result<(S, S)> {
         self.rms_norm_impl(x, w, rows, n, eps)
     }
+    fn swiglu(&self, a: &S, b: &S, n: usize) -> Result<S> {
+        self.swiglu_impl(a, b, n)
+    }
+    fn swiglu_backward(&self, a: &S, b: &S, g: &S, n: usize) -> Result<(S, S)> {
+        self.swiglu_backward_impl(a, b, g, n)
+    }
     fn rms_norm_backward(
         &self,
         x: &S,

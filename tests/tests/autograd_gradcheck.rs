@@ -644,6 +644,24 @@ device_proptest! {
         }
     }
 
+    /// The fused SwiGLU gate: gradients against central differences, and value and gradients
+    /// against the same function composed from primitives (`silu(a) * b`).
+    fn swiglu_matches_composed<B: Backend>(
+        dev: &B,
+        ins in dims(0..=3, 4).prop_flat_map(|d| inputs_m(vec![d.clone(), d.clone(), d], Vals::Normal, &[0])),
+    ) {
+        check(dev, "swiglu", &ins[..2], |v| v[0].swiglu(&v[1]))?;
+        let (a, b) = (Var::param(ins[0].tensor(dev)), Var::param(ins[1].tensor(dev)));
+        let g = ins[2].tensor(dev);
+        let fused = a.swiglu(&b)?;
+        let composed = a.silu()?.mul(&b)?;
+        let (gf, gc) = (fused.backward_with(g.clone())?, composed.backward_with(g)?);
+        prop_assert!(fused.value().all_close(&composed.value(), 1e-12, 1e-12)?);
+        for v in [&a, &b] {
+            prop_assert!(gf.get(v).unwrap().all_close(gc.get(v).unwrap(), 1e-12, 1e-12)?);
+        }
+    }
+
     /// The fused RMS-norm backward equals the backward of the same function built from primitives.
     fn rms_norm_matches_composed<B: Backend>(
         dev: &B,

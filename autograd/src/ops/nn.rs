@@ -31,6 +31,18 @@ impl<B: Backend> Var<B> {
         self.softmax_impl(axis, true)
     }
 
+    /// The SwiGLU gate `silu(self) * up` as one node (one fused kernel each way):
+    /// `d self = g * up * silu'(self)`, `d up = g * silu(self)` with
+    /// `silu'(a) = s (1 + a (1 - s))`, `s = sigmoid(a)` (docs/autograd.md#swiglu).
+    pub fn swiglu(&self, up: &Self) -> Result<Self> {
+        let (a, b) = (self.value(), up.value());
+        let y = a.swiglu(&b)?;
+        Var::record("swiglu", y, &[self, up], move |g, _| {
+            let (da, db) = a.swiglu_backward(&b, g)?;
+            Ok(vec![Some(da), Some(db)])
+        })
+    }
+
     /// RMS norm over the last axis with an optional gain `weight [n]`.
     pub fn rms_norm(&self, weight: Option<&Self>, eps: f64) -> Result<Self> {
         let x = self.value();

@@ -71,6 +71,12 @@ impl Backend for Cpu {
     fn rms_norm(&self, x: &S, w: Option<&S>, rows: usize, n: usize, eps: f64) -> Result<(S, S)> {
         nn::rms_norm(x, w, rows, n, eps)
     }
+    fn swiglu(&self, a: &S, b: &S, n: usize) -> Result<S> {
+        nn::swiglu(a, b, n)
+    }
+    fn swiglu_backward(&self, a: &S, b: &S, g: &S, n: usize) -> Result<(S, S)> {
+        nn::swiglu_backward(a, b, g, n)
+    }
     fn rms_norm_backward(
         &self,
         x: &S,

@@ -495,3 +495,66 @@ pub fn topk_last(s: &CpuStorage, layout: &Layout, k: usize) -> Result<(CpuStorag
         }
     })
 }
+
+// ---------------------------------------------------------------- SwiGLU
+
+/// `silu(a) * b` and its backward, elementwise in the compute float (f32 for half types).
+fn swiglu_slices<T: Float>(a: &[T], b: &[T], g: Option<&[T]>) -> (Vec<T>, Option<Vec<T>>) {
+    const GRAIN: usize = 1 << 14;
+    let n = a.len();
+    let mut out = vec![T::ZERO; n];
+    match g {
+        None => {
+            out.par_chunks_mut(GRAIN).enumerate().for_each(|(ci, o)| {
+                for (i, y) in o.iter_mut().enumerate() {
+                    let (x, v) = (a[ci * GRAIN + i], b[ci * GRAIN + i]);
+                    *y = x / (T::ONE + (-x).exp()) * v;
+                }
+            });
+            (out, None)
+        }
+        Some(g) => {
+            let mut db = vec![T::ZERO; n];
+            out.par_chunks_mut(GRAIN).zip(db.par_chunks_mut(GRAIN)).enumerate().for_each(|(ci, (da, db))| {
+                for i in 0..da.len() {
+                    let k = ci * GRAIN + i;
+                    let (x, v, gk) = (a[k], b[k], g[k]);
+                    let s = T::ONE / (T::ONE + (-x).exp());
+                    da[i] = gk * v * (s * (T::ONE + x * (T::ONE - s)));
+                    db[i] = gk * (x * s);
+                }
+            });
+            (out, Some(db))
+        }
+    }
+}
+
+/// `Backend::swiglu` on the CPU.
+pub fn swiglu(a: &CpuStorage, b: &CpuStorage, n: usize) -> Result<CpuStorage> {
+    const OP: &str = "swiglu";
+    let dtype = a.dtype();
+    Ok(match (contiguous_float(a, n, OP)?, contiguous_float(b, n, OP)?) {
+        (FloatVec::F64(a), FloatVec::F64(b)) => store(swiglu_slices(&a, &b, None).0, dtype),
+        (FloatVec::F32(a), FloatVec::F32(b)) => store(swiglu_slices(&a, &b, None).0, dtype),
+        _ => return Err(Error::invalid(OP, "a and b must have one dtype")),
+    })
+}
+
+/// `Backend::swiglu_backward` on the CPU.
+pub fn swiglu_backward(a: &CpuStorage, b: &CpuStorage, g: &CpuStorage, n: usize) -> Result<(CpuStorage, CpuStorage)> {
+    const OP: &str = "swiglu_backward";
+    let dtype = a.dtype();
+    Ok(match (contiguous_float(a, n, OP)?, contiguous_float(b, n, OP)?, contiguous_float(g, n, OP)?) {
+        (FloatVec::F64(a), FloatVec::F64(b), FloatVec::F64(g)) => {
+            let (da, db) = swiglu_slices(&a, &b, Some(&g));
+            let db = db.expect("the backward returns db");
+            (store(da, dtype), store(db, dtype))
+        }
+        (FloatVec::F32(a), FloatVec::F32(b), FloatVec::F32(g)) => {
+            let (da, db) = swiglu_slices(&a, &b, Some(&g));
+            let db = db.expect("the backward returns db");
+            (store(da, dtype), store(db, dtype))
+        }
+        _ => return Err(Error::invalid(OP, "a, b and the gradient must have one dtype")),
+    })
+}

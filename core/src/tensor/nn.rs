@@ -95,6 +95,45 @@ impl<B: Backend> Tensor<B> {
         Ok(self.rms_norm_fwd(weight, eps)?.0)
     }
 
+    /// The SwiGLU gate `silu(self) * up` (same shape, dtype and device), in one kernel: the
+    /// composed `self.silu()?.mul(up)` makes and reads back an intermediate of the full size.
+    pub fn swiglu(&self, up: &Self) -> Result<Self> {
+        const OP: &str = "swiglu";
+        self.check_swiglu(up, OP)?;
+        let (a, b) = (self.contiguous()?, up.contiguous()?);
+        let y = self.device().swiglu(a.storage(), b.storage(), self.elem_count())?;
+        Ok(Self::from_storage(y, self.shape().clone(), self.device()))
+    }
+
+    /// Gradients `(d self, d up)` of [`Tensor::swiglu`] for the upstream gradient `g`.
+    pub fn swiglu_backward(&self, up: &Self, g: &Self) -> Result<(Self, Self)> {
+        const OP: &str = "swiglu_backward";
+        self.check_swiglu(up, OP)?;
+        self.check_swiglu(g, OP)?;
+        let (a, b, gc) = (self.contiguous()?, up.contiguous()?, g.contiguous()?);
+        let dev = self.device();
+        let (da, db) = dev.swiglu_backward(a.storage(), b.storage(), gc.storage(), self.elem_count())?;
+        Ok((Self::from_storage(da, self.shape().clone(), dev), Self::from_storage(db, self.shape().clone(), dev)))
+    }
+
+    fn check_swiglu(&self, other: &Self, op: &'static str) -> Result<()> {
+        self.check_float(op)?;
+        self.check_same_device(other, op)?;
+        if other.shape() != self.shape() || other.dtype() != self.dtype() {
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: self.shape().clone(),
+                rhs: other.shape().clone(),
+                hint: format!(
+                    "the gate, the up projection (and the gradient) must have one shape and dtype ({:?} vs {:?})",
+                    self.dtype(),
+                    other.dtype()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Layer norm over the last axis, returning `(y, mean, rstd)`.
     pub fn layer_norm_fwd(&self, weight: Option<&Self>, bias: Option<&Self>, eps: f64) -> Result<(Self, Self, Self)> {
         const OP: &str = "layer_norm";

@@ -1,6 +1,9 @@
-//! Fused optimizer updates (`adamw_*` in `kernels/elementwise.cu`).
+//! Fused elementwise chains: the AdamW update and the SwiGLU gate (`adamw_*`, `swiglu*` in
+//! `kernels/elementwise.cu`).
 
 use ela_core::{AdamWStep, DType, Error, Result};
+
+use super::{check_float, dt};
 
 use crate::device::{Arg, Cfg, Cuda};
 use crate::kernels::KernelFile::Elementwise as EW;
@@ -51,5 +54,36 @@ impl Cuda {
         ];
         self.launch(EW, name, Cfg::elems(n), &args)?;
         Ok((po, mo, vo))
+    }
+
+    /// `Backend::swiglu`.
+    pub(crate) fn swiglu_impl(&self, a: &CudaStorage, b: &CudaStorage, n: usize) -> Result<CudaStorage> {
+        check_float("swiglu", a.dtype())?;
+        let out = self.alloc(a.dtype(), n)?;
+        let args = [Arg::Ptr(out.ptr()), Arg::Ptr(a.ptr()), Arg::Ptr(b.ptr()), Arg::n(n)];
+        self.launch(EW, &format!("swiglu_{}", dt(a.dtype())), Cfg::elems(n), &args)?;
+        Ok(out)
+    }
+
+    /// `Backend::swiglu_backward`.
+    pub(crate) fn swiglu_backward_impl(
+        &self,
+        a: &CudaStorage,
+        b: &CudaStorage,
+        g: &CudaStorage,
+        n: usize,
+    ) -> Result<(CudaStorage, CudaStorage)> {
+        check_float("swiglu_backward", a.dtype())?;
+        let (da, db) = (self.alloc(a.dtype(), n)?, self.alloc(a.dtype(), n)?);
+        let args = [
+            Arg::Ptr(da.ptr()),
+            Arg::Ptr(db.ptr()),
+            Arg::Ptr(a.ptr()),
+            Arg::Ptr(b.ptr()),
+            Arg::Ptr(g.ptr()),
+            Arg::n(n),
+        ];
+        self.launch(EW, &format!("swiglu_bwd_{}", dt(a.dtype())), Cfg::elems(n), &args)?;
+        Ok((da, db))
     }
 }

@@ -1,6 +1,6 @@
 //! Softmax, RMS/layer norm and cross-entropy: forward and the dedicated backward kernels.
 
-use ela_core::{Cpu, Error, Result, Tensor};
+use ela_core::{Cpu, DType, Error, Result, Tensor};
 
 use crate::{both, check, check_tol, gpu, Pair, FLOATS};
 
@@ -162,5 +162,25 @@ fn cross_entropy_forward_backward_and_bad_targets() -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+#[test]
+fn swiglu_forward_backward() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    // Every float dtype; strided inputs (a transposed gate) are made contiguous first.
+    for (k, &d) in FLOATS.iter().enumerate() {
+        let a = Pair::randn_strided(&[5, 7, 33], d, 60 + k as u64, &dev);
+        let b = Pair::randn(&[5, 7, 33], d, 70 + k as u64, &dev);
+        let g = Pair::randn(&[5, 7, 33], d, 80 + k as u64, &dev);
+        let (rt, at) = crate::tol(d);
+        let (c, gy) = both!(|a, b| a.swiglu(b)?);
+        check_tol(&format!("swiglu {d:?}"), &c, &gy, rt, at);
+        let ((cda, cdb), (gda, gdb)) = both!(|a, b, g| a.swiglu_backward(b, g)?);
+        check_tol(&format!("swiglu da {d:?}"), &cda, &gda, rt, at);
+        check_tol(&format!("swiglu db {d:?}"), &cdb, &gdb, rt, at);
+    }
+    let (a, b) = (Pair::randn(&[4], DType::F32, 1, &dev), Pair::randn(&[5], DType::F32, 2, &dev));
+    assert!(a.gpu.swiglu(&b.gpu).is_err(), "mismatched shapes are an error");
     Ok(())
 }

@@ -68,7 +68,7 @@ impl<B: Backend> SwiGlu<B> {
 
     /// `x [.., dim] -> [.., dim]`.
     pub fn forward(&self, x: &Var<B>) -> Result<Var<B>> {
-        let h = self.w_gate.forward(x)?.silu()?.mul(&self.w_up.forward(x)?)?;
+        let h = self.w_gate.forward(x)?.swiglu(&self.w_up.forward(x)?)?;
         self.w_down.forward(&h)
     }
 }
