@@ -336,10 +336,10 @@ __device__ void slow_row(int i, const ST* qg, const ST* kg, const ST* vg, const 
     __syncthreads();
 }
 
-// Blocks per multiprocessor ela_out is compiled for (a register cap): 3 for 16-bit inputs with
-// 64-wide heads, whose shared memory allows 3 (a few registers spill; occupancy matters more
-// here: the kernel is latency-bound), else no cap.
-#define ELA_MINB (ELA_MMA && ELA_F <= 64 && ELA_DV <= 64 ? 3 : 1)
+// Blocks per multiprocessor ela_out is compiled for (a register cap): 4 for 16-bit inputs with
+// 64-wide heads, whose 49 KB of shared memory allow 4 (64 registers: a few spill, but occupancy
+// matters more here; measured 825 -> 755 us at T = 16k on an H200 against 3), else no cap.
+#define ELA_MINB (ELA_MMA && ELA_F <= 64 && ELA_DV <= 64 ? 4 : 1)
 
 // Mode 0: y of the chunk's rows, and with `rows` also per row (u, den, 0, exact-path flag) for a
 // backward that reuses the forward (ela_rows_dot then fills in c). Mode 1: per row
