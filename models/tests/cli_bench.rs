@@ -1,10 +1,12 @@
 //! `ela bench ela` and `ela bench decode` run end to end at tiny sizes and print their tables
 //! (and the plot). No timing is asserted: only that every cell that should be measured is.
 
+mod bin;
+
 use std::process::{Command, Output};
 
 fn ela(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ela")).args(args).output().unwrap()
+    Command::new(bin::ela_exe()).args(args).output().unwrap()
 }
 
 /// The data rows of the first markdown table in `out`, split into trimmed cells.

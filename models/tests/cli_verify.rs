@@ -1,11 +1,13 @@
 //! `ela verify` as a user runs it: the table is printed, a correct implementation passes (exit
 //! 0), and a planted error in the chunked output fails (exit 1) with a one-line error.
 
+mod bin;
+
 use std::process::{Command, Output};
 
 fn verify(args: &[&str]) -> Output {
     let small = ["verify", "--batch", "1", "--heads", "2", "--time", "37", "--dim", "5", "--dv", "3", "--chunk", "8"];
-    Command::new(env!("CARGO_BIN_EXE_ela")).args(small).args(args).output().unwrap()
+    Command::new(bin::ela_exe()).args(small).args(args).output().unwrap()
 }
 
 fn text(o: &Output) -> (String, String) {

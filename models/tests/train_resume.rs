@@ -2,11 +2,13 @@
 //! after the process is killed mid-run (simulated by `--abort-after`, which aborts without any
 //! cleanup, like SIGKILL).
 
+mod bin;
+
 use std::path::Path;
 use std::process::Command;
 
 fn ela() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ela"))
+    Command::new(bin::ela_exe())
 }
 
 const TINY: &[&str] = &[
