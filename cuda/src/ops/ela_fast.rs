@@ -118,6 +118,14 @@ impl Fast {
     }
 }
 
+/// What `ela_out` computes: mode 0 writes `y` (and, with `rows != 0`, the row info a saving
+/// forward keeps); mode 1 writes the row info of a backward that recomputes the forward.
+#[derive(Clone, Copy)]
+enum OutMode {
+    Forward { y: u64, rows: u64 },
+    Rows { rows: u64, dy: u64, y: u64 },
+}
+
 /// The per-chunk states: `s` `[seq][nch+1][F][Dv]` (operand type), `z`, `m` `[seq][nch+1][F]` f32.
 struct Slots {
     s: CudaStorage,
@@ -174,6 +182,43 @@ impl Cuda {
         let blocks_y = (fast.dv / scan_dvb(fast.dv)) * (fast.f / SCAN_FB);
         let cfg = Cfg { grid: n as u32, grid_y: blocks_y as u32, block: THREADS };
         launch(self, fast, "ela_scan", cfg, fast.scan_smem(), &args)
+    }
+
+    /// `ela_out` over every chunk of `n` sequences (mode 0 or 1, see `kernels/ela_chunk.cu`).
+    #[allow(clippy::too_many_arguments)]
+    fn ela_out(
+        &self,
+        fast: &Fast,
+        n: usize,
+        t: usize,
+        mode: OutMode,
+        [q, k, v]: [&CudaStorage; 3],
+        sl: &Slots,
+        causal: bool,
+    ) -> Result<()> {
+        let ((y, rows, dy, yin), code) = match mode {
+            OutMode::Forward { y, rows } => ((y, rows, 0, 0), 0),
+            OutMode::Rows { rows, dy, y } => ((0, rows, dy, y), 1),
+        };
+        let nch = fast.nch(t);
+        let args = [
+            Arg::Ptr(y),
+            Arg::Ptr(rows),
+            Arg::Ptr(q.ptr()),
+            Arg::Ptr(k.ptr()),
+            Arg::Ptr(v.ptr()),
+            Arg::Ptr(dy),
+            Arg::Ptr(yin),
+            Arg::Ptr(sl.s.ptr()),
+            Arg::Ptr(sl.z.ptr()),
+            Arg::Ptr(sl.m.ptr()),
+            Arg::n(t),
+            Arg::I32(nch as i32),
+            Arg::I32(code),
+            Arg::I32(causal as i32),
+        ];
+        let cfg = Cfg { grid: nch as u32, grid_y: n as u32, block: THREADS };
+        launch(self, fast, "ela_out", cfg, fast.out_smem(), &args)
     }
 
     /// Chunked forward (`Backend::ela_forward` for the supported shapes).
@@ -237,24 +282,8 @@ impl Cuda {
         let init = state.as_ref().map_or([0; 3], |s| s.1);
         let finp = fin.as_ref().map_or([0; 3], |x| [x.0.ptr(), x.1.ptr(), x.2.ptr()]);
         self.ela_scan(fast, n, t, k.ptr(), v.ptr(), (&sl.s, &sl.z), &sl.m, 0, init, finp, 0, causal)?;
-        let args = [
-            Arg::Ptr(y.ptr()),
-            Arg::Ptr(rows.as_ref().map_or(0, |r| r.ptr())),
-            Arg::Ptr(q.ptr()),
-            Arg::Ptr(k.ptr()),
-            Arg::Ptr(v.ptr()),
-            Arg::Ptr(0),
-            Arg::Ptr(0),
-            Arg::Ptr(sl.s.ptr()),
-            Arg::Ptr(sl.z.ptr()),
-            Arg::Ptr(sl.m.ptr()),
-            Arg::n(t),
-            Arg::I32(nch as i32),
-            Arg::I32(0),
-            Arg::I32(causal as i32),
-        ];
-        let cfg = Cfg { grid: nch as u32, grid_y: n as u32, block: THREADS };
-        launch(self, fast, "ela_out", cfg, fast.out_smem(), &args)?;
+        let rows_ptr = rows.as_ref().map_or(0, |r| r.ptr());
+        self.ela_out(fast, n, t, OutMode::Forward { y: y.ptr(), rows: rows_ptr }, [q, k, v], &sl, causal)?;
         if let (Some((st, _)), Some((fs, fz, fm))) = (state, fin) {
             // The final state, f32, back into the carried buffers (separate from the initial ones:
             // the scan's blocks read the initial log-scales while others finish).
@@ -314,24 +343,8 @@ impl Cuda {
         self.ela_scan(fast, n, t, k.ptr(), v.ptr(), (&sl.s, &sl.z), &sl.m, 0, [0; 3], [0; 3], 0, causal)?;
         // Per row (u, den, c, exact-path flag).
         let rows = self.alloc(DType::F32, n * t * 4)?;
-        let args = [
-            Arg::Ptr(0),
-            Arg::Ptr(rows.ptr()),
-            Arg::Ptr(q.ptr()),
-            Arg::Ptr(k.ptr()),
-            Arg::Ptr(v.ptr()),
-            Arg::Ptr(dy.ptr()),
-            Arg::Ptr(y.ptr()),
-            Arg::Ptr(sl.s.ptr()),
-            Arg::Ptr(sl.z.ptr()),
-            Arg::Ptr(sl.m.ptr()),
-            Arg::n(t),
-            Arg::I32(nch as i32),
-            Arg::I32(1),
-            Arg::I32(causal as i32),
-        ];
-        let per_chunk = Cfg { grid: nch as u32, grid_y: n as u32, block: THREADS };
-        launch(self, fast, "ela_out", per_chunk, fast.out_smem(), &args)?;
+        let mode = OutMode::Rows { rows: rows.ptr(), dy: dy.ptr(), y: y.ptr() };
+        self.ela_out(fast, n, t, mode, [q, k, v], &sl, causal)?;
         self.ela_fast_backward_from(fast, q, k, v, dy, [&sl.s, &sl.z, &sl.m], &rows, (&dq, &dk, &dvo), t, causal)?;
         Ok((dq, dk, dvo))
     }
