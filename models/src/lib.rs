@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod data;
 pub mod demo;
+pub mod detect;
 pub mod lm;
 pub mod report;
 pub mod train;

@@ -14,7 +14,7 @@ pub fn attention_mixer(kind: &AttnKind) -> Result<Mixer> {
     })
 }
 
-/// The Memory Lobe's mixer: single-head Hadamard-Exp ELA (DESIGN.md section 5).
+/// The Memory Lobe's mixer: single-head Hadamard-Exp ELA (docs/model.md, "Memory Lobe").
 pub fn lobe_mixer() -> Result<Mixer> {
     Ok(Mixer::Ela(ElaAttention::new(ElaKernel::HadamardExp, DEFAULT_CHUNK)))
 }

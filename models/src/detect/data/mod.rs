@@ -1,0 +1,1 @@
+//! (being written: see models/src/detect/mod.rs)
