@@ -127,3 +127,25 @@ fn bidirectional_lobe_warns_and_skips_sampling() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("cannot decode left to right"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Rerunning the same command without `--out` starts a new run beside the first (runs/ela-small,
+/// then runs/ela-small-2) instead of refusing; `--resume` without `--out` continues the newest.
+#[test]
+fn rerun_without_out_takes_the_next_free_folder() {
+    let cwd = std::env::temp_dir().join(format!("ela-rerun-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cwd);
+    std::fs::create_dir_all(&cwd).unwrap();
+    // TINY with 2 steps instead of 12.
+    let short: Vec<&str> = TINY.iter().map(|a| if *a == "12" { "2" } else { a }).collect();
+    for want in ["runs/ela-small", "runs/ela-small-2"] {
+        let out = ela().args(&short).current_dir(&cwd).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("run folder: {want}")), "expected {want}: {err}");
+        assert!(cwd.join(want).join("checkpoint.safetensors").exists());
+    }
+    let out = ela().args(["train", "--resume"]).current_dir(&cwd).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("run folder: runs/ela-small-2"));
+    std::fs::remove_dir_all(&cwd).unwrap();
+}

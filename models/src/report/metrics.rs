@@ -67,10 +67,12 @@ impl MetricsLog {
         Ok(MetricsLog { path: path.to_path_buf(), file })
     }
 
-    /// Append one record and flush it.
+    /// Append one record and flush it. The line and its newline go out in one `write_all` of
+    /// one buffer, so a kill between two writes cannot leave a record without its end.
     pub fn write(&mut self, fields: &[(&str, Value)]) -> Result<()> {
-        let line = json_line(fields);
-        writeln!(self.file, "{line}")
+        let line = json_line(fields) + "\n";
+        self.file
+            .write_all(line.as_bytes())
             .and_then(|_| self.file.flush())
             .map_err(|e| Error::Io { path: self.path.display().to_string(), msg: e.to_string() })
     }

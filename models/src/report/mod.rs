@@ -4,3 +4,4 @@
 pub mod metrics;
 pub mod plot;
 pub mod progress;
+pub mod run_dir;

@@ -177,11 +177,12 @@ pub struct TrainArgs {
     /// Save a checkpoint every this many steps (and at the end); 0 = only at the end.
     #[arg(long, default_value_t = 100)]
     pub checkpoint_every: usize,
-    /// Output folder (checkpoint, config.json, metrics.jsonl, loss.svg).
-    #[arg(long, default_value = "runs/ela-small")]
-    pub out: PathBuf,
-    /// Continue the run saved in `--out` (its own settings are used; the loss sequence equals
-    /// an uninterrupted run's).
+    /// Output folder (checkpoint, config.json, metrics.jsonl, loss.svg). Without it a new run
+    /// goes to `runs/ela-small`, or to `runs/ela-small-2`, `-3`, ... when that holds a run.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run saved in `--out` (without `--out`: the newest `runs/ela-small*` run; its
+    /// own settings are used; the loss sequence equals an uninterrupted run's).
     #[arg(long)]
     pub resume: bool,
     /// Characters of sample text printed at the end.

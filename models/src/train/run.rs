@@ -17,6 +17,7 @@ use crate::lm::{generate, ElaLm, LmConfig, SampleConfig};
 use crate::report::metrics::{MetricsLog, Value};
 use crate::report::plot::{write_svg, Series};
 use crate::report::progress::Progress;
+use crate::report::run_dir::resolve_run_dir;
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -48,6 +49,9 @@ pub struct TrainReport {
 }
 
 const CKPT: &str = "checkpoint.safetensors";
+
+/// Where a run goes without `--out` (see [`resolve_run_dir`]).
+pub const DEFAULT_OUT: &str = "runs/ela-small";
 
 fn io(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Io { path: path.display().to_string(), msg: e.to_string() }
@@ -118,7 +122,7 @@ fn metadata(cfg: &LmConfig, args: &TrainArgs, step: usize, data_hash: u64) -> Me
     m
 }
 
-fn write_config_json(out: &Path, meta: &Metadata) -> Result<()> {
+pub(crate) fn write_config_json(out: &Path, meta: &Metadata) -> Result<()> {
     let fields: Vec<(&str, Value)> = meta.iter().map(|(k, v)| (k.as_str(), Value::Str(v.clone()))).collect();
     let text = crate::report::metrics::json_line(&fields) + "\n";
     checkpoint::write_atomic(&out.join("config.json"), text.as_bytes())
@@ -127,7 +131,8 @@ fn write_config_json(out: &Path, meta: &Metadata) -> Result<()> {
 /// Train (or resume) as `args` says, on `device`.
 pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
     let mut args = args.clone();
-    let ckpt_path = args.out.join(CKPT);
+    let out = resolve_run_dir(args.out.as_deref(), Path::new(DEFAULT_OUT), args.resume, CKPT);
+    let ckpt_path = out.join(CKPT);
     let resumed = if args.resume {
         let ck = checkpoint::load(&ckpt_path, device).map_err(|e| {
             Error::invalid("train --resume", format!("cannot resume from {}: {e}", ckpt_path.display()))
@@ -140,7 +145,7 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
                 "train",
                 format!(
                     "{} already holds a run; continue it with --resume or choose another --out",
-                    args.out.display()
+                    out.display()
                 ),
             ));
         }
@@ -189,13 +194,14 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| Error::invalid("resume", "no run.step"))?;
     }
-    std::fs::create_dir_all(&args.out).map_err(|e| io(&args.out, e))?;
-    let metrics_path = args.out.join("metrics.jsonl");
+    std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
+    eprintln!("run folder: {}", out.display());
+    let metrics_path = out.join("metrics.jsonl");
     if resumed.is_none() && metrics_path.exists() {
         std::fs::remove_file(&metrics_path).map_err(|e| io(&metrics_path, e))?;
     }
     let mut log = MetricsLog::append(&metrics_path)?;
-    write_config_json(&args.out, &metadata(&cfg, &args, start, data_hash))?;
+    write_config_json(&out, &metadata(&cfg, &args, start, data_hash))?;
 
     eprintln!(
         "model: {params} parameters ({}); data: {} train / {} validation bytes; {} steps of {}x{} tokens{}",
@@ -264,7 +270,7 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
     if steps_run == 0 {
         val_loss = validate(&model, &ds, args.seq, args.batch, args.eval_windows)?;
     }
-    let plot = args.out.join("loss.svg");
+    let plot = out.join("loss.svg");
     plot_metrics(&metrics_path, &plot)?;
     let prompt = ByteTokenizer.encode("the ");
     let sample_cfg = SampleConfig::default();

@@ -1,0 +1,68 @@
+//! Choosing a run's output folder the way users of ultralytics expect: rerunning the same
+//! command starts a new run beside the old one instead of refusing.
+
+use std::path::{Path, PathBuf};
+
+/// `default`, `default-2`, `default-3`, ... in order.
+fn numbered(default: &Path) -> impl Iterator<Item = PathBuf> + '_ {
+    (1usize..).map(move |n| {
+        if n == 1 {
+            default.to_path_buf()
+        } else {
+            let mut name = default.as_os_str().to_os_string();
+            name.push(format!("-{n}"));
+            PathBuf::from(name)
+        }
+    })
+}
+
+/// The folder a run writes to.
+///
+/// - An explicit `--out` is used as given (the caller refuses it if it holds a run and this is
+///   not a resume).
+/// - Without one, a new run takes `default` if no run is saved there, else the first of
+///   `default-2`, `default-3`, ... that holds none; a resume takes the last of those that holds
+///   one (the newest default run), or `default` when there is none (so the error names it).
+///
+/// A folder "holds a run" when `checkpoint` (a file name) exists inside it.
+pub fn resolve_run_dir(explicit: Option<&Path>, default: &Path, resume: bool, checkpoint: &str) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    let holds_run = |p: &Path| p.join(checkpoint).exists();
+    if resume {
+        let mut last = None;
+        for p in numbered(default) {
+            if !holds_run(&p) {
+                break;
+            }
+            last = Some(p);
+        }
+        last.unwrap_or_else(|| default.to_path_buf())
+    } else {
+        numbered(default).find(|p| !holds_run(p)).expect("an unbounded sequence of names has a free one")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_the_next_free_and_the_newest_run() {
+        let root = std::env::temp_dir().join(format!("ela-run-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let base = root.join("runs/x");
+        assert_eq!(resolve_run_dir(None, &base, false, "ck"), base);
+        assert_eq!(resolve_run_dir(None, &base, true, "ck"), base);
+        for p in [base.clone(), root.join("runs/x-2")] {
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::write(p.join("ck"), b"").unwrap();
+        }
+        assert_eq!(resolve_run_dir(None, &base, false, "ck"), root.join("runs/x-3"));
+        assert_eq!(resolve_run_dir(None, &base, true, "ck"), root.join("runs/x-2"));
+        let mine = root.join("mine");
+        assert_eq!(resolve_run_dir(Some(&mine), &base, false, "ck"), mine);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
