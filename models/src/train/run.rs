@@ -143,10 +143,7 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
         if ckpt_path.exists() {
             return Err(Error::invalid(
                 "train",
-                format!(
-                    "{} already holds a run; continue it with --resume or choose another --out",
-                    out.display()
-                ),
+                format!("{} already holds a run; continue it with --resume or choose another --out", out.display()),
             ));
         }
         None
