@@ -106,6 +106,15 @@ fn bad_inputs_are_one_line_errors() {
         &["generate", "--checkpoint", "/definitely/not/here"],
         &["train", "--resume", "--out", "/definitely/not/here"],
         &["frobnicate"],
+        // Values that parse but would train silently wrong.
+        &["train", "--clip", "nan", "--out", "/tmp/ela-never"],
+        &["train", "--clip", "-1", "--out", "/tmp/ela-never"],
+        &["train", "--eval-windows", "0", "--out", "/tmp/ela-never"],
+        &["train", "--loss-free-gamma", "nan", "--out", "/tmp/ela-never"],
+        &["train", "--loss-free-gamma", "-1", "--out", "/tmp/ela-never"],
+        &["train", "--aux-alpha", "nan", "--out", "/tmp/ela-never"],
+        &["train", "--weight-decay", "inf", "--out", "/tmp/ela-never"],
+        &["train", "--warmup", "500", "--steps", "10", "--out", "/tmp/ela-never"],
     ];
     for args in cases {
         let out = run(args);

@@ -126,6 +126,13 @@ impl LmConfig {
             if m.top_k == 0 || m.top_k > m.experts {
                 return bad(format!("MoE needs 1 <= top_k <= experts, got {} of {}", m.top_k, m.experts));
             }
+            // NaN compares false both ways, so the ranges are written to reject it.
+            if !(m.aux_alpha.is_finite() && m.aux_alpha >= 0.0) {
+                return bad(format!("the auxiliary-loss weight must be finite and >= 0, got {}", m.aux_alpha));
+            }
+            if !(m.loss_free_gamma.is_finite() && m.loss_free_gamma >= 0.0) {
+                return bad(format!("the loss-free balancing step must be finite and >= 0, got {}", m.loss_free_gamma));
+            }
         }
         Ok(())
     }

@@ -165,6 +165,10 @@ pub struct TrainArgs {
     /// Clip gradients to this global norm (0 = off).
     #[arg(long, default_value_t = 1.0)]
     pub clip: f64,
+    /// Skip an update whose gradient norm is not finite (with a warning) instead of stopping
+    /// the run with an error.
+    #[arg(long)]
+    pub skip_nonfinite: bool,
     /// Seed of initialisation and batch sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -257,8 +261,26 @@ impl TrainArgs {
                 format!("need 0 < --lr and 0 <= --min-lr <= --lr, got {} and {}", self.lr, self.min_lr),
             ));
         }
-        if self.eval_every == 0 {
-            return Err(Error::invalid("train", "--eval-every must be positive"));
+        if self.eval_every == 0 || self.eval_windows == 0 {
+            return Err(Error::invalid("train", "--eval-every and --eval-windows must be positive"));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::invalid(
+                "train",
+                format!("--weight-decay must be finite and >= 0, got {}", self.weight_decay),
+            ));
+        }
+        if !(self.clip.is_finite() && self.clip >= 0.0) {
+            return Err(Error::invalid(
+                "train",
+                format!("--clip must be finite and >= 0 (0 = off), got {}", self.clip),
+            ));
+        }
+        if self.warmup > self.steps {
+            return Err(Error::invalid(
+                "train",
+                format!("--warmup ({}) cannot exceed --steps ({})", self.warmup, self.steps),
+            ));
         }
         Ok(())
     }

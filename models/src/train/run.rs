@@ -221,11 +221,19 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
             model.loss(&ids(&b.inputs, b.batch, b.seq, device)?, &ids(&b.targets, b.batch, b.seq, device)?)?;
         let mut grads = loss.backward()?;
         let norm = if args.clip > 0.0 { clip_grad_norm(&store.params(), &mut grads, args.clip)? } else { f64::NAN };
-        if norm.is_finite() || args.clip == 0.0 {
+        let finite = norm.is_finite() || args.clip == 0.0;
+        if finite {
             opt.step(&grads)?;
+        } else if args.skip_nonfinite {
+            eprintln!("warning: step {}: gradient norm {norm}; the update was skipped (--skip-nonfinite)", step + 1);
+        } else {
+            return Err(nonfinite_error(step + 1, "gradient norm", norm));
         }
         // Read only now: on a GPU the update is already queued behind the forward.
         let ce = ce.to_scalar()?;
+        if !ce.is_finite() && !args.skip_nonfinite {
+            return Err(nonfinite_error(step + 1, "loss", ce));
+        }
         let moes: Vec<_> = model.blocks().iter().filter_map(|b| b.moe()).collect();
         for (m, stats) in moes.iter().zip(&out.routing) {
             m.update_selection_bias(stats)?;
@@ -292,6 +300,18 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
         metrics: metrics_path,
         seconds,
     })
+}
+
+/// The error that stops a run at its first non-finite loss or gradient norm. The last checkpoint
+/// on disk predates it, so `--resume` (perhaps with a lower `--lr`) starts from sound weights.
+fn nonfinite_error(step: usize, what: &str, value: f64) -> Error {
+    Error::invalid(
+        "train",
+        format!(
+            "step {step}: the {what} is {value}; stopping (the last checkpoint is from before this step). Lower --lr \
+             or --clip, or pass --skip-nonfinite to skip such steps"
+        ),
+    )
 }
 
 /// A short description of the switches, for logs.
