@@ -1,4 +1,4 @@
-// Convolution helpers (im2col / col2im around cuBLAS GEMMs), pooling and nearest upsampling over
+// Convolution helpers (im2col / col2im around cuBLAS GEMMs, direct depthwise kernels), pooling and nearest upsampling over
 // contiguous NCHW data, mirroring core/src/cpu/conv.rs. Backward kernels gather (each input cell
 // sums the outputs that read it) so they are deterministic, except max-pool backward, which
 // scatters into an f32/f64 buffer with atomics because overlapping windows may pick one cell twice.
@@ -55,6 +55,168 @@ COL2IM(f16, F16)
 COL2IM(bf16, BF16)
 COL2IM(f32, F32)
 COL2IM(f64, F64)
+
+// ---------------------------------------------------------------- depthwise convolution
+
+// groups == C == O, weight [C, 1, kh, kw]: every (image, channel) plane is independent, so these
+// kernels convolve directly (no im2col, no GEMM). grid.y walks the planes (looping past 65535),
+// grid.x the pixels of a plane with 32-bit in-plane indices (the host checks that h*w and oh*ow
+// fit). K > 0 fixes a K x K kernel at compile time (unrolled taps), K = 0 reads kh, kw from g.
+// Products accumulate in D::C in row-major tap order and round once on store.
+
+template <typename D, int K>
+__device__ void dw_fwd_impl(typename D::S* y, const typename D::S* x, const typename D::S* wt, ConvGeo g) {
+    typedef typename D::C C;
+    const int kh = K > 0 ? K : (int)g.kh, kw = K > 0 ? K : (int)g.kw;
+    const int h = (int)g.h, w = (int)g.w, ow = (int)g.ow, npix = (int)(g.oh * g.ow);
+    const int sh = (int)g.sh, sw = (int)g.sw, ph = (int)g.ph, pw = (int)g.pw, dh = (int)g.dh, dw = (int)g.dw;
+    for (i64 plane = blockIdx.y; plane < g.n * g.c; plane += gridDim.y) {
+        const typename D::S* xp = x + plane * g.h * g.w;
+        const typename D::S* wp = wt + (plane % g.c) * kh * kw;
+        for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < npix; p += gridDim.x * blockDim.x) {
+            int oy = p / ow, ox = p - oy * ow;
+            int iy0 = oy * sh - ph, ix0 = ox * sw - pw;
+            C acc = (C)0;
+#pragma unroll
+            for (int ky = 0; ky < (K > 0 ? K : kh); ++ky) {
+                int iy = iy0 + ky * dh;
+                if (iy < 0 || iy >= h) continue;
+#pragma unroll
+                for (int kx = 0; kx < (K > 0 ? K : kw); ++kx) {
+                    int ix = ix0 + kx * dw;
+                    if (ix < 0 || ix >= w) continue;
+                    acc += D::load(xp[iy * w + ix]) * D::load(wp[ky * kw + kx]);
+                }
+            }
+            y[plane * npix + p] = D::store(acc);
+        }
+    }
+}
+
+// dx[img, c, iy, ix] = sum over the taps that read (iy, ix) of dy * w (a gather: deterministic).
+template <typename D, int K>
+__device__ void dw_bwd_input_impl(typename D::S* dx, const typename D::S* dy, const typename D::S* wt, ConvGeo g) {
+    typedef typename D::C C;
+    const int kh = K > 0 ? K : (int)g.kh, kw = K > 0 ? K : (int)g.kw;
+    const int w = (int)g.w, oh = (int)g.oh, ow = (int)g.ow, hw = (int)(g.h * g.w);
+    const int sh = (int)g.sh, sw = (int)g.sw, ph = (int)g.ph, pw = (int)g.pw, dh = (int)g.dh, dw = (int)g.dw;
+    for (i64 plane = blockIdx.y; plane < g.n * g.c; plane += gridDim.y) {
+        const typename D::S* dyp = dy + plane * g.oh * g.ow;
+        const typename D::S* wp = wt + (plane % g.c) * kh * kw;
+        for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < hw; p += gridDim.x * blockDim.x) {
+            int iy = p / w, ix = p - iy * w;
+            C acc = (C)0;
+#pragma unroll
+            for (int ky = 0; ky < (K > 0 ? K : kh); ++ky) {
+                int ty = iy + ph - ky * dh;
+                if (ty < 0 || ty % sh != 0) continue;
+                int oy = ty / sh;
+                if (oy >= oh) continue;
+#pragma unroll
+                for (int kx = 0; kx < (K > 0 ? K : kw); ++kx) {
+                    int tx = ix + pw - kx * dw;
+                    if (tx < 0 || tx % sw != 0) continue;
+                    int ox = tx / sw;
+                    if (ox >= ow) continue;
+                    acc += D::load(dyp[oy * ow + ox]) * D::load(wp[ky * kw + kx]);
+                }
+            }
+            dx[plane * hw + p] = D::store(acc);
+        }
+    }
+}
+
+// dW[c, t] = sum over (img, oy, ox) of dy[img, c, oy, ox] * x[img, c, iy(oy, t), ix(ox, t)].
+// Block (blockIdx.x = c * taps + t, blockIdx.y = split) sums its `per_split` slice of the flattened
+// (img, output pixel) range with a fixed partition and a fixed tree order (deterministic, no
+// atomics). With one split it stores dW itself; else its partial goes to partial[ct * splits +
+// split] and dw_wgrad_sum adds the splits in order. Blocks of 256 threads.
+template <typename D>
+__device__ void dw_bwd_weight_impl(typename D::S* dwt, typename D::C* partial, const typename D::S* x,
+                                   const typename D::S* dy, ConvGeo g, i64 per_split) {
+    typedef typename D::C C;
+    __shared__ C red[32];
+    const int kw = (int)g.kw, taps = (int)(g.kh * g.kw);
+    const int ct = blockIdx.x, c = ct / taps, t = ct - c * taps, ky = t / kw, kx = t - ky * kw;
+    const int h = (int)g.h, w = (int)g.w, ow = (int)g.ow, npix = (int)(g.oh * g.ow);
+    const int dyo = ky * (int)g.dh - (int)g.ph, dxo = kx * (int)g.dw - (int)g.pw;
+    const i64 total = g.n * npix, r0 = (i64)blockIdx.y * per_split;
+    const i64 r1 = r0 + per_split < total ? r0 + per_split : total;
+    C acc = (C)0;
+    if (r0 + threadIdx.x < r1) {
+        i64 r = r0 + threadIdx.x;
+        i64 img = r / npix;
+        int p = (int)(r - img * npix);
+        for (; r < r1; r += blockDim.x) {
+            int oy = p / ow, ox = p - oy * ow;
+            int iy = oy * (int)g.sh + dyo, ix = ox * (int)g.sw + dxo;
+            if (iy >= 0 && iy < h && ix >= 0 && ix < w) {
+                i64 plane = img * g.c + c;
+                acc += D::load(dy[plane * npix + p]) * D::load(x[plane * g.h * g.w + iy * w + ix]);
+            }
+            p += blockDim.x;
+            while (p >= npix) {
+                p -= npix;
+                ++img;
+            }
+        }
+    }
+    acc = block_sum<C>(acc, red);
+    if (threadIdx.x == 0) {
+        if (gridDim.y == 1) dwt[ct] = D::store(acc);
+        else partial[(i64)ct * gridDim.y + blockIdx.y] = acc;
+    }
+}
+
+// dW[ct] = the `splits` partials of ct added in order.
+template <typename D>
+__device__ void dw_wgrad_sum_impl(typename D::S* dwt, const typename D::C* partial, i64 cts, i64 splits) {
+    typedef typename D::C C;
+    FOR_EACH(ct, cts) {
+        C acc = (C)0;
+        for (i64 s = 0; s < splits; ++s) acc += partial[ct * splits + s];
+        dwt[ct] = D::store(acc);
+    }
+}
+
+// acc[i] (+)= sum over b < nb of ws[b * len + i], b in order: folds the per-image weight gradients
+// of the 1x1 convolution (one strided-batched GEMM over the images) without atomics.
+template <typename D> __device__ void batch_sum_impl(typename D::C* acc, const typename D::C* ws, i64 nb, i64 len, int add) {
+    typedef typename D::C C;
+    FOR_EACH(i, len) {
+        C s = add ? acc[i] : (C)0;
+        for (i64 b = 0; b < nb; ++b) s += ws[b * len + i];
+        acc[i] = s;
+    }
+}
+
+#define DEPTHWISE(NAME, D)                                                                                        \
+    extern "C" __global__ void dw_fwd_##NAME(D::S* y, const D::S* x, const D::S* w, ConvGeo g) {                  \
+        dw_fwd_impl<D, 0>(y, x, w, g);                                                                            \
+    }                                                                                                             \
+    extern "C" __global__ void dw_fwd3_##NAME(D::S* y, const D::S* x, const D::S* w, ConvGeo g) {                 \
+        dw_fwd_impl<D, 3>(y, x, w, g);                                                                            \
+    }                                                                                                             \
+    extern "C" __global__ void dw_bwd_input_##NAME(D::S* dx, const D::S* dy, const D::S* w, ConvGeo g) {          \
+        dw_bwd_input_impl<D, 0>(dx, dy, w, g);                                                                    \
+    }                                                                                                             \
+    extern "C" __global__ void dw_bwd_input3_##NAME(D::S* dx, const D::S* dy, const D::S* w, ConvGeo g) {         \
+        dw_bwd_input_impl<D, 3>(dx, dy, w, g);                                                                    \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(256) dw_bwd_weight_##NAME(D::S* dw, D::C* partial, const D::S* x, \
+                                                                          const D::S* dy, ConvGeo g, i64 per) {    \
+        dw_bwd_weight_impl<D>(dw, partial, x, dy, g, per);                                                        \
+    }                                                                                                             \
+    extern "C" __global__ void dw_wgrad_sum_##NAME(D::S* dw, const D::C* partial, i64 cts, i64 splits) {          \
+        dw_wgrad_sum_impl<D>(dw, partial, cts, splits);                                                           \
+    }                                                                                                             \
+    extern "C" __global__ void batch_sum_##NAME(D::C* acc, const D::C* ws, i64 nb, i64 len, int add) {            \
+        batch_sum_impl<D>(acc, ws, nb, len, add);                                                                 \
+    }
+DEPTHWISE(f16, F16)
+DEPTHWISE(bf16, BF16)
+DEPTHWISE(f32, F32)
+DEPTHWISE(f64, F64)
 
 // ---------------------------------------------------------------- pooling
 
