@@ -180,6 +180,32 @@ fn main() -> Result<()> {
             e / r
         );
     }
+    // Where the eager backbone's time goes: each op alone (device time per call).
+    println!("\n### YOLO-LAT backbone, eager, per op (f32), us per call\n");
+    println!("| batch | layer | conv | x scale | + shift | SiLU |");
+    println!("|---|---|---|---|---|---|");
+    for n in [1usize, 32] {
+        let mut h = rand_tensor(&dev, &[n, 3, 320, 320], -1.0, 1.0, 12, DType::F32)?;
+        let (mut tot, iters) = ([0f64; 4], if n == 1 { 50 } else { 20 });
+        for (i, l) in layers.iter().enumerate() {
+            let c = h.conv2d(&l.w, &l.p)?;
+            let m = c.mul(&l.scale)?;
+            let a = m.add(&l.shift)?;
+            let t = [
+                us(&timer, iters, || h.conv2d(&l.w, &l.p).map(|_| ()))?,
+                us(&timer, iters, || c.mul(&l.scale).map(|_| ()))?,
+                us(&timer, iters, || m.add(&l.shift).map(|_| ()))?,
+                us(&timer, iters, || a.silu().map(|_| ()))?,
+            ];
+            for k in 0..4 {
+                tot[k] += t[k];
+            }
+            let what = format!("{} {:?} g{}", i, l.w.dims(), l.p.groups);
+            println!("| {n} | {what} | {:.1} | {:.1} | {:.1} | {:.1} |", t[0], t[1], t[2], t[3]);
+            h = a.silu()?;
+        }
+        println!("| {n} | sum | {:.1} | {:.1} | {:.1} | {:.1} |", tot[0], tot[1], tot[2], tot[3]);
+    }
     let ms = dev.memory_stats();
     println!("\nallocator: {ms:?}");
     Ok(())

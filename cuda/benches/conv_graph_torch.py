@@ -45,11 +45,16 @@ def layer(shape, stride, pad, groups):
     return lambda x: F.silu(F.conv2d(x, w, stride=stride, padding=pad, groups=groups) * sc + sh)
 
 
-def backbone():
-    layers = [layer((16, 3, 3, 3), 2, 1, 1)]
+def specs():
+    out = [((16, 3, 3, 3), 2, 1, 1)]
     for i, (c, _, s) in enumerate(DW):
-        layers.append(layer((c, 1, 3, 3), s, 1, c))
-        layers.append(layer((PW[i][1], c, 1, 1), 1, 0, 1))
+        out.append(((c, 1, 3, 3), s, 1, c))
+        out.append(((PW[i][1], c, 1, 1), 1, 0, 1))
+    return out
+
+
+def backbone():
+    layers = [layer(*sp) for sp in specs()]
 
     def run(x):
         for l in layers:
@@ -103,6 +108,27 @@ def main():
             r = us(g.replay, iters)
             torch.backends.cudnn.benchmark = False
         print(f"| {n} | {e:.1f} | {eb:.1f} | {r:.1f} |")
+
+    print("\n### torch: YOLO-LAT backbone, eager, per op (f32), us per call\n")
+    print("| batch | layer | conv | x scale | + shift | SiLU |")
+    print("|---|---|---|---|---|---|")
+    with torch.no_grad():
+        for n in (1, 32):
+            iters = 50 if n == 1 else 20
+            h = torch.rand(n, 3, 320, 320, device=dev) * 2 - 1
+            tot = [0.0] * 4
+            for i, (shape, st, pd, gr) in enumerate(specs()):
+                w = torch.rand(shape, device=dev) - 0.5
+                sc = torch.rand(1, shape[0], 1, 1, device=dev)
+                c = F.conv2d(h, w, stride=st, padding=pd, groups=gr)
+                m = c * sc
+                a = m + sc
+                t = [us(lambda: F.conv2d(h, w, stride=st, padding=pd, groups=gr), iters), us(lambda: c * sc, iters),
+                     us(lambda: m + sc, iters), us(lambda: F.silu(a), iters)]
+                tot = [x + y for x, y in zip(tot, t)]
+                print(f"| {n} | {i} {list(shape)} g{gr} | " + " | ".join(f"{v:.1f}" for v in t) + " |")
+                h = F.silu(a)
+            print(f"| {n} | sum | " + " | ".join(f"{v:.1f}" for v in tot) + " |")
 
 
 if __name__ == "__main__":

@@ -168,6 +168,60 @@ __device__ void dw_bwd_weight_impl(typename D::S* dwt, typename D::C* partial, c
     }
 }
 
+// 3x3 weight gradient: block (blockIdx.x = channel, blockIdx.y = split); each thread reads dy
+// and the 3x3 input window of its output pixels once and accumulates all 9 taps in registers
+// (9x fewer loads and index computations than a block per tap). Partials as dw_bwd_weight_impl.
+template <typename D>
+__device__ void dw_bwd_weight3_impl(typename D::S* dwt, typename D::C* partial, const typename D::S* x,
+                                    const typename D::S* dy, ConvGeo g, i64 per_split) {
+    typedef typename D::C C;
+    __shared__ C red[32];
+    const int c = blockIdx.x;
+    const int h = (int)g.h, w = (int)g.w, ow = (int)g.ow, npix = (int)(g.oh * g.ow);
+    const int sh = (int)g.sh, sw = (int)g.sw, ph = (int)g.ph, pw = (int)g.pw, dh = (int)g.dh, dw = (int)g.dw;
+    const i64 total = g.n * npix, r0 = (i64)blockIdx.y * per_split;
+    const i64 r1 = r0 + per_split < total ? r0 + per_split : total;
+    C acc[9];
+#pragma unroll
+    for (int t = 0; t < 9; ++t) acc[t] = (C)0;
+    if (r0 + threadIdx.x < r1) {
+        i64 r = r0 + threadIdx.x;
+        i64 img = r / npix;
+        int p = (int)(r - img * npix);
+        for (; r < r1; r += blockDim.x) {
+            int oy = p / ow, ox = p - oy * ow;
+            i64 plane = img * g.c + c;
+            C gy = D::load(dy[plane * npix + p]);
+            const typename D::S* xp = x + plane * g.h * g.w;
+            int iy0 = oy * sh - ph, ix0 = ox * sw - pw;
+#pragma unroll
+            for (int ky = 0; ky < 3; ++ky) {
+                int iy = iy0 + ky * dh;
+                bool ok = iy >= 0 && iy < h;
+#pragma unroll
+                for (int kx = 0; kx < 3; ++kx) {
+                    int ix = ix0 + kx * dw;
+                    if (ok && ix >= 0 && ix < w) acc[ky * 3 + kx] += gy * D::load(xp[iy * w + ix]);
+                }
+            }
+            p += blockDim.x;
+            while (p >= npix) {
+                p -= npix;
+                ++img;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < 9; ++t) {
+        C s = block_sum<C>(acc[t], red);
+        if (threadIdx.x == 0) {
+            i64 ct = (i64)c * 9 + t;
+            if (gridDim.y == 1) dwt[ct] = D::store(s);
+            else partial[ct * gridDim.y + blockIdx.y] = s;
+        }
+    }
+}
+
 // dW[ct] = the `splits` partials of ct added in order.
 template <typename D>
 __device__ void dw_wgrad_sum_impl(typename D::S* dwt, const typename D::C* partial, i64 cts, i64 splits) {
@@ -176,17 +230,6 @@ __device__ void dw_wgrad_sum_impl(typename D::S* dwt, const typename D::C* parti
         C acc = (C)0;
         for (i64 s = 0; s < splits; ++s) acc += partial[ct * splits + s];
         dwt[ct] = D::store(acc);
-    }
-}
-
-// acc[i] (+)= sum over b < nb of ws[b * len + i], b in order: folds the per-image weight gradients
-// of the 1x1 convolution (one strided-batched GEMM over the images) without atomics.
-template <typename D> __device__ void batch_sum_impl(typename D::C* acc, const typename D::C* ws, i64 nb, i64 len, int add) {
-    typedef typename D::C C;
-    FOR_EACH(i, len) {
-        C s = add ? acc[i] : (C)0;
-        for (i64 b = 0; b < nb; ++b) s += ws[b * len + i];
-        acc[i] = s;
     }
 }
 
@@ -210,8 +253,9 @@ template <typename D> __device__ void batch_sum_impl(typename D::C* acc, const t
     extern "C" __global__ void dw_wgrad_sum_##NAME(D::S* dw, const D::C* partial, i64 cts, i64 splits) {          \
         dw_wgrad_sum_impl<D>(dw, partial, cts, splits);                                                           \
     }                                                                                                             \
-    extern "C" __global__ void batch_sum_##NAME(D::C* acc, const D::C* ws, i64 nb, i64 len, int add) {            \
-        batch_sum_impl<D>(acc, ws, nb, len, add);                                                                 \
+    extern "C" __global__ void __launch_bounds__(256) dw_bwd_weight3_##NAME(D::S* dw, D::C* partial, const D::S* x, \
+                                                                           const D::S* dy, ConvGeo g, i64 per) {   \
+        dw_bwd_weight3_impl<D>(dw, partial, x, dy, g, per);                                                       \
     }
 DEPTHWISE(f16, F16)
 DEPTHWISE(bf16, BF16)
