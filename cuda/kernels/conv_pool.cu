@@ -233,6 +233,17 @@ __device__ void dw_wgrad_sum_impl(typename D::S* dwt, const typename D::C* parti
     }
 }
 
+// acc[i] (+)= sum over b < nb of ws[b * len + i], b in order: folds the per-image weight gradients
+// of the 1x1 convolution (one strided-batched GEMM over the images) without atomics.
+template <typename D> __device__ void batch_sum_impl(typename D::C* acc, const typename D::C* ws, i64 nb, i64 len, int add) {
+    typedef typename D::C C;
+    FOR_EACH(i, len) {
+        C s = add ? acc[i] : (C)0;
+        for (i64 b = 0; b < nb; ++b) s += ws[b * len + i];
+        acc[i] = s;
+    }
+}
+
 #define DEPTHWISE(NAME, D)                                                                                        \
     extern "C" __global__ void dw_fwd_##NAME(D::S* y, const D::S* x, const D::S* w, ConvGeo g) {                  \
         dw_fwd_impl<D, 0>(y, x, w, g);                                                                            \
@@ -256,6 +267,9 @@ __device__ void dw_wgrad_sum_impl(typename D::S* dwt, const typename D::C* parti
     extern "C" __global__ void __launch_bounds__(256) dw_bwd_weight3_##NAME(D::S* dw, D::C* partial, const D::S* x, \
                                                                            const D::S* dy, ConvGeo g, i64 per) {   \
         dw_bwd_weight3_impl<D>(dw, partial, x, dy, g, per);                                                       \
+    }                                                                                                                  \
+    extern "C" __global__ void batch_sum_##NAME(D::C* acc, const D::C* ws, i64 nb, i64 len, int add) {            \
+        batch_sum_impl<D>(acc, ws, nb, len, add);                                                                 \
     }
 DEPTHWISE(f16, F16)
 DEPTHWISE(bf16, BF16)

@@ -150,13 +150,16 @@ fn depthwise_direct_kernels_match_the_cpu() -> Result<()> {
 fn pointwise_convs_use_cublas_without_im2col_and_match_the_cpu() -> Result<()> {
     let Some(dev) = gpu() else { return Ok(()) };
     let p1 = |g: usize| Conv2dParams { stride: (1, 1), padding: (0, 0), dilation: (1, 1), groups: g };
-    // (input, weight, groups): batched dW over images (n > groups + 1) and the per-image path.
+    // (input, weight, groups): dW batched over images (n > groups + 1), per image, and over
+    // channel-major copies (n > 1, at least 4096 pixels).
     let cases = [
         (vec![4, 16, 10, 10], vec![32, 16, 1, 1], 1),
         (vec![6, 8, 4, 5], vec![6, 4, 1, 1], 2),
         (vec![3, 8, 5, 7], vec![8, 2, 1, 1], 4),
         (vec![1, 12, 6, 6], vec![5, 12, 1, 1], 1),
         (vec![32, 32, 3, 3], vec![16, 32, 1, 1], 1),
+        (vec![3, 6, 64, 65], vec![4, 6, 1, 1], 1), // >= 4096 pixels: dW over channel-major copies
+        (vec![2, 4, 64, 64], vec![6, 2, 1, 1], 2),
     ];
     for (k, &d) in [DType::F32, DType::F64, DType::F16, DType::BF16].iter().enumerate() {
         for (i, (xs, ws, g)) in cases.iter().enumerate() {
