@@ -38,6 +38,11 @@ pub(crate) struct Inner {
     pub(crate) tf32: AtomicBool,
     /// Direct depthwise conv kernels (true) or im2col + GEMM for every conv (benchmarks).
     pub(crate) direct_conv: AtomicBool,
+    /// Direct kernel for convolutions with few input taps (C * kh * kw <= 27, groups 1).
+    pub(crate) direct_small_conv: AtomicBool,
+    /// Contiguous and per-channel fast paths of the elementwise maps (else always the general
+    /// strided kernels; for benchmarks and tests).
+    pub(crate) fast_elementwise: AtomicBool,
     /// The stream CUDA graphs are captured on (created on first capture).
     pub(crate) capture_stream: OnceLock<Arc<CudaStream>>,
     /// Per-kernel device times (`ELA_CUDA_KERNEL_STATS=1`), else `None`.
@@ -183,6 +188,8 @@ fn open(ordinal: usize) -> Result<Inner> {
         blas: Mutex::new(Blas { handle, stream: cu_stream, workspace: (blas_workspace.ptr(), BLAS_WORKSPACE_BYTES) }),
         tf32: AtomicBool::new(false),
         direct_conv: AtomicBool::new(true),
+        direct_small_conv: AtomicBool::new(true),
+        fast_elementwise: AtomicBool::new(true),
         capture_stream: OnceLock::new(),
         stats: crate::profile::KernelStats::from_env(),
         _blas_workspace: blas_workspace,
@@ -254,14 +261,35 @@ impl Cuda {
         self.inner.tf32.load(Ordering::Relaxed)
     }
 
-    /// Whether depthwise convolutions use the direct kernels (the default) rather than im2col +
-    /// one GEMM per group. For benchmarks and tests that compare the two paths.
+    /// Whether convolutions use the direct kernels (the default: depthwise, and few input
+    /// channels) rather than im2col + one GEMM per group. For benchmarks and tests that compare
+    /// the two paths.
     #[doc(hidden)]
     pub fn set_direct_conv(&self, on: bool) {
         self.inner.direct_conv.store(on, Ordering::Relaxed);
+        self.inner.direct_small_conv.store(on, Ordering::Relaxed);
     }
     pub(crate) fn direct_conv(&self) -> bool {
         self.inner.direct_conv.load(Ordering::Relaxed)
+    }
+    /// Only the direct kernel for convolutions with few input taps (`C * kh * kw <= 27`, groups
+    /// 1: a stem conv) on or off; the depthwise switch is left as it is. For benchmarks.
+    #[doc(hidden)]
+    pub fn set_direct_small_conv(&self, on: bool) {
+        self.inner.direct_small_conv.store(on, Ordering::Relaxed);
+    }
+    pub(crate) fn direct_small_conv(&self) -> bool {
+        self.inner.direct_small_conv.load(Ordering::Relaxed)
+    }
+    /// Whether contiguous unary/binary maps and binary maps with a per-channel (or scalar)
+    /// broadcast operand take the 32-bit, vectorised fast kernels (the default) rather than the
+    /// general strided ones. For benchmarks and tests that compare the two paths.
+    #[doc(hidden)]
+    pub fn set_fast_elementwise(&self, on: bool) {
+        self.inner.fast_elementwise.store(on, Ordering::Relaxed);
+    }
+    pub(crate) fn fast_elementwise(&self) -> bool {
+        self.inner.fast_elementwise.load(Ordering::Relaxed)
     }
 
     /// Device memory used by tensors, cached for reuse, and the peak, in bytes.
