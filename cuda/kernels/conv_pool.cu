@@ -1,4 +1,5 @@
-// Convolution helpers (im2col / col2im around cuBLAS GEMMs, direct depthwise kernels), pooling and nearest upsampling over
+// Convolution helpers (im2col / col2im around cuBLAS GEMMs, direct depthwise kernels, a direct
+// kernel for few input channels), pooling and nearest upsampling over
 // contiguous NCHW data, mirroring core/src/cpu/conv.rs. Backward kernels gather (each input cell
 // sums the outputs that read it) so they are deterministic, except max-pool backward, which
 // scatters into an f32/f64 buffer with atomics because overlapping windows may pick one cell twice.
@@ -275,6 +276,84 @@ DEPTHWISE(f16, F16)
 DEPTHWISE(bf16, BF16)
 DEPTHWISE(f32, F32)
 DEPTHWISE(f64, F64)
+
+// ---------------------------------------------------------------- direct convolution, few input taps
+
+// groups == 1 with C * kh * kw <= SMALL_TAPS (a detector's stem: 3 -> 16 channels, 3x3, stride
+// 2): a thread per output pixel of one image (grid.x: pixels, grid.y: images, looping past
+// 65535) loads the pixel's C*kh*kw input values once into registers and writes every output
+// channel, in tiles of SMALL_OT channels whose weights sit in shared memory as [tap][channel]
+// (each tap feeds SMALL_OT accumulators from broadcast reads). No im2col buffer, no GEMM.
+// Products accumulate in tap order (ci, ky, kx) in D::C and round once. 32-bit in-image
+// indices: the host checks that c*h*w and o*oh*ow fit.
+#define SMALL_TAPS 27
+#define SMALL_OT 16
+template <typename D>
+__device__ void conv_small_fwd_impl(typename D::S* y, const typename D::S* x, const typename D::S* wt, ConvGeo g,
+                                    int o) {
+    typedef typename D::C C;
+    typedef typename D::S S;
+    __shared__ __align__(16) C ws[SMALL_TAPS][SMALL_OT];
+    __shared__ int toff[SMALL_TAPS], tdy[SMALL_TAPS], tdx[SMALL_TAPS];
+    const int kh = (int)g.kh, kw = (int)g.kw, khw = kh * kw, taps = (int)g.c * khw;
+    const int h = (int)g.h, w = (int)g.w, ow = (int)g.ow, npix = (int)(g.oh * g.ow);
+    if ((int)threadIdx.x < taps) {
+        const int t = threadIdx.x, ci = t / khw, r = t - ci * khw, ky = r / kw, kx = r - ky * kw;
+        toff[t] = ci * h * w;
+        tdy[t] = ky * (int)g.dh;
+        tdx[t] = kx * (int)g.dw;
+    }
+    __syncthreads();
+    const int p = blockIdx.x * blockDim.x + threadIdx.x;
+    const bool live = p < npix;
+    const int oy = live ? p / ow : 0, ox = live ? p - oy * ow : 0;
+    const int iy0 = oy * (int)g.sh - (int)g.ph, ix0 = ox * (int)g.sw - (int)g.pw;
+    for (i64 img = blockIdx.y; img < g.n; img += gridDim.y) {
+        const S* xp = x + img * g.c * g.h * g.w;
+        C v[SMALL_TAPS];
+#pragma unroll
+        for (int t = 0; t < SMALL_TAPS; ++t) {
+            v[t] = (C)0;
+            if (t < taps && live) {
+                const int iy = iy0 + tdy[t], ix = ix0 + tdx[t];
+                if (iy >= 0 && iy < h && ix >= 0 && ix < w) v[t] = D::load(xp[toff[t] + iy * w + ix]);
+            }
+        }
+        for (int o0 = 0; o0 < o; o0 += SMALL_OT) {
+            __syncthreads();  // every thread is done with the previous tile's weights
+            for (int k = threadIdx.x; k < SMALL_TAPS * SMALL_OT; k += blockDim.x) {
+                const int t = k / SMALL_OT, oc = k - t * SMALL_OT;
+                ws[t][oc] = (t < taps && o0 + oc < o) ? D::load(wt[(i64)(o0 + oc) * taps + t]) : (C)0;
+            }
+            __syncthreads();
+            C acc[SMALL_OT];
+#pragma unroll
+            for (int oc = 0; oc < SMALL_OT; ++oc) acc[oc] = (C)0;
+#pragma unroll
+            for (int t = 0; t < SMALL_TAPS; ++t) {
+                if (t < taps) {
+#pragma unroll
+                    for (int oc = 0; oc < SMALL_OT; ++oc) acc[oc] += v[t] * ws[t][oc];
+                }
+            }
+            if (live) {
+                S* yp = y + (img * o + o0) * (i64)npix + p;
+#pragma unroll
+                for (int oc = 0; oc < SMALL_OT; ++oc)
+                    if (o0 + oc < o) yp[(i64)oc * npix] = D::store(acc[oc]);
+            }
+        }
+    }
+}
+#define CONV_SMALL(NAME, D)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(256)                                                         \
+        conv_small_fwd_##NAME(D::S* y, const D::S* x, const D::S* w, ConvGeo g, int o) {                      \
+        conv_small_fwd_impl<D>(y, x, w, g, o);                                                                \
+    }
+CONV_SMALL(f16, F16)
+CONV_SMALL(bf16, BF16)
+CONV_SMALL(f32, F32)
+CONV_SMALL(f64, F64)
 
 // ---------------------------------------------------------------- pooling
 

@@ -1,10 +1,14 @@
 //! Convolution, pooling and nearest upsampling over NCHW tensors (kernels in
 //! `kernels/conv_pool.cu`).
 //!
-//! Three conv2d paths:
+//! Four conv2d paths:
 //! - **depthwise** (`groups == C == O`): direct kernels, one thread per output (forward) or input
 //!   (dx) pixel, and a deterministic block reduction per weight tap (per channel for 3x3) for dW
 //!   (`dw_*` kernels); no im2col and no GEMM.
+//! - **few input taps** (`groups == 1`, `C*kh*kw <= 27`, not 1x1: a detector's stem, 3 -> 16
+//!   channels 3x3): forward by a direct kernel, a thread per output pixel reading its input taps
+//!   once and writing every output channel (`conv_small_fwd_*`); both gradients take the general
+//!   path (the input of a stem is the image: no dx needed in training).
 //! - **pointwise** (1x1, stride 1, no padding): cuBLAS on the input itself, viewed as `[C, H*W]` per
 //!   image, strided-batched over the images: `y_g = W_g @ x_g`, `dx_g = W_g^T @ dy_g` (straight into
 //!   dx), and for dW either `dW_g = dyT_g @ xT_g^T` over channel-major copies `[C, n*H*W]` of x
@@ -36,6 +40,9 @@ const COL_LIMIT: usize = 1 << 26;
 /// on an H200, batch 32, f32 (README): 125 vs 225 us at 80x80 (16 -> 32 channels); 62 vs 44
 /// at 40x40, 41-52 vs 26-28 at 20x20.
 const PW_PERMUTE_PIX: usize = 4096;
+
+/// Most input taps (C*kh*kw) of the direct few-channel convolution (`SMALL_TAPS` in conv_pool.cu).
+const SMALL_TAPS: usize = 27;
 
 /// Mirror of `struct ConvGeo` in conv_pool.cu.
 #[repr(C)]
@@ -128,6 +135,16 @@ impl Geo {
     fn depthwise(&self) -> bool {
         let fits = |v: usize| v < (1 << 31);
         self.g == self.c && self.o == self.c && fits(self.h * self.w) && fits(self.npix())
+    }
+    /// groups 1 with at most [`SMALL_TAPS`] input taps (C*kh*kw; a stem conv), not pointwise,
+    /// with images and output maps small enough for the direct kernel's 32-bit indices.
+    fn small_taps(&self) -> bool {
+        let fits = |v: usize| v < (1 << 31);
+        self.g == 1
+            && (1..=SMALL_TAPS).contains(&self.krows())
+            && !self.pointwise()
+            && fits(self.c * self.h * self.w)
+            && fits(self.o * self.npix())
     }
     /// 1x1, stride 1, no padding: the input already is the im2col matrix.
     fn pointwise(&self) -> bool {
@@ -277,6 +294,19 @@ impl Cuda {
         let (xc, wc) = (self.contig(x, lx)?, self.contig(w, lw)?);
         if self.direct_depthwise(&g) {
             self.depthwise_launch("fwd", &g, d, g.npix(), [out.ptr(), xc.ptr(), wc.ptr()])?;
+            return Ok(out);
+        }
+        if g.small_taps() && self.direct_small_conv() {
+            // A thread per output pixel and image, every output channel (conv_small_fwd_impl).
+            let cfg = Cfg { grid: g.npix().div_ceil(256) as u32, grid_y: g.n.min(65_535) as u32, block: 256 };
+            let args = [
+                Arg::Ptr(out.ptr()),
+                Arg::Ptr(xc.ptr()),
+                Arg::Ptr(wc.ptr()),
+                Arg::Conv(g.kernel_geo(g.n)),
+                Arg::I32(g.o as i32),
+            ];
+            self.launch(CP, &format!("conv_small_fwd_{}", dt(d)), cfg, &args)?;
             return Ok(out);
         }
         let col = self.col_buffer(&g, d)?;

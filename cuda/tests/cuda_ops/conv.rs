@@ -168,3 +168,52 @@ fn pointwise_convs_use_cublas_without_im2col_and_match_the_cpu() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn few_input_channel_direct_kernel_matches_the_cpu_and_im2col() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    let p = |s: (usize, usize), pd: (usize, usize), dl: (usize, usize)| Conv2dParams {
+        stride: s,
+        padding: pd,
+        dilation: dl,
+        groups: 1,
+    };
+    // (input, weight, params), every one with C*kh*kw <= 27 and groups 1: the direct kernel.
+    let cases = [
+        (vec![2, 3, 20, 18], vec![16, 3, 3, 3], p((2, 2), (1, 1), (1, 1))), // the stem, stride 2
+        (vec![2, 3, 64, 70], vec![16, 3, 3, 3], p((2, 2), (1, 1), (1, 1))), // several blocks a map
+        (vec![1, 3, 17, 13], vec![20, 3, 3, 3], p((1, 1), (1, 1), (1, 1))), // 2 tiles, the last partial
+        (vec![2, 2, 7, 8], vec![33, 2, 3, 2], p((1, 1), (0, 0), (1, 1))),   // 3 tiles, 3x2, no padding
+        (vec![2, 1, 9, 9], vec![5, 1, 5, 5], p((2, 1), (2, 1), (1, 2))),    // 25 taps, dilation
+        (vec![1, 3, 3, 3], vec![4, 3, 3, 3], p((3, 3), (2, 2), (1, 1))),    // mostly padding
+        (vec![2, 27, 6, 6], vec![8, 27, 1, 1], p((2, 2), (0, 0), (1, 1))),  // 1x1 stride 2: 27 taps
+    ];
+    for (k, &d) in [DType::F32, DType::F64, DType::F16, DType::BF16].iter().enumerate() {
+        for (i, (xs, ws, params)) in cases.iter().enumerate() {
+            check_conv(&dev, xs, ws, params, d, 900 + 20 * k as u64 + i as u64, 4.0)?;
+        }
+        // A strided input view (copied to contiguous first).
+        let x = Pair::randn_strided(&[2, 3, 11, 12], d, 990 + k as u64, &dev);
+        let w = Pair::randn(&[16, 3, 3, 3], d, 995 + k as u64, &dev);
+        let (c, g) = both!(|x, w| x.conv2d(w, &cases[0].2)?);
+        let (rt, at) = crate::tol(d);
+        check_tol(&format!("small conv strided input {d:?}"), &c, &g, rt * 4.0, at * 4.0);
+    }
+    // The direct kernel and im2col + GEMM agree (f64: to rounding).
+    for (i, (xs, ws, params)) in cases.iter().enumerate() {
+        let x = Pair::randn(xs, DType::F64, 30 + i as u64, &dev);
+        let w = Pair::randn(ws, DType::F64, 40 + i as u64, &dev);
+        let direct = x.gpu.conv2d(&w.gpu, params)?;
+        dev.set_direct_small_conv(false);
+        let gemm = x.gpu.conv2d(&w.gpu, params);
+        dev.set_direct_small_conv(true);
+        check_tol(
+            &format!("small direct vs gemm {xs:?} {ws:?}"),
+            &gemm?.to_device(&ela_core::Cpu)?,
+            &direct,
+            1e-12,
+            1e-13,
+        );
+    }
+    Ok(())
+}
