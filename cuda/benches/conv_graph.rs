@@ -8,6 +8,10 @@
 //!    4 depthwise-separable stages with BN as a per-channel affine and SiLU: 36 ops), eager
 //!    against `Cuda::capture` + `replay()`; the replayed output is checked against eager.
 //!
+//! 4. Before / after: the backbone (eager and replayed) and its per-op table again with the
+//!    elementwise fast paths and the few-input-channel conv kernel switched off
+//!    (`set_fast_elementwise(false)`, `set_direct_small_conv(false)`: the kernels of `4a76fe3`).
+//!
 //! Times: device time between CUDA events around `iters` back-to-back runs (launch gaps
 //! included: that is what eager inference pays), median of 7 repetitions after warm-up, divided
 //! by `iters`. Run on the GPU machine: `conv_graph`. Peer: `conv_graph_torch.py`.
@@ -162,6 +166,7 @@ fn main() -> Result<()> {
         println!("| 30-op chain | 1 | 30 | {} | {e:.1} | {r:.1} | {:.2}x | {err:.1e} |", g.num_nodes(), e / r);
     }
     let layers = backbone(&dev)?;
+    let mut before_rows = Vec::new();
     for n in [1usize, 32] {
         let x = rand_tensor(&dev, &[n, 3, 320, 320], -1.0, 1.0, 12, DType::F32)?;
         let eager_out = run(&layers, &x)?;
@@ -175,27 +180,62 @@ fn main() -> Result<()> {
         let old = us(&timer, iters, || run(&layers, &x).map(|_| ()))?;
         dev.set_direct_conv(true);
         println!(
-            "| YOLO-LAT backbone 320x320 | {n} | 36 | {} | {e:.1} (im2col dw: {old:.1}) | {r:.1} | {:.2}x | {err:.1e} |",
+            "| YOLO-LAT backbone 320x320 | {n} | 36 | {} | {e:.1} (every conv im2col: {old:.1}) | {r:.1} | {:.2}x | {err:.1e} |",
             g.num_nodes(),
             e / r
         );
+        // The kernels before the elementwise fast paths and the few-channel conv: general strided
+        // elementwise kernels, the stem through im2col + GEMM (depthwise direct as before).
+        set_before(&dev, true);
+        let before_out = run(&layers, &x)?;
+        let (gb, _) = dev.capture(|| run(&layers, &x))?;
+        let be = us(&timer, iters, || run(&layers, &x).map(|_| ()))?;
+        let br = us(&timer, iters, || gb.replay())?;
+        set_before(&dev, false);
+        let berr = max_rel(&before_out, &eager_out)?;
+        before_rows.push(format!("| {n} | {be:.1} | {br:.1} | {e:.1} | {r:.1} | {:.2}x | {berr:.1e} |", be / e));
     }
-    // Where the eager backbone's time goes: each op alone (device time per call).
-    println!("\n### YOLO-LAT backbone, eager, per op (f32), us per call\n");
+    println!("\n### YOLO-LAT backbone before / after the elementwise fast paths and the stem kernel, us per run\n");
+    println!("| batch | before eager | before replay | eager | replay | eager speed-up | before vs now (max rel) |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in before_rows {
+        println!("{r}");
+    }
+    // Where the eager backbone's time goes: each op alone (device time per call), with this
+    // change's kernels and before them.
+    for before in [false, true] {
+        per_op(&dev, &timer, &layers, before)?;
+    }
+    let ms = dev.memory_stats();
+    println!("\nallocator: {ms:?}");
+    Ok(())
+}
+
+/// The kernels before the elementwise fast paths and the few-channel direct conv (`true`), or
+/// back to the defaults.
+fn set_before(dev: &Cuda, before: bool) {
+    dev.set_fast_elementwise(!before);
+    dev.set_direct_small_conv(!before);
+}
+
+fn per_op(dev: &Cuda, timer: &GpuTimer, layers: &[Affine], before: bool) -> Result<()> {
+    let what = if before { "before: general elementwise kernels, stem on im2col" } else { "now" };
+    println!("\n### YOLO-LAT backbone, eager, per op (f32, {what}), us per call\n");
     println!("| batch | layer | conv | x scale | + shift | SiLU |");
     println!("|---|---|---|---|---|---|");
+    set_before(dev, before);
     for n in [1usize, 32] {
-        let mut h = rand_tensor(&dev, &[n, 3, 320, 320], -1.0, 1.0, 12, DType::F32)?;
+        let mut h = rand_tensor(dev, &[n, 3, 320, 320], -1.0, 1.0, 12, DType::F32)?;
         let (mut tot, iters) = ([0f64; 4], if n == 1 { 50 } else { 20 });
         for (i, l) in layers.iter().enumerate() {
             let c = h.conv2d(&l.w, &l.p)?;
             let m = c.mul(&l.scale)?;
             let a = m.add(&l.shift)?;
             let t = [
-                us(&timer, iters, || h.conv2d(&l.w, &l.p).map(|_| ()))?,
-                us(&timer, iters, || c.mul(&l.scale).map(|_| ()))?,
-                us(&timer, iters, || m.add(&l.shift).map(|_| ()))?,
-                us(&timer, iters, || a.silu().map(|_| ()))?,
+                us(timer, iters, || h.conv2d(&l.w, &l.p).map(|_| ()))?,
+                us(timer, iters, || c.mul(&l.scale).map(|_| ()))?,
+                us(timer, iters, || m.add(&l.shift).map(|_| ()))?,
+                us(timer, iters, || a.silu().map(|_| ()))?,
             ];
             for k in 0..4 {
                 tot[k] += t[k];
@@ -206,7 +246,6 @@ fn main() -> Result<()> {
         }
         println!("| {n} | sum | {:.1} | {:.1} | {:.1} | {:.1} |", tot[0], tot[1], tot[2], tot[3]);
     }
-    let ms = dev.memory_stats();
-    println!("\nallocator: {ms:?}");
+    set_before(dev, false);
     Ok(())
 }

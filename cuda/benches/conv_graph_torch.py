@@ -4,7 +4,8 @@ eager (cuDNN; default settings and with cudnn.benchmark) and replayed as a torch
 Same timing as conv_graph.rs: CUDA events around `iters` back-to-back runs, median of 7
 repetitions after warm-up, per run.
 
-Run on the GPU machine: python3 cuda/benches/conv_graph_torch.py
+Run on the GPU machine: python3 cuda/benches/conv_graph_torch.py; with `--compile`, only the
+backbone through torch.compile (a separate run: compiling takes tens of seconds).
 """
 import statistics
 
@@ -131,5 +132,34 @@ def main():
             print(f"| {n} | sum | " + " | ".join(f"{v:.1f}" for v in tot) + " |")
 
 
+def compiled():
+    """The backbone through torch.compile (inductor, default mode: fuses the scale, shift and SiLU
+    after each cuDNN conv into one Triton kernel), one compile per batch size."""
+    import time
+
+    print("\n### torch: YOLO-LAT backbone 320x320, torch.compile (f32), us per run\n")
+    print("| batch | compile s | torch.compile | max rel vs eager |")
+    print("|---|---|---|---|")
+    run = backbone()
+    for n in (1, 32):
+        iters = 50 if n == 1 else 10
+        x = torch.rand(n, 3, 320, 320, device=dev) * 2 - 1
+        with torch.no_grad():
+            f = torch.compile(run, dynamic=False)
+            t0 = time.time()
+            y = f(x)
+            torch.cuda.synchronize()
+            ct = time.time() - t0
+            ref = run(x)
+            err = ((y - ref).abs().max() / ref.abs().max()).item()
+            c = us(lambda: f(x), iters)
+        print(f"| {n} | {ct:.1f} | {c:.1f} | {err:.1e} |")
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--compile" in sys.argv:
+        compiled()
+    else:
+        main()
