@@ -97,26 +97,34 @@ fn main() -> Result<()> {
     let timer = GpuTimer::new(&dev)?;
     println!("device: {}", dev.name());
 
+    // `conv_graph backbone`: only the graph and backbone sections (3 and 4).
+    if !std::env::args().any(|a| a == "backbone") {
+        layer_tables(&dev, &timer)?;
+    }
+    graphs_and_backbone(&dev, &timer)
+}
+
+fn layer_tables(dev: &Cuda, timer: &GpuTimer) -> Result<()> {
     println!("\n### Depthwise 3x3 (f32), us per call\n");
     println!("| batch | C | in | stride | fwd direct | fwd im2col+GEMM | dx+dW direct | dx+dW im2col+GEMM |");
     println!("|---|---|---|---|---|---|---|---|");
     for n in [1usize, 32] {
         for &(c, hw, s) in &DW {
-            let x = rand_tensor(&dev, &[n, c, hw, hw], -1.0, 1.0, 3, DType::F32)?;
-            let w = rand_tensor(&dev, &[c, 1, 3, 3], -0.3, 0.3, 4, DType::F32)?;
+            let x = rand_tensor(dev, &[n, c, hw, hw], -1.0, 1.0, 3, DType::F32)?;
+            let w = rand_tensor(dev, &[c, 1, 3, 3], -0.3, 0.3, 4, DType::F32)?;
             let pp = p(s, 1, c);
             let y = x.conv2d(&w, &pp)?;
-            let dy = rand_tensor(&dev, y.dims(), -1.0, 1.0, 5, DType::F32)?;
+            let dy = rand_tensor(dev, y.dims(), -1.0, 1.0, 5, DType::F32)?;
             let mut row = Vec::new();
             for direct in [true, false] {
                 dev.set_direct_conv(direct);
                 let iters = if direct { 50 } else { 10 };
-                row.push(us(&timer, iters, || x.conv2d(&w, &pp).map(|_| ()))?);
+                row.push(us(timer, iters, || x.conv2d(&w, &pp).map(|_| ()))?);
             }
             for direct in [true, false] {
                 dev.set_direct_conv(direct);
                 let iters = if direct { 20 } else { 5 };
-                row.push(us(&timer, iters, || {
+                row.push(us(timer, iters, || {
                     dy.conv2d_backward_input(&w, x.shape(), &pp)?;
                     dy.conv2d_backward_weight(&x, w.shape(), &pp).map(|_| ())
                 })?);
@@ -131,25 +139,29 @@ fn main() -> Result<()> {
     println!("|---|---|---|---|---|---|");
     for n in [1usize, 32] {
         for &(c, o, hw) in &PW {
-            let x = rand_tensor(&dev, &[n, c, hw, hw], -1.0, 1.0, 6, DType::F32)?;
-            let w = rand_tensor(&dev, &[o, c, 1, 1], -0.3, 0.3, 7, DType::F32)?;
+            let x = rand_tensor(dev, &[n, c, hw, hw], -1.0, 1.0, 6, DType::F32)?;
+            let w = rand_tensor(dev, &[o, c, 1, 1], -0.3, 0.3, 7, DType::F32)?;
             let pp = p(1, 0, 1);
-            let dy = rand_tensor(&dev, &[n, o, hw, hw], -1.0, 1.0, 8, DType::F32)?;
-            let f = us(&timer, 50, || x.conv2d(&w, &pp).map(|_| ()))?;
-            let dx = us(&timer, 50, || dy.conv2d_backward_input(&w, x.shape(), &pp).map(|_| ()))?;
-            let dw = us(&timer, 50, || dy.conv2d_backward_weight(&x, w.shape(), &pp).map(|_| ()))?;
+            let dy = rand_tensor(dev, &[n, o, hw, hw], -1.0, 1.0, 8, DType::F32)?;
+            let f = us(timer, 50, || x.conv2d(&w, &pp).map(|_| ()))?;
+            let dx = us(timer, 50, || dy.conv2d_backward_input(&w, x.shape(), &pp).map(|_| ()))?;
+            let dw = us(timer, 50, || dy.conv2d_backward_weight(&x, w.shape(), &pp).map(|_| ()))?;
             println!("| {n} | {c} -> {o} | {hw} | {f:.1} | {dx:.1} | {dw:.1} |");
         }
     }
 
+    Ok(())
+}
+
+fn graphs_and_backbone(dev: &Cuda, timer: &GpuTimer) -> Result<()> {
     println!("\n### Eager vs CUDA graph replay (f32), us per run\n");
     println!("| workload | batch | ops | graph nodes | eager | replay | speed-up | replay vs eager (max rel) |");
     println!("|---|---|---|---|---|---|---|---|");
     // 30-op chain: 10 x (depthwise 3x3 conv, scale, SiLU) on a 64 x 40 x 40 map.
     {
-        let x = rand_tensor(&dev, &[1, 64, 40, 40], -1.0, 1.0, 9, DType::F32)?;
-        let w = rand_tensor(&dev, &[64, 1, 3, 3], -0.3, 0.3, 10, DType::F32)?;
-        let sc = rand_tensor(&dev, &[1, 64, 1, 1], 0.5, 1.5, 11, DType::F32)?;
+        let x = rand_tensor(dev, &[1, 64, 40, 40], -1.0, 1.0, 9, DType::F32)?;
+        let w = rand_tensor(dev, &[64, 1, 3, 3], -0.3, 0.3, 10, DType::F32)?;
+        let sc = rand_tensor(dev, &[1, 64, 1, 1], 0.5, 1.5, 11, DType::F32)?;
         let chain = |x: &Tensor<Cuda>| -> Result<Tensor<Cuda>> {
             let mut h = x.clone();
             for _ in 0..10 {
@@ -161,23 +173,23 @@ fn main() -> Result<()> {
         let (g, out) = dev.capture(|| chain(&x))?;
         g.replay()?;
         let err = max_rel(&out, &eager_out)?;
-        let e = us(&timer, 50, || chain(&x).map(|_| ()))?;
-        let r = us(&timer, 50, || g.replay())?;
+        let e = us(timer, 50, || chain(&x).map(|_| ()))?;
+        let r = us(timer, 50, || g.replay())?;
         println!("| 30-op chain | 1 | 30 | {} | {e:.1} | {r:.1} | {:.2}x | {err:.1e} |", g.num_nodes(), e / r);
     }
-    let layers = backbone(&dev)?;
+    let layers = backbone(dev)?;
     let mut before_rows = Vec::new();
     for n in [1usize, 32] {
-        let x = rand_tensor(&dev, &[n, 3, 320, 320], -1.0, 1.0, 12, DType::F32)?;
+        let x = rand_tensor(dev, &[n, 3, 320, 320], -1.0, 1.0, 12, DType::F32)?;
         let eager_out = run(&layers, &x)?;
         let (g, out) = dev.capture(|| run(&layers, &x))?;
         g.replay()?;
         let err = max_rel(&out, &eager_out)?;
         let iters = if n == 1 { 50 } else { 10 };
-        let e = us(&timer, iters, || run(&layers, &x).map(|_| ()))?;
-        let r = us(&timer, iters, || g.replay())?;
+        let e = us(timer, iters, || run(&layers, &x).map(|_| ()))?;
+        let r = us(timer, iters, || g.replay())?;
         dev.set_direct_conv(false);
-        let old = us(&timer, iters, || run(&layers, &x).map(|_| ()))?;
+        let old = us(timer, iters, || run(&layers, &x).map(|_| ()))?;
         dev.set_direct_conv(true);
         println!(
             "| YOLO-LAT backbone 320x320 | {n} | 36 | {} | {e:.1} (every conv im2col: {old:.1}) | {r:.1} | {:.2}x | {err:.1e} |",
@@ -186,12 +198,12 @@ fn main() -> Result<()> {
         );
         // The kernels before the elementwise fast paths and the few-channel conv: general strided
         // elementwise kernels, the stem through im2col + GEMM (depthwise direct as before).
-        set_before(&dev, true);
+        set_before(dev, true);
         let before_out = run(&layers, &x)?;
         let (gb, _) = dev.capture(|| run(&layers, &x))?;
-        let be = us(&timer, iters, || run(&layers, &x).map(|_| ()))?;
-        let br = us(&timer, iters, || gb.replay())?;
-        set_before(&dev, false);
+        let be = us(timer, iters, || run(&layers, &x).map(|_| ()))?;
+        let br = us(timer, iters, || gb.replay())?;
+        set_before(dev, false);
         let berr = max_rel(&before_out, &eager_out)?;
         before_rows.push(format!("| {n} | {be:.1} | {br:.1} | {e:.1} | {r:.1} | {:.2}x | {berr:.1e} |", be / e));
     }
@@ -204,7 +216,7 @@ fn main() -> Result<()> {
     // Where the eager backbone's time goes: each op alone (device time per call), with this
     // change's kernels and before them.
     for before in [false, true] {
-        per_op(&dev, &timer, &layers, before)?;
+        per_op(dev, timer, &layers, before)?;
     }
     let ms = dev.memory_stats();
     println!("\nallocator: {ms:?}");

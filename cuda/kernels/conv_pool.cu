@@ -280,15 +280,16 @@ DEPTHWISE(f64, F64)
 // ---------------------------------------------------------------- direct convolution, few input taps
 
 // groups == 1 with C * kh * kw <= SMALL_TAPS (a detector's stem: 3 -> 16 channels, 3x3, stride
-// 2): a thread per output pixel of one image (grid.x: pixels, grid.y: images, looping past
-// 65535) loads the pixel's C*kh*kw input values once into registers and writes every output
-// channel, in tiles of SMALL_OT channels whose weights sit in shared memory as [tap][channel]
-// (each tap feeds SMALL_OT accumulators from broadcast reads). No im2col buffer, no GEMM.
-// Products accumulate in tap order (ci, ky, kx) in D::C and round once. 32-bit in-image
-// indices: the host checks that c*h*w and o*oh*ow fit.
+// 2), no im2col and no GEMM: each thread computes P output pixels of one image (grid.x: blocks of
+// P * blockDim pixels, pixel k * blockDim + threadIdx.x of the block's range; grid.y: images,
+// looping past 65535) for every output channel, in tiles of SMALL_OT channels whose weights sit in
+// shared memory as [tap][channel]. Taps run outermost: each tap's P input values are loaded once
+// and, with the tap's SMALL_OT weights (broadcast shared-memory reads, shared by the P pixels),
+// feed P x SMALL_OT accumulators. Products accumulate in tap order (ci, ky, kx) in D::C and round
+// once. 32-bit in-image indices: the host checks that c*h*w and o*oh*ow fit.
 #define SMALL_TAPS 27
 #define SMALL_OT 16
-template <typename D>
+template <typename D, int P>
 __device__ void conv_small_fwd_impl(typename D::S* y, const typename D::S* x, const typename D::S* wt, ConvGeo g,
                                     int o) {
     typedef typename D::C C;
@@ -303,52 +304,69 @@ __device__ void conv_small_fwd_impl(typename D::S* y, const typename D::S* x, co
         tdy[t] = ky * (int)g.dh;
         tdx[t] = kx * (int)g.dw;
     }
-    __syncthreads();
-    const int p = blockIdx.x * blockDim.x + threadIdx.x;
-    const bool live = p < npix;
-    const int oy = live ? p / ow : 0, ox = live ? p - oy * ow : 0;
-    const int iy0 = oy * (int)g.sh - (int)g.ph, ix0 = ox * (int)g.sw - (int)g.pw;
+    // Top-left input corner of each pixel's window; pixels past the map get a corner no tap
+    // reaches (every load skipped) and store nothing.
+    int pix[P], iy0[P], ix0[P];
+#pragma unroll
+    for (int k = 0; k < P; ++k) {
+        pix[k] = (blockIdx.x * P + k) * blockDim.x + threadIdx.x;
+        const int oy = pix[k] / ow, ox = pix[k] - oy * ow;
+        const bool live = pix[k] < npix;
+        iy0[k] = live ? oy * (int)g.sh - (int)g.ph : -(1 << 30);
+        ix0[k] = ox * (int)g.sw - (int)g.pw;
+    }
     for (i64 img = blockIdx.y; img < g.n; img += gridDim.y) {
         const S* xp = x + img * g.c * g.h * g.w;
-        C v[SMALL_TAPS];
-#pragma unroll
-        for (int t = 0; t < SMALL_TAPS; ++t) {
-            v[t] = (C)0;
-            if (t < taps && live) {
-                const int iy = iy0 + tdy[t], ix = ix0 + tdx[t];
-                if (iy >= 0 && iy < h && ix >= 0 && ix < w) v[t] = D::load(xp[toff[t] + iy * w + ix]);
-            }
-        }
         for (int o0 = 0; o0 < o; o0 += SMALL_OT) {
-            __syncthreads();  // every thread is done with the previous tile's weights
+            __syncthreads();  // the tap table is written; the previous tile's weights are read
             for (int k = threadIdx.x; k < SMALL_TAPS * SMALL_OT; k += blockDim.x) {
                 const int t = k / SMALL_OT, oc = k - t * SMALL_OT;
                 ws[t][oc] = (t < taps && o0 + oc < o) ? D::load(wt[(i64)(o0 + oc) * taps + t]) : (C)0;
             }
             __syncthreads();
-            C acc[SMALL_OT];
+            C acc[P][SMALL_OT];
 #pragma unroll
-            for (int oc = 0; oc < SMALL_OT; ++oc) acc[oc] = (C)0;
+            for (int k = 0; k < P; ++k)
 #pragma unroll
-            for (int t = 0; t < SMALL_TAPS; ++t) {
-                if (t < taps) {
+                for (int oc = 0; oc < SMALL_OT; ++oc) acc[k][oc] = (C)0;
+#pragma unroll 3
+            for (int t = 0; t < taps; ++t) {
+                const int off = toff[t], dy = tdy[t], dx = tdx[t];
+                C v[P];
 #pragma unroll
-                    for (int oc = 0; oc < SMALL_OT; ++oc) acc[oc] += v[t] * ws[t][oc];
+                for (int k = 0; k < P; ++k) {
+                    const int iy = iy0[k] + dy, ix = ix0[k] + dx;
+                    v[k] = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? D::load(xp[off + iy * w + ix]) : (C)0;
+                }
+#pragma unroll
+                for (int oc = 0; oc < SMALL_OT; ++oc) {
+                    const C wv = ws[t][oc];
+#pragma unroll
+                    for (int k = 0; k < P; ++k) acc[k][oc] += v[k] * wv;
                 }
             }
-            if (live) {
-                S* yp = y + (img * o + o0) * (i64)npix + p;
 #pragma unroll
-                for (int oc = 0; oc < SMALL_OT; ++oc)
-                    if (o0 + oc < o) yp[(i64)oc * npix] = D::store(acc[oc]);
+            for (int k = 0; k < P; ++k) {
+                if (pix[k] < npix) {
+                    S* yp = y + (img * o + o0) * (i64)npix + pix[k];
+#pragma unroll
+                    for (int oc = 0; oc < SMALL_OT; ++oc)
+                        if (o0 + oc < o) yp[(i64)oc * npix] = D::store(acc[k][oc]);
+                }
             }
         }
     }
 }
+// conv_small_fwd: a pixel per thread (small grids); conv_small_fwd_multi: 4 pixels per thread
+// (2 for f64), reading each weight from shared memory once for all of them (large grids).
 #define CONV_SMALL(NAME, D)                                                                                   \
     extern "C" __global__ void __launch_bounds__(256)                                                         \
         conv_small_fwd_##NAME(D::S* y, const D::S* x, const D::S* w, ConvGeo g, int o) {                      \
-        conv_small_fwd_impl<D>(y, x, w, g, o);                                                                \
+        conv_small_fwd_impl<D, 1>(y, x, w, g, o);                                                             \
+    }                                                                                                         \
+    extern "C" __global__ void __launch_bounds__(256)                                                         \
+        conv_small_fwd_multi_##NAME(D::S* y, const D::S* x, const D::S* w, ConvGeo g, int o) {                \
+        conv_small_fwd_impl<D, sizeof(D::C) == 8 ? 2 : 4>(y, x, w, g, o);                                     \
     }
 CONV_SMALL(f16, F16)
 CONV_SMALL(bf16, BF16)

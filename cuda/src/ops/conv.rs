@@ -6,9 +6,9 @@
 //!   (dx) pixel, and a deterministic block reduction per weight tap (per channel for 3x3) for dW
 //!   (`dw_*` kernels); no im2col and no GEMM.
 //! - **few input taps** (`groups == 1`, `C*kh*kw <= 27`, not 1x1: a detector's stem, 3 -> 16
-//!   channels 3x3): forward by a direct kernel, a thread per output pixel reading its input taps
-//!   once and writing every output channel (`conv_small_fwd_*`); both gradients take the general
-//!   path (the input of a stem is the image: no dx needed in training).
+//!   channels 3x3): forward by a direct kernel, a thread per output pixel (or 4 on large grids)
+//!   reading its input taps once and writing every output channel (`conv_small_fwd*`); both
+//!   gradients take the general path (the input of a stem is the image: no dx in training).
 //! - **pointwise** (1x1, stride 1, no padding): cuBLAS on the input itself, viewed as `[C, H*W]` per
 //!   image, strided-batched over the images: `y_g = W_g @ x_g`, `dx_g = W_g^T @ dy_g` (straight into
 //!   dx), and for dW either `dW_g = dyT_g @ xT_g^T` over channel-major copies `[C, n*H*W]` of x
@@ -43,6 +43,11 @@ const PW_PERMUTE_PIX: usize = 4096;
 
 /// Most input taps (C*kh*kw) of the direct few-channel convolution (`SMALL_TAPS` in conv_pool.cu).
 const SMALL_TAPS: usize = 27;
+
+/// Blocks from which the few-channel direct conv gives each thread several pixels (fewer
+/// shared-memory reads per product) rather than one (more blocks): two per multiprocessor of an
+/// H200 (132).
+const SMALL_MULTI_BLOCKS: usize = 264;
 
 /// Mirror of `struct ConvGeo` in conv_pool.cu.
 #[repr(C)]
@@ -297,8 +302,16 @@ impl Cuda {
             return Ok(out);
         }
         if g.small_taps() && self.direct_small_conv() {
-            // A thread per output pixel and image, every output channel (conv_small_fwd_impl).
-            let cfg = Cfg { grid: g.npix().div_ceil(256) as u32, grid_y: g.n.min(65_535) as u32, block: 256 };
+            // Threads of a few output pixels each, every output channel (conv_small_fwd_impl):
+            // 4 pixels a thread (2 in f64) when that still gives SMALL_MULTI_BLOCKS blocks.
+            let multi = if d == DType::F64 { 2 } else { 4 };
+            let (px, name) = if g.n * g.npix().div_ceil(256 * multi) >= SMALL_MULTI_BLOCKS {
+                (multi, "conv_small_fwd_multi")
+            } else {
+                (1, "conv_small_fwd")
+            };
+            let grid = g.npix().div_ceil(256 * px) as u32;
+            let cfg = Cfg { grid, grid_y: g.n.min(65_535) as u32, block: 256 };
             let args = [
                 Arg::Ptr(out.ptr()),
                 Arg::Ptr(xc.ptr()),
@@ -306,7 +319,7 @@ impl Cuda {
                 Arg::Conv(g.kernel_geo(g.n)),
                 Arg::I32(g.o as i32),
             ];
-            self.launch(CP, &format!("conv_small_fwd_{}", dt(d)), cfg, &args)?;
+            self.launch(CP, &format!("{name}_{}", dt(d)), cfg, &args)?;
             return Ok(out);
         }
         let col = self.col_buffer(&g, d)?;

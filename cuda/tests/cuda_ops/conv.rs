@@ -187,6 +187,9 @@ fn few_input_channel_direct_kernel_matches_the_cpu_and_im2col() -> Result<()> {
         (vec![2, 1, 9, 9], vec![5, 1, 5, 5], p((2, 1), (2, 1), (1, 2))),    // 25 taps, dilation
         (vec![1, 3, 3, 3], vec![4, 3, 3, 3], p((3, 3), (2, 2), (1, 1))),    // mostly padding
         (vec![2, 27, 6, 6], vec![8, 27, 1, 1], p((2, 2), (0, 0), (1, 1))),  // 1x1 stride 2: 27 taps
+        // Grids of at least 264 blocks: several pixels a thread (mostly past the map in the first).
+        (vec![264, 3, 9, 7], vec![16, 3, 3, 3], p((1, 1), (1, 1), (1, 1))),
+        (vec![9, 2, 160, 200], vec![5, 2, 3, 3], p((1, 1), (1, 1), (1, 1))),
     ];
     for (k, &d) in [DType::F32, DType::F64, DType::F16, DType::BF16].iter().enumerate() {
         for (i, (xs, ws, params)) in cases.iter().enumerate() {
