@@ -142,6 +142,125 @@ BINARY(bf16, BF16)
 BINARY(f32, F32)
 BINARY(f64, F64)
 
+// ---------------------------------------------------------------- fast paths (n < 2^31)
+
+// Contiguous unary and binary maps, and binary maps of a contiguous operand with a "per-channel"
+// one: after coalescing, the small operand steps along a single axis (c = (i / inner) % C, at
+// `bs` elements a step; C = 1 for a scalar), as x * w[1, C, 1, 1] + b[1, C, 1, 1] does. Indices
+// are 32-bit (the host checks n < 2^31), the general kernels above divide 64-bit per axis.
+// `vec` (set by the host when every pointer the kernel streams through is 16-byte aligned)
+// moves 16 bytes per load and store; the elements past the last whole vector, and every element
+// when `vec` is 0, take the scalar loop. Same scalar functions as the general kernels, so the
+// results are bit-identical to theirs.
+
+template <typename S> union __align__(16) Pack16 {
+    u128x raw;
+    S v[16 / sizeof(S)];
+};
+
+template <typename D>
+__device__ void unary_contig_impl(typename D::S* out, const typename D::S* x, u32 n, int op, double p1, double p2,
+                                  int vec) {
+    typedef typename D::C C;
+    typedef typename D::S S;
+    const int V = 16 / sizeof(S);
+    const C a = (C)p1, b = (C)p2;
+    const u32 t0 = blockIdx.x * blockDim.x + threadIdx.x, nt = gridDim.x * blockDim.x;
+    u32 done = 0;
+    if (vec) {
+        const u32 nv = n / V;
+        for (u32 j = t0; j < nv; j += nt) {
+            Pack16<S> u, r;
+            u.raw = ((const u128x*)x)[j];
+#pragma unroll
+            for (int k = 0; k < V; ++k) r.v[k] = D::store(unary_scalar<C>(op, D::load(u.v[k]), a, b));
+            ((u128x*)out)[j] = r.raw;
+        }
+        done = nv * V;
+    }
+    for (u32 i = done + t0; i < n; i += nt) out[i] = D::store(unary_scalar<C>(op, D::load(x[i]), a, b));
+}
+
+template <typename D>
+__device__ void binary_contig_impl(typename D::S* out, const typename D::S* a, const typename D::S* b, u32 n, int op,
+                                   int vec) {
+    typedef typename D::C C;
+    typedef typename D::S S;
+    const int V = 16 / sizeof(S);
+    const u32 t0 = blockIdx.x * blockDim.x + threadIdx.x, nt = gridDim.x * blockDim.x;
+    u32 done = 0;
+    if (vec) {
+        const u32 nv = n / V;
+        for (u32 j = t0; j < nv; j += nt) {
+            Pack16<S> u, w, r;
+            u.raw = ((const u128x*)a)[j];
+            w.raw = ((const u128x*)b)[j];
+#pragma unroll
+            for (int k = 0; k < V; ++k) r.v[k] = D::store(binary_scalar<C>(op, D::load(u.v[k]), D::load(w.v[k])));
+            ((u128x*)out)[j] = r.raw;
+        }
+        done = nv * V;
+    }
+    for (u32 i = done + t0; i < n; i += nt) out[i] = D::store(binary_scalar<C>(op, D::load(a[i]), D::load(b[i])));
+}
+
+// out[i] = op(a[i], s[c * bs]) (or op(s[c * bs], a[i]) with `swap`), c = (i / inner) % C.
+template <typename D>
+__device__ void binary_chan_impl(typename D::S* out, const typename D::S* a, const typename D::S* s, u32 n, u32 inner,
+                                 u32 chans, u32 bs, int op, int swap, int vec) {
+    typedef typename D::C C;
+    typedef typename D::S S;
+    const int V = 16 / sizeof(S);
+    const u32 t0 = blockIdx.x * blockDim.x + threadIdx.x, nt = gridDim.x * blockDim.x;
+    u32 done = 0;
+    if (vec) {
+        const u32 nv = n / V;
+        for (u32 j = t0; j < nv; j += nt) {
+            // Channel of the vector's first element, then stepped element by element (a vector
+            // may straddle channels when inner is not a multiple of V).
+            const u32 i = j * V, q = i / inner;
+            u32 r = i - q * inner, c = q % chans;
+            Pack16<S> u, o;
+            u.raw = ((const u128x*)a)[j];
+            C y = D::load(s[c * bs]);
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+                const C x = D::load(u.v[k]);
+                o.v[k] = D::store(swap ? binary_scalar<C>(op, y, x) : binary_scalar<C>(op, x, y));
+                if (++r == inner) {
+                    r = 0;
+                    if (++c == chans) c = 0;
+                    y = D::load(s[c * bs]);
+                }
+            }
+            ((u128x*)out)[j] = o.raw;
+        }
+        done = nv * V;
+    }
+    for (u32 i = done + t0; i < n; i += nt) {
+        const C x = D::load(a[i]), y = D::load(s[((i / inner) % chans) * bs]);
+        out[i] = D::store(swap ? binary_scalar<C>(op, y, x) : binary_scalar<C>(op, x, y));
+    }
+}
+
+#define FAST(NAME, D)                                                                                              \
+    extern "C" __global__ void unary_contig_##NAME(D::S* out, const D::S* x, u32 n, int op, double p1, double p2,   \
+                                                   int vec) {                                                      \
+        unary_contig_impl<D>(out, x, n, op, p1, p2, vec);                                                          \
+    }                                                                                                              \
+    extern "C" __global__ void binary_contig_##NAME(D::S* out, const D::S* a, const D::S* b, u32 n, int op,        \
+                                                    int vec) {                                                     \
+        binary_contig_impl<D>(out, a, b, n, op, vec);                                                              \
+    }                                                                                                              \
+    extern "C" __global__ void binary_chan_##NAME(D::S* out, const D::S* a, const D::S* s, u32 n, u32 inner,       \
+                                                  u32 chans, u32 bs, int op, int swap, int vec) {                  \
+        binary_chan_impl<D>(out, a, s, n, inner, chans, bs, op, swap, vec);                                        \
+    }
+FAST(f16, F16)
+FAST(bf16, BF16)
+FAST(f32, F32)
+FAST(f64, F64)
+
 // ---------------------------------------------------------------- comparisons and where
 
 template <typename D>

@@ -36,6 +36,15 @@ pub(crate) struct Inner {
     functions: Mutex<HashMap<(KernelFile, String), CudaFunction>>,
     pub(crate) blas: Mutex<Blas>,
     pub(crate) tf32: AtomicBool,
+    /// Direct depthwise conv kernels (true) or im2col + GEMM for every conv (benchmarks).
+    pub(crate) direct_conv: AtomicBool,
+    /// Direct kernel for convolutions with few input taps (C * kh * kw <= 27, groups 1).
+    pub(crate) direct_small_conv: AtomicBool,
+    /// Contiguous and per-channel fast paths of the elementwise maps (else always the general
+    /// strided kernels; for benchmarks and tests).
+    pub(crate) fast_elementwise: AtomicBool,
+    /// The stream CUDA graphs are captured on (created on first capture).
+    pub(crate) capture_stream: OnceLock<Arc<CudaStream>>,
     /// Per-kernel device times (`ELA_CUDA_KERNEL_STATS=1`), else `None`.
     pub(crate) stats: Option<crate::profile::KernelStats>,
     /// cuBLAS's workspace (set on the handle; kept alive with it).
@@ -45,8 +54,40 @@ pub(crate) struct Inner {
 /// Bytes of cuBLAS workspace (PyTorch's default on Hopper).
 const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
-/// The cuBLAS handle (bound to the device's stream); used under the mutex only.
-pub(crate) struct Blas(pub(crate) bs::cublasHandle_t);
+/// The cuBLAS handle; used under the mutex only. It is bound to the device's stream, and to the
+/// capture stream for the calls of a thread that captures a CUDA graph ([`Blas::on_stream`]).
+pub(crate) struct Blas {
+    pub(crate) handle: bs::cublasHandle_t,
+    /// The stream the handle is bound to now.
+    stream: sys::CUstream,
+    /// The workspace (set again after every stream change: cublasSetStream resets it).
+    workspace: (u64, usize),
+}
+
+impl Blas {
+    /// Binds the handle to `stream` (no-op when it already is).
+    pub(crate) fn on_stream(&mut self, stream: sys::CUstream) -> Result<()> {
+        if stream == self.stream {
+            return Ok(());
+        }
+        let err = |what: &str, st: bs::cublasStatus_t| Error::Backend {
+            backend: "cuda",
+            op: "matmul",
+            msg: format!("cuBLAS refused {what}: {st:?}"),
+        };
+        // SAFETY: valid handle, stream and workspace (they live as long as the device).
+        let st = unsafe { bs::cublasSetStream_v2(self.handle, stream as bs::cudaStream_t) };
+        if st != bs::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            return Err(err("the stream", st));
+        }
+        self.stream = stream;
+        let st = unsafe { bs::cublasSetWorkspace_v2(self.handle, self.workspace.0 as *mut c_void, self.workspace.1) };
+        if st != bs::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            return Err(err("its workspace", st));
+        }
+        Ok(())
+    }
+}
 // SAFETY: the handle is only used while holding its mutex, and cuBLAS handles may move between
 // threads.
 unsafe impl Send for Blas {}
@@ -122,6 +163,7 @@ fn open(ordinal: usize) -> Result<Inner> {
     unsafe { br::set_stream(handle, stream.cu_stream() as bs::cudaStream_t) }
         .map_err(|e| unavailable(ordinal, format!("cuBLAS could not use the stream: {e:?}")))?;
     let alloc = Arc::new(Allocator::new(ctx.clone(), stream.clone()));
+    let cu_stream = stream.cu_stream();
     // cuBLAS gets a workspace of its own, from our allocator (as PyTorch gives its handles one),
     // instead of the library's default pool, so that its memory is counted like every other
     // buffer. (No speed difference was measured on an H200: the GEMM table and the LM step.)
@@ -143,8 +185,12 @@ fn open(ordinal: usize) -> Result<Inner> {
         alloc,
         modules: Mutex::new(HashMap::new()),
         functions: Mutex::new(HashMap::new()),
-        blas: Mutex::new(Blas(handle)),
+        blas: Mutex::new(Blas { handle, stream: cu_stream, workspace: (blas_workspace.ptr(), BLAS_WORKSPACE_BYTES) }),
         tf32: AtomicBool::new(false),
+        direct_conv: AtomicBool::new(true),
+        direct_small_conv: AtomicBool::new(true),
+        fast_elementwise: AtomicBool::new(true),
+        capture_stream: OnceLock::new(),
         stats: crate::profile::KernelStats::from_env(),
         _blas_workspace: blas_workspace,
     })
@@ -215,6 +261,37 @@ impl Cuda {
         self.inner.tf32.load(Ordering::Relaxed)
     }
 
+    /// Whether convolutions use the direct kernels (the default: depthwise, and few input
+    /// channels) rather than im2col + one GEMM per group. For benchmarks and tests that compare
+    /// the two paths.
+    #[doc(hidden)]
+    pub fn set_direct_conv(&self, on: bool) {
+        self.inner.direct_conv.store(on, Ordering::Relaxed);
+        self.inner.direct_small_conv.store(on, Ordering::Relaxed);
+    }
+    pub(crate) fn direct_conv(&self) -> bool {
+        self.inner.direct_conv.load(Ordering::Relaxed)
+    }
+    /// Only the direct kernel for convolutions with few input taps (`C * kh * kw <= 27`, groups
+    /// 1: a stem conv) on or off; the depthwise switch is left as it is. For benchmarks.
+    #[doc(hidden)]
+    pub fn set_direct_small_conv(&self, on: bool) {
+        self.inner.direct_small_conv.store(on, Ordering::Relaxed);
+    }
+    pub(crate) fn direct_small_conv(&self) -> bool {
+        self.inner.direct_small_conv.load(Ordering::Relaxed)
+    }
+    /// Whether contiguous unary/binary maps and binary maps with a per-channel (or scalar)
+    /// broadcast operand take the 32-bit, vectorised fast kernels (the default) rather than the
+    /// general strided ones. For benchmarks and tests that compare the two paths.
+    #[doc(hidden)]
+    pub fn set_fast_elementwise(&self, on: bool) {
+        self.inner.fast_elementwise.store(on, Ordering::Relaxed);
+    }
+    pub(crate) fn fast_elementwise(&self) -> bool {
+        self.inner.fast_elementwise.load(Ordering::Relaxed)
+    }
+
     /// Device memory used by tensors, cached for reuse, and the peak, in bytes.
     pub fn memory_stats(&self) -> MemoryStats {
         self.inner.alloc.stats()
@@ -229,7 +306,9 @@ impl Cuda {
     }
     /// Waits until all queued work on this device has finished; reports asynchronous kernel
     /// failures.
+    /// Inside [`Cuda::capture`] it is an error (nothing captured runs before a replay).
     pub fn synchronize(&self) -> Result<()> {
+        self.no_capture("synchronize")?;
         self.inner.stream.synchronize().map_err(|e| driver_error("synchronize", e))
     }
 
@@ -239,8 +318,13 @@ impl Cuda {
         self.inner.ctx.bind_to_thread().map_err(|e| driver_error(op, e))
     }
 
+    /// The stream work is queued on: the device's stream, or the capture stream for the thread
+    /// that is capturing a CUDA graph of this device.
     pub(crate) fn cu_stream(&self) -> sys::CUstream {
-        self.inner.stream.cu_stream()
+        match crate::graph::capture_stream_of(self) {
+            Some(s) => s,
+            None => self.inner.stream.cu_stream(),
+        }
     }
 
     /// An uninitialised buffer of `len` elements of `dtype`.
@@ -271,6 +355,7 @@ impl Cuda {
 
     /// Uploads a host slice into a fresh buffer (waits for the copy: the slice may be freed next).
     pub(crate) fn upload<T>(&self, data: &[T], dtype: DType) -> Result<CudaStorage> {
+        self.no_capture("from_cpu")?;
         let s = self.alloc(dtype, data.len())?;
         if !data.is_empty() {
             self.bind("from_cpu")?;
@@ -283,6 +368,7 @@ impl Cuda {
 
     /// Downloads `out.len()` elements starting at byte address `ptr`.
     pub(crate) fn download<T>(&self, ptr: u64, out: &mut [T]) -> Result<()> {
+        self.no_capture("to_cpu")?;
         if out.is_empty() {
             return Ok(());
         }
@@ -389,16 +475,16 @@ impl Cuda {
             })
         };
         match &self.inner.stats {
-            Some(stats) => stats.record(&self.inner.stream, name, launch),
-            None => launch(),
+            Some(stats) if !self.capturing() => stats.record(&self.inner.stream, name, launch),
+            _ => launch(),
         }
     }
 
     /// Runs a cuBLAS call (or any queued work) under the label `name` in the kernel statistics.
     pub(crate) fn profiled(&self, label: impl FnOnce() -> String, f: impl FnOnce() -> Result<()>) -> Result<()> {
         match &self.inner.stats {
-            Some(stats) => stats.record(&self.inner.stream, &label(), f),
-            None => f(),
+            Some(stats) if !self.capturing() => stats.record(&self.inner.stream, &label(), f),
+            _ => f(),
         }
     }
 
@@ -406,6 +492,7 @@ impl Cuda {
     /// device time so far, the summed kernel time against the stream's elapsed time, and the host
     /// time spent issuing launches (waits for the queued work). `None` when not enabled.
     pub fn kernel_stats_report(&self, top: usize) -> Result<Option<String>> {
+        self.no_capture("kernel_stats_report")?;
         self.inner.stats.as_ref().map(|s| s.report(&self.inner.stream, top)).transpose()
     }
 }

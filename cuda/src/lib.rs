@@ -28,7 +28,8 @@
 //! ```
 //!
 //! Layout of the crate: `device.rs` (opening a GPU, module cache, launches, transfers),
-//! `alloc.rs` (caching allocator, [`MemoryStats`]), `kernels.rs` (sources and NVRTC),
+//! `alloc.rs` (caching allocator, [`MemoryStats`]), `graph.rs` (CUDA graph capture and replay,
+//! [`CudaGraphExec`], in-place writes), `kernels.rs` (sources and NVRTC),
 //! `strided.rs` (strided views as kernel arguments), `ops/` (one file per op family, next to its
 //! `.cu` file, fused ELA included), `backend_impl.rs` (the trait impl). See `cuda/README.md`.
 #![warn(missing_docs)]
@@ -36,6 +37,7 @@
 mod alloc;
 mod backend_impl;
 mod device;
+mod graph;
 pub mod kernels;
 mod ops;
 mod profile;
@@ -45,5 +47,6 @@ mod timing;
 
 pub use alloc::MemoryStats;
 pub use device::{cuda_if_available, cuda_or_none, Cuda};
+pub use graph::CudaGraphExec;
 pub use storage::CudaStorage;
 pub use timing::GpuTimer;

@@ -27,6 +27,7 @@ impl GpuTimer {
     /// Device milliseconds taken by the work that `f` queues (waits for it to finish; errors of
     /// that work are reported).
     pub fn time<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+        self.dev.no_capture("GpuTimer::time")?;
         self.start.record(&self.dev.inner.stream).map_err(|e| driver_error("timer", e))?;
         let out = f()?;
         self.stop.record(&self.dev.inner.stream).map_err(|e| driver_error("timer", e))?;

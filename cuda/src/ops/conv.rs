@@ -1,11 +1,27 @@
-//! Convolution (im2col + cuBLAS), pooling and nearest upsampling over NCHW tensors (kernels in
+//! Convolution, pooling and nearest upsampling over NCHW tensors (kernels in
 //! `kernels/conv_pool.cu`).
 //!
-//! conv2d per group g: `out_g [O/g, OH*OW] = W_g [O/g, K] @ col_g [K, OH*OW]`, K = C/g*kh*kw, one
-//! strided-batched GEMM over the images of a chunk (the weight has batch stride 0). The backward
-//! passes are the other two products of the same matrices: `dcol = W_g^T @ dy_g` folded back by
-//! col2im (dx), and `dW_g = sum_img dy_g @ col_g^T` (dW, batched over groups, accumulated over
-//! images with beta = 1). f16/bf16 gradients accumulate in f32 buffers and round once.
+//! Four conv2d paths:
+//! - **depthwise** (`groups == C == O`): direct kernels, one thread per output (forward) or input
+//!   (dx) pixel, and a deterministic block reduction per weight tap (per channel for 3x3) for dW
+//!   (`dw_*` kernels); no im2col and no GEMM.
+//! - **few input taps** (`groups == 1`, `C*kh*kw <= 27`, not 1x1: a detector's stem, 3 -> 16
+//!   channels 3x3): forward by a direct kernel, a thread per output pixel (or 4 on large grids)
+//!   reading its input taps once and writing every output channel (`conv_small_fwd*`); both
+//!   gradients take the general path (the input of a stem is the image: no dx in training).
+//! - **pointwise** (1x1, stride 1, no padding): cuBLAS on the input itself, viewed as `[C, H*W]` per
+//!   image, strided-batched over the images: `y_g = W_g @ x_g`, `dx_g = W_g^T @ dy_g` (straight into
+//!   dx), and for dW either `dW_g = dyT_g @ xT_g^T` over channel-major copies `[C, n*H*W]` of x
+//!   and dy (one GEMM whose K spans every image and pixel; large images) or `dy_g @ x_g^T` per
+//!   image as one GEMM batched over the images into a workspace folded in image order by
+//!   `batch_sum` (small images; no atomics either way).
+//! - **general**: per group g, `out_g [O/g, OH*OW] = W_g [O/g, K] @ col_g [K, OH*OW]`, K =
+//!   C/g*kh*kw, one strided-batched GEMM over the images of a chunk (the weight has batch stride
+//!   0). The backward passes are the other two products of the same matrices: `dcol = W_g^T @
+//!   dy_g` folded back by col2im (dx), and `dW_g = sum_img dy_g @ col_g^T` (dW, batched over
+//!   groups, accumulated over images with beta = 1).
+//!
+//! f16/bf16 gradients accumulate in f32 and round once.
 
 use cudarc::driver::DeviceRepr;
 use ela_core::{Conv2dParams, DType, Error, Layout, Pool2dParams, Result, Shape};
@@ -18,6 +34,20 @@ use crate::storage::CudaStorage;
 
 /// Elements of im2col buffer per launch chunk (256 MiB of f32): bounds the scratch memory.
 const COL_LIMIT: usize = 1 << 26;
+
+/// Output pixels from which a 1x1 weight gradient runs as one GEMM over channel-major copies
+/// (K = n*H*W) rather than a GEMM batched over images (K = H*W) folded by `batch_sum`. Measured
+/// on an H200, batch 32, f32 (README): 125 vs 225 us at 80x80 (16 -> 32 channels); 62 vs 44
+/// at 40x40, 41-52 vs 26-28 at 20x20.
+const PW_PERMUTE_PIX: usize = 4096;
+
+/// Most input taps (C*kh*kw) of the direct few-channel convolution (`SMALL_TAPS` in conv_pool.cu).
+const SMALL_TAPS: usize = 27;
+
+/// Blocks from which the few-channel direct conv gives each thread several pixels (fewer
+/// shared-memory reads per product) rather than one (more blocks): two per multiprocessor of an
+/// H200 (132).
+const SMALL_MULTI_BLOCKS: usize = 264;
 
 /// Mirror of `struct ConvGeo` in conv_pool.cu.
 #[repr(C)]
@@ -97,9 +127,29 @@ impl Geo {
     fn col_per_img(&self) -> usize {
         self.c * self.kh * self.kw * self.npix()
     }
-    /// Images per chunk so the im2col buffer stays under [`COL_LIMIT`].
+    /// Images per chunk so the im2col buffer stays under [`COL_LIMIT`] (pointwise convolutions
+    /// have no im2col buffer: one chunk).
     fn chunk(&self) -> usize {
+        if self.pointwise() {
+            return self.n.max(1);
+        }
         (COL_LIMIT / self.col_per_img().max(1)).clamp(1, self.n.max(1))
+    }
+    /// `groups == C == O` (weight `[C, 1, kh, kw]`), with planes small enough for the direct
+    /// kernels' 32-bit in-plane indices.
+    fn depthwise(&self) -> bool {
+        let fits = |v: usize| v < (1 << 31);
+        self.g == self.c && self.o == self.c && fits(self.h * self.w) && fits(self.npix())
+    }
+    /// groups 1 with at most [`SMALL_TAPS`] input taps (C*kh*kw; a stem conv), not pointwise,
+    /// with images and output maps small enough for the direct kernel's 32-bit indices.
+    fn small_taps(&self) -> bool {
+        let fits = |v: usize| v < (1 << 31);
+        self.g == 1
+            && (1..=SMALL_TAPS).contains(&self.krows())
+            && !self.pointwise()
+            && fits(self.c * self.h * self.w)
+            && fits(self.o * self.npix())
     }
     /// 1x1, stride 1, no padding: the input already is the im2col matrix.
     fn pointwise(&self) -> bool {
@@ -169,6 +219,61 @@ impl Cuda {
         }
     }
 
+    /// Launch of a depthwise kernel over every pixel of every (image, channel) plane; `kind` is
+    /// `fwd` or `bwd_input` (3x3 kernels use the unrolled variant).
+    fn depthwise_launch(&self, kind: &str, g: &Geo, dtype: DType, pix: usize, ptrs: [u64; 3]) -> Result<()> {
+        let planes = g.n * g.c;
+        if pix == 0 || planes == 0 {
+            return Ok(());
+        }
+        let k3 = if g.kh == 3 && g.kw == 3 { "3" } else { "" };
+        let cfg = Cfg { grid: pix.div_ceil(256).min(1 << 16) as u32, grid_y: planes.min(65_535) as u32, block: 256 };
+        let args = [Arg::Ptr(ptrs[0]), Arg::Ptr(ptrs[1]), Arg::Ptr(ptrs[2]), Arg::Conv(g.kernel_geo(g.n))];
+        self.launch(CP, &format!("dw_{kind}{k3}_{}", dt(dtype)), cfg, &args)
+    }
+
+    /// Weight gradient of a depthwise convolution: one block (or, for long reductions, a fixed
+    /// number of blocks whose partials are added in order) per weight tap, or per channel for
+    /// 3x3 kernels (all 9 taps in registers).
+    fn depthwise_weight_grad(&self, g: &Geo, dtype: DType, x: u64, dy: u64) -> Result<CudaStorage> {
+        let taps = g.kh * g.kw;
+        let cts = g.c * taps;
+        let dw = self.alloc(dtype, cts)?;
+        let total = g.n * g.npix();
+        if cts == 0 {
+            return Ok(dw);
+        }
+        if total == 0 {
+            self.memset_zero(dw.ptr(), cts * dtype.size_in_bytes())?;
+            return Ok(dw);
+        }
+        // 3x3: a block per channel computes its 9 taps together; else a block per tap. About 1024
+        // blocks in all, each summing at least 2048 output pixels.
+        let k3 = g.kh == 3 && g.kw == 3;
+        let rows = if k3 { g.c } else { cts };
+        let splits = 1024usize.div_ceil(rows).clamp(1, total.div_ceil(2048)).min(65_535);
+        let per = total.div_ceil(splits);
+        let splits = total.div_ceil(per);
+        let acc = stat_dtype(dtype);
+        let partial = if splits > 1 { Some(self.alloc(acc, cts * splits)?) } else { None };
+        let pp = partial.as_ref().map_or(0, |p| p.ptr());
+        let cfg = Cfg { grid: rows as u32, grid_y: splits as u32, block: 256 };
+        let args =
+            [Arg::Ptr(dw.ptr()), Arg::Ptr(pp), Arg::Ptr(x), Arg::Ptr(dy), Arg::Conv(g.kernel_geo(g.n)), Arg::n(per)];
+        let name = if k3 { "dw_bwd_weight3" } else { "dw_bwd_weight" };
+        self.launch(CP, &format!("{name}_{}", dt(dtype)), cfg, &args)?;
+        if splits > 1 {
+            let args = [Arg::Ptr(dw.ptr()), Arg::Ptr(pp), Arg::n(cts), Arg::n(splits)];
+            self.launch(CP, &format!("dw_wgrad_sum_{}", dt(dtype)), Cfg::elems(cts), &args)?;
+        }
+        Ok(dw)
+    }
+
+    /// Whether the direct depthwise kernels are used (else every conv goes through im2col + GEMM).
+    fn direct_depthwise(&self, g: &Geo) -> bool {
+        g.depthwise() && self.direct_conv()
+    }
+
     /// 2-D convolution.
     pub(crate) fn conv2d_impl(
         &self,
@@ -192,6 +297,31 @@ impl Cuda {
             return Ok(out);
         }
         let (xc, wc) = (self.contig(x, lx)?, self.contig(w, lw)?);
+        if self.direct_depthwise(&g) {
+            self.depthwise_launch("fwd", &g, d, g.npix(), [out.ptr(), xc.ptr(), wc.ptr()])?;
+            return Ok(out);
+        }
+        if g.small_taps() && self.direct_small_conv() {
+            // Threads of a few output pixels each, every output channel (conv_small_fwd_impl):
+            // 4 pixels a thread (2 in f64) when that still gives SMALL_MULTI_BLOCKS blocks.
+            let multi = if d == DType::F64 { 2 } else { 4 };
+            let (px, name) = if g.n * g.npix().div_ceil(256 * multi) >= SMALL_MULTI_BLOCKS {
+                (multi, "conv_small_fwd_multi")
+            } else {
+                (1, "conv_small_fwd")
+            };
+            let grid = g.npix().div_ceil(256 * px) as u32;
+            let cfg = Cfg { grid, grid_y: g.n.min(65_535) as u32, block: 256 };
+            let args = [
+                Arg::Ptr(out.ptr()),
+                Arg::Ptr(xc.ptr()),
+                Arg::Ptr(wc.ptr()),
+                Arg::Conv(g.kernel_geo(g.n)),
+                Arg::I32(g.o as i32),
+            ];
+            self.launch(CP, &format!("{name}_{}", dt(d)), cfg, &args)?;
+            return Ok(out);
+        }
         let col = self.col_buffer(&g, d)?;
         let (npix, krows, og) = (g.npix(), g.krows(), g.og());
         let mut i0 = 0;
@@ -235,6 +365,26 @@ impl Cuda {
         }
         let wc = self.contig(w, lw)?;
         let (npix, krows, og) = (g.npix(), g.krows(), g.og());
+        if self.direct_depthwise(&g) {
+            self.depthwise_launch("bwd_input", &g, d, g.h * g.w, [dx.ptr(), dy.ptr(), wc.ptr()])?;
+            return Ok(dx);
+        }
+        if g.pointwise() {
+            // dx_g [C/g, HW] = W_g^T [C/g, O/g] @ dy_g [O/g, HW], batched over images, into dx.
+            if og == 0 {
+                self.memset_zero(dx.ptr(), dx.len() * es as usize)?;
+            }
+            for gi in 0..g.g {
+                let a = Operand { ptr: wc.ptr() + (gi * og * krows) as u64 * es, rs: 1, cs: krows, batch_stride: 0 };
+                let b =
+                    Operand { ptr: dy.ptr() + (gi * og * npix) as u64 * es, rs: npix, cs: 1, batch_stride: g.o * npix };
+                let c = dx.ptr() + (gi * krows * npix) as u64 * es;
+                if og > 0 {
+                    self.gemm(d, d, (krows, npix, og, g.n), a, b, (c, npix, g.c * npix), 0.0)?;
+                }
+            }
+            return Ok(dx);
+        }
         let dcol = self.alloc(acc, g.chunk() * g.col_per_img())?;
         if npix == 0 || og == 0 {
             self.memset_zero(dcol.ptr(), dcol.len() * acc.size_in_bytes())?;
@@ -279,8 +429,67 @@ impl Cuda {
         let d = dy.dtype();
         let acc = stat_dtype(d);
         let es = d.size_in_bytes() as u64;
-        let dw = self.zeros(acc, ws.elem_count())?;
         let (npix, krows, og) = (g.npix(), g.krows(), g.og());
+        if self.direct_depthwise(&g) {
+            let xc = self.contig(x, lx)?;
+            return self.depthwise_weight_grad(&g, d, xc.ptr(), dy.ptr());
+        }
+        let wlen = ws.elem_count();
+        if g.pointwise() && g.n > 1 && npix >= PW_PERMUTE_PIX && krows > 0 && og > 0 {
+            // Channel-major copies dyT [O, n*HW] and xT [C, n*HW] (of a chunk of images), then
+            // dW_g = dyT_g @ xT_g^T: one GEMM per group whose K runs over every image and pixel,
+            // accumulated over chunks with beta = 1 (cuBLAS splits the long K itself).
+            let ea = acc.size_in_bytes() as u64;
+            let imgs = (COL_LIMIT / ((g.c + g.o) * npix)).clamp(1, g.n).min(i32::MAX as usize / npix);
+            let (xt, dyt) = (self.alloc(d, imgs * g.c * npix)?, self.alloc(d, imgs * g.o * npix)?);
+            let dw = self.alloc(acc, wlen)?;
+            let dyl = Layout::contiguous(vec![g.n, g.o, g.oh, g.ow]);
+            let mut i0 = 0;
+            while i0 < g.n {
+                let n = imgs.min(g.n - i0);
+                let k = n * npix;
+                let xv = lx.narrow(0, i0, n, "conv2d_backward")?.transpose(0, 1);
+                self.copy_strided(&xt, &Layout::contiguous(xv.shape().clone()), x, &xv)?;
+                let dyv = dyl.narrow(0, i0, n, "conv2d_backward")?.transpose(0, 1);
+                self.copy_strided(&dyt, &Layout::contiguous(dyv.shape().clone()), dy, &dyv)?;
+                for gi in 0..g.g {
+                    let a = Operand { ptr: dyt.ptr() + (gi * og * k) as u64 * es, rs: k, cs: 1, batch_stride: 0 };
+                    let b = Operand { ptr: xt.ptr() + (gi * krows * k) as u64 * es, rs: 1, cs: k, batch_stride: 0 };
+                    let c = dw.ptr() + (gi * og * krows) as u64 * ea;
+                    let beta = if i0 == 0 { 0.0 } else { 1.0 };
+                    self.gemm(d, acc, (og, krows, k, 1), a, b, (c, krows, 0), beta)?;
+                }
+                i0 += n;
+            }
+            return if acc == d { Ok(dw) } else { self.cast_impl(&dw, &Layout::contiguous(ws.clone()), d) };
+        }
+        if g.pointwise() && g.g + 1 < g.n && npix > 0 && krows > 0 && og > 0 {
+            // Small images: dW_g [O/g, C/g] of every image in one GEMM batched over the images of a
+            // chunk (into a workspace laid out like the weight, one copy per image), folded in
+            // image order by `batch_sum`.
+            let ea = acc.size_in_bytes() as u64;
+            let xc = self.contig(x, lx)?;
+            let imgs = (COL_LIMIT / wlen.max(1)).clamp(1, g.n);
+            let (wsb, dw) = (self.alloc(acc, imgs * wlen)?, self.alloc(acc, wlen)?);
+            let mut i0 = 0;
+            while i0 < g.n {
+                let n = imgs.min(g.n - i0);
+                for gi in 0..g.g {
+                    let dyp = dy.ptr() + ((i0 * g.o + gi * og) * npix) as u64 * es;
+                    let a = Operand { ptr: dyp, rs: npix, cs: 1, batch_stride: g.o * npix };
+                    let xp = xc.ptr() + ((i0 * g.c + gi * krows) * npix) as u64 * es;
+                    let b = Operand { ptr: xp, rs: 1, cs: npix, batch_stride: g.c * npix };
+                    let c = wsb.ptr() + (gi * og * krows) as u64 * ea;
+                    self.gemm(d, acc, (og, krows, npix, n), a, b, (c, krows, wlen), 0.0)?;
+                }
+                let args =
+                    [Arg::Ptr(dw.ptr()), Arg::Ptr(wsb.ptr()), Arg::n(n), Arg::n(wlen), Arg::I32((i0 > 0) as i32)];
+                self.launch(CP, &format!("batch_sum_{}", dt(d)), Cfg::elems(wlen), &args)?;
+                i0 += n;
+            }
+            return if acc == d { Ok(dw) } else { self.cast_impl(&dw, &Layout::contiguous(ws.clone()), d) };
+        }
+        let dw = self.zeros(acc, wlen)?;
         if g.n > 0 && npix > 0 && krows > 0 && og > 0 {
             let xc = self.contig(x, lx)?;
             let col = self.col_buffer(&g, d)?;

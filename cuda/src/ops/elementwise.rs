@@ -187,6 +187,23 @@ impl Cuda {
         check_float(op.name(), src.dtype())?;
         let n = l.elem_count();
         let out = self.alloc(src.dtype(), n)?;
+        if let (true, Some(r)) = (self.fast(n), l.contiguous_range()) {
+            let x = src.ptr_at(r.start);
+            let vec = aligned16(&[out.ptr(), x]);
+            let (code, p1, p2) = unary_code(op);
+            let args = [
+                Arg::Ptr(out.ptr()),
+                Arg::Ptr(x),
+                Arg::U32(n as u32),
+                Arg::I32(code),
+                Arg::F64(p1),
+                Arg::F64(p2),
+                Arg::I32(vec as i32),
+            ];
+            let cfg = fast_cfg(n, src.dtype(), vec);
+            self.launch(EW, &format!("unary_contig_{}", dt(src.dtype())), cfg, &args)?;
+            return Ok(out);
+        }
         let views = [(src, l)];
         let (d, copies) = self.descs_or_copy(&views)?;
         let (code, p1, p2) = unary_code(op);
@@ -216,6 +233,12 @@ impl Cuda {
         check_float(op.name(), a.dtype())?;
         let n = la.elem_count();
         let out = self.alloc(a.dtype(), n)?;
+        if self.fast(n) {
+            if let Some(path) = fast_binary(la.dims(), la.strides(), lb.strides()) {
+                self.binary_fast(op, &out, [a.ptr_at(la.offset()), b.ptr_at(lb.offset())], n, path)?;
+                return Ok(out);
+            }
+        }
         let views = [(a, la), (b, lb)];
         let (d, copies) = self.descs_or_copy(&views)?;
         let args = [
@@ -229,6 +252,47 @@ impl Cuda {
         ];
         self.launch(EW, &format!("binary_{}", dt(a.dtype())), Cfg::elems(n), &args)?;
         Ok(out)
+    }
+
+    /// Whether `n` elements go through the fast elementwise kernels (32-bit indices).
+    fn fast(&self, n: usize) -> bool {
+        n > 0 && n < FAST_MAX && self.fast_elementwise()
+    }
+
+    /// `op(a, b)` into the contiguous `out` through a fast kernel (`ptrs`: each operand's first
+    /// element).
+    fn binary_fast(&self, op: BinaryOp, out: &CudaStorage, ptrs: [u64; 2], n: usize, path: FastBinary) -> Result<()> {
+        let d = out.dtype();
+        match path {
+            FastBinary::Contig => {
+                let vec = aligned16(&[out.ptr(), ptrs[0], ptrs[1]]);
+                let args = [
+                    Arg::Ptr(out.ptr()),
+                    Arg::Ptr(ptrs[0]),
+                    Arg::Ptr(ptrs[1]),
+                    Arg::U32(n as u32),
+                    Arg::I32(binary_code(op)),
+                    Arg::I32(vec as i32),
+                ];
+                self.launch(EW, &format!("binary_contig_{}", dt(d)), fast_cfg(n, d, vec), &args)
+            }
+            FastBinary::Chan { full, inner, chans, stride } => {
+                let vec = aligned16(&[out.ptr(), ptrs[full]]);
+                let args = [
+                    Arg::Ptr(out.ptr()),
+                    Arg::Ptr(ptrs[full]),
+                    Arg::Ptr(ptrs[1 - full]),
+                    Arg::U32(n as u32),
+                    Arg::U32(inner as u32),
+                    Arg::U32(chans as u32),
+                    Arg::U32(stride as u32),
+                    Arg::I32(binary_code(op)),
+                    Arg::I32(full as i32),
+                    Arg::I32(vec as i32),
+                ];
+                self.launch(EW, &format!("binary_chan_{}", dt(d)), fast_cfg(n, d, vec), &args)
+            }
+        }
     }
 
     /// Comparison of two same-shape views of one dtype, as a `U8` mask.
@@ -287,6 +351,72 @@ impl Cuda {
     }
 }
 
+/// Element counts from which the elementwise maps keep the general kernels (64-bit indices).
+const FAST_MAX: usize = 1 << 31;
+
+/// Whether every address is 16-byte aligned (the fast kernels' vector loads and stores).
+fn aligned16(ptrs: &[u64]) -> bool {
+    ptrs.iter().all(|p| p % 16 == 0)
+}
+
+/// Launch of a fast elementwise kernel over `n` elements: a thread per 16-byte vector when
+/// `vec`, else per element (grid-stride loops cover the rest).
+fn fast_cfg(n: usize, dtype: DType, vec: bool) -> Cfg {
+    Cfg::elems(if vec { n.div_ceil(16 / dtype.size_in_bytes()) } else { n })
+}
+
+/// How a binary map's two same-shape views reach a fast kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FastBinary {
+    /// Both contiguous.
+    Contig,
+    /// Operand `full` (0: a, 1: b) contiguous; the other reads element `((i / inner) % chans) *
+    /// stride` for output element `i` (a per-channel vector, or a scalar with `chans` 1).
+    Chan { full: usize, inner: usize, chans: usize, stride: usize },
+}
+
+/// The fast path of two same-shape views with strides `sa`, `sb` over `dims` (offsets aside),
+/// after joint coalescing: `None` when neither operand is contiguous, when the other one steps
+/// along more than one merged axis, or when its largest offset needs more than 31 bits.
+pub(crate) fn fast_binary(dims: &[usize], sa: &[usize], sb: &[usize]) -> Option<FastBinary> {
+    let c = coalesce(dims, &[sa, sb]);
+    let contiguous = |s: &[usize]| {
+        let mut want = 1;
+        for (&d, &st) in c.dims.iter().zip(s).rev() {
+            if st != want {
+                return false;
+            }
+            want *= d;
+        }
+        true
+    };
+    let (ca, cb) = (contiguous(&c.strides[0]), contiguous(&c.strides[1]));
+    if ca && cb {
+        return Some(FastBinary::Contig);
+    }
+    let full = if ca {
+        0
+    } else if cb {
+        1
+    } else {
+        return None;
+    };
+    let other = &c.strides[1 - full];
+    let mut steps = other.iter().enumerate().filter(|(_, &s)| s != 0);
+    let path = match (steps.next(), steps.next()) {
+        (None, _) => FastBinary::Chan { full, inner: 1, chans: 1, stride: 0 },
+        (Some((k, &stride)), None) => {
+            let (chans, inner) = (c.dims[k], c.dims[k + 1..].iter().product());
+            if (chans - 1).checked_mul(stride).is_none_or(|m| m >= FAST_MAX) {
+                return None;
+            }
+            FastBinary::Chan { full, inner, chans, stride }
+        }
+        _ => return None,
+    };
+    Some(path)
+}
+
 /// Copies move `group` elements at once (up to 16 bytes) when both views' innermost coalesced axis
 /// is contiguous and every stride, offset and base address allows it: a head permutation
 /// `[B, T, H, D] -> [B, H, T, D]` then moves 16-byte vectors, with a quarter of the index
@@ -313,4 +443,41 @@ fn widen(c: Coalesced, offsets: [usize; 2], ptrs: [u64; 2], elem: usize) -> (Coa
         .map(|s| s.iter().enumerate().map(|(k, &x)| if k + 1 == s.len() { 1 } else { x / group }).collect())
         .collect();
     (Coalesced { dims, strides }, group)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ela_core::Shape;
+
+    fn path(a: &Layout, b: &Layout) -> Option<FastBinary> {
+        fast_binary(a.dims(), a.strides(), b.strides())
+    }
+
+    #[test]
+    fn binary_operands_are_classified_for_the_fast_kernels() {
+        let bc = |dims: &[usize], to: &[usize]| {
+            Layout::contiguous(dims.to_vec()).broadcast_as(&Shape::from(to.to_vec()), "t").unwrap()
+        };
+        let x = Layout::contiguous([32, 16, 160, 160]);
+        assert_eq!(path(&x, &x), Some(FastBinary::Contig));
+        // BN as a per-channel affine: w[1, C, 1, 1] on either side.
+        let w = bc(&[1, 16, 1, 1], x.dims());
+        let chan = |full| Some(FastBinary::Chan { full, inner: 25_600, chans: 16, stride: 1 });
+        assert_eq!(path(&x, &w), chan(0));
+        assert_eq!(path(&w, &x), chan(1));
+        // A bias over the last axis, a scalar, a narrowed (strided) per-channel operand.
+        let m = Layout::contiguous([6, 5]);
+        assert_eq!(path(&m, &bc(&[5], &[6, 5])), Some(FastBinary::Chan { full: 0, inner: 1, chans: 5, stride: 1 }));
+        assert_eq!(path(&m, &bc(&[1, 1], &[6, 5])), Some(FastBinary::Chan { full: 0, inner: 1, chans: 1, stride: 0 }));
+        let col = Layout::contiguous([6, 2]).narrow(1, 1, 1, "t").unwrap().broadcast_as(&Shape::from([6, 5]), "t");
+        assert_eq!(path(&m, &col.unwrap()), Some(FastBinary::Chan { full: 0, inner: 5, chans: 6, stride: 2 }));
+        // Two broadcast axes, a transposed operand, both operands broadcast: the general kernels.
+        assert_eq!(path(&x, &bc(&[32, 1, 160, 160], x.dims())), None);
+        let t = Layout::contiguous([5, 6]).transpose(0, 1);
+        assert_eq!(path(&m.transpose(0, 1), &t.transpose(0, 1)), None);
+        assert_eq!(path(&bc(&[6, 1], &[6, 5]), &bc(&[1, 5], &[6, 5])), None);
+        // A transposed operand against a per-channel one is not contiguous either.
+        assert_eq!(path(&t, &bc(&[1, 5], &[6, 5])), None);
+    }
 }

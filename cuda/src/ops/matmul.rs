@@ -91,13 +91,14 @@ impl Cuda {
         };
         let label = || format!("cublas_gemm {in_dtype:?} m{m} n{n} k{k} b{batch} {op_a:?}/{op_b:?}");
         self.profiled(label, || {
-            let blas = self.inner.blas.lock().unwrap_or_else(|p| p.into_inner());
+            let mut blas = self.inner.blas.lock().unwrap_or_else(|p| p.into_inner());
             self.bind(OP)?;
+            blas.on_stream(self.cu_stream())?;
             // SAFETY: pointers are live device buffers sized for these dims and strides (checked by
             // the callers), alpha/beta point to host scalars of the compute type.
             unsafe {
                 cudarc::cublas::result::gemm_strided_batched_ex(
-                    blas.0,
+                    blas.handle,
                     op_b,
                     op_a,
                     to_i32(OP, "n", n)?,

@@ -238,3 +238,118 @@ impl FloorLike for Tensor<Cpu> {
         Tensor::from_vec(v, self.shape().clone(), &Cpu)
     }
 }
+
+/// `f` on the GPU with the elementwise fast paths and with the general kernels only, within
+/// `rtol` (0 for binary maps: one operation, one rounding, bit-identical; unary maps share the
+/// scalar code too, but the compiler may contract a longer formula differently in each kernel).
+fn fast_vs_general(
+    dev: &ela_cuda::Cuda,
+    name: &str,
+    rtol: f64,
+    f: impl Fn() -> Result<Tensor<ela_cuda::Cuda>>,
+) -> Result<()> {
+    let fast = f()?;
+    dev.set_fast_elementwise(false);
+    let general = f();
+    dev.set_fast_elementwise(true);
+    crate::check_tol(&format!("{name}: fast vs general"), &general?.to_device(&Cpu)?, &fast, rtol, 0.0);
+    Ok(())
+}
+
+#[test]
+fn contiguous_fast_paths_match_at_every_alignment() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    // Lengths around the vector width (2, 4 or 8 elements of 16 bytes) and a few blocks' worth,
+    // read at element offsets 0..4 of a larger buffer: aligned views take 16-byte vectors
+    // plus a scalar tail, misaligned ones the scalar loop.
+    for (k, &d) in FLOATS.iter().enumerate() {
+        for n in [1usize, 8, 37, 2051] {
+            let a = Pair::randn(&[n + 8], d, 200 + k as u64, &dev);
+            let b = Pair::randn(&[n + 8], d, 300 + k as u64, &dev);
+            for (oa, ob) in [(0, 0), (1, 1), (0, 3), (4, 4)] {
+                let tag = format!("{d:?} n={n} offsets {oa},{ob}");
+                let (va, vb) = (
+                    Pair { cpu: a.cpu.narrow(0, oa, n)?, gpu: a.gpu.narrow(0, oa, n)? },
+                    Pair { cpu: b.cpu.narrow(0, ob, n)?, gpu: b.gpu.narrow(0, ob, n)? },
+                );
+                for op in BINARY {
+                    let (c, g) = both!(|va, vb| va.binary(op, vb)?);
+                    check(&format!("{op:?} {tag}"), &c, &g);
+                    fast_vs_general(&dev, &format!("{op:?} {tag}"), 0.0, || va.gpu.binary(op, &vb.gpu))?;
+                }
+                // Every unary op on the first view (positive inputs where the op needs them).
+                let pos = Pair { cpu: va.cpu.abs()?.add_scalar(0.1)?, gpu: va.gpu.abs()?.add_scalar(0.1)? };
+                for op in unary_ops() {
+                    let x = if matches!(op, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Powf(_)) { &pos } else { &va };
+                    let (c, g) = (x.cpu.unary(op)?, x.gpu.unary(op)?);
+                    check(&format!("{op:?} {tag}"), &c, &g);
+                    if oa != 0 || n == 2051 {
+                        let rtol = crate::tol(d).0 / 10.0;
+                        fast_vs_general(&dev, &format!("{op:?} {tag}"), rtol, || va.gpu.unary(op))?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn per_channel_broadcasts_match_on_either_side_and_any_alignment() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    // (full shape, small shape): per-channel over NCHW with inner sizes that are and are not
+    // multiples of the vector width (vectors then straddle channels), a bias over the last axis
+    // (a new channel every element), a scalar, and a leading-axis vector (inner = rest).
+    let cases: [(&[usize], &[usize]); 6] = [
+        (&[2, 5, 7, 9], &[1, 5, 1, 1]),
+        (&[3, 4, 8, 8], &[1, 4, 1, 1]),
+        (&[6, 5], &[5]),
+        (&[2, 3, 4, 5], &[1, 1, 1, 1]),
+        (&[7, 3, 11], &[7, 1, 1]),
+        (&[4, 16, 33, 33], &[1, 16, 1, 1]),
+    ];
+    for (k, &d) in FLOATS.iter().enumerate() {
+        for (i, &(full, small)) in cases.iter().enumerate() {
+            let seed = 400 + 10 * k as u64 + i as u64;
+            // The full operand contiguous at offset 0 and at an odd offset (the tail of a
+            // narrowed buffer), the small one contiguous or with stride 2 over its channels.
+            let mut big = full.to_vec();
+            big[0] += 1;
+            let xb = Pair::randn(&big, d, seed, &dev);
+            let per_img: usize = full[1..].iter().product();
+            let mut wide = small.to_vec();
+            wide.push(2);
+            let wb = Pair::uniform(&wide, 0.5, 1.5, d, seed + 1, &dev);
+            let w_views = [
+                Pair {
+                    cpu: wb.cpu.narrow(small.len(), 0, 1)?.contiguous()?,
+                    gpu: wb.gpu.narrow(small.len(), 0, 1)?.contiguous()?,
+                },
+                Pair { cpu: wb.cpu.narrow(small.len(), 1, 1)?, gpu: wb.gpu.narrow(small.len(), 1, 1)? },
+            ];
+            for start in [0, 1] {
+                let x = Pair { cpu: xb.cpu.narrow(0, start, full[0])?, gpu: xb.gpu.narrow(0, start, full[0])? };
+                assert!(x.gpu.layout().is_contiguous() && x.gpu.layout().offset() == start * per_img);
+                for (j, w) in w_views.iter().enumerate() {
+                    let w = Pair { cpu: w.cpu.reshape(small.to_vec())?, gpu: w.gpu.reshape(small.to_vec())? };
+                    for op in BINARY {
+                        let tag = format!("{op:?} {d:?} {full:?} by {small:?}, x at {start}, w view {j}");
+                        let (c, g) = both!(|x, w| x.binary(op, w)?);
+                        check(&tag, &c, &g);
+                        fast_vs_general(&dev, &tag, 0.0, || x.gpu.binary(op, &w.gpu))?;
+                        let (c, g) = both!(|x, w| w.binary(op, x)?);
+                        check(&format!("{tag} swapped"), &c, &g);
+                        fast_vs_general(&dev, &format!("{tag} swapped"), 0.0, || w.gpu.binary(op, &x.gpu))?;
+                    }
+                }
+            }
+        }
+    }
+    // BN in inference as the detector writes it: (x - mean) * (rstd * w) + b, then SiLU.
+    let x = Pair::randn(&[2, 16, 10, 10], DType::F32, 9, &dev);
+    let m = Pair::randn(&[1, 16, 1, 1], DType::F32, 10, &dev);
+    let s = Pair::uniform(&[1, 16, 1, 1], 0.5, 1.5, DType::F32, 11, &dev);
+    let (c, g) = both!(|x, m, s| x.sub(m)?.mul(s)?.add(m)?.silu()?);
+    check("bn affine + silu", &c, &g);
+    Ok(())
+}
