@@ -2,6 +2,7 @@
 //! file and returns `ela_core::Result`, so errors reach `main` as one typed value.
 
 pub mod bench;
+pub mod detect;
 pub mod generate;
 pub mod info;
 pub mod train;
@@ -24,6 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Train the ELA language model (embedded corpus by default), with checkpoints and plots.
     Train(crate::train::TrainArgs),
+    /// The YOLO-LAT detector: `ela detect train`, `ela detect predict`, `ela detect eval`.
+    Detect(detect::DetectArgs),
     /// Sample text from a trained checkpoint.
     Generate(generate::GenerateArgs),
     /// Parameter counts per component for a model configuration.
@@ -41,6 +44,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(args) => train::run(&args),
+        Command::Detect(args) => detect::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Info(args) => info::run(&args),
         Command::Demo(args) => crate::demo::run(&args),

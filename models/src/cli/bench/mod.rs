@@ -4,11 +4,14 @@
 //!   quadratic reference, softmax attention and (with `--jax`) the JAX peer, over sequence length.
 //! - `ela bench decode`: per-token decoding latency and state / KV-cache bytes of the LM with ELA
 //!   against softmax attention, over context length.
+//! - `ela bench detect`: parameters, GFLOPs and inference latency of YOLO-LAT (each neck) and
+//!   the YOLOv8n baseline over batch size, input size and dtype, on the CPU or a GPU.
 //!
 //! Every figure is the median of `--reps` timed runs after one untimed warm-up run. The header
 //! names the machine and its load average, because the numbers mean nothing without them.
 
 pub mod decode;
+pub mod detect;
 pub mod ela;
 
 use std::time::Instant;
@@ -30,6 +33,8 @@ pub enum BenchCommand {
     Ela(ela::BenchElaArgs),
     /// Per-token decode latency and state/KV bytes, ELA vs softmax LM, over context length.
     Decode(decode::BenchDecodeArgs),
+    /// Detector size, GFLOPs and inference latency (YOLO-LAT necks, YOLOv8n) over batch and size.
+    Detect(detect::BenchDetectArgs),
 }
 
 /// Run `ela bench`.
@@ -37,6 +42,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.which {
         BenchCommand::Ela(a) => ela::run(a),
         BenchCommand::Decode(a) => decode::run(a),
+        BenchCommand::Detect(a) => detect::run(a),
     }
 }
 

@@ -1,0 +1,205 @@
+//! Options of `ela detect train` and the run settings a checkpoint keeps so `--resume`, `predict`
+//! and `eval` rebuild exactly the same model and data.
+
+use std::path::PathBuf;
+
+use ela_core::{Error, Result};
+
+use super::run::DataSpec;
+use crate::detect::model::{Arch, DetectorConfig, Neck};
+
+/// Model switches shared by `detect train`, `info --model` and `bench detect`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DetectorArgs {
+    /// Architecture: `yolo-lat` (ELA neck, single scale) or `yolov8n` (the conv baseline).
+    #[arg(long = "arch", default_value = "yolo-lat")]
+    pub arch: String,
+    /// YOLO-LAT neck: `ela`, `softmax`, `conv` or `none`.
+    #[arg(long, default_value = "ela")]
+    pub neck: String,
+    /// ELA kernel of the `ela` neck: hadamard-exp, sum-sq-euclid, sub-sq-euclid, blueprint.
+    #[arg(long, default_value = "hadamard-exp")]
+    pub kernel: String,
+    /// Square input size in pixels (a multiple of 32).
+    #[arg(long, default_value_t = 256)]
+    pub img: usize,
+}
+
+impl DetectorArgs {
+    /// The detector these switches describe, for `num_classes` classes.
+    pub fn to_config(&self, num_classes: usize) -> Result<DetectorConfig> {
+        let arch = match self.arch.as_str() {
+            "yolo-lat" => {
+                let neck = match self.neck.as_str() {
+                    "ela" => Neck::Ela(self.kernel.parse()?),
+                    "softmax" => Neck::Softmax,
+                    "conv" => Neck::Conv,
+                    "none" => Neck::None,
+                    s => {
+                        return Err(Error::invalid(
+                            "detect",
+                            format!("--neck must be ela, softmax, conv or none, got {s:?}"),
+                        ))
+                    }
+                };
+                Arch::YoloLat { neck }
+            }
+            "yolov8n" => Arch::YoloV8n,
+            s => return Err(Error::invalid("detect", format!("--arch must be yolo-lat or yolov8n, got {s:?}"))),
+        };
+        let cfg = DetectorConfig { arch, num_classes, input_size: self.img };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Options of `ela detect train`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DetectTrainArgs {
+    /// Model switches.
+    #[command(flatten)]
+    pub model: DetectorArgs,
+    /// A dataset folder in COCO JSON or YOLO txt layout (see docs/yolo_lat.md); without it the
+    /// embedded procedurally generated set is used.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Images in the embedded set's training split.
+    #[arg(long, default_value_t = 4000)]
+    pub synth_train: usize,
+    /// Images in the embedded set's validation split.
+    #[arg(long, default_value_t = 200)]
+    pub synth_val: usize,
+    /// Optimizer steps (the default fits in about 5 minutes on 2 CPU cores).
+    #[arg(long, default_value_t = 500)]
+    pub steps: usize,
+    /// Images per batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Peak learning rate (AdamW).
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    /// Final learning rate of the cosine decay.
+    #[arg(long, default_value_t = 1e-4)]
+    pub min_lr: f64,
+    /// Linear warmup steps.
+    #[arg(long, default_value_t = 30)]
+    pub warmup: usize,
+    /// AdamW decoupled weight decay (not applied to norms and biases).
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f64,
+    /// Clip gradients to this global norm (0 = off).
+    #[arg(long, default_value_t = 10.0)]
+    pub clip: f64,
+    /// Train without augmentation (flip, HSV, scale, translate).
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Seed of initialisation, batch sampling and augmentation (and of the embedded set).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Validation (COCO AP on the validation split) every this many steps, and at the end.
+    #[arg(long, default_value_t = 100)]
+    pub eval_every: usize,
+    /// Save a checkpoint every this many steps (and at the end); 0 = only at the end.
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: usize,
+    /// Output folder (checkpoint, config.json, metrics.jsonl, loss.svg, ap.svg). Without it a
+    /// new run goes to `runs/detect`, or to `runs/detect-2`, `-3`, ... when that holds a run.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run saved in `--out` (without `--out`: the newest `runs/detect*` run; its own
+    /// settings are used; the loss sequence equals an uninterrupted run's).
+    #[arg(long)]
+    pub resume: bool,
+    /// Device: `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Testing aid: abort the process (no cleanup, like a kill) right after this step.
+    #[arg(long, hide = true)]
+    pub abort_after: Option<usize>,
+}
+
+impl DetectTrainArgs {
+    /// The run settings (everything but the output path and the device) as `(key, value)`
+    /// strings, saved with the checkpoint.
+    pub fn run_pairs(&self) -> Vec<(String, String)> {
+        let data = self.data.as_ref().map_or("<embedded>".to_string(), |p| p.display().to_string());
+        [
+            ("data", data),
+            ("synth_train", self.synth_train.to_string()),
+            ("synth_val", self.synth_val.to_string()),
+            ("steps", self.steps.to_string()),
+            ("batch", self.batch.to_string()),
+            ("lr", format!("{:?}", self.lr)),
+            ("min_lr", format!("{:?}", self.min_lr)),
+            ("warmup", self.warmup.to_string()),
+            ("weight_decay", format!("{:?}", self.weight_decay)),
+            ("clip", format!("{:?}", self.clip)),
+            ("augment", (!self.no_augment).to_string()),
+            ("seed", self.seed.to_string()),
+            ("eval_every", self.eval_every.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("run.{k}"), v))
+        .collect()
+    }
+
+    /// Overwrite the run settings from saved pairs (for `--resume`).
+    pub fn apply_run_pairs(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+        let field = |k: &str| {
+            get(&format!("run.{k}")).ok_or_else(|| Error::invalid("resume", format!("checkpoint lacks run.{k}")))
+        };
+        fn num<T: std::str::FromStr>(k: &str, v: String) -> Result<T> {
+            v.parse().map_err(|_| Error::invalid("resume", format!("run.{k}: cannot parse {v:?}")))
+        }
+        let data = field("data")?;
+        self.data = (data != "<embedded>").then(|| PathBuf::from(data));
+        self.synth_train = num("synth_train", field("synth_train")?)?;
+        self.synth_val = num("synth_val", field("synth_val")?)?;
+        self.steps = num("steps", field("steps")?)?;
+        self.batch = num("batch", field("batch")?)?;
+        self.lr = num("lr", field("lr")?)?;
+        self.min_lr = num("min_lr", field("min_lr")?)?;
+        self.warmup = num("warmup", field("warmup")?)?;
+        self.weight_decay = num("weight_decay", field("weight_decay")?)?;
+        self.clip = num("clip", field("clip")?)?;
+        self.no_augment = !num::<bool>("augment", field("augment")?)?;
+        self.seed = num("seed", field("seed")?)?;
+        self.eval_every = num("eval_every", field("eval_every")?)?;
+        Ok(())
+    }
+
+    /// The data these options name.
+    pub fn data_spec(&self) -> DataSpec {
+        DataSpec {
+            dir: self.data.clone(),
+            synth_train: self.synth_train,
+            synth_val: self.synth_val,
+            seed: self.seed,
+            image_size: self.model.img,
+        }
+    }
+
+    /// Check ranges and finiteness before anything is built.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::invalid("detect train", msg));
+        if self.steps == 0 || self.batch == 0 || self.eval_every == 0 {
+            return bad("--steps, --batch and --eval-every must be positive".into());
+        }
+        if self.data.is_none() && (self.synth_train == 0 || self.synth_val == 0) {
+            return bad("--synth-train and --synth-val must be positive".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0 && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+            return bad(format!("need 0 < --lr and 0 <= --min-lr <= --lr, got {} and {}", self.lr, self.min_lr));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!("--weight-decay must be finite and >= 0, got {}", self.weight_decay));
+        }
+        if !(self.clip.is_finite() && self.clip >= 0.0) {
+            return bad(format!("--clip must be finite and >= 0 (0 = off), got {}", self.clip));
+        }
+        if self.warmup > self.steps {
+            return bad(format!("--warmup ({}) cannot exceed --steps ({})", self.warmup, self.steps));
+        }
+        Ok(())
+    }
+}
