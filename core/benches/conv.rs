@@ -9,6 +9,7 @@
 //! - `--jax`: afterwards, run the JAX peer (`benches/peers/conv_jax.py`, same shapes) as a
 //!   subprocess, so the two never share the cores, and add its columns;
 //! - `--quick`: fewer repetitions;
+//! - `--split`: instead, time the forward, the input gradient and the weight gradient apart;
 //! - any other word keeps only the rows whose label contains it.
 
 use std::hint::black_box;
@@ -31,6 +32,7 @@ struct Layer {
     groups: usize,
 }
 
+#[allow(clippy::too_many_arguments)]
 const fn layer(
     label: &'static str,
     n: usize,
@@ -92,7 +94,15 @@ fn median_ms(budget: f64, mut f: impl FnMut()) -> f64 {
     times[times.len() / 2].as_secs_f64() * 1e3
 }
 
-fn bench(l: &Layer, budget: f64) -> (f64, f64) {
+/// Tensors and parameters of one layer's benchmark.
+struct Case {
+    p: Conv2dParams,
+    x: Tensor<Cpu>,
+    w: Tensor<Cpu>,
+    dy: Tensor<Cpu>,
+}
+
+fn case(l: &Layer) -> Case {
     let p = Conv2dParams { stride: (l.stride, l.stride), padding: (l.pad, l.pad), dilation: (1, 1), groups: l.groups };
     let x_shape = [l.n, l.c, l.hw, l.hw];
     let w_shape = [l.o, l.c / l.groups, l.k, l.k];
@@ -100,6 +110,11 @@ fn bench(l: &Layer, budget: f64) -> (f64, f64) {
     let w = Tensor::from_vec(fill(w_shape.iter().product(), 2), w_shape, &Cpu).unwrap();
     let y = x.conv2d(&w, &p).unwrap();
     let dy = Tensor::from_vec(fill(y.elem_count(), 3), y.shape().clone(), &Cpu).unwrap();
+    Case { p, x, w, dy }
+}
+
+fn bench(l: &Layer, budget: f64) -> (f64, f64) {
+    let Case { p, x, w, dy } = case(l);
     let fwd = median_ms(budget, || {
         black_box(black_box(&x).conv2d(black_box(&w), &p).unwrap());
     });
@@ -110,6 +125,21 @@ fn bench(l: &Layer, budget: f64) -> (f64, f64) {
         black_box((y, dx, dw));
     });
     (fwd, fwdbwd)
+}
+
+/// Times of the three kernels apart: (fwd, dx, dW) in ms.
+fn split(l: &Layer, budget: f64) -> (f64, f64, f64) {
+    let Case { p, x, w, dy } = case(l);
+    let fwd = median_ms(budget, || {
+        black_box(black_box(&x).conv2d(black_box(&w), &p).unwrap());
+    });
+    let dx = median_ms(budget, || {
+        black_box(black_box(&dy).conv2d_backward_input(&w, x.shape(), &p).unwrap());
+    });
+    let dw = median_ms(budget, || {
+        black_box(black_box(&dy).conv2d_backward_weight(&x, w.shape(), &p).unwrap());
+    });
+    (fwd, dx, dw)
 }
 
 /// Runs the JAX peer; returns `(label, fwd_ms, fwdbwd_ms)` per shape it printed.
@@ -162,6 +192,15 @@ fn main() {
         .unwrap_or_default();
     println!("CPU: {cpu}; rayon threads: {}", rayon::current_num_threads());
     let layers: Vec<&Layer> = LAYERS.iter().filter(|l| wanted(l)).collect();
+    if args.iter().any(|a| a == "--split") {
+        println!("| layer (f32, NCHW) | fwd ms | dx ms | dW ms |");
+        println!("|---|---:|---:|---:|");
+        for l in &layers {
+            let (f, dx, dw) = split(l, budget);
+            println!("| {} | {f:.3} | {dx:.3} | {dw:.3} |", l.label);
+        }
+        return;
+    }
     let ours: Vec<(f64, f64)> = layers.iter().map(|l| bench(l, budget)).collect();
     let peer = if with_jax { jax(&layers.iter().map(|l| l.label).collect::<Vec<_>>(), quick) } else { Vec::new() };
     println!();

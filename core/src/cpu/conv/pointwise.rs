@@ -1,0 +1,85 @@
+//! The 1x1 conv2d path (stride 1, no padding): GEMMs straight on the NCHW tensors.
+//!
+//! Image `i`'s channels of group `gi` form a row-major `[C/g, H*W]` matrix, which is exactly the
+//! col matrix im2col would build, so per image and group:
+//!
+//! - forward:  `y_i,g [O/g, HW] = W_g [O/g, C/g] @ x_i,g [C/g, HW]`
+//! - input:    `dx_i,g [C/g, HW] = W_g^T @ dy_i,g [O/g, HW]` (W read transposed through strides)
+//! - weight:   `dW_g [O/g, C/g] = sum_i dy_i,g @ x_i,g^T` (x read transposed through strides)
+//!
+//! all reading and writing the tensors in place. The images are not fused into one GEMM: in NCHW
+//! their `N*HW` columns are not one strided matrix, so that would need a copy of `x` (and of `y`
+//! back) that costs about as much as the packing the per-image GEMMs do anyway.
+
+use super::{for_images, Geo};
+use crate::cpu::matmul::GemmFloat;
+use rayon::prelude::*;
+
+pub(super) fn forward<T: GemmFloat>(x: &[T], w: &[T], g: &Geo) -> Vec<T> {
+    let (hw, cg, og) = (g.h * g.w, g.cg(), g.og());
+    let mut out = vec![T::ZERO; g.n * g.o * hw];
+    for_images(&mut out, g.o * hw, |img, yi| {
+        for gi in 0..g.g {
+            let xg = &x[(img * g.c + gi * cg) * hw..];
+            let yg = &mut yi[gi * og * hw..(gi + 1) * og * hw];
+            T::gemm(og, hw, cg, T::ONE, &w[gi * og * cg..], cg, 1, xg, hw, 1, T::ZERO, yg, hw, 1);
+        }
+    });
+    out
+}
+
+pub(super) fn backward_input<T: GemmFloat>(dy: &[T], w: &[T], g: &Geo) -> Vec<T> {
+    let (hw, cg, og) = (g.h * g.w, g.cg(), g.og());
+    let mut dx = vec![T::ZERO; g.n * g.c * hw];
+    for_images(&mut dx, g.c * hw, |img, dxi| {
+        for gi in 0..g.g {
+            let dyg = &dy[(img * g.o + gi * og) * hw..];
+            let dxg = &mut dxi[gi * cg * hw..(gi + 1) * cg * hw];
+            T::gemm(cg, hw, og, T::ONE, &w[gi * og * cg..], 1, cg, dyg, hw, 1, T::ZERO, dxg, hw, 1);
+        }
+    });
+    dx
+}
+
+pub(super) fn backward_weight<T: GemmFloat>(x: &[T], dy: &[T], g: &Geo) -> Vec<T> {
+    let (hw, cg, og) = (g.h * g.w, g.cg(), g.og());
+    let wlen = g.o * cg;
+    // dW += the products of images `imgs`; `beta` 0 on the first one overwrites `dw`.
+    let add = |imgs: std::ops::Range<usize>, dw: &mut [T]| {
+        for (k, img) in imgs.enumerate() {
+            let beta = if k == 0 { T::ZERO } else { T::ONE };
+            for gi in 0..g.g {
+                let dyg = &dy[(img * g.o + gi * og) * hw..];
+                let xg = &x[(img * g.c + gi * cg) * hw..];
+                let dwg = &mut dw[gi * og * cg..(gi + 1) * og * cg];
+                T::gemm(og, cg, hw, T::ONE, dyg, hw, 1, xg, 1, hw, beta, dwg, cg, 1);
+            }
+        }
+    };
+    let mut dw = vec![T::ZERO; wlen];
+    if wlen == 0 || hw == 0 || g.n == 0 {
+        return dw;
+    }
+    let threads = rayon::current_num_threads();
+    if g.n < threads {
+        // Few images: one after the other, each GEMM split across the threads.
+        add(0..g.n, &mut dw);
+        return dw;
+    }
+    // One partial dW per thread over a run of images, then their sum (a dW is small).
+    let per = g.n.div_ceil(threads);
+    let partial: Vec<Vec<T>> = (0..g.n.div_ceil(per))
+        .into_par_iter()
+        .map(|t| {
+            let mut dw = vec![T::ZERO; wlen];
+            add(t * per..((t + 1) * per).min(g.n), &mut dw);
+            dw
+        })
+        .collect();
+    for pw in partial {
+        for (a, b) in dw.iter_mut().zip(pw) {
+            *a = *a + b;
+        }
+    }
+    dw
+}
