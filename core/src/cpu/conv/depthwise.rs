@@ -7,25 +7,34 @@
 //! (`q = ix + px`). Each padded input row is stored split by column phase: `sx` rows of length
 //! `l`, `phase[r][j] = padded[j * sx + r]`, zeros where the padding is. Then the tap `kx` of a
 //! whole output row is the contiguous run `phase[t % sx][t / sx ..][.. ow]` with `t = kx * dx`,
-//! for every stride and dilation, so all inner loops are `out[i] += w * src[i]` over
-//! `i in 0..ow`: no bounds tests, no gathers, no border cases, and LLVM vectorizes them (they are
-//! compiled for AVX-512F or AVX2+FMA when the CPU has them, see [`multiversion`]). Rows that
-//! fall in the vertical padding are skipped instead of stored. Building the buffer costs one
-//! pass over the input plane (a `memcpy` per row at stride 1), against `kh * kw` passes of
-//! arithmetic over the output.
+//! for every stride and dilation: all inner loops read unit-stride runs, with no bounds tests,
+//! no gathers and no border cases. Rows that fall in the vertical padding are skipped instead of
+//! stored. Building the buffer costs one pass over the input plane (a `memcpy` per row at stride
+//! 1, a vectorized de-interleave at stride 2), against `kh * kw` passes of arithmetic.
 //!
-//! - forward: fill the buffer from `x`, then `y[oy, :] += w[ky, kx] * run(iy, kx)` per tap;
-//! - input gradient: the transpose, `run(iy, kx) += w[ky, kx] * dy[oy, :]` into a zeroed buffer,
-//!   then its inner (non-padding) part is copied out to `dx`;
-//! - weight gradient: fill from `x`, then `acc[ky, kx, :] += dy[oy, :] * run(iy, kx)` lane-wise
-//!   over `ow` lanes, reduced to `dw[ky, kx]` once per plane; the per-image partials are summed.
+//! # The three kernels
 //!
-//! Planes run in parallel (rayon), each with its own scratch buffers reused across the planes
-//! a worker runs.
+//! - forward: fill the buffer from `x`; each output row is `sum over taps w[ky, kx] *
+//!   run(iy, kx)` ([`gather_row`]), accumulated in registers, 16 columns at a time, in four
+//!   independent chains (so the FMA latency is hidden), and stored once.
+//! - input gradient: the same gather on the transposed problem. `dy` is copied into rows padded
+//!   on both sides, so that each entry `j` of a phase-buffer row is `sum w[ky, kx] *
+//!   dy[oy, j - t / sx]` over the taps that reach it, a contiguous run again; the non-padding
+//!   part of the buffer is then copied out to `dx`. (Scattering `dy` into the buffer tap by tap
+//!   would instead store and reload overlapping, misaligned runs: slow store forwarding.)
+//! - weight gradient: fill from `x`; `dw[ky, kx] = sum over rows and columns dy[oy, :] *
+//!   run(iy, kx)` ([`dot_rows`]), one tap at a time over its valid rows. The per-image partials
+//!   are summed at the end.
+//!
+//! The kernels are compiled for AVX-512F and AVX2+FMA as well as the baseline and picked at run
+//! time ([`multiversion`]). Planes run in parallel (rayon), each worker reusing its scratch
+//! buffers across the planes it runs.
 
-use super::{valid, Geo};
+use super::simd::{Scalar, SimdFloat, Vector};
+use super::{copy_strided, new_chunked, valid, Geo};
 use crate::dtype::Float;
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// Instruction sets the plane kernels are compiled for.
 #[cfg(target_arch = "x86_64")]
@@ -50,23 +59,24 @@ fn isa() -> Isa {
     })
 }
 
-/// Defines `fn $name<T>(args)` running `$body::<T, FMA>(args)` compiled for the widest
-/// instruction set this CPU has. The bodies are plain slice loops that LLVM vectorizes to the
-/// width of the enclosing function, so the AVX-512F / AVX2 copies differ only in codegen; they
-/// use fused multiply-adds (`FMA = true`), the portable copy does not (without the `fma` feature
-/// `mul_add` would be a libm call).
+/// Defines `fn $name<T>(args)` running `$body::<V>(args)` with the widest vector type `V` of
+/// `T` this CPU has: AVX-512F, AVX2+FMA, else one plain lane. The bodies are `#[inline(always)]`,
+/// so each copy is compiled with its instruction set enabled throughout (the vector methods and
+/// the plain loops, such as [`fill`]'s de-interleave, which LLVM vectorizes on its own).
 macro_rules! multiversion {
     ($name:ident => $body:ident ($($a:ident: $t:ty),* $(,)?)) => {
-        fn $name<T: Float>($($a: $t),*) {
+        fn $name<T: SimdFloat>($($a: $t),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx2,fma")]
-                unsafe fn avx512<T: Float>($($a: $t),*) {
-                    $body::<T, true>($($a),*)
+                unsafe fn avx512<T: SimdFloat>($($a: $t),*) {
+                    // SAFETY: the caller checked the features.
+                    unsafe { $body::<T::V512>($($a),*) }
                 }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2<T: Float>($($a: $t),*) {
-                    $body::<T, true>($($a),*)
+                unsafe fn avx2<T: SimdFloat>($($a: $t),*) {
+                    // SAFETY: the caller checked the features.
+                    unsafe { $body::<T::V256>($($a),*) }
                 }
                 match isa() {
                     // SAFETY: `isa` detected the features on this CPU.
@@ -76,73 +86,92 @@ macro_rules! multiversion {
                     Isa::Baseline => {}
                 }
             }
-            $body::<T, false>($($a),*)
+            // SAFETY: one plain lane runs on any CPU.
+            unsafe { $body::<Scalar<T>>($($a),*) }
         }
     };
 }
 
-/// `a * b + c`, fused when `FMA`.
+/// `out[i] = sum over taps (w, off) of w * src[off + i]`, for `i < out.len()`.
+///
+/// Per vector of columns, four accumulators take the taps in turn, so four FMA chains run in
+/// parallel; they stay in registers and the output is stored once (accumulating tap by tap in
+/// memory would put a store-to-load round trip on every FMA).
+///
+/// # Safety
+/// The CPU must support `V`'s instruction set.
 #[inline(always)]
-fn madd<T: Float, const FMA: bool>(a: T, b: T, c: T) -> T {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
+unsafe fn gather_row<V: Vector>(taps: &[(V::T, usize)], src: &[V::T], out: &mut [V::T]) {
+    let n = out.len();
+    // Every tap reads src[off .. off + n]: one check per row makes the raw loads below sound.
+    assert!(taps.iter().all(|&(_, off)| off + n <= src.len()), "depthwise: tap outside its buffer");
+    let full = n - n % V::W;
+    let (sp, op) = (src.as_ptr(), out.as_mut_ptr());
+    // SAFETY: loads at off + c0 .. off + c0 + W <= off + n (checked above), stores inside `out`.
+    unsafe {
+        for c0 in (0..full).step_by(V::W) {
+            let (mut a0, mut a1, mut a2, mut a3) = (V::zero(), V::zero(), V::zero(), V::zero());
+            let mut quads = taps.chunks_exact(4);
+            for q in &mut quads {
+                a0 = V::splat(q[0].0).madd(V::load(sp.add(q[0].1 + c0)), a0);
+                a1 = V::splat(q[1].0).madd(V::load(sp.add(q[1].1 + c0)), a1);
+                a2 = V::splat(q[2].0).madd(V::load(sp.add(q[2].1 + c0)), a2);
+                a3 = V::splat(q[3].0).madd(V::load(sp.add(q[3].1 + c0)), a3);
+            }
+            for &(w, off) in quads.remainder() {
+                a0 = V::splat(w).madd(V::load(sp.add(off + c0)), a0);
+            }
+            a0.add(a1).add(a2.add(a3)).store(op.add(c0));
+        }
+    }
+    for (i, o) in out.iter_mut().enumerate().skip(full) {
+        *o = taps.iter().fold(V::T::ZERO, |acc, &(w, off)| acc + w * src[off + i]);
     }
 }
 
-/// Lanes per step of the slice loops below: a fixed-size inner loop that LLVM unrolls into one
-/// or two vector operations, whatever the slice length. (A plain loop over a short row, e.g. the
-/// 8 or 16 columns of a late layer, falls entirely into the scalar remainder of LLVM's unrolled
-/// vector loop, which wants 64 and more elements.)
-const LANES: usize = 16;
-
-/// `y[i] += a * x[i]`.
+/// `sum over r < rows, i < len of a[r * sa + i] * b[r * sb + i]`: the dot product of two sets
+/// of `rows` strided rows. Per vector of columns, four accumulators take the rows in turn.
+///
+/// # Safety
+/// The CPU must support `V`'s instruction set.
 #[inline(always)]
-fn axpy<T: Float, const FMA: bool>(a: T, x: &[T], y: &mut [T]) {
-    let n = y.len().min(x.len());
-    let (x, y) = (&x[..n], &mut y[..n]);
-    let mut yc = y.chunks_exact_mut(LANES);
-    let mut xc = x.chunks_exact(LANES);
-    for (y, x) in (&mut yc).zip(&mut xc) {
-        for i in 0..LANES {
-            y[i] = madd::<T, FMA>(a, x[i], y[i]);
+unsafe fn dot_rows<V: Vector>(a: &[V::T], sa: usize, b: &[V::T], sb: usize, rows: usize, len: usize) -> V::T {
+    if rows == 0 || len == 0 {
+        return V::T::ZERO;
+    }
+    assert!((rows - 1) * sa + len <= a.len() && (rows - 1) * sb + len <= b.len(), "depthwise: rows outside");
+    let full = len - len % V::W;
+    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    // SAFETY: every load lies in the first `len` columns of a row (checked above).
+    let mut total = unsafe {
+        let mut tot = V::zero();
+        for c0 in (0..full).step_by(V::W) {
+            let (mut a0, mut a1, mut a2, mut a3) = (V::zero(), V::zero(), V::zero(), V::zero());
+            let ld = |r: usize| (V::load(ap.add(r * sa + c0)), V::load(bp.add(r * sb + c0)));
+            let mut r = 0;
+            while r + 4 <= rows {
+                let ((x0, y0), (x1, y1)) = (ld(r), ld(r + 1));
+                let ((x2, y2), (x3, y3)) = (ld(r + 2), ld(r + 3));
+                a0 = x0.madd(y0, a0);
+                a1 = x1.madd(y1, a1);
+                a2 = x2.madd(y2, a2);
+                a3 = x3.madd(y3, a3);
+                r += 4;
+            }
+            for r in r..rows {
+                let (x, y) = ld(r);
+                a0 = x.madd(y, a0);
+            }
+            tot = tot.add(a0.add(a1).add(a2.add(a3)));
+        }
+        tot.hsum()
+    };
+    for r in 0..rows {
+        for i in full..len {
+            total = total + a[r * sa + i] * b[r * sb + i];
         }
     }
-    for (y, &x) in yc.into_remainder().iter_mut().zip(xc.remainder()) {
-        *y = madd::<T, FMA>(a, x, *y);
-    }
-}
-
-/// `acc[i] += x[i] * y[i]` (lane-wise: the reduction over `i` comes later).
-#[inline(always)]
-fn fma_lanes<T: Float, const FMA: bool>(acc: &mut [T], x: &[T], y: &[T]) {
-    let n = acc.len().min(x.len()).min(y.len());
-    let (acc, x, y) = (&mut acc[..n], &x[..n], &y[..n]);
-    let mut ac = acc.chunks_exact_mut(LANES);
-    let (mut xc, mut yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
-    for ((a, x), y) in (&mut ac).zip(&mut xc).zip(&mut yc) {
-        for i in 0..LANES {
-            a[i] = madd::<T, FMA>(x[i], y[i], a[i]);
-        }
-    }
-    for ((a, &x), &y) in ac.into_remainder().iter_mut().zip(xc.remainder()).zip(yc.remainder()) {
-        *a = madd::<T, FMA>(x, y, *a);
-    }
-}
-
-/// Sum of a slice in 8 interleaved partial sums (vectorizable, and more accurate than one chain).
-#[inline(always)]
-fn sum<T: Float>(v: &[T]) -> T {
-    let mut s = [T::ZERO; 8];
-    let mut chunks = v.chunks_exact(8);
-    for c in &mut chunks {
-        for (s, &x) in s.iter_mut().zip(c) {
-            *s = *s + x;
-        }
-    }
-    let tail = chunks.remainder().iter().fold(T::ZERO, |a, &x| a + x);
-    ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7])) + tail
+    total
 }
 
 /// Column pairs of a stride-2 row that [`fill`] and [`unfill`] move in one vector loop.
@@ -152,8 +181,29 @@ struct Pairs {
     off1: usize,
 }
 
-/// The depthwise geometry: [`Geo`] plus the phase buffer's shape.
-#[derive(Clone, Copy)]
+/// Per-row lists of `(tap, offset)` pairs: `tap = ky * kw + kx` indexes a channel's weights,
+/// `offset` is where the tap's run starts in the buffer the row reads. They depend only on the
+/// geometry, so they are built once per call (with the divisions that takes) and shared by all
+/// planes.
+struct TapRows {
+    starts: Vec<usize>,
+    taps: Vec<(usize, usize)>,
+}
+
+impl TapRows {
+    fn new() -> Self {
+        TapRows { starts: vec![0], taps: Vec::new() }
+    }
+    /// Closes the row whose taps were pushed since the last call.
+    fn end_row(&mut self) {
+        self.starts.push(self.taps.len());
+    }
+    fn row(&self, i: usize) -> &[(usize, usize)] {
+        &self.taps[self.starts[i]..self.starts[i + 1]]
+    }
+}
+
+/// The depthwise geometry: [`Geo`] plus the buffers' shapes and the tap lists.
 struct Dw<'a> {
     g: &'a Geo,
     /// Output channels per input channel.
@@ -162,28 +212,65 @@ struct Dw<'a> {
     kk: usize,
     /// Length of one phase row: the furthest run any tap reads ends at `ow + (kw-1)*dx / sx`.
     l: usize,
+    /// Zeros on the left of each padded `dy` row (input gradient): the largest `t / sx`.
+    pad: usize,
+    /// Length of a padded `dy` row: `pad + l`.
+    lp: usize,
+    /// Per phase `r`: the buffer entries that hold input columns (`j * sx + r - px`).
+    inner: Vec<Range<usize>>,
+    /// Forward and weight gradient, per output row `oy`: the taps inside the input and the
+    /// offsets of their runs in the phase buffer.
+    fwd: TapRows,
+    /// Input gradient, per phase row `(iy, r)`: the taps that reach it and the offsets of their
+    /// runs in one channel's padded `dy` rows, from entry `inner[r].start` on.
+    bwd: TapRows,
+    /// Per kernel row `ky`: the output rows whose taps read inside the input.
+    rows: Vec<Range<usize>>,
 }
 
 impl<'a> Dw<'a> {
     fn new(g: &'a Geo) -> Self {
-        let l = g.ow + g.kw.saturating_sub(1) * g.dx / g.sx;
-        Dw { g, m: g.og(), kk: g.kh * g.kw, l }
+        let pad = g.kw.saturating_sub(1) * g.dx / g.sx;
+        let l = g.ow + pad;
+        let lp = pad + l;
+        let inner: Vec<Range<usize>> = (0..g.sx).map(|r| valid(l, g.w, g.sx, g.px, r)).collect();
+        // Kernel column kx: phase t % sx, shift t / sx, with t = kx * dx.
+        let cols: Vec<(usize, usize)> = (0..g.kw).map(|kx| (kx * g.dx % g.sx, kx * g.dx / g.sx)).collect();
+        let mut fwd = TapRows::new();
+        for oy in 0..g.oh {
+            for ky in 0..g.kh {
+                let Some(iy) = (oy * g.sy + ky * g.dy).checked_sub(g.py).filter(|&iy| iy < g.h) else { continue };
+                for (kx, &(r, q)) in cols.iter().enumerate() {
+                    fwd.taps.push((ky * g.kw + kx, (iy * g.sx + r) * l + q));
+                }
+            }
+            fwd.end_row();
+        }
+        // Entry j of phase row (iy, r) gets w[ky, kx] * dy[oy, j - t / sx] from every tap with
+        // t % sx == r whose kernel row maps output row oy onto input row iy.
+        let mut bwd = TapRows::new();
+        for iy in 0..g.h {
+            for (r, js) in inner.iter().enumerate() {
+                for ky in 0..g.kh {
+                    let Some(a) = (iy + g.py).checked_sub(ky * g.dy) else { continue };
+                    if a % g.sy != 0 || a / g.sy >= g.oh {
+                        continue;
+                    }
+                    for (kx, &(tr, q)) in cols.iter().enumerate() {
+                        if tr == r {
+                            bwd.taps.push((ky * g.kw + kx, (a / g.sy) * lp + pad - q + js.start));
+                        }
+                    }
+                }
+                bwd.end_row();
+            }
+        }
+        let rows = (0..g.kh).map(|ky| g.rows(ky)).collect();
+        Dw { g, m: g.og(), kk: g.kh * g.kw, l, pad, lp, inner, fwd, bwd, rows }
     }
     /// Elements of the phase buffer of one plane: `h` rows of `sx` phases of `l`.
     fn buf_len(&self) -> usize {
         self.g.h * self.g.sx * self.l
-    }
-    /// Start of the run of `ow` buffer values that an output row reads at input row `iy`,
-    /// kernel column `kx`.
-    #[inline(always)]
-    fn run(&self, iy: usize, kx: usize) -> usize {
-        let t = kx * self.g.dx;
-        (iy * self.g.sx + t % self.g.sx) * self.l + t / self.g.sx
-    }
-    /// Input row read by output row `oy` at kernel row `ky`, `None` in the padding.
-    #[inline(always)]
-    fn iy(&self, oy: usize, ky: usize) -> Option<usize> {
-        (oy * self.g.sy + ky * self.g.dy).checked_sub(self.g.py).filter(|&iy| iy < self.g.h)
     }
     /// Stride 2: input columns `2k, 2k + 1` for `k < n` all land inside the buffer, column `2k`
     /// at entry `k + off0` of its phase (`px % 2`), column `2k + 1` at `k + off1` of the other.
@@ -192,10 +279,21 @@ impl<'a> Dw<'a> {
         let n = (self.g.w / 2).min(self.l - off0.min(self.l)).min(self.l - off1.min(self.l));
         Pairs { n, off0, off1 }
     }
-    /// Buffer phase `r` of every row maps entries `j` in this range to input columns
-    /// `j * sx + r - px` (the rest is padding).
-    fn inner(&self, r: usize) -> std::ops::Range<usize> {
-        valid(self.l, self.g.w, self.g.sx, self.g.px, r)
+}
+
+/// A worker's scratch buffers, reused across the planes it runs.
+struct Scratch<T> {
+    /// The phase buffer of one plane.
+    buf: Vec<T>,
+    /// Padded `dy` rows (input gradient).
+    dyp: Vec<T>,
+    /// The (weight, offset) taps of one row.
+    taps: Vec<(T, usize)>,
+}
+
+impl<T> Default for Scratch<T> {
+    fn default() -> Self {
+        Scratch { buf: Vec::new(), dyp: Vec::new(), taps: Vec::new() }
     }
 }
 
@@ -228,132 +326,134 @@ fn fill<T: Float>(d: &Dw, x: &[T], buf: &mut [T]) {
         }
         for r in 0..g.sx {
             let dst = &mut phases[r * l..][..l];
-            let js = d.inner(r);
+            let js = d.inner[r].clone();
             dst[..js.start].fill(T::ZERO);
             dst[js.end..].fill(T::ZERO);
             if js.is_empty() {
                 continue;
             }
-            let ix0 = js.start * g.sx + r - g.px;
-            let dst = &mut dst[js];
-            if g.sx == 1 {
-                dst.copy_from_slice(&src[ix0..ix0 + dst.len()]);
-            } else {
-                for (j, v) in dst.iter_mut().enumerate() {
-                    *v = src[ix0 + j * g.sx];
-                }
-            }
+            copy_strided(&mut dst[js.clone()], src, js.start * g.sx + r - g.px, g.sx);
         }
     }
 }
 
-/// Copies the non-padding part of the phase buffer `buf` out to the plane `dx [h, w]`
-/// (input columns no output reads keep their 0).
+/// Copies the input columns of one row's `sx` phase rows `phases` out to the row `dst [w]`
+/// (columns no output reads keep their 0).
 #[inline(always)]
-fn unfill<T: Float>(d: &Dw, buf: &[T], dx: &mut [T]) {
+fn unfill_row<T: Float>(d: &Dw, phases: &[T], dst: &mut [T]) {
     let (g, l) = (d.g, d.l);
-    for iy in 0..g.h {
-        let dst = &mut dx[iy * g.w..][..g.w];
-        let phases = &buf[iy * g.sx * l..][..g.sx * l];
-        if g.sx == 2 {
-            // The adjoint of `fill`'s pair loop: an interleave.
-            let pairs = d.pairs();
-            let (p0, p1) = phases.split_at(l);
-            let (d0, d1) = if g.px % 2 == 0 { (p0, p1) } else { (p1, p0) };
-            let (a, b) = (&d0[pairs.off0..][..pairs.n], &d1[pairs.off1..][..pairs.n]);
-            for ((&a, &b), c) in a.iter().zip(b).zip(dst.chunks_exact_mut(2)) {
-                c[0] = a;
-                c[1] = b;
+    if g.sx == 2 {
+        // The adjoint of `fill`'s pair loop: an interleave.
+        let pairs = d.pairs();
+        let (p0, p1) = phases.split_at(l);
+        let (d0, d1) = if g.px % 2 == 0 { (p0, p1) } else { (p1, p0) };
+        let (a, b) = (&d0[pairs.off0..][..pairs.n], &d1[pairs.off1..][..pairs.n]);
+        for ((&a, &b), c) in a.iter().zip(b).zip(dst.chunks_exact_mut(2)) {
+            c[0] = a;
+            c[1] = b;
+        }
+        for (ix, v) in dst.iter_mut().enumerate().skip(2 * pairs.n) {
+            let q = ix + g.px;
+            if q / 2 < l {
+                *v = phases[(q % 2) * l + q / 2];
             }
-            for (ix, v) in dst.iter_mut().enumerate().skip(2 * pairs.n) {
-                let q = ix + g.px;
-                if q / 2 < l {
-                    *v = phases[(q % 2) * l + q / 2];
-                }
-            }
+        }
+        return;
+    }
+    for (r, js) in d.inner.iter().enumerate() {
+        if js.is_empty() {
             continue;
         }
-        for r in 0..g.sx {
-            let js = d.inner(r);
-            if js.is_empty() {
-                continue;
-            }
-            let src = &phases[r * l..][js.clone()];
-            let ix0 = js.start * g.sx + r - g.px;
-            if g.sx == 1 {
-                dst[ix0..ix0 + src.len()].copy_from_slice(src);
-            } else {
-                for (j, &v) in src.iter().enumerate() {
-                    dst[ix0 + j * g.sx] = v;
-                }
-            }
+        let src = &phases[r * l..][js.clone()];
+        let ix0 = js.start * g.sx + r - g.px;
+        for (j, &v) in src.iter().enumerate() {
+            dst[ix0 + j * g.sx] = v;
         }
     }
 }
 
 /// Forward of one input plane `x [h, w]` into its `m` output planes `y [m, oh, ow]`.
+///
+/// # Safety
+/// The CPU must support `V`'s instruction set (as for the two kernels below).
 #[inline(always)]
-fn fwd_plane<T: Float, const FMA: bool>(d: &Dw, x: &[T], w: &[T], y: &mut [T], buf: &mut [T]) {
+unsafe fn fwd_plane<V: Vector>(d: &Dw, x: &[V::T], w: &[V::T], y: &mut [V::T], s: &mut Scratch<V::T>) {
     let g = d.g;
+    let buf = scratch(&mut s.buf, d.buf_len());
     fill(d, x, buf);
     for (wj, yj) in w.chunks_exact(d.kk).zip(y.chunks_exact_mut(g.npix())) {
         for (oy, row) in yj.chunks_exact_mut(g.ow).enumerate() {
-            row.fill(T::ZERO);
-            for ky in 0..g.kh {
-                let Some(iy) = d.iy(oy, ky) else { continue };
-                for kx in 0..g.kw {
-                    axpy::<T, FMA>(wj[ky * g.kw + kx], &buf[d.run(iy, kx)..][..g.ow], row);
-                }
-            }
+            s.taps.clear();
+            s.taps.extend(d.fwd.row(oy).iter().map(|&(t, off)| (wj[t], off)));
+            // SAFETY: the caller vouches for the CPU.
+            unsafe { gather_row::<V>(&s.taps, buf, row) };
         }
     }
 }
 
 /// Input gradient of one plane: `dx [h, w]` from its `m` output gradients `dy [m, oh, ow]`.
 #[inline(always)]
-fn bwd_input_plane<T: Float, const FMA: bool>(d: &Dw, dy: &[T], w: &[T], dx: &mut [T], buf: &mut [T]) {
+unsafe fn bwd_input_plane<V: Vector>(d: &Dw, dy: &[V::T], w: &[V::T], dx: &mut [V::T], s: &mut Scratch<V::T>) {
     let g = d.g;
-    buf.fill(T::ZERO);
-    for (wj, dyj) in w.chunks_exact(d.kk).zip(dy.chunks_exact(g.npix())) {
-        for (oy, row) in dyj.chunks_exact(g.ow).enumerate() {
-            for ky in 0..g.kh {
-                let Some(iy) = d.iy(oy, ky) else { continue };
-                for kx in 0..g.kw {
-                    axpy::<T, FMA>(wj[ky * g.kw + kx], row, &mut buf[d.run(iy, kx)..][..g.ow]);
-                }
+    // dy rows with `pad` zeros on the left and `l - ow` on the right.
+    let dyp = scratch(&mut s.dyp, d.m * g.oh * d.lp);
+    for (src, dst) in dy.chunks_exact(g.ow).zip(dyp.chunks_exact_mut(d.lp)) {
+        dst[..d.pad].fill(V::T::ZERO);
+        dst[d.pad..d.pad + g.ow].copy_from_slice(src);
+        dst[d.pad + g.ow..].fill(V::T::ZERO);
+    }
+    // One input row's phase rows (stride > 1; at stride 1 the row is computed in place).
+    let phases = scratch(&mut s.buf, g.sx * d.l);
+    for (iy, dxr) in dx.chunks_exact_mut(g.w).enumerate() {
+        for (r, js) in d.inner.iter().enumerate() {
+            if js.is_empty() {
+                continue;
             }
+            s.taps.clear();
+            for jm in 0..d.m {
+                let (wj, base) = (&w[jm * d.kk..][..d.kk], jm * g.oh * d.lp);
+                s.taps.extend(d.bwd.row(iy * g.sx + r).iter().map(|&(t, off)| (wj[t], base + off)));
+            }
+            let out =
+                if g.sx == 1 { &mut dxr[js.start - g.px..][..js.len()] } else { &mut phases[r * d.l..][js.clone()] };
+            // SAFETY: the caller vouches for the CPU.
+            unsafe { gather_row::<V>(&s.taps, dyp, out) };
+        }
+        if g.sx > 1 {
+            unfill_row(d, phases, dxr);
         }
     }
-    unfill(d, buf, dx);
 }
 
 /// Weight gradient of one plane: `dw [m, kh*kw]` from `x [h, w]` and `dy [m, oh, ow]`.
 #[inline(always)]
-fn bwd_weight_plane<T: Float, const FMA: bool>(d: &Dw, x: &[T], dy: &[T], dw: &mut [T], buf: &mut [T], acc: &mut [T]) {
+unsafe fn bwd_weight_plane<V: Vector>(d: &Dw, x: &[V::T], dy: &[V::T], dw: &mut [V::T], s: &mut Scratch<V::T>) {
     let g = d.g;
+    let buf = scratch(&mut s.buf, d.buf_len());
     fill(d, x, buf);
+    // Consecutive output rows of one tap read input rows `sy` apart.
+    let row_step = g.sy * g.sx * d.l;
     for (dwj, dyj) in dw.chunks_exact_mut(d.kk).zip(dy.chunks_exact(g.npix())) {
-        acc.fill(T::ZERO);
-        for (oy, row) in dyj.chunks_exact(g.ow).enumerate() {
-            for ky in 0..g.kh {
-                let Some(iy) = d.iy(oy, ky) else { continue };
-                for kx in 0..g.kw {
-                    let a = &mut acc[(ky * g.kw + kx) * g.ow..][..g.ow];
-                    fma_lanes::<T, FMA>(a, row, &buf[d.run(iy, kx)..][..g.ow]);
-                }
+        for (ky, rows) in d.rows.iter().enumerate() {
+            if rows.is_empty() {
+                dwj[ky * g.kw..][..g.kw].fill(V::T::ZERO);
+                continue;
             }
-        }
-        for (t, v) in dwj.iter_mut().enumerate() {
-            *v = sum(&acc[t * g.ow..][..g.ow]);
+            let a = &dyj[rows.start * g.ow..];
+            // The first valid row's taps of this kernel row, in kx order.
+            let first = d.fwd.row(rows.start);
+            let kys = first.iter().filter(|&&(t, _)| t / g.kw == ky);
+            for (kx, &(_, off)) in kys.enumerate() {
+                // SAFETY: the caller vouches for the CPU.
+                dwj[ky * g.kw + kx] = unsafe { dot_rows::<V>(a, g.ow, &buf[off..], row_step, rows.len(), g.ow) };
+            }
         }
     }
 }
 
-multiversion!(fwd_plane_mv => fwd_plane(d: &Dw, x: &[T], w: &[T], y: &mut [T], buf: &mut [T]));
-multiversion!(bwd_input_plane_mv => bwd_input_plane(d: &Dw, dy: &[T], w: &[T], dx: &mut [T], buf: &mut [T]));
-multiversion!(bwd_weight_plane_mv => bwd_weight_plane(
-    d: &Dw, x: &[T], dy: &[T], dw: &mut [T], buf: &mut [T], acc: &mut [T]
-));
+multiversion!(fwd_plane_mv => fwd_plane(d: &Dw, x: &[T], w: &[T], y: &mut [T], s: &mut Scratch<T>));
+multiversion!(bwd_input_plane_mv => bwd_input_plane(d: &Dw, dy: &[T], w: &[T], dx: &mut [T], s: &mut Scratch<T>));
+multiversion!(bwd_weight_plane_mv => bwd_weight_plane(d: &Dw, x: &[T], dy: &[T], dw: &mut [T], s: &mut Scratch<T>));
 
 /// A scratch vector of at least `len` elements (contents unspecified; every kernel overwrites or
 /// zeroes what it reads).
@@ -364,37 +464,33 @@ fn scratch<T: Float>(v: &mut Vec<T>, len: usize) -> &mut [T] {
     &mut v[..len]
 }
 
-pub(super) fn forward<T: Float>(x: &[T], w: &[T], g: &Geo) -> Vec<T> {
+pub(super) fn forward<T: SimdFloat>(x: &[T], w: &[T], g: &Geo) -> Vec<T> {
     let d = Dw::new(g);
-    let mut y = vec![T::ZERO; g.n * g.o * g.npix()];
-    if y.is_empty() || d.kk == 0 {
-        return y; // no output, or an empty sum
+    if d.kk == 0 {
+        return vec![T::ZERO; g.n * g.o * g.npix()]; // an empty sum
     }
     let plane = g.h * g.w;
     // Input plane `p = (image, channel)` feeds output planes `p * m .. (p + 1) * m`.
-    y.par_chunks_mut(d.m * g.npix()).enumerate().for_each_init(Vec::new, |buf, (p, yp)| {
+    new_chunked(g.n * g.c, d.m * g.npix(), true, Scratch::default, |s, p, yp| {
         let wp = &w[(p % g.c) * d.m * d.kk..][..d.m * d.kk];
-        fwd_plane_mv(&d, &x[p * plane..][..plane], wp, yp, scratch(buf, d.buf_len()));
-    });
-    y
+        fwd_plane_mv(&d, &x[p * plane..][..plane], wp, yp, s);
+    })
 }
 
-pub(super) fn backward_input<T: Float>(dy: &[T], w: &[T], g: &Geo) -> Vec<T> {
+pub(super) fn backward_input<T: SimdFloat>(dy: &[T], w: &[T], g: &Geo) -> Vec<T> {
     let d = Dw::new(g);
     let plane = g.h * g.w;
-    let mut dx = vec![T::ZERO; g.n * g.c * plane];
-    if dx.is_empty() || g.npix() == 0 || d.kk == 0 {
-        return dx;
+    if g.npix() == 0 || d.kk == 0 {
+        return vec![T::ZERO; g.n * g.c * plane];
     }
     let opl = d.m * g.npix();
-    dx.par_chunks_mut(plane).enumerate().for_each_init(Vec::new, |buf, (p, dxp)| {
+    new_chunked(g.n * g.c, plane, true, Scratch::default, |s, p, dxp| {
         let wp = &w[(p % g.c) * d.m * d.kk..][..d.m * d.kk];
-        bwd_input_plane_mv(&d, &dy[p * opl..][..opl], wp, dxp, scratch(buf, d.buf_len()));
-    });
-    dx
+        bwd_input_plane_mv(&d, &dy[p * opl..][..opl], wp, dxp, s);
+    })
 }
 
-pub(super) fn backward_weight<T: Float>(x: &[T], dy: &[T], g: &Geo) -> Vec<T> {
+pub(super) fn backward_weight<T: SimdFloat>(x: &[T], dy: &[T], g: &Geo) -> Vec<T> {
     let d = Dw::new(g);
     let wlen = g.o * d.kk;
     let mut dw = vec![T::ZERO; wlen];
@@ -404,13 +500,9 @@ pub(super) fn backward_weight<T: Float>(x: &[T], dy: &[T], g: &Geo) -> Vec<T> {
     let (plane, opl) = (g.h * g.w, d.m * g.npix());
     // One `[m, kh*kw]` partial per (image, channel) plane, in parallel; then the sum over images.
     let mut partial = vec![T::ZERO; g.n * wlen];
-    partial.par_chunks_mut(d.m * d.kk).enumerate().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(buf, acc), (p, dwp)| {
-            let (buf, acc) = (scratch(buf, d.buf_len()), scratch(acc, d.kk * g.ow));
-            bwd_weight_plane_mv(&d, &x[p * plane..][..plane], &dy[p * opl..][..opl], dwp, buf, acc);
-        },
-    );
+    partial.par_chunks_mut(d.m * d.kk).enumerate().for_each_init(Scratch::default, |s, (p, dwp)| {
+        bwd_weight_plane_mv(&d, &x[p * plane..][..plane], &dy[p * opl..][..opl], dwp, s);
+    });
     for img in partial.chunks_exact(wlen) {
         for (a, &b) in dw.iter_mut().zip(img) {
             *a = *a + b;

@@ -4,7 +4,7 @@
 //! range each kernel tap reads inside the input, so the inner loops are plain (strided) copies
 //! and adds with the padding zeros written as whole runs, not a bounds test per element.
 
-use super::{for_images, Geo};
+use super::{copy_strided, for_images, Geo};
 use crate::cpu::matmul::GemmFloat;
 use crate::dtype::Float;
 use rayon::prelude::*;
@@ -28,15 +28,7 @@ fn im2col_channel<T: Float>(plane: &[T], g: &Geo, col: &mut [T]) {
                     continue;
                 }
                 let src = &plane[g.iy(oy, ky) * g.w..][..g.w];
-                let ix0 = g.ix(xs.start, kx);
-                let dst = &mut dst[xs.clone()];
-                if g.sx == 1 {
-                    dst.copy_from_slice(&src[ix0..ix0 + dst.len()]);
-                } else {
-                    for (j, d) in dst.iter_mut().enumerate() {
-                        *d = src[ix0 + j * g.sx];
-                    }
-                }
+                copy_strided(&mut dst[xs.clone()], src, g.ix(xs.start, kx), g.sx);
             }
         }
     }
@@ -106,40 +98,38 @@ fn images_parallel(g: &Geo) -> bool {
 
 pub(super) fn forward<T: GemmFloat>(x: &[T], w: &[T], g: &Geo) -> Vec<T> {
     let npix = g.npix();
-    let mut out = vec![T::ZERO; g.n * g.o * npix];
     let inner_par = !images_parallel(g);
     let cstride = g.c * g.h * g.w;
-    for_images(&mut out, g.o * npix, |img, o_img| {
+    for_images(g.n, g.o * npix, |col, img, o_img| {
         let xi = &x[img * cstride..(img + 1) * cstride];
-        let mut col = vec![T::ZERO; g.krows() * npix];
+        // Every element is written by im2col: the contents of a reused buffer do not matter.
+        col.resize(g.krows() * npix, T::ZERO);
         for gi in 0..g.g {
-            im2col(xi, g, gi, &mut col, inner_par);
+            im2col(xi, g, gi, col, inner_par);
             let wg = &w[gi * g.og() * g.krows()..];
             let og = &mut o_img[gi * g.og() * npix..(gi + 1) * g.og() * npix];
-            T::gemm(g.og(), npix, g.krows(), T::ONE, wg, g.krows(), 1, &col, npix, 1, T::ZERO, og, npix, 1);
+            T::gemm(g.og(), npix, g.krows(), T::ONE, wg, g.krows(), 1, col, npix, 1, T::ZERO, og, npix, 1);
         }
-    });
-    out
+    })
 }
 
 pub(super) fn backward_input<T: GemmFloat>(dy: &[T], w: &[T], g: &Geo) -> Vec<T> {
     let npix = g.npix();
-    let mut dx = vec![T::ZERO; g.n * g.c * g.h * g.w];
     if npix == 0 {
-        return dx;
+        return vec![T::ZERO; g.n * g.c * g.h * g.w];
     }
     let inner_par = !images_parallel(g);
-    for_images(&mut dx, g.c * g.h * g.w, |img, dxi| {
-        let mut dcol = vec![T::ZERO; g.krows() * npix];
+    for_images(g.n, g.c * g.h * g.w, |dcol, img, dxi| {
+        // Written by the GEMM (beta = 0) before col2im reads it.
+        dcol.resize(g.krows() * npix, T::ZERO);
         for gi in 0..g.g {
             let wg = &w[gi * g.og() * g.krows()..];
             let dyg = &dy[(img * g.o + gi * g.og()) * npix..];
             // dcol = W_g^T @ dy_g: read W_g [og, krows] transposed through its strides.
-            T::gemm(g.krows(), npix, g.og(), T::ONE, wg, 1, g.krows(), dyg, npix, 1, T::ZERO, &mut dcol, npix, 1);
-            col2im(&dcol, g, gi, dxi, inner_par);
+            T::gemm(g.krows(), npix, g.og(), T::ONE, wg, 1, g.krows(), dyg, npix, 1, T::ZERO, dcol, npix, 1);
+            col2im(dcol, g, gi, dxi, inner_par);
         }
-    });
-    dx
+    })
 }
 
 pub(super) fn backward_weight<T: GemmFloat>(x: &[T], dy: &[T], g: &Geo) -> Vec<T> {

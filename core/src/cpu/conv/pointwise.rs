@@ -17,28 +17,24 @@ use rayon::prelude::*;
 
 pub(super) fn forward<T: GemmFloat>(x: &[T], w: &[T], g: &Geo) -> Vec<T> {
     let (hw, cg, og) = (g.h * g.w, g.cg(), g.og());
-    let mut out = vec![T::ZERO; g.n * g.o * hw];
-    for_images(&mut out, g.o * hw, |img, yi| {
+    for_images(g.n, g.o * hw, |_, img, yi| {
         for gi in 0..g.g {
             let xg = &x[(img * g.c + gi * cg) * hw..];
             let yg = &mut yi[gi * og * hw..(gi + 1) * og * hw];
             T::gemm(og, hw, cg, T::ONE, &w[gi * og * cg..], cg, 1, xg, hw, 1, T::ZERO, yg, hw, 1);
         }
-    });
-    out
+    })
 }
 
 pub(super) fn backward_input<T: GemmFloat>(dy: &[T], w: &[T], g: &Geo) -> Vec<T> {
     let (hw, cg, og) = (g.h * g.w, g.cg(), g.og());
-    let mut dx = vec![T::ZERO; g.n * g.c * hw];
-    for_images(&mut dx, g.c * hw, |img, dxi| {
+    for_images(g.n, g.c * hw, |_, img, dxi| {
         for gi in 0..g.g {
             let dyg = &dy[(img * g.o + gi * og) * hw..];
             let dxg = &mut dxi[gi * cg * hw..(gi + 1) * cg * hw];
             T::gemm(cg, hw, og, T::ONE, &w[gi * og * cg..], 1, cg, dyg, hw, 1, T::ZERO, dxg, hw, 1);
         }
-    });
-    dx
+    })
 }
 
 pub(super) fn backward_weight<T: GemmFloat>(x: &[T], dy: &[T], g: &Geo) -> Vec<T> {
