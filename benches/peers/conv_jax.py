@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Peer for the CPU convolution benchmark (core/benches/conv.rs): the same layer shapes in JAX
-(jit, CPU, f32, NCHW input / OIHW weight / NCHW output, compile excluded, block_until_ready).
+(jit, CPU, f32, compile excluded, block_until_ready). Layout: NCHW input / OIHW weight / NCHW
+output like ELA-rs (`--layout nchw`, default), or XLA:CPU's native NHWC / HWIO / NHWC
+(`--layout nhwc`), which spares XLA the transposes it may insert around an NCHW convolution.
 
 - fwd: jax.jit(lax.conv_general_dilated(x, w, stride, padding, feature_group_count=groups))
 - fwd+bwd: jax.jit(jax.value_and_grad(lambda x, w: sum(conv(x, w) * dy), argnums=(0, 1))),
   i.e. the forward, the input gradient and the weight gradient (plus one elementwise product
   and sum, negligible here), what ELA-rs's fwd+bwd column times.
 
-Usage: python3 benches/peers/conv_jax.py [--only LABEL,LABEL] [--reps N]
+Usage: python3 benches/peers/conv_jax.py [--only LABEL,LABEL] [--reps N] [--layout nchw|nhwc]
 Prints one line per shape: `label<TAB>fwd_ms<TAB>fwdbwd_ms` (median of the timed runs after a
 compile + warm-up call; at least --reps runs and about 1 s per measurement, at most 100 runs).
 Install once with `pip install jax` (CPU build).
@@ -56,6 +58,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="", help="comma-separated labels (default: all)")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--layout", choices=["nchw", "nhwc"], default="nchw")
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else None
     budget = 0.1 if args.reps < 5 else 1.0
@@ -64,17 +67,21 @@ def main():
         if only is not None and label not in only:
             continue
         kx, kw, kd = jax.random.split(jax.random.fold_in(key, i), 3)
-        x = jax.random.uniform(kx, (n, c, hw, hw), jnp.float32, -1.0, 1.0)
-        w = jax.random.uniform(kw, (o, c // g, k, k), jnp.float32, -1.0, 1.0)
+        if args.layout == "nchw":
+            x_shape, w_shape, dims = (n, c, hw, hw), (o, c // g, k, k), ("NCHW", "OIHW", "NCHW")
+        else:
+            x_shape, w_shape, dims = (n, hw, hw, c), (k, k, c // g, o), ("NHWC", "HWIO", "NHWC")
+        x = jax.random.uniform(kx, x_shape, jnp.float32, -1.0, 1.0)
+        w = jax.random.uniform(kw, w_shape, jnp.float32, -1.0, 1.0)
         p = k // 2
 
-        def conv(x, w, s=s, p=p, g=g):
+        def conv(x, w, s=s, p=p, g=g, dims=dims):
             return lax.conv_general_dilated(
                 x,
                 w,
                 window_strides=(s, s),
                 padding=((p, p), (p, p)),
-                dimension_numbers=("NCHW", "OIHW", "NCHW"),
+                dimension_numbers=dims,
                 feature_group_count=g,
             )
 

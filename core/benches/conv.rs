@@ -7,7 +7,8 @@
 //! Run: `cargo bench -p ela-core --bench conv` (prints a markdown table, times in ms, median of
 //! the timed runs after one warm-up run). Options after `--`:
 //! - `--jax`: afterwards, run the JAX peer (`benches/peers/conv_jax.py`, same shapes) as a
-//!   subprocess, so the two never share the cores, and add its columns;
+//!   subprocess, so the two never share the cores, once in our NCHW layout and once in XLA's
+//!   native NHWC, and add its columns;
 //! - `--quick`: fewer repetitions;
 //! - `--split`: instead, time the forward, the input gradient and the weight gradient apart;
 //! - any other word keeps only the rows whose label contains it.
@@ -142,11 +143,12 @@ fn split(l: &Layer, budget: f64) -> (f64, f64, f64) {
     (fwd, dx, dw)
 }
 
-/// Runs the JAX peer; returns `(label, fwd_ms, fwdbwd_ms)` per shape it printed.
-fn jax(labels: &[&str], quick: bool) -> Vec<(String, f64, f64)> {
+/// Runs the JAX peer with `layout` (`nchw` or `nhwc`); returns `(label, fwd_ms, fwdbwd_ms)` per
+/// shape it printed.
+fn jax(labels: &[&str], layout: &str, quick: bool) -> Vec<(String, f64, f64)> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/peers/conv_jax.py");
     let mut cmd = Command::new("python3");
-    cmd.arg(script).arg("--only").arg(labels.join(","));
+    cmd.arg(script).arg("--only").arg(labels.join(",")).arg("--layout").arg(layout);
     if quick {
         cmd.arg("--reps").arg("3");
     }
@@ -202,15 +204,26 @@ fn main() {
         return;
     }
     let ours: Vec<(f64, f64)> = layers.iter().map(|l| bench(l, budget)).collect();
-    let peer = if with_jax { jax(&layers.iter().map(|l| l.label).collect::<Vec<_>>(), quick) } else { Vec::new() };
+    let labels: Vec<&str> = layers.iter().map(|l| l.label).collect();
+    let (nchw, nhwc) =
+        if with_jax { (jax(&labels, "nchw", quick), jax(&labels, "nhwc", quick)) } else { (Vec::new(), Vec::new()) };
     println!();
-    println!("| layer (f32, NCHW) | ours fwd ms | ours fwd+bwd ms | JAX fwd ms | JAX fwd+bwd ms | JAX/ours fwd | JAX/ours fwd+bwd |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (l, (f, fb)) in layers.iter().zip(&ours) {
-        let cols = match peer.iter().find(|(label, _, _)| label == l.label) {
-            Some((_, jf, jfb)) => format!("{jf:.3} | {jfb:.3} | {:.2}x | {:.2}x", jf / f, jfb / fb),
-            None => "- | - | - | -".to_string(),
+    println!(
+        "| layer (f32) | ours fwd | ours fwd+bwd | JAX NCHW fwd | JAX NCHW fwd+bwd | JAX NHWC fwd | \
+         JAX NHWC fwd+bwd | best JAX / ours fwd | best JAX / ours fwd+bwd |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let find = |v: &[(String, f64, f64)], label: &str| v.iter().find(|(l, _, _)| l == label).map(|&(_, f, fb)| (f, fb));
+    let ms = |t: Option<(f64, f64)>| t.map_or("- | -".to_string(), |(f, fb)| format!("{f:.3} | {fb:.3}"));
+    for (l, &(f, fb)) in layers.iter().zip(&ours) {
+        let (a, b) = (find(&nchw, l.label), find(&nhwc, l.label));
+        let best = match (a, b) {
+            (Some(a), Some(b)) => Some((a.0.min(b.0), a.1.min(b.1))),
+            (a, b) => a.or(b),
         };
-        println!("| {} | {f:.3} | {fb:.3} | {cols} |", l.label);
+        let ratio = best.map_or("- | -".to_string(), |(bf, bfb)| format!("{:.2}x | {:.2}x", bf / f, bfb / fb));
+        println!("| {} | {f:.3} | {fb:.3} | {} | {} | {ratio} |", l.label, ms(a), ms(b));
     }
+    println!();
+    println!("Times in ms (median). best JAX / ours > 1: ours is faster.");
 }

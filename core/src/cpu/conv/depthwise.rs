@@ -15,82 +15,31 @@
 //! # The three kernels
 //!
 //! - forward: fill the buffer from `x`; each output row is `sum over taps w[ky, kx] *
-//!   run(iy, kx)` ([`gather_row`]), accumulated in registers, 16 columns at a time, in four
-//!   independent chains (so the FMA latency is hidden), and stored once.
+//!   run(iy, kx)` ([`gather_row`]), accumulated in registers one vector of columns at a time
+//!   (16 f32 with AVX-512) in four independent chains, so the FMA latency is hidden, and stored
+//!   once.
 //! - input gradient: the same gather on the transposed problem. `dy` is copied into rows padded
-//!   on both sides, so that each entry `j` of a phase-buffer row is `sum w[ky, kx] *
-//!   dy[oy, j - t / sx]` over the taps that reach it, a contiguous run again; the non-padding
-//!   part of the buffer is then copied out to `dx`. (Scattering `dy` into the buffer tap by tap
-//!   would instead store and reload overlapping, misaligned runs: slow store forwarding.)
+//!   on both sides, so that entry `j` of phase row `(iy, r)` is `sum w[ky, kx] *
+//!   dy[oy, j - t / sx]` over the taps that reach it, a contiguous run again. At stride 1 the
+//!   phase row is the `dx` row, computed in place; at larger strides one input row's phase rows
+//!   are computed, then interleaved into `dx`. (Scattering `dy` tap by tap instead would store
+//!   and reload overlapping, misaligned runs: store-forwarding stalls on every tap.)
 //! - weight gradient: fill from `x`; `dw[ky, kx] = sum over rows and columns dy[oy, :] *
 //!   run(iy, kx)` ([`dot_rows`]), one tap at a time over its valid rows. The per-image partials
 //!   are summed at the end.
 //!
-//! The kernels are compiled for AVX-512F and AVX2+FMA as well as the baseline and picked at run
-//! time ([`multiversion`]). Planes run in parallel (rayon), each worker reusing its scratch
-//! buffers across the planes it runs.
+//! Which taps each row reads, and where their runs start, depends only on the geometry: the
+//! lists are built once per call ([`TapRows`]). The kernels are compiled for AVX-512F and
+//! AVX2+FMA as well as the baseline and picked at run time ([`multiversion`]). Planes run in
+//! parallel (rayon), each worker reusing its scratch buffers across the planes it runs.
 
-use super::simd::{Scalar, SimdFloat, Vector};
+#[cfg(test)]
+use super::simd::supported;
+use super::simd::{best, multiversion, Isa, SimdFloat, Vector};
 use super::{copy_strided, new_chunked, valid, Geo};
 use crate::dtype::Float;
 use rayon::prelude::*;
 use std::ops::Range;
-
-/// Instruction sets the plane kernels are compiled for.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Isa {
-    Avx512,
-    Avx2,
-    Baseline,
-}
-
-#[cfg(target_arch = "x86_64")]
-fn isa() -> Isa {
-    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-    *ISA.get_or_init(|| {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-            Isa::Avx512
-        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            Isa::Avx2
-        } else {
-            Isa::Baseline
-        }
-    })
-}
-
-/// Defines `fn $name<T>(args)` running `$body::<V>(args)` with the widest vector type `V` of
-/// `T` this CPU has: AVX-512F, AVX2+FMA, else one plain lane. The bodies are `#[inline(always)]`,
-/// so each copy is compiled with its instruction set enabled throughout (the vector methods and
-/// the plain loops, such as [`fill`]'s de-interleave, which LLVM vectorizes on its own).
-macro_rules! multiversion {
-    ($name:ident => $body:ident ($($a:ident: $t:ty),* $(,)?)) => {
-        fn $name<T: SimdFloat>($($a: $t),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx2,fma")]
-                unsafe fn avx512<T: SimdFloat>($($a: $t),*) {
-                    // SAFETY: the caller checked the features.
-                    unsafe { $body::<T::V512>($($a),*) }
-                }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2<T: SimdFloat>($($a: $t),*) {
-                    // SAFETY: the caller checked the features.
-                    unsafe { $body::<T::V256>($($a),*) }
-                }
-                match isa() {
-                    // SAFETY: `isa` detected the features on this CPU.
-                    Isa::Avx512 => return unsafe { avx512($($a),*) },
-                    // SAFETY: as above.
-                    Isa::Avx2 => return unsafe { avx2($($a),*) },
-                    Isa::Baseline => {}
-                }
-            }
-            // SAFETY: one plain lane runs on any CPU.
-            unsafe { $body::<Scalar<T>>($($a),*) }
-        }
-    };
-}
 
 /// `out[i] = sum over taps (w, off) of w * src[off + i]`, for `i < out.len()`.
 ///
@@ -465,6 +414,18 @@ fn scratch<T: Float>(v: &mut Vec<T>, len: usize) -> &mut [T] {
 }
 
 pub(super) fn forward<T: SimdFloat>(x: &[T], w: &[T], g: &Geo) -> Vec<T> {
+    forward_with(best(), x, w, g)
+}
+
+pub(super) fn backward_input<T: SimdFloat>(dy: &[T], w: &[T], g: &Geo) -> Vec<T> {
+    backward_input_with(best(), dy, w, g)
+}
+
+pub(super) fn backward_weight<T: SimdFloat>(x: &[T], dy: &[T], g: &Geo) -> Vec<T> {
+    backward_weight_with(best(), x, dy, g)
+}
+
+fn forward_with<T: SimdFloat>(isa: Isa, x: &[T], w: &[T], g: &Geo) -> Vec<T> {
     let d = Dw::new(g);
     if d.kk == 0 {
         return vec![T::ZERO; g.n * g.o * g.npix()]; // an empty sum
@@ -473,11 +434,11 @@ pub(super) fn forward<T: SimdFloat>(x: &[T], w: &[T], g: &Geo) -> Vec<T> {
     // Input plane `p = (image, channel)` feeds output planes `p * m .. (p + 1) * m`.
     new_chunked(g.n * g.c, d.m * g.npix(), true, Scratch::default, |s, p, yp| {
         let wp = &w[(p % g.c) * d.m * d.kk..][..d.m * d.kk];
-        fwd_plane_mv(&d, &x[p * plane..][..plane], wp, yp, s);
+        fwd_plane_mv(isa, &d, &x[p * plane..][..plane], wp, yp, s);
     })
 }
 
-pub(super) fn backward_input<T: SimdFloat>(dy: &[T], w: &[T], g: &Geo) -> Vec<T> {
+fn backward_input_with<T: SimdFloat>(isa: Isa, dy: &[T], w: &[T], g: &Geo) -> Vec<T> {
     let d = Dw::new(g);
     let plane = g.h * g.w;
     if g.npix() == 0 || d.kk == 0 {
@@ -486,11 +447,11 @@ pub(super) fn backward_input<T: SimdFloat>(dy: &[T], w: &[T], g: &Geo) -> Vec<T>
     let opl = d.m * g.npix();
     new_chunked(g.n * g.c, plane, true, Scratch::default, |s, p, dxp| {
         let wp = &w[(p % g.c) * d.m * d.kk..][..d.m * d.kk];
-        bwd_input_plane_mv(&d, &dy[p * opl..][..opl], wp, dxp, s);
+        bwd_input_plane_mv(isa, &d, &dy[p * opl..][..opl], wp, dxp, s);
     })
 }
 
-pub(super) fn backward_weight<T: SimdFloat>(x: &[T], dy: &[T], g: &Geo) -> Vec<T> {
+fn backward_weight_with<T: SimdFloat>(isa: Isa, x: &[T], dy: &[T], g: &Geo) -> Vec<T> {
     let d = Dw::new(g);
     let wlen = g.o * d.kk;
     let mut dw = vec![T::ZERO; wlen];
@@ -501,7 +462,7 @@ pub(super) fn backward_weight<T: SimdFloat>(x: &[T], dy: &[T], g: &Geo) -> Vec<T
     // One `[m, kh*kw]` partial per (image, channel) plane, in parallel; then the sum over images.
     let mut partial = vec![T::ZERO; g.n * wlen];
     partial.par_chunks_mut(d.m * d.kk).enumerate().for_each_init(Scratch::default, |s, (p, dwp)| {
-        bwd_weight_plane_mv(&d, &x[p * plane..][..plane], &dy[p * opl..][..opl], dwp, s);
+        bwd_weight_plane_mv(isa, &d, &x[p * plane..][..plane], &dy[p * opl..][..opl], dwp, s);
     });
     for img in partial.chunks_exact(wlen) {
         for (a, &b) in dw.iter_mut().zip(img) {
@@ -509,4 +470,102 @@ pub(super) fn backward_weight<T: SimdFloat>(x: &[T], dy: &[T], g: &Geo) -> Vec<T
         }
     }
     dw
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every instruction-set variant of the three kernels against direct loops. (The property
+    //! tests in `tests/` only reach the widest variant this CPU has.)
+    use super::*;
+    use crate::dtype::WithDType;
+    use crate::op::Conv2dParams;
+
+    /// Direct loops in f64: `(y, dx, dw)` for `dy`.
+    fn reference(x: &[f64], w: &[f64], dy: &[f64], g: &Geo) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (m, kk) = (g.og(), g.kh * g.kw);
+        let mut y = vec![0.0; g.n * g.o * g.npix()];
+        let mut dx = vec![0.0; g.n * g.c * g.h * g.w];
+        let mut dw = vec![0.0; g.o * kk];
+        for i in 0..g.n {
+            for o in 0..g.o {
+                let c = o / m;
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let yi = ((i * g.o + o) * g.oh + oy) * g.ow + ox;
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                let iy = (oy * g.sy + ky * g.dy) as isize - g.py as isize;
+                                let ix = (ox * g.sx + kx * g.dx) as isize - g.px as isize;
+                                if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
+                                    continue;
+                                }
+                                let xi = ((i * g.c + c) * g.h + iy as usize) * g.w + ix as usize;
+                                let wi = o * kk + ky * g.kw + kx;
+                                y[yi] += w[wi] * x[xi];
+                                dx[xi] += w[wi] * dy[yi];
+                                dw[wi] += dy[yi] * x[xi];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (y, dx, dw)
+    }
+
+    fn values(n: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn check<T: SimdFloat>(got: &[T], want: &[f64], tol: f64, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+            let a = WithDType::as_f64(a);
+            assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{what}: element {i}: got {a}, want {b}");
+        }
+    }
+
+    fn run<T: SimdFloat>(isa: Isa, tol: f64) {
+        // (n, c, mult, h, w, kernel, stride, padding, dilation): odd widths that leave a
+        // remainder after whole vectors, rows shorter than a vector, every stride case of the
+        // phase buffer (1, 2 with either padding parity, 3), dilation, multipliers.
+        let cases = [
+            (2, 3, 1, 9, 37, (3, 3), (1, 1), (1, 1), (1, 1)),
+            (1, 2, 1, 8, 40, (3, 3), (2, 2), (1, 1), (1, 1)),
+            (2, 2, 2, 7, 35, (3, 3), (2, 2), (0, 2), (1, 1)),
+            (1, 2, 1, 6, 5, (3, 3), (2, 1), (1, 0), (1, 1)),
+            (1, 1, 3, 10, 50, (3, 5), (3, 3), (2, 2), (2, 1)),
+            (2, 2, 1, 5, 70, (2, 4), (1, 2), (0, 1), (1, 2)),
+            (1, 2, 1, 3, 3, (3, 3), (1, 1), (2, 2), (2, 2)),
+        ];
+        for (n, c, mult, h, w, k, stride, padding, dilation) in cases {
+            let p = Conv2dParams { stride, padding, dilation, groups: c };
+            let g = Geo::new(&[n, c, h, w], &[c * mult, 1, k.0, k.1], &p).unwrap();
+            let (x, wt) = (values(n * c * h * w, 1), values(g.o * k.0 * k.1, 2));
+            let dy = values(n * g.o * g.npix(), 3);
+            let (ry, rdx, rdw) = reference(&x, &wt, &dy, &g);
+            let cast = |v: &[f64]| v.iter().map(|&a| <T as WithDType>::from_f64(a)).collect::<Vec<T>>();
+            let (xt, wtt, dyt) = (cast(&x), cast(&wt), cast(&dy));
+            let what = format!("{isa:?} {} {g:?}", std::any::type_name::<T>());
+            check(&forward_with(isa, &xt, &wtt, &g), &ry, tol, &format!("forward {what}"));
+            check(&backward_input_with(isa, &dyt, &wtt, &g), &rdx, tol, &format!("dx {what}"));
+            check(&backward_weight_with(isa, &xt, &dyt, &g), &rdw, tol, &format!("dw {what}"));
+        }
+    }
+
+    #[test]
+    fn every_isa_matches_direct_loops() {
+        for isa in supported() {
+            run::<f64>(isa, 1e-12);
+            run::<f32>(isa, 1e-4);
+        }
+    }
 }

@@ -4,6 +4,8 @@
 //! range each kernel tap reads inside the input, so the inner loops are plain (strided) copies
 //! and adds with the padding zeros written as whole runs, not a bounds test per element.
 
+use super::dot::gemm_nt;
+use super::simd::SimdFloat;
 use super::{copy_strided, for_images, Geo};
 use crate::cpu::matmul::GemmFloat;
 use crate::dtype::Float;
@@ -132,18 +134,19 @@ pub(super) fn backward_input<T: GemmFloat>(dy: &[T], w: &[T], g: &Geo) -> Vec<T>
     })
 }
 
-pub(super) fn backward_weight<T: GemmFloat>(x: &[T], dy: &[T], g: &Geo) -> Vec<T> {
+pub(super) fn backward_weight<T: GemmFloat + SimdFloat>(x: &[T], dy: &[T], g: &Geo) -> Vec<T> {
     let npix = g.npix();
     let wlen = g.o * g.krows();
     let cstride = g.c * g.h * g.w;
-    // dW_g += dy_g [og, npix] @ col^T [npix, krows] for image `img`, into `dw`.
+    // dW_g += dy_g [og, npix] @ col^T [npix, krows] for image `img`, into `dw`: both operands
+    // are contiguous along the pixels (`gemm_nt`, see `dot.rs`).
     let add_image = |img: usize, dw: &mut [T], col: &mut [T], inner_par: bool| {
         let xi = &x[img * cstride..(img + 1) * cstride];
         for gi in 0..g.g {
             im2col(xi, g, gi, col, inner_par);
             let dyg = &dy[(img * g.o + gi * g.og()) * npix..];
             let dwg = &mut dw[gi * g.og() * g.krows()..(gi + 1) * g.og() * g.krows()];
-            T::gemm(g.og(), g.krows(), npix, T::ONE, dyg, npix, 1, col, 1, npix, T::ONE, dwg, g.krows(), 1);
+            gemm_nt(g.og(), g.krows(), npix, dyg, npix, col, npix, dwg, g.krows(), inner_par);
         }
     };
     let mut dw = vec![T::ZERO; wlen];

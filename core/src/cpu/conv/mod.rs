@@ -17,7 +17,8 @@
 //!   `out_g [O/g, OH*OW] = W_g [O/g, C/g*kh*kw] @ col [C/g*kh*kw, OH*OW]`, where `col` holds,
 //!   for every output pixel, the input taps its kernel window reads (zeros for padding). The
 //!   backward passes are the two other products of the same matrices: `dcol = W_g^T @ dy_g`
-//!   folded back by col2im (dx), and `dW_g += dy_g @ col^T` (dW).
+//!   folded back by col2im (dx), and `dW_g += dy_g @ col^T` (dW, as dot products of rows:
+//!   `dot.rs`, shared with the pointwise path).
 //!
 //! Parallelism: with at least as many images as rayon threads, images (depthwise: image and
 //! channel planes) run in parallel, each on one thread. With fewer (batch 1 inference, tiny
@@ -29,9 +30,10 @@
 //! everywhere in the CPU backend.
 
 mod depthwise;
+mod dot;
 mod im2col;
 mod pointwise;
-mod simd;
+pub(crate) mod simd;
 
 use crate::cpu::matmul::GemmFloat;
 use crate::cpu::storage::{CpuStorage, FloatCow, FloatVec};

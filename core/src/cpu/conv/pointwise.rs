@@ -5,12 +5,14 @@
 //!
 //! - forward:  `y_i,g [O/g, HW] = W_g [O/g, C/g] @ x_i,g [C/g, HW]`
 //! - input:    `dx_i,g [C/g, HW] = W_g^T @ dy_i,g [O/g, HW]` (W read transposed through strides)
-//! - weight:   `dW_g [O/g, C/g] = sum_i dy_i,g @ x_i,g^T` (x read transposed through strides)
+//! - weight:   `dW_g [O/g, C/g] = sum_i dy_i,g @ x_i,g^T`, as dot products of rows (`dot.rs`)
 //!
 //! all reading and writing the tensors in place. The images are not fused into one GEMM: in NCHW
 //! their `N*HW` columns are not one strided matrix, so that would need a copy of `x` (and of `y`
 //! back) that costs about as much as the packing the per-image GEMMs do anyway.
 
+use super::dot::gemm_nt;
+use super::simd::SimdFloat;
 use super::{for_images, Geo};
 use crate::cpu::matmul::GemmFloat;
 use rayon::prelude::*;
@@ -37,38 +39,34 @@ pub(super) fn backward_input<T: GemmFloat>(dy: &[T], w: &[T], g: &Geo) -> Vec<T>
     })
 }
 
-pub(super) fn backward_weight<T: GemmFloat>(x: &[T], dy: &[T], g: &Geo) -> Vec<T> {
+pub(super) fn backward_weight<T: GemmFloat + SimdFloat>(x: &[T], dy: &[T], g: &Geo) -> Vec<T> {
     let (hw, cg, og) = (g.h * g.w, g.cg(), g.og());
     let wlen = g.o * cg;
-    // dW += the products of images `imgs`; `beta` 0 on the first one overwrites `dw`.
-    let add = |imgs: std::ops::Range<usize>, dw: &mut [T]| {
-        for (k, img) in imgs.enumerate() {
-            let beta = if k == 0 { T::ZERO } else { T::ONE };
+    // dW_g += dy_i,g @ x_i,g^T for the images `imgs` (both operands contiguous along the pixels:
+    // `gemm_nt`, see `dot.rs`), row blocks of dW in parallel when `par`.
+    let add = |imgs: std::ops::Range<usize>, dw: &mut [T], par: bool| {
+        for img in imgs {
             for gi in 0..g.g {
                 let dyg = &dy[(img * g.o + gi * og) * hw..];
                 let xg = &x[(img * g.c + gi * cg) * hw..];
-                let dwg = &mut dw[gi * og * cg..(gi + 1) * og * cg];
-                T::gemm(og, cg, hw, T::ONE, dyg, hw, 1, xg, 1, hw, beta, dwg, cg, 1);
+                gemm_nt(og, cg, hw, dyg, hw, xg, hw, &mut dw[gi * og * cg..(gi + 1) * og * cg], cg, par);
             }
         }
     };
     let mut dw = vec![T::ZERO; wlen];
-    if wlen == 0 || hw == 0 || g.n == 0 {
-        return dw;
-    }
     let threads = rayon::current_num_threads();
     if g.n < threads {
-        // Few images: one after the other, each GEMM split across the threads.
-        add(0..g.n, &mut dw);
+        // Few images: one after the other, each product split across the threads.
+        add(0..g.n, &mut dw, true);
         return dw;
     }
-    // One partial dW per thread over a run of images, then their sum (a dW is small).
+    // One partial per thread over a run of images, then their sum (a dW is small).
     let per = g.n.div_ceil(threads);
     let partial: Vec<Vec<T>> = (0..g.n.div_ceil(per))
         .into_par_iter()
         .map(|t| {
             let mut dw = vec![T::ZERO; wlen];
-            add(t * per..((t + 1) * per).min(g.n), &mut dw);
+            add(t * per..((t + 1) * per).min(g.n), &mut dw, false);
             dw
         })
         .collect();

@@ -4,10 +4,79 @@
 //! Explicit vectors, not auto-vectorized loops: the kernels keep several accumulators in
 //! registers across taps or rows, a shape LLVM's vectorizers do not reliably find from scalar
 //! code (they spilled the accumulator arrays to the stack). Each method is a `#[target_feature]`
-//! function; they inline into the kernels, which [`multiversion`](super::depthwise) compiles
-//! with the same features.
+//! function; they inline into the kernels, which [`multiversion`] compiles with the same
+//! features, picked at run time.
 
 use crate::dtype::Float;
+
+/// Instruction sets the kernels are compiled for (the x86 ones are only ever picked on
+/// x86_64 CPUs that have them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Isa {
+    Avx512,
+    Avx2,
+    Baseline,
+}
+
+/// Every instruction set this CPU can run, widest first.
+pub(super) fn supported() -> Vec<Isa> {
+    let mut v = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+            v.push(Isa::Avx512);
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            v.push(Isa::Avx2);
+        }
+    }
+    v.push(Isa::Baseline);
+    v
+}
+
+/// The widest supported instruction set.
+pub(super) fn best() -> Isa {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| supported()[0])
+}
+
+/// Defines `fn $name<T>(isa, args)` running `$body::<V>(args)` with the vector type `V` of `T`
+/// for `isa` (one of [`supported`]): AVX-512F, AVX2+FMA, or one plain lane. The bodies are
+/// `#[inline(always)]`, so each copy is compiled with its instruction set enabled throughout
+/// (the vector methods, and the plain loops such as the depthwise de-interleave, which LLVM
+/// vectorizes on its own).
+macro_rules! multiversion {
+    ($name:ident => $body:ident ($($a:ident: $t:ty),* $(,)?)) => {
+        fn $name<T: $crate::cpu::conv::simd::SimdFloat>(isa: $crate::cpu::conv::simd::Isa, $($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512<T: $crate::cpu::conv::simd::SimdFloat>($($a: $t),*) {
+                    // SAFETY: the caller checked the features.
+                    unsafe { $body::<T::V512>($($a),*) }
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2<T: $crate::cpu::conv::simd::SimdFloat>($($a: $t),*) {
+                    // SAFETY: the caller checked the features.
+                    unsafe { $body::<T::V256>($($a),*) }
+                }
+                match isa {
+                    // SAFETY: `isa` is one of `supported()`, which detected the features.
+                    $crate::cpu::conv::simd::Isa::Avx512 => return unsafe { avx512($($a),*) },
+                    // SAFETY: as above.
+                    $crate::cpu::conv::simd::Isa::Avx2 => return unsafe { avx2($($a),*) },
+                    $crate::cpu::conv::simd::Isa::Baseline => {}
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = isa;
+            // SAFETY: one plain lane runs on any CPU.
+            unsafe { $body::<$crate::cpu::conv::simd::Scalar<T>>($($a),*) }
+        }
+    };
+}
+
+pub(super) use multiversion;
 
 /// `W` lanes of `T`.
 ///
@@ -16,7 +85,10 @@ use crate::dtype::Float;
 /// for `W` elements.
 pub(super) trait Vector: Copy {
     type T: Float;
+    /// Lanes.
     const W: usize;
+    /// Vector registers of the instruction set (sizes the register blocks).
+    const REGS: usize;
     unsafe fn zero() -> Self;
     unsafe fn splat(x: Self::T) -> Self;
     unsafe fn load(p: *const Self::T) -> Self;
@@ -36,6 +108,7 @@ pub(super) struct Scalar<T>(T);
 impl<T: Float> Vector for Scalar<T> {
     type T = T;
     const W: usize = 1;
+    const REGS: usize = 16;
     #[inline(always)]
     unsafe fn zero() -> Self {
         Scalar(T::ZERO)
@@ -87,7 +160,7 @@ mod x86 {
     use core::arch::x86_64::*;
 
     macro_rules! vector {
-        ($name:ident, $t:ty, $v:ty, $w:expr, $feat:literal,
+        ($name:ident, $t:ty, $v:ty, $w:expr, $regs:expr, $feat:literal,
          zero = $zero:ident, splat = $splat:ident, load = $load:ident, store = $store:ident,
          fmadd = $fmadd:ident, add = $add:ident) => {
             #[derive(Clone, Copy)]
@@ -96,6 +169,7 @@ mod x86 {
             impl Vector for $name {
                 type T = $t;
                 const W: usize = $w;
+                const REGS: usize = $regs;
                 #[inline]
                 #[target_feature(enable = $feat)]
                 unsafe fn zero() -> Self {
@@ -153,6 +227,7 @@ mod x86 {
         f32,
         __m512,
         16,
+        32,
         "avx512f",
         zero = _mm512_setzero_ps,
         splat = _mm512_set1_ps,
@@ -166,6 +241,7 @@ mod x86 {
         f64,
         __m512d,
         8,
+        32,
         "avx512f",
         zero = _mm512_setzero_pd,
         splat = _mm512_set1_pd,
@@ -179,6 +255,7 @@ mod x86 {
         f32,
         __m256,
         8,
+        16,
         "avx2,fma",
         zero = _mm256_setzero_ps,
         splat = _mm256_set1_ps,
@@ -192,6 +269,7 @@ mod x86 {
         f64,
         __m256d,
         4,
+        16,
         "avx2,fma",
         zero = _mm256_setzero_pd,
         splat = _mm256_set1_pd,
