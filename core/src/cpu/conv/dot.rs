@@ -11,6 +11,7 @@
 //! in L2 while every row block of A passes over it.
 
 use super::simd::{best, multiversion, SimdFloat, Vector};
+use crate::dtype::Float;
 use rayon::prelude::*;
 
 /// Pixels per slice of k: `n` rows of B times `KC` f32 is 576 KiB for the widest case here
@@ -53,9 +54,18 @@ unsafe fn block<V: Vector, const MB: usize, const NB: usize>(
             }
             p += V::W;
         }
-        for i in 0..MB {
-            for j in 0..NB {
-                let mut s = acc[i][j].hsum();
+        for (i, acc) in acc.iter().enumerate() {
+            // The lane sums, four accumulators per shuffle tree where possible.
+            let mut sums = [V::T::ZERO; NB];
+            let mut j = 0;
+            while j + 4 <= NB {
+                sums[j..j + 4].copy_from_slice(&V::hsum4([acc[j], acc[j + 1], acc[j + 2], acc[j + 3]]));
+                j += 4;
+            }
+            for j in j..NB {
+                sums[j] = acc[j].hsum();
+            }
+            for (j, mut s) in sums.into_iter().enumerate() {
                 for p in full..k {
                     s = s + *a.add(i * lda + p) * *b.add(j * ldb + p);
                 }

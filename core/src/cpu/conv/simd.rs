@@ -1,5 +1,6 @@
-//! A minimal vector type for the depthwise kernels: f32/f64 lanes on AVX-512F and AVX2+FMA, and
-//! a one-lane fallback, behind one trait, so each kernel is written once.
+//! A minimal vector type for the depthwise kernels (`depthwise.rs`) and the weight-gradient dot
+//! products (`dot.rs`): f32/f64 lanes on AVX-512F and AVX2+FMA, and a one-lane fallback, behind
+//! one trait, so each kernel is written once; and the run-time choice among them.
 //!
 //! Explicit vectors, not auto-vectorized loops: the kernels keep several accumulators in
 //! registers across taps or rows, a shape LLVM's vectorizers do not reliably find from scalar
@@ -12,6 +13,7 @@ use crate::dtype::Float;
 /// Instruction sets the kernels are compiled for (the x86 ones are only ever picked on
 /// x86_64 CPUs that have them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) enum Isa {
     Avx512,
     Avx2,
@@ -47,14 +49,17 @@ pub(super) fn best() -> Isa {
 /// vectorizes on its own).
 macro_rules! multiversion {
     ($name:ident => $body:ident ($($a:ident: $t:ty),* $(,)?)) => {
+        #[allow(clippy::too_many_arguments)]
         fn $name<T: $crate::cpu::conv::simd::SimdFloat>(isa: $crate::cpu::conv::simd::Isa, $($a: $t),*) {
             #[cfg(target_arch = "x86_64")]
             {
+                #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx512f,avx2,fma")]
                 unsafe fn avx512<T: $crate::cpu::conv::simd::SimdFloat>($($a: $t),*) {
                     // SAFETY: the caller checked the features.
                     unsafe { $body::<T::V512>($($a),*) }
                 }
+                #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2<T: $crate::cpu::conv::simd::SimdFloat>($($a: $t),*) {
                     // SAFETY: the caller checked the features.
@@ -98,6 +103,13 @@ pub(super) trait Vector: Copy {
     unsafe fn add(self, b: Self) -> Self;
     /// Sum of the lanes.
     unsafe fn hsum(self) -> Self::T;
+    /// The lane sums of four vectors (what four [`Vector::hsum`] give, up to rounding order):
+    /// one shuffle tree for all four where the instruction set allows.
+    #[inline(always)]
+    unsafe fn hsum4(v: [Self; 4]) -> [Self::T; 4] {
+        // SAFETY: as for the caller.
+        unsafe { [v[0].hsum(), v[1].hsum(), v[2].hsum(), v[3].hsum()] }
+    }
 }
 
 /// One lane, plain arithmetic (no fused multiply-add: without the `fma` target feature
@@ -162,7 +174,7 @@ mod x86 {
     macro_rules! vector {
         ($name:ident, $t:ty, $v:ty, $w:expr, $regs:expr, $feat:literal,
          zero = $zero:ident, splat = $splat:ident, load = $load:ident, store = $store:ident,
-         fmadd = $fmadd:ident, add = $add:ident) => {
+         fmadd = $fmadd:ident, add = $add:ident $(, hsum4 = $hsum4:ident)?) => {
             #[derive(Clone, Copy)]
             pub(in super::super) struct $name($v);
 
@@ -218,8 +230,47 @@ mod x86 {
                     }
                     lanes[0]
                 }
+                $(
+                #[inline]
+                #[target_feature(enable = $feat)]
+                unsafe fn hsum4(v: [Self; 4]) -> [$t; 4] {
+                    $hsum4([v[0].0, v[1].0, v[2].0, v[3].0])
+                }
+                )?
             }
         };
+    }
+
+    /// Lane sums of four f32x16: pairs interleaved and added (unpack), then the pairs of pairs
+    /// (shuffle), leaving `[a, b, c, d]` partial sums in each 128-bit lane, whose four copies
+    /// are added last.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn hsum4_f32x16(v: [__m512; 4]) -> [f32; 4] {
+        let ab = _mm512_add_ps(_mm512_unpacklo_ps(v[0], v[1]), _mm512_unpackhi_ps(v[0], v[1]));
+        let cd = _mm512_add_ps(_mm512_unpacklo_ps(v[2], v[3]), _mm512_unpackhi_ps(v[2], v[3]));
+        let s = _mm512_add_ps(_mm512_shuffle_ps::<0x44>(ab, cd), _mm512_shuffle_ps::<0xEE>(ab, cd));
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(s)));
+        let t = _mm256_add_ps(_mm512_castps512_ps256(s), hi);
+        let u = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t));
+        let mut out = [0.0f32; 4];
+        // SAFETY: `out` holds 4 floats.
+        unsafe { _mm_storeu_ps(out.as_mut_ptr(), u) };
+        out
+    }
+
+    /// [`hsum4_f32x16`] for f32x8.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum4_f32x8(v: [__m256; 4]) -> [f32; 4] {
+        let ab = _mm256_add_ps(_mm256_unpacklo_ps(v[0], v[1]), _mm256_unpackhi_ps(v[0], v[1]));
+        let cd = _mm256_add_ps(_mm256_unpacklo_ps(v[2], v[3]), _mm256_unpackhi_ps(v[2], v[3]));
+        let s = _mm256_add_ps(_mm256_shuffle_ps::<0x44>(ab, cd), _mm256_shuffle_ps::<0xEE>(ab, cd));
+        let u = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+        let mut out = [0.0f32; 4];
+        // SAFETY: `out` holds 4 floats.
+        unsafe { _mm_storeu_ps(out.as_mut_ptr(), u) };
+        out
     }
 
     vector!(
@@ -234,7 +285,8 @@ mod x86 {
         load = _mm512_loadu_ps,
         store = _mm512_storeu_ps,
         fmadd = _mm512_fmadd_ps,
-        add = _mm512_add_ps
+        add = _mm512_add_ps,
+        hsum4 = hsum4_f32x16
     );
     vector!(
         F64x8,
@@ -262,7 +314,8 @@ mod x86 {
         load = _mm256_loadu_ps,
         store = _mm256_storeu_ps,
         fmadd = _mm256_fmadd_ps,
-        add = _mm256_add_ps
+        add = _mm256_add_ps,
+        hsum4 = hsum4_f32x8
     );
     vector!(
         F64x4,
