@@ -572,14 +572,31 @@ device_proptest! {
         check(dev, &format!("conv2d {p:?}"), &ins, |v| v[0].conv2d(&v[1], &p))?;
     }
 
+    /// Depthwise (the CPU's direct depthwise path): strides 1..=3 on either axis, padding 0..=1,
+    /// dilation, channel multipliers 1..=2.
     fn conv2d_depthwise<B: Backend>(
         dev: &B,
-        (ins, p) in (1..=3usize, 1..=2usize, 1..=3usize).prop_flat_map(|(c, mult, s)| {
-            let p = Conv2dParams { stride: (s, 1), padding: (1, 1), dilation: (1, 1), groups: c };
-            (inputs(vec![vec![2, c, 4, 5], vec![c * mult, 1, 3, 3]], Vals::Normal), Just(p))
-        })
+        (ins, p) in (1..=3usize, 1..=2usize, (1..=3usize, 1..=2usize), 0..=1usize, 1..=2usize).prop_flat_map(
+            |(c, mult, stride, pad, dil)| {
+                let p = Conv2dParams { stride, padding: (pad, pad), dilation: (dil, 1), groups: c };
+                (inputs(vec![vec![2, c, 5, 5], vec![c * mult, 1, 3, 3]], Vals::Normal), Just(p))
+            }
+        )
     ) {
-        check(dev, "conv2d depthwise", &ins, |v| v[0].conv2d(&v[1], &p))?;
+        check(dev, &format!("conv2d depthwise {p:?}"), &ins, |v| v[0].conv2d(&v[1], &p))?;
+    }
+
+    /// 1x1, stride 1, no padding (the CPU's pointwise path), with groups.
+    fn conv2d_pointwise<B: Backend>(
+        dev: &B,
+        (ins, p) in (1..=2usize, 1..=2usize, 1..=3usize, 1..=3usize, (1..=3usize, 1..=3usize)).prop_flat_map(
+            |(n, groups, cpg, opg, (h, w))| {
+                let p = Conv2dParams { groups, ..Conv2dParams::default() };
+                (inputs(vec![vec![n, groups * cpg, h, w], vec![groups * opg, cpg, 1, 1]], Vals::Normal), Just(p))
+            }
+        )
+    ) {
+        check(dev, &format!("conv2d pointwise {p:?}"), &ins, |v| v[0].conv2d(&v[1], &p))?;
     }
 
     fn pooling<B: Backend>(

@@ -118,17 +118,95 @@ device_proptest! {
         run_conv(dev, &c, seed, lx, lw, DType::F32)?;
     }
 
-    /// Depthwise: groups == in_channels, with a channel multiplier.
+    /// Depthwise (groups == in_channels) with channel multipliers 1..=5: the CPU's direct
+    /// depthwise path up to its largest multiplier (4), im2col past it. Odd and even kernels,
+    /// strides 1..=3, padding, dilation, odd sizes, batches, strided input views.
     fn conv2d_depthwise<B: Backend>(
         dev: &B,
-        ch in 1usize..=4,
-        mult in 1usize..=2,
-        hw in (2usize..=6, 2usize..=6),
+        c in depthwise_case(),
         seed in any::<u64>(),
         lx in lay(),
+        lw in lay_nb(),
+        f32_ in any::<bool>(),
     ) {
-        let c = ConvCase { n: 2, groups: ch, cg: 1, og: mult, hw, k: (3, 3), stride: (1, 2), pad: (1, 1), dil: (1, 1) };
-        run_conv(dev, &c, seed, lx, Lay::Contig, DType::F64)?;
+        run_conv(dev, &c, seed, lx, lw, if f32_ { DType::F32 } else { DType::F64 })?;
+    }
+
+    /// 1x1 kernel, stride 1, no padding (the CPU's pointwise path; dilation is moot), with groups,
+    /// empty and size-1 dimensions and strided views.
+    fn conv2d_pointwise<B: Backend>(
+        dev: &B,
+        c in pointwise_case(),
+        seed in any::<u64>(),
+        lx in lay(),
+        lw in lay_nb(),
+        f32_ in any::<bool>(),
+    ) {
+        run_conv(dev, &c, seed, lx, lw, if f32_ { DType::F32 } else { DType::F64 })?;
+    }
+}
+
+fn depthwise_case() -> impl Strategy<Value = ConvCase> {
+    (
+        0usize..=3,
+        1usize..=5,
+        prop_oneof![3 => Just(1usize), 2 => 2usize..=4, 1 => Just(5usize)],
+        (1usize..=9, 1usize..=9),
+        prop_oneof![3 => Just((3usize, 3usize)), 1 => (1usize..=4, 1usize..=4)],
+        (1usize..=3, 1usize..=3),
+        (0usize..=2, 0usize..=2),
+        prop_oneof![3 => Just((1usize, 1usize)), 1 => (1usize..=2, 1usize..=3)],
+    )
+        .prop_map(|(n, ch, mult, hw, k, stride, pad, dil)| ConvCase {
+            n,
+            groups: ch,
+            cg: 1,
+            og: mult,
+            hw,
+            k,
+            stride,
+            pad,
+            dil,
+        })
+}
+
+fn pointwise_case() -> impl Strategy<Value = ConvCase> {
+    (0usize..=3, 1usize..=3, 1usize..=5, 1usize..=5, (0usize..=7, 0usize..=7), (1usize..=2, 1usize..=2)).prop_map(
+        |(n, groups, cg, og, hw, dil)| ConvCase { n, groups, cg, og, hw, k: (1, 1), stride: (1, 1), pad: (0, 0), dil },
+    )
+}
+
+/// f16 and bf16 convolutions are the f32 kernels on the widened values, rounded once: exactly
+/// the f32 result of the same values, converted (CPU; depthwise, pointwise and im2col shapes).
+#[test]
+fn conv2d_half_is_rounded_f32() {
+    use ela_core::{Cpu, Tensor};
+    let mut rng = TestRng::new(7);
+    let dw = Conv2dParams { stride: (2, 2), padding: (1, 1), dilation: (1, 1), groups: 4 };
+    let dense = Conv2dParams { stride: (2, 1), padding: (1, 0), dilation: (1, 1), groups: 1 };
+    let cases = [
+        ([2, 4, 7, 6], [4, 1, 3, 3], dw),
+        ([2, 4, 5, 5], [6, 4, 1, 1], Conv2dParams::default()),
+        ([1, 4, 6, 5], [3, 4, 3, 2], dense),
+    ];
+    for dt in [DType::F16, DType::BF16] {
+        for (xs, ws, p) in &cases {
+            let xr = rand_ref(xs, &mut rng, Vals::Uni);
+            let wr = rand_ref(ws, &mut rng, Vals::Uni);
+            let x = Tensor::from_vec(xr.data.clone(), xs.to_vec(), &Cpu).unwrap().to_dtype(dt).unwrap();
+            let w = Tensor::from_vec(wr.data.clone(), ws.to_vec(), &Cpu).unwrap().to_dtype(dt).unwrap();
+            let (x32, w32) = (x.to_dtype(DType::F32).unwrap(), w.to_dtype(DType::F32).unwrap());
+            let y = x.conv2d(&w, p).unwrap();
+            let want = x32.conv2d(&w32, p).unwrap().to_dtype(dt).unwrap();
+            assert_eq!(y.to_vec_f64().unwrap(), want.to_vec_f64().unwrap(), "conv2d {dt:?} {xs:?} {ws:?} {p:?}");
+            let dy = y.ones_like().unwrap();
+            let dx = dy.conv2d_backward_input(&w, x.shape(), p).unwrap();
+            let want = dy.to_dtype(DType::F32).unwrap().conv2d_backward_input(&w32, x.shape(), p).unwrap();
+            assert_eq!(dx.to_vec_f64().unwrap(), want.to_dtype(dt).unwrap().to_vec_f64().unwrap(), "dx {dt:?} {p:?}");
+            let dwt = dy.conv2d_backward_weight(&x, w.shape(), p).unwrap();
+            let want = dy.to_dtype(DType::F32).unwrap().conv2d_backward_weight(&x32, w.shape(), p).unwrap();
+            assert_eq!(dwt.to_vec_f64().unwrap(), want.to_dtype(dt).unwrap().to_vec_f64().unwrap(), "dW {dt:?} {p:?}");
+        }
     }
 }
 

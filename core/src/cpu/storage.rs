@@ -4,6 +4,7 @@ use crate::dtype::{DType, Float, WithDType};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use half::{bf16, f16};
+use std::borrow::Cow;
 
 use super::strided::gather;
 
@@ -159,6 +160,12 @@ pub(crate) enum FloatVec {
     F64(Vec<f64>),
 }
 
+/// A float view as a contiguous slice, borrowed or owned: see [`CpuStorage::float_cow`].
+pub(crate) enum FloatCow<'a> {
+    F32(Cow<'a, [f32]>),
+    F64(Cow<'a, [f64]>),
+}
+
 impl CpuStorage {
     /// Contiguous compute copy of a float view (f16/bf16 widened to f32).
     pub(crate) fn float_vec(&self, layout: &Layout, op: &'static str) -> Result<FloatVec> {
@@ -168,6 +175,20 @@ impl CpuStorage {
             CpuStorage::F16(v) => FloatVec::F32(widen(v, layout)),
             CpuStorage::BF16(v) => FloatVec::F32(widen(v, layout)),
             s => return Err(Error::UnsupportedDType { op, dtype: s.dtype(), expected: "a float dtype" }),
+        })
+    }
+
+    /// Like [`CpuStorage::float_vec`], but borrows the buffer when the view already is a
+    /// contiguous f32/f64 range (the common case of a fresh activation or weight), so kernels that
+    /// only read their inputs skip a copy of them.
+    pub(crate) fn float_cow(&self, layout: &Layout, op: &'static str) -> Result<FloatCow<'_>> {
+        Ok(match (self, layout.contiguous_range()) {
+            (CpuStorage::F32(v), Some(r)) => FloatCow::F32(Cow::Borrowed(&v[r])),
+            (CpuStorage::F64(v), Some(r)) => FloatCow::F64(Cow::Borrowed(&v[r])),
+            _ => match self.float_vec(layout, op)? {
+                FloatVec::F32(v) => FloatCow::F32(Cow::Owned(v)),
+                FloatVec::F64(v) => FloatCow::F64(Cow::Owned(v)),
+            },
         })
     }
 
