@@ -119,7 +119,13 @@ fn latency<B: BenchDevice>(
             forward()?;
             dev.finish()
         })?;
-        Ok((eager, dev.graph_ms(reps, &forward)?))
+        // A forward that cannot be captured (an op that waits for the host) still has its
+        // eager figure; the reason is printed.
+        let graph = dev.graph_ms(reps, &forward).unwrap_or_else(|e| {
+            eprintln!("warning: {cfg}, batch {batch}, {dtype:?}: no CUDA graph: {e}");
+            None
+        });
+        Ok((eager, graph))
     })
 }
 
@@ -138,6 +144,7 @@ fn bench<B: BenchDevice>(args: &BenchDetectArgs, dev: &B) -> Result<()> {
     println!();
     println!("| model | input | params | GFLOPs | dtype | batch | latency (ms) | CUDA graph (ms) | images/s |");
     println!("|---|---|---|---|---|---|---|---|---|");
+    let mut failed = 0;
     for name in &models {
         for &size in &sizes {
             let cfg = model_config(name, args.classes, size)?;
@@ -146,17 +153,28 @@ fn bench<B: BenchDevice>(args: &BenchDetectArgs, dev: &B) -> Result<()> {
             let gflops = report.iter().map(|c| c.flops).sum::<f64>() / 1e9;
             for &dtype in &dtypes {
                 for &batch in &batches {
-                    let (ms, graph) = latency(&cfg, batch, dtype, args.reps, dev)?;
-                    let best = graph.map_or(ms, |g| g.min(ms));
-                    println!(
-                        "| {name} | {size} | {params} | {gflops:.3} | {dtype:?} | {batch} | {} | {} | {:.0} |",
-                        fmt_ms(Some(ms)),
-                        fmt_ms(graph),
-                        batch as f64 / best * 1e3
-                    );
+                    // One configuration failing (say, out of memory) still leaves the others' rows.
+                    match latency(&cfg, batch, dtype, args.reps, dev) {
+                        Ok((ms, graph)) => {
+                            let best = graph.map_or(ms, |g| g.min(ms));
+                            println!(
+                                "| {name} | {size} | {params} | {gflops:.3} | {dtype:?} | {batch} | {} | {} | {:.0} |",
+                                fmt_ms(Some(ms)),
+                                fmt_ms(graph),
+                                batch as f64 / best * 1e3
+                            );
+                        }
+                        Err(e) => {
+                            failed += 1;
+                            println!("| {name} | {size} | {params} | {gflops:.3} | {dtype:?} | {batch} | failed: {e} | | |");
+                        }
+                    }
                 }
             }
         }
+    }
+    if failed > 0 {
+        return Err(Error::invalid("ela bench detect", format!("{failed} configurations failed (see the table)")));
     }
     Ok(())
 }

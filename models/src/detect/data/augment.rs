@@ -53,7 +53,7 @@ impl Default for AugmentConfig {
             hsv_h: 0.015,
             hsv_s: 0.7,
             hsv_v: 0.4,
-            scale: (0.5, 1.5),
+            scale: (0.75, 1.25),
             translate: 0.1,
             min_visible: 0.2,
             min_side: 2.0,

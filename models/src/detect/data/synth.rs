@@ -67,8 +67,8 @@ impl Default for SynthConfig {
             train: 2000,
             val: 200,
             image_size: 256,
-            max_objects: 6,
-            min_size: 0.08,
+            max_objects: 4,
+            min_size: 0.15,
             max_size: 0.45,
             max_hidden: 0.6,
         }

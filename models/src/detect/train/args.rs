@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use ela_core::{Error, Result};
 
 use super::run::DataSpec;
-use crate::detect::model::{Arch, DetectorConfig, Neck};
+use crate::detect::model::{Arch, DetectorConfig, LossConfig, Neck};
 
 /// Model switches shared by `detect train`, `info --model` and `bench detect`.
 #[derive(clap::Args, Debug, Clone)]
@@ -90,6 +90,15 @@ pub struct DetectTrainArgs {
     /// Clip gradients to this global norm (0 = off).
     #[arg(long, default_value_t = 10.0)]
     pub clip: f64,
+    /// Weight of the box term (1 - CIoU) of the loss.
+    #[arg(long, default_value_t = 5.0)]
+    pub box_gain: f64,
+    /// Weight of the class term (BCE) of the loss.
+    #[arg(long, default_value_t = 0.5)]
+    pub cls_gain: f64,
+    /// Weight of the objectness term (focal BCE) of the loss.
+    #[arg(long, default_value_t = 1.0)]
+    pub obj_gain: f64,
     /// Train without augmentation (flip, HSV, scale, translate).
     #[arg(long)]
     pub no_augment: bool,
@@ -135,6 +144,9 @@ impl DetectTrainArgs {
             ("weight_decay", format!("{:?}", self.weight_decay)),
             ("clip", format!("{:?}", self.clip)),
             ("augment", (!self.no_augment).to_string()),
+            ("box_gain", format!("{:?}", self.box_gain)),
+            ("cls_gain", format!("{:?}", self.cls_gain)),
+            ("obj_gain", format!("{:?}", self.obj_gain)),
             ("seed", self.seed.to_string()),
             ("eval_every", self.eval_every.to_string()),
         ]
@@ -163,9 +175,17 @@ impl DetectTrainArgs {
         self.weight_decay = num("weight_decay", field("weight_decay")?)?;
         self.clip = num("clip", field("clip")?)?;
         self.no_augment = !num::<bool>("augment", field("augment")?)?;
+        self.box_gain = num("box_gain", field("box_gain")?)?;
+        self.cls_gain = num("cls_gain", field("cls_gain")?)?;
+        self.obj_gain = num("obj_gain", field("obj_gain")?)?;
         self.seed = num("seed", field("seed")?)?;
         self.eval_every = num("eval_every", field("eval_every")?)?;
         Ok(())
+    }
+
+    /// The loss weights these options give (the rest of [`LossConfig`] at its defaults).
+    pub fn loss_config(&self) -> LossConfig {
+        LossConfig { box_gain: self.box_gain, cls_gain: self.cls_gain, obj_gain: self.obj_gain, ..Default::default() }
     }
 
     /// The data these options name.
@@ -196,6 +216,11 @@ impl DetectTrainArgs {
         }
         if !(self.clip.is_finite() && self.clip >= 0.0) {
             return bad(format!("--clip must be finite and >= 0 (0 = off), got {}", self.clip));
+        }
+        for (flag, v) in [("--box-gain", self.box_gain), ("--cls-gain", self.cls_gain), ("--obj-gain", self.obj_gain)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("{flag} must be finite and >= 0, got {v}"));
+            }
         }
         if self.warmup > self.steps {
             return bad(format!("--warmup ({}) cannot exceed --steps ({})", self.warmup, self.steps));

@@ -17,7 +17,7 @@ use super::args::DetectTrainArgs;
 use crate::detect::data::{batch_to_tensor, make_batch, AugmentConfig, DatasetSplit};
 use crate::detect::eval::CocoMetrics;
 use crate::detect::infer::evaluate;
-use crate::detect::model::{detection_loss, Detector, DetectorConfig, LossConfig};
+use crate::detect::model::{detection_loss, Detector, DetectorConfig};
 use crate::report::metrics::{MetricsLog, Value};
 use crate::report::plot::{write_svg, Series};
 use crate::report::progress::Progress;
@@ -176,7 +176,7 @@ pub fn train<B: Backend>(args: &DetectTrainArgs, device: &B) -> Result<DetectRep
     )?;
     opt.exclude_from_weight_decay(|_, v| v.rank() < 2);
     let sched = WarmupCosine::new(args.lr, args.min_lr, args.warmup, args.steps)?;
-    let loss_cfg = LossConfig::default();
+    let loss_cfg = args.loss_config();
     let augment = (!args.no_augment).then(AugmentConfig::default);
 
     let mut start = 0;
