@@ -1,18 +1,17 @@
 //! Elementwise kernels: unary maps, broadcast binary maps, comparisons, `where`, casts.
 
-use crate::cpu::storage::{CpuElement, CpuStorage, FloatMap1};
-use crate::cpu::strided::{contiguous_cow, gather};
-use crate::cpu::PAR_THRESHOLD;
+use crate::cpu::storage::{CpuElement, CpuStorage};
+use crate::cpu::strided::{build, gather, Plan};
 use crate::dtype::{DType, Float, WithDType};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::op::{BinaryOp, CmpOp, UnaryOp};
 use half::{bf16, f16};
-use rayon::prelude::*;
 
 /// Scalar definition of every unary op: the single source of truth that the CUDA kernels and the
-/// tests mirror.
-#[inline]
+/// tests mirror. The CPU kernels call it with a constant `op` and rely on it being inlined so the
+/// `match` folds away.
+#[inline(always)]
 pub fn unary_scalar<T: Float>(op: UnaryOp, x: T) -> T {
     let c = |v: f64| T::from_f64(v);
     match op {
@@ -48,13 +47,12 @@ pub fn unary_scalar<T: Float>(op: UnaryOp, x: T) -> T {
             s * (T::ONE + x * (T::ONE - s))
         }
         UnaryOp::Sigmoid => {
-            // Two branches so neither exp overflows.
-            if x >= T::ZERO {
-                T::ONE / (T::ONE + (-x).exp())
-            } else {
-                let e = x.exp();
-                e / (T::ONE + e)
-            }
+            // `1 / (1 + exp(-x))` for x >= 0 and `exp(x) / (1 + exp(x))` below, so neither exp
+            // overflows. Both exponents are `-|x|`, so one unconditional exp and a select serve
+            // both (no data-dependent branch around the call).
+            let e = (-x.abs()).exp();
+            let num = if x >= T::ZERO { T::ONE } else { e };
+            num / (T::ONE + e)
         }
         UnaryOp::Tanh => x.tanh(),
         UnaryOp::Sign => {
@@ -80,8 +78,8 @@ pub fn unary_scalar<T: Float>(op: UnaryOp, x: T) -> T {
     }
 }
 
-/// Scalar definition of every binary op.
-#[inline]
+/// Scalar definition of every binary op (inlined like [`unary_scalar`]).
+#[inline(always)]
 pub fn binary_scalar<T: Float>(op: BinaryOp, a: T, b: T) -> T {
     match op {
         BinaryOp::Add => a + b,
@@ -106,104 +104,230 @@ pub fn binary_scalar<T: Float>(op: BinaryOp, a: T, b: T) -> T {
     }
 }
 
-struct Unary(UnaryOp);
-impl FloatMap1 for Unary {
-    const OP: &'static str = "unary";
-    fn f<T: Float>(&self, v: &[T], layout: &Layout) -> Result<Vec<T>> {
-        let op = self.0;
-        let src = contiguous_cow(v, layout);
-        Ok(if src.len() >= PAR_THRESHOLD {
-            src.par_iter().map(|&x| unary_scalar(op, x)).collect()
-        } else {
-            src.iter().map(|&x| unary_scalar(op, x)).collect()
-        })
+/// One unary op as a type, so each op gets its own monomorphised (vectorisable) loop: every
+/// `apply` calls [`unary_scalar`] with an `op` whose variant is a compile-time constant, so its
+/// `match` folds away and the results are exactly `unary_scalar`'s.
+trait UnaryKernel: Copy + Send + Sync {
+    fn apply<T: Float>(self, x: T) -> T;
+}
+
+mod kernels {
+    use super::{unary_scalar, UnaryKernel};
+    use crate::dtype::Float;
+    use crate::op::UnaryOp;
+
+    macro_rules! unit {
+        ($($name:ident),*) => {$(
+            #[derive(Clone, Copy)]
+            pub(super) struct $name;
+            impl UnaryKernel for $name {
+                #[inline(always)]
+                fn apply<T: Float>(self, x: T) -> T {
+                    unary_scalar(UnaryOp::$name, x)
+                }
+            }
+        )*};
     }
+    unit!(Neg, Exp, Log, Sqrt, Recip, Abs, Square, Relu, Gelu, GeluGrad, Silu, SiluGrad, Sigmoid, Tanh, Sign, Step);
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Powf(pub f64);
+    #[derive(Clone, Copy)]
+    pub(super) struct Affine(pub f64, pub f64);
+    #[derive(Clone, Copy)]
+    pub(super) struct MaxScalar(pub f64);
+    #[derive(Clone, Copy)]
+    pub(super) struct MinScalar(pub f64);
+    impl UnaryKernel for Powf {
+        #[inline(always)]
+        fn apply<T: Float>(self, x: T) -> T {
+            unary_scalar(UnaryOp::Powf(self.0), x)
+        }
+    }
+    impl UnaryKernel for Affine {
+        #[inline(always)]
+        fn apply<T: Float>(self, x: T) -> T {
+            unary_scalar(UnaryOp::Affine { mul: self.0, add: self.1 }, x)
+        }
+    }
+    impl UnaryKernel for MaxScalar {
+        #[inline(always)]
+        fn apply<T: Float>(self, x: T) -> T {
+            unary_scalar(UnaryOp::MaxScalar(self.0), x)
+        }
+    }
+    impl UnaryKernel for MinScalar {
+        #[inline(always)]
+        fn apply<T: Float>(self, x: T) -> T {
+            unary_scalar(UnaryOp::MinScalar(self.0), x)
+        }
+    }
+}
+
+/// Same as [`with_unary_op`] for [`BinaryOp`].
+macro_rules! with_binary_op {
+    ($op:expr, $k:ident => $body:expr) => {
+        match $op {
+            BinaryOp::Add => {
+                const $k: BinaryOp = BinaryOp::Add;
+                $body
+            }
+            BinaryOp::Sub => {
+                const $k: BinaryOp = BinaryOp::Sub;
+                $body
+            }
+            BinaryOp::Mul => {
+                const $k: BinaryOp = BinaryOp::Mul;
+                $body
+            }
+            BinaryOp::Div => {
+                const $k: BinaryOp = BinaryOp::Div;
+                $body
+            }
+            BinaryOp::Maximum => {
+                const $k: BinaryOp = BinaryOp::Maximum;
+                $body
+            }
+            BinaryOp::Minimum => {
+                const $k: BinaryOp = BinaryOp::Minimum;
+                $body
+            }
+        }
+    };
+}
+
+/// Applies `f` to every element of a view, in logical order. Strided and broadcast views are
+/// walked through a coalesced [`Plan`], never gathered first; large outputs are built in parallel
+/// chunks of [`PAR_CHUNK`](crate::cpu::strided::PAR_CHUNK) elements.
+pub(crate) fn map1<A, O, F>(a: &[A], la: &Layout, f: F) -> Vec<O>
+where
+    A: Copy + Send + Sync,
+    O: Copy + Send + Sync,
+    F: Fn(A) -> O + Send + Sync,
+{
+    if let Some(r) = la.contiguous_range() {
+        let a = &a[r];
+        return build(a.len(), |start, dst| {
+            for (d, &x) in dst.iter_mut().zip(&a[start..]) {
+                d.write(f(x));
+            }
+        });
+    }
+    let plan = Plan::new([la]);
+    let s = plan.inner[0];
+    build(plan.n, |start, dst| {
+        plan.for_runs(start, start + dst.len(), |[o], pos, count| {
+            let d = &mut dst[pos - start..pos - start + count];
+            if s == 1 {
+                for (d, &x) in d.iter_mut().zip(&a[o..o + count]) {
+                    d.write(f(x));
+                }
+            } else {
+                for (j, d) in d.iter_mut().enumerate() {
+                    d.write(f(a[o + j * s]));
+                }
+            }
+        })
+    })
+}
+
+fn unary_with<K: UnaryKernel>(k: K, s: &CpuStorage, l: &Layout) -> Option<CpuStorage> {
+    // f16/bf16 widen to f32, compute, and round once on store.
+    Some(match s {
+        CpuStorage::F32(v) => CpuStorage::F32(map1(v, l, move |x: f32| k.apply(x))),
+        CpuStorage::F64(v) => CpuStorage::F64(map1(v, l, move |x: f64| k.apply(x))),
+        CpuStorage::F16(v) => CpuStorage::F16(map1(v, l, move |x: f16| f16::from_f32(k.apply(x.to_f32())))),
+        CpuStorage::BF16(v) => CpuStorage::BF16(map1(v, l, move |x: bf16| bf16::from_f32(k.apply(x.to_f32())))),
+        _ => return None,
+    })
 }
 
 /// `op(x)` over a float view.
 pub fn unary(op: UnaryOp, s: &CpuStorage, layout: &Layout) -> Result<CpuStorage> {
-    match Unary(op).map(s, layout) {
-        Err(Error::UnsupportedDType { dtype, expected, .. }) => {
-            Err(Error::UnsupportedDType { op: op.name(), dtype, expected })
-        }
-        r => r,
-    }
+    use kernels as k;
+    let (s, l) = (s, layout);
+    let out = match op {
+        UnaryOp::Neg => unary_with(k::Neg, s, l),
+        UnaryOp::Exp => unary_with(k::Exp, s, l),
+        UnaryOp::Log => unary_with(k::Log, s, l),
+        UnaryOp::Sqrt => unary_with(k::Sqrt, s, l),
+        UnaryOp::Recip => unary_with(k::Recip, s, l),
+        UnaryOp::Abs => unary_with(k::Abs, s, l),
+        UnaryOp::Square => unary_with(k::Square, s, l),
+        UnaryOp::Relu => unary_with(k::Relu, s, l),
+        UnaryOp::Gelu => unary_with(k::Gelu, s, l),
+        UnaryOp::GeluGrad => unary_with(k::GeluGrad, s, l),
+        UnaryOp::Silu => unary_with(k::Silu, s, l),
+        UnaryOp::SiluGrad => unary_with(k::SiluGrad, s, l),
+        UnaryOp::Sigmoid => unary_with(k::Sigmoid, s, l),
+        UnaryOp::Tanh => unary_with(k::Tanh, s, l),
+        UnaryOp::Sign => unary_with(k::Sign, s, l),
+        UnaryOp::Step => unary_with(k::Step, s, l),
+        UnaryOp::Powf(p) => unary_with(k::Powf(p), s, l),
+        UnaryOp::Affine { mul, add } => unary_with(k::Affine(mul, add), s, l),
+        UnaryOp::MaxScalar(v) => unary_with(k::MaxScalar(v), s, l),
+        UnaryOp::MinScalar(v) => unary_with(k::MinScalar(v), s, l),
+    };
+    out.ok_or_else(|| Error::UnsupportedDType { op: op.name(), dtype: s.dtype(), expected: "a float dtype" })
 }
 
-/// Applies `f(a, b)` over two same-shape views row by row, so that broadcast operands (stride 0)
-/// are never materialised. Rows are processed in parallel for large outputs.
+/// Applies `f(a, b)` over two same-shape views in logical order. The views are walked jointly
+/// through a coalesced [`Plan`] (so broadcast operands, stride 0, are never materialised and a
+/// per-channel operand is one scalar per row); large outputs are built in parallel chunks.
 pub(crate) fn zip_map<A, B, O, F>(a: &[A], la: &Layout, b: &[B], lb: &Layout, f: F) -> Vec<O>
 where
     A: Copy + Send + Sync,
     B: Copy + Send + Sync,
-    O: Copy + Send + Sync + Default,
+    O: Copy + Send + Sync,
     F: Fn(A, B) -> O + Send + Sync,
 {
-    let n = la.elem_count();
-    if let (Some(ra), Some(rb)) = (la.contiguous_range(), lb.contiguous_range()) {
-        let (a, b) = (&a[ra], &b[rb]);
-        return if n >= PAR_THRESHOLD {
-            a.par_iter().zip(b.par_iter()).map(|(&x, &y)| f(x, y)).collect()
-        } else {
-            a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
-        };
-    }
-    let (ra, rb) = (la.rows(), lb.rows());
-    let len = ra.inner_len;
-    let mut out = vec![O::default(); n];
-    if len == 0 {
-        return out;
-    }
-    let row = |r: usize, dst: &mut [O]| {
-        let (oa, ob) = (ra.row_offset(r), rb.row_offset(r));
-        let (sa, sb) = (ra.inner_stride, rb.inner_stride);
-        match (sa, sb) {
-            (1, 1) => {
-                for ((d, &x), &y) in dst.iter_mut().zip(&a[oa..oa + len]).zip(&b[ob..ob + len]) {
-                    *d = f(x, y);
+    let plan = Plan::new([la, lb]);
+    let [sa, sb] = plan.inner;
+    build(plan.n, |start, dst| {
+        plan.for_runs(start, start + dst.len(), |[oa, ob], pos, len| {
+            let dst = &mut dst[pos - start..pos - start + len];
+            match (sa, sb) {
+                (1, 1) => {
+                    for ((d, &x), &y) in dst.iter_mut().zip(&a[oa..oa + len]).zip(&b[ob..ob + len]) {
+                        d.write(f(x, y));
+                    }
+                }
+                (1, 0) => {
+                    let y = b[ob];
+                    for (d, &x) in dst.iter_mut().zip(&a[oa..oa + len]) {
+                        d.write(f(x, y));
+                    }
+                }
+                (0, 1) => {
+                    let x = a[oa];
+                    for (d, &y) in dst.iter_mut().zip(&b[ob..ob + len]) {
+                        d.write(f(x, y));
+                    }
+                }
+                _ => {
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        d.write(f(a[oa + j * sa], b[ob + j * sb]));
+                    }
                 }
             }
-            (1, 0) => {
-                let y = b[ob];
-                for (d, &x) in dst.iter_mut().zip(&a[oa..oa + len]) {
-                    *d = f(x, y);
-                }
-            }
-            (0, 1) => {
-                let x = a[oa];
-                for (d, &y) in dst.iter_mut().zip(&b[ob..ob + len]) {
-                    *d = f(x, y);
-                }
-            }
-            _ => {
-                for (j, d) in dst.iter_mut().enumerate() {
-                    *d = f(a[oa + j * sa], b[ob + j * sb]);
-                }
-            }
-        }
-    };
-    if n >= PAR_THRESHOLD {
-        out.par_chunks_mut(len).enumerate().for_each(|(r, dst)| row(r, dst));
-    } else {
-        out.chunks_mut(len).enumerate().for_each(|(r, dst)| row(r, dst));
-    }
-    out
+        })
+    })
 }
 
 /// `op(a, b)` over two same-shape float views of one dtype.
 pub fn binary(op: BinaryOp, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<CpuStorage> {
     fn half<H: WithDType + CpuElement>(op: BinaryOp, a: &[H], la: &Layout, b: &[H], lb: &Layout) -> CpuStorage {
-        let out = zip_map(a, la, b, lb, |x: H, y: H| {
-            H::from_f64(binary_scalar(op, x.as_f64() as f32, y.as_f64() as f32) as f64)
-        });
+        let out = with_binary_op!(op, K => zip_map(a, la, b, lb, |x: H, y: H| {
+            H::from_f64(binary_scalar(K, x.as_f64() as f32, y.as_f64() as f32) as f64)
+        }));
         H::wrap(out)
     }
     Ok(match (a, b) {
         (CpuStorage::F32(x), CpuStorage::F32(y)) => {
-            CpuStorage::F32(zip_map(x, la, y, lb, |p, q| binary_scalar(op, p, q)))
+            CpuStorage::F32(with_binary_op!(op, K => zip_map(x, la, y, lb, |p, q| binary_scalar(K, p, q))))
         }
         (CpuStorage::F64(x), CpuStorage::F64(y)) => {
-            CpuStorage::F64(zip_map(x, la, y, lb, |p, q| binary_scalar(op, p, q)))
+            CpuStorage::F64(with_binary_op!(op, K => zip_map(x, la, y, lb, |p, q| binary_scalar(K, p, q))))
         }
         (CpuStorage::F16(x), CpuStorage::F16(y)) => half::<f16>(op, x, la, y, lb),
         (CpuStorage::BF16(x), CpuStorage::BF16(y)) => half::<bf16>(op, x, la, y, lb),
@@ -254,7 +378,7 @@ pub fn where_cond(
     };
     // Pick in two passes through zip_map: first (cond, t) -> Option, then with f. Values are
     // copied, never computed, so every dtype is handled the same way.
-    fn go<T: CpuElement + Default>(c: &[u8], lc: &Layout, t: &[T], lt: &Layout, f: &[T], lf: &Layout) -> CpuStorage {
+    fn go<T: CpuElement>(c: &[u8], lc: &Layout, t: &[T], lt: &Layout, f: &[T], lf: &Layout) -> CpuStorage {
         let picked: Vec<(u8, T)> = zip_map(c, lc, t, lt, |m, x| (m, x));
         let pl = Layout::contiguous(lc.shape().clone());
         T::wrap(zip_map(&picked, &pl, f, lf, |(m, x), y| if m != 0 { x } else { y }))

@@ -1,6 +1,6 @@
 //! Host buffers and the dtype dispatch used by every CPU kernel.
 
-use crate::dtype::{DType, Float, WithDType};
+use crate::dtype::{DType, WithDType};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use half::{bf16, f16};
@@ -120,30 +120,6 @@ impl CpuStorage {
         match self {
             CpuStorage::U32(v) => Ok(gather(v, layout)),
             s => Err(Error::UnsupportedDType { op, dtype: s.dtype(), expected: "u32 indices" }),
-        }
-    }
-}
-
-/// A float kernel of one input, written once for f32 and f64 (f16/bf16 go through f32).
-pub(crate) trait FloatMap1 {
-    const OP: &'static str;
-    fn f<T: Float>(&self, v: &[T], layout: &Layout) -> Result<Vec<T>>;
-
-    fn map(&self, s: &CpuStorage, layout: &Layout) -> Result<CpuStorage> {
-        match s {
-            CpuStorage::F32(v) => Ok(CpuStorage::F32(self.f(v, layout)?)),
-            CpuStorage::F64(v) => Ok(CpuStorage::F64(self.f(v, layout)?)),
-            CpuStorage::F16(v) => {
-                let w = widen(v, layout);
-                let out = self.f(&w, &Layout::contiguous(layout.shape().clone()))?;
-                Ok(CpuStorage::F16(out.into_iter().map(f16::from_f32).collect()))
-            }
-            CpuStorage::BF16(v) => {
-                let w = widen(v, layout);
-                let out = self.f(&w, &Layout::contiguous(layout.shape().clone()))?;
-                Ok(CpuStorage::BF16(out.into_iter().map(bf16::from_f32).collect()))
-            }
-            s => Err(Error::UnsupportedDType { op: Self::OP, dtype: s.dtype(), expected: "a float dtype" }),
         }
     }
 }
