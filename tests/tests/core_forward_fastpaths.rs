@@ -9,8 +9,8 @@ mod core_forward_common;
 
 use core_forward_common::*;
 use ela_core::{Backend, DType, Tensor};
-use ela_tests::reference::{self as r, RefTensor, TestRng};
 use ela_tests::device_proptest;
+use ela_tests::reference::{self as r, RefTensor, TestRng};
 use proptest::prelude::*;
 
 fn few() -> ProptestConfig {
@@ -38,7 +38,14 @@ fn tol_of(dt: DType) -> (f64, f64) {
 
 /// A random input of `shape` laid out as `lay`, with its reference holding exactly the values
 /// stored in `dt` (read back, so half-precision rounding is included).
-fn stored<B: Backend>(dev: &B, shape: &[usize], dt: DType, lay: Lay, v: Vals, rng: &mut TestRng) -> (RefTensor, Tensor<B>) {
+fn stored<B: Backend>(
+    dev: &B,
+    shape: &[usize],
+    dt: DType,
+    lay: Lay,
+    v: Vals,
+    rng: &mut TestRng,
+) -> (RefTensor, Tensor<B>) {
     let (_, t) = input(dev, shape, dt, lay, v, rng);
     let x = RefTensor::new(shape.to_vec(), t.to_vec_f64().unwrap());
     (x, t)
@@ -72,7 +79,8 @@ fn bin_cases<B: Backend>() -> Vec<(&'static str, BinFn<B>, fn(f64, f64) -> f64, 
     ]
 }
 
-fn unary_cases<B: Backend>() -> Vec<(&'static str, fn(&Tensor<B>) -> ela_core::Result<Tensor<B>>, fn(f64) -> f64, Vals)> {
+fn unary_cases<B: Backend>() -> Vec<(&'static str, fn(&Tensor<B>) -> ela_core::Result<Tensor<B>>, fn(f64) -> f64, Vals)>
+{
     vec![
         ("silu", |t| t.silu(), r::silu, Vals::Uni),
         ("sigmoid", |t| t.sigmoid(), r::sigmoid, Vals::Wide),

@@ -84,8 +84,8 @@ impl<const N: usize> Plan<N> {
         for k in (0..r).rev() {
             idx[k] = rem % self.dims[k];
             rem /= self.dims[k];
-            for i in 0..N {
-                off[i] += idx[k] * self.strides[i][k];
+            for (o, st) in off.iter_mut().zip(&self.strides) {
+                *o += idx[k] * st[k];
             }
         }
         let mut pos = start;
@@ -97,14 +97,14 @@ impl<const N: usize> Plan<N> {
             // Odometer step to the next row.
             for k in (0..r).rev() {
                 idx[k] += 1;
-                for i in 0..N {
-                    off[i] += self.strides[i][k];
+                for (o, st) in off.iter_mut().zip(&self.strides) {
+                    *o += st[k];
                 }
                 if idx[k] < self.dims[k] {
                     break;
                 }
-                for i in 0..N {
-                    off[i] -= self.dims[k] * self.strides[i][k];
+                for (o, st) in off.iter_mut().zip(&self.strides) {
+                    *o -= self.dims[k] * st[k];
                 }
                 idx[k] = 0;
             }
