@@ -1,4 +1,4 @@
-//! Render a few images of the embedded detection set with their labelled boxes drawn, as one PNG
+//! Render four images of the embedded detection set with their labelled boxes drawn, as one PNG
 //! grid (the picture in docs/yolo_lat.md).
 //!
 //! ```sh
@@ -12,7 +12,7 @@ fn main() -> ela_core::Result<()> {
     let mut args = std::env::args().skip(1);
     let out = args.next().unwrap_or_else(|| "synth_preview.png".into());
     let size: u32 = args.next().and_then(|s| s.parse().ok()).unwrap_or(256);
-    let (cols, rows) = (4u32, 2u32);
+    let (cols, rows) = (4u32, 1u32);
     let cfg = SynthConfig { image_size: size, ..Default::default() };
     let src = SynthSource::new(&cfg, Split::Train)?;
     let names: Vec<String> = ela_models::detect::data::SYNTH_CLASSES.iter().map(|s| s.to_string()).collect();

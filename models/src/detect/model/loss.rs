@@ -61,7 +61,7 @@ pub struct LossConfig {
 }
 
 impl Default for LossConfig {
-    /// Gains obj 1, box 5, cls 0.5; focal gamma 2, alpha 0.25; neighbours on; scale ratio 8.
+    /// Gains obj 1, box 5, cls 2; focal gamma 2, alpha 0.25; neighbours on; scale ratio 8.
     ///
     /// Picked on held-out synthetic images (`loss_choices` in models/tests/detect_model_train.rs:
     /// YOLO-LAT, 150 AdamW steps of 8 images at 128 px, COCO AP on 32 others, two data seeds):
@@ -72,7 +72,7 @@ impl Default for LossConfig {
         LossConfig {
             obj_gain: 1.0,
             box_gain: 5.0,
-            cls_gain: 0.5,
+            cls_gain: 2.0,
             focal_gamma: 2.0,
             focal_alpha: 0.25,
             neighbours: true,

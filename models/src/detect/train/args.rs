@@ -20,8 +20,8 @@ pub struct DetectorArgs {
     /// ELA kernel of the `ela` neck: hadamard-exp, sum-sq-euclid, sub-sq-euclid, blueprint.
     #[arg(long, default_value = "hadamard-exp")]
     pub kernel: String,
-    /// Square input size in pixels (a multiple of 32).
-    #[arg(long, default_value_t = 256)]
+    /// Square input size in pixels (a multiple of 32; the embedded set is rendered at this size).
+    #[arg(long, default_value_t = 192)]
     pub img: usize,
 }
 
@@ -70,10 +70,10 @@ pub struct DetectTrainArgs {
     #[arg(long, default_value_t = 200)]
     pub synth_val: usize,
     /// Optimizer steps (the default fits in about 5 minutes on 2 CPU cores).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 1500)]
     pub steps: usize,
     /// Images per batch.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 8)]
     pub batch: usize,
     /// Peak learning rate (AdamW).
     #[arg(long, default_value_t = 3e-3)]
@@ -94,7 +94,7 @@ pub struct DetectTrainArgs {
     #[arg(long, default_value_t = 5.0)]
     pub box_gain: f64,
     /// Weight of the class term (BCE) of the loss.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 2.0)]
     pub cls_gain: f64,
     /// Weight of the objectness term (focal BCE) of the loss.
     #[arg(long, default_value_t = 1.0)]
@@ -106,10 +106,10 @@ pub struct DetectTrainArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Validation (COCO AP on the validation split) every this many steps, and at the end.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 250)]
     pub eval_every: usize,
     /// Save a checkpoint every this many steps (and at the end); 0 = only at the end.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 250)]
     pub checkpoint_every: usize,
     /// Output folder (checkpoint, config.json, metrics.jsonl, loss.svg, ap.svg). Without it a
     /// new run goes to `runs/detect`, or to `runs/detect-2`, `-3`, ... when that holds a run.
