@@ -166,7 +166,9 @@ fn bench<B: BenchDevice>(args: &BenchDetectArgs, dev: &B) -> Result<()> {
                         }
                         Err(e) => {
                             failed += 1;
-                            println!("| {name} | {size} | {params} | {gflops:.3} | {dtype:?} | {batch} | failed: {e} | | |");
+                            println!(
+                                "| {name} | {size} | {params} | {gflops:.3} | {dtype:?} | {batch} | failed: {e} | | |"
+                            );
                         }
                     }
                 }
