@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use ela_core::Result;
 use serde::Deserialize;
 
-use super::io::{image_dims, io_err, load_image, par_map, show};
-use super::source::{fit_box, index_error, DetectionSource, Sample, SkipReport};
+use super::io::{image_dims, io_err, par_map, show};
+use super::source::{entry_objects, fit_box, load_entry, DetectionSource, FileEntry, Sample, SkipReport};
 use crate::detect::{BBox, Object};
 
 #[derive(Deserialize)]
@@ -65,18 +65,9 @@ struct CocoCat {
 pub struct CocoSource {
     json: PathBuf,
     images_dir: PathBuf,
-    entries: Vec<Entry>,
+    entries: Vec<FileEntry>,
     names: Vec<String>,
     ids: Vec<u64>,
-}
-
-#[derive(Clone, Debug)]
-struct Entry {
-    path: PathBuf,
-    width: u32,
-    height: u32,
-    id: u64,
-    objects: Vec<Object>,
 }
 
 impl CocoSource {
@@ -132,7 +123,13 @@ impl CocoSource {
             match check {
                 Ok(path) => {
                     slot.insert(im.id, entries.len());
-                    entries.push(Entry { path, width: im.width, height: im.height, id: im.id, objects: Vec::new() });
+                    entries.push(FileEntry {
+                        path,
+                        width: im.width,
+                        height: im.height,
+                        id: im.id,
+                        objects: Vec::new(),
+                    });
                 }
                 Err((kind, msg)) => {
                     *[&mut report.missing_images, &mut report.unreadable_images, &mut report.size_mismatches][kind] +=
@@ -268,25 +265,11 @@ impl DetectionSource for CocoSource {
     }
 
     fn load(&self, index: usize) -> Result<Sample> {
-        let e = self.entries.get(index).ok_or_else(|| index_error(index, self.len()))?;
-        let image = load_image(&e.path)?;
-        if (image.width(), image.height()) != (e.width, e.height) {
-            return Err(io_err(
-                &e.path,
-                format!(
-                    "decoded size {}x{} differs from the annotations' {}x{}",
-                    image.width(),
-                    image.height(),
-                    e.width,
-                    e.height
-                ),
-            ));
-        }
-        Ok(Sample { image, objects: e.objects.clone(), image_id: e.id })
+        load_entry(&self.entries, index, "the annotations'")
     }
 
     fn objects(&self, index: usize) -> Result<Vec<Object>> {
-        self.entries.get(index).map(|e| e.objects.clone()).ok_or_else(|| index_error(index, self.len()))
+        entry_objects(&self.entries, index)
     }
 
     fn describe(&self) -> String {

@@ -6,10 +6,12 @@
 //! batch can decode its images on several threads and a resumed run sees exactly the same data.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use ela_core::{Error, Result};
 use image::RgbImage;
 
+use super::io::{io_err, load_image};
 use crate::detect::Object;
 
 /// One image and its ground truth.
@@ -58,6 +60,36 @@ pub trait DetectionSource: Send + Sync {
 }
 
 /// The error for an image index past the end of a source.
+/// One image file of a dataset read from disk (COCO or YOLO) with its labels: what both readers
+/// keep per image once the labels are parsed.
+#[derive(Clone, Debug)]
+pub(crate) struct FileEntry {
+    pub path: PathBuf,
+    pub width: u32,
+    pub height: u32,
+    pub id: u64,
+    pub objects: Vec<Object>,
+}
+
+/// Decode entry `index` of `entries`, checking that the pixels have the size its labels were
+/// made for (`whose` names where that size came from, for the error).
+pub(crate) fn load_entry(entries: &[FileEntry], index: usize, whose: &str) -> Result<Sample> {
+    let e = entries.get(index).ok_or_else(|| index_error(index, entries.len()))?;
+    let image = load_image(&e.path)?;
+    if (image.width(), image.height()) != (e.width, e.height) {
+        return Err(io_err(
+            &e.path,
+            format!("decoded size {}x{} differs from {whose} {}x{}", image.width(), image.height(), e.width, e.height),
+        ));
+    }
+    Ok(Sample { image, objects: e.objects.clone(), image_id: e.id })
+}
+
+/// The labels of entry `index`, without decoding its image.
+pub(crate) fn entry_objects(entries: &[FileEntry], index: usize) -> Result<Vec<Object>> {
+    entries.get(index).map(|e| e.objects.clone()).ok_or_else(|| index_error(index, entries.len()))
+}
+
 pub(crate) fn index_error(index: usize, len: usize) -> Error {
     Error::invalid("dataset", format!("image index {index} is out of range for a split of {len} images"))
 }

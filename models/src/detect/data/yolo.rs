@@ -11,26 +11,17 @@ use std::path::{Path, PathBuf};
 
 use ela_core::Result;
 
-use super::io::{image_dims, io_err, is_image_file, load_image, par_map, show, walk_files};
-use super::source::{fit_box, index_error, DetectionSource, Sample, SkipReport};
+use super::io::{image_dims, io_err, is_image_file, par_map, show, walk_files};
+use super::source::{entry_objects, fit_box, load_entry, DetectionSource, FileEntry, Sample, SkipReport};
 use crate::detect::{BBox, Object};
 
 /// One split of a YOLO dataset.
 #[derive(Clone, Debug)]
 pub struct YoloSource {
     images_dir: PathBuf,
-    entries: Vec<Entry>,
+    entries: Vec<FileEntry>,
     names: Vec<String>,
     ids: Vec<u64>,
-}
-
-#[derive(Clone, Debug)]
-struct Entry {
-    path: PathBuf,
-    width: u32,
-    height: u32,
-    id: u64,
-    objects: Vec<Object>,
 }
 
 /// What reading one image's header and label file found.
@@ -90,7 +81,7 @@ impl YoloSource {
                         .map(|b| Object::new(class, b))
                 })
                 .collect();
-            entries.push(Entry { path: img.clone(), width, height, id: 0, objects });
+            entries.push(FileEntry { path: img.clone(), width, height, id: 0, objects });
         }
         // Label files with no image: the image is missing.
         if labels_dir.is_dir() {
@@ -119,7 +110,7 @@ fn is_hidden(p: &Path) -> bool {
 
 /// Image ids: the file stems when they are all numbers and distinct (COCO's `000000397133.jpg`
 /// is image 397133, so predictions on a YOLO copy of COCO match COCO's ids), else positions.
-fn assign_ids(entries: &mut [Entry]) {
+fn assign_ids(entries: &mut [FileEntry]) {
     let stems: Option<Vec<u64>> = entries
         .iter()
         .map(|e| e.path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok()))
@@ -195,25 +186,11 @@ impl DetectionSource for YoloSource {
     }
 
     fn load(&self, index: usize) -> Result<Sample> {
-        let e = self.entries.get(index).ok_or_else(|| index_error(index, self.len()))?;
-        let image = load_image(&e.path)?;
-        if (image.width(), image.height()) != (e.width, e.height) {
-            return Err(io_err(
-                &e.path,
-                format!(
-                    "decoded size {}x{} differs from the header's {}x{} (file changed since opening?)",
-                    image.width(),
-                    image.height(),
-                    e.width,
-                    e.height
-                ),
-            ));
-        }
-        Ok(Sample { image, objects: e.objects.clone(), image_id: e.id })
+        load_entry(&self.entries, index, "the header's (file changed since opening?)")
     }
 
     fn objects(&self, index: usize) -> Result<Vec<Object>> {
-        self.entries.get(index).map(|e| e.objects.clone()).ok_or_else(|| index_error(index, self.len()))
+        entry_objects(&self.entries, index)
     }
 
     fn describe(&self) -> String {
