@@ -37,6 +37,7 @@ pub(crate) mod simd;
 
 use crate::cpu::matmul::GemmFloat;
 use crate::cpu::storage::{CpuStorage, FloatCow, FloatVec};
+use crate::cpu::PAR_THRESHOLD;
 use crate::dtype::{DType, Float};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
@@ -180,8 +181,18 @@ fn new_chunked<T: Float, S>(
         return v;
     }
     let run = |s: &mut S, i: usize, c: &mut [MaybeUninit<T>]| {
-        for x in c.iter_mut() {
-            x.write(T::ZERO);
+        if par || c.len() < PAR_THRESHOLD {
+            for x in c.iter_mut() {
+                x.write(T::ZERO);
+            }
+        } else {
+            // One large chunk at a time (a batch smaller than the thread count): `f`
+            // parallelises inside it, so zero it in parallel too rather than on one thread.
+            c.par_chunks_mut(PAR_THRESHOLD).for_each(|c| {
+                for x in c.iter_mut() {
+                    x.write(T::ZERO);
+                }
+            });
         }
         // SAFETY: every element of `c` was initialized just above; MaybeUninit<T> and T have
         // the same layout.
