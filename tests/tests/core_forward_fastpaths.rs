@@ -66,8 +66,12 @@ fn partner(out: &[usize], k: usize) -> Vec<usize> {
 }
 
 type BinFn<B> = fn(&Tensor<B>, &Tensor<B>) -> ela_core::Result<Tensor<B>>;
+/// A case: name, the op under test, its f64 reference, the values to draw.
+type BinCase<B> = (&'static str, BinFn<B>, fn(f64, f64) -> f64, Vals);
+type UnaryFn<B> = fn(&Tensor<B>) -> ela_core::Result<Tensor<B>>;
+type UnaryCase<B> = (&'static str, UnaryFn<B>, fn(f64) -> f64, Vals);
 
-fn bin_cases<B: Backend>() -> Vec<(&'static str, BinFn<B>, fn(f64, f64) -> f64, Vals)> {
+fn bin_cases<B: Backend>() -> Vec<BinCase<B>> {
     vec![
         ("add", |a, b| a.add(b), |a, b| a + b, Vals::Uni),
         ("sub", |a, b| a.sub(b), |a, b| a - b, Vals::Uni),
@@ -79,8 +83,7 @@ fn bin_cases<B: Backend>() -> Vec<(&'static str, BinFn<B>, fn(f64, f64) -> f64, 
     ]
 }
 
-fn unary_cases<B: Backend>() -> Vec<(&'static str, fn(&Tensor<B>) -> ela_core::Result<Tensor<B>>, fn(f64) -> f64, Vals)>
-{
+fn unary_cases<B: Backend>() -> Vec<UnaryCase<B>> {
     vec![
         ("silu", |t| t.silu(), r::silu, Vals::Uni),
         ("sigmoid", |t| t.sigmoid(), r::sigmoid, Vals::Wide),
