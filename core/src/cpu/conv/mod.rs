@@ -3,7 +3,7 @@
 //! # conv2d
 //!
 //! The forward and both backward kernels (`dx`, `dW`) take one of three paths, picked from the
-//! shapes alone by [`Geo::path`]. All three compute the same sums, in different orders:
+//! shapes alone by `Geo::path`. All three compute the same sums, in different orders:
 //!
 //! - **depthwise** (`depthwise.rs`): one input channel per group (`groups == in_channels`) and at
 //!   most [`DEPTHWISE_MAX_MULT`] output channels per group; any kernel size, stride, padding and
@@ -25,7 +25,7 @@
 //! batches) the work inside an image is split instead: the GEMMs split their own rows or
 //! columns, im2col and col2im split by channel.
 //!
-//! Inputs that are contiguous f32/f64 views are read in place ([`CpuStorage::float_cow`]);
+//! Inputs that are contiguous f32/f64 views are read in place (`CpuStorage::float_cow`);
 //! other views are gathered first. f16/bf16 are widened to f32 and rounded once on store, as
 //! everywhere in the CPU backend.
 
