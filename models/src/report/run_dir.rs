@@ -3,6 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
+use ela_core::{Backend, Error, Result};
+use ela_nn::checkpoint::{self, Checkpoint};
+
+/// The checkpoint's file name inside a run folder.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+
 /// `default`, `default-2`, `default-3`, ... in order.
 fn numbered(default: &Path) -> impl Iterator<Item = PathBuf> + '_ {
     (1usize..).map(move |n| {
@@ -42,6 +48,32 @@ pub fn resolve_run_dir(explicit: Option<&Path>, default: &Path, resume: bool, ch
     } else {
         numbered(default).find(|p| !holds_run(p)).expect("an unbounded sequence of names has a free one")
     }
+}
+
+/// The folder of a run (see [`resolve_run_dir`]) and, for a resume, the checkpoint saved in it.
+/// A new run refuses a folder that already holds one, so nothing saved is overwritten; `op`
+/// names the command in errors (`train`, `detect train`).
+pub fn open_run<B: Backend>(
+    op: &'static str,
+    explicit: Option<&Path>,
+    default: &Path,
+    resume: bool,
+    device: &B,
+) -> Result<(PathBuf, Option<Checkpoint<B>>)> {
+    let out = resolve_run_dir(explicit, default, resume, CHECKPOINT_FILE);
+    let path = out.join(CHECKPOINT_FILE);
+    if resume {
+        let ck = checkpoint::load(&path, device)
+            .map_err(|e| Error::invalid(op, format!("cannot resume from {}: {e}", path.display())))?;
+        return Ok((out, Some(ck)));
+    }
+    if path.exists() {
+        return Err(Error::invalid(
+            op,
+            format!("{} already holds a run; continue it with --resume or choose another --out", out.display()),
+        ));
+    }
+    Ok((out, None))
 }
 
 #[cfg(test)]

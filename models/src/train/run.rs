@@ -17,7 +17,7 @@ use crate::lm::{generate, ElaLm, LmConfig, SampleConfig};
 use crate::report::metrics::{MetricsLog, Value};
 use crate::report::plot::{write_svg, Series};
 use crate::report::progress::Progress;
-use crate::report::run_dir::resolve_run_dir;
+use crate::report::run_dir::{open_run, CHECKPOINT_FILE};
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -48,9 +48,9 @@ pub struct TrainReport {
     pub seconds: f64,
 }
 
-const CKPT: &str = "checkpoint.safetensors";
+const CKPT: &str = CHECKPOINT_FILE;
 
-/// Where a run goes without `--out` (see [`resolve_run_dir`]).
+/// Where a run goes without `--out` (see [`crate::report::run_dir::resolve_run_dir`]).
 pub const DEFAULT_OUT: &str = "runs/ela-small";
 
 fn io(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -131,23 +131,11 @@ pub(crate) fn write_config_json(out: &Path, meta: &Metadata) -> Result<()> {
 /// Train (or resume) as `args` says, on `device`.
 pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
     let mut args = args.clone();
-    let out = resolve_run_dir(args.out.as_deref(), Path::new(DEFAULT_OUT), args.resume, CKPT);
+    let (out, resumed) = open_run("train", args.out.as_deref(), Path::new(DEFAULT_OUT), args.resume, device)?;
     let ckpt_path = out.join(CKPT);
-    let resumed = if args.resume {
-        let ck = checkpoint::load(&ckpt_path, device).map_err(|e| {
-            Error::invalid("train --resume", format!("cannot resume from {}: {e}", ckpt_path.display()))
-        })?;
+    if let Some(ck) = &resumed {
         args.apply_run_pairs(|k| ck.metadata.get(k).cloned())?;
-        Some(ck)
-    } else {
-        if ckpt_path.exists() {
-            return Err(Error::invalid(
-                "train",
-                format!("{} already holds a run; continue it with --resume or choose another --out", out.display()),
-            ));
-        }
-        None
-    };
+    }
     args.validate()?;
     let cfg = match &resumed {
         Some(ck) => LmConfig::from_pairs(|k| ck.metadata.get(k).cloned())?,

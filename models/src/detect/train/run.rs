@@ -21,12 +21,12 @@ use crate::detect::model::{detection_loss, Detector, DetectorConfig};
 use crate::report::metrics::{MetricsLog, Value};
 use crate::report::plot::{write_svg, Series};
 use crate::report::progress::Progress;
-use crate::report::run_dir::resolve_run_dir;
+use crate::report::run_dir::{open_run, CHECKPOINT_FILE};
 
 /// The checkpoint's file name inside the run folder.
-pub const CKPT: &str = "checkpoint.safetensors";
+pub const CKPT: &str = CHECKPOINT_FILE;
 
-/// Where a run goes without `--out` (see [`resolve_run_dir`]).
+/// Where a run goes without `--out` (see [`crate::report::run_dir::resolve_run_dir`]).
 pub const DEFAULT_OUT: &str = "runs/detect";
 
 /// What a finished run reports.
@@ -115,23 +115,11 @@ fn metadata(cfg: &DetectorConfig, args: &DetectTrainArgs, classes: &[String], st
 /// Train (or resume) as `args` says, on `device`.
 pub fn train<B: Backend>(args: &DetectTrainArgs, device: &B) -> Result<DetectReport> {
     let mut args = args.clone();
-    let out = resolve_run_dir(args.out.as_deref(), Path::new(DEFAULT_OUT), args.resume, CKPT);
+    let (out, resumed) = open_run("detect train", args.out.as_deref(), Path::new(DEFAULT_OUT), args.resume, device)?;
     let ckpt_path = out.join(CKPT);
-    let resumed = if args.resume {
-        let ck = checkpoint::load(&ckpt_path, device).map_err(|e| {
-            Error::invalid("detect train --resume", format!("cannot resume from {}: {e}", ckpt_path.display()))
-        })?;
+    if let Some(ck) = &resumed {
         args.apply_run_pairs(|k| ck.metadata.get(k).cloned())?;
-        Some(ck)
-    } else {
-        if ckpt_path.exists() {
-            return Err(Error::invalid(
-                "detect train",
-                format!("{} already holds a run; continue it with --resume or choose another --out", out.display()),
-            ));
-        }
-        None
-    };
+    }
     let saved_cfg = match &resumed {
         Some(ck) => Some(DetectorConfig::from_pairs(|k| ck.metadata.get(k).cloned())?),
         None => None,
