@@ -232,7 +232,7 @@ impl<'a> Dw<'a> {
 
 /// A worker's scratch buffers, reused across the planes it runs.
 struct Scratch<T> {
-    /// The phase buffer of one plane.
+    /// The phase buffer of one plane (input gradient: the phase rows of one input row).
     buf: Vec<T>,
     /// Padded `dy` rows (input gradient).
     dyp: Vec<T>,

@@ -49,9 +49,10 @@ use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// Largest channel multiplier (`out_channels / in_channels`, one input channel per group) that
-/// the depthwise path takes. Its direct loops re-read the input plane once per output channel,
-/// which a GEMM over a col matrix would amortise once the multiplier grows; below this the GEMM's
-/// packing and im2col cost more than they save.
+/// the depthwise path takes. Its direct loops do `kh * kw` FMAs per output with no reuse across
+/// output channels, which a GEMM over a col matrix gets once the multiplier is large. The bound
+/// is a judgement, not a measurement: only multiplier 1 (YOLO-LAT, MobileNets) was benchmarked,
+/// where the direct path is 4-10x faster than im2col (docs/benchmarks.md, CPU convolution).
 pub const DEPTHWISE_MAX_MULT: usize = 4;
 
 /// Geometry of one conv2d call, shared by all paths: `x [n, c, h, w]`, `weight [o, c/g, kh, kw]`,
