@@ -11,6 +11,7 @@ use crate::detect::infer::{detect_batch, predict_source, PostProcess};
 use crate::detect::saved::SavedDetector;
 use crate::detect::train::{open_data, train, DataSpec, DetectTrainArgs};
 use crate::detect::Detection;
+use crate::report::run_dir::SavedSettings;
 
 /// Options of `ela detect`.
 #[derive(clap::Args, Debug)]
@@ -200,24 +201,16 @@ fn eval<B: Backend>(args: &EvalArgs, dev: &B) -> Result<()> {
         return Err(Error::invalid("detect eval", "--batch must be positive"));
     }
     let saved = SavedDetector::load(&args.checkpoint, dev)?;
-    let setting = |k: &str| -> Result<String> {
-        saved
-            .run_setting(k)
-            .map(str::to_string)
-            .ok_or_else(|| Error::invalid("detect eval", format!("{} lacks run.{k}", saved.path.display())))
-    };
-    let num = |k: &str| -> Result<u64> {
-        setting(k)?.parse().map_err(|_| Error::invalid("detect eval", format!("run.{k} is not a number")))
-    };
+    let run = SavedSettings(|k: &str| saved.metadata.get(k).cloned());
     let data_dir = match &args.data {
         Some(d) => Some(d.clone()),
-        None => Some(setting("data")?).filter(|d| d != "<embedded>").map(PathBuf::from),
+        None => run.data_path()?,
     };
     let data = open_data(&DataSpec {
         dir: data_dir,
-        synth_train: num("synth_train")? as usize,
-        synth_val: num("synth_val")? as usize,
-        seed: num("seed")?,
+        synth_train: run.get("synth_train")?,
+        synth_val: run.get("synth_val")?,
+        seed: run.get("seed")?,
         image_size: saved.model.config().input_size,
     })?;
     if data.val.class_names() != saved.classes.as_slice() {

@@ -58,9 +58,4 @@ impl<B: Backend> SavedDetector<B> {
         store.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "model."), true)?;
         Ok(SavedDetector { model, classes, metadata: ck.metadata, path })
     }
-
-    /// A run setting (`run.<key>`) saved with the checkpoint.
-    pub fn run_setting(&self, key: &str) -> Option<&str> {
-        self.metadata.get(&format!("run.{key}")).map(String::as_str)
-    }
 }

@@ -50,6 +50,33 @@ pub fn resolve_run_dir(explicit: Option<&Path>, default: &Path, resume: bool, ch
     }
 }
 
+/// Typed reading of the run settings a checkpoint saved as `run.<key>` strings, for `--resume`:
+/// a missing key or an unparsable value is an error naming the key.
+pub struct SavedSettings<F: Fn(&str) -> Option<String>>(pub F);
+
+impl<F: Fn(&str) -> Option<String>> SavedSettings<F> {
+    /// The raw string of `run.<key>`.
+    pub fn text(&self, key: &str) -> Result<String> {
+        (self.0)(&format!("run.{key}"))
+            .ok_or_else(|| Error::invalid("resume", format!("the checkpoint lacks run.{key}")))
+    }
+
+    /// `run.<key>` parsed as `T`.
+    pub fn get<T: std::str::FromStr>(&self, key: &str) -> Result<T> {
+        let v = self.text(key)?;
+        v.parse().map_err(|_| Error::invalid("resume", format!("run.{key}: cannot parse {v:?}")))
+    }
+
+    /// `run.data`: a path, or `None` for the embedded data (saved as `<embedded>`).
+    pub fn data_path(&self) -> Result<Option<PathBuf>> {
+        let data = self.text("data")?;
+        Ok((data != EMBEDDED).then(|| PathBuf::from(data)))
+    }
+}
+
+/// How `run.data` records "the embedded data set".
+pub const EMBEDDED: &str = "<embedded>";
+
 /// The folder of a run (see [`resolve_run_dir`]) and, for a resume, the checkpoint saved in it.
 /// A new run refuses a folder that already holds one, so nothing saved is overwritten; `op`
 /// names the command in errors (`train`, `detect train`).

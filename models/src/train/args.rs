@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use ela_core::{Error, Result};
 
+use crate::report::run_dir::{SavedSettings, EMBEDDED};
+
 use crate::lm::{AttnKind, Link, LmConfig, LobeMode, MoeSpec};
 
 /// Model switches shared by `train`, `info` and `bench`.
@@ -204,7 +206,7 @@ impl TrainArgs {
     /// The run settings (everything but paths and the device) as `(key, value)` strings, saved
     /// with the checkpoint so `--resume` continues the same run.
     pub fn run_pairs(&self) -> Vec<(String, String)> {
-        let data = self.data.as_ref().map_or("<embedded>".to_string(), |p| p.display().to_string());
+        let data = self.data.as_ref().map_or(EMBEDDED.to_string(), |p| p.display().to_string());
         [
             ("data", data),
             ("steps", self.steps.to_string()),
@@ -226,25 +228,19 @@ impl TrainArgs {
 
     /// Overwrite the run settings from saved pairs (for `--resume`).
     pub fn apply_run_pairs(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
-        let field = |k: &str| {
-            get(&format!("run.{k}")).ok_or_else(|| Error::invalid("resume", format!("checkpoint lacks run.{k}")))
-        };
-        fn num<T: std::str::FromStr>(k: &str, v: String) -> Result<T> {
-            v.parse().map_err(|_| Error::invalid("resume", format!("run.{k}: cannot parse {v:?}")))
-        }
-        let data = field("data")?;
-        self.data = (data != "<embedded>").then(|| PathBuf::from(data));
-        self.steps = num("steps", field("steps")?)?;
-        self.batch = num("batch", field("batch")?)?;
-        self.seq = num("seq", field("seq")?)?;
-        self.lr = num("lr", field("lr")?)?;
-        self.min_lr = num("min_lr", field("min_lr")?)?;
-        self.warmup = num("warmup", field("warmup")?)?;
-        self.weight_decay = num("weight_decay", field("weight_decay")?)?;
-        self.clip = num("clip", field("clip")?)?;
-        self.seed = num("seed", field("seed")?)?;
-        self.eval_every = num("eval_every", field("eval_every")?)?;
-        self.eval_windows = num("eval_windows", field("eval_windows")?)?;
+        let saved = SavedSettings(get);
+        self.data = saved.data_path()?;
+        self.steps = saved.get("steps")?;
+        self.batch = saved.get("batch")?;
+        self.seq = saved.get("seq")?;
+        self.lr = saved.get("lr")?;
+        self.min_lr = saved.get("min_lr")?;
+        self.warmup = saved.get("warmup")?;
+        self.weight_decay = saved.get("weight_decay")?;
+        self.clip = saved.get("clip")?;
+        self.seed = saved.get("seed")?;
+        self.eval_every = saved.get("eval_every")?;
+        self.eval_windows = saved.get("eval_windows")?;
         Ok(())
     }
 

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use ela_core::{Error, Result};
 
+use crate::report::run_dir::{SavedSettings, EMBEDDED};
+
 use super::run::DataSpec;
 use crate::detect::model::{Arch, DetectorConfig, LossConfig, Neck};
 
@@ -131,7 +133,7 @@ impl DetectTrainArgs {
     /// The run settings (everything but the output path and the device) as `(key, value)`
     /// strings, saved with the checkpoint.
     pub fn run_pairs(&self) -> Vec<(String, String)> {
-        let data = self.data.as_ref().map_or("<embedded>".to_string(), |p| p.display().to_string());
+        let data = self.data.as_ref().map_or(EMBEDDED.to_string(), |p| p.display().to_string());
         [
             ("data", data),
             ("synth_train", self.synth_train.to_string()),
@@ -157,29 +159,23 @@ impl DetectTrainArgs {
 
     /// Overwrite the run settings from saved pairs (for `--resume`).
     pub fn apply_run_pairs(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
-        let field = |k: &str| {
-            get(&format!("run.{k}")).ok_or_else(|| Error::invalid("resume", format!("checkpoint lacks run.{k}")))
-        };
-        fn num<T: std::str::FromStr>(k: &str, v: String) -> Result<T> {
-            v.parse().map_err(|_| Error::invalid("resume", format!("run.{k}: cannot parse {v:?}")))
-        }
-        let data = field("data")?;
-        self.data = (data != "<embedded>").then(|| PathBuf::from(data));
-        self.synth_train = num("synth_train", field("synth_train")?)?;
-        self.synth_val = num("synth_val", field("synth_val")?)?;
-        self.steps = num("steps", field("steps")?)?;
-        self.batch = num("batch", field("batch")?)?;
-        self.lr = num("lr", field("lr")?)?;
-        self.min_lr = num("min_lr", field("min_lr")?)?;
-        self.warmup = num("warmup", field("warmup")?)?;
-        self.weight_decay = num("weight_decay", field("weight_decay")?)?;
-        self.clip = num("clip", field("clip")?)?;
-        self.no_augment = !num::<bool>("augment", field("augment")?)?;
-        self.box_gain = num("box_gain", field("box_gain")?)?;
-        self.cls_gain = num("cls_gain", field("cls_gain")?)?;
-        self.obj_gain = num("obj_gain", field("obj_gain")?)?;
-        self.seed = num("seed", field("seed")?)?;
-        self.eval_every = num("eval_every", field("eval_every")?)?;
+        let saved = SavedSettings(get);
+        self.data = saved.data_path()?;
+        self.synth_train = saved.get("synth_train")?;
+        self.synth_val = saved.get("synth_val")?;
+        self.steps = saved.get("steps")?;
+        self.batch = saved.get("batch")?;
+        self.lr = saved.get("lr")?;
+        self.min_lr = saved.get("min_lr")?;
+        self.warmup = saved.get("warmup")?;
+        self.weight_decay = saved.get("weight_decay")?;
+        self.clip = saved.get("clip")?;
+        self.no_augment = !saved.get::<bool>("augment")?;
+        self.box_gain = saved.get("box_gain")?;
+        self.cls_gain = saved.get("cls_gain")?;
+        self.obj_gain = saved.get("obj_gain")?;
+        self.seed = saved.get("seed")?;
+        self.eval_every = saved.get("eval_every")?;
         Ok(())
     }
 
