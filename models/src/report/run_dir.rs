@@ -5,6 +5,10 @@ use std::path::{Path, PathBuf};
 
 use ela_core::{Backend, Error, Result};
 use ela_nn::checkpoint::{self, Checkpoint};
+use ela_nn::module::ParamStore;
+use ela_nn::optim::{AdamW, Optimizer};
+
+use super::metrics::MetricsLog;
 
 /// The checkpoint's file name inside a run folder.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
@@ -101,6 +105,31 @@ pub fn open_run<B: Backend>(
         ));
     }
     Ok((out, None))
+}
+
+/// Load a resumed run's weights (with buffers) into `store` and its optimizer state into `opt`,
+/// and return the step it was saved at.
+pub fn restore<B: Backend>(ck: &Checkpoint<B>, store: &ParamStore<B>, opt: &mut AdamW<B>) -> Result<usize> {
+    store.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "model."), true)?;
+    opt.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "optim."))?;
+    ck.metadata
+        .get("run.step")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::invalid("resume", "the checkpoint has no run.step"))
+}
+
+/// Create the run folder and open its `metrics.jsonl` for appending: a resumed run continues
+/// the log, a new one starts it afresh.
+pub fn start_metrics(out: &Path, resumed: bool) -> Result<(PathBuf, MetricsLog)> {
+    let io = |p: &Path, e: std::io::Error| Error::Io { path: p.display().to_string(), msg: e.to_string() };
+    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+    eprintln!("run folder: {}", out.display());
+    let path = out.join("metrics.jsonl");
+    if !resumed && path.exists() {
+        std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
+    }
+    let log = MetricsLog::append(&path)?;
+    Ok((path, log))
 }
 
 #[cfg(test)]

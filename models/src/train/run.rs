@@ -14,10 +14,10 @@ use ela_nn::optim::{clip_grad_norm, AdamW, AdamWConfig, Optimizer, WarmupCosine}
 use super::args::TrainArgs;
 use crate::data::{default_corpus, Batch, ByteTokenizer, TextDataset};
 use crate::lm::{generate, ElaLm, LmConfig, SampleConfig};
-use crate::report::metrics::{MetricsLog, Value};
+use crate::report::metrics::Value;
 use crate::report::plot::{write_svg, Series};
 use crate::report::progress::Progress;
-use crate::report::run_dir::{open_run, CHECKPOINT_FILE};
+use crate::report::run_dir::{open_run, restore, start_metrics, CHECKPOINT_FILE};
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -171,21 +171,9 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
                 "the training text differs from the one the run started with",
             ));
         }
-        store.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "model."), true)?;
-        opt.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "optim."))?;
-        start = ck
-            .metadata
-            .get("run.step")
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Error::invalid("resume", "no run.step"))?;
+        start = restore(ck, &store, &mut opt)?;
     }
-    std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
-    eprintln!("run folder: {}", out.display());
-    let metrics_path = out.join("metrics.jsonl");
-    if resumed.is_none() && metrics_path.exists() {
-        std::fs::remove_file(&metrics_path).map_err(|e| io(&metrics_path, e))?;
-    }
-    let mut log = MetricsLog::append(&metrics_path)?;
+    let (metrics_path, mut log) = start_metrics(&out, resumed.is_some())?;
     write_config_json(&out, &metadata(&cfg, &args, start, data_hash))?;
 
     eprintln!(

@@ -18,10 +18,10 @@ use crate::detect::data::{batch_to_tensor, make_batch, AugmentConfig, DatasetSpl
 use crate::detect::eval::CocoMetrics;
 use crate::detect::infer::evaluate;
 use crate::detect::model::{detection_loss, Detector, DetectorConfig};
-use crate::report::metrics::{MetricsLog, Value};
+use crate::report::metrics::Value;
 use crate::report::plot::{write_svg, Series};
 use crate::report::progress::Progress;
-use crate::report::run_dir::{open_run, CHECKPOINT_FILE};
+use crate::report::run_dir::{open_run, restore, start_metrics, CHECKPOINT_FILE};
 
 /// The checkpoint's file name inside the run folder.
 pub const CKPT: &str = CHECKPOINT_FILE;
@@ -169,21 +169,9 @@ pub fn train<B: Backend>(args: &DetectTrainArgs, device: &B) -> Result<DetectRep
 
     let mut start = 0;
     if let Some(ck) = &resumed {
-        store.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "model."), true)?;
-        opt.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "optim."))?;
-        start = ck
-            .metadata
-            .get("run.step")
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Error::invalid("detect train --resume", "the checkpoint has no run.step"))?;
+        start = restore(ck, &store, &mut opt)?;
     }
-    std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
-    eprintln!("run folder: {}", out.display());
-    let metrics_path = out.join("metrics.jsonl");
-    if resumed.is_none() && metrics_path.exists() {
-        std::fs::remove_file(&metrics_path).map_err(|e| io(&metrics_path, e))?;
-    }
-    let mut log = MetricsLog::append(&metrics_path)?;
+    let (metrics_path, mut log) = start_metrics(&out, resumed.is_some())?;
     crate::train::run::write_config_json(&out, &metadata(&cfg, &args, &classes, start))?;
 
     eprintln!(
