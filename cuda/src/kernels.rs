@@ -44,7 +44,8 @@ pub enum KernelFile {
     Index,
     /// im2col/col2im, pooling, upsampling
     ConvPool,
-    /// fused Exact Linear Attention, any kernel: the per-token scan (forward, backward, step)
+    /// fused Exact Linear Attention, any kernel: the per-token scan (forward, backward, step) of
+    /// `ela.cu`, and the parallel non-causal form of `ela_noncausal.cu` (one module)
     Ela,
     /// chunked Hadamard-Exp ELA on tensor cores (`ela_tile.cuh`, `ela_chunk.cu`,
     /// `ela_chunk_bwd.cu`), compiled separately for each input dtype and head sizes `d`, `dv`
@@ -101,10 +102,16 @@ impl KernelFile {
         }
     }
 
-    /// The text NVRTC compiles after the common prelude: [`KernelFile::source`], and for the
-    /// chunked ELA kernels the variant's defines, the tile header and the backward file.
+    /// The text NVRTC compiles after the common prelude: [`KernelFile::source`]; for the fused
+    /// ELA kernels also the non-causal file; for the chunked ELA kernels the variant's defines,
+    /// the tile header and the backward file.
     pub fn full_source(self) -> Cow<'static, str> {
         match self {
+            KernelFile::Ela => Cow::Owned(format!(
+                "#line 1 \"ela.cu\"\n{}\n#line 1 \"ela_noncausal.cu\"\n{}",
+                self.source(),
+                include_str!("../kernels/ela_noncausal.cu")
+            )),
             KernelFile::ElaChunk { dt, d, dv } => Cow::Owned(format!(
                 "#define ELA_DT {}\n#define ELA_D {d}\n#define ELA_DV {dv}\n#line 1 \"ela_tile.cuh\"\n{}\n#line 1 \
                  \"ela_chunk.cu\"\n{}\n#line 1 \"ela_chunk_bwd.cu\"\n{}",

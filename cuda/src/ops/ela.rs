@@ -1,14 +1,15 @@
 //! Fused Exact Linear Attention: forward (causal with an optional carried state, non-causal),
 //! backward and the recurrent step. Hadamard Exp with f32/f16/bf16 inputs and head sizes 64 or
-//! 128 runs the chunked tensor-core kernels of `ops/ela_fast.rs`; every other call runs
+//! 128 runs the chunked tensor-core kernels of `ops/ela_fast.rs`; non-causal calls with small
+//! heads run the parallel form of `ops/ela_noncausal.rs`; every other call runs
 //! `kernels/ela.cu`, where one block per (batch, head) sequence scans time in the recurrent
 //! form (see the .cu file for the math and the numerics).
 
 use ela_core::ela::{ElaDims, ElaKernel, ElaParams, ElaSaved, ElaStateBufs};
 use ela_core::{DType, Error, Result};
 
-use super::ela_fast;
 use super::{check_float, check_same, dt, stat_dtype};
+use super::{ela_fast, ela_noncausal};
 use crate::device::{Arg, Cfg, Cuda};
 use crate::kernels::KernelFile::Ela as ELA;
 use crate::storage::CudaStorage;
@@ -18,7 +19,7 @@ const THREADS: u32 = 256;
 /// Dynamic shared memory available to a block without opting in to more.
 const SMEM_LIMIT: usize = 48 * 1024;
 
-fn kernel_code(k: ElaKernel) -> i32 {
+pub(super) fn kernel_code(k: ElaKernel) -> i32 {
     match k {
         ElaKernel::HadamardExp => 0,
         ElaKernel::SumSqEuclid => 1,
@@ -190,6 +191,11 @@ impl Cuda {
             };
             return self.ela_fast_forward(&fast, q, k, v, dims, p.causal, state);
         }
+        if !p.causal && state.is_none() {
+            if let Some(plan) = ela_noncausal::plan(p.kernel, dims, sd) {
+                return self.ela_nc_forward(&plan, q, k, v, dims, p.kernel, sd);
+            }
+        }
         let y = self.alloc(d, n * dims.t * dims.dv)?;
         let scratch;
         let (s, z, m) = match state {
@@ -246,6 +252,11 @@ impl Cuda {
         if let Some(fast) = ela_fast::variant(p.kernel, d, dims) {
             let saved = saved.filter(|s| s.dims == *dims && s.params == *p).map(|s| s.buffers.as_slice());
             return self.ela_fast_backward(&fast, q, k, v, y, dy, dims, p.causal, saved);
+        }
+        if !p.causal {
+            if let Some(plan) = ela_noncausal::plan(p.kernel, dims, sd) {
+                return self.ela_nc_backward(&plan, q, k, v, y, dy, dims, p.kernel, sd);
+            }
         }
         let (dq, dk, dvo) = (self.alloc(d, q.len())?, self.alloc(d, k.len())?, self.alloc(d, v.len())?);
         if t == 0 || n == 0 {
