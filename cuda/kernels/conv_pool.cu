@@ -10,17 +10,26 @@ struct ConvGeo {
 };
 
 // col[img, (ci*kh + ky)*kw + kx, oy*ow + ox] = x[img, ci, iy, ix] (0 in the padding), for the
-// g.n images starting at x; copies by element width.
+// g.n images starting at x; copies by element width. One thread per (image, channel, output
+// pixel) writes that pixel's kh x kw taps: the index arithmetic (64-bit divisions, slow on a GPU)
+// is paid once per kh*kw elements, and for each tap neighbouring threads write neighbouring
+// pixels, so the stores stay coalesced.
 #define IM2COL(W, T)                                                                                 \
     extern "C" __global__ void im2col_w##W(T* col, const T* x, ConvGeo g) {                        \
-        i64 npix = g.oh * g.ow, krows = g.c * g.kh * g.kw;                                          \
-        FOR_EACH(k, g.n * krows * npix) {                                                           \
-            i64 p = k % npix, row = (k / npix) % krows, img = k / (npix * krows);                  \
-            i64 ci = row / (g.kh * g.kw), ky = (row / g.kw) % g.kh, kx = row % g.kw;               \
-            i64 iy = (p / g.ow) * g.sh + ky * g.dh - g.ph, ix = (p % g.ow) * g.sw + kx * g.dw - g.pw; \
-            T v = 0;                                                                                \
-            if (iy >= 0 && ix >= 0 && iy < g.h && ix < g.w) v = x[((img * g.c + ci) * g.h + iy) * g.w + ix]; \
-            col[k] = v;                                                                             \
+        i64 npix = g.oh * g.ow, taps = g.kh * g.kw;                                                 \
+        FOR_EACH(k, g.n * g.c * npix) {                                                             \
+            i64 p = k % npix, plane = k / npix; /* plane = img * c + ci */                          \
+            i64 oy = p / g.ow, ox = p - oy * g.ow;                                                  \
+            const T* xc = x + plane * g.h * g.w;                                                    \
+            T* out = col + plane * taps * npix + p;                                                 \
+            for (i64 ky = 0; ky < g.kh; ++ky) {                                                     \
+                i64 iy = oy * g.sh + ky * g.dh - g.ph;                                              \
+                bool row_in = iy >= 0 && iy < g.h;                                                  \
+                for (i64 kx = 0; kx < g.kw; ++kx) {                                                 \
+                    i64 ix = ox * g.sw + kx * g.dw - g.pw;                                          \
+                    out[(ky * g.kw + kx) * npix] = (row_in && ix >= 0 && ix < g.w) ? xc[iy * g.w + ix] : (T)0; \
+                }                                                                                   \
+            }                                                                                       \
         }                                                                                           \
     }
 IM2COL(2, u16)

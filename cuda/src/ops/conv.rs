@@ -205,7 +205,8 @@ impl Cuda {
             None => Ok(xp),
             Some(col) => {
                 let args = [Arg::Ptr(col.ptr()), Arg::Ptr(xp), Arg::Conv(g.kernel_geo(n))];
-                self.launch(CP, &format!("im2col_{}", width(dtype)), Cfg::elems(n * g.col_per_img()), &args)?;
+                // One thread per (image, channel, output pixel): see `im2col_w*` in conv_pool.cu.
+                self.launch(CP, &format!("im2col_{}", width(dtype)), Cfg::elems(n * g.c * g.npix()), &args)?;
                 Ok(col.ptr())
             }
         }
