@@ -41,14 +41,14 @@ pub struct GenerateArgs {
 /// Load the model saved in a checkpoint (file or run folder).
 pub fn load_model<B: Backend>(path: &std::path::Path, device: &B) -> Result<ElaLm<B>> {
     let file = if path.is_dir() { path.join("checkpoint.safetensors") } else { path.to_path_buf() };
-    let ck = checkpoint::load(&file, device)?;
+    let ck = checkpoint::load_verified(&file, device)?;
     let cfg = LmConfig::from_pairs(|k| ck.metadata.get(k).cloned()).map_err(|e| Error::Io {
         path: file.display().to_string(),
         msg: format!("not an ELA-rs LM checkpoint: {e}"),
     })?;
     let store = ParamStore::new(device, DType::F32, 0);
     let model = ElaLm::new(&store, cfg)?;
-    store.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "model."), true)?;
+    store.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "model"), true)?;
     Ok(model)
 }
 

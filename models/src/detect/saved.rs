@@ -35,7 +35,7 @@ impl<B: Backend> SavedDetector<B> {
     /// Load the detector saved at `path` (a run folder or a checkpoint file) onto `device`.
     pub fn load(path: &Path, device: &B) -> Result<Self> {
         let path = checkpoint_path(path);
-        let ck = checkpoint::load(&path, device)?;
+        let ck = checkpoint::load_verified(&path, device)?;
         let get = |k: &str| ck.metadata.get(k).cloned();
         let cfg = DetectorConfig::from_pairs(get).map_err(|e| {
             Error::invalid(
@@ -55,7 +55,7 @@ impl<B: Backend> SavedDetector<B> {
         }
         let store = ParamStore::new(device, DType::F32, 0);
         let model = Detector::new(&store, cfg)?;
-        store.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "model."), true)?;
+        store.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "model"), true)?;
         Ok(SavedDetector { model, classes, metadata: ck.metadata, path })
     }
 }

@@ -94,7 +94,7 @@ pub fn open_run<B: Backend>(
     let out = resolve_run_dir(explicit, default, resume, CHECKPOINT_FILE);
     let path = out.join(CHECKPOINT_FILE);
     if resume {
-        let ck = checkpoint::load(&path, device)
+        let ck = checkpoint::load_verified(&path, device)
             .map_err(|e| Error::invalid(op, format!("cannot resume from {}: {e}", path.display())))?;
         return Ok((out, Some(ck)));
     }
@@ -110,8 +110,8 @@ pub fn open_run<B: Backend>(
 /// Load a resumed run's weights (with buffers) into `store` and its optimizer state into `opt`,
 /// and return the step it was saved at.
 pub fn restore<B: Backend>(ck: &Checkpoint<B>, store: &ParamStore<B>, opt: &mut AdamW<B>) -> Result<usize> {
-    store.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "model."), true)?;
-    opt.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "optim."))?;
+    store.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "model"), true)?;
+    opt.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "optim"))?;
     ck.metadata
         .get("run.step")
         .and_then(|s| s.parse().ok())

@@ -191,7 +191,7 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
     let (mut first_loss, mut last_loss, mut val_loss) = (None, f64::NAN, f64::NAN);
     for step in start..args.steps {
         let lr = sched.lr_at(step);
-        opt.set_lr(lr);
+        opt.set_lr(lr)?;
         let b = batch_for_step(&ds, &args, step);
         let (loss, ce, out) =
             model.loss(&ids(&b.inputs, b.batch, b.seq, device)?, &ids(&b.targets, b.batch, b.seq, device)?)?;
@@ -238,8 +238,8 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
         log.write(&rec)?;
         progress.update(step - start, &format!("loss {ce:.3} | val {val_loss:.3} | {tps:.0} tok/s"));
         if (args.checkpoint_every > 0 && done % args.checkpoint_every == 0) || done == args.steps {
-            let mut tensors = checkpoint::with_prefix(&store.state_dict(), "model.");
-            tensors.extend(checkpoint::with_prefix(&opt.state_dict()?, "optim."));
+            let mut tensors = checkpoint::with_prefix(&store.state_dict(), "model");
+            tensors.extend(checkpoint::with_prefix(&opt.state_dict()?, "optim"));
             checkpoint::save(&ckpt_path, &tensors, &metadata(&cfg, &args, done, data_hash))?;
         }
         if args.abort_after == Some(done) {

@@ -191,7 +191,7 @@ pub fn train<B: Backend>(args: &DetectTrainArgs, device: &B) -> Result<DetectRep
     let mut val: Option<CocoMetrics> = None;
     for step in start..args.steps {
         let lr = sched.lr_at(step);
-        opt.set_lr(lr);
+        opt.set_lr(lr)?;
         let (idx, mut rng) = batch_indices(data.train.len(), args.batch, args.seed, step);
         let b = make_batch(data.train.as_ref(), &idx, cfg.input_size, augment.as_ref(), &mut rng)?;
         let x = Var::constant(batch_to_tensor(&b, device)?);
@@ -239,8 +239,8 @@ pub fn train<B: Backend>(args: &DetectTrainArgs, device: &B) -> Result<DetectRep
         let ap = val.as_ref().map_or(f64::NAN, |m| m.ap50);
         progress.update(step - start, &format!("loss {value:.3} | mAP50 {ap:.3} | {ips:.1} img/s"));
         if (args.checkpoint_every > 0 && done % args.checkpoint_every == 0) || done == args.steps {
-            let mut tensors = checkpoint::with_prefix(&store.state_dict(), "model.");
-            tensors.extend(checkpoint::with_prefix(&opt.state_dict()?, "optim."));
+            let mut tensors = checkpoint::with_prefix(&store.state_dict(), "model");
+            tensors.extend(checkpoint::with_prefix(&opt.state_dict()?, "optim"));
             checkpoint::save(&ckpt_path, &tensors, &metadata(&cfg, &args, &classes, done))?;
         }
         if args.abort_after == Some(done) {
