@@ -98,7 +98,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         &inputs,
         GradcheckOptions::default(),
     )?;
-    println!("{report}");
+    crate::outln!("{report}");
     if !report.passed {
         return Err(Error::invalid("demo", "the model's gradients disagree with finite differences"));
     }
@@ -126,13 +126,13 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             Ok(())
         })?;
         if step % 50 == 0 || step + 1 == args.steps {
-            println!("step {step:>5}  loss {loss:.4}");
+            crate::outln!("step {step:>5}  loss {loss:.4}");
         }
     }
     let secs = start.elapsed().as_secs_f64();
     let pred = no_grad(|| model.logits(&x))?.value().argmax(1usize, false)?.to_vec::<u32>()?;
     let acc = pred.iter().zip(&ys).filter(|(a, b)| a == b).count() as f64 / n as f64;
-    println!(
+    crate::outln!(
         "trained {} steps on {n} points in {secs:.2} s: loss {:.4} -> {loss:.4}, accuracy {:.1}% (chance {:.1}%)",
         args.steps,
         loss_first.unwrap_or(loss),

@@ -28,18 +28,30 @@ fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => match e.kind() {
-            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => e.exit(),
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                // `e.exit()` would swallow a failed write (`ela --help > /dev/full`) and exit 0.
+                if let Err(w) = e.print() {
+                    fail(1, &format!("error: stdout: cannot write: {w}"));
+                }
+                std::process::exit(0);
+            }
             _ => {
                 // clap renders several lines (tip, usage); the first says what is wrong.
                 let text = e.render().to_string();
                 let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
-                eprintln!("error: {first} (see `ela --help`)");
-                std::process::exit(2);
+                fail(2, &format!("error: {first} (see `ela --help`)"));
             }
         },
     };
     if let Err(e) = run(cli) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
+        fail(1, &format!("error: {e}"));
     }
+}
+
+/// Print `line` on stderr and exit with `code`. The write may itself fail (stderr full or
+/// closed); the exit code still says what happened, so that error is dropped, never a panic.
+fn fail(code: i32, line: &str) -> ! {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+    std::process::exit(code);
 }

@@ -66,6 +66,6 @@ fn go<B: Backend>(args: &GenerateArgs, device: &B) -> Result<String> {
 /// Run `ela generate`.
 pub fn run(args: &GenerateArgs) -> Result<()> {
     let text = crate::on_device!(&args.device, |dev| go(args, dev))?;
-    println!("{text}");
+    crate::outln!("{text}");
     Ok(())
 }

@@ -48,15 +48,15 @@ fn detector_info(args: &InfoArgs) -> Result<()> {
     let cfg = det.to_config(args.classes)?;
     // Counted analytically: nothing is allocated, so any size answers at once.
     let report = component_report(&cfg)?;
-    println!("{cfg}");
-    println!("{:<28} {:>12} {:>10}", "component", "parameters", "GFLOPs");
+    crate::outln!("{cfg}");
+    crate::outln!("{:<28} {:>12} {:>10}", "component", "parameters", "GFLOPs");
     for c in &report {
-        println!("{:<28} {:>12} {:>10.4}", c.name, c.params, c.flops / 1e9);
+        crate::outln!("{:<28} {:>12} {:>10.4}", c.name, c.params, c.flops / 1e9);
     }
     let params: usize = report.iter().map(|c| c.params).sum();
     let flops: f64 = report.iter().map(|c| c.flops).sum();
-    println!("{:<28} {:>12} {:>10.4}", "total", params, flops / 1e9);
-    println!("(GFLOPs count a multiply-add as 2 floating-point operations, batch 1)");
+    crate::outln!("{:<28} {:>12} {:>10.4}", "total", params, flops / 1e9);
+    crate::outln!("(GFLOPs count a multiply-add as 2 floating-point operations, batch 1)");
     Ok(())
 }
 
@@ -64,8 +64,8 @@ fn lm_info(lm: &ModelArgs) -> Result<()> {
     let cfg = lm.to_config()?;
     let store = ParamStore::new(&Cpu, DType::F32, 0);
     let model = ElaLm::new(&store, cfg.clone())?;
-    println!("{}", describe(model.config()));
-    println!("{:<28} {:>12}", "component", "parameters");
+    crate::outln!("{}", describe(model.config()));
+    crate::outln!("{:<28} {:>12}", "component", "parameters");
     // Group layer parameters by component (attn, moe/ffn, lobe, norms) across layers.
     let mut by_kind = std::collections::BTreeMap::<String, usize>::new();
     for (name, v) in store.named_params() {
@@ -79,8 +79,8 @@ fn lm_info(lm: &ModelArgs) -> Result<()> {
         *by_kind.entry(key).or_default() += n;
     }
     for (k, n) in &by_kind {
-        println!("{k:<28} {n:>12}");
+        crate::outln!("{k:<28} {n:>12}");
     }
-    println!("{:<28} {:>12}", "total", store.num_params());
+    crate::outln!("{:<28} {:>12}", "total", store.num_params());
     Ok(())
 }

@@ -273,7 +273,7 @@ pub fn run(args: &VerifyArgs) -> Result<()> {
     let (tol_y, tol_g) = tolerance(dtype)?;
     // A missing GPU is a one-line error before any output.
     crate::on_device!(&args.device, |_dev| Ok::<(), Error>(()))?;
-    println!(
+    crate::outln!(
         "ela verify: batch {} heads {} time {} dim {} dv {} chunk {} {} {} on {} seed {}",
         args.batch,
         args.heads,
@@ -286,11 +286,11 @@ pub fn run(args: &VerifyArgs) -> Result<()> {
         args.device,
         args.seed
     );
-    println!(
+    crate::outln!(
         "reference: quadratic form in f64 on the CPU (from the same {}-rounded inputs), gradients from its tape",
         dtype.as_str()
     );
-    println!("tolerance on max rel: y {tol_y:e}, dq/dk/dv {tol_g:e} (see --help for how errors are measured)\n");
+    crate::outln!("tolerance on max rel: y {tol_y:e}, dq/dk/dv {tol_g:e} (see --help for how errors are measured)\n");
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     for &kernel in &kernels {
@@ -298,8 +298,8 @@ pub fn run(args: &VerifyArgs) -> Result<()> {
         rows.extend(r);
         notes.push(format!("  {:<14} {about}", kernel.name()));
     }
-    println!("| kernel | form | y abs | y rel | dq abs | dq rel | dk abs | dk rel | dv abs | dv rel | result |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    crate::outln!("| kernel | form | y abs | y rel | dq abs | dq rel | dk abs | dk rel | dv abs | dv rel | result |");
+    crate::outln!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in &rows {
         let mut line = format!("| {} | {} |", r.kernel.name(), r.form.name());
         for e in &r.err {
@@ -310,41 +310,43 @@ pub fn run(args: &VerifyArgs) -> Result<()> {
         }
         let bad = r.failures((tol_y, tol_g));
         line += if bad > 0 { " FAIL |" } else { " ok |" };
-        println!("{line}");
+        crate::outln!("{line}");
     }
     if args.causal {
-        println!("(the recurrent form is the decoding path: it has no gradients, shown as -)");
+        crate::outln!("(the recurrent form is the decoding path: it has no gradients, shown as -)");
     }
     if !args.causal {
-        println!("\nrecurrent form skipped: it exists only for causal attention (non-causal ELA is one global state)");
+        crate::outln!(
+            "\nrecurrent form skipped: it exists only for causal attention (non-causal ELA is one global state)"
+        );
     }
-    println!("\ninputs:");
+    crate::outln!("\ninputs:");
     for n in &notes {
-        println!("{n}");
+        crate::outln!("{n}");
     }
     if args.inputs == "conditioned" {
-        println!(
+        crate::outln!(
             "  the signed kernels get inputs with bounded cancellation in the linear denominator, as in \
              tests/tests/ela_common (docs/ela.md#signed-kernels); --inputs normal draws N(0, scale^2) for all"
         );
     } else {
-        println!(
+        crate::outln!(
             "  note: with --inputs normal the signed kernels' (sum/sub-sq-euclid, blueprint, identity) denominators \
              can cancel or vanish, so large errors there measure the conditioning of the function (docs/ela.md#signed-kernels)"
         );
     }
     if args.plant_error.is_some() {
-        println!("  note: an error was planted in the chunked output (--plant-error)");
+        crate::outln!("  note: an error was planted in the chunked output (--plant-error)");
     }
     let failed: usize = rows.iter().map(|r| r.failures((tol_y, tol_g))).sum();
     let checked = rows.iter().flat_map(|r| r.err).flatten().count();
     if failed > 0 {
-        println!("\nFAIL: {failed} of {checked} errors exceed the {} tolerance", dtype.as_str());
+        crate::outln!("\nFAIL: {failed} of {checked} errors exceed the {} tolerance", dtype.as_str());
         return Err(Error::invalid(
             "ela verify",
             format!("{failed} of {checked} errors exceed the {} tolerance (rows marked FAIL)", dtype.as_str()),
         ));
     }
-    println!("\nPASS: all {checked} errors within the {} tolerance", dtype.as_str());
+    crate::outln!("\nPASS: all {checked} errors within the {} tolerance", dtype.as_str());
     Ok(())
 }

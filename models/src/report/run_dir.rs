@@ -123,7 +123,7 @@ pub fn restore<B: Backend>(ck: &Checkpoint<B>, store: &ParamStore<B>, opt: &mut 
 pub fn start_metrics(out: &Path, resumed: bool) -> Result<(PathBuf, MetricsLog)> {
     let io = |p: &Path, e: std::io::Error| Error::Io { path: p.display().to_string(), msg: e.to_string() };
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
-    eprintln!("run folder: {}", out.display());
+    crate::errln!("run folder: {}", out.display());
     let path = out.join("metrics.jsonl");
     if !resumed && path.exists() {
         std::fs::remove_file(&path).map_err(|e| io(&path, e))?;

@@ -142,7 +142,7 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
         None => args.model.to_config()?,
     };
     if cfg.lobe == crate::lm::LobeMode::Bidirectional {
-        eprintln!(
+        crate::errln!(
             "warning: --lobe bidirectional lets every position see later tokens, so this causal LM's loss is \
              not a next-token loss and the model cannot decode left to right (see docs/model.md)"
         );
@@ -176,7 +176,7 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
     let (metrics_path, mut log) = start_metrics(&out, resumed.is_some())?;
     write_config_json(&out, &metadata(&cfg, &args, start, data_hash))?;
 
-    eprintln!(
+    crate::errln!(
         "model: {params} parameters ({}); data: {} train / {} validation bytes; {} steps of {}x{} tokens{}",
         describe(&cfg),
         ds.train.len(),
@@ -201,7 +201,10 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
         if finite {
             opt.step(&grads)?;
         } else if args.skip_nonfinite {
-            eprintln!("warning: step {}: gradient norm {norm}; the update was skipped (--skip-nonfinite)", step + 1);
+            crate::errln!(
+                "warning: step {}: gradient norm {norm}; the update was skipped (--skip-nonfinite)",
+                step + 1
+            );
         } else {
             return Err(nonfinite_error(step + 1, "gradient norm", norm));
         }

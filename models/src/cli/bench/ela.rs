@@ -156,7 +156,7 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-fn print_table(rows: &[Row], jax: bool) {
+fn print_table(rows: &[Row], jax: bool) -> Result<()> {
     let mut head = String::from(
         "| T | ELA fwd | ELA fwd+bwd | quadratic fwd | quadratic fwd+bwd | softmax fwd | softmax fwd+bwd |",
     );
@@ -165,7 +165,7 @@ fn print_table(rows: &[Row], jax: bool) {
         head += " JAX fwd | JAX fwd+bwd | JAX/ELA fwd | JAX/ELA fwd+bwd |";
         rule += "---:|---:|---:|---:|";
     }
-    println!("{head}\n{rule}");
+    crate::outln!("{head}\n{rule}");
     for r in rows {
         let mut line = format!("| {} |", r.t);
         for x in r.ela.iter().chain(&r.quadratic).chain(&r.softmax) {
@@ -180,8 +180,9 @@ fn print_table(rows: &[Row], jax: bool) {
                 ratio(r.jax[1], r.ela[1])
             );
         }
-        println!("{line}");
+        crate::outln!("{line}");
     }
+    Ok(())
 }
 
 /// Log-log plot: x = log2 T, y = log10 ms (the plot module draws linear axes, so the values are
@@ -238,13 +239,16 @@ pub fn run(args: &BenchElaArgs) -> Result<()> {
             ));
         }
     }
-    println!(
+    crate::outln!(
         "ela bench ela: causal Hadamard-Exp, B={} H={} D=Dv={} chunk {} f32, CPU",
-        args.batch, args.heads, args.dim, args.chunk
+        args.batch,
+        args.heads,
+        args.dim,
+        args.chunk
     );
-    println!("machine: {}", machine());
-    println!("command: {}", std::env::args().collect::<Vec<_>>().join(" "));
-    println!(
+    crate::outln!("machine: {}", machine());
+    crate::outln!("command: {}", std::env::args().collect::<Vec<_>>().join(" "));
+    crate::outln!(
         "date: {} (UTC); median of {} runs ({} for quadratic and softmax) after 1 warm-up; times in ms",
         super::today_utc(),
         args.reps.max(1),
@@ -257,16 +261,16 @@ pub fn run(args: &BenchElaArgs) -> Result<()> {
     if args.jax {
         run_jax(args, &times, &mut rows)?;
     }
-    println!();
-    print_table(&rows, args.jax);
-    println!(
+    crate::outln!();
+    print_table(&rows, args.jax)?;
+    crate::outln!(
         "\nquadratic and softmax stop at T = {} (--quadratic-max-t): their [B, H, T, T] matrices grow as T^2",
         args.quadratic_max_t
     );
-    println!("load average after: {}", super::load());
+    crate::outln!("load average after: {}", super::load());
     if let Some(path) = &args.svg {
         plot(args, path, &rows)?;
-        println!("plot: {}", path.display());
+        crate::outln!("plot: {}", path.display());
     }
     Ok(())
 }

@@ -152,7 +152,7 @@ pub fn train<B: Backend>(args: &DetectTrainArgs, device: &B) -> Result<DetectRep
         ));
     }
     if !data.skipped.is_empty() {
-        eprintln!("data: {}", data.skipped);
+        crate::errln!("data: {}", data.skipped);
     }
 
     let store = ParamStore::new(device, DType::F32, args.seed);
@@ -174,7 +174,7 @@ pub fn train<B: Backend>(args: &DetectTrainArgs, device: &B) -> Result<DetectRep
     let (metrics_path, mut log) = start_metrics(&out, resumed.is_some())?;
     crate::train::run::write_config_json(&out, &metadata(&cfg, &args, &classes, start))?;
 
-    eprintln!(
+    crate::errln!(
         "model: {} ({params} parameters); data: {} ({} train / {} validation images); {} steps of {} images{}",
         cfg,
         data.train.describe(),
