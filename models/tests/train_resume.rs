@@ -83,8 +83,22 @@ fn killed_run_resumes_to_the_same_losses() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
 
+    // What else a kill can leave: a record cut mid-line and the temporary file of a save that
+    // never reached its rename. The resume removes both.
+    let mut log = std::fs::OpenOptions::new().append(true).open(cut.join("metrics.jsonl")).unwrap();
+    std::io::Write::write_all(&mut log, b"{\"step\":7,\"loss\":4.1").unwrap();
+    drop(log);
+    let stale = cut.join(".checkpoint.safetensors.tmp-999999-0");
+    std::fs::write(&stale, vec![0u8; 4096]).unwrap();
+
     let out = run(&["train", "--resume", "--out", cut.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("removed a torn last record") && err.contains("removed 1 temporary file"), "{err}");
+    assert!(!stale.exists());
+    for line in std::fs::read_to_string(cut.join("metrics.jsonl")).unwrap().lines() {
+        assert!(serde_json::from_str::<serde_json::Value>(line).is_ok(), "invalid JSONL line {line:?}");
+    }
     let after = losses(&cut);
     // Steps 5 and 6 appear twice (before the kill and after resuming from step 4); every record
     // of a step must carry exactly the uninterrupted run's loss, as text, bit for bit.

@@ -9,6 +9,7 @@ use ela_nn::module::ParamStore;
 use ela_nn::optim::{AdamW, Optimizer};
 
 use super::metrics::MetricsLog;
+use super::run_lock::RunLock;
 
 /// The checkpoint's file name inside a run folder.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
@@ -81,22 +82,42 @@ impl<F: Fn(&str) -> Option<String>> SavedSettings<F> {
 /// How `run.data` records "the embedded data set".
 pub const EMBEDDED: &str = "<embedded>";
 
-/// The folder of a run (see [`resolve_run_dir`]) and, for a resume, the checkpoint saved in it.
-/// A new run refuses a folder that already holds one, so nothing saved is overwritten; `op`
-/// names the command in errors (`train`, `detect train`).
+/// A run folder opened for writing: its path, the checkpoint saved in it (for a resume), and
+/// the folder's lock, held until this value is dropped.
+pub struct OpenedRun<B: Backend> {
+    /// The folder.
+    pub dir: PathBuf,
+    /// The checkpoint to continue from (`--resume`), verified.
+    pub resumed: Option<Checkpoint<B>>,
+    /// The exclusive lock on the folder (see [`RunLock`]).
+    pub lock: RunLock,
+}
+
+/// Open the folder of a run (see [`resolve_run_dir`]): create it, take its lock (so no other
+/// process trains into it), remove temporary files left by saves that were killed, and, for a
+/// resume, load the checkpoint saved in it. A new run refuses a folder that already holds one,
+/// so nothing saved is overwritten; `op` names the command in errors (`train`, `detect train`).
 pub fn open_run<B: Backend>(
     op: &'static str,
     explicit: Option<&Path>,
     default: &Path,
     resume: bool,
     device: &B,
-) -> Result<(PathBuf, Option<Checkpoint<B>>)> {
+) -> Result<OpenedRun<B>> {
     let out = resolve_run_dir(explicit, default, resume, CHECKPOINT_FILE);
     let path = out.join(CHECKPOINT_FILE);
+    if resume && !path.exists() {
+        // Before anything is created: a mistyped --out must not leave an empty folder behind.
+        return Err(Error::invalid(op, format!("cannot resume from {}: there is no saved run there", path.display())));
+    }
+    std::fs::create_dir_all(&out).map_err(|e| Error::Io { path: out.display().to_string(), msg: e.to_string() })?;
+    // Everything below happens under the lock, so two starts cannot both pass the checks.
+    let lock = RunLock::acquire(&out, op)?;
+    remove_stale_temporaries(&out)?;
     if resume {
         let ck = checkpoint::load_verified(&path, device)
             .map_err(|e| Error::invalid(op, format!("cannot resume from {}: {e}", path.display())))?;
-        return Ok((out, Some(ck)));
+        return Ok(OpenedRun { dir: out, resumed: Some(ck), lock });
     }
     if path.exists() {
         return Err(Error::invalid(
@@ -104,7 +125,33 @@ pub fn open_run<B: Backend>(
             format!("{} already holds a run; continue it with --resume or choose another --out", out.display()),
         ));
     }
-    Ok((out, None))
+    Ok(OpenedRun { dir: out, resumed: None, lock })
+}
+
+/// Delete the `.<name>.tmp-<pid>-<n>` files that [`checkpoint::write_atomic`] leaves when the
+/// process is killed between creating and renaming one (a checkpoint's worth of bytes each).
+/// Called with the folder's lock held, so none of them belongs to a live save.
+fn remove_stale_temporaries(dir: &Path) -> Result<()> {
+    let io = |p: &Path, e: std::io::Error| Error::Io { path: p.display().to_string(), msg: e.to_string() };
+    let (mut count, mut bytes) = (0usize, 0u64);
+    for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let entry = entry.map_err(|e| io(dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.contains(".tmp-") && entry.file_type().is_ok_and(|t| t.is_file()) {
+            bytes += entry.metadata().map_or(0, |m| m.len());
+            std::fs::remove_file(entry.path()).map_err(|e| io(&entry.path(), e))?;
+            count += 1;
+        }
+    }
+    if count > 0 {
+        crate::errln!(
+            "removed {count} temporary file(s) ({}) left in {} by a save that was interrupted",
+            ela_core::error::human_bytes(bytes),
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Load a resumed run's weights (with buffers) into `store` and its optimizer state into `opt`,
@@ -118,8 +165,8 @@ pub fn restore<B: Backend>(ck: &Checkpoint<B>, store: &ParamStore<B>, opt: &mut 
         .ok_or_else(|| Error::invalid("resume", "the checkpoint has no run.step"))
 }
 
-/// Create the run folder and open its `metrics.jsonl` for appending: a resumed run continues
-/// the log, a new one starts it afresh.
+/// Open the run folder's `metrics.jsonl` for appending: a resumed run continues the log (with
+/// a torn last record removed, see [`repair_torn_tail`]), a new one starts it afresh.
 pub fn start_metrics(out: &Path, resumed: bool) -> Result<(PathBuf, MetricsLog)> {
     let io = |p: &Path, e: std::io::Error| Error::Io { path: p.display().to_string(), msg: e.to_string() };
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
@@ -128,8 +175,37 @@ pub fn start_metrics(out: &Path, resumed: bool) -> Result<(PathBuf, MetricsLog)>
     if !resumed && path.exists() {
         std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
     }
+    if resumed {
+        let cut = repair_torn_tail(&path)?;
+        if cut > 0 {
+            crate::errln!("{}: removed a torn last record ({cut} bytes) left by an interrupted write", path.display());
+        }
+    }
     let log = MetricsLog::append(&path)?;
     Ok((path, log))
+}
+
+/// Truncate a JSONL file after its last newline and return how many bytes were cut. Each record
+/// is written whole by one `write_all` ending in its newline, so bytes after the last newline
+/// are a record a kill or a full disk interrupted; appending after them would glue the next
+/// record onto the fragment and make the line invalid. A missing file is left alone.
+pub fn repair_torn_tail(path: &Path) -> Result<u64> {
+    let io = |e: std::io::Error| Error::Io { path: path.display().to_string(), msg: e.to_string() };
+    match std::fs::metadata(path) {
+        // Only a regular file can be torn (and reading a device such as /dev/full never ends).
+        Ok(m) if !m.is_file() => return Ok(0),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(e)),
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
+    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let cut = (bytes.len() - keep) as u64;
+    if cut > 0 {
+        let f = std::fs::OpenOptions::new().write(true).open(path).map_err(io)?;
+        f.set_len(keep as u64).and_then(|_| f.sync_all()).map_err(io)?;
+    }
+    Ok(cut)
 }
 
 #[cfg(test)]
@@ -152,5 +228,85 @@ mod tests {
         let mine = root.join("mine");
         assert_eq!(resolve_run_dir(Some(&mine), &base, false, "ck"), mine);
         std::fs::remove_dir_all(&root).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod fault_tests {
+    use super::*;
+    use std::io::Write;
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ela-run-fault-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A writer that accepts `budget` bytes and then fails like a full disk.
+    struct FullDisk<W: Write> {
+        inner: W,
+        budget: usize,
+    }
+
+    impl<W: Write> Write for FullDisk<W> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.budget == 0 {
+                return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            let n = buf.len().min(self.budget);
+            self.budget -= n;
+            self.inner.write(&buf[..n])
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.inner.flush()
+        }
+    }
+
+    #[test]
+    fn a_record_cut_by_a_full_disk_is_removed_on_resume() {
+        let dir = tmp("torn");
+        let path = dir.join("metrics.jsonl");
+        std::fs::write(&path, "{\"step\":1}\n{\"step\":2}\n").unwrap();
+        // The third record runs out of space half way through.
+        let file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut w = FullDisk { inner: file, budget: 5 };
+        assert!(w.write_all(b"{\"step\":3}\n").is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"step\":1}\n{\"step\":2}\n{\"ste");
+        assert_eq!(repair_torn_tail(&path).unwrap(), 5);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"step\":1}\n{\"step\":2}\n");
+        // Whole files, missing files and devices are left alone.
+        assert_eq!(repair_torn_tail(&path).unwrap(), 0);
+        assert_eq!(repair_torn_tail(&dir.join("none.jsonl")).unwrap(), 0);
+        #[cfg(target_os = "linux")]
+        assert_eq!(repair_torn_tail(Path::new("/dev/full")).unwrap(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_second_lock_on_a_folder_fails_naming_the_holder() {
+        let dir = tmp("lock");
+        let held = RunLock::acquire(&dir, "train").unwrap();
+        // flock locks belong to open files, so a second open in this process conflicts too.
+        let e = RunLock::acquire(&dir, "train").unwrap_err().to_string();
+        assert!(e.contains(&format!("process {}", std::process::id())) && e.contains("--out"), "{e}");
+        drop(held);
+        let again = RunLock::acquire(&dir, "train").unwrap();
+        assert_eq!(std::fs::read_to_string(again.path()).unwrap(), std::process::id().to_string());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stale_temporaries_are_removed_and_other_files_kept() {
+        let dir = tmp("stale");
+        for f in [".checkpoint.safetensors.tmp-123-0", ".config.json.tmp-9-4", "checkpoint.safetensors", ".lock"] {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        remove_stale_temporaries(&dir).unwrap();
+        let mut left: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, [".lock", "checkpoint.safetensors"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

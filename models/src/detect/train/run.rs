@@ -115,7 +115,13 @@ fn metadata(cfg: &DetectorConfig, args: &DetectTrainArgs, classes: &[String], st
 /// Train (or resume) as `args` says, on `device`.
 pub fn train<B: Backend>(args: &DetectTrainArgs, device: &B) -> Result<DetectReport> {
     let mut args = args.clone();
-    let (out, resumed) = open_run("detect train", args.out.as_deref(), Path::new(DEFAULT_OUT), args.resume, device)?;
+    if !args.resume {
+        // A new run's settings are all known now: refuse bad ones before a folder is made.
+        args.validate()?;
+    }
+    let run = open_run("detect train", args.out.as_deref(), Path::new(DEFAULT_OUT), args.resume, device)?;
+    // Held to the end of the run: no other process may write into this folder meanwhile.
+    let (out, resumed, _lock) = (run.dir, run.resumed, run.lock);
     let ckpt_path = out.join(CKPT);
     if let Some(ck) = &resumed {
         args.apply_run_pairs(|k| ck.metadata.get(k).cloned())?;
