@@ -138,6 +138,8 @@ fn bad_inputs_are_one_line_errors() {
         assert!(err.starts_with("error: "), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+    // A refused run leaves no folder behind (not even one holding only its lock).
+    assert!(!Path::new("/tmp/ela-never").exists());
 }
 
 #[test]

@@ -110,9 +110,10 @@ pub fn open_run<B: Backend>(
         // Before anything is created: a mistyped --out must not leave an empty folder behind.
         return Err(Error::invalid(op, format!("cannot resume from {}: there is no saved run there", path.display())));
     }
+    let created = !out.exists();
     std::fs::create_dir_all(&out).map_err(|e| Error::Io { path: out.display().to_string(), msg: e.to_string() })?;
     // Everything below happens under the lock, so two starts cannot both pass the checks.
-    let lock = RunLock::acquire(&out, op)?;
+    let lock = RunLock::acquire_in(&out, op, created)?;
     remove_stale_temporaries(&out)?;
     if resume {
         let ck = checkpoint::load_verified(&path, device)
