@@ -72,8 +72,12 @@ impl<F: Fn(&str) -> Option<String>> SavedSettings<F> {
         v.parse().map_err(|_| Error::invalid("resume", format!("run.{key}: cannot parse {v:?}")))
     }
 
-    /// `run.data`: a path, or `None` for the embedded data (saved as `<embedded>`).
+    /// `run.data`: a path, or `None` for the embedded data (saved as `<embedded>`). A path
+    /// that is not valid Unicode was saved byte for byte in `run.data_hex` (see [`data_pairs`]).
     pub fn data_path(&self) -> Result<Option<PathBuf>> {
+        if let Some(hex) = (self.0)("run.data_hex") {
+            return path_from_hex(&hex).map(Some);
+        }
         let data = self.text("data")?;
         Ok((data != EMBEDDED).then(|| PathBuf::from(data)))
     }
@@ -81,6 +85,57 @@ impl<F: Fn(&str) -> Option<String>> SavedSettings<F> {
 
 /// How `run.data` records "the embedded data set".
 pub const EMBEDDED: &str = "<embedded>";
+
+/// The `(key, value)` pairs that record a `--data` path in the run settings, losslessly: the
+/// path as text in `data`, and, when it is not valid Unicode (possible on Unix, where a path is
+/// any bytes), its exact bytes in hex in `data_hex` as well, so `--resume` finds the same file
+/// (`data` then holds a readable, lossy rendering for people). Other platforms' paths are
+/// checked up front by [`check_storable_path`].
+pub fn data_pairs(data: Option<&Path>) -> Vec<(&'static str, String)> {
+    let Some(p) = data else { return vec![("data", EMBEDDED.to_string())] };
+    let mut v = vec![("data", p.display().to_string())];
+    if p.to_str().is_none() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            v.push(("data_hex", p.as_os_str().as_bytes().iter().map(|b| format!("{b:02x}")).collect()));
+        }
+    }
+    v
+}
+
+/// Refuse a path the run settings cannot store exactly: none on Unix (see [`data_pairs`]); a
+/// path that is not valid Unicode elsewhere.
+pub fn check_storable_path(op: &'static str, p: &Path) -> Result<()> {
+    if cfg!(unix) || p.to_str().is_some() {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        op,
+        format!("--data {} is not valid Unicode, so --resume could not find it again; rename it", p.display()),
+    ))
+}
+
+fn path_from_hex(hex: &str) -> Result<PathBuf> {
+    let bad = || Error::invalid("resume", format!("run.data_hex: {hex:?} is not a hex byte string"));
+    if !hex.len().is_multiple_of(2) {
+        return Err(bad());
+    }
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect::<Option<_>>()
+        .ok_or_else(bad)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStringExt;
+        Ok(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+    }
+    #[cfg(not(unix))]
+    {
+        String::from_utf8(bytes).map(PathBuf::from).map_err(|_| bad())
+    }
+}
 
 /// A run folder opened for writing: its path, the checkpoint saved in it (for a resume), and
 /// the folder's lock, held until this value is dropped.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use ela_core::{Error, Result};
 
-use crate::report::run_dir::{SavedSettings, EMBEDDED};
+use crate::report::run_dir::{check_storable_path, data_pairs, SavedSettings};
 
 use crate::lm::{AttnKind, Link, LmConfig, LobeMode, MoeSpec};
 
@@ -206,24 +206,23 @@ impl TrainArgs {
     /// The run settings (everything but paths and the device) as `(key, value)` strings, saved
     /// with the checkpoint so `--resume` continues the same run.
     pub fn run_pairs(&self) -> Vec<(String, String)> {
-        let data = self.data.as_ref().map_or(EMBEDDED.to_string(), |p| p.display().to_string());
-        [
-            ("data", data),
-            ("steps", self.steps.to_string()),
-            ("batch", self.batch.to_string()),
-            ("seq", self.seq.to_string()),
-            ("lr", format!("{:?}", self.lr)),
-            ("min_lr", format!("{:?}", self.min_lr)),
-            ("warmup", self.warmup.to_string()),
-            ("weight_decay", format!("{:?}", self.weight_decay)),
-            ("clip", format!("{:?}", self.clip)),
-            ("seed", self.seed.to_string()),
-            ("eval_every", self.eval_every.to_string()),
-            ("eval_windows", self.eval_windows.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (format!("run.{k}"), v))
-        .collect()
+        data_pairs(self.data.as_deref())
+            .into_iter()
+            .chain([
+                ("steps", self.steps.to_string()),
+                ("batch", self.batch.to_string()),
+                ("seq", self.seq.to_string()),
+                ("lr", format!("{:?}", self.lr)),
+                ("min_lr", format!("{:?}", self.min_lr)),
+                ("warmup", self.warmup.to_string()),
+                ("weight_decay", format!("{:?}", self.weight_decay)),
+                ("clip", format!("{:?}", self.clip)),
+                ("seed", self.seed.to_string()),
+                ("eval_every", self.eval_every.to_string()),
+                ("eval_windows", self.eval_windows.to_string()),
+            ])
+            .map(|(k, v)| (format!("run.{k}"), v))
+            .collect()
     }
 
     /// Overwrite the run settings from saved pairs (for `--resume`).
@@ -246,6 +245,9 @@ impl TrainArgs {
 
     /// Check ranges before anything is built.
     pub fn validate(&self) -> Result<()> {
+        if let Some(p) = &self.data {
+            check_storable_path("train", p)?;
+        }
         if self.steps == 0 || self.batch == 0 || self.seq == 0 {
             return Err(Error::invalid("train", "--steps, --batch and --seq must be positive"));
         }

@@ -57,16 +57,17 @@ fn io(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Io { path: path.display().to_string(), msg: e.to_string() }
 }
 
-fn load_text(path: &Option<PathBuf>) -> Result<String> {
+/// The training data's bytes exactly as stored: the embedded corpus, or the `--data` file
+/// read without any decoding (the model is byte-level; see [`ByteTokenizer::encode_bytes`]).
+pub fn load_text(path: &Option<PathBuf>) -> Result<Vec<u8>> {
     match path {
-        None => Ok(default_corpus()),
+        None => Ok(default_corpus().into_bytes()),
         Some(p) => {
             let bytes = std::fs::read(p).map_err(|e| io(p, format!("cannot read the training text: {e}")))?;
             if bytes.is_empty() {
                 return Err(io(p, "the training text is empty"));
             }
-            // Byte-level tokens: any file works, but say so if it is not text.
-            Ok(String::from_utf8_lossy(&bytes).into_owned())
+            Ok(bytes)
         }
     }
 }
@@ -155,8 +156,8 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
         );
     }
     let text = load_text(&args.data)?;
-    let data_hash = xxh64(text.as_bytes(), 0);
-    let tokens = ByteTokenizer.encode(&text);
+    let data_hash = xxh64(&text, 0);
+    let tokens = ByteTokenizer.encode_bytes(&text);
     let ds = TextDataset::split(tokens, 0.1, args.seq)?;
 
     let store = ParamStore::new(device, DType::F32, args.seed);

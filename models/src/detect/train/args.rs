@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use ela_core::{Error, Result};
 
-use crate::report::run_dir::{SavedSettings, EMBEDDED};
+use crate::report::run_dir::{check_storable_path, data_pairs, SavedSettings};
 
 use super::run::DataSpec;
 use crate::detect::model::{Arch, DetectorConfig, LossConfig, Neck};
@@ -133,28 +133,27 @@ impl DetectTrainArgs {
     /// The run settings (everything but the output path and the device) as `(key, value)`
     /// strings, saved with the checkpoint.
     pub fn run_pairs(&self) -> Vec<(String, String)> {
-        let data = self.data.as_ref().map_or(EMBEDDED.to_string(), |p| p.display().to_string());
-        [
-            ("data", data),
-            ("synth_train", self.synth_train.to_string()),
-            ("synth_val", self.synth_val.to_string()),
-            ("steps", self.steps.to_string()),
-            ("batch", self.batch.to_string()),
-            ("lr", format!("{:?}", self.lr)),
-            ("min_lr", format!("{:?}", self.min_lr)),
-            ("warmup", self.warmup.to_string()),
-            ("weight_decay", format!("{:?}", self.weight_decay)),
-            ("clip", format!("{:?}", self.clip)),
-            ("augment", (!self.no_augment).to_string()),
-            ("box_gain", format!("{:?}", self.box_gain)),
-            ("cls_gain", format!("{:?}", self.cls_gain)),
-            ("obj_gain", format!("{:?}", self.obj_gain)),
-            ("seed", self.seed.to_string()),
-            ("eval_every", self.eval_every.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (format!("run.{k}"), v))
-        .collect()
+        data_pairs(self.data.as_deref())
+            .into_iter()
+            .chain([
+                ("synth_train", self.synth_train.to_string()),
+                ("synth_val", self.synth_val.to_string()),
+                ("steps", self.steps.to_string()),
+                ("batch", self.batch.to_string()),
+                ("lr", format!("{:?}", self.lr)),
+                ("min_lr", format!("{:?}", self.min_lr)),
+                ("warmup", self.warmup.to_string()),
+                ("weight_decay", format!("{:?}", self.weight_decay)),
+                ("clip", format!("{:?}", self.clip)),
+                ("augment", (!self.no_augment).to_string()),
+                ("box_gain", format!("{:?}", self.box_gain)),
+                ("cls_gain", format!("{:?}", self.cls_gain)),
+                ("obj_gain", format!("{:?}", self.obj_gain)),
+                ("seed", self.seed.to_string()),
+                ("eval_every", self.eval_every.to_string()),
+            ])
+            .map(|(k, v)| (format!("run.{k}"), v))
+            .collect()
     }
 
     /// Overwrite the run settings from saved pairs (for `--resume`).
@@ -198,6 +197,9 @@ impl DetectTrainArgs {
     /// Check ranges and finiteness before anything is built.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::invalid("detect train", msg));
+        if let Some(p) = &self.data {
+            check_storable_path("detect train", p)?;
+        }
         if self.steps == 0 || self.batch == 0 || self.eval_every == 0 {
             return bad("--steps, --batch and --eval-every must be positive".into());
         }
