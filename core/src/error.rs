@@ -90,6 +90,8 @@ pub enum Error {
         needed: u64,
         /// Bytes available, when known.
         available: Option<u64>,
+        /// Where `available` came from (e.g. "MemAvailable"), or "" when unknown.
+        source: &'static str,
     },
     /// Two operands have different dtypes.
     DTypeMismatch {
@@ -188,10 +190,13 @@ impl std::fmt::Display for Error {
                  dimensions exceeds 2^60, the most whose bytes fit in isize::MAX at 8 bytes each); check the \
                  sizes that produced it"
             ),
-            Error::OutOfMemory { op, what, needed, available } => {
+            Error::OutOfMemory { op, what, needed, available, source } => {
                 write!(f, "{op}: {what} needs {}", human_bytes(*needed))?;
                 match available {
-                    Some(a) => write!(f, " but only {} is available; use smaller sizes", human_bytes(*a)),
+                    Some(a) if source.is_empty() => {
+                        write!(f, " but only {} is available; use smaller sizes", human_bytes(*a))
+                    }
+                    Some(a) => write!(f, " but only {} is available ({source}); use smaller sizes", human_bytes(*a)),
                     None => write!(f, ", which could not be allocated; use smaller sizes"),
                 }
             }

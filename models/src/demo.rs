@@ -7,6 +7,7 @@
 
 use std::time::Instant;
 
+use crate::budget::Estimate;
 use ela_autograd::{gradcheck, no_grad, GradcheckOptions, Var};
 use ela_core::{Cpu, DType, Error, Result, Rng, Tensor};
 
@@ -79,6 +80,17 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     if args.steps == 0 || args.points == 0 || args.hidden == 0 {
         return Err(Error::invalid("demo", "--steps, --points and --hidden must be positive"));
     }
+    if !(args.lr.is_finite() && args.lr > 0.0) {
+        return Err(Error::invalid("demo", format!("--lr must be finite and positive, got {}", args.lr)));
+    }
+    // Points (3 arms of --points each, 2 coordinates) in f32 and their labels, and the MLP's
+    // activations over all of them (hidden pre- and post-ReLU with gradients, logits).
+    let n = (args.points as u64).saturating_mul(CLASSES as u64);
+    let mut e = Estimate::new();
+    e.add("points and labels", n, 2 * 4 + 4);
+    e.add("activations", n.saturating_mul(args.hidden as u64), 4 * 4);
+    e.add("weights", (args.hidden as u64).saturating_mul(2 + 1 + CLASSES as u64 + 1), 4 * 4);
+    e.check("demo")?;
     let mut rng = Rng::new(args.seed);
     let (xs, ys) = spirals(args.points, &mut rng);
     let n = ys.len();

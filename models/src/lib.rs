@@ -4,6 +4,7 @@
 //! benchmarks them.
 #![warn(missing_docs)]
 
+pub mod budget;
 pub mod cli;
 pub mod console;
 pub mod data;

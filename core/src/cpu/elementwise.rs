@@ -406,6 +406,7 @@ pub fn full(len: usize, value: f64, dtype: DType) -> Result<CpuStorage> {
             what: format!("a buffer of {len} {:?} elements", T::DTYPE),
             needed: (len as u64).saturating_mul(T::DTYPE.size_in_bytes() as u64),
             available: None,
+            source: "",
         })?;
         buf.resize(len, T::from_f64(v));
         Ok(T::wrap(buf))

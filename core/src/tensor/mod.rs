@@ -65,6 +65,7 @@ fn host_samples(n: usize, op: &'static str, mut draw: impl FnMut() -> f64) -> Re
         what: format!("{n} host samples"),
         needed: (n as u64).saturating_mul(8),
         available: None,
+        source: "",
     })?;
     v.extend((0..n).map(|_| draw()));
     Ok(v)

@@ -203,7 +203,7 @@ fn eval<B: Backend>(args: &EvalArgs, dev: &B) -> Result<()> {
     if args.batch == 0 {
         return Err(Error::invalid("detect eval", "--batch must be positive"));
     }
-    let saved = SavedDetector::load(&args.checkpoint, dev)?;
+    let saved = SavedDetector::load_for(&args.checkpoint, dev, args.batch)?;
     let run = SavedSettings(|k: &str| saved.metadata.get(k).cloned());
     let data_dir = match &args.data {
         Some(d) => Some(d.clone()),

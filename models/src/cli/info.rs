@@ -1,11 +1,10 @@
 //! `ela info`: parameter counts per component (and, for detectors, GFLOPs at the input size).
 
-use ela_core::{Cpu, DType, Error, Result};
-use ela_nn::module::ParamStore;
+use ela_core::{Error, Result};
 
 use crate::detect::model::component_report;
 use crate::detect::train::DetectorArgs;
-use crate::lm::ElaLm;
+use crate::lm::size::{param_count, param_report};
 use crate::train::{run::describe, ModelArgs};
 
 /// Options of `ela info`.
@@ -62,25 +61,14 @@ fn detector_info(args: &InfoArgs) -> Result<()> {
 
 fn lm_info(lm: &ModelArgs) -> Result<()> {
     let cfg = lm.to_config()?;
-    let store = ParamStore::new(&Cpu, DType::F32, 0);
-    let model = ElaLm::new(&store, cfg.clone())?;
-    crate::outln!("{}", describe(model.config()));
+    // Counted from the configuration (lm/size.rs), not by building the model: any size answers
+    // at once, and an impossible one is an overflow error instead of an allocation.
+    let report = param_report(&cfg)?;
+    crate::outln!("{}", describe(&cfg));
     crate::outln!("{:<28} {:>12}", "component", "parameters");
-    // Group layer parameters by component (attn, moe/ffn, lobe, norms) across layers.
-    let mut by_kind = std::collections::BTreeMap::<String, usize>::new();
-    for (name, v) in store.named_params() {
-        let n = v.value().elem_count();
-        let parts: Vec<&str> = name.split('.').collect();
-        let key = if parts[0] == "layers" && parts.len() > 2 {
-            format!("layers.*.{}", parts[2])
-        } else {
-            parts[0].to_string()
-        };
-        *by_kind.entry(key).or_default() += n;
-    }
-    for (k, n) in &by_kind {
+    for (k, n) in &report {
         crate::outln!("{k:<28} {n:>12}");
     }
-    crate::outln!("{:<28} {:>12}", "total", store.num_params());
+    crate::outln!("{:<28} {:>12}", "total", param_count(&cfg)?);
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! rounded values are widened back for the reference), with its gradients from the autograd tape.
 //! The fast forms run in `--dtype` on `--device`. Errors are measured on the host in f64.
 
+use crate::budget::Estimate;
 use ela_core::{Backend, Cpu, DType, ElaKernel, Error, Result, Rng, Tensor};
 use ela_nn::ela::{Ela, Form};
 
@@ -190,6 +191,19 @@ fn verify_kernel<B: Backend>(
     let ref_y = reference.y.to_vec_f64()?;
     let ref_g = reference.grads.ok_or_else(|| Error::invalid("ela verify", "the reference returned no gradients"))?;
     let ref_g = [ref_g.dq.to_vec_f64()?, ref_g.dk.to_vec_f64()?, ref_g.dv.to_vec_f64()?];
+    // The oracle has no answer when its own f64 arithmetic overflows (exp(q.k) beyond ~1e308 at
+    // a large --scale): comparing against it would report every form as FAIL.
+    if ref_y.iter().chain(ref_g.iter().flatten()).any(|x| !x.is_finite()) {
+        return Err(Error::invalid(
+            "ela verify",
+            format!(
+                "the f64 quadratic reference itself overflows for {} at --scale {} (its kernel values exceed the \
+                 f64 range), so there is nothing exact to compare with; lower --scale",
+                kernel.name(),
+                args.scale
+            ),
+        ));
+    }
     let grad_floor = max_abs(&dy.to_vec_f64()?) * max_abs(&cpu[2].to_vec_f64()?);
 
     let on_dev = |x: &Tensor<Cpu>| x.to_device(dev);
@@ -236,7 +250,15 @@ fn check_args(args: &VerifyArgs) -> Result<(Vec<ElaKernel>, DType)> {
             format!("unknown --inputs {:?}; expected conditioned or normal", args.inputs),
         ));
     }
-    let gib = (args.batch * args.heads) as f64 * (args.time as f64).powi(2) * 8.0 / (1u64 << 30) as f64;
+    if !(args.max_reference_gib.is_finite() && args.max_reference_gib > 0.0) {
+        // NaN would compare false below and disable the guard.
+        return Err(Error::invalid(
+            "ela verify",
+            format!("--max-reference-gib must be finite and positive, got {}", args.max_reference_gib),
+        ));
+    }
+    // In f64: the integer product can overflow for absurd sizes, which is what this catches.
+    let gib = args.batch as f64 * args.heads as f64 * (args.time as f64).powi(2) * 8.0 / (1u64 << 30) as f64;
     if gib > args.max_reference_gib {
         return Err(Error::invalid(
             "ela verify",
@@ -250,6 +272,14 @@ fn check_args(args: &VerifyArgs) -> Result<(Vec<ElaKernel>, DType)> {
             ),
         ));
     }
+    // Everything else: inputs, outputs and gradients of every form in the input dtype and in
+    // f64 for the reference (about 12 [B, H, T, max(D, Dv)] tensors), beside the T x T guard.
+    let width = args.dim.max(args.dv.unwrap_or(args.dim)) as u64;
+    let bht = (args.batch as u64).saturating_mul(args.heads as u64).saturating_mul(args.time as u64);
+    let mut e = Estimate::new();
+    e.add("inputs, outputs and gradients", bht.saturating_mul(width), 12 * 8);
+    e.add("the quadratic reference's T x T matrices", bht.saturating_mul(args.time as u64), 3 * 8);
+    e.check("ela verify")?;
     let dtype: DType = args.dtype.parse()?;
     tolerance(dtype)?;
     let kernels = match &args.kernel {

@@ -12,6 +12,7 @@ use ela_nn::module::ParamStore;
 use ela_nn::optim::{clip_grad_norm, AdamW, AdamWConfig, Optimizer, WarmupCosine};
 
 use super::args::TrainArgs;
+use crate::budget::Estimate;
 use crate::data::{default_corpus, Batch, ByteTokenizer, TextDataset};
 use crate::lm::{generate, ElaLm, LmConfig, SampleConfig};
 use crate::report::metrics::Value;
@@ -50,6 +51,9 @@ pub struct TrainReport {
 
 const CKPT: &str = CHECKPOINT_FILE;
 
+/// The prompt of the sample printed at the end of a run.
+const SAMPLE_PROMPT: &str = "the ";
+
 /// Where a run goes without `--out` (see [`crate::report::run_dir::resolve_run_dir`]).
 pub const DEFAULT_OUT: &str = "runs/ela-small";
 
@@ -70,6 +74,29 @@ pub fn load_text(path: &Option<PathBuf>) -> Result<Vec<u8>> {
             Ok(bytes)
         }
     }
+}
+
+/// Refuse a run whose model, optimizer state, activations, data or sample cannot fit in the
+/// memory available (see [`crate::budget`]), from the configuration alone.
+fn check_memory(cfg: &LmConfig, args: &TrainArgs) -> Result<()> {
+    let params = crate::lm::size::param_count(cfg)?;
+    let mut e = Estimate::new();
+    crate::lm::size::add_training(&mut e, cfg, params, args.batch, args.seq);
+    let data_bytes = match &args.data {
+        None => default_corpus().len() as u64,
+        // Unreadable files are reported by the load itself, with its own message.
+        Some(p) => std::fs::metadata(p).map_or(0, |m| m.len()),
+    };
+    // The bytes, and one u32 token per byte.
+    e.add("training data", data_bytes, 1 + 4);
+    e.add("the sample", args.sample_len as u64, 4 + 1);
+    e.check("train")?;
+    // The sample at the end must fit the rotary embedding: say so now, not after training.
+    if cfg.lobe != crate::lm::LobeMode::Bidirectional {
+        crate::lm::generate::check_positions(cfg, SAMPLE_PROMPT.len(), args.sample_len)
+            .map_err(|e| Error::invalid("train", format!("--sample-len {}: {e}", args.sample_len)))?;
+    }
+    Ok(())
 }
 
 /// Cross-entropy on `val` of byte frequencies counted on `train` (add-one smoothing).
@@ -133,9 +160,10 @@ pub(crate) fn write_config_json(out: &Path, meta: &Metadata) -> Result<()> {
 pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
     let mut args = args.clone();
     if !args.resume {
-        // A new run's settings are all known now: refuse bad ones before a folder is made.
+        // A new run's settings are all known now: refuse bad ones (and sizes the machine cannot
+        // hold) before a folder is made.
         args.validate()?;
-        args.model.to_config()?;
+        check_memory(&args.model.to_config()?, &args)?;
     }
     let run = open_run("train", args.out.as_deref(), Path::new(DEFAULT_OUT), args.resume, device)?;
     // Held to the end of the run: no other process may write into this folder meanwhile.
@@ -155,6 +183,8 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
              not a next-token loss and the model cannot decode left to right (see docs/model.md)"
         );
     }
+    // The stored config of a resumed run is checked here, before anything is built from it.
+    check_memory(&cfg, &args)?;
     let text = load_text(&args.data)?;
     let data_hash = xxh64(&text, 0);
     let tokens = ByteTokenizer.encode_bytes(&text);
@@ -264,14 +294,14 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
     }
     let plot = out.join("loss.svg");
     plot_metrics(&metrics_path, &plot)?;
-    let prompt = ByteTokenizer.encode("the ");
+    let prompt = ByteTokenizer.encode(SAMPLE_PROMPT);
     let sample_cfg = SampleConfig::default();
     // A bidirectional lobe sees the future, so such a model has no left-to-right sample.
     let sample = if cfg.lobe == crate::lm::LobeMode::Bidirectional {
         "(no sample: a model with a bidirectional lobe cannot decode left to right)".to_string()
     } else {
         let new = generate(&model, &prompt, args.sample_len, &sample_cfg, &mut Rng::new(args.seed))?;
-        format!("the {}", ByteTokenizer.decode(&new))
+        format!("{SAMPLE_PROMPT}{}", ByteTokenizer.decode(&new))
     };
     Ok(TrainReport {
         params,

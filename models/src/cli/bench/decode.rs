@@ -19,6 +19,8 @@ use ela_core::{Backend, CpuStorage, DType, Error, Result, Rng, Tensor};
 use ela_nn::module::ParamStore;
 
 use super::{fmt_bytes, fmt_ms, machine, median, parse_list};
+use crate::budget::Estimate;
+use crate::lm::size::{add_decoding, add_prefill, param_count};
 use crate::lm::{AttnKind, ElaLm, Link, LmConfig, LobeMode};
 
 /// Options of `ela bench decode`.
@@ -134,6 +136,19 @@ pub fn run(args: &BenchDecodeArgs) -> Result<()> {
     }
     args.check_kernel()?;
     config(args, AttnKind::Softmax).validate()?;
+    // The longest context of each model decides (softmax only up to its own limit).
+    for (kind, limit) in [
+        (AttnKind::Ela { kernel: args.kernel.clone(), chunk: args.chunk }, usize::MAX),
+        (AttnKind::Softmax, args.softmax_max_context),
+    ] {
+        let cfg = config(args, kind);
+        let Some(&n) = contexts.iter().filter(|&&n| n <= limit).max() else { continue };
+        let mut e = Estimate::new();
+        add_decoding(&mut e, &cfg, param_count(&cfg)?, n.saturating_add(args.steps + 1));
+        add_prefill(&mut e, &cfg, n);
+        e.add("prompt", n as u64, 4);
+        e.check("ela bench decode")?;
+    }
     // A missing GPU is a one-line error before any output.
     crate::on_device!(&args.device, |_dev| Ok::<(), Error>(()))?;
     crate::outln!(

@@ -20,6 +20,8 @@ use ela_core::{Cpu, DType, ElaKernel, ElaParams, Error, Result, Rng, Tensor};
 use ela_nn::attention::softmax_attention;
 use ela_nn::ela::{Ela, Form};
 
+use crate::budget::Estimate;
+
 use super::{fmt_ms, machine, median_ms, parse_list};
 use crate::report::plot::{write_svg, Series};
 
@@ -228,6 +230,21 @@ pub fn run(args: &BenchElaArgs) -> Result<()> {
             return Err(Error::invalid("ela bench ela", format!("{flag} must be at least 1")));
         }
     }
+    // The largest T decides: q, k, v, dy and the outputs and gradients (about 10 [B, H, T, D]
+    // f32 tensors), and up to the quadratic limit three [B, H, T, T] score matrices.
+    let mut worst = Estimate::new();
+    for &t in &times {
+        let bht = (args.batch as u64).saturating_mul(args.heads as u64).saturating_mul(t as u64);
+        let mut e = Estimate::new();
+        e.add(format!("ELA tensors at T={t}"), bht.saturating_mul(args.dim as u64), 10 * 4);
+        if t <= args.quadratic_max_t {
+            e.add(format!("T x T scores at T={t}"), bht.saturating_mul(t as u64), 3 * 4);
+        }
+        if e.total() > worst.total() {
+            worst = e;
+        }
+    }
+    worst.check("ela bench ela")?;
     if args.jax {
         if let Some(t) = times.iter().find(|&&t| t % args.chunk != 0) {
             return Err(Error::invalid(

@@ -112,12 +112,21 @@ fn metadata(cfg: &DetectorConfig, args: &DetectTrainArgs, classes: &[String], st
     m
 }
 
+/// Refuse a run whose model, optimizer state and batches cannot fit in the memory available.
+fn check_memory(cfg: &DetectorConfig, args: &DetectTrainArgs) -> Result<()> {
+    let mut e = crate::budget::Estimate::new();
+    crate::detect::model::cost::add_memory(&mut e, cfg, args.batch, true)?;
+    e.check("detect train")
+}
+
 /// Train (or resume) as `args` says, on `device`.
 pub fn train<B: Backend>(args: &DetectTrainArgs, device: &B) -> Result<DetectReport> {
     let mut args = args.clone();
     if !args.resume {
         // A new run's settings are all known now: refuse bad ones before a folder is made.
         args.validate()?;
+        // The class count is known only from the data; one class is the least the run needs.
+        check_memory(&args.model.to_config(1)?, &args)?;
     }
     let run = open_run("detect train", args.out.as_deref(), Path::new(DEFAULT_OUT), args.resume, device)?;
     // Held to the end of the run: no other process may write into this folder meanwhile.
@@ -151,6 +160,8 @@ pub fn train<B: Backend>(args: &DetectTrainArgs, device: &B) -> Result<DetectRep
         Some(c) => c,
         None => args.model.to_config(classes.len())?,
     };
+    // A resumed run's stored configuration is checked here, before anything is built from it.
+    check_memory(&cfg, &args)?;
     if cfg.num_classes != classes.len() {
         return Err(Error::invalid(
             "detect train --resume",
