@@ -137,6 +137,42 @@ fn path_from_hex(hex: &str) -> Result<PathBuf> {
     }
 }
 
+/// Refuse `--resume` flags that contradict the run being resumed. A resumed run continues with
+/// the settings saved in its checkpoint (that is what makes it bit-exact), so a flag such as
+/// `--lr 0.1` given with `--resume` used to be ignored without a word. `given` lists the
+/// options given on the command line (clap ids: `lr`, `dim`, ...), `user` the settings those
+/// options describe as saved `(key, value)` pairs, and `keys_of` the saved keys an option
+/// sets. An option whose keys hold the saved values anyway is fine (rerunning the original
+/// command with `--resume` works); the first that differs is an error naming both values.
+pub fn check_resume_flags(
+    op: &'static str,
+    given: &[String],
+    user: &[(String, String)],
+    saved: impl Fn(&str) -> Option<String>,
+    keys_of: impl Fn(&str) -> Vec<String>,
+) -> Result<()> {
+    for id in given {
+        for key in keys_of(id) {
+            let mine = user.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
+            let theirs = saved(&key);
+            if mine != theirs {
+                return Err(Error::invalid(
+                    op,
+                    format!(
+                        "--{} gives {} = {} but the run being resumed has {}; a resumed run keeps its own \
+                         settings, so drop the flag (or start a new run with another --out)",
+                        id.replace('_', "-"),
+                        key,
+                        mine.as_deref().unwrap_or("(none)"),
+                        theirs.as_deref().unwrap_or("(none)")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A run folder opened for writing: its path, the checkpoint saved in it (for a resume), and
 /// the folder's lock, held until this value is dropped.
 pub struct OpenedRun<B: Backend> {

@@ -170,6 +170,7 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
     let (out, resumed, _lock) = (run.dir, run.resumed, run.lock);
     let ckpt_path = out.join(CKPT);
     if let Some(ck) = &resumed {
+        args.check_resume_flags(|k| ck.metadata.get(k).cloned())?;
         args.apply_run_pairs(|k| ck.metadata.get(k).cloned())?;
     }
     args.validate()?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use ela_core::{Error, Result};
 
-use crate::report::run_dir::{check_storable_path, data_pairs, SavedSettings};
+use crate::report::run_dir::{check_resume_flags, check_storable_path, data_pairs, SavedSettings};
 
 use super::run::DataSpec;
 use crate::detect::model::{Arch, DetectorConfig, LossConfig, Neck};
@@ -127,6 +127,10 @@ pub struct DetectTrainArgs {
     /// Testing aid: abort the process (no cleanup, like a kill) right after this step.
     #[arg(long, hide = true)]
     pub abort_after: Option<usize>,
+    /// The options given on the command line (clap ids), filled by the CLI, so `--resume` can
+    /// refuse the ones that contradict the saved run. Empty for library callers.
+    #[arg(skip)]
+    pub given: Vec<String>,
 }
 
 impl DetectTrainArgs {
@@ -154,6 +158,28 @@ impl DetectTrainArgs {
             ])
             .map(|(k, v)| (format!("run.{k}"), v))
             .collect()
+    }
+
+    /// Refuse options given with `--resume` that differ from the saved run's settings.
+    pub fn check_resume_flags(&self, saved: impl Fn(&str) -> Option<String>) -> Result<()> {
+        let user = self.run_pairs();
+        let run_keys: Vec<String> = user.iter().map(|(k, _)| k.clone()).collect();
+        let keys_of = |id: &str| -> Vec<String> {
+            match id {
+                "data" => vec!["run.data".into(), "run.data_hex".into()],
+                "no_augment" => vec!["run.augment".into()],
+                "img" => vec!["model.input_size".into()],
+                "arch" => vec!["model.arch".into()],
+                "neck" => vec!["model.neck".into()],
+                id => run_keys.iter().filter(|k| **k == format!("run.{id}")).cloned().collect(),
+            }
+        };
+        let mut user = user;
+        if let Ok(cfg) = self.model.to_config(1) {
+            // The class count comes from the data, so it is never an option to compare.
+            user.extend(cfg.to_pairs().into_iter().filter(|(k, _)| k != "model.num_classes"));
+        }
+        check_resume_flags("detect train --resume", &self.given, &user, saved, keys_of)
     }
 
     /// Overwrite the run settings from saved pairs (for `--resume`).

@@ -133,6 +133,7 @@ pub fn train<B: Backend>(args: &DetectTrainArgs, device: &B) -> Result<DetectRep
     let (out, resumed, _lock) = (run.dir, run.resumed, run.lock);
     let ckpt_path = out.join(CKPT);
     if let Some(ck) = &resumed {
+        args.check_resume_flags(|k| ck.metadata.get(k).cloned())?;
         args.apply_run_pairs(|k| ck.metadata.get(k).cloned())?;
     }
     let saved_cfg = match &resumed {
