@@ -111,7 +111,7 @@ pub fn unigram_loss(train: &[u32], val: &[u32], vocab: usize) -> f64 {
 
 /// The batch of step `step`: a function of the seed and the step only, so a resumed run draws
 /// exactly the batches the uninterrupted run would have.
-fn batch_for_step(ds: &TextDataset, args: &TrainArgs, step: usize) -> Batch {
+fn batch_for_step(ds: &TextDataset, args: &TrainArgs, step: usize) -> Result<Batch> {
     let mut rng = Rng::new(args.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0xB5));
     ds.train_batch(args.batch, args.seq, &mut rng)
 }
@@ -130,7 +130,7 @@ pub fn validate<B: Backend>(
 ) -> Result<f64> {
     let dev = model.store().device();
     let (mut sum, mut n) = (0.0, 0usize);
-    for b in ds.val_batches(batch, seq, windows) {
+    for b in ds.val_batches(batch, seq, windows)? {
         let (_, ce, _) =
             no_grad(|| model.loss(&ids(&b.inputs, b.batch, seq, dev)?, &ids(&b.targets, b.batch, seq, dev)?))?;
         sum += ce.to_scalar()? * b.batch as f64;
@@ -231,7 +231,7 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
     for step in start..args.steps {
         let lr = sched.lr_at(step);
         opt.set_lr(lr)?;
-        let b = batch_for_step(&ds, &args, step);
+        let b = batch_for_step(&ds, &args, step)?;
         let (loss, ce, out) =
             model.loss(&ids(&b.inputs, b.batch, b.seq, device)?, &ids(&b.targets, b.batch, b.seq, device)?)?;
         let mut grads = loss.backward()?;
