@@ -135,8 +135,9 @@ impl Default for DetectorConfig {
     }
 }
 
-/// The largest input size a detector configuration accepts (a 16384 x 16384 image).
-pub const MAX_INPUT_SIZE: usize = 16384;
+/// The largest input size a detector configuration accepts (131072 = 32 x 4096; the cost
+/// arithmetic of every neck, softmax attention over all positions included, stays in 64 bits).
+pub const MAX_INPUT_SIZE: usize = 131_072;
 /// The most classes a detector configuration accepts.
 pub const MAX_CLASSES: usize = 1 << 20;
 
