@@ -79,12 +79,16 @@ impl<B: Backend> Var<B> {
             return Err(Error::invalid("set_value", "only leaf vars (params/constants) can be assigned"));
         }
         let mut v = self.0.value.write().expect("var lock poisoned");
-        if v.shape() != value.shape() || v.dtype() != value.dtype() {
+        // Dtype first and as its own error: a dtype change with equal shapes is no shape mismatch.
+        if v.dtype() != value.dtype() {
+            return Err(Error::DTypeMismatch { op: "set_value", lhs: v.dtype(), rhs: value.dtype() });
+        }
+        if v.shape() != value.shape() {
             return Err(Error::ShapeMismatch {
                 op: "set_value",
                 lhs: v.shape().clone(),
                 rhs: value.shape().clone(),
-                hint: format!("a var keeps its shape and dtype ({:?}); got {:?}", v.dtype(), value.dtype()),
+                hint: "a var keeps its shape".into(),
             });
         }
         *v = value;

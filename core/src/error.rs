@@ -72,6 +72,27 @@ pub enum Error {
         /// The shape the elements came from, when there was one (reshape).
         from: Option<Shape>,
     },
+    /// A shape has more elements than memory can address: the product of its nonzero
+    /// dimensions overflows or exceeds [`crate::shape::MAX_ELEMENTS`].
+    TooLarge {
+        /// Operation name.
+        op: &'static str,
+        /// The shape (as computed, before any allocation).
+        shape: Shape,
+    },
+    /// Memory for a buffer (or a command's up-front estimate of what it needs) is not there.
+    OutOfMemory {
+        /// Operation (or command) name.
+        op: &'static str,
+        /// What the memory is for, e.g. "a [4096, 4096] f32 buffer".
+        what: String,
+        /// Bytes needed (saturated at `u64::MAX` when the estimate itself overflows).
+        needed: u64,
+        /// Bytes available, when known.
+        available: Option<u64>,
+        /// Where `available` came from (e.g. "MemAvailable"), or "" when unknown.
+        source: &'static str,
+    },
     /// Two operands have different dtypes.
     DTypeMismatch {
         /// Operation name.
@@ -163,6 +184,22 @@ impl std::fmt::Display for Error {
                     None => Ok(()),
                 }
             }
+            Error::TooLarge { op, shape } => write!(
+                f,
+                "{op}: shape {shape} has more elements than memory can address (the product of its nonzero \
+                 dimensions exceeds 2^60, the most whose bytes fit in isize::MAX at 8 bytes each); check the \
+                 sizes that produced it"
+            ),
+            Error::OutOfMemory { op, what, needed, available, source } => {
+                write!(f, "{op}: {what} needs {}", human_bytes(*needed))?;
+                match available {
+                    Some(a) if source.is_empty() => {
+                        write!(f, " but only {} is available; use smaller sizes", human_bytes(*a))
+                    }
+                    Some(a) => write!(f, " but only {} is available ({source}); use smaller sizes", human_bytes(*a)),
+                    None => write!(f, ", which could not be allocated; use smaller sizes"),
+                }
+            }
             Error::DTypeMismatch { op, lhs, rhs } => {
                 write!(f, "{op}: dtype mismatch: {lhs:?} vs {rhs:?} (convert one operand with .to_dtype())")
             }
@@ -183,6 +220,26 @@ impl std::fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// `n` bytes in binary units with 3 significant digits ("1.50 GiB"); `u64::MAX` (a saturated
+/// estimate) reads "more than 16 EiB".
+pub fn human_bytes(n: u64) -> String {
+    if n == u64::MAX {
+        return "more than 16 EiB".into();
+    }
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
 
 impl Error {
     /// Shorthand for [`Error::InvalidArgument`].

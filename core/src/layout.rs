@@ -119,6 +119,8 @@ impl Layout {
     /// Broadcast to `target` by prepending axes and stretching size-1 axes with stride 0 (a view).
     pub fn broadcast_as(&self, target: &Shape, op: &'static str) -> Result<Layout> {
         let (src, tgt) = (self.dims(), target.dims());
+        // A broadcast view is free, but the first op that reads it allocates its full size.
+        target.check_size(op)?;
         if src.len() > tgt.len() {
             return Err(Error::Broadcast { op, lhs: self.shape.clone(), rhs: target.clone() });
         }

@@ -33,5 +33,5 @@ pub use error::{Error, Result};
 pub use layout::Layout;
 pub use op::{AdamWStep, BinaryOp, CmpOp, Conv2dParams, Pool2dParams, ReduceOp, UnaryOp};
 pub use rng::Rng;
-pub use shape::{Dim, Shape};
+pub use shape::{Dim, Shape, MAX_ELEMENTS};
 pub use tensor::Tensor;

@@ -182,8 +182,9 @@ impl Conv2dParams {
     /// not fit.
     pub fn output_hw(&self, (h, w): (usize, usize), (kh, kw): (usize, usize)) -> Option<(usize, usize)> {
         let f = |n: usize, k: usize, s: usize, p: usize, d: usize| {
-            let eff = d * (k.max(1) - 1) + 1;
-            (n + 2 * p).checked_sub(eff).map(|v| v / s + 1)
+            // Checked: a padding or dilation from input must not wrap into a small output.
+            let eff = d.checked_mul(k.max(1) - 1)?.checked_add(1)?;
+            n.checked_add(p.checked_mul(2)?)?.checked_sub(eff).map(|v| v / s + 1)
         };
         Some((
             f(h, kh, self.stride.0, self.padding.0, self.dilation.0)?,
@@ -209,7 +210,9 @@ pub struct Pool2dParams {
 impl Pool2dParams {
     /// Output spatial size, `None` when the window does not fit.
     pub fn output_hw(&self, (h, w): (usize, usize)) -> Option<(usize, usize)> {
-        let f = |n: usize, k: usize, s: usize, p: usize| (n + 2 * p).checked_sub(k).map(|v| v / s + 1);
+        let f = |n: usize, k: usize, s: usize, p: usize| {
+            n.checked_add(p.checked_mul(2)?)?.checked_sub(k).map(|v| v / s + 1)
+        };
         Some((f(h, self.kernel.0, self.stride.0, self.padding.0)?, f(w, self.kernel.1, self.stride.1, self.padding.1)?))
     }
 }

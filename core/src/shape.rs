@@ -2,6 +2,21 @@
 
 use crate::error::{Error, Result};
 
+/// The most elements any shape may describe: `isize::MAX / 8`, about 1.15e18 (2^60). A buffer's
+/// bytes must fit in `isize::MAX` (the most Rust can allocate), and at 8 bytes per element (the
+/// widest dtype) this bound keeps every dtype inside it, so a shape that passes is addressable
+/// whatever its dtype and no byte count derived from it can overflow.
+pub const MAX_ELEMENTS: usize = isize::MAX as usize / 8;
+
+/// The product of `dims`, or `None` when the product of the *nonzero* dimensions exceeds
+/// [`MAX_ELEMENTS`]. Zeros are skipped in that bound on purpose: kernels and ops multiply
+/// sub-ranges of a shape (the rows before an axis, a reduced shape), and `[0, 2^40, 2^40]`,
+/// although empty, has a `[2^40, 2^40]` reduction that must not pass unchecked.
+pub fn checked_product(dims: &[usize]) -> Option<usize> {
+    let bound = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d.max(1)))?;
+    (bound <= MAX_ELEMENTS).then(|| if dims.contains(&0) { 0 } else { bound })
+}
+
 /// The extent of every dimension of a tensor, outermost first.
 ///
 /// A rank-0 shape (`[]`) describes a scalar with one element; any zero
@@ -30,9 +45,31 @@ impl Shape {
         self.0.len()
     }
 
-    /// Number of elements (1 for a scalar, 0 when any dimension is 0).
+    /// Number of elements (1 for a scalar, 0 when any dimension is 0). Saturates at
+    /// `usize::MAX` for a shape beyond [`MAX_ELEMENTS`], so a wrapped product can never pass
+    /// for a small (or empty) one; every tensor's shape was checked with [`Shape::check_size`]
+    /// when it was made, so for them this is exact.
     pub fn elem_count(&self) -> usize {
-        self.0.iter().product()
+        self.checked_elem_count().unwrap_or(usize::MAX)
+    }
+
+    /// Number of elements, or `None` when the product overflows or exceeds [`MAX_ELEMENTS`].
+    pub fn checked_elem_count(&self) -> Option<usize> {
+        checked_product(&self.0)
+    }
+
+    /// Number of elements, or [`Error::TooLarge`] naming `op` and this shape when it exceeds
+    /// [`MAX_ELEMENTS`]. Every op that makes a tensor of a new, possibly larger shape calls this
+    /// before it allocates.
+    pub fn check_size(&self, op: &'static str) -> Result<usize> {
+        self.checked_elem_count().ok_or_else(|| Error::TooLarge { op, shape: self.clone() })
+    }
+
+    /// A shape from dimensions computed by an op, checked with [`Shape::check_size`].
+    pub fn checked(dims: impl Into<Vec<usize>>, op: &'static str) -> Result<Shape> {
+        let s = Shape(dims.into());
+        s.check_size(op)?;
+        Ok(s)
     }
 
     /// Extent of `axis`, checked.
@@ -43,10 +80,11 @@ impl Shape {
     /// Row-major (C order) strides of a contiguous tensor of this shape.
     pub fn contiguous_strides(&self) -> Vec<usize> {
         let mut strides = vec![0; self.0.len()];
-        let mut acc = 1;
+        let mut acc = 1usize;
         for (s, &d) in strides.iter_mut().zip(&self.0).rev() {
             *s = acc;
-            acc *= d.max(1);
+            // Saturating: only an unchecked shape could overflow, and its strides are never used.
+            acc = acc.saturating_mul(d.max(1));
         }
         strides
     }
@@ -68,7 +106,8 @@ impl Shape {
                 return Err(Error::Broadcast { op, lhs: self.clone(), rhs: other.clone() });
             };
         }
-        Ok(Shape(out))
+        // Broadcasting multiplies sizes: [n, 1] with [1, n] has n^2 elements.
+        Shape::checked(out, op)
     }
 
     /// A copy with `axis` removed.
@@ -212,5 +251,23 @@ mod tests {
         assert_eq!(Shape::from([2, 3, 4]).contiguous_strides(), vec![12, 4, 1]);
         assert_eq!(Shape::scalar().elem_count(), 1);
         assert_eq!(Shape::from([2, 0]).elem_count(), 0);
+    }
+
+    #[test]
+    fn overflowing_shapes_are_errors_not_wrapped_counts() {
+        // 2^32 * 2^32 wraps to 0 in unchecked release arithmetic.
+        let s = Shape::from([1usize << 32, 1 << 32]);
+        assert_eq!(s.checked_elem_count(), None);
+        assert_eq!(s.elem_count(), usize::MAX);
+        let e = s.check_size("zeros").unwrap_err().to_string();
+        assert!(e.contains("zeros") && e.contains("[4294967296, 4294967296]"), "{e}");
+        assert!(Shape::from([usize::MAX]).check_size("t").is_err());
+        assert_eq!(Shape::from([MAX_ELEMENTS]).check_size("t").unwrap(), MAX_ELEMENTS);
+        assert!(Shape::from([MAX_ELEMENTS + 1]).check_size("t").is_err());
+        // An empty shape is still bounded by its nonzero dimensions (its reductions are not empty).
+        assert_eq!(Shape::from([1 << 20, 0, 1 << 20]).check_size("t").unwrap(), 0);
+        assert!(Shape::from([1usize << 40, 0, 1 << 40]).check_size("t").is_err());
+        let big = Shape::from([1usize << 40, 1]);
+        assert!(big.broadcast_with(&Shape::from([1 << 40]), "add").is_err());
     }
 }

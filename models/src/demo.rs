@@ -7,6 +7,7 @@
 
 use std::time::Instant;
 
+use crate::budget::Estimate;
 use ela_autograd::{gradcheck, no_grad, GradcheckOptions, Var};
 use ela_core::{Cpu, DType, Error, Result, Rng, Tensor};
 
@@ -79,6 +80,17 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     if args.steps == 0 || args.points == 0 || args.hidden == 0 {
         return Err(Error::invalid("demo", "--steps, --points and --hidden must be positive"));
     }
+    if !(args.lr.is_finite() && args.lr > 0.0) {
+        return Err(Error::invalid("demo", format!("--lr must be finite and positive, got {}", args.lr)));
+    }
+    // Points (3 arms of --points each, 2 coordinates) in f32 and their labels, and the MLP's
+    // activations over all of them (hidden pre- and post-ReLU with gradients, logits).
+    let n = (args.points as u64).saturating_mul(CLASSES as u64);
+    let mut e = Estimate::new();
+    e.add("points and labels", n, 2 * 4 + 4);
+    e.add("activations", n.saturating_mul(args.hidden as u64), 4 * 4);
+    e.add("weights", (args.hidden as u64).saturating_mul(2 + 1 + CLASSES as u64 + 1), 4 * 4);
+    e.check("demo")?;
     let mut rng = Rng::new(args.seed);
     let (xs, ys) = spirals(args.points, &mut rng);
     let n = ys.len();
@@ -98,7 +110,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         &inputs,
         GradcheckOptions::default(),
     )?;
-    println!("{report}");
+    crate::outln!("{report}");
     if !report.passed {
         return Err(Error::invalid("demo", "the model's gradients disagree with finite differences"));
     }
@@ -126,13 +138,13 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             Ok(())
         })?;
         if step % 50 == 0 || step + 1 == args.steps {
-            println!("step {step:>5}  loss {loss:.4}");
+            crate::outln!("step {step:>5}  loss {loss:.4}");
         }
     }
     let secs = start.elapsed().as_secs_f64();
     let pred = no_grad(|| model.logits(&x))?.value().argmax(1usize, false)?.to_vec::<u32>()?;
     let acc = pred.iter().zip(&ys).filter(|(a, b)| a == b).count() as f64 / n as f64;
-    println!(
+    crate::outln!(
         "trained {} steps on {n} points in {secs:.2} s: loss {:.4} -> {loss:.4}, accuracy {:.1}% (chance {:.1}%)",
         args.steps,
         loss_first.unwrap_or(loss),

@@ -4,7 +4,9 @@
 //! benchmarks them.
 #![warn(missing_docs)]
 
+pub mod budget;
 pub mod cli;
+pub mod console;
 pub mod data;
 pub mod demo;
 pub mod detect;

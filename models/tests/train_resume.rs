@@ -83,8 +83,22 @@ fn killed_run_resumes_to_the_same_losses() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
 
+    // What else a kill can leave: a record cut mid-line and the temporary file of a save that
+    // never reached its rename. The resume removes both.
+    let mut log = std::fs::OpenOptions::new().append(true).open(cut.join("metrics.jsonl")).unwrap();
+    std::io::Write::write_all(&mut log, b"{\"step\":7,\"loss\":4.1").unwrap();
+    drop(log);
+    let stale = cut.join(".checkpoint.safetensors.tmp-999999-0");
+    std::fs::write(&stale, vec![0u8; 4096]).unwrap();
+
     let out = run(&["train", "--resume", "--out", cut.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("removed a torn last record") && err.contains("removed 1 temporary file"), "{err}");
+    assert!(!stale.exists());
+    for line in std::fs::read_to_string(cut.join("metrics.jsonl")).unwrap().lines() {
+        assert!(serde_json::from_str::<serde_json::Value>(line).is_ok(), "invalid JSONL line {line:?}");
+    }
     let after = losses(&cut);
     // Steps 5 and 6 appear twice (before the kill and after resuming from step 4); every record
     // of a step must carry exactly the uninterrupted run's loss, as text, bit for bit.
@@ -124,6 +138,8 @@ fn bad_inputs_are_one_line_errors() {
         assert!(err.starts_with("error: "), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+    // A refused run leaves no folder behind (not even one holding only its lock).
+    assert!(!Path::new("/tmp/ela-never").exists());
 }
 
 #[test]
@@ -157,4 +173,33 @@ fn rerun_without_out_takes_the_next_free_folder() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("run folder: runs/ela-small-2"));
     std::fs::remove_dir_all(&cwd).unwrap();
+}
+
+/// A Latin-1 `--data` file is trained on byte for byte (not re-encoded through a lossy UTF-8
+/// decode, which grows every byte >= 0x80 into three), and a path that is not valid Unicode is
+/// saved exactly, so `--resume` finds the file again.
+#[cfg(unix)]
+#[test]
+fn non_utf8_data_and_path_are_kept_as_bytes() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = std::env::temp_dir().join(format!("ela-latin1-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // "caf\xe9 " repeated: invalid UTF-8 in the content and in the file name.
+    let text: Vec<u8> = b"caf\xe9 cr\xe8me br\xfbl\xe9e, ".iter().copied().cycle().take(3000).collect();
+    let data = dir.join(std::ffi::OsStr::from_bytes(b"donn\xe9es.txt"));
+    std::fs::write(&data, &text).unwrap();
+    let run_dir = dir.join("run");
+    // 8 steps, killed after 6 (the checkpoint is from step 4).
+    let short: Vec<&str> = TINY.iter().map(|a| if *a == "12" { "8" } else { a }).collect();
+    let mut cmd = ela();
+    cmd.args(&short).arg("--data").arg(&data).args(["--out", run_dir.to_str().unwrap(), "--abort-after", "6"]);
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    // 10% validation: 2700 + 300 bytes, exactly the file's 3000.
+    assert!(err.contains("data: 2700 train / 300 validation bytes"), "{err}");
+    let out = run(&["train", "--resume", "--out", run_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(losses(&run_dir).last().unwrap().0, 8);
+    let _ = std::fs::remove_dir_all(&dir);
 }

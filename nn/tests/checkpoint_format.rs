@@ -259,3 +259,42 @@ proptest! {
         let _ = parse(&bytes);
     }
 }
+
+#[test]
+fn a_missing_checksum_is_damage_for_our_own_checkpoints() {
+    let dir = tmp_dir("nosum");
+    let path = dir.join("ck.safetensors");
+    let data: Vec<u8> = [1.0f32, -2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+    std::fs::write(&path, raw(r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, &data)).unwrap();
+    // Any safetensors reader accepts it; the loader of our own runs does not.
+    assert!(checkpoint::load(&path, &Cpu).is_ok());
+    let e = checkpoint::load_verified(&path, &Cpu).unwrap_err().to_string();
+    assert!(e.contains("checksum") && e.contains("ck.safetensors"), "{e}");
+    checkpoint::save(&path, &sample(), &meta()).unwrap();
+    assert!(checkpoint::load_verified(&path, &Cpu).unwrap().checksum_verified);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Names are `model.<name>` (one dot) whether the prefix is given with its dot or without, and
+/// the `model..<name>` names of checkpoints written before that still load.
+#[test]
+fn prefixed_names_have_one_dot_and_old_double_dot_names_still_load() {
+    let mut sd = StateDict::new();
+    sd.insert("embed.weight".to_string(), Tensor::from_vec(vec![1f32, 2.], [2], &Cpu).unwrap());
+    for prefix in ["model", "model."] {
+        let named = checkpoint::with_prefix(&sd, prefix);
+        assert_eq!(named.keys().collect::<Vec<_>>(), ["model.embed.weight"]);
+        assert_eq!(checkpoint::take_prefix(&named, prefix).keys().collect::<Vec<_>>(), ["embed.weight"]);
+    }
+    let old: StateDict<Cpu> = sd.iter().map(|(k, v)| (format!("model..{k}"), v.clone())).collect();
+    for prefix in ["model", "model."] {
+        let back = checkpoint::take_prefix(&old, prefix);
+        assert_eq!(back.keys().collect::<Vec<_>>(), ["embed.weight"]);
+    }
+    // An old file on disk (its checksum covers the old names) loads and verifies.
+    let dir = tmp_dir("olddots");
+    checkpoint::save(dir.join("old.safetensors"), &old, &meta()).unwrap();
+    let ck = checkpoint::load_verified(dir.join("old.safetensors"), &Cpu).unwrap();
+    assert!(checkpoint::take_prefix(&ck.tensors, "model").contains_key("embed.weight"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

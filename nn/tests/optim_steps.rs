@@ -201,7 +201,7 @@ fn adamw_fits_a_linear_map() {
     let sched = WarmupCosine::new(0.05, 0.0, 10, 400).unwrap();
     let mut loss = f64::NAN;
     for step in 0..400 {
-        opt.set_lr(sched.lr_at(step));
+        opt.set_lr(sched.lr_at(step)).unwrap();
         loss = fit(&model, &mut opt, &x, &y, 1);
     }
     assert!(loss < 1e-8, "final loss {loss}");
@@ -287,4 +287,35 @@ fn half_precision_params_keep_f32_state() {
     // 1 * (1 - 0.25 * 0.01) - 0.25 = 0.7475, rounded to bf16 (8 mantissa bits).
     let v = p.value().to_vec_f64().unwrap();
     assert!((v[0] - 0.7475).abs() < 4e-3 && (v[1] + 0.7475).abs() < 4e-3, "{v:?}");
+}
+
+/// Every hyper-parameter is checked for range *and* finiteness, at construction and in
+/// `set_lr`: NaN compares false both ways, so a `>=` alone lets it through, and a NaN rate
+/// silently fills every weight with NaN.
+#[test]
+fn non_finite_or_out_of_range_hyper_parameters_are_errors() {
+    let w = || vec![("w".to_string(), Var::param(t(&[1.0, 2.0])))];
+    for (name, cfg) in [
+        ("lr", AdamWConfig { lr: f64::NAN, ..Default::default() }),
+        ("lr", AdamWConfig { lr: f64::INFINITY, ..Default::default() }),
+        ("eps", AdamWConfig { eps: f64::INFINITY, ..Default::default() }),
+        ("weight_decay", AdamWConfig { weight_decay: f64::INFINITY, ..Default::default() }),
+        ("beta1", AdamWConfig { beta1: f64::NAN, ..Default::default() }),
+        ("beta2", AdamWConfig { beta2: 1.0, ..Default::default() }),
+    ] {
+        let e = AdamW::new(w(), cfg).err().unwrap_or_else(|| panic!("{cfg:?} accepted")).to_string();
+        assert!(e.contains(name) && e.contains("AdamW::new"), "{e}");
+    }
+    let mut opt = AdamW::new(w(), AdamWConfig { lr: 0.1, ..Default::default() }).unwrap();
+    for bad in [f64::NAN, f64::INFINITY, -1.0] {
+        let e = opt.set_lr(bad).unwrap_err().to_string();
+        assert!(e.contains("AdamW::set_lr") && e.contains("lr"), "{e}");
+    }
+    assert_eq!(opt.lr(), 0.1, "a rejected rate leaves the old one");
+    opt.set_lr(0.0).unwrap();
+    let mut sgd = Sgd::new(w(), SgdConfig::default()).unwrap();
+    assert!(sgd.set_lr(f64::NAN).is_err());
+    assert!(Sgd::new(w(), SgdConfig { momentum: f64::NAN, ..Default::default() }).is_err());
+    assert!(WarmupCosine::new(f64::NAN, 0.0, 1, 2).is_err());
+    assert!(WarmupCosine::new(-1.0, -2.0, 1, 2).is_err());
 }

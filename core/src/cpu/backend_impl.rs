@@ -26,7 +26,7 @@ impl Backend for Cpu {
         s.len()
     }
     fn full(&self, len: usize, value: f64, dtype: DType) -> Result<S> {
-        Ok(ew::full(len, value, dtype))
+        ew::full(len, value, dtype)
     }
     fn from_cpu(&self, data: &CpuStorage) -> Result<S> {
         Ok(data.clone())

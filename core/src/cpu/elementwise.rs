@@ -395,9 +395,21 @@ pub fn where_cond(
 }
 
 /// A buffer of `len` copies of `value`.
-pub fn full(len: usize, value: f64, dtype: DType) -> CpuStorage {
-    fn go<T: CpuElement>(len: usize, v: f64) -> CpuStorage {
-        T::wrap(vec![T::from_f64(v); len])
+/// A buffer of `len` copies of `value`. The buffer is reserved fallibly: `full` is where user
+/// sizes (`Tensor::zeros` of a shape from input) first meet the allocator, and `vec![v; n]`
+/// aborts the process when the memory is not there instead of returning an error.
+pub fn full(len: usize, value: f64, dtype: DType) -> Result<CpuStorage> {
+    fn go<T: CpuElement>(len: usize, v: f64) -> Result<CpuStorage> {
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(len).map_err(|_| Error::OutOfMemory {
+            op: "full",
+            what: format!("a buffer of {len} {:?} elements", T::DTYPE),
+            needed: (len as u64).saturating_mul(T::DTYPE.size_in_bytes() as u64),
+            available: None,
+            source: "",
+        })?;
+        buf.resize(len, T::from_f64(v));
+        Ok(T::wrap(buf))
     }
     match dtype {
         DType::U8 => go::<u8>(len, value),

@@ -54,7 +54,7 @@ impl<B: Backend> Tensor<B> {
                 w[2], w[3], p.dilation, x[2], x[3]
             ))
         })?;
-        Ok(Shape::from([x[0], w[0], oh, ow]))
+        Shape::checked([x[0], w[0], oh, ow], OP)
     }
 
     /// 2-D convolution (cross-correlation, as in PyTorch): `self [n, c, h, w]`,
@@ -143,7 +143,7 @@ impl<B: Backend> Tensor<B> {
                 ),
             )
         })?;
-        Ok(Shape::from([d[0], d[1], oh, ow]))
+        Shape::checked([d[0], d[1], oh, ow], op)
     }
 
     /// Max pooling, returning `(y, argmax)` (argmax: flat `h*w` index of each window's winner).
@@ -218,8 +218,9 @@ impl<B: Backend> Tensor<B> {
             return Err(Error::invalid(OP, format!("scale factors must be positive, got {factor:?}")));
         }
         let d = self.dims();
+        let out = Shape::checked([d[0], d[1], d[2].saturating_mul(factor.0), d[3].saturating_mul(factor.1)], OP)?;
         let s = self.device().upsample_nearest2d(self.storage(), self.layout(), factor)?;
-        Ok(Self::from_storage(s, [d[0], d[1], d[2] * factor.0, d[3] * factor.1], self.device()))
+        Ok(Self::from_storage(s, out, self.device()))
     }
 
     /// Backward of nearest upsampling from `dy = self`.

@@ -222,7 +222,15 @@ impl<B: Backend> ElaState<B> {
         }
         check_params(OP, &ElaParams::causal(kernel), d)?;
         let sd = Self::state_dtype_for(dtype);
-        let (n, f) = (batch * heads, kernel.feature_size(d));
+        // Checked before allocating: batch, heads and sizes come from the caller, and a wrapped
+        // product would make a tiny state (and `bytes()` report 0) instead of an error.
+        // `d, dv` bounded first, so the feature size and `per_seq` below cannot overflow; the
+        // second check bounds all buffers together (`bytes()` relies on it).
+        Shape::from([d, dv]).check_size(OP)?;
+        let f = kernel.feature_size(d);
+        let per_seq = f * dv + f + if kernel.has_units() { f } else { 0 };
+        Shape::checked([batch, heads, per_seq], OP)?;
+        let n = batch * heads;
         let bufs = ElaStateBufs {
             s: device.full(n * f * dv, 0.0, sd)?,
             z: device.full(n * f, 0.0, sd)?,

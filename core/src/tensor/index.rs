@@ -31,8 +31,10 @@ impl<B: Backend> Tensor<B> {
             return Err(Error::RankMismatch { op: OP, expected: "1 for the indices", shape: ids.shape().clone() });
         }
         Self::check_ids(ids, self.dims()[a], a, self.shape(), OP)?;
+        let out = self.shape().with_dim(a, ids.elem_count());
+        out.check_size(OP)?;
         let s = self.device().index_select(self.storage(), self.layout(), a, ids.storage(), ids.layout())?;
-        Ok(Self::from_storage(s, self.shape().with_dim(a, ids.elem_count()), self.device()))
+        Ok(Self::from_storage(s, out, self.device()))
     }
 
     /// Embedding lookup: rows of the table `self [vocab, dim]` for `ids` of any shape; the
@@ -48,10 +50,11 @@ impl<B: Backend> Tensor<B> {
         self.check_same_device(ids, "embedding")?;
         // Checked here (once) so that errors name `embedding`, not an inner op.
         Self::check_ids(ids, self.dims()[0], 0, self.shape(), "embedding")?;
-        let flat = ids.flatten_all()?;
-        let s = self.device().index_select(self.storage(), self.layout(), 0, flat.storage(), flat.layout())?;
         let mut out = ids.dims().to_vec();
         out.push(self.dims()[1]);
+        let out = Shape::checked(out, "embedding")?;
+        let flat = ids.flatten_all()?;
+        let s = self.device().index_select(self.storage(), self.layout(), 0, flat.storage(), flat.layout())?;
         Ok(Self::from_storage(s, out, self.device()))
     }
 
@@ -60,6 +63,7 @@ impl<B: Backend> Tensor<B> {
     pub fn index_add<D: Dim>(&self, ids: &Self, axis: D, out_shape: &Shape) -> Result<Self> {
         const OP: &str = "index_add";
         self.check_float(OP)?;
+        out_shape.check_size(OP)?;
         let a = axis.to_index(self.shape(), OP)?;
         if out_shape.rank() != self.rank()
             || out_shape.remove(a) != self.shape().remove(a)
@@ -143,11 +147,14 @@ impl<B: Backend> Tensor<B> {
                     hint: format!("all tensors must have the same shape except along axis {a}"),
                 });
             }
-            total += p.dims()[a];
+            total = usize::checked_add(total, p.dims()[a])
+                .ok_or_else(|| Error::TooLarge { op: OP, shape: first.shape().with_dim(a, usize::MAX) })?;
         }
+        let out = first.shape().with_dim(a, total);
+        out.check_size(OP)?;
         let views: Vec<_> = parts.iter().map(|p| (p.storage(), p.layout())).collect();
         let s = first.device().concat(&views, a)?;
-        Ok(Self::from_storage(s, first.shape().with_dim(a, total), first.device()))
+        Ok(Self::from_storage(s, out, first.device()))
     }
 
     /// Stack equal-shape tensors along a new axis.
@@ -172,13 +179,17 @@ impl<B: Backend> Tensor<B> {
                 ),
             ));
         }
+        // Saturating: an overflowing side makes the shape too large, which check_size reports.
+        let out: Vec<usize> =
+            self.dims().iter().zip(pads).map(|(&d, &(a, b))| d.saturating_add(a).saturating_add(b)).collect();
+        let out = Shape::checked(out, "pad")?;
         let s = self.device().pad(self.storage(), self.layout(), pads, value)?;
-        let out: Vec<usize> = self.dims().iter().zip(pads).map(|(&d, &(a, b))| d + a + b).collect();
         Ok(Self::from_storage(s, out, self.device()))
     }
 
     /// The causal mask `[rows, cols]`: 1 where `col <= row + diagonal`, else 0 (`U8`).
     pub fn tril_mask(rows: usize, cols: usize, diagonal: isize, device: &B) -> Result<Self> {
+        Shape::from([rows, cols]).check_size("tril_mask")?;
         let v: Vec<u8> =
             (0..rows).flat_map(|r| (0..cols).map(move |c| (c as isize <= r as isize + diagonal) as u8)).collect();
         Self::from_cpu_storage(&CpuStorage::U8(v), [rows, cols], device)

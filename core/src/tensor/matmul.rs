@@ -35,6 +35,10 @@ impl<B: Backend> Tensor<B> {
                 hint: format!("batch dims {ab:?} and {bb:?} cannot be broadcast together"),
             }
         })?;
+        let mut out = batch.dims().to_vec();
+        out.extend([m, n]);
+        // [m, 1] @ [1, n] has m n elements: the operands' sizes do not bound the output's.
+        let out = Shape::checked(out, OP)?;
         let mut ls = batch.dims().to_vec();
         ls.extend([m, k]);
         let mut rs = batch.dims().to_vec();
@@ -42,8 +46,6 @@ impl<B: Backend> Tensor<B> {
         let la = self.layout().broadcast_as(&ls.into(), OP)?;
         let lb = rhs.layout().broadcast_as(&rs.into(), OP)?;
         let s = self.device().matmul(self.storage(), &la, rhs.storage(), &lb)?;
-        let mut out = batch.dims().to_vec();
-        out.extend([m, n]);
         Ok(Self::from_storage(s, out, self.device()))
     }
 }

@@ -56,6 +56,21 @@ impl<B: Backend> std::fmt::Debug for Tensor<B> {
     }
 }
 
+/// `n` values of `draw` in a host vector reserved fallibly: the size comes from the caller, and an
+/// infallible `Vec` would abort the process when it cannot be had.
+fn host_samples(n: usize, op: &'static str, mut draw: impl FnMut() -> f64) -> Result<Vec<f64>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| Error::OutOfMemory {
+        op,
+        what: format!("{n} host samples"),
+        needed: (n as u64).saturating_mul(8),
+        available: None,
+        source: "",
+    })?;
+    v.extend((0..n).map(|_| draw()));
+    Ok(v)
+}
+
 impl<B: Backend> Tensor<B> {
     // ------------------------------------------------------------ construction
 
@@ -75,6 +90,7 @@ impl<B: Backend> Tensor<B> {
     /// A tensor from a vector in row-major order.
     pub fn from_vec<T: CpuElement>(data: Vec<T>, shape: impl Into<Shape>, device: &B) -> Result<Self> {
         let shape = shape.into();
+        shape.check_size("from_vec")?;
         if data.len() != shape.elem_count() {
             return Err(Error::ElementCount { op: "from_vec", shape, got: data.len(), from: None });
         }
@@ -90,6 +106,7 @@ impl<B: Backend> Tensor<B> {
     /// A tensor from host storage.
     pub fn from_cpu_storage(data: &CpuStorage, shape: impl Into<Shape>, device: &B) -> Result<Self> {
         let shape = shape.into();
+        shape.check_size("from_cpu_storage")?;
         if data.len() != shape.elem_count() {
             return Err(Error::ElementCount { op: "from_cpu_storage", shape, got: data.len(), from: None });
         }
@@ -104,7 +121,8 @@ impl<B: Backend> Tensor<B> {
     /// A tensor filled with `value`.
     pub fn full(value: f64, shape: impl Into<Shape>, dtype: DType, device: &B) -> Result<Self> {
         let shape = shape.into();
-        Ok(Self::from_storage(device.full(shape.elem_count(), value, dtype)?, shape, device))
+        let n = shape.check_size("full")?;
+        Ok(Self::from_storage(device.full(n, value, dtype)?, shape, device))
     }
 
     /// A tensor of zeros.
@@ -145,7 +163,8 @@ impl<B: Backend> Tensor<B> {
         device: &B,
     ) -> Result<Self> {
         let shape = shape.into();
-        let v: Vec<f64> = (0..shape.elem_count()).map(|_| mean + std * rng.normal()).collect();
+        let n = shape.check_size("randn")?;
+        let v = host_samples(n, "randn", || mean + std * rng.normal())?;
         Self::from_cpu_storage(&CpuStorage::from_f64_vec(&v, dtype), shape, device)
     }
 
@@ -159,7 +178,8 @@ impl<B: Backend> Tensor<B> {
         device: &B,
     ) -> Result<Self> {
         let shape = shape.into();
-        let v: Vec<f64> = (0..shape.elem_count()).map(|_| lo + (hi - lo) * rng.uniform()).collect();
+        let n = shape.check_size("rand_uniform")?;
+        let v = host_samples(n, "rand_uniform", || lo + (hi - lo) * rng.uniform())?;
         Self::from_cpu_storage(&CpuStorage::from_f64_vec(&v, dtype), shape, device)
     }
 

@@ -17,7 +17,9 @@ impl<B: Backend> Tensor<B> {
             return Err(Error::invalid("reshape", "at most one dimension can be inferred (usize::MAX)"));
         }
         if holes == 1 {
-            let known: usize = dims.iter().filter(|&&d| d != usize::MAX).product();
+            let known_dims: Vec<usize> = dims.iter().copied().filter(|&d| d != usize::MAX).collect();
+            let known = crate::shape::checked_product(&known_dims)
+                .ok_or_else(|| Error::TooLarge { op: "reshape", shape: Shape::from(known_dims.clone()) })?;
             if known == 0 || !n.is_multiple_of(known) {
                 return Err(Error::invalid(
                     "reshape",

@@ -93,17 +93,20 @@ pub fn run(args: &DetectArgs) -> Result<()> {
 fn run_train<B: Backend>(args: &DetectTrainArgs, dev: &B) -> Result<()> {
     let r = train(args, dev)?;
     if let Some(first) = r.first_loss {
-        println!("train loss: {first:.4} -> {:.4} over {} steps", r.last_loss, r.steps_run);
+        crate::outln!("train loss: {first:.4} -> {:.4} over {} steps", r.last_loss, r.steps_run);
     }
-    println!(
+    crate::outln!(
         "validation: mAP@[.5:.95] {:.3}, mAP@.5 {:.3}, mAP@.75 {:.3}, AR@100 {:.3}",
-        r.val.ap, r.val.ap50, r.val.ap75, r.val.ar100
+        r.val.ap,
+        r.val.ap50,
+        r.val.ap75,
+        r.val.ar100
     );
-    println!("{} parameters, {:.1} s, {:.1} images/s", r.params, r.seconds, r.images_per_sec);
-    println!("checkpoint: {}", r.checkpoint.display());
-    println!("metrics: {}", r.metrics.display());
+    crate::outln!("{} parameters, {:.1} s, {:.1} images/s", r.params, r.seconds, r.images_per_sec);
+    crate::outln!("checkpoint: {}", r.checkpoint.display());
+    crate::outln!("metrics: {}", r.metrics.display());
     for p in &r.plots {
-        println!("plot: {}", p.display());
+        crate::outln!("plot: {}", p.display());
     }
     Ok(())
 }
@@ -186,13 +189,13 @@ fn predict<B: Backend>(args: &PredictArgs, dev: &B) -> Result<()> {
         save_png(&png, &img)?;
         let summary: Vec<String> =
             dets.iter().map(|d| format!("{} {:.2}", saved.classes.get(d.class).map_or("?", |s| s), d.score)).collect();
-        println!("{}: {} boxes [{}] -> {}", file.display(), dets.len(), summary.join(", "), png.display());
+        crate::outln!("{}: {} boxes [{}] -> {}", file.display(), dets.len(), summary.join(", "), png.display());
         records.push(prediction_json(file, img.width(), img.height(), &dets, &saved.classes));
     }
     let json_path = out.join("predictions.json");
     let text = serde_json::to_string_pretty(&records).map_err(|e| Error::invalid("detect predict", e.to_string()))?;
     ela_nn::checkpoint::write_atomic(&json_path, text.as_bytes())?;
-    println!("predictions: {}", json_path.display());
+    crate::outln!("predictions: {}", json_path.display());
     Ok(())
 }
 
@@ -200,7 +203,7 @@ fn eval<B: Backend>(args: &EvalArgs, dev: &B) -> Result<()> {
     if args.batch == 0 {
         return Err(Error::invalid("detect eval", "--batch must be positive"));
     }
-    let saved = SavedDetector::load(&args.checkpoint, dev)?;
+    let saved = SavedDetector::load_for(&args.checkpoint, dev, args.batch)?;
     let run = SavedSettings(|k: &str| saved.metadata.get(k).cloned());
     let data_dir = match &args.data {
         Some(d) => Some(d.clone()),
@@ -221,12 +224,18 @@ fn eval<B: Backend>(args: &EvalArgs, dev: &B) -> Result<()> {
     }
     let images = predict_source(&saved.model, data.val.as_ref(), args.batch, &PostProcess::for_eval(), dev)?;
     let metrics = coco_evaluate(&images, saved.classes.len())?;
-    println!("{} validation images ({})", images.len(), data.val.describe());
-    println!("{}", metrics.summary_table(&saved.classes));
+    crate::outln!("{} validation images ({})", images.len(), data.val.describe());
+    crate::outln!("{}", metrics.summary_table(&saved.classes));
     let prf = precision_recall_f1(&images, args.f1_conf, 0.5);
-    println!(
+    crate::outln!(
         "at score >= {} and IoU 0.5: precision {:.3}, recall {:.3}, F1 {:.3} ({} TP, {} FP, {} FN) -- not AP",
-        args.f1_conf, prf.precision, prf.recall, prf.f1, prf.tp, prf.fp, prf.fn_
+        args.f1_conf,
+        prf.precision,
+        prf.recall,
+        prf.f1,
+        prf.tp,
+        prf.fp,
+        prf.fn_
     );
     let run_dir = saved.path.parent().map(Path::to_path_buf).unwrap_or_default();
     let results = args.results.clone().unwrap_or_else(|| run_dir.join("eval").join("results.json"));
@@ -235,6 +244,6 @@ fn eval<B: Backend>(args: &EvalArgs, dev: &B) -> Result<()> {
     }
     let per_image: Vec<(u64, Vec<Detection>)> = images.iter().map(|im| (im.image_id, im.dets.clone())).collect();
     write_coco_results(&results, &per_image, data.val.category_ids())?;
-    println!("COCO results: {}", results.display());
+    crate::outln!("COCO results: {}", results.display());
     Ok(())
 }

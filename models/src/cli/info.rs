@@ -1,11 +1,10 @@
 //! `ela info`: parameter counts per component (and, for detectors, GFLOPs at the input size).
 
-use ela_core::{Cpu, DType, Error, Result};
-use ela_nn::module::ParamStore;
+use ela_core::{Error, Result};
 
 use crate::detect::model::component_report;
 use crate::detect::train::DetectorArgs;
-use crate::lm::ElaLm;
+use crate::lm::size::{param_count, param_report};
 use crate::train::{run::describe, ModelArgs};
 
 /// Options of `ela info`.
@@ -48,39 +47,28 @@ fn detector_info(args: &InfoArgs) -> Result<()> {
     let cfg = det.to_config(args.classes)?;
     // Counted analytically: nothing is allocated, so any size answers at once.
     let report = component_report(&cfg)?;
-    println!("{cfg}");
-    println!("{:<28} {:>12} {:>10}", "component", "parameters", "GFLOPs");
+    crate::outln!("{cfg}");
+    crate::outln!("{:<28} {:>12} {:>10}", "component", "parameters", "GFLOPs");
     for c in &report {
-        println!("{:<28} {:>12} {:>10.4}", c.name, c.params, c.flops / 1e9);
+        crate::outln!("{:<28} {:>12} {:>10.4}", c.name, c.params, c.flops / 1e9);
     }
     let params: usize = report.iter().map(|c| c.params).sum();
     let flops: f64 = report.iter().map(|c| c.flops).sum();
-    println!("{:<28} {:>12} {:>10.4}", "total", params, flops / 1e9);
-    println!("(GFLOPs count a multiply-add as 2 floating-point operations, batch 1)");
+    crate::outln!("{:<28} {:>12} {:>10.4}", "total", params, flops / 1e9);
+    crate::outln!("(GFLOPs count a multiply-add as 2 floating-point operations, batch 1)");
     Ok(())
 }
 
 fn lm_info(lm: &ModelArgs) -> Result<()> {
     let cfg = lm.to_config()?;
-    let store = ParamStore::new(&Cpu, DType::F32, 0);
-    let model = ElaLm::new(&store, cfg.clone())?;
-    println!("{}", describe(model.config()));
-    println!("{:<28} {:>12}", "component", "parameters");
-    // Group layer parameters by component (attn, moe/ffn, lobe, norms) across layers.
-    let mut by_kind = std::collections::BTreeMap::<String, usize>::new();
-    for (name, v) in store.named_params() {
-        let n = v.value().elem_count();
-        let parts: Vec<&str> = name.split('.').collect();
-        let key = if parts[0] == "layers" && parts.len() > 2 {
-            format!("layers.*.{}", parts[2])
-        } else {
-            parts[0].to_string()
-        };
-        *by_kind.entry(key).or_default() += n;
+    // Counted from the configuration (lm/size.rs), not by building the model: any size answers
+    // at once, and an impossible one is an overflow error instead of an allocation.
+    let report = param_report(&cfg)?;
+    crate::outln!("{}", describe(&cfg));
+    crate::outln!("{:<28} {:>12}", "component", "parameters");
+    for (k, n) in &report {
+        crate::outln!("{k:<28} {n:>12}");
     }
-    for (k, n) in &by_kind {
-        println!("{k:<28} {n:>12}");
-    }
-    println!("{:<28} {:>12}", "total", store.num_params());
+    crate::outln!("{:<28} {:>12}", "total", param_count(&cfg)?);
     Ok(())
 }

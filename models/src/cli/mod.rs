@@ -89,9 +89,9 @@ macro_rules! on_device {
                 let out = $body;
                 // ELA_CUDA_KERNEL_STATS=1: where the device time went (see ela_cuda::Cuda::kernel_stats_report).
                 match $dev.kernel_stats_report(40) {
-                    Ok(Some(report)) => eprintln!("{report}"),
+                    Ok(Some(report)) => $crate::errln!("{report}"),
                     Ok(None) => {}
-                    Err(e) => eprintln!("kernel stats: {e}"),
+                    Err(e) => $crate::errln!("kernel stats: {e}"),
                 }
                 out
             }

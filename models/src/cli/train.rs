@@ -8,17 +8,17 @@ use crate::train::{train, TrainArgs};
 pub fn run(args: &TrainArgs) -> Result<()> {
     let report = crate::on_device!(&args.device, |dev| train(args, dev))?;
     if let Some(first) = report.first_loss {
-        println!("train loss: {first:.4} -> {:.4} nats/byte over {} steps", report.last_loss, report.steps_run);
+        crate::outln!("train loss: {first:.4} -> {:.4} nats/byte over {} steps", report.last_loss, report.steps_run);
     }
-    println!(
+    crate::outln!(
         "validation loss: {:.4} nats/byte ({:.3} bits/byte); unigram baseline: {:.4} nats/byte",
         report.val_loss,
         report.val_loss / std::f64::consts::LN_2,
         report.unigram_loss
     );
-    println!("{} parameters, {:.1} s, {:.0} tokens/s", report.params, report.seconds, report.tokens_per_sec);
-    println!("sample: {:?}", report.sample);
-    println!(
+    crate::outln!("{} parameters, {:.1} s, {:.0} tokens/s", report.params, report.seconds, report.tokens_per_sec);
+    crate::outln!("sample: {:?}", report.sample);
+    crate::outln!(
         "checkpoint: {}\nloss plot: {}\nmetrics: {}",
         report.checkpoint.display(),
         report.plot.display(),

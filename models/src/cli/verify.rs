@@ -6,6 +6,7 @@
 //! rounded values are widened back for the reference), with its gradients from the autograd tape.
 //! The fast forms run in `--dtype` on `--device`. Errors are measured on the host in f64.
 
+use crate::budget::Estimate;
 use ela_core::{Backend, Cpu, DType, ElaKernel, Error, Result, Rng, Tensor};
 use ela_nn::ela::{Ela, Form};
 
@@ -190,6 +191,19 @@ fn verify_kernel<B: Backend>(
     let ref_y = reference.y.to_vec_f64()?;
     let ref_g = reference.grads.ok_or_else(|| Error::invalid("ela verify", "the reference returned no gradients"))?;
     let ref_g = [ref_g.dq.to_vec_f64()?, ref_g.dk.to_vec_f64()?, ref_g.dv.to_vec_f64()?];
+    // The oracle has no answer when its own f64 arithmetic overflows (exp(q.k) beyond ~1e308 at
+    // a large --scale): comparing against it would report every form as FAIL.
+    if ref_y.iter().chain(ref_g.iter().flatten()).any(|x| !x.is_finite()) {
+        return Err(Error::invalid(
+            "ela verify",
+            format!(
+                "the f64 quadratic reference itself overflows for {} at --scale {} (its kernel values exceed the \
+                 f64 range), so there is nothing exact to compare with; lower --scale",
+                kernel.name(),
+                args.scale
+            ),
+        ));
+    }
     let grad_floor = max_abs(&dy.to_vec_f64()?) * max_abs(&cpu[2].to_vec_f64()?);
 
     let on_dev = |x: &Tensor<Cpu>| x.to_device(dev);
@@ -236,7 +250,15 @@ fn check_args(args: &VerifyArgs) -> Result<(Vec<ElaKernel>, DType)> {
             format!("unknown --inputs {:?}; expected conditioned or normal", args.inputs),
         ));
     }
-    let gib = (args.batch * args.heads) as f64 * (args.time as f64).powi(2) * 8.0 / (1u64 << 30) as f64;
+    if !(args.max_reference_gib.is_finite() && args.max_reference_gib > 0.0) {
+        // NaN would compare false below and disable the guard.
+        return Err(Error::invalid(
+            "ela verify",
+            format!("--max-reference-gib must be finite and positive, got {}", args.max_reference_gib),
+        ));
+    }
+    // In f64: the integer product can overflow for absurd sizes, which is what this catches.
+    let gib = args.batch as f64 * args.heads as f64 * (args.time as f64).powi(2) * 8.0 / (1u64 << 30) as f64;
     if gib > args.max_reference_gib {
         return Err(Error::invalid(
             "ela verify",
@@ -250,6 +272,14 @@ fn check_args(args: &VerifyArgs) -> Result<(Vec<ElaKernel>, DType)> {
             ),
         ));
     }
+    // Everything else: inputs, outputs and gradients of every form in the input dtype and in
+    // f64 for the reference (about 12 [B, H, T, max(D, Dv)] tensors), beside the T x T guard.
+    let width = args.dim.max(args.dv.unwrap_or(args.dim)) as u64;
+    let bht = (args.batch as u64).saturating_mul(args.heads as u64).saturating_mul(args.time as u64);
+    let mut e = Estimate::new();
+    e.add("inputs, outputs and gradients", bht.saturating_mul(width), 12 * 8);
+    e.add("the quadratic reference's T x T matrices", bht.saturating_mul(args.time as u64), 3 * 8);
+    e.check("ela verify")?;
     let dtype: DType = args.dtype.parse()?;
     tolerance(dtype)?;
     let kernels = match &args.kernel {
@@ -273,7 +303,7 @@ pub fn run(args: &VerifyArgs) -> Result<()> {
     let (tol_y, tol_g) = tolerance(dtype)?;
     // A missing GPU is a one-line error before any output.
     crate::on_device!(&args.device, |_dev| Ok::<(), Error>(()))?;
-    println!(
+    crate::outln!(
         "ela verify: batch {} heads {} time {} dim {} dv {} chunk {} {} {} on {} seed {}",
         args.batch,
         args.heads,
@@ -286,11 +316,11 @@ pub fn run(args: &VerifyArgs) -> Result<()> {
         args.device,
         args.seed
     );
-    println!(
+    crate::outln!(
         "reference: quadratic form in f64 on the CPU (from the same {}-rounded inputs), gradients from its tape",
         dtype.as_str()
     );
-    println!("tolerance on max rel: y {tol_y:e}, dq/dk/dv {tol_g:e} (see --help for how errors are measured)\n");
+    crate::outln!("tolerance on max rel: y {tol_y:e}, dq/dk/dv {tol_g:e} (see --help for how errors are measured)\n");
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     for &kernel in &kernels {
@@ -298,8 +328,8 @@ pub fn run(args: &VerifyArgs) -> Result<()> {
         rows.extend(r);
         notes.push(format!("  {:<14} {about}", kernel.name()));
     }
-    println!("| kernel | form | y abs | y rel | dq abs | dq rel | dk abs | dk rel | dv abs | dv rel | result |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    crate::outln!("| kernel | form | y abs | y rel | dq abs | dq rel | dk abs | dk rel | dv abs | dv rel | result |");
+    crate::outln!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in &rows {
         let mut line = format!("| {} | {} |", r.kernel.name(), r.form.name());
         for e in &r.err {
@@ -310,41 +340,43 @@ pub fn run(args: &VerifyArgs) -> Result<()> {
         }
         let bad = r.failures((tol_y, tol_g));
         line += if bad > 0 { " FAIL |" } else { " ok |" };
-        println!("{line}");
+        crate::outln!("{line}");
     }
     if args.causal {
-        println!("(the recurrent form is the decoding path: it has no gradients, shown as -)");
+        crate::outln!("(the recurrent form is the decoding path: it has no gradients, shown as -)");
     }
     if !args.causal {
-        println!("\nrecurrent form skipped: it exists only for causal attention (non-causal ELA is one global state)");
+        crate::outln!(
+            "\nrecurrent form skipped: it exists only for causal attention (non-causal ELA is one global state)"
+        );
     }
-    println!("\ninputs:");
+    crate::outln!("\ninputs:");
     for n in &notes {
-        println!("{n}");
+        crate::outln!("{n}");
     }
     if args.inputs == "conditioned" {
-        println!(
+        crate::outln!(
             "  the signed kernels get inputs with bounded cancellation in the linear denominator, as in \
              tests/tests/ela_common (docs/ela.md#signed-kernels); --inputs normal draws N(0, scale^2) for all"
         );
     } else {
-        println!(
+        crate::outln!(
             "  note: with --inputs normal the signed kernels' (sum/sub-sq-euclid, blueprint, identity) denominators \
              can cancel or vanish, so large errors there measure the conditioning of the function (docs/ela.md#signed-kernels)"
         );
     }
     if args.plant_error.is_some() {
-        println!("  note: an error was planted in the chunked output (--plant-error)");
+        crate::outln!("  note: an error was planted in the chunked output (--plant-error)");
     }
     let failed: usize = rows.iter().map(|r| r.failures((tol_y, tol_g))).sum();
     let checked = rows.iter().flat_map(|r| r.err).flatten().count();
     if failed > 0 {
-        println!("\nFAIL: {failed} of {checked} errors exceed the {} tolerance", dtype.as_str());
+        crate::outln!("\nFAIL: {failed} of {checked} errors exceed the {} tolerance", dtype.as_str());
         return Err(Error::invalid(
             "ela verify",
             format!("{failed} of {checked} errors exceed the {} tolerance (rows marked FAIL)", dtype.as_str()),
         ));
     }
-    println!("\nPASS: all {checked} errors within the {} tolerance", dtype.as_str());
+    crate::outln!("\nPASS: all {checked} errors within the {} tolerance", dtype.as_str());
     Ok(())
 }

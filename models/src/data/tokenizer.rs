@@ -11,7 +11,14 @@ impl ByteTokenizer {
 
     /// Token ids of `text`.
     pub fn encode(&self, text: &str) -> Vec<u32> {
-        text.bytes().map(u32::from).collect()
+        self.encode_bytes(text.as_bytes())
+    }
+
+    /// Token ids of raw bytes: any file, UTF-8 or not, as it is on disk (a byte-level model has
+    /// no reason to decode text, and a lossy decode would replace each invalid byte by the three
+    /// bytes of U+FFFD).
+    pub fn encode_bytes(&self, bytes: &[u8]) -> Vec<u32> {
+        bytes.iter().map(|&b| u32::from(b)).collect()
     }
 
     /// Text of `ids` (ids above 255 are impossible from this tokenizer and are skipped).

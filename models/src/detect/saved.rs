@@ -34,8 +34,14 @@ pub fn checkpoint_path(path: &Path) -> PathBuf {
 impl<B: Backend> SavedDetector<B> {
     /// Load the detector saved at `path` (a run folder or a checkpoint file) onto `device`.
     pub fn load(path: &Path, device: &B) -> Result<Self> {
+        Self::load_for(path, device, 1)
+    }
+
+    /// [`SavedDetector::load`] for inference on batches of `batch` images: the stored
+    /// configuration is validated and the memory it needs checked before the model is built.
+    pub fn load_for(path: &Path, device: &B, batch: usize) -> Result<Self> {
         let path = checkpoint_path(path);
-        let ck = checkpoint::load(&path, device)?;
+        let ck = checkpoint::load_verified(&path, device)?;
         let get = |k: &str| ck.metadata.get(k).cloned();
         let cfg = DetectorConfig::from_pairs(get).map_err(|e| {
             Error::invalid(
@@ -53,9 +59,12 @@ impl<B: Backend> SavedDetector<B> {
                 format!("{}: {} class names for a {}-class model", path.display(), classes.len(), cfg.num_classes),
             ));
         }
+        let mut e = crate::budget::Estimate::new();
+        crate::detect::model::cost::add_memory(&mut e, &cfg, batch, false)?;
+        e.check("detect")?;
         let store = ParamStore::new(device, DType::F32, 0);
         let model = Detector::new(&store, cfg)?;
-        store.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "model."), true)?;
+        store.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "model"), true)?;
         Ok(SavedDetector { model, classes, metadata: ck.metadata, path })
     }
 }

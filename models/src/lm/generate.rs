@@ -69,6 +69,35 @@ pub fn sample(logits: &[f64], cfg: &SampleConfig, rng: &mut Rng) -> usize {
     order[keep - 1]
 }
 
+/// The positions a decode of `new_tokens` after a `prompt_len`-token prompt feeds through the
+/// model (the last sampled token is never fed back), checked before any work: the sum must not
+/// overflow, and with RoPE it must stay within the model's `rope_max_len`, which would
+/// otherwise fail only at the first position past it, after all the tokens before.
+pub fn check_positions(cfg: &super::LmConfig, prompt_len: usize, new_tokens: usize) -> Result<usize> {
+    if prompt_len == 0 {
+        return Err(Error::invalid("generate", "the prompt must not be empty"));
+    }
+    let positions = prompt_len.checked_add(new_tokens.saturating_sub(1)).ok_or_else(|| {
+        Error::invalid(
+            "generate",
+            format!("{new_tokens} new tokens after a {prompt_len}-token prompt overflow a count"),
+        )
+    })?;
+    if let Some(max) = cfg.rope_max_len {
+        if positions > max {
+            return Err(Error::invalid(
+                "generate",
+                format!(
+                    "the {prompt_len}-token prompt and {new_tokens} new tokens need {positions} positions, but the \
+                     model's rotary embedding covers {max}; generate at most {} tokens",
+                    (max + 1).saturating_sub(prompt_len)
+                ),
+            ));
+        }
+    }
+    Ok(positions)
+}
+
 /// Continue `prompt` by `new_tokens` tokens (batch of one), returning only the new tokens.
 pub fn generate<B: Backend>(
     model: &ElaLm<B>,
@@ -78,10 +107,19 @@ pub fn generate<B: Backend>(
     rng: &mut Rng,
 ) -> Result<Vec<u32>> {
     cfg.validate()?;
+    check_positions(model.config(), prompt.len(), new_tokens)?;
+    // Reserved fallibly: the count comes from the user, and an infallible `Vec` aborts.
+    let mut out = Vec::new();
+    out.try_reserve_exact(new_tokens).map_err(|_| Error::OutOfMemory {
+        op: "generate",
+        what: format!("the output of {new_tokens} tokens"),
+        needed: (new_tokens as u64).saturating_mul(4),
+        available: None,
+        source: "",
+    })?;
     let dev = model.store().device();
     let ids = ela_core::Tensor::from_vec(prompt.to_vec(), [1, prompt.len()], dev)?;
     let (mut logits, mut state) = model.prefill(&ids)?;
-    let mut out = Vec::with_capacity(new_tokens);
     for i in 0..new_tokens {
         let next = sample(&logits.to_vec_f64()?, cfg, rng) as u32;
         out.push(next);

@@ -6,6 +6,7 @@ pub mod config;
 pub mod generate;
 mod mixer;
 pub mod model;
+pub mod size;
 
 pub use config::{AttnKind, Link, LmConfig, LobeMode, MoeSpec};
 pub use generate::{generate, sample, SampleConfig};

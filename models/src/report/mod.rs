@@ -5,3 +5,4 @@ pub mod metrics;
 pub mod plot;
 pub mod progress;
 pub mod run_dir;
+pub mod run_lock;

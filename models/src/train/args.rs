@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use ela_core::{Error, Result};
 
-use crate::report::run_dir::{SavedSettings, EMBEDDED};
+use crate::report::run_dir::{check_resume_flags, check_storable_path, data_pairs, SavedSettings};
 
 use crate::lm::{AttnKind, Link, LmConfig, LobeMode, MoeSpec};
 
@@ -200,30 +200,71 @@ pub struct TrainArgs {
     /// Testing aid: abort the process (no cleanup, like a kill) right after this step.
     #[arg(long, hide = true)]
     pub abort_after: Option<usize>,
+    /// The options given on the command line (clap ids), filled by the CLI, so `--resume` can
+    /// refuse the ones that contradict the saved run (see [`TrainArgs::check_resume_flags`]).
+    /// Empty for library callers.
+    #[arg(skip)]
+    pub given: Vec<String>,
 }
 
 impl TrainArgs {
     /// The run settings (everything but paths and the device) as `(key, value)` strings, saved
     /// with the checkpoint so `--resume` continues the same run.
     pub fn run_pairs(&self) -> Vec<(String, String)> {
-        let data = self.data.as_ref().map_or(EMBEDDED.to_string(), |p| p.display().to_string());
-        [
-            ("data", data),
-            ("steps", self.steps.to_string()),
-            ("batch", self.batch.to_string()),
-            ("seq", self.seq.to_string()),
-            ("lr", format!("{:?}", self.lr)),
-            ("min_lr", format!("{:?}", self.min_lr)),
-            ("warmup", self.warmup.to_string()),
-            ("weight_decay", format!("{:?}", self.weight_decay)),
-            ("clip", format!("{:?}", self.clip)),
-            ("seed", self.seed.to_string()),
-            ("eval_every", self.eval_every.to_string()),
-            ("eval_windows", self.eval_windows.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (format!("run.{k}"), v))
-        .collect()
+        data_pairs(self.data.as_deref())
+            .into_iter()
+            .chain([
+                ("steps", self.steps.to_string()),
+                ("batch", self.batch.to_string()),
+                ("seq", self.seq.to_string()),
+                ("lr", format!("{:?}", self.lr)),
+                ("min_lr", format!("{:?}", self.min_lr)),
+                ("warmup", self.warmup.to_string()),
+                ("weight_decay", format!("{:?}", self.weight_decay)),
+                ("clip", format!("{:?}", self.clip)),
+                ("seed", self.seed.to_string()),
+                ("eval_every", self.eval_every.to_string()),
+                ("eval_windows", self.eval_windows.to_string()),
+            ])
+            .map(|(k, v)| (format!("run.{k}"), v))
+            .collect()
+    }
+
+    /// Refuse options given with `--resume` that differ from the saved run's settings.
+    pub fn check_resume_flags(&self, saved: impl Fn(&str) -> Option<String>) -> Result<()> {
+        if self.given.is_empty() {
+            return Ok(());
+        }
+        let mut user = self.run_pairs();
+        // The model options only as far as they describe a valid model; a broken one is reported
+        // by its own check when it matters.
+        if let Ok(cfg) = self.model.to_config() {
+            user.extend(cfg.to_pairs());
+        }
+        let keys_of = |id: &str| -> Vec<String> {
+            let keys: &[&str] = match id {
+                "data" => &["run.data", "run.data_hex"],
+                "steps" | "batch" | "seq" | "lr" | "min_lr" | "warmup" | "weight_decay" | "clip" | "seed"
+                | "eval_every" | "eval_windows" => return vec![format!("run.{id}")],
+                "dim" | "layers" | "heads" | "ffn_hidden" | "chunk" | "link" | "lobe" => {
+                    return vec![format!("model.{id}")]
+                }
+                "attention" | "kernel" => &["model.attention"],
+                "experts" => &["model.moe", "model.moe.experts"],
+                "top_k" => &["model.moe.top_k"],
+                "moe_bias" => &["model.moe.bias"],
+                "moe_score" => &["model.moe.score"],
+                "aux_alpha" => &["model.moe.aux_alpha"],
+                "loss_free_gamma" => &["model.moe.loss_free_gamma"],
+                "no_final_norm" => &["model.final_norm"],
+                "untied" => &["model.tied_embeddings"],
+                "rope" => &["model.rope_max_len"],
+                // Paths, the device, reporting and testing options apply to the resumed run.
+                _ => &[],
+            };
+            keys.iter().map(|k| k.to_string()).collect()
+        };
+        check_resume_flags("train --resume", &self.given, &user, saved, keys_of)
     }
 
     /// Overwrite the run settings from saved pairs (for `--resume`).
@@ -246,6 +287,9 @@ impl TrainArgs {
 
     /// Check ranges before anything is built.
     pub fn validate(&self) -> Result<()> {
+        if let Some(p) = &self.data {
+            check_storable_path("train", p)?;
+        }
         if self.steps == 0 || self.batch == 0 || self.seq == 0 {
             return Err(Error::invalid("train", "--steps, --batch and --seq must be positive"));
         }

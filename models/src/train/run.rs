@@ -12,6 +12,7 @@ use ela_nn::module::ParamStore;
 use ela_nn::optim::{clip_grad_norm, AdamW, AdamWConfig, Optimizer, WarmupCosine};
 
 use super::args::TrainArgs;
+use crate::budget::Estimate;
 use crate::data::{default_corpus, Batch, ByteTokenizer, TextDataset};
 use crate::lm::{generate, ElaLm, LmConfig, SampleConfig};
 use crate::report::metrics::Value;
@@ -50,6 +51,9 @@ pub struct TrainReport {
 
 const CKPT: &str = CHECKPOINT_FILE;
 
+/// The prompt of the sample printed at the end of a run.
+const SAMPLE_PROMPT: &str = "the ";
+
 /// Where a run goes without `--out` (see [`crate::report::run_dir::resolve_run_dir`]).
 pub const DEFAULT_OUT: &str = "runs/ela-small";
 
@@ -57,18 +61,42 @@ fn io(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Io { path: path.display().to_string(), msg: e.to_string() }
 }
 
-fn load_text(path: &Option<PathBuf>) -> Result<String> {
+/// The training data's bytes exactly as stored: the embedded corpus, or the `--data` file
+/// read without any decoding (the model is byte-level; see [`ByteTokenizer::encode_bytes`]).
+pub fn load_text(path: &Option<PathBuf>) -> Result<Vec<u8>> {
     match path {
-        None => Ok(default_corpus()),
+        None => Ok(default_corpus().into_bytes()),
         Some(p) => {
             let bytes = std::fs::read(p).map_err(|e| io(p, format!("cannot read the training text: {e}")))?;
             if bytes.is_empty() {
                 return Err(io(p, "the training text is empty"));
             }
-            // Byte-level tokens: any file works, but say so if it is not text.
-            Ok(String::from_utf8_lossy(&bytes).into_owned())
+            Ok(bytes)
         }
     }
+}
+
+/// Refuse a run whose model, optimizer state, activations, data or sample cannot fit in the
+/// memory available (see [`crate::budget`]), from the configuration alone.
+fn check_memory(cfg: &LmConfig, args: &TrainArgs) -> Result<()> {
+    let params = crate::lm::size::param_count(cfg)?;
+    let mut e = Estimate::new();
+    crate::lm::size::add_training(&mut e, cfg, params, args.batch, args.seq);
+    let data_bytes = match &args.data {
+        None => default_corpus().len() as u64,
+        // Unreadable files are reported by the load itself, with its own message.
+        Some(p) => std::fs::metadata(p).map_or(0, |m| m.len()),
+    };
+    // The bytes, and one u32 token per byte.
+    e.add("training data", data_bytes, 1 + 4);
+    e.add("the sample", args.sample_len as u64, 4 + 1);
+    e.check("train")?;
+    // The sample at the end must fit the rotary embedding: say so now, not after training.
+    if cfg.lobe != crate::lm::LobeMode::Bidirectional {
+        crate::lm::generate::check_positions(cfg, SAMPLE_PROMPT.len(), args.sample_len)
+            .map_err(|e| Error::invalid("train", format!("--sample-len {}: {e}", args.sample_len)))?;
+    }
+    Ok(())
 }
 
 /// Cross-entropy on `val` of byte frequencies counted on `train` (add-one smoothing).
@@ -83,7 +111,7 @@ pub fn unigram_loss(train: &[u32], val: &[u32], vocab: usize) -> f64 {
 
 /// The batch of step `step`: a function of the seed and the step only, so a resumed run draws
 /// exactly the batches the uninterrupted run would have.
-fn batch_for_step(ds: &TextDataset, args: &TrainArgs, step: usize) -> Batch {
+fn batch_for_step(ds: &TextDataset, args: &TrainArgs, step: usize) -> Result<Batch> {
     let mut rng = Rng::new(args.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0xB5));
     ds.train_batch(args.batch, args.seq, &mut rng)
 }
@@ -102,7 +130,7 @@ pub fn validate<B: Backend>(
 ) -> Result<f64> {
     let dev = model.store().device();
     let (mut sum, mut n) = (0.0, 0usize);
-    for b in ds.val_batches(batch, seq, windows) {
+    for b in ds.val_batches(batch, seq, windows)? {
         let (_, ce, _) =
             no_grad(|| model.loss(&ids(&b.inputs, b.batch, seq, dev)?, &ids(&b.targets, b.batch, seq, dev)?))?;
         sum += ce.to_scalar()? * b.batch as f64;
@@ -131,9 +159,18 @@ pub(crate) fn write_config_json(out: &Path, meta: &Metadata) -> Result<()> {
 /// Train (or resume) as `args` says, on `device`.
 pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
     let mut args = args.clone();
-    let (out, resumed) = open_run("train", args.out.as_deref(), Path::new(DEFAULT_OUT), args.resume, device)?;
+    if !args.resume {
+        // A new run's settings are all known now: refuse bad ones (and sizes the machine cannot
+        // hold) before a folder is made.
+        args.validate()?;
+        check_memory(&args.model.to_config()?, &args)?;
+    }
+    let run = open_run("train", args.out.as_deref(), Path::new(DEFAULT_OUT), args.resume, device)?;
+    // Held to the end of the run: no other process may write into this folder meanwhile.
+    let (out, resumed, _lock) = (run.dir, run.resumed, run.lock);
     let ckpt_path = out.join(CKPT);
     if let Some(ck) = &resumed {
+        args.check_resume_flags(|k| ck.metadata.get(k).cloned())?;
         args.apply_run_pairs(|k| ck.metadata.get(k).cloned())?;
     }
     args.validate()?;
@@ -142,14 +179,16 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
         None => args.model.to_config()?,
     };
     if cfg.lobe == crate::lm::LobeMode::Bidirectional {
-        eprintln!(
+        crate::errln!(
             "warning: --lobe bidirectional lets every position see later tokens, so this causal LM's loss is \
              not a next-token loss and the model cannot decode left to right (see docs/model.md)"
         );
     }
+    // The stored config of a resumed run is checked here, before anything is built from it.
+    check_memory(&cfg, &args)?;
     let text = load_text(&args.data)?;
-    let data_hash = xxh64(text.as_bytes(), 0);
-    let tokens = ByteTokenizer.encode(&text);
+    let data_hash = xxh64(&text, 0);
+    let tokens = ByteTokenizer.encode_bytes(&text);
     let ds = TextDataset::split(tokens, 0.1, args.seq)?;
 
     let store = ParamStore::new(device, DType::F32, args.seed);
@@ -176,7 +215,7 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
     let (metrics_path, mut log) = start_metrics(&out, resumed.is_some())?;
     write_config_json(&out, &metadata(&cfg, &args, start, data_hash))?;
 
-    eprintln!(
+    crate::errln!(
         "model: {params} parameters ({}); data: {} train / {} validation bytes; {} steps of {}x{} tokens{}",
         describe(&cfg),
         ds.train.len(),
@@ -191,8 +230,8 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
     let (mut first_loss, mut last_loss, mut val_loss) = (None, f64::NAN, f64::NAN);
     for step in start..args.steps {
         let lr = sched.lr_at(step);
-        opt.set_lr(lr);
-        let b = batch_for_step(&ds, &args, step);
+        opt.set_lr(lr)?;
+        let b = batch_for_step(&ds, &args, step)?;
         let (loss, ce, out) =
             model.loss(&ids(&b.inputs, b.batch, b.seq, device)?, &ids(&b.targets, b.batch, b.seq, device)?)?;
         let mut grads = loss.backward()?;
@@ -201,7 +240,10 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
         if finite {
             opt.step(&grads)?;
         } else if args.skip_nonfinite {
-            eprintln!("warning: step {}: gradient norm {norm}; the update was skipped (--skip-nonfinite)", step + 1);
+            crate::errln!(
+                "warning: step {}: gradient norm {norm}; the update was skipped (--skip-nonfinite)",
+                step + 1
+            );
         } else {
             return Err(nonfinite_error(step + 1, "gradient norm", norm));
         }
@@ -238,8 +280,8 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
         log.write(&rec)?;
         progress.update(step - start, &format!("loss {ce:.3} | val {val_loss:.3} | {tps:.0} tok/s"));
         if (args.checkpoint_every > 0 && done % args.checkpoint_every == 0) || done == args.steps {
-            let mut tensors = checkpoint::with_prefix(&store.state_dict(), "model.");
-            tensors.extend(checkpoint::with_prefix(&opt.state_dict()?, "optim."));
+            let mut tensors = checkpoint::with_prefix(&store.state_dict(), "model");
+            tensors.extend(checkpoint::with_prefix(&opt.state_dict()?, "optim"));
             checkpoint::save(&ckpt_path, &tensors, &metadata(&cfg, &args, done, data_hash))?;
         }
         if args.abort_after == Some(done) {
@@ -253,14 +295,14 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
     }
     let plot = out.join("loss.svg");
     plot_metrics(&metrics_path, &plot)?;
-    let prompt = ByteTokenizer.encode("the ");
+    let prompt = ByteTokenizer.encode(SAMPLE_PROMPT);
     let sample_cfg = SampleConfig::default();
     // A bidirectional lobe sees the future, so such a model has no left-to-right sample.
     let sample = if cfg.lobe == crate::lm::LobeMode::Bidirectional {
         "(no sample: a model with a bidirectional lobe cannot decode left to right)".to_string()
     } else {
         let new = generate(&model, &prompt, args.sample_len, &sample_cfg, &mut Rng::new(args.seed))?;
-        format!("the {}", ByteTokenizer.decode(&new))
+        format!("{SAMPLE_PROMPT}{}", ByteTokenizer.decode(&new))
     };
     Ok(TrainReport {
         params,

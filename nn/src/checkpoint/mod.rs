@@ -126,6 +126,24 @@ pub fn load<B: Backend>(path: impl AsRef<Path>, device: &B) -> Result<Checkpoint
     from_bytes(&bytes, &path.display().to_string(), device)
 }
 
+/// [`load`] for a checkpoint this library wrote: a file without the checksum entry is damage,
+/// not a file from another tool. Every ELA-rs save stores the checksum, and without it a
+/// changed header (a stored config that says `dim 100000000`) would pass unverified.
+pub fn load_verified<B: Backend>(path: impl AsRef<Path>, device: &B) -> Result<Checkpoint<B>> {
+    let path = path.as_ref();
+    let ck = load(path, device)?;
+    if !ck.checksum_verified {
+        return Err(io_err(
+            path,
+            format!(
+                "the checksum entry ({CHECKSUM_KEY}) is missing from the metadata; ELA-rs writes it into every \
+                 checkpoint, so the file was altered or damaged"
+            ),
+        ));
+    }
+    Ok(ck)
+}
+
 /// Parse and verify safetensors `bytes` (named `name` in errors), placing tensors on `device`.
 pub fn from_bytes<B: Backend>(bytes: &[u8], name: &str, device: &B) -> Result<Checkpoint<B>> {
     let parsed = deserialize(bytes, name)?;
@@ -137,13 +155,24 @@ pub fn from_bytes<B: Backend>(bytes: &[u8], name: &str, device: &B) -> Result<Ch
 }
 
 /// A copy of `sd` with every name prefixed by `prefix.` (to store several state dicts in one
-/// file, e.g. `model.` and `optim.`).
+/// file, e.g. `model` and `optim`). A trailing dot on `prefix` is ignored, so `"model"` and
+/// `"model."` both give `model.embed.weight`.
 pub fn with_prefix<B: Backend>(sd: &StateDict<B>, prefix: &str) -> StateDict<B> {
+    let prefix = prefix.trim_end_matches('.');
     sd.iter().map(|(k, v)| (format!("{prefix}.{k}"), v.clone())).collect()
 }
 
-/// The entries of `sd` named `prefix.<rest>`, renamed `<rest>`.
+/// The entries of `sd` named `prefix.<rest>`, renamed `<rest>` (a trailing dot on `prefix` is
+/// ignored). Checkpoints written before names were normalised stored `model..embed.weight`
+/// (the prefix's own dot plus the separator); those names are read too, so old runs still load.
 pub fn take_prefix<B: Backend>(sd: &StateDict<B>, prefix: &str) -> StateDict<B> {
-    let p = format!("{prefix}.");
-    sd.iter().filter_map(|(k, v)| k.strip_prefix(&p).map(|r| (r.to_string(), v.clone()))).collect()
+    let p = format!("{}.", prefix.trim_end_matches('.'));
+    sd.iter()
+        .filter_map(|(k, v)| {
+            let rest = k.strip_prefix(&p)?;
+            // No module name starts with a dot, so a leading one is the old double dot.
+            let rest = rest.strip_prefix('.').unwrap_or(rest);
+            Some((rest.to_string(), v.clone()))
+        })
+        .collect()
 }

@@ -16,7 +16,7 @@
 use ela_autograd::{no_grad, Grads, Var};
 use ela_core::{AdamWStep, Backend, DType, Error, Result, Tensor};
 
-use super::{check_params, grad_for, on_device, split_state, state_dtype, Optimizer};
+use super::{check_hyper, check_params, grad_for, on_device, split_state, state_dtype, Optimizer};
 use crate::module::StateDict;
 
 /// Hyper-parameters of [`AdamW`].
@@ -32,6 +32,18 @@ pub struct AdamWConfig {
     pub eps: f64,
     /// Decoupled weight decay coefficient (multiplied by `lr`).
     pub weight_decay: f64,
+}
+
+impl AdamWConfig {
+    /// Check every field: lr, eps, weight_decay finite and >= 0, betas in [0, 1).
+    pub fn validate(&self, op: &'static str) -> Result<()> {
+        let beta = |b: f64| (0.0..1.0).contains(&b);
+        check_hyper(op, "lr", self.lr, self.lr >= 0.0, ">= 0")?;
+        check_hyper(op, "beta1", self.beta1, beta(self.beta1), "in [0, 1)")?;
+        check_hyper(op, "beta2", self.beta2, beta(self.beta2), "in [0, 1)")?;
+        check_hyper(op, "eps", self.eps, self.eps >= 0.0, ">= 0")?;
+        check_hyper(op, "weight_decay", self.weight_decay, self.weight_decay >= 0.0, ">= 0")
+    }
 }
 
 impl Default for AdamWConfig {
@@ -61,13 +73,7 @@ impl<B: Backend> AdamW<B> {
     /// An optimizer over named parameters; every parameter is decayed until
     /// [`AdamW::exclude_from_weight_decay`] says otherwise.
     pub fn new(params: Vec<(String, Var<B>)>, cfg: AdamWConfig) -> Result<Self> {
-        let ok = |b: f64| (0.0..1.0).contains(&b);
-        if !(cfg.lr >= 0.0 && ok(cfg.beta1) && ok(cfg.beta2) && cfg.eps >= 0.0 && cfg.weight_decay >= 0.0) {
-            return Err(Error::invalid(
-                "AdamW::new",
-                format!("need lr >= 0, betas in [0, 1), eps >= 0 and weight_decay >= 0; got {cfg:?}"),
-            ));
-        }
+        cfg.validate("AdamW::new")?;
         check_params(&params, "AdamW::new")?;
         let n = params.len();
         Ok(AdamW { params, decay: vec![true; n], state: (0..n).map(|_| None).collect(), cfg })
@@ -139,8 +145,10 @@ impl<B: Backend> Optimizer<B> for AdamW<B> {
         self.cfg.lr
     }
 
-    fn set_lr(&mut self, lr: f64) {
+    fn set_lr(&mut self, lr: f64) -> Result<()> {
+        check_hyper("AdamW::set_lr", "lr", lr, lr >= 0.0, ">= 0")?;
         self.cfg.lr = lr;
+        Ok(())
     }
 
     fn state_dict(&self) -> Result<StateDict<B>> {

@@ -47,8 +47,10 @@ pub trait Optimizer<B: Backend> {
     fn step(&mut self, grads: &Grads<B>) -> Result<()>;
     /// The current learning rate.
     fn lr(&self) -> f64;
-    /// Set the learning rate (e.g. from a schedule, before each step).
-    fn set_lr(&mut self, lr: f64);
+    /// Set the learning rate (e.g. from a schedule, before each step). A NaN, infinite or
+    /// negative rate is an error and leaves the rate unchanged: it would write NaN (or a
+    /// divergent step) into every weight without any other sign.
+    fn set_lr(&mut self, lr: f64) -> Result<()>;
     /// The per-parameter state, keyed `<param name>.<slot>`.
     fn state_dict(&self) -> Result<StateDict<B>>;
     /// Restore state exported by [`Optimizer::state_dict`] (same parameter names and shapes).
@@ -63,6 +65,17 @@ pub(crate) fn state_dtype(param: DType) -> DType {
     match param {
         DType::F16 | DType::BF16 => DType::F32,
         d => d,
+    }
+}
+
+/// `value` of the hyper-parameter `name` must be finite and inside `range` (written as text for
+/// the message, e.g. ">= 0" or "in [0, 1)"): the one check every optimizer setting goes through,
+/// so NaN (which compares false both ways) and infinities cannot slip past a `>=`.
+pub(crate) fn check_hyper(op: &'static str, name: &str, value: f64, ok: bool, range: &str) -> Result<()> {
+    if value.is_finite() && ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(op, format!("{name} must be finite and {range}, got {value}")))
     }
 }
 

@@ -27,7 +27,7 @@ pub struct WarmupCosine {
 impl WarmupCosine {
     /// A checked schedule: `0 <= floor <= base` and `warmup <= total`.
     pub fn new(base: f64, floor: f64, warmup: usize, total: usize) -> Result<Self> {
-        if !(base.is_finite() && floor >= 0.0 && floor <= base && warmup <= total) {
+        if !(base.is_finite() && base >= 0.0 && floor >= 0.0 && floor <= base && warmup <= total) {
             return Err(Error::invalid(
                 "WarmupCosine",
                 format!(

@@ -11,7 +11,7 @@
 use ela_autograd::{no_grad, Grads, Var};
 use ela_core::{Backend, Error, Result, Tensor};
 
-use super::{check_params, grad_for, on_device, split_state, state_dtype, Optimizer};
+use super::{check_hyper, check_params, grad_for, on_device, split_state, state_dtype, Optimizer};
 use crate::module::StateDict;
 
 /// Hyper-parameters of [`Sgd`].
@@ -48,18 +48,15 @@ const SLOTS: [(&str, bool); 1] = [("momentum_buffer", true)];
 impl<B: Backend> Sgd<B> {
     /// An optimizer over named parameters.
     pub fn new(params: Vec<(String, Var<B>)>, cfg: SgdConfig) -> Result<Self> {
-        let valid =
-            cfg.lr >= 0.0 && cfg.momentum >= 0.0 && (0.0..=1.0).contains(&cfg.dampening) && cfg.weight_decay >= 0.0;
-        if !valid || (cfg.nesterov && (cfg.momentum <= 0.0 || cfg.dampening != 0.0)) {
-            return Err(Error::invalid(
-                "Sgd::new",
-                format!(
-                    "need lr, momentum, weight_decay >= 0, dampening in [0, 1], and for nesterov momentum > 0 with \
-                     dampening 0; got {cfg:?}"
-                ),
-            ));
+        const OP: &str = "Sgd::new";
+        check_hyper(OP, "lr", cfg.lr, cfg.lr >= 0.0, ">= 0")?;
+        check_hyper(OP, "momentum", cfg.momentum, cfg.momentum >= 0.0, ">= 0")?;
+        check_hyper(OP, "dampening", cfg.dampening, (0.0..=1.0).contains(&cfg.dampening), "in [0, 1]")?;
+        check_hyper(OP, "weight_decay", cfg.weight_decay, cfg.weight_decay >= 0.0, ">= 0")?;
+        if cfg.nesterov && (cfg.momentum <= 0.0 || cfg.dampening != 0.0) {
+            return Err(Error::invalid(OP, format!("nesterov needs momentum > 0 and dampening 0; got {cfg:?}")));
         }
-        check_params(&params, "Sgd::new")?;
+        check_params(&params, OP)?;
         let n = params.len();
         Ok(Sgd { params, buffers: vec![None; n], cfg })
     }
@@ -102,8 +99,10 @@ impl<B: Backend> Optimizer<B> for Sgd<B> {
         self.cfg.lr
     }
 
-    fn set_lr(&mut self, lr: f64) {
+    fn set_lr(&mut self, lr: f64) -> Result<()> {
+        check_hyper("Sgd::set_lr", "lr", lr, lr >= 0.0, ">= 0")?;
         self.cfg.lr = lr;
+        Ok(())
     }
 
     fn state_dict(&self) -> Result<StateDict<B>> {

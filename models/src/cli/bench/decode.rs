@@ -19,6 +19,8 @@ use ela_core::{Backend, CpuStorage, DType, Error, Result, Rng, Tensor};
 use ela_nn::module::ParamStore;
 
 use super::{fmt_bytes, fmt_ms, machine, median, parse_list};
+use crate::budget::Estimate;
+use crate::lm::size::{add_decoding, add_prefill, param_count};
 use crate::lm::{AttnKind, ElaLm, Link, LmConfig, LobeMode};
 
 /// Options of `ela bench decode`.
@@ -134,26 +136,39 @@ pub fn run(args: &BenchDecodeArgs) -> Result<()> {
     }
     args.check_kernel()?;
     config(args, AttnKind::Softmax).validate()?;
+    // The longest context of each model decides (softmax only up to its own limit).
+    for (kind, limit) in [
+        (AttnKind::Ela { kernel: args.kernel.clone(), chunk: args.chunk }, usize::MAX),
+        (AttnKind::Softmax, args.softmax_max_context),
+    ] {
+        let cfg = config(args, kind);
+        let Some(&n) = contexts.iter().filter(|&&n| n <= limit).max() else { continue };
+        let mut e = Estimate::new();
+        add_decoding(&mut e, &cfg, param_count(&cfg)?, n.saturating_add(args.steps + 1));
+        add_prefill(&mut e, &cfg, n);
+        e.add("prompt", n as u64, 4);
+        e.check("ela bench decode")?;
+    }
     // A missing GPU is a one-line error before any output.
     crate::on_device!(&args.device, |_dev| Ok::<(), Error>(()))?;
-    println!(
+    crate::outln!(
         "ela bench decode: LM dim {} layers {} heads {} ffn {} (Hyper-Link, dense SwiGLU, lobe off, f32), ELA kernel {} chunk {}, batch 1, on {}",
         args.dim, args.layers, args.heads, args.ffn_hidden, args.kernel, args.chunk, args.device
     );
-    println!("machine: {}", machine());
+    crate::outln!("machine: {}", machine());
     if let crate::cli::DeviceChoice::Cuda(ordinal) = crate::cli::parse_device(&args.device)? {
-        println!("gpu: {}", ela_cuda::Cuda::new(ordinal)?.name());
+        crate::outln!("gpu: {}", ela_cuda::Cuda::new(ordinal)?.name());
     }
-    println!("command: {}", std::env::args().collect::<Vec<_>>().join(" "));
-    println!(
+    crate::outln!("command: {}", std::env::args().collect::<Vec<_>>().join(" "));
+    crate::outln!(
         "date: {} (UTC); per-token latency = median of {} steps after 1 warm-up (logits copied to the host); bytes after the prefill",
         super::today_utc(),
         args.steps
     );
     let cells = crate::on_device!(&args.device, |dev| go(args, &contexts, dev))?;
-    println!();
-    println!("| context | ELA ms/token | ELA state bytes | softmax ms/token | softmax KV-cache bytes | ELA prefill s | softmax prefill s |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    crate::outln!();
+    crate::outln!("| context | ELA ms/token | ELA state bytes | softmax ms/token | softmax KV-cache bytes | ELA prefill s | softmax prefill s |");
+    crate::outln!("|---:|---:|---:|---:|---:|---:|---:|");
     for (n, [e, s]) in contexts.iter().zip(&cells) {
         let col = |c: &Option<Cell>| {
             (
@@ -163,17 +178,17 @@ pub fn run(args: &BenchDecodeArgs) -> Result<()> {
             )
         };
         let ((em, eb, ep), (sm, sb, sp)) = (col(e), col(s));
-        println!("| {n} | {em} | {eb} | {sm} | {sb} | {ep} | {sp} |");
+        crate::outln!("| {n} | {em} | {eb} | {sm} | {sb} | {ep} | {sp} |");
     }
     if let Some(&n) = contexts.iter().find(|&&n| n > args.softmax_max_context) {
         let gib = (args.heads * n * n * 4) as f64 / (1u64 << 30) as f64;
-        println!(
+        crate::outln!(
             "\nsoftmax skipped above N = {} (--softmax-max-context): its composed prefill materialises the \
              [heads, N, N] f32 scores per layer ({gib:.1} GiB each at N = {n}, several alive at once)",
             args.softmax_max_context
         );
     }
-    println!("load average after: {}", super::load());
+    crate::outln!("load average after: {}", super::load());
     Ok(())
 }
 

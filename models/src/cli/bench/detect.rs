@@ -121,10 +121,13 @@ fn latency<B: BenchDevice>(
         })?;
         // A forward that cannot be captured (an op that waits for the host) still has its
         // eager figure; the reason is printed.
-        let graph = dev.graph_ms(reps, &forward).unwrap_or_else(|e| {
-            eprintln!("warning: {cfg}, batch {batch}, {dtype:?}: no CUDA graph: {e}");
-            None
-        });
+        let graph = match dev.graph_ms(reps, &forward) {
+            Ok(g) => g,
+            Err(e) => {
+                crate::errln!("warning: {cfg}, batch {batch}, {dtype:?}: no CUDA graph: {e}");
+                None
+            }
+        };
         Ok((eager, graph))
     })
 }
@@ -139,11 +142,11 @@ fn bench<B: BenchDevice>(args: &BenchDetectArgs, dev: &B) -> Result<()> {
     let sizes = parse_list("--sizes", &args.sizes)?;
     let batches = parse_list("--batches", &args.batches)?;
     let dtypes = args.dtypes.split(',').map(parse_dtype).collect::<Result<Vec<_>>>()?;
-    println!("# ela bench detect ({}, {})", dev.device_name(), today_utc());
-    println!("machine: {}; {} classes; median of {} runs", machine(), args.classes, args.reps);
-    println!();
-    println!("| model | input | params | GFLOPs | dtype | batch | latency (ms) | CUDA graph (ms) | images/s |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    crate::outln!("# ela bench detect ({}, {})", dev.device_name(), today_utc());
+    crate::outln!("machine: {}; {} classes; median of {} runs", machine(), args.classes, args.reps);
+    crate::outln!();
+    crate::outln!("| model | input | params | GFLOPs | dtype | batch | latency (ms) | CUDA graph (ms) | images/s |");
+    crate::outln!("|---|---|---|---|---|---|---|---|---|");
     let mut failed = 0;
     for name in &models {
         for &size in &sizes {
@@ -157,7 +160,7 @@ fn bench<B: BenchDevice>(args: &BenchDetectArgs, dev: &B) -> Result<()> {
                     match latency(&cfg, batch, dtype, args.reps, dev) {
                         Ok((ms, graph)) => {
                             let best = graph.map_or(ms, |g| g.min(ms));
-                            println!(
+                            crate::outln!(
                                 "| {name} | {size} | {params} | {gflops:.3} | {dtype:?} | {batch} | {} | {} | {:.0} |",
                                 fmt_ms(Some(ms)),
                                 fmt_ms(graph),
@@ -166,7 +169,7 @@ fn bench<B: BenchDevice>(args: &BenchDetectArgs, dev: &B) -> Result<()> {
                         }
                         Err(e) => {
                             failed += 1;
-                            println!(
+                            crate::outln!(
                                 "| {name} | {size} | {params} | {gflops:.3} | {dtype:?} | {batch} | failed: {e} | | |"
                             );
                         }

@@ -20,6 +20,8 @@ use ela_core::{Cpu, DType, ElaKernel, ElaParams, Error, Result, Rng, Tensor};
 use ela_nn::attention::softmax_attention;
 use ela_nn::ela::{Ela, Form};
 
+use crate::budget::Estimate;
+
 use super::{fmt_ms, machine, median_ms, parse_list};
 use crate::report::plot::{write_svg, Series};
 
@@ -156,7 +158,7 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-fn print_table(rows: &[Row], jax: bool) {
+fn print_table(rows: &[Row], jax: bool) -> Result<()> {
     let mut head = String::from(
         "| T | ELA fwd | ELA fwd+bwd | quadratic fwd | quadratic fwd+bwd | softmax fwd | softmax fwd+bwd |",
     );
@@ -165,7 +167,7 @@ fn print_table(rows: &[Row], jax: bool) {
         head += " JAX fwd | JAX fwd+bwd | JAX/ELA fwd | JAX/ELA fwd+bwd |";
         rule += "---:|---:|---:|---:|";
     }
-    println!("{head}\n{rule}");
+    crate::outln!("{head}\n{rule}");
     for r in rows {
         let mut line = format!("| {} |", r.t);
         for x in r.ela.iter().chain(&r.quadratic).chain(&r.softmax) {
@@ -180,8 +182,9 @@ fn print_table(rows: &[Row], jax: bool) {
                 ratio(r.jax[1], r.ela[1])
             );
         }
-        println!("{line}");
+        crate::outln!("{line}");
     }
+    Ok(())
 }
 
 /// Log-log plot: x = log2 T, y = log10 ms (the plot module draws linear axes, so the values are
@@ -227,6 +230,21 @@ pub fn run(args: &BenchElaArgs) -> Result<()> {
             return Err(Error::invalid("ela bench ela", format!("{flag} must be at least 1")));
         }
     }
+    // The largest T decides: q, k, v, dy and the outputs and gradients (about 10 [B, H, T, D]
+    // f32 tensors), and up to the quadratic limit three [B, H, T, T] score matrices.
+    let mut worst = Estimate::new();
+    for &t in &times {
+        let bht = (args.batch as u64).saturating_mul(args.heads as u64).saturating_mul(t as u64);
+        let mut e = Estimate::new();
+        e.add(format!("ELA tensors at T={t}"), bht.saturating_mul(args.dim as u64), 10 * 4);
+        if t <= args.quadratic_max_t {
+            e.add(format!("T x T scores at T={t}"), bht.saturating_mul(t as u64), 3 * 4);
+        }
+        if e.total() > worst.total() {
+            worst = e;
+        }
+    }
+    worst.check("ela bench ela")?;
     if args.jax {
         if let Some(t) = times.iter().find(|&&t| t % args.chunk != 0) {
             return Err(Error::invalid(
@@ -238,13 +256,16 @@ pub fn run(args: &BenchElaArgs) -> Result<()> {
             ));
         }
     }
-    println!(
+    crate::outln!(
         "ela bench ela: causal Hadamard-Exp, B={} H={} D=Dv={} chunk {} f32, CPU",
-        args.batch, args.heads, args.dim, args.chunk
+        args.batch,
+        args.heads,
+        args.dim,
+        args.chunk
     );
-    println!("machine: {}", machine());
-    println!("command: {}", std::env::args().collect::<Vec<_>>().join(" "));
-    println!(
+    crate::outln!("machine: {}", machine());
+    crate::outln!("command: {}", std::env::args().collect::<Vec<_>>().join(" "));
+    crate::outln!(
         "date: {} (UTC); median of {} runs ({} for quadratic and softmax) after 1 warm-up; times in ms",
         super::today_utc(),
         args.reps.max(1),
@@ -257,16 +278,16 @@ pub fn run(args: &BenchElaArgs) -> Result<()> {
     if args.jax {
         run_jax(args, &times, &mut rows)?;
     }
-    println!();
-    print_table(&rows, args.jax);
-    println!(
+    crate::outln!();
+    print_table(&rows, args.jax)?;
+    crate::outln!(
         "\nquadratic and softmax stop at T = {} (--quadratic-max-t): their [B, H, T, T] matrices grow as T^2",
         args.quadratic_max_t
     );
-    println!("load average after: {}", super::load());
+    crate::outln!("load average after: {}", super::load());
     if let Some(path) = &args.svg {
         plot(args, path, &rows)?;
-        println!("plot: {}", path.display());
+        crate::outln!("plot: {}", path.display());
     }
     Ok(())
 }

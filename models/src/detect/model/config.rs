@@ -135,6 +135,12 @@ impl Default for DetectorConfig {
     }
 }
 
+/// The largest input size a detector configuration accepts (131072 = 32 x 4096; the cost
+/// arithmetic of every neck, softmax attention over all positions included, stays in 64 bits).
+pub const MAX_INPUT_SIZE: usize = 131_072;
+/// The most classes a detector configuration accepts.
+pub const MAX_CLASSES: usize = 1 << 20;
+
 impl DetectorConfig {
     /// A configuration.
     pub fn new(arch: Arch, num_classes: usize, input_size: usize) -> Self {
@@ -149,7 +155,7 @@ impl DetectorConfig {
         }
     }
 
-    /// Check the switches.
+    /// Check the switches (see [`MAX_INPUT_SIZE`], [`MAX_CLASSES`]).
     pub fn validate(&self) -> Result<()> {
         if self.num_classes == 0 {
             return Err(Error::invalid("DetectorConfig", "num_classes must be at least 1"));
@@ -158,6 +164,18 @@ impl DetectorConfig {
             return Err(Error::invalid(
                 "DetectorConfig",
                 format!("input_size must be a positive multiple of 32, got {}", self.input_size),
+            ));
+        }
+        // Caps far above any real use (COCO models run at 640 with 80 classes) that keep the
+        // cost arithmetic of `component_report` (pixels x channels x kernel taps) inside 64
+        // bits, so `ela info` can count any accepted configuration exactly.
+        if self.input_size > MAX_INPUT_SIZE || self.num_classes > MAX_CLASSES {
+            return Err(Error::invalid(
+                "DetectorConfig",
+                format!(
+                    "input_size {} and num_classes {} must be at most {MAX_INPUT_SIZE} and {MAX_CLASSES}",
+                    self.input_size, self.num_classes
+                ),
             ));
         }
         Ok(())

@@ -55,3 +55,20 @@ pub fn total_params(cfg: &DetectorConfig) -> Result<usize> {
 pub fn total_flops(cfg: &DetectorConfig) -> Result<f64> {
     Ok(component_report(cfg)?.iter().map(|c| c.flops).sum())
 }
+
+/// Add what running `cfg` on batches of `batch` images needs to `e`: f32 parameters (with
+/// gradients and AdamW's moments when `training`), the input batch, and a lower bound of the
+/// activations: the first feature maps (16 channels at half resolution, the first of several
+/// such maps), kept for the backward when training.
+pub fn add_memory(e: &mut crate::budget::Estimate, cfg: &DetectorConfig, batch: usize, training: bool) -> Result<()> {
+    let params = total_params(cfg)? as u64;
+    e.add(
+        if training { "parameters, gradients and AdamW state" } else { "parameters" },
+        params,
+        if training { 16 } else { 4 },
+    );
+    let pixels = (batch as u64).saturating_mul((cfg.input_size as u64).saturating_pow(2));
+    e.add("input images", pixels, 3 * 4);
+    e.add("activations", pixels.saturating_mul(4), if training { 3 * 4 } else { 4 });
+    Ok(())
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use ela_core::{Error, Result};
 
-use crate::report::run_dir::{SavedSettings, EMBEDDED};
+use crate::report::run_dir::{check_resume_flags, check_storable_path, data_pairs, SavedSettings};
 
 use super::run::DataSpec;
 use crate::detect::model::{Arch, DetectorConfig, LossConfig, Neck};
@@ -127,34 +127,59 @@ pub struct DetectTrainArgs {
     /// Testing aid: abort the process (no cleanup, like a kill) right after this step.
     #[arg(long, hide = true)]
     pub abort_after: Option<usize>,
+    /// The options given on the command line (clap ids), filled by the CLI, so `--resume` can
+    /// refuse the ones that contradict the saved run. Empty for library callers.
+    #[arg(skip)]
+    pub given: Vec<String>,
 }
 
 impl DetectTrainArgs {
     /// The run settings (everything but the output path and the device) as `(key, value)`
     /// strings, saved with the checkpoint.
     pub fn run_pairs(&self) -> Vec<(String, String)> {
-        let data = self.data.as_ref().map_or(EMBEDDED.to_string(), |p| p.display().to_string());
-        [
-            ("data", data),
-            ("synth_train", self.synth_train.to_string()),
-            ("synth_val", self.synth_val.to_string()),
-            ("steps", self.steps.to_string()),
-            ("batch", self.batch.to_string()),
-            ("lr", format!("{:?}", self.lr)),
-            ("min_lr", format!("{:?}", self.min_lr)),
-            ("warmup", self.warmup.to_string()),
-            ("weight_decay", format!("{:?}", self.weight_decay)),
-            ("clip", format!("{:?}", self.clip)),
-            ("augment", (!self.no_augment).to_string()),
-            ("box_gain", format!("{:?}", self.box_gain)),
-            ("cls_gain", format!("{:?}", self.cls_gain)),
-            ("obj_gain", format!("{:?}", self.obj_gain)),
-            ("seed", self.seed.to_string()),
-            ("eval_every", self.eval_every.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (format!("run.{k}"), v))
-        .collect()
+        data_pairs(self.data.as_deref())
+            .into_iter()
+            .chain([
+                ("synth_train", self.synth_train.to_string()),
+                ("synth_val", self.synth_val.to_string()),
+                ("steps", self.steps.to_string()),
+                ("batch", self.batch.to_string()),
+                ("lr", format!("{:?}", self.lr)),
+                ("min_lr", format!("{:?}", self.min_lr)),
+                ("warmup", self.warmup.to_string()),
+                ("weight_decay", format!("{:?}", self.weight_decay)),
+                ("clip", format!("{:?}", self.clip)),
+                ("augment", (!self.no_augment).to_string()),
+                ("box_gain", format!("{:?}", self.box_gain)),
+                ("cls_gain", format!("{:?}", self.cls_gain)),
+                ("obj_gain", format!("{:?}", self.obj_gain)),
+                ("seed", self.seed.to_string()),
+                ("eval_every", self.eval_every.to_string()),
+            ])
+            .map(|(k, v)| (format!("run.{k}"), v))
+            .collect()
+    }
+
+    /// Refuse options given with `--resume` that differ from the saved run's settings.
+    pub fn check_resume_flags(&self, saved: impl Fn(&str) -> Option<String>) -> Result<()> {
+        let user = self.run_pairs();
+        let run_keys: Vec<String> = user.iter().map(|(k, _)| k.clone()).collect();
+        let keys_of = |id: &str| -> Vec<String> {
+            match id {
+                "data" => vec!["run.data".into(), "run.data_hex".into()],
+                "no_augment" => vec!["run.augment".into()],
+                "img" => vec!["model.input_size".into()],
+                "arch" => vec!["model.arch".into()],
+                "neck" => vec!["model.neck".into()],
+                id => run_keys.iter().filter(|k| **k == format!("run.{id}")).cloned().collect(),
+            }
+        };
+        let mut user = user;
+        if let Ok(cfg) = self.model.to_config(1) {
+            // The class count comes from the data, so it is never an option to compare.
+            user.extend(cfg.to_pairs().into_iter().filter(|(k, _)| k != "model.num_classes"));
+        }
+        check_resume_flags("detect train --resume", &self.given, &user, saved, keys_of)
     }
 
     /// Overwrite the run settings from saved pairs (for `--resume`).
@@ -198,6 +223,9 @@ impl DetectTrainArgs {
     /// Check ranges and finiteness before anything is built.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::invalid("detect train", msg));
+        if let Some(p) = &self.data {
+            check_storable_path("detect train", p)?;
+        }
         if self.steps == 0 || self.batch == 0 || self.eval_every == 0 {
             return bad("--steps, --batch and --eval-every must be positive".into());
         }

@@ -112,12 +112,28 @@ fn metadata(cfg: &DetectorConfig, args: &DetectTrainArgs, classes: &[String], st
     m
 }
 
+/// Refuse a run whose model, optimizer state and batches cannot fit in the memory available.
+fn check_memory(cfg: &DetectorConfig, args: &DetectTrainArgs) -> Result<()> {
+    let mut e = crate::budget::Estimate::new();
+    crate::detect::model::cost::add_memory(&mut e, cfg, args.batch, true)?;
+    e.check("detect train")
+}
+
 /// Train (or resume) as `args` says, on `device`.
 pub fn train<B: Backend>(args: &DetectTrainArgs, device: &B) -> Result<DetectReport> {
     let mut args = args.clone();
-    let (out, resumed) = open_run("detect train", args.out.as_deref(), Path::new(DEFAULT_OUT), args.resume, device)?;
+    if !args.resume {
+        // A new run's settings are all known now: refuse bad ones before a folder is made.
+        args.validate()?;
+        // The class count is known only from the data; one class is the least the run needs.
+        check_memory(&args.model.to_config(1)?, &args)?;
+    }
+    let run = open_run("detect train", args.out.as_deref(), Path::new(DEFAULT_OUT), args.resume, device)?;
+    // Held to the end of the run: no other process may write into this folder meanwhile.
+    let (out, resumed, _lock) = (run.dir, run.resumed, run.lock);
     let ckpt_path = out.join(CKPT);
     if let Some(ck) = &resumed {
+        args.check_resume_flags(|k| ck.metadata.get(k).cloned())?;
         args.apply_run_pairs(|k| ck.metadata.get(k).cloned())?;
     }
     let saved_cfg = match &resumed {
@@ -145,6 +161,8 @@ pub fn train<B: Backend>(args: &DetectTrainArgs, device: &B) -> Result<DetectRep
         Some(c) => c,
         None => args.model.to_config(classes.len())?,
     };
+    // A resumed run's stored configuration is checked here, before anything is built from it.
+    check_memory(&cfg, &args)?;
     if cfg.num_classes != classes.len() {
         return Err(Error::invalid(
             "detect train --resume",
@@ -152,7 +170,7 @@ pub fn train<B: Backend>(args: &DetectTrainArgs, device: &B) -> Result<DetectRep
         ));
     }
     if !data.skipped.is_empty() {
-        eprintln!("data: {}", data.skipped);
+        crate::errln!("data: {}", data.skipped);
     }
 
     let store = ParamStore::new(device, DType::F32, args.seed);
@@ -174,7 +192,7 @@ pub fn train<B: Backend>(args: &DetectTrainArgs, device: &B) -> Result<DetectRep
     let (metrics_path, mut log) = start_metrics(&out, resumed.is_some())?;
     crate::train::run::write_config_json(&out, &metadata(&cfg, &args, &classes, start))?;
 
-    eprintln!(
+    crate::errln!(
         "model: {} ({params} parameters); data: {} ({} train / {} validation images); {} steps of {} images{}",
         cfg,
         data.train.describe(),
@@ -191,7 +209,7 @@ pub fn train<B: Backend>(args: &DetectTrainArgs, device: &B) -> Result<DetectRep
     let mut val: Option<CocoMetrics> = None;
     for step in start..args.steps {
         let lr = sched.lr_at(step);
-        opt.set_lr(lr);
+        opt.set_lr(lr)?;
         let (idx, mut rng) = batch_indices(data.train.len(), args.batch, args.seed, step);
         let b = make_batch(data.train.as_ref(), &idx, cfg.input_size, augment.as_ref(), &mut rng)?;
         let x = Var::constant(batch_to_tensor(&b, device)?);
@@ -239,8 +257,8 @@ pub fn train<B: Backend>(args: &DetectTrainArgs, device: &B) -> Result<DetectRep
         let ap = val.as_ref().map_or(f64::NAN, |m| m.ap50);
         progress.update(step - start, &format!("loss {value:.3} | mAP50 {ap:.3} | {ips:.1} img/s"));
         if (args.checkpoint_every > 0 && done % args.checkpoint_every == 0) || done == args.steps {
-            let mut tensors = checkpoint::with_prefix(&store.state_dict(), "model.");
-            tensors.extend(checkpoint::with_prefix(&opt.state_dict()?, "optim."));
+            let mut tensors = checkpoint::with_prefix(&store.state_dict(), "model");
+            tensors.extend(checkpoint::with_prefix(&opt.state_dict()?, "optim"));
             checkpoint::save(&ckpt_path, &tensors, &metadata(&cfg, &args, &classes, done))?;
         }
         if args.abort_after == Some(done) {
