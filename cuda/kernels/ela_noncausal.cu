@@ -11,7 +11,8 @@
 //              U = sum_i phi_i g_i^T, w = sum_i c_i phi_i      (ela_nc_outer on the saved rows)
 //              dv_j = U^T psi_j, dpsi_j = U v_j - w -> dk      (ela_nc_key_bwd)
 //
-// The derivation is docs/ela.md's backward with every prefix sum replaced by the full sum.
+// The derivation is docs/ela.md, "Backward", (B1)-(B5), with every prefix sum replaced by the
+// full sum.
 // Hadamard Exp keeps its log-scales as in ela.cu, with m[f] = max_j k_jf over the whole sequence:
 // psi = exp(k - m) <= 1, phi = exp(q + m - u) with u = max_f (q_f + m_f), so phi . z >= 1.
 // Every sum runs in a fixed order (no atomics): results are deterministic.
