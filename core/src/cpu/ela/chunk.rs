@@ -388,11 +388,15 @@ pub(crate) fn prep<T: ElaFloat>(seq: &Seq<T>, t0: usize, n: usize, st: &State<T>
         // leak into earlier rows through 0 * inf.
         row[i + 1..].fill(T::ZERO);
         if seq.exp() {
-            // E_ij = exp(mq_i + mk_j - u_i) <= 1 for j <= i (mk_j <= max_{j'<=i} mk_j').
+            // E_ij = exp(mq_i + mk_j - u_i) <= 1 for j <= i (mk_j <= max_{j'<=i} mk_j'). The sum
+            // is rounded first, as in u_i: rounding is monotonic, so fl(mq_i + mk_j) <=
+            // fl(mq_i + max mk) <= u_i and the exponent is <= 0 exactly. (mq_i - u_i) + mk_j
+            // instead rounds twice and can exceed 0 by an ulp of the inputs: above ~1e9 in f32
+            // that ulp is > 88, exp overflows, and 0 * inf turns rows into NaN.
             let e = &mut ch.e[i * n..(i + 1) * n];
-            let base = ch.mq[i] - ch.u[i];
+            let (mq, u) = (ch.mq[i], ch.u[i]);
             for (x, &mk) in e[..=i].iter_mut().zip(&ch.mk[..=i]) {
-                *x = base + mk;
+                *x = (mq + mk) - u;
             }
             T::exp_slice(&mut e[..=i]);
             e[i + 1..].fill(T::ZERO);
