@@ -10,6 +10,7 @@ pub mod console;
 pub mod data;
 pub mod demo;
 pub mod detect;
+pub mod external;
 pub mod lm;
 pub mod report;
 pub mod train;

@@ -113,6 +113,7 @@ impl Cuda {
     }
 
     /// Non-causal forward of `n x T` rows (`q`, `k`, `v` already checked by the caller).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn ela_nc_forward(
         &self,
         plan: &Plan,

@@ -79,6 +79,22 @@ pub struct VerifyArgs {
     /// (proves that the check can fail).
     #[arg(long, hide = true)]
     pub plant_error: Option<f64>,
+    /// Check another implementation instead of ours: a safetensors file holding q, k, v and its
+    /// output y (optionally dy and its dq, dk, dv); see docs/usage.md. Uses --kernel (default
+    /// hadamard-exp), --causal, --layout, --tol, --grad-tol, --max-reference-gib.
+    #[arg(long, value_name = "FILE", conflicts_with_all = [
+        "batch", "heads", "time", "dim", "dv", "chunk", "dtype", "seed", "device", "scale", "inputs", "plant_error"
+    ])]
+    pub external: Option<std::path::PathBuf>,
+    /// Axis order of the --external tensors: bhtd ([batch, heads, time, dim]) or bthd.
+    #[arg(long, default_value = "bhtd", requires = "external")]
+    pub layout: String,
+    /// Relative tolerance of y for --external (default: the table below, by y's dtype).
+    #[arg(long, requires = "external")]
+    pub tol: Option<f64>,
+    /// Relative tolerance of dq, dk, dv for --external (default: the table below, by their dtype).
+    #[arg(long, requires = "external")]
+    pub grad_tol: Option<f64>,
 }
 
 /// Relative tolerances `(y, gradients)` for a dtype (printed by `ela verify --help`).
@@ -297,8 +313,83 @@ fn fmt_err(x: f64) -> String {
     }
 }
 
+/// `ela verify --external FILE`: the file's tensors against the exact f64 answer.
+fn run_external(args: &VerifyArgs, path: &std::path::Path) -> Result<()> {
+    use crate::external::{verify_external, ExternalOptions};
+    let kernel = match &args.kernel {
+        Some(name) => name.parse::<ElaKernel>()?,
+        None => ElaKernel::HadamardExp,
+    };
+    for (flag, t) in [("--tol", args.tol), ("--grad-tol", args.grad_tol)] {
+        if let Some(t) = t.filter(|t| !(t.is_finite() && *t >= 0.0)) {
+            return Err(Error::invalid("ela verify", format!("{flag} must be finite and >= 0, got {t}")));
+        }
+    }
+    let opts = ExternalOptions {
+        kernel,
+        causal: args.causal,
+        layout: args.layout.parse()?,
+        tol_y: args.tol,
+        tol_grad: args.grad_tol,
+        max_reference_gib: args.max_reference_gib,
+    };
+    let report = verify_external(path, &opts)?;
+    let [b, h, t, d] = report.dims;
+    crate::outln!(
+        "ela verify --external {}: kernel {}, {}, layout {}",
+        path.display(),
+        kernel.name(),
+        if args.causal { "causal" } else { "non-causal" },
+        args.layout
+    );
+    crate::outln!("B {b}, H {h}, T {t}, D {d}, Dv {}", report.dv);
+    crate::outln!("reference: quadratic form in f64 on the CPU from the file's own values, gradients from its tape\n");
+    crate::outln!(
+        "| tensor | dtype | max abs | max rel | worst at ({}) | non-finite | tolerance | result |",
+        args.layout
+    );
+    crate::outln!("|---|---|---:|---:|---|---:|---:|---|");
+    for c in &report.checks {
+        crate::outln!(
+            "| {} | {} | {} | {} | {:?} | {} | {:.0e} | {} |",
+            c.name,
+            c.dtype.as_str(),
+            fmt_err(c.max_abs),
+            fmt_err(c.max_rel),
+            c.worst,
+            c.non_finite,
+            c.tol,
+            if c.passed() { "ok" } else { "FAIL" }
+        );
+    }
+    if report.checks.len() == 1 {
+        crate::outln!("(no dy in the file: gradients not checked)");
+    }
+    let failed = report.checks.iter().filter(|c| !c.passed()).count();
+    if failed > 0 {
+        crate::outln!(
+            "\nFAIL: {failed} of {} tensors differ from the exact answer beyond tolerance",
+            report.checks.len()
+        );
+        return Err(Error::invalid(
+            "ela verify",
+            format!(
+                "{failed} of {} tensors of {} are not exact (rows marked FAIL)",
+                report.checks.len(),
+                path.display()
+            ),
+        ));
+    }
+    let n = report.checks.len();
+    crate::outln!("\nPASS: {n} tensor{} within tolerance of the exact answer", if n == 1 { "" } else { "s" });
+    Ok(())
+}
+
 /// Run `ela verify`: print the table; an error (exit 1) when any error exceeds its tolerance.
 pub fn run(args: &VerifyArgs) -> Result<()> {
+    if let Some(path) = &args.external {
+        return run_external(args, path);
+    }
     let (kernels, dtype) = check_args(args)?;
     let (tol_y, tol_g) = tolerance(dtype)?;
     // A missing GPU is a one-line error before any output.
