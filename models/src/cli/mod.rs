@@ -9,7 +9,7 @@ pub mod train;
 pub mod verify;
 
 use clap::{Parser, Subcommand};
-use ela_core::{Error, Result};
+use ela_core::Result;
 
 /// ELA-rs: exact linear attention, from tensors to models.
 #[derive(Parser, Debug)]
@@ -53,48 +53,21 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Where a command runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeviceChoice {
-    /// The CPU backend.
-    Cpu,
-    /// CUDA device with this ordinal.
-    Cuda(usize),
-}
+/// Where a command runs (the library's [`crate::device::Device`]).
+pub type DeviceChoice = crate::device::Device;
 
 /// Parse `cpu`, `cuda` or `cuda:N`.
 pub fn parse_device(s: &str) -> Result<DeviceChoice> {
-    match s {
-        "cpu" => Ok(DeviceChoice::Cpu),
-        "cuda" => Ok(DeviceChoice::Cuda(0)),
-        _ => match s.strip_prefix("cuda:").map(str::parse) {
-            Some(Ok(n)) => Ok(DeviceChoice::Cuda(n)),
-            _ => Err(Error::invalid("device", format!("unknown device {s:?}; expected cpu, cuda or cuda:N"))),
-        },
-    }
+    s.parse()
 }
 
 /// Run a generic body on the backend a `--device` string names: `on_device!(dev_str, |dev| f(dev))`.
-/// `dev` is `&Cpu` or `&Cuda`; a missing driver or GPU is a one-line `DeviceUnavailable` error.
+/// `dev` is `&Cpu` or `&Cuda`; a bad name or a missing driver or GPU is a one-line error.
+/// [`crate::with_device!`] with the string parsed first.
 #[macro_export]
 macro_rules! on_device {
     ($device:expr, |$dev:ident| $body:expr) => {{
-        match $crate::cli::parse_device($device)? {
-            $crate::cli::DeviceChoice::Cpu => {
-                let $dev = &ela_core::Cpu;
-                $body
-            }
-            $crate::cli::DeviceChoice::Cuda(ordinal) => {
-                let $dev = &ela_cuda::Cuda::new(ordinal)?;
-                let out = $body;
-                // ELA_CUDA_KERNEL_STATS=1: where the device time went (see ela_cuda::Cuda::kernel_stats_report).
-                match $dev.kernel_stats_report(40) {
-                    Ok(Some(report)) => $crate::errln!("{report}"),
-                    Ok(None) => {}
-                    Err(e) => $crate::errln!("kernel stats: {e}"),
-                }
-                out
-            }
-        }
+        let device: $crate::device::Device = $crate::cli::parse_device($device)?;
+        $crate::with_device!(device, |$dev| $body)
     }};
 }

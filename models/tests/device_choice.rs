@@ -1,0 +1,40 @@
+//! The run-time device choice of the library (`ela_models::device`): names parse and print back,
+//! `with_device!` runs a generic body on the CPU, and a CUDA device that is not there is a typed
+//! `DeviceUnavailable` error (on a GPU machine the same body runs on the GPU and agrees).
+
+use ela_models::device::Device;
+use ela_models::ela_core::{Backend, DType, Error, Result, Rng, Tensor};
+use ela_models::with_device;
+
+fn product_sum<B: Backend>(dev: &B) -> Result<f64> {
+    let mut rng = Rng::new(7);
+    let a = Tensor::randn(0.0, 1.0, [5, 6], DType::F64, &mut rng, dev)?;
+    let b = Tensor::randn(0.0, 1.0, [6, 2], DType::F64, &mut rng, dev)?;
+    a.matmul(&b)?.sum_all()?.to_scalar()
+}
+
+#[test]
+fn device_names_parse_and_print_back() {
+    for (s, d) in [("cpu", Device::Cpu), ("cuda", Device::Cuda(0)), ("cuda:3", Device::Cuda(3))] {
+        assert_eq!(s.parse::<Device>().unwrap(), d);
+    }
+    assert_eq!(Device::Cuda(2).to_string(), "cuda:2");
+    assert_eq!(Device::Cpu.to_string().parse::<Device>().unwrap(), Device::Cpu);
+    for bad in ["gpu", "cuda:", "cuda:x", "CPU", ""] {
+        let e = bad.parse::<Device>().unwrap_err();
+        assert!(e.to_string().contains("expected cpu, cuda or cuda:N"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn with_device_runs_generic_code_and_reports_a_missing_gpu() {
+    let cpu = with_device!(Device::Cpu, |dev| product_sum(dev)).unwrap();
+    assert!(cpu.is_finite());
+    match with_device!(Device::Cuda(0), |dev| product_sum(dev)) {
+        Ok(gpu) => assert!((gpu - cpu).abs() <= 1e-9 * (1.0 + cpu.abs()), "gpu {gpu} vs cpu {cpu}"),
+        Err(e) => {
+            assert!(std::env::var_os("ELA_REQUIRE_CUDA").is_none(), "ELA_REQUIRE_CUDA is set: {e}");
+            assert!(matches!(e, Error::DeviceUnavailable { .. }), "{e:?}");
+        }
+    }
+}
