@@ -150,6 +150,17 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         g: &Self::Storage,
         n: usize,
     ) -> Result<(Self::Storage, Self::Storage)>;
+    /// `silu(x + bias[c])` of a contiguous `[outer, chans, inner]` buffer and a `[chans]` bias of
+    /// the same float dtype (computed in f32, or f64 for f64, rounded once): a convolution's bias
+    /// and activation in one pass over memory instead of two.
+    fn bias_silu(
+        &self,
+        x: &Self::Storage,
+        bias: &Self::Storage,
+        outer: usize,
+        chans: usize,
+        inner: usize,
+    ) -> Result<Self::Storage>;
     /// Layer norm over the last axis: `y = (x - mean) * rstd * w + b`. Contiguous `[rows, n]`.
     /// Returns `(y, mean[rows], rstd[rows])`, statistics in f32.
     #[allow(clippy::too_many_arguments)]

@@ -366,3 +366,47 @@ SWIGLU(f16, F16)
 SWIGLU(bf16, BF16)
 SWIGLU(f32, F32)
 SWIGLU(f64, F64)
+
+// ---------------------------------------------------------------- bias + SiLU
+
+// out[i] = silu(x[i] + bias[c]), c = (i / inner) % chans: a convolution's bias and activation in
+// one pass (the CPU backend's formula, core/src/cpu/nn.rs, in the compute type, rounded once).
+// With `vec`, inner is a multiple of the vector width and the buffers are 16-byte aligned, so a
+// 16-byte vector lies in one channel and needs one bias value.
+template <typename D>
+__device__ void bias_silu_impl(typename D::S* out, const typename D::S* x, const typename D::S* bias, u32 n, u32 inner,
+                               u32 chans, int vec) {
+    typedef typename D::C C;
+    typedef typename D::S S;
+    const int V = 16 / sizeof(S);
+    const u32 t0 = blockIdx.x * blockDim.x + threadIdx.x, nt = gridDim.x * blockDim.x;
+    u32 done = 0;
+    if (vec) {
+        const u32 nv = n / V;
+        for (u32 j = t0; j < nv; j += nt) {
+            const C b = D::load(bias[((j * V) / inner) % chans]);
+            Pack16<S> u, o;
+            u.raw = ((const u128x*)x)[j];
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+                const C z = D::load(u.v[k]) + b;
+                o.v[k] = D::store(z / ((C)1 + x_exp(-z)));
+            }
+            ((u128x*)out)[j] = o.raw;
+        }
+        done = nv * V;
+    }
+    for (u32 i = done + t0; i < n; i += nt) {
+        const C z = D::load(x[i]) + D::load(bias[(i / inner) % chans]);
+        out[i] = D::store(z / ((C)1 + x_exp(-z)));
+    }
+}
+#define BIAS_SILU(NAME, D)                                                                                 \
+    extern "C" __global__ void bias_silu_##NAME(D::S* out, const D::S* x, const D::S* bias, u32 n, u32 inner, \
+                                                u32 chans, int vec) {                                      \
+        bias_silu_impl<D>(out, x, bias, n, inner, chans, vec);                                             \
+    }
+BIAS_SILU(f16, F16)
+BIAS_SILU(bf16, BF16)
+BIAS_SILU(f32, F32)
+BIAS_SILU(f64, F64)

@@ -109,6 +109,9 @@ impl Backend for Cuda {
     fn swiglu_backward(&self, a: &S, b: &S, g: &S, n: usize) -> Result<(S, S)> {
         self.swiglu_backward_impl(a, b, g, n)
     }
+    fn bias_silu(&self, x: &S, bias: &S, outer: usize, chans: usize, inner: usize) -> Result<S> {
+        self.bias_silu_impl(x, bias, outer, chans, inner)
+    }
     fn rms_norm_backward(
         &self,
         x: &S,

@@ -679,6 +679,26 @@ device_proptest! {
         }
     }
 
+    /// The fused conv bias + SiLU: gradients against central differences, value and gradients
+    /// against `silu(x + b)` composed from primitives, for `x [N, C, ...]` of rank 2 to 4.
+    fn bias_silu_matches_composed<B: Backend>(
+        dev: &B,
+        ins in (dims(2..=4, 4)).prop_flat_map(|d| { let c = d[1]; inputs_m(vec![d.clone(), vec![c], d], Vals::Normal, &[0]) }),
+    ) {
+        check(dev, "bias_silu", &ins[..2], |v| v[0].bias_silu(&v[1]))?;
+        let (x, b) = (Var::param(ins[0].tensor(dev)), Var::param(ins[1].tensor(dev)));
+        let g = ins[2].tensor(dev);
+        let fused = x.bias_silu(&b)?;
+        let mut shape = vec![1; x.rank()];
+        shape[1] = b.dims()[0];
+        let composed = x.add(&b.reshape(shape)?)?.silu()?;
+        let (gf, gc) = (fused.backward_with(g.clone())?, composed.backward_with(g)?);
+        prop_assert!(fused.value().all_close(&composed.value(), 1e-12, 1e-12)?);
+        for v in [&x, &b] {
+            prop_assert!(gf.get(v).unwrap().all_close(gc.get(v).unwrap(), 1e-10, 1e-12)?);
+        }
+    }
+
     /// The fused RMS-norm backward equals the backward of the same function built from primitives.
     fn rms_norm_matches_composed<B: Backend>(
         dev: &B,

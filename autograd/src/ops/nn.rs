@@ -43,6 +43,28 @@ impl<B: Backend> Var<B> {
         })
     }
 
+    /// `silu(self + bias)` with `bias [C]` along axis 1, as one node (a convolution's bias and
+    /// activation). Forward in one fused kernel; the backward (used when training with it, not
+    /// on the inference path it exists for) is composed: with `z = x + b`, `s = sigmoid(z)`,
+    /// `dz = g s (1 + z (1 - s))`, `dx = dz` and `db = dz` summed over every axis but 1
+    /// (docs/autograd.md#bias-silu).
+    pub fn bias_silu(&self, bias: &Self) -> Result<Self> {
+        let (x, b) = (self.value(), bias.value());
+        let y = x.bias_silu(&b)?;
+        Var::record("bias_silu", y, &[self, bias], move |g, _| {
+            let c = b.dims()[0];
+            let mut shape = vec![1; x.rank()];
+            shape[1] = c;
+            let z = x.add(&b.reshape(shape)?)?;
+            let s = z.sigmoid()?;
+            let one_minus_s = s.neg()?.add_scalar(1.0)?;
+            let dz = g.mul(&s)?.mul(&z.mul(&one_minus_s)?.add_scalar(1.0)?)?;
+            // Sum over batch and spatial axes: move axis 1 first, flatten the rest.
+            let db = dz.transpose(0, 1)?.contiguous()?.reshape([c, x.elem_count() / c.max(1)])?.sum(1, false)?;
+            Ok(vec![Some(dz), Some(db)])
+        })
+    }
+
     /// RMS norm over the last axis with an optional gain `weight [n]`.
     pub fn rms_norm(&self, weight: Option<&Self>, eps: f64) -> Result<Self> {
         let x = self.value();

@@ -77,6 +77,9 @@ impl Backend for Cpu {
     fn swiglu_backward(&self, a: &S, b: &S, g: &S, n: usize) -> Result<(S, S)> {
         nn::swiglu_backward(a, b, g, n)
     }
+    fn bias_silu(&self, x: &S, bias: &S, outer: usize, chans: usize, inner: usize) -> Result<S> {
+        nn::bias_silu(x, bias, outer, chans, inner)
+    }
     fn rms_norm_backward(
         &self,
         x: &S,

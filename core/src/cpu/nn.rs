@@ -4,7 +4,7 @@
 //! parallel. Per-row statistics (rstd, mean, logsumexp) are returned in the compute dtype (f64
 //! for f64 inputs, f32 otherwise) because the backward pass needs them at full precision.
 
-use crate::cpu::storage::{CpuStorage, FloatVec};
+use crate::cpu::storage::{CpuStorage, FloatCow, FloatVec};
 use crate::cpu::strided::gather;
 use crate::dtype::{DType, Float};
 use crate::error::{Error, Result};
@@ -556,5 +556,41 @@ pub fn swiglu_backward(a: &CpuStorage, b: &CpuStorage, g: &CpuStorage, n: usize)
             (store(da, dtype), store(db, dtype))
         }
         _ => return Err(Error::invalid(OP, "a, b and the gradient must have one dtype")),
+    })
+}
+
+// ---------------------------------------------------------------- bias + SiLU
+
+/// `silu(x + b[c])` over `[outer, chans, inner]` in the compute float. Tasks take whole planes
+/// (`inner` values of one channel) of at least ~16k elements together, so small feature maps do
+/// not cost a task each.
+fn bias_silu_slices<T: Float>(x: &[T], b: &[T], chans: usize, inner: usize) -> Vec<T> {
+    const GRAIN: usize = 1 << 14;
+    let mut out = vec![T::ZERO; x.len()];
+    if inner == 0 || chans == 0 {
+        return out;
+    }
+    let planes = (GRAIN / inner).max(1);
+    out.par_chunks_mut(planes * inner).zip(x.par_chunks(planes * inner)).enumerate().for_each(|(task, (o, xs))| {
+        for (p, (o, xs)) in o.chunks_mut(inner).zip(xs.chunks(inner)).enumerate() {
+            let bc = b[(task * planes + p) % chans];
+            for (y, &v) in o.iter_mut().zip(xs) {
+                let z = v + bc;
+                *y = z / (T::ONE + (-z).exp());
+            }
+        }
+    });
+    out
+}
+
+/// `Backend::bias_silu` on the CPU (f32 and f64 inputs are read in place).
+pub fn bias_silu(x: &CpuStorage, b: &CpuStorage, outer: usize, chans: usize, inner: usize) -> Result<CpuStorage> {
+    const OP: &str = "bias_silu";
+    let dtype = x.dtype();
+    let (lx, lb) = (Layout::contiguous(outer * chans * inner), Layout::contiguous(chans));
+    Ok(match (x.float_cow(&lx, OP)?, b.float_cow(&lb, OP)?) {
+        (FloatCow::F64(x), FloatCow::F64(b)) => CpuStorage::F64(bias_silu_slices(&x, &b, chans, inner)),
+        (FloatCow::F32(x), FloatCow::F32(b)) => CpuStorage::store_f32(bias_silu_slices(&x, &b, chans, inner), dtype),
+        _ => return Err(Error::invalid(OP, "x and the bias must have one dtype")),
     })
 }

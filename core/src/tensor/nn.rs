@@ -105,6 +105,33 @@ impl<B: Backend> Tensor<B> {
         Ok(Self::from_storage(y, self.shape().clone(), self.device()))
     }
 
+    /// `silu(self + bias)` with `bias [C]` broadcast along axis 1 of `self [N, C, ...]` (a
+    /// convolution's output), in one pass; the composed `self.add(bias)?.silu()` writes and reads
+    /// back an intermediate of the full size. Computed in f32 (f64 for f64) and rounded once.
+    pub fn bias_silu(&self, bias: &Self) -> Result<Self> {
+        const OP: &str = "bias_silu";
+        self.check_float(OP)?;
+        self.check_same_device(bias, OP)?;
+        let d = self.dims();
+        if d.len() < 2 || bias.dims() != [d[1]] || bias.dtype() != self.dtype() {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                lhs: self.shape().clone(),
+                rhs: bias.shape().clone(),
+                hint: format!(
+                    "x must be [N, C, ...] and the bias [C] of its dtype ({:?} vs {:?}); reshape the bias to [C]",
+                    self.dtype(),
+                    bias.dtype()
+                ),
+            });
+        }
+        let (outer, chans) = (d[0], d[1]);
+        let inner: usize = d[2..].iter().product();
+        let (x, b) = (self.contiguous()?, bias.contiguous()?);
+        let y = self.device().bias_silu(x.storage(), b.storage(), outer, chans, inner)?;
+        Ok(Self::from_storage(y, self.shape().clone(), self.device()))
+    }
+
     /// Gradients `(d self, d up)` of [`Tensor::swiglu`] for the upstream gradient `g`.
     pub fn swiglu_backward(&self, up: &Self, g: &Self) -> Result<(Self, Self)> {
         const OP: &str = "swiglu_backward";

@@ -355,13 +355,13 @@ impl Cuda {
 const FAST_MAX: usize = 1 << 31;
 
 /// Whether every address is 16-byte aligned (the fast kernels' vector loads and stores).
-fn aligned16(ptrs: &[u64]) -> bool {
+pub(super) fn aligned16(ptrs: &[u64]) -> bool {
     ptrs.iter().all(|p| p % 16 == 0)
 }
 
 /// Launch of a fast elementwise kernel over `n` elements: a thread per 16-byte vector when
 /// `vec`, else per element (grid-stride loops cover the rest).
-fn fast_cfg(n: usize, dtype: DType, vec: bool) -> Cfg {
+pub(super) fn fast_cfg(n: usize, dtype: DType, vec: bool) -> Cfg {
     Cfg::elems(if vec { n.div_ceil(16 / dtype.size_in_bytes()) } else { n })
 }
 

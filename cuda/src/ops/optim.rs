@@ -1,8 +1,9 @@
-//! Fused elementwise chains: the AdamW update and the SwiGLU gate (`adamw_*`, `swiglu*` in
-//! `kernels/elementwise.cu`).
+//! Fused elementwise chains: the AdamW update, the SwiGLU gate and a convolution's bias + SiLU
+//! (`adamw_*`, `swiglu*`, `bias_silu_*` in `kernels/elementwise.cu`).
 
 use ela_core::{AdamWStep, DType, Error, Result};
 
+use super::elementwise::{aligned16, fast_cfg};
 use super::{check_float, dt};
 
 use crate::device::{Arg, Cfg, Cuda};
@@ -85,5 +86,37 @@ impl Cuda {
         ];
         self.launch(EW, &format!("swiglu_bwd_{}", dt(a.dtype())), Cfg::elems(n), &args)?;
         Ok((da, db))
+    }
+
+    /// `Backend::bias_silu`: one pass, 16-byte vectors where a vector cannot straddle channels.
+    pub(crate) fn bias_silu_impl(
+        &self,
+        x: &CudaStorage,
+        bias: &CudaStorage,
+        outer: usize,
+        chans: usize,
+        inner: usize,
+    ) -> Result<CudaStorage> {
+        const OP: &str = "bias_silu";
+        check_float(OP, x.dtype())?;
+        let n = outer * chans * inner;
+        // The kernel's 32-bit grid-stride loop must not wrap (the fast elementwise kernels' bound).
+        if n >= 1 << 31 {
+            return Err(Error::invalid(OP, format!("{n} elements exceed the kernel's 31-bit index; split the batch")));
+        }
+        let out = self.alloc(x.dtype(), n)?;
+        let lanes = 16 / x.dtype().size_in_bytes();
+        let vec = inner.is_multiple_of(lanes) && aligned16(&[out.ptr(), x.ptr()]);
+        let args = [
+            Arg::Ptr(out.ptr()),
+            Arg::Ptr(x.ptr()),
+            Arg::Ptr(bias.ptr()),
+            Arg::U32(n as u32),
+            Arg::U32(inner as u32),
+            Arg::U32(chans as u32),
+            Arg::I32(vec as i32),
+        ];
+        self.launch(EW, &format!("bias_silu_{}", dt(x.dtype())), fast_cfg(n, x.dtype(), vec), &args)?;
+        Ok(out)
     }
 }

@@ -166,6 +166,31 @@ fn cross_entropy_forward_backward_and_bad_targets() -> Result<()> {
 }
 
 #[test]
+fn bias_silu_matches_the_cpu() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    // inner 400 takes the vector path in every dtype, 33 and 1 the scalar path; a strided input
+    // is made contiguous first.
+    for (k, &d) in FLOATS.iter().enumerate() {
+        for shape in [vec![3, 16, 20, 20], vec![2, 5, 33], vec![7, 9], vec![2, 3, 0]] {
+            let seed = 90 + 10 * k as u64;
+            let x = Pair::randn(&shape, d, seed, &dev);
+            let b = Pair::randn(&shape[1..2], d, seed + 1, &dev);
+            let (rt, at) = crate::tol(d);
+            let (c, gy) = both!(|x, b| x.bias_silu(b)?);
+            check_tol(&format!("bias_silu {d:?} {shape:?}"), &c, &gy, rt, at);
+        }
+        let x = Pair::randn_strided(&[4, 6, 10], d, 5, &dev);
+        let b = Pair::randn(&[6], d, 6, &dev);
+        let (rt, at) = crate::tol(d);
+        let (c, gy) = both!(|x, b| x.bias_silu(b)?);
+        check_tol(&format!("bias_silu strided {d:?}"), &c, &gy, rt, at);
+    }
+    let (x, b) = (Pair::randn(&[2, 4, 3], DType::F32, 1, &dev), Pair::randn(&[3], DType::F32, 2, &dev));
+    assert!(x.gpu.bias_silu(&b.gpu).is_err(), "a bias that is not [C] is an error");
+    Ok(())
+}
+
+#[test]
 fn swiglu_forward_backward() -> Result<()> {
     let Some(dev) = gpu() else { return Ok(()) };
     // Every float dtype; strided inputs (a transposed gate) are made contiguous first.

@@ -146,6 +146,10 @@ impl<B: Backend> ConvBnAct<B> {
 
     /// `x [n, cin, h, w] -> [n, cout, h', w']`; batch statistics when `train`, running ones when not.
     pub fn forward(&self, x: &Var<B>, train: bool) -> Result<Var<B>> {
+        // Fused for inference: the folded bias and the SiLU in one pass over the output.
+        if let (None, true, false, Some(bias)) = (&self.bn, self.act, train, self.conv.bias()) {
+            return x.conv2d(self.conv.weight(), &self.params)?.bias_silu(bias);
+        }
         let y = self.conv.forward(x)?;
         let y = match &self.bn {
             Some(bn) => bn.forward(&y, train)?,
