@@ -22,23 +22,28 @@
 use crate::error::{Error, Result};
 
 /// The kernels the fused ELA ops compute their feature maps for.
+///
+/// The discriminants are the kernel codes that device kernels receive ([`ElaKernel::code`]); the
+/// CUDA backend emits them as `#define`s into the source it compiles, so this is the one place
+/// they are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(i32)]
 pub enum ElaKernel {
     /// `k(q,k) = sum_d exp(q_d) exp(k_d)`; `phi = exp(q)`, `psi = exp(k)`, `F = D`. Positive, so the
     /// denominator never vanishes. The fused ops shift the exponents so nothing overflows (see
     /// `docs/ela.md#numerics`); the shifts cancel exactly in the ratio.
-    HadamardExp,
+    HadamardExp = 0,
     /// `k(q,k) = |q+k|^2`; `phi = (q, |q|^2, 1)`, `psi = (2k, 1, |k|^2)`, `F = D + 2`. The kernel is
     /// non-negative but the features are signed: the denominator is a cancelling sum.
-    SumSqEuclid,
+    SumSqEuclid = 1,
     /// `k(q,k) = |q-k|^2`; `phi = (q, |q|^2, 1)`, `psi = (-2k, 1, |k|^2)`, `F = D + 2`. Same caveat.
-    SubSqEuclid,
+    SubSqEuclid = 2,
     /// The paper's "restore standard attention" blueprint `(q.k + 1)(|q|^2 + 1)(|k|^2 + 1)`;
     /// `phi = (|q|^2+1)(q, 1)`, `psi = (|k|^2+1)(k, 1)`, `F = D + 1`. **Negative when `q.k < -1`**,
     /// which breaks the non-negativity that attention weights need.
-    Blueprint,
+    Blueprint = 3,
     /// `q` and `k` already are the feature vectors `phi(q)`, `psi(k)` (`F = D`): how user kernels run.
-    Identity,
+    Identity = 4,
 }
 
 impl ElaKernel {
@@ -50,6 +55,12 @@ impl ElaKernel {
         ElaKernel::Blueprint,
         ElaKernel::Identity,
     ];
+
+    /// The kernel's code in device kernels (its discriminant): what a backend passes to a kernel
+    /// that computes any built-in feature map.
+    pub fn code(self) -> i32 {
+        self as i32
+    }
 
     /// Feature size `F` for inputs of dimension `d`.
     pub fn feature_size(self, d: usize) -> usize {
@@ -106,6 +117,9 @@ pub struct ElaParams {
     /// Causal (`j <= i`) or full (all `j`) attention.
     pub causal: bool,
     /// Chunk length `C` of the chunked form (>= 1). Results agree for every `C` up to rounding.
+    /// The CPU backend honours it; the CUDA backend checks it through `Tensor` but chooses its own
+    /// chunking per kernel path (a per-token scan, or fixed 64- or 32-row chunks), so on CUDA it
+    /// changes nothing.
     pub chunk: usize,
 }
 

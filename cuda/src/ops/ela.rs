@@ -19,16 +19,6 @@ const THREADS: u32 = 256;
 /// Dynamic shared memory available to a block without opting in to more.
 const SMEM_LIMIT: usize = 48 * 1024;
 
-pub(super) fn kernel_code(k: ElaKernel) -> i32 {
-    match k {
-        ElaKernel::HadamardExp => 0,
-        ElaKernel::SumSqEuclid => 1,
-        ElaKernel::SubSqEuclid => 2,
-        ElaKernel::Blueprint => 3,
-        ElaKernel::Identity => 4,
-    }
-}
-
 fn check_len(op: &'static str, what: &str, s: &CudaStorage, want: usize, dims: &ElaDims) -> Result<()> {
     if s.len() != want {
         return Err(Error::invalid(op, format!("{what} has {} elements, expected {want} for {dims:?}", s.len())));
@@ -220,7 +210,7 @@ impl Cuda {
             Arg::n(dims.t),
             Arg::I32(dims.d as i32),
             Arg::I32(dims.dv as i32),
-            Arg::I32(kernel_code(p.kernel)),
+            Arg::I32(p.kernel.code()),
             Arg::I32(p.causal as i32),
         ];
         let smem = smem_bytes(op, dims, f, sd)?;
@@ -286,7 +276,7 @@ impl Cuda {
             Arg::n(t),
             Arg::I32(dims.d as i32),
             Arg::I32(dims.dv as i32),
-            Arg::I32(kernel_code(p.kernel)),
+            Arg::I32(p.kernel.code()),
             Arg::I32(p.causal as i32),
         ];
         let smem = smem_bytes(OP, dims, f, sd)?;
