@@ -45,6 +45,7 @@ mod ops;
 mod profile;
 mod storage;
 mod strided;
+pub mod testing;
 mod timing;
 
 pub use alloc::MemoryStats;
