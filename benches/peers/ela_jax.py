@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Peer for the CPU ELA benchmark: chunked causal Hadamard-Exp ELA written in JAX (jit, CPU, f32).
 
-It computes the same function as ELA-rs's chunked form (DESIGN.md section 4):
+It computes the same function as ELA-rs's chunked form (docs/ela.md, "Chunked form"):
     phi(q) = exp(q - max_d q)      (per-query shift, cancels in the ratio)
     psi(k) = exp(k - max k)        (one global shift per batch and head, cancels)
     y_i = phi_i^T S_i / (phi_i . z_i),  S_i = sum_{j<=i} psi_j v_j^T,  z_i = sum_{j<=i} psi_j

@@ -8,7 +8,7 @@ linear maps d -> d without bias, `heads` heads, causal Hadamard-Exp ELA; SwiGLU:
 w_down(silu(w_gate x) * w_up x); final RMSNorm (eps 1e-6), logits = h E^T, mean cross-entropy;
 AdamW (beta 0.9/0.95, eps 1e-8, weight decay 0.1), gradient clipping at 1.0.
 
-ELA in eager PyTorch, chunked (C = 64) as in DESIGN.md section 4, with the overflow protection
+ELA in eager PyTorch, chunked (C = 64) as in docs/ela.md ("Chunked form"), with the overflow protection
 of docs/ela.md reduced to what eager tensors allow cheaply: phi = exp(q - max_d q) (per-row shift,
 cancels), psi = exp(k - max k) with one max per (batch, head) (cancels). Memory O(T C + T/C D^2).
 

@@ -20,25 +20,31 @@
 //! the derivation of every equation is in `docs/ela.md`.
 
 use crate::error::{Error, Result};
+use crate::shape::Shape;
 
 /// The kernels the fused ELA ops compute their feature maps for.
+///
+/// The discriminants are the kernel codes that device kernels receive ([`ElaKernel::code`]); the
+/// CUDA backend emits them as `#define`s into the source it compiles, so this is the one place
+/// they are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(i32)]
 pub enum ElaKernel {
     /// `k(q,k) = sum_d exp(q_d) exp(k_d)`; `phi = exp(q)`, `psi = exp(k)`, `F = D`. Positive, so the
     /// denominator never vanishes. The fused ops shift the exponents so nothing overflows (see
     /// `docs/ela.md#numerics`); the shifts cancel exactly in the ratio.
-    HadamardExp,
+    HadamardExp = 0,
     /// `k(q,k) = |q+k|^2`; `phi = (q, |q|^2, 1)`, `psi = (2k, 1, |k|^2)`, `F = D + 2`. The kernel is
     /// non-negative but the features are signed: the denominator is a cancelling sum.
-    SumSqEuclid,
+    SumSqEuclid = 1,
     /// `k(q,k) = |q-k|^2`; `phi = (q, |q|^2, 1)`, `psi = (-2k, 1, |k|^2)`, `F = D + 2`. Same caveat.
-    SubSqEuclid,
+    SubSqEuclid = 2,
     /// The paper's "restore standard attention" blueprint `(q.k + 1)(|q|^2 + 1)(|k|^2 + 1)`;
     /// `phi = (|q|^2+1)(q, 1)`, `psi = (|k|^2+1)(k, 1)`, `F = D + 1`. **Negative when `q.k < -1`**,
     /// which breaks the non-negativity that attention weights need.
-    Blueprint,
+    Blueprint = 3,
     /// `q` and `k` already are the feature vectors `phi(q)`, `psi(k)` (`F = D`): how user kernels run.
-    Identity,
+    Identity = 4,
 }
 
 impl ElaKernel {
@@ -50,6 +56,12 @@ impl ElaKernel {
         ElaKernel::Blueprint,
         ElaKernel::Identity,
     ];
+
+    /// The kernel's code in device kernels (its discriminant): what a backend passes to a kernel
+    /// that computes any built-in feature map.
+    pub fn code(self) -> i32 {
+        self as i32
+    }
 
     /// Feature size `F` for inputs of dimension `d`.
     pub fn feature_size(self, d: usize) -> usize {
@@ -106,6 +118,9 @@ pub struct ElaParams {
     /// Causal (`j <= i`) or full (all `j`) attention.
     pub causal: bool,
     /// Chunk length `C` of the chunked form (>= 1). Results agree for every `C` up to rounding.
+    /// The CPU backend honours it; the CUDA backend checks it through `Tensor` but chooses its own
+    /// chunking per kernel path (a per-token scan, or fixed 64- or 32-row chunks), so on CUDA it
+    /// changes nothing.
     pub chunk: usize,
 }
 
@@ -130,6 +145,26 @@ impl ElaParams {
     pub fn with_chunk(self, chunk: usize) -> Self {
         ElaParams { chunk, ..self }
     }
+
+    /// Checks these options for a call of sizes `dims` (`with_state`: continuing a recurrent
+    /// state). With [`ElaDims::from_shapes`] this is the whole argument check of the fused ELA
+    /// ops: `Tensor` and `ElaState` call both (besides device and dtype checks), and backends
+    /// trust them, as all kernels trust their callers (docs/architecture.md). Errors name `op`.
+    pub fn validate(&self, op: &'static str, dims: &ElaDims, with_state: bool) -> Result<()> {
+        if self.chunk == 0 {
+            return Err(Error::invalid(op, "the chunk length must be >= 1 (the default is 64)"));
+        }
+        if dims.d == 0 {
+            return Err(Error::invalid(
+                op,
+                format!("q/k have dimension 0; kernel {} needs at least one feature", self.kernel),
+            ));
+        }
+        if with_state && !self.causal {
+            return Err(Error::invalid(op, "a recurrent state only exists for causal attention (set causal: true)"));
+        }
+        Ok(())
+    }
 }
 
 /// Sizes of one fused ELA call. Tensors are contiguous: `q`, `k`: `[batch, heads, t, d]`,
@@ -149,6 +184,36 @@ pub struct ElaDims {
 }
 
 impl ElaDims {
+    /// The sizes of a call with `q`, `k` of shape `[batch, heads, t, d]` and `v` of shape
+    /// `[batch, heads, t, dv]`; a typed error naming `op` and the shapes otherwise. The one shape
+    /// check of every ELA entry point ([`Tensor::ela_dims`](crate::Tensor::ela_dims) is this on
+    /// tensors).
+    pub fn from_shapes(op: &'static str, q: &Shape, k: &Shape, v: &Shape) -> Result<ElaDims> {
+        for s in [q, k, v] {
+            if s.rank() != 4 {
+                return Err(Error::RankMismatch { op, expected: "4 ([batch, heads, time, dim])", shape: s.clone() });
+            }
+        }
+        if q.dims() != k.dims() {
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: q.clone(),
+                rhs: k.clone(),
+                hint: "q and k must have the same shape [batch, heads, time, dim]".into(),
+            });
+        }
+        if v.dims()[..3] != q.dims()[..3] {
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: q.clone(),
+                rhs: v.clone(),
+                hint: "v must be [batch, heads, time, dv] with the batch, heads and time of q (dv may differ)".into(),
+            });
+        }
+        let d = q.dims();
+        Ok(ElaDims { batch: d[0], heads: d[1], t: d[2], d: d[3], dv: v.dims()[3] })
+    }
+
     /// Number of independent (batch, head) sequences.
     pub fn sequences(&self) -> usize {
         self.batch * self.heads
@@ -193,3 +258,30 @@ pub struct ElaSaved<S> {
 pub type ElaSavingOutput<S> = (S, Option<ElaSaved<S>>);
 
 pub use crate::tensor::ElaState;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one ELA argument check: every rule, with the error naming the op.
+    #[test]
+    fn validate_and_from_shapes_are_the_whole_check() {
+        let dims = ElaDims { batch: 1, heads: 2, t: 3, d: 4, dv: 5 };
+        let p = ElaParams::causal(ElaKernel::HadamardExp);
+        assert!(p.validate("ela", &dims, true).is_ok());
+        let msg = |r: Result<()>| r.unwrap_err().to_string();
+        assert!(msg(p.with_chunk(0).validate("ela", &dims, false)).contains("chunk length must be >= 1"));
+        assert!(msg(p.validate("ela", &ElaDims { d: 0, ..dims }, false)).contains("dimension 0"));
+        let nc = ElaParams::non_causal(ElaKernel::SumSqEuclid);
+        assert!(nc.validate("ela_forward", &dims, false).is_ok());
+        let e = msg(nc.validate("ela_forward", &dims, true));
+        assert!(e.starts_with("ela_forward") && e.contains("only exists for causal"), "{e}");
+
+        let s = |d: &[usize]| Shape::from(d.to_vec());
+        let (q, v) = (s(&[1, 2, 3, 4]), s(&[1, 2, 3, 5]));
+        assert_eq!(ElaDims::from_shapes("ela", &q, &q, &v).unwrap(), dims);
+        assert!(matches!(ElaDims::from_shapes("ela", &s(&[2, 3, 4]), &q, &v), Err(Error::RankMismatch { .. })));
+        assert!(matches!(ElaDims::from_shapes("ela", &q, &s(&[1, 2, 3, 3]), &v), Err(Error::ShapeMismatch { .. })));
+        assert!(matches!(ElaDims::from_shapes("ela", &q, &q, &s(&[1, 2, 4, 5])), Err(Error::ShapeMismatch { .. })));
+    }
+}

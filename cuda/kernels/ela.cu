@@ -18,12 +18,8 @@
 //   dv_j = U_j^T psi_j, dpsi_j = U_j v_j - w_j; dq = phi * dphi, dk = psi * dpsi (Hadamard Exp)
 //   or the feature maps' vector-Jacobian products (other kernels).
 
-// Kernel codes: the order of `ElaKernel` in core/src/ela.rs.
-#define K_EXP 0
-#define K_SUM 1
-#define K_SUB 2
-#define K_BLUE 3
-#define K_ID 4
+// Kernel codes K_EXP, K_SUM, K_SUB, K_BLUE, K_ID: defined before this file by cuda/src/kernels.rs
+// (`ela_kernel_defines`) from `ElaKernel::code` in core/src/ela.rs, so they cannot drift.
 
 __device__ __forceinline__ int feature_size(int kern, int d) {
     return (kern == K_SUM || kern == K_SUB) ? d + 2 : (kern == K_BLUE ? d + 1 : d);

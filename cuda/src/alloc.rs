@@ -41,6 +41,8 @@ use std::thread::ThreadId;
 use cudarc::driver::{result as dr, sys, CudaContext, CudaStream};
 use ela_core::{Error, Result};
 
+use crate::error::driver_error;
+
 /// Device memory use of one CUDA device handle, in bytes (size-class rounded).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryStats {
@@ -121,10 +123,6 @@ pub(crate) fn size_class(bytes: usize) -> usize {
     bytes.div_ceil(step) * step
 }
 
-fn driver_err(op: &'static str, e: dr::DriverError) -> Error {
-    crate::device::driver_error(op, e)
-}
-
 impl Allocator {
     pub(crate) fn new(ctx: Arc<CudaContext>, stream: Arc<CudaStream>) -> Self {
         Allocator {
@@ -175,7 +173,7 @@ impl Allocator {
             }
             pool.map(|p| Arc::downgrade(&p))
         };
-        self.ctx.bind_to_thread().map_err(|e| driver_err("alloc", e))?;
+        self.ctx.bind_to_thread().map_err(|e| driver_error("alloc", e))?;
         let ptr = match unsafe { dr::malloc_sync(class) } {
             Ok(p) => p,
             Err(e @ dr::DriverError(sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY)) if self.lock().capture.is_some() => {
@@ -205,7 +203,7 @@ impl Allocator {
                     }
                 })?
             }
-            Err(e) => return Err(driver_err("alloc", e)),
+            Err(e) => return Err(driver_error("alloc", e)),
         };
         let mut st = self.lock();
         st.stats.device_allocs += 1;
@@ -269,9 +267,9 @@ impl Allocator {
                 msg: "cannot free device memory while a CUDA graph is being captured".into(),
             });
         }
-        self.stream.synchronize().map_err(|e| driver_err("empty_cache", e))?;
+        self.stream.synchronize().map_err(|e| driver_error("empty_cache", e))?;
         let blocks: Vec<(usize, Vec<sys::CUdeviceptr>)> = self.lock().free.drain().collect();
-        self.ctx.bind_to_thread().map_err(|e| driver_err("empty_cache", e))?;
+        self.ctx.bind_to_thread().map_err(|e| driver_error("empty_cache", e))?;
         let mut first_err = None;
         for (class, ptrs) in blocks {
             for p in ptrs {
@@ -285,7 +283,7 @@ impl Allocator {
             }
         }
         match first_err {
-            Some(e) => Err(driver_err("empty_cache", e)),
+            Some(e) => Err(driver_error("empty_cache", e)),
             None => Ok(()),
         }
     }

@@ -1,17 +1,19 @@
 //! The [`Cuda`] device handle: opening a GPU (with typed errors when none is usable), the
 //! per-process module cache, kernel launches, host transfers and the cuBLAS handle.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::{result as br, sys as bs};
-use cudarc::driver::{result as dr, sys, CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::driver::{result as dr, sys, CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr};
 use cudarc::nvrtc::Ptx;
 use ela_core::{DType, Error, Result};
 
 use crate::alloc::{Allocator, DeviceBuffer, MemoryStats};
+use crate::error::{driver_error, unavailable};
 use crate::kernels::{self, Image, KernelFile};
 use crate::storage::CudaStorage;
 use crate::strided::Desc;
@@ -49,6 +51,12 @@ pub(crate) struct Inner {
     pub(crate) stats: Option<crate::profile::KernelStats>,
     /// cuBLAS's workspace (set on the handle; kept alive with it).
     _blas_workspace: crate::alloc::DeviceBuffer,
+}
+
+thread_local! {
+    /// The CUDA graph capture in progress on this thread: (device identity, capture stream). It
+    /// lives here, not in graph.rs, because every launch asks it which stream to queue on.
+    static CAPTURING: Cell<Option<(usize, usize)>> = const { Cell::new(None) };
 }
 
 /// Bytes of cuBLAS workspace (PyTorch's default on Hopper).
@@ -96,15 +104,6 @@ impl std::fmt::Debug for Cuda {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Cuda(cuda:{}, {}, sm_{}{})", self.inner.ordinal, self.inner.name, self.inner.cc.0, self.inner.cc.1)
     }
-}
-
-/// Converts a driver error into a typed backend error naming the op.
-pub(crate) fn driver_error(op: &'static str, e: dr::DriverError) -> Error {
-    Error::Backend { backend: "cuda", op, msg: format!("CUDA driver error: {e:?}") }
-}
-
-fn unavailable(ordinal: usize, reason: impl Into<String>) -> Error {
-    Error::DeviceUnavailable { device: format!("cuda:{ordinal}"), reason: reason.into() }
 }
 
 fn devices() -> &'static Mutex<HashMap<usize, Arc<Inner>>> {
@@ -314,6 +313,21 @@ impl Cuda {
 
     // ------------------------------------------------------------ internals
 
+    /// The capture stream when the calling thread is capturing a CUDA graph on this device
+    /// (graph.rs sets it around `Cuda::capture`).
+    pub(crate) fn capturing_stream(&self) -> Option<sys::CUstream> {
+        CAPTURING.with(|c| match c.get() {
+            Some((id, s)) if id == Arc::as_ptr(&self.inner) as usize => Some(s as sys::CUstream),
+            _ => None,
+        })
+    }
+
+    /// Sends the calling thread's work for this device to `stream` (a capture in progress), or
+    /// back to the device's stream (`None`).
+    pub(crate) fn set_capture_stream(&self, stream: Option<sys::CUstream>) {
+        CAPTURING.with(|c| c.set(stream.map(|s| (Arc::as_ptr(&self.inner) as usize, s as usize))));
+    }
+
     pub(crate) fn bind(&self, op: &'static str) -> Result<()> {
         self.inner.ctx.bind_to_thread().map_err(|e| driver_error(op, e))
     }
@@ -321,7 +335,7 @@ impl Cuda {
     /// The stream work is queued on: the device's stream, or the capture stream for the thread
     /// that is capturing a CUDA graph of this device.
     pub(crate) fn cu_stream(&self) -> sys::CUstream {
-        match crate::graph::capture_stream_of(self) {
+        match self.capturing_stream() {
             Some(s) => s,
             None => self.inner.stream.cu_stream(),
         }
@@ -536,11 +550,18 @@ pub(crate) enum Arg {
     F64(f64),
     /// `Desc` by value.
     Desc(Desc),
-    /// `ConvGeo` by value.
-    Conv(crate::ops::conv::ConvGeo),
-    /// `PoolGeo` by value.
-    Pool(crate::ops::conv::PoolGeo),
+    /// Any other C struct by value (an op's geometry): see [`Arg::by_value`].
+    Struct(StructArg),
 }
+
+/// Bytes a by-value struct argument may have (the largest now, conv_pool.cu's `ConvGeo`, has 112).
+const STRUCT_ARG_WORDS: usize = 16;
+
+/// The bytes of a `#[repr(C)]` struct passed to a kernel by value, in 8-byte-aligned words. The
+/// launcher passes their address and the driver copies as many bytes as the kernel's parameter
+/// has, so the launcher needs to know nothing of the op family the struct belongs to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StructArg([u64; STRUCT_ARG_WORDS]);
 
 impl Arg {
     fn as_ptr(&self) -> *mut c_void {
@@ -551,9 +572,28 @@ impl Arg {
             Arg::U32(v) => v as *const u32 as *mut c_void,
             Arg::F64(v) => v as *const f64 as *mut c_void,
             Arg::Desc(v) => v as *const Desc as *mut c_void,
-            Arg::Conv(v) => v as *const _ as *mut c_void,
-            Arg::Pool(v) => v as *const _ as *mut c_void,
+            Arg::Struct(v) => v.0.as_ptr() as *mut c_void,
         }
+    }
+    /// `v`, a plain-old-data struct with the C layout of the kernel's parameter, by value.
+    pub(crate) fn by_value<T: DeviceRepr + Copy>(v: T) -> Arg {
+        const {
+            assert!(
+                std::mem::size_of::<T>() <= STRUCT_ARG_WORDS * 8 && std::mem::align_of::<T>() <= 8,
+                "a by-value kernel argument must fit STRUCT_ARG_WORDS aligned words"
+            )
+        };
+        let mut words = [0u64; STRUCT_ARG_WORDS];
+        // SAFETY: `T` is plain old data (`DeviceRepr`), at most as large as `words` (asserted
+        // above), and the two do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                &v as *const T as *const u8,
+                words.as_mut_ptr() as *mut u8,
+                std::mem::size_of::<T>(),
+            )
+        };
+        Arg::Struct(StructArg(words))
     }
     /// `usize` as the kernels' `i64`.
     pub(crate) fn n(v: usize) -> Arg {

@@ -20,7 +20,6 @@
 //! cross-entropy's target check, `empty_cache`, [`crate::GpuTimer`]) returns an error naming
 //! the op, and the capture ends with that error (no hang, and the device stays usable).
 
-use std::cell::Cell;
 use std::sync::Arc;
 
 use cudarc::driver::{result as dr, sys, CudaStream};
@@ -28,24 +27,8 @@ use ela_core::cpu::storage::CpuElement;
 use ela_core::{Error, Result, Tensor};
 
 use crate::alloc::GraphPool;
-use crate::device::{driver_error, Cuda};
-
-thread_local! {
-    /// The capture in progress on this thread: (device identity, capture stream).
-    static CAPTURING: Cell<Option<(usize, usize)>> = const { Cell::new(None) };
-}
-
-fn device_id(dev: &Cuda) -> usize {
-    Arc::as_ptr(&dev.inner) as usize
-}
-
-/// The capture stream when the calling thread is capturing on `dev`.
-pub(crate) fn capture_stream_of(dev: &Cuda) -> Option<sys::CUstream> {
-    CAPTURING.with(|c| match c.get() {
-        Some((id, s)) if id == device_id(dev) => Some(s as sys::CUstream),
-        _ => None,
-    })
-}
+use crate::device::Cuda;
+use crate::error::driver_error;
 
 /// A captured, instantiated CUDA graph of one device. Replay it with [`CudaGraphExec::replay`];
 /// dropping it frees the graph and returns the memory reserved for it to the device's cache.
@@ -118,7 +101,7 @@ impl CaptureGuard<'_> {
     /// driver invalidated the capture (its error).
     fn finish(&mut self) -> std::result::Result<sys::CUgraph, dr::DriverError> {
         self.active = false;
-        CAPTURING.with(|c| c.set(None));
+        self.dev.set_capture_stream(None);
         let _ = self.dev.bind("capture");
         // SAFETY: the stream is in capture mode, started by this thread.
         let g = unsafe { dr::stream::end_capture(self.stream) };
@@ -147,7 +130,7 @@ fn capture_error(msg: String) -> Error {
 impl Cuda {
     /// True while the calling thread is inside [`Cuda::capture`] on this device.
     pub fn is_capturing(&self) -> bool {
-        capture_stream_of(self).is_some()
+        self.capturing_stream().is_some()
     }
 
     pub(crate) fn capturing(&self) -> bool {
@@ -208,7 +191,7 @@ impl Cuda {
             self.inner.alloc.end_capture();
             return Err(driver_error("capture", e));
         }
-        CAPTURING.with(|c| c.set(Some((device_id(self), stream as usize))));
+        self.set_capture_stream(Some(stream));
         let mut guard = CaptureGuard { dev: self, stream, active: true };
         let out = f();
         let graph = guard.finish();

@@ -13,10 +13,29 @@ use std::borrow::Cow;
 use std::ffi::{c_char, c_int, CStr, CString};
 
 use cudarc::nvrtc::{result as nr, sys as ns};
+use ela_core::ela::ElaKernel;
 use ela_core::{Error, Result};
 
 /// Prepended to every kernel file: types, `Desc`, half conversions, block reductions.
 const COMMON: &str = include_str!("../kernels/common.cuh");
+
+/// The macro name under which `ela.cu` and `ela_noncausal.cu` know each ELA kernel's code. The
+/// match is exhaustive, so a new [`ElaKernel`] variant does not compile until it has a name here.
+fn ela_kernel_macro(k: ElaKernel) -> &'static str {
+    match k {
+        ElaKernel::HadamardExp => "K_EXP",
+        ElaKernel::SumSqEuclid => "K_SUM",
+        ElaKernel::SubSqEuclid => "K_SUB",
+        ElaKernel::Blueprint => "K_BLUE",
+        ElaKernel::Identity => "K_ID",
+    }
+}
+
+/// `#define K_EXP 0` ... for every [`ElaKernel`], its code taken from [`ElaKernel::code`]: the
+/// kernel ids are written once, in core/src/ela.rs, never by hand in a `.cu` file.
+pub fn ela_kernel_defines() -> String {
+    ElaKernel::ALL.iter().map(|&k| format!("#define {} {}\n", ela_kernel_macro(k), k.code())).collect()
+}
 
 /// Input dtype of a chunked-ELA kernel variant (the code in `ELA_DT`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -103,12 +122,14 @@ impl KernelFile {
     }
 
     /// The text NVRTC compiles after the common prelude: [`KernelFile::source`]; for the fused
-    /// ELA kernels also the non-causal file; for the chunked ELA kernels the variant's defines,
+    /// ELA kernels preceded by the kernel-code defines ([`ela_kernel_defines`]) and followed by the
+    /// non-causal file; for the chunked ELA kernels the variant's defines,
     /// the tile header and the backward file.
     pub fn full_source(self) -> Cow<'static, str> {
         match self {
             KernelFile::Ela => Cow::Owned(format!(
-                "#line 1 \"ela.cu\"\n{}\n#line 1 \"ela_noncausal.cu\"\n{}",
+                "{}#line 1 \"ela.cu\"\n{}\n#line 1 \"ela_noncausal.cu\"\n{}",
+                ela_kernel_defines(),
                 self.source(),
                 include_str!("../kernels/ela_noncausal.cu")
             )),

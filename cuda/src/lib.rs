@@ -27,7 +27,8 @@
 //! # Ok::<(), ela_core::Error>(())
 //! ```
 //!
-//! Layout of the crate: `device.rs` (opening a GPU, module cache, launches, transfers),
+//! Layout of the crate: `error.rs` (typed errors from driver failures), `device.rs` (opening a
+//! GPU, module cache, launches, transfers),
 //! `alloc.rs` (caching allocator, [`MemoryStats`]), `graph.rs` (CUDA graph capture and replay,
 //! [`CudaGraphExec`], in-place writes), `kernels.rs` (sources and NVRTC),
 //! `strided.rs` (strided views as kernel arguments), `ops/` (one file per op family, next to its
@@ -37,12 +38,14 @@
 mod alloc;
 mod backend_impl;
 mod device;
+mod error;
 mod graph;
 pub mod kernels;
 mod ops;
 mod profile;
 mod storage;
 mod strided;
+pub mod testing;
 mod timing;
 
 pub use alloc::MemoryStats;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use cudarc::driver::{sys, CudaEvent, CudaStream};
 use ela_core::Result;
 
-use crate::device::driver_error;
+use crate::error::driver_error;
 
 /// Unresolved event pairs are resolved (after a synchronize) once there are this many.
 const BATCH: usize = 4096;

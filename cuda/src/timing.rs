@@ -4,7 +4,8 @@
 use cudarc::driver::{sys, CudaEvent};
 use ela_core::Result;
 
-use crate::device::{driver_error, Cuda};
+use crate::device::Cuda;
+use crate::error::driver_error;
 
 /// A pair of timing events on one device's stream.
 pub struct GpuTimer {

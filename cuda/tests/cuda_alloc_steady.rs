@@ -1,11 +1,12 @@
 //! A training step makes no `cuMemAlloc`/`cuMemFree` once the caching allocator is warm.
 //!
 //! Its own test binary (a single test) so no concurrent test touches the allocator counters.
-//! Without a GPU it prints why and passes, unless ELA_REQUIRE_CUDA=1.
+//! Without a GPU it reports itself skipped (`ela_cuda::testing`), unless
+//! ELA_REQUIRE_CUDA=1.
 
 use ela_autograd::Var;
 use ela_core::{DType, Result, Rng, Tensor};
-use ela_cuda::{cuda_if_available, Cuda};
+use ela_cuda::Cuda;
 
 /// Forward, backward and an SGD update of a two-layer MLP with RMS norm and cross-entropy.
 fn train_step(x: &Tensor<Cuda>, t: &Tensor<Cuda>, params: &mut [Tensor<Cuda>; 3]) -> Result<f64> {
@@ -22,14 +23,7 @@ fn train_step(x: &Tensor<Cuda>, t: &Tensor<Cuda>, params: &mut [Tensor<Cuda>; 3]
 
 #[test]
 fn training_steps_reuse_cached_device_memory() -> Result<()> {
-    let dev = match cuda_if_available() {
-        Ok(d) => d,
-        Err(e) => {
-            assert!(std::env::var("ELA_REQUIRE_CUDA").as_deref() != Ok("1"), "ELA_REQUIRE_CUDA=1 but: {e}");
-            println!("skipped: no CUDA device ({e})");
-            return Ok(());
-        }
-    };
+    let Some(dev) = ela_cuda::testing::device_or_skip() else { return Ok(()) };
     let mut rng = Rng::new(3);
     let mut mk = |s: [usize; 2], sd: f64| Tensor::randn(0.0, sd, s, DType::F32, &mut rng, &dev);
     let x = mk([128, 64], 1.0)?;

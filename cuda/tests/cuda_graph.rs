@@ -4,24 +4,17 @@
 //!
 //! Its own test binary: the tests read the allocator's counters, so they take one lock and run
 //! one at a time (the concurrency test runs its second thread inside that lock). Without a GPU
-//! each prints why and passes, unless ELA_REQUIRE_CUDA=1.
+//! each reports itself skipped (`ela_cuda::testing`), unless ELA_REQUIRE_CUDA=1.
 
 use std::sync::Mutex;
 
 use ela_core::{Conv2dParams, DType, Result, Rng, Tensor};
-use ela_cuda::{cuda_if_available, Cuda};
+use ela_cuda::Cuda;
 
 static LOCK: Mutex<()> = Mutex::new(());
 
 fn gpu() -> Option<Cuda> {
-    match cuda_if_available() {
-        Ok(d) => Some(d),
-        Err(e) => {
-            assert!(std::env::var("ELA_REQUIRE_CUDA").as_deref() != Ok("1"), "ELA_REQUIRE_CUDA=1 but: {e}");
-            println!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
+    ela_cuda::testing::device_or_skip()
 }
 
 /// The weights of a small conv net: depthwise 3x3, BN-like affine, SiLU, pointwise, 3x3 stride-2

@@ -5,7 +5,6 @@
 //! and passes, unless ELA_REQUIRE_CUDA=1.
 
 use ela_core::{Cpu, DType, Result, Rng, Tensor};
-use ela_cuda::cuda_if_available;
 
 fn rel_err(a: &[f64], b: &[f64]) -> f64 {
     let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
@@ -14,14 +13,7 @@ fn rel_err(a: &[f64], b: &[f64]) -> f64 {
 
 #[test]
 fn tf32_is_off_by_default_and_its_error_is_bounded() -> Result<()> {
-    let dev = match cuda_if_available() {
-        Ok(d) => d,
-        Err(e) => {
-            assert!(std::env::var("ELA_REQUIRE_CUDA").as_deref() != Ok("1"), "ELA_REQUIRE_CUDA=1 but: {e}");
-            println!("skipped: no CUDA device ({e})");
-            return Ok(());
-        }
-    };
+    let Some(dev) = ela_cuda::testing::device_or_skip() else { return Ok(()) };
     assert!(!dev.allow_tf32(), "TF32 is opt-in");
     let mut rng = Rng::new(6);
     for n in [256usize, 1024] {

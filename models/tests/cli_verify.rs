@@ -54,7 +54,8 @@ fn non_causal_skips_the_recurrent_form() {
 #[test]
 fn bad_arguments_are_one_line_errors() {
     for (args, code, needle) in [
-        (&["--kernel", "nope"][..], 1, "unknown ELA kernel \"nope\""),
+        // Parsed by clap (the kernel travels as `ElaKernel`): an argument error, exit 2.
+        (&["--kernel", "nope"][..], 2, "unknown ELA kernel \"nope\""),
         (&["--dtype", "u8"][..], 1, "dtype U8 is not supported"),
         (&["--scale", "0"][..], 1, "--scale must be positive"),
         (&["--inputs", "weird"][..], 1, "unknown --inputs"),

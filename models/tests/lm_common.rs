@@ -31,7 +31,7 @@ pub fn tiny(attention: AttnKind, link: Link, lobe: LobeMode, moe: bool) -> LmCon
 pub fn attentions() -> Vec<AttnKind> {
     let mut v = vec![AttnKind::Softmax];
     for k in ["hadamard-exp", "sum-sq-euclid", "sub-sq-euclid", "blueprint"] {
-        v.push(AttnKind::Ela { kernel: k.into(), chunk: 4 });
+        v.push(AttnKind::Ela { kernel: k.parse().unwrap(), chunk: 4 });
     }
     v
 }

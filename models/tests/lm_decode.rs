@@ -53,7 +53,7 @@ fn decoding_matches_full_forward_f32() {
 fn ela_state_is_constant_while_kv_cache_grows() {
     use ela_models::lm::{AttnKind, Link, LobeMode};
     let ela = lm_common::tiny(
-        AttnKind::Ela { kernel: "hadamard-exp".into(), chunk: 4 },
+        AttnKind::Ela { kernel: ela_nn::ela::ElaKernel::HadamardExp, chunk: 4 },
         Link::Hyper,
         LobeMode::Causal,
         false,

@@ -8,8 +8,9 @@
 //! `cargo test ::cuda` runs only the GPU instances, `cargo test -- --skip ::cuda` only the CPU
 //! ones.
 //!
-//! Without a usable GPU the CUDA instance prints `skipped: no CUDA device (<reason>)` (visible with
-//! `--nocapture`) and passes; with `ELA_REQUIRE_CUDA=1` (set by the GPU runner) it fails instead.
+//! Without a usable GPU the CUDA instance writes `skipped: no CUDA device: <test>` to stderr (shown
+//! by a plain `cargo test`) and returns, and the binary ends with a `SKIPPED N test(s)` summary
+//! line (`ela_cuda::testing`); with `ELA_REQUIRE_CUDA=1` (set by the GPU runner) it fails instead.
 //! A failing instance panics with the test name, the device and the error, e.g.
 //! `unary_f64 on cuda:0: exp F64 [2, 3] Perm: element 4 (index [1, 1] of shape [2, 3]): got ..
 //! want ..`, followed for a property test by its minimal failing input.
@@ -56,39 +57,22 @@
 //! the CPU backend, on purpose"), branch on [`is_cuda`] and say why in a comment.
 
 use std::fmt::{Debug, Display};
-use std::sync::OnceLock;
 
 pub use ela_core::{Backend, Cpu};
 use ela_core::{Error, Tensor};
 use ela_cuda::Cuda;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseResult, TestError, TestRunner};
 
-/// The environment variable that turns a missing GPU into a test failure.
-pub const REQUIRE_CUDA: &str = "ELA_REQUIRE_CUDA";
+pub use ela_cuda::testing::{cuda_required, REQUIRE_CUDA};
 
-/// True when `ELA_REQUIRE_CUDA=1`: CUDA instances must run, not skip.
-pub fn cuda_required() -> bool {
-    std::env::var(REQUIRE_CUDA).as_deref() == Ok("1")
-}
-
-/// The CUDA device (ordinal 0), or `None` after printing `skipped: no CUDA device (<reason>)`.
+/// The CUDA device (ordinal 0), or `None` after reporting the test skipped
+/// ([`ela_cuda::testing::device_or_skip`]: a `skipped: no CUDA device: <test>` line on stderr and
+/// the binary's `SKIPPED N test(s)` summary).
 ///
 /// # Panics
 /// When no device is usable and `ELA_REQUIRE_CUDA=1`.
 pub fn cuda() -> Option<Cuda> {
-    // Opened (or found missing) once per test binary: `Cuda::new` caches an open device but not
-    // a failure, and probing the libraries again for every test would be wasted work.
-    static CUDA: OnceLock<std::result::Result<Cuda, String>> = OnceLock::new();
-    match CUDA.get_or_init(|| ela_cuda::cuda_if_available().map_err(|e| e.to_string())) {
-        Ok(dev) => Some(dev.clone()),
-        Err(why) => {
-            if cuda_required() {
-                panic!("{REQUIRE_CUDA}=1 but no CUDA device is usable: {why}");
-            }
-            println!("skipped: no CUDA device ({why})");
-            None
-        }
-    }
+    ela_cuda::testing::device_or_skip()
 }
 
 /// True when `B` is the CUDA backend (for the few documented, intentional differences).

@@ -58,20 +58,8 @@ macro_rules! unary_methods {
     };
 }
 
-unary_methods! {
-    neg => UnaryOp::Neg, "`-x`";
-    exp => UnaryOp::Exp, "`e^x`";
-    log => UnaryOp::Log, "natural logarithm";
-    sqrt => UnaryOp::Sqrt, "square root";
-    recip => UnaryOp::Recip, "`1/x`";
-    abs => UnaryOp::Abs, "`|x|`";
-    square => UnaryOp::Square, "`x^2`";
-    relu => UnaryOp::Relu, "`max(x, 0)`";
-    gelu => UnaryOp::Gelu, "GELU (tanh approximation)";
-    silu => UnaryOp::Silu, "`x * sigmoid(x)`";
-    sigmoid => UnaryOp::Sigmoid, "logistic sigmoid";
-    tanh => UnaryOp::Tanh, "hyperbolic tangent";
-}
+// The list is ela-core's, shared with `Tensor` (`with_unary_methods!`), so the two cannot drift.
+ela_core::with_unary_methods!(unary_methods);
 
 impl<B: Backend> Var<B> {
     /// `x^p`.

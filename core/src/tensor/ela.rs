@@ -1,6 +1,8 @@
 //! Fused Exact Linear Attention at the tensor level: argument checks around the backend's
 //! `ela_forward` / `ela_backward` / `ela_step` kernels, and [`ElaState`], the recurrent state used
-//! for decoding. The math is in `docs/ela.md`; the autograd node and the user-kernel path are in
+//! for decoding. This is the only place ELA arguments are checked (shapes by
+//! [`ElaDims::from_shapes`], options by [`ElaParams::validate`], device, dtype and state here):
+//! the backends and `ela-nn` trust what arrives through it. The math is in `docs/ela.md`; the autograd node and the user-kernel path are in
 //! `ela-nn` (`ela_nn::ela`).
 
 use super::Tensor;
@@ -25,7 +27,7 @@ fn check_qkv<B: Backend>(
     }
     q.check_float(op)?;
     let dims = Tensor::ela_dims(op, q, k, v)?;
-    check_params(op, p, dims.d)?;
+    p.validate(op, &dims, false)?;
     Ok(dims)
 }
 
@@ -33,47 +35,8 @@ impl<B: Backend> Tensor<B> {
     /// Check the shapes of an ELA call, `q`, `k` `[batch, heads, t, d]` and `v`
     /// `[batch, heads, t, dv]`, and return its sizes (shared by every ELA form).
     pub fn ela_dims(op: &'static str, q: &Tensor<B>, k: &Tensor<B>, v: &Tensor<B>) -> Result<ElaDims> {
-        for t in [q, k, v] {
-            if t.rank() != 4 {
-                return Err(Error::RankMismatch {
-                    op,
-                    expected: "4 ([batch, heads, time, dim])",
-                    shape: t.shape().clone(),
-                });
-            }
-        }
-        if q.dims() != k.dims() {
-            return Err(Error::ShapeMismatch {
-                op,
-                lhs: q.shape().clone(),
-                rhs: k.shape().clone(),
-                hint: "q and k must have the same shape [batch, heads, time, dim]".into(),
-            });
-        }
-        if v.dims()[..3] != q.dims()[..3] {
-            return Err(Error::ShapeMismatch {
-                op,
-                lhs: q.shape().clone(),
-                rhs: v.shape().clone(),
-                hint: "v must be [batch, heads, time, dv] with the batch, heads and time of q (dv may differ)".into(),
-            });
-        }
-        let d = q.dims();
-        Ok(ElaDims { batch: d[0], heads: d[1], t: d[2], d: d[3], dv: v.dims()[3] })
+        ElaDims::from_shapes(op, q.shape(), k.shape(), v.shape())
     }
-}
-
-fn check_params(op: &'static str, p: &ElaParams, d: usize) -> Result<()> {
-    if p.chunk == 0 {
-        return Err(Error::invalid(op, "the chunk length must be >= 1 (the default is 64)"));
-    }
-    if d == 0 {
-        return Err(Error::invalid(
-            op,
-            format!("q/k have dimension 0; kernel {} needs at least one feature", p.kernel),
-        ));
-    }
-    Ok(())
 }
 
 impl<B: Backend> Tensor<B> {
@@ -220,7 +183,7 @@ impl<B: Backend> ElaState<B> {
         if !dtype.is_float() {
             return Err(Error::UnsupportedDType { op: OP, dtype, expected: "a float dtype (f16, bf16, f32, f64)" });
         }
-        check_params(OP, &ElaParams::causal(kernel), d)?;
+        ElaParams::causal(kernel).validate(OP, &ElaDims { batch, heads, t: 0, d, dv }, true)?;
         let sd = Self::state_dtype_for(dtype);
         // Checked before allocating: batch, heads and sizes come from the caller, and a wrapped
         // product would make a tiny state (and `bytes()` report 0) instead of an error.
@@ -254,6 +217,7 @@ impl<B: Backend> ElaState<B> {
         const OP: &str = "ElaState::prefill";
         let p = ElaParams { kernel: self.kernel, causal: true, chunk };
         let dims = check_qkv(OP, q, k, v, &p)?;
+        p.validate(OP, &dims, true)?;
         self.check_matches(OP, q, &dims)?;
         let (qc, kc, vc) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
         let y = self.device.ela_forward(qc.storage(), kc.storage(), vc.storage(), &dims, &p, Some(&mut self.bufs))?;

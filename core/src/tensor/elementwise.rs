@@ -19,21 +19,32 @@ macro_rules! unary_methods {
     };
 }
 
-unary_methods! {
-    neg => UnaryOp::Neg, "`-x`";
-    exp => UnaryOp::Exp, "`e^x`";
-    log => UnaryOp::Log, "natural logarithm";
-    sqrt => UnaryOp::Sqrt, "square root";
-    recip => UnaryOp::Recip, "`1/x`";
-    abs => UnaryOp::Abs, "`|x|`";
-    square => UnaryOp::Square, "`x^2`";
-    relu => UnaryOp::Relu, "`max(x, 0)`";
-    gelu => UnaryOp::Gelu, "GELU (tanh approximation)";
-    silu => UnaryOp::Silu, "`x * sigmoid(x)`";
-    sigmoid => UnaryOp::Sigmoid, "`1 / (1 + e^-x)`";
-    tanh => UnaryOp::Tanh, "hyperbolic tangent";
-    sign => UnaryOp::Sign, "sign in {-1, 0, 1}";
+/// Calls the macro `$m` with the list of named unary methods, `name => UnaryOp, "doc";`. The one
+/// list both `Tensor` (here) and `ela_autograd::Var` generate their methods from, so a map added
+/// here has a differentiable twin (whose backward `Var::unary` must then handle).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! with_unary_methods {
+    ($m:ident) => {
+        $m! {
+            neg => $crate::UnaryOp::Neg, "`-x`";
+            exp => $crate::UnaryOp::Exp, "`e^x`";
+            log => $crate::UnaryOp::Log, "natural logarithm";
+            sqrt => $crate::UnaryOp::Sqrt, "square root";
+            recip => $crate::UnaryOp::Recip, "`1/x`";
+            abs => $crate::UnaryOp::Abs, "`|x|`";
+            square => $crate::UnaryOp::Square, "`x^2`";
+            relu => $crate::UnaryOp::Relu, "`max(x, 0)`";
+            gelu => $crate::UnaryOp::Gelu, "GELU (tanh approximation)";
+            silu => $crate::UnaryOp::Silu, "`x * sigmoid(x)`";
+            sigmoid => $crate::UnaryOp::Sigmoid, "`1 / (1 + e^-x)`";
+            tanh => $crate::UnaryOp::Tanh, "hyperbolic tangent";
+            sign => $crate::UnaryOp::Sign, "sign in {-1, 0, 1} (its gradient is zero)";
+        }
+    };
 }
+
+crate::with_unary_methods!(unary_methods);
 
 impl<B: Backend> Tensor<B> {
     /// Apply any [`UnaryOp`] elementwise.

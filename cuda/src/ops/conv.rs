@@ -204,7 +204,7 @@ impl Cuda {
         match col {
             None => Ok(xp),
             Some(col) => {
-                let args = [Arg::Ptr(col.ptr()), Arg::Ptr(xp), Arg::Conv(g.kernel_geo(n))];
+                let args = [Arg::Ptr(col.ptr()), Arg::Ptr(xp), Arg::by_value(g.kernel_geo(n))];
                 // One thread per (image, channel, output pixel): see `im2col_w*` in conv_pool.cu.
                 self.launch(CP, &format!("im2col_{}", width(dtype)), Cfg::elems(n * g.c * g.npix()), &args)?;
                 Ok(col.ptr())
@@ -229,7 +229,7 @@ impl Cuda {
         }
         let k3 = if g.kh == 3 && g.kw == 3 { "3" } else { "" };
         let cfg = Cfg { grid: pix.div_ceil(256).min(1 << 16) as u32, grid_y: planes.min(65_535) as u32, block: 256 };
-        let args = [Arg::Ptr(ptrs[0]), Arg::Ptr(ptrs[1]), Arg::Ptr(ptrs[2]), Arg::Conv(g.kernel_geo(g.n))];
+        let args = [Arg::Ptr(ptrs[0]), Arg::Ptr(ptrs[1]), Arg::Ptr(ptrs[2]), Arg::by_value(g.kernel_geo(g.n))];
         self.launch(CP, &format!("dw_{kind}{k3}_{}", dt(dtype)), cfg, &args)
     }
 
@@ -259,8 +259,14 @@ impl Cuda {
         let partial = if splits > 1 { Some(self.alloc(acc, cts * splits)?) } else { None };
         let pp = partial.as_ref().map_or(0, |p| p.ptr());
         let cfg = Cfg { grid: rows as u32, grid_y: splits as u32, block: 256 };
-        let args =
-            [Arg::Ptr(dw.ptr()), Arg::Ptr(pp), Arg::Ptr(x), Arg::Ptr(dy), Arg::Conv(g.kernel_geo(g.n)), Arg::n(per)];
+        let args = [
+            Arg::Ptr(dw.ptr()),
+            Arg::Ptr(pp),
+            Arg::Ptr(x),
+            Arg::Ptr(dy),
+            Arg::by_value(g.kernel_geo(g.n)),
+            Arg::n(per),
+        ];
         let name = if k3 { "dw_bwd_weight3" } else { "dw_bwd_weight" };
         self.launch(CP, &format!("{name}_{}", dt(dtype)), cfg, &args)?;
         if splits > 1 {
@@ -317,7 +323,7 @@ impl Cuda {
                 Arg::Ptr(out.ptr()),
                 Arg::Ptr(xc.ptr()),
                 Arg::Ptr(wc.ptr()),
-                Arg::Conv(g.kernel_geo(g.n)),
+                Arg::by_value(g.kernel_geo(g.n)),
                 Arg::I32(g.o as i32),
             ];
             self.launch(CP, &format!("{name}_{}", dt(d)), cfg, &args)?;
@@ -408,7 +414,7 @@ impl Cuda {
                 }
             }
             let dxp = dx.ptr() + (i0 * g.c * g.h * g.w) as u64 * es;
-            let args = [Arg::Ptr(dxp), Arg::Ptr(dcol.ptr()), Arg::Conv(g.kernel_geo(n))];
+            let args = [Arg::Ptr(dxp), Arg::Ptr(dcol.ptr()), Arg::by_value(g.kernel_geo(n))];
             self.launch(CP, &format!("col2im_{}", dt(d)), Cfg::elems(n * g.c * g.h * g.w), &args)?;
             i0 += n;
         }
@@ -528,7 +534,7 @@ impl Cuda {
         let n = (geo.planes * geo.oh * geo.ow) as usize;
         let (y, am) = (self.alloc(x.dtype(), n)?, self.alloc(DType::U32, n)?);
         let xc = self.contig(x, l)?;
-        let args = [Arg::Ptr(y.ptr()), Arg::Ptr(am.ptr()), Arg::Ptr(xc.ptr()), Arg::Pool(geo)];
+        let args = [Arg::Ptr(y.ptr()), Arg::Ptr(am.ptr()), Arg::Ptr(xc.ptr()), Arg::by_value(geo)];
         self.launch(CP, &format!("max_pool_{}", dt(x.dtype())), Cfg::elems(n), &args)?;
         Ok((y, am))
     }
@@ -567,7 +573,7 @@ impl Cuda {
         let n = (geo.planes * geo.oh * geo.ow) as usize;
         let y = self.alloc(x.dtype(), n)?;
         let xc = self.contig(x, l)?;
-        let args = [Arg::Ptr(y.ptr()), Arg::Ptr(xc.ptr()), Arg::Pool(geo)];
+        let args = [Arg::Ptr(y.ptr()), Arg::Ptr(xc.ptr()), Arg::by_value(geo)];
         self.launch(CP, &format!("avg_pool_{}", dt(x.dtype())), Cfg::elems(n), &args)?;
         Ok(y)
     }
@@ -577,7 +583,7 @@ impl Cuda {
         check_float("avg_pool2d_backward", dy.dtype())?;
         let geo = pool_geo(xs.dims(), p, "avg_pool2d_backward")?;
         let dx = self.alloc(dy.dtype(), xs.elem_count())?;
-        let args = [Arg::Ptr(dx.ptr()), Arg::Ptr(dy.ptr()), Arg::Pool(geo)];
+        let args = [Arg::Ptr(dx.ptr()), Arg::Ptr(dy.ptr()), Arg::by_value(geo)];
         self.launch(CP, &format!("avg_pool_bwd_{}", dt(dy.dtype())), Cfg::elems(dx.len()), &args)?;
         Ok(dx)
     }

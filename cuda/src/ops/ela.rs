@@ -4,11 +4,15 @@
 //! heads run the parallel form of `ops/ela_noncausal.rs`; every other call runs
 //! `kernels/ela.cu`, where one block per (batch, head) sequence scans time in the recurrent
 //! form (see the .cu file for the math and the numerics).
+//!
+//! Arguments are checked once, by `Tensor` (`ElaDims::from_shapes`, `ElaParams::validate`, the
+//! state's sizes in `ElaState`); these functions trust them (debug builds assert the buffer
+//! lengths). What is checked here is this device's own limit: the scan kernel's shared memory.
 
 use ela_core::ela::{ElaDims, ElaKernel, ElaParams, ElaSaved, ElaStateBufs};
 use ela_core::{DType, Error, Result};
 
-use super::{check_float, check_same, dt, stat_dtype};
+use super::{dt, stat_dtype};
 use super::{ela_fast, ela_noncausal};
 use crate::device::{Arg, Cfg, Cuda};
 use crate::kernels::KernelFile::Ela as ELA;
@@ -19,52 +23,21 @@ const THREADS: u32 = 256;
 /// Dynamic shared memory available to a block without opting in to more.
 const SMEM_LIMIT: usize = 48 * 1024;
 
-pub(super) fn kernel_code(k: ElaKernel) -> i32 {
-    match k {
-        ElaKernel::HadamardExp => 0,
-        ElaKernel::SumSqEuclid => 1,
-        ElaKernel::SubSqEuclid => 2,
-        ElaKernel::Blueprint => 3,
-        ElaKernel::Identity => 4,
-    }
-}
-
-fn check_len(op: &'static str, what: &str, s: &CudaStorage, want: usize, dims: &ElaDims) -> Result<()> {
-    if s.len() != want {
-        return Err(Error::invalid(op, format!("{what} has {} elements, expected {want} for {dims:?}", s.len())));
-    }
-    Ok(())
-}
-
-/// Checks q/k/v against `dims` and returns their dtype.
-fn check_qkv(op: &'static str, q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, dims: &ElaDims) -> Result<DType> {
-    check_same(op, q, k)?;
-    check_same(op, q, v)?;
-    check_float(op, q.dtype())?;
+/// The dtype of q/k/v (one float dtype, lengths matching `dims`: checked by `Tensor`; asserted in
+/// debug builds).
+fn qkv_dtype(q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, dims: &ElaDims) -> DType {
     let rows = dims.sequences() * dims.t;
-    check_len(op, "q", q, rows * dims.d, dims)?;
-    check_len(op, "k", k, rows * dims.d, dims)?;
-    check_len(op, "v", v, rows * dims.dv, dims)?;
-    if i32::try_from(dims.d.max(dims.dv) + 2).is_err() {
-        return Err(Error::invalid(op, format!("head dimensions of {dims:?} are too large")));
-    }
-    Ok(q.dtype())
-}
-
-fn check_params(op: &'static str, p: &ElaParams, with_state: bool) -> Result<()> {
-    if p.chunk == 0 {
-        return Err(Error::invalid(op, "chunk length must be >= 1"));
-    }
-    if with_state && !p.causal {
-        return Err(Error::invalid(op, "a recurrent state only exists for causal attention (set causal: true)"));
-    }
-    Ok(())
+    debug_assert!(q.dtype() == k.dtype() && q.dtype() == v.dtype() && q.dtype().is_float(), "ela: dtypes");
+    debug_assert!(q.len() == rows * dims.d && k.len() == rows * dims.d, "ela: q, k for {dims:?}");
+    debug_assert_eq!(v.len(), rows * dims.dv, "ela: v for {dims:?}");
+    q.dtype()
 }
 
 /// Bytes of dynamic shared memory per block: q, k (d), v, y, g (dv), phi, psi, r, t (F), 32 for
-/// reductions, in the compute type.
+/// reductions, in the compute type. This device's limit on the head sizes of the scan path (it
+/// also keeps them far inside the kernels' `int` arguments).
 fn smem_bytes(op: &'static str, dims: &ElaDims, f: usize, c: DType) -> Result<u32> {
-    let bytes = (2 * dims.d + 3 * dims.dv + 4 * f + 32) * c.size_in_bytes();
+    let bytes = (2 * dims.d + 3 * dims.dv + 4 * f + 32).saturating_mul(c.size_in_bytes());
     if bytes > SMEM_LIMIT {
         return Err(Error::invalid(
             op,
@@ -77,37 +50,17 @@ fn smem_bytes(op: &'static str, dims: &ElaDims, f: usize, c: DType) -> Result<u3
     Ok(bytes as u32)
 }
 
-/// The state buffers' device addresses after checking them against `dims` (as the CPU does).
-fn state_ptrs(
-    op: &'static str,
-    st: &ElaStateBufs<CudaStorage>,
-    dims: &ElaDims,
-    kernel: ElaKernel,
-    sd: DType,
-) -> Result<(u64, u64, u64)> {
+/// The state buffers' device addresses. The state was made by `ElaState::new` for these sizes and
+/// kernel, and `ElaState` checks what it is fed (debug builds assert it here).
+fn state_ptrs(st: &ElaStateBufs<CudaStorage>, dims: &ElaDims, kernel: ElaKernel, sd: DType) -> (u64, u64, u64) {
     let (n, f, dv) = (dims.sequences(), kernel.feature_size(dims.d), dims.dv);
-    let bad = |what: &str| {
-        Error::invalid(
-            op,
-            format!(
-                "the recurrent state's {what} buffer does not match {dims:?} with kernel {kernel} (expected \
-                 {sd:?} buffers of F = {f} features; create it with ElaState::new)"
-            ),
-        )
-    };
     let ok = |s: &CudaStorage, len: usize| s.dtype() == sd && s.len() == len;
-    if !ok(&st.s, n * f * dv) {
-        return Err(bad("S"));
-    }
-    if !ok(&st.z, n * f) {
-        return Err(bad("z"));
-    }
-    let m = match (&st.m, kernel.has_units()) {
-        (Some(m), true) if ok(m, n * f) => m.ptr(),
-        (None, false) => 0,
-        _ => return Err(bad("m (log-scale)")),
-    };
-    Ok((st.s.ptr(), st.z.ptr(), m))
+    debug_assert!(ok(&st.s, n * f * dv) && ok(&st.z, n * f), "ela: state S, z for {dims:?}, {kernel}");
+    debug_assert!(
+        st.m.as_ref().map_or(!kernel.has_units(), |m| kernel.has_units() && ok(m, n * f)),
+        "ela: state m for {dims:?}, {kernel}"
+    );
+    (st.s.ptr(), st.z.ptr(), st.m.as_ref().map_or(0, |m| m.ptr()))
 }
 
 impl Cuda {
@@ -155,8 +108,7 @@ impl Cuda {
         p: &ElaParams,
     ) -> Result<(CudaStorage, Option<ElaSaved<CudaStorage>>)> {
         const OP: &str = "ela_forward";
-        let d = check_qkv(OP, q, k, v, dims)?;
-        check_params(OP, p, false)?;
+        let d = qkv_dtype(q, k, v, dims);
         match ela_fast::variant(p.kernel, d, dims) {
             Some(fast) => {
                 let (y, bufs) = self.ela_fast_forward_saving(&fast, q, k, v, dims, p.causal)?;
@@ -178,13 +130,13 @@ impl Cuda {
         p: &ElaParams,
         state: Option<&mut ElaStateBufs<CudaStorage>>,
     ) -> Result<CudaStorage> {
-        let d = check_qkv(op, q, k, v, dims)?;
-        check_params(op, p, state.is_some())?;
+        let d = qkv_dtype(q, k, v, dims);
+        debug_assert!(p.chunk >= 1 && (p.causal || state.is_none()), "{op}: {p:?} (ElaParams::validate)");
         let (n, f, sd) = (dims.sequences(), p.kernel.feature_size(dims.d), stat_dtype(d));
         if let Some(fast) = ela_fast::variant(p.kernel, d, dims) {
             let state = match state {
                 Some(st) => {
-                    let ptrs = state_ptrs(op, st, dims, p.kernel, sd)?;
+                    let ptrs = state_ptrs(st, dims, p.kernel, sd);
                     Some((st, [ptrs.0, ptrs.1, ptrs.2]))
                 }
                 None => None,
@@ -199,7 +151,7 @@ impl Cuda {
         let y = self.alloc(d, n * dims.t * dims.dv)?;
         let scratch;
         let (s, z, m) = match state {
-            Some(st) => state_ptrs(op, st, dims, p.kernel, sd)?,
+            Some(st) => state_ptrs(st, dims, p.kernel, sd),
             None => {
                 scratch = self.ela_scratch(n, f, dims.dv, p.kernel, sd)?;
                 (scratch.s.ptr(), scratch.z.ptr(), scratch.m.as_ref().map_or(0, |m| m.ptr()))
@@ -220,7 +172,7 @@ impl Cuda {
             Arg::n(dims.t),
             Arg::I32(dims.d as i32),
             Arg::I32(dims.dv as i32),
-            Arg::I32(kernel_code(p.kernel)),
+            Arg::I32(p.kernel.code()),
             Arg::I32(p.causal as i32),
         ];
         let smem = smem_bytes(op, dims, f, sd)?;
@@ -242,12 +194,9 @@ impl Cuda {
         saved: Option<&ElaSaved<CudaStorage>>,
     ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
         const OP: &str = "ela_backward";
-        let d = check_qkv(OP, q, k, v, dims)?;
-        check_same(OP, q, y)?;
-        check_same(OP, q, dy)?;
-        check_len(OP, "y", y, v.len(), dims)?;
-        check_len(OP, "dy", dy, v.len(), dims)?;
-        check_params(OP, p, false)?;
+        let d = qkv_dtype(q, k, v, dims);
+        debug_assert!(y.dtype() == d && dy.dtype() == d, "{OP}: y, dy dtypes");
+        debug_assert!(y.len() == v.len() && dy.len() == v.len(), "{OP}: y, dy for {dims:?}");
         let (n, t, f, sd) = (dims.sequences(), dims.t, p.kernel.feature_size(dims.d), stat_dtype(d));
         if let Some(fast) = ela_fast::variant(p.kernel, d, dims) {
             let saved = saved.filter(|s| s.dims == *dims && s.params == *p).map(|s| s.buffers.as_slice());
@@ -286,7 +235,7 @@ impl Cuda {
             Arg::n(t),
             Arg::I32(dims.d as i32),
             Arg::I32(dims.dv as i32),
-            Arg::I32(kernel_code(p.kernel)),
+            Arg::I32(p.kernel.code()),
             Arg::I32(p.causal as i32),
         ];
         let smem = smem_bytes(OP, dims, f, sd)?;
@@ -306,10 +255,10 @@ impl Cuda {
     ) -> Result<CudaStorage> {
         const OP: &str = "ela_step";
         let one = ElaDims { t: 1, ..*dims };
-        let d = check_qkv(OP, q, k, v, &one)?;
+        let d = qkv_dtype(q, k, v, &one);
         if let Some(fast) = ela_fast::variant(kernel, d, &one) {
             // All sequences in one launch, one block each (ela_chunk_bwd.cu, `ela_step_fast`).
-            let (s, z, m) = state_ptrs(OP, state, &one, kernel, stat_dtype(d))?;
+            let (s, z, m) = state_ptrs(state, &one, kernel, stat_dtype(d));
             return self.ela_fast_step(&fast, q, k, v, one.sequences(), [s, z, m]);
         }
         self.ela_forward_op(OP, q, k, v, &one, &ElaParams { kernel, causal: true, chunk: 1 }, Some(state))

@@ -105,7 +105,7 @@ impl Cuda {
             Arg::n(dims.t),
             Arg::I32(dims.d as i32),
             Arg::I32(dv as i32),
-            Arg::I32(super::ela::kernel_code(kernel)),
+            Arg::I32(kernel.code()),
             Arg::I32(plan.staged as i32),
         ];
         self.launch_smem(ELA, &format!("ela_nc_state_{}", dt(k.dtype())), outer_cfg(n), plan.smem_outer, &args)?;
@@ -140,7 +140,7 @@ impl Cuda {
             Arg::n(t),
             Arg::I32(dims.d as i32),
             Arg::I32(dims.dv as i32),
-            Arg::I32(super::ela::kernel_code(kernel)),
+            Arg::I32(kernel.code()),
             Arg::I32(TOKENS_PER_BLOCK as i32),
         ];
         self.launch_smem(ELA, &format!("ela_nc_query_{}", dt(q.dtype())), rows_cfg(n, t), plan.smem_rows, &args)?;
@@ -167,7 +167,7 @@ impl Cuda {
         if n == 0 || t == 0 {
             return Ok((dq, dk, dvo));
         }
-        let code = super::ela::kernel_code(kernel);
+        let code = kernel.code();
         let st = self.ela_nc_state(plan, k, v, dims, kernel, sd)?;
         // Per row: phi, g = dy / den and c = g . y, kept for the reduction into U and w.
         let (p, g, c) = (self.alloc(sd, n * t * f)?, self.alloc(sd, n * t * dv)?, self.alloc(sd, n * t)?);

@@ -4,8 +4,9 @@
 //!
 //! One test binary on purpose: NVRTC compiles the kernel files once per process.
 //!
-//! Without a usable GPU every test prints `skipped: no CUDA device (<reason>)` and passes, unless
-//! `ELA_REQUIRE_CUDA=1` (set by the GPU runner), in which case it fails.
+//! Without a usable GPU every test writes `skipped: no CUDA device: <test>` to stderr and returns,
+//! and the binary ends with a `SKIPPED N test(s)` line (`ela_cuda::testing`); with
+//! `ELA_REQUIRE_CUDA=1` (set by the GPU runner) it fails instead.
 
 mod alloc_errors;
 mod conv;
@@ -19,20 +20,11 @@ mod optim;
 mod reduce_matmul;
 
 use ela_core::{Cpu, DType, Rng, Shape, Tensor};
-use ela_cuda::{cuda_if_available, Cuda};
+use ela_cuda::Cuda;
 
-/// The GPU, or `None` after printing why the test is skipped (panics under ELA_REQUIRE_CUDA=1).
+/// The GPU, or `None` after reporting the test as skipped (panics under ELA_REQUIRE_CUDA=1).
 pub fn gpu() -> Option<Cuda> {
-    match cuda_if_available() {
-        Ok(d) => Some(d),
-        Err(e) => {
-            if std::env::var("ELA_REQUIRE_CUDA").as_deref() == Ok("1") {
-                panic!("ELA_REQUIRE_CUDA=1 but no CUDA device is usable: {e}");
-            }
-            println!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
+    ela_cuda::testing::device_or_skip()
 }
 
 /// Proptest cases for GPU property tests (ELA_PROPTEST_CASES overrides).

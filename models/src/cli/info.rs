@@ -38,12 +38,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
 }
 
 fn detector_info(args: &InfoArgs) -> Result<()> {
-    let det = DetectorArgs {
-        arch: args.model.clone(),
-        neck: args.neck.clone(),
-        kernel: args.lm.kernel.clone(),
-        img: args.img,
-    };
+    let det = DetectorArgs { arch: args.model.clone(), neck: args.neck.clone(), kernel: args.lm.kernel, img: args.img };
     let cfg = det.to_config(args.classes)?;
     // Counted analytically: nothing is allocated, so any size answers at once.
     let report = component_report(&cfg)?;

@@ -34,7 +34,7 @@ Exit status: 0 when every error is within tolerance, 1 otherwise.";
 pub struct VerifyArgs {
     /// Only this kernel: hadamard-exp, sum-sq-euclid, sub-sq-euclid, blueprint, identity (default: all).
     #[arg(long)]
-    pub kernel: Option<String>,
+    pub kernel: Option<ElaKernel>,
     /// Batch size.
     #[arg(long, default_value_t = 2)]
     pub batch: usize,
@@ -50,7 +50,8 @@ pub struct VerifyArgs {
     /// Value dimension Dv (default: --dim).
     #[arg(long)]
     pub dv: Option<usize>,
-    /// Chunk length C of the chunked form.
+    /// Chunk length C of the chunked form (and of the CPU reference). With `--device cuda` the
+    /// device's forms ignore it: the CUDA backend picks its own chunking (cuda/README.md).
     #[arg(long, default_value_t = 64)]
     pub chunk: usize,
     /// Causal (`true`) or full (`false`) attention; the recurrent form exists only when causal.
@@ -298,8 +299,8 @@ fn check_args(args: &VerifyArgs) -> Result<(Vec<ElaKernel>, DType)> {
     e.check("ela verify")?;
     let dtype: DType = args.dtype.parse()?;
     tolerance(dtype)?;
-    let kernels = match &args.kernel {
-        Some(name) => vec![name.parse::<ElaKernel>()?],
+    let kernels = match args.kernel {
+        Some(kernel) => vec![kernel],
         None => ElaKernel::ALL.to_vec(),
     };
     Ok((kernels, dtype))

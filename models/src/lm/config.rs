@@ -1,16 +1,17 @@
 //! The language model's switches.
 
 use ela_core::{Error, Result};
+use ela_nn::ela::ElaKernel;
 
 /// Which token mixer the attention layers use.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttnKind {
     /// Softmax attention (the baseline), decoding from a KV cache.
     Softmax,
-    /// Exact Linear Attention with the named built-in kernel (`hadamard-exp`, ...).
+    /// Exact Linear Attention with a built-in kernel.
     Ela {
-        /// Kernel name as accepted by `ela_nn::ela`.
-        kernel: String,
+        /// The kernel (stored by name, `hadamard-exp`, ..., in checkpoints).
+        kernel: ElaKernel,
         /// Chunk size of the chunked training form.
         chunk: usize,
     },
@@ -93,7 +94,7 @@ impl LmConfig {
             layers: 4,
             heads: 4,
             ffn_hidden: 256,
-            attention: AttnKind::Ela { kernel: "hadamard-exp".into(), chunk: 64 },
+            attention: AttnKind::Ela { kernel: ElaKernel::HadamardExp, chunk: 64 },
             link: Link::Residual,
             lobe: LobeMode::Causal,
             moe: Some(MoeSpec {
@@ -208,7 +209,7 @@ impl LmConfig {
         let attention = match field("attention")?.as_str() {
             "softmax" => AttnKind::Softmax,
             s => match s.strip_prefix("ela:") {
-                Some(k) => AttnKind::Ela { kernel: k.to_string(), chunk: num("chunk", field("chunk")?)? },
+                Some(k) => AttnKind::Ela { kernel: k.parse()?, chunk: num("chunk", field("chunk")?)? },
                 None => return Err(Error::invalid("LmConfig", format!("model.attention: unknown value {s:?}"))),
             },
         };

@@ -10,7 +10,7 @@ use super::config::AttnKind;
 pub fn attention_mixer(kind: &AttnKind) -> Result<Mixer> {
     Ok(match kind {
         AttnKind::Softmax => Mixer::Softmax,
-        AttnKind::Ela { kernel, chunk } => Mixer::Ela(ElaAttention::from_name(kernel, *chunk)?),
+        AttnKind::Ela { kernel, chunk } => Mixer::Ela(ElaAttention::new(*kernel, *chunk)),
     })
 }
 

@@ -8,7 +8,6 @@ use ela_autograd::Var;
 use ela_core::{Backend, ElaKernel, ElaParams, Error, Result, Tensor};
 
 use super::kernel::Kernel;
-use super::reference::check_qkv;
 
 /// Chunked ELA of a built-in fused kernel, recorded as one node `ela_chunked` with inputs
 /// `(q, k, v)`.
@@ -65,7 +64,8 @@ pub fn chunked<B: Backend>(
         return chunked_fused(q, k, v, ElaParams { kernel: fused, causal, chunk });
     }
     let (qv, kv, vv) = (q.value(), k.value(), v.value());
-    check_qkv("ela_chunked", &qv, &kv, &vv)?;
+    // Core's one ELA shape check, on q and k themselves: the fused op below only sees phi(q), psi(k).
+    Tensor::ela_dims("ela_chunked", &qv, &kv, &vv)?;
     let (phi, psi) = user_features(kernel.as_ref(), &qv, &kv)?;
     let params = ElaParams { kernel: ElaKernel::Identity, causal, chunk };
     let y = phi.ela(&psi, &vv, &params)?;

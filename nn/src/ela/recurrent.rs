@@ -119,9 +119,9 @@ pub fn prefill<B: Backend>(
     kernel: &Arc<dyn Kernel<B>>,
     chunk: usize,
 ) -> Result<(Tensor<B>, ElaState<B>)> {
-    super::reference::check_qkv("ela_prefill", q, k, v)?;
-    let d = q.dims();
-    let mut st = ElaState::new(kernel, d[0], d[1], d[3], v.dims()[3], q.dtype(), q.device())?;
+    // Core's one ELA shape check gives the sizes the state is made for.
+    let d = Tensor::ela_dims("ela_prefill", q, k, v)?;
+    let mut st = ElaState::new(kernel, d.batch, d.heads, d.d, d.dv, q.dtype(), q.device())?;
     let y = st.prefill(q, k, v, chunk)?;
     Ok((y, st))
 }
@@ -134,10 +134,9 @@ pub fn recurrent<B: Backend>(
     v: &Tensor<B>,
     kernel: &Arc<dyn Kernel<B>>,
 ) -> Result<Tensor<B>> {
-    super::reference::check_qkv("ela_recurrent", q, k, v)?;
-    let d = q.dims();
-    let (t, dv) = (d[2], v.dims()[3]);
-    let mut st = ElaState::new(kernel, d[0], d[1], d[3], dv, q.dtype(), q.device())?;
+    let d = Tensor::ela_dims("ela_recurrent", q, k, v)?;
+    let t = d.t;
+    let mut st = ElaState::new(kernel, d.batch, d.heads, d.d, d.dv, q.dtype(), q.device())?;
     if t == 0 {
         return Tensor::zeros(v.shape().clone(), v.dtype(), v.device());
     }

@@ -9,6 +9,11 @@
 //! Files: `chunk.rs` (per-chunk preparation, state update), `forward.rs`, `backward.rs`,
 //! `slow.rs` (exact rows after underflow), `step.rs` (recurrent), `features.rs` (signed
 //! kernels' feature maps), `exp.rs` (vectorizable `exp`).
+//!
+//! Arguments are not checked here: `Tensor` (core/src/tensor/ela.rs) checks every ELA call once,
+//! through `ElaDims::from_shapes` and `ElaParams::validate`, and hands over contiguous buffers of
+//! one float dtype whose lengths match `dims`, and states made by `ElaState::new` for them. Debug
+//! builds assert that contract.
 
 mod backward;
 mod chunk;
@@ -29,7 +34,7 @@ use self::exp::ElaFloat;
 use crate::cpu::storage::{widen, CpuElement, CpuStorage};
 use crate::dtype::DType;
 use crate::ela::{ElaDims, ElaKernel, ElaParams, ElaStateBufs};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::layout::Layout;
 
 /// Float inputs as compute slices: borrowed for f32/f64, widened to f32 for f16/bf16.
@@ -40,9 +45,7 @@ enum Inputs<'a> {
 
 fn inputs<'a>(op: &'static str, xs: &[&'a CpuStorage]) -> Result<(DType, Inputs<'a>)> {
     let dtype = xs[0].dtype();
-    if let Some(x) = xs.iter().find(|x| x.dtype() != dtype) {
-        return Err(Error::DTypeMismatch { op, lhs: dtype, rhs: x.dtype() });
-    }
+    debug_assert!(xs.iter().all(|x| x.dtype() == dtype), "{op}: inputs of several dtypes (Tensor checks them)");
     let f32s = |x: &'a CpuStorage| -> Cow<'a, [f32]> {
         let l = Layout::contiguous(x.len());
         match x {
@@ -65,7 +68,7 @@ fn inputs<'a>(op: &'static str, xs: &[&'a CpuStorage]) -> Result<(DType, Inputs<
             ),
         ),
         DType::F32 | DType::F16 | DType::BF16 => (dtype, Inputs::F32(xs.iter().map(|x| f32s(x)).collect())),
-        _ => return Err(Error::UnsupportedDType { op, dtype, expected: "a float dtype (f16, bf16, f32, f64)" }),
+        _ => unreachable!("{op}: {dtype:?} inputs (Tensor checks for a float dtype)"),
     })
 }
 
@@ -74,18 +77,12 @@ fn output_f32(v: Vec<f32>, dtype: DType) -> CpuStorage {
     CpuStorage::store_f32(v, dtype)
 }
 
-fn check_len(op: &'static str, what: &str, got: usize, want: usize, dims: &ElaDims) -> Result<()> {
-    if got != want {
-        return Err(Error::invalid(op, format!("{what} has {got} elements, expected {want} for {dims:?}")));
-    }
-    Ok(())
-}
-
-fn check_inputs(op: &'static str, q: &CpuStorage, k: &CpuStorage, v: &CpuStorage, dims: &ElaDims) -> Result<()> {
+/// Debug builds: the buffers have the lengths `dims` says (Tensor made them so).
+fn debug_check_inputs(q: &CpuStorage, k: &CpuStorage, v: &CpuStorage, dims: &ElaDims) {
     let rows = dims.sequences() * dims.t;
-    check_len(op, "q", q.len(), rows * dims.d, dims)?;
-    check_len(op, "k", k.len(), rows * dims.d, dims)?;
-    check_len(op, "v", v.len(), rows * dims.dv, dims)
+    debug_assert_eq!(q.len(), rows * dims.d, "q for {dims:?}");
+    debug_assert_eq!(k.len(), rows * dims.d, "k for {dims:?}");
+    debug_assert_eq!(v.len(), rows * dims.dv, "v for {dims:?}");
 }
 
 /// Split `v` into `parts` consecutive slices of `len` (all empty when `len == 0`).
@@ -126,24 +123,20 @@ fn state_parts<'a, T: StateElem>(
     dims: &ElaDims,
     kernel: ElaKernel,
 ) -> Result<SeqStates<'a, T>> {
+    // The state comes from `ElaState::new` for these sizes and kernel, and `ElaState` checks
+    // what it is fed: a mismatch here is a bug in the caller, not a user error.
     let (n, f, dv) = (dims.sequences(), kernel.feature_size(dims.d), dims.dv);
-    let bad = |what: &str| {
-        Error::invalid(
-            op,
-            format!(
-                "the recurrent state's {what} buffer does not match {dims:?} with kernel {kernel} \
-                 (expected {:?} state of F = {f} features; create it with ElaState::new)",
-                if T::DTYPE == DType::F64 { "an f64" } else { "an f32" }
-            ),
-        )
-    };
-    let s = T::buf(&mut bufs.s).filter(|s| s.len() == n * f * dv).ok_or_else(|| bad("S"))?;
-    let z = T::buf(&mut bufs.z).filter(|z| z.len() == n * f).ok_or_else(|| bad("z"))?;
+    let bad = |what: &str| format!("{op}: the state's {what} buffer does not match {dims:?} with kernel {kernel}");
+    let s = T::buf(&mut bufs.s).expect("state dtype");
+    let z = T::buf(&mut bufs.z).expect("state dtype");
+    debug_assert!(s.len() == n * f * dv, "{}", bad("S"));
+    debug_assert!(z.len() == n * f, "{}", bad("z"));
     let m: &mut [T] = match (&mut bufs.m, kernel.has_units()) {
-        (Some(m), true) => T::buf(m).filter(|m| m.len() == n * f).ok_or_else(|| bad("m"))?,
+        (Some(m), true) => T::buf(m).expect("state dtype"),
         (None, false) => &mut [],
-        _ => return Err(bad("m (log-scale)")),
+        _ => unreachable!("{}", bad("m (log-scale)")),
     };
+    debug_assert!(m.len() == if kernel.has_units() { n * f } else { 0 }, "{}", bad("m"));
     let ms = split_mut(m, n, if kernel.has_units() { f } else { 0 });
     Ok(split_mut(s, n, f * dv).into_iter().zip(split_mut(z, n, f)).zip(ms).collect())
 }
@@ -234,22 +227,12 @@ pub fn forward(
     state: Option<&mut ElaStateBufs<CpuStorage>>,
 ) -> Result<CpuStorage> {
     const OP: &str = "ela_forward";
-    check_inputs(OP, q, k, v, dims)?;
-    check_params(OP, p, state.is_some())?;
+    debug_check_inputs(q, k, v, dims);
+    debug_assert!(p.chunk >= 1 && (p.causal || state.is_none()), "{OP}: {p:?} (ElaParams::validate)");
     Ok(match inputs(OP, &[q, k, v])? {
         (_, Inputs::F64(x)) => CpuStorage::F64(forward_t(x[0], x[1], x[2], dims, p, state)?),
         (dtype, Inputs::F32(x)) => CpuStorage::store_f32(forward_t(&x[0], &x[1], &x[2], dims, p, state)?, dtype),
     })
-}
-
-fn check_params(op: &'static str, p: &ElaParams, with_state: bool) -> Result<()> {
-    if p.chunk == 0 {
-        return Err(Error::invalid(op, "chunk length must be >= 1"));
-    }
-    if with_state && !p.causal {
-        return Err(Error::invalid(op, "a recurrent state only exists for causal attention (set causal: true)"));
-    }
-    Ok(())
 }
 
 /// Backward of [`forward`] (see [`Backend::ela_backward`](crate::Backend::ela_backward)).
@@ -264,10 +247,9 @@ pub fn backward(
     p: &ElaParams,
 ) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
     const OP: &str = "ela_backward";
-    check_inputs(OP, q, k, v, dims)?;
-    check_len(OP, "y", y.len(), v.len(), dims)?;
-    check_len(OP, "dy", dy.len(), v.len(), dims)?;
-    check_params(OP, p, false)?;
+    debug_check_inputs(q, k, v, dims);
+    debug_assert!(y.len() == v.len() && dy.len() == v.len(), "{OP}: y, dy for {dims:?}");
+    debug_assert!(p.chunk >= 1, "{OP}: chunk 0");
     Ok(match inputs(OP, &[q, k, v, y, dy])? {
         (_, Inputs::F64(x)) => {
             let (a, b, c) = backward_t([x[0], x[1], x[2], x[3], x[4]], dims, p);
@@ -291,7 +273,7 @@ pub fn step(
 ) -> Result<CpuStorage> {
     const OP: &str = "ela_step";
     let one = ElaDims { t: 1, ..*dims };
-    check_inputs(OP, q, k, v, &one)?;
+    debug_check_inputs(q, k, v, &one);
     Ok(match inputs(OP, &[q, k, v])? {
         (_, Inputs::F64(x)) => CpuStorage::F64(step_t(x[0], x[1], x[2], &one, kernel, state)?),
         (dtype, Inputs::F32(x)) => CpuStorage::store_f32(step_t(&x[0], &x[1], &x[2], &one, kernel, state)?, dtype),

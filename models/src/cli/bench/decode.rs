@@ -46,8 +46,9 @@ pub struct BenchDecodeArgs {
     pub ffn_hidden: usize,
     /// ELA kernel.
     #[arg(long, default_value = "hadamard-exp")]
-    pub kernel: String,
-    /// Chunk length of the ELA prefill.
+    pub kernel: ela_nn::ela::ElaKernel,
+    /// Chunk length of the ELA prefill on the CPU (with `--device cuda` it is checked but
+    /// ignored: the CUDA backend picks its own chunking, see cuda/README.md).
     #[arg(long, default_value_t = 64)]
     pub chunk: usize,
     /// Largest context for the softmax model (its prefill holds [heads, N, N] scores per layer).
@@ -109,7 +110,7 @@ fn measure<B: Backend>(model: &ElaLm<B>, n: usize, steps: usize, rng: &mut Rng, 
 
 /// Measure both models at every context: `[ela, softmax]` per context.
 fn go<B: Backend>(args: &BenchDecodeArgs, contexts: &[usize], dev: &B) -> Result<Vec<[Option<Cell>; 2]>> {
-    let kinds = [AttnKind::Ela { kernel: args.kernel.clone(), chunk: args.chunk }, AttnKind::Softmax];
+    let kinds = [AttnKind::Ela { kernel: args.kernel, chunk: args.chunk }, AttnKind::Softmax];
     let mut out = vec![[None, None]; contexts.len()];
     for (m, kind) in kinds.into_iter().enumerate() {
         let is_softmax = kind == AttnKind::Softmax;
@@ -138,7 +139,7 @@ pub fn run(args: &BenchDecodeArgs) -> Result<()> {
     config(args, AttnKind::Softmax).validate()?;
     // The longest context of each model decides (softmax only up to its own limit).
     for (kind, limit) in [
-        (AttnKind::Ela { kernel: args.kernel.clone(), chunk: args.chunk }, usize::MAX),
+        (AttnKind::Ela { kernel: args.kernel, chunk: args.chunk }, usize::MAX),
         (AttnKind::Softmax, args.softmax_max_context),
     ] {
         let cfg = config(args, kind);
@@ -193,9 +194,8 @@ pub fn run(args: &BenchDecodeArgs) -> Result<()> {
 }
 
 impl BenchDecodeArgs {
-    /// The kernel name and chunk, checked for a one-line error before any work.
+    /// The chunk, checked for a one-line error before any work (the kernel is parsed by clap).
     fn check_kernel(&self) -> Result<()> {
-        self.kernel.parse::<ela_nn::ela::ElaKernel>()?;
         if self.chunk == 0 {
             return Err(Error::invalid("ela bench decode", "--chunk must be at least 1"));
         }

@@ -21,7 +21,7 @@ pub struct DetectorArgs {
     pub neck: String,
     /// ELA kernel of the `ela` neck: hadamard-exp, sum-sq-euclid, sub-sq-euclid, blueprint.
     #[arg(long, default_value = "hadamard-exp")]
-    pub kernel: String,
+    pub kernel: ela_nn::ela::ElaKernel,
     /// Square input size in pixels (a multiple of 32; the embedded set is rendered at this size).
     #[arg(long, default_value_t = 192)]
     pub img: usize,
@@ -33,7 +33,7 @@ impl DetectorArgs {
         let arch = match self.arch.as_str() {
             "yolo-lat" => {
                 let neck = match self.neck.as_str() {
-                    "ela" => Neck::Ela(self.kernel.parse()?),
+                    "ela" => Neck::Ela(self.kernel),
                     "softmax" => Neck::Softmax,
                     "conv" => Neck::Conv,
                     "none" => Neck::None,
