@@ -317,10 +317,7 @@ fn fmt_err(x: f64) -> String {
 /// `ela verify --external FILE`: the file's tensors against the exact f64 answer.
 fn run_external(args: &VerifyArgs, path: &std::path::Path) -> Result<()> {
     use crate::external::{verify_external, ExternalOptions};
-    let kernel = match &args.kernel {
-        Some(name) => name.parse::<ElaKernel>()?,
-        None => ElaKernel::HadamardExp,
-    };
+    let kernel = args.kernel.unwrap_or(ElaKernel::HadamardExp);
     for (flag, t) in [("--tol", args.tol), ("--grad-tol", args.grad_tol)] {
         if let Some(t) = t.filter(|t| !(t.is_finite() && *t >= 0.0)) {
             return Err(Error::invalid("ela verify", format!("{flag} must be finite and >= 0, got {t}")));
