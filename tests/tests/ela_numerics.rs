@@ -174,8 +174,8 @@ fn half_precision_inputs_use_f32_state<B: Backend>(dev: &B) {
 /// the key holding its largest log-term `max_{j, d} (q_id + k_jd)`, by a margin of ~1e8 or more
 /// against every other key, so `y_i` equals that key's value to rounding (rows whose two best
 /// keys are within 1e3 of each other in log-terms are not compared; most rows are).
-/// Regression: the chunked causal form formed `(mq_i - u_i) + mk_j`, whose double rounding can
-/// exceed 0 by an ulp of the inputs (> 88 above ~1e9 in f32): exp overflowed and rows were NaN.
+/// Regression: the chunked causal form's exponent `(mq_i - u_i) + mk_j` can round above 0 by an
+/// ulp of the inputs (> 88 above ~1e9 in f32): exp overflowed and rows were NaN (now clamped).
 fn extreme_magnitudes_stay_finite_and_exact<B: Backend>(dev: &B) {
     let (t, d, dv) = (70, 8, 4);
     for (dtype, scales) in [(DType::F32, &[1e9, 1e20, 1e37][..]), (DType::F64, &[1e100, 1e300][..])] {

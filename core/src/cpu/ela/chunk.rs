@@ -388,15 +388,18 @@ pub(crate) fn prep<T: ElaFloat>(seq: &Seq<T>, t0: usize, n: usize, st: &State<T>
         // leak into earlier rows through 0 * inf.
         row[i + 1..].fill(T::ZERO);
         if seq.exp() {
-            // E_ij = exp(mq_i + mk_j - u_i) <= 1 for j <= i (mk_j <= max_{j'<=i} mk_j'). The sum
-            // is rounded first, as in u_i: rounding is monotonic, so fl(mq_i + mk_j) <=
-            // fl(mq_i + max mk) <= u_i and the exponent is <= 0 exactly. (mq_i - u_i) + mk_j
-            // instead rounds twice and can exceed 0 by an ulp of the inputs: above ~1e9 in f32
-            // that ulp is > 88, exp overflows, and 0 * inf turns rows into NaN.
+            // E_ij = exp(mq_i + mk_j - u_i) <= 1 for j <= i (mk_j <= max_{j'<=i} mk_j'). Formed as
+            // (mq_i - u_i) + mk_j: the rounding of u_i is then one shift shared by every term of
+            // the row, which cancels in num / den. That sum can still round above 0 by an ulp of
+            // the inputs: above ~1e9 in f32 the ulp exceeds 88, exp would overflow and 0 * inf
+            // would turn rows into NaN. The true value is <= 0, so it is clamped there (a change
+            // within the rounding; NaN stays NaN). A row whose terms all underflow this way takes
+            // the exact path below.
             let e = &mut ch.e[i * n..(i + 1) * n];
-            let (mq, u) = (ch.mq[i], ch.u[i]);
+            let base = ch.mq[i] - ch.u[i];
             for (x, &mk) in e[..=i].iter_mut().zip(&ch.mk[..=i]) {
-                *x = (mq + mk) - u;
+                let v = base + mk;
+                *x = if v > T::ZERO { T::ZERO } else { v };
             }
             T::exp_slice(&mut e[..=i]);
             e[i + 1..].fill(T::ZERO);
