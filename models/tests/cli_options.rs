@@ -40,35 +40,7 @@ fn resume_refuses_flags_that_contradict_the_saved_run() {
     let dir = std::env::temp_dir().join(format!("ela-resume-flags-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let d = dir.to_str().unwrap();
-    let tiny = [
-        "train",
-        "--dim",
-        "8",
-        "--layers",
-        "1",
-        "--heads",
-        "1",
-        "--ffn-hidden",
-        "8",
-        "--experts",
-        "0",
-        "--steps",
-        "4",
-        "--batch",
-        "1",
-        "--seq",
-        "8",
-        "--warmup",
-        "0",
-        "--eval-windows",
-        "1",
-        "--sample-len",
-        "2",
-        "--checkpoint-every",
-        "2",
-        "--out",
-        d,
-    ];
+    let tiny = [bin::TINY_TRAIN, &["--steps", "4", "--checkpoint-every", "2", "--out", d]].concat();
     let o = ela(&[&tiny[..], &["--abort-after", "3"]].concat());
     assert!(!o.status.success());
     for (flags, needle) in [

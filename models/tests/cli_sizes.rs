@@ -75,33 +75,7 @@ fn info_counts_any_size_without_building_the_model() {
 
 /// A tiny trained run to tamper with.
 fn tiny_run(dir: &Path) {
-    let (o, _) = ela(&[
-        "train",
-        "--dim",
-        "8",
-        "--layers",
-        "1",
-        "--heads",
-        "1",
-        "--ffn-hidden",
-        "8",
-        "--experts",
-        "0",
-        "--steps",
-        "1",
-        "--batch",
-        "1",
-        "--seq",
-        "8",
-        "--warmup",
-        "0",
-        "--eval-windows",
-        "1",
-        "--sample-len",
-        "2",
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
+    let (o, _) = ela(&[bin::TINY_TRAIN, &["--steps", "1", "--out", dir.to_str().unwrap()]].concat());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
@@ -136,35 +110,7 @@ fn a_checkpoint_whose_stored_config_was_changed_fails_before_building() {
 #[test]
 fn generate_past_the_rotary_length_fails_before_the_work() {
     let dir = tmp("rope");
-    let (o, _) = ela(&[
-        "train",
-        "--dim",
-        "8",
-        "--layers",
-        "1",
-        "--heads",
-        "1",
-        "--ffn-hidden",
-        "8",
-        "--experts",
-        "0",
-        "--steps",
-        "1",
-        "--batch",
-        "1",
-        "--seq",
-        "8",
-        "--warmup",
-        "0",
-        "--eval-windows",
-        "1",
-        "--sample-len",
-        "2",
-        "--rope",
-        "16",
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
+    let (o, _) = ela(&[bin::TINY_TRAIN, &["--steps", "1", "--rope", "16", "--out", dir.to_str().unwrap()]].concat());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let d = dir.to_str().unwrap();
     fails_fast(&["generate", "--checkpoint", d, "--prompt", "the ", "--tokens", "100"], &["rotary", "at most 13"]);

@@ -27,31 +27,7 @@ fn run(args: &[&str], stdout_full: bool) -> Output {
 fn a_full_stdout_is_an_error_for_every_command_that_prints() {
     let dir = std::env::temp_dir().join(format!("ela-streams-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let tiny = [
-        "train",
-        "--dim",
-        "8",
-        "--layers",
-        "1",
-        "--heads",
-        "1",
-        "--ffn-hidden",
-        "8",
-        "--experts",
-        "0",
-        "--steps",
-        "1",
-        "--batch",
-        "1",
-        "--seq",
-        "8",
-        "--warmup",
-        "0",
-        "--eval-windows",
-        "1",
-        "--sample-len",
-        "2",
-    ];
+    let tiny = [bin::TINY_TRAIN, &["--steps", "1"]].concat();
     let out = dir.join("run");
     let train: Vec<&str> = tiny.iter().copied().chain(["--out", out.to_str().unwrap()]).collect();
     let cases: Vec<Vec<&str>> = vec![

@@ -9,31 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const TINY: &[&str] = &[
-    "train",
-    "--dim",
-    "8",
-    "--layers",
-    "1",
-    "--heads",
-    "1",
-    "--ffn-hidden",
-    "8",
-    "--experts",
-    "0",
-    "--batch",
-    "1",
-    "--seq",
-    "8",
-    "--warmup",
-    "0",
-    "--eval-windows",
-    "1",
-    "--sample-len",
-    "2",
-    "--checkpoint-every",
-    "1",
-];
+/// The tiny run of `bin::TINY_TRAIN`, checkpointing at every step.
+fn tiny() -> Vec<&'static str> {
+    [bin::TINY_TRAIN, &["--checkpoint-every", "1"]].concat()
+}
 
 fn tmp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("ela-faults-{tag}-{}", std::process::id()));
@@ -57,14 +36,16 @@ fn one_line_error(o: &Output, needles: &[&str]) {
 }
 
 fn train(out: &Path, steps: &str, extra: &[&str]) -> Output {
-    ela(&[TINY, &["--steps", steps, "--out", out.to_str().unwrap()], extra].concat())
+    ela(&[&tiny()[..], &["--steps", steps, "--out", out.to_str().unwrap()], extra].concat())
 }
 
 #[test]
 fn a_second_run_on_a_busy_folder_fails_naming_the_holder() {
     let dir = tmp("busy");
     let mut first = Command::new(bin::ela_exe())
-        .args([TINY, &["--steps", "1000000", "--eval-every", "1000000", "--out", dir.to_str().unwrap()]].concat())
+        .args(
+            [&tiny()[..], &["--steps", "1000000", "--eval-every", "1000000", "--out", dir.to_str().unwrap()]].concat(),
+        )
         .stderr(Stdio::null())
         .stdout(Stdio::null())
         .spawn()

@@ -2,7 +2,37 @@
 //! executable was carried to another machine without the build tree (the GPU runner, which
 //! carries only the test executables and the binaries), the bundled copy at `.gpu/bin/ela` under the working directory.
 
+// Not every test binary that includes this module uses every item.
+#![allow(dead_code)]
+
 use std::path::PathBuf;
+
+/// `ela train` with the smallest model and run the CLI accepts (one layer of width 8, no
+/// experts, batch 1 of 8 bytes, no warm-up, one evaluation window, 2 sampled bytes): add
+/// `--steps` and `--out` (and anything else) to it.
+pub const TINY_TRAIN: &[&str] = &[
+    "train",
+    "--dim",
+    "8",
+    "--layers",
+    "1",
+    "--heads",
+    "1",
+    "--ffn-hidden",
+    "8",
+    "--experts",
+    "0",
+    "--batch",
+    "1",
+    "--seq",
+    "8",
+    "--warmup",
+    "0",
+    "--eval-windows",
+    "1",
+    "--sample-len",
+    "2",
+];
 
 /// Path of the `ela` executable to run.
 pub fn ela_exe() -> PathBuf {
