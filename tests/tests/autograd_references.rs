@@ -1,0 +1,203 @@
+//! Backward passes against independent references, on every backend: the explicit softmax
+//! Jacobian, the cross-entropy formula, fused ops (SwiGLU, conv bias + SiLU, RMS norm) against
+//! the same functions composed from primitives, and tensors with zero-size axes. Helpers and
+//! case counts (`ELA_PROPTEST_CASES`) as in `autograd_gradcheck.rs`.
+
+mod autograd_common;
+
+use std::slice::from_ref;
+
+use autograd_common::*;
+use ela_autograd::Var;
+use ela_core::{Backend, Conv2dParams, Pool2dParams};
+use ela_tests::{device_proptest, device_tests};
+use proptest::collection::vec;
+use proptest::prelude::*;
+
+// ------------------------------------------------------------------------------ references
+
+device_proptest! {
+    #![proptest_config(cfg())]
+
+    /// softmax: J = diag(y) - y y^T; log_softmax: J = I - 1 y^T. dx = J^T g, built explicitly.
+    fn softmax_matches_explicit_jacobian<B: Backend>(
+        dev: &B,
+        x in vec(-3.0f64..3.0, 1..=6),
+        g in vec(-1.0f64..1.0, 6),
+    ) {
+        let n = x.len();
+        let g = &g[..n];
+        let m = x.iter().fold(f64::MIN, |a, &b| a.max(b));
+        let z: f64 = x.iter().map(|v| (v - m).exp()).sum();
+        let y: Vec<f64> = x.iter().map(|v| (v - m).exp() / z).collect();
+        for log in [false, true] {
+            let xv = Var::param(tensor(dev, &[n], x.clone()));
+            let out = if log { xv.log_softmax(0)? } else { xv.softmax(0)? };
+            let dx = out.backward_with(tensor(dev, &[n], g.to_vec()))?.get(&xv).unwrap().to_vec::<f64>()?;
+            for j in 0..n {
+                let jac = |i: usize| if log { (i == j) as u8 as f64 - y[j] } else { y[i] * ((i == j) as u8 as f64 - y[j]) };
+                let want: f64 = (0..n).map(|i| jac(i) * g[i]).sum();
+                prop_assert!((dx[j] - want).abs() <= 1e-12, "log={} j={}: {} vs {}", log, j, dx[j], want);
+            }
+        }
+    }
+
+    /// Mean cross-entropy: dlogits = (softmax(x) - onehot(t)) / counted rows, 0 on ignored rows.
+    fn cross_entropy_matches_formula<B: Backend>(
+        dev: &B,
+        (x, t) in (1..=4usize, 2..=5usize).prop_flat_map(|(r, c)| (vec(-3.0f64..3.0, r * c), vec(0..c as u32, r))),
+    ) {
+        let (rows, c) = (t.len(), x.len() / t.len());
+        let xv = Var::param(tensor(dev, &[rows, c], x.clone()));
+        let loss = xv.cross_entropy(&u32s(dev, &[rows], t.clone()), Some(0))?;
+        let dx = loss.backward()?.get(&xv).unwrap().to_vec::<f64>()?;
+        let counted = t.iter().filter(|&&k| k != 0).count().max(1) as f64;
+        for r in 0..rows {
+            let row = &x[r * c..(r + 1) * c];
+            let z: f64 = row.iter().map(|v| v.exp()).sum();
+            for k in 0..c {
+                let want = if t[r] == 0 { 0.0 } else { (row[k].exp() / z - (k as u32 == t[r]) as u8 as f64) / counted };
+                prop_assert!((dx[r * c + k] - want).abs() <= 1e-12, "row {} class {}", r, k);
+            }
+        }
+    }
+
+    /// The fused SwiGLU gate: gradients against central differences, and value and gradients
+    /// against the same function composed from primitives (`silu(a) * b`).
+    fn swiglu_matches_composed<B: Backend>(
+        dev: &B,
+        ins in dims(0..=3, 4).prop_flat_map(|d| inputs_m(vec![d.clone(), d.clone(), d], Vals::Normal, &[0])),
+    ) {
+        check(dev, "swiglu", &ins[..2], |v| v[0].swiglu(&v[1]))?;
+        let (a, b) = (Var::param(ins[0].tensor(dev)), Var::param(ins[1].tensor(dev)));
+        let g = ins[2].tensor(dev);
+        let fused = a.swiglu(&b)?;
+        let composed = a.silu()?.mul(&b)?;
+        let (gf, gc) = (fused.backward_with(g.clone())?, composed.backward_with(g)?);
+        prop_assert!(fused.value().all_close(&composed.value(), 1e-12, 1e-12)?);
+        for v in [&a, &b] {
+            prop_assert!(gf.get(v).unwrap().all_close(gc.get(v).unwrap(), 1e-12, 1e-12)?);
+        }
+    }
+
+    /// The fused conv bias + SiLU: gradients against central differences, value and gradients
+    /// against `silu(x + b)` composed from primitives, for `x [N, C, ...]` of rank 2 to 4.
+    fn bias_silu_matches_composed<B: Backend>(
+        dev: &B,
+        ins in (dims(2..=4, 4)).prop_flat_map(|d| { let c = d[1]; inputs_m(vec![d.clone(), vec![c], d], Vals::Normal, &[0]) }),
+    ) {
+        check(dev, "bias_silu", &ins[..2], |v| v[0].bias_silu(&v[1]))?;
+        let (x, b) = (Var::param(ins[0].tensor(dev)), Var::param(ins[1].tensor(dev)));
+        let g = ins[2].tensor(dev);
+        let fused = x.bias_silu(&b)?;
+        let mut shape = vec![1; x.rank()];
+        shape[1] = b.dims()[0];
+        let composed = x.add(&b.reshape(shape)?)?.silu()?;
+        let (gf, gc) = (fused.backward_with(g.clone())?, composed.backward_with(g)?);
+        prop_assert!(fused.value().all_close(&composed.value(), 1e-12, 1e-12)?);
+        for v in [&x, &b] {
+            prop_assert!(gf.get(v).unwrap().all_close(gc.get(v).unwrap(), 1e-10, 1e-12)?);
+        }
+    }
+
+    /// The fused RMS-norm backward equals the backward of the same function built from primitives.
+    fn rms_norm_matches_composed<B: Backend>(
+        dev: &B,
+        ins in dims(1..=3, 5).prop_flat_map(|d| { let n = *d.last().unwrap(); inputs_m(vec![d.clone(), vec![n], d], Vals::Normal, &[0]) }),
+    ) {
+        let (x, w) = (Var::param(ins[0].tensor(dev)), Var::param(ins[1].tensor(dev)));
+        let g = ins[2].tensor(dev);
+        let fused = x.rms_norm(Some(&w), 1e-5)?;
+        let r = x.rank() - 1;
+        let composed = x.div(&x.square()?.mean(r, true)?.add_scalar(1e-5)?.sqrt()?)?.mul(&w)?;
+        let (gf, gc) = (fused.backward_with(g.clone())?, composed.backward_with(g)?);
+        prop_assert!(fused.value().all_close(&composed.value(), 1e-12, 1e-12)?);
+        for v in [&x, &w] {
+            prop_assert!(gf.get(v).unwrap().all_close(gc.get(v).unwrap(), 1e-10, 1e-12)?);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------ empty tensors
+
+device_proptest! {
+    #![proptest_config(cfg())]
+
+    /// A zero-size leading axis: no rows to differentiate, but the other operands must still get
+    /// exact (zero or partial) gradients and nothing may fail.
+    fn empty_leading_axis<B: Backend>(
+        dev: &B,
+        ins in (1..=3usize, 1..=3usize).prop_flat_map(|(k, n)| { inputs_m(vec![vec![0, k], vec![k], vec![k, n], vec![2, k], vec![0, k, 2, 2], vec![n, k, 1, 2]], Vals::Normal, &[0]) }),
+    ) {
+        let (x, b, w, y, img, ker) = (&ins[0], &ins[1], &ins[2], &ins[3], &ins[4], &ins[5]);
+        let none = u32s(dev, &[0], vec![]);
+        check(dev, "exp", from_ref(x), |v| v[0].exp())?;
+        check(dev, "add broadcast", &[x.clone(), b.clone()], |v| v[0].add(&v[1]))?;
+        check(dev, "sum over the empty axis", from_ref(x), |v| v[0].sum(0, false))?;
+        check(dev, "sum_all", from_ref(x), |v| v[0].sum_all())?;
+        check(dev, "softmax", from_ref(x), |v| v[0].softmax(1))?;
+        check(dev, "layer_norm", &[x.clone(), b.clone()], |v| v[0].layer_norm(Some(&v[1]), None, 1e-5))?;
+        check(dev, "matmul", &[x.clone(), w.clone()], |v| v[0].matmul(&v[1]))?;
+        check(dev, "concat", &[x.clone(), y.clone()], |v| Var::concat(&[&v[0], &v[1]], 0))?;
+        check(dev, "index_select", from_ref(w), |v| v[0].index_select(&none, 0))?;
+        check(dev, "embedding", from_ref(w), |v| v[0].embedding(&none))?;
+        check(dev, "cross_entropy", from_ref(x), |v| v[0].cross_entropy(&none, None))?;
+        check(dev, "conv2d", &[img.clone(), ker.clone()], |v| v[0].conv2d(&v[1], &Conv2dParams::default()))?;
+    }
+}
+
+// ------------------------------------------------------------------------------ regressions
+
+device_proptest! {
+    #![proptest_config(cfg())]
+
+    /// Every op on zero-size axes in any position (the default strategies put them in front only).
+    /// Regression: empty views used to keep offsets past their buffer's end, and reshaping them
+    /// recursed forever.
+    fn empty_inner_axes<B: Backend>(
+        dev: &B,
+        (x, a) in (vec(0..=2usize, 3), 0..3usize).prop_flat_map(|(d, a)| (input(d, Vals::Normal), Just(a))),
+    ) {
+        check(dev, "sum_all", from_ref(&x), |v| v[0].sum_all())?;
+        check(dev, "reshape", from_ref(&x), |v| v[0].reshape(x.dims.iter().rev().copied().collect::<Vec<_>>()))?;
+        check(dev, "cumsum", from_ref(&x), |v| v[0].cumsum(a, false, false))?;
+        check(dev, "matmul", from_ref(&x), |v| v[0].matmul(&v[0].t()?))?;
+        check(dev, "stack", from_ref(&x), |v| Var::stack(&[&v[0], &v[0].exp()?], a))?;
+    }
+}
+
+device_tests!(fused_ops_on_offset_views);
+
+/// Fused ops on offset views, and ops whose output is a later part of a concat/stack: the
+/// concat backward hands each part `g.narrow(0, start, len)`, a contiguous view with an offset.
+/// Regression: `contiguous()` used to return such views unchanged to kernels that ignore offsets.
+fn fused_ops_on_offset_views<B: Backend>(dev: &B) {
+    let x = In { dims: vec![2, 3], mode: 2, data: (0..12).map(|i| (i as f64 * 0.37).sin()).collect() };
+    let y = In { mode: 0, data: x.data[..6].to_vec(), ..x.clone() };
+    let img = In { dims: vec![1, 1, 4, 4], mode: 0, data: (0..16).map(|i| (i as f64 * 0.71).sin()).collect() };
+    let ker = In { dims: vec![1, 1, 2, 2], mode: 0, data: vec![0.3, -0.2, 0.5, 0.1] };
+    let (t, ids) = (u32s(dev, &[2], vec![1, 2]), u32s(dev, &[3], vec![1, 0, 1]));
+    let pool = Pool2dParams { kernel: (2, 2), stride: (2, 2), padding: (0, 0), count_include_pad: true };
+    // `second(a, b)` stacks b behind a, so b's backward receives an offset view.
+    let second = |a: Var<B>, b: Var<B>| Var::stack(&[&a, &b], 0);
+    let mut failed = Vec::new();
+    let mut run = |name: &str, ins: &[In], f: &VarsFn<'_, B>| {
+        if let Err(e) = check(dev, name, ins, f) {
+            failed.push(e.to_string());
+        }
+    };
+    run("rms_norm(offset view)", from_ref(&x), &|v| v[0].rms_norm(None, 1e-5));
+    run("layer_norm(offset view)", from_ref(&x), &|v| v[0].layer_norm(None, None, 1e-5));
+    run("cross_entropy(offset view)", from_ref(&x), &|v| v[0].cross_entropy(&t, None));
+    run("stack(., softmax)", from_ref(&y), &|v| second(v[0].exp()?, v[0].softmax(1)?));
+    run("stack(., rms_norm)", from_ref(&y), &|v| second(v[0].exp()?, v[0].rms_norm(None, 1e-5)?));
+    run("concat(., index_select)", from_ref(&y), &|v| Var::concat(&[&v[0], &v[0].index_select(&ids, 0)?], 0));
+    run("stack(., conv2d)", &[img.clone(), ker], &|v| {
+        let c = |v: &[Var<B>]| v[0].conv2d(&v[1], &Conv2dParams::default());
+        second(c(v)?.exp()?, c(v)?)
+    });
+    run("stack(., max_pool2d)", from_ref(&img), &|v| second(v[0].max_pool2d(&pool)?.exp()?, v[0].max_pool2d(&pool)?));
+    run("stack(., avg_pool2d)", from_ref(&img), &|v| second(v[0].avg_pool2d(&pool)?.exp()?, v[0].avg_pool2d(&pool)?));
+    run("stack(., upsample)", &[img], &|v| second(v[0].exp()?, v[0].upsample_nearest2d((1, 1))?));
+    assert!(failed.is_empty(), "{} of 10 failed:\n{}", failed.len(), failed.join("\n"));
+}
