@@ -111,8 +111,8 @@ fn write(dir: &Path, name: &str, tensors: &[(&str, Vec<usize>)]) -> PathBuf {
 
 #[test]
 fn malformed_files_get_one_line_errors() {
-    let dir = std::env::temp_dir().join(format!("ela-verify-external-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = bin::TempDir::new("verify-external");
+    let dir = tmp.0.clone();
     let qk = vec![1, 2, 5, 3];
     let vy = vec![1, 2, 5, 2];
     // (file name, tensors written, what the error must say)
@@ -149,5 +149,4 @@ fn malformed_files_get_one_line_errors() {
     let (code, _, err) = verify(&fixture("exact_f64_bhtd"), &["--time", "8"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("cannot be used with"), "{err}");
-    std::fs::remove_dir_all(&dir).ok();
 }

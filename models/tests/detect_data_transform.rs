@@ -1,6 +1,8 @@
 //! Letterbox and augmentation move boxes with the pixels they label; drawing and PNG saving.
 
-use std::path::PathBuf;
+mod bin;
+
+use bin::TempDir;
 
 use ela_core::Rng;
 use ela_models::detect::data::{
@@ -143,19 +145,9 @@ fn large_shrink_averages_instead_of_aliasing() {
     }
 }
 
-/// A fresh folder under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn draw_and_save_png() {
-    let dir = TempDir(std::env::temp_dir().join(format!("ela_detect_draw_{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = TempDir::new("detect-draw");
     let grey = Rgb([30u8, 30, 30]);
     let mut img = RgbImage::from_pixel(120, 90, grey);
     let names = vec!["circle".to_string(), "ring".into()];

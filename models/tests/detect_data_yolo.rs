@@ -1,29 +1,15 @@
 //! The YOLO txt reader on small datasets written in a temporary folder: boxes, classes, ids,
 //! layouts and class-name files, and every malformed case with its documented error or skip.
 
-use std::path::{Path, PathBuf};
+mod bin;
+
+use bin::TempDir;
+
+use std::path::Path;
 
 use ela_models::detect::data::{open_dataset, DatasetSplit};
 use ela_models::detect::BBox;
 use image::{Rgb, RgbImage};
-
-/// A fresh folder under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("ela_detect_yolo_{tag}_{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn write_image(path: &Path, w: u32, h: u32) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();

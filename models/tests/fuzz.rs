@@ -11,7 +11,11 @@
 //! committed so it is replayed first on every later run; crashes found are also kept as named
 //! tests at the end of this file.
 
-use std::path::{Path, PathBuf};
+mod bin;
+
+use bin::TempDir;
+
+use std::path::Path;
 
 use clap::Parser;
 use ela_core::{Cpu, Rng};
@@ -28,24 +32,6 @@ use proptest::test_runner::FileFailurePersistence;
 
 fn cases() -> u32 {
     std::env::var("ELA_FUZZ_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(48)
-}
-
-/// A temporary folder per process and tag, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("ela-fuzz-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Apply byte edits (position, value) and a truncation to `text`, keeping it a `String`.

@@ -47,3 +47,22 @@ pub fn ela_exe() -> PathBuf {
     }
     panic!("the ela binary is missing: neither {} nor {} exists", built.display(), bundled.display());
 }
+
+/// A fresh folder under the system temp dir for one test (`tag`) of this process, removed on
+/// drop (also when the test fails).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("ela-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
