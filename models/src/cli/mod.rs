@@ -5,6 +5,7 @@ pub mod bench;
 pub mod detect;
 pub mod generate;
 pub mod info;
+pub mod logits;
 pub mod train;
 pub mod verify;
 
@@ -29,6 +30,8 @@ pub enum Command {
     Detect(detect::DetectArgs),
     /// Sample text from a trained checkpoint.
     Generate(generate::GenerateArgs),
+    /// Run a trained checkpoint over a text and save its logits (to compare with another framework).
+    Logits(logits::LogitsArgs),
     /// Parameter counts per component for a model configuration.
     Info(info::InfoArgs),
     /// Train a small MLP on a generated spiral data set (a tour of the engine).
@@ -46,6 +49,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::run(&args),
         Command::Detect(args) => detect::run(&args),
         Command::Generate(args) => generate::run(&args),
+        Command::Logits(args) => logits::run(&args),
         Command::Info(args) => info::run(&args),
         Command::Demo(args) => crate::demo::run(&args),
         Command::Verify(args) => verify::run(&args),
