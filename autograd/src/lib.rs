@@ -23,6 +23,11 @@
 //! ```
 #![warn(missing_docs)]
 
+// The crate README's example runs as a doctest, so the front page cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod grad_mode;
 pub mod gradcheck;
 mod graph;

@@ -28,6 +28,13 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
     fn device_name(&self) -> String;
     /// Whether two handles denote the same device (operands must live on one device).
     fn same_device(&self, other: &Self) -> bool;
+    /// Bytes this device can still hand out for new buffers, where the device itself keeps that
+    /// count (a GPU: its free memory plus what the allocator holds cached for reuse). `None`
+    /// (the default, and the CPU's answer) means "host memory": callers measure that themselves,
+    /// as ela-models' up-front memory checks do.
+    fn available_memory(&self) -> Option<u64> {
+        None
+    }
 
     /// The dtype of a buffer.
     fn storage_dtype(storage: &Self::Storage) -> DType;

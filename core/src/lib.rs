@@ -14,6 +14,11 @@
 //! ```
 #![warn(missing_docs)]
 
+// The crate README's example runs as a doctest, so the front page cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub mod backend;
 pub mod cpu;
 pub mod dtype;

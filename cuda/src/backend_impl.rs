@@ -52,6 +52,9 @@ impl Backend for Cuda {
     fn same_device(&self, other: &Self) -> bool {
         std::sync::Arc::ptr_eq(&self.inner, &other.inner)
     }
+    fn available_memory(&self) -> Option<u64> {
+        self.free_memory().ok()
+    }
     fn storage_dtype(s: &S) -> DType {
         s.dtype()
     }

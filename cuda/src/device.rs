@@ -291,6 +291,14 @@ impl Cuda {
         self.inner.fast_elementwise.load(Ordering::Relaxed)
     }
 
+    /// Bytes new tensors can still get: the driver's free memory plus the buffers our caching
+    /// allocator holds for reuse (freed tensors that were not returned to the driver).
+    pub fn free_memory(&self) -> Result<u64> {
+        self.bind("free_memory")?;
+        let (free, _total) = self.inner.ctx.mem_get_info().map_err(|e| driver_error("free_memory", e))?;
+        Ok(free as u64 + self.memory_stats().cached_bytes as u64)
+    }
+
     /// Device memory used by tensors, cached for reuse, and the peak, in bytes.
     pub fn memory_stats(&self) -> MemoryStats {
         self.inner.alloc.stats()

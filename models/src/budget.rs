@@ -9,11 +9,19 @@
 //! 3. elsewhere, a fixed cap of [`FALLBACK_LIMIT`] (64 GiB): generous for a workstation, and
 //!    still far below the absurd sizes the check exists to catch.
 //!
+//! On a GPU the memory that counts is the device's: [`Estimate::check_on`] compares with what the
+//! device reports ([`Backend::available_memory`]: the driver's free memory plus the allocator's
+//! cached buffers) instead of the host's, and [`Estimate::check_for`] does the same for a
+//! [`Device`] named on the command line before any tensor exists (`ELA_MEMORY_LIMIT`, when set,
+//! still wins: it is the user's own cap).
+//!
 //! Estimates are deliberately *lower* bounds of the real need (the main buffers, not every
 //! temporary), so a run the machine can hold is never refused; what passes may still run out
 //! later, where the allocation itself is fallible or the OS decides.
 
-use ela_core::{Error, Result};
+use ela_core::{Backend, Error, Result};
+
+use crate::device::Device;
 
 /// The cap used where the available memory cannot be read (not Linux, no `/proc`).
 pub const FALLBACK_LIMIT: u64 = 64 << 30;
@@ -79,6 +87,32 @@ impl Estimate {
     /// the largest items so the user sees which option to lower.
     pub fn check(&self, op: &'static str) -> Result<()> {
         let (avail, source) = limit();
+        self.check_against(op, avail, source)
+    }
+
+    /// [`Estimate::check`] for work on `device`: against the device's own free memory where it
+    /// reports one (a GPU), else against the host's.
+    pub fn check_on<B: Backend>(&self, op: &'static str, device: &B) -> Result<()> {
+        match (std::env::var_os("ELA_MEMORY_LIMIT"), device.available_memory()) {
+            (None, Some(free)) => self.check_against(op, free, "free GPU memory"),
+            _ => self.check(op),
+        }
+    }
+
+    /// [`Estimate::check_on`] for a device named by `--device`, before the command builds
+    /// anything on it. A CUDA device that cannot be opened is left to the command itself, which
+    /// reports why with its own error; the host's memory is checked meanwhile.
+    pub fn check_for(&self, op: &'static str, device: Device) -> Result<()> {
+        match device {
+            Device::Cuda(n) => match ela_cuda::Cuda::new(n) {
+                Ok(cuda) => self.check_on(op, &cuda),
+                Err(_) => self.check(op),
+            },
+            Device::Cpu => self.check(op),
+        }
+    }
+
+    fn check_against(&self, op: &'static str, avail: u64, source: &'static str) -> Result<()> {
         let total = self.total();
         if total <= avail {
             return Ok(());
@@ -119,5 +153,14 @@ mod tests {
         let msg = e.check("train").unwrap_err().to_string();
         assert!(msg.starts_with("train: this command (parameters more than 16 EiB, data 10 B"), "{msg}");
         assert!(Estimate::new().check("train").is_ok());
+    }
+
+    #[test]
+    fn the_cpu_device_means_host_memory() {
+        let mut e = Estimate::new();
+        e.add("parameters", u64::MAX, 1);
+        let host = e.check("train").unwrap_err().to_string();
+        assert_eq!(e.check_on("train", &ela_core::Cpu).unwrap_err().to_string(), host);
+        assert_eq!(e.check_for("train", Device::Cpu).unwrap_err().to_string(), host);
     }
 }

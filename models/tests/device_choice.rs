@@ -38,3 +38,25 @@ fn with_device_runs_generic_code_and_reports_a_missing_gpu() {
         }
     }
 }
+
+/// Up-front memory checks on a GPU compare with the GPU's free memory (not the host's), which
+/// the CUDA device reports through `Backend::available_memory`.
+#[test]
+fn memory_checks_on_a_gpu_use_its_free_memory() {
+    use ela_models::budget::Estimate;
+    let Some(gpu) = ela_models::ela_cuda::testing::device_or_skip() else { return };
+    if std::env::var_os("ELA_MEMORY_LIMIT").is_some() {
+        return ela_models::ela_cuda::testing::skip("memory_checks_on_a_gpu", "ELA_MEMORY_LIMIT overrides the device");
+    }
+    let free = gpu.available_memory().expect("a CUDA device reports its free memory");
+    assert!(free > 0, "free memory {free}");
+    let mut fits = Estimate::new();
+    fits.add("small", 1 << 20, 1);
+    fits.check_on("t", &gpu).unwrap();
+    let mut too_big = Estimate::new();
+    too_big.add("huge", free + (1 << 30), 1);
+    let e = too_big.check_on("t", &gpu).unwrap_err().to_string();
+    assert!(e.contains("free GPU memory"), "{e}");
+    let e = too_big.check_for("t", Device::Cuda(0)).unwrap_err().to_string();
+    assert!(e.contains("free GPU memory"), "{e}");
+}

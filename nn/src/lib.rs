@@ -5,6 +5,11 @@
 //! ([`optim`]) and checkpoints ([`checkpoint`]). Every module is generic over the backend.
 #![warn(missing_docs)]
 
+// The crate README's example runs as a doctest, so the front page cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub mod attention;
 pub mod checkpoint;
 pub mod ela;

@@ -58,7 +58,7 @@ pub fn load_model_for<B: Backend>(path: &std::path::Path, device: &B, positions:
     })?;
     let mut e = Estimate::new();
     add_decoding(&mut e, &cfg, param_count(&cfg)?, positions);
-    e.check("generate")?;
+    e.check_on("generate", device)?;
     let store = ParamStore::new(device, DType::F32, 0);
     let model = ElaLm::new(&store, cfg)?;
     store.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "model"), true)?;

@@ -296,7 +296,7 @@ fn check_args(args: &VerifyArgs) -> Result<(Vec<ElaKernel>, DType)> {
     let mut e = Estimate::new();
     e.add("inputs, outputs and gradients", bht.saturating_mul(width), 12 * 8);
     e.add("the quadratic reference's T x T matrices", bht.saturating_mul(args.time as u64), 3 * 8);
-    e.check("ela verify")?;
+    e.check_for("ela verify", args.device.parse()?)?;
     let dtype: DType = args.dtype.parse()?;
     tolerance(dtype)?;
     let kernels = match args.kernel {

@@ -61,7 +61,7 @@ impl<B: Backend> SavedDetector<B> {
         }
         let mut e = crate::budget::Estimate::new();
         crate::detect::model::cost::add_memory(&mut e, &cfg, batch, false)?;
-        e.check("detect")?;
+        e.check_on("detect", device)?;
         let store = ParamStore::new(device, DType::F32, 0);
         let model = Detector::new(&store, cfg)?;
         store.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "model"), true)?;

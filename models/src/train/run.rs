@@ -90,7 +90,7 @@ fn check_memory(cfg: &LmConfig, args: &TrainArgs) -> Result<()> {
     // The bytes, and one u32 token per byte.
     e.add("training data", data_bytes, 1 + 4);
     e.add("the sample", args.sample_len as u64, 4 + 1);
-    e.check("train")?;
+    e.check_for("train", args.device.parse()?)?;
     // The sample at the end must fit the rotary embedding: say so now, not after training.
     if cfg.lobe != crate::lm::LobeMode::Bidirectional {
         crate::lm::generate::check_positions(cfg, SAMPLE_PROMPT.len(), args.sample_len)

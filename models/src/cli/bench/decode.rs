@@ -148,7 +148,7 @@ pub fn run(args: &BenchDecodeArgs) -> Result<()> {
         add_decoding(&mut e, &cfg, param_count(&cfg)?, n.saturating_add(args.steps + 1));
         add_prefill(&mut e, &cfg, n);
         e.add("prompt", n as u64, 4);
-        e.check("ela bench decode")?;
+        e.check_for("ela bench decode", args.device.parse()?)?;
     }
     // A missing GPU is a one-line error before any output.
     crate::on_device!(&args.device, |_dev| Ok::<(), Error>(()))?;

@@ -116,7 +116,7 @@ fn metadata(cfg: &DetectorConfig, args: &DetectTrainArgs, classes: &[String], st
 fn check_memory(cfg: &DetectorConfig, args: &DetectTrainArgs) -> Result<()> {
     let mut e = crate::budget::Estimate::new();
     crate::detect::model::cost::add_memory(&mut e, cfg, args.batch, true)?;
-    e.check("detect train")
+    e.check_for("detect train", args.device.parse()?)
 }
 
 /// Train (or resume) as `args` says, on `device`.
