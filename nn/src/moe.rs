@@ -221,7 +221,7 @@ impl<B: Backend> Moe<B> {
             Ok(-plogp.sum_all()?.to_scalar()? / n.max(1) as f64)
         })?;
         let aux_loss = if cfg.aux_alpha > 0.0 {
-            let f = Tensor::from_cpu_storage(&CpuStorage::from_f64_vec(&load, scores.dtype()), e_count, &dev)?;
+            let f = Tensor::from_cpu_storage(&CpuStorage::from_f64_vec(&load, scores.dtype())?, e_count, &dev)?;
             let p_mean = norm_scores.mean(0usize, false)?;
             Some(p_mean.mul(&Var::constant(f))?.sum_all()?.mul_scalar(cfg.aux_alpha * e_count as f64)?)
         } else {
@@ -251,7 +251,7 @@ impl<B: Backend> Moe<B> {
                     0.0
                 };
         }
-        let t = Tensor::from_cpu_storage(&CpuStorage::from_f64_vec(&v, b.dtype()), b.shape().clone(), b.device())?;
+        let t = Tensor::from_cpu_storage(&CpuStorage::from_f64_vec(&v, b.dtype())?, b.shape().clone(), b.device())?;
         self.selection_bias.set_value(t)
     }
 }

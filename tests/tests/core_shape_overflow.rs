@@ -77,7 +77,27 @@ fn a_buffer_that_cannot_be_had_is_an_error_not_an_abort() {
     // Within the shape bound, but far more than any machine holds: the CPU backend reserves
     // fallibly and reports it.
     match T::zeros([MAX_ELEMENTS / 2], DType::U8, &Cpu) {
-        Err(e @ Error::OutOfMemory { .. }) => assert!(e.to_string().contains("full"), "{e}"),
+        Err(e @ Error::OutOfMemory { .. }) => assert!(e.to_string().contains("u8 elements"), "{e}"),
         other => panic!("expected OutOfMemory, got {other:?}"),
     }
+}
+
+/// Kernel outputs are reserved fallibly too: ops whose inputs are small but whose output is 2^46
+/// elements (256 TiB in f32, more than a 47-bit address space can map, whatever the kernel's
+/// overcommit policy) return `Error::OutOfMemory` instead of aborting the process.
+#[test]
+fn a_kernel_output_that_cannot_be_had_is_an_error_not_an_abort() {
+    let n = 1usize << 23;
+    let col = T::zeros([n, 1], DType::F32, &Cpu).unwrap();
+    let row = T::zeros([1, n], DType::F32, &Cpu).unwrap();
+    let oom = |r: ela_core::Result<T>, what: &str| match r {
+        Err(e @ Error::OutOfMemory { .. }) => assert!(e.to_string().contains("could not be allocated"), "{what}: {e}"),
+        other => panic!("{what}: expected OutOfMemory, got {other:?}"),
+    };
+    oom(col.matmul(&row), "matmul");
+    oom(col.add(&row), "broadcast add");
+    oom(col.broadcast_as([n, n]).and_then(|b| b.contiguous()), "contiguous");
+    oom(col.broadcast_as([n, n]).and_then(|b| b.to_dtype(DType::BF16)), "cast");
+    oom(col.broadcast_as([n, n]).and_then(|b| b.exp()), "unary");
+    oom(col.unsqueeze(1usize).and_then(|c| c.broadcast_as([n, 2, n])).and_then(|b| b.sum(1usize, false)), "reduce");
 }

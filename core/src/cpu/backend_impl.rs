@@ -32,13 +32,13 @@ impl Backend for Cpu {
         Ok(data.clone())
     }
     fn to_cpu(&self, s: &S, l: &Layout) -> Result<CpuStorage> {
-        Ok(ew::copy_contiguous(s, l))
+        ew::copy_contiguous(s, l)
     }
     fn copy_contiguous(&self, s: &S, l: &Layout) -> Result<S> {
-        Ok(ew::copy_contiguous(s, l))
+        ew::copy_contiguous(s, l)
     }
     fn cast(&self, s: &S, l: &Layout, dtype: DType) -> Result<S> {
-        Ok(ew::cast(s, l, dtype))
+        ew::cast(s, l, dtype)
     }
     fn unary(&self, op: UnaryOp, s: &S, l: &Layout) -> Result<S> {
         ew::unary(op, s, l)

@@ -1,5 +1,6 @@
 //! Elementwise kernels: unary maps, broadcast binary maps, comparisons, `where`, casts.
 
+use crate::cpu::alloc::filled;
 use crate::cpu::storage::{CpuElement, CpuStorage};
 use crate::cpu::strided::{build, gather, Plan};
 use crate::dtype::{DType, Float, WithDType};
@@ -199,7 +200,7 @@ macro_rules! with_binary_op {
 /// Applies `f` to every element of a view, in logical order. Strided and broadcast views are
 /// walked through a coalesced [`Plan`], never gathered first; large outputs are built in parallel
 /// chunks of [`PAR_CHUNK`](crate::cpu::strided::PAR_CHUNK) elements.
-pub(crate) fn map1<A, O, F>(a: &[A], la: &Layout, f: F) -> Vec<O>
+pub(crate) fn map1<A, O, F>(a: &[A], la: &Layout, f: F) -> Result<Vec<O>>
 where
     A: Copy + Send + Sync,
     O: Copy + Send + Sync,
@@ -231,15 +232,15 @@ where
     })
 }
 
-fn unary_with<K: UnaryKernel>(k: K, s: &CpuStorage, l: &Layout) -> Option<CpuStorage> {
+fn unary_with<K: UnaryKernel>(k: K, s: &CpuStorage, l: &Layout) -> Result<Option<CpuStorage>> {
     // f16/bf16 widen to f32, compute, and round once on store.
-    Some(match s {
-        CpuStorage::F32(v) => CpuStorage::F32(map1(v, l, move |x: f32| k.apply(x))),
-        CpuStorage::F64(v) => CpuStorage::F64(map1(v, l, move |x: f64| k.apply(x))),
-        CpuStorage::F16(v) => CpuStorage::F16(map1(v, l, move |x: f16| f16::from_f32(k.apply(x.to_f32())))),
-        CpuStorage::BF16(v) => CpuStorage::BF16(map1(v, l, move |x: bf16| bf16::from_f32(k.apply(x.to_f32())))),
-        _ => return None,
-    })
+    Ok(Some(match s {
+        CpuStorage::F32(v) => CpuStorage::F32(map1(v, l, move |x: f32| k.apply(x))?),
+        CpuStorage::F64(v) => CpuStorage::F64(map1(v, l, move |x: f64| k.apply(x))?),
+        CpuStorage::F16(v) => CpuStorage::F16(map1(v, l, move |x: f16| f16::from_f32(k.apply(x.to_f32())))?),
+        CpuStorage::BF16(v) => CpuStorage::BF16(map1(v, l, move |x: bf16| bf16::from_f32(k.apply(x.to_f32())))?),
+        _ => return Ok(None),
+    }))
 }
 
 /// `op(x)` over a float view.
@@ -268,13 +269,13 @@ pub fn unary(op: UnaryOp, s: &CpuStorage, layout: &Layout) -> Result<CpuStorage>
         UnaryOp::MaxScalar(v) => unary_with(k::MaxScalar(v), s, l),
         UnaryOp::MinScalar(v) => unary_with(k::MinScalar(v), s, l),
     };
-    out.ok_or_else(|| Error::UnsupportedDType { op: op.name(), dtype: s.dtype(), expected: "a float dtype" })
+    out?.ok_or_else(|| Error::UnsupportedDType { op: op.name(), dtype: s.dtype(), expected: "a float dtype" })
 }
 
 /// Applies `f(a, b)` over two same-shape views in logical order. The views are walked jointly
 /// through a coalesced [`Plan`] (so broadcast operands, stride 0, are never materialised and a
 /// per-channel operand is one scalar per row); large outputs are built in parallel chunks.
-pub(crate) fn zip_map<A, B, O, F>(a: &[A], la: &Layout, b: &[B], lb: &Layout, f: F) -> Vec<O>
+pub(crate) fn zip_map<A, B, O, F>(a: &[A], la: &Layout, b: &[B], lb: &Layout, f: F) -> Result<Vec<O>>
 where
     A: Copy + Send + Sync,
     B: Copy + Send + Sync,
@@ -316,21 +317,21 @@ where
 
 /// `op(a, b)` over two same-shape float views of one dtype.
 pub fn binary(op: BinaryOp, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<CpuStorage> {
-    fn half<H: WithDType + CpuElement>(op: BinaryOp, a: &[H], la: &Layout, b: &[H], lb: &Layout) -> CpuStorage {
+    fn half<H: WithDType + CpuElement>(op: BinaryOp, a: &[H], la: &Layout, b: &[H], lb: &Layout) -> Result<CpuStorage> {
         let out = with_binary_op!(op, K => zip_map(a, la, b, lb, |x: H, y: H| {
             H::from_f64(binary_scalar(K, x.as_f64() as f32, y.as_f64() as f32) as f64)
         }));
-        H::wrap(out)
+        Ok(H::wrap(out?))
     }
     Ok(match (a, b) {
         (CpuStorage::F32(x), CpuStorage::F32(y)) => {
-            CpuStorage::F32(with_binary_op!(op, K => zip_map(x, la, y, lb, |p, q| binary_scalar(K, p, q))))
+            CpuStorage::F32((with_binary_op!(op, K => zip_map(x, la, y, lb, |p, q| binary_scalar(K, p, q))))?)
         }
         (CpuStorage::F64(x), CpuStorage::F64(y)) => {
-            CpuStorage::F64(with_binary_op!(op, K => zip_map(x, la, y, lb, |p, q| binary_scalar(K, p, q))))
+            CpuStorage::F64((with_binary_op!(op, K => zip_map(x, la, y, lb, |p, q| binary_scalar(K, p, q))))?)
         }
-        (CpuStorage::F16(x), CpuStorage::F16(y)) => half::<f16>(op, x, la, y, lb),
-        (CpuStorage::BF16(x), CpuStorage::BF16(y)) => half::<bf16>(op, x, la, y, lb),
+        (CpuStorage::F16(x), CpuStorage::F16(y)) => half::<f16>(op, x, la, y, lb)?,
+        (CpuStorage::BF16(x), CpuStorage::BF16(y)) => half::<bf16>(op, x, la, y, lb)?,
         (x, y) if x.dtype() != y.dtype() => {
             return Err(Error::DTypeMismatch { op: op.name(), lhs: x.dtype(), rhs: y.dtype() })
         }
@@ -340,7 +341,7 @@ pub fn binary(op: BinaryOp, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &La
 
 /// Elementwise comparison of two same-shape views of one dtype, as a `U8` mask.
 pub fn cmp(op: CmpOp, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<CpuStorage> {
-    fn go<T: WithDType>(op: CmpOp, a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<u8> {
+    fn go<T: WithDType>(op: CmpOp, a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Result<Vec<u8>> {
         zip_map(a, la, b, lb, |x: T, y: T| {
             let r = match op {
                 CmpOp::Eq => x == y,
@@ -354,12 +355,12 @@ pub fn cmp(op: CmpOp, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) 
         })
     }
     Ok(CpuStorage::U8(match (a, b) {
-        (CpuStorage::U8(x), CpuStorage::U8(y)) => go(op, x, la, y, lb),
-        (CpuStorage::U32(x), CpuStorage::U32(y)) => go(op, x, la, y, lb),
-        (CpuStorage::F16(x), CpuStorage::F16(y)) => go(op, x, la, y, lb),
-        (CpuStorage::BF16(x), CpuStorage::BF16(y)) => go(op, x, la, y, lb),
-        (CpuStorage::F32(x), CpuStorage::F32(y)) => go(op, x, la, y, lb),
-        (CpuStorage::F64(x), CpuStorage::F64(y)) => go(op, x, la, y, lb),
+        (CpuStorage::U8(x), CpuStorage::U8(y)) => go(op, x, la, y, lb)?,
+        (CpuStorage::U32(x), CpuStorage::U32(y)) => go(op, x, la, y, lb)?,
+        (CpuStorage::F16(x), CpuStorage::F16(y)) => go(op, x, la, y, lb)?,
+        (CpuStorage::BF16(x), CpuStorage::BF16(y)) => go(op, x, la, y, lb)?,
+        (CpuStorage::F32(x), CpuStorage::F32(y)) => go(op, x, la, y, lb)?,
+        (CpuStorage::F64(x), CpuStorage::F64(y)) => go(op, x, la, y, lb)?,
         (x, y) => return Err(Error::DTypeMismatch { op: "cmp", lhs: x.dtype(), rhs: y.dtype() }),
     }))
 }
@@ -378,38 +379,26 @@ pub fn where_cond(
     };
     // Pick in two passes through zip_map: first (cond, t) -> Option, then with f. Values are
     // copied, never computed, so every dtype is handled the same way.
-    fn go<T: CpuElement>(c: &[u8], lc: &Layout, t: &[T], lt: &Layout, f: &[T], lf: &Layout) -> CpuStorage {
-        let picked: Vec<(u8, T)> = zip_map(c, lc, t, lt, |m, x| (m, x));
+    fn go<T: CpuElement>(c: &[u8], lc: &Layout, t: &[T], lt: &Layout, f: &[T], lf: &Layout) -> Result<CpuStorage> {
+        let picked: Vec<(u8, T)> = zip_map(c, lc, t, lt, |m, x| (m, x))?;
         let pl = Layout::contiguous(lc.shape().clone());
-        T::wrap(zip_map(&picked, &pl, f, lf, |(m, x), y| if m != 0 { x } else { y }))
+        Ok(T::wrap(zip_map(&picked, &pl, f, lf, |(m, x), y| if m != 0 { x } else { y })?))
     }
     Ok(match (t, f) {
-        (CpuStorage::U8(x), CpuStorage::U8(y)) => go(c, lc, x, lt, y, lf),
-        (CpuStorage::U32(x), CpuStorage::U32(y)) => go(c, lc, x, lt, y, lf),
-        (CpuStorage::F16(x), CpuStorage::F16(y)) => go(c, lc, x, lt, y, lf),
-        (CpuStorage::BF16(x), CpuStorage::BF16(y)) => go(c, lc, x, lt, y, lf),
-        (CpuStorage::F32(x), CpuStorage::F32(y)) => go(c, lc, x, lt, y, lf),
-        (CpuStorage::F64(x), CpuStorage::F64(y)) => go(c, lc, x, lt, y, lf),
+        (CpuStorage::U8(x), CpuStorage::U8(y)) => go(c, lc, x, lt, y, lf)?,
+        (CpuStorage::U32(x), CpuStorage::U32(y)) => go(c, lc, x, lt, y, lf)?,
+        (CpuStorage::F16(x), CpuStorage::F16(y)) => go(c, lc, x, lt, y, lf)?,
+        (CpuStorage::BF16(x), CpuStorage::BF16(y)) => go(c, lc, x, lt, y, lf)?,
+        (CpuStorage::F32(x), CpuStorage::F32(y)) => go(c, lc, x, lt, y, lf)?,
+        (CpuStorage::F64(x), CpuStorage::F64(y)) => go(c, lc, x, lt, y, lf)?,
         (x, y) => return Err(Error::DTypeMismatch { op: "where_cond", lhs: x.dtype(), rhs: y.dtype() }),
     })
 }
 
-/// A buffer of `len` copies of `value`.
-/// A buffer of `len` copies of `value`. The buffer is reserved fallibly: `full` is where user
-/// sizes (`Tensor::zeros` of a shape from input) first meet the allocator, and `vec![v; n]`
-/// aborts the process when the memory is not there instead of returning an error.
+/// A buffer of `len` copies of `value` (reserved fallibly, as every CPU buffer: see `alloc.rs`).
 pub fn full(len: usize, value: f64, dtype: DType) -> Result<CpuStorage> {
     fn go<T: CpuElement>(len: usize, v: f64) -> Result<CpuStorage> {
-        let mut buf = Vec::new();
-        buf.try_reserve_exact(len).map_err(|_| Error::OutOfMemory {
-            op: "full",
-            what: format!("a buffer of {len} {:?} elements", T::DTYPE),
-            needed: (len as u64).saturating_mul(T::DTYPE.size_in_bytes() as u64),
-            available: None,
-            source: "",
-        })?;
-        buf.resize(len, T::from_f64(v));
-        Ok(T::wrap(buf))
+        Ok(T::wrap(filled(len, T::from_f64(v))?))
     }
     match dtype {
         DType::U8 => go::<u8>(len, value),
@@ -422,29 +411,27 @@ pub fn full(len: usize, value: f64, dtype: DType) -> Result<CpuStorage> {
 }
 
 /// Contiguous copy of a view.
-pub fn copy_contiguous(s: &CpuStorage, layout: &Layout) -> CpuStorage {
-    match s {
-        CpuStorage::U8(v) => CpuStorage::U8(gather(v, layout)),
-        CpuStorage::U32(v) => CpuStorage::U32(gather(v, layout)),
-        CpuStorage::F16(v) => CpuStorage::F16(gather(v, layout)),
-        CpuStorage::BF16(v) => CpuStorage::BF16(gather(v, layout)),
-        CpuStorage::F32(v) => CpuStorage::F32(gather(v, layout)),
-        CpuStorage::F64(v) => CpuStorage::F64(gather(v, layout)),
-    }
+pub fn copy_contiguous(s: &CpuStorage, layout: &Layout) -> Result<CpuStorage> {
+    Ok(match s {
+        CpuStorage::U8(v) => CpuStorage::U8(gather(v, layout)?),
+        CpuStorage::U32(v) => CpuStorage::U32(gather(v, layout)?),
+        CpuStorage::F16(v) => CpuStorage::F16(gather(v, layout)?),
+        CpuStorage::BF16(v) => CpuStorage::BF16(gather(v, layout)?),
+        CpuStorage::F32(v) => CpuStorage::F32(gather(v, layout)?),
+        CpuStorage::F64(v) => CpuStorage::F64(gather(v, layout)?),
+    })
 }
 
 /// Contiguous copy converted to `dtype` (rounding to nearest; floats to integers truncate).
-pub fn cast(s: &CpuStorage, layout: &Layout, dtype: DType) -> CpuStorage {
+pub fn cast(s: &CpuStorage, layout: &Layout, dtype: DType) -> Result<CpuStorage> {
     if s.dtype() == dtype {
         return copy_contiguous(s, layout);
     }
-    match (s, dtype) {
+    Ok(match (s, dtype) {
         // Direct paths avoid double rounding through f64 for the common float casts.
-        (CpuStorage::F32(v), DType::F16) => CpuStorage::F16(gather(v, layout).into_iter().map(f16::from_f32).collect()),
-        (CpuStorage::F32(v), DType::BF16) => {
-            CpuStorage::BF16(gather(v, layout).into_iter().map(bf16::from_f32).collect())
-        }
-        (CpuStorage::F64(v), DType::F32) => CpuStorage::F32(gather(v, layout).into_iter().map(|x| x as f32).collect()),
-        _ => CpuStorage::from_f64_vec(&s.to_f64_vec(layout), dtype),
-    }
+        (CpuStorage::F32(v), DType::F16) => CpuStorage::F16(map1(v, layout, f16::from_f32)?),
+        (CpuStorage::F32(v), DType::BF16) => CpuStorage::BF16(map1(v, layout, bf16::from_f32)?),
+        (CpuStorage::F64(v), DType::F32) => CpuStorage::F32(map1(v, layout, |x| x as f32)?),
+        _ => CpuStorage::from_f64_vec(&s.to_f64_vec(layout)?, dtype)?,
+    })
 }

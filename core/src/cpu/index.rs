@@ -3,6 +3,7 @@
 //! Every kernel views its tensors as `[outer, len, inner]` around the indexed axis (see
 //! `split_axis` in reduce.rs). Indices are validated by the tensor layer before a kernel runs.
 
+use crate::cpu::alloc::{filled, reserve};
 use crate::cpu::reduce::split_axis;
 use crate::cpu::storage::{CpuElement, CpuStorage};
 use crate::cpu::strided::gather as gather_view;
@@ -35,18 +36,25 @@ pub fn index_select(
 ) -> Result<CpuStorage> {
     let ids = ids.u32_view(ids_layout, "index_select")?;
     let (outer, len, inner) = split_axis(layout.dims(), axis);
-    fn go<T: CpuElement>(v: &[T], l: &Layout, ids: &[u32], outer: usize, len: usize, inner: usize) -> CpuStorage {
-        let x = gather_view(v, l);
-        let mut out = Vec::with_capacity(outer * ids.len() * inner);
+    fn go<T: CpuElement>(
+        v: &[T],
+        l: &Layout,
+        ids: &[u32],
+        outer: usize,
+        len: usize,
+        inner: usize,
+    ) -> Result<CpuStorage> {
+        let x = gather_view(v, l)?;
+        let mut out = reserve(outer * ids.len() * inner)?;
         for o in 0..outer {
             for &i in ids {
                 let start = (o * len + i as usize) * inner;
                 out.extend_from_slice(&x[start..start + inner]);
             }
         }
-        T::wrap(out)
+        Ok(T::wrap(out))
     }
-    Ok(each_dtype!(s, |v| go(v, layout, &ids, outer, len, inner)))
+    each_dtype!(s, |v| go(v, layout, &ids, outer, len, inner))
 }
 
 /// Adds values at positions through a float accumulation, shared by index_add and scatter_add.
@@ -73,8 +81,8 @@ pub fn index_add(
         n: usize,
         inner: usize,
         len: usize,
-    ) -> CpuStorage {
-        let mut out = vec![T::zero(); outer * len * inner];
+    ) -> Result<CpuStorage> {
+        let mut out = filled(outer * len * inner, T::zero())?;
         for o in 0..outer {
             for (i, &t) in ids.iter().enumerate().take(n) {
                 let (src, dst) = ((o * n + i) * inner, (o * len + t as usize) * inner);
@@ -83,10 +91,17 @@ pub fn index_add(
                 }
             }
         }
-        T::wrap(out)
+        Ok(T::wrap(out))
     }
-    fn go_h<T: CpuElement>(x: &[T], ids: &[u32], outer: usize, n: usize, inner: usize, len: usize) -> CpuStorage {
-        let mut out = vec![T::from_f64(0.0); outer * len * inner];
+    fn go_h<T: CpuElement>(
+        x: &[T],
+        ids: &[u32],
+        outer: usize,
+        n: usize,
+        inner: usize,
+        len: usize,
+    ) -> Result<CpuStorage> {
+        let mut out = filled(outer * len * inner, T::from_f64(0.0))?;
         for o in 0..outer {
             for (i, &t) in ids.iter().enumerate().take(n) {
                 let (src, dst) = ((o * n + i) * inner, (o * len + t as usize) * inner);
@@ -95,13 +110,13 @@ pub fn index_add(
                 }
             }
         }
-        T::wrap(out)
+        Ok(T::wrap(out))
     }
     Ok(match src {
-        CpuStorage::F32(x) => go_f(x, &ids, outer, n, inner, len),
-        CpuStorage::F64(x) => go_f(x, &ids, outer, n, inner, len),
-        CpuStorage::F16(x) => go_h::<f16>(x, &ids, outer, n, inner, len),
-        CpuStorage::BF16(x) => go_h::<bf16>(x, &ids, outer, n, inner, len),
+        CpuStorage::F32(x) => go_f(x, &ids, outer, n, inner, len)?,
+        CpuStorage::F64(x) => go_f(x, &ids, outer, n, inner, len)?,
+        CpuStorage::F16(x) => go_h::<f16>(x, &ids, outer, n, inner, len)?,
+        CpuStorage::BF16(x) => go_h::<bf16>(x, &ids, outer, n, inner, len)?,
         s => return Err(Error::UnsupportedDType { op: "index_add", dtype: s.dtype(), expected: "a float dtype" }),
     })
 }
@@ -125,9 +140,9 @@ pub fn gather(
         m: usize,
         inner: usize,
         len: usize,
-    ) -> CpuStorage {
-        let x = gather_view(v, l);
-        let mut out = Vec::with_capacity(ids.len());
+    ) -> Result<CpuStorage> {
+        let x = gather_view(v, l)?;
+        let mut out = reserve(ids.len())?;
         for o in 0..outer {
             for i in 0..m {
                 for j in 0..inner {
@@ -136,9 +151,9 @@ pub fn gather(
                 }
             }
         }
-        T::wrap(out)
+        Ok(T::wrap(out))
     }
-    Ok(each_dtype!(s, |v| go(v, layout, &ids, outer, m, inner, len)))
+    each_dtype!(s, |v| go(v, layout, &ids, outer, m, inner, len))
 }
 
 /// `out = base; out[o, ids[o, i, j], j] += src[o, i, j]`.
@@ -162,10 +177,10 @@ pub fn scatter_add(
         sl: &Layout,
         ids: &[u32],
         d: (usize, usize, usize, usize),
-    ) -> CpuStorage {
+    ) -> Result<CpuStorage> {
         let (outer, m, inner, len) = d;
-        let mut out = gather_view(b, bl);
-        let x = gather_view(s, sl);
+        let mut out = gather_view(b, bl)?;
+        let x = gather_view(s, sl)?;
         for o in 0..outer {
             for i in 0..m {
                 for j in 0..inner {
@@ -174,15 +189,15 @@ pub fn scatter_add(
                 }
             }
         }
-        T::wrap(out)
+        Ok(T::wrap(out))
     }
     let d = (outer, m, inner, len);
     Ok(match (base, src) {
-        (CpuStorage::F32(b), CpuStorage::F32(s)) => go(b, base_layout, s, src_layout, &ids, d),
-        (CpuStorage::F64(b), CpuStorage::F64(s)) => go(b, base_layout, s, src_layout, &ids, d),
-        (CpuStorage::F16(b), CpuStorage::F16(s)) => go(b, base_layout, s, src_layout, &ids, d),
-        (CpuStorage::BF16(b), CpuStorage::BF16(s)) => go(b, base_layout, s, src_layout, &ids, d),
-        (CpuStorage::U32(b), CpuStorage::U32(s)) => go(b, base_layout, s, src_layout, &ids, d),
+        (CpuStorage::F32(b), CpuStorage::F32(s)) => go(b, base_layout, s, src_layout, &ids, d)?,
+        (CpuStorage::F64(b), CpuStorage::F64(s)) => go(b, base_layout, s, src_layout, &ids, d)?,
+        (CpuStorage::F16(b), CpuStorage::F16(s)) => go(b, base_layout, s, src_layout, &ids, d)?,
+        (CpuStorage::BF16(b), CpuStorage::BF16(s)) => go(b, base_layout, s, src_layout, &ids, d)?,
+        (CpuStorage::U32(b), CpuStorage::U32(s)) => go(b, base_layout, s, src_layout, &ids, d)?,
         (b, s) if b.dtype() != s.dtype() => {
             return Err(Error::DTypeMismatch { op: "scatter_add", lhs: b.dtype(), rhs: s.dtype() })
         }
@@ -206,15 +221,13 @@ pub fn concat(parts: &[(&CpuStorage, &Layout)], axis: usize) -> Result<CpuStorag
         let datas: Vec<Vec<T>> = parts
             .iter()
             .map(|(s, l)| {
-                T::unwrap_ref(s).map(|v| gather_view(v, l)).ok_or(Error::DTypeMismatch {
-                    op: "concat",
-                    lhs: T::DTYPE,
-                    rhs: s.dtype(),
-                })
+                T::unwrap_ref(s)
+                    .ok_or(Error::DTypeMismatch { op: "concat", lhs: T::DTYPE, rhs: s.dtype() })
+                    .and_then(|v| gather_view(v, l))
             })
             .collect::<Result<_>>()?;
         let total: usize = datas.iter().map(|d| d.len()).sum();
-        let mut out = Vec::with_capacity(total);
+        let mut out = reserve(total)?;
         for o in 0..outer {
             for (d, (_, l)) in datas.iter().zip(parts) {
                 let blk = l.dims()[axis] * inner;
@@ -244,21 +257,21 @@ pub fn pad(s: &CpuStorage, layout: &Layout, pads: &[(usize, usize)], value: f64)
         out_dims: &[usize],
         pads: &[(usize, usize)],
         value: f64,
-    ) -> CpuStorage {
-        let x = gather_view(v, l);
+    ) -> Result<CpuStorage> {
+        let x = gather_view(v, l)?;
         let out_shape = Shape::from(out_dims.to_vec());
-        let mut out = vec![T::from_f64(value); out_shape.elem_count()];
+        let mut out = filled(out_shape.elem_count(), T::from_f64(value))?;
         let ostr = out_shape.contiguous_strides();
         let rank = in_dims.len();
         if rank == 0 {
             if !x.is_empty() {
                 out[0] = x[0];
             }
-            return T::wrap(out);
+            return Ok(T::wrap(out));
         }
         let n = in_dims[rank - 1];
         if n == 0 || x.is_empty() {
-            return T::wrap(out);
+            return Ok(T::wrap(out));
         }
         for (r, row) in x.chunks(n).enumerate() {
             let mut rem = r;
@@ -270,7 +283,7 @@ pub fn pad(s: &CpuStorage, layout: &Layout, pads: &[(usize, usize)], value: f64)
             }
             out[off..off + n].copy_from_slice(row);
         }
-        T::wrap(out)
+        Ok(T::wrap(out))
     }
-    Ok(each_dtype!(s, |v| go(v, layout, &in_dims, &out_dims, pads, value)))
+    each_dtype!(s, |v| go(v, layout, &in_dims, &out_dims, pads, value))
 }

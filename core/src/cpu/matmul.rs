@@ -3,6 +3,7 @@
 //! Operand views are passed to the GEMM with their own row and column strides, so transposed
 //! operands (column stride != 1) are read in place; the GEMM's packing step absorbs the stride.
 
+use crate::cpu::alloc::filled;
 use crate::cpu::gemm::{gemm_f32, gemm_f64};
 use crate::cpu::storage::{widen, CpuStorage};
 use crate::error::{Error, Result};
@@ -27,7 +28,7 @@ macro_rules! batched {
         let (rsa, csa) = (la.strides()[r - 2], la.strides()[r - 1]);
         let (rsb, csb) = (lb.strides()[r - 2], lb.strides()[r - 1]);
         let (oa, ob) = (batch_offsets(la), batch_offsets(lb));
-        let mut out = vec![<$t>::default(); oa.len() * m * n];
+        let mut out = filled(oa.len() * m * n, <$t>::default())?;
         // k = 0 leaves the zeros (an empty sum); the operands' offsets may then point past
         // their empty buffers and must not be sliced.
         if m * n > 0 && k > 0 {
@@ -52,12 +53,12 @@ pub fn matmul(a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Resul
         (CpuStorage::F64(x), CpuStorage::F64(y)) => CpuStorage::F64(batched!(gemm_f64, f64, x, la, y, lb)),
         (CpuStorage::F16(_), CpuStorage::F16(_)) | (CpuStorage::BF16(_), CpuStorage::BF16(_)) => {
             let (wa, wb) = match (a, b) {
-                (CpuStorage::F16(x), CpuStorage::F16(y)) => (widen(x, la), widen(y, lb)),
-                (CpuStorage::BF16(x), CpuStorage::BF16(y)) => (widen(x, la), widen(y, lb)),
+                (CpuStorage::F16(x), CpuStorage::F16(y)) => (widen(x, la)?, widen(y, lb)?),
+                (CpuStorage::BF16(x), CpuStorage::BF16(y)) => (widen(x, la)?, widen(y, lb)?),
                 _ => unreachable!(),
             };
             let (ca, cb) = (Layout::contiguous(la.shape().clone()), Layout::contiguous(lb.shape().clone()));
-            CpuStorage::store_f32(batched!(gemm_f32, f32, &wa, &ca, &wb, &cb), a.dtype())
+            CpuStorage::store_f32(batched!(gemm_f32, f32, &wa, &ca, &wb, &cb), a.dtype())?
         }
         (x, y) if x.dtype() != y.dtype() => {
             return Err(Error::DTypeMismatch { op: "matmul", lhs: x.dtype(), rhs: y.dtype() })

@@ -4,6 +4,7 @@
 //! trait onto them. Kernels are written once over [`Float`](crate::dtype::Float) (f32, f64);
 //! f16/bf16 inputs are widened to f32, computed, and rounded once on store.
 
+pub(crate) mod alloc;
 mod backend_impl;
 pub mod conv;
 pub mod ela;

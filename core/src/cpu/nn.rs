@@ -4,6 +4,7 @@
 //! parallel. Per-row statistics (rstd, mean, logsumexp) are returned in the compute dtype (f64
 //! for f64 inputs, f32 otherwise) because the backward pass needs them at full precision.
 
+use crate::cpu::alloc::{collect, filled, reserve};
 use crate::cpu::storage::{CpuStorage, FloatCow, FloatVec};
 use crate::cpu::strided::gather;
 use crate::dtype::{DType, Float};
@@ -23,22 +24,24 @@ fn rows_mut<T: Send>(out: &mut [T], n: usize, f: impl Fn(usize, &mut [T]) + Send
 }
 
 /// Store a compute vector in the input's dtype.
-fn store<T: Float>(v: Vec<T>, dtype: DType) -> CpuStorage {
-    // T is f64 only when dtype is F64; otherwise it is f32.
+fn store<T: Float>(v: Vec<T>, dtype: DType) -> Result<CpuStorage> {
+    // T is f64 only when dtype is F64; otherwise it is f32 (the conversions below are then moves).
+    let n = v.len();
     if dtype == DType::F64 {
-        CpuStorage::F64(v.into_iter().map(|x| x.as_f64()).collect())
+        Ok(CpuStorage::F64(collect(n, v.into_iter().map(|x| x.as_f64()))?))
     } else {
-        CpuStorage::store_f32(v.into_iter().map(|x| x.as_f64() as f32).collect(), dtype)
+        CpuStorage::store_f32(collect(n, v.into_iter().map(|x| x.as_f64() as f32))?, dtype)
     }
 }
 
 /// Statistics stay in the compute dtype (f64 or f32).
-fn store_stat<T: Float>(v: Vec<T>, dtype: DType) -> CpuStorage {
-    if dtype == DType::F64 {
-        CpuStorage::F64(v.into_iter().map(|x| x.as_f64()).collect())
+fn store_stat<T: Float>(v: Vec<T>, dtype: DType) -> Result<CpuStorage> {
+    let n = v.len();
+    Ok(if dtype == DType::F64 {
+        CpuStorage::F64(collect(n, v.into_iter().map(|x| x.as_f64()))?)
     } else {
-        CpuStorage::F32(v.into_iter().map(|x| x.as_f64() as f32).collect())
-    }
+        CpuStorage::F32(collect(n, v.into_iter().map(|x| x.as_f64() as f32))?)
+    })
 }
 
 macro_rules! with_float {
@@ -81,11 +84,11 @@ fn softmax_rows<T: Float>(x: &[T], n: usize, log: bool) -> Vec<T> {
 pub fn softmax_last(s: &CpuStorage, layout: &Layout, log: bool) -> Result<CpuStorage> {
     let n = layout.dims().last().copied().unwrap_or(1);
     let dtype = s.dtype();
-    Ok(with_float!(s.float_vec(layout, "softmax")?, |x| store(softmax_rows(&x, n, log), dtype)))
+    Ok(with_float!(s.float_vec(layout, "softmax")?, |x| store(softmax_rows(&x, n, log), dtype)?))
 }
 
-fn softmax_bwd_rows<T: Float>(y: &[T], dy: &[T], n: usize, log: bool) -> Vec<T> {
-    let mut out = vec![T::ZERO; y.len()];
+fn softmax_bwd_rows<T: Float>(y: &[T], dy: &[T], n: usize, log: bool) -> Result<Vec<T>> {
+    let mut out = filled(y.len(), T::ZERO)?;
     rows_mut(&mut out, n, |r, dx| {
         let (yr, gr) = (&y[r * n..(r + 1) * n], &dy[r * n..(r + 1) * n]);
         if log {
@@ -100,7 +103,7 @@ fn softmax_bwd_rows<T: Float>(y: &[T], dy: &[T], n: usize, log: bool) -> Vec<T> 
             }
         }
     });
-    out
+    Ok(out)
 }
 
 /// Backward of softmax / log_softmax.
@@ -108,8 +111,8 @@ pub fn softmax_last_backward(y: &CpuStorage, dy: &CpuStorage, len: usize, n: usi
     let dtype = y.dtype();
     let (y, dy) = (contiguous_float(y, len, "softmax_backward")?, contiguous_float(dy, len, "softmax_backward")?);
     Ok(match (y, dy) {
-        (FloatVec::F32(y), FloatVec::F32(g)) => store(softmax_bwd_rows(&y, &g, n, log), dtype),
-        (FloatVec::F64(y), FloatVec::F64(g)) => store(softmax_bwd_rows(&y, &g, n, log), dtype),
+        (FloatVec::F32(y), FloatVec::F32(g)) => store(softmax_bwd_rows(&y, &g, n, log)?, dtype)?,
+        (FloatVec::F64(y), FloatVec::F64(g)) => store(softmax_bwd_rows(&y, &g, n, log)?, dtype)?,
         _ => return Err(Error::invalid("softmax_backward", "output and gradient dtypes differ")),
     })
 }
@@ -117,14 +120,14 @@ pub fn softmax_last_backward(y: &CpuStorage, dy: &CpuStorage, len: usize, n: usi
 // ---------------------------------------------------------------- norms
 
 fn opt_weight<T: Float>(w: Option<&CpuStorage>, n: usize, op: &'static str) -> Result<Option<Vec<T>>> {
-    w.map(|w| Ok(w.to_f64_vec(&Layout::contiguous(n)).into_iter().map(T::from_f64).collect()))
+    w.map(|w| Ok(w.to_f64_vec(&Layout::contiguous(n))?.into_iter().map(T::from_f64).collect()))
         .transpose()
         .map_err(|e: Error| Error::invalid(op, e.to_string()))
 }
 
-fn rms_rows<T: Float>(x: &[T], w: Option<&[T]>, rows: usize, n: usize, eps: T) -> (Vec<T>, Vec<T>) {
-    let mut y = vec![T::ZERO; x.len()];
-    let mut rstd = vec![T::ZERO; rows];
+fn rms_rows<T: Float>(x: &[T], w: Option<&[T]>, rows: usize, n: usize, eps: T) -> Result<(Vec<T>, Vec<T>)> {
+    let mut y = filled(x.len(), T::ZERO)?;
+    let mut rstd = filled(rows, T::ZERO)?;
     let r: Vec<T> = (0..rows)
         .into_par_iter()
         .map(|r| {
@@ -140,7 +143,7 @@ fn rms_rows<T: Float>(x: &[T], w: Option<&[T]>, rows: usize, n: usize, eps: T) -
             yr[j] = xr[j] * rstd[i] * w.map_or(T::ONE, |w| w[j]);
         }
     });
-    (y, rstd)
+    Ok((y, rstd))
 }
 
 /// RMS norm forward.
@@ -154,8 +157,8 @@ pub fn rms_norm(
     let dtype = x.dtype();
     Ok(with_float!(contiguous_float(x, rows * n, "rms_norm")?, |x| {
         let w = opt_weight(w, n, "rms_norm")?;
-        let (y, r) = rms_rows(&x, w.as_deref(), rows, n, crate::dtype::WithDType::from_f64(eps));
-        (store(y, dtype), store_stat(r, dtype))
+        let (y, r) = rms_rows(&x, w.as_deref(), rows, n, crate::dtype::WithDType::from_f64(eps))?;
+        (store(y, dtype)?, store_stat(r, dtype)?)
     }))
 }
 
@@ -166,10 +169,10 @@ fn rms_bwd_rows<T: Float>(
     dy: &[T],
     rows: usize,
     n: usize,
-) -> (Vec<T>, Option<Vec<T>>) {
+) -> Result<(Vec<T>, Option<Vec<T>>)> {
     // y_j = x_j r w_j, r = (mean(x^2)+eps)^(-1/2), dr/dx_j = -r^3 x_j / n
     // dx_j = r (w_j g_j) - x_j r^3 / n * sum_k (w_k g_k x_k)
-    let mut dx = vec![T::ZERO; x.len()];
+    let mut dx = filled(x.len(), T::ZERO)?;
     rows_mut(&mut dx, n, |i, d| {
         let (xr, gr, r) = (&x[i * n..(i + 1) * n], &dy[i * n..(i + 1) * n], rstd[i]);
         let wg = |j: usize| gr[j] * w.map_or(T::ONE, |w| w[j]);
@@ -185,7 +188,7 @@ fn rms_bwd_rows<T: Float>(
             .map(|j| T::from_f64((0..rows).map(|i| (dy[i * n + j] * x[i * n + j] * rstd[i]).as_f64()).sum::<f64>()))
             .collect()
     });
-    (dx, dw)
+    Ok((dx, dw))
 }
 
 /// RMS norm backward.
@@ -208,13 +211,13 @@ pub fn rms_norm_backward(
         ) {
             (FloatVec::F64(x), FloatVec::F64(g), FloatVec::F64(r)) => {
                 let w = opt_weight::<f64>(w, n, op)?;
-                let (dx, dw) = rms_bwd_rows(&x, w.as_deref(), &r, &g, rows, n);
-                (store(dx, dtype), dw.map(|d| store(d, wdtype.unwrap())))
+                let (dx, dw) = rms_bwd_rows(&x, w.as_deref(), &r, &g, rows, n)?;
+                (store(dx, dtype)?, dw.map(|d| store(d, wdtype.unwrap())).transpose()?)
             }
             (FloatVec::F32(x), FloatVec::F32(g), FloatVec::F32(r)) => {
                 let w = opt_weight::<f32>(w, n, op)?;
-                let (dx, dw) = rms_bwd_rows(&x, w.as_deref(), &r, &g, rows, n);
-                (store(dx, dtype), dw.map(|d| store(d, wdtype.unwrap())))
+                let (dx, dw) = rms_bwd_rows(&x, w.as_deref(), &r, &g, rows, n)?;
+                (store(dx, dtype)?, dw.map(|d| store(d, wdtype.unwrap())).transpose()?)
             }
             _ => return Err(Error::invalid(op, "input, gradient and statistics dtypes differ")),
         },
@@ -228,7 +231,7 @@ fn ln_rows<T: Float>(
     rows: usize,
     n: usize,
     eps: T,
-) -> (Vec<T>, Vec<T>, Vec<T>) {
+) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
     let stats: Vec<(T, T)> = (0..rows)
         .into_par_iter()
         .map(|r| {
@@ -239,7 +242,7 @@ fn ln_rows<T: Float>(
             (T::from_f64(mean), T::ONE / (T::from_f64(var) + eps).sqrt())
         })
         .collect();
-    let mut y = vec![T::ZERO; x.len()];
+    let mut y = filled(x.len(), T::ZERO)?;
     rows_mut(&mut y, n, |i, yr| {
         let (m, r) = stats[i];
         for j in 0..n {
@@ -247,7 +250,7 @@ fn ln_rows<T: Float>(
             yr[j] = h * w.map_or(T::ONE, |w| w[j]) + b.map_or(T::ZERO, |b| b[j]);
         }
     });
-    (y, stats.iter().map(|s| s.0).collect(), stats.iter().map(|s| s.1).collect())
+    Ok((y, stats.iter().map(|s| s.0).collect(), stats.iter().map(|s| s.1).collect()))
 }
 
 /// Layer norm forward.
@@ -263,8 +266,8 @@ pub fn layer_norm(
     Ok(with_float!(contiguous_float(x, rows * n, "layer_norm")?, |x| {
         let w = opt_weight(w, n, "layer_norm")?;
         let b = opt_weight(b, n, "layer_norm")?;
-        let (y, m, r) = ln_rows(&x, w.as_deref(), b.as_deref(), rows, n, crate::dtype::WithDType::from_f64(eps));
-        (store(y, dtype), store_stat(m, dtype), store_stat(r, dtype))
+        let (y, m, r) = ln_rows(&x, w.as_deref(), b.as_deref(), rows, n, crate::dtype::WithDType::from_f64(eps))?;
+        (store(y, dtype)?, store_stat(m, dtype)?, store_stat(r, dtype)?)
     }))
 }
 
@@ -278,9 +281,9 @@ fn ln_bwd_rows<T: Float>(
     dy: &[T],
     rows: usize,
     n: usize,
-) -> LnGrads<T> {
+) -> Result<LnGrads<T>> {
     // h = (x - m) r; with g' = g w: dx = r (g' - mean(g') - h mean(g' h))
-    let mut dx = vec![T::ZERO; x.len()];
+    let mut dx = filled(x.len(), T::ZERO)?;
     let nn = T::from_f64(n.max(1) as f64);
     rows_mut(&mut dx, n, |i, d| {
         let (m, r) = (mean[i], rstd[i]);
@@ -303,7 +306,7 @@ fn ln_bwd_rows<T: Float>(
     let db = w.map(|_| {
         (0..n).into_par_iter().map(|j| T::from_f64((0..rows).map(|i| dy[i * n + j].as_f64()).sum())).collect()
     });
-    (dx, dw, db)
+    Ok((dx, dw, db))
 }
 
 /// Layer norm backward: `(dx, dweight, dbias)`; the affine grads exist when a weight was given.
@@ -329,13 +332,13 @@ pub fn layer_norm_backward(
     Ok(match f {
         (FloatVec::F64(x), FloatVec::F64(g), FloatVec::F64(m), FloatVec::F64(r)) => {
             let w = opt_weight::<f64>(w, n, op)?;
-            let (dx, dw, db) = ln_bwd_rows(&x, w.as_deref(), &m, &r, &g, rows, n);
-            (store(dx, dtype), dw.map(|d| store(d, wd)), db.map(|d| store(d, wd)))
+            let (dx, dw, db) = ln_bwd_rows(&x, w.as_deref(), &m, &r, &g, rows, n)?;
+            (store(dx, dtype)?, dw.map(|d| store(d, wd)).transpose()?, db.map(|d| store(d, wd)).transpose()?)
         }
         (FloatVec::F32(x), FloatVec::F32(g), FloatVec::F32(m), FloatVec::F32(r)) => {
             let w = opt_weight::<f32>(w, n, op)?;
-            let (dx, dw, db) = ln_bwd_rows(&x, w.as_deref(), &m, &r, &g, rows, n);
-            (store(dx, dtype), dw.map(|d| store(d, wd)), db.map(|d| store(d, wd)))
+            let (dx, dw, db) = ln_bwd_rows(&x, w.as_deref(), &m, &r, &g, rows, n)?;
+            (store(dx, dtype)?, dw.map(|d| store(d, wd)).transpose()?, db.map(|d| store(d, wd)).transpose()?)
         }
         _ => return Err(Error::invalid(op, "input, gradient and statistics dtypes differ")),
     })
@@ -377,12 +380,19 @@ pub fn cross_entropy(
     }
     Ok(with_float!(contiguous_float(logits, rows * classes, "cross_entropy")?, |x| {
         let (l, s) = ce_rows(&x, &t, classes, ignore);
-        (store_stat(l, dtype), store_stat(s, dtype))
+        (store_stat(l, dtype)?, store_stat(s, dtype)?)
     }))
 }
 
-fn ce_bwd_rows<T: Float>(x: &[T], t: &[u32], lse: &[T], dl: &[T], classes: usize, ignore: Option<u32>) -> Vec<T> {
-    let mut out = vec![T::ZERO; x.len()];
+fn ce_bwd_rows<T: Float>(
+    x: &[T],
+    t: &[u32],
+    lse: &[T],
+    dl: &[T],
+    classes: usize,
+    ignore: Option<u32>,
+) -> Result<Vec<T>> {
+    let mut out = filled(x.len(), T::ZERO)?;
     rows_mut(&mut out, classes, |r, d| {
         if Some(t[r]) == ignore {
             return;
@@ -392,7 +402,7 @@ fn ce_bwd_rows<T: Float>(x: &[T], t: &[u32], lse: &[T], dl: &[T], classes: usize
         }
         d[t[r] as usize] = d[t[r] as usize] - dl[r];
     });
-    out
+    Ok(out)
 }
 
 /// Backward of the fused cross-entropy.
@@ -416,10 +426,10 @@ pub fn cross_entropy_backward(
             contiguous_float(dloss, rows, op)?,
         ) {
             (FloatVec::F64(x), FloatVec::F64(s), FloatVec::F64(g)) => {
-                store(ce_bwd_rows(&x, &t, &s, &g, classes, ignore), dtype)
+                store(ce_bwd_rows(&x, &t, &s, &g, classes, ignore)?, dtype)?
             }
             (FloatVec::F32(x), FloatVec::F32(s), FloatVec::F32(g)) => {
-                store(ce_bwd_rows(&x, &t, &s, &g, classes, ignore), dtype)
+                store(ce_bwd_rows(&x, &t, &s, &g, classes, ignore)?, dtype)?
             }
             _ => return Err(Error::invalid(op, "logits, statistics and gradient dtypes differ")),
         },
@@ -437,7 +447,7 @@ pub fn topk_last(s: &CpuStorage, layout: &Layout, k: usize) -> Result<(CpuStorag
         rows: usize,
         n: usize,
         k: usize,
-    ) -> (Vec<T>, Vec<u32>) {
+    ) -> Result<(Vec<T>, Vec<u32>)> {
         let per: Vec<(Vec<T>, Vec<u32>)> = (0..rows)
             .into_par_iter()
             .map(|r| {
@@ -460,37 +470,37 @@ pub fn topk_last(s: &CpuStorage, layout: &Layout, k: usize) -> Result<(CpuStorag
                 (idx.iter().map(|&i| row[i as usize]).collect(), idx)
             })
             .collect();
-        let mut v = Vec::with_capacity(rows * k);
-        let mut i = Vec::with_capacity(rows * k);
+        let mut v = reserve(rows * k)?;
+        let mut i = reserve(rows * k)?;
         for (a, b) in per {
             v.extend(a);
             i.extend(b);
         }
-        (v, i)
+        Ok((v, i))
     }
     Ok(match s {
         CpuStorage::F32(x) => {
-            let (v, i) = go(&gather(x, layout), rows, n, k);
+            let (v, i) = go(&gather(x, layout)?, rows, n, k)?;
             (CpuStorage::F32(v), CpuStorage::U32(i))
         }
         CpuStorage::F64(x) => {
-            let (v, i) = go(&gather(x, layout), rows, n, k);
+            let (v, i) = go(&gather(x, layout)?, rows, n, k)?;
             (CpuStorage::F64(v), CpuStorage::U32(i))
         }
         CpuStorage::F16(x) => {
-            let (v, i) = go(&gather(x, layout), rows, n, k);
+            let (v, i) = go(&gather(x, layout)?, rows, n, k)?;
             (CpuStorage::F16(v), CpuStorage::U32(i))
         }
         CpuStorage::BF16(x) => {
-            let (v, i) = go(&gather(x, layout), rows, n, k);
+            let (v, i) = go(&gather(x, layout)?, rows, n, k)?;
             (CpuStorage::BF16(v), CpuStorage::U32(i))
         }
         CpuStorage::U32(x) => {
-            let (v, i) = go(&gather(x, layout), rows, n, k);
+            let (v, i) = go(&gather(x, layout)?, rows, n, k)?;
             (CpuStorage::U32(v), CpuStorage::U32(i))
         }
         CpuStorage::U8(x) => {
-            let (v, i) = go(&gather(x, layout), rows, n, k);
+            let (v, i) = go(&gather(x, layout)?, rows, n, k)?;
             (CpuStorage::U8(v), CpuStorage::U32(i))
         }
     })
@@ -499,10 +509,10 @@ pub fn topk_last(s: &CpuStorage, layout: &Layout, k: usize) -> Result<(CpuStorag
 // ---------------------------------------------------------------- SwiGLU
 
 /// `silu(a) * b` and its backward, elementwise in the compute float (f32 for half types).
-fn swiglu_slices<T: Float>(a: &[T], b: &[T], g: Option<&[T]>) -> (Vec<T>, Option<Vec<T>>) {
+fn swiglu_slices<T: Float>(a: &[T], b: &[T], g: Option<&[T]>) -> Result<(Vec<T>, Option<Vec<T>>)> {
     const GRAIN: usize = 1 << 14;
     let n = a.len();
-    let mut out = vec![T::ZERO; n];
+    let mut out = filled(n, T::ZERO)?;
     match g {
         None => {
             out.par_chunks_mut(GRAIN).enumerate().for_each(|(ci, o)| {
@@ -511,10 +521,10 @@ fn swiglu_slices<T: Float>(a: &[T], b: &[T], g: Option<&[T]>) -> (Vec<T>, Option
                     *y = x / (T::ONE + (-x).exp()) * v;
                 }
             });
-            (out, None)
+            Ok((out, None))
         }
         Some(g) => {
-            let mut db = vec![T::ZERO; n];
+            let mut db = filled(n, T::ZERO)?;
             out.par_chunks_mut(GRAIN).zip(db.par_chunks_mut(GRAIN)).enumerate().for_each(|(ci, (da, db))| {
                 for i in 0..da.len() {
                     let k = ci * GRAIN + i;
@@ -524,7 +534,7 @@ fn swiglu_slices<T: Float>(a: &[T], b: &[T], g: Option<&[T]>) -> (Vec<T>, Option
                     db[i] = gk * (x * s);
                 }
             });
-            (out, Some(db))
+            Ok((out, Some(db)))
         }
     }
 }
@@ -534,8 +544,8 @@ pub fn swiglu(a: &CpuStorage, b: &CpuStorage, n: usize) -> Result<CpuStorage> {
     const OP: &str = "swiglu";
     let dtype = a.dtype();
     Ok(match (contiguous_float(a, n, OP)?, contiguous_float(b, n, OP)?) {
-        (FloatVec::F64(a), FloatVec::F64(b)) => store(swiglu_slices(&a, &b, None).0, dtype),
-        (FloatVec::F32(a), FloatVec::F32(b)) => store(swiglu_slices(&a, &b, None).0, dtype),
+        (FloatVec::F64(a), FloatVec::F64(b)) => store(swiglu_slices(&a, &b, None)?.0, dtype)?,
+        (FloatVec::F32(a), FloatVec::F32(b)) => store(swiglu_slices(&a, &b, None)?.0, dtype)?,
         _ => return Err(Error::invalid(OP, "a and b must have one dtype")),
     })
 }
@@ -546,14 +556,14 @@ pub fn swiglu_backward(a: &CpuStorage, b: &CpuStorage, g: &CpuStorage, n: usize)
     let dtype = a.dtype();
     Ok(match (contiguous_float(a, n, OP)?, contiguous_float(b, n, OP)?, contiguous_float(g, n, OP)?) {
         (FloatVec::F64(a), FloatVec::F64(b), FloatVec::F64(g)) => {
-            let (da, db) = swiglu_slices(&a, &b, Some(&g));
+            let (da, db) = swiglu_slices(&a, &b, Some(&g))?;
             let db = db.expect("the backward returns db");
-            (store(da, dtype), store(db, dtype))
+            (store(da, dtype)?, store(db, dtype)?)
         }
         (FloatVec::F32(a), FloatVec::F32(b), FloatVec::F32(g)) => {
-            let (da, db) = swiglu_slices(&a, &b, Some(&g));
+            let (da, db) = swiglu_slices(&a, &b, Some(&g))?;
             let db = db.expect("the backward returns db");
-            (store(da, dtype), store(db, dtype))
+            (store(da, dtype)?, store(db, dtype)?)
         }
         _ => return Err(Error::invalid(OP, "a, b and the gradient must have one dtype")),
     })
@@ -564,11 +574,11 @@ pub fn swiglu_backward(a: &CpuStorage, b: &CpuStorage, g: &CpuStorage, n: usize)
 /// `silu(x + b[c])` over `[outer, chans, inner]` in the compute float. Tasks take whole planes
 /// (`inner` values of one channel) of at least ~16k elements together, so small feature maps do
 /// not cost a task each.
-fn bias_silu_slices<T: Float>(x: &[T], b: &[T], chans: usize, inner: usize) -> Vec<T> {
+fn bias_silu_slices<T: Float>(x: &[T], b: &[T], chans: usize, inner: usize) -> Result<Vec<T>> {
     const GRAIN: usize = 1 << 14;
-    let mut out = vec![T::ZERO; x.len()];
+    let mut out = filled(x.len(), T::ZERO)?;
     if inner == 0 || chans == 0 {
-        return out;
+        return Ok(out);
     }
     let planes = (GRAIN / inner).max(1);
     out.par_chunks_mut(planes * inner).zip(x.par_chunks(planes * inner)).enumerate().for_each(|(task, (o, xs))| {
@@ -580,7 +590,7 @@ fn bias_silu_slices<T: Float>(x: &[T], b: &[T], chans: usize, inner: usize) -> V
             }
         }
     });
-    out
+    Ok(out)
 }
 
 /// `Backend::bias_silu` on the CPU (f32 and f64 inputs are read in place).
@@ -589,8 +599,8 @@ pub fn bias_silu(x: &CpuStorage, b: &CpuStorage, outer: usize, chans: usize, inn
     let dtype = x.dtype();
     let (lx, lb) = (Layout::contiguous(outer * chans * inner), Layout::contiguous(chans));
     Ok(match (x.float_cow(&lx, OP)?, b.float_cow(&lb, OP)?) {
-        (FloatCow::F64(x), FloatCow::F64(b)) => CpuStorage::F64(bias_silu_slices(&x, &b, chans, inner)),
-        (FloatCow::F32(x), FloatCow::F32(b)) => CpuStorage::store_f32(bias_silu_slices(&x, &b, chans, inner), dtype),
+        (FloatCow::F64(x), FloatCow::F64(b)) => CpuStorage::F64(bias_silu_slices(&x, &b, chans, inner)?),
+        (FloatCow::F32(x), FloatCow::F32(b)) => CpuStorage::store_f32(bias_silu_slices(&x, &b, chans, inner)?, dtype)?,
         _ => return Err(Error::invalid(OP, "x and the bias must have one dtype")),
     })
 }

@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use super::alloc::filled;
 use super::storage::CpuStorage;
 use crate::dtype::{Float, WithDType};
 use crate::error::{Error, Result};
@@ -10,12 +11,12 @@ use crate::op::AdamWStep;
 /// Elements per rayon task: large enough that the split costs nothing next to the work.
 const GRAIN: usize = 1 << 14;
 
-fn adamw_slices<T: Float>(p: &[T], g: &[T], m: &[T], v: &[T], s: &AdamWStep) -> (Vec<T>, Vec<T>, Vec<T>) {
+fn adamw_slices<T: Float>(p: &[T], g: &[T], m: &[T], v: &[T], s: &AdamWStep) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
     let c = |x: f64| <T as WithDType>::from_f64(x);
     let (b1, b2, one) = (c(s.beta1), c(s.beta2), T::ONE);
     let (decay, step, inv_sqrt_bc2, eps) = (c(s.decay), c(s.lr / s.bc1), c(1.0 / s.bc2.sqrt()), c(s.eps));
     let n = p.len();
-    let (mut po, mut mo, mut vo) = (vec![T::ZERO; n], vec![T::ZERO; n], vec![T::ZERO; n]);
+    let (mut po, mut mo, mut vo) = (filled(n, T::ZERO)?, filled(n, T::ZERO)?, filled(n, T::ZERO)?);
     po.par_chunks_mut(GRAIN).zip(mo.par_chunks_mut(GRAIN)).zip(vo.par_chunks_mut(GRAIN)).enumerate().for_each(
         |(ci, ((po, mo), vo))| {
             let o = ci * GRAIN;
@@ -29,7 +30,7 @@ fn adamw_slices<T: Float>(p: &[T], g: &[T], m: &[T], v: &[T], s: &AdamWStep) -> 
             }
         },
     );
-    (po, mo, vo)
+    Ok((po, mo, vo))
 }
 
 /// `Backend::adamw_update` on contiguous f32 or f64 buffers of `n` elements.
@@ -49,11 +50,11 @@ pub fn adamw_update(
     }
     match (p, g, m, v) {
         (CpuStorage::F32(p), CpuStorage::F32(g), CpuStorage::F32(m), CpuStorage::F32(v)) => {
-            let (p, m, v) = adamw_slices(&p[..n], &g[..n], &m[..n], &v[..n], step);
+            let (p, m, v) = adamw_slices(&p[..n], &g[..n], &m[..n], &v[..n], step)?;
             Ok((CpuStorage::F32(p), CpuStorage::F32(m), CpuStorage::F32(v)))
         }
         (CpuStorage::F64(p), CpuStorage::F64(g), CpuStorage::F64(m), CpuStorage::F64(v)) => {
-            let (p, m, v) = adamw_slices(&p[..n], &g[..n], &m[..n], &v[..n], step);
+            let (p, m, v) = adamw_slices(&p[..n], &g[..n], &m[..n], &v[..n], step)?;
             Ok((CpuStorage::F64(p), CpuStorage::F64(m), CpuStorage::F64(v)))
         }
         _ => Err(Error::UnsupportedDType {

@@ -4,6 +4,7 @@
 //! is gathered first): the reduced axis has `len` entries spaced `inner` apart, so reducing a
 //! middle or leading axis streams whole rows instead of striding through memory.
 
+use crate::cpu::alloc::filled;
 use crate::cpu::storage::{CpuStorage, FloatCow, FloatVec};
 use crate::cpu::strided::{build_chunked, PAR_CHUNK};
 use crate::dtype::Float;
@@ -22,10 +23,10 @@ pub(crate) fn split_axis(dims: &[usize], axis: usize) -> (usize, usize, usize) {
     (outer, dims[axis], inner)
 }
 
-fn reduce_float<T: Float>(op: ReduceOp, x: &[T], outer: usize, len: usize, inner: usize) -> (Vec<T>, Vec<u32>) {
+fn reduce_float<T: Float>(op: ReduceOp, x: &[T], outer: usize, len: usize, inner: usize) -> Result<(Vec<T>, Vec<u32>)> {
     let is_arg = matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin);
-    let mut vals = vec![T::ZERO; if is_arg { 0 } else { outer * inner }];
-    let mut idxs = vec![0u32; if is_arg { outer * inner } else { 0 }];
+    let mut vals = filled(if is_arg { 0 } else { outer * inner }, T::ZERO)?;
+    let mut idxs = filled(if is_arg { outer * inner } else { 0 }, 0u32)?;
     // One output block (`inner` results) per outer index; blocks are independent.
     let block = |o: usize, vals: &mut [T], idxs: &mut [u32]| {
         let base = o * len * inner;
@@ -93,7 +94,7 @@ fn reduce_float<T: Float>(op: ReduceOp, x: &[T], outer: usize, len: usize, inner
     } else if inner > 0 {
         vals.chunks_mut(inner).enumerate().for_each(|(o, v)| block(o, v, &mut []));
     }
-    (vals, idxs)
+    Ok((vals, idxs))
 }
 
 /// Columns per strip of the column reductions: the accumulators of one strip live on the stack.
@@ -173,7 +174,7 @@ fn reduce_rows<T: Float>(op: ReduceOp, x: &[T], outer: usize, len: usize) -> Vec
 /// Sum, max or min along the middle axis of a contiguous `[outer, len, inner]` buffer (`inner >
 /// 1`): each output column accumulates its `len` entries in order, strips of [`COLS`] adjacent
 /// columns at a time so the loads are contiguous and vectorise.
-fn reduce_cols<T: Float>(op: ReduceOp, x: &[T], outer: usize, len: usize, inner: usize) -> Vec<T> {
+fn reduce_cols<T: Float>(op: ReduceOp, x: &[T], outer: usize, len: usize, inner: usize) -> Result<Vec<T>> {
     let n = outer * inner;
     let fill = |start: usize, dst: &mut [MaybeUninit<T>]| {
         let mut i0 = start;
@@ -234,18 +235,25 @@ pub fn reduce(op: ReduceOp, s: &CpuStorage, layout: &Layout, axis: usize) -> Res
     let is_arg = matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin);
     // Sum / max / min of a non-empty axis take the streaming kernels; the rest the generic one.
     let fast = matches!(op, ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min) && len > 0;
-    fn go<T: Float>(op: ReduceOp, fast: bool, x: &[T], outer: usize, len: usize, inner: usize) -> (Vec<T>, Vec<u32>) {
+    fn go<T: Float>(
+        op: ReduceOp,
+        fast: bool,
+        x: &[T],
+        outer: usize,
+        len: usize,
+        inner: usize,
+    ) -> Result<(Vec<T>, Vec<u32>)> {
         if fast && inner == 1 {
-            (reduce_rows(op, x, outer, len), vec![])
+            Ok((reduce_rows(op, x, outer, len), vec![]))
         } else if fast {
-            (reduce_cols(op, x, outer, len, inner), vec![])
+            Ok((reduce_cols(op, x, outer, len, inner)?, vec![]))
         } else {
             reduce_float(op, x, outer, len, inner)
         }
     }
     Ok(match s.float_cow(layout, op.name())? {
         FloatCow::F64(x) => {
-            let (v, i) = go(op, fast, &x, outer, len, inner);
+            let (v, i) = go(op, fast, &x, outer, len, inner)?;
             if is_arg {
                 CpuStorage::U32(i)
             } else {
@@ -253,18 +261,25 @@ pub fn reduce(op: ReduceOp, s: &CpuStorage, layout: &Layout, axis: usize) -> Res
             }
         }
         FloatCow::F32(x) => {
-            let (v, i) = go(op, fast, &x, outer, len, inner);
+            let (v, i) = go(op, fast, &x, outer, len, inner)?;
             if is_arg {
                 CpuStorage::U32(i)
             } else {
-                CpuStorage::store_f32(v, dtype)
+                CpuStorage::store_f32(v, dtype)?
             }
         }
     })
 }
 
-fn cumsum_float<T: Float>(x: &[T], _outer: usize, len: usize, inner: usize, exclusive: bool, reverse: bool) -> Vec<T> {
-    let mut out = vec![T::ZERO; x.len()];
+fn cumsum_float<T: Float>(
+    x: &[T],
+    _outer: usize,
+    len: usize,
+    inner: usize,
+    exclusive: bool,
+    reverse: bool,
+) -> Result<Vec<T>> {
+    let mut out = filled(x.len(), T::ZERO)?;
     let block = |o: usize, dst: &mut [T]| {
         let base = o * len * inner;
         for j in 0..inner {
@@ -284,14 +299,14 @@ fn cumsum_float<T: Float>(x: &[T], _outer: usize, len: usize, inner: usize, excl
     };
     let bl = len * inner;
     if bl == 0 {
-        return out;
+        return Ok(out);
     }
     if x.len() >= PAR_THRESHOLD {
         out.par_chunks_mut(bl).enumerate().for_each(|(o, d)| block(o, d));
     } else {
         out.chunks_mut(bl).enumerate().for_each(|(o, d)| block(o, d));
     }
-    out
+    Ok(out)
 }
 
 /// Cumulative sum of a view along `axis`.
@@ -299,7 +314,7 @@ pub fn cumsum(s: &CpuStorage, layout: &Layout, axis: usize, exclusive: bool, rev
     let (outer, len, inner) = split_axis(layout.dims(), axis);
     let dtype = s.dtype();
     Ok(match s.float_vec(layout, "cumsum")? {
-        FloatVec::F64(x) => CpuStorage::F64(cumsum_float(&x, outer, len, inner, exclusive, reverse)),
-        FloatVec::F32(x) => CpuStorage::store_f32(cumsum_float(&x, outer, len, inner, exclusive, reverse), dtype),
+        FloatVec::F64(x) => CpuStorage::F64(cumsum_float(&x, outer, len, inner, exclusive, reverse)?),
+        FloatVec::F32(x) => CpuStorage::store_f32(cumsum_float(&x, outer, len, inner, exclusive, reverse)?, dtype)?,
     })
 }

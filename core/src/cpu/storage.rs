@@ -6,6 +6,8 @@ use crate::layout::Layout;
 use half::{bf16, f16};
 use std::borrow::Cow;
 
+use super::alloc::collect;
+use super::elementwise::map1;
 use super::strided::gather;
 
 /// A host buffer: one `Vec` per dtype.
@@ -86,9 +88,9 @@ impl CpuStorage {
     }
 
     /// The elements of `layout`, in logical order, converted to f64.
-    pub fn to_f64_vec(&self, layout: &Layout) -> Vec<f64> {
-        fn conv<T: WithDType>(v: &[T], l: &Layout) -> Vec<f64> {
-            gather(v, l).into_iter().map(|x| x.as_f64()).collect()
+    pub fn to_f64_vec(&self, layout: &Layout) -> Result<Vec<f64>> {
+        fn conv<T: WithDType>(v: &[T], l: &Layout) -> Result<Vec<f64>> {
+            map1(v, l, |x| x.as_f64())
         }
         match self {
             CpuStorage::U8(v) => conv(v, layout),
@@ -101,9 +103,9 @@ impl CpuStorage {
     }
 
     /// A buffer of `dtype` from f64 values (rounding to the target type).
-    pub fn from_f64_vec(v: &[f64], dtype: DType) -> CpuStorage {
-        fn conv<T: CpuElement>(v: &[f64]) -> CpuStorage {
-            T::wrap(v.iter().map(|&x| T::from_f64(x)).collect())
+    pub fn from_f64_vec(v: &[f64], dtype: DType) -> Result<CpuStorage> {
+        fn conv<T: CpuElement>(v: &[f64]) -> Result<CpuStorage> {
+            Ok(T::wrap(collect(v.len(), v.iter().map(|&x| T::from_f64(x)))?))
         }
         match dtype {
             DType::U8 => conv::<u8>(v),
@@ -118,15 +120,15 @@ impl CpuStorage {
     /// The `U32` elements of a view, or an error naming `op`.
     pub(crate) fn u32_view(&self, layout: &Layout, op: &'static str) -> Result<Vec<u32>> {
         match self {
-            CpuStorage::U32(v) => Ok(gather(v, layout)),
+            CpuStorage::U32(v) => gather(v, layout),
             s => Err(Error::UnsupportedDType { op, dtype: s.dtype(), expected: "u32 indices" }),
         }
     }
 }
 
 /// Widen a half-precision view to a contiguous f32 vector.
-pub(crate) fn widen<T: WithDType>(v: &[T], layout: &Layout) -> Vec<f32> {
-    gather(v, layout).into_iter().map(|x| x.as_f64() as f32).collect()
+pub(crate) fn widen<T: WithDType>(v: &[T], layout: &Layout) -> Result<Vec<f32>> {
+    map1(v, layout, |x| x.as_f64() as f32)
 }
 
 /// A float view as a contiguous vector of `T` (f32 or f64, matching the storage; f16/bf16 widen
@@ -146,10 +148,10 @@ impl CpuStorage {
     /// Contiguous compute copy of a float view (f16/bf16 widened to f32).
     pub(crate) fn float_vec(&self, layout: &Layout, op: &'static str) -> Result<FloatVec> {
         Ok(match self {
-            CpuStorage::F32(v) => FloatVec::F32(gather(v, layout)),
-            CpuStorage::F64(v) => FloatVec::F64(gather(v, layout)),
-            CpuStorage::F16(v) => FloatVec::F32(widen(v, layout)),
-            CpuStorage::BF16(v) => FloatVec::F32(widen(v, layout)),
+            CpuStorage::F32(v) => FloatVec::F32(gather(v, layout)?),
+            CpuStorage::F64(v) => FloatVec::F64(gather(v, layout)?),
+            CpuStorage::F16(v) => FloatVec::F32(widen(v, layout)?),
+            CpuStorage::BF16(v) => FloatVec::F32(widen(v, layout)?),
             s => return Err(Error::UnsupportedDType { op, dtype: s.dtype(), expected: "a float dtype" }),
         })
     }
@@ -169,11 +171,11 @@ impl CpuStorage {
     }
 
     /// Store a computed f32 result in `dtype` (f32, f16 or bf16).
-    pub(crate) fn store_f32(v: Vec<f32>, dtype: DType) -> CpuStorage {
-        match dtype {
-            DType::F16 => CpuStorage::F16(v.into_iter().map(f16::from_f32).collect()),
-            DType::BF16 => CpuStorage::BF16(v.into_iter().map(bf16::from_f32).collect()),
+    pub(crate) fn store_f32(v: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
+        Ok(match dtype {
+            DType::F16 => CpuStorage::F16(collect(v.len(), v.into_iter().map(f16::from_f32))?),
+            DType::BF16 => CpuStorage::BF16(collect(v.len(), v.into_iter().map(bf16::from_f32))?),
             _ => CpuStorage::F32(v),
-        }
+        })
     }
 }

@@ -1,5 +1,7 @@
 //! Reading strided views on the host, and the joint iteration plan of the elementwise kernels.
 
+use crate::cpu::alloc::reserve;
+use crate::error::Result;
 use crate::layout::Layout;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -115,7 +117,10 @@ impl<const N: usize> Plan<N> {
 /// A vector of `n` elements each written exactly once by `fill(start, dst)` over consecutive
 /// chunks `dst` starting at logical index `start` (in parallel for large `n`). The buffer is never
 /// zero-filled first.
-pub(crate) fn build<O: Copy + Send + Sync>(n: usize, fill: impl Fn(usize, &mut [MaybeUninit<O>]) + Sync) -> Vec<O> {
+pub(crate) fn build<O: Copy + Send + Sync>(
+    n: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<O>]) + Sync,
+) -> Result<Vec<O>> {
     build_chunked(n, PAR_CHUNK, n >= PAR_THRESHOLD, fill)
 }
 
@@ -125,8 +130,8 @@ pub(crate) fn build_chunked<O: Copy + Send + Sync>(
     chunk: usize,
     par: bool,
     fill: impl Fn(usize, &mut [MaybeUninit<O>]) + Sync,
-) -> Vec<O> {
-    let mut out: Vec<O> = Vec::with_capacity(n);
+) -> Result<Vec<O>> {
+    let mut out: Vec<O> = reserve(n)?;
     let spare = &mut out.spare_capacity_mut()[..n];
     if par && n > chunk {
         spare.par_chunks_mut(chunk).enumerate().for_each(|(c, dst)| fill(c * chunk, dst));
@@ -136,13 +141,15 @@ pub(crate) fn build_chunked<O: Copy + Send + Sync>(
     // SAFETY: `fill` wrote every element of each chunk it was given (the callers' contract), and
     // the chunks cover `0..n`; `O: Copy` has no drop to run if `fill` panicked instead.
     unsafe { out.set_len(n) };
-    out
+    Ok(out)
 }
 
 /// The elements of `layout` in logical row-major order, as a new vector.
-pub(crate) fn gather<T: Copy + Send + Sync>(v: &[T], layout: &Layout) -> Vec<T> {
+pub(crate) fn gather<T: Copy + Send + Sync>(v: &[T], layout: &Layout) -> Result<Vec<T>> {
     if let Some(r) = layout.contiguous_range() {
-        return v[r].to_vec();
+        let mut out = reserve(r.len())?;
+        out.extend_from_slice(&v[r]);
+        return Ok(out);
     }
     let plan = Plan::new([layout]);
     let s = plan.inner[0];
@@ -227,7 +234,7 @@ mod tests {
             Layout::contiguous([50, 1, 100]).broadcast_as(&Shape::from([3, 50, 7, 100]), "t").unwrap(),
         ] {
             let want: Vec<u32> = naive(&l).into_iter().map(|o| v[o]).collect();
-            assert_eq!(gather(&v, &l), want);
+            assert_eq!(gather(&v, &l).unwrap(), want);
         }
     }
 }

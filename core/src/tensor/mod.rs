@@ -147,9 +147,13 @@ impl<B: Backend> Tensor<B> {
 
     /// `[start, start+1, .., end-1]` in `dtype`.
     pub fn arange(start: usize, end: usize, dtype: DType, device: &B) -> Result<Self> {
-        let v: Vec<f64> = (start..end.max(start)).map(|i| i as f64).collect();
-        let n = v.len();
-        Self::from_cpu_storage(&CpuStorage::from_f64_vec(&v, dtype), n, device)
+        let n = end.saturating_sub(start);
+        let mut next = start;
+        let v = host_samples(n, "arange", || {
+            next += 1;
+            (next - 1) as f64
+        })?;
+        Self::from_cpu_storage(&CpuStorage::from_f64_vec(&v, dtype)?, n, device)
     }
 
     /// Normal samples with the given mean and standard deviation, drawn on the host from `rng`
@@ -165,7 +169,7 @@ impl<B: Backend> Tensor<B> {
         let shape = shape.into();
         let n = shape.check_size("randn")?;
         let v = host_samples(n, "randn", || mean + std * rng.normal())?;
-        Self::from_cpu_storage(&CpuStorage::from_f64_vec(&v, dtype), shape, device)
+        Self::from_cpu_storage(&CpuStorage::from_f64_vec(&v, dtype)?, shape, device)
     }
 
     /// Uniform samples in `[lo, hi)`, drawn on the host from `rng`.
@@ -180,7 +184,7 @@ impl<B: Backend> Tensor<B> {
         let shape = shape.into();
         let n = shape.check_size("rand_uniform")?;
         let v = host_samples(n, "rand_uniform", || lo + (hi - lo) * rng.uniform())?;
-        Self::from_cpu_storage(&CpuStorage::from_f64_vec(&v, dtype), shape, device)
+        Self::from_cpu_storage(&CpuStorage::from_f64_vec(&v, dtype)?, shape, device)
     }
 
     // ------------------------------------------------------------ accessors
@@ -245,7 +249,7 @@ impl<B: Backend> Tensor<B> {
     /// The elements in row-major order converted to f64 (any dtype).
     pub fn to_vec_f64(&self) -> Result<Vec<f64>> {
         let s = self.to_cpu_storage()?;
-        Ok(s.to_f64_vec(&Layout::contiguous(self.shape().clone())))
+        s.to_f64_vec(&Layout::contiguous(self.shape().clone()))
     }
 
     /// The single element of a one-element tensor, as f64.

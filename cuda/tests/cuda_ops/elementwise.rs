@@ -83,7 +83,7 @@ fn casts_between_every_pair_of_dtypes_match_the_cpu() -> Result<()> {
         12345.678,
     ];
     for &from in &ALL {
-        let src = Tensor::from_cpu_storage(&CpuStorage::from_f64_vec(&vals, from), vals.len(), &Cpu)?;
+        let src = Tensor::from_cpu_storage(&CpuStorage::from_f64_vec(&vals, from)?, vals.len(), &Cpu)?;
         let p = Pair::new(src, &dev);
         for &to in &ALL {
             let (c, g) = both!(|p| p.to_dtype(to)?);

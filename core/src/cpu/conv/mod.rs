@@ -35,6 +35,7 @@ mod im2col;
 mod pointwise;
 pub(crate) mod simd;
 
+use crate::cpu::alloc::filled;
 use crate::cpu::matmul::GemmFloat;
 use crate::cpu::storage::{CpuStorage, FloatCow, FloatVec};
 use crate::cpu::PAR_THRESHOLD;
@@ -267,9 +268,9 @@ fn conv_bwd_weight<T: GemmFloat + SimdFloat>(x: &[T], dy: &[T], g: &Geo) -> Vec<
     }
 }
 
-fn store(v: FloatVec, dtype: DType) -> CpuStorage {
+fn store(v: FloatVec, dtype: DType) -> Result<CpuStorage> {
     match v {
-        FloatVec::F64(v) => CpuStorage::F64(v),
+        FloatVec::F64(v) => Ok(CpuStorage::F64(v)),
         FloatVec::F32(v) => CpuStorage::store_f32(v, dtype),
     }
 }
@@ -288,7 +289,7 @@ macro_rules! two_floats {
 pub fn conv2d(x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout, p: &Conv2dParams) -> Result<CpuStorage> {
     let g = Geo::new(lx.dims(), lw.dims(), p)?;
     let (xv, wv) = (x.float_cow(lx, "conv2d")?, w.float_cow(lw, "conv2d")?);
-    Ok(store(two_floats!("conv2d", xv, wv, |a, b| conv_fwd(&a, &b, &g)), x.dtype()))
+    store(two_floats!("conv2d", xv, wv, |a, b| conv_fwd(&a, &b, &g)), x.dtype())
 }
 
 /// conv2d gradient w.r.t. the input.
@@ -303,7 +304,7 @@ pub fn conv2d_backward_input(
     let g = Geo::new(xs.dims(), lw.dims(), p)?;
     let (dv, wv) =
         (dy.float_cow(&Layout::contiguous(dys.clone()), "conv2d_backward")?, w.float_cow(lw, "conv2d_backward")?);
-    Ok(store(two_floats!("conv2d_backward", dv, wv, |a, b| conv_bwd_input(&a, &b, &g)), dy.dtype()))
+    store(two_floats!("conv2d_backward", dv, wv, |a, b| conv_bwd_input(&a, &b, &g)), dy.dtype())
 }
 
 /// conv2d gradient w.r.t. the weight.
@@ -318,7 +319,7 @@ pub fn conv2d_backward_weight(
     let g = Geo::new(lx.dims(), ws.dims(), p)?;
     let (xv, dv) =
         (x.float_cow(lx, "conv2d_backward")?, dy.float_cow(&Layout::contiguous(dys.clone()), "conv2d_backward")?);
-    Ok(store(two_floats!("conv2d_backward", xv, dv, |a, b| conv_bwd_weight(&a, &b, &g)), dy.dtype()))
+    store(two_floats!("conv2d_backward", xv, dv, |a, b| conv_bwd_weight(&a, &b, &g)), dy.dtype())
 }
 
 // ---------------------------------------------------------------- pooling
@@ -352,9 +353,9 @@ fn max_pool<T: Float>(
     oh: usize,
     ow: usize,
     p: &Pool2dParams,
-) -> (Vec<T>, Vec<u32>) {
-    let mut y = vec![T::ZERO; planes * oh * ow];
-    let mut am = vec![0u32; planes * oh * ow];
+) -> Result<(Vec<T>, Vec<u32>)> {
+    let mut y = filled(planes * oh * ow, T::ZERO)?;
+    let mut am = filled(planes * oh * ow, 0u32)?;
     y.par_chunks_mut(oh * ow.max(1)).zip(am.par_chunks_mut(oh * ow.max(1))).enumerate().for_each(|(pl, (yo, ao))| {
         let xp = &x[pl * h * w..(pl + 1) * h * w];
         for oy in 0..oh {
@@ -375,7 +376,7 @@ fn max_pool<T: Float>(
             }
         }
     });
-    (y, am)
+    Ok((y, am))
 }
 
 /// Max pooling forward: `(y, argmax)`.
@@ -383,11 +384,11 @@ pub fn max_pool2d(x: &CpuStorage, l: &Layout, p: &Pool2dParams) -> Result<(CpuSt
     let (planes, h, w, oh, ow) = pool_geo(l.dims(), p)?;
     Ok(match x.float_vec(l, "max_pool2d")? {
         FloatVec::F32(v) => {
-            let (y, a) = max_pool(&v, planes, h, w, oh, ow, p);
-            (CpuStorage::store_f32(y, x.dtype()), CpuStorage::U32(a))
+            let (y, a) = max_pool(&v, planes, h, w, oh, ow, p)?;
+            (CpuStorage::store_f32(y, x.dtype())?, CpuStorage::U32(a))
         }
         FloatVec::F64(v) => {
-            let (y, a) = max_pool(&v, planes, h, w, oh, ow, p);
+            let (y, a) = max_pool(&v, planes, h, w, oh, ow, p)?;
             (CpuStorage::F64(y), CpuStorage::U32(a))
         }
     })
@@ -399,21 +400,21 @@ pub fn max_pool2d_backward(dy: &CpuStorage, argmax: &CpuStorage, dys: &Shape, xs
     let (planes, opix) = (d[0] * d[1], d[2] * d[3]);
     let ipix = xs.dims()[2] * xs.dims()[3];
     let am = argmax.u32_view(&Layout::contiguous(dys.clone()), "max_pool2d_backward")?;
-    fn go<T: Float>(g: &[T], am: &[u32], planes: usize, opix: usize, ipix: usize) -> Vec<T> {
-        let mut dx = vec![T::ZERO; planes * ipix];
+    fn go<T: Float>(g: &[T], am: &[u32], planes: usize, opix: usize, ipix: usize) -> Result<Vec<T>> {
+        let mut dx = filled(planes * ipix, T::ZERO)?;
         for pl in 0..planes {
             for o in 0..opix {
                 let i = pl * ipix + am[pl * opix + o] as usize;
                 dx[i] = dx[i] + g[pl * opix + o];
             }
         }
-        dx
+        Ok(dx)
     }
     let v = match dy.float_vec(&Layout::contiguous(dys.clone()), "max_pool2d_backward")? {
-        FloatVec::F32(g) => FloatVec::F32(go(&g, &am, planes, opix, ipix)),
-        FloatVec::F64(g) => FloatVec::F64(go(&g, &am, planes, opix, ipix)),
+        FloatVec::F32(g) => FloatVec::F32(go(&g, &am, planes, opix, ipix)?),
+        FloatVec::F64(g) => FloatVec::F64(go(&g, &am, planes, opix, ipix)?),
     };
-    Ok(store(v, dy.dtype()))
+    store(v, dy.dtype())
 }
 
 fn avg_div(p: &Pool2dParams, ys: &std::ops::Range<usize>, xs: &std::ops::Range<usize>) -> f64 {
@@ -427,8 +428,16 @@ fn avg_div(p: &Pool2dParams, ys: &std::ops::Range<usize>, xs: &std::ops::Range<u
 /// Average pooling forward.
 pub fn avg_pool2d(x: &CpuStorage, l: &Layout, p: &Pool2dParams) -> Result<CpuStorage> {
     let (planes, h, w, oh, ow) = pool_geo(l.dims(), p)?;
-    fn go<T: Float>(x: &[T], planes: usize, h: usize, w: usize, oh: usize, ow: usize, p: &Pool2dParams) -> Vec<T> {
-        let mut y = vec![T::ZERO; planes * oh * ow];
+    fn go<T: Float>(
+        x: &[T],
+        planes: usize,
+        h: usize,
+        w: usize,
+        oh: usize,
+        ow: usize,
+        p: &Pool2dParams,
+    ) -> Result<Vec<T>> {
+        let mut y = filled(planes * oh * ow, T::ZERO)?;
         y.par_chunks_mut((oh * ow).max(1)).enumerate().for_each(|(pl, yo)| {
             let xp = &x[pl * h * w..(pl + 1) * h * w];
             for oy in 0..oh {
@@ -445,20 +454,28 @@ pub fn avg_pool2d(x: &CpuStorage, l: &Layout, p: &Pool2dParams) -> Result<CpuSto
                 }
             }
         });
-        y
+        Ok(y)
     }
     let v = match x.float_vec(l, "avg_pool2d")? {
-        FloatVec::F32(v) => FloatVec::F32(go(&v, planes, h, w, oh, ow, p)),
-        FloatVec::F64(v) => FloatVec::F64(go(&v, planes, h, w, oh, ow, p)),
+        FloatVec::F32(v) => FloatVec::F32(go(&v, planes, h, w, oh, ow, p)?),
+        FloatVec::F64(v) => FloatVec::F64(go(&v, planes, h, w, oh, ow, p)?),
     };
-    Ok(store(v, x.dtype()))
+    store(v, x.dtype())
 }
 
 /// Average pooling backward.
 pub fn avg_pool2d_backward(dy: &CpuStorage, dys: &Shape, xs: &Shape, p: &Pool2dParams) -> Result<CpuStorage> {
     let (planes, h, w, oh, ow) = pool_geo(xs.dims(), p)?;
-    fn go<T: Float>(g: &[T], planes: usize, h: usize, w: usize, oh: usize, ow: usize, p: &Pool2dParams) -> Vec<T> {
-        let mut dx = vec![T::ZERO; planes * h * w];
+    fn go<T: Float>(
+        g: &[T],
+        planes: usize,
+        h: usize,
+        w: usize,
+        oh: usize,
+        ow: usize,
+        p: &Pool2dParams,
+    ) -> Result<Vec<T>> {
+        let mut dx = filled(planes * h * w, T::ZERO)?;
         dx.par_chunks_mut((h * w).max(1)).enumerate().for_each(|(pl, dxp)| {
             for oy in 0..oh {
                 for ox in 0..ow {
@@ -472,22 +489,22 @@ pub fn avg_pool2d_backward(dy: &CpuStorage, dys: &Shape, xs: &Shape, p: &Pool2dP
                 }
             }
         });
-        dx
+        Ok(dx)
     }
     let v = match dy.float_vec(&Layout::contiguous(dys.clone()), "avg_pool2d_backward")? {
-        FloatVec::F32(g) => FloatVec::F32(go(&g, planes, h, w, oh, ow, p)),
-        FloatVec::F64(g) => FloatVec::F64(go(&g, planes, h, w, oh, ow, p)),
+        FloatVec::F32(g) => FloatVec::F32(go(&g, planes, h, w, oh, ow, p)?),
+        FloatVec::F64(g) => FloatVec::F64(go(&g, planes, h, w, oh, ow, p)?),
     };
-    Ok(store(v, dy.dtype()))
+    store(v, dy.dtype())
 }
 
 /// Nearest-neighbour upsampling by integer factors.
 pub fn upsample_nearest2d(x: &CpuStorage, l: &Layout, (fh, fw): (usize, usize)) -> Result<CpuStorage> {
     let d = l.dims();
     let (planes, h, w) = (d[0] * d[1], d[2], d[3]);
-    fn go<T: Float>(x: &[T], planes: usize, h: usize, w: usize, fh: usize, fw: usize) -> Vec<T> {
+    fn go<T: Float>(x: &[T], planes: usize, h: usize, w: usize, fh: usize, fw: usize) -> Result<Vec<T>> {
         let (oh, ow) = (h * fh, w * fw);
-        let mut y = vec![T::ZERO; planes * oh * ow];
+        let mut y = filled(planes * oh * ow, T::ZERO)?;
         for pl in 0..planes {
             for oy in 0..oh {
                 for ox in 0..ow {
@@ -495,13 +512,13 @@ pub fn upsample_nearest2d(x: &CpuStorage, l: &Layout, (fh, fw): (usize, usize)) 
                 }
             }
         }
-        y
+        Ok(y)
     }
     let v = match x.float_vec(l, "upsample_nearest2d")? {
-        FloatVec::F32(v) => FloatVec::F32(go(&v, planes, h, w, fh, fw)),
-        FloatVec::F64(v) => FloatVec::F64(go(&v, planes, h, w, fh, fw)),
+        FloatVec::F32(v) => FloatVec::F32(go(&v, planes, h, w, fh, fw)?),
+        FloatVec::F64(v) => FloatVec::F64(go(&v, planes, h, w, fh, fw)?),
     };
-    Ok(store(v, x.dtype()))
+    store(v, x.dtype())
 }
 
 /// Backward of nearest upsampling: each input cell receives the sum of its `fh x fw` block.
@@ -511,8 +528,17 @@ pub fn upsample_nearest2d_backward(dy: &CpuStorage, dys: &Shape, (fh, fw): (usiz
     let (h, w) = (oh / fh, ow / fw);
     // Output (oy, ox) feeds input (oy / fh, ox / fw): one pass over dy accumulates each block.
     #[allow(clippy::too_many_arguments)]
-    fn go<T: Float>(g: &[T], planes: usize, oh: usize, ow: usize, fh: usize, fw: usize, h: usize, w: usize) -> Vec<T> {
-        let mut dx = vec![T::ZERO; planes * h * w];
+    fn go<T: Float>(
+        g: &[T],
+        planes: usize,
+        oh: usize,
+        ow: usize,
+        fh: usize,
+        fw: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Vec<T>> {
+        let mut dx = filled(planes * h * w, T::ZERO)?;
         for pl in 0..planes {
             for oy in 0..oh {
                 for ox in 0..ow {
@@ -521,11 +547,11 @@ pub fn upsample_nearest2d_backward(dy: &CpuStorage, dys: &Shape, (fh, fw): (usiz
                 }
             }
         }
-        dx
+        Ok(dx)
     }
     let v = match dy.float_vec(&Layout::contiguous(dys.clone()), "upsample_nearest2d_backward")? {
-        FloatVec::F32(g) => FloatVec::F32(go(&g, planes, oh, ow, fh, fw, h, w)),
-        FloatVec::F64(g) => FloatVec::F64(go(&g, planes, oh, ow, fh, fw, h, w)),
+        FloatVec::F32(g) => FloatVec::F32(go(&g, planes, oh, ow, fh, fw, h, w)?),
+        FloatVec::F64(g) => FloatVec::F64(go(&g, planes, oh, ow, fh, fw, h, w)?),
     };
-    Ok(store(v, dy.dtype()))
+    store(v, dy.dtype())
 }

@@ -46,14 +46,14 @@ enum Inputs<'a> {
 fn inputs<'a>(op: &'static str, xs: &[&'a CpuStorage]) -> Result<(DType, Inputs<'a>)> {
     let dtype = xs[0].dtype();
     debug_assert!(xs.iter().all(|x| x.dtype() == dtype), "{op}: inputs of several dtypes (Tensor checks them)");
-    let f32s = |x: &'a CpuStorage| -> Cow<'a, [f32]> {
+    let f32s = |x: &'a CpuStorage| -> Result<Cow<'a, [f32]>> {
         let l = Layout::contiguous(x.len());
-        match x {
+        Ok(match x {
             CpuStorage::F32(v) => Cow::Borrowed(v),
-            CpuStorage::F16(v) => Cow::Owned(widen(v, &l)),
-            CpuStorage::BF16(v) => Cow::Owned(widen(v, &l)),
+            CpuStorage::F16(v) => Cow::Owned(widen(v, &l)?),
+            CpuStorage::BF16(v) => Cow::Owned(widen(v, &l)?),
             _ => unreachable!("dtype checked"),
-        }
+        })
     };
     Ok(match dtype {
         DType::F64 => (
@@ -67,13 +67,15 @@ fn inputs<'a>(op: &'static str, xs: &[&'a CpuStorage]) -> Result<(DType, Inputs<
                     .collect(),
             ),
         ),
-        DType::F32 | DType::F16 | DType::BF16 => (dtype, Inputs::F32(xs.iter().map(|x| f32s(x)).collect())),
+        DType::F32 | DType::F16 | DType::BF16 => {
+            (dtype, Inputs::F32(xs.iter().map(|x| f32s(x)).collect::<Result<_>>()?))
+        }
         _ => unreachable!("{op}: {dtype:?} inputs (Tensor checks for a float dtype)"),
     })
 }
 
 /// Store a compute result in the input dtype.
-fn output_f32(v: Vec<f32>, dtype: DType) -> CpuStorage {
+fn output_f32(v: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
     CpuStorage::store_f32(v, dtype)
 }
 
@@ -231,7 +233,7 @@ pub fn forward(
     debug_assert!(p.chunk >= 1 && (p.causal || state.is_none()), "{OP}: {p:?} (ElaParams::validate)");
     Ok(match inputs(OP, &[q, k, v])? {
         (_, Inputs::F64(x)) => CpuStorage::F64(forward_t(x[0], x[1], x[2], dims, p, state)?),
-        (dtype, Inputs::F32(x)) => CpuStorage::store_f32(forward_t(&x[0], &x[1], &x[2], dims, p, state)?, dtype),
+        (dtype, Inputs::F32(x)) => CpuStorage::store_f32(forward_t(&x[0], &x[1], &x[2], dims, p, state)?, dtype)?,
     })
 }
 
@@ -257,7 +259,7 @@ pub fn backward(
         }
         (dtype, Inputs::F32(x)) => {
             let (a, b, c) = backward_t([&x[0], &x[1], &x[2], &x[3], &x[4]], dims, p);
-            (output_f32(a, dtype), output_f32(b, dtype), output_f32(c, dtype))
+            (output_f32(a, dtype)?, output_f32(b, dtype)?, output_f32(c, dtype)?)
         }
     })
 }
@@ -276,6 +278,6 @@ pub fn step(
     debug_check_inputs(q, k, v, &one);
     Ok(match inputs(OP, &[q, k, v])? {
         (_, Inputs::F64(x)) => CpuStorage::F64(step_t(x[0], x[1], x[2], &one, kernel, state)?),
-        (dtype, Inputs::F32(x)) => CpuStorage::store_f32(step_t(&x[0], &x[1], &x[2], &one, kernel, state)?, dtype),
+        (dtype, Inputs::F32(x)) => CpuStorage::store_f32(step_t(&x[0], &x[1], &x[2], &one, kernel, state)?, dtype)?,
     })
 }
