@@ -15,7 +15,7 @@ mod lm_common;
 use ela_autograd::no_grad;
 use ela_core::{Backend, CpuStorage, DType, Result, Rng, Tensor};
 use ela_models::data::{default_corpus, ByteTokenizer, TextDataset};
-use ela_models::lm::{AttnKind, ElaLm, Link, LmConfig, LobeMode, MoeSpec};
+use ela_models::lm::{AttnKind, ElaLm, Link, LmConfig, LobeMode};
 use ela_nn::checkpoint::{self, Metadata};
 use ela_nn::ela::ElaKernel;
 use ela_nn::module::ParamStore;
@@ -140,26 +140,13 @@ fn bf16_gradients_match_f32<B: Backend>(dev: &B) -> Result<()> {
 /// A byte-level model small enough for tens of debug-build steps, with every part the default
 /// model has (ELA attention, causal lobe, MoE with the loss-free bias, tied head, final norm).
 fn curve_config() -> LmConfig {
+    let ela = AttnKind::Ela { kernel: ElaKernel::HadamardExp, chunk: 8 };
     LmConfig {
         vocab: 256,
         dim: 32,
-        layers: 2,
-        heads: 2,
         ffn_hidden: 48,
-        attention: AttnKind::Ela { kernel: ElaKernel::HadamardExp, chunk: 8 },
-        link: Link::Residual,
-        lobe: LobeMode::Causal,
-        moe: Some(MoeSpec {
-            experts: 3,
-            top_k: 2,
-            bias: "outer".into(),
-            score: "softmax".into(),
-            aux_alpha: 0.01,
-            loss_free_gamma: 1e-3,
-        }),
-        final_norm: true,
-        tied_embeddings: true,
         rope_max_len: None,
+        ..lm_common::tiny(ela, Link::Residual, LobeMode::Causal, true)
     }
 }
 

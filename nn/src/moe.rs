@@ -168,7 +168,8 @@ impl<B: Backend> Moe<B> {
         // activations (widening them is exact): bf16 has 8 significant bits, so near-equal scores
         // of different experts would tie in top-k, and a loss-free bias step of 1e-3 is below
         // bf16's resolution at the scores' scale (2^-9 near 0.25) and would be lost in `s + b`.
-        let xr = if is_half(xf.dtype()) { xf.to_dtype(self.router.weight().dtype())? } else { xf.clone() };
+        let master = self.router.weight().dtype();
+        let xr = if is_half(xf.dtype()) && master != xf.dtype() { xf.to_dtype(master)? } else { xf.clone() };
         let logits = self.router.forward(&xr)?;
         let scores = match cfg.score {
             ScoreFn::Softmax => logits.softmax(1usize)?,

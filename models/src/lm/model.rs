@@ -157,7 +157,9 @@ impl<B: Backend> ElaLm<B> {
     }
 
     /// Mean next-token cross-entropy of `ids` against `targets` (both `[batch, time]`), plus the
-    /// auxiliary loss if any: `(total loss, cross-entropy, output)`. The cross-entropy is a scalar
+    /// auxiliary loss if any: `(total loss, cross-entropy, output)`. Under [`Precision::Bf16`]
+    /// both losses are still f32 (the cross-entropy reads the bf16 logits and accumulates in f32;
+    /// the MoE auxiliary loss comes from the router, which runs in f32). The cross-entropy is a scalar
     /// tensor on the model's device: read it (`to_scalar`) after the backward and the update are
     /// queued, since reading makes the host wait for the GPU to finish the forward.
     pub fn loss(&self, ids: &Tensor<B>, targets: &Tensor<B>) -> Result<(Var<B>, Tensor<B>, LmOutput<B>)> {
