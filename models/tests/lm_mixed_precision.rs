@@ -269,15 +269,17 @@ fn bf16_checkpoint_keeps_f32_masters_and_resumes_exactly<B: Backend>(dev: &B) ->
     let mut resumed = Run::new(dev, &cfg, Precision::Bf16)?;
     resumed.store.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "model"), true)?;
     resumed.opt.load_state_dict(&checkpoint::take_prefix(&ck.tensors, "optim"))?;
-    for s in cut..total {
+    for (s, &want) in reference.iter().enumerate().skip(cut) {
         let l = resumed.step(&ds, s)?;
         if is_cuda(dev) {
             // The CUDA backend's index_add (the embedding's backward) adds with atomics, whose
-            // order varies from run to run, so even two uninterrupted CUDA runs agree only to
-            // rounding; the restore itself is checked bit for bit above.
-            assert!((l - reference[s]).abs() < 1e-4, "step {s}: resumed {l} vs uninterrupted {}", reference[s]);
+            // order varies from run to run, so even two uninterrupted CUDA runs differ in the last
+            // bits of some f32 gradients, and such a difference can move a bf16 rounding
+            // downstream (2^-9 relative): the runs agree to bf16 noise, the bound of the bf16 vs
+            // f32 curve. The restore itself is checked bit for bit above.
+            assert!((l - want).abs() < CURVE_TOL, "step {s}: resumed {l} vs uninterrupted {want}");
         } else {
-            assert_eq!(l.to_bits(), reference[s].to_bits(), "step {s}: resumed {l} vs uninterrupted {}", reference[s]);
+            assert_eq!(l.to_bits(), want.to_bits(), "step {s}: resumed {l} vs uninterrupted {want}");
         }
     }
     Ok(())
