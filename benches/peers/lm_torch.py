@@ -19,7 +19,8 @@ Usage: python3 benches/peers/lm_torch.py [--dim 512 --layers 8 --heads 8 --ffn 2
 --batch 8 --steps 12] [--variants f32,bf16,bf16-compile] (TF32 off, as our stack's default).
 Prints, per variant, tokens/s over the steps after the warm-up steps (device-synchronized wall
 time; torch.compile compiles during the warm-up), the last loss and the peak memory. Every variant
-starts from the same initialisation and trains on the same batches.
+starts from the same initialisation, and step i of every variant trains on the same batch (the
+compiled variant warms up one step longer, so its timed steps start one batch later).
 """
 import argparse
 import time

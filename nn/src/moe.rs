@@ -20,6 +20,9 @@
 //! for the caller to add to its loss; and loss-free balancing, `b_i += gamma * sign(mean_load -
 //! load_i)` after each step, used for selection only.
 //!
+//! With half-precision activations on f32 parameters (mixed precision, docs/nn.md) the routing
+//! (router product, scores, top-k, gates, balancing) runs in f32 and the experts in bf16.
+//!
 //! Expert compute is batched per expert: the tokens routed to an expert are gathered
 //! (`index_select`), run through its SwiGLU as one matrix product, weighted, and scattered back
 //! with a single `index_add`; there is no loop over tokens.

@@ -74,3 +74,33 @@ pub fn weight_for<B: Backend>(w: &Var<B>, x: DType) -> Result<Var<B>> {
         Ok(w.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ela_core::{Cpu, Tensor};
+
+    #[test]
+    fn names_round_trip_and_bad_names_are_errors() {
+        for p in [Precision::F32, Precision::Bf16] {
+            assert_eq!(p.as_str().parse::<Precision>().unwrap(), p);
+        }
+        let e = "f16".parse::<Precision>().unwrap_err().to_string();
+        assert!(e.contains("f32 or bf16"), "{e}");
+    }
+
+    #[test]
+    fn weights_are_cast_for_half_activations_only() {
+        let w = Var::param(Tensor::<Cpu>::ones([2, 3], DType::F32, &Cpu).unwrap());
+        let c = weight_for(&w, DType::BF16).unwrap();
+        assert_eq!((c.dtype(), c.op_name()), (DType::BF16, "to_dtype"));
+        // Same dtype, or a wider activation: the weight itself, so the op reports a mismatch.
+        for x in [DType::F32, DType::F64] {
+            let same = weight_for(&w, x).unwrap();
+            assert_eq!((same.id(), same.dtype()), (w.id(), DType::F32));
+        }
+        // The gradient of the cast copy arrives in the master dtype.
+        let g = c.sum_all().unwrap().backward().unwrap();
+        assert_eq!(g.get(&w).unwrap().dtype(), DType::F32);
+    }
+}
