@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Peer of the LM training-step benchmark: the ELA LM of `ela train --link residual --lobe off
---experts 0` written in PyTorch eager, trained on the same card with the same settings, f32.
+--experts 0` written in PyTorch, trained on the same card with the same settings, in three
+variants: f32 eager (`ela train`'s default precision), bf16 autocast eager, and bf16 autocast
+under torch.compile (the peers of `ela train --precision bf16`: f32 master weights and optimizer,
+bf16 products; autocast keeps softmax-like ops, reductions and the loss in f32).
 
 Architecture (models/src/lm, nn/src): byte embedding (vocab 256, tied output head), `layers`
 pre-norm blocks h = x + Attn(RMSNorm(x)), x' = h + SwiGLU(RMSNorm(h)); attention: q, k, v, o
@@ -13,8 +16,11 @@ of docs/ela.md reduced to what eager tensors allow cheaply: phi = exp(q - max_d 
 cancels), psi = exp(k - max k) with one max per (batch, head) (cancels). Memory O(T C + T/C D^2).
 
 Usage: python3 benches/peers/lm_torch.py [--dim 512 --layers 8 --heads 8 --ffn 2048 --seq 2048
---batch 8 --steps 12] (TF32 off, as our stack's default). Prints tokens/s over the steps after
-two warm-up steps (device-synchronized wall time).
+--batch 8 --steps 12] [--variants f32,bf16,bf16-compile] (TF32 off, as our stack's default).
+Prints, per variant, tokens/s over the steps after the warm-up steps (device-synchronized wall
+time; torch.compile compiles during the warm-up), the last loss and the peak memory. Every variant
+starts from the same initialisation, and step i of every variant trains on the same batch (the
+compiled variant warms up one step longer, so its timed steps start one batch later).
 """
 import argparse
 import time
@@ -97,6 +103,70 @@ class Lm(nn.Module):
         return self.norm(h) @ self.emb.weight.T
 
 
+VARIANTS = {
+    # name: (autocast to bf16, torch.compile, warm-up steps)
+    "f32": (False, False, 2),
+    "bf16": (True, False, 2),
+    # The first call compiles (tens of seconds) and a second shape-stable call may recompile.
+    "bf16-compile": (True, True, 3),
+}
+
+
+def run_variant(name, args, data):
+    autocast, compiled, warmup = VARIANTS[name]
+    torch.manual_seed(0)
+    model = Lm(args.dim, args.layers, args.heads, args.ffn).cuda()
+    forward = torch.compile(model) if compiled else model
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    params = sum(p.numel() for p in model.parameters())
+
+    def step(i):
+        ids, tgt = data[i, :, :-1], data[i, :, 1:]
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            logits = forward(ids)
+        # The loss in f32 (autocast would run cross_entropy in f32 anyway).
+        loss = F.cross_entropy(logits.float().reshape(-1, 256), tgt.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss
+
+    torch.cuda.reset_peak_memory_stats()
+    for i in range(warmup):
+        step(i)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(args.steps):
+        loss = step(warmup + i)
+    torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    tok = args.steps * args.batch * args.seq
+    label = {"f32": "eager f32", "bf16": "eager bf16 autocast", "bf16-compile": "torch.compile bf16 autocast"}[name]
+    print(f"pytorch {label}: {args.steps} steps of {args.batch}x{args.seq} tokens in {dt:.2f} s: "
+          f"{tok / dt:.0f} tokens/s ({1e3 * dt / args.steps:.0f} ms/step), last loss {loss.item():.3f}, "
+          f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB; {params} parameters", flush=True)
+    if args.profile:
+        profile_steps(step, warmup)
+    del model, forward, opt
+    torch.cuda.empty_cache()
+
+
+def profile_steps(step, first):
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+        for i in range(2):
+            step(first + i)
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
+    # Matrix products by operand shapes (to compare with ELA_CUDA_KERNEL_STATS=1 of `ela train`).
+    mm = [e for e in prof.key_averages(group_by_input_shape=True) if e.key in ("aten::mm", "aten::bmm", "aten::addmm", "aten::matmul")]
+    mm.sort(key=lambda e: -e.device_time_total)
+    for e in mm[:25]:
+        print(f"{e.key} {e.input_shapes} calls {e.count} total {e.device_time_total / 1e3:.2f} ms")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dim", type=int, default=512)
@@ -106,51 +176,22 @@ def main():
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--profile", action="store_true", help="also print the top CUDA kernels of 2 steps")
+    ap.add_argument("--variants", default="f32,bf16,bf16-compile",
+                    help="comma-separated, from: " + ", ".join(VARIANTS))
+    ap.add_argument("--profile", action="store_true", help="also print the top CUDA kernels of 2 steps per variant")
     args = ap.parse_args()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        ap.error(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    warmup = max(VARIANTS[v][2] for v in variants)
     torch.manual_seed(0)
-    model = Lm(args.dim, args.layers, args.heads, args.ffn).cuda()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
-    data = torch.randint(0, 256, (args.steps + 2, args.batch, args.seq + 1), device="cuda")
-    params = sum(p.numel() for p in model.parameters())
-
-    def step(i):
-        ids, tgt = data[i, :, :-1], data[i, :, 1:]
-        loss = F.cross_entropy(model(ids).reshape(-1, 256), tgt.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return loss
-
-    for i in range(2):
-        step(i)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for i in range(args.steps):
-        loss = step(i + 2)
-    torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
-    tok = args.steps * args.batch * args.seq
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}; {params} parameters")
-    print(f"pytorch eager f32: {args.steps} steps of {args.batch}x{args.seq} tokens in {dt:.2f} s: "
-          f"{tok / dt:.0f} tokens/s ({1e3 * dt / args.steps:.0f} ms/step), last loss {loss.item():.3f}, "
-          f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
-    if args.profile:
-        from torch.profiler import ProfilerActivity, profile
-
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
-            for i in range(2):
-                step(i)
-            torch.cuda.synchronize()
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
-        # Matrix products by operand shapes (to compare with ELA_CUDA_KERNEL_STATS=1 of `ela train`).
-        mm = [e for e in prof.key_averages(group_by_input_shape=True) if e.key in ("aten::mm", "aten::bmm", "aten::addmm", "aten::matmul")]
-        mm.sort(key=lambda e: -e.device_time_total)
-        for e in mm[:25]:
-            print(f"{e.key} {e.input_shapes} calls {e.count} total {e.device_time_total / 1e3:.2f} ms")
+    data = torch.randint(0, 256, (args.steps + warmup + 2, args.batch, args.seq + 1), device="cuda")
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    for v in variants:
+        run_variant(v, args, data)
 
 
 if __name__ == "__main__":

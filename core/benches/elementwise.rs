@@ -128,6 +128,6 @@ fn main() {
     let (c, lc) = store(&[1, 64, 1, 1], 9);
     let lcb = lc.broadcast_as(&Shape::from([16, 64, 20, 20]), "bench").unwrap();
     row("broadcast copy", "[1,64,1,1] -> [16,64,20,20]", lcb.elem_count(), &mut || {
-        black_box(copy_contiguous(&c, &lcb));
+        black_box(copy_contiguous(&c, &lcb).unwrap());
     });
 }

@@ -49,6 +49,7 @@ fn resume_refuses_flags_that_contradict_the_saved_run() {
         (vec!["--experts", "4"], "--experts"),
         (vec!["--steps", "100"], "run.steps"),
         (vec!["--attention", "softmax"], "model.attention"),
+        (vec!["--precision", "bf16"], "run.precision"),
     ] {
         let args: Vec<&str> = ["train", "--resume", "--out", d].into_iter().chain(flags).collect();
         one_line_error(&ela(&args), &args, needle);

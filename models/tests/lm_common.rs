@@ -1,4 +1,5 @@
 //! Shared helpers of the LM tests: small configurations covering every switch.
+#![allow(dead_code)] // each test binary that includes this module uses a part of it
 
 use ela_models::lm::{AttnKind, Link, LmConfig, LobeMode, MoeSpec};
 

@@ -109,11 +109,43 @@ fn killed_run_resumes_to_the_same_losses() {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
+/// A mixed-precision run resumes like an f32 one: `--resume` (without `--precision`) continues
+/// in bf16 from the saved run settings, with the uninterrupted run's losses bit for bit, and the
+/// checkpoint holds f32 master weights.
+#[test]
+fn killed_bf16_run_resumes_to_the_same_losses() {
+    let tmp = bin::TempDir::new("resume-bf16");
+    let (full, cut) = (tmp.0.join("full"), tmp.0.join("cut"));
+    // TINY with 8 steps instead of 12.
+    let bf16: Vec<&str> =
+        TINY.iter().map(|a| if *a == "12" { "8" } else { a }).chain(["--precision", "bf16"]).collect();
+    let out = run(&[&bf16[..], &["--out", full.to_str().unwrap()]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bf16 precision"));
+    let reference = losses(&full);
+    // Killed after step 6: the checkpoint is from step 4.
+    let out = run(&[&bf16[..], &["--out", cut.to_str().unwrap(), "--abort-after", "6"]].concat());
+    assert!(!out.status.success(), "the run should have been aborted");
+    let ck = ela_nn::checkpoint::load(cut.join("checkpoint.safetensors"), &ela_core::Cpu).unwrap();
+    assert_eq!(ck.metadata.get("run.precision").map(String::as_str), Some("bf16"));
+    for (name, t) in ck.tensors.iter().filter(|(n, _)| n.starts_with("model.")) {
+        assert_eq!(t.dtype(), ela_core::DType::F32, "{name}: the checkpoint must hold the f32 master weights");
+    }
+    let out = run(&["train", "--resume", "--out", cut.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let after = losses(&cut);
+    assert_eq!(after.len(), 6 + 4);
+    for (step, loss) in &after {
+        assert_eq!(loss, &reference[*step as usize - 1].1, "step {step}");
+    }
+}
+
 #[test]
 fn bad_inputs_are_one_line_errors() {
     let cases: &[&[&str]] = &[
         &["train", "--steps", "abc"],
         &["train", "--attention", "magic"],
+        &["train", "--precision", "f16"],
         &["train", "--kernel", "nope"],
         &["train", "--data", "/definitely/not/here.txt", "--out", "/tmp/ela-never"],
         &["train", "--heads", "3"],

@@ -2,7 +2,7 @@
 //!
 //! Neural-network building blocks on top of [`ela_autograd`]: Exact Linear Attention and its
 //! kernels ([`ela`]), modules and a parameter registry ([`module`], [`layers`]), optimizers
-//! ([`optim`]) and checkpoints ([`checkpoint`]). Every module is generic over the backend.
+//! ([`optim`]), checkpoints ([`checkpoint`]) and mixed precision ([`precision`]). Every module is generic over the backend.
 #![warn(missing_docs)]
 
 // The crate README's example runs as a doctest, so the front page cannot go stale.
@@ -17,3 +17,4 @@ pub mod layers;
 pub mod module;
 pub mod moe;
 pub mod optim;
+pub mod precision;

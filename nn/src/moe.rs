@@ -20,6 +20,9 @@
 //! for the caller to add to its loss; and loss-free balancing, `b_i += gamma * sign(mean_load -
 //! load_i)` after each step, used for selection only.
 //!
+//! With half-precision activations on f32 parameters (mixed precision, docs/nn.md) the routing
+//! (router product, scores, top-k, gates, balancing) runs in f32 and the experts in bf16.
+//!
 //! Expert compute is batched per expert: the tokens routed to an expert are gathered
 //! (`index_select`), run through its SwiGLU as one matrix product, weighted, and scattered back
 //! with a single `index_add`; there is no loop over tokens.
@@ -29,6 +32,7 @@ use ela_core::{Backend, CpuStorage, DType, Error, Result, Tensor};
 
 use crate::layers::{Linear, LinearConfig, LinearInit, SwiGlu};
 use crate::module::ParamStore;
+use crate::precision::{is_half, weight_for};
 
 /// How router logits become scores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,7 +167,13 @@ impl<B: Backend> Moe<B> {
         let n = x.value().elem_count() / cfg.dim;
         let (e_count, k) = (cfg.experts, cfg.top_k);
         let xf = x.reshape([n, cfg.dim])?;
-        let logits = self.router.forward(&xf)?;
+        // Routing runs in the router weight's (master) dtype even for half-precision
+        // activations (widening them is exact): bf16 has 8 significant bits, so near-equal scores
+        // of different experts would tie in top-k, and a loss-free bias step of 1e-3 is below
+        // bf16's resolution at the scores' scale (2^-9 near 0.25) and would be lost in `s + b`.
+        let master = self.router.weight().dtype();
+        let xr = if is_half(xf.dtype()) && master != xf.dtype() { xf.to_dtype(master)? } else { xf.clone() };
+        let logits = self.router.forward(&xr)?;
         let scores = match cfg.score {
             ScoreFn::Softmax => logits.softmax(1usize)?,
             ScoreFn::Sigmoid => logits.sigmoid()?,
@@ -176,7 +186,8 @@ impl<B: Backend> Moe<B> {
         if cfg.normalize_gates {
             gates = gates.div(&gates.sum(1usize, true)?)?;
         }
-        let gates_flat = gates.reshape([n * k])?;
+        // The gates (master dtype) scale the experts' outputs in the activations' dtype.
+        let gates_flat = weight_for(&gates.reshape([n * k])?, x.dtype())?;
 
         let dev = x.device();
         let mut contribs = Vec::new();
@@ -194,7 +205,7 @@ impl<B: Backend> Moe<B> {
             let slot_ids = Tensor::from_cpu_storage(&CpuStorage::U32(slots), tokens.len(), &dev)?;
             let h = expert.forward(&xf.index_select(&tok_ids, 0usize)?)?;
             let g = gates_flat.index_select(&slot_ids, 0usize)?.unsqueeze(1usize)?;
-            let b_e = || self.router.weight().narrow(0usize, e, 1);
+            let b_e = || weight_for(&self.router.weight().narrow(0usize, e, 1)?, h.dtype());
             let c = match cfg.bias {
                 RoutingBias::None => h.mul(&g)?,
                 RoutingBias::Inner => h.add(&b_e()?)?.mul(&g)?,

@@ -106,6 +106,16 @@ device_proptest! {
         let opts = GradcheckOptions { eps: 1e-2, rtol: 1e-3, atol: 1e-3, seed: 0 };
         check_opts(dev, "to_dtype", &[x], opts, |v| v[0].to_dtype(DType::F32)?.mul_scalar(1.5)?.to_dtype(DType::F64)?.square())?;
     }
+
+    fn to_dtype_bf16<B: Backend>(dev: &B, x in one(0..=3, 3, Vals::Normal)) {
+        // The mixed-precision cast. Inputs on a grid of 1/16 in [-2, 2] and a step of 1/16 keep
+        // x and x +- eps exact in bf16 (at most 6 significant bits), so the forward is exactly
+        // x^2 and the central difference exact; the backward casts the gradient 2 x r to bf16 on
+        // its way back (the f64 <- bf16 cast), a relative error of at most 2^-9.
+        let x = In { data: x.data.iter().map(|v| (v * 16.0).round() / 16.0).collect(), ..x };
+        let opts = GradcheckOptions { eps: 1.0 / 16.0, rtol: 4e-3, atol: 1e-12, seed: 0 };
+        check_opts(dev, "to_dtype(bf16)", &[x], opts, |v| v[0].to_dtype(DType::BF16)?.to_dtype(DType::F64)?.square())?;
+    }
 }
 
 // ------------------------------------------------------------------------------ reductions

@@ -4,15 +4,16 @@
 //! (`NAME::cpu`, `NAME::cuda`).
 //!
 //! index_add / scatter_add run in f64 here, where CUDA's atomics (any order of the adds) agree
-//! with the sequential reference to ~1e-16 relative; in f16/bf16 CUDA adds in f32 and rounds once
-//! while the CPU rounds after every add (cuda/README.md), which these tests do not exercise.
+//! with the sequential reference to ~1e-16 relative; in f16/bf16 both backends add in f32 and
+//! round once, which `half_index_add_accumulates_in_f32` checks with adds that rounding after
+//! each one would lose.
 
 mod core_forward_common;
 
 use core_forward_common::*;
 use ela_core::{Backend, DType, Shape, Tensor};
-use ela_tests::device_proptest;
 use ela_tests::reference::{self as r, RefTensor, TestRng};
+use ela_tests::{device_proptest, device_tests};
 use proptest::prelude::*;
 
 // ====================================================================== indexing
@@ -291,4 +292,24 @@ device_proptest! {
         fs.extend_from_slice(&ps[f1 + 1..]);
         check_exact(&tp.flatten(f0, f1)?, &xp.reshape(&fs), &format!("flatten {f0}..={f1}"))?;
     }
+}
+
+device_tests!(half_index_add_accumulates_in_f32);
+
+/// bf16 and f16 index_add / scatter_add add in f32 and round once: `1 + 3 * 2^-9` (bf16) is
+/// `1 + 2^-7` after one rounding, while rounding after each add would give `1` (each `2^-9` is
+/// half a unit in the last place of 1 and rounds away, to even); the same with `2^-12` in f16.
+fn half_index_add_accumulates_in_f32<B: Backend>(dev: &B) -> ela_core::Result<()> {
+    for (dtype, tiny, want) in
+        [(DType::BF16, 2f64.powi(-9), 1.0 + 2f64.powi(-7)), (DType::F16, 2f64.powi(-12), 1.0 + 2f64.powi(-10))]
+    {
+        let src = Tensor::from_vec(vec![1.0, tiny, tiny, tiny], [4, 1], dev)?.to_dtype(dtype)?;
+        let ids = u32_tensor(dev, &[0, 0, 0, 0], &[4]);
+        let sum = src.index_add(&ids, 0, &Shape::from(vec![1, 1]))?;
+        assert_eq!(sum.to_vec_f64()?, vec![want], "index_add {dtype:?}");
+        let base = Tensor::zeros([1, 1], dtype, dev)?;
+        let sum = base.scatter_add(&u32_tensor(dev, &[0, 0, 0, 0], &[4, 1]), &src, 0)?;
+        assert_eq!(sum.to_vec_f64()?, vec![want], "scatter_add {dtype:?}");
+    }
+    Ok(())
 }

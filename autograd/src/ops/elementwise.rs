@@ -173,7 +173,9 @@ impl<B: Backend> Var<B> {
         })
     }
 
-    /// Convert to another float dtype; the gradient is converted back.
+    /// Convert to another float dtype; the gradient is converted back to the source dtype
+    /// (`dx = g`: the cast is the identity up to rounding, docs/autograd.md#elementwise). This is
+    /// how f32 master weights used as bf16 copies receive f32 gradients (mixed precision).
     pub fn to_dtype(&self, dtype: ela_core::DType) -> Result<Self> {
         let x = self.value();
         let src = x.dtype();

@@ -5,7 +5,7 @@
 
 use crate::cpu::alloc::{filled, reserve};
 use crate::cpu::reduce::split_axis;
-use crate::cpu::storage::{CpuElement, CpuStorage};
+use crate::cpu::storage::{widen, CpuElement, CpuStorage};
 use crate::cpu::strided::gather as gather_view;
 
 use crate::error::{Error, Result};
@@ -57,6 +57,20 @@ pub fn index_select(
     each_dtype!(s, |v| go(v, layout, &ids, outer, len, inner))
 }
 
+/// A half-precision view widened to contiguous f32 (any other storage: empty, never reached).
+fn widen_view(s: &CpuStorage, layout: &Layout) -> Result<Vec<f32>> {
+    match s {
+        CpuStorage::F16(v) => widen(v, layout),
+        CpuStorage::BF16(v) => widen(v, layout),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// A whole contiguous half-precision buffer widened to f32.
+fn widen_all(s: &CpuStorage) -> Result<Vec<f32>> {
+    widen_view(s, &Layout::contiguous(s.len()))
+}
+
 /// Adds values at positions through a float accumulation, shared by index_add and scatter_add.
 fn add_into<T: CpuElement>(dst: &mut [T], at: usize, v: T) {
     dst[at] = T::from_f64(dst[at].as_f64() + v.as_f64());
@@ -93,30 +107,19 @@ pub fn index_add(
         }
         Ok(T::wrap(out))
     }
-    fn go_h<T: CpuElement>(
-        x: &[T],
-        ids: &[u32],
-        outer: usize,
-        n: usize,
-        inner: usize,
-        len: usize,
-    ) -> Result<CpuStorage> {
-        let mut out = filled(outer * len * inner, T::from_f64(0.0))?;
-        for o in 0..outer {
-            for (i, &t) in ids.iter().enumerate().take(n) {
-                let (src, dst) = ((o * n + i) * inner, (o * len + t as usize) * inner);
-                for j in 0..inner {
-                    add_into(&mut out, dst + j, x[src + j]);
-                }
-            }
-        }
-        Ok(T::wrap(out))
-    }
     Ok(match src {
         CpuStorage::F32(x) => go_f(x, &ids, outer, n, inner, len)?,
         CpuStorage::F64(x) => go_f(x, &ids, outer, n, inner, len)?,
-        CpuStorage::F16(x) => go_h::<f16>(x, &ids, outer, n, inner, len)?,
-        CpuStorage::BF16(x) => go_h::<bf16>(x, &ids, outer, n, inner, len)?,
+        // Half precision accumulates in f32 and rounds once, as the CUDA kernel does (through an
+        // f32 buffer): rounding after every add would lose the small contributions of a row
+        // that receives many (an MoE token's k experts).
+        s @ (CpuStorage::F16(_) | CpuStorage::BF16(_)) => {
+            let x = widen_all(s)?;
+            match go_f(&x, &ids, outer, n, inner, len)? {
+                CpuStorage::F32(v) => CpuStorage::store_f32(v, s.dtype())?,
+                other => other,
+            }
+        }
         s => return Err(Error::UnsupportedDType { op: "index_add", dtype: s.dtype(), expected: "a float dtype" }),
     })
 }
@@ -195,8 +198,15 @@ pub fn scatter_add(
     Ok(match (base, src) {
         (CpuStorage::F32(b), CpuStorage::F32(s)) => go(b, base_layout, s, src_layout, &ids, d)?,
         (CpuStorage::F64(b), CpuStorage::F64(s)) => go(b, base_layout, s, src_layout, &ids, d)?,
-        (CpuStorage::F16(b), CpuStorage::F16(s)) => go(b, base_layout, s, src_layout, &ids, d)?,
-        (CpuStorage::BF16(b), CpuStorage::BF16(s)) => go(b, base_layout, s, src_layout, &ids, d)?,
+        // Half precision: f32 accumulation, one rounding (see index_add).
+        (b @ (CpuStorage::F16(_) | CpuStorage::BF16(_)), s) if s.dtype() == b.dtype() => {
+            let (bw, sw) = (widen_view(b, base_layout)?, widen_view(s, src_layout)?);
+            let contiguous = |l: &Layout| Layout::contiguous(l.shape().clone());
+            match go(&bw, &contiguous(base_layout), &sw, &contiguous(src_layout), &ids, d)? {
+                CpuStorage::F32(v) => CpuStorage::store_f32(v, b.dtype())?,
+                other => other,
+            }
+        }
         (CpuStorage::U32(b), CpuStorage::U32(s)) => go(b, base_layout, s, src_layout, &ids, d)?,
         (b, s) if b.dtype() != s.dtype() => {
             return Err(Error::DTypeMismatch { op: "scatter_add", lhs: b.dtype(), rhs: s.dtype() })

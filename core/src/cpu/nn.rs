@@ -119,10 +119,22 @@ pub fn softmax_last_backward(y: &CpuStorage, dy: &CpuStorage, len: usize, n: usi
 
 // ---------------------------------------------------------------- norms
 
-fn opt_weight<T: Float>(w: Option<&CpuStorage>, n: usize, op: &'static str) -> Result<Option<Vec<T>>> {
-    w.map(|w| Ok(w.to_f64_vec(&Layout::contiguous(n))?.into_iter().map(T::from_f64).collect()))
-        .transpose()
-        .map_err(|e: Error| Error::invalid(op, e.to_string()))
+/// A norm parameter in the compute type, rounded first to the input's dtype `like` when that is
+/// half precision: the forward (`Tensor::rms_norm_fwd`, `layer_norm_fwd`) runs on the parameter
+/// cast to the input's dtype, so the backward of a bf16 input with f32 master weights must use
+/// the same rounded values (the CUDA backward casts them the same way).
+fn opt_weight<T: Float>(w: Option<&CpuStorage>, n: usize, like: DType, op: &'static str) -> Result<Option<Vec<T>>> {
+    let all = Layout::contiguous(n);
+    w.map(|w| {
+        // The very cast the forward made (`Tensor::to_dtype`), so both see the same values.
+        let rounded = (matches!(like, DType::F16 | DType::BF16) && w.dtype() != like)
+            .then(|| crate::cpu::elementwise::cast(w, &all, like))
+            .transpose()?;
+        let v = rounded.as_ref().unwrap_or(w).to_f64_vec(&all)?;
+        Ok(v.into_iter().map(T::from_f64).collect())
+    })
+    .transpose()
+    .map_err(|e: Error| Error::invalid(op, e.to_string()))
 }
 
 fn rms_rows<T: Float>(x: &[T], w: Option<&[T]>, rows: usize, n: usize, eps: T) -> Result<(Vec<T>, Vec<T>)> {
@@ -156,7 +168,7 @@ pub fn rms_norm(
 ) -> Result<(CpuStorage, CpuStorage)> {
     let dtype = x.dtype();
     Ok(with_float!(contiguous_float(x, rows * n, "rms_norm")?, |x| {
-        let w = opt_weight(w, n, "rms_norm")?;
+        let w = opt_weight(w, n, dtype, "rms_norm")?;
         let (y, r) = rms_rows(&x, w.as_deref(), rows, n, crate::dtype::WithDType::from_f64(eps))?;
         (store(y, dtype)?, store_stat(r, dtype)?)
     }))
@@ -210,12 +222,12 @@ pub fn rms_norm_backward(
             contiguous_float(rstd, rows, op)?,
         ) {
             (FloatVec::F64(x), FloatVec::F64(g), FloatVec::F64(r)) => {
-                let w = opt_weight::<f64>(w, n, op)?;
+                let w = opt_weight::<f64>(w, n, dtype, op)?;
                 let (dx, dw) = rms_bwd_rows(&x, w.as_deref(), &r, &g, rows, n)?;
                 (store(dx, dtype)?, dw.map(|d| store(d, wdtype.unwrap())).transpose()?)
             }
             (FloatVec::F32(x), FloatVec::F32(g), FloatVec::F32(r)) => {
-                let w = opt_weight::<f32>(w, n, op)?;
+                let w = opt_weight::<f32>(w, n, dtype, op)?;
                 let (dx, dw) = rms_bwd_rows(&x, w.as_deref(), &r, &g, rows, n)?;
                 (store(dx, dtype)?, dw.map(|d| store(d, wdtype.unwrap())).transpose()?)
             }
@@ -264,8 +276,8 @@ pub fn layer_norm(
 ) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
     let dtype = x.dtype();
     Ok(with_float!(contiguous_float(x, rows * n, "layer_norm")?, |x| {
-        let w = opt_weight(w, n, "layer_norm")?;
-        let b = opt_weight(b, n, "layer_norm")?;
+        let w = opt_weight(w, n, dtype, "layer_norm")?;
+        let b = opt_weight(b, n, dtype, "layer_norm")?;
         let (y, m, r) = ln_rows(&x, w.as_deref(), b.as_deref(), rows, n, crate::dtype::WithDType::from_f64(eps))?;
         (store(y, dtype)?, store_stat(m, dtype)?, store_stat(r, dtype)?)
     }))
@@ -331,12 +343,12 @@ pub fn layer_norm_backward(
     );
     Ok(match f {
         (FloatVec::F64(x), FloatVec::F64(g), FloatVec::F64(m), FloatVec::F64(r)) => {
-            let w = opt_weight::<f64>(w, n, op)?;
+            let w = opt_weight::<f64>(w, n, dtype, op)?;
             let (dx, dw, db) = ln_bwd_rows(&x, w.as_deref(), &m, &r, &g, rows, n)?;
             (store(dx, dtype)?, dw.map(|d| store(d, wd)).transpose()?, db.map(|d| store(d, wd)).transpose()?)
         }
         (FloatVec::F32(x), FloatVec::F32(g), FloatVec::F32(m), FloatVec::F32(r)) => {
-            let w = opt_weight::<f32>(w, n, op)?;
+            let w = opt_weight::<f32>(w, n, dtype, op)?;
             let (dx, dw, db) = ln_bwd_rows(&x, w.as_deref(), &m, &r, &g, rows, n)?;
             (store(dx, dtype)?, dw.map(|d| store(d, wd)).transpose()?, db.map(|d| store(d, wd)).transpose()?)
         }

@@ -5,6 +5,7 @@ use ela_core::{Backend, CpuStorage, DType, Error, Result, Tensor};
 use ela_nn::layers::{Embedding, Linear, LinearConfig, LinearInit, RmsNorm};
 use ela_nn::module::ParamStore;
 use ela_nn::moe::RoutingStats;
+use ela_nn::precision::{weight_for, Precision};
 
 use super::block::{Block, BlockCache};
 use super::config::LmConfig;
@@ -44,6 +45,7 @@ pub struct ElaLm<B: Backend> {
     final_norm: Option<RmsNorm<B>>,
     head: Option<Linear<B>>,
     store: ParamStore<B>,
+    precision: Precision,
 }
 
 impl<B: Backend> ElaLm<B> {
@@ -64,7 +66,32 @@ impl<B: Backend> ElaLm<B> {
                 )
             })
             .transpose()?;
-        Ok(ElaLm { cfg, embed, blocks, final_norm, head, store: store.clone() })
+        Ok(ElaLm { cfg, embed, blocks, final_norm, head, store: store.clone(), precision: Precision::F32 })
+    }
+
+    /// The same model computing in `precision` (forward, loss, prefill and decoding steps). With
+    /// [`Precision::Bf16`] the parameters stay in the store's dtype (f32: the master weights that
+    /// gradients, the optimizer and checkpoints see) and the activations run in bf16; see
+    /// docs/nn.md, "Mixed precision".
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// The precision the model computes in.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The embedding rows of `ids`, in the dtype the model computes in: the lookup reads the
+    /// master table and only the rows used are cast (the gradient comes back in the master dtype
+    /// and is scattered into the table in it).
+    fn embed(&self, ids: &Tensor<B>) -> Result<Var<B>> {
+        let h = self.embed.forward(ids)?;
+        match self.precision.compute_dtype() {
+            Some(d) if d != h.dtype() => h.to_dtype(d),
+            _ => Ok(h),
+        }
     }
 
     /// The configuration.
@@ -102,7 +129,8 @@ impl<B: Backend> ElaLm<B> {
             None => {
                 let d = h.dims();
                 let flat = h.reshape([d[0] * d[1], self.cfg.dim])?;
-                flat.matmul(&self.embed.weight().t()?)?.reshape([d[0], d[1], self.cfg.vocab])
+                let table = weight_for(self.embed.weight(), flat.dtype())?;
+                flat.matmul(&table.t()?)?.reshape([d[0], d[1], self.cfg.vocab])
             }
         }
     }
@@ -111,7 +139,7 @@ impl<B: Backend> ElaLm<B> {
     /// bidirectional lobe was chosen).
     pub fn forward(&self, ids: &Tensor<B>) -> Result<LmOutput<B>> {
         self.check_ids(ids)?;
-        let mut h = self.embed.forward(ids)?;
+        let mut h = self.embed(ids)?;
         let mut aux: Option<Var<B>> = None;
         let mut routing = Vec::new();
         for b in &self.blocks {
@@ -129,7 +157,9 @@ impl<B: Backend> ElaLm<B> {
     }
 
     /// Mean next-token cross-entropy of `ids` against `targets` (both `[batch, time]`), plus the
-    /// auxiliary loss if any: `(total loss, cross-entropy, output)`. The cross-entropy is a scalar
+    /// auxiliary loss if any: `(total loss, cross-entropy, output)`. Under [`Precision::Bf16`]
+    /// both losses are still f32 (the cross-entropy reads the bf16 logits and accumulates in f32;
+    /// the MoE auxiliary loss comes from the router, which runs in f32). The cross-entropy is a scalar
     /// tensor on the model's device: read it (`to_scalar`) after the backward and the update are
     /// queued, since reading makes the host wait for the GPU to finish the forward.
     pub fn loss(&self, ids: &Tensor<B>, targets: &Tensor<B>) -> Result<(Var<B>, Tensor<B>, LmOutput<B>)> {
@@ -160,7 +190,7 @@ impl<B: Backend> ElaLm<B> {
             return Err(Error::invalid("ElaLm::prefill", "the prompt must hold at least one token"));
         }
         no_grad(|| {
-            let mut h = self.embed.forward(ids)?;
+            let mut h = self.embed(ids)?;
             let mut caches = Vec::with_capacity(self.blocks.len());
             for b in &self.blocks {
                 let (out, c) = b.prefill(&h)?;
@@ -178,7 +208,7 @@ impl<B: Backend> ElaLm<B> {
         let dev = self.store.device();
         let ids = Tensor::from_cpu_storage(&CpuStorage::U32(tokens.to_vec()), [tokens.len(), 1], dev)?;
         no_grad(|| {
-            let mut h = self.embed.forward(&ids)?;
+            let mut h = self.embed(&ids)?;
             for (b, c) in self.blocks.iter().zip(state.caches.iter_mut()) {
                 h = b.step(&h, state.pos, c)?;
             }

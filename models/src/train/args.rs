@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use ela_core::{Error, Result};
 use ela_nn::ela::ElaKernel;
+use ela_nn::precision::Precision;
 
 use crate::report::run_dir::{check_resume_flags, check_storable_path, data_pairs, SavedSettings};
 
@@ -199,6 +200,11 @@ pub struct TrainArgs {
     /// Device: `cpu` or `cuda`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Compute precision: `f32`, or `bf16` mixed precision (bf16 activations and bf16 copies of
+    /// the weights for the products; f32 master weights, gradients, optimizer state, checkpoints
+    /// and loss: docs/nn.md, "Mixed precision"). Saved with the run, so `--resume` keeps it.
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
     /// Testing aid: abort the process (no cleanup, like a kill) right after this step.
     #[arg(long, hide = true)]
     pub abort_after: Option<usize>,
@@ -227,6 +233,7 @@ impl TrainArgs {
                 ("seed", self.seed.to_string()),
                 ("eval_every", self.eval_every.to_string()),
                 ("eval_windows", self.eval_windows.to_string()),
+                ("precision", self.precision.to_string()),
             ])
             .map(|(k, v)| (format!("run.{k}"), v))
             .collect()
@@ -247,7 +254,7 @@ impl TrainArgs {
             let keys: &[&str] = match id {
                 "data" => &["run.data", "run.data_hex"],
                 "steps" | "batch" | "seq" | "lr" | "min_lr" | "warmup" | "weight_decay" | "clip" | "seed"
-                | "eval_every" | "eval_windows" => return vec![format!("run.{id}")],
+                | "eval_every" | "eval_windows" | "precision" => return vec![format!("run.{id}")],
                 "dim" | "layers" | "heads" | "ffn_hidden" | "chunk" | "link" | "lobe" => {
                     return vec![format!("model.{id}")]
                 }
@@ -266,11 +273,18 @@ impl TrainArgs {
             };
             keys.iter().map(|k| k.to_string()).collect()
         };
+        // Runs saved before `--precision` existed trained in f32.
+        let saved = |k: &str| saved(k).or_else(|| (k == "run.precision").then(|| Precision::F32.to_string()));
         check_resume_flags("train --resume", &self.given, &user, saved, keys_of)
     }
 
     /// Overwrite the run settings from saved pairs (for `--resume`).
     pub fn apply_run_pairs(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+        // Runs saved before `--precision` existed trained in f32.
+        self.precision = match get("run.precision") {
+            None => Precision::F32,
+            Some(p) => p.parse().map_err(|_| Error::invalid("resume", format!("run.precision: cannot parse {p:?}")))?,
+        };
         let saved = SavedSettings(get);
         self.data = saved.data_path()?;
         self.steps = saved.get("steps")?;

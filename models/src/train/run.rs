@@ -192,7 +192,7 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
     let ds = TextDataset::split(tokens, 0.1, args.seq)?;
 
     let store = ParamStore::new(device, DType::F32, args.seed);
-    let model = ElaLm::new(&store, cfg.clone())?;
+    let model = ElaLm::new(&store, cfg.clone())?.with_precision(args.precision);
     let params = store.num_params();
     let mut opt = AdamW::new(
         store.named_params(),
@@ -216,8 +216,9 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
     write_config_json(&out, &metadata(&cfg, &args, start, data_hash))?;
 
     crate::errln!(
-        "model: {params} parameters ({}); data: {} train / {} validation bytes; {} steps of {}x{} tokens{}",
+        "model: {params} parameters ({}, {} precision); data: {} train / {} validation bytes; {} steps of {}x{} tokens{}",
         describe(&cfg),
+        args.precision,
         ds.train.len(),
         ds.val.len(),
         args.steps,

@@ -4,6 +4,7 @@ use ela_autograd::Var;
 use ela_core::{Backend, Error, Result, Tensor};
 
 use crate::module::{Forward, Init, Module, ParamStore};
+use crate::precision::weight_for;
 
 /// How a [`Linear`] weight is initialised.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -115,7 +116,8 @@ impl<B: Backend> Linear<B> {
         self.weight.dims()[0]
     }
 
-    /// `x [.., in] -> [.., out]`.
+    /// `x [.., in] -> [.., out]`. Half-precision `x` (f16, bf16) with f32 parameters computes in
+    /// `x`'s dtype on cast copies of the weight and bias ([`weight_for`]).
     pub fn forward(&self, x: &Var<B>) -> Result<Var<B>> {
         let dims = x.dims();
         let (out_dim, in_dim) = (self.out_dim(), self.in_dim());
@@ -130,9 +132,12 @@ impl<B: Backend> Linear<B> {
         // Flatten the leading dims so the forward is one GEMM and the weight gradient one GEMM
         // `x^T dy` of shape [in, out], instead of a batched product summed over the batch.
         let rows = x.value().elem_count() / in_dim;
-        let y = x.reshape([rows, in_dim])?.matmul(&self.weight.t()?)?;
+        // Half-precision activations meet a copy of the weights in their dtype (mixed precision:
+        // the parameters stay f32 masters and get f32 gradients; docs/nn.md, "Mixed precision").
+        let w = weight_for(&self.weight, x.dtype())?;
+        let y = x.reshape([rows, in_dim])?.matmul(&w.t()?)?;
         let y = match &self.bias {
-            Some(b) => y.add(b)?,
+            Some(b) => y.add(&weight_for(b, x.dtype())?)?,
             None => y,
         };
         let mut out = dims;

@@ -1,0 +1,106 @@
+//! Mixed precision: the dtype a model computes in, and the cast of master weights into it.
+//!
+//! Under [`Precision::Bf16`] a model keeps its parameters (the *master weights*) in f32, and so
+//! its gradients and optimizer state; what runs in bf16 are the activations and the copies of
+//! the weights that meet them. The layers do that cast themselves, at the point of use, with
+//! [`weight_for`]: a layer given half-precision activations casts its weight (one autograd node,
+//! whose backward casts the gradient back to f32) before the product. Which op runs in which
+//! dtype, and why, is the policy of docs/nn.md, "Mixed precision".
+
+use ela_autograd::Var;
+use ela_core::{Backend, DType, Error, Result};
+
+/// The dtype a model computes in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// Everything in the parameters' own dtype (f32 in `ela train`): nothing is cast.
+    #[default]
+    F32,
+    /// Mixed precision: bf16 activations and bf16 copies of the weights for the products, f32
+    /// master weights, gradients and optimizer state, f32 accumulation inside every kernel and an
+    /// f32 loss.
+    Bf16,
+}
+
+impl Precision {
+    /// The dtype activations are cast to at the model's input, or `None` to keep the parameters'
+    /// dtype.
+    pub fn compute_dtype(self) -> Option<DType> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(DType::BF16),
+        }
+    }
+
+    /// The name on the command line and in saved run settings: `f32` or `bf16`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(Error::invalid("precision", format!("unknown precision {s:?}; expected f32 or bf16"))),
+        }
+    }
+}
+
+/// True for the two storage-only float dtypes (f16, bf16), which compute in f32 inside kernels.
+pub fn is_half(d: DType) -> bool {
+    matches!(d, DType::F16 | DType::BF16)
+}
+
+/// The weight `w` as the operand of a product with activations of dtype `x`: when `x` is half
+/// precision and `w` is not, `w` cast to `x` (a differentiable cast: the gradient comes back in
+/// `w`'s dtype, so master weights receive f32 gradients); otherwise `w` itself, so a genuine
+/// mismatch (f64 activations against f32 weights, say) is still reported by the op.
+pub fn weight_for<B: Backend>(w: &Var<B>, x: DType) -> Result<Var<B>> {
+    if is_half(x) && w.dtype() != x && w.dtype().is_float() {
+        w.to_dtype(x)
+    } else {
+        Ok(w.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ela_core::{Cpu, Tensor};
+
+    #[test]
+    fn names_round_trip_and_bad_names_are_errors() {
+        for p in [Precision::F32, Precision::Bf16] {
+            assert_eq!(p.as_str().parse::<Precision>().unwrap(), p);
+        }
+        let e = "f16".parse::<Precision>().unwrap_err().to_string();
+        assert!(e.contains("f32 or bf16"), "{e}");
+    }
+
+    #[test]
+    fn weights_are_cast_for_half_activations_only() {
+        let w = Var::param(Tensor::<Cpu>::ones([2, 3], DType::F32, &Cpu).unwrap());
+        let c = weight_for(&w, DType::BF16).unwrap();
+        assert_eq!((c.dtype(), c.op_name()), (DType::BF16, "to_dtype"));
+        // Same dtype, or a wider activation: the weight itself, so the op reports a mismatch.
+        for x in [DType::F32, DType::F64] {
+            let same = weight_for(&w, x).unwrap();
+            assert_eq!((same.id(), same.dtype()), (w.id(), DType::F32));
+        }
+        // The gradient of the cast copy arrives in the master dtype.
+        let g = c.sum_all().unwrap().backward().unwrap();
+        assert_eq!(g.get(&w).unwrap().dtype(), DType::F32);
+    }
+}
