@@ -30,7 +30,7 @@ pub fn tiny(attention: AttnKind, link: Link, lobe: LobeMode, moe: bool) -> LmCon
 /// Every attention mixer the LM supports.
 pub fn attentions() -> Vec<AttnKind> {
     let mut v = vec![AttnKind::Softmax];
-    for k in ["hadamard-exp", "sum-sq-euclid", "sub-sq-euclid", "blueprint"] {
+    for k in ["hadamard-exp", "sum-sq-euclid", "sub-sq-euclid", "blueprint", "elu-plus-one"] {
         v.push(AttnKind::Ela { kernel: k.parse().unwrap(), chunk: 4 });
     }
     v

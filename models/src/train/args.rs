@@ -15,8 +15,8 @@ pub struct ModelArgs {
     /// Token mixer of the attention layers: `ela` or `softmax`.
     #[arg(long, default_value = "ela")]
     pub attention: String,
-    /// ELA kernel: hadamard-exp, sum-sq-euclid, sub-sq-euclid, blueprint (parsed here, so a bad
-    /// name is an argument error).
+    /// ELA kernel: hadamard-exp, sum-sq-euclid, sub-sq-euclid, blueprint, elu-plus-one (plain
+    /// linear attention with the elu+1 feature map) (parsed here, so a bad name is an argument error).
     #[arg(long, default_value = "hadamard-exp")]
     pub kernel: ElaKernel,
     /// Chunk length of the chunked ELA form on the CPU. With `--device cuda` it is checked but

@@ -15,6 +15,10 @@ fn kernel_value(kernel: ElaKernel, q: &[f64], k: &[f64]) -> f64 {
         ElaKernel::SubSqEuclid => nq - 2.0 * dot + nk,
         ElaKernel::Blueprint => (dot + 1.0) * (nq + 1.0) * (nk + 1.0),
         ElaKernel::Identity => dot,
+        ElaKernel::EluPlusOne => {
+            let f = |x: f64| if x > 0.0 { x + 1.0 } else { x.exp() };
+            q.iter().zip(k).map(|(a, b)| f(*a) * f(*b)).sum()
+        }
     }
 }
 
@@ -59,12 +63,23 @@ fn max_rel(a: &[f64], b: &[f64]) -> f64 {
 #[test]
 fn chunked_forward_matches_naive_for_every_kernel() {
     let mut rng = Rng::new(1);
-    for kernel in [ElaKernel::HadamardExp, ElaKernel::SumSqEuclid, ElaKernel::SubSqEuclid, ElaKernel::Blueprint] {
+    for kernel in [
+        ElaKernel::HadamardExp,
+        ElaKernel::SumSqEuclid,
+        ElaKernel::SubSqEuclid,
+        ElaKernel::Blueprint,
+        ElaKernel::EluPlusOne,
+    ] {
         for causal in [true, false] {
             for (t, chunk) in [(1, 4), (7, 3), (10, 16), (33, 8)] {
                 let dims = ElaDims { batch: 2, heads: 1, t, d: 3, dv: 2 };
                 let n = dims.sequences() * t;
-                let (qs, off) = if kernel == ElaKernel::Blueprint { (0.3, 0.0) } else { (1.0, 1.5) };
+                // elu+1 is drawn around 0 so both branches of its map are exercised.
+                let (qs, off) = match kernel {
+                    ElaKernel::Blueprint => (0.3, 0.0),
+                    ElaKernel::EluPlusOne => (1.0, 0.0),
+                    _ => (1.0, 1.5),
+                };
                 let q = data(n * 3, qs, off, &mut rng);
                 let k = data(n * 3, qs, if kernel == ElaKernel::SubSqEuclid { -off } else { off }, &mut rng);
                 let v = data(n * 2, 1.0, 0.0, &mut rng);
@@ -82,11 +97,22 @@ fn chunked_forward_matches_naive_for_every_kernel() {
 #[test]
 fn backward_matches_finite_differences() {
     let mut rng = Rng::new(2);
-    for kernel in [ElaKernel::HadamardExp, ElaKernel::SumSqEuclid, ElaKernel::SubSqEuclid, ElaKernel::Blueprint] {
+    for kernel in [
+        ElaKernel::HadamardExp,
+        ElaKernel::SumSqEuclid,
+        ElaKernel::SubSqEuclid,
+        ElaKernel::Blueprint,
+        ElaKernel::EluPlusOne,
+    ] {
         for causal in [true, false] {
             let dims = ElaDims { batch: 1, heads: 2, t: 7, d: 2, dv: 3 };
             let n = dims.sequences() * dims.t;
-            let (qs, off) = if kernel == ElaKernel::Blueprint { (0.3, 0.0) } else { (1.0, 1.5) };
+            // elu+1 is drawn around 0 so both branches of its map are exercised.
+            let (qs, off) = match kernel {
+                ElaKernel::Blueprint => (0.3, 0.0),
+                ElaKernel::EluPlusOne => (1.0, 0.0),
+                _ => (1.0, 1.5),
+            };
             let q = data(n * 2, qs, off, &mut rng);
             let k = data(n * 2, qs, if kernel == ElaKernel::SubSqEuclid { -off } else { off }, &mut rng);
             let v = data(n * 3, 1.0, 0.0, &mut rng);
