@@ -40,7 +40,7 @@ pub fn attentions() -> Vec<AttnKind> {
 pub fn causal_configs() -> Vec<LmConfig> {
     let mut out = vec![];
     for a in attentions() {
-        for link in [Link::Hyper, Link::Residual] {
+        for link in [Link::Hyper, Link::Residual, Link::PostNorm] {
             for lobe in [LobeMode::Off, LobeMode::Causal] {
                 for moe in [false, true] {
                     out.push(tiny(a.clone(), link, lobe, moe));
