@@ -207,9 +207,12 @@ pub fn pm(xs: &[f64], prec: usize) -> String {
 pub const COLORS: [&str; 10] =
     ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"];
 
+/// One labelled arm of a plot: its curves, one per seed, each a list of `(x, y)` points.
+pub type ArmCurves = (String, Vec<Vec<(f64, f64)>>);
+
 /// One curve per arm and seed (`arms[i] = (label, curves per seed)`); the legend names each arm
 /// once, at its first seed.
-pub fn plot_arms(path: &Path, title: &str, x: &str, y: &str, arms: &[(String, Vec<Vec<(f64, f64)>>)]) -> Result<()> {
+pub fn plot_arms(path: &Path, title: &str, x: &str, y: &str, arms: &[ArmCurves]) -> Result<()> {
     let mut series = Vec::new();
     for (i, (label, curves)) in arms.iter().enumerate() {
         for (s, c) in curves.iter().enumerate() {
@@ -511,14 +514,14 @@ pub fn arms_table(arms: &[Arm]) -> String {
 
 /// Validation-loss curves of every arm and seed.
 pub fn plot_val(path: &Path, title: &str, arms: &[Arm]) -> Result<()> {
-    let series: Vec<(String, Vec<Vec<(f64, f64)>>)> =
+    let series: Vec<ArmCurves> =
         arms.iter().map(|a| (a.name.clone(), a.runs.iter().map(LmRun::val_curve).collect())).collect();
     plot_arms(path, title, "step", "validation loss (nats/byte)", &series)
 }
 
 /// Training-loss curves of every arm and seed.
 pub fn plot_train(path: &Path, title: &str, arms: &[Arm]) -> Result<()> {
-    let series: Vec<(String, Vec<Vec<(f64, f64)>>)> =
+    let series: Vec<ArmCurves> =
         arms.iter().map(|a| (a.name.clone(), a.runs.iter().map(LmRun::train_curve).collect())).collect();
     plot_arms(path, title, "step", "training loss (nats/byte)", &series)
 }

@@ -14,7 +14,7 @@ use ela_core::{Backend, DType, Result, Rng, Tensor};
 use ela_nn::module::ParamStore;
 use serde_json::{json, Value as Json};
 
-use super::common::{num, plot_arms, provenance, Budget, Results, RunArgs, Verdict};
+use super::common::{num, plot_arms, provenance, ArmCurves, Budget, Results, RunArgs, Verdict};
 use crate::cli::bench::decode::{config, measure, BenchDecodeArgs};
 use crate::cli::bench::{fmt_bytes, median_ms};
 use crate::lm::{AttnKind, ElaLm};
@@ -53,9 +53,11 @@ fn copy_ms<B: Backend>(layers: usize, batch: usize, heads: usize, dh: usize, n: 
     let mut rng = Rng::new(7);
     let cache = Tensor::randn(0.0, 1.0, [batch, heads, n, dh], DType::F32, &mut rng, dev)?;
     let new = Tensor::randn(0.0, 1.0, [batch, heads, 1, dh], DType::F32, &mut rng, dev)?;
-    let per = median_ms(5, || Tensor::concat(&[&cache, &new], 2usize)?.to_vec_f64().map(|_| ()))?;
-    // The read-back above is part of each rep; time it alone and take it off.
-    let readback = median_ms(5, || Tensor::concat(&[&new, &new], 2usize)?.to_vec_f64().map(|_| ()))?;
+    // Reading one element back waits for the device (CUDA) without converting the whole result.
+    let one = |t: Tensor<B>| -> Result<()> { t.flatten_all()?.narrow(0usize, 0, 1)?.to_vec_f64().map(|_| ()) };
+    let per = median_ms(5, || one(Tensor::concat(&[&cache, &new], 2usize)?))?;
+    // The same with a one-position cache: the fixed cost of a call and the read-back, taken off.
+    let readback = median_ms(5, || one(Tensor::concat(&[&new, &new], 2usize)?))?;
     Ok(((per - readback).max(0.0)) * 2.0 * layers as f64)
 }
 
@@ -107,7 +109,7 @@ fn go<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
     let mut best_speedup = (0.0f64, 0usize, 0usize);
     let mut best_inplace = (0.0f64, 0usize, 0usize);
     let mut mem_cross: Option<(usize, f64)> = None;
-    let mut curves: Vec<(String, Vec<Vec<(f64, f64)>>)> = Vec::new();
+    let mut curves: Vec<ArmCurves> = Vec::new();
     for (batch, contexts, smax) in &p.batches {
         section += &format!("**Batch {batch}.**\n\n| context | ELA ms/token | softmax ms/token | cache copy ms | softmax in place ms (derived) | speedup | speedup vs in place | ELA state | softmax KV cache | state / cache | ELA prefill s | softmax prefill s |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         let (mut ec, mut sc) = (Vec::new(), Vec::new());

@@ -72,7 +72,7 @@ fn spike_plan(b: Budget) -> LmBudget {
             warmup: 40,
             eval_every: 350,
             lrs: vec![3e-3],
-            stop_after: Some(60),
+            stop_after: Some(52),
         },
     }
 }

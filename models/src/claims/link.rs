@@ -20,16 +20,8 @@ fn plan(b: Budget) -> (Vec<usize>, usize, LmBudget) {
         ),
         Budget::Quick => (
             vec![4, 12, 24],
-            64,
-            LmBudget {
-                steps: 60,
-                batch: 8,
-                seq: 64,
-                warmup: 10,
-                eval_every: 20,
-                lrs: vec![1e-3, 3e-3],
-                stop_after: None,
-            },
+            32,
+            LmBudget { steps: 40, batch: 4, seq: 64, warmup: 5, eval_every: 20, lrs: vec![3e-3], stop_after: None },
         ),
         Budget::Full => (
             vec![4, 12, 24],
@@ -68,7 +60,8 @@ fn config(link: Link, layers: usize, dim: usize) -> LmConfig {
 pub fn spread(norms: &[f64]) -> f64 {
     let max = norms.iter().copied().fold(f64::MIN, f64::max);
     let min = norms.iter().copied().fold(f64::MAX, f64::min);
-    if norms.is_empty() || !(min > 0.0) || !max.is_finite() {
+    // NaN fails `min > 0.0` too, hence the explicit match.
+    if norms.is_empty() || min.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) || !max.is_finite() {
         return f64::NAN;
     }
     (max / min).log10()

@@ -18,15 +18,7 @@ fn plan(b: Budget) -> (usize, usize, LmBudget) {
         Budget::Quick => (
             64,
             2,
-            LmBudget {
-                steps: 150,
-                batch: 8,
-                seq: 128,
-                warmup: 15,
-                eval_every: 25,
-                lrs: vec![1e-3, 3e-3],
-                stop_after: None,
-            },
+            LmBudget { steps: 100, batch: 8, seq: 128, warmup: 10, eval_every: 20, lrs: vec![3e-3], stop_after: None },
         ),
         Budget::Full => (
             128,

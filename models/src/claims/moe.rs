@@ -21,7 +21,7 @@ fn plan(b: Budget) -> (usize, LmBudget) {
         }
         Budget::Quick => (
             64,
-            LmBudget { steps: 120, batch: 8, seq: 64, warmup: 12, eval_every: 20, lrs: vec![3e-3], stop_after: None },
+            LmBudget { steps: 100, batch: 8, seq: 64, warmup: 10, eval_every: 20, lrs: vec![3e-3], stop_after: None },
         ),
         Budget::Full => (
             128,

@@ -149,15 +149,10 @@ fn plan(b: Budget) -> Plan {
         Budget::Tiny => {
             Plan { vocab: 32, shapes: vec![(16, 2)], dim: 16, steps: 4, batch: 4, lrs: vec![3e-3], eval_seqs: 8 }
         }
-        Budget::Quick => Plan {
-            vocab: 128,
-            shapes: vec![(64, 4), (128, 8)],
-            dim: 64,
-            steps: 250,
-            batch: 32,
-            lrs: vec![1e-3, 3e-3],
-            eval_seqs: 256,
-        },
+        // Minutes on 2 shared cores: one shape, one learning rate (no sweep).
+        Budget::Quick => {
+            Plan { vocab: 64, shapes: vec![(64, 4)], dim: 64, steps: 120, batch: 16, lrs: vec![3e-3], eval_seqs: 128 }
+        }
         Budget::Full => Plan {
             vocab: 512,
             shapes: vec![(64, 4), (128, 8), (256, 16), (512, 64)],
