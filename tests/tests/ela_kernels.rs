@@ -67,14 +67,7 @@ const GOOD: SquaredDot = SquaredDot { bad_vjp: false, bad_scale: 1.0 };
 #[test]
 fn builtin_kernels_decompose_exactly() {
     let opts = CheckOptions { dim: 6, samples: 24, ..CheckOptions::default() };
-    for kernel in [
-        ElaKernel::HadamardExp,
-        ElaKernel::SumSqEuclid,
-        ElaKernel::SubSqEuclid,
-        ElaKernel::Blueprint,
-        ElaKernel::Identity,
-        ElaKernel::EluPlusOne,
-    ] {
+    for kernel in ElaKernel::ALL {
         let rep = check_kernel(builtin::<Cpu>(kernel).as_ref(), &Cpu, &opts).unwrap();
         assert!(rep.exact(1e-12, 1e-6), "{rep}");
         assert_eq!(rep.pairs, 3 * 24 * 24);

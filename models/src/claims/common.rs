@@ -8,7 +8,7 @@ use clap::Parser;
 use ela_core::{Backend, Error, Result};
 use serde_json::{json, Map, Value as Json};
 
-use crate::lm::LmConfig;
+use crate::lm::{AttnKind, Link, LmConfig, LobeMode};
 use crate::report::plot::{write_svg, Series};
 use crate::train::{ModelArgs, TrainArgs};
 
@@ -220,6 +220,31 @@ pub fn plot_arms(path: &Path, title: &str, x: &str, y: &str, arms: &[ArmCurves])
         }
     }
     write_svg(path, title, x, y, &series)
+}
+
+/// The small LM every training comparison starts from (each experiment changes the switch it
+/// studies): byte vocabulary, width `dim`, `layers`, `heads`, dense SwiGLU of `2 dim`, pre-norm
+/// residual, no lobe, no RoPE, final norm, tied embeddings.
+pub fn small_lm(dim: usize, layers: usize, heads: usize, attention: AttnKind) -> LmConfig {
+    LmConfig {
+        vocab: 256,
+        dim,
+        layers,
+        heads,
+        ffn_hidden: 2 * dim,
+        attention,
+        link: Link::Residual,
+        lobe: LobeMode::Off,
+        moe: None,
+        final_norm: true,
+        tied_embeddings: true,
+        rope_max_len: None,
+    }
+}
+
+/// ELA with the default kernel (Hadamard Exp), the mixer of the comparisons that study something else.
+pub fn ela_default() -> AttnKind {
+    AttnKind::Ela { kernel: ela_core::ElaKernel::HadamardExp, chunk: ela_core::ela::DEFAULT_CHUNK }
 }
 
 /// The LM training settings of one experiment.

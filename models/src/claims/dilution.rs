@@ -104,6 +104,9 @@ pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
     let dir = args.fresh_dir("dilution")?;
     let mut res = Results::new(&dir, "dilution", "2", "ELA avoids the gradient explosion and attention dilution of earlier linear attention (non-negative, discriminative kernels)", args);
     let seq = lm["config"]["seq"].as_u64().unwrap_or(64) as usize;
+    let b = spike_plan(args.budget);
+    res.set("config", json!({"entropy_models": "the runs of `ela claims lm`", "entropy_windows": 8, "seq": seq,
+        "spike_steps": b.stop_after, "spike_schedule_steps": b.steps, "spike_batch": b.batch, "spike_seq": b.seq, "spike_warmup": b.warmup}));
     // 1 + 2: entropy and gradient statistics per mixer, from the lm experiment's runs.
     let mut rows = String::from("| mixer | normalised attention entropy (1 = uniform) | negative weight share | max grad norm | grad spikes | non-finite steps |\n|---|---:|---:|---:|---:|---:|\n");
     let mut ent_json = Vec::new();
@@ -143,7 +146,6 @@ pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
     }
     res.set("attention_entropy", Json::Array(ent_json));
     // 3: the default run's spike.
-    let b = spike_plan(args.budget);
     let mut base = crate::lm::LmConfig::small();
     if args.budget == Budget::Tiny {
         base = LmConfig { dim: 16, layers: 1, heads: 2, ffn_hidden: 32, ..base };

@@ -7,9 +7,10 @@ use ela_core::{Backend, Result};
 use serde_json::{json, Value as Json};
 
 use super::common::{
-    arms_table, mean_sd, plot_arms, plot_val, pm, provenance, run_arm, Arm, Budget, LmBudget, Results, RunArgs, Verdict,
+    arms_table, ela_default, mean_sd, plot_arms, plot_val, pm, provenance, run_arm, small_lm, Arm, Budget, LmBudget,
+    Results, RunArgs, Verdict,
 };
-use crate::lm::{AttnKind, Link, LmConfig, LobeMode};
+use crate::lm::{Link, LmConfig};
 
 fn plan(b: Budget) -> (Vec<usize>, usize, LmBudget) {
     match b {
@@ -40,20 +41,7 @@ fn plan(b: Budget) -> (Vec<usize>, usize, LmBudget) {
 }
 
 fn config(link: Link, layers: usize, dim: usize) -> LmConfig {
-    LmConfig {
-        vocab: 256,
-        dim,
-        layers,
-        heads: 2,
-        ffn_hidden: 2 * dim,
-        attention: AttnKind::Ela { kernel: ela_core::ElaKernel::HadamardExp, chunk: 64 },
-        link,
-        lobe: LobeMode::Off,
-        moe: None,
-        final_norm: true,
-        tied_embeddings: true,
-        rope_max_len: None,
-    }
+    LmConfig { link, ..small_lm(dim, layers, 2, ela_default()) }
 }
 
 /// `log10(max / min)` of per-layer gradient norms (NaN when a norm is 0 or not finite).

@@ -4,9 +4,10 @@
 use ela_core::{Backend, Result};
 use serde_json::{json, Value as Json};
 
-use super::common::{arms_table, mean_sd, plot_val, provenance, run_arm, Budget, LmBudget, Results, RunArgs, Verdict};
+use super::common::{
+    arms_table, mean_sd, plot_val, provenance, run_arm, small_lm, Budget, LmBudget, Results, RunArgs, Verdict,
+};
 use super::mqar::mixers;
-use crate::lm::{Link, LmConfig, LobeMode};
 
 fn plan(b: Budget) -> (usize, usize, LmBudget) {
     match b {
@@ -50,20 +51,7 @@ pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
     );
     let mut arms = Vec::new();
     for (name, attention) in mixers() {
-        let cfg = LmConfig {
-            vocab: 256,
-            dim,
-            layers,
-            heads: 2,
-            ffn_hidden: 2 * dim,
-            attention,
-            link: Link::Residual,
-            lobe: LobeMode::Off,
-            moe: None,
-            final_norm: true,
-            tied_embeddings: true,
-            rope_max_len: None,
-        };
+        let cfg = small_lm(dim, layers, 2, attention);
         arms.push(run_arm(&dir, &name, &cfg, &b, &seeds, false, dev)?);
     }
     plot_val(&dir.join("val.svg"), "Validation loss by token mixer", &arms)?;

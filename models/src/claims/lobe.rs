@@ -6,10 +6,11 @@ use ela_core::{Backend, Result};
 use serde_json::{json, Value as Json};
 
 use super::common::{
-    arms_table, mean_sd, plot_val, pm, provenance, run_arm, Budget, LmBudget, LmRun, Results, RunArgs, Verdict,
+    arms_table, ela_default, mean_sd, plot_val, pm, provenance, run_arm, small_lm, Budget, LmBudget, LmRun, Results,
+    RunArgs, Verdict,
 };
 use crate::lm::size::param_count;
-use crate::lm::{AttnKind, Link, LmConfig, LobeMode};
+use crate::lm::{LmConfig, LobeMode};
 
 fn plan(b: Budget) -> (usize, usize, LmBudget) {
     match b {
@@ -40,20 +41,7 @@ fn plan(b: Budget) -> (usize, usize, LmBudget) {
 }
 
 fn base(dim: usize, layers: usize) -> LmConfig {
-    LmConfig {
-        vocab: 256,
-        dim,
-        layers,
-        heads: 2,
-        ffn_hidden: 2 * dim,
-        attention: AttnKind::Ela { kernel: ela_core::ElaKernel::HadamardExp, chunk: 64 },
-        link: Link::Residual,
-        lobe: LobeMode::Off,
-        moe: None,
-        final_norm: true,
-        tied_embeddings: true,
-        rope_max_len: None,
-    }
+    small_lm(dim, layers, 2, ela_default())
 }
 
 /// Run `ela claims lobe`.

@@ -8,11 +8,12 @@ use ela_core::{Backend, CpuStorage, Result, Tensor};
 use serde_json::{json, Value as Json};
 
 use super::common::{
-    arms_table, mean_sd, plot_val, pm, provenance, run_arm, Arm, Budget, LmBudget, Results, RunArgs, Verdict,
+    arms_table, ela_default, mean_sd, plot_val, pm, provenance, run_arm, small_lm, Arm, Budget, LmBudget, Results,
+    RunArgs, Verdict,
 };
 use super::metrics::{byte_class, load_balance, nmi, BYTE_CLASSES};
 use crate::data::{default_corpus, ByteTokenizer, TextDataset};
-use crate::lm::{AttnKind, Link, LmConfig, LobeMode, MoeSpec};
+use crate::lm::{LmConfig, MoeSpec};
 
 fn plan(b: Budget) -> (usize, LmBudget) {
     match b {
@@ -39,27 +40,15 @@ fn plan(b: Budget) -> (usize, LmBudget) {
 }
 
 fn config(dim: usize, bias: &str, aux: bool) -> LmConfig {
-    LmConfig {
-        vocab: 256,
-        dim,
-        layers: 2,
-        heads: 2,
-        ffn_hidden: dim,
-        attention: AttnKind::Ela { kernel: ela_core::ElaKernel::HadamardExp, chunk: 64 },
-        link: Link::Residual,
-        lobe: LobeMode::Off,
-        moe: Some(MoeSpec {
-            experts: 4,
-            top_k: 2,
-            bias: bias.into(),
-            score: "softmax".into(),
-            aux_alpha: if aux { 0.01 } else { 0.0 },
-            loss_free_gamma: if aux { 0.0 } else { 1e-3 },
-        }),
-        final_norm: true,
-        tied_embeddings: true,
-        rope_max_len: None,
-    }
+    let moe = MoeSpec {
+        experts: 4,
+        top_k: 2,
+        bias: bias.into(),
+        score: "softmax".into(),
+        aux_alpha: if aux { 0.01 } else { 0.0 },
+        loss_free_gamma: if aux { 0.0 } else { 1e-3 },
+    };
+    LmConfig { ffn_hidden: dim, moe: Some(moe), ..small_lm(dim, 2, 2, ela_default()) }
 }
 
 /// Routing of a trained model on validation windows: per layer `(load, NMI with byte class,

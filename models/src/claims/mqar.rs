@@ -10,8 +10,8 @@ use ela_nn::module::ParamStore;
 use ela_nn::optim::{clip_grad_norm, AdamW, AdamWConfig, Optimizer, WarmupCosine};
 use serde_json::{json, Value as Json};
 
-use super::common::{mean_sd, num, plot_arms, pm, provenance, Budget, Results, RunArgs, Verdict};
-use crate::lm::{AttnKind, ElaLm, Link, LmConfig, LobeMode};
+use super::common::{mean_sd, num, plot_arms, pm, provenance, small_lm, Budget, Results, RunArgs, Verdict};
+use crate::lm::{AttnKind, ElaLm, LmConfig};
 
 /// Targets at positions that are not queried: ignored by the loss and by the accuracy.
 pub const IGNORE: u32 = u32::MAX;
@@ -117,20 +117,7 @@ pub fn mixers() -> Vec<(String, AttnKind)> {
 
 /// The model: the LM with `vocab` tokens, 2 layers of width `dim`, one head, RoPE over `seq`.
 pub fn model_config(attention: AttnKind, vocab: usize, dim: usize, seq: usize) -> LmConfig {
-    LmConfig {
-        vocab,
-        dim,
-        layers: 2,
-        heads: 1,
-        ffn_hidden: 2 * dim,
-        attention,
-        link: Link::Residual,
-        lobe: LobeMode::Off,
-        moe: None,
-        final_norm: true,
-        tied_embeddings: true,
-        rope_max_len: Some(seq),
-    }
+    LmConfig { vocab, rope_max_len: Some(seq), ..small_lm(dim, 2, 1, attention) }
 }
 
 /// Sizes of one budget.

@@ -84,8 +84,9 @@ pub fn run(args: &ReportArgs) -> Result<()> {
            (nothing is extrapolated; derived quantities say so). ";
     if provisional {
         let machine = found.first().map_or("?", |f| str_of(&f.2, "machine"));
+        let budget = found.first().map_or("?", |f| str_of(&f.2, "budget"));
         md += &format!(
-            "\n\n**Provisional: quick budget, CPU ({machine}).** These runs are minutes long on a shared 2-core CPU; every verdict below is provisional \
+            "\n\n**Provisional: {budget} budget, {machine}.** These runs are minutes long at most; every verdict below is provisional \
              until the full budget (`--budget full --device cuda`) is run. Runs: {}.\n\n",
             budgets.join("; ")
         );

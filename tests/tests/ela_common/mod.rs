@@ -16,14 +16,7 @@ pub fn cases(default: u32) -> u32 {
 }
 
 /// Every fused kernel.
-pub const KERNELS: [ElaKernel; 6] = [
-    ElaKernel::HadamardExp,
-    ElaKernel::SumSqEuclid,
-    ElaKernel::SubSqEuclid,
-    ElaKernel::Blueprint,
-    ElaKernel::Identity,
-    ElaKernel::EluPlusOne,
-];
+pub const KERNELS: [ElaKernel; 6] = ElaKernel::ALL;
 
 fn tensor(v: Vec<f64>, shape: [usize; 4], dtype: DType) -> Tensor<Cpu> {
     // Round once to the target dtype; the f64 reference is then computed from the rounded values.
