@@ -551,6 +551,15 @@ pub fn plot_train(path: &Path, title: &str, arms: &[Arm]) -> Result<()> {
     plot_arms(path, title, "step", "training loss (nats/byte)", &series)
 }
 
+/// How the learning rate was chosen, for the sections: a sweep on the first seed, or the one rate
+/// of a budget too small to sweep.
+pub fn lr_text(lrs: &[f64], by: &str) -> String {
+    match lrs {
+        [lr] => format!("one peak lr, {lr:e}, for every arm (no sweep at this budget)"),
+        _ => format!("peak lr swept over {lrs:?} on seed 0 (by {by}), then every seed at the arm's best"),
+    }
+}
+
 /// The sentence every section starts with: budget, device, seeds, commit.
 pub fn provenance(args: &RunArgs) -> String {
     format!(

@@ -7,8 +7,8 @@ use ela_core::{Backend, Result};
 use serde_json::{json, Value as Json};
 
 use super::common::{
-    arms_table, ela_default, mean_sd, plot_arms, plot_val, pm, provenance, run_arm, small_lm, Arm, Budget, LmBudget,
-    Results, RunArgs, Verdict,
+    arms_table, ela_default, lr_text, mean_sd, plot_arms, plot_val, pm, provenance, run_arm, small_lm, Arm, Budget,
+    LmBudget, Results, RunArgs, Verdict,
 };
 use crate::lm::{Link, LmConfig};
 
@@ -91,9 +91,9 @@ pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
     let links =
         [("Hyper-Link", Link::Hyper), ("pre-norm residual", Link::Residual), ("post-norm residual", Link::PostNorm)];
     let mut section = format!(
-        "{}\n\nLM width {dim}, 2 heads, ELA Hadamard-Exp, dense SwiGLU, no lobe; {} steps of {}x{} bytes of the embedded corpus; lr swept over {:?} on seed 0 (by final validation loss). \
+        "{}\n\nLM width {dim}, 2 heads, ELA Hadamard-Exp, dense SwiGLU, no lobe; {} steps of {}x{} bytes of the embedded corpus; {}. \
          Per-layer gradient norm = the L2 norm of the gradients of `layers.<i>.*`, before clipping; spread = log10(max/min) over layers (0: every layer gets the same).\n\n",
-        provenance(args), b.steps, b.batch, b.seq, b.lrs
+        provenance(args), b.steps, b.batch, b.seq, lr_text(&b.lrs, "final validation loss")
     );
     let mut plots = Vec::new();
     let mut all = Vec::new();

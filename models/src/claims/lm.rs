@@ -5,7 +5,7 @@ use ela_core::{Backend, Result};
 use serde_json::{json, Value as Json};
 
 use super::common::{
-    arms_table, mean_sd, plot_val, provenance, run_arm, small_lm, Budget, LmBudget, Results, RunArgs, Verdict,
+    arms_table, lr_text, mean_sd, plot_val, provenance, run_arm, small_lm, Budget, LmBudget, Results, RunArgs, Verdict,
 };
 use super::mqar::mixers;
 
@@ -78,11 +78,11 @@ pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
     );
     let section = format!(
         "{}\n\nThe LM of `ela train` at width {dim}, {layers} layers, 2 heads, pre-norm residual, dense SwiGLU, no lobe, no RoPE, with each token mixer; \
-         every arm sees the same batches (a function of seed and step) of the embedded generated corpus. {} steps of {}x{} bytes; lr swept over {:?} on seed 0 \
+         every arm sees the same batches (a function of seed and step) of the embedded generated corpus. {} steps of {}x{} bytes; {} \
          by final validation loss. Throughput is training tokens per second on this machine (shared, so noisy).\n\n{}\n\
          Caveats: the embedded corpus is generated text (about 1 MiB), not natural English; no ≥5 MB English corpus was available offline \
          (see the report's notes). Short runs compare early training, not converged models.\n",
-        provenance(args), b.steps, b.batch, b.seq, b.lrs, arms_table(&arms)
+        provenance(args), b.steps, b.batch, b.seq, lr_text(&b.lrs, "final validation loss"), arms_table(&arms)
     );
     res.finish(verdict, &measured, &section, &["val.svg"])?;
     Ok(())

@@ -6,8 +6,8 @@ use ela_core::{Backend, Result};
 use serde_json::{json, Value as Json};
 
 use super::common::{
-    arms_table, ela_default, mean_sd, plot_val, pm, provenance, run_arm, small_lm, Budget, LmBudget, LmRun, Results,
-    RunArgs, Verdict,
+    arms_table, ela_default, lr_text, mean_sd, plot_val, pm, provenance, run_arm, small_lm, Budget, LmBudget, LmRun,
+    Results, RunArgs, Verdict,
 };
 use crate::lm::size::param_count;
 use crate::lm::{LmConfig, LobeMode};
@@ -99,11 +99,11 @@ pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
     );
     let section = format!(
         "{}\n\nLM width {dim}, {layers} layers, 2 heads, ELA Hadamard-Exp, pre-norm residual, dense SwiGLU; the causal lobe (docs/model.md) adds {} parameters; \
-         the control widens every FFN to {} hidden units ({} parameters, the lobe model has {}). {} steps of {}x{} bytes; lr swept over {:?} on seed 0. \
+         the control widens every FFN to {} hidden units ({} parameters, the lobe model has {}). {} steps of {}x{} bytes; {}. \
          The target loss is the worst arm's mean final validation loss ({target:.3}), so every arm can reach it.\n\n{}\n{rows}\n\
          Caveats: the gap is measured on the embedded generated corpus, where validation text comes from the same generator as training text; \
          a short run barely overfits, so the gap says little about generalisation here.\n",
-        provenance(args), counts[1] - counts[0], wider.ffn_hidden, counts[2], counts[1], b.steps, b.batch, b.seq, b.lrs, arms_table(&arms)
+        provenance(args), counts[1] - counts[0], wider.ffn_hidden, counts[2], counts[1], b.steps, b.batch, b.seq, lr_text(&b.lrs, "final validation loss"), arms_table(&arms)
     );
     res.finish(verdict, &measured, &section, &["val.svg"])?;
     Ok(())

@@ -8,8 +8,8 @@ use ela_core::{Backend, CpuStorage, Result, Tensor};
 use serde_json::{json, Value as Json};
 
 use super::common::{
-    arms_table, ela_default, mean_sd, plot_val, pm, provenance, run_arm, small_lm, Arm, Budget, LmBudget, Results,
-    RunArgs, Verdict,
+    arms_table, ela_default, lr_text, mean_sd, plot_val, pm, provenance, run_arm, small_lm, Arm, Budget, LmBudget,
+    Results, RunArgs, Verdict,
 };
 use super::metrics::{byte_class, load_balance, nmi, BYTE_CLASSES};
 use crate::data::{default_corpus, ByteTokenizer, TextDataset};
@@ -149,12 +149,12 @@ pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
     let section = format!(
         "{}\n\nLM width {dim}, 2 layers, ELA Hadamard-Exp, pre-norm residual, MoE of 4 SwiGLU experts (hidden {dim}), top-2, softmax scores; \
          balancing by the Switch auxiliary loss (alpha 0.01, no loss-free bias) or by loss-free balancing (gamma 1e-3, no aux loss). \
-         {} steps of {}x{} bytes; lr swept over {:?} on seed 0. Routing statistics are measured after training on up to 32 validation windows: \
+         {} steps of {}x{} bytes; {}. Routing statistics are measured after training on up to 32 validation windows: \
          load = the fraction of the top-2 assignments each expert receives (max/mean 1 and CV 0 are perfectly balanced), entropy of the \
          normalised router scores per token, and NMI (normalised by sqrt(H(expert) H(class))) between each byte's first-choice expert and its class \
          ({}), averaged over layers. \"Interpretability\" has no agreed measure; NMI with byte classes is the one this experiment offers.\n\n{}\n{rows}\n\
          Caveats: byte classes are a crude stand-in for semantics; a router can separate classes without any bias (the none arm is the baseline).\n",
-        provenance(args), b.steps, b.batch, b.seq, b.lrs, BYTE_CLASSES.join(", "), arms_table(&arms)
+        provenance(args), b.steps, b.batch, b.seq, lr_text(&b.lrs, "final validation loss"), BYTE_CLASSES.join(", "), arms_table(&arms)
     );
     res.finish(verdict, &measured, &section, &["val.svg"])?;
     Ok(())

@@ -10,7 +10,7 @@ use ela_nn::module::ParamStore;
 use ela_nn::optim::{clip_grad_norm, AdamW, AdamWConfig, Optimizer, WarmupCosine};
 use serde_json::{json, Value as Json};
 
-use super::common::{mean_sd, num, plot_arms, pm, provenance, small_lm, Budget, Results, RunArgs, Verdict};
+use super::common::{lr_text, mean_sd, num, plot_arms, pm, provenance, small_lm, Budget, Results, RunArgs, Verdict};
 use crate::lm::{AttnKind, ElaLm, LmConfig};
 
 /// Targets at positions that are not queried: ignored by the loss and by the accuracy.
@@ -325,8 +325,10 @@ pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
     let last = acc_table.last().cloned().unwrap_or_default();
     let get = |n: &str| names.iter().position(|x| x == n).and_then(|i| last.get(i).copied()).unwrap_or(f64::NAN);
     let (soft, hexp, elu) = (get("softmax"), get("ELA hadamard-exp"), get("elu+1 (linear attn)"));
-    let chance = 2.0 / p.vocab as f64;
-    let learned = soft.max(hexp).max(elu) > 3.0 * chance;
+    // Guessing one of the sequence's own values scores 1/pairs without any recall; a mixer has
+    // learned recall only clearly above that.
+    let chance = 1.0 / p.shapes.last().map_or(1, |s| s.1) as f64;
+    let learned = soft.max(hexp).max(elu) > 1.5 * chance;
     let verdict = if !learned {
         Verdict::NotConfirmed
     } else if hexp >= soft - 0.05 && hexp > elu + 0.05 {
@@ -338,17 +340,16 @@ pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
     };
     let (seq, pairs) = p.shapes.last().copied().unwrap_or((0, 0));
     let measured = format!(
-        "MQAR T={seq}, {pairs} pairs (mean accuracy over seeds): softmax {soft:.3}, ELA hadamard-exp {hexp:.3}, elu+1 {elu:.3} (chance ≈ {chance:.3}){}",
+        "MQAR T={seq}, {pairs} pairs (mean accuracy over seeds): softmax {soft:.3}, ELA hadamard-exp {hexp:.3}, elu+1 {elu:.3} (guessing among the sequence's values: {chance:.3}){}",
         if learned { "" } else { "; no mixer learned the task in this budget" }
     );
     let mut section = format!(
         "{}\n\nEach model: the LM of `ela train` with a vocabulary of {} (keys 1..{}, values {}..{}), width {}, 2 layers, one head, \
-         pre-norm residual, dense SwiGLU, no lobe, RoPE; {} steps of {} fresh sequences; lr swept over {:?} on seed 0 \
-         (by held-out accuracy), then every seed at the tuned lr; accuracy on {} held-out sequences, queried positions only. \
+         pre-norm residual, dense SwiGLU, no lobe, RoPE; {} steps of {} fresh sequences; {}; accuracy on {} held-out sequences, queried positions only. \
          Gradients clipped at 1; a step with a non-finite gradient is skipped and counted.\n\n\
          | T | pairs | mixer | tuned lr | accuracy | final train loss | max grad norm | non-finite steps |\n|---:|---:|---|---:|---:|---:|---:|---:|\n{}\n",
         provenance(args),
-        p.vocab, p.vocab / 2 - 1, p.vocab / 2, p.vocab - 1, p.dim, p.steps, p.batch, p.lrs, p.eval_seqs, rows.join("\n")
+        p.vocab, p.vocab / 2 - 1, p.vocab / 2, p.vocab - 1, p.dim, p.steps, p.batch, lr_text(&p.lrs, "held-out accuracy"), p.eval_seqs, rows.join("\n")
     );
     section += "\nCaveats: the quick budget trains a few hundred steps; MQAR models are usually trained for thousands, so low accuracies here say little about capacity. \
                 RoPE is applied before every feature map (docs/model.md explains why that loses the relative-position property for non-dot-product kernels); \
