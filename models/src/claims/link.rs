@@ -147,10 +147,13 @@ pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
         (Some(h), Some(pre), Some(post)) => {
             let flatter = h.0 < pre.0.min(post.0);
             let loss_ok = h.1 <= pre.1.min(post.1) + 0.02;
+            // The claim is about gradients: flatter per-layer norms than both residuals is the
+            // evidence; the loss only decides between confirmed and partly.
             let v = match (flatter, loss_ok) {
                 (true, true) => Verdict::Confirmed,
-                (true, false) | (false, true) => Verdict::Partly,
-                (false, false) => Verdict::NotConfirmed,
+                (true, false) => Verdict::Partly,
+                (false, _) if h.0 > pre.0.max(post.0) + 0.1 => Verdict::Contradicted,
+                (false, _) => Verdict::NotConfirmed,
             };
             (v, format!(
                 "depth {}: per-layer grad-norm spread at init (log10 max/min) Hyper-Link {:.2}, pre-norm {:.2}, post-norm {:.2}; final val loss {:.3} / {:.3} / {:.3}",
