@@ -196,7 +196,18 @@ pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
     } else if removed.is_empty() {
         "every single change still spikes: no single switch is the cause".to_string()
     } else {
-        format!("the spike disappears with: {}", removed.join(", "))
+        let all = removed.len() + 1 == spikes_of.len();
+        format!(
+            "the spike disappears with {}: {}{}",
+            if all { "every single change" } else { "these changes" },
+            removed.join(", "),
+            if all {
+                " -- so no one switch (kernel, link, lobe, MoE or schedule) is its cause; it is an event of this exact \
+                 configuration at the peak lr, and any perturbation avoids it (one seed)"
+            } else {
+                ""
+            }
+        )
     };
     let ent = |n: &str| by_name.iter().find(|x| x.0 == n).map_or(f64::NAN, |x| x.1);
     let (soft, hexp, elu) = (ent("softmax"), ent("ELA hadamard-exp"), ent("elu+1 (linear attn)"));
