@@ -268,6 +268,13 @@ pub struct LmBudget {
     pub stop_after: Option<usize>,
 }
 
+impl LmBudget {
+    /// The tiny budget of every LM experiment: 3 steps of 2 x 16 bytes, a pipeline check.
+    pub fn tiny() -> Self {
+        LmBudget { steps: 3, batch: 2, seq: 16, warmup: 1, eval_every: 3, lrs: vec![1e-3], stop_after: None }
+    }
+}
+
 /// One step of a training run, from its metrics.jsonl.
 #[derive(Clone, Debug, Default)]
 pub struct StepRecord {

@@ -14,11 +14,7 @@ use crate::lm::{Link, LmConfig};
 
 fn plan(b: Budget) -> (Vec<usize>, usize, LmBudget) {
     match b {
-        Budget::Tiny => (
-            vec![2],
-            16,
-            LmBudget { steps: 3, batch: 2, seq: 16, warmup: 1, eval_every: 3, lrs: vec![1e-3], stop_after: None },
-        ),
+        Budget::Tiny => (vec![2], 16, LmBudget::tiny()),
         Budget::Quick => (
             vec![4, 12, 24],
             32,

@@ -14,11 +14,7 @@ use crate::lm::{LmConfig, LobeMode};
 
 fn plan(b: Budget) -> (usize, usize, LmBudget) {
     match b {
-        Budget::Tiny => (
-            16,
-            1,
-            LmBudget { steps: 3, batch: 2, seq: 16, warmup: 1, eval_every: 3, lrs: vec![1e-3], stop_after: None },
-        ),
+        Budget::Tiny => (16, 1, LmBudget::tiny()),
         Budget::Quick => (
             64,
             2,

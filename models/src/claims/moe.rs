@@ -17,9 +17,7 @@ use crate::lm::{LmConfig, MoeSpec};
 
 fn plan(b: Budget) -> (usize, LmBudget) {
     match b {
-        Budget::Tiny => {
-            (16, LmBudget { steps: 3, batch: 2, seq: 16, warmup: 1, eval_every: 3, lrs: vec![1e-3], stop_after: None })
-        }
+        Budget::Tiny => (16, LmBudget::tiny()),
         Budget::Quick => (
             64,
             LmBudget { steps: 100, batch: 8, seq: 64, warmup: 10, eval_every: 20, lrs: vec![3e-3], stop_after: None },
