@@ -45,16 +45,22 @@ pub enum ElaKernel {
     Blueprint = 3,
     /// `q` and `k` already are the feature vectors `phi(q)`, `psi(k)` (`F = D`): how user kernels run.
     Identity = 4,
+    /// Linear attention with the `elu(x) + 1` feature map (Katharopoulos et al., 2020):
+    /// `k(q,k) = sum_d (elu(q_d) + 1)(elu(k_d) + 1)`, `phi = elu(q) + 1`, `psi = elu(k) + 1`,
+    /// `F = D`. Features are positive, so the denominator never vanishes; the "earlier linear
+    /// attention" baseline the paper compares against.
+    EluPlusOne = 5,
 }
 
 impl ElaKernel {
     /// Every kernel, in declaration order.
-    pub const ALL: [ElaKernel; 5] = [
+    pub const ALL: [ElaKernel; 6] = [
         ElaKernel::HadamardExp,
         ElaKernel::SumSqEuclid,
         ElaKernel::SubSqEuclid,
         ElaKernel::Blueprint,
         ElaKernel::Identity,
+        ElaKernel::EluPlusOne,
     ];
 
     /// The kernel's code in device kernels (its discriminant): what a backend passes to a kernel
@@ -66,7 +72,7 @@ impl ElaKernel {
     /// Feature size `F` for inputs of dimension `d`.
     pub fn feature_size(self, d: usize) -> usize {
         match self {
-            ElaKernel::HadamardExp | ElaKernel::Identity => d,
+            ElaKernel::HadamardExp | ElaKernel::Identity | ElaKernel::EluPlusOne => d,
             ElaKernel::SumSqEuclid | ElaKernel::SubSqEuclid => d + 2,
             ElaKernel::Blueprint => d + 1,
         }
@@ -80,6 +86,7 @@ impl ElaKernel {
             ElaKernel::SubSqEuclid => "sub-sq-euclid",
             ElaKernel::Blueprint => "blueprint",
             ElaKernel::Identity => "identity",
+            ElaKernel::EluPlusOne => "elu-plus-one",
         }
     }
 

@@ -18,7 +18,7 @@
 //   dv_j = U_j^T psi_j, dpsi_j = U_j v_j - w_j; dq = phi * dphi, dk = psi * dpsi (Hadamard Exp)
 //   or the feature maps' vector-Jacobian products (other kernels).
 
-// Kernel codes K_EXP, K_SUM, K_SUB, K_BLUE, K_ID: defined before this file by cuda/src/kernels.rs
+// Kernel codes K_EXP, K_SUM, K_SUB, K_BLUE, K_ID, K_ELU: defined before this file by cuda/src/kernels.rs
 // (`ela_kernel_defines`) from `ElaKernel::code` in core/src/ela.rs, so they cannot drift.
 
 __device__ __forceinline__ int feature_size(int kern, int d) {
@@ -29,10 +29,10 @@ template <typename D> __device__ __forceinline__ void load_row(typename D::C* ds
     for (int e = threadIdx.x; e < n; e += blockDim.x) dst[e] = D::load(src[e]);
 }
 
-// out[F] = phi(x) (query) or psi(x) (key) for the signed kernels and Identity.
+// out[F] = phi(x) (query) or psi(x) (key) for the signed kernels, elu+1 and Identity.
 template <typename C> __device__ void features(int kern, bool key, const C* x, int d, C* out, C* red) {
     C n2 = (C)0;
-    if (kern != K_ID) {
+    if (kern != K_ID && kern != K_ELU) {
         C s = (C)0;
         for (int e = threadIdx.x; e < d; e += blockDim.x) s += x[e] * x[e];
         n2 = block_sum<C>(s, red);
@@ -48,6 +48,8 @@ template <typename C> __device__ void features(int kern, bool key, const C* x, i
         } else if (kern == K_BLUE) {
             C n = n2 + (C)1;
             v = c < d ? n * x[c] : n;
+        } else if (kern == K_ELU) {
+            v = x[c] > (C)0 ? x[c] + (C)1 : x_exp(x[c]);
         } else {
             v = x[c];
         }
@@ -76,6 +78,8 @@ __device__ void features_vjp(int kern, bool key, const typename D::C* x, int d, 
         if (kern == K_SUM || kern == K_SUB) {
             if (key) r = (kern == K_SUM ? (C)2 : (C)-2) * gf[e] + (C)2 * gf[d + 1] * x[e];
             else r = gf[e] + (C)2 * gf[d] * x[e];
+        } else if (kern == K_ELU) {
+            r = x[e] > (C)0 ? gf[e] : gf[e] * x_exp(x[e]);
         } else {
             r = gf[e];
         }

@@ -43,6 +43,7 @@ __device__ __forceinline__ C nc_feature(int kern, bool key, const C* x, int d, i
         return key ? n2 : (C)1;
     }
     if (kern == K_BLUE) return c < d ? (n2 + (C)1) * x[c] : n2 + (C)1;
+    if (kern == K_ELU) return x[c] > (C)0 ? x[c] + (C)1 : x_exp(x[c]);
     return x[c];
 }
 
@@ -64,6 +65,8 @@ __device__ void nc_feature_vjp(int kern, bool key, const typename D::C* x, int d
             else r = gf[e] + (C)2 * gf[d] * x[e];
         } else if (kern == K_BLUE) {
             r = (n2 + (C)1) * gf[e] + two_s * x[e];
+        } else if (kern == K_ELU) {
+            r = x[e] > (C)0 ? gf[e] : gf[e] * x_exp(x[e]);
         } else {
             r = gf[e];
         }

@@ -28,6 +28,7 @@ fn ela_kernel_macro(k: ElaKernel) -> &'static str {
         ElaKernel::SubSqEuclid => "K_SUB",
         ElaKernel::Blueprint => "K_BLUE",
         ElaKernel::Identity => "K_ID",
+        ElaKernel::EluPlusOne => "K_ELU",
     }
 }
 

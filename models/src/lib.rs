@@ -12,6 +12,7 @@ pub use ela_cuda;
 pub use ela_nn;
 
 pub mod budget;
+pub mod claims;
 pub mod cli;
 pub mod console;
 pub mod data;

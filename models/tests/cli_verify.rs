@@ -21,11 +21,11 @@ fn every_kernel_passes_and_the_table_is_printed() {
         let (out, err) = text(&o);
         assert_eq!(o.status.code(), Some(0), "{dtype}: {out}\n{err}");
         assert!(out.contains("| kernel | form | y abs | y rel | dq abs |"), "{out}");
-        for kernel in ["hadamard-exp", "sum-sq-euclid", "sub-sq-euclid", "blueprint", "identity"] {
+        for kernel in ["hadamard-exp", "sum-sq-euclid", "sub-sq-euclid", "blueprint", "identity", "elu-plus-one"] {
             assert!(out.contains(&format!("| {kernel} | chunked |")), "{kernel} missing:\n{out}");
             assert!(out.contains(&format!("| {kernel} | recurrent |")), "{kernel} missing:\n{out}");
         }
-        assert!(out.contains("PASS: all 25 errors within") && !out.contains("FAIL"), "{out}");
+        assert!(out.contains("PASS: all 30 errors within") && !out.contains("FAIL"), "{out}");
     }
 }
 

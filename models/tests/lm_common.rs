@@ -31,7 +31,7 @@ pub fn tiny(attention: AttnKind, link: Link, lobe: LobeMode, moe: bool) -> LmCon
 /// Every attention mixer the LM supports.
 pub fn attentions() -> Vec<AttnKind> {
     let mut v = vec![AttnKind::Softmax];
-    for k in ["hadamard-exp", "sum-sq-euclid", "sub-sq-euclid", "blueprint"] {
+    for k in ["hadamard-exp", "sum-sq-euclid", "sub-sq-euclid", "blueprint", "elu-plus-one"] {
         v.push(AttnKind::Ela { kernel: k.parse().unwrap(), chunk: 4 });
     }
     v
@@ -41,7 +41,7 @@ pub fn attentions() -> Vec<AttnKind> {
 pub fn causal_configs() -> Vec<LmConfig> {
     let mut out = vec![];
     for a in attentions() {
-        for link in [Link::Hyper, Link::Residual] {
+        for link in [Link::Hyper, Link::Residual, Link::PostNorm] {
             for lobe in [LobeMode::Off, LobeMode::Causal] {
                 for moe in [false, true] {
                     out.push(tiny(a.clone(), link, lobe, moe));

@@ -39,7 +39,7 @@ fn causal_models_do_not_leak() {
 #[test]
 fn bidirectional_lobe_leaks_and_is_detected() {
     for a in lm_common::attentions() {
-        for link in [Link::Hyper, Link::Residual] {
+        for link in [Link::Hyper, Link::Residual, Link::PostNorm] {
             let cfg = lm_common::tiny(a.clone(), link, LobeMode::Bidirectional, false);
             let model = ElaLm::new(&ParamStore::new(&Cpu, DType::F64, 3), cfg.clone()).unwrap();
             let l = leak(&model, cfg.vocab, 3);

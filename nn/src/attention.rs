@@ -188,6 +188,41 @@ impl<B: Backend> Attention<B> {
         })
     }
 
+    /// The normalised attention weights `[batch, heads, t, t]` of `x [batch, t, d]`: row `i` is
+    /// the distribution over keys that output `i` averages values with (`a_ij / sum_j a_ij`,
+    /// masked to `j <= i` when causal). For ELA it is the kernel's closed form, which the linear
+    /// forms equal (docs/ela.md); signed kernels can give negative weights. O(t^2): for analysis
+    /// (`ela claims dilution`), not for training.
+    pub fn attention_weights(&self, x: &Var<B>) -> Result<Tensor<B>> {
+        let (_, t) = self.check_input(x)?;
+        no_grad(|| {
+            let (q, k) = (self.heads(x, &self.q, true, 0)?, self.heads(x, &self.k, true, 0)?);
+            let qv = q.value();
+            let dev = qv.device();
+            let a = match &self.cfg.mixer {
+                Mixer::Softmax => {
+                    let dh = self.head_dim() as f64;
+                    let scores = q.matmul(&k.t()?)?.mul_scalar(1.0 / dh.sqrt())?.value();
+                    let scores = if self.cfg.causal {
+                        let allowed = Tensor::tril_mask(t, t, 0, dev)?;
+                        scores.masked_fill(&allowed.cmp_scalar(CmpOp::Eq, 0.0)?, f64::NEG_INFINITY)?
+                    } else {
+                        scores
+                    };
+                    return scores.softmax(-1isize);
+                }
+                Mixer::Ela(ela) => crate::ela::builtin::<B>(ela.kernel).kernel_matrix(&q, &k)?.value(),
+            };
+            let a = if self.cfg.causal {
+                let allowed = Tensor::tril_mask(t, t, 0, dev)?;
+                a.masked_fill(&allowed.cmp_scalar(CmpOp::Eq, 0.0)?, 0.0)?
+            } else {
+                a
+            };
+            a.div(&a.sum(-1isize, true)?)
+        })
+    }
+
     fn require_causal(&self, op: &str) -> Result<()> {
         if !self.cfg.causal {
             return Err(Error::invalid("Attention", format!("{op} decodes left to right and needs a causal layer")));

@@ -103,6 +103,9 @@ pub struct RoutingStats {
     pub load: Vec<f64>,
     /// Mean over tokens of the entropy (nats) of the normalised routing scores.
     pub entropy: f64,
+    /// Per token (in input order), the expert of its highest selection score (the first of its
+    /// top-k): what `ela claims moe` correlates with the token's class.
+    pub choice: Vec<u32>,
 }
 
 /// Output of [`Moe::forward`].
@@ -238,7 +241,8 @@ impl<B: Backend> Moe<B> {
         } else {
             None
         };
-        Ok(MoeOutput { y, aux_loss, stats: RoutingStats { counts, load, entropy } })
+        let choice = idx_host.iter().step_by(k).copied().collect();
+        Ok(MoeOutput { y, aux_loss, stats: RoutingStats { counts, load, entropy, choice } })
     }
 
     /// Loss-free balancing step after an optimizer step: `b_i += gamma * sign(mean_load - load_i)`.

@@ -168,7 +168,7 @@ fn aux_loss_and_loss_free_bias() {
     }
     // The bias changes selection only: pushing expert 3's bias far up sends every token there,
     // while the gate stays the unbiased score.
-    let stats = RoutingStats { counts: vec![], load: vec![1.0, 1.0, 1.0, -9999.0], entropy: 0.0 };
+    let stats = RoutingStats { counts: vec![], load: vec![1.0, 1.0, 1.0, -9999.0], entropy: 0.0, choice: vec![] };
     for _ in 0..2000 {
         moe.update_selection_bias(&stats).unwrap();
     }

@@ -67,13 +67,7 @@ const GOOD: SquaredDot = SquaredDot { bad_vjp: false, bad_scale: 1.0 };
 #[test]
 fn builtin_kernels_decompose_exactly() {
     let opts = CheckOptions { dim: 6, samples: 24, ..CheckOptions::default() };
-    for kernel in [
-        ElaKernel::HadamardExp,
-        ElaKernel::SumSqEuclid,
-        ElaKernel::SubSqEuclid,
-        ElaKernel::Blueprint,
-        ElaKernel::Identity,
-    ] {
+    for kernel in ElaKernel::ALL {
         let rep = check_kernel(builtin::<Cpu>(kernel).as_ref(), &Cpu, &opts).unwrap();
         assert!(rep.exact(1e-12, 1e-6), "{rep}");
         assert_eq!(rep.pairs, 3 * 24 * 24);
@@ -83,7 +77,7 @@ fn builtin_kernels_decompose_exactly() {
         );
         assert_eq!(rep.signed_phi || rep.signed_psi, signed, "{rep}");
         match kernel {
-            ElaKernel::HadamardExp | ElaKernel::SumSqEuclid | ElaKernel::SubSqEuclid => {
+            ElaKernel::HadamardExp | ElaKernel::SumSqEuclid | ElaKernel::SubSqEuclid | ElaKernel::EluPlusOne => {
                 assert!(rep.non_negative(), "{rep}")
             }
             _ => assert!(!rep.non_negative(), "{rep}"),
@@ -106,6 +100,31 @@ fn blueprint_violates_non_negativity_when_q_dot_k_below_minus_one() {
         let k = Var::constant(Tensor::from_vec(vec![qk, 0.0f64], [1, 2], &Cpu).unwrap());
         let value = kern.kernel_matrix(&q, &k).unwrap().value().to_scalar().unwrap();
         assert_eq!(value < 0.0, negative, "q.k = {qk}: k = {value}");
+    }
+}
+
+/// elu+1 (the earlier linear-attention baseline): exact decomposition, strictly positive features
+/// on both branches of the map (inputs at scale 2 are half negative), VJPs equal to finite
+/// differences, and the map itself against hand-computed values on both sides of 0.
+#[test]
+fn elu_plus_one_is_exact_positive_and_differentiable() {
+    let opts = CheckOptions { dim: 5, samples: 32, scales: vec![0.5, 2.0, 6.0], ..CheckOptions::default() };
+    let rep = check_kernel(builtin::<Cpu>(ElaKernel::EluPlusOne).as_ref(), &Cpu, &opts).unwrap();
+    assert!(rep.exact(1e-12, 1e-6), "{rep}");
+    assert!(rep.non_negative() && !rep.signed_phi && !rep.signed_psi && rep.min_value > 0.0, "{rep}");
+    let kern = builtin::<Cpu>(ElaKernel::EluPlusOne);
+    let x = Tensor::from_vec(vec![-2.0f64, 0.0, 0.5, 3.0], [1, 4], &Cpu).unwrap();
+    let phi = kern.phi(&x).unwrap().to_vec_f64().unwrap();
+    let want = [(-2.0f64).exp(), 1.0, 1.5, 4.0];
+    for (a, b) in phi.iter().zip(want) {
+        assert!((a - b).abs() < 1e-15, "{phi:?} vs {want:?}");
+    }
+    // dx = g * exp(min(x, 0)): the slope is e^x left of 0 and 1 from 0 on.
+    let g = Tensor::from_vec(vec![1.0f64, 2.0, 3.0, 4.0], [1, 4], &Cpu).unwrap();
+    let dx = kern.phi_vjp(&x, &g).unwrap().to_vec_f64().unwrap();
+    let want = [(-2.0f64).exp(), 2.0, 3.0, 4.0];
+    for (a, b) in dx.iter().zip(want) {
+        assert!((a - b).abs() < 1e-15, "{dx:?} vs {want:?}");
     }
 }
 

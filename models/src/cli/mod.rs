@@ -2,6 +2,7 @@
 //! file and returns `ela_core::Result`, so errors reach `main` as one typed value.
 
 pub mod bench;
+pub mod claims;
 pub mod detect;
 pub mod generate;
 pub mod info;
@@ -41,6 +42,9 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Benchmarks: `ela bench ela` (ELA vs quadratic, softmax, JAX over T) and `ela bench decode`.
     Bench(bench::BenchArgs),
+    /// The paper's claims re-measured: `ela claims mqar|decode|link|lobe|moe|lm|dilution`, and
+    /// `ela claims report` (writes docs/claims.md).
+    Claims(claims::ClaimsArgs),
 }
 
 /// Run a parsed command line.
@@ -54,6 +58,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => crate::demo::run(&args),
         Command::Verify(args) => verify::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Claims(args) => claims::run(&args),
     }
 }
 

@@ -21,7 +21,7 @@ ela_grads.rs; f16/bf16 the forward bound of ela_numerics.rs, a few bf16 rounding
   f64        y 1e-10   dq/dk/dv 1e-9
   f32        y 1e-5    dq/dk/dv 1e-4
   f16, bf16  y 1e-2    dq/dk/dv 1e-2   (computed with an f32 state, rounded once on output)
-Inputs (default --inputs conditioned, as in the tests): hadamard-exp q, k ~ N(0, scale^2);
+Inputs (default --inputs conditioned, as in the tests): hadamard-exp and elu-plus-one q, k ~ N(0, scale^2);
 sum-sq-euclid and identity q, k ~ U[0.5, 1.5]; sub-sq-euclid q ~ U[0.5, 1.5], k ~ U[-1.5, -0.5];
 blueprint q, k ~ U[-0.9, 0.9]/sqrt(dim) per coordinate (so q.k > -0.81). The signed kernels'
 linear denominators cancel for arbitrary inputs (docs/ela.md#signed-kernels); --inputs normal
@@ -32,7 +32,8 @@ Exit status: 0 when every error is within tolerance, 1 otherwise.";
 #[derive(clap::Args, Debug, Clone)]
 #[command(after_help = TOLERANCES)]
 pub struct VerifyArgs {
-    /// Only this kernel: hadamard-exp, sum-sq-euclid, sub-sq-euclid, blueprint, identity (default: all).
+    /// Only this kernel: hadamard-exp, sum-sq-euclid, sub-sq-euclid, blueprint, identity,
+    /// elu-plus-one (default: all).
     #[arg(long)]
     pub kernel: Option<ElaKernel>,
     /// Batch size.
@@ -66,7 +67,8 @@ pub struct VerifyArgs {
     /// Device of the fast forms: cpu, cuda, cuda:N (the reference always runs on the CPU).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Standard deviation of q and k where they are normal (hadamard-exp, or --inputs normal).
+    /// Standard deviation of q and k where they are normal (hadamard-exp, elu-plus-one, or --inputs
+    /// normal).
     #[arg(long, default_value_t = 1.0)]
     pub scale: f64,
     /// Input distribution: `conditioned` (per kernel, as in the tests) or `normal` (N(0, scale^2) for all).
@@ -157,7 +159,8 @@ fn uniform(n: usize, lo: f64, hi: f64, rng: &mut Rng) -> Vec<f64> {
 fn draw_qk(kernel: ElaKernel, n: usize, d: usize, args: &VerifyArgs, rng: &mut Rng) -> (Vec<f64>, Vec<f64>, String) {
     let s = args.scale;
     let normal = |rng: &mut Rng| (0..n).map(|_| s * rng.normal()).collect::<Vec<f64>>();
-    if args.inputs == "normal" || kernel == ElaKernel::HadamardExp {
+    // Hadamard Exp and elu+1 have positive features: any input is safe.
+    if args.inputs == "normal" || matches!(kernel, ElaKernel::HadamardExp | ElaKernel::EluPlusOne) {
         return (normal(rng), normal(rng), format!("q, k ~ N(0, {s}^2)"));
     }
     match kernel {

@@ -1,5 +1,5 @@
 //! One layer of the LM: attention, FFN (dense SwiGLU or MoE), optional Memory Lobe, connected by
-//! Hyper-Link or by the standard pre-norm residual.
+//! Hyper-Link, by the standard pre-norm residual or by the post-norm residual.
 
 use ela_autograd::Var;
 use ela_core::{Backend, Error, Result};
@@ -104,7 +104,7 @@ impl<B: Backend> Block<B> {
         };
         Ok(Block {
             norm1: RmsNorm::new(&vs.sub("norm1"), cfg.dim, eps)?,
-            norm2: (cfg.link == Link::Residual).then(|| RmsNorm::new(&vs.sub("norm2"), cfg.dim, eps)).transpose()?,
+            norm2: (cfg.link != Link::Hyper).then(|| RmsNorm::new(&vs.sub("norm2"), cfg.dim, eps)).transpose()?,
             attn: Attention::new(&vs.sub("attn"), attn_cfg)?,
             ffn,
             lobe,
@@ -159,18 +159,44 @@ impl<B: Backend> Block<B> {
                 };
                 Ok((out, aux))
             }
+            Link::PostNorm => {
+                // `a = Attn(x)` here (see `attn_input`): h = N1(x + a), x' = N2(h + f + Lobe(f)).
+                let h = self.norm1.forward(&x.add(&a)?)?;
+                let norm2 = self.norm2.as_ref().expect("post-norm blocks have norm2");
+                let (f, aux) = self.ffn(&h)?;
+                let sum = match &self.lobe {
+                    Some(l) => h.add(&f)?.add(&lobe(l, &f)?)?,
+                    None => h.add(&f)?,
+                };
+                Ok((norm2.forward(&sum)?, aux))
+            }
+        }
+    }
+
+    /// What the attention layer reads: `RMSNorm_1(x)` for the pre-norm links, `x` itself for
+    /// the post-norm residual (whose norms come after each sum).
+    fn attn_input(&self, x: &Var<B>) -> Result<Var<B>> {
+        match self.link {
+            Link::PostNorm => Ok(x.clone()),
+            Link::Hyper | Link::Residual => self.norm1.forward(x),
         }
     }
 
     /// Whole-sequence forward `[batch, time, dim]`.
     pub fn forward(&self, x: &Var<B>) -> Result<(Var<B>, BlockAux<B>)> {
-        let a = self.attn.forward(&self.norm1.forward(x)?)?;
+        let a = self.attn.forward(&self.attn_input(x)?)?;
         self.connect(x, a, |l, f| l.forward(f))
+    }
+
+    /// The attention layer's normalised weights `[batch, heads, t, t]` for the block input `x`
+    /// (see [`Attention::attention_weights`]).
+    pub fn attention_weights(&self, x: &Var<B>) -> Result<ela_core::Tensor<B>> {
+        self.attn.attention_weights(&self.attn_input(x)?)
     }
 
     /// Run a prompt and keep the caches for decoding.
     pub fn prefill(&self, x: &Var<B>) -> Result<(Var<B>, BlockCache<B>)> {
-        let (a, attn_cache) = self.attn.prefill(&self.norm1.forward(x)?)?;
+        let (a, attn_cache) = self.attn.prefill(&self.attn_input(x)?)?;
         let mut lobe_cache = None;
         let (out, _) = self.connect(x, a, |l, f| {
             let (m, c) = l.prefill(f)?;
@@ -182,7 +208,7 @@ impl<B: Backend> Block<B> {
 
     /// Decode one position `x [batch, 1, dim]` at absolute position `pos`.
     pub fn step(&self, x: &Var<B>, pos: usize, cache: &mut BlockCache<B>) -> Result<Var<B>> {
-        let a = self.attn.step(&self.norm1.forward(x)?, pos, &mut cache.attn)?;
+        let a = self.attn.step(&self.attn_input(x)?, pos, &mut cache.attn)?;
         let lobe_cache = &mut cache.lobe;
         let (out, _) = self.connect(x, a, |l, f| {
             let c = lobe_cache.as_mut().ok_or_else(|| Error::invalid("Block::step", "missing lobe cache"))?;

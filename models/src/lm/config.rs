@@ -24,6 +24,25 @@ pub enum Link {
     Hyper,
     /// Standard pre-norm residual: `h = x + Attn(N1(x))`, `f = FFN(N2(h))`, `x' = h + f + Lobe(f)`.
     Residual,
+    /// Post-norm residual (the original Transformer's): `h = N1(x + Attn(x))`, `f = FFN(h)`,
+    /// `x' = N2(h + f + Lobe(f))`. The baseline of `ela claims link`.
+    PostNorm,
+}
+
+impl Link {
+    /// The name used by `--link`, config.json and checkpoints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Link::Hyper => "hyper",
+            Link::Residual => "residual",
+            Link::PostNorm => "post-norm",
+        }
+    }
+
+    /// Parse [`Link::name`].
+    pub fn parse(s: &str) -> Option<Link> {
+        [Link::Hyper, Link::Residual, Link::PostNorm].into_iter().find(|l| l.name() == s)
+    }
 }
 
 /// The Memory Lobe's mode.
@@ -162,14 +181,7 @@ impl LmConfig {
                     AttnKind::Softmax => "0".into(),
                 },
             ),
-            (
-                "link",
-                match self.link {
-                    Link::Hyper => "hyper",
-                    Link::Residual => "residual",
-                }
-                .into(),
-            ),
+            ("link", self.link.name().into()),
             (
                 "lobe",
                 match self.lobe {
@@ -213,11 +225,9 @@ impl LmConfig {
                 None => return Err(Error::invalid("LmConfig", format!("model.attention: unknown value {s:?}"))),
             },
         };
-        let link = match field("link")?.as_str() {
-            "hyper" => Link::Hyper,
-            "residual" => Link::Residual,
-            s => return Err(Error::invalid("LmConfig", format!("model.link: unknown value {s:?}"))),
-        };
+        let link = field("link")?;
+        let link = Link::parse(&link)
+            .ok_or_else(|| Error::invalid("LmConfig", format!("model.link: unknown value {link:?}")))?;
         let lobe = match field("lobe")?.as_str() {
             "off" => LobeMode::Off,
             "causal" => LobeMode::Causal,

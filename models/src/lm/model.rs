@@ -182,6 +182,21 @@ impl<B: Backend> ElaLm<B> {
         Ok((total, ce_value, out))
     }
 
+    /// Every layer's normalised attention weights `[batch, heads, t, t]` for token ids
+    /// `[batch, t]` (O(t^2) per layer; for analysis, see `ela claims dilution`).
+    pub fn attention_weights(&self, ids: &Tensor<B>) -> Result<Vec<Tensor<B>>> {
+        self.check_ids(ids)?;
+        no_grad(|| {
+            let mut h = self.embed.forward(ids)?;
+            let mut out = Vec::with_capacity(self.blocks.len());
+            for b in &self.blocks {
+                out.push(b.attention_weights(&h)?);
+                h = b.forward(&h)?.0;
+            }
+            Ok(out)
+        })
+    }
+
     /// Run a prompt `[batch, time]` and return the logits of its last position `[batch, vocab]`
     /// and the state to continue decoding from.
     pub fn prefill(&self, ids: &Tensor<B>) -> Result<(Tensor<B>, DecodeState<B>)> {

@@ -40,7 +40,7 @@ pub fn param_report(cfg: &LmConfig) -> Result<Vec<(String, u64)>> {
         v_out.push(("layers.*.lobe".into(), per_layer(proj)?));
     }
     v_out.push(("layers.*.norm1".into(), per_layer(d)?));
-    if cfg.link == Link::Residual {
+    if cfg.link != Link::Hyper {
         v_out.push(("layers.*.norm2".into(), per_layer(d)?));
     }
     v_out.sort();

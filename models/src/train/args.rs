@@ -16,8 +16,8 @@ pub struct ModelArgs {
     /// Token mixer of the attention layers: `ela` or `softmax`.
     #[arg(long, default_value = "ela")]
     pub attention: String,
-    /// ELA kernel: hadamard-exp, sum-sq-euclid, sub-sq-euclid, blueprint (parsed here, so a bad
-    /// name is an argument error).
+    /// ELA kernel: hadamard-exp, sum-sq-euclid, sub-sq-euclid, blueprint, elu-plus-one (plain
+    /// linear attention with the elu+1 feature map) (parsed here, so a bad name is an argument error).
     #[arg(long, default_value = "hadamard-exp")]
     pub kernel: ElaKernel,
     /// Chunk length of the chunked ELA form on the CPU. With `--device cuda` it is checked but
@@ -25,8 +25,8 @@ pub struct ModelArgs {
     /// chunk length up to rounding.
     #[arg(long, default_value_t = 64)]
     pub chunk: usize,
-    /// Layer connection: `residual` (pre-norm) or `hyper` (the paper's Hyper-Link, which trains
-    /// more slowly at this size: see docs/model.md).
+    /// Layer connection: `residual` (pre-norm), `post-norm` (post-norm residual) or `hyper` (the
+    /// paper's Hyper-Link, which trains more slowly at this size: see docs/model.md).
     #[arg(long, default_value = "residual")]
     pub link: String,
     /// Memory Lobe: `off`, `causal`, or `bidirectional` (leaks future tokens in an LM).
@@ -74,6 +74,41 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The switches that describe `cfg` (the inverse of [`ModelArgs::to_config`] for a byte
+    /// vocabulary), so library callers can hand a configuration to [`crate::train::train`].
+    pub fn from_config(cfg: &LmConfig) -> ModelArgs {
+        let (attention, kernel, chunk) = match &cfg.attention {
+            AttnKind::Softmax => ("softmax", ElaKernel::HadamardExp, 64),
+            AttnKind::Ela { kernel, chunk } => ("ela", *kernel, *chunk),
+        };
+        let lobe = match cfg.lobe {
+            LobeMode::Off => "off",
+            LobeMode::Causal => "causal",
+            LobeMode::Bidirectional => "bidirectional",
+        };
+        let moe = cfg.moe.clone();
+        ModelArgs {
+            attention: attention.into(),
+            kernel,
+            chunk,
+            link: cfg.link.name().into(),
+            lobe: lobe.into(),
+            dim: cfg.dim,
+            layers: cfg.layers,
+            heads: cfg.heads,
+            ffn_hidden: cfg.ffn_hidden,
+            experts: moe.as_ref().map_or(0, |m| m.experts),
+            top_k: moe.as_ref().map_or(1, |m| m.top_k),
+            moe_bias: moe.as_ref().map_or("none".into(), |m| m.bias.clone()),
+            moe_score: moe.as_ref().map_or("softmax".into(), |m| m.score.clone()),
+            aux_alpha: moe.as_ref().map_or(0.0, |m| m.aux_alpha),
+            loss_free_gamma: moe.as_ref().map_or(0.0, |m| m.loss_free_gamma),
+            no_final_norm: !cfg.final_norm,
+            untied: !cfg.tied_embeddings,
+            rope: cfg.rope_max_len.unwrap_or(0),
+        }
+    }
+
     /// The model configuration these switches describe.
     pub fn to_config(&self) -> Result<LmConfig> {
         let attention = match self.attention.as_str() {
@@ -86,11 +121,9 @@ impl ModelArgs {
             }
             s => return Err(Error::invalid("train", format!("--attention must be `ela` or `softmax`, got {s:?}"))),
         };
-        let link = match self.link.as_str() {
-            "hyper" => Link::Hyper,
-            "residual" => Link::Residual,
-            s => return Err(Error::invalid("train", format!("--link must be `hyper` or `residual`, got {s:?}"))),
-        };
+        let link = Link::parse(&self.link).ok_or_else(|| {
+            Error::invalid("train", format!("--link must be `hyper`, `residual` or `post-norm`, got {:?}", self.link))
+        })?;
         let lobe = match self.lobe.as_str() {
             "off" => LobeMode::Off,
             "causal" => LobeMode::Causal,
@@ -208,6 +241,15 @@ pub struct TrainArgs {
     /// Testing aid: abort the process (no cleanup, like a kill) right after this step.
     #[arg(long, hide = true)]
     pub abort_after: Option<usize>,
+    /// Also log each layer's gradient norm (before clipping) per step as `grad_norm_layer_<i>`
+    /// in metrics.jsonl (what `ela claims link` plots). Library callers only.
+    #[arg(skip)]
+    pub layer_grad_norms: bool,
+    /// Stop after this step, keeping the schedule of `steps` (no final checkpoint, plot or
+    /// sample; `ela claims dilution` looks at the start of the default run this way). Library
+    /// callers only.
+    #[arg(skip)]
+    pub stop_after: Option<usize>,
     /// The options given on the command line (clap ids), filled by the CLI, so `--resume` can
     /// refuse the ones that contradict the saved run (see [`TrainArgs::check_resume_flags`]).
     /// Empty for library callers.

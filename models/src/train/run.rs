@@ -236,6 +236,7 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
         let (loss, ce, out) =
             model.loss(&ids(&b.inputs, b.batch, b.seq, device)?, &ids(&b.targets, b.batch, b.seq, device)?)?;
         let mut grads = loss.backward()?;
+        let layer_norms = if args.layer_grad_norms { layer_grad_norms(&store, &grads, cfg.layers)? } else { vec![] };
         let norm = if args.clip > 0.0 { clip_grad_norm(&store.params(), &mut grads, args.clip)? } else { f64::NAN };
         let finite = norm.is_finite() || args.clip == 0.0;
         if finite {
@@ -268,6 +269,10 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
             ("grad_norm", Value::Num(norm)),
             ("tokens_per_sec", Value::Num(tps)),
         ];
+        let layer_keys: Vec<String> = (0..layer_norms.len()).map(|i| format!("grad_norm_layer_{i}")).collect();
+        for (k, n) in layer_keys.iter().zip(&layer_norms) {
+            rec.push((k.as_str(), Value::Num(*n)));
+        }
         if !out.routing.is_empty() {
             let ent = out.routing.iter().map(|r| r.entropy).sum::<f64>() / out.routing.len() as f64;
             let max_load = out.routing.iter().flat_map(|r| r.load.iter().copied()).fold(0.0, f64::max);
@@ -288,9 +293,12 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
         if args.abort_after == Some(done) {
             std::process::abort();
         }
+        if args.stop_after == Some(done) {
+            break;
+        }
     }
     let seconds = t0.elapsed().as_secs_f64();
-    let steps_run = args.steps.saturating_sub(start);
+    let steps_run = args.stop_after.map_or(args.steps, |s| s.min(args.steps)).saturating_sub(start);
     if steps_run == 0 {
         val_loss = validate(&model, &ds, args.seq, args.batch, args.eval_windows)?;
     }
@@ -319,6 +327,22 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
         metrics: metrics_path,
         seconds,
     })
+}
+
+/// The gradient norm of each layer's parameters (`layers.<i>.*`), before clipping.
+fn layer_grad_norms<B: Backend>(
+    store: &ParamStore<B>,
+    grads: &ela_autograd::Grads<B>,
+    layers: usize,
+) -> Result<Vec<f64>> {
+    let named = store.named_params();
+    (0..layers)
+        .map(|i| {
+            let prefix = format!("layers.{i}.");
+            let params: Vec<_> = named.iter().filter(|(n, _)| n.starts_with(&prefix)).map(|(_, v)| v.clone()).collect();
+            ela_nn::optim::global_grad_norm(&params, grads)
+        })
+        .collect()
 }
 
 /// The error that stops a run at its first non-finite loss or gradient norm. The last checkpoint

@@ -96,7 +96,8 @@ impl<B: Backend> Ela<B> {
     pub fn builtin(kernel: ElaKernel) -> Self {
         Self::new(builtin(kernel))
     }
-    /// A built-in kernel by name (`hadamard-exp`, `sum-sq-euclid`, `sub-sq-euclid`, `blueprint`, `identity`).
+    /// A built-in kernel by name (`hadamard-exp`, `sum-sq-euclid`, `sub-sq-euclid`, `blueprint`, `identity`,
+    /// `elu-plus-one`).
     pub fn from_name(name: &str) -> Result<Self> {
         Ok(Self::new(builtin_by_name(name)?))
     }

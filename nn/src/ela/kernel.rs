@@ -1,5 +1,5 @@
 //! The [`Kernel`] trait (an exactly decomposable attention kernel `k(q,k) = phi(q) . psi(k)`)
-//! and the paper's four kernels.
+//! and the built-in kernels (the paper's four, the identity, and the elu+1 baseline).
 //!
 //! A kernel supplies its feature maps and their hand-derived vector-Jacobian products as tensor
 //! ops (so the fused chunked op can run it on any backend as [`ElaKernel::Identity`]), and its
@@ -272,6 +272,56 @@ impl<B: Backend> Kernel<B> for Identity {
     }
 }
 
+/// `elu(x) + 1 = max(x, 0) + exp(min(x, 0))`: `x + 1` for `x > 0`, `exp(x)` otherwise.
+fn elu_plus_one_map<B: Backend>(x: &Tensor<B>) -> Result<Tensor<B>> {
+    x.relu()?.add(&x.minimum_scalar(0.0)?.exp()?)
+}
+
+/// `d(elu(x) + 1)/dx = [x > 0] + exp(x) [x <= 0] = exp(min(x, 0))`, so `dx = g * exp(min(x, 0))`
+/// (docs/ela.md (V6)); at `x = 0` both sides give 1, so the map is continuously differentiable.
+fn elu_plus_one_vjp<B: Backend>(x: &Tensor<B>, g: &Tensor<B>) -> Result<Tensor<B>> {
+    g.mul(&x.minimum_scalar(0.0)?.exp()?)
+}
+
+/// Linear attention with the `elu(x) + 1` feature map (Katharopoulos et al., 2020), the
+/// "earlier linear attention" the paper compares against: `k(q,k) = sum_d (elu(q_d)+1)(elu(k_d)+1)`,
+/// `phi = elu(q) + 1`, `psi = elu(k) + 1`, `F = D`. Features are positive (so the denominator is
+/// a sum of positive terms), but a feature grows only linearly in its input, which makes the
+/// attention weights far less peaked than softmax's or Hadamard Exp's.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EluPlusOne;
+
+impl<B: Backend> Kernel<B> for EluPlusOne {
+    fn name(&self) -> String {
+        ElaKernel::EluPlusOne.name().into()
+    }
+    fn feature_size(&self, d: usize) -> usize {
+        d
+    }
+    fn phi(&self, q: &Tensor<B>) -> Result<Tensor<B>> {
+        elu_plus_one_map(q)
+    }
+    fn psi(&self, k: &Tensor<B>) -> Result<Tensor<B>> {
+        elu_plus_one_map(k)
+    }
+    fn phi_vjp(&self, q: &Tensor<B>, d_phi: &Tensor<B>) -> Result<Tensor<B>> {
+        elu_plus_one_vjp(q, d_phi)
+    }
+    fn psi_vjp(&self, k: &Tensor<B>, d_psi: &Tensor<B>) -> Result<Tensor<B>> {
+        elu_plus_one_vjp(k, d_psi)
+    }
+    /// Like Hadamard Exp, the kernel is *defined* as a sum of per-coordinate products, so its closed
+    /// form is the product of the two maps, here written with the autograd ops `max(x, 0)` and
+    /// `exp(min(x, 0))` (a different op path from the tensor-level `relu`-based map).
+    fn kernel_matrix(&self, q: &Var<B>, k: &Var<B>) -> Result<Var<B>> {
+        let f = |x: &Var<B>| -> Result<Var<B>> { x.maximum_scalar(0.0)?.add(&x.minimum_scalar(0.0)?.exp()?) };
+        f(q)?.matmul(&f(k)?.t()?)
+    }
+    fn fused(&self) -> Option<ElaKernel> {
+        Some(ElaKernel::EluPlusOne)
+    }
+}
+
 /// The built-in kernel object for a fused kernel id.
 pub fn builtin<B: Backend>(kernel: ElaKernel) -> Arc<dyn Kernel<B>> {
     match kernel {
@@ -280,11 +330,12 @@ pub fn builtin<B: Backend>(kernel: ElaKernel) -> Arc<dyn Kernel<B>> {
         ElaKernel::SubSqEuclid => Arc::new(SubSqEuclid),
         ElaKernel::Blueprint => Arc::new(Blueprint),
         ElaKernel::Identity => Arc::new(Identity),
+        ElaKernel::EluPlusOne => Arc::new(EluPlusOne),
     }
 }
 
 /// The built-in kernel named `name` (`hadamard-exp`, `sum-sq-euclid`, `sub-sq-euclid`,
-/// `blueprint`, `identity`).
+/// `blueprint`, `identity`, `elu-plus-one`).
 pub fn builtin_by_name<B: Backend>(name: &str) -> Result<Arc<dyn Kernel<B>>> {
     Ok(builtin(name.parse::<ElaKernel>()?))
 }

@@ -8,8 +8,9 @@
 //! its own `dv`.
 //!
 //! - [`Kernel`]: the trait of a decomposable kernel (feature maps, their VJPs, the closed form);
-//!   built-ins [`HadamardExp`] (default), [`SumSqEuclid`], [`SubSqEuclid`], [`Blueprint`] (and
-//!   [`Identity`] for precomputed features); [`check_kernel`] tests a kernel.
+//!   built-ins [`HadamardExp`] (default), [`SumSqEuclid`], [`SubSqEuclid`], [`Blueprint`],
+//!   [`EluPlusOne`] (the earlier linear-attention baseline) and [`Identity`] for precomputed
+//!   features; [`check_kernel`] tests a kernel.
 //! - Three forms that agree: [`quadratic`] (the oracle, autograd ops), [`chunked`] (one autograd
 //!   node, hand-derived backward) and the recurrent [`ElaState`] (`step`, `prefill`).
 //! - [`Ela`] bundles kernel, causal flag and chunk length and runs any [`Form`]
@@ -31,7 +32,9 @@ pub use chunked::{chunked, chunked_fused};
 pub use ela_core::ela::DEFAULT_CHUNK;
 pub use ela_core::{ElaKernel, ElaParams};
 pub use forms::{max_rel_diff, Ela, Form, FormOutput, Grads};
-pub use kernel::{builtin, builtin_by_name, Blueprint, HadamardExp, Identity, Kernel, SubSqEuclid, SumSqEuclid};
+pub use kernel::{
+    builtin, builtin_by_name, Blueprint, EluPlusOne, HadamardExp, Identity, Kernel, SubSqEuclid, SumSqEuclid,
+};
 pub use recurrent::{prefill, recurrent, ElaState};
 pub use reference::{quadratic, quadratic_parts};
 
@@ -61,7 +64,7 @@ impl ElaAttention {
     }
 
     /// A mixer with the kernel named `name` (`hadamard-exp`, `sum-sq-euclid`, `sub-sq-euclid`,
-    /// `blueprint`, `identity`).
+    /// `blueprint`, `identity`, `elu-plus-one`).
     pub fn from_name(name: &str, chunk: usize) -> Result<Self> {
         Ok(ElaAttention { kernel: name.parse()?, chunk })
     }

@@ -16,8 +16,7 @@ pub fn cases(default: u32) -> u32 {
 }
 
 /// Every fused kernel.
-pub const KERNELS: [ElaKernel; 5] =
-    [ElaKernel::HadamardExp, ElaKernel::SumSqEuclid, ElaKernel::SubSqEuclid, ElaKernel::Blueprint, ElaKernel::Identity];
+pub const KERNELS: [ElaKernel; 6] = ElaKernel::ALL;
 
 fn tensor(v: Vec<f64>, shape: [usize; 4], dtype: DType) -> Tensor<Cpu> {
     // Round once to the target dtype; the f64 reference is then computed from the rounded values.
@@ -30,7 +29,7 @@ fn uniform(n: usize, lo: f64, hi: f64, rng: &mut Rng) -> Vec<f64> {
 
 /// `(q, k, v)` for `kernel`, drawn so that the quadratic denominator is bounded away from 0 and
 /// the signed kernels' linear forms stay well conditioned (docs/ela.md#signed-kernels):
-/// - Hadamard Exp: q, k ~ N(0, scale^2) (any sign: its kernel is positive);
+/// - Hadamard Exp, elu+1: q, k ~ N(0, scale^2) (any sign: their features are positive);
 /// - Sum: q, k in [0.5, 1.5] (so |q + k|^2 >= D); Sub: q in [0.5, 1.5], k in [-1.5, -0.5];
 /// - Blueprint: |q|, |k| <= 0.9 (so q.k > -0.81 and the kernel >= 0.19); Identity: q, k in [0.5, 1.5].
 ///
@@ -50,7 +49,7 @@ pub fn inputs(
     let mut rng = Rng::new(seed);
     let n = b * h * t * d;
     let (q, k) = match kernel {
-        ElaKernel::HadamardExp => {
+        ElaKernel::HadamardExp | ElaKernel::EluPlusOne => {
             ((0..n).map(|_| scale * rng.normal()).collect(), (0..n).map(|_| scale * rng.normal()).collect())
         }
         ElaKernel::SumSqEuclid | ElaKernel::Identity => {

@@ -8,6 +8,7 @@
 //! | SubSqEuclid | (q, \|q\|^2, 1) | (-2k, 1, \|k\|^2) |
 //! | Blueprint | (\|q\|^2+1)(q, 1) | (\|k\|^2+1)(k, 1) |
 //! | Identity | q | k |
+//! | EluPlusOne | elu(q) + 1 | elu(k) + 1 |
 
 use crate::dtype::Float;
 use crate::ela::ElaKernel;
@@ -26,6 +27,7 @@ pub(crate) fn phi_row<T: Float>(kernel: ElaKernel, q: &[T], out: &mut [T]) {
             out[d + 1] = T::ONE;
         }
         ElaKernel::Blueprint => blueprint(q, out),
+        ElaKernel::EluPlusOne => elu_plus_one(q, out),
         // Identity; Hadamard Exp never reaches here (its features are shifted exps).
         ElaKernel::Identity | ElaKernel::HadamardExp => out.copy_from_slice(q),
     }
@@ -44,6 +46,7 @@ pub(crate) fn psi_row<T: Float>(kernel: ElaKernel, k: &[T], out: &mut [T]) {
             out[d + 1] = sq_norm(k);
         }
         ElaKernel::Blueprint => blueprint(k, out),
+        ElaKernel::EluPlusOne => elu_plus_one(k, out),
         ElaKernel::Identity | ElaKernel::HadamardExp => out.copy_from_slice(k),
     }
 }
@@ -58,6 +61,20 @@ fn blueprint<T: Float>(x: &[T], out: &mut [T]) {
     out[d] = n;
 }
 
+/// `elu(x) + 1`: `x + 1` for `x > 0`, `exp(x)` otherwise (both maps of EluPlusOne, docs/ela.md (K5)).
+fn elu_plus_one<T: Float>(x: &[T], out: &mut [T]) {
+    for (o, &xi) in out.iter_mut().zip(x) {
+        *o = if xi > T::ZERO { xi + T::ONE } else { xi.exp() };
+    }
+}
+
+/// `d(elu(x) + 1)/dx = exp(min(x, 0))`, so `dx = g * exp(min(x, 0))` (docs/ela.md (V6)).
+fn elu_plus_one_vjp<T: Float>(x: &[T], g: &[T], dx: &mut [T]) {
+    for ((o, &xi), &gi) in dx.iter_mut().zip(x).zip(g) {
+        *o = if xi > T::ZERO { gi } else { gi * xi.exp() };
+    }
+}
+
 /// `dq = (d phi / d q)^T dphi`.
 pub(crate) fn phi_vjp_row<T: Float>(kernel: ElaKernel, q: &[T], dphi: &[T], dq: &mut [T]) {
     let d = q.len();
@@ -70,6 +87,7 @@ pub(crate) fn phi_vjp_row<T: Float>(kernel: ElaKernel, q: &[T], dphi: &[T], dq: 
             }
         }
         ElaKernel::Blueprint => blueprint_vjp(q, dphi, dq),
+        ElaKernel::EluPlusOne => elu_plus_one_vjp(q, dphi, dq),
         ElaKernel::Identity | ElaKernel::HadamardExp => dq.copy_from_slice(dphi),
     }
 }
@@ -88,6 +106,7 @@ pub(crate) fn psi_vjp_row<T: Float>(kernel: ElaKernel, k: &[T], dpsi: &[T], dk: 
             }
         }
         ElaKernel::Blueprint => blueprint_vjp(k, dpsi, dk),
+        ElaKernel::EluPlusOne => elu_plus_one_vjp(k, dpsi, dk),
         ElaKernel::Identity | ElaKernel::HadamardExp => dk.copy_from_slice(dpsi),
     }
 }

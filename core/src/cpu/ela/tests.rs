@@ -15,6 +15,10 @@ fn kernel_value(kernel: ElaKernel, q: &[f64], k: &[f64]) -> f64 {
         ElaKernel::SubSqEuclid => nq - 2.0 * dot + nk,
         ElaKernel::Blueprint => (dot + 1.0) * (nq + 1.0) * (nk + 1.0),
         ElaKernel::Identity => dot,
+        ElaKernel::EluPlusOne => {
+            let f = |x: f64| if x > 0.0 { x + 1.0 } else { x.exp() };
+            q.iter().zip(k).map(|(a, b)| f(*a) * f(*b)).sum()
+        }
     }
 }
 
@@ -56,15 +60,35 @@ fn max_rel(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).fold(0.0, |m, (x, y)| m.max((x - y).abs() / scale))
 }
 
+/// The kernels with a feature map of their own (Identity has none to test here).
+const FUSED_SIGNED_AND_EXP: [ElaKernel; 5] = [
+    ElaKernel::HadamardExp,
+    ElaKernel::SumSqEuclid,
+    ElaKernel::SubSqEuclid,
+    ElaKernel::Blueprint,
+    ElaKernel::EluPlusOne,
+];
+
+/// Input scale and offset per kernel: small for the blueprint (its kernel stays positive), around
+/// 0 for elu+1 (both branches of its map), shifted for the squared-Euclidean kernels (bounded
+/// cancellation).
+fn scale_offset(kernel: ElaKernel) -> (f64, f64) {
+    match kernel {
+        ElaKernel::Blueprint => (0.3, 0.0),
+        ElaKernel::EluPlusOne => (1.0, 0.0),
+        _ => (1.0, 1.5),
+    }
+}
+
 #[test]
 fn chunked_forward_matches_naive_for_every_kernel() {
     let mut rng = Rng::new(1);
-    for kernel in [ElaKernel::HadamardExp, ElaKernel::SumSqEuclid, ElaKernel::SubSqEuclid, ElaKernel::Blueprint] {
+    for kernel in FUSED_SIGNED_AND_EXP {
         for causal in [true, false] {
             for (t, chunk) in [(1, 4), (7, 3), (10, 16), (33, 8)] {
                 let dims = ElaDims { batch: 2, heads: 1, t, d: 3, dv: 2 };
                 let n = dims.sequences() * t;
-                let (qs, off) = if kernel == ElaKernel::Blueprint { (0.3, 0.0) } else { (1.0, 1.5) };
+                let (qs, off) = scale_offset(kernel);
                 let q = data(n * 3, qs, off, &mut rng);
                 let k = data(n * 3, qs, if kernel == ElaKernel::SubSqEuclid { -off } else { off }, &mut rng);
                 let v = data(n * 2, 1.0, 0.0, &mut rng);
@@ -82,11 +106,11 @@ fn chunked_forward_matches_naive_for_every_kernel() {
 #[test]
 fn backward_matches_finite_differences() {
     let mut rng = Rng::new(2);
-    for kernel in [ElaKernel::HadamardExp, ElaKernel::SumSqEuclid, ElaKernel::SubSqEuclid, ElaKernel::Blueprint] {
+    for kernel in FUSED_SIGNED_AND_EXP {
         for causal in [true, false] {
             let dims = ElaDims { batch: 1, heads: 2, t: 7, d: 2, dv: 3 };
             let n = dims.sequences() * dims.t;
-            let (qs, off) = if kernel == ElaKernel::Blueprint { (0.3, 0.0) } else { (1.0, 1.5) };
+            let (qs, off) = scale_offset(kernel);
             let q = data(n * 2, qs, off, &mut rng);
             let k = data(n * 2, qs, if kernel == ElaKernel::SubSqEuclid { -off } else { off }, &mut rng);
             let v = data(n * 3, 1.0, 0.0, &mut rng);

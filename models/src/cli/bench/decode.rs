@@ -64,13 +64,17 @@ pub struct BenchDecodeArgs {
 
 /// Measurements of one model at one context.
 #[derive(Clone, Copy, Debug)]
-struct Cell {
-    step_ms: f64,
-    prefill_s: f64,
-    bytes: usize,
+pub(crate) struct Cell {
+    /// Median milliseconds per decoded token (all batch rows together).
+    pub step_ms: f64,
+    /// Seconds of the prefill.
+    pub prefill_s: f64,
+    /// `DecodeState::bytes()` after the prefill.
+    pub bytes: usize,
 }
 
-fn config(args: &BenchDecodeArgs, attention: AttnKind) -> LmConfig {
+/// The LM both benchmarks decode with (Hyper-Link, dense SwiGLU, no lobe, no RoPE).
+pub(crate) fn config(args: &BenchDecodeArgs, attention: AttnKind) -> LmConfig {
     LmConfig {
         vocab: 256,
         dim: args.dim,
@@ -87,10 +91,17 @@ fn config(args: &BenchDecodeArgs, attention: AttnKind) -> LmConfig {
     }
 }
 
-/// Prefill `n` random tokens, then time single-token steps.
-fn measure<B: Backend>(model: &ElaLm<B>, n: usize, steps: usize, rng: &mut Rng, dev: &B) -> Result<Cell> {
-    let ids: Vec<u32> = (0..n).map(|_| rng.below(256) as u32).collect();
-    let ids = Tensor::from_cpu_storage(&CpuStorage::U32(ids), [1, n], dev)?;
+/// Prefill `batch` rows of `n` random tokens, then time single-token steps (one token per row).
+pub(crate) fn measure<B: Backend>(
+    model: &ElaLm<B>,
+    n: usize,
+    batch: usize,
+    steps: usize,
+    rng: &mut Rng,
+    dev: &B,
+) -> Result<Cell> {
+    let ids: Vec<u32> = (0..batch * n).map(|_| rng.below(256) as u32).collect();
+    let ids = Tensor::from_cpu_storage(&CpuStorage::U32(ids), [batch, n], dev)?;
     let t0 = Instant::now();
     let (logits, mut state) = model.prefill(&ids)?;
     logits.to_vec_f64()?;
@@ -98,9 +109,9 @@ fn measure<B: Backend>(model: &ElaLm<B>, n: usize, steps: usize, rng: &mut Rng, 
     let bytes = state.bytes();
     let mut times = Vec::with_capacity(steps);
     for i in 0..=steps {
-        let token = rng.below(256) as u32;
+        let tokens: Vec<u32> = (0..batch).map(|_| rng.below(256) as u32).collect();
         let t0 = Instant::now();
-        model.step(&[token], &mut state)?.to_vec_f64()?;
+        model.step(&tokens, &mut state)?.to_vec_f64()?;
         if i > 0 {
             times.push(t0.elapsed().as_secs_f64() * 1e3);
         }
@@ -118,12 +129,12 @@ fn go<B: Backend>(args: &BenchDecodeArgs, contexts: &[usize], dev: &B) -> Result
         let model = ElaLm::new(&store, config(args, kind))?;
         let mut rng = Rng::new(args.seed ^ 0xdec0de);
         // Untimed warm-up: first calls pay one-off costs (CUDA kernel compilation, allocator growth).
-        measure(&model, 64, 1, &mut rng, dev)?;
+        measure(&model, 64, 1, 1, &mut rng, dev)?;
         for (i, &n) in contexts.iter().enumerate() {
             if is_softmax && n > args.softmax_max_context {
                 continue;
             }
-            out[i][m] = Some(measure(&model, n, args.steps, &mut rng, dev)?);
+            out[i][m] = Some(measure(&model, n, 1, args.steps, &mut rng, dev)?);
         }
     }
     Ok(out)
