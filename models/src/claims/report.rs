@@ -130,6 +130,10 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         md += str_of(v, "section");
         md += "\n";
         let plot_dir = docs_dir.join("claims").join(name);
+        // The raw numbers travel with the report (runs/ is not part of the repository).
+        std::fs::create_dir_all(&plot_dir).map_err(|e| io(&plot_dir, e))?;
+        let raw = args.runs.join(name).join("results.json");
+        std::fs::copy(&raw, plot_dir.join("results.json")).map_err(|e| io(&raw, e))?;
         for p in v.get("plots").and_then(Json::as_array).cloned().unwrap_or_default() {
             let Some(file) = p.as_str() else { continue };
             let src = args.runs.join(name).join(file);
@@ -139,7 +143,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
             md += &format!("\n![{file}](claims/{name}/{file})\n");
         }
         md += &format!(
-            "\nEvery number: `runs/claims/{name}/results.json` (seconds: {:.0}).\n",
+            "\nEvery number: [claims/{name}/results.json](claims/{name}/results.json) (a copy of `runs/claims/{name}/results.json`; seconds: {:.0}).\n",
             v.get("seconds").and_then(Json::as_f64).unwrap_or(f64::NAN)
         );
     }
