@@ -35,6 +35,11 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
     fn available_memory(&self) -> Option<u64> {
         None
     }
+    /// The most bytes this device's tensors have held at once since it was opened, where the
+    /// device keeps that count (a GPU's allocator does; `None` for host memory).
+    fn peak_memory(&self) -> Option<u64> {
+        None
+    }
 
     /// The dtype of a buffer.
     fn storage_dtype(storage: &Self::Storage) -> DType;

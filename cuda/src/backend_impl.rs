@@ -55,6 +55,9 @@ impl Backend for Cuda {
     fn available_memory(&self) -> Option<u64> {
         self.free_memory().ok()
     }
+    fn peak_memory(&self) -> Option<u64> {
+        Some(self.memory_stats().peak_bytes as u64)
+    }
     fn storage_dtype(s: &S) -> DType {
         s.dtype()
     }

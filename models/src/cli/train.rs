@@ -1,12 +1,12 @@
 //! `ela train`.
 
-use ela_core::Result;
+use ela_core::{Backend, Result};
 
 use crate::train::{train, TrainArgs};
 
 /// Run `ela train` and print its report.
 pub fn run(args: &TrainArgs) -> Result<()> {
-    let report = crate::on_device!(&args.device, |dev| train(args, dev))?;
+    let (report, peak) = crate::on_device!(&args.device, |dev| train(args, dev).map(|r| (r, dev.peak_memory())))?;
     if let Some(first) = report.first_loss {
         crate::outln!("train loss: {first:.4} -> {:.4} nats/byte over {} steps", report.last_loss, report.steps_run);
     }
@@ -17,6 +17,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         report.unigram_loss
     );
     crate::outln!("{} parameters, {:.1} s, {:.0} tokens/s", report.params, report.seconds, report.tokens_per_sec);
+    if let Some(bytes) = peak {
+        // Live tensors at their peak (the allocator's cache not counted), as PyTorch's
+        // max_memory_allocated reports it.
+        crate::outln!("peak device memory: {}", ela_core::error::human_bytes(bytes));
+    }
     crate::outln!("sample: {:?}", report.sample);
     crate::outln!(
         "checkpoint: {}\nloss plot: {}\nmetrics: {}",
