@@ -2,7 +2,7 @@
 //! every built-in kernel), backward, prefill with a carried state and recurrent steps.
 
 use ela_core::ela::ElaParams;
-use ela_core::{Cpu, DType, ElaKernel, ElaState, Result, Rng, Tensor};
+use ela_core::{Cpu, DType, ElaKernel, FusedElaState, Result, Rng, Tensor};
 use ela_cuda::Cuda;
 
 use crate::{check_tol, gpu, rel_err, Pair};
@@ -140,10 +140,10 @@ fn prefill_then_steps_match_the_cpu_state_and_outputs() -> Result<()> {
         for d in [DType::F32, DType::F64] {
             let (scale, shift) = if kernel == ElaKernel::HadamardExp { (2.0, 3.0) } else { (0.3, 0.2) };
             let (q, k, v) = qkv([2, 2, 12, 4], 3, scale, shift, d, 11, &dev);
-            let mut cs = ElaState::new(kernel, 2, 2, 4, 3, d, &Cpu)?;
-            let mut gs = ElaState::new(kernel, 2, 2, 4, 3, d, &dev)?;
-            let cy = cs.prefill(&q.cpu.narrow(2, 0, 9)?, &k.cpu.narrow(2, 0, 9)?, &v.cpu.narrow(2, 0, 9)?, 4)?;
-            let gy = gs.prefill(&q.gpu.narrow(2, 0, 9)?, &k.gpu.narrow(2, 0, 9)?, &v.gpu.narrow(2, 0, 9)?, 4)?;
+            let mut cs = FusedElaState::new(kernel, 2, 2, 4, 3, d, &Cpu)?.with_chunk(4);
+            let mut gs = FusedElaState::new(kernel, 2, 2, 4, 3, d, &dev)?.with_chunk(4);
+            let cy = cs.prefill(&q.cpu.narrow(2, 0, 9)?, &k.cpu.narrow(2, 0, 9)?, &v.cpu.narrow(2, 0, 9)?)?;
+            let gy = gs.prefill(&q.gpu.narrow(2, 0, 9)?, &k.gpu.narrow(2, 0, 9)?, &v.gpu.narrow(2, 0, 9)?)?;
             let (rt, at) = ela_tol(d);
             let tag = format!("{kernel} {d:?}");
             check_tol(&format!("prefill {tag}"), &cy, &gy, rt, at);
