@@ -3,7 +3,7 @@
 //!
 //! The engine's code is generic over a backend type (`Tensor<B>`, `Var<B>`, `Ela<B>`), chosen at
 //! compile time; a program that reads the device from its command line needs one generic
-//! function and a switch that calls it with `&Cpu` or `&Cuda`. [`with_device!`] is that switch:
+//! function and a switch that calls it with `&Cpu` or `&Cuda`. [`with_device!`](crate::with_device) is that switch:
 //!
 //! ```
 //! use ela_models::device::Device;
