@@ -164,7 +164,7 @@ fn bad_calls_are_typed_errors<B: Backend>(dev: &B) {
     let nc = Ela::<B>::builtin(ElaKernel::HadamardExp).with_causal(false);
     assert!(is_err(nc.prefill(&q, &k, &v), "non-causal prefill").contains("causal"));
     assert!(nc.run(Form::Recurrent, &q, &k, &v).is_err());
-    let mut st = ela::ElaState::<B>::builtin(ElaKernel::HadamardExp, 1, 2, 4, 3, DType::F64, dev).unwrap();
+    let mut st = ela::ElaState::new(&ela::builtin(ElaKernel::HadamardExp), 1, 2, 4, 3, DType::F64, dev).unwrap();
     let at = |x: &Tensor<B>| x.narrow(2, 0, 1).unwrap();
     assert!(
         is_err(st.step(&at(&q), &at(&k), &at(&v.narrow(3, 0, 2).unwrap())), "dv mismatch").contains("state was made")

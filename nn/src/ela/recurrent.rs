@@ -45,7 +45,9 @@ impl<B: Backend> ElaState<B> {
         device: &B,
     ) -> Result<Self> {
         Ok(match kernel.fused() {
-            Some(fused) => Self::builtin(fused, batch, heads, d, dv, dtype, device)?,
+            Some(fused) => {
+                ElaState { inner: FusedElaState::new(fused, batch, heads, d, dv, dtype, device)?, user: None }
+            }
             None => ElaState {
                 inner: FusedElaState::new(
                     ElaKernel::Identity,
@@ -59,19 +61,6 @@ impl<B: Backend> ElaState<B> {
                 user: Some(kernel.clone()),
             },
         })
-    }
-
-    /// An empty state of a built-in kernel.
-    pub fn builtin(
-        kernel: ElaKernel,
-        batch: usize,
-        heads: usize,
-        d: usize,
-        dv: usize,
-        dtype: DType,
-        device: &B,
-    ) -> Result<Self> {
-        Ok(ElaState { inner: FusedElaState::new(kernel, batch, heads, d, dv, dtype, device)?, user: None })
     }
 
     /// The same state, prefilling in chunks of `chunk` rows (a chunk of 0 is an error at the

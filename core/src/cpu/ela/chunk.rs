@@ -62,6 +62,18 @@ impl<T: ElaFloat> State<'_, T> {
     }
 }
 
+/// The chunk length of a pass over `seq` in chunks of at most `chunk` rows, and that pass's chunk
+/// buffers; `None` for an empty sequence (nothing to do).
+pub(crate) fn chunking<T: ElaFloat>(seq: &Seq<T>, chunk: usize) -> Option<(usize, Chunk<T>)> {
+    let c = chunk.min(seq.t);
+    (c > 0).then(|| (c, Chunk::new(c, seq.f(), seq.exp())))
+}
+
+/// `(t0, n)`: the first row and the length of each chunk of `c` rows of a sequence of `t`.
+pub(crate) fn spans(t: usize, c: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..t).step_by(c.max(1)).map(move |t0| (t0, c.min(t - t0)))
+}
+
 /// Buffers of one chunk, reused across chunks. Sizes are for the full chunk length `C`; a chunk
 /// of `n <= C` rows uses the leading `n x F` / `n x n` parts.
 pub(crate) struct Chunk<T> {

@@ -17,7 +17,7 @@
 //! the forward), then a reverse pass over chunks carries `(U, w)` from later chunks (the "dS, dz"
 //! of the scan, eq. (R)) and adds the intra-chunk terms. The forward saves only its output `y`.
 
-use super::chunk::{absorb_into, prep, Chunk, Seq, State};
+use super::chunk::{absorb_into, chunking, prep, Chunk, Seq, State};
 use super::exact_rows;
 use super::features::{phi_vjp_row, psi_vjp_row};
 use super::float::ElaFloat;
@@ -34,9 +34,14 @@ pub(super) struct Grad<T> {
 }
 
 impl<T: ElaFloat> Grad<T> {
-    pub(super) fn new(c: usize, f: usize, dv: usize) -> Self {
+    fn new(c: usize, f: usize, dv: usize) -> Self {
         let z = |n: usize| vec![T::ZERO; n];
         Grad { g: z(c * dv), cc: z(c), da: z(c * c), tmp: z(c * f), dphi: z(c * f), dpsi: z(c * f) }
+    }
+
+    /// The scratch for chunks of `c` rows and the accumulators `(U, w)` of (R), zero.
+    pub(super) fn with_accumulators(c: usize, f: usize, dv: usize) -> (Self, Vec<T>, Vec<T>) {
+        (Self::new(c, f, dv), vec![T::ZERO; f * dv], vec![T::ZERO; f])
     }
 
     /// `g_i = dy_i / den_i`, `c_i = g_i . y_i` for the chunk's rows; zero for the rows in `skip`
@@ -65,29 +70,15 @@ fn put<T: ElaFloat>(out: &mut [T], feat: Option<&[T]>, x: &[T], add: bool) {
     }
 }
 
-/// Gradients of one sequence. `y` is the forward output, `dy` its upstream gradient; `dq`, `dk`
-/// (`t x d`) and `dvo` (`t x dv`) are overwritten.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn backward_seq<T: ElaFloat>(
-    seq: &Seq<T>,
-    chunk: usize,
-    y: &[T],
-    dy: &[T],
-    dq: &mut [T],
-    dk: &mut [T],
-    dvo: &mut [T],
-) {
-    if seq.t == 0 {
-        return;
-    }
+/// Gradients of one sequence: `[y, dy]` the forward output and its upstream gradient, `[dq, dk,
+/// dvo]` (`t x d`, `t x d`, `t x dv`) overwritten.
+pub(crate) fn backward_seq<T: ElaFloat>(seq: &Seq<T>, chunk: usize, [y, dy]: [&[T]; 2], out: [&mut [T]; 3]) {
+    let Some((c, mut ch)) = chunking(seq, chunk) else { return };
+    let [dq, dk, dvo] = out;
     let (d, f, dv, units) = (seq.d, seq.f(), seq.dv, seq.exp());
-    let c = chunk.min(seq.t);
     let nch = seq.t.div_ceil(c);
-    let mut ch = Chunk::new(c, f, units);
-    let mut gr = Grad::new(c, f, dv);
-    let mlen = if units { f } else { 0 };
-    let per = f * dv + f + mlen;
-    let (mut acc_u, mut acc_w) = (vec![T::ZERO; f * dv], vec![T::ZERO; f]);
+    let (mut gr, mut acc_u, mut acc_w) = Grad::with_accumulators(c, f, dv);
+    let per = f * dv + f + if units { f } else { 0 };
 
     // Pass 1: the state before every chunk, and the key features as absorbed (in the units of
     // the state after their chunk), which pass 2 needs again for (B3)/(B4).

@@ -6,7 +6,7 @@
 //! absorbed into the state (S, S'). Work O(T C F + T F Dv), memory O(C^2 + C F + F Dv): no
 //! `T x T` buffer.
 
-use super::chunk::{absorb, prep, Chunk, Seq, State};
+use super::chunk::{absorb, chunking, prep, spans, Seq, State};
 use super::exact_rows;
 use super::float::ElaFloat;
 use super::linalg::{mm, mm_lower_left};
@@ -14,14 +14,9 @@ use super::linalg::{mm, mm_lower_left};
 /// `y` (`t x dv`) of one sequence, continuing from `st` and leaving the final state in it
 /// (prefill).
 pub(crate) fn forward_seq<T: ElaFloat>(seq: &Seq<T>, chunk: usize, st: &mut State<T>, y: &mut [T]) {
-    if seq.t == 0 {
-        return;
-    }
+    let Some((c, mut ch)) = chunking(seq, chunk) else { return };
     let (f, dv) = (seq.f(), seq.dv);
-    let c = chunk.min(seq.t);
-    let mut ch = Chunk::new(c, f, seq.exp());
-    for t0 in (0..seq.t).step_by(c) {
-        let n = c.min(seq.t - t0);
+    for (t0, n) in spans(seq.t, c) {
         let empty = st.is_empty();
         prep(seq, t0, n, st, empty, &mut ch);
         let yc = &mut y[t0 * dv..(t0 + n) * dv];

@@ -199,9 +199,9 @@ fn backward_t<T: ElaFloat>(x: [&[T]; 5], dims: &ElaDims, p: &ElaParams) -> (Vec<
         let seq = Seq { q: &q[rq.clone()], k: &k[rq], v: &v[rv.clone()], t, d, dv, kernel: p.kernel };
         let (y, dy) = (&y[rv.clone()], &dy[rv]);
         if p.causal {
-            chunk_bwd::backward_seq(&seq, p.chunk, y, dy, dq, dk, dvo);
+            chunk_bwd::backward_seq(&seq, p.chunk, [y, dy], [dq, dk, dvo]);
         } else {
-            noncausal::backward_seq(&seq, p.chunk, y, dy, dq, dk, dvo);
+            noncausal::backward_seq(&seq, p.chunk, [y, dy], [dq, dk, dvo]);
         }
     });
     (dq, dk, dvo)

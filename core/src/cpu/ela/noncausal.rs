@@ -4,7 +4,9 @@
 //! processed in chunks of `C` to bound the scratch. With units (Hadamard Exp) the state's
 //! log-scales are the global per-feature key maxima, so no row ever needs the exact path.
 
-use super::chunk::{absorb, key_features_state, query_features_units, state_log_max, Chunk, Seq, State};
+use super::chunk::{
+    absorb, chunking, key_features_state, query_features_units, spans, state_log_max, Chunk, Seq, State,
+};
 use super::chunk_bwd::{accumulate, later_rows, state_terms, Grad};
 use super::features::{phi_row, phi_vjp_row, psi_vjp_row};
 use super::float::ElaFloat;
@@ -13,15 +15,10 @@ use super::linalg::{dot, mm};
 /// `y` (`t x dv`) of one sequence: `y = phi S / (phi . z)` for every row (F1, F2 without the
 /// intra-chunk block). `st` is a fresh state, used as scratch.
 pub(crate) fn forward_seq<T: ElaFloat>(seq: &Seq<T>, chunk: usize, st: &mut State<T>, y: &mut [T]) {
-    if seq.t == 0 {
-        return;
-    }
+    let Some((c, mut ch)) = chunking(seq, chunk) else { return };
     let (f, dv) = (seq.f(), seq.dv);
-    let c = chunk.min(seq.t);
-    let mut ch = Chunk::new(c, f, seq.exp());
     global_state(seq, c, st, &mut ch);
-    for t0 in (0..seq.t).step_by(c) {
-        let n = c.min(seq.t - t0);
+    for (t0, n) in spans(seq.t, c) {
         let phi = noncausal_query_features(seq, t0, n, st, &mut ch);
         let yc = &mut y[t0 * dv..(t0 + n) * dv];
         mm(n, dv, f, phi, (f, 1), st.s, (dv, 1), T::ZERO, yc, dv);
@@ -32,36 +29,21 @@ pub(crate) fn forward_seq<T: ElaFloat>(seq: &Seq<T>, chunk: usize, st: &mut Stat
     }
 }
 
-/// Gradients of one sequence (B1-B5 with the global state and the global `(U, w)`). `y` is the
-/// forward output, `dy` its upstream gradient; `dq`, `dk` (`t x d`) and `dvo` (`t x dv`) are
-/// overwritten.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn backward_seq<T: ElaFloat>(
-    seq: &Seq<T>,
-    chunk: usize,
-    y: &[T],
-    dy: &[T],
-    dq: &mut [T],
-    dk: &mut [T],
-    dvo: &mut [T],
-) {
-    if seq.t == 0 {
-        return;
-    }
+/// Gradients of one sequence (B1-B5 with the global state and the global `(U, w)`), arguments as
+/// `chunk_bwd::backward_seq`.
+pub(crate) fn backward_seq<T: ElaFloat>(seq: &Seq<T>, chunk: usize, [y, dy]: [&[T]; 2], out: [&mut [T]; 3]) {
+    let Some((c, mut ch)) = chunking(seq, chunk) else { return };
+    let [dq, dk, dvo] = out;
     let (d, f, dv, units) = (seq.d, seq.f(), seq.dv, seq.exp());
-    let c = chunk.min(seq.t);
-    let mut ch = Chunk::new(c, f, units);
-    let mut gr = Grad::new(c, f, dv);
-    let per = f * dv + f + if units { f } else { 0 };
-    let (mut acc_u, mut acc_w) = (vec![T::ZERO; f * dv], vec![T::ZERO; f]);
-    let mut buf = vec![T::ZERO; per];
+    let (mut gr, mut acc_u, mut acc_w) = Grad::with_accumulators(c, f, dv);
+    // One global state: (S, z) and, with units, the log-scales m.
+    let mut buf = vec![T::ZERO; f * dv + f + if units { f } else { 0 }];
     let (s, rest) = buf.split_at_mut(f * dv);
     let (z, m) = rest.split_at_mut(f);
     m.fill(T::neg_infinity());
     let mut st = State { s, z, m };
     global_state(seq, c, &mut st, &mut ch);
-    for t0 in (0..seq.t).step_by(c) {
-        let n = c.min(seq.t - t0);
+    for (t0, n) in spans(seq.t, c) {
         noncausal_query_features(seq, t0, n, &st, &mut ch);
         gr.rows(&y[t0 * dv..], &dy[t0 * dv..], &ch.den[..n], &[], dv);
         state_terms(seq, &st, &ch, &mut gr, &mut dq[t0 * d..(t0 + n) * d], false);
@@ -73,8 +55,7 @@ pub(crate) fn backward_seq<T: ElaFloat>(
         }
         accumulate(f, dv, n, &ch, &gr, &mut acc_u, &mut acc_w);
     }
-    for t0 in (0..seq.t).step_by(c) {
-        let n = c.min(seq.t - t0);
+    for (t0, n) in spans(seq.t, c) {
         key_features_state(seq, t0, n, st.m, &mut ch.psi_u);
         later_rows(seq, t0, n, &ch.psi_u, &mut gr, &acc_u, &acc_w, &mut dk[t0 * d..(t0 + n) * d], &mut dvo[t0 * dv..]);
         if !units {
@@ -93,8 +74,8 @@ fn global_state<T: ElaFloat>(seq: &Seq<T>, c: usize, st: &mut State<T>, ch: &mut
             *m = (0..seq.t).fold(T::neg_infinity(), |a, j| a.max(seq.k[j * seq.d + col]));
         }
     }
-    for t0 in (0..seq.t).step_by(c) {
-        absorb(seq, t0, c.min(seq.t - t0), st, ch);
+    for (t0, n) in spans(seq.t, c) {
+        absorb(seq, t0, n, st, ch);
     }
 }
 

@@ -222,42 +222,14 @@ impl Cuda {
         launch(self, cv, "ela_out", cfg, cv.out_smem(), &args)
     }
 
-    /// Chunked forward (`Backend::ela_forward` for the supported shapes).
-    #[allow(clippy::too_many_arguments)]
+    /// Chunked forward (`Backend::ela_forward` for the supported shapes) from `state` or an
+    /// empty one. With `save` (empty state only), it also keeps for the backward the slots and the
+    /// row info `(u, den, 0, exact-path flag)`: buffers `[s, z, m, rows]` (`None` for an empty call
+    /// or without `save`).
     pub(crate) fn ela_chunk_forward(
         &self,
         cv: &Variant,
-        q: &CudaStorage,
-        k: &CudaStorage,
-        v: &CudaStorage,
-        dims: &ElaDims,
-        causal: bool,
-        state: Option<(&mut ElaStateBufs<CudaStorage>, [u64; 3])>,
-    ) -> Result<CudaStorage> {
-        Ok(self.ela_chunk_forward_rows(cv, q, k, v, dims, causal, state, false)?.0)
-    }
-
-    /// Chunked forward from an empty state that keeps, for the backward, the slots and the row
-    /// info `(u, den, 0, exact-path flag)`: buffers `[s, z, m, rows]` (`None` for an empty call).
-    pub(crate) fn ela_chunk_forward_saving(
-        &self,
-        cv: &Variant,
-        q: &CudaStorage,
-        k: &CudaStorage,
-        v: &CudaStorage,
-        dims: &ElaDims,
-        causal: bool,
-    ) -> Result<(CudaStorage, Option<Vec<CudaStorage>>)> {
-        self.ela_chunk_forward_rows(cv, q, k, v, dims, causal, None, true)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn ela_chunk_forward_rows(
-        &self,
-        cv: &Variant,
-        q: &CudaStorage,
-        k: &CudaStorage,
-        v: &CudaStorage,
+        [q, k, v]: [&CudaStorage; 3],
         dims: &ElaDims,
         causal: bool,
         state: Option<(&mut ElaStateBufs<CudaStorage>, [u64; 3])>,
@@ -298,18 +270,13 @@ impl Cuda {
     }
 
     /// Chunked backward from an empty state (`Backend::ela_backward` for the supported shapes).
-    /// With `saved` (the buffers of [`Cuda::ela_chunk_forward_saving`] for the same call) the
+    /// With `saved` (the buffers a saving [`Cuda::ela_chunk_forward`] kept for the same call) the
     /// forward's slots and row scales are reused: only `c = dy . y / den` is computed per row;
     /// without, the slots are rescanned and the rows recomputed (`ela_out` mode 1).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn ela_chunk_backward(
         &self,
         cv: &Variant,
-        q: &CudaStorage,
-        k: &CudaStorage,
-        v: &CudaStorage,
-        y: &CudaStorage,
-        dy: &CudaStorage,
+        [q, k, v, y, dy]: [&CudaStorage; 5],
         dims: &ElaDims,
         causal: bool,
         saved: Option<&[CudaStorage]>,

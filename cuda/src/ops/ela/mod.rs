@@ -49,6 +49,24 @@ fn state_ptrs(st: &ElaStateBufs<CudaStorage>, dims: &ElaDims, kernel: ElaKernel,
 }
 
 impl Cuda {
+    /// `Backend::ela_forward_saving`: the chunked path keeps its slots and per-row scales for the
+    /// backward; other shapes save nothing.
+    pub(crate) fn ela_forward_saving_impl(
+        &self,
+        [q, k, v]: [&CudaStorage; 3],
+        dims: &ElaDims,
+        p: &ElaParams,
+    ) -> Result<(CudaStorage, Option<ElaSaved<CudaStorage>>)> {
+        let d = qkv_dtype(q, k, v, dims);
+        match chunk::variant(p.kernel, d, dims) {
+            Some(cv) => {
+                let (y, bufs) = self.ela_chunk_forward(&cv, [q, k, v], dims, p.causal, None, true)?;
+                Ok((y, bufs.map(|buffers| ElaSaved { buffers, dims: *dims, params: *p })))
+            }
+            None => Ok((self.ela_forward_impl(q, k, v, dims, p, None)?, None)),
+        }
+    }
+
     /// Fused ELA forward (see `Backend::ela_forward`).
     pub(crate) fn ela_forward_impl(
         &self,
@@ -59,44 +77,8 @@ impl Cuda {
         p: &ElaParams,
         state: Option<&mut ElaStateBufs<CudaStorage>>,
     ) -> Result<CudaStorage> {
-        self.ela_forward_op("ela_forward", q, k, v, dims, p, state)
-    }
-
-    /// `Backend::ela_forward_saving`: the chunked path keeps its slots and per-row scales for the
-    /// backward; other shapes save nothing.
-    pub(crate) fn ela_forward_saving_impl(
-        &self,
-        q: &CudaStorage,
-        k: &CudaStorage,
-        v: &CudaStorage,
-        dims: &ElaDims,
-        p: &ElaParams,
-    ) -> Result<(CudaStorage, Option<ElaSaved<CudaStorage>>)> {
-        const OP: &str = "ela_forward";
         let d = qkv_dtype(q, k, v, dims);
-        match chunk::variant(p.kernel, d, dims) {
-            Some(cv) => {
-                let (y, bufs) = self.ela_chunk_forward_saving(&cv, q, k, v, dims, p.causal)?;
-                Ok((y, bufs.map(|buffers| ElaSaved { buffers, dims: *dims, params: *p })))
-            }
-            None => Ok((self.ela_forward_op(OP, q, k, v, dims, p, None)?, None)),
-        }
-    }
-
-    /// The forward under the name `op` (errors name the public op).
-    #[allow(clippy::too_many_arguments)]
-    fn ela_forward_op(
-        &self,
-        op: &'static str,
-        q: &CudaStorage,
-        k: &CudaStorage,
-        v: &CudaStorage,
-        dims: &ElaDims,
-        p: &ElaParams,
-        state: Option<&mut ElaStateBufs<CudaStorage>>,
-    ) -> Result<CudaStorage> {
-        let d = qkv_dtype(q, k, v, dims);
-        debug_assert!(p.chunk >= 1 && (p.causal || state.is_none()), "{op}: {p:?} (ElaParams::validate)");
+        debug_assert!(p.chunk >= 1 && (p.causal || state.is_none()), "ela_forward: {p:?} (ElaParams::validate)");
         let sd = stat_dtype(d);
         if let Some(cv) = chunk::variant(p.kernel, d, dims) {
             let state = match state {
@@ -106,14 +88,14 @@ impl Cuda {
                 }
                 None => None,
             };
-            return self.ela_chunk_forward(&cv, q, k, v, dims, p.causal, state);
+            return Ok(self.ela_chunk_forward(&cv, [q, k, v], dims, p.causal, state, false)?.0);
         }
         if !p.causal && state.is_none() {
             if let Some(plan) = noncausal::plan(p.kernel, dims, sd) {
                 return self.ela_nc_forward(&plan, q, k, v, dims, p.kernel, sd);
             }
         }
-        self.ela_scan_forward(op, q, k, v, dims, p, state)
+        self.ela_scan_forward("ela_forward", [q, k, v], dims, p, state)
     }
 
     /// Backward of the fused forward from an empty state (see `Backend::ela_backward`).
@@ -136,13 +118,13 @@ impl Cuda {
         let sd = stat_dtype(d);
         if let Some(cv) = chunk::variant(p.kernel, d, dims) {
             let saved = saved.filter(|s| s.dims == *dims && s.params == *p).map(|s| s.buffers.as_slice());
-            return self.ela_chunk_backward(&cv, q, k, v, y, dy, dims, p.causal, saved);
+            return self.ela_chunk_backward(&cv, [q, k, v, y, dy], dims, p.causal, saved);
         }
         if !p.causal {
             if let Some(plan) = noncausal::plan(p.kernel, dims, sd) {
-                return self.ela_nc_backward(&plan, q, k, v, y, dy, dims, p.kernel, sd);
+                return self.ela_nc_backward(&plan, [q, k, v, y, dy], dims, p.kernel, sd);
             }
         }
-        self.ela_scan_backward(q, k, v, y, dy, dims, p)
+        self.ela_scan_backward([q, k, v, y, dy], dims, p)
     }
 }

@@ -148,15 +148,10 @@ impl Cuda {
     }
 
     /// Non-causal backward: `(dq, dk, dv)` (arguments already checked by the caller).
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn ela_nc_backward(
         &self,
         plan: &Plan,
-        q: &CudaStorage,
-        k: &CudaStorage,
-        v: &CudaStorage,
-        y: &CudaStorage,
-        dy: &CudaStorage,
+        [q, k, v, y, dy]: [&CudaStorage; 5],
         dims: &ElaDims,
         kernel: ElaKernel,
         sd: DType,

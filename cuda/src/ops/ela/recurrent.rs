@@ -56,15 +56,12 @@ impl Cuda {
         })
     }
 
-    /// The scan forward of `n` sequences (`op` names the public op in errors), from `state` or
-    /// an empty one.
-    #[allow(clippy::too_many_arguments)]
+    /// The scan forward of `[q, k, v]` (`op` names the public op in errors), from `state` or an
+    /// empty one.
     pub(super) fn ela_scan_forward(
         &self,
         op: &'static str,
-        q: &CudaStorage,
-        k: &CudaStorage,
-        v: &CudaStorage,
+        [q, k, v]: [&CudaStorage; 3],
         dims: &ElaDims,
         p: &ElaParams,
         state: Option<&mut ElaStateBufs<CudaStorage>>,
@@ -103,15 +100,11 @@ impl Cuda {
         Ok(y)
     }
 
-    /// The scan backward (forward scan for `dphi`, reverse scan for `U, w`) from an empty state.
-    #[allow(clippy::too_many_arguments)]
+    /// The scan backward of `[q, k, v, y, dy]` (forward scan for `dphi`, reverse scan for `U, w`)
+    /// from an empty state.
     pub(super) fn ela_scan_backward(
         &self,
-        q: &CudaStorage,
-        k: &CudaStorage,
-        v: &CudaStorage,
-        y: &CudaStorage,
-        dy: &CudaStorage,
+        [q, k, v, y, dy]: [&CudaStorage; 5],
         dims: &ElaDims,
         p: &ElaParams,
     ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {

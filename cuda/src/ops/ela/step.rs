@@ -29,7 +29,7 @@ impl Cuda {
             let (s, z, m) = state_ptrs(state, &one, kernel, stat_dtype(d));
             return self.ela_chunk_step(&cv, q, k, v, one.sequences(), [s, z, m]);
         }
-        self.ela_scan_forward(OP, q, k, v, &one, &ElaParams { kernel, causal: true, chunk: 1 }, Some(state))
+        self.ela_scan_forward(OP, [q, k, v], &one, &ElaParams { kernel, causal: true, chunk: 1 }, Some(state))
     }
 
     /// `ela_step_fast` for every sequence in one launch, one block each (state buffers already
