@@ -16,7 +16,7 @@
 //! `psi(k)` itself and passes them as `q` and `k`.
 //!
 //! The tensor-level entry points are [`Tensor::ela`](crate::Tensor::ela),
-//! [`Tensor::ela_backward`](crate::Tensor::ela_backward) and [`ElaState`];
+//! [`Tensor::ela_backward`](crate::Tensor::ela_backward) and [`FusedElaState`];
 //! the derivation of every equation is in `docs/ela.md`.
 
 use crate::error::{Error, Result};
@@ -155,7 +155,7 @@ impl ElaParams {
 
     /// Checks these options for a call of sizes `dims` (`with_state`: continuing a recurrent
     /// state). With [`ElaDims::from_shapes`] this is the whole argument check of the fused ELA
-    /// ops: `Tensor` and `ElaState` call both (besides device and dtype checks), and backends
+    /// ops: `Tensor` and `FusedElaState` call both (besides device and dtype checks), and backends
     /// trust them, as all kernels trust their callers (docs/architecture.md). Errors name `op`.
     pub fn validate(&self, op: &'static str, dims: &ElaDims, with_state: bool) -> Result<()> {
         if self.chunk == 0 {
@@ -264,7 +264,7 @@ pub struct ElaSaved<S> {
 /// and what the backend kept for the backward, if anything.
 pub type ElaSavingOutput<S> = (S, Option<ElaSaved<S>>);
 
-pub use crate::tensor::ElaState;
+pub use crate::tensor::FusedElaState;
 
 #[cfg(test)]
 mod tests {

@@ -33,7 +33,7 @@ pub mod tensor;
 pub use backend::Backend;
 pub use cpu::{Cpu, CpuStorage};
 pub use dtype::{DType, Float, WithDType};
-pub use ela::{ElaKernel, ElaParams, ElaSaved, ElaState};
+pub use ela::{ElaKernel, ElaParams, ElaSaved, FusedElaState};
 pub use error::{Error, Result};
 pub use layout::Layout;
 pub use op::{AdamWStep, BinaryOp, CmpOp, Conv2dParams, Pool2dParams, ReduceOp, UnaryOp};

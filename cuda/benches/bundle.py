@@ -2,7 +2,7 @@
 """Build release test executables (and, with --bins, the `ela` binary and the harness-less GPU
 benches) into .gpu/ with a runner, so a GPU machine without a Rust toolchain can run them.
 
-    python3 cuda/benches/bundle.py [-p ela-cuda -p ela-models ...] [--bins]
+    python3 cuda/benches/bundle.py [-p ela-tests -p ela-models ...] [--bins]
     # on the GPU machine, from the repository root, with .gpu carried along:
     bash .gpu/run-tests.sh [filter]     # every test executable, ELA_REQUIRE_CUDA=1
     .gpu/bin/NAME [args]                # one executable (a bench, or `ela`)

@@ -3,5 +3,5 @@
 # `harness = false` GPU benches) of ela-cuda and ela-models, with cuda/benches/bundle.py.
 # Usage, from the repo root: bash cuda/benches/bundle.sh [more cargo selection args, e.g. -p ela-tests]
 set -euo pipefail
-python3 "$(dirname "$0")/bundle.py" -p ela-cuda -p ela-models --bins "$@"
+python3 "$(dirname "$0")/bundle.py" -p ela-cuda -p ela-tests -p ela-models --bins "$@"
 du -sh .gpu

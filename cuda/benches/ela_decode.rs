@@ -1,6 +1,6 @@
 //! One recurrent ELA decoding step for all heads and the whole batch (B = 8, H = 16), Hadamard
 //! Exp, from a state that has absorbed a 1024-token prompt: device time of one step (CUDA events
-//! around a single `ElaState::step`, median of 200), device time per step of 200 back-to-back
+//! around a single `FusedElaState::step`, median of 200), device time per step of 200 back-to-back
 //! steps, host wall time per step, and the state's bytes (constant in the context; a KV cache
 //! grows by 2 B H D bytes-per-element per token: see the peer script for softmax attention).
 //! The first step is checked against the CPU backend stepping the same prefilled state.
@@ -12,7 +12,7 @@ mod common;
 use std::time::Instant;
 
 use common::{device, median, rand_tensor, rel_err, selected};
-use ela_core::{Cpu, DType, ElaKernel, ElaState, Result, Tensor};
+use ela_core::{Cpu, DType, ElaKernel, FusedElaState, Result, Tensor};
 use ela_cuda::{Cuda, GpuTimer};
 
 const B: usize = 8;
@@ -36,12 +36,12 @@ fn main() -> Result<()> {
         let steps: Vec<(Tensor<Cuda>, Tensor<Cuda>, Tensor<Cuda>)> = (0..8)
             .map(|i| Ok((mk(1, -s3 + 0.5, 10 + i)?, mk(1, -s3 - 0.5, 20 + i)?, mk(1, -s3, 30 + i)?)))
             .collect::<Result<_>>()?;
-        let mut st = ElaState::new(ElaKernel::HadamardExp, B, H, d, d, dtype, &dev)?;
-        st.prefill(&qp, &kp, &vp, 64)?;
+        let mut st = FusedElaState::new(ElaKernel::HadamardExp, B, H, d, d, dtype, &dev)?;
+        st.prefill(&qp, &kp, &vp)?;
         // Correctness: the same prompt and first step on the CPU.
-        let mut cs = ElaState::new(ElaKernel::HadamardExp, B, H, d, d, dtype, &Cpu)?;
+        let mut cs = FusedElaState::new(ElaKernel::HadamardExp, B, H, d, d, dtype, &Cpu)?;
         let c = |x: &Tensor<Cuda>| x.to_device(&Cpu);
-        cs.prefill(&c(&qp)?, &c(&kp)?, &c(&vp)?, 64)?;
+        cs.prefill(&c(&qp)?, &c(&kp)?, &c(&vp)?)?;
         let (q0, k0, v0) = &steps[0];
         let gy = st.step(q0, k0, v0)?;
         let cy = cs.step(&c(q0)?, &c(k0)?, &c(v0)?)?;

@@ -245,7 +245,7 @@ impl Backend for Cuda {
         dims: &ElaDims,
         p: &ElaParams,
     ) -> Result<(S, Option<ElaSaved<S>>)> {
-        self.ela_forward_saving_impl(q, k, v, dims, p)
+        self.ela_forward_saving_impl([q, k, v], dims, p)
     }
     fn ela_backward(
         &self,

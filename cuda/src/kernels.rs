@@ -1,6 +1,7 @@
 //! The CUDA C sources of the kernels and their run-time compilation with NVRTC.
 //!
-//! Each op family is one file in `cuda/kernels/`, embedded with `include_str!` and compiled on
+//! Each op family is one file in `cuda/kernels/` (ELA: several files in `cuda/kernels/ela/`, one
+//! per algorithm, concatenated into two modules), embedded with `include_str!` and compiled on
 //! first use for the device's own architecture (`--gpu-architecture=sm_XY`, fetching a CUBIN, so
 //! the driver does no JIT work), then cached for the life of the process (see
 //! `Cuda::function`). If the installed NVRTC is older than the GPU, the newest architecture
@@ -19,7 +20,7 @@ use ela_core::{Error, Result};
 /// Prepended to every kernel file: types, `Desc`, half conversions, block reductions.
 const COMMON: &str = include_str!("../kernels/common.cuh");
 
-/// The macro name under which `ela.cu` and `ela_noncausal.cu` know each ELA kernel's code. The
+/// The macro name under which `ela/recurrent.cu` and `ela/noncausal.cu` know each ELA kernel's code. The
 /// match is exhaustive, so a new [`ElaKernel`] variant does not compile until it has a name here.
 fn ela_kernel_macro(k: ElaKernel) -> &'static str {
     match k {
@@ -64,11 +65,13 @@ pub enum KernelFile {
     Index,
     /// im2col/col2im, pooling, upsampling
     ConvPool,
-    /// fused Exact Linear Attention, any kernel: the per-token scan (forward, backward, step) of
-    /// `ela.cu`, and the parallel non-causal form of `ela_noncausal.cu` (one module)
+    /// fused Exact Linear Attention, any kernel: the feature maps and the per-token scan (forward,
+    /// backward, step) of `ela/recurrent.cu`, and the parallel non-causal form of
+    /// `ela/noncausal.cu` (one module)
     Ela,
-    /// chunked Hadamard-Exp ELA on tensor cores (`ela_tile.cuh`, `ela_chunk.cu`,
-    /// `ela_chunk_bwd.cu`), compiled separately for each input dtype and head sizes `d`, `dv`
+    /// chunked Hadamard-Exp ELA on tensor cores (`ela/tile.cuh`, `ela/chunk_fwd.cu`,
+    /// `ela/chunk_bwd.cu`, `ela/step.cu`), compiled separately for each input dtype and head sizes
+    /// `d`, `dv`
     ElaChunk {
         /// Input dtype.
         dt: ElaDt,
@@ -103,8 +106,8 @@ impl KernelFile {
             KernelFile::CrossEntropy => "cross_entropy.cu",
             KernelFile::Index => "index.cu",
             KernelFile::ConvPool => "conv_pool.cu",
-            KernelFile::Ela => "ela.cu",
-            KernelFile::ElaChunk { .. } => "ela_chunk.cu",
+            KernelFile::Ela => "ela/recurrent.cu",
+            KernelFile::ElaChunk { .. } => "ela/chunk_fwd.cu",
         }
     }
 
@@ -117,34 +120,43 @@ impl KernelFile {
             KernelFile::CrossEntropy => include_str!("../kernels/cross_entropy.cu"),
             KernelFile::Index => include_str!("../kernels/index.cu"),
             KernelFile::ConvPool => include_str!("../kernels/conv_pool.cu"),
-            KernelFile::Ela => include_str!("../kernels/ela.cu"),
-            KernelFile::ElaChunk { .. } => include_str!("../kernels/ela_chunk.cu"),
+            KernelFile::Ela => include_str!("../kernels/ela/recurrent.cu"),
+            KernelFile::ElaChunk { .. } => include_str!("../kernels/ela/chunk_fwd.cu"),
         }
     }
 
     /// The text NVRTC compiles after the common prelude: [`KernelFile::source`]; for the fused
     /// ELA kernels preceded by the kernel-code defines ([`ela_kernel_defines`]) and followed by the
-    /// non-causal file; for the chunked ELA kernels the variant's defines,
-    /// the tile header and the backward file.
+    /// non-causal file; for the chunked ELA kernels the variant's defines, the tile header, then
+    /// the forward, backward and step files. The ELA files have no `#include`: NVRTC gets them
+    /// concatenated here, each after a `#line` naming it, so its messages point into the right
+    /// file.
     pub fn full_source(self) -> Cow<'static, str> {
         match self {
-            KernelFile::Ela => Cow::Owned(format!(
-                "{}#line 1 \"ela.cu\"\n{}\n#line 1 \"ela_noncausal.cu\"\n{}",
-                ela_kernel_defines(),
-                self.source(),
-                include_str!("../kernels/ela_noncausal.cu")
-            )),
-            KernelFile::ElaChunk { dt, d, dv } => Cow::Owned(format!(
-                "#define ELA_DT {}\n#define ELA_D {d}\n#define ELA_DV {dv}\n#line 1 \"ela_tile.cuh\"\n{}\n#line 1 \
-                 \"ela_chunk.cu\"\n{}\n#line 1 \"ela_chunk_bwd.cu\"\n{}",
-                dt as i32,
-                include_str!("../kernels/ela_tile.cuh"),
-                self.source(),
-                include_str!("../kernels/ela_chunk_bwd.cu"),
-            )),
+            KernelFile::Ela => Cow::Owned(
+                ela_kernel_defines()
+                    + &with_lines(&[
+                        (self.name(), self.source()),
+                        ("ela/noncausal.cu", include_str!("../kernels/ela/noncausal.cu")),
+                    ]),
+            ),
+            KernelFile::ElaChunk { dt, d, dv } => Cow::Owned(
+                format!("#define ELA_DT {}\n#define ELA_D {d}\n#define ELA_DV {dv}\n", dt as i32)
+                    + &with_lines(&[
+                        ("ela/tile.cuh", include_str!("../kernels/ela/tile.cuh")),
+                        (self.name(), self.source()),
+                        ("ela/chunk_bwd.cu", include_str!("../kernels/ela/chunk_bwd.cu")),
+                        ("ela/step.cu", include_str!("../kernels/ela/step.cu")),
+                    ]),
+            ),
             _ => Cow::Borrowed(self.source()),
         }
     }
+}
+
+/// `files` (name, text) concatenated, each after a `#line 1 "name"` directive.
+fn with_lines(files: &[(&str, &str)]) -> String {
+    files.iter().map(|(name, text)| format!("#line 1 \"{name}\"\n{text}\n")).collect()
 }
 
 /// A compiled module image: a CUBIN for a real architecture or PTX text for a virtual one.

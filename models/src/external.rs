@@ -197,11 +197,14 @@ pub fn verify_external(path: &Path, opts: &ExternalOptions) -> Result<ExternalRe
     };
     let dy64 = dy.map(wide).transpose()?;
     let ela = Ela::<Cpu>::builtin(opts.kernel).with_causal(opts.causal);
-    let reference = ela.run(Form::Quadratic, &wide(q)?, &wide(k)?, &wide(v)?, dy64.as_ref())?;
-    let ref_y = reference.y.to_vec_f64()?;
-    let ref_g = match (&reference.grads, dy64.is_some()) {
-        (Some(g), true) => Some([g.dq.to_vec_f64()?, g.dk.to_vec_f64()?, g.dv.to_vec_f64()?]),
-        _ => None,
+    let (q64, k64, v64) = (wide(q)?, wide(k)?, wide(v)?);
+    let (ref_y, ref_g) = match &dy64 {
+        Some(dy) => {
+            let out = ela.run_with_grads(Form::Quadratic, &q64, &k64, &v64, dy)?;
+            let g = &out.grads;
+            (out.y.to_vec_f64()?, Some([g.dq.to_vec_f64()?, g.dk.to_vec_f64()?, g.dv.to_vec_f64()?]))
+        }
+        None => (ela.run(Form::Quadratic, &q64, &k64, &v64)?.to_vec_f64()?, None),
     };
     if ref_y.iter().chain(ref_g.iter().flatten().flatten()).any(|x| !x.is_finite()) {
         return Err(Error::invalid(

@@ -75,6 +75,12 @@ pub fn cuda() -> Option<Cuda> {
     ela_cuda::testing::device_or_skip()
 }
 
+/// Proptest cases of a property test: `ELA_PROPTEST_CASES` when set (heavier sweeps), else
+/// `default` (chosen per test so the default suite stays fast).
+pub fn proptest_cases(default: u32) -> u32 {
+    std::env::var("ELA_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 /// True when `B` is the CUDA backend (for the few documented, intentional differences).
 pub fn is_cuda<B: Backend>(_dev: &B) -> bool {
     std::any::TypeId::of::<B>() == std::any::TypeId::of::<Cuda>()

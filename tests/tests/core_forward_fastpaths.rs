@@ -14,7 +14,7 @@ use ela_tests::reference::{self as r, RefTensor, TestRng};
 use proptest::prelude::*;
 
 fn few() -> ProptestConfig {
-    let cases = std::env::var("ELA_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
+    let cases = ela_tests::device::proptest_cases(12);
     ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
 }
 

@@ -2,7 +2,7 @@
 //! every op that makes a tensor of a new shape, before anything is allocated: never a wrapped
 //! element count (`[2^32, 2^32]` read as 0 elements), a panic or an abort.
 
-use ela_core::{Conv2dParams, Cpu, DType, ElaKernel, ElaState, Error, Shape, Tensor, MAX_ELEMENTS};
+use ela_core::{Conv2dParams, Cpu, DType, ElaKernel, Error, FusedElaState, Shape, Tensor, MAX_ELEMENTS};
 
 type T = Tensor<Cpu>;
 
@@ -65,9 +65,9 @@ fn the_bound_is_exact() {
 
 #[test]
 fn ela_state_with_overflowing_batch_is_an_error() {
-    too_large(ElaState::new(ElaKernel::HadamardExp, HUGE, HUGE, 4, 4, DType::F32, &Cpu), "ElaState::new");
-    too_large(ElaState::new(ElaKernel::HadamardExp, 1, 1, usize::MAX, 1, DType::F32, &Cpu), "ElaState::new");
-    let st = ElaState::new(ElaKernel::HadamardExp, 2, 3, 4, 5, DType::F32, &Cpu).unwrap();
+    too_large(FusedElaState::new(ElaKernel::HadamardExp, HUGE, HUGE, 4, 4, DType::F32, &Cpu), "FusedElaState::new");
+    too_large(FusedElaState::new(ElaKernel::HadamardExp, 1, 1, usize::MAX, 1, DType::F32, &Cpu), "FusedElaState::new");
+    let st = FusedElaState::new(ElaKernel::HadamardExp, 2, 3, 4, 5, DType::F32, &Cpu).unwrap();
     // S [2,3,4,5], z and m [2,3,4], f32.
     assert_eq!(st.bytes(), 2 * 3 * (4 * 5 + 4 + 4) * 4);
 }

@@ -8,9 +8,10 @@
 
 mod ela_common;
 
-use ela_common::{cases, inputs, rel, up, KERNELS};
-use ela_core::{Backend, Cpu, DType, ElaKernel, ElaParams, ElaState, Error, Rng, Tensor};
+use ela_common::{inputs, rel, up, KERNELS};
+use ela_core::{Backend, Cpu, DType, ElaKernel, ElaParams, Error, FusedElaState, Rng, Tensor};
 use ela_nn::ela::{self as ela, Ela, Form};
+use ela_tests::device::proptest_cases;
 use ela_tests::device::Context;
 use ela_tests::{device_proptest, device_tests};
 use proptest::prelude::*;
@@ -36,7 +37,7 @@ fn bits<B: Backend>(x: &Tensor<B>) -> Vec<u64> {
 }
 
 device_proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases(48)))]
+    #![proptest_config(ProptestConfig::with_cases(proptest_cases(48)))]
 
     /// Outputs at positions <= i do not change in a single bit when q, k, v change after i
     /// (chunked form; i is often inside a chunk, where the intra-chunk block is shared).
@@ -56,10 +57,10 @@ device_proptest! {
         let i = ((t - 1) as f64 * cut) as usize;
         let what = format!("ela chunked {kernel} {dtype:?} q/k [1, 2, {t}, {d}] v [.., {dv}] C={chunk} cut after {i}");
         let ela = Ela::<B>::builtin(kernel).with_chunk(chunk);
-        let y = ela.run(Form::Chunked, &up(dev, &q), &up(dev, &k), &up(dev, &v), None).ctx(&what)?.y;
+        let y = ela.run(Form::Chunked, &up(dev, &q), &up(dev, &k), &up(dev, &v)).ctx(&what)?;
         let (q2, k2) = (perturb_after(&q, i, seed ^ 1), perturb_after(&k, i, seed ^ 2));
         let v2 = perturb_after(&v, i, seed ^ 3);
-        let y2 = ela.run(Form::Chunked, &up(dev, &q2), &up(dev, &k2), &up(dev, &v2), None).ctx(&what)?.y;
+        let y2 = ela.run(Form::Chunked, &up(dev, &q2), &up(dev, &k2), &up(dev, &v2)).ctx(&what)?;
         let (a, b) = (y.narrow(2, 0, i + 1)?, y2.narrow(2, 0, i + 1)?);
         prop_assert_eq!(bits(&a), bits(&b), "{}: outputs up to the cut changed", what);
         if i + 1 < t {
@@ -82,7 +83,7 @@ device_proptest! {
         seed in any::<u64>(),
     ) {
         let (q, k, v) = inputs(kernel, b, h, t, d, dv, 1.0, seed, DType::F64);
-        let full = Ela::<Cpu>::builtin(kernel).with_chunk(chunk).run(Form::Chunked, &q, &k, &v, None)?.y;
+        let full = Ela::<Cpu>::builtin(kernel).with_chunk(chunk).run(Form::Chunked, &q, &k, &v)?;
         let (q, k, v) = (up(dev, &q), up(dev, &k), up(dev, &v));
         let ela = Ela::<B>::builtin(kernel).with_chunk(chunk);
         let p = (t as f64 * split) as usize;
@@ -109,10 +110,12 @@ fn prefill_continues_an_existing_state<B: Backend>(dev: &B) {
     let (q, k, v) = inputs(ElaKernel::HadamardExp, 2, 2, 70, 8, 4, 1.5, 5, DType::F64);
     let full = q.ela(&k, &v, &ElaParams::causal(ElaKernel::HadamardExp)).unwrap();
     let (q, k, v) = (up(dev, &q), up(dev, &k), up(dev, &v));
-    let mut st = ElaState::new(ElaKernel::HadamardExp, 2, 2, 8, 4, DType::F64, dev).unwrap();
+    let mut st = FusedElaState::new(ElaKernel::HadamardExp, 2, 2, 8, 4, DType::F64, dev).unwrap().with_chunk(16);
     let part = |x: &Tensor<B>, a, n| x.narrow(2, a, n).unwrap();
-    st.prefill(&part(&q, 0, 33), &part(&k, 0, 33), &part(&v, 0, 33), 16).unwrap();
-    let y = st.prefill(&part(&q, 33, 37), &part(&k, 33, 37), &part(&v, 33, 37), 5).unwrap();
+    st.prefill(&part(&q, 0, 33), &part(&k, 0, 33), &part(&v, 0, 33)).unwrap();
+    // Another chunk length for the second prompt: the state, not the chunking, carries over.
+    let mut st = st.with_chunk(5);
+    let y = st.prefill(&part(&q, 33, 37), &part(&k, 33, 37), &part(&v, 33, 37)).unwrap();
     let e = rel(&y, &full.narrow(2, 33, 37).unwrap());
     assert!(e <= 1e-12, "second prefill of hadamard-exp F64 [2, 2, 37, 8]: {e:e}");
 }
@@ -160,8 +163,8 @@ fn bad_calls_are_typed_errors<B: Backend>(dev: &B) {
     // Recurrent forms are causal only; states check what they are fed.
     let nc = Ela::<B>::builtin(ElaKernel::HadamardExp).with_causal(false);
     assert!(is_err(nc.prefill(&q, &k, &v), "non-causal prefill").contains("causal"));
-    assert!(nc.run(Form::Recurrent, &q, &k, &v, None).is_err());
-    let mut st = ela::ElaState::<B>::builtin(ElaKernel::HadamardExp, 1, 2, 4, 3, DType::F64, dev).unwrap();
+    assert!(nc.run(Form::Recurrent, &q, &k, &v).is_err());
+    let mut st = ela::ElaState::new(&ela::builtin(ElaKernel::HadamardExp), 1, 2, 4, 3, DType::F64, dev).unwrap();
     let at = |x: &Tensor<B>| x.narrow(2, 0, 1).unwrap();
     assert!(
         is_err(st.step(&at(&q), &at(&k), &at(&v.narrow(3, 0, 2).unwrap())), "dv mismatch").contains("state was made")

@@ -11,9 +11,10 @@
 
 mod ela_common;
 
-use ela_common::{cases, f64t, inputs, rel, up, KERNELS};
+use ela_common::{f64t, inputs, rel, up, KERNELS};
 use ela_core::{Backend, Cpu, DType, ElaKernel, Tensor};
 use ela_nn::ela::{Ela, Form};
+use ela_tests::device::proptest_cases;
 use ela_tests::device::Context;
 use ela_tests::{device_proptest, device_tests};
 use proptest::prelude::*;
@@ -68,21 +69,20 @@ fn errors<B: Backend>(dev: &B, c: &Case, dtype: DType) -> Result<(f64, Option<f6
         format!("ela {form} {kernel} causal={causal} {dtype:?} q/k {:?} v {:?} C={}", q.dims(), v.dims(), c.chunk)
     };
     let cpu = Ela::<Cpu>::builtin(c.kernel).with_causal(c.causal).with_chunk(c.chunk);
-    let reference =
-        cpu.run(Form::Quadratic, &f64t(&q), &f64t(&k), &f64t(&v), None).ctx(what("quadratic (reference)"))?.y;
+    let reference = cpu.run(Form::Quadratic, &f64t(&q), &f64t(&k), &f64t(&v)).ctx(what("quadratic (reference)"))?;
     let ela = Ela::<B>::builtin(c.kernel).with_causal(c.causal).with_chunk(c.chunk);
     let (qd, kd, vd) = (up(dev, &q), up(dev, &k), up(dev, &v));
-    let chunked = ela.run(Form::Chunked, &qd, &kd, &vd, None).ctx(what("chunked"))?.y;
+    let chunked = ela.run(Form::Chunked, &qd, &kd, &vd).ctx(what("chunked"))?;
     prop_assert_eq!(chunked.dtype(), dtype, "{}", what("chunked"));
     let rec = match c.causal {
-        true => Some(rel(&ela.run(Form::Recurrent, &qd, &kd, &vd, None).ctx(what("recurrent"))?.y, &reference)),
+        true => Some(rel(&ela.run(Form::Recurrent, &qd, &kd, &vd).ctx(what("recurrent"))?, &reference)),
         false => None,
     };
     Ok((rel(&chunked, &reference), rec))
 }
 
 device_proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases(64)))]
+    #![proptest_config(ProptestConfig::with_cases(proptest_cases(64)))]
 
     fn forms_agree_in_f64<B: Backend>(dev: &B, c in case()) {
         let (chunked, rec) = errors(dev, &c, DType::F64)?;
@@ -125,7 +125,7 @@ fn chunked_fast_path_shapes<B: Backend>(dev: &B) {
                 let (qd, kd, vd) = (up(dev, &q), up(dev, &k), up(dev, &v));
                 for causal in [true, false] {
                     let cpu = Ela::<Cpu>::builtin(ElaKernel::HadamardExp).with_causal(causal);
-                    let reference = cpu.run(Form::Quadratic, &f64t(&q), &f64t(&k), &f64t(&v), None).unwrap().y;
+                    let reference = cpu.run(Form::Quadratic, &f64t(&q), &f64t(&k), &f64t(&v)).unwrap();
                     let ela = Ela::<B>::builtin(ElaKernel::HadamardExp).with_causal(causal);
                     let forms: &[Form] = if causal { &[Form::Chunked, Form::Recurrent] } else { &[Form::Chunked] };
                     for &form in forms {
@@ -133,13 +133,11 @@ fn chunked_fast_path_shapes<B: Backend>(dev: &B) {
                             "ela {} hadamard-exp causal={causal} {dtype:?} q/k/v [1, 2, {t}, {d}]",
                             form.name()
                         );
-                        match ela.run(form, &qd, &kd, &vd, None) {
+                        match ela.run(form, &qd, &kd, &vd) {
                             Err(e) => failed.push(format!("{what}: {e}")),
-                            Ok(out) if out.y.dtype() != dtype => {
-                                failed.push(format!("{what}: output dtype {:?}", out.y.dtype()))
-                            }
-                            Ok(out) => {
-                                let e = rel(&out.y, &reference);
+                            Ok(y) if y.dtype() != dtype => failed.push(format!("{what}: output dtype {:?}", y.dtype())),
+                            Ok(y) => {
+                                let e = rel(&y, &reference);
                                 if e > tol {
                                     failed.push(format!("{what}: {e:e} from the f64 reference (tolerance {tol:e})"));
                                 }
@@ -162,12 +160,15 @@ fn empty_sequences_give_empty_outputs<B: Backend>(dev: &B) {
             let ela = Ela::<B>::builtin(kernel).with_causal(causal);
             let forms: &[Form] = if causal { &Form::ALL } else { &[Form::Quadratic, Form::Chunked] };
             for &form in forms {
-                let dy = Tensor::zeros([2, 3, 0, 5], DType::F64, dev).unwrap();
-                let out = ela.run(form, &q, &k, &v, Some(&dy)).unwrap_or_else(|e| panic!("{kernel} {form:?} T=0: {e}"));
-                assert_eq!(out.y.dims(), &[2, 3, 0, 5], "{kernel} {form:?}");
-                if let Some(g) = out.grads {
-                    assert_eq!(g.dq.dims(), &[2, 3, 0, 4]);
-                    assert_eq!(g.dv.dims(), &[2, 3, 0, 5]);
+                let y = ela.run(form, &q, &k, &v).unwrap_or_else(|e| panic!("{kernel} {form:?} T=0: {e}"));
+                assert_eq!(y.dims(), &[2, 3, 0, 5], "{kernel} {form:?}");
+                if form != Form::Recurrent {
+                    let dy = Tensor::zeros([2, 3, 0, 5], DType::F64, dev).unwrap();
+                    let out =
+                        ela.run_with_grads(form, &q, &k, &v, &dy).unwrap_or_else(|e| panic!("{kernel} {form:?}: {e}"));
+                    assert_eq!(out.y.dims(), &[2, 3, 0, 5], "{kernel} {form:?}");
+                    assert_eq!(out.grads.dq.dims(), &[2, 3, 0, 4]);
+                    assert_eq!(out.grads.dv.dims(), &[2, 3, 0, 5]);
                 }
             }
         }
@@ -184,8 +185,7 @@ fn single_token_and_unit_dim_return_the_value<B: Backend>(dev: &B) {
                 let ela = Ela::<B>::builtin(kernel).with_causal(causal);
                 let forms: &[Form] = if causal { &Form::ALL } else { &[Form::Quadratic, Form::Chunked] };
                 for &form in forms {
-                    let y =
-                        ela.run(form, &q, &k, &v, None).unwrap_or_else(|e| panic!("{kernel} d={d} {form:?}: {e}")).y;
+                    let y = ela.run(form, &q, &k, &v).unwrap_or_else(|e| panic!("{kernel} d={d} {form:?}: {e}"));
                     assert!(rel(&y, &v) <= 1e-14, "{kernel} d={d} {form:?}: {}", rel(&y, &v));
                 }
             }
@@ -213,10 +213,7 @@ fn all_equal_keys_average_the_values<B: Backend>(dev: &B) {
             let want = Tensor::from_vec(want, [1, 1, t, dv], &Cpu).unwrap();
             let ela = Ela::<B>::builtin(kernel).with_causal(causal).with_chunk(8);
             for form in [Form::Quadratic, Form::Chunked] {
-                let y = ela
-                    .run(form, &q, &k0, &v, None)
-                    .unwrap_or_else(|e| panic!("{kernel} causal={causal} {form:?}: {e}"))
-                    .y;
+                let y = ela.run(form, &q, &k0, &v).unwrap_or_else(|e| panic!("{kernel} causal={causal} {form:?}: {e}"));
                 assert!(rel(&y, &want) <= 1e-12, "{kernel} causal={causal} {form:?}: {}", rel(&y, &want));
             }
         }
@@ -227,10 +224,10 @@ fn all_equal_keys_average_the_values<B: Backend>(dev: &B) {
 fn chunk_length_does_not_change_the_result<B: Backend>(dev: &B) {
     let (q, k, v) = inputs(ElaKernel::HadamardExp, 1, 2, 130, 16, 8, 1.0, 3, DType::F64);
     let (q, k, v) = (up(dev, &q), up(dev, &k), up(dev, &v));
-    let base = Ela::<B>::builtin(ElaKernel::HadamardExp).with_chunk(1).run(Form::Chunked, &q, &k, &v, None).unwrap().y;
+    let base = Ela::<B>::builtin(ElaKernel::HadamardExp).with_chunk(1).run(Form::Chunked, &q, &k, &v).unwrap();
     for chunk in [2, 7, 64, 129, 130, 500] {
         let ela = Ela::<B>::builtin(ElaKernel::HadamardExp).with_chunk(chunk);
-        let y = ela.run(Form::Chunked, &q, &k, &v, None).unwrap_or_else(|e| panic!("chunk {chunk}: {e}")).y;
+        let y = ela.run(Form::Chunked, &q, &k, &v).unwrap_or_else(|e| panic!("chunk {chunk}: {e}"));
         assert!(rel(&y, &base) <= 1e-12, "chunk {chunk}: {}", rel(&y, &base));
     }
 }
@@ -242,9 +239,14 @@ fn zero_batch_and_zero_value_dim<B: Backend>(dev: &B) {
         let (q, k, v) = (up(dev, &q), up(dev, &k), up(dev, &v));
         let ela = Ela::<B>::builtin(ElaKernel::HadamardExp).with_chunk(4);
         for form in Form::ALL {
-            let dy = Tensor::zeros([b, 2, 9, dv], DType::F64, dev).unwrap();
-            let out = ela.run(form, &q, &k, &v, Some(&dy)).unwrap_or_else(|e| panic!("{form:?} b={b} dv={dv}: {e}"));
-            assert_eq!(out.y.dims(), &[b, 2, 9, dv], "{form:?}");
+            let y = ela.run(form, &q, &k, &v).unwrap_or_else(|e| panic!("{form:?} b={b} dv={dv}: {e}"));
+            assert_eq!(y.dims(), &[b, 2, 9, dv], "{form:?}");
+            if form != Form::Recurrent {
+                let dy = Tensor::zeros([b, 2, 9, dv], DType::F64, dev).unwrap();
+                let out =
+                    ela.run_with_grads(form, &q, &k, &v, &dy).unwrap_or_else(|e| panic!("{form:?} b={b} dv={dv}: {e}"));
+                assert_eq!(out.grads.dv.dims(), &[b, 2, 9, dv], "{form:?}");
+            }
         }
     }
 }

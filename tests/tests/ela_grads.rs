@@ -11,9 +11,10 @@
 mod ela_common;
 
 use ela_autograd::{gradcheck, GradcheckOptions, Var};
-use ela_common::{cases, f64t, inputs, max_abs, rel_floor, up, KERNELS};
+use ela_common::{f64t, inputs, max_abs, rel_floor, up, KERNELS};
 use ela_core::{Backend, Cpu, DType, ElaKernel, Rng, Tensor};
 use ela_nn::ela::{Ela, Form, Grads};
+use ela_tests::device::proptest_cases;
 use ela_tests::device::Context;
 use ela_tests::{device_proptest, device_tests};
 use proptest::prelude::*;
@@ -28,8 +29,7 @@ fn grads<B: Backend>(
     dy: &Tensor<B>,
 ) -> Result<Grads<B>, TestCaseError> {
     let what = format!("ela backward {} {ela:?} {:?} q/k {:?} v {:?}", form.name(), q.dtype(), q.dims(), v.dims());
-    let out = ela.run(form, q, k, v, Some(dy)).ctx(&what)?;
-    out.grads.ok_or_else(|| TestCaseError::fail(format!("{what}: no gradients")))
+    Ok(ela.run_with_grads(form, q, k, v, dy).ctx(&what)?.grads)
 }
 
 /// A standard normal upstream gradient, drawn in f64 on the CPU and rounded to `dtype`.
@@ -51,7 +51,7 @@ fn grad_errors<B: Backend>(got: &Grads<B>, want: &Grads<Cpu>, floor: f64) -> [(&
 }
 
 device_proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases(32)))]
+    #![proptest_config(ProptestConfig::with_cases(proptest_cases(32)))]
 
     /// Fused backward == tape backward of the quadratic reference, f64, to 1e-9 (normwise).
     fn fused_backward_matches_the_tape<B: Backend>(
@@ -143,7 +143,7 @@ fn one_node_and_selective_gradients<B: Backend>(dev: &B) {
 /// (Hadamard Exp, D = Dv in {64, 128}, T = 65 and 200: a partial last chunk), causal and not,
 /// against the f64 tape on the same rounded inputs. f32 to 1e-4 as in
 /// `f32_backward_is_close_to_f64`; bf16 to 2e-2: bf16 operands in the tile products and
-/// bf16-rounded gradients (cuda/tests/cuda_ops/ela_fast.rs bounds the same error by 1e-2 in
+/// bf16-rounded gradients (tests/tests/cuda_ops/ela_fast.rs bounds the same error by 1e-2 in
 /// the L2 norm; this is the max norm, which one badly rounded large element can dominate).
 fn chunked_fast_path_gradients<B: Backend>(dev: &B) {
     let mut failed = Vec::new();

@@ -34,19 +34,20 @@ fn f32_vs_f64<B: Backend>(
         format!("{what} hadamard-exp causal={causal} C={chunk} {:?} q/k {:?} v {:?}", q.dtype(), q.dims(), v.dims());
     let dy = uniform([q.dims()[0], q.dims()[1], q.dims()[2], v.dims()[3]], -1.0, 1.0, 77, DType::F32);
     let cpu = Ela::<Cpu>::builtin(ElaKernel::HadamardExp).with_causal(causal).with_chunk(chunk);
-    let reference = cpu.run(Form::Quadratic, &f64t(q), &f64t(k), &f64t(v), Some(&f64t(&dy))).unwrap();
+    let reference = cpu.run_with_grads(Form::Quadratic, &f64t(q), &f64t(k), &f64t(v), &f64t(&dy)).unwrap();
     assert!(finite(&reference.y), "{what}: the f64 reference itself must be finite here");
     let ela = Ela::<B>::builtin(ElaKernel::HadamardExp).with_causal(causal).with_chunk(chunk);
     let (qd, kd, vd) = (up(dev, q), up(dev, k), up(dev, v));
-    let fast = ela.run(Form::Chunked, &qd, &kd, &vd, Some(&up(dev, &dy))).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let fast =
+        ela.run_with_grads(Form::Chunked, &qd, &kd, &vd, &up(dev, &dy)).unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(finite(&fast.y), "{what}: chunked output has non-finite values");
     let mut err = rel(&fast.y, &reference.y);
     if causal {
-        let rec = ela.run(Form::Recurrent, &qd, &kd, &vd, None).unwrap_or_else(|e| panic!("{what}: recurrent: {e}")).y;
+        let rec = ela.run(Form::Recurrent, &qd, &kd, &vd).unwrap_or_else(|e| panic!("{what}: recurrent: {e}"));
         assert!(finite(&rec), "{what}: recurrent output has non-finite values");
         err = err.max(rel(&rec, &reference.y));
     }
-    let (g, r) = (fast.grads.unwrap(), reference.grads.unwrap());
+    let (g, r) = (fast.grads, reference.grads);
     let floor = max_abs(&dy) * max_abs(v);
     let mut gerr = 0f64;
     for (name, a, b) in [("dq", &g.dq, &r.dq), ("dk", &g.dk, &r.dk), ("dv", &g.dv, &r.dv)] {
@@ -59,6 +60,7 @@ fn f32_vs_f64<B: Backend>(
 device_tests!(
     magnitude_80_in_f32_matches_f64,
     crossed_maxima_take_the_exact_path,
+    crossed_maxima_in_f64_take_the_exact_path,
     very_negative_inputs_are_shift_invariant,
     half_precision_inputs_use_f32_state,
     extreme_magnitudes_stay_finite_and_exact
@@ -103,6 +105,36 @@ fn crossed_maxima_take_the_exact_path<B: Backend>(dev: &B) {
     }
 }
 
+/// The exact path in f64: inputs at +-400 put the shared log-scale 800 above every row's largest
+/// term, so every fast-path term underflows even in f64 and every row is recomputed exactly
+/// (`exact_rows.rs`). Outputs and gradients equal the quadratic reference (whose terms are each
+/// near 1 here) and its tape.
+fn crossed_maxima_in_f64_take_the_exact_path<B: Backend>(dev: &B) {
+    let (t, d, dv) = (6, 2, 2);
+    let mut rng = Rng::new(4);
+    let (mut q, mut k) = (vec![0.0; t * d], vec![0.0; t * d]);
+    for i in 0..t {
+        q[i * d] = 400.0 + 0.5 * rng.normal();
+        q[i * d + 1] = -400.0 + 0.5 * rng.normal();
+        k[i * d] = -400.0 + 0.5 * rng.normal();
+        k[i * d + 1] = 400.0 + 0.5 * rng.normal();
+    }
+    let to = |x: Vec<f64>, w: usize| Tensor::from_vec(x, [1, 1, t, w], &Cpu).unwrap();
+    let (q, k) = (to(q, d), to(k, d));
+    let (v, dy) = (uniform([1, 1, t, dv], -1.0, 1.0, 6, DType::F64), uniform([1, 1, t, dv], -1.0, 1.0, 7, DType::F64));
+    let ela = Ela::builtin(ElaKernel::HadamardExp).with_chunk(4);
+    let want = ela.run_with_grads(Form::Quadratic, &q, &k, &v, &dy).unwrap();
+    let got = Ela::builtin(ElaKernel::HadamardExp)
+        .with_chunk(4)
+        .run_with_grads(Form::Chunked, &up(dev, &q), &up(dev, &k), &up(dev, &v), &up(dev, &dy))
+        .unwrap();
+    assert!(rel(&got.y, &want.y) <= 1e-12, "y: {:e}", rel(&got.y, &want.y));
+    let (g, w) = (&got.grads, &want.grads);
+    for (name, a, b) in [("dq", &g.dq, &w.dq), ("dk", &g.dk, &w.dk), ("dv", &g.dv, &w.dv)] {
+        assert!(rel(a, b) <= 1e-9, "{name}: {:e}", rel(a, b));
+    }
+}
+
 /// Adding a constant to every query, or to every key, leaves Hadamard Exp ELA unchanged (the
 /// factor cancels in the ratio), including by -1000 where exp underflows in any dtype: outputs
 /// and gradients stay finite and equal to the unshifted ones. In f32 the log-terms of inputs
@@ -119,21 +151,23 @@ fn very_negative_inputs_are_shift_invariant<B: Backend>(dev: &B) {
             for (sq, sk) in [(-1000.0, 0.0), (0.0, -1000.0), (-1000.0, -1000.0), (300.0, -700.0)] {
                 let what = format!("hadamard-exp {dtype:?} causal={causal} q/k [1, 2, 90, 6] shift ({sq}, {sk})");
                 let (q2, k2) = (q.add_scalar(sq).unwrap(), k.add_scalar(sk).unwrap());
-                let out = ela.run(Form::Chunked, &q2, &k2, &v, Some(&dy)).unwrap_or_else(|e| panic!("{what}: {e}"));
+                let out =
+                    ela.run_with_grads(Form::Chunked, &q2, &k2, &v, &dy).unwrap_or_else(|e| panic!("{what}: {e}"));
                 assert!(finite(&out.y), "{what}: non-finite outputs");
                 // f32 rounds q + shift: compare with the unshifted run on the rounded inputs.
                 let (q3, k3) = (q2.add_scalar(-sq).unwrap(), k2.add_scalar(-sk).unwrap());
-                let want = ela.run(Form::Chunked, &q3, &k3, &v, Some(&dy)).unwrap_or_else(|e| panic!("{what}: {e}"));
+                let want =
+                    ela.run_with_grads(Form::Chunked, &q3, &k3, &v, &dy).unwrap_or_else(|e| panic!("{what}: {e}"));
                 let e = rel(&out.y, &want.y);
                 assert!(e <= tol, "{what}: {e:e}");
-                let (g, w) = (out.grads.unwrap(), want.grads.unwrap());
+                let (g, w) = (out.grads, want.grads);
                 let floor = max_abs(&dy) * max_abs(&v);
                 for (name, a, b) in [("dq", &g.dq, &w.dq), ("dk", &g.dk, &w.dk), ("dv", &g.dv, &w.dv)] {
                     let e = rel_floor(a, b, floor);
                     assert!(e <= 10.0 * tol, "{what}: gradient {name} {e:e}");
                 }
                 if causal {
-                    let rec = ela.run(Form::Recurrent, &q2, &k2, &v, None).unwrap_or_else(|e| panic!("{what}: {e}")).y;
+                    let rec = ela.run(Form::Recurrent, &q2, &k2, &v).unwrap_or_else(|e| panic!("{what}: {e}"));
                     assert!(rel(&rec, &want.y) <= tol, "{what}: recurrent");
                 }
             }
@@ -149,20 +183,20 @@ fn half_precision_inputs_use_f32_state<B: Backend>(dev: &B) {
         // Rounded on the CPU, so the reference sees exactly the device's inputs.
         let (qh, kh, vh) = (q.to_dtype(dtype).unwrap(), k.to_dtype(dtype).unwrap(), v.to_dtype(dtype).unwrap());
         let want = Ela::<Cpu>::builtin(ElaKernel::HadamardExp)
-            .run(Form::Quadratic, &f64t(&qh), &f64t(&kh), &f64t(&vh), None)
-            .unwrap()
-            .y;
+            .run(Form::Quadratic, &f64t(&qh), &f64t(&kh), &f64t(&vh))
+            .unwrap();
         let (qh, kh, vh) = (up(dev, &qh), up(dev, &kh), up(dev, &vh));
         let ela = Ela::<B>::builtin(ElaKernel::HadamardExp).with_chunk(16);
         let what = format!("hadamard-exp chunked {dtype:?} q/k [1, 2, 70, 8] v [1, 2, 70, 4]");
-        let y = ela.run(Form::Chunked, &qh, &kh, &vh, None).unwrap_or_else(|e| panic!("{what}: {e}")).y;
+        let y = ela.run(Form::Chunked, &qh, &kh, &vh).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(y.dtype(), dtype);
         assert!(rel(&y, &want) <= 1e-2, "{what}: {}", rel(&y, &want));
         let (_, st) = ela.prefill(&qh, &kh, &vh).unwrap_or_else(|e| panic!("{what}: prefill: {e}"));
         assert_eq!(st.inner().state_dtype(), DType::F32);
         let dy = y.ones_like().unwrap();
-        let g = ela.run(Form::Chunked, &qh, &kh, &vh, Some(&dy)).unwrap_or_else(|e| panic!("{what}: backward: {e}"));
-        let g = g.grads.unwrap();
+        let g =
+            ela.run_with_grads(Form::Chunked, &qh, &kh, &vh, &dy).unwrap_or_else(|e| panic!("{what}: backward: {e}"));
+        let g = g.grads;
         assert_eq!(g.dq.dtype(), dtype);
         assert!(finite(&g.dq) && finite(&g.dk) && finite(&g.dv), "{what}: non-finite gradients");
     }
@@ -192,8 +226,9 @@ fn extreme_magnitudes_stay_finite_and_exact<B: Backend>(dev: &B) {
             for causal in [true, false] {
                 let what = format!("hadamard-exp {dtype:?} scale {scale:e} causal={causal}");
                 let ela = Ela::<B>::builtin(ElaKernel::HadamardExp).with_causal(causal).with_chunk(16);
-                let out = ela.run(Form::Chunked, &qd, &kd, &vd, Some(&dyd)).unwrap_or_else(|e| panic!("{what}: {e}"));
-                let g = out.grads.unwrap();
+                let out =
+                    ela.run_with_grads(Form::Chunked, &qd, &kd, &vd, &dyd).unwrap_or_else(|e| panic!("{what}: {e}"));
+                let g = out.grads;
                 assert!(finite(&out.y), "{what}: non-finite outputs");
                 assert!(finite(&g.dq) && finite(&g.dk) && finite(&g.dv), "{what}: non-finite gradients");
                 // The hard-maximum reference, in f64 from the same rounded inputs.
@@ -223,7 +258,7 @@ fn extreme_magnitudes_stay_finite_and_exact<B: Backend>(dev: &B) {
                 }
                 assert!(compared >= t, "{what}: only {compared} rows had a clear maximum");
                 if causal {
-                    let rec = ela.run(Form::Recurrent, &qd, &kd, &vd, None).unwrap_or_else(|e| panic!("{what}: {e}")).y;
+                    let rec = ela.run(Form::Recurrent, &qd, &kd, &vd).unwrap_or_else(|e| panic!("{what}: {e}"));
                     assert!(finite(&rec), "{what}: recurrent non-finite");
                     assert!(rel(&rec, &out.y) <= 1e-5, "{what}: recurrent vs chunked {:e}", rel(&rec, &out.y));
                 }

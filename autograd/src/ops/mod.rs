@@ -2,6 +2,7 @@
 //! Derivations: docs/autograd.md.
 
 mod conv;
+mod ela;
 mod elementwise;
 mod index;
 mod matmul;

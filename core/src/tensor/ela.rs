@@ -1,14 +1,15 @@
 //! Fused Exact Linear Attention at the tensor level: argument checks around the backend's
-//! `ela_forward` / `ela_backward` / `ela_step` kernels, and [`ElaState`], the recurrent state used
-//! for decoding. This is the only place ELA arguments are checked (shapes by
+//! `ela_forward` / `ela_backward` / `ela_step` kernels, and [`FusedElaState`], the recurrent state
+//! of those kernels, used for decoding (`ela_nn::ela::ElaState` wraps it for any kernel). This is the only place ELA arguments are checked (shapes by
 //! [`ElaDims::from_shapes`], options by [`ElaParams::validate`], device, dtype and state here):
-//! the backends and `ela-nn` trust what arrives through it. The math is in `docs/ela.md`; the autograd node and the user-kernel path are in
-//! `ela-nn` (`ela_nn::ela`).
+//! the backends, `ela-autograd` and `ela-nn` trust what arrives through it. The math is in
+//! `docs/ela.md`; the autograd node is `Var::ela` (autograd/src/ops/ela.rs), the user-kernel path
+//! `ela_nn::ela`.
 
 use super::Tensor;
 use crate::backend::Backend;
 use crate::dtype::DType;
-use crate::ela::{ElaDims, ElaKernel, ElaParams, ElaSaved, ElaStateBufs};
+use crate::ela::{ElaDims, ElaKernel, ElaParams, ElaSaved, ElaStateBufs, DEFAULT_CHUNK};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::shape::Shape;
@@ -135,41 +136,45 @@ impl<B: Backend> Tensor<B> {
     }
 }
 
-/// `(S, z, m)` of an [`ElaState`] as tensors (see [`ElaState::buffers`]).
+/// `(S, z, m)` of an [`FusedElaState`] as tensors (see [`FusedElaState::buffers`]).
 pub type StateTensors<B> = (Tensor<B>, Tensor<B>, Option<Tensor<B>>);
 
-/// The recurrent state of causal ELA for `batch x heads` sequences: per sequence `S` (`F x Dv`),
-/// `z` (`F`) and, for Hadamard Exp, the per-feature log-scales `m` (`F`). Decoding one token costs
-/// O(F Dv) per head whatever the context length.
+/// The recurrent state of the fused causal ELA ops for `batch x heads` sequences: per sequence `S`
+/// (`F x Dv`), `z` (`F`) and, for Hadamard Exp, the per-feature log-scales `m` (`F`); and the
+/// chunk length of its [`prefill`](FusedElaState::prefill). Decoding one token costs O(F Dv) per
+/// head whatever the context length. Its kernel is an [`ElaKernel`]; for a kernel given by its own
+/// feature maps use `ela_nn::ela::ElaState`, which wraps this one.
 ///
 /// ```
-/// use ela_core::{Cpu, DType, ElaKernel, ElaParams, ElaState, Rng, Tensor};
+/// use ela_core::{Cpu, DType, ElaKernel, ElaParams, FusedElaState, Rng, Tensor};
 /// let mut rng = Rng::new(0);
 /// let mut x = |t| Tensor::<Cpu>::randn(0.0, 1.0, [1, 2, t, 4], DType::F64, &mut rng, &Cpu);
 /// let (q, k, v) = (x(5)?, x(5)?, x(5)?);
 /// let full = q.ela(&k, &v, &ElaParams::causal(ElaKernel::HadamardExp))?;
 /// // Prefill the first 3 tokens, then decode the last 2 one at a time.
-/// let mut st = ElaState::new(ElaKernel::HadamardExp, 1, 2, 4, 4, DType::F64, &Cpu)?;
-/// st.prefill(&q.narrow(2, 0, 3)?, &k.narrow(2, 0, 3)?, &v.narrow(2, 0, 3)?, 64)?;
+/// let mut st = FusedElaState::new(ElaKernel::HadamardExp, 1, 2, 4, 4, DType::F64, &Cpu)?.with_chunk(2);
+/// st.prefill(&q.narrow(2, 0, 3)?, &k.narrow(2, 0, 3)?, &v.narrow(2, 0, 3)?)?;
 /// st.step(&q.narrow(2, 3, 1)?, &k.narrow(2, 3, 1)?, &v.narrow(2, 3, 1)?)?;
 /// let y4 = st.step(&q.narrow(2, 4, 1)?, &k.narrow(2, 4, 1)?, &v.narrow(2, 4, 1)?)?;
 /// assert!(y4.all_close(&full.narrow(2, 4, 1)?, 1e-12, 1e-12)?);
 /// # Ok::<(), ela_core::Error>(())
 /// ```
 #[derive(Debug)]
-pub struct ElaState<B: Backend> {
+pub struct FusedElaState<B: Backend> {
     bufs: ElaStateBufs<B::Storage>,
     kernel: ElaKernel,
     dims: ElaDims,
     dtype: DType,
     tokens: usize,
+    chunk: usize,
     device: B,
 }
 
-impl<B: Backend> ElaState<B> {
+impl<B: Backend> FusedElaState<B> {
     /// An empty state for `batch x heads` sequences with queries/keys of dimension `d` (the
     /// feature size for [`ElaKernel::Identity`]) and values of dimension `dv`, for inputs of
-    /// `dtype`. The buffers are f64 for f64 inputs and f32 otherwise.
+    /// `dtype`. The buffers are f64 for f64 inputs and f32 otherwise. Prefills run in chunks of
+    /// [`DEFAULT_CHUNK`] rows (see [`FusedElaState::with_chunk`]).
     pub fn new(
         kernel: ElaKernel,
         batch: usize,
@@ -179,7 +184,7 @@ impl<B: Backend> ElaState<B> {
         dtype: DType,
         device: &B,
     ) -> Result<Self> {
-        const OP: &str = "ElaState::new";
+        const OP: &str = "FusedElaState::new";
         if !dtype.is_float() {
             return Err(Error::UnsupportedDType { op: OP, dtype, expected: "a float dtype (f16, bf16, f32, f64)" });
         }
@@ -200,7 +205,18 @@ impl<B: Backend> ElaState<B> {
             m: if kernel.has_units() { Some(device.full(n * f, f64::NEG_INFINITY, sd)?) } else { None },
         };
         let dims = ElaDims { batch, heads, t: 0, d, dv };
-        Ok(ElaState { bufs, kernel, dims, dtype, tokens: 0, device: device.clone() })
+        Ok(FusedElaState { bufs, kernel, dims, dtype, tokens: 0, chunk: DEFAULT_CHUNK, device: device.clone() })
+    }
+
+    /// The same state, prefilling in chunks of `chunk` rows (a chunk of 0 is an error at the next
+    /// prefill, from [`ElaParams::validate`]).
+    pub fn with_chunk(self, chunk: usize) -> Self {
+        FusedElaState { chunk, ..self }
+    }
+
+    /// The chunk length of [`FusedElaState::prefill`].
+    pub fn chunk(&self) -> usize {
+        self.chunk
     }
 
     fn state_dtype_for(dtype: DType) -> DType {
@@ -211,11 +227,12 @@ impl<B: Backend> ElaState<B> {
         }
     }
 
-    /// Run the chunked form over a prompt `q`, `k` `[batch, heads, t, d]`, `v` `[batch, heads, t, dv]`,
-    /// continuing from this state, and return its outputs; the state then holds every token seen.
-    pub fn prefill(&mut self, q: &Tensor<B>, k: &Tensor<B>, v: &Tensor<B>, chunk: usize) -> Result<Tensor<B>> {
-        const OP: &str = "ElaState::prefill";
-        let p = ElaParams { kernel: self.kernel, causal: true, chunk };
+    /// Run the chunked form (in chunks of [`FusedElaState::chunk`] rows) over a prompt `q`, `k`
+    /// `[batch, heads, t, d]`, `v` `[batch, heads, t, dv]`, continuing from this state, and return
+    /// its outputs; the state then holds every token seen.
+    pub fn prefill(&mut self, q: &Tensor<B>, k: &Tensor<B>, v: &Tensor<B>) -> Result<Tensor<B>> {
+        const OP: &str = "FusedElaState::prefill";
+        let p = ElaParams { kernel: self.kernel, causal: true, chunk: self.chunk };
         let dims = check_qkv(OP, q, k, v, &p)?;
         p.validate(OP, &dims, true)?;
         self.check_matches(OP, q, &dims)?;
@@ -228,7 +245,7 @@ impl<B: Backend> ElaState<B> {
     /// Decode one token: `q`, `k` `[batch, heads, d]` and `v` `[batch, heads, dv]` (or the same
     /// with a time axis of length 1 before the last). Returns `y` with `v`'s shape.
     pub fn step(&mut self, q: &Tensor<B>, k: &Tensor<B>, v: &Tensor<B>) -> Result<Tensor<B>> {
-        const OP: &str = "ElaState::step";
+        const OP: &str = "FusedElaState::step";
         let r = q.rank();
         if !(r == 3 || (r == 4 && q.dims()[2] == 1)) || k.rank() != r || v.rank() != r {
             return Err(Error::ShapeMismatch {
@@ -317,7 +334,7 @@ impl<B: Backend> ElaState<B> {
     /// An independent copy (e.g. to branch a decode).
     pub fn try_clone(&self) -> Result<Self> {
         let copy = |s: &B::Storage| self.device.copy_contiguous(s, &Layout::contiguous(B::storage_len(s)));
-        Ok(ElaState {
+        Ok(FusedElaState {
             bufs: ElaStateBufs {
                 s: copy(&self.bufs.s)?,
                 z: copy(&self.bufs.z)?,
@@ -327,6 +344,7 @@ impl<B: Backend> ElaState<B> {
             dims: self.dims,
             dtype: self.dtype,
             tokens: self.tokens,
+            chunk: self.chunk,
             device: self.device.clone(),
         })
     }

@@ -11,7 +11,7 @@
 
 mod conv;
 mod ela;
-pub use ela::ElaState;
+pub use ela::FusedElaState;
 mod elementwise;
 mod index;
 mod matmul;

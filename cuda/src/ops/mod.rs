@@ -3,8 +3,6 @@
 
 pub(crate) mod conv;
 pub(crate) mod ela;
-pub(crate) mod ela_fast;
-pub(crate) mod ela_noncausal;
 pub(crate) mod elementwise;
 pub(crate) mod index;
 pub(crate) mod matmul;

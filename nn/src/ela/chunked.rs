@@ -1,6 +1,8 @@
-//! The chunked form as ONE autograd node: the fused backend forward, and a backward that is the
-//! hand-derived reverse chunk scan (`Tensor::ela_backward`, docs/ela.md#backward) followed, for
-//! user kernels, by the kernel's own feature-map VJPs.
+//! The chunked form of any [`Kernel`] as ONE autograd node. A built-in kernel is the fused op
+//! `Var::ela` of `ela-autograd` (autograd/src/ops/ela.rs, with every other backward); a user
+//! kernel runs that fused op on its own features `phi(q)`, `psi(k)` ([`ElaKernel::Identity`]),
+//! and its backward maps `(dphi, dpsi)` of the reverse chunk scan (`Tensor::ela_backward`,
+//! docs/ela.md#backward) through the kernel's own feature-map VJPs, which only this crate knows.
 
 use std::sync::Arc;
 
@@ -8,20 +10,6 @@ use ela_autograd::Var;
 use ela_core::{Backend, ElaKernel, ElaParams, Error, Result, Tensor};
 
 use super::kernel::Kernel;
-
-/// Chunked ELA of a built-in fused kernel, recorded as one node `ela_chunked` with inputs
-/// `(q, k, v)`.
-pub fn chunked_fused<B: Backend>(q: &Var<B>, k: &Var<B>, v: &Var<B>, params: ElaParams) -> Result<Var<B>> {
-    let (qv, kv, vv) = (q.value(), k.value(), v.value());
-    // The backend may keep its forward's chunk states for the backward (CUDA does: the backward
-    // then skips recomputing them); they live as long as this node.
-    let (y, saved) = qv.ela_saving(&kv, &vv, &params)?;
-    let ys = y.clone();
-    Var::record("ela_chunked", y, &[q, k, v], move |g, needs| {
-        let (dq, dk, dv) = Tensor::ela_backward_saved(&qv, &kv, &vv, &ys, g, &params, saved.as_ref())?;
-        Ok(vec![needs[0].then_some(dq), needs[1].then_some(dk), needs[2].then_some(dv)])
-    })
-}
 
 /// The features `phi(q)`, `psi(k)` of a user kernel, checked against its feature size.
 pub(crate) fn user_features<B: Backend>(
@@ -49,7 +37,7 @@ pub(crate) fn user_features<B: Backend>(
     Ok((phi, psi))
 }
 
-/// Chunked ELA with any [`Kernel`]: built-ins run fused; a user kernel runs as
+/// Chunked ELA with any [`Kernel`]: built-ins run fused (`Var::ela`); a user kernel runs as
 /// `ela(phi(q), psi(k), v)` with [`ElaKernel::Identity`], its backward mapping `(dphi, dpsi)` back
 /// through the kernel's `phi_vjp` / `psi_vjp`. Either way the result is one autograd node.
 pub fn chunked<B: Backend>(
@@ -61,7 +49,7 @@ pub fn chunked<B: Backend>(
     chunk: usize,
 ) -> Result<Var<B>> {
     if let Some(fused) = kernel.fused() {
-        return chunked_fused(q, k, v, ElaParams { kernel: fused, causal, chunk });
+        return q.ela(k, v, &ElaParams { kernel: fused, causal, chunk });
     }
     let (qv, kv, vv) = (q.value(), k.value(), v.value());
     // Core's one ELA shape check, on q and k themselves: the fused op below only sees phi(q), psi(k).

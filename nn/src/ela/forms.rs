@@ -1,6 +1,6 @@
 //! The three forms behind one interface, for verification and benchmarks: [`Ela`] bundles a
-//! kernel with the causal flag and chunk length and runs any [`Form`] on given tensors,
-//! returning the output and, where the form is differentiable, the input gradients.
+//! kernel with the causal flag and chunk length and runs any [`Form`] on given tensors
+//! ([`Ela::run`]), or a differentiable one with the input gradients ([`Ela::run_with_grads`]).
 
 use std::sync::Arc;
 
@@ -48,16 +48,17 @@ pub struct Grads<B: Backend> {
     pub dv: Tensor<B>,
 }
 
-/// What [`Ela::run`] returns.
+/// What [`Ela::run_with_grads`] returns.
 #[derive(Clone, Debug)]
 pub struct FormOutput<B: Backend> {
     /// The output `y` `[batch, heads, t, dv]`.
     pub y: Tensor<B>,
-    /// Input gradients, when an upstream gradient was given and the form is differentiable.
-    pub grads: Option<Grads<B>>,
+    /// The gradients of `sum(y * dy)` with respect to the inputs.
+    pub grads: Grads<B>,
 }
 
-/// A kernel with the causal flag and chunk length: the entry point to every ELA form.
+/// A kernel with the causal flag and chunk length: the entry point to every ELA form. The backend
+/// `B` is inferred from the tensors the forms are run on.
 ///
 /// ```
 /// use ela_core::{Cpu, DType, Rng, Tensor};
@@ -65,11 +66,13 @@ pub struct FormOutput<B: Backend> {
 /// let mut rng = Rng::new(0);
 /// let x = |rng: &mut Rng| Tensor::<Cpu>::randn(0.0, 1.0, [1, 2, 10, 4], DType::F64, rng, &Cpu);
 /// let (q, k, v, dy) = (x(&mut rng)?, x(&mut rng)?, x(&mut rng)?, x(&mut rng)?);
-/// let ela = Ela::<Cpu>::from_name("hadamard-exp")?.with_chunk(4);
-/// let quad = ela.run(Form::Quadratic, &q, &k, &v, Some(&dy))?;
-/// let fast = ela.run(Form::Chunked, &q, &k, &v, Some(&dy))?;
+/// let ela = Ela::from_name("hadamard-exp")?.with_chunk(4);
+/// let quad = ela.run_with_grads(Form::Quadratic, &q, &k, &v, &dy)?;
+/// let fast = ela.run_with_grads(Form::Chunked, &q, &k, &v, &dy)?;
 /// assert!(fast.y.all_close(&quad.y, 1e-10, 1e-12)?);
-/// assert!(fast.grads.unwrap().dk.all_close(&quad.grads.unwrap().dk, 1e-9, 1e-12)?);
+/// assert!(fast.grads.dk.all_close(&quad.grads.dk, 1e-9, 1e-12)?);
+/// let y = ela.run(Form::Recurrent, &q, &k, &v)?;
+/// assert!(y.all_close(&quad.y, 1e-10, 1e-12)?);
 /// # Ok::<(), ela_core::Error>(())
 /// ```
 #[derive(Clone)]
@@ -147,7 +150,7 @@ impl<B: Backend> Ela<B> {
         device: &B,
     ) -> Result<ElaState<B>> {
         self.require_causal("Ela::state")?;
-        ElaState::new(&self.kernel, batch, heads, d, dv, dtype, device)
+        Ok(ElaState::new(&self.kernel, batch, heads, d, dv, dtype, device)?.with_chunk(self.chunk))
     }
 
     fn require_causal(&self, op: &'static str) -> Result<()> {
@@ -160,33 +163,49 @@ impl<B: Backend> Ela<B> {
         Ok(())
     }
 
-    /// Run `form` on `q`, `k` `[batch, heads, t, d]` and `v` `[batch, heads, t, dv]`. With `dy`
-    /// (`v`'s shape) the quadratic and chunked forms also return the gradients of `sum(y * dy)`;
-    /// the recurrent form has none (`grads` is `None`).
-    pub fn run(
+    /// `y` of `form` on `q`, `k` `[batch, heads, t, d]` and `v` `[batch, heads, t, dv]`, without
+    /// recording a graph.
+    pub fn run(&self, form: Form, q: &Tensor<B>, k: &Tensor<B>, v: &Tensor<B>) -> Result<Tensor<B>> {
+        no_grad(|| match form {
+            Form::Recurrent => self.recurrent(q, k, v),
+            _ => {
+                let c = |x: &Tensor<B>| Var::constant(x.clone());
+                Ok(self.differentiable(form, &c(q), &c(k), &c(v))?.value())
+            }
+        })
+    }
+
+    /// [`Ela::run`] of the quadratic or chunked form, and the gradients of `sum(y * dy)` with
+    /// respect to `q`, `k`, `v` (`dy` has `v`'s shape). The recurrent form is the decoding path
+    /// and has no gradient: asking for one is an error.
+    pub fn run_with_grads(
         &self,
         form: Form,
         q: &Tensor<B>,
         k: &Tensor<B>,
         v: &Tensor<B>,
-        dy: Option<&Tensor<B>>,
+        dy: &Tensor<B>,
     ) -> Result<FormOutput<B>> {
         if form == Form::Recurrent {
-            return Ok(FormOutput { y: no_grad(|| self.recurrent(q, k, v))?, grads: None });
+            return Err(Error::invalid(
+                "Ela::run_with_grads",
+                "the recurrent form (decoding) has no gradient: use Form::Chunked or Form::Quadratic",
+            ));
         }
         let (qv, kv, vv) = (Var::param(q.clone()), Var::param(k.clone()), Var::param(v.clone()));
-        let f = |q: &Var<B>, k: &Var<B>, v: &Var<B>| match form {
-            Form::Quadratic => self.quadratic(q, k, v),
-            _ => self.chunked(q, k, v),
-        };
-        let Some(dy) = dy else {
-            return Ok(FormOutput { y: no_grad(|| f(&qv, &kv, &vv))?.value(), grads: None });
-        };
-        let y = f(&qv, &kv, &vv)?;
+        let y = self.differentiable(form, &qv, &kv, &vv)?;
         let mut g = y.backward_with(dy.to_dtype(q.dtype())?)?;
         let mut take = |x: &Var<B>| g.remove(x).map_or_else(|| x.value().zeros_like(), Ok);
         let grads = Grads { dq: take(&qv)?, dk: take(&kv)?, dv: take(&vv)? };
-        Ok(FormOutput { y: y.value(), grads: Some(grads) })
+        Ok(FormOutput { y: y.value(), grads })
+    }
+
+    /// The quadratic or the chunked form on vars.
+    fn differentiable(&self, form: Form, q: &Var<B>, k: &Var<B>, v: &Var<B>) -> Result<Var<B>> {
+        match form {
+            Form::Quadratic => self.quadratic(q, k, v),
+            _ => self.chunked(q, k, v),
+        }
     }
 }
 

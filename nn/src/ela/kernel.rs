@@ -73,13 +73,13 @@ fn sq_euclid_psi<B: Backend>(k: &Tensor<B>, sign: f64) -> Result<Tensor<B>> {
     Tensor::concat(&[&k.mul_scalar(2.0 * sign)?, &n.ones_like()?, &n], -1isize)
 }
 
-/// `phi = (q, |q|^2, 1)`: `dq = d_phi[..d] + 2 q d_phi[d]`.
+/// (V2) `phi = (q, |q|^2, 1)`: `dq = d_phi[..d] + 2 q d_phi[d]`.
 fn sq_euclid_phi_vjp<B: Backend>(q: &Tensor<B>, g: &Tensor<B>) -> Result<Tensor<B>> {
     let d = last_dim(q);
     cols(g, 0, d)?.add(&q.mul(&cols(g, d, 1)?)?.mul_scalar(2.0)?)
 }
 
-/// `psi = (sign 2k, 1, |k|^2)`: `dk = sign 2 d_psi[..d] + 2 k d_psi[d+1]`.
+/// (V3), (V4) `psi = (sign 2k, 1, |k|^2)`: `dk = sign 2 d_psi[..d] + 2 k d_psi[d+1]`.
 fn sq_euclid_psi_vjp<B: Backend>(k: &Tensor<B>, g: &Tensor<B>, sign: f64) -> Result<Tensor<B>> {
     let d = last_dim(k);
     cols(g, 0, d)?.mul_scalar(2.0 * sign)?.add(&k.mul(&cols(g, d + 1, 1)?)?.mul_scalar(2.0)?)
@@ -92,7 +92,7 @@ fn blueprint_map<B: Backend>(x: &Tensor<B>) -> Result<Tensor<B>> {
     Tensor::concat(&[x, &ones], -1isize)?.mul(&n)
 }
 
-/// `f = n (x, 1)`, `n = |x|^2 + 1`: `dx = n g[..d] + 2 x (g[..d] . x + g[d])`.
+/// (V5) `f = n (x, 1)`, `n = |x|^2 + 1`: `dx = n g[..d] + 2 x (g[..d] . x + g[d])`.
 fn blueprint_vjp<B: Backend>(x: &Tensor<B>, g: &Tensor<B>) -> Result<Tensor<B>> {
     let d = last_dim(x);
     let gx = cols(g, 0, d)?;
@@ -121,6 +121,7 @@ impl<B: Backend> Kernel<B> for HadamardExp {
         k.exp()
     }
     fn phi_vjp(&self, q: &Tensor<B>, d_phi: &Tensor<B>) -> Result<Tensor<B>> {
+        // (V1)
         d_phi.mul(&q.exp()?)
     }
     fn psi_vjp(&self, k: &Tensor<B>, d_psi: &Tensor<B>) -> Result<Tensor<B>> {

@@ -12,7 +12,8 @@
 //!   [`EluPlusOne`] (the earlier linear-attention baseline) and [`Identity`] for precomputed
 //!   features; [`check_kernel`] tests a kernel.
 //! - Three forms that agree: [`quadratic`] (the oracle, autograd ops), [`chunked`] (one autograd
-//!   node, hand-derived backward) and the recurrent [`ElaState`] (`step`, `prefill`).
+//!   node, hand-derived backward: `Var::ela` of `ela-autograd` for the built-ins) and the
+//!   recurrent [`ElaState`] (`step`, `prefill`).
 //! - [`Ela`] bundles kernel, causal flag and chunk length and runs any [`Form`]
 //!   ([`Ela::run`]), which is what `ela verify` and the benchmarks call.
 //! - [`ElaAttention`]: the built-in-kernel mixer used by the attention layer.
@@ -28,7 +29,7 @@ mod recurrent;
 mod reference;
 
 pub use check::{check_kernel, CheckOptions, KernelReport, NegativePair};
-pub use chunked::{chunked, chunked_fused};
+pub use chunked::chunked;
 pub use ela_core::ela::DEFAULT_CHUNK;
 pub use ela_core::{ElaKernel, ElaParams};
 pub use forms::{max_rel_diff, Ela, Form, FormOutput, Grads};
@@ -71,7 +72,7 @@ impl ElaAttention {
 
     /// `y` for `q`, `k` `[batch, heads, t, d]`, `v` `[batch, heads, t, dv]` (one autograd node).
     pub fn forward<B: Backend>(&self, q: &Var<B>, k: &Var<B>, v: &Var<B>, causal: bool) -> Result<Var<B>> {
-        chunked_fused(q, k, v, ElaParams { kernel: self.kernel, causal, chunk: self.chunk })
+        q.ela(k, v, &ElaParams { kernel: self.kernel, causal, chunk: self.chunk })
     }
 
     /// Causal outputs of a prompt and the recurrent state after it.

@@ -1,19 +1,25 @@
-//! The recurrent form (decoding): a state `(S, z)` per head, one step per token in O(F Dv)
-//! whatever the context length, and a chunked prefill that hands over its final state so
-//! decoding continues exactly where a prompt ended.
+//! The recurrent form (decoding) for any [`Kernel`]: [`ElaState`], a state `(S, z)` per head,
+//! one step per token in O(F Dv) whatever the context length, and a chunked prefill that hands
+//! over its final state so decoding continues exactly where a prompt ended.
+//!
+//! Names: [`FusedElaState`] (ela-core) is the state of the fused ops (a built-in [`ElaKernel`],
+//! or precomputed features with [`ElaKernel::Identity`]); [`ElaState`] wraps it for any kernel,
+//! applying a user kernel's feature maps before every call. Both carry the chunk length their
+//! prefill uses.
 
 use std::sync::Arc;
 
-use ela_core::{Backend, DType, ElaKernel, Result, Tensor};
+use ela_core::{Backend, DType, ElaKernel, FusedElaState, Result, Tensor};
 
 use super::chunked::user_features;
 use super::kernel::Kernel;
 
-/// The recurrent ELA state of `batch x heads` sequences for any [`Kernel`]. Built-in kernels use
-/// the backend's fused step; a user kernel's `phi`/`psi` are applied first and the state holds
-/// its `F`-dimensional features ([`ElaKernel::Identity`]).
+/// The recurrent ELA state of `batch x heads` sequences for any [`Kernel`], and the chunk length
+/// of its [`prefill`](ElaState::prefill). Built-in kernels use the backend's fused step; a user
+/// kernel's `phi`/`psi` are applied first and the state holds its `F`-dimensional features
+/// ([`ElaKernel::Identity`]).
 pub struct ElaState<B: Backend> {
-    inner: ela_core::ElaState<B>,
+    inner: FusedElaState<B>,
     /// Set for user kernels: their feature maps run before every step.
     user: Option<Arc<dyn Kernel<B>>>,
 }
@@ -27,7 +33,8 @@ impl<B: Backend> std::fmt::Debug for ElaState<B> {
 
 impl<B: Backend> ElaState<B> {
     /// An empty state for queries/keys of dimension `d` and values of dimension `dv`, for inputs of
-    /// `dtype` (the buffers are f64 for f64 inputs, f32 otherwise).
+    /// `dtype` (the buffers are f64 for f64 inputs, f32 otherwise), prefilling in chunks of
+    /// [`DEFAULT_CHUNK`](ela_core::ela::DEFAULT_CHUNK) (see [`ElaState::with_chunk`]).
     pub fn new(
         kernel: &Arc<dyn Kernel<B>>,
         batch: usize,
@@ -39,10 +46,10 @@ impl<B: Backend> ElaState<B> {
     ) -> Result<Self> {
         Ok(match kernel.fused() {
             Some(fused) => {
-                ElaState { inner: ela_core::ElaState::new(fused, batch, heads, d, dv, dtype, device)?, user: None }
+                ElaState { inner: FusedElaState::new(fused, batch, heads, d, dv, dtype, device)?, user: None }
             }
             None => ElaState {
-                inner: ela_core::ElaState::new(
+                inner: FusedElaState::new(
                     ElaKernel::Identity,
                     batch,
                     heads,
@@ -56,17 +63,15 @@ impl<B: Backend> ElaState<B> {
         })
     }
 
-    /// An empty state of a built-in kernel.
-    pub fn builtin(
-        kernel: ElaKernel,
-        batch: usize,
-        heads: usize,
-        d: usize,
-        dv: usize,
-        dtype: DType,
-        device: &B,
-    ) -> Result<Self> {
-        Ok(ElaState { inner: ela_core::ElaState::new(kernel, batch, heads, d, dv, dtype, device)?, user: None })
+    /// The same state, prefilling in chunks of `chunk` rows (a chunk of 0 is an error at the
+    /// next prefill).
+    pub fn with_chunk(self, chunk: usize) -> Self {
+        ElaState { inner: self.inner.with_chunk(chunk), ..self }
+    }
+
+    /// The chunk length of [`ElaState::prefill`].
+    pub fn chunk(&self) -> usize {
+        self.inner.chunk()
     }
 
     fn features(&self, q: &Tensor<B>, k: &Tensor<B>) -> Result<(Tensor<B>, Tensor<B>)> {
@@ -76,11 +81,12 @@ impl<B: Backend> ElaState<B> {
         }
     }
 
-    /// Run the chunked form over `q`, `k` `[batch, heads, t, d]`, `v` `[batch, heads, t, dv]`
-    /// from this state, return the outputs, and keep the final state.
-    pub fn prefill(&mut self, q: &Tensor<B>, k: &Tensor<B>, v: &Tensor<B>, chunk: usize) -> Result<Tensor<B>> {
+    /// Run the chunked form (in chunks of [`ElaState::chunk`] rows) over `q`, `k`
+    /// `[batch, heads, t, d]`, `v` `[batch, heads, t, dv]` from this state, return the outputs,
+    /// and keep the final state.
+    pub fn prefill(&mut self, q: &Tensor<B>, k: &Tensor<B>, v: &Tensor<B>) -> Result<Tensor<B>> {
         let (phi, psi) = self.features(q, k)?;
-        self.inner.prefill(&phi, &psi, v, chunk)
+        self.inner.prefill(&phi, &psi, v)
     }
 
     /// Decode one token for every sequence: `q`, `k` `[batch, heads, d]`, `v` `[batch, heads, dv]`
@@ -100,8 +106,8 @@ impl<B: Backend> ElaState<B> {
         self.inner.tokens()
     }
 
-    /// The backend state (buffers, feature size, dtypes).
-    pub fn inner(&self) -> &ela_core::ElaState<B> {
+    /// The state of the fused ops (buffers, feature size, dtypes).
+    pub fn inner(&self) -> &FusedElaState<B> {
         &self.inner
     }
 
@@ -111,7 +117,8 @@ impl<B: Backend> ElaState<B> {
     }
 }
 
-/// Prefill from an empty state: the chunked outputs of a prompt and the state to decode from.
+/// Prefill from an empty state: the chunked outputs of a prompt and the state to decode from
+/// (which keeps `chunk` for later prefills).
 pub fn prefill<B: Backend>(
     q: &Tensor<B>,
     k: &Tensor<B>,
@@ -121,8 +128,8 @@ pub fn prefill<B: Backend>(
 ) -> Result<(Tensor<B>, ElaState<B>)> {
     // Core's one ELA shape check gives the sizes the state is made for.
     let d = Tensor::ela_dims("ela_prefill", q, k, v)?;
-    let mut st = ElaState::new(kernel, d.batch, d.heads, d.d, d.dv, q.dtype(), q.device())?;
-    let y = st.prefill(q, k, v, chunk)?;
+    let mut st = ElaState::new(kernel, d.batch, d.heads, d.d, d.dv, q.dtype(), q.device())?.with_chunk(chunk);
+    let y = st.prefill(q, k, v)?;
     Ok((y, st))
 }
 

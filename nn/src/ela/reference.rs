@@ -1,5 +1,5 @@
-//! The quadratic reference: materialise the kernel matrix `K_ij = k(q_i, k_j)` from the kernel's
-//! closed form, mask it, normalise. Built from ordinary autograd ops, so its gradient comes from
+//! The quadratic reference, docs/ela.md (Q): materialise the kernel matrix `K_ij = k(q_i, k_j)`
+//! from the kernel's closed form, mask it, normalise. Built from ordinary autograd ops, so its gradient comes from
 //! the tape. It is the oracle the fast forms are tested against, O(T^2) in time and memory.
 
 use ela_autograd::Var;

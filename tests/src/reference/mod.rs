@@ -36,6 +36,14 @@ pub struct RefTensor {
     pub data: Vec<f64>,
 }
 
+/// The normwise relative error `|a - b| / |b|` (Euclidean norms over all elements; `b` is the
+/// reference).
+pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
+    let den: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+    num / den.max(f64::MIN_POSITIVE)
+}
+
 /// Number of elements of a shape (1 for rank 0).
 pub fn numel(shape: &[usize]) -> usize {
     shape.iter().product()

@@ -15,7 +15,7 @@ use proptest::test_runner::TestCaseError;
 pub type TestResult = std::result::Result<(), TestCaseError>;
 
 pub fn cfg() -> ProptestConfig {
-    let cases = std::env::var("ELA_PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(16);
+    let cases = ela_tests::device::proptest_cases(16);
     // No regression files: the tests folder is shared and failures print their inputs anyway.
     ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
 }

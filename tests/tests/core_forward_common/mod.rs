@@ -21,7 +21,7 @@ use proptest::prelude::*;
 pub type TestResult = std::result::Result<(), TestCaseError>;
 
 pub fn cfg() -> ProptestConfig {
-    let cases = std::env::var("ELA_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(128);
+    let cases = ela_tests::device::proptest_cases(128);
     ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
 }
 

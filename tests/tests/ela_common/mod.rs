@@ -1,5 +1,5 @@
 //! Helpers shared by the ELA property tests (`ela_*.rs`): per-kernel input generators whose
-//! denominators stay well away from 0, case counts, and comparisons.
+//! denominators stay well away from 0, and comparisons.
 //!
 //! The device-generic tests (`NAME::cpu`, `NAME::cuda`) draw their inputs here on the CPU
 //! (rounded once to the dtype under test), compute the f64 quadratic reference on the CPU from
@@ -9,11 +9,6 @@
 
 use ela_core::{Backend, Cpu, DType, ElaKernel, Rng, Tensor};
 use ela_tests::device::{download, upload};
-
-/// Proptest cases: `ELA_PROPTEST_CASES` when set (heavier sweeps), else `default`.
-pub fn cases(default: u32) -> u32 {
-    std::env::var("ELA_PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
-}
 
 /// Every fused kernel.
 pub const KERNELS: [ElaKernel; 6] = ElaKernel::ALL;

@@ -79,7 +79,7 @@ fn elu_plus_one_vjp<T: Float>(x: &[T], g: &[T], dx: &mut [T]) {
 pub(crate) fn phi_vjp_row<T: Float>(kernel: ElaKernel, q: &[T], dphi: &[T], dq: &mut [T]) {
     let d = q.len();
     match kernel {
-        // phi = (q, |q|^2, 1): dq = dphi[..d] + 2 q dphi[d]
+        // (V2) phi = (q, |q|^2, 1): dq = dphi[..d] + 2 q dphi[d]
         ElaKernel::SumSqEuclid | ElaKernel::SubSqEuclid => {
             let s = (T::ONE + T::ONE) * dphi[d];
             for e in 0..d {
@@ -96,7 +96,7 @@ pub(crate) fn phi_vjp_row<T: Float>(kernel: ElaKernel, q: &[T], dphi: &[T], dq: 
 pub(crate) fn psi_vjp_row<T: Float>(kernel: ElaKernel, k: &[T], dpsi: &[T], dk: &mut [T]) {
     let d = k.len();
     match kernel {
-        // psi = (+-2k, 1, |k|^2): dk = +-2 dpsi[..d] + 2 k dpsi[d+1]
+        // (V3), (V4) psi = (+-2k, 1, |k|^2): dk = +-2 dpsi[..d] + 2 k dpsi[d+1]
         ElaKernel::SumSqEuclid | ElaKernel::SubSqEuclid => {
             let two = T::ONE + T::ONE;
             let lin = if kernel == ElaKernel::SumSqEuclid { two } else { -two };
@@ -111,7 +111,7 @@ pub(crate) fn psi_vjp_row<T: Float>(kernel: ElaKernel, k: &[T], dpsi: &[T], dk: 
     }
 }
 
-/// For `f = n (x, 1)`, `n = |x|^2 + 1`: `f_d = n x_d`, `f_D = n`, so
+/// (V5) For `f = n (x, 1)`, `n = |x|^2 + 1`: `f_d = n x_d`, `f_D = n`, so
 /// `dx_e = n g_e + 2 x_e (sum_d g_d x_d + g_D)`.
 fn blueprint_vjp<T: Float>(x: &[T], g: &[T], dx: &mut [T]) {
     let d = x.len();

@@ -1,36 +1,41 @@
-//! Exact Linear Attention on the CPU: the fused chunked forward and backward and the recurrent
-//! step (the math, and the equation each block implements, is in `docs/ela.md`).
+//! Exact Linear Attention on the CPU: the dispatch of the fused ops (`Backend::ela_forward`,
+//! `ela_backward`, `ela_step`) to the algorithms, one file each (the math, and the equation each
+//! block implements, is in `docs/ela.md`).
 //!
 //! Sequences (one per batch entry and head) run in parallel with rayon. Inside one, the chunked
 //! form spends its time in the GEMM (`C x C` intra-chunk blocks, `C x F x Dv` state products);
 //! there is never a `T x T` buffer. f16/bf16 inputs are computed in f32; the state `(S, z)` is
 //! f32 for f16/bf16/f32 inputs and f64 for f64 inputs.
 //!
-//! Files: `chunk.rs` (per-chunk preparation, state update), `forward.rs`, `backward.rs`,
-//! `slow.rs` (exact rows after underflow), `step.rs` (recurrent), `features.rs` (signed
-//! kernels' feature maps), `exp.rs` (vectorizable `exp`).
+//! Files, named like their CUDA counterparts (`cuda/src/ops/ela/`, `cuda/kernels/ela/`):
+//! `chunk_fwd.rs` and `chunk_bwd.rs` (the causal chunked form and its reverse scan),
+//! `noncausal.rs` (one global state, forward and backward), `step.rs` (one decode token),
+//! `exact_rows.rs` (rows recomputed after underflow), and what they share: `chunk.rs` (per-chunk
+//! preparation, state update), `features.rs` (the built-in feature maps and their VJPs),
+//! `linalg.rs` (GEMM wrapper, triangular products, reductions), `float.rs` (the compute float,
+//! vectorizable `exp`).
 //!
 //! Arguments are not checked here: `Tensor` (core/src/tensor/ela.rs) checks every ELA call once,
 //! through `ElaDims::from_shapes` and `ElaParams::validate`, and hands over contiguous buffers of
-//! one float dtype whose lengths match `dims`, and states made by `ElaState::new` for them. Debug
+//! one float dtype whose lengths match `dims`, and states made by `FusedElaState::new` for them. Debug
 //! builds assert that contract.
 
-mod backward;
 mod chunk;
-mod exp;
+mod chunk_bwd;
+mod chunk_fwd;
+mod exact_rows;
 mod features;
-mod forward;
-mod slow;
+mod float;
+mod linalg;
+mod noncausal;
 mod step;
-#[cfg(test)]
-mod tests;
 
 use std::borrow::Cow;
 
 use rayon::prelude::*;
 
 use self::chunk::{Seq, State};
-use self::exp::ElaFloat;
+use self::float::ElaFloat;
 use crate::cpu::storage::{widen, CpuElement, CpuStorage};
 use crate::dtype::DType;
 use crate::ela::{ElaDims, ElaKernel, ElaParams, ElaStateBufs};
@@ -125,7 +130,7 @@ fn state_parts<'a, T: StateElem>(
     dims: &ElaDims,
     kernel: ElaKernel,
 ) -> Result<SeqStates<'a, T>> {
-    // The state comes from `ElaState::new` for these sizes and kernel, and `ElaState` checks
+    // The state comes from `FusedElaState::new` for these sizes and kernel, and `FusedElaState` checks
     // what it is fed: a mismatch here is a bug in the caller, not a user error.
     let (n, f, dv) = (dims.sequences(), kernel.feature_size(dims.d), dims.dv);
     let bad = |what: &str| format!("{op}: the state's {what} buffer does not match {dims:?} with kernel {kernel}");
@@ -175,7 +180,12 @@ fn forward_t<T: StateElem>(
             dv,
             kernel: p.kernel,
         };
-        forward::forward_seq(&seq, p.causal, p.chunk, &mut State { s, z, m }, y);
+        let st = &mut State { s, z, m };
+        if p.causal {
+            chunk_fwd::forward_seq(&seq, p.chunk, st, y);
+        } else {
+            noncausal::forward_seq(&seq, p.chunk, st, y);
+        }
     });
     Ok(y)
 }
@@ -189,7 +199,12 @@ fn backward_t<T: ElaFloat>(x: [&[T]; 5], dims: &ElaDims, p: &ElaParams) -> (Vec<
     parts.collect::<Vec<_>>().into_par_iter().enumerate().for_each(|(b, ((dq, dk), dvo))| {
         let (rq, rv) = (b * t * d..(b + 1) * t * d, b * t * dv..(b + 1) * t * dv);
         let seq = Seq { q: &q[rq.clone()], k: &k[rq], v: &v[rv.clone()], t, d, dv, kernel: p.kernel };
-        backward::backward_seq(&seq, p.causal, p.chunk, &y[rv.clone()], &dy[rv], dq, dk, dvo);
+        let (y, dy) = (&y[rv.clone()], &dy[rv]);
+        if p.causal {
+            chunk_bwd::backward_seq(&seq, p.chunk, [y, dy], [dq, dk, dvo]);
+        } else {
+            noncausal::backward_seq(&seq, p.chunk, [y, dy], [dq, dk, dvo]);
+        }
     });
     (dq, dk, dvo)
 }

@@ -1,10 +1,11 @@
 //! One recurrent ELA step for one sequence (docs/ela.md, "recurrent form"): absorb `(k_t, v_t)`
-//! into `(S, z)`, then read `y_t = phi(q_t)^T S / (phi(q_t) . z)`. O(F Dv) work and memory,
+//! into `(S, z)` (S, S'), then read `y_t = phi(q_t)^T S / (phi(q_t) . z)` (L). O(F Dv) work and memory,
 //! independent of how many tokens came before.
 
-use super::chunk::{dot, rescale, state_log_max, State};
-use super::exp::ElaFloat;
+use super::chunk::{rescale, state_log_max, State};
 use super::features::{phi_row, psi_row};
+use super::float::ElaFloat;
+use super::linalg::dot;
 use crate::ela::ElaKernel;
 
 /// `y` (`dv`) for query `q`, key `k`, value `v`; updates `st`.

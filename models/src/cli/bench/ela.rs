@@ -90,11 +90,11 @@ fn measure(args: &BenchElaArgs, t: usize) -> Result<Row> {
     let reps = args.reps;
     let mut row = Row { t, ..Row::default() };
     row.ela[0] = Some(median_ms(reps, || q.ela(&k, &v, &params).map(drop))?);
-    row.ela[1] = Some(median_ms(reps, || ela.run(Form::Chunked, &q, &k, &v, Some(&dy)).map(drop))?);
+    row.ela[1] = Some(median_ms(reps, || ela.run_with_grads(Form::Chunked, &q, &k, &v, &dy).map(drop))?);
     if t <= args.quadratic_max_t {
         let reps = args.quadratic_reps;
-        row.quadratic[0] = Some(median_ms(reps, || ela.run(Form::Quadratic, &q, &k, &v, None).map(drop))?);
-        row.quadratic[1] = Some(median_ms(reps, || ela.run(Form::Quadratic, &q, &k, &v, Some(&dy)).map(drop))?);
+        row.quadratic[0] = Some(median_ms(reps, || ela.run(Form::Quadratic, &q, &k, &v).map(drop))?);
+        row.quadratic[1] = Some(median_ms(reps, || ela.run_with_grads(Form::Quadratic, &q, &k, &v, &dy).map(drop))?);
         row.softmax[0] = Some(median_ms(reps, || {
             let c = |x: &Tensor<Cpu>| Var::constant(x.clone());
             no_grad(|| softmax_attention(&c(&q), &c(&k), &c(&v), true)).map(drop)

@@ -22,14 +22,13 @@
 //! (The output projection's bias is redundant, since the batch norm right after it removes any
 //! per-channel constant: its gradient is zero. It is kept to match the paper's parameter count.)
 //!
-//! The ELA path is the fused op ([`chunked_fused`] with `causal = false`): one autograd node with
+//! The ELA path is the fused op (`Var::ela` with `causal = false`): one autograd node with
 //! a hand-derived backward, on every backend. Softmax goes through
 //! [`ela_nn::attention::softmax_attention`], which applies the `1/sqrt(d_h)` itself.
 
 use ela_autograd::Var;
 use ela_core::{Backend, ElaKernel, ElaParams, Error, Result};
 use ela_nn::attention::softmax_attention;
-use ela_nn::ela::chunked_fused;
 use ela_nn::layers::{BatchNorm2d, Conv2d, Conv2dConfig};
 use ela_nn::module::ParamStore;
 
@@ -94,7 +93,7 @@ impl<B: Backend> Attention2d<B> {
         match self.mixer {
             Mixer2d::Ela(kernel) => {
                 let s = 1.0 / (*q.dims().last().unwrap_or(&1) as f64).sqrt();
-                chunked_fused(&q.mul_scalar(s)?, &k.mul_scalar(s)?, v, ElaParams::non_causal(kernel))
+                q.mul_scalar(s)?.ela(&k.mul_scalar(s)?, v, &ElaParams::non_causal(kernel))
             }
             Mixer2d::Softmax => softmax_attention(q, k, v, false),
         }

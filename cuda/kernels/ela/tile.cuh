@@ -1,6 +1,6 @@
-// Building blocks of the chunked ELA kernels (ela_chunk.cu, ela_chunk_bwd.cu), compiled once per
+// Building blocks of the chunked ELA kernels (chunk_fwd.cu, chunk_bwd.cu, step.cu), compiled once per
 // variant: the Rust side prepends ELA_DT (0 f32, 1 f16, 2 bf16), ELA_D (= the feature size F of
-// Hadamard Exp) and ELA_DV. See the header of ela_chunk.cu for the algorithm.
+// Hadamard Exp) and ELA_DV. See the header of chunk_fwd.cu for the algorithm.
 //
 // Every small matrix product of a chunk runs through `mm_tile`: one warp computes a 16 x 8*NT tile
 // of C = A B from operands in shared memory. Half-precision inputs use the tensor cores
@@ -15,7 +15,7 @@
 // gradients G can exceed the f16 range.
 
 #if !defined(ELA_DT) || !defined(ELA_D) || !defined(ELA_DV)
-#error "ela_tile.cuh needs ELA_DT, ELA_D and ELA_DV"
+#error "ela/tile.cuh needs ELA_DT, ELA_D and ELA_DV"
 #endif
 
 #define ELA_THREADS 256

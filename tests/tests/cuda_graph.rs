@@ -4,18 +4,15 @@
 //!
 //! Its own test binary: the tests read the allocator's counters, so they take one lock and run
 //! one at a time (the concurrency test runs its second thread inside that lock). Without a GPU
-//! each reports itself skipped (`ela_cuda::testing`), unless ELA_REQUIRE_CUDA=1.
+//! each reports itself skipped (`ela_tests::device::cuda`), unless ELA_REQUIRE_CUDA=1.
 
 use std::sync::Mutex;
 
 use ela_core::{Conv2dParams, DType, Result, Rng, Tensor};
 use ela_cuda::Cuda;
+use ela_tests::device::cuda as gpu;
 
 static LOCK: Mutex<()> = Mutex::new(());
-
-fn gpu() -> Option<Cuda> {
-    ela_cuda::testing::device_or_skip()
-}
 
 /// The weights of a small conv net: depthwise 3x3, BN-like affine, SiLU, pointwise, 3x3 stride-2
 /// conv, then a linear head and a softmax (matmul, conv and elementwise ops).

@@ -1,5 +1,6 @@
-// Chunked Exact Linear Attention (Hadamard Exp) on tensor cores: the forward and the backward of
-// docs/ela.md in the CPU kernels' exact numerics (log-scale units, per-row shifts, per-feature
+// Chunked Exact Linear Attention (Hadamard Exp) on tensor cores, the forward and the two scans
+// the backward shares with it (the backward block itself is chunk_bwd.cu). The forward and the
+// backward of docs/ela.md in the CPU kernels' exact numerics (log-scale units, per-row shifts, per-feature
 // running maxima, the exact path for rows whose fast denominator underflows), split into kernels
 // that each have plenty of parallel work:
 //
@@ -12,13 +13,13 @@
 //     In mode 1 (backward) it writes per row (u, den, c = g . y, exact-path flag) instead of y.
 //   ela_scan (mode 1) walks the chunks backwards and writes U^(c+1), w^(c+1): the reverse
 //     accumulators of the rows after each chunk (eq. (R)), moved between units on the way.
-//   ela_bwd (ela_chunk_bwd.cu), one block per (chunk, sequence): dq, dk, dv of the chunk
+//   ela_bwd (chunk_bwd.cu), one block per (chunk, sequence): dq, dk, dv of the chunk
 //     (eqs. (B1)-(B4) in units) from the slots, with the exact path for underflowed rows.
 //
 // Non-causal attention uses the final slot for every chunk (one global state and one global U).
 // The chunk length C is the kernel's own (ELA_C): results agree with any CPU chunk length to
-// rounding. The recurrent step for all sequences in one launch is at the end of
-// ela_chunk_bwd.cu.
+// rounding. The recurrent step for all sequences in one launch is step.cu. All three files are
+// compiled as one module after tile.cuh (cuda/src/kernels.rs, `KernelFile::ElaChunk`).
 
 // A scan block owns SCAN_FB state rows (features) and SCAN_DVB value columns of one sequence: the
 // rows of S, z and m are independent of each other (each feature has its own running maximum),
@@ -287,7 +288,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB)
 // ---------------------------------------------------------------- rows of one chunk
 
 // The exact path for row i of the chunk (docs/ela.md "exact rows after underflow"; the CPU's
-// slow.rs): u = r_i, the row's true largest log-term, so its largest term is 1. Block-wide;
+// exact_rows.rs): u = r_i, the row's true largest log-term, so its largest term is 1. Block-wide;
 // `sc` is scratch for 2F + C floats.
 __device__ void slow_row(int i, const ST* qg, const ST* kg, const ST* vg, const MT* Sg, const float* mst,
                          const float* zst, float* sc, float* red, int mode, ST* yrow, ela_f4* rrow, const ST* dyrow,
@@ -537,22 +538,4 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
                      rows ? rows + rowbase + i : (ela_f4*)0, dy + (rowbase + i) * DV, yin + (rowbase + i) * DV);
         }
     }
-}
-
-// c_i = (dy_i . y_i) / den_i into the row info a saving forward wrote (ela_out mode 0 with
-// `rows`): what ela_out mode 1 adds when the backward recomputes the forward. A row is read by
-// TPR threads with 16-byte loads (RowPart's split for ELA_C rows, here per row of the grid).
-extern "C" __global__ void ela_rows_dot(ela_f4* rows, const ST* dy, const ST* y, i64 nrows) {
-    typedef RowPart<ELA_DV> RP;
-    const i64 r0 = (i64)blockIdx.x * ELA_C;
-    const int n = (int)min((i64)ELA_C, nrows - r0);
-    RP a, b;
-    a.load(dy + r0 * ELA_DV, n);
-    b.load(y + r0 * ELA_DV, n);
-    float s = 0.f;
-#pragma unroll
-    for (int e = 0; e < RP::EPT; ++e) s += a.x[e] * b.x[e];
-    s = RP::sum(s);
-    const int i = RP::row();
-    if (RP::head() && i < n) rows[r0 + i].z = s / rows[r0 + i].y;
 }

@@ -1,8 +1,9 @@
-//! The chunked tensor-core path of fused Hadamard-Exp ELA (`kernels/ela_tile.cuh`,
-//! `ela_chunk.cu`, `ela_chunk_bwd.cu`; the algorithm is in the header of `ela_chunk.cu`).
+//! The chunked tensor-core path of fused Hadamard-Exp ELA, forward and backward
+//! (`kernels/ela/tile.cuh`, `chunk_fwd.cu`, `chunk_bwd.cu`; the algorithm is in the header of
+//! `chunk_fwd.cu`). The same module holds the one-launch decode step (`step.rs`).
 //!
 //! Taken for Hadamard Exp with f32/f16/bf16 inputs and head sizes `d`, `dv` in {64, 128}; every
-//! other call runs the per-token scan of `ops/ela.rs`. Work is split into launches with parallel
+//! other call runs the per-token scan of `recurrent.rs` (or the parallel form of `noncausal.rs`). Work is split into launches with parallel
 //! work: a scan over chunks per (sequence, 32 value columns) writes the state before every chunk
 //! ("slots"), then one block per (chunk, sequence) computes the chunk's rows; the backward adds
 //! a per-row pass (units, denominators), a reverse scan for the accumulators `U, w` and one block
@@ -16,11 +17,11 @@ use crate::kernels::{ElaDt, KernelFile};
 use crate::storage::CudaStorage;
 
 /// Threads per block of every chunked kernel (8 warps).
-const THREADS: u32 = 256;
-/// State rows (features) per scan block (`SCAN_FB` in `kernels/ela_chunk.cu`).
+pub(super) const THREADS: u32 = 256;
+/// State rows (features) per scan block (`SCAN_FB` in `kernels/ela/chunk_fwd.cu`).
 const SCAN_FB: usize = 64;
 
-/// Value columns per block of the scan kernel (`SCAN_DVB` in ela_chunk.cu).
+/// Value columns per block of the scan kernel (`SCAN_DVB` in chunk_fwd.cu).
 fn scan_dvb(dv: usize) -> usize {
     if dv > 64 {
         64
@@ -31,30 +32,30 @@ fn scan_dvb(dv: usize) -> usize {
 
 /// Launches one chunked kernel; with `ELA_CUDA_PROFILE` set, each launch is timed alone (CUDA
 /// events, synchronizing) and reported on stderr: a debugging aid for where the time goes.
-fn launch(dev: &Cuda, fast: &Fast, name: &str, cfg: Cfg, smem: u32, args: &[Arg]) -> Result<()> {
+fn launch(dev: &Cuda, cv: &Variant, name: &str, cfg: Cfg, smem: u32, args: &[Arg]) -> Result<()> {
     if std::env::var_os("ELA_CUDA_PROFILE").is_none() {
-        return dev.launch_smem(fast.file, name, cfg, smem, args);
+        return dev.launch_smem(cv.file, name, cfg, smem, args);
     }
     let timer = crate::GpuTimer::new(dev)?;
-    let ((), ms) = timer.time(|| dev.launch_smem(fast.file, name, cfg, smem, args))?;
+    let ((), ms) = timer.time(|| dev.launch_smem(cv.file, name, cfg, smem, args))?;
     eprintln!("ela-profile {name} grid {}x{} smem {smem}: {:.1} us", cfg.grid, cfg.grid_y, ms * 1e3);
     Ok(())
 }
 
 /// One compiled variant of the chunked kernels and its sizes.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Fast {
-    file: KernelFile,
+pub(crate) struct Variant {
+    pub(super) file: KernelFile,
     /// Chunk length (`ELA_C`).
     c: usize,
     f: usize,
-    dv: usize,
+    pub(super) dv: usize,
     /// Operand type of the state slots: bf16 (16-bit inputs) or f32.
     mt: DType,
 }
 
 /// The variant for these inputs, if the chunked path supports them.
-pub(crate) fn variant(kernel: ElaKernel, dtype: DType, dims: &ElaDims) -> Option<Fast> {
+pub(crate) fn variant(kernel: ElaKernel, dtype: DType, dims: &ElaDims) -> Option<Variant> {
     if std::env::var_os("ELA_CUDA_SCAN_ONLY").is_some() {
         // Debugging/benchmark switch: force the per-token scan.
         return None;
@@ -69,12 +70,12 @@ pub(crate) fn variant(kernel: ElaKernel, dtype: DType, dims: &ElaDims) -> Option
     if kernel != ElaKernel::HadamardExp || !sizes_ok || dims.sequences() > 65_535 {
         return None;
     }
-    // The f32 tiles of a 128-wide head only fit in shared memory with 32-row chunks (ela_tile.cuh).
+    // The f32 tiles of a 128-wide head only fit in shared memory with 32-row chunks (tile.cuh).
     let c = if dt == ElaDt::F32 && (dims.d > 64 || dims.dv > 64) { 32 } else { 64 };
     if dims.t.div_ceil(c) >= i32::MAX as usize {
         return None;
     }
-    Some(Fast {
+    Some(Variant {
         file: KernelFile::ElaChunk { dt, d: dims.d as u16, dv: dims.dv as u16 },
         c,
         f: dims.d,
@@ -83,11 +84,11 @@ pub(crate) fn variant(kernel: ElaKernel, dtype: DType, dims: &ElaDims) -> Option
     })
 }
 
-fn lp(fast: &Fast, n: usize) -> usize {
-    n + if fast.mt == DType::F32 { 4 } else { 8 }
+fn lp(cv: &Variant, n: usize) -> usize {
+    n + if cv.mt == DType::F32 { 4 } else { 8 }
 }
 
-impl Fast {
+impl Variant {
     fn nch(&self, t: usize) -> usize {
         t.div_ceil(self.c)
     }
@@ -134,11 +135,11 @@ struct Slots {
 }
 
 impl Cuda {
-    fn ela_slots(&self, fast: &Fast, n: usize, slots: usize) -> Result<Slots> {
+    fn ela_slots(&self, cv: &Variant, n: usize, slots: usize) -> Result<Slots> {
         Ok(Slots {
-            s: self.alloc(fast.mt, n * slots * fast.f * fast.dv)?,
-            z: self.alloc(DType::F32, n * slots * fast.f)?,
-            m: self.alloc(DType::F32, n * slots * fast.f)?,
+            s: self.alloc(cv.mt, n * slots * cv.f * cv.dv)?,
+            z: self.alloc(DType::F32, n * slots * cv.f)?,
+            m: self.alloc(DType::F32, n * slots * cv.f)?,
         })
     }
 
@@ -148,7 +149,7 @@ impl Cuda {
     #[allow(clippy::too_many_arguments)]
     fn ela_scan(
         &self,
-        fast: &Fast,
+        cv: &Variant,
         n: usize,
         t: usize,
         x: u64,
@@ -175,20 +176,20 @@ impl Cuda {
             Arg::Ptr(fin[1]),
             Arg::Ptr(fin[2]),
             Arg::n(t),
-            Arg::I32(fast.nch(t) as i32),
+            Arg::I32(cv.nch(t) as i32),
             Arg::I32(mode),
             Arg::I32(causal as i32),
         ];
-        let blocks_y = (fast.dv / scan_dvb(fast.dv)) * (fast.f / SCAN_FB);
+        let blocks_y = (cv.dv / scan_dvb(cv.dv)) * (cv.f / SCAN_FB);
         let cfg = Cfg { grid: n as u32, grid_y: blocks_y as u32, block: THREADS };
-        launch(self, fast, "ela_scan", cfg, fast.scan_smem(), &args)
+        launch(self, cv, "ela_scan", cfg, cv.scan_smem(), &args)
     }
 
-    /// `ela_out` over every chunk of `n` sequences (mode 0 or 1, see `kernels/ela_chunk.cu`).
+    /// `ela_out` over every chunk of `n` sequences (mode 0 or 1, see `kernels/ela/chunk_fwd.cu`).
     #[allow(clippy::too_many_arguments)]
     fn ela_out(
         &self,
-        fast: &Fast,
+        cv: &Variant,
         n: usize,
         t: usize,
         mode: OutMode,
@@ -200,7 +201,7 @@ impl Cuda {
             OutMode::Forward { y, rows } => ((y, rows, 0, 0), 0),
             OutMode::Rows { rows, dy, y } => ((0, rows, dy, y), 1),
         };
-        let nch = fast.nch(t);
+        let nch = cv.nch(t);
         let args = [
             Arg::Ptr(y),
             Arg::Ptr(rows),
@@ -218,45 +219,17 @@ impl Cuda {
             Arg::I32(causal as i32),
         ];
         let cfg = Cfg { grid: nch as u32, grid_y: n as u32, block: THREADS };
-        launch(self, fast, "ela_out", cfg, fast.out_smem(), &args)
+        launch(self, cv, "ela_out", cfg, cv.out_smem(), &args)
     }
 
-    /// Chunked forward (`Backend::ela_forward` for the supported shapes).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn ela_fast_forward(
+    /// Chunked forward (`Backend::ela_forward` for the supported shapes) from `state` or an
+    /// empty one. With `save` (empty state only), it also keeps for the backward the slots and the
+    /// row info `(u, den, 0, exact-path flag)`: buffers `[s, z, m, rows]` (`None` for an empty call
+    /// or without `save`).
+    pub(crate) fn ela_chunk_forward(
         &self,
-        fast: &Fast,
-        q: &CudaStorage,
-        k: &CudaStorage,
-        v: &CudaStorage,
-        dims: &ElaDims,
-        causal: bool,
-        state: Option<(&mut ElaStateBufs<CudaStorage>, [u64; 3])>,
-    ) -> Result<CudaStorage> {
-        Ok(self.ela_fast_forward_rows(fast, q, k, v, dims, causal, state, false)?.0)
-    }
-
-    /// Chunked forward from an empty state that keeps, for the backward, the slots and the row
-    /// info `(u, den, 0, exact-path flag)`: buffers `[s, z, m, rows]` (`None` for an empty call).
-    pub(crate) fn ela_fast_forward_saving(
-        &self,
-        fast: &Fast,
-        q: &CudaStorage,
-        k: &CudaStorage,
-        v: &CudaStorage,
-        dims: &ElaDims,
-        causal: bool,
-    ) -> Result<(CudaStorage, Option<Vec<CudaStorage>>)> {
-        self.ela_fast_forward_rows(fast, q, k, v, dims, causal, None, true)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn ela_fast_forward_rows(
-        &self,
-        fast: &Fast,
-        q: &CudaStorage,
-        k: &CudaStorage,
-        v: &CudaStorage,
+        cv: &Variant,
+        [q, k, v]: [&CudaStorage; 3],
         dims: &ElaDims,
         causal: bool,
         state: Option<(&mut ElaStateBufs<CudaStorage>, [u64; 3])>,
@@ -267,10 +240,10 @@ impl Cuda {
         if n == 0 || t == 0 {
             return Ok((y, None));
         }
-        let nch = fast.nch(t);
-        let sl = self.ela_slots(fast, n, nch + 1)?;
+        let nch = cv.nch(t);
+        let sl = self.ela_slots(cv, n, nch + 1)?;
         let rows = if save { Some(self.alloc(DType::F32, n * t * 4)?) } else { None };
-        let (f, dv) = (fast.f, fast.dv);
+        let (f, dv) = (cv.f, cv.dv);
         let fin = match &state {
             Some(_) => Some((
                 self.alloc(DType::F32, n * f * dv)?,
@@ -281,9 +254,9 @@ impl Cuda {
         };
         let init = state.as_ref().map_or([0; 3], |s| s.1);
         let finp = fin.as_ref().map_or([0; 3], |x| [x.0.ptr(), x.1.ptr(), x.2.ptr()]);
-        self.ela_scan(fast, n, t, k.ptr(), v.ptr(), (&sl.s, &sl.z), &sl.m, 0, init, finp, 0, causal)?;
+        self.ela_scan(cv, n, t, k.ptr(), v.ptr(), (&sl.s, &sl.z), &sl.m, 0, init, finp, 0, causal)?;
         let rows_ptr = rows.as_ref().map_or(0, |r| r.ptr());
-        self.ela_out(fast, n, t, OutMode::Forward { y: y.ptr(), rows: rows_ptr }, [q, k, v], &sl, causal)?;
+        self.ela_out(cv, n, t, OutMode::Forward { y: y.ptr(), rows: rows_ptr }, [q, k, v], &sl, causal)?;
         if let (Some((st, _)), Some((fs, fz, fm))) = (state, fin) {
             // The final state, f32, back into the carried buffers (separate from the initial ones:
             // the scan's blocks read the initial log-scales while others finish).
@@ -297,18 +270,13 @@ impl Cuda {
     }
 
     /// Chunked backward from an empty state (`Backend::ela_backward` for the supported shapes).
-    /// With `saved` (the buffers of [`Cuda::ela_fast_forward_saving`] for the same call) the
+    /// With `saved` (the buffers a saving [`Cuda::ela_chunk_forward`] kept for the same call) the
     /// forward's slots and row scales are reused: only `c = dy . y / den` is computed per row;
     /// without, the slots are rescanned and the rows recomputed (`ela_out` mode 1).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn ela_fast_backward(
+    pub(crate) fn ela_chunk_backward(
         &self,
-        fast: &Fast,
-        q: &CudaStorage,
-        k: &CudaStorage,
-        v: &CudaStorage,
-        y: &CudaStorage,
-        dy: &CudaStorage,
+        cv: &Variant,
+        [q, k, v, y, dy]: [&CudaStorage; 5],
         dims: &ElaDims,
         causal: bool,
         saved: Option<&[CudaStorage]>,
@@ -318,42 +286,42 @@ impl Cuda {
         if n == 0 || t == 0 {
             return Ok((dq, dk, dvo));
         }
-        let nch = fast.nch(t);
+        let nch = cv.nch(t);
         if let Some([s, z, m, rows]) = saved {
-            let want = [n * (nch + 1) * fast.f * fast.dv, n * (nch + 1) * fast.f, n * (nch + 1) * fast.f, n * t * 4];
+            let want = [n * (nch + 1) * cv.f * cv.dv, n * (nch + 1) * cv.f, n * (nch + 1) * cv.f, n * t * 4];
             let have = [s.len(), z.len(), m.len(), rows.len()];
-            if want != have || s.dtype() != fast.mt {
+            if want != have || s.dtype() != cv.mt {
                 return Err(Error::Backend {
                     backend: "cuda",
                     op: "ela_backward",
                     msg: format!(
                         "saved forward buffers of {have:?} elements, expected {want:?} ({:?} slots): \
                          pass what ela_saving returned for these inputs",
-                        fast.mt
+                        cv.mt
                     ),
                 });
             }
             let args = [Arg::Ptr(rows.ptr()), Arg::Ptr(dy.ptr()), Arg::Ptr(y.ptr()), Arg::n(n * t)];
-            let cfg = Cfg { grid: (n * t).div_ceil(fast.c) as u32, grid_y: 1, block: THREADS };
-            launch(self, fast, "ela_rows_dot", cfg, 0, &args)?;
-            self.ela_fast_backward_from(fast, q, k, v, dy, [s, z, m], rows, (&dq, &dk, &dvo), t, causal)?;
+            let cfg = Cfg { grid: (n * t).div_ceil(cv.c) as u32, grid_y: 1, block: THREADS };
+            launch(self, cv, "ela_rows_dot", cfg, 0, &args)?;
+            self.ela_chunk_backward_from(cv, q, k, v, dy, [s, z, m], rows, (&dq, &dk, &dvo), t, causal)?;
             return Ok((dq, dk, dvo));
         }
-        let sl = self.ela_slots(fast, n, nch + 1)?;
-        self.ela_scan(fast, n, t, k.ptr(), v.ptr(), (&sl.s, &sl.z), &sl.m, 0, [0; 3], [0; 3], 0, causal)?;
+        let sl = self.ela_slots(cv, n, nch + 1)?;
+        self.ela_scan(cv, n, t, k.ptr(), v.ptr(), (&sl.s, &sl.z), &sl.m, 0, [0; 3], [0; 3], 0, causal)?;
         // Per row (u, den, c, exact-path flag).
         let rows = self.alloc(DType::F32, n * t * 4)?;
         let mode = OutMode::Rows { rows: rows.ptr(), dy: dy.ptr(), y: y.ptr() };
-        self.ela_out(fast, n, t, mode, [q, k, v], &sl, causal)?;
-        self.ela_fast_backward_from(fast, q, k, v, dy, [&sl.s, &sl.z, &sl.m], &rows, (&dq, &dk, &dvo), t, causal)?;
+        self.ela_out(cv, n, t, mode, [q, k, v], &sl, causal)?;
+        self.ela_chunk_backward_from(cv, q, k, v, dy, [&sl.s, &sl.z, &sl.m], &rows, (&dq, &dk, &dvo), t, causal)?;
         Ok((dq, dk, dvo))
     }
 
     /// The backward's reverse scan and gradient kernel, from the forward slots and row info.
     #[allow(clippy::too_many_arguments)]
-    fn ela_fast_backward_from(
+    fn ela_chunk_backward_from(
         &self,
-        fast: &Fast,
+        cv: &Variant,
         q: &CudaStorage,
         k: &CudaStorage,
         v: &CudaStorage,
@@ -364,11 +332,11 @@ impl Cuda {
         t: usize,
         causal: bool,
     ) -> Result<()> {
-        let (n, nch) = (q.len() / (t * fast.f), fast.nch(t));
+        let (n, nch) = (q.len() / (t * cv.f), cv.nch(t));
         let per_chunk = Cfg { grid: nch as u32, grid_y: n as u32, block: THREADS };
         // U, w of the rows after every chunk.
-        let (u, w) = (self.alloc(fast.mt, n * nch * fast.f * fast.dv)?, self.alloc(DType::F32, n * nch * fast.f)?);
-        self.ela_scan(fast, n, t, q.ptr(), dy.ptr(), (&u, &w), sm, rows.ptr(), [0; 3], [0; 3], 1, causal)?;
+        let (u, w) = (self.alloc(cv.mt, n * nch * cv.f * cv.dv)?, self.alloc(DType::F32, n * nch * cv.f)?);
+        self.ela_scan(cv, n, t, q.ptr(), dy.ptr(), (&u, &w), sm, rows.ptr(), [0; 3], [0; 3], 1, causal)?;
         let args = [
             Arg::Ptr(dq.ptr()),
             Arg::Ptr(dk.ptr()),
@@ -387,30 +355,6 @@ impl Cuda {
             Arg::I32(nch as i32),
             Arg::I32(causal as i32),
         ];
-        launch(self, fast, "ela_bwd", per_chunk, fast.bwd_smem(), &args)
-    }
-
-    /// One recurrent step for every sequence in one launch (state buffers already checked).
-    pub(crate) fn ela_fast_step(
-        &self,
-        fast: &Fast,
-        q: &CudaStorage,
-        k: &CudaStorage,
-        v: &CudaStorage,
-        n: usize,
-        state: [u64; 3],
-    ) -> Result<CudaStorage> {
-        let y = self.alloc(q.dtype(), n * fast.dv)?;
-        let args = [
-            Arg::Ptr(y.ptr()),
-            Arg::Ptr(q.ptr()),
-            Arg::Ptr(k.ptr()),
-            Arg::Ptr(v.ptr()),
-            Arg::Ptr(state[0]),
-            Arg::Ptr(state[1]),
-            Arg::Ptr(state[2]),
-        ];
-        self.launch(fast.file, "ela_step_fast", Cfg { grid: n as u32, grid_y: 1, block: THREADS }, &args)?;
-        Ok(y)
+        launch(self, cv, "ela_bwd", per_chunk, cv.bwd_smem(), &args)
     }
 }

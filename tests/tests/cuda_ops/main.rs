@@ -1,12 +1,15 @@
 //! CUDA backend vs CPU backend: every op of the `Backend` trait, forward and backward, on random
 //! data and shapes, with contiguous and non-contiguous inputs, plus gradient checks on the GPU,
-//! the caching allocator and the typed errors.
+//! the caching allocator and the typed errors. Where `device_tests!` runs one test on every
+//! backend against a reference, these compare the two backends directly, case by case, on the
+//! paths of their own the CUDA kernels have (tiling, tensor cores, fast paths).
 //!
 //! One test binary on purpose: NVRTC compiles the kernel files once per process.
 //!
-//! Without a usable GPU every test writes `skipped: no CUDA device: <test>` to stderr and returns,
-//! and the binary ends with a `SKIPPED N test(s)` line (`ela_cuda::testing`); with
-//! `ELA_REQUIRE_CUDA=1` (set by the GPU runner) it fails instead.
+//! The device comes from the one harness, `ela_tests::device::cuda`: without a usable GPU every
+//! test writes `skipped: no CUDA device: <test>` to stderr and returns, and the binary ends with a
+//! `SKIPPED N test(s)` line (`ela_cuda::testing`); with `ELA_REQUIRE_CUDA=1` (set by the GPU
+//! runner) it fails instead.
 
 mod alloc_errors;
 mod conv;
@@ -22,15 +25,8 @@ mod reduce_matmul;
 use ela_core::{Cpu, DType, Rng, Shape, Tensor};
 use ela_cuda::Cuda;
 
-/// The GPU, or `None` after reporting the test as skipped (panics under ELA_REQUIRE_CUDA=1).
-pub fn gpu() -> Option<Cuda> {
-    ela_cuda::testing::device_or_skip()
-}
-
-/// Proptest cases for GPU property tests (ELA_PROPTEST_CASES overrides).
-pub fn cases(default: u32) -> u32 {
-    std::env::var("ELA_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+pub use ela_tests::device::{cuda as gpu, proptest_cases as cases};
+pub use ela_tests::reference::rel_err;
 
 /// The same tensor on the CPU and on the GPU.
 pub struct Pair {
@@ -118,13 +114,6 @@ pub fn check_tol(name: &str, cpu: &Tensor<Cpu>, gpu: &Tensor<Cuda>, rtol: f64, a
         let ok = (x.is_nan() && y.is_nan()) || x == y || (x - y).abs() <= atol + rtol * x.abs();
         assert!(ok, "{name}: element {i} of shape {}: cpu {x:e} vs gpu {y:e} ({:?})", cpu.shape(), cpu.dtype());
     }
-}
-
-/// ‖a - b‖ / ‖b‖ over all elements (f64).
-pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
-    let den: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
-    num / den.max(f64::MIN_POSITIVE)
 }
 
 pub const FLOATS: [DType; 4] = [DType::F32, DType::F64, DType::F16, DType::BF16];

@@ -1,7 +1,7 @@
-//! Non-causal fused ELA in the parallel form (`kernels/ela_noncausal.cu`), for any built-in
-//! kernel with small heads: the state is one reduction over all tokens (a block per sequence)
-//! and every output row is independent (a warp per token), where the scan of `kernels/ela.cu`
-//! walks the tokens one after another. Without a mask this is the same sum, in another order.
+//! Non-causal fused ELA in the parallel form (`kernels/ela/noncausal.cu`), forward and backward,
+//! for any built-in kernel with small heads: the state is one reduction over all tokens (a block
+//! per sequence) and every output row is independent (a warp per token), where the scan of
+//! `recurrent.rs` walks the tokens one after another. Without a mask this is the same sum, in another order.
 //!
 //! Used for non-causal calls without a carried state whose `F x Dv` fits the per-thread
 //! accumulators (`F x Dv <= 4096`, `F <= 256`) and whose rows fit in shared memory; YOLO-LAT's
@@ -10,9 +10,9 @@
 use ela_core::ela::{ElaDims, ElaKernel};
 use ela_core::{DType, Result};
 
-use super::dt;
 use crate::device::{Arg, Cfg, Cuda};
 use crate::kernels::KernelFile::Ela as ELA;
+use crate::ops::dt;
 use crate::storage::CudaStorage;
 
 /// Threads per block (8 warps): must match `NC_WARPS` and the accumulator count `NC_ACC` of the
@@ -148,15 +148,10 @@ impl Cuda {
     }
 
     /// Non-causal backward: `(dq, dk, dv)` (arguments already checked by the caller).
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn ela_nc_backward(
         &self,
         plan: &Plan,
-        q: &CudaStorage,
-        k: &CudaStorage,
-        v: &CudaStorage,
-        y: &CudaStorage,
-        dy: &CudaStorage,
+        [q, k, v, y, dy]: [&CudaStorage; 5],
         dims: &ElaDims,
         kernel: ElaKernel,
         sd: DType,

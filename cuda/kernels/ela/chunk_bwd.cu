@@ -1,5 +1,5 @@
-// Chunked ELA backward (one block per (chunk, sequence)) and the recurrent step; see the header
-// of ela_chunk.cu. For the chunk of rows I with state S^(c), z^(c) (units m^(c)) before it and the
+// Chunked ELA backward (one block per (chunk, sequence)) and `ela_rows_dot`, the per-row part of
+// a backward that reuses a saved forward; see the header of chunk_fwd.cu. For the chunk of rows I with state S^(c), z^(c) (units m^(c)) before it and the
 // reverse accumulators U^(c+1), w^(c+1) (units m^(c+1)) of the rows after it (docs/ela.md,
 // "the backward in units"), g_i = dy_i / den_i, c_i = g_i . y_i:
 //
@@ -10,7 +10,7 @@
 //   dq    = phi_a * (D Psi_a) + phi_b * (G S^T - c z^T)    (B2, B5; phi_b = exp(q + m^(c) - u))
 //
 // Rows on the exact path (flag from ela_out) take no part in D and A; their terms are added
-// afterwards with u = r_i, as the CPU's slow::backward_row does.
+// afterwards with u = r_i, as the CPU's exact_rows::backward_row does.
 
 // Blocks per multiprocessor: 3 for 16-bit inputs with 64-wide heads (the shared memory allows
 // exactly 3; registers are capped at 85 per thread), else no cap.
@@ -201,7 +201,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
             }
     }
     if (__syncthreads_or(tid < C && slw[tid])) {
-        // Exact-path rows (slow::backward_row): weights exp(q_i + k_j - r_i) over the chunk's keys
+        // Exact-path rows (exact_rows::backward_row): weights exp(q_i + k_j - r_i) over the chunk's keys
         // j <= i and exp(q_i + m - r_i) against the state. Their dk, dv terms are summed in f32
         // over all such rows and added to the fast-path values once (one extra rounding in
         // bf16/f16, not one per row); dq_i, 0 on the fast path, is written directly.
@@ -262,68 +262,20 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
     }
 }
 
-// ---------------------------------------------------------------- recurrent step
-
-// One token for every sequence (one block each): absorb (k, v) into the f32 state with the
-// running log-scales, then y = phi^T S / (phi . z), phi = exp(q + m' - u), u = max_f (q_f + m'_f)
-// (the recurrent form of docs/ela.md; u is the exact largest log-term, so den >= 1). Each thread
-// streams F / RG rows of four state columns as 16-byte loads and stores; memory-bound.
-extern "C" __global__ void __launch_bounds__(ELA_THREADS)
-    ela_step_fast(ST* y, const ST* q, const ST* k, const ST* v, float* S, float* z, float* m) {
-    constexpr int F = ELA_F, DV = ELA_DV, CG = DV / 4, RG = ELA_THREADS / CG;
-    static_assert(RG * CG == ELA_THREADS && F % RG == 0, "step tiling");
-    __shared__ float rs[F], ps[F], ph[F], zs[F], vv[DV], red[32], part[RG * DV];
-    const int b = blockIdx.x, tid = threadIdx.x;
-    if (tid < F) {
-        const i64 o = (i64)b * F + tid;
-        const float mo = m[o], kf = DT::load(k[o]), mn = fmaxf(mo, kf);
-        const float r = units_factor(mo, mn), p = __expf(kf - mn);
-        const float zn = z[o] * r + p;
-        z[o] = zn;
-        m[o] = mn;
-        rs[tid] = r;
-        ps[tid] = p;
-        zs[tid] = zn;
-        ph[tid] = DT::load(q[o]) + mn;
-    }
-    if (tid < DV) vv[tid] = DT::load(v[(i64)b * DV + tid]);
-    __syncthreads();
-    const float u = block_max<float>(tid < F ? ph[tid] : neg_inf<float>(), red);
-    float pd = 0.f;
-    if (tid < F) {
-        const float p = __expf(ph[tid] - u);
-        ph[tid] = p;
-        pd = p * zs[tid];
-    }
-    const float den = block_sum<float>(pd, red);
-    __syncthreads();
-    const int cg = tid % CG, rg = tid / CG;
-    const float v0 = vv[4 * cg], v1 = vv[4 * cg + 1], v2 = vv[4 * cg + 2], v3 = vv[4 * cg + 3];
-    float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-    ela_f4* Sb = (ela_f4*)(S + (i64)b * F * DV);
+// c_i = (dy_i . y_i) / den_i into the row info a saving forward wrote (ela_out mode 0 with
+// `rows`): what ela_out mode 1 adds when the backward recomputes the forward. A row is read by
+// TPR threads with 16-byte loads (RowPart's split for ELA_C rows, here per row of the grid).
+extern "C" __global__ void ela_rows_dot(ela_f4* rows, const ST* dy, const ST* y, i64 nrows) {
+    typedef RowPart<ELA_DV> RP;
+    const i64 r0 = (i64)blockIdx.x * ELA_C;
+    const int n = (int)min((i64)ELA_C, nrows - r0);
+    RP a, b;
+    a.load(dy + r0 * ELA_DV, n);
+    b.load(y + r0 * ELA_DV, n);
+    float s = 0.f;
 #pragma unroll
-    for (int f = rg; f < F; f += RG) {
-        ela_f4 s = Sb[f * CG + cg];
-        const float r = rs[f], p = ps[f], w = ph[f];
-        s.x = s.x * r + p * v0;
-        s.y = s.y * r + p * v1;
-        s.z = s.z * r + p * v2;
-        s.w = s.w * r + p * v3;
-        Sb[f * CG + cg] = s;
-        a0 += w * s.x;
-        a1 += w * s.y;
-        a2 += w * s.z;
-        a3 += w * s.w;
-    }
-    part[rg * DV + 4 * cg] = a0;
-    part[rg * DV + 4 * cg + 1] = a1;
-    part[rg * DV + 4 * cg + 2] = a2;
-    part[rg * DV + 4 * cg + 3] = a3;
-    __syncthreads();
-    if (tid < DV) {
-        float s = 0.f;
-#pragma unroll
-        for (int g = 0; g < RG; ++g) s += part[g * DV + tid];
-        y[(i64)b * DV + tid] = DT::store(s / den);
-    }
+    for (int e = 0; e < RP::EPT; ++e) s += a.x[e] * b.x[e];
+    s = RP::sum(s);
+    const int i = RP::row();
+    if (RP::head() && i < n) rows[r0 + i].z = s / rows[r0 + i].y;
 }

@@ -2,18 +2,15 @@
 //!
 //! Its own binary because the switch is per device (all handles of one GPU share it): flipping it
 //! while other tests multiply matrices would change their results. Without a GPU it prints why
-//! and passes, unless ELA_REQUIRE_CUDA=1.
+//! and reports itself skipped (`ela_tests::device::cuda`), unless ELA_REQUIRE_CUDA=1.
 
 use ela_core::{Cpu, DType, Result, Rng, Tensor};
 
-fn rel_err(a: &[f64], b: &[f64]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
-    num / b.iter().map(|y| y * y).sum::<f64>().sqrt()
-}
+use ela_tests::reference::rel_err;
 
 #[test]
 fn tf32_is_off_by_default_and_its_error_is_bounded() -> Result<()> {
-    let Some(dev) = ela_cuda::testing::device_or_skip() else { return Ok(()) };
+    let Some(dev) = ela_tests::device::cuda() else { return Ok(()) };
     assert!(!dev.allow_tf32(), "TF32 is opt-in");
     let mut rng = Rng::new(6);
     for n in [256usize, 1024] {

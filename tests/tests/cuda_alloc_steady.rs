@@ -1,7 +1,7 @@
 //! A training step makes no `cuMemAlloc`/`cuMemFree` once the caching allocator is warm.
 //!
 //! Its own test binary (a single test) so no concurrent test touches the allocator counters.
-//! Without a GPU it reports itself skipped (`ela_cuda::testing`), unless
+//! Without a GPU it reports itself skipped (`ela_tests::device::cuda`), unless
 //! ELA_REQUIRE_CUDA=1.
 
 use ela_autograd::Var;
@@ -23,7 +23,7 @@ fn train_step(x: &Tensor<Cuda>, t: &Tensor<Cuda>, params: &mut [Tensor<Cuda>; 3]
 
 #[test]
 fn training_steps_reuse_cached_device_memory() -> Result<()> {
-    let Some(dev) = ela_cuda::testing::device_or_skip() else { return Ok(()) };
+    let Some(dev) = ela_tests::device::cuda() else { return Ok(()) };
     let mut rng = Rng::new(3);
     let mut mk = |s: [usize; 2], sd: f64| Tensor::randn(0.0, sd, s, DType::F32, &mut rng, &dev);
     let x = mk([128, 64], 1.0)?;

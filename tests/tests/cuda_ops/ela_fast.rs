@@ -1,5 +1,6 @@
 //! The chunked tensor-core ELA kernels (Hadamard Exp, head sizes 64/128, f32/f16/bf16): forward
-//! against a quadratic f64 reference written here, gradients against the CPU's f64 fused
+//! against the f64 quadratic reference (`ela_nn::ela::Form::Quadratic`, the one reference of
+//! every ELA test), gradients against the CPU's f64 fused
 //! backward (itself checked against the quadratic tape to 1e-9), and both against the CPU
 //! backend in the same dtype; the numerics cases of docs/ela.md (inputs of magnitude 80, crossed
 //! maxima that take the exact path); prefill with a carried state and the one-launch recurrent
@@ -7,8 +8,9 @@
 //! element a kernel does not write shows up.
 
 use ela_core::ela::ElaParams;
-use ela_core::{Cpu, DType, ElaKernel, ElaState, Result, Rng, Tensor};
+use ela_core::{Cpu, DType, ElaKernel, FusedElaState, Result, Rng, Tensor};
 use ela_cuda::Cuda;
+use ela_nn::ela::{Ela, Form};
 
 use crate::{gpu, rel_err, Pair};
 
@@ -29,26 +31,6 @@ fn bound(d: DType) -> f64 {
 fn poison(dev: &Cuda, elems: usize, dtype: DType, count: usize) {
     let blocks: Vec<_> = (0..count).map(|_| Tensor::full(f64::NAN, [elems], dtype, dev).unwrap()).collect();
     drop(blocks);
-}
-
-/// `y_i = sum_j a_ij v_j / sum_j a_ij`, `a_ij = sum_d exp(q_id + k_jd)`, in f64 (no shifts: the
-/// test inputs stay far from f64 overflow).
-#[allow(clippy::too_many_arguments)]
-fn quadratic(q: &[f64], k: &[f64], v: &[f64], seqs: usize, t: usize, d: usize, dv: usize, causal: bool) -> Vec<f64> {
-    let mut y = vec![0.0; seqs * t * dv];
-    for s in 0..seqs {
-        let (q, k, v) = (&q[s * t * d..], &k[s * t * d..], &v[s * t * dv..]);
-        for i in 0..t {
-            let (mut num, mut den) = (vec![0.0; dv], 0.0);
-            for j in 0..if causal { i + 1 } else { t } {
-                let a: f64 = (0..d).map(|e| (q[i * d + e] + k[j * d + e]).exp()).sum();
-                den += a;
-                num.iter_mut().zip(&v[j * dv..(j + 1) * dv]).for_each(|(o, x)| *o += a * x);
-            }
-            y[(s * t + i) * dv..(s * t + i + 1) * dv].iter_mut().zip(&num).for_each(|(o, x)| *o = x / den);
-        }
-    }
-    y
 }
 
 fn finite(t: &Tensor<Cuda>) -> bool {
@@ -86,7 +68,7 @@ fn run_case(dev: &Cuda, q: &Pair, k: &Pair, v: &Pair, dy: &Pair, causal: bool) -
     // References: f64 on the same (rounded) inputs; the CPU backend in the same dtype.
     let up = |x: &Pair| x.cpu.to_dtype(DType::F64).unwrap();
     let (q64, k64, v64, dy64) = (up(q), up(k), up(v), up(dy));
-    let want = quadratic(&q64.to_vec_f64()?, &k64.to_vec_f64()?, &v64.to_vec_f64()?, seqs, t, d, dv, causal);
+    let want = Ela::builtin(EXP).with_causal(causal).run(Form::Quadratic, &q64, &k64, &v64)?.to_vec_f64()?;
     let y64 = q64.ela(&k64, &v64, &p)?;
     let r64 = Tensor::ela_backward(&q64, &k64, &v64, &y64, &dy64, &p)?;
     let cy = q.cpu.ela(&k.cpu, &v.cpu, &p)?;
@@ -248,14 +230,14 @@ fn chunked_prefill_and_batched_steps_match_the_cpu_state() -> Result<()> {
             Pair::new(x.to_dtype(dtype).unwrap(), &dev)
         };
         let (q, k, v) = (mk(d, 1.5, 2.0), mk(d, 1.5, -1.0), mk(d, 1.0, 0.0));
-        let mut cs = ElaState::new(EXP, b, h, d, d, dtype, &Cpu)?;
-        let mut gs = ElaState::new(EXP, b, h, d, d, dtype, &dev)?;
+        let mut cs = FusedElaState::new(EXP, b, h, d, d, dtype, &Cpu)?;
+        let mut gs = FusedElaState::new(EXP, b, h, d, d, dtype, &dev)?;
         let tol = bound(dtype);
         let tag = format!("{dtype:?} d={d}");
         // Two prefills (the second continues from the carried state), then batched steps.
         for (a, len) in [(0, 70), (70, 30)] {
-            let cy = cs.prefill(&q.cpu.narrow(2, a, len)?, &k.cpu.narrow(2, a, len)?, &v.cpu.narrow(2, a, len)?, 64)?;
-            let gy = gs.prefill(&q.gpu.narrow(2, a, len)?, &k.gpu.narrow(2, a, len)?, &v.gpu.narrow(2, a, len)?, 64)?;
+            let cy = cs.prefill(&q.cpu.narrow(2, a, len)?, &k.cpu.narrow(2, a, len)?, &v.cpu.narrow(2, a, len)?)?;
+            let gy = gs.prefill(&q.gpu.narrow(2, a, len)?, &k.gpu.narrow(2, a, len)?, &v.gpu.narrow(2, a, len)?)?;
             let e = rel_err(&gy.to_vec_f64()?, &cy.to_vec_f64()?);
             assert!(e <= 2.0 * tol, "prefill at {a} {tag}: {e:e}");
         }

@@ -1,4 +1,6 @@
-//! Hand-derived backward of the chunked ELA forward for one sequence (docs/ela.md, "backward").
+//! Hand-derived backward of the causal chunked ELA forward (`chunk_fwd.rs`) for one sequence
+//! (docs/ela.md, "Backward"). The non-causal backward (`noncausal.rs`) shares the per-row and
+//! state terms defined here.
 //!
 //! With `g_i = dy_i / den_i` and `c_i = g_i . y_i` (per row, in the row's units):
 //!
@@ -7,31 +9,28 @@
 //! (B2) dphi_i  = sum_j da_ij psi_j  = S_i g_i - c_i z_i
 //! (B3) dpsi_j  = sum_{i>=j} da_ij phi_i = U_j v_j - w_j,   U_j = sum_{i>=j} phi_i g_i^T,  w_j = sum_{i>=j} c_i phi_i
 //! (B4) dv_j    = sum_{i>=j} a_ij g_i = U_j^T psi_j
-//! (B5) dq = phi_vjp(q, dphi), dk = psi_vjp(k, dpsi)    (units: dq = phi * dphi, dk = psi * dpsi)
+//! (B5) dq = phi_vjp(q, dphi), dk = psi_vjp(k, dpsi)    (units, V1: dq = phi * dphi, dk = psi * dpsi)
 //! ```
 //!
 //! Causal: a forward pass recomputes and stores the state before every chunk and the absorbed key
 //! features (memory O(T/C F Dv + T F); it costs one `F x C x Dv` product per chunk, a quarter of
 //! the forward), then a reverse pass over chunks carries `(U, w)` from later chunks (the "dS, dz"
-//! of the scan, eq. (R)) and adds the intra-chunk terms. Non-causal: one global `(S, z)` and one
-//! global `(U, w)`. The forward saves only its output `y`.
+//! of the scan, eq. (R)) and adds the intra-chunk terms. The forward saves only its output `y`.
 
-use super::chunk::{
-    absorb_into, dot, key_features_state, mm, mm_lower_left, mm_lower_out, mm_lower_t_left, prep, Chunk, Seq, State,
-};
-use super::exp::ElaFloat;
+use super::chunk::{absorb_into, chunking, prep, Chunk, Seq, State};
+use super::exact_rows;
 use super::features::{phi_vjp_row, psi_vjp_row};
-use super::forward::{global_state, noncausal_query_features};
-use super::slow;
+use super::float::ElaFloat;
+use super::linalg::{dot, mm, mm_lower_left, mm_lower_out, mm_lower_t_left};
 
 /// Scratch buffers of the backward pass (sizes for chunks of `c` rows).
-struct Grad<T> {
-    g: Vec<T>,
-    cc: Vec<T>,
+pub(super) struct Grad<T> {
+    pub(super) g: Vec<T>,
+    pub(super) cc: Vec<T>,
     da: Vec<T>,
     tmp: Vec<T>,
-    dphi: Vec<T>,
-    dpsi: Vec<T>,
+    pub(super) dphi: Vec<T>,
+    pub(super) dpsi: Vec<T>,
 }
 
 impl<T: ElaFloat> Grad<T> {
@@ -40,9 +39,14 @@ impl<T: ElaFloat> Grad<T> {
         Grad { g: z(c * dv), cc: z(c), da: z(c * c), tmp: z(c * f), dphi: z(c * f), dpsi: z(c * f) }
     }
 
+    /// The scratch for chunks of `c` rows and the accumulators `(U, w)` of (R), zero.
+    pub(super) fn with_accumulators(c: usize, f: usize, dv: usize) -> (Self, Vec<T>, Vec<T>) {
+        (Self::new(c, f, dv), vec![T::ZERO; f * dv], vec![T::ZERO; f])
+    }
+
     /// `g_i = dy_i / den_i`, `c_i = g_i . y_i` for the chunk's rows; zero for the rows in `skip`
     /// (they go through the exact path).
-    fn rows(&mut self, y: &[T], dy: &[T], den: &[T], skip: &[usize], dv: usize) {
+    pub(super) fn rows(&mut self, y: &[T], dy: &[T], den: &[T], skip: &[usize], dv: usize) {
         for (i, &den) in den.iter().enumerate() {
             let g = &mut self.g[i * dv..(i + 1) * dv];
             if skip.contains(&i) {
@@ -66,78 +70,15 @@ fn put<T: ElaFloat>(out: &mut [T], feat: Option<&[T]>, x: &[T], add: bool) {
     }
 }
 
-/// Gradients of one sequence. `y` is the forward output, `dy` its upstream gradient; `dq`, `dk`
-/// (`t x d`) and `dvo` (`t x dv`) are overwritten.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn backward_seq<T: ElaFloat>(
-    seq: &Seq<T>,
-    causal: bool,
-    chunk: usize,
-    y: &[T],
-    dy: &[T],
-    dq: &mut [T],
-    dk: &mut [T],
-    dvo: &mut [T],
-) {
-    if seq.t == 0 {
-        return;
-    }
+/// Gradients of one sequence: `[y, dy]` the forward output and its upstream gradient, `[dq, dk,
+/// dvo]` (`t x d`, `t x d`, `t x dv`) overwritten.
+pub(crate) fn backward_seq<T: ElaFloat>(seq: &Seq<T>, chunk: usize, [y, dy]: [&[T]; 2], out: [&mut [T]; 3]) {
+    let Some((c, mut ch)) = chunking(seq, chunk) else { return };
+    let [dq, dk, dvo] = out;
     let (d, f, dv, units) = (seq.d, seq.f(), seq.dv, seq.exp());
-    let c = chunk.min(seq.t);
     let nch = seq.t.div_ceil(c);
-    let mut ch = Chunk::new(c, f, units);
-    let mut gr = Grad::new(c, f, dv);
-    let mlen = if units { f } else { 0 };
-    let per = f * dv + f + mlen;
-    let (mut acc_u, mut acc_w) = (vec![T::ZERO; f * dv], vec![T::ZERO; f]);
-
-    if !causal {
-        let mut buf = vec![T::ZERO; per];
-        let (s, rest) = buf.split_at_mut(f * dv);
-        let (z, m) = rest.split_at_mut(f);
-        m.fill(T::neg_infinity());
-        let mut st = State { s, z, m };
-        global_state(seq, c, &mut st, &mut ch);
-        for t0 in (0..seq.t).step_by(c) {
-            let n = c.min(seq.t - t0);
-            noncausal_query_features(seq, t0, n, &st, &mut ch);
-            gr.rows(&y[t0 * dv..], &dy[t0 * dv..], &ch.den[..n], &[], dv);
-            state_terms(seq, &st, &ch, &mut gr, &mut dq[t0 * d..(t0 + n) * d], false);
-            if !units {
-                for i in 0..n {
-                    let dqi = &mut dq[(t0 + i) * d..(t0 + i + 1) * d];
-                    phi_vjp_row(seq.kernel, seq.q_row(t0 + i), &gr.dphi[i * f..(i + 1) * f], dqi);
-                }
-            }
-            accumulate(f, dv, n, &ch, &gr, &mut acc_u, &mut acc_w);
-        }
-        for t0 in (0..seq.t).step_by(c) {
-            let n = c.min(seq.t - t0);
-            key_features_state(seq, t0, n, st.m, &mut ch.psi_u);
-            later_rows(
-                seq,
-                t0,
-                n,
-                &ch.psi_u,
-                &mut gr,
-                &acc_u,
-                &acc_w,
-                &mut dk[t0 * d..(t0 + n) * d],
-                &mut dvo[t0 * dv..],
-            );
-            if !units {
-                for j in 0..n {
-                    psi_vjp_row(
-                        seq.kernel,
-                        seq.k_row(t0 + j),
-                        &gr.dpsi[j * f..(j + 1) * f],
-                        &mut dk[(t0 + j) * d..][..d],
-                    );
-                }
-            }
-        }
-        return;
-    }
+    let (mut gr, mut acc_u, mut acc_w) = Grad::with_accumulators(c, f, dv);
+    let per = f * dv + f + if units { f } else { 0 };
 
     // Pass 1: the state before every chunk, and the key features as absorbed (in the units of
     // the state after their chunk), which pass 2 needs again for (B3)/(B4).
@@ -217,7 +158,7 @@ pub(crate) fn backward_seq<T: ElaFloat>(
         for &i in &ch.slow {
             let (yi, dyi) = (&y[(t0 + i) * dv..][..dv], &dy[(t0 + i) * dv..][..dv]);
             let acc = (&mut acc_u[..], &mut acc_w[..]);
-            slow::backward_row(seq, t0, t0 + i, &st, empty, yi, dyi, &mut dqc[i * d..(i + 1) * d], dkc, dvc, acc);
+            exact_rows::backward_row(seq, t0, t0 + i, &st, empty, yi, dyi, &mut dqc[i * d..(i + 1) * d], dkc, dvc, acc);
         }
         if !units {
             for i in 0..n {
@@ -231,7 +172,14 @@ pub(crate) fn backward_seq<T: ElaFloat>(
 
 /// (B2) against a state: `dphi_i (+)= S g_i - c_i z` for the chunk's rows, into `dq` (units,
 /// times `phi_b`) or `gr.dphi`.
-fn state_terms<T: ElaFloat>(seq: &Seq<T>, st: &State<T>, ch: &Chunk<T>, gr: &mut Grad<T>, dq: &mut [T], add: bool) {
+pub(super) fn state_terms<T: ElaFloat>(
+    seq: &Seq<T>,
+    st: &State<T>,
+    ch: &Chunk<T>,
+    gr: &mut Grad<T>,
+    dq: &mut [T],
+    add: bool,
+) {
     let (f, dv, n) = (seq.f(), seq.dv, ch.n);
     mm(n, f, dv, &gr.g, (dv, 1), st.s, (1, dv), T::ZERO, &mut gr.tmp, f);
     for (row, &cc) in gr.tmp[..n * f].chunks_mut(f).zip(&gr.cc[..n]) {
@@ -247,7 +195,7 @@ fn state_terms<T: ElaFloat>(seq: &Seq<T>, st: &State<T>, ch: &Chunk<T>, gr: &mut
 /// (B3)/(B4) from rows after the chunk: `dv_j = psi_u_j^T U`, `dpsi_j = U v_j - w`, into `dk`
 /// (units, times `psi_u`) or `gr.dpsi`; `dvc` is overwritten.
 #[allow(clippy::too_many_arguments)]
-fn later_rows<T: ElaFloat>(
+pub(super) fn later_rows<T: ElaFloat>(
     seq: &Seq<T>,
     t0: usize,
     n: usize,
@@ -272,7 +220,7 @@ fn later_rows<T: ElaFloat>(
 }
 
 /// (R): `U += phi^T G`, `w += phi^T c` for the chunk's rows (`phi` = the features that met the state).
-fn accumulate<T: ElaFloat>(
+pub(super) fn accumulate<T: ElaFloat>(
     f: usize,
     dv: usize,
     n: usize,

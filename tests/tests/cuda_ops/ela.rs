@@ -2,7 +2,7 @@
 //! every built-in kernel), backward, prefill with a carried state and recurrent steps.
 
 use ela_core::ela::ElaParams;
-use ela_core::{Cpu, DType, ElaKernel, ElaState, Result, Rng, Tensor};
+use ela_core::{Cpu, DType, ElaKernel, FusedElaState, Result, Rng, Tensor};
 use ela_cuda::Cuda;
 
 use crate::{check_tol, gpu, rel_err, Pair};
@@ -59,7 +59,7 @@ fn ela_forward_and_backward_match_the_cpu_for_every_kernel() -> Result<()> {
     Ok(())
 }
 
-/// Non-causal calls in both CUDA forms: the parallel form (`ops/ela_noncausal.rs`) at YOLO-LAT's
+/// Non-causal calls in both CUDA forms: the parallel form (`ops/ela/noncausal.rs`) at YOLO-LAT's
 /// neck shape (4 heads of 16 over 20 x 20 cells; T not a multiple of the 32-token groups nor of
 /// the staged rows) and with 120 sequences, and the scan where F x Dv is too large for the
 /// parallel form. Gradients of the signed kernels cancel heavily at d = 80, so both devices are
@@ -140,10 +140,10 @@ fn prefill_then_steps_match_the_cpu_state_and_outputs() -> Result<()> {
         for d in [DType::F32, DType::F64] {
             let (scale, shift) = if kernel == ElaKernel::HadamardExp { (2.0, 3.0) } else { (0.3, 0.2) };
             let (q, k, v) = qkv([2, 2, 12, 4], 3, scale, shift, d, 11, &dev);
-            let mut cs = ElaState::new(kernel, 2, 2, 4, 3, d, &Cpu)?;
-            let mut gs = ElaState::new(kernel, 2, 2, 4, 3, d, &dev)?;
-            let cy = cs.prefill(&q.cpu.narrow(2, 0, 9)?, &k.cpu.narrow(2, 0, 9)?, &v.cpu.narrow(2, 0, 9)?, 4)?;
-            let gy = gs.prefill(&q.gpu.narrow(2, 0, 9)?, &k.gpu.narrow(2, 0, 9)?, &v.gpu.narrow(2, 0, 9)?, 4)?;
+            let mut cs = FusedElaState::new(kernel, 2, 2, 4, 3, d, &Cpu)?.with_chunk(4);
+            let mut gs = FusedElaState::new(kernel, 2, 2, 4, 3, d, &dev)?.with_chunk(4);
+            let cy = cs.prefill(&q.cpu.narrow(2, 0, 9)?, &k.cpu.narrow(2, 0, 9)?, &v.cpu.narrow(2, 0, 9)?)?;
+            let gy = gs.prefill(&q.gpu.narrow(2, 0, 9)?, &k.gpu.narrow(2, 0, 9)?, &v.gpu.narrow(2, 0, 9)?)?;
             let (rt, at) = ela_tol(d);
             let tag = format!("{kernel} {d:?}");
             check_tol(&format!("prefill {tag}"), &cy, &gy, rt, at);

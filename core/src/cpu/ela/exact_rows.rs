@@ -7,8 +7,9 @@
 //! with the exact `r_i`, so their largest term is exactly 1 and `den_i >= 1`. Inputs of the row
 //! only: causality is preserved. Cost O(n D Dv) per such row, which is O(C D Dv) at most.
 
-use super::chunk::{dot, state_log_max, Seq, State};
-use super::exp::ElaFloat;
+use super::chunk::{state_log_max, Seq, State};
+use super::float::ElaFloat;
+use super::linalg::dot;
 
 /// The exact log-scale of row `ti`: the largest `q_ic + k_jc` over the chunk keys `t0..=ti` and
 /// the largest `q_ic + m_c` over the state.

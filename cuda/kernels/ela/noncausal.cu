@@ -1,7 +1,7 @@
 // Non-causal Exact Linear Attention in the parallel form, any built-in kernel, small heads
-// (F x Dv <= NC_ACC * 256). Compiled in one module after ela.cu (kernel codes, feature_size).
+// (F x Dv <= NC_ACC * 256). Compiled in one module after recurrent.cu (kernel codes, feature_size).
 //
-// Without a causal mask every query reads the same state, so the sequential scan of ela.cu is not
+// Without a causal mask every query reads the same state, so the sequential scan of recurrent.cu is not
 // needed: the state is one reduction over all tokens and every output row is independent.
 //
 //   forward    S = sum_j psi_j v_j^T, z = sum_j psi_j          (ela_nc_outer, one block per sequence)
@@ -13,7 +13,7 @@
 //
 // The derivation is docs/ela.md, "Backward", (B1)-(B5), with every prefix sum replaced by the
 // full sum.
-// Hadamard Exp keeps its log-scales as in ela.cu, with m[f] = max_j k_jf over the whole sequence:
+// Hadamard Exp keeps its log-scales as in recurrent.cu, with m[f] = max_j k_jf over the whole sequence:
 // psi = exp(k - m) <= 1, phi = exp(q + m - u) with u = max_f (q_f + m_f), so phi . z >= 1.
 // Every sum runs in a fixed order (no atomics): results are deterministic.
 
@@ -31,7 +31,7 @@ template <typename C> __device__ __forceinline__ C warp_max(C v) {
 }
 
 // Feature c of a key row x (psi) or a query row x (phi), one element per call, as `features` in
-// ela.cu computes the whole vector: n2 = |x|^2, m the log-scales, u the query's shift (Hadamard
+// recurrent.cu computes the whole vector: n2 = |x|^2, m the log-scales, u the query's shift (Hadamard
 // Exp only).
 template <typename C>
 __device__ __forceinline__ C nc_feature(int kern, bool key, const C* x, int d, int c, C n2, const C* m, C u) {
@@ -47,7 +47,7 @@ __device__ __forceinline__ C nc_feature(int kern, bool key, const C* x, int d, i
     return x[c];
 }
 
-// dx = (d feature / d x)^T gf for one row, lanes of one warp over e < d (features_vjp of ela.cu).
+// dx = (d feature / d x)^T gf for one row, lanes of one warp over e < d (features_vjp of recurrent.cu).
 template <typename D>
 __device__ void nc_feature_vjp(int kern, bool key, const typename D::C* x, int d, const typename D::C* gf, typename D::C n2,
                                typename D::S* dx, int lane) {

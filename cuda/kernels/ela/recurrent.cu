@@ -1,9 +1,11 @@
-// Exact Linear Attention, fused: forward (causal with an optional carried state, or non-causal),
-// backward, and (through the forward with T = 1) the recurrent step. One block per (batch, head)
+// Exact Linear Attention, fused, for any built-in kernel: the feature maps of every kernel and
+// their VJPs (also used by noncausal.cu), and the per-token scan: forward (causal with an
+// optional carried state, or non-causal), backward, and (through the forward with T = 1) the
+// recurrent step. One block per (batch, head)
 // sequence scans time in the *recurrent* form (docs/ela.md): per token, absorb (k, v) into the
-// state (S [F x Dv], z [F]) and read y = phi(q)^T S / (phi(q) . z). Work O(T F Dv) per sequence,
+// state (S [F x Dv], z [F]) and read y = phi(q)^T S / (phi(q) . z), eq. (L). Work O(T F Dv) per sequence,
 // state O(F Dv), no T x T buffer. The CPU backend's chunked form computes the same quantities; the
-// results agree to rounding (tests/cuda_ops/ela.rs).
+// results agree to rounding (tests/tests/cuda_ops/ela.rs).
 //
 // Hadamard Exp carries log-scales as on the CPU: the state holds exp(-m[f]) * (S, z) with m the
 // running per-feature maximum of the keys (rescaled like online softmax when it grows), keys enter
@@ -11,12 +13,12 @@
 // feature f* attaining u has phi = 1 and z[f*] >= 1 (the key that set m[f*] contributed exp(0)),
 // so every denominator is >= 1: no underflow path is needed in this form.
 //
-// Backward (g = dy / den, c = g . y per row, all in the row's units):
-//   dphi_i = S_i g_i - c_i z_i            (forward scan; S_i includes key i)
-//   U_j = sum_{i>=j} phi_i g_i^T, w_j = sum_{i>=j} c_i phi_i   (reverse scan, rescaled between
-//         the log-scale frames of consecutive keys)
-//   dv_j = U_j^T psi_j, dpsi_j = U_j v_j - w_j; dq = phi * dphi, dk = psi * dpsi (Hadamard Exp)
-//   or the feature maps' vector-Jacobian products (other kernels).
+// Backward (docs/ela.md, "Backward"; g = dy / den, c = g . y per row, all in the row's units):
+//   dphi_i = S_i g_i - c_i z_i            (B2; forward scan; S_i includes key i)
+//   U_j = sum_{i>=j} phi_i g_i^T, w_j = sum_{i>=j} c_i phi_i   (B3, R; reverse scan, rescaled
+//         between the log-scale frames of consecutive keys)
+//   dv_j = U_j^T psi_j (B4), dpsi_j = U_j v_j - w_j (B3); dq = phi * dphi, dk = psi * dpsi
+//   (B5 with V1, Hadamard Exp) or the feature maps' vector-Jacobian products (other kernels).
 
 // Kernel codes K_EXP, K_SUM, K_SUB, K_BLUE, K_ID, K_ELU: defined before this file by cuda/src/kernels.rs
 // (`ela_kernel_defines`) from `ElaKernel::code` in core/src/ela.rs, so they cannot drift.
@@ -57,7 +59,8 @@ template <typename C> __device__ void features(int kern, bool key, const C* x, i
     }
 }
 
-// dx[d] = (d feature / d x)^T gf for the signed kernels and Identity, stored to global memory.
+// dx[d] = (d feature / d x)^T gf for the signed kernels and Identity, stored to global memory:
+// (V2)-(V4) for Sum/Sub, (V5) for the blueprint (Hadamard Exp, (V1), is `phi * dphi` in the scan).
 template <typename D>
 __device__ void features_vjp(int kern, bool key, const typename D::C* x, int d, const typename D::C* gf,
                              typename D::S* dx, typename D::C* red) {

@@ -1,12 +1,12 @@
 //! The compute float of the ELA kernels: the GEMM, an in-place `exp` over slices, and the
-//! threshold below which a row's denominator is recomputed exactly (see `slow.rs`).
+//! threshold below which a row's denominator is recomputed exactly (see `exact_rows.rs`).
 
 use crate::cpu::matmul::GemmFloat;
 
 /// f32 or f64, as the ELA kernels need them.
 pub(crate) trait ElaFloat: GemmFloat {
     /// A row whose shifted denominator falls below this may have lost its dominant terms to
-    /// underflow in the fast path and is recomputed with its exact log-scale (`slow.rs`). Chosen so
+    /// underflow in the fast path and is recomputed with its exact log-scale (`exact_rows.rs`). Chosen so
     /// that above it the dominant term is a normal number with room for 2^-mantissa smaller ones
     /// (docs/ela.md#numerics).
     const TINY: Self;

@@ -1,0 +1,130 @@
+//! Fused Exact Linear Attention on CUDA: the dispatch of the fused ops (`Backend::ela_forward`,
+//! `ela_forward_saving`, `ela_backward`, `ela_step`) to the algorithms, one file each, named like
+//! their CPU counterparts (`core/src/cpu/ela/`) and kernel files (`cuda/kernels/ela/`):
+//!
+//! - `chunk.rs`: Hadamard Exp with f32/f16/bf16 inputs and head sizes 64 or 128, the chunked
+//!   tensor-core kernels (`chunk_fwd.cu`, `chunk_bwd.cu`);
+//! - `noncausal.rs`: non-causal calls with small heads, the parallel form (`noncausal.cu`);
+//! - `recurrent.rs`: every other call, the per-token scan (`recurrent.cu`; its header has the
+//!   math and the numerics);
+//! - `step.rs`: one decode token (`step.cu` for the chunked variants, else the scan).
+//!
+//! Arguments are checked once, by `Tensor` (`ElaDims::from_shapes`, `ElaParams::validate`, the
+//! state's sizes in `FusedElaState`); these functions trust them (debug builds assert the buffer
+//! lengths). What is checked here is this device's own limit: the scan kernel's shared memory.
+
+mod chunk;
+mod noncausal;
+mod recurrent;
+mod step;
+
+use ela_core::ela::{ElaDims, ElaKernel, ElaParams, ElaSaved, ElaStateBufs};
+use ela_core::{DType, Result};
+
+use super::stat_dtype;
+use crate::device::Cuda;
+use crate::storage::CudaStorage;
+
+/// The dtype of q/k/v (one float dtype, lengths matching `dims`: checked by `Tensor`; asserted in
+/// debug builds).
+fn qkv_dtype(q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, dims: &ElaDims) -> DType {
+    let rows = dims.sequences() * dims.t;
+    debug_assert!(q.dtype() == k.dtype() && q.dtype() == v.dtype() && q.dtype().is_float(), "ela: dtypes");
+    debug_assert!(q.len() == rows * dims.d && k.len() == rows * dims.d, "ela: q, k for {dims:?}");
+    debug_assert_eq!(v.len(), rows * dims.dv, "ela: v for {dims:?}");
+    q.dtype()
+}
+
+/// The state buffers' device addresses. The state was made by `FusedElaState::new` for these sizes and
+/// kernel, and `FusedElaState` checks what it is fed (debug builds assert it here).
+fn state_ptrs(st: &ElaStateBufs<CudaStorage>, dims: &ElaDims, kernel: ElaKernel, sd: DType) -> (u64, u64, u64) {
+    let (n, f, dv) = (dims.sequences(), kernel.feature_size(dims.d), dims.dv);
+    let ok = |s: &CudaStorage, len: usize| s.dtype() == sd && s.len() == len;
+    debug_assert!(ok(&st.s, n * f * dv) && ok(&st.z, n * f), "ela: state S, z for {dims:?}, {kernel}");
+    debug_assert!(
+        st.m.as_ref().map_or(!kernel.has_units(), |m| kernel.has_units() && ok(m, n * f)),
+        "ela: state m for {dims:?}, {kernel}"
+    );
+    (st.s.ptr(), st.z.ptr(), st.m.as_ref().map_or(0, |m| m.ptr()))
+}
+
+impl Cuda {
+    /// `Backend::ela_forward_saving`: the chunked path keeps its slots and per-row scales for the
+    /// backward; other shapes save nothing.
+    pub(crate) fn ela_forward_saving_impl(
+        &self,
+        [q, k, v]: [&CudaStorage; 3],
+        dims: &ElaDims,
+        p: &ElaParams,
+    ) -> Result<(CudaStorage, Option<ElaSaved<CudaStorage>>)> {
+        let d = qkv_dtype(q, k, v, dims);
+        match chunk::variant(p.kernel, d, dims) {
+            Some(cv) => {
+                let (y, bufs) = self.ela_chunk_forward(&cv, [q, k, v], dims, p.causal, None, true)?;
+                Ok((y, bufs.map(|buffers| ElaSaved { buffers, dims: *dims, params: *p })))
+            }
+            None => Ok((self.ela_forward_impl(q, k, v, dims, p, None)?, None)),
+        }
+    }
+
+    /// Fused ELA forward (see `Backend::ela_forward`).
+    pub(crate) fn ela_forward_impl(
+        &self,
+        q: &CudaStorage,
+        k: &CudaStorage,
+        v: &CudaStorage,
+        dims: &ElaDims,
+        p: &ElaParams,
+        state: Option<&mut ElaStateBufs<CudaStorage>>,
+    ) -> Result<CudaStorage> {
+        let d = qkv_dtype(q, k, v, dims);
+        debug_assert!(p.chunk >= 1 && (p.causal || state.is_none()), "ela_forward: {p:?} (ElaParams::validate)");
+        let sd = stat_dtype(d);
+        if let Some(cv) = chunk::variant(p.kernel, d, dims) {
+            let state = match state {
+                Some(st) => {
+                    let ptrs = state_ptrs(st, dims, p.kernel, sd);
+                    Some((st, [ptrs.0, ptrs.1, ptrs.2]))
+                }
+                None => None,
+            };
+            return Ok(self.ela_chunk_forward(&cv, [q, k, v], dims, p.causal, state, false)?.0);
+        }
+        if !p.causal && state.is_none() {
+            if let Some(plan) = noncausal::plan(p.kernel, dims, sd) {
+                return self.ela_nc_forward(&plan, q, k, v, dims, p.kernel, sd);
+            }
+        }
+        self.ela_scan_forward("ela_forward", [q, k, v], dims, p, state)
+    }
+
+    /// Backward of the fused forward from an empty state (see `Backend::ela_backward`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn ela_backward_impl(
+        &self,
+        q: &CudaStorage,
+        k: &CudaStorage,
+        v: &CudaStorage,
+        y: &CudaStorage,
+        dy: &CudaStorage,
+        dims: &ElaDims,
+        p: &ElaParams,
+        saved: Option<&ElaSaved<CudaStorage>>,
+    ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+        const OP: &str = "ela_backward";
+        let d = qkv_dtype(q, k, v, dims);
+        debug_assert!(y.dtype() == d && dy.dtype() == d, "{OP}: y, dy dtypes");
+        debug_assert!(y.len() == v.len() && dy.len() == v.len(), "{OP}: y, dy for {dims:?}");
+        let sd = stat_dtype(d);
+        if let Some(cv) = chunk::variant(p.kernel, d, dims) {
+            let saved = saved.filter(|s| s.dims == *dims && s.params == *p).map(|s| s.buffers.as_slice());
+            return self.ela_chunk_backward(&cv, [q, k, v, y, dy], dims, p.causal, saved);
+        }
+        if !p.causal {
+            if let Some(plan) = noncausal::plan(p.kernel, dims, sd) {
+                return self.ela_nc_backward(&plan, [q, k, v, y, dy], dims, p.kernel, sd);
+            }
+        }
+        self.ela_scan_backward([q, k, v, y, dy], dims, p)
+    }
+}
