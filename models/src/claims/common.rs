@@ -19,7 +19,8 @@ pub enum Budget {
     Tiny,
     /// A few minutes per experiment on 2 CPU cores: provisional numbers.
     Quick,
-    /// The GPU budget (`--device cuda`), about 20 minutes for all experiments.
+    /// The GPU budget (`--device cuda`): `decode` takes ~11 s on an H200, but `lm` alone ran past 510 s
+    /// there (stopped at step 940 of one of its 1500-step runs), so the whole set needs well over 20 minutes.
     Full,
 }
 
@@ -112,6 +113,18 @@ pub struct Results {
     start: std::time::Instant,
 }
 
+/// The host, and the GPU's name when the run is on one.
+fn machine(device: &str) -> String {
+    let host = crate::cli::bench::machine();
+    match device.parse() {
+        Ok(crate::device::Device::Cuda(n)) => match ela_cuda::Cuda::new(n) {
+            Ok(gpu) => format!("{} ({device}) on {host}", gpu.name()),
+            Err(_) => host,
+        },
+        _ => host,
+    }
+}
+
 impl Results {
     /// A results document for experiment `name` (claim `claim`, which says `paper`), with the
     /// header every experiment records: budget, device, seeds, machine, git commit, date.
@@ -123,7 +136,7 @@ impl Results {
         doc.insert("budget".into(), json!(args.budget.name()));
         doc.insert("device".into(), json!(args.device));
         doc.insert("seeds".into(), json!(args.seeds()));
-        doc.insert("machine".into(), json!(crate::cli::bench::machine()));
+        doc.insert("machine".into(), json!(machine(&args.device)));
         doc.insert("commit".into(), json!(git_commit()));
         doc.insert("date".into(), json!(crate::cli::bench::today_utc()));
         doc.insert("command".into(), json!(std::env::args().collect::<Vec<_>>().join(" ")));
@@ -157,28 +170,10 @@ impl Results {
     }
 }
 
-/// `git describe`-like short commit of the working tree, with `-dirty` when it has changes;
-/// "unknown" outside a git checkout.
+/// The short git commit this binary was built from (`-dirty` when the tree had changes), recorded
+/// at build time by `build.rs`: a binary carried to another machine reports its own code.
 pub fn git_commit() -> String {
-    let run = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match run(&["rev-parse", "--short", "HEAD"]) {
-        None => "unknown".into(),
-        Some(c) => {
-            let dirty = run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-            if dirty {
-                format!("{c}-dirty")
-            } else {
-                c
-            }
-        }
-    }
+    env!("ELA_BUILD_COMMIT").to_string()
 }
 
 /// Mean and sample standard deviation (0 for one value) of the finite values; NaN when none.
@@ -573,7 +568,7 @@ pub fn provenance(args: &RunArgs) -> String {
         "Budget `{}` on `{}` ({}), seeds {:?}, commit {}.",
         args.budget.name(),
         args.device,
-        crate::cli::bench::machine(),
+        machine(&args.device),
         args.seeds(),
         git_commit()
     )

@@ -83,11 +83,12 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     md += "Written by `ela claims report` from `runs/claims/*/results.json`; every number below was measured by the command named beside it \
            (nothing is extrapolated; derived quantities say so). ";
     if provisional {
-        let machine = found.first().map_or("?", |f| str_of(&f.2, "machine"));
-        let budget = found.first().map_or("?", |f| str_of(&f.2, "budget"));
+        let quick: Vec<&str> = found.iter().filter(|f| str_of(&f.2, "budget") != "full").map(|f| f.0).collect();
         md += &format!(
-            "\n\n**Provisional: {budget} budget, {machine}.** These runs are minutes long at most; every verdict below is provisional \
-             until the full budget (`--budget full --device cuda`) is run. Runs: {}.\n\n",
+            "\n\n**Provisional where the budget is not `full`** ({}): those runs are minutes long on a CPU, and their \
+             verdicts are provisional until the full budget (`--budget full --device cuda`) is run. Runs (machine of each in its \
+             section): {}.\n\n",
+            quick.join(", "),
             budgets.join("; ")
         );
     } else {
