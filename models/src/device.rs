@@ -39,6 +39,26 @@ use std::str::FromStr;
 
 use ela_core::{Error, Result};
 
+/// `--chunk` is the chunk length of ELA's chunked form on the CPU; the CUDA backend picks its own
+/// chunking per kernel path and never reads it. So that a chunk the user asked for is never
+/// silently dropped, a chunk other than the default on a CUDA device (`device_name` as
+/// [`ela_core::Backend::device_name`] or `--device` writes it) is refused, naming `op`.
+pub fn check_chunk(chunk: usize, device_name: &str, op: &'static str) -> Result<()> {
+    if chunk == 0 {
+        return Err(Error::invalid(op, "--chunk must be at least 1"));
+    }
+    if device_name.starts_with("cuda") && chunk != ela_core::ela::DEFAULT_CHUNK {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "--chunk {chunk} applies to the CPU only: the CUDA backend chooses its own chunking (results agree \
+                 for every chunk length up to rounding); drop --chunk or use --device cpu"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Where a computation runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Device {

@@ -2,6 +2,8 @@
 //! `with_device!` runs a generic body on the CPU, and a CUDA device that is not there is a typed
 //! `DeviceUnavailable` error (on a GPU machine the same body runs on the GPU and agrees).
 
+mod bin;
+
 use ela_models::device::Device;
 use ela_models::ela_core::{Backend, DType, Error, Result, Rng, Tensor};
 use ela_models::with_device;
@@ -59,4 +61,25 @@ fn memory_checks_on_a_gpu_use_its_free_memory() {
     assert!(e.contains("free GPU memory"), "{e}");
     let e = too_big.check_for("t", Device::Cuda(0)).unwrap_err().to_string();
     assert!(e.contains("free GPU memory"), "{e}");
+}
+
+/// `--chunk` is a CPU setting: on a CUDA device a chunk other than the default is refused (the
+/// check runs before any device is opened, so it holds on machines without a GPU too).
+#[test]
+fn a_chunk_for_the_gpu_is_refused_not_ignored() {
+    use ela_models::device::check_chunk;
+    assert!(check_chunk(64, "cuda:0", "t").is_ok());
+    assert!(check_chunk(32, "cpu", "t").is_ok());
+    let e = check_chunk(32, "cuda:0", "t").unwrap_err().to_string();
+    assert!(e.contains("--chunk 32 applies to the CPU only") && e.contains("--device cpu"), "{e}");
+    assert!(check_chunk(0, "cpu", "t").unwrap_err().to_string().contains("at least 1"));
+    for args in [
+        &["verify", "--device", "cuda", "--chunk", "32"][..],
+        &["bench", "decode", "--device", "cuda", "--chunk", "32"][..],
+    ] {
+        let o = std::process::Command::new(bin::ela_exe()).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("applies to the CPU only") && err.trim().lines().count() == 1, "{args:?}: {err}");
+    }
 }

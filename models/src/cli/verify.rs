@@ -51,8 +51,8 @@ pub struct VerifyArgs {
     /// Value dimension Dv (default: --dim).
     #[arg(long)]
     pub dv: Option<usize>,
-    /// Chunk length C of the chunked form (and of the CPU reference). With `--device cuda` the
-    /// device's forms ignore it: the CUDA backend picks its own chunking (cuda/README.md).
+    /// Chunk length C of the chunked form on the CPU. The CUDA backend picks its own chunking
+    /// (cuda/README.md), so with `--device cuda` any other value than 64 is refused.
     #[arg(long, default_value_t = 64)]
     pub chunk: usize,
     /// Causal (`true`) or full (`false`) attention; the recurrent form exists only when causal.
@@ -256,7 +256,8 @@ fn verify_kernel<B: Backend>(
 
 fn check_args(args: &VerifyArgs) -> Result<(Vec<ElaKernel>, DType)> {
     let dims = [("--batch", args.batch), ("--heads", args.heads), ("--time", args.time), ("--dim", args.dim)];
-    for (flag, n) in dims.into_iter().chain([("--dv", args.dv.unwrap_or(1)), ("--chunk", args.chunk)]) {
+    crate::device::check_chunk(args.chunk, &args.device, "ela verify")?;
+    for (flag, n) in dims.into_iter().chain([("--dv", args.dv.unwrap_or(1))]) {
         if n == 0 {
             return Err(Error::invalid("ela verify", format!("{flag} must be at least 1")));
         }

@@ -20,9 +20,9 @@ pub struct ModelArgs {
     /// linear attention with the elu+1 feature map) (parsed here, so a bad name is an argument error).
     #[arg(long, default_value = "hadamard-exp")]
     pub kernel: ElaKernel,
-    /// Chunk length of the chunked ELA form on the CPU. With `--device cuda` it is checked but
-    /// ignored: the CUDA backend picks its own chunking (cuda/README.md); results agree for every
-    /// chunk length up to rounding.
+    /// Chunk length of the chunked ELA form on the CPU. The CUDA backend picks its own chunking
+    /// (cuda/README.md), so with `--device cuda` any other value than 64 is refused; results agree
+    /// for every chunk length up to rounding.
     #[arg(long, default_value_t = 64)]
     pub chunk: usize,
     /// Layer connection: `residual` (pre-norm), `post-norm` (post-norm residual) or `hyper` (the

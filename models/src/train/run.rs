@@ -159,6 +159,10 @@ pub(crate) fn write_config_json(out: &Path, meta: &Metadata) -> Result<()> {
 /// Train (or resume) as `args` says, on `device`.
 pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
     let mut args = args.clone();
+    // The chunk the user gave (a resumed run's stored one is a CPU setting the GPU never reads).
+    if args.model.attention == "ela" {
+        crate::device::check_chunk(args.model.chunk, &device.device_name(), "train")?;
+    }
     if !args.resume {
         // A new run's settings are all known now: refuse bad ones (and sizes the machine cannot
         // hold) before a folder is made.

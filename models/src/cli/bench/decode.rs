@@ -47,8 +47,8 @@ pub struct BenchDecodeArgs {
     /// ELA kernel.
     #[arg(long, default_value = "hadamard-exp")]
     pub kernel: ela_nn::ela::ElaKernel,
-    /// Chunk length of the ELA prefill on the CPU (with `--device cuda` it is checked but
-    /// ignored: the CUDA backend picks its own chunking, see cuda/README.md).
+    /// Chunk length of the ELA prefill on the CPU. The CUDA backend picks its own chunking (see
+    /// cuda/README.md), so with `--device cuda` any other value than 64 is refused.
     #[arg(long, default_value_t = 64)]
     pub chunk: usize,
     /// Largest context for the softmax model (its prefill holds [heads, N, N] scores per layer).
@@ -207,9 +207,6 @@ pub fn run(args: &BenchDecodeArgs) -> Result<()> {
 impl BenchDecodeArgs {
     /// The chunk, checked for a one-line error before any work (the kernel is parsed by clap).
     fn check_kernel(&self) -> Result<()> {
-        if self.chunk == 0 {
-            return Err(Error::invalid("ela bench decode", "--chunk must be at least 1"));
-        }
-        Ok(())
+        crate::device::check_chunk(self.chunk, &self.device, "ela bench decode")
     }
 }
