@@ -56,6 +56,16 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
     fn to_cpu(&self, src: &Self::Storage, layout: &Layout) -> Result<CpuStorage>;
     /// A contiguous copy of the view.
     fn copy_contiguous(&self, src: &Self::Storage, layout: &Layout) -> Result<Self::Storage>;
+    /// Write the view `src_layout` of `src` into the view `dst_layout` of `dst`, in place (same
+    /// shape and dtype, checked by the caller). The one op that mutates a buffer: the caller owns
+    /// `dst` exclusively ([`crate::Tensor::write_slice`]), so no other tensor sees the change.
+    fn copy_into(
+        &self,
+        dst: &mut Self::Storage,
+        dst_layout: &Layout,
+        src: &Self::Storage,
+        src_layout: &Layout,
+    ) -> Result<()>;
     /// A contiguous copy converted to `dtype`.
     fn cast(&self, src: &Self::Storage, layout: &Layout, dtype: DType) -> Result<Self::Storage>;
 

@@ -73,6 +73,10 @@ impl Backend for Cuda {
     fn to_cpu(&self, s: &S, l: &Layout) -> Result<CpuStorage> {
         self.to_cpu_impl(s, l)
     }
+    fn copy_into(&self, dst: &mut S, dl: &Layout, src: &S, sl: &Layout) -> Result<()> {
+        crate::ops::check_same("copy_into", dst, src)?;
+        self.copy_strided(dst, dl, src, sl)
+    }
     fn copy_contiguous(&self, s: &S, l: &Layout) -> Result<S> {
         self.copy_contiguous_impl(s, l)
     }

@@ -45,6 +45,7 @@ fn bench_ela_prints_the_table_and_the_plot() {
 
 #[test]
 fn bench_decode_prints_latency_and_constant_ela_state() {
+    const STEPS: usize = 2;
     let o = ela(&[
         "bench",
         "decode",
@@ -68,14 +69,15 @@ fn bench_decode_prints_latency_and_constant_ela_state() {
     assert!(out.contains("| context | ELA ms/token | ELA state bytes | softmax ms/token |"), "{out}");
     let rows = table_rows(&out);
     assert_eq!(rows.len(), 3, "{out}");
-    // ELA: the same state at every context; softmax: a KV cache of 2 * layers * dim * N f32.
+    // ELA: the same state at every context; softmax: a KV cache allocated for the prompt and
+    // every timed step (N + steps + 1 positions) of 2 * layers * dim f32 each.
     let bytes = |c: &str| c.split_whitespace().next().unwrap().parse::<usize>().unwrap();
     for (row, n) in rows.iter().zip([16usize, 32, 48]) {
         assert_eq!(row[0], n.to_string());
         assert!(row[1].parse::<f64>().is_ok(), "{row:?}");
         assert_eq!(bytes(&row[2]), bytes(&rows[0][2]), "ELA state is constant in the context: {row:?}");
         if n <= 32 {
-            assert_eq!(bytes(&row[4]), 2 * 2 * 16 * n * 4, "{row:?}");
+            assert_eq!(bytes(&row[4]), 2 * 2 * 16 * (n + STEPS + 1) * 4, "{row:?}");
         } else {
             assert_eq!((row[3].as_str(), row[4].as_str()), ("-", "-"), "softmax skipped above the limit: {row:?}");
         }

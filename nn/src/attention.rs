@@ -4,8 +4,10 @@
 //! Projections `q, k, v, o` are [`Linear`] maps `d -> d` (no bias), split into `heads` heads of
 //! `d / heads`; optional RoPE rotates `q` and `k`. The mixer combines the heads' values:
 //!
-//! - [`Mixer::Softmax`]: `softmax(q k^T / sqrt(d_h) + causal mask) v`, decoding from a KV cache
-//!   that grows by one key and value per token (memory and time per token grow with context);
+//! - [`Mixer::Softmax`]: `softmax(q k^T / sqrt(d_h) + causal mask) v`, decoding from a
+//!   [`KvCache`] written in place, one key and value per token (memory and time per token grow
+//!   with context); prefill reads the prompt a block of queries at a time
+//!   ([`blocked_causal_attention`]), never holding its `t x t` scores;
 //! - [`Mixer::Ela`]: Exact Linear Attention with any built-in kernel (see [`crate::ela`]), decoding
 //!   from its recurrent state `(S, z)` in constant time and memory per token.
 
@@ -13,6 +15,7 @@ use ela_autograd::{no_grad, Var};
 use ela_core::{Backend, CmpOp, Error, Result, Tensor};
 
 use crate::ela::{ElaAttention, ElaState};
+use crate::kv_cache::{blocked_causal_attention, KvCache};
 use crate::layers::{Linear, LinearConfig, LinearInit, Rope};
 use crate::module::ParamStore;
 
@@ -42,13 +45,8 @@ pub struct AttentionConfig {
 
 /// The decoding cache of one attention layer.
 pub enum AttnCache<B: Backend> {
-    /// Keys and values `[batch, heads, t, d_h]` of every token so far.
-    Kv {
-        /// Cached keys (after RoPE).
-        k: Tensor<B>,
-        /// Cached values.
-        v: Tensor<B>,
-    },
+    /// Keys (after RoPE) and values of every token so far.
+    Kv(KvCache<B>),
     /// The ELA recurrent state.
     Ela(ElaState<B>),
 }
@@ -57,8 +55,17 @@ impl<B: Backend> AttnCache<B> {
     /// Bytes held by the cache (what grows, or not, with context length).
     pub fn bytes(&self) -> usize {
         match self {
-            AttnCache::Kv { k, v } => (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes(),
+            AttnCache::Kv(c) => c.bytes(),
             AttnCache::Ela(s) => s.bytes(),
+        }
+    }
+
+    /// Make room for `additional` more tokens: a KV cache grows its buffers now rather than while
+    /// decoding; the ELA state is fixed-size and needs nothing.
+    pub fn reserve(&mut self, additional: usize) -> Result<()> {
+        match self {
+            AttnCache::Kv(c) => c.reserve(additional),
+            AttnCache::Ela(_) => Ok(()),
         }
     }
 }
@@ -149,7 +156,11 @@ impl<B: Backend> Attention<B> {
             let (q, k, v) =
                 (self.heads(x, &self.q, true, 0)?, self.heads(x, &self.k, true, 0)?, self.heads(x, &self.v, false, 0)?);
             let (y, cache) = match &self.cfg.mixer {
-                Mixer::Softmax => (softmax_attention(&q, &k, &v, true)?, AttnCache::Kv { k: k.value(), v: v.value() }),
+                Mixer::Softmax => {
+                    let (q, k, v) = (q.value(), k.value(), v.value());
+                    let y = blocked_causal_attention(&q, &k, &v)?;
+                    (Var::constant(y), AttnCache::Kv(KvCache::from_prompt(&k, &v, t)?))
+                }
                 Mixer::Ela(ela) => {
                     let (y, state) = ela.prefill(&q.value(), &k.value(), &v.value())?;
                     (Var::constant(y), AttnCache::Ela(state))
@@ -173,11 +184,11 @@ impl<B: Backend> Attention<B> {
                 self.heads(x, &self.v, false, pos)?,
             );
             let y = match (cache, &self.cfg.mixer) {
-                (AttnCache::Kv { k: kc, v: vc }, Mixer::Softmax) => {
-                    *kc = Tensor::concat(&[&*kc, &k.value()], 2usize)?;
-                    *vc = Tensor::concat(&[&*vc, &v.value()], 2usize)?;
-                    // The new query sees every cached token: no mask.
-                    softmax_attention(&q, &Var::constant(kc.clone()), &Var::constant(vc.clone()), false)?
+                (AttnCache::Kv(kv), Mixer::Softmax) => {
+                    kv.write(&k.value(), &v.value())?;
+                    // The new query sees every cached token: no mask. The views end with this
+                    // arm, before the next write.
+                    softmax_attention(&q, &Var::constant(kv.keys()?), &Var::constant(kv.values()?), false)?
                 }
                 (AttnCache::Ela(state), Mixer::Ela(ela)) => {
                     Var::constant(ela.step(state, &q.value(), &k.value(), &v.value())?)

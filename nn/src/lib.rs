@@ -11,6 +11,7 @@
 struct ReadmeDoctests;
 
 pub mod attention;
+pub mod kv_cache;
 pub mod checkpoint;
 pub mod ela;
 pub mod layers;

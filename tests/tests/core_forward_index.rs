@@ -1,5 +1,5 @@
 //! Forward correctness of the indexing and view ops (index_select / index_add, embedding,
-//! gather / scatter_add, concat / stack, split / chunk, pad, tril_mask, narrow / permute /
+//! gather / scatter_add, concat / stack, split / chunk, pad, tril_mask, write_slice, narrow / permute /
 //! reshape / squeeze / broadcast_as / flatten) against `ela_tests::reference`, on every backend
 //! (`NAME::cpu`, `NAME::cuda`).
 //!
@@ -311,5 +311,63 @@ fn half_index_add_accumulates_in_f32<B: Backend>(dev: &B) -> ela_core::Result<()
         let sum = base.scatter_add(&u32_tensor(dev, &[0, 0, 0, 0], &[4, 1]), &src, 0)?;
         assert_eq!(sum.to_vec_f64()?, vec![want], "scatter_add {dtype:?}");
     }
+    Ok(())
+}
+
+// ====================================================================== write_slice (in place)
+
+device_proptest! {
+    #![proptest_config(cfg())]
+
+    /// `write_slice` equals rebuilding the tensor as `concat(before, src, after)`, for a source
+    /// of any layout (views, broadcasts) and every dtype width (integer values, which bf16 holds
+    /// exactly, so the reference needs no rounding).
+    fn write_slice_matches_concat<B: Backend>(
+        dev: &B,
+        s in shape(1..=4, 1..=5),
+        seed in any::<u64>(),
+        l in lay(),
+        dt in prop_oneof![Just(DType::F64), Just(DType::F32), Just(DType::BF16)],
+    ) {
+        let mut rng = TestRng::new(seed);
+        let (x, t) = input(dev, &s, dt, Lay::Contig, Vals::Ints, &mut rng);
+        let (a, ai) = axis_of(s.len(), &mut rng);
+        let off = rng.below(s[ai] + 1);
+        let n = rng.below(s[ai] - off + 1);
+        let mut src_shape = s.clone();
+        src_shape[ai] = n;
+        let (src, st) = input(dev, &src_shape, dt, l, Vals::Ints, &mut rng);
+        // A fresh buffer owned by `dst` alone (`t` may share its buffer with nothing, but make sure).
+        let mut dst = t.mul_scalar(1.0)?;
+        let what = format!("write_slice axis {a} at {off} of {src_shape:?} ({l:?}) into {s:?} {dt:?}");
+        dst.write_slice(a, off, &st).ctx(&what)?;
+        let want = r::concat(&[r::narrow(&x, ai, 0, off), src, r::narrow(&x, ai, off + n, s[ai] - off - n)], ai);
+        check_exact(&dst, &want, &what)?;
+    }
+}
+
+device_tests!(write_slice_refuses_what_it_cannot_write);
+
+/// Writing in place is refused, with a typed error, whenever it could change another tensor or
+/// does not fit: a shared buffer, a view, a slice past the end, a shape or dtype mismatch.
+fn write_slice_refuses_what_it_cannot_write<B: Backend>(dev: &B) -> ela_core::Result<()> {
+    let row = Tensor::ones([2, 1], DType::F32, dev)?;
+    let mut dst = Tensor::zeros([2, 4], DType::F32, dev)?;
+    let view = dst.clone();
+    let err = dst.write_slice(1, 0, &row).unwrap_err().to_string();
+    assert!(err.contains("shared"), "{err}");
+    assert_eq!(view.to_vec_f64()?, vec![0.0; 8], "the clone must be untouched");
+    drop(view);
+    dst.write_slice(1, 3, &row)?;
+    assert_eq!(dst.to_vec_f64()?, [0., 0., 0., 1., 0., 0., 0., 1.]);
+    let err = dst.write_slice(1, 4, &row).unwrap_err().to_string();
+    assert!(err.contains("write_slice") && err.contains('5'), "{err}");
+    let err = dst.write_slice(1, 0, &Tensor::ones([3, 1], DType::F32, dev)?).unwrap_err().to_string();
+    assert!(err.contains("every axis but 1"), "{err}");
+    let err = dst.write_slice(1, 0, &row.to_dtype(DType::F64)?).unwrap_err().to_string();
+    assert!(err.contains("write_slice"), "{err}");
+    let mut narrowed = Tensor::zeros([2, 4], DType::F32, dev)?.narrow(1, 0, 2)?;
+    let err = narrowed.write_slice(1, 0, &row).unwrap_err().to_string();
+    assert!(err.contains("view"), "{err}");
     Ok(())
 }

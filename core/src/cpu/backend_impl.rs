@@ -37,6 +37,9 @@ impl Backend for Cpu {
     fn copy_contiguous(&self, s: &S, l: &Layout) -> Result<S> {
         ew::copy_contiguous(s, l)
     }
+    fn copy_into(&self, dst: &mut S, dl: &Layout, src: &S, sl: &Layout) -> Result<()> {
+        ew::copy_into(dst, dl, src, sl)
+    }
     fn cast(&self, s: &S, l: &Layout, dtype: DType) -> Result<S> {
         ew::cast(s, l, dtype)
     }

@@ -422,6 +422,22 @@ pub fn copy_contiguous(s: &CpuStorage, layout: &Layout) -> Result<CpuStorage> {
     })
 }
 
+/// Write the view `src_l` of `src` into the view `dst_l` of `dst` in place (same shape; the
+/// dtypes must match, which the caller checked).
+pub fn copy_into(dst: &mut CpuStorage, dst_l: &Layout, src: &CpuStorage, src_l: &Layout) -> Result<()> {
+    use crate::cpu::strided::scatter;
+    match (dst, src) {
+        (CpuStorage::U8(d), CpuStorage::U8(s)) => scatter(d, dst_l, s, src_l),
+        (CpuStorage::U32(d), CpuStorage::U32(s)) => scatter(d, dst_l, s, src_l),
+        (CpuStorage::F16(d), CpuStorage::F16(s)) => scatter(d, dst_l, s, src_l),
+        (CpuStorage::BF16(d), CpuStorage::BF16(s)) => scatter(d, dst_l, s, src_l),
+        (CpuStorage::F32(d), CpuStorage::F32(s)) => scatter(d, dst_l, s, src_l),
+        (CpuStorage::F64(d), CpuStorage::F64(s)) => scatter(d, dst_l, s, src_l),
+        (d, s) => return Err(Error::DTypeMismatch { op: "copy_into", lhs: d.dtype(), rhs: s.dtype() }),
+    }
+    Ok(())
+}
+
 /// Contiguous copy converted to `dtype` (rounding to nearest; floats to integers truncate).
 pub fn cast(s: &CpuStorage, layout: &Layout, dtype: DType) -> Result<CpuStorage> {
     if s.dtype() == dtype {

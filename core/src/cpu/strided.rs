@@ -144,6 +144,22 @@ pub(crate) fn build_chunked<O: Copy + Send + Sync>(
     Ok(out)
 }
 
+/// Copy the view `src_l` of `src` into the view `dst_l` of `dst` (same shape), element by
+/// element in logical order. Serial: its one caller writes a few rows of a cache per call.
+pub(crate) fn scatter<T: Copy>(dst: &mut [T], dst_l: &Layout, src: &[T], src_l: &Layout) {
+    let plan = Plan::new([dst_l, src_l]);
+    let [sd, ss] = plan.inner;
+    plan.for_runs(0, plan.n, |[od, os], _, count| {
+        if sd == 1 && ss == 1 {
+            dst[od..od + count].copy_from_slice(&src[os..os + count]);
+        } else {
+            for j in 0..count {
+                dst[od + j * sd] = src[os + j * ss];
+            }
+        }
+    });
+}
+
 /// The elements of `layout` in logical row-major order, as a new vector.
 pub(crate) fn gather<T: Copy + Send + Sync>(v: &[T], layout: &Layout) -> Result<Vec<T>> {
     if let Some(r) = layout.contiguous_range() {

@@ -1,13 +1,14 @@
 //! [`Tensor`]: an n-dimensional array on some [`Backend`].
 //!
-//! A tensor is a shared, immutable storage buffer plus a [`Layout`] (shape, strides, offset).
+//! A tensor is a shared, immutable storage buffer plus a [`Layout`] (shape, strides, offset); the
+//! one in-place op, `write_slice`, refuses a buffer that another tensor shares.
 //! Cloning is cheap (the buffer is reference-counted) and view operations return new layouts over
 //! the same buffer. Every op checks its arguments and returns a typed [`Error`] naming the op and
 //! the shapes involved; kernels run only on valid input.
 //!
 //! The op families live in sibling files: `view.rs` (reshape, transpose, narrow, ...),
 //! `elementwise.rs`, `reduce.rs`, `matmul.rs`, `nn.rs` (softmax, norms, cross-entropy, topk),
-//! `index.rs` (gather, scatter, concat, pad, ...) and `conv.rs`.
+//! `index.rs` (gather, scatter, concat, pad, ...), `conv.rs`, and `write.rs` (the one in-place op).
 
 mod conv;
 mod ela;
@@ -19,6 +20,7 @@ mod nn;
 mod optim;
 mod reduce;
 mod view;
+mod write;
 
 use std::sync::Arc;
 

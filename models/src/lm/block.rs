@@ -38,6 +38,12 @@ impl<B: Backend> BlockCache<B> {
     pub fn bytes(&self) -> usize {
         self.attn.bytes() + self.lobe.as_ref().map_or(0, |c| c.bytes())
     }
+
+    /// Make room for `additional` more tokens (see [`AttnCache::reserve`]).
+    pub fn reserve(&mut self, additional: usize) -> Result<()> {
+        self.attn.reserve(additional)?;
+        self.lobe.as_mut().map_or(Ok(()), |c| c.reserve(additional))
+    }
 }
 
 /// One layer.

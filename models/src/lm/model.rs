@@ -35,6 +35,12 @@ impl<B: Backend> DecodeState<B> {
     pub fn bytes(&self) -> usize {
         self.caches.iter().map(|c| c.bytes()).sum()
     }
+
+    /// Make room for `additional` more decoded tokens now, so that no softmax KV cache is
+    /// reallocated while they are decoded (ELA states are fixed-size; nothing to do).
+    pub fn reserve(&mut self, additional: usize) -> Result<()> {
+        self.caches.iter_mut().try_for_each(|c| c.reserve(additional))
+    }
 }
 
 /// The ELA language model (see docs/model.md).

@@ -100,7 +100,10 @@ pub fn add_prefill(e: &mut Estimate, cfg: &LmConfig, tokens: usize) {
     let per_tok = (cfg.dim as u64).saturating_mul(16).saturating_add((cfg.ffn_hidden as u64).saturating_mul(3));
     e.add("prefill activations", t.saturating_mul(per_tok.saturating_add(cfg.vocab as u64)), 4);
     if cfg.attention == AttnKind::Softmax {
-        let scores = (cfg.heads as u64).saturating_mul(t).saturating_mul(t).saturating_mul(2);
+        // The prefill holds one block of queries' scores at a time (about three tensors of it
+        // alive: scores, masked, softmax), at most PREFILL_SCORES elements each.
+        let full = (cfg.heads as u64).saturating_mul(t).saturating_mul(t);
+        let scores = full.min(ela_nn::kv_cache::PREFILL_SCORES as u64).saturating_mul(3);
         e.add("softmax attention scores", scores, 4);
     }
 }

@@ -9,9 +9,10 @@
 //! synchronisation on CUDA). The bytes are `DecodeState::bytes()` after the prefill: the ELA
 //! state `(S, z, m)` per layer and head, or the softmax KV cache of N keys and values per layer.
 //!
-//! Softmax runs only up to `--softmax-max-context`: our softmax prefill is composed of tensor
-//! ops and materialises the `[heads, N, N]` score matrix per layer, which does not fit in memory
-//! for long contexts. Nothing is extrapolated: unmeasured cells print "-".
+//! Softmax decodes from a KV cache written in place and prefills a block of queries at a time
+//! (no `[heads, N, N]` matrix); it runs only up to `--softmax-max-context` because its prefill
+//! still does O(N^2) work, minutes on a CPU at long contexts. Nothing is extrapolated: unmeasured
+//! cells print "-".
 
 use std::time::Instant;
 
@@ -51,7 +52,7 @@ pub struct BenchDecodeArgs {
     /// cuda/README.md), so with `--device cuda` any other value than 64 is refused.
     #[arg(long, default_value_t = 64)]
     pub chunk: usize,
-    /// Largest context for the softmax model (its prefill holds [heads, N, N] scores per layer).
+    /// Largest context for the softmax model (its prefill does O(N^2) work).
     #[arg(long, default_value_t = 8192)]
     pub softmax_max_context: usize,
     /// Device: cpu, cuda, cuda:N.
@@ -106,6 +107,8 @@ pub(crate) fn measure<B: Backend>(
     let (logits, mut state) = model.prefill(&ids)?;
     logits.to_vec_f64()?;
     let prefill_s = t0.elapsed().as_secs_f64();
+    // Room for every timed step up front, as a server sizes its cache: no reallocation is timed.
+    state.reserve(steps + 1)?;
     let bytes = state.bytes();
     let mut times = Vec::with_capacity(steps);
     for i in 0..=steps {
@@ -193,10 +196,11 @@ pub fn run(args: &BenchDecodeArgs) -> Result<()> {
         crate::outln!("| {n} | {em} | {eb} | {sm} | {sb} | {ep} | {sp} |");
     }
     if let Some(&n) = contexts.iter().find(|&&n| n > args.softmax_max_context) {
-        let gib = (args.heads * n * n * 4) as f64 / (1u64 << 30) as f64;
+        // q k^T and p v: 2 N^2 d_h flops each per head and layer, half of them under the mask.
+        let tflop = (2 * args.layers * args.dim) as f64 * (n as f64).powi(2) / 1e12;
         crate::outln!(
-            "\nsoftmax skipped above N = {} (--softmax-max-context): its composed prefill materialises the \
-             [heads, N, N] f32 scores per layer ({gib:.1} GiB each at N = {n}, several alive at once)",
+            "\nsoftmax skipped above N = {} (--softmax-max-context): its prefill does O(N^2) work \
+             ({tflop:.1} TFLOP of attention at N = {n})",
             args.softmax_max_context
         );
     }
