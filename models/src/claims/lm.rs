@@ -1,5 +1,6 @@
 //! `ela claims lm` (claim 4): the same LM with softmax attention, ELA with each built-in kernel
-//! and elu+1 linear attention, on the same tokens: validation loss curves and training throughput.
+//! and elu+1 linear attention, on the same tokens: validation loss curves and training throughput,
+//! on the embedded corpus or (`--corpus`) a text file such as the English corpus.
 
 use ela_core::{Backend, Result};
 use serde_json::{json, Value as Json};
