@@ -89,3 +89,100 @@ fn every_experiment_runs_tiny_and_the_report_assembles_them() {
     assert!(md.contains("Provisional") && md.contains("claims/decode/latency.svg"));
     assert!(tmp.0.join("docs/claims/decode/latency.svg").exists());
 }
+
+#[test]
+fn word_bands_and_their_nmi_on_hand_made_text() {
+    use ela_models::claims::metrics::{nmi, word_bands, word_ranks, BAND_EDGES};
+    let ids = |s: &str| s.bytes().map(u32::from).collect::<Vec<u32>>();
+    // Counts: the 3, cat 2, dog 1 (ties would rank by spelling): ranks the 1, cat 2, dog 3.
+    let ranks = word_ranks(&ids("The cat, the dog; THE cat."));
+    assert_eq!((ranks[&b"the".to_vec()], ranks[&b"cat".to_vec()], ranks[&b"dog".to_vec()]), (1, 2, 3));
+    assert_eq!(ranks.len(), 3);
+    // Edges 1, 2, 3: band 0 = rank 1, 1 = rank 2, 2 = rank 3, 3 = rarer or unseen, 4 = no word.
+    let text = ids("the Cat-dog emu 7x");
+    let bands = word_bands(&text, &ranks, &[1, 2, 3]);
+    assert_eq!(bands, vec![0, 0, 0, 4, 1, 1, 1, 4, 2, 2, 2, 4, 3, 3, 3, 4, 4, 3]);
+    // With the real edges every word of this tiny vocabulary is in the top 10.
+    assert_eq!(word_bands(&ids("dog?"), &ranks, &BAND_EDGES), vec![0, 0, 0, 4]);
+    // A bijection of the bands has NMI 1; an expert that ignores them (constant) has 0; one that
+    // splits each band evenly has 0.
+    let experts: Vec<usize> = bands.iter().map(|&b| 4 - b).collect();
+    assert!((nmi(&experts, &bands, 5, 5) - 1.0).abs() < 1e-12);
+    assert_eq!(nmi(&vec![2; bands.len()], &bands, 5, 5), 0.0);
+    assert!(nmi(&[0, 1, 0, 1], &[0, 0, 4, 4], 2, 5).abs() < 1e-12);
+    assert!(word_bands(&[], &ranks, &BAND_EDGES).is_empty() && word_ranks(&ids("1 2 ,")).is_empty());
+}
+
+#[test]
+fn sha256_matches_the_standard_vectors() {
+    use ela_models::claims::corpus::sha256_hex;
+    assert_eq!(sha256_hex(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    // Two blocks (the padding spills over).
+    let two = b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    assert_eq!(sha256_hex(two), "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+}
+
+#[test]
+fn lm_and_moe_run_on_a_corpus_file_and_the_report_shows_both_corpora() {
+    let tmp = bin::TempDir::new("claims-corpus");
+    let runs = tmp.0.join("runs");
+    let runs_arg = runs.display().to_string();
+    let text =
+        "It was the best of times, it was the worst of times; the age of wisdom and of foolishness.\n".repeat(40);
+    let file = tmp.0.join("Tiny Text.txt");
+    std::fs::write(&file, &text).unwrap();
+    let file_arg = file.display().to_string();
+    let ela = |args: &[&str]| Command::new(bin::ela_exe()).args(args).output().unwrap();
+    let tiny = ["--budget", "tiny", "--seeds", "1", "--out", &runs_arg];
+    for (name, corpus) in [("lm", None), ("lm", Some(&file_arg)), ("moe", Some(&file_arg))] {
+        let mut args = vec!["claims", name];
+        args.extend(tiny);
+        if let Some(c) = corpus {
+            args.extend(["--corpus", c.as_str()]);
+        }
+        let o = ela(&args);
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    // The file's run is in <experiment>-<stem>, and names the file, its size and hash.
+    for name in ["lm-tiny-text", "moe-tiny-text"] {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(runs.join(name).join("results.json")).unwrap()).unwrap();
+        assert_eq!(v["corpus"]["path"], file_arg.as_str(), "{name}");
+        assert_eq!(v["corpus"]["bytes"], text.len(), "{name}");
+        let sha = ela_models::claims::corpus::sha256_hex(text.as_bytes());
+        assert_eq!(v["corpus"]["sha256"], sha.as_str(), "{name}");
+        assert!(v["section"].as_str().unwrap().contains(&sha), "{name}");
+    }
+    let moe: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(runs.join("moe-tiny-text/results.json")).unwrap()).unwrap();
+    assert!(moe["measured"].as_str().unwrap().contains("NMI(expert, word band)"));
+    assert!(moe["routing"][0]["layers"][0]["nmi_word_band"].is_number());
+    // The report has both lm runs (and the corpus one's command names its corpus).
+    let doc = tmp.0.join("docs").join("claims.md");
+    let o = ela(&["claims", "report", "--runs", &runs_arg, "--out", &doc.display().to_string(), "--no-verify"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = std::fs::read_to_string(&doc).unwrap();
+    assert!(md.contains("| 4 (lm) |") && md.contains("| 4 (lm-tiny-text) |"), "{md}");
+    assert!(md.contains(&format!("`ela claims lm --budget tiny --corpus {file_arg}`")), "{md}");
+    assert!(md.contains(&format!("## 4: `ela claims lm` on `{file_arg}`")), "{md}");
+    assert!(tmp.0.join("docs/claims/lm-tiny-text/val.svg").exists() && tmp.0.join("docs/claims/lm/val.svg").exists());
+    // Bad corpora are typed errors that name the problem, and leave earlier results alone.
+    let empty = tmp.0.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let short = tmp.0.join("short.txt");
+    std::fs::write(&short, "too short").unwrap();
+    let missing = tmp.0.join("missing.txt");
+    for (path, want) in [(&missing, "cannot read"), (&empty, "empty"), (&short, "cannot be split")] {
+        for name in ["lm", "moe"] {
+            let mut args = vec!["claims", name];
+            args.extend(tiny);
+            let p = path.display().to_string();
+            args.extend(["--corpus", p.as_str()]);
+            let o = ela(&args);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success() && err.contains(want), "{name} {p}: {err}");
+        }
+    }
+    assert!(runs.join("lm-tiny-text/results.json").exists());
+}

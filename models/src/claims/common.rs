@@ -261,12 +261,23 @@ pub struct LmBudget {
     /// Stop after this many steps of the `steps`-step schedule (to look at the start of a long
     /// run on its own schedule); `None` runs every step.
     pub stop_after: Option<usize>,
+    /// The text file to train on (`ela train --data`); `None` is the embedded corpus.
+    pub data: Option<PathBuf>,
 }
 
 impl LmBudget {
     /// The tiny budget of every LM experiment: 3 steps of 2 x 16 bytes, a pipeline check.
     pub fn tiny() -> Self {
-        LmBudget { steps: 3, batch: 2, seq: 16, warmup: 1, eval_every: 3, lrs: vec![1e-3], stop_after: None }
+        LmBudget {
+            steps: 3,
+            batch: 2,
+            seq: 16,
+            warmup: 1,
+            eval_every: 3,
+            lrs: vec![1e-3],
+            stop_after: None,
+            data: None,
+        }
     }
 }
 
@@ -355,7 +366,7 @@ struct Defaults {
     train: TrainArgs,
 }
 
-/// Train `cfg` on the embedded corpus with the ordinary training loop (AdamW, warm-up + cosine to
+/// Train `cfg` on the embedded corpus (or `b.data`) with the ordinary training loop (AdamW, warm-up + cosine to
 /// `lr / 10`, clipping at 1, MoE balancing, metrics.jsonl) into `dir/tag`. Non-finite steps are
 /// skipped and counted rather than stopping the run (a diverging arm is a result).
 #[allow(clippy::too_many_arguments)]
@@ -391,6 +402,7 @@ pub fn train_lm<B: Backend>(
     a.skip_nonfinite = true;
     a.layer_grad_norms = layer_norms;
     a.stop_after = b.stop_after;
+    a.data = b.data.clone();
     a.out = Some(out.clone());
     let report = crate::train::train(&a, dev)?;
     let steps = read_metrics(&report.metrics)?;

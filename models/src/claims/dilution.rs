@@ -62,9 +62,16 @@ fn lm_entropy<B: Backend>(run_dir: &Path, seq: usize, dev: &B) -> Result<(f64, f
 
 fn spike_plan(b: Budget) -> LmBudget {
     match b {
-        Budget::Tiny => {
-            LmBudget { steps: 3, batch: 2, seq: 16, warmup: 1, eval_every: 3, lrs: vec![3e-3], stop_after: None }
-        }
+        Budget::Tiny => LmBudget {
+            steps: 3,
+            batch: 2,
+            seq: 16,
+            warmup: 1,
+            eval_every: 3,
+            lrs: vec![3e-3],
+            stop_after: None,
+            data: None,
+        },
         // The default run's own batch, length, warm-up and lr; only the length of the run is cut.
         _ => LmBudget {
             steps: 350,
@@ -74,6 +81,7 @@ fn spike_plan(b: Budget) -> LmBudget {
             eval_every: 350,
             lrs: vec![3e-3],
             stop_after: Some(52),
+            data: None,
         },
     }
 }

@@ -18,7 +18,16 @@ fn plan(b: Budget) -> (Vec<usize>, usize, LmBudget) {
         Budget::Quick => (
             vec![4, 12, 24],
             32,
-            LmBudget { steps: 40, batch: 4, seq: 64, warmup: 5, eval_every: 20, lrs: vec![3e-3], stop_after: None },
+            LmBudget {
+                steps: 40,
+                batch: 4,
+                seq: 64,
+                warmup: 5,
+                eval_every: 20,
+                lrs: vec![3e-3],
+                stop_after: None,
+                data: None,
+            },
         ),
         Budget::Full => (
             vec![4, 12, 24],
@@ -31,6 +40,7 @@ fn plan(b: Budget) -> (Vec<usize>, usize, LmBudget) {
                 eval_every: 50,
                 lrs: vec![3e-4, 1e-3, 3e-3],
                 stop_after: None,
+                data: None,
             },
         ),
     }

@@ -18,7 +18,16 @@ fn plan(b: Budget) -> (usize, usize, LmBudget) {
         Budget::Quick => (
             64,
             2,
-            LmBudget { steps: 100, batch: 8, seq: 64, warmup: 10, eval_every: 10, lrs: vec![3e-3], stop_after: None },
+            LmBudget {
+                steps: 100,
+                batch: 8,
+                seq: 64,
+                warmup: 10,
+                eval_every: 10,
+                lrs: vec![3e-3],
+                stop_after: None,
+                data: None,
+            },
         ),
         Budget::Full => (
             128,
@@ -31,6 +40,7 @@ fn plan(b: Budget) -> (usize, usize, LmBudget) {
                 eval_every: 25,
                 lrs: vec![3e-4, 1e-3, 3e-3],
                 stop_after: None,
+                data: None,
             },
         ),
     }

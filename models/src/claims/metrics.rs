@@ -1,6 +1,6 @@
 //! The statistics the claims experiments compute that the training loop does not: entropy of a
 //! distribution, normalised mutual information between two labelings, load balance, and the byte
-//! classes of `ela claims moe`.
+//! classes and word-frequency bands of `ela claims moe`.
 
 /// Shannon entropy (nats) of a distribution given by non-negative weights (normalised here);
 /// 0 for an empty or all-zero input.
@@ -70,6 +70,64 @@ pub fn byte_class(b: u32) -> usize {
 
 /// Names of [`byte_class`]'s classes.
 pub const BYTE_CLASSES: [&str; 5] = ["lower-case", "upper-case", "digit", "space", "punctuation/other"];
+
+/// Upper rank of each word-frequency band of [`word_bands`] (1-based, inclusive): the 10 most
+/// frequent words, ranks 11-100, ranks 101-1000; everything rarer (or unseen in training) is the
+/// next band. Decades of rank, because word frequency falls off roughly as a power of rank (Zipf),
+/// so each band holds a comparable share of the running text's information.
+pub const BAND_EDGES: [usize; 3] = [10, 100, 1000];
+
+/// Names of the bands of [`word_bands`] with [`BAND_EDGES`].
+pub const WORD_BANDS: [&str; 5] =
+    ["word ranked 1-10", "word ranked 11-100", "word ranked 101-1000", "rarer or unseen word", "not in a word"];
+
+/// The words of a byte stream: maximal runs of ASCII letters, lower-cased, with the position of
+/// each run's first byte. Any other byte (space, digit, punctuation, a UTF-8 byte) ends a word.
+fn words(text: &[u32]) -> Vec<(usize, Vec<u8>)> {
+    let mut out: Vec<(usize, Vec<u8>)> = Vec::new();
+    let mut in_word = false;
+    for (i, &t) in text.iter().enumerate() {
+        match u8::try_from(t) {
+            Ok(c) if c.is_ascii_alphabetic() => {
+                if !in_word {
+                    out.push((i, Vec::new()));
+                }
+                if let Some(w) = out.last_mut() {
+                    w.1.push(c.to_ascii_lowercase());
+                }
+                in_word = true;
+            }
+            _ => in_word = false,
+        }
+    }
+    out
+}
+
+/// The frequency rank (1 = most frequent) of every word of `train` (see [`word_bands`]); ties
+/// are ranked by the word's bytes, so the ranking is a function of the text alone.
+pub fn word_ranks(train: &[u32]) -> std::collections::HashMap<Vec<u8>, usize> {
+    let mut counts: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
+    for (_, w) in words(train) {
+        *counts.entry(w).or_insert(0) += 1;
+    }
+    let mut by: Vec<(Vec<u8>, usize)> = counts.into_iter().collect();
+    by.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    by.into_iter().enumerate().map(|(i, (w, _))| (w, i + 1)).collect()
+}
+
+/// The word-frequency band of every byte of `text`: a byte inside a word (see [`word_ranks`])
+/// gets the band of the word's rank in `ranks` — band `i` for the first `edges[i]` that the rank
+/// does not exceed, `edges.len()` for rarer words and words absent from `ranks` — and a byte in
+/// no word gets `edges.len() + 1`. Computed on the whole stream, so a window that cuts a word
+/// still labels its bytes by the whole word.
+pub fn word_bands(text: &[u32], ranks: &std::collections::HashMap<Vec<u8>, usize>, edges: &[usize]) -> Vec<usize> {
+    let mut out = vec![edges.len() + 1; text.len()];
+    for (start, w) in words(text) {
+        let band = ranks.get(&w).map_or(edges.len(), |&r| edges.iter().position(|&e| r <= e).unwrap_or(edges.len()));
+        out[start..start + w.len()].fill(band);
+    }
+    out
+}
 
 #[cfg(test)]
 mod tests {

@@ -11,10 +11,11 @@
 //! | [`lm`] | 4: the LM with each mixer, loss and throughput |
 //! | [`dilution`] | 2: attention entropy, gradient spikes, the default run's spike |
 //!
-//! [`common`] holds the budget, seeds, results file, LM training and statistics; [`report`] the
-//! document.
+//! [`common`] holds the budget, seeds, results file, LM training and statistics; [`corpus`] the
+//! text `lm` and `moe` train on (`--corpus`); [`report`] the document.
 
 pub mod common;
+pub mod corpus;
 pub mod decode;
 pub mod dilution;
 pub mod link;

@@ -3,6 +3,7 @@
 use ela_core::Result;
 
 use crate::claims::common::RunArgs;
+use crate::claims::corpus::CorpusRunArgs;
 use crate::claims::{decode, dilution, link, lm, lobe, moe, mqar, report};
 
 /// Options of `ela claims`.
@@ -24,10 +25,10 @@ pub enum ClaimsCommand {
     Link(RunArgs),
     /// Claim 6: no lobe vs causal lobe vs a wider FFN with the lobe's parameters.
     Lobe(RunArgs),
-    /// Claim 7: MoE routing-score bias none/inner/outer, with aux loss or loss-free balancing.
-    Moe(RunArgs),
-    /// Claim 4: the LM with softmax vs each ELA kernel vs elu+1.
-    Lm(RunArgs),
+    /// Claim 7: MoE routing-score bias none/inner/outer, with aux loss or loss-free balancing (`--corpus FILE`: on a text file).
+    Moe(CorpusRunArgs),
+    /// Claim 4: the LM with softmax vs each ELA kernel vs elu+1 (`--corpus FILE`: on a text file).
+    Lm(CorpusRunArgs),
     /// Claim 2: attention entropy and gradient-norm statistics; the default run's loss spike.
     Dilution(RunArgs),
     /// Write docs/claims.md from every runs/claims/*/results.json.
@@ -41,8 +42,8 @@ pub fn run(args: &ClaimsArgs) -> Result<()> {
         ClaimsCommand::Mqar(a) => crate::on_device!(&a.device, |dev| mqar::run(a, dev)),
         ClaimsCommand::Link(a) => crate::on_device!(&a.device, |dev| link::run(a, dev)),
         ClaimsCommand::Lobe(a) => crate::on_device!(&a.device, |dev| lobe::run(a, dev)),
-        ClaimsCommand::Moe(a) => crate::on_device!(&a.device, |dev| moe::run(a, dev)),
-        ClaimsCommand::Lm(a) => crate::on_device!(&a.device, |dev| lm::run(a, dev)),
+        ClaimsCommand::Moe(a) => crate::on_device!(&a.run.device, |dev| moe::run(a, dev)),
+        ClaimsCommand::Lm(a) => crate::on_device!(&a.run.device, |dev| lm::run(a, dev)),
         ClaimsCommand::Dilution(a) => crate::on_device!(&a.device, |dev| dilution::run(a, dev)),
         ClaimsCommand::Report(a) => report::run(a),
     }
