@@ -47,7 +47,7 @@ pub struct RunArgs {
     /// Folder of all experiments; each writes `<out>/<name>/results.json` and its plots.
     #[arg(long, default_value = "runs/claims")]
     pub out: PathBuf,
-    /// Seeds per training arm (default: 2 for tiny, 3 for quick, 5 for full).
+    /// Seeds per training arm (default: 2 for tiny, 3 for quick and full).
     #[arg(long)]
     pub seeds: Option<usize>,
 }
@@ -59,7 +59,7 @@ impl RunArgs {
         let n = self.seeds.unwrap_or(match self.budget {
             Budget::Tiny => 2,
             Budget::Quick => 3,
-            Budget::Full => 5,
+            Budget::Full => 3,
         });
         (0..n.max(1) as u64).collect()
     }

@@ -9,12 +9,14 @@
 //! prefill that reads the prompt a block of queries at a time, so no `T x T` matrix exists at any
 //! context.
 
+use std::path::Path;
+
 use clap::Parser;
 use ela_core::{Backend, DType, Result, Rng};
 use ela_nn::module::ParamStore;
 use serde_json::{json, Value as Json};
 
-use super::common::{num, plot_arms, provenance, ArmCurves, Budget, Results, RunArgs, Verdict};
+use super::common::{io, num, plot_arms, provenance, ArmCurves, Budget, Results, RunArgs, Verdict};
 use crate::cli::bench::decode::{config, measure, BenchDecodeArgs};
 use crate::cli::bench::fmt_bytes;
 use crate::lm::{AttnKind, ElaLm};
@@ -47,8 +49,45 @@ fn plan(b: Budget) -> Plan {
     }
 }
 
+/// Options of `ela claims decode`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DecodeArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Only redraw `<out>/decode/latency.svg` from the `results.json` there (e.g. one copied off
+    /// a GPU machine without its plot); measures nothing.
+    #[arg(long)]
+    replot: bool,
+}
+
+/// `latency.svg`: ms per token against context, one line per model and batch, from the
+/// `measurements` rows of results.json (the run draws it from the same rows).
+fn plot(dir: &Path, measurements: &[Json]) -> Result<()> {
+    let mut curves: Vec<ArmCurves> = Vec::new();
+    let mut batches: Vec<u64> = measurements.iter().filter_map(|m| m["batch"].as_u64()).collect();
+    batches.dedup();
+    for b in batches {
+        let rows = measurements.iter().filter(|m| m["batch"].as_u64() == Some(b));
+        let line = |key: &str| -> Vec<(f64, f64)> {
+            rows.clone().filter_map(|m| Some((m["context"].as_f64()?, m[key].as_f64()?))).collect()
+        };
+        curves.push((format!("ELA, batch {b}"), vec![line("ela_ms")]));
+        curves.push((format!("softmax, batch {b}"), vec![line("softmax_ms")]));
+    }
+    plot_arms(&dir.join("latency.svg"), "Per-token decode latency", "context (tokens)", "ms per token", &curves)
+}
+
 /// Run `ela claims decode`.
-pub fn run(args: &RunArgs) -> Result<()> {
+pub fn run(args: &DecodeArgs) -> Result<()> {
+    if args.replot {
+        let dir = args.run.out.join("decode");
+        let path = dir.join("results.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+        let v: Json = serde_json::from_str(&text).map_err(|e| io(&path, e))?;
+        let rows = v["measurements"].as_array().ok_or_else(|| io(&path, "no \"measurements\" array"))?;
+        return plot(&dir, rows);
+    }
+    let args = &args.run;
     crate::on_device!(&args.device, |dev| go(args, dev))
 }
 
@@ -93,22 +132,16 @@ fn go<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
     let mut best_speedup = (0.0f64, 0usize, 0usize);
     let mut first_six: Option<(usize, usize)> = None;
     let mut mem_cross: Option<(usize, f64)> = None;
-    let mut curves: Vec<ArmCurves> = Vec::new();
     for (batch, contexts, smax) in &p.batches {
         section += &format!("**Batch {batch}.**\n\n| context | ELA ms/token | softmax ms/token | speedup | ELA state | softmax KV cache | state / cache | ELA prefill s | softmax prefill s |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-        let (mut ec, mut sc) = (Vec::new(), Vec::new());
         for &n in contexts {
             crate::errln!("claims decode: batch {batch}, context {n}");
             let e = measure(&models[0], n, *batch, p.steps, &mut rng, dev)?;
             let s = if n <= *smax { Some(measure(&models[1], n, *batch, p.steps, &mut rng, dev)?) } else { None };
-            ec.push((n as f64, e.step_ms));
             let f = |x: Option<f64>, prec: usize| x.map_or("-".to_string(), |v| format!("{v:.prec$}"));
             let sm = s.map(|c| c.step_ms);
             let speed = sm.map(|x| x / e.step_ms);
             let ratio = s.map(|c| e.bytes as f64 / c.bytes as f64);
-            if let Some(x) = sm {
-                sc.push((n as f64, x));
-            }
             if let Some(sp) = speed {
                 if sp > best_speedup.0 {
                     best_speedup = (sp, n, *batch);
@@ -138,10 +171,8 @@ fn go<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
                 "softmax_ms": sm.map_or(Json::Null, num), "softmax_bytes": s.map(|c| c.bytes), "softmax_prefill_s": s.map(|c| c.prefill_s)}));
         }
         section += "\n";
-        curves.push((format!("ELA, batch {batch}"), vec![ec]));
-        curves.push((format!("softmax, batch {batch}"), vec![sc]));
     }
-    plot_arms(&dir.join("latency.svg"), "Per-token decode latency", "context (tokens)", "ms per token", &curves)?;
+    plot(&dir, &all)?;
     res.set("measurements", Json::Array(all));
     let (cross, per_token) = mem_cross.unwrap_or((0, 0.0));
     res.set("state_quarter_of_cache_at", json!({"context": cross, "kv_bytes_per_token": per_token}));

@@ -36,10 +36,10 @@ fn plan(b: Budget) -> (usize, LmBudget) {
         Budget::Full => (
             128,
             LmBudget {
-                steps: 800,
+                steps: 300,
                 batch: 16,
                 seq: 128,
-                warmup: 80,
+                warmup: 30,
                 eval_every: 50,
                 lrs: vec![1e-3, 3e-3],
                 stop_after: None,

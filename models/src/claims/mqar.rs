@@ -142,12 +142,12 @@ fn plan(b: Budget) -> Plan {
         }
         Budget::Full => Plan {
             vocab: 512,
-            shapes: vec![(64, 4), (128, 8), (256, 16), (512, 64)],
+            shapes: vec![(64, 4), (128, 8), (256, 16)],
             dim: 128,
-            steps: 2000,
+            steps: 800,
             batch: 64,
-            lrs: vec![3e-4, 1e-3, 3e-3],
-            eval_seqs: 1024,
+            lrs: vec![1e-3, 3e-3],
+            eval_seqs: 512,
         },
     }
 }

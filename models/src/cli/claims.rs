@@ -18,7 +18,7 @@ pub struct ClaimsArgs {
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum ClaimsCommand {
     /// Claim 3: per-token decode latency, prefill time and state bytes, ELA vs softmax LM.
-    Decode(RunArgs),
+    Decode(decode::DecodeArgs),
     /// Claims 2, 4: multi-query associative recall with every mixer.
     Mqar(RunArgs),
     /// Claim 5: Hyper-Link vs pre-norm vs post-norm residual at several depths.
