@@ -192,7 +192,11 @@ impl NcclComm {
         coll: Collective,
         x: &Tensor<Cuda>,
         out_dims: Vec<usize>,
-        call: impl FnOnce(*const std::ffi::c_void, *mut std::ffi::c_void, ns::cudaStream_t) -> std::result::Result<nr::NcclStatus, NcclError>,
+        call: impl FnOnce(
+            *const std::ffi::c_void,
+            *mut std::ffi::c_void,
+            ns::cudaStream_t,
+        ) -> std::result::Result<nr::NcclStatus, NcclError>,
     ) -> Result<PendingTensor<Cuda>> {
         let op = coll.name();
         self.check_alive(op)?;
@@ -216,7 +220,9 @@ impl NcclComm {
         self.inner.stream.wait(&ready).map_err(|e| driver_error(op, e))?;
         let send = x.storage().ptr() as *const std::ffi::c_void;
         let recv = out.ptr() as *mut std::ffi::c_void;
-        no_panic(op, || call(send, recv, self.inner.stream.cu_stream() as ns::cudaStream_t).map_err(|e| nccl_err(op, e)))?;
+        no_panic(op, || {
+            call(send, recv, self.inner.stream.cu_stream() as ns::cudaStream_t).map_err(|e| nccl_err(op, e))
+        })?;
         let done = Arc::new(self.inner.stream.record_event(None).map_err(|e| driver_error(op, e))?);
         self.inner.watch.started(op, done.clone());
         let flight = InFlight { done, compute, input: Some(x), out: Some(out) };
@@ -278,7 +284,9 @@ impl Inner {
             (ns::ncclResult_t::ncclSuccess, ns::ncclResult_t::ncclSuccess) => None,
             #[allow(unreachable_patterns)]
             (ns::ncclResult_t::ncclSuccess, ns::ncclResult_t::ncclInProgress) => None,
-            (ns::ncclResult_t::ncclSuccess, s) => Some(format!("NCCL reported {s:?} (a peer died or its network failed)")),
+            (ns::ncclResult_t::ncclSuccess, s) => {
+                Some(format!("NCCL reported {s:?} (a peer died or its network failed)"))
+            }
             (r, _) => Some(format!("ncclCommGetAsyncError failed: {r:?}")),
         }
     }
@@ -310,14 +318,18 @@ impl Communicator<Cuda> for NcclComm {
         let comm = self.inner.comm;
         // SAFETY (all four): `send` and `recv` hold `n` (resp. the documented counts) elements of
         // `dt`, alive until the compute stream has waited for the collective (InFlight).
-        self.enqueue(coll, x, x.dims().to_vec(), |s, r, st| unsafe { nr::all_reduce(s, r, n, dt, nccl_op(op), comm, st) })
+        self.enqueue(coll, x, x.dims().to_vec(), |s, r, st| unsafe {
+            nr::all_reduce(s, r, n, dt, nccl_op(op), comm, st)
+        })
     }
     fn broadcast(&self, x: &Tensor<Cuda>, root: usize) -> Result<Tensor<Cuda>> {
         let coll = Collective::Broadcast(root);
         let (n, dt) = (x.elem_count(), nccl_dtype(coll.name(), x.dtype())?);
         let comm = self.inner.comm;
-        self.enqueue(coll, x, x.dims().to_vec(), |s, r, st| unsafe { nr::broadcast(s, r, n, dt, root as i32, comm, st) })?
-            .wait()
+        self.enqueue(coll, x, x.dims().to_vec(), |s, r, st| unsafe {
+            nr::broadcast(s, r, n, dt, root as i32, comm, st)
+        })?
+        .wait()
     }
     fn all_gather(&self, x: &Tensor<Cuda>) -> Result<Tensor<Cuda>> {
         let coll = Collective::AllGather;

@@ -80,6 +80,9 @@ pub(crate) fn spawn(comm: Weak<Inner>) {
         std::process::exit(1);
     });
     if let Err(e) = spawned {
-        let _ = writeln!(std::io::stderr(), "warning: the NCCL watchdog thread could not start ({e}); a dead peer may hang this rank");
+        let _ = writeln!(
+            std::io::stderr(),
+            "warning: the NCCL watchdog thread could not start ({e}); a dead peer may hang this rank"
+        );
     }
 }
