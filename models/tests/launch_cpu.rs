@@ -102,7 +102,7 @@ fn a_rank_that_dies_stops_the_launch_with_an_error_naming_it() {
     assert!(!out.status.success());
     // Either the launcher saw rank 1's abort first, or rank 0's failed collective ("rank 1
     // closed the connection"); both name rank 1, and neither waits for the 60 s timeout.
-    assert!(stderr.contains("rank 1"), "{stderr}");
+    assert!(stderr.contains("rank 1 (local rank 1)"), "the launcher names the rank that died: {stderr}");
     assert!(stderr.contains("launch (distributed)"), "{stderr}");
     assert!(t0.elapsed() < Duration::from_secs(30), "took {:?}", t0.elapsed());
 }

@@ -1,7 +1,7 @@
 //! `ela launch`: start one process per GPU (or CPU rank) on this machine with torchrun's
 //! environment, watch them, and stop them all as soon as one fails.
 
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use ela_core::{Error, Result};
@@ -62,6 +62,8 @@ impl LaunchPlan {
 
 /// How often the launcher looks at its children.
 const POLL: Duration = Duration::from_millis(50);
+/// How long the launcher lets the other ranks settle after the first failure before it reports.
+const SETTLE: Duration = Duration::from_millis(300);
 
 /// Runs `program args` as `plan.nproc` processes and waits: `Ok` when all exit successfully;
 /// when one fails, the others are killed and the error names it.
@@ -92,28 +94,35 @@ pub fn launch(plan: &LaunchPlan, program: &std::path::Path, args: &[String]) -> 
     let global = |local: usize| plan.node_rank * plan.nproc + local;
     loop {
         let mut running = 0;
-        let mut failed: Option<(usize, ExitStatus)> = None;
+        let mut failed = false;
         for (local, c) in children.iter_mut() {
             match c.try_wait() {
-                Ok(Some(st)) if !st.success() => failed = failed.or(Some((*local, st))),
-                Ok(Some(_)) => {}
+                Ok(Some(st)) => failed |= !st.success(),
                 Ok(None) => running += 1,
                 Err(e) => {
-                    return Err(Error::Distributed {
-                        op: "launch",
-                        msg: format!("watching rank {}: {e}", global(*local)),
-                    })
+                    return Err(Error::Distributed { op: "launch", msg: format!("watching rank {}: {e}", global(*local)) })
                 }
             }
         }
-        if let Some((local, st)) = failed {
+        if failed {
+            // A rank that dies usually takes its peers down a moment later (their collectives
+            // fail): wait briefly so the report lists every rank that failed on its own, not only
+            // the first one seen.
+            std::thread::sleep(SETTLE);
+            let failures: Vec<String> = children
+                .iter_mut()
+                .filter_map(|(local, c)| match c.try_wait() {
+                    Ok(Some(st)) if !st.success() => Some(format!("rank {} (local rank {local}): {st}", global(*local))),
+                    _ => None,
+                })
+                .collect();
             let others = stop_all(&mut children);
             return Err(Error::Distributed {
                 op: "launch",
                 msg: format!(
-                    "rank {} (local rank {local}) failed ({st}); stopped the {others} other rank(s) still running on this \
-                     node (its own error is printed above)",
-                    global(local)
+                    "failed: {}; stopped the {others} other rank(s) still running on this node (each rank's own error \
+                     is printed above)",
+                    failures.join("; ")
                 ),
             });
         }
