@@ -206,13 +206,17 @@ impl NcclComm {
             return Err(Error::DeviceMismatch { op, lhs: dev.device_name(), rhs: x.device().device_name() });
         }
         dev.no_capture(op)?;
+        let out_len: usize = out_dims.iter().product();
+        if x.elem_count() == 0 {
+            // Nothing to exchange (every rank has the same shape, so every rank skips).
+            return Ok(PendingTensor::ready(Tensor::zeros(out_dims, x.dtype(), dev)?));
+        }
         // NCCL reads one dense buffer.
         let x = if x.is_exact_buffer() {
             x.clone()
         } else {
             Tensor::from_storage(dev.copy_contiguous(x.storage(), x.layout())?, x.shape().clone(), dev)
         };
-        let out_len: usize = out_dims.iter().product();
         let out: CudaStorage = dev.alloc(x.dtype(), out_len)?;
         dev.bind(op)?;
         let compute = dev.inner.stream.clone();

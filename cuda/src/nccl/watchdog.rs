@@ -58,6 +58,10 @@ pub(crate) fn spawn(comm: Weak<Inner>) {
     let spawned = std::thread::Builder::new().name("ela-nccl-watchdog".into()).spawn(move || loop {
         std::thread::sleep(TICK);
         let Some(inner) = comm.upgrade() else { return };
+        // Event queries need the device's context current on this thread.
+        if inner.dev.bind("nccl_watchdog").is_err() {
+            continue;
+        }
         let why = if let Some(e) = inner.async_error() {
             Some(e)
         } else {

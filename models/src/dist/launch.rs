@@ -100,7 +100,10 @@ pub fn launch(plan: &LaunchPlan, program: &std::path::Path, args: &[String]) -> 
                 Ok(Some(st)) => failed |= !st.success(),
                 Ok(None) => running += 1,
                 Err(e) => {
-                    return Err(Error::Distributed { op: "launch", msg: format!("watching rank {}: {e}", global(*local)) })
+                    return Err(Error::Distributed {
+                        op: "launch",
+                        msg: format!("watching rank {}: {e}", global(*local)),
+                    })
                 }
             }
         }
@@ -112,7 +115,9 @@ pub fn launch(plan: &LaunchPlan, program: &std::path::Path, args: &[String]) -> 
             let failures: Vec<String> = children
                 .iter_mut()
                 .filter_map(|(local, c)| match c.try_wait() {
-                    Ok(Some(st)) if !st.success() => Some(format!("rank {} (local rank {local}): {st}", global(*local))),
+                    Ok(Some(st)) if !st.success() => {
+                        Some(format!("rank {} (local rank {local}): {st}", global(*local)))
+                    }
                     _ => None,
                 })
                 .collect();

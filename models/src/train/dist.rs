@@ -39,6 +39,9 @@ pub(crate) fn shard(b: Batch, rank: usize, world: usize) -> Batch {
 fn broadcast_bytes<B: Backend>(comm: &dyn Communicator<B>, dev: &B, bytes: &[u8]) -> Result<Vec<u8>> {
     let len = Tensor::from_vec(vec![bytes.len() as f64], [1], dev)?;
     let len = comm.broadcast(&len, 0)?.to_scalar()? as usize;
+    if len == 0 {
+        return Ok(vec![]);
+    }
     let mine = if comm.rank() == 0 { bytes.to_vec() } else { vec![0u8; len] };
     let t = Tensor::from_cpu_storage(&CpuStorage::U8(mine), [len], dev)?;
     comm.broadcast(&t, 0)?.to_vec::<u8>()

@@ -92,8 +92,13 @@ impl<'c, B: Backend> GradReducer<'c, B> {
             });
             flags.push(if self.ready[b][pos].is_some() { 1.0 } else { 0.0 });
         }
-        let flags = ela_core::CpuStorage::from_f64_vec(&flags, dtype)?;
-        parts.push(Tensor::from_cpu_storage(&flags, [bucket.len()], &dev)?);
+        // All present (the usual case): a fill on the device, because an upload would make the
+        // host wait for the queued backward work and so end the overlap.
+        parts.push(if flags.iter().all(|&f| f == 1.0) {
+            Tensor::ones([bucket.len()], dtype, &dev)?
+        } else {
+            Tensor::from_cpu_storage(&ela_core::CpuStorage::from_f64_vec(&flags, dtype)?, [bucket.len()], &dev)?
+        });
         Tensor::concat(&parts.iter().collect::<Vec<_>>(), 0)
     }
 
