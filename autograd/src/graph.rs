@@ -7,6 +7,9 @@ use ela_core::{Backend, Error, Result, Tensor};
 use crate::grad_mode::no_grad;
 use crate::var::Var;
 
+/// What [`Var::backward_with_hook`] calls with a leaf and its final gradient.
+pub type GradHook<'a, B> = dyn FnMut(&Var<B>, &Tensor<B>) -> Result<()> + 'a;
+
 /// Gradients of the leaves that require them, keyed by var.
 pub struct Grads<B: Backend> {
     map: HashMap<usize, Tensor<B>>,
@@ -93,7 +96,7 @@ impl<B: Backend> Var<B> {
     /// differentiated. Data-parallel training starts reducing a gradient bucket there, so the
     /// communication overlaps the remaining backward work. Leaves that receive no gradient are
     /// not reported. The returned [`Grads`] are the same as [`Var::backward`]'s.
-    pub fn backward_with_hook(&self, on_final: &mut dyn FnMut(&Var<B>, &Tensor<B>) -> Result<()>) -> Result<Grads<B>> {
+    pub fn backward_with_hook(&self, on_final: &mut GradHook<'_, B>) -> Result<Grads<B>> {
         let v = self.value();
         if v.elem_count() != 1 {
             return Err(Error::invalid(
@@ -104,11 +107,7 @@ impl<B: Backend> Var<B> {
         self.backward_inner(v.ones_like()?, on_final)
     }
 
-    fn backward_inner(
-        &self,
-        grad: Tensor<B>,
-        on_final: &mut dyn FnMut(&Var<B>, &Tensor<B>) -> Result<()>,
-    ) -> Result<Grads<B>> {
+    fn backward_inner(&self, grad: Tensor<B>, on_final: &mut GradHook<'_, B>) -> Result<Grads<B>> {
         let v = self.value();
         if grad.shape() != v.shape() {
             return Err(Error::ShapeMismatch {

@@ -25,6 +25,9 @@ fn comm() -> Option<NcclComm> {
     }
 }
 
+/// A collective's name, its result, and the expected dims and values.
+type Case = (&'static str, Tensor<ela_cuda::Cuda>, Vec<usize>, Vec<f64>);
+
 #[test]
 fn single_rank_collectives_equal_the_cpu() -> Result<()> {
     let Some(c) = comm() else { return Ok(()) };
@@ -37,7 +40,7 @@ fn single_rank_collectives_equal_the_cpu() -> Result<()> {
         let g = x.to_device(&dev)?;
         // Also a strided view: the communicator must read its logical elements.
         let gt = g.transpose(0, 1)?;
-        let cases: Vec<(&str, Tensor<ela_cuda::Cuda>, Vec<usize>, Vec<f64>)> = vec![
+        let cases: Vec<Case> = vec![
             ("all_reduce sum", c.all_reduce(&g, CommOp::Sum)?, vec![6, 5], want.clone()),
             ("all_reduce avg", c.all_reduce_start(&g, CommOp::Avg)?.wait()?, vec![6, 5], want.clone()),
             ("broadcast", c.broadcast(&g, 0)?, vec![6, 5], want.clone()),

@@ -73,7 +73,7 @@ pub fn check_call(coll: Collective, dims: &[usize], world: usize) -> Result<()> 
             expected: "at least 1 (the ranks' parts are stacked along axis 0)",
             shape: Shape::from(dims.to_vec()),
         }),
-        Collective::ReduceScatter(_) if dims[0] % world != 0 => Err(Error::invalid(
+        Collective::ReduceScatter(_) if !dims[0].is_multiple_of(world) => Err(Error::invalid(
             op,
             format!(
                 "axis 0 of shape {:?} has {} rows, not a multiple of the world size {world}: each rank keeps \

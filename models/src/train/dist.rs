@@ -14,7 +14,7 @@ use crate::data::Batch;
 
 /// Refuses a world size that does not divide the global batch.
 pub(crate) fn check_world(batch: usize, world: usize) -> Result<()> {
-    if batch % world != 0 {
+    if !batch.is_multiple_of(world) {
         return Err(Error::invalid(
             "train",
             format!(
