@@ -23,6 +23,8 @@ OUT=${OUT:-$(mktemp -d /tmp/ela-scale-out.XXXXXX)}
 CONFIGS=${CONFIGS:-"d512-L8:512:8:8:2048:8 d1024-L16:1024:16:16:4096:4"}
 SEQ=2048
 
+# cudarc looks for libnccl.so; link NCCL's libnccl.so.2 under that name if needed.
+. benches/nccl_lib.sh
 [ -x "$ELA" ] || { echo "no $ELA: run cargo build --release first (or set ELA=path/to/ela)" >&2; exit 1; }
 GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 [ "$GPUS" -ge 1 ] || { echo "no GPU visible (nvidia-smi -L)" >&2; exit 1; }

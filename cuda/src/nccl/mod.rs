@@ -79,8 +79,10 @@ fn check_library(op: &'static str) -> Result<()> {
     Err(Error::DeviceUnavailable {
         device: format!("nccl ({op})"),
         reason: format!(
-            "the NCCL library was not found (tried {:?}): install NCCL (e.g. `pip install nvidia-nccl-cu12` or the \
-             libnccl2 package) and add its lib directory to LD_LIBRARY_PATH, or train on one GPU",
+            "the NCCL library was not found (tried {:?}); NCCL's own file name is libnccl.so.2, which is not among \
+             those names, so link it as libnccl.so in a folder on LD_LIBRARY_PATH (`. benches/nccl_lib.sh` does \
+             that), or install NCCL first (`pip install nvidia-nccl-cu12`, or the libnccl2 package); or train on one \
+             GPU",
             crate::kernels::linux_candidates("nccl")
         ),
     })

@@ -199,7 +199,8 @@ fn run_loop<B: Backend>(
         dist::check_world(args.batch, world)?;
         check_memory(&args.model.to_config()?, &per_rank(&args, world))?;
     }
-    // Only rank 0 owns the run folder (and its lock); the others learn what they need from it.
+    // Only rank 0 owns the run folder, and holds its lock to the end of the run (no other process
+    // may write into it meanwhile); the other ranks learn what they need from rank 0.
     let (out, resumed, _lock) = if lead {
         let run = open_run("train", args.out.as_deref(), Path::new(DEFAULT_OUT), args.resume, device)?;
         (Some(run.dir), run.resumed, Some(run.lock))
@@ -350,11 +351,13 @@ fn run_loop<B: Backend>(
         first_loss.get_or_insert(ce);
         last_loss = ce;
         let done = step + 1;
-        if args.abort_after == Some(done) && args.abort_rank.is_none_or(|r| r == rank) {
-            std::process::abort();
-        }
+        // Testing aid: a kill right after this step's record and checkpoint.
+        let abort_here = args.abort_after == Some(done) && args.abort_rank.is_none_or(|r| r == rank);
         let Some(log) = log.as_mut() else {
             // Ranks other than 0 neither log, validate nor save.
+            if abort_here {
+                std::process::abort();
+            }
             if args.stop_after == Some(done) {
                 break;
             }
@@ -392,6 +395,9 @@ fn run_loop<B: Backend>(
                 tensors.extend(checkpoint::with_prefix(&opt.state_dict()?, "optim"));
                 checkpoint::save(ckpt_path, &tensors, &metadata(&cfg, &args, done, data_hash))?;
             }
+        }
+        if abort_here {
+            std::process::abort();
         }
         if args.stop_after == Some(done) {
             break;
