@@ -10,8 +10,10 @@
 
 use std::time::Duration;
 
+use ela_autograd::Var;
 use ela_core::{CommOp, Communicator, Cpu, DType, Error, Result, Rng, Tensor};
 use ela_cuda::NcclComm;
+use ela_nn::ddp::{DdpConfig, GradReducer};
 
 fn comm() -> Option<NcclComm> {
     let dev = ela_tests::device::cuda()?;
@@ -77,6 +79,35 @@ fn a_collective_overlaps_compute_queued_after_it_and_orders_before_later_reads()
     let r = pending.wait()?.add(&y)?;
     let want: Vec<f64> = x.to_vec_f64()?.iter().map(|v| v * 3.0).collect();
     assert_eq!(r.to_vec_f64()?, want);
+    Ok(())
+}
+
+#[test]
+fn bucketed_gradient_averaging_over_nccl_equals_plain_backward() -> Result<()> {
+    // The data-parallel machinery on the GPU (the backward hook starting NCCL all-reduces on the
+    // comm stream mid-backward, the presence flags filled on the device, the wait before the
+    // optimizer reads): with one rank the average is the gradient itself.
+    let Some(c) = comm() else { return Ok(()) };
+    let dev = c.device().clone();
+    let mut rng = Rng::new(5);
+    let mut param = |dims: &[usize]| -> Result<Var<ela_cuda::Cuda>> {
+        Ok(Var::param(Tensor::randn(0.0, 0.5, dims.to_vec(), DType::F32, &mut rng, &Cpu)?.to_device(&dev)?))
+    };
+    let (w1, w2, unused) = (param(&[16, 32])?, param(&[32, 8])?, param(&[8])?);
+    let x = Var::constant(Tensor::randn(0.0, 1.0, [4, 16], DType::F32, &mut Rng::new(6), &Cpu)?.to_device(&dev)?);
+    let loss = x.matmul(&w1)?.relu()?.matmul(&w2)?.square()?.mean_all()?;
+    let plain = loss.backward()?;
+    for bucket_bytes in [0, 1 << 20] {
+        let params = vec![w1.clone(), w2.clone(), unused.clone()];
+        let mut red = GradReducer::new(&c, params, DdpConfig { bucket_bytes });
+        let mut g = loss.backward_with_hook(&mut |v, g| red.on_grad(v, g))?;
+        red.finish(&mut g)?;
+        for (name, v) in [("w1", &w1), ("w2", &w2)] {
+            let (got, want) = (g.get(v).unwrap().to_vec_f64()?, plain.get(v).unwrap().to_vec_f64()?);
+            assert_eq!(got, want, "{name}, buckets of {bucket_bytes} bytes");
+        }
+        assert!(g.get(&unused).is_none(), "a parameter no rank has a gradient for gets none");
+    }
     Ok(())
 }
 
