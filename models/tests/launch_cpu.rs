@@ -139,3 +139,24 @@ fn launch_arguments_are_checked() {
     let out = ela().args(["launch", "--nproc", "2"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "the command after -- is required");
 }
+
+#[test]
+fn each_process_gets_torchruns_variables_and_nvls_off_unless_set() {
+    use ela_models::dist::LaunchPlan;
+    let plan = LaunchPlan { nproc: 4, nnodes: 2, node_rank: 1, master_addr: "node0".into(), master_port: 29500 };
+    let env: std::collections::HashMap<String, String> = plan.env_of(2, false).into_iter().collect();
+    for (k, v) in [
+        ("RANK", "6"),
+        ("LOCAL_RANK", "2"),
+        ("WORLD_SIZE", "8"),
+        ("LOCAL_WORLD_SIZE", "4"),
+        ("GROUP_RANK", "1"),
+        ("MASTER_ADDR", "node0"),
+        ("MASTER_PORT", "29500"),
+        ("NCCL_NVLS_ENABLE", "0"),
+    ] {
+        assert_eq!(env.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    let user_set = plan.env_of(0, true);
+    assert!(user_set.iter().all(|(k, _)| k != "NCCL_NVLS_ENABLE"), "the user's own setting is kept");
+}
