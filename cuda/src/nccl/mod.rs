@@ -135,8 +135,9 @@ impl NcclComm {
     }
 
     /// Joins the communicator `id` as `rank` of `world`, on `dev` (one GPU per rank). Blocks until
-    /// every rank has joined. A collective not finished after `timeout` makes the watchdog abort
-    /// the communicator and end the process.
+    /// every rank has joined; if that takes longer than `timeout` (a peer died after the
+    /// rendezvous) the process ends with a message. A collective not finished after `timeout`
+    /// makes the watchdog abort the communicator and end the process.
     pub fn new(dev: &Cuda, rank: usize, world: usize, id: &[u8; NCCL_ID_BYTES], timeout: Duration) -> Result<NcclComm> {
         const OP: &str = "nccl_init";
         if world == 0 || rank >= world {
@@ -146,6 +147,7 @@ impl NcclComm {
         dev.bind(OP)?;
         let stream = dev.inner.ctx.new_stream().map_err(|e| driver_error(OP, e))?;
         let uid = ns::ncclUniqueId { internal: id.map(|b| b as ::core::ffi::c_char) };
+        let guard = watchdog::deadline(format!("rank {rank} of {world}: ncclCommInitRank"), timeout);
         let comm = no_panic(OP, || {
             let mut comm: ns::ncclComm_t = std::ptr::null_mut();
             // SAFETY: `comm` is a valid out pointer; the device's context is current on this thread,
@@ -153,6 +155,7 @@ impl NcclComm {
             unsafe { nr::comm_init_rank(&mut comm, world as i32, uid, rank as i32) }.map_err(|e| nccl_err(OP, e))?;
             Ok(comm)
         })?;
+        drop(guard);
         let inner = Arc::new(Inner {
             comm,
             rank,

@@ -90,3 +90,27 @@ pub(crate) fn spawn(comm: Weak<Inner>) {
         );
     }
 }
+
+/// Guards a blocking call that has no timeout of its own (`ncclCommInitRank`, which waits for
+/// every rank): if the returned guard is not dropped within `timeout`, the process prints why and
+/// ends with exit code 1 (there is no communicator yet that could be aborted instead).
+pub(crate) fn deadline(what: String, timeout: Duration) -> std::sync::mpsc::Sender<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let label = what.clone();
+    let spawned = std::thread::Builder::new().name("ela-nccl-init-deadline".into()).spawn(move || {
+        // Dropping the sender (the call returned) disconnects the channel: nothing to do.
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(timeout) {
+            let _ = writeln!(
+                std::io::stderr(),
+                "{label} did not finish within {:.0} s: a peer rank died or hung after the rendezvous; ending the \
+                 process (exit code 1)",
+                timeout.as_secs_f64()
+            );
+            std::process::exit(1);
+        }
+    });
+    if let Err(e) = spawned {
+        let _ = writeln!(std::io::stderr(), "warning: no deadline for {what} ({e}); a dead peer may hang this rank");
+    }
+    tx
+}
