@@ -7,6 +7,9 @@ use ela_core::{Backend, Error, Result, Tensor};
 use crate::grad_mode::no_grad;
 use crate::var::Var;
 
+/// What [`Var::backward_with_hook`] calls with a leaf and its final gradient.
+pub type GradHook<'a, B> = dyn FnMut(&Var<B>, &Tensor<B>) -> Result<()> + 'a;
+
 /// Gradients of the leaves that require them, keyed by var.
 pub struct Grads<B: Backend> {
     map: HashMap<usize, Tensor<B>>,
@@ -85,6 +88,26 @@ impl<B: Backend> Var<B> {
 
     /// Backpropagate with an explicit output gradient of the output's shape.
     pub fn backward_with(&self, grad: Tensor<B>) -> Result<Grads<B>> {
+        self.backward_inner(grad, &mut |_, _| Ok(()))
+    }
+
+    /// [`Var::backward`] that calls `on_final(leaf, grad)` as soon as a leaf's gradient is final
+    /// (every op that uses the leaf has contributed), while the rest of the graph is still being
+    /// differentiated. Data-parallel training starts reducing a gradient bucket there, so the
+    /// communication overlaps the remaining backward work. Leaves that receive no gradient are
+    /// not reported. The returned [`Grads`] are the same as [`Var::backward`]'s.
+    pub fn backward_with_hook(&self, on_final: &mut GradHook<'_, B>) -> Result<Grads<B>> {
+        let v = self.value();
+        if v.elem_count() != 1 {
+            return Err(Error::invalid(
+                "backward_with_hook",
+                format!("backward_with_hook() needs a one-element output (a loss), got shape {}", v.shape()),
+            ));
+        }
+        self.backward_inner(v.ones_like()?, on_final)
+    }
+
+    fn backward_inner(&self, grad: Tensor<B>, on_final: &mut GradHook<'_, B>) -> Result<Grads<B>> {
         let v = self.value();
         if grad.shape() != v.shape() {
             return Err(Error::ShapeMismatch {
@@ -99,26 +122,49 @@ impl<B: Backend> Var<B> {
             return Ok(Grads { map: grads });
         }
         grads.insert(self.id(), grad);
+        let order = self.topo_order();
+        // How many recorded ops still have to pass a gradient to each leaf: when it reaches zero
+        // the leaf's gradient is final. Counting is one pass over the edges, cheap next to the
+        // backward formulas themselves.
+        let mut pending_uses: HashMap<usize, usize> = HashMap::new();
+        for var in &order {
+            if let Some(n) = &var.0.node {
+                for i in n.inputs.iter().filter(|i| i.is_leaf() && i.requires_grad()) {
+                    *pending_uses.entry(i.id()).or_default() += 1;
+                }
+            }
+        }
         // Backward formulas are plain tensor ops: never record them.
         no_grad(|| {
-            for var in self.topo_order().into_iter().rev() {
+            for var in order.into_iter().rev() {
                 let Some(node) = &var.0.node else { continue };
-                let Some(g) = grads.remove(&var.id()) else { continue };
-                let needs: Vec<bool> = node.inputs.iter().map(|i| i.requires_grad()).collect();
-                let in_grads = (node.backward)(&g, &needs)?;
-                for ((input, gi), need) in node.inputs.iter().zip(in_grads).zip(&needs) {
-                    let (Some(gi), true) = (gi, *need) else { continue };
-                    debug_assert_eq!(
-                        gi.shape(),
-                        input.value().shape(),
-                        "backward of {} returned a wrong shape",
-                        node.op
-                    );
-                    let acc = match grads.remove(&input.id()) {
-                        Some(prev) => prev.add(&gi)?,
-                        None => gi,
-                    };
-                    grads.insert(input.id(), acc);
+                if let Some(g) = grads.remove(&var.id()) {
+                    let needs: Vec<bool> = node.inputs.iter().map(|i| i.requires_grad()).collect();
+                    let in_grads = (node.backward)(&g, &needs)?;
+                    for ((input, gi), need) in node.inputs.iter().zip(in_grads).zip(&needs) {
+                        let (Some(gi), true) = (gi, *need) else { continue };
+                        debug_assert_eq!(
+                            gi.shape(),
+                            input.value().shape(),
+                            "backward of {} returned a wrong shape",
+                            node.op
+                        );
+                        let acc = match grads.remove(&input.id()) {
+                            Some(prev) => prev.add(&gi)?,
+                            None => gi,
+                        };
+                        grads.insert(input.id(), acc);
+                    }
+                }
+                // Each use counts once, whether or not a gradient flowed through it.
+                for input in node.inputs.iter().filter(|i| i.is_leaf() && i.requires_grad()) {
+                    let left = pending_uses.get_mut(&input.id()).expect("counted above");
+                    *left -= 1;
+                    if *left == 0 {
+                        if let Some(g) = grads.get(&input.id()) {
+                            on_final(input, g)?;
+                        }
+                    }
                 }
             }
             Ok(())

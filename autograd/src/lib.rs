@@ -36,5 +36,5 @@ mod var;
 
 pub use grad_mode::{is_grad_enabled, no_grad, NoGradGuard};
 pub use gradcheck::{gradcheck, GradcheckOptions, GradcheckReport};
-pub use graph::Grads;
+pub use graph::{GradHook, Grads};
 pub use var::{BackwardFn, Var};

@@ -143,6 +143,15 @@ pub enum Error {
         /// The backend's message.
         msg: String,
     },
+    /// A distributed run cannot continue: a rank died, hung or never joined (a timeout), the
+    /// ranks disagree (different collectives, shapes or world sizes), or the rendezvous or a
+    /// collective's transport failed.
+    Distributed {
+        /// The collective or step (e.g. "all_reduce", "rendezvous").
+        op: &'static str,
+        /// What happened, naming the ranks involved, and what to check.
+        msg: String,
+    },
     /// A file could not be read or written, or its content is invalid (checkpoints, data).
     Io {
         /// The file involved.
@@ -214,6 +223,7 @@ impl std::fmt::Display for Error {
                 write!(f, "device {device} is unavailable: {reason}")
             }
             Error::Backend { backend, op, msg } => write!(f, "{op} ({backend} backend): {msg}"),
+            Error::Distributed { op, msg } => write!(f, "{op} (distributed): {msg}"),
             Error::Io { path, msg } => write!(f, "{path}: {msg}"),
         }
     }

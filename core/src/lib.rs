@@ -20,6 +20,7 @@
 struct ReadmeDoctests;
 
 pub mod backend;
+pub mod comm;
 pub mod cpu;
 pub mod dtype;
 pub mod ela;
@@ -31,6 +32,7 @@ pub mod shape;
 pub mod tensor;
 
 pub use backend::Backend;
+pub use comm::{CommOp, Communicator, LocalComm, PendingTensor};
 pub use cpu::{Cpu, CpuStorage};
 pub use dtype::{DType, Float, WithDType};
 pub use ela::{ElaKernel, ElaParams, ElaSaved, FusedElaState};

@@ -31,7 +31,8 @@
 //! GPU, module cache, launches, transfers),
 //! `alloc.rs` (caching allocator, [`MemoryStats`]), `graph.rs` (CUDA graph capture and replay,
 //! [`CudaGraphExec`], in-place writes), `kernels.rs` (sources and NVRTC),
-//! `strided.rs` (strided views as kernel arguments), `ops/` (one file per op family, next to its
+//! `strided.rs` (strided views as kernel arguments), `nccl/` (NCCL collectives for data-parallel
+//! training, [`NcclComm`], with its watchdog), `ops/` (one file per op family, next to its
 //! `.cu` file, fused ELA included), `backend_impl.rs` (the trait impl). See `cuda/README.md`.
 #![warn(missing_docs)]
 
@@ -41,6 +42,7 @@ mod device;
 mod error;
 mod graph;
 pub mod kernels;
+mod nccl;
 mod ops;
 mod profile;
 mod storage;
@@ -51,5 +53,6 @@ mod timing;
 pub use alloc::MemoryStats;
 pub use device::{cuda_if_available, cuda_or_none, Cuda};
 pub use graph::CudaGraphExec;
+pub use nccl::{NcclComm, DEFAULT_NCCL_TIMEOUT, NCCL_ID_BYTES};
 pub use storage::CudaStorage;
 pub use timing::GpuTimer;

@@ -19,6 +19,7 @@ pub mod data;
 pub mod demo;
 pub mod detect;
 pub mod device;
+pub mod dist;
 pub mod external;
 pub mod lm;
 pub mod report;

@@ -2,7 +2,8 @@
 //!
 //! Neural-network building blocks on top of [`ela_autograd`]: Exact Linear Attention and its
 //! kernels ([`ela`]), modules and a parameter registry ([`module`], [`layers`]), optimizers
-//! ([`optim`]), checkpoints ([`checkpoint`]) and mixed precision ([`precision`]). Every module is generic over the backend.
+//! ([`optim`]), checkpoints ([`checkpoint`]), mixed precision ([`precision`]) and data-parallel
+//! gradient synchronisation ([`ddp`]). Every module is generic over the backend.
 #![warn(missing_docs)]
 
 // The crate README's example runs as a doctest, so the front page cannot go stale.
@@ -13,6 +14,7 @@ struct ReadmeDoctests;
 pub mod attention;
 pub mod kv_cache;
 pub mod checkpoint;
+pub mod ddp;
 pub mod ela;
 pub mod layers;
 pub mod module;

@@ -6,6 +6,7 @@ pub mod claims;
 pub mod detect;
 pub mod generate;
 pub mod info;
+pub mod launch;
 pub mod logits;
 pub mod train;
 pub mod verify;
@@ -26,7 +27,12 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train the ELA language model (embedded corpus by default), with checkpoints and plots.
+    /// Under `ela launch` (or torchrun's environment) it trains data-parallel, one rank per
+    /// process (docs/distributed.md).
     Train(crate::train::TrainArgs),
+    /// Run a command as several data-parallel ranks: `ela launch --nproc 8 -- train --device cuda`;
+    /// across machines with --nnodes, --node-rank, --master-addr and --master-port.
+    Launch(launch::LaunchArgs),
     /// The YOLO-LAT detector: `ela detect train`, `ela detect predict`, `ela detect eval`.
     Detect(detect::DetectArgs),
     /// Sample text from a trained checkpoint.
@@ -51,6 +57,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(args) => train::run(&args),
+        Command::Launch(args) => launch::run(&args),
         Command::Detect(args) => detect::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Logits(args) => logits::run(&args),

@@ -2,11 +2,19 @@
 
 use ela_core::{Backend, Result};
 
+use crate::dist::DistEnv;
 use crate::train::{train, TrainArgs};
 
 /// Run `ela train` and print its report.
 pub fn run(args: &TrainArgs) -> Result<()> {
-    let (report, peak) = crate::on_device!(&args.device, |dev| train(args, dev).map(|r| (r, dev.peak_memory())))?;
+    let (report, peak) = match DistEnv::from_env()? {
+        // One rank of a data-parallel job: rank 0 reports for all.
+        Some(env) => match crate::dist::train_from_env(args, &env)? {
+            Some(report) => (report, None),
+            None => return Ok(()),
+        },
+        None => crate::on_device!(&args.device, |dev| train(args, dev).map(|r| (r, dev.peak_memory())))?,
+    };
     if let Some(first) = report.first_loss {
         crate::outln!("train loss: {first:.4} -> {:.4} nats/byte over {} steps", report.last_loss, report.steps_run);
     }

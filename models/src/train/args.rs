@@ -238,9 +238,17 @@ pub struct TrainArgs {
     /// and loss: docs/nn.md, "Mixed precision"). Saved with the run, so `--resume` keeps it.
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
+    /// Data-parallel runs: gradients are averaged across ranks in buckets of about this many MiB
+    /// (PyTorch DDP's default 25), each started as soon as its gradients are final. Not a run
+    /// setting: it changes only the order of floating-point sums.
+    #[arg(long, default_value_t = 25.0)]
+    pub bucket_mb: f64,
     /// Testing aid: abort the process (no cleanup, like a kill) right after this step.
     #[arg(long, hide = true)]
     pub abort_after: Option<usize>,
+    /// Testing aid: with `--abort-after`, only this rank of a distributed run aborts.
+    #[arg(long, hide = true)]
+    pub abort_rank: Option<usize>,
     /// Also log each layer's gradient norm (before clipping) per step as `grad_norm_layer_<i>`
     /// in metrics.jsonl (what `ela claims link` plots). Library callers only.
     #[arg(skip)]
@@ -343,8 +351,19 @@ impl TrainArgs {
         Ok(())
     }
 
+    /// `--bucket-mb` in bytes.
+    pub fn bucket_bytes(&self) -> usize {
+        (self.bucket_mb * (1u64 << 20) as f64) as usize
+    }
+
     /// Check ranges before anything is built.
     pub fn validate(&self) -> Result<()> {
+        if !(self.bucket_mb.is_finite() && self.bucket_mb >= 0.0) {
+            return Err(Error::invalid(
+                "train",
+                format!("--bucket-mb must be finite and >= 0, got {}", self.bucket_mb),
+            ));
+        }
         if let Some(p) = &self.data {
             check_storable_path("train", p)?;
         }

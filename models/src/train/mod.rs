@@ -1,7 +1,8 @@
 //! Training the language model: options, the loop, checkpoints and reports.
 
 pub mod args;
+mod dist;
 pub mod run;
 
 pub use args::{ModelArgs, TrainArgs};
-pub use run::{plot_metrics, train, unigram_loss, validate, TrainReport};
+pub use run::{plot_metrics, train, train_data_parallel, unigram_loss, validate, TrainReport};

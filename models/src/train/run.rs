@@ -6,12 +6,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ela_autograd::no_grad;
-use ela_core::{Backend, CpuStorage, DType, Error, Result, Rng, Tensor};
+use ela_core::{Backend, Communicator, CpuStorage, DType, Error, Result, Rng, Tensor};
 use ela_nn::checkpoint::{self, xxh64, Metadata};
+use ela_nn::ddp::{DdpConfig, GradReducer};
 use ela_nn::module::ParamStore;
 use ela_nn::optim::{clip_grad_norm, AdamW, AdamWConfig, Optimizer, WarmupCosine};
 
 use super::args::TrainArgs;
+use super::dist;
 use crate::budget::Estimate;
 use crate::data::{default_corpus, Batch, ByteTokenizer, TextDataset};
 use crate::lm::{generate, ElaLm, LmConfig, SampleConfig};
@@ -158,7 +160,34 @@ pub(crate) fn write_config_json(out: &Path, meta: &Metadata) -> Result<()> {
 
 /// Train (or resume) as `args` says, on `device`.
 pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
+    run_loop(args, device, None)?.ok_or_else(|| Error::invalid("train", "a single-process run always reports"))
+}
+
+/// Train as one rank of `comm`'s group (data parallelism, docs/distributed.md): `--batch` is
+/// the global batch, of which each rank takes an equal, contiguous share of rows; gradients are
+/// averaged across ranks in buckets of `--bucket-mb` while the backward pass runs; rank 0's
+/// weights (and, on `--resume`, its checkpoint's settings and optimizer state) are copied to
+/// every rank first; only rank 0 writes the run folder and prints. Returns the report on rank 0
+/// and `None` on the others. The loss sequence equals a single process's with the same global
+/// batch, up to the order of floating-point sums.
+pub fn train_data_parallel<B: Backend>(
+    args: &TrainArgs,
+    device: &B,
+    comm: &dyn Communicator<B>,
+) -> Result<Option<TrainReport>> {
+    run_loop(args, device, Some(comm))
+}
+
+fn run_loop<B: Backend>(
+    args: &TrainArgs,
+    device: &B,
+    comm: Option<&dyn Communicator<B>>,
+) -> Result<Option<TrainReport>> {
     let mut args = args.clone();
+    // A group of one is a plain run.
+    let dist = comm.filter(|c| c.world_size() > 1);
+    let (rank, world) = dist.map_or((0, 1), |c| (c.rank(), c.world_size()));
+    let lead = rank == 0;
     // The chunk the user gave (a resumed run's stored one is a CPU setting the GPU never reads).
     if args.model.attention == "ela" {
         crate::device::check_chunk(args.model.chunk, &device.device_name(), "train")?;
@@ -167,29 +196,39 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
         // A new run's settings are all known now: refuse bad ones (and sizes the machine cannot
         // hold) before a folder is made.
         args.validate()?;
-        check_memory(&args.model.to_config()?, &args)?;
+        dist::check_world(args.batch, world)?;
+        check_memory(&args.model.to_config()?, &per_rank(&args, world))?;
     }
-    let run = open_run("train", args.out.as_deref(), Path::new(DEFAULT_OUT), args.resume, device)?;
-    // Held to the end of the run: no other process may write into this folder meanwhile.
-    let (out, resumed, _lock) = (run.dir, run.resumed, run.lock);
-    let ckpt_path = out.join(CKPT);
-    if let Some(ck) = &resumed {
-        args.check_resume_flags(|k| ck.metadata.get(k).cloned())?;
-        args.apply_run_pairs(|k| ck.metadata.get(k).cloned())?;
+    // Only rank 0 owns the run folder, and holds its lock to the end of the run (no other process
+    // may write into it meanwhile); the other ranks learn what they need from rank 0.
+    let (out, resumed, _lock) = if lead {
+        let run = open_run("train", args.out.as_deref(), Path::new(DEFAULT_OUT), args.resume, device)?;
+        (Some(run.dir), run.resumed, Some(run.lock))
+    } else {
+        (None, None, None)
+    };
+    let mut meta = resumed.as_ref().map(|ck| ck.metadata.clone());
+    if let Some(c) = dist {
+        meta = dist::share_metadata(c, device, meta.as_ref())?;
+    }
+    if let Some(m) = &meta {
+        args.check_resume_flags(|k| m.get(k).cloned())?;
+        args.apply_run_pairs(|k| m.get(k).cloned())?;
     }
     args.validate()?;
-    let cfg = match &resumed {
-        Some(ck) => LmConfig::from_pairs(|k| ck.metadata.get(k).cloned())?,
+    dist::check_world(args.batch, world)?;
+    let cfg = match &meta {
+        Some(m) => LmConfig::from_pairs(|k| m.get(k).cloned())?,
         None => args.model.to_config()?,
     };
-    if cfg.lobe == crate::lm::LobeMode::Bidirectional {
+    if cfg.lobe == crate::lm::LobeMode::Bidirectional && lead {
         crate::errln!(
             "warning: --lobe bidirectional lets every position see later tokens, so this causal LM's loss is \
              not a next-token loss and the model cannot decode left to right (see docs/model.md)"
         );
     }
     // The stored config of a resumed run is checked here, before anything is built from it.
-    check_memory(&cfg, &args)?;
+    check_memory(&cfg, &per_rank(&args, world))?;
     let text = load_text(&args.data)?;
     let data_hash = xxh64(&text, 0);
     let tokens = ByteTokenizer.encode_bytes(&text);
@@ -206,65 +245,124 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
     let sched = WarmupCosine::new(args.lr, args.min_lr, args.warmup, args.steps)?;
 
     let mut start = 0;
-    if let Some(ck) = &resumed {
-        let hash = ck.metadata.get("run.data_hash").cloned().unwrap_or_default();
+    if let Some(m) = &meta {
+        let hash = m.get("run.data_hash").cloned().unwrap_or_default();
         if hash != format!("{data_hash:016x}") {
             return Err(Error::invalid(
                 "train --resume",
                 "the training text differs from the one the run started with",
             ));
         }
+        start = m.get("run.step").and_then(|s| s.parse().ok()).unwrap_or(0);
+    }
+    if let Some(ck) = &resumed {
         start = restore(ck, &store, &mut opt)?;
     }
-    let (metrics_path, mut log) = start_metrics(&out, resumed.is_some())?;
-    write_config_json(&out, &metadata(&cfg, &args, start, data_hash))?;
+    if let Some(c) = dist {
+        // Every replica starts from rank 0's weights, buffers and optimizer state.
+        let sd = dist::share_state(c, device, &store.state_dict())?;
+        let osd = dist::share_state(c, device, &opt.state_dict()?)?;
+        if !lead {
+            store.load_state_dict(&sd, true)?;
+            opt.load_state_dict(&osd)?;
+        }
+    }
+    let metrics = match &out {
+        Some(out) => {
+            let (path, log) = start_metrics(out, resumed.is_some())?;
+            write_config_json(out, &metadata(&cfg, &args, start, data_hash))?;
+            Some((path, log))
+        }
+        None => None,
+    };
+    let (metrics_path, mut log) = match metrics {
+        Some((p, l)) => (Some(p), Some(l)),
+        None => (None, None),
+    };
+    let ckpt_path = out.as_ref().map(|o| o.join(CKPT));
 
-    crate::errln!(
-        "model: {params} parameters ({}, {} precision); data: {} train / {} validation bytes; {} steps of {}x{} tokens{}",
-        describe(&cfg),
-        args.precision,
-        ds.train.len(),
-        ds.val.len(),
-        args.steps,
-        args.batch,
-        args.seq,
-        if start > 0 { format!(", resuming at step {start}") } else { String::new() }
-    );
-    let progress = Progress::new(args.steps.saturating_sub(start), 10);
+    if lead {
+        crate::errln!(
+            "model: {params} parameters ({}, {} precision); data: {} train / {} validation bytes; {} steps of {}x{} tokens{}{}",
+            describe(&cfg),
+            args.precision,
+            ds.train.len(),
+            ds.val.len(),
+            args.steps,
+            args.batch,
+            args.seq,
+            if world > 1 { format!(" ({world} ranks of {} sequences)", args.batch / world) } else { String::new() },
+            if start > 0 { format!(", resuming at step {start}") } else { String::new() }
+        );
+    }
+    let mut reducer =
+        dist.map(|c| GradReducer::new(c, store.params(), DdpConfig { bucket_bytes: args.bucket_bytes() }));
+    let progress = lead.then(|| Progress::new(args.steps.saturating_sub(start), 10));
     let t0 = Instant::now();
     let (mut first_loss, mut last_loss, mut val_loss) = (None, f64::NAN, f64::NAN);
     for step in start..args.steps {
         let lr = sched.lr_at(step);
         opt.set_lr(lr)?;
         let b = batch_for_step(&ds, &args, step)?;
+        let b = if world > 1 { dist::shard(b, rank, world) } else { b };
         let (loss, ce, out) =
             model.loss(&ids(&b.inputs, b.batch, b.seq, device)?, &ids(&b.targets, b.batch, b.seq, device)?)?;
-        let mut grads = loss.backward()?;
+        let mut grads = match &mut reducer {
+            // Buckets start reducing as their gradients become final, during the backward pass.
+            Some(red) => {
+                let mut g = loss.backward_with_hook(&mut |v, g| red.on_grad(v, g))?;
+                red.finish(&mut g)?;
+                g
+            }
+            None => loss.backward()?,
+        };
         let layer_norms = if args.layer_grad_norms { layer_grad_norms(&store, &grads, cfg.layers)? } else { vec![] };
         let norm = if args.clip > 0.0 { clip_grad_norm(&store.params(), &mut grads, args.clip)? } else { f64::NAN };
         let finite = norm.is_finite() || args.clip == 0.0;
         if finite {
             opt.step(&grads)?;
         } else if args.skip_nonfinite {
-            crate::errln!(
-                "warning: step {}: gradient norm {norm}; the update was skipped (--skip-nonfinite)",
-                step + 1
-            );
+            if lead {
+                crate::errln!(
+                    "warning: step {}: gradient norm {norm}; the update was skipped (--skip-nonfinite)",
+                    step + 1
+                );
+            }
         } else {
             return Err(nonfinite_error(step + 1, "gradient norm", norm));
         }
-        // Read only now: on a GPU the update is already queued behind the forward.
-        let ce = ce.to_scalar()?;
+        // Read only now: on a GPU the update is already queued behind the forward. With several
+        // ranks, the mean of the ranks' means over equal shares: the global batch's loss.
+        let ce = match dist {
+            Some(c) => dist::global_mean(c, &ce)?,
+            None => ce.to_scalar()?,
+        };
         if !ce.is_finite() && !args.skip_nonfinite {
             return Err(nonfinite_error(step + 1, "loss", ce));
         }
+        let mut routing = out.routing;
+        if let Some(c) = dist {
+            dist::global_routing(c, device, &mut routing)?;
+        }
         let moes: Vec<_> = model.blocks().iter().filter_map(|b| b.moe()).collect();
-        for (m, stats) in moes.iter().zip(&out.routing) {
+        for (m, stats) in moes.iter().zip(&routing) {
             m.update_selection_bias(stats)?;
         }
         first_loss.get_or_insert(ce);
         last_loss = ce;
         let done = step + 1;
+        // Testing aid: a kill right after this step's record and checkpoint.
+        let abort_here = args.abort_after == Some(done) && args.abort_rank.is_none_or(|r| r == rank);
+        let Some(log) = log.as_mut() else {
+            // Ranks other than 0 neither log, validate nor save.
+            if abort_here {
+                std::process::abort();
+            }
+            if args.stop_after == Some(done) {
+                break;
+            }
+            continue;
+        };
         let tps = ((done - start) * args.batch * args.seq) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
         let mut rec = vec![
             ("step", Value::Int(done as i64)),
@@ -277,9 +375,9 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
         for (k, n) in layer_keys.iter().zip(&layer_norms) {
             rec.push((k.as_str(), Value::Num(*n)));
         }
-        if !out.routing.is_empty() {
-            let ent = out.routing.iter().map(|r| r.entropy).sum::<f64>() / out.routing.len() as f64;
-            let max_load = out.routing.iter().flat_map(|r| r.load.iter().copied()).fold(0.0, f64::max);
+        if !routing.is_empty() {
+            let ent = routing.iter().map(|r| r.entropy).sum::<f64>() / routing.len() as f64;
+            let max_load = routing.iter().flat_map(|r| r.load.iter().copied()).fold(0.0, f64::max);
             rec.push(("moe_entropy", Value::Num(ent)));
             rec.push(("moe_max_load", Value::Num(max_load)));
         }
@@ -288,13 +386,17 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
             rec.push(("val_loss", Value::Num(val_loss)));
         }
         log.write(&rec)?;
-        progress.update(step - start, &format!("loss {ce:.3} | val {val_loss:.3} | {tps:.0} tok/s"));
-        if (args.checkpoint_every > 0 && done % args.checkpoint_every == 0) || done == args.steps {
-            let mut tensors = checkpoint::with_prefix(&store.state_dict(), "model");
-            tensors.extend(checkpoint::with_prefix(&opt.state_dict()?, "optim"));
-            checkpoint::save(&ckpt_path, &tensors, &metadata(&cfg, &args, done, data_hash))?;
+        if let Some(p) = &progress {
+            p.update(step - start, &format!("loss {ce:.3} | val {val_loss:.3} | {tps:.0} tok/s"));
         }
-        if args.abort_after == Some(done) {
+        if let Some(ckpt_path) = &ckpt_path {
+            if (args.checkpoint_every > 0 && done % args.checkpoint_every == 0) || done == args.steps {
+                let mut tensors = checkpoint::with_prefix(&store.state_dict(), "model");
+                tensors.extend(checkpoint::with_prefix(&opt.state_dict()?, "optim"));
+                checkpoint::save(ckpt_path, &tensors, &metadata(&cfg, &args, done, data_hash))?;
+            }
+        }
+        if abort_here {
             std::process::abort();
         }
         if args.stop_after == Some(done) {
@@ -302,6 +404,9 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
         }
     }
     let seconds = t0.elapsed().as_secs_f64();
+    let (Some(out), Some(metrics_path), Some(ckpt_path)) = (out, metrics_path, ckpt_path) else {
+        return Ok(None);
+    };
     let steps_run = args.stop_after.map_or(args.steps, |s| s.min(args.steps)).saturating_sub(start);
     if steps_run == 0 {
         val_loss = validate(&model, &ds, args.seq, args.batch, args.eval_windows)?;
@@ -317,7 +422,7 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
         let new = generate(&model, &prompt, args.sample_len, &sample_cfg, &mut Rng::new(args.seed))?;
         format!("{SAMPLE_PROMPT}{}", ByteTokenizer.decode(&new))
     };
-    Ok(TrainReport {
+    Ok(Some(TrainReport {
         params,
         steps_run,
         tokens_per_sec: (steps_run * args.batch * args.seq) as f64 / seconds.max(1e-9),
@@ -330,7 +435,12 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
         plot,
         metrics: metrics_path,
         seconds,
-    })
+    }))
+}
+
+/// The settings one rank's memory must hold: its share of the batch.
+fn per_rank(args: &TrainArgs, world: usize) -> TrainArgs {
+    TrainArgs { batch: (args.batch / world).max(1), ..args.clone() }
 }
 
 /// The gradient norm of each layer's parameters (`layers.<i>.*`), before clipping.
