@@ -191,10 +191,16 @@ fn go<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
         "The ELA state is constant in N; the KV cache grows by {per_token:.0} bytes per position per row, so the state is at most 25% of the cache (75% less memory) \
          from N = {cross} on (derived from the measured bytes; every listed context above it is measured). \
          The 6x speedup is reached {six_at} (largest: {:.2}x at N = {}, batch {}).\n\n\
-         Caveats: CPU timings on a shared 2-core machine are noisy; the speedup grows with N because softmax decoding reads O(N) bytes per token and ELA O(1), \
+         Caveats: {}; the speedup grows with N because softmax decoding reads O(N) bytes per token and ELA O(1), \
          so \"up to 6x\" depends on the contexts chosen; contexts beyond the softmax limit are not extrapolated. Both models launch the same \
-         per-layer kernels around the mixer, so at small N the step is dominated by launches common to both.\n",
-        best_speedup.0, best_speedup.1, best_speedup.2
+         per-layer kernels around the mixer, so at small N the step is dominated by launches common to both. PyTorch peers of the same \
+         softmax LM (SDPA over a preallocated cache, eager and CUDA-graphed): docs/benchmarks.md, \"GPU decoding: the whole LM\".\n",
+        best_speedup.0, best_speedup.1, best_speedup.2,
+        if args.device.starts_with("cuda") {
+            "neither model's step is captured in a CUDA graph, so every step pays its kernel launches one by one"
+        } else {
+            "CPU timings on a shared 2-core machine are noisy"
+        }
     );
     res.finish(verdict, &measured, &section, &["latency.svg"])?;
     Ok(())
