@@ -164,12 +164,14 @@ mod tests {
     #[test]
     fn blocked_prefill_equals_full_causal_attention() {
         let mut rng = Rng::new(3);
-        let (q, k, v) = (randn([2, 3, 11, 4], &mut rng), randn([2, 3, 11, 4], &mut rng), randn([2, 3, 11, 5], &mut rng));
-        let full = softmax_attention(&Var::constant(q.clone()), &Var::constant(k.clone()), &Var::constant(v.clone()), true)
-            .unwrap()
-            .value()
-            .to_vec_f64()
-            .unwrap();
+        let (q, k, v) =
+            (randn([2, 3, 11, 4], &mut rng), randn([2, 3, 11, 4], &mut rng), randn([2, 3, 11, 5], &mut rng));
+        let full =
+            softmax_attention(&Var::constant(q.clone()), &Var::constant(k.clone()), &Var::constant(v.clone()), true)
+                .unwrap()
+                .value()
+                .to_vec_f64()
+                .unwrap();
         // Blocks that divide t, that do not, of one query, and one block of all of them.
         for block in [1, 3, 4, 11, 64] {
             let got = blocked_causal_attention_by(&q, &k, &v, block).unwrap().to_vec_f64().unwrap();

@@ -1,7 +1,8 @@
 //! # ela-nn
 //!
 //! Neural-network building blocks on top of [`ela_autograd`]: Exact Linear Attention and its
-//! kernels ([`ela`]), modules and a parameter registry ([`module`], [`layers`]), optimizers
+//! kernels ([`ela`]), attention with softmax or ELA mixers ([`attention`]) and the softmax
+//! decoding cache ([`kv_cache`]), modules and a parameter registry ([`module`], [`layers`]), optimizers
 //! ([`optim`]), checkpoints ([`checkpoint`]), mixed precision ([`precision`]) and data-parallel
 //! gradient synchronisation ([`ddp`]). Every module is generic over the backend.
 #![warn(missing_docs)]
@@ -12,10 +13,10 @@
 struct ReadmeDoctests;
 
 pub mod attention;
-pub mod kv_cache;
 pub mod checkpoint;
 pub mod ddp;
 pub mod ela;
+pub mod kv_cache;
 pub mod layers;
 pub mod module;
 pub mod moe;

@@ -46,7 +46,13 @@ impl<B: Backend> Tensor<B> {
             });
         }
         if offset + len > self.dims()[a] {
-            return Err(Error::Index { op: OP, index: offset + len, size: self.dims()[a], axis: a, shape: self.shape().clone() });
+            return Err(Error::Index {
+                op: OP,
+                index: offset + len,
+                size: self.dims()[a],
+                axis: a,
+                shape: self.shape().clone(),
+            });
         }
         if !self.is_exact_buffer() {
             return Err(Error::invalid(

@@ -182,7 +182,8 @@ fn go<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
         (false, true) => Verdict::Partly,
         _ => Verdict::NotConfirmed,
     };
-    let six_at = first_six.map_or("not within the measured contexts".to_string(), |(n, b)| format!("from N = {n} (batch {b})"));
+    let six_at =
+        first_six.map_or("not within the measured contexts".to_string(), |(n, b)| format!("from N = {n} (batch {b})"));
     let measured = format!(
         "largest measured speedup {:.2}x (batch {}, N={}); 6x {six_at}; ELA's state is ≤25% of the KV cache from N ≈ {cross} on (batch 1, derived from the measured bytes)",
         best_speedup.0, best_speedup.2, best_speedup.1

@@ -169,7 +169,8 @@ pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
     ];
     // A spike is an event of one run: every variant runs on the same few seeds (same batches per
     // seed across variants), and the finding counts the seeds on which each one spikes.
-    let spike_seeds: Vec<u64> = args.seeds().into_iter().take(if args.budget == Budget::Full { 3 } else { 2 }).collect();
+    let spike_seeds: Vec<u64> =
+        args.seeds().into_iter().take(if args.budget == Budget::Full { 3 } else { 2 }).collect();
     let mut spike_rows = String::from("| variant | seeds that spike | loss spikes per seed (step: +1 nat over the best so far) | max grad norm | loss at step 40 | max loss after 40 | final loss |\n|---|---:|---|---:|---:|---:|---:|\n");
     let mut curves = Vec::new();
     let mut spikes_of = Vec::new();
@@ -183,7 +184,8 @@ pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
         let sp: Vec<Vec<usize>> = runs.iter().map(loss_spikes).collect();
         let spiked = sp.iter().filter(|s| !s.is_empty()).count();
         let at = |r: &LmRun, s: usize| r.steps.get(s.saturating_sub(1)).map_or(f64::NAN, |x| x.loss);
-        let after: Vec<f64> = runs.iter().map(|r| r.steps.iter().skip(40).map(|s| s.loss).fold(f64::NAN, f64::max)).collect();
+        let after: Vec<f64> =
+            runs.iter().map(|r| r.steps.iter().skip(40).map(|s| s.loss).fold(f64::NAN, f64::max)).collect();
         let (max, _, _) = grad_stats(&runs);
         let per_seed = spike_seeds.iter().zip(&sp).map(|(s, v)| format!("s{s}: {v:?}")).collect::<Vec<_>>().join(", ");
         spike_rows += &format!(
