@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::shape::Shape;
 use crate::tensor::Tensor;
 
-use super::CommOp;
+use super::{CommOp, Communicator, PendingTensor};
 
 /// Which collective a rank called (every rank of one call must name the same one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,4 +146,42 @@ pub fn combine(calls: &[(Collective, HostTensor)]) -> Result<Vec<HostTensor>> {
                 .collect()
         }
     })
+}
+
+/// A transport that completes every collective on the host before returning: the ranks swap
+/// [`HostTensor`]s ([`LocalComm`](super::LocalComm) through shared memory, ela-models' TCP
+/// communicator through sockets), and the [`Communicator`] methods follow from that one exchange.
+pub trait HostExchange: Send + Sync {
+    /// This rank.
+    fn rank(&self) -> usize;
+    /// The number of ranks.
+    fn world_size(&self) -> usize;
+    /// Run `coll` with this rank's contribution `mine` and return this rank's result.
+    fn exchange(&self, coll: Collective, mine: HostTensor) -> Result<HostTensor>;
+}
+
+fn run<B: Backend>(t: &(impl HostExchange + ?Sized), coll: Collective, x: &Tensor<B>) -> Result<Tensor<B>> {
+    t.exchange(coll, HostTensor::from_tensor(x)?)?.to_tensor(x.device())
+}
+
+impl<B: Backend, T: HostExchange> Communicator<B> for T {
+    fn rank(&self) -> usize {
+        HostExchange::rank(self)
+    }
+    fn world_size(&self) -> usize {
+        HostExchange::world_size(self)
+    }
+    fn all_reduce_start(&self, x: &Tensor<B>, op: CommOp) -> Result<PendingTensor<B>> {
+        // The exchange has completed when it returns: there is nothing to overlap.
+        Ok(PendingTensor::ready(run(self, Collective::AllReduce(op), x)?))
+    }
+    fn broadcast(&self, x: &Tensor<B>, root: usize) -> Result<Tensor<B>> {
+        run(self, Collective::Broadcast(root), x)
+    }
+    fn all_gather(&self, x: &Tensor<B>) -> Result<Tensor<B>> {
+        run(self, Collective::AllGather, x)
+    }
+    fn reduce_scatter(&self, x: &Tensor<B>, op: CommOp) -> Result<Tensor<B>> {
+        run(self, Collective::ReduceScatter(op), x)
+    }
 }

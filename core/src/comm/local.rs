@@ -6,12 +6,9 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
 
-use super::host::{check_call, combine, Collective, HostTensor};
-use super::{CommOp, Communicator, PendingTensor};
+use super::host::{check_call, combine, Collective, HostExchange, HostTensor};
 
 /// How long a rank waits for the others in one collective by default.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -76,7 +73,7 @@ impl LocalComm {
     }
 
     /// Deposit this rank's call, wait for the round to finish, take this rank's result.
-    fn exchange(&self, coll: Collective, x: HostTensor) -> Result<HostTensor> {
+    fn swap(&self, coll: Collective, x: HostTensor) -> Result<HostTensor> {
         let op = coll.name();
         check_call(coll, &x.dims, self.world)?;
         let broken =
@@ -122,10 +119,6 @@ impl LocalComm {
         }
         st.outputs[self.rank].take().unwrap_or_else(|| Err(broken("this rank's result was already taken")))
     }
-
-    fn run<B: Backend>(&self, coll: Collective, x: &Tensor<B>) -> Result<Tensor<B>> {
-        self.exchange(coll, HostTensor::from_tensor(x)?)?.to_tensor(x.device())
-    }
 }
 
 impl Drop for LocalComm {
@@ -140,24 +133,14 @@ impl Drop for LocalComm {
     }
 }
 
-impl<B: Backend> Communicator<B> for LocalComm {
+impl HostExchange for LocalComm {
     fn rank(&self) -> usize {
         self.rank
     }
     fn world_size(&self) -> usize {
         self.world
     }
-    fn all_reduce_start(&self, x: &Tensor<B>, op: CommOp) -> Result<PendingTensor<B>> {
-        // Host memory: the exchange completes here, so there is nothing to overlap.
-        Ok(PendingTensor::ready(self.run(Collective::AllReduce(op), x)?))
-    }
-    fn broadcast(&self, x: &Tensor<B>, root: usize) -> Result<Tensor<B>> {
-        self.run(Collective::Broadcast(root), x)
-    }
-    fn all_gather(&self, x: &Tensor<B>) -> Result<Tensor<B>> {
-        self.run(Collective::AllGather, x)
-    }
-    fn reduce_scatter(&self, x: &Tensor<B>, op: CommOp) -> Result<Tensor<B>> {
-        self.run(Collective::ReduceScatter(op), x)
+    fn exchange(&self, coll: Collective, mine: HostTensor) -> Result<HostTensor> {
+        self.swap(coll, mine)
     }
 }

@@ -10,8 +10,8 @@ use std::net::TcpStream;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ela_core::comm::host::{check_call, combine, Collective, HostTensor};
-use ela_core::{Backend, CommOp, Communicator, DType, Error, PendingTensor, Result, Tensor};
+use ela_core::comm::host::{check_call, combine, Collective, HostExchange, HostTensor};
+use ela_core::{CommOp, DType, Error, Result};
 
 use super::rendezvous::{read_exact, Links, Rendezvous};
 
@@ -129,7 +129,7 @@ impl TcpComm {
         Ok(TcpComm { rank: rdzv.rank, world: rdzv.world, links: Mutex::new(rdzv.links) })
     }
 
-    fn exchange(&self, coll: Collective, mine: HostTensor) -> Result<HostTensor> {
+    fn swap(&self, coll: Collective, mine: HostTensor) -> Result<HostTensor> {
         let op = coll.name();
         check_call(coll, &mine.dims, self.world)?;
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
@@ -163,29 +163,16 @@ impl TcpComm {
             }
         }
     }
-
-    fn run<B: Backend>(&self, coll: Collective, x: &Tensor<B>) -> Result<Tensor<B>> {
-        self.exchange(coll, HostTensor::from_tensor(x)?)?.to_tensor(x.device())
-    }
 }
 
-impl<B: Backend> Communicator<B> for TcpComm {
+impl HostExchange for TcpComm {
     fn rank(&self) -> usize {
         self.rank
     }
     fn world_size(&self) -> usize {
         self.world
     }
-    fn all_reduce_start(&self, x: &Tensor<B>, op: CommOp) -> Result<PendingTensor<B>> {
-        Ok(PendingTensor::ready(self.run(Collective::AllReduce(op), x)?))
-    }
-    fn broadcast(&self, x: &Tensor<B>, root: usize) -> Result<Tensor<B>> {
-        self.run(Collective::Broadcast(root), x)
-    }
-    fn all_gather(&self, x: &Tensor<B>) -> Result<Tensor<B>> {
-        self.run(Collective::AllGather, x)
-    }
-    fn reduce_scatter(&self, x: &Tensor<B>, op: CommOp) -> Result<Tensor<B>> {
-        self.run(Collective::ReduceScatter(op), x)
+    fn exchange(&self, coll: Collective, mine: HostTensor) -> Result<HostTensor> {
+        self.swap(coll, mine)
     }
 }
