@@ -37,8 +37,12 @@ What does not match:
   the text, the loss does (it stays near ln 256 = 5.545 on random bytes);
 - initial values: same distributions, different random streams;
 - timing: `ela train`'s steady-state figure (cuda/benches/lm_steady.py over its metrics.jsonl)
-  includes its per-step loss read-back, metrics line and progress bar; here the loss stays on
-  the device until the timed loop ends (one `block_until_ready` at the end), JAX's best case;
+  includes its per-step batch sampling, loss read-back, metrics line and progress bar; here all
+  batches are made before timing and the loss stays on the device until the timed loop ends (one
+  `block_until_ready` at the end), JAX's best case;
+- autodiff differentiates ela_jax's shifts too (the max over q and k is not under
+  stop_gradient; its gradient is zero up to rounding because the shift cancels): a little extra
+  work for JAX that ELA-rs's fused ELA backward does not do;
 - the non-finite-gradient check of `ela train` (stop or skip) is not done (the clip is skipped
   when the norm is not finite, as in clip.rs, but nothing stops);
 - only --link residual, --lobe off, --experts 0, --attention ela, --kernel hadamard-exp and f32
