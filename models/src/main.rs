@@ -27,6 +27,9 @@ fn default_sigpipe() {}
 
 fn main() {
     default_sigpipe();
+    // Ops free and reallocate same-sized host buffers every step: keep that memory in the process
+    // (ela_core::cpu::malloc_tuning has the measurement).
+    ela_core::cpu::malloc_tuning::keep_freed_host_memory();
     let parsed = Cli::command().try_get_matches().and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
     let cli = match parsed {
         Ok((mut cli, matches)) => {

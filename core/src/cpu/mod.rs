@@ -11,6 +11,7 @@ pub mod ela;
 pub mod elementwise;
 pub mod gemm;
 pub mod index;
+pub mod malloc_tuning;
 pub mod matmul;
 pub mod nn;
 pub mod optim;
