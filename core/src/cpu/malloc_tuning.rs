@@ -6,8 +6,10 @@
 //! the trim threshold is free; either way the next step's buffer of the same size is faulted in
 //! again, page by page, and zeroed by the kernel. Raising both thresholds keeps those pages in the
 //! process for reuse. Measured on `ela train --dim 128 --layers 4 --heads 4 --ffn-hidden 256
-//! --seq 128 --batch 16 --link residual --lobe off --experts 0` (2-core Intel Xeon, 2026-12-04):
-//! 7177-7570 tokens/s with glibc's defaults, 9421-9781 with these settings (docs/benchmarks.md).
+//! --seq 128 --batch 16 --link residual --lobe off --experts 0 --steps 50` (2-core Intel Xeon,
+//! 2026-12-04, 4 interleaved pairs of runs, steady state of steps 3..50): 7427-8339 tokens/s
+//! with glibc's defaults, 8758-10273 with these settings, faster in every pair
+//! (docs/benchmarks.md).
 //! The cost is memory: up to [`TRIM_THRESHOLD`] of freed heap may stay mapped.
 
 /// Blocks up to this size come from the heap, not from their own `mmap` (glibc's maximum for
