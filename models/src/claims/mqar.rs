@@ -11,6 +11,7 @@ use ela_nn::optim::{clip_grad_norm, AdamW, AdamWConfig, Optimizer, WarmupCosine}
 use serde_json::{json, Value as Json};
 
 use super::common::{lr_text, mean_sd, num, plot_arms, pm, provenance, small_lm, Budget, Results, RunArgs, Verdict};
+use super::dilution::attention_entropy_where;
 use crate::lm::{AttnKind, ElaLm, LmConfig};
 
 /// Targets at positions that are not queried: ignored by the loss and by the accuracy.
@@ -163,7 +164,13 @@ pub struct MqarRun {
     pub grad_norms: Vec<f64>,
     /// Steps whose gradient was not finite (their update was skipped).
     pub nonfinite: usize,
+    /// Normalised attention entropy of the trained model on held-out sequences ([`entropy`]):
+    /// every query position, and the queried positions only.
+    pub entropy: (f64, f64),
 }
+
+/// Held-out sequences the attention entropy of a trained model is measured on.
+const ENTROPY_SEQS: usize = 32;
 
 fn ids<B: Backend>(v: &[u32], b: usize, t: usize, dev: &B) -> Result<Tensor<B>> {
     Tensor::from_cpu_storage(&CpuStorage::U32(v.to_vec()), [b, t], dev)
@@ -209,7 +216,28 @@ pub fn train_one<B: Backend>(
         grad_norms.push(norm);
     }
     let accuracy = accuracy(&model, spec, eval_seqs, seed ^ 0xE7A1_5EED, dev)?;
-    Ok((MqarRun { accuracy, losses, grad_norms, nonfinite }, model))
+    let entropy = entropy(&model, spec, ENTROPY_SEQS.min(eval_seqs), seed ^ 0xE7A1_5EED, dev)?;
+    Ok((MqarRun { accuracy, losses, grad_norms, nonfinite, entropy }, model))
+}
+
+/// Mean normalised attention entropy (1 = uniform over the visible keys; see
+/// [`attention_entropy_where`]) of every layer's attention on `seqs` sequences drawn from `seed`:
+/// `(over every query position, over the queried positions only)`. A model that recalls attends
+/// from a query to the one earlier copy of its key, so its queried-position entropy is low.
+pub fn entropy<B: Backend>(model: &ElaLm<B>, spec: &MqarSpec, seqs: usize, seed: u64, dev: &B) -> Result<(f64, f64)> {
+    let mut rng = Rng::new(seed);
+    let b = generate(spec, seqs, &mut rng)?;
+    let t = spec.seq;
+    let (mut all, mut queried) = (Vec::new(), Vec::new());
+    for w in model.attention_weights(&ids(&b.inputs, seqs, t, dev)?)? {
+        let (rows, w) = (w.elem_count() / t, w.to_vec_f64()?);
+        let heads = rows / (seqs * t);
+        all.push(attention_entropy_where(&w, rows, t, |_| true).0);
+        // Row r is (sequence r / (heads t), query r % t).
+        let asked = |r: usize| b.targets[(r / (heads * t)) * t + r % t] != IGNORE;
+        queried.push(attention_entropy_where(&w, rows, t, asked).0);
+    }
+    Ok((mean_sd(&all).0, mean_sd(&queried).0))
 }
 
 /// Fraction of queried positions whose argmax prediction is the right value.
@@ -262,8 +290,8 @@ pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
     let mut rows = Vec::new();
     let mut plots = Vec::new();
     let mut all = Vec::new();
-    // accuracy per (shape, mixer), for the verdict
-    let mut acc_table: Vec<Vec<f64>> = Vec::new();
+    // (accuracy, queried-position entropy) per (shape, mixer), for the verdict
+    let mut acc_table: Vec<Vec<(f64, f64)>> = Vec::new();
     for &(seq, pairs) in &p.shapes {
         let spec = MqarSpec { vocab: p.vocab, seq, pairs };
         let mut curves = Vec::new();
@@ -289,16 +317,20 @@ pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
             let nonfinite: usize = runs.iter().map(|r| r.nonfinite).sum();
             let max_norm =
                 runs.iter().flat_map(|r| r.grad_norms.iter().copied()).filter(|x| x.is_finite()).fold(0.0, f64::max);
+            let ent_all: Vec<f64> = runs.iter().map(|r| r.entropy.0).collect();
+            let ent_q: Vec<f64> = runs.iter().map(|r| r.entropy.1).collect();
             rows.push(format!(
-                "| {seq} | {pairs} | {name} | {lr:e} | {} | {} | {max_norm:.2} | {nonfinite} |",
+                "| {seq} | {pairs} | {name} | {lr:e} | {} | {} | {} | {} | {max_norm:.2} | {nonfinite} |",
                 pm(&accs, 3),
+                pm(&ent_q, 3),
+                pm(&ent_all, 3),
                 pm(&runs.iter().map(|r| r.losses.last().copied().unwrap_or(f64::NAN)).collect::<Vec<_>>(), 3),
             ));
             curves.push((
                 name.clone(),
                 runs.iter().map(|r| r.losses.iter().enumerate().map(|(i, &l)| ((i + 1) as f64, l)).collect()).collect(),
             ));
-            accs_shape.push(mean_sd(&accs).0);
+            accs_shape.push((mean_sd(&accs).0, mean_sd(&ent_q).0));
             all.push(json!({
                 "seq": seq, "pairs": pairs, "mixer": name, "lr": lr,
                 "sweep": sweep.iter().map(|(lr, r)| json!([lr, num(r.accuracy)])).collect::<Vec<_>>(),
@@ -306,6 +338,8 @@ pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
                 "loss": runs.iter().map(|r| r.losses.iter().map(|&x| num(x)).collect::<Vec<_>>()).collect::<Vec<_>>(),
                 "grad_norm": runs.iter().map(|r| r.grad_norms.iter().map(|&x| num(x)).collect::<Vec<_>>()).collect::<Vec<_>>(),
                 "nonfinite_steps": nonfinite,
+                "entropy_all_positions": ent_all.iter().map(|&h| num(h)).collect::<Vec<_>>(),
+                "entropy_queried_positions": ent_q.iter().map(|&h| num(h)).collect::<Vec<_>>(),
             }));
         }
         let file = format!("loss_T{seq}_p{pairs}.svg");
@@ -323,8 +357,11 @@ pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
     // Verdict: claim 4 (comparable to softmax) and claim 2 (better than elu+1), on the hardest shape.
     let names: Vec<String> = mixers().into_iter().map(|m| m.0).collect();
     let last = acc_table.last().cloned().unwrap_or_default();
-    let get = |n: &str| names.iter().position(|x| x == n).and_then(|i| last.get(i).copied()).unwrap_or(f64::NAN);
-    let (soft, hexp, elu) = (get("softmax"), get("ELA hadamard-exp"), get("elu+1 (linear attn)"));
+    let get = |n: &str| {
+        names.iter().position(|x| x == n).and_then(|i| last.get(i).copied()).unwrap_or((f64::NAN, f64::NAN))
+    };
+    let ((soft, soft_h), (hexp, hexp_h), (elu, elu_h)) =
+        (get("softmax"), get("ELA hadamard-exp"), get("elu+1 (linear attn)"));
     // Guessing one of the sequence's own values scores 1/pairs without any recall; a mixer has
     // learned recall only clearly above that.
     let chance = 1.0 / p.shapes.last().map_or(1, |s| s.1) as f64;
@@ -340,16 +377,22 @@ pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
     };
     let (seq, pairs) = p.shapes.last().copied().unwrap_or((0, 0));
     let measured = format!(
-        "MQAR T={seq}, {pairs} pairs (mean accuracy over seeds): softmax {soft:.3}, ELA hadamard-exp {hexp:.3}, elu+1 {elu:.3} (guessing among the sequence's values: {chance:.3}){}",
+        "MQAR T={seq}, {pairs} pairs (mean accuracy over seeds): softmax {soft:.3}, ELA hadamard-exp {hexp:.3}, elu+1 {elu:.3} (guessing among the sequence's values: {chance:.3}){}; \
+         normalised attention entropy at the queried positions (1 = uniform): softmax {soft_h:.3}, ELA hadamard-exp {hexp_h:.3}, elu+1 {elu_h:.3}",
         if learned { "" } else { "; no mixer learned the task in this budget" }
     );
     let mut section = format!(
         "{}\n\nEach model: the LM of `ela train` with a vocabulary of {} (keys 1..{}, values {}..{}), width {}, 2 layers, one head, \
          pre-norm residual, dense SwiGLU, no lobe, RoPE; {} steps of {} fresh sequences; {}; accuracy on {} held-out sequences, queried positions only. \
-         Gradients clipped at 1; a step with a non-finite gradient is skipped and counted.\n\n\
-         | T | pairs | mixer | tuned lr | accuracy | final train loss | max grad norm | non-finite steps |\n|---:|---:|---|---:|---:|---:|---:|---:|\n{}\n",
+         Gradients clipped at 1; a step with a non-finite gradient is skipped and counted. \
+         Attention entropy (claim 2, dilution): each layer's normalised attention weights on {} held-out sequences, entropy divided by its maximum \
+         ln(i + 1) for query i (1 = uniform over the visible keys), mean over layers and positions, at the queried positions (where recall needs one key) \
+         and at every position; signed kernels use the positive part of their weights, as in the dilution section.\n\n\
+         | T | pairs | mixer | tuned lr | accuracy | entropy, queried | entropy, all | final train loss | max grad norm | non-finite steps |\n\
+         |---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n{}\n",
         provenance(args),
-        p.vocab, p.vocab / 2 - 1, p.vocab / 2, p.vocab - 1, p.dim, p.steps, p.batch, lr_text(&p.lrs, "held-out accuracy"), p.eval_seqs, rows.join("\n")
+        p.vocab, p.vocab / 2 - 1, p.vocab / 2, p.vocab - 1, p.dim, p.steps, p.batch, lr_text(&p.lrs, "held-out accuracy"), p.eval_seqs,
+        ENTROPY_SEQS.min(p.eval_seqs), rows.join("\n")
     );
     section += "\nCaveats: the quick budget trains a few hundred steps; MQAR models are usually trained for thousands, so low accuracies here say little about capacity. \
                 RoPE is applied before every feature map (docs/model.md explains why that loses the relative-position property for non-dot-product kernels); \
