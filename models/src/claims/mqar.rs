@@ -357,9 +357,8 @@ pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
     // Verdict: claim 4 (comparable to softmax) and claim 2 (better than elu+1), on the hardest shape.
     let names: Vec<String> = mixers().into_iter().map(|m| m.0).collect();
     let last = acc_table.last().cloned().unwrap_or_default();
-    let get = |n: &str| {
-        names.iter().position(|x| x == n).and_then(|i| last.get(i).copied()).unwrap_or((f64::NAN, f64::NAN))
-    };
+    let get =
+        |n: &str| names.iter().position(|x| x == n).and_then(|i| last.get(i).copied()).unwrap_or((f64::NAN, f64::NAN));
     let ((soft, soft_h), (hexp, hexp_h), (elu, elu_h)) =
         (get("softmax"), get("ELA hadamard-exp"), get("elu+1 (linear attn)"));
     // Guessing one of the sequence's own values scores 1/pairs without any recall; a mixer has
