@@ -186,3 +186,33 @@ fn lm_and_moe_run_on_a_corpus_file_and_the_report_shows_both_corpora() {
     }
     assert!(runs.join("lm-tiny-text/results.json").exists());
 }
+
+#[test]
+fn mqar_resume_reuses_finished_runs_and_gives_the_uninterrupted_result() {
+    let tmp = bin::TempDir::new("claims-resume");
+    let runs_arg = tmp.0.join("runs").display().to_string();
+    let mqar = |extra: &[&str]| {
+        let o = Command::new(bin::ela_exe())
+            .args(["claims", "mqar", "--budget", "tiny", "--out", &runs_arg])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let dir = tmp.0.join("runs/mqar");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+        (v, String::from_utf8_lossy(&o.stderr).matches(" seed ").count())
+    };
+    let (whole, trained) = mqar(&[]);
+    let log = tmp.0.join("runs/mqar/runs.jsonl");
+    let lines: Vec<String> = std::fs::read_to_string(&log).unwrap().lines().map(String::from).collect();
+    assert_eq!(lines.len(), trained, "one line per training run");
+    // Interrupted after 5 runs, in the middle of writing the 6th line.
+    std::fs::write(&log, format!("{}\n{}", lines[..5].join("\n"), &lines[5][..20])).unwrap();
+    let (resumed, trained_again) = mqar(&["--resume"]);
+    assert_eq!(trained_again, trained - 5, "only the runs not in the log are trained");
+    assert_eq!(resumed["runs"], whole["runs"], "a resumed run reports exactly what the whole run did");
+    assert_eq!(resumed["section"], whole["section"]);
+    // Without --resume the folder starts empty: everything is trained again.
+    assert_eq!(mqar(&[]).1, trained);
+}

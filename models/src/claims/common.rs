@@ -176,6 +176,17 @@ pub fn git_commit() -> String {
     env!("ELA_BUILD_COMMIT").to_string()
 }
 
+/// Whether the mean of `a` exceeds the mean of `b` by more than `floor` and by more than two
+/// standard errors of the difference of the means (`sqrt(sd_a^2/n_a + sd_b^2/n_b)`, from the
+/// seeds' sample standard deviations): the test a verdict uses so that seed noise alone does not
+/// decide it. False when either side has no finite value.
+pub fn clearly_above(a: &[f64], b: &[f64], floor: f64) -> bool {
+    let n = |xs: &[f64]| xs.iter().filter(|x| x.is_finite()).count() as f64;
+    let ((ma, sa), (mb, sb)) = (mean_sd(a), mean_sd(b));
+    let se = (sa * sa / n(a) + sb * sb / n(b)).sqrt();
+    ma - mb > floor.max(2.0 * se)
+}
+
 /// Mean and sample standard deviation (0 for one value) of the finite values; NaN when none.
 pub fn mean_sd(xs: &[f64]) -> (f64, f64) {
     let v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
@@ -584,4 +595,19 @@ pub fn provenance(args: &RunArgs) -> String {
         args.seeds(),
         git_commit()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clearly_above_needs_the_floor_and_two_standard_errors() {
+        // Means 0.30 vs 0.28 with no spread: 0.02 clears a 0.01 floor.
+        assert!(clearly_above(&[0.3, 0.3, 0.3], &[0.28, 0.28, 0.28], 0.01));
+        assert!(!clearly_above(&[0.3, 0.3, 0.3], &[0.28, 0.28, 0.28], 0.05));
+        // Same means, sd 0.02 each side over 3 seeds: 2 se = 2 sqrt(2 * 0.0004 / 3) = 0.0327 > 0.02.
+        assert!(!clearly_above(&[0.28, 0.30, 0.32], &[0.26, 0.28, 0.30], 0.01));
+        assert!(!clearly_above(&[f64::NAN], &[0.1], 0.0));
+    }
 }

@@ -9,8 +9,8 @@ use ela_core::{Backend, CpuStorage, Result, Tensor};
 use serde_json::{json, Value as Json};
 
 use super::common::{
-    arms_table, ela_default, lr_text, mean_sd, plot_val, pm, provenance, run_arm, small_lm, Arm, Budget, LmBudget,
-    Results, Verdict,
+    arms_table, clearly_above, ela_default, lr_text, mean_sd, plot_val, pm, provenance, run_arm, small_lm, Arm, Budget,
+    LmBudget, Results, Verdict,
 };
 use super::corpus::{Corpus, CorpusRunArgs};
 use super::metrics::{byte_class, load_balance, nmi, word_bands, word_ranks, BAND_EDGES, BYTE_CLASSES, WORD_BANDS};
@@ -176,7 +176,7 @@ pub fn run<B: Backend>(args: &CorpusRunArgs, dev: &B) -> Result<()> {
                 pm(&nm, 3),
                 pm(&nb, 3)
             );
-            per.push((bias, aux, mean_sd(&nm).0, mean_sd(&nb).0));
+            per.push((bias, aux, mean_sd(&nm).0, mean_sd(&nb).0, nm));
             arms.push(arm);
         }
     }
@@ -186,8 +186,14 @@ pub fn run<B: Backend>(args: &CorpusRunArgs, dev: &B) -> Result<()> {
     // Verdict: does a bias (inner or outer) raise NMI over none, under both balancing methods?
     let get = |bias: &str, aux: bool| per.iter().find(|p| p.0 == bias && p.1 == aux).map_or(f64::NAN, |p| p.2);
     let band = |bias: &str, aux: bool| per.iter().find(|p| p.0 == bias && p.1 == aux).map_or(f64::NAN, |p| p.3);
-    let wins =
-        [true, false].iter().filter(|&&aux| get("inner", aux).max(get("outer", aux)) > get("none", aux) + 0.01).count();
+    // The seeds' byte-class NMIs of one arm.
+    let seeds_of = |bias: &str, aux: bool| per.iter().find(|p| p.0 == bias && p.1 == aux).map_or(&[][..], |p| &p.4[..]);
+    let wins = [true, false]
+        .iter()
+        .filter(|&&aux| {
+            ["inner", "outer"].iter().any(|bias| clearly_above(seeds_of(bias, aux), seeds_of("none", aux), 0.01))
+        })
+        .count();
     let verdict = match wins {
         2 => Verdict::Confirmed,
         1 => Verdict::Partly,
@@ -209,7 +215,7 @@ pub fn run<B: Backend>(args: &CorpusRunArgs, dev: &B) -> Result<()> {
          two labels of the byte, averaged over layers: its class ({}), and the frequency band of the word it belongs to. Words are maximal \
          runs of ASCII letters, lower-cased, ranked by count in the training split; the bands are {} (ranks by decade, as word frequency \
          falls roughly as a power of rank), with bytes outside words a band of their own. \"Interpretability\" has no agreed measure; these \
-         two NMIs are the ones this experiment offers. The verdict uses the byte-class NMI (a bias must raise it by more than 0.01 over none).\n\n{}\n{rows}\n\
+         two NMIs are the ones this experiment offers. The verdict uses the byte-class NMI: a bias wins under a balancing method when its mean over seeds exceeds the none arm's by more than 0.01 and by more than two standard errors of the difference (seed noise alone does not decide it); confirmed when a bias wins under both methods, partly under one.\n\n{}\n{rows}\n\
          Caveats: byte classes and word-frequency bands are crude stand-ins for semantics (the band NMI is partly the class NMI again, since \
          bytes outside words are a band); a router can separate them without any bias (the none arm is the baseline). On the embedded \
          generated corpus word frequencies are the generator's, not a language's.\n",

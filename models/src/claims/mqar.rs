@@ -10,7 +10,9 @@ use ela_nn::module::ParamStore;
 use ela_nn::optim::{clip_grad_norm, AdamW, AdamWConfig, Optimizer, WarmupCosine};
 use serde_json::{json, Value as Json};
 
-use super::common::{lr_text, mean_sd, num, plot_arms, pm, provenance, small_lm, Budget, Results, RunArgs, Verdict};
+use super::common::{
+    git_commit, io, lr_text, mean_sd, num, plot_arms, pm, provenance, small_lm, Budget, Results, RunArgs, Verdict,
+};
 use super::dilution::attention_entropy_where;
 use crate::lm::{AttnKind, ElaLm, LmConfig};
 
@@ -270,9 +272,96 @@ pub fn accuracy<B: Backend>(model: &ElaLm<B>, spec: &MqarSpec, seqs: usize, seed
     Ok(right as f64 / total.max(1) as f64)
 }
 
+/// Options of `ela claims mqar`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MqarArgs {
+    /// The options every experiment takes.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Keep `<out>/mqar` and reuse every training run its `runs.jsonl` already holds for the same
+    /// settings and build (commit), training only the rest: a run cut short (a time limit, a lost
+    /// machine) continues where it stopped. Without it the folder starts empty.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+/// The finished training runs of one `ela claims mqar` folder, one JSON line each in `runs.jsonl`,
+/// appended as each run ends. A run is reused only when every setting that shapes it (the
+/// [`RunKey`]) and the build that trained it match.
+struct RunLog {
+    path: std::path::PathBuf,
+    done: std::collections::HashMap<String, MqarRun>,
+}
+
+/// What one training run depends on: the task, the model, the optimisation and the build.
+fn run_key(spec: &MqarSpec, mixer: &str, p: &Plan, lr: f64, seed: u64) -> String {
+    json!({"vocab": spec.vocab, "seq": spec.seq, "pairs": spec.pairs, "mixer": mixer, "dim": p.dim, "steps": p.steps,
+           "batch": p.batch, "lr": lr, "seed": seed, "eval_seqs": p.eval_seqs, "entropy_seqs": ENTROPY_SEQS,
+           "commit": git_commit()})
+    .to_string()
+}
+
+fn f64s(v: &Json) -> Vec<f64> {
+    v.as_array().map_or_else(Vec::new, |a| a.iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect())
+}
+
+impl RunLog {
+    /// Opens `dir/runs.jsonl`; lines that do not parse (a line cut by a kill) are skipped.
+    fn open(dir: &std::path::Path) -> Result<Self> {
+        let path = dir.join("runs.jsonl");
+        let mut done = std::collections::HashMap::new();
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            for line in text.lines() {
+                let Ok(v) = serde_json::from_str::<Json>(line) else { continue };
+                let (Some(key), Some(r)) = (v["key"].as_str(), v.get("run")) else { continue };
+                let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+                let run = MqarRun {
+                    accuracy: f("accuracy"),
+                    losses: f64s(&r["losses"]),
+                    grad_norms: f64s(&r["grad_norms"]),
+                    nonfinite: r["nonfinite"].as_u64().unwrap_or(0) as usize,
+                    entropy: (f("entropy_all"), f("entropy_queried")),
+                };
+                done.insert(key.to_string(), run);
+            }
+        }
+        Ok(RunLog { path, done })
+    }
+
+    /// The run recorded under `key`, or a new one from `train`, recorded before it is returned.
+    fn get_or_train(&mut self, key: String, train: impl FnOnce() -> Result<MqarRun>) -> Result<MqarRun> {
+        if let Some(r) = self.done.get(&key) {
+            return Ok(r.clone());
+        }
+        let r = train()?;
+        let nums = |xs: &[f64]| xs.iter().map(|&x| num(x)).collect::<Vec<_>>();
+        let line = json!({"key": key, "run": {"accuracy": num(r.accuracy), "losses": nums(&r.losses),
+            "grad_norms": nums(&r.grad_norms), "nonfinite": r.nonfinite, "entropy_all": num(r.entropy.0),
+            "entropy_queried": num(r.entropy.1)}});
+        use std::io::Write;
+        let mut f =
+            std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(|e| io(&self.path, e))?;
+        // One write of the whole line, then a flush to the disk: a kill leaves at most a cut last line.
+        f.write_all(format!("{line}\n").as_bytes()).and_then(|()| f.sync_data()).map_err(|e| io(&self.path, e))?;
+        self.done.insert(key, r.clone());
+        Ok(r)
+    }
+}
+
 /// Run `ela claims mqar`.
-pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
-    let dir = args.fresh_dir("mqar")?;
+pub fn run<B: Backend>(margs: &MqarArgs, dev: &B) -> Result<()> {
+    let args = &margs.run;
+    let dir = if margs.resume {
+        let d = args.out.join("mqar");
+        std::fs::create_dir_all(&d).map_err(|e| io(&d, e))?;
+        d
+    } else {
+        args.fresh_dir("mqar")?
+    };
+    let mut log = RunLog::open(&dir)?;
+    if margs.resume {
+        crate::errln!("claims mqar: resuming with {} finished runs from {}", log.done.len(), log.path.display());
+    }
     let p = plan(args.budget);
     let seeds = args.seeds();
     let mut res = Results::new(
@@ -301,8 +390,10 @@ pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
             // lr sweep on the first seed, by held-out accuracy.
             let mut sweep = Vec::new();
             for &lr in &p.lrs {
-                crate::errln!("claims mqar: T={seq} pairs={pairs} {name} lr {lr:e} seed {}", seeds[0]);
-                let (r, _) = train_one(&cfg, &spec, p.steps, p.batch, lr, seeds[0], p.eval_seqs, dev)?;
+                let r = log.get_or_train(run_key(&spec, &name, &p, lr, seeds[0]), || {
+                    crate::errln!("claims mqar: T={seq} pairs={pairs} {name} lr {lr:e} seed {}", seeds[0]);
+                    Ok(train_one(&cfg, &spec, p.steps, p.batch, lr, seeds[0], p.eval_seqs, dev)?.0)
+                })?;
                 sweep.push((lr, r));
             }
             let score = |r: &MqarRun| if r.accuracy.is_finite() { r.accuracy } else { -1.0 };
@@ -310,8 +401,10 @@ pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
             let lr = sweep[best].0;
             let mut runs = vec![sweep[best].1.clone()];
             for &seed in seeds.iter().skip(1) {
-                crate::errln!("claims mqar: T={seq} pairs={pairs} {name} lr {lr:e} seed {seed}");
-                runs.push(train_one(&cfg, &spec, p.steps, p.batch, lr, seed, p.eval_seqs, dev)?.0);
+                runs.push(log.get_or_train(run_key(&spec, &name, &p, lr, seed), || {
+                    crate::errln!("claims mqar: T={seq} pairs={pairs} {name} lr {lr:e} seed {seed}");
+                    Ok(train_one(&cfg, &spec, p.steps, p.batch, lr, seed, p.eval_seqs, dev)?.0)
+                })?);
             }
             let accs: Vec<f64> = runs.iter().map(|r| r.accuracy).collect();
             let nonfinite: usize = runs.iter().map(|r| r.nonfinite).sum();

@@ -20,7 +20,7 @@ pub enum ClaimsCommand {
     /// Claim 3: per-token decode latency, prefill time and state bytes, ELA vs softmax LM.
     Decode(decode::DecodeArgs),
     /// Claims 2, 4: multi-query associative recall with every mixer.
-    Mqar(RunArgs),
+    Mqar(mqar::MqarArgs),
     /// Claim 5: Hyper-Link vs pre-norm vs post-norm residual at several depths.
     Link(RunArgs),
     /// Claim 6: no lobe vs causal lobe vs a wider FFN with the lobe's parameters.
@@ -39,7 +39,7 @@ pub enum ClaimsCommand {
 pub fn run(args: &ClaimsArgs) -> Result<()> {
     match &args.which {
         ClaimsCommand::Decode(a) => decode::run(a),
-        ClaimsCommand::Mqar(a) => crate::on_device!(&a.device, |dev| mqar::run(a, dev)),
+        ClaimsCommand::Mqar(a) => crate::on_device!(&a.run.device, |dev| mqar::run(a, dev)),
         ClaimsCommand::Link(a) => crate::on_device!(&a.device, |dev| link::run(a, dev)),
         ClaimsCommand::Lobe(a) => crate::on_device!(&a.device, |dev| lobe::run(a, dev)),
         ClaimsCommand::Moe(a) => crate::on_device!(&a.run.device, |dev| moe::run(a, dev)),
