@@ -5,7 +5,7 @@
 //! for f64 inputs, f32 otherwise) because the backward pass needs them at full precision.
 
 use crate::cpu::alloc::{collect, filled, reserve};
-use crate::cpu::storage::{CpuStorage, FloatCow, FloatVec};
+use crate::cpu::storage::{CpuStorage, FloatCow};
 use crate::cpu::strided::gather;
 use crate::dtype::{DType, Float};
 use crate::error::{Error, Result};
@@ -47,14 +47,16 @@ fn store_stat<T: Float>(v: Vec<T>, dtype: DType) -> Result<CpuStorage> {
 macro_rules! with_float {
     ($fv:expr, |$x:ident| $body:expr) => {
         match $fv {
-            FloatVec::F32($x) => $body,
-            FloatVec::F64($x) => $body,
+            FloatCow::F32($x) => $body,
+            FloatCow::F64($x) => $body,
         }
     };
 }
 
-fn contiguous_float(s: &CpuStorage, len: usize, op: &'static str) -> Result<FloatVec> {
-    s.float_vec(&Layout::contiguous(len), op)
+/// The first `len` elements of `s` in the compute float: borrowed when `s` is f32/f64 already
+/// (these kernels only read their inputs), widened copies of f16/bf16.
+fn contiguous_float<'a>(s: &'a CpuStorage, len: usize, op: &'static str) -> Result<FloatCow<'a>> {
+    s.float_cow(&Layout::contiguous(len), op)
 }
 
 // ---------------------------------------------------------------- softmax
@@ -84,7 +86,7 @@ fn softmax_rows<T: Float>(x: &[T], n: usize, log: bool) -> Vec<T> {
 pub fn softmax_last(s: &CpuStorage, layout: &Layout, log: bool) -> Result<CpuStorage> {
     let n = layout.dims().last().copied().unwrap_or(1);
     let dtype = s.dtype();
-    Ok(with_float!(s.float_vec(layout, "softmax")?, |x| store(softmax_rows(&x, n, log), dtype)?))
+    Ok(with_float!(s.float_cow(layout, "softmax")?, |x| store(softmax_rows(&x, n, log), dtype)?))
 }
 
 fn softmax_bwd_rows<T: Float>(y: &[T], dy: &[T], n: usize, log: bool) -> Result<Vec<T>> {
@@ -111,8 +113,8 @@ pub fn softmax_last_backward(y: &CpuStorage, dy: &CpuStorage, len: usize, n: usi
     let dtype = y.dtype();
     let (y, dy) = (contiguous_float(y, len, "softmax_backward")?, contiguous_float(dy, len, "softmax_backward")?);
     Ok(match (y, dy) {
-        (FloatVec::F32(y), FloatVec::F32(g)) => store(softmax_bwd_rows(&y, &g, n, log)?, dtype)?,
-        (FloatVec::F64(y), FloatVec::F64(g)) => store(softmax_bwd_rows(&y, &g, n, log)?, dtype)?,
+        (FloatCow::F32(y), FloatCow::F32(g)) => store(softmax_bwd_rows(&y, &g, n, log)?, dtype)?,
+        (FloatCow::F64(y), FloatCow::F64(g)) => store(softmax_bwd_rows(&y, &g, n, log)?, dtype)?,
         _ => return Err(Error::invalid("softmax_backward", "output and gradient dtypes differ")),
     })
 }
@@ -221,12 +223,12 @@ pub fn rms_norm_backward(
             contiguous_float(dy, rows * n, op)?,
             contiguous_float(rstd, rows, op)?,
         ) {
-            (FloatVec::F64(x), FloatVec::F64(g), FloatVec::F64(r)) => {
+            (FloatCow::F64(x), FloatCow::F64(g), FloatCow::F64(r)) => {
                 let w = opt_weight::<f64>(w, n, dtype, op)?;
                 let (dx, dw) = rms_bwd_rows(&x, w.as_deref(), &r, &g, rows, n)?;
                 (store(dx, dtype)?, dw.map(|d| store(d, wdtype.unwrap())).transpose()?)
             }
-            (FloatVec::F32(x), FloatVec::F32(g), FloatVec::F32(r)) => {
+            (FloatCow::F32(x), FloatCow::F32(g), FloatCow::F32(r)) => {
                 let w = opt_weight::<f32>(w, n, dtype, op)?;
                 let (dx, dw) = rms_bwd_rows(&x, w.as_deref(), &r, &g, rows, n)?;
                 (store(dx, dtype)?, dw.map(|d| store(d, wdtype.unwrap())).transpose()?)
@@ -342,12 +344,12 @@ pub fn layer_norm_backward(
         contiguous_float(rstd, rows, op)?,
     );
     Ok(match f {
-        (FloatVec::F64(x), FloatVec::F64(g), FloatVec::F64(m), FloatVec::F64(r)) => {
+        (FloatCow::F64(x), FloatCow::F64(g), FloatCow::F64(m), FloatCow::F64(r)) => {
             let w = opt_weight::<f64>(w, n, dtype, op)?;
             let (dx, dw, db) = ln_bwd_rows(&x, w.as_deref(), &m, &r, &g, rows, n)?;
             (store(dx, dtype)?, dw.map(|d| store(d, wd)).transpose()?, db.map(|d| store(d, wd)).transpose()?)
         }
-        (FloatVec::F32(x), FloatVec::F32(g), FloatVec::F32(m), FloatVec::F32(r)) => {
+        (FloatCow::F32(x), FloatCow::F32(g), FloatCow::F32(m), FloatCow::F32(r)) => {
             let w = opt_weight::<f32>(w, n, dtype, op)?;
             let (dx, dw, db) = ln_bwd_rows(&x, w.as_deref(), &m, &r, &g, rows, n)?;
             (store(dx, dtype)?, dw.map(|d| store(d, wd)).transpose()?, db.map(|d| store(d, wd)).transpose()?)
@@ -437,10 +439,10 @@ pub fn cross_entropy_backward(
             contiguous_float(lse, rows, op)?,
             contiguous_float(dloss, rows, op)?,
         ) {
-            (FloatVec::F64(x), FloatVec::F64(s), FloatVec::F64(g)) => {
+            (FloatCow::F64(x), FloatCow::F64(s), FloatCow::F64(g)) => {
                 store(ce_bwd_rows(&x, &t, &s, &g, classes, ignore)?, dtype)?
             }
-            (FloatVec::F32(x), FloatVec::F32(s), FloatVec::F32(g)) => {
+            (FloatCow::F32(x), FloatCow::F32(s), FloatCow::F32(g)) => {
                 store(ce_bwd_rows(&x, &t, &s, &g, classes, ignore)?, dtype)?
             }
             _ => return Err(Error::invalid(op, "logits, statistics and gradient dtypes differ")),
@@ -556,8 +558,8 @@ pub fn swiglu(a: &CpuStorage, b: &CpuStorage, n: usize) -> Result<CpuStorage> {
     const OP: &str = "swiglu";
     let dtype = a.dtype();
     Ok(match (contiguous_float(a, n, OP)?, contiguous_float(b, n, OP)?) {
-        (FloatVec::F64(a), FloatVec::F64(b)) => store(swiglu_slices(&a, &b, None)?.0, dtype)?,
-        (FloatVec::F32(a), FloatVec::F32(b)) => store(swiglu_slices(&a, &b, None)?.0, dtype)?,
+        (FloatCow::F64(a), FloatCow::F64(b)) => store(swiglu_slices(&a, &b, None)?.0, dtype)?,
+        (FloatCow::F32(a), FloatCow::F32(b)) => store(swiglu_slices(&a, &b, None)?.0, dtype)?,
         _ => return Err(Error::invalid(OP, "a and b must have one dtype")),
     })
 }
@@ -567,12 +569,12 @@ pub fn swiglu_backward(a: &CpuStorage, b: &CpuStorage, g: &CpuStorage, n: usize)
     const OP: &str = "swiglu_backward";
     let dtype = a.dtype();
     Ok(match (contiguous_float(a, n, OP)?, contiguous_float(b, n, OP)?, contiguous_float(g, n, OP)?) {
-        (FloatVec::F64(a), FloatVec::F64(b), FloatVec::F64(g)) => {
+        (FloatCow::F64(a), FloatCow::F64(b), FloatCow::F64(g)) => {
             let (da, db) = swiglu_slices(&a, &b, Some(&g))?;
             let db = db.expect("the backward returns db");
             (store(da, dtype)?, store(db, dtype)?)
         }
-        (FloatVec::F32(a), FloatVec::F32(b), FloatVec::F32(g)) => {
+        (FloatCow::F32(a), FloatCow::F32(b), FloatCow::F32(g)) => {
             let (da, db) = swiglu_slices(&a, &b, Some(&g))?;
             let db = db.expect("the backward returns db");
             (store(da, dtype)?, store(db, dtype)?)

@@ -6,8 +6,8 @@ use ela_core::{Backend, Result};
 use serde_json::{json, Value as Json};
 
 use super::common::{
-    arms_table, clearly_above, ela_default, lr_text, mean_sd, plot_val, pm, provenance, run_arm, small_lm, Budget, LmBudget, LmRun,
-    Results, RunArgs, Verdict,
+    arms_table, clearly_above, ela_default, lr_text, mean_sd, plot_val, pm, provenance, run_arm, small_lm, Budget,
+    LmBudget, LmRun, Results, RunArgs, Verdict,
 };
 use crate::lm::size::param_count;
 use crate::lm::{LmConfig, LobeMode};

@@ -84,6 +84,38 @@ pub(crate) unsafe fn serial<T: Elem>(
                     for ic in (0..m).step_by(mc) {
                         let mb = mc.min(m - ic);
                         let a0 = a.add(ic * rsa + pc * csa);
+                        let c0 = c.add(ic * rsc + jc * csc);
+                        if a_rows && rsa == kb {
+                            // Rows exactly `kb` long, one after another: A already is the
+                            // row-layout pack of its full panels (`pack_a_rows` would copy it
+                            // unchanged), so the kernel reads it in place. Only a last partial
+                            // panel is copied, zero-padded to MR rows. Same kernel, same order
+                            // of operations: the result is bit-identical to packing.
+                            let full = mb / mr * mr;
+                            if full > 0 {
+                                macro_kernel(kern.func_rows, mr, nr, full, nb, kb, a0, bbuf, c0, rsc, csc, alpha, beta);
+                            }
+                            if full < mb {
+                                pack::pack_a_rows(mr, mb - full, kb, a0.add(full * rsa), rsa, abuf);
+                                let c1 = c0.add(full * rsc);
+                                macro_kernel(
+                                    kern.func_rows,
+                                    mr,
+                                    nr,
+                                    mb - full,
+                                    nb,
+                                    kb,
+                                    abuf,
+                                    bbuf,
+                                    c1,
+                                    rsc,
+                                    csc,
+                                    alpha,
+                                    beta,
+                                );
+                            }
+                            continue;
+                        }
                         let func = if a_rows {
                             pack::pack_a_rows(mr, mb, kb, a0, rsa, abuf);
                             kern.func_rows
@@ -91,7 +123,6 @@ pub(crate) unsafe fn serial<T: Elem>(
                             pack::pack(mr, mb, kb, a0, rsa, csa, abuf);
                             kern.func
                         };
-                        let c0 = c.add(ic * rsc + jc * csc);
                         macro_kernel(func, mr, nr, mb, nb, kb, abuf, bbuf, c0, rsc, csc, alpha, beta);
                     }
                 }
