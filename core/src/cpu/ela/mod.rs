@@ -26,6 +26,8 @@ mod chunk_fwd;
 mod exact_rows;
 mod features;
 mod float;
+/// The compute float with a vectorized `exp`, shared with the other CPU kernels (SwiGLU).
+pub(crate) use float::ElaFloat;
 mod linalg;
 mod noncausal;
 mod step;
@@ -35,7 +37,6 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 
 use self::chunk::{Seq, State};
-use self::float::ElaFloat;
 use crate::cpu::storage::{widen, CpuElement, CpuStorage};
 use crate::dtype::DType;
 use crate::ela::{ElaDims, ElaKernel, ElaParams, ElaStateBufs};
