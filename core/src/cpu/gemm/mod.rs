@@ -19,6 +19,7 @@
 //! Files: `mod.rs` API, kernel tables + CPU dispatch, parallel split;
 //! `block.rs` blocking loops; `pack.rs` packing; `kernel_*.rs` micro-kernels.
 
+use std::mem::MaybeUninit;
 use std::ops::{Add, Mul};
 use std::sync::OnceLock;
 
@@ -193,7 +194,7 @@ pub fn gemm_f32(
     csc: usize,
 ) {
     let p = Operands { m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, rsc, csc };
-    gemm_with(f32_kernel(), PAR_MIN_FLOPS, p, c);
+    gemm_with(f32_kernel(), PAR_MIN_FLOPS, p, as_uninit(c));
 }
 
 /// f64 version of [`gemm_f32`], same semantics.
@@ -215,7 +216,59 @@ pub fn gemm_f64(
     csc: usize,
 ) {
     let p = Operands { m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, rsc, csc };
-    gemm_with(f64_kernel(), PAR_MIN_FLOPS, p, c);
+    gemm_with(f64_kernel(), PAR_MIN_FLOPS, p, as_uninit(c));
+}
+
+/// `C = A B` (alpha 1, beta 0) into a buffer that need not be initialised: with `beta == 0` C is
+/// write-only, and every element of the `m x n` strided C is written, so a fresh output does not
+/// have to be zero-filled first (`cpu::matmul`). `k` and `alpha` must be non-zero (the `k == 0`
+/// product is all zeros, which the caller writes itself).
+///
+/// # Panics
+/// As [`gemm_f32`], and if `k == 0`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_into<T: GemmInto>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[T],
+    rsa: usize,
+    csa: usize,
+    b: &[T],
+    rsb: usize,
+    csb: usize,
+    c: &mut [MaybeUninit<T>],
+    rsc: usize,
+    csc: usize,
+) {
+    assert!(k > 0, "gemm_into: k = 0 would leave C unwritten");
+    let p = Operands { m, n, k, alpha: T::ONE, a, rsa, csa, b, rsb, csb, beta: T::ZERO, rsc, csc };
+    gemm_with(T::kernel(), PAR_MIN_FLOPS, p, c);
+}
+
+/// The precisions [`gemm_into`] serves, with their dispatched kernel.
+pub(crate) trait GemmInto: Elem {
+    /// The best micro-kernel of this CPU for the type.
+    fn kernel() -> &'static Kernel<Self>;
+}
+
+impl GemmInto for f32 {
+    fn kernel() -> &'static Kernel<f32> {
+        f32_kernel()
+    }
+}
+
+impl GemmInto for f64 {
+    fn kernel() -> &'static Kernel<f64> {
+        f64_kernel()
+    }
+}
+
+/// An initialised C seen as possibly-uninitialised memory, the type [`gemm_with`] writes to.
+pub(crate) fn as_uninit<T>(c: &mut [T]) -> &mut [MaybeUninit<T>] {
+    // SAFETY: same layout; the GEMM only ever stores initialised `T` values through it, so `c`
+    // stays initialised, and it reads C (beta != 0) only where the caller's C is initialised.
+    unsafe { &mut *(c as *mut [T] as *mut [MaybeUninit<T>]) }
 }
 
 /// Shapes, scalars, inputs and strides of one GEMM call (C passed apart).
@@ -267,7 +320,10 @@ unsafe impl<T> Sync for SendPtr<T> {}
 
 /// Driver shared by both precisions, with an explicit kernel and parallel
 /// threshold so the tests can exercise every kernel and the threaded path.
-pub(crate) fn gemm_with<T: Elem>(kern: &Kernel<T>, par_min: usize, p: Operands<'_, T>, c: &mut [T]) {
+///
+/// `c` may be uninitialised when `beta == 0` (see [`gemm_into`]): every element of the strided
+/// `m x n` C is then written and none is read.
+pub(crate) fn gemm_with<T: Elem>(kern: &Kernel<T>, par_min: usize, p: Operands<'_, T>, c: &mut [MaybeUninit<T>]) {
     let Operands { m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, rsc, csc } = p;
     if m == 0 || n == 0 {
         return;
@@ -286,7 +342,7 @@ pub(crate) fn gemm_with<T: Elem>(kern: &Kernel<T>, par_min: usize, p: Operands<'
     } else {
         (m, n, a, rsa, csa, b, rsb, csb, rsc, csc)
     };
-    let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), SendPtr(c.as_mut_ptr()));
+    let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), SendPtr(c.as_mut_ptr().cast::<T>()));
     let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
     let threads = rayon::current_num_threads();
     if threads <= 1 || flops < par_min || !no_overlap(m, rsc, n, csc) {
@@ -340,15 +396,21 @@ pub(crate) fn gemm_with<T: Elem>(kern: &Kernel<T>, par_min: usize, p: Operands<'
     }
 }
 
-/// `C = beta * C`, writing zeros (not `0 * NaN`) when `beta == 0`.
-fn scale_c<T: Elem>(m: usize, n: usize, beta: T, c: &mut [T], rsc: usize, csc: usize) {
+/// `C = beta * C`, writing zeros (not `0 * NaN`, and without reading C) when `beta == 0`.
+fn scale_c<T: Elem>(m: usize, n: usize, beta: T, c: &mut [MaybeUninit<T>], rsc: usize, csc: usize) {
     if beta == T::ONE {
         return;
     }
     for i in 0..m {
         for j in 0..n {
             let x = &mut c[i * rsc + j * csc];
-            *x = if beta == T::ZERO { T::ZERO } else { beta * *x };
+            if beta == T::ZERO {
+                x.write(T::ZERO);
+            } else {
+                // SAFETY: beta != 0 is only passed with an initialised C (the public API's `&mut [T]`).
+                let v = unsafe { x.assume_init() };
+                x.write(beta * v);
+            }
         }
     }
 }

@@ -128,7 +128,7 @@ fn check<T: TestElem>(
         rsc: c.rs,
         csc: c.cs,
     };
-    gemm_with(kern, par_min, p, &mut c.data);
+    gemm_with(kern, par_min, p, super::as_uninit(&mut c.data));
     let mut touched = vec![false; c.data.len()];
     for i in 0..m {
         for j in 0..n {
