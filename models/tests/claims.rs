@@ -216,3 +216,29 @@ fn mqar_resume_reuses_finished_runs_and_gives_the_uninterrupted_result() {
     // Without --resume the folder starts empty: everything is trained again.
     assert_eq!(mqar(&[]).1, trained);
 }
+
+#[test]
+fn claims_all_runs_every_experiment_in_order_and_writes_the_report() {
+    let tmp = bin::TempDir::new("claims-all");
+    let corpus = tmp.0.join("text.txt");
+    std::fs::write(&corpus, "the quick brown fox jumps over the lazy dog. ".repeat(400)).unwrap();
+    let (runs, doc) = (tmp.0.join("runs"), tmp.0.join("docs/claims.md"));
+    let o = Command::new(bin::ela_exe())
+        .args(["claims", "all", "--budget", "tiny", "--no-verify", "--out", &runs.display().to_string()])
+        .args(["--report", &doc.display().to_string(), "--corpus", &corpus.display().to_string()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    // dilution reads lm's models, so lm must come first; the order is the documented one.
+    let order: Vec<usize> = ["decode done", "mqar done", "lm done", "lm --corpus done", "dilution done", "report done"]
+        .iter()
+        .map(|s| err.find(&format!("claims all: {s}")).unwrap_or_else(|| panic!("{s} missing:\n{err}")))
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{err}");
+    for name in ["decode", "mqar", "lm", "lm-text", "dilution", "link", "lobe", "moe", "moe-text"] {
+        assert!(runs.join(name).join("results.json").exists(), "{name}");
+    }
+    let md = std::fs::read_to_string(&doc).unwrap();
+    assert!(md.contains("`ela claims dilution --budget tiny`") && md.contains("--corpus"), "{md}");
+}

@@ -60,6 +60,13 @@ pub struct DecodeArgs {
     replot: bool,
 }
 
+impl DecodeArgs {
+    /// A measuring run with these common options (what `ela claims all` runs).
+    pub fn new(run: RunArgs) -> Self {
+        DecodeArgs { run, replot: false }
+    }
+}
+
 /// `latency.svg`: ms per token against context, one line per model and batch, from the
 /// `measurements` rows of results.json (the run draws it from the same rows).
 fn plot(dir: &Path, measurements: &[Json]) -> Result<()> {

@@ -11,9 +11,12 @@
 //! | [`lm`] | 4: the LM with each mixer, loss and throughput |
 //! | [`dilution`] | 2: attention entropy, gradient spikes, the default run's spike |
 //!
+//! [`all`] runs every experiment and the report in one command.
+//!
 //! [`common`] holds the budget, seeds, results file, LM training and statistics; [`corpus`] the
 //! text `lm` and `moe` train on (`--corpus`); [`report`] the document.
 
+pub mod all;
 pub mod common;
 pub mod corpus;
 pub mod decode;

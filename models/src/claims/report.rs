@@ -114,7 +114,9 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     let provisional = found.iter().any(|f| str_of(&f.v, "budget") != "full");
     let mut md = String::from("# The paper's claims, re-measured\n\n");
     md += "Written by `ela claims report` from `runs/claims/*/results.json`; every number below was measured by the command named beside it \
-           (nothing is extrapolated; derived quantities say so). ";
+           (nothing is extrapolated; derived quantities say so). \
+           One command reruns all of it and rewrites this file: `ela claims all --budget full --device cuda --corpus data/english.txt` \
+           (the corpus from `python3 scripts/get_corpus.py`). ";
     if provisional {
         let quick: Vec<&str> =
             found.iter().filter(|f| str_of(&f.v, "budget") != "full").map(|f| f.dir.as_str()).collect();

@@ -4,7 +4,7 @@ use ela_core::Result;
 
 use crate::claims::common::RunArgs;
 use crate::claims::corpus::CorpusRunArgs;
-use crate::claims::{decode, dilution, link, lm, lobe, moe, mqar, report};
+use crate::claims::{all, decode, dilution, link, lm, lobe, moe, mqar, report};
 
 /// Options of `ela claims`.
 #[derive(clap::Args, Debug, Clone)]
@@ -33,6 +33,8 @@ pub enum ClaimsCommand {
     Dilution(RunArgs),
     /// Write docs/claims.md from every runs/claims/*/results.json.
     Report(report::ReportArgs),
+    /// Every experiment in order (lm before dilution), then the report: the whole of docs/claims.md in one command.
+    All(all::AllArgs),
 }
 
 /// Run `ela claims`.
@@ -46,5 +48,6 @@ pub fn run(args: &ClaimsArgs) -> Result<()> {
         ClaimsCommand::Lm(a) => crate::on_device!(&a.run.device, |dev| lm::run(a, dev)),
         ClaimsCommand::Dilution(a) => crate::on_device!(&a.device, |dev| dilution::run(a, dev)),
         ClaimsCommand::Report(a) => report::run(a),
+        ClaimsCommand::All(a) => all::run(a),
     }
 }
