@@ -6,7 +6,9 @@
 //! 2. `pc` loop over `kc`-deep slices of k: pack the `kc x nc` block of B
 //!    into `NR`-wide micro-panels (lives in L3 / the far end of L2);
 //! 3. `ic` loop over `mc`-tall row blocks: pack the `mc x kc` block of A
-//!    into `MR`-tall micro-panels (sized to stay in the 1 MiB L2);
+//!    into `MR`-tall micro-panels (sized to stay in the 1 MiB L2); a
+//!    row-major A whose rows are exactly one `kc` block long already has the
+//!    row-panel layout and is read in place (`block.rs`);
 //! 4. macro-kernel: `jr` over B micro-panels (one `kc x NR` panel is reused
 //!    for every A micro-panel, so it stays hot in L1/L2), `ir` over A
 //!    micro-panels streamed from L2;
