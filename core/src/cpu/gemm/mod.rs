@@ -196,7 +196,8 @@ pub fn gemm_f32(
     csc: usize,
 ) {
     let p = Operands { m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, rsc, csc };
-    gemm_with(f32_kernel(), PAR_MIN_FLOPS, p, as_uninit(c));
+    // SAFETY: `c` is initialised, and the GEMM stores only initialised values into it.
+    unsafe { gemm_with(f32_kernel(), PAR_MIN_FLOPS, p, as_uninit(c)) };
 }
 
 /// f64 version of [`gemm_f32`], same semantics.
@@ -218,7 +219,8 @@ pub fn gemm_f64(
     csc: usize,
 ) {
     let p = Operands { m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, rsc, csc };
-    gemm_with(f64_kernel(), PAR_MIN_FLOPS, p, as_uninit(c));
+    // SAFETY: `c` is initialised, and the GEMM stores only initialised values into it.
+    unsafe { gemm_with(f64_kernel(), PAR_MIN_FLOPS, p, as_uninit(c)) };
 }
 
 /// `C = A B` (alpha 1, beta 0) into a buffer that need not be initialised: with `beta == 0` C is
@@ -245,7 +247,8 @@ pub(crate) fn gemm_into<T: GemmInto>(
 ) {
     assert!(k > 0, "gemm_into: k = 0 would leave C unwritten");
     let p = Operands { m, n, k, alpha: T::ONE, a, rsa, csa, b, rsb, csb, beta: T::ZERO, rsc, csc };
-    gemm_with(T::kernel(), PAR_MIN_FLOPS, p, c);
+    // SAFETY: beta = 0, so C is never read.
+    unsafe { gemm_with(T::kernel(), PAR_MIN_FLOPS, p, c) };
 }
 
 /// The precisions [`gemm_into`] serves, with their dispatched kernel.
@@ -267,9 +270,12 @@ impl GemmInto for f64 {
 }
 
 /// An initialised C seen as possibly-uninitialised memory, the type [`gemm_with`] writes to.
-pub(crate) fn as_uninit<T>(c: &mut [T]) -> &mut [MaybeUninit<T>] {
-    // SAFETY: same layout; the GEMM only ever stores initialised `T` values through it, so `c`
-    // stays initialised, and it reads C (beta != 0) only where the caller's C is initialised.
+///
+/// # Safety
+/// Only initialised values may be written through the result (as [`gemm_with`] does): writing
+/// `MaybeUninit::uninit()` would leave `c` holding invalid values once the borrow ends.
+pub(crate) unsafe fn as_uninit<T>(c: &mut [T]) -> &mut [MaybeUninit<T>] {
+    // SAFETY: same layout; the caller writes only initialised values.
     unsafe { &mut *(c as *mut [T] as *mut [MaybeUninit<T>]) }
 }
 
@@ -325,7 +331,15 @@ unsafe impl<T> Sync for SendPtr<T> {}
 ///
 /// `c` may be uninitialised when `beta == 0` (see [`gemm_into`]): every element of the strided
 /// `m x n` C is then written and none is read.
-pub(crate) fn gemm_with<T: Elem>(kern: &Kernel<T>, par_min: usize, p: Operands<'_, T>, c: &mut [MaybeUninit<T>]) {
+///
+/// # Safety
+/// With `beta != 0` the `m x n` strided elements of `c` must be initialised (they are read).
+pub(crate) unsafe fn gemm_with<T: Elem>(
+    kern: &Kernel<T>,
+    par_min: usize,
+    p: Operands<'_, T>,
+    c: &mut [MaybeUninit<T>],
+) {
     let Operands { m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, rsc, csc } = p;
     if m == 0 || n == 0 {
         return;

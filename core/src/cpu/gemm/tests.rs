@@ -128,7 +128,8 @@ fn check<T: TestElem>(
         rsc: c.rs,
         csc: c.cs,
     };
-    gemm_with(kern, par_min, p, super::as_uninit(&mut c.data));
+    // SAFETY: `c.data` is initialised, and the GEMM stores only initialised values into it.
+    unsafe { gemm_with(kern, par_min, p, super::as_uninit(&mut c.data)) };
     let mut touched = vec![false; c.data.len()];
     for i in 0..m {
         for j in 0..n {
