@@ -42,11 +42,15 @@ pub struct AllArgs {
     pub no_verify: bool,
 }
 
-/// Runs one experiment, naming it in the error and timing it on stderr.
+/// Runs one experiment, timing it on stderr; a failure is named there and returned as it is
+/// (its own error type: an I/O error stays one).
 fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
     let t0 = Instant::now();
     crate::errln!("claims all: {name} ...");
-    f().map_err(|e| Error::invalid("ela claims all", format!("{name} failed: {e}")))?;
+    if let Err(e) = f() {
+        crate::errln!("claims all: {name} failed; later experiments were not run");
+        return Err(e);
+    }
     crate::errln!("claims all: {name} done in {:.0} s", t0.elapsed().as_secs_f64());
     Ok(())
 }

@@ -49,16 +49,24 @@ pub(crate) trait Elem:
 {
     const ZERO: Self;
     const ONE: Self;
+    /// The best micro-kernel of this CPU for the type.
+    fn kernel() -> &'static Kernel<Self>;
 }
 
 impl Elem for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    fn kernel() -> &'static Kernel<f32> {
+        f32_kernel()
+    }
 }
 
 impl Elem for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    fn kernel() -> &'static Kernel<f64> {
+        f64_kernel()
+    }
 }
 
 /// Micro-kernel: `(k, packed_a, packed_b, c, rsc, csc, alpha, beta)` computes
@@ -231,7 +239,7 @@ pub fn gemm_f64(
 /// # Panics
 /// As [`gemm_f32`], and if `k == 0`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_into<T: GemmInto>(
+pub(crate) fn gemm_into<T: Elem>(
     m: usize,
     n: usize,
     k: usize,
@@ -249,24 +257,6 @@ pub(crate) fn gemm_into<T: GemmInto>(
     let p = Operands { m, n, k, alpha: T::ONE, a, rsa, csa, b, rsb, csb, beta: T::ZERO, rsc, csc };
     // SAFETY: beta = 0, so C is never read.
     unsafe { gemm_with(T::kernel(), PAR_MIN_FLOPS, p, c) };
-}
-
-/// The precisions [`gemm_into`] serves, with their dispatched kernel.
-pub(crate) trait GemmInto: Elem {
-    /// The best micro-kernel of this CPU for the type.
-    fn kernel() -> &'static Kernel<Self>;
-}
-
-impl GemmInto for f32 {
-    fn kernel() -> &'static Kernel<f32> {
-        f32_kernel()
-    }
-}
-
-impl GemmInto for f64 {
-    fn kernel() -> &'static Kernel<f64> {
-        f64_kernel()
-    }
 }
 
 /// An initialised C seen as possibly-uninitialised memory, the type [`gemm_with`] writes to.
