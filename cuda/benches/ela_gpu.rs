@@ -1,11 +1,13 @@
-//! Fused ELA on the GPU (Hadamard Exp, causal): chunked forward and forward + backward,
-//! B = 8, H = 16, D = Dv in {64, 128}, T = 1k..32k, bf16 and f32. Device time (CUDA events),
+//! Fused ELA on the GPU (causal): chunked forward and forward + backward, B = 8, H = 16,
+//! D = Dv in {64, 128}, T = 1k..32k, bf16 and f32, for Hadamard Exp (default) or the kernels
+//! named by `kernel=NAME` arguments (`kernel=sum-sq-euclid kernel=hadamard-exp`: the other
+//! kernels take the cuBLAS chunked path, `ELA_CUDA_SCAN_ONLY=1` forces the per-token scan). Device time (CUDA events),
 //! median of repetitions after warm-up. Every configuration is also checked: the outputs start as
 //! NaN (poisoned allocator blocks) and sequence 0 (batch 0, head 0) of y, dq, dk, dv is compared
 //! with the CPU backend's f64 fused kernels on the same (rounded) inputs.
 //!
 //! Run on the GPU machine: `ela_gpu [filters]`, e.g. `ela_gpu d=64 bf16`; a filter keeps the rows
-//! whose label contains it. Prints a markdown table.
+//! whose label (`kernel=K d=D dtype T=T`) contains it. Prints a markdown table.
 
 mod common;
 
@@ -33,21 +35,31 @@ fn main() -> Result<()> {
         dev.compute_capability().1,
         dev.kernel_arch()
     );
-    println!("| D | dtype | T | forward ms | fwd+bwd ms | y err | grad err |");
-    println!("|---|---|---|---|---|---|---|");
-    let p = ElaParams::causal(ElaKernel::HadamardExp);
-    for d in [64, 128] {
+    println!("| kernel | D | dtype | T | forward ms | fwd+bwd ms | y err | grad err |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let named: Vec<ElaKernel> = std::env::args()
+        .filter_map(|a| a.strip_prefix("kernel=").map(str::parse))
+        .collect::<std::result::Result<_, _>>()?;
+    let kernels = if named.is_empty() { vec![ElaKernel::HadamardExp] } else { named };
+    for (kernel, d) in kernels.iter().flat_map(|&k| [(k, 64), (k, 128)]) {
+        let p = ElaParams::causal(kernel);
         for dtype in [DType::BF16, DType::F32] {
-            let tag = format!("d={d} {dtype:?}").to_lowercase();
+            let tag = format!("kernel={kernel} d={d} {dtype:?}").to_lowercase();
             if !TS.iter().any(|t| selected(&format!("{tag} T={t}"))) {
                 continue;
             }
             let tmax = *TS.iter().filter(|t| selected(&format!("{tag} T={t}"))).max().unwrap_or(&TS[5]);
-            // Inputs as in the peer script: uniform with variance 1, q shifted up and k down.
+            // Hadamard Exp: inputs as in the peer script, uniform with variance 1, q shifted up and
+            // k down. The other kernels get q, k in [0, 0.5): positive kernels (the blueprint is
+            // negative, and the signed denominators cancel, for unlucky q . k).
             let s3 = 3f32.sqrt();
+            let (qr, kr) = match kernel {
+                ElaKernel::HadamardExp => ((-s3 + 0.5, s3 + 0.5), (-s3 - 0.5, s3 - 0.5)),
+                _ => ((0.0, 0.5), (0.0, 0.5)),
+            };
             let base = [
-                rand_tensor(&dev, &[B, H, tmax, d], -s3 + 0.5, s3 + 0.5, 1, dtype)?,
-                rand_tensor(&dev, &[B, H, tmax, d], -s3 - 0.5, s3 - 0.5, 2, dtype)?,
+                rand_tensor(&dev, &[B, H, tmax, d], qr.0, qr.1, 1, dtype)?,
+                rand_tensor(&dev, &[B, H, tmax, d], kr.0, kr.1, 2, dtype)?,
                 rand_tensor(&dev, &[B, H, tmax, d], -s3, s3, 3, dtype)?,
                 rand_tensor(&dev, &[B, H, tmax, d], -s3, s3, 4, dtype)?,
             ];
@@ -95,7 +107,7 @@ fn main() -> Result<()> {
                     all_finite &= rows.sum_all()?.to_scalar()?.is_finite();
                 }
                 println!(
-                    "| {d} | {} | {t} | {:.3} | {:.3} | {ey:.1e} | {eg:.1e}{} |",
+                    "| {kernel} | {d} | {} | {t} | {:.3} | {:.3} | {ey:.1e} | {eg:.1e}{} |",
                     format!("{dtype:?}").to_lowercase(),
                     median(fwd),
                     median(both),

@@ -66,8 +66,8 @@ pub enum KernelFile {
     /// im2col/col2im, pooling, upsampling
     ConvPool,
     /// fused Exact Linear Attention, any kernel: the feature maps and the per-token scan (forward,
-    /// backward, step) of `ela/recurrent.cu`, and the parallel non-causal form of
-    /// `ela/noncausal.cu` (one module)
+    /// backward, step) of `ela/recurrent.cu`, the parallel non-causal form of `ela/noncausal.cu`
+    /// and the kernels around the cuBLAS chunked path of `ela/gemm_chunk.cu` (one module)
     Ela,
     /// chunked Hadamard-Exp ELA on tensor cores (`ela/tile.cuh`, `ela/chunk_fwd.cu`,
     /// `ela/chunk_bwd.cu`, `ela/step.cu`), compiled separately for each input dtype and head sizes
@@ -127,7 +127,7 @@ impl KernelFile {
 
     /// The text NVRTC compiles after the common prelude: [`KernelFile::source`]; for the fused
     /// ELA kernels preceded by the kernel-code defines ([`ela_kernel_defines`]) and followed by the
-    /// non-causal file; for the chunked ELA kernels the variant's defines, the tile header, then
+    /// non-causal and cuBLAS-chunked files; for the chunked ELA kernels the variant's defines, the tile header, then
     /// the forward, backward and step files. The ELA files have no `#include`: NVRTC gets them
     /// concatenated here, each after a `#line` naming it, so its messages point into the right
     /// file.
@@ -138,6 +138,7 @@ impl KernelFile {
                     + &with_lines(&[
                         (self.name(), self.source()),
                         ("ela/noncausal.cu", include_str!("../kernels/ela/noncausal.cu")),
+                        ("ela/gemm_chunk.cu", include_str!("../kernels/ela/gemm_chunk.cu")),
                     ]),
             ),
             KernelFile::ElaChunk { dt, d, dv } => Cow::Owned(

@@ -15,6 +15,7 @@ mod alloc_errors;
 mod conv;
 mod ela;
 mod ela_fast;
+mod ela_gemm;
 mod elementwise;
 mod grads;
 mod index;

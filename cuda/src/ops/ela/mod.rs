@@ -5,7 +5,10 @@
 //! - `chunk.rs`: Hadamard Exp with f32/f16/bf16 inputs and head sizes 64 or 128, the chunked
 //!   tensor-core kernels (`chunk_fwd.cu`, `chunk_bwd.cu`);
 //! - `noncausal.rs`: non-causal calls with small heads, the parallel form (`noncausal.cu`);
-//! - `recurrent.rs`: every other call, the per-token scan (`recurrent.cu`; its header has the
+//! - `gemm_chunk.rs`: the other kernels with f32/f16/bf16 inputs, any head size, the chunked form
+//!   on cuBLAS GEMMs (`gemm_chunk.cu` holds the small kernels around them);
+//! - `recurrent.rs`: every other call (f64 inputs, Hadamard Exp heads outside the chunked
+//!   variants), the per-token scan (`recurrent.cu`; its header has the
 //!   math and the numerics);
 //! - `step.rs`: one decode token (`step.cu` for the chunked variants, else the scan).
 //!
@@ -14,6 +17,7 @@
 //! lengths). What is checked here is this device's own limit: the scan kernel's shared memory.
 
 mod chunk;
+mod gemm_chunk;
 mod noncausal;
 mod recurrent;
 mod step;
@@ -95,6 +99,9 @@ impl Cuda {
                 return self.ela_nc_forward(&plan, q, k, v, dims, p.kernel, sd);
             }
         }
+        if gemm_chunk::applies(p.kernel, d) {
+            return self.ela_gc_forward([q, k, v], dims, p, state);
+        }
         self.ela_scan_forward("ela_forward", [q, k, v], dims, p, state)
     }
 
@@ -124,6 +131,9 @@ impl Cuda {
             if let Some(plan) = noncausal::plan(p.kernel, dims, sd) {
                 return self.ela_nc_backward(&plan, [q, k, v, y, dy], dims, p.kernel, sd);
             }
+        }
+        if gemm_chunk::applies(p.kernel, d) {
+            return self.ela_gc_backward([q, k, v, y, dy], dims, p);
         }
         self.ela_scan_backward([q, k, v, y, dy], dims, p)
     }

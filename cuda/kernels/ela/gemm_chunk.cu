@@ -1,0 +1,177 @@
+// The chunked path of the feature-map kernels (sum/sub squared Euclidean, blueprint, Identity,
+// elu+1) on cuBLAS: the small kernels around the GEMMs of cuda/src/ops/ela/gemm_chunk.rs, which
+// has the algorithm. Features, values and gradients live in f32 buffers of Tp = whole chunks of
+// rows per sequence; rows t >= T are zero, so they add nothing to any product.
+//
+//   ela_gc_feat_*   phi(q) or psi(k) of every row (features() of recurrent.cu), zero padding;
+//   ela_gc_aug_*    [v | 1] of every row;
+//   ela_gc_mask     keeps the causal (j <= i) or anti-causal (j >= i) part of each C x C block;
+//   ela_gc_scan     exclusive prefix (or suffix) sums of the per-chunk states, plus the total;
+//   ela_gc_state    packs the carried (S, z) into [S | z] and back;
+//   ela_gc_out_*    y = N / den from the product with [v | 1];
+//   ela_gc_grad_*   [dy / den | -(dy . y) / den] per row, the "values" of the backward products;
+//   ela_gc_take_*   the first w columns of an f32 buffer, in the input dtype (dv);
+//   ela_gc_vjp_*    dq or dk from the feature gradients (features_vjp() of recurrent.cu).
+
+// One block per row (grid-stride over rows); blockDim a multiple of 32 (block_sum).
+template <typename D>
+__device__ void gc_feat(const typename D::S* x, float* out, i64 nseq, i64 T, i64 Tp, int d, int kern, int key) {
+    extern __shared__ __align__(16) unsigned char ela_smem[];
+    float* xs = (float*)ela_smem;  // [d] the row, then [32] for reductions
+    float* red = xs + d;
+    const int F = feature_size(kern, d);
+    for (i64 r = blockIdx.x; r < nseq * Tp; r += gridDim.x) {
+        const i64 n = r / Tp, t = r % Tp;
+        float* o = out + r * F;
+        if (t >= T) {
+            for (int c = threadIdx.x; c < F; c += blockDim.x) o[c] = 0.f;
+            continue;
+        }
+        const typename D::S* xr = x + (n * T + t) * d;
+        __syncthreads();  // xs may still be read for the previous row
+        for (int e = threadIdx.x; e < d; e += blockDim.x) xs[e] = D::load(xr[e]);
+        __syncthreads();
+        features<float>(kern, key != 0, xs, d, o, red);
+    }
+}
+
+template <typename D>
+__device__ void gc_aug(const typename D::S* v, float* out, i64 nseq, i64 T, i64 Tp, int dv) {
+    const i64 w = dv + 1, total = nseq * Tp * w;
+    for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total; e += (i64)gridDim.x * blockDim.x) {
+        const i64 r = e / w, c = e % w, n = r / Tp, t = r % Tp;
+        float x = 0.f;
+        if (t < T) x = c < dv ? D::load(v[(n * T + t) * dv + c]) : 1.f;
+        out[e] = x;
+    }
+}
+
+// a: nmat blocks of C x C, row-major (row i = query, column j = key). mode 0 keeps j <= i
+// (causal), mode 1 keeps j >= i (anti-causal: the backward's sums over later rows).
+extern "C" __global__ void ela_gc_mask(float* a, i64 nmat, int C, int mode) {
+    const i64 total = nmat * C * C;
+    for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total; e += (i64)gridDim.x * blockDim.x) {
+        const int i = (int)((e / C) % C), j = (int)(e % C);
+        if (mode == 0 ? j > i : j < i) a[e] = 0.f;
+    }
+}
+
+// h: [nseq][nch][E], chunk c holding the chunk's own sum K_c^T V_c. Replaced in place by the
+// state each chunk starts from: init + the chunks before it (reverse = 0), or the chunks after it
+// (reverse = 1, no init). fin (optional): [nseq][E], init + every chunk. One thread per (sequence,
+// element), walking the chunks; neighbouring threads read neighbouring elements.
+extern "C" __global__ void ela_gc_scan(float* h, const float* init, float* fin, i64 nseq, int nch, i64 E, int reverse) {
+    for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < nseq * E; e += (i64)gridDim.x * blockDim.x) {
+        const i64 n = e / E, x = e % E;
+        float acc = init ? init[e] : 0.f;
+        for (int s = 0; s < nch; ++s) {
+            const int c = reverse ? nch - 1 - s : s;
+            float* p = h + (n * nch + c) * E + x;
+            const float own = *p;
+            *p = acc;
+            acc += own;
+        }
+        if (fin) fin[e] = acc;
+    }
+}
+
+// mode 0: aug[n][f][0..dv) = S[n][f][..], aug[n][f][dv] = z[n][f]; mode 1: the reverse.
+extern "C" __global__ void ela_gc_state(float* S, float* z, float* aug, i64 nseq, int F, int dv, int mode) {
+    const i64 w = dv + 1, total = nseq * F * w;
+    for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total; e += (i64)gridDim.x * blockDim.x) {
+        const i64 row = e / w, c = e % w;
+        float* p = c < dv ? S + row * dv + c : z + row;
+        if (mode == 0) aug[e] = *p;
+        else *p = aug[e];
+    }
+}
+
+// o: [nseq][Tp][dv + 1] = [N | den]; y: [nseq][T][dv].
+template <typename D>
+__device__ void gc_out(const float* o, typename D::S* y, i64 nseq, i64 T, i64 Tp, int dv) {
+    const i64 total = nseq * T * dv;
+    for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total; e += (i64)gridDim.x * blockDim.x) {
+        const i64 r = e / dv, c = e % dv, n = r / T, t = r % T;
+        const float* orow = o + (n * Tp + t) * (dv + 1);
+        y[e] = D::store(orow[c] / orow[dv]);
+    }
+}
+
+// One block per row: g = dy / den, cc = g . y; out row = [g | -cc] (zero for padding rows).
+template <typename D>
+__device__ void gc_grad(const typename D::S* y, const typename D::S* dy, const float* den, float* out, i64 nseq,
+                        i64 T, i64 Tp, int dv) {
+    __shared__ float red[32];
+    for (i64 r = blockIdx.x; r < nseq * Tp; r += gridDim.x) {
+        const i64 n = r / Tp, t = r % Tp;
+        float* o = out + r * (dv + 1);
+        if (t >= T) {
+            for (int c = threadIdx.x; c <= dv; c += blockDim.x) o[c] = 0.f;
+            continue;
+        }
+        const i64 src = (n * T + t) * dv;
+        const float inv = 1.f / den[r];
+        float part = 0.f;
+        for (int c = threadIdx.x; c < dv; c += blockDim.x) {
+            const float g = D::load(dy[src + c]) * inv;
+            o[c] = g;
+            part += g * D::load(y[src + c]);
+        }
+        const float cc = block_sum<float>(part, red);
+        if (threadIdx.x == 0) o[dv] = -cc;
+    }
+}
+
+// dst[n][t][0..w) = src[n][t][0..w) for t < T, src rows `ws` wide and Tp per sequence.
+template <typename D>
+__device__ void gc_take(const float* src, typename D::S* dst, i64 nseq, i64 T, i64 Tp, int ws, int w) {
+    const i64 total = nseq * T * w;
+    for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total; e += (i64)gridDim.x * blockDim.x) {
+        const i64 r = e / w, c = e % w, n = r / T, t = r % T;
+        dst[e] = D::store(src[(n * Tp + t) * ws + c]);
+    }
+}
+
+// One block per row t < T: dx = (d feature / d x)^T gf.
+template <typename D>
+__device__ void gc_vjp(const typename D::S* x, const float* gf, typename D::S* dx, i64 nseq, i64 T, i64 Tp, int d,
+                       int kern, int key) {
+    extern __shared__ __align__(16) unsigned char ela_smem[];
+    float* xs = (float*)ela_smem;  // [d], then [32] for reductions
+    float* red = xs + d;
+    const int F = feature_size(kern, d);
+    for (i64 r = blockIdx.x; r < nseq * T; r += gridDim.x) {
+        const i64 n = r / T, t = r % T;
+        __syncthreads();
+        for (int e = threadIdx.x; e < d; e += blockDim.x) xs[e] = D::load(x[r * d + e]);
+        __syncthreads();
+        features_vjp<D>(kern, key != 0, xs, d, gf + (n * Tp + t) * F, dx + r * d, red);
+    }
+}
+
+#define ELA_GC(NAME, D)                                                                                          \
+    extern "C" __global__ void ela_gc_feat_##NAME(const D::S* x, float* out, i64 nseq, i64 T, i64 Tp, int d,     \
+                                                  int kern, int key) {                                           \
+        gc_feat<D>(x, out, nseq, T, Tp, d, kern, key);                                                           \
+    }                                                                                                            \
+    extern "C" __global__ void ela_gc_aug_##NAME(const D::S* v, float* out, i64 nseq, i64 T, i64 Tp, int dv) {   \
+        gc_aug<D>(v, out, nseq, T, Tp, dv);                                                                      \
+    }                                                                                                            \
+    extern "C" __global__ void ela_gc_out_##NAME(const float* o, D::S* y, i64 nseq, i64 T, i64 Tp, int dv) {     \
+        gc_out<D>(o, y, nseq, T, Tp, dv);                                                                        \
+    }                                                                                                            \
+    extern "C" __global__ void ela_gc_grad_##NAME(const D::S* y, const D::S* dy, const float* den, float* out,   \
+                                                  i64 nseq, i64 T, i64 Tp, int dv) {                             \
+        gc_grad<D>(y, dy, den, out, nseq, T, Tp, dv);                                                            \
+    }                                                                                                            \
+    extern "C" __global__ void ela_gc_take_##NAME(const float* src, D::S* dst, i64 nseq, i64 T, i64 Tp, int ws,  \
+                                                  int w) {                                                       \
+        gc_take<D>(src, dst, nseq, T, Tp, ws, w);                                                                \
+    }                                                                                                            \
+    extern "C" __global__ void ela_gc_vjp_##NAME(const D::S* x, const float* gf, D::S* dx, i64 nseq, i64 T,      \
+                                                 i64 Tp, int d, int kern, int key) {                             \
+        gc_vjp<D>(x, gf, dx, nseq, T, Tp, d, kern, key);                                                         \
+    }
+ELA_GC(f16, F16)
+ELA_GC(bf16, BF16)
+ELA_GC(f32, F32)

@@ -1,0 +1,334 @@
+//! The chunked form of fused ELA for the feature-map kernels (sum/sub squared Euclidean,
+//! blueprint, Identity, elu+1) with f32/f16/bf16 inputs and any head size, built on cuBLAS
+//! batched GEMMs (`kernels/ela/gemm_chunk.cu` has the small kernels around them). The per-token
+//! scan of `recurrent.rs` stays the reference and the path of f64 inputs.
+//!
+//! These kernels need no log-scale units (their features are not exponentials), so the whole
+//! computation is one primitive applied four times, unnormalised causal linear attention
+//!
+//! ```text
+//! LA(Q, K, V)_i = sum_{j <= i} (Q_i . K_j) V_j       (anti-causal: j >= i; non-causal: all j)
+//! ```
+//!
+//! which the chunked form computes with GEMMs: per chunk of C rows, `H_c = K_c^T V_c`; an
+//! exclusive prefix sum over chunks gives the state `S_c` each chunk starts from; then
+//! `O_c = Q_c S_c + mask(Q_c K_c^T) V_c`. Everything is f32 (f16/bf16 inputs are widened when the
+//! features are built), products are `CUBLAS_COMPUTE_32F`, so the results agree with the scan to
+//! f32 rounding (TF32 only if the user turned it on with `Cuda::set_allow_tf32`).
+//!
+//! Forward, with `Phi = phi(q)`, `Psi = psi(k)` and the augmented values `V' = [v | 1]`:
+//! `[N | den] = LA(Phi, Psi, V')`, `y = N / den` (eq. (L) of docs/ela.md).
+//!
+//! Backward: with `A_ij = Phi_i . Psi_j` (masked), `y_i = sum_j A_ij v_j / den_i`, the gradient of
+//! the loss by `A_ij` is `G_i . V'_j` where `G_i = [dy_i / den_i | -(dy_i . y_i) / den_i]`, so
+//!
+//! ```text
+//! dPhi = LA(G, V', Psi)          dPsi = LA~(V', G, Phi)          dV' = LA~(Psi, Phi, G)
+//! ```
+//!
+//! (`LA~` the anti-causal form), `dv` the first `Dv` columns of `dV'`, and `dq`, `dk` the feature
+//! maps' vector-Jacobian products (docs/ela.md, (V2)-(V5)). `den` is recomputed as
+//! `LA(Phi, Psi, 1)`. The derivation is in docs/ela.md, "The cuBLAS chunked form".
+
+use ela_core::ela::{ElaDims, ElaKernel, ElaParams, ElaStateBufs};
+use ela_core::{DType, Result};
+
+use crate::device::{Arg, Cfg, Cuda};
+use crate::kernels::KernelFile::Ela as ELA;
+use crate::ops::dt;
+use crate::ops::matmul::Operand;
+use crate::storage::CudaStorage;
+
+/// Rows per chunk: the intra-chunk products are C x C blocks.
+const CHUNK: usize = 64;
+
+/// Whether this path takes `kernel` with inputs of `dtype`: every kernel but Hadamard Exp (its
+/// exponentials need the units of `chunk.rs` or the scan), f32/f16/bf16 inputs (f64 keeps the scan,
+/// the exact reference). `ELA_CUDA_SCAN_ONLY` forces the scan, for comparisons.
+pub(super) fn applies(kernel: ElaKernel, dtype: DType) -> bool {
+    kernel != ElaKernel::HadamardExp
+        && matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+        && std::env::var_os("ELA_CUDA_SCAN_ONLY").is_none()
+}
+
+/// Which rows a product sums over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dir {
+    /// `j <= i`.
+    Causal,
+    /// `j >= i`.
+    AntiCausal,
+    /// Every row of the sequence.
+    All,
+}
+
+/// Sizes of one call: `n` sequences of `t` rows, padded to `tp` rows (whole chunks of `c`).
+#[derive(Clone, Copy, Debug)]
+struct Geo {
+    n: usize,
+    t: usize,
+    tp: usize,
+    c: usize,
+}
+
+impl Geo {
+    fn new(dims: &ElaDims) -> Geo {
+        let c = CHUNK.min(dims.t.max(1));
+        Geo { n: dims.sequences(), t: dims.t, tp: dims.t.div_ceil(c) * c, c }
+    }
+    fn chunks(&self) -> usize {
+        self.tp / self.c
+    }
+    fn i64s(&self) -> [Arg; 3] {
+        [Arg::n(self.n), Arg::n(self.t), Arg::n(self.tp)]
+    }
+}
+
+/// A row-major f32 operand `[rows, cols]` per batch entry, rows `ld` apart.
+fn op(ptr: u64, ld: usize, batch_stride: usize) -> Operand {
+    Operand { ptr, rs: ld, cs: 1, batch_stride }
+}
+
+/// The transpose of a row-major `[rows, cols]` buffer (rows `ld` apart), viewed as `[cols, rows]`.
+fn op_t(ptr: u64, ld: usize, batch_stride: usize) -> Operand {
+    Operand { ptr, rs: 1, cs: ld, batch_stride }
+}
+
+impl Cuda {
+    /// `LA(q, k, v)` over f32 buffers `[n][tp][fq]`, `[n][tp][fq]`, `[n][tp][e]` (see the module
+    /// docs), from `init` (`[n][fq][e]`, causal only) and writing the final state to `fin`.
+    #[allow(clippy::too_many_arguments)]
+    fn ela_gc_la(
+        &self,
+        g: Geo,
+        [q, k, v]: [&CudaStorage; 3],
+        fq: usize,
+        e: usize,
+        dir: Dir,
+        init: Option<&CudaStorage>,
+        fin: Option<&CudaStorage>,
+    ) -> Result<CudaStorage> {
+        let f32_ = DType::F32;
+        let out = self.alloc(f32_, g.n * g.tp * e)?;
+        if dir == Dir::All {
+            // One state per sequence: H = K^T V, O = Q H.
+            let h = self.alloc(f32_, g.n * fq * e)?;
+            let dims = (fq, e, g.tp, g.n);
+            self.gemm(
+                f32_,
+                f32_,
+                dims,
+                op_t(k.ptr(), fq, g.tp * fq),
+                op(v.ptr(), e, g.tp * e),
+                (h.ptr(), e, fq * e),
+                0.0,
+            )?;
+            let dims = (g.tp, e, fq, g.n);
+            self.gemm(
+                f32_,
+                f32_,
+                dims,
+                op(q.ptr(), fq, g.tp * fq),
+                op(h.ptr(), e, fq * e),
+                (out.ptr(), e, g.tp * e),
+                0.0,
+            )?;
+            return Ok(out);
+        }
+        let (c, nb) = (g.c, g.n * g.chunks());
+        // H_c = K_c^T V_c for every chunk, then the state each chunk starts from.
+        let h = self.alloc(f32_, nb * fq * e)?;
+        self.gemm(
+            f32_,
+            f32_,
+            (fq, e, c, nb),
+            op_t(k.ptr(), fq, c * fq),
+            op(v.ptr(), e, c * e),
+            (h.ptr(), e, fq * e),
+            0.0,
+        )?;
+        let ptr = |s: Option<&CudaStorage>| s.map_or(0, |s| s.ptr());
+        let scan = [
+            Arg::Ptr(h.ptr()),
+            Arg::Ptr(ptr(init)),
+            Arg::Ptr(ptr(fin)),
+            Arg::n(g.n),
+            Arg::I32(g.chunks() as i32),
+            Arg::n(fq * e),
+            Arg::I32((dir == Dir::AntiCausal) as i32),
+        ];
+        self.launch(ELA, "ela_gc_scan", Cfg::elems(g.n * fq * e), &scan)?;
+        // O_c = Q_c S_c + mask(Q_c K_c^T) V_c.
+        self.gemm(
+            f32_,
+            f32_,
+            (c, e, fq, nb),
+            op(q.ptr(), fq, c * fq),
+            op(h.ptr(), e, fq * e),
+            (out.ptr(), e, c * e),
+            0.0,
+        )?;
+        let a = self.alloc(f32_, nb * c * c)?;
+        self.gemm(
+            f32_,
+            f32_,
+            (c, c, fq, nb),
+            op(q.ptr(), fq, c * fq),
+            op_t(k.ptr(), fq, c * fq),
+            (a.ptr(), c, c * c),
+            0.0,
+        )?;
+        let mask = [Arg::Ptr(a.ptr()), Arg::n(nb), Arg::I32(c as i32), Arg::I32((dir == Dir::AntiCausal) as i32)];
+        self.launch(ELA, "ela_gc_mask", Cfg::elems(nb * c * c), &mask)?;
+        self.gemm(f32_, f32_, (c, e, c, nb), op(a.ptr(), c, c * c), op(v.ptr(), e, c * e), (out.ptr(), e, c * e), 1.0)?;
+        Ok(out)
+    }
+
+    /// `phi(x)` (`key` false) or `psi(x)` (`key` true) of every row, f32 `[n][tp][F]`.
+    fn ela_gc_features(&self, g: Geo, x: &CudaStorage, d: usize, kernel: ElaKernel, key: bool) -> Result<CudaStorage> {
+        let f = kernel.feature_size(d);
+        let out = self.alloc(DType::F32, g.n * g.tp * f)?;
+        let [n, t, tp] = g.i64s();
+        let args = [
+            Arg::Ptr(x.ptr()),
+            Arg::Ptr(out.ptr()),
+            n,
+            t,
+            tp,
+            Arg::I32(d as i32),
+            Arg::I32(kernel.code()),
+            Arg::I32(key as i32),
+        ];
+        let cfg = Cfg::rows(g.n * g.tp, d.max(f)).with_max_block(256);
+        self.launch_smem(ELA, &format!("ela_gc_feat_{}", dt(x.dtype())), cfg, ((d + 32) * 4) as u32, &args)?;
+        Ok(out)
+    }
+
+    /// `[v | 1]` of every row, f32 `[n][tp][dv + 1]`.
+    fn ela_gc_augment(&self, g: Geo, v: &CudaStorage, dv: usize) -> Result<CudaStorage> {
+        let out = self.alloc(DType::F32, g.n * g.tp * (dv + 1))?;
+        let [n, t, tp] = g.i64s();
+        let args = [Arg::Ptr(v.ptr()), Arg::Ptr(out.ptr()), n, t, tp, Arg::I32(dv as i32)];
+        self.launch(ELA, &format!("ela_gc_aug_{}", dt(v.dtype())), Cfg::elems(g.n * g.tp * (dv + 1)), &args)?;
+        Ok(out)
+    }
+
+    /// Copies a carried state `(S, z)` into `[S | z]` (`to_aug`) or back.
+    fn ela_gc_state(
+        &self,
+        st: &ElaStateBufs<CudaStorage>,
+        aug: &CudaStorage,
+        n: usize,
+        f: usize,
+        dv: usize,
+        to_aug: bool,
+    ) -> Result<()> {
+        let args = [
+            Arg::Ptr(st.s.ptr()),
+            Arg::Ptr(st.z.ptr()),
+            Arg::Ptr(aug.ptr()),
+            Arg::n(n),
+            Arg::I32(f as i32),
+            Arg::I32(dv as i32),
+            Arg::I32(!to_aug as i32),
+        ];
+        self.launch(ELA, "ela_gc_state", Cfg::elems(n * f * (dv + 1)), &args)
+    }
+
+    /// The forward: `y` in the input dtype; a carried `state` (causal only) is read and updated.
+    pub(super) fn ela_gc_forward(
+        &self,
+        [q, k, v]: [&CudaStorage; 3],
+        dims: &ElaDims,
+        p: &ElaParams,
+        state: Option<&mut ElaStateBufs<CudaStorage>>,
+    ) -> Result<CudaStorage> {
+        let (d, dv, f) = (dims.d, dims.dv, p.kernel.feature_size(dims.d));
+        let g = Geo::new(dims);
+        let y = self.alloc(q.dtype(), g.n * g.t * dv)?;
+        if g.n == 0 || g.t == 0 {
+            return Ok(y);
+        }
+        debug_assert!(p.causal || state.is_none(), "ela_forward: a carried state is causal (ElaParams::validate)");
+        let phi = self.ela_gc_features(g, q, d, p.kernel, false)?;
+        let psi = self.ela_gc_features(g, k, d, p.kernel, true)?;
+        let vaug = self.ela_gc_augment(g, v, dv)?;
+        let carried = match &state {
+            Some(st) => {
+                debug_assert!(st.s.dtype() == DType::F32 && st.s.len() == g.n * f * dv, "ela: state for {dims:?}");
+                let (init, fin) =
+                    (self.alloc(DType::F32, g.n * f * (dv + 1))?, self.alloc(DType::F32, g.n * f * (dv + 1))?);
+                self.ela_gc_state(st, &init, g.n, f, dv, true)?;
+                Some((init, fin))
+            }
+            None => None,
+        };
+        let dir = if p.causal { Dir::Causal } else { Dir::All };
+        let (init, fin) = (carried.as_ref().map(|c| &c.0), carried.as_ref().map(|c| &c.1));
+        let o = self.ela_gc_la(g, [&phi, &psi, &vaug], f, dv + 1, dir, init, fin)?;
+        if let (Some(st), Some(fin)) = (state, fin) {
+            self.ela_gc_state(st, fin, g.n, f, dv, false)?;
+        }
+        let [n, t, tp] = g.i64s();
+        let args = [Arg::Ptr(o.ptr()), Arg::Ptr(y.ptr()), n, t, tp, Arg::I32(dv as i32)];
+        self.launch(ELA, &format!("ela_gc_out_{}", dt(q.dtype())), Cfg::elems(g.n * g.t * dv), &args)?;
+        Ok(y)
+    }
+
+    /// The backward from an empty state: `(dq, dk, dv)` in the input dtype.
+    pub(super) fn ela_gc_backward(
+        &self,
+        [q, k, v, y, dy]: [&CudaStorage; 5],
+        dims: &ElaDims,
+        p: &ElaParams,
+    ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+        let (d, dv, f, x) = (dims.d, dims.dv, p.kernel.feature_size(dims.d), q.dtype());
+        let g = Geo::new(dims);
+        let (dq, dk, dvo) = (self.alloc(x, q.len())?, self.alloc(x, k.len())?, self.alloc(x, v.len())?);
+        if g.n == 0 || g.t == 0 {
+            return Ok((dq, dk, dvo));
+        }
+        let (fwd, bwd) = if p.causal { (Dir::Causal, Dir::AntiCausal) } else { (Dir::All, Dir::All) };
+        let phi = self.ela_gc_features(g, q, d, p.kernel, false)?;
+        let psi = self.ela_gc_features(g, k, d, p.kernel, true)?;
+        let vaug = self.ela_gc_augment(g, v, dv)?;
+        let ones = self.full_impl(g.n * g.tp, 1.0, DType::F32)?;
+        let den = self.ela_gc_la(g, [&phi, &psi, &ones], f, 1, fwd, None, None)?;
+        // G = [dy / den | -(dy . y) / den], one block per row.
+        let gg = self.alloc(DType::F32, g.n * g.tp * (dv + 1))?;
+        let [n, t, tp] = g.i64s();
+        let args = [
+            Arg::Ptr(y.ptr()),
+            Arg::Ptr(dy.ptr()),
+            Arg::Ptr(den.ptr()),
+            Arg::Ptr(gg.ptr()),
+            n,
+            t,
+            tp,
+            Arg::I32(dv as i32),
+        ];
+        let cfg = Cfg::rows(g.n * g.tp, dv).with_max_block(256);
+        self.launch(ELA, &format!("ela_gc_grad_{}", dt(x)), cfg, &args)?;
+        let dphi = self.ela_gc_la(g, [&gg, &vaug, &psi], dv + 1, f, fwd, None, None)?;
+        let dpsi = self.ela_gc_la(g, [&vaug, &gg, &phi], dv + 1, f, bwd, None, None)?;
+        let dvaug = self.ela_gc_la(g, [&psi, &phi, &gg], f, dv + 1, bwd, None, None)?;
+        let take = [Arg::Ptr(dvaug.ptr()), Arg::Ptr(dvo.ptr()), n, t, tp, Arg::I32(dv as i32 + 1), Arg::I32(dv as i32)];
+        self.launch(ELA, &format!("ela_gc_take_{}", dt(x)), Cfg::elems(g.n * g.t * dv), &take)?;
+        for (src, gf, out, key) in [(q, &dphi, &dq, false), (k, &dpsi, &dk, true)] {
+            let args = [
+                Arg::Ptr(src.ptr()),
+                Arg::Ptr(gf.ptr()),
+                Arg::Ptr(out.ptr()),
+                n,
+                t,
+                tp,
+                Arg::I32(d as i32),
+                Arg::I32(p.kernel.code()),
+                Arg::I32(key as i32),
+            ];
+            let cfg = Cfg::rows(g.n * g.t, d).with_max_block(256);
+            self.launch_smem(ELA, &format!("ela_gc_vjp_{}", dt(x)), cfg, ((d + 32) * 4) as u32, &args)?;
+        }
+        Ok((dq, dk, dvo))
+    }
+}

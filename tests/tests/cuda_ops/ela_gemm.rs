@@ -1,0 +1,141 @@
+//! The cuBLAS chunked path of the feature-map kernels (`cuda/src/ops/ela/gemm_chunk.rs`): many
+//! chunks of 64 rows with a ragged last one, head sizes where `F = D + 1, D + 2` is not a
+//! power of two, `Dv != D`, causal and non-causal, and a carried state crossing chunk boundaries.
+//!
+//! The reference is the CPU backend's fused ELA in f64 on the same (rounded) inputs, itself
+//! checked against quadratic attention in f64 (tests/ela_forms.rs). The signed kernels cancel
+//! heavily, so the GPU is judged like the CPU: its normwise error against f64 may not exceed the
+//! CPU's own error in the input dtype by more than a small factor.
+
+use ela_core::ela::ElaParams;
+use ela_core::{Cpu, DType, ElaKernel, FusedElaState, Result, Rng, Tensor};
+use ela_cuda::Cuda;
+use proptest::prelude::*;
+
+use crate::{cases, check_tol, gpu, rel_err, Pair};
+
+/// Every kernel this path takes.
+const KERNELS: [ElaKernel; 5] =
+    [ElaKernel::SumSqEuclid, ElaKernel::SubSqEuclid, ElaKernel::Blueprint, ElaKernel::Identity, ElaKernel::EluPlusOne];
+
+/// q, k, v of `dtype` (values rounded to it), small enough that the signed kernels' denominators
+/// stay away from zero; Identity gets positive features.
+fn inputs(kernel: ElaKernel, shape: [usize; 4], dv: usize, dtype: DType, seed: u64, dev: &Cuda) -> [Pair; 3] {
+    let mut rng = Rng::new(seed);
+    let (scale, shift) = if kernel == ElaKernel::Identity { (0.1, 1.0) } else { (0.3, 0.2) };
+    let mut mk = |shape: Vec<usize>, s: f64, o: f64| {
+        Pair::new(Tensor::randn(o, s, shape, DType::F64, &mut rng, &Cpu).unwrap().to_dtype(dtype).unwrap(), dev)
+    };
+    let [b, h, t, d] = shape;
+    [mk(vec![b, h, t, d], scale, shift), mk(vec![b, h, t, d], scale, shift), mk(vec![b, h, t, dv], 1.0, 0.0)]
+}
+
+/// Normwise error bound of the GPU in `dtype` given the CPU's: f32 agrees to rounding; 16-bit
+/// outputs are dominated by their own rounding.
+fn within(gpu_err: f64, cpu_err: f64, dtype: DType) -> bool {
+    let floor = if dtype == DType::F32 { 1e-6 } else { 1e-2 };
+    gpu_err <= 4.0 * cpu_err + floor
+}
+
+/// Forward and backward of one case on both devices and in f64; panics (through `prop_assert`)
+/// on a mismatch.
+fn check_case(
+    kernel: ElaKernel,
+    shape: [usize; 4],
+    dv: usize,
+    causal: bool,
+    dtype: DType,
+    seed: u64,
+    dev: &Cuda,
+) -> Result<Vec<String>> {
+    let [q, k, v] = inputs(kernel, shape, dv, dtype, seed, dev);
+    let [b, h, t, _] = shape;
+    let dy = Pair::randn(&[b, h, t, dv], dtype, seed + 1, dev);
+    let p = ElaParams { kernel, causal, chunk: 16 };
+    let f64_ = |x: &Tensor<Cpu>| x.to_dtype(DType::F64);
+    let (q64, k64, v64, dy64) = (f64_(&q.cpu)?, f64_(&k.cpu)?, f64_(&v.cpu)?, f64_(&dy.cpu)?);
+    let y64 = q64.ela(&k64, &v64, &p)?;
+    let r = Tensor::ela_backward(&q64, &k64, &v64, &y64, &dy64, &p)?;
+    let (cy, gy) = (q.cpu.ela(&k.cpu, &v.cpu, &p)?, q.gpu.ela(&k.gpu, &v.gpu, &p)?);
+    let c = Tensor::ela_backward(&q.cpu, &k.cpu, &v.cpu, &cy, &dy.cpu, &p)?;
+    let g = Tensor::ela_backward(&q.gpu, &k.gpu, &v.gpu, &gy, &dy.gpu, &p)?;
+    let mut failures = Vec::new();
+    for (name, r, c, g) in
+        [("y", &y64, &cy, &gy), ("dq", &r.0, &c.0, &g.0), ("dk", &r.1, &c.1, &g.1), ("dv", &r.2, &c.2, &g.2)]
+    {
+        let r = r.to_vec_f64()?;
+        let (ce, ge) = (rel_err(&c.to_vec_f64()?, &r), rel_err(&g.to_vec_f64()?, &r));
+        if !within(ge, ce, dtype) {
+            failures
+                .push(format!("{name} {kernel} causal={causal} {shape:?}x{dv} {dtype:?}: GPU {ge:e} vs CPU {ce:e}"));
+        }
+    }
+    Ok(failures)
+}
+
+#[test]
+fn feature_kernels_match_f64_over_many_chunks() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    // T = 200: three full chunks and a ragged one; d = 64 gives F = 65, 66; dv = 5 and 128.
+    for (ki, kernel) in KERNELS.into_iter().enumerate() {
+        for (shape, dv) in [([2, 2, 200, 64], 5), ([1, 3, 130, 16], 128), ([1, 1, 1, 8], 8)] {
+            for causal in [true, false] {
+                for dtype in [DType::F32, DType::BF16] {
+                    let failures = check_case(kernel, shape, dv, causal, dtype, 700 + ki as u64, &dev)?;
+                    assert!(failures.is_empty(), "{}", failures.join("\n"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn feature_kernels_match_f64_on_random_shapes() {
+    let Some(dev) = gpu() else { return };
+    let cfg = ProptestConfig { cases: cases(12), ..ProptestConfig::default() };
+    let shape = (1usize..3, 1usize..3, 1usize..300, prop::sample::select(vec![1usize, 4, 31, 64, 128]));
+    proptest!(cfg, |(ki in 0usize..5, (b, h, t, d) in shape, dv in 1usize..130, causal: bool, bf16: bool, seed in 0u64..1000)| {
+        let dtype = if bf16 { DType::BF16 } else { DType::F32 };
+        let failures = check_case(KERNELS[ki], [b, h, t, d], dv, causal, dtype, seed, &dev).unwrap();
+        prop_assert!(failures.is_empty(), "{}", failures.join("\n"));
+    });
+}
+
+/// A prefill that ends inside a chunk, steps, then a second prefill that starts from the carried
+/// state and spans several chunks: the outputs and the state agree with the CPU's.
+#[test]
+fn carried_state_crosses_chunk_boundaries() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    let (b, h, d, dv, t) = (2, 2, 16, 24, 260);
+    for kernel in KERNELS {
+        let [q, k, v] = inputs(kernel, [b, h, t, d], dv, DType::F32, 41, &dev);
+        let mut cs = FusedElaState::new(kernel, b, h, d, dv, DType::F32, &Cpu)?;
+        let mut gs = FusedElaState::new(kernel, b, h, d, dv, DType::F32, &dev)?;
+        let tag = format!("{kernel}");
+        let mut pos = 0;
+        for (len, steps) in [(100usize, 3usize), (150, 0), (7, 0)] {
+            let (cy, gy) = (
+                cs.prefill(&q.cpu.narrow(2, pos, len)?, &k.cpu.narrow(2, pos, len)?, &v.cpu.narrow(2, pos, len)?)?,
+                gs.prefill(&q.gpu.narrow(2, pos, len)?, &k.gpu.narrow(2, pos, len)?, &v.gpu.narrow(2, pos, len)?)?,
+            );
+            check_tol(&format!("prefill at {pos} {tag}"), &cy, &gy, 2e-4, 2e-5);
+            pos += len;
+            for _ in 0..steps {
+                let cy = cs.step(&q.cpu.narrow(2, pos, 1)?, &k.cpu.narrow(2, pos, 1)?, &v.cpu.narrow(2, pos, 1)?)?;
+                let gy = gs.step(&q.gpu.narrow(2, pos, 1)?, &k.gpu.narrow(2, pos, 1)?, &v.gpu.narrow(2, pos, 1)?)?;
+                check_tol(&format!("step at {pos} {tag}"), &cy, &gy, 2e-4, 2e-5);
+                pos += 1;
+            }
+        }
+        assert_eq!(pos, t);
+        let (cb, gb) = (cs.buffers()?, gs.buffers()?);
+        check_tol(&format!("state S {tag}"), &cb.0, &gb.0, 2e-4, 1e-3);
+        check_tol(&format!("state z {tag}"), &cb.1, &gb.1, 2e-4, 1e-3);
+        // The whole sequence in one call ends where prefill + steps ended.
+        let full = q.gpu.ela(&k.gpu, &v.gpu, &ElaParams::causal(kernel))?.narrow(2, t - 1, 1)?.contiguous()?;
+        let cpu = q.cpu.ela(&k.cpu, &v.cpu, &ElaParams::causal(kernel))?.narrow(2, t - 1, 1)?.contiguous()?;
+        check_tol(&format!("one call {tag}"), &cpu, &full, 2e-4, 2e-5);
+    }
+    Ok(())
+}
