@@ -76,9 +76,10 @@ pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// True when the command line (after `--`) selects `label`: no filter, or a filter word that the
-/// label contains.
+/// label contains. `kernel=NAME` arguments are options of `ela_gpu`, not filters.
 pub fn selected(label: &str) -> bool {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> =
+        std::env::args().skip(1).filter(|a| !a.starts_with("--") && !a.starts_with("kernel=")).collect();
     args.is_empty() || args.iter().any(|a| label.contains(a.as_str()))
 }
 
