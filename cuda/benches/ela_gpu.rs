@@ -118,5 +118,9 @@ fn main() -> Result<()> {
             dev.empty_cache()?;
         }
     }
+    // With ELA_CUDA_KERNEL_STATS=1: where the device time went, per kernel and cuBLAS call.
+    if let Some(report) = dev.kernel_stats_report(25)? {
+        println!("{report}");
+    }
     Ok(())
 }
