@@ -1,7 +1,9 @@
 // The chunked path of the feature-map kernels (sum/sub squared Euclidean, blueprint, Identity,
 // elu+1) on cuBLAS: the small kernels around the GEMMs of cuda/src/ops/ela/gemm_chunk.rs, which
 // has the algorithm. Features, values and gradients live in f32 buffers of Tp = whole chunks of
-// rows per sequence; rows t >= T are zero, so they add nothing to any product.
+// rows per sequence, each row `ld` floats (a multiple of 4, so cuBLAS can use its aligned
+// kernels); rows t >= T and the columns past the data are zero, so they add nothing to any
+// product.
 //
 //   ela_gc_feat_*   phi(q) or psi(k) of every row (features() of recurrent.cu), zero padding;
 //   ela_gc_aug_*    [v | 1] of every row;
@@ -15,14 +17,15 @@
 
 // One block per row (grid-stride over rows); blockDim a multiple of 32 (block_sum).
 template <typename D>
-__device__ void gc_feat(const typename D::S* x, float* out, i64 nseq, i64 T, i64 Tp, int d, int kern, int key) {
+__device__ void gc_feat(const typename D::S* x, float* out, i64 nseq, i64 T, i64 Tp, int d, int ld, int kern, int key) {
     extern __shared__ __align__(16) unsigned char ela_smem[];
     float* xs = (float*)ela_smem;  // [d] the row, then [32] for reductions
     float* red = xs + d;
     const int F = feature_size(kern, d);
     for (i64 r = blockIdx.x; r < nseq * Tp; r += gridDim.x) {
         const i64 n = r / Tp, t = r % Tp;
-        float* o = out + r * F;
+        float* o = out + r * ld;
+        for (int c = F + threadIdx.x; c < ld; c += blockDim.x) o[c] = 0.f;
         if (t >= T) {
             for (int c = threadIdx.x; c < F; c += blockDim.x) o[c] = 0.f;
             continue;
@@ -36,12 +39,12 @@ __device__ void gc_feat(const typename D::S* x, float* out, i64 nseq, i64 T, i64
 }
 
 template <typename D>
-__device__ void gc_aug(const typename D::S* v, float* out, i64 nseq, i64 T, i64 Tp, int dv) {
-    const i64 w = dv + 1, total = nseq * Tp * w;
+__device__ void gc_aug(const typename D::S* v, float* out, i64 nseq, i64 T, i64 Tp, int dv, int ld) {
+    const i64 total = nseq * Tp * ld;
     for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total; e += (i64)gridDim.x * blockDim.x) {
-        const i64 r = e / w, c = e % w, n = r / Tp, t = r % Tp;
+        const i64 r = e / ld, c = e % ld, n = r / Tp, t = r % Tp;
         float x = 0.f;
-        if (t < T) x = c < dv ? D::load(v[(n * T + t) * dv + c]) : 1.f;
+        if (t < T && c <= dv) x = c < dv ? D::load(v[(n * T + t) * dv + c]) : 1.f;
         out[e] = x;
     }
 }
@@ -75,42 +78,46 @@ extern "C" __global__ void ela_gc_scan(float* h, const float* init, float* fin, 
     }
 }
 
-// mode 0: aug[n][f][0..dv) = S[n][f][..], aug[n][f][dv] = z[n][f]; mode 1: the reverse.
-extern "C" __global__ void ela_gc_state(float* S, float* z, float* aug, i64 nseq, int F, int dv, int mode) {
-    const i64 w = dv + 1, total = nseq * F * w;
+// aug: [nseq][Fp][ld]. mode 0: aug[n][f][0..dv) = S[n][f][..], aug[n][f][dv] = z[n][f], zero
+// past F and dv; mode 1: the reverse.
+extern "C" __global__ void ela_gc_state(float* S, float* z, float* aug, i64 nseq, int F, int Fp, int dv, int ld,
+                                        int mode) {
+    const i64 total = nseq * Fp * ld;
     for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total; e += (i64)gridDim.x * blockDim.x) {
-        const i64 row = e / w, c = e % w;
-        float* p = c < dv ? S + row * dv + c : z + row;
-        if (mode == 0) aug[e] = *p;
-        else *p = aug[e];
+        const i64 c = e % ld, f = (e / ld) % Fp, n = e / (ld * Fp), row = n * F + f;
+        const bool data = f < F && c <= dv;
+        if (mode == 0) aug[e] = data ? (c < dv ? S[row * dv + c] : z[row]) : 0.f;
+        else if (data) *(c < dv ? S + row * dv + c : z + row) = aug[e];
     }
 }
 
-// o: [nseq][Tp][dv + 1] = [N | den]; y: [nseq][T][dv].
+// o: [nseq][Tp][ld], row = [N | den | 0..]; y: [nseq][T][dv].
 template <typename D>
-__device__ void gc_out(const float* o, typename D::S* y, i64 nseq, i64 T, i64 Tp, int dv) {
+__device__ void gc_out(const float* o, typename D::S* y, i64 nseq, i64 T, i64 Tp, int dv, int ld) {
     const i64 total = nseq * T * dv;
     for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total; e += (i64)gridDim.x * blockDim.x) {
         const i64 r = e / dv, c = e % dv, n = r / T, t = r % T;
-        const float* orow = o + (n * Tp + t) * (dv + 1);
+        const float* orow = o + (n * Tp + t) * ld;
         y[e] = D::store(orow[c] / orow[dv]);
     }
 }
 
-// One block per row: g = dy / den, cc = g . y; out row = [g | -cc] (zero for padding rows).
+// One block per row: g = dy / den, cc = g . y; out row = [g | -cc | 0..] (`ld` wide, zero for
+// padding rows). den: row r's denominator at den[r * lds].
 template <typename D>
-__device__ void gc_grad(const typename D::S* y, const typename D::S* dy, const float* den, float* out, i64 nseq,
-                        i64 T, i64 Tp, int dv) {
+__device__ void gc_grad(const typename D::S* y, const typename D::S* dy, const float* den, int lds, float* out,
+                        i64 nseq, i64 T, i64 Tp, int dv, int ld) {
     __shared__ float red[32];
     for (i64 r = blockIdx.x; r < nseq * Tp; r += gridDim.x) {
         const i64 n = r / Tp, t = r % Tp;
-        float* o = out + r * (dv + 1);
+        float* o = out + r * ld;
+        for (int c = dv + 1 + threadIdx.x; c < ld; c += blockDim.x) o[c] = 0.f;
         if (t >= T) {
             for (int c = threadIdx.x; c <= dv; c += blockDim.x) o[c] = 0.f;
             continue;
         }
         const i64 src = (n * T + t) * dv;
-        const float inv = 1.f / den[r];
+        const float inv = 1.f / den[r * lds];
         float part = 0.f;
         for (int c = threadIdx.x; c < dv; c += blockDim.x) {
             const float g = D::load(dy[src + c]) * inv;
@@ -132,45 +139,46 @@ __device__ void gc_take(const float* src, typename D::S* dst, i64 nseq, i64 T, i
     }
 }
 
-// One block per row t < T: dx = (d feature / d x)^T gf.
+// One block per row t < T: dx = (d feature / d x)^T gf (gf rows `ld` apart).
 template <typename D>
 __device__ void gc_vjp(const typename D::S* x, const float* gf, typename D::S* dx, i64 nseq, i64 T, i64 Tp, int d,
-                       int kern, int key) {
+                       int ld, int kern, int key) {
     extern __shared__ __align__(16) unsigned char ela_smem[];
     float* xs = (float*)ela_smem;  // [d], then [32] for reductions
     float* red = xs + d;
-    const int F = feature_size(kern, d);
     for (i64 r = blockIdx.x; r < nseq * T; r += gridDim.x) {
         const i64 n = r / T, t = r % T;
         __syncthreads();
         for (int e = threadIdx.x; e < d; e += blockDim.x) xs[e] = D::load(x[r * d + e]);
         __syncthreads();
-        features_vjp<D>(kern, key != 0, xs, d, gf + (n * Tp + t) * F, dx + r * d, red);
+        features_vjp<D>(kern, key != 0, xs, d, gf + (n * Tp + t) * ld, dx + r * d, red);
     }
 }
 
 #define ELA_GC(NAME, D)                                                                                          \
     extern "C" __global__ void ela_gc_feat_##NAME(const D::S* x, float* out, i64 nseq, i64 T, i64 Tp, int d,     \
-                                                  int kern, int key) {                                           \
-        gc_feat<D>(x, out, nseq, T, Tp, d, kern, key);                                                           \
+                                                  int ld, int kern, int key) {                                   \
+        gc_feat<D>(x, out, nseq, T, Tp, d, ld, kern, key);                                                       \
     }                                                                                                            \
-    extern "C" __global__ void ela_gc_aug_##NAME(const D::S* v, float* out, i64 nseq, i64 T, i64 Tp, int dv) {   \
-        gc_aug<D>(v, out, nseq, T, Tp, dv);                                                                      \
+    extern "C" __global__ void ela_gc_aug_##NAME(const D::S* v, float* out, i64 nseq, i64 T, i64 Tp, int dv,     \
+                                                 int ld) {                                                       \
+        gc_aug<D>(v, out, nseq, T, Tp, dv, ld);                                                                  \
     }                                                                                                            \
-    extern "C" __global__ void ela_gc_out_##NAME(const float* o, D::S* y, i64 nseq, i64 T, i64 Tp, int dv) {     \
-        gc_out<D>(o, y, nseq, T, Tp, dv);                                                                        \
+    extern "C" __global__ void ela_gc_out_##NAME(const float* o, D::S* y, i64 nseq, i64 T, i64 Tp, int dv,       \
+                                                 int ld) {                                                       \
+        gc_out<D>(o, y, nseq, T, Tp, dv, ld);                                                                    \
     }                                                                                                            \
-    extern "C" __global__ void ela_gc_grad_##NAME(const D::S* y, const D::S* dy, const float* den, float* out,   \
-                                                  i64 nseq, i64 T, i64 Tp, int dv) {                             \
-        gc_grad<D>(y, dy, den, out, nseq, T, Tp, dv);                                                            \
+    extern "C" __global__ void ela_gc_grad_##NAME(const D::S* y, const D::S* dy, const float* den, int lds,      \
+                                                  float* out, i64 nseq, i64 T, i64 Tp, int dv, int ld) {         \
+        gc_grad<D>(y, dy, den, lds, out, nseq, T, Tp, dv, ld);                                                   \
     }                                                                                                            \
     extern "C" __global__ void ela_gc_take_##NAME(const float* src, D::S* dst, i64 nseq, i64 T, i64 Tp, int ws,  \
                                                   int w) {                                                       \
         gc_take<D>(src, dst, nseq, T, Tp, ws, w);                                                                \
     }                                                                                                            \
     extern "C" __global__ void ela_gc_vjp_##NAME(const D::S* x, const float* gf, D::S* dx, i64 nseq, i64 T,      \
-                                                 i64 Tp, int d, int kern, int key) {                             \
-        gc_vjp<D>(x, gf, dx, nseq, T, Tp, d, kern, key);                                                         \
+                                                 i64 Tp, int d, int ld, int kern, int key) {                     \
+        gc_vjp<D>(x, gf, dx, nseq, T, Tp, d, ld, kern, key);                                                     \
     }
 ELA_GC(f16, F16)
 ELA_GC(bf16, BF16)

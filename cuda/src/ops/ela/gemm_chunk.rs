@@ -42,6 +42,13 @@ use crate::storage::CudaStorage;
 /// Rows per chunk: the intra-chunk products are C x C blocks.
 const CHUNK: usize = 64;
 
+/// Row width of an f32 buffer with `cols` columns: a multiple of 4 floats (16 bytes), which
+/// cuBLAS's fast SGEMM kernels need of every leading dimension (`F = D + 2` or `Dv + 1` columns
+/// would otherwise send it to much slower ones). The extra columns are zero.
+fn ld(cols: usize) -> usize {
+    cols.div_ceil(4) * 4
+}
+
 /// Whether this path takes `kernel` with inputs of `dtype`: every kernel but Hadamard Exp (its
 /// exponentials need the units of `chunk.rs` or the scan), f32/f16/bf16 inputs (f64 keeps the scan,
 /// the exact reference). `ELA_CUDA_SCAN_ONLY` forces the scan, for comparisons.
@@ -96,7 +103,8 @@ fn op_t(ptr: u64, ld: usize, batch_stride: usize) -> Operand {
 
 impl Cuda {
     /// `LA(q, k, v)` over f32 buffers `[n][tp][fq]`, `[n][tp][fq]`, `[n][tp][e]` (see the module
-    /// docs), from `init` (`[n][fq][e]`, causal only) and writing the final state to `fin`.
+    /// docs), from `init` (`[n][fq][e]`, causal only) and writing the final state to `fin`. `fq`
+    /// and `e` are row widths ([`ld`]): multiples of 4.
     #[allow(clippy::too_many_arguments)]
     fn ela_gc_la(
         &self,
@@ -108,45 +116,34 @@ impl Cuda {
         init: Option<&CudaStorage>,
         fin: Option<&CudaStorage>,
     ) -> Result<CudaStorage> {
-        let f32_ = DType::F32;
-        let out = self.alloc(f32_, g.n * g.tp * e)?;
+        // Row-major f32 `C = A B + beta C` for `batch` blocks (sizes m, n, k).
+        let mm = |mnkb, a, b, c, beta| self.gemm(DType::F32, DType::F32, mnkb, a, b, c, beta);
+        let out = self.alloc(DType::F32, g.n * g.tp * e)?;
         if dir == Dir::All {
             // One state per sequence: H = K^T V, O = Q H.
-            let h = self.alloc(f32_, g.n * fq * e)?;
-            let dims = (fq, e, g.tp, g.n);
-            self.gemm(
-                f32_,
-                f32_,
-                dims,
-                op_t(k.ptr(), fq, g.tp * fq),
-                op(v.ptr(), e, g.tp * e),
-                (h.ptr(), e, fq * e),
-                0.0,
-            )?;
-            let dims = (g.tp, e, fq, g.n);
-            self.gemm(
-                f32_,
-                f32_,
-                dims,
-                op(q.ptr(), fq, g.tp * fq),
-                op(h.ptr(), e, fq * e),
-                (out.ptr(), e, g.tp * e),
-                0.0,
-            )?;
+            let h = self.alloc(DType::F32, g.n * fq * e)?;
+            let (kt, vv) = (op_t(k.ptr(), fq, g.tp * fq), op(v.ptr(), e, g.tp * e));
+            mm((fq, e, g.tp, g.n), kt, vv, (h.ptr(), e, fq * e), 0.0)?;
+            let (qq, hh) = (op(q.ptr(), fq, g.tp * fq), op(h.ptr(), e, fq * e));
+            mm((g.tp, e, fq, g.n), qq, hh, (out.ptr(), e, g.tp * e), 0.0)?;
             return Ok(out);
         }
         let (c, nb) = (g.c, g.n * g.chunks());
+        let (qc, kct, vc) = (op(q.ptr(), fq, c * fq), op_t(k.ptr(), fq, c * fq), op(v.ptr(), e, c * e));
+        // The masked blocks mask(Q_c K_c^T).
+        let a = self.alloc(DType::F32, nb * c * c)?;
+        mm((c, c, fq, nb), qc, kct, (a.ptr(), c, c * c), 0.0)?;
+        let mask = [Arg::Ptr(a.ptr()), Arg::n(nb), Arg::I32(c as i32), Arg::I32((dir == Dir::AntiCausal) as i32)];
+        self.launch(ELA, "ela_gc_mask", Cfg::elems(nb * c * c), &mask)?;
+        let blocks = op(a.ptr(), c, c * c);
+        if g.chunks() == 1 && init.is_none() && fin.is_none() {
+            // One chunk and no state: the masked block is all there is.
+            mm((c, e, c, nb), blocks, vc, (out.ptr(), e, c * e), 0.0)?;
+            return Ok(out);
+        }
         // H_c = K_c^T V_c for every chunk, then the state each chunk starts from.
-        let h = self.alloc(f32_, nb * fq * e)?;
-        self.gemm(
-            f32_,
-            f32_,
-            (fq, e, c, nb),
-            op_t(k.ptr(), fq, c * fq),
-            op(v.ptr(), e, c * e),
-            (h.ptr(), e, fq * e),
-            0.0,
-        )?;
+        let h = self.alloc(DType::F32, nb * fq * e)?;
+        mm((fq, e, c, nb), kct, vc, (h.ptr(), e, fq * e), 0.0)?;
         let ptr = |s: Option<&CudaStorage>| s.map_or(0, |s| s.ptr());
         let scan = [
             Arg::Ptr(h.ptr()),
@@ -159,35 +156,15 @@ impl Cuda {
         ];
         self.launch(ELA, "ela_gc_scan", Cfg::elems(g.n * fq * e), &scan)?;
         // O_c = Q_c S_c + mask(Q_c K_c^T) V_c.
-        self.gemm(
-            f32_,
-            f32_,
-            (c, e, fq, nb),
-            op(q.ptr(), fq, c * fq),
-            op(h.ptr(), e, fq * e),
-            (out.ptr(), e, c * e),
-            0.0,
-        )?;
-        let a = self.alloc(f32_, nb * c * c)?;
-        self.gemm(
-            f32_,
-            f32_,
-            (c, c, fq, nb),
-            op(q.ptr(), fq, c * fq),
-            op_t(k.ptr(), fq, c * fq),
-            (a.ptr(), c, c * c),
-            0.0,
-        )?;
-        let mask = [Arg::Ptr(a.ptr()), Arg::n(nb), Arg::I32(c as i32), Arg::I32((dir == Dir::AntiCausal) as i32)];
-        self.launch(ELA, "ela_gc_mask", Cfg::elems(nb * c * c), &mask)?;
-        self.gemm(f32_, f32_, (c, e, c, nb), op(a.ptr(), c, c * c), op(v.ptr(), e, c * e), (out.ptr(), e, c * e), 1.0)?;
+        mm((c, e, fq, nb), qc, op(h.ptr(), e, fq * e), (out.ptr(), e, c * e), 0.0)?;
+        mm((c, e, c, nb), blocks, vc, (out.ptr(), e, c * e), 1.0)?;
         Ok(out)
     }
 
-    /// `phi(x)` (`key` false) or `psi(x)` (`key` true) of every row, f32 `[n][tp][F]`.
+    /// `phi(x)` (`key` false) or `psi(x)` (`key` true) of every row, f32 `[n][tp][ld(F)]`.
     fn ela_gc_features(&self, g: Geo, x: &CudaStorage, d: usize, kernel: ElaKernel, key: bool) -> Result<CudaStorage> {
         let f = kernel.feature_size(d);
-        let out = self.alloc(DType::F32, g.n * g.tp * f)?;
+        let out = self.alloc(DType::F32, g.n * g.tp * ld(f))?;
         let [n, t, tp] = g.i64s();
         let args = [
             Arg::Ptr(x.ptr()),
@@ -196,6 +173,7 @@ impl Cuda {
             t,
             tp,
             Arg::I32(d as i32),
+            Arg::I32(ld(f) as i32),
             Arg::I32(kernel.code()),
             Arg::I32(key as i32),
         ];
@@ -204,16 +182,18 @@ impl Cuda {
         Ok(out)
     }
 
-    /// `[v | 1]` of every row, f32 `[n][tp][dv + 1]`.
+    /// `[v | 1]` of every row, f32 `[n][tp][ld(dv + 1)]`.
     fn ela_gc_augment(&self, g: Geo, v: &CudaStorage, dv: usize) -> Result<CudaStorage> {
-        let out = self.alloc(DType::F32, g.n * g.tp * (dv + 1))?;
+        let w = ld(dv + 1);
+        let out = self.alloc(DType::F32, g.n * g.tp * w)?;
         let [n, t, tp] = g.i64s();
-        let args = [Arg::Ptr(v.ptr()), Arg::Ptr(out.ptr()), n, t, tp, Arg::I32(dv as i32)];
-        self.launch(ELA, &format!("ela_gc_aug_{}", dt(v.dtype())), Cfg::elems(g.n * g.tp * (dv + 1)), &args)?;
+        let args = [Arg::Ptr(v.ptr()), Arg::Ptr(out.ptr()), n, t, tp, Arg::I32(dv as i32), Arg::I32(w as i32)];
+        self.launch(ELA, &format!("ela_gc_aug_{}", dt(v.dtype())), Cfg::elems(g.n * g.tp * w), &args)?;
         Ok(out)
     }
 
-    /// Copies a carried state `(S, z)` into `[S | z]` (`to_aug`) or back.
+    /// Copies a carried state `(S, z)` into `[S | z]` (`to_aug`; `[n][ld(F)][ld(dv + 1)]`, zero
+    /// past the data) or back.
     fn ela_gc_state(
         &self,
         st: &ElaStateBufs<CudaStorage>,
@@ -229,10 +209,12 @@ impl Cuda {
             Arg::Ptr(aug.ptr()),
             Arg::n(n),
             Arg::I32(f as i32),
+            Arg::I32(ld(f) as i32),
             Arg::I32(dv as i32),
+            Arg::I32(ld(dv + 1) as i32),
             Arg::I32(!to_aug as i32),
         ];
-        self.launch(ELA, "ela_gc_state", Cfg::elems(n * f * (dv + 1)), &args)
+        self.launch(ELA, "ela_gc_state", Cfg::elems(n * ld(f) * ld(dv + 1)), &args)
     }
 
     /// The forward: `y` in the input dtype; a carried `state` (causal only) is read and updated.
@@ -244,6 +226,7 @@ impl Cuda {
         state: Option<&mut ElaStateBufs<CudaStorage>>,
     ) -> Result<CudaStorage> {
         let (d, dv, f) = (dims.d, dims.dv, p.kernel.feature_size(dims.d));
+        let (fp, ep) = (ld(f), ld(dv + 1));
         let g = Geo::new(dims);
         let y = self.alloc(q.dtype(), g.n * g.t * dv)?;
         if g.n == 0 || g.t == 0 {
@@ -256,8 +239,7 @@ impl Cuda {
         let carried = match &state {
             Some(st) => {
                 debug_assert!(st.s.dtype() == DType::F32 && st.s.len() == g.n * f * dv, "ela: state for {dims:?}");
-                let (init, fin) =
-                    (self.alloc(DType::F32, g.n * f * (dv + 1))?, self.alloc(DType::F32, g.n * f * (dv + 1))?);
+                let (init, fin) = (self.alloc(DType::F32, g.n * fp * ep)?, self.alloc(DType::F32, g.n * fp * ep)?);
                 self.ela_gc_state(st, &init, g.n, f, dv, true)?;
                 Some((init, fin))
             }
@@ -265,12 +247,12 @@ impl Cuda {
         };
         let dir = if p.causal { Dir::Causal } else { Dir::All };
         let (init, fin) = (carried.as_ref().map(|c| &c.0), carried.as_ref().map(|c| &c.1));
-        let o = self.ela_gc_la(g, [&phi, &psi, &vaug], f, dv + 1, dir, init, fin)?;
+        let o = self.ela_gc_la(g, [&phi, &psi, &vaug], fp, ep, dir, init, fin)?;
         if let (Some(st), Some(fin)) = (state, fin) {
             self.ela_gc_state(st, fin, g.n, f, dv, false)?;
         }
         let [n, t, tp] = g.i64s();
-        let args = [Arg::Ptr(o.ptr()), Arg::Ptr(y.ptr()), n, t, tp, Arg::I32(dv as i32)];
+        let args = [Arg::Ptr(o.ptr()), Arg::Ptr(y.ptr()), n, t, tp, Arg::I32(dv as i32), Arg::I32(ep as i32)];
         self.launch(ELA, &format!("ela_gc_out_{}", dt(q.dtype())), Cfg::elems(g.n * g.t * dv), &args)?;
         Ok(y)
     }
@@ -283,6 +265,7 @@ impl Cuda {
         p: &ElaParams,
     ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
         let (d, dv, f, x) = (dims.d, dims.dv, p.kernel.feature_size(dims.d), q.dtype());
+        let (fp, ep) = (ld(f), ld(dv + 1));
         let g = Geo::new(dims);
         let (dq, dk, dvo) = (self.alloc(x, q.len())?, self.alloc(x, k.len())?, self.alloc(x, v.len())?);
         if g.n == 0 || g.t == 0 {
@@ -292,27 +275,30 @@ impl Cuda {
         let phi = self.ela_gc_features(g, q, d, p.kernel, false)?;
         let psi = self.ela_gc_features(g, k, d, p.kernel, true)?;
         let vaug = self.ela_gc_augment(g, v, dv)?;
-        let ones = self.full_impl(g.n * g.tp, 1.0, DType::F32)?;
-        let den = self.ela_gc_la(g, [&phi, &psi, &ones], f, 1, fwd, None, None)?;
+        // den = LA(Phi, Psi, 1), with 4 columns of ones for aligned rows (column 0 is read).
+        let ones = self.full_impl(g.n * g.tp * 4, 1.0, DType::F32)?;
+        let den = self.ela_gc_la(g, [&phi, &psi, &ones], fp, 4, fwd, None, None)?;
         // G = [dy / den | -(dy . y) / den], one block per row.
-        let gg = self.alloc(DType::F32, g.n * g.tp * (dv + 1))?;
+        let gg = self.alloc(DType::F32, g.n * g.tp * ep)?;
         let [n, t, tp] = g.i64s();
         let args = [
             Arg::Ptr(y.ptr()),
             Arg::Ptr(dy.ptr()),
             Arg::Ptr(den.ptr()),
+            Arg::I32(4),
             Arg::Ptr(gg.ptr()),
             n,
             t,
             tp,
             Arg::I32(dv as i32),
+            Arg::I32(ep as i32),
         ];
         let cfg = Cfg::rows(g.n * g.tp, dv).with_max_block(256);
         self.launch(ELA, &format!("ela_gc_grad_{}", dt(x)), cfg, &args)?;
-        let dphi = self.ela_gc_la(g, [&gg, &vaug, &psi], dv + 1, f, fwd, None, None)?;
-        let dpsi = self.ela_gc_la(g, [&vaug, &gg, &phi], dv + 1, f, bwd, None, None)?;
-        let dvaug = self.ela_gc_la(g, [&psi, &phi, &gg], f, dv + 1, bwd, None, None)?;
-        let take = [Arg::Ptr(dvaug.ptr()), Arg::Ptr(dvo.ptr()), n, t, tp, Arg::I32(dv as i32 + 1), Arg::I32(dv as i32)];
+        let dphi = self.ela_gc_la(g, [&gg, &vaug, &psi], ep, fp, fwd, None, None)?;
+        let dpsi = self.ela_gc_la(g, [&vaug, &gg, &phi], ep, fp, bwd, None, None)?;
+        let dvaug = self.ela_gc_la(g, [&psi, &phi, &gg], fp, ep, bwd, None, None)?;
+        let take = [Arg::Ptr(dvaug.ptr()), Arg::Ptr(dvo.ptr()), n, t, tp, Arg::I32(ep as i32), Arg::I32(dv as i32)];
         self.launch(ELA, &format!("ela_gc_take_{}", dt(x)), Cfg::elems(g.n * g.t * dv), &take)?;
         for (src, gf, out, key) in [(q, &dphi, &dq, false), (k, &dpsi, &dk, true)] {
             let args = [
@@ -323,6 +309,7 @@ impl Cuda {
                 t,
                 tp,
                 Arg::I32(d as i32),
+                Arg::I32(fp as i32),
                 Arg::I32(p.kernel.code()),
                 Arg::I32(key as i32),
             ];
