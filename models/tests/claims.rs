@@ -217,6 +217,54 @@ fn mqar_resume_reuses_finished_runs_and_gives_the_uninterrupted_result() {
     assert_eq!(mqar(&[]).1, trained);
 }
 
+/// `--runs-from COMMIT` reuses the runs another build trained (a build that changes only the
+/// summary or the verdict), reports them as that build's, and never trains under its name.
+#[test]
+fn mqar_runs_from_reuses_another_builds_runs_and_never_trains_under_its_name() {
+    let tmp = bin::TempDir::new("claims-runs-from");
+    let runs_arg = tmp.0.join("runs").display().to_string();
+    let mqar = |extra: &[&str]| {
+        Command::new(bin::ela_exe())
+            .args(["claims", "mqar", "--budget", "tiny", "--out", &runs_arg])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let results = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(tmp.0.join("runs/mqar/results.json")).unwrap()).unwrap()
+    };
+    assert!(mqar(&[]).status.success());
+    let whole = results();
+    // The same log as if build "abc1234" had trained it, with one accuracy changed so that reuse
+    // is visible in the results.
+    let log = tmp.0.join("runs/mqar/runs.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let key: serde_json::Value = serde_json::from_str(first["key"].as_str().unwrap()).unwrap();
+    let ours = key["commit"].as_str().unwrap().to_string();
+    let mut lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for line in &mut lines {
+        let mut k: serde_json::Value = serde_json::from_str(line["key"].as_str().unwrap()).unwrap();
+        k["commit"] = "abc1234".into();
+        line["key"] = k.to_string().into();
+    }
+    lines[0]["run"]["accuracy"] = 0.625.into();
+    std::fs::write(&log, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let o = mqar(&["--resume", "--runs-from", "abc1234"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stderr).matches(" seed ").count(), 0, "nothing is trained");
+    let reused = results();
+    assert_eq!(reused["runs_trained_at"], "abc1234");
+    assert_eq!(whole["runs_trained_at"], ours.as_str());
+    assert_eq!(reused["runs"][0]["sweep"][0][1], 0.625, "the log's runs are the ones reported");
+    // A log without the runs of the named build is an error that names it; nothing is trained.
+    let o = mqar(&["--resume", "--runs-from", "fff0000"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--runs-from fff0000") && !err.contains(" seed "), "{err}");
+    // --runs-from without --resume is refused by the parser.
+    assert!(!mqar(&["--runs-from", "abc1234"]).status.success());
+}
+
 #[test]
 fn claims_all_runs_every_experiment_in_order_and_writes_the_report() {
     let tmp = bin::TempDir::new("claims-all");
