@@ -265,6 +265,38 @@ fn mqar_runs_from_reuses_another_builds_runs_and_never_trains_under_its_name() {
     assert!(!mqar(&["--runs-from", "abc1234"]).status.success());
 }
 
+/// `--grid` trains every width on every shape and plots accuracy against pairs per width.
+#[test]
+fn mqar_grid_covers_every_width_and_shape_and_plots_accuracy_against_pairs() {
+    let tmp = bin::TempDir::new("claims-grid");
+    let runs_arg = tmp.0.join("runs").display().to_string();
+    let o = Command::new(bin::ela_exe())
+        .args(["claims", "mqar", "--budget", "tiny", "--grid", "--out", &runs_arg])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dir = tmp.0.join("runs/mqar");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+    let cells: Vec<(u64, u64, u64)> = v["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["dim"].as_u64().unwrap(), r["seq"].as_u64().unwrap(), r["pairs"].as_u64().unwrap()))
+        .collect();
+    for dim in [8, 16] {
+        for (seq, pairs) in [(16, 2), (24, 4)] {
+            let n = cells.iter().filter(|&&c| c == (dim, seq, pairs)).count();
+            assert_eq!(n, 6, "every mixer at width {dim}, T={seq}, {pairs} pairs");
+        }
+        let svg = std::fs::read_to_string(dir.join(format!("accuracy_d{dim}.svg"))).unwrap();
+        assert!(svg.contains("key-value pairs") && svg.contains("softmax"), "accuracy plot at width {dim}");
+        assert!(dir.join(format!("loss_d{dim}_T24_p4.svg")).exists());
+    }
+    assert!(v["section"].as_str().unwrap().contains("| width | T | pairs |"));
+    assert!(v["measured"].as_str().unwrap().starts_with("MQAR width 16, T=24, 4 pairs"));
+}
+
 #[test]
 fn claims_all_runs_every_experiment_in_order_and_writes_the_report() {
     let tmp = bin::TempDir::new("claims-all");

@@ -61,7 +61,9 @@ pub fn run(args: &AllArgs) -> Result<()> {
     let on = |corpus: Option<PathBuf>| CorpusRunArgs { run: run.clone(), corpus };
     step("decode", || decode::run(&DecodeArgs::new(run.clone())))?;
     crate::on_device!(&run.device, |dev| {
-        step("mqar", || mqar::run(&MqarArgs { run: run.clone(), resume: args.resume, runs_from: None }, dev))?;
+        step("mqar", || {
+            mqar::run(&MqarArgs { run: run.clone(), resume: args.resume, runs_from: None, grid: false }, dev)
+        })?;
         step("lm", || lm::run(&on(None), dev))?;
         if let Some(c) = &args.corpus {
             step("lm --corpus", || lm::run(&on(Some(c.clone())), dev))?;

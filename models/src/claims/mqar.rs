@@ -11,8 +11,8 @@ use ela_nn::optim::{clip_grad_norm, AdamW, AdamWConfig, Optimizer, WarmupCosine}
 use serde_json::{json, Value as Json};
 
 use super::common::{
-    clearly_above, git_commit, io, lr_text, mean_sd, num, plot_arms, pm, provenance, small_lm, Budget, Results,
-    RunArgs, Verdict,
+    clearly_above, git_commit, io, lr_text, mean_sd, num, plot_arms, pm, provenance, small_lm, ArmCurves, Budget,
+    Results, RunArgs, Verdict,
 };
 use super::dilution::attention_entropy_where;
 use crate::lm::{AttnKind, ElaLm, LmConfig};
@@ -128,22 +128,45 @@ pub fn model_config(attention: AttnKind, vocab: usize, dim: usize, seq: usize) -
 struct Plan {
     vocab: usize,
     shapes: Vec<(usize, usize)>,
-    dim: usize,
+    /// Model widths (one, or the grid's).
+    dims: Vec<usize>,
     steps: usize,
     batch: usize,
     lrs: Vec<f64>,
     eval_seqs: usize,
 }
 
-fn plan(b: Budget) -> Plan {
+/// The budget's plan, or with `grid` the task's grid at the budget's training settings.
+fn plan(b: Budget, grid: bool) -> Plan {
+    let p = plan_one(b);
+    if !grid {
+        return p;
+    }
+    let (dims, shapes) = if b == Budget::Tiny {
+        (vec![8, 16], vec![(16, 2), (24, 4)])
+    } else {
+        (vec![64, 128, 256], vec![(64, 4), (128, 8), (256, 16), (512, 32), (512, 64)])
+    };
+    // 64 pairs need 64 distinct keys: half of the vocabulary at least.
+    let vocab = if b == Budget::Tiny { p.vocab } else { p.vocab.max(512) };
+    Plan { dims, shapes, vocab, ..p }
+}
+
+fn plan_one(b: Budget) -> Plan {
     match b {
         Budget::Tiny => {
-            Plan { vocab: 32, shapes: vec![(16, 2)], dim: 16, steps: 4, batch: 4, lrs: vec![3e-3], eval_seqs: 8 }
+            Plan { vocab: 32, shapes: vec![(16, 2)], dims: vec![16], steps: 4, batch: 4, lrs: vec![3e-3], eval_seqs: 8 }
         }
         // Minutes on 2 shared cores: one shape, one learning rate (no sweep).
-        Budget::Quick => {
-            Plan { vocab: 64, shapes: vec![(64, 4)], dim: 64, steps: 120, batch: 16, lrs: vec![3e-3], eval_seqs: 128 }
-        }
+        Budget::Quick => Plan {
+            vocab: 64,
+            shapes: vec![(64, 4)],
+            dims: vec![64],
+            steps: 120,
+            batch: 16,
+            lrs: vec![3e-3],
+            eval_seqs: 128,
+        },
         // About 6 minutes on one H200 (4.5 ms a step). MQAR needs thousands of steps before a
         // mixer leaves the plateau of guessing among the sequence's values: at 800 steps of 64
         // sequences every mixer stayed there at T = 64..256, so the full budget spends its time
@@ -151,7 +174,7 @@ fn plan(b: Budget) -> Plan {
         Budget::Full => Plan {
             vocab: 512,
             shapes: vec![(64, 4)],
-            dim: 128,
+            dims: vec![128],
             steps: 3000,
             batch: 256,
             lrs: vec![1e-3, 3e-3],
@@ -294,6 +317,13 @@ pub struct MqarArgs {
     /// name); results.json records COMMIT as `runs_trained_at`.
     #[arg(long, value_name = "COMMIT", requires = "resume")]
     pub runs_from: Option<String>,
+    /// The full grid of the task instead of the budget's own shapes: widths 64, 128 and 256, and
+    /// (T, pairs) = (64, 4), (128, 8), (256, 16), (512, 32), (512, 64), with the budget's steps,
+    /// batch and learning rates (the tiny budget: widths 8 and 16, (16, 2) and (24, 4)). Plots
+    /// accuracy against pairs for every width. 15 times the training runs of the full budget's one
+    /// shape and width, each longer at longer T: hours on one GPU.
+    #[arg(long)]
+    pub grid: bool,
 }
 
 /// The finished training runs of one `ela claims mqar` folder, one JSON line each in `runs.jsonl`,
@@ -309,8 +339,8 @@ struct RunLog {
 /// What one training run depends on: the task, the model, the optimisation and the build
 /// (`commit`) that trained it.
 #[allow(clippy::too_many_arguments)]
-fn run_key(spec: &MqarSpec, mixer: &str, p: &Plan, lr: f64, seed: u64, commit: &str) -> String {
-    json!({"vocab": spec.vocab, "seq": spec.seq, "pairs": spec.pairs, "mixer": mixer, "dim": p.dim, "steps": p.steps,
+fn run_key(spec: &MqarSpec, mixer: &str, p: &Plan, dim: usize, lr: f64, seed: u64, commit: &str) -> String {
+    json!({"vocab": spec.vocab, "seq": spec.seq, "pairs": spec.pairs, "mixer": mixer, "dim": dim, "steps": p.steps,
            "batch": p.batch, "lr": lr, "seed": seed, "eval_seqs": p.eval_seqs, "entropy_seqs": ENTROPY_SEQS,
            "commit": commit})
     .to_string()
@@ -388,7 +418,7 @@ pub fn run<B: Backend>(margs: &MqarArgs, dev: &B) -> Result<()> {
     }
     log.reuse_only = margs.runs_from.clone();
     let trained_at = margs.runs_from.clone().unwrap_or_else(git_commit);
-    let p = plan(args.budget);
+    let p = plan(args.budget, margs.grid);
     let seeds = args.seeds();
     let mut res = Results::new(
         &dir,
@@ -399,78 +429,105 @@ pub fn run<B: Backend>(margs: &MqarArgs, dev: &B) -> Result<()> {
     );
     res.set(
         "config",
-        json!({"vocab": p.vocab, "shapes_seq_pairs": p.shapes, "dim": p.dim, "layers": 2, "heads": 1, "steps": p.steps,
+        json!({"vocab": p.vocab, "shapes_seq_pairs": p.shapes, "dims": p.dims, "layers": 2, "heads": 1, "steps": p.steps,
                "batch": p.batch, "lrs": p.lrs, "eval_sequences": p.eval_seqs, "rope": true, "link": "residual"}),
     );
     let mut rows = Vec::new();
     let mut plots = Vec::new();
     let mut all = Vec::new();
-    // (accuracy per seed, mean queried-position entropy) per (shape, mixer), for the verdict
+    // (accuracy per seed, mean queried-position entropy) per (shape, mixer) of the last width,
+    // for the verdict
     let mut acc_table: Vec<Vec<(Vec<f64>, f64)>> = Vec::new();
-    for &(seq, pairs) in &p.shapes {
-        let spec = MqarSpec { vocab: p.vocab, seq, pairs };
-        let mut curves = Vec::new();
-        let mut accs_shape = Vec::new();
-        for (name, kind) in mixers() {
-            let cfg = model_config(kind, p.vocab, p.dim, seq);
-            // lr sweep on the first seed, by held-out accuracy.
-            let mut sweep = Vec::new();
-            for &lr in &p.lrs {
-                let r = log.get_or_train(run_key(&spec, &name, &p, lr, seeds[0], &trained_at), || {
-                    crate::errln!("claims mqar: T={seq} pairs={pairs} {name} lr {lr:e} seed {}", seeds[0]);
-                    Ok(train_one(&cfg, &spec, p.steps, p.batch, lr, seeds[0], p.eval_seqs, dev)?.0)
-                })?;
-                sweep.push((lr, r));
+    let grid = p.dims.len() > 1;
+    for &dim in &p.dims {
+        acc_table.clear();
+        // accuracy against pairs, per mixer and seed, at this width
+        let mut by_pairs: Vec<ArmCurves> = Vec::new();
+        for &(seq, pairs) in &p.shapes {
+            let spec = MqarSpec { vocab: p.vocab, seq, pairs };
+            let mut curves = Vec::new();
+            let mut accs_shape = Vec::new();
+            for (mi, (name, kind)) in mixers().into_iter().enumerate() {
+                let cfg = model_config(kind, p.vocab, dim, seq);
+                let tag = format!("d={dim} T={seq} pairs={pairs} {name}");
+                let mut train = |lr: f64, seed: u64| {
+                    log.get_or_train(run_key(&spec, &name, &p, dim, lr, seed, &trained_at), || {
+                        crate::errln!("claims mqar: {tag} lr {lr:e} seed {seed}");
+                        Ok(train_one(&cfg, &spec, p.steps, p.batch, lr, seed, p.eval_seqs, dev)?.0)
+                    })
+                };
+                // lr sweep on the first seed, by held-out accuracy.
+                let mut sweep = Vec::new();
+                for &lr in &p.lrs {
+                    sweep.push((lr, train(lr, seeds[0])?));
+                }
+                let score = |r: &MqarRun| if r.accuracy.is_finite() { r.accuracy } else { -1.0 };
+                let best =
+                    (0..sweep.len()).max_by(|&a, &b| score(&sweep[a].1).total_cmp(&score(&sweep[b].1))).unwrap_or(0);
+                let lr = sweep[best].0;
+                let mut runs = vec![sweep[best].1.clone()];
+                for &seed in seeds.iter().skip(1) {
+                    runs.push(train(lr, seed)?);
+                }
+                let accs: Vec<f64> = runs.iter().map(|r| r.accuracy).collect();
+                let nonfinite: usize = runs.iter().map(|r| r.nonfinite).sum();
+                let max_norm = runs
+                    .iter()
+                    .flat_map(|r| r.grad_norms.iter().copied())
+                    .filter(|x| x.is_finite())
+                    .fold(0.0, f64::max);
+                let ent_all: Vec<f64> = runs.iter().map(|r| r.entropy.0).collect();
+                let ent_q: Vec<f64> = runs.iter().map(|r| r.entropy.1).collect();
+                rows.push(format!(
+                    "| {}{seq} | {pairs} | {name} | {lr:e} | {} | {} | {} | {} | {max_norm:.2} | {nonfinite} |",
+                    if grid { format!("{dim} | ") } else { String::new() },
+                    pm(&accs, 3),
+                    pm(&ent_q, 3),
+                    pm(&ent_all, 3),
+                    pm(&runs.iter().map(|r| r.losses.last().copied().unwrap_or(f64::NAN)).collect::<Vec<_>>(), 3),
+                ));
+                curves.push((
+                    name.clone(),
+                    runs.iter()
+                        .map(|r| r.losses.iter().enumerate().map(|(i, &l)| ((i + 1) as f64, l)).collect())
+                        .collect(),
+                ));
+                if by_pairs.len() <= mi {
+                    by_pairs.push((name.clone(), vec![Vec::new(); accs.len()]));
+                }
+                for (s, &a) in accs.iter().enumerate() {
+                    by_pairs[mi].1[s].push((pairs as f64, a));
+                }
+                accs_shape.push((accs.clone(), mean_sd(&ent_q).0));
+                all.push(json!({
+                    "dim": dim, "seq": seq, "pairs": pairs, "mixer": name, "lr": lr,
+                    "sweep": sweep.iter().map(|(lr, r)| json!([lr, num(r.accuracy)])).collect::<Vec<_>>(),
+                    "accuracy": accs.iter().map(|&a| num(a)).collect::<Vec<_>>(),
+                    "loss": runs.iter().map(|r| r.losses.iter().map(|&x| num(x)).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                    "grad_norm": runs.iter().map(|r| r.grad_norms.iter().map(|&x| num(x)).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                    "nonfinite_steps": nonfinite,
+                    "entropy_all_positions": ent_all.iter().map(|&h| num(h)).collect::<Vec<_>>(),
+                    "entropy_queried_positions": ent_q.iter().map(|&h| num(h)).collect::<Vec<_>>(),
+                }));
             }
-            let score = |r: &MqarRun| if r.accuracy.is_finite() { r.accuracy } else { -1.0 };
-            let best = (0..sweep.len()).max_by(|&a, &b| score(&sweep[a].1).total_cmp(&score(&sweep[b].1))).unwrap_or(0);
-            let lr = sweep[best].0;
-            let mut runs = vec![sweep[best].1.clone()];
-            for &seed in seeds.iter().skip(1) {
-                runs.push(log.get_or_train(run_key(&spec, &name, &p, lr, seed, &trained_at), || {
-                    crate::errln!("claims mqar: T={seq} pairs={pairs} {name} lr {lr:e} seed {seed}");
-                    Ok(train_one(&cfg, &spec, p.steps, p.batch, lr, seed, p.eval_seqs, dev)?.0)
-                })?);
-            }
-            let accs: Vec<f64> = runs.iter().map(|r| r.accuracy).collect();
-            let nonfinite: usize = runs.iter().map(|r| r.nonfinite).sum();
-            let max_norm =
-                runs.iter().flat_map(|r| r.grad_norms.iter().copied()).filter(|x| x.is_finite()).fold(0.0, f64::max);
-            let ent_all: Vec<f64> = runs.iter().map(|r| r.entropy.0).collect();
-            let ent_q: Vec<f64> = runs.iter().map(|r| r.entropy.1).collect();
-            rows.push(format!(
-                "| {seq} | {pairs} | {name} | {lr:e} | {} | {} | {} | {} | {max_norm:.2} | {nonfinite} |",
-                pm(&accs, 3),
-                pm(&ent_q, 3),
-                pm(&ent_all, 3),
-                pm(&runs.iter().map(|r| r.losses.last().copied().unwrap_or(f64::NAN)).collect::<Vec<_>>(), 3),
-            ));
-            curves.push((
-                name.clone(),
-                runs.iter().map(|r| r.losses.iter().enumerate().map(|(i, &l)| ((i + 1) as f64, l)).collect()).collect(),
-            ));
-            accs_shape.push((accs.clone(), mean_sd(&ent_q).0));
-            all.push(json!({
-                "seq": seq, "pairs": pairs, "mixer": name, "lr": lr,
-                "sweep": sweep.iter().map(|(lr, r)| json!([lr, num(r.accuracy)])).collect::<Vec<_>>(),
-                "accuracy": accs.iter().map(|&a| num(a)).collect::<Vec<_>>(),
-                "loss": runs.iter().map(|r| r.losses.iter().map(|&x| num(x)).collect::<Vec<_>>()).collect::<Vec<_>>(),
-                "grad_norm": runs.iter().map(|r| r.grad_norms.iter().map(|&x| num(x)).collect::<Vec<_>>()).collect::<Vec<_>>(),
-                "nonfinite_steps": nonfinite,
-                "entropy_all_positions": ent_all.iter().map(|&h| num(h)).collect::<Vec<_>>(),
-                "entropy_queried_positions": ent_q.iter().map(|&h| num(h)).collect::<Vec<_>>(),
-            }));
+            let (file, title) = if grid {
+                (
+                    format!("loss_d{dim}_T{seq}_p{pairs}.svg"),
+                    format!("MQAR width {dim}, T={seq}, {pairs} pairs: training loss"),
+                )
+            } else {
+                (format!("loss_T{seq}_p{pairs}.svg"), format!("MQAR T={seq}, {pairs} pairs: training loss"))
+            };
+            plot_arms(&dir.join(&file), &title, "step", "loss on queried positions", &curves)?;
+            plots.push(file);
+            acc_table.push(accs_shape);
         }
-        let file = format!("loss_T{seq}_p{pairs}.svg");
-        plot_arms(
-            &dir.join(&file),
-            &format!("MQAR T={seq}, {pairs} pairs: training loss"),
-            "step",
-            "loss on queried positions",
-            &curves,
-        )?;
-        plots.push(file);
-        acc_table.push(accs_shape);
+        if p.shapes.len() > 1 {
+            let file = format!("accuracy_d{dim}.svg");
+            let title = format!("MQAR width {dim}: accuracy against key-value pairs (every seed)");
+            plot_arms(&dir.join(&file), &title, "key-value pairs", "accuracy at the queried positions", &by_pairs)?;
+            plots.push(file);
+        }
     }
     res.set("runs", Json::Array(all));
     res.set("runs_trained_at", json!(trained_at));
@@ -509,10 +566,11 @@ pub fn run<B: Backend>(margs: &MqarArgs, dev: &B) -> Result<()> {
     let (seq, pairs) = p.shapes.last().copied().unwrap_or((0, 0));
     let seeds_text = |xs: &[f64]| xs.iter().map(|a| format!("{a:.3}")).collect::<Vec<_>>().join(", ");
     let measured = format!(
-        "MQAR T={seq}, {pairs} pairs (mean accuracy over seeds): softmax {:.3}, ELA hadamard-exp {:.3} (seeds {}), best ELA kernel {} {:.3}, \
+        "MQAR {}T={seq}, {pairs} pairs (mean accuracy over seeds): softmax {:.3}, ELA hadamard-exp {:.3} (seeds {}), best ELA kernel {} {:.3}, \
          elu+1 {:.3} (guessing among the sequence's values: {chance:.3}); {}; hadamard-exp {} softmax and {} elu+1 (a difference counts \
          when the means differ by more than 0.05 and 2 standard errors); normalised attention entropy at the queried positions \
          (1 = uniform): softmax {soft_h:.3}, ELA hadamard-exp {hexp_h:.3}, elu+1 {elu_h:.3}",
+        if grid { format!("width {}, ", p.dims.last().copied().unwrap_or(0)) } else { String::new() },
         mean(&soft),
         mean(&hexp),
         seeds_text(&hexp),
@@ -538,11 +596,16 @@ pub fn run<B: Backend>(margs: &MqarArgs, dev: &B) -> Result<()> {
          Attention entropy (claim 2, dilution): each layer's normalised attention weights on {} held-out sequences, entropy divided by its maximum \
          ln(i + 1) for query i (1 = uniform over the visible keys), mean over layers and positions, at the queried positions (where recall needs one key) \
          and at every position; signed kernels use the positive part of their weights, as in the dilution section.\n\n\
-         | T | pairs | mixer | tuned lr | accuracy | entropy, queried | entropy, all | final train loss | max grad norm | non-finite steps |\n\
-         |---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n{}\n",
+         | {}T | pairs | mixer | tuned lr | accuracy | entropy, queried | entropy, all | final train loss | max grad norm | non-finite steps |\n\
+         |{}---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n{}\n",
         provenance(args),
-        p.vocab, p.vocab / 2 - 1, p.vocab / 2, p.vocab - 1, p.dim, p.steps, p.batch, lr_text(&p.lrs, "held-out accuracy"), p.eval_seqs,
-        ENTROPY_SEQS.min(p.eval_seqs), rows.join("\n")
+        p.vocab, p.vocab / 2 - 1, p.vocab / 2, p.vocab - 1,
+        p.dims.iter().map(usize::to_string).collect::<Vec<_>>().join(", "),
+        p.steps, p.batch, lr_text(&p.lrs, "held-out accuracy"), p.eval_seqs,
+        ENTROPY_SEQS.min(p.eval_seqs),
+        if grid { "width | " } else { "" },
+        if grid { "---:|" } else { "" },
+        rows.join("\n")
     );
     section += "\nCaveats: MQAR models are usually trained for tens of thousands of steps (Zoology); a budget of a few thousand steps \
                 measures how soon each mixer leaves the plateau of guessing among the sequence's values as much as what it can learn, \
