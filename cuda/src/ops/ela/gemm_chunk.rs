@@ -42,9 +42,10 @@ use crate::storage::CudaStorage;
 /// Rows per chunk: the intra-chunk products are C x C blocks.
 const CHUNK: usize = 64;
 
-/// Row width of an f32 buffer with `cols` columns: a multiple of 4 floats (16 bytes), which
-/// cuBLAS's fast SGEMM kernels need of every leading dimension (`F = D + 2` or `Dv + 1` columns
-/// would otherwise send it to much slower ones). The extra columns are zero.
+/// Row width of an f32 buffer with `cols` columns: a multiple of 4 floats (16 bytes), so every
+/// leading dimension meets the alignment of cuBLAS's vectorised kernels even for `F = D + 2` or
+/// `Dv + 1` columns (measured within 8 % of unpadded rows at T = 16k: docs/benchmarks.md). The
+/// extra columns are zero.
 fn ld(cols: usize) -> usize {
     cols.div_ceil(4) * 4
 }
