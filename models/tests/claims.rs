@@ -187,21 +187,28 @@ fn lm_and_moe_run_on_a_corpus_file_and_the_report_shows_both_corpora() {
     assert!(runs.join("lm-tiny-text/results.json").exists());
 }
 
+/// `ela claims mqar --budget tiny --out <tmp>/runs` plus `extra`.
+fn mqar_in(tmp: &bin::TempDir, extra: &[&str]) -> std::process::Output {
+    let out = tmp.0.join("runs").display().to_string();
+    Command::new(bin::ela_exe())
+        .args(["claims", "mqar", "--budget", "tiny", "--out", &out])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// The results.json that `mqar_in` wrote.
+fn mqar_results(tmp: &bin::TempDir) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(tmp.0.join("runs/mqar/results.json")).unwrap()).unwrap()
+}
+
 #[test]
 fn mqar_resume_reuses_finished_runs_and_gives_the_uninterrupted_result() {
     let tmp = bin::TempDir::new("claims-resume");
-    let runs_arg = tmp.0.join("runs").display().to_string();
     let mqar = |extra: &[&str]| {
-        let o = Command::new(bin::ela_exe())
-            .args(["claims", "mqar", "--budget", "tiny", "--out", &runs_arg])
-            .args(extra)
-            .output()
-            .unwrap();
+        let o = mqar_in(&tmp, extra);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let dir = tmp.0.join("runs/mqar");
-        let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
-        (v, String::from_utf8_lossy(&o.stderr).matches(" seed ").count())
+        (mqar_results(&tmp), String::from_utf8_lossy(&o.stderr).matches(" seed ").count())
     };
     let (whole, trained) = mqar(&[]);
     let log = tmp.0.join("runs/mqar/runs.jsonl");
@@ -222,17 +229,8 @@ fn mqar_resume_reuses_finished_runs_and_gives_the_uninterrupted_result() {
 #[test]
 fn mqar_runs_from_reuses_another_builds_runs_and_never_trains_under_its_name() {
     let tmp = bin::TempDir::new("claims-runs-from");
-    let runs_arg = tmp.0.join("runs").display().to_string();
-    let mqar = |extra: &[&str]| {
-        Command::new(bin::ela_exe())
-            .args(["claims", "mqar", "--budget", "tiny", "--out", &runs_arg])
-            .args(extra)
-            .output()
-            .unwrap()
-    };
-    let results = || -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(tmp.0.join("runs/mqar/results.json")).unwrap()).unwrap()
-    };
+    let mqar = |extra: &[&str]| mqar_in(&tmp, extra);
+    let results = || mqar_results(&tmp);
     assert!(mqar(&[]).status.success());
     let whole = results();
     // The same log as if build "abc1234" had trained it, with one accuracy changed so that reuse
@@ -269,15 +267,10 @@ fn mqar_runs_from_reuses_another_builds_runs_and_never_trains_under_its_name() {
 #[test]
 fn mqar_grid_covers_every_width_and_shape_and_plots_accuracy_against_pairs() {
     let tmp = bin::TempDir::new("claims-grid");
-    let runs_arg = tmp.0.join("runs").display().to_string();
-    let o = Command::new(bin::ela_exe())
-        .args(["claims", "mqar", "--budget", "tiny", "--grid", "--out", &runs_arg])
-        .output()
-        .unwrap();
+    let o = mqar_in(&tmp, &["--grid"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let dir = tmp.0.join("runs/mqar");
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+    let v = mqar_results(&tmp);
     let cells: Vec<(u64, u64, u64)> = v["runs"]
         .as_array()
         .unwrap()
