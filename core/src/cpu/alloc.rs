@@ -6,6 +6,7 @@
 //! tensor op like any other error.
 
 use crate::error::{Error, Result};
+use std::mem::MaybeUninit;
 
 /// The error for a buffer of `n` elements of `T` that could not be reserved.
 fn out_of_memory<T>(n: usize) -> Error {
@@ -30,6 +31,20 @@ pub(crate) fn reserve<T>(n: usize) -> Result<Vec<T>> {
 pub(crate) fn filled<T: Clone>(n: usize, value: T) -> Result<Vec<T>> {
     let mut v = reserve(n)?;
     v.resize(n, value);
+    Ok(v)
+}
+
+/// A vector of `n` elements that `init` writes, without filling it first: for kernel outputs
+/// written in full, where a zero fill would be one more pass over memory for nothing.
+///
+/// # Safety
+/// `init` must initialise every element of the slice it is given. (If it panics, the vector is
+/// dropped with length 0: nothing uninitialised is read.)
+pub(crate) unsafe fn written<T>(n: usize, init: impl FnOnce(&mut [MaybeUninit<T>])) -> Result<Vec<T>> {
+    let mut v = reserve(n)?;
+    init(&mut v.spare_capacity_mut()[..n]);
+    // SAFETY: `v` has capacity `n` (reserve) and the caller initialised all `n` elements.
+    unsafe { v.set_len(n) };
     Ok(v)
 }
 
