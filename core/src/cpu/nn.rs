@@ -12,6 +12,7 @@ use crate::dtype::{DType, Float};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 fn rows_mut<T: Send>(out: &mut [T], n: usize, f: impl Fn(usize, &mut [T]) + Send + Sync) {
     if n == 0 {
@@ -101,22 +102,25 @@ pub fn softmax_last(s: &CpuStorage, layout: &Layout, log: bool) -> Result<CpuSto
 }
 
 fn softmax_bwd_rows<T: Float>(y: &[T], dy: &[T], n: usize, log: bool) -> Result<Vec<T>> {
-    let mut out = filled(y.len(), T::ZERO)?;
-    rows_mut(&mut out, n, |r, dx| {
-        let (yr, gr) = (&y[r * n..(r + 1) * n], &dy[r * n..(r + 1) * n]);
-        if log {
-            let s: T = gr.iter().copied().sum();
-            for i in 0..n {
-                dx[i] = gr[i] - yr[i].exp() * s;
-            }
-        } else {
-            let s: T = yr.iter().zip(gr).map(|(&a, &b)| a * b).sum();
-            for i in 0..n {
-                dx[i] = yr[i] * (gr[i] - s);
-            }
-        }
-    });
-    Ok(out)
+    // SAFETY: every element of every row is written.
+    unsafe {
+        written(y.len(), |out| {
+            rows_mut(out, n, |r, dx| {
+                let (yr, gr) = (&y[r * n..(r + 1) * n], &dy[r * n..(r + 1) * n]);
+                if log {
+                    let s: T = gr.iter().copied().sum();
+                    for i in 0..n {
+                        dx[i].write(gr[i] - yr[i].exp() * s);
+                    }
+                } else {
+                    let s: T = yr.iter().zip(gr).map(|(&a, &b)| a * b).sum();
+                    for i in 0..n {
+                        dx[i].write(yr[i] * (gr[i] - s));
+                    }
+                }
+            })
+        })
+    }
 }
 
 /// Backward of softmax / log_softmax.
@@ -424,17 +428,23 @@ fn ce_bwd_rows<T: Float>(
     classes: usize,
     ignore: Option<u32>,
 ) -> Result<Vec<T>> {
-    let mut out = filled(x.len(), T::ZERO)?;
-    rows_mut(&mut out, classes, |r, d| {
-        if Some(t[r]) == ignore {
-            return;
-        }
-        for c in 0..classes {
-            d[c] = (x[r * classes + c] - lse[r]).exp() * dl[r];
-        }
-        d[t[r] as usize] = d[t[r] as usize] - dl[r];
-    });
-    Ok(out)
+    // SAFETY: every element of every row is written: zeros for an ignored row, else the
+    // softmax times the upstream gradient (the target's entry then adjusted in place).
+    unsafe {
+        written(x.len(), |out| {
+            rows_mut(out, classes, |r, d| {
+                if Some(t[r]) == ignore {
+                    d.fill(MaybeUninit::new(T::ZERO));
+                    return;
+                }
+                for c in 0..classes {
+                    d[c].write((x[r * classes + c] - lse[r]).exp() * dl[r]);
+                }
+                let target = &mut d[t[r] as usize];
+                target.write(target.assume_init_read() - dl[r]);
+            })
+        })
+    }
 }
 
 /// Backward of the fused cross-entropy.
