@@ -338,7 +338,6 @@ struct RunLog {
 
 /// What one training run depends on: the task, the model, the optimisation and the build
 /// (`commit`) that trained it.
-#[allow(clippy::too_many_arguments)]
 fn run_key(spec: &MqarSpec, mixer: &str, p: &Plan, dim: usize, lr: f64, seed: u64, commit: &str) -> String {
     json!({"vocab": spec.vocab, "seq": spec.seq, "pairs": spec.pairs, "mixer": mixer, "dim": dim, "steps": p.steps,
            "batch": p.batch, "lr": lr, "seed": seed, "eval_seqs": p.eval_seqs, "entropy_seqs": ENTROPY_SEQS,
