@@ -22,7 +22,8 @@ which then measures only the combinations whose warm-up finished.
 
 Usage (GPU machine, fla-core installed):
     python3 benches/peers/ela_fla.py --warm 64 bfloat16      # optional, in parallel, first
-    python3 benches/peers/ela_fla.py [--section fla|sdpa|decode]...
+    python3 benches/peers/ela_fla.py [--section fla|sdpa|decode]... [--feature exp|elu]
+`--feature elu` times fla on elu(q) + 1, elu(k) + 1: the peer of the elu+1 kernel.
 Prints markdown tables.
 """
 import argparse
@@ -57,10 +58,20 @@ def time_ms(fn, warm=2, reps=5):
     return ts[len(ts) // 2]
 
 
+# The feature map applied to q and k before fla's kernel (`--feature`): exp gives Hadamard-Exp
+# ELA, elu+1 the kernel of the same name (phi = psi = elu(x) + 1).
+FEATURES = {"exp": torch.exp, "elu": lambda x: F.elu(x) + 1.0}
+FEATURE = "exp"
+# What bench_fla sweeps (`--t`, `--d`, `--dtype` narrow it).
+DS = (64, 128)
+DTYPES = (torch.bfloat16, torch.float32)
+
+
 def quadratic_f64(q, k, v):
-    """Causal ELA of one sequence [T, D] in f64: a_ij = sum_d exp(q_id + k_jd)."""
+    """Causal ELA of one sequence [T, D] in f64: a_ij = phi(q_i) . phi(k_j)."""
     q, k, v = q.double(), k.double(), v.double()
-    a = torch.exp(q) @ torch.exp(k).T
+    phi = FEATURES[FEATURE]
+    a = phi(q) @ phi(k).T
     a = torch.tril(a)
     return (a @ v) / a.sum(-1, keepdim=True)
 
@@ -68,11 +79,12 @@ def quadratic_f64(q, k, v):
 def fla_ela(q, k, v):
     from fla.ops.linear_attn import chunk_linear_attn
 
-    return chunk_linear_attn(torch.exp(q), torch.exp(k), v, scale=1.0, normalize=True)[0]
+    phi = FEATURES[FEATURE]
+    return chunk_linear_attn(phi(q), phi(k), v, scale=1.0, normalize=True)[0]
 
 
 def marker(d, dtype):
-    return f"/tmp/fla_ready_{d}_{str(dtype).replace('torch.', '')}"
+    return f"/tmp/fla_ready_{FEATURE}_{d}_{str(dtype).replace('torch.', '')}"
 
 
 def warm(d, dtype):
@@ -87,12 +99,13 @@ def warm(d, dtype):
 def bench_fla():
     ela = fla_ela
 
-    print("\n### fla-core chunk_linear_attn(exp(q), exp(k), v, scale=1, normalize=True)\n")
+    f = "exp" if FEATURE == "exp" else "elu(.) + 1"
+    print(f"\n### fla-core chunk_linear_attn({f.replace('.', 'q')}, {f.replace('.', 'k')}, v, scale=1, normalize=True)\n")
     print("| D | dtype | T | forward ms | fwd+bwd ms | y err (T=1024, seq 0, vs f64) |")
     print("|---|---|---|---|---|---|")
     gen = torch.Generator(device="cuda").manual_seed(0)
-    for d in (64, 128):
-        for dtype in (torch.bfloat16, torch.float32):
+    for d in DS:
+        for dtype in DTYPES:
             if os.environ.get("FLA_NEED_WARM") == "1" and not os.path.exists(marker(d, dtype)):
                 print(f"| {d} | {dtype} | - | not measured: the autotune warm-up did not finish in time | | |")
                 continue
@@ -173,7 +186,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--section", action="append", choices=["fla", "sdpa", "decode"])
     ap.add_argument("--warm", nargs=2, metavar=("D", "DTYPE"))
+    ap.add_argument("--feature", choices=sorted(FEATURES), default="exp")
+    ap.add_argument("--t", type=int, action="append", help="sequence lengths (default 1k..32k)")
+    ap.add_argument("--d", type=int, action="append", help="head sizes (default 64 and 128)")
+    ap.add_argument("--dtype", action="append", choices=["bfloat16", "float32"])
     args = ap.parse_args()
+    global FEATURE, TS, DS, DTYPES
+    FEATURE = args.feature
+    TS = args.t or TS
+    DS = args.d or DS
+    DTYPES = tuple(getattr(torch, x) for x in args.dtype) if args.dtype else DTYPES
     if args.warm:
         warm(int(args.warm[0]), getattr(torch, args.warm[1]))
         return

@@ -32,6 +32,8 @@ pub(crate) struct Inner {
     pub(crate) stream: Arc<CudaStream>,
     pub(crate) name: String,
     pub(crate) cc: (i32, i32),
+    /// The most dynamic shared memory one block may opt in to, bytes.
+    pub(crate) smem_optin: u32,
     pub(crate) arch: String,
     pub(crate) alloc: Arc<Allocator>,
     modules: Mutex<HashMap<KernelFile, Arc<CudaModule>>>,
@@ -154,6 +156,10 @@ fn open(ordinal: usize) -> Result<Inner> {
     let stream = ctx.new_stream().map_err(|e| unavailable(ordinal, format!("creating a stream: {e:?}")))?;
     let cc = ctx.compute_capability().map_err(|e| driver_error("open", e))?;
     let name = ctx.name().map_err(|e| driver_error("open", e))?;
+    let smem_optin = ctx
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .map_err(|e| driver_error("open", e))?
+        .max(0) as u32;
     let arch = kernels::pick_arch(cc.0 * 10 + cc.1)?;
     ctx.bind_to_thread().map_err(|e| driver_error("open", e))?;
     let handle =
@@ -180,6 +186,7 @@ fn open(ordinal: usize) -> Result<Inner> {
         stream,
         name,
         cc,
+        smem_optin,
         arch,
         alloc,
         modules: Mutex::new(HashMap::new()),
@@ -241,6 +248,11 @@ impl Cuda {
     /// Compute capability (major, minor).
     pub fn compute_capability(&self) -> (i32, i32) {
         self.inner.cc
+    }
+    /// The most dynamic shared memory a kernel block can opt in to on this GPU, bytes (227 KiB on
+    /// Hopper): kernels whose tiles need more take another path.
+    pub fn max_shared_memory_per_block(&self) -> u32 {
+        self.inner.smem_optin
     }
     /// The NVRTC target the kernels are compiled for (`sm_XY`, or `compute_XY` when NVRTC is older
     /// than the GPU).

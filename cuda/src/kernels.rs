@@ -80,12 +80,25 @@ pub enum KernelFile {
         /// Value head size.
         dv: u16,
     },
+    /// chunked unnormalised linear attention (`ela/tile.cuh`, `ela/la_chunk.cu`), the fast path of
+    /// every feature-map kernel, compiled separately for each input dtype, operand type and pair
+    /// of padded operand widths `f`, `e` (multiples of 16)
+    ElaLa {
+        /// Input (and output) dtype.
+        dt: ElaDt,
+        /// bf16 tensor-core operands (16-bit inputs only); else f32 operands and FFMA products.
+        tc: bool,
+        /// Feature width (padded).
+        f: u16,
+        /// Value width plus the denominator column (padded).
+        e: u16,
+    },
 }
 
 impl KernelFile {
     /// Every kernel file (the chunked ELA kernels in two representative variants: the
     /// tensor-core path and the f32 path with 32-row chunks).
-    pub const ALL: [KernelFile; 9] = [
+    pub const ALL: [KernelFile; 11] = [
         KernelFile::Elementwise,
         KernelFile::Reduce,
         KernelFile::SoftmaxNorm,
@@ -95,6 +108,8 @@ impl KernelFile {
         KernelFile::Ela,
         KernelFile::ElaChunk { dt: ElaDt::BF16, d: 64, dv: 64 },
         KernelFile::ElaChunk { dt: ElaDt::F32, d: 128, dv: 128 },
+        KernelFile::ElaLa { dt: ElaDt::BF16, tc: true, f: 80, e: 80 },
+        KernelFile::ElaLa { dt: ElaDt::F16, tc: false, f: 144, e: 144 },
     ];
 
     /// File name under `cuda/kernels/`.
@@ -108,6 +123,7 @@ impl KernelFile {
             KernelFile::ConvPool => "conv_pool.cu",
             KernelFile::Ela => "ela/recurrent.cu",
             KernelFile::ElaChunk { .. } => "ela/chunk_fwd.cu",
+            KernelFile::ElaLa { .. } => "ela/la_chunk.cu",
         }
     }
 
@@ -122,6 +138,7 @@ impl KernelFile {
             KernelFile::ConvPool => include_str!("../kernels/conv_pool.cu"),
             KernelFile::Ela => include_str!("../kernels/ela/recurrent.cu"),
             KernelFile::ElaChunk { .. } => include_str!("../kernels/ela/chunk_fwd.cu"),
+            KernelFile::ElaLa { .. } => include_str!("../kernels/ela/la_chunk.cu"),
         }
     }
 
@@ -149,6 +166,16 @@ impl KernelFile {
                         ("ela/chunk_bwd.cu", include_str!("../kernels/ela/chunk_bwd.cu")),
                         ("ela/step.cu", include_str!("../kernels/ela/step.cu")),
                     ]),
+            ),
+            KernelFile::ElaLa { dt, tc, f, e } => Cow::Owned(
+                format!(
+                    "#define ELA_DT {}\n#define LA_IO {}\n#define ELA_D {f}\n#define ELA_DV {e}\n",
+                    if tc { dt as i32 } else { 0 },
+                    dt as i32
+                ) + &with_lines(&[
+                    ("ela/tile.cuh", include_str!("../kernels/ela/tile.cuh")),
+                    (self.name(), self.source()),
+                ]),
             ),
             _ => Cow::Borrowed(self.source()),
         }

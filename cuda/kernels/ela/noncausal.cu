@@ -30,21 +30,48 @@ template <typename C> __device__ __forceinline__ C warp_max(C v) {
     return v;
 }
 
-// Feature c of a key row x (psi) or a query row x (phi), one element per call, as `features` in
-// recurrent.cu computes the whole vector: n2 = |x|^2, m the log-scales, u the query's shift (Hadamard
-// Exp only).
+// Feature c of a key row (psi) or a query row (phi) from its element xc = x[c] (used only for
+// c < d), as `features` in recurrent.cu computes the whole vector: n2 = |x|^2, mc the log-scale of
+// feature c and u the query's shift (Hadamard Exp only).
 template <typename C>
-__device__ __forceinline__ C nc_feature(int kern, bool key, const C* x, int d, int c, C n2, const C* m, C u) {
-    if (kern == K_EXP) return key ? x_exp(x[c] - m[c]) : x_exp(x[c] + m[c] - u);
+__device__ __forceinline__ C nc_feature_at(int kern, bool key, C xc, int d, int c, C n2, C mc, C u) {
+    if (kern == K_EXP) return key ? x_exp(xc - mc) : x_exp(xc + mc - u);
     if (kern == K_SUM || kern == K_SUB) {
         C two = (kern == K_SUM || !key) ? (C)2 : (C)-2;
-        if (c < d) return key ? two * x[c] : x[c];
+        if (c < d) return key ? two * xc : xc;
         if (c == d) return key ? (C)1 : n2;
         return key ? n2 : (C)1;
     }
-    if (kern == K_BLUE) return c < d ? (n2 + (C)1) * x[c] : n2 + (C)1;
-    if (kern == K_ELU) return x[c] > (C)0 ? x[c] + (C)1 : x_exp(x[c]);
-    return x[c];
+    if (kern == K_BLUE) return c < d ? (n2 + (C)1) * xc : n2 + (C)1;
+    if (kern == K_ELU) return xc > (C)0 ? xc + (C)1 : x_exp(xc);
+    return xc;
+}
+
+// Feature c of the row x (m: the log-scales, Hadamard Exp only).
+template <typename C>
+__device__ __forceinline__ C nc_feature(int kern, bool key, const C* x, int d, int c, C n2, const C* m, C u) {
+    return nc_feature_at<C>(kern, key, c < d ? x[c] : (C)0, d, c, n2, kern == K_EXP ? m[c] : (C)0, u);
+}
+
+// Element e of dx = (d feature / d x)^T gf from x_e and gf_e, the gradients of the extra
+// features gd = gf[d], gd1 = gf[d + 1] (the signed kernels), n2 = |x|^2 and, for the blueprint,
+// two_s = 2 (x . gf[:d] + gf[d]): (V2)-(V5) of docs/ela.md (Hadamard Exp, (V1), is `phi * dphi`).
+template <typename C>
+__device__ __forceinline__ C nc_feature_vjp_at(int kern, bool key, C xe, C ge, C gd, C gd1, C n2, C two_s) {
+    if (kern == K_SUM || kern == K_SUB) {
+        if (key) return (kern == K_SUM ? (C)2 : (C)-2) * ge + (C)2 * gd1 * xe;
+        return ge + (C)2 * gd * xe;
+    }
+    if (kern == K_BLUE) return (n2 + (C)1) * ge + two_s * xe;
+    if (kern == K_ELU) return xe > (C)0 ? ge : ge * x_exp(xe);
+    return ge;
+}
+
+// The gradients of a kernel's extra features: (gf[d], gf[d + 1]) where they exist, else 0.
+template <typename C> __device__ __forceinline__ void nc_extra_grads(int kern, const C* gf, int d, C& gd, C& gd1) {
+    const bool signed_sq = kern == K_SUM || kern == K_SUB;
+    gd = (signed_sq || kern == K_BLUE) ? gf[d] : (C)0;
+    gd1 = signed_sq ? gf[d + 1] : (C)0;
 }
 
 // dx = (d feature / d x)^T gf for one row, lanes of one warp over e < d (features_vjp of recurrent.cu).
@@ -52,26 +79,14 @@ template <typename D>
 __device__ void nc_feature_vjp(int kern, bool key, const typename D::C* x, int d, const typename D::C* gf, typename D::C n2,
                                typename D::S* dx, int lane) {
     typedef typename D::C C;
-    C two_s = (C)0;
+    C gd, gd1, two_s = (C)0;
+    nc_extra_grads<C>(kern, gf, d, gd, gd1);
     if (kern == K_BLUE) {
         C sg = (C)0;
         for (int e = lane; e < d; e += 32) sg += x[e] * gf[e];
-        two_s = (C)2 * (warp_sum<C>(sg) + gf[d]);
+        two_s = (C)2 * (warp_sum<C>(sg) + gd);
     }
-    for (int e = lane; e < d; e += 32) {
-        C r;
-        if (kern == K_SUM || kern == K_SUB) {
-            if (key) r = (kern == K_SUM ? (C)2 : (C)-2) * gf[e] + (C)2 * gf[d + 1] * x[e];
-            else r = gf[e] + (C)2 * gf[d] * x[e];
-        } else if (kern == K_BLUE) {
-            r = (n2 + (C)1) * gf[e] + two_s * x[e];
-        } else if (kern == K_ELU) {
-            r = x[e] > (C)0 ? gf[e] : gf[e] * x_exp(x[e]);
-        } else {
-            r = gf[e];
-        }
-        dx[e] = D::store(r);
-    }
+    for (int e = lane; e < d; e += 32) dx[e] = D::store(nc_feature_vjp_at<C>(kern, key, x[e], gf[e], gd, gd1, n2, two_s));
 }
 
 // A = sum_r a_r b_r^T [F x Dv] and z = sum_r s_r a_r [F] over the T rows of each sequence.

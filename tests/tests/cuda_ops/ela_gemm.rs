@@ -1,6 +1,8 @@
-//! The cuBLAS chunked path of the feature-map kernels (`cuda/src/ops/ela/gemm_chunk.rs`): many
-//! chunks of 64 rows with a ragged last one, head sizes where `F = D + 1, D + 2` is not a
-//! power of two, `Dv != D`, causal and non-causal, and a carried state crossing chunk boundaries.
+//! The chunked paths of the feature-map kernels: the tensor-core form
+//! (`cuda/src/ops/ela/feature_chunk.rs`) and, for head sizes whose tiles do not fit in shared
+//! memory (here `d = dv = 256`), the cuBLAS form (`gemm_chunk.rs`). Many chunks with a ragged last
+//! one, head sizes where `F = D + 1, D + 2` is not a multiple of 16, `Dv != D`, causal and
+//! non-causal, f32, bf16 and f16, and a carried state crossing chunk boundaries.
 //!
 //! The reference is the CPU backend's fused ELA in f64 on the same (rounded) inputs, itself
 //! checked against quadratic attention in f64 (tests/ela_forms.rs). The signed kernels cancel
@@ -64,7 +66,16 @@ fn check_case(
     let (cy, gy) = (q.cpu.ela(&k.cpu, &v.cpu, &p)?, q.gpu.ela(&k.gpu, &v.gpu, &p)?);
     let c = Tensor::ela_backward(&q.cpu, &k.cpu, &v.cpu, &cy, &dy.cpu, &p)?;
     let g = Tensor::ela_backward(&q.gpu, &k.gpu, &v.gpu, &gy, &dy.gpu, &p)?;
+    // What training runs: the saving forward and the backward that reuses what it kept.
+    let (sy, saved) = q.gpu.ela_saving(&k.gpu, &v.gpu, &p)?;
+    let s = Tensor::ela_backward_saved(&q.gpu, &k.gpu, &v.gpu, &sy, &dy.gpu, &p, saved.as_ref())?;
     let mut failures = Vec::new();
+    for (name, a, b) in [("y", &gy, &sy), ("dq", &g.0, &s.0), ("dk", &g.1, &s.1), ("dv", &g.2, &s.2)] {
+        let (a, b) = (a.to_vec_f64()?, b.to_vec_f64()?);
+        if a != b {
+            failures.push(format!("{name} {kernel} causal={causal} {shape:?}x{dv} {dtype:?}: saved path differs"));
+        }
+    }
     for (name, r, c, g) in
         [("y", &y64, &cy, &gy), ("dq", &r.0, &c.0, &g.0), ("dk", &r.1, &c.1, &g.1), ("dv", &r.2, &c.2, &g.2)]
     {
@@ -81,11 +92,15 @@ fn check_case(
 #[test]
 fn feature_kernels_match_f64_over_many_chunks() -> Result<()> {
     let Some(dev) = gpu() else { return Ok(()) };
-    // T = 200: three full chunks and a ragged one; d = 64 gives F = 65, 66; dv = 5 and 128.
+    // T = 200: three full chunks of 64 (six of 32) and a ragged one; d = 64 gives F = 65, 66;
+    // dv = 5 and 128; d = dv = 256 takes the cuBLAS form.
+    let shapes = [([2, 2, 200, 64], 5), ([1, 3, 130, 16], 128), ([1, 1, 1, 8], 8), ([1, 1, 150, 256], 256)];
     for (ki, kernel) in KERNELS.into_iter().enumerate() {
-        for (shape, dv) in [([2, 2, 200, 64], 5), ([1, 3, 130, 16], 128), ([1, 1, 1, 8], 8)] {
+        for (si, (shape, dv)) in shapes.into_iter().enumerate() {
             for causal in [true, false] {
-                for dtype in [DType::F32, DType::BF16] {
+                let dtypes: &[DType] =
+                    if si == 0 { &[DType::F32, DType::BF16, DType::F16] } else { &[DType::F32, DType::BF16] };
+                for &dtype in dtypes {
                     let failures = check_case(kernel, shape, dv, causal, dtype, 700 + ki as u64, &dev)?;
                     assert!(failures.is_empty(), "{}", failures.join("\n"));
                 }

@@ -193,15 +193,18 @@ impl Cuda {
         Ok(out)
     }
 
-    /// Copies a carried state `(S, z)` into `[S | z]` (`to_aug`; `[n][ld(F)][ld(dv + 1)]`, zero
-    /// past the data) or back.
-    fn ela_gc_state(
+    /// Copies a carried state `(S, z)` into `[S | z]` (`to_aug`; f32 `[n][fp][ep]` with `fp >= f`
+    /// rows and `ep > dv` columns, zero past the data) or back.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn ela_gc_state(
         &self,
         st: &ElaStateBufs<CudaStorage>,
         aug: &CudaStorage,
         n: usize,
         f: usize,
+        fp: usize,
         dv: usize,
+        ep: usize,
         to_aug: bool,
     ) -> Result<()> {
         let args = [
@@ -210,12 +213,12 @@ impl Cuda {
             Arg::Ptr(aug.ptr()),
             Arg::n(n),
             Arg::I32(f as i32),
-            Arg::I32(ld(f) as i32),
+            Arg::I32(fp as i32),
             Arg::I32(dv as i32),
-            Arg::I32(ld(dv + 1) as i32),
+            Arg::I32(ep as i32),
             Arg::I32(!to_aug as i32),
         ];
-        self.launch(ELA, "ela_gc_state", Cfg::elems(n * ld(f) * ld(dv + 1)), &args)
+        self.launch(ELA, "ela_gc_state", Cfg::elems(n * fp * ep), &args)
     }
 
     /// The forward: `y` in the input dtype; a carried `state` (causal only) is read and updated.
@@ -241,7 +244,7 @@ impl Cuda {
             Some(st) => {
                 debug_assert!(st.s.dtype() == DType::F32 && st.s.len() == g.n * f * dv, "ela: state for {dims:?}");
                 let (init, fin) = (self.alloc(DType::F32, g.n * fp * ep)?, self.alloc(DType::F32, g.n * fp * ep)?);
-                self.ela_gc_state(st, &init, g.n, f, dv, true)?;
+                self.ela_gc_state(st, &init, g.n, f, fp, dv, ep, true)?;
                 Some((init, fin))
             }
             None => None,
@@ -250,7 +253,7 @@ impl Cuda {
         let (init, fin) = (carried.as_ref().map(|c| &c.0), carried.as_ref().map(|c| &c.1));
         let o = self.ela_gc_la(g, [&phi, &psi, &vaug], fp, ep, dir, init, fin)?;
         if let (Some(st), Some(fin)) = (state, fin) {
-            self.ela_gc_state(st, fin, g.n, f, dv, false)?;
+            self.ela_gc_state(st, fin, g.n, f, fp, dv, ep, false)?;
         }
         let [n, t, tp] = g.i64s();
         let args = [Arg::Ptr(o.ptr()), Arg::Ptr(y.ptr()), n, t, tp, Arg::I32(dv as i32), Arg::I32(ep as i32)];

@@ -5,8 +5,10 @@
 //! - `chunk.rs`: Hadamard Exp with f32/f16/bf16 inputs and head sizes 64 or 128, the chunked
 //!   tensor-core kernels (`chunk_fwd.cu`, `chunk_bwd.cu`);
 //! - `noncausal.rs`: non-causal calls with small heads, the parallel form (`noncausal.cu`);
-//! - `gemm_chunk.rs`: the other kernels with f32/f16/bf16 inputs, any head size, the chunked form
-//!   on cuBLAS GEMMs (`gemm_chunk.cu` holds the small kernels around them);
+//! - `feature_chunk.rs`: the other kernels with f32/f16/bf16 inputs, the chunked form on tensor
+//!   cores (`la_chunk.cu`), where its tiles fit in shared memory;
+//! - `gemm_chunk.rs`: the same kernels at larger head sizes, the chunked form on cuBLAS GEMMs
+//!   (`gemm_chunk.cu` holds the small kernels around both);
 //! - `recurrent.rs`: every other call (f64 inputs, Hadamard Exp heads outside the chunked
 //!   variants), the per-token scan (`recurrent.cu`; its header has the
 //!   math and the numerics);
@@ -17,6 +19,7 @@
 //! lengths). What is checked here is this device's own limit: the scan kernel's shared memory.
 
 mod chunk;
+mod feature_chunk;
 mod gemm_chunk;
 mod noncausal;
 mod recurrent;
@@ -53,8 +56,9 @@ fn state_ptrs(st: &ElaStateBufs<CudaStorage>, dims: &ElaDims, kernel: ElaKernel,
 }
 
 impl Cuda {
-    /// `Backend::ela_forward_saving`: the chunked path keeps its slots and per-row scales for the
-    /// backward; other shapes save nothing.
+    /// `Backend::ela_forward_saving`: the chunked paths keep their state slots and per-row
+    /// scales (Hadamard Exp) or operands and denominators (feature maps) for the backward; other
+    /// shapes save nothing.
     pub(crate) fn ela_forward_saving_impl(
         &self,
         [q, k, v]: [&CudaStorage; 3],
@@ -67,7 +71,15 @@ impl Cuda {
                 let (y, bufs) = self.ela_chunk_forward(&cv, [q, k, v], dims, p.causal, None, true)?;
                 Ok((y, bufs.map(|buffers| ElaSaved { buffers, dims: *dims, params: *p })))
             }
-            None => Ok((self.ela_forward_impl(q, k, v, dims, p, None)?, None)),
+            // (Non-causal calls that the parallel form takes save nothing, as their backward
+            // does not use it.)
+            None => match feature_chunk::plan(self, p.kernel, d, dims) {
+                Some(pl) if p.causal || noncausal::plan(p.kernel, dims, stat_dtype(d)).is_none() => {
+                    let (y, bufs) = self.ela_fc_forward(&pl, [q, k, v], dims, p, None, true)?;
+                    Ok((y, bufs.map(|buffers| ElaSaved { buffers, dims: *dims, params: *p })))
+                }
+                _ => Ok((self.ela_forward_impl(q, k, v, dims, p, None)?, None)),
+            },
         }
     }
 
@@ -98,6 +110,9 @@ impl Cuda {
             if let Some(plan) = noncausal::plan(p.kernel, dims, sd) {
                 return self.ela_nc_forward(&plan, q, k, v, dims, p.kernel, sd);
             }
+        }
+        if let Some(pl) = feature_chunk::plan(self, p.kernel, d, dims) {
+            return Ok(self.ela_fc_forward(&pl, [q, k, v], dims, p, state, false)?.0);
         }
         if gemm_chunk::applies(p.kernel, d) {
             return self.ela_gc_forward([q, k, v], dims, p, state);
@@ -131,6 +146,10 @@ impl Cuda {
             if let Some(plan) = noncausal::plan(p.kernel, dims, sd) {
                 return self.ela_nc_backward(&plan, [q, k, v, y, dy], dims, p.kernel, sd);
             }
+        }
+        if let Some(pl) = feature_chunk::plan(self, p.kernel, d, dims) {
+            let saved = saved.filter(|s| s.dims == *dims && s.params == *p).map(|s| s.buffers.as_slice());
+            return self.ela_fc_backward(&pl, [q, k, v, y, dy], dims, p, saved);
         }
         if gemm_chunk::applies(p.kernel, d) {
             return self.ela_gc_backward([q, k, v, y, dy], dims, p);

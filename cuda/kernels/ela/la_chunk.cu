@@ -1,0 +1,345 @@
+// Chunked unnormalised linear attention on tensor cores, the primitive every feature-map kernel
+// (sum/sub squared Euclidean, blueprint, Identity, elu+1) is built from (cuda/src/ops/ela/
+// feature_chunk.rs has the algorithm and the four ways it is used):
+//
+//   LA(A, B, X)_i = sum_{j <= i} (A_i . B_j) X_j     (anti-causal: j >= i; global: every j)
+//
+// Operands are materialised rows in the tile operand type MT (bf16 for 16-bit inputs, f32 for
+// f32 inputs), [seq][Tp][width] with Tp = nch * C rows (whole chunks) and widths that are
+// multiples of 16; the padding (rows t >= T, columns past the data) is zero, so it adds nothing
+// to any product and no kernel here checks row counts. Compiled once per (ELA_DT, F = ELA_D,
+// E = ELA_DV) after tile.cuh: A and B of a call are F or E wide, X the other width.
+//
+//   la_scan, one block per (sequence, LA_EB columns of X), walks the chunks in order (reverse: from
+//     the last) with the running sum S = sum B_c^T X_c [F x E] in registers, and writes the state
+//     before each chunk: slot c = the sum over the chunks before c (reverse: after c), slot nch =
+//     the total (plus an optional carried initial state; `fin` gets the total in f32).
+//   la_out_fe / la_out_ef, one block per (chunk, sequence): O_c = A_c S_c + mask(A_c B_c^T) X_c,
+//     with A, B of width F and X of width E (fe), or A, B of width E and X of width F, reading
+//     the [F x E] slots transposed (ef: the backward's state products need S^T). The global form
+//     is O_c = A_c S_total. The epilogue writes O in f32, or y = N / den, or the backward's
+//     G = [dy / den | -(dy . y) / den], or the first dv columns in the input dtype.
+//
+// Numerics: products with f32 accumulation, on bf16 tensor cores (MT = bf16: elu+1 with 16-bit
+// inputs, whose features are positive, so no sum cancels) or FFMA (MT = f32: f32 inputs, and
+// the signed kernels at every input dtype), which stays exact to f32 rounding. The slots are
+// stored in MT, so a bf16-operand call rounds the state to bf16 once per chunk, as the
+// Hadamard-Exp kernels do.
+
+// The dtype of the inputs and outputs (q, k, v, y, dy: LA_IO, 0 f32, 1 f16, 2 bf16), which may
+// differ from the operands' (ELA_DT): 16-bit inputs of the signed kernels use f32 operands.
+#if LA_IO == 0
+typedef F32 IOT;
+#elif LA_IO == 1
+typedef F16 IOT;
+#else
+typedef BF16 IOT;
+#endif
+typedef IOT::S IOS;
+
+#define LA_F ELA_D
+#define LA_E ELA_DV
+#define LA_C ELA_C
+// Columns of X per scan block. Tensor cores: half of them, so two blocks share a sequence (each
+// re-reads the chunk's B): 2 * B * H blocks keep an H100/H200 busy at B * H = 128 without reading
+// B more often. FFMA (f32 operands): 16, as the products, not the reads, bound that path, and
+// more blocks per sequence hide their latency.
+#define LA_EB (ELA_MMA ? LA_E / 2 : 16)
+
+// Epilogues of la_out (`mode`).
+#define LA_OUT_F32 0
+#define LA_OUT_Y 1
+#define LA_OUT_G 2
+#define LA_OUT_TAKE 3
+
+// An R x N output cut into 16 x 8*NT tiles, dealt round-robin to the 8 warps: warp w takes tiles
+// w, w + 8, ...; `has(s)` is warp-uniform, so the tensor-core products stay converged.
+template <int R, int N, int NT> struct Deal {
+    static constexpr int RT = R / 16, TILES = RT * (N / (8 * NT));
+    static constexpr int PER = (TILES + ELA_WARPS - 1) / ELA_WARPS;
+    static_assert(R % 16 == 0 && N % (8 * NT) == 0, "tile shape");
+    static __device__ __forceinline__ int idx(int s) { return (threadIdx.x >> 5) + ELA_WARPS * s; }
+    static __device__ __forceinline__ bool has(int s) { return idx(s) < TILES; }
+    static __device__ __forceinline__ int row0(int s) { return (idx(s) % RT) * 16; }
+    static __device__ __forceinline__ int col0(int s) { return (idx(s) / RT) * 8 * NT; }
+};
+// Tiles 16 wide when that still gives every warp one, else 8 wide.
+template <int R, int N> struct Nt {
+    static constexpr int V = (N % 16 == 0 && (R / 16) * (N / 16) >= ELA_WARPS) ? 2 : 1;
+};
+
+// A ROWS x COLS block of MT copied from global memory (rows `sld` elements apart) to shared
+// memory (rows `dld` apart) as 16-byte vectors: `load` issues every read into registers first,
+// `store` writes them out (so a load can be in flight while the previous tile is used).
+template <int ROWS, int COLS> struct Stage {
+    static constexpr int EPV = 16 / (int)sizeof(MT), NV = ROWS * COLS / EPV;
+    static constexpr int PER = (NV + ELA_THREADS - 1) / ELA_THREADS;
+    static_assert(COLS % EPV == 0, "whole vectors per row");
+    ela_u4 r[PER];
+    __device__ __forceinline__ void load(const MT* src, i64 sld) {
+#pragma unroll
+        for (int i = 0; i < PER; ++i) {
+            const int e = threadIdx.x + i * ELA_THREADS, x = e * EPV;
+            if (e < NV) r[i] = *(const ela_u4*)(src + (x / COLS) * sld + x % COLS);
+        }
+    }
+    __device__ __forceinline__ void store(MT* dst, int dld) const {
+#pragma unroll
+        for (int i = 0; i < PER; ++i) {
+            const int e = threadIdx.x + i * ELA_THREADS, x = e * EPV;
+            if (e < NV) *(ela_u4*)(dst + (x / COLS) * dld + x % COLS) = r[i];
+        }
+    }
+};
+
+// ---------------------------------------------------------------- scan over chunks
+
+extern "C" __global__ void __launch_bounds__(ELA_THREADS)
+    la_scan(const MT* B, const MT* X, MT* slots, const float* init, float* fin, int nch, int reverse) {
+    constexpr int F = LA_F, E = LA_E, EB = LA_EB, C = LA_C, LDF = LDP(F), LDX = LDP(EB);
+    typedef Deal<F, EB, 1> W;
+    MT* bs = (MT*)ela_smem;     // [2][C][LDF] B of the current and the next chunk
+    MT* xs = bs + 2 * C * LDF;  // [2][C][LDX] this block's columns of X
+    check_smem(xs + 2 * C * LDX);
+
+    const int seq = blockIdx.x, j0 = blockIdx.y * EB;
+    const i64 Tp = (i64)nch * C;
+    const MT* bq = B + seq * Tp * F;
+    const MT* xq = X + seq * Tp * E + j0;
+    MT* sl = slots + (i64)seq * (nch + 1) * F * E + j0;
+
+    float acc[W::PER][1][4];
+#pragma unroll
+    for (int s = 0; s < W::PER; ++s)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+            acc[s][0][e] = (init && W::has(s))
+                               ? init[((i64)seq * F + ACC_ROW(W::row0(s), e)) * E + j0 + ACC_COL(W::col0(s), 0, e)]
+                               : 0.f;
+    auto chunk = [&](int it) { return reverse ? nch - 1 - it : it; };
+    auto store_slot = [&](i64 c) {
+        MT* dst = sl + c * F * E;
+#pragma unroll
+        for (int s = 0; s < W::PER; ++s)
+            if (W::has(s))
+#pragma unroll
+                for (int e = 0; e < 4; e += 2)
+                    store_mt2(dst + ACC_ROW(W::row0(s), e) * E + ACC_COL(W::col0(s), 0, e), acc[s][0][e],
+                              acc[s][0][e + 1]);
+    };
+    Stage<C, F> sb;
+    Stage<C, EB> sx;
+    sb.load(bq + (i64)chunk(0) * C * F, F);
+    sx.load(xq + (i64)chunk(0) * C * E, E);
+    sb.store(bs, LDF);
+    sx.store(xs, LDX);
+    __syncthreads();
+    for (int it = 0; it < nch; ++it) {
+        const int cur = it & 1;
+        store_slot(chunk(it));
+        const bool next = it + 1 < nch;
+        if (next) {
+            sb.load(bq + (i64)chunk(it + 1) * C * F, F);
+            sx.load(xq + (i64)chunk(it + 1) * C * E, E);
+        }
+        // S += B_c^T X_c: B read transposed from its row-major tile.
+#pragma unroll
+        for (int s = 0; s < W::PER; ++s)
+            if (W::has(s))
+                mm_tile<1, true, false>(acc[s], bs + cur * C * LDF, LDF, xs + cur * C * LDX, LDX, W::row0(s),
+                                        W::col0(s), C);
+        if (next) {
+            // The other buffer was last read before the previous barrier.
+            sb.store(bs + (cur ^ 1) * C * LDF, LDF);
+            sx.store(xs + (cur ^ 1) * C * LDX, LDX);
+        }
+        __syncthreads();
+    }
+    store_slot(nch);
+    if (fin) {
+#pragma unroll
+        for (int s = 0; s < W::PER; ++s)
+            if (W::has(s))
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    fin[((i64)seq * F + ACC_ROW(W::row0(s), e)) * E + j0 + ACC_COL(W::col0(s), 0, e)] = acc[s][0][e];
+    }
+}
+
+// ---------------------------------------------------------------- rows of one chunk
+
+// One row of the backward's G by one warp, lanes over the columns (M per lane): `load` takes the
+// row's y and dy into registers (null yr: a padding row), `store` writes
+// [dy * inv | -(dy . y) * inv | 0..], `width` wide, with inv = 1 / den.
+template <int M> struct GradRow {
+    float y[M], dy[M];
+    __device__ __forceinline__ void load(const IOS* yr, const IOS* dyr, int dv, int lane) {
+#pragma unroll
+        for (int j = 0; j < M; ++j) {
+            const int c = lane + 32 * j;
+            const bool ok = yr && c < dv;
+            y[j] = ok ? IOT::load(yr[c]) : 0.f;
+            dy[j] = ok ? IOT::load(dyr[c]) : 0.f;
+        }
+    }
+    __device__ __forceinline__ void store(MT* gr, float inv, bool live, int dv, int width, int lane) const {
+        float part = 0.f;
+#pragma unroll
+        for (int j = 0; j < M; ++j) part += dy[j] * inv * y[j];
+        const float cc = warp_sum(part);
+#pragma unroll
+        for (int j = 0; j < M; ++j) {
+            const int c = lane + 32 * j;
+            if (c < width) gr[c] = to_mt(!live ? 0.f : c < dv ? dy[j] * inv : c == dv ? -cc : 0.f);
+        }
+    }
+};
+
+// O_c for chunk blockIdx.x of sequence blockIdx.y (see the file header). KI: the width of A and
+// B, NO: the width of X and O; STT: the slots hold the state transposed ([NO][KI]).
+// dir: 0 causal (slot c, keeps j <= i), 1 anti-causal (slot c of a reverse scan, keeps j >= i),
+// 2 global (slot nch, no intra-chunk block: the total already holds it).
+// Epilogue `mode` (rows t < T of the chunk; `dv` the value width):
+//   LA_OUT_F32:  out (float) [seq][Tp][NO] = O, every row;
+//   LA_OUT_Y:    out (IOS) [seq][T][dv] = O[:, :dv] / O[:, dv], and den (if not null; f32
+//                [seq][T]) = O[:, dv] (kept for the backward);
+//   LA_OUT_G:    out (MT) [seq][Tp][NO] = [dy / den | -(dy . y) / den | 0], den = O[:, dv], from
+//                aux0 = y, aux1 = dy (IOS, [seq][T][dv]); padding rows 0;
+//   LA_OUT_TAKE: out (IOS) [seq][T][dv] = O[:, :dv].
+template <int KI, int NO, bool STT>
+__device__ __forceinline__ void la_out_impl(const MT* A, const MT* B, const MT* X, const MT* slots, void* out,
+                                            const IOS* aux0, const IOS* aux1, float* den, i64 T, int nch, int dir,
+                                            int mode, int dv) {
+    constexpr int C = LA_C, LDK = LDP(KI), LDN = LDP(NO), LDC = LDP(C), LDO = NO + 4;
+    constexpr int SR = STT ? NO : KI, SC = STT ? KI : NO, LDS = LDP(SC);  // the slot as stored
+    MT* as = (MT*)ela_smem;  // [C][LDK]
+    MT* bs = as + C * LDK;   // [C][LDK]
+    MT* xs = bs + C * LDK;   // [C][LDN]
+    MT* ss = xs + C * LDN;   // [SR][LDS]
+    MT* ms = ss + SR * LDS;  // [C][LDC] the masked block A_c B_c^T
+    float* os = (float*)ela_smem;  // [C][LDO] O, once the tiles are dead
+    check_smem(ms + C * LDC);
+    check_smem(os + C * LDO);
+
+    const int c = blockIdx.x, seq = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const i64 Tp = (i64)nch * C, row0g = seq * Tp + (i64)c * C;
+    const i64 slot = (i64)seq * (nch + 1) + (dir == 2 ? nch : c);
+    {
+        Stage<C, KI> la, lb;
+        Stage<C, NO> lx;
+        Stage<SR, SC> ls;
+        la.load(A + row0g * KI, KI);
+        if (dir != 2) {
+            lb.load(B + row0g * KI, KI);
+            lx.load(X + row0g * NO, NO);
+        }
+        ls.load(slots + slot * SR * SC, SC);
+        la.store(as, LDK);
+        if (dir != 2) {
+            lb.store(bs, LDK);
+            lx.store(xs, LDN);
+        }
+        ls.store(ss, LDS);
+    }
+    __syncthreads();
+    if (dir != 2) {
+        constexpr int NTM = Nt<C, C>::V;
+        typedef Deal<C, C, NTM> WM;
+#pragma unroll
+        for (int s = 0; s < WM::PER; ++s) {
+            if (!WM::has(s)) continue;
+            float acc[NTM][4];
+            zero_acc(acc);
+            const int r0 = WM::row0(s), c0 = WM::col0(s);
+            mm_tile<NTM, false, true>(acc, as, LDK, bs, LDK, r0, c0, KI);
+#pragma unroll
+            for (int nt = 0; nt < NTM; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; e += 2) {
+                    const int i = ACC_ROW(r0, e), j = ACC_COL(c0, nt, e);
+                    const bool k0 = dir == 0 ? j <= i : j >= i, k1 = dir == 0 ? j + 1 <= i : j + 1 >= i;
+                    store_mt2(ms + i * LDC + j, k0 ? acc[nt][e] : 0.f, k1 ? acc[nt][e + 1] : 0.f);
+                }
+        }
+    }
+    __syncthreads();
+    constexpr int NTO = Nt<C, NO>::V;
+    typedef Deal<C, NO, NTO> WO;
+    float acc[WO::PER][NTO][4];
+#pragma unroll
+    for (int s = 0; s < WO::PER; ++s) {
+        zero_acc(acc[s]);
+        if (!WO::has(s)) continue;
+        if (dir != 2) mm_tile<NTO, false, false>(acc[s], ms, LDC, xs, LDN, WO::row0(s), WO::col0(s), C);
+        mm_tile<NTO, false, STT>(acc[s], as, LDK, ss, LDS, WO::row0(s), WO::col0(s), KI);
+    }
+    __syncthreads();  // every tile is read: os takes their place
+#pragma unroll
+    for (int s = 0; s < WO::PER; ++s)
+        if (WO::has(s))
+#pragma unroll
+            for (int nt = 0; nt < NTO; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    os[ACC_ROW(WO::row0(s), e) * LDO + ACC_COL(WO::col0(s), nt, e)] = acc[s][nt][e];
+    __syncthreads();
+
+    const int n = (int)min((i64)C, T - (i64)c * C);  // rows of the chunk inside the sequence
+    const i64 row0t = seq * T + (i64)c * C;           // the chunk's first row in [seq][T] buffers
+    if (mode == LA_OUT_F32) {
+        float* o = (float*)out + row0g * NO;
+        for (int e = tid; e < C * NO; e += ELA_THREADS) o[e] = os[(e / NO) * LDO + e % NO];
+    } else if (mode == LA_OUT_Y || mode == LA_OUT_TAKE) {
+        IOS* o = (IOS*)out + row0t * dv;
+        for (int r = warp; r < n; r += ELA_WARPS) {
+            const float inv = mode == LA_OUT_Y ? 1.f / os[r * LDO + dv] : 1.f;
+            for (int j = lane; j < dv; j += 32) o[(i64)r * dv + j] = IOT::store(os[r * LDO + j] * inv);
+        }
+        if (mode == LA_OUT_Y && den && tid < n) den[row0t + tid] = os[tid * LDO + dv];
+    } else {
+        MT* g = (MT*)out + row0g * NO;
+        for (int r = warp; r < C; r += ELA_WARPS) {
+            const i64 src = row0t + r;
+            GradRow<(NO + 31) / 32> in;
+            in.load(r < n ? aux0 + src * dv : 0, aux1 + src * dv, dv, lane);
+            in.store(g + (i64)r * NO, r < n ? 1.f / os[r * LDO + dv] : 0.f, r < n, dv, NO, lane);
+        }
+    }
+}
+
+// LA with A, B of width F and X, O of width E (the forward; the backward's dV').
+extern "C" __global__ void __launch_bounds__(ELA_THREADS)
+    la_out_fe(const MT* A, const MT* B, const MT* X, const MT* slots, void* out, const IOS* aux0, const IOS* aux1,
+              float* den, i64 T, int nch, int dir, int mode, int dv) {
+    la_out_impl<LA_F, LA_E, false>(A, B, X, slots, out, aux0, aux1, den, T, nch, dir, mode, dv);
+}
+
+// LA with A, B of width E and X, O of width F, the [F x E] slots read transposed (the backward's
+// dPhi and dPsi).
+extern "C" __global__ void __launch_bounds__(ELA_THREADS)
+    la_out_ef(const MT* A, const MT* B, const MT* X, const MT* slots, void* out, const IOS* aux0, const IOS* aux1,
+              float* den, i64 T, int nch, int dir, int mode, int dv) {
+    la_out_impl<LA_E, LA_F, true>(A, B, X, slots, out, aux0, aux1, den, T, nch, dir, mode, dv);
+}
+
+// G = [dy / den | -(dy . y) / den | 0] ([seq][Tp][E] operands, padding rows 0) from the
+// denominators a saving forward kept (f32 [seq][T]): the LA_OUT_G epilogue without the output
+// pass. One warp per row.
+extern "C" __global__ void __launch_bounds__(ELA_THREADS)
+    la_grad(const IOS* y, const IOS* dy, const float* den, MT* G, i64 T, int nch, int dv) {
+    // Grid (row groups, sequence): RB rows per warp, every load issued first.
+    constexpr int E = LA_E, RB = 4;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const i64 n = blockIdx.y, Tp = (i64)nch * LA_C, t0 = ((i64)blockIdx.x * ELA_WARPS + warp) * RB;
+    GradRow<(E + 31) / 32> in[RB];
+    float inv[RB];
+#pragma unroll
+    for (int i = 0; i < RB; ++i) {
+        const i64 t = t0 + i, src = n * T + t;
+        in[i].load(t < T ? y + src * dv : 0, dy + src * dv, dv, lane);
+        inv[i] = t < T ? 1.f / den[src] : 0.f;
+    }
+#pragma unroll
+    for (int i = 0; i < RB; ++i)
+        if (t0 + i < Tp) in[i].store(G + (n * Tp + t0 + i) * E, inv[i], t0 + i < T, dv, E, lane);
+}

@@ -1,0 +1,444 @@
+//! The chunked tensor-core path of fused ELA for the feature-map kernels (sum/sub squared
+//! Euclidean, blueprint, Identity, elu+1, any feature size `F`): the fast path of these kernels
+//! on the GPU (`kernels/ela/la_chunk.cu`; the row kernels around it are in `gemm_chunk.cu`).
+//!
+//! These kernels need no log-scale units, so the forward and backward are made of one primitive,
+//! unnormalised linear attention
+//!
+//! ```text
+//! LA(A, B, X)_i = sum_{j <= i} (A_i . B_j) X_j       (anti-causal LA~: j >= i; global: all j)
+//! ```
+//!
+//! computed in chunks of `C` rows: a scan over the chunks writes the state each chunk starts from,
+//! `S_c = sum_{c' < c} B_c'^T X_c'` (the reverse scan: `c' > c`), and one block per chunk computes
+//! `O_c = A_c S_c + mask(A_c B_c^T) X_c`. Operands are materialised rows: `Phi = phi(q)`,
+//! `Psi = psi(k)` (`F` padded to a multiple of 16) and `V' = [v | 1]` (`E` = `Dv + 1` padded), in
+//! bf16 for 16-bit inputs (tensor cores, f32 accumulation, bf16 state slots, like the
+//! Hadamard-Exp kernels) or f32 for f32 inputs (FFMA, exact to f32 rounding).
+//!
+//! Forward: `S = scan(Psi, V')`, `y = N / den` with `[N | den] = LA(Phi, Psi, V')` (eq. (L) of
+//! docs/ela.md), the division in the output kernel's epilogue.
+//!
+//! Backward (docs/ela.md, "The cuBLAS chunked form" has the derivation): with
+//! `G_i = [dy_i / den_i | -(dy_i . y_i) / den_i]`,
+//!
+//! ```text
+//! dPhi = LA(G, V', Psi)      dPsi = LA~(V', G, Phi)      dV' = LA~(Psi, Phi, G)
+//! ```
+//!
+//! Their states are the forward state `S = sum Psi^T V'` (read transposed for `dPhi`) and the
+//! reverse state `R = sum_{later} Phi^T G` (transposed for `dPsi`): two scans serve all three. The
+//! backward recomputes `S`, then one output pass gives `den` and writes `G` directly (its
+//! epilogue), the reverse scan gives `R`, and three output passes give `dPhi`, `dPsi` and `dv`;
+//! the feature maps' vector-Jacobian products turn `dPhi`, `dPsi` into `dq`, `dk`.
+//!
+//! Taken when every kernel's tiles fit in the GPU's shared memory (feature and value widths up
+//! to about 144 in bf16, 128 in f32 on an H100/H200), else the cuBLAS form of `gemm_chunk.rs`.
+
+use ela_core::ela::{ElaDims, ElaKernel, ElaParams, ElaStateBufs};
+use ela_core::{DType, Error, Result};
+
+use crate::device::{Arg, Cfg, Cuda};
+use crate::kernels::{ElaDt, KernelFile};
+use crate::ops::dt;
+use crate::storage::CudaStorage;
+
+/// Threads per block of the chunk kernels (8 warps; `ELA_THREADS` in tile.cuh).
+const THREADS: u32 = 256;
+/// Rows per block of the row kernels: 8 warps (`NC_WARPS` in noncausal.cu) of `LA_RB` = 4 rows
+/// (gemm_chunk.cu; `la_grad` in la_chunk.cu alike).
+const ROWS_PER_BLOCK: usize = 32;
+
+/// The row kernels' variant for rows of `width` inputs: `_e2`, `_e4` or `_e8` elements per lane.
+fn row_variant(width: usize) -> &'static str {
+    match width {
+        0..=64 => "e2",
+        65..=128 => "e4",
+        _ => "e8",
+    }
+}
+/// The widest input row (`d`, `dv`) and operand row (`f`, `e`) the row kernels hold in
+/// registers (`LA_MAXE`, `LA_MAXO` in gemm_chunk.cu).
+const MAX_IN: usize = 256;
+const MAX_OPERAND: usize = 288;
+
+/// The epilogue of an output pass (`LA_OUT_*` in la_chunk.cu).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Epilogue {
+    /// `O` in f32, every row.
+    F32 = 0,
+    /// `y = N / den` in the input dtype.
+    Y = 1,
+    /// `G = [dy / den | -(dy . y) / den]` in the operand type.
+    G = 2,
+    /// The first `dv` columns in the input dtype.
+    Take = 3,
+}
+
+/// Which rows a product sums over (`dir` in la_chunk.cu).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dir {
+    Causal = 0,
+    AntiCausal = 1,
+    All = 2,
+}
+
+/// Which output kernel: `A`, `B` of width `f` and `X` of width `e`, or the reverse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Widths {
+    Fe,
+    Ef,
+}
+
+/// One compiled variant and the sizes of a call.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Plan {
+    file: KernelFile,
+    /// Chunk length (`ELA_C` of tile.cuh for this variant).
+    c: usize,
+    /// Padded feature width.
+    f: usize,
+    /// Padded width of `[v | 1]`.
+    e: usize,
+    /// Operand type: bf16 (16-bit inputs) or f32.
+    mt: DType,
+}
+
+fn pad16(n: usize) -> usize {
+    n.div_ceil(16) * 16
+}
+
+/// The plan for these inputs, if this path takes them: a feature-map kernel, f32/f16/bf16
+/// inputs, tiles that fit in this GPU's shared memory. `ELA_CUDA_SCAN_ONLY` forces the scan and
+/// `ELA_CUDA_GEMM_CHUNK` the cuBLAS form (for comparisons).
+pub(super) fn plan(dev: &Cuda, kernel: ElaKernel, dtype: DType, dims: &ElaDims) -> Option<Plan> {
+    if std::env::var_os("ELA_CUDA_SCAN_ONLY").is_some() || std::env::var_os("ELA_CUDA_GEMM_CHUNK").is_some() {
+        return None;
+    }
+    let dt = match dtype {
+        DType::F32 => ElaDt::F32,
+        DType::F16 => ElaDt::F16,
+        DType::BF16 => ElaDt::BF16,
+        _ => return None,
+    };
+    if kernel == ElaKernel::HadamardExp || dims.sequences() > 65_535 {
+        return None;
+    }
+    let (f, e) = (pad16(kernel.feature_size(dims.d)), pad16(dims.dv + 1));
+    if dims.d > MAX_IN || dims.dv > MAX_IN || f > MAX_OPERAND || e > MAX_OPERAND {
+        return None;
+    }
+    let (f16, e16) = (u16::try_from(f).ok()?, u16::try_from(e).ok()?);
+    // bf16 operands only where they lose nothing the inputs had and no sum cancels: bf16 inputs
+    // of elu+1, whose features are positive, so every term of every product is and bf16 rounding
+    // costs a relative 2^-8 per term. The signed kernels' denominators cancel (bf16 operands
+    // measured 0.19 relative error for the blueprint where the CPU's bf16 path has 1.7e-3), and
+    // f16 inputs carry 3 more mantissa bits than bf16 (measured: 1 % off the CPU's f16 result):
+    // they take f32 operands.
+    let tc = dt == ElaDt::BF16 && kernel == ElaKernel::EluPlusOne;
+    let mt = if tc { DType::BF16 } else { DType::F32 };
+    // tile.cuh's chunk length: 32 rows for f32 operands wider than 64.
+    let c = if !tc && (f > 64 || e > 64) { 32 } else { 64 };
+    if dims.t.div_ceil(c) >= i32::MAX as usize {
+        return None;
+    }
+    let plan = Plan { file: KernelFile::ElaLa { dt, tc, f: f16, e: e16 }, c, f, e, mt };
+    let most = [plan.scan_smem(), plan.out_smem(Widths::Fe), plan.out_smem(Widths::Ef)].into_iter().max()?;
+    (most <= dev.max_shared_memory_per_block()).then_some(plan)
+}
+
+impl Plan {
+    /// Row stride in shared memory of an `n`-wide tile (`LDP` of tile.cuh).
+    fn lp(&self, n: usize) -> usize {
+        n + if self.mt == DType::F32 { 4 } else { 8 }
+    }
+    /// Columns of `X` per scan block (`LA_EB` in la_chunk.cu): half of them on tensor cores, 16
+    /// with f32 operands.
+    fn scan_cols(&self) -> usize {
+        if self.mt == DType::F32 {
+            16
+        } else {
+            self.e / 2
+        }
+    }
+    /// Dynamic shared memory of `la_scan` (mirrors its carve).
+    fn scan_smem(&self) -> u32 {
+        (2 * self.c * (self.lp(self.f) + self.lp(self.scan_cols())) * self.mt.size_in_bytes()) as u32
+    }
+    /// Dynamic shared memory of `la_out_fe` / `la_out_ef` (mirrors `la_out_impl`'s carve: the
+    /// operand tiles, or the f32 output tile that replaces them).
+    fn out_smem(&self, w: Widths) -> u32 {
+        let (c, ki, no) = match w {
+            Widths::Fe => (self.c, self.f, self.e),
+            Widths::Ef => (self.c, self.e, self.f),
+        };
+        let (sr, sc) = if w == Widths::Fe { (ki, no) } else { (no, ki) };
+        let tiles = 2 * c * self.lp(ki) + c * self.lp(no) + sr * self.lp(sc) + c * self.lp(c);
+        (tiles * self.mt.size_in_bytes()).max(c * (no + 4) * 4) as u32
+    }
+}
+
+/// Sizes of one call: `n` sequences of `t` rows, `nch` chunks of `c` (`tp = nch * c` rows per
+/// sequence in the operand buffers).
+#[derive(Clone, Copy, Debug)]
+struct Geo {
+    n: usize,
+    t: usize,
+    nch: usize,
+    tp: usize,
+}
+
+impl Geo {
+    fn new(pl: &Plan, dims: &ElaDims) -> Geo {
+        let nch = dims.t.div_ceil(pl.c);
+        Geo { n: dims.sequences(), t: dims.t, nch, tp: nch * pl.c }
+    }
+    /// The launch of a row kernel over `rows` rows of each sequence (grid y: the sequence).
+    fn rows_cfg(&self, rows: usize) -> Cfg {
+        Cfg { grid: rows.div_ceil(ROWS_PER_BLOCK) as u32, grid_y: self.n as u32, block: THREADS }
+    }
+}
+
+impl Cuda {
+    /// `phi(x)` (`key` false) or `psi(x)` (`key` true) of every row, `[n][tp][f]` operands.
+    fn ela_fc_features(
+        &self,
+        pl: &Plan,
+        g: Geo,
+        x: &CudaStorage,
+        d: usize,
+        kernel: ElaKernel,
+        key: bool,
+    ) -> Result<CudaStorage> {
+        let out = self.alloc(pl.mt, g.n * g.tp * pl.f)?;
+        let args = [
+            Arg::Ptr(x.ptr()),
+            Arg::Ptr(out.ptr()),
+            Arg::n(g.t),
+            Arg::n(g.tp),
+            Arg::I32(d as i32),
+            Arg::I32(pl.f as i32),
+            Arg::I32(kernel.code()),
+            Arg::I32(key as i32),
+        ];
+        let name = format!("ela_la_feat_{}_{}_{}", dt(x.dtype()), dt(pl.mt), row_variant(d));
+        self.launch(KernelFile::Ela, &name, g.rows_cfg(g.tp), &args)?;
+        Ok(out)
+    }
+
+    /// `[v | 1]` of every row, `[n][tp][e]` operands.
+    fn ela_fc_augment(&self, pl: &Plan, g: Geo, v: &CudaStorage, dv: usize) -> Result<CudaStorage> {
+        let out = self.alloc(pl.mt, g.n * g.tp * pl.e)?;
+        let args = [
+            Arg::Ptr(v.ptr()),
+            Arg::Ptr(out.ptr()),
+            Arg::n(g.t),
+            Arg::n(g.tp),
+            Arg::I32(dv as i32),
+            Arg::I32(pl.e as i32),
+        ];
+        let name = format!("ela_la_aug_{}_{}_{}", dt(v.dtype()), dt(pl.mt), row_variant(dv));
+        self.launch(KernelFile::Ela, &name, g.rows_cfg(g.tp), &args)?;
+        Ok(out)
+    }
+
+    /// The state slots `[n][nch + 1][f][e]` of `sum B^T X` over chunks (forward or `reverse`),
+    /// from `init` and writing the total to `fin` (both f32 `[n][f][e]`, optional).
+    #[allow(clippy::too_many_arguments)]
+    fn ela_fc_scan(
+        &self,
+        pl: &Plan,
+        g: Geo,
+        b: &CudaStorage,
+        x: &CudaStorage,
+        init: u64,
+        fin: u64,
+        reverse: bool,
+    ) -> Result<CudaStorage> {
+        let slots = self.alloc(pl.mt, g.n * (g.nch + 1) * pl.f * pl.e)?;
+        let args = [
+            Arg::Ptr(b.ptr()),
+            Arg::Ptr(x.ptr()),
+            Arg::Ptr(slots.ptr()),
+            Arg::Ptr(init),
+            Arg::Ptr(fin),
+            Arg::I32(g.nch as i32),
+            Arg::I32(reverse as i32),
+        ];
+        let cfg = Cfg { grid: g.n as u32, grid_y: (pl.e / pl.scan_cols()) as u32, block: THREADS };
+        self.launch_smem(pl.file, "la_scan", cfg, pl.scan_smem(), &args)?;
+        Ok(slots)
+    }
+
+    /// One output pass `O = LA(a, b, x)` from `slots` into `out` with the given epilogue (`aux`:
+    /// `y` and `dy` for [`Epilogue::G`]; `den`: where [`Epilogue::Y`] keeps the denominators, or 0).
+    #[allow(clippy::too_many_arguments)]
+    fn ela_fc_out(
+        &self,
+        pl: &Plan,
+        g: Geo,
+        w: Widths,
+        [a, b, x]: [&CudaStorage; 3],
+        slots: &CudaStorage,
+        out: u64,
+        aux: [u64; 2],
+        den: u64,
+        dir: Dir,
+        epi: Epilogue,
+        dv: usize,
+    ) -> Result<()> {
+        let args = [
+            Arg::Ptr(a.ptr()),
+            Arg::Ptr(b.ptr()),
+            Arg::Ptr(x.ptr()),
+            Arg::Ptr(slots.ptr()),
+            Arg::Ptr(out),
+            Arg::Ptr(aux[0]),
+            Arg::Ptr(aux[1]),
+            Arg::Ptr(den),
+            Arg::n(g.t),
+            Arg::I32(g.nch as i32),
+            Arg::I32(dir as i32),
+            Arg::I32(epi as i32),
+            Arg::I32(dv as i32),
+        ];
+        let name = if w == Widths::Fe { "la_out_fe" } else { "la_out_ef" };
+        let cfg = Cfg { grid: g.nch as u32, grid_y: g.n as u32, block: THREADS };
+        self.launch_smem(pl.file, name, cfg, pl.out_smem(w), &args)
+    }
+
+    /// The forward: `y` in the input dtype; a carried `state` (causal only) is read and updated.
+    /// With `save` (no state) it also returns what the backward reuses: `[Phi, Psi, V', S, den]`.
+    pub(super) fn ela_fc_forward(
+        &self,
+        pl: &Plan,
+        [q, k, v]: [&CudaStorage; 3],
+        dims: &ElaDims,
+        p: &ElaParams,
+        state: Option<&mut ElaStateBufs<CudaStorage>>,
+        save: bool,
+    ) -> Result<(CudaStorage, Option<Vec<CudaStorage>>)> {
+        let (d, dv, f) = (dims.d, dims.dv, p.kernel.feature_size(dims.d));
+        let g = Geo::new(pl, dims);
+        let y = self.alloc(q.dtype(), g.n * g.t * dv)?;
+        if g.n == 0 || g.t == 0 {
+            return Ok((y, None));
+        }
+        debug_assert!(p.causal || state.is_none(), "ela_forward: a carried state is causal (ElaParams::validate)");
+        let phi = self.ela_fc_features(pl, g, q, d, p.kernel, false)?;
+        let psi = self.ela_fc_features(pl, g, k, d, p.kernel, true)?;
+        let vaug = self.ela_fc_augment(pl, g, v, dv)?;
+        // A carried (S, z) travels as one f32 [S | z] block of the padded widths.
+        let carried = match &state {
+            Some(st) => {
+                debug_assert!(st.s.dtype() == DType::F32 && st.s.len() == g.n * f * dv, "ela: state for {dims:?}");
+                let size = g.n * pl.f * pl.e;
+                let (init, fin) = (self.alloc(DType::F32, size)?, self.alloc(DType::F32, size)?);
+                self.ela_gc_state(st, &init, g.n, f, pl.f, dv, pl.e, true)?;
+                Some((init, fin))
+            }
+            None => None,
+        };
+        let (init, fin) = carried.as_ref().map_or((0, 0), |(i, f)| (i.ptr(), f.ptr()));
+        let slots = self.ela_fc_scan(pl, g, &psi, &vaug, init, fin, false)?;
+        let dir = if p.causal { Dir::Causal } else { Dir::All };
+        let den = if save && state.is_none() { Some(self.alloc(DType::F32, g.n * g.t)?) } else { None };
+        let den_ptr = den.as_ref().map_or(0, |x| x.ptr());
+        let ops = [&phi, &psi, &vaug];
+        self.ela_fc_out(pl, g, Widths::Fe, ops, &slots, y.ptr(), [0, 0], den_ptr, dir, Epilogue::Y, dv)?;
+        if let (Some(st), Some((_, fin))) = (state, &carried) {
+            self.ela_gc_state(st, fin, g.n, f, pl.f, dv, pl.e, false)?;
+        }
+        Ok((y, den.map(|den| vec![phi, psi, vaug, slots, den])))
+    }
+
+    /// The sizes of the buffers a saving forward keeps (see [`Cuda::ela_fc_forward`]).
+    fn ela_fc_saved_lens(pl: &Plan, g: Geo) -> [usize; 5] {
+        let rows = g.n * g.tp;
+        [rows * pl.f, rows * pl.f, rows * pl.e, g.n * (g.nch + 1) * pl.f * pl.e, g.n * g.t]
+    }
+
+    /// The backward from an empty state: `(dq, dk, dv)` in the input dtype. With `saved` (what a
+    /// saving forward of the same call kept) the operands, the forward state and the denominators
+    /// are reused; without, they are recomputed.
+    pub(super) fn ela_fc_backward(
+        &self,
+        pl: &Plan,
+        [q, k, v, y, dy]: [&CudaStorage; 5],
+        dims: &ElaDims,
+        p: &ElaParams,
+        saved: Option<&[CudaStorage]>,
+    ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+        let (d, dv, x) = (dims.d, dims.dv, q.dtype());
+        let g = Geo::new(pl, dims);
+        let (dq, dk, dvo) = (self.alloc(x, q.len())?, self.alloc(x, k.len())?, self.alloc(x, v.len())?);
+        if g.n == 0 || g.t == 0 {
+            return Ok((dq, dk, dvo));
+        }
+        let (fwd, bwd) = if p.causal { (Dir::Causal, Dir::AntiCausal) } else { (Dir::All, Dir::All) };
+        let gg = self.alloc(pl.mt, g.n * g.tp * pl.e)?;
+        let recomputed;
+        let [phi, psi, vaug, s] = match saved {
+            Some(bufs) => {
+                let want = Self::ela_fc_saved_lens(pl, g);
+                let have: Vec<usize> = bufs.iter().map(|b| b.len()).collect();
+                if have != want || bufs[..4].iter().any(|b| b.dtype() != pl.mt) {
+                    return Err(Error::Backend {
+                        backend: "cuda",
+                        op: "ela_backward",
+                        msg: format!(
+                            "saved forward buffers of {have:?} elements, expected {want:?} ({:?} operands): \
+                             pass what ela_saving returned for these inputs",
+                            pl.mt
+                        ),
+                    });
+                }
+                // G from the kept denominators.
+                let args = [
+                    Arg::Ptr(y.ptr()),
+                    Arg::Ptr(dy.ptr()),
+                    Arg::Ptr(bufs[4].ptr()),
+                    Arg::Ptr(gg.ptr()),
+                    Arg::n(g.t),
+                    Arg::I32(g.nch as i32),
+                    Arg::I32(dv as i32),
+                ];
+                self.launch(pl.file, "la_grad", g.rows_cfg(g.tp), &args)?;
+                [&bufs[0], &bufs[1], &bufs[2], &bufs[3]]
+            }
+            None => {
+                let phi = self.ela_fc_features(pl, g, q, d, p.kernel, false)?;
+                let psi = self.ela_fc_features(pl, g, k, d, p.kernel, true)?;
+                let vaug = self.ela_fc_augment(pl, g, v, dv)?;
+                let s = self.ela_fc_scan(pl, g, &psi, &vaug, 0, 0, false)?;
+                // The forward's output pass again, its epilogue turning den into G.
+                let (ops, aux) = ([&phi, &psi, &vaug], [y.ptr(), dy.ptr()]);
+                self.ela_fc_out(pl, g, Widths::Fe, ops, &s, gg.ptr(), aux, 0, fwd, Epilogue::G, dv)?;
+                recomputed = [phi, psi, vaug, s];
+                [&recomputed[0], &recomputed[1], &recomputed[2], &recomputed[3]]
+            }
+        };
+        // R = sum over later chunks of Phi^T G (global calls: the total, slot nch, either way).
+        let r = self.ela_fc_scan(pl, g, phi, &gg, 0, 0, p.causal)?;
+        let (dphi, dpsi) = (self.alloc(DType::F32, g.n * g.tp * pl.f)?, self.alloc(DType::F32, g.n * g.tp * pl.f)?);
+        self.ela_fc_out(pl, g, Widths::Ef, [&gg, vaug, psi], s, dphi.ptr(), [0, 0], 0, fwd, Epilogue::F32, dv)?;
+        self.ela_fc_out(pl, g, Widths::Ef, [vaug, &gg, phi], &r, dpsi.ptr(), [0, 0], 0, bwd, Epilogue::F32, dv)?;
+        self.ela_fc_out(pl, g, Widths::Fe, [psi, phi, &gg], &r, dvo.ptr(), [0, 0], 0, bwd, Epilogue::Take, dv)?;
+        for (src, gf, out, key) in [(q, &dphi, &dq, false), (k, &dpsi, &dk, true)] {
+            let args = [
+                Arg::Ptr(src.ptr()),
+                Arg::Ptr(gf.ptr()),
+                Arg::Ptr(out.ptr()),
+                Arg::n(g.t),
+                Arg::n(g.tp),
+                Arg::I32(d as i32),
+                Arg::I32(pl.f as i32),
+                Arg::I32(p.kernel.code()),
+                Arg::I32(key as i32),
+            ];
+            let name = format!("ela_la_vjp_{}_{}", dt(x), row_variant(d));
+            self.launch(KernelFile::Ela, &name, g.rows_cfg(g.t), &args)?;
+        }
+        Ok((dq, dk, dvo))
+    }
+}
