@@ -154,6 +154,7 @@ impl KernelFile {
                 ela_kernel_defines()
                     + &with_lines(&[
                         (self.name(), self.source()),
+                        ("ela/features.cuh", include_str!("../kernels/ela/features.cuh")),
                         ("ela/noncausal.cu", include_str!("../kernels/ela/noncausal.cu")),
                         ("ela/gemm_chunk.cu", include_str!("../kernels/ela/gemm_chunk.cu")),
                     ]),
@@ -168,14 +169,17 @@ impl KernelFile {
                     ]),
             ),
             KernelFile::ElaLa { dt, tc, f, e } => Cow::Owned(
-                format!(
-                    "#define ELA_DT {}\n#define LA_IO {}\n#define ELA_D {f}\n#define ELA_DV {e}\n",
-                    if tc { dt as i32 } else { 0 },
-                    dt as i32
-                ) + &with_lines(&[
-                    ("ela/tile.cuh", include_str!("../kernels/ela/tile.cuh")),
-                    (self.name(), self.source()),
-                ]),
+                ela_kernel_defines()
+                    + &format!(
+                        "#define ELA_DT {}\n#define LA_IO {}\n#define ELA_D {f}\n#define ELA_DV {e}\n",
+                        if tc { dt as i32 } else { 0 },
+                        dt as i32
+                    )
+                    + &with_lines(&[
+                        ("ela/tile.cuh", include_str!("../kernels/ela/tile.cuh")),
+                        ("ela/features.cuh", include_str!("../kernels/ela/features.cuh")),
+                        (self.name(), self.source()),
+                    ]),
             ),
             _ => Cow::Borrowed(self.source()),
         }

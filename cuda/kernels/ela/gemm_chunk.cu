@@ -185,10 +185,10 @@ ELA_GC(bf16, BF16)
 ELA_GC(f32, F32)
 
 // ---------------------------------------------------------------- the tensor-core chunked path
-// Rows for the kernels of la_chunk.cu (cuda/src/ops/ela/feature_chunk.rs): operands in O = bf16
-// or f32, [nseq][Tp][ld] with zero padding. Grid (row groups, sequence): one warp takes LA_RB
+// Operand rows for the kernels of la_chunk.cu (cuda/src/ops/ela/feature_chunk.rs): features and
+// [v | 1] in O = bf16 or f32, [nseq][Tp][ld] with zero padding. Grid (row groups, sequence): one warp takes LA_RB
 // consecutive rows of sequence blockIdx.y, lanes over the columns (nc_feature_at /
-// nc_feature_vjp_at of noncausal.cu), every load of its rows issued before any is used. These
+// features.cuh), every load of its rows issued before any is used. These
 // kernels are memory-bound: what they must avoid is latency chains (one row per warp) and 64-bit
 // index divisions (a 64-bit `/` is a long software routine; measured 0.5-1 ms a call at B8 H16
 // T16k D64 on an H200 before the grid took the sequence as its y index).
@@ -259,51 +259,6 @@ __device__ void la_aug(const typename D::S* v, typename O::S* out, i64 T, i64 Tp
     }
 }
 
-// dx of rows t < T of sequence n from the f32 feature gradients gf ([nseq][Tp][ld]).
-template <typename D, int ME>
-__device__ void la_vjp(const typename D::S* x, const float* gf, typename D::S* dx, i64 T, i64 Tp, int d, int ld,
-                       int kern, int key) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const i64 n = blockIdx.y, t0 = ((i64)blockIdx.x * NC_WARPS + warp) * LA_RB;
-    float xv[LA_RB][ME], gv[LA_RB][ME], gd[LA_RB], gd1[LA_RB];
-#pragma unroll
-    for (int i = 0; i < LA_RB; ++i) {
-        const i64 t = t0 + i;
-        const typename D::S* xr = x + (n * T + t) * d;
-        const float* gr = gf + (n * Tp + t) * ld;
-#pragma unroll
-        for (int j = 0; j < ME; ++j) {
-            const int e = lane + 32 * j;
-            xv[i][j] = (t < T && e < d) ? D::load(xr[e]) : 0.f;
-            gv[i][j] = (t < T && e < d) ? gr[e] : 0.f;
-        }
-        gd[i] = gd1[i] = 0.f;
-        if (t < T) nc_extra_grads<float>(kern, gr, d, gd[i], gd1[i]);
-    }
-#pragma unroll
-    for (int i = 0; i < LA_RB; ++i) {
-        const i64 t = t0 + i;
-        if (t >= T) break;
-        float n2 = 0.f, two_s = 0.f;
-        if (kern == K_BLUE) {
-            float a = 0.f, sg = 0.f;
-#pragma unroll
-            for (int j = 0; j < ME; ++j) {
-                a += xv[i][j] * xv[i][j];
-                sg += xv[i][j] * gv[i][j];
-            }
-            n2 = warp_sum<float>(a);
-            two_s = 2.f * (warp_sum<float>(sg) + gd[i]);
-        }
-        typename D::S* o = dx + (n * T + t) * d;
-#pragma unroll
-        for (int j = 0; j < ME; ++j) {
-            const int e = lane + 32 * j;
-            if (e < d) o[e] = D::store(nc_feature_vjp_at<float>(kern, key != 0, xv[i][j], gv[i][j], gd[i], gd1[i], n2, two_s));
-        }
-    }
-}
-
 #define ELA_LA_ROWS(NAME, D, O, ME)                                                                              \
     extern "C" __global__ void ela_la_feat_##NAME##_e##ME(const D::S* x, O::S* out, i64 T, i64 Tp, int d,       \
                                                           int ld, int kern, int key) {                           \
@@ -313,21 +268,13 @@ __device__ void la_vjp(const typename D::S* x, const float* gf, typename D::S* d
                                                          int ld) {                                               \
         la_aug<D, O, ME>(v, out, T, Tp, dv, ld);                                                                 \
     }
-#define ELA_LA_VJP(NAME, D, ME)                                                                                  \
-    extern "C" __global__ void ela_la_vjp_##NAME##_e##ME(const D::S* x, const float* gf, D::S* dx, i64 T, i64 Tp, \
-                                                         int d, int ld, int kern, int key) {                     \
-        la_vjp<D, ME>(x, gf, dx, T, Tp, d, ld, kern, key);                                                       \
-    }
 // Inputs to operands: 16-bit inputs to bf16 (tensor cores) or f32, f32 to f32.
 #define ELA_LA_ALL(ME)                  \
     ELA_LA_ROWS(f16_bf16, F16, BF16, ME) \
     ELA_LA_ROWS(bf16_bf16, BF16, BF16, ME) \
     ELA_LA_ROWS(f16_f32, F16, F32, ME)   \
     ELA_LA_ROWS(bf16_f32, BF16, F32, ME) \
-    ELA_LA_ROWS(f32_f32, F32, F32, ME)   \
-    ELA_LA_VJP(f16, F16, ME)             \
-    ELA_LA_VJP(bf16, BF16, ME)           \
-    ELA_LA_VJP(f32, F32, ME)
+    ELA_LA_ROWS(f32_f32, F32, F32, ME)
 ELA_LA_ALL(2)
 ELA_LA_ALL(4)
 ELA_LA_ALL(8)

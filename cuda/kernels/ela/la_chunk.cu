@@ -11,14 +11,16 @@
 // E = ELA_DV) after tile.cuh: A and B of a call are F or E wide, X the other width.
 //
 //   la_scan, one block per (sequence, LA_EB columns of X), walks the chunks in order (reverse: from
-//     the last) with the running sum S = sum B_c^T X_c [F x E] in registers, and writes the state
+//     the last) with the running sum S = sum B_c^T X_c [F x E] in registers (the next two chunks'
+//     copies in flight while one is multiplied), and writes the state
 //     before each chunk: slot c = the sum over the chunks before c (reverse: after c), slot nch =
 //     the total (plus an optional carried initial state; `fin` gets the total in f32).
 //   la_out_fe / la_out_ef, one block per (chunk, sequence): O_c = A_c S_c + mask(A_c B_c^T) X_c,
 //     with A, B of width F and X of width E (fe), or A, B of width E and X of width F, reading
 //     the [F x E] slots transposed (ef: the backward's state products need S^T). The global form
-//     is O_c = A_c S_total. The epilogue writes O in f32, or y = N / den, or the backward's
-//     G = [dy / den | -(dy . y) / den], or the first dv columns in the input dtype.
+//     is O_c = A_c S_total. The epilogue writes y = N / den, or the backward's
+//     G = [dy / den | -(dy . y) / den], or the first dv columns (dv), or the feature maps' VJP of O
+//     (dq, dk), all in the input dtype but G.
 //
 // Numerics: products with f32 accumulation, on bf16 tensor cores (MT = bf16: elu+1 with 16-bit
 // inputs, whose features are positive, so no sum cancels) or FFMA (MT = f32: f32 inputs, and
@@ -47,10 +49,10 @@ typedef IOT::S IOS;
 #define LA_EB (ELA_MMA ? LA_E / 2 : 16)
 
 // Epilogues of la_out (`mode`).
-#define LA_OUT_F32 0
 #define LA_OUT_Y 1
 #define LA_OUT_G 2
 #define LA_OUT_TAKE 3
+#define LA_OUT_VJP 4
 
 // An R x N output cut into 16 x 8*NT tiles, dealt round-robin to the 8 warps: warp w takes tiles
 // w, w + 8, ...; `has(s)` is warp-uniform, so the tensor-core products stay converged.
@@ -68,39 +70,49 @@ template <int R, int N> struct Nt {
     static constexpr int V = (N % 16 == 0 && (R / 16) * (N / 16) >= ELA_WARPS) ? 2 : 1;
 };
 
-// A ROWS x COLS block of MT copied from global memory (rows `sld` elements apart) to shared
-// memory (rows `dld` apart) as 16-byte vectors: `load` issues every read into registers first,
-// `store` writes them out (so a load can be in flight while the previous tile is used).
-template <int ROWS, int COLS> struct Stage {
-    static constexpr int EPV = 16 / (int)sizeof(MT), NV = ROWS * COLS / EPV;
-    static constexpr int PER = (NV + ELA_THREADS - 1) / ELA_THREADS;
-    static_assert(COLS % EPV == 0, "whole vectors per row");
-    ela_u4 r[PER];
-    __device__ __forceinline__ void load(const MT* src, i64 sld) {
-#pragma unroll
-        for (int i = 0; i < PER; ++i) {
-            const int e = threadIdx.x + i * ELA_THREADS, x = e * EPV;
-            if (e < NV) r[i] = *(const ela_u4*)(src + (x / COLS) * sld + x % COLS);
-        }
-    }
-    __device__ __forceinline__ void store(MT* dst, int dld) const {
-#pragma unroll
-        for (int i = 0; i < PER; ++i) {
-            const int e = threadIdx.x + i * ELA_THREADS, x = e * EPV;
-            if (e < NV) *(ela_u4*)(dst + (x / COLS) * dld + x % COLS) = r[i];
-        }
-    }
-};
-
 // ---------------------------------------------------------------- scan over chunks
+
+// One 16-byte vector global -> shared without passing through registers (cp.async, sm_80 on;
+// older GPUs copy synchronously), and the group bookkeeping of those copies.
+__device__ __forceinline__ void la_cp16(void* dst, const void* src) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
+#else
+    *(ela_u4*)dst = *(const ela_u4*)src;
+#endif
+}
+__device__ __forceinline__ void la_cp_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+// Waits until at most N of this thread's newest copy groups are still in flight.
+template <int N> __device__ __forceinline__ void la_cp_wait() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+// A ROWS x COLS block of MT, global (rows `sld` apart) to shared (rows `dld` apart), asynchronously.
+template <int ROWS, int COLS> __device__ __forceinline__ void la_stage_async(MT* dst, int dld, const MT* src, i64 sld) {
+    constexpr int EPV = 16 / (int)sizeof(MT), NV = ROWS * COLS / EPV;
+    static_assert(COLS % EPV == 0, "whole vectors per row");
+    for (int e = threadIdx.x; e < NV; e += ELA_THREADS) {
+        const int x = e * EPV, r = x / COLS, c = x % COLS;
+        la_cp16(dst + r * dld + c, src + r * sld + c);
+    }
+}
+
+// Stages of the scan's copy pipeline: the chunk being multiplied and the next two in flight.
+#define LA_STAGES 3
 
 extern "C" __global__ void __launch_bounds__(ELA_THREADS)
     la_scan(const MT* B, const MT* X, MT* slots, const float* init, float* fin, int nch, int reverse) {
-    constexpr int F = LA_F, E = LA_E, EB = LA_EB, C = LA_C, LDF = LDP(F), LDX = LDP(EB);
+    constexpr int F = LA_F, E = LA_E, EB = LA_EB, C = LA_C, LDF = LDP(F), LDX = LDP(EB), NS = LA_STAGES;
     typedef Deal<F, EB, 1> W;
-    MT* bs = (MT*)ela_smem;     // [2][C][LDF] B of the current and the next chunk
-    MT* xs = bs + 2 * C * LDF;  // [2][C][LDX] this block's columns of X
-    check_smem(xs + 2 * C * LDX);
+    MT* bs = (MT*)ela_smem;      // [NS][C][LDF] B of a chunk per stage
+    MT* xs = bs + NS * C * LDF;  // [NS][C][LDX] this block's columns of X
+    check_smem(xs + NS * C * LDX);
 
     const int seq = blockIdx.x, j0 = blockIdx.y * EB;
     const i64 Tp = (i64)nch * C;
@@ -127,34 +139,32 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS)
                     store_mt2(dst + ACC_ROW(W::row0(s), e) * E + ACC_COL(W::col0(s), 0, e), acc[s][0][e],
                               acc[s][0][e + 1]);
     };
-    Stage<C, F> sb;
-    Stage<C, EB> sx;
-    sb.load(bq + (i64)chunk(0) * C * F, F);
-    sx.load(xq + (i64)chunk(0) * C * E, E);
-    sb.store(bs, LDF);
-    sx.store(xs, LDX);
-    __syncthreads();
-    for (int it = 0; it < nch; ++it) {
-        const int cur = it & 1;
-        store_slot(chunk(it));
-        const bool next = it + 1 < nch;
-        if (next) {
-            sb.load(bq + (i64)chunk(it + 1) * C * F, F);
-            sx.load(xq + (i64)chunk(it + 1) * C * E, E);
+    // The copies of step `it` into stage it % NS, one group (empty past the end, so that every
+    // thread's group count stays in step with the loop).
+    auto issue = [&](int it) {
+        if (it < nch) {
+            const int st = it % NS;
+            la_stage_async<C, F>(bs + st * C * LDF, LDF, bq + (i64)chunk(it) * C * F, F);
+            la_stage_async<C, EB>(xs + st * C * LDX, LDX, xq + (i64)chunk(it) * C * E, E);
         }
+        la_cp_commit();
+    };
+    issue(0);
+    issue(1);
+    for (int it = 0; it < nch; ++it) {
+        la_cp_wait<1>();  // this thread's copies of step it have landed (it + 1 may be in flight)
+        __syncthreads();  // ...everyone's; and every warp is done with step it - 1's stage
+        issue(it + 2);    // into the stage step it - 1 used
+        store_slot(chunk(it));
         // S += B_c^T X_c: B read transposed from its row-major tile.
+        const int st = it % NS;
 #pragma unroll
         for (int s = 0; s < W::PER; ++s)
             if (W::has(s))
-                mm_tile<1, true, false>(acc[s], bs + cur * C * LDF, LDF, xs + cur * C * LDX, LDX, W::row0(s),
+                mm_tile<1, true, false>(acc[s], bs + st * C * LDF, LDF, xs + st * C * LDX, LDX, W::row0(s),
                                         W::col0(s), C);
-        if (next) {
-            // The other buffer was last read before the previous barrier.
-            sb.store(bs + (cur ^ 1) * C * LDF, LDF);
-            sx.store(xs + (cur ^ 1) * C * LDX, LDX);
-        }
-        __syncthreads();
     }
+    la_cp_wait<0>();
     store_slot(nch);
     if (fin) {
 #pragma unroll
@@ -200,16 +210,18 @@ template <int M> struct GradRow {
 // dir: 0 causal (slot c, keeps j <= i), 1 anti-causal (slot c of a reverse scan, keeps j >= i),
 // 2 global (slot nch, no intra-chunk block: the total already holds it).
 // Epilogue `mode` (rows t < T of the chunk; `dv` the value width):
-//   LA_OUT_F32:  out (float) [seq][Tp][NO] = O, every row;
 //   LA_OUT_Y:    out (IOS) [seq][T][dv] = O[:, :dv] / O[:, dv], and den (if not null; f32
 //                [seq][T]) = O[:, dv] (kept for the backward);
 //   LA_OUT_G:    out (MT) [seq][Tp][NO] = [dy / den | -(dy . y) / den | 0], den = O[:, dv], from
 //                aux0 = y, aux1 = dy (IOS, [seq][T][dv]); padding rows 0;
-//   LA_OUT_TAKE: out (IOS) [seq][T][dv] = O[:, :dv].
+//   LA_OUT_TAKE: out (IOS) [seq][T][dv] = O[:, :dv];
+//   LA_OUT_VJP:  O is the gradient of the features phi (key = 0) or psi (key = 1) of kernel `kern`;
+//                out (IOS) [seq][T][dv] = dx, their vector-Jacobian product at x = aux0 (IOS
+//                [seq][T][dv]; here dv is the input width d).
 template <int KI, int NO, bool STT>
 __device__ __forceinline__ void la_out_impl(const MT* A, const MT* B, const MT* X, const MT* slots, void* out,
                                             const IOS* aux0, const IOS* aux1, float* den, i64 T, int nch, int dir,
-                                            int mode, int dv) {
+                                            int mode, int dv, int kern, int key) {
     constexpr int C = LA_C, LDK = LDP(KI), LDN = LDP(NO), LDC = LDP(C), LDO = NO + 4;
     constexpr int SR = STT ? NO : KI, SC = STT ? KI : NO, LDS = LDP(SC);  // the slot as stored
     MT* as = (MT*)ela_smem;  // [C][LDK]
@@ -224,23 +236,14 @@ __device__ __forceinline__ void la_out_impl(const MT* A, const MT* B, const MT* 
     const int c = blockIdx.x, seq = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const i64 Tp = (i64)nch * C, row0g = seq * Tp + (i64)c * C;
     const i64 slot = (i64)seq * (nch + 1) + (dir == 2 ? nch : c);
-    {
-        Stage<C, KI> la, lb;
-        Stage<C, NO> lx;
-        Stage<SR, SC> ls;
-        la.load(A + row0g * KI, KI);
-        if (dir != 2) {
-            lb.load(B + row0g * KI, KI);
-            lx.load(X + row0g * NO, NO);
-        }
-        ls.load(slots + slot * SR * SC, SC);
-        la.store(as, LDK);
-        if (dir != 2) {
-            lb.store(bs, LDK);
-            lx.store(xs, LDN);
-        }
-        ls.store(ss, LDS);
+    la_stage_async<C, KI>(as, LDK, A + row0g * KI, KI);
+    if (dir != 2) {
+        la_stage_async<C, KI>(bs, LDK, B + row0g * KI, KI);
+        la_stage_async<C, NO>(xs, LDN, X + row0g * NO, NO);
     }
+    la_stage_async<SR, SC>(ss, LDS, slots + slot * SR * SC, SC);
+    la_cp_commit();
+    la_cp_wait<0>();
     __syncthreads();
     if (dir != 2) {
         constexpr int NTM = Nt<C, C>::V;
@@ -286,16 +289,41 @@ __device__ __forceinline__ void la_out_impl(const MT* A, const MT* B, const MT* 
 
     const int n = (int)min((i64)C, T - (i64)c * C);  // rows of the chunk inside the sequence
     const i64 row0t = seq * T + (i64)c * C;           // the chunk's first row in [seq][T] buffers
-    if (mode == LA_OUT_F32) {
-        float* o = (float*)out + row0g * NO;
-        for (int e = tid; e < C * NO; e += ELA_THREADS) o[e] = os[(e / NO) * LDO + e % NO];
-    } else if (mode == LA_OUT_Y || mode == LA_OUT_TAKE) {
+    if (mode == LA_OUT_Y || mode == LA_OUT_TAKE) {
         IOS* o = (IOS*)out + row0t * dv;
         for (int r = warp; r < n; r += ELA_WARPS) {
             const float inv = mode == LA_OUT_Y ? 1.f / os[r * LDO + dv] : 1.f;
             for (int j = lane; j < dv; j += 32) o[(i64)r * dv + j] = IOT::store(os[r * LDO + j] * inv);
         }
         if (mode == LA_OUT_Y && den && tid < n) den[row0t + tid] = os[tid * LDO + dv];
+    } else if (mode == LA_OUT_VJP) {
+        constexpr int M = (NO + 31) / 32;  // d <= F = NO
+        IOS* o = (IOS*)out + row0t * dv;
+        for (int r = warp; r < n; r += ELA_WARPS) {
+            const float* gf = os + r * LDO;
+            const IOS* xr = aux0 + (row0t + r) * dv;
+            float xv[M], a = 0.f, sg = 0.f;
+#pragma unroll
+            for (int j = 0; j < M; ++j) {
+                const int e = lane + 32 * j;
+                xv[j] = e < dv ? IOT::load(xr[e]) : 0.f;
+                a += xv[j] * xv[j];
+                sg += e < dv ? xv[j] * gf[e] : 0.f;
+            }
+            float gd, gd1, n2 = 0.f, two_s = 0.f;
+            nc_extra_grads<float>(kern, gf, dv, gd, gd1);
+            if (kern == K_BLUE) {
+                n2 = warp_sum(a);
+                two_s = 2.f * (warp_sum(sg) + gd);
+            }
+#pragma unroll
+            for (int j = 0; j < M; ++j) {
+                const int e = lane + 32 * j;
+                if (e < dv)
+                    o[(i64)r * dv + e] =
+                        IOT::store(nc_feature_vjp_at<float>(kern, key != 0, xv[j], gf[e], gd, gd1, n2, two_s));
+            }
+        }
     } else {
         MT* g = (MT*)out + row0g * NO;
         for (int r = warp; r < C; r += ELA_WARPS) {
@@ -310,16 +338,16 @@ __device__ __forceinline__ void la_out_impl(const MT* A, const MT* B, const MT* 
 // LA with A, B of width F and X, O of width E (the forward; the backward's dV').
 extern "C" __global__ void __launch_bounds__(ELA_THREADS)
     la_out_fe(const MT* A, const MT* B, const MT* X, const MT* slots, void* out, const IOS* aux0, const IOS* aux1,
-              float* den, i64 T, int nch, int dir, int mode, int dv) {
-    la_out_impl<LA_F, LA_E, false>(A, B, X, slots, out, aux0, aux1, den, T, nch, dir, mode, dv);
+              float* den, i64 T, int nch, int dir, int mode, int dv, int kern, int key) {
+    la_out_impl<LA_F, LA_E, false>(A, B, X, slots, out, aux0, aux1, den, T, nch, dir, mode, dv, kern, key);
 }
 
 // LA with A, B of width E and X, O of width F, the [F x E] slots read transposed (the backward's
-// dPhi and dPsi).
+// dPhi and dPsi, turned into dq and dk by the LA_OUT_VJP epilogue).
 extern "C" __global__ void __launch_bounds__(ELA_THREADS)
     la_out_ef(const MT* A, const MT* B, const MT* X, const MT* slots, void* out, const IOS* aux0, const IOS* aux1,
-              float* den, i64 T, int nch, int dir, int mode, int dv) {
-    la_out_impl<LA_E, LA_F, true>(A, B, X, slots, out, aux0, aux1, den, T, nch, dir, mode, dv);
+              float* den, i64 T, int nch, int dir, int mode, int dv, int kern, int key) {
+    la_out_impl<LA_E, LA_F, true>(A, B, X, slots, out, aux0, aux1, den, T, nch, dir, mode, dv, kern, key);
 }
 
 // G = [dy / den | -(dy . y) / den | 0] ([seq][Tp][E] operands, padding rows 0) from the

@@ -45,6 +45,8 @@ use crate::storage::CudaStorage;
 
 /// Threads per block of the chunk kernels (8 warps; `ELA_THREADS` in tile.cuh).
 const THREADS: u32 = 256;
+/// Chunks staged at once by `la_scan` (`LA_STAGES` in la_chunk.cu).
+const SCAN_STAGES: usize = 3;
 /// Rows per block of the row kernels: 8 warps (`NC_WARPS` in noncausal.cu) of `LA_RB` = 4 rows
 /// (gemm_chunk.cu; `la_grad` in la_chunk.cu alike).
 const ROWS_PER_BLOCK: usize = 32;
@@ -65,15 +67,19 @@ const MAX_OPERAND: usize = 288;
 /// The epilogue of an output pass (`LA_OUT_*` in la_chunk.cu).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Epilogue {
-    /// `O` in f32, every row.
-    F32 = 0,
     /// `y = N / den` in the input dtype.
     Y = 1,
     /// `G = [dy / den | -(dy . y) / den]` in the operand type.
     G = 2,
     /// The first `dv` columns in the input dtype.
     Take = 3,
+    /// `O` is a feature gradient: `dq` or `dk` in the input dtype (the feature map's VJP).
+    Vjp = 4,
 }
+
+/// The feature map a [`Epilogue::Vjp`] pass differentiates: the kernel and `key` (psi) or query
+/// (phi); `None` for the other epilogues.
+type Features = Option<(ElaKernel, bool)>;
 
 /// Which rows a product sums over (`dir` in la_chunk.cu).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,7 +169,7 @@ impl Plan {
     }
     /// Dynamic shared memory of `la_scan` (mirrors its carve).
     fn scan_smem(&self) -> u32 {
-        (2 * self.c * (self.lp(self.f) + self.lp(self.scan_cols())) * self.mt.size_in_bytes()) as u32
+        (SCAN_STAGES * self.c * (self.lp(self.f) + self.lp(self.scan_cols())) * self.mt.size_in_bytes()) as u32
     }
     /// Dynamic shared memory of `la_out_fe` / `la_out_ef` (mirrors `la_out_impl`'s carve: the
     /// operand tiles, or the f32 output tile that replaces them).
@@ -271,7 +277,8 @@ impl Cuda {
     }
 
     /// One output pass `O = LA(a, b, x)` from `slots` into `out` with the given epilogue (`aux`:
-    /// `y` and `dy` for [`Epilogue::G`]; `den`: where [`Epilogue::Y`] keeps the denominators, or 0).
+    /// `y` and `dy` for [`Epilogue::G`], the input rows for [`Epilogue::Vjp`]; `den`: where
+    /// [`Epilogue::Y`] keeps the denominators, or 0; `width`: `dv`, or `d` for [`Epilogue::Vjp`]).
     #[allow(clippy::too_many_arguments)]
     fn ela_fc_out(
         &self,
@@ -284,9 +291,10 @@ impl Cuda {
         aux: [u64; 2],
         den: u64,
         dir: Dir,
-        epi: Epilogue,
-        dv: usize,
+        (epi, feat): (Epilogue, Features),
+        width: usize,
     ) -> Result<()> {
+        let (kern, key) = feat.map_or((0, 0), |(k, key)| (k.code(), key as i32));
         let args = [
             Arg::Ptr(a.ptr()),
             Arg::Ptr(b.ptr()),
@@ -300,7 +308,9 @@ impl Cuda {
             Arg::I32(g.nch as i32),
             Arg::I32(dir as i32),
             Arg::I32(epi as i32),
-            Arg::I32(dv as i32),
+            Arg::I32(width as i32),
+            Arg::I32(kern),
+            Arg::I32(key),
         ];
         let name = if w == Widths::Fe { "la_out_fe" } else { "la_out_ef" };
         let cfg = Cfg { grid: g.nch as u32, grid_y: g.n as u32, block: THREADS };
@@ -345,7 +355,7 @@ impl Cuda {
         let den = if save && state.is_none() { Some(self.alloc(DType::F32, g.n * g.t)?) } else { None };
         let den_ptr = den.as_ref().map_or(0, |x| x.ptr());
         let ops = [&phi, &psi, &vaug];
-        self.ela_fc_out(pl, g, Widths::Fe, ops, &slots, y.ptr(), [0, 0], den_ptr, dir, Epilogue::Y, dv)?;
+        self.ela_fc_out(pl, g, Widths::Fe, ops, &slots, y.ptr(), [0, 0], den_ptr, dir, (Epilogue::Y, None), dv)?;
         if let (Some(st), Some((_, fin))) = (state, &carried) {
             self.ela_gc_state(st, fin, g.n, f, pl.f, dv, pl.e, false)?;
         }
@@ -413,32 +423,19 @@ impl Cuda {
                 let s = self.ela_fc_scan(pl, g, &psi, &vaug, 0, 0, false)?;
                 // The forward's output pass again, its epilogue turning den into G.
                 let (ops, aux) = ([&phi, &psi, &vaug], [y.ptr(), dy.ptr()]);
-                self.ela_fc_out(pl, g, Widths::Fe, ops, &s, gg.ptr(), aux, 0, fwd, Epilogue::G, dv)?;
+                self.ela_fc_out(pl, g, Widths::Fe, ops, &s, gg.ptr(), aux, 0, fwd, (Epilogue::G, None), dv)?;
                 recomputed = [phi, psi, vaug, s];
                 [&recomputed[0], &recomputed[1], &recomputed[2], &recomputed[3]]
             }
         };
         // R = sum over later chunks of Phi^T G (global calls: the total, slot nch, either way).
         let r = self.ela_fc_scan(pl, g, phi, &gg, 0, 0, p.causal)?;
-        let (dphi, dpsi) = (self.alloc(DType::F32, g.n * g.tp * pl.f)?, self.alloc(DType::F32, g.n * g.tp * pl.f)?);
-        self.ela_fc_out(pl, g, Widths::Ef, [&gg, vaug, psi], s, dphi.ptr(), [0, 0], 0, fwd, Epilogue::F32, dv)?;
-        self.ela_fc_out(pl, g, Widths::Ef, [vaug, &gg, phi], &r, dpsi.ptr(), [0, 0], 0, bwd, Epilogue::F32, dv)?;
-        self.ela_fc_out(pl, g, Widths::Fe, [psi, phi, &gg], &r, dvo.ptr(), [0, 0], 0, bwd, Epilogue::Take, dv)?;
-        for (src, gf, out, key) in [(q, &dphi, &dq, false), (k, &dpsi, &dk, true)] {
-            let args = [
-                Arg::Ptr(src.ptr()),
-                Arg::Ptr(gf.ptr()),
-                Arg::Ptr(out.ptr()),
-                Arg::n(g.t),
-                Arg::n(g.tp),
-                Arg::I32(d as i32),
-                Arg::I32(pl.f as i32),
-                Arg::I32(p.kernel.code()),
-                Arg::I32(key as i32),
-            ];
-            let name = format!("ela_la_vjp_{}_{}", dt(x), row_variant(d));
-            self.launch(KernelFile::Ela, &name, g.rows_cfg(g.t), &args)?;
-        }
+        // dPhi, dPsi straight into dq, dk (their epilogue applies the feature maps' VJPs).
+        let (kq, kk) = ((Epilogue::Vjp, Some((p.kernel, false))), (Epilogue::Vjp, Some((p.kernel, true))));
+        self.ela_fc_out(pl, g, Widths::Ef, [&gg, vaug, psi], s, dq.ptr(), [q.ptr(), 0], 0, fwd, kq, d)?;
+        self.ela_fc_out(pl, g, Widths::Ef, [vaug, &gg, phi], &r, dk.ptr(), [k.ptr(), 0], 0, bwd, kk, d)?;
+        let take = (Epilogue::Take, None);
+        self.ela_fc_out(pl, g, Widths::Fe, [psi, phi, &gg], &r, dvo.ptr(), [0, 0], 0, bwd, take, dv)?;
         Ok((dq, dk, dvo))
     }
 }
