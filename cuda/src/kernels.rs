@@ -50,6 +50,18 @@ pub enum ElaDt {
     BF16 = 2,
 }
 
+impl ElaDt {
+    /// The variant for inputs of `dtype` (`None` for f64 and the integer types).
+    pub fn of(dtype: ela_core::DType) -> Option<ElaDt> {
+        match dtype {
+            ela_core::DType::F32 => Some(ElaDt::F32),
+            ela_core::DType::F16 => Some(ElaDt::F16),
+            ela_core::DType::BF16 => Some(ElaDt::BF16),
+            _ => None,
+        }
+    }
+}
+
 /// One kernel source file (one op family).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KernelFile {
@@ -144,8 +156,10 @@ impl KernelFile {
 
     /// The text NVRTC compiles after the common prelude: [`KernelFile::source`]; for the fused
     /// ELA kernels preceded by the kernel-code defines ([`ela_kernel_defines`]) and followed by the
-    /// non-causal and cuBLAS-chunked files; for the chunked ELA kernels the variant's defines, the tile header, then
-    /// the forward, backward and step files. The ELA files have no `#include`: NVRTC gets them
+    /// element-wise feature maps, the non-causal and the cuBLAS-chunked files; for the chunked
+    /// Hadamard-Exp kernels the variant's defines, the tile header, then the forward, backward and
+    /// step files; for the chunked linear attention the kernel codes, the variant's defines, the
+    /// tile header, the feature maps and `la_chunk.cu`. The ELA files have no `#include`: NVRTC gets them
     /// concatenated here, each after a `#line` naming it, so its messages point into the right
     /// file.
     pub fn full_source(self) -> Cow<'static, str> {

@@ -14,6 +14,10 @@
 //   ela_gc_grad_*   [dy / den | -(dy . y) / den] per row, the "values" of the backward products;
 //   ela_gc_take_*   the first w columns of an f32 buffer, in the input dtype (dv);
 //   ela_gc_vjp_*    dq or dk from the feature gradients (features_vjp() of recurrent.cu).
+//
+// The same file builds the operand rows of the fused chunked path (la_chunk.cu), at the end:
+//   ela_la_feat_*   phi(q) or psi(k) in bf16 or f32 operand rows;
+//   ela_la_aug_*    [v | 1] likewise.
 
 // One block per row (grid-stride over rows); blockDim a multiple of 32 (block_sum).
 template <typename D>

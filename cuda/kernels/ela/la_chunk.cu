@@ -1,35 +1,36 @@
-// Chunked unnormalised linear attention on tensor cores, the primitive every feature-map kernel
-// (sum/sub squared Euclidean, blueprint, Identity, elu+1) is built from (cuda/src/ops/ela/
-// feature_chunk.rs has the algorithm and the four ways it is used):
+// Chunked unnormalised linear attention, the primitive every feature-map kernel (sum/sub squared
+// Euclidean, blueprint, Identity, elu+1) is built from (cuda/src/ops/ela/feature_chunk.rs has the
+// algorithm and the ways it is used; docs/ela.md, "The chunked form of the feature-map kernels",
+// the derivation):
 //
 //   LA(A, B, X)_i = sum_{j <= i} (A_i . B_j) X_j     (anti-causal: j >= i; global: every j)
 //
-// Operands are materialised rows in the tile operand type MT (bf16 for 16-bit inputs, f32 for
-// f32 inputs), [seq][Tp][width] with Tp = nch * C rows (whole chunks) and widths that are
-// multiples of 16; the padding (rows t >= T, columns past the data) is zero, so it adds nothing
-// to any product and no kernel here checks row counts. Compiled once per (ELA_DT, F = ELA_D,
-// E = ELA_DV) after tile.cuh: A and B of a call are F or E wide, X the other width.
+// Operands are materialised rows in the tile operand type MT (bf16 or f32, below), [seq][Tp][width]
+// with Tp = nch * C rows (whole chunks) and widths that are multiples of 16; the padding (rows
+// t >= T, columns past the data) is zero, so it adds nothing to any product and no kernel here
+// checks row counts. Compiled once per (LA_IO, ELA_DT, F = ELA_D, E = ELA_DV) after tile.cuh and
+// features.cuh: A and B of a call are F or E wide, X the other width.
 //
 //   la_scan, one block per (sequence, LA_EB columns of X), walks the chunks in order (reverse: from
-//     the last) with the running sum S = sum B_c^T X_c [F x E] in registers (the next two chunks'
-//     copies in flight while one is multiplied), and writes the state
-//     before each chunk: slot c = the sum over the chunks before c (reverse: after c), slot nch =
-//     the total (plus an optional carried initial state; `fin` gets the total in f32).
+//     the last) with the running sum S = sum B_c^T X_c [F x E] in registers (the next two
+//     chunks' copies in flight while one is multiplied), and writes the state before each chunk:
+//     slot c = the sum over the chunks before c (reverse: after c), slot nch = the total (plus an
+//     optional carried initial state; `fin` gets the total in f32).
 //   la_out_fe / la_out_ef, one block per (chunk, sequence): O_c = A_c S_c + mask(A_c B_c^T) X_c,
 //     with A, B of width F and X of width E (fe), or A, B of width E and X of width F, reading
 //     the [F x E] slots transposed (ef: the backward's state products need S^T). The global form
 //     is O_c = A_c S_total. The epilogue writes y = N / den, or the backward's
 //     G = [dy / den | -(dy . y) / den], or the first dv columns (dv), or the feature maps' VJP of O
 //     (dq, dk), all in the input dtype but G.
+//   la_grad: G from the denominators a saving forward kept.
 //
-// Numerics: products with f32 accumulation, on bf16 tensor cores (MT = bf16: elu+1 with 16-bit
-// inputs, whose features are positive, so no sum cancels) or FFMA (MT = f32: f32 inputs, and
-// the signed kernels at every input dtype), which stays exact to f32 rounding. The slots are
-// stored in MT, so a bf16-operand call rounds the state to bf16 once per chunk, as the
-// Hadamard-Exp kernels do.
+// Numerics: products with f32 accumulation, on bf16 tensor cores (MT = bf16: elu+1 with bf16
+// inputs, whose features are positive, so no sum cancels) or FFMA (MT = f32: every other call),
+// which stays exact to f32 rounding. The slots are stored in MT, so a bf16-operand call rounds
+// the state to bf16 once per chunk, as the Hadamard-Exp kernels do.
 
 // The dtype of the inputs and outputs (q, k, v, y, dy: LA_IO, 0 f32, 1 f16, 2 bf16), which may
-// differ from the operands' (ELA_DT): 16-bit inputs of the signed kernels use f32 operands.
+// differ from the operands' (ELA_DT): 16-bit inputs other than elu+1's bf16 use f32 operands.
 #if LA_IO == 0
 typedef F32 IOT;
 #elif LA_IO == 1

@@ -60,12 +60,7 @@ pub(crate) fn variant(kernel: ElaKernel, dtype: DType, dims: &ElaDims) -> Option
         // Debugging/benchmark switch: force the per-token scan.
         return None;
     }
-    let dt = match dtype {
-        DType::F32 => ElaDt::F32,
-        DType::F16 => ElaDt::F16,
-        DType::BF16 => ElaDt::BF16,
-        _ => return None,
-    };
+    let dt = ElaDt::of(dtype)?;
     let sizes_ok = [64, 128].contains(&dims.d) && [64, 128].contains(&dims.dv);
     if kernel != ElaKernel::HadamardExp || !sizes_ok || dims.sequences() > 65_535 {
         return None;

@@ -1,6 +1,7 @@
-//! The chunked tensor-core path of fused ELA for the feature-map kernels (sum/sub squared
-//! Euclidean, blueprint, Identity, elu+1, any feature size `F`): the fast path of these kernels
-//! on the GPU (`kernels/ela/la_chunk.cu`; the row kernels around it are in `gemm_chunk.cu`).
+//! The chunked path of fused ELA for the feature-map kernels (sum/sub squared Euclidean,
+//! blueprint, Identity, elu+1, any feature size `F`): the fast path of these kernels on the GPU
+//! (`kernels/ela/la_chunk.cu`; the operand rows are built by `gemm_chunk.cu`). docs/ela.md, "The
+//! chunked form of the feature-map kernels", has the derivation.
 //!
 //! These kernels need no log-scale units, so the forward and backward are made of one primitive,
 //! unnormalised linear attention
@@ -12,28 +13,27 @@
 //! computed in chunks of `C` rows: a scan over the chunks writes the state each chunk starts from,
 //! `S_c = sum_{c' < c} B_c'^T X_c'` (the reverse scan: `c' > c`), and one block per chunk computes
 //! `O_c = A_c S_c + mask(A_c B_c^T) X_c`. Operands are materialised rows: `Phi = phi(q)`,
-//! `Psi = psi(k)` (`F` padded to a multiple of 16) and `V' = [v | 1]` (`E` = `Dv + 1` padded), in
-//! bf16 for 16-bit inputs (tensor cores, f32 accumulation, bf16 state slots, like the
-//! Hadamard-Exp kernels) or f32 for f32 inputs (FFMA, exact to f32 rounding).
+//! `Psi = psi(k)` (`F` padded to a multiple of 16) and `V' = [v | 1]` (`E` = `Dv + 1` padded): bf16
+//! for elu+1 with bf16 inputs (tensor cores, f32 accumulation, bf16 state slots, like the
+//! Hadamard-Exp kernels), else f32 (FFMA, exact to f32 rounding; see [`plan`] for why).
 //!
 //! Forward: `S = scan(Psi, V')`, `y = N / den` with `[N | den] = LA(Phi, Psi, V')` (eq. (L) of
-//! docs/ela.md), the division in the output kernel's epilogue.
+//! docs/ela.md), the division in the output pass's epilogue.
 //!
-//! Backward (docs/ela.md, "The cuBLAS chunked form" has the derivation): with
-//! `G_i = [dy_i / den_i | -(dy_i . y_i) / den_i]`,
+//! Backward: with `G_i = [dy_i / den_i | -(dy_i . y_i) / den_i]`,
 //!
 //! ```text
 //! dPhi = LA(G, V', Psi)      dPsi = LA~(V', G, Phi)      dV' = LA~(Psi, Phi, G)
 //! ```
 //!
 //! Their states are the forward state `S = sum Psi^T V'` (read transposed for `dPhi`) and the
-//! reverse state `R = sum_{later} Phi^T G` (transposed for `dPsi`): two scans serve all three. The
-//! backward recomputes `S`, then one output pass gives `den` and writes `G` directly (its
-//! epilogue), the reverse scan gives `R`, and three output passes give `dPhi`, `dPsi` and `dv`;
-//! the feature maps' vector-Jacobian products turn `dPhi`, `dPsi` into `dq`, `dk`.
+//! reverse state `R = sum_{later} Phi^T G` (transposed for `dPsi`): two scans serve all three.
+//! `G` comes from the denominators a saving forward kept (or from the forward's output pass
+//! again, with a `G` epilogue), and the three output passes write `dq`, `dk` (their epilogue
+//! applies the feature maps' vector-Jacobian products) and `dv` in the input dtype.
 //!
-//! Taken when every kernel's tiles fit in the GPU's shared memory (feature and value widths up
-//! to about 144 in bf16, 128 in f32 on an H100/H200), else the cuBLAS form of `gemm_chunk.rs`.
+//! Taken when every kernel's tiles fit in the GPU's shared memory (on an H100/H200, `D = Dv` up to
+//! 190 with f32 operands, 238 with bf16), else the cuBLAS form of `gemm_chunk.rs`.
 
 use ela_core::ela::{ElaDims, ElaKernel, ElaParams, ElaStateBufs};
 use ela_core::{DType, Error, Result};
@@ -51,7 +51,13 @@ const SCAN_STAGES: usize = 3;
 /// (gemm_chunk.cu; `la_grad` in la_chunk.cu alike).
 const ROWS_PER_BLOCK: usize = 32;
 
-/// The row kernels' variant for rows of `width` inputs: `_e2`, `_e4` or `_e8` elements per lane.
+/// The widest input row (`d`, `dv`) and operand row (`f`, `e`) the row kernels hold in
+/// registers (their `_e8` variant: 8 elements per lane, one more for operand rows).
+const MAX_IN: usize = 256;
+const MAX_OPERAND: usize = 288;
+
+/// The row kernels' variant for input rows of `width` elements (`ME` in gemm_chunk.cu: 2, 4 or 8
+/// per lane; an operand row of the padded width `pad16(width + 2)` fits in `ME + 1`).
 fn row_variant(width: usize) -> &'static str {
     match width {
         0..=64 => "e2",
@@ -59,10 +65,6 @@ fn row_variant(width: usize) -> &'static str {
         _ => "e8",
     }
 }
-/// The widest input row (`d`, `dv`) and operand row (`f`, `e`) the row kernels hold in
-/// registers (`LA_MAXE`, `LA_MAXO` in gemm_chunk.cu).
-const MAX_IN: usize = 256;
-const MAX_OPERAND: usize = 288;
 
 /// The epilogue of an output pass (`LA_OUT_*` in la_chunk.cu).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,7 +108,7 @@ pub(super) struct Plan {
     f: usize,
     /// Padded width of `[v | 1]`.
     e: usize,
-    /// Operand type: bf16 (16-bit inputs) or f32.
+    /// Operand type: bf16 (elu+1 with bf16 inputs) or f32.
     mt: DType,
 }
 
@@ -121,12 +123,7 @@ pub(super) fn plan(dev: &Cuda, kernel: ElaKernel, dtype: DType, dims: &ElaDims) 
     if std::env::var_os("ELA_CUDA_SCAN_ONLY").is_some() || std::env::var_os("ELA_CUDA_GEMM_CHUNK").is_some() {
         return None;
     }
-    let dt = match dtype {
-        DType::F32 => ElaDt::F32,
-        DType::F16 => ElaDt::F16,
-        DType::BF16 => ElaDt::BF16,
-        _ => return None,
-    };
+    let dt = ElaDt::of(dtype)?;
     if kernel == ElaKernel::HadamardExp || dims.sequences() > 65_535 {
         return None;
     }

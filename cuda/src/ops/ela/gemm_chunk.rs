@@ -1,7 +1,9 @@
 //! The chunked form of fused ELA for the feature-map kernels (sum/sub squared Euclidean,
 //! blueprint, Identity, elu+1) with f32/f16/bf16 inputs and any head size, built on cuBLAS
-//! batched GEMMs (`kernels/ela/gemm_chunk.cu` has the small kernels around them). The per-token
-//! scan of `recurrent.rs` stays the reference and the path of f64 inputs.
+//! batched GEMMs (`kernels/ela/gemm_chunk.cu` has the small kernels around them): the path of
+//! heads too wide for the fused kernels of `feature_chunk.rs` (e.g. `D = 256`), and of every call
+//! with `ELA_CUDA_GEMM_CHUNK` set. The per-token scan of `recurrent.rs` stays the reference and
+//! the path of f64 inputs.
 //!
 //! These kernels need no log-scale units (their features are not exponentials), so the whole
 //! computation is one primitive applied four times, unnormalised causal linear attention
