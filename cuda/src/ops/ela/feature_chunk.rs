@@ -123,6 +123,11 @@ pub(super) fn plan(dev: &Cuda, kernel: ElaKernel, dtype: DType, dims: &ElaDims) 
     if std::env::var_os("ELA_CUDA_SCAN_ONLY").is_some() || std::env::var_os("ELA_CUDA_GEMM_CHUNK").is_some() {
         return None;
     }
+    plan_for(kernel, dtype, dims, dev.max_shared_memory_per_block())
+}
+
+/// [`plan`] for a GPU whose blocks may have `smem_limit` bytes of shared memory.
+fn plan_for(kernel: ElaKernel, dtype: DType, dims: &ElaDims, smem_limit: u32) -> Option<Plan> {
     let dt = ElaDt::of(dtype)?;
     if kernel == ElaKernel::HadamardExp || dims.sequences() > 65_535 {
         return None;
@@ -147,7 +152,7 @@ pub(super) fn plan(dev: &Cuda, kernel: ElaKernel, dtype: DType, dims: &ElaDims) 
     }
     let plan = Plan { file: KernelFile::ElaLa { dt, tc, f: f16, e: e16 }, c, f, e, mt };
     let most = [plan.scan_smem(), plan.out_smem(Widths::Fe), plan.out_smem(Widths::Ef)].into_iter().max()?;
-    (most <= dev.max_shared_memory_per_block()).then_some(plan)
+    (most <= smem_limit).then_some(plan)
 }
 
 impl Plan {
@@ -434,5 +439,68 @@ impl Cuda {
         let take = (Epilogue::Take, None);
         self.ela_fc_out(pl, g, Widths::Fe, [psi, phi, &gg], &r, dvo.ptr(), [0, 0], 0, bwd, take, dv)?;
         Ok((dq, dk, dvo))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The opt-in shared memory of an H100/H200 block (227 KiB).
+    const HOPPER: u32 = 232_448;
+
+    fn dims(t: usize, d: usize, dv: usize) -> ElaDims {
+        ElaDims { batch: 8, heads: 16, t, d, dv }
+    }
+
+    #[test]
+    fn bf16_operands_only_for_elu_plus_one_with_bf16_inputs() {
+        let tc = |k, dt| plan_for(k, dt, &dims(4096, 64, 64), HOPPER).map(|p| p.mt);
+        assert_eq!(tc(ElaKernel::EluPlusOne, DType::BF16), Some(DType::BF16));
+        for dt in [DType::F16, DType::F32] {
+            assert_eq!(tc(ElaKernel::EluPlusOne, dt), Some(DType::F32), "{dt:?}");
+        }
+        for k in [ElaKernel::SumSqEuclid, ElaKernel::SubSqEuclid, ElaKernel::Blueprint, ElaKernel::Identity] {
+            assert_eq!(tc(k, DType::BF16), Some(DType::F32), "{k}");
+        }
+        assert!(tc(ElaKernel::HadamardExp, DType::BF16).is_none(), "Hadamard Exp has its own kernels");
+        assert!(tc(ElaKernel::Identity, DType::F64).is_none(), "f64 keeps the scan");
+    }
+
+    #[test]
+    fn widths_pad_to_16_and_chunks_follow_the_operand_type() {
+        // sum-sq: F = D + 2 = 66 -> 80, [v | 1] = 65 -> 80; f32 operands wider than 64: C = 32.
+        let p = plan_for(ElaKernel::SumSqEuclid, DType::F32, &dims(100, 64, 64), HOPPER).unwrap();
+        assert_eq!((p.f, p.e, p.c), (80, 80, 32));
+        let p = plan_for(ElaKernel::EluPlusOne, DType::BF16, &dims(100, 64, 5), HOPPER).unwrap();
+        assert_eq!((p.f, p.e, p.c), (64, 16, 64));
+        assert_eq!(p.file, KernelFile::ElaLa { dt: ElaDt::BF16, tc: true, f: 64, e: 16 });
+    }
+
+    #[test]
+    fn heads_too_wide_for_shared_memory_take_the_cublas_form() {
+        // The largest D = Dv whose tiles fit on an H100/H200 (docs/ela.md): 190 with f32
+        // operands, 238 with bf16 ones.
+        let fits = |k, dt, d| plan_for(k, dt, &dims(64, d, d), HOPPER).is_some();
+        assert!(fits(ElaKernel::SumSqEuclid, DType::F32, 190) && !fits(ElaKernel::SumSqEuclid, DType::F32, 191));
+        assert!(fits(ElaKernel::EluPlusOne, DType::BF16, 238) && !fits(ElaKernel::EluPlusOne, DType::BF16, 256));
+        assert!(!fits(ElaKernel::Identity, DType::F32, 256));
+        // A GPU with less shared memory (99 KiB, sm_86) takes narrower heads only.
+        assert!(plan_for(ElaKernel::SumSqEuclid, DType::F32, &dims(64, 128, 128), 101_376).is_none());
+        assert!(plan_for(ElaKernel::SumSqEuclid, DType::F32, &dims(64, 64, 64), 101_376).is_some());
+    }
+
+    #[test]
+    fn every_row_width_has_a_row_kernel_variant() {
+        // The row kernels hold ME (+ 1) elements per lane: inputs up to 32 ME, operand rows up to
+        // 32 (ME + 1) = the widest padded feature row of an input that wide.
+        for d in 1..=MAX_IN {
+            let me = match row_variant(d) {
+                "e2" => 2,
+                "e4" => 4,
+                _ => 8,
+            };
+            assert!(d <= 32 * me && pad16(d + 2) <= 32 * (me + 1), "d = {d}");
+        }
     }
 }
