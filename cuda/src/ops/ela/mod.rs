@@ -5,8 +5,9 @@
 //! - `chunk.rs`: Hadamard Exp with f32/f16/bf16 inputs and head sizes 64 or 128, the chunked
 //!   tensor-core kernels (`chunk_fwd.cu`, `chunk_bwd.cu`);
 //! - `noncausal.rs`: non-causal calls with small heads, the parallel form (`noncausal.cu`);
-//! - `feature_chunk.rs`: the other kernels with f32/f16/bf16 inputs, the chunked form on tensor
-//!   cores (`la_chunk.cu`), where its tiles fit in shared memory;
+//! - `feature_chunk.rs`: the other kernels with f32/f16/bf16 inputs, the fused chunked form
+//!   (`la_chunk.cu`: bf16 tensor cores for elu+1 with bf16 inputs, f32 FFMA products otherwise),
+//!   where its tiles fit in shared memory;
 //! - `gemm_chunk.rs`: the same kernels at larger head sizes, the chunked form on cuBLAS GEMMs
 //!   (`gemm_chunk.cu` holds the small kernels around both);
 //! - `recurrent.rs`: every other call (f64 inputs, Hadamard Exp heads outside the chunked
