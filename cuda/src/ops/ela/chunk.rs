@@ -10,7 +10,7 @@
 //! per (chunk, sequence) for `dq, dk, dv`.
 
 use ela_core::ela::{ElaDims, ElaKernel, ElaStateBufs};
-use ela_core::{DType, Error, Result};
+use ela_core::{DType, Result};
 
 use crate::device::{Arg, Cfg, Cuda};
 use crate::kernels::{ElaDt, KernelFile};
@@ -286,15 +286,7 @@ impl Cuda {
             let want = [n * (nch + 1) * cv.f * cv.dv, n * (nch + 1) * cv.f, n * (nch + 1) * cv.f, n * t * 4];
             let have = [s.len(), z.len(), m.len(), rows.len()];
             if want != have || s.dtype() != cv.mt {
-                return Err(Error::Backend {
-                    backend: "cuda",
-                    op: "ela_backward",
-                    msg: format!(
-                        "saved forward buffers of {have:?} elements, expected {want:?} ({:?} slots): \
-                         pass what ela_saving returned for these inputs",
-                        cv.mt
-                    ),
-                });
+                return Err(super::saved_mismatch(&have, &want, format!("{:?} slots", cv.mt)));
             }
             let args = [Arg::Ptr(rows.ptr()), Arg::Ptr(dy.ptr()), Arg::Ptr(y.ptr()), Arg::n(n * t)];
             let cfg = Cfg { grid: (n * t).div_ceil(cv.c) as u32, grid_y: 1, block: THREADS };

@@ -36,7 +36,7 @@
 //! 190 with f32 operands, 238 with bf16), else the cuBLAS form of `gemm_chunk.rs`.
 
 use ela_core::ela::{ElaDims, ElaKernel, ElaParams, ElaStateBufs};
-use ela_core::{DType, Error, Result};
+use ela_core::{DType, Result};
 
 use crate::device::{Arg, Cfg, Cuda};
 use crate::kernels::{ElaDt, KernelFile};
@@ -395,15 +395,7 @@ impl Cuda {
                 let want = Self::ela_fc_saved_lens(pl, g);
                 let have: Vec<usize> = bufs.iter().map(|b| b.len()).collect();
                 if have != want || bufs[..4].iter().any(|b| b.dtype() != pl.mt) {
-                    return Err(Error::Backend {
-                        backend: "cuda",
-                        op: "ela_backward",
-                        msg: format!(
-                            "saved forward buffers of {have:?} elements, expected {want:?} ({:?} operands): \
-                             pass what ela_saving returned for these inputs",
-                            pl.mt
-                        ),
-                    });
+                    return Err(super::saved_mismatch(&have, &want, format!("{:?} operands", pl.mt)));
                 }
                 // G from the kept denominators.
                 let args = [

@@ -43,6 +43,19 @@ fn qkv_dtype(q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, dims: &ElaDims) 
     q.dtype()
 }
 
+/// The error for saved forward buffers that do not fit the backward's call (`have`, `want`:
+/// their lengths; `kind`: what they hold, for the message).
+fn saved_mismatch(have: &[usize], want: &[usize], kind: String) -> ela_core::Error {
+    ela_core::Error::Backend {
+        backend: "cuda",
+        op: "ela_backward",
+        msg: format!(
+            "saved forward buffers of {have:?} elements, expected {want:?} ({kind}): pass what ela_saving \
+             returned for these inputs"
+        ),
+    }
+}
+
 /// The state buffers' device addresses. The state was made by `FusedElaState::new` for these sizes and
 /// kernel, and `FusedElaState` checks what it is fed (debug builds assert it here).
 fn state_ptrs(st: &ElaStateBufs<CudaStorage>, dims: &ElaDims, kernel: ElaKernel, sd: DType) -> (u64, u64, u64) {
