@@ -52,7 +52,9 @@ fn main() {
             }
         },
     };
-    if let Err(e) = run(cli) {
+    // On a worker of the CPU thread pool, each CPU op runs in place instead of handing its work
+    // over and sleeping (ela_core::cpu::threads has the measurement).
+    if let Err(e) = ela_core::cpu::threads::on_worker(|| run(cli)) {
         fail(1, &format!("error: {e}"));
     }
 }

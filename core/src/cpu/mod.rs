@@ -18,6 +18,7 @@ pub mod optim;
 pub mod reduce;
 pub mod storage;
 pub(crate) mod strided;
+pub mod threads;
 
 pub use storage::CpuStorage;
 
