@@ -10,6 +10,11 @@ use ela_nn::module::ParamStore;
 use ela_nn::optim::{AdamW, AdamWConfig, Optimizer};
 
 fn main() -> Result<()> {
+    // On a worker of the CPU thread pool each op runs in place (docs/usage.md, "A training step").
+    ela_core::cpu::threads::on_worker(train)
+}
+
+fn train() -> Result<()> {
     // A small model: the default switches (residual links, causal Memory Lobe, MoE) at toy size.
     let cfg = LmConfig { dim: 32, layers: 2, heads: 2, ffn_hidden: 64, ..LmConfig::small() };
     let store = ParamStore::new(&Cpu, DType::F32, 0);
