@@ -108,8 +108,8 @@ pub enum KernelFile {
 }
 
 impl KernelFile {
-    /// Every kernel file (the chunked ELA kernels in two representative variants: the
-    /// tensor-core path and the f32 path with 32-row chunks).
+    /// Every kernel file (each family of chunked ELA kernels in two representative variants:
+    /// the tensor-core path and an f32-operand path with 32-row chunks).
     pub const ALL: [KernelFile; 11] = [
         KernelFile::Elementwise,
         KernelFile::Reduce,
