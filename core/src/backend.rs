@@ -40,6 +40,14 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
     fn peak_memory(&self) -> Option<u64> {
         None
     }
+    /// True while the calling thread records this device's work into a graph instead of running
+    /// it (a CUDA graph capture). Nothing recorded has run yet, so no value can be read back to
+    /// the host: the tensor layer then skips its host-side checks of index values (the index
+    /// kernels skip an out-of-range index rather than read out of bounds), and whoever feeds the
+    /// captured graph checks its indices when writing them. `false` by default (the CPU).
+    fn is_capturing(&self) -> bool {
+        false
+    }
 
     /// The dtype of a buffer.
     fn storage_dtype(storage: &Self::Storage) -> DType;

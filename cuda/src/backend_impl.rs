@@ -55,6 +55,9 @@ impl Backend for Cuda {
     fn available_memory(&self) -> Option<u64> {
         self.free_memory().ok()
     }
+    fn is_capturing(&self) -> bool {
+        Cuda::is_capturing(self)
+    }
     fn peak_memory(&self) -> Option<u64> {
         Some(self.memory_stats().peak_bytes as u64)
     }

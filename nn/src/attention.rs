@@ -68,6 +68,41 @@ impl<B: Backend> AttnCache<B> {
             AttnCache::Ela(_) => Ok(()),
         }
     }
+
+    /// Why a decoding step with this cache cannot be recorded once and replayed (a CUDA graph),
+    /// or `None` when it can: an ELA state is updated in place by work that is the same at every
+    /// position; a KV cache is written at the current position and read up to it, so each step
+    /// is different work.
+    pub fn replay_blocker(&self) -> Option<&'static str> {
+        match self {
+            AttnCache::Kv(_) => Some("a softmax layer's KV cache is written and read up to the current position"),
+            AttnCache::Ela(_) => None,
+        }
+    }
+
+    /// Counts `n` steps run by replays of a recorded step (see
+    /// [`ela_core::FusedElaState::count_replayed_steps`]); an error for a KV cache, whose
+    /// steps cannot be replayed.
+    pub fn count_replayed_steps(&mut self, n: usize) -> Result<()> {
+        match self {
+            AttnCache::Ela(s) => {
+                s.count_replayed_steps(n);
+                Ok(())
+            }
+            AttnCache::Kv(_) => {
+                Err(Error::invalid("AttnCache::count_replayed_steps", "a KV cache step cannot be replayed"))
+            }
+        }
+    }
+
+    /// An independent copy of an ELA state (to run a step without changing this one); `None`
+    /// for a KV cache.
+    pub fn try_clone_state(&self) -> Option<Result<Self>> {
+        match self {
+            AttnCache::Ela(s) => Some(s.try_clone().map(AttnCache::Ela)),
+            AttnCache::Kv(_) => None,
+        }
+    }
 }
 
 /// Multi-head attention (see the module docs).
@@ -103,6 +138,13 @@ impl<B: Backend> Attention<B> {
     /// The configuration.
     pub fn config(&self) -> &AttentionConfig {
         &self.cfg
+    }
+
+    /// Why this layer's decoding step is different work at every position, so cannot be
+    /// recorded once and replayed (a CUDA graph), or `None` (its cache may still block it:
+    /// [`AttnCache::replay_blocker`]).
+    pub fn step_replay_blocker(&self) -> Option<&'static str> {
+        self.rope.as_ref().map(|_| "RoPE rotates q and k by the current position")
     }
 
     fn head_dim(&self) -> usize {

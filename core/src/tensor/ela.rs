@@ -315,6 +315,13 @@ impl<B: Backend> FusedElaState<B> {
         self.tokens
     }
 
+    /// Counts `n` steps that ran without [`FusedElaState::step`]: replays of a CUDA graph that
+    /// recorded one `step` on this state's buffers (each replay updates the buffers in place, but
+    /// only the host call that was recorded counted its token). Changes no buffer.
+    pub fn count_replayed_steps(&mut self, n: usize) {
+        self.tokens += n;
+    }
+
     /// Copies of the buffers as tensors: `S` `[batch, heads, F, dv]`, `z` `[batch, heads, F]` and
     /// the log-scales `m` `[batch, heads, F]` (Hadamard Exp), in the state dtype. For Hadamard Exp
     /// the true sums are `exp(m) * S` and `exp(m) * z` (row-wise).

@@ -106,6 +106,12 @@ impl<B: Backend> ElaState<B> {
         self.inner.tokens()
     }
 
+    /// Counts `n` steps run by replays of a captured step (see
+    /// [`FusedElaState::count_replayed_steps`]).
+    pub fn count_replayed_steps(&mut self, n: usize) {
+        self.inner.count_replayed_steps(n);
+    }
+
     /// The state of the fused ops (buffers, feature size, dtypes).
     pub fn inner(&self) -> &FusedElaState<B> {
         &self.inner
