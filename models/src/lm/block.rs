@@ -44,6 +44,31 @@ impl<B: Backend> BlockCache<B> {
         self.attn.reserve(additional)?;
         self.lobe.as_mut().map_or(Ok(()), |c| c.reserve(additional))
     }
+
+    fn caches(&self) -> impl Iterator<Item = &AttnCache<B>> {
+        std::iter::once(&self.attn).chain(self.lobe.as_ref())
+    }
+
+    /// Why a step with these caches cannot be replayed ([`AttnCache::replay_blocker`]).
+    pub fn replay_blocker(&self) -> Option<&'static str> {
+        self.caches().find_map(|c| c.replay_blocker())
+    }
+
+    /// Counts `n` replayed steps in every cache ([`AttnCache::count_replayed_steps`]).
+    pub fn count_replayed_steps(&mut self, n: usize) -> Result<()> {
+        self.attn.count_replayed_steps(n)?;
+        self.lobe.as_mut().map_or(Ok(()), |c| c.count_replayed_steps(n))
+    }
+
+    /// An independent copy of ELA caches (`None` if a cache is a KV cache).
+    pub fn try_clone_states(&self) -> Option<Result<Self>> {
+        let attn = self.attn.try_clone_state()?;
+        let lobe = match &self.lobe {
+            Some(c) => Some(c.try_clone_state()?),
+            None => None,
+        };
+        Some((|| Ok(BlockCache { attn: attn?, lobe: lobe.transpose()? }))())
+    }
 }
 
 /// One layer.
@@ -210,6 +235,16 @@ impl<B: Backend> Block<B> {
             Ok(m)
         })?;
         Ok((out, BlockCache { attn: attn_cache, lobe: lobe_cache }))
+    }
+
+    /// Why this layer's decoding step is different work at every position or reads values back
+    /// to the host, so cannot be recorded once and replayed, or `None` (its caches may still
+    /// block it: [`BlockCache::replay_blocker`]).
+    pub fn step_replay_blocker(&self) -> Option<&'static str> {
+        if let Ffn::Moe(_) = self.ffn {
+            return Some("MoE routing reads each expert's tokens back to the host");
+        }
+        self.attn.step_replay_blocker().or_else(|| self.lobe.as_ref().and_then(|l| l.step_replay_blocker()))
     }
 
     /// Decode one position `x [batch, 1, dim]` at absolute position `pos`.

@@ -4,10 +4,12 @@
 pub mod block;
 pub mod config;
 pub mod generate;
+pub mod graph_decode;
 mod mixer;
 pub mod model;
 pub mod size;
 
 pub use config::{AttnKind, Link, LmConfig, LobeMode, MoeSpec};
 pub use generate::{generate, sample, SampleConfig};
+pub use graph_decode::{GraphDecoder, ReplayDevice};
 pub use model::{DecodeState, ElaLm, LmOutput};

@@ -41,6 +41,25 @@ impl<B: Backend> DecodeState<B> {
     pub fn reserve(&mut self, additional: usize) -> Result<()> {
         self.caches.iter_mut().try_for_each(|c| c.reserve(additional))
     }
+
+    /// Why a step from this state cannot be replayed ([`BlockCache::replay_blocker`]).
+    pub(crate) fn replay_blocker(&self) -> Option<&'static str> {
+        self.caches.iter().find_map(|c| c.replay_blocker())
+    }
+
+    /// Counts `n` steps run by replays of a recorded [`ElaLm::step_ids`]: the position and every
+    /// ELA state's token count advance; no buffer changes.
+    pub(crate) fn count_replayed_steps(&mut self, n: usize) -> Result<()> {
+        self.caches.iter_mut().try_for_each(|c| c.count_replayed_steps(n))?;
+        self.pos += n;
+        Ok(())
+    }
+
+    /// An independent copy when every cache is an ELA state (`None` for KV caches).
+    pub(crate) fn try_clone_states(&self) -> Option<Result<Self>> {
+        let caches: Option<Vec<Result<BlockCache<B>>>> = self.caches.iter().map(|c| c.try_clone_states()).collect();
+        Some(caches?.into_iter().collect::<Result<Vec<_>>>().map(|caches| DecodeState { caches, pos: self.pos }))
+    }
 }
 
 /// The ELA language model (see docs/model.md).
@@ -203,6 +222,16 @@ impl<B: Backend> ElaLm<B> {
         })
     }
 
+    /// Why this model's decoding step cannot be recorded once and replayed as a CUDA graph, or
+    /// `None` when it can: the step must be the same work at every position (no RoPE, no softmax
+    /// KV cache) and read nothing back to the host (no MoE routing).
+    pub fn step_replay_blocker(&self) -> Option<&'static str> {
+        if self.cfg.attention == super::AttnKind::Softmax {
+            return Some("a softmax layer's KV cache is written and read up to the current position");
+        }
+        self.blocks.iter().find_map(|b| b.step_replay_blocker())
+    }
+
     /// Run a prompt `[batch, time]` and return the logits of its last position `[batch, vocab]`
     /// and the state to continue decoding from.
     pub fn prefill(&self, ids: &Tensor<B>) -> Result<(Tensor<B>, DecodeState<B>)> {
@@ -228,8 +257,19 @@ impl<B: Backend> ElaLm<B> {
     pub fn step(&self, tokens: &[u32], state: &mut DecodeState<B>) -> Result<Tensor<B>> {
         let dev = self.store.device();
         let ids = Tensor::from_cpu_storage(&CpuStorage::U32(tokens.to_vec()), [tokens.len(), 1], dev)?;
+        self.step_ids(&ids, state)
+    }
+
+    /// [`ElaLm::step`] with the tokens already on the device: `ids` `[batch, 1]` u32. Nothing in
+    /// it reads back to the host for a model without [`ElaLm::step_replay_blocker`], so it can be
+    /// recorded into a CUDA graph (see [`super::GraphDecoder`]).
+    pub fn step_ids(&self, ids: &Tensor<B>, state: &mut DecodeState<B>) -> Result<Tensor<B>> {
+        let (_, t) = self.check_ids(ids)?;
+        if t != 1 {
+            return Err(Error::invalid("ElaLm::step_ids", format!("ids must be [batch, 1], got {}", ids.shape())));
+        }
         no_grad(|| {
-            let mut h = self.embed(&ids)?;
+            let mut h = self.embed(ids)?;
             for (b, c) in self.blocks.iter().zip(state.caches.iter_mut()) {
                 h = b.step(&h, state.pos, c)?;
             }

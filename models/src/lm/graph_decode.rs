@@ -1,0 +1,185 @@
+//! Decoding with the whole step recorded once as a CUDA graph and replayed per token.
+//!
+//! A decoding step of a small LM is a hundred or so small kernels, and issuing them one by one
+//! costs the host more time than the GPU spends on them. An ELA layer's step is the same work at
+//! every position (its state `(S, z)` is updated in place, whatever the context), so the whole
+//! step can be recorded once ([`ela_cuda::Cuda::capture`]) and replayed with one driver call:
+//! the token ids are written into a fixed device buffer, the graph runs, and the logits appear in
+//! a fixed output buffer.
+//!
+//! What cannot be replayed is refused up front, with the reason ([`ElaLm::step_replay_blocker`]):
+//! a softmax KV cache and RoPE depend on the position, and MoE routing reads the experts' token
+//! assignments back to the host. Token ids are range-checked on the host before they are written
+//! (the recorded embedding lookup cannot check values that do not exist yet when it is recorded).
+
+use ela_core::{Backend, Cpu, CpuStorage, Error, Result, Tensor};
+
+use super::model::{DecodeState, ElaLm};
+
+/// A device that can record queued work once and replay it: CUDA graphs. The CPU runs every
+/// step directly and refuses to record.
+pub trait ReplayDevice: Backend {
+    /// A recorded, replayable piece of work.
+    type Graph;
+    /// Records the device work that `f` queues (without running it) and returns it with `f`'s
+    /// result, whose tensors hold values after each replay.
+    fn record<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<(Self::Graph, T)>;
+    /// Queues one run of `graph`.
+    fn replay(&self, graph: &Self::Graph) -> Result<()>;
+    /// The number of operations (kernels, copies) in `graph`.
+    fn graph_nodes(graph: &Self::Graph) -> usize;
+    /// Writes `data` into the existing buffer of `dst` (same element count), which a recorded
+    /// graph reads.
+    fn write_u32(&self, dst: &Tensor<Self>, data: &[u32]) -> Result<()>;
+}
+
+impl ReplayDevice for Cpu {
+    type Graph = std::convert::Infallible;
+    fn record<T>(&self, _f: impl FnOnce() -> Result<T>) -> Result<(Self::Graph, T)> {
+        Err(Error::invalid(
+            "GraphDecoder",
+            "recording a decoding step needs a CUDA device (CUDA graphs); on the CPU decode with ElaLm::step, \
+             which has no launch cost to save",
+        ))
+    }
+    fn replay(&self, graph: &Self::Graph) -> Result<()> {
+        match *graph {}
+    }
+    fn graph_nodes(graph: &Self::Graph) -> usize {
+        match *graph {}
+    }
+    fn write_u32(&self, _dst: &Tensor<Self>, _data: &[u32]) -> Result<()> {
+        Err(Error::invalid("GraphDecoder", "no recorded graph on the CPU"))
+    }
+}
+
+impl ReplayDevice for ela_cuda::Cuda {
+    type Graph = ela_cuda::CudaGraphExec;
+    fn record<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<(Self::Graph, T)> {
+        self.capture(f)
+    }
+    fn replay(&self, graph: &Self::Graph) -> Result<()> {
+        graph.replay()
+    }
+    fn graph_nodes(graph: &Self::Graph) -> usize {
+        graph.num_nodes()
+    }
+    fn write_u32(&self, dst: &Tensor<Self>, data: &[u32]) -> Result<()> {
+        self.write_from_host(dst, data)
+    }
+}
+
+/// Decodes with one recorded step replayed per token (module docs). Holds the decoding state;
+/// [`GraphDecoder::into_state`] hands it back, with its position, to decode eagerly again.
+///
+/// ```no_run
+/// # use ela_core::{DType, Result};
+/// # use ela_models::lm::{ElaLm, GraphDecoder, LmConfig};
+/// # use ela_nn::module::ParamStore;
+/// # fn main() -> Result<()> {
+/// let dev = ela_cuda::Cuda::new(0)?;
+/// let mut cfg = LmConfig::small();
+/// cfg.moe = None; // MoE routing reads back to the host: no graph
+/// let model = ElaLm::new(&ParamStore::new(&dev, DType::F32, 0), cfg)?;
+/// let prompt = ela_core::Tensor::from_vec(vec![72u32, 105], [1, 2], &dev)?;
+/// let (_, state) = model.prefill(&prompt)?;
+/// let mut dec = GraphDecoder::new(&model, state, &[33])?; // records, then runs token 33
+/// let first = dec.logits().to_vec_f64()?;
+/// let second = dec.step(&[10])?.to_vec_f64()?; // one replay
+/// # let _ = (first, second);
+/// # Ok(()) }
+/// ```
+pub struct GraphDecoder<'m, B: ReplayDevice> {
+    model: &'m ElaLm<B>,
+    state: DecodeState<B>,
+    /// The recorded step's input `[batch, 1]`, rewritten before each replay.
+    ids: Tensor<B>,
+    /// The recorded step's output `[batch, vocab]`, rewritten by each replay.
+    logits: Tensor<B>,
+    graph: B::Graph,
+}
+
+impl<'m, B: ReplayDevice> GraphDecoder<'m, B> {
+    /// Records one decoding step of `model` from `state` and runs it for `tokens` (one per batch
+    /// row; their logits are then [`GraphDecoder::logits`]).
+    ///
+    /// Before recording, the step runs once on a copy of the state (which compiles its kernels
+    /// and fills the allocator's cache, so that recording allocates nothing new); the copy is
+    /// then dropped. Errors: a model or state whose step cannot be replayed (the reason is
+    /// named), tokens out of the vocabulary or not one per row, a device without graphs.
+    pub fn new(model: &'m ElaLm<B>, mut state: DecodeState<B>, tokens: &[u32]) -> Result<Self> {
+        const OP: &str = "GraphDecoder::new";
+        if let Some(why) = model.step_replay_blocker().or_else(|| state.replay_blocker()) {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "this model's decoding step cannot be recorded once and replayed: {why}; decode with ElaLm::step"
+                ),
+            ));
+        }
+        check_tokens(OP, model, tokens, None)?;
+        let dev = model.store().device();
+        let ids = Tensor::from_cpu_storage(&CpuStorage::U32(tokens.to_vec()), [tokens.len(), 1], dev)?;
+        {
+            let mut scratch =
+                state.try_clone_states().ok_or_else(|| Error::invalid(OP, "every layer must keep an ELA state"))??;
+            model.step_ids(&ids, &mut scratch)?;
+        }
+        // The recorded call counts its step on `state` although nothing runs yet; the replay
+        // right after runs it, so the count and the buffers agree again.
+        let (graph, logits) = dev.record(|| model.step_ids(&ids, &mut state))?;
+        dev.replay(&graph)?;
+        Ok(GraphDecoder { model, state, ids, logits, graph })
+    }
+
+    /// Decodes one token per batch row by one replay, and returns the logits `[batch, vocab]`:
+    /// the decoder's output buffer, which the next step overwrites (copy what must be kept).
+    pub fn step(&mut self, tokens: &[u32]) -> Result<&Tensor<B>> {
+        check_tokens("GraphDecoder::step", self.model, tokens, Some(self.ids.dims()[0]))?;
+        let dev = self.model.store().device();
+        dev.write_u32(&self.ids, tokens)?;
+        dev.replay(&self.graph)?;
+        self.state.count_replayed_steps(1)?;
+        Ok(&self.logits)
+    }
+
+    /// The logits of the last step `[batch, vocab]`.
+    pub fn logits(&self) -> &Tensor<B> {
+        &self.logits
+    }
+
+    /// Tokens processed so far (prompt and decoded).
+    pub fn position(&self) -> usize {
+        self.state.position()
+    }
+
+    /// The number of operations one replay runs (kernels, GEMMs, copies).
+    pub fn graph_nodes(&self) -> usize {
+        B::graph_nodes(&self.graph)
+    }
+
+    /// Bytes of decoding state (constant in the context).
+    pub fn state_bytes(&self) -> usize {
+        self.state.bytes()
+    }
+
+    /// The decoding state, to continue with [`ElaLm::step`] (the graph is freed).
+    pub fn into_state(self) -> DecodeState<B> {
+        self.state
+    }
+}
+
+fn check_tokens<B: Backend>(op: &'static str, model: &ElaLm<B>, tokens: &[u32], batch: Option<usize>) -> Result<()> {
+    if tokens.is_empty() || batch.is_some_and(|b| b != tokens.len()) {
+        let want = batch.map_or("at least one".to_string(), |b| b.to_string());
+        return Err(Error::invalid(
+            op,
+            format!("got {} tokens; the step was recorded for one per batch row ({want})", tokens.len()),
+        ));
+    }
+    let vocab = model.config().vocab;
+    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+        return Err(Error::invalid(op, format!("token {bad} is outside the vocabulary of {vocab}")));
+    }
+    Ok(())
+}
