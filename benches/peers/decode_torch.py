@@ -3,7 +3,7 @@
 in PyTorch with `scaled_dot_product_attention` over a preallocated KV cache.
 
     python3 benches/peers/decode_torch.py [--contexts 1024,4096] [--batch 1] [--steps 32] \
-        [--dim 128 --layers 4 --heads 4 --ffn-hidden 256] [--modes eager,graph] [--json out.json]
+        [--dim 128 --layers 4 --heads 4 --ffn-hidden 256] [--modes eager,graph,compile] [--json out.json]
 
 The model is the one the Rust benchmark builds (models/src/cli/bench/decode.rs): byte vocabulary
 (256), tied embeddings, Hyper-Link blocks (`x + a + ffn(a)` with `a = attn(norm1(x))`), dense
@@ -16,6 +16,10 @@ Two ways a practitioner decodes with a KV cache:
 - `graph`: the whole step captured in one CUDA graph (what `torch.compile(mode="reduce-overhead")`
   does for a static cache): positions are device tensors, attention reads the whole buffer with a
   mask over the unfilled positions (static shapes), so its cost follows the capacity.
+- `compile`: the same masked step compiled by `torch.compile` (Inductor fuses the norms, SwiGLU
+  and residual adds into Triton kernels; `dynamic=True`, so one compilation serves every context
+  and batch) and then captured in one CUDA graph: `reduce-overhead` done by hand, so that the
+  capture and the replays are the same as `graph`'s. Compilation happens in the untimed warm-up.
 Prefill runs SDPA with `is_causal=True` (flash / memory-efficient kernels; no N x N matrix).
 Each timed step includes copying the logits to the host, as the Rust benchmark does. Timings are
 medians of `--steps` steps after one warm-up, by wall clock after a device synchronisation.
@@ -78,6 +82,11 @@ class DecodeLm:
             h = h + a + self.ffn(a, w)
         return self.logits(h[:, -1])
 
+    def compiled_step(self):
+        if not hasattr(self, "_compiled"):
+            self._compiled = torch.compile(self.step, dynamic=True)
+        return self._compiled
+
     def step(self, tok, pos, kc, vc, mask=None):
         """One token per row; `pos` a 1-element long tensor on the device. With `mask` (static
         shapes, for graph capture) attention reads the whole buffer; without, the prefix."""
@@ -123,6 +132,7 @@ def measure(lm, n, batch, steps, mode, dev):
                 times.append((time.perf_counter() - t0) * 1e3)
             pos += 1
     else:
+        step = lm.compiled_step() if mode == "compile" else lm.step
         # Static shapes: an additive mask over the buffer, -inf past the current position.
         slots = torch.arange(cap, device=dev)
         mask = torch.zeros(1, 1, 1, cap, device=dev, dtype=lm.dtype)
@@ -130,12 +140,12 @@ def measure(lm, n, batch, steps, mode, dev):
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
-            lm.step(tok, pos, kc, vc, mask)  # warm-up on a side stream before capture
+            step(tok, pos, kc, vc, mask)  # warm-up on a side stream before capture
         torch.cuda.current_stream().wait_stream(s)
         # The warm-up wrote position n; capture re-writes it, and the timed replays advance.
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = lm.step(tok, pos, kc, vc, mask)
+            out = step(tok, pos, kc, vc, mask)
         for i in range(steps + 1):
             mask.copy_(torch.where(slots <= pos, 0.0, float("-inf"))[None, None, None])
             sync(dev)
@@ -161,9 +171,10 @@ def self_check(lm, modes, dev):
         lm.prefill(ids[:, :16], kc, vc)
         pos = torch.tensor([16], device=dev)
         mask = None
-        if m == "graph":
+        if m in ("graph", "compile"):
             mask = torch.where(torch.arange(20, device=dev) <= 16, 0.0, float("-inf"))[None, None, None].to(lm.dtype)
-        got = lm.step(ids[:, 16], pos, kc, vc, mask)
+        step = lm.compiled_step() if m == "compile" else lm.step
+        got = step(ids[:, 16], pos, kc, vc, mask)
         err = ((got - want).abs().max() / want.abs().max()).item()
         if err > tol:
             raise SystemExit(f"decode_torch: {m} decoding differs from the prefill by {err:.2e} (relative)")
@@ -172,7 +183,7 @@ def self_check(lm, modes, dev):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--contexts", default="1024,2048,4096,8192")
-    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--batch", default="1", help="batch sizes, comma-separated")
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
@@ -185,25 +196,29 @@ def main():
     ap.add_argument("--json", help="also write the rows as JSON here")
     a = ap.parse_args()
     dev = torch.device(a.device)
-    modes = [m for m in a.modes.split(",") if m and (m != "graph" or dev.type == "cuda")]
+    modes = [m for m in a.modes.split(",") if m and (m == "eager" or dev.type == "cuda")]
     torch.backends.cuda.matmul.allow_tf32 = False
     dtype = torch.float32 if a.dtype == "f32" else torch.bfloat16
     lm = DecodeLm(a.dim, a.layers, a.heads, a.ffn_hidden, dev, dtype)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     print(f"decode_torch: PyTorch {torch.__version__} on {name}; LM dim {a.dim} layers {a.layers} heads {a.heads} "
-          f"ffn {a.ffn_hidden} {a.dtype}, batch {a.batch}, {a.steps} timed steps")
+          f"ffn {a.ffn_hidden} {a.dtype}, batch {a.batch}, {a.steps} timed steps", flush=True)
+    batches = [int(x) for x in a.batch.split(",")]
     with torch.no_grad():
         self_check(lm, modes, dev)
-        measure(lm, 64, a.batch, 2, modes[0], dev)  # one-off costs (cuBLAS handles, kernel selection)
         rows = []
-        print("| context | " + " | ".join(f"{m} ms/token" for m in modes) + " | prefill s |")
-        print("|---:|" + "---:|" * (len(modes) + 1))
-        for n in [int(x) for x in a.contexts.split(",")]:
-            row = {"context": n, "batch": a.batch}
+        print("| batch | context | " + " | ".join(f"{m} ms/token" for m in modes) + " | prefill s |")
+        print("|---:|---:|" + "---:|" * (len(modes) + 1))
+        for b in batches:
             for m in modes:
-                row[f"{m}_ms"], row["prefill_s"] = measure(lm, n, a.batch, a.steps, m, dev)
-            rows.append(row)
-            print(f"| {n} | " + " | ".join(f"{row[f'{m}_ms']:.3f}" for m in modes) + f" | {row['prefill_s']:.3f} |")
+                measure(lm, 64, b, 2, m, dev)  # one-off costs (cuBLAS handles, kernel selection, compilation)
+            for n in [int(x) for x in a.contexts.split(",")]:
+                row = {"context": n, "batch": b}
+                for m in modes:
+                    row[f"{m}_ms"], row["prefill_s"] = measure(lm, n, b, a.steps, m, dev)
+                rows.append(row)
+                print(f"| {b} | {n} | " + " | ".join(f"{row[f'{m}_ms']:.3f}" for m in modes)
+                      + f" | {row['prefill_s']:.3f} |", flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"device": name, "torch": torch.__version__, "dtype": a.dtype, "rows": rows}, f, indent=1)

@@ -22,7 +22,7 @@ use ela_nn::module::ParamStore;
 use super::{fmt_bytes, fmt_ms, machine, median, parse_list};
 use crate::budget::Estimate;
 use crate::lm::size::{add_decoding, add_prefill, param_count};
-use crate::lm::{AttnKind, ElaLm, Link, LmConfig, LobeMode};
+use crate::lm::{AttnKind, ElaLm, GraphDecoder, Link, LmConfig, LobeMode, ReplayDevice};
 
 /// Options of `ela bench decode`.
 #[derive(clap::Args, Debug, Clone)]
@@ -30,6 +30,17 @@ pub struct BenchDecodeArgs {
     /// Context lengths N (prompt tokens before decoding), comma-separated.
     #[arg(long, default_value = "1024,2048,4096,8192,16384,32768,65536")]
     pub contexts: String,
+    /// Batch sizes (sequences decoded together, one token each per step), comma-separated.
+    #[arg(long, default_value = "1")]
+    pub batch: String,
+    /// Also time the ELA model's step recorded once as a CUDA graph and replayed per token
+    /// (`GraphDecoder`; needs `--device cuda`).
+    #[arg(long)]
+    pub graph: bool,
+    /// Dtype of the weights and activations: f32, or bf16 (weights stored in bf16, as for
+    /// inference; ELA states and every sum stay f32).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    pub dtype: String,
     /// Timed decoding steps per context (the median is reported), after one warm-up step.
     #[arg(long, default_value_t = 16)]
     pub steps: usize,
@@ -122,22 +133,79 @@ pub(crate) fn measure<B: Backend>(
     Ok(Cell { step_ms: median(&mut times), prefill_s, bytes })
 }
 
-/// Measure both models at every context: `[ela, softmax]` per context.
-fn go<B: Backend>(args: &BenchDecodeArgs, contexts: &[usize], dev: &B) -> Result<Vec<[Option<Cell>; 2]>> {
+/// [`measure`] with the ELA model's step recorded once and replayed per token
+/// ([`GraphDecoder`]): the same prompt handling; recording, and the first replay, untimed.
+pub(crate) fn measure_graph<B: ReplayDevice>(
+    model: &ElaLm<B>,
+    n: usize,
+    batch: usize,
+    steps: usize,
+    rng: &mut Rng,
+    dev: &B,
+) -> Result<Cell> {
+    let tokens = |rng: &mut Rng| -> Vec<u32> { (0..batch).map(|_| rng.below(256) as u32).collect() };
+    let ids: Vec<u32> = (0..n).flat_map(|_| tokens(rng)).collect();
+    let ids = Tensor::from_cpu_storage(&CpuStorage::U32(ids), [batch, n], dev)?;
+    let t0 = Instant::now();
+    let (logits, state) = model.prefill(&ids)?;
+    logits.to_vec_f64()?;
+    let prefill_s = t0.elapsed().as_secs_f64();
+    let bytes = state.bytes();
+    let mut dec = GraphDecoder::new(model, state, &tokens(rng))?;
+    dec.logits().to_vec_f64()?;
+    crate::errln!("ela bench decode: the recorded step has {} operations", dec.graph_nodes());
+    let mut times = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let next = tokens(rng);
+        let t0 = Instant::now();
+        dec.step(&next)?.to_vec_f64()?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    // Diagnostic: the same steps without reading the logits back in between (the tokens are
+    // still written and checked each step), i.e. what the host-device round trip costs.
+    let next = tokens(rng);
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        dec.step(&next)?;
+    }
+    dec.logits().to_vec_f64()?;
+    let queued = t0.elapsed().as_secs_f64() * 1e3 / steps as f64;
+    crate::errln!("ela bench decode: graph steps without reading the logits: {queued:.4} ms per step");
+    Ok(Cell { step_ms: median(&mut times), prefill_s, bytes })
+}
+
+/// The cells of one batch size and context: ELA eager, ELA graph, softmax.
+type Row = [Option<Cell>; 3];
+
+/// Measure both models at every batch size and context.
+fn go<B: ReplayDevice>(args: &BenchDecodeArgs, batches: &[usize], contexts: &[usize], dev: &B) -> Result<Vec<Row>> {
     let kinds = [AttnKind::Ela { kernel: args.kernel, chunk: args.chunk }, AttnKind::Softmax];
-    let mut out = vec![[None, None]; contexts.len()];
-    for (m, kind) in kinds.into_iter().enumerate() {
+    let dtype = args.weight_dtype();
+    let mut out = vec![[None, None, None]; batches.len() * contexts.len()];
+    for kind in kinds {
         let is_softmax = kind == AttnKind::Softmax;
-        let store = ParamStore::new(dev, DType::F32, args.seed);
+        let store = ParamStore::new(dev, dtype, args.seed);
         let model = ElaLm::new(&store, config(args, kind))?;
         let mut rng = Rng::new(args.seed ^ 0xdec0de);
         // Untimed warm-up: first calls pay one-off costs (CUDA kernel compilation, allocator growth).
         measure(&model, 64, 1, 1, &mut rng, dev)?;
-        for (i, &n) in contexts.iter().enumerate() {
+        for (r, (&batch, &n)) in batches.iter().flat_map(|b| contexts.iter().map(move |n| (b, n))).enumerate() {
             if is_softmax && n > args.softmax_max_context {
                 continue;
             }
-            out[i][m] = Some(measure(&model, n, 1, args.steps, &mut rng, dev)?);
+            crate::errln!(
+                "ela bench decode: {} batch {batch}, context {n}",
+                if is_softmax { "softmax" } else { "ELA" }
+            );
+            let cell = Some(measure(&model, n, batch, args.steps, &mut rng, dev)?);
+            if is_softmax {
+                out[r][2] = cell;
+            } else {
+                out[r][0] = cell;
+                if args.graph {
+                    out[r][1] = Some(measure_graph(&model, n, batch, args.steps, &mut rng, dev)?);
+                }
+            }
         }
     }
     Ok(out)
@@ -146,8 +214,12 @@ fn go<B: Backend>(args: &BenchDecodeArgs, contexts: &[usize], dev: &B) -> Result
 /// Run `ela bench decode`.
 pub fn run(args: &BenchDecodeArgs) -> Result<()> {
     let contexts = parse_list("--contexts", &args.contexts)?;
+    let batches = parse_list("--batch", &args.batch)?;
     if args.steps == 0 {
         return Err(Error::invalid("ela bench decode", "--steps must be at least 1"));
+    }
+    if args.graph && !args.device.starts_with("cuda") {
+        return Err(Error::invalid("ela bench decode", "--graph records CUDA graphs: it needs --device cuda"));
     }
     args.check_kernel()?;
     config(args, AttnKind::Softmax).validate()?;
@@ -158,6 +230,8 @@ pub fn run(args: &BenchDecodeArgs) -> Result<()> {
     ] {
         let cfg = config(args, kind);
         let Some(&n) = contexts.iter().filter(|&&n| n <= limit).max() else { continue };
+        // The estimate is per sequence; the largest batch multiplies the context's share.
+        let n = n.saturating_mul(batches.iter().copied().max().unwrap_or(1));
         let mut e = Estimate::new();
         add_decoding(&mut e, &cfg, param_count(&cfg)?, n.saturating_add(args.steps + 1));
         add_prefill(&mut e, &cfg, n);
@@ -167,8 +241,8 @@ pub fn run(args: &BenchDecodeArgs) -> Result<()> {
     // A missing GPU is a one-line error before any output.
     crate::on_device!(&args.device, |_dev| Ok::<(), Error>(()))?;
     crate::outln!(
-        "ela bench decode: LM dim {} layers {} heads {} ffn {} (Hyper-Link, dense SwiGLU, lobe off, f32), ELA kernel {} chunk {}, batch 1, on {}",
-        args.dim, args.layers, args.heads, args.ffn_hidden, args.kernel, args.chunk, args.device
+        "ela bench decode: LM dim {} layers {} heads {} ffn {} (Hyper-Link, dense SwiGLU, lobe off, {}), ELA kernel {} chunk {}, batch {}, on {}",
+        args.dim, args.layers, args.heads, args.ffn_hidden, args.dtype, args.kernel, args.chunk, args.batch, args.device
     );
     crate::outln!("machine: {}", machine());
     if let crate::cli::DeviceChoice::Cuda(ordinal) = crate::cli::parse_device(&args.device)? {
@@ -180,11 +254,12 @@ pub fn run(args: &BenchDecodeArgs) -> Result<()> {
         super::today_utc(),
         args.steps
     );
-    let cells = crate::on_device!(&args.device, |dev| go(args, &contexts, dev))?;
+    let cells = crate::on_device!(&args.device, |dev| go(args, &batches, &contexts, dev))?;
     crate::outln!();
-    crate::outln!("| context | ELA ms/token | ELA state bytes | softmax ms/token | softmax KV-cache bytes | ELA prefill s | softmax prefill s |");
-    crate::outln!("|---:|---:|---:|---:|---:|---:|---:|");
-    for (n, [e, s]) in contexts.iter().zip(&cells) {
+    crate::outln!("| batch | context | ELA ms/token | ELA graph ms/token | ELA state bytes | softmax ms/token | softmax KV-cache bytes | ELA prefill s | softmax prefill s |");
+    crate::outln!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let rows = batches.iter().flat_map(|b| contexts.iter().map(move |n| (b, n)));
+    for ((b, n), [e, g, s]) in rows.zip(&cells) {
         let col = |c: &Option<Cell>| {
             (
                 fmt_ms(c.map(|c| c.step_ms)),
@@ -193,7 +268,8 @@ pub fn run(args: &BenchDecodeArgs) -> Result<()> {
             )
         };
         let ((em, eb, ep), (sm, sb, sp)) = (col(e), col(s));
-        crate::outln!("| {n} | {em} | {eb} | {sm} | {sb} | {ep} | {sp} |");
+        let gm = fmt_ms(g.map(|c| c.step_ms));
+        crate::outln!("| {b} | {n} | {em} | {gm} | {eb} | {sm} | {sb} | {ep} | {sp} |");
     }
     if let Some(&n) = contexts.iter().find(|&&n| n > args.softmax_max_context) {
         // q k^T and p v: 2 N^2 d_h flops each per head and layer, half of them under the mask.
@@ -209,6 +285,14 @@ pub fn run(args: &BenchDecodeArgs) -> Result<()> {
 }
 
 impl BenchDecodeArgs {
+    fn weight_dtype(&self) -> DType {
+        if self.dtype == "bf16" {
+            DType::BF16
+        } else {
+            DType::F32
+        }
+    }
+
     /// The chunk, checked for a one-line error before any work (the kernel is parsed by clap).
     fn check_kernel(&self) -> Result<()> {
         crate::device::check_chunk(self.chunk, &self.device, "ela bench decode")
