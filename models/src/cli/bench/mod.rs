@@ -129,7 +129,9 @@ pub fn fmt_ms(x: Option<f64>) -> String {
         None => "-".into(),
         Some(v) if v >= 100.0 => format!("{v:.0}"),
         Some(v) if v >= 10.0 => format!("{v:.1}"),
-        Some(v) => format!("{v:.2}"),
+        Some(v) if v >= 1.0 => format!("{v:.2}"),
+        // Sub-millisecond steps (GPU decoding) differ in the third digit.
+        Some(v) => format!("{v:.3}"),
     }
 }
 
@@ -161,6 +163,8 @@ mod tests {
         assert_eq!(fmt_bytes(12), "12 B");
         assert_eq!(fmt_ms(None), "-");
         assert_eq!(fmt_ms(Some(1234.4)), "1234");
+        assert_eq!(fmt_ms(Some(2.5)), "2.50");
+        assert_eq!(fmt_ms(Some(0.1234)), "0.123");
         assert_eq!(civil_date(0), "1970-01-01");
         assert_eq!(civil_date(19_782), "2024-02-29");
         assert_eq!(civil_date(20_454), "2026-01-01");
