@@ -72,6 +72,10 @@ impl ReplayDevice for ela_cuda::Cuda {
 /// Decodes with one recorded step replayed per token (module docs). Holds the decoding state;
 /// [`GraphDecoder::into_state`] hands it back, with its position, to decode eagerly again.
 ///
+/// Replays read the weights the step was recorded with: the decoder keeps those buffers alive,
+/// so giving the model's parameters new values afterwards (`Var::set_value`, loading a
+/// checkpoint) does not reach a decoder recorded before; record a new one.
+///
 /// ```no_run
 /// # use ela_core::{DType, Result};
 /// # use ela_models::lm::{ElaLm, GraphDecoder, LmConfig};
@@ -97,6 +101,9 @@ pub struct GraphDecoder<'m, B: ReplayDevice> {
     /// The recorded step's output `[batch, vocab]`, rewritten by each replay.
     logits: Tensor<B>,
     graph: B::Graph,
+    /// Every parameter and buffer as recorded: the graph reads their device buffers by address,
+    /// so they must outlive it even if the model's variables are given new values meanwhile.
+    _weights: Vec<Tensor<B>>,
 }
 
 impl<'m, B: ReplayDevice> GraphDecoder<'m, B> {
@@ -127,9 +134,12 @@ impl<'m, B: ReplayDevice> GraphDecoder<'m, B> {
         }
         // The recorded call counts its step on `state` although nothing runs yet; the replay
         // right after runs it, so the count and the buffers agree again.
+        let store = model.store();
+        let weights =
+            store.params().iter().chain(store.named_buffers().iter().map(|(_, v)| v)).map(|v| v.value()).collect();
         let (graph, logits) = dev.record(|| model.step_ids(&ids, &mut state))?;
         dev.replay(&graph)?;
-        Ok(GraphDecoder { model, state, ids, logits, graph })
+        Ok(GraphDecoder { model, state, ids, logits, graph, _weights: weights })
     }
 
     /// Decodes one token per batch row by one replay, and returns the logits `[batch, vocab]`:
