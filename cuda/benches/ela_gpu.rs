@@ -8,7 +8,8 @@
 //! with the CPU backend's f64 fused kernels on the same (rounded) inputs.
 //!
 //! Run on the GPU machine: `ela_gpu [filters]`, e.g. `ela_gpu d=64 bf16`; a filter keeps the rows
-//! whose label (`kernel=K d=D dtype T=T`) contains it. Prints a markdown table.
+//! whose label (`kernel=K d=D dtype T=T`) contains it. `ELA_GPU_D=32,96` measures those head
+//! sizes instead of 64 and 128. Prints a markdown table.
 
 mod common;
 
@@ -42,7 +43,13 @@ fn main() -> Result<()> {
         .filter_map(|a| a.strip_prefix("kernel=").map(str::parse))
         .collect::<std::result::Result<_, _>>()?;
     let kernels = if named.is_empty() { vec![ElaKernel::HadamardExp] } else { named };
-    for (kernel, d) in kernels.iter().flat_map(|&k| [(k, 64), (k, 128)]) {
+    // Head sizes: 64 and 128, or the comma-separated list in ELA_GPU_D (e.g. `32,96` for Hadamard
+    // Exp's padded heads).
+    let sizes: Vec<usize> = match std::env::var("ELA_GPU_D") {
+        Ok(v) => v.split(',').map(|x| x.trim().parse().expect("ELA_GPU_D: comma-separated head sizes")).collect(),
+        Err(_) => vec![64, 128],
+    };
+    for (kernel, d) in kernels.iter().flat_map(|&k| sizes.iter().map(move |&d| (k, d))) {
         let p = ElaParams::causal(kernel);
         for dtype in [DType::BF16, DType::F32] {
             let tag = format!("kernel={kernel} d={d} {dtype:?}").to_lowercase();

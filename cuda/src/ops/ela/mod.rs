@@ -4,14 +4,16 @@
 //!
 //! - `chunk.rs`: Hadamard Exp with f32/f16/bf16 inputs and head sizes 64 or 128, the chunked
 //!   tensor-core kernels (`chunk_fwd.cu`, `chunk_bwd.cu`);
+//! - `padded.rs`: Hadamard Exp with f32/bf16 inputs at the other head sizes up to 128, the same
+//!   kernels on copies padded to 64 or 128 with features and columns that contribute nothing;
 //! - `noncausal.rs`: non-causal calls with small heads, the parallel form (`noncausal.cu`);
 //! - `feature_chunk.rs`: the other kernels with f32/f16/bf16 inputs, the fused chunked form
 //!   (`la_chunk.cu`: bf16 tensor cores for elu+1 with bf16 inputs, f32 FFMA products otherwise),
 //!   where its tiles fit in shared memory;
 //! - `gemm_chunk.rs`: the same kernels at larger head sizes, the chunked form on cuBLAS GEMMs
 //!   (`gemm_chunk.cu` holds the small kernels around both);
-//! - `recurrent.rs`: every other call (f64 inputs, Hadamard Exp heads outside the chunked
-//!   variants), the per-token scan (`recurrent.cu`; its header has the
+//! - `recurrent.rs`: every other call (f64 inputs, Hadamard Exp heads wider than 128 or with
+//!   f16 inputs outside 64/128), the per-token scan (`recurrent.cu`; its header has the
 //!   math and the numerics);
 //! - `step.rs`: one decode token (`step.cu` for the chunked variants, else the scan).
 //!
@@ -23,6 +25,7 @@ mod chunk;
 mod feature_chunk;
 mod gemm_chunk;
 mod noncausal;
+mod padded;
 mod recurrent;
 mod step;
 
@@ -80,21 +83,26 @@ impl Cuda {
         p: &ElaParams,
     ) -> Result<(CudaStorage, Option<ElaSaved<CudaStorage>>)> {
         let d = qkv_dtype(q, k, v, dims);
-        match chunk::variant(p.kernel, d, dims) {
-            Some(cv) => {
-                let (y, bufs) = self.ela_chunk_forward(&cv, [q, k, v], dims, p.causal, None, true)?;
-                Ok((y, bufs.map(|buffers| ElaSaved { buffers, dims: *dims, params: *p })))
-            }
-            // (Non-causal calls that the parallel form takes save nothing, as their backward
-            // does not use it.)
-            None => match feature_chunk::plan(self, p.kernel, d, dims) {
-                Some(pl) if p.causal || noncausal::plan(p.kernel, dims, stat_dtype(d)).is_none() => {
-                    let (y, bufs) = self.ela_fc_forward(&pl, [q, k, v], dims, p, None, true)?;
-                    Ok((y, bufs.map(|buffers| ElaSaved { buffers, dims: *dims, params: *p })))
-                }
-                _ => Ok((self.ela_forward_impl(q, k, v, dims, p, None)?, None)),
-            },
+        let keep = |bufs: Option<Vec<CudaStorage>>| bufs.map(|buffers| ElaSaved { buffers, dims: *dims, params: *p });
+        if let Some(cv) = chunk::variant(p.kernel, d, dims) {
+            let (y, bufs) = self.ela_chunk_forward(&cv, [q, k, v], dims, p.causal, None, true)?;
+            return Ok((y, keep(bufs)));
         }
+        // Non-causal calls that the parallel form takes save nothing: their backward does not
+        // use it. The order of the rest is `ela_backward_impl`'s, so the backward finds what its
+        // path saved.
+        if !p.causal && noncausal::plan(p.kernel, dims, stat_dtype(d)).is_some() {
+            return Ok((self.ela_forward_impl(q, k, v, dims, p, None)?, None));
+        }
+        if let Some(pp) = padded::plan(p.kernel, d, dims) {
+            let (y, bufs) = self.ela_padded_forward(&pp, [q, k, v], dims, p.causal, None, true)?;
+            return Ok((y, keep(bufs)));
+        }
+        if let Some(pl) = feature_chunk::plan(self, p.kernel, d, dims) {
+            let (y, bufs) = self.ela_fc_forward(&pl, [q, k, v], dims, p, None, true)?;
+            return Ok((y, keep(bufs)));
+        }
+        Ok((self.ela_forward_impl(q, k, v, dims, p, None)?, None))
     }
 
     /// Fused ELA forward (see `Backend::ela_forward`).
@@ -124,6 +132,9 @@ impl Cuda {
             if let Some(plan) = noncausal::plan(p.kernel, dims, sd) {
                 return self.ela_nc_forward(&plan, q, k, v, dims, p.kernel, sd);
             }
+        }
+        if let Some(pp) = padded::plan(p.kernel, d, dims) {
+            return Ok(self.ela_padded_forward(&pp, [q, k, v], dims, p.causal, state, false)?.0);
         }
         if let Some(pl) = feature_chunk::plan(self, p.kernel, d, dims) {
             return Ok(self.ela_fc_forward(&pl, [q, k, v], dims, p, state, false)?.0);
@@ -160,6 +171,10 @@ impl Cuda {
             if let Some(plan) = noncausal::plan(p.kernel, dims, sd) {
                 return self.ela_nc_backward(&plan, [q, k, v, y, dy], dims, p.kernel, sd);
             }
+        }
+        if let Some(pp) = padded::plan(p.kernel, d, dims) {
+            let saved = saved.filter(|s| s.dims == *dims && s.params == *p).map(|s| s.buffers.as_slice());
+            return self.ela_padded_backward(&pp, [q, k, v, y, dy], dims, p.causal, saved);
         }
         if let Some(pl) = feature_chunk::plan(self, p.kernel, d, dims) {
             let saved = saved.filter(|s| s.dims == *dims && s.params == *p).map(|s| s.buffers.as_slice());
