@@ -3,7 +3,10 @@
 //! events) after warm-up. Each product is checked: 256 sampled entries against f64 dot products
 //! of the same (rounded) inputs, relative error `max |c - ref| / max |ref|` over the samples.
 //!
-//! Run on the GPU machine: `gemm_gpu [filters]`, e.g. `gemm_gpu 4096`.
+//! Then the LM training step's projection shapes (`proj MxNxK dtype`), with the host time of
+//! issuing each call.
+//!
+//! Run on the GPU machine: `gemm_gpu [filters]`, e.g. `gemm_gpu 4096` or `gemm_gpu proj`.
 
 mod common;
 
@@ -56,5 +59,39 @@ fn main() -> Result<()> {
         }
     }
     dev.set_allow_tf32(false);
+    projections(&dev, &timer)
+}
+
+/// The products of the LM training step (d512, 8 x 2048 tokens): `x [m, k] @ w[n, k]^T` as
+/// `Linear` issues them, device time and the host time of issuing one call (50 calls queued
+/// without waiting, divided by 50): a call that blocks the host shows up in the second.
+fn projections(dev: &ela_cuda::Cuda, timer: &GpuTimer) -> Result<()> {
+    println!();
+    println!("| m | n | k | dtype | device ms | host us per call |");
+    println!("|---|---|---|---|---|---|");
+    for (m, n, k) in [(16384, 512, 512), (16384, 2048, 512), (16384, 512, 2048)] {
+        for (mode, dtype) in [("bf16", DType::BF16), ("f32", DType::F32)] {
+            if !selected(&format!("proj {m}x{n}x{k} {mode}")) {
+                continue;
+            }
+            let x = rand_tensor(dev, &[m, k], -1.0, 1.0, 3, dtype)?;
+            let w = rand_tensor(dev, &[n, k], -1.0, 1.0, 4, dtype)?;
+            let wt = w.t()?;
+            let mut ts = Vec::new();
+            for i in 0..23 {
+                let (_, ms) = timer.time(|| x.matmul(&wt))?;
+                if i >= 3 {
+                    ts.push(ms);
+                }
+            }
+            dev.synchronize()?;
+            let t0 = std::time::Instant::now();
+            let outs: Vec<_> = (0..50).map(|_| x.matmul(&wt)).collect::<Result<_>>()?;
+            let host_us = t0.elapsed().as_secs_f64() * 1e6 / 50.0;
+            dev.synchronize()?;
+            drop(outs);
+            println!("| {m} | {n} | {k} | {mode} | {:.3} | {host_us:.1} |", median(ts));
+        }
+    }
     Ok(())
 }

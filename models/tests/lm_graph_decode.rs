@@ -3,8 +3,10 @@
 //! continues from; models whose step cannot be replayed are refused with the reason. The CUDA
 //! instances skip without a GPU (`ELA_REQUIRE_CUDA=1` makes them fail instead).
 
-use ela_core::{Backend, CpuStorage, DType, Result, Tensor};
-use ela_models::lm::{AttnKind, ElaLm, GraphDecoder, Link, LmConfig, LobeMode, ReplayDevice};
+use ela_core::{Backend, CpuStorage, DType, Result, Rng, Tensor};
+use ela_models::lm::{
+    generate, generate_eager, AttnKind, ElaLm, GraphDecoder, Link, LmConfig, LobeMode, ReplayDevice, SampleConfig,
+};
 use ela_nn::ela::ElaKernel;
 use ela_nn::module::ParamStore;
 use ela_tests::device::is_cuda;
@@ -74,6 +76,26 @@ device_tests! {
             let (a, b) = (model.step(&[20, 21, 22], &mut state)?, model.step(&[20, 21, 22], &mut eager)?);
             assert!(rel(&a, &b)? <= tol, "{dtype:?}: eager step after the graph: {}", rel(&a, &b)?);
         }
+        Ok(())
+    }
+}
+
+device_tests! {
+    /// `generate` (a GraphDecoder on CUDA for a replayable model) and `generate_eager` sample the
+    /// same tokens with the same seed: greedily, and at temperature 1 with top-k and top-p.
+    fn generate_with_graphs_equals_eager_generation<B: ReplayDevice>(dev: &B) -> Result<()> {
+        let model = ElaLm::new(&ParamStore::new(dev, DType::F32, 3), cfg())?;
+        let prompt = [5u32, 17, 33, 2];
+        for sc in [SampleConfig { temperature: 0.0, top_k: 0, top_p: 1.0 }, SampleConfig { temperature: 1.0, top_k: 20, top_p: 0.9 }] {
+            let a = generate(&model, &prompt, 24, &sc, &mut Rng::new(9))?;
+            let b = generate_eager(&model, &prompt, 24, &sc, &mut Rng::new(9))?;
+            assert_eq!(a, b, "{sc:?}");
+            assert_eq!(a.len(), 24);
+        }
+        // Edge counts: nothing to decode, and one token (no step at all).
+        let sc = SampleConfig::default();
+        assert!(generate(&model, &prompt, 0, &sc, &mut Rng::new(1))?.is_empty());
+        assert_eq!(generate(&model, &prompt, 1, &sc, &mut Rng::new(1))?, generate_eager(&model, &prompt, 1, &sc, &mut Rng::new(1))?);
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use crate::budget::Estimate;
 use crate::data::ByteTokenizer;
 use crate::lm::generate::check_positions;
 use crate::lm::size::{add_decoding, param_count};
-use crate::lm::{generate, ElaLm, LmConfig, SampleConfig};
+use crate::lm::{generate, ElaLm, LmConfig, ReplayDevice, SampleConfig};
 
 /// Options of `ela generate`.
 #[derive(clap::Args, Debug, Clone)]
@@ -65,7 +65,7 @@ pub fn load_model_for<B: Backend>(path: &std::path::Path, device: &B, positions:
     Ok(model)
 }
 
-fn go<B: Backend>(args: &GenerateArgs, device: &B) -> Result<String> {
+fn go<B: ReplayDevice>(args: &GenerateArgs, device: &B) -> Result<String> {
     let cfg = SampleConfig { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p };
     cfg.validate()?;
     let prompt = ByteTokenizer.encode(&args.prompt);

@@ -2,7 +2,8 @@
 
 use ela_core::{Backend, Error, Result, Rng};
 
-use super::model::ElaLm;
+use super::graph_decode::{GraphDecoder, ReplayDevice};
+use super::model::{DecodeState, ElaLm};
 
 /// Sampling options.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -99,13 +100,56 @@ pub fn check_positions(cfg: &super::LmConfig, prompt_len: usize, new_tokens: usi
 }
 
 /// Continue `prompt` by `new_tokens` tokens (batch of one), returning only the new tokens.
-pub fn generate<B: Backend>(
+///
+/// On a device that records graphs (CUDA), a model whose decoding step can be replayed
+/// ([`ElaLm::step_replay_blocker`]) decodes with a [`GraphDecoder`]: one replay per token instead
+/// of a launch per kernel. Other models, and the CPU, step eagerly ([`generate_eager`]).
+pub fn generate<B: ReplayDevice>(
     model: &ElaLm<B>,
     prompt: &[u32],
     new_tokens: usize,
     cfg: &SampleConfig,
     rng: &mut Rng,
 ) -> Result<Vec<u32>> {
+    let dev = model.store().device();
+    if !(dev.records_graphs() && model.step_replay_blocker().is_none()) {
+        return generate_eager(model, prompt, new_tokens, cfg, rng);
+    }
+    let (logits, state, mut out) = start(model, prompt, new_tokens, cfg)?;
+    let mut dec: Option<GraphDecoder<'_, B>> = None;
+    let mut state = Some(state);
+    // The first step records the decoder (and runs it); the state moves into it.
+    decode(logits, new_tokens, cfg, rng, &mut out, |next| {
+        if let Some(d) = dec.as_mut() {
+            d.step(&[next])?;
+        } else if let Some(st) = state.take() {
+            dec = Some(GraphDecoder::new(model, st, &[next])?);
+        }
+        dec.as_ref().ok_or_else(|| Error::invalid("generate", "the decoding state was lost"))?.logits().to_vec_f64()
+    })?;
+    Ok(out)
+}
+
+/// [`generate`] stepping the model eagerly on any backend (one launch per kernel on a GPU).
+pub fn generate_eager<B: Backend>(
+    model: &ElaLm<B>,
+    prompt: &[u32],
+    new_tokens: usize,
+    cfg: &SampleConfig,
+    rng: &mut Rng,
+) -> Result<Vec<u32>> {
+    let (logits, mut state, mut out) = start(model, prompt, new_tokens, cfg)?;
+    decode(logits, new_tokens, cfg, rng, &mut out, |next| model.step(&[next], &mut state)?.to_vec_f64())?;
+    Ok(out)
+}
+
+/// Checks, the output buffer and the prefill: the prompt's last logits and the state after it.
+fn start<B: Backend>(
+    model: &ElaLm<B>,
+    prompt: &[u32],
+    new_tokens: usize,
+    cfg: &SampleConfig,
+) -> Result<(Vec<f64>, DecodeState<B>, Vec<u32>)> {
     cfg.validate()?;
     check_positions(model.config(), prompt.len(), new_tokens)?;
     // Reserved fallibly: the count comes from the user, and an infallible `Vec` aborts.
@@ -119,15 +163,29 @@ pub fn generate<B: Backend>(
     })?;
     let dev = model.store().device();
     let ids = ela_core::Tensor::from_vec(prompt.to_vec(), [1, prompt.len()], dev)?;
-    let (mut logits, mut state) = model.prefill(&ids)?;
+    let (logits, state) = model.prefill(&ids)?;
+    Ok((logits.to_vec_f64()?, state, out))
+}
+
+/// Samples `new_tokens` tokens into `out`: the first from `logits`, each next one from
+/// `step(previous token)`.
+fn decode(
+    logits: Vec<f64>,
+    new_tokens: usize,
+    cfg: &SampleConfig,
+    rng: &mut Rng,
+    out: &mut Vec<u32>,
+    mut step: impl FnMut(u32) -> Result<Vec<f64>>,
+) -> Result<()> {
+    let mut logits = logits;
     for i in 0..new_tokens {
-        let next = sample(&logits.to_vec_f64()?, cfg, rng) as u32;
+        let next = sample(&logits, cfg, rng) as u32;
         out.push(next);
         if i + 1 < new_tokens {
-            logits = model.step(&[next], &mut state)?.squeeze(0usize)?;
+            logits = step(next)?;
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

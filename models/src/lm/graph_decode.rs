@@ -21,6 +21,9 @@ use super::model::{DecodeState, ElaLm};
 pub trait ReplayDevice: Backend {
     /// A recorded, replayable piece of work.
     type Graph;
+    /// Whether this device records graphs at all (what [`super::generate`] checks before
+    /// choosing a [`GraphDecoder`]).
+    fn records_graphs(&self) -> bool;
     /// Records the device work that `f` queues (without running it) and returns it with `f`'s
     /// result, whose tensors hold values after each replay.
     fn record<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<(Self::Graph, T)>;
@@ -35,6 +38,9 @@ pub trait ReplayDevice: Backend {
 
 impl ReplayDevice for Cpu {
     type Graph = std::convert::Infallible;
+    fn records_graphs(&self) -> bool {
+        false
+    }
     fn record<T>(&self, _f: impl FnOnce() -> Result<T>) -> Result<(Self::Graph, T)> {
         Err(Error::invalid(
             "GraphDecoder",
@@ -53,9 +59,18 @@ impl ReplayDevice for Cpu {
     }
 }
 
+/// One recording at a time in this process: a device records one CUDA graph at a time and
+/// refuses a second concurrent one, so decoders recorded from several threads wait their turn
+/// (a recording takes milliseconds) instead of failing.
+static RECORDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl ReplayDevice for ela_cuda::Cuda {
     type Graph = ela_cuda::CudaGraphExec;
+    fn records_graphs(&self) -> bool {
+        true
+    }
     fn record<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<(Self::Graph, T)> {
+        let _turn = RECORDING.lock().unwrap_or_else(|p| p.into_inner());
         self.capture(f)
     }
     fn replay(&self, graph: &Self::Graph) -> Result<()> {

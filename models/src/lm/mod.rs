@@ -10,6 +10,6 @@ pub mod model;
 pub mod size;
 
 pub use config::{AttnKind, Link, LmConfig, LobeMode, MoeSpec};
-pub use generate::{generate, sample, SampleConfig};
+pub use generate::{generate, generate_eager, sample, SampleConfig};
 pub use graph_decode::{GraphDecoder, ReplayDevice};
 pub use model::{DecodeState, ElaLm, LmOutput};

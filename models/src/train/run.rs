@@ -16,7 +16,7 @@ use super::args::TrainArgs;
 use super::dist;
 use crate::budget::Estimate;
 use crate::data::{default_corpus, Batch, ByteTokenizer, TextDataset};
-use crate::lm::{generate, ElaLm, LmConfig, SampleConfig};
+use crate::lm::{generate_eager, ElaLm, LmConfig, SampleConfig};
 use crate::report::metrics::Value;
 use crate::report::plot::{write_svg, Series};
 use crate::report::progress::Progress;
@@ -419,7 +419,7 @@ fn run_loop<B: Backend>(
     let sample = if cfg.lobe == crate::lm::LobeMode::Bidirectional {
         "(no sample: a model with a bidirectional lobe cannot decode left to right)".to_string()
     } else {
-        let new = generate(&model, &prompt, args.sample_len, &sample_cfg, &mut Rng::new(args.seed))?;
+        let new = generate_eager(&model, &prompt, args.sample_len, &sample_cfg, &mut Rng::new(args.seed))?;
         format!("{SAMPLE_PROMPT}{}", ByteTokenizer.decode(&new))
     };
     Ok(Some(TrainReport {
