@@ -121,7 +121,13 @@ impl Cuda {
         let (yp, saved) = match state {
             None => self.ela_chunk_forward(&pp.cv, [qp, kp, vp], &pp.dims, causal, None, save)?,
             Some(st) => {
-                let m = st.m.as_ref().expect("Hadamard Exp states carry log-scales");
+                let Some(m) = st.m.as_ref() else {
+                    return Err(ela_core::Error::Backend {
+                        backend: "cuda",
+                        op: "ela_forward",
+                        msg: "a Hadamard Exp state without log-scales (make it with FusedElaState::new)".into(),
+                    });
+                };
                 // Always fresh copies (even where a width needs no padding): the chunked forward
                 // writes the final state into these buffers, which are then copied back.
                 let pad = |x: &CudaStorage, cols: (usize, usize), value: f64| {
