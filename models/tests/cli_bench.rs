@@ -63,23 +63,31 @@ fn bench_decode_prints_latency_and_constant_ela_state() {
         "16",
         "--softmax-max-context",
         "32",
+        "--batch",
+        "1,2",
     ]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
-    assert!(out.contains("| context | ELA ms/token | ELA state bytes | softmax ms/token |"), "{out}");
+    assert!(
+        out.contains("| batch | context | ELA ms/token | ELA graph ms/token | ELA state bytes | softmax ms/token |"),
+        "{out}"
+    );
     let rows = table_rows(&out);
-    assert_eq!(rows.len(), 3, "{out}");
-    // ELA: the same state at every context; softmax: a KV cache allocated for the prompt and
-    // every timed step (N + steps + 1 positions) of 2 * layers * dim f32 each.
+    assert_eq!(rows.len(), 6, "{out}");
+    // ELA: the same state at every context (per row of the batch); softmax: a KV cache allocated
+    // for the prompt and every timed step (N + steps + 1 positions) of 2 * layers * dim f32 each
+    // per row. No graph column on the CPU.
     let bytes = |c: &str| c.split_whitespace().next().unwrap().parse::<usize>().unwrap();
-    for (row, n) in rows.iter().zip([16usize, 32, 48]) {
-        assert_eq!(row[0], n.to_string());
-        assert!(row[1].parse::<f64>().is_ok(), "{row:?}");
-        assert_eq!(bytes(&row[2]), bytes(&rows[0][2]), "ELA state is constant in the context: {row:?}");
+    let cases = [1usize, 2].into_iter().flat_map(|b| [16usize, 32, 48].map(move |n| (b, n)));
+    for (row, (b, n)) in rows.iter().zip(cases) {
+        assert_eq!((row[0].clone(), row[1].clone()), (b.to_string(), n.to_string()));
+        assert!(row[2].parse::<f64>().is_ok(), "{row:?}");
+        assert_eq!(row[3], "-", "{row:?}");
+        assert_eq!(bytes(&row[4]), b * bytes(&rows[0][4]), "ELA state is constant in the context: {row:?}");
         if n <= 32 {
-            assert_eq!(bytes(&row[4]), 2 * 2 * 16 * (n + STEPS + 1) * 4, "{row:?}");
+            assert_eq!(bytes(&row[6]), b * 2 * 2 * 16 * (n + STEPS + 1) * 4, "{row:?}");
         } else {
-            assert_eq!((row[3].as_str(), row[4].as_str()), ("-", "-"), "softmax skipped above the limit: {row:?}");
+            assert_eq!((row[5].as_str(), row[6].as_str()), ("-", "-"), "softmax skipped above the limit: {row:?}");
         }
     }
     assert!(out.contains("softmax skipped above N = 32"), "{out}");
@@ -92,6 +100,8 @@ fn bench_errors_are_one_line() {
         &["bench", "ela", "--times", "100", "--jax"][..],
         &["bench", "decode", "--steps", "0"][..],
         &["bench", "decode", "--heads", "3"][..],
+        &["bench", "decode", "--graph"][..],
+        &["bench", "decode", "--batch", "0"][..],
     ] {
         let o = ela(args);
         let err = String::from_utf8_lossy(&o.stderr);
