@@ -22,7 +22,7 @@ use ela_nn::module::ParamStore;
 use super::{fmt_bytes, fmt_ms, machine, median, parse_list};
 use crate::budget::Estimate;
 use crate::lm::size::{add_decoding, add_prefill, param_count};
-use crate::lm::{AttnKind, ElaLm, GraphDecoder, Link, LmConfig, LobeMode, ReplayDevice};
+use crate::lm::{AttnKind, DecodeState, ElaLm, GraphDecoder, Link, LmConfig, LobeMode, ReplayDevice};
 
 /// Options of `ela bench decode`.
 #[derive(clap::Args, Debug, Clone)]
@@ -103,6 +103,23 @@ pub(crate) fn config(args: &BenchDecodeArgs, attention: AttnKind) -> LmConfig {
     }
 }
 
+/// Prefill `batch` rows of `n` random tokens: the state and the prefill's seconds (until its
+/// logits are on the host).
+fn prefill_random<B: Backend>(
+    model: &ElaLm<B>,
+    n: usize,
+    batch: usize,
+    rng: &mut Rng,
+    dev: &B,
+) -> Result<(DecodeState<B>, f64)> {
+    let ids: Vec<u32> = (0..batch * n).map(|_| rng.below(256) as u32).collect();
+    let ids = Tensor::from_cpu_storage(&CpuStorage::U32(ids), [batch, n], dev)?;
+    let t0 = Instant::now();
+    let (logits, state) = model.prefill(&ids)?;
+    logits.to_vec_f64()?;
+    Ok((state, t0.elapsed().as_secs_f64()))
+}
+
 /// Prefill `batch` rows of `n` random tokens, then time single-token steps (one token per row).
 pub(crate) fn measure<B: Backend>(
     model: &ElaLm<B>,
@@ -112,12 +129,7 @@ pub(crate) fn measure<B: Backend>(
     rng: &mut Rng,
     dev: &B,
 ) -> Result<Cell> {
-    let ids: Vec<u32> = (0..batch * n).map(|_| rng.below(256) as u32).collect();
-    let ids = Tensor::from_cpu_storage(&CpuStorage::U32(ids), [batch, n], dev)?;
-    let t0 = Instant::now();
-    let (logits, mut state) = model.prefill(&ids)?;
-    logits.to_vec_f64()?;
-    let prefill_s = t0.elapsed().as_secs_f64();
+    let (mut state, prefill_s) = prefill_random(model, n, batch, rng, dev)?;
     // Room for every timed step up front, as a server sizes its cache: no reallocation is timed.
     state.reserve(steps + 1)?;
     let bytes = state.bytes();
@@ -144,12 +156,7 @@ pub(crate) fn measure_graph<B: ReplayDevice>(
     dev: &B,
 ) -> Result<Cell> {
     let tokens = |rng: &mut Rng| -> Vec<u32> { (0..batch).map(|_| rng.below(256) as u32).collect() };
-    let ids: Vec<u32> = (0..n).flat_map(|_| tokens(rng)).collect();
-    let ids = Tensor::from_cpu_storage(&CpuStorage::U32(ids), [batch, n], dev)?;
-    let t0 = Instant::now();
-    let (logits, state) = model.prefill(&ids)?;
-    logits.to_vec_f64()?;
-    let prefill_s = t0.elapsed().as_secs_f64();
+    let (state, prefill_s) = prefill_random(model, n, batch, rng, dev)?;
     let bytes = state.bytes();
     let mut dec = GraphDecoder::new(model, state, &tokens(rng))?;
     dec.logits().to_vec_f64()?;
