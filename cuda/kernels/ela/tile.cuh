@@ -21,9 +21,10 @@
 #define ELA_THREADS 256
 #define ELA_WARPS 8
 #define ELA_F ELA_D
-// Chunk length: 64 rows, or 32 for f32 with a 128-wide head (the f32 tiles would not fit in
-// shared memory). The Rust side (ops/ela_fast.rs, `chunk_len`) mirrors this rule.
-#if ELA_DT == 0 && (ELA_D > 64 || ELA_DV > 64)
+// Chunk length: 64 rows, or 32 where 64-row tiles would not fit in shared memory: f32 with a
+// 128-wide head, and 256-wide heads (16-bit only). The Rust side (ops/ela/chunk.rs, `variant`)
+// mirrors this rule.
+#if (ELA_DT == 0 && (ELA_D > 64 || ELA_DV > 64)) || ELA_D > 128 || ELA_DV > 128
 #define ELA_C 32
 #else
 #define ELA_C 64
@@ -52,7 +53,7 @@ typedef DT::S ST;  // storage type of q, k, v, y and the gradients
 extern __shared__ __align__(16) unsigned char ela_smem[];
 
 // Traps (a launch failure the host reports) when a kernel's carve ends past the dynamic shared
-// memory it was launched with: the byte counts on the Rust side (ops/ela_fast.rs) mirror the
+// memory it was launched with: the byte counts on the Rust side (ops/ela/chunk.rs) mirror the
 // carves, and this keeps a mismatch from silently corrupting memory.
 __device__ __forceinline__ void check_smem(const void* end) {
     unsigned dyn;

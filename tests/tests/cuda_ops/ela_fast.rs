@@ -1,5 +1,5 @@
-//! The chunked tensor-core ELA kernels (Hadamard Exp, head sizes 64/128, f32/f16/bf16, and other
-//! head sizes up to 128 padded to those for f32/bf16): forward
+//! The chunked tensor-core ELA kernels (Hadamard Exp, head sizes 64/128, f32/f16/bf16, and 256
+//! for 16-bit inputs; other head sizes padded to those for f32/bf16): forward
 //! against the f64 quadratic reference (`ela_nn::ela::Form::Quadratic`, the one reference of
 //! every ELA test), gradients against the CPU's f64 fused
 //! backward (itself checked against the quadratic tape to 1e-9), and both against the CPU
@@ -59,7 +59,7 @@ fn run_case(dev: &Cuda, q: &Pair, k: &Pair, v: &Pair, dy: &Pair, causal: bool) -
     poison(dev, seqs * t * 4, DType::F32, 2);
     let (sy, saved) = q.gpu.ela_saving(&k.gpu, &v.gpu, &p)?;
     // Non-causal calls at padded sizes may take the parallel form, which saves nothing.
-    let native = [64, 128].contains(&d) && [64, 128].contains(&dv);
+    let native = [64, 128, 256].contains(&d) && [64, 128, 256].contains(&dv);
     assert!(saved.is_some() || (!causal && !native), "the chunked path keeps its forward state");
     assert_eq!(sy.to_vec_f64()?, gy.to_vec_f64()?, "saving forward == forward");
     let gs = Tensor::ela_backward_saved(&q.gpu, &k.gpu, &v.gpu, &sy, &dy.gpu, &p, saved.as_ref())?;
@@ -119,6 +119,11 @@ fn chunked_ela_matches_f64_and_the_cpu() -> Result<()> {
         (DType::F32, 96, 48),
         (DType::BF16, 8, 5),
         (DType::F32, 100, 128),
+        // 256-wide heads (16-bit only, 32-row chunks), natively and padded.
+        (DType::BF16, 256, 256),
+        (DType::F16, 256, 256),
+        (DType::BF16, 64, 256),
+        (DType::BF16, 200, 256),
     ];
     for (vi, &(dtype, d, dv)) in variants.iter().enumerate() {
         // 150 rows: two full 64-row chunks and a partial one (f32 with 128-wide heads: 32-row chunks).
@@ -232,7 +237,14 @@ fn chunked_ela_magnitude_80_and_the_exact_path() -> Result<()> {
 fn chunked_prefill_and_batched_steps_match_the_cpu_state() -> Result<()> {
     let Some(dev) = gpu() else { return Ok(()) };
     // 32 and 96: the padded state (`padded.rs`) must carry over exactly like a native one.
-    for (dtype, d) in [(DType::F32, 64), (DType::BF16, 128), (DType::F32, 128), (DType::F32, 32), (DType::BF16, 96)] {
+    for (dtype, d) in [
+        (DType::F32, 64),
+        (DType::BF16, 128),
+        (DType::F32, 128),
+        (DType::F32, 32),
+        (DType::BF16, 96),
+        (DType::BF16, 256),
+    ] {
         let (b, h, t) = (2, 3, 100);
         let mut rng = Rng::new(40 + d as u64);
         let mut mk = |w: usize, scale: f64, shift: f64| {

@@ -2,7 +2,8 @@
 //! (`kernels/ela/tile.cuh`, `chunk_fwd.cu`, `chunk_bwd.cu`; the algorithm is in the header of
 //! `chunk_fwd.cu`). The same module holds the one-launch decode step (`step.rs`).
 //!
-//! Taken for Hadamard Exp with f32/f16/bf16 inputs and head sizes `d`, `dv` in {64, 128}; every
+//! Taken for Hadamard Exp with f32/f16/bf16 inputs and head sizes `d`, `dv` in {64, 128} (and 256
+//! with 16-bit inputs, in 32-row chunks; see [`variant`]); every
 //! other call runs the per-token scan of `recurrent.rs` (or the parallel form of `noncausal.rs`). Work is split into launches with parallel
 //! work: a scan over chunks per (sequence, 32 value columns) writes the state before every chunk
 //! ("slots"), then one block per (chunk, sequence) computes the chunk's rows; the backward adds
@@ -54,19 +55,33 @@ pub(crate) struct Variant {
     mt: DType,
 }
 
-/// The variant for these inputs, if the chunked path supports them.
-pub(crate) fn variant(kernel: ElaKernel, dtype: DType, dims: &ElaDims) -> Option<Variant> {
+/// The variant for these inputs, if the chunked path supports them on `dev`: every kernel's
+/// shared memory must fit in what one block of this GPU may have (256-wide heads need 229,632
+/// bytes, which an H100/H200 has and an A100 does not).
+pub(crate) fn variant(dev: &Cuda, kernel: ElaKernel, dtype: DType, dims: &ElaDims) -> Option<Variant> {
+    let cv = variant_for(kernel, dtype, dims)?;
+    let most = cv.scan_smem().max(cv.out_smem()).max(cv.bwd_smem());
+    (most <= dev.max_shared_memory_per_block()).then_some(cv)
+}
+
+/// [`variant`] before the device's shared-memory limit.
+pub(super) fn variant_for(kernel: ElaKernel, dtype: DType, dims: &ElaDims) -> Option<Variant> {
     if std::env::var_os("ELA_CUDA_SCAN_ONLY").is_some() {
         // Debugging/benchmark switch: force the per-token scan.
         return None;
     }
     let dt = ElaDt::of(dtype)?;
-    let sizes_ok = [64, 128].contains(&dims.d) && [64, 128].contains(&dims.dv);
+    // 256-wide heads only with 16-bit operands: their tiles fit in shared memory with 32-row
+    // chunks (the backward's: 229,632 of the 232,448 bytes an H100/H200 block may have); f32
+    // tiles would not.
+    let sizes = if dt == ElaDt::F32 { &[64, 128][..] } else { &[64, 128, 256][..] };
+    let sizes_ok = sizes.contains(&dims.d) && sizes.contains(&dims.dv);
     if kernel != ElaKernel::HadamardExp || !sizes_ok || dims.sequences() > 65_535 {
         return None;
     }
-    // The f32 tiles of a 128-wide head only fit in shared memory with 32-row chunks (tile.cuh).
-    let c = if dt == ElaDt::F32 && (dims.d > 64 || dims.dv > 64) { 32 } else { 64 };
+    // 32-row chunks where 64 would not fit in shared memory: f32 tiles of a 128-wide head, and
+    // 256-wide heads (tile.cuh's `ELA_C` rule).
+    let c = if (dt == ElaDt::F32 && (dims.d > 64 || dims.dv > 64)) || dims.d > 128 || dims.dv > 128 { 32 } else { 64 };
     if dims.t.div_ceil(c) >= i32::MAX as usize {
         return None;
     }
@@ -343,5 +358,42 @@ impl Cuda {
             Arg::I32(causal as i32),
         ];
         launch(self, cv, "ela_bwd", per_chunk, cv.bwd_smem(), &args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shared memory an H100/H200 block may opt into (CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN).
+    const HOPPER_SMEM: u32 = 232_448;
+
+    fn dims(d: usize, dv: usize) -> ElaDims {
+        ElaDims { batch: 2, heads: 3, t: 500, d, dv }
+    }
+
+    #[test]
+    fn wide_heads_take_32_row_chunks_and_fit_a_hopper_block() {
+        let k = ElaKernel::HadamardExp;
+        for (dtype, d, dv, c) in [
+            (DType::BF16, 64, 64, 64),
+            (DType::F32, 64, 64, 64),
+            (DType::F32, 128, 64, 32),
+            (DType::BF16, 128, 128, 64),
+            (DType::BF16, 256, 256, 32),
+            (DType::F16, 256, 64, 32),
+            (DType::BF16, 64, 256, 32),
+        ] {
+            let cv = variant_for(k, dtype, &dims(d, dv)).expect("compiled");
+            assert_eq!(cv.c, c, "{dtype:?} {d}x{dv}");
+            let most = cv.scan_smem().max(cv.out_smem()).max(cv.bwd_smem());
+            assert!(most <= HOPPER_SMEM, "{dtype:?} {d}x{dv}: {most} bytes of shared memory");
+        }
+        // The backward of a 256-wide bf16 head is the tightest fit.
+        assert_eq!(variant_for(k, DType::BF16, &dims(256, 256)).unwrap().bwd_smem(), 229_632);
+        // f32 tiles of 256-wide heads would not fit; other sizes are padded (padded.rs) or scanned.
+        assert!(variant_for(k, DType::F32, &dims(256, 256)).is_none());
+        assert!(variant_for(k, DType::BF16, &dims(32, 64)).is_none());
+        assert!(variant_for(ElaKernel::EluPlusOne, DType::BF16, &dims(64, 64)).is_none());
     }
 }

@@ -2,18 +2,20 @@
 //! `ela_forward_saving`, `ela_backward`, `ela_step`) to the algorithms, one file each, named like
 //! their CPU counterparts (`core/src/cpu/ela/`) and kernel files (`cuda/kernels/ela/`):
 //!
-//! - `chunk.rs`: Hadamard Exp with f32/f16/bf16 inputs and head sizes 64 or 128, the chunked
+//! - `chunk.rs`: Hadamard Exp with f32/f16/bf16 inputs and head sizes 64 or 128 (256 with 16-bit
+//!   inputs), the chunked
 //!   tensor-core kernels (`chunk_fwd.cu`, `chunk_bwd.cu`);
 //! - `padded.rs`: Hadamard Exp with f32/bf16 inputs at the other head sizes up to 128, the same
-//!   kernels on copies padded to 64 or 128 with features and columns that contribute nothing;
+//!   kernels on copies padded to the next compiled size with features and columns that
+//!   contribute nothing;
 //! - `noncausal.rs`: non-causal calls with small heads, the parallel form (`noncausal.cu`);
 //! - `feature_chunk.rs`: the other kernels with f32/f16/bf16 inputs, the fused chunked form
 //!   (`la_chunk.cu`: bf16 tensor cores for elu+1 with bf16 inputs, f32 FFMA products otherwise),
 //!   where its tiles fit in shared memory;
 //! - `gemm_chunk.rs`: the same kernels at larger head sizes, the chunked form on cuBLAS GEMMs
 //!   (`gemm_chunk.cu` holds the small kernels around both);
-//! - `recurrent.rs`: every other call (f64 inputs, Hadamard Exp heads wider than 128 or with
-//!   f16 inputs outside 64/128), the per-token scan (`recurrent.cu`; its header has the
+//! - `recurrent.rs`: every other call (f64 inputs, Hadamard Exp heads wider than the compiled
+//!   sizes or with f16 inputs outside them), the per-token scan (`recurrent.cu`; its header has the
 //!   math and the numerics);
 //! - `step.rs`: one decode token (`step.cu` for the chunked variants, else the scan).
 //!
@@ -84,7 +86,7 @@ impl Cuda {
     ) -> Result<(CudaStorage, Option<ElaSaved<CudaStorage>>)> {
         let d = qkv_dtype(q, k, v, dims);
         let keep = |bufs: Option<Vec<CudaStorage>>| bufs.map(|buffers| ElaSaved { buffers, dims: *dims, params: *p });
-        if let Some(cv) = chunk::variant(p.kernel, d, dims) {
+        if let Some(cv) = chunk::variant(self, p.kernel, d, dims) {
             let (y, bufs) = self.ela_chunk_forward(&cv, [q, k, v], dims, p.causal, None, true)?;
             return Ok((y, keep(bufs)));
         }
@@ -94,7 +96,7 @@ impl Cuda {
         if !p.causal && noncausal::plan(p.kernel, dims, stat_dtype(d)).is_some() {
             return Ok((self.ela_forward_impl(q, k, v, dims, p, None)?, None));
         }
-        if let Some(pp) = padded::plan(p.kernel, d, dims) {
+        if let Some(pp) = padded::plan(self, p.kernel, d, dims) {
             let (y, bufs) = self.ela_padded_forward(&pp, [q, k, v], dims, p.causal, None, true)?;
             return Ok((y, keep(bufs)));
         }
@@ -118,7 +120,7 @@ impl Cuda {
         let d = qkv_dtype(q, k, v, dims);
         debug_assert!(p.chunk >= 1 && (p.causal || state.is_none()), "ela_forward: {p:?} (ElaParams::validate)");
         let sd = stat_dtype(d);
-        if let Some(cv) = chunk::variant(p.kernel, d, dims) {
+        if let Some(cv) = chunk::variant(self, p.kernel, d, dims) {
             let state = match state {
                 Some(st) => {
                     let ptrs = state_ptrs(st, dims, p.kernel, sd);
@@ -133,7 +135,7 @@ impl Cuda {
                 return self.ela_nc_forward(&plan, q, k, v, dims, p.kernel, sd);
             }
         }
-        if let Some(pp) = padded::plan(p.kernel, d, dims) {
+        if let Some(pp) = padded::plan(self, p.kernel, d, dims) {
             return Ok(self.ela_padded_forward(&pp, [q, k, v], dims, p.causal, state, false)?.0);
         }
         if let Some(pl) = feature_chunk::plan(self, p.kernel, d, dims) {
@@ -163,7 +165,7 @@ impl Cuda {
         debug_assert!(y.dtype() == d && dy.dtype() == d, "{OP}: y, dy dtypes");
         debug_assert!(y.len() == v.len() && dy.len() == v.len(), "{OP}: y, dy for {dims:?}");
         let sd = stat_dtype(d);
-        if let Some(cv) = chunk::variant(p.kernel, d, dims) {
+        if let Some(cv) = chunk::variant(self, p.kernel, d, dims) {
             let saved = saved.filter(|s| s.dims == *dims && s.params == *p).map(|s| s.buffers.as_slice());
             return self.ela_chunk_backward(&cv, [q, k, v, y, dy], dims, p.causal, saved);
         }
@@ -172,7 +174,7 @@ impl Cuda {
                 return self.ela_nc_backward(&plan, [q, k, v, y, dy], dims, p.kernel, sd);
             }
         }
-        if let Some(pp) = padded::plan(p.kernel, d, dims) {
+        if let Some(pp) = padded::plan(self, p.kernel, d, dims) {
             let saved = saved.filter(|s| s.dims == *dims && s.params == *p).map(|s| s.buffers.as_slice());
             return self.ela_padded_backward(&pp, [q, k, v, y, dy], dims, p.causal, saved);
         }

@@ -1,6 +1,6 @@
 //! Hadamard Exp at the head sizes the chunked kernels are not compiled for: any `d`, `dv` up to
-//! 128 (e.g. the 32-wide heads of a 128-wide model with 4 heads) runs the chunked kernels of
-//! `chunk.rs` at the next compiled size (64 or 128), on copies of its inputs padded with extra
+//! 128, or 256 with bf16 inputs (e.g. the 32-wide heads of a 128-wide model with 4 heads) runs
+//! the chunked kernels of `chunk.rs` at the next compiled size (64, 128 or 256), on copies of its inputs padded with extra
 //! features and value columns that provably contribute nothing; the outputs are cut back. Without
 //! this, such heads would run the per-token scan, whose sequential loop over the tokens is orders
 //! of magnitude slower on long sequences. The CPU runs every head size natively.
@@ -46,23 +46,33 @@ pub(super) struct Padded {
     dims: ElaDims,
 }
 
-/// The padded plan of a Hadamard Exp call the chunked kernels do not take as it is: head sizes up
-/// to 128 rounded up to 64 or 128, for f32 and bf16 inputs (f16 inputs keep the scan: the
-/// chunked kernels round their operands to bf16, coarser than f16 itself).
-pub(super) fn plan(kernel: ElaKernel, dtype: DType, dims: &ElaDims) -> Option<Padded> {
-    if kernel != ElaKernel::HadamardExp || !matches!(dtype, DType::F32 | DType::BF16) {
-        return None;
-    }
-    if chunk::variant(kernel, dtype, dims).is_some() {
+/// The padded plan of a Hadamard Exp call the chunked kernels do not take as it is: head sizes
+/// rounded up to the next compiled one (64, 128, and 256 for bf16 on GPUs with the shared memory
+/// for it), for f32 and bf16 inputs (f16 inputs keep the scan: the chunked kernels round their
+/// operands to bf16, coarser than f16 itself).
+pub(super) fn plan(dev: &Cuda, kernel: ElaKernel, dtype: DType, dims: &ElaDims) -> Option<Padded> {
+    let padded = padded_dims(kernel, dtype, dims, |d| chunk::variant(dev, kernel, dtype, d).is_some())?;
+    Some(Padded { cv: chunk::variant(dev, kernel, dtype, &padded)?, dims: padded })
+}
+
+/// The padded sizes of [`plan`], given which sizes the chunked kernels take (`compiled`).
+fn padded_dims(
+    kernel: ElaKernel,
+    dtype: DType,
+    dims: &ElaDims,
+    compiled: impl Fn(&ElaDims) -> bool,
+) -> Option<ElaDims> {
+    if kernel != ElaKernel::HadamardExp || !matches!(dtype, DType::F32 | DType::BF16) || compiled(dims) {
         return None;
     }
     let up = |x: usize| match x {
         1..=64 => Some(64),
         65..=128 => Some(128),
+        129..=256 => Some(256),
         _ => None,
     };
     let padded = ElaDims { d: up(dims.d)?, dv: up(dims.dv)?, ..*dims };
-    Some(Padded { cv: chunk::variant(kernel, dtype, &padded)?, dims: padded })
+    compiled(&padded).then_some(padded)
 }
 
 impl Cuda {
@@ -195,15 +205,26 @@ mod tests {
     #[test]
     fn small_and_odd_heads_pad_to_the_compiled_sizes() {
         let k = ElaKernel::HadamardExp;
-        for (d, dv, want) in [(32, 32, (64, 64)), (8, 5, (64, 64)), (96, 32, (128, 64)), (64, 100, (64, 128))] {
-            let p = plan(k, DType::BF16, &dims(d, dv)).expect("padded");
-            assert_eq!((p.dims.d, p.dims.dv), want, "d {d} dv {dv}");
+        let plan = |dtype, d, dv| padded_dims(k, dtype, &dims(d, dv), |x| chunk::variant_for(k, dtype, x).is_some());
+        for (dtype, d, dv, want) in [
+            (DType::BF16, 32, 32, (64, 64)),
+            (DType::BF16, 8, 5, (64, 64)),
+            (DType::F32, 96, 32, (128, 64)),
+            (DType::F32, 64, 100, (64, 128)),
+            (DType::BF16, 200, 256, (256, 256)),
+            (DType::BF16, 64, 130, (64, 256)),
+        ] {
+            let p = plan(dtype, d, dv).expect("padded");
+            assert_eq!((p.d, p.dv), want, "{dtype:?} d {d} dv {dv}");
         }
-        // Compiled sizes run as they are; wider heads, f16/f64 inputs and other kernels do not pad.
-        assert!(plan(k, DType::F32, &dims(64, 128)).is_none());
-        assert!(plan(k, DType::F32, &dims(256, 256)).is_none());
-        assert!(plan(k, DType::F16, &dims(32, 32)).is_none());
-        assert!(plan(k, DType::F64, &dims(32, 32)).is_none());
-        assert!(plan(ElaKernel::EluPlusOne, DType::F32, &dims(32, 32)).is_none());
+        // Compiled sizes run as they are; f32 beyond 128, f16/f64 inputs and other kernels do not
+        // pad.
+        assert!(plan(DType::F32, 64, 128).is_none());
+        assert!(plan(DType::BF16, 256, 256).is_none());
+        assert!(plan(DType::F32, 200, 200).is_none());
+        assert!(plan(DType::BF16, 300, 64).is_none());
+        assert!(plan(DType::F16, 32, 32).is_none());
+        assert!(plan(DType::F64, 32, 32).is_none());
+        assert!(padded_dims(ElaKernel::EluPlusOne, DType::F32, &dims(32, 32), |_| true).is_none());
     }
 }
