@@ -87,9 +87,10 @@ impl ReplayDevice for ela_cuda::Cuda {
 /// Decodes with one recorded step replayed per token (module docs). Holds the decoding state;
 /// [`GraphDecoder::into_state`] hands it back, with its position, to decode eagerly again.
 ///
-/// Replays read the weights the step was recorded with: the decoder keeps those buffers alive,
-/// so giving the model's parameters new values afterwards (`Var::set_value`, loading a
-/// checkpoint) does not reach a decoder recorded before; record a new one.
+/// Replays read the weight buffers the step was recorded with, and the decoder keeps them alive,
+/// so a replay never reads freed memory. New parameter values given afterwards (an optimizer
+/// step, loading a checkpoint) are not guaranteed to reach a decoder recorded before: record a
+/// new one.
 ///
 /// ```no_run
 /// # use ela_core::{DType, Result};
