@@ -21,7 +21,7 @@ use super::model::{DecodeState, ElaLm};
 pub trait ReplayDevice: Backend {
     /// A recorded, replayable piece of work.
     type Graph;
-    /// Whether this device records graphs at all (what [`super::generate`] checks before
+    /// Whether this device records graphs at all (what [`super::generate()`] checks before
     /// choosing a [`GraphDecoder`]).
     fn records_graphs(&self) -> bool;
     /// Records the device work that `f` queues (without running it) and returns it with `f`'s
