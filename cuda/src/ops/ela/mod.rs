@@ -3,10 +3,9 @@
 //! their CPU counterparts (`core/src/cpu/ela/`) and kernel files (`cuda/kernels/ela/`):
 //!
 //! - `chunk.rs`: Hadamard Exp with f32/f16/bf16 inputs and head sizes 64 or 128 (256 with 16-bit
-//!   inputs), the chunked
-//!   tensor-core kernels (`chunk_fwd.cu`, `chunk_bwd.cu`);
-//! - `padded.rs`: Hadamard Exp with f32/bf16 inputs at the other head sizes up to 128, the same
-//!   kernels on copies padded to the next compiled size with features and columns that
+//!   inputs), the chunked tensor-core kernels (`chunk_fwd.cu`, `chunk_bwd.cu`);
+//! - `padded.rs`: Hadamard Exp with f32/bf16 inputs at the other head sizes up to 128 (bf16: 256),
+//!   the same kernels on copies padded to the next compiled size with features and columns that
 //!   contribute nothing;
 //! - `noncausal.rs`: non-causal calls with small heads, the parallel form (`noncausal.cu`);
 //! - `feature_chunk.rs`: the other kernels with f32/f16/bf16 inputs, the fused chunked form
