@@ -30,6 +30,18 @@ pub(crate) unsafe fn pack<T: Elem>(
 ) {
     let mut l0 = 0;
     let mut d = dst;
+    if s_lane == 1 && lanes >= 2 * w {
+        // Lanes contiguous in memory (row-major B, column-major A), several full panels: one pass
+        // over the block, each k step's run of lanes copied into every panel at once. Panel by
+        // panel, the copy would read every cache line of a strided source once per panel.
+        let full = lanes / w;
+        // SAFETY: lanes < full * w and k steps < kb are inside the caller's ranges; panel `q`
+        // occupies dst[q * w * kb .. (q + 1) * w * kb].
+        unsafe { copy_panels(w, full, kb, src, s_k, dst) };
+        l0 = full * w;
+        // SAFETY: full panels of w * kb elements precede the rest.
+        d = unsafe { dst.add(full * w * kb) };
+    }
     while l0 < lanes {
         let cols = w.min(lanes - l0);
         // SAFETY: every offset below is inside the ranges the caller vouched for.
@@ -96,6 +108,48 @@ unsafe fn copy_panel<T: Elem>(w: usize, kb: usize, src: *const T, s_k: usize, ds
             _ => {
                 for p in 0..kb {
                     core::ptr::copy_nonoverlapping(src.add(p * s_k), dst.add(p * w), w);
+                }
+            }
+        }
+    }
+}
+
+/// Copies `panels` full micro-panels of width `w` whose lanes are contiguous in memory: for every
+/// k step `p`, the run `src[p * s_k .. p * s_k + panels * w]` goes `w` lanes to each panel,
+/// `dst[q * w * kb + p * w ..]`. The same layout as [`copy_panel`] panel by panel, read in one
+/// pass (run lengths of compile-time size, as there).
+///
+/// # Safety
+/// `src[p * s_k .. p * s_k + panels * w]` readable for `p < kb`, `dst[.. panels * w * kb]`
+/// writable.
+#[inline(always)]
+unsafe fn copy_panels<T: Elem>(w: usize, panels: usize, kb: usize, src: *const T, s_k: usize, dst: *mut T) {
+    /// [`copy_panels`] with `w = W`.
+    ///
+    /// # Safety
+    /// As [`copy_panels`].
+    #[inline(always)]
+    unsafe fn fixed<T: Elem, const W: usize>(panels: usize, kb: usize, src: *const T, s_k: usize, dst: *mut T) {
+        for p in 0..kb {
+            for q in 0..panels {
+                // SAFETY: the caller's ranges, with w = W.
+                unsafe { core::ptr::copy_nonoverlapping(src.add(p * s_k + q * W), dst.add(q * W * kb + p * W), W) };
+            }
+        }
+    }
+    // SAFETY (every arm): the caller's ranges.
+    unsafe {
+        match w {
+            4 => fixed::<T, 4>(panels, kb, src, s_k, dst),
+            6 => fixed::<T, 6>(panels, kb, src, s_k, dst),
+            8 => fixed::<T, 8>(panels, kb, src, s_k, dst),
+            16 => fixed::<T, 16>(panels, kb, src, s_k, dst),
+            32 => fixed::<T, 32>(panels, kb, src, s_k, dst),
+            _ => {
+                for p in 0..kb {
+                    for q in 0..panels {
+                        core::ptr::copy_nonoverlapping(src.add(p * s_k + q * w), dst.add(q * w * kb + p * w), w);
+                    }
                 }
             }
         }
