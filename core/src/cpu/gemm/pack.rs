@@ -50,7 +50,7 @@ pub(crate) unsafe fn pack<T: Elem>(
             if cols == w && s_lane == 1 {
                 // Lanes contiguous in memory (row-major B, column-major A):
                 // one short copy per k step.
-                copy_panel(w, kb, s, s_k, d);
+                copy_panels(w, 1, kb, s, s_k, d);
             } else if s_k != 0 && s_k < s_lane {
                 // k is the faster-varying direction in memory (row-major A,
                 // column-major B): read each lane contiguously, scatter into
@@ -77,47 +77,12 @@ pub(crate) unsafe fn pack<T: Elem>(
     }
 }
 
-/// Copies `kb` runs of `w` contiguous elements (`src + p * s_k`) to `dst + p * w`. A run is one
+/// Copies `panels` full micro-panels of width `w` whose lanes are contiguous in memory: for every
+/// k step `p`, the run `src[p * s_k .. p * s_k + panels * w]` goes `w` lanes to each panel,
+/// `dst[q * w * kb + p * w ..]`, all panels in one pass over the k steps. A run is one
 /// micro-panel row, 24-128 bytes: as a `memcpy` call each (the run length unknown at compile
 /// time) the calls cost more than the copying, so the kernels' panel widths get copies of
 /// compile-time length, which compile to a few vector moves.
-///
-/// # Safety
-/// `src[p * s_k .. p * s_k + w]` readable and `dst[.. kb * w]` writable for `p < kb`.
-#[inline(always)]
-unsafe fn copy_panel<T: Elem>(w: usize, kb: usize, src: *const T, s_k: usize, dst: *mut T) {
-    /// [`copy_panel`] with `w = W`.
-    ///
-    /// # Safety
-    /// As [`copy_panel`].
-    #[inline(always)]
-    unsafe fn fixed<T: Elem, const W: usize>(kb: usize, src: *const T, s_k: usize, dst: *mut T) {
-        for p in 0..kb {
-            // SAFETY: the caller's ranges, with w = W.
-            unsafe { core::ptr::copy_nonoverlapping(src.add(p * s_k), dst.add(p * W), W) };
-        }
-    }
-    // SAFETY (every arm): the caller's ranges.
-    unsafe {
-        match w {
-            4 => fixed::<T, 4>(kb, src, s_k, dst),
-            6 => fixed::<T, 6>(kb, src, s_k, dst),
-            8 => fixed::<T, 8>(kb, src, s_k, dst),
-            16 => fixed::<T, 16>(kb, src, s_k, dst),
-            32 => fixed::<T, 32>(kb, src, s_k, dst),
-            _ => {
-                for p in 0..kb {
-                    core::ptr::copy_nonoverlapping(src.add(p * s_k), dst.add(p * w), w);
-                }
-            }
-        }
-    }
-}
-
-/// Copies `panels` full micro-panels of width `w` whose lanes are contiguous in memory: for every
-/// k step `p`, the run `src[p * s_k .. p * s_k + panels * w]` goes `w` lanes to each panel,
-/// `dst[q * w * kb + p * w ..]`. The same layout as [`copy_panel`] panel by panel, read in one
-/// pass (run lengths of compile-time size, as there).
 ///
 /// # Safety
 /// `src[p * s_k .. p * s_k + panels * w]` readable for `p < kb`, `dst[.. panels * w * kb]`
