@@ -42,7 +42,7 @@ pub fn ela_kernel_defines() -> String {
 /// Input dtype of a chunked-ELA kernel variant (the code in `ELA_DT`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ElaDt {
-    /// f32 inputs: FFMA tile products, exact to f32 rounding.
+    /// f32 inputs: 3xTF32 tile products (tensor cores), accurate to f32 rounding.
     F32 = 0,
     /// f16 inputs: bf16 tensor-core products, f32 state.
     F16 = 1,
@@ -98,7 +98,7 @@ pub enum KernelFile {
     ElaLa {
         /// Input (and output) dtype.
         dt: ElaDt,
-        /// bf16 tensor-core operands (16-bit inputs only); else f32 operands and FFMA products.
+        /// bf16 tensor-core operands (16-bit inputs only); else f32 operands and 3xTF32 products.
         tc: bool,
         /// Feature width (padded).
         f: u16,
@@ -108,9 +108,10 @@ pub enum KernelFile {
 }
 
 impl KernelFile {
-    /// Every kernel file (each family of chunked ELA kernels in two representative variants:
-    /// the tensor-core path and an f32-operand path with 32-row chunks).
-    pub const ALL: [KernelFile; 11] = [
+    /// Every kernel file (each family of chunked ELA kernels in representative variants: the
+    /// tensor-core path, an f32-operand path with 32-row chunks, and for the feature-map kernels
+    /// tensor-core tiles wider than 144, which take 32-row chunks too).
+    pub const ALL: [KernelFile; 13] = [
         KernelFile::Elementwise,
         KernelFile::Reduce,
         KernelFile::SoftmaxNorm,
@@ -122,6 +123,8 @@ impl KernelFile {
         KernelFile::ElaChunk { dt: ElaDt::F32, d: 128, dv: 128 },
         KernelFile::ElaLa { dt: ElaDt::BF16, tc: true, f: 80, e: 80 },
         KernelFile::ElaLa { dt: ElaDt::F16, tc: false, f: 144, e: 144 },
+        KernelFile::ElaLa { dt: ElaDt::BF16, tc: true, f: 160, e: 16 },
+        KernelFile::ElaLa { dt: ElaDt::BF16, tc: true, f: 256, e: 272 },
     ];
 
     /// File name under `cuda/kernels/`.
@@ -175,6 +178,7 @@ impl KernelFile {
             ),
             KernelFile::ElaChunk { dt, d, dv } => Cow::Owned(
                 format!("#define ELA_DT {}\n#define ELA_D {d}\n#define ELA_DV {dv}\n", dt as i32)
+                    + f32_products_define()
                     + &with_lines(&[
                         ("ela/tile.cuh", include_str!("../kernels/ela/tile.cuh")),
                         (self.name(), self.source()),
@@ -189,6 +193,7 @@ impl KernelFile {
                         if tc { dt as i32 } else { 0 },
                         dt as i32
                     )
+                    + f32_products_define()
                     + &with_lines(&[
                         ("ela/tile.cuh", include_str!("../kernels/ela/tile.cuh")),
                         ("ela/features.cuh", include_str!("../kernels/ela/features.cuh")),
@@ -197,6 +202,18 @@ impl KernelFile {
             ),
             _ => Cow::Borrowed(self.source()),
         }
+    }
+}
+
+/// The tile products of the chunked kernels' f32 variants run as 3xTF32 on the tensor cores
+/// (`ela/tile.cuh`); `ELA_CUDA_F32_FFMA=1` (read once per process) compiles them with the older
+/// FFMA loop instead, to compare the two.
+fn f32_products_define() -> &'static str {
+    static FFMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *FFMA.get_or_init(|| std::env::var_os("ELA_CUDA_F32_FFMA").is_some()) {
+        "#define ELA_F32_FFMA 1\n"
+    } else {
+        ""
     }
 }
 

@@ -25,8 +25,8 @@
 //   la_grad: G from the denominators a saving forward kept.
 //
 // Numerics: products with f32 accumulation, on bf16 tensor cores (MT = bf16: elu+1 with bf16
-// inputs, whose features are positive, so no sum cancels) or FFMA (MT = f32: every other call),
-// which stays exact to f32 rounding. The slots are stored in MT, so a bf16-operand call rounds
+// inputs, whose features are positive, so no sum cancels) or 3xTF32 (MT = f32: every other
+// call; tile.cuh), accurate to f32 rounding. The slots are stored in MT, so a bf16-operand call rounds
 // the state to bf16 once per chunk, as the Hadamard-Exp kernels do.
 
 // The dtype of the inputs and outputs (q, k, v, y, dy: LA_IO, 0 f32, 1 f16, 2 bf16), which may
@@ -45,8 +45,8 @@ typedef IOT::S IOS;
 #define LA_C ELA_C
 // Columns of X per scan block. Tensor cores: half of them, so two blocks share a sequence (each
 // re-reads the chunk's B): 2 * B * H blocks keep an H100/H200 busy at B * H = 128 without reading
-// B more often. FFMA (f32 operands): 16, as the products, not the reads, bound that path, and
-// more blocks per sequence hide their latency.
+// B more often. f32 operands: 16, as the products, not the reads, bound that path, and more
+// blocks per sequence hide their latency.
 #define LA_EB (ELA_MMA ? LA_E / 2 : 16)
 
 // Epilogues of la_out (`mode`).

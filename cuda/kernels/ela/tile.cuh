@@ -4,8 +4,10 @@
 //
 // Every small matrix product of a chunk runs through `mm_tile`: one warp computes a 16 x 8*NT tile
 // of C = A B from operands in shared memory. Half-precision inputs use the tensor cores
-// (mma.sync m16n8k16, bf16 operands, f32 accumulation); f32 inputs use FFMA with the same
-// accumulator layout, so every epilogue is shared and the f32 path stays exact to f32 rounding.
+// (mma.sync m16n8k16, bf16 operands, f32 accumulation); f32 inputs use them too, as 3xTF32
+// (mma.sync m16n8k8, three products of split operands), with the same accumulator layout, so
+// every epilogue is shared and the f32 path stays accurate to f32 rounding (FFMA before sm_80,
+// or with ELA_F32_FFMA defined).
 // Both paths leave, in lane (g = lane / 4, t = lane % 4), acc[nt][e] = C(row0 + g + 8 (e >> 1),
 // col0 + 8 nt + 2 t + (e & 1)).
 //
@@ -21,10 +23,11 @@
 #define ELA_THREADS 256
 #define ELA_WARPS 8
 #define ELA_F ELA_D
-// Chunk length: 64 rows, or 32 where 64-row tiles would not fit in shared memory: f32 with a
-// 128-wide head, and 256-wide heads (16-bit only). The Rust side (ops/ela/chunk.rs, `variant`)
-// mirrors this rule.
-#if (ELA_DT == 0 && (ELA_D > 64 || ELA_DV > 64)) || ELA_D > 128 || ELA_DV > 128
+// Chunk length: 64 rows, or 32 where 64-row tiles would not fit in shared memory: f32 operands
+// wider than 64, and anything wider than 144 (256-wide heads; 144 is the widest padded tile of
+// a 128-wide head with its denominator column). The Rust side (ops/ela/mod.rs,
+// `tile_chunk_rows`) mirrors this rule.
+#if (ELA_DT == 0 && (ELA_D > 64 || ELA_DV > 64)) || ELA_D > 144 || ELA_DV > 144
 #define ELA_C 32
 #else
 #define ELA_C 64
@@ -273,6 +276,23 @@ __device__ __forceinline__ void mm_tile_ldsm(float (&acc)[NT][4], const MT* A, i
 }
 #endif
 
+#if !ELA_MMA && __CUDA_ARCH__ >= 800
+// x = hi + lo with both halves exactly representable in tf32 (round to nearest, ties away).
+__device__ __forceinline__ void split_tf32(float x, u32& hi, u32& lo) {
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(hi) : "f"(x));
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(lo) : "f"(x - __uint_as_float(hi)));
+}
+// d += a b for a 16 x 8 tile with k = 8: a(g, t), a(g + 8, t), a(g, t + 4), a(g + 8, t + 4) and
+// b(t, g), b(t + 4, g) in lane (g, t); d in the layout of mma_bf16.
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const u32 (&a)[4], const u32 (&b)[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+
 // acc += A B for this warp's 16 x 8*NT tile at (row0, col0), inner length K (a multiple of 16):
 // A(r, k) = AT ? A[k*lda + r] : A[r*lda + k],  B(k, c) = BT ? B[c*ldb + k] : B[k*ldb + c].
 template <int NT, bool AT, bool BT>
@@ -297,6 +317,35 @@ __device__ __forceinline__ void mm_tile(float (&acc)[NT][4], const MT* A, int ld
             u32 b0 = pair16<!BT>(B, ldb, c, ka);
             u32 b1 = pair16<!BT>(B, ldb, c, ka + 8);
             mma_bf16(acc[nt], a0, a1, a2, a3, b0, b1);
+        }
+    }
+#elif __CUDA_ARCH__ >= 800 && !defined(ELA_F32_FFMA)
+    // 3xTF32 (docs/ela.md, "f32 tile products on tensor cores"): each operand x splits into
+    // hi = tf32(x) and lo = tf32(x - hi), and a block of 8 products is lo_a hi_b + hi_a lo_b +
+    // hi_a hi_b (the dropped lo_a lo_b and the rounding of lo: ~2^-22 relative per product).
+    // The tensor cores truncate where they add to the accumulator, so each block is summed
+    // from zero, small terms first (one truncation at full scale per block), and added to acc
+    // in f32 with rounding to nearest: accumulating into acc itself biased a scan's running
+    // state by a truncation per product, an error that grew with the sequence length.
+    for (int k0 = 0; k0 < K; k0 += 8) {
+        u32 ah[4], al[4];
+        split_tf32(AT ? A[(k0 + t) * lda + row0 + g] : A[(row0 + g) * lda + k0 + t], ah[0], al[0]);
+        split_tf32(AT ? A[(k0 + t) * lda + row0 + g + 8] : A[(row0 + g + 8) * lda + k0 + t], ah[1], al[1]);
+        split_tf32(AT ? A[(k0 + t + 4) * lda + row0 + g] : A[(row0 + g) * lda + k0 + t + 4], ah[2], al[2]);
+        split_tf32(AT ? A[(k0 + t + 4) * lda + row0 + g + 8] : A[(row0 + g + 8) * lda + k0 + t + 4], ah[3],
+                   al[3]);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            const int c = col0 + 8 * nt + g;
+            u32 bh[2], bl[2];
+            split_tf32(BT ? B[c * ldb + k0 + t] : B[(k0 + t) * ldb + c], bh[0], bl[0]);
+            split_tf32(BT ? B[c * ldb + k0 + t + 4] : B[(k0 + t + 4) * ldb + c], bh[1], bl[1]);
+            float blk[4] = {0.f, 0.f, 0.f, 0.f};
+            mma_tf32(blk, al, bh);
+            mma_tf32(blk, ah, bl);
+            mma_tf32(blk, ah, bh);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[nt][e] += blk[e];
         }
     }
 #else

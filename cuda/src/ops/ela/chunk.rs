@@ -79,9 +79,7 @@ pub(super) fn variant_for(kernel: ElaKernel, dtype: DType, dims: &ElaDims) -> Op
     if kernel != ElaKernel::HadamardExp || !sizes_ok || dims.sequences() > 65_535 {
         return None;
     }
-    // 32-row chunks where 64 would not fit in shared memory: f32 tiles of a 128-wide head, and
-    // 256-wide heads (tile.cuh's `ELA_C` rule).
-    let c = if (dt == ElaDt::F32 && (dims.d > 64 || dims.dv > 64)) || dims.d > 128 || dims.dv > 128 { 32 } else { 64 };
+    let c = super::tile_chunk_rows(dt == ElaDt::F32, dims.d, dims.dv);
     if dims.t.div_ceil(c) >= i32::MAX as usize {
         return None;
     }

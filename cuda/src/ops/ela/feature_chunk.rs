@@ -15,7 +15,7 @@
 //! `O_c = A_c S_c + mask(A_c B_c^T) X_c`. Operands are materialised rows: `Phi = phi(q)`,
 //! `Psi = psi(k)` (`F` padded to a multiple of 16) and `V' = [v | 1]` (`E` = `Dv + 1` padded): bf16
 //! for elu+1 with bf16 inputs (tensor cores, f32 accumulation, bf16 state slots, like the
-//! Hadamard-Exp kernels), else f32 (FFMA, exact to f32 rounding; see [`plan`] for why).
+//! Hadamard-Exp kernels), else f32 (3xTF32 tensor-core products, accurate to f32 rounding; see [`plan`] for why).
 //!
 //! Forward: `S = scan(Psi, V')`, `y = N / den` with `[N | den] = LA(Phi, Psi, V')` (eq. (L) of
 //! docs/ela.md), the division in the output pass's epilogue.
@@ -33,7 +33,7 @@
 //! applies the feature maps' vector-Jacobian products) and `dv` in the input dtype.
 //!
 //! Taken when every kernel's tiles fit in the GPU's shared memory (on an H100/H200, `D = Dv` up to
-//! 190 with f32 operands, 238 with bf16), else the cuBLAS form of `gemm_chunk.rs`.
+//! 190 with f32 operands, 256 with bf16), else the cuBLAS form of `gemm_chunk.rs`.
 
 use ela_core::ela::{ElaDims, ElaKernel, ElaParams, ElaStateBufs};
 use ela_core::{DType, Result};
@@ -145,8 +145,7 @@ fn plan_for(kernel: ElaKernel, dtype: DType, dims: &ElaDims, smem_limit: u32) ->
     // they take f32 operands.
     let tc = dt == ElaDt::BF16 && kernel == ElaKernel::EluPlusOne;
     let mt = if tc { DType::BF16 } else { DType::F32 };
-    // tile.cuh's chunk length: 32 rows for f32 operands wider than 64.
-    let c = if !tc && (f > 64 || e > 64) { 32 } else { 64 };
+    let c = super::tile_chunk_rows(!tc, f, e);
     if dims.t.div_ceil(c) >= i32::MAX as usize {
         return None;
     }
@@ -472,10 +471,10 @@ mod tests {
     #[test]
     fn heads_too_wide_for_shared_memory_take_the_cublas_form() {
         // The largest D = Dv whose tiles fit on an H100/H200 (docs/ela.md): 190 with f32
-        // operands, 238 with bf16 ones.
+        // operands, 256 with bf16 ones (32-row chunks beyond 144-wide tiles).
         let fits = |k, dt, d| plan_for(k, dt, &dims(64, d, d), HOPPER).is_some();
         assert!(fits(ElaKernel::SumSqEuclid, DType::F32, 190) && !fits(ElaKernel::SumSqEuclid, DType::F32, 191));
-        assert!(fits(ElaKernel::EluPlusOne, DType::BF16, 238) && !fits(ElaKernel::EluPlusOne, DType::BF16, 256));
+        assert!(fits(ElaKernel::EluPlusOne, DType::BF16, 256) && !fits(ElaKernel::EluPlusOne, DType::BF16, 257));
         assert!(!fits(ElaKernel::Identity, DType::F32, 256));
         // A GPU with less shared memory (99 KiB, sm_86) takes narrower heads only.
         assert!(plan_for(ElaKernel::SumSqEuclid, DType::F32, &dims(64, 128, 128), 101_376).is_none());

@@ -9,7 +9,7 @@
 //!   contribute nothing;
 //! - `noncausal.rs`: non-causal calls with small heads, the parallel form (`noncausal.cu`);
 //! - `feature_chunk.rs`: the other kernels with f32/f16/bf16 inputs, the fused chunked form
-//!   (`la_chunk.cu`: bf16 tensor cores for elu+1 with bf16 inputs, f32 FFMA products otherwise),
+//!   (`la_chunk.cu`: bf16 tensor cores for elu+1 with bf16 inputs, f32 3xTF32 products otherwise),
 //!   where its tiles fit in shared memory;
 //! - `gemm_chunk.rs`: the same kernels at larger head sizes, the chunked form on cuBLAS GEMMs
 //!   (`gemm_chunk.cu` holds the small kernels around both);
@@ -29,6 +29,19 @@ mod noncausal;
 mod padded;
 mod recurrent;
 mod step;
+
+/// Rows per chunk of the tile kernels (`chunk_fwd.cu`, `chunk_bwd.cu`, `la_chunk.cu`) for
+/// feature width `f` and value width `e` as compiled: 32 where 64-row tiles would not fit in
+/// shared memory (f32 operands wider than 64; anything wider than 144, i.e. 256-wide heads),
+/// else 64. This must stay tile.cuh's `ELA_C` rule: the launch geometry and the shared-memory
+/// byte counts on this side are computed from it.
+pub(crate) fn tile_chunk_rows(f32_operands: bool, f: usize, e: usize) -> usize {
+    if (f32_operands && (f > 64 || e > 64)) || f > 144 || e > 144 {
+        32
+    } else {
+        64
+    }
+}
 
 use ela_core::ela::{ElaDims, ElaKernel, ElaParams, ElaSaved, ElaStateBufs};
 use ela_core::{DType, Result};
@@ -185,5 +198,32 @@ impl Cuda {
             return self.ela_gc_backward([q, k, v, y, dy], dims, p);
         }
         self.ela_scan_backward([q, k, v, y, dy], dims, p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tile_chunk_rows;
+
+    /// The kernels take their chunk length from tile.cuh's `ELA_C`, the launches from
+    /// `tile_chunk_rows`: a mismatch runs 32-row kernels over a 64-row launch geometry. This pins
+    /// the `#if` that picks 32 rows to the rule above; change both together.
+    #[test]
+    fn chunk_rows_mirror_tile_cuh() {
+        let tile = include_str!("../../../kernels/ela/tile.cuh");
+        let rule = "#if (ELA_DT == 0 && (ELA_D > 64 || ELA_DV > 64)) || ELA_D > 144 || ELA_DV > 144\n#define ELA_C 32";
+        assert!(tile.contains(rule), "tile.cuh's ELA_C rule changed: update tile_chunk_rows and this test");
+        for (f32_operands, f, e, c) in [
+            (true, 64, 64, 64),
+            (true, 64, 80, 32),
+            (true, 128, 128, 32),
+            (false, 128, 144, 64),
+            (false, 144, 144, 64),
+            (false, 256, 256, 32),
+            (false, 64, 256, 32),
+            (false, 160, 64, 32),
+        ] {
+            assert_eq!(tile_chunk_rows(f32_operands, f, e), c, "f32 operands {f32_operands}, {f} x {e}");
+        }
     }
 }
