@@ -11,7 +11,7 @@
 mod core_forward_common;
 
 use core_forward_common::*;
-use ela_core::{Backend, DType, Shape, Tensor};
+use ela_core::{Backend, Cpu, DType, Shape, Tensor};
 use ela_tests::reference::{self as r, RefTensor, TestRng};
 use ela_tests::{device_proptest, device_tests};
 use proptest::prelude::*;
@@ -53,6 +53,9 @@ device_proptest! {
         let what = format!("index_add axis {a} ids {ids:?} (strided {strided}) of {src_shape:?} F64 {l:?} into {s:?}");
         let got = st.index_add(&it, a, &Shape::from(s.clone())).ctx(&what)?;
         check(&got, &r::index_add(&src, &ids, ai, &s), 1e-12, 1e-12, &what)?;
+        // The backward's variant (no host-side check of ids already checked) adds the same.
+        let pre = st.index_add_prechecked(&it, a, &Shape::from(s.clone())).ctx(&what)?;
+        check(&pre, &r::index_add(&src, &ids, ai, &s), 1e-12, 1e-12, &format!("prechecked {what}"))?;
         // Adjoint identity: <index_select(x), y> == <x, index_add(y)>.
         let lhs = r::dot(&r::index_select(&x, &ids, ai), &src);
         let rhs: f64 = x.data.iter().zip(got.to_vec_f64()?).map(|(a, b)| a * b).sum();
@@ -370,4 +373,17 @@ fn write_slice_refuses_what_it_cannot_write<B: Backend>(dev: &B) -> ela_core::Re
     let err = narrowed.write_slice(1, 0, &row).unwrap_err().to_string();
     assert!(err.contains("view"), "{err}");
     Ok(())
+}
+
+/// `index_add_prechecked` trusts its indices: one out of range is skipped (as the GPU kernels
+/// skip it), never written out of bounds, where `index_add` reports it.
+#[test]
+fn prechecked_index_add_skips_an_out_of_range_index() {
+    let dev = Cpu;
+    let src = Tensor::from_vec(vec![1.0f64, 2.0, 3.0, 4.0, 5.0, 6.0], [3, 2], &dev).unwrap();
+    let ids = u32_tensor(&dev, &[1, 7, 0], &[3]);
+    let out = Shape::from([2, 2]);
+    assert!(src.index_add(&ids, 0usize, &out).is_err(), "the checked op names the bad index");
+    let got = src.index_add_prechecked(&ids, 0usize, &out).unwrap();
+    assert_eq!(got.to_vec_f64().unwrap(), vec![5.0, 6.0, 1.0, 2.0]);
 }

@@ -13,7 +13,10 @@ impl<B: Backend> Var<B> {
         let a = axis.to_index(x.shape(), "index_select")?;
         let y = x.index_select(ids, a)?;
         let ids = ids.clone();
-        Var::record("index_select", y, &[self], move |g, _| Ok(vec![Some(g.index_add(&ids, a, x.shape())?)]))
+        // The forward checked `ids`; checking again would wait for the device mid-backward.
+        Var::record("index_select", y, &[self], move |g, _| {
+            Ok(vec![Some(g.index_add_prechecked(&ids, a, x.shape())?)])
+        })
     }
 
     /// Zeros of `out_shape` with slice `i` of `self` added at `ids[i]` along `axis` (see

@@ -99,6 +99,10 @@ pub fn index_add(
         let mut out = filled(outer * len * inner, T::zero())?;
         for o in 0..outer {
             for (i, &t) in ids.iter().enumerate().take(n) {
+                // Out of range only through `index_add_prechecked`: skipped, as on the GPU.
+                if t as usize >= len {
+                    continue;
+                }
                 let (src, dst) = ((o * n + i) * inner, (o * len + t as usize) * inner);
                 for j in 0..inner {
                     out[dst + j] = out[dst + j] + x[src + j];

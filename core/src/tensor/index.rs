@@ -69,6 +69,19 @@ impl<B: Backend> Tensor<B> {
     /// Adjoint of [`Tensor::index_select`]: zeros of `out_shape` with slice `i` of `self` added
     /// at `ids[i]` along `axis` (repeated indices accumulate).
     pub fn index_add<D: Dim>(&self, ids: &Self, axis: D, out_shape: &Shape) -> Result<Self> {
+        self.index_add_impl(ids, axis, out_shape, true)
+    }
+
+    /// [`Tensor::index_add`] for indices that an earlier op has already range-checked, e.g. in
+    /// the backward of [`Tensor::index_select`] with the forward's `ids`. It skips the host-side
+    /// read of `ids`, which on a GPU waits for all queued work (a stall in the middle of a
+    /// backward pass). Shapes and dtypes are still checked; an out-of-range index would be
+    /// skipped by the kernels, never written out of bounds.
+    pub fn index_add_prechecked<D: Dim>(&self, ids: &Self, axis: D, out_shape: &Shape) -> Result<Self> {
+        self.index_add_impl(ids, axis, out_shape, false)
+    }
+
+    fn index_add_impl<D: Dim>(&self, ids: &Self, axis: D, out_shape: &Shape, check: bool) -> Result<Self> {
         const OP: &str = "index_add";
         self.check_float(OP)?;
         out_shape.check_size(OP)?;
@@ -84,7 +97,11 @@ impl<B: Backend> Tensor<B> {
                 hint: format!("source and output must agree outside axis {a}, and the source has one slice per index"),
             });
         }
-        Self::check_ids(ids, out_shape.dims()[a], a, out_shape, OP)?;
+        if check {
+            Self::check_ids(ids, out_shape.dims()[a], a, out_shape, OP)?;
+        } else {
+            ids.check_dtype(DType::U32, OP, "u32 indices")?;
+        }
         let x = self.contiguous()?;
         let s = self.device().index_add(x.storage(), x.shape(), a, ids.storage(), ids.layout(), out_shape)?;
         Ok(Self::from_storage(s, out_shape.clone(), self.device()))
