@@ -110,3 +110,21 @@ fn a_folder_that_cannot_be_written_is_an_error() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A run that diverges (a learning rate of 1e30 blows the weights up in its first step) stops at
+/// the first non-finite gradient norm with a one-line error; with `--skip-nonfinite` it skips
+/// every such step and finishes.
+#[test]
+fn a_diverging_run_stops_or_skips_at_non_finite_gradient_norms() {
+    let dir = tmp("diverge");
+    let diverge = ["--lr", "1e30"];
+    one_line_error(&train(&dir, "4", &diverge), &["step 2", "gradient norm is NaN", "--skip-nonfinite"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    let o = train(&dir, "4", &[&diverge[..], &["--skip-nonfinite"]].concat());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    for step in 2..=4 {
+        assert!(err.contains(&format!("step {step}: gradient norm NaN; the update was skipped")), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
