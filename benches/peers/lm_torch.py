@@ -18,9 +18,10 @@ cancels), psi = exp(k - max k) with one max per (batch, head) (cancels). Memory 
 Usage: python3 benches/peers/lm_torch.py [--dim 512 --layers 8 --heads 8 --ffn 2048 --seq 2048
 --batch 8 --steps 12] [--variants f32,bf16,bf16-compile] (TF32 off, as our stack's default).
 Prints, per variant, tokens/s over the steps after the warm-up steps (device-synchronized wall
-time; torch.compile compiles during the warm-up), the last loss and the peak memory. Every variant
+time; torch.compile compiles during the warm-up), the median and range of the per-step times
+(CUDA events at the step boundaries), the last loss and the peak memory. Every variant
 starts from the same initialisation, and step i of every variant trains on the same batch (the
-compiled variant warms up one step longer, so its timed steps start one batch later).
+compiled variant warms up three steps longer, so its timed steps start three batches later).
 """
 import argparse
 import time
@@ -107,8 +108,9 @@ VARIANTS = {
     # name: (autocast to bf16, torch.compile, warm-up steps)
     "f32": (False, False, 2),
     "bf16": (True, False, 2),
-    # The first call compiles (tens of seconds) and a second shape-stable call may recompile.
-    "bf16-compile": (True, True, 3),
+    # The first call compiles (tens of seconds) and a second shape-stable call may recompile;
+    # a few more steps let the allocator and the compiled graphs settle before the timing.
+    "bf16-compile": (True, True, 5),
 }
 
 
@@ -136,15 +138,25 @@ def run_variant(name, args, data):
     for i in range(warmup):
         step(i)
     torch.cuda.synchronize()
+    # An event at every step boundary (queued, no synchronization) gives per-step times on the
+    # device's clock: their median is robust to a slow step (a late recompilation, a hiccup of
+    # the host) that the mean over the run includes.
+    marks = [torch.cuda.Event(enable_timing=True) for _ in range(args.steps + 1)]
     t0 = time.perf_counter()
+    marks[0].record()
     for i in range(args.steps):
         loss = step(warmup + i)
+        marks[i + 1].record()
     torch.cuda.synchronize()
     dt = time.perf_counter() - t0
+    per_step = sorted(a.elapsed_time(b) for a, b in zip(marks, marks[1:]))
+    mid = len(per_step) // 2
+    median_ms = per_step[mid] if len(per_step) % 2 else (per_step[mid - 1] + per_step[mid]) / 2
     tok = args.steps * args.batch * args.seq
     label = {"f32": "eager f32", "bf16": "eager bf16 autocast", "bf16-compile": "torch.compile bf16 autocast"}[name]
     print(f"pytorch {label}: {args.steps} steps of {args.batch}x{args.seq} tokens in {dt:.2f} s: "
-          f"{tok / dt:.0f} tokens/s ({1e3 * dt / args.steps:.0f} ms/step), last loss {loss.item():.3f}, "
+          f"{tok / dt:.0f} tokens/s ({1e3 * dt / args.steps:.0f} ms/step; per-step median {median_ms:.1f} ms, "
+          f"range {per_step[0]:.1f}-{per_step[-1]:.1f}), last loss {loss.item():.3f}, "
           f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB; {params} parameters", flush=True)
     if args.profile:
         profile_steps(step, warmup)
