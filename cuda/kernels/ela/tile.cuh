@@ -277,7 +277,7 @@ __device__ __forceinline__ void mm_tile_ldsm(float (&acc)[NT][4], const MT* A, i
 #endif
 
 #if !ELA_MMA && __CUDA_ARCH__ >= 800
-// x = hi + lo with both halves exactly representable in tf32 (round to nearest, ties away).
+// x ~ hi + lo, both tf32 values (round to nearest, ties away): |x - hi - lo| <= 2^-22 |x|.
 __device__ __forceinline__ void split_tf32(float x, u32& hi, u32& lo) {
     asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(hi) : "f"(x));
     asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(lo) : "f"(x - __uint_as_float(hi)));
