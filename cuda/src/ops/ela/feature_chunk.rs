@@ -15,7 +15,8 @@
 //! `O_c = A_c S_c + mask(A_c B_c^T) X_c`. Operands are materialised rows: `Phi = phi(q)`,
 //! `Psi = psi(k)` (`F` padded to a multiple of 16) and `V' = [v | 1]` (`E` = `Dv + 1` padded): bf16
 //! for elu+1 with bf16 inputs (tensor cores, f32 accumulation, bf16 state slots, like the
-//! Hadamard-Exp kernels), else f32 (3xTF32 tensor-core products, accurate to f32 rounding; see [`plan`] for why).
+//! Hadamard-Exp kernels), else f32 (3xTF32 tensor-core products, accurate to f32 rounding; see
+//! [`plan`] for why).
 //!
 //! Forward: `S = scan(Psi, V')`, `y = N / den` with `[N | den] = LA(Phi, Psi, V')` (eq. (L) of
 //! docs/ela.md), the division in the output pass's epilogue.

@@ -30,6 +30,13 @@ mod padded;
 mod recurrent;
 mod step;
 
+use ela_core::ela::{ElaDims, ElaKernel, ElaParams, ElaSaved, ElaStateBufs};
+use ela_core::{DType, Result};
+
+use super::stat_dtype;
+use crate::device::Cuda;
+use crate::storage::CudaStorage;
+
 /// Rows per chunk of the tile kernels (`chunk_fwd.cu`, `chunk_bwd.cu`, `la_chunk.cu`) for
 /// feature width `f` and value width `e` as compiled: 32 where 64-row tiles would not fit in
 /// shared memory (f32 operands wider than 64; anything wider than 144, i.e. 256-wide heads),
@@ -42,13 +49,6 @@ pub(crate) fn tile_chunk_rows(f32_operands: bool, f: usize, e: usize) -> usize {
         64
     }
 }
-
-use ela_core::ela::{ElaDims, ElaKernel, ElaParams, ElaSaved, ElaStateBufs};
-use ela_core::{DType, Result};
-
-use super::stat_dtype;
-use crate::device::Cuda;
-use crate::storage::CudaStorage;
 
 /// The dtype of q/k/v (one float dtype, lengths matching `dims`: checked by `Tensor`; asserted in
 /// debug builds).
