@@ -112,12 +112,17 @@ fn prefill_random<B: Backend>(
     rng: &mut Rng,
     dev: &B,
 ) -> Result<(DecodeState<B>, f64)> {
-    let ids: Vec<u32> = (0..batch * n).map(|_| rng.below(256) as u32).collect();
+    let ids = random_bytes(batch * n, rng);
     let ids = Tensor::from_cpu_storage(&CpuStorage::U32(ids), [batch, n], dev)?;
     let t0 = Instant::now();
     let (logits, state) = model.prefill(&ids)?;
     logits.to_vec_f64()?;
     Ok((state, t0.elapsed().as_secs_f64()))
+}
+
+/// `n` uniformly random byte tokens.
+fn random_bytes(n: usize, rng: &mut Rng) -> Vec<u32> {
+    (0..n).map(|_| rng.below(256) as u32).collect()
 }
 
 /// Prefill `batch` rows of `n` random tokens, then time single-token steps (one token per row).
@@ -135,7 +140,7 @@ pub(crate) fn measure<B: Backend>(
     let bytes = state.bytes();
     let mut times = Vec::with_capacity(steps);
     for i in 0..=steps {
-        let tokens: Vec<u32> = (0..batch).map(|_| rng.below(256) as u32).collect();
+        let tokens = random_bytes(batch, rng);
         let t0 = Instant::now();
         model.step(&tokens, &mut state)?.to_vec_f64()?;
         if i > 0 {
@@ -155,22 +160,21 @@ pub(crate) fn measure_graph<B: ReplayDevice>(
     rng: &mut Rng,
     dev: &B,
 ) -> Result<Cell> {
-    let tokens = |rng: &mut Rng| -> Vec<u32> { (0..batch).map(|_| rng.below(256) as u32).collect() };
     let (state, prefill_s) = prefill_random(model, n, batch, rng, dev)?;
     let bytes = state.bytes();
-    let mut dec = GraphDecoder::new(model, state, &tokens(rng))?;
+    let mut dec = GraphDecoder::new(model, state, &random_bytes(batch, rng))?;
     dec.logits().to_vec_f64()?;
     crate::errln!("ela bench decode: the recorded step has {} operations", dec.graph_nodes());
     let mut times = Vec::with_capacity(steps);
     for _ in 0..steps {
-        let next = tokens(rng);
+        let next = random_bytes(batch, rng);
         let t0 = Instant::now();
         dec.step(&next)?.to_vec_f64()?;
         times.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     // Diagnostic: the same steps without reading the logits back in between (the tokens are
     // still written and checked each step), i.e. what the host-device round trip costs.
-    let next = tokens(rng);
+    let next = random_bytes(batch, rng);
     let t0 = Instant::now();
     for _ in 0..steps {
         dec.step(&next)?;
