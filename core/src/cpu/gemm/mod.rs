@@ -109,14 +109,61 @@ macro_rules! kernel {
     }};
 }
 
-// Blocking, measured on Zen 4 (32 KiB L1d, 1 MiB L2, 32 MiB L3), with the
-// k-loop fed from L2: Zen 4's L2 easily streams the ~13 B/cycle a 6-row
-// kernel needs, so kc is sized to amortise the C-tile load/store (once per
-// kc steps) rather than to fit a B micro-panel in L1. kc = 768 (split
-// evenly, e.g. k = 1024 -> 2 x 512): a 6 x kc A panel is 18 KiB, the
-// mc x kc A block (96 x 768 x 4 B = 288 KiB) stays in L2, and the kc x nc
-// B panel (6 MiB per thread) in L3. 6x32 beat 8x32, 12x32, 14x32, 8x48 and
-// tied 6x64 while wasting less on ragged n.
+// Blocking of the AVX-512 kernels, two regimes, each measured on its machine:
+//
+// - Zen 4 (32 KiB L1d, 1 MiB L2, 32 MiB L3; a 512-bit FMA runs as two 256-bit halves): the
+//   k-loop is fed from L2. Zen 4's L2 easily streams the ~13 B/cycle a 6-row kernel needs, so
+//   kc is sized to amortise the C-tile load/store (once per kc steps) rather than to fit a B
+//   micro-panel in L1. kc = 768 (split evenly, e.g. k = 1024 -> 2 x 512): a 6 x kc A panel is
+//   18 KiB, the mc x kc A block (96 x 768 x 4 B = 288 KiB) stays in L2, and the kc x nc B
+//   panel (6 MiB per thread) in L3. 6x32 beat 8x32, 12x32, 14x32, 8x48 and tied 6x64 while
+//   wasting less on ragged n.
+// - Cores with a 48 KiB or larger L1d (Intel Golden Cove server cores: 2 MiB L2 and two
+//   full-width 512-bit FMA pipes, so twice Zen 4's flops per cycle and twice the operand
+//   bandwidth needed): kc = 256 keeps the 256 x 32 B micro-panel (32 KiB) in L1 while every A
+//   micro-panel streams past it, and mc = 192 (a 192 KiB A block) uses the larger L2.
+//   Interleaved runs on such a core (`cargo bench -p ela-core --bench gemm`, 2 threads): 1024^3
+//   270 against 216 GFLOP/s (median of 4 pairs), 512^3 334 / 301, the LM's weight gradient
+//   128 x 2048 @ 2048 x 128 287 / 267 (docs/benchmarks.md, "CPU GEMM").
+
+/// The L1-resident blocking pays off on cores with at least this much L1 data cache.
+const L1_RESIDENT_MIN_L1D: usize = 48 * 1024;
+
+/// Size of the first core's level-1 data cache, from Linux's sysfs (`None` elsewhere or when it
+/// cannot be read: the L2-fed blocking is kept then).
+fn l1d_bytes() -> Option<usize> {
+    let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
+    dir.flatten().find_map(|entry| {
+        let read = |name: &str| std::fs::read_to_string(entry.path().join(name)).ok();
+        let is_l1d = read("level")?.trim() == "1" && read("type")?.trim() == "Data";
+        is_l1d.then(|| parse_cache_size(read("size")?.trim())).flatten()
+    })
+}
+
+/// `"48K"` -> 49152 (sysfs writes sizes with a `K` or `M` suffix, or plain bytes).
+fn parse_cache_size(s: &str) -> Option<usize> {
+    let (digits, unit) = match s.as_bytes().last()? {
+        b'K' => (&s[..s.len() - 1], 1024),
+        b'M' => (&s[..s.len() - 1], 1024 * 1024),
+        _ => (s, 1),
+    };
+    digits.parse::<usize>().ok().map(|n| n * unit)
+}
+
+/// Whether this CPU takes the L1-resident AVX-512 blocking (see above).
+fn l1_resident() -> bool {
+    l1d_bytes().is_some_and(|b| b >= L1_RESIDENT_MIN_L1D)
+}
+
+impl<T> Kernel<T> {
+    /// The same micro-kernel with other blocking parameters (clamped to at least one tile).
+    pub(crate) fn with_blocking(mut self, kc: usize, mc: usize, nc: usize) -> Self {
+        self.kc = kc.max(1);
+        self.mc = mc.max(self.mr);
+        self.nc = nc.max(self.nr);
+        self
+    }
+}
 
 /// All f32 kernels this CPU can run, fastest first.
 pub(crate) fn f32_kernels() -> Vec<Kernel<f32>> {
@@ -125,7 +172,8 @@ pub(crate) fn f32_kernels() -> Vec<Kernel<f32>> {
     {
         if is_x86_feature_detected!("avx512f") {
             // 12 zmm accumulators; ~3% faster than AVX2 6x16 on Zen 4.
-            v.push(kernel!("avx512", kernel_avx512::kernel_f32, [6, 2], mr = 6, nr = 32, kc = 768, mc = 96, nc = 2048));
+            let k = kernel!("avx512", kernel_avx512::kernel_f32, [6, 2], mr = 6, nr = 32, kc = 768, mc = 96, nc = 2048);
+            v.push(if l1_resident() { k.with_blocking(256, 192, 2048) } else { k });
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             v.push(kernel!("avx2", kernel_avx2::kernel_f32, [6, 2], mr = 6, nr = 16, kc = 512, mc = 72, nc = 2048));
@@ -142,7 +190,9 @@ pub(crate) fn f64_kernels() -> Vec<Kernel<f64>> {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {
-            v.push(kernel!("avx512", kernel_avx512::kernel_f64, [6, 2], mr = 6, nr = 16, kc = 512, mc = 96, nc = 1024));
+            // The same bytes per panel as the f32 kernel: 16 f64 lanes of 8 bytes.
+            let k = kernel!("avx512", kernel_avx512::kernel_f64, [6, 2], mr = 6, nr = 16, kc = 512, mc = 96, nc = 1024);
+            v.push(if l1_resident() { k.with_blocking(256, 192, 1024) } else { k });
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             v.push(kernel!("avx2", kernel_avx2::kernel_f64, [6, 2], mr = 6, nr = 8, kc = 512, mc = 72, nc = 1024));
@@ -154,10 +204,31 @@ pub(crate) fn f64_kernels() -> Vec<Kernel<f64>> {
 
 /// Picks the first (fastest) kernel, unless `ELA_GEMM_KERNEL` names another
 /// supported one (`avx512`, `avx2`, `generic`) — for benchmarking/debugging.
+/// `ELA_GEMM_BLOCKING=kc,mc,nc` overrides its blocking, for tuning on a new
+/// CPU (a malformed value is reported on stderr and ignored).
 fn select<T>(all: Vec<Kernel<T>>) -> Kernel<T> {
     let want = std::env::var("ELA_GEMM_KERNEL").ok();
     let pos = want.and_then(|w| all.iter().position(|k| k.name == w)).unwrap_or(0);
-    all.into_iter().nth(pos).expect("generic kernel always present")
+    let k = all.into_iter().nth(pos).expect("generic kernel always present");
+    match std::env::var("ELA_GEMM_BLOCKING") {
+        Ok(b) => match parse_blocking(&b) {
+            Some((kc, mc, nc)) => k.with_blocking(kc, mc, nc),
+            None => {
+                eprintln!("warning: ELA_GEMM_BLOCKING={b:?} is not `kc,mc,nc` (three positive integers); ignored");
+                k
+            }
+        },
+        Err(_) => k,
+    }
+}
+
+/// `"256,192,2048"` -> `(256, 192, 2048)`.
+fn parse_blocking(s: &str) -> Option<(usize, usize, usize)> {
+    let v: Vec<usize> = s.split(',').map(|x| x.trim().parse().ok().filter(|&n| n > 0)).collect::<Option<_>>()?;
+    match v[..] {
+        [kc, mc, nc] => Some((kc, mc, nc)),
+        _ => None,
+    }
 }
 
 fn f32_kernel() -> &'static Kernel<f32> {

@@ -20,7 +20,7 @@ impl TestElem for f32 {
         self as f64
     }
     fn kernels() -> Vec<Kernel<Self>> {
-        f32_kernels()
+        with_both_blockings(f32_kernels())
     }
 }
 
@@ -33,8 +33,15 @@ impl TestElem for f64 {
         self
     }
     fn kernels() -> Vec<Kernel<Self>> {
-        f64_kernels()
+        with_both_blockings(f64_kernels())
     }
+}
+
+/// Every kernel with its own blocking and with small blocks (kc = 64, mc = 2 MR, nc = 4 NR),
+/// so that both of the AVX-512 kernels' blocking regimes, the L2-fed and the L1-resident one,
+/// and every loop of the blocking are exercised whichever CPU runs the tests.
+fn with_both_blockings<T: Copy>(kernels: Vec<Kernel<T>>) -> Vec<Kernel<T>> {
+    kernels.into_iter().flat_map(|k| [k, k.with_blocking(64, 2 * k.mr, 4 * k.nr)]).collect()
 }
 
 /// Deterministic xorshift values in [-1, 1).
@@ -210,11 +217,11 @@ fn small_shapes_all_layouts_f64() {
 #[test]
 fn big_shape_crosses_all_blocks() {
     // 300 > mc, 519 > kc (uneven k split), 257 leaves partial NR panels.
-    for kern in f32_kernels() {
+    for kern in <f32 as TestElem>::kernels() {
         check::<f32>(&kern, 0, (300, 257, 519), (Layout::Row, Layout::Row, Layout::Row), 1.0, 0.0, 2);
         check::<f32>(&kern, 0, (300, 257, 519), (Layout::Col, Layout::Col, Layout::Row), 2.0, 1.0, 3);
     }
-    for kern in f64_kernels() {
+    for kern in <f64 as TestElem>::kernels() {
         check::<f64>(&kern, 0, (300, 257, 519), (Layout::Col, Layout::Row, Layout::Col), 1.0, 0.5, 4);
     }
     // n > nc so the jc loop runs more than once.
@@ -317,4 +324,17 @@ fn overlap_detection() {
     assert!(!no_overlap(4, 0, 5, 1));
     assert!(no_overlap(1, 0, 5, 1));
     assert!(no_overlap(1, 0, 1, 0));
+}
+
+#[test]
+fn cache_sizes_and_blocking_parse() {
+    assert_eq!(parse_cache_size("48K"), Some(48 * 1024));
+    assert_eq!(parse_cache_size("2M"), Some(2 * 1024 * 1024));
+    assert_eq!(parse_cache_size("32768"), Some(32768));
+    assert_eq!(parse_cache_size("K"), None);
+    assert_eq!(parse_cache_size(""), None);
+    assert_eq!(parse_blocking("256, 192,2048"), Some((256, 192, 2048)));
+    assert_eq!(parse_blocking("256,192"), None);
+    assert_eq!(parse_blocking("256,0,2048"), None);
+    assert_eq!(parse_blocking("a,b,c"), None);
 }
