@@ -4,7 +4,8 @@
 //! Run: `cargo bench -p ela-core --bench gemm` (prints a markdown table).
 //! `GEMM_BENCH_QUICK=1` runs fewer repetitions; extra arguments (after
 //! `--`) keep only the shapes whose row label contains one of them, e.g.
-//! `cargo bench -p ela-core --bench gemm -- 1024x1024`.
+//! `cargo bench -p ela-core --bench gemm -- 1024x1024`. `GEMM_BENCH_SHAPES=MxKxN,...` replaces
+//! the shapes, e.g. `GEMM_BENCH_SHAPES=128x2048x128` (m x k @ k x n).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
