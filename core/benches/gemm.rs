@@ -72,39 +72,29 @@ fn cpuinfo(key: &str) -> Option<String> {
     Some(line.split(':').nth(1)?.trim().to_string())
 }
 
-/// Register-only FMA loops: 12 independent accumulators (more than 2 pipes x 4-cycle latency),
-/// so they run at the FMA throughput limit. Return flops.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn fma_loop_256(iters: usize) -> f64 {
-    use std::arch::x86_64::*;
-    let mut acc = [_mm256_set1_ps(0.0); 12];
-    let x = _mm256_set1_ps(black_box(0.999_999));
-    let y = _mm256_set1_ps(black_box(1e-7));
-    for _ in 0..iters {
-        for a in acc.iter_mut() {
-            *a = _mm256_fmadd_ps(*a, x, y);
+/// Register-only FMA loops, one per vector width: 12 independent accumulators (more than 2 pipes
+/// x 4-cycle latency), so they run at the FMA throughput limit. Return flops.
+macro_rules! fma_loop {
+    ($name:ident, $feat:literal, $set1:ident, $fmadd:ident, $lanes:expr) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feat)]
+        fn $name(iters: usize) -> f64 {
+            use std::arch::x86_64::*;
+            let mut acc = [$set1(0.0); 12];
+            let x = $set1(black_box(0.999_999));
+            let y = $set1(black_box(1e-7));
+            for _ in 0..iters {
+                for a in acc.iter_mut() {
+                    *a = $fmadd(*a, x, y);
+                }
+            }
+            black_box(acc);
+            (iters * 12 * $lanes * 2) as f64
         }
-    }
-    black_box(acc);
-    (iters * 12 * 8 * 2) as f64
+    };
 }
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn fma_loop_512(iters: usize) -> f64 {
-    use std::arch::x86_64::*;
-    let mut acc = [_mm512_set1_ps(0.0); 12];
-    let x = _mm512_set1_ps(black_box(0.999_999));
-    let y = _mm512_set1_ps(black_box(1e-7));
-    for _ in 0..iters {
-        for a in acc.iter_mut() {
-            *a = _mm512_fmadd_ps(*a, x, y);
-        }
-    }
-    black_box(acc);
-    (iters * 12 * 16 * 2) as f64
-}
+fma_loop!(fma_loop_256, "avx2,fma", _mm256_set1_ps, _mm256_fmadd_ps, 8);
+fma_loop!(fma_loop_512, "avx512f", _mm512_set1_ps, _mm512_fmadd_ps, 16);
 
 /// Achievable peak in GFLOP/s of one vector width: its FMA loop on every core at once.
 #[cfg(target_arch = "x86_64")]
