@@ -1,16 +1,18 @@
 //! ELA kernels: the checker confirms the built-ins decompose exactly and reports the blueprint
 //! kernel's non-negativity violation (q.k < -1); a user-defined kernel runs through every form
-//! (chunked via the Identity fused path and its own VJPs), and the checker catches user kernels
-//! whose decomposition or VJP is wrong.
+//! (chunked via the Identity fused path and its own VJPs), its gradients pass central finite
+//! differences on every backend, and the checker catches user kernels whose decomposition or VJP
+//! is wrong.
 
 mod ela_common;
 
 use std::sync::Arc;
 
-use ela_autograd::Var;
-use ela_common::{max_abs, rel, rel_floor};
+use ela_autograd::{gradcheck, GradcheckOptions, Var};
+use ela_common::{max_abs, rel, rel_floor, up};
 use ela_core::{Backend, Cpu, DType, ElaKernel, Result, Rng, Tensor};
 use ela_nn::ela::{builtin, check_kernel, CheckOptions, Ela, Form, Kernel};
+use ela_tests::device_tests;
 
 /// `(q.k)^2 = (q (x) q) . (k (x) k)`: F = D^2, non-negative. The features are outer products;
 /// `phi_ab = q_a q_b` gives `dq_a = sum_b (G_ab + G_ba) q_b`.
@@ -19,6 +21,7 @@ struct SquaredDot {
     /// Deliberate bugs for the checker tests.
     bad_vjp: bool,
     bad_scale: f64,
+    nan_vjp: bool,
 }
 
 impl SquaredDot {
@@ -55,14 +58,19 @@ impl<B: Backend> Kernel<B> for SquaredDot {
         Self::vjp(q, &d_phi.mul_scalar(self.bad_scale)?, true)
     }
     fn psi_vjp(&self, k: &Tensor<B>, d_psi: &Tensor<B>) -> Result<Tensor<B>> {
-        Self::vjp(k, d_psi, !self.bad_vjp)
+        let g = Self::vjp(k, d_psi, !self.bad_vjp)?;
+        if self.nan_vjp {
+            g.mul_scalar(f64::NAN)
+        } else {
+            Ok(g)
+        }
     }
     fn kernel_matrix(&self, q: &Var<B>, k: &Var<B>) -> Result<Var<B>> {
         q.matmul(&k.t()?)?.square()
     }
 }
 
-const GOOD: SquaredDot = SquaredDot { bad_vjp: false, bad_scale: 1.0 };
+const GOOD: SquaredDot = SquaredDot { bad_vjp: false, bad_scale: 1.0, nan_vjp: false };
 
 #[test]
 fn builtin_kernels_decompose_exactly() {
@@ -116,6 +124,7 @@ fn elu_plus_one_is_exact_positive_and_differentiable() {
     let x = Tensor::from_vec(vec![-2.0f64, 0.0, 0.5, 3.0], [1, 4], &Cpu).unwrap();
     let phi = kern.phi(&x).unwrap().to_vec_f64().unwrap();
     let want = [(-2.0f64).exp(), 1.0, 1.5, 4.0];
+    assert_eq!(phi.len(), want.len());
     for (a, b) in phi.iter().zip(want) {
         assert!((a - b).abs() < 1e-15, "{phi:?} vs {want:?}");
     }
@@ -123,6 +132,7 @@ fn elu_plus_one_is_exact_positive_and_differentiable() {
     let g = Tensor::from_vec(vec![1.0f64, 2.0, 3.0, 4.0], [1, 4], &Cpu).unwrap();
     let dx = kern.phi_vjp(&x, &g).unwrap().to_vec_f64().unwrap();
     let want = [(-2.0f64).exp(), 2.0, 3.0, 4.0];
+    assert_eq!(dx.len(), want.len());
     for (a, b) in dx.iter().zip(want) {
         assert!((a - b).abs() < 1e-15, "{dx:?} vs {want:?}");
     }
@@ -138,6 +148,9 @@ fn checker_catches_wrong_user_kernels() {
     assert!(!bad_vjp.exact(1e-12, 1e-6));
     let bad_features = check_kernel::<Cpu>(&SquaredDot { bad_scale: 1.01, ..GOOD }, &Cpu, &opts).unwrap();
     assert!(bad_features.max_decomposition_error > 1e-3, "{bad_features}");
+    // A VJP that returns NaN is the worst error, not a pass.
+    let nan_vjp = check_kernel::<Cpu>(&SquaredDot { nan_vjp: true, ..GOOD }, &Cpu, &opts).unwrap();
+    assert!(nan_vjp.psi_vjp_error == f64::INFINITY && !nan_vjp.exact(1e-12, 1e-6), "{nan_vjp}");
 }
 
 fn user_inputs(b: usize, h: usize, t: usize, d: usize, dv: usize, seed: u64) -> [Tensor<Cpu>; 4] {
@@ -182,4 +195,23 @@ fn user_kernel_runs_through_every_form() {
             assert_eq!(node.op_name(), "ela_chunked");
         }
     }
+}
+
+device_tests!(user_kernel_passes_finite_differences);
+
+/// The user-kernel node (the Identity fused path on `phi(q)`, `psi(k)`, then the kernel's own
+/// VJPs) against central finite differences in f64, causal and not, at chunk lengths that split
+/// the sequence unevenly. On CUDA, `ela_backward` runs with the Identity kernel and F = D^2.
+fn user_kernel_passes_finite_differences<B: Backend>(dev: &B) -> Result<()> {
+    for causal in [true, false] {
+        for (t, d, chunk, seed) in [(1, 1, 1, 1u64), (5, 2, 2, 2), (9, 3, 4, 3), (7, 3, 3, 4)] {
+            let [q, k, v, _] = user_inputs(1, 2, t, d, 2, seed);
+            let ela = Ela::<B>::new(Arc::new(GOOD)).with_causal(causal).with_chunk(chunk);
+            let f = |x: &[Var<B>]| ela.chunked(&x[0], &x[1], &x[2]);
+            let opts = GradcheckOptions { eps: 1e-6, rtol: 1e-6, atol: 1e-8, seed };
+            let report = gradcheck(f, &[up(dev, &q), up(dev, &k), up(dev, &v)], opts)?;
+            assert!(report.passed, "user kernel causal={causal} t={t} d={d} C={chunk}: {report}");
+        }
+    }
+    Ok(())
 }

@@ -128,7 +128,10 @@ fn vjp_error<B: Backend>(
         p[e] += h;
         m[e] -= h;
         let num = (loss(p)? - loss(m)?) / (2.0 * h);
-        worst = worst.max((num - analytic[e]).abs() / num.abs().max(analytic[e].abs()).max(1.0));
+        let err = (num - analytic[e]).abs() / num.abs().max(analytic[e].abs()).max(1.0);
+        // `f64::max` drops a NaN operand: a VJP (or a map) that returns NaN must count as the
+        // worst error, not as none.
+        worst = if err.is_nan() { f64::INFINITY } else { worst.max(err) };
     }
     Ok(worst)
 }
