@@ -298,12 +298,17 @@ device_proptest! {
 device_proptest! {
     #![proptest_config(cfg())]
 
-    fn index_select_embedding<B: Backend>(
+    fn index_select_add_embedding<B: Backend>(
         dev: &B,
-        (x, a, ids) in (one(1..=3, 3, Vals::Normal), any::<Index>()).prop_flat_map(|(x, ax)| {
+        (x, a, ids, y) in (one(1..=3, 3, Vals::Normal), any::<Index>()).prop_flat_map(|(x, ax)| {
             let a = ax.index(x.dims.len());
             let d = x.dims[a] as u32;
             (Just(x), Just(a), vec(0..d, 1..=5))
+        }).prop_flat_map(|(x, a, ids)| {
+            // index_add's input: x's shape with `ids.len()` rows along the axis (repeats included).
+            let mut ydims = x.dims.clone();
+            ydims[a] = ids.len();
+            (Just(x), Just(a), Just(ids), input(ydims, Vals::Normal))
         }),
         (table, eids) in (1..=4usize, 1..=3usize, 1..=3usize, 1..=3usize).prop_flat_map(|(vocab, dim, b, t)| {
             (input(vec![vocab, dim], Vals::Normal), vec(0..vocab as u32, b * t).prop_map(move |v| (v, [b, t])))
@@ -311,7 +316,9 @@ device_proptest! {
     ) {
         let n = ids.len();
         let ids = u32s(dev, &[n], ids);
+        let out: ela_core::Shape = x.dims.clone().into();
         check(dev, "index_select", &[x], |v| v[0].index_select(&ids, a))?;
+        check(dev, "index_add", &[y], |v| v[0].index_add(&ids, a, &out))?;
         let eids = u32s(dev, &eids.1, eids.0);
         check(dev, "embedding", &[table], |v| v[0].embedding(&eids))?;
     }
@@ -351,7 +358,7 @@ device_proptest! {
 
     fn norms<B: Backend>(
         dev: &B,
-        ins in dims(1..=3, 4).prop_flat_map(|d| { let n = *d.last().unwrap(); inputs_m(vec![d, vec![n], vec![n]], Vals::Normal, NO_OFFSET) }),
+        ins in dims(1..=3, 4).prop_flat_map(|d| { let n = *d.last().unwrap(); inputs(vec![d, vec![n], vec![n]], Vals::Normal) }),
     ) {
         let (x, w, b) = (&ins[0], &ins[1], &ins[2]);
         check(dev, "rms_norm", from_ref(x), |v| v[0].rms_norm(None, 1e-5))?;
@@ -365,7 +372,7 @@ device_proptest! {
     fn cross_entropy<B: Backend>(
         dev: &B,
         (x, raw, dropped) in (1..=4usize, 1..=5usize).prop_flat_map(|(rows, classes)| {
-            (input_m(vec![rows, classes], Vals::Normal, NO_OFFSET), vec(0..classes as u32, rows), vec(any::<bool>(), rows))
+            (input(vec![rows, classes], Vals::Normal), vec(0..classes as u32, rows), vec(any::<bool>(), rows))
         }),
     ) {
         let rows = raw.len();

@@ -106,10 +106,6 @@ impl In {
 
 /// Every view mode.
 pub const ALL: &[u8] = &[0, 1, 2, 3];
-/// The view modes that never leave an offset: modes 2 and 3 narrow, and even mode 3 gives a
-/// contiguous view with an offset when all but the last axis have size 1 (see
-/// `fused_ops_on_offset_views`).
-pub const NO_OFFSET: &[u8] = &[0, 1];
 
 /// Inputs of the given logical dims; with `Distinct`, values are distinct across all of them.
 pub fn inputs(ds: Vec<Vec<usize>>, k: Vals) -> impl Strategy<Value = Vec<In>> {
