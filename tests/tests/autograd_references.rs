@@ -1,6 +1,7 @@
 //! Backward passes against independent references, on every backend: the explicit softmax
-//! Jacobian, the cross-entropy formula, fused ops (SwiGLU, conv bias + SiLU, RMS norm) against
-//! the same functions composed from primitives, and tensors with zero-size axes. Helpers and
+//! Jacobian (along the last and the first axis), the cross-entropy formula (ignoring a class, a
+//! sentinel, or nothing), fused ops (SwiGLU, conv bias + SiLU, RMS norm, layer norm) against the
+//! same functions composed from primitives, and tensors with zero-size axes. Helpers and
 //! case counts (`ELA_PROPTEST_CASES`) as in `autograd_gradcheck.rs`.
 
 mod autograd_common;
@@ -118,30 +119,130 @@ device_proptest! {
     }
 }
 
+device_proptest! {
+    #![proptest_config(cfg())]
+
+    /// The fused layer-norm backward equals the backward of the same function built from
+    /// primitives, `(x - mean) / sqrt(var + eps) * w + b` (biased variance), with and without
+    /// the weight and the bias.
+    fn layer_norm_matches_composed<B: Backend>(
+        dev: &B,
+        ins in dims(1..=3, 5).prop_flat_map(|d| {
+            let n = *d.last().unwrap();
+            inputs_m(vec![d.clone(), vec![n], vec![n], d], Vals::Normal, &[0])
+        }),
+    ) {
+        let (x, w, b) = (Var::param(ins[0].tensor(dev)), Var::param(ins[1].tensor(dev)), Var::param(ins[2].tensor(dev)));
+        let g = ins[3].tensor(dev);
+        let r = x.rank() - 1;
+        let centred = x.sub(&x.mean(r, true)?)?;
+        let normed = centred.div(&centred.square()?.mean(r, true)?.add_scalar(1e-5)?.sqrt()?)?;
+        for (with_w, with_b) in [(true, true), (true, false), (false, true), (false, false)] {
+            let (wo, bo) = (with_w.then_some(&w), with_b.then_some(&b));
+            let fused = x.layer_norm(wo, bo, 1e-5)?;
+            let mut composed = normed.clone();
+            if with_w {
+                composed = composed.mul(&w)?;
+            }
+            if with_b {
+                composed = composed.add(&b)?;
+            }
+            let (gf, gc) = (fused.backward_with(g.clone())?, composed.backward_with(g.clone())?);
+            prop_assert!(fused.value().all_close(&composed.value(), 1e-10, 1e-12)?, "w={} b={}", with_w, with_b);
+            let used: Vec<&Var<B>> = [Some(&x), wo, bo].into_iter().flatten().collect();
+            for v in used {
+                prop_assert!(gf.get(v).unwrap().all_close(gc.get(v).unwrap(), 1e-9, 1e-12)?, "w={} b={}", with_w, with_b);
+            }
+        }
+    }
+
+    /// The mean cross-entropy formula of `cross_entropy_matches_formula` without an ignored
+    /// class and with an out-of-range sentinel (u32::MAX, never a class): every row counts, and
+    /// the sentinel's rows get no gradient.
+    fn cross_entropy_without_and_with_a_sentinel<B: Backend>(
+        dev: &B,
+        (x, t, dropped) in (1..=4usize, 2..=5usize).prop_flat_map(|(r, c)| {
+            (vec(-3.0f64..3.0, r * c), vec(0..c as u32, r), vec(any::<bool>(), r))
+        }),
+    ) {
+        let (rows, c) = (t.len(), x.len() / t.len());
+        let with_sentinel: Vec<u32> = t.iter().zip(&dropped).map(|(&k, &d)| if d { u32::MAX } else { k }).collect();
+        for (targets, ignore) in [(t.clone(), None), (with_sentinel, Some(u32::MAX))] {
+            let xv = Var::param(tensor(dev, &[rows, c], x.clone()));
+            let loss = xv.cross_entropy(&u32s(dev, &[rows], targets.clone()), ignore)?;
+            let dx = loss.backward()?.get(&xv).unwrap().to_vec::<f64>()?;
+            let counted = targets.iter().filter(|&&k| Some(k) != ignore).count().max(1) as f64;
+            for r in 0..rows {
+                let row = &x[r * c..(r + 1) * c];
+                let z: f64 = row.iter().map(|v| v.exp()).sum();
+                for k in 0..c {
+                    let want = if Some(targets[r]) == ignore {
+                        0.0
+                    } else {
+                        (row[k].exp() / z - (k as u32 == targets[r]) as u8 as f64) / counted
+                    };
+                    prop_assert!((dx[r * c + k] - want).abs() <= 1e-12, "ignore {:?} row {} class {}", ignore, r, k);
+                }
+            }
+        }
+    }
+
+    /// The softmax Jacobian along axis 0 of a matrix (the path that moves the axis last and back):
+    /// column `j` of `x [n, m]` gets `J_j^T g_j` with `J_j = diag(y_j) - y_j y_j^T`.
+    fn softmax_along_the_first_axis_matches_explicit_jacobian<B: Backend>(
+        dev: &B,
+        (n, m, x, g) in (1..=4usize, 1..=3usize).prop_flat_map(|(n, m)| {
+            (Just(n), Just(m), vec(-3.0f64..3.0, n * m), vec(-1.0f64..1.0, n * m))
+        }),
+    ) {
+        let xv = Var::param(tensor(dev, &[n, m], x.clone()));
+        let dx = xv.softmax(0)?.backward_with(tensor(dev, &[n, m], g.clone()))?.get(&xv).unwrap().to_vec::<f64>()?;
+        for col in 0..m {
+            let xs: Vec<f64> = (0..n).map(|i| x[i * m + col]).collect();
+            let mx = xs.iter().fold(f64::MIN, |a, &b| a.max(b));
+            let z: f64 = xs.iter().map(|v| (v - mx).exp()).sum();
+            let y: Vec<f64> = xs.iter().map(|v| (v - mx).exp() / z).collect();
+            for j in 0..n {
+                let want: f64 = (0..n).map(|i| y[i] * ((i == j) as u8 as f64 - y[j]) * g[i * m + col]).sum();
+                prop_assert!((dx[j * m + col] - want).abs() <= 1e-12, "column {} row {}: {} vs {}", col, j, dx[j * m + col], want);
+            }
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------ empty tensors
 
 device_proptest! {
     #![proptest_config(cfg())]
 
     /// A zero-size leading axis: no rows to differentiate, but the other operands must still get
-    /// exact (zero or partial) gradients and nothing may fail.
+    /// exact (zero or partial) gradients (checked against finite differences) and nothing may fail.
     fn empty_leading_axis<B: Backend>(
         dev: &B,
         ins in (1..=3usize, 1..=3usize).prop_flat_map(|(k, n)| { inputs_m(vec![vec![0, k], vec![k], vec![k, n], vec![2, k], vec![0, k, 2, 2], vec![n, k, 1, 2]], Vals::Normal, &[0]) }),
     ) {
         let (x, b, w, y, img, ker) = (&ins[0], &ins[1], &ins[2], &ins[3], &ins[4], &ins[5]);
         let none = u32s(dev, &[0], vec![]);
-        check(dev, "exp", from_ref(x), |v| v[0].exp())?;
+        // Ops of the empty operand alone have nothing to compare numerically: they must run
+        // forward and backward and give an empty gradient of the operand's shape.
+        let empty_grad = |name: &str, f: &dyn Fn(&Var<B>) -> ela_core::Result<Var<B>>| -> ela_core::Result<()> {
+            let xv = Var::param(x.tensor(dev));
+            let grads = f(&xv)?.sum_all()?.backward()?;
+            let g = grads.get(&xv).unwrap_or_else(|| panic!("{name}: no gradient for the empty operand"));
+            assert_eq!(g.dims(), xv.dims(), "{name}: gradient shape");
+            Ok(())
+        };
+        empty_grad("exp", &|v| v.exp())?;
+        empty_grad("sum over the empty axis", &|v| v.sum(0, false))?;
+        empty_grad("sum_all", &|v| v.sum_all())?;
+        empty_grad("softmax", &|v| v.softmax(1))?;
+        empty_grad("cross_entropy", &|v| v.cross_entropy(&none, None))?;
         check(dev, "add broadcast", &[x.clone(), b.clone()], |v| v[0].add(&v[1]))?;
-        check(dev, "sum over the empty axis", from_ref(x), |v| v[0].sum(0, false))?;
-        check(dev, "sum_all", from_ref(x), |v| v[0].sum_all())?;
-        check(dev, "softmax", from_ref(x), |v| v[0].softmax(1))?;
         check(dev, "layer_norm", &[x.clone(), b.clone()], |v| v[0].layer_norm(Some(&v[1]), None, 1e-5))?;
         check(dev, "matmul", &[x.clone(), w.clone()], |v| v[0].matmul(&v[1]))?;
         check(dev, "concat", &[x.clone(), y.clone()], |v| Var::concat(&[&v[0], &v[1]], 0))?;
         check(dev, "index_select", from_ref(w), |v| v[0].index_select(&none, 0))?;
         check(dev, "embedding", from_ref(w), |v| v[0].embedding(&none))?;
-        check(dev, "cross_entropy", from_ref(x), |v| v[0].cross_entropy(&none, None))?;
         check(dev, "conv2d", &[img.clone(), ker.clone()], |v| v[0].conv2d(&v[1], &Conv2dParams::default()))?;
     }
 }
@@ -200,4 +301,19 @@ fn fused_ops_on_offset_views<B: Backend>(dev: &B) {
     run("stack(., avg_pool2d)", from_ref(&img), &|v| second(v[0].avg_pool2d(&pool)?.exp()?, v[0].avg_pool2d(&pool)?));
     run("stack(., upsample)", &[img], &|v| second(v[0].exp()?, v[0].upsample_nearest2d((1, 1))?));
     assert!(failed.is_empty(), "{} of 10 failed:\n{}", failed.len(), failed.join("\n"));
+}
+
+/// GELU's and SiLU's derivative ops have no backward of their own (no second derivatives): a
+/// graph through them is an error naming the op, not a wrong gradient.
+#[test]
+fn second_derivatives_of_gelu_and_silu_are_refused() {
+    let dev = ela_core::Cpu;
+    for op in [ela_core::UnaryOp::GeluGrad, ela_core::UnaryOp::SiluGrad] {
+        let x = Var::param(tensor(&dev, &[3], vec![-1.0, 0.5, 2.0]));
+        let Err(e) = x.unary(op).unwrap().sum_all().unwrap().backward() else {
+            panic!("{}: backward succeeded", op.name())
+        };
+        let e = e.to_string();
+        assert!(e.contains(op.name()) && e.contains("second derivatives"), "{e}");
+    }
 }
