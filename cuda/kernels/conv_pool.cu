@@ -1,6 +1,6 @@
 // Convolution helpers (im2col / col2im around cuBLAS GEMMs, direct depthwise kernels, a direct
 // kernel for few input channels), pooling and nearest upsampling over
-// contiguous NCHW data, mirroring core/src/cpu/conv.rs. Backward kernels gather (each input cell
+// contiguous NCHW data, mirroring core/src/cpu/conv/. Backward kernels gather (each input cell
 // sums the outputs that read it) so they are deterministic, except max-pool backward, which
 // scatters into an f32/f64 buffer with atomics because overlapping windows may pick one cell twice.
 
@@ -37,6 +37,7 @@ IM2COL(4, u32)
 IM2COL(8, u64)
 
 // dx[img, ci, iy, ix] = sum of dcol entries whose tap reads (iy, ix); dcol is in the compute type.
+// col2im, the adjoint of im2col. Derivation: docs/autograd.md#convolution-and-pooling ("conv2d").
 template <typename D> __device__ void col2im_impl(typename D::S* dx, const typename D::C* dcol, ConvGeo g) {
     typedef typename D::C C;
     i64 npix = g.oh * g.ow, krows = g.c * g.kh * g.kw;
@@ -104,6 +105,7 @@ __device__ void dw_fwd_impl(typename D::S* y, const typename D::S* x, const type
 }
 
 // dx[img, c, iy, ix] = sum over the taps that read (iy, ix) of dy * w (a gather: deterministic).
+// Derivation: docs/autograd.md#convolution-and-pooling ("conv2d").
 template <typename D, int K>
 __device__ void dw_bwd_input_impl(typename D::S* dx, const typename D::S* dy, const typename D::S* wt, ConvGeo g) {
     typedef typename D::C C;
@@ -137,6 +139,7 @@ __device__ void dw_bwd_input_impl(typename D::S* dx, const typename D::S* dy, co
 }
 
 // dW[c, t] = sum over (img, oy, ox) of dy[img, c, oy, ox] * x[img, c, iy(oy, t), ix(ox, t)].
+// Derivation: docs/autograd.md#convolution-and-pooling ("conv2d").
 // Block (blockIdx.x = c * taps + t, blockIdx.y = split) sums its `per_split` slice of the flattened
 // (img, output pixel) range with a fixed partition and a fixed tree order (deterministic, no
 // atomics). With one split it stores dW itself; else its partial goes to partial[ct * splits +
@@ -181,6 +184,7 @@ __device__ void dw_bwd_weight_impl(typename D::S* dwt, typename D::C* partial, c
 // 3x3 weight gradient: block (blockIdx.x = channel, blockIdx.y = split); each thread reads dy
 // and the 3x3 input window of its output pixels once and accumulates all 9 taps in registers
 // (9x fewer loads and index computations than a block per tap). Partials as dw_bwd_weight_impl.
+// Derivation: docs/autograd.md#convolution-and-pooling ("conv2d").
 template <typename D>
 __device__ void dw_bwd_weight3_impl(typename D::S* dwt, typename D::C* partial, const typename D::S* x,
                                     const typename D::S* dy, ConvGeo g, i64 per_split) {
@@ -428,6 +432,7 @@ template <typename D> __device__ void max_pool_impl(typename D::S* y, u32* am, c
 }
 
 // dx (compute type, pre-zeroed) [plane, h*w] += dy at each output's winner.
+// Derivation: docs/autograd.md#convolution-and-pooling ("max_pool2d").
 template <typename D> __device__ void max_pool_bwd_impl(typename D::C* dx, const typename D::S* dy, const u32* am, i64 planes, i64 opix, i64 ipix) {
     FOR_EACH(k, planes * opix) {
         u32 a = am[k];
@@ -448,7 +453,8 @@ template <typename D> __device__ void avg_pool_impl(typename D::S* y, const type
     }
 }
 
-// dx[pl, iy, ix] = sum over the windows that cover (iy, ix) of dy / divisor.
+// dx[pl, iy, ix] = sum over the windows that cover (iy, ix) of dy / divisor (pool_div, the
+// forward's). Derivation: docs/autograd.md#convolution-and-pooling ("avg_pool2d").
 template <typename D> __device__ void avg_pool_bwd_impl(typename D::S* dx, const typename D::S* dy, PoolGeo g) {
     typedef typename D::C C;
     FOR_EACH(k, g.planes * g.h * g.w) {
@@ -472,6 +478,7 @@ template <typename D> __device__ void avg_pool_bwd_impl(typename D::S* dx, const
 }
 
 // Nearest upsampling: y[pl, oy, ox] = x[pl, oy / fh, ox / fw]; backward sums each fh x fw block.
+// Derivation of the backward: docs/autograd.md#convolution-and-pooling ("upsample_nearest2d").
 template <typename D>
 __device__ void upsample_impl(typename D::S* y, const typename D::S* x, i64 planes, i64 h, i64 w, i64 fh, i64 fw) {
     i64 oh = h * fh, ow = w * fw;

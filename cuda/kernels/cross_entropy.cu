@@ -35,6 +35,8 @@ __device__ void ce_impl(typename D::C* loss, typename D::C* lse, u32* bad, const
     }
 }
 
+// dx[r, j] = dloss[r] (exp(x[r, j] - lse[r]) - [j = t[r]]), 0 for an ignored row.
+// Derivation: docs/autograd.md#fused-ops ("Cross-entropy").
 template <typename D>
 __device__ void ce_bwd_impl(typename D::S* dx, const typename D::S* x, const u32* t, const typename D::C* lse,
                             const typename D::C* dloss, i64 rows, i64 classes, int has_ignore, u32 ignore) {

@@ -65,14 +65,14 @@ template <typename C> __device__ __forceinline__ C unary_scalar(int op, C x, C p
             const C k = (C)0.7978845608028654, c = (C)0.044715, h = (C)0.5;
             return h * x * (one + x_tanh(k * (x + c * x * x * x)));
         }
-        case 9: {  // d GELU / dx
+        case 9: {  // d GELU / dx (GeluGrad); derivation: docs/autograd.md#elementwise ("GELU (tanh form)")
             const C k = (C)0.7978845608028654, c = (C)0.044715, c3 = (C)(3.0 * 0.044715), h = (C)0.5;
             C t = x_tanh(k * (x + c * x * x * x));
             C du = k * (one + c3 * x * x);
             return h * (one + t) + h * x * (one - t * t) * du;
         }
         case 10: return x / (one + x_exp(-x));
-        case 11: {
+        case 11: {  // d SiLU / dx (SiluGrad); derivation: docs/autograd.md#elementwise ("SiLU")
             C s = one / (one + x_exp(-x));
             return s * (one + x * (one - s));
         }
@@ -336,6 +336,7 @@ extern "C" __global__ void adamw_f64(double* po, double* mo, double* vo, const d
 // y = silu(a) b, and its backward da = g b silu'(a), db = g silu(a) with silu(a) = a s,
 // silu'(a) = s (1 + a (1 - s)), s = 1 / (1 + exp(-a)): the CPU backend's formulas
 // (core/src/cpu/nn.rs), in the compute type, rounded once.
+// Derivation of the backward: docs/autograd.md#swiglu.
 template <typename D> __device__ void swiglu_impl(typename D::S* out, const typename D::S* a, const typename D::S* b, i64 n) {
     typedef typename D::C C;
     FOR_EACH(i, n) {
@@ -343,6 +344,7 @@ template <typename D> __device__ void swiglu_impl(typename D::S* out, const type
         out[i] = D::store(x / ((C)1 + x_exp(-x)) * D::load(b[i]));
     }
 }
+// Derivation: docs/autograd.md#swiglu.
 template <typename D>
 __device__ void swiglu_bwd_impl(typename D::S* da, typename D::S* db, const typename D::S* a, const typename D::S* b,
                                 const typename D::S* g, i64 n) {
@@ -372,7 +374,8 @@ SWIGLU(f64, F64)
 // out[i] = silu(x[i] + bias[c]), c = (i / inner) % chans: a convolution's bias and activation in
 // one pass (the CPU backend's formula, core/src/cpu/nn.rs, in the compute type, rounded once).
 // With `vec`, inner is a multiple of the vector width and the buffers are 16-byte aligned, so a
-// 16-byte vector lies in one channel and needs one bias value.
+// 16-byte vector lies in one channel and needs one bias value. There is no backward kernel: the
+// backward is composed from tensor ops in `Var::bias_silu` (docs/autograd.md#bias-silu).
 template <typename D>
 __device__ void bias_silu_impl(typename D::S* out, const typename D::S* x, const typename D::S* bias, u32 n, u32 inner,
                                u32 chans, int vec) {

@@ -28,6 +28,7 @@ template <typename D> __device__ void softmax_impl(typename D::S* y, const typen
 }
 
 // log: dx = dy - exp(y) sum(dy); else dx = y (dy - sum(dy y)).
+// Derivation: docs/autograd.md#fused-ops ("softmax", "log_softmax").
 template <typename D>
 __device__ void softmax_bwd_impl(typename D::S* dx, const typename D::S* y, const typename D::S* dy, i64 rows, i64 n,
                                  int log_) {
@@ -85,6 +86,7 @@ __device__ void rms_impl(typename D::S* y, typename D::C* rstd, const typename D
 }
 
 // dx_j = r (w_j g_j) - x_j r^3 / n * sum_k (w_k g_k x_k)
+// Derivation: docs/autograd.md#fused-ops ("RMS norm").
 template <typename D>
 __device__ void rms_bwd_impl(typename D::S* dx, const typename D::S* x, const typename D::S* w, const typename D::C* rstd,
                              const typename D::S* dy, i64 rows, i64 n) {
@@ -159,6 +161,7 @@ __device__ void ln_impl(typename D::S* y, typename D::C* mean, typename D::C* rs
 }
 
 // h = (x - m) r, g' = g w: dx = r (g' - mean(g') - h mean(g' h))
+// Derivation: docs/autograd.md#fused-ops ("Layer norm").
 template <typename D>
 __device__ void ln_bwd_impl(typename D::S* dx, const typename D::S* x, const typename D::S* w, const typename D::C* mean,
                             const typename D::C* rstd, const typename D::S* dy, i64 rows, i64 n) {
@@ -206,6 +209,7 @@ LN(f64, F64)
 // partial[chunk, j] = sum over rows r = chunk, chunk + chunks, ... of term(r, j), in f64, then
 // colsum_finish adds the chunks. mode 0: dy x rstd (RMS dweight); 1: dy (x - mean) rstd (layer
 // norm dweight); 2: dy (layer norm dbias).
+// Derivation: docs/autograd.md#fused-ops ("RMS norm", "Layer norm").
 template <typename D>
 __device__ void colsum_impl(double* partial, const typename D::S* x, const typename D::S* dy, const typename D::C* mean,
                             const typename D::C* rstd, i64 rows, i64 n, int mode) {

@@ -2,8 +2,9 @@
 //! block against attention computed naively.
 //!
 //! Depthwise convolution alone is gradchecked in tests/tests/autograd_gradcheck.rs
-//! (`conv2d_depthwise`); batch norm is not, so it is checked here in train and eval mode, inside
-//! the blocks that use it.
+//! (`conv2d_depthwise`), and batch norm alone, in train and eval mode, in
+//! nn/tests/layers_forward.rs (`batchnorm_train_eval_and_running_stats`); here both are checked,
+//! in train and eval mode, inside the blocks that use them (`ConvBnAct`, `Dsc`).
 
 use std::f64::consts::PI;
 

@@ -124,6 +124,7 @@ fn softmax_bwd_rows<T: Float>(y: &[T], dy: &[T], n: usize, log: bool) -> Result<
 }
 
 /// Backward of softmax / log_softmax.
+/// Derivation: docs/autograd.md#fused-ops ("softmax", "log_softmax").
 pub fn softmax_last_backward(y: &CpuStorage, dy: &CpuStorage, len: usize, n: usize, log: bool) -> Result<CpuStorage> {
     let dtype = y.dtype();
     let (y, dy) = (contiguous_float(y, len, "softmax_backward")?, contiguous_float(dy, len, "softmax_backward")?);
@@ -228,6 +229,7 @@ fn rms_bwd_rows<T: Float>(
 }
 
 /// RMS norm backward.
+/// Derivation: docs/autograd.md#fused-ops ("RMS norm").
 pub fn rms_norm_backward(
     x: &CpuStorage,
     w: Option<&CpuStorage>,
@@ -346,6 +348,7 @@ fn ln_bwd_rows<T: Float>(
 }
 
 /// Layer norm backward: `(dx, dweight, dbias)`; the affine grads exist when a weight was given.
+/// Derivation: docs/autograd.md#fused-ops ("Layer norm").
 #[allow(clippy::too_many_arguments)]
 pub fn layer_norm_backward(
     x: &CpuStorage,
@@ -447,7 +450,9 @@ fn ce_bwd_rows<T: Float>(
     }
 }
 
-/// Backward of the fused cross-entropy.
+/// Backward of the fused cross-entropy: `dx_r = dloss_r (softmax(x_r) - onehot(t_r))`, 0 for
+/// ignored rows (`dloss` carries the mean's `1/N`).
+/// Derivation: docs/autograd.md#fused-ops ("Cross-entropy").
 #[allow(clippy::too_many_arguments)]
 pub fn cross_entropy_backward(
     logits: &CpuStorage,
@@ -626,7 +631,7 @@ pub fn swiglu(a: &CpuStorage, b: &CpuStorage, n: usize) -> Result<CpuStorage> {
     })
 }
 
-/// `Backend::swiglu_backward` on the CPU.
+/// `Backend::swiglu_backward` on the CPU. Derivation: docs/autograd.md#swiglu.
 pub fn swiglu_backward(a: &CpuStorage, b: &CpuStorage, g: &CpuStorage, n: usize) -> Result<(CpuStorage, CpuStorage)> {
     const OP: &str = "swiglu_backward";
     let dtype = a.dtype();

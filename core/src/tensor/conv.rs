@@ -92,6 +92,7 @@ impl<B: Backend> Tensor<B> {
     }
 
     /// Gradient of conv2d w.r.t. the input, from `dy = self`.
+    /// Derivation: docs/autograd.md#convolution-and-pooling ("conv2d").
     pub fn conv2d_backward_input(&self, weight: &Self, x_shape: &Shape, p: &Conv2dParams) -> Result<Self> {
         self.check_conv_grad(x_shape, weight.shape(), p, "conv2d_backward_input")?;
         self.check_same_dtype(weight, "conv2d_backward_input")?;
@@ -108,6 +109,7 @@ impl<B: Backend> Tensor<B> {
     }
 
     /// Gradient of conv2d w.r.t. the weight, from `dy = self` and the input `x`.
+    /// Derivation: docs/autograd.md#convolution-and-pooling ("conv2d").
     pub fn conv2d_backward_weight(&self, x: &Self, w_shape: &Shape, p: &Conv2dParams) -> Result<Self> {
         self.check_conv_grad(x.shape(), w_shape, p, "conv2d_backward_weight")?;
         self.check_same_dtype(x, "conv2d_backward_weight")?;
@@ -159,6 +161,7 @@ impl<B: Backend> Tensor<B> {
     }
 
     /// Backward of max pooling from `dy = self`.
+    /// Derivation: docs/autograd.md#convolution-and-pooling ("max_pool2d").
     pub fn max_pool2d_backward(&self, argmax: &Self, x_shape: &Shape) -> Result<Self> {
         const OP: &str = "max_pool2d_backward";
         self.check_nchw(OP)?;
@@ -193,6 +196,7 @@ impl<B: Backend> Tensor<B> {
     }
 
     /// Backward of average pooling from `dy = self`.
+    /// Derivation: docs/autograd.md#convolution-and-pooling ("avg_pool2d").
     pub fn avg_pool2d_backward(&self, x_shape: &Shape, p: &Pool2dParams) -> Result<Self> {
         const OP: &str = "avg_pool2d_backward";
         self.check_nchw(OP)?;
@@ -224,6 +228,7 @@ impl<B: Backend> Tensor<B> {
     }
 
     /// Backward of nearest upsampling from `dy = self`.
+    /// Derivation: docs/autograd.md#convolution-and-pooling ("upsample_nearest2d").
     pub fn upsample_nearest2d_backward(&self, factor: (usize, usize)) -> Result<Self> {
         const OP: &str = "upsample_nearest2d_backward";
         self.check_nchw(OP)?;

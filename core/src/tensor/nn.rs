@@ -39,6 +39,7 @@ impl<B: Backend> Tensor<B> {
     }
 
     /// Backward of softmax/log_softmax along the last axis from the output `self` and `dy`.
+    /// Derivation: docs/autograd.md#fused-ops ("softmax", "log_softmax").
     pub fn softmax_last_backward(&self, dy: &Self, log: bool) -> Result<Self> {
         if self.shape() != dy.shape() || self.rank() == 0 {
             return Err(Error::ShapeMismatch {
@@ -133,6 +134,7 @@ impl<B: Backend> Tensor<B> {
     }
 
     /// Gradients `(d self, d up)` of [`Tensor::swiglu`] for the upstream gradient `g`.
+    /// Derivation: docs/autograd.md#swiglu.
     pub fn swiglu_backward(&self, up: &Self, g: &Self) -> Result<(Self, Self)> {
         const OP: &str = "swiglu_backward";
         self.check_swiglu(up, OP)?;
@@ -230,7 +232,9 @@ impl<B: Backend> Tensor<B> {
         loss.sum_all()?.mul_scalar(1.0 / counted.max(1) as f64)
     }
 
-    /// Backward of [`Tensor::cross_entropy_fwd`] given `dloss [rows]`.
+    /// Backward of [`Tensor::cross_entropy_fwd`] given `dloss [rows]`: row `r` of the result is
+    /// `dloss_r (softmax(x_r) - onehot(t_r))`, 0 for an ignored row.
+    /// Derivation: docs/autograd.md#fused-ops ("Cross-entropy").
     pub fn cross_entropy_backward(
         &self,
         targets: &Self,

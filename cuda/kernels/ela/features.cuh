@@ -1,8 +1,8 @@
 // The feature maps of the built-in ELA kernels and their vector-Jacobian products, one element at
-// a time (docs/ela.md, "Feature maps" and (V1)-(V5)): shared by the parallel non-causal form
-// (noncausal.cu), the row kernels of the chunked paths (gemm_chunk.cu) and the epilogues of the
-// chunked linear-attention kernels (la_chunk.cu). Compiled after the kernel-code defines
-// (K_EXP, ...; cuda/src/kernels.rs).
+// a time (docs/ela.md, "Kernels": the table of feature maps and the feature-map VJPs (V1)-(V6)):
+// shared by the parallel non-causal form (noncausal.cu), the row kernels of the chunked paths
+// (gemm_chunk.cu) and the epilogues of the chunked linear-attention kernels (la_chunk.cu).
+// Compiled after the kernel-code defines (K_EXP, ...; cuda/src/kernels.rs).
 
 // Feature c of a key row (psi) or a query row (phi) from its element xc = x[c] (used only for
 // c < d), as `features` in recurrent.cu computes the whole vector: n2 = |x|^2, mc the log-scale of
@@ -23,7 +23,7 @@ __device__ __forceinline__ C nc_feature_at(int kern, bool key, C xc, int d, int 
 
 // Element e of dx = (d feature / d x)^T gf from x_e and gf_e, the gradients of the extra
 // features gd = gf[d], gd1 = gf[d + 1] (the signed kernels), n2 = |x|^2 and, for the blueprint,
-// two_s = 2 (x . gf[:d] + gf[d]): (V2)-(V5) of docs/ela.md (Hadamard Exp, (V1), is `phi * dphi`).
+// two_s = 2 (x . gf[:d] + gf[d]): (V2)-(V6) of docs/ela.md (Hadamard Exp, (V1), is `phi * dphi`).
 template <typename C>
 __device__ __forceinline__ C nc_feature_vjp_at(int kern, bool key, C xe, C ge, C gd, C gd1, C n2, C two_s) {
     if (kern == K_SUM || kern == K_SUB) {

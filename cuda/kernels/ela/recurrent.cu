@@ -59,8 +59,9 @@ template <typename C> __device__ void features(int kern, bool key, const C* x, i
     }
 }
 
-// dx[d] = (d feature / d x)^T gf for the signed kernels and Identity, stored to global memory:
-// (V2)-(V4) for Sum/Sub, (V5) for the blueprint (Hadamard Exp, (V1), is `phi * dphi` in the scan).
+// dx[d] = (d feature / d x)^T gf for every kernel but Hadamard Exp, stored to global memory:
+// (V2)-(V4) for Sum/Sub, (V5) for the blueprint, (V6) for elu+1, the identity for Identity
+// (Hadamard Exp, (V1), is `phi * dphi` in the scan).
 template <typename D>
 __device__ void features_vjp(int kern, bool key, const typename D::C* x, int d, const typename D::C* gf,
                              typename D::S* dx, typename D::C* red) {

@@ -236,6 +236,7 @@ impl Cuda {
     /// Weight gradient of a depthwise convolution: one block (or, for long reductions, a fixed
     /// number of blocks whose partials are added in order) per weight tap, or per channel for
     /// 3x3 kernels (all 9 taps in registers).
+    /// Derivation: docs/autograd.md#convolution-and-pooling ("conv2d").
     fn depthwise_weight_grad(&self, g: &Geo, dtype: DType, x: u64, dy: u64) -> Result<CudaStorage> {
         let taps = g.kh * g.kw;
         let cts = g.c * taps;
@@ -352,6 +353,7 @@ impl Cuda {
     }
 
     /// Gradient of conv2d w.r.t. its input.
+    /// Derivation: docs/autograd.md#convolution-and-pooling ("conv2d").
     pub(crate) fn conv2d_bwd_input_impl(
         &self,
         dy: &CudaStorage,
@@ -422,6 +424,7 @@ impl Cuda {
     }
 
     /// Gradient of conv2d w.r.t. its weight.
+    /// Derivation: docs/autograd.md#convolution-and-pooling ("conv2d").
     pub(crate) fn conv2d_bwd_weight_impl(
         &self,
         x: &CudaStorage,
@@ -540,6 +543,7 @@ impl Cuda {
     }
 
     /// Backward of max pooling: routes `dy` to the recorded winners.
+    /// Derivation: docs/autograd.md#convolution-and-pooling ("max_pool2d").
     pub(crate) fn max_pool_bwd_impl(
         &self,
         dy: &CudaStorage,
@@ -579,6 +583,7 @@ impl Cuda {
     }
 
     /// Backward of average pooling.
+    /// Derivation: docs/autograd.md#convolution-and-pooling ("avg_pool2d").
     pub(crate) fn avg_pool_bwd_impl(&self, dy: &CudaStorage, xs: &Shape, p: &Pool2dParams) -> Result<CudaStorage> {
         check_float("avg_pool2d_backward", dy.dtype())?;
         let geo = pool_geo(xs.dims(), p, "avg_pool2d_backward")?;
@@ -602,6 +607,7 @@ impl Cuda {
     }
 
     /// Backward of nearest upsampling: each input cell sums its `fh x fw` block.
+    /// Derivation: docs/autograd.md#convolution-and-pooling ("upsample_nearest2d").
     pub(crate) fn upsample_bwd_impl(
         &self,
         dy: &CudaStorage,

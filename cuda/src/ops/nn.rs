@@ -35,6 +35,7 @@ impl Cuda {
     }
 
     /// Backward of softmax / log_softmax from contiguous `y` and `dy`.
+    /// Derivation: docs/autograd.md#fused-ops ("softmax", "log_softmax").
     pub(crate) fn softmax_bwd_impl(
         &self,
         y: &CudaStorage,
@@ -132,6 +133,7 @@ impl Cuda {
     }
 
     /// Backward of RMS norm: `(dx, dweight)`.
+    /// Derivation: docs/autograd.md#fused-ops ("RMS norm").
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn rms_norm_bwd_impl(
         &self,
@@ -195,6 +197,7 @@ impl Cuda {
 
     /// Backward of layer norm: `(dx, dweight, dbias)`; the parameter gradients exist when a
     /// weight was given (as on the CPU).
+    /// Derivation: docs/autograd.md#fused-ops ("Layer norm").
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     pub(crate) fn layer_norm_bwd_impl(
         &self,
@@ -278,6 +281,7 @@ impl Cuda {
     }
 
     /// Backward of the fused cross-entropy: `dloss * (softmax - onehot)` in the logits' dtype.
+    /// Derivation: docs/autograd.md#fused-ops ("Cross-entropy").
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn cross_entropy_bwd_impl(
         &self,

@@ -417,10 +417,14 @@ pub(super) fn forward<T: SimdFloat>(x: &[T], w: &[T], g: &Geo) -> Vec<T> {
     forward_with(best(), x, w, g)
 }
 
+/// Input gradient: conv2d's `col2im(W^T dy)` with one channel per group, as direct loops.
+/// Derivation: docs/autograd.md#convolution-and-pooling ("conv2d").
 pub(super) fn backward_input<T: SimdFloat>(dy: &[T], w: &[T], g: &Geo) -> Vec<T> {
     backward_input_with(best(), dy, w, g)
 }
 
+/// Weight gradient: conv2d's `sum over images of dy col^T` with one channel per group, as dot
+/// products of rows. Derivation: docs/autograd.md#convolution-and-pooling ("conv2d").
 pub(super) fn backward_weight<T: SimdFloat>(x: &[T], dy: &[T], g: &Geo) -> Vec<T> {
     backward_weight_with(best(), x, dy, g)
 }

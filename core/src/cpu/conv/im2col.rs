@@ -115,6 +115,8 @@ pub(super) fn forward<T: GemmFloat>(x: &[T], w: &[T], g: &Geo) -> Vec<T> {
     })
 }
 
+/// `dx = col2im(W_g^T @ dy_g)` per image and group.
+/// Derivation: docs/autograd.md#convolution-and-pooling ("conv2d").
 pub(super) fn backward_input<T: GemmFloat>(dy: &[T], w: &[T], g: &Geo) -> Vec<T> {
     let npix = g.npix();
     if npix == 0 {
@@ -134,6 +136,8 @@ pub(super) fn backward_input<T: GemmFloat>(dy: &[T], w: &[T], g: &Geo) -> Vec<T>
     })
 }
 
+/// `dW_g = sum over images of dy_g @ col^T`.
+/// Derivation: docs/autograd.md#convolution-and-pooling ("conv2d").
 pub(super) fn backward_weight<T: GemmFloat + SimdFloat>(x: &[T], dy: &[T], g: &Geo) -> Vec<T> {
     let npix = g.npix();
     let wlen = g.o * g.krows();

@@ -293,6 +293,7 @@ pub fn conv2d(x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout, p: &Conv
 }
 
 /// conv2d gradient w.r.t. the input.
+/// Derivation: docs/autograd.md#convolution-and-pooling ("conv2d").
 pub fn conv2d_backward_input(
     dy: &CpuStorage,
     dys: &Shape,
@@ -308,6 +309,7 @@ pub fn conv2d_backward_input(
 }
 
 /// conv2d gradient w.r.t. the weight.
+/// Derivation: docs/autograd.md#convolution-and-pooling ("conv2d").
 pub fn conv2d_backward_weight(
     x: &CpuStorage,
     lx: &Layout,
@@ -395,6 +397,7 @@ pub fn max_pool2d(x: &CpuStorage, l: &Layout, p: &Pool2dParams) -> Result<(CpuSt
 }
 
 /// Max pooling backward.
+/// Derivation: docs/autograd.md#convolution-and-pooling ("max_pool2d").
 pub fn max_pool2d_backward(dy: &CpuStorage, argmax: &CpuStorage, dys: &Shape, xs: &Shape) -> Result<CpuStorage> {
     let d = dys.dims();
     let (planes, opix) = (d[0] * d[1], d[2] * d[3]);
@@ -463,7 +466,9 @@ pub fn avg_pool2d(x: &CpuStorage, l: &Layout, p: &Pool2dParams) -> Result<CpuSto
     store(v, x.dtype())
 }
 
-/// Average pooling backward.
+/// Average pooling backward: every valid cell of window `o` receives `dy_o / D_o`, with the
+/// forward's divisor `D_o` (`avg_div`).
+/// Derivation: docs/autograd.md#convolution-and-pooling ("avg_pool2d").
 pub fn avg_pool2d_backward(dy: &CpuStorage, dys: &Shape, xs: &Shape, p: &Pool2dParams) -> Result<CpuStorage> {
     let (planes, h, w, oh, ow) = pool_geo(xs.dims(), p)?;
     fn go<T: Float>(
@@ -522,6 +527,7 @@ pub fn upsample_nearest2d(x: &CpuStorage, l: &Layout, (fh, fw): (usize, usize)) 
 }
 
 /// Backward of nearest upsampling: each input cell receives the sum of its `fh x fw` block.
+/// Derivation: docs/autograd.md#convolution-and-pooling ("upsample_nearest2d").
 pub fn upsample_nearest2d_backward(dy: &CpuStorage, dys: &Shape, (fh, fw): (usize, usize)) -> Result<CpuStorage> {
     let d = dys.dims();
     let (planes, oh, ow) = (d[0] * d[1], d[2], d[3]);

@@ -30,6 +30,8 @@ pub(super) fn forward<T: GemmFloat>(x: &[T], w: &[T], g: &Geo) -> Vec<T> {
     })
 }
 
+/// `dx_i,g = W_g^T @ dy_i,g`: conv2d's input gradient with `col = x`.
+/// Derivation: docs/autograd.md#convolution-and-pooling ("conv2d").
 pub(super) fn backward_input<T: GemmFloat>(dy: &[T], w: &[T], g: &Geo) -> Vec<T> {
     let (hw, cg, og) = (g.h * g.w, g.cg(), g.og());
     for_images(g.n, g.c * hw, |_, img, dxi| {
@@ -41,6 +43,8 @@ pub(super) fn backward_input<T: GemmFloat>(dy: &[T], w: &[T], g: &Geo) -> Vec<T>
     })
 }
 
+/// `dW_g = sum_i dy_i,g @ x_i,g^T`: conv2d's weight gradient with `col = x`.
+/// Derivation: docs/autograd.md#convolution-and-pooling ("conv2d").
 pub(super) fn backward_weight<T: GemmFloat + SimdFloat>(x: &[T], dy: &[T], g: &Geo) -> Vec<T> {
     let (hw, cg, og) = (g.h * g.w, g.cg(), g.og());
     let wlen = g.o * cg;

@@ -1,5 +1,5 @@
-//! Feature maps of the signed built-in kernels and their vector-Jacobian products, one row at a
-//! time. Hadamard Exp has no entry here: its features carry log-scales and are built in
+//! Feature maps of the built-in kernels other than Hadamard Exp (the signed ones, Identity and
+//! elu+1) and their vector-Jacobian products (docs/ela.md, (V2)-(V6)), one row at a time. Hadamard Exp has no entry here: its features carry log-scales and are built in
 //! `chunk.rs` / `step.rs` (docs/ela.md#numerics).
 //!
 //! | kernel | phi(q) | psi(k) |

@@ -29,7 +29,7 @@
 //! ```
 //!
 //! (`LA~` the anti-causal form), `dv` the first `Dv` columns of `dV'`, and `dq`, `dk` the feature
-//! maps' vector-Jacobian products (docs/ela.md, (V2)-(V5)). `den` is recomputed as
+//! maps' vector-Jacobian products (docs/ela.md, (V2)-(V6)). `den` is recomputed as
 //! `LA(Phi, Psi, 1)`. The derivation is in docs/ela.md, "The cuBLAS chunked form".
 
 use ela_core::ela::{ElaDims, ElaKernel, ElaParams, ElaStateBufs};
