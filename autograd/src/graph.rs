@@ -143,12 +143,22 @@ impl<B: Backend> Var<B> {
                     let in_grads = (node.backward)(&g, &needs)?;
                     for ((input, gi), need) in node.inputs.iter().zip(in_grads).zip(&needs) {
                         let (Some(gi), true) = (gi, *need) else { continue };
-                        debug_assert_eq!(
-                            gi.shape(),
-                            input.value().shape(),
-                            "backward of {} returned a wrong shape",
-                            node.op
-                        );
+                        // A backward written outside this crate (`Var::record`, a user ELA
+                        // kernel's VJPs) may return a wrong shape; adding it up would fail later
+                        // with a less helpful message, or broadcast silently.
+                        let want = input.shape();
+                        if gi.shape() != &want {
+                            return Err(Error::ShapeMismatch {
+                                op: node.op,
+                                lhs: want,
+                                rhs: gi.shape().clone(),
+                                hint: format!(
+                                    "the backward of `{}` returned a gradient of the wrong shape for one of its \
+                                     inputs (it must match that input's shape)",
+                                    node.op
+                                ),
+                            });
+                        }
                         let acc = match grads.remove(&input.id()) {
                             Some(prev) => prev.add(&gi)?,
                             None => gi,

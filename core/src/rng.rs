@@ -46,6 +46,10 @@ impl Rng {
     }
 
     /// Uniform integer in `0..n` (n > 0), without modulo bias.
+    ///
+    /// # Panics
+    /// If `n == 0` (the range is empty: no value to return), like an empty range in other
+    /// random-number libraries.
     pub fn below(&mut self, n: u64) -> u64 {
         assert!(n > 0, "Rng::below needs n > 0");
         let zone = u64::MAX - u64::MAX % n;

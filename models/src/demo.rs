@@ -32,6 +32,8 @@ pub struct DemoArgs {
 }
 
 const CLASSES: usize = 3;
+/// Points of the first arm (1 to this) in the whole-model gradient check.
+const GRADCHECK_POINTS: usize = 8;
 
 /// Three noisy spiral arms in the plane: `(points [n, 2], labels [n])`.
 fn spirals(per_class: usize, rng: &mut Rng) -> (Vec<f32>, Vec<u32>) {
@@ -80,6 +82,17 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     if args.steps == 0 || args.points == 0 || args.hidden == 0 {
         return Err(Error::invalid("demo", "--steps, --points and --hidden must be positive"));
     }
+    if args.points < GRADCHECK_POINTS + 1 {
+        return Err(Error::invalid(
+            "demo",
+            format!(
+                "--points {} is too few: the gradient check uses points 1-{GRADCHECK_POINTS} of the first arm (its \
+                 point 0 is the origin, a ReLU kink), so each arm needs at least {}",
+                args.points,
+                GRADCHECK_POINTS + 1
+            ),
+        ));
+    }
     if !(args.lr.is_finite() && args.lr > 0.0) {
         return Err(Error::invalid("demo", format!("--lr must be finite and positive, got {}", args.lr)));
     }
@@ -99,8 +112,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     //    the origin, where a zero-initialised bias puts ReLU exactly on its kink (no derivative):
     //    check points 1..=8 instead.
     let small = Mlp::new(6, DType::F64, &mut rng.fork())?;
-    let x8 = Tensor::from_vec(xs[2..18].iter().map(|&v| v as f64).collect::<Vec<_>>(), [8, 2], &Cpu)?;
-    let t8 = Tensor::from_vec(ys[1..9].to_vec(), [8], &Cpu)?;
+    let g = GRADCHECK_POINTS;
+    let x8 = Tensor::from_vec(xs[2..2 * (g + 1)].iter().map(|&v| v as f64).collect::<Vec<_>>(), [g, 2], &Cpu)?;
+    let t8 = Tensor::from_vec(ys[1..=g].to_vec(), [g], &Cpu)?;
     let inputs: Vec<Tensor<Cpu>> = small.params().iter().map(|p| p.value()).collect();
     let report = gradcheck(
         |v| {

@@ -22,6 +22,9 @@ fn out_of_range_numbers_are_refused() {
     for (args, needle) in [
         (vec!["demo", "--lr", "nan"], "--lr"),
         (vec!["demo", "--lr=-1"], "--lr"),
+        // The gradient check needs 8 points of the first arm after its origin.
+        (vec!["demo", "--points", "1"], "--points"),
+        (vec!["demo", "--points", "8"], "--points"),
         (vec!["verify", "--max-reference-gib", "nan"], "--max-reference-gib"),
         (vec!["verify", "--max-reference-gib=-1"], "--max-reference-gib"),
         (vec!["verify", "--scale", "inf"], "--scale"),

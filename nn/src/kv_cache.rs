@@ -66,7 +66,9 @@ impl<B: Backend> KvCache<B> {
 
     /// Make room for `additional` more positions without reallocating while they are appended.
     pub fn reserve(&mut self, additional: usize) -> Result<()> {
-        let need = self.len + additional;
+        let need = self.len.checked_add(additional).ok_or_else(|| {
+            Error::invalid("KvCache::reserve", format!("{} + {additional} positions overflow usize", self.len))
+        })?;
         if need <= self.capacity() {
             return Ok(());
         }
@@ -124,11 +126,11 @@ pub fn blocked_causal_attention_by<B: Backend>(
     block: usize,
 ) -> Result<Tensor<B>> {
     let d = q.dims();
-    if d.len() != 4 || k.dims() != d || v.dims()[..3] != d[..3] {
+    if d.len() != 4 || k.dims() != d || v.rank() != 4 || v.dims()[..3] != d[..3] {
         return Err(Error::ShapeMismatch {
             op: "blocked_causal_attention",
             lhs: q.shape().clone(),
-            rhs: k.shape().clone(),
+            rhs: if k.dims() != d { k.shape().clone() } else { v.shape().clone() },
             hint: "q, k, v must be [batch, heads, time, head_dim] with the same batch, heads and time".into(),
         });
     }

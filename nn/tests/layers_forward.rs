@@ -267,3 +267,20 @@ fn batchnorm_train_eval_and_running_stats() {
     assert!(r.passed, "{r}");
     assert!(bn.forward(&Var::constant(randn(&[1, 2, 1, 1], 25)), true).is_err());
 }
+
+/// Bad arguments that used to panic are typed errors naming the op: a linear layer built from
+/// a weight with a zero dimension, attention over values of the wrong rank, a KV cache asked
+/// for more positions than `usize` holds.
+#[test]
+fn degenerate_arguments_are_errors() {
+    let w = Var::param(Tensor::zeros([3, 0], DType::F32, &Cpu).unwrap());
+    let e = Linear::from_vars("l", w, None).err().expect("a [3, 0] weight must be refused").to_string();
+    assert!(e.contains("Linear::from_vars") && e.contains("zero"), "{e}");
+    let q = Tensor::zeros([1, 2, 4, 8], DType::F32, &Cpu).unwrap();
+    let v = Tensor::zeros([4, 8], DType::F32, &Cpu).unwrap();
+    let e = ela_nn::kv_cache::blocked_causal_attention(&q, &q, &v).unwrap_err().to_string();
+    assert!(e.contains("blocked_causal_attention"), "{e}");
+    let mut cache = ela_nn::kv_cache::KvCache::from_prompt(&q, &q, 4).unwrap();
+    let e = cache.reserve(usize::MAX).unwrap_err().to_string();
+    assert!(e.contains("KvCache::reserve") && e.contains("overflow"), "{e}");
+}

@@ -125,3 +125,13 @@ fn f32_input_uses_cast_tables_and_errors_are_clear() {
     assert!(rope.apply(&Var::constant(randn(&[1, 3, 6], 8)), 0).is_err());
     assert!(Rope::<Cpu>::new(5, 8, 10000.0, DType::F64, &Cpu).is_err());
 }
+
+/// Tables beyond memory, or positions past `usize`, are errors naming RoPE, not an abort or an
+/// overflow.
+#[test]
+fn oversized_tables_are_errors() {
+    for (start, len) in [(0usize, 1usize << 40), (usize::MAX - 1, 4), (0, usize::MAX / 2)] {
+        let e = rope_tables::<Cpu>(64, start, len, 10_000.0, DType::F32, &Cpu).unwrap_err().to_string();
+        assert!(e.contains("rope"), "{start} + {len}: {e}");
+    }
+}

@@ -260,3 +260,14 @@ fn vars_can_be_shared_across_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<V>();
 }
+
+/// A custom op whose backward returns a gradient of the wrong shape is an error naming the op,
+/// in release builds too (not a silent broadcast or a failure in a later op).
+#[test]
+fn a_backward_of_the_wrong_shape_is_an_error_naming_the_op() {
+    let x = V::param(t(&X, &[4]));
+    let y = V::record("shrinking", x.value().exp().unwrap(), &[&x], |g, _| Ok(vec![Some(g.narrow(0, 0, 2)?)])).unwrap();
+    let Err(e) = y.sum_all().unwrap().backward() else { panic!("a wrong-shaped gradient was accepted") };
+    let e = e.to_string();
+    assert!(e.contains("shrinking") && e.contains("wrong shape"), "{e}");
+}

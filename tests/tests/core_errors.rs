@@ -671,3 +671,29 @@ fn ela_saving_on_the_cpu_keeps_nothing_and_matches_the_plain_backward() {
         assert_eq!(x.to_vec_f64().unwrap(), z.to_vec_f64().unwrap());
     }
 }
+
+// ====================================================================== arithmetic at the limits
+
+/// Sizes and offsets whose arithmetic would overflow `usize` are errors, not wrapped values.
+#[test]
+fn overflowing_arguments_are_errors() {
+    // conv2d: in/groups * groups overflowing usize.
+    let x = f32s(&[1, 4, 5, 5]);
+    let w = f32s(&[4, 2, 3, 3]);
+    let p = Conv2dParams { groups: usize::MAX / 2 + 2, ..Conv2dParams::default() };
+    says(&err(x.conv2d(&w, &p), "conv2d with overflowing groups"), &["conv2d"]);
+    // write_slice: offset + length past usize.
+    let mut dst = f32s(&[4, 3]);
+    let src = f32s(&[2, 3]);
+    says(&err(dst.write_slice(0usize, usize::MAX, &src), "write_slice at usize::MAX"), &["write_slice"]);
+    // cross_entropy_backward with a target that is no class (the forward refuses it too).
+    let logits = f32s(&[2, 3]);
+    let (lse, dloss) = (f32s(&[2]), f32s(&[2]));
+    let e = err(logits.cross_entropy_backward(&ids(&[1, 7]), &lse, &dloss, None), "target 7 of 3 classes");
+    says(&e, &["cross_entropy_backward", "7"]);
+    // tril_mask: a diagonal past every row keeps every column instead of wrapping.
+    let m = T::tril_mask(2, 3, isize::MAX, &Cpu).unwrap().to_vec::<u8>().unwrap();
+    assert_eq!(m, [1; 6]);
+    let m = T::tril_mask(2, 3, isize::MIN, &Cpu).unwrap().to_vec::<u8>().unwrap();
+    assert_eq!(m, [0; 6]);
+}

@@ -22,6 +22,7 @@ struct SquaredDot {
     bad_vjp: bool,
     bad_scale: f64,
     nan_vjp: bool,
+    short_vjp: bool,
 }
 
 impl SquaredDot {
@@ -59,10 +60,10 @@ impl<B: Backend> Kernel<B> for SquaredDot {
     }
     fn psi_vjp(&self, k: &Tensor<B>, d_psi: &Tensor<B>) -> Result<Tensor<B>> {
         let g = Self::vjp(k, d_psi, !self.bad_vjp)?;
-        if self.nan_vjp {
-            g.mul_scalar(f64::NAN)
-        } else {
-            Ok(g)
+        match (self.nan_vjp, self.short_vjp) {
+            (true, _) => g.mul_scalar(f64::NAN),
+            (_, true) => g.narrow(-1isize, 0, 1),
+            _ => Ok(g),
         }
     }
     fn kernel_matrix(&self, q: &Var<B>, k: &Var<B>) -> Result<Var<B>> {
@@ -70,7 +71,7 @@ impl<B: Backend> Kernel<B> for SquaredDot {
     }
 }
 
-const GOOD: SquaredDot = SquaredDot { bad_vjp: false, bad_scale: 1.0, nan_vjp: false };
+const GOOD: SquaredDot = SquaredDot { bad_vjp: false, bad_scale: 1.0, nan_vjp: false, short_vjp: false };
 
 #[test]
 fn builtin_kernels_decompose_exactly() {
@@ -151,6 +152,9 @@ fn checker_catches_wrong_user_kernels() {
     // A VJP that returns NaN is the worst error, not a pass.
     let nan_vjp = check_kernel::<Cpu>(&SquaredDot { nan_vjp: true, ..GOOD }, &Cpu, &opts).unwrap();
     assert!(nan_vjp.psi_vjp_error == f64::INFINITY && !nan_vjp.exact(1e-12, 1e-6), "{nan_vjp}");
+    // A VJP of the wrong shape is reported, not indexed past.
+    let e = check_kernel::<Cpu>(&SquaredDot { short_vjp: true, ..GOOD }, &Cpu, &opts).unwrap_err().to_string();
+    assert!(e.contains("check_kernel") && e.contains("VJP"), "{e}");
 }
 
 fn user_inputs(b: usize, h: usize, t: usize, d: usize, dv: usize, seed: u64) -> [Tensor<Cpu>; 4] {

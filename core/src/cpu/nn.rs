@@ -403,6 +403,17 @@ fn ce_rows<T: Float>(x: &[T], t: &[u32], classes: usize, ignore: Option<u32>) ->
     (res.iter().map(|p| p.0).collect(), res.iter().map(|p| p.1).collect())
 }
 
+/// Every target is a class (or the ignored index): the kernels index rows by it.
+fn check_targets(t: &[u32], classes: usize, ignore: Option<u32>, op: &'static str) -> Result<()> {
+    match t.iter().find(|&&c| Some(c) != ignore && c as usize >= classes) {
+        Some(&bad) => {
+            let shape = vec![t.len(), classes].into();
+            Err(Error::Index { op, index: bad as usize, size: classes, axis: 1, shape })
+        }
+        None => Ok(()),
+    }
+}
+
 /// Fused log-softmax + NLL per row.
 pub fn cross_entropy(
     logits: &CpuStorage,
@@ -413,10 +424,7 @@ pub fn cross_entropy(
 ) -> Result<(CpuStorage, CpuStorage)> {
     let dtype = logits.dtype();
     let t = targets.u32_view(&Layout::contiguous(rows), "cross_entropy")?;
-    if let Some(&bad) = t.iter().find(|&&c| Some(c) != ignore && c as usize >= classes) {
-        let shape = vec![rows, classes].into();
-        return Err(Error::Index { op: "cross_entropy", index: bad as usize, size: classes, axis: 1, shape });
-    }
+    check_targets(&t, classes, ignore, "cross_entropy")?;
     Ok(with_float!(contiguous_float(logits, rows * classes, "cross_entropy")?, |x| {
         let (l, s) = ce_rows(&x, &t, classes, ignore);
         (store_stat(l, dtype)?, store_stat(s, dtype)?)
@@ -466,6 +474,7 @@ pub fn cross_entropy_backward(
     let op = "cross_entropy_backward";
     let dtype = logits.dtype();
     let t = targets.u32_view(&Layout::contiguous(rows), op)?;
+    check_targets(&t, classes, ignore, op)?;
     Ok(
         match (
             contiguous_float(logits, rows * classes, op)?,

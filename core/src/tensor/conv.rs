@@ -42,7 +42,7 @@ impl<B: Backend> Tensor<B> {
                 x[1], w[0], p.groups
             )));
         }
-        if w[1] * p.groups != x[1] {
+        if w[1].checked_mul(p.groups) != Some(x[1]) {
             return Err(bad(format!(
                 "weight [out, in/groups, kh, kw] expects {} input channels per group, the input has {} channels in {} groups",
                 w[1], x[1], p.groups
@@ -179,7 +179,9 @@ impl<B: Backend> Tensor<B> {
             });
         }
         let am = argmax.contiguous()?;
-        let pixels = xd[2] * xd[3];
+        let Some(pixels) = xd[2].checked_mul(xd[3]) else {
+            return Err(Error::invalid(OP, format!("x_shape {x_shape} has more pixels than usize can count")));
+        };
         if let Some(&bad) = am.to_vec::<u32>()?.iter().find(|&&i| i as usize >= pixels) {
             return Err(Error::Index { op: OP, index: bad as usize, size: pixels, axis: 2, shape: x_shape.clone() });
         }

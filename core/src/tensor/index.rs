@@ -216,7 +216,8 @@ impl<B: Backend> Tensor<B> {
     pub fn tril_mask(rows: usize, cols: usize, diagonal: isize, device: &B) -> Result<Self> {
         Shape::from([rows, cols]).check_size("tril_mask")?;
         let v: Vec<u8> =
-            (0..rows).flat_map(|r| (0..cols).map(move |c| (c as isize <= r as isize + diagonal) as u8)).collect();
+            // Saturating: a diagonal beyond every row keeps every column (or none), whatever its size.
+            (0..rows).flat_map(|r| (0..cols).map(move |c| (c as isize <= (r as isize).saturating_add(diagonal)) as u8)).collect();
         Self::from_cpu_storage(&CpuStorage::U8(v), [rows, cols], device)
     }
 }

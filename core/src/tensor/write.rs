@@ -45,10 +45,10 @@ impl<B: Backend> Tensor<B> {
                 hint: format!("the written tensor must match the target on every axis but {a}"),
             });
         }
-        if offset + len > self.dims()[a] {
+        if offset.checked_add(len).is_none_or(|end| end > self.dims()[a]) {
             return Err(Error::Index {
                 op: OP,
-                index: offset + len,
+                index: offset.saturating_add(len),
                 size: self.dims()[a],
                 axis: a,
                 shape: self.shape().clone(),

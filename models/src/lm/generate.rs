@@ -35,10 +35,17 @@ impl SampleConfig {
     }
 }
 
-/// Draw one token id from `logits` (one row).
-pub fn sample(logits: &[f64], cfg: &SampleConfig, rng: &mut Rng) -> usize {
+/// Draw one token id from `logits` (one row; an empty row is an error).
+pub fn sample(logits: &[f64], cfg: &SampleConfig, rng: &mut Rng) -> Result<usize> {
+    if logits.is_empty() {
+        return Err(Error::invalid("sample", "no logits to draw a token from (a vocabulary of 0)"));
+    }
     if cfg.temperature == 0.0 {
-        return logits.iter().enumerate().fold((0, f64::NEG_INFINITY), |b, (i, &l)| if l > b.1 { (i, l) } else { b }).0;
+        return Ok(logits
+            .iter()
+            .enumerate()
+            .fold((0, f64::NEG_INFINITY), |b, (i, &l)| if l > b.1 { (i, l) } else { b })
+            .0);
     }
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].partial_cmp(&logits[a]).unwrap_or(std::cmp::Ordering::Equal));
@@ -64,10 +71,10 @@ pub fn sample(logits: &[f64], cfg: &SampleConfig, rng: &mut Rng) -> usize {
     for (i, p) in probs[..keep].iter().enumerate() {
         u -= p;
         if u <= 0.0 {
-            return order[i];
+            return Ok(order[i]);
         }
     }
-    order[keep - 1]
+    Ok(order[keep - 1])
 }
 
 /// The positions a decode of `new_tokens` after a `prompt_len`-token prompt feeds through the
@@ -179,7 +186,7 @@ fn decode(
 ) -> Result<()> {
     let mut logits = logits;
     for i in 0..new_tokens {
-        let next = sample(&logits, cfg, rng) as u32;
+        let next = sample(&logits, cfg, rng)? as u32;
         out.push(next);
         if i + 1 < new_tokens {
             logits = step(next)?;
@@ -196,20 +203,28 @@ mod tests {
     fn greedy_topk_topp() {
         let logits = [0.0, 3.0, 1.0, 2.9];
         let mut rng = Rng::new(0);
-        assert_eq!(sample(&logits, &SampleConfig { temperature: 0.0, top_k: 0, top_p: 1.0 }, &mut rng), 1);
+        assert_eq!(sample(&logits, &SampleConfig { temperature: 0.0, top_k: 0, top_p: 1.0 }, &mut rng).unwrap(), 1);
         // top_k = 1 is greedy whatever the temperature.
         for _ in 0..20 {
-            assert_eq!(sample(&logits, &SampleConfig { temperature: 5.0, top_k: 1, top_p: 1.0 }, &mut rng), 1);
+            assert_eq!(sample(&logits, &SampleConfig { temperature: 5.0, top_k: 1, top_p: 1.0 }, &mut rng).unwrap(), 1);
         }
         // A tiny top_p keeps only the most likely token.
         for _ in 0..20 {
-            assert_eq!(sample(&logits, &SampleConfig { temperature: 1.0, top_k: 0, top_p: 1e-6 }, &mut rng), 1);
+            assert_eq!(
+                sample(&logits, &SampleConfig { temperature: 1.0, top_k: 0, top_p: 1e-6 }, &mut rng).unwrap(),
+                1
+            );
         }
         // top_k = 2 only ever returns tokens 1 or 3, and both occur.
         let draws: Vec<usize> = (0..200)
-            .map(|_| sample(&logits, &SampleConfig { temperature: 1.0, top_k: 2, top_p: 1.0 }, &mut rng))
+            .map(|_| sample(&logits, &SampleConfig { temperature: 1.0, top_k: 2, top_p: 1.0 }, &mut rng).unwrap())
             .collect();
         assert!(draws.iter().all(|&d| d == 1 || d == 3) && draws.contains(&1) && draws.contains(&3));
         assert!(SampleConfig { temperature: -1.0, top_k: 0, top_p: 1.0 }.validate().is_err());
+        // No logits: an error naming the op, whatever the settings.
+        for temperature in [0.0, 1.0] {
+            let e = sample(&[], &SampleConfig { temperature, top_k: 0, top_p: 1.0 }, &mut rng).unwrap_err();
+            assert!(e.to_string().contains("sample"), "{e}");
+        }
     }
 }

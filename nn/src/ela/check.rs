@@ -3,7 +3,7 @@
 //! whether the hand-derived VJPs match central finite differences. Everything runs in f64.
 
 use ela_autograd::{no_grad, Var};
-use ela_core::{Backend, DType, Result, Rng, Tensor};
+use ela_core::{Backend, DType, Error, Result, Rng, Tensor};
 
 use super::kernel::Kernel;
 
@@ -115,7 +115,16 @@ fn vjp_error<B: Backend>(
     r: &Tensor<B>,
     h: f64,
 ) -> Result<f64> {
-    let analytic = vjp(x, r)?.to_vec_f64()?;
+    let analytic = vjp(x, r)?;
+    if analytic.dims() != x.dims() {
+        return Err(Error::ShapeMismatch {
+            op: "check_kernel",
+            lhs: x.shape().clone(),
+            rhs: analytic.shape().clone(),
+            hint: "a feature map's VJP must return a gradient of its input's shape".into(),
+        });
+    }
+    let analytic = analytic.to_vec_f64()?;
     let rv = r.to_vec_f64()?;
     let base = x.to_vec_f64()?;
     let loss = |v: Vec<f64>| -> Result<f64> {

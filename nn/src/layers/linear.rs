@@ -86,6 +86,15 @@ impl<B: Backend> Linear<B> {
                 shape: weight.shape(),
             });
         }
+        if wd.contains(&0) {
+            return Err(Error::invalid(
+                "Linear::from_vars",
+                format!(
+                    "the weight {} has a zero dimension; both in and out features must be positive",
+                    weight.shape()
+                ),
+            ));
+        }
         if let Some(b) = &bias {
             if b.dims() != [wd[0]] {
                 return Err(Error::ShapeMismatch {

@@ -49,9 +49,18 @@ pub fn rope_tables<B: Backend>(
         return Err(Error::invalid("rope", format!("base must be finite and > 1 (commonly 10000), got {base}")));
     }
     let half = dim / 2;
-    let mut cos = Vec::with_capacity(len * half);
-    let mut sin = Vec::with_capacity(len * half);
-    for p in start..start + len {
+    let too_long =
+        || Error::invalid("rope", format!("{len} positions from {start} of {half} angles each are too many"));
+    let end = start.checked_add(len).ok_or_else(too_long)?;
+    let n = len.checked_mul(half).ok_or_else(too_long)?;
+    // Fallible reservations: a table too large for memory is an error, not an abort.
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for v in [&mut cos, &mut sin] {
+        v.try_reserve_exact(n).map_err(|_| {
+            Error::invalid("rope", format!("tables of {len} x {half} f64 angles do not fit in host memory"))
+        })?;
+    }
+    for p in start..end {
         for i in 0..half {
             let theta = base.powf(-2.0 * i as f64 / dim as f64);
             let (s, c) = (p as f64 * theta).sin_cos();

@@ -34,7 +34,8 @@ pub fn decode<B: Backend>(
         }
         let (c, h, w) = (d[1], d[2], d[3]);
         let v = out.to_dtype(DType::F32)?.to_vec::<f32>()?;
-        let (img_w, img_h) = ((w * stride) as f32, (h * stride) as f32);
+        // In f32 directly: an image size beyond usize (a huge stride) must not wrap around.
+        let (img_w, img_h) = (w as f32 * stride as f32, h as f32 * stride as f32);
         for (img, det) in dets.iter_mut().enumerate() {
             let at = |ch: usize, cell: usize| v[(img * c + ch) * h * w + cell];
             for cell in 0..h * w {
