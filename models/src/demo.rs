@@ -17,7 +17,7 @@ pub struct DemoArgs {
     /// Training steps.
     #[arg(long, default_value_t = 300)]
     pub steps: usize,
-    /// Points per spiral arm.
+    /// Points per spiral arm (at least 9: the gradient check uses points 1-8 of the first arm).
     #[arg(long, default_value_t = 400)]
     pub points: usize,
     /// Hidden width.
