@@ -75,7 +75,10 @@ impl Layout {
         self.is_contiguous().then(|| self.offset..self.offset + self.elem_count())
     }
 
-    /// Swap two axes (a view).
+    /// Swap two axes (a view). A building block: `Tensor::transpose` checks the axes first.
+    ///
+    /// # Panics
+    /// If `a` or `b` is not an axis of this layout.
     pub fn transpose(&self, a: usize, b: usize) -> Layout {
         let mut dims = self.dims().to_vec();
         let mut strides = self.strides.clone();
@@ -101,7 +104,13 @@ impl Layout {
 
     /// Elements `start..start+len` along `axis` (a view).
     pub fn narrow(&self, axis: usize, start: usize, len: usize, op: &'static str) -> Result<Layout> {
-        let size = self.dims()[axis];
+        let Some(&size) = self.dims().get(axis) else {
+            return Err(Error::Axis {
+                op,
+                axis: isize::try_from(axis).unwrap_or(isize::MAX),
+                shape: self.shape.clone(),
+            });
+        };
         if start.checked_add(len).is_none_or(|e| e > size) {
             return Err(Error::invalid(
                 op,
@@ -139,7 +148,11 @@ impl Layout {
         Ok(Layout { shape: target.clone(), strides, offset: self.offset })
     }
 
-    /// Insert an axis of size 1 at `axis` (a view).
+    /// Insert an axis of size 1 at `axis` (a view). A building block: `Tensor::unsqueeze` checks
+    /// the axis first.
+    ///
+    /// # Panics
+    /// If `axis` is greater than the rank.
     pub fn unsqueeze(&self, axis: usize) -> Layout {
         let mut dims = self.dims().to_vec();
         let mut strides = self.strides.clone();
@@ -149,7 +162,11 @@ impl Layout {
         Layout { shape: dims.into(), strides, offset: self.offset }
     }
 
-    /// Remove an axis of size 1 (a view). The caller checks the size.
+    /// Remove an axis of size 1 (a view). A building block: the caller (`Tensor::squeeze`) checks
+    /// the axis and its size.
+    ///
+    /// # Panics
+    /// If `axis` is not an axis of this layout.
     pub fn squeeze(&self, axis: usize) -> Layout {
         let mut dims = self.dims().to_vec();
         let mut strides = self.strides.clone();

@@ -199,12 +199,21 @@ fn signed_axis(axis: isize, rank: usize, shape: &Shape, op: &'static str) -> Res
     Ok(idx as usize)
 }
 
+/// An unsigned axis counts from the front only: one past the rank is an error, however large
+/// (a cast to `isize` would turn values from 2^63 on into negative axes, counted from the back).
+fn unsigned_axis(axis: usize, rank: usize, shape: &Shape, op: &'static str) -> Result<usize> {
+    if axis < rank {
+        return Ok(axis);
+    }
+    Err(Error::Axis { op, axis: isize::try_from(axis).unwrap_or(isize::MAX), shape: shape.clone() })
+}
+
 impl Dim for usize {
     fn to_index(self, shape: &Shape, op: &'static str) -> Result<usize> {
-        signed_axis(self as isize, shape.rank(), shape, op)
+        unsigned_axis(self, shape.rank(), shape, op)
     }
     fn to_index_plus_one(self, shape: &Shape, op: &'static str) -> Result<usize> {
-        signed_axis(self as isize, shape.rank() + 1, shape, op)
+        unsigned_axis(self, shape.rank() + 1, shape, op)
     }
 }
 impl Dim for isize {
@@ -227,6 +236,18 @@ impl Dim for i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unsigned_axes_past_the_rank_are_errors() {
+        let s = Shape::from([3, 4]);
+        assert_eq!(1usize.to_index(&s, "t").unwrap(), 1);
+        assert_eq!(2usize.to_index_plus_one(&s, "t").unwrap(), 2);
+        for axis in [2usize, usize::MAX, usize::MAX / 2 + 1] {
+            let e = axis.to_index(&s, "sum").unwrap_err().to_string();
+            assert!(e.contains("sum"), "{e}");
+        }
+        assert!((-1isize).to_index(&s, "t").unwrap() == 1);
+    }
 
     #[test]
     fn broadcast_rules() {

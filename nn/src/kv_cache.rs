@@ -135,6 +135,10 @@ pub fn blocked_causal_attention_by<B: Backend>(
         });
     }
     let (t, block) = (d[2], block.max(1));
+    if t == 0 {
+        // No positions: an empty output of the values' shape (there is no block to concatenate).
+        return Tensor::zeros(v.dims(), v.dtype(), v.device());
+    }
     let scale = 1.0 / (d[3] as f64).sqrt();
     let mut outs = Vec::with_capacity(t.div_ceil(block));
     for s in (0..t).step_by(block) {

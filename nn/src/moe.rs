@@ -168,6 +168,13 @@ impl<B: Backend> Moe<B> {
             });
         }
         let n = x.value().elem_count() / cfg.dim;
+        if n == 0 {
+            // Routing statistics (loads, entropy) of no tokens are undefined.
+            return Err(Error::invalid(
+                "Moe",
+                format!("the input {} holds no tokens to route (an empty batch or sequence)", x.shape()),
+            ));
+        }
         let (e_count, k) = (cfg.experts, cfg.top_k);
         let xf = x.reshape([n, cfg.dim])?;
         // Routing runs in the router weight's (master) dtype even for half-precision

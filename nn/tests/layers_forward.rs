@@ -280,6 +280,10 @@ fn degenerate_arguments_are_errors() {
     let v = Tensor::zeros([4, 8], DType::F32, &Cpu).unwrap();
     let e = ela_nn::kv_cache::blocked_causal_attention(&q, &q, &v).unwrap_err().to_string();
     assert!(e.contains("blocked_causal_attention"), "{e}");
+    // No positions at all: an empty output, not an error from inside.
+    let q0 = Tensor::zeros([1, 2, 0, 8], DType::F32, &Cpu).unwrap();
+    let y = ela_nn::kv_cache::blocked_causal_attention(&q0, &q0, &q0).unwrap();
+    assert_eq!(y.dims(), [1, 2, 0, 8]);
     let mut cache = ela_nn::kv_cache::KvCache::from_prompt(&q, &q, 4).unwrap();
     let e = cache.reserve(usize::MAX).unwrap_err().to_string();
     assert!(e.contains("KvCache::reserve") && e.contains("overflow"), "{e}");

@@ -80,6 +80,18 @@ fn configs() -> Vec<MoeConfig> {
     v
 }
 
+/// No tokens to route (an empty batch) is an error naming the layer and the input, not a
+/// failure inside a later op.
+#[test]
+fn an_empty_batch_is_an_error_naming_moe() {
+    let cfg = configs()[0];
+    let vs = ParamStore::new(&Cpu, DType::F64, 0);
+    let moe = Moe::new(&vs, cfg).unwrap();
+    let Err(e) = moe.forward(&Var::constant(input(0, 5, 1))) else { panic!("an empty batch was routed") };
+    let e = e.to_string();
+    assert!(e.contains("Moe") && e.contains("no tokens"), "{e}");
+}
+
 #[test]
 fn forward_matches_per_token_reference() {
     for (i, cfg) in configs().into_iter().enumerate() {

@@ -697,3 +697,13 @@ fn overflowing_arguments_are_errors() {
     let m = T::tril_mask(2, 3, isize::MIN, &Cpu).unwrap().to_vec::<u8>().unwrap();
     assert_eq!(m, [0; 6]);
 }
+
+/// A convolution kernel with no height or width is refused (it used to be shaped as 1 x 1).
+#[test]
+fn conv2d_zero_size_kernel() {
+    let x = f32s(&[1, 2, 5, 5]);
+    for w in [[3, 2, 0, 3], [3, 2, 3, 0], [3, 2, 0, 0]] {
+        let e = err(x.conv2d(&f32s(&w), &Conv2dParams::default()), "a zero-size kernel");
+        says(&e, &["conv2d", "kernel"]);
+    }
+}

@@ -36,6 +36,9 @@ impl<B: Backend> Tensor<B> {
         if p.groups == 0 || p.stride.0 == 0 || p.stride.1 == 0 || p.dilation.0 == 0 || p.dilation.1 == 0 {
             return Err(Error::invalid(OP, format!("groups, stride and dilation must be positive, got {p:?}")));
         }
+        if w[2] == 0 || w[3] == 0 {
+            return Err(bad("the kernel's height and width must be positive (weight [out, in/groups, kh, kw])".into()));
+        }
         if x[1] % p.groups != 0 || w[0] % p.groups != 0 {
             return Err(bad(format!(
                 "input channels {} and output channels {} must both be divisible by groups {}",

@@ -3,6 +3,10 @@
 use ela_core::{Error, Result};
 use ela_nn::ela::ElaKernel;
 
+/// The longest RoPE table an LM may ask for: 2^24 positions (a table of `2^24 x head/2` f64
+/// angles is already gigabytes; no run here comes near it).
+pub const MAX_ROPE_LEN: usize = 1 << 24;
+
 /// Which token mixer the attention layers use.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttnKind {
@@ -130,7 +134,8 @@ impl LmConfig {
         }
     }
 
-    /// Check the switches against each other.
+    /// Check the switches against each other (and bound what would otherwise only fail, or
+    /// exhaust memory, at the first forward pass).
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::invalid("LmConfig", m));
         if self.vocab == 0 || self.dim == 0 || self.layers == 0 || self.ffn_hidden == 0 {
@@ -142,9 +147,23 @@ impl LmConfig {
         if self.rope_max_len.is_some() && !(self.dim / self.heads).is_multiple_of(2) {
             return bad(format!("RoPE needs an even head size, got {}", self.dim / self.heads));
         }
+        if let Some(len) = self.rope_max_len {
+            if len == 0 || len > MAX_ROPE_LEN {
+                return bad(format!("rope_max_len must be in 1..={MAX_ROPE_LEN} positions, got {len}"));
+            }
+        }
+        if let AttnKind::Ela { chunk: 0, .. } = self.attention {
+            return bad("the ELA chunk length must be positive".into());
+        }
         if let Some(m) = &self.moe {
             if m.top_k == 0 || m.top_k > m.experts {
                 return bad(format!("MoE needs 1 <= top_k <= experts, got {} of {}", m.top_k, m.experts));
+            }
+            if !["none", "inner", "outer"].contains(&m.bias.as_str()) {
+                return bad(format!("the MoE routing-score bias must be none, inner or outer, got {:?}", m.bias));
+            }
+            if !["softmax", "sigmoid"].contains(&m.score.as_str()) {
+                return bad(format!("the MoE score function must be softmax or sigmoid, got {:?}", m.score));
             }
             // NaN compares false both ways, so the ranges are written to reject it.
             if !(m.aux_alpha.is_finite() && m.aux_alpha >= 0.0) {
@@ -268,6 +287,24 @@ impl LmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn validate_bounds_what_would_fail_later() {
+        let ok = LmConfig::small();
+        ok.validate().unwrap();
+        let mut c = ok.clone();
+        c.attention = AttnKind::Ela { kernel: ElaKernel::HadamardExp, chunk: 0 };
+        assert!(c.validate().unwrap_err().to_string().contains("chunk"));
+        for len in [0, MAX_ROPE_LEN + 1, usize::MAX] {
+            let c = LmConfig { rope_max_len: Some(len), ..ok.clone() };
+            assert!(c.validate().unwrap_err().to_string().contains("rope_max_len"), "{len}");
+        }
+        let moe = ok.moe.clone().expect("the small model has MoE");
+        let c = LmConfig { moe: Some(MoeSpec { bias: "sideways".into(), ..moe.clone() }), ..ok.clone() };
+        assert!(c.validate().unwrap_err().to_string().contains("bias"));
+        let c = LmConfig { moe: Some(MoeSpec { score: "tanh".into(), ..moe }), ..ok };
+        assert!(c.validate().unwrap_err().to_string().contains("score"));
+    }
 
     #[test]
     fn pairs_round_trip() {
