@@ -146,11 +146,10 @@ impl<B: Backend> Var<B> {
                         // A backward written outside this crate (`Var::record`, a user ELA
                         // kernel's VJPs) may return a wrong shape; adding it up would fail later
                         // with a less helpful message, or broadcast silently.
-                        let want = input.shape();
-                        if gi.shape() != &want {
+                        if !input.has_shape(gi.shape()) {
                             return Err(Error::ShapeMismatch {
                                 op: node.op,
-                                lhs: want,
+                                lhs: input.shape(),
                                 rhs: gi.shape().clone(),
                                 hint: format!(
                                     "the backward of `{}` returned a gradient of the wrong shape for one of its \

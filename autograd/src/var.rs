@@ -72,6 +72,12 @@ impl<B: Backend> Var<B> {
         self.0.value.read().expect("var lock poisoned").clone()
     }
 
+    /// Whether the value has `shape`, compared in place (no copy of the value's layout: the
+    /// backward pass asks this once per edge).
+    pub(crate) fn has_shape(&self, shape: &ela_core::Shape) -> bool {
+        self.0.value.read().expect("var lock poisoned").shape() == shape
+    }
+
     /// Replace the value of a leaf (optimizer updates, checkpoint loading). The shape and dtype
     /// must stay the same, and interior nodes cannot be set.
     pub fn set_value(&self, value: Tensor<B>) -> Result<()> {
