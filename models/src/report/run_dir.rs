@@ -202,6 +202,10 @@ pub fn open_run<B: Backend>(
         return Err(Error::invalid(op, format!("cannot resume from {}: there is no saved run there", path.display())));
     }
     let created = !out.exists();
+    if !created && !resume {
+        // Before the lock file is created: a refused folder is left exactly as it was.
+        refuse_foreign_folder(op, &out)?;
+    }
     std::fs::create_dir_all(&out).map_err(|e| Error::Io { path: out.display().to_string(), msg: e.to_string() })?;
     // Everything below happens under the lock, so two starts cannot both pass the checks.
     let lock = RunLock::acquire_in(&out, op, created)?;
@@ -220,6 +224,57 @@ pub fn open_run<B: Backend>(
     Ok(OpenedRun { dir: out, resumed: None, lock })
 }
 
+/// Whether `name` is one of the `.<name>.tmp-<pid>-<n>` files of an interrupted atomic save.
+fn is_save_temporary(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".tmp-")
+}
+
+/// A new run replaces `config.json`, `metrics.jsonl` and the plots in its folder, so it may only
+/// start in a folder that is empty (but for a lock or a save's temporaries), or that an earlier
+/// run wrote: its `config.json` carries the checkpoint format's marker, or it holds a checkpoint
+/// (which [`open_run`] then refuses with its own message). Anything else, a project folder or
+/// `/`, is refused before a file is written, naming a few of the entries found.
+fn refuse_foreign_folder(op: &'static str, dir: &Path) -> Result<()> {
+    let io = |e: std::io::Error| Error::Io { path: dir.display().to_string(), msg: e.to_string() };
+    if !dir.is_dir() {
+        return Err(Error::invalid(
+            op,
+            format!("--out {} exists and is not a folder; choose a new folder", dir.display()),
+        ));
+    }
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap_or_default();
+    if config.contains(RUN_CONFIG_MARKER) || dir.join(CHECKPOINT_FILE).exists() {
+        return Ok(());
+    }
+    let mut foreign = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let name = entry.map_err(io)?.file_name().to_string_lossy().into_owned();
+        if name != super::run_lock::LOCK_FILE && !is_save_temporary(&name) {
+            foreign.push(name);
+        }
+    }
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    foreign.sort();
+    let shown: Vec<&str> = foreign.iter().take(3).map(String::as_str).collect();
+    let more = if foreign.len() > 3 { format!(" and {} more", foreign.len() - 3) } else { String::new() };
+    Err(Error::invalid(
+        op,
+        format!(
+            "--out {} holds files that no earlier run wrote ({}{more}); a run writes config.json, \
+             metrics.jsonl, plots and checkpoints into its folder and replaces files of those \
+             names, so choose a new or empty folder (e.g. {})",
+            dir.display(),
+            shown.join(", "),
+            dir.join("run").display()
+        ),
+    ))
+}
+
+/// The field every run's `config.json` holds (the checkpoint format, written by both trainers).
+const RUN_CONFIG_MARKER: &str = "\"format\":\"ela-rs ";
+
 /// Delete the `.<name>.tmp-<pid>-<n>` files that [`checkpoint::write_atomic`] leaves when the
 /// process is killed between creating and renaming one (a checkpoint's worth of bytes each).
 /// Called with the folder's lock held, so none of them belongs to a live save.
@@ -230,7 +285,7 @@ fn remove_stale_temporaries(dir: &Path) -> Result<()> {
         let entry = entry.map_err(|e| io(dir, e))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with('.') && name.contains(".tmp-") && entry.file_type().is_ok_and(|t| t.is_file()) {
+        if is_save_temporary(&name) && entry.file_type().is_ok_and(|t| t.is_file()) {
             bytes += entry.metadata().map_or(0, |m| m.len());
             std::fs::remove_file(entry.path()).map_err(|e| io(&entry.path(), e))?;
             count += 1;
@@ -385,6 +440,72 @@ mod fault_tests {
         drop(held);
         let again = RunLock::acquire(&dir, "train").unwrap();
         assert_eq!(std::fs::read_to_string(again.path()).unwrap(), std::process::id().to_string());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_new_run_refuses_a_folder_an_earlier_run_did_not_write() {
+        let dir = tmp("foreign");
+        std::fs::write(dir.join("notes.txt"), b"mine").unwrap();
+        std::fs::write(dir.join("metrics.jsonl"), b"also mine").unwrap();
+        let e = refuse_foreign_folder("train", &dir).unwrap_err().to_string();
+        assert!(e.contains("metrics.jsonl, notes.txt") && e.contains("new or empty folder"), "{e}");
+        // Through open_run as well, and nothing is written or removed on the way.
+        let Err(e) = open_run("train", Some(&dir), Path::new("unused"), false, &ela_core::Cpu) else {
+            panic!("a new run was opened in {}", dir.display())
+        };
+        assert!(e.to_string().contains("no earlier run wrote"), "{e}");
+        let mut left: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["metrics.jsonl", "notes.txt"]);
+        assert_eq!(std::fs::read(dir.join("metrics.jsonl")).unwrap(), b"also mine");
+        // Many entries: three are named, the rest counted.
+        for f in ["a", "b", "c"] {
+            std::fs::create_dir(dir.join(f)).unwrap();
+        }
+        let e = refuse_foreign_folder("detect train", &dir).unwrap_err().to_string();
+        assert!(e.starts_with("detect train") || e.contains("detect train"), "{e}");
+        assert!(e.contains("(a, b, c and 2 more)"), "{e}");
+        // A file is not a folder.
+        let e = refuse_foreign_folder("train", &dir.join("notes.txt")).unwrap_err().to_string();
+        assert!(e.contains("is not a folder"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_new_run_may_start_in_an_empty_folder_or_an_earlier_runs() {
+        let dir = tmp("ours");
+        // Empty but for a lock and a save's temporary.
+        std::fs::write(dir.join(".lock"), b"1").unwrap();
+        std::fs::write(dir.join(".config.json.tmp-1-0"), b"x").unwrap();
+        refuse_foreign_folder("train", &dir).unwrap();
+        // A run that stopped before its first checkpoint, with a file of the user's beside it.
+        for (f, text) in [
+            ("config.json", "{\"format\":\"ela-rs checkpoint v1\",\"run.step\":\"0\"}\n"),
+            ("metrics.jsonl", "{\"step\":1}\n"),
+            ("notes.txt", "mine"),
+        ] {
+            std::fs::write(dir.join(f), text).unwrap();
+        }
+        refuse_foreign_folder("train", &dir).unwrap();
+        // A detector run's config.json (its first key sorts before "format").
+        std::fs::write(
+            dir.join("config.json"),
+            "{\"data.classes\":\"1\",\"format\":\"ela-rs detector checkpoint v1\"}\n",
+        )
+        .unwrap();
+        refuse_foreign_folder("detect train", &dir).unwrap();
+        // A config.json of somebody else's is not a marker.
+        std::fs::write(dir.join("config.json"), "{\"format\":\"other\"}").unwrap();
+        assert!(refuse_foreign_folder("train", &dir).is_err());
+        // A folder holding a checkpoint passes here; open_run refuses it with "--resume".
+        std::fs::write(dir.join(CHECKPOINT_FILE), b"x").unwrap();
+        refuse_foreign_folder("train", &dir).unwrap();
+        let Err(e) = open_run("train", Some(&dir), Path::new("unused"), false, &ela_core::Cpu) else {
+            panic!("a new run was opened in {}", dir.display())
+        };
+        assert!(e.to_string().contains("--resume"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -220,7 +220,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 100)]
     pub checkpoint_every: usize,
     /// Output folder (checkpoint, config.json, metrics.jsonl, loss.svg). Without it a new run
-    /// goes to `runs/ela-small`, or to `runs/ela-small-2`, `-3`, ... when that holds a run.
+    /// goes to `runs/ela-small`, or to `runs/ela-small-2`, `-3`, ... when that holds a run. A new
+    /// run refuses an existing folder that holds files no earlier run wrote.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run saved in `--out` (without `--out`: the newest `runs/ela-small*` run; its

@@ -269,8 +269,10 @@ fn run_loop<B: Backend>(
     }
     let metrics = match &out {
         Some(out) => {
-            let (path, log) = start_metrics(out, resumed.is_some())?;
+            // config.json first: it marks the folder as a run's (see `open_run`) before the
+            // metrics log replaces an older one.
             write_config_json(out, &metadata(&cfg, &args, start, data_hash))?;
+            let (path, log) = start_metrics(out, resumed.is_some())?;
             Some((path, log))
         }
         None => None,

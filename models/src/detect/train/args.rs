@@ -114,7 +114,8 @@ pub struct DetectTrainArgs {
     #[arg(long, default_value_t = 250)]
     pub checkpoint_every: usize,
     /// Output folder (checkpoint, config.json, metrics.jsonl, loss.svg, ap.svg). Without it a
-    /// new run goes to `runs/detect`, or to `runs/detect-2`, `-3`, ... when that holds a run.
+    /// new run goes to `runs/detect`, or to `runs/detect-2`, `-3`, ... when that holds a run. A
+    /// new run refuses an existing folder that holds files no earlier run wrote.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run saved in `--out` (without `--out`: the newest `runs/detect*` run; its own

@@ -189,8 +189,9 @@ pub fn train<B: Backend>(args: &DetectTrainArgs, device: &B) -> Result<DetectRep
     if let Some(ck) = &resumed {
         start = restore(ck, &store, &mut opt)?;
     }
-    let (metrics_path, mut log) = start_metrics(&out, resumed.is_some())?;
+    // config.json first, as in `ela train`: it marks the folder as a run's.
     crate::train::run::write_config_json(&out, &metadata(&cfg, &args, &classes, start))?;
+    let (metrics_path, mut log) = start_metrics(&out, resumed.is_some())?;
 
     crate::errln!(
         "model: {} ({params} parameters); data: {} ({} train / {} validation images); {} steps of {} images{}",
