@@ -106,6 +106,25 @@ fn train_predict_eval_round_trip() {
         assert_eq!((img.width(), img.height()), (64, 64));
     }
 
+    // The image folder as --out would overwrite the inputs with their annotated copies: refused,
+    // and the images are left as they were.
+    let before: Vec<Vec<u8>> = (0..2).map(|i| std::fs::read(images.join(format!("img{i}.png"))).unwrap()).collect();
+    let refused = ela(&[
+        "detect",
+        "predict",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--image",
+        images.to_str().unwrap(),
+        "--out",
+        images.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("would overwrite the input image"), "{err}");
+    for (i, bytes) in before.iter().enumerate() {
+        assert_eq!(&std::fs::read(images.join(format!("img{i}.png"))).unwrap(), bytes);
+    }
+
     let results = run.join("results.json");
     let out =
         ok(&ela(&["detect", "eval", "--checkpoint", run.to_str().unwrap(), "--results", results.to_str().unwrap()]));

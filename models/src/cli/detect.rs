@@ -140,6 +140,42 @@ fn image_files(path: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Where each image's annotated copy goes: `<out>/<stem>.png`, or `<stem>-2.png`, `-3`, ... when
+/// an earlier image of the list took that name (`a.jpg` and `a.png` in one folder), so no copy
+/// overwrites another. Refused before anything is written when a copy would land on one of the
+/// input images themselves (`--out` naming the image folder).
+fn annotated_paths(files: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
+    let canonical = |p: &Path| {
+        std::fs::canonicalize(p).map_err(|e| Error::Io { path: p.display().to_string(), msg: e.to_string() })
+    };
+    let out_dir = canonical(out)?;
+    let inputs = files.iter().map(|f| canonical(f)).collect::<Result<std::collections::HashSet<_>>>()?;
+    let mut taken = std::collections::HashSet::new();
+    let mut paths = Vec::with_capacity(files.len());
+    for file in files {
+        let stem = file.file_stem().map_or("image".into(), |s| s.to_string_lossy().into_owned());
+        let name = (1usize..)
+            .map(|n| if n == 1 { format!("{stem}.png") } else { format!("{stem}-{n}.png") })
+            .find(|name| !taken.contains(name))
+            .expect("an unbounded sequence of names has a free one");
+        let path = out.join(&name);
+        if inputs.contains(&out_dir.join(&name)) {
+            return Err(Error::invalid(
+                "detect predict",
+                format!(
+                    "--out {} would overwrite the input image {} with its annotated copy; choose another \
+                     folder (the default is the run's predict/)",
+                    out.display(),
+                    path.display()
+                ),
+            ));
+        }
+        taken.insert(name);
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
 /// One image's boxes, as written to predictions.json.
 fn prediction_json(file: &Path, w: u32, h: u32, dets: &[Detection], classes: &[String]) -> serde_json::Value {
     let boxes: Vec<serde_json::Value> = dets
@@ -168,10 +204,11 @@ fn predict<B: Backend>(args: &PredictArgs, dev: &B) -> Result<()> {
     let run_dir = saved.path.parent().map(Path::to_path_buf).unwrap_or_default();
     let out = args.out.clone().unwrap_or_else(|| run_dir.join("predict"));
     std::fs::create_dir_all(&out).map_err(|e| Error::Io { path: out.display().to_string(), msg: e.to_string() })?;
+    let pngs = annotated_paths(&files, &out)?;
     let post = PostProcess { conf_threshold: args.conf, iou_threshold: args.iou, max_det: args.max_det };
     let size = saved.model.config().input_size;
     let mut records = Vec::new();
-    for file in &files {
+    for (file, png) in files.iter().zip(&pngs) {
         let mut img = load_image(file)?;
         let (input, lb) = letterbox(&img, size)?;
         let pixels: Vec<f32> =
@@ -184,9 +221,7 @@ fn predict<B: Backend>(args: &PredictArgs, dev: &B) -> Result<()> {
             .filter(|d| d.bbox.is_valid())
             .collect();
         draw_detections(&mut img, &dets, &saved.classes);
-        let stem = file.file_stem().map_or("image".into(), |s| s.to_string_lossy().into_owned());
-        let png = out.join(format!("{stem}.png"));
-        save_png(&png, &img)?;
+        save_png(png, &img)?;
         let summary: Vec<String> =
             dets.iter().map(|d| format!("{} {:.2}", saved.classes.get(d.class).map_or("?", |s| s), d.score)).collect();
         crate::outln!("{}: {} boxes [{}] -> {}", file.display(), dets.len(), summary.join(", "), png.display());
@@ -246,4 +281,51 @@ fn eval<B: Backend>(args: &EvalArgs, dev: &B) -> Result<()> {
     write_coco_results(&results, &per_image, data.val.category_ids())?;
     crate::outln!("COCO results: {}", results.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn folder(tag: &str, files: &[&str]) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ela-predict-names-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        for f in files {
+            std::fs::write(d.join(f), b"x").unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn annotated_copies_get_distinct_names() {
+        let dir = folder("distinct", &["a.jpg", "a.png", "a-2.png", "b.jpeg"]);
+        let files = image_files(&dir).unwrap();
+        let out = dir.join("pred");
+        std::fs::create_dir_all(&out).unwrap();
+        let names: Vec<String> = annotated_paths(&files, &out)
+            .unwrap()
+            .iter()
+            .map(|p| p.strip_prefix(&out).unwrap().to_string_lossy().into_owned())
+            .collect();
+        // Sorted inputs a-2.png, a.jpg, a.png, b.jpeg.
+        assert_eq!(names, ["a-2.png", "a.png", "a-3.png", "b.png"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_annotated_copy_never_replaces_an_input() {
+        let dir = folder("inputs", &["a.jpg", "b.png"]);
+        let files = image_files(&dir).unwrap();
+        // The image folder itself as --out: b.png would be overwritten.
+        let e = annotated_paths(&files, &dir).unwrap_err().to_string();
+        assert!(e.contains("would overwrite the input image") && e.contains("b.png"), "{e}");
+        // The same folder spelled another way is caught too.
+        let e = annotated_paths(&files, &dir.join(".")).unwrap_err().to_string();
+        assert!(e.contains("b.png"), "{e}");
+        // JPEGs alone get PNG copies beside them.
+        let jpg = vec![dir.join("a.jpg")];
+        assert_eq!(annotated_paths(&jpg, &dir).unwrap(), [dir.join("a.png")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
