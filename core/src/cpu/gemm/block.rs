@@ -35,7 +35,7 @@ thread_local! {
 
 /// Splits `total` into blocks of at most `max` (rounded up to a multiple of
 /// `unit`) of nearly equal size, so k = 257 doesn't become 256 + 1.
-fn block_size(total: usize, max: usize, unit: usize) -> usize {
+pub(super) fn block_size(total: usize, max: usize, unit: usize) -> usize {
     let blocks = total.div_ceil(max);
     total.div_ceil(blocks).div_ceil(unit) * unit
 }

@@ -16,10 +16,13 @@
 //!
 //! Work is split across rayon threads by the larger of m and n, each thread
 //! running the serial algorithm (`block.rs`) on its strip with its own
-//! thread-local, 64-byte-aligned pack buffers (reused across calls).
+//! thread-local, 64-byte-aligned pack buffers (reused across calls). Small,
+//! deep products (weight gradients) are split over the kc blocks instead and
+//! summed in block order, with the serial result's bits (`split_k.rs`).
 //!
 //! Files: `mod.rs` API, kernel tables + CPU dispatch, parallel split;
-//! `block.rs` blocking loops; `pack.rs` packing; `kernel_*.rs` micro-kernels.
+//! `block.rs` blocking loops; `split_k.rs` the split over k; `pack.rs`
+//! packing; `kernel_*.rs` micro-kernels.
 
 use std::mem::MaybeUninit;
 use std::ops::{Add, Mul};
@@ -36,6 +39,7 @@ mod kernel_generic;
 #[cfg(target_arch = "x86_64")]
 mod kernel_simd;
 mod pack;
+mod split_k;
 #[cfg(test)]
 mod tests;
 
@@ -387,6 +391,14 @@ struct SendPtr<T>(*mut T);
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
+impl<T> SendPtr<T> {
+    /// The pointer. A closure that calls this captures the whole `SendPtr` (which may cross
+    /// threads), where naming the field would capture the bare pointer (which may not).
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
 /// Driver shared by both precisions, with an explicit kernel and parallel
 /// threshold so the tests can exercise every kernel and the threaded path.
 ///
@@ -426,6 +438,14 @@ pub(crate) unsafe fn gemm_with<T: Elem>(
         // SAFETY: extents were checked against the slice lengths above.
         unsafe { block::serial(kern, m, n, k, alpha, ap, rsa, csa, bp, rsb, csb, beta, cp.0, rsc, csc) };
         return;
+    }
+    // Small and deep (a weight gradient): split over k, with the serial result's bits.
+    if alpha == T::ONE && csc == 1 {
+        if let Some(kc) = split_k::plan(kern, m, n, k, threads) {
+            // SAFETY: extents checked above; C's rows do not overlap (`no_overlap`).
+            unsafe { split_k::gemm(kern, kc, m, n, k, ap, rsa, csa, bp, rsb, csb, beta, c, rsc) };
+            return;
+        }
     }
     // Split the larger dimension into one strip per thread, in whole
     // micro-tiles so no thread gets a needless partial tile.

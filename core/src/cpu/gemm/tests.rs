@@ -338,3 +338,74 @@ fn cache_sizes_and_blocking_parse() {
     assert_eq!(parse_blocking("256,0,2048"), None);
     assert_eq!(parse_blocking("a,b,c"), None);
 }
+
+/// One product in a pool of `threads` threads (parallel threshold 0), C initialised to `c0`.
+#[allow(clippy::too_many_arguments)]
+fn product_in_pool<T: TestElem + Send>(
+    kern: &Kernel<T>,
+    threads: usize,
+    (m, n, k): (usize, usize, usize),
+    a: &Strided<T>,
+    b: &Strided<T>,
+    c0: &Strided<T>,
+    beta: T,
+) -> Vec<T> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let mut c = c0.data.clone();
+    let p = Operands {
+        m,
+        n,
+        k,
+        alpha: T::ONE,
+        a: &a.data,
+        rsa: a.rs,
+        csa: a.cs,
+        b: &b.data,
+        rsb: b.rs,
+        csb: b.cs,
+        beta,
+        rsc: c0.rs,
+        csc: c0.cs,
+    };
+    // SAFETY: `c` is initialised; the GEMM stores only initialised values.
+    pool.install(|| unsafe { gemm_with(kern, 0, p, super::as_uninit(&mut c)) });
+    c
+}
+
+/// The split over k adds the blocks' products in the serial order with the serial roundings
+/// (`split_k.rs`), so its result has the same bits as one thread's, for every beta case, both
+/// blockings, row- and column-major operands and both C layouts (a column-major C is solved
+/// transposed, so it takes the split too).
+#[test]
+fn split_over_k_has_the_bits_of_one_thread() {
+    fn run<T: TestElem + Send>(seed: u64) {
+        for kern in T::kernels() {
+            for &(m, n, k) in
+                &[(128usize, 128usize, 2048usize), (97, 130, 1000), (64, 128, 700), (250, 33, 1200), (1, 1, 900)]
+            {
+                // Split wherever there is a block per thread, except the 1 x 1 output (too small).
+                let blocks = k.div_ceil(block::block_size(k, kern.kc, 1));
+                let split = split_k::plan::<T>(&kern, m, n, k, 3).is_some();
+                assert_eq!(split, blocks >= 3 && m * n > 1, "{} {m}x{n}x{k}: {blocks} blocks", kern.name);
+                for (la, lb, lc) in [(Layout::Row, Layout::Row, Layout::Row), (Layout::Col, Layout::Row, Layout::Col)] {
+                    for beta in [0.0, 1.0, 0.5] {
+                        let mut rng = Rng(seed + (m * n * k) as u64);
+                        let a = make::<T>(m, k, la, &mut rng, T::from_f64(f64::NAN));
+                        let b = make::<T>(k, n, lb, &mut rng, T::from_f64(f64::NAN));
+                        let c0 = make::<T>(m, n, lc, &mut rng, T::from_f64(1e30));
+                        let one = product_in_pool(&kern, 1, (m, n, k), &a, &b, &c0, T::from_f64(beta));
+                        let three = product_in_pool(&kern, 3, (m, n, k), &a, &b, &c0, T::from_f64(beta));
+                        let bits = |v: &[T]| v.iter().map(|x| x.to_f64().to_bits()).collect::<Vec<_>>();
+                        assert!(
+                            bits(&one) == bits(&three),
+                            "{} {m}x{n}x{k} {la:?}/{lb:?}/{lc:?} beta {beta}: 3 threads differ from 1",
+                            kern.name
+                        );
+                    }
+                }
+            }
+        }
+    }
+    run::<f32>(1);
+    run::<f64>(2);
+}
