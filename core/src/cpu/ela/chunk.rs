@@ -139,6 +139,10 @@ impl<T: ElaFloat> Chunk<T> {
     }
 }
 
+/// Lanes of the widest vector `exp_slice` uses (AVX-512, f32): rows of exponentials are
+/// rounded up to a multiple of it.
+const EXP_LANES: usize = 16;
+
 /// `out[i, c] = exp(q_ic + m_c - u_i)` for rows `t0 .. t0+n`: query features in row units `u`
 /// against a state with log-scales `m` (eq. (N2) in docs/ela.md).
 pub(crate) fn query_features_units<T: ElaFloat>(seq: &Seq<T>, t0: usize, m: &[T], u: &[T], out: &mut [T]) {
@@ -241,7 +245,13 @@ pub(crate) fn prep<T: ElaFloat>(seq: &Seq<T>, t0: usize, n: usize, st: &State<T>
                 let v = base + mk;
                 *x = if v > T::ZERO { T::ZERO } else { v };
             }
-            T::exp_slice(&mut e[..=i]);
+            // The exponentials run over whole 16-lane vectors: the few entries past the diagonal
+            // that round the row up are exponentiated too (from 0) and zeroed after. A row cut at
+            // the diagonal would leave up to 15 values to the scalar tail, about a third of the
+            // exponentials' time; the values kept are the same bits either way.
+            let len = (i + 1).next_multiple_of(EXP_LANES).min(n);
+            e[i + 1..len].fill(T::ZERO);
+            T::exp_slice(&mut e[..len]);
             e[i + 1..].fill(T::ZERO);
             for (x, &w) in row[..=i].iter_mut().zip(&e[..=i]) {
                 *x = *x * w;
