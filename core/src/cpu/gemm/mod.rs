@@ -92,6 +92,17 @@ pub(crate) struct Kernel<T> {
     /// Same kernel reading row-layout A panels (`a[i * k + p]`), used when A
     /// is row-contiguous so packing A is a memcpy per row.
     pub func_rows: KernelFn<T>,
+    /// A variant of the same kernel with more rows per tile, for row counts it tiles with
+    /// less padding (see [`Kernel::for_rows`]).
+    pub tall: Option<Tall<T>>,
+}
+
+/// The taller variant of a micro-kernel: `mr` rows, same width, same blocking otherwise.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tall<T> {
+    pub mr: usize,
+    pub func: KernelFn<T>,
+    pub func_rows: KernelFn<T>,
 }
 
 /// Builds a [`Kernel`] from a const-generic micro-kernel and its blocking.
@@ -109,7 +120,15 @@ macro_rules! kernel {
             nc: $nc,
             func: $($f)::+::<$($g)*, false>,
             func_rows: $($f)::+::<$($g)*, true>,
+            tall: None,
         }
+    }};
+}
+
+/// Builds a [`Tall`] variant from a const-generic micro-kernel.
+macro_rules! tall {
+    ($($f:ident)::+, [$($g:tt)*], mr = $mr:expr) => {{
+        Tall { mr: $mr, func: $($f)::+::<$($g)*, false>, func_rows: $($f)::+::<$($g)*, true> }
     }};
 }
 
@@ -159,6 +178,24 @@ fn l1_resident() -> bool {
     l1d_bytes().is_some_and(|b| b >= L1_RESIDENT_MIN_L1D)
 }
 
+impl<T: Copy> Kernel<T> {
+    /// The kernel to multiply `m` rows with: the taller variant when it pads `m` by at least
+    /// 2% fewer rows (m = 32: 36 rows in 6-row tiles, 32 in 8-row ones), else this one. The
+    /// padded rows of an edge tile are computed and thrown away, and the edge tile goes through
+    /// a scratch tile merged element by element, which dominates small products such as the
+    /// 32 x 64 blocks of the ELA kernels. The row count of a tile does not change how any
+    /// element is summed, so the result is the same either way.
+    pub(crate) fn for_rows(&self, m: usize) -> Kernel<T> {
+        let pad = |mr: usize| m.next_multiple_of(mr) - m;
+        match self.tall {
+            Some(t) if 50 * (pad(self.mr) - pad(t.mr).min(pad(self.mr))) >= m => {
+                Kernel { mr: t.mr, func: t.func, func_rows: t.func_rows, ..*self }
+            }
+            _ => *self,
+        }
+    }
+}
+
 impl<T> Kernel<T> {
     /// The same micro-kernel with other blocking parameters (clamped to at least one tile).
     pub(crate) fn with_blocking(mut self, kc: usize, mc: usize, nc: usize) -> Self {
@@ -176,7 +213,9 @@ pub(crate) fn f32_kernels() -> Vec<Kernel<f32>> {
     {
         if is_x86_feature_detected!("avx512f") {
             // 12 zmm accumulators; ~3% faster than AVX2 6x16 on Zen 4.
-            let k = kernel!("avx512", kernel_avx512::kernel_f32, [6, 2], mr = 6, nr = 32, kc = 768, mc = 96, nc = 2048);
+            let mut k =
+                kernel!("avx512", kernel_avx512::kernel_f32, [6, 2], mr = 6, nr = 32, kc = 768, mc = 96, nc = 2048);
+            k.tall = Some(tall!(kernel_avx512::kernel_f32, [8, 2], mr = 8));
             v.push(if l1_resident() { k.with_blocking(256, 192, 2048) } else { k });
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -195,7 +234,9 @@ pub(crate) fn f64_kernels() -> Vec<Kernel<f64>> {
     {
         if is_x86_feature_detected!("avx512f") {
             // The same bytes per panel as the f32 kernel: 16 f64 lanes of 8 bytes.
-            let k = kernel!("avx512", kernel_avx512::kernel_f64, [6, 2], mr = 6, nr = 16, kc = 512, mc = 96, nc = 1024);
+            let mut k =
+                kernel!("avx512", kernel_avx512::kernel_f64, [6, 2], mr = 6, nr = 16, kc = 512, mc = 96, nc = 1024);
+            k.tall = Some(tall!(kernel_avx512::kernel_f64, [8, 2], mr = 8));
             v.push(if l1_resident() { k.with_blocking(256, 192, 1024) } else { k });
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -431,6 +472,7 @@ pub(crate) unsafe fn gemm_with<T: Elem>(
     } else {
         (m, n, a, rsa, csa, b, rsb, csb, rsc, csc)
     };
+    let kern = &kern.for_rows(m);
     let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), SendPtr(c.as_mut_ptr().cast::<T>()));
     let flops = m.saturating_mul(n).saturating_mul(k).saturating_mul(2);
     let threads = rayon::current_num_threads();

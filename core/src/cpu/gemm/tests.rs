@@ -409,3 +409,37 @@ fn split_over_k_has_the_bits_of_one_thread() {
     run::<f32>(1);
     run::<f64>(2);
 }
+
+/// The taller tile is taken where it pads less and gives the same bits as the shorter one
+/// (row tiles do not change how an element is summed); where a CPU has no taller variant the
+/// check is skipped.
+#[test]
+fn taller_tiles_where_they_pad_less_with_the_same_bits() {
+    fn run<T: TestElem + Send>() {
+        for kern in T::kernels().into_iter().filter(|k| k.tall.is_some()) {
+            let tall = kern.tall.unwrap().mr;
+            assert_eq!(kern.for_rows(32).mr, tall);
+            assert_eq!(kern.for_rows(64).mr, tall);
+            assert_eq!(kern.for_rows(2048).mr, kern.mr, "0.2% less padding is not worth a switch");
+            assert_eq!(kern.for_rows(12).mr, kern.mr);
+            assert_eq!(kern.for_rows(1).mr, kern.mr);
+            let short = Kernel { tall: None, ..kern };
+            for &(m, n, k) in &[(32usize, 64usize, 32usize), (64, 32, 128), (16, 100, 7), (40, 33, 300)] {
+                for (la, lb, lc) in [(Layout::Row, Layout::Row, Layout::Row), (Layout::Col, Layout::Col, Layout::Row)] {
+                    for beta in [0.0, 0.5] {
+                        let mut rng = Rng((m * 1000 + n * 10 + k) as u64);
+                        let a = make::<T>(m, k, la, &mut rng, T::from_f64(f64::NAN));
+                        let b = make::<T>(k, n, lb, &mut rng, T::from_f64(f64::NAN));
+                        let c0 = make::<T>(m, n, lc, &mut rng, T::from_f64(1e30));
+                        let bits = |v: &[T]| v.iter().map(|x| x.to_f64().to_bits()).collect::<Vec<_>>();
+                        let with_tall = product_in_pool(&kern, 1, (m, n, k), &a, &b, &c0, T::from_f64(beta));
+                        let without = product_in_pool(&short, 1, (m, n, k), &a, &b, &c0, T::from_f64(beta));
+                        assert!(bits(&with_tall) == bits(&without), "{} {m}x{n}x{k} beta {beta}", kern.name);
+                    }
+                }
+            }
+        }
+    }
+    run::<f32>();
+    run::<f64>();
+}
