@@ -55,6 +55,15 @@ pub(crate) trait Elem:
     const ONE: Self;
     /// The best micro-kernel of this CPU for the type.
     fn kernel() -> &'static Kernel<Self>;
+    /// Packs one full micro-panel of width `w` from lanes of `kb` contiguous values
+    /// (`src[l * s_lane + p]` to `dst[p * w + l]`) with vector transposes, if this type and CPU
+    /// have them; `false`, with nothing written, leaves it to the scalar copy.
+    ///
+    /// # Safety
+    /// As `pack::pack_transposed_f32`.
+    unsafe fn pack_transposed(_w: usize, _kb: usize, _src: *const Self, _s_lane: usize, _dst: *mut Self) -> bool {
+        false
+    }
 }
 
 impl Elem for f32 {
@@ -62,6 +71,10 @@ impl Elem for f32 {
     const ONE: Self = 1.0;
     fn kernel() -> &'static Kernel<f32> {
         f32_kernel()
+    }
+    unsafe fn pack_transposed(w: usize, kb: usize, src: *const f32, s_lane: usize, dst: *mut f32) -> bool {
+        // SAFETY: the caller's contract.
+        unsafe { pack::pack_transposed_f32(w, kb, src, s_lane, dst) }
     }
 }
 

@@ -51,6 +51,8 @@ pub(crate) unsafe fn pack<T: Elem>(
                 // Lanes contiguous in memory (row-major B, column-major A):
                 // one short copy per k step.
                 copy_panels(w, 1, kb, s, s_k, d);
+            } else if cols == w && s_k == 1 && T::pack_transposed(w, kb, s, s_lane, d) {
+                // k contiguous in memory (column-major B): transposed in 8 x 8 blocks.
             } else if s_k != 0 && s_k < s_lane {
                 // k is the faster-varying direction in memory (row-major A,
                 // column-major B): read each lane contiguously, scatter into
@@ -155,6 +157,86 @@ unsafe fn zero_pad<T: Elem>(w: usize, cols: usize, kb: usize, d: *mut T) {
             for l in cols..w {
                 // SAFETY: p * w + l < kb * w.
                 unsafe { *d.add(p * w + l) = T::ZERO };
+            }
+        }
+    }
+}
+
+/// [`super::Elem::pack_transposed`] for f32: one full micro-panel of width `w` (a multiple of 8)
+/// whose lanes each hold `kb` contiguous values, `src[l * s_lane + p]`, written k-major,
+/// `dst[p * w + l]`, by 8 x 8 transposes in AVX registers (the scalar scatter it replaces moves
+/// one value per cycle at best; the weight products of the ELA kernels read `psi^T` this way).
+/// Pure data movement: the packed panel is the same. `false` (nothing written) when the CPU
+/// lacks AVX or `w` is not a multiple of 8.
+///
+/// # Safety
+/// `src[l * s_lane + p]` readable for `l < w`, `p < kb`; `dst` writable for `w * kb` values.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn pack_transposed_f32(w: usize, kb: usize, src: *const f32, s_lane: usize, dst: *mut f32) -> bool {
+    if w % 8 != 0 || !std::arch::is_x86_feature_detected!("avx") {
+        return false;
+    }
+    // SAFETY: AVX is present; the ranges are the caller's.
+    unsafe { transpose_panel_avx(w, kb, src, s_lane, dst) };
+    true
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn pack_transposed_f32(_: usize, _: usize, _: *const f32, _: usize, _: *mut f32) -> bool {
+    false
+}
+
+/// The body of [`pack_transposed_f32`].
+///
+/// # Safety
+/// As [`pack_transposed_f32`], with AVX present and `w % 8 == 0`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose_panel_avx(w: usize, kb: usize, src: *const f32, s_lane: usize, dst: *mut f32) {
+    use core::arch::x86_64::*;
+    let full = kb / 8 * 8;
+    for l0 in (0..w).step_by(8) {
+        // SAFETY (whole loop): lanes l0..l0+8 < w and k steps < kb, as the caller vouched.
+        unsafe {
+            let row = |i: usize| src.add((l0 + i) * s_lane);
+            for p0 in (0..full).step_by(8) {
+                let r: [__m256; 8] = core::array::from_fn(|i| _mm256_loadu_ps(row(i).add(p0)));
+                // Interleave pairs of rows, then pairs of pairs, then the 128-bit halves: out[j]
+                // holds element j of rows 0..8.
+                let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+                let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+                let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+                let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+                let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+                let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+                let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+                let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                let out = [
+                    _mm256_permute2f128_ps::<0x20>(u0, u4),
+                    _mm256_permute2f128_ps::<0x20>(u1, u5),
+                    _mm256_permute2f128_ps::<0x20>(u2, u6),
+                    _mm256_permute2f128_ps::<0x20>(u3, u7),
+                    _mm256_permute2f128_ps::<0x31>(u0, u4),
+                    _mm256_permute2f128_ps::<0x31>(u1, u5),
+                    _mm256_permute2f128_ps::<0x31>(u2, u6),
+                    _mm256_permute2f128_ps::<0x31>(u3, u7),
+                ];
+                for (j, v) in out.iter().enumerate() {
+                    _mm256_storeu_ps(dst.add((p0 + j) * w + l0), *v);
+                }
+            }
+            for p in full..kb {
+                for i in 0..8 {
+                    *dst.add(p * w + l0 + i) = *row(i).add(p);
+                }
             }
         }
     }
