@@ -173,7 +173,7 @@ unsafe fn zero_pad<T: Elem>(w: usize, cols: usize, kb: usize, d: *mut T) {
 /// `src[l * s_lane + p]` readable for `l < w`, `p < kb`; `dst` writable for `w * kb` values.
 #[cfg(target_arch = "x86_64")]
 pub(crate) unsafe fn pack_transposed_f32(w: usize, kb: usize, src: *const f32, s_lane: usize, dst: *mut f32) -> bool {
-    if w % 8 != 0 || !std::arch::is_x86_feature_detected!("avx") {
+    if !w.is_multiple_of(8) || !std::arch::is_x86_feature_detected!("avx") {
         return false;
     }
     // SAFETY: AVX is present; the ranges are the caller's.
