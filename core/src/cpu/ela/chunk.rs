@@ -8,7 +8,7 @@
 
 use super::features::{phi_row, psi_row};
 use super::float::ElaFloat;
-use super::linalg::{dot, gt_max, max_by, max_of, mm, mm_lower_out, sum};
+use super::linalg::{dot, gt_max, max_of, max_of_sum, mm, mm_lower_out, sum};
 use crate::ela::ElaKernel;
 
 /// One (batch, head) sequence, contiguous row-major: `q`, `k`: `t x d`, `v`: `t x dv`.
@@ -159,9 +159,7 @@ pub(crate) fn query_features_units<T: ElaFloat>(seq: &Seq<T>, t0: usize, m: &[T]
 /// `max_c (q_ic + m_c)`: the log of the largest term a query can get from a state with
 /// log-scales `m` (`-inf` for an empty state).
 pub(crate) fn state_log_max<T: ElaFloat>(q: &[T], m: &[T]) -> T {
-    let n = q.len().min(m.len());
-    let (q, m) = (&q[..n], &m[..n]);
-    max_by(n, |i| q[i] + m[i])
+    max_of_sum(q, m)
 }
 
 /// `out[j, :] = exp(k_j - m)` (units) or `psi(k_j)`, for keys `t0 .. t0+n`: the key features as

@@ -157,23 +157,37 @@ pub(crate) fn gt_max<T: ElaFloat>(m: T, x: T) -> T {
     }
 }
 
-/// Maximum of `f(i)` over `i < n` (`-inf` when `n == 0`). The maximum is exact in any order; the
-/// lanes only let it vectorize.
-#[inline(always)]
-pub(crate) fn max_by<T: ElaFloat>(n: usize, f: impl Fn(usize) -> T) -> T {
+/// Maximum of `a[i] + b[i]` over the shorter length (`-inf` when empty). The maximum is exact
+/// in any order; the fixed lanes (and a fixed order for equal values such as `-0` and `+0`)
+/// let the compiler turn each step into one vector `max`.
+#[inline]
+pub(crate) fn max_of_sum<T: ElaFloat>(a: &[T], b: &[T]) -> T {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [T::neg_infinity(); LANES];
-    let full = n / LANES * LANES;
-    for base in (0..full).step_by(LANES) {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a = gt_max(*a, f(base + l));
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] = gt_max(acc[l], x[l] + y[l]);
         }
     }
     let m = acc.iter().fold(T::neg_infinity(), |m, &x| gt_max(m, x));
-    (full..n).fold(m, |m, i| gt_max(m, f(i)))
+    ra.iter().zip(rb).fold(m, |m, (&x, &y)| gt_max(m, x + y))
 }
 
 /// Maximum of a slice (`-inf` when empty).
 #[inline]
 pub(crate) fn max_of<T: ElaFloat>(a: &[T]) -> T {
-    max_by(a.len(), |i| a[i])
+    // The lanes and order of `max_of_sum`.
+    let mut acc = [T::neg_infinity(); LANES];
+    let c = a.chunks_exact(LANES);
+    let r = c.remainder();
+    for x in c {
+        for l in 0..LANES {
+            acc[l] = gt_max(acc[l], x[l]);
+        }
+    }
+    let m = acc.iter().fold(T::neg_infinity(), |m, &x| gt_max(m, x));
+    r.iter().fold(m, |m, &x| gt_max(m, x))
 }
