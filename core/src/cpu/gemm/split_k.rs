@@ -36,15 +36,22 @@ thread_local! {
 }
 
 /// The kc block size `serial` would use for this `k`, when a split over the blocks is worth
-/// taking: at least one block per thread, C small enough for a scratch copy per block (and
-/// not so small that the split's own costs dominate), and k
-/// at least four times the larger of m and n (the packing saved then outweighs the extra pass
-/// over the scratch copies). `None`: split over m or n instead.
+/// taking (`None`: split over m or n instead). It needs a block per thread and a C small enough
+/// for a scratch copy per block, but not so small that the split's own costs dominate; and it
+/// must save more than it adds. Split over m (or n), each of `threads` threads packs the whole
+/// of the other operand, `k x n` values, so `(threads - 1) k n` are packed twice; split over k,
+/// the `k / kc` copies of C are written and read once, `2 (k / kc) m n`. So the split over k
+/// pays when `(threads - 1) kc >= 2 m`, m being the dimension the other split would cut. On the
+/// 2-core Intel machine of docs/benchmarks.md (kc = 256): 128 x 2048 @ 2048 x 128 and x 256
+/// 4-6% faster split over k, 256 x 2048 @ 2048 x 128 10% slower (so not split).
 pub(super) fn plan<T>(kern: &Kernel<T>, m: usize, n: usize, k: usize, threads: usize) -> Option<usize> {
     let kc = block::block_size(k, kern.kc, 1);
     let blocks = k.div_ceil(kc);
-    let small_c = m.checked_mul(n).is_some_and(|mn| (MIN_C..=MAX_C).contains(&mn));
-    (threads > 1 && blocks >= threads && small_c && k >= 4 * m.max(n)).then_some(kc)
+    let c_fits = m.checked_mul(n).is_some_and(|mn| (MIN_C..=MAX_C).contains(&mn));
+    // The dimension the split over m or n would cut (`gemm_with`'s choice).
+    let cut = if m.div_ceil(kern.mr) >= n.div_ceil(kern.nr) { m } else { n };
+    let pays = (threads.saturating_sub(1)).saturating_mul(kc) >= 2 * cut;
+    (threads > 1 && blocks >= threads && c_fits && pays).then_some(kc)
 }
 
 /// `C = A B + beta C` (alpha 1) with the kc blocks of size `kc` spread over the rayon pool, then
