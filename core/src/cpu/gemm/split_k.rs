@@ -76,50 +76,46 @@ pub(super) unsafe fn gemm<T: Elem>(
     c: &mut [MaybeUninit<T>],
     rsc: usize,
 ) {
-    let words = (k.div_ceil(kc) * m * n * size_of::<T>()).div_ceil(size_of::<u64>());
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < words {
-                buf.resize(words, MaybeUninit::uninit());
-            }
-            // SAFETY: the caller's contract, and `buf` holds `words` 8-byte-aligned words.
-            unsafe { with_scratch(kern, kc, m, n, k, a, rsa, csa, b, rsb, csb, beta, c, rsc, buf.as_mut_ptr().cast()) }
+    let blocks = k.div_ceil(kc);
+    let mn = m * n;
+    let words = (blocks * mn * size_of::<T>()).div_ceil(size_of::<u64>());
+    SCRATCH.with(|cell| {
+        let mut held = cell.try_borrow_mut();
+        let mut fresh = Vec::new();
+        let buf = match held {
+            Ok(ref mut buf) => &mut **buf,
+            // Re-entered on this thread (a task of the split ran another such product): fresh copies.
+            Err(_) => &mut fresh,
+        };
+        if buf.len() < words {
+            buf.resize(words, MaybeUninit::uninit());
         }
-        // Re-entered on this thread (a task of the split ran another such product): fresh copies.
-        Err(_) => {
-            let mut buf = vec![MaybeUninit::<u64>::uninit(); words];
-            // SAFETY: as above.
-            unsafe { with_scratch(kern, kc, m, n, k, a, rsa, csa, b, rsb, csb, beta, c, rsc, buf.as_mut_ptr().cast()) }
-        }
+        // SAFETY: `buf` holds `words` 8-byte-aligned words, room for `blocks * mn` values of T
+        // (f32 or f64, alignment at most 8).
+        let scratch = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<MaybeUninit<T>>(), blocks * mn) };
+        // SAFETY: the caller's contract.
+        unsafe { sum_blocks(kern, kc, (m, n, k), (a, rsa, csa), (b, rsb, csb), beta, c, rsc, scratch) }
     })
 }
 
-/// [`gemm`] with `blocks * m * n` elements of scratch at `scratch`.
+/// The body of [`gemm`], with `blocks * m * n` elements of scratch.
 ///
 /// # Safety
-/// As [`gemm`]; `scratch` valid for writes and reads of `k.div_ceil(kc) * m * n` elements.
+/// As [`gemm`].
 #[allow(clippy::too_many_arguments)]
-unsafe fn with_scratch<T: Elem>(
+unsafe fn sum_blocks<T: Elem>(
     kern: &Kernel<T>,
     kc: usize,
-    m: usize,
-    n: usize,
-    k: usize,
-    a: *const T,
-    rsa: usize,
-    csa: usize,
-    b: *const T,
-    rsb: usize,
-    csb: usize,
+    (m, n, k): (usize, usize, usize),
+    (a, rsa, csa): (*const T, usize, usize),
+    (b, rsb, csb): (*const T, usize, usize),
     beta: T,
     c: &mut [MaybeUninit<T>],
     rsc: usize,
-    scratch: *mut MaybeUninit<T>,
+    scratch: &mut [MaybeUninit<T>],
 ) {
     let blocks = k.div_ceil(kc);
     let mn = m * n;
-    // SAFETY: the caller's contract on `scratch`.
-    let scratch = unsafe { std::slice::from_raw_parts_mut(scratch, blocks * mn) };
     let (ap, bp) = (SendPtr(a as *mut T), SendPtr(b as *mut T));
     scratch.par_chunks_mut(mn).enumerate().for_each(|(i, x)| {
         let p0 = i * kc;
