@@ -50,7 +50,7 @@ pub(super) fn plan<T>(kern: &Kernel<T>, m: usize, n: usize, k: usize, threads: u
     let c_fits = m.checked_mul(n).is_some_and(|mn| (MIN_C..=MAX_C).contains(&mn));
     // The dimension the split over m or n would cut (`gemm_with`'s choice).
     let cut = if m.div_ceil(kern.mr) >= n.div_ceil(kern.nr) { m } else { n };
-    let pays = (threads.saturating_sub(1)).saturating_mul(kc) >= 2 * cut;
+    let pays = threads.saturating_sub(1).saturating_mul(kc) >= cut.saturating_mul(2);
     (threads > 1 && blocks >= threads && c_fits && pays).then_some(kc)
 }
 
