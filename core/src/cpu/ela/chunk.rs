@@ -7,7 +7,7 @@
 //! Notation (docs/ela.md): a chunk holds rows `t0 .. t0+n`; `i`, `j` index rows inside it.
 
 use super::features::{phi_row, psi_row};
-use super::float::ElaFloat;
+use super::float::{ElaFloat, EXP_LANES};
 use super::linalg::{dot, gt_max, max_of, max_of_sum, mm, mm_lower_out, sum};
 use crate::ela::ElaKernel;
 
@@ -138,10 +138,6 @@ impl<T: ElaFloat> Chunk<T> {
         }
     }
 }
-
-/// Lanes of the widest vector `exp_slice` uses (AVX-512, f32): rows of exponentials are
-/// rounded up to a multiple of it.
-const EXP_LANES: usize = 16;
 
 /// `out[i, c] = exp(q_ic + m_c - u_i)` for rows `t0 .. t0+n`: query features in row units `u`
 /// against a state with log-scales `m` (eq. (N2) in docs/ela.md).

@@ -41,6 +41,10 @@ impl ElaFloat for f32 {
     }
 }
 
+/// Lanes of the widest vector [`ElaFloat::exp_slice`] runs (AVX-512, f32): a slice whose length
+/// is a multiple of it leaves nothing to the scalar tail.
+pub(crate) const EXP_LANES: usize = 16;
+
 fn exp_slice_portable(xs: &mut [f32]) {
     for x in xs.iter_mut() {
         *x = exp_f32(*x);

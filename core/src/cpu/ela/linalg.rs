@@ -157,11 +157,24 @@ pub(crate) fn gt_max<T: ElaFloat>(m: T, x: T) -> T {
     }
 }
 
-/// Maximum of `a[i] + b[i]` over the shorter length (`-inf` when empty). The maximum is exact
-/// in any order; the fixed lanes (and a fixed order for equal values such as `-0` and `+0`)
-/// let the compiler turn each step into one vector `max`.
+/// Maximum of `a[i] + b[i]` over the shorter length (`-inf` when empty).
 #[inline]
 pub(crate) fn max_of_sum<T: ElaFloat>(a: &[T], b: &[T]) -> T {
+    max_of_zip(a, b, |x, y| x + y)
+}
+
+/// Maximum of a slice (`-inf` when empty).
+#[inline]
+pub(crate) fn max_of<T: ElaFloat>(a: &[T]) -> T {
+    max_of_zip(a, a, |x, _| x)
+}
+
+/// Maximum of `f(a[i], b[i])` over the shorter length (`-inf` when empty). The maximum is exact
+/// in any order; the fixed lanes (and a fixed order for equal values such as `-0` and `+0`) over
+/// fixed-width chunks, which need no bounds checks, let the compiler turn each step into one
+/// vector `max`.
+#[inline(always)]
+fn max_of_zip<T: ElaFloat>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [T::neg_infinity(); LANES];
@@ -169,25 +182,9 @@ pub(crate) fn max_of_sum<T: ElaFloat>(a: &[T], b: &[T]) -> T {
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for l in 0..LANES {
-            acc[l] = gt_max(acc[l], x[l] + y[l]);
+            acc[l] = gt_max(acc[l], f(x[l], y[l]));
         }
     }
     let m = acc.iter().fold(T::neg_infinity(), |m, &x| gt_max(m, x));
-    ra.iter().zip(rb).fold(m, |m, (&x, &y)| gt_max(m, x + y))
-}
-
-/// Maximum of a slice (`-inf` when empty).
-#[inline]
-pub(crate) fn max_of<T: ElaFloat>(a: &[T]) -> T {
-    // The lanes and order of `max_of_sum`.
-    let mut acc = [T::neg_infinity(); LANES];
-    let c = a.chunks_exact(LANES);
-    let r = c.remainder();
-    for x in c {
-        for l in 0..LANES {
-            acc[l] = gt_max(acc[l], x[l]);
-        }
-    }
-    let m = acc.iter().fold(T::neg_infinity(), |m, &x| gt_max(m, x));
-    r.iter().fold(m, |m, &x| gt_max(m, x))
+    ra.iter().zip(rb).fold(m, |m, (&x, &y)| gt_max(m, f(x, y)))
 }
