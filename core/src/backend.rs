@@ -370,6 +370,20 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         n: usize,
         step: &crate::op::AdamWStep,
     ) -> Result<(Self::Storage, Self::Storage, Self::Storage)>;
+    /// [`Backend::adamw_update`] of several parameters at once: `(p', m', v')` per entry, in
+    /// order. The result is the same, bit for bit, as updating them one at a time; a backend
+    /// that can do better than one launch per parameter (CUDA: a few launches for all of them)
+    /// overrides this loop.
+    fn adamw_update_many(
+        &self,
+        items: &[crate::op::AdamWOperands<'_, Self::Storage>],
+    ) -> Result<Vec<crate::op::AdamWUpdated<Self::Storage>>> {
+        items.iter().map(|it| self.adamw_update(it.p, it.g, it.m, it.v, it.n, &it.step)).collect()
+    }
+    /// The sum of the squares of every element of several contiguous float buffers (`(buffer,
+    /// elements)` pairs, any float dtypes), squared and added in f64: one f64 element. The global
+    /// gradient norm's sum, in a fixed order (the same bits from run to run).
+    fn sum_squares_many(&self, xs: &[(&Self::Storage, usize)]) -> Result<Self::Storage>;
     // ---- exact linear attention (ELA): see crate::ela and docs/ela.md ----
     /// Fused chunked ELA. `q`, `k`: contiguous `[batch, heads, t, d]`, `v`: `[batch, heads, t, dv]`,
     /// one float dtype; returns `y` `[batch, heads, t, dv]` in that dtype. With `state` (causal

@@ -244,3 +244,26 @@ pub struct AdamWStep {
     /// `1 - beta2^t`.
     pub bc2: f64,
 }
+
+/// `(p', m', v')`: a parameter and its two moments after an AdamW update.
+pub type AdamWUpdated<S> = (S, S, S);
+
+/// One parameter's operands in a multi-tensor AdamW update
+/// ([`crate::Backend::adamw_update_many`]): contiguous buffers of `n` elements of one dtype (f32
+/// or f64) and the scalars of its own update (its step count and decay may differ from the
+/// other parameters').
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWOperands<'a, S> {
+    /// The parameter.
+    pub p: &'a S,
+    /// Its gradient.
+    pub g: &'a S,
+    /// First moment.
+    pub m: &'a S,
+    /// Second moment.
+    pub v: &'a S,
+    /// Elements.
+    pub n: usize,
+    /// The update's scalars.
+    pub step: AdamWStep,
+}

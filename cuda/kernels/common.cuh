@@ -43,6 +43,15 @@ __device__ __forceinline__ i64 desc_offset(const Desc& d, i64 i) {
 // Grid-stride loop over n elements.
 #define FOR_EACH(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
 
+// 16 bytes moved by one load or store instruction, and the elements of a dtype it holds.
+struct __align__(16) u128x {
+    u64 lo, hi;
+};
+template <typename S> union __align__(16) Pack16 {
+    u128x raw;
+    S v[16 / sizeof(S)];
+};
+
 // ---------------------------------------------------------------- half conversions
 
 __device__ __forceinline__ float f16_to_f32(u16 h) {
@@ -158,11 +167,18 @@ template <> __device__ __forceinline__ double neg_inf<double>() { return __longl
 
 // ---------------------------------------------------------------- block reductions
 
+// Sum over the warp of one value per lane; every lane gets the result (the same butterfly order
+// on every lane and run).
+template <typename A> __device__ __forceinline__ A warp_sum(A v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 // Sum over the block of one value per thread; every thread gets the result. `sh` must hold
 // blockDim.x / 32 entries; blockDim.x is a multiple of 32 and at most 1024.
 template <typename A> __device__ __forceinline__ A block_sum(A v, A* sh) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    v = warp_sum(v);
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     __syncthreads();  // sh may still be read by a previous reduction
     if (lane == 0) sh[warp] = v;
@@ -183,6 +199,20 @@ template <typename A> __device__ __forceinline__ A block_max(A v, A* sh) {
     A t = sh[0];
     for (int w = 1; w < nw; ++w) t = x_max(t, sh[w]);
     return t;
+}
+
+// ---------------------------------------------------------------- multi-tensor launches
+
+// The entry of a multi-tensor launch's list that owns block b: entry j owns blocks
+// first_block[j] .. first_block[j + 1] (at least one), so it is the last j with first_block[j] <= b.
+__device__ __forceinline__ int list_owner(const i32* first_block, int count, int b) {
+    int lo = 0, hi = count - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        if (first_block[mid] <= b) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
 }
 
 // Threads per block for a row kernel over n elements: a power of two in 32..=1024.

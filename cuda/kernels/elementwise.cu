@@ -27,9 +27,6 @@ COPY(1, u8)
 COPY(2, u16)
 COPY(4, u32)
 COPY(8, u64)
-struct __align__(16) u128x {
-    u64 lo, hi;
-};
 COPY(16, u128x)
 
 // Contiguous copy converted from dtype A to dtype B through f64 (exact for every source here;
@@ -152,11 +149,6 @@ BINARY(f64, F64)
 // moves 16 bytes per load and store; the elements past the last whole vector, and every element
 // when `vec` is 0, take the scalar loop. Same scalar functions as the general kernels, so the
 // results are bit-identical to theirs.
-
-template <typename S> union __align__(16) Pack16 {
-    u128x raw;
-    S v[16 / sizeof(S)];
-};
 
 template <typename D>
 __device__ void unary_contig_impl(typename D::S* out, const typename D::S* x, u32 n, int op, double p1, double p2,
@@ -308,16 +300,19 @@ WHERE(8, u64)
 // v' = b2 v + (1 - b2) g^2, p' = p decay - step * m' / (sqrt(v') * inv_sqrt_bc2 + eps)), in the
 // same operation order as the CPU backend, in the buffers' own precision.
 template <typename T>
+__device__ __forceinline__ void adamw_elem(T* po, T* mo, T* vo, const T* p, const T* g, const T* m, const T* v, i64 i,
+                                           T b1, T b2, T decay, T step, T inv_sqrt_bc2, T eps) {
+    const T gi = g[i];
+    const T mi = b1 * m[i] + ((T)1 - b1) * gi;
+    const T vi = b2 * v[i] + ((T)1 - b2) * (gi * gi);
+    po[i] = p[i] * decay - step * (mi / (sqrt(vi) * inv_sqrt_bc2 + eps));
+    mo[i] = mi;
+    vo[i] = vi;
+}
+template <typename T>
 __device__ void adamw_impl(T* po, T* mo, T* vo, const T* p, const T* g, const T* m, const T* v, i64 n, T b1, T b2,
                            T decay, T step, T inv_sqrt_bc2, T eps) {
-    FOR_EACH(i, n) {
-        const T gi = g[i];
-        const T mi = b1 * m[i] + ((T)1 - b1) * gi;
-        const T vi = b2 * v[i] + ((T)1 - b2) * (gi * gi);
-        po[i] = p[i] * decay - step * (mi / (sqrt(vi) * inv_sqrt_bc2 + eps));
-        mo[i] = mi;
-        vo[i] = vi;
-    }
+    FOR_EACH(i, n) adamw_elem<T>(po, mo, vo, p, g, m, v, i, b1, b2, decay, step, inv_sqrt_bc2, eps);
 }
 extern "C" __global__ void adamw_f32(float* po, float* mo, float* vo, const float* p, const float* g, const float* m,
                                      const float* v, i64 n, double b1, double b2, double decay, double step,
@@ -330,6 +325,41 @@ extern "C" __global__ void adamw_f64(double* po, double* mo, double* vo, const d
                                      double step, double inv_sqrt_bc2, double eps) {
     adamw_impl<double>(po, mo, vo, p, g, m, v, n, b1, b2, decay, step, inv_sqrt_bc2, eps);
 }
+
+// Multi-tensor AdamW: up to ADAMW_LIST_MAX parameters per launch, their pointers and scalars in
+// the kernel's parameter (no upload, nothing to free; a launch may be recorded into a graph).
+// Parameter j owns blocks first_block[j] .. first_block[j + 1], each ADAMW_LIST_SEG elements;
+// every element goes through adamw_elem with the scalars cast exactly as adamw_f32/_f64 cast
+// theirs, so the update has the bits of one launch per parameter. Mirror of `AdamWList` in
+// src/ops/multi_tensor.rs (same field order and sizes).
+#define ADAMW_LIST_MAX 32
+#define ADAMW_LIST_SEG 4096
+struct AdamWList {
+    u64 po[ADAMW_LIST_MAX], mo[ADAMW_LIST_MAX], vo[ADAMW_LIST_MAX];
+    u64 p[ADAMW_LIST_MAX], g[ADAMW_LIST_MAX], m[ADAMW_LIST_MAX], v[ADAMW_LIST_MAX];
+    i64 n[ADAMW_LIST_MAX];
+    double decay[ADAMW_LIST_MAX], step[ADAMW_LIST_MAX], inv_sqrt_bc2[ADAMW_LIST_MAX];
+    double b1, b2, eps;
+    i32 first_block[ADAMW_LIST_MAX + 1];
+    i32 count;
+    i32 pad_[2];
+};
+static_assert(sizeof(AdamWList) == 2984, "AdamWList must match its Rust mirror in src/ops/multi_tensor.rs");
+template <typename T> __device__ void adamw_list_impl(const AdamWList& l) {
+    const int j = list_owner(l.first_block, l.count, blockIdx.x);
+    const i64 start = (i64)(blockIdx.x - l.first_block[j]) * ADAMW_LIST_SEG;
+    const i64 end = min(start + (i64)ADAMW_LIST_SEG, l.n[j]);
+    T* po = (T*)l.po[j];
+    T* mo = (T*)l.mo[j];
+    T* vo = (T*)l.vo[j];
+    const T *p = (const T*)l.p[j], *g = (const T*)l.g[j], *m = (const T*)l.m[j], *v = (const T*)l.v[j];
+    const T b1 = (T)l.b1, b2 = (T)l.b2, decay = (T)l.decay[j], step = (T)l.step[j];
+    const T inv_sqrt_bc2 = (T)l.inv_sqrt_bc2[j], eps = (T)l.eps;
+    for (i64 i = start + threadIdx.x; i < end; i += blockDim.x)
+        adamw_elem<T>(po, mo, vo, p, g, m, v, i, b1, b2, decay, step, inv_sqrt_bc2, eps);
+}
+extern "C" __global__ void adamw_list_f32(AdamWList l) { adamw_list_impl<float>(l); }
+extern "C" __global__ void adamw_list_f64(AdamWList l) { adamw_list_impl<double>(l); }
 
 // ---------------------------------------------------------------- SwiGLU
 

@@ -342,3 +342,55 @@ TOPK(f16, F16)
 TOPK(bf16, BF16)
 TOPK(f32, F32)
 TOPK(f64, F64)
+
+// ---------------------------------------------------------------- multi-tensor sum of squares
+
+// The sum of a global gradient norm: sum over up to SUMSQ_LIST_MAX buffers of sum(x^2), squared
+// and added in f64. The pointers travel in the kernel's parameter (no upload). Buffer j owns
+// blocks first_block[j] .. first_block[j + 1], each reducing SUMSQ_LIST_SEG elements into its own
+// slot of `parts`; sum_parts_f64 then adds the slots in one block. Segments, block size and the
+// order of every addition are fixed, so the result has the same bits on every run and GPU.
+// Mirror of `SumSqList` in src/ops/multi_tensor.rs (same field order and sizes).
+#define SUMSQ_LIST_MAX 96
+#define SUMSQ_LIST_SEG 16384
+struct SumSqList {
+    u64 x[SUMSQ_LIST_MAX];
+    i64 n[SUMSQ_LIST_MAX];
+    i32 dtype[SUMSQ_LIST_MAX];  // 0 f32, 1 f64, 2 bf16, 3 f16
+    i32 first_block[SUMSQ_LIST_MAX + 1];
+    i32 count;
+    i32 pad_[2];
+};
+static_assert(sizeof(SumSqList) == 2320, "SumSqList must match its Rust mirror in src/ops/multi_tensor.rs");
+template <typename D> __device__ __forceinline__ double sumsq_range(u64 ptr, i64 start, i64 end) {
+    const typename D::S* x = (const typename D::S*)ptr;
+    double s = 0.0;
+    for (i64 i = start + threadIdx.x; i < end; i += blockDim.x) {
+        const double v = (double)D::load(x[i]);
+        s += v * v;
+    }
+    return s;
+}
+extern "C" __global__ void sumsq_list(SumSqList l, double* parts) {
+    __shared__ double sh[32];
+    const int j = list_owner(l.first_block, l.count, blockIdx.x);
+    const i64 start = (i64)(blockIdx.x - l.first_block[j]) * SUMSQ_LIST_SEG;
+    const i64 end = min(start + (i64)SUMSQ_LIST_SEG, l.n[j]);
+    double s;
+    switch (l.dtype[j]) {
+        case 0: s = sumsq_range<F32>(l.x[j], start, end); break;
+        case 1: s = sumsq_range<F64>(l.x[j], start, end); break;
+        case 2: s = sumsq_range<BF16>(l.x[j], start, end); break;
+        default: s = sumsq_range<F16>(l.x[j], start, end); break;
+    }
+    s = block_sum(s, sh);
+    if (threadIdx.x == 0) parts[blockIdx.x] = s;
+}
+// out[0] = parts[0] + ... + parts[n - 1], by one block (the order fixed by its size).
+extern "C" __global__ void sum_parts_f64(double* out, const double* parts, i64 n) {
+    __shared__ double sh[32];
+    double s = 0.0;
+    for (i64 i = threadIdx.x; i < n; i += blockDim.x) s += parts[i];
+    s = block_sum(s, sh);
+    if (threadIdx.x == 0) out[0] = s;
+}

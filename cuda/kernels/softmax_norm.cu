@@ -111,6 +111,112 @@ __device__ void rms_bwd_impl(typename D::S* dx, const typename D::S* x, const ty
     }
 }
 
+// The same two functions with one warp per row, for rows of at most RMS_WARP_MAX elements (a
+// transformer's hidden size): no block-wide barrier, and with `vec` (n a multiple of the 16-byte
+// vector and every buffer 16-byte aligned, checked by the host) 16-byte loads and stores. Each
+// lane adds its elements in f64, then the warp's butterfly adds the lanes.
+#define RMS_WARP_MAX 2048
+template <typename D>
+__device__ __forceinline__ double rms_row_dot(const typename D::S* a, const typename D::S* b, const typename D::S* w,
+                                              i64 n, int vec) {
+    // sum_j a_j b_j (w_j when w), a == b for the forward's sum of squares.
+    typedef typename D::S S;
+    typedef typename D::C C;
+    const int V = 16 / sizeof(S), lane = threadIdx.x & 31;
+    double s = 0.0;
+    if (vec) {
+        for (i64 j = (i64)lane * V; j < n; j += 32 * V) {
+            Pack16<S> ua, ub, uw;
+            ua.raw = *(const u128x*)(a + j);
+            ub.raw = *(const u128x*)(b + j);
+            if (w) uw.raw = *(const u128x*)(w + j);
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+                C t = D::load(ua.v[k]);
+                if (w) t = t * D::load(uw.v[k]);
+                s += (double)t * (double)D::load(ub.v[k]);
+            }
+        }
+    } else {
+        for (i64 j = lane; j < n; j += 32) {
+            C t = D::load(a[j]);
+            if (w) t = t * D::load(w[j]);
+            s += (double)t * (double)D::load(b[j]);
+        }
+    }
+    return warp_sum(s);
+}
+template <typename D>
+__device__ void rms_warp_impl(typename D::S* y, typename D::C* rstd, const typename D::S* x, const typename D::S* w,
+                              i64 rows, i64 n, double eps, int vec) {
+    typedef typename D::S S;
+    typedef typename D::C C;
+    const int V = 16 / sizeof(S), lane = threadIdx.x & 31, per_block = blockDim.x >> 5;
+    for (i64 r = (i64)blockIdx.x * per_block + (threadIdx.x >> 5); r < rows; r += (i64)gridDim.x * per_block) {
+        const S* xr = x + r * n;
+        S* yr = y + r * n;
+        const double ss = rms_row_dot<D>(xr, xr, nullptr, n, vec);
+        const C rs = (C)1 / x_sqrt((C)(ss / (double)(n > 0 ? n : 1)) + (C)eps);
+        if (lane == 0) rstd[r] = rs;
+        if (vec) {
+            for (i64 j = (i64)lane * V; j < n; j += 32 * V) {
+                Pack16<S> u, uw, o;
+                u.raw = *(const u128x*)(xr + j);
+                if (w) uw.raw = *(const u128x*)(w + j);
+#pragma unroll
+                for (int k = 0; k < V; ++k) {
+                    C v = D::load(u.v[k]) * rs;
+                    if (w) v = v * D::load(uw.v[k]);
+                    o.v[k] = D::store(v);
+                }
+                *(u128x*)(yr + j) = o.raw;
+            }
+        } else {
+            for (i64 j = lane; j < n; j += 32) {
+                C v = D::load(xr[j]) * rs;
+                if (w) v = v * D::load(w[j]);
+                yr[j] = D::store(v);
+            }
+        }
+    }
+}
+// Derivation: docs/autograd.md#fused-ops ("RMS norm").
+template <typename D>
+__device__ void rms_bwd_warp_impl(typename D::S* dx, const typename D::S* x, const typename D::S* w,
+                                  const typename D::C* rstd, const typename D::S* dy, i64 rows, i64 n, int vec) {
+    typedef typename D::S S;
+    typedef typename D::C C;
+    const int V = 16 / sizeof(S), lane = threadIdx.x & 31, per_block = blockDim.x >> 5;
+    for (i64 r = (i64)blockIdx.x * per_block + (threadIdx.x >> 5); r < rows; r += (i64)gridDim.x * per_block) {
+        const S *xr = x + r * n, *gr = dy + r * n;
+        S* dxr = dx + r * n;
+        const double dot = rms_row_dot<D>(gr, xr, w, n, vec);
+        const C rs = rstd[r];
+        const C c = rs * rs * rs * (C)dot / (C)n;
+        if (vec) {
+            for (i64 j = (i64)lane * V; j < n; j += 32 * V) {
+                Pack16<S> ux, ug, uw, o;
+                ux.raw = *(const u128x*)(xr + j);
+                ug.raw = *(const u128x*)(gr + j);
+                if (w) uw.raw = *(const u128x*)(w + j);
+#pragma unroll
+                for (int k = 0; k < V; ++k) {
+                    C wg = D::load(ug.v[k]);
+                    if (w) wg = wg * D::load(uw.v[k]);
+                    o.v[k] = D::store(rs * wg - D::load(ux.v[k]) * c);
+                }
+                *(u128x*)(dxr + j) = o.raw;
+            }
+        } else {
+            for (i64 j = lane; j < n; j += 32) {
+                C wg = D::load(gr[j]);
+                if (w) wg = wg * D::load(w[j]);
+                dxr[j] = D::store(rs * wg - D::load(xr[j]) * c);
+            }
+        }
+    }
+}
+
 #define RMS(NAME, D)                                                                                              \
     extern "C" __global__ void rms_norm_##NAME(D::S* y, D::C* rstd, const D::S* x, const D::S* w, i64 rows, i64 n, \
                                                double eps) {                                                      \
@@ -119,6 +225,14 @@ __device__ void rms_bwd_impl(typename D::S* dx, const typename D::S* x, const ty
     extern "C" __global__ void rms_norm_bwd_##NAME(D::S* dx, const D::S* x, const D::S* w, const D::C* rstd,     \
                                                    const D::S* dy, i64 rows, i64 n) {                             \
         rms_bwd_impl<D>(dx, x, w, rstd, dy, rows, n);                                                             \
+    }                                                                                                             \
+    extern "C" __global__ void rms_norm_warp_##NAME(D::S* y, D::C* rstd, const D::S* x, const D::S* w, i64 rows,  \
+                                                    i64 n, double eps, int vec) {                                 \
+        rms_warp_impl<D>(y, rstd, x, w, rows, n, eps, vec);                                                       \
+    }                                                                                                             \
+    extern "C" __global__ void rms_norm_bwd_warp_##NAME(D::S* dx, const D::S* x, const D::S* w, const D::C* rstd, \
+                                                        const D::S* dy, i64 rows, i64 n, int vec) {               \
+        rms_bwd_warp_impl<D>(dx, x, w, rstd, dy, rows, n, vec);                                                   \
     }
 RMS(f16, F16)
 RMS(bf16, BF16)

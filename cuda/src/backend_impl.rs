@@ -1,8 +1,8 @@
 //! `impl Backend for Cuda`: a thin map from the trait onto the op modules in `ops/`.
 
 use ela_core::{
-    AdamWStep, Backend, BinaryOp, CmpOp, Conv2dParams, CpuStorage, DType, Layout, Pool2dParams, ReduceOp, Result,
-    Shape, UnaryOp,
+    AdamWOperands, AdamWStep, Backend, BinaryOp, CmpOp, Conv2dParams, CpuStorage, DType, Layout, Pool2dParams,
+    ReduceOp, Result, Shape, UnaryOp,
 };
 
 use ela_core::ela::{ElaDims, ElaKernel, ElaParams, ElaSaved, ElaStateBufs};
@@ -232,6 +232,12 @@ impl Backend for Cuda {
     }
     fn adamw_update(&self, p: &S, g: &S, m: &S, v: &S, n: usize, step: &AdamWStep) -> Result<(S, S, S)> {
         self.adamw_update_impl(p, g, m, v, n, step)
+    }
+    fn adamw_update_many(&self, items: &[AdamWOperands<'_, S>]) -> Result<Vec<ela_core::AdamWUpdated<S>>> {
+        self.adamw_update_many_impl(items)
+    }
+    fn sum_squares_many(&self, xs: &[(&S, usize)]) -> Result<S> {
+        self.sum_squares_many_impl(xs)
     }
     fn ela_forward(
         &self,

@@ -488,7 +488,34 @@ impl Cuda {
                     ),
                 })?;
         }
-        let mut ptrs: Vec<*mut c_void> = args.iter().map(Arg::as_ptr).collect();
+        let ptrs: Vec<*mut c_void> = args.iter().map(Arg::as_ptr).collect();
+        self.launch_ptrs(&f, name, cfg, smem, ptrs)
+    }
+
+    /// [`Cuda::launch`] of a kernel whose first parameter is `list`, a C struct by value too large
+    /// for [`Arg::by_value`] (the multi-tensor kernels' pointer lists, a few KiB: the driver
+    /// copies the parameters when the launch is queued, so `list` may be dropped after this).
+    pub(crate) fn launch_list<T: DeviceRepr>(
+        &self,
+        file: KernelFile,
+        name: &str,
+        cfg: Cfg,
+        list: &T,
+        rest: &[Arg],
+    ) -> Result<()> {
+        const { assert!(std::mem::size_of::<T>() <= 4096, "kernel parameters are limited to 4 KiB") };
+        if cfg.grid == 0 {
+            return Ok(());
+        }
+        let f = self.function(file, name)?;
+        self.bind("launch")?;
+        let ptrs: Vec<*mut c_void> =
+            std::iter::once(list as *const T as *mut c_void).chain(rest.iter().map(Arg::as_ptr)).collect();
+        self.launch_ptrs(&f, name, cfg, 0, ptrs)
+    }
+
+    /// Queues `f` with the parameter addresses `ptrs` (recorded in the kernel statistics when on).
+    fn launch_ptrs(&self, f: &CudaFunction, name: &str, cfg: Cfg, smem: u32, mut ptrs: Vec<*mut c_void>) -> Result<()> {
         let mut launch = || {
             // SAFETY: the argument list matches the kernel's signature (each call site mirrors the
             // extern "C" declaration in the .cu file) and every pointer argument is a live buffer.

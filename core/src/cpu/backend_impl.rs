@@ -191,6 +191,9 @@ impl Backend for Cpu {
     fn adamw_update(&self, p: &S, g: &S, m: &S, v: &S, n: usize, step: &crate::op::AdamWStep) -> Result<(S, S, S)> {
         super::optim::adamw_update(p, g, m, v, n, step)
     }
+    fn sum_squares_many(&self, xs: &[(&S, usize)]) -> Result<S> {
+        super::optim::sum_squares_many(xs)
+    }
     fn ela_forward(
         &self,
         q: &S,

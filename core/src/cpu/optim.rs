@@ -1,4 +1,5 @@
-//! Fused optimizer updates on the CPU (`Backend::adamw_update`).
+//! Fused optimizer updates on the CPU (`Backend::adamw_update`) and the multi-tensor sum of
+//! squares of a global gradient norm (`Backend::sum_squares_many`).
 
 use rayon::prelude::*;
 
@@ -63,4 +64,44 @@ pub fn adamw_update(
             expected: "f32 or f64 for the parameter, gradient and both moments alike",
         }),
     }
+}
+
+/// The sum of `x^2` over a slice, squared and added in f64: rayon tasks of `GRAIN` elements,
+/// their sums added in task order, so the result does not depend on the thread count.
+fn sum_squares_slice<T: WithDType>(x: &[T]) -> f64 {
+    let parts: Vec<f64> = x
+        .par_chunks(GRAIN)
+        .map(|c| {
+            c.iter().fold(0.0f64, |s, &v| {
+                let v = v.as_f64();
+                s + v * v
+            })
+        })
+        .collect();
+    parts.iter().sum()
+}
+
+/// `Backend::sum_squares_many`: the per-buffer sums added in order, in f64.
+pub fn sum_squares_many(xs: &[(&CpuStorage, usize)]) -> Result<CpuStorage> {
+    const OP: &str = "sum_squares_many";
+    let mut total = 0.0f64;
+    for (i, &(x, n)) in xs.iter().enumerate() {
+        if x.len() < n {
+            return Err(Error::invalid(OP, format!("buffer {i} holds {} elements, need {n}", x.len())));
+        }
+        total += match x {
+            CpuStorage::F16(x) => sum_squares_slice(&x[..n]),
+            CpuStorage::BF16(x) => sum_squares_slice(&x[..n]),
+            CpuStorage::F32(x) => sum_squares_slice(&x[..n]),
+            CpuStorage::F64(x) => sum_squares_slice(&x[..n]),
+            _ => {
+                return Err(Error::UnsupportedDType {
+                    op: OP,
+                    dtype: x.dtype(),
+                    expected: "a float dtype (the squares of integers are not a gradient norm)",
+                })
+            }
+        };
+    }
+    Ok(CpuStorage::F64(vec![total]))
 }

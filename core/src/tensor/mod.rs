@@ -18,6 +18,7 @@ mod index;
 mod matmul;
 mod nn;
 mod optim;
+pub use optim::AdamWArgs;
 mod reduce;
 mod view;
 mod write;

@@ -21,10 +21,7 @@
 #define NC_ACC 16
 #define NC_WARPS 8
 
-template <typename C> __device__ __forceinline__ C warp_sum(C v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
+// warp_sum is common.cuh's.
 template <typename C> __device__ __forceinline__ C warp_max(C v) {
     for (int o = 16; o > 0; o >>= 1) v = x_max(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;

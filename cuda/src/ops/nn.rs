@@ -21,6 +21,24 @@ fn expect_dtype(op: &'static str, s: &CudaStorage, d: DType, what: &'static str)
     }
 }
 
+/// Rows at most this long take the warp-per-row RMS norm kernels (`RMS_WARP_MAX` in
+/// softmax_norm.cu); longer ones a block per row.
+const RMS_WARP_MAX: usize = 2048;
+/// Rows per block of the warp-per-row kernels (256 threads).
+const WARP_ROWS_PER_BLOCK: usize = 8;
+
+/// The launch of a warp-per-row kernel over `rows` rows of `n` elements, and whether its 16-byte
+/// vector path applies (`n` a whole number of vectors, every buffer in `ptrs` aligned; a null
+/// optional buffer counts as aligned). `None`: rows too long or empty, take the block kernel.
+fn warp_rows(rows: usize, n: usize, dtype: DType, ptrs: &[u64]) -> Option<(Cfg, bool)> {
+    if n == 0 || n > RMS_WARP_MAX {
+        return None;
+    }
+    let vec = n.is_multiple_of(16 / dtype.size_in_bytes()) && super::elementwise::aligned16(ptrs);
+    let grid = rows.div_ceil(WARP_ROWS_PER_BLOCK).min(1 << 20) as u32;
+    Some((Cfg { grid, grid_y: 1, block: (32 * WARP_ROWS_PER_BLOCK) as u32 }, vec))
+}
+
 impl Cuda {
     /// softmax / log_softmax along the last axis of a view.
     pub(crate) fn softmax_impl(&self, src: &CudaStorage, l: &Layout, log: bool) -> Result<CudaStorage> {
@@ -89,7 +107,13 @@ impl Cuda {
             Arg::n(n),
             Arg::F64(eps),
         ];
-        self.launch(SN, &format!("rms_norm_{}", dt(x.dtype())), Cfg::rows(rows, n), &args)?;
+        match warp_rows(rows, n, x.dtype(), &[y.ptr(), x.ptr(), wp]) {
+            Some((cfg, vec)) => {
+                let args = [&args[..], &[Arg::I32(vec as i32)]].concat();
+                self.launch(SN, &format!("rms_norm_warp_{}", dt(x.dtype())), cfg, &args)?
+            }
+            None => self.launch(SN, &format!("rms_norm_{}", dt(x.dtype())), Cfg::rows(rows, n), &args)?,
+        }
         Ok((y, rstd))
     }
 
@@ -159,7 +183,13 @@ impl Cuda {
             Arg::n(rows),
             Arg::n(n),
         ];
-        self.launch(SN, &format!("rms_norm_bwd_{}", dt(x.dtype())), Cfg::rows(rows, n), &args)?;
+        match warp_rows(rows, n, x.dtype(), &[dx.ptr(), x.ptr(), wp, dy.ptr()]) {
+            Some((cfg, vec)) => {
+                let args = [&args[..], &[Arg::I32(vec as i32)]].concat();
+                self.launch(SN, &format!("rms_norm_bwd_warp_{}", dt(x.dtype())), cfg, &args)?
+            }
+            None => self.launch(SN, &format!("rms_norm_bwd_{}", dt(x.dtype())), Cfg::rows(rows, n), &args)?,
+        }
         let dw = w.map(|w| self.colsum(x, dy, 0, rstd.ptr(), rows, n, 0, w.dtype())).transpose()?;
         Ok((dx, dw))
     }

@@ -108,37 +108,46 @@ impl<B: Backend> AdamW<B> {
         Some(self.state[i].as_ref().map_or(0, |s| s.step))
     }
 
-    fn update_one(&mut self, i: usize, grads: &Grads<B>) -> Result<()> {
-        let (name, var) = &self.params[i];
-        let sd = state_dtype(var.dtype());
-        let Some(g) = grad_for(grads, name, var, sd, "AdamW::step")? else { return Ok(()) };
+    /// Every parameter with a gradient in `grads`, updated by one multi-tensor call
+    /// ([`Tensor::adamw_update_many`]: a few kernel launches on a GPU instead of one per
+    /// parameter) in the state dtype (f32 for half-precision parameters), then written back.
+    fn update_all(&mut self, grads: &Grads<B>) -> Result<()> {
         let c = self.cfg;
-        let slot = match self.state[i].take() {
-            Some(s) => s,
-            None => Slot { m: g.zeros_like()?, v: g.zeros_like()?, step: 0 },
-        };
-        let step = slot.step + 1;
-        let decay = if self.decay[i] { 1.0 - c.lr * c.weight_decay } else { 1.0 };
-        let hp = AdamWStep {
-            lr: c.lr,
-            beta1: c.beta1,
-            beta2: c.beta2,
-            eps: c.eps,
-            decay,
-            bc1: 1.0 - c.beta1.powf(step as f64),
-            bc2: 1.0 - c.beta2.powf(step as f64),
-        };
-        // One fused pass (Backend::adamw_update) in the state dtype: f32 for half parameters.
-        let (p, m, v) = var.value().to_dtype(sd)?.adamw_update(&g, &slot.m, &slot.v, &hp)?;
-        var.set_value(p.to_dtype(var.dtype())?)?;
-        self.state[i] = Some(Slot { m, v, step });
+        // (index, parameter in the state dtype, gradient, m, v, step count, scalars)
+        let mut work = Vec::with_capacity(self.params.len());
+        for (i, (name, var)) in self.params.iter().enumerate() {
+            let sd = state_dtype(var.dtype());
+            let Some(g) = grad_for(grads, name, var, sd, "AdamW::step")? else { continue };
+            let (m, v, step) = match &self.state[i] {
+                Some(s) => (s.m.clone(), s.v.clone(), s.step + 1),
+                None => (g.zeros_like()?, g.zeros_like()?, 1),
+            };
+            let hp = AdamWStep {
+                lr: c.lr,
+                beta1: c.beta1,
+                beta2: c.beta2,
+                eps: c.eps,
+                decay: if self.decay[i] { 1.0 - c.lr * c.weight_decay } else { 1.0 },
+                bc1: 1.0 - c.beta1.powf(step as f64),
+                bc2: 1.0 - c.beta2.powf(step as f64),
+            };
+            work.push((i, var.value().to_dtype(sd)?, g, m, v, step, hp));
+        }
+        let operands: Vec<_> = work.iter().map(|(_, p, g, m, v, _, hp)| (p, g, m, v, *hp)).collect();
+        let updated = Tensor::adamw_update_many(&operands)?;
+        drop(operands);
+        for ((i, .., step, _), (p, m, v)) in work.into_iter().zip(updated) {
+            let var = &self.params[i].1;
+            var.set_value(p.to_dtype(var.dtype())?)?;
+            self.state[i] = Some(Slot { m, v, step });
+        }
         Ok(())
     }
 }
 
 impl<B: Backend> Optimizer<B> for AdamW<B> {
     fn step(&mut self, grads: &Grads<B>) -> Result<()> {
-        no_grad(|| (0..self.params.len()).try_for_each(|i| self.update_one(i, grads)))
+        no_grad(|| self.update_all(grads))
     }
 
     fn lr(&self) -> f64 {

@@ -5,29 +5,18 @@
 //! length.
 
 use ela_autograd::{no_grad, Grads, Var};
-use ela_core::{Backend, DType, Error, Result, Tensor};
+use ela_core::{Backend, Error, Result, Tensor};
 
-/// The global L2 norm of the gradients of `params` (those without a gradient count as zero),
-/// accumulated in f64 on the device with a single read-back.
+/// The global L2 norm of the gradients of `params` (those without a gradient count as zero):
+/// every square summed in f64 on the device by one multi-tensor reduction
+/// ([`Tensor::sum_squares_many`]: two kernel launches on a GPU for a hundred gradients), then a
+/// single read-back.
 pub fn global_grad_norm<B: Backend>(params: &[Var<B>], grads: &Grads<B>) -> Result<f64> {
     no_grad(|| {
-        let mut total: Option<Tensor<B>> = None;
         let mut seen = std::collections::HashSet::new();
-        for p in params.iter().filter(|p| seen.insert(p.id())) {
-            let Some(g) = grads.get(p) else { continue };
-            // Squares summed in the gradient's precision (f32 accumulation in the kernels for
-            // half types), then the per-tensor sums added in f64.
-            let sq = g.to_dtype(if g.dtype() == DType::F64 { DType::F64 } else { DType::F32 })?;
-            let s = sq.square()?.sum_all()?.to_dtype(DType::F64)?;
-            total = Some(match total {
-                None => s,
-                Some(t) => t.add(&s)?,
-            });
-        }
-        Ok(match total {
-            None => 0.0,
-            Some(t) => t.to_scalar()?.sqrt(),
-        })
+        let gs: Vec<&Tensor<B>> = params.iter().filter(|p| seen.insert(p.id())).filter_map(|p| grads.get(p)).collect();
+        let Some(first) = gs.first() else { return Ok(0.0) };
+        Ok(Tensor::sum_squares_many(&gs, first.device())?.to_scalar()?.sqrt())
     })
 }
 

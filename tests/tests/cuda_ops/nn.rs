@@ -37,7 +37,9 @@ fn softmax_and_log_softmax_forward_backward() -> Result<()> {
 fn rms_and_layer_norm_forward_backward() -> Result<()> {
     let Some(dev) = gpu() else { return Ok(()) };
     for (k, &d) in FLOATS.iter().enumerate() {
-        for (rows, n) in [(5usize, 8usize), (70, 33), (3, 1024), (130, 3)] {
+        // Rows up to 2048 take the warp-per-row kernels (16-byte vectors where n allows), longer ones
+        // a block per row.
+        for (rows, n) in [(5usize, 8usize), (70, 33), (3, 1024), (130, 3), (9, 520), (4, 2056), (6, 4096)] {
             let s = 50 + k as u64 * 7 + n as u64;
             let x = Pair::randn(&[rows, n], d, s, &dev);
             let w = Pair::randn(&[n], d, s + 1, &dev);

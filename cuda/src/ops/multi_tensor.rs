@@ -1,0 +1,267 @@
+//! Multi-tensor kernels: the AdamW update and the global gradient norm's sum of squares over many
+//! parameters in a few launches (`adamw_list_*` in `kernels/elementwise.cu`, `sumsq_list` and
+//! `sum_parts_f64` in `kernels/reduce.cu`).
+//!
+//! A training step updates every parameter once and sums the squares of every gradient once. One
+//! launch per tensor (plus the casts and additions around it) is a few hundred launches a step
+//! for a small transformer, each a few microseconds of host time and most of them too small to
+//! fill the GPU. Here each launch takes a list of up to a few dozen tensors in its parameter
+//! block (a C struct by value: no upload, no synchronisation, and the launch can be recorded into
+//! a CUDA graph); each block of the grid works on one fixed-size segment of one tensor.
+
+use cudarc::driver::DeviceRepr;
+use ela_core::{AdamWOperands, AdamWUpdated, DType, Error, Result};
+
+use crate::device::{Arg, Cfg, Cuda};
+use crate::kernels::KernelFile::{Elementwise as EW, Reduce as RED};
+use crate::storage::CudaStorage;
+
+/// Parameters per AdamW launch (`ADAMW_LIST_MAX` in elementwise.cu).
+const ADAMW_LIST_MAX: usize = 32;
+/// Elements per block of the AdamW launch (`ADAMW_LIST_SEG`).
+const ADAMW_LIST_SEG: usize = 4096;
+/// Buffers per sum-of-squares launch (`SUMSQ_LIST_MAX` in reduce.cu).
+const SUMSQ_LIST_MAX: usize = 96;
+/// Elements per block of the sum of squares (`SUMSQ_LIST_SEG`).
+const SUMSQ_LIST_SEG: usize = 16384;
+/// Threads per block of both (the sum's order depends on it: it is fixed).
+const LIST_THREADS: u32 = 256;
+/// Threads of the block that adds the partial sums.
+const PARTS_THREADS: u32 = 1024;
+
+/// Mirror of `AdamWList` in elementwise.cu (same field order and sizes).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct AdamWList {
+    po: [u64; ADAMW_LIST_MAX],
+    mo: [u64; ADAMW_LIST_MAX],
+    vo: [u64; ADAMW_LIST_MAX],
+    p: [u64; ADAMW_LIST_MAX],
+    g: [u64; ADAMW_LIST_MAX],
+    m: [u64; ADAMW_LIST_MAX],
+    v: [u64; ADAMW_LIST_MAX],
+    n: [i64; ADAMW_LIST_MAX],
+    decay: [f64; ADAMW_LIST_MAX],
+    step: [f64; ADAMW_LIST_MAX],
+    inv_sqrt_bc2: [f64; ADAMW_LIST_MAX],
+    b1: f64,
+    b2: f64,
+    eps: f64,
+    first_block: [i32; ADAMW_LIST_MAX + 1],
+    count: i32,
+    pad: [i32; 2],
+}
+// SAFETY: plain old data with the C layout of the kernel's parameter.
+unsafe impl DeviceRepr for AdamWList {}
+
+/// Mirror of `SumSqList` in reduce.cu (same field order and sizes).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SumSqList {
+    x: [u64; SUMSQ_LIST_MAX],
+    n: [i64; SUMSQ_LIST_MAX],
+    dtype: [i32; SUMSQ_LIST_MAX],
+    first_block: [i32; SUMSQ_LIST_MAX + 1],
+    count: i32,
+    pad: [i32; 2],
+}
+// SAFETY: plain old data with the C layout of the kernel's parameter.
+unsafe impl DeviceRepr for SumSqList {}
+
+/// The blocks a buffer of `n` elements takes in segments of `seg`, as the kernels' `i32` block
+/// index (an error past it: more than 2^31 segments).
+fn blocks_of(op: &'static str, n: usize, seg: usize) -> Result<i32> {
+    i32::try_from(n.div_ceil(seg))
+        .map_err(|_| Error::invalid(op, format!("a buffer of {n} elements is too large for one launch")))
+}
+
+/// Groups of consecutive entries of at most `max` entries and `i32::MAX` blocks: one launch each.
+fn launch_groups(blocks: &[i32], max: usize) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let (mut start, mut total) = (0, 0i64);
+    for (i, &b) in blocks.iter().enumerate() {
+        if i - start == max || total + b as i64 > i32::MAX as i64 {
+            groups.push(start..i);
+            start = i;
+            total = 0;
+        }
+        total += b as i64;
+    }
+    if start < blocks.len() {
+        groups.push(start..blocks.len());
+    }
+    groups
+}
+
+impl Cuda {
+    /// `Backend::adamw_update_many`: one launch per group of up to [`ADAMW_LIST_MAX`] parameters
+    /// of one dtype (in the order given), the bits of [`Cuda::adamw_update_impl`].
+    pub(crate) fn adamw_update_many_impl(
+        &self,
+        items: &[AdamWOperands<'_, CudaStorage>],
+    ) -> Result<Vec<AdamWUpdated<CudaStorage>>> {
+        const OP: &str = "adamw_update_many";
+        let mut outs = Vec::with_capacity(items.len());
+        let mut blocks = Vec::with_capacity(items.len());
+        for (i, it) in items.iter().enumerate() {
+            let d = it.p.dtype();
+            if !matches!(d, DType::F32 | DType::F64) {
+                return Err(Error::UnsupportedDType { op: OP, dtype: d, expected: "f32 or f64" });
+            }
+            for (what, x) in [("gradient", it.g), ("first moment", it.m), ("second moment", it.v), ("parameter", it.p)]
+            {
+                if x.dtype() != d || x.len() < it.n {
+                    return Err(Error::invalid(
+                        OP,
+                        format!("entry {i}: the {what} buffer is {:?} x {}, need {d:?} x {}", x.dtype(), x.len(), it.n),
+                    ));
+                }
+            }
+            outs.push((self.alloc(d, it.n)?, self.alloc(d, it.n)?, self.alloc(d, it.n)?));
+            blocks.push(blocks_of(OP, it.n, ADAMW_LIST_SEG)?);
+        }
+        // Launch groups: consecutive entries with elements and one dtype, betas and eps (those
+        // travel once per launch).
+        let key = |i: usize| {
+            let s = &items[i].step;
+            (items[i].p.dtype(), s.beta1.to_bits(), s.beta2.to_bits(), s.eps.to_bits())
+        };
+        let live: Vec<usize> = (0..items.len()).filter(|&i| items[i].n > 0).collect();
+        let mut start = 0;
+        while start < live.len() {
+            let k = key(live[start]);
+            let end = live[start..].iter().position(|&i| key(i) != k).map_or(live.len(), |e| start + e);
+            let run = &live[start..end];
+            let run_blocks: Vec<i32> = run.iter().map(|&i| blocks[i]).collect();
+            for group in launch_groups(&run_blocks, ADAMW_LIST_MAX) {
+                self.launch_adamw_list(k.0, &run[group], items, &outs, &blocks)?;
+            }
+            start = end;
+        }
+        Ok(outs)
+    }
+
+    fn launch_adamw_list(
+        &self,
+        d: DType,
+        idx: &[usize],
+        items: &[AdamWOperands<'_, CudaStorage>],
+        outs: &[AdamWUpdated<CudaStorage>],
+        blocks: &[i32],
+    ) -> Result<()> {
+        let s0 = &items[idx[0]].step;
+        let mut l = AdamWList {
+            po: [0; ADAMW_LIST_MAX],
+            mo: [0; ADAMW_LIST_MAX],
+            vo: [0; ADAMW_LIST_MAX],
+            p: [0; ADAMW_LIST_MAX],
+            g: [0; ADAMW_LIST_MAX],
+            m: [0; ADAMW_LIST_MAX],
+            v: [0; ADAMW_LIST_MAX],
+            n: [0; ADAMW_LIST_MAX],
+            decay: [0.0; ADAMW_LIST_MAX],
+            step: [0.0; ADAMW_LIST_MAX],
+            inv_sqrt_bc2: [0.0; ADAMW_LIST_MAX],
+            b1: s0.beta1,
+            b2: s0.beta2,
+            eps: s0.eps,
+            first_block: [0; ADAMW_LIST_MAX + 1],
+            count: idx.len() as i32,
+            pad: [0; 2],
+        };
+        let mut total = 0i32;
+        for (j, &i) in idx.iter().enumerate() {
+            let (it, (po, mo, vo)) = (&items[i], &outs[i]);
+            let s = &it.step;
+            (l.po[j], l.mo[j], l.vo[j]) = (po.ptr(), mo.ptr(), vo.ptr());
+            (l.p[j], l.g[j], l.m[j], l.v[j]) = (it.p.ptr(), it.g.ptr(), it.m.ptr(), it.v.ptr());
+            l.n[j] = it.n as i64;
+            // The scalars as adamw_update_impl passes them (the kernel casts them the same way).
+            (l.decay[j], l.step[j], l.inv_sqrt_bc2[j]) = (s.decay, s.lr / s.bc1, 1.0 / s.bc2.sqrt());
+            l.first_block[j] = total;
+            total += blocks[i];
+        }
+        l.first_block[idx.len()] = total;
+        let name = if d == DType::F64 { "adamw_list_f64" } else { "adamw_list_f32" };
+        let cfg = Cfg { grid: total as u32, grid_y: 1, block: LIST_THREADS };
+        self.launch_list(EW, name, cfg, &l, &[])
+    }
+
+    /// `Backend::sum_squares_many`: one `sumsq_list` launch per group of up to
+    /// [`SUMSQ_LIST_MAX`] buffers into one array of per-block sums, then one block adds them.
+    pub(crate) fn sum_squares_many_impl(&self, xs: &[(&CudaStorage, usize)]) -> Result<CudaStorage> {
+        const OP: &str = "sum_squares_many";
+        let mut blocks = Vec::with_capacity(xs.len());
+        for (i, &(x, n)) in xs.iter().enumerate() {
+            if !x.dtype().is_float() {
+                return Err(Error::UnsupportedDType { op: OP, dtype: x.dtype(), expected: "a float dtype" });
+            }
+            if x.len() < n {
+                return Err(Error::invalid(OP, format!("buffer {i} holds {} elements, need {n}", x.len())));
+            }
+            blocks.push(blocks_of(OP, n, SUMSQ_LIST_SEG)?);
+        }
+        let live: Vec<usize> = (0..xs.len()).filter(|&i| xs[i].1 > 0).collect();
+        let out = self.alloc(DType::F64, 1)?;
+        let total: usize = live.iter().map(|&i| blocks[i] as usize).sum();
+        if total == 0 {
+            self.memset_zero(out.ptr(), 8)?;
+            return Ok(out);
+        }
+        let parts = self.alloc(DType::F64, total)?;
+        let live_blocks: Vec<i32> = live.iter().map(|&i| blocks[i]).collect();
+        let mut offset = 0usize;
+        for group in launch_groups(&live_blocks, SUMSQ_LIST_MAX) {
+            let mut l = SumSqList {
+                x: [0; SUMSQ_LIST_MAX],
+                n: [0; SUMSQ_LIST_MAX],
+                dtype: [0; SUMSQ_LIST_MAX],
+                first_block: [0; SUMSQ_LIST_MAX + 1],
+                count: group.len() as i32,
+                pad: [0; 2],
+            };
+            let mut sum = 0i32;
+            for (j, &i) in live[group.clone()].iter().enumerate() {
+                let (x, n) = xs[i];
+                l.x[j] = x.ptr();
+                l.n[j] = n as i64;
+                l.dtype[j] = match x.dtype() {
+                    DType::F32 => 0,
+                    DType::F64 => 1,
+                    DType::BF16 => 2,
+                    _ => 3,
+                };
+                l.first_block[j] = sum;
+                sum += blocks[i];
+            }
+            l.first_block[group.len()] = sum;
+            let cfg = Cfg { grid: sum as u32, grid_y: 1, block: LIST_THREADS };
+            self.launch_list(RED, "sumsq_list", cfg, &l, &[Arg::Ptr(parts.ptr() + 8 * offset as u64)])?;
+            offset += sum as usize;
+        }
+        let cfg = Cfg { grid: 1, grid_y: 1, block: PARTS_THREADS };
+        self.launch(RED, "sum_parts_f64", cfg, &[Arg::Ptr(out.ptr()), Arg::Ptr(parts.ptr()), Arg::n(total)])?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_fit_the_kernel_parameter_block() {
+        // The C structs: 11 x 32 u64/f64 + 3 f64 + 33 + 1 + 2 i32 = 2984 bytes; 2 x 96 u64 +
+        // 96 + 97 + 1 + 2 i32 = 2320 bytes.
+        assert_eq!(std::mem::size_of::<AdamWList>(), 11 * 32 * 8 + 3 * 8 + 36 * 4);
+        assert_eq!(std::mem::size_of::<SumSqList>(), 2 * 96 * 8 + 196 * 4);
+    }
+
+    #[test]
+    fn launch_groups_cap_entries_and_blocks() {
+        assert_eq!(launch_groups(&[1, 2, 3], 2), vec![0..2, 2..3]);
+        assert_eq!(launch_groups(&[], 4), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(launch_groups(&[i32::MAX, 1, 1], 8), vec![0..1, 1..3]);
+        assert_eq!(launch_groups(&[5; 7], 3), vec![0..3, 3..6, 6..7]);
+    }
+}
