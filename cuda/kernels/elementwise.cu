@@ -300,9 +300,8 @@ WHERE(8, u64)
 // v' = b2 v + (1 - b2) g^2, p' = p decay - step * m' / (sqrt(v') * inv_sqrt_bc2 + eps)), in the
 // same operation order as the CPU backend, in the buffers' own precision.
 template <typename T>
-__device__ __forceinline__ void adamw_elem(T* po, T* mo, T* vo, const T* p, const T* g, const T* m, const T* v, i64 i,
+__device__ __forceinline__ void adamw_elem(T* po, T* mo, T* vo, const T* p, const T* m, const T* v, i64 i, const T gi,
                                            T b1, T b2, T decay, T step, T inv_sqrt_bc2, T eps) {
-    const T gi = g[i];
     const T mi = b1 * m[i] + ((T)1 - b1) * gi;
     const T vi = b2 * v[i] + ((T)1 - b2) * (gi * gi);
     po[i] = p[i] * decay - step * (mi / (sqrt(vi) * inv_sqrt_bc2 + eps));
@@ -312,7 +311,7 @@ __device__ __forceinline__ void adamw_elem(T* po, T* mo, T* vo, const T* p, cons
 template <typename T>
 __device__ void adamw_impl(T* po, T* mo, T* vo, const T* p, const T* g, const T* m, const T* v, i64 n, T b1, T b2,
                            T decay, T step, T inv_sqrt_bc2, T eps) {
-    FOR_EACH(i, n) adamw_elem<T>(po, mo, vo, p, g, m, v, i, b1, b2, decay, step, inv_sqrt_bc2, eps);
+    FOR_EACH(i, n) adamw_elem<T>(po, mo, vo, p, m, v, i, g[i], b1, b2, decay, step, inv_sqrt_bc2, eps);
 }
 extern "C" __global__ void adamw_f32(float* po, float* mo, float* vo, const float* p, const float* g, const float* m,
                                      const float* v, i64 n, double b1, double b2, double decay, double step,
@@ -356,10 +355,49 @@ template <typename T> __device__ void adamw_list_impl(const AdamWList& l) {
     const T b1 = (T)l.b1, b2 = (T)l.b2, decay = (T)l.decay[j], step = (T)l.step[j];
     const T inv_sqrt_bc2 = (T)l.inv_sqrt_bc2[j], eps = (T)l.eps;
     for (i64 i = start + threadIdx.x; i < end; i += blockDim.x)
-        adamw_elem<T>(po, mo, vo, p, g, m, v, i, b1, b2, decay, step, inv_sqrt_bc2, eps);
+        adamw_elem<T>(po, mo, vo, p, m, v, i, g[i], b1, b2, decay, step, inv_sqrt_bc2, eps);
 }
 extern "C" __global__ void adamw_list_f32(AdamWList l) { adamw_list_impl<float>(l); }
 extern "C" __global__ void adamw_list_f64(AdamWList l) { adamw_list_impl<double>(l); }
+
+// The update of a recorded training step (`ela train --graph`, `Cuda::adamw_in_place`). The list
+// is the same with po = p, mo = m, vo = v (in place: each element is read before it is written,
+// by the same thread), decay[j] = 1 for a parameter with weight decay and 0 without. What
+// changes from step to step is read from device memory, where the host writes it before each
+// replay: hyper = [lr, bc1, bc2, weight_decay, max_norm]; sumsq[0] is the gradients' sum of
+// squares, computed earlier in the same replay. The gradient is clipped by the global norm here
+// (PyTorch's rule, as clip_grad_norm applies it); with clipping on, a non-finite norm leaves
+// every parameter untouched (the host reads the norm after the replay and reports it). The
+// scalars are rounded exactly as the host's f64 arithmetic rounds them in the eager step (the
+// _rn intrinsics keep NVRTC from fusing a multiply with an add), so a replayed step has the bits
+// of an eager one.
+template <typename T> __device__ void adamw_list_dev_impl(const AdamWList& l, const double* hyper, const double* sumsq) {
+    const double lr = hyper[0], bc1 = hyper[1], bc2 = hyper[2], wd = hyper[3], max_norm = hyper[4];
+    const double norm = sqrt(sumsq[0]);
+    if (max_norm > 0.0 && !(norm <= 1.7976931348623157e308)) return;
+    const bool clip = max_norm > 0.0 && norm > max_norm;
+    const T scale = (T)(clip ? __ddiv_rn(max_norm, __dadd_rn(norm, 1e-6)) : 1.0);
+    const int j = list_owner(l.first_block, l.count, blockIdx.x);
+    const i64 start = (i64)(blockIdx.x - l.first_block[j]) * ADAMW_LIST_SEG;
+    const i64 end = min(start + (i64)ADAMW_LIST_SEG, l.n[j]);
+    T* p = (T*)l.p[j];
+    T* m = (T*)l.m[j];
+    T* v = (T*)l.v[j];
+    const T* g = (const T*)l.g[j];
+    const T b1 = (T)l.b1, b2 = (T)l.b2, eps = (T)l.eps;
+    const T decay = (T)(l.decay[j] != 0.0 ? __dsub_rn(1.0, __dmul_rn(lr, wd)) : 1.0);
+    const T step = (T)__ddiv_rn(lr, bc1), inv_sqrt_bc2 = (T)__ddiv_rn(1.0, sqrt(bc2));
+    for (i64 i = start + threadIdx.x; i < end; i += blockDim.x) {
+        const T gi = clip ? g[i] * scale : g[i];
+        adamw_elem<T>(p, m, v, p, m, v, i, gi, b1, b2, decay, step, inv_sqrt_bc2, eps);
+    }
+}
+extern "C" __global__ void adamw_list_dev_f32(AdamWList l, const double* hyper, const double* sumsq) {
+    adamw_list_dev_impl<float>(l, hyper, sumsq);
+}
+extern "C" __global__ void adamw_list_dev_f64(AdamWList l, const double* hyper, const double* sumsq) {
+    adamw_list_dev_impl<double>(l, hyper, sumsq);
+}
 
 // ---------------------------------------------------------------- SwiGLU
 

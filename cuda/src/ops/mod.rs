@@ -6,7 +6,7 @@ pub(crate) mod ela;
 pub(crate) mod elementwise;
 pub(crate) mod index;
 pub(crate) mod matmul;
-pub(crate) mod multi_tensor;
+pub mod multi_tensor;
 pub(crate) mod nn;
 pub(crate) mod optim;
 pub(crate) mod reduce;

@@ -10,7 +10,7 @@
 //! a CUDA graph); each block of the grid works on one fixed-size segment of one tensor.
 
 use cudarc::driver::DeviceRepr;
-use ela_core::{AdamWOperands, AdamWUpdated, DType, Error, Result};
+use ela_core::{AdamWOperands, AdamWUpdated, DType, Error, Result, Tensor};
 
 use crate::device::{Arg, Cfg, Cuda};
 use crate::kernels::KernelFile::{Elementwise as EW, Reduce as RED};
@@ -93,6 +93,45 @@ fn launch_groups(blocks: &[i32], max: usize) -> Vec<std::ops::Range<usize>> {
     groups
 }
 
+/// One parameter of [`Cuda::adamw_in_place`]: its value, gradient and moments (f32 or f64 alike,
+/// one shape, whole contiguous buffers) and whether it takes weight decay.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWInPlace<'a> {
+    /// The parameter, overwritten.
+    pub p: &'a Tensor<Cuda>,
+    /// Its gradient (before clipping).
+    pub g: &'a Tensor<Cuda>,
+    /// First moment, overwritten.
+    pub m: &'a Tensor<Cuda>,
+    /// Second moment, overwritten.
+    pub v: &'a Tensor<Cuda>,
+    /// Whether `p` decays by `lr * weight_decay` per step.
+    pub weight_decay: bool,
+}
+
+/// An [`AdamWList`] of `count` entries with the launch-wide scalars set and every entry zero.
+fn empty_adamw_list(b1: f64, b2: f64, eps: f64, count: usize) -> AdamWList {
+    AdamWList {
+        po: [0; ADAMW_LIST_MAX],
+        mo: [0; ADAMW_LIST_MAX],
+        vo: [0; ADAMW_LIST_MAX],
+        p: [0; ADAMW_LIST_MAX],
+        g: [0; ADAMW_LIST_MAX],
+        m: [0; ADAMW_LIST_MAX],
+        v: [0; ADAMW_LIST_MAX],
+        n: [0; ADAMW_LIST_MAX],
+        decay: [0.0; ADAMW_LIST_MAX],
+        step: [0.0; ADAMW_LIST_MAX],
+        inv_sqrt_bc2: [0.0; ADAMW_LIST_MAX],
+        b1,
+        b2,
+        eps,
+        first_block: [0; ADAMW_LIST_MAX + 1],
+        count: count as i32,
+        pad: [0; 2],
+    }
+}
+
 impl Cuda {
     /// `Backend::adamw_update_many`: one launch per group of up to [`ADAMW_LIST_MAX`] parameters
     /// of one dtype (in the order given), the bits of [`Cuda::adamw_update_impl`].
@@ -150,25 +189,7 @@ impl Cuda {
         blocks: &[i32],
     ) -> Result<()> {
         let s0 = &items[idx[0]].step;
-        let mut l = AdamWList {
-            po: [0; ADAMW_LIST_MAX],
-            mo: [0; ADAMW_LIST_MAX],
-            vo: [0; ADAMW_LIST_MAX],
-            p: [0; ADAMW_LIST_MAX],
-            g: [0; ADAMW_LIST_MAX],
-            m: [0; ADAMW_LIST_MAX],
-            v: [0; ADAMW_LIST_MAX],
-            n: [0; ADAMW_LIST_MAX],
-            decay: [0.0; ADAMW_LIST_MAX],
-            step: [0.0; ADAMW_LIST_MAX],
-            inv_sqrt_bc2: [0.0; ADAMW_LIST_MAX],
-            b1: s0.beta1,
-            b2: s0.beta2,
-            eps: s0.eps,
-            first_block: [0; ADAMW_LIST_MAX + 1],
-            count: idx.len() as i32,
-            pad: [0; 2],
-        };
+        let mut l = empty_adamw_list(s0.beta1, s0.beta2, s0.eps, idx.len());
         let mut total = 0i32;
         for (j, &i) in idx.iter().enumerate() {
             let (it, (po, mo, vo)) = (&items[i], &outs[i]);
@@ -185,6 +206,93 @@ impl Cuda {
         let name = if d == DType::F64 { "adamw_list_f64" } else { "adamw_list_f32" };
         let cfg = Cfg { grid: total as u32, grid_y: 1, block: LIST_THREADS };
         self.launch_list(EW, name, cfg, &l, &[])
+    }
+
+    /// The AdamW update of a recorded training step, **in place**: every `p`, `m`, `v` of `items`
+    /// is overwritten (and every tensor that shares their buffers sees the new values, as with
+    /// [`Cuda::copy_into`]). The step's scalars are read from device memory when the kernels
+    /// run, so a CUDA graph recorded once serves every step: `hyper` (f64, 5 elements) holds
+    /// `[lr, 1 - beta1^t, 1 - beta2^t, weight_decay, max_norm]`, written by the host before each
+    /// replay ([`Cuda::write_from_host`]), and `sumsq` (f64, 1 element) the gradients' sum of
+    /// squares ([`Tensor::sum_squares_many`], computed earlier in the same recorded work). The
+    /// gradients are clipped to `max_norm` by their global norm (PyTorch's rule; `max_norm` 0:
+    /// no clipping); with clipping on, a non-finite norm leaves every parameter untouched.
+    /// `beta1`, `beta2` and `eps` are fixed when the work is recorded. The result has the bits
+    /// of `clip_grad_norm` followed by `adamw_update` per parameter (`kernels/elementwise.cu`,
+    /// `adamw_list_dev_impl`).
+    ///
+    /// Errors: an entry whose tensors are not f32 or f64 alike, of one shape, contiguous and
+    /// whole buffers, or on another device; `hyper` or `sumsq` of the wrong size or dtype.
+    pub fn adamw_in_place(
+        &self,
+        items: &[AdamWInPlace<'_>],
+        (beta1, beta2, eps): (f64, f64, f64),
+        hyper: &Tensor<Cuda>,
+        sumsq: &Tensor<Cuda>,
+    ) -> Result<()> {
+        const OP: &str = "adamw_in_place";
+        for (what, t, n) in [("hyper", hyper, 5), ("sumsq", sumsq, 1)] {
+            if t.dtype() != DType::F64 || t.elem_count() != n || !t.is_exact_buffer() {
+                return Err(Error::invalid(
+                    OP,
+                    format!("{what} must be a whole f64 buffer of {n} elements, got {:?} {}", t.dtype(), t.shape()),
+                ));
+            }
+        }
+        let mut blocks = Vec::with_capacity(items.len());
+        for (i, it) in items.iter().enumerate() {
+            let d = it.p.dtype();
+            if !matches!(d, DType::F32 | DType::F64) {
+                return Err(Error::UnsupportedDType { op: OP, dtype: d, expected: "f32 or f64 parameters" });
+            }
+            for (what, t) in [("parameter", it.p), ("gradient", it.g), ("first moment", it.m), ("second moment", it.v)]
+            {
+                if t.dtype() != d || t.shape() != it.p.shape() || !t.is_exact_buffer() {
+                    return Err(Error::invalid(
+                        OP,
+                        format!(
+                            "entry {i}: the {what} is {:?} {}, need a whole {d:?} buffer of shape {}",
+                            t.dtype(),
+                            t.shape(),
+                            it.p.shape()
+                        ),
+                    ));
+                }
+                if !ela_core::Backend::same_device(self, t.device()) {
+                    return Err(Error::invalid(OP, format!("entry {i}: the {what} is on another device")));
+                }
+            }
+            blocks.push(blocks_of(OP, it.p.elem_count(), ADAMW_LIST_SEG)?);
+        }
+        let live: Vec<usize> = (0..items.len()).filter(|&i| items[i].p.elem_count() > 0).collect();
+        let mut start = 0;
+        while start < live.len() {
+            let d = items[live[start]].p.dtype();
+            let end = live[start..].iter().position(|&i| items[i].p.dtype() != d).map_or(live.len(), |e| start + e);
+            let run = &live[start..end];
+            let run_blocks: Vec<i32> = run.iter().map(|&i| blocks[i]).collect();
+            for group in launch_groups(&run_blocks, ADAMW_LIST_MAX) {
+                let mut l = empty_adamw_list(beta1, beta2, eps, group.len());
+                let mut total = 0i32;
+                for (j, &i) in run[group.clone()].iter().enumerate() {
+                    let it = &items[i];
+                    let ptr = |t: &Tensor<Cuda>| t.storage().ptr();
+                    (l.po[j], l.mo[j], l.vo[j]) = (ptr(it.p), ptr(it.m), ptr(it.v));
+                    (l.p[j], l.g[j], l.m[j], l.v[j]) = (ptr(it.p), ptr(it.g), ptr(it.m), ptr(it.v));
+                    l.n[j] = it.p.elem_count() as i64;
+                    l.decay[j] = if it.weight_decay { 1.0 } else { 0.0 };
+                    l.first_block[j] = total;
+                    total += blocks[i];
+                }
+                l.first_block[group.len()] = total;
+                let name = if d == DType::F64 { "adamw_list_dev_f64" } else { "adamw_list_dev_f32" };
+                let cfg = Cfg { grid: total as u32, grid_y: 1, block: LIST_THREADS };
+                let args = [Arg::Ptr(hyper.storage().ptr()), Arg::Ptr(sumsq.storage().ptr())];
+                self.launch_list(EW, name, cfg, &l, &args)?;
+            }
+            start = end;
+        }
+        Ok(())
     }
 
     /// `Backend::sum_squares_many`: one `sumsq_list` launch per group of up to

@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use ela_core::{Backend, Error, Result};
+use ela_core::{Error, Result};
 use serde_json::{json, Map, Value as Json};
 
-use crate::lm::{AttnKind, Link, LmConfig, LobeMode};
+use crate::lm::{AttnKind, Link, LmConfig, LobeMode, ReplayDevice};
 use crate::report::plot::{write_svg, Series};
 use crate::train::{ModelArgs, TrainArgs};
 
@@ -381,7 +381,7 @@ struct Defaults {
 /// `lr / 10`, clipping at 1, MoE balancing, metrics.jsonl) into `dir/tag`. Non-finite steps are
 /// skipped and counted rather than stopping the run (a diverging arm is a result).
 #[allow(clippy::too_many_arguments)]
-pub fn train_lm<B: Backend>(
+pub fn train_lm<B: ReplayDevice>(
     dir: &Path,
     tag: &str,
     cfg: &LmConfig,
@@ -483,7 +483,7 @@ impl Arm {
 }
 
 /// Sweep the learning rates of `b` on the first seed, then run the other seeds at the best one.
-pub fn run_arm<B: Backend>(
+pub fn run_arm<B: ReplayDevice>(
     dir: &Path,
     name: &str,
     cfg: &LmConfig,

@@ -13,7 +13,7 @@
 
 use std::path::Path;
 
-use ela_core::{Backend, CpuStorage, Result, Tensor};
+use ela_core::{CpuStorage, Result, Tensor};
 use serde_json::{json, Value as Json};
 
 use super::common::{
@@ -22,7 +22,7 @@ use super::common::{
 };
 use super::metrics::entropy;
 use crate::data::{default_corpus, ByteTokenizer, TextDataset};
-use crate::lm::{AttnKind, Link, LmConfig, LobeMode};
+use crate::lm::{AttnKind, Link, LmConfig, LobeMode, ReplayDevice};
 
 /// Mean normalised entropy over queries `i >= 1` (query 0 sees one key) and the share of
 /// negative weight mass, of attention maps `[batch, heads, t, t]`.
@@ -49,7 +49,7 @@ pub fn attention_entropy_where(weights: &[f64], rows: usize, t: usize, keep: imp
     (h / n.max(1) as f64, if mass > 0.0 { neg / mass } else { 0.0 })
 }
 
-fn lm_entropy<B: Backend>(run_dir: &Path, seq: usize, dev: &B) -> Result<(f64, f64)> {
+fn lm_entropy<B: ReplayDevice>(run_dir: &Path, seq: usize, dev: &B) -> Result<(f64, f64)> {
     let model = crate::cli::generate::load_model(run_dir, dev)?;
     let tokens = ByteTokenizer.encode_bytes(default_corpus().as_bytes());
     let ds = TextDataset::split(tokens, 0.1, seq)?;
@@ -106,7 +106,7 @@ fn loss_spikes(r: &LmRun) -> Vec<usize> {
 }
 
 /// Run `ela claims dilution`.
-pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
+pub fn run<B: ReplayDevice>(args: &RunArgs, dev: &B) -> Result<()> {
     let lm_dir = args.out.join("lm");
     let lm_results = lm_dir.join("results.json");
     let text = std::fs::read_to_string(&lm_results).map_err(|e| {

@@ -3,14 +3,14 @@
 //! loss curves. "Gradient degradation" is measured as the spread of the per-layer gradient norms,
 //! `log10(max / min)` over layers: 0 when every layer gets gradients of the same size.
 
-use ela_core::{Backend, Result};
+use ela_core::Result;
 use serde_json::{json, Value as Json};
 
 use super::common::{
     arms_table, ela_default, lr_text, mean_sd, plot_arms, plot_val, pm, provenance, run_arm, small_lm, Arm, Budget,
     LmBudget, Results, RunArgs, Verdict,
 };
-use crate::lm::{Link, LmConfig};
+use crate::lm::{Link, LmConfig, ReplayDevice};
 
 fn plan(b: Budget) -> (Vec<usize>, usize, LmBudget) {
     match b {
@@ -81,7 +81,7 @@ fn mean_norms(a: &Arm) -> Vec<Vec<f64>> {
 }
 
 /// Run `ela claims link`.
-pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
+pub fn run<B: ReplayDevice>(args: &RunArgs, dev: &B) -> Result<()> {
     let dir = args.fresh_dir("link")?;
     let (depths, dim, b) = plan(args.budget);
     let seeds = args.seeds();

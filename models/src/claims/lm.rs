@@ -2,7 +2,8 @@
 //! and elu+1 linear attention, on the same tokens: validation loss curves and training throughput,
 //! on the embedded corpus or (`--corpus`) a text file such as the English corpus.
 
-use ela_core::{Backend, Result};
+use crate::lm::ReplayDevice;
+use ela_core::Result;
 use serde_json::{json, Value as Json};
 
 use super::common::{
@@ -46,7 +47,7 @@ fn plan(b: Budget) -> (usize, usize, LmBudget) {
 }
 
 /// Run `ela claims lm` on the embedded corpus, or on `--corpus` (results in `lm-<file stem>`).
-pub fn run<B: Backend>(args: &CorpusRunArgs, dev: &B) -> Result<()> {
+pub fn run<B: ReplayDevice>(args: &CorpusRunArgs, dev: &B) -> Result<()> {
     let (dim, layers, mut b) = plan(args.run.budget);
     // Checked before the results folder is emptied: a bad --corpus leaves earlier results alone.
     let corpus = Corpus::load("claims lm", args.corpus.as_deref(), b.seq)?;

@@ -2,7 +2,7 @@
 //! lobe's parameters on a wider FFN: steps to a fixed validation loss, final validation loss and
 //! the gap between validation and training loss.
 
-use ela_core::{Backend, Result};
+use ela_core::Result;
 use serde_json::{json, Value as Json};
 
 use super::common::{
@@ -10,7 +10,7 @@ use super::common::{
     LmBudget, LmRun, Results, RunArgs, Verdict,
 };
 use crate::lm::size::param_count;
-use crate::lm::{LmConfig, LobeMode};
+use crate::lm::{LmConfig, LobeMode, ReplayDevice};
 
 fn plan(b: Budget) -> (usize, usize, LmBudget) {
     match b {
@@ -51,7 +51,7 @@ fn base(dim: usize, layers: usize) -> LmConfig {
 }
 
 /// Run `ela claims lobe`.
-pub fn run<B: Backend>(args: &RunArgs, dev: &B) -> Result<()> {
+pub fn run<B: ReplayDevice>(args: &RunArgs, dev: &B) -> Result<()> {
     let dir = args.fresh_dir("lobe")?;
     let (dim, layers, b) = plan(args.budget);
     let seeds = args.seeds();

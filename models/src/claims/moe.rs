@@ -5,7 +5,7 @@
 //! between that expert and the frequency band of the word the byte is in, as measures of
 //! "semantic alignment". `--corpus` runs it on a text file (e.g. the English corpus).
 
-use ela_core::{Backend, CpuStorage, Result, Tensor};
+use ela_core::{CpuStorage, Result, Tensor};
 use serde_json::{json, Value as Json};
 
 use super::common::{
@@ -15,7 +15,7 @@ use super::common::{
 use super::corpus::{Corpus, CorpusRunArgs};
 use super::metrics::{byte_class, load_balance, nmi, word_bands, word_ranks, BAND_EDGES, BYTE_CLASSES, WORD_BANDS};
 use crate::data::Batch;
-use crate::lm::{LmConfig, MoeSpec};
+use crate::lm::{LmConfig, MoeSpec, ReplayDevice};
 
 fn plan(b: Budget) -> (usize, LmBudget) {
     match b {
@@ -91,7 +91,7 @@ struct LayerRouting {
 }
 
 /// Routing of a trained model on the probe's windows, per layer.
-fn routing<B: Backend>(run_dir: &std::path::Path, probe: &Probe, dev: &B) -> Result<Vec<LayerRouting>> {
+fn routing<B: ReplayDevice>(run_dir: &std::path::Path, probe: &Probe, dev: &B) -> Result<Vec<LayerRouting>> {
     let model = crate::cli::generate::load_model(run_dir, dev)?;
     let layers = model.blocks().len();
     let mut choices = vec![Vec::new(); layers];
@@ -123,7 +123,7 @@ fn routing<B: Backend>(run_dir: &std::path::Path, probe: &Probe, dev: &B) -> Res
 }
 
 /// Run `ela claims moe` on the embedded corpus, or on `--corpus` (results in `moe-<file stem>`).
-pub fn run<B: Backend>(args: &CorpusRunArgs, dev: &B) -> Result<()> {
+pub fn run<B: ReplayDevice>(args: &CorpusRunArgs, dev: &B) -> Result<()> {
     let (dim, mut b) = plan(args.run.budget);
     // Checked before the results folder is emptied: a bad --corpus leaves earlier results alone.
     let corpus = Corpus::load("claims moe", args.corpus.as_deref(), b.seq)?;

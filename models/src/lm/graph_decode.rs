@@ -13,6 +13,7 @@
 //! (the recorded embedding lookup cannot check values that do not exist yet when it is recorded).
 
 use ela_core::{Backend, Cpu, CpuStorage, Error, Result, Tensor};
+use ela_nn::optim::{AdamWConfig, InPlaceOperands};
 
 use super::model::{DecodeState, ElaLm};
 
@@ -34,6 +35,18 @@ pub trait ReplayDevice: Backend {
     /// Writes `data` into the existing buffer of `dst` (same element count), which a recorded
     /// graph reads.
     fn write_u32(&self, dst: &Tensor<Self>, data: &[u32]) -> Result<()>;
+    /// [`ReplayDevice::write_u32`] for f64 values (a recorded training step's scalars).
+    fn write_f64(&self, dst: &Tensor<Self>, data: &[f64]) -> Result<()>;
+    /// Queues the in-place AdamW update of a recorded training step (`ela_cuda::Cuda::adamw_in_place`:
+    /// the step's scalars in `hyper`, the gradients' sum of squares in `sumsq`, both read on the
+    /// device when the work runs).
+    fn adamw_in_place(
+        &self,
+        items: &[InPlaceOperands<Self>],
+        cfg: &AdamWConfig,
+        hyper: &Tensor<Self>,
+        sumsq: &Tensor<Self>,
+    ) -> Result<()>;
 }
 
 impl ReplayDevice for Cpu {
@@ -56,6 +69,21 @@ impl ReplayDevice for Cpu {
     }
     fn write_u32(&self, _dst: &Tensor<Self>, _data: &[u32]) -> Result<()> {
         Err(Error::invalid("GraphDecoder", "no recorded graph on the CPU"))
+    }
+    fn write_f64(&self, _dst: &Tensor<Self>, _data: &[f64]) -> Result<()> {
+        Err(Error::invalid("write_f64", "no recorded graph on the CPU"))
+    }
+    fn adamw_in_place(
+        &self,
+        _items: &[InPlaceOperands<Self>],
+        _cfg: &AdamWConfig,
+        _hyper: &Tensor<Self>,
+        _sumsq: &Tensor<Self>,
+    ) -> Result<()> {
+        Err(Error::invalid(
+            "adamw_in_place",
+            "the CPU backend has no in-place update: use Optimizer::step (a recorded step needs CUDA)",
+        ))
     }
 }
 
@@ -81,6 +109,22 @@ impl ReplayDevice for ela_cuda::Cuda {
     }
     fn write_u32(&self, dst: &Tensor<Self>, data: &[u32]) -> Result<()> {
         self.write_from_host(dst, data)
+    }
+    fn write_f64(&self, dst: &Tensor<Self>, data: &[f64]) -> Result<()> {
+        self.write_from_host(dst, data)
+    }
+    fn adamw_in_place(
+        &self,
+        items: &[InPlaceOperands<Self>],
+        cfg: &AdamWConfig,
+        hyper: &Tensor<Self>,
+        sumsq: &Tensor<Self>,
+    ) -> Result<()> {
+        let items: Vec<_> = items
+            .iter()
+            .map(|o| ela_cuda::AdamWInPlace { p: &o.p, g: &o.g, m: &o.m, v: &o.v, weight_decay: o.weight_decay })
+            .collect();
+        ela_cuda::Cuda::adamw_in_place(self, &items, (cfg.beta1, cfg.beta2, cfg.eps), hyper, sumsq)
     }
 }
 

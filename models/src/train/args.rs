@@ -239,6 +239,12 @@ pub struct TrainArgs {
     /// and loss: docs/nn.md, "Mixed precision"). Saved with the run, so `--resume` keeps it.
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
+    /// Record the whole training step (forward, backward, gradient norm, clipping, AdamW) as a
+    /// CUDA graph after the first step and replay it for the others: the same results bit for
+    /// bit, without the host's launch cost (docs/usage.md, "Recorded training steps"). CUDA
+    /// only; not with `--experts` > 0.
+    #[arg(long)]
+    pub graph: bool,
     /// Data-parallel runs: gradients are averaged across ranks in buckets of about this many MiB
     /// (PyTorch DDP's default 25), each started as soon as its gradients are final. Not a run
     /// setting: it changes only the order of floating-point sums.

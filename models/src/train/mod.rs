@@ -2,6 +2,7 @@
 
 pub mod args;
 mod dist;
+mod graph_step;
 pub mod run;
 
 pub use args::{ModelArgs, TrainArgs};

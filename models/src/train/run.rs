@@ -14,9 +14,10 @@ use ela_nn::optim::{clip_grad_norm, AdamW, AdamWConfig, Optimizer, WarmupCosine}
 
 use super::args::TrainArgs;
 use super::dist;
+use super::graph_step::{graph_blocker, GraphStep};
 use crate::budget::Estimate;
 use crate::data::{default_corpus, Batch, ByteTokenizer, TextDataset};
-use crate::lm::{generate_eager, ElaLm, LmConfig, SampleConfig};
+use crate::lm::{generate_eager, ElaLm, LmConfig, ReplayDevice, SampleConfig};
 use crate::report::metrics::Value;
 use crate::report::plot::{write_svg, Series};
 use crate::report::progress::Progress;
@@ -159,7 +160,7 @@ pub(crate) fn write_config_json(out: &Path, meta: &Metadata) -> Result<()> {
 }
 
 /// Train (or resume) as `args` says, on `device`.
-pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
+pub fn train<B: ReplayDevice>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
     run_loop(args, device, None)?.ok_or_else(|| Error::invalid("train", "a single-process run always reports"))
 }
 
@@ -170,7 +171,7 @@ pub fn train<B: Backend>(args: &TrainArgs, device: &B) -> Result<TrainReport> {
 /// every rank first; only rank 0 writes the run folder and prints. Returns the report on rank 0
 /// and `None` on the others. The loss sequence equals a single process's with the same global
 /// batch, up to the order of floating-point sums.
-pub fn train_data_parallel<B: Backend>(
+pub fn train_data_parallel<B: ReplayDevice>(
     args: &TrainArgs,
     device: &B,
     comm: &dyn Communicator<B>,
@@ -178,7 +179,7 @@ pub fn train_data_parallel<B: Backend>(
     run_loop(args, device, Some(comm))
 }
 
-fn run_loop<B: Backend>(
+fn run_loop<B: ReplayDevice>(
     args: &TrainArgs,
     device: &B,
     comm: Option<&dyn Communicator<B>>,
@@ -221,6 +222,12 @@ fn run_loop<B: Backend>(
         Some(m) => LmConfig::from_pairs(|k| m.get(k).cloned())?,
         None => args.model.to_config()?,
     };
+    // Refused before anything is trained or written.
+    if args.graph {
+        if let Some(why) = graph_blocker(device, &cfg, world) {
+            return Err(Error::invalid("train --graph", why));
+        }
+    }
     if cfg.lobe == crate::lm::LobeMode::Bidirectional && lead {
         crate::errln!(
             "warning: --lobe bidirectional lets every position see later tokens, so this causal LM's loss is \
@@ -299,6 +306,7 @@ fn run_loop<B: Backend>(
     }
     let mut reducer =
         dist.map(|c| GradReducer::new(c, store.params(), DdpConfig { bucket_bytes: args.bucket_bytes() }));
+    let mut graph: Option<GraphStep<B>> = None;
     let progress = lead.then(|| Progress::new(args.steps.saturating_sub(start), 10));
     let t0 = Instant::now();
     let (mut first_loss, mut last_loss, mut val_loss) = (None, f64::NAN, f64::NAN);
@@ -307,31 +315,46 @@ fn run_loop<B: Backend>(
         opt.set_lr(lr)?;
         let b = batch_for_step(&ds, &args, step)?;
         let b = if world > 1 { dist::shard(b, rank, world) } else { b };
-        let (loss, ce, out) =
-            model.loss(&ids(&b.inputs, b.batch, b.seq, device)?, &ids(&b.targets, b.batch, b.seq, device)?)?;
-        let mut grads = match &mut reducer {
-            // Buckets start reducing as their gradients become final, during the backward pass.
-            Some(red) => {
-                let mut g = loss.backward_with_hook(&mut |v, g| red.on_grad(v, g))?;
-                red.finish(&mut g)?;
-                g
+        // With --graph every step after the run's first is a replay of the recorded one; the
+        // first runs eagerly (it creates the optimizer state the recording updates in place).
+        let (ce, norm, routing, layer_norms) = if args.graph && step > start {
+            let g = match &mut graph {
+                Some(g) => g,
+                None => graph.insert(GraphStep::record(&model, &opt, device, (b.batch, b.seq), args.clip)?),
+            };
+            let (ce, norm) = g.run(device, &mut opt, &b)?;
+            (ce, if args.clip > 0.0 { norm } else { f64::NAN }, Vec::new(), Vec::new())
+        } else {
+            let (loss, ce, out) =
+                model.loss(&ids(&b.inputs, b.batch, b.seq, device)?, &ids(&b.targets, b.batch, b.seq, device)?)?;
+            let mut grads = match &mut reducer {
+                // Buckets start reducing as their gradients become final, during the backward pass.
+                Some(red) => {
+                    let mut g = loss.backward_with_hook(&mut |v, g| red.on_grad(v, g))?;
+                    red.finish(&mut g)?;
+                    g
+                }
+                None => loss.backward()?,
+            };
+            let layer_norms =
+                if args.layer_grad_norms { layer_grad_norms(&store, &grads, cfg.layers)? } else { vec![] };
+            let norm = if args.clip > 0.0 { clip_grad_norm(&store.params(), &mut grads, args.clip)? } else { f64::NAN };
+            if norm.is_finite() || args.clip == 0.0 {
+                opt.step(&grads)?;
             }
-            None => loss.backward()?,
+            (ce, norm, out.routing, layer_norms)
         };
-        let layer_norms = if args.layer_grad_norms { layer_grad_norms(&store, &grads, cfg.layers)? } else { vec![] };
-        let norm = if args.clip > 0.0 { clip_grad_norm(&store.params(), &mut grads, args.clip)? } else { f64::NAN };
-        let finite = norm.is_finite() || args.clip == 0.0;
-        if finite {
-            opt.step(&grads)?;
-        } else if args.skip_nonfinite {
+        // A non-finite norm (with clipping on) skipped the update above, eager or replayed.
+        if !(norm.is_finite() || args.clip == 0.0) {
+            if !args.skip_nonfinite {
+                return Err(nonfinite_error(step + 1, "gradient norm", norm));
+            }
             if lead {
                 crate::errln!(
                     "warning: step {}: gradient norm {norm}; the update was skipped (--skip-nonfinite)",
                     step + 1
                 );
             }
-        } else {
-            return Err(nonfinite_error(step + 1, "gradient norm", norm));
         }
         // Read only now: on a GPU the update is already queued behind the forward. With several
         // ranks, the mean of the ranks' means over equal shares: the global batch's loss.
@@ -342,7 +365,7 @@ fn run_loop<B: Backend>(
         if !ce.is_finite() && !args.skip_nonfinite {
             return Err(nonfinite_error(step + 1, "loss", ce));
         }
-        let mut routing = out.routing;
+        let mut routing = routing;
         if let Some(c) = dist {
             dist::global_routing(c, device, &mut routing)?;
         }

@@ -59,6 +59,21 @@ struct Slot<B: Backend> {
     step: u64,
 }
 
+/// One parameter of an in-place update ([`AdamW::in_place_operands`]).
+#[derive(Clone, Debug)]
+pub struct InPlaceOperands<B: Backend> {
+    /// The parameter's value (its variable's buffer).
+    pub p: Tensor<B>,
+    /// Its gradient.
+    pub g: Tensor<B>,
+    /// First moment (the optimizer's buffer).
+    pub m: Tensor<B>,
+    /// Second moment (the optimizer's buffer).
+    pub v: Tensor<B>,
+    /// Whether it takes weight decay.
+    pub weight_decay: bool,
+}
+
 /// The AdamW optimizer.
 pub struct AdamW<B: Backend> {
     params: Vec<(String, Var<B>)>,
@@ -140,6 +155,86 @@ impl<B: Backend> AdamW<B> {
             let var = &self.params[i].1;
             var.set_value(p.to_dtype(var.dtype())?)?;
             self.state[i] = Some(Slot { m, v, step });
+        }
+        Ok(())
+    }
+
+    /// For a training step recorded once and replayed (`ela train --graph`): every parameter's
+    /// value, gradient in `grads` and moments, to be updated **in place** by a device kernel
+    /// that reads the step's scalars from device memory (`ela_cuda::Cuda::adamw_in_place`). The
+    /// tensors share the optimizer's and the variables' buffers.
+    ///
+    /// Errors (naming the parameter) unless every parameter has a gradient in `grads`, state
+    /// from an earlier step, the same step count as the others ([`AdamW::common_step`]) and
+    /// the dtype of its state (f32 or f64: a half-precision parameter is updated through an f32
+    /// copy, which cannot be written in place).
+    pub fn in_place_operands(&self, grads: &Grads<B>) -> Result<Vec<InPlaceOperands<B>>> {
+        const OP: &str = "AdamW::in_place_operands";
+        self.common_step()?;
+        let mut out = Vec::with_capacity(self.params.len());
+        for (i, (name, var)) in self.params.iter().enumerate() {
+            if state_dtype(var.dtype()) != var.dtype() {
+                return Err(Error::invalid(
+                    OP,
+                    format!("{name:?} is {:?}: only parameters stored in f32 or f64 are updated in place", var.dtype()),
+                ));
+            }
+            let Some(g) = grad_for(grads, name, var, var.dtype(), OP)? else {
+                return Err(Error::invalid(
+                    OP,
+                    format!("{name:?} has no gradient: a recorded step must update every parameter"),
+                ));
+            };
+            let Some(s) = &self.state[i] else {
+                return Err(Error::invalid(OP, format!("{name:?} has not been updated yet: run one step first")));
+            };
+            out.push(InPlaceOperands {
+                p: var.value(),
+                g,
+                m: s.m.clone(),
+                v: s.v.clone(),
+                weight_decay: self.decay[i],
+            });
+        }
+        Ok(out)
+    }
+
+    /// The step count every parameter shares (after at least one update each), or an error
+    /// naming a parameter without state or with another count.
+    pub fn common_step(&self) -> Result<u64> {
+        const OP: &str = "AdamW::common_step";
+        let mut common = None;
+        for ((name, _), s) in self.params.iter().zip(&self.state) {
+            let Some(s) = s else {
+                return Err(Error::invalid(OP, format!("{name:?} has not been updated yet: run one step first")));
+            };
+            match common {
+                None => common = Some(s.step),
+                Some(c) if c != s.step => {
+                    return Err(Error::invalid(
+                        OP,
+                        format!("{name:?} has had {} updates, other parameters {c}", s.step),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        common.ok_or_else(|| Error::invalid(OP, "the optimizer has no parameters"))
+    }
+
+    /// The bias corrections `(1 - beta1^t, 1 - beta2^t)` of the next update (`t` =
+    /// [`AdamW::common_step`] + 1), computed as [`Optimizer::step`] computes them.
+    pub fn next_bias_corrections(&self) -> Result<(f64, f64)> {
+        let t = (self.common_step()? + 1) as f64;
+        Ok((1.0 - self.cfg.beta1.powf(t), 1.0 - self.cfg.beta2.powf(t)))
+    }
+
+    /// Record that an in-place update of every parameter has run (after a replay whose update
+    /// was not skipped): every step count advances by one.
+    pub fn count_in_place_step(&mut self) -> Result<()> {
+        self.common_step()?;
+        for s in self.state.iter_mut().flatten() {
+            s.step += 1;
         }
         Ok(())
     }

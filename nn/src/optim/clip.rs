@@ -12,11 +12,22 @@ use ela_core::{Backend, Error, Result, Tensor};
 /// ([`Tensor::sum_squares_many`]: two kernel launches on a GPU for a hundred gradients), then a
 /// single read-back.
 pub fn global_grad_norm<B: Backend>(params: &[Var<B>], grads: &Grads<B>) -> Result<f64> {
+    match grad_sum_squares(params, grads)? {
+        None => Ok(0.0),
+        Some(s) => Ok(s.to_scalar()?.sqrt()),
+    }
+}
+
+/// The sum of squares behind [`global_grad_norm`], left on the device (a rank-0 f64 tensor;
+/// `None` when no parameter has a gradient): what a recorded training step, which cannot read
+/// values back in the middle, hands to its update. Each parameter counts once, in the order of
+/// `params`, so the sum has the same bits as the one `global_grad_norm` reads.
+pub fn grad_sum_squares<B: Backend>(params: &[Var<B>], grads: &Grads<B>) -> Result<Option<Tensor<B>>> {
     no_grad(|| {
         let mut seen = std::collections::HashSet::new();
         let gs: Vec<&Tensor<B>> = params.iter().filter(|p| seen.insert(p.id())).filter_map(|p| grads.get(p)).collect();
-        let Some(first) = gs.first() else { return Ok(0.0) };
-        Ok(Tensor::sum_squares_many(&gs, first.device())?.to_scalar()?.sqrt())
+        let Some(first) = gs.first() else { return Ok(None) };
+        Tensor::sum_squares_many(&gs, first.device()).map(Some)
     })
 }
 

@@ -31,8 +31,8 @@ mod clip;
 mod schedule;
 mod sgd;
 
-pub use adamw::{AdamW, AdamWConfig};
-pub use clip::{clip_grad_norm, global_grad_norm};
+pub use adamw::{AdamW, AdamWConfig, InPlaceOperands};
+pub use clip::{clip_grad_norm, global_grad_norm, grad_sum_squares};
 pub use schedule::WarmupCosine;
 pub use sgd::{Sgd, SgdConfig};
 
