@@ -61,8 +61,9 @@ impl Cuda {
     pub(crate) fn swiglu_impl(&self, a: &CudaStorage, b: &CudaStorage, n: usize) -> Result<CudaStorage> {
         check_float("swiglu", a.dtype())?;
         let out = self.alloc(a.dtype(), n)?;
-        let args = [Arg::Ptr(out.ptr()), Arg::Ptr(a.ptr()), Arg::Ptr(b.ptr()), Arg::n(n)];
-        self.launch(EW, &format!("swiglu_{}", dt(a.dtype())), Cfg::elems(n), &args)?;
+        let vec = aligned16(&[out.ptr(), a.ptr(), b.ptr()]);
+        let args = [Arg::Ptr(out.ptr()), Arg::Ptr(a.ptr()), Arg::Ptr(b.ptr()), Arg::n(n), Arg::I32(vec as i32)];
+        self.launch(EW, &format!("swiglu_{}", dt(a.dtype())), fast_cfg(n, a.dtype(), vec), &args)?;
         Ok(out)
     }
 
@@ -76,6 +77,7 @@ impl Cuda {
     ) -> Result<(CudaStorage, CudaStorage)> {
         check_float("swiglu_backward", a.dtype())?;
         let (da, db) = (self.alloc(a.dtype(), n)?, self.alloc(a.dtype(), n)?);
+        let vec = aligned16(&[da.ptr(), db.ptr(), a.ptr(), b.ptr(), g.ptr()]);
         let args = [
             Arg::Ptr(da.ptr()),
             Arg::Ptr(db.ptr()),
@@ -83,8 +85,9 @@ impl Cuda {
             Arg::Ptr(b.ptr()),
             Arg::Ptr(g.ptr()),
             Arg::n(n),
+            Arg::I32(vec as i32),
         ];
-        self.launch(EW, &format!("swiglu_bwd_{}", dt(a.dtype())), Cfg::elems(n), &args)?;
+        self.launch(EW, &format!("swiglu_bwd_{}", dt(a.dtype())), fast_cfg(n, a.dtype(), vec), &args)?;
         Ok((da, db))
     }
 
