@@ -319,3 +319,43 @@ fn non_finite_or_out_of_range_hyper_parameters_are_errors() {
     assert!(WarmupCosine::new(f64::NAN, 0.0, 1, 2).is_err());
     assert!(WarmupCosine::new(-1.0, -2.0, 1, 2).is_err());
 }
+
+/// The bookkeeping of a recorded (in-place) step: operands only once every parameter has state
+/// with one step count, a gradient and its state dtype; counts advance together.
+#[test]
+fn in_place_operands_need_state_gradients_and_one_step_count() {
+    let a = Var::param(t(&[1.0, 2.0]));
+    let b = Var::param(t(&[3.0]));
+    let cfg = AdamWConfig { lr: 0.1, beta1: 0.9, beta2: 0.99, ..Default::default() };
+    let mut opt = AdamW::new(vec![("a".into(), a.clone()), ("b".into(), b.clone())], cfg).unwrap();
+    let both = grads_of(&[(&a, &[0.5, -1.0]), (&b, &[2.0])]);
+    let e = opt.in_place_operands(&both).unwrap_err().to_string();
+    assert!(e.contains("\"a\" has not been updated yet"), "{e}");
+    // Only `a` steps: the counts differ.
+    opt.step(&grads_of(&[(&a, &[0.5, -1.0])])).unwrap();
+    let e = opt.common_step().unwrap_err().to_string();
+    assert!(e.contains("\"b\" has not been updated yet"), "{e}");
+    opt.step(&both).unwrap();
+    let e = opt.common_step().unwrap_err().to_string();
+    assert!(e.contains("\"b\" has had 1 updates, other parameters 2"), "{e}");
+    opt.step(&grads_of(&[(&b, &[1.0])])).unwrap();
+    assert_eq!(opt.common_step().unwrap(), 2);
+    let (bc1, bc2) = opt.next_bias_corrections().unwrap();
+    assert_eq!((bc1, bc2), (1.0 - 0.9f64.powf(3.0), 1.0 - 0.99f64.powf(3.0)));
+    let e = opt.in_place_operands(&grads_of(&[(&a, &[0.5, -1.0])])).unwrap_err().to_string();
+    assert!(e.contains("\"b\" has no gradient"), "{e}");
+    let ops = opt.in_place_operands(&both).unwrap();
+    assert_eq!(ops.len(), 2);
+    assert!(ops[0].p.same_storage(&a.value()), "the operand is the parameter's own buffer");
+    assert!(ops.iter().all(|o| o.weight_decay));
+    opt.count_in_place_step().unwrap();
+    assert_eq!(opt.step_count("a"), Some(3));
+    assert_eq!(opt.step_count("b"), Some(3));
+    // Half-precision parameters are updated through an f32 copy: not in place.
+    let h = Var::param(t(&[1.0]).to_dtype(DType::BF16).unwrap());
+    let mut half = AdamW::new(vec![("h".into(), h.clone())], cfg).unwrap();
+    let g = grads_of(&[(&h, &[1.0])]);
+    half.step(&g).unwrap();
+    let e = half.in_place_operands(&g).unwrap_err().to_string();
+    assert!(e.contains("only parameters stored in f32 or f64"), "{e}");
+}

@@ -74,6 +74,14 @@ pub struct InPlaceOperands<B: Backend> {
     pub weight_decay: bool,
 }
 
+/// Bytes of parameters one multi-tensor update takes at most (it holds their new values and
+/// moments beside the old until it returns).
+const UPDATE_GROUP_BYTES: usize = 256 << 20;
+
+fn tensor_bytes<B: Backend>(t: &Tensor<B>) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
+}
+
 /// The AdamW optimizer.
 pub struct AdamW<B: Backend> {
     params: Vec<(String, Var<B>)>,
@@ -148,13 +156,24 @@ impl<B: Backend> AdamW<B> {
             };
             work.push((i, var.value().to_dtype(sd)?, g, m, v, step, hp));
         }
-        let operands: Vec<_> = work.iter().map(|(_, p, g, m, v, _, hp)| (p, g, m, v, *hp)).collect();
-        let updated = Tensor::adamw_update_many(&operands)?;
-        drop(operands);
-        for ((i, .., step, _), (p, m, v)) in work.into_iter().zip(updated) {
-            let var = &self.params[i].1;
-            var.set_value(p.to_dtype(var.dtype())?)?;
-            self.state[i] = Some(Slot { m, v, step });
+        // In groups of at most UPDATE_GROUP_BYTES of parameters: the old values and moments are
+        // freed after each group, so the update never holds more than one group twice.
+        let mut work = work.into_iter().peekable();
+        while work.peek().is_some() {
+            let mut group = Vec::new();
+            let mut bytes = 0;
+            while let Some(w) = work.next_if(|w| group.is_empty() || bytes + tensor_bytes(&w.1) <= UPDATE_GROUP_BYTES) {
+                bytes += tensor_bytes(&w.1);
+                group.push(w);
+            }
+            let operands: Vec<_> = group.iter().map(|(_, p, g, m, v, _, hp)| (p, g, m, v, *hp)).collect();
+            let updated = Tensor::adamw_update_many(&operands)?;
+            drop(operands);
+            for ((i, .., step, _), (p, m, v)) in group.into_iter().zip(updated) {
+                let var = &self.params[i].1;
+                var.set_value(p.to_dtype(var.dtype())?)?;
+                self.state[i] = Some(Slot { m, v, step });
+            }
         }
         Ok(())
     }
