@@ -214,6 +214,19 @@ __device__ __forceinline__ int list_owner(const i32* first_block, int count, int
     }
     return lo;
 }
+// The entry and element range `[start, end)` of block b when each block takes `seg` elements of
+// one entry and entry j has n[j] elements.
+struct ListSeg {
+    int j;
+    i64 start, end;
+};
+__device__ __forceinline__ ListSeg list_segment(const i32* first_block, const i64* n, int count, int b, i64 seg) {
+    ListSeg s;
+    s.j = list_owner(first_block, count, b);
+    s.start = (i64)(b - first_block[s.j]) * seg;
+    s.end = min(s.start + seg, n[s.j]);
+    return s;
+}
 
 // Threads per block for a row kernel over n elements: a power of two in 32..=1024.
 #define ROW_THREADS_MAX 1024

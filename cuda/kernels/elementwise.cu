@@ -345,16 +345,15 @@ struct AdamWList {
 };
 static_assert(sizeof(AdamWList) == 2984, "AdamWList must match its Rust mirror in src/ops/multi_tensor.rs");
 template <typename T> __device__ void adamw_list_impl(const AdamWList& l) {
-    const int j = list_owner(l.first_block, l.count, blockIdx.x);
-    const i64 start = (i64)(blockIdx.x - l.first_block[j]) * ADAMW_LIST_SEG;
-    const i64 end = min(start + (i64)ADAMW_LIST_SEG, l.n[j]);
+    const ListSeg sg = list_segment(l.first_block, l.n, l.count, blockIdx.x, ADAMW_LIST_SEG);
+    const int j = sg.j;
     T* po = (T*)l.po[j];
     T* mo = (T*)l.mo[j];
     T* vo = (T*)l.vo[j];
     const T *p = (const T*)l.p[j], *g = (const T*)l.g[j], *m = (const T*)l.m[j], *v = (const T*)l.v[j];
     const T b1 = (T)l.b1, b2 = (T)l.b2, decay = (T)l.decay[j], step = (T)l.step[j];
     const T inv_sqrt_bc2 = (T)l.inv_sqrt_bc2[j], eps = (T)l.eps;
-    for (i64 i = start + threadIdx.x; i < end; i += blockDim.x)
+    for (i64 i = sg.start + threadIdx.x; i < sg.end; i += blockDim.x)
         adamw_elem<T>(po, mo, vo, p, m, v, i, g[i], b1, b2, decay, step, inv_sqrt_bc2, eps);
 }
 extern "C" __global__ void adamw_list_f32(AdamWList l) { adamw_list_impl<float>(l); }
@@ -377,9 +376,8 @@ template <typename T> __device__ void adamw_list_dev_impl(const AdamWList& l, co
     if (max_norm > 0.0 && !(norm <= 1.7976931348623157e308)) return;
     const bool clip = max_norm > 0.0 && norm > max_norm;
     const T scale = (T)(clip ? __ddiv_rn(max_norm, __dadd_rn(norm, 1e-6)) : 1.0);
-    const int j = list_owner(l.first_block, l.count, blockIdx.x);
-    const i64 start = (i64)(blockIdx.x - l.first_block[j]) * ADAMW_LIST_SEG;
-    const i64 end = min(start + (i64)ADAMW_LIST_SEG, l.n[j]);
+    const ListSeg sg = list_segment(l.first_block, l.n, l.count, blockIdx.x, ADAMW_LIST_SEG);
+    const int j = sg.j;
     T* p = (T*)l.p[j];
     T* m = (T*)l.m[j];
     T* v = (T*)l.v[j];
@@ -387,7 +385,7 @@ template <typename T> __device__ void adamw_list_dev_impl(const AdamWList& l, co
     const T b1 = (T)l.b1, b2 = (T)l.b2, eps = (T)l.eps;
     const T decay = (T)(l.decay[j] != 0.0 ? __dsub_rn(1.0, __dmul_rn(lr, wd)) : 1.0);
     const T step = (T)__ddiv_rn(lr, bc1), inv_sqrt_bc2 = (T)__ddiv_rn(1.0, sqrt(bc2));
-    for (i64 i = start + threadIdx.x; i < end; i += blockDim.x) {
+    for (i64 i = sg.start + threadIdx.x; i < sg.end; i += blockDim.x) {
         const T gi = clip ? g[i] * scale : g[i];
         adamw_elem<T>(p, m, v, p, m, v, i, gi, b1, b2, decay, step, inv_sqrt_bc2, eps);
     }

@@ -373,15 +373,14 @@ template <typename D> __device__ __forceinline__ double sumsq_range(u64 ptr, i64
 }
 extern "C" __global__ void sumsq_list(SumSqList l, double* parts) {
     __shared__ double sh[32];
-    const int j = list_owner(l.first_block, l.count, blockIdx.x);
-    const i64 start = (i64)(blockIdx.x - l.first_block[j]) * SUMSQ_LIST_SEG;
-    const i64 end = min(start + (i64)SUMSQ_LIST_SEG, l.n[j]);
+    const ListSeg sg = list_segment(l.first_block, l.n, l.count, blockIdx.x, SUMSQ_LIST_SEG);
+    const u64 x = l.x[sg.j];
     double s;
-    switch (l.dtype[j]) {
-        case 0: s = sumsq_range<F32>(l.x[j], start, end); break;
-        case 1: s = sumsq_range<F64>(l.x[j], start, end); break;
-        case 2: s = sumsq_range<BF16>(l.x[j], start, end); break;
-        default: s = sumsq_range<F16>(l.x[j], start, end); break;
+    switch (l.dtype[sg.j]) {
+        case 0: s = sumsq_range<F32>(x, sg.start, sg.end); break;
+        case 1: s = sumsq_range<F64>(x, sg.start, sg.end); break;
+        case 2: s = sumsq_range<BF16>(x, sg.start, sg.end); break;
+        default: s = sumsq_range<F16>(x, sg.start, sg.end); break;
     }
     s = block_sum(s, sh);
     if (threadIdx.x == 0) parts[blockIdx.x] = s;
