@@ -262,12 +262,16 @@ pub(crate) fn f64_kernels() -> Vec<Kernel<f64>> {
 
 /// Picks the first (fastest) kernel, unless `ELA_GEMM_KERNEL` names another
 /// supported one (`avx512`, `avx2`, `generic`) — for benchmarking/debugging.
+/// `ELA_GEMM_TALL=0` turns its taller tile off ([`Kernel::for_rows`]), and
 /// `ELA_GEMM_BLOCKING=kc,mc,nc` overrides its blocking, for tuning on a new
 /// CPU (a malformed value is reported on stderr and ignored).
 fn select<T>(all: Vec<Kernel<T>>) -> Kernel<T> {
     let want = std::env::var("ELA_GEMM_KERNEL").ok();
     let pos = want.and_then(|w| all.iter().position(|k| k.name == w)).unwrap_or(0);
-    let k = all.into_iter().nth(pos).expect("generic kernel always present");
+    let mut k = all.into_iter().nth(pos).expect("generic kernel always present");
+    if std::env::var("ELA_GEMM_TALL").is_ok_and(|v| v == "0") {
+        k.tall = None;
+    }
     match std::env::var("ELA_GEMM_BLOCKING") {
         Ok(b) => match parse_blocking(&b) {
             Some((kc, mc, nc)) => k.with_blocking(kc, mc, nc),
