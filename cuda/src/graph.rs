@@ -1,11 +1,13 @@
-//! CUDA graphs for inference: record a fixed sequence of launches once ([`Cuda::capture`]) and
+//! CUDA graphs: record a fixed sequence of launches once ([`Cuda::capture`]) and
 //! replay it with one driver call ([`CudaGraphExec::replay`]); plus in-place writes into an
 //! existing tensor's buffer ([`Cuda::copy_into`], [`Cuda::write_from_host`]) so that new input
 //! can be fed to a captured graph.
 //!
 //! Tiny models are launch-bound: a YOLO-LAT forward at batch 1 is ~100 kernels of a few
 //! microseconds each, and issuing them one by one costs more host time than the GPU spends. A
-//! replay issues all of them at once.
+//! replay issues all of them at once. Users: decoding (`ela_models::lm::GraphDecoder`), detector
+//! inference, and whole training steps (`ela train --graph`, whose update writes the weights in
+//! place: [`Cuda::adamw_in_place`]).
 //!
 //! How it works. The capturing thread's work goes to a second stream of the device in capture
 //! mode (`cuStreamBeginCapture`, relaxed mode), so other threads keep using the device's stream
