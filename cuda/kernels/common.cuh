@@ -161,6 +161,14 @@ __device__ __forceinline__ float x_min(float a, float b) { return fminf(a, b); }
 __device__ __forceinline__ double x_min(double a, double b) { return fmin(a, b); }
 __device__ __forceinline__ bool x_isnan(float x) { return x != x; }
 __device__ __forceinline__ bool x_isnan(double x) { return x != x; }
+// Products and sums rounded on their own, never fused into an FMA by the compiler: for formulas
+// that must round exactly as the CPU backend's Rust code (which never fuses) does.
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
 template <typename C> __device__ __forceinline__ C neg_inf();
 template <> __device__ __forceinline__ float neg_inf<float>() { return __int_as_float(0xff800000); }
 template <> __device__ __forceinline__ double neg_inf<double>() { return __longlong_as_double(0xfff0000000000000ull); }

@@ -298,13 +298,16 @@ WHERE(8, u64)
 
 // One AdamW update per element (core's AdamWStep: m' = b1 m + (1 - b1) g,
 // v' = b2 v + (1 - b2) g^2, p' = p decay - step * m' / (sqrt(v') * inv_sqrt_bc2 + eps)), in the
-// same operation order as the CPU backend, in the buffers' own precision.
+// same operation order as the CPU backend and in the buffers' own precision, every product and
+// sum rounded on its own (mul_rn, ...; sqrt and the division are correctly rounded by default):
+// the CPU's bits exactly, and the same bits in every kernel below whatever the compiler would
+// otherwise fuse.
 template <typename T>
 __device__ __forceinline__ void adamw_elem(T* po, T* mo, T* vo, const T* p, const T* m, const T* v, i64 i, const T gi,
                                            T b1, T b2, T decay, T step, T inv_sqrt_bc2, T eps) {
-    const T mi = b1 * m[i] + ((T)1 - b1) * gi;
-    const T vi = b2 * v[i] + ((T)1 - b2) * (gi * gi);
-    po[i] = p[i] * decay - step * (mi / (sqrt(vi) * inv_sqrt_bc2 + eps));
+    const T mi = add_rn(mul_rn(b1, m[i]), mul_rn(sub_rn((T)1, b1), gi));
+    const T vi = add_rn(mul_rn(b2, v[i]), mul_rn(sub_rn((T)1, b2), mul_rn(gi, gi)));
+    po[i] = sub_rn(mul_rn(p[i], decay), mul_rn(step, mi / add_rn(mul_rn(sqrt(vi), inv_sqrt_bc2), eps)));
     mo[i] = mi;
     vo[i] = vi;
 }
@@ -386,7 +389,7 @@ template <typename T> __device__ void adamw_list_dev_impl(const AdamWList& l, co
     const T decay = (T)(l.decay[j] != 0.0 ? __dsub_rn(1.0, __dmul_rn(lr, wd)) : 1.0);
     const T step = (T)__ddiv_rn(lr, bc1), inv_sqrt_bc2 = (T)__ddiv_rn(1.0, sqrt(bc2));
     for (i64 i = sg.start + threadIdx.x; i < sg.end; i += blockDim.x) {
-        const T gi = clip ? g[i] * scale : g[i];
+        const T gi = clip ? mul_rn(g[i], scale) : g[i];
         adamw_elem<T>(p, m, v, p, m, v, i, gi, b1, b2, decay, step, inv_sqrt_bc2, eps);
     }
 }

@@ -15,8 +15,8 @@ use ela_models::train::{train, TrainArgs};
 use ela_tests::device::is_cuda;
 use ela_tests::device_tests;
 
-/// A small LM with the default Hyper-Link and Memory Lobe, no experts; `--clip 0.5` so that
-/// most steps clip.
+/// A small LM with the default Hyper-Link and Memory Lobe; `--clip 0.5` so that most steps clip.
+/// `extra` adds `--experts 0` unless it names the experts itself.
 fn args(out: &Path, extra: &[&str]) -> TrainArgs {
     let base = [
         "ela",
@@ -29,8 +29,6 @@ fn args(out: &Path, extra: &[&str]) -> TrainArgs {
         "2",
         "--ffn-hidden",
         "48",
-        "--experts",
-        "0",
         "--steps",
         "8",
         "--batch",
@@ -51,7 +49,14 @@ fn args(out: &Path, extra: &[&str]) -> TrainArgs {
         "4",
         "--out",
     ];
-    let argv: Vec<&str> = base.iter().copied().chain([out.to_str().unwrap()]).chain(extra.iter().copied()).collect();
+    let experts: &[&str] = if extra.contains(&"--experts") { &[] } else { &["--experts", "0"] };
+    let argv: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain([out.to_str().unwrap()])
+        .chain(experts.iter().copied())
+        .chain(extra.iter().copied())
+        .collect();
     match Cli::try_parse_from(argv).unwrap().command {
         Command::Train(a) => a,
         other => panic!("not train: {other:?}"),

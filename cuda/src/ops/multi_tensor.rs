@@ -94,7 +94,7 @@ fn launch_groups(blocks: &[i32], max: usize) -> Vec<std::ops::Range<usize>> {
 }
 
 /// One parameter of [`Cuda::adamw_in_place`]: its value, gradient and moments (f32 or f64 alike,
-/// one shape, whole contiguous buffers) and whether it takes weight decay.
+/// one shape, contiguous) and whether it takes weight decay.
 #[derive(Clone, Copy, Debug)]
 pub struct AdamWInPlace<'a> {
     /// The parameter, overwritten.
@@ -221,8 +221,9 @@ impl Cuda {
     /// of `clip_grad_norm` followed by `adamw_update` per parameter (`kernels/elementwise.cu`,
     /// `adamw_list_dev_impl`).
     ///
-    /// Errors: an entry whose tensors are not f32 or f64 alike, of one shape, contiguous and
-    /// whole buffers, or on another device; `hyper` or `sumsq` of the wrong size or dtype.
+    /// Errors: an entry whose tensors are not f32 or f64 alike, of one shape, contiguous (a
+    /// view into a larger buffer is fine), or on another device; `hyper` or `sumsq` of the wrong
+    /// size or dtype.
     pub fn adamw_in_place(
         &self,
         items: &[AdamWInPlace<'_>],
@@ -247,13 +248,15 @@ impl Cuda {
             }
             for (what, t) in [("parameter", it.p), ("gradient", it.g), ("first moment", it.m), ("second moment", it.v)]
             {
-                if t.dtype() != d || t.shape() != it.p.shape() || !t.is_exact_buffer() {
+                let strided = t.layout().contiguous_range().is_none();
+                if t.dtype() != d || t.shape() != it.p.shape() || strided {
                     return Err(Error::invalid(
                         OP,
                         format!(
-                            "entry {i}: the {what} is {:?} {}, need a whole {d:?} buffer of shape {}",
+                            "entry {i}: the {what} is {:?} {}{}, need a contiguous {d:?} tensor of shape {}",
                             t.dtype(),
                             t.shape(),
+                            if strided { " (strided)" } else { "" },
                             it.p.shape()
                         ),
                     ));
@@ -276,7 +279,8 @@ impl Cuda {
                 let mut total = 0i32;
                 for (j, &i) in run[group.clone()].iter().enumerate() {
                     let it = &items[i];
-                    let ptr = |t: &Tensor<Cuda>| t.storage().ptr();
+                    // The first element's address (a contiguous view may start inside its buffer).
+                    let ptr = |t: &Tensor<Cuda>| t.storage().ptr_at(t.layout().offset());
                     (l.po[j], l.mo[j], l.vo[j]) = (ptr(it.p), ptr(it.m), ptr(it.v));
                     (l.p[j], l.g[j], l.m[j], l.v[j]) = (ptr(it.p), ptr(it.g), ptr(it.m), ptr(it.v));
                     l.n[j] = it.p.elem_count() as i64;

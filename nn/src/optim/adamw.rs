@@ -209,7 +209,9 @@ impl<B: Backend> AdamW<B> {
             };
             out.push(InPlaceOperands {
                 p: var.value(),
-                g,
+                // A gradient may be a strided view (of a transposed product, say): the kernel
+                // reads it contiguous.
+                g: g.contiguous()?,
                 m: s.m.clone(),
                 v: s.v.clone(),
                 weight_decay: self.decay[i],
