@@ -371,8 +371,8 @@ extern "C" __global__ void adamw_list_f64(AdamWList l) { adamw_list_impl<double>
 // (PyTorch's rule, as clip_grad_norm applies it); with clipping on, a non-finite norm leaves
 // every parameter untouched (the host reads the norm after the replay and reports it). The
 // scalars are rounded exactly as the host's f64 arithmetic rounds them in the eager step (the
-// _rn intrinsics keep NVRTC from fusing a multiply with an add), so a replayed step has the bits
-// of an eager one.
+// _rn intrinsics keep NVRTC from fusing a multiply with an add), so given the same gradients a
+// replayed update has the bits of an eager one.
 template <typename T> __device__ void adamw_list_dev_impl(const AdamWList& l, const double* hyper, const double* sumsq) {
     const double lr = hyper[0], bc1 = hyper[1], bc2 = hyper[2], wd = hyper[3], max_norm = hyper[4];
     const double norm = sqrt(sumsq[0]);

@@ -1,6 +1,7 @@
 //! `ela train --graph`: the training step recorded once as a CUDA graph and replayed must give
-//! the eager run's losses, gradient norms and validation loss bit for bit (f32 and bf16, with
-//! the gradients clipped at most steps); what cannot be recorded is refused with the reason. The
+//! the eager run's losses, gradient norms and validation losses (f32 and bf16, with the
+//! gradients clipped at most steps) to 1e-6 relative, the eager GPU step's own run-to-run
+//! variation; what cannot be recorded is refused with the reason. The
 //! CUDA instances skip without a GPU (`ELA_REQUIRE_CUDA=1` makes them fail instead).
 
 mod bin;
@@ -94,7 +95,28 @@ device_tests! {
             train(&args(&graph, &["--precision", precision, "--graph"]), dev)?;
             let (a, b) = (records(&eager), records(&graph));
             assert_eq!(a.len(), 8);
-            assert_eq!(a, b, "{precision}: eager and replayed records differ");
+            assert_eq!(b.len(), 8);
+            // The eager GPU step is not bit-reproducible itself (the embedding gradient adds
+            // rows with atomics, in whatever order the threads arrive), so two eager runs differ
+            // in the last bits of their gradient norms. A replayed step that updated wrongly
+            // (another rate, no clipping, a missed parameter) would move the losses by far more
+            // than this bound within a few steps.
+            let close = |x: &str, y: &str| {
+                let (x, y) = (x.parse::<f64>().unwrap(), y.parse::<f64>().unwrap());
+                (x - y).abs() <= 1e-6 * y.abs()
+            };
+            for (i, (ra, rb)) in a.iter().zip(&b).enumerate() {
+                let val = match (&ra.2, &rb.2) {
+                    (Some(x), Some(y)) => close(x, y),
+                    (None, None) => true,
+                    _ => false,
+                };
+                assert!(
+                    close(&ra.0, &rb.0) && close(&ra.1, &rb.1) && val,
+                    "{precision}: step {}: eager {ra:?}, replayed {rb:?}",
+                    i + 1
+                );
+            }
             // The clipping threshold was reached, so the replayed clipping was exercised.
             assert!(a.iter().any(|r| r.1.parse::<f64>().unwrap() > 0.5), "{precision}: no step clipped: {a:?}");
         }

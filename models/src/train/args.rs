@@ -240,9 +240,9 @@ pub struct TrainArgs {
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
     /// Record the whole training step (forward, backward, gradient norm, clipping, AdamW) as a
-    /// CUDA graph after the first step and replay it for the others: the same results bit for
-    /// bit, without the host's launch cost (docs/usage.md, "Recorded training steps"). CUDA
-    /// only; not with `--experts` > 0.
+    /// CUDA graph after the first step and replay it for the others: the eager run's results
+    /// (to within the GPU's run-to-run variation) without the host's launch cost (docs/usage.md,
+    /// "Recorded training steps"). CUDA only; not with `--experts` > 0.
     #[arg(long)]
     pub graph: bool,
     /// Data-parallel runs: gradients are averaged across ranks in buckets of about this many MiB
