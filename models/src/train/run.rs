@@ -222,7 +222,7 @@ fn run_loop<B: ReplayDevice>(
         Some(m) => LmConfig::from_pairs(|k| m.get(k).cloned())?,
         None => args.model.to_config()?,
     };
-    // Refused before anything is trained or written.
+    // Refused before anything is trained or logged.
     if args.graph {
         if let Some(why) = graph_blocker(device, &cfg, world) {
             return Err(Error::invalid("train --graph", why));
