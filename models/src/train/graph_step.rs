@@ -44,13 +44,20 @@ pub(super) struct GraphStep<B: ReplayDevice> {
 }
 
 /// Why a run cannot record its step, or `None`.
-pub(super) fn graph_blocker<B: ReplayDevice>(device: &B, cfg: &LmConfig, world: usize) -> Option<&'static str> {
+pub(super) fn graph_blocker<B: ReplayDevice>(
+    device: &B,
+    cfg: &LmConfig,
+    world: usize,
+    layer_grad_norms: bool,
+) -> Option<&'static str> {
     if !device.records_graphs() {
         Some("--graph records the step as a CUDA graph: use --device cuda")
     } else if cfg.moe.is_some() {
         Some("--graph cannot record mixture-of-experts layers (their routing is read back every step): use --experts 0")
     } else if world > 1 {
         Some("--graph records one process's step; data-parallel runs reduce gradients across processes")
+    } else if layer_grad_norms {
+        Some("--graph reads back one norm per step; per-layer gradient norms need the eager step")
     } else {
         None
     }

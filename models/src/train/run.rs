@@ -224,7 +224,7 @@ fn run_loop<B: ReplayDevice>(
     };
     // Refused before anything is trained or logged.
     if args.graph {
-        if let Some(why) = graph_blocker(device, &cfg, world) {
+        if let Some(why) = graph_blocker(device, &cfg, world, args.layer_grad_norms) {
             return Err(Error::invalid("train --graph", why));
         }
     }
