@@ -75,22 +75,71 @@ fn blocks_of(op: &'static str, n: usize, seg: usize) -> Result<i32> {
         .map_err(|_| Error::invalid(op, format!("a buffer of {n} elements is too large for one launch")))
 }
 
-/// Groups of consecutive entries of at most `max` entries and `i32::MAX` blocks: one launch each.
-fn launch_groups(blocks: &[i32], max: usize) -> Vec<std::ops::Range<usize>> {
-    let mut groups = Vec::new();
-    let (mut start, mut total) = (0, 0i64);
-    for (i, &b) in blocks.iter().enumerate() {
-        if i - start == max || total + b as i64 > i32::MAX as i64 {
-            groups.push(start..i);
-            start = i;
-            total = 0;
+/// The launches of a multi-tensor op: the entries with elements (`blocks[i] > 0`), in order, cut
+/// wherever `key` changes (what travels once per launch: a dtype, betas) and into groups of at
+/// most `max` entries and `i32::MAX` blocks. Each launch is its key and its entries' indices.
+fn launch_plan<K: PartialEq + Copy>(blocks: &[i32], max: usize, key: impl Fn(usize) -> K) -> Vec<(K, Vec<usize>)> {
+    let mut plan: Vec<(K, Vec<usize>)> = Vec::new();
+    let mut total = 0i64;
+    for (i, &b) in blocks.iter().enumerate().filter(|&(_, &b)| b > 0) {
+        let k = key(i);
+        match plan.last_mut() {
+            Some((lk, idx)) if *lk == k && idx.len() < max && total + b as i64 <= i32::MAX as i64 => idx.push(i),
+            _ => {
+                plan.push((k, vec![i]));
+                total = 0;
+            }
         }
         total += b as i64;
     }
-    if start < blocks.len() {
-        groups.push(start..blocks.len());
+    plan
+}
+
+/// One entry of an [`AdamWList`]: where it writes `p', m', v'` and reads `p, g, m, v`, its length,
+/// and its per-entry scalars `(decay, step, inv_sqrt_bc2)` (the in-place kernel reads only
+/// `decay`, as a flag).
+struct AdamWEntry {
+    out: [u64; 3],
+    input: [u64; 4],
+    n: usize,
+    scalars: (f64, f64, f64),
+}
+
+/// The list of one launch (`entries` with their block counts) and its total block count.
+fn adamw_list(
+    (b1, b2, eps): (f64, f64, f64),
+    entries: impl ExactSizeIterator<Item = (AdamWEntry, i32)>,
+) -> (AdamWList, i32) {
+    let mut l = AdamWList {
+        po: [0; ADAMW_LIST_MAX],
+        mo: [0; ADAMW_LIST_MAX],
+        vo: [0; ADAMW_LIST_MAX],
+        p: [0; ADAMW_LIST_MAX],
+        g: [0; ADAMW_LIST_MAX],
+        m: [0; ADAMW_LIST_MAX],
+        v: [0; ADAMW_LIST_MAX],
+        n: [0; ADAMW_LIST_MAX],
+        decay: [0.0; ADAMW_LIST_MAX],
+        step: [0.0; ADAMW_LIST_MAX],
+        inv_sqrt_bc2: [0.0; ADAMW_LIST_MAX],
+        b1,
+        b2,
+        eps,
+        first_block: [0; ADAMW_LIST_MAX + 1],
+        count: entries.len() as i32,
+        pad: [0; 2],
+    };
+    let mut total = 0i32;
+    for (j, (e, blocks)) in entries.enumerate() {
+        [l.po[j], l.mo[j], l.vo[j]] = e.out;
+        [l.p[j], l.g[j], l.m[j], l.v[j]] = e.input;
+        l.n[j] = e.n as i64;
+        (l.decay[j], l.step[j], l.inv_sqrt_bc2[j]) = e.scalars;
+        l.first_block[j] = total;
+        total += blocks;
     }
-    groups
+    l.first_block[l.count as usize] = total;
+    (l, total)
 }
 
 /// One parameter of [`Cuda::adamw_in_place`]: its value, gradient and moments (f32 or f64 alike,
@@ -107,29 +156,6 @@ pub struct AdamWInPlace<'a> {
     pub v: &'a Tensor<Cuda>,
     /// Whether `p` decays by `lr * weight_decay` per step.
     pub weight_decay: bool,
-}
-
-/// An [`AdamWList`] of `count` entries with the launch-wide scalars set and every entry zero.
-fn empty_adamw_list(b1: f64, b2: f64, eps: f64, count: usize) -> AdamWList {
-    AdamWList {
-        po: [0; ADAMW_LIST_MAX],
-        mo: [0; ADAMW_LIST_MAX],
-        vo: [0; ADAMW_LIST_MAX],
-        p: [0; ADAMW_LIST_MAX],
-        g: [0; ADAMW_LIST_MAX],
-        m: [0; ADAMW_LIST_MAX],
-        v: [0; ADAMW_LIST_MAX],
-        n: [0; ADAMW_LIST_MAX],
-        decay: [0.0; ADAMW_LIST_MAX],
-        step: [0.0; ADAMW_LIST_MAX],
-        inv_sqrt_bc2: [0.0; ADAMW_LIST_MAX],
-        b1,
-        b2,
-        eps,
-        first_block: [0; ADAMW_LIST_MAX + 1],
-        count: count as i32,
-        pad: [0; 2],
-    }
 }
 
 impl Cuda {
@@ -159,53 +185,31 @@ impl Cuda {
             outs.push((self.alloc(d, it.n)?, self.alloc(d, it.n)?, self.alloc(d, it.n)?));
             blocks.push(blocks_of(OP, it.n, ADAMW_LIST_SEG)?);
         }
-        // Launch groups: consecutive entries with elements and one dtype, betas and eps (those
-        // travel once per launch).
+        // Betas and eps travel once per launch, with the dtype.
         let key = |i: usize| {
             let s = &items[i].step;
             (items[i].p.dtype(), s.beta1.to_bits(), s.beta2.to_bits(), s.eps.to_bits())
         };
-        let live: Vec<usize> = (0..items.len()).filter(|&i| items[i].n > 0).collect();
-        let mut start = 0;
-        while start < live.len() {
-            let k = key(live[start]);
-            let end = live[start..].iter().position(|&i| key(i) != k).map_or(live.len(), |e| start + e);
-            let run = &live[start..end];
-            let run_blocks: Vec<i32> = run.iter().map(|&i| blocks[i]).collect();
-            for group in launch_groups(&run_blocks, ADAMW_LIST_MAX) {
-                self.launch_adamw_list(k.0, &run[group], items, &outs, &blocks)?;
-            }
-            start = end;
+        for ((d, ..), idx) in launch_plan(&blocks, ADAMW_LIST_MAX, key) {
+            let s0 = &items[idx[0]].step;
+            let entries = idx.iter().map(|&i| {
+                let (it, (po, mo, vo)) = (&items[i], &outs[i]);
+                let s = &it.step;
+                let e = AdamWEntry {
+                    out: [po.ptr(), mo.ptr(), vo.ptr()],
+                    input: [it.p.ptr(), it.g.ptr(), it.m.ptr(), it.v.ptr()],
+                    n: it.n,
+                    // The scalars as adamw_update_impl passes them (the kernel casts them the same way).
+                    scalars: (s.decay, s.lr / s.bc1, 1.0 / s.bc2.sqrt()),
+                };
+                (e, blocks[i])
+            });
+            let (l, total) = adamw_list((s0.beta1, s0.beta2, s0.eps), entries);
+            let name = if d == DType::F64 { "adamw_list_f64" } else { "adamw_list_f32" };
+            let cfg = Cfg { grid: total as u32, grid_y: 1, block: LIST_THREADS };
+            self.launch_list(EW, name, cfg, &l, &[])?;
         }
         Ok(outs)
-    }
-
-    fn launch_adamw_list(
-        &self,
-        d: DType,
-        idx: &[usize],
-        items: &[AdamWOperands<'_, CudaStorage>],
-        outs: &[AdamWUpdated<CudaStorage>],
-        blocks: &[i32],
-    ) -> Result<()> {
-        let s0 = &items[idx[0]].step;
-        let mut l = empty_adamw_list(s0.beta1, s0.beta2, s0.eps, idx.len());
-        let mut total = 0i32;
-        for (j, &i) in idx.iter().enumerate() {
-            let (it, (po, mo, vo)) = (&items[i], &outs[i]);
-            let s = &it.step;
-            (l.po[j], l.mo[j], l.vo[j]) = (po.ptr(), mo.ptr(), vo.ptr());
-            (l.p[j], l.g[j], l.m[j], l.v[j]) = (it.p.ptr(), it.g.ptr(), it.m.ptr(), it.v.ptr());
-            l.n[j] = it.n as i64;
-            // The scalars as adamw_update_impl passes them (the kernel casts them the same way).
-            (l.decay[j], l.step[j], l.inv_sqrt_bc2[j]) = (s.decay, s.lr / s.bc1, 1.0 / s.bc2.sqrt());
-            l.first_block[j] = total;
-            total += blocks[i];
-        }
-        l.first_block[idx.len()] = total;
-        let name = if d == DType::F64 { "adamw_list_f64" } else { "adamw_list_f32" };
-        let cfg = Cfg { grid: total as u32, grid_y: 1, block: LIST_THREADS };
-        self.launch_list(EW, name, cfg, &l, &[])
     }
 
     /// The AdamW update of a recorded training step, **in place**: every `p`, `m`, `v` of `items`
@@ -267,34 +271,24 @@ impl Cuda {
             }
             blocks.push(blocks_of(OP, it.p.elem_count(), ADAMW_LIST_SEG)?);
         }
-        let live: Vec<usize> = (0..items.len()).filter(|&i| items[i].p.elem_count() > 0).collect();
-        let mut start = 0;
-        while start < live.len() {
-            let d = items[live[start]].p.dtype();
-            let end = live[start..].iter().position(|&i| items[i].p.dtype() != d).map_or(live.len(), |e| start + e);
-            let run = &live[start..end];
-            let run_blocks: Vec<i32> = run.iter().map(|&i| blocks[i]).collect();
-            for group in launch_groups(&run_blocks, ADAMW_LIST_MAX) {
-                let mut l = empty_adamw_list(beta1, beta2, eps, group.len());
-                let mut total = 0i32;
-                for (j, &i) in run[group.clone()].iter().enumerate() {
-                    let it = &items[i];
-                    // The first element's address (a contiguous view may start inside its buffer).
-                    let ptr = |t: &Tensor<Cuda>| t.storage().ptr_at(t.layout().offset());
-                    (l.po[j], l.mo[j], l.vo[j]) = (ptr(it.p), ptr(it.m), ptr(it.v));
-                    (l.p[j], l.g[j], l.m[j], l.v[j]) = (ptr(it.p), ptr(it.g), ptr(it.m), ptr(it.v));
-                    l.n[j] = it.p.elem_count() as i64;
-                    l.decay[j] = if it.weight_decay { 1.0 } else { 0.0 };
-                    l.first_block[j] = total;
-                    total += blocks[i];
-                }
-                l.first_block[group.len()] = total;
-                let name = if d == DType::F64 { "adamw_list_dev_f64" } else { "adamw_list_dev_f32" };
-                let cfg = Cfg { grid: total as u32, grid_y: 1, block: LIST_THREADS };
-                let args = [Arg::Ptr(hyper.storage().ptr()), Arg::Ptr(sumsq.storage().ptr())];
-                self.launch_list(EW, name, cfg, &l, &args)?;
-            }
-            start = end;
+        // The first element's address (a contiguous view may start inside its buffer).
+        let ptr = |t: &Tensor<Cuda>| t.storage().ptr_at(t.layout().offset());
+        for (d, idx) in launch_plan(&blocks, ADAMW_LIST_MAX, |i| items[i].p.dtype()) {
+            let entries = idx.iter().map(|&i| {
+                let it = &items[i];
+                let e = AdamWEntry {
+                    out: [ptr(it.p), ptr(it.m), ptr(it.v)],
+                    input: [ptr(it.p), ptr(it.g), ptr(it.m), ptr(it.v)],
+                    n: it.p.elem_count(),
+                    scalars: (if it.weight_decay { 1.0 } else { 0.0 }, 0.0, 0.0),
+                };
+                (e, blocks[i])
+            });
+            let (l, total) = adamw_list((beta1, beta2, eps), entries);
+            let name = if d == DType::F64 { "adamw_list_dev_f64" } else { "adamw_list_dev_f32" };
+            let cfg = Cfg { grid: total as u32, grid_y: 1, block: LIST_THREADS };
+            let args = [Arg::Ptr(hyper.storage().ptr()), Arg::Ptr(sumsq.storage().ptr())];
+            self.launch_list(EW, name, cfg, &l, &args)?;
         }
         Ok(())
     }
@@ -313,17 +307,15 @@ impl Cuda {
             }
             blocks.push(blocks_of(OP, n, SUMSQ_LIST_SEG)?);
         }
-        let live: Vec<usize> = (0..xs.len()).filter(|&i| xs[i].1 > 0).collect();
         let out = self.alloc(DType::F64, 1)?;
-        let total: usize = live.iter().map(|&i| blocks[i] as usize).sum();
+        let total: usize = blocks.iter().map(|&b| b as usize).sum();
         if total == 0 {
             self.memset_zero(out.ptr(), 8)?;
             return Ok(out);
         }
         let parts = self.alloc(DType::F64, total)?;
-        let live_blocks: Vec<i32> = live.iter().map(|&i| blocks[i]).collect();
         let mut offset = 0usize;
-        for group in launch_groups(&live_blocks, SUMSQ_LIST_MAX) {
+        for ((), group) in launch_plan(&blocks, SUMSQ_LIST_MAX, |_| ()) {
             let mut l = SumSqList {
                 x: [0; SUMSQ_LIST_MAX],
                 n: [0; SUMSQ_LIST_MAX],
@@ -333,7 +325,7 @@ impl Cuda {
                 pad: [0; 2],
             };
             let mut sum = 0i32;
-            for (j, &i) in live[group.clone()].iter().enumerate() {
+            for (j, &i) in group.iter().enumerate() {
                 let (x, n) = xs[i];
                 l.x[j] = x.ptr();
                 l.n[j] = n as i64;
@@ -370,10 +362,15 @@ mod tests {
     }
 
     #[test]
-    fn launch_groups_cap_entries_and_blocks() {
-        assert_eq!(launch_groups(&[1, 2, 3], 2), vec![0..2, 2..3]);
-        assert_eq!(launch_groups(&[], 4), Vec::<std::ops::Range<usize>>::new());
-        assert_eq!(launch_groups(&[i32::MAX, 1, 1], 8), vec![0..1, 1..3]);
-        assert_eq!(launch_groups(&[5; 7], 3), vec![0..3, 3..6, 6..7]);
+    fn launch_plans_cap_entries_and_blocks_and_split_at_key_changes() {
+        let idx = |plan: Vec<((), Vec<usize>)>| plan.into_iter().map(|(_, i)| i).collect::<Vec<_>>();
+        assert_eq!(idx(launch_plan(&[1, 2, 3], 2, |_| ())), vec![vec![0, 1], vec![2]]);
+        assert!(launch_plan(&[], 4, |_| ()).is_empty());
+        assert_eq!(idx(launch_plan(&[i32::MAX, 1, 1], 8, |_| ())), vec![vec![0], vec![1, 2]]);
+        assert_eq!(idx(launch_plan(&[5; 7], 3, |_| ())), vec![vec![0, 1, 2], vec![3, 4, 5], vec![6]]);
+        // Empty entries take no launch; a new key starts a new launch.
+        assert_eq!(idx(launch_plan(&[0, 4, 0, 4], 8, |_| ())), vec![vec![1, 3]]);
+        let keyed = launch_plan(&[1, 1, 1, 1], 8, |i| i / 2 == 1);
+        assert_eq!(keyed, vec![(false, vec![0, 1]), (true, vec![2, 3])]);
     }
 }
