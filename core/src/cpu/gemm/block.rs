@@ -40,6 +40,18 @@ pub(super) fn block_size(total: usize, max: usize, unit: usize) -> usize {
     total.div_ceil(blocks).div_ceil(unit) * unit
 }
 
+/// The depth of the kc blocks for a product over `k`: like [`block_size`], but with a power of
+/// two of blocks (k = 2048 at a 768 limit: 4 x 512, not 3 x 683). Weight gradients are split
+/// over these blocks (`split_k.rs`), one block per task, and 3 blocks on 2 threads leave one
+/// thread idle for a third of the product (`128 x 2048 @ 2048 x 128` on the 2-core Zen 4:
+/// 146 GFLOP/s with 3 blocks, 198-206 at 1536 and 3072, which split evenly). A power of two
+/// divides evenly among 1, 2, 4 or 8 threads. The serial loop takes the same blocks, so a
+/// product has the same bits however many threads compute it.
+pub(super) fn k_block_size(k: usize, max: usize) -> usize {
+    let blocks = k.div_ceil(max.max(1)).max(1).next_power_of_two();
+    k.div_ceil(blocks).max(1)
+}
+
 /// Single-threaded blocked GEMM over raw pointers (see module docs).
 ///
 /// # Safety
@@ -64,7 +76,7 @@ pub(crate) unsafe fn serial<T: Elem>(
     csc: usize,
 ) {
     let (mr, nr) = (kern.mr, kern.nr);
-    let kc = block_size(k, kern.kc, 1);
+    let kc = k_block_size(k, kern.kc);
     let mc = block_size(m, kern.mc, mr);
     let nc = block_size(n, kern.nc, nr);
     // Row-contiguous A packs as plain row copies (see `pack_a_rows`).

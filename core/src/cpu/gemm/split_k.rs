@@ -45,7 +45,7 @@ thread_local! {
 /// 2-core Intel machine of docs/benchmarks.md (kc = 256): 128 x 2048 @ 2048 x 128 and x 256
 /// 4-6% faster split over k, 256 x 2048 @ 2048 x 128 10% slower (so not split).
 pub(super) fn plan<T>(kern: &Kernel<T>, m: usize, n: usize, k: usize, threads: usize) -> Option<usize> {
-    let kc = block::block_size(k, kern.kc, 1);
+    let kc = block::k_block_size(k, kern.kc);
     let blocks = k.div_ceil(kc);
     let c_fits = m.checked_mul(n).is_some_and(|mn| (MIN_C..=MAX_C).contains(&mn));
     // The dimension the split over m or n would cut (`gemm_with`'s choice).

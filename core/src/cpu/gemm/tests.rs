@@ -214,6 +214,30 @@ fn small_shapes_all_layouts_f64() {
     }
 }
 
+/// The kc blocks come in a power of two, each at most the kernel's kc and nearly equal, so the
+/// split over k gives every thread of 2, 4 or 8 the same work.
+#[test]
+fn k_blocks_come_in_powers_of_two() {
+    let blocks = |k: usize, kc: usize| k.div_ceil(block::k_block_size(k, kc));
+    assert_eq!(block::k_block_size(2048, 768), 512);
+    assert_eq!(block::k_block_size(768, 768), 768);
+    assert_eq!(block::k_block_size(769, 768), 385);
+    assert_eq!(block::k_block_size(1, 768), 1);
+    assert_eq!(block::k_block_size(0, 768), 1);
+    for kc in [1usize, 7, 256, 512, 768] {
+        for k in (1..5000).step_by(37) {
+            let size = block::k_block_size(k, kc);
+            assert!(size <= kc && size >= 1, "k {k} kc {kc}: block {size}");
+            let n = blocks(k, kc);
+            // Rounding the block size up keeps the count exact while blocks are longer than
+            // their number (every real k and kc); only tiny blocks can come out fewer.
+            let want = k.div_ceil(kc).next_power_of_two();
+            assert!(n == want || (size <= want && n < want), "k {k} kc {kc}: {n} blocks, {want} wanted");
+            assert!(k - (n - 1) * size <= size, "k {k} kc {kc}: the last block is the longest");
+        }
+    }
+}
+
 #[test]
 fn big_shape_crosses_all_blocks() {
     // 300 > mc, 519 > kc (uneven k split), 257 leaves partial NR panels.
