@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Looks for the "slow mode" of the CPU ELA forward (docs/benchmarks.md, "CPU ELA"): one sequence
-# at T = 4096 on one thread, in RUNS separate processes, each preceded by a fixed calibration
-# (a single-threaded 384 x 384 f32 matrix product in NumPy, median of 25 x 10 products). If a slow
-# ELA process comes with a slow calibration, the machine was slow (another tenant, the clock);
-# if the calibration stays put, the slowness is ours. Prints one line per process and a summary;
-# nothing is written to docs.
+# at T = 4096 on one thread, in RUNS separate processes, each with `--probe`: a fixed multiply-add
+# loop timed after every timed ELA call in the same thread (models/src/cli/bench/probe.rs). If a
+# slow ELA process comes with a slow probe, the core was slow at that moment (a shared virtual
+# machine's clock, another tenant on the core); if the probe stays at its fastest, the slowness is
+# ours. Prints one line per process and a summary; nothing is written to docs.
 #
 #   cargo build --release -p ela-models --bin ela && benches/cpu_ela_modes.sh
 #   RUNS=8 benches/cpu_ela_modes.sh
@@ -14,35 +14,38 @@ ELA=${ELA:-target/release/ela}
 PYTHON=${PYTHON:-python3}
 RUNS=${RUNS:-40}
 [ -x "$ELA" ] || { echo "no $ELA: run cargo build --release -p ela-models --bin ela first" >&2; exit 1; }
-CAL=$(mktemp /tmp/ela-calib.XXXXXX.py)
-trap 'rm -f "$CAL"' EXIT
-cat >"$CAL" <<'PY'
-import time, numpy as np
-a = np.random.default_rng(0).random((384, 384), dtype=np.float32)
-b = np.random.default_rng(1).random((384, 384), dtype=np.float32)
-ts = []
-for _ in range(25):
-    t = time.perf_counter()
-    for _ in range(10):
-        a @ b
-    ts.append((time.perf_counter() - t) * 100)  # ms per product
-ts.sort()
-print(f"{ts[len(ts) // 2]:.3f}")
-PY
 echo "machine: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "time      calib ms  ELA fwd ms  ELA fwd+bwd ms"
+echo "time      ELA fwd ms  probe ms  ELA fwd+bwd ms  probe ms   (probe: median, and against its fastest in that process)"
+echo "(a process that ran wholly in a slow episode shows it only against the other processes: the summary compares those)"
 LOG=$(mktemp /tmp/ela-modes.XXXXXX)
+trap 'rm -f "$LOG"' EXIT
 for _ in $(seq 1 "$RUNS"); do
-  c=$(OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 "$PYTHON" "$CAL")
-  e=$(RAYON_NUM_THREADS=1 "$ELA" bench ela --times 4096 --reps 11 --heads 1 --quadratic-max-t 0 2>&1 |
-    awk -F'|' '$2 ~ /^ *4096 *$/ {gsub(/ /, "", $3); gsub(/ /, "", $4); print $3, $4; exit}')
-  printf '%s  %8s  %s\n' "$(date +%T)" "$c" "$e" | tee -a "$LOG"
+  # Table columns: T, fwd, fwd+bwd, 4 unmeasured quadratic/softmax cells, then the two probe cells.
+  e=$(RAYON_NUM_THREADS=1 "$ELA" bench ela --times 4096 --reps 11 --heads 1 --quadratic-max-t 0 --probe 2>&1 |
+    awk -F'|' '$2 ~ /^ *4096 *$/ {print $3, $9, $4, $10; exit}' | tr -s ' ')
+  printf '%s  %s\n' "$(date +%T)" "$e" | tee -a "$LOG"
 done
 "$PYTHON" - "$LOG" <<'PY'
-import statistics, sys
-rows = [l.split() for l in open(sys.argv[1])]
-for name, col in [("calibration", 1), ("ELA forward", 2), ("ELA fwd+bwd", 3)]:
-    v = sorted(float(r[col]) for r in rows)
+import re, statistics, sys
+rows = []
+for line in open(sys.argv[1]):
+    # time fwd probe_fwd (ratio) fwdbwd probe_fwdbwd (ratio)
+    v = re.findall(r"[0-9]+\.[0-9]+", line.split(None, 1)[1])
+    rows.append([float(x) for x in v])
+fwd = sorted(r[0] for r in rows)
+med = statistics.median(fwd)
+for name, col in [("ELA forward", 0), ("ELA fwd+bwd", 3)]:
+    v = sorted(r[col] for r in rows)
     print(f"{name}: min {v[0]:.3f}  median {statistics.median(v):.3f}  max {v[-1]:.3f} ms over {len(v)} processes")
+# Across processes the probe's absolute time is what counts: a process that ran wholly in a slow
+# episode has a slow probe against the other processes, not against itself.
+fastest_probe = min(r[1] for r in rows)
+slow = [r for r in rows if r[0] > 1.15 * fwd[0]]
+flagged = [r for r in slow if r[1] >= 1.05 * fastest_probe]
+quiet = [r for r in rows if r[1] < 1.05 * fastest_probe]
+print(f"forward more than 15% above the fastest process: {len(slow)}; of these, with the probe at least 5% above "
+      f"its fastest process too: {len(flagged)}")
+if quiet:
+    q = sorted(r[0] for r in quiet)
+    print(f"processes whose probe stayed within 5% of its fastest: {len(q)}, ELA forward {q[0]:.3f}-{q[-1]:.3f} ms")
 PY
-rm -f "$LOG"

@@ -9,6 +9,10 @@
 //!   causal function), run as a subprocess of the same invocation after our measurements, so the
 //!   two never compete for cores.
 //!
+//! With `--probe`, a fixed multiply-add loop (`probe.rs`) is timed after every timed ELA call, and
+//! its medians are printed beside ELA's against the probe's fastest median of the run: a row
+//! measured while the core was slow (a shared virtual machine's clock or core) shows it there.
+//!
 //! The O(T^2) methods stop at `--quadratic-max-t` (their `T x T` matrices need
 //! `4 B H T^2` bytes each: 4 GiB at T = 16384, several alive at once).
 
@@ -22,6 +26,7 @@ use ela_nn::ela::{Ela, Form};
 
 use crate::budget::Estimate;
 
+use super::probe::{median_ms_probed, probe_reference_ms};
 use super::{fmt_ms, machine, median_ms, parse_list};
 use crate::report::plot::{write_svg, Series};
 
@@ -67,6 +72,10 @@ pub struct BenchElaArgs {
     /// Seed of the random inputs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Time a fixed multiply-add loop after every timed ELA call and print its medians: tells a
+    /// slow machine from slow code.
+    #[arg(long)]
+    pub probe: bool,
 }
 
 /// One row of the table: medians in ms, `None` where not measured.
@@ -77,6 +86,8 @@ struct Row {
     quadratic: [Option<f64>; 2],
     softmax: [Option<f64>; 2],
     jax: [Option<f64>; 2],
+    /// With `--probe`: the probe's median beside the ELA forward and forward+backward.
+    probe: [Option<f64>; 2],
 }
 
 /// Time the four Rust methods at one T.
@@ -89,8 +100,14 @@ fn measure(args: &BenchElaArgs, t: usize) -> Result<Row> {
     let ela = Ela::<Cpu>::builtin(ElaKernel::HadamardExp).with_chunk(args.chunk);
     let reps = args.reps;
     let mut row = Row { t, ..Row::default() };
-    row.ela[0] = Some(median_ms(reps, || q.ela(&k, &v, &params).map(drop))?);
-    row.ela[1] = Some(median_ms(reps, || ela.run_with_grads(Form::Chunked, &q, &k, &v, &dy).map(drop))?);
+    let mut fwd = || q.ela(&k, &v, &params).map(drop);
+    let mut fwd_bwd = || ela.run_with_grads(Form::Chunked, &q, &k, &v, &dy).map(drop);
+    if args.probe {
+        let ((f, pf), (fb, pfb)) = (median_ms_probed(reps, &mut fwd)?, median_ms_probed(reps, &mut fwd_bwd)?);
+        (row.ela, row.probe) = ([Some(f), Some(fb)], [Some(pf), Some(pfb)]);
+    } else {
+        row.ela = [Some(median_ms(reps, &mut fwd)?), Some(median_ms(reps, &mut fwd_bwd)?)];
+    }
     if t <= args.quadratic_max_t {
         let reps = args.quadratic_reps;
         row.quadratic[0] = Some(median_ms(reps, || ela.run(Form::Quadratic, &q, &k, &v).map(drop))?);
@@ -158,7 +175,7 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-fn print_table(rows: &[Row], jax: bool) -> Result<()> {
+fn print_table(rows: &[Row], jax: bool, probe_ref: Option<f64>) -> Result<()> {
     let mut head = String::from(
         "| T | ELA fwd | ELA fwd+bwd | quadratic fwd | quadratic fwd+bwd | softmax fwd | softmax fwd+bwd |",
     );
@@ -166,6 +183,10 @@ fn print_table(rows: &[Row], jax: bool) -> Result<()> {
     if jax {
         head += " JAX fwd | JAX fwd+bwd | JAX/ELA fwd | JAX/ELA fwd+bwd |";
         rule += "---:|---:|---:|---:|";
+    }
+    if probe_ref.is_some() {
+        head += " probe at fwd | probe at fwd+bwd |";
+        rule += "---:|---:|";
     }
     crate::outln!("{head}\n{rule}");
     for r in rows {
@@ -181,6 +202,12 @@ fn print_table(rows: &[Row], jax: bool) -> Result<()> {
                 ratio(r.jax[0], r.ela[0]),
                 ratio(r.jax[1], r.ela[1])
             );
+        }
+        if let Some(reference) = probe_ref {
+            for p in r.probe {
+                // The probe's time against its fastest: 1.00x = the core at its best.
+                line += &format!(" {} ({}) |", fmt_ms(p), ratio(p, Some(reference)));
+            }
         }
         crate::outln!("{line}");
     }
@@ -275,11 +302,24 @@ pub fn run(args: &BenchElaArgs) -> Result<()> {
     for &t in &times {
         rows.push(measure(args, t)?);
     }
+    // The reference: the probe's fastest median, taken now and over the rows (the core at its
+    // best during this run).
+    let probe_ref = args
+        .probe
+        .then(|| rows.iter().flat_map(|r| r.probe.iter().flatten().copied()).fold(probe_reference_ms(5, 11), f64::min));
     if args.jax {
         run_jax(args, &times, &mut rows)?;
     }
     crate::outln!();
-    print_table(&rows, args.jax)?;
+    print_table(&rows, args.jax, probe_ref)?;
+    if let Some(reference) = probe_ref {
+        crate::outln!(
+            "\nprobe: a fixed multiply-add loop timed after every timed ELA call (median, and its ratio to the \
+             fastest median of the run, {}); a ratio above about 1.1 means the core itself was slow while that \
+             row was measured",
+            fmt_ms(Some(reference))
+        );
+    }
     crate::outln!(
         "\nquadratic and softmax stop at T = {} (--quadratic-max-t): their [B, H, T, T] matrices grow as T^2",
         args.quadratic_max_t

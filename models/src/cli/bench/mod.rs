@@ -13,6 +13,7 @@
 pub mod decode;
 pub mod detect;
 pub mod ela;
+pub mod probe;
 
 use std::time::Instant;
 
