@@ -8,7 +8,7 @@ benches) into .gpu/ with a runner, so a GPU machine without a Rust toolchain can
     .gpu/bin/NAME [args]                # one executable (a bench, or `ela`)
 
 Everything is stripped of debug info. When the folder grows past what one device call may carry,
-pack it (`tar czf .gpu-pack/b.tgz .gpu`) and unpack it there first. .gpu/ is in .gitignore.
+pack it with `cuda/benches/pack.sh` (xz, CPU-only tests left out) and unpack it there first. .gpu/ is in .gitignore.
 """
 import json
 import os
