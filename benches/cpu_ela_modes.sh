@@ -8,12 +8,15 @@
 #
 #   cargo build --release -p ela-models --bin ela && benches/cpu_ela_modes.sh
 #   RUNS=8 benches/cpu_ela_modes.sh
+#   EXTRA="--min-ms 0" benches/cpu_ela_modes.sh   # exactly 11 runs per median, no time floor
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ELA=${ELA:-target/release/ela}
 PYTHON=${PYTHON:-python3}
 RUNS=${RUNS:-40}
+EXTRA=${EXTRA:-}
 [ -x "$ELA" ] || { echo "no $ELA: run cargo build --release -p ela-models --bin ela first" >&2; exit 1; }
+echo "ela bench ela --times 4096 --reps 11 --heads 1 --quadratic-max-t 0 --probe $EXTRA (RAYON_NUM_THREADS=1)"
 echo "machine: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "time      ELA fwd ms  probe ms  ELA fwd+bwd ms  probe ms   (probe: median, and against its fastest in that process)"
 echo "(a process that ran wholly in a slow episode shows it only against the other processes: the summary compares those)"
@@ -21,7 +24,7 @@ LOG=$(mktemp /tmp/ela-modes.XXXXXX)
 trap 'rm -f "$LOG"' EXIT
 for _ in $(seq 1 "$RUNS"); do
   # Table columns: T, fwd, fwd+bwd, 4 unmeasured quadratic/softmax cells, then the two probe cells.
-  e=$(RAYON_NUM_THREADS=1 "$ELA" bench ela --times 4096 --reps 11 --heads 1 --quadratic-max-t 0 --probe 2>&1 |
+  e=$(RAYON_NUM_THREADS=1 "$ELA" bench ela --times 4096 --reps 11 --heads 1 --quadratic-max-t 0 --probe $EXTRA 2>&1 |
     awk -F'|' '$2 ~ /^ *4096 *$/ {print $3, $9, $4, $10; exit}' | tr -s ' ')
   printf '%s  %s\n' "$(date +%T)" "$e" | tee -a "$LOG"
 done

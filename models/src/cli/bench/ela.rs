@@ -27,7 +27,7 @@ use ela_nn::ela::{Ela, Form};
 use crate::budget::Estimate;
 
 use super::probe::{median_ms_probed, probe_reference_ms};
-use super::{fmt_ms, machine, median_ms, parse_list};
+use super::{fmt_ms, machine, median, median_ms, parse_list, time_runs, Reps};
 use crate::report::plot::{write_svg, Series};
 
 /// Options of `ela bench ela`.
@@ -36,9 +36,14 @@ pub struct BenchElaArgs {
     /// Sequence lengths T, comma-separated.
     #[arg(long, default_value = "256,1024,4096,16384")]
     pub times: String,
-    /// Timed repetitions per measurement (the median is reported), after one warm-up run.
+    /// Timed repetitions per measurement (the median is reported), after one warm-up run; the ELA
+    /// measurements repeat further until --min-ms of timed runs have passed.
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
+    /// Fewest milliseconds of timed runs per ELA measurement (0: exactly --reps runs). A short
+    /// measurement can fall wholly inside a moment when the machine is slow; see `Reps`.
+    #[arg(long, default_value_t = 300.0)]
+    pub min_ms: f64,
     /// Batch size.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
@@ -99,14 +104,16 @@ fn measure(args: &BenchElaArgs, t: usize) -> Result<Row> {
     let params = ElaParams { kernel: ElaKernel::HadamardExp, causal: true, chunk: args.chunk };
     let ela = Ela::<Cpu>::builtin(ElaKernel::HadamardExp).with_chunk(args.chunk);
     let reps = args.reps;
+    let ela_reps = Reps { at_least: reps, min_ms: args.min_ms };
     let mut row = Row { t, ..Row::default() };
     let mut fwd = || q.ela(&k, &v, &params).map(drop);
     let mut fwd_bwd = || ela.run_with_grads(Form::Chunked, &q, &k, &v, &dy).map(drop);
     if args.probe {
-        let ((f, pf), (fb, pfb)) = (median_ms_probed(reps, &mut fwd)?, median_ms_probed(reps, &mut fwd_bwd)?);
+        let ((f, pf), (fb, pfb)) = (median_ms_probed(ela_reps, &mut fwd)?, median_ms_probed(ela_reps, &mut fwd_bwd)?);
         (row.ela, row.probe) = ([Some(f), Some(fb)], [Some(pf), Some(pfb)]);
     } else {
-        row.ela = [Some(median_ms(reps, &mut fwd)?), Some(median_ms(reps, &mut fwd_bwd)?)];
+        let med = |f: &mut dyn FnMut() -> Result<()>| Ok::<_, Error>(median(&mut time_runs(ela_reps, f, || {})?));
+        row.ela = [Some(med(&mut fwd)?), Some(med(&mut fwd_bwd)?)];
     }
     if t <= args.quadratic_max_t {
         let reps = args.quadratic_reps;
@@ -252,6 +259,12 @@ fn plot(args: &BenchElaArgs, path: &std::path::Path, rows: &[Row]) -> Result<()>
 /// Run `ela bench ela`.
 pub fn run(args: &BenchElaArgs) -> Result<()> {
     let times = parse_list("--times", &args.times)?;
+    if !(args.min_ms.is_finite() && args.min_ms >= 0.0) {
+        return Err(Error::invalid(
+            "ela bench ela",
+            format!("--min-ms must be a number of milliseconds >= 0, got {}", args.min_ms),
+        ));
+    }
     for (flag, n) in [("--batch", args.batch), ("--heads", args.heads), ("--dim", args.dim), ("--chunk", args.chunk)] {
         if n == 0 {
             return Err(Error::invalid("ela bench ela", format!("{flag} must be at least 1")));
@@ -293,10 +306,13 @@ pub fn run(args: &BenchElaArgs) -> Result<()> {
     crate::outln!("machine: {}", machine());
     crate::outln!("command: {}", std::env::args().collect::<Vec<_>>().join(" "));
     crate::outln!(
-        "date: {} (UTC); median of {} runs ({} for quadratic and softmax) after 1 warm-up; times in ms",
+        "date: {} (UTC); ELA: median of at least {} runs and at least {} ms of them; quadratic and softmax: {} \
+         runs{}; each after 1 warm-up; times in ms",
         super::today_utc(),
         args.reps.max(1),
-        args.quadratic_reps.max(1)
+        args.min_ms,
+        args.quadratic_reps.max(1),
+        if args.jax { format!("; JAX: {} runs", args.reps.max(1)) } else { String::new() }
     );
     let mut rows = Vec::with_capacity(times.len());
     for &t in &times {

@@ -65,16 +65,51 @@ pub fn parse_list(flag: &'static str, s: &str) -> Result<Vec<usize>> {
     Ok(v)
 }
 
-/// Median wall-clock milliseconds of `reps` runs of `f`, after one untimed warm-up run.
-pub fn median_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+/// How many timed runs one measurement takes: at least `at_least`, and more until the timed runs
+/// add up to `min_ms` of wall clock (at most [`Reps::MAX`]).
+///
+/// Why a time floor: on a shared machine the core's speed comes and goes in episodes of tens to
+/// hundreds of milliseconds (docs/benchmarks.md, "CPU ELA"). Eleven runs of a 2 ms call last
+/// 25 ms and can fall wholly inside one, so the medians of separate processes look bimodal;
+/// spread over a few hundred milliseconds the median is that of the machine's usual speed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Reps {
+    /// Fewest timed runs.
+    pub at_least: usize,
+    /// Fewest milliseconds of timed runs.
+    pub min_ms: f64,
+}
+
+impl Reps {
+    /// The most timed runs of one measurement, whatever `min_ms` asks.
+    pub const MAX: usize = 100_000;
+
+    /// Exactly `n` timed runs (at least one), no time floor.
+    pub fn count(n: usize) -> Reps {
+        Reps { at_least: n, min_ms: 0.0 }
+    }
+}
+
+/// Wall-clock milliseconds of the timed runs of `f` that `reps` asks for, after one untimed
+/// warm-up run; `between` runs after every timed run, outside the timing.
+pub fn time_runs(reps: Reps, mut f: impl FnMut() -> Result<()>, mut between: impl FnMut()) -> Result<Vec<f64>> {
     f()?;
-    let mut times = Vec::with_capacity(reps.max(1));
-    for _ in 0..reps.max(1) {
+    let mut times = Vec::with_capacity(reps.at_least.max(1));
+    let mut total = 0.0;
+    while times.len() < Reps::MAX && (times.len() < reps.at_least.max(1) || total < reps.min_ms) {
         let t0 = Instant::now();
         f()?;
-        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        times.push(ms);
+        total += ms;
+        between();
     }
-    Ok(median(&mut times))
+    Ok(times)
+}
+
+/// Median wall-clock milliseconds of `reps` runs of `f`, after one untimed warm-up run.
+pub fn median_ms(reps: usize, f: impl FnMut() -> Result<()>) -> Result<f64> {
+    Ok(median(&mut time_runs(Reps::count(reps), f, || {})?))
 }
 
 /// Median of a non-empty slice (sorts it); the upper middle for even lengths.
@@ -169,5 +204,34 @@ mod tests {
         assert_eq!(civil_date(0), "1970-01-01");
         assert_eq!(civil_date(19_782), "2024-02-29");
         assert_eq!(civil_date(20_454), "2026-01-01");
+    }
+
+    #[test]
+    fn runs_until_both_the_count_and_the_time_floor_are_reached() {
+        let counted = |reps: Reps, sleep_ms: u64| {
+            let (mut calls, mut between) = (0, 0);
+            let times = time_runs(
+                reps,
+                || {
+                    calls += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(sleep_ms));
+                    Ok(())
+                },
+                || between += 1,
+            )
+            .unwrap();
+            assert_eq!(calls, times.len() + 1, "one untimed warm-up");
+            assert_eq!(between, times.len(), "`between` after every timed run");
+            times
+        };
+        assert_eq!(counted(Reps::count(3), 0).len(), 3);
+        assert_eq!(counted(Reps::count(0), 0).len(), 1, "at least one timed run");
+        // 2 ms calls with a 20 ms floor: more than the 3 asked for, about 10 (sleep may overshoot).
+        let t = counted(Reps { at_least: 3, min_ms: 20.0 }, 2);
+        assert!(t.len() > 3 && t.len() <= 10 && t.iter().sum::<f64>() >= 20.0, "{t:?}");
+        // A long call: the count decides.
+        assert_eq!(counted(Reps { at_least: 2, min_ms: 1.0 }, 5).len(), 2);
+        let err = time_runs(Reps::count(3), || Err(Error::invalid("bench test", "boom")), || {});
+        assert!(err.is_err(), "the measured function's error is passed on");
     }
 }

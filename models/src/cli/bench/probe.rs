@@ -18,7 +18,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use super::median;
+use super::{median, time_runs, Reps};
 
 /// Values in the probe's buffer: 16 KiB of f32, half of the smallest L1 data cache it is meant for.
 const LEN: usize = 4096;
@@ -79,19 +79,11 @@ pub fn probe_ms() -> f64 {
     t0.elapsed().as_secs_f64() * 1e3
 }
 
-/// Like [`super::median_ms`], with the probe timed after every timed call: `(median of f, median
-/// of the probe)` over `reps` timed calls after one untimed warm-up.
-pub fn median_ms_probed(reps: usize, mut f: impl FnMut() -> ela_core::Result<()>) -> ela_core::Result<(f64, f64)> {
-    f()?;
-    black_box(probe_ms());
-    let reps = reps.max(1);
-    let (mut times, mut probes) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
-    for _ in 0..reps {
-        let t0 = Instant::now();
-        f()?;
-        times.push(t0.elapsed().as_secs_f64() * 1e3);
-        probes.push(probe_ms());
-    }
+/// The median of `f`'s timed runs ([`super::time_runs`]) and the median of the probe timed after
+/// every one of them: `(ms of f, ms of the probe)`.
+pub fn median_ms_probed(reps: Reps, f: impl FnMut() -> ela_core::Result<()>) -> ela_core::Result<(f64, f64)> {
+    let mut probes = Vec::with_capacity(reps.at_least.max(1));
+    let mut times = time_runs(reps, f, || probes.push(probe_ms()))?;
     Ok((median(&mut times), median(&mut probes)))
 }
 
@@ -126,14 +118,14 @@ mod tests {
     #[test]
     fn probed_medians_pair_each_call_with_a_probe() {
         let mut calls = 0;
-        let (ms, probe) = median_ms_probed(3, || {
+        let (ms, probe) = median_ms_probed(Reps::count(3), || {
             calls += 1;
             Ok(())
         })
         .unwrap();
         assert_eq!(calls, 4, "one warm-up and three timed calls");
         assert!(ms >= 0.0 && probe > 0.0);
-        let err = median_ms_probed(3, || Err(ela_core::Error::invalid("probe test", "boom")));
+        let err = median_ms_probed(Reps::count(3), || Err(ela_core::Error::invalid("probe test", "boom")));
         assert!(err.is_err(), "the measured function's error is passed on");
         assert!(probe_reference_ms(2, 3) > 0.0);
     }
