@@ -9,9 +9,10 @@
 //!   causal function), run as a subprocess of the same invocation after our measurements, so the
 //!   two never compete for cores.
 //!
-//! With `--probe`, a fixed multiply-add loop (`probe.rs`) is timed after every timed ELA call, and
-//! its medians are printed beside ELA's against the probe's fastest median of the run: a row
-//! measured while the core was slow (a shared virtual machine's clock or core) shows it there.
+//! With `--probe`, a fixed loop of loads, multiply-adds and stores over a 16 KiB buffer
+//! (`probe.rs`) is timed after every timed ELA call, and its medians are printed beside ELA's
+//! against the probe's fastest median of the run: a row measured while the core was slow (the
+//! host's other tenants) shows it there.
 //!
 //! The O(T^2) methods stop at `--quadratic-max-t` (their `T x T` matrices need
 //! `4 B H T^2` bytes each: 4 GiB at T = 16384, several alive at once).
@@ -77,8 +78,8 @@ pub struct BenchElaArgs {
     /// Seed of the random inputs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Time a fixed multiply-add loop after every timed ELA call and print its medians: tells a
-    /// slow machine from slow code.
+    /// Time a fixed loop (loads, multiply-adds, stores in L1) after every timed ELA call and print
+    /// its medians: tells a slow machine from slow code.
     #[arg(long)]
     pub probe: bool,
 }
@@ -330,7 +331,7 @@ pub fn run(args: &BenchElaArgs) -> Result<()> {
     print_table(&rows, args.jax, probe_ref)?;
     if let Some(reference) = probe_ref {
         crate::outln!(
-            "\nprobe: a fixed multiply-add loop timed after every timed ELA call (median, and its ratio to the \
+            "\nprobe: a fixed loop of loads, multiply-adds and stores in L1, timed after every timed ELA call (median, and its ratio to the \
              fastest median of the run, {}); a ratio above about 1.1 means the core itself was slow while that \
              row was measured",
             fmt_ms(Some(reference))
