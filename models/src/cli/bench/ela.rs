@@ -28,7 +28,7 @@ use ela_nn::ela::{Ela, Form};
 use crate::budget::Estimate;
 
 use super::probe::{median_ms_probed, probe_reference_ms};
-use super::{fmt_ms, machine, median, median_ms, parse_list, time_runs, Reps};
+use super::{fmt_ms, machine, median_ms, median_ms_over, parse_list, Reps};
 use crate::report::plot::{write_svg, Series};
 
 /// Options of `ela bench ela`.
@@ -113,8 +113,7 @@ fn measure(args: &BenchElaArgs, t: usize) -> Result<Row> {
         let ((f, pf), (fb, pfb)) = (median_ms_probed(ela_reps, &mut fwd)?, median_ms_probed(ela_reps, &mut fwd_bwd)?);
         (row.ela, row.probe) = ([Some(f), Some(fb)], [Some(pf), Some(pfb)]);
     } else {
-        let med = |f: &mut dyn FnMut() -> Result<()>| Ok::<_, Error>(median(&mut time_runs(ela_reps, f, || {})?));
-        row.ela = [Some(med(&mut fwd)?), Some(med(&mut fwd_bwd)?)];
+        row.ela = [Some(median_ms_over(ela_reps, &mut fwd)?), Some(median_ms_over(ela_reps, &mut fwd_bwd)?)];
     }
     if t <= args.quadratic_max_t {
         let reps = args.quadratic_reps;

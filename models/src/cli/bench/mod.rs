@@ -107,9 +107,15 @@ pub fn time_runs(reps: Reps, mut f: impl FnMut() -> Result<()>, mut between: imp
     Ok(times)
 }
 
+/// Median wall-clock milliseconds of the timed runs of `f` that `reps` asks for, after one
+/// untimed warm-up run.
+pub fn median_ms_over(reps: Reps, f: impl FnMut() -> Result<()>) -> Result<f64> {
+    Ok(median(&mut time_runs(reps, f, || {})?))
+}
+
 /// Median wall-clock milliseconds of `reps` runs of `f`, after one untimed warm-up run.
 pub fn median_ms(reps: usize, f: impl FnMut() -> Result<()>) -> Result<f64> {
-    Ok(median(&mut time_runs(Reps::count(reps), f, || {})?))
+    median_ms_over(Reps::count(reps), f)
 }
 
 /// Median of a non-empty slice (sorts it); the upper middle for even lengths.
