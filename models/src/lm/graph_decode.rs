@@ -68,7 +68,7 @@ impl ReplayDevice for Cpu {
         match *graph {}
     }
     fn write_u32(&self, _dst: &Tensor<Self>, _data: &[u32]) -> Result<()> {
-        Err(Error::invalid("GraphDecoder", "no recorded graph on the CPU"))
+        Err(Error::invalid("write_u32", "no recorded graph on the CPU"))
     }
     fn write_f64(&self, _dst: &Tensor<Self>, _data: &[f64]) -> Result<()> {
         Err(Error::invalid("write_f64", "no recorded graph on the CPU"))
