@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use ela_core::{Backend, Error, Result, Tensor};
 
+use crate::accumulate::Accumulator;
 use crate::grad_mode::no_grad;
 use crate::var::Var;
 
@@ -117,11 +118,11 @@ impl<B: Backend> Var<B> {
                 hint: "the seed gradient must have the output's shape".into(),
             });
         }
-        let mut grads: HashMap<usize, Tensor<B>> = HashMap::new();
+        let mut grads: HashMap<usize, Accumulator<B>> = HashMap::new();
         if !self.requires_grad() {
-            return Ok(Grads { map: grads });
+            return Ok(Grads { map: HashMap::new() });
         }
-        grads.insert(self.id(), grad);
+        grads.insert(self.id(), Accumulator::whole(v.shape().clone(), grad));
         let order = self.topo_order();
         // How many recorded ops still have to pass a gradient to each leaf: when it reaches zero
         // the leaf's gradient is final. Counting is one pass over the edges, cheap next to the
@@ -134,35 +135,50 @@ impl<B: Backend> Var<B> {
                 }
             }
         }
+        // Leaves whose gradient is final, summed up.
+        let mut done: HashMap<usize, Tensor<B>> = HashMap::new();
         // Backward formulas are plain tensor ops: never record them.
         no_grad(|| {
             for var in order.into_iter().rev() {
                 let Some(node) = &var.0.node else { continue };
-                if let Some(g) = grads.remove(&var.id()) {
+                // Every op using `var` came later in the order, so its gradient is complete.
+                let g = match grads.remove(&var.id()) {
+                    Some(acc) => acc.finish()?,
+                    None => None,
+                };
+                if let Some(g) = g {
                     let needs: Vec<bool> = node.inputs.iter().map(|i| i.requires_grad()).collect();
-                    let in_grads = (node.backward)(&g, &needs)?;
-                    for ((input, gi), need) in node.inputs.iter().zip(in_grads).zip(&needs) {
-                        let (Some(gi), true) = (gi, *need) else { continue };
-                        // A backward written outside this crate (`Var::record`, a user ELA
-                        // kernel's VJPs) may return a wrong shape; adding it up would fail later
-                        // with a less helpful message, or broadcast silently.
-                        if !input.has_shape(gi.shape()) {
-                            return Err(Error::ShapeMismatch {
-                                op: node.op,
-                                lhs: input.shape(),
-                                rhs: gi.shape().clone(),
-                                hint: format!(
-                                    "the backward of `{}` returned a gradient of the wrong shape for one of its \
-                                     inputs (it must match that input's shape)",
-                                    node.op
-                                ),
-                            });
+                    let acc_of = |grads: &mut HashMap<usize, Accumulator<B>>, input: &Var<B>| {
+                        grads.entry(input.id()).or_insert_with(|| Accumulator::empty(input.shape()));
+                    };
+                    if let (Some(at), [input]) = (node.window, node.inputs.as_slice()) {
+                        // A narrow: its gradient is a window of its input's (accumulate.rs).
+                        if input.requires_grad() {
+                            acc_of(&mut grads, input);
+                            grads.get_mut(&input.id()).expect("inserted").add_window(at, g);
                         }
-                        let acc = match grads.remove(&input.id()) {
-                            Some(prev) => prev.add(&gi)?,
-                            None => gi,
-                        };
-                        grads.insert(input.id(), acc);
+                    } else {
+                        let in_grads = (node.backward)(&g, &needs)?;
+                        for ((input, gi), need) in node.inputs.iter().zip(in_grads).zip(&needs) {
+                            let (Some(gi), true) = (gi, *need) else { continue };
+                            // A backward written outside this crate (`Var::record`, a user ELA
+                            // kernel's VJPs) may return a wrong shape; adding it up would fail
+                            // later with a less helpful message, or broadcast silently.
+                            if !input.has_shape(gi.shape()) {
+                                return Err(Error::ShapeMismatch {
+                                    op: node.op,
+                                    lhs: input.shape(),
+                                    rhs: gi.shape().clone(),
+                                    hint: format!(
+                                        "the backward of `{}` returned a gradient of the wrong shape for one of \
+                                         its inputs (it must match that input's shape)",
+                                        node.op
+                                    ),
+                                });
+                            }
+                            acc_of(&mut grads, input);
+                            grads.get_mut(&input.id()).expect("inserted").add_whole(gi)?;
+                        }
                     }
                 }
                 // Each use counts once, whether or not a gradient flowed through it.
@@ -170,14 +186,21 @@ impl<B: Backend> Var<B> {
                     let left = pending_uses.get_mut(&input.id()).expect("counted above");
                     *left -= 1;
                     if *left == 0 {
-                        if let Some(g) = grads.get(&input.id()) {
-                            on_final(input, g)?;
+                        if let Some(g) = grads.remove(&input.id()).map(Accumulator::finish).transpose()?.flatten() {
+                            on_final(input, &g)?;
+                            done.insert(input.id(), g);
                         }
                     }
                 }
             }
             Ok(())
         })?;
-        Ok(Grads { map: grads })
+        // What is left: the output itself when it is a leaf (its seed).
+        for (id, acc) in grads {
+            if let Some(g) = acc.finish()? {
+                done.insert(id, g);
+            }
+        }
+        Ok(Grads { map: done })
     }
 }

@@ -28,6 +28,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod accumulate;
 mod grad_mode;
 pub mod gradcheck;
 mod graph;

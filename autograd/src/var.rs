@@ -5,6 +5,7 @@ use std::sync::{Arc, RwLock};
 
 use ela_core::{Backend, Error, Result, Tensor};
 
+use crate::accumulate::WindowOf;
 use crate::grad_mode::is_grad_enabled;
 
 /// The backward closure of a node: given the gradient of the node's output and which inputs need
@@ -15,6 +16,10 @@ pub(crate) struct Node<B: Backend> {
     pub(crate) op: &'static str,
     pub(crate) inputs: Vec<Var<B>>,
     pub(crate) backward: BackwardFn<B>,
+    /// Set by `narrow`: the output is this window of its one input, so the backward pass places
+    /// the output's gradient there instead of calling `backward` (which zero-pads it; see
+    /// `accumulate.rs`).
+    pub(crate) window: Option<WindowOf>,
 }
 
 pub(crate) struct VarInner<B: Backend> {
@@ -158,8 +163,32 @@ impl<B: Backend> Var<B> {
         if !needs {
             return Ok(Self::constant(value));
         }
-        let node = Node { op, inputs: inputs.iter().map(|v| (*v).clone()).collect(), backward: Box::new(backward) };
+        let node = Node {
+            op,
+            inputs: inputs.iter().map(|v| (*v).clone()).collect(),
+            backward: Box::new(backward),
+            window: None,
+        };
         Ok(Self::new(value, Some(node), true))
+    }
+
+    /// [`Var::record`] for an op whose output is the window `at` of its one input (`narrow`):
+    /// `backward` (the zero-padding adjoint) stays the node's formula, but the backward pass
+    /// places the window's gradient directly.
+    pub(crate) fn record_window(
+        op: &'static str,
+        value: Tensor<B>,
+        input: &Var<B>,
+        at: WindowOf,
+        backward: impl Fn(&Tensor<B>, &[bool]) -> Result<Vec<Option<Tensor<B>>>> + Send + Sync + 'static,
+    ) -> Result<Self> {
+        let mut v = Self::record(op, value, &[input], backward)?;
+        if let Some(inner) = Arc::get_mut(&mut v.0) {
+            if let Some(node) = inner.node.as_mut() {
+                node.window = Some(at);
+            }
+        }
+        Ok(v)
     }
 }
 

@@ -64,6 +64,128 @@ fn diamond_graph_processes_the_shared_node_once_with_the_summed_gradient() -> Re
     Ok(())
 }
 
+// ---------------------------------------------------------------------- windows (narrow)
+
+/// `x [rows, cols]` of distinct values, and the weights `w` of a loss `sum(w * piece)` per piece,
+/// so every gradient element is known exactly.
+fn grid(rows: usize, cols: usize, seed: f64) -> Tensor<Cpu> {
+    let data: Vec<f64> = (0..rows * cols).map(|i| seed + 0.25 * i as f64).collect();
+    t(&data, &[rows, cols])
+}
+
+/// The gradient `narrow` pieces of `x` should get, computed by the zero-padding adjoint
+/// written out element by element: `pieces` are `(axis, start, len, weights)`.
+fn window_grad_reference(dims: [usize; 2], pieces: &[(usize, usize, usize, &Tensor<Cpu>)]) -> Vec<f64> {
+    let mut want = vec![0.0; dims[0] * dims[1]];
+    for &(axis, start, len, w) in pieces {
+        let (wv, wcols) = (vals(w), if axis == 0 { dims[1] } else { len });
+        for r in 0..dims[0] {
+            for c in 0..dims[1] {
+                let i = if axis == 0 { r } else { c };
+                if (start..start + len).contains(&i) {
+                    let (wr, wc) = if axis == 0 { (r - start, c) } else { (r, c - start) };
+                    want[r * dims[1] + c] += wv[wr * wcols + wc];
+                }
+            }
+        }
+    }
+    want
+}
+
+/// A narrow: `(axis, start, len)`.
+type Window = (usize, usize, usize);
+
+#[test]
+fn narrowed_windows_get_their_gradients_placed_side_by_side_with_gaps_and_overlaps() -> Result<()> {
+    // Each case: the windows `(axis, start, len)` a [4, 6] parameter is narrowed into, each
+    // weighted by its own values in the loss; plus, optionally, the whole parameter. Covers
+    // a full split (the fused q/k/v case), gaps (zeros), unsorted order, a window used twice,
+    // overlapping windows and mixed axes (the padding fallback), an empty window, a single
+    // window covering everything, and a whole-shape contribution beside the windows.
+    let cases: &[(&[Window], bool)] = &[
+        (&[(1, 0, 2), (1, 2, 2), (1, 4, 2)], false),
+        (&[(1, 4, 2), (1, 0, 1)], false),
+        (&[(0, 3, 1), (0, 0, 2)], true),
+        (&[(1, 1, 3), (1, 1, 3)], false),
+        (&[(1, 0, 4), (1, 2, 4)], false),
+        (&[(0, 1, 2), (1, 2, 3)], true),
+        (&[(1, 3, 0), (1, 0, 6)], false),
+        (&[(0, 0, 4)], false),
+        (&[(1, 2, 0)], false),
+    ];
+    for (case, &(windows, whole)) in cases.iter().enumerate() {
+        let x = V::param(grid(4, 6, 1.0));
+        let mut loss = V::constant(t(&[0.0], &[]));
+        let mut pieces = Vec::new();
+        let weights: Vec<Tensor<Cpu>> = windows
+            .iter()
+            .enumerate()
+            .map(|(i, &(axis, _, len))| {
+                let dims = if axis == 0 { [len, 6] } else { [4, len] };
+                grid(dims[0], dims[1], 0.5 + i as f64)
+            })
+            .collect();
+        for (&(axis, start, len), w) in windows.iter().zip(&weights) {
+            let piece = x.narrow(axis, start, len)?;
+            loss = loss.add(&piece.mul(&V::constant(w.clone()))?.sum_all()?)?;
+            pieces.push((axis, start, len, w));
+        }
+        if whole {
+            loss = loss.add(&x.sum_all()?)?;
+        }
+        let g = loss.backward()?;
+        let mut want = window_grad_reference([4, 6], &pieces);
+        if whole {
+            want.iter_mut().for_each(|w| *w += 1.0);
+        }
+        let got = g.get(&x).unwrap_or_else(|| panic!("case {case}: no gradient"));
+        assert_eq!(got.dims(), [4, 6], "case {case}");
+        assert_close(&vals(got), &want);
+    }
+    Ok(())
+}
+
+#[test]
+fn windows_of_an_interior_var_flow_on_and_hooks_see_the_placed_gradient() -> Result<()> {
+    // x -> a = 3x (interior) -> three column windows, only two used; the hook must see the
+    // leaf's final gradient with the unused window's zeros in place.
+    let x = V::param(grid(2, 6, 0.0));
+    let a = x.mul_scalar(3.0)?;
+    let parts = a.split(2, 1usize)?;
+    let loss = parts[0].square()?.sum_all()?.add(&parts[2].sum_all()?)?;
+    let mut seen = Vec::new();
+    let g = loss.backward_with_hook(&mut |v, g| {
+        seen.push((v.id(), vals(g)));
+        Ok(())
+    })?;
+    let xv = vals(&x.value());
+    let want: Vec<f64> = (0..12)
+        .map(|i| match i % 6 {
+            0 | 1 => 3.0 * 2.0 * (3.0 * xv[i]),
+            4 | 5 => 3.0,
+            _ => 0.0,
+        })
+        .collect();
+    assert_close(&vals(g.get(&x).unwrap()), &want);
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].0, x.id());
+    assert_close(&seen[0].1, &want);
+    Ok(())
+}
+
+#[test]
+fn windows_pass_gradcheck_through_split_and_chunk() -> Result<()> {
+    let x = Tensor::randn(0.0, 1.0, [3, 7], DType::F64, &mut ela_core::Rng::new(7), &Cpu)?;
+    let f = |v: &[V]| -> Result<V> {
+        let s = v[0].split(3, 1usize)?;
+        let c = v[0].chunk(2, 0usize)?;
+        s[0].tanh()?.sum_all()?.add(&s[2].square()?.sum_all()?)?.add(&c[1].exp()?.sum_all()?)
+    };
+    let r = gradcheck(f, &[x], GradcheckOptions::default())?;
+    assert!(r.passed, "{r}");
+    Ok(())
+}
+
 #[test]
 fn backward_can_run_twice_on_the_same_graph() -> Result<()> {
     let x = V::param(t(&X, &[2, 2]));

@@ -4,6 +4,7 @@
 
 use ela_core::{Backend, Dim, Result, Shape, Tensor};
 
+use crate::accumulate::WindowOf;
 use crate::var::Var;
 
 impl<B: Backend> Var<B> {
@@ -55,7 +56,7 @@ impl<B: Backend> Var<B> {
         let a = axis.to_index(x.shape(), "narrow")?;
         let y = x.narrow(a, start, len)?;
         let size = x.dims()[a];
-        Var::record("narrow", y, &[self], move |g, _| {
+        Var::record_window("narrow", y, self, WindowOf { axis: a, start }, move |g, _| {
             let mut pads = vec![(0, 0); g.rank()];
             pads[a] = (start, size - start - len);
             Ok(vec![Some(g.pad(&pads, 0.0)?)])
@@ -98,15 +99,20 @@ impl<B: Backend> Var<B> {
     /// Insert a size-1 axis.
     pub fn unsqueeze<D: Dim>(&self, axis: D) -> Result<Self> {
         let x = self.value();
-        let y = x.unsqueeze(axis)?;
-        Var::record("unsqueeze", y, &[self], move |g, _| Ok(vec![Some(g.reshape(x.shape().clone())?)]))
+        let a = axis.to_index_plus_one(x.shape(), "unsqueeze")?;
+        let y = x.unsqueeze(a)?;
+        // Removing the axis again is a view whatever `g`'s strides; a reshape would copy a
+        // strided `g` (a transposed gradient) into a contiguous one.
+        Var::record("unsqueeze", y, &[self], move |g, _| Ok(vec![Some(g.squeeze(a)?)]))
     }
 
     /// Remove a size-1 axis.
     pub fn squeeze<D: Dim>(&self, axis: D) -> Result<Self> {
         let x = self.value();
-        let y = x.squeeze(axis)?;
-        Var::record("squeeze", y, &[self], move |g, _| Ok(vec![Some(g.reshape(x.shape().clone())?)]))
+        let a = axis.to_index(x.shape(), "squeeze")?;
+        let y = x.squeeze(a)?;
+        // A view, as in `unsqueeze`.
+        Var::record("squeeze", y, &[self], move |g, _| Ok(vec![Some(g.unsqueeze(a)?)]))
     }
 
     /// A contiguous copy (identity for gradients).
