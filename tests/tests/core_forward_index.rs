@@ -317,6 +317,41 @@ fn half_index_add_accumulates_in_f32<B: Backend>(dev: &B) -> ela_core::Result<()
     Ok(())
 }
 
+device_tests!(concat_of_large_strided_parts);
+
+/// Parts large enough that the CPU reads strided ones through their strides (blocks of at least
+/// 256 elements) and splits the output between threads (over 32k elements, so a thread's share
+/// starts inside a block): transposed, permuted and narrowed views beside contiguous ones, in
+/// f64, f32 and bf16, against the parts made contiguous first and joined by the reference.
+fn concat_of_large_strided_parts<B: Backend>(dev: &B) -> ela_core::Result<()> {
+    let mut rng = ela_core::Rng::new(5);
+    let big = Tensor::randn(0.0, 1.0, [6, 50, 4, 48], DType::F64, &mut rng, dev)?;
+    // [6, 50, 1, 48] parts along axis 2 (the fused q/k/v gradient's layout): a transposed
+    // view, a contiguous one, a narrow of a wider tensor.
+    let p0 = big.transpose(1, 2)?.narrow(1, 1, 1)?.transpose(1, 2)?;
+    let p1 = big.narrow(2, 0, 1)?.contiguous()?;
+    let p2 = big.narrow(2, 3, 1)?;
+    let p3 = Tensor::randn(0.0, 1.0, [6, 48, 50, 1], DType::F64, &mut rng, dev)?.permute(&[0, 2, 3, 1])?;
+    let p4 = big.narrow(2, 1, 2)?.narrow(1, 10, 7)?;
+    let p5 = Tensor::randn(0.0, 1.0, [6, 48, 50, 2], DType::F64, &mut rng, dev)?.permute(&[0, 2, 3, 1])?;
+    let cases: Vec<(Vec<&Tensor<B>>, usize)> =
+        vec![(vec![&p0, &p1, &p2], 2), (vec![&p2, &p3, &p0], 2), (vec![&p5, &p4], 1), (vec![&p4, &p5], 1)];
+    for (dtype, (parts, axis)) in
+        [DType::F64, DType::BF16, DType::F32].iter().flat_map(|d| cases.iter().map(move |c| (*d, c)))
+    {
+        let cast: Vec<Tensor<B>> = parts.iter().map(|p| p.to_dtype(dtype)).collect::<ela_core::Result<_>>()?;
+        let views: Vec<&Tensor<B>> = cast.iter().collect();
+        let got = Tensor::concat(&views, *axis)?;
+        let refs: Vec<RefTensor> =
+            views.iter().map(|v| RefTensor::new(v.dims().to_vec(), v.to_vec_f64().unwrap())).collect();
+        let what =
+            format!("concat of {:?} along {axis}, {dtype:?}", views.iter().map(|v| v.dims()).collect::<Vec<_>>());
+        check_exact(&got, &r::concat(&refs, *axis), &what)
+            .map_err(|e| ela_core::Error::invalid("test", e.to_string()))?;
+    }
+    Ok(())
+}
+
 // ====================================================================== write_slice (in place)
 
 device_proptest! {

@@ -6,7 +6,7 @@
 use crate::cpu::alloc::{filled, reserve};
 use crate::cpu::reduce::split_axis;
 use crate::cpu::storage::{widen, CpuElement, CpuStorage};
-use crate::cpu::strided::gather as gather_view;
+use crate::cpu::strided::{build, gather as gather_view, Plan};
 
 use crate::error::{Error, Result};
 use crate::layout::Layout;
@@ -225,29 +225,85 @@ pub fn scatter_add(
     })
 }
 
-/// Concatenate same-dtype views along `axis`.
+/// Concatenate same-dtype views along `axis`. The output is written once, in order, from the
+/// parts where they lie: contiguous parts are copied a block at a time, strided ones (a
+/// transposed gradient placed into a fused projection's, say) run by run through their strides,
+/// unless their blocks are too short for that to pay (then they are gathered first).
 pub fn concat(parts: &[(&CpuStorage, &Layout)], axis: usize) -> Result<CpuStorage> {
     let first = parts.first().ok_or_else(|| Error::invalid("concat", "needs at least one tensor"))?;
     fn go<T: CpuElement>(parts: &[(&CpuStorage, &Layout)], axis: usize) -> Result<CpuStorage> {
+        /// Blocks shorter than this are gathered first: reading them through their strides
+        /// would spend more on finding each block (a few divisions) than on copying it.
+        const MIN_STRIDED_BLOCK: usize = 32;
         let dims0 = parts[0].1.dims();
         let outer: usize = dims0[..axis].iter().product();
         let inner: usize = dims0[axis + 1..].iter().product();
-        let datas: Vec<Vec<T>> = parts
+        // Short strided parts, gathered first (below, they are read from here).
+        let gathered: Vec<Vec<T>> = parts
             .iter()
             .map(|(s, l)| {
-                T::unwrap_ref(s)
-                    .ok_or(Error::DTypeMismatch { op: "concat", lhs: T::DTYPE, rhs: s.dtype() })
-                    .and_then(|v| gather_view(v, l))
+                let short = l.dims()[axis] * inner < MIN_STRIDED_BLOCK && l.contiguous_range().is_none();
+                match (short, T::unwrap_ref(s)) {
+                    (true, Some(v)) => gather_view(v, l),
+                    _ => Ok(Vec::new()),
+                }
             })
             .collect::<Result<_>>()?;
-        let total: usize = datas.iter().map(|d| d.len()).sum();
-        let mut out = reserve(total)?;
-        for o in 0..outer {
-            for (d, (_, l)) in datas.iter().zip(parts) {
+        // Each part as (elements, the plan to read a strided one through, elements per block).
+        let srcs: Vec<(&[T], Option<Plan<1>>, usize)> = parts
+            .iter()
+            .zip(&gathered)
+            .map(|((s, l), g)| {
+                let v = T::unwrap_ref(s).ok_or(Error::DTypeMismatch { op: "concat", lhs: T::DTYPE, rhs: s.dtype() })?;
                 let blk = l.dims()[axis] * inner;
-                out.extend_from_slice(&d[o * blk..(o + 1) * blk]);
+                Ok(match l.contiguous_range() {
+                    Some(r) => (&v[r], None, blk),
+                    None if blk < MIN_STRIDED_BLOCK => (g.as_slice(), None, blk),
+                    None => (v, Some(Plan::new([*l])), blk),
+                })
+            })
+            .collect::<Result<_>>()?;
+        // Where each part's block starts within an output row.
+        let starts: Vec<usize> = srcs.iter().scan(0, |at, s| Some(std::mem::replace(at, *at + s.2))).collect();
+        let row: usize = srcs.iter().map(|s| s.2).sum();
+        let total = outer * row;
+        let out = build(total, |start, dst| {
+            // Output index `i` lies in block `(o, p)`: row `o`, part `p`.
+            let mut i = start;
+            let end = start + dst.len();
+            while i < end {
+                let (o, at) = (i / row, i % row);
+                // The last part starting at or before `at` (parts of no elements are skipped).
+                let p = starts.partition_point(|&s| s <= at) - 1;
+                let (v, blk, r) = (srcs[p].0, srcs[p].2, at - starts[p]);
+                let count = (blk - r).min(end - i);
+                let d = &mut dst[i - start..i - start + count];
+                let from = o * blk + r;
+                match &srcs[p].1 {
+                    None => {
+                        for (d, &x) in d.iter_mut().zip(&v[from..from + count]) {
+                            d.write(x);
+                        }
+                    }
+                    Some(plan) => {
+                        let s = plan.inner[0];
+                        plan.for_runs(from, from + count, |[off], pos, n| {
+                            let d = &mut d[pos - from..pos - from + n];
+                            if s == 1 {
+                                for (d, &x) in d.iter_mut().zip(&v[off..off + n]) {
+                                    d.write(x);
+                                }
+                            } else {
+                                for (j, d) in d.iter_mut().enumerate() {
+                                    d.write(v[off + j * s]);
+                                }
+                            }
+                        });
+                    }
+                }
+                i += count;
             }
-        }
+        })?;
         Ok(T::wrap(out))
     }
     match first.0 {

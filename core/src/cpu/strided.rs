@@ -80,7 +80,16 @@ impl<const N: usize> Plan<N> {
         let (row, mut j) = (start / self.len, start % self.len);
         // Multi-index of `row` over the outer dims, and the operands' offsets of its start.
         let r = self.dims.len();
-        let mut idx = vec![0usize; r];
+        // Callers may walk many short ranges (a block per call): no allocation for the usual
+        // ranks (axes are merged, so views rarely keep more than a few).
+        let (mut stack, mut heap);
+        let idx: &mut [usize] = if r <= 8 {
+            stack = [0usize; 8];
+            &mut stack[..r]
+        } else {
+            heap = vec![0usize; r];
+            &mut heap
+        };
         let mut off = self.offsets;
         let mut rem = row;
         for k in (0..r).rev() {
