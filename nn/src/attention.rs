@@ -161,6 +161,28 @@ impl<B: Backend> Attention<B> {
         }
     }
 
+    /// `q, k, v` heads of a whole sequence `x [b, t, d]` (RoPE at position 0 on `q` and `k`) from
+    /// one product with the three weights stacked ([`Linear::fused_forward`]): one GEMM each way
+    /// instead of three, and `x`'s gradient from one product instead of a sum of three. Each head
+    /// tensor is a strided view of the product; its gradient comes back as a window of the
+    /// product's, placed without zero padding (the autograd's narrow).
+    fn qkv_heads(&self, x: &Var<B>) -> Result<(Var<B>, Var<B>, Var<B>)> {
+        let d = x.dims();
+        let qkv = Linear::fused_forward(&[&self.q, &self.k, &self.v], x)?.reshape([
+            d[0],
+            d[1],
+            3,
+            self.cfg.heads,
+            self.head_dim(),
+        ])?;
+        let head = |i: usize| qkv.narrow(2usize, i, 1)?.squeeze(2usize)?.transpose(1usize, 2usize);
+        let (q, k, v) = (head(0)?, head(1)?, head(2)?);
+        match &self.rope {
+            Some(r) => Ok((r.apply(&q, 0)?, r.apply(&k, 0)?, v)),
+            None => Ok((q, k, v)),
+        }
+    }
+
     fn check_input(&self, x: &Var<B>) -> Result<(usize, usize)> {
         let d = x.dims();
         if d.len() != 3 || d[2] != self.cfg.dim {
@@ -181,8 +203,7 @@ impl<B: Backend> Attention<B> {
     /// Whole-sequence forward `x [batch, time, d] -> [batch, time, d]`.
     pub fn forward(&self, x: &Var<B>) -> Result<Var<B>> {
         let (b, t) = self.check_input(x)?;
-        let (q, k, v) =
-            (self.heads(x, &self.q, true, 0)?, self.heads(x, &self.k, true, 0)?, self.heads(x, &self.v, false, 0)?);
+        let (q, k, v) = self.qkv_heads(x)?;
         let y = match &self.cfg.mixer {
             Mixer::Softmax => softmax_attention(&q, &k, &v, self.cfg.causal)?,
             Mixer::Ela(ela) => ela.forward(&q, &k, &v, self.cfg.causal)?,
@@ -195,8 +216,7 @@ impl<B: Backend> Attention<B> {
         self.require_causal("prefill")?;
         let (b, t) = self.check_input(x)?;
         no_grad(|| {
-            let (q, k, v) =
-                (self.heads(x, &self.q, true, 0)?, self.heads(x, &self.k, true, 0)?, self.heads(x, &self.v, false, 0)?);
+            let (q, k, v) = self.qkv_heads(x)?;
             let (y, cache) = match &self.cfg.mixer {
                 Mixer::Softmax => {
                     let (q, k, v) = (q.value(), k.value(), v.value());
@@ -297,4 +317,49 @@ pub fn softmax_attention<B: Backend>(q: &Var<B>, k: &Var<B>, v: &Var<B>, causal:
         scores
     };
     scores.softmax(-1isize)?.matmul(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ela_core::{Cpu, DType, Rng};
+
+    /// The fused q/k/v projection gives the heads (and, through them, every gradient) that three
+    /// separate projections give: same values, gradients of `x` and of each weight equal to
+    /// rounding, for both mixers, with and without RoPE.
+    #[test]
+    fn fused_qkv_heads_match_three_projections() {
+        let mixers = [Mixer::Softmax, Mixer::Ela(crate::ela::ElaAttention::default())];
+        for (mixer, rope) in mixers.iter().flat_map(|m| [(m.clone(), None), (m.clone(), Some((10_000.0, 16)))]) {
+            let vs = ParamStore::<Cpu>::new(&Cpu, DType::F64, 3);
+            let cfg = AttentionConfig { dim: 12, heads: 3, causal: true, rope, mixer };
+            let att = Attention::new(&vs, cfg).unwrap();
+            let x = Var::param(Tensor::randn(0.0, 1.0, [2, 7, 12], DType::F64, &mut Rng::new(4), &Cpu).unwrap());
+            let r = Tensor::randn(0.0, 1.0, [2, 3, 7, 4], DType::F64, &mut Rng::new(5), &Cpu).unwrap();
+            // One loss over the three heads, weighted differently, so that each head's gradient
+            // has to land in its own window.
+            let loss = |(q, k, v): (Var<Cpu>, Var<Cpu>, Var<Cpu>)| -> Var<Cpu> {
+                let rv = Var::constant(r.clone());
+                let l = q.mul(&rv).unwrap().sum_all().unwrap();
+                let l = l.add(&k.square().unwrap().mul(&rv).unwrap().sum_all().unwrap()).unwrap();
+                l.add(&v.mul_scalar(-2.0).unwrap().sum_all().unwrap()).unwrap()
+            };
+            let fused = att.qkv_heads(&x).unwrap();
+            let separate = (
+                att.heads(&x, &att.q, true, 0).unwrap(),
+                att.heads(&x, &att.k, true, 0).unwrap(),
+                att.heads(&x, &att.v, false, 0).unwrap(),
+            );
+            for (a, b) in [(&fused.0, &separate.0), (&fused.1, &separate.1), (&fused.2, &separate.2)] {
+                assert_eq!(a.dims(), b.dims());
+                let (a, b) = (a.value().to_vec::<f64>().unwrap(), b.value().to_vec::<f64>().unwrap());
+                assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-12), "heads differ");
+            }
+            let (gf, gs) = (loss(fused).backward().unwrap(), loss(separate).backward().unwrap());
+            for p in [&x, att.q.weight(), att.k.weight(), att.v.weight()] {
+                let (a, b) = (gf.get(p).unwrap().to_vec::<f64>().unwrap(), gs.get(p).unwrap().to_vec::<f64>().unwrap());
+                assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-12 * (1.0 + y.abs())), "gradients differ");
+            }
+        }
+    }
 }

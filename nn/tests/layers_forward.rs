@@ -87,6 +87,44 @@ fn linear_matches_loops_and_gradchecks() {
 }
 
 #[test]
+fn fused_linears_match_each_layer_and_gradcheck() {
+    // Three layers of one input, with and without biases: the fused product equals the three
+    // outputs side by side, and its gradients (input, every weight and bias) pass central
+    // differences, so the windows of the product route each layer's gradient home.
+    for bias in [true, false] {
+        let vs = store(7);
+        let cfg = if bias { LinearConfig::default() } else { LinearConfig::no_bias(LinearInit::Uniform) };
+        let layers: Vec<Linear<Cpu>> = [3, 5, 2]
+            .iter()
+            .enumerate()
+            .map(|(i, &o)| Linear::new(&vs.sub(format!("l{i}")), 4, o, cfg).unwrap())
+            .collect();
+        let refs: Vec<&Linear<Cpu>> = layers.iter().collect();
+        let x = Var::param(randn(&[2, 3, 4], 8));
+        let y = Linear::fused_forward(&refs, &x).unwrap();
+        assert_eq!(y.dims(), [2, 3, 10]);
+        let parts: Vec<Var<Cpu>> = layers.iter().map(|l| l.forward(&x).unwrap()).collect();
+        let want = Var::concat(&parts.iter().collect::<Vec<_>>(), 2).unwrap();
+        assert_close(&v64(&y), &v64(&want), 1e-12, "fused linear");
+        let params: Vec<(String, Var<Cpu>)> = layers.iter().flat_map(|l| l.named_params()).collect();
+        check_param_grads(&params, &|| Linear::fused_forward(&refs, &x));
+        check_param_grads(&[("x".into(), x.clone())], &|| Linear::fused_forward(&refs, &x));
+    }
+    // Mismatched inputs and a partial set of biases are errors that say what to do.
+    let vs = store(9);
+    let a = Linear::new(&vs.sub("a"), 4, 3, LinearConfig::default()).unwrap();
+    let b = Linear::new(&vs.sub("b"), 5, 3, LinearConfig::default()).unwrap();
+    let c = Linear::new(&vs.sub("c"), 4, 3, LinearConfig::no_bias(LinearInit::Uniform)).unwrap();
+    let x = Var::constant(randn(&[2, 4], 10));
+    let e = Linear::fused_forward(&[&a, &b], &x).unwrap_err().to_string();
+    assert!(e.contains("same input features"), "{e}");
+    let e = Linear::fused_forward(&[&a, &c], &x).unwrap_err().to_string();
+    assert!(e.contains("1 of 2 layers have a bias"), "{e}");
+    let e = Linear::<Cpu>::fused_forward(&[], &x).unwrap_err().to_string();
+    assert!(e.contains("at least one layer"), "{e}");
+}
+
+#[test]
 fn embedding_rows_and_grads() {
     let vs = store(2);
     let emb = Embedding::new(&vs.sub("tok"), 6, 3, 1.0).unwrap();

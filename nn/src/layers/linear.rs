@@ -128,31 +128,73 @@ impl<B: Backend> Linear<B> {
     /// `x [.., in] -> [.., out]`. Half-precision `x` (f16, bf16) with f32 parameters computes in
     /// `x`'s dtype on cast copies of the weight and bias ([`weight_for`]).
     pub fn forward(&self, x: &Var<B>) -> Result<Var<B>> {
-        let dims = x.dims();
-        let (out_dim, in_dim) = (self.out_dim(), self.in_dim());
-        if dims.last() != Some(&in_dim) {
+        affine(x, &self.weight, self.bias.as_ref())
+    }
+
+    /// `[x W_1^T + b_1 | x W_2^T + b_2 | ...]`: several layers applied to the same input `x
+    /// [.., in]` as one product with their weights stacked (`[sum of out, in]`), giving `[..,
+    /// sum of out]`. The same values as running each layer and concatenating (up to the order of
+    /// the sums in the gradient of `x`), but one GEMM each way instead of one per layer, and `x`'s
+    /// gradient comes out of one product instead of a sum of several (a transformer's q, k, v
+    /// projections). The stacked weight is a copy made at every call, so this pays where the
+    /// input has many more rows than the weights (training, prefill), not for a decoding step.
+    /// The layers must share `in` and either all have a bias or none.
+    pub fn fused_forward(layers: &[&Linear<B>], x: &Var<B>) -> Result<Var<B>> {
+        let Some(first) = layers.first() else {
+            return Err(Error::invalid("Linear::fused_forward", "needs at least one layer"));
+        };
+        if let Some(bad) = layers.iter().find(|l| l.in_dim() != first.in_dim()) {
             return Err(Error::ShapeMismatch {
-                op: "Linear",
-                lhs: x.shape(),
-                rhs: self.weight.shape(),
-                hint: format!("the input's last dimension must be in_features = {in_dim} (weight is [out, in])"),
+                op: "Linear::fused_forward",
+                lhs: first.weight.shape(),
+                rhs: bad.weight.shape(),
+                hint: "every fused layer must take the same input features (weights [out, in] with one in)".into(),
             });
         }
-        // Flatten the leading dims so the forward is one GEMM and the weight gradient one GEMM
-        // `x^T dy` of shape [in, out], instead of a batched product summed over the batch.
-        let rows = x.value().elem_count() / in_dim;
-        // Half-precision activations meet a copy of the weights in their dtype (mixed precision:
-        // the parameters stay f32 masters and get f32 gradients; docs/nn.md, "Mixed precision").
-        let w = weight_for(&self.weight, x.dtype())?;
-        let y = x.reshape([rows, in_dim])?.matmul(&w.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.add(&weight_for(b, x.dtype())?)?,
-            None => y,
-        };
-        let mut out = dims;
-        *out.last_mut().expect("rank checked") = out_dim;
-        y.reshape(out)
+        let biases: Vec<&Var<B>> = layers.iter().filter_map(|l| l.bias.as_ref()).collect();
+        if !biases.is_empty() && biases.len() != layers.len() {
+            return Err(Error::invalid(
+                "Linear::fused_forward",
+                format!(
+                    "{} of {} layers have a bias: fuse layers that all have one or none",
+                    biases.len(),
+                    layers.len()
+                ),
+            ));
+        }
+        let weights: Vec<&Var<B>> = layers.iter().map(|l| &l.weight).collect();
+        let w = Var::concat(&weights, 0usize)?;
+        let b = if biases.is_empty() { None } else { Some(Var::concat(&biases, 0usize)?) };
+        affine(x, &w, b.as_ref())
     }
+}
+
+/// `x [.., in] W^T + b` for `w [out, in]` (the body of [`Linear::forward`]).
+fn affine<B: Backend>(x: &Var<B>, weight: &Var<B>, bias: Option<&Var<B>>) -> Result<Var<B>> {
+    let dims = x.dims();
+    let (out_dim, in_dim) = (weight.dims()[0], weight.dims()[1]);
+    if dims.last() != Some(&in_dim) {
+        return Err(Error::ShapeMismatch {
+            op: "Linear",
+            lhs: x.shape(),
+            rhs: weight.shape(),
+            hint: format!("the input's last dimension must be in_features = {in_dim} (weight is [out, in])"),
+        });
+    }
+    // Flatten the leading dims so the forward is one GEMM and the weight gradient one GEMM
+    // `x^T dy` of shape [in, out], instead of a batched product summed over the batch.
+    let rows = x.value().elem_count() / in_dim;
+    // Half-precision activations meet a copy of the weights in their dtype (mixed precision:
+    // the parameters stay f32 masters and get f32 gradients; docs/nn.md, "Mixed precision").
+    let w = weight_for(weight, x.dtype())?;
+    let y = x.reshape([rows, in_dim])?.matmul(&w.t()?)?;
+    let y = match bias {
+        Some(b) => y.add(&weight_for(b, x.dtype())?)?,
+        None => y,
+    };
+    let mut out = dims;
+    *out.last_mut().expect("rank checked") = out_dim;
+    y.reshape(out)
 }
 
 impl<B: Backend> Module<B> for Linear<B> {
