@@ -261,6 +261,17 @@ device_proptest! {
         };
         check(dev, "split", from_ref(&x), |v| rejoin(v[0].split(size, a)?))?;
         check(dev, "chunk", from_ref(&x), |v| rejoin(v[0].chunk(chunks, a)?))?;
+        // Windows that may overlap, leave gaps or lie along another axis, beside a whole-shape
+        // use: the backward places side-by-side windows with one concat and falls back to
+        // padding otherwise (autograd/src/accumulate.rs); every case sums the same adjoints.
+        let b = (a + 1) % x.dims.len();
+        let (db, sb) = (x.dims[b], s.index(x.dims[b]));
+        check(dev, "windows", from_ref(&x), |v| {
+            let w1 = v[0].narrow(a, start, len)?.square()?.sum_all()?;
+            let w2 = v[0].narrow(b, sb, db - sb)?.tanh()?.sum_all()?;
+            let w3 = v[0].narrow(a, 0, d - start)?.mul_scalar(3.0)?.sum_all()?;
+            w1.add(&w2)?.add(&w3)?.add(&v[0].exp()?.sum_all()?)
+        })?;
     }
 
     fn unsqueeze_squeeze_contiguous<B: Backend>(dev: &B, x in one(0..=3, 3, Vals::Normal), ax in any::<Index>()) {

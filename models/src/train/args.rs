@@ -179,7 +179,7 @@ pub struct TrainArgs {
     /// Train on this text file instead of the embedded corpus.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Optimizer steps (the default fits in about 3 minutes on 2 CPU cores).
+    /// Optimizer steps (the default trains in about a minute on 2 CPU cores).
     #[arg(long, default_value_t = 350)]
     pub steps: usize,
     /// Sequences per batch.
