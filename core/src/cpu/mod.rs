@@ -16,6 +16,7 @@ pub mod matmul;
 pub mod nn;
 pub mod optim;
 pub mod reduce;
+mod rms_norm;
 pub mod storage;
 pub(crate) mod strided;
 pub mod threads;

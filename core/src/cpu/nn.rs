@@ -14,6 +14,8 @@ use crate::layout::Layout;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
+pub use super::rms_norm::{rms_norm, rms_norm_backward};
+
 fn rows_mut<T: Send>(out: &mut [T], n: usize, f: impl Fn(usize, &mut [T]) + Send + Sync) {
     if n == 0 {
         return;
@@ -26,7 +28,7 @@ fn rows_mut<T: Send>(out: &mut [T], n: usize, f: impl Fn(usize, &mut [T]) + Send
 }
 
 /// Store a compute vector in the input's dtype.
-fn store<T: Float>(v: Vec<T>, dtype: DType) -> Result<CpuStorage> {
+pub(super) fn store<T: Float>(v: Vec<T>, dtype: DType) -> Result<CpuStorage> {
     // T is f64 only when dtype is F64; otherwise it is f32 (then f16/bf16 round in store_f32).
     if dtype == DType::F64 {
         Ok(CpuStorage::F64(retype(v, |x| x.as_f64())?))
@@ -36,7 +38,7 @@ fn store<T: Float>(v: Vec<T>, dtype: DType) -> Result<CpuStorage> {
 }
 
 /// Statistics stay in the compute dtype (f64 or f32).
-fn store_stat<T: Float>(v: Vec<T>, dtype: DType) -> Result<CpuStorage> {
+pub(super) fn store_stat<T: Float>(v: Vec<T>, dtype: DType) -> Result<CpuStorage> {
     Ok(if dtype == DType::F64 {
         CpuStorage::F64(retype(v, |x| x.as_f64())?)
     } else {
@@ -56,6 +58,7 @@ fn retype<T, U>(v: Vec<T>, f: impl Fn(T) -> U) -> Result<Vec<U>> {
     }
 }
 
+/// `$body` with `$x` bound to the f32 or f64 slice of a [`FloatCow`].
 macro_rules! with_float {
     ($fv:expr, |$x:ident| $body:expr) => {
         match $fv {
@@ -67,7 +70,7 @@ macro_rules! with_float {
 
 /// The first `len` elements of `s` in the compute float: borrowed when `s` is f32/f64 already
 /// (these kernels only read their inputs), widened copies of f16/bf16.
-fn contiguous_float<'a>(s: &'a CpuStorage, len: usize, op: &'static str) -> Result<FloatCow<'a>> {
+pub(super) fn contiguous_float<'a>(s: &'a CpuStorage, len: usize, op: &'static str) -> Result<FloatCow<'a>> {
     s.float_cow(&Layout::contiguous(len), op)
 }
 
@@ -141,7 +144,12 @@ pub fn softmax_last_backward(y: &CpuStorage, dy: &CpuStorage, len: usize, n: usi
 /// half precision: the forward (`Tensor::rms_norm_fwd`, `layer_norm_fwd`) runs on the parameter
 /// cast to the input's dtype, so the backward of a bf16 input with f32 master weights must use
 /// the same rounded values (the CUDA backward casts them the same way).
-fn opt_weight<T: Float>(w: Option<&CpuStorage>, n: usize, like: DType, op: &'static str) -> Result<Option<Vec<T>>> {
+pub(super) fn opt_weight<T: Float>(
+    w: Option<&CpuStorage>,
+    n: usize,
+    like: DType,
+    op: &'static str,
+) -> Result<Option<Vec<T>>> {
     let all = Layout::contiguous(n);
     w.map(|w| {
         // The very cast the forward made (`Tensor::to_dtype`), so both see the same values.
@@ -153,113 +161,6 @@ fn opt_weight<T: Float>(w: Option<&CpuStorage>, n: usize, like: DType, op: &'sta
     })
     .transpose()
     .map_err(|e: Error| Error::invalid(op, e.to_string()))
-}
-
-fn rms_rows<T: Float>(x: &[T], w: Option<&[T]>, rows: usize, n: usize, eps: T) -> Result<(Vec<T>, Vec<T>)> {
-    let mut rstd = reserve(rows)?;
-    (0..rows)
-        .into_par_iter()
-        .map(|r| {
-            let row = &x[r * n..(r + 1) * n];
-            let ms = row.iter().map(|&v| v.as_f64() * v.as_f64()).sum::<f64>() / n.max(1) as f64;
-            T::ONE / (T::from_f64(ms) + eps).sqrt()
-        })
-        .collect_into_vec(&mut rstd);
-    // SAFETY: every row of `y` is written, element by element.
-    let y = unsafe {
-        written(x.len(), |y| {
-            rows_mut(y, n, |i, yr| {
-                let xr = &x[i * n..(i + 1) * n];
-                for j in 0..n {
-                    yr[j].write(xr[j] * rstd[i] * w.map_or(T::ONE, |w| w[j]));
-                }
-            })
-        })?
-    };
-    Ok((y, rstd))
-}
-
-/// RMS norm forward.
-pub fn rms_norm(
-    x: &CpuStorage,
-    w: Option<&CpuStorage>,
-    rows: usize,
-    n: usize,
-    eps: f64,
-) -> Result<(CpuStorage, CpuStorage)> {
-    let dtype = x.dtype();
-    Ok(with_float!(contiguous_float(x, rows * n, "rms_norm")?, |x| {
-        let w = opt_weight(w, n, dtype, "rms_norm")?;
-        let (y, r) = rms_rows(&x, w.as_deref(), rows, n, crate::dtype::WithDType::from_f64(eps))?;
-        (store(y, dtype)?, store_stat(r, dtype)?)
-    }))
-}
-
-fn rms_bwd_rows<T: Float>(
-    x: &[T],
-    w: Option<&[T]>,
-    rstd: &[T],
-    dy: &[T],
-    rows: usize,
-    n: usize,
-) -> Result<(Vec<T>, Option<Vec<T>>)> {
-    // y_j = x_j r w_j, r = (mean(x^2)+eps)^(-1/2), dr/dx_j = -r^3 x_j / n
-    // dx_j = r (w_j g_j) - x_j r^3 / n * sum_k (w_k g_k x_k)
-    // SAFETY: every row of `dx` is written, element by element.
-    let dx = unsafe {
-        written(x.len(), |dx| {
-            rows_mut(dx, n, |i, d| {
-                let (xr, gr, r) = (&x[i * n..(i + 1) * n], &dy[i * n..(i + 1) * n], rstd[i]);
-                let wg = |j: usize| gr[j] * w.map_or(T::ONE, |w| w[j]);
-                let dot: T = (0..n).map(|j| wg(j) * xr[j]).sum();
-                let c = r * r * r * dot / T::from_f64(n as f64);
-                for j in 0..n {
-                    d[j].write(r * wg(j) - xr[j] * c);
-                }
-            })
-        })?
-    };
-    let dw = w.map(|_| {
-        (0..n)
-            .into_par_iter()
-            .map(|j| T::from_f64((0..rows).map(|i| (dy[i * n + j] * x[i * n + j] * rstd[i]).as_f64()).sum::<f64>()))
-            .collect()
-    });
-    Ok((dx, dw))
-}
-
-/// RMS norm backward.
-/// Derivation: docs/autograd.md#fused-ops ("RMS norm").
-pub fn rms_norm_backward(
-    x: &CpuStorage,
-    w: Option<&CpuStorage>,
-    rstd: &CpuStorage,
-    dy: &CpuStorage,
-    rows: usize,
-    n: usize,
-) -> Result<(CpuStorage, Option<CpuStorage>)> {
-    let dtype = x.dtype();
-    let wdtype = w.map(|w| w.dtype());
-    let op = "rms_norm_backward";
-    Ok(
-        match (
-            contiguous_float(x, rows * n, op)?,
-            contiguous_float(dy, rows * n, op)?,
-            contiguous_float(rstd, rows, op)?,
-        ) {
-            (FloatCow::F64(x), FloatCow::F64(g), FloatCow::F64(r)) => {
-                let w = opt_weight::<f64>(w, n, dtype, op)?;
-                let (dx, dw) = rms_bwd_rows(&x, w.as_deref(), &r, &g, rows, n)?;
-                (store(dx, dtype)?, dw.map(|d| store(d, wdtype.unwrap())).transpose()?)
-            }
-            (FloatCow::F32(x), FloatCow::F32(g), FloatCow::F32(r)) => {
-                let w = opt_weight::<f32>(w, n, dtype, op)?;
-                let (dx, dw) = rms_bwd_rows(&x, w.as_deref(), &r, &g, rows, n)?;
-                (store(dx, dtype)?, dw.map(|d| store(d, wdtype.unwrap())).transpose()?)
-            }
-            _ => return Err(Error::invalid(op, "input, gradient and statistics dtypes differ")),
-        },
-    )
 }
 
 fn ln_rows<T: Float>(
