@@ -465,37 +465,25 @@ pub fn topk_last(s: &CpuStorage, layout: &Layout, k: usize) -> Result<(CpuStorag
 
 // ---------------------------------------------------------------- SwiGLU
 
+/// Elements per parallel task of the SwiGLU kernels.
+const SWIGLU_GRAIN: usize = 1 << 14;
+/// Values per `exp_slice` call (a stack buffer).
+const SWIGLU_BLOCK: usize = 256;
+
 /// `silu(a) * b` and its backward, elementwise in the compute float (f32 for half types).
 /// `sigmoid(x) = 1 / (1 + exp(-x))` takes its `exp` from the vectorized [`ElaFloat::exp_slice`]
 /// (the ELA kernels' f32 `exp`, relative error ~1e-7; libm's for f64), a block of values at a
-/// time: a scalar `expf` call per element was the larger part of this kernel's time.
+/// time: a scalar `expf` call per element was the larger part of this kernel's time. Each task's
+/// arithmetic is compiled for the widest vector instructions the CPU has ([`swiglu_task`]).
 fn swiglu_slices<T: ElaFloat>(a: &[T], b: &[T], g: Option<&[T]>) -> Result<(Vec<T>, Option<Vec<T>>)> {
-    const GRAIN: usize = 1 << 14;
-    /// Values per `exp_slice` call (a stack buffer).
-    const BLOCK: usize = 256;
     let n = a.len();
-    // `exp(-x)` of `a[k0..k0 + len]` into `e[..len]`.
-    let neg_exp = |k0: usize, len: usize, e: &mut [T; BLOCK]| {
-        for (ei, &x) in e[..len].iter_mut().zip(&a[k0..k0 + len]) {
-            *ei = -x;
-        }
-        T::exp_slice(&mut e[..len]);
-    };
     match g {
         None => {
             // SAFETY: the chunks cover `out`, and every element of each is written.
             let out = unsafe {
                 written(n, |out| {
-                    out.par_chunks_mut(GRAIN).enumerate().for_each(|(ci, o)| {
-                        let mut e = [T::ZERO; BLOCK];
-                        for (bi, ob) in o.chunks_mut(BLOCK).enumerate() {
-                            let k0 = ci * GRAIN + bi * BLOCK;
-                            neg_exp(k0, ob.len(), &mut e);
-                            for (i, y) in ob.iter_mut().enumerate() {
-                                let (x, v) = (a[k0 + i], b[k0 + i]);
-                                y.write(x / (T::ONE + e[i]) * v);
-                            }
-                        }
+                    out.par_chunks_mut(SWIGLU_GRAIN).enumerate().for_each(|(ci, o)| {
+                        swiglu_task(a, b, None, ci * SWIGLU_GRAIN, o, None);
                     })
                 })?
             };
@@ -507,25 +495,103 @@ fn swiglu_slices<T: ElaFloat>(a: &[T], b: &[T], g: Option<&[T]>) -> Result<(Vec<
             let da = unsafe {
                 written(n, |da| {
                     let db = &mut db.spare_capacity_mut()[..n];
-                    da.par_chunks_mut(GRAIN).zip(db.par_chunks_mut(GRAIN)).enumerate().for_each(|(ci, (da, db))| {
-                        let mut e = [T::ZERO; BLOCK];
-                        for (bi, (da, db)) in da.chunks_mut(BLOCK).zip(db.chunks_mut(BLOCK)).enumerate() {
-                            let k0 = ci * GRAIN + bi * BLOCK;
-                            neg_exp(k0, da.len(), &mut e);
-                            for i in 0..da.len() {
-                                let k = k0 + i;
-                                let (x, v, gk) = (a[k], b[k], g[k]);
-                                let s = T::ONE / (T::ONE + e[i]);
-                                da[i].write(gk * v * (s * (T::ONE + x * (T::ONE - s))));
-                                db[i].write(gk * (x * s));
-                            }
-                        }
-                    })
+                    da.par_chunks_mut(SWIGLU_GRAIN)
+                        .zip(db.par_chunks_mut(SWIGLU_GRAIN))
+                        .enumerate()
+                        .for_each(|(ci, (da, db))| swiglu_task(a, b, Some(g), ci * SWIGLU_GRAIN, da, Some(db)))
                 })?
             };
             // SAFETY: `db` has capacity `n` and the loop above initialised all of it.
             unsafe { db.set_len(n) };
             Ok((da, Some(db)))
+        }
+    }
+}
+
+/// One task of [`swiglu_slices`]: elements `k0..k0 + out.len()`, forward (`g` and `db` absent:
+/// `out = silu(a) * b`) or backward (`out = da`). Runs [`swiglu_task_body`] compiled for
+/// AVX-512F or AVX2 when the CPU has them: the loops vectorize 16 (or 8) f32 lanes wide instead
+/// of the baseline's 4. Every variant runs the same IEEE operations in the same order (no fused
+/// multiply-adds), so the results are the same bits.
+fn swiglu_task<T: ElaFloat>(
+    a: &[T],
+    b: &[T],
+    g: Option<&[T]>,
+    k0: usize,
+    out: &mut [MaybeUninit<T>],
+    db: Option<&mut [MaybeUninit<T>]>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512<T: ElaFloat>(
+            a: &[T],
+            b: &[T],
+            g: Option<&[T]>,
+            k0: usize,
+            o: &mut [MaybeUninit<T>],
+            db: Option<&mut [MaybeUninit<T>]>,
+        ) {
+            swiglu_task_body(a, b, g, k0, o, db)
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<T: ElaFloat>(
+            a: &[T],
+            b: &[T],
+            g: Option<&[T]>,
+            k0: usize,
+            o: &mut [MaybeUninit<T>],
+            db: Option<&mut [MaybeUninit<T>]>,
+        ) {
+            swiglu_task_body(a, b, g, k0, o, db)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { avx512(a, b, g, k0, out, db) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { avx2(a, b, g, k0, out, db) };
+        }
+    }
+    swiglu_task_body(a, b, g, k0, out, db)
+}
+
+/// The work of [`swiglu_task`], inlined into each of its instruction-set variants.
+#[inline(always)]
+fn swiglu_task_body<T: ElaFloat>(
+    a: &[T],
+    b: &[T],
+    g: Option<&[T]>,
+    k0: usize,
+    out: &mut [MaybeUninit<T>],
+    mut db: Option<&mut [MaybeUninit<T>]>,
+) {
+    let mut e = [T::ZERO; SWIGLU_BLOCK];
+    for (bi, o) in out.chunks_mut(SWIGLU_BLOCK).enumerate() {
+        let k = k0 + bi * SWIGLU_BLOCK;
+        let len = o.len();
+        let (x, v) = (&a[k..k + len], &b[k..k + len]);
+        // `exp(-x)` of the block into `e[..len]`.
+        for (ei, &xi) in e[..len].iter_mut().zip(x) {
+            *ei = -xi;
+        }
+        T::exp_slice(&mut e[..len]);
+        match (g, db.as_deref_mut()) {
+            (Some(g), Some(db)) => {
+                let (gs, dbs) = (&g[k..k + len], &mut db[bi * SWIGLU_BLOCK..bi * SWIGLU_BLOCK + len]);
+                for i in 0..len {
+                    let (x, v, gk) = (x[i], v[i], gs[i]);
+                    let s = T::ONE / (T::ONE + e[i]);
+                    o[i].write(gk * v * (s * (T::ONE + x * (T::ONE - s))));
+                    dbs[i].write(gk * (x * s));
+                }
+            }
+            _ => {
+                for i in 0..len {
+                    o[i].write(x[i] / (T::ONE + e[i]) * v[i]);
+                }
+            }
         }
     }
 }
@@ -594,4 +660,38 @@ pub fn bias_silu(x: &CpuStorage, b: &CpuStorage, outer: usize, chans: usize, inn
         (FloatCow::F32(x), FloatCow::F32(b)) => CpuStorage::store_f32(bias_silu_slices(&x, &b, chans, inner)?, dtype)?,
         _ => return Err(Error::invalid(OP, "x and the bias must have one dtype")),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// The SwiGLU tasks give the same bits whichever instruction set they were compiled for:
+    /// the dispatched variant (AVX-512F or AVX2 where the CPU has them) against the baseline
+    /// compilation of the same body, forward and backward, over lengths with every tail.
+    #[test]
+    fn swiglu_variants_agree_to_the_bit() {
+        let mut rng = Rng::new(11);
+        for len in [1usize, 15, 16, 17, 255, 256, 257, 1000] {
+            let mut draw = || (0..len).map(|_| (4.0 * rng.normal()) as f32).collect::<Vec<f32>>();
+            let (a, b, g) = (draw(), draw(), draw());
+            let run = |dispatch: bool| {
+                let (mut o, mut db) = (vec![MaybeUninit::uninit(); len], vec![MaybeUninit::uninit(); len]);
+                let mut of = o.clone();
+                if dispatch {
+                    swiglu_task(&a, &b, None, 0, &mut of, None);
+                    swiglu_task(&a, &b, Some(&g), 0, &mut o, Some(&mut db));
+                } else {
+                    swiglu_task_body(&a, &b, None, 0, &mut of, None);
+                    swiglu_task_body(&a, &b, Some(&g), 0, &mut o, Some(&mut db));
+                }
+                // SAFETY: every element was written by the task.
+                let bits =
+                    |v: &[MaybeUninit<f32>]| v.iter().map(|x| unsafe { x.assume_init() }.to_bits()).collect::<Vec<_>>();
+                (bits(&of), bits(&o), bits(&db))
+            };
+            assert_eq!(run(true), run(false), "length {len}");
+        }
+    }
 }
