@@ -20,6 +20,7 @@ mod rms_norm;
 pub mod storage;
 pub(crate) mod strided;
 pub mod threads;
+mod widest_isa;
 
 pub use storage::CpuStorage;
 

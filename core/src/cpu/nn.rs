@@ -8,6 +8,7 @@ use crate::cpu::alloc::{collect, filled, reserve, written};
 use crate::cpu::ela::ElaFloat;
 use crate::cpu::storage::{CpuStorage, FloatCow};
 use crate::cpu::strided::gather;
+use crate::cpu::widest_isa::widest_isa;
 use crate::dtype::{DType, Float};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
@@ -508,53 +509,19 @@ fn swiglu_slices<T: ElaFloat>(a: &[T], b: &[T], g: Option<&[T]>) -> Result<(Vec<
     }
 }
 
-/// One task of [`swiglu_slices`]: elements `k0..k0 + out.len()`, forward (`g` and `db` absent:
-/// `out = silu(a) * b`) or backward (`out = da`). Runs [`swiglu_task_body`] compiled for
-/// AVX-512F or AVX2 when the CPU has them: the loops vectorize 16 (or 8) f32 lanes wide instead
-/// of the baseline's 4. Every variant runs the same IEEE operations in the same order (no fused
-/// multiply-adds), so the results are the same bits.
-fn swiglu_task<T: ElaFloat>(
-    a: &[T],
-    b: &[T],
-    g: Option<&[T]>,
-    k0: usize,
-    out: &mut [MaybeUninit<T>],
-    db: Option<&mut [MaybeUninit<T>]>,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512<T: ElaFloat>(
-            a: &[T],
-            b: &[T],
-            g: Option<&[T]>,
-            k0: usize,
-            o: &mut [MaybeUninit<T>],
-            db: Option<&mut [MaybeUninit<T>]>,
-        ) {
-            swiglu_task_body(a, b, g, k0, o, db)
-        }
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2<T: ElaFloat>(
-            a: &[T],
-            b: &[T],
-            g: Option<&[T]>,
-            k0: usize,
-            o: &mut [MaybeUninit<T>],
-            db: Option<&mut [MaybeUninit<T>]>,
-        ) {
-            swiglu_task_body(a, b, g, k0, o, db)
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { avx512(a, b, g, k0, out, db) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { avx2(a, b, g, k0, out, db) };
-        }
-    }
-    swiglu_task_body(a, b, g, k0, out, db)
+widest_isa! {
+    /// One task of [`swiglu_slices`]: elements `k0..k0 + out.len()`, forward (`g` and `db`
+    /// absent: `out = silu(a) * b`) or backward (`out = da`), compiled for AVX-512F or AVX2 when
+    /// the CPU has them (`widest_isa.rs`): the loops vectorize 16 (or 8) f32 lanes wide instead of
+    /// the baseline's 4, with the same bits.
+    fn swiglu_task<T: ElaFloat>(
+        a: &[T],
+        b: &[T],
+        g: Option<&[T]>,
+        k0: usize,
+        out: &mut [MaybeUninit<T>],
+        db: Option<&mut [MaybeUninit<T>]>,
+    ) => swiglu_task_body
 }
 
 /// The work of [`swiglu_task`], inlined into each of its instruction-set variants.

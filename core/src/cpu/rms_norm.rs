@@ -24,6 +24,7 @@ use std::mem::MaybeUninit;
 use super::alloc::{reserve, written};
 use super::nn::{opt_weight, store, store_stat};
 use super::storage::{CpuStorage, FloatCow};
+use super::widest_isa::widest_isa;
 use crate::dtype::Float;
 use crate::error::{Error, Result};
 
@@ -61,28 +62,51 @@ fn rms_rows<T: Float>(x: &[T], w: Option<&[T]>, rows: usize, n: usize, eps: T) -
     let rstd_out = &mut rstd.spare_capacity_mut()[..rows];
     // SAFETY: the tasks' chunks cover `y` and `rstd_out`, and every element of each is written.
     let y = unsafe {
-        written(x.len(), |y| {
-            par_row_blocks(y, rstd_out, n, |r0, yb, rb| {
-                for (i, (yr, rs)) in yb.chunks_mut(n).zip(rb.iter_mut()).enumerate() {
-                    let xr = &x[(r0 + i) * n..(r0 + i + 1) * n];
-                    let ms = dot_f64(xr, xr, None) / n as f64;
-                    let r = T::ONE / (T::from_f64(ms) + eps).sqrt();
-                    rs.write(r);
-                    match w {
-                        Some(w) => yr.iter_mut().zip(xr).zip(w).for_each(|((y, &x), &w)| {
-                            y.write(x * r * w);
-                        }),
-                        None => yr.iter_mut().zip(xr).for_each(|(y, &x)| {
-                            y.write(x * r);
-                        }),
-                    }
-                }
-            })
-        })?
+        written(x.len(), |y| par_row_blocks(y, rstd_out, n, |r0, yb, rb| fwd_block(x, w, n, eps, r0, yb, rb)))?
     };
     // SAFETY: `rstd` has capacity `rows`, all written above.
     unsafe { rstd.set_len(rows) };
     Ok((y, rstd))
+}
+
+widest_isa! {
+    /// Rows `r0..` of the forward, as many as `rb` holds: `y` into `yb`, `rstd` into `rb`
+    /// (compiled for the widest vector instructions the CPU has: `widest_isa.rs`).
+    fn fwd_block<T: Float>(
+        x: &[T],
+        w: Option<&[T]>,
+        n: usize,
+        eps: T,
+        r0: usize,
+        yb: &mut [MaybeUninit<T>],
+        rb: &mut [MaybeUninit<T>],
+    ) => fwd_block_body
+}
+
+#[inline(always)]
+fn fwd_block_body<T: Float>(
+    x: &[T],
+    w: Option<&[T]>,
+    n: usize,
+    eps: T,
+    r0: usize,
+    yb: &mut [MaybeUninit<T>],
+    rb: &mut [MaybeUninit<T>],
+) {
+    for (i, (yr, rs)) in yb.chunks_mut(n).zip(rb.iter_mut()).enumerate() {
+        let xr = &x[(r0 + i) * n..(r0 + i + 1) * n];
+        let ms = dot_f64(xr, xr, None) / n as f64;
+        let r = T::ONE / (T::from_f64(ms) + eps).sqrt();
+        rs.write(r);
+        match w {
+            Some(w) => yr.iter_mut().zip(xr).zip(w).for_each(|((y, &x), &w)| {
+                y.write(x * r * w);
+            }),
+            None => yr.iter_mut().zip(xr).for_each(|(y, &x)| {
+                y.write(x * r);
+            }),
+        }
+    }
 }
 
 /// Splits `out` (rows of `n`) and `per_row` (one value a row) into blocks of [`BLOCK_ROWS`] rows
@@ -140,28 +164,10 @@ fn rms_bwd_rows<T: Float>(
     dy: &[T],
     n: usize,
 ) -> Result<(Vec<T>, Option<Vec<T>>)> {
-    let scale = 1.0 / n.max(1) as f64;
     // One block of rows: its `dx` rows, and (with a gain) its partial `dw` sums.
     let block = |r0: usize, dxb: &mut [MaybeUninit<T>]| -> Option<Vec<f64>> {
         let mut dw_part = w.map(|_| vec![0f64; n]);
-        for (i, d) in dxb.chunks_mut(n).enumerate() {
-            let row = r0 + i;
-            let (xr, gr, r) = (&x[row * n..(row + 1) * n], &dy[row * n..(row + 1) * n], rstd[row]);
-            let rf = r.as_f64();
-            let dot = dot_f64(gr, xr, w);
-            let c = T::from_f64(rf * rf * rf * dot * scale);
-            match w {
-                Some(w) => d.iter_mut().zip(gr.iter().zip(w)).zip(xr).for_each(|((d, (&g, &w)), &x)| {
-                    d.write(r * (w * g) - x * c);
-                }),
-                None => d.iter_mut().zip(gr).zip(xr).for_each(|((d, &g), &x)| {
-                    d.write(r * g - x * c);
-                }),
-            }
-            if let Some(p) = dw_part.as_mut() {
-                p.iter_mut().zip(gr.iter().zip(xr)).for_each(|(s, (&g, &x))| *s += g.as_f64() * x.as_f64() * rf);
-            }
-        }
+        bwd_block(x, w, rstd, dy, n, r0, dxb, dw_part.as_deref_mut());
         dw_part
     };
     let mut parts: Vec<Option<Vec<f64>>> = Vec::new();
@@ -187,6 +193,55 @@ fn rms_bwd_rows<T: Float>(
         sum.into_iter().map(T::from_f64).collect()
     });
     Ok((dx, dw))
+}
+
+widest_isa! {
+    /// Rows `r0..` of the backward, as many as `dxb` holds: `dx` into `dxb`, and their terms of
+    /// `dw` added to `dw_part` (compiled for the widest vector instructions: `widest_isa.rs`).
+    #[allow(clippy::too_many_arguments)]
+    fn bwd_block<T: Float>(
+        x: &[T],
+        w: Option<&[T]>,
+        rstd: &[T],
+        dy: &[T],
+        n: usize,
+        r0: usize,
+        dxb: &mut [MaybeUninit<T>],
+        dw_part: Option<&mut [f64]>,
+    ) => bwd_block_body
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn bwd_block_body<T: Float>(
+    x: &[T],
+    w: Option<&[T]>,
+    rstd: &[T],
+    dy: &[T],
+    n: usize,
+    r0: usize,
+    dxb: &mut [MaybeUninit<T>],
+    mut dw_part: Option<&mut [f64]>,
+) {
+    let scale = 1.0 / n as f64;
+    for (i, d) in dxb.chunks_mut(n).enumerate() {
+        let row = r0 + i;
+        let (xr, gr, r) = (&x[row * n..(row + 1) * n], &dy[row * n..(row + 1) * n], rstd[row]);
+        let rf = r.as_f64();
+        let dot = dot_f64(gr, xr, w);
+        let c = T::from_f64(rf * rf * rf * dot * scale);
+        match w {
+            Some(w) => d.iter_mut().zip(gr.iter().zip(w)).zip(xr).for_each(|((d, (&g, &w)), &x)| {
+                d.write(r * (w * g) - x * c);
+            }),
+            None => d.iter_mut().zip(gr).zip(xr).for_each(|((d, &g), &x)| {
+                d.write(r * g - x * c);
+            }),
+        }
+        if let Some(p) = dw_part.as_deref_mut() {
+            p.iter_mut().zip(gr.iter().zip(xr)).for_each(|(s, (&g, &x))| *s += g.as_f64() * x.as_f64() * rf);
+        }
+    }
 }
 
 /// RMS norm backward: `(dx, dw)` (`dw` in the gain's dtype, absent without a gain).
@@ -296,6 +351,24 @@ mod tests {
                 assert_eq!((bits(&y1), bits(&r1)), (bits(&yf), bits(&rf)), "forward bits, one thread, {what}");
                 assert_eq!(bits(&dx1), bits(&dxf), "dx bits, one thread, {what}");
                 assert_eq!(dw1.map(|d| bits(&d)), dwf.map(|d| bits(&d)), "dw bits, one thread, {what}");
+                // The baseline compilation of the row bodies (the calls above take the widest
+                // instruction set the CPU has): the same bits.
+                if n > 0 {
+                    let mut yb = vec![MaybeUninit::uninit(); rows * n];
+                    let (mut rb, mut dxb) = (vec![MaybeUninit::uninit(); rows], vec![MaybeUninit::uninit(); rows * n]);
+                    fwd_block_body(&xf, wfv, n, 1e-5, 0, &mut yb, &mut rb);
+                    bwd_block_body(&xf, wfv, &rf, &gf, n, 0, &mut dxb, None);
+                    // SAFETY: the bodies wrote every element.
+                    let done = |v: Vec<MaybeUninit<f32>>| {
+                        v.into_iter().map(|x| unsafe { x.assume_init() }).collect::<Vec<_>>()
+                    };
+                    let (yb, rb, dxb) = (done(yb), done(rb), done(dxb));
+                    assert_eq!(
+                        (bits(&yb), bits(&rb), bits(&dxb)),
+                        (bits(&yf), bits(&rf), bits(&dxf)),
+                        "baseline, {what}"
+                    );
+                }
             }
         }
     }
