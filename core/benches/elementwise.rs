@@ -1,5 +1,7 @@
 //! CPU elementwise / reduction benchmark at the YOLO-LAT detector's training shapes
-//! (`--img 160 --batch 16`): broadcast binary ops, unary maps, reductions, broadcast copies.
+//! (`--img 160 --batch 16`): broadcast binary ops, unary maps, reductions, broadcast copies; and
+//! the language model's row ops at its training shapes (the README model: 16 x 128 tokens of width
+//! 128, SwiGLU hidden 256): RMS norm and SwiGLU, forward and backward.
 //!
 //! Run: `cargo bench -p ela-core --bench elementwise` (prints a markdown table: best time of
 //! several runs, and throughput in output elements per nanosecond). Extra arguments (after `--`)
@@ -10,6 +12,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use ela_core::cpu::elementwise::{binary, copy_contiguous, unary};
+use ela_core::cpu::nn::{rms_norm, rms_norm_backward, swiglu, swiglu_backward};
 use ela_core::cpu::reduce::reduce;
 use ela_core::cpu::CpuStorage;
 use ela_core::{BinaryOp, Layout, ReduceOp, Shape, UnaryOp};
@@ -122,6 +125,25 @@ fn main() {
     let flat = Layout::contiguous(vec![lx.elem_count()]);
     row("sum all", "[409600]", lx.elem_count(), &mut || {
         black_box(reduce(ReduceOp::Sum, &x, &flat, 0).unwrap());
+    });
+
+    // The LM's row ops: 2048 rows of 128 (RMS norm), 2048 x 256 (SwiGLU).
+    let (rows, n) = (2048, 128);
+    let ((x, _), (w, _), (dy, _)) = (store(&[rows, n], 10), store(&[n], 11), store(&[rows, n], 12));
+    let (_, rstd) = rms_norm(&x, Some(&w), rows, n, 1e-5).unwrap();
+    row("rms_norm", "[2048,128]", rows * n, &mut || {
+        black_box(rms_norm(&x, Some(&w), rows, n, 1e-5).unwrap());
+    });
+    row("rms_norm backward", "[2048,128]", rows * n, &mut || {
+        black_box(rms_norm_backward(&x, Some(&w), &rstd, &dy, rows, n).unwrap());
+    });
+    let ((a, la), (b, _), (g, _)) = (store(&[2048, 256], 13), store(&[2048, 256], 14), store(&[2048, 256], 15));
+    let len = la.elem_count();
+    row("swiglu", "[2048,256]", len, &mut || {
+        black_box(swiglu(&a, &b, len).unwrap());
+    });
+    row("swiglu backward", "[2048,256]", len, &mut || {
+        black_box(swiglu_backward(&a, &b, &g, len).unwrap());
     });
 
     // Broadcast copy (the backward of sum / mean materialises one).
