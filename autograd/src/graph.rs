@@ -147,17 +147,13 @@ impl<B: Backend> Var<B> {
                     None => None,
                 };
                 if let Some(g) = g {
-                    let needs: Vec<bool> = node.inputs.iter().map(|i| i.requires_grad()).collect();
-                    let acc_of = |grads: &mut HashMap<usize, Accumulator<B>>, input: &Var<B>| {
-                        grads.entry(input.id()).or_insert_with(|| Accumulator::empty(input.shape()));
-                    };
                     if let (Some(at), [input]) = (node.window, node.inputs.as_slice()) {
                         // A narrow: its gradient is a window of its input's (accumulate.rs).
                         if input.requires_grad() {
-                            acc_of(&mut grads, input);
-                            grads.get_mut(&input.id()).expect("inserted").add_window(at, g);
+                            acc_for(&mut grads, input).add_window(at, g);
                         }
                     } else {
+                        let needs: Vec<bool> = node.inputs.iter().map(|i| i.requires_grad()).collect();
                         let in_grads = (node.backward)(&g, &needs)?;
                         for ((input, gi), need) in node.inputs.iter().zip(in_grads).zip(&needs) {
                             let (Some(gi), true) = (gi, *need) else { continue };
@@ -176,8 +172,7 @@ impl<B: Backend> Var<B> {
                                     ),
                                 });
                             }
-                            acc_of(&mut grads, input);
-                            grads.get_mut(&input.id()).expect("inserted").add_whole(gi)?;
+                            acc_for(&mut grads, input).add_whole(gi)?;
                         }
                     }
                 }
@@ -203,4 +198,9 @@ impl<B: Backend> Var<B> {
         }
         Ok(Grads { map: done })
     }
+}
+
+/// The accumulator of `input`'s gradient, made on its first contribution.
+fn acc_for<'a, B: Backend>(grads: &'a mut HashMap<usize, Accumulator<B>>, input: &Var<B>) -> &'a mut Accumulator<B> {
+    grads.entry(input.id()).or_insert_with(|| Accumulator::empty(input.shape()))
 }

@@ -521,42 +521,32 @@ widest_isa! {
         k0: usize,
         out: &mut [MaybeUninit<T>],
         db: Option<&mut [MaybeUninit<T>]>,
-    ) => swiglu_task_body
-}
-
-/// The work of [`swiglu_task`], inlined into each of its instruction-set variants.
-#[inline(always)]
-fn swiglu_task_body<T: ElaFloat>(
-    a: &[T],
-    b: &[T],
-    g: Option<&[T]>,
-    k0: usize,
-    out: &mut [MaybeUninit<T>],
-    mut db: Option<&mut [MaybeUninit<T>]>,
-) {
-    let mut e = [T::ZERO; SWIGLU_BLOCK];
-    for (bi, o) in out.chunks_mut(SWIGLU_BLOCK).enumerate() {
-        let k = k0 + bi * SWIGLU_BLOCK;
-        let len = o.len();
-        let (x, v) = (&a[k..k + len], &b[k..k + len]);
-        // `exp(-x)` of the block into `e[..len]`.
-        for (ei, &xi) in e[..len].iter_mut().zip(x) {
-            *ei = -xi;
-        }
-        T::exp_slice(&mut e[..len]);
-        match (g, db.as_deref_mut()) {
-            (Some(g), Some(db)) => {
-                let (gs, dbs) = (&g[k..k + len], &mut db[bi * SWIGLU_BLOCK..bi * SWIGLU_BLOCK + len]);
-                for i in 0..len {
-                    let (x, v, gk) = (x[i], v[i], gs[i]);
-                    let s = T::ONE / (T::ONE + e[i]);
-                    o[i].write(gk * v * (s * (T::ONE + x * (T::ONE - s))));
-                    dbs[i].write(gk * (x * s));
-                }
+    ) as swiglu_task_body {
+        let mut db = db;
+        let mut e = [T::ZERO; SWIGLU_BLOCK];
+        for (bi, o) in out.chunks_mut(SWIGLU_BLOCK).enumerate() {
+            let k = k0 + bi * SWIGLU_BLOCK;
+            let len = o.len();
+            let (x, v) = (&a[k..k + len], &b[k..k + len]);
+            // `exp(-x)` of the block into `e[..len]`.
+            for (ei, &xi) in e[..len].iter_mut().zip(x) {
+                *ei = -xi;
             }
-            _ => {
-                for i in 0..len {
-                    o[i].write(x[i] / (T::ONE + e[i]) * v[i]);
+            T::exp_slice(&mut e[..len]);
+            match (g, db.as_deref_mut()) {
+                (Some(g), Some(db)) => {
+                    let (gs, dbs) = (&g[k..k + len], &mut db[bi * SWIGLU_BLOCK..bi * SWIGLU_BLOCK + len]);
+                    for i in 0..len {
+                        let (x, v, gk) = (x[i], v[i], gs[i]);
+                        let s = T::ONE / (T::ONE + e[i]);
+                        o[i].write(gk * v * (s * (T::ONE + x * (T::ONE - s))));
+                        dbs[i].write(gk * (x * s));
+                    }
+                }
+                _ => {
+                    for i in 0..len {
+                        o[i].write(x[i] / (T::ONE + e[i]) * v[i]);
+                    }
                 }
             }
         }

@@ -80,31 +80,20 @@ widest_isa! {
         r0: usize,
         yb: &mut [MaybeUninit<T>],
         rb: &mut [MaybeUninit<T>],
-    ) => fwd_block_body
-}
-
-#[inline(always)]
-fn fwd_block_body<T: Float>(
-    x: &[T],
-    w: Option<&[T]>,
-    n: usize,
-    eps: T,
-    r0: usize,
-    yb: &mut [MaybeUninit<T>],
-    rb: &mut [MaybeUninit<T>],
-) {
-    for (i, (yr, rs)) in yb.chunks_mut(n).zip(rb.iter_mut()).enumerate() {
-        let xr = &x[(r0 + i) * n..(r0 + i + 1) * n];
-        let ms = dot_f64(xr, xr, None) / n as f64;
-        let r = T::ONE / (T::from_f64(ms) + eps).sqrt();
-        rs.write(r);
-        match w {
-            Some(w) => yr.iter_mut().zip(xr).zip(w).for_each(|((y, &x), &w)| {
-                y.write(x * r * w);
-            }),
-            None => yr.iter_mut().zip(xr).for_each(|(y, &x)| {
-                y.write(x * r);
-            }),
+    ) as fwd_block_body {
+        for (i, (yr, rs)) in yb.chunks_mut(n).zip(rb.iter_mut()).enumerate() {
+            let xr = &x[(r0 + i) * n..(r0 + i + 1) * n];
+            let ms = dot_f64(xr, xr, None) / n as f64;
+            let r = T::ONE / (T::from_f64(ms) + eps).sqrt();
+            rs.write(r);
+            match w {
+                Some(w) => yr.iter_mut().zip(xr).zip(w).for_each(|((y, &x), &w)| {
+                    y.write(x * r * w);
+                }),
+                None => yr.iter_mut().zip(xr).for_each(|(y, &x)| {
+                    y.write(x * r);
+                }),
+            }
         }
     }
 }
@@ -208,38 +197,26 @@ widest_isa! {
         r0: usize,
         dxb: &mut [MaybeUninit<T>],
         dw_part: Option<&mut [f64]>,
-    ) => bwd_block_body
-}
-
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn bwd_block_body<T: Float>(
-    x: &[T],
-    w: Option<&[T]>,
-    rstd: &[T],
-    dy: &[T],
-    n: usize,
-    r0: usize,
-    dxb: &mut [MaybeUninit<T>],
-    mut dw_part: Option<&mut [f64]>,
-) {
-    let scale = 1.0 / n as f64;
-    for (i, d) in dxb.chunks_mut(n).enumerate() {
-        let row = r0 + i;
-        let (xr, gr, r) = (&x[row * n..(row + 1) * n], &dy[row * n..(row + 1) * n], rstd[row]);
-        let rf = r.as_f64();
-        let dot = dot_f64(gr, xr, w);
-        let c = T::from_f64(rf * rf * rf * dot * scale);
-        match w {
-            Some(w) => d.iter_mut().zip(gr.iter().zip(w)).zip(xr).for_each(|((d, (&g, &w)), &x)| {
-                d.write(r * (w * g) - x * c);
-            }),
-            None => d.iter_mut().zip(gr).zip(xr).for_each(|((d, &g), &x)| {
-                d.write(r * g - x * c);
-            }),
-        }
-        if let Some(p) = dw_part.as_deref_mut() {
-            p.iter_mut().zip(gr.iter().zip(xr)).for_each(|(s, (&g, &x))| *s += g.as_f64() * x.as_f64() * rf);
+    ) as bwd_block_body {
+        let mut dw_part = dw_part;
+        let scale = 1.0 / n as f64;
+        for (i, d) in dxb.chunks_mut(n).enumerate() {
+            let row = r0 + i;
+            let (xr, gr, r) = (&x[row * n..(row + 1) * n], &dy[row * n..(row + 1) * n], rstd[row]);
+            let rf = r.as_f64();
+            let dot = dot_f64(gr, xr, w);
+            let c = T::from_f64(rf * rf * rf * dot * scale);
+            match w {
+                Some(w) => d.iter_mut().zip(gr.iter().zip(w)).zip(xr).for_each(|((d, (&g, &w)), &x)| {
+                    d.write(r * (w * g) - x * c);
+                }),
+                None => d.iter_mut().zip(gr).zip(xr).for_each(|((d, &g), &x)| {
+                    d.write(r * g - x * c);
+                }),
+            }
+            if let Some(p) = dw_part.as_deref_mut() {
+                p.iter_mut().zip(gr.iter().zip(xr)).for_each(|(s, (&g, &x))| *s += g.as_f64() * x.as_f64() * rf);
+            }
         }
     }
 }

@@ -8,23 +8,39 @@
 //! the vectors changes. Loops whose order of operations depends on the vector width (a single
 //! running sum, say) must fix that order in the source to keep this true.
 
-/// `widest_isa!(fn name<T: Bound>(a: A, b: B) => body);` defines `fn name<T: Bound>(a: A, b: B)`
-/// that runs `body(a, b)` compiled for AVX-512F, else AVX2, else the baseline, whichever the CPU
-/// supports first. `body` must be `#[inline(always)]` (that is what puts its code inside each
-/// variant) and return nothing.
+/// ```text
+/// widest_isa! {
+///     /// docs
+///     fn name<T: Bound>(a: A, b: &mut B) as name_body {
+///         ...
+///     }
+/// }
+/// ```
+///
+/// defines `name_body`, the body as written, marked `#[inline(always)]` (the baseline
+/// compilation, which tests compare against), and `name`, which runs that body compiled for
+/// AVX-512F, else AVX2, else the baseline, whichever the CPU supports first. Neither returns a
+/// value: results go through `&mut` arguments.
 macro_rules! widest_isa {
-    ($(#[$m:meta])* $vis:vis fn $name:ident<$T:ident: $bound:path>($($a:ident: $t:ty),* $(,)?) => $body:ident) => {
+    (
+        $(#[$m:meta])*
+        $vis:vis fn $name:ident<$T:ident: $bound:path>($($a:ident: $t:ty),* $(,)?) as $body_name:ident $body:block
+    ) => {
+        $(#[$m])*
+        #[inline(always)]
+        $vis fn $body_name<$T: $bound>($($a: $t),*) $body
+
         $(#[$m])*
         $vis fn $name<$T: $bound>($($a: $t),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
                 unsafe fn avx512<$T: $bound>($($a: $t),*) {
-                    $body($($a),*)
+                    $body_name($($a),*)
                 }
                 #[target_feature(enable = "avx2")]
                 unsafe fn avx2<$T: $bound>($($a: $t),*) {
-                    $body($($a),*)
+                    $body_name($($a),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU supports AVX-512F (checked just above).
@@ -35,7 +51,7 @@ macro_rules! widest_isa {
                     return unsafe { avx2($($a),*) };
                 }
             }
-            $body($($a),*)
+            $body_name($($a),*)
         }
     };
 }
