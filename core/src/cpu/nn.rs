@@ -68,6 +68,7 @@ macro_rules! with_float {
         }
     };
 }
+pub(super) use with_float;
 
 /// The first `len` elements of `s` in the compute float: borrowed when `s` is f32/f64 already
 /// (these kernels only read their inputs), widened copies of f16/bf16.

@@ -22,10 +22,10 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 use super::alloc::{reserve, written};
-use super::nn::{opt_weight, store, store_stat};
+use super::nn::{opt_weight, store, store_stat, with_float};
 use super::storage::{CpuStorage, FloatCow};
 use super::widest_isa::widest_isa;
-use crate::dtype::Float;
+use crate::dtype::{Float, WithDType};
 use crate::error::{Error, Result};
 
 /// Partial sums per row sum: an AVX-512 register of f64, and enough independent additions in
@@ -60,9 +60,12 @@ fn rms_rows<T: Float>(x: &[T], w: Option<&[T]>, rows: usize, n: usize, eps: T) -
     }
     let mut rstd = reserve(rows)?;
     let rstd_out = &mut rstd.spare_capacity_mut()[..rows];
-    // SAFETY: the tasks' chunks cover `y` and `rstd_out`, and every element of each is written.
+    // SAFETY: the blocks cover `y` and `rstd_out`, and `fwd_block` writes every element of each.
     let y = unsafe {
-        written(x.len(), |y| par_row_blocks(y, rstd_out, n, |r0, yb, rb| fwd_block(x, w, n, eps, r0, yb, rb)))?
+        written(x.len(), |y| {
+            let blocks = y.chunks_mut(BLOCK_ROWS * n).zip(rstd_out.chunks_mut(BLOCK_ROWS)).collect();
+            map_row_blocks(blocks, x.len(), |r0, (yb, rb)| fwd_block(x, w, n, eps, r0, yb, rb));
+        })?
     };
     // SAFETY: `rstd` has capacity `rows`, all written above.
     unsafe { rstd.set_len(rows) };
@@ -98,27 +101,15 @@ widest_isa! {
     }
 }
 
-/// Splits `out` (rows of `n`) and `per_row` (one value a row) into blocks of [`BLOCK_ROWS`] rows
-/// and runs `f(first_row, out_block, per_row_block)` on each, in parallel when there is enough
-/// work. Rows must not be empty (`n > 0`).
-fn par_row_blocks<T: Send, S: Send>(
-    out: &mut [MaybeUninit<T>],
-    per_row: &mut [MaybeUninit<S>],
-    n: usize,
-    f: impl Fn(usize, &mut [MaybeUninit<T>], &mut [MaybeUninit<S>]) + Send + Sync,
-) {
-    let parallel = out_len_is_parallel(out.len());
-    let blocks = out.chunks_mut(BLOCK_ROWS * n).zip(per_row.chunks_mut(BLOCK_ROWS));
-    if parallel {
-        let blocks: Vec<_> = blocks.enumerate().collect();
-        blocks.into_par_iter().for_each(|(b, (o, p))| f(b * BLOCK_ROWS, o, p));
+/// `f(first_row, block)` for each block of [`BLOCK_ROWS`] rows (`blocks`, in row order, `elems`
+/// elements in all), in parallel when there is enough work; the results in block order.
+fn map_row_blocks<I: Send, R: Send>(blocks: Vec<I>, elems: usize, f: impl Fn(usize, I) -> R + Send + Sync) -> Vec<R> {
+    let first_row = |(b, block)| f(b * BLOCK_ROWS, block);
+    if elems >= super::PAR_THRESHOLD {
+        blocks.into_par_iter().enumerate().map(first_row).collect()
     } else {
-        blocks.enumerate().for_each(|(b, (o, p))| f(b * BLOCK_ROWS, o, p));
+        blocks.into_iter().enumerate().map(first_row).collect()
     }
-}
-
-fn out_len_is_parallel(len: usize) -> bool {
-    len >= super::PAR_THRESHOLD
 }
 
 /// RMS norm forward: `(y, rstd)` for `rows` rows of `n`.
@@ -130,19 +121,11 @@ pub fn rms_norm(
     eps: f64,
 ) -> Result<(CpuStorage, CpuStorage)> {
     let dtype = x.dtype();
-    let (y, r) = match super::nn::contiguous_float(x, rows * n, "rms_norm")? {
-        FloatCow::F32(x) => {
-            let w = opt_weight(w, n, dtype, "rms_norm")?;
-            let (y, r) = rms_rows(&x, w.as_deref(), rows, n, eps as f32)?;
-            (store(y, dtype)?, store_stat(r, dtype)?)
-        }
-        FloatCow::F64(x) => {
-            let w = opt_weight(w, n, dtype, "rms_norm")?;
-            let (y, r) = rms_rows(&x, w.as_deref(), rows, n, eps)?;
-            (store(y, dtype)?, store_stat(r, dtype)?)
-        }
-    };
-    Ok((y, r))
+    Ok(with_float!(super::nn::contiguous_float(x, rows * n, "rms_norm")?, |x| {
+        let w = opt_weight(w, n, dtype, "rms_norm")?;
+        let (y, r) = rms_rows(&x, w.as_deref(), rows, n, WithDType::from_f64(eps))?;
+        (store(y, dtype)?, store_stat(r, dtype)?)
+    }))
 }
 
 /// The backward over rows of `n`: `dx`, and `dw` when there is a gain.
@@ -166,12 +149,7 @@ fn rms_bwd_rows<T: Float>(
             if n == 0 {
                 return;
             }
-            let blocks: Vec<_> = dx.chunks_mut(BLOCK_ROWS * n).enumerate().collect();
-            parts = if out_len_is_parallel(x.len()) {
-                blocks.into_par_iter().map(|(b, d)| block(b * BLOCK_ROWS, d)).collect()
-            } else {
-                blocks.into_iter().map(|(b, d)| block(b * BLOCK_ROWS, d)).collect()
-            };
+            parts = map_row_blocks(dx.chunks_mut(BLOCK_ROWS * n).collect(), x.len(), block);
         })?
     };
     let dw = w.map(|_| {
