@@ -107,13 +107,18 @@ fn place_windows<B: Backend>(shape: &Shape, mut windows: Vec<(WindowOf, Tensor<B
 fn pad_and_add<B: Backend>(shape: &Shape, windows: Vec<(WindowOf, Tensor<B>)>) -> Result<Tensor<B>> {
     let mut sum: Option<Tensor<B>> = None;
     for (at, g) in windows {
-        let mut pads = vec![(0, 0); g.rank()];
-        pads[at.axis] = (at.start, shape.dims()[at.axis] - at.start - g.dims()[at.axis]);
-        let padded = g.pad(&pads, 0.0)?;
+        let padded = pad_window(&g, at, shape.dims()[at.axis])?;
         sum = Some(match sum {
             Some(s) => s.add(&padded)?,
             None => padded,
         });
     }
     Ok(sum.expect("at least one window"))
+}
+
+/// The adjoint of one narrow: the window's gradient `g` zero-padded back to `size` along its axis.
+pub(crate) fn pad_window<B: Backend>(g: &Tensor<B>, at: WindowOf, size: usize) -> Result<Tensor<B>> {
+    let mut pads = vec![(0, 0); g.rank()];
+    pads[at.axis] = (at.start, size - at.start - g.dims()[at.axis]);
+    g.pad(&pads, 0.0)
 }

@@ -4,7 +4,7 @@
 
 use ela_core::{Backend, Dim, Result, Shape, Tensor};
 
-use crate::accumulate::WindowOf;
+use crate::accumulate::{pad_window, WindowOf};
 use crate::var::Var;
 
 impl<B: Backend> Var<B> {
@@ -55,12 +55,8 @@ impl<B: Backend> Var<B> {
         let x = self.value();
         let a = axis.to_index(x.shape(), "narrow")?;
         let y = x.narrow(a, start, len)?;
-        let size = x.dims()[a];
-        Var::record_window("narrow", y, self, WindowOf { axis: a, start }, move |g, _| {
-            let mut pads = vec![(0, 0); g.rank()];
-            pads[a] = (start, size - start - len);
-            Ok(vec![Some(g.pad(&pads, 0.0)?)])
-        })
+        let (at, size) = (WindowOf { axis: a, start }, x.dims()[a]);
+        Var::record_window("narrow", y, self, at, move |g, _| Ok(vec![Some(pad_window(g, at, size)?)]))
     }
 
     /// Pieces of `size` along `axis`.
