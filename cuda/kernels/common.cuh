@@ -173,6 +173,17 @@ template <typename C> __device__ __forceinline__ C neg_inf();
 template <> __device__ __forceinline__ float neg_inf<float>() { return __int_as_float(0xff800000); }
 template <> __device__ __forceinline__ double neg_inf<double>() { return __longlong_as_double(0xfff0000000000000ull); }
 
+// Units change factor exp(min - max) <= 1 between log-scales a and b (docs/ela.md (S')): the
+// state moves from m to m' >= m as S * exp(m - m'), the reverse accumulator U from m^(c+1) to
+// m^(c) <= m^(c+1) as U * exp(m^(c) - m^(c+1)). An empty side (-inf) gives 0, equal scales 1.
+// (The chunked ELA kernels and the whole-model decoding step of lm_decode.cu use it.)
+__device__ __forceinline__ float units_factor(float a, float b) {
+    if (a == b) return 1.f;
+    float lo = fminf(a, b), hi = fmaxf(a, b);
+    if (lo == neg_inf<float>()) return 0.f;
+    return __expf(lo - hi);
+}
+
 // ---------------------------------------------------------------- block reductions
 
 // Sum over the warp of one value per lane; every lane gets the result (the same butterfly order

@@ -475,19 +475,7 @@ impl Cuda {
         }
         let f = self.function(file, name)?;
         self.bind("launch")?;
-        if smem > 48 * 1024 {
-            // Blocks get more than 48 KiB of shared memory only after opting in, per function.
-            // (The L1/shared carve-out is left to the driver: forcing the largest one was measured
-            // to slow the 128-wide ELA kernels by 5-10 % on an H200.)
-            f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
-                .map_err(|e| Error::Backend {
-                    backend: "cuda",
-                    op: "launch",
-                    msg: format!(
-                        "{name} needs {smem} bytes of shared memory per block, more than this GPU allows: {e:?}"
-                    ),
-                })?;
-        }
+        opt_in_smem(&f, name, smem)?;
         let ptrs: Vec<*mut c_void> = args.iter().map(Arg::as_ptr).collect();
         self.launch_ptrs(&f, name, cfg, smem, ptrs)
     }
@@ -503,15 +491,29 @@ impl Cuda {
         list: &T,
         rest: &[Arg],
     ) -> Result<()> {
+        self.launch_list_smem(file, name, cfg, 0, list, rest)
+    }
+
+    /// [`Cuda::launch_list`] with `smem` bytes of dynamic shared memory per block.
+    pub(crate) fn launch_list_smem<T: DeviceRepr>(
+        &self,
+        file: KernelFile,
+        name: &str,
+        cfg: Cfg,
+        smem: u32,
+        list: &T,
+        rest: &[Arg],
+    ) -> Result<()> {
         const { assert!(std::mem::size_of::<T>() <= 4096, "kernel parameters are limited to 4 KiB") };
         if cfg.grid == 0 {
             return Ok(());
         }
         let f = self.function(file, name)?;
         self.bind("launch")?;
+        opt_in_smem(&f, name, smem)?;
         let ptrs: Vec<*mut c_void> =
             std::iter::once(list as *const T as *mut c_void).chain(rest.iter().map(Arg::as_ptr)).collect();
-        self.launch_ptrs(&f, name, cfg, 0, ptrs)
+        self.launch_ptrs(&f, name, cfg, smem, ptrs)
     }
 
     /// Queues `f` with the parameter addresses `ptrs` (recorded in the kernel statistics when on).
@@ -556,6 +558,22 @@ impl Cuda {
         self.no_capture("kernel_stats_report")?;
         self.inner.stats.as_ref().map(|s| s.report(&self.inner.stream, top)).transpose()
     }
+}
+
+/// Lets `f` run with `smem` bytes of dynamic shared memory per block: blocks get more than 48 KiB
+/// only after opting in, per function. (The L1/shared carve-out is left to the driver: forcing
+/// the largest one was measured to slow the 128-wide ELA kernels by 5-10 % on an H200.)
+fn opt_in_smem(f: &CudaFunction, name: &str, smem: u32) -> Result<()> {
+    if smem <= 48 * 1024 {
+        return Ok(());
+    }
+    f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32).map_err(
+        |e| Error::Backend {
+            backend: "cuda",
+            op: "launch",
+            msg: format!("{name} needs {smem} bytes of shared memory per block, more than this GPU allows: {e:?}"),
+        },
+    )
 }
 
 /// Grid and block sizes of a launch.

@@ -105,13 +105,31 @@ pub enum KernelFile {
         /// Value width plus the denominator column (padded).
         e: u16,
     },
+    /// a whole decoding step of an ELA language model in one launch (`lm_decode.cu`), compiled
+    /// for each model shape
+    LmDecode(LmShape),
+}
+
+/// The compile-time shape of [`KernelFile::LmDecode`] (`LM_*` in `lm_decode.cu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LmShape {
+    /// Weight dtype (the activations are f32).
+    pub wt: ElaDt,
+    /// Model width.
+    pub d: u32,
+    /// Attention heads (the head size is `d / heads`).
+    pub heads: u32,
+    /// FFN hidden width.
+    pub ff: u32,
+    /// How attention and FFN join: 0 Hyper-Link, 1 pre-norm residual, 2 post-norm residual.
+    pub link: u8,
 }
 
 impl KernelFile {
     /// Every kernel file (each family of chunked ELA kernels in representative variants: the
     /// tensor-core path, an f32-operand path with 32-row chunks, and for the feature-map kernels
     /// tensor-core tiles wider than 144, which take 32-row chunks too).
-    pub const ALL: [KernelFile; 13] = [
+    pub const ALL: [KernelFile; 14] = [
         KernelFile::Elementwise,
         KernelFile::Reduce,
         KernelFile::SoftmaxNorm,
@@ -125,6 +143,7 @@ impl KernelFile {
         KernelFile::ElaLa { dt: ElaDt::F16, tc: false, f: 144, e: 144 },
         KernelFile::ElaLa { dt: ElaDt::BF16, tc: true, f: 160, e: 16 },
         KernelFile::ElaLa { dt: ElaDt::BF16, tc: true, f: 256, e: 272 },
+        KernelFile::LmDecode(LmShape { wt: ElaDt::BF16, d: 128, heads: 4, ff: 256, link: 0 }),
     ];
 
     /// File name under `cuda/kernels/`.
@@ -139,6 +158,7 @@ impl KernelFile {
             KernelFile::Ela => "ela/recurrent.cu",
             KernelFile::ElaChunk { .. } => "ela/chunk_fwd.cu",
             KernelFile::ElaLa { .. } => "ela/la_chunk.cu",
+            KernelFile::LmDecode(_) => "lm_decode.cu",
         }
     }
 
@@ -154,6 +174,7 @@ impl KernelFile {
             KernelFile::Ela => include_str!("../kernels/ela/recurrent.cu"),
             KernelFile::ElaChunk { .. } => include_str!("../kernels/ela/chunk_fwd.cu"),
             KernelFile::ElaLa { .. } => include_str!("../kernels/ela/la_chunk.cu"),
+            KernelFile::LmDecode(_) => include_str!("../kernels/lm_decode.cu"),
         }
     }
 
@@ -199,6 +220,12 @@ impl KernelFile {
                         ("ela/features.cuh", include_str!("../kernels/ela/features.cuh")),
                         (self.name(), self.source()),
                     ]),
+            ),
+            KernelFile::LmDecode(m) => Cow::Owned(
+                format!(
+                    "#define LM_WT {}\n#define LM_D {}\n#define LM_HEADS {}\n#define LM_FF {}\n#define LM_LINK {}\n",
+                    m.wt as i32, m.d, m.heads, m.ff, m.link
+                ) + &with_lines(&[(self.name(), self.source())]),
             ),
             _ => Cow::Borrowed(self.source()),
         }

@@ -38,3 +38,24 @@ fn a_broken_kernel_is_a_typed_error_with_the_log() {
     assert!(matches!(err, ela_core::Error::Backend { .. }), "{err:?}");
     assert!(msg.contains("undefined_thing") && msg.contains("broken.cu"), "the NVRTC log is in the message: {msg}");
 }
+
+/// The whole-model decoding step compiles for every link and weight dtype, at head sizes below,
+/// at and above a warp, and with rows shorter than one 16-byte load per lane.
+#[test]
+fn lm_decode_compiles_for_every_link_and_dtype() {
+    if !kernels::nvrtc_available() {
+        let tried = format!("tried {:?}", kernels::linux_candidates("nvrtc"));
+        return ela_cuda::testing::skip("no NVRTC library", &tried);
+    }
+    use kernels::{ElaDt, KernelFile, LmShape};
+    for wt in [ElaDt::F32, ElaDt::F16, ElaDt::BF16] {
+        for link in 0..3u8 {
+            for (d, heads, ff) in [(32, 2, 48), (128, 4, 256), (256, 2, 1024), (1024, 16, 4096)] {
+                let f = KernelFile::LmDecode(LmShape { wt, d, heads, ff, link });
+                if let Err(e) = kernels::compile(f, "sm_90") {
+                    panic!("{f:?}: {e}");
+                }
+            }
+        }
+    }
+}

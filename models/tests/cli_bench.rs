@@ -69,7 +69,9 @@ fn bench_decode_prints_latency_and_constant_ela_state() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
     assert!(
-        out.contains("| batch | context | ELA ms/token | ELA graph ms/token | ELA state bytes | softmax ms/token |"),
+        out.contains(
+            "| batch | context | ELA ms/token | ELA graph ms/token | ELA fused ms/token | ELA state bytes | softmax ms/token |"
+        ),
         "{out}"
     );
     let rows = table_rows(&out);
@@ -82,12 +84,12 @@ fn bench_decode_prints_latency_and_constant_ela_state() {
     for (row, (b, n)) in rows.iter().zip(cases) {
         assert_eq!((row[0].clone(), row[1].clone()), (b.to_string(), n.to_string()));
         assert!(row[2].parse::<f64>().is_ok(), "{row:?}");
-        assert_eq!(row[3], "-", "{row:?}");
-        assert_eq!(bytes(&row[4]), b * bytes(&rows[0][4]), "ELA state is constant in the context: {row:?}");
+        assert_eq!((row[3].as_str(), row[4].as_str()), ("-", "-"), "{row:?}");
+        assert_eq!(bytes(&row[5]), b * bytes(&rows[0][5]), "ELA state is constant in the context: {row:?}");
         if n <= 32 {
-            assert_eq!(bytes(&row[6]), b * 2 * 2 * 16 * (n + STEPS + 1) * 4, "{row:?}");
+            assert_eq!(bytes(&row[7]), b * 2 * 2 * 16 * (n + STEPS + 1) * 4, "{row:?}");
         } else {
-            assert_eq!((row[5].as_str(), row[6].as_str()), ("-", "-"), "softmax skipped above the limit: {row:?}");
+            assert_eq!((row[6].as_str(), row[7].as_str()), ("-", "-"), "softmax skipped above the limit: {row:?}");
         }
     }
     assert!(out.contains("softmax skipped above N = 32"), "{out}");
@@ -101,6 +103,7 @@ fn bench_errors_are_one_line() {
         &["bench", "decode", "--steps", "0"][..],
         &["bench", "decode", "--heads", "3"][..],
         &["bench", "decode", "--graph"][..],
+        &["bench", "decode", "--fused"][..],
         &["bench", "decode", "--batch", "0"][..],
     ] {
         let o = ela(args);

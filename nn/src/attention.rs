@@ -140,6 +140,11 @@ impl<B: Backend> Attention<B> {
         &self.cfg
     }
 
+    /// The projections `[q, k, v, o]`, each `[dim, dim]` without bias.
+    pub fn projections(&self) -> [&Linear<B>; 4] {
+        [&self.q, &self.k, &self.v, &self.o]
+    }
+
     /// Why this layer's decoding step is different work at every position, so cannot be
     /// recorded once and replayed (a CUDA graph), or `None` (its cache may still block it:
     /// [`AttnCache::replay_blocker`]).

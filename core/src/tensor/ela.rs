@@ -315,9 +315,28 @@ impl<B: Backend> FusedElaState<B> {
         self.tokens
     }
 
+    /// The device holding the buffers.
+    pub fn device(&self) -> &B {
+        &self.device
+    }
+
+    /// The sizes the state was made for (`t` is 0): batch, heads, `d` and `dv`.
+    pub fn dims(&self) -> ElaDims {
+        self.dims
+    }
+
+    /// The state buffers themselves, for a backend's own kernel that updates them in place (a
+    /// whole decoding step in one launch: `ela_cuda::Cuda::lm_decode_step`). Such a kernel must
+    /// keep the layout and meaning of [`FusedElaState::buffers`] and count its tokens with
+    /// [`FusedElaState::count_replayed_steps`].
+    pub fn storage_mut(&mut self) -> &mut ElaStateBufs<B::Storage> {
+        &mut self.bufs
+    }
+
     /// Counts `n` steps that ran without [`FusedElaState::step`]: replays of a CUDA graph that
-    /// recorded one `step` on this state's buffers (each replay updates the buffers in place, but
-    /// only the host call that was recorded counted its token). Changes no buffer.
+    /// recorded one `step` on this state's buffers, or a fused kernel that updated them through
+    /// [`FusedElaState::storage_mut`] (both update the buffers in place without counting; of a
+    /// graph, only the host call that was recorded counted its token). Changes no buffer.
     pub fn count_replayed_steps(&mut self, n: usize) {
         self.tokens += n;
     }

@@ -160,16 +160,6 @@ __device__ __forceinline__ void raw_to_mt4(RAW4 r, MT* o) {
 #endif
 }
 
-// Units change factor exp(min - max) <= 1 between log-scales a and b (docs/ela.md (S')): the
-// state moves from m to m' >= m as S * exp(m - m'), the reverse accumulator U from m^(c+1) to
-// m^(c) <= m^(c+1) as U * exp(m^(c) - m^(c+1)). An empty side (-inf) gives 0, equal scales 1.
-__device__ __forceinline__ float units_factor(float a, float b) {
-    if (a == b) return 1.f;
-    float lo = fminf(a, b), hi = fmaxf(a, b);
-    if (lo == neg_inf<float>()) return 0.f;
-    return __expf(lo - hi);
-}
-
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));

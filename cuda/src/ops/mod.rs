@@ -5,6 +5,7 @@ pub(crate) mod conv;
 pub(crate) mod ela;
 pub(crate) mod elementwise;
 pub(crate) mod index;
+pub mod lm_decode;
 pub(crate) mod matmul;
 pub mod multi_tensor;
 pub(crate) mod nn;

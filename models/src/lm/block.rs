@@ -60,6 +60,14 @@ impl<B: Backend> BlockCache<B> {
         self.lobe.as_mut().map_or(Ok(()), |c| c.count_replayed_steps(n))
     }
 
+    /// The attention layer's fused ELA state, when it has one and no lobe state beside it.
+    pub(crate) fn fused_attn_state(&mut self) -> Option<&mut ela_core::FusedElaState<B>> {
+        match (&mut self.attn, &self.lobe) {
+            (AttnCache::Ela(s), None) => s.fused_mut(),
+            _ => None,
+        }
+    }
+
     /// An independent copy of ELA caches (`None` if a cache is a KV cache).
     pub fn try_clone_states(&self) -> Option<Result<Self>> {
         let attn = self.attn.try_clone_state()?;
@@ -141,6 +149,29 @@ impl<B: Backend> Block<B> {
             lobe,
             link: cfg.link,
         })
+    }
+
+    /// The norms `(N1, N2)` (no `N2` under Hyper-Link).
+    pub(crate) fn norms(&self) -> (&RmsNorm<B>, Option<&RmsNorm<B>>) {
+        (&self.norm1, self.norm2.as_ref())
+    }
+
+    /// The attention layer.
+    pub(crate) fn attn(&self) -> &Attention<B> {
+        &self.attn
+    }
+
+    /// The dense FFN, if the FFN is not an MoE.
+    pub(crate) fn dense_ffn(&self) -> Option<&SwiGlu<B>> {
+        match &self.ffn {
+            Ffn::Dense(m) => Some(m),
+            Ffn::Moe(_) => None,
+        }
+    }
+
+    /// Whether the layer has a Memory Lobe.
+    pub(crate) fn has_lobe(&self) -> bool {
+        self.lobe.is_some()
     }
 
     /// The MoE layer, if the FFN is one.

@@ -12,7 +12,7 @@
 //! assignments back to the host. Token ids are range-checked on the host before they are written
 //! (the recorded embedding lookup cannot check values that do not exist yet when it is recorded).
 
-use ela_core::{Backend, Cpu, CpuStorage, Error, Result, Tensor};
+use ela_core::{Backend, Cpu, CpuStorage, Error, FusedElaState, Result, Tensor};
 use ela_nn::optim::{AdamWConfig, InPlaceOperands};
 
 use super::model::{DecodeState, ElaLm};
@@ -46,6 +46,20 @@ pub trait ReplayDevice: Backend {
         cfg: &AdamWConfig,
         hyper: &Tensor<Self>,
         sumsq: &Tensor<Self>,
+    ) -> Result<()>;
+    /// A model's decoding step compiled into one kernel ([`super::FusedDecoder`]).
+    type FusedPlan;
+    /// Checks `model` and compiles its fused decoding step (an error where there is none: the
+    /// CPU, or a model [`ElaLm::fused_step_blocker`] refuses).
+    fn fused_plan(model: &ElaLm<Self>) -> Result<Self::FusedPlan>;
+    /// Queues one fused step of `plan` for `ids` `[batch, 1]`: updates `states` (one per layer)
+    /// in place, counts the token on them and writes `logits` `[batch, vocab]`.
+    fn fused_step(
+        &self,
+        plan: &Self::FusedPlan,
+        states: &mut [&mut FusedElaState<Self>],
+        ids: &Tensor<Self>,
+        logits: &Tensor<Self>,
     ) -> Result<()>;
 }
 
@@ -84,6 +98,22 @@ impl ReplayDevice for Cpu {
             "adamw_in_place",
             "the CPU backend has no in-place update: use Optimizer::step (a recorded step needs CUDA)",
         ))
+    }
+    type FusedPlan = std::convert::Infallible;
+    fn fused_plan(_model: &ElaLm<Self>) -> Result<Self::FusedPlan> {
+        Err(Error::invalid(
+            "FusedDecoder",
+            "the fused decoding step is a CUDA kernel; on the CPU decode with ElaLm::step, which has no launch cost to save",
+        ))
+    }
+    fn fused_step(
+        &self,
+        plan: &Self::FusedPlan,
+        _states: &mut [&mut FusedElaState<Self>],
+        _ids: &Tensor<Self>,
+        _logits: &Tensor<Self>,
+    ) -> Result<()> {
+        match *plan {}
     }
 }
 
@@ -125,6 +155,19 @@ impl ReplayDevice for ela_cuda::Cuda {
             .map(|o| ela_cuda::AdamWInPlace { p: &o.p, g: &o.g, m: &o.m, v: &o.v, weight_decay: o.weight_decay })
             .collect();
         ela_cuda::Cuda::adamw_in_place(self, &items, (cfg.beta1, cfg.beta2, cfg.eps), hyper, sumsq)
+    }
+    type FusedPlan = ela_cuda::LmDecodePlan;
+    fn fused_plan(model: &ElaLm<Self>) -> Result<Self::FusedPlan> {
+        super::fused_decode::cuda_plan(model)
+    }
+    fn fused_step(
+        &self,
+        plan: &Self::FusedPlan,
+        states: &mut [&mut FusedElaState<Self>],
+        ids: &Tensor<Self>,
+        logits: &Tensor<Self>,
+    ) -> Result<()> {
+        self.lm_decode_step(plan, states, ids, logits)
     }
 }
 
@@ -239,7 +282,12 @@ impl<'m, B: ReplayDevice> GraphDecoder<'m, B> {
     }
 }
 
-fn check_tokens<B: Backend>(op: &'static str, model: &ElaLm<B>, tokens: &[u32], batch: Option<usize>) -> Result<()> {
+pub(super) fn check_tokens<B: Backend>(
+    op: &'static str,
+    model: &ElaLm<B>,
+    tokens: &[u32],
+    batch: Option<usize>,
+) -> Result<()> {
     if tokens.is_empty() || batch.is_some_and(|b| b != tokens.len()) {
         let want = batch.map_or("at least one".to_string(), |b| b.to_string());
         return Err(Error::invalid(

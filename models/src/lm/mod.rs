@@ -3,6 +3,7 @@
 
 pub mod block;
 pub mod config;
+pub mod fused_decode;
 pub mod generate;
 pub mod graph_decode;
 mod mixer;
@@ -10,6 +11,7 @@ pub mod model;
 pub mod size;
 
 pub use config::{AttnKind, Link, LmConfig, LobeMode, MoeSpec};
+pub use fused_decode::FusedDecoder;
 pub use generate::{generate, generate_eager, sample, SampleConfig};
 pub use graph_decode::{GraphDecoder, ReplayDevice};
 pub use model::{DecodeState, ElaLm, LmOutput};

@@ -55,6 +55,18 @@ impl<B: Backend> DecodeState<B> {
         Ok(())
     }
 
+    /// Every layer's fused ELA attention state, in order (`None` if a layer has a KV cache, a
+    /// lobe state or a user kernel's state).
+    pub(crate) fn fused_states(&mut self) -> Option<Vec<&mut ela_core::FusedElaState<B>>> {
+        self.caches.iter_mut().map(|c| c.fused_attn_state()).collect()
+    }
+
+    /// Moves the position on by one token, after a step that counted its token in the states
+    /// itself (the fused step: `ela_cuda::Cuda::lm_decode_step`).
+    pub(crate) fn advance_position(&mut self) {
+        self.pos += 1;
+    }
+
     /// An independent copy when every cache is an ELA state (`None` for KV caches).
     pub(crate) fn try_clone_states(&self) -> Option<Result<Self>> {
         let caches: Option<Vec<Result<BlockCache<B>>>> = self.caches.iter().map(|c| c.try_clone_states()).collect();
@@ -132,6 +144,16 @@ impl<B: Backend> ElaLm<B> {
     /// The layers.
     pub fn blocks(&self) -> &[Block<B>] {
         &self.blocks
+    }
+
+    /// The embedding table `[vocab, dim]` (also the head when tied).
+    pub(crate) fn embed_table(&self) -> &Var<B> {
+        self.embed.weight()
+    }
+
+    /// The final norm and the untied head, if the model has them.
+    pub(crate) fn output_layers(&self) -> (Option<&RmsNorm<B>>, Option<&Linear<B>>) {
+        (self.final_norm.as_ref(), self.head.as_ref())
     }
 
     fn check_ids(&self, ids: &Tensor<B>) -> Result<(usize, usize)> {

@@ -117,6 +117,16 @@ impl<B: Backend> ElaState<B> {
         &self.inner
     }
 
+    /// The fused state itself, to update in place with a backend's own kernel (see
+    /// [`FusedElaState::storage_mut`]), or `None` for a user kernel, whose feature maps must run
+    /// before every step.
+    pub fn fused_mut(&mut self) -> Option<&mut FusedElaState<B>> {
+        match self.user {
+            Some(_) => None,
+            None => Some(&mut self.inner),
+        }
+    }
+
     /// An independent copy (e.g. to branch a decode).
     pub fn try_clone(&self) -> Result<Self> {
         Ok(ElaState { inner: self.inner.try_clone()?, user: self.user.clone() })

@@ -65,6 +65,11 @@ impl<B: Backend> RmsNorm<B> {
         &self.weight
     }
 
+    /// The `eps` added to the mean square.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
     /// Normalise `x [.., dim]`.
     pub fn forward(&self, x: &Var<B>) -> Result<Var<B>> {
         check_last(x, self.weight.dims()[0], "RmsNorm")?;

@@ -22,7 +22,7 @@ use ela_nn::module::ParamStore;
 use super::{fmt_bytes, fmt_ms, machine, median, parse_list};
 use crate::budget::Estimate;
 use crate::lm::size::{add_decoding, add_prefill, param_count};
-use crate::lm::{AttnKind, DecodeState, ElaLm, GraphDecoder, Link, LmConfig, LobeMode, ReplayDevice};
+use crate::lm::{AttnKind, DecodeState, ElaLm, FusedDecoder, GraphDecoder, Link, LmConfig, LobeMode, ReplayDevice};
 
 /// Options of `ela bench decode`.
 #[derive(clap::Args, Debug, Clone)]
@@ -37,6 +37,10 @@ pub struct BenchDecodeArgs {
     /// (`GraphDecoder`; needs `--device cuda`).
     #[arg(long)]
     pub graph: bool,
+    /// Also time the ELA model's whole step as one kernel launch per token (`FusedDecoder`;
+    /// needs `--device cuda`).
+    #[arg(long)]
+    pub fused: bool,
     /// Dtype of the weights and activations: f32, or bf16 (weights stored in bf16, as for
     /// inference; ELA states and every sum stay f32).
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
@@ -163,36 +167,73 @@ pub(crate) fn measure_graph<B: ReplayDevice>(
     let (state, prefill_s) = prefill_random(model, n, batch, rng, dev)?;
     let bytes = state.bytes();
     let mut dec = GraphDecoder::new(model, state, &random_bytes(batch, rng))?;
-    dec.logits().to_vec_f64()?;
     crate::errln!("ela bench decode: the recorded step has {} operations", dec.graph_nodes());
+    let step_ms = time_decoder("graph", batch, steps, rng, |t, read| read_if(dec.step(t)?, read))?;
+    Ok(Cell { step_ms, prefill_s, bytes })
+}
+
+/// [`measure`] with the ELA model's whole step as one kernel ([`FusedDecoder`]): the same prompt
+/// handling; the decoder's construction (its kernel's compilation) and first step untimed.
+pub(crate) fn measure_fused<B: ReplayDevice>(
+    model: &ElaLm<B>,
+    n: usize,
+    batch: usize,
+    steps: usize,
+    rng: &mut Rng,
+    dev: &B,
+) -> Result<Cell> {
+    let (state, prefill_s) = prefill_random(model, n, batch, rng, dev)?;
+    let bytes = state.bytes();
+    let mut dec = FusedDecoder::new(model, state, &random_bytes(batch, rng))?;
+    let step_ms = time_decoder("fused", batch, steps, rng, |t, read| read_if(dec.step(t)?, read))?;
+    Ok(Cell { step_ms, prefill_s, bytes })
+}
+
+/// Copies `logits` to the host when `read` (what sampling needs; it waits for the step).
+fn read_if<B: Backend>(logits: &Tensor<B>, read: bool) -> Result<()> {
+    if read {
+        logits.to_vec_f64()?;
+    }
+    Ok(())
+}
+
+/// The median milliseconds of `steps` decoder steps (`step(tokens, read the logits)`), each
+/// reading its logits back, after one untimed step. Also prints, as a diagnostic, the time per
+/// step when the logits are read only after the last one (the tokens are still written and
+/// checked each step): the difference is the host-device round trip.
+fn time_decoder(
+    what: &str,
+    batch: usize,
+    steps: usize,
+    rng: &mut Rng,
+    mut step: impl FnMut(&[u32], bool) -> Result<()>,
+) -> Result<f64> {
+    step(&random_bytes(batch, rng), true)?;
     let mut times = Vec::with_capacity(steps);
     for _ in 0..steps {
         let next = random_bytes(batch, rng);
         let t0 = Instant::now();
-        dec.step(&next)?.to_vec_f64()?;
+        step(&next, true)?;
         times.push(t0.elapsed().as_secs_f64() * 1e3);
     }
-    // Diagnostic: the same steps without reading the logits back in between (the tokens are
-    // still written and checked each step), i.e. what the host-device round trip costs.
     let next = random_bytes(batch, rng);
     let t0 = Instant::now();
-    for _ in 0..steps {
-        dec.step(&next)?;
+    for i in 0..steps {
+        step(&next, i + 1 == steps)?;
     }
-    dec.logits().to_vec_f64()?;
     let queued = t0.elapsed().as_secs_f64() * 1e3 / steps as f64;
-    crate::errln!("ela bench decode: graph steps without reading the logits: {queued:.4} ms per step");
-    Ok(Cell { step_ms: median(&mut times), prefill_s, bytes })
+    crate::errln!("ela bench decode: {what} steps without reading the logits: {queued:.4} ms per step");
+    Ok(median(&mut times))
 }
 
-/// The cells of one batch size and context: ELA eager, ELA graph, softmax.
-type Row = [Option<Cell>; 3];
+/// The cells of one batch size and context: ELA eager, ELA graph, ELA fused, softmax.
+type Row = [Option<Cell>; 4];
 
 /// Measure both models at every batch size and context.
 fn go<B: ReplayDevice>(args: &BenchDecodeArgs, batches: &[usize], contexts: &[usize], dev: &B) -> Result<Vec<Row>> {
     let kinds = [AttnKind::Ela { kernel: args.kernel, chunk: args.chunk }, AttnKind::Softmax];
     let dtype = args.weight_dtype();
-    let mut out = vec![[None, None, None]; batches.len() * contexts.len()];
+    let mut out = vec![[None, None, None, None]; batches.len() * contexts.len()];
     for kind in kinds {
         let is_softmax = kind == AttnKind::Softmax;
         let store = ParamStore::new(dev, dtype, args.seed);
@@ -210,11 +251,14 @@ fn go<B: ReplayDevice>(args: &BenchDecodeArgs, batches: &[usize], contexts: &[us
             );
             let cell = Some(measure(&model, n, batch, args.steps, &mut rng, dev)?);
             if is_softmax {
-                out[r][2] = cell;
+                out[r][3] = cell;
             } else {
                 out[r][0] = cell;
                 if args.graph {
                     out[r][1] = Some(measure_graph(&model, n, batch, args.steps, &mut rng, dev)?);
+                }
+                if args.fused {
+                    out[r][2] = Some(measure_fused(&model, n, batch, args.steps, &mut rng, dev)?);
                 }
             }
         }
@@ -231,6 +275,9 @@ pub fn run(args: &BenchDecodeArgs) -> Result<()> {
     }
     if args.graph && !args.device.starts_with("cuda") {
         return Err(Error::invalid("ela bench decode", "--graph records CUDA graphs: it needs --device cuda"));
+    }
+    if args.fused && !args.device.starts_with("cuda") {
+        return Err(Error::invalid("ela bench decode", "--fused runs a CUDA kernel: it needs --device cuda"));
     }
     args.check_kernel()?;
     config(args, AttnKind::Softmax).validate()?;
@@ -267,10 +314,10 @@ pub fn run(args: &BenchDecodeArgs) -> Result<()> {
     );
     let cells = crate::on_device!(&args.device, |dev| go(args, &batches, &contexts, dev))?;
     crate::outln!();
-    crate::outln!("| batch | context | ELA ms/token | ELA graph ms/token | ELA state bytes | softmax ms/token | softmax KV-cache bytes | ELA prefill s | softmax prefill s |");
-    crate::outln!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    crate::outln!("| batch | context | ELA ms/token | ELA graph ms/token | ELA fused ms/token | ELA state bytes | softmax ms/token | softmax KV-cache bytes | ELA prefill s | softmax prefill s |");
+    crate::outln!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let rows = batches.iter().flat_map(|b| contexts.iter().map(move |n| (b, n)));
-    for ((b, n), [e, g, s]) in rows.zip(&cells) {
+    for ((b, n), [e, g, f, s]) in rows.zip(&cells) {
         let col = |c: &Option<Cell>| {
             (
                 fmt_ms(c.map(|c| c.step_ms)),
@@ -279,8 +326,8 @@ pub fn run(args: &BenchDecodeArgs) -> Result<()> {
             )
         };
         let ((em, eb, ep), (sm, sb, sp)) = (col(e), col(s));
-        let gm = fmt_ms(g.map(|c| c.step_ms));
-        crate::outln!("| {b} | {n} | {em} | {gm} | {eb} | {sm} | {sb} | {ep} | {sp} |");
+        let (gm, fm) = (fmt_ms(g.map(|c| c.step_ms)), fmt_ms(f.map(|c| c.step_ms)));
+        crate::outln!("| {b} | {n} | {em} | {gm} | {fm} | {eb} | {sm} | {sb} | {ep} | {sp} |");
     }
     if let Some(&n) = contexts.iter().find(|&&n| n > args.softmax_max_context) {
         // q k^T and p v: 2 N^2 d_h flops each per head and layer, half of them under the mask.
