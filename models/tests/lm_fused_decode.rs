@@ -4,7 +4,10 @@
 //! continues from; models it does not cover are refused with the reason. The CUDA instances skip
 //! without a GPU (`ELA_REQUIRE_CUDA=1` makes them fail instead).
 
-use ela_core::{Backend, CpuStorage, DType, Result, Rng, Tensor};
+mod decode_common;
+
+use decode_common::{check_decoder, prompt, STEPS};
+use ela_core::{Backend, DType, Result, Rng};
 use ela_models::lm::{
     generate, generate_eager, AttnKind, ElaLm, FusedDecoder, Link, LmConfig, LobeMode, ReplayDevice, SampleConfig,
 };
@@ -32,45 +35,10 @@ fn cfg(link: Link) -> LmConfig {
     }
 }
 
-fn prompt<B: Backend>(dev: &B) -> Result<Tensor<B>> {
-    let ids: Vec<u32> = (0..3 * 7).map(|i| (i * 17 + 3) % 50).collect();
-    Tensor::from_cpu_storage(&CpuStorage::U32(ids), [3, 7], dev)
-}
-
-/// Largest `|a - b|` over the largest `|b|`.
-fn rel(a: &Tensor<impl Backend>, b: &Tensor<impl Backend>) -> Result<f64> {
-    let (a, b) = (a.to_vec_f64()?, b.to_vec_f64()?);
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    Ok(a.iter().zip(&b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs())) / scale)
-}
-
-const STEPS: [[u32; 3]; 6] = [[1, 2, 3], [4, 5, 6], [49, 0, 7], [8, 9, 10], [11, 12, 13], [14, 15, 16]];
-
-/// Decodes `STEPS` with a `FusedDecoder` of `fused` and eagerly with `reference` (both from the
-/// reference's prefill), checks each step's logits within `tol`, then continues eagerly from
-/// the decoder's state.
+/// The fused decoder of `fused`, checked against `reference`'s per-op steps
+/// ([`decode_common::check_decoder`]).
 fn check_against<B: ReplayDevice>(fused: &ElaLm<B>, reference: &ElaLm<B>, tol: f64, what: &str) -> Result<()> {
-    let dev = reference.store().device();
-    let (_, mut eager) = reference.prefill(&prompt(dev)?)?;
-    let (_, state) = reference.prefill(&prompt(dev)?)?;
-    let mut dec = FusedDecoder::new(fused, state, &STEPS[0])?;
-    let want = reference.step(&STEPS[0], &mut eager)?;
-    assert!(rel(dec.logits(), &want)? <= tol, "{what} first step: {:.2e}", rel(dec.logits(), &want)?);
-    for (i, t) in STEPS.iter().enumerate().skip(1) {
-        let got = dec.step(t)?.clone();
-        let want = reference.step(t, &mut eager)?;
-        let err = rel(&got, &want)?;
-        assert!(err <= tol, "{what} step {i}: fused vs per-op {err:.2e}");
-        assert_eq!(dec.position(), eager.position());
-    }
-    let e = dec.step(&[1, 2]).expect_err("two tokens for three rows").to_string();
-    assert!(e.contains("one per batch row (3)"), "{e}");
-    let mut state = dec.into_state();
-    assert_eq!(state.position(), 7 + STEPS.len());
-    let (a, b) = (reference.step(&[20, 21, 22], &mut state)?, reference.step(&[20, 21, 22], &mut eager)?);
-    assert!(rel(&a, &b)? <= tol, "{what}: eager step after the fused ones: {:.2e}", rel(&a, &b)?);
-    Ok(())
+    check_decoder(reference, tol, what, |state, tokens| Ok(Box::new(FusedDecoder::new(fused, state, tokens)?)))
 }
 
 /// The f32 twin of `model`: the same parameters, cast to f32.

@@ -3,7 +3,10 @@
 //! continues from; models whose step cannot be replayed are refused with the reason. The CUDA
 //! instances skip without a GPU (`ELA_REQUIRE_CUDA=1` makes them fail instead).
 
-use ela_core::{Backend, CpuStorage, DType, Result, Rng, Tensor};
+mod decode_common;
+
+use decode_common::{check_decoder, prompt, STEPS};
+use ela_core::{DType, Result, Rng};
 use ela_models::lm::{
     generate, generate_eager, AttnKind, ElaLm, GraphDecoder, Link, LmConfig, LobeMode, ReplayDevice, SampleConfig,
 };
@@ -30,51 +33,22 @@ fn cfg() -> LmConfig {
     }
 }
 
-fn prompt<B: Backend>(dev: &B) -> Result<Tensor<B>> {
-    let ids: Vec<u32> = (0..3 * 7).map(|i| (i * 17 + 3) % 50).collect();
-    Tensor::from_cpu_storage(&CpuStorage::U32(ids), [3, 7], dev)
-}
-
-/// Largest `|a - b|` over the largest `|b|`.
-fn rel(a: &Tensor<impl Backend>, b: &Tensor<impl Backend>) -> Result<f64> {
-    let (a, b) = (a.to_vec_f64()?, b.to_vec_f64()?);
-    let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    Ok(a.iter().zip(&b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs())) / scale)
-}
-
 device_tests! {
     /// Six decoded tokens for three rows: graph replays against eager steps, in f32 and bf16,
     /// then eager decoding continues from the decoder's state. On the CPU: a clean error.
     fn graph_decoding_equals_eager<B: ReplayDevice>(dev: &B) -> Result<()> {
-        let steps: [[u32; 3]; 6] = [[1, 2, 3], [4, 5, 6], [49, 0, 7], [8, 9, 10], [11, 12, 13], [14, 15, 16]];
         for dtype in [DType::F32, DType::BF16] {
             let model = ElaLm::new(&ParamStore::new(dev, dtype, 7), cfg())?;
-            let (_, mut eager) = model.prefill(&prompt(dev)?)?;
-            let (_, state) = model.prefill(&prompt(dev)?)?;
             if !is_cuda(dev) {
-                let e = GraphDecoder::new(&model, state, &steps[0]).err().expect("the CPU records no graphs").to_string();
+                let (_, state) = model.prefill(&prompt(dev)?)?;
+                let e = GraphDecoder::new(&model, state, &STEPS[0]).err().expect("the CPU records no graphs").to_string();
                 assert!(e.contains("needs a CUDA device"), "{e}");
                 return Ok(());
             }
             // Replays run the recorded kernels on the same shapes: the same sums in the same order.
             let tol = if dtype == DType::F32 { 1e-6 } else { 1e-2 };
-            let mut dec = GraphDecoder::new(&model, state, &steps[0])?;
-            let want = model.step(&steps[0], &mut eager)?;
-            assert!(rel(dec.logits(), &want)? <= tol, "{dtype:?} first step: {}", rel(dec.logits(), &want)?);
-            for (i, t) in steps.iter().enumerate().skip(1) {
-                let got = dec.step(t)?.clone();
-                let want = model.step(t, &mut eager)?;
-                let err = rel(&got, &want)?;
-                assert!(err <= tol, "{dtype:?} step {i}: graph vs eager {err:.2e}");
-                assert_eq!(dec.position(), eager.position());
-            }
-            // Wrong batch size: refused before anything is written.
-            let e = dec.step(&[1, 2]).expect_err("two tokens for three rows").to_string();
-            assert!(e.contains("one per batch row (3)"), "{e}");
-            let mut state = dec.into_state();
-            assert_eq!(state.position(), 7 + steps.len());
-            let (a, b) = (model.step(&[20, 21, 22], &mut state)?, model.step(&[20, 21, 22], &mut eager)?);
-            assert!(rel(&a, &b)? <= tol, "{dtype:?}: eager step after the graph: {}", rel(&a, &b)?);
+            let what = format!("{dtype:?}");
+            check_decoder(&model, tol, &what, |state, tokens| Ok(Box::new(GraphDecoder::new(&model, state, tokens)?)))?;
         }
         Ok(())
     }

@@ -2,8 +2,8 @@
 
 use ela_core::{Backend, Error, Result, Rng};
 
-use super::fused_decode::FusedDecoder;
-use super::graph_decode::{GraphDecoder, ReplayDevice};
+use super::decoder::{fast_decoder, Decoder};
+use super::graph_decode::ReplayDevice;
 use super::model::{DecodeState, ElaLm};
 
 /// Sampling options.
@@ -109,12 +109,12 @@ pub fn check_positions(cfg: &super::LmConfig, prompt_len: usize, new_tokens: usi
 
 /// Continue `prompt` by `new_tokens` tokens (batch of one), returning only the new tokens.
 ///
-/// On a device that records graphs (CUDA), a model whose whole step runs as one kernel
-/// ([`ElaLm::fused_step_blocker`]) decodes with a [`FusedDecoder`] (one launch per token; its
-/// activations stay in f32 between operations, so bf16 models can sample slightly differently
-/// from [`generate_eager`]); else a model whose decoding step can be replayed
-/// ([`ElaLm::step_replay_blocker`]) decodes with a [`GraphDecoder`]: one replay per token instead
-/// of a launch per kernel. Other models, and the CPU, step eagerly ([`generate_eager`]).
+/// On a device that records graphs (CUDA), a model whose decoding step can be replayed
+/// ([`ElaLm::step_replay_blocker`]) decodes with [`fast_decoder`]'s choice: one kernel launch per
+/// token ([`super::FusedDecoder`]; its activations stay in f32 between operations, so bf16 models
+/// can sample slightly differently from [`generate_eager`]) where [`ElaLm::fused_step_blocker`]
+/// allows, else one graph replay per token ([`super::GraphDecoder`]) instead of a launch per
+/// kernel. Other models, and the CPU, step eagerly ([`generate_eager`]).
 pub fn generate<B: ReplayDevice>(
     model: &ElaLm<B>,
     prompt: &[u32],
@@ -127,32 +127,18 @@ pub fn generate<B: ReplayDevice>(
         return generate_eager(model, prompt, new_tokens, cfg, rng);
     }
     let (logits, state, mut out) = start(model, prompt, new_tokens, cfg)?;
-    let fused = model.fused_step_blocker().is_none();
-    let mut dec: Option<Decoder<'_, B>> = None;
+    let mut dec: Option<Box<dyn Decoder<B> + '_>> = None;
     let mut state = Some(state);
     // The first step builds the decoder (and runs it); the state moves into it.
     decode(logits, new_tokens, cfg, rng, &mut out, |next| {
         match (dec.as_mut(), state.take()) {
-            (Some(Decoder::Fused(d)), _) => d.step(&[next]).map(drop)?,
-            (Some(Decoder::Graph(d)), _) => d.step(&[next]).map(drop)?,
-            (None, Some(st)) if fused => dec = Some(Decoder::Fused(FusedDecoder::new(model, st, &[next])?)),
-            (None, Some(st)) => dec = Some(Decoder::Graph(GraphDecoder::new(model, st, &[next])?)),
+            (Some(d), _) => d.step(&[next]).map(drop)?,
+            (None, Some(st)) => dec = Some(fast_decoder(model, st, &[next])?),
             (None, None) => return Err(Error::invalid("generate", "the decoding state was lost")),
         }
-        match dec.as_ref() {
-            Some(Decoder::Fused(d)) => d.logits().to_vec_f64(),
-            Some(Decoder::Graph(d)) => d.logits().to_vec_f64(),
-            None => Err(Error::invalid("generate", "no decoder")),
-        }
+        dec.as_ref().ok_or_else(|| Error::invalid("generate", "no decoder"))?.logits().to_vec_f64()
     })?;
     Ok(out)
-}
-
-/// The decoder [`generate`] picked: one kernel per step where the model allows, else a replayed
-/// graph.
-enum Decoder<'m, B: ReplayDevice> {
-    Fused(FusedDecoder<'m, B>),
-    Graph(GraphDecoder<'m, B>),
 }
 
 /// [`generate`] stepping the model eagerly on any backend (one launch per kernel on a GPU).

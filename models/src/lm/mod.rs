@@ -3,6 +3,7 @@
 
 pub mod block;
 pub mod config;
+pub mod decoder;
 pub mod fused_decode;
 pub mod generate;
 pub mod graph_decode;
@@ -11,6 +12,7 @@ pub mod model;
 pub mod size;
 
 pub use config::{AttnKind, Link, LmConfig, LobeMode, MoeSpec};
+pub use decoder::{fast_decoder, Decoder};
 pub use fused_decode::FusedDecoder;
 pub use generate::{generate, generate_eager, sample, SampleConfig};
 pub use graph_decode::{GraphDecoder, ReplayDevice};
