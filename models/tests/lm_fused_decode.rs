@@ -42,9 +42,9 @@ fn check_against<B: ReplayDevice>(fused: &ElaLm<B>, reference: &ElaLm<B>, tol: f
 }
 
 /// The f32 twin of `model`: the same parameters, cast to f32.
-fn f32_twin<B: Backend>(model: &ElaLm<B>, link: Link) -> Result<ElaLm<B>> {
+fn f32_twin<B: Backend>(model: &ElaLm<B>) -> Result<ElaLm<B>> {
     let store = ParamStore::new(model.store().device(), DType::F32, 99);
-    let twin = ElaLm::new(&store, cfg(link))?;
+    let twin = ElaLm::new(&store, model.config().clone())?;
     let sd: StateDict<B> =
         model.store().state_dict().into_iter().map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?))).collect::<Result<_>>()?;
     store.load_state_dict(&sd, true)?;
@@ -70,6 +70,23 @@ device_tests! {
 }
 
 device_tests! {
+    /// Shapes the small model does not reach: heads of 128 (four warps' worth of features), a
+    /// width above the block's 512 threads (the state columns take two rounds), an untied head
+    /// and no final norm, in f32 and bf16.
+    fn fused_decoding_of_wide_heads_and_an_untied_head<B: ReplayDevice>(dev: &B) -> Result<()> {
+        if !is_cuda(dev) {
+            return Ok(());
+        }
+        let wide = LmConfig { dim: 640, heads: 5, ffn_hidden: 96, layers: 1, tied_embeddings: false, final_norm: false, ..cfg(Link::Hyper) };
+        let model = ElaLm::new(&ParamStore::new(dev, DType::F32, 5), wide.clone())?;
+        check_against(&model, &model, 5e-5, "wide f32")?;
+        let half = ElaLm::new(&ParamStore::new(dev, DType::BF16, 5), wide)?;
+        let twin = f32_twin(&half)?;
+        check_against(&half, &twin, 8e-3, "wide bf16")
+    }
+}
+
+device_tests! {
     /// 16-bit weights: bf16- and f16-stored models, and a bf16-precision model over f32 master
     /// weights (decoded from a bf16 copy), against the per-op step of the same weights in f32.
     /// Their logits are rounded to 16 bits, hence the tolerance; the sums are f32 on both sides.
@@ -79,7 +96,7 @@ device_tests! {
         }
         for (link, dtype) in [(Link::Hyper, DType::BF16), (Link::Residual, DType::F16), (Link::PostNorm, DType::BF16)] {
             let model = ElaLm::new(&ParamStore::new(dev, dtype, 11), cfg(link))?;
-            let twin = f32_twin(&model, link)?;
+            let twin = f32_twin(&model)?;
             let tol = if dtype == DType::BF16 { 8e-3 } else { 1e-3 };
             check_against(&model, &twin, tol, &format!("{link:?} {dtype:?}"))?;
         }
@@ -91,7 +108,7 @@ device_tests! {
             master.store().state_dict().into_iter().map(|(k, v)| Ok((k, v.to_dtype(DType::BF16)?))).collect::<Result<_>>()?;
         rounded.store().load_state_dict(&sd, true)?;
         let mixed = master.with_precision(Precision::Bf16);
-        check_against(&mixed, &f32_twin(&rounded, Link::Hyper)?, 8e-3, "bf16 precision over f32 masters")?;
+        check_against(&mixed, &f32_twin(&rounded)?, 8e-3, "bf16 precision over f32 masters")?;
         Ok(())
     }
 }
