@@ -182,12 +182,12 @@ pub(crate) fn cuda_plan(model: &ElaLm<ela_cuda::Cuda>) -> Result<ela_cuda::LmDec
         }
     };
     let cfg = model.config();
-    let mut eps = None;
+    // The kernel takes one eps for the norms of every layer: refuse a model whose norms differ.
+    let eps = model.blocks().first().map(|b| b.norms().0.eps());
     let mut layers = Vec::with_capacity(model.blocks().len());
     for b in model.blocks() {
         let (n1, n2) = b.norms();
-        eps = Some(n1.eps());
-        if n2.is_some_and(|n| n.eps() != n1.eps()) {
+        if std::iter::once(n1).chain(n2).any(|n| Some(n.eps()) != eps) {
             return Err(Error::invalid("FusedDecoder", "the fused step takes one eps for every norm of the layers"));
         }
         let [q, k, v, o] = b.attn().projections();
