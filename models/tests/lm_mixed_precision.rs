@@ -6,7 +6,9 @@
 //! - gradients of every parameter tensor after one step agree with f32 to a bound set from bf16's
 //!   rounding (see [`GRAD_TOL`]);
 //! - a short training run's loss curve tracks the f32 run's ([`CURVE_TOL`]);
-//! - decoding (prefill, then one token at a time) gives the logits of the full bf16 forward;
+//! - decoding (prefill, then one token at a time) gives the logits of the full bf16 forward, and
+//!   the same logits with each weight cast once (`with_cast_cache`, as `generate_eager` decodes)
+//!   as with a cast at every use;
 //! - a bf16 run's checkpoint holds f32 master weights and f32 optimizer state, and a run resumed
 //!   from it continues exactly as the uninterrupted run.
 
@@ -28,6 +30,7 @@ device_tests!(
     bf16_gradients_match_f32,
     bf16_loss_curve_tracks_f32,
     bf16_decoding_matches_full_forward,
+    bf16_decoding_with_cached_casts_is_identical,
     bf16_checkpoint_keeps_f32_masters_and_resumes_exactly
 );
 
@@ -237,6 +240,28 @@ fn bf16_decoding_matches_full_forward<B: Backend>(dev: &B) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// The cast of a weight is a function of the weight alone, so decoding with each weight cast once
+/// and reused (`with_cast_cache`) must give bit for bit the logits of casting it at every use,
+/// with the Memory Lobe and the MoE (whose router runs in f32) in the model.
+fn bf16_decoding_with_cached_casts_is_identical<B: Backend>(dev: &B) -> Result<()> {
+    let ela = AttnKind::Ela { kernel: ElaKernel::HadamardExp, chunk: 4 };
+    let cfg = lm_common::tiny(ela, Link::Residual, LobeMode::Causal, true);
+    let model = ElaLm::new(&ParamStore::new(dev, DType::F32, 5), cfg.clone())?.with_precision(Precision::Bf16);
+    let seq: Vec<u32> = (0..9u32).map(|i| (i * 5 + 1) % cfg.vocab as u32).collect();
+    let run = || -> Result<Vec<Vec<f64>>> {
+        let (first, mut state) = model.prefill(&ids(&seq[..5], 1, 5, dev)?)?;
+        let mut all = vec![first.to_vec_f64()?];
+        for &t in &seq[5..] {
+            all.push(model.step(&[t], &mut state)?.to_vec_f64()?);
+        }
+        Ok(all)
+    };
+    let each_use = run()?;
+    let cached = ela_nn::precision::with_cast_cache(run)?;
+    assert_eq!(cached, each_use);
     Ok(())
 }
 

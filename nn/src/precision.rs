@@ -7,7 +7,11 @@
 //! whose backward casts the gradient back to f32) before the product. Which op runs in which
 //! dtype, and why, is the policy of docs/nn.md, "Mixed precision".
 
-use ela_autograd::Var;
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use ela_autograd::{is_grad_enabled, Var};
 use ela_core::{Backend, DType, Error, Result};
 
 /// The dtype a model computes in.
@@ -67,12 +71,62 @@ pub fn is_half(d: DType) -> bool {
 /// precision and `w` is not, `w` cast to `x` (a differentiable cast: the gradient comes back in
 /// `w`'s dtype, so master weights receive f32 gradients); otherwise `w` itself, so a genuine
 /// mismatch (f64 activations against f32 weights, say) is still reported by the op.
+///
+/// Inside [`with_cast_cache`], with gradients off, a parameter's cast is made once and reused.
 pub fn weight_for<B: Backend>(w: &Var<B>, x: DType) -> Result<Var<B>> {
-    if is_half(x) && w.dtype() != x && w.dtype().is_float() {
-        w.to_dtype(x)
-    } else {
-        Ok(w.clone())
+    if !(is_half(x) && w.dtype() != x && w.dtype().is_float()) {
+        return Ok(w.clone());
     }
+    if !w.is_leaf() || is_grad_enabled() {
+        return w.to_dtype(x);
+    }
+    CAST_CACHE.with(|c| {
+        let mut cache = c.borrow_mut();
+        let Some(map) = cache.as_mut() else { return w.to_dtype(x) };
+        let key = (w.id(), x);
+        if let Some(hit) = map.get(&key).and_then(|v| v.downcast_ref::<Var<B>>()) {
+            return Ok(hit.clone());
+        }
+        let cast = w.to_dtype(x)?;
+        map.insert(key, Box::new(cast.clone()));
+        Ok(cast)
+    })
+}
+
+thread_local! {
+    /// The casts made inside [`with_cast_cache`] on this thread, by (parameter id, dtype); `None`
+    /// outside it.
+    static CAST_CACHE: RefCell<Option<HashMap<(usize, DType), Box<dyn Any>>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with the casts of [`weight_for`] kept: while gradients are off, each parameter is
+/// cast to a compute dtype once and the copy is reused by every later use in `f` (this thread
+/// only), instead of being cast again at every use. Decoding token by token from a
+/// mixed-precision model (`ela_models::lm::generate_eager`) would otherwise cast every weight
+/// for every token. The copies are freed when `f` returns.
+///
+/// The parameters must not change inside `f`: a value given with `Var::set_value` or updated in
+/// place there is not seen by the cached copy. Nested calls share the outer cache.
+pub fn with_cast_cache<R>(f: impl FnOnce() -> R) -> R {
+    let outer = CAST_CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        let was_on = c.is_some();
+        if !was_on {
+            *c = Some(HashMap::new());
+        }
+        was_on
+    });
+    // Clears the cache when `f` returns or unwinds (only the outermost call owns it).
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            if !self.0 {
+                CAST_CACHE.with(|c| c.borrow_mut().take());
+            }
+        }
+    }
+    let _reset = Reset(outer);
+    f()
 }
 
 #[cfg(test)]
@@ -102,5 +156,32 @@ mod tests {
         // The gradient of the cast copy arrives in the master dtype.
         let g = c.sum_all().unwrap().backward().unwrap();
         assert_eq!(g.get(&w).unwrap().dtype(), DType::F32);
+    }
+
+    #[test]
+    fn the_cast_cache_reuses_a_parameters_copy_only_inside_its_scope_and_without_gradients() {
+        let w = Var::param(Tensor::<Cpu>::from_vec(vec![1.5f32, -2.25, 3.0], [3], &Cpu).unwrap());
+        let (a, b, with_grad) = with_cast_cache(|| {
+            let a = ela_autograd::no_grad(|| weight_for(&w, DType::BF16)).unwrap();
+            let b = ela_autograd::no_grad(|| weight_for(&w, DType::BF16)).unwrap();
+            // Recording: a fresh differentiable cast, never the cached constant.
+            let g = weight_for(&w, DType::BF16).unwrap();
+            (a, b, g)
+        });
+        assert_eq!(a.id(), b.id(), "the second use reuses the first cast");
+        assert_eq!(a.value().to_vec_f64().unwrap(), vec![1.5, -2.25, 3.0]);
+        assert_ne!(with_grad.id(), a.id());
+        assert_eq!(with_grad.op_name(), "to_dtype");
+        // Outside the scope the cache is gone: every use casts again.
+        let c = ela_autograd::no_grad(|| weight_for(&w, DType::BF16)).unwrap();
+        let d = ela_autograd::no_grad(|| weight_for(&w, DType::BF16)).unwrap();
+        assert_ne!(c.id(), a.id());
+        assert_ne!(c.id(), d.id());
+        // f16 is cached apart from bf16.
+        with_cast_cache(|| {
+            let h = ela_autograd::no_grad(|| weight_for(&w, DType::F16)).unwrap();
+            let bf = ela_autograd::no_grad(|| weight_for(&w, DType::BF16)).unwrap();
+            assert_eq!((h.dtype(), bf.dtype()), (DType::F16, DType::BF16));
+        });
     }
 }

@@ -141,7 +141,9 @@ pub fn generate<B: ReplayDevice>(
     Ok(out)
 }
 
-/// [`generate`] stepping the model eagerly on any backend (one launch per kernel on a GPU).
+/// [`generate`] stepping the model eagerly on any backend (one launch per kernel on a GPU). A
+/// mixed-precision model's weights are cast to its compute dtype once, at their first use, not
+/// for every token ([`ela_nn::precision::with_cast_cache`]).
 pub fn generate_eager<B: Backend>(
     model: &ElaLm<B>,
     prompt: &[u32],
@@ -149,9 +151,11 @@ pub fn generate_eager<B: Backend>(
     cfg: &SampleConfig,
     rng: &mut Rng,
 ) -> Result<Vec<u32>> {
-    let (logits, mut state, mut out) = start(model, prompt, new_tokens, cfg)?;
-    decode(logits, new_tokens, cfg, rng, &mut out, |next| model.step(&[next], &mut state)?.to_vec_f64())?;
-    Ok(out)
+    ela_nn::precision::with_cast_cache(|| {
+        let (logits, mut state, mut out) = start(model, prompt, new_tokens, cfg)?;
+        decode(logits, new_tokens, cfg, rng, &mut out, |next| model.step(&[next], &mut state)?.to_vec_f64())?;
+        Ok(out)
+    })
 }
 
 /// Checks, the output buffer and the prefill: the prompt's last logits and the state after it.
