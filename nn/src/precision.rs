@@ -93,10 +93,12 @@ pub fn weight_for<B: Backend>(w: &Var<B>, x: DType) -> Result<Var<B>> {
     })
 }
 
+/// Casts by (parameter id, dtype); each value is a `Var<B>` of the backend that made it.
+type Casts = HashMap<(usize, DType), Box<dyn Any>>;
+
 thread_local! {
-    /// The casts made inside [`with_cast_cache`] on this thread, by (parameter id, dtype); `None`
-    /// outside it.
-    static CAST_CACHE: RefCell<Option<HashMap<(usize, DType), Box<dyn Any>>>> = const { RefCell::new(None) };
+    /// The casts made inside [`with_cast_cache`] on this thread; `None` outside it.
+    static CAST_CACHE: RefCell<Option<Casts>> = const { RefCell::new(None) };
 }
 
 /// Runs `f` with the casts of [`weight_for`] kept: while gradients are off, each parameter is
