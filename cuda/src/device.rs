@@ -34,6 +34,8 @@ pub(crate) struct Inner {
     pub(crate) cc: (i32, i32),
     /// The most dynamic shared memory one block may opt in to, bytes.
     pub(crate) smem_optin: u32,
+    /// Streaming multiprocessors.
+    pub(crate) sm_count: u32,
     pub(crate) arch: String,
     pub(crate) alloc: Arc<Allocator>,
     modules: Mutex<HashMap<KernelFile, Arc<CudaModule>>>,
@@ -160,6 +162,10 @@ fn open(ordinal: usize) -> Result<Inner> {
         .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
         .map_err(|e| driver_error("open", e))?
         .max(0) as u32;
+    let sm_count = ctx
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_err(|e| driver_error("open", e))?
+        .max(1) as u32;
     let arch = kernels::pick_arch(cc.0 * 10 + cc.1)?;
     ctx.bind_to_thread().map_err(|e| driver_error("open", e))?;
     let handle =
@@ -187,6 +193,7 @@ fn open(ordinal: usize) -> Result<Inner> {
         name,
         cc,
         smem_optin,
+        sm_count,
         arch,
         alloc,
         modules: Mutex::new(HashMap::new()),
@@ -253,6 +260,10 @@ impl Cuda {
     /// Hopper): kernels whose tiles need more take another path.
     pub fn max_shared_memory_per_block(&self) -> u32 {
         self.inner.smem_optin
+    }
+    /// Streaming multiprocessors (132 on an H100 SXM or H200).
+    pub fn sm_count(&self) -> u32 {
+        self.inner.sm_count
     }
     /// The NVRTC target the kernels are compiled for (`sm_XY`, or `compute_XY` when NVRTC is older
     /// than the GPU).

@@ -123,6 +123,8 @@ pub struct LmShape {
     pub ff: u32,
     /// How attention and FFN join: 0 Hyper-Link, 1 pre-norm residual, 2 post-norm residual.
     pub link: u8,
+    /// Blocks per sequence (a thread-block cluster when above 1; Hopper and later).
+    pub cluster: u8,
 }
 
 impl KernelFile {
@@ -143,7 +145,7 @@ impl KernelFile {
         KernelFile::ElaLa { dt: ElaDt::F16, tc: false, f: 144, e: 144 },
         KernelFile::ElaLa { dt: ElaDt::BF16, tc: true, f: 160, e: 16 },
         KernelFile::ElaLa { dt: ElaDt::BF16, tc: true, f: 256, e: 272 },
-        KernelFile::LmDecode(LmShape { wt: ElaDt::BF16, d: 128, heads: 4, ff: 256, link: 0 }),
+        KernelFile::LmDecode(LmShape { wt: ElaDt::BF16, d: 128, heads: 4, ff: 256, link: 0, cluster: 1 }),
     ];
 
     /// File name under `cuda/kernels/`.
@@ -223,8 +225,8 @@ impl KernelFile {
             ),
             KernelFile::LmDecode(m) => Cow::Owned(
                 format!(
-                    "#define LM_WT {}\n#define LM_D {}\n#define LM_HEADS {}\n#define LM_FF {}\n#define LM_LINK {}\n",
-                    m.wt as i32, m.d, m.heads, m.ff, m.link
+                    "#define LM_WT {}\n#define LM_D {}\n#define LM_HEADS {}\n#define LM_FF {}\n#define LM_LINK {}\n#define LM_CLUSTER {}\n",
+                    m.wt as i32, m.d, m.heads, m.ff, m.link, m.cluster
                 ) + &with_lines(&[(self.name(), self.source())]),
             ),
             _ => Cow::Borrowed(self.source()),

@@ -40,7 +40,8 @@ fn a_broken_kernel_is_a_typed_error_with_the_log() {
 }
 
 /// The whole-model decoding step compiles for every link and weight dtype, at head sizes below,
-/// at and above a warp, and with rows shorter than one 16-byte load per lane.
+/// at and above a warp, and with rows shorter than one 16-byte load per lane; with bf16 weights
+/// also for clusters of 8 blocks per sequence (and of 2 and 4 at one shape).
 #[test]
 fn lm_decode_compiles_for_every_link_and_dtype() {
     if !kernels::nvrtc_available() {
@@ -51,9 +52,16 @@ fn lm_decode_compiles_for_every_link_and_dtype() {
     for wt in [ElaDt::F32, ElaDt::F16, ElaDt::BF16] {
         for link in 0..3u8 {
             for (d, heads, ff) in [(32, 2, 48), (128, 4, 256), (256, 2, 1024), (1024, 16, 4096)] {
-                let f = KernelFile::LmDecode(LmShape { wt, d, heads, ff, link });
-                if let Err(e) = kernels::compile(f, "sm_90") {
-                    panic!("{f:?}: {e}");
+                let clusters: &[u8] = match (wt, d) {
+                    (ElaDt::BF16, 128) => &[1, 2, 4, 8],
+                    (ElaDt::BF16, _) => &[1, 8],
+                    _ => &[1],
+                };
+                for &cluster in clusters {
+                    let f = KernelFile::LmDecode(LmShape { wt, d, heads, ff, link, cluster });
+                    if let Err(e) = kernels::compile(f, "sm_90") {
+                        panic!("{f:?}: {e}");
+                    }
                 }
             }
         }

@@ -6,7 +6,7 @@
 
 mod decode_common;
 
-use decode_common::{check_decoder, prompt, STEPS};
+use decode_common::{check_decoder, prompt, rel, STEPS};
 use ela_core::{Backend, DType, Result, Rng};
 use ela_models::lm::{
     generate, generate_eager, AttnKind, ElaLm, FusedDecoder, Link, LmConfig, LobeMode, ReplayDevice, SampleConfig,
@@ -83,6 +83,35 @@ device_tests! {
         let half = ElaLm::new(&ParamStore::new(dev, DType::BF16, 5), wide)?;
         let twin = f32_twin(&half)?;
         check_against(&half, &twin, 8e-3, "wide bf16")
+    }
+}
+
+device_tests! {
+    /// Batch sizes that spread a sequence over 4, 2 and 1 blocks on a GPU of 132
+    /// multiprocessors (batch 3, in the other tests, takes 8), the last above the 128 token ids
+    /// the launch carries in its parameters (its ids go through a device buffer). Every row's
+    /// logits against the per-op step, for three steps.
+    fn fused_decoding_of_larger_batches<B: ReplayDevice>(dev: &B) -> Result<()> {
+        if !is_cuda(dev) {
+            return Ok(());
+        }
+        let model = ElaLm::new(&ParamStore::new(dev, DType::F32, 17), cfg(Link::Residual))?;
+        for rows in [20usize, 40, 130] {
+            let ids: Vec<u32> = (0..rows * 3).map(|i| (i as u32 * 7 + 1) % 50).collect();
+            let prompt = ela_core::Tensor::from_cpu_storage(&ela_core::CpuStorage::U32(ids), [rows, 3], dev)?;
+            let (_, mut eager) = model.prefill(&prompt)?;
+            let (_, state) = model.prefill(&prompt)?;
+            let tokens = |s: u32| (0..rows as u32).map(|r| (r * 3 + s) % 50).collect::<Vec<_>>();
+            let mut dec = FusedDecoder::new(&model, state, &tokens(0))?;
+            let want = model.step(&tokens(0), &mut eager)?;
+            assert!(rel(dec.logits(), &want)? <= 2e-5, "batch {rows} first step: {:.2e}", rel(dec.logits(), &want)?);
+            for s in 1..3 {
+                let got = dec.step(&tokens(s))?.clone();
+                let want = model.step(&tokens(s), &mut eager)?;
+                assert!(rel(&got, &want)? <= 2e-5, "batch {rows} step {s}: {:.2e}", rel(&got, &want)?);
+            }
+        }
+        Ok(())
     }
 }
 

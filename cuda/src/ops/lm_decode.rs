@@ -6,8 +6,11 @@
 //! back from global memory, and that latency, not the arithmetic, is the step's time. Here one
 //! block per sequence walks every layer with the activations in shared memory (f32) and the
 //! weights read straight from global memory (L2-resident for a small model), so the step is one
-//! launch. It is written for small models: one block takes a sequence, so a model whose layers do
-//! not fit one multiprocessor's reading rate is better served by the per-op kernels.
+//! launch. On Hopper a small batch spreads each sequence over a thread-block cluster of up to 8
+//! blocks, which split every product's rows and exchange the results through distributed shared
+//! memory ([`LmDecodePlan::set_blocks_per_sequence`]). It is written for small models: a model
+//! whose layers do not fit the reading rate of a few multiprocessors is better served by the
+//! per-op kernels.
 //!
 //! The caller describes the model once ([`DecodeModel`] -> [`Cuda::lm_decode_plan`], which
 //! checks every shape and compiles the kernel for them) and then runs steps on its ELA states
@@ -20,8 +23,12 @@ use crate::device::{Arg, Cfg, Cuda};
 use crate::kernels::{ElaDt, KernelFile, LmShape};
 
 /// Pointers in the kernel's parameter block (`LM_PTRS` in lm_decode.cu): embedding, final norm,
-/// head, then [`LAYER_PTRS`] per layer. Kept under 4 KiB with the other arguments.
-const LM_PTRS: usize = 495;
+/// head, then [`LAYER_PTRS`] per layer. With [`LM_IDS`] and the other arguments the block stays
+/// under the 4 KiB a launch may pass by value.
+const LM_PTRS: usize = 387;
+/// Token ids passed by value in the parameter block (`LM_IDS`): a step of up to this many
+/// sequences needs no copy to the device before its launch.
+const LM_IDS: usize = 128;
 /// Pointers per layer (`LM_LAYER_PTRS`), in the order of [`LayerSlot`].
 const LAYER_PTRS: usize = 12;
 /// Threads per block (`LM_THREADS`).
@@ -51,6 +58,7 @@ enum LayerSlot {
 #[derive(Clone, Copy)]
 struct LmPtrs {
     p: [u64; LM_PTRS],
+    ids: [u32; LM_IDS],
 }
 // SAFETY: plain old data with the C layout of the kernel's parameter.
 unsafe impl DeviceRepr for LmPtrs {}
@@ -127,9 +135,28 @@ pub struct LmDecodePlan {
     dtype: DType,
     vocab: usize,
     smem: u32,
+    /// Blocks per sequence when set by [`LmDecodePlan::set_blocks_per_sequence`].
+    blocks: Option<usize>,
 }
 
 impl LmDecodePlan {
+    /// Fixes how many blocks (a thread-block cluster) share each sequence of a step: 1, 2, 4 or
+    /// 8, dividing the width; `None` (the default) picks per step the most that keep the batch
+    /// within one wave of the GPU's multiprocessors (8 at batch 1 on an H100). For measuring
+    /// the choice; more than 1 needs compute capability 9.0 (Hopper) or later.
+    pub fn set_blocks_per_sequence(&mut self, blocks: Option<usize>) -> Result<()> {
+        if let Some(c) = blocks {
+            let d = self.shape.d as usize;
+            if !matches!(c, 1 | 2 | 4 | 8) || !d.is_multiple_of(c) {
+                return Err(Error::invalid(
+                    OP,
+                    format!("{c} blocks per sequence: it must be 1, 2, 4 or 8 and divide the width {d}"),
+                ));
+            }
+        }
+        self.blocks = blocks;
+        Ok(())
+    }
     /// The dtype of the weights and of the logits a step writes.
     pub fn dtype(&self) -> DType {
         self.dtype
@@ -156,8 +183,25 @@ fn link_code(link: DecodeLink) -> u8 {
 
 /// Shared memory of one block (mirror of the layout at the top of `lm_decode` in lm_decode.cu).
 fn smem_bytes(d: usize, heads: usize, ff: usize) -> usize {
-    let rg = if d <= THREADS as usize { THREADS as usize / d } else { 1 };
-    4 * (12 * d + heads + rg * d + 2 * ff + 32)
+    4 * (15 * d + heads + THREADS as usize + 2 * ff + 32)
+}
+
+/// The most blocks one sequence is spread over (a thread-block cluster of this many; 8 is the
+/// size every Hopper GPU schedules).
+const MAX_CLUSTER: usize = 8;
+
+/// Blocks per sequence for a step of `batch` sequences of width `d`: the largest power of two up
+/// to [`MAX_CLUSTER`] that divides `d` and keeps the whole batch within one wave of
+/// `sms` multiprocessors (one block each), or 1 without clusters (before compute capability 9).
+fn blocks_per_sequence(batch: usize, d: usize, sms: usize, cc_major: i32) -> usize {
+    if cc_major < 9 {
+        return 1;
+    }
+    let mut c = MAX_CLUSTER;
+    while c > 1 && (batch.saturating_mul(c) > sms || !d.is_multiple_of(c)) {
+        c /= 2;
+    }
+    c
 }
 
 impl Cuda {
@@ -219,7 +263,7 @@ impl Cuda {
                 ),
             ));
         }
-        let mut ptrs = LmPtrs { p: [0; LM_PTRS] };
+        let mut ptrs = LmPtrs { p: [0; LM_PTRS], ids: [0; LM_IDS] };
         let check = |what: String, t: &Tensor<Cuda>, dims: &[usize]| -> Result<u64> {
             if t.dims() != dims {
                 return Err(Error::invalid(OP, format!("{what} has shape {}, expected {dims:?}", t.shape())));
@@ -280,32 +324,35 @@ impl Cuda {
                 ptrs.set(i, slot, w(name, t, &dims)?);
             }
         }
-        let shape = LmShape { wt, d: d as u32, heads: heads as u32, ff: ff as u32, link: link_code(model.link) };
+        let shape =
+            LmShape { wt, d: d as u32, heads: heads as u32, ff: ff as u32, link: link_code(model.link), cluster: 1 };
         // Compiles now, so that the first step (perhaps being timed) does not.
         self.function(KernelFile::LmDecode(shape), OP)?;
-        Ok(LmDecodePlan { model, ptrs, shape, dtype, vocab, smem: smem as u32 })
+        Ok(LmDecodePlan { model, ptrs, shape, dtype, vocab, smem: smem as u32, blocks: None })
     }
 
-    /// One decoding step of `plan`'s model for `ids` (`[batch]` or `[batch, 1]` u32, one token per
-    /// sequence): updates each layer's ELA state in `states` (Hadamard Exp, `batch x heads`
-    /// sequences of head size `d / heads`, f32 buffers, as a prefill left them) in place, counts
-    /// the token on them and writes the logits `[batch, vocab]` (the plan's dtype) into `logits`.
-    /// A token id outside the vocabulary cannot be checked on the host without a round trip; the
-    /// kernel gives that row NaN logits instead of reading outside the embedding.
+    /// One decoding step of `plan`'s model for `tokens` (one per sequence): updates each layer's
+    /// ELA state in `states` (Hadamard Exp, `batch x heads` sequences of head size `d / heads`,
+    /// f32 buffers, as a prefill left them) in place, counts the token on them and writes the
+    /// logits `[batch, vocab]` (the plan's dtype) into `logits`. Up to 128 tokens travel in the
+    /// launch's parameters; a larger batch's are copied to the device first.
     pub fn lm_decode_step(
         &self,
         plan: &LmDecodePlan,
         states: &mut [&mut FusedElaState<Cuda>],
-        ids: &Tensor<Cuda>,
+        tokens: &[u32],
         logits: &Tensor<Cuda>,
     ) -> Result<()> {
         let d = plan.shape.d as usize;
         let (heads, hd) = (plan.shape.heads as usize, d / plan.shape.heads as usize);
-        let batch = ids.elem_count();
-        if ids.dtype() != DType::U32 || !(ids.dims() == [batch] || ids.dims() == [batch, 1]) || batch == 0 {
+        let batch = tokens.len();
+        if batch == 0 {
+            return Err(Error::invalid(OP, "a step needs one token per sequence, got none"));
+        }
+        if let Some((row, t)) = tokens.iter().enumerate().find(|(_, &t)| t as usize >= plan.vocab) {
             return Err(Error::invalid(
                 OP,
-                format!("ids must be u32 [batch] or [batch, 1] with batch >= 1, got {:?} {}", ids.dtype(), ids.shape()),
+                format!("token {t} of sequence {row} is outside the vocabulary of {}", plan.vocab),
             ));
         }
         if logits.dtype() != plan.dtype || logits.dims() != [batch, plan.vocab] {
@@ -360,17 +407,47 @@ impl Cuda {
                 .map(|_| t.storage().ptr_at(t.layout().offset()))
                 .ok_or_else(|| Error::invalid(OP, format!("{what} must be contiguous")))
         };
+        // The ids by value when they fit the parameter block, else in a device buffer (freed
+        // after the launch is queued: the allocator hands it out again only to work queued
+        // after it on the same stream).
+        let mut ids_buf = None;
+        if batch <= LM_IDS {
+            ptrs.ids[..batch].copy_from_slice(tokens);
+        } else {
+            ids_buf = Some(self.upload(tokens, DType::U32)?);
+        }
         let args = [
-            Arg::Ptr(contiguous_ptr(ids, "ids")?),
+            Arg::Ptr(ids_buf.as_ref().map_or(0, |b| b.ptr())),
             Arg::Ptr(contiguous_ptr(logits, "logits")?),
             Arg::I32(plan.model.layers.len() as i32),
             Arg::I32(plan.vocab as i32),
             Arg::F64(plan.model.eps),
             Arg::F64(plan.model.final_norm.as_ref().map_or(0.0, |(_, e)| *e)),
         ];
-        let grid = u32::try_from(batch).map_err(|_| Error::invalid(OP, format!("batch {batch} is too large")))?;
+        let cluster = match plan.blocks {
+            Some(c) if c > 1 && self.compute_capability().0 < 9 => {
+                return Err(Error::invalid(
+                    OP,
+                    format!("{c} blocks per sequence need thread-block clusters (compute capability 9.0 or later)"),
+                ))
+            }
+            Some(c) => c,
+            None => match blocks_override()? {
+                Some(c) if c > 1 && self.compute_capability().0 < 9 => 1,
+                Some(c) => c,
+                None => blocks_per_sequence(batch, d, self.sm_count() as usize, self.compute_capability().0),
+            },
+        };
+        if !d.is_multiple_of(cluster) {
+            return Err(Error::invalid(OP, format!("{cluster} blocks per sequence do not divide the width {d}")));
+        }
+        let grid = batch
+            .checked_mul(cluster)
+            .and_then(|g| u32::try_from(g).ok())
+            .ok_or_else(|| Error::invalid(OP, format!("batch {batch} is too large")))?;
+        let shape = LmShape { cluster: cluster as u8, ..plan.shape };
         self.launch_list_smem(
-            KernelFile::LmDecode(plan.shape),
+            KernelFile::LmDecode(shape),
             OP,
             Cfg { grid, grid_y: 1, block: THREADS },
             plan.smem,
@@ -384,10 +461,40 @@ impl Cuda {
     }
 }
 
+/// `ELA_CUDA_DECODE_BLOCKS=N` (1, 2, 4 or 8): blocks per sequence for every fused step whose
+/// plan does not set them, to compare the choices (cuda/README.md).
+fn blocks_override() -> Result<Option<usize>> {
+    match std::env::var("ELA_CUDA_DECODE_BLOCKS") {
+        Err(_) => Ok(None),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(c @ (1 | 2 | 4 | 8)) => Ok(Some(c)),
+            _ => Err(Error::invalid(OP, format!("ELA_CUDA_DECODE_BLOCKS={v:?}: expected 1, 2, 4 or 8"))),
+        },
+    }
+}
+
 fn check_eps(eps: f64) -> Result<()> {
     if eps.is_finite() && eps > 0.0 {
         Ok(())
     } else {
         Err(Error::invalid(OP, format!("a norm's eps must be positive and finite, got {eps}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sequence_gets_the_most_blocks_that_keep_the_batch_in_one_wave() {
+        // 132 multiprocessors (H100 SXM, H200), width 128.
+        for (batch, want) in [(1, 8), (8, 8), (16, 8), (17, 4), (33, 4), (34, 2), (64, 2), (66, 2), (67, 1), (130, 1)] {
+            assert_eq!(blocks_per_sequence(batch, 128, 132, 9), want, "batch {batch}");
+        }
+        // The width must split evenly; no clusters before Hopper.
+        assert_eq!(blocks_per_sequence(1, 36, 132, 9), 4);
+        assert_eq!(blocks_per_sequence(1, 30, 132, 9), 2);
+        assert_eq!(blocks_per_sequence(1, 128, 132, 8), 1);
+        assert_eq!(smem_bytes(128, 4, 256), 4 * (15 * 128 + 4 + 512 + 512 + 32));
     }
 }

@@ -14,7 +14,7 @@
 //! over f32 master weights ([`ela_nn::precision::Precision::Bf16`]) is decoded from a bf16 copy of
 //! its weights made once, when the decoder is built.
 
-use ela_core::{CpuStorage, DType, Error, FusedElaState, Result, Tensor};
+use ela_core::{DType, Error, FusedElaState, Result, Tensor};
 use ela_nn::attention::Mixer;
 use ela_nn::ela::ElaKernel;
 
@@ -89,8 +89,8 @@ impl<B: ela_core::Backend> ElaLm<B> {
 pub struct FusedDecoder<'m, B: ReplayDevice> {
     model: &'m ElaLm<B>,
     state: DecodeState<B>,
-    /// The step's input `[batch, 1]`, rewritten before each launch.
-    ids: Tensor<B>,
+    /// Sequences per step (the batch the state was prefilled with).
+    batch: usize,
     /// The step's output `[batch, vocab]`, rewritten by each launch.
     logits: Tensor<B>,
     plan: B::FusedPlan,
@@ -118,20 +118,19 @@ impl<'m, B: ReplayDevice> FusedDecoder<'m, B> {
         check_tokens(OP, model, tokens, None)?;
         let plan = B::fused_plan(model)?;
         let dev = model.store().device();
-        let ids = Tensor::from_cpu_storage(&CpuStorage::U32(tokens.to_vec()), [tokens.len(), 1], dev)?;
         let logits = Tensor::zeros([tokens.len(), model.config().vocab], model.fused_step_dtype(), dev)?;
-        let mut dec = FusedDecoder { model, state, ids, logits, plan };
-        dec.run()?;
+        let mut dec = FusedDecoder { model, state, batch: tokens.len(), logits, plan };
+        dec.run(tokens)?;
         Ok(dec)
     }
 
-    fn run(&mut self) -> Result<()> {
+    fn run(&mut self, tokens: &[u32]) -> Result<()> {
         let dev = self.model.store().device();
         let mut states: Vec<&mut FusedElaState<B>> = self
             .state
             .fused_states()
             .ok_or_else(|| Error::invalid("FusedDecoder", "the decoding state lost its ELA states"))?;
-        dev.fused_step(&self.plan, &mut states, &self.ids, &self.logits)?;
+        dev.fused_step(&self.plan, &mut states, tokens, &self.logits)?;
         self.state.advance_position();
         Ok(())
     }
@@ -139,9 +138,8 @@ impl<'m, B: ReplayDevice> FusedDecoder<'m, B> {
     /// Decodes one token per batch row by one launch, and returns the logits `[batch, vocab]`:
     /// the decoder's output buffer, which the next step overwrites (copy what must be kept).
     pub fn step(&mut self, tokens: &[u32]) -> Result<&Tensor<B>> {
-        check_tokens("FusedDecoder::step", self.model, tokens, Some(self.ids.dims()[0]))?;
-        self.model.store().device().write_u32(&self.ids, tokens)?;
-        self.run()?;
+        check_tokens("FusedDecoder::step", self.model, tokens, Some(self.batch))?;
+        self.run(tokens)?;
         Ok(&self.logits)
     }
 

@@ -52,13 +52,13 @@ pub trait ReplayDevice: Backend {
     /// Checks `model` and compiles its fused decoding step (an error where there is none: the
     /// CPU, or a model [`ElaLm::fused_step_blocker`] refuses).
     fn fused_plan(model: &ElaLm<Self>) -> Result<Self::FusedPlan>;
-    /// Queues one fused step of `plan` for `ids` `[batch, 1]`: updates `states` (one per layer)
-    /// in place, counts the token on them and writes `logits` `[batch, vocab]`.
+    /// Queues one fused step of `plan` for `tokens` (one per sequence): updates `states` (one
+    /// per layer) in place, counts the token on them and writes `logits` `[batch, vocab]`.
     fn fused_step(
         &self,
         plan: &Self::FusedPlan,
         states: &mut [&mut FusedElaState<Self>],
-        ids: &Tensor<Self>,
+        tokens: &[u32],
         logits: &Tensor<Self>,
     ) -> Result<()>;
 }
@@ -110,7 +110,7 @@ impl ReplayDevice for Cpu {
         &self,
         plan: &Self::FusedPlan,
         _states: &mut [&mut FusedElaState<Self>],
-        _ids: &Tensor<Self>,
+        _tokens: &[u32],
         _logits: &Tensor<Self>,
     ) -> Result<()> {
         match *plan {}
@@ -164,10 +164,10 @@ impl ReplayDevice for ela_cuda::Cuda {
         &self,
         plan: &Self::FusedPlan,
         states: &mut [&mut FusedElaState<Self>],
-        ids: &Tensor<Self>,
+        tokens: &[u32],
         logits: &Tensor<Self>,
     ) -> Result<()> {
-        self.lm_decode_step(plan, states, ids, logits)
+        self.lm_decode_step(plan, states, tokens, logits)
     }
 }
 
