@@ -105,7 +105,8 @@ thread_local! {
 /// cast to a compute dtype once and the copy is reused by every later use in `f` (this thread
 /// only), instead of being cast again at every use. Decoding token by token from a
 /// mixed-precision model (`ela_models::lm::generate_eager`) would otherwise cast every weight
-/// for every token. The copies are freed when `f` returns.
+/// for every token. The copies (a compute-dtype copy of every weight used: half the f32 weights'
+/// memory for bf16) are freed when `f` returns.
 ///
 /// The parameters must not change inside `f`: a value given with `Var::set_value` or updated in
 /// place there is not seen by the cached copy. Nested calls share the outer cache.
