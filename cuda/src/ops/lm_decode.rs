@@ -13,7 +13,7 @@
 //! per-op kernels.
 //!
 //! The caller describes the model once ([`DecodeModel`] -> [`Cuda::lm_decode_plan`], which
-//! checks every shape and compiles the kernel for them) and then runs steps on its ELA states
+//! checks every shape) and then runs steps on its ELA states
 //! ([`Cuda::lm_decode_step`]). ela-models' `FusedDecoder` builds the description from an `ElaLm`.
 
 use cudarc::driver::DeviceRepr;
@@ -205,7 +205,9 @@ fn blocks_per_sequence(batch: usize, d: usize, sms: usize, cc_major: i32) -> usi
 }
 
 impl Cuda {
-    /// Checks `model` (shapes, dtypes, contiguity, this device) and compiles its kernel. Errors
+    /// Checks `model` (shapes, dtypes, contiguity, this device). The kernel is compiled for the
+    /// model's shape at the first step of each blocks-per-sequence count (a step's batch picks
+    /// it, [`LmDecodePlan::set_blocks_per_sequence`]), so time steps after a first one. Errors
     /// name the tensor and the shape expected; a model wider than one block's shared memory (about
     /// `12 d + 2 ff` floats) or deeper than [`LM_DECODE_MAX_LAYERS`] is refused: decode it with the
     /// per-op kernels.
@@ -326,8 +328,6 @@ impl Cuda {
         }
         let shape =
             LmShape { wt, d: d as u32, heads: heads as u32, ff: ff as u32, link: link_code(model.link), cluster: 1 };
-        // Compiles now, so that the first step (perhaps being timed) does not.
-        self.function(KernelFile::LmDecode(shape), OP)?;
         Ok(LmDecodePlan { model, ptrs, shape, dtype, vocab, smem: smem as u32, blocks: None })
     }
 
@@ -462,15 +462,20 @@ impl Cuda {
 }
 
 /// `ELA_CUDA_DECODE_BLOCKS=N` (1, 2, 4 or 8): blocks per sequence for every fused step whose
-/// plan does not set them, to compare the choices (cuda/README.md).
+/// plan does not set them, to compare the choices (cuda/README.md). Read once per process: a
+/// step is a few tens of microseconds.
 fn blocks_override() -> Result<Option<usize>> {
-    match std::env::var("ELA_CUDA_DECODE_BLOCKS") {
-        Err(_) => Ok(None),
-        Ok(v) => match v.trim().parse::<usize>() {
-            Ok(c @ (1 | 2 | 4 | 8)) => Ok(Some(c)),
-            _ => Err(Error::invalid(OP, format!("ELA_CUDA_DECODE_BLOCKS={v:?}: expected 1, 2, 4 or 8"))),
-        },
-    }
+    static OVERRIDE: std::sync::OnceLock<std::result::Result<Option<usize>, String>> = std::sync::OnceLock::new();
+    OVERRIDE
+        .get_or_init(|| match std::env::var("ELA_CUDA_DECODE_BLOCKS") {
+            Err(_) => Ok(None),
+            Ok(v) => match v.trim().parse::<usize>() {
+                Ok(c @ (1 | 2 | 4 | 8)) => Ok(Some(c)),
+                _ => Err(format!("ELA_CUDA_DECODE_BLOCKS={v:?}: expected 1, 2, 4 or 8")),
+            },
+        })
+        .clone()
+        .map_err(|msg| Error::invalid(OP, msg))
 }
 
 fn check_eps(eps: f64) -> Result<()> {

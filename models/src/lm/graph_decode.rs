@@ -49,8 +49,8 @@ pub trait ReplayDevice: Backend {
     ) -> Result<()>;
     /// A model's decoding step compiled into one kernel ([`super::FusedDecoder`]).
     type FusedPlan;
-    /// Checks `model` and compiles its fused decoding step (an error where there is none: the
-    /// CPU, or a model [`ElaLm::fused_step_blocker`] refuses).
+    /// Checks `model` and describes its fused decoding step, which is compiled at its first step
+    /// (an error where there is none: the CPU, or a model [`ElaLm::fused_step_blocker`] refuses).
     fn fused_plan(model: &ElaLm<Self>) -> Result<Self::FusedPlan>;
     /// Queues one fused step of `plan` for `tokens` (one per sequence): updates `states` (one
     /// per layer) in place, counts the token on them and writes `logits` `[batch, vocab]`.
