@@ -19,20 +19,7 @@ use ela_tests::device_tests;
 
 /// A tiny ELA LM without the Memory Lobe (which the fused step does not cover).
 fn cfg(link: Link) -> LmConfig {
-    LmConfig {
-        vocab: 50,
-        dim: 32,
-        layers: 2,
-        heads: 2,
-        ffn_hidden: 48,
-        attention: AttnKind::Ela { kernel: ElaKernel::HadamardExp, chunk: 64 },
-        link,
-        lobe: LobeMode::Off,
-        moe: None,
-        final_norm: true,
-        tied_embeddings: true,
-        rope_max_len: None,
-    }
+    decode_common::tiny(link, LobeMode::Off)
 }
 
 /// The fused decoder of `fused`, checked against `reference`'s per-op steps

@@ -10,27 +10,13 @@ use ela_core::{DType, Result, Rng};
 use ela_models::lm::{
     generate, generate_eager, AttnKind, ElaLm, GraphDecoder, Link, LmConfig, LobeMode, ReplayDevice, SampleConfig,
 };
-use ela_nn::ela::ElaKernel;
 use ela_nn::module::ParamStore;
 use ela_tests::device::is_cuda;
 use ela_tests::device_tests;
 
 /// A tiny ELA LM with Hyper-Link and the causal Memory Lobe (two ELA states per layer).
 fn cfg() -> LmConfig {
-    LmConfig {
-        vocab: 50,
-        dim: 32,
-        layers: 2,
-        heads: 2,
-        ffn_hidden: 48,
-        attention: AttnKind::Ela { kernel: ElaKernel::HadamardExp, chunk: 64 },
-        link: Link::Hyper,
-        lobe: LobeMode::Causal,
-        moe: None,
-        final_norm: true,
-        tied_embeddings: true,
-        rope_max_len: None,
-    }
+    decode_common::tiny(Link::Hyper, LobeMode::Causal)
 }
 
 device_tests! {

@@ -3,7 +3,27 @@
 //! keep the position and hand back a state that eager decoding continues from.
 
 use ela_core::{Backend, CpuStorage, Result, Tensor};
-use ela_models::lm::{DecodeState, Decoder, ElaLm};
+use ela_models::lm::{AttnKind, DecodeState, Decoder, ElaLm, Link, LmConfig, LobeMode};
+use ela_nn::ela::ElaKernel;
+
+/// The decoder tests' tiny ELA LM (vocabulary 50, width 32, two layers of two heads, FFN 48,
+/// Hadamard-Exp ELA, tied embeddings, final norm) with the given link and Memory Lobe.
+pub fn tiny(link: Link, lobe: LobeMode) -> LmConfig {
+    LmConfig {
+        vocab: 50,
+        dim: 32,
+        layers: 2,
+        heads: 2,
+        ffn_hidden: 48,
+        attention: AttnKind::Ela { kernel: ElaKernel::HadamardExp, chunk: 64 },
+        link,
+        lobe,
+        moe: None,
+        final_norm: true,
+        tied_embeddings: true,
+        rope_max_len: None,
+    }
+}
 
 /// Three rows of seven tokens below 50.
 pub fn prompt<B: Backend>(dev: &B) -> Result<Tensor<B>> {
