@@ -425,6 +425,56 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         params: &crate::ela::ElaParams,
         saved: Option<&crate::ela::ElaSaved<Self::Storage>>,
     ) -> Result<(Self::Storage, Self::Storage, Self::Storage)>;
+    /// Whether [`Backend::ela_forward_rows`] and [`Backend::ela_backward_rows`] take a call of
+    /// this dtype, these sizes and options: operands in any [`ElaRows`](crate::ela::ElaRows)
+    /// layout, read where they lie (16-byte aligned rows). The default, no: the tensor layer then
+    /// copies strided operands into contiguous buffers and calls the contiguous entry points.
+    fn ela_rows_supported(&self, dtype: DType, dims: &crate::ela::ElaDims, params: &crate::ela::ElaParams) -> bool {
+        let _ = (dtype, dims, params);
+        false
+    }
+    /// [`Backend::ela_forward_saving`] (with `save`; else the plain forward from an empty state)
+    /// on operands given by their rows, making `y` with the rows `y_rows`
+    /// ([`ElaRows::contiguous`](crate::ela::ElaRows::contiguous) or
+    /// [`ElaRows::token_major`](crate::ela::ElaRows::token_major), offset 0). Only called where
+    /// [`Backend::ela_rows_supported`] said yes.
+    #[allow(clippy::too_many_arguments)]
+    fn ela_forward_rows(
+        &self,
+        q: crate::ela::ElaArg<'_, Self::Storage>,
+        k: crate::ela::ElaArg<'_, Self::Storage>,
+        v: crate::ela::ElaArg<'_, Self::Storage>,
+        y_rows: crate::ela::ElaRows,
+        dims: &crate::ela::ElaDims,
+        params: &crate::ela::ElaParams,
+        save: bool,
+    ) -> Result<crate::ela::ElaSavingOutput<Self::Storage>> {
+        let _ = (q, k, v, y_rows, dims, params, save);
+        Err(crate::Error::invalid(
+            "ela_forward_rows",
+            "this backend reads only contiguous ELA operands (ela_rows_supported is false)",
+        ))
+    }
+    /// [`Backend::ela_backward`] on operands given by their rows (`y`, `dy`: `v`'s sizes); `dq`,
+    /// `dk`, `dv` come back contiguous. Only called where [`Backend::ela_rows_supported`] said yes.
+    #[allow(clippy::too_many_arguments)]
+    fn ela_backward_rows(
+        &self,
+        q: crate::ela::ElaArg<'_, Self::Storage>,
+        k: crate::ela::ElaArg<'_, Self::Storage>,
+        v: crate::ela::ElaArg<'_, Self::Storage>,
+        y: crate::ela::ElaArg<'_, Self::Storage>,
+        dy: crate::ela::ElaArg<'_, Self::Storage>,
+        dims: &crate::ela::ElaDims,
+        params: &crate::ela::ElaParams,
+        saved: Option<&crate::ela::ElaSaved<Self::Storage>>,
+    ) -> Result<(Self::Storage, Self::Storage, Self::Storage)> {
+        let _ = (q, k, v, y, dy, dims, params, saved);
+        Err(crate::Error::invalid(
+            "ela_backward_rows",
+            "this backend reads only contiguous ELA operands (ela_rows_supported is false)",
+        ))
+    }
     /// One recurrent ELA step for all `batch x heads` sequences: `q`, `k` `[batch, heads, d]`,
     /// `v` `[batch, heads, dv]` (`dims.t` is ignored); updates `state` in place and returns `y`
     /// `[batch, heads, dv]` in the inputs' dtype.

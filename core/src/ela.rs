@@ -264,11 +264,90 @@ pub struct ElaSaved<S> {
 /// and what the backend kept for the backward, if anything.
 pub type ElaSavingOutput<S> = (S, Option<ElaSaved<S>>);
 
+/// Where the rows of one `[batch, heads, t, width]` ELA operand lie in its buffer: row `t` of
+/// head `h` of batch entry `b` starts at element `offset + b * batch + h * head + t * row`, and a
+/// row's `width` elements are contiguous. A contiguous tensor is one such layout; a transposed
+/// view of a `[batch, t, heads, width]` tensor (what an attention layer makes of its q/k/v
+/// product) is another, which a backend supporting
+/// [`Backend::ela_rows_supported`](crate::Backend::ela_rows_supported) reads in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ElaRows {
+    /// Element offset of the first row.
+    pub offset: usize,
+    /// Elements between consecutive batch entries.
+    pub batch: usize,
+    /// Elements between consecutive heads.
+    pub head: usize,
+    /// Elements between consecutive rows (time steps) of one sequence.
+    pub row: usize,
+}
+
+impl ElaRows {
+    /// A contiguous `[batch, heads, t, width]` buffer.
+    pub fn contiguous(dims: &ElaDims, width: usize) -> Self {
+        ElaRows { offset: 0, batch: dims.heads * dims.t * width, head: dims.t * width, row: width }
+    }
+
+    /// A contiguous `[batch, t, heads, width]` buffer seen as `[batch, heads, t, width]`.
+    pub fn token_major(dims: &ElaDims, width: usize) -> Self {
+        ElaRows { offset: 0, batch: dims.t * dims.heads * width, head: width, row: dims.heads * width }
+    }
+
+    /// The rows of a rank-4 layout whose last axis has unit stride (or length 1), else `None`.
+    pub fn of_layout(layout: &crate::Layout) -> Option<Self> {
+        let (d, s) = (layout.dims(), layout.strides());
+        (d.len() == 4 && (s[3] == 1 || d[3] == 1)).then(|| ElaRows {
+            offset: layout.offset(),
+            batch: s[0],
+            head: s[1],
+            row: s[2],
+        })
+    }
+
+    /// Whether heads lie closer together than time steps (a `[batch, t, heads, width]` order).
+    pub fn is_token_major(&self) -> bool {
+        self.head < self.row
+    }
+}
+
+/// One ELA operand as a backend receives it: its buffer and where its rows are.
+#[derive(Clone, Copy, Debug)]
+pub struct ElaArg<'a, S> {
+    /// The buffer.
+    pub storage: &'a S,
+    /// Where the `[batch, heads, t, width]` rows lie in it.
+    pub rows: ElaRows,
+}
+
 pub use crate::tensor::FusedElaState;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rows of the layouts an attention layer hands the fused op: contiguous, and a
+    /// transposed view of a `[batch, t, 3, heads, d]` product (q at offset 0, k at `heads * d`).
+    #[test]
+    fn rows_of_contiguous_and_token_major_layouts() {
+        let dims = ElaDims { batch: 2, heads: 3, t: 5, d: 8, dv: 4 };
+        let c = ElaRows::contiguous(&dims, 8);
+        assert_eq!(c, ElaRows { offset: 0, batch: 120, head: 40, row: 8 });
+        assert_eq!(ElaRows::of_layout(&crate::Layout::contiguous([2, 3, 5, 8])), Some(c));
+        assert!(!c.is_token_major());
+        let tm = ElaRows::token_major(&dims, 4);
+        assert_eq!(tm, ElaRows { offset: 0, batch: 60, head: 4, row: 12 });
+        assert!(tm.is_token_major());
+        // k of a fused product [2, 5, 3, 3, 8]: strides (360, 72, 24, 8, 1), narrowed to index 1
+        // of axis 2, squeezed and transposed to [2, 3, 5, 8].
+        let k = crate::Layout::from_parts(Shape::from(vec![2, 3, 5, 8]), vec![360, 8, 72, 1], 24);
+        let r = ElaRows::of_layout(&k).unwrap();
+        assert_eq!(r, ElaRows { offset: 24, batch: 360, head: 8, row: 72 });
+        assert!(r.is_token_major());
+        // Rows that are not contiguous, or another rank, have no ElaRows.
+        let cols = crate::Layout::from_parts(Shape::from(vec![2, 3, 5, 8]), vec![120, 40, 1, 5], 0);
+        assert_eq!(ElaRows::of_layout(&cols), None);
+        assert_eq!(ElaRows::of_layout(&crate::Layout::contiguous([3, 5, 8])), None);
+    }
 
     /// The one ELA argument check: every rule, with the error naming the op.
     #[test]

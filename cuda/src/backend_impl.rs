@@ -5,7 +5,7 @@ use ela_core::{
     ReduceOp, Result, Shape, UnaryOp,
 };
 
-use ela_core::ela::{ElaDims, ElaKernel, ElaParams, ElaSaved, ElaStateBufs};
+use ela_core::ela::{ElaArg, ElaDims, ElaKernel, ElaParams, ElaRows, ElaSaved, ElaStateBufs};
 
 use crate::device::Cuda;
 use crate::storage::CudaStorage;
@@ -272,6 +272,34 @@ impl Backend for Cuda {
         saved: Option<&ElaSaved<S>>,
     ) -> Result<(S, S, S)> {
         self.ela_backward_impl(q, k, v, y, dy, dims, p, saved)
+    }
+    fn ela_rows_supported(&self, dtype: DType, dims: &ElaDims, p: &ElaParams) -> bool {
+        self.ela_rows_supported_impl(dtype, dims, p)
+    }
+    fn ela_forward_rows(
+        &self,
+        q: ElaArg<'_, S>,
+        k: ElaArg<'_, S>,
+        v: ElaArg<'_, S>,
+        y_rows: ElaRows,
+        dims: &ElaDims,
+        p: &ElaParams,
+        save: bool,
+    ) -> Result<(S, Option<ElaSaved<S>>)> {
+        self.ela_forward_rows_impl([&q, &k, &v], y_rows, dims, p, save)
+    }
+    fn ela_backward_rows(
+        &self,
+        q: ElaArg<'_, S>,
+        k: ElaArg<'_, S>,
+        v: ElaArg<'_, S>,
+        y: ElaArg<'_, S>,
+        dy: ElaArg<'_, S>,
+        dims: &ElaDims,
+        p: &ElaParams,
+        saved: Option<&ElaSaved<S>>,
+    ) -> Result<(S, S, S)> {
+        self.ela_backward_rows_impl([&q, &k, &v, &y, &dy], dims, p, saved)
     }
     fn ela_step(
         &self,

@@ -9,7 +9,7 @@
 use super::Tensor;
 use crate::backend::Backend;
 use crate::dtype::DType;
-use crate::ela::{ElaDims, ElaKernel, ElaParams, ElaSaved, ElaStateBufs, DEFAULT_CHUNK};
+use crate::ela::{ElaArg, ElaDims, ElaKernel, ElaParams, ElaRows, ElaSaved, ElaStateBufs, DEFAULT_CHUNK};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::shape::Shape;
@@ -40,7 +40,53 @@ impl<B: Backend> Tensor<B> {
     }
 }
 
+/// The rows of `t` if a backend may read it in place ([`Backend::ela_rows_supported`]): a rank-4
+/// view whose last axis is contiguous and whose rows start on 16-byte boundaries (the kernels'
+/// vector loads), so a transposed view of a `[batch, t, heads, d]` product qualifies.
+fn readable_rows<B: Backend>(t: &Tensor<B>) -> Option<ElaRows> {
+    let r = ElaRows::of_layout(t.layout())?;
+    let size = t.dtype().size_in_bytes();
+    [r.offset, r.batch, r.head, r.row].iter().all(|x| (x * size).is_multiple_of(16)).then_some(r)
+}
+
+/// An ELA output with what the backend kept for the backward.
+type Saving<B> = (Tensor<B>, Option<ElaSaved<<B as Backend>::Storage>>);
+
+/// `t`'s buffer with the rows `rows`.
+fn arg<B: Backend>(t: &Tensor<B>, rows: ElaRows) -> ElaArg<'_, B::Storage> {
+    ElaArg { storage: t.storage(), rows }
+}
+
 impl<B: Backend> Tensor<B> {
+    /// The strided forward: `Some` when the backend reads `q` (self), `k`, `v` where they lie.
+    /// `y` follows `v`'s order: made `[batch, t, heads, dv]` (and returned as its transposed
+    /// view) when `v` is a view of that order, so that merging the heads back costs no copy.
+    fn ela_rows_forward(
+        &self,
+        k: &Self,
+        v: &Self,
+        dims: &ElaDims,
+        params: &ElaParams,
+        save: bool,
+    ) -> Result<Option<Saving<B>>> {
+        let dev = self.device();
+        if !dev.ela_rows_supported(self.dtype(), dims, params) {
+            return Ok(None);
+        }
+        let (Some(qr), Some(kr), Some(vr)) = (readable_rows(self), readable_rows(k), readable_rows(v)) else {
+            return Ok(None);
+        };
+        let token = vr.is_token_major();
+        let y_rows = if token { ElaRows::token_major(dims, dims.dv) } else { ElaRows::contiguous(dims, dims.dv) };
+        let (y, saved) = dev.ela_forward_rows(arg(self, qr), arg(k, kr), arg(v, vr), y_rows, dims, params, save)?;
+        let y = if token {
+            Self::from_storage(y, [dims.batch, dims.t, dims.heads, dims.dv], dev).transpose(1usize, 2usize)?
+        } else {
+            Self::from_storage(y, v.shape().clone(), dev)
+        };
+        Ok(Some((y, saved)))
+    }
+
     /// Fused chunked Exact Linear Attention with `self` as the queries: `q`, `k`:
     /// `[batch, heads, time, d]`, `v`: `[batch, heads, time, dv]` (one float dtype, one device).
     /// Returns `y` `[batch, heads, time, dv]`,
@@ -48,8 +94,16 @@ impl<B: Backend> Tensor<B> {
     /// division is exact (no epsilon): for Hadamard Exp the denominator is always positive; for the
     /// signed kernels it can vanish (docs/ela.md#epsilon-policy). For [`ElaKernel::Identity`] `q` and `k`
     /// are the feature vectors `phi(q)`, `psi(k)`.
+    ///
+    /// Where the backend can ([`Backend::ela_rows_supported`]: CUDA's chunked Hadamard-Exp path),
+    /// strided `q`, `k`, `v` (e.g. transposed views of a `[batch, time, heads, d]` product) are
+    /// read in place, and `y` is then laid out in `v`'s order; elsewhere they are copied to
+    /// contiguous buffers first and `y` is contiguous.
     pub fn ela(&self, k: &Self, v: &Self, params: &ElaParams) -> Result<Self> {
         let dims = check_qkv("ela", self, k, v, params)?;
+        if let Some((y, _)) = self.ela_rows_forward(k, v, &dims, params, false)? {
+            return Ok(y);
+        }
         let (q, k, v) = (self.contiguous()?, k.contiguous()?, v.contiguous()?);
         let y = self.device().ela_forward(q.storage(), k.storage(), v.storage(), &dims, params, None)?;
         Ok(Self::from_storage(y, v.shape().clone(), self.device()))
@@ -61,6 +115,9 @@ impl<B: Backend> Tensor<B> {
     /// recompute the forward: faster, for about one more `k` of memory until the backward.
     pub fn ela_saving(&self, k: &Self, v: &Self, params: &ElaParams) -> Result<(Self, Option<ElaSaved<B::Storage>>)> {
         let dims = check_qkv("ela", self, k, v, params)?;
+        if let Some(out) = self.ela_rows_forward(k, v, &dims, params, true)? {
+            return Ok(out);
+        }
         let (q, k, v) = (self.contiguous()?, k.contiguous()?, v.contiguous()?);
         let (y, saved) = self.device().ela_forward_saving(q.storage(), k.storage(), v.storage(), &dims, params)?;
         Ok((Self::from_storage(y, v.shape().clone(), self.device()), saved))
@@ -115,9 +172,30 @@ impl<B: Backend> Tensor<B> {
                 });
             }
         }
+        let dev = q.device();
+        let same = [y, dy].iter().all(|t| t.dtype() == q.dtype());
+        if same && dev.ela_rows_supported(q.dtype(), &dims, params) {
+            let rows = [q, k, v, y, dy].map(readable_rows);
+            if let [Some(rq), Some(rk), Some(rv), Some(ry), Some(rdy)] = rows {
+                let (dq, dk, dv) = dev.ela_backward_rows(
+                    arg(q, rq),
+                    arg(k, rk),
+                    arg(v, rv),
+                    arg(y, ry),
+                    arg(dy, rdy),
+                    &dims,
+                    params,
+                    saved,
+                )?;
+                return Ok((
+                    Self::from_storage(dq, q.shape().clone(), dev),
+                    Self::from_storage(dk, k.shape().clone(), dev),
+                    Self::from_storage(dv, v.shape().clone(), dev),
+                ));
+            }
+        }
         let c = |t: &Self| t.to_dtype(q.dtype())?.contiguous();
         let (qc, kc, vc, yc, gc) = (c(q)?, c(k)?, c(v)?, c(y)?, c(dy)?);
-        let dev = q.device();
         let (dq, dk, dv) = dev.ela_backward(
             qc.storage(),
             kc.storage(),

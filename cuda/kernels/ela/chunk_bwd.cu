@@ -18,8 +18,8 @@
 
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
     ela_bwd(ST* dq, ST* dk, ST* dv, const ST* q, const ST* k, const ST* v, const ST* dy, const ela_f4* rows,
-            const MT* slot_s, const float* slot_z, const float* slot_m, const MT* slot_u, const float* slot_w, i64 T,
-            int nch, int causal) {
+            const MT* slot_s, const float* slot_z, const float* slot_m, const MT* slot_u, const float* slot_w, ElaIo io,
+            i64 T, int nch, int causal) {
     constexpr int F = ELA_F, DV = ELA_DV, C = ELA_C, LDF = LDP(F), LDV = LDP(DV), LDC = LDP(C);
     typedef WarpMap<C, C> WA;
     typedef WarpMap<C, DV> WV;
@@ -53,16 +53,20 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
     const i64 slot = (i64)seq * (nch + 1) + (causal ? c : nch), slot1 = causal ? slot + 1 : slot;
     const i64 uslot = (i64)seq * nch + (causal ? c : 0);
     const MT* Sg = slot_s + slot * F * DV;
-    const ST *qg = q + rowbase * F, *kg = k + rowbase * F, *vg = v + rowbase * DV, *dyg = dy + rowbase * DV;
+    // The chunk's first input rows (strided: tile.cuh, ElaIo); dq, dk, dv and the row info are
+    // packed, [sequence][t][width], indexed by `rowbase`.
+    const i64 lq = io.q[2], lk = io.k[2], lv = io.v[2], ldy = io.dy[2];
+    const ST *qg = q + io_seq(io.q, seq, io.heads) + t0 * lq, *kg = k + io_seq(io.k, seq, io.heads) + t0 * lk;
+    const ST *vg = v + io_seq(io.v, seq, io.heads) + t0 * lv, *dyg = dy + io_seq(io.dy, seq, io.heads) + t0 * ldy;
 
     // Every global load of the chunk is issued here, before any is used.
     typedef RowPart<F> RP;
     RP kp, qp;
-    kp.load(kg, n);
-    if (causal) qp.load(qg, n);
+    kp.load(kg, lk, n);
+    if (causal) qp.load(qg, lq, n);
     TileRegs<ST, true, C, DV> vt, gt;
-    vt.load(vg, n);
-    gt.load(dyg, n);
+    vt.load(vg, lv, n);
+    gt.load(dyg, ldy, n);
     TileRegs<MT, false, F, DV> ut;
     ut.load(slot_u + uslot * F * DV, F);
     ela_f4 r;
@@ -189,7 +193,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                 const int i = ACC_ROW(r0, e), d = ACC_COL(c0, nt, e);
                 if (i >= n) continue;
                 const bool on = gmul[i] != 0.f;  // 1 / den on the fast path, else 0
-                const float q0 = DT::load(qg[(i64)i * F + d]), q1 = DT::load(qg[(i64)i * F + d + 1]);
+                const float q0 = DT::load(qg[(i64)i * lq + d]), q1 = DT::load(qg[(i64)i * lq + d + 1]);
                 const float pb0 = on ? __expf(q0 + mcur[d] - uu[i]) : 0.f;
                 const float pb1 = on ? __expf(q1 + mcur[d + 1] - uu[i]) : 0.f;
                 float v0 = pb0 * (a2[nt][e] - cc[i] * zst[d]), v1 = pb1 * (a2[nt][e + 1] - cc[i] * zst[d + 1]);
@@ -224,13 +228,13 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
             if (!slw[i]) continue;
             const ela_f4 ri = rows[rowbase + i];
             const float r = uu[i], dn = ri.y, ci = ri.z;
-            if (tid < DV) gv[tid] = DT::load(dyg[(i64)i * DV + tid]) / dn;
-            if (tid < F) qr[tid] = DT::load(qg[(i64)i * F + tid]);
+            if (tid < DV) gv[tid] = DT::load(dyg[(i64)i * ldy + tid]) / dn;
+            if (tid < F) qr[tid] = DT::load(qg[(i64)i * lq + tid]);
             __syncthreads();
             for (int j = warp; j <= i; j += ELA_WARPS) {
                 float a = 0.f, s = 0.f;
-                for (int col = lane; col < DV; col += 32) a += gv[col] * DT::load(vg[(i64)j * DV + col]);
-                for (int f = lane; f < F; f += 32) s += __expf(qr[f] + DT::load(kg[(i64)j * F + f]) - r);
+                for (int col = lane; col < DV; col += 32) a += gv[col] * DT::load(vg[(i64)j * lv + col]);
+                for (int f = lane; f < F; f += 32) s += __expf(qr[f] + DT::load(kg[(i64)j * lk + f]) - r);
                 a = warp_sum(a);
                 s = warp_sum(s);
                 if (lane == 0) {
@@ -241,11 +245,11 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
             if (tid < F) ws[tid] = __expf(qr[tid] + mcur[tid] - r);
             __syncthreads();
             for (int e = tid; e < (i + 1) * F; e += ELA_THREADS)
-                adk[e] += __expf(qr[e % F] + DT::load(kg[e]) - r) * da[e / F];
+                adk[e] += __expf(qr[e % F] + DT::load(kg[(e / F) * lk + e % F]) - r) * da[e / F];
             for (int e = tid; e < (i + 1) * DV; e += ELA_THREADS) adv[e] += sj[e / DV] * gv[e % DV];
             if (tid < F) {
                 float s = 0.f, sg = 0.f;
-                for (int j = 0; j <= i; ++j) s += __expf(qr[tid] + DT::load(kg[(i64)j * F + tid]) - r) * da[j];
+                for (int j = 0; j <= i; ++j) s += __expf(qr[tid] + DT::load(kg[(i64)j * lk + tid]) - r) * da[j];
                 for (int col = 0; col < DV; ++col) sg += from_mt(Sg[(i64)tid * DV + col]) * gv[col];
                 dq[(rowbase + i) * F + tid] = DT::store(s + ws[tid] * (sg - ci * zst[tid]));
             }
@@ -263,15 +267,16 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
 }
 
 // c_i = (dy_i . y_i) / den_i into the row info a saving forward wrote (ela_out mode 0 with
-// `rows`): what ela_out mode 1 adds when the backward recomputes the forward. A row is read by
-// TPR threads with 16-byte loads (RowPart's split for ELA_C rows, here per row of the grid).
-extern "C" __global__ void ela_rows_dot(ela_f4* rows, const ST* dy, const ST* y, i64 nrows) {
+// `rows`): what ela_out mode 1 adds when the backward recomputes the forward. One block per
+// (chunk, sequence); a row is read by TPR threads with 16-byte loads (RowPart's split).
+extern "C" __global__ void ela_rows_dot(ela_f4* rows, const ST* dy, const ST* y, ElaIo io, i64 T) {
     typedef RowPart<ELA_DV> RP;
-    const i64 r0 = (i64)blockIdx.x * ELA_C;
-    const int n = (int)min((i64)ELA_C, nrows - r0);
+    const int seq = blockIdx.y;
+    const i64 t0 = (i64)blockIdx.x * ELA_C, r0 = seq * T + t0;
+    const int n = (int)min((i64)ELA_C, T - t0);
     RP a, b;
-    a.load(dy + r0 * ELA_DV, n);
-    b.load(y + r0 * ELA_DV, n);
+    a.load(dy + io_seq(io.dy, seq, io.heads) + t0 * io.dy[2], io.dy[2], n);
+    b.load(y + io_seq(io.y, seq, io.heads) + t0 * io.y[2], io.y[2], n);
     float s = 0.f;
 #pragma unroll
     for (int e = 0; e < RP::EPT; ++e) s += a.x[e] * b.x[e];

@@ -64,7 +64,7 @@ __device__ __forceinline__ void st_mt4(MT* p, float a, float b, float c, float d
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB)
     ela_scan(const ST* x, const ST* val, MT* slot_s, float* slot_z, float* slot_m, const ela_f4* rows,
              const float* init_s, const float* init_z, const float* init_m, float* fin_s, float* fin_z, float* fin_m,
-             i64 T, int nch, int mode, int causal) {
+             ElaIo io, i64 T, int nch, int mode, int causal) {
     // F: this block's features (state rows), FA: all of them (the row stride of x and the slots).
     constexpr int FA = ELA_F, F = SCAN_FB, DV = ELA_DV, C = ELA_C, DVB = SCAN_DVB, P = SCAN_P;
     constexpr int LDF = LDP(F), LDV = LDP(DVB + 8);
@@ -89,8 +89,10 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB)
     MT* ss = slot_s + seq * nslot * FA * DV + f0 * DV;
     float* sz = slot_z + seq * nslot * FA + f0;
     const float* sm = slot_m + seq * ((i64)nch + 1) * FA + f0;
-    const ST* xs = x + seq * T * FA + f0;
-    const ST* vs = val + seq * T * DV;
+    // x, val: k, v (mode 0) or q, dy (mode 1), rows lx, lv elements apart.
+    const i64 lx = mode == 0 ? io.k[2] : io.q[2], lv = mode == 0 ? io.v[2] : io.dy[2];
+    const ST* xs = x + (mode == 0 ? io_seq(io.k, seq, io.heads) : io_seq(io.q, seq, io.heads)) + f0;
+    const ST* vs = val + (mode == 0 ? io_seq(io.v, seq, io.heads) : io_seq(io.dy, seq, io.heads));
 
     float acc[W::NT][4], accz[1][4];  // accz: the [1 | c den] tile (group-0 warps)
     zero_acc(acc);
@@ -130,12 +132,12 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB)
 #pragma unroll
             for (int i = 0; i < NX; ++i) {
                 const int e = tid + i * ELA_THREADS, r = e / (F / 4), cq = e % (F / 4);
-                px[p][i] = r < n ? ld_raw4(xs + (t0 + r) * FA + 4 * cq) : raw_zero();
+                px[p][i] = r < n ? ld_raw4(xs + (t0 + r) * lx + 4 * cq) : raw_zero();
             }
 #pragma unroll
             for (int i = 0; i < NVV; ++i) {
                 const int e = tid + i * ELA_THREADS, r = e / (DVB / 4), cq = e % (DVB / 4);
-                pv[p][i] = r < n ? ld_raw4(vs + (t0 + r) * DV + j0 + 4 * cq) : raw_zero();
+                pv[p][i] = r < n ? ld_raw4(vs + (t0 + r) * lv + j0 + 4 * cq) : raw_zero();
             }
             if (mode == 1 && tid < C) {
                 if (tid < n) pr[p] = rows[seq * T + t0 + tid];
@@ -290,7 +292,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB)
 // The exact path for row i of the chunk (docs/ela.md "exact rows after underflow"; the CPU's
 // exact_rows.rs): u = r_i, the row's true largest log-term, so its largest term is 1. Block-wide;
 // `sc` is scratch for 2F + C floats.
-__device__ void slow_row(int i, const ST* qg, const ST* kg, const ST* vg, const MT* Sg, const float* mst,
+__device__ void slow_row(int i, const ST* qg, const ST* kg, const ST* vg, i64 lq, i64 lk, i64 lv, const MT* Sg, const float* mst,
                          const float* zst, float* sc, float* red, int mode, ST* yrow, ela_f4* rrow, const ST* dyrow,
                          const ST* yinrow) {
     constexpr int F = ELA_F, DV = ELA_DV;
@@ -298,14 +300,14 @@ __device__ void slow_row(int i, const ST* qg, const ST* kg, const ST* vg, const 
     float* qr = sc;
     float* sj = qr + F;
     float* wsf = sj + ELA_C;
-    if (tid < F) qr[tid] = DT::load(qg[(i64)i * F + tid]);
+    if (tid < F) qr[tid] = DT::load(qg[(i64)i * lq + tid]);
     __syncthreads();
     float mx = tid < F ? qr[tid] + mst[tid] : neg_inf<float>();
-    for (int e = tid; e < (i + 1) * F; e += ELA_THREADS) mx = fmaxf(mx, qr[e % F] + DT::load(kg[e]));
+    for (int e = tid; e < (i + 1) * F; e += ELA_THREADS) mx = fmaxf(mx, qr[e % F] + DT::load(kg[(e / F) * lk + e % F]));
     const float r = block_max<float>(mx, red);
     for (int j = warp; j <= i; j += ELA_WARPS) {
         float s = 0.f;
-        for (int f = lane; f < F; f += 32) s += __expf(qr[f] + DT::load(kg[(i64)j * F + f]) - r);
+        for (int f = lane; f < F; f += 32) s += __expf(qr[f] + DT::load(kg[(i64)j * lk + f]) - r);
         s = warp_sum(s);
         if (lane == 0) sj[j] = s;
     }
@@ -315,7 +317,7 @@ __device__ void slow_row(int i, const ST* qg, const ST* kg, const ST* vg, const 
     if (mode == 0) {
         for (int col = tid; col < DV; col += ELA_THREADS) {
             float num = 0.f;
-            for (int j = 0; j <= i; ++j) num += sj[j] * DT::load(vg[(i64)j * DV + col]);
+            for (int j = 0; j <= i; ++j) num += sj[j] * DT::load(vg[(i64)j * lv + col]);
             for (int f = 0; f < F; ++f) num += wsf[f] * from_mt(Sg[(i64)f * DV + col]);
             yrow[col] = DT::store(num / den);
         }
@@ -347,7 +349,7 @@ __device__ void slow_row(int i, const ST* qg, const ST* kg, const ST* vg, const 
 // (u, den, c = (dy . y) / den, exact-path flag).
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
     ela_out(ST* y, ela_f4* rows, const ST* q, const ST* k, const ST* v, const ST* dy, const ST* yin,
-            const MT* slot_s, const float* slot_z, const float* slot_m, i64 T, int nch, int mode, int causal) {
+            const MT* slot_s, const float* slot_z, const float* slot_m, ElaIo io, i64 T, int nch, int mode, int causal) {
     constexpr int F = ELA_F, DV = ELA_DV, C = ELA_C, LDF = LDP(F), LDV = LDP(DV), LDC = LDP(C);
     constexpr int R0 = (2 * C * LDF > F * LDV) ? 2 * C * LDF : F * LDV;
     typedef WarpMap<C, C> WA;
@@ -376,20 +378,26 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
     const int n = (int)min((i64)C, T - t0);
     const i64 slot = (i64)seq * (nch + 1) + (causal ? c : nch);
     const MT* Sg = slot_s + slot * F * DV;
-    const ST *qg = q + rowbase * F, *kg = k + rowbase * F, *vg = v + rowbase * DV;
+    // The chunk's first row of each operand (`rowbase` indexes the row info, which is packed).
+    const i64 lq = io.q[2], lk = io.k[2], lv = io.v[2], ldy = io.dy[2], ly = io.y[2];
+    const ST *qg = q + io_seq(io.q, seq, io.heads) + t0 * lq, *kg = k + io_seq(io.k, seq, io.heads) + t0 * lk;
+    const ST* vg = v + io_seq(io.v, seq, io.heads) + t0 * lv;
+    const ST* dyg = dy + io_seq(io.dy, seq, io.heads) + t0 * ldy;  // mode 1
+    const ST* yig = yin + io_seq(io.y, seq, io.heads) + t0 * ly;    // mode 1
+    ST* yo = y + io_seq(io.y, seq, io.heads) + t0 * ly;             // mode 0
 
     // Every global load of the chunk is issued here, before any is used: q and k rows, the v tile
     // (or dy and y rows), and the log-scales and z of the state slot.
     typedef RowPart<F> RP;
     RP kp, qp;
-    if (causal) kp.load(kg, n);
-    qp.load(qg, n);
+    if (causal) kp.load(kg, lk, n);
+    qp.load(qg, lq, n);
     TileRegs<ST, true, C, DV> vt;
-    if (mode == 0 && causal) vt.load(vg, n);
+    if (mode == 0 && causal) vt.load(vg, lv, n);
     RowPart<DV> dyp, yp;
     if (mode == 1) {
-        dyp.load(dy + rowbase * DV, n);
-        yp.load(yin + rowbase * DV, n);
+        dyp.load(dyg, ldy, n);
+        yp.load(yig, ly, n);
     }
     if (tid < F) {
         mst[tid] = slot_m[slot * F + tid];
@@ -511,7 +519,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
             for (int e = 0; e < 4; e += 2) {
                 const int i = ACC_ROW(r0, e), col = ACC_COL(c0, nt, e);
                 if (i < n && !slw[i])
-                    store_st2(y + (rowbase + i) * DV + col, acc[nt][e] / den[i], acc[nt][e + 1] / den[i]);
+                    store_st2(yo + i * ly + col, acc[nt][e] / den[i], acc[nt][e + 1] / den[i]);
             }
         if (rows && tid < n && !slw[tid]) {
             ela_f4 o;
@@ -534,8 +542,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         float* sc = (float*)phib;  // free now
         for (int i = 0; i < n; ++i) {
             if (!slw[i]) continue;
-            slow_row(i, qg, kg, vg, Sg, mst, zst, sc, red, mode, y + (rowbase + i) * DV,
-                     rows ? rows + rowbase + i : (ela_f4*)0, dy + (rowbase + i) * DV, yin + (rowbase + i) * DV);
+            slow_row(i, qg, kg, vg, lq, lk, lv, Sg, mst, zst, sc, red, mode, yo + i * ly,
+                     rows ? rows + rowbase + i : (ela_f4*)0, dyg + i * ldy, yig + i * ly);
         }
     }
 }

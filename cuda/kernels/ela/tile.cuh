@@ -369,14 +369,16 @@ template <typename E, bool INPUT, int ROWS, int COLS> struct TileRegs {
     static constexpr int PER = ROWS * COLS / EPV / ELA_THREADS;
     static_assert(PER >= 1 && PER * EPV * ELA_THREADS == ROWS * COLS && COLS % EPV == 0, "tile split");
     ela_u4 v[PER];
-    __device__ __forceinline__ void load(const E* src, int valid) {
+    // Rows `ld` elements apart (a multiple of 16 bytes; COLS for a packed tile).
+    __device__ __forceinline__ void load(const E* src, i64 ld, int valid) {
 #pragma unroll
         for (int i = 0; i < PER; ++i) {
-            const int e = threadIdx.x + i * ELA_THREADS;
-            if ((e * EPV) / COLS < valid) v[i] = ((const ela_u4*)src)[e];
+            const int e = (threadIdx.x + i * ELA_THREADS) * EPV, r = e / COLS;
+            if (r < valid) v[i] = *(const ela_u4*)(src + r * ld + e % COLS);
             else v[i].x = v[i].y = v[i].z = v[i].w = 0u;
         }
     }
+    __device__ __forceinline__ void load(const E* src, int valid) { load(src, COLS, valid); }
     __device__ __forceinline__ void store(MT* dst, int ld, const float* mul) const {
         // The same bits in the operand type (state slots; bf16 or f32 inputs) copy as they are.
         if (!mul && (!INPUT || ELA_DT != 1) && sizeof(E) == sizeof(MT)) {
@@ -407,6 +409,22 @@ template <typename E, bool INPUT, int ROWS, int COLS> struct TileRegs {
     }
 };
 
+// Where the rows of the inputs q, k, v, dy and of y lie (`IoRows` in cuda/src/ops/ela/chunk.rs):
+// row t of sequence seq = b * heads + h of operand X starts at element
+// b * X[0] + h * X[1] + t * X[2] of its buffer, and its own elements are contiguous. So the
+// chunked kernels read q, k, v straight out of a fused q/k/v product laid out
+// [batch, t, 3, heads, d], and write y as [batch, t, heads, dv], where the attention layer
+// would otherwise copy each into [batch, heads, t, d] order and back. Every stride is a multiple
+// of 16 bytes (16-byte vector loads; the host checks it).
+struct ElaIo {
+    i64 q[3], k[3], v[3], dy[3], y[3];
+    int heads;
+};
+// The element offset of sequence `seq`'s first row in an operand with strides `r`.
+__device__ __forceinline__ i64 io_seq(const i64 (&r)[3], int seq, int heads) {
+    return (i64)(seq / heads) * r[0] + (i64)(seq % heads) * r[1];
+}
+
 // The rows of a chunk, TPR = ELA_THREADS / ELA_C consecutive threads per row: thread tid holds row
 // tid / TPR, elements [(tid % TPR) * EPT, + EPT) of a W-wide row, as floats (rows >= n read 0).
 // All of a thread's loads are 16-byte vectors issued before any use; row reductions are TPR-lane
@@ -419,10 +437,11 @@ template <int W> struct RowPart {
     static __device__ __forceinline__ int row() { return threadIdx.x / TPR; }
     static __device__ __forceinline__ int col0() { return (threadIdx.x % TPR) * EPT; }
     static __device__ __forceinline__ bool head() { return threadIdx.x % TPR == 0; }
-    __device__ __forceinline__ void load(const ST* base, int n) {
+    // Rows `ld` elements apart (a multiple of 16 bytes).
+    __device__ __forceinline__ void load(const ST* base, i64 ld, int n) {
         ela_u4 raw[NV];
         const bool ok = row() < n;
-        const ela_u4* p = (const ela_u4*)(base + (i64)row() * W + col0());
+        const ela_u4* p = (const ela_u4*)(base + (i64)row() * ld + col0());
 #pragma unroll
         for (int i = 0; i < NV; ++i) {
             if (ok) raw[i] = p[i];

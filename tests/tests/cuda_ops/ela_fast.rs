@@ -280,3 +280,61 @@ fn chunked_prefill_and_batched_steps_match_the_cpu_state() -> Result<()> {
     }
     Ok(())
 }
+
+/// q, k, v as the attention layer makes them, transposed views of one `[batch, t, 3, heads, d]`
+/// product, are read where they lie (`Backend::ela_rows_supported`), and `y` comes back in
+/// `[batch, t, heads, dv]` order: the same bits as the call on contiguous copies, forward and
+/// both backwards (with the saved forward and recomputing it; `dy` a transposed view as well),
+/// and within the bound of the f64 reference. A view whose rows do not start on 16-byte
+/// boundaries is copied first, with the same result.
+#[test]
+fn strided_operands_are_read_in_place() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    let bits = |t: &Tensor<Cuda>| t.to_vec_f64().unwrap();
+    for (i, &(dtype, d, causal)) in
+        [(DType::BF16, 64, true), (DType::F32, 64, true), (DType::F16, 64, false), (DType::BF16, 128, true)]
+            .iter()
+            .enumerate()
+    {
+        let (b, t, h) = (2, 150, 3);
+        let mut rng = Rng::new(900 + i as u64);
+        let mut up = |shape: Vec<usize>| {
+            let x = Tensor::randn(0.0, 1.0, shape, DType::F64, &mut rng, &Cpu).unwrap();
+            x.to_dtype(dtype).unwrap().to_device(&dev).unwrap()
+        };
+        let qkv = up(vec![b, t, 3, h, d]);
+        let dy_tm = up(vec![b, t, h, d]);
+        let head = |j: usize| qkv.narrow(2, j, 1)?.squeeze(2)?.transpose(1usize, 2usize);
+        let (q, k, v, dy) = (head(0)?, head(1)?, head(2)?, dy_tm.transpose(1usize, 2usize)?);
+        assert!(!q.layout().is_contiguous() && !dy.layout().is_contiguous());
+        let p = ElaParams { kernel: EXP, causal, chunk: 64 };
+        let (y, saved) = q.ela_saving(&k, &v, &p)?;
+        assert!(y.transpose(1usize, 2usize)?.layout().is_contiguous(), "y in [batch, t, heads, dv] order ({dtype:?})");
+        let c = |x: &Tensor<Cuda>| x.contiguous().unwrap();
+        let (qc, kc, vc, dyc) = (c(&q), c(&k), c(&v), c(&dy));
+        let (yc, saved_c) = qc.ela_saving(&kc, &vc, &p)?;
+        assert!(yc.layout().is_contiguous());
+        assert_eq!(bits(&y), bits(&yc), "strided forward == contiguous forward ({dtype:?} d={d} causal {causal})");
+        assert_eq!(bits(&q.ela(&k, &v, &p)?), bits(&yc), "the plain forward reads in place too");
+        let g = Tensor::ela_backward_saved(&q, &k, &v, &y, &dy, &p, saved.as_ref())?;
+        let gc = Tensor::ela_backward_saved(&qc, &kc, &vc, &yc, &dyc, &p, saved_c.as_ref())?;
+        let r = Tensor::ela_backward(&q, &k, &v, &y, &dy, &p)?;
+        let rc = Tensor::ela_backward(&qc, &kc, &vc, &yc, &dyc, &p)?;
+        for (name, a, b) in [("dq", &g.0, &gc.0), ("dk", &g.1, &gc.1), ("dv", &g.2, &gc.2)] {
+            assert_eq!(bits(a), bits(b), "{name}, saved forward ({dtype:?} d={d} causal {causal})");
+        }
+        for (name, a, b) in [("dq", &r.0, &rc.0), ("dk", &r.1, &rc.1), ("dv", &r.2, &rc.2)] {
+            assert_eq!(bits(a), bits(b), "{name}, recomputed forward ({dtype:?} d={d} causal {causal})");
+        }
+        let f64_of = |x: &Tensor<Cuda>| x.to_device(&Cpu).unwrap().to_dtype(DType::F64).unwrap();
+        let want = Ela::builtin(EXP).with_causal(causal).run(Form::Quadratic, &f64_of(&q), &f64_of(&k), &f64_of(&v))?;
+        let e = rel_err(&bits(&y), &want.to_vec_f64()?);
+        assert!(e <= bound(dtype), "{dtype:?} d={d} causal {causal}: y {e:e} vs f64");
+    }
+    // Rows one element off a 16-byte boundary: copied, then the same call.
+    let x = Pair::randn(&[2, 3, 100, 65], DType::BF16, 7, &dev).gpu;
+    let q = x.narrow(3, 1, 64)?;
+    let p = ElaParams::causal(EXP);
+    assert_eq!(bits(&q.ela(&q, &q, &p)?), bits(&q.contiguous()?.ela(&q.contiguous()?, &q.contiguous()?, &p)?));
+    Ok(())
+}

@@ -10,7 +10,8 @@
 //! a per-row pass (units, denominators), a reverse scan for the accumulators `U, w` and one block
 //! per (chunk, sequence) for `dq, dk, dv`.
 
-use ela_core::ela::{ElaDims, ElaKernel, ElaStateBufs};
+use cudarc::driver::DeviceRepr;
+use ela_core::ela::{ElaArg, ElaDims, ElaKernel, ElaRows, ElaStateBufs};
 use ela_core::{DType, Result};
 
 use crate::device::{Arg, Cfg, Cuda};
@@ -127,6 +128,83 @@ impl Variant {
     }
 }
 
+/// Mirror of `struct ElaIo` in `kernels/ela/tile.cuh`: the (batch, head, row) strides, in
+/// elements, of q, k, v, dy and y (a row's own elements are contiguous), and the head count that
+/// splits a sequence index into (batch, head).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IoRows {
+    q: [i64; 3],
+    k: [i64; 3],
+    v: [i64; 3],
+    dy: [i64; 3],
+    y: [i64; 3],
+    heads: i32,
+    pad: i32,
+}
+// SAFETY: plain-old-data with the C layout of the kernel-side struct.
+unsafe impl DeviceRepr for IoRows {}
+
+fn strides(r: &ElaRows) -> [i64; 3] {
+    [r.batch as i64, r.head as i64, r.row as i64]
+}
+
+/// The operands of one chunked call: the address of each one's first row (`y`, `dy`: 0 in a
+/// forward, which makes `y` itself with the layout `rows.y`) and where their rows lie.
+pub(crate) struct Io {
+    q: u64,
+    k: u64,
+    v: u64,
+    y: u64,
+    dy: u64,
+    rows: IoRows,
+}
+
+impl Io {
+    /// Operands given by their rows (`y`, `dy` for a backward; for a forward `y_rows` is the
+    /// layout of the `y` to make).
+    pub(crate) fn of_args(
+        dims: &ElaDims,
+        [q, k, v]: [&ElaArg<'_, CudaStorage>; 3],
+        y_rows: ElaRows,
+        y_dy: Option<[&ElaArg<'_, CudaStorage>; 2]>,
+    ) -> Io {
+        let at = |a: &ElaArg<'_, CudaStorage>| a.storage.ptr_at(a.rows.offset);
+        let (y, dy, yr, dyr) = match y_dy {
+            Some([y, dy]) => (at(y), at(dy), y.rows, dy.rows),
+            None => (0, 0, y_rows, ElaRows::contiguous(dims, dims.dv)),
+        };
+        Io {
+            q: at(q),
+            k: at(k),
+            v: at(v),
+            y,
+            dy,
+            rows: IoRows {
+                q: strides(&q.rows),
+                k: strides(&k.rows),
+                v: strides(&v.rows),
+                dy: strides(&dyr),
+                y: strides(&yr),
+                heads: dims.heads as i32,
+                pad: 0,
+            },
+        }
+    }
+
+    /// Contiguous `[batch, heads, t, width]` operands (`y`, `dy` for a backward; a forward makes
+    /// a contiguous `y`).
+    pub(crate) fn packed(dims: &ElaDims, [q, k, v]: [&CudaStorage; 3], y_dy: Option<[&CudaStorage; 2]>) -> Io {
+        let (rd, rv) = (ElaRows::contiguous(dims, dims.d), ElaRows::contiguous(dims, dims.dv));
+        let arg = |s, rows| ElaArg { storage: s, rows };
+        let (qa, ka, va) = (arg(q, rd), arg(k, rd), arg(v, rv));
+        match y_dy {
+            Some([y, dy]) => Io::of_args(dims, [&qa, &ka, &va], rv, Some([&arg(y, rv), &arg(dy, rv)])),
+            None => Io::of_args(dims, [&qa, &ka, &va], rv, None),
+        }
+    }
+}
+
 /// What `ela_out` computes: mode 0 writes `y` (and, with `rows != 0`, the row info a saving
 /// forward keeps); mode 1 writes the row info of a backward that recomputes the forward.
 #[derive(Clone, Copy)]
@@ -167,6 +245,7 @@ impl Cuda {
         rows: u64,
         init: [u64; 3],
         fin: [u64; 3],
+        io: &IoRows,
         mode: i32,
         causal: bool,
     ) -> Result<()> {
@@ -183,6 +262,7 @@ impl Cuda {
             Arg::Ptr(fin[0]),
             Arg::Ptr(fin[1]),
             Arg::Ptr(fin[2]),
+            Arg::by_value(*io),
             Arg::n(t),
             Arg::I32(cv.nch(t) as i32),
             Arg::I32(mode),
@@ -201,7 +281,7 @@ impl Cuda {
         n: usize,
         t: usize,
         mode: OutMode,
-        [q, k, v]: [&CudaStorage; 3],
+        io: &Io,
         sl: &Slots,
         causal: bool,
     ) -> Result<()> {
@@ -213,14 +293,15 @@ impl Cuda {
         let args = [
             Arg::Ptr(y),
             Arg::Ptr(rows),
-            Arg::Ptr(q.ptr()),
-            Arg::Ptr(k.ptr()),
-            Arg::Ptr(v.ptr()),
+            Arg::Ptr(io.q),
+            Arg::Ptr(io.k),
+            Arg::Ptr(io.v),
             Arg::Ptr(dy),
             Arg::Ptr(yin),
             Arg::Ptr(sl.s.ptr()),
             Arg::Ptr(sl.z.ptr()),
             Arg::Ptr(sl.m.ptr()),
+            Arg::by_value(io.rows),
             Arg::n(t),
             Arg::I32(nch as i32),
             Arg::I32(code),
@@ -231,20 +312,23 @@ impl Cuda {
     }
 
     /// Chunked forward (`Backend::ela_forward` for the supported shapes) from `state` or an
-    /// empty one. With `save` (empty state only), it also keeps for the backward the slots and the
-    /// row info `(u, den, 0, exact-path flag)`: buffers `[s, z, m, rows]` (`None` for an empty call
-    /// or without `save`).
+    /// empty one, on operands of dtype `dtype` where `io` says (`y` is made in the layout
+    /// `io.rows.y`). With `save` (empty state only), it also keeps for the backward the slots and
+    /// the row info `(u, den, 0, exact-path flag)`: buffers `[s, z, m, rows]` (`None` for an empty
+    /// call or without `save`).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn ela_chunk_forward(
         &self,
         cv: &Variant,
-        [q, k, v]: [&CudaStorage; 3],
+        io: &Io,
+        dtype: DType,
         dims: &ElaDims,
         causal: bool,
         state: Option<(&mut ElaStateBufs<CudaStorage>, [u64; 3])>,
         save: bool,
     ) -> Result<(CudaStorage, Option<Vec<CudaStorage>>)> {
         let (n, t) = (dims.sequences(), dims.t);
-        let y = self.alloc(q.dtype(), n * t * dims.dv)?;
+        let y = self.alloc(dtype, n * t * dims.dv)?;
         if n == 0 || t == 0 {
             return Ok((y, None));
         }
@@ -262,9 +346,9 @@ impl Cuda {
         };
         let init = state.as_ref().map_or([0; 3], |s| s.1);
         let finp = fin.as_ref().map_or([0; 3], |x| [x.0.ptr(), x.1.ptr(), x.2.ptr()]);
-        self.ela_scan(cv, n, t, k.ptr(), v.ptr(), (&sl.s, &sl.z), &sl.m, 0, init, finp, 0, causal)?;
+        self.ela_scan(cv, n, t, io.k, io.v, (&sl.s, &sl.z), &sl.m, 0, init, finp, &io.rows, 0, causal)?;
         let rows_ptr = rows.as_ref().map_or(0, |r| r.ptr());
-        self.ela_out(cv, n, t, OutMode::Forward { y: y.ptr(), rows: rows_ptr }, [q, k, v], &sl, causal)?;
+        self.ela_out(cv, n, t, OutMode::Forward { y: y.ptr(), rows: rows_ptr }, io, &sl, causal)?;
         if let (Some((st, _)), Some((fs, fz, fm))) = (state, fin) {
             // The final state, f32, back into the carried buffers (separate from the initial ones:
             // the scan's blocks read the initial log-scales while others finish).
@@ -281,16 +365,21 @@ impl Cuda {
     /// With `saved` (the buffers a saving [`Cuda::ela_chunk_forward`] kept for the same call) the
     /// forward's slots and row scales are reused: only `c = dy . y / den` is computed per row;
     /// without, the slots are rescanned and the rows recomputed (`ela_out` mode 1).
+    ///
+    /// The operands (dtype `dtype`, with `y` and `dy`) lie where `io` says; `dq`, `dk`, `dv` come
+    /// back contiguous.
     pub(crate) fn ela_chunk_backward(
         &self,
         cv: &Variant,
-        [q, k, v, y, dy]: [&CudaStorage; 5],
+        io: &Io,
+        dtype: DType,
         dims: &ElaDims,
         causal: bool,
         saved: Option<&[CudaStorage]>,
     ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
-        let (n, t, d) = (dims.sequences(), dims.t, q.dtype());
-        let (dq, dk, dvo) = (self.alloc(d, q.len())?, self.alloc(d, k.len())?, self.alloc(d, v.len())?);
+        let (n, t, d) = (dims.sequences(), dims.t, dtype);
+        let (rq, rv) = (n * t * dims.d, n * t * dims.dv);
+        let (dq, dk, dvo) = (self.alloc(d, rq)?, self.alloc(d, rq)?, self.alloc(d, rv)?);
         if n == 0 || t == 0 {
             return Ok((dq, dk, dvo));
         }
@@ -301,19 +390,19 @@ impl Cuda {
             if want != have || s.dtype() != cv.mt {
                 return Err(super::saved_mismatch(&have, &want, format!("{:?} slots", cv.mt)));
             }
-            let args = [Arg::Ptr(rows.ptr()), Arg::Ptr(dy.ptr()), Arg::Ptr(y.ptr()), Arg::n(n * t)];
-            let cfg = Cfg { grid: (n * t).div_ceil(cv.c) as u32, grid_y: 1, block: THREADS };
+            let args = [Arg::Ptr(rows.ptr()), Arg::Ptr(io.dy), Arg::Ptr(io.y), Arg::by_value(io.rows), Arg::n(t)];
+            let cfg = Cfg { grid: nch as u32, grid_y: n as u32, block: THREADS };
             launch(self, cv, "ela_rows_dot", cfg, 0, &args)?;
-            self.ela_chunk_backward_from(cv, q, k, v, dy, [s, z, m], rows, (&dq, &dk, &dvo), t, causal)?;
+            self.ela_chunk_backward_from(cv, io, [s, z, m], rows, (&dq, &dk, &dvo), (n, t), causal)?;
             return Ok((dq, dk, dvo));
         }
         let sl = self.ela_slots(cv, n, nch + 1)?;
-        self.ela_scan(cv, n, t, k.ptr(), v.ptr(), (&sl.s, &sl.z), &sl.m, 0, [0; 3], [0; 3], 0, causal)?;
+        self.ela_scan(cv, n, t, io.k, io.v, (&sl.s, &sl.z), &sl.m, 0, [0; 3], [0; 3], &io.rows, 0, causal)?;
         // Per row (u, den, c, exact-path flag).
         let rows = self.alloc(DType::F32, n * t * 4)?;
-        let mode = OutMode::Rows { rows: rows.ptr(), dy: dy.ptr(), y: y.ptr() };
-        self.ela_out(cv, n, t, mode, [q, k, v], &sl, causal)?;
-        self.ela_chunk_backward_from(cv, q, k, v, dy, [&sl.s, &sl.z, &sl.m], &rows, (&dq, &dk, &dvo), t, causal)?;
+        let mode = OutMode::Rows { rows: rows.ptr(), dy: io.dy, y: io.y };
+        self.ela_out(cv, n, t, mode, io, &sl, causal)?;
+        self.ela_chunk_backward_from(cv, io, [&sl.s, &sl.z, &sl.m], &rows, (&dq, &dk, &dvo), (n, t), causal)?;
         Ok((dq, dk, dvo))
     }
 
@@ -322,35 +411,33 @@ impl Cuda {
     fn ela_chunk_backward_from(
         &self,
         cv: &Variant,
-        q: &CudaStorage,
-        k: &CudaStorage,
-        v: &CudaStorage,
-        dy: &CudaStorage,
+        io: &Io,
         [ss, sz, sm]: [&CudaStorage; 3],
         rows: &CudaStorage,
         (dq, dk, dvo): (&CudaStorage, &CudaStorage, &CudaStorage),
-        t: usize,
+        (n, t): (usize, usize),
         causal: bool,
     ) -> Result<()> {
-        let (n, nch) = (q.len() / (t * cv.f), cv.nch(t));
+        let nch = cv.nch(t);
         let per_chunk = Cfg { grid: nch as u32, grid_y: n as u32, block: THREADS };
         // U, w of the rows after every chunk.
         let (u, w) = (self.alloc(cv.mt, n * nch * cv.f * cv.dv)?, self.alloc(DType::F32, n * nch * cv.f)?);
-        self.ela_scan(cv, n, t, q.ptr(), dy.ptr(), (&u, &w), sm, rows.ptr(), [0; 3], [0; 3], 1, causal)?;
+        self.ela_scan(cv, n, t, io.q, io.dy, (&u, &w), sm, rows.ptr(), [0; 3], [0; 3], &io.rows, 1, causal)?;
         let args = [
             Arg::Ptr(dq.ptr()),
             Arg::Ptr(dk.ptr()),
             Arg::Ptr(dvo.ptr()),
-            Arg::Ptr(q.ptr()),
-            Arg::Ptr(k.ptr()),
-            Arg::Ptr(v.ptr()),
-            Arg::Ptr(dy.ptr()),
+            Arg::Ptr(io.q),
+            Arg::Ptr(io.k),
+            Arg::Ptr(io.v),
+            Arg::Ptr(io.dy),
             Arg::Ptr(rows.ptr()),
             Arg::Ptr(ss.ptr()),
             Arg::Ptr(sz.ptr()),
             Arg::Ptr(sm.ptr()),
             Arg::Ptr(u.ptr()),
             Arg::Ptr(w.ptr()),
+            Arg::by_value(io.rows),
             Arg::n(t),
             Arg::I32(nch as i32),
             Arg::I32(causal as i32),

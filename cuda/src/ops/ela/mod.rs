@@ -30,7 +30,7 @@ mod padded;
 mod recurrent;
 mod step;
 
-use ela_core::ela::{ElaDims, ElaKernel, ElaParams, ElaSaved, ElaStateBufs};
+use ela_core::ela::{ElaArg, ElaDims, ElaKernel, ElaParams, ElaRows, ElaSaved, ElaStateBufs};
 use ela_core::{DType, Result};
 
 use super::stat_dtype;
@@ -73,6 +73,16 @@ fn saved_mismatch(have: &[usize], want: &[usize], kind: String) -> ela_core::Err
     }
 }
 
+/// The error of a strided call this device does not take (the tensor layer asks
+/// `ela_rows_supported` first, so this is a caller's bug).
+fn rows_unsupported(op: &'static str, dims: &ElaDims, p: &ElaParams) -> ela_core::Error {
+    ela_core::Error::Backend {
+        backend: "cuda",
+        op,
+        msg: format!("{dims:?} with {p:?} does not take the chunked path: check ela_rows_supported first"),
+    }
+}
+
 /// The state buffers' device addresses. The state was made by `FusedElaState::new` for these sizes and
 /// kernel, and `FusedElaState` checks what it is fed (debug builds assert it here).
 fn state_ptrs(st: &ElaStateBufs<CudaStorage>, dims: &ElaDims, kernel: ElaKernel, sd: DType) -> (u64, u64, u64) {
@@ -99,7 +109,8 @@ impl Cuda {
         let d = qkv_dtype(q, k, v, dims);
         let keep = |bufs: Option<Vec<CudaStorage>>| bufs.map(|buffers| ElaSaved { buffers, dims: *dims, params: *p });
         if let Some(cv) = chunk::variant(self, p.kernel, d, dims) {
-            let (y, bufs) = self.ela_chunk_forward(&cv, [q, k, v], dims, p.causal, None, true)?;
+            let io = chunk::Io::packed(dims, [q, k, v], None);
+            let (y, bufs) = self.ela_chunk_forward(&cv, &io, d, dims, p.causal, None, true)?;
             return Ok((y, keep(bufs)));
         }
         // Non-causal calls that the parallel form takes save nothing: their backward does not
@@ -117,6 +128,44 @@ impl Cuda {
             return Ok((y, keep(bufs)));
         }
         Ok((self.ela_forward_impl(q, k, v, dims, p, None)?, None))
+    }
+
+    /// `Backend::ela_rows_supported`: the chunked Hadamard-Exp path reads strided rows.
+    pub(crate) fn ela_rows_supported_impl(&self, dtype: DType, dims: &ElaDims, p: &ElaParams) -> bool {
+        chunk::variant(self, p.kernel, dtype, dims).is_some()
+    }
+
+    /// `Backend::ela_forward_rows` (only for what [`Cuda::ela_rows_supported_impl`] accepts).
+    pub(crate) fn ela_forward_rows_impl(
+        &self,
+        qkv: [&ElaArg<'_, CudaStorage>; 3],
+        y_rows: ElaRows,
+        dims: &ElaDims,
+        p: &ElaParams,
+        save: bool,
+    ) -> Result<(CudaStorage, Option<ElaSaved<CudaStorage>>)> {
+        let d = qkv[0].storage.dtype();
+        let cv =
+            chunk::variant(self, p.kernel, d, dims).ok_or_else(|| rows_unsupported("ela_forward_rows", dims, p))?;
+        let io = chunk::Io::of_args(dims, qkv, y_rows, None);
+        let (y, bufs) = self.ela_chunk_forward(&cv, &io, d, dims, p.causal, None, save)?;
+        Ok((y, bufs.map(|buffers| ElaSaved { buffers, dims: *dims, params: *p })))
+    }
+
+    /// `Backend::ela_backward_rows` (only for what [`Cuda::ela_rows_supported_impl`] accepts).
+    pub(crate) fn ela_backward_rows_impl(
+        &self,
+        [q, k, v, y, dy]: [&ElaArg<'_, CudaStorage>; 5],
+        dims: &ElaDims,
+        p: &ElaParams,
+        saved: Option<&ElaSaved<CudaStorage>>,
+    ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+        let d = q.storage.dtype();
+        let cv =
+            chunk::variant(self, p.kernel, d, dims).ok_or_else(|| rows_unsupported("ela_backward_rows", dims, p))?;
+        let saved = saved.filter(|s| s.dims == *dims && s.params == *p).map(|s| s.buffers.as_slice());
+        let io = chunk::Io::of_args(dims, [q, k, v], y.rows, Some([y, dy]));
+        self.ela_chunk_backward(&cv, &io, d, dims, p.causal, saved)
     }
 
     /// Fused ELA forward (see `Backend::ela_forward`).
@@ -140,7 +189,8 @@ impl Cuda {
                 }
                 None => None,
             };
-            return Ok(self.ela_chunk_forward(&cv, [q, k, v], dims, p.causal, state, false)?.0);
+            let io = chunk::Io::packed(dims, [q, k, v], None);
+            return Ok(self.ela_chunk_forward(&cv, &io, d, dims, p.causal, state, false)?.0);
         }
         if !p.causal && state.is_none() {
             if let Some(plan) = noncausal::plan(p.kernel, dims, sd) {
@@ -179,7 +229,8 @@ impl Cuda {
         let sd = stat_dtype(d);
         if let Some(cv) = chunk::variant(self, p.kernel, d, dims) {
             let saved = saved.filter(|s| s.dims == *dims && s.params == *p).map(|s| s.buffers.as_slice());
-            return self.ela_chunk_backward(&cv, [q, k, v, y, dy], dims, p.causal, saved);
+            let io = chunk::Io::packed(dims, [q, k, v], Some([y, dy]));
+            return self.ela_chunk_backward(&cv, &io, d, dims, p.causal, saved);
         }
         if !p.causal {
             if let Some(plan) = noncausal::plan(p.kernel, dims, sd) {

@@ -129,7 +129,10 @@ impl Cuda {
         let (n, rows) = (dims.sequences(), dims.sequences() * dims.t);
         let (f, fp, dv, dvp) = (dims.d, pp.dims.d, dims.dv, pp.dims.dv);
         let (yp, saved) = match state {
-            None => self.ela_chunk_forward(&pp.cv, [qp, kp, vp], &pp.dims, causal, None, save)?,
+            None => {
+                let io = chunk::Io::packed(&pp.dims, [qp, kp, vp], None);
+                self.ela_chunk_forward(&pp.cv, &io, qp.dtype(), &pp.dims, causal, None, save)?
+            }
             Some(st) => {
                 let Some(m) = st.m.as_ref() else {
                     return Err(ela_core::Error::Backend {
@@ -150,8 +153,9 @@ impl Cuda {
                     m: Some(pad(m, (1, 1), neg(DType::F32))?),
                 };
                 let ptrs = [padded.s.ptr(), padded.z.ptr(), padded.m.as_ref().map_or(0, |m| m.ptr())];
+                let io = chunk::Io::packed(&pp.dims, [qp, kp, vp], None);
                 let out =
-                    self.ela_chunk_forward(&pp.cv, [qp, kp, vp], &pp.dims, causal, Some((&mut padded, ptrs)), save)?;
+                    self.ela_chunk_forward(&pp.cv, &io, qp.dtype(), &pp.dims, causal, Some((&mut padded, ptrs)), save)?;
                 // The real features and columns back into the caller's buffers.
                 let s_view = Layout::from_parts([n, f, dv].into(), vec![fp * dvp, dvp, 1], 0);
                 self.copy_strided(&st.s, &Layout::contiguous([n, f, dv]), &padded.s, &s_view)?;
@@ -179,8 +183,8 @@ impl Cuda {
         let rows = dims.sequences() * dims.t;
         let (dv, dvp) = (dims.dv, pp.dims.dv);
         let (yp, dyp) = (self.widen_rows(y, rows, dv, dvp, 0.0)?, self.widen_rows(dy, rows, dv, dvp, 0.0)?);
-        let ops = [or(&qp, q), or(&kp, k), or(&vp, v), or(&yp, y), or(&dyp, dy)];
-        let (dq, dk, dvo) = self.ela_chunk_backward(&pp.cv, ops, &pp.dims, causal, saved)?;
+        let io = chunk::Io::packed(&pp.dims, [or(&qp, q), or(&kp, k), or(&vp, v)], Some([or(&yp, y), or(&dyp, dy)]));
+        let (dq, dk, dvo) = self.ela_chunk_backward(&pp.cv, &io, q.dtype(), &pp.dims, causal, saved)?;
         Ok((
             self.cut_rows(dq, rows, pp.dims.d, dims.d)?,
             self.cut_rows(dk, rows, pp.dims.d, dims.d)?,
