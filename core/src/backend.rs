@@ -135,6 +135,22 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         rhs: &Self::Storage,
         rhs_layout: &Layout,
     ) -> Result<Self::Storage>;
+    /// [`Backend::matmul`] of f16/bf16 operands (one dtype) whose result stays f32: the products
+    /// accumulate in f32 (as in `matmul`) and are not rounded to the inputs' dtype. Mixed
+    /// precision takes weight gradients this way (`Var::linear_mixed`). The default casts the
+    /// operands to f32 (exact: every f16/bf16 value is an f32) and multiplies there.
+    fn matmul_f32(
+        &self,
+        lhs: &Self::Storage,
+        lhs_layout: &Layout,
+        rhs: &Self::Storage,
+        rhs_layout: &Layout,
+    ) -> Result<Self::Storage> {
+        let a = self.cast(lhs, lhs_layout, DType::F32)?;
+        let b = self.cast(rhs, rhs_layout, DType::F32)?;
+        let (la, lb) = (Layout::contiguous(lhs_layout.shape().clone()), Layout::contiguous(rhs_layout.shape().clone()));
+        self.matmul(&a, &la, &b, &lb)
+    }
 
     // ---- fused last-axis kernels ----
     /// softmax (or log_softmax when `log`) along the last axis.

@@ -107,6 +107,9 @@ impl Backend for Cuda {
     fn matmul(&self, a: &S, la: &Layout, b: &S, lb: &Layout) -> Result<S> {
         self.matmul_impl(a, la, b, lb)
     }
+    fn matmul_f32(&self, a: &S, la: &Layout, b: &S, lb: &Layout) -> Result<S> {
+        self.matmul_f32_impl(a, la, b, lb)
+    }
     fn softmax_last(&self, s: &S, l: &Layout, log: bool) -> Result<S> {
         self.softmax_impl(s, l, log)
     }

@@ -93,6 +93,18 @@ pub fn weight_for<B: Backend>(w: &Var<B>, x: DType) -> Result<Var<B>> {
     })
 }
 
+/// `x [rows, in] @ w^T` for a weight `w [out, in]`, in `x`'s dtype: with half-precision `x` and
+/// a wider `w` (mixed precision), while gradients are recorded one node does the cast and the
+/// product (`Var::linear_mixed`: `w`'s gradient is one product with an f32 result, not a 16-bit
+/// one cast back), and without gradients the product takes [`weight_for`]'s (possibly cached)
+/// cast. Otherwise the plain product.
+pub fn times_weight_t<B: Backend>(x: &Var<B>, w: &Var<B>) -> Result<Var<B>> {
+    if is_grad_enabled() && is_half(x.dtype()) && w.dtype() != x.dtype() && w.dtype().is_float() {
+        return x.linear_mixed(w);
+    }
+    x.matmul(&weight_for(w, x.dtype())?.t()?)
+}
+
 /// Casts by (parameter id, dtype); each value is a `Var<B>` of the backend that made it.
 type Casts = HashMap<(usize, DType), Box<dyn Any>>;
 
@@ -159,6 +171,43 @@ mod tests {
         // The gradient of the cast copy arrives in the master dtype.
         let g = c.sum_all().unwrap().backward().unwrap();
         assert_eq!(g.get(&w).unwrap().dtype(), DType::F32);
+    }
+
+    /// While recording, a bf16 product with an f32 master weight is one node whose weight
+    /// gradient is not rounded to bf16: it matches the f64 product of the same (rounded) values
+    /// to f32 rounding, where the cast-then-matmul pair is off by bf16 rounding. The input
+    /// gradient and the output are the same bits either way.
+    #[test]
+    fn mixed_products_give_f32_weight_gradients() {
+        let mut rng = ela_core::Rng::new(5);
+        let x = Tensor::<Cpu>::randn(0.0, 1.0, [37, 24], DType::F64, &mut rng, &Cpu).unwrap();
+        let x = Var::param(x.to_dtype(DType::BF16).unwrap());
+        let w = Var::param(Tensor::<Cpu>::randn(0.0, 0.5, [9, 24], DType::F32, &mut rng, &Cpu).unwrap());
+        let r = Tensor::<Cpu>::randn(0.0, 1.0, [37, 9], DType::F64, &mut rng, &Cpu).unwrap();
+        let r = Var::constant(r.to_dtype(DType::BF16).unwrap());
+        let y = times_weight_t(&x, &w).unwrap();
+        assert_eq!(y.op_name(), "linear_mixed");
+        let g = y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+        let y2 = x.matmul(&w.to_dtype(DType::BF16).unwrap().t().unwrap()).unwrap();
+        let g2 = y2.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+        let bits = |t: &Tensor<Cpu>| t.to_vec_f64().unwrap();
+        assert_eq!(bits(&y.value()), bits(&y2.value()));
+        assert_eq!(bits(g.get(&x).unwrap()), bits(g2.get(&x).unwrap()));
+        let (dw, dw2) = (g.get(&w).unwrap(), g2.get(&w).unwrap());
+        assert_eq!((dw.dtype(), dw2.dtype()), (DType::F32, DType::F32));
+        // dL/dw = r^T x, in f64 from the bf16 values.
+        let f = |t: &Tensor<Cpu>| t.to_dtype(DType::F64).unwrap();
+        let want = bits(&f(&r.value()).t().unwrap().matmul(&f(&x.value())).unwrap());
+        let err = |got: &[f64]| {
+            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            got.iter().zip(&want).fold(0f64, |m, (a, b)| m.max((a - b).abs())) / scale
+        };
+        let (e, e2) = (err(&bits(dw)), err(&bits(dw2)));
+        assert!(e < 1e-6, "f32 weight gradient: {e:e}");
+        assert!(e2 > 1e-4, "the bf16-rounded gradient it replaces: {e2:e}");
+        // Without gradients the product takes the plain (cached) cast.
+        let z = ela_autograd::no_grad(|| times_weight_t(&x, &w)).unwrap();
+        assert_eq!(bits(&z.value()), bits(&y.value()));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use super::Tensor;
 use crate::backend::Backend;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::shape::Shape;
 
@@ -10,15 +11,32 @@ impl<B: Backend> Tensor<B> {
     /// Rank-1 operands are not promoted: reshape them to `[1, k]` or `[k, 1]` explicitly.
     /// Transposed views (e.g. from [`Tensor::t`]) are multiplied without a copy.
     pub fn matmul(&self, rhs: &Self) -> Result<Self> {
-        const OP: &str = "matmul";
-        self.check_same_device(rhs, OP)?;
-        self.check_same_dtype(rhs, OP)?;
-        self.check_float(OP)?;
-        let (ab, m, k) = self.shape().matrix_dims(OP)?;
-        let (bb, k2, n) = rhs.shape().matrix_dims(OP)?;
+        self.matmul_as("matmul", rhs, false)
+    }
+
+    /// [`Tensor::matmul`] of f16/bf16 operands with an f32 result: the products accumulate in
+    /// f32 and the result is not rounded to the operands' dtype (the weight gradients of mixed
+    /// precision; on CUDA one cuBLAS call with an f32 output). Other dtypes are an error.
+    pub fn matmul_f32(&self, rhs: &Self) -> Result<Self> {
+        self.matmul_as("matmul_f32", rhs, true)
+    }
+
+    fn matmul_as(&self, op: &'static str, rhs: &Self, f32_out: bool) -> Result<Self> {
+        if f32_out && !matches!(self.dtype(), DType::F16 | DType::BF16) {
+            return Err(Error::UnsupportedDType {
+                op,
+                dtype: self.dtype(),
+                expected: "f16 or bf16 (matmul takes f32 and f64)",
+            });
+        }
+        self.check_same_device(rhs, op)?;
+        self.check_same_dtype(rhs, op)?;
+        self.check_float(op)?;
+        let (ab, m, k) = self.shape().matrix_dims(op)?;
+        let (bb, k2, n) = rhs.shape().matrix_dims(op)?;
         if k != k2 {
             return Err(Error::ShapeMismatch {
-                op: OP,
+                op,
                 lhs: self.shape().clone(),
                 rhs: rhs.shape().clone(),
                 hint: format!(
@@ -27,9 +45,9 @@ impl<B: Backend> Tensor<B> {
                 ),
             });
         }
-        let batch = Shape::from(ab.to_vec()).broadcast_with(&Shape::from(bb.to_vec()), OP).map_err(|_| {
+        let batch = Shape::from(ab.to_vec()).broadcast_with(&Shape::from(bb.to_vec()), op).map_err(|_| {
             Error::ShapeMismatch {
-                op: OP,
+                op,
                 lhs: self.shape().clone(),
                 rhs: rhs.shape().clone(),
                 hint: format!("batch dims {ab:?} and {bb:?} cannot be broadcast together"),
@@ -38,14 +56,19 @@ impl<B: Backend> Tensor<B> {
         let mut out = batch.dims().to_vec();
         out.extend([m, n]);
         // [m, 1] @ [1, n] has m n elements: the operands' sizes do not bound the output's.
-        let out = Shape::checked(out, OP)?;
+        let out = Shape::checked(out, op)?;
         let mut ls = batch.dims().to_vec();
         ls.extend([m, k]);
         let mut rs = batch.dims().to_vec();
         rs.extend([k, n]);
-        let la = self.layout().broadcast_as(&ls.into(), OP)?;
-        let lb = rhs.layout().broadcast_as(&rs.into(), OP)?;
-        let s = self.device().matmul(self.storage(), &la, rhs.storage(), &lb)?;
-        Ok(Self::from_storage(s, out, self.device()))
+        let la = self.layout().broadcast_as(&ls.into(), op)?;
+        let lb = rhs.layout().broadcast_as(&rs.into(), op)?;
+        let dev = self.device();
+        let s = if f32_out {
+            dev.matmul_f32(self.storage(), &la, rhs.storage(), &lb)?
+        } else {
+            dev.matmul(self.storage(), &la, rhs.storage(), &lb)?
+        };
+        Ok(Self::from_storage(s, out, dev))
     }
 }

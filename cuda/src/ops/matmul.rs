@@ -139,23 +139,49 @@ impl Cuda {
         b: &CudaStorage,
         lb: &Layout,
     ) -> Result<CudaStorage> {
+        self.matmul_into_dtype(a, la, b, lb, a.dtype())
+    }
+
+    /// `Backend::matmul_f32`: 16-bit operands, the f32 accumulator stored as it is (cuBLAS with
+    /// an f32 C: one call, no cast kernel, no rounding to 16 bits).
+    pub(crate) fn matmul_f32_impl(
+        &self,
+        a: &CudaStorage,
+        la: &Layout,
+        b: &CudaStorage,
+        lb: &Layout,
+    ) -> Result<CudaStorage> {
+        if !matches!(a.dtype(), DType::F16 | DType::BF16) {
+            return Err(Error::UnsupportedDType { op: "matmul_f32", dtype: a.dtype(), expected: "f16 or bf16" });
+        }
+        self.matmul_into_dtype(a, la, b, lb, DType::F32)
+    }
+
+    fn matmul_into_dtype(
+        &self,
+        a: &CudaStorage,
+        la: &Layout,
+        b: &CudaStorage,
+        lb: &Layout,
+        out_dtype: DType,
+    ) -> Result<CudaStorage> {
         check_same("matmul", a, b)?;
         check_float("matmul", a.dtype())?;
         let r = la.dims().len();
         let (m, k, n) = (la.dims()[r - 2], la.dims()[r - 1], lb.dims()[r - 1]);
         let batch: usize = la.dims()[..r - 2].iter().product();
-        let out = self.alloc(a.dtype(), batch * m * n)?;
+        let out = self.alloc(out_dtype, batch * m * n)?;
         if out.is_empty() {
             return Ok(out);
         }
         if k == 0 {
-            self.memset_zero(out.ptr(), out.len() * a.dtype().size_in_bytes())?;
+            self.memset_zero(out.ptr(), out.len() * out_dtype.size_in_bytes())?;
             return Ok(out);
         }
         // Keep copies alive until the GEMM is queued.
         let (opa, _ka) = self.gemm_operand(a, la)?;
         let (opb, _kb) = self.gemm_operand(b, lb)?;
-        self.gemm(a.dtype(), a.dtype(), (m, n, k, batch), opa, opb, (out.ptr(), n, m * n), 0.0)?;
+        self.gemm(a.dtype(), out_dtype, (m, n, k, batch), opa, opb, (out.ptr(), n, m * n), 0.0)?;
         Ok(out)
     }
 

@@ -5,7 +5,7 @@ use ela_core::{Backend, CpuStorage, DType, Error, Result, Tensor};
 use ela_nn::layers::{Embedding, Linear, LinearConfig, LinearInit, RmsNorm};
 use ela_nn::module::ParamStore;
 use ela_nn::moe::RoutingStats;
-use ela_nn::precision::{weight_for, Precision};
+use ela_nn::precision::{times_weight_t, Precision};
 
 use super::block::{Block, BlockCache};
 use super::config::LmConfig;
@@ -176,8 +176,7 @@ impl<B: Backend> ElaLm<B> {
             None => {
                 let d = h.dims();
                 let flat = h.reshape([d[0] * d[1], self.cfg.dim])?;
-                let table = weight_for(self.embed.weight(), flat.dtype())?;
-                flat.matmul(&table.t()?)?.reshape([d[0], d[1], self.cfg.vocab])
+                times_weight_t(&flat, self.embed.weight())?.reshape([d[0], d[1], self.cfg.vocab])
             }
         }
     }

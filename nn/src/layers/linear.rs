@@ -4,7 +4,7 @@ use ela_autograd::Var;
 use ela_core::{Backend, Error, Result, Tensor};
 
 use crate::module::{Forward, Init, Module, ParamStore};
-use crate::precision::weight_for;
+use crate::precision::{times_weight_t, weight_for};
 
 /// How a [`Linear`] weight is initialised.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -186,8 +186,7 @@ fn affine<B: Backend>(x: &Var<B>, weight: &Var<B>, bias: Option<&Var<B>>) -> Res
     let rows = x.value().elem_count() / in_dim;
     // Half-precision activations meet a copy of the weights in their dtype (mixed precision:
     // the parameters stay f32 masters and get f32 gradients; docs/nn.md, "Mixed precision").
-    let w = weight_for(weight, x.dtype())?;
-    let y = x.reshape([rows, in_dim])?.matmul(&w.t()?)?;
+    let y = times_weight_t(&x.reshape([rows, in_dim])?, weight)?;
     let y = match bias {
         Some(b) => y.add(&weight_for(b, x.dtype())?)?,
         None => y,

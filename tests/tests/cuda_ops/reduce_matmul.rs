@@ -190,3 +190,28 @@ fn matmul_edge_shapes() -> Result<()> {
     check_tol("broadcast rows", &c, &g, 1e-5, 1e-5);
     Ok(())
 }
+
+/// `matmul_f32` (f16/bf16 operands, the f32 accumulator kept: mixed precision's weight
+/// gradients, `x^T dy` with a transposed view) matches the f64 product of the same values to f32
+/// rounding, well inside the 16-bit rounding `matmul` has; other dtypes are a typed error.
+#[test]
+fn matmul_f32_keeps_the_accumulator() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    for (i, d) in [DType::BF16, DType::F16].into_iter().enumerate() {
+        for (m, k, n) in [(64, 4096, 96), (1, 300, 7), (33, 5, 1)] {
+            let x = Pair::randn(&[k, m], d, 40 + i as u64, &dev);
+            let g = Pair::randn(&[k, n], d, 50 + i as u64, &dev);
+            let out = x.gpu.t()?.matmul_f32(&g.gpu)?;
+            assert_eq!(out.dtype(), DType::F32);
+            let want = reference(&x.cpu.t()?, &g.cpu);
+            let err = rel_err(&out.to_vec_f64()?, &want);
+            assert!(err < 5e-6, "{d:?} m{m} k{k} n{n}: {err:e}");
+            let cpu = x.cpu.t()?.matmul_f32(&g.cpu)?;
+            assert!(rel_err(&cpu.to_vec_f64()?, &want) < 5e-6, "{d:?}: the CPU default");
+        }
+    }
+    let a = Pair::randn(&[3, 4], DType::F32, 1, &dev);
+    let e = a.gpu.matmul_f32(&a.gpu.t()?).unwrap_err().to_string();
+    assert!(e.contains("matmul_f32") && e.contains("f16 or bf16"), "{e}");
+    Ok(())
+}
