@@ -471,8 +471,15 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
             "this backend reads only contiguous ELA operands (ela_rows_supported is false)",
         ))
     }
-    /// [`Backend::ela_backward`] on operands given by their rows (`y`, `dy`: `v`'s sizes); `dq`,
-    /// `dk`, `dv` come back contiguous. Only called where [`Backend::ela_rows_supported`] said yes.
+    /// [`Backend::ela_backward`] on operands given by their rows (`y`, `dy`: `v`'s sizes). With
+    /// `shared = None`, `dq`, `dk`, `dv` come back contiguous ([`ElaGrads::Separate`]); with
+    /// `Some(len)` (the caller checked that `q`, `k`, `v` are disjoint views of one buffer of
+    /// `len` elements) they come back in one new buffer of `len` elements, each where its input
+    /// lies ([`ElaGrads::Shared`]; elements no input covers are left unwritten). Only called
+    /// where [`Backend::ela_rows_supported`] said yes.
+    ///
+    /// [`ElaGrads::Separate`]: crate::ela::ElaGrads::Separate
+    /// [`ElaGrads::Shared`]: crate::ela::ElaGrads::Shared
     #[allow(clippy::too_many_arguments)]
     fn ela_backward_rows(
         &self,
@@ -484,8 +491,9 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         dims: &crate::ela::ElaDims,
         params: &crate::ela::ElaParams,
         saved: Option<&crate::ela::ElaSaved<Self::Storage>>,
-    ) -> Result<(Self::Storage, Self::Storage, Self::Storage)> {
-        let _ = (q, k, v, y, dy, dims, params, saved);
+        shared: Option<usize>,
+    ) -> Result<crate::ela::ElaGrads<Self::Storage>> {
+        let _ = (q, k, v, y, dy, dims, params, saved, shared);
         Err(crate::Error::invalid(
             "ela_backward_rows",
             "this backend reads only contiguous ELA operands (ela_rows_supported is false)",

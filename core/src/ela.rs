@@ -310,6 +310,17 @@ impl ElaRows {
     }
 }
 
+/// The gradients [`Backend::ela_backward_rows`](crate::Backend::ela_backward_rows) returns.
+#[derive(Debug)]
+pub enum ElaGrads<S> {
+    /// `dq`, `dk`, `dv`, each contiguous `[batch, heads, t, width]`.
+    Separate(S, S, S),
+    /// One buffer holding `dq`, `dk` and `dv` where `q`, `k` and `v` lie in theirs (the same
+    /// offsets and strides): for operands that are disjoint views of one buffer, such as the
+    /// heads of a fused q/k/v product, whose gradient it then is, with no copy.
+    Shared(S),
+}
+
 /// One ELA operand as a backend receives it: its buffer and where its rows are.
 #[derive(Clone, Copy, Debug)]
 pub struct ElaArg<'a, S> {

@@ -5,7 +5,7 @@ use ela_core::{
     ReduceOp, Result, Shape, UnaryOp,
 };
 
-use ela_core::ela::{ElaArg, ElaDims, ElaKernel, ElaParams, ElaRows, ElaSaved, ElaStateBufs};
+use ela_core::ela::{ElaArg, ElaDims, ElaGrads, ElaKernel, ElaParams, ElaRows, ElaSaved, ElaStateBufs};
 
 use crate::device::Cuda;
 use crate::storage::CudaStorage;
@@ -301,8 +301,9 @@ impl Backend for Cuda {
         dims: &ElaDims,
         p: &ElaParams,
         saved: Option<&ElaSaved<S>>,
-    ) -> Result<(S, S, S)> {
-        self.ela_backward_rows_impl([&q, &k, &v, &y, &dy], dims, p, saved)
+        shared: Option<usize>,
+    ) -> Result<ElaGrads<S>> {
+        self.ela_backward_rows_impl([&q, &k, &v, &y, &dy], dims, p, saved, shared)
     }
     fn ela_step(
         &self,

@@ -6,10 +6,12 @@
 //! `docs/ela.md`; the autograd node is `Var::ela` (autograd/src/ops/ela.rs), the user-kernel path
 //! `ela_nn::ela`.
 
+use std::sync::Arc;
+
 use super::Tensor;
 use crate::backend::Backend;
 use crate::dtype::DType;
-use crate::ela::{ElaArg, ElaDims, ElaKernel, ElaParams, ElaRows, ElaSaved, ElaStateBufs, DEFAULT_CHUNK};
+use crate::ela::{ElaArg, ElaDims, ElaGrads, ElaKernel, ElaParams, ElaRows, ElaSaved, ElaStateBufs, DEFAULT_CHUNK};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::shape::Shape;
@@ -47,6 +49,29 @@ fn readable_rows<B: Backend>(t: &Tensor<B>) -> Option<ElaRows> {
     let r = ElaRows::of_layout(t.layout())?;
     let size = t.dtype().size_in_bytes();
     [r.offset, r.batch, r.head, r.row].iter().all(|x| (x * size).is_multiple_of(16)).then_some(r)
+}
+
+/// The length of the buffer `q`, `k`, `v` are disjoint views of, when they are laid out like the
+/// heads of one fused `[batch, t, 3, heads, d]` product (in any order of the three): one buffer,
+/// one set of strides, the heads of a position side by side (`head == d == dv`), the three
+/// blocks of `heads x d` elements of a position apart and within one row stride, positions and
+/// batch entries apart. Their gradients can then be written into one buffer laid out like it,
+/// which is the fused product's gradient as it stands (the autograd's concatenation of the
+/// three is a view of it).
+fn fused_operands<B: Backend>(t: [&Tensor<B>; 3], r: [ElaRows; 3], dims: &ElaDims) -> Option<usize> {
+    let same_buffer = t.iter().all(|x| Arc::ptr_eq(&x.storage, &t[0].storage));
+    let same_strides = r.iter().all(|x| (x.batch, x.head, x.row) == (r[0].batch, r[0].head, r[0].row));
+    if !same_buffer || !same_strides || dims.d != dims.dv || (dims.heads > 1 && r[0].head != dims.d) {
+        return None;
+    }
+    let block = dims.heads * dims.d;
+    let mut offsets = r.map(|x| x.offset);
+    offsets.sort_unstable();
+    let apart = offsets.windows(2).all(|p| p[1] - p[0] >= block);
+    let span = offsets[2] + block - offsets[0];
+    let rows_apart = dims.t <= 1 || r[0].row >= span;
+    let batches_apart = dims.batch <= 1 || r[0].batch >= (dims.t.max(1) - 1) * r[0].row + span;
+    (apart && rows_apart && batches_apart).then(|| B::storage_len(t[0].storage()))
 }
 
 /// An ELA output with what the backend kept for the backward.
@@ -177,7 +202,8 @@ impl<B: Backend> Tensor<B> {
         if same && dev.ela_rows_supported(q.dtype(), &dims, params) {
             let rows = [q, k, v, y, dy].map(readable_rows);
             if let [Some(rq), Some(rk), Some(rv), Some(ry), Some(rdy)] = rows {
-                let (dq, dk, dv) = dev.ela_backward_rows(
+                let shared = fused_operands([q, k, v], [rq, rk, rv], &dims);
+                let grads = dev.ela_backward_rows(
                     arg(q, rq),
                     arg(k, rk),
                     arg(v, rv),
@@ -186,12 +212,21 @@ impl<B: Backend> Tensor<B> {
                     &dims,
                     params,
                     saved,
+                    shared,
                 )?;
-                return Ok((
-                    Self::from_storage(dq, q.shape().clone(), dev),
-                    Self::from_storage(dk, k.shape().clone(), dev),
-                    Self::from_storage(dv, v.shape().clone(), dev),
-                ));
+                return Ok(match grads {
+                    ElaGrads::Separate(dq, dk, dv) => (
+                        Self::from_storage(dq, q.shape().clone(), dev),
+                        Self::from_storage(dk, k.shape().clone(), dev),
+                        Self::from_storage(dv, v.shape().clone(), dev),
+                    ),
+                    ElaGrads::Shared(buf) => {
+                        // Each gradient is a view of the one buffer, laid out like its input.
+                        let all = Self::from_storage(buf, [B::storage_len(q.storage())], dev);
+                        let like = |t: &Self| all.with_layout(t.layout().clone());
+                        (like(q), like(k), like(v))
+                    }
+                });
             }
         }
         let c = |t: &Self| t.to_dtype(q.dtype())?.contiguous();
@@ -451,5 +486,39 @@ impl<B: Backend> FusedElaState<B> {
             chunk: self.chunk,
             device: self.device.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod fused_tests {
+    use super::*;
+    use crate::{Cpu, Rng};
+
+    /// The heads of a fused `[batch, t, 3, heads, d]` product are recognised (their gradients
+    /// can share one buffer); the same view three times, unequal strides, or separate buffers
+    /// are not.
+    #[test]
+    fn heads_of_a_fused_product_are_disjoint_views_of_one_buffer() {
+        let (b, t, h, d) = (2, 5, 4, 8);
+        let qkv = Tensor::<Cpu>::randn(0.0, 1.0, [b, t, 3, h, d], DType::F32, &mut Rng::new(3), &Cpu).unwrap();
+        let head = |i: usize| qkv.narrow(2, i, 1).unwrap().squeeze(2).unwrap().transpose(1, 2).unwrap();
+        let (q, k, v) = (head(0), head(1), head(2));
+        let dims = Tensor::ela_dims("test", &q, &k, &v).unwrap();
+        let rows = |x: &Tensor<Cpu>| readable_rows(x).unwrap();
+        assert_eq!(fused_operands([&q, &k, &v], [rows(&q), rows(&k), rows(&v)], &dims), Some(b * t * 3 * h * d));
+        // In another order (v, q, k as the operands) too.
+        assert!(fused_operands([&v, &q, &k], [rows(&v), rows(&q), rows(&k)], &dims).is_some());
+        // Overlapping: one view thrice.
+        assert_eq!(fused_operands([&q, &q, &q], [rows(&q); 3], &dims), None);
+        // Separate buffers.
+        let (qc, kc, vc) = (q.contiguous().unwrap(), k.contiguous().unwrap(), v.contiguous().unwrap());
+        assert_eq!(fused_operands([&qc, &kc, &vc], [rows(&qc), rows(&kc), rows(&vc)], &dims), None);
+        // Two heads' worth of columns apart is not enough room for four heads.
+        let narrow = |i: usize| qkv.reshape([b, t, 3 * h * d]).unwrap().narrow(2, i * 2 * d, h * d).unwrap();
+        let view = |x: Tensor<Cpu>| x.reshape([b, t, h, d]).map(|y| y.transpose(1, 2).unwrap());
+        let (q2, k2) = (view(narrow(0)), view(narrow(1)));
+        if let (Ok(q2), Ok(k2)) = (q2, k2) {
+            assert_eq!(fused_operands([&q2, &k2, &v], [rows(&q2), rows(&k2), rows(&v)], &dims), None);
+        }
     }
 }

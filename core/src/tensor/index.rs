@@ -8,12 +8,40 @@
 //! kernels skip an out-of-range index there, and the code that writes the graph's inputs checks
 //! them (as `ela_models`' graph decoder does for token ids).
 
+use std::sync::Arc;
+
 use super::Tensor;
 use crate::backend::Backend;
 use crate::cpu::CpuStorage;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::layout::Layout;
 use crate::shape::{Dim, Shape};
+
+/// The concatenation of `parts` along `axis` (of shape `out`) as a view, when they already lie
+/// side by side in one buffer exactly where a contiguous result would hold them (e.g. the
+/// gradients of the heads of a fused q/k/v product, written into one buffer by the ELA backward):
+/// then there is nothing to copy. `None` otherwise.
+fn adjacent_parts<B: Backend>(parts: &[&Tensor<B>], axis: usize, out: &Shape) -> Option<Tensor<B>> {
+    let first = parts.first()?;
+    if out.elem_count() == 0 || parts.iter().any(|p| p.elem_count() == 0) {
+        return None;
+    }
+    let whole = Layout::contiguous(out.clone());
+    let base = first.layout().offset();
+    let mut at = 0;
+    for p in parts {
+        let placed = Arc::ptr_eq(&p.storage, &first.storage)
+            && p.layout().offset() == base + at * whole.strides()[axis]
+            && p.dims().iter().zip(p.layout().strides()).zip(whole.strides()).all(|((&n, &s), &w)| n == 1 || s == w);
+        if !placed {
+            return None;
+        }
+        at += p.dims()[axis];
+    }
+    (base + out.elem_count() <= B::storage_len(&first.storage))
+        .then(|| first.with_layout(Layout::from_parts(out.clone(), whole.strides().to_vec(), base)))
+}
 
 impl<B: Backend> Tensor<B> {
     /// Check that every entry of the `U32` tensor `ids` is `< size`.
@@ -177,6 +205,9 @@ impl<B: Backend> Tensor<B> {
         }
         let out = first.shape().with_dim(a, total);
         out.check_size(OP)?;
+        if let Some(view) = adjacent_parts(parts, a, &out) {
+            return Ok(view);
+        }
         let views: Vec<_> = parts.iter().map(|p| (p.storage(), p.layout())).collect();
         let s = first.device().concat(&views, a)?;
         Ok(Self::from_storage(s, out, first.device()))
@@ -219,5 +250,36 @@ impl<B: Backend> Tensor<B> {
             // Saturating: a diagonal beyond every row keeps every column (or none), whatever its size.
             (0..rows).flat_map(|r| (0..cols).map(move |c| (c as isize <= (r as isize).saturating_add(diagonal)) as u8)).collect();
         Self::from_cpu_storage(&CpuStorage::U8(v), [rows, cols], device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Cpu, DType, Rng, Tensor};
+
+    /// Parts that already lie side by side in one buffer concatenate to a view of it; any other
+    /// parts (out of order, from two buffers) are copied. The values are the same either way.
+    #[test]
+    fn concat_of_adjacent_views_is_a_view() {
+        let x = Tensor::<Cpu>::randn(0.0, 1.0, [2, 6, 3], DType::F32, &mut Rng::new(1), &Cpu).unwrap();
+        let (a, b) = (x.narrow(1, 0, 2).unwrap(), x.narrow(1, 2, 4).unwrap());
+        let joined = Tensor::concat(&[&a, &b], 1).unwrap();
+        assert!(joined.same_storage(&x) && joined.layout().is_contiguous());
+        assert_eq!(joined.to_vec_f64().unwrap(), x.to_vec_f64().unwrap());
+        // Size-1 windows (whatever stride their axis has), as the autograd places them.
+        let parts: Vec<Tensor<Cpu>> = (0..6).map(|i| x.narrow(1, i, 1).unwrap()).collect();
+        let refs: Vec<&Tensor<Cpu>> = parts.iter().collect();
+        assert!(Tensor::concat(&refs, 1).unwrap().same_storage(&x));
+        // Swapped: a copy, in the order asked for.
+        let swapped = Tensor::concat(&[&b, &a], 1).unwrap();
+        assert!(!swapped.same_storage(&x));
+        let want = Tensor::concat(&[&b.contiguous().unwrap(), &a.contiguous().unwrap()], 1).unwrap();
+        assert_eq!(swapped.to_vec_f64().unwrap(), want.to_vec_f64().unwrap());
+        // Adjacent along axis 1 but strided in another: a copy.
+        let t = x.transpose(0, 2).unwrap();
+        let (c, d) = (t.narrow(1, 0, 3).unwrap(), t.narrow(1, 3, 3).unwrap());
+        let joined = Tensor::concat(&[&c, &d], 1).unwrap();
+        assert!(!joined.same_storage(&x));
+        assert_eq!(joined.to_vec_f64().unwrap(), t.to_vec_f64().unwrap());
     }
 }

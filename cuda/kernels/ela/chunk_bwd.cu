@@ -19,7 +19,7 @@
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
     ela_bwd(ST* dq, ST* dk, ST* dv, const ST* q, const ST* k, const ST* v, const ST* dy, const ela_f4* rows,
             const MT* slot_s, const float* slot_z, const float* slot_m, const MT* slot_u, const float* slot_w, ElaIo io,
-            i64 T, int nch, int causal) {
+            i64 T, int nch, int causal, int grads_like_inputs) {
     constexpr int F = ELA_F, DV = ELA_DV, C = ELA_C, LDF = LDP(F), LDV = LDP(DV), LDC = LDP(C);
     typedef WarpMap<C, C> WA;
     typedef WarpMap<C, DV> WV;
@@ -53,11 +53,17 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
     const i64 slot = (i64)seq * (nch + 1) + (causal ? c : nch), slot1 = causal ? slot + 1 : slot;
     const i64 uslot = (i64)seq * nch + (causal ? c : 0);
     const MT* Sg = slot_s + slot * F * DV;
-    // The chunk's first input rows (strided: tile.cuh, ElaIo); dq, dk, dv and the row info are
-    // packed, [sequence][t][width], indexed by `rowbase`.
+    // The chunk's first input rows (strided: tile.cuh, ElaIo). dq, dk, dv lie like q, k, v
+    // (`grads_like_inputs`: in one buffer shaped like theirs) or packed, [sequence][t][width];
+    // the row info is packed (`rowbase`).
     const i64 lq = io.q[2], lk = io.k[2], lv = io.v[2], ldy = io.dy[2];
     const ST *qg = q + io_seq(io.q, seq, io.heads) + t0 * lq, *kg = k + io_seq(io.k, seq, io.heads) + t0 * lk;
     const ST *vg = v + io_seq(io.v, seq, io.heads) + t0 * lv, *dyg = dy + io_seq(io.dy, seq, io.heads) + t0 * ldy;
+    const bool like = grads_like_inputs != 0;
+    const i64 gsq = like ? lq : F, gsk = like ? lk : F, gsv = like ? lv : DV;  // output row strides
+    ST* dqg = dq + (like ? io_seq(io.q, seq, io.heads) + t0 * lq : rowbase * F);
+    ST* dkg = dk + (like ? io_seq(io.k, seq, io.heads) + t0 * lk : rowbase * F);
+    ST* dvg = dv + (like ? io_seq(io.v, seq, io.heads) + t0 * lv : rowbase * DV);
 
     // Every global load of the chunk is issued here, before any is used.
     typedef RowPart<F> RP;
@@ -152,7 +158,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
 #pragma unroll
             for (int e = 0; e < 4; e += 2) {
                 const int j = ACC_ROW(r0, e), col = ACC_COL(c0, nt, e);
-                if (j < n) store_st2(dv + (rowbase + j) * DV + col, acc[nt][e], acc[nt][e + 1]);
+                if (j < n) store_st2(dvg + j * gsv + col, acc[nt][e], acc[nt][e + 1]);
             }
     }
     {
@@ -172,7 +178,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                 const float v0 = from_mt(psia[j * LDF + d]) * a1[nt][e] + from_mt(psiu[j * LDF + d]) * (a2[nt][e] - wst[d]);
                 const float v1 = from_mt(psia[j * LDF + d + 1]) * a1[nt][e + 1] +
                                  from_mt(psiu[j * LDF + d + 1]) * (a2[nt][e + 1] - wst[d + 1]);
-                store_st2(dk + (rowbase + j) * F + d, v0, v1);
+                store_st2(dkg + j * gsk + d, v0, v1);
             }
     }
     __syncthreads();
@@ -201,7 +207,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                     v0 += from_mt(phia[i * LDF + d]) * a1[nt][e];
                     v1 += from_mt(phia[i * LDF + d + 1]) * a1[nt][e + 1];
                 }
-                store_st2(dq + (rowbase + i) * F + d, v0, v1);
+                store_st2(dqg + i * gsq + d, v0, v1);
             }
     }
     if (__syncthreads_or(tid < C && slw[tid])) {
@@ -251,16 +257,16 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                 float s = 0.f, sg = 0.f;
                 for (int j = 0; j <= i; ++j) s += __expf(qr[tid] + DT::load(kg[(i64)j * lk + tid]) - r) * da[j];
                 for (int col = 0; col < DV; ++col) sg += from_mt(Sg[(i64)tid * DV + col]) * gv[col];
-                dq[(rowbase + i) * F + tid] = DT::store(s + ws[tid] * (sg - ci * zst[tid]));
+                dqg[i * gsq + tid] = DT::store(s + ws[tid] * (sg - ci * zst[tid]));
             }
             __syncthreads();
         }
         for (int e = tid; e < (last + 1) * F; e += ELA_THREADS) {
-            ST* p = dk + rowbase * F + e;
+            ST* p = dkg + (e / F) * gsk + e % F;
             *p = DT::store(DT::load(*p) + adk[e]);
         }
         for (int e = tid; e < (last + 1) * DV; e += ELA_THREADS) {
-            ST* p = dv + rowbase * DV + e;
+            ST* p = dvg + (e / DV) * gsv + e % DV;
             *p = DT::store(DT::load(*p) + adv[e]);
         }
     }

@@ -8,6 +8,7 @@
 //! step against the CPU state, buffer by buffer. Outputs land in NaN-filled memory, so an
 //! element a kernel does not write shows up.
 
+use ela_autograd::Var;
 use ela_core::ela::ElaParams;
 use ela_core::{Cpu, DType, ElaKernel, FusedElaState, Result, Rng, Tensor};
 use ela_cuda::Cuda;
@@ -323,6 +324,9 @@ fn strided_operands_are_read_in_place() -> Result<()> {
         for (name, a, b) in [("dq", &g.0, &gc.0), ("dk", &g.1, &gc.1), ("dv", &g.2, &gc.2)] {
             assert_eq!(bits(a), bits(b), "{name}, saved forward ({dtype:?} d={d} causal {causal})");
         }
+        // The heads of one fused product get their gradients in one buffer laid out like it.
+        assert!(g.0.layout() == q.layout() && g.1.layout() == k.layout() && g.2.layout() == v.layout());
+        assert!(g.0.same_storage(&g.1) && g.0.same_storage(&g.2));
         for (name, a, b) in [("dq", &r.0, &rc.0), ("dk", &r.1, &rc.1), ("dv", &r.2, &rc.2)] {
             assert_eq!(bits(a), bits(b), "{name}, recomputed forward ({dtype:?} d={d} causal {causal})");
         }
@@ -330,6 +334,32 @@ fn strided_operands_are_read_in_place() -> Result<()> {
         let want = Ela::builtin(EXP).with_causal(causal).run(Form::Quadratic, &f64_of(&q), &f64_of(&k), &f64_of(&v))?;
         let e = rel_err(&bits(&y), &want.to_vec_f64()?);
         assert!(e <= bound(dtype), "{dtype:?} d={d} causal {causal}: y {e:e} vs f64");
+    }
+    // Through the autograd, as the attention layer runs it: the fused product's gradient is the
+    // one buffer the ELA backward wrote (its concatenation of the three heads is a view).
+    for dtype in [DType::BF16, DType::F32] {
+        let (b, t, h, d) = (2, 130, 2, 64);
+        let x = Pair::randn(&[b, t, 3, h, d], dtype, 11, &dev).gpu;
+        let r = Pair::randn(&[b, h, t, d], dtype, 12, &dev).gpu;
+        let grad_of = |qkv: &Var<Cuda>| -> Result<Tensor<Cuda>> {
+            let head = |j: usize| qkv.narrow(2usize, j, 1)?.squeeze(2usize)?.transpose(1usize, 2usize);
+            let y = head(0)?.ela(&head(1)?, &head(2)?, &ElaParams::causal(EXP))?;
+            let g = y.mul(&Var::constant(r.clone()))?.sum_all()?.backward()?;
+            Ok(g.get(qkv).expect("qkv gradient").clone())
+        };
+        let fused = Var::param(x.clone());
+        let gf = grad_of(&fused)?;
+        // The same heads, each copied out of the product first (the contiguous path).
+        let split = Var::param(x.clone());
+        let copies = |qkv: &Var<Cuda>| -> Result<Tensor<Cuda>> {
+            let head = |j: usize| qkv.narrow(2usize, j, 1)?.squeeze(2usize)?.transpose(1usize, 2usize)?.contiguous();
+            let y = head(0)?.ela(&head(1)?, &head(2)?, &ElaParams::causal(EXP))?;
+            let g = y.mul(&Var::constant(r.clone()))?.sum_all()?.backward()?;
+            Ok(g.get(qkv).expect("qkv gradient").clone())
+        };
+        let gs = copies(&split)?;
+        assert_eq!(bits(&gf), bits(&gs), "{dtype:?}: the fused product's gradient");
+        assert!(gf.layout().is_contiguous());
     }
     // Rows one element off a 16-byte boundary: copied, then the same call.
     let x = Pair::randn(&[2, 3, 100, 65], DType::BF16, 7, &dev).gpu;

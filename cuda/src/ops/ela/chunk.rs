@@ -205,6 +205,13 @@ impl Io {
     }
 }
 
+/// Where `ela_bwd` writes `dq`, `dk`, `dv`: the addresses of their first rows, packed
+/// `[sequence][t][width]` or (`like_inputs`) with `q`, `k`, `v`'s strides.
+struct Grads {
+    ptrs: [u64; 3],
+    like_inputs: bool,
+}
+
 /// What `ela_out` computes: mode 0 writes `y` (and, with `rows != 0`, the row info a saving
 /// forward keeps); mode 1 writes the row info of a backward that recomputes the forward.
 #[derive(Clone, Copy)]
@@ -366,8 +373,11 @@ impl Cuda {
     /// forward's slots and row scales are reused: only `c = dy . y / den` is computed per row;
     /// without, the slots are rescanned and the rows recomputed (`ela_out` mode 1).
     ///
-    /// The operands (dtype `dtype`, with `y` and `dy`) lie where `io` says; `dq`, `dk`, `dv` come
-    /// back contiguous.
+    /// The operands (dtype `dtype`, with `y` and `dy`) lie where `io` says. `dq`, `dk`, `dv` come
+    /// back contiguous, or, with `into` (the addresses of their first rows in a buffer the caller
+    /// owns), are written there with `q`, `k`, `v`'s strides, and the three returned buffers are
+    /// empty.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn ela_chunk_backward(
         &self,
         cv: &Variant,
@@ -376,13 +386,21 @@ impl Cuda {
         dims: &ElaDims,
         causal: bool,
         saved: Option<&[CudaStorage]>,
+        into: Option<[u64; 3]>,
     ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
         let (n, t, d) = (dims.sequences(), dims.t, dtype);
-        let (rq, rv) = (n * t * dims.d, n * t * dims.dv);
+        let (rq, rv) = match into {
+            Some(_) => (0, 0),
+            None => (n * t * dims.d, n * t * dims.dv),
+        };
         let (dq, dk, dvo) = (self.alloc(d, rq)?, self.alloc(d, rq)?, self.alloc(d, rv)?);
         if n == 0 || t == 0 {
             return Ok((dq, dk, dvo));
         }
+        let out = match into {
+            Some(ptrs) => Grads { ptrs, like_inputs: true },
+            None => Grads { ptrs: [dq.ptr(), dk.ptr(), dvo.ptr()], like_inputs: false },
+        };
         let nch = cv.nch(t);
         if let Some([s, z, m, rows]) = saved {
             let want = [n * (nch + 1) * cv.f * cv.dv, n * (nch + 1) * cv.f, n * (nch + 1) * cv.f, n * t * 4];
@@ -393,7 +411,7 @@ impl Cuda {
             let args = [Arg::Ptr(rows.ptr()), Arg::Ptr(io.dy), Arg::Ptr(io.y), Arg::by_value(io.rows), Arg::n(t)];
             let cfg = Cfg { grid: nch as u32, grid_y: n as u32, block: THREADS };
             launch(self, cv, "ela_rows_dot", cfg, 0, &args)?;
-            self.ela_chunk_backward_from(cv, io, [s, z, m], rows, (&dq, &dk, &dvo), (n, t), causal)?;
+            self.ela_chunk_backward_from(cv, io, [s, z, m], rows, &out, (n, t), causal)?;
             return Ok((dq, dk, dvo));
         }
         let sl = self.ela_slots(cv, n, nch + 1)?;
@@ -402,7 +420,7 @@ impl Cuda {
         let rows = self.alloc(DType::F32, n * t * 4)?;
         let mode = OutMode::Rows { rows: rows.ptr(), dy: io.dy, y: io.y };
         self.ela_out(cv, n, t, mode, io, &sl, causal)?;
-        self.ela_chunk_backward_from(cv, io, [&sl.s, &sl.z, &sl.m], &rows, (&dq, &dk, &dvo), (n, t), causal)?;
+        self.ela_chunk_backward_from(cv, io, [&sl.s, &sl.z, &sl.m], &rows, &out, (n, t), causal)?;
         Ok((dq, dk, dvo))
     }
 
@@ -414,7 +432,7 @@ impl Cuda {
         io: &Io,
         [ss, sz, sm]: [&CudaStorage; 3],
         rows: &CudaStorage,
-        (dq, dk, dvo): (&CudaStorage, &CudaStorage, &CudaStorage),
+        out: &Grads,
         (n, t): (usize, usize),
         causal: bool,
     ) -> Result<()> {
@@ -424,9 +442,9 @@ impl Cuda {
         let (u, w) = (self.alloc(cv.mt, n * nch * cv.f * cv.dv)?, self.alloc(DType::F32, n * nch * cv.f)?);
         self.ela_scan(cv, n, t, io.q, io.dy, (&u, &w), sm, rows.ptr(), [0; 3], [0; 3], &io.rows, 1, causal)?;
         let args = [
-            Arg::Ptr(dq.ptr()),
-            Arg::Ptr(dk.ptr()),
-            Arg::Ptr(dvo.ptr()),
+            Arg::Ptr(out.ptrs[0]),
+            Arg::Ptr(out.ptrs[1]),
+            Arg::Ptr(out.ptrs[2]),
             Arg::Ptr(io.q),
             Arg::Ptr(io.k),
             Arg::Ptr(io.v),
@@ -441,6 +459,7 @@ impl Cuda {
             Arg::n(t),
             Arg::I32(nch as i32),
             Arg::I32(causal as i32),
+            Arg::I32(out.like_inputs as i32),
         ];
         launch(self, cv, "ela_bwd", per_chunk, cv.bwd_smem(), &args)
     }

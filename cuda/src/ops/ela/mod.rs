@@ -30,7 +30,7 @@ mod padded;
 mod recurrent;
 mod step;
 
-use ela_core::ela::{ElaArg, ElaDims, ElaKernel, ElaParams, ElaRows, ElaSaved, ElaStateBufs};
+use ela_core::ela::{ElaArg, ElaDims, ElaGrads, ElaKernel, ElaParams, ElaRows, ElaSaved, ElaStateBufs};
 use ela_core::{DType, Result};
 
 use super::stat_dtype;
@@ -159,13 +159,23 @@ impl Cuda {
         dims: &ElaDims,
         p: &ElaParams,
         saved: Option<&ElaSaved<CudaStorage>>,
-    ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+        shared: Option<usize>,
+    ) -> Result<ElaGrads<CudaStorage>> {
         let d = q.storage.dtype();
         let cv =
             chunk::variant(self, p.kernel, d, dims).ok_or_else(|| rows_unsupported("ela_backward_rows", dims, p))?;
         let saved = saved.filter(|s| s.dims == *dims && s.params == *p).map(|s| s.buffers.as_slice());
         let io = chunk::Io::of_args(dims, [q, k, v], y.rows, Some([y, dy]));
-        self.ela_chunk_backward(&cv, &io, d, dims, p.causal, saved)
+        let Some(len) = shared else {
+            let (dq, dk, dv) = self.ela_chunk_backward(&cv, &io, d, dims, p.causal, saved, None)?;
+            return Ok(ElaGrads::Separate(dq, dk, dv));
+        };
+        // One buffer, each gradient at its input's offset and strides.
+        let buf = self.alloc(d, len)?;
+        let at = |a: &ElaArg<'_, CudaStorage>| buf.ptr_at(a.rows.offset);
+        let into = [at(q), at(k), at(v)];
+        self.ela_chunk_backward(&cv, &io, d, dims, p.causal, saved, Some(into))?;
+        Ok(ElaGrads::Shared(buf))
     }
 
     /// Fused ELA forward (see `Backend::ela_forward`).
@@ -230,7 +240,7 @@ impl Cuda {
         if let Some(cv) = chunk::variant(self, p.kernel, d, dims) {
             let saved = saved.filter(|s| s.dims == *dims && s.params == *p).map(|s| s.buffers.as_slice());
             let io = chunk::Io::packed(dims, [q, k, v], Some([y, dy]));
-            return self.ela_chunk_backward(&cv, &io, d, dims, p.causal, saved);
+            return self.ela_chunk_backward(&cv, &io, d, dims, p.causal, saved, None);
         }
         if !p.causal {
             if let Some(plan) = noncausal::plan(p.kernel, dims, sd) {

@@ -184,7 +184,7 @@ impl Cuda {
         let (dv, dvp) = (dims.dv, pp.dims.dv);
         let (yp, dyp) = (self.widen_rows(y, rows, dv, dvp, 0.0)?, self.widen_rows(dy, rows, dv, dvp, 0.0)?);
         let io = chunk::Io::packed(&pp.dims, [or(&qp, q), or(&kp, k), or(&vp, v)], Some([or(&yp, y), or(&dyp, dy)]));
-        let (dq, dk, dvo) = self.ela_chunk_backward(&pp.cv, &io, q.dtype(), &pp.dims, causal, saved)?;
+        let (dq, dk, dvo) = self.ela_chunk_backward(&pp.cv, &io, q.dtype(), &pp.dims, causal, saved, None)?;
         Ok((
             self.cut_rows(dq, rows, pp.dims.d, dims.d)?,
             self.cut_rows(dk, rows, pp.dims.d, dims.d)?,
