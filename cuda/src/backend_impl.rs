@@ -105,10 +105,10 @@ impl Backend for Cuda {
         self.cumsum_impl(s, l, axis, exclusive, reverse)
     }
     fn matmul(&self, a: &S, la: &Layout, b: &S, lb: &Layout) -> Result<S> {
-        self.matmul_impl(a, la, b, lb)
+        self.matmul_impl(a, la, b, lb, a.dtype())
     }
     fn matmul_f32(&self, a: &S, la: &Layout, b: &S, lb: &Layout) -> Result<S> {
-        self.matmul_f32_impl(a, la, b, lb)
+        self.matmul_impl(a, la, b, lb, DType::F32)
     }
     fn softmax_last(&self, s: &S, l: &Layout, log: bool) -> Result<S> {
         self.softmax_impl(s, l, log)

@@ -131,33 +131,10 @@ impl Cuda {
         })
     }
 
-    /// Batched `[.., m, k] @ [.., k, n]` with identical (possibly broadcast) batch dims.
+    /// Batched `[.., m, k] @ [.., k, n]` with identical (possibly broadcast) batch dims, the
+    /// result in `out_dtype`: the operands' own (`Backend::matmul`), or f32 for 16-bit operands
+    /// (`Backend::matmul_f32`: cuBLAS stores its f32 accumulator as it is, no rounding to 16 bits).
     pub(crate) fn matmul_impl(
-        &self,
-        a: &CudaStorage,
-        la: &Layout,
-        b: &CudaStorage,
-        lb: &Layout,
-    ) -> Result<CudaStorage> {
-        self.matmul_into_dtype(a, la, b, lb, a.dtype())
-    }
-
-    /// `Backend::matmul_f32`: 16-bit operands, the f32 accumulator stored as it is (cuBLAS with
-    /// an f32 C: one call, no cast kernel, no rounding to 16 bits).
-    pub(crate) fn matmul_f32_impl(
-        &self,
-        a: &CudaStorage,
-        la: &Layout,
-        b: &CudaStorage,
-        lb: &Layout,
-    ) -> Result<CudaStorage> {
-        if !matches!(a.dtype(), DType::F16 | DType::BF16) {
-            return Err(Error::UnsupportedDType { op: "matmul_f32", dtype: a.dtype(), expected: "f16 or bf16" });
-        }
-        self.matmul_into_dtype(a, la, b, lb, DType::F32)
-    }
-
-    fn matmul_into_dtype(
         &self,
         a: &CudaStorage,
         la: &Layout,
@@ -165,6 +142,9 @@ impl Cuda {
         lb: &Layout,
         out_dtype: DType,
     ) -> Result<CudaStorage> {
+        if out_dtype != a.dtype() && !(out_dtype == DType::F32 && matches!(a.dtype(), DType::F16 | DType::BF16)) {
+            return Err(Error::UnsupportedDType { op: "matmul_f32", dtype: a.dtype(), expected: "f16 or bf16" });
+        }
         check_same("matmul", a, b)?;
         check_float("matmul", a.dtype())?;
         let r = la.dims().len();
