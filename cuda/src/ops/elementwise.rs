@@ -174,6 +174,17 @@ impl Cuda {
         }
         let n = l.elem_count();
         let out = self.alloc(dtype, n)?;
+        let halfish = |d: DType| matches!(d, DType::F16 | DType::BF16 | DType::F32);
+        if let (true, true, true, Some(r)) = (halfish(src.dtype()), halfish(dtype), self.fast(n), l.contiguous_range())
+        {
+            // f32/f16/bf16 to another of them, contiguous: whole 16-byte vectors (`cast_contig`).
+            let x = src.ptr_at(r.start);
+            let vec = aligned16(&[out.ptr(), x]);
+            let args = [Arg::Ptr(out.ptr()), Arg::Ptr(x), Arg::U32(n as u32), Arg::I32(vec as i32)];
+            let cfg = Cfg::elems(if vec { n.div_ceil(8) } else { n });
+            self.launch(EW, &format!("cast_contig_{}_{}", dt(src.dtype()), dt(dtype)), cfg, &args)?;
+            return Ok(out);
+        }
         let views = [(src, l)];
         let (d, copies) = self.descs_or_copy(&views)?;
         let name = format!("cast_{}_{}", dt(src.dtype()), dt(dtype));

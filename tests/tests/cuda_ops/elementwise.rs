@@ -1,6 +1,6 @@
 //! Transfers, copies, casts, unary/binary maps, comparisons and `where` against the CPU backend.
 
-use ela_core::{BinaryOp, CmpOp, Cpu, CpuStorage, DType, Result, Tensor, UnaryOp};
+use ela_core::{BinaryOp, CmpOp, Cpu, CpuStorage, DType, Result, Rng, Tensor, UnaryOp};
 use proptest::prelude::*;
 
 use crate::{both, cases, check, gpu, Pair, ALL, FLOATS};
@@ -351,5 +351,41 @@ fn per_channel_broadcasts_match_on_either_side_and_any_alignment() -> Result<()>
     let s = Pair::uniform(&[1, 16, 1, 1], 0.5, 1.5, DType::F32, 11, &dev);
     let (c, g) = both!(|x, m, s| x.sub(m)?.mul(s)?.add(m)?.silu()?);
     check("bn affine + silu", &c, &g);
+    Ok(())
+}
+
+/// Contiguous casts among f32, f16 and bf16 take 16-byte vectors (`cast_contig_*`): the same
+/// bits as the general cast kernel and as the CPU, at every alignment and length, for values
+/// that round to even, overflow f16, are subnormal, infinite or NaN.
+#[test]
+fn contiguous_casts_between_float_widths_are_exact() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    let mut vals: Vec<f32> = vec![0.0, -0.0, 1.0, -1.5, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1e5, -7e4, 65504.0];
+    // Halfway between neighbouring bf16 / f16 values (ties to even), and subnormals of each.
+    vals.extend([1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8), 1.0 + 2f32.powi(-11), 3e-39, 1e-41, 6e-8, 3e-5]);
+    let mut rng = Rng::new(77);
+    while vals.len() < 2100 {
+        vals.push((rng.uniform() as f32 - 0.5) * 2f32.powi((rng.below(60) as i32) - 30));
+    }
+    let same =
+        |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x.is_nan() && y.is_nan()) || x.to_bits() == y.to_bits());
+    let widths = [DType::F32, DType::F16, DType::BF16];
+    for from in widths {
+        let src = Tensor::from_vec(vals.clone(), [vals.len()], &Cpu)?.to_dtype(from)?;
+        let gsrc = src.to_device(&dev)?;
+        for to in widths.into_iter().filter(|&t| t != from) {
+            for n in [1usize, 8, 37, 2051] {
+                for off in [0usize, 1, 3, 8] {
+                    let (c, g) = (src.narrow(0, off, n)?.to_dtype(to)?, gsrc.narrow(0, off, n)?.to_dtype(to)?);
+                    let tag = format!("{from:?} -> {to:?} n={n} offset {off}");
+                    assert!(same(&g.to_vec_f64()?, &c.to_vec_f64()?), "{tag}: GPU vs CPU");
+                    dev.set_fast_elementwise(false);
+                    let general = gsrc.narrow(0, off, n)?.to_dtype(to);
+                    dev.set_fast_elementwise(true);
+                    assert!(same(&g.to_vec_f64()?, &general?.to_vec_f64()?), "{tag}: fast vs general kernel");
+                }
+            }
+        }
+    }
     Ok(())
 }
