@@ -72,3 +72,32 @@ impl<B: Backend> Tensor<B> {
         Ok(Self::from_storage(s, out, dev))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{Cpu, DType, Rng, Tensor};
+
+    /// `matmul_f32` keeps the f32 accumulator of a bf16 product (a transposed operand included):
+    /// it equals the f64 product of the same values to f32 rounding, which `matmul` rounded to
+    /// bf16 does not; f32 operands are a typed error naming the op.
+    #[test]
+    fn f32_results_of_16_bit_products() {
+        let mut rng = Rng::new(9);
+        let a = Tensor::<Cpu>::randn(0.0, 1.0, [300, 7], DType::F64, &mut rng, &Cpu).unwrap();
+        let b = Tensor::<Cpu>::randn(0.0, 1.0, [300, 5], DType::F64, &mut rng, &Cpu).unwrap();
+        let (a, b) = (a.to_dtype(DType::BF16).unwrap(), b.to_dtype(DType::BF16).unwrap());
+        let want = a.to_dtype(DType::F64).unwrap().t().unwrap().matmul(&b.to_dtype(DType::F64).unwrap()).unwrap();
+        let err = |t: &Tensor<Cpu>| {
+            let (got, want) = (t.to_vec_f64().unwrap(), want.to_vec_f64().unwrap());
+            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            got.iter().zip(&want).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
+        };
+        let f = a.t().unwrap().matmul_f32(&b).unwrap();
+        assert_eq!((f.dtype(), f.dims()), (DType::F32, &[7, 5][..]));
+        assert!(err(&f) < 1e-6, "{:e}", err(&f));
+        assert!(err(&a.t().unwrap().matmul(&b).unwrap()) > 1e-4, "the bf16 result is rounded");
+        let x = Tensor::<Cpu>::ones([2, 2], DType::F32, &Cpu).unwrap();
+        let e = x.matmul_f32(&x).unwrap_err().to_string();
+        assert!(e.contains("matmul_f32") && e.contains("f16 or bf16"), "{e}");
+    }
+}
