@@ -494,6 +494,23 @@ mod fused_tests {
     use super::*;
     use crate::{Cpu, Rng};
 
+    /// Views a backend may read in place: rank 4, a contiguous last axis, rows on 16-byte
+    /// boundaries (offset and every stride, in bytes).
+    #[test]
+    fn readable_rows_need_contiguous_aligned_rows() {
+        let x = Tensor::<Cpu>::zeros([2, 3, 5, 16], DType::BF16, &Cpu).unwrap();
+        assert_eq!(readable_rows(&x), Some(ElaRows { offset: 0, batch: 240, head: 80, row: 16 }));
+        // Eight bf16 elements = 16 bytes: aligned; one element off: not.
+        assert!(readable_rows(&x.narrow(3, 8, 8).unwrap()).is_some());
+        assert!(readable_rows(&x.narrow(3, 1, 8).unwrap()).is_none());
+        // A row stride of 12 bf16 elements (24 bytes) is not a multiple of 16 bytes.
+        let y = Tensor::<Cpu>::zeros([2, 3, 5, 12], DType::BF16, &Cpu).unwrap();
+        assert!(readable_rows(&y.narrow(3, 0, 8).unwrap()).is_none());
+        // Features strided (a transposed last pair of axes) or another rank: no rows.
+        assert!(readable_rows(&x.transpose(2, 3).unwrap()).is_none());
+        assert!(readable_rows(&x.reshape([6, 5, 16]).unwrap()).is_none());
+    }
+
     /// The heads of a fused `[batch, t, 3, heads, d]` product are recognised (their gradients
     /// can share one buffer); the same view three times, unequal strides, or separate buffers
     /// are not.
