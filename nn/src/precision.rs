@@ -74,7 +74,7 @@ pub fn is_half(d: DType) -> bool {
 ///
 /// Inside [`with_cast_cache`], with gradients off, a parameter's cast is made once and reused.
 pub fn weight_for<B: Backend>(w: &Var<B>, x: DType) -> Result<Var<B>> {
-    if !(is_half(x) && w.dtype() != x && w.dtype().is_float()) {
+    if !is_cast_for(w, x) {
         return Ok(w.clone());
     }
     if !w.is_leaf() || is_grad_enabled() {
@@ -93,13 +93,19 @@ pub fn weight_for<B: Backend>(w: &Var<B>, x: DType) -> Result<Var<B>> {
     })
 }
 
+/// Whether a float weight `w` meets activations of dtype `x` through a cast (mixed precision:
+/// half-precision `x`, a wider `w`).
+fn is_cast_for<B: Backend>(w: &Var<B>, x: DType) -> bool {
+    is_half(x) && w.dtype() != x && w.dtype().is_float()
+}
+
 /// `x [rows, in] @ w^T` for a weight `w [out, in]`, in `x`'s dtype: with half-precision `x` and
 /// a wider `w` (mixed precision), while gradients are recorded one node does the cast and the
 /// product (`Var::linear_mixed`: `w`'s gradient is one product with an f32 result, not a 16-bit
 /// one cast back), and without gradients the product takes [`weight_for`]'s (possibly cached)
 /// cast. Otherwise the plain product.
 pub fn times_weight_t<B: Backend>(x: &Var<B>, w: &Var<B>) -> Result<Var<B>> {
-    if is_grad_enabled() && is_half(x.dtype()) && w.dtype() != x.dtype() && w.dtype().is_float() {
+    if is_grad_enabled() && is_cast_for(w, x.dtype()) {
         return x.linear_mixed(w);
     }
     x.matmul(&weight_for(w, x.dtype())?.t()?)

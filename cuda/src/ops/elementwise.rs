@@ -174,8 +174,9 @@ impl Cuda {
         }
         let n = l.elem_count();
         let out = self.alloc(dtype, n)?;
-        let halfish = |d: DType| matches!(d, DType::F16 | DType::BF16 | DType::F32);
-        if let (true, true, true, Some(r)) = (halfish(src.dtype()), halfish(dtype), self.fast(n), l.contiguous_range())
+        let vector_cast = |d: DType| matches!(d, DType::F16 | DType::BF16 | DType::F32);
+        if let (true, true, true, Some(r)) =
+            (vector_cast(src.dtype()), vector_cast(dtype), self.fast(n), l.contiguous_range())
         {
             // f32/f16/bf16 to another of them, contiguous: whole 16-byte vectors (`cast_contig`).
             let x = src.ptr_at(r.start);
