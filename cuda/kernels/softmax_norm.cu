@@ -217,6 +217,69 @@ __device__ void rms_bwd_warp_impl(typename D::S* dx, const typename D::S* x, con
     }
 }
 
+// The backward above with the weight's gradient folded in, for rows of at most RMS_DW_MAXV
+// 16-byte vectors per lane (n <= 1024 for 16-bit rows, 512 for f32, 256 for f64) that are whole
+// vectors: besides dx, each warp keeps the column sums of dy x rstd over its rows in registers,
+// the block's warps add theirs in order through shared memory, and partial[block, j] takes the
+// block's sums (colsum_finish adds the blocks, as after colsum). One pass over x and dy where the
+// separate column sum (colsum, mode 0) read both again. The terms are colsum's, g x rstd rounded
+// to the compute type and summed in f64; only the order of the sum differs.
+#define RMS_DW_MAXV 4
+template <typename D>
+__device__ void rms_bwd_dw_impl(typename D::S* dx, double* partial, const typename D::S* x, const typename D::S* w,
+                                const typename D::C* rstd, const typename D::S* dy, i64 rows, i64 n) {
+    typedef typename D::S S;
+    typedef typename D::C C;
+    constexpr int V = 16 / sizeof(S);
+    __shared__ double red[RMS_DW_MAXV * 32 * 8];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, per_block = blockDim.x >> 5;
+    const int nv = (int)(n / (32 * V));
+    double acc[RMS_DW_MAXV][V];
+#pragma unroll
+    for (int i = 0; i < RMS_DW_MAXV; ++i)
+#pragma unroll
+        for (int k = 0; k < V; ++k) acc[i][k] = 0.0;
+    for (i64 r = (i64)blockIdx.x * per_block + warp; r < rows; r += (i64)gridDim.x * per_block) {
+        const S *xr = x + r * n, *gr = dy + r * n;
+        S* dxr = dx + r * n;
+        const double dot = rms_row_dot<D>(gr, xr, w, n, 1);
+        const C rs = rstd[r];
+        const C c = rs * rs * rs * (C)dot / (C)n;
+#pragma unroll
+        for (int i = 0; i < RMS_DW_MAXV; ++i) {
+            if (i >= nv) break;
+            const i64 j = (i64)(lane + 32 * i) * V;
+            Pack16<S> ux, ug, uw, o;
+            ux.raw = *(const u128x*)(xr + j);
+            ug.raw = *(const u128x*)(gr + j);
+            if (w) uw.raw = *(const u128x*)(w + j);
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+                const C g = D::load(ug.v[k]), xv = D::load(ux.v[k]);
+                acc[i][k] += (double)(g * xv * rs);
+                const C wg = w ? g * D::load(uw.v[k]) : g;
+                o.v[k] = D::store(rs * wg - xv * c);
+            }
+            *(u128x*)(dxr + j) = o.raw;
+        }
+    }
+    // Warp by warp, in order: red = sum over the block's warps.
+    for (int wv = 0; wv < per_block; ++wv) {
+        if (warp == wv)
+#pragma unroll
+            for (int i = 0; i < RMS_DW_MAXV; ++i) {
+                if (i >= nv) break;
+#pragma unroll
+                for (int k = 0; k < V; ++k) {
+                    const int j = (lane + 32 * i) * V + k;
+                    red[j] = (wv == 0 ? 0.0 : red[j]) + acc[i][k];
+                }
+            }
+        __syncthreads();
+    }
+    for (i64 j = threadIdx.x; j < n; j += blockDim.x) partial[(i64)blockIdx.x * n + j] = red[j];
+}
+
 #define RMS(NAME, D)                                                                                              \
     extern "C" __global__ void rms_norm_##NAME(D::S* y, D::C* rstd, const D::S* x, const D::S* w, i64 rows, i64 n, \
                                                double eps) {                                                      \
@@ -233,6 +296,10 @@ __device__ void rms_bwd_warp_impl(typename D::S* dx, const typename D::S* x, con
     extern "C" __global__ void rms_norm_bwd_warp_##NAME(D::S* dx, const D::S* x, const D::S* w, const D::C* rstd, \
                                                         const D::S* dy, i64 rows, i64 n, int vec) {               \
         rms_bwd_warp_impl<D>(dx, x, w, rstd, dy, rows, n, vec);                                                   \
+    }                                                                                                             \
+    extern "C" __global__ void rms_norm_bwd_dw_##NAME(D::S* dx, double* partial, const D::S* x, const D::S* w,     \
+                                                      const D::C* rstd, const D::S* dy, i64 rows, i64 n) {        \
+        rms_bwd_dw_impl<D>(dx, partial, x, w, rstd, dy, rows, n);                                                 \
     }
 RMS(f16, F16)
 RMS(bf16, BF16)

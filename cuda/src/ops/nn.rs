@@ -27,6 +27,15 @@ const RMS_WARP_MAX: usize = 2048;
 /// Rows per block of the warp-per-row kernels (256 threads).
 const WARP_ROWS_PER_BLOCK: usize = 8;
 
+/// Most 16-byte vectors per lane of a row in the RMS norm backward that also sums the weight's
+/// gradient (`RMS_DW_MAXV` in softmax_norm.cu): rows up to 1024 16-bit or 512 f32 elements.
+const RMS_DW_MAXV: usize = 4;
+
+/// Elements of `dtype` in a 16-byte vector.
+fn vector_len(dtype: DType) -> usize {
+    16 / dtype.size_in_bytes()
+}
+
 /// The launch of a warp-per-row kernel over `rows` rows of `n` elements, and whether its 16-byte
 /// vector path applies (`n` a whole number of vectors, every buffer in `ptrs` aligned; a null
 /// optional buffer counts as aligned). `None`: rows too long or empty, take the block kernel.
@@ -183,7 +192,25 @@ impl Cuda {
             Arg::n(rows),
             Arg::n(n),
         ];
-        match warp_rows(rows, n, x.dtype(), &[dx.ptr(), x.ptr(), wp, dy.ptr()]) {
+        let warp = warp_rows(rows, n, x.dtype(), &[dx.ptr(), x.ptr(), wp, dy.ptr()]);
+        if let (Some(w), Some((_, true))) = (w, warp) {
+            if rows > 0 && n.is_multiple_of(32 * vector_len(x.dtype())) && n <= RMS_DW_MAXV * 32 * vector_len(x.dtype())
+            {
+                // One pass for dx and the weight's column sums (`rms_norm_bwd_dw`).
+                let blocks = rows.div_ceil(WARP_ROWS_PER_BLOCK).min(2 * self.sm_count() as usize);
+                let partial = self.scratch(blocks * n * 8)?;
+                let cfg = Cfg { grid: blocks as u32, grid_y: 1, block: (32 * WARP_ROWS_PER_BLOCK) as u32 };
+                let mut dw_args = args.to_vec();
+                dw_args.insert(1, Arg::Ptr(partial.ptr()));
+                self.launch(SN, &format!("rms_norm_bwd_dw_{}", dt(x.dtype())), cfg, &dw_args)?;
+                let dw = self.alloc(w.dtype(), n)?;
+                let args = [Arg::Ptr(dw.ptr()), Arg::Ptr(partial.ptr()), Arg::n(blocks), Arg::n(n)];
+                let finish = Cfg { grid: n.div_ceil(32) as u32, grid_y: 1, block: 256 };
+                self.launch(SN, &format!("colsum_finish_{}", dt(w.dtype())), finish, &args)?;
+                return Ok((dx, Some(dw)));
+            }
+        }
+        match warp {
             Some((cfg, vec)) => {
                 let args = [&args[..], &[Arg::I32(vec as i32)]].concat();
                 self.launch(SN, &format!("rms_norm_bwd_warp_{}", dt(x.dtype())), cfg, &args)?

@@ -38,8 +38,12 @@ fn rms_and_layer_norm_forward_backward() -> Result<()> {
     let Some(dev) = gpu() else { return Ok(()) };
     for (k, &d) in FLOATS.iter().enumerate() {
         // Rows up to 2048 take the warp-per-row kernels (16-byte vectors where n allows), longer ones
-        // a block per row.
-        for (rows, n) in [(5usize, 8usize), (70, 33), (3, 1024), (130, 3), (9, 520), (4, 2056), (6, 4096)] {
+        // a block per row. Whole vectors up to four per lane (n <= 1024 in 16 bits, 512 in f32, 256
+        // in f64) fold the weight's gradient into the backward pass: many rows spread over more
+        // blocks than one wave (3000 x 512), a partial wave (37 x 256), three vectors (700 x 768).
+        let sizes = [(5usize, 8usize), (70, 33), (3, 1024), (130, 3), (9, 520), (4, 2056), (6, 4096)];
+        let folded = [(3000usize, 512usize), (37, 256), (700, 768), (2100, 1024), (600, 96)];
+        for (rows, n) in sizes.into_iter().chain(folded) {
             let s = 50 + k as u64 * 7 + n as u64;
             let x = Pair::randn(&[rows, n], d, s, &dev);
             let w = Pair::randn(&[n], d, s + 1, &dev);
