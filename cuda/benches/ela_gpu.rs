@@ -9,7 +9,9 @@
 //!
 //! Run on the GPU machine: `ela_gpu [filters]`, e.g. `ela_gpu d=64 bf16`; a filter keeps the rows
 //! whose label (`kernel=K d=D dtype T=T`) contains it. `ELA_GPU_D=32,96` measures those head
-//! sizes instead of 64 and 128. Prints a markdown table.
+//! sizes instead of 64 and 128; `ELA_GPU_BH=4x16` other batch and head counts (the scans split
+//! their walks into runs when the sequences alone do not fill the GPU); `ELA_GPU_SCAN_RUNS=K`
+//! forces K runs (1: one walk per sequence, as before the split). Prints a markdown table.
 
 mod common;
 
@@ -18,8 +20,6 @@ use ela_core::ela::ElaParams;
 use ela_core::{Cpu, DType, ElaKernel, Result, Tensor};
 use ela_cuda::{Cuda, GpuTimer};
 
-const B: usize = 8;
-const H: usize = 16;
 const TS: [usize; 6] = [1024, 2048, 4096, 8192, 16384, 32768];
 
 /// Sequence 0 (batch 0, head 0) as an f64 CPU tensor `[1, 1, t, w]`.
@@ -28,6 +28,18 @@ fn seq0(x: &Tensor<Cuda>) -> Result<Tensor<Cpu>> {
 }
 
 fn main() -> Result<()> {
+    let runs = std::env::var("ELA_GPU_SCAN_RUNS").map_or(0, |v| v.trim().parse().expect("ELA_GPU_SCAN_RUNS: a count"));
+    ela_cuda::with_scan_runs(runs, run)
+}
+
+fn run() -> Result<()> {
+    let (b, h) = match std::env::var("ELA_GPU_BH") {
+        Ok(v) => {
+            let (b, h) = v.split_once('x').expect("ELA_GPU_BH: BATCHxHEADS, e.g. 4x16");
+            (b.trim().parse().expect("ELA_GPU_BH batch"), h.trim().parse().expect("ELA_GPU_BH heads"))
+        }
+        Err(_) => (8usize, 16usize),
+    };
     let dev = device();
     let timer = GpuTimer::new(&dev)?;
     println!(
@@ -37,6 +49,7 @@ fn main() -> Result<()> {
         dev.compute_capability().1,
         dev.kernel_arch()
     );
+    println!("B = {b}, H = {h}");
     println!("| kernel | D | dtype | T | forward ms | fwd+bwd ms | y err | grad err |");
     println!("|---|---|---|---|---|---|---|---|");
     let named: Vec<ElaKernel> = std::env::args()
@@ -66,10 +79,10 @@ fn main() -> Result<()> {
                 _ => ((0.0, 0.5), (0.0, 0.5)),
             };
             let base = [
-                rand_tensor(&dev, &[B, H, tmax, d], qr.0, qr.1, 1, dtype)?,
-                rand_tensor(&dev, &[B, H, tmax, d], kr.0, kr.1, 2, dtype)?,
-                rand_tensor(&dev, &[B, H, tmax, d], -s3, s3, 3, dtype)?,
-                rand_tensor(&dev, &[B, H, tmax, d], -s3, s3, 4, dtype)?,
+                rand_tensor(&dev, &[b, h, tmax, d], qr.0, qr.1, 1, dtype)?,
+                rand_tensor(&dev, &[b, h, tmax, d], kr.0, kr.1, 2, dtype)?,
+                rand_tensor(&dev, &[b, h, tmax, d], -s3, s3, 3, dtype)?,
+                rand_tensor(&dev, &[b, h, tmax, d], -s3, s3, 4, dtype)?,
             ];
             for t in TS {
                 let label = format!("{tag} T={t}");
@@ -95,9 +108,9 @@ fn main() -> Result<()> {
                     }
                 }
                 // The checked run: outputs in NaN-filled blocks, sequence 0 against f64 on the CPU.
-                poison(&dev, B * H * t * d, dtype, 4)?;
+                poison(&dev, b * h * t * d, dtype, 4)?;
                 let (y, saved) = q.ela_saving(&k, &v, &p)?;
-                poison(&dev, B * H * t * d, dtype, 4)?;
+                poison(&dev, b * h * t * d, dtype, 4)?;
                 let (dq, dk, dv) = Tensor::ela_backward_saved(&q, &k, &v, &y, &dy, &p, saved.as_ref())?;
                 drop(saved);
                 let (q0, k0, v0, dy0) = (seq0(&q)?, seq0(&k)?, seq0(&v)?, seq0(&dy)?);
@@ -111,7 +124,7 @@ fn main() -> Result<()> {
                 // Every element written and finite: a NaN or inf anywhere makes the sum non-finite.
                 let mut all_finite = true;
                 for x in [&y, &dq, &dk, &dv] {
-                    let rows = x.to_dtype(DType::F32)?.reshape([B * H, t * d])?.sum(1, false)?;
+                    let rows = x.to_dtype(DType::F32)?.reshape([b * h, t * d])?.sum(1, false)?;
                     all_finite &= rows.sum_all()?.to_scalar()?.is_finite();
                 }
                 println!(

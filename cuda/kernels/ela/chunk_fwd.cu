@@ -38,6 +38,14 @@
 
 // ---------------------------------------------------------------- scan over chunks
 
+// The f32 buffers of a scan split into runs of `len` chunks (`s` null: one walk per sequence).
+// s, z, m: the relative slots, laid out as the slots; end_s, end_z, end_m: each run's end state,
+// [sequence][run][feature](columns); m only in mode 0 (mode 1 takes the forward's units).
+struct ScanSegs {
+    float *s, *z, *m, *end_s, *end_z, *end_m;
+    int runs, len;
+};
+
 // Four MT values to shared memory with one vector store (8 bytes for 16-bit MT, 16 for f32).
 __device__ __forceinline__ void st_mt4(MT* p, float a, float b, float c, float d) {
 #if ELA_MMA
@@ -61,10 +69,16 @@ __device__ __forceinline__ void st_mt4(MT* p, float a, float b, float c, float d
 // side (three barriers for all), and only the tile products and the slot stores between them run
 // one after the other. The state, the units and the slots are exactly those of a chunk-by-chunk
 // walk.
+//
+// Segments (causal calls without a carried state, when the sequences alone leave
+// multiprocessors idle): blockIdx.y / (column blocks) picks a run of seg_len chunks, walked from
+// an empty state. The first run (mode 0) or the last (mode 1) is exact as it stands and writes the
+// slots; the others write theirs in f32 to `seg` (slots relative to their run's start) and every
+// run writes its end state to `seg` too; ela_scan_join then adds the runs before each one.
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB)
     ela_scan(const ST* x, const ST* val, MT* slot_s, float* slot_z, float* slot_m, const ela_f4* rows,
              const float* init_s, const float* init_z, const float* init_m, float* fin_s, float* fin_z, float* fin_m,
-             ElaIo io, i64 T, int nch, int mode, int causal) {
+             ScanSegs seg, ElaIo io, i64 T, int nch, int mode, int causal) {
     // F: this block's features (state rows), FA: all of them (the row stride of x and the slots).
     constexpr int FA = ELA_F, F = SCAN_FB, DV = ELA_DV, C = ELA_C, DVB = SCAN_DVB, P = SCAN_P;
     constexpr int LDF = LDP(F), LDV = LDP(DVB + 8);
@@ -81,7 +95,14 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB)
     float* rinf = part + P * ELA_WARPS * F;  // [P][C][4] row info (mode 1)
     check_smem(rinf + P * 4 * C);
 
-    const int seq = blockIdx.x, j0 = (blockIdx.y % SCAN_NDVB) * DVB, f0 = (blockIdx.y / SCAN_NDVB) * F;
+    constexpr int NCB = SCAN_NDVB * (FA / F);  // column blocks of one sequence
+    const int seq = blockIdx.x, cb = blockIdx.y % NCB, run = blockIdx.y / NCB;
+    const int j0 = (cb % SCAN_NDVB) * DVB, f0 = (cb / SCAN_NDVB) * F;
+    // This block's chunks [cbeg, cend), walked forwards (mode 0) or backwards (mode 1); `local`:
+    // its slots are relative to the run's start and go to seg.s in f32.
+    const int runs = seg.s ? seg.runs : 1, cbeg = seg.s ? run * seg.len : 0;
+    const int cend = seg.s ? min(nch, cbeg + seg.len) : nch, ncs = cend - cbeg;
+    const bool local = seg.s && (mode == 0 ? run > 0 : run < runs - 1);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int row0 = W::row0(), col0 = W::col0();
     const bool lead = j0 == 0, zw = W::group() == 0 && (lane & 3) == 0;  // zw: holds z (col 0)
@@ -116,7 +137,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB)
     // The chunk handled as the `p`-th of step `it` (-1: none, past the end of the walk).
     auto chunk_of = [&](int it, int p) {
         const int k = it + p;
-        return k >= nch ? -1 : mode == 0 ? k : nch - 1 - k;
+        return k >= ncs ? -1 : mode == 0 ? cbeg + k : cend - 1 - k;
     };
     auto rows_of = [&](int c) { return c < 0 ? 0 : (int)min((i64)C, T - (i64)c * C); };
 
@@ -150,7 +171,25 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB)
             }
         }
     };
+    // The state in f32: s[f * DV + j] for this block's features f and columns j, z[f], m[f] (m
+    // may be null).
+    auto store_f32 = [&](float* s, float* z, float* m) {
+#pragma unroll
+        for (int nt = 0; nt < W::NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[ACC_ROW(row0, e) * DV + j0 + ACC_COL(col0, nt, e)] = acc[nt][e];
+        if (lead && zw) {
+            z[ACC_ROW(row0, 0)] = accz[0][0];
+            z[ACC_ROW(row0, 2)] = accz[0][2];
+        }
+        if (m && lead && tid < F) m[tid] = mf;
+    };
     auto store_slot = [&](i64 slot) {
+        if (local) {
+            const i64 at = seq * nslot + slot;
+            store_f32(seg.s + (at * FA + f0) * DV, seg.z + at * FA + f0, mode == 0 ? seg.m + at * FA + f0 : nullptr);
+            return;
+        }
         MT* dst = ss + slot * FA * DV;
 #pragma unroll
         for (int nt = 0; nt < W::NT; ++nt)
@@ -165,7 +204,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB)
     };
     fetch(0);
 
-    for (int it = 0; it < nch; it += P) {
+    for (int it = 0; it < ncs; it += P) {
         // (1) Slot of the step's first chunk: the state before it (mode 0) or U, w of the rows
         //     after it (mode 1).
         if (causal) store_slot(chunk_of(it, 0));
@@ -250,7 +289,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB)
                 st_mt4(psi + (p * C + r) * LDF + f, ex[0], ex[1], ex[2], ex[3]);
             }
         }
-        if (it + P < nch) fetch(it + P);  // the registers are free now
+        if (it + P < ncs) fetch(it + P);  // the registers are free now
         __syncthreads();
         // (5) The chunks' products in order, the second chunk's slot between them.
 #pragma unroll
@@ -271,19 +310,98 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB)
         }
     }
 
+    if (seg.s) {
+        // The run's end state (mode 0: at chunk cend, relative to the run's start; mode 1: the
+        // accumulators of the run's rows, in the units of slot cbeg).
+        const i64 at = (i64)seq * runs + run;
+        store_f32(seg.end_s + (at * FA + f0) * DV, seg.end_z + at * FA + f0, mode == 0 ? seg.end_m + at * FA + f0 : nullptr);
+        return;
+    }
     if (mode == 0 || !causal) store_slot(mode == 0 ? nch : 0);  // final state / global U, w
-    if (mode == 0 && fin_s) {
-        // ...and in f32 for a carried state (prefill).
-        float* fsd = fin_s + ((i64)seq * FA + f0) * DV;
+    // ...and in f32 for a carried state (prefill).
+    if (mode == 0 && fin_s)
+        store_f32(fin_s + ((i64)seq * FA + f0) * DV, fin_z + (i64)seq * FA + f0, fin_m + (i64)seq * FA + f0);
+}
+
+// Joins the runs of a split ela_scan. Within a run every relative slot needs the same exact
+// state before the run, so the slots are independent: a thread owns one (feature, value column)
+// of JOIN_SLOTS consecutive slots, loads their relative values first (all loads in flight at
+// once), folds the end states of the runs before the first slot's run (mode 0: forwards from run
+// 0; mode 1: backwards from the last run; a few cached reads, again where a run starts inside
+// its slots), and joins. Mode 0, with c = (S, z, m) the state before the run and r the relative
+// slot: m = max(c.m, r.m), S = c.S e^(c.m - m) + r.S e^(r.m - m), z alike; slot nch (the final
+// state) is every run folded. Mode 1: the accumulators of the later runs, already in the
+// forward's units, moved to the slot's units (those of m^(c+1)) and added.
+// Grid: x = groups of JOIN_SLOTS slots to join (mode 0: slots len .. nch; mode 1: 0 ..
+// (runs - 1) len - 1), y = sequence x groups of 256 / DV features; 256 threads.
+#define JOIN_SLOTS 8
+extern "C" __global__ void __launch_bounds__(256)
+    ela_scan_join(MT* __restrict__ slot_s, float* __restrict__ slot_z, float* __restrict__ slot_m, ScanSegs seg,
+                  int nch, int mode) {
+    constexpr int FA = ELA_F, DV = ELA_DV, FPB = 256 / DV, NS = JOIN_SLOTS;
+    const int j = threadIdx.x % DV, seq = blockIdx.y / (FA / FPB);
+    const int f = (blockIdx.y % (FA / FPB)) * FPB + threadIdx.x / DV;
+    const i64 nslot = mode == 0 ? (i64)nch + 1 : (i64)nch;
+    const int first = mode == 0 ? seg.len : 0, stop = mode == 0 ? nch + 1 : (seg.runs - 1) * seg.len;
+    const int c0 = first + blockIdx.x * NS;
+    const float* __restrict__ es = seg.end_s + (i64)seq * seg.runs * FA * DV + (i64)f * DV + j;
+    const float* __restrict__ ez = seg.end_z + (i64)seq * seg.runs * FA + f;
+    const float* __restrict__ em = seg.end_m + (i64)seq * seg.runs * FA + f;  // mode 0 only
+    const float* __restrict__ sm = slot_m + seq * ((i64)nch + 1) * FA + f;    // mode 1: the forward's units
+    const i64 es_run = (i64)FA * DV;  // end_s stride between runs (end_z, end_m: FA)
+    auto idx = [&](int c) { return (seq * nslot + c) * FA + f; };
+    // The relative slots (mode 0's final slot has none: it is the fold of every run).
+    float rs[NS], rz[NS], rm[NS];
 #pragma unroll
-        for (int nt = 0; nt < W::NT; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) fsd[ACC_ROW(row0, e) * DV + j0 + ACC_COL(col0, nt, e)] = acc[nt][e];
-        if (lead && zw) {
-            fin_z[(i64)seq * FA + f0 + ACC_ROW(row0, 0)] = accz[0][0];
-            fin_z[(i64)seq * FA + f0 + ACC_ROW(row0, 2)] = accz[0][2];
+    for (int k = 0; k < NS; ++k) {
+        const int c = c0 + k;
+        rs[k] = 0.f, rz[k] = 0.f, rm[k] = neg_inf<float>();
+        if (c < stop && c < nch) {
+            rs[k] = seg.s[idx(c) * DV + j], rz[k] = seg.z[idx(c)];
+            if (mode == 0) rm[k] = seg.m[idx(c)];
         }
-        if (lead && tid < F) fin_m[(i64)seq * FA + f0 + tid] = mf;
+    }
+    // The state before run g (mode 0) or the accumulators after it (mode 1), run `cg`'s.
+    int cg = -1;
+    float cs = 0.f, cz = 0.f, cm = 0.f;
+    auto carry_for = [&](int g) {
+        cg = g;
+        if (mode == 0) {
+            cs = es[0], cz = ez[0], cm = em[0];
+            for (int h = 1; h < g; ++h) {
+                const float m = fmaxf(cm, em[h * FA]), a = units_factor(cm, m), b = units_factor(em[h * FA], m);
+                cs = cs * a + es[h * es_run] * b, cz = cz * a + ez[h * FA] * b, cm = m;
+            }
+        } else {
+            const int last = seg.runs - 1;
+            cs = es[last * es_run], cz = ez[last * FA], cm = sm[(i64)last * seg.len * FA];
+            for (int h = last - 1; h > g; --h) {
+                const float um = sm[(i64)h * seg.len * FA], a = units_factor(cm, um);
+                cs = es[h * es_run] + cs * a, cz = ez[h * FA] + cz * a, cm = um;
+            }
+        }
+    };
+#pragma unroll
+    for (int k = 0; k < NS; ++k) {
+        const int c = c0 + k;
+        if (c >= stop) break;
+        // Slot c's run (mode 0's final slot: after every run).
+        const int g = c == nch ? seg.runs : c / seg.len;
+        if (g != cg) carry_for(g);
+        float s, z, m;
+        if (mode == 0) {
+            m = fmaxf(cm, rm[k]);
+            const float a = units_factor(cm, m), b = units_factor(rm[k], m);
+            s = cs * a + rs[k] * b, z = cz * a + rz[k] * b;
+        } else {
+            const float a = units_factor(cm, sm[(i64)(c + 1) * FA]);
+            s = rs[k] + cs * a, z = rz[k] + cz * a;
+        }
+        slot_s[idx(c) * DV + j] = to_mt(s);
+        if (j == 0) {
+            slot_z[idx(c)] = z;
+            if (mode == 0) slot_m[idx(c)] = m;
+        }
     }
 }
 

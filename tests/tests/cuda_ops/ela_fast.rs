@@ -368,3 +368,55 @@ fn strided_operands_are_read_in_place() -> Result<()> {
     assert_eq!(bits(&q.ela(&q, &q, &p)?), bits(&q.contiguous()?.ela(&q.contiguous()?, &q.contiguous()?, &p)?));
     Ok(())
 }
+
+#[test]
+fn scans_split_into_runs_agree_with_one_walk() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    // Few sequences (2) over many chunks: the default splits each walk into runs joined after
+    // (`ela_scan_join`); forced counts cover two runs, an uneven split (the last run shorter), one
+    // chunk per run, and 32-row chunks (f32 128-wide, 256-wide heads).
+    let cases = [
+        (DType::F32, 64, 64, 1000),
+        (DType::BF16, 64, 64, 1000),
+        (DType::F16, 64, 64, 700),
+        (DType::BF16, 128, 128, 700),
+        (DType::F32, 128, 128, 500),
+        (DType::BF16, 64, 128, 600),
+        (DType::BF16, 256, 256, 300),
+    ];
+    let p = ElaParams { kernel: EXP, causal: true, chunk: 64 };
+    for (ci, &(dtype, d, dv, t)) in cases.iter().enumerate() {
+        let (q, k, v, dy) = qkv([1, 2, t, d], dv, dtype, 900 + ci as u64, &dev);
+        let run = |runs: usize| -> Result<[Vec<f64>; 4]> {
+            ela_cuda::with_scan_runs(runs, || {
+                poison(&dev, 2 * t * dv.max(d), dtype, 4);
+                let (y, saved) = q.gpu.ela_saving(&k.gpu, &v.gpu, &p)?;
+                let g = Tensor::ela_backward_saved(&q.gpu, &k.gpu, &v.gpu, &y, &dy.gpu, &p, saved.as_ref())?;
+                Ok([y.to_vec_f64()?, g.0.to_vec_f64()?, g.1.to_vec_f64()?, g.2.to_vec_f64()?])
+            })
+        };
+        let one = run(1)?;
+        let up = |x: &Pair| x.cpu.to_dtype(DType::F64).unwrap();
+        let y64 = Ela::builtin(EXP).run(Form::Quadratic, &up(&q), &up(&k), &up(&v))?.to_vec_f64()?;
+        // Same math, sums in another order: f32 to its rounding; 16-bit outputs to a few of their
+        // roundings (a state entry's f32 sum may round to the neighbouring bf16 value).
+        let same = if dtype == DType::F32 { 2e-6 } else { 4e-3 };
+        for runs in [0, 2, 3, 1000] {
+            let split = run(runs)?;
+            let errs: Vec<f64> = split.iter().zip(&one).map(|(a, b)| rel_err(a, b)).collect();
+            let e64 = rel_err(&split[0], &y64);
+            println!(
+                "{dtype:?} d={d} dv={dv} T={t} runs={runs}: y, dq, dk, dv vs one walk {}; y vs f64 {e64:.2e}",
+                show_list(&errs)
+            );
+            assert!(e64 <= bound(dtype), "{dtype:?} d={d} T={t} runs={runs}: y {e64:e} vs f64");
+            for (name, e) in ["y", "dq", "dk", "dv"].iter().zip(&errs) {
+                assert!(
+                    e.is_finite() && *e <= same,
+                    "{name} {dtype:?} d={d} dv={dv} T={t} runs={runs}: {e:e} vs one walk"
+                );
+            }
+        }
+    }
+    Ok(())
+}

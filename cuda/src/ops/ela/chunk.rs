@@ -35,7 +35,7 @@ fn scan_dvb(dv: usize) -> usize {
 /// Launches one chunked kernel; with `ELA_CUDA_PROFILE` set, each launch is timed alone (CUDA
 /// events, synchronizing) and reported on stderr: a debugging aid for where the time goes.
 fn launch(dev: &Cuda, cv: &Variant, name: &str, cfg: Cfg, smem: u32, args: &[Arg]) -> Result<()> {
-    if std::env::var_os("ELA_CUDA_PROFILE").is_none() {
+    if !super::switches().profile {
         return dev.launch_smem(cv.file, name, cfg, smem, args);
     }
     let timer = crate::GpuTimer::new(dev)?;
@@ -67,7 +67,7 @@ pub(crate) fn variant(dev: &Cuda, kernel: ElaKernel, dtype: DType, dims: &ElaDim
 
 /// [`variant`] before the device's shared-memory limit.
 pub(super) fn variant_for(kernel: ElaKernel, dtype: DType, dims: &ElaDims) -> Option<Variant> {
-    if std::env::var_os("ELA_CUDA_SCAN_ONLY").is_some() {
+    if super::switches().scan_only {
         // Debugging/benchmark switch: force the per-token scan.
         return None;
     }
@@ -100,6 +100,10 @@ fn lp(cv: &Variant, n: usize) -> usize {
 impl Variant {
     fn nch(&self, t: usize) -> usize {
         t.div_ceil(self.c)
+    }
+    /// Blocks of one sequence's scan: column blocks x feature blocks.
+    fn scan_blocks(&self) -> usize {
+        (self.dv / scan_dvb(self.dv)) * (self.f / SCAN_FB)
     }
     /// Dynamic shared memory of `ela_scan` (mirrors its carve).
     fn scan_smem(&self) -> u32 {
@@ -144,6 +148,64 @@ pub(crate) struct IoRows {
 }
 // SAFETY: plain-old-data with the C layout of the kernel-side struct.
 unsafe impl DeviceRepr for IoRows {}
+
+/// Mirror of `struct ScanSegs` in `kernels/ela/chunk_fwd.cu`: the f32 buffers of a scan split
+/// into runs (all null: one walk per sequence).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct ScanSegs {
+    s: u64,
+    z: u64,
+    m: u64,
+    end_s: u64,
+    end_z: u64,
+    end_m: u64,
+    runs: i32,
+    len: i32,
+}
+// SAFETY: plain-old-data with the C layout of the kernel-side struct.
+unsafe impl DeviceRepr for ScanSegs {}
+
+thread_local! {
+    /// Runs forced by [`with_scan_runs`] on this thread (0: chosen per call).
+    static SCAN_RUNS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` with every chunked ELA scan it issues on this thread split into `runs` runs where
+/// the call allows it (causal, no carried state, at least `runs` chunks); 1 never splits, 0 (the
+/// default) chooses per call: enough runs for the walks to fill the GPU when the sequences alone
+/// would not (cuda/README.md, "Scans in runs"). Results agree to rounding whatever the choice.
+/// For tests and benchmarks that compare the choices; per thread, so concurrent tests do not
+/// see each other's setting.
+#[doc(hidden)]
+pub fn with_scan_runs<R>(runs: usize, f: impl FnOnce() -> R) -> R {
+    let before = SCAN_RUNS.with(|c| c.replace(runs));
+    // Restored when `f` returns or unwinds.
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SCAN_RUNS.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(before);
+    f()
+}
+
+/// Slots one thread of `ela_scan_join` joins (`JOIN_SLOTS` in chunk_fwd.cu).
+const JOIN_SLOTS: usize = 8;
+
+/// Fewest chunks a run of a split scan walks: shorter runs would spend more on the join than the
+/// walk saves.
+const MIN_RUN_CHUNKS: usize = 4;
+
+/// Runs of `len` chunks each for a scan of `nch` chunks: `wanted` (at most one per
+/// `MIN_RUN_CHUNKS` chunks unless forced), returned as `(runs, len)` with no empty run.
+fn runs_of(nch: usize, wanted: usize, forced: bool) -> (usize, usize) {
+    let most = if forced { nch } else { nch / MIN_RUN_CHUNKS };
+    let runs = wanted.min(most).max(1);
+    let len = nch.div_ceil(runs);
+    (nch.div_ceil(len), len)
+}
 
 fn strides(r: &ElaRows) -> [i64; 3] {
     [r.batch as i64, r.head as i64, r.row as i64]
@@ -236,9 +298,26 @@ impl Cuda {
         })
     }
 
+    /// Runs for each sequence's walk in a scan over `nch` chunks of `n` sequences (`(1, nch)`:
+    /// one walk). Each walk is a chain of dependent steps, about 2.7 us per chunk on an H100
+    /// whether one or two blocks share a multiprocessor, so when the sequences' blocks fill fewer
+    /// than the blocks that can be resident, splitting the walks into runs (joined after by
+    /// `ela_scan_join`) shortens the chain for the same work.
+    fn scan_runs(&self, cv: &Variant, n: usize, nch: usize) -> (usize, usize) {
+        match SCAN_RUNS.with(|c| c.get()) {
+            0 => {
+                let per_sm = if cv.f > 64 || cv.dv > 64 { 4 } else { 2 };
+                let resident = self.sm_count() as usize * per_sm;
+                runs_of(nch, resident / (n * cv.scan_blocks()).max(1), false)
+            }
+            k => runs_of(nch, k, true),
+        }
+    }
+
     /// `ela_scan`: mode 0 writes the forward slots from `x = k`, `val = v` (and an optional
     /// initial state; `fin` receives the final state in f32); mode 1 the reverse accumulators
-    /// from `x = q`, `val = dy` and the row info.
+    /// from `x = q`, `val = dy` and the row info. Causal calls without a carried state may split
+    /// each walk into runs ([`Cuda::scan_runs`]), joined by `ela_scan_join`.
     #[allow(clippy::too_many_arguments)]
     fn ela_scan(
         &self,
@@ -256,6 +335,40 @@ impl Cuda {
         mode: i32,
         causal: bool,
     ) -> Result<()> {
+        let nch = cv.nch(t);
+        let plain = !causal || init[0] != 0 || fin[0] != 0;
+        // The join's grid puts (sequence, feature) in y: at most 65,535 (far more sequences than
+        // split runs would help anyway).
+        let plain = plain || n * cv.f > u16::MAX as usize;
+        let (runs, len) = if plain { (1, nch) } else { self.scan_runs(cv, n, nch) };
+        // The runs' relative slots and end states, in f32 (only while the scan and join run).
+        let (nslot, fs) = (if mode == 0 { nch + 1 } else { nch }, cv.f * cv.dv);
+        let bufs = if runs > 1 {
+            let f32s = |len| self.alloc(DType::F32, len);
+            Some([
+                f32s(n * nslot * fs)?,
+                f32s(n * nslot * cv.f)?,
+                f32s(if mode == 0 { n * nslot * cv.f } else { 0 })?,
+                f32s(n * runs * fs)?,
+                f32s(n * runs * cv.f)?,
+                f32s(if mode == 0 { n * runs * cv.f } else { 0 })?,
+            ])
+        } else {
+            None
+        };
+        let segs = match &bufs {
+            Some([s, z, m, es, ez, em]) => ScanSegs {
+                s: s.ptr(),
+                z: z.ptr(),
+                m: m.ptr(),
+                end_s: es.ptr(),
+                end_z: ez.ptr(),
+                end_m: em.ptr(),
+                runs: runs as i32,
+                len: len as i32,
+            },
+            None => ScanSegs::default(),
+        };
         let args = [
             Arg::Ptr(x),
             Arg::Ptr(val),
@@ -269,15 +382,31 @@ impl Cuda {
             Arg::Ptr(fin[0]),
             Arg::Ptr(fin[1]),
             Arg::Ptr(fin[2]),
+            Arg::by_value(segs),
             Arg::by_value(*io),
             Arg::n(t),
-            Arg::I32(cv.nch(t) as i32),
+            Arg::I32(nch as i32),
             Arg::I32(mode),
             Arg::I32(causal as i32),
         ];
-        let blocks_y = (cv.dv / scan_dvb(cv.dv)) * (cv.f / SCAN_FB);
-        let cfg = Cfg { grid: n as u32, grid_y: blocks_y as u32, block: THREADS };
-        launch(self, cv, "ela_scan", cfg, cv.scan_smem(), &args)
+        let cfg = Cfg { grid: n as u32, grid_y: (runs * cv.scan_blocks()) as u32, block: THREADS };
+        launch(self, cv, "ela_scan", cfg, cv.scan_smem(), &args)?;
+        if runs > 1 {
+            let args = [
+                Arg::Ptr(out.0.ptr()),
+                Arg::Ptr(out.1.ptr()),
+                Arg::Ptr(m.ptr()),
+                Arg::by_value(segs),
+                Arg::I32(nch as i32),
+                Arg::I32(mode),
+            ];
+            // The relative slots: after the first run (mode 0, with the final slot) or before the last.
+            let joined = if mode == 0 { nch + 1 - len } else { (runs - 1) * len };
+            let groups_y = n * cv.f / (THREADS as usize / cv.dv);
+            let cfg = Cfg { grid: joined.div_ceil(JOIN_SLOTS) as u32, grid_y: groups_y as u32, block: THREADS };
+            launch(self, cv, "ela_scan_join", cfg, 0, &args)?;
+        }
+        Ok(())
     }
 
     /// `ela_out` over every chunk of `n` sequences (mode 0 or 1, see `kernels/ela/chunk_fwd.cu`).
@@ -499,5 +628,24 @@ mod tests {
         assert!(variant_for(k, DType::F32, &dims(256, 256)).is_none());
         assert!(variant_for(k, DType::BF16, &dims(32, 64)).is_none());
         assert!(variant_for(ElaKernel::EluPlusOne, DType::BF16, &dims(64, 64)).is_none());
+    }
+
+    #[test]
+    fn runs_cover_every_chunk_and_none_is_empty() {
+        // The d1024 LM's scan (64 chunks, room for two runs), a short one, a forced split.
+        assert_eq!(runs_of(64, 2, false), (2, 32));
+        assert_eq!(runs_of(7, 2, false), (1, 7)); // fewer than 2 x MIN_RUN_CHUNKS chunks
+        assert_eq!(runs_of(33, 66, false), (7, 5));
+        assert_eq!(runs_of(11, 1000, true), (11, 1));
+        assert_eq!(runs_of(10, 3, true), (3, 4));
+        for nch in 1..200 {
+            for wanted in 0..40 {
+                for forced in [false, true] {
+                    let (runs, len) = runs_of(nch, wanted, forced);
+                    assert!(runs >= 1 && len >= 1 && (runs - 1) * len < nch && runs * len >= nch, "{nch} {wanted}");
+                    assert!(runs <= wanted.max(1));
+                }
+            }
+        }
     }
 }

@@ -121,7 +121,7 @@ fn pad16(n: usize) -> usize {
 /// inputs, tiles that fit in this GPU's shared memory. `ELA_CUDA_SCAN_ONLY` forces the scan and
 /// `ELA_CUDA_GEMM_CHUNK` the cuBLAS form (for comparisons).
 pub(super) fn plan(dev: &Cuda, kernel: ElaKernel, dtype: DType, dims: &ElaDims) -> Option<Plan> {
-    if std::env::var_os("ELA_CUDA_SCAN_ONLY").is_some() || std::env::var_os("ELA_CUDA_GEMM_CHUNK").is_some() {
+    if super::switches().scan_only || super::switches().gemm_chunk {
         return None;
     }
     plan_for(kernel, dtype, dims, dev.max_shared_memory_per_block())

@@ -58,7 +58,7 @@ fn ld(cols: usize) -> usize {
 pub(super) fn applies(kernel: ElaKernel, dtype: DType) -> bool {
     kernel != ElaKernel::HadamardExp
         && matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
-        && std::env::var_os("ELA_CUDA_SCAN_ONLY").is_none()
+        && !super::switches().scan_only
 }
 
 /// Which rows a product sums over.

@@ -23,6 +23,7 @@
 //! lengths). What is checked here is this device's own limit: the scan kernel's shared memory.
 
 mod chunk;
+pub use chunk::with_scan_runs;
 mod feature_chunk;
 mod gemm_chunk;
 mod noncausal;
@@ -36,6 +37,29 @@ use ela_core::{DType, Result};
 use super::stat_dtype;
 use crate::device::Cuda;
 use crate::storage::CudaStorage;
+
+/// The ELA paths' debugging switches, read from the environment once per process (every ELA
+/// call consults them, several times; reading the environment takes a lock).
+pub(super) struct Switches {
+    /// `ELA_CUDA_SCAN_ONLY`: every call takes the per-token scan.
+    pub scan_only: bool,
+    /// `ELA_CUDA_GEMM_CHUNK`: the feature-map kernels take their cuBLAS form.
+    pub gemm_chunk: bool,
+    /// `ELA_CUDA_PROFILE`: each chunked launch is timed alone and reported on stderr.
+    pub profile: bool,
+}
+
+pub(super) fn switches() -> &'static Switches {
+    static SWITCHES: std::sync::OnceLock<Switches> = std::sync::OnceLock::new();
+    SWITCHES.get_or_init(|| {
+        let on = |name| std::env::var_os(name).is_some();
+        Switches {
+            scan_only: on("ELA_CUDA_SCAN_ONLY"),
+            gemm_chunk: on("ELA_CUDA_GEMM_CHUNK"),
+            profile: on("ELA_CUDA_PROFILE"),
+        }
+    })
+}
 
 /// Rows per chunk of the tile kernels (`chunk_fwd.cu`, `chunk_bwd.cu`, `la_chunk.cu`) for
 /// feature width `f` and value width `e` as compiled: 32 where 64-row tiles would not fit in
