@@ -172,7 +172,7 @@ thread_local! {
 }
 
 /// Runs `f` with every chunked ELA scan it issues on this thread split into `runs` runs where
-/// the call allows it (causal, no carried state, at least `runs` chunks); 1 never splits, 0 (the
+/// the call allows it (causal, no carried state; at most one run per chunk); 1 never splits, 0 (the
 /// default) chooses per call: enough runs for the walks to fill the GPU when the sequences alone
 /// would not (cuda/README.md, "Scans in runs"). Results agree to rounding whatever the choice.
 /// For tests and benchmarks that compare the choices; per thread, so concurrent tests do not
