@@ -347,6 +347,22 @@ pub fn compile(file: KernelFile, arch: &str) -> Result<Image> {
 
 /// Compiles CUDA C `source` (after the common prelude) as file `name` for `arch`.
 pub fn compile_source(name: &str, source: &str, arch: &str) -> Result<Image> {
+    Ok(compile_with(name, source, arch, &[])?.0)
+}
+
+/// What ptxas reports for every kernel of `file` compiled for `arch` (an `sm_XY` target):
+/// registers, stack frame, spill stores and loads, shared and constant memory, one `ptxas info`
+/// line pair per kernel (NVRTC's `--ptxas-options=-v` log). Needs NVRTC but no GPU; for reading
+/// what the launch bounds cost a kernel (e.g. `cargo run -p ela-cuda --example kernel_resources`).
+pub fn resource_usage(file: KernelFile, arch: &str) -> Result<String> {
+    if !arch.starts_with("sm_") {
+        return Err(nvrtc_err("resource_usage", format!("needs a machine-code target sm_XY, got {arch}")));
+    }
+    Ok(compile_with(file.name(), &file.full_source(), arch, &["--ptxas-options=-v".to_string()])?.1)
+}
+
+/// [`compile_source`] with more NVRTC options; also returns the program log.
+fn compile_with(name: &str, source: &str, arch: &str, extra: &[String]) -> Result<(Image, String)> {
     if !nvrtc_available() {
         return Err(nvrtc_missing());
     }
@@ -355,12 +371,14 @@ pub fn compile_source(name: &str, source: &str, arch: &str) -> Result<Image> {
     let cname = CString::new(name).map_err(|_| nvrtc_err("nvrtc_compile", "file name contains a NUL byte"))?;
     let prog = nr::create_program(&src, Some(&cname))
         .map_err(|e| nvrtc_err("nvrtc_compile", format!("creating the program for {name}: {e:?}")))?;
-    let opts = [format!("--gpu-architecture={arch}"), "--std=c++17".to_string()];
+    let mut opts = vec![format!("--gpu-architecture={arch}"), "--std=c++17".to_string()];
+    opts.extend_from_slice(extra);
     let out = (|| {
-        if let Err(e) = unsafe { nr::compile_program(prog, &opts) } {
-            let log = unsafe { nr::get_program_log(prog) }
-                .map(|l| unsafe { CStr::from_ptr(l.as_ptr()) }.to_string_lossy().into_owned())
-                .unwrap_or_default();
+        let result = unsafe { nr::compile_program(prog, &opts) };
+        let log = unsafe { nr::get_program_log(prog) }
+            .map(|l| unsafe { CStr::from_ptr(l.as_ptr()) }.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Err(e) = result {
             return Err(nvrtc_err(
                 "nvrtc_compile",
                 format!("compiling {name} for {arch} failed ({e:?}); NVRTC log:\n{log}"),
@@ -371,11 +389,11 @@ pub fn compile_source(name: &str, source: &str, arch: &str) -> Result<Image> {
             check("nvrtc_cubin", unsafe { ns::nvrtcGetCUBINSize(prog, &mut size) })?;
             let mut buf = vec![0u8; size];
             check("nvrtc_cubin", unsafe { ns::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut c_char) })?;
-            Ok(Image::Cubin(buf))
+            Ok((Image::Cubin(buf), log))
         } else {
             let ptx = unsafe { nr::get_ptx(prog) }.map_err(|e| nvrtc_err("nvrtc_ptx", format!("{e:?}")))?;
             let s = unsafe { CStr::from_ptr(ptx.as_ptr()) }.to_string_lossy().into_owned();
-            Ok(Image::Ptx(s))
+            Ok((Image::Ptx(s), log))
         }
     })();
     // SAFETY: `prog` was created above and is destroyed once.

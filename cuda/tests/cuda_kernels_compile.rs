@@ -39,6 +39,24 @@ fn a_broken_kernel_is_a_typed_error_with_the_log() {
     assert!(msg.contains("undefined_thing") && msg.contains("broken.cu"), "the NVRTC log is in the message: {msg}");
 }
 
+/// ptxas's resource report names every kernel of a file with its registers and spills, and needs
+/// a machine-code target.
+#[test]
+fn resource_usage_reports_every_kernel() {
+    if !kernels::nvrtc_available() {
+        let tried = format!("tried {:?}", kernels::linux_candidates("nvrtc"));
+        return ela_cuda::testing::skip("no NVRTC library", &tried);
+    }
+    let file = kernels::KernelFile::ElaChunk { dt: kernels::ElaDt::BF16, d: 64, dv: 64 };
+    let log = kernels::resource_usage(file, "sm_90").unwrap();
+    for k in ["ela_scan", "ela_scan_join", "ela_out", "ela_rows_dot", "ela_bwd", "ela_step_fast"] {
+        assert!(log.contains(&format!("Compiling entry function '{k}'")), "{k} in the report:\n{log}");
+    }
+    assert!(log.contains("registers") && log.contains("spill stores"), "{log}");
+    let err = kernels::resource_usage(file, "compute_90").unwrap_err();
+    assert!(err.to_string().contains("sm_XY"), "{err}");
+}
+
 /// The whole-model decoding step compiles for every link and weight dtype, at head sizes below,
 /// at and above a warp, and with rows shorter than one 16-byte load per lane; with bf16 weights
 /// also for clusters of 8 blocks per sequence (and of 2 and 4 at one shape).
