@@ -101,6 +101,11 @@ impl Variant {
     fn nch(&self, t: usize) -> usize {
         t.div_ceil(self.c)
     }
+    /// Whether the scan takes one chunk a step and four blocks per multiprocessor (`SCAN_WIDE`
+    /// in chunk_fwd.cu: heads or values wider than 64), else two and two.
+    fn scan_wide(&self) -> bool {
+        self.f > 64 || self.dv > 64
+    }
     /// Blocks of one sequence's scan: column blocks x feature blocks.
     fn scan_blocks(&self) -> usize {
         (self.dv / scan_dvb(self.dv)) * (self.f / SCAN_FB)
@@ -110,7 +115,7 @@ impl Variant {
         let (c, f) = (self.c, SCAN_FB);
         // SCAN_P chunks per step (2 for 64-wide heads, else 1), each with its tiles and
         // per-feature / per-row vectors.
-        let per_step = if self.f > 64 || self.dv > 64 { 1 } else { 2 };
+        let per_step = if self.scan_wide() { 1 } else { 2 };
         let tiles = c * lp(self, f) + c * lp(self, scan_dvb(self.dv) + 8);
         (per_step * (tiles * self.mt.size_in_bytes() + (10 * f + 4 * c) * 4)) as u32
     }
@@ -306,7 +311,7 @@ impl Cuda {
     fn scan_runs(&self, cv: &Variant, n: usize, nch: usize) -> (usize, usize) {
         match SCAN_RUNS.with(|c| c.get()) {
             0 => {
-                let per_sm = if cv.f > 64 || cv.dv > 64 { 4 } else { 2 };
+                let per_sm = if cv.scan_wide() { 4 } else { 2 };
                 let resident = self.sm_count() as usize * per_sm;
                 runs_of(nch, resident / (n * cv.scan_blocks()).max(1), false)
             }
