@@ -62,6 +62,80 @@ impl ElaDt {
     }
 }
 
+/// Blocks per multiprocessor each chunked Hadamard-Exp kernel is compiled for: the second
+/// argument of its `__launch_bounds__`, which caps its registers at 65,536 / (256 x blocks) per
+/// thread. More blocks hide more latency but may spill registers to local memory; shared memory
+/// may allow fewer blocks than asked for anyway. The host reads the scan's figure to tell how
+/// many scan blocks can be resident ([`ChunkMinBlocks::of`] is the one source of these numbers;
+/// `cargo run --release -p ela-cuda --example kernel_resources` shows what each choice costs in
+/// registers and spills).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChunkMinBlocks {
+    /// `ela_scan` (`SCAN_MINB`).
+    pub scan: u32,
+    /// `ela_out` (`ELA_MINB`).
+    pub out: u32,
+    /// `ela_bwd` (`ELA_BWD_MINB`).
+    pub bwd: u32,
+}
+
+impl ChunkMinBlocks {
+    /// The choice for inputs of `dt` with `d`-wide heads and `dv`-wide values: 64-wide scans
+    /// take two chunks a step and need the registers of two blocks per multiprocessor; wider
+    /// ones take one chunk a step in four blocks (all of B8 H16's resident at once). 16-bit
+    /// 64-wide heads: the output kernel four blocks (its 49 KB of shared memory allow four; a few
+    /// registers spill, 825 -> 755 us at T = 16k on an H200 against three), the gradient kernel
+    /// three (its shared memory allows exactly three). The others: no cap.
+    pub fn default_for(dt: ElaDt, d: u16, dv: u16) -> ChunkMinBlocks {
+        let narrow = d <= 64 && dv <= 64;
+        let mma16 = dt != ElaDt::F32;
+        ChunkMinBlocks {
+            scan: if narrow { 2 } else { 4 },
+            out: if mma16 && narrow { 4 } else { 1 },
+            bwd: if mma16 && narrow { 3 } else { 1 },
+        }
+    }
+
+    /// [`ChunkMinBlocks::default_for`], with any figure named in `ELA_CUDA_MINB` (read once per
+    /// process; e.g. `scan=2,out=2,bwd=1`, for tuning) in its place.
+    pub fn of(dt: ElaDt, d: u16, dv: u16) -> ChunkMinBlocks {
+        static OVERRIDE: std::sync::OnceLock<[Option<u32>; 3]> = std::sync::OnceLock::new();
+        let o = OVERRIDE.get_or_init(|| match std::env::var("ELA_CUDA_MINB") {
+            Ok(text) => parse_min_blocks(&text).unwrap_or_else(|e| {
+                eprintln!("ela-cuda: ELA_CUDA_MINB={text:?} ignored: {e}");
+                [None; 3]
+            }),
+            Err(_) => [None; 3],
+        });
+        let d0 = ChunkMinBlocks::default_for(dt, d, dv);
+        ChunkMinBlocks { scan: o[0].unwrap_or(d0.scan), out: o[1].unwrap_or(d0.out), bwd: o[2].unwrap_or(d0.bwd) }
+    }
+
+    fn defines(self) -> String {
+        format!("#define SCAN_MINB {}\n#define ELA_MINB {}\n#define ELA_BWD_MINB {}\n", self.scan, self.out, self.bwd)
+    }
+}
+
+/// `scan=N,out=N,bwd=N` (any subset, N in 1..=8: 8 blocks of 256 threads fill a multiprocessor)
+/// as [scan, out, bwd].
+fn parse_min_blocks(text: &str) -> std::result::Result<[Option<u32>; 3], String> {
+    let mut o = [None; 3];
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = part.split_once('=').ok_or_else(|| format!("{part:?} is not key=value"))?;
+        let slot = match key.trim() {
+            "scan" => 0,
+            "out" => 1,
+            "bwd" => 2,
+            other => return Err(format!("unknown kernel {other:?} (scan, out or bwd)")),
+        };
+        match value.trim().parse::<u32>() {
+            Ok(n @ 1..=8) => o[slot] = Some(n),
+            _ => return Err(format!("{key}={value:?}: blocks per multiprocessor must be 1..=8")),
+        }
+    }
+    Ok(o)
+}
+
 /// One kernel source file (one op family).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KernelFile {
@@ -201,6 +275,7 @@ impl KernelFile {
             ),
             KernelFile::ElaChunk { dt, d, dv } => Cow::Owned(
                 format!("#define ELA_DT {}\n#define ELA_D {d}\n#define ELA_DV {dv}\n", dt as i32)
+                    + &ChunkMinBlocks::of(dt, d, dv).defines()
                     + f32_products_define()
                     + &with_lines(&[
                         ("ela/tile.cuh", include_str!("../kernels/ela/tile.cuh")),

@@ -12,10 +12,6 @@
 // Rows on the exact path (flag from ela_out) take no part in D and A; their terms are added
 // afterwards with u = r_i, as the CPU's exact_rows::backward_row does.
 
-// Blocks per multiprocessor: 3 for 16-bit inputs with 64-wide heads (the shared memory allows
-// exactly 3; registers are capped at 85 per thread), else no cap.
-#define ELA_BWD_MINB (ELA_MMA && ELA_F <= 64 && ELA_DV <= 64 ? 3 : 1)
-
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
     ela_bwd(ST* dq, ST* dk, ST* dv, const ST* q, const ST* k, const ST* v, const ST* dy, const ela_f4* rows,
             const MT* slot_s, const float* slot_z, const float* slot_m, const MT* slot_u, const float* slot_w, ElaIo io,

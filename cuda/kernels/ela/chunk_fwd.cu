@@ -28,12 +28,15 @@
 // for 128-wide values (each column block recomputes the features' exp).
 #define SCAN_DVB (ELA_DV > 64 ? 64 : 32)
 #define SCAN_FB 64
-// Chunks per step of the scan (below) and blocks per multiprocessor it is compiled for: 64-wide
-// heads take 2 chunks a step in 2 * B * H blocks, two per multiprocessor (registers for two chunks
-// in flight); 128-wide heads take 1 in 4 * B * H blocks, four per multiprocessor, all resident.
+// Chunks per step of the scan (below): 64-wide heads take 2 chunks a step in 2 * B * H blocks;
+// 128-wide heads take 1 in 4 * B * H blocks. The blocks per multiprocessor each kernel is
+// compiled for (SCAN_MINB, ELA_MINB, ELA_BWD_MINB) come from the host (cuda/src/kernels.rs,
+// `ChunkMinBlocks`), which needs the scan's figure too.
 #define SCAN_WIDE (ELA_F > 64 || ELA_DV > 64)
 #define SCAN_P (SCAN_WIDE ? 1 : 2)
-#define SCAN_MINB (SCAN_WIDE ? 4 : 2)
+#if !defined(SCAN_MINB) || !defined(ELA_MINB) || !defined(ELA_BWD_MINB)
+#error "the host defines SCAN_MINB, ELA_MINB and ELA_BWD_MINB"
+#endif
 #define SCAN_NDVB (ELA_DV / SCAN_DVB)
 
 // ---------------------------------------------------------------- scan over chunks
@@ -325,24 +328,26 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB)
 
 // Joins the runs of a split ela_scan. Within a run every relative slot needs the same exact
 // state before the run, so the slots are independent: a thread owns one (feature, value column)
-// of JOIN_SLOTS consecutive slots, loads their relative values first (all loads in flight at
-// once), folds the end states of the runs before the first slot's run (mode 0: forwards from run
-// 0; mode 1: backwards from the last run; a few cached reads, again where a run starts inside
-// its slots), and joins. Mode 0, with c = (S, z, m) the state before the run and r the relative
-// slot: m = max(c.m, r.m), S = c.S e^(c.m - m) + r.S e^(r.m - m), z alike; slot nch (the final
-// state) is every run folded. Mode 1: the accumulators of the later runs, already in the
-// forward's units, moved to the slot's units (those of m^(c+1)) and added.
+// of JOIN_SLOTS consecutive slots and loads their relative values first (all loads in flight at
+// once). Mode 0, with c = (S, z, m) the state before the run and r the relative slot:
+// m = max(c.m, r.m), S = c.S e^(c.m - m) + r.S e^(r.m - m), z alike; slot nch (the final state) is
+// every run folded. Mode 1: the accumulators of the later runs, already in the forward's units,
+// moved to the slot's units (those of m^(c+1)) and added.
+// The carry (the runs folded so far) only grows: mode 0 visits its slots upwards and folds in run
+// after run from run 0; mode 1 visits them downwards and folds in run after run from the last.
+// Each fold is one short step, so the code stays small although the slots are unrolled (the
+// kernel is short and launched as thousands of blocks: its instructions must stay in cache).
 // Grid: x = groups of JOIN_SLOTS slots to join (mode 0: slots len .. nch; mode 1: 0 ..
 // (runs - 1) len - 1), y = sequence x groups of 256 / DV features; 256 threads.
 #define JOIN_SLOTS 8
-extern "C" __global__ void __launch_bounds__(256)
-    ela_scan_join(MT* __restrict__ slot_s, float* __restrict__ slot_z, float* __restrict__ slot_m, ScanSegs seg,
-                  int nch, int mode) {
+template <int MODE>
+__device__ __forceinline__ void scan_join(MT* __restrict__ slot_s, float* __restrict__ slot_z, float* __restrict__ slot_m,
+                                          const ScanSegs& seg, int nch) {
     constexpr int FA = ELA_F, DV = ELA_DV, FPB = 256 / DV, NS = JOIN_SLOTS;
     const int j = threadIdx.x % DV, seq = blockIdx.y / (FA / FPB);
     const int f = (blockIdx.y % (FA / FPB)) * FPB + threadIdx.x / DV;
-    const i64 nslot = mode == 0 ? (i64)nch + 1 : (i64)nch;
-    const int first = mode == 0 ? seg.len : 0, stop = mode == 0 ? nch + 1 : (seg.runs - 1) * seg.len;
+    const i64 nslot = MODE == 0 ? (i64)nch + 1 : (i64)nch;
+    const int first = MODE == 0 ? seg.len : 0, stop = MODE == 0 ? nch + 1 : (seg.runs - 1) * seg.len;
     const int c0 = first + blockIdx.x * NS;
     const float* __restrict__ es = seg.end_s + (i64)seq * seg.runs * FA * DV + (i64)f * DV + j;
     const float* __restrict__ ez = seg.end_z + (i64)seq * seg.runs * FA + f;
@@ -358,38 +363,34 @@ extern "C" __global__ void __launch_bounds__(256)
         rs[k] = 0.f, rz[k] = 0.f, rm[k] = neg_inf<float>();
         if (c < stop && c < nch) {
             rs[k] = seg.s[idx(c) * DV + j], rz[k] = seg.z[idx(c)];
-            if (mode == 0) rm[k] = seg.m[idx(c)];
+            if (MODE == 0) rm[k] = seg.m[idx(c)];
         }
     }
-    // The state before run g (mode 0) or the accumulators after it (mode 1), run `cg`'s.
-    int cg = -1;
-    float cs = 0.f, cz = 0.f, cm = 0.f;
-    auto carry_for = [&](int g) {
-        cg = g;
-        if (mode == 0) {
-            cs = es[0], cz = ez[0], cm = em[0];
-            for (int h = 1; h < g; ++h) {
-                const float m = fmaxf(cm, em[h * FA]), a = units_factor(cm, m), b = units_factor(em[h * FA], m);
-                cs = cs * a + es[h * es_run] * b, cz = cz * a + ez[h * FA] * b, cm = m;
-            }
-        } else {
-            const int last = seg.runs - 1;
-            cs = es[last * es_run], cz = ez[last * FA], cm = sm[(i64)last * seg.len * FA];
-            for (int h = last - 1; h > g; --h) {
-                const float um = sm[(i64)h * seg.len * FA], a = units_factor(cm, um);
-                cs = es[h * es_run] + cs * a, cz = ez[h * FA] + cz * a, cm = um;
+    // The carry: mode 0 the state before run cg (runs 0 .. cg - 1 folded, from the empty state);
+    // mode 1 the accumulators after run cg (runs cg + 1 .. last), in the units of slot (cg + 1) len.
+    int cg = MODE == 0 ? 0 : seg.runs - 1;
+    float cs = 0.f, cz = 0.f, cm = MODE == 0 ? neg_inf<float>() : sm[(i64)cg * seg.len * FA];
+    auto advance_to = [&](int g) {
+        // Rolled: usually no or one fold per slot; unrolled copies would only grow the code.
+#pragma unroll 1
+        for (; MODE == 0 ? cg < g : cg > g; cg += MODE == 0 ? 1 : -1) {
+            if (MODE == 0) {
+                const float m = fmaxf(cm, em[cg * FA]), a = units_factor(cm, m), b = units_factor(em[cg * FA], m);
+                cs = cs * a + es[cg * es_run] * b, cz = cz * a + ez[cg * FA] * b, cm = m;
+            } else {
+                const float um = sm[(i64)cg * seg.len * FA], a = units_factor(cm, um);
+                cs = es[cg * es_run] + cs * a, cz = ez[cg * FA] + cz * a, cm = um;
             }
         }
     };
 #pragma unroll
-    for (int k = 0; k < NS; ++k) {
-        const int c = c0 + k;
-        if (c >= stop) break;
+    for (int i = 0; i < NS; ++i) {
+        const int k = MODE == 0 ? i : NS - 1 - i, c = c0 + k;
+        if (c >= stop) continue;
         // Slot c's run (mode 0's final slot: after every run).
-        const int g = c == nch ? seg.runs : c / seg.len;
-        if (g != cg) carry_for(g);
+        advance_to(c == nch ? seg.runs : c / seg.len);
         float s, z, m;
-        if (mode == 0) {
+        if (MODE == 0) {
             m = fmaxf(cm, rm[k]);
             const float a = units_factor(cm, m), b = units_factor(rm[k], m);
             s = cs * a + rs[k] * b, z = cz * a + rz[k] * b;
@@ -400,9 +401,16 @@ extern "C" __global__ void __launch_bounds__(256)
         slot_s[idx(c) * DV + j] = to_mt(s);
         if (j == 0) {
             slot_z[idx(c)] = z;
-            if (mode == 0) slot_m[idx(c)] = m;
+            if (MODE == 0) slot_m[idx(c)] = m;
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    ela_scan_join(MT* __restrict__ slot_s, float* __restrict__ slot_z, float* __restrict__ slot_m, ScanSegs seg,
+                  int nch, int mode) {
+    if (mode == 0) scan_join<0>(slot_s, slot_z, slot_m, seg, nch);
+    else scan_join<1>(slot_s, slot_z, slot_m, seg, nch);
 }
 
 // ---------------------------------------------------------------- rows of one chunk
@@ -456,11 +464,6 @@ __device__ void slow_row(int i, const ST* qg, const ST* kg, const ST* vg, i64 lq
     }
     __syncthreads();
 }
-
-// Blocks per multiprocessor ela_out is compiled for (a register cap): 4 for 16-bit inputs with
-// 64-wide heads, whose 49 KB of shared memory allow 4 (64 registers: a few spill, but occupancy
-// matters more here; measured 825 -> 755 us at T = 16k on an H200 against 3), else no cap.
-#define ELA_MINB (ELA_MMA && ELA_F <= 64 && ELA_DV <= 64 ? 4 : 1)
 
 // Mode 0: y of the chunk's rows, and with `rows` also per row (u, den, 0, exact-path flag) for a
 // backward that reuses the forward (ela_rows_dot then fills in c). Mode 1: per row

@@ -15,7 +15,7 @@ use ela_core::ela::{ElaArg, ElaDims, ElaKernel, ElaRows, ElaStateBufs};
 use ela_core::{DType, Result};
 
 use crate::device::{Arg, Cfg, Cuda};
-use crate::kernels::{ElaDt, KernelFile};
+use crate::kernels::{ChunkMinBlocks, ElaDt, KernelFile};
 use crate::storage::CudaStorage;
 
 /// Threads per block of every chunked kernel (8 warps).
@@ -54,6 +54,8 @@ pub(crate) struct Variant {
     pub(super) dv: usize,
     /// Operand type of the state slots: bf16 (16-bit inputs) or f32.
     mt: DType,
+    /// Blocks per multiprocessor its kernels are compiled for.
+    min_blocks: ChunkMinBlocks,
 }
 
 /// The variant for these inputs, if the chunked path supports them on `dev`: every kernel's
@@ -86,6 +88,7 @@ pub(super) fn variant_for(kernel: ElaKernel, dtype: DType, dims: &ElaDims) -> Op
     }
     Some(Variant {
         file: KernelFile::ElaChunk { dt, d: dims.d as u16, dv: dims.dv as u16 },
+        min_blocks: ChunkMinBlocks::of(dt, dims.d as u16, dims.dv as u16),
         c,
         f: dims.d,
         dv: dims.dv,
@@ -101,11 +104,12 @@ impl Variant {
     fn nch(&self, t: usize) -> usize {
         t.div_ceil(self.c)
     }
-    /// Whether the scan takes one chunk a step and four blocks per multiprocessor (`SCAN_WIDE`
-    /// in chunk_fwd.cu: heads or values wider than 64), else two and two.
+    /// Whether the scan takes one chunk a step (`SCAN_WIDE` in chunk_fwd.cu: heads or values
+    /// wider than 64), else two.
     fn scan_wide(&self) -> bool {
         self.f > 64 || self.dv > 64
     }
+
     /// Blocks of one sequence's scan: column blocks x feature blocks.
     fn scan_blocks(&self) -> usize {
         (self.dv / scan_dvb(self.dv)) * (self.f / SCAN_FB)
@@ -311,8 +315,7 @@ impl Cuda {
     fn scan_runs(&self, cv: &Variant, n: usize, nch: usize) -> (usize, usize) {
         match SCAN_RUNS.with(|c| c.get()) {
             0 => {
-                let per_sm = if cv.scan_wide() { 4 } else { 2 };
-                let resident = self.sm_count() as usize * per_sm;
+                let resident = self.sm_count() as usize * cv.min_blocks.scan as usize;
                 runs_of(nch, resident / (n * cv.scan_blocks()).max(1), false)
             }
             k => runs_of(nch, k, true),
