@@ -80,18 +80,33 @@ pub struct ChunkMinBlocks {
 }
 
 impl ChunkMinBlocks {
-    /// The choice for inputs of `dt` with `d`-wide heads and `dv`-wide values: 64-wide scans
-    /// take two chunks a step and need the registers of two blocks per multiprocessor; wider
-    /// ones take one chunk a step in four blocks (all of B8 H16's resident at once). 16-bit
-    /// 64-wide heads: the output kernel four blocks (its 49 KB of shared memory allow four; a few
-    /// registers spill, 825 -> 755 us at T = 16k on an H200 against three), the gradient kernel
-    /// three (its shared memory allows exactly three). The others: no cap.
+    /// The choice for inputs of `dt` with `d`-wide heads and `dv`-wide values, measured per
+    /// variant (docs/benchmarks.md, "Blocks per multiprocessor"; H100, B8 H16):
+    /// - the scan: two blocks per multiprocessor (128 registers: 64-wide scans take two chunks a
+    ///   step; 128-wide ones, at four blocks, spilled 200 bytes a thread and were 1-5 % slower
+    ///   overall, 256-wide ones 1-2 %);
+    /// - the output kernel: four for 16-bit 64-wide heads (49 KB of shared memory allow four; a
+    ///   few registers spill, 825 -> 755 us at T = 16k on an H200 against three), two for the
+    ///   other 64- and 128-wide heads (128 registers, few or no spills, against 167-205 at one
+    ///   block: 7 % faster fwd+bwd at D = 128 bf16 and D = 64 f32), none for 256-wide;
+    /// - the gradient kernel: three for 16-bit 64-wide heads (the shared memory allows exactly
+    ///   three), else none (two spilled and were 7 % slower at D = 128 bf16).
+    ///
+    /// Mixed widths (e.g. D = 64 with Dv = 128) take the wider width's choice; they were not
+    /// measured separately.
     pub fn default_for(dt: ElaDt, d: u16, dv: u16) -> ChunkMinBlocks {
         let narrow = d <= 64 && dv <= 64;
+        let wide256 = d > 128 || dv > 128;
         let mma16 = dt != ElaDt::F32;
         ChunkMinBlocks {
-            scan: if narrow { 2 } else { 4 },
-            out: if mma16 && narrow { 4 } else { 1 },
+            scan: 2,
+            out: if mma16 && narrow {
+                4
+            } else if wide256 {
+                1
+            } else {
+                2
+            },
             bwd: if mma16 && narrow { 3 } else { 1 },
         }
     }
@@ -489,4 +504,33 @@ pub fn compile_all(arch: &str) -> Result<Vec<(&'static str, usize)>> {
             Ok((f.name(), n))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_blocks_parse_names_and_bounds() {
+        assert_eq!(parse_min_blocks(""), Ok([None; 3]));
+        assert_eq!(parse_min_blocks("out=2"), Ok([None, Some(2), None]));
+        assert_eq!(parse_min_blocks(" scan=1 , bwd=8 "), Ok([Some(1), None, Some(8)]));
+        for bad in ["out", "out=0", "out=9", "out=x", "ela=2"] {
+            let e = parse_min_blocks(bad).unwrap_err();
+            assert!(e.contains("out") || e.contains("ela"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn min_blocks_defaults_follow_the_measured_choice() {
+        let m = ChunkMinBlocks::default_for;
+        assert_eq!(m(ElaDt::BF16, 64, 64), ChunkMinBlocks { scan: 2, out: 4, bwd: 3 });
+        assert_eq!(m(ElaDt::F32, 64, 64), ChunkMinBlocks { scan: 2, out: 2, bwd: 1 });
+        assert_eq!(m(ElaDt::BF16, 128, 128), ChunkMinBlocks { scan: 2, out: 2, bwd: 1 });
+        assert_eq!(m(ElaDt::BF16, 64, 128), ChunkMinBlocks { scan: 2, out: 2, bwd: 1 });
+        assert_eq!(m(ElaDt::BF16, 256, 256), ChunkMinBlocks { scan: 2, out: 1, bwd: 1 });
+        // The defines reach the kernel source, which refuses to compile without them.
+        let src = KernelFile::ElaChunk { dt: ElaDt::F32, d: 64, dv: 64 }.full_source();
+        assert!(src.contains("#define ELA_MINB "), "launch bounds missing from the source");
+    }
 }
