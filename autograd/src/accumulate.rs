@@ -49,6 +49,12 @@ impl<B: Backend> Accumulator<B> {
         Ok(())
     }
 
+    /// Takes the sum of the whole-shape contributions out (for a backward formula that adds it
+    /// itself: `Var::record_folding`); windows stay.
+    pub(crate) fn take_whole(&mut self) -> Option<Tensor<B>> {
+        self.whole.take()
+    }
+
     /// Add the gradient of the window `at` (the gradient of a narrow of this var).
     pub(crate) fn add_window(&mut self, at: WindowOf, grad: Tensor<B>) {
         self.windows.push((at, grad));

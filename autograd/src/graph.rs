@@ -154,7 +154,14 @@ impl<B: Backend> Var<B> {
                         }
                     } else {
                         let needs: Vec<bool> = node.inputs.iter().map(|i| i.requires_grad()).collect();
-                        let in_grads = (node.backward)(&g, &needs)?;
+                        let in_grads = match &node.fold {
+                            // A formula that adds the input's pending gradient itself (Var::record_folding).
+                            Some((i, f)) if needs[*i] => {
+                                let pending = grads.get_mut(&node.inputs[*i].id()).and_then(Accumulator::take_whole);
+                                f(&g, &needs, pending)?
+                            }
+                            _ => (node.backward)(&g, &needs)?,
+                        };
                         for ((input, gi), need) in node.inputs.iter().zip(in_grads).zip(&needs) {
                             let (Some(gi), true) = (gi, *need) else { continue };
                             // A backward written outside this crate (`Var::record`, a user ELA

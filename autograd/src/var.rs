@@ -12,10 +12,19 @@ use crate::grad_mode::is_grad_enabled;
 /// a gradient, returns one optional gradient per input (same shape as that input).
 pub type BackwardFn<B> = Box<dyn Fn(&Tensor<B>, &[bool]) -> Result<Vec<Option<Tensor<B>>>> + Send + Sync>;
 
+/// A backward that can also fold in a gradient already summed for one of its inputs
+/// ([`Var::record_folding`]): called with `Some(pending)`, it returns that input's gradient with
+/// `pending` added; with `None`, it is a plain [`BackwardFn`].
+pub type FoldingBackwardFn<B> =
+    Arc<dyn Fn(&Tensor<B>, &[bool], Option<Tensor<B>>) -> Result<Vec<Option<Tensor<B>>>> + Send + Sync>;
+
 pub(crate) struct Node<B: Backend> {
     pub(crate) op: &'static str,
     pub(crate) inputs: Vec<Var<B>>,
     pub(crate) backward: BackwardFn<B>,
+    /// Set by [`Var::record_folding`]: the input whose pending gradient the backward pass hands
+    /// to this formula (graph.rs), and the formula.
+    pub(crate) fold: Option<(usize, FoldingBackwardFn<B>)>,
     /// Set by `narrow`: the output is this window of its one input, so the backward pass places
     /// the output's gradient there instead of calling `backward` (which zero-pads it; see
     /// `accumulate.rs`).
@@ -168,8 +177,40 @@ impl<B: Backend> Var<B> {
             inputs: inputs.iter().map(|v| (*v).clone()).collect(),
             backward: Box::new(backward),
             window: None,
+            fold: None,
         };
         Ok(Self::new(value, Some(node), true))
+    }
+
+    /// [`Var::record`] for an op whose backward can add another gradient of input `fold` to the
+    /// one it computes for it at little cost (inside the same kernel pass): when the backward
+    /// pass reaches this node, the gradient summed so far for that input (if any) is taken out
+    /// of its sum and handed to `backward` as `Some(pending)`, and the gradient `backward`
+    /// returns for that input must include it. The sum is the same; what it saves is one
+    /// addition over the whole tensor (RMS norm's `x`, whose other gradient is the residual
+    /// branch's: docs/autograd.md, "Folding a pending gradient").
+    pub fn record_folding(
+        op: &'static str,
+        value: Tensor<B>,
+        inputs: &[&Var<B>],
+        fold: usize,
+        backward: impl Fn(&Tensor<B>, &[bool], Option<Tensor<B>>) -> Result<Vec<Option<Tensor<B>>>> + Send + Sync + 'static,
+    ) -> Result<Self> {
+        if fold >= inputs.len() {
+            return Err(Error::invalid(
+                "record_folding",
+                format!("fold names input {fold}, but the op `{op}` has {} inputs", inputs.len()),
+            ));
+        }
+        let f: FoldingBackwardFn<B> = Arc::new(backward);
+        let plain = f.clone();
+        let mut v = Self::record(op, value, inputs, move |g, needs| plain(g, needs, None))?;
+        if let Some(inner) = Arc::get_mut(&mut v.0) {
+            if let Some(node) = inner.node.as_mut() {
+                node.fold = Some((fold, f));
+            }
+        }
+        Ok(v)
     }
 
     /// [`Var::record`] for an op whose output is the window `at` of its one input (`narrow`):

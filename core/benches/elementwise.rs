@@ -135,7 +135,7 @@ fn main() {
         black_box(rms_norm(&x, Some(&w), rows, n, 1e-5).unwrap());
     });
     row("rms_norm backward", "[2048,128]", rows * n, &mut || {
-        black_box(rms_norm_backward(&x, Some(&w), &rstd, &dy, rows, n).unwrap());
+        black_box(rms_norm_backward(&x, Some(&w), &rstd, &dy, None, rows, n).unwrap());
     });
     let ((a, la), (b, _), (g, _)) = (store(&[2048, 256], 13), store(&[2048, 256], 14), store(&[2048, 256], 15));
     let len = la.elem_count();

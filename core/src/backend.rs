@@ -174,13 +174,18 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         n: usize,
         eps: f64,
     ) -> Result<(Self::Storage, Self::Storage)>;
-    /// Backward of [`Backend::rms_norm`]: `(dx, dweight)` (dweight absent without weight).
+    /// Backward of [`Backend::rms_norm`]: `(dx, dweight)` (dweight absent without weight). With
+    /// `plus` (contiguous `[rows, n]` in `x`'s dtype: another gradient of `x`, e.g. from a
+    /// residual branch), `dx` comes back with it added before its one rounding, which saves a
+    /// separate addition over the rows.
+    #[allow(clippy::too_many_arguments)]
     fn rms_norm_backward(
         &self,
         x: &Self::Storage,
         weight: Option<&Self::Storage>,
         rstd: &Self::Storage,
         dy: &Self::Storage,
+        plus: Option<&Self::Storage>,
         rows: usize,
         n: usize,
     ) -> Result<(Self::Storage, Option<Self::Storage>)>;

@@ -85,11 +85,13 @@ __device__ void rms_impl(typename D::S* y, typename D::C* rstd, const typename D
     }
 }
 
-// dx_j = r (w_j g_j) - x_j r^3 / n * sum_k (w_k g_k x_k)
+// dx_j = r (w_j g_j) - x_j r^3 / n * sum_k (w_k g_k x_k) (+ plus_j: with `plus` non-null, another
+// gradient of x added before the one rounding, e.g. a residual branch's, which saves a separate
+// addition over the rows; the same in the two variants below).
 // Derivation: docs/autograd.md#fused-ops ("RMS norm").
 template <typename D>
 __device__ void rms_bwd_impl(typename D::S* dx, const typename D::S* x, const typename D::S* w, const typename D::C* rstd,
-                             const typename D::S* dy, i64 rows, i64 n) {
+                             const typename D::S* dy, const typename D::S* plus, i64 rows, i64 n) {
     typedef typename D::C C;
     __shared__ double sh[32];
     for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -106,7 +108,8 @@ __device__ void rms_bwd_impl(typename D::S* dx, const typename D::S* x, const ty
         for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
             C wg = D::load(gr[j]);
             if (w) wg = wg * D::load(w[j]);
-            dx[r * n + j] = D::store(rs * wg - D::load(xr[j]) * c);
+            const C p = plus ? D::load(plus[r * n + j]) : (C)0;
+            dx[r * n + j] = D::store(rs * wg - D::load(xr[j]) * c + p);
         }
     }
 }
@@ -183,27 +186,30 @@ __device__ void rms_warp_impl(typename D::S* y, typename D::C* rstd, const typen
 // Derivation: docs/autograd.md#fused-ops ("RMS norm").
 template <typename D>
 __device__ void rms_bwd_warp_impl(typename D::S* dx, const typename D::S* x, const typename D::S* w,
-                                  const typename D::C* rstd, const typename D::S* dy, i64 rows, i64 n, int vec) {
+                                  const typename D::C* rstd, const typename D::S* dy, const typename D::S* plus, i64 rows,
+                                  i64 n, int vec) {
     typedef typename D::S S;
     typedef typename D::C C;
     const int V = 16 / sizeof(S), lane = threadIdx.x & 31, per_block = blockDim.x >> 5;
     for (i64 r = (i64)blockIdx.x * per_block + (threadIdx.x >> 5); r < rows; r += (i64)gridDim.x * per_block) {
-        const S *xr = x + r * n, *gr = dy + r * n;
+        const S *xr = x + r * n, *gr = dy + r * n, *pr = plus ? plus + r * n : nullptr;
         S* dxr = dx + r * n;
         const double dot = rms_row_dot<D>(gr, xr, w, n, vec);
         const C rs = rstd[r];
         const C c = rs * rs * rs * (C)dot / (C)n;
         if (vec) {
             for (i64 j = (i64)lane * V; j < n; j += 32 * V) {
-                Pack16<S> ux, ug, uw, o;
+                Pack16<S> ux, ug, uw, up, o;
                 ux.raw = *(const u128x*)(xr + j);
                 ug.raw = *(const u128x*)(gr + j);
                 if (w) uw.raw = *(const u128x*)(w + j);
+                if (pr) up.raw = *(const u128x*)(pr + j);
 #pragma unroll
                 for (int k = 0; k < V; ++k) {
                     C wg = D::load(ug.v[k]);
                     if (w) wg = wg * D::load(uw.v[k]);
-                    o.v[k] = D::store(rs * wg - D::load(ux.v[k]) * c);
+                    const C p = pr ? D::load(up.v[k]) : (C)0;
+                    o.v[k] = D::store(rs * wg - D::load(ux.v[k]) * c + p);
                 }
                 *(u128x*)(dxr + j) = o.raw;
             }
@@ -211,7 +217,8 @@ __device__ void rms_bwd_warp_impl(typename D::S* dx, const typename D::S* x, con
             for (i64 j = lane; j < n; j += 32) {
                 C wg = D::load(gr[j]);
                 if (w) wg = wg * D::load(w[j]);
-                dxr[j] = D::store(rs * wg - D::load(xr[j]) * c);
+                const C p = pr ? D::load(pr[j]) : (C)0;
+                dxr[j] = D::store(rs * wg - D::load(xr[j]) * c + p);
             }
         }
     }
@@ -227,7 +234,8 @@ __device__ void rms_bwd_warp_impl(typename D::S* dx, const typename D::S* x, con
 #define RMS_DW_MAXV 4
 template <typename D>
 __device__ void rms_bwd_dw_impl(typename D::S* dx, double* partial, const typename D::S* x, const typename D::S* w,
-                                const typename D::C* rstd, const typename D::S* dy, i64 rows, i64 n) {
+                                const typename D::C* rstd, const typename D::S* dy, const typename D::S* plus, i64 rows,
+                                i64 n) {
     typedef typename D::S S;
     typedef typename D::C C;
     constexpr int V = 16 / sizeof(S);
@@ -240,7 +248,7 @@ __device__ void rms_bwd_dw_impl(typename D::S* dx, double* partial, const typena
 #pragma unroll
         for (int k = 0; k < V; ++k) acc[i][k] = 0.0;
     for (i64 r = (i64)blockIdx.x * per_block + warp; r < rows; r += (i64)gridDim.x * per_block) {
-        const S *xr = x + r * n, *gr = dy + r * n;
+        const S *xr = x + r * n, *gr = dy + r * n, *pr = plus ? plus + r * n : nullptr;
         S* dxr = dx + r * n;
         const double dot = rms_row_dot<D>(gr, xr, w, n, 1);
         const C rs = rstd[r];
@@ -249,16 +257,18 @@ __device__ void rms_bwd_dw_impl(typename D::S* dx, double* partial, const typena
         for (int i = 0; i < RMS_DW_MAXV; ++i) {
             if (i >= nv) break;
             const i64 j = (i64)(lane + 32 * i) * V;
-            Pack16<S> ux, ug, uw, o;
+            Pack16<S> ux, ug, uw, up, o;
             ux.raw = *(const u128x*)(xr + j);
             ug.raw = *(const u128x*)(gr + j);
             if (w) uw.raw = *(const u128x*)(w + j);
+            if (pr) up.raw = *(const u128x*)(pr + j);
 #pragma unroll
             for (int k = 0; k < V; ++k) {
                 const C g = D::load(ug.v[k]), xv = D::load(ux.v[k]);
                 acc[i][k] += (double)(g * xv * rs);
                 const C wg = w ? g * D::load(uw.v[k]) : g;
-                o.v[k] = D::store(rs * wg - xv * c);
+                const C p = pr ? D::load(up.v[k]) : (C)0;
+                o.v[k] = D::store(rs * wg - xv * c + p);
             }
             *(u128x*)(dxr + j) = o.raw;
         }
@@ -286,20 +296,22 @@ __device__ void rms_bwd_dw_impl(typename D::S* dx, double* partial, const typena
         rms_impl<D>(y, rstd, x, w, rows, n, eps);                                                                 \
     }                                                                                                             \
     extern "C" __global__ void rms_norm_bwd_##NAME(D::S* dx, const D::S* x, const D::S* w, const D::C* rstd,     \
-                                                   const D::S* dy, i64 rows, i64 n) {                             \
-        rms_bwd_impl<D>(dx, x, w, rstd, dy, rows, n);                                                             \
+                                                   const D::S* dy, const D::S* plus, i64 rows, i64 n) {           \
+        rms_bwd_impl<D>(dx, x, w, rstd, dy, plus, rows, n);                                                       \
     }                                                                                                             \
     extern "C" __global__ void rms_norm_warp_##NAME(D::S* y, D::C* rstd, const D::S* x, const D::S* w, i64 rows,  \
                                                     i64 n, double eps, int vec) {                                 \
         rms_warp_impl<D>(y, rstd, x, w, rows, n, eps, vec);                                                       \
     }                                                                                                             \
     extern "C" __global__ void rms_norm_bwd_warp_##NAME(D::S* dx, const D::S* x, const D::S* w, const D::C* rstd, \
-                                                        const D::S* dy, i64 rows, i64 n, int vec) {               \
-        rms_bwd_warp_impl<D>(dx, x, w, rstd, dy, rows, n, vec);                                                   \
+                                                        const D::S* dy, const D::S* plus, i64 rows, i64 n,        \
+                                                        int vec) {                                                \
+        rms_bwd_warp_impl<D>(dx, x, w, rstd, dy, plus, rows, n, vec);                                             \
     }                                                                                                             \
     extern "C" __global__ void rms_norm_bwd_dw_##NAME(D::S* dx, double* partial, const D::S* x, const D::S* w,     \
-                                                      const D::C* rstd, const D::S* dy, i64 rows, i64 n) {        \
-        rms_bwd_dw_impl<D>(dx, partial, x, w, rstd, dy, rows, n);                                                 \
+                                                      const D::C* rstd, const D::S* dy, const D::S* plus, i64 rows, \
+                                                      i64 n) {                                                    \
+        rms_bwd_dw_impl<D>(dx, partial, x, w, rstd, dy, plus, rows, n);                                           \
     }
 RMS(f16, F16)
 RMS(bf16, BF16)

@@ -134,10 +134,11 @@ impl Backend for Cuda {
         w: Option<&S>,
         rstd: &S,
         dy: &S,
+        plus: Option<&S>,
         rows: usize,
         n: usize,
     ) -> Result<(S, Option<S>)> {
-        self.rms_norm_bwd_impl(x, w, rstd, dy, rows, n)
+        self.rms_norm_bwd_impl(x, w, rstd, dy, plus, rows, n)
     }
     fn layer_norm(&self, x: &S, w: Option<&S>, b: Option<&S>, rows: usize, n: usize, eps: f64) -> Result<(S, S, S)> {
         self.layer_norm_impl(x, w, b, rows, n, eps)

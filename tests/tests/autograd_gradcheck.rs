@@ -374,6 +374,15 @@ device_proptest! {
         let (x, w, b) = (&ins[0], &ins[1], &ins[2]);
         check(dev, "rms_norm", from_ref(x), |v| v[0].rms_norm(None, 1e-5))?;
         check(dev, "rms_norm(w)", &[x.clone(), w.clone()], |v| v[0].rms_norm(Some(&v[1]), 1e-5))?;
+        // x's other gradients folded into the norm's backward (`Var::record_folding`): a residual
+        // sum (contiguous pending gradient), a product with x, and a broadcast one (the pending
+        // gradient of a keepdim sum is a broadcast view, which the kernel does not take).
+        let last = x.dims.len() - 1;
+        check(dev, "x + rms_norm(x, w)", &[x.clone(), w.clone()], |v| v[0].add(&v[0].rms_norm(Some(&v[1]), 1e-5)?))?;
+        check(dev, "rms_norm(x) * x", from_ref(x), |v| v[0].rms_norm(None, 1e-5)?.mul(&v[0]))?;
+        check(dev, "rms_norm(x, w) + sum(x)", &[x.clone(), w.clone()], |v| {
+            v[0].rms_norm(Some(&v[1]), 1e-5)?.add(&v[0].sum(last, true)?)
+        })?;
         check(dev, "layer_norm", from_ref(x), |v| v[0].layer_norm(None, None, 1e-5))?;
         check(dev, "layer_norm(w)", &[x.clone(), w.clone()], |v| v[0].layer_norm(Some(&v[1]), None, 1e-5))?;
         check(dev, "layer_norm(b)", &[x.clone(), b.clone()], |v| v[0].layer_norm(None, Some(&v[1]), 1e-5))?;

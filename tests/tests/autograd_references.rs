@@ -111,8 +111,15 @@ device_proptest! {
         let fused = x.rms_norm(Some(&w), 1e-5)?;
         let r = x.rank() - 1;
         let composed = x.div(&x.square()?.mean(r, true)?.add_scalar(1e-5)?.sqrt()?)?.mul(&w)?;
-        let (gf, gc) = (fused.backward_with(g.clone())?, composed.backward_with(g)?);
+        let (gf, gc) = (fused.backward_with(g.clone())?, composed.backward_with(g.clone())?);
         prop_assert!(fused.value().all_close(&composed.value(), 1e-12, 1e-12)?);
+        for v in [&x, &w] {
+            prop_assert!(gf.get(v).unwrap().all_close(gc.get(v).unwrap(), 1e-10, 1e-12)?);
+        }
+        // A pre-norm residual, `x + rms_norm(x)`: the skip's gradient of x is folded into the
+        // norm's backward kernel.
+        let (fused, composed) = (x.add(&fused)?, x.add(&composed)?);
+        let (gf, gc) = (fused.backward_with(g.clone())?, composed.backward_with(g)?);
         for v in [&x, &w] {
             prop_assert!(gf.get(v).unwrap().all_close(gc.get(v).unwrap(), 1e-10, 1e-12)?);
         }

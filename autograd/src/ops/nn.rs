@@ -71,21 +71,34 @@ impl<B: Backend> Var<B> {
         let w = weight.map(|w| w.value());
         let (y, rstd) = x.rms_norm_fwd(w.as_ref(), eps)?;
         let inputs: Vec<&Var<B>> = std::iter::once(self).chain(weight).collect();
-        Var::record("rms_norm", y, &inputs, move |g, _| {
+        // x's other gradients (in a pre-norm block, the residual branch's) are added by the
+        // backward kernel as it writes dx: one pass over the rows instead of two
+        // (docs/autograd.md#folding).
+        Var::record_folding("rms_norm", y, &inputs, 0, move |g, _, pending| {
             let n = *x.dims().last().unwrap();
             let rows = rstd.elem_count();
             let (xc, gc) = (x.contiguous()?, g.contiguous()?);
             let wc = w.as_ref().map(|w| w.contiguous()).transpose()?;
+            // The kernel takes the pending gradient as it is when it is x's dtype and a whole buffer.
+            let (plus, rest) = match pending {
+                Some(p) if p.dtype() == x.dtype() && p.is_exact_buffer() => (Some(p), None),
+                other => (None, other),
+            };
             let dev = x.device();
             let (dx, dw) = dev.rms_norm_backward(
                 xc.storage(),
                 wc.as_ref().map(|w| w.storage()),
                 rstd.storage(),
                 gc.storage(),
+                plus.as_ref().map(|p| p.storage()),
                 rows,
                 n,
             )?;
-            let mut out = vec![Some(Tensor::from_storage(dx, x.shape().clone(), dev))];
+            let mut dx = Tensor::from_storage(dx, x.shape().clone(), dev);
+            if let Some(p) = rest {
+                dx = dx.add(&p)?;
+            }
+            let mut out = vec![Some(dx)];
             if let Some(dw) = dw {
                 out.push(Some(Tensor::from_storage(dw, n, dev)));
             }

@@ -89,10 +89,11 @@ impl Backend for Cpu {
         w: Option<&S>,
         rstd: &S,
         dy: &S,
+        plus: Option<&S>,
         rows: usize,
         n: usize,
     ) -> Result<(S, Option<S>)> {
-        nn::rms_norm_backward(x, w, rstd, dy, rows, n)
+        nn::rms_norm_backward(x, w, rstd, dy, plus, rows, n)
     }
     fn layer_norm(&self, x: &S, w: Option<&S>, b: Option<&S>, rows: usize, n: usize, eps: f64) -> Result<(S, S, S)> {
         nn::layer_norm(x, w, b, rows, n, eps)

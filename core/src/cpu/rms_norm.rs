@@ -199,13 +199,16 @@ widest_isa! {
     }
 }
 
-/// RMS norm backward: `(dx, dw)` (`dw` in the gain's dtype, absent without a gain).
+/// RMS norm backward: `(dx, dw)` (`dw` in the gain's dtype, absent without a gain). With `plus`
+/// (`[rows, n]` in `x`'s dtype: another gradient of `x`, e.g. a residual branch's), `dx` is
+/// returned with it added, in the compute type before the one rounding to `x`'s dtype.
 /// Derivation: docs/autograd.md#fused-ops ("RMS norm").
 pub fn rms_norm_backward(
     x: &CpuStorage,
     w: Option<&CpuStorage>,
     rstd: &CpuStorage,
     dy: &CpuStorage,
+    plus: Option<&CpuStorage>,
     rows: usize,
     n: usize,
 ) -> Result<(CpuStorage, Option<CpuStorage>)> {
@@ -213,15 +216,27 @@ pub fn rms_norm_backward(
     let wdtype = w.map(|w| w.dtype());
     let op = "rms_norm_backward";
     let cf = super::nn::contiguous_float;
+    if let Some(p) = plus {
+        if p.dtype() != dtype {
+            return Err(Error::invalid(op, format!("plus is {:?}, x is {dtype:?}: pass plus in x's dtype", p.dtype())));
+        }
+    }
+    let plus = plus.map(|p| cf(p, rows * n, op)).transpose()?;
     Ok(match (cf(x, rows * n, op)?, cf(dy, rows * n, op)?, cf(rstd, rows, op)?) {
         (FloatCow::F64(x), FloatCow::F64(g), FloatCow::F64(r)) => {
             let w = opt_weight::<f64>(w, n, dtype, op)?;
-            let (dx, dw) = rms_bwd_rows(&x, w.as_deref(), &r, &g, n)?;
+            let (mut dx, dw) = rms_bwd_rows(&x, w.as_deref(), &r, &g, n)?;
+            if let Some(FloatCow::F64(p)) = &plus {
+                dx.par_iter_mut().zip(p.par_iter()).for_each(|(d, &p)| *d += p);
+            }
             (store(dx, dtype)?, dw.map(|d| store(d, wdtype.unwrap())).transpose()?)
         }
         (FloatCow::F32(x), FloatCow::F32(g), FloatCow::F32(r)) => {
             let w = opt_weight::<f32>(w, n, dtype, op)?;
-            let (dx, dw) = rms_bwd_rows(&x, w.as_deref(), &r, &g, n)?;
+            let (mut dx, dw) = rms_bwd_rows(&x, w.as_deref(), &r, &g, n)?;
+            if let Some(FloatCow::F32(p)) = &plus {
+                dx.par_iter_mut().zip(p.par_iter()).for_each(|(d, &p)| *d += p);
+            }
             (store(dx, dtype)?, dw.map(|d| store(d, wdtype.unwrap())).transpose()?)
         }
         _ => return Err(Error::invalid(op, "input, gradient and statistics dtypes differ")),
@@ -326,5 +341,52 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn plus_is_added_to_dx_before_its_rounding() {
+        use crate::DType;
+        let mut rng = Rng::new(5);
+        let (rows, n) = (37, 24);
+        let draw = |rng: &mut Rng, len: usize| (0..len).map(|_| rng.normal()).collect::<Vec<f64>>();
+        let (x, g, w, p) =
+            (draw(&mut rng, rows * n), draw(&mut rng, rows * n), draw(&mut rng, n), draw(&mut rng, rows * n));
+        let st = |v: &[f64], dtype: DType| CpuStorage::store_f32(v.iter().map(|&a| a as f32).collect(), dtype).unwrap();
+        // f64: dx + plus exactly as a separate addition would give.
+        let (xs, gs, ws, ps) = (
+            CpuStorage::F64(x.clone()),
+            CpuStorage::F64(g.clone()),
+            CpuStorage::F64(w.clone()),
+            CpuStorage::F64(p.clone()),
+        );
+        let (_, r) = rms_norm(&xs, Some(&ws), rows, n, 1e-5).unwrap();
+        let (alone, _) = rms_norm_backward(&xs, Some(&ws), &r, &gs, None, rows, n).unwrap();
+        let (with, dw) = rms_norm_backward(&xs, Some(&ws), &r, &gs, Some(&ps), rows, n).unwrap();
+        let (CpuStorage::F64(a), CpuStorage::F64(b)) = (&alone, &with) else { panic!("f64 results") };
+        let sum: Vec<f64> = a.iter().zip(&p).map(|(a, p)| a + p).collect();
+        assert_eq!(b, &sum);
+        assert!(dw.is_some());
+        // bf16: one rounding of the f32 sum, so within half a bf16 ulp of the f32 sum.
+        let (xb, gb, wb, pb) = (st(&x, DType::BF16), st(&g, DType::BF16), st(&w, DType::BF16), st(&p, DType::BF16));
+        let (_, rb) = rms_norm(&xb, Some(&wb), rows, n, 1e-5).unwrap();
+        let (with_b, _) = rms_norm_backward(&xb, Some(&wb), &rb, &gb, Some(&pb), rows, n).unwrap();
+        let (alone_b, _) = rms_norm_backward(&xb, Some(&wb), &rb, &gb, None, rows, n).unwrap();
+        fn f(s: &CpuStorage, len: usize) -> FloatCow<'_> {
+            s.float_cow(&crate::Layout::contiguous(len), "test").unwrap()
+        }
+        let (FloatCow::F32(wb32), FloatCow::F32(ab32), FloatCow::F32(pb32)) =
+            (f(&with_b, rows * n), f(&alone_b, rows * n), f(&pb, rows * n))
+        else {
+            panic!("bf16 widens to f32")
+        };
+        for i in 0..rows * n {
+            let want = ab32[i] + pb32[i];
+            let tol = (want.abs() + ab32[i].abs() + pb32[i].abs()) * 2f32.powi(-8);
+            assert!((wb32[i] - want).abs() <= tol, "{i}: {} vs {want}", wb32[i]);
+        }
+        // A plus of another dtype is refused, naming it.
+        let e = rms_norm_backward(&xs, Some(&ws), &r, &CpuStorage::F64(vec![0.0; rows * n]), Some(&pb), rows, n)
+            .unwrap_err();
+        assert!(e.to_string().contains("plus"), "{e}");
     }
 }

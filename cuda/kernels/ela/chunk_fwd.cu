@@ -49,7 +49,8 @@ struct ScanSegs {
     int runs, len;
 };
 
-// Four MT values to shared memory with one vector store (8 bytes for 16-bit MT, 16 for f32).
+// Four MT values with one vector store (8 bytes for 16-bit MT, 16 for f32), to shared or global
+// memory; the address must be aligned to the vector.
 __device__ __forceinline__ void st_mt4(MT* p, float a, float b, float c, float d) {
 #if ELA_MMA
     ela_u2 w;
@@ -327,25 +328,28 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB)
 }
 
 // Joins the runs of a split ela_scan. Within a run every relative slot needs the same exact
-// state before the run, so the slots are independent: a thread owns one (feature, value column)
-// of JOIN_SLOTS consecutive slots and loads their relative values first (all loads in flight at
-// once). Mode 0, with c = (S, z, m) the state before the run and r the relative slot:
-// m = max(c.m, r.m), S = c.S e^(c.m - m) + r.S e^(r.m - m), z alike; slot nch (the final state) is
-// every run folded. Mode 1: the accumulators of the later runs, already in the forward's units,
-// moved to the slot's units (those of m^(c+1)) and added.
+// state before the run, so the slots are independent: a thread owns four consecutive value
+// columns of one feature in JOIN_SLOTS consecutive slots and loads them first, as 16-byte
+// vectors (all loads in flight at once; few, wide threads: the kernel is bound by the latency
+// of its loads and the number of its blocks, not by bandwidth). Mode 0, with c = (S, z, m) the
+// state before the run and r the relative slot: m = max(c.m, r.m), S = c.S e^(c.m - m) +
+// r.S e^(r.m - m), z alike; slot nch (the final state) is every run folded. Mode 1: the
+// accumulators of the later runs, already in the forward's units, moved to the slot's units
+// (those of m^(c+1)) and added.
 // The carry (the runs folded so far) only grows: mode 0 visits its slots upwards and folds in run
 // after run from run 0; mode 1 visits them downwards and folds in run after run from the last.
-// Each fold is one short step, so the code stays small although the slots are unrolled (the
-// kernel is short and launched as thousands of blocks: its instructions must stay in cache).
+// Each fold is one short step, so the code stays small although the slots are unrolled.
 // Grid: x = groups of JOIN_SLOTS slots to join (mode 0: slots len .. nch; mode 1: 0 ..
-// (runs - 1) len - 1), y = sequence x groups of 256 / DV features; 256 threads.
+// (runs - 1) len - 1), y = sequence x groups of JOIN_FPB features; 256 threads.
 #define JOIN_SLOTS 8
+#define JOIN_FPB (4 * 256 / ELA_DV)
 template <int MODE>
 __device__ __forceinline__ void scan_join(MT* __restrict__ slot_s, float* __restrict__ slot_z, float* __restrict__ slot_m,
                                           const ScanSegs& seg, int nch) {
-    constexpr int FA = ELA_F, DV = ELA_DV, FPB = 256 / DV, NS = JOIN_SLOTS;
-    const int j = threadIdx.x % DV, seq = blockIdx.y / (FA / FPB);
-    const int f = (blockIdx.y % (FA / FPB)) * FPB + threadIdx.x / DV;
+    constexpr int FA = ELA_F, DV = ELA_DV, FPB = JOIN_FPB, NS = JOIN_SLOTS;
+    static_assert(FA % FPB == 0, "whole feature groups");
+    const int j = 4 * (threadIdx.x % (DV / 4)), seq = blockIdx.y / (FA / FPB);
+    const int f = (blockIdx.y % (FA / FPB)) * FPB + threadIdx.x / (DV / 4);
     const i64 nslot = MODE == 0 ? (i64)nch + 1 : (i64)nch;
     const int first = MODE == 0 ? seg.len : 0, stop = MODE == 0 ? nch + 1 : (seg.runs - 1) * seg.len;
     const int c0 = first + blockIdx.x * NS;
@@ -356,30 +360,37 @@ __device__ __forceinline__ void scan_join(MT* __restrict__ slot_s, float* __rest
     const i64 es_run = (i64)FA * DV;  // end_s stride between runs (end_z, end_m: FA)
     auto idx = [&](int c) { return (seq * nslot + c) * FA + f; };
     // The relative slots (mode 0's final slot has none: it is the fold of every run).
-    float rs[NS], rz[NS], rm[NS];
+    ela_f4 rs[NS];
+    float rz[NS], rm[NS];
 #pragma unroll
     for (int k = 0; k < NS; ++k) {
         const int c = c0 + k;
-        rs[k] = 0.f, rz[k] = 0.f, rm[k] = neg_inf<float>();
+        rs[k] = ela_f4{0.f, 0.f, 0.f, 0.f}, rz[k] = 0.f, rm[k] = neg_inf<float>();
         if (c < stop && c < nch) {
-            rs[k] = seg.s[idx(c) * DV + j], rz[k] = seg.z[idx(c)];
+            rs[k] = *(const ela_f4*)(seg.s + idx(c) * DV + j), rz[k] = seg.z[idx(c)];
             if (MODE == 0) rm[k] = seg.m[idx(c)];
         }
     }
     // The carry: mode 0 the state before run cg (runs 0 .. cg - 1 folded, from the empty state);
     // mode 1 the accumulators after run cg (runs cg + 1 .. last), in the units of slot (cg + 1) len.
     int cg = MODE == 0 ? 0 : seg.runs - 1;
-    float cs = 0.f, cz = 0.f, cm = MODE == 0 ? neg_inf<float>() : sm[(i64)cg * seg.len * FA];
+    ela_f4 cs = {0.f, 0.f, 0.f, 0.f};
+    float cz = 0.f, cm = MODE == 0 ? neg_inf<float>() : sm[(i64)cg * seg.len * FA];
+    // x a + y b, entry by entry.
+    auto axpby = [](ela_f4 x, float a, ela_f4 y, float b) {
+        return ela_f4{x.x * a + y.x * b, x.y * a + y.y * b, x.z * a + y.z * b, x.w * a + y.w * b};
+    };
     auto advance_to = [&](int g) {
         // Rolled: usually no or one fold per slot; unrolled copies would only grow the code.
 #pragma unroll 1
         for (; MODE == 0 ? cg < g : cg > g; cg += MODE == 0 ? 1 : -1) {
+            const ela_f4 e = *(const ela_f4*)(es + cg * es_run);
             if (MODE == 0) {
                 const float m = fmaxf(cm, em[cg * FA]), a = units_factor(cm, m), b = units_factor(em[cg * FA], m);
-                cs = cs * a + es[cg * es_run] * b, cz = cz * a + ez[cg * FA] * b, cm = m;
+                cs = axpby(cs, a, e, b), cz = cz * a + ez[cg * FA] * b, cm = m;
             } else {
                 const float um = sm[(i64)cg * seg.len * FA], a = units_factor(cm, um);
-                cs = es[cg * es_run] + cs * a, cz = ez[cg * FA] + cz * a, cm = um;
+                cs = axpby(cs, a, e, 1.f), cz = ez[cg * FA] + cz * a, cm = um;
             }
         }
     };
@@ -389,16 +400,17 @@ __device__ __forceinline__ void scan_join(MT* __restrict__ slot_s, float* __rest
         if (c >= stop) continue;
         // Slot c's run (mode 0's final slot: after every run).
         advance_to(c == nch ? seg.runs : c / seg.len);
-        float s, z, m;
+        ela_f4 s;
+        float z, m;
         if (MODE == 0) {
             m = fmaxf(cm, rm[k]);
             const float a = units_factor(cm, m), b = units_factor(rm[k], m);
-            s = cs * a + rs[k] * b, z = cz * a + rz[k] * b;
+            s = axpby(cs, a, rs[k], b), z = cz * a + rz[k] * b;
         } else {
             const float a = units_factor(cm, sm[(i64)(c + 1) * FA]);
-            s = rs[k] + cs * a, z = rz[k] + cz * a;
+            s = axpby(cs, a, rs[k], 1.f), z = rz[k] + cz * a;
         }
-        slot_s[idx(c) * DV + j] = to_mt(s);
+        st_mt4(slot_s + idx(c) * DV + j, s.x, s.y, s.z, s.w);
         if (j == 0) {
             slot_z[idx(c)] = z;
             if (MODE == 0) slot_m[idx(c)] = m;

@@ -165,7 +165,8 @@ impl Cuda {
         Ok(out)
     }
 
-    /// Backward of RMS norm: `(dx, dweight)`.
+    /// Backward of RMS norm: `(dx, dweight)`, with `plus` (another gradient of `x`) added to
+    /// `dx` inside the kernel when given.
     /// Derivation: docs/autograd.md#fused-ops ("RMS norm").
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn rms_norm_bwd_impl(
@@ -174,6 +175,7 @@ impl Cuda {
         w: Option<&CudaStorage>,
         rstd: &CudaStorage,
         dy: &CudaStorage,
+        plus: Option<&CudaStorage>,
         rows: usize,
         n: usize,
     ) -> Result<(CudaStorage, Option<CudaStorage>)> {
@@ -181,6 +183,13 @@ impl Cuda {
         check_float(OP, x.dtype())?;
         expect_dtype(OP, dy, x.dtype(), "the gradient")?;
         expect_dtype(OP, rstd, stat_dtype(x.dtype()), "rstd")?;
+        if let Some(p) = plus {
+            expect_dtype(OP, p, x.dtype(), "plus (another gradient of x)")?;
+            if p.len() < rows * n {
+                return Err(Error::invalid(OP, format!("plus holds {} elements, the rows need {}", p.len(), rows * n)));
+            }
+        }
+        let pp = plus.map_or(0, |p| p.ptr());
         let dx = self.alloc(x.dtype(), rows * n)?;
         let (wp, _wc) = self.param_as(w, x.dtype(), n)?;
         let args = [
@@ -189,10 +198,11 @@ impl Cuda {
             Arg::Ptr(wp),
             Arg::Ptr(rstd.ptr()),
             Arg::Ptr(dy.ptr()),
+            Arg::Ptr(pp),
             Arg::n(rows),
             Arg::n(n),
         ];
-        let warp = warp_rows(rows, n, x.dtype(), &[dx.ptr(), x.ptr(), wp, dy.ptr()]);
+        let warp = warp_rows(rows, n, x.dtype(), &[dx.ptr(), x.ptr(), wp, dy.ptr(), pp]);
         if let (Some(w), Some((_, true))) = (w, warp) {
             if rows > 0 && n.is_multiple_of(32 * vector_len(x.dtype())) && n <= RMS_DW_MAXV * 32 * vector_len(x.dtype())
             {

@@ -49,6 +49,7 @@ fn rms_and_layer_norm_forward_backward() -> Result<()> {
             let w = Pair::randn(&[n], d, s + 1, &dev);
             let b = Pair::randn(&[n], d, s + 2, &dev);
             let dy = Pair::randn(&[rows, n], d, s + 3, &dev);
+            let plus = Pair::randn(&[rows, n], d, s + 4, &dev);
             let tag = format!("{rows}x{n} {d:?}");
             for with_w in [false, true] {
                 let wo = |p: &Pair| if with_w { Some((p.cpu.clone(), p.gpu.clone())) } else { None };
@@ -60,32 +61,66 @@ fn rms_and_layer_norm_forward_backward() -> Result<()> {
                 check(&format!("rms y {tag} w={with_w}"), &cy, &gy);
                 check(&format!("rms rstd {tag}"), &cr, &gr);
                 let dev_c = Cpu;
-                let (cdx, cdw) = ela_core::Backend::rms_norm_backward(
-                    &dev_c,
-                    x.cpu.contiguous()?.storage(),
-                    cw.map(|w| w.storage()),
-                    cr.storage(),
-                    dy.cpu.storage(),
-                    rows,
-                    n,
-                )?;
-                let (gdx, gdw) = ela_core::Backend::rms_norm_backward(
-                    &dev,
-                    x.gpu.storage(),
-                    gw.map(|w| w.storage()),
-                    gr.storage(),
-                    dy.gpu.storage(),
-                    rows,
-                    n,
-                )?;
                 let (rt, at) = crate::tol(d);
                 let wrap_c = |s| Tensor::from_storage(s, [rows, n], &Cpu);
                 let wrap_g = |s| Tensor::from_storage(s, [rows, n], &dev);
-                check_tol(&format!("rms dx {tag}"), &wrap_c(cdx), &wrap_g(gdx), rt * 4.0, at * 4.0);
-                assert_eq!(cdw.is_some(), gdw.is_some());
-                if let (Some(c), Some(g)) = (cdw, gdw) {
-                    let (c, g) = (Tensor::from_storage(c, n, &Cpu), Tensor::from_storage(g, n, &dev));
-                    check_tol(&format!("rms dw {tag}"), &c, &g, rt * 4.0, at * 4.0);
+                // With `plus` (another gradient of x, added inside the kernel) and without.
+                for pl in [None, Some(&plus)] {
+                    let (cdx, cdw) = ela_core::Backend::rms_norm_backward(
+                        &dev_c,
+                        x.cpu.contiguous()?.storage(),
+                        cw.map(|w| w.storage()),
+                        cr.storage(),
+                        dy.cpu.storage(),
+                        pl.map(|p| p.cpu.storage()),
+                        rows,
+                        n,
+                    )?;
+                    let (gdx, gdw) = ela_core::Backend::rms_norm_backward(
+                        &dev,
+                        x.gpu.storage(),
+                        gw.map(|w| w.storage()),
+                        gr.storage(),
+                        dy.gpu.storage(),
+                        pl.map(|p| p.gpu.storage()),
+                        rows,
+                        n,
+                    )?;
+                    let tag = format!("{tag} plus={}", pl.is_some());
+                    let (cdx, gdx) = (wrap_c(cdx), wrap_g(gdx));
+                    check_tol(&format!("rms dx {tag}"), &cdx, &gdx, rt * 4.0, at * 4.0);
+                    if pl.is_some() {
+                        // The same as adding plus afterwards, to the rounding of dx.
+                        let (alone, _) = ela_core::Backend::rms_norm_backward(
+                            &dev,
+                            x.gpu.storage(),
+                            gw.map(|w| w.storage()),
+                            gr.storage(),
+                            dy.gpu.storage(),
+                            None,
+                            rows,
+                            n,
+                        )?;
+                        // Where dx and plus cancel, rounding dx first (the separate sum) loses
+                        // what the fused sum keeps: compare against the terms' size.
+                        let (a, p, f) = (wrap_g(alone).to_vec_f64()?, plus.gpu.to_vec_f64()?, gdx.to_vec_f64()?);
+                        let ulp = if d == DType::F64 { 2f64.powi(-52) } else { crate::tol(d).0 };
+                        for i in 0..a.len() {
+                            let bound = 4.0 * ulp * (a[i].abs() + p[i].abs()) + 1e-30;
+                            assert!(
+                                (f[i] - (a[i] + p[i])).abs() <= bound,
+                                "rms dx + plus {tag}: {i}: {} vs {} + {}",
+                                f[i],
+                                a[i],
+                                p[i]
+                            );
+                        }
+                    }
+                    assert_eq!(cdw.is_some(), gdw.is_some());
+                    if let (Some(c), Some(g)) = (cdw, gdw) {
+                        let (c, g) = (Tensor::from_storage(c, n, &Cpu), Tensor::from_storage(g, n, &dev));
+                        check_tol(&format!("rms dw {tag}"), &c, &g, rt * 4.0, at * 4.0);
+                    }
                 }
                 // Layer norm, with and without bias.
                 for with_b in [false, true] {

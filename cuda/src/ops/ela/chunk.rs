@@ -410,7 +410,8 @@ impl Cuda {
             ];
             // The relative slots: after the first run (mode 0, with the final slot) or before the last.
             let joined = if mode == 0 { nch + 1 - len } else { (runs - 1) * len };
-            let groups_y = n * cv.f / (THREADS as usize / cv.dv);
+            // A thread joins 4 value columns of one feature: JOIN_FPB features a block.
+            let groups_y = n * cv.f / (4 * THREADS as usize / cv.dv);
             let cfg = Cfg { grid: joined.div_ceil(JOIN_SLOTS) as u32, grid_y: groups_y as u32, block: THREADS };
             launch(self, cv, "ela_scan_join", cfg, 0, &args)?;
         }
