@@ -76,31 +76,17 @@ fn rms_and_layer_norm_forward_backward() -> Result<()> {
                         rows,
                         n,
                     )?;
-                    let (gdx, gdw) = ela_core::Backend::rms_norm_backward(
-                        &dev,
-                        x.gpu.storage(),
-                        gw.map(|w| w.storage()),
-                        gr.storage(),
-                        dy.gpu.storage(),
-                        pl.map(|p| p.gpu.storage()),
-                        rows,
-                        n,
-                    )?;
+                    let gpu_bwd = |plus| {
+                        let (w, r, g) = (gw.map(|w| w.storage()), gr.storage(), dy.gpu.storage());
+                        ela_core::Backend::rms_norm_backward(&dev, x.gpu.storage(), w, r, g, plus, rows, n)
+                    };
+                    let (gdx, gdw) = gpu_bwd(pl.map(|p| p.gpu.storage()))?;
                     let tag = format!("{tag} plus={}", pl.is_some());
                     let (cdx, gdx) = (wrap_c(cdx), wrap_g(gdx));
                     check_tol(&format!("rms dx {tag}"), &cdx, &gdx, rt * 4.0, at * 4.0);
                     if pl.is_some() {
                         // The same as adding plus afterwards, to the rounding of dx.
-                        let (alone, _) = ela_core::Backend::rms_norm_backward(
-                            &dev,
-                            x.gpu.storage(),
-                            gw.map(|w| w.storage()),
-                            gr.storage(),
-                            dy.gpu.storage(),
-                            None,
-                            rows,
-                            n,
-                        )?;
+                        let (alone, _) = gpu_bwd(None)?;
                         // Where dx and plus cancel, rounding dx first (the separate sum) loses
                         // what the fused sum keeps: compare against the terms' size.
                         let (a, p, f) = (wrap_g(alone).to_vec_f64()?, plus.gpu.to_vec_f64()?, gdx.to_vec_f64()?);
