@@ -158,7 +158,14 @@ impl<B: Backend> Var<B> {
                             // A formula that adds the input's pending gradient itself (Var::record_folding).
                             Some((i, f)) if needs[*i] => {
                                 let pending = grads.get_mut(&node.inputs[*i].id()).and_then(Accumulator::take_whole);
-                                f(&g, &needs, pending)?
+                                // Kept (a cheap handle) in case the formula returns no gradient
+                                // for that input after all: the pending sum must not be lost.
+                                let kept = pending.clone();
+                                let out = f(&g, &needs, pending)?;
+                                if let (Some(p), None | Some(None)) = (kept, out.get(*i)) {
+                                    acc_for(&mut grads, &node.inputs[*i]).add_whole(p)?;
+                                }
+                                out
                             }
                             _ => (node.backward)(&g, &needs)?,
                         };

@@ -186,7 +186,8 @@ impl<B: Backend> Var<B> {
     /// one it computes for it at little cost (inside the same kernel pass): when the backward
     /// pass reaches this node, the gradient summed so far for that input (if any) is taken out
     /// of its sum and handed to `backward` as `Some(pending)`, and the gradient `backward`
-    /// returns for that input must include it. The sum is the same; what it saves is one
+    /// returns for that input must include it (returning `None` for that input puts `pending`
+    /// back: it is never lost). The sum is the same; what it saves is one
     /// addition over the whole tensor (RMS norm's `x`, whose other gradient is the residual
     /// branch's: docs/autograd.md, "Folding a pending gradient").
     pub fn record_folding(

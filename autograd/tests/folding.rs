@@ -60,3 +60,14 @@ fn a_fold_index_past_the_inputs_is_refused() {
     let e = Var::record_folding("bad", x.value(), &[&x], 1, |g, _, _| Ok(vec![Some(g.clone())])).unwrap_err();
     assert!(e.to_string().contains("fold names input 1"), "{e}");
 }
+
+#[test]
+fn a_pending_gradient_is_kept_when_the_formula_returns_none_for_its_input() {
+    let x = Var::param(Tensor::from_vec(vec![2.0f64], [1], &Cpu).unwrap());
+    // `stop(x) = x` whose formula (wrongly for a folding op, but it must not lose the sum)
+    // returns no gradient at all.
+    let stop = Var::record_folding("stop", x.value(), &[&x], 0, |_, _, _| Ok(vec![None])).unwrap();
+    let loss = x.mul_scalar(4.0).unwrap().add(&stop).unwrap().sum_all().unwrap();
+    let g = loss.backward().unwrap();
+    assert_eq!(vec_of(g.get(&x).unwrap()), vec![4.0]);
+}
