@@ -11,7 +11,9 @@
 //! whose label (`kernel=K d=D dtype T=T`) contains it. `ELA_GPU_D=32,96` measures those head
 //! sizes instead of 64 and 128; `ELA_GPU_BH=4x16` other batch and head counts (the scans split
 //! their walks into runs when the sequences alone do not fill the GPU); `ELA_GPU_SCAN_RUNS=K`
-//! forces K runs (1: one walk per sequence, as before the split). Prints a markdown table.
+//! forces K runs (1: one walk per sequence, as before the split); `ELA_CUDA_MINB=out=2` (and
+//! `scan=`, `bwd=`) compiles the chunked kernels for other blocks per multiprocessor. Prints a
+//! markdown table.
 
 mod common;
 
@@ -50,6 +52,10 @@ fn run() -> Result<()> {
         dev.kernel_arch()
     );
     println!("B = {b}, H = {h}");
+    if let Ok(m) = std::env::var("ELA_CUDA_MINB") {
+        // Launch bounds other than the defaults (ela_cuda::kernels::ChunkMinBlocks).
+        println!("ELA_CUDA_MINB={m}");
+    }
     println!("| kernel | D | dtype | T | forward ms | fwd+bwd ms | y err | grad err |");
     println!("|---|---|---|---|---|---|---|---|");
     let named: Vec<ElaKernel> = std::env::args()
