@@ -345,8 +345,8 @@ impl Cuda {
     ) -> Result<()> {
         let nch = cv.nch(t);
         let plain = !causal || init[0] != 0 || fin[0] != 0;
-        // The join's grid puts (sequence, feature) in y: at most 65,535 (far more sequences than
-        // split runs would help anyway).
+        // The join's grid puts (sequence, feature group) in y, which must stay <= 65,535; n * f
+        // bounds it (splits pay only for far fewer sequences than that).
         let plain = plain || n * cv.f > u16::MAX as usize;
         let (runs, len) = if plain { (1, nch) } else { self.scan_runs(cv, n, nch) };
         // The runs' relative slots and end states, in f32 (only while the scan and join run).
