@@ -3,7 +3,9 @@
 --experts 0` written in PyTorch, trained on the same card with the same settings, in three
 variants: f32 eager (`ela train`'s default precision), bf16 autocast eager, and bf16 autocast
 under torch.compile (the peers of `ela train --precision bf16`: f32 master weights and optimizer,
-bf16 products; autocast keeps softmax-like ops, reductions and the loss in f32).
+bf16 products; autocast keeps softmax-like ops, reductions and the loss in f32), the last also
+with AdamW's fused kernel (bf16-compile-fused) and with Inductor's CUDA graphs on top
+(bf16-compile-graphs, mode="reduce-overhead").
 
 Architecture (models/src/lm, nn/src): byte embedding (vocab 256, tied output head), `layers`
 pre-norm blocks h = x + Attn(RMSNorm(x)), x' = h + SwiGLU(RMSNorm(h)); attention: q, k, v, o
@@ -16,12 +18,13 @@ of docs/ela.md reduced to what eager tensors allow cheaply: phi = exp(q - max_d 
 cancels), psi = exp(k - max k) with one max per (batch, head) (cancels). Memory O(T C + T/C D^2).
 
 Usage: python3 benches/peers/lm_torch.py [--dim 512 --layers 8 --heads 8 --ffn 2048 --seq 2048
---batch 8 --steps 12] [--variants f32,bf16,bf16-compile] (TF32 off, as our stack's default).
+--batch 8 --steps 12] [--variants f32,bf16,bf16-compile,bf16-compile-fused,bf16-compile-graphs] (TF32 off, as our stack's default).
 Prints, per variant, tokens/s over the steps after the warm-up steps (device-synchronized wall
 time; torch.compile compiles during the warm-up), the median and range of the per-step times
 (CUDA events at the step boundaries), the last loss and the peak memory. Every variant
 starts from the same initialisation, and step i of every variant trains on the same batch (the
-compiled variant warms up three steps longer, so its timed steps start three batches later).
+compiled variants warm up three or four steps longer, so their timed steps start that many
+batches later).
 """
 import argparse
 import time
@@ -105,25 +108,42 @@ class Lm(nn.Module):
 
 
 VARIANTS = {
-    # name: (autocast to bf16, torch.compile, warm-up steps)
-    "f32": (False, False, 2),
-    "bf16": (True, False, 2),
+    # name: (autocast to bf16, torch.compile mode or None, fused AdamW, warm-up steps)
+    "f32": (False, None, False, 2),
+    "bf16": (True, None, False, 2),
     # The first call compiles (tens of seconds) and a second shape-stable call may recompile;
     # a few more steps let the allocator and the compiled graphs settle before the timing.
-    "bf16-compile": (True, True, 5),
+    "bf16-compile": (True, "default", False, 5),
+    # What a practitioner tuning for speed adds: AdamW's single fused CUDA kernel for every
+    # parameter (instead of the multi-tensor "foreach" launches), ...
+    "bf16-compile-fused": (True, "default", True, 5),
+    # ... and Inductor's CUDA graphs for the forward and the backward ("reduce-overhead"), which
+    # remove the host's launch cost; a new step is marked before each forward.
+    "bf16-compile-graphs": (True, "reduce-overhead", True, 6),
+}
+LABELS = {
+    "f32": "eager f32",
+    "bf16": "eager bf16 autocast",
+    "bf16-compile": "torch.compile bf16 autocast",
+    "bf16-compile-fused": "torch.compile bf16 autocast, fused AdamW",
+    "bf16-compile-graphs": "torch.compile(mode=reduce-overhead) bf16 autocast, fused AdamW",
 }
 
 
 def run_variant(name, args, data):
-    autocast, compiled, warmup = VARIANTS[name]
+    autocast, mode, fused, warmup = VARIANTS[name]
     torch.manual_seed(0)
     model = Lm(args.dim, args.layers, args.heads, args.ffn).cuda()
-    forward = torch.compile(model) if compiled else model
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    forward = torch.compile(model, mode=mode) if mode else model
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1,
+                            fused=fused)
     params = sum(p.numel() for p in model.parameters())
 
     def step(i):
         ids, tgt = data[i, :, :-1], data[i, :, 1:]
+        if mode == "reduce-overhead":
+            # The graphs' outputs of the previous step may be overwritten from here on.
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             logits = forward(ids)
         # The loss in f32 (autocast would run cross_entropy in f32 anyway).
@@ -153,7 +173,7 @@ def run_variant(name, args, data):
     mid = len(per_step) // 2
     median_ms = per_step[mid] if len(per_step) % 2 else (per_step[mid - 1] + per_step[mid]) / 2
     tok = args.steps * args.batch * args.seq
-    label = {"f32": "eager f32", "bf16": "eager bf16 autocast", "bf16-compile": "torch.compile bf16 autocast"}[name]
+    label = LABELS[name]
     print(f"pytorch {label}: {args.steps} steps of {args.batch}x{args.seq} tokens in {dt:.2f} s: "
           f"{tok / dt:.0f} tokens/s ({1e3 * dt / args.steps:.0f} ms/step; per-step median {median_ms:.1f} ms, "
           f"range {per_step[0]:.1f}-{per_step[-1]:.1f}), last loss {loss.item():.3f}, "
@@ -198,7 +218,7 @@ def main():
         ap.error(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    warmup = max(VARIANTS[v][2] for v in variants)
+    warmup = max(VARIANTS[v][3] for v in variants)
     torch.manual_seed(0)
     data = torch.randint(0, 256, (args.steps + warmup + 2, args.batch, args.seq + 1), device="cuda")
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
