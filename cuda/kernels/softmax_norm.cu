@@ -440,8 +440,11 @@ template <typename D> __device__ void colsum_finish_impl(typename D::S* out, con
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const i64 j = (i64)blockIdx.x * 32 + lane;
     double acc = 0.0;
-    if (j < n)
+    if (j < n) {
+        // Unrolled: eight loads in flight per thread, the additions in the same order.
+#pragma unroll 8
         for (i64 c = w; c < chunks; c += 8) acc += partial[c * n + j];
+    }
     part[w][lane] = acc;
     __syncthreads();
     if (w == 0 && j < n) {
