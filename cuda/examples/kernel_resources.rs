@@ -8,6 +8,9 @@
 //!
 //! The launch bounds fix how many blocks a multiprocessor holds, and so the registers a thread
 //! may use; what does not fit spills. This shows what each bound costs before a GPU measures it.
+//!
+//! With `ELA_KERNEL_CUBIN_DIR=DIR` it also writes each variant's cubin there (`DIR/<variant>.cubin`,
+//! e.g. `BF16_d64.cubin`), for reading the machine code with `nvdisasm` or `cuobjdump -sass`.
 
 use ela_cuda::kernels::{compile, resource_usage, ElaDt, Image, KernelFile};
 
@@ -74,10 +77,21 @@ fn main() -> ela_core::Result<()> {
     ] {
         files.push((format!("la {dt:?} f={f} e={e}"), KernelFile::ElaLa { dt, tc, f, e }));
     }
+    let dump = std::env::var_os("ELA_KERNEL_CUBIN_DIR").map(std::path::PathBuf::from);
     for (label, file) in files {
         let log = resource_usage(file, &arch)?;
         let sizes = match compile(file, &arch)? {
-            Image::Cubin(elf) => code_sizes(&elf),
+            Image::Cubin(elf) => {
+                if let Some(dir) = &dump {
+                    let name: String =
+                        label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '=' { c } else { '_' }).collect();
+                    let path = dir.join(format!("{}.cubin", name.replace('=', "")));
+                    std::fs::write(&path, &elf).map_err(|e| {
+                        ela_core::Error::invalid("kernel_resources", format!("writing {}: {e}", path.display()))
+                    })?;
+                }
+                code_sizes(&elf)
+            }
             Image::Ptx(_) => Vec::new(),
         };
         for (kernel, regs, frame, stores, loads) in parse(&log) {
