@@ -41,8 +41,9 @@
 
 // ---------------------------------------------------------------- scan over chunks
 
-// The f32 buffers of a scan split into runs of `len` chunks (`s` null: one walk per sequence).
-// s, z, m: the relative slots, laid out as the slots; end_s, end_z, end_m: each run's end state,
+// The f32 buffers of a scan split into runs of `len` chunks (`end_s` null: one walk per
+// sequence). s, z, m: the relative slots, laid out as the slots (null for runs of one chunk,
+// whose only relative slot is the empty state); end_s, end_z, end_m: each run's end state,
 // [sequence][run][feature](columns); m only in mode 0 (mode 1 takes the forward's units).
 struct ScanSegs {
     float *s, *z, *m, *end_s, *end_z, *end_m;
@@ -103,10 +104,12 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB)
     const int seq = blockIdx.x, cb = blockIdx.y % NCB, run = blockIdx.y / NCB;
     const int j0 = (cb % SCAN_NDVB) * DVB, f0 = (cb / SCAN_NDVB) * F;
     // This block's chunks [cbeg, cend), walked forwards (mode 0) or backwards (mode 1); `local`:
-    // its slots are relative to the run's start and go to seg.s in f32.
-    const int runs = seg.s ? seg.runs : 1, cbeg = seg.s ? run * seg.len : 0;
-    const int cend = seg.s ? min(nch, cbeg + seg.len) : nch, ncs = cend - cbeg;
-    const bool local = seg.s && (mode == 0 ? run > 0 : run < runs - 1);
+    // its slots are relative to the run's start and go to seg.s in f32 (runs of one chunk have
+    // only the empty state there: seg.s is null and they write none).
+    const bool split = seg.end_s != nullptr;
+    const int runs = split ? seg.runs : 1, cbeg = split ? run * seg.len : 0;
+    const int cend = split ? min(nch, cbeg + seg.len) : nch, ncs = cend - cbeg;
+    const bool local = split && (mode == 0 ? run > 0 : run < runs - 1);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int row0 = W::row0(), col0 = W::col0();
     const bool lead = j0 == 0, zw = W::group() == 0 && (lane & 3) == 0;  // zw: holds z (col 0)
@@ -190,6 +193,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB)
     };
     auto store_slot = [&](i64 slot) {
         if (local) {
+            if (!seg.s) return;
             const i64 at = seq * nslot + slot;
             store_f32(seg.s + (at * FA + f0) * DV, seg.z + at * FA + f0, mode == 0 ? seg.m + at * FA + f0 : nullptr);
             return;
@@ -314,7 +318,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB)
         }
     }
 
-    if (seg.s) {
+    if (split) {
         // The run's end state (mode 0: at chunk cend, relative to the run's start; mode 1: the
         // accumulators of the run's rows, in the units of slot cbeg).
         const i64 at = (i64)seq * runs + run;
@@ -423,6 +427,89 @@ extern "C" __global__ void __launch_bounds__(256)
                   int nch, int mode) {
     if (mode == 0) scan_join<0>(slot_s, slot_z, slot_m, seg, nch);
     else scan_join<1>(slot_s, slot_z, slot_m, seg, nch);
+}
+
+// Folds a scan split into runs of one chunk (seg.len = 1, seg.runs = nch: every run is one
+// chunk's own state, made in parallel by ela_scan) into the slots: the second half of a
+// two-level scan, whose first half has no chain of dependent steps at all. A thread owns four
+// value columns of one feature of one sequence and walks its chunks in order, carrying the state
+// in f32 with the join's formulas (each slot is the carry, as the relative slot of a one-chunk
+// run is empty). Its chain per chunk is a few multiply-adds; the loads do not depend on it, so
+// the next FOLD_AHEAD chunks' end states are in flight while the current ones are folded.
+// Mode 0 writes slots 1 .. nch (ela_scan wrote slot 0), mode 1 slots nch - 2 .. 0 (ela_scan
+// wrote slot nch - 1). Grid: x = n F Dv / (4 * 256) blocks of 256 threads.
+#define FOLD_AHEAD 8
+template <int MODE>
+__device__ __forceinline__ void scan_fold(MT* __restrict__ slot_s, float* __restrict__ slot_z, float* __restrict__ slot_m,
+                                          const ScanSegs& seg, int nch, i64 nseq) {
+    constexpr int FA = ELA_F, DV = ELA_DV, NA = FOLD_AHEAD;
+    const i64 g = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (g >= nseq * FA * (DV / 4)) return;
+    const int j = 4 * (int)(g % (DV / 4)), f = (int)((g / (DV / 4)) % FA);
+    const i64 seq = g / ((i64)FA * (DV / 4));
+    const i64 nslot = MODE == 0 ? (i64)nch + 1 : (i64)nch;
+    const float* __restrict__ es = seg.end_s + seq * nch * FA * DV + (i64)f * DV + j;
+    const float* __restrict__ ez = seg.end_z + seq * nch * FA + f;
+    const float* __restrict__ em = seg.end_m + seq * nch * FA + f;          // mode 0 only
+    const float* __restrict__ sm = slot_m + seq * ((i64)nch + 1) * FA + f;  // mode 1: the forward's units
+    // Step k of the walk folds run r(k) and writes slot c(k): mode 0 r = k, c = k + 1 (k < nch);
+    // mode 1 r = nch - 1 - k, c = r - 1 (k < nch - 1).
+    const int steps = MODE == 0 ? nch : nch - 1;
+    auto run_of = [&](int k) { return MODE == 0 ? k : nch - 1 - k; };
+    // The carry: mode 0 the state after runs 0 .. r (from the empty state); mode 1 the
+    // accumulators of runs r .. nch - 1 in the units of slot r (the forward's m^(r)).
+    ela_f4 cs = {0.f, 0.f, 0.f, 0.f};
+    float cz = 0.f, cm = MODE == 0 ? neg_inf<float>() : sm[(i64)(nch - 1) * FA];
+    ela_f4 e[NA];
+    float ze[NA], me[NA];  // me: mode 0 the run's units, mode 1 the units of slot r
+    auto load = [&](int k0) {
+#pragma unroll
+        for (int i = 0; i < NA; ++i) {
+            const int k = k0 + i, r = run_of(k);
+            if (k < steps) {
+                e[i] = *(const ela_f4*)(es + (i64)r * FA * DV), ze[i] = ez[(i64)r * FA];
+                me[i] = MODE == 0 ? em[(i64)r * FA] : sm[(i64)r * FA];
+            }
+        }
+    };
+    load(0);
+    for (int k0 = 0; k0 < steps; k0 += NA) {
+        ela_f4 ce[NA];
+        float cze[NA], cme[NA];
+#pragma unroll
+        for (int i = 0; i < NA; ++i) ce[i] = e[i], cze[i] = ze[i], cme[i] = me[i];
+        if (k0 + NA < steps) load(k0 + NA);  // the next chunks' loads fly while these fold
+#pragma unroll
+        for (int i = 0; i < NA; ++i) {
+            const int k = k0 + i;
+            if (k >= steps) break;
+            const int c = MODE == 0 ? k + 1 : run_of(k) - 1;
+            if (MODE == 0) {
+                const float m = fmaxf(cm, cme[i]), a = units_factor(cm, m), b = units_factor(cme[i], m);
+                cs = ela_f4{cs.x * a + ce[i].x * b, cs.y * a + ce[i].y * b, cs.z * a + ce[i].z * b, cs.w * a + ce[i].w * b};
+                cz = cz * a + cze[i] * b, cm = m;
+            } else {
+                const float a = units_factor(cm, cme[i]);
+                cs = ela_f4{cs.x * a + ce[i].x, cs.y * a + ce[i].y, cs.z * a + ce[i].z, cs.w * a + ce[i].w};
+                cz = cze[i] + cz * a, cm = cme[i];
+            }
+            // Mode 1: slot c = r - 1 holds the rows after chunk c, in the units of slot c + 1 = r:
+            // the carry's own.
+            const i64 at = (seq * nslot + c) * FA + f;
+            st_mt4(slot_s + at * DV + j, cs.x, cs.y, cs.z, cs.w);
+            if (j == 0) {
+                slot_z[at] = cz;
+                if (MODE == 0) slot_m[at] = cm;
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    ela_scan_fold(MT* __restrict__ slot_s, float* __restrict__ slot_z, float* __restrict__ slot_m, ScanSegs seg,
+                  int nch, i64 nseq, int mode) {
+    if (mode == 0) scan_fold<0>(slot_s, slot_z, slot_m, seg, nch, nseq);
+    else scan_fold<1>(slot_s, slot_z, slot_m, seg, nch, nseq);
 }
 
 // ---------------------------------------------------------------- rows of one chunk

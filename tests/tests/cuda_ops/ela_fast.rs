@@ -374,7 +374,8 @@ fn scans_split_into_runs_agree_with_one_walk() -> Result<()> {
     let Some(dev) = gpu() else { return Ok(()) };
     // Few sequences (2) over many chunks: the default splits each walk into runs joined after
     // (`ela_scan_join`); forced counts cover two runs, an uneven split (the last run shorter), one
-    // chunk per run, and 32-row chunks (f32 128-wide, 256-wide heads).
+    // chunk per run (1000: the two-level scan, per-chunk states folded by `ela_scan_fold`), and
+    // 32-row chunks (f32 128-wide, 256-wide heads).
     let cases = [
         (DType::F32, 64, 64, 1000),
         (DType::BF16, 64, 64, 1000),

@@ -349,14 +349,16 @@ impl Cuda {
         // bounds it (splits pay only for far fewer sequences than that).
         let plain = plain || n * cv.f > u16::MAX as usize;
         let (runs, len) = if plain { (1, nch) } else { self.scan_runs(cv, n, nch) };
-        // The runs' relative slots and end states, in f32 (only while the scan and join run).
+        // The runs' relative slots and end states, in f32 (only while the scan and join run). Runs
+        // of one chunk have no relative slots (each would be the empty state): a fold follows.
         let (nslot, fs) = (if mode == 0 { nch + 1 } else { nch }, cv.f * cv.dv);
+        let relative = if len > 1 { nslot } else { 0 };
         let bufs = if runs > 1 {
             let f32s = |len| self.alloc(DType::F32, len);
             Some([
-                f32s(n * nslot * fs)?,
-                f32s(n * nslot * cv.f)?,
-                f32s(if mode == 0 { n * nslot * cv.f } else { 0 })?,
+                f32s(n * relative * fs)?,
+                f32s(n * relative * cv.f)?,
+                f32s(if mode == 0 { n * relative * cv.f } else { 0 })?,
                 f32s(n * runs * fs)?,
                 f32s(n * runs * cv.f)?,
                 f32s(if mode == 0 { n * runs * cv.f } else { 0 })?,
@@ -364,11 +366,12 @@ impl Cuda {
         } else {
             None
         };
+        let ptr_or_null = |b: &CudaStorage| if b.is_empty() { 0 } else { b.ptr() };
         let segs = match &bufs {
             Some([s, z, m, es, ez, em]) => ScanSegs {
-                s: s.ptr(),
-                z: z.ptr(),
-                m: m.ptr(),
+                s: ptr_or_null(s),
+                z: ptr_or_null(z),
+                m: ptr_or_null(m),
                 end_s: es.ptr(),
                 end_z: ez.ptr(),
                 end_m: em.ptr(),
@@ -399,7 +402,21 @@ impl Cuda {
         ];
         let cfg = Cfg { grid: n as u32, grid_y: (runs * cv.scan_blocks()) as u32, block: THREADS };
         launch(self, cv, "ela_scan", cfg, cv.scan_smem(), &args)?;
-        if runs > 1 {
+        if runs > 1 && len == 1 {
+            let args = [
+                Arg::Ptr(out.0.ptr()),
+                Arg::Ptr(out.1.ptr()),
+                Arg::Ptr(m.ptr()),
+                Arg::by_value(segs),
+                Arg::I32(nch as i32),
+                Arg::n(n),
+                Arg::I32(mode),
+            ];
+            // A thread folds 4 value columns of one feature of one sequence.
+            let threads = n * cv.f * cv.dv / 4;
+            let cfg = Cfg { grid: threads.div_ceil(THREADS as usize) as u32, grid_y: 1, block: THREADS };
+            launch(self, cv, "ela_scan_fold", cfg, 0, &args)?;
+        } else if runs > 1 {
             let args = [
                 Arg::Ptr(out.0.ptr()),
                 Arg::Ptr(out.1.ptr()),
