@@ -80,10 +80,17 @@ __device__ __forceinline__ void st_mt4(MT* p, float a, float b, float c, float d
 // an empty state. The first run (mode 0) or the last (mode 1) is exact as it stands and writes the
 // slots; the others write theirs in f32 to `seg` (slots relative to their run's start) and every
 // run writes its end state to `seg` too; ela_scan_join then adds the runs before each one.
-extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB)
-    ela_scan(const ST* x, const ST* val, MT* slot_s, float* slot_z, float* slot_m, const ela_f4* rows,
-             const float* init_s, const float* init_z, const float* init_m, float* fin_s, float* fin_z, float* fin_m,
-             ScanSegs seg, ElaIo io, i64 T, int nch, int mode, int causal) {
+//
+// The body is compiled per mode (MODE 0 or 1; -1: the mode given at run time): a walk step is a
+// chain of short dependent instructions run by few warps, so the other mode's instructions and
+// the branches between them cost time on every step.
+template <int MODE>
+__device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s, float* slot_z, float* slot_m,
+                                          const ela_f4* rows, const float* init_s, const float* init_z,
+                                          const float* init_m, float* fin_s, float* fin_z, float* fin_m,
+                                          const ScanSegs& seg, const ElaIo& io, i64 T, int nch, int mode_rt,
+                                          int causal) {
+    const int mode = MODE < 0 ? mode_rt : MODE;
     // F: this block's features (state rows), FA: all of them (the row stride of x and the slots).
     constexpr int FA = ELA_F, F = SCAN_FB, DV = ELA_DV, C = ELA_C, DVB = SCAN_DVB, P = SCAN_P;
     constexpr int LDF = LDP(F), LDV = LDP(DVB + 8);
@@ -330,6 +337,19 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB)
     if (mode == 0 && fin_s)
         store_f32(fin_s + ((i64)seq * FA + f0) * DV, fin_z + (i64)seq * FA + f0, fin_m + (i64)seq * FA + f0);
 }
+
+#define SCAN_KERNEL(NAME, MODE_ARG, M)                                                                               \
+    extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB)                                         \
+        NAME(const ST* x, const ST* val, MT* slot_s, float* slot_z, float* slot_m, const ela_f4* rows,            \
+             const float* init_s, const float* init_z, const float* init_m, float* fin_s, float* fin_z,           \
+             float* fin_m, ScanSegs seg, ElaIo io, i64 T, int nch, int mode, int causal) {                        \
+        scan_walk<M>(x, val, slot_s, slot_z, slot_m, rows, init_s, init_z, init_m, fin_s, fin_z, fin_m, seg, io, T, \
+                     nch, MODE_ARG, causal);                                                                      \
+    }
+SCAN_KERNEL(ela_scan, mode, -1)
+SCAN_KERNEL(ela_scan_m0, 0, 0)
+SCAN_KERNEL(ela_scan_m1, 1, 1)
+#undef SCAN_KERNEL
 
 // Joins the runs of a split ela_scan. Within a run every relative slot needs the same exact
 // state before the run, so the slots are independent: a thread owns four consecutive value

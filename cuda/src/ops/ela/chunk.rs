@@ -401,7 +401,12 @@ impl Cuda {
             Arg::I32(causal as i32),
         ];
         let cfg = Cfg { grid: n as u32, grid_y: (runs * cv.scan_blocks()) as u32, block: THREADS };
-        launch(self, cv, "ela_scan", cfg, cv.scan_smem(), &args)?;
+        let name = match (super::switches().scan_by_mode, mode) {
+            (false, _) => "ela_scan",
+            (true, 0) => "ela_scan_m0",
+            (true, _) => "ela_scan_m1",
+        };
+        launch(self, cv, name, cfg, cv.scan_smem(), &args)?;
         if runs > 1 && len == 1 {
             let args = [
                 Arg::Ptr(out.0.ptr()),

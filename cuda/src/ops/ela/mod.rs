@@ -47,6 +47,10 @@ pub(super) struct Switches {
     pub gemm_chunk: bool,
     /// `ELA_CUDA_PROFILE`: each chunked launch is timed alone and reported on stderr.
     pub profile: bool,
+    /// `ELA_CUDA_SCAN_BY_MODE`: the chunked scans run the kernels compiled for one mode each
+    /// (`ela_scan_m0`, `ela_scan_m1`) instead of `ela_scan`, which takes the mode at run time.
+    /// Same arithmetic; an A/B switch until a GPU has measured which is faster.
+    pub scan_by_mode: bool,
 }
 
 pub(super) fn switches() -> &'static Switches {
@@ -57,6 +61,7 @@ pub(super) fn switches() -> &'static Switches {
             scan_only: on("ELA_CUDA_SCAN_ONLY"),
             gemm_chunk: on("ELA_CUDA_GEMM_CHUNK"),
             profile: on("ELA_CUDA_PROFILE"),
+            scan_by_mode: on("ELA_CUDA_SCAN_BY_MODE"),
         }
     })
 }
