@@ -2,7 +2,8 @@
 # Builds and modes of `ela train` on the GPU LM step, alternating in one call, then the PyTorch
 # peer. Run on the GPU machine from the repo root, with `.gpu/bin/ela` (this build) and, when
 # RUNS names it, `.gpu/bin/ela-base` (a build to compare against) carried. Logs go to
-# $OUT/lm_ab.md. RUNS lists what alternates: a binary name, with `:graph` for `--graph`.
+# $OUT/lm_ab.md. RUNS lists what alternates: a binary name, with `:graph` for `--graph`, and
+# `+VAR=VALUE` suffixes for environment variables of that run (e.g. `ela:graph+ELA_CUDA_SCAN_BY_MODE=1`).
 #
 #   RUNS="ela-base ela ela:graph" PRECISIONS="bf16 f32" PAIRS=2 STEPS=30 PEER_STEPS=40 \
 #     bash cuda/benches/lm_ab.sh
@@ -39,13 +40,16 @@ args="$args --experts 0 --ffn-hidden $ffn --steps $STEPS --warmup 2 --eval-every
 for prec in $PRECISIONS; do
   for pair in $(seq "$PAIRS"); do
     for run in $RUNS; do
-      bin=${run%%:*}
+      spec=${run%%+*}
+      envs=""
+      [ "$run" != "$spec" ] && envs=$(echo "${run#*+}" | tr '+' ' ')
+      bin=${spec%%:*}
       flags=""
-      [ "$run" != "$bin" ] && flags="--${run#*:}"
-      dir="/tmp/lm_${run/:/_}_${prec}_${pair}"
+      [ "$spec" != "$bin" ] && flags="--${spec#*:}"
+      dir="/tmp/lm_$(echo "$run" | tr ':+=' '___')_${prec}_${pair}"
       rm -rf "$dir"
       # shellcheck disable=SC2086
-      if timeout 240 ".gpu/bin/$bin" train $args --precision "$prec" $flags --out "$dir" >"$dir.log" 2>&1; then
+      if env $envs timeout 240 ".gpu/bin/$bin" train $args --precision "$prec" $flags --out "$dir" >"$dir.log" 2>&1; then
         peak=$(grep -o "peak device memory.*" "$dir.log" | tail -n 1)
         echo "$run $prec pair $pair: $(python3 cuda/benches/lm_steady.py "$dir/metrics.jsonl" "$tokens" 2) $peak" >>"$log"
       else

@@ -3,7 +3,7 @@ difference and whether they are bit-identical (the metrics store each loss with 
 
     python3 cuda/benches/lm_losses.py PATTERN RUN [RUN ...]
 
-PATTERN holds one %s, replaced by each run's name (':' becomes '_'), e.g.
+PATTERN holds one %s, replaced by each run's name (':', '+' and '=' become '_'), e.g.
 /tmp/lm_%s_bf16_1/metrics.jsonl.
 """
 import json
@@ -13,7 +13,7 @@ pattern, runs = sys.argv[1], sys.argv[2:]
 
 
 def losses(run):
-    with open(pattern % run.replace(":", "_")) as f:
+    with open(pattern % run.replace(":", "_").replace("+", "_").replace("=", "_")) as f:
         return [json.loads(line)["loss"] for line in f if line.strip()]
 
 

@@ -313,7 +313,11 @@ impl Cuda {
     /// than the blocks that can be resident, splitting the walks into runs (joined after by
     /// `ela_scan_join`) shortens the chain for the same work.
     fn scan_runs(&self, cv: &Variant, n: usize, nch: usize) -> (usize, usize) {
-        match SCAN_RUNS.with(|c| c.get()) {
+        let forced = match SCAN_RUNS.with(|c| c.get()) {
+            0 => super::switches().scan_runs,
+            k => k,
+        };
+        match forced {
             0 => {
                 let resident = self.sm_count() as usize * cv.min_blocks.scan as usize;
                 runs_of(nch, resident / (n * cv.scan_blocks()).max(1), false)

@@ -51,6 +51,10 @@ pub(super) struct Switches {
     /// (`ela_scan_m0`, `ela_scan_m1`) instead of `ela_scan`, which takes the mode at run time.
     /// Same arithmetic; an A/B switch until a GPU has measured which is faster.
     pub scan_by_mode: bool,
+    /// `ELA_CUDA_SCAN_RUNS=K`: every split-able scan forced into K runs (as
+    /// [`with_scan_runs`] does for one thread; that call takes precedence), for timing the split
+    /// choices in a whole model. 0 or unset: chosen per call.
+    pub scan_runs: usize,
 }
 
 pub(super) fn switches() -> &'static Switches {
@@ -62,6 +66,7 @@ pub(super) fn switches() -> &'static Switches {
             gemm_chunk: on("ELA_CUDA_GEMM_CHUNK"),
             profile: on("ELA_CUDA_PROFILE"),
             scan_by_mode: on("ELA_CUDA_SCAN_BY_MODE"),
+            scan_runs: std::env::var("ELA_CUDA_SCAN_RUNS").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0),
         }
     })
 }
