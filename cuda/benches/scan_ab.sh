@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The chunked ELA scan's variants on the GPU machine, from the repo root, with the bundle of
+# cuda/benches/pack.sh carried (unpacked here if .gpu/ is missing). Logs go to $OUT.
+#
+#   OUT=$OUT bash cuda/benches/scan_ab.sh check    # CUDA tests of the scans under each switch + memcheck
+#   OUT=$OUT bash cuda/benches/scan_ab.sh time     # ela_gpu under each switch, few and many sequences
+#   OUT=$OUT bash cuda/benches/scan_ab.sh ncu      # Nsight Compute on the ELA kernels
+#
+# What varies (cuda/README.md): the split of the walks (`ELA_GPU_SCAN_RUNS`: 0 = chosen per call,
+# 1000 = one chunk a run, the two-level scan folded by `ela_scan_fold`) and the scan kernel
+# (`ELA_CUDA_SCAN_BY_MODE=1`: one compiled body per mode). Shapes: B8 H8 T2048 (the d512 LM's
+# attention), B4 H16 T4096 (the d1024 LM's), B8 H16 at 4k and 16k (the kernel benchmark's).
+set -u
+OUT=${OUT:-/tmp/ela-gpu-out}
+mkdir -p "$OUT"
+[ -d .gpu ] || tar xJf "${PACK:-.gpu-pack/b.txz}"
+log="$OUT/scan_ab.md"
+NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -n 1)
+CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
+{
+  echo "# scan A/B $(date -u +%FT%TZ): $*"
+  nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+} >>"$log"
+parts=${*:-check time}
+for part in $parts; do
+  case $part in
+    check)
+      for m in 0 1; do
+        echo "## tests, ELA_CUDA_SCAN_BY_MODE=$m" >>"$log"
+        # The switch is on when the variable is set at all.
+        e="ELA_GPU_UNUSED=0"
+        [ $m = 1 ] && e="ELA_CUDA_SCAN_BY_MODE=1"
+        env "$e" timeout 120 .gpu/bin/test-cuda_ops ela >>"$log" 2>&1
+        echo "rc $?" >>"$log"
+        env "$e" timeout 120 "$CS" --tool memcheck .gpu/bin/test-cuda_ops scans_split_into_runs >>"$log" 2>&1
+        echo "memcheck rc $?" >>"$log"
+      done
+      ;;
+    time)
+      for runs in 0 1000; do
+        for m in 0 1; do
+          echo "## ELA_GPU_SCAN_RUNS=$runs ELA_CUDA_SCAN_BY_MODE=$m" >>"$log"
+          e="ELA_GPU_SCAN_RUNS=$runs"
+          [ $m = 1 ] && e="$e ELA_CUDA_SCAN_BY_MODE=1"
+          # shellcheck disable=SC2086
+          env $e ELA_GPU_BH=8x8 timeout 60 .gpu/bin/ela_gpu "d=64 bf16 T=2048" >>"$log" 2>&1
+          # shellcheck disable=SC2086
+          env $e ELA_GPU_BH=4x16 timeout 60 .gpu/bin/ela_gpu "d=64 bf16 T=4096" >>"$log" 2>&1
+          # shellcheck disable=SC2086
+          env $e timeout 120 .gpu/bin/ela_gpu "d=64 bf16 T=4096" "d=64 bf16 T=16384" "d=128 bf16 T=16384" >>"$log" 2>&1
+        done
+      done
+      ;;
+    ncu)
+      s="--section SpeedOfLight --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis"
+      s="$s --section Occupancy --section LaunchStats --section InstructionStats"
+      # shellcheck disable=SC2086
+      ELA_GPU_BH=8x8 timeout 120 "$NCU" $s -k regex:"ela_" --launch-count 10 .gpu/bin/ela_gpu "d=64 bf16 T=2048" \
+        >"$OUT/ncu_ela_d64_8x8.txt" 2>&1
+      # shellcheck disable=SC2086
+      timeout 120 "$NCU" $s -k regex:"ela_" --launch-count 8 .gpu/bin/ela_gpu "d=128 bf16 T=16384" \
+        >"$OUT/ncu_ela_d128.txt" 2>&1
+      ;;
+    *) echo "unknown part $part (check, time, ncu)" >&2; exit 2 ;;
+  esac
+done
