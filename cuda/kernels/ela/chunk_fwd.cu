@@ -527,7 +527,7 @@ __device__ __forceinline__ void scan_fold(MT* __restrict__ slot_s, float* __rest
 
 extern "C" __global__ void __launch_bounds__(256)
     ela_scan_fold(MT* __restrict__ slot_s, float* __restrict__ slot_z, float* __restrict__ slot_m, ScanSegs seg,
-                  int nch, i64 nseq, int mode) {
+                  int nch, int mode, i64 nseq) {
     if (mode == 0) scan_fold<0>(slot_s, slot_z, slot_m, seg, nch, nseq);
     else scan_fold<1>(slot_s, slot_z, slot_m, seg, nch, nseq);
 }

@@ -411,22 +411,8 @@ impl Cuda {
             (true, _) => "ela_scan_m1",
         };
         launch(self, cv, name, cfg, cv.scan_smem(), &args)?;
-        if runs > 1 && len == 1 {
-            let args = [
-                Arg::Ptr(out.0.ptr()),
-                Arg::Ptr(out.1.ptr()),
-                Arg::Ptr(m.ptr()),
-                Arg::by_value(segs),
-                Arg::I32(nch as i32),
-                Arg::n(n),
-                Arg::I32(mode),
-            ];
-            // A thread folds 4 value columns of one feature of one sequence.
-            let threads = n * cv.f * cv.dv / 4;
-            let cfg = Cfg { grid: threads.div_ceil(THREADS as usize) as u32, grid_y: 1, block: THREADS };
-            launch(self, cv, "ela_scan_fold", cfg, 0, &args)?;
-        } else if runs > 1 {
-            let args = [
+        if runs > 1 {
+            let mut args = vec![
                 Arg::Ptr(out.0.ptr()),
                 Arg::Ptr(out.1.ptr()),
                 Arg::Ptr(m.ptr()),
@@ -434,12 +420,20 @@ impl Cuda {
                 Arg::I32(nch as i32),
                 Arg::I32(mode),
             ];
-            // The relative slots: after the first run (mode 0, with the final slot) or before the last.
-            let joined = if mode == 0 { nch + 1 - len } else { (runs - 1) * len };
-            // A thread joins 4 value columns of one feature: JOIN_FPB features a block.
-            let groups_y = n * cv.f / (4 * THREADS as usize / cv.dv);
-            let cfg = Cfg { grid: joined.div_ceil(JOIN_SLOTS) as u32, grid_y: groups_y as u32, block: THREADS };
-            launch(self, cv, "ela_scan_join", cfg, 0, &args)?;
+            if len == 1 {
+                // A thread folds 4 value columns of one feature of one sequence.
+                args.push(Arg::n(n));
+                let threads = n * cv.f * cv.dv / 4;
+                let cfg = Cfg { grid: threads.div_ceil(THREADS as usize) as u32, grid_y: 1, block: THREADS };
+                launch(self, cv, "ela_scan_fold", cfg, 0, &args)?;
+            } else {
+                // The relative slots: after the first run (mode 0, with the final slot) or before the last.
+                let joined = if mode == 0 { nch + 1 - len } else { (runs - 1) * len };
+                // A thread joins 4 value columns of one feature: JOIN_FPB features a block.
+                let groups_y = n * cv.f / (4 * THREADS as usize / cv.dv);
+                let cfg = Cfg { grid: joined.div_ceil(JOIN_SLOTS) as u32, grid_y: groups_y as u32, block: THREADS };
+                launch(self, cv, "ela_scan_join", cfg, 0, &args)?;
+            }
         }
         Ok(())
     }
