@@ -3,7 +3,8 @@
 # cuda/benches/pack.sh carried (unpacked here if .gpu/ is missing). Logs go to $OUT.
 #
 #   OUT=$OUT bash cuda/benches/scan_ab.sh check    # CUDA tests of the scans under each switch + memcheck
-#   OUT=$OUT bash cuda/benches/scan_ab.sh time     # ela_gpu under each switch, few and many sequences
+#   OUT=$OUT bash cuda/benches/scan_ab.sh time     # ela_gpu under each switch, the LMs' shapes
+#   OUT=$OUT bash cuda/benches/scan_ab.sh long     # the same at B8 H16, T 4k and 16k
 #   OUT=$OUT bash cuda/benches/scan_ab.sh ncu      # Nsight Compute on the ELA kernels
 #
 # What varies (cuda/README.md): the split of the walks (`ELA_GPU_SCAN_RUNS`: 0 = chosen per call,
@@ -46,6 +47,15 @@ for part in $parts; do
           env $e ELA_GPU_BH=8x8 timeout 60 .gpu/bin/ela_gpu "d=64 bf16 T=2048" >>"$log" 2>&1
           # shellcheck disable=SC2086
           env $e ELA_GPU_BH=4x16 timeout 60 .gpu/bin/ela_gpu "d=64 bf16 T=4096" >>"$log" 2>&1
+        done
+      done
+      ;;
+    long)
+      for runs in 0 1000; do
+        for m in 0 1; do
+          echo "## B8 H16: ELA_GPU_SCAN_RUNS=$runs ELA_CUDA_SCAN_BY_MODE=$m" >>"$log"
+          e="ELA_GPU_SCAN_RUNS=$runs"
+          [ $m = 1 ] && e="$e ELA_CUDA_SCAN_BY_MODE=1"
           # shellcheck disable=SC2086
           env $e timeout 120 .gpu/bin/ela_gpu "d=64 bf16 T=4096" "d=64 bf16 T=16384" "d=128 bf16 T=16384" >>"$log" 2>&1
         done
@@ -61,6 +71,6 @@ for part in $parts; do
       timeout 120 "$NCU" $s -k regex:"ela_" --launch-count 8 .gpu/bin/ela_gpu "d=128 bf16 T=16384" \
         >"$OUT/ncu_ela_d128.txt" 2>&1
       ;;
-    *) echo "unknown part $part (check, time, ncu)" >&2; exit 2 ;;
+    *) echo "unknown part $part (check, time, long, ncu)" >&2; exit 2 ;;
   esac
 done
