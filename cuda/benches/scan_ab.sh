@@ -37,27 +37,21 @@ for part in $parts; do
         echo "memcheck rc $?" >>"$log"
       done
       ;;
-    time)
+    time | long)
       for runs in 0 1000; do
         for m in 0 1; do
-          echo "## ELA_GPU_SCAN_RUNS=$runs ELA_CUDA_SCAN_BY_MODE=$m" >>"$log"
+          echo "## $part: ELA_GPU_SCAN_RUNS=$runs ELA_CUDA_SCAN_BY_MODE=$m" >>"$log"
           e="ELA_GPU_SCAN_RUNS=$runs"
           [ $m = 1 ] && e="$e ELA_CUDA_SCAN_BY_MODE=1"
-          # shellcheck disable=SC2086
-          env $e ELA_GPU_BH=8x8 timeout 60 .gpu/bin/ela_gpu "d=64 bf16 T=2048" >>"$log" 2>&1
-          # shellcheck disable=SC2086
-          env $e ELA_GPU_BH=4x16 timeout 60 .gpu/bin/ela_gpu "d=64 bf16 T=4096" >>"$log" 2>&1
-        done
-      done
-      ;;
-    long)
-      for runs in 0 1000; do
-        for m in 0 1; do
-          echo "## B8 H16: ELA_GPU_SCAN_RUNS=$runs ELA_CUDA_SCAN_BY_MODE=$m" >>"$log"
-          e="ELA_GPU_SCAN_RUNS=$runs"
-          [ $m = 1 ] && e="$e ELA_CUDA_SCAN_BY_MODE=1"
-          # shellcheck disable=SC2086
-          env $e timeout 120 .gpu/bin/ela_gpu "d=64 bf16 T=4096" "d=64 bf16 T=16384" "d=128 bf16 T=16384" >>"$log" 2>&1
+          if [ "$part" = time ]; then
+            # shellcheck disable=SC2086
+            env $e ELA_GPU_BH=8x8 timeout 60 .gpu/bin/ela_gpu "d=64 bf16 T=2048" >>"$log" 2>&1
+            # shellcheck disable=SC2086
+            env $e ELA_GPU_BH=4x16 timeout 60 .gpu/bin/ela_gpu "d=64 bf16 T=4096" >>"$log" 2>&1
+          else
+            # shellcheck disable=SC2086
+            env $e timeout 120 .gpu/bin/ela_gpu "d=64 bf16 T=4096" "d=64 bf16 T=16384" "d=128 bf16 T=16384" >>"$log" 2>&1
+          fi
         done
       done
       ;;
