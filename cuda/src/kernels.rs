@@ -292,6 +292,7 @@ impl KernelFile {
                 format!("#define ELA_DT {}\n#define ELA_D {d}\n#define ELA_DV {dv}\n", dt as i32)
                     + &ChunkMinBlocks::of(dt, d, dv).defines()
                     + f32_products_define()
+                    + if scan_by_mode() { SCAN_BY_MODE_DEFINE } else { "" }
                     + &with_lines(&[
                         ("ela/tile.cuh", include_str!("../kernels/ela/tile.cuh")),
                         (self.name(), self.source()),
@@ -327,6 +328,17 @@ impl KernelFile {
 /// The tile products of the chunked kernels' f32 variants run as 3xTF32 on the tensor cores
 /// (`ela/tile.cuh`); `ELA_CUDA_F32_FFMA=1` (read once per process) compiles them with the older
 /// FFMA loop instead, to compare the two.
+/// Whether `ELA_CUDA_SCAN_BY_MODE` is set (read once): the chunked scans then run `ela_scan_m0` /
+/// `ela_scan_m1`, which the chunk modules compile only in that case (two more copies of the
+/// walk: about a third more NVRTC time for every chunk module a process loads).
+pub fn scan_by_mode() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("ELA_CUDA_SCAN_BY_MODE").is_some())
+}
+
+/// The define that compiles the per-mode scan kernels into a chunk module.
+pub const SCAN_BY_MODE_DEFINE: &str = "#define ELA_SCAN_BY_MODE 1\n";
+
 fn f32_products_define() -> &'static str {
     static FFMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if *FFMA.get_or_init(|| std::env::var_os("ELA_CUDA_F32_FFMA").is_some()) {

@@ -57,6 +57,26 @@ fn resource_usage_reports_every_kernel() {
     assert!(err.to_string().contains("sm_XY"), "{err}");
 }
 
+/// The per-mode scan kernels (`ELA_CUDA_SCAN_BY_MODE`, compiled only when that switch is set)
+/// compile for every chunk variant of the bench's head sizes.
+#[test]
+fn per_mode_scans_compile_when_switched_on() {
+    if !kernels::nvrtc_available() {
+        let tried = format!("tried {:?}", kernels::linux_candidates("nvrtc"));
+        return ela_cuda::testing::skip("no NVRTC library", &tried);
+    }
+    for (dt, d) in [(kernels::ElaDt::BF16, 64), (kernels::ElaDt::F32, 128)] {
+        let file = kernels::KernelFile::ElaChunk { dt, d, dv: d };
+        let src = kernels::SCAN_BY_MODE_DEFINE.to_string() + &file.full_source();
+        let kernels::Image::Cubin(elf) = kernels::compile_source("chunk_fwd.cu", &src, "sm_90").unwrap() else {
+            panic!("expected a cubin for sm_90");
+        };
+        for k in ["ela_scan_m0", "ela_scan_m1", "ela_scan"] {
+            assert!(elf.windows(k.len()).any(|w| w == k.as_bytes()), "{k} in the {dt:?} d={d} module");
+        }
+    }
+}
+
 /// The whole-model decoding step compiles for every link and weight dtype, at head sizes below,
 /// at and above a warp, and with rows shorter than one 16-byte load per lane; with bf16 weights
 /// also for clusters of 8 blocks per sequence (and of 2 and 4 at one shape).

@@ -347,8 +347,12 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
                      nch, MODE_ARG, causal);                                                                      \
     }
 SCAN_KERNEL(ela_scan, mode, -1)
+// Only with ELA_CUDA_SCAN_BY_MODE set (the host defines ELA_SCAN_BY_MODE): two more copies of the
+// walk would add about a third to this module's compile time in every process.
+#ifdef ELA_SCAN_BY_MODE
 SCAN_KERNEL(ela_scan_m0, 0, 0)
 SCAN_KERNEL(ela_scan_m1, 1, 1)
+#endif
 #undef SCAN_KERNEL
 
 // Joins the runs of a split ela_scan. Within a run every relative slot needs the same exact

@@ -65,8 +65,14 @@ pub(super) fn switches() -> &'static Switches {
             scan_only: on("ELA_CUDA_SCAN_ONLY"),
             gemm_chunk: on("ELA_CUDA_GEMM_CHUNK"),
             profile: on("ELA_CUDA_PROFILE"),
-            scan_by_mode: on("ELA_CUDA_SCAN_BY_MODE"),
-            scan_runs: std::env::var("ELA_CUDA_SCAN_RUNS").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0),
+            scan_by_mode: crate::kernels::scan_by_mode(),
+            scan_runs: match std::env::var("ELA_CUDA_SCAN_RUNS") {
+                Err(_) => 0,
+                Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+                    eprintln!("ela-cuda: ELA_CUDA_SCAN_RUNS={v:?} ignored: expected a count of runs");
+                    0
+                }),
+            },
         }
     })
 }
