@@ -28,12 +28,14 @@ for part in $parts; do
     check)
       for m in 0 1; do
         echo "## tests, ELA_CUDA_SCAN_BY_MODE=$m" >>"$log"
-        # The switch is on when the variable is set at all.
-        e="ELA_GPU_UNUSED=0"
+        # The switch is on when the variable is set at all: off means unset.
+        e="-u ELA_CUDA_SCAN_BY_MODE"
         [ $m = 1 ] && e="ELA_CUDA_SCAN_BY_MODE=1"
-        env "$e" timeout 120 .gpu/bin/test-cuda_ops ela >>"$log" 2>&1
+        # shellcheck disable=SC2086
+        env $e timeout 120 .gpu/bin/test-cuda_ops ela >>"$log" 2>&1
         echo "rc $?" >>"$log"
-        env "$e" timeout 120 "$CS" --tool memcheck .gpu/bin/test-cuda_ops scans_split_into_runs >>"$log" 2>&1
+        # shellcheck disable=SC2086
+        env $e timeout 120 "$CS" --tool memcheck .gpu/bin/test-cuda_ops scans_split_into_runs >>"$log" 2>&1
         echo "memcheck rc $?" >>"$log"
       done
       ;;
@@ -41,8 +43,8 @@ for part in $parts; do
       for runs in 0 1000; do
         for m in 0 1; do
           echo "## $part: ELA_GPU_SCAN_RUNS=$runs ELA_CUDA_SCAN_BY_MODE=$m" >>"$log"
-          e="ELA_GPU_SCAN_RUNS=$runs"
-          [ $m = 1 ] && e="$e ELA_CUDA_SCAN_BY_MODE=1"
+          e="-u ELA_CUDA_SCAN_BY_MODE ELA_GPU_SCAN_RUNS=$runs"
+          [ $m = 1 ] && e="ELA_GPU_SCAN_RUNS=$runs ELA_CUDA_SCAN_BY_MODE=1"
           if [ "$part" = time ]; then
             # shellcheck disable=SC2086
             env $e ELA_GPU_BH=8x8 timeout 60 .gpu/bin/ela_gpu "d=64 bf16 T=2048" >>"$log" 2>&1
