@@ -57,24 +57,34 @@ fn resource_usage_reports_every_kernel() {
     assert!(err.to_string().contains("sm_XY"), "{err}");
 }
 
-/// The per-mode scan kernels (`ELA_CUDA_SCAN_BY_MODE`, compiled only when that switch is set)
-/// compile for every chunk variant of the bench's head sizes.
+/// A chunk module compiled lean (`ELA_CUDA_LEAN`) holds the scan once per mode (`ela_scan_m0`,
+/// `ela_scan_m1`, which the host then launches by name) and not the runtime-mode `ela_scan`, and
+/// the default module the reverse, at the bench's head sizes in both operand types. The
+/// feature-map module compiles lean too.
 #[test]
-fn per_mode_scans_compile_when_switched_on() {
+fn lean_chunk_modules_hold_one_scan_per_mode() {
     if !kernels::nvrtc_available() {
         let tried = format!("tried {:?}", kernels::linux_candidates("nvrtc"));
         return ela_cuda::testing::skip("no NVRTC library", &tried);
     }
+    let cubin = |src: &str| match kernels::compile_source("chunk_fwd.cu", src, "sm_90").unwrap() {
+        kernels::Image::Cubin(elf) => elf,
+        _ => panic!("expected a cubin for sm_90"),
+    };
+    // A symbol's name ends at a NUL in the ELF string table.
+    let has = |elf: &[u8], k: &str| elf.windows(k.len() + 1).any(|w| &w[..k.len()] == k.as_bytes() && w[k.len()] == 0);
     for (dt, d) in [(kernels::ElaDt::BF16, 64), (kernels::ElaDt::F32, 128)] {
-        let file = kernels::KernelFile::ElaChunk { dt, d, dv: d };
-        let src = kernels::SCAN_BY_MODE_DEFINE.to_string() + &file.full_source();
-        let kernels::Image::Cubin(elf) = kernels::compile_source("chunk_fwd.cu", &src, "sm_90").unwrap() else {
-            panic!("expected a cubin for sm_90");
-        };
-        for k in ["ela_scan_m0", "ela_scan_m1", "ela_scan"] {
-            assert!(elf.windows(k.len()).any(|w| w == k.as_bytes()), "{k} in the {dt:?} d={d} module");
+        let src = kernels::KernelFile::ElaChunk { dt, d, dv: d }.full_source();
+        let (plain, lean) = (cubin(&src), cubin(&(kernels::LEAN_DEFINE.to_string() + &src)));
+        for k in ["ela_scan_m0", "ela_scan_m1", "ela_scan_join", "ela_scan_fold", "ela_out", "ela_bwd"] {
+            assert!(has(&lean, k), "{k} in the lean {dt:?} d={d} module");
         }
+        assert!(!has(&lean, "ela_scan"), "no runtime-mode ela_scan in the lean {dt:?} d={d} module");
+        assert!(has(&plain, "ela_scan") && !has(&plain, "ela_scan_m0"), "the default {dt:?} d={d} module");
     }
+    let la = kernels::KernelFile::ElaLa { dt: kernels::ElaDt::BF16, tc: true, f: 64, e: 80 };
+    let src = kernels::LEAN_DEFINE.to_string() + &la.full_source();
+    assert!(matches!(kernels::compile_source("la_chunk.cu", &src, "sm_90"), Ok(kernels::Image::Cubin(_))));
 }
 
 /// The whole-model decoding step compiles for every link and weight dtype, at head sizes below,

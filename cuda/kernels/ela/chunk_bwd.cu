@@ -101,8 +101,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
         for (int e = 0; e < RP::EPT; e += 2) {
             const int d = c0 + e;
             const float k0 = kp.x[e], k1 = kp.x[e + 1];
-            store_mt2(psia + j * LDF + d, j < n ? __expf(k0 - mx) : 0.f, j < n ? __expf(k1 - mx) : 0.f);
-            store_mt2(psiu + j * LDF + d, j < n ? __expf(k0 - mnx[d]) : 0.f, j < n ? __expf(k1 - mnx[d + 1]) : 0.f);
+            store_mt2(psia + j * LDF + d, exp_if(j < n, k0 - mx), exp_if(j < n, k1 - mx));
+            store_mt2(psiu + j * LDF + d, exp_if(j < n, k0 - mnx[d]), exp_if(j < n, k1 - mnx[d + 1]));
         }
         if (RP::head()) mk[j] = j < n ? mx : neg_inf<float>();
         if (causal) {
@@ -112,8 +112,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
             mxq = RP::max(mxq);
 #pragma unroll
             for (int e = 0; e < RP::EPT; e += 2)
-                store_mt2(phia + j * LDF + c0 + e, j < n ? __expf(qp.x[e] - mxq) : 0.f,
-                          j < n ? __expf(qp.x[e + 1] - mxq) : 0.f);
+                store_mt2(phia + j * LDF + c0 + e, exp_if(j < n, qp.x[e] - mxq), exp_if(j < n, qp.x[e + 1] - mxq));
             if (RP::head()) mq[j] = mxq;
         }
     }
@@ -131,8 +130,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
             for (int e = 0; e < 4; e += 2) {
                 const int i = ACC_ROW(r0, e), j = ACC_COL(c0, nt, e);
                 const bool on = gmul[i] != 0.f;  // 1 / den on the fast path, else 0
-                const float e0 = (on && j <= i) ? __expf(mq[i] + mk[j] - uu[i]) : 0.f;
-                const float e1 = (on && j + 1 <= i) ? __expf(mq[i] + mk[j + 1] - uu[i]) : 0.f;
+                const float e0 = exp_if(on && j <= i, mq[i] + mk[j] - uu[i]);
+                const float e1 = exp_if(on && j + 1 <= i, mq[i] + mk[j + 1] - uu[i]);
                 store_mt2(At + i * LDC + j, e0 == 0.f ? 0.f : aA[nt][e] * e0, e1 == 0.f ? 0.f : aA[nt][e + 1] * e1);
                 store_mt2(Dm + i * LDC + j, e0 == 0.f ? 0.f : (aD[nt][e] - cc[i]) * e0,
                           e1 == 0.f ? 0.f : (aD[nt][e + 1] - cc[i]) * e1);
@@ -195,9 +194,14 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                 const int i = ACC_ROW(r0, e), d = ACC_COL(c0, nt, e);
                 if (i >= n) continue;
                 const bool on = gmul[i] != 0.f;  // 1 / den on the fast path, else 0
+#ifdef ELA_LEAN
+                float q0, q1;
+                load_st2(qg + (i64)i * lq + d, q0, q1);
+#else
                 const float q0 = DT::load(qg[(i64)i * lq + d]), q1 = DT::load(qg[(i64)i * lq + d + 1]);
-                const float pb0 = on ? __expf(q0 + mcur[d] - uu[i]) : 0.f;
-                const float pb1 = on ? __expf(q1 + mcur[d + 1] - uu[i]) : 0.f;
+#endif
+                const float pb0 = exp_if(on, q0 + mcur[d] - uu[i]);
+                const float pb1 = exp_if(on, q1 + mcur[d + 1] - uu[i]);
                 float v0 = pb0 * (a2[nt][e] - cc[i] * zst[d]), v1 = pb1 * (a2[nt][e + 1] - cc[i] * zst[d + 1]);
                 if (causal) {
                     v0 += from_mt(phia[i * LDF + d]) * a1[nt][e];

@@ -4,15 +4,17 @@
 // running maxima, the exact path for rows whose fast denominator underflows), split into kernels
 // that each have plenty of parallel work:
 //
-//   ela_scan (mode 0), one block per (sequence, 32 value columns), walks the chunks in order and
-//     writes the state before every chunk: slot c = (S^(c), z^(c), m^(c)), slot nch = the final
-//     state (S in the operand type, z and m f32). Per chunk: m' = max(m, column max of the keys),
-//     S <- S exp(m - m') + exp(K - m')^T V, z likewise (eq. (S')).
+//   ela_scan (mode 0; ela_scan_m0 in a lean module), one block per (sequence, 32 value columns),
+//     walks the chunks in order and writes the state before every chunk: slot c = (S^(c),
+//     z^(c), m^(c)), slot nch = the final state (S in the operand type, z and m f32). Per chunk:
+//     m' = max(m, column max of the keys), S <- S exp(m - m') + exp(K - m')^T V, z likewise
+//     (eq. (S')).
 //   ela_out, one block per (chunk, sequence): the chunk's rows from its state slot (eqs. (F1),
 //     (F2) with (N1), (U), (N2)): A = (Phi_a Psi_a^T) * E masked, y = (A V + Phi_b S) / den.
 //     In mode 1 (backward) it writes per row (u, den, c = g . y, exact-path flag) instead of y.
-//   ela_scan (mode 1) walks the chunks backwards and writes U^(c+1), w^(c+1): the reverse
-//     accumulators of the rows after each chunk (eq. (R)), moved between units on the way.
+//   ela_scan (mode 1; ela_scan_m1 when lean) walks the chunks backwards and writes U^(c+1),
+//     w^(c+1): the reverse accumulators of the rows after each chunk (eq. (R)), moved between
+//     units on the way.
 //   ela_bwd (chunk_bwd.cu), one block per (chunk, sequence): dq, dk, dv of the chunk
 //     (eqs. (B1)-(B4) in units) from the slots, with the exact path for underflowed rows.
 //
@@ -71,7 +73,7 @@ __device__ __forceinline__ void st_mt4(MT* p, float a, float b, float c, float d
 //
 // The walk is sequential, so what bounds it is the latency of one step, not throughput: each
 // step takes SCAN_P chunks, whose staging, column maxima, units and features are computed side by
-// side (three barriers for all), and only the tile products and the slot stores between them run
+// side (four barriers for all), and only the tile products and the slot stores between them run
 // one after the other. The state, the units and the slots are exactly those of a chunk-by-chunk
 // walk.
 //
@@ -81,9 +83,11 @@ __device__ __forceinline__ void st_mt4(MT* p, float a, float b, float c, float d
 // slots; the others write theirs in f32 to `seg` (slots relative to their run's start) and every
 // run writes its end state to `seg` too; ela_scan_join then adds the runs before each one.
 //
-// The body is compiled per mode (MODE 0 or 1; -1: the mode given at run time): a walk step is a
+// The body is compiled either once for both modes (MODE -1: ela_scan, the mode given at run time)
+// or, in a lean module (ELA_LEAN), once per mode (ela_scan_m0, ela_scan_m1): a walk step is a
 // chain of short dependent instructions run by few warps, so the other mode's instructions and
-// the branches between them cost time on every step.
+// the branches between them cost time on every step (the per-mode kernels were 3-4 % faster in
+// the chunked fwd+bwd on an H100).
 template <int MODE>
 __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s, float* slot_z, float* slot_m,
                                           const ela_f4* rows, const float* init_s, const float* init_z,
@@ -286,6 +290,34 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
         __syncthreads();
         // (4) Features from the registers: mode 0 psi = exp(k - m'); mode 1
         //     phi_b / den = exp(q + m^(c) - u) / den (eqs. (S'), (R); 1/den folds g = dy / den in).
+#ifdef ELA_LEAN
+        // A thread's x vectors all hold the same four features (ELA_THREADS is a multiple of F / 4),
+        // so their units are one vector load per chunk (mto and rinf are 16-byte aligned in every
+        // carve). Rows past the chunk's end were loaded as zeros; exp_if gives them 0 features.
+        const int fx = 4 * (tid % (F / 4));
+#pragma unroll
+        for (int p = 0; p < P; ++p) {
+            const int n = rows_of(chunk_of(it, p));
+            const ela_f4 m4 = *(const ela_f4*)(mto + p * F + fx);
+            const float mt[4] = {m4.x, m4.y, m4.z, m4.w};
+#pragma unroll
+            for (int i = 0; i < NX; ++i) {
+                const int r = (tid + i * ELA_THREADS) / (F / 4);
+                float o[4];
+                unpack4(px[p][i], o);
+                float u = 0.f, inv = 1.f;
+                if (mode == 1) {
+                    const ela_f4 ri = *(const ela_f4*)(rinf + (p * C + r) * 4);
+                    u = ri.x, inv = 1.f / ri.y;
+                }
+                float ex[4];
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+                    ex[j] = mode == 0 ? exp_if(r < n, o[j] - mt[j]) : exp_if(r < n, o[j] + mt[j] - u) * inv;
+                st_mt4(psi + (p * C + r) * LDF + fx, ex[0], ex[1], ex[2], ex[3]);
+            }
+        }
+#else
 #pragma unroll
         for (int p = 0; p < P; ++p) {
             const int n = rows_of(chunk_of(it, p));
@@ -304,6 +336,7 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
                 st_mt4(psi + (p * C + r) * LDF + f, ex[0], ex[1], ex[2], ex[3]);
             }
         }
+#endif
         if (it + P < ncs) fetch(it + P);  // the registers are free now
         __syncthreads();
         // (5) The chunks' products in order, the second chunk's slot between them.
@@ -338,37 +371,39 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
         store_f32(fin_s + ((i64)seq * FA + f0) * DV, fin_z + (i64)seq * FA + f0, fin_m + (i64)seq * FA + f0);
 }
 
-#define SCAN_KERNEL(NAME, MODE_ARG, M)                                                                               \
-    extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB)                                         \
-        NAME(const ST* x, const ST* val, MT* slot_s, float* slot_z, float* slot_m, const ela_f4* rows,            \
-             const float* init_s, const float* init_z, const float* init_m, float* fin_s, float* fin_z,           \
-             float* fin_m, ScanSegs seg, ElaIo io, i64 T, int nch, int mode, int causal) {                        \
-        scan_walk<M>(x, val, slot_s, slot_z, slot_m, rows, init_s, init_z, init_m, fin_s, fin_z, fin_m, seg, io, T, \
-                     nch, MODE_ARG, causal);                                                                      \
-    }
-SCAN_KERNEL(ela_scan, mode, -1)
-// Only with ELA_CUDA_SCAN_BY_MODE set (the host defines ELA_SCAN_BY_MODE): two more copies of the
-// walk would add about a third to this module's compile time in every process.
-#ifdef ELA_SCAN_BY_MODE
-SCAN_KERNEL(ela_scan_m0, 0, 0)
-SCAN_KERNEL(ela_scan_m1, 1, 1)
+#define SCAN_PARAMS                                                                                            \
+    const ST *x, const ST *val, MT *slot_s, float *slot_z, float *slot_m, const ela_f4 *rows, const float *init_s, \
+        const float *init_z, const float *init_m, float *fin_s, float *fin_z, float *fin_m, ScanSegs seg, ElaIo io,  \
+        i64 T, int nch
+#define SCAN_ARGS x, val, slot_s, slot_z, slot_m, rows, init_s, init_z, init_m, fin_s, fin_z, fin_m, seg, io, T, nch
+#ifdef ELA_LEAN
+extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB) ela_scan_m0(SCAN_PARAMS, int causal) {
+    scan_walk<0>(SCAN_ARGS, 0, causal);
+}
+extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB) ela_scan_m1(SCAN_PARAMS, int causal) {
+    scan_walk<1>(SCAN_ARGS, 1, causal);
+}
+#else
+extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB) ela_scan(SCAN_PARAMS, int mode, int causal) {
+    scan_walk<-1>(SCAN_ARGS, mode, causal);
+}
 #endif
-#undef SCAN_KERNEL
+#undef SCAN_PARAMS
+#undef SCAN_ARGS
 
-// Joins the runs of a split ela_scan. Within a run every relative slot needs the same exact
-// state before the run, so the slots are independent: a thread owns four consecutive value
-// columns of one feature in JOIN_SLOTS consecutive slots and loads them first, as 16-byte
-// vectors (all loads in flight at once; few, wide threads: the kernel is bound by the latency
-// of its loads and the number of its blocks, not by bandwidth). Mode 0, with c = (S, z, m) the
-// state before the run and r the relative slot: m = max(c.m, r.m), S = c.S e^(c.m - m) +
-// r.S e^(r.m - m), z alike; slot nch (the final state) is every run folded. Mode 1: the
-// accumulators of the later runs, already in the forward's units, moved to the slot's units
-// (those of m^(c+1)) and added.
+// Joins the runs of a split ela_scan. Within a run every relative slot needs the
+// same exact state before the run, so the slots are independent: a thread owns four consecutive
+// value columns of one feature in JOIN_SLOTS consecutive slots and loads them first, as 16-byte
+// vectors (all loads in flight at once; few, wide threads: the kernel is bound by the latency of
+// its loads and the number of its blocks, not by bandwidth). Mode 0, with c = (S, z, m) the state
+// before the run and r the relative slot: m = max(c.m, r.m), S = c.S e^(c.m - m) + r.S e^(r.m - m),
+// z alike; slot nch (the final state) is every run folded. Mode 1: the accumulators of the later
+// runs, already in the forward's units, moved to the slot's units (those of m^(c+1)) and added.
 // The carry (the runs folded so far) only grows: mode 0 visits its slots upwards and folds in run
-// after run from run 0; mode 1 visits them downwards and folds in run after run from the last.
-// Each fold is one short step, so the code stays small although the slots are unrolled.
-// Grid: x = groups of JOIN_SLOTS slots to join (mode 0: slots len .. nch; mode 1: 0 ..
-// (runs - 1) len - 1), y = sequence x groups of JOIN_FPB features; 256 threads.
+// after run from run 0; mode 1 visits them downwards and folds in run after run from the last. Each
+// fold is one short step, so the code stays small although the slots are unrolled.
+// Grid: x = groups of JOIN_SLOTS slots to join (mode 0: slots len .. nch; mode 1: 0 .. (runs - 1)
+// len - 1), y = sequence x groups of JOIN_FPB features; 256 threads.
 #define JOIN_SLOTS 8
 #define JOIN_FPB (4 * 256 / ELA_DV)
 template <int MODE>
@@ -454,14 +489,14 @@ extern "C" __global__ void __launch_bounds__(256)
 }
 
 // Folds a scan split into runs of one chunk (seg.len = 1, seg.runs = nch: every run is one
-// chunk's own state, made in parallel by ela_scan) into the slots: the second half of a
+// chunk's own state, made in parallel by the scan kernel) into the slots: the second half of a
 // two-level scan, whose first half has no chain of dependent steps at all. A thread owns four
 // value columns of one feature of one sequence and walks its chunks in order, carrying the state
 // in f32 with the join's formulas (each slot is the carry, as the relative slot of a one-chunk
 // run is empty). Its chain per chunk is a few multiply-adds; the loads do not depend on it, so
 // the next FOLD_AHEAD chunks' end states are in flight while the current ones are folded.
-// Mode 0 writes slots 1 .. nch (ela_scan wrote slot 0), mode 1 slots nch - 2 .. 0 (ela_scan
-// wrote slot nch - 1). Grid: x = n F Dv / (4 * 256) blocks of 256 threads.
+// Mode 0 writes slots 1 .. nch (the scan kernel wrote slot 0), mode 1 slots nch - 2 .. 0 (the scan
+// kernel wrote slot nch - 1). Grid: x = n F Dv / (4 * 256) blocks of 256 threads.
 #define FOLD_AHEAD 8
 template <int MODE>
 __device__ __forceinline__ void scan_fold(MT* __restrict__ slot_s, float* __restrict__ slot_z, float* __restrict__ slot_m,
@@ -657,8 +692,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         if (row >= n) mx = neg_inf<float>();
 #pragma unroll
         for (int e = 0; e < RP::EPT; e += 2)
-            store_mt2(psia + row * LDF + rc0 + e, row < n ? __expf(kp.x[e] - mx) : 0.f,
-                      row < n ? __expf(kp.x[e + 1] - mx) : 0.f);
+            store_mt2(psia + row * LDF + rc0 + e, exp_if(row < n, kp.x[e] - mx), exp_if(row < n, kp.x[e + 1] - mx));
         if (RP::head()) mk[row] = mx;
         if (mode == 0) vt.store(vsm, LDV, (const float*)0);
     }
@@ -692,13 +726,12 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         float ds = 0.f;
 #pragma unroll
         for (int e = 0; e < RP::EPT; e += 2) {
-            const float p0 = i < n ? __expf(qp.x[e] + mst[rc0 + e] - u) : 0.f;
-            const float p1 = i < n ? __expf(qp.x[e + 1] + mst[rc0 + e + 1] - u) : 0.f;
+            const float p0 = exp_if(i < n, qp.x[e] + mst[rc0 + e] - u);
+            const float p1 = exp_if(i < n, qp.x[e + 1] + mst[rc0 + e + 1] - u);
             ds += p0 * zst[rc0 + e] + p1 * zst[rc0 + e + 1];
             store_mt2(phib + i * LDF + rc0 + e, p0, p1);
             if (causal)
-                store_mt2(phia + i * LDF + rc0 + e, i < n ? __expf(qp.x[e] - mqv) : 0.f,
-                          i < n ? __expf(qp.x[e + 1] - mqv) : 0.f);
+                store_mt2(phia + i * LDF + rc0 + e, exp_if(i < n, qp.x[e] - mqv), exp_if(i < n, qp.x[e + 1] - mqv));
         }
         ds = RP::sum(ds);
         if (RP::head()) {
@@ -725,8 +758,10 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
             for (int e = 0; e < 4; e += 2) {
                 const int i = ACC_ROW(r0, e), j = ACC_COL(c0, nt, e);
                 const bool ok = i < n;
-                const float a0 = (ok && j <= i) ? acc[nt][e] * __expf(mq[i] + mk[j] - uu[i]) : 0.f;
-                const float a1 = (ok && j + 1 <= i) ? acc[nt][e + 1] * __expf(mq[i] + mk[j + 1] - uu[i]) : 0.f;
+                // Masked entries are dropped after the product, so a later key's inf or NaN
+                // cannot reach an earlier row.
+                const float a0 = keep_if(ok && j <= i, acc[nt][e] * __expf(mq[i] + mk[j] - uu[i]));
+                const float a1 = keep_if(ok && j + 1 <= i, acc[nt][e + 1] * __expf(mq[i] + mk[j + 1] - uu[i]));
                 store_mt2(At + i * LDC + j, a0, a1);
                 if (e == 0) slo += a0 + a1;
                 else shi += a0 + a1;

@@ -104,6 +104,19 @@ __device__ __forceinline__ void store_st2(ST* p, float a, float b) {
     p[1] = DT::store(b);
 #endif
 }
+#ifdef ELA_LEAN
+// Two adjacent storage elements with one load (4 bytes for 16-bit inputs, 8 for f32); p must be
+// aligned to the pair (an even column of a row that starts on 16 bytes).
+__device__ __forceinline__ void load_st2(const ST* p, float& a, float& b) {
+#if ELA_DT == 0
+    const float2 w = *(const float2*)p;
+    a = w.x, b = w.y;
+#else
+    const u32 w = *(const u32*)p;
+    a = DT::load((u16)(w & 0xffffu)), b = DT::load((u16)(w >> 16));
+#endif
+}
+#endif
 
 // Four consecutive storage elements as one vector load (8 or 16 bytes; callers keep the
 // alignment: row lengths are multiples of 4 elements and buffers come from cudaMalloc).
@@ -191,12 +204,14 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], u32 a0, u32 a1, u32 a2, 
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
+#ifndef ELA_LEAN
 // The pair X(r, k), X(r, k+1) of a matrix stored row-major (TR = false: X[r*ld + k], adjacent,
 // one 32-bit load) or column-major (TR = true: X[k*ld + r], two 16-bit loads), low half first.
 template <bool TR> __device__ __forceinline__ u32 pair16(const MT* X, int ld, int r, int k) {
     if (!TR) return *(const u32*)(X + r * ld + k);
     return (u32)X[k * ld + r] | ((u32)X[(k + 1) * ld + r] << 16);
 }
+#endif
 
 // Shared-memory address of a generic pointer into shared memory.
 __device__ __forceinline__ u32 smem_addr(const void* p) {
@@ -285,11 +300,18 @@ __device__ __forceinline__ void mm_tile(float (&acc)[NT][4], const MT* A, int ld
                                         int col0, int K) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #if ELA_MMA
-    // ldmatrix needs 16-byte aligned rows (warp-uniform test; the carves keep them aligned).
+    // ldmatrix needs 16-byte aligned rows and bases (a warp-uniform test). Every carve keeps them
+    // aligned (16-bit operand widths are multiples of 16, padded by 8). Lean modules trap on a
+    // misaligned call (a bug in a carve; a launch failure the host reports); the others fall back
+    // to 16-bit shared loads, code that never runs but sits inside the scans' walk loops (about
+    // 500 instructions a call site), taking instruction-cache room from the code that runs.
     if ((((smem_addr(A) | smem_addr(B)) & 15) | (((lda | ldb) * 2) & 15) | ((row0 | col0) & 7)) == 0) {
         mm_tile_ldsm<NT, AT, BT>(acc, A, lda, B, ldb, row0, col0, K);
         return;
     }
+#ifdef ELA_LEAN
+    __trap();
+#else
     for (int k0 = 0; k0 < K; k0 += 16) {
         const int ka = k0 + 2 * t;
         u32 a0 = pair16<AT>(A, lda, row0 + g, ka);
@@ -304,7 +326,9 @@ __device__ __forceinline__ void mm_tile(float (&acc)[NT][4], const MT* A, int ld
             mma_bf16(acc[nt], a0, a1, a2, a3, b0, b1);
         }
     }
-#elif __CUDA_ARCH__ >= 800 && !defined(ELA_F32_FFMA)
+#endif
+#endif
+#if !ELA_MMA && __CUDA_ARCH__ >= 800 && !defined(ELA_F32_FFMA)
     // 3xTF32 (docs/ela.md, "f32 tile products on tensor cores"): each operand x splits into
     // hi = tf32(x) and lo = tf32(x - hi), and a block of 8 products is lo_a hi_b + hi_a lo_b +
     // hi_a hi_b (the dropped lo_a lo_b and the rounding of lo: ~2^-22 relative per product).
@@ -333,7 +357,7 @@ __device__ __forceinline__ void mm_tile(float (&acc)[NT][4], const MT* A, int ld
             for (int e = 0; e < 4; ++e) acc[nt][e] += blk[e];
         }
     }
-#else
+#elif !ELA_MMA
 #pragma unroll 4
     for (int k = 0; k < K; ++k) {
         const float alo = AT ? A[k * lda + row0 + g] : A[(row0 + g) * lda + k];
@@ -351,6 +375,19 @@ __device__ __forceinline__ void mm_tile(float (&acc)[NT][4], const MT* A, int ld
     }
 #endif
 }
+
+// x where `live`, else 0. Lean: by a bit mask, x computed either way (a dead entry's value may be
+// anything, inf or NaN included, and none of it survives); otherwise a test, which compiles to a
+// branch per entry around its exp and keeps neighbouring entries' loads and exps from
+// overlapping in the per-row loops of the chunk kernels. Macros where x must stay unevaluated for
+// dead entries, as in the test form.
+#ifdef ELA_LEAN
+__device__ __forceinline__ float keep_if(bool live, float x) { return __int_as_float(__float_as_int(x) & -(int)live); }
+#define exp_if(live, x) keep_if((live), __expf(x))
+#else
+#define keep_if(live, x) ((live) ? (x) : 0.f)
+#define exp_if(live, x) ((live) ? __expf(x) : 0.f)
+#endif
 
 // Row and column of accumulator element (nt, e) of this lane.
 #define ACC_ROW(row0, e) ((row0) + ((threadIdx.x & 31) >> 2) + 8 * ((e) >> 1))

@@ -326,9 +326,9 @@ impl Cuda {
         }
     }
 
-    /// `ela_scan`: mode 0 writes the forward slots from `x = k`, `val = v` (and an optional
-    /// initial state; `fin` receives the final state in f32); mode 1 the reverse accumulators
-    /// from `x = q`, `val = dy` and the row info. Causal calls without a carried state may split
+    /// `ela_scan` (or, compiled lean, `ela_scan_m0` / `ela_scan_m1`): mode 0 writes the forward
+    /// slots from `x = k`, `val = v` (and an optional initial state; `fin` receives the final
+    /// state in f32); mode 1 the reverse accumulators from `x = q`, `val = dy` and the row info. Causal calls without a carried state may split
     /// each walk into runs ([`Cuda::scan_runs`]), joined by `ela_scan_join`.
     #[allow(clippy::too_many_arguments)]
     fn ela_scan(
@@ -384,7 +384,7 @@ impl Cuda {
             },
             None => ScanSegs::default(),
         };
-        let args = [
+        let mut args = vec![
             Arg::Ptr(x),
             Arg::Ptr(val),
             Arg::Ptr(out.0.ptr()),
@@ -401,15 +401,18 @@ impl Cuda {
             Arg::by_value(*io),
             Arg::n(t),
             Arg::I32(nch as i32),
-            Arg::I32(mode),
-            Arg::I32(causal as i32),
         ];
-        let cfg = Cfg { grid: n as u32, grid_y: (runs * cv.scan_blocks()) as u32, block: THREADS };
-        let name = match (super::switches().scan_by_mode, mode) {
-            (false, _) => "ela_scan",
+        // The lean modules have one scan kernel per mode; the others one taking the mode.
+        let name = match (super::switches().lean, mode) {
+            (false, _) => {
+                args.push(Arg::I32(mode));
+                "ela_scan"
+            }
             (true, 0) => "ela_scan_m0",
             (true, _) => "ela_scan_m1",
         };
+        args.push(Arg::I32(causal as i32));
+        let cfg = Cfg { grid: n as u32, grid_y: (runs * cv.scan_blocks()) as u32, block: THREADS };
         launch(self, cv, name, cfg, cv.scan_smem(), &args)?;
         if runs > 1 {
             let mut args = vec![
