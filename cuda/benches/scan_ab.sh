@@ -2,7 +2,7 @@
 # The chunked ELA scan's variants on the GPU machine, from the repo root, with the bundle of
 # cuda/benches/pack.sh carried (unpacked here if .gpu/ is missing). Logs go to $OUT.
 #
-#   OUT=$OUT bash cuda/benches/scan_ab.sh check    # the ELA CUDA tests, default and lean, + memcheck/racecheck
+#   OUT=$OUT bash cuda/benches/scan_ab.sh check    # the chunked ELA tests, default and lean, + memcheck/racecheck
 #   OUT=$OUT bash cuda/benches/scan_ab.sh time     # ela_gpu: fold or not x default or lean, the LMs' shapes
 #   OUT=$OUT bash cuda/benches/scan_ab.sh long     # the same at B8 H16, T 4k and 16k
 #   OUT=$OUT bash cuda/benches/scan_ab.sh ncu      # Nsight Compute on the ELA kernels
@@ -34,8 +34,13 @@ for part in $parts; do
         e="-u ELA_CUDA_LEAN"
         [ $lean = 1 ] && e="ELA_CUDA_LEAN=1"
         echo "## tests, lean $lean" >>"$log"
+        # The chunked Hadamard-Exp tests and the feature-map kernels' (the latter take minutes:
+        # the whole suite, cuda/benches/gpu_suite.sh, covers everything else).
         # shellcheck disable=SC2086
-        env $e timeout 150 .gpu/bin/test-cuda_ops ela >>"$log" 2>&1
+        env $e timeout 120 .gpu/bin/test-cuda_ops ela_fast >>"$log" 2>&1
+        echo "rc $?" >>"$log"
+        # shellcheck disable=SC2086
+        env $e timeout 280 .gpu/bin/test-cuda_ops ela_gemm >>"$log" 2>&1
         echo "rc $?" >>"$log"
         for tool in memcheck racecheck; do
           # shellcheck disable=SC2086
