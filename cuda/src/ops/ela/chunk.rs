@@ -328,8 +328,9 @@ impl Cuda {
 
     /// `ela_scan` (or, compiled lean, `ela_scan_m0` / `ela_scan_m1`): mode 0 writes the forward
     /// slots from `x = k`, `val = v` (and an optional initial state; `fin` receives the final
-    /// state in f32); mode 1 the reverse accumulators from `x = q`, `val = dy` and the row info. Causal calls without a carried state may split
-    /// each walk into runs ([`Cuda::scan_runs`]), joined by `ela_scan_join`.
+    /// state in f32); mode 1 the reverse accumulators from `x = q`, `val = dy` and the row info.
+    /// Causal calls without a carried state may split each walk into runs ([`Cuda::scan_runs`]),
+    /// joined by `ela_scan_join` (or folded by `ela_scan_fold` at one chunk a run).
     #[allow(clippy::too_many_arguments)]
     fn ela_scan(
         &self,
