@@ -171,7 +171,7 @@ pub enum KernelFile {
     /// and the kernels around the cuBLAS chunked path of `ela/gemm_chunk.cu` (one module)
     Ela,
     /// chunked Hadamard-Exp ELA on tensor cores (`ela/tile.cuh`, `ela/chunk_fwd.cu`,
-    /// `ela/chunk_bwd.cu`, `ela/step.cu`), compiled separately for each input dtype and head sizes
+    /// `ela/scan_runs.cu`, `ela/chunk_bwd.cu`, `ela/step.cu`), compiled separately for each input dtype and head sizes
     /// `d`, `dv`
     ElaChunk {
         /// Input dtype.
@@ -296,6 +296,7 @@ impl KernelFile {
                     + &with_lines(&[
                         ("ela/tile.cuh", include_str!("../kernels/ela/tile.cuh")),
                         (self.name(), self.source()),
+                        ("ela/scan_runs.cu", include_str!("../kernels/ela/scan_runs.cu")),
                         ("ela/chunk_bwd.cu", include_str!("../kernels/ela/chunk_bwd.cu")),
                         ("ela/step.cu", include_str!("../kernels/ela/step.cu")),
                     ]),
