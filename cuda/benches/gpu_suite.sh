@@ -4,7 +4,7 @@
 # cuda/benches/pack.sh carried (unpacked here if .gpu/ is missing); CUDA is required as in
 # .gpu/run-tests.sh, and the caller's environment reaches every test (e.g. a kernel switch).
 #
-#   OUT=$OUT JOBS=6 LIMIT=240 bash cuda/benches/gpu_suite.sh [name-filter]
+#   OUT=$OUT JOBS=6 LIMIT=240 bash cuda/benches/gpu_suite.sh [name-regex, e.g. "cuda_ops|ela_cuda"]
 #
 # Writes $OUT/suite-$TAG/<executable>.log and appends one summary block to $OUT/suite.md: a line
 # per executable (ok, FAILED with its failing tests, or TIMEOUT after LIMIT seconds) and the totals.
@@ -33,7 +33,7 @@ one() {
 export -f one
 block=$(
   echo "# suite $TAG $(date -u +%FT%TZ) ($(nvidia-smi --query-gpu=name --format=csv,noheader))"
-  find .gpu/bin -name "test-*" | grep -F -- "${1:-}" | xargs -P "$JOBS" -I{} bash -c 'one {}' | sort -k 2
+  find .gpu/bin -name "test-*" | grep -E -- "${1:-}" | xargs -P "$JOBS" -I{} bash -c 'one {}' | sort -k 2
   cat "$dir"/*.log | grep -E "^test result:" |
     awk '{p+=$4; f+=$6; i+=$8} END {print "tests:", p, "passed,", f, "failed,", i, "ignored"}'
 )
