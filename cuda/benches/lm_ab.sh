@@ -3,7 +3,7 @@
 # peer. Run on the GPU machine from the repo root, with `.gpu/bin/ela` (this build) and, when
 # RUNS names it, `.gpu/bin/ela-base` (a build to compare against) carried. Logs go to
 # $OUT/lm_ab.md. RUNS lists what alternates: a binary name, with `:graph` for `--graph`, and
-# `+VAR=VALUE` suffixes for environment variables of that run (e.g. `ela:graph+ELA_CUDA_LEAN=1`).
+# `+VAR=VALUE` suffixes for environment variables of that run (e.g. `ela:graph+ELA_CUDA_SCAN_RUNS=2`).
 #
 #   RUNS="ela-base ela ela:graph" PRECISIONS="bf16 f32" PAIRS=2 STEPS=30 PEER_STEPS=40 \
 #     bash cuda/benches/lm_ab.sh

@@ -2,18 +2,17 @@
 # The chunked ELA scan's variants on the GPU machine, from the repo root, with the bundle of
 # cuda/benches/pack.sh carried (unpacked here if .gpu/ is missing). Logs go to $OUT.
 #
-#   OUT=$OUT bash cuda/benches/scan_ab.sh check    # the chunked ELA tests, default and lean, + memcheck/racecheck
-#   OUT=$OUT bash cuda/benches/scan_ab.sh time     # ela_gpu: fold or not x default or lean, the LMs' shapes
+#   OUT=$OUT bash cuda/benches/scan_ab.sh check    # the chunked ELA tests + memcheck/racecheck
+#   OUT=$OUT bash cuda/benches/scan_ab.sh time     # ela_gpu: fold or not, the LMs' shapes
 #   OUT=$OUT bash cuda/benches/scan_ab.sh long     # the same at B8 H16, T 4k and 16k
 #   OUT=$OUT bash cuda/benches/scan_ab.sh ncu      # Nsight Compute on the ELA kernels
 #   OUT=$OUT bash cuda/benches/scan_ab.sh sass     # where the warps of each chunk kernel stall, per
-#                                                  # SASS instruction (B8 H16 T16k D64 bf16, lean)
+#                                                  # SASS instruction (B8 H16 T16k D64 bf16)
 #
 # What varies (cuda/README.md): the split of the walks (`ELA_GPU_SCAN_RUNS`: 0 = chosen per call,
-# 1000 = one chunk a run, the two-level scan folded by `ela_scan_fold`) and the chunk modules'
-# build (`ELA_CUDA_LEAN=1`: one scan kernel per mode, branch-free masked exps, no fallback in the
-# tile product). Shapes: B8 H8 T2048 (the d512 LM's attention), B4 H16 T4096 (the d1024 LM's),
-# B8 H16 at 4k and 16k (the kernel benchmark's).
+# 1000 = one chunk a run, the two-level scan folded by `ela_scan_fold`). Shapes: B8 H8 T2048 (the
+# d512 LM's attention), B4 H16 T4096 (the d1024 LM's), B8 H16 at 4k and 16k (the kernel
+# benchmark's).
 set -u
 OUT=${OUT:-/tmp/ela-gpu-out}
 mkdir -p "$OUT"
@@ -29,42 +28,28 @@ parts=${*:-check time}
 for part in $parts; do
   case $part in
     check)
-      for lean in 0 1; do
-        # The switch is on when the variable is set at all: off means unset.
-        e="-u ELA_CUDA_LEAN"
-        [ $lean = 1 ] && e="ELA_CUDA_LEAN=1"
-        echo "## tests, lean $lean" >>"$log"
-        # The chunked Hadamard-Exp tests and the feature-map kernels' (the latter take minutes:
-        # the whole suite, cuda/benches/gpu_suite.sh, covers everything else).
-        # shellcheck disable=SC2086
-        env $e timeout 120 .gpu/bin/test-cuda_ops ela_fast >>"$log" 2>&1
-        echo "rc $?" >>"$log"
-        # shellcheck disable=SC2086
-        env $e timeout 280 .gpu/bin/test-cuda_ops ela_gemm >>"$log" 2>&1
-        echo "rc $?" >>"$log"
-        for tool in memcheck racecheck; do
-          # shellcheck disable=SC2086
-          env $e timeout 120 "$CS" --tool $tool .gpu/bin/test-cuda_ops scans_split_into_runs >>"$log" 2>&1
-          echo "$tool rc $?" >>"$log"
-        done
+      echo "## tests" >>"$log"
+      # The chunked Hadamard-Exp tests and the feature-map kernels' (the latter take minutes:
+      # the whole suite, cuda/benches/gpu_suite.sh, covers everything else).
+      timeout 120 .gpu/bin/test-cuda_ops ela_fast >>"$log" 2>&1
+      echo "rc $?" >>"$log"
+      timeout 280 .gpu/bin/test-cuda_ops ela_gemm >>"$log" 2>&1
+      echo "rc $?" >>"$log"
+      for tool in memcheck racecheck; do
+        timeout 120 "$CS" --tool $tool .gpu/bin/test-cuda_ops scans_split_into_runs >>"$log" 2>&1
+        echo "$tool rc $?" >>"$log"
       done
       ;;
     time | long)
       for runs in 0 1000; do
-        for lean in 0 1; do
-          echo "## $part: ELA_GPU_SCAN_RUNS=$runs lean $lean" >>"$log"
-          e="-u ELA_CUDA_LEAN ELA_GPU_SCAN_RUNS=$runs"
-          [ $lean = 1 ] && e="ELA_GPU_SCAN_RUNS=$runs ELA_CUDA_LEAN=1"
-          if [ "$part" = time ]; then
-            # shellcheck disable=SC2086
-            env $e ELA_GPU_BH=8x8 timeout 60 .gpu/bin/ela_gpu "d=64 bf16 T=2048" >>"$log" 2>&1
-            # shellcheck disable=SC2086
-            env $e ELA_GPU_BH=4x16 timeout 60 .gpu/bin/ela_gpu "d=64 bf16 T=4096" >>"$log" 2>&1
-          else
-            # shellcheck disable=SC2086
-            env $e timeout 120 .gpu/bin/ela_gpu "d=64 bf16 T=4096" "d=64 bf16 T=16384" "d=128 bf16 T=16384" >>"$log" 2>&1
-          fi
-        done
+        echo "## $part: ELA_GPU_SCAN_RUNS=$runs" >>"$log"
+        if [ "$part" = time ]; then
+          ELA_GPU_SCAN_RUNS=$runs ELA_GPU_BH=8x8 timeout 60 .gpu/bin/ela_gpu "d=64 bf16 T=2048" >>"$log" 2>&1
+          ELA_GPU_SCAN_RUNS=$runs ELA_GPU_BH=4x16 timeout 60 .gpu/bin/ela_gpu "d=64 bf16 T=4096" >>"$log" 2>&1
+        else
+          ELA_GPU_SCAN_RUNS=$runs timeout 120 .gpu/bin/ela_gpu "d=64 bf16 T=4096" "d=64 bf16 T=16384" \
+            "d=128 bf16 T=16384" >>"$log" 2>&1
+        fi
       done
       ;;
     ncu)
@@ -81,14 +66,16 @@ for part in $parts; do
       # One launch of each kernel with the source counters (sampled stall reasons per instruction),
       # exported as CSV: the forward scan (mode 0), the reverse scan (mode 1), the per-chunk output
       # and the per-chunk gradients. The bench's first calls compile and check; skip past them.
+      # The device tool returns few files per call: the reports stay in /tmp, the details of all
+      # four go to one file, and each CSV is compressed (0.7-1.7 MB each).
       for k in ela_scan_m0 ela_scan_m1 ela_out ela_bwd; do
-        rep="$OUT/sass_$k"
-        ELA_CUDA_LEAN=1 timeout 100 "$NCU" --section SpeedOfLight --section WarpStateStats \
+        rep="/tmp/sass_$k"
+        timeout 100 "$NCU" --section SpeedOfLight --section WarpStateStats \
           --section SourceCounters -k regex:"^$k" --launch-skip 2 --launch-count 1 -o "$rep" \
-          .gpu/bin/ela_gpu "d=64 bf16 T=16384" >"$rep.log" 2>&1
-        "$NCU" -i "$rep.ncu-rep" --page details >"$rep.txt" 2>&1
-        "$NCU" -i "$rep.ncu-rep" --page source --csv --print-source sass >"$rep.csv" 2>&1
-        echo "sass $k: $(wc -l <"$rep.csv") lines" >>"$log"
+          .gpu/bin/ela_gpu "d=64 bf16 T=16384" >"$rep.log" 2>&1 || tail -n 5 "$rep.log" >>"$log"
+        "$NCU" -i "$rep.ncu-rep" --page details >>"$OUT/sass_details.txt" 2>&1
+        "$NCU" -i "$rep.ncu-rep" --page source --csv --print-source sass 2>&1 | xz >"$OUT/sass_$k.csv.xz"
+        echo "sass $k: $(xz -dc "$OUT/sass_$k.csv.xz" | wc -l) lines" >>"$log"
       done
       ;;
     *) echo "unknown part $part (check, time, long, ncu, sass)" >&2; exit 2 ;;

@@ -292,7 +292,6 @@ impl KernelFile {
                 format!("#define ELA_DT {}\n#define ELA_D {d}\n#define ELA_DV {dv}\n", dt as i32)
                     + &ChunkMinBlocks::of(dt, d, dv).defines()
                     + f32_products_define()
-                    + if lean_chunk_kernels() { LEAN_DEFINE } else { "" }
                     + &with_lines(&[
                         ("ela/tile.cuh", include_str!("../kernels/ela/tile.cuh")),
                         (self.name(), self.source()),
@@ -309,7 +308,6 @@ impl KernelFile {
                         dt as i32
                     )
                     + f32_products_define()
-                    + if lean_chunk_kernels() { LEAN_DEFINE } else { "" }
                     + &with_lines(&[
                         ("ela/tile.cuh", include_str!("../kernels/ela/tile.cuh")),
                         ("ela/features.cuh", include_str!("../kernels/ela/features.cuh")),
@@ -326,22 +324,6 @@ impl KernelFile {
         }
     }
 }
-
-/// Whether `ELA_CUDA_LEAN` is set (read once per process): the chunked Hadamard-Exp modules and
-/// the feature-map modules are then compiled with `ELA_LEAN` (`ela/tile.cuh`, `ela/chunk_fwd.cu`):
-/// the scan compiled once per mode (`ela_scan_m0` / `ela_scan_m1` in place of `ela_scan`, which
-/// takes the mode at run time), masked exps as a bit mask instead of a branch per entry, no
-/// 16-bit-load fallback in the tile product (a misaligned operand traps), and paired or vector
-/// loads where the per-entry code made scalar ones. Same arithmetic and results, smaller code
-/// (bf16 64-wide heads: the forward scan 2,104 sm_90 instructions against `ela_scan`'s 4,840 for
-/// both modes). Opt-in until a GPU has run the suite with it and timed it.
-pub fn lean_chunk_kernels() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("ELA_CUDA_LEAN").is_some())
-}
-
-/// The define that compiles a chunk or feature-map module lean (see [`lean_chunk_kernels`]).
-pub const LEAN_DEFINE: &str = "#define ELA_LEAN 1\n";
 
 /// The tile products of the chunked kernels' f32 variants run as 3xTF32 on the tensor cores
 /// (`ela/tile.cuh`); `ELA_CUDA_F32_FFMA=1` (read once per process) compiles them with the older

@@ -49,9 +49,7 @@ fn resource_usage_reports_every_kernel() {
     }
     let file = kernels::KernelFile::ElaChunk { dt: kernels::ElaDt::BF16, d: 64, dv: 64 };
     let log = kernels::resource_usage(file, "sm_90").unwrap();
-    // `resource_usage` compiles the module as this process would load it (lean with ELA_CUDA_LEAN).
-    let scans: &[&str] = if kernels::lean_chunk_kernels() { &["ela_scan_m0", "ela_scan_m1"] } else { &["ela_scan"] };
-    for &k in scans.iter().chain(&["ela_scan_join", "ela_out", "ela_rows_dot", "ela_bwd", "ela_step_fast"]) {
+    for k in ["ela_scan_m0", "ela_scan_m1", "ela_scan_join", "ela_out", "ela_rows_dot", "ela_bwd", "ela_step_fast"] {
         assert!(log.contains(&format!("Compiling entry function '{k}'")), "{k} in the report:\n{log}");
     }
     assert!(log.contains("registers") && log.contains("spill stores"), "{log}");
@@ -59,35 +57,28 @@ fn resource_usage_reports_every_kernel() {
     assert!(err.to_string().contains("sm_XY"), "{err}");
 }
 
-/// A chunk module compiled lean (`ELA_CUDA_LEAN`) holds the scan once per mode (`ela_scan_m0`,
-/// `ela_scan_m1`, which the host then launches by name) and not the runtime-mode `ela_scan`, and
-/// the default module the reverse, at the bench's head sizes in both operand types. The
-/// feature-map module compiles lean too.
+/// A chunk module holds the scan once per mode (`ela_scan_m0`, `ela_scan_m1`, which the host
+/// launches by name, with no mode argument) and no scan taking the mode at run time, beside the
+/// joins, the output and the gradient kernels, at the bench's head sizes in both operand types.
 #[test]
-fn lean_chunk_modules_hold_one_scan_per_mode() {
+fn chunk_modules_hold_one_scan_per_mode() {
     if !kernels::nvrtc_available() {
         let tried = format!("tried {:?}", kernels::linux_candidates("nvrtc"));
         return ela_cuda::testing::skip("no NVRTC library", &tried);
     }
-    let cubin = |src: &str| match kernels::compile_source("chunk_fwd.cu", src, "sm_90").unwrap() {
-        kernels::Image::Cubin(elf) => elf,
-        _ => panic!("expected a cubin for sm_90"),
-    };
     // A symbol's name ends at a NUL in the ELF string table.
     let has = |elf: &[u8], k: &str| elf.windows(k.len() + 1).any(|w| &w[..k.len()] == k.as_bytes() && w[k.len()] == 0);
     for (dt, d) in [(kernels::ElaDt::BF16, 64), (kernels::ElaDt::F32, 128)] {
-        // The plain source whatever this process's ELA_CUDA_LEAN (the GPU suite runs with it too).
-        let src = kernels::KernelFile::ElaChunk { dt, d, dv: d }.full_source().replace(kernels::LEAN_DEFINE, "");
-        let (plain, lean) = (cubin(&src), cubin(&(kernels::LEAN_DEFINE.to_string() + &src)));
+        let src = kernels::KernelFile::ElaChunk { dt, d, dv: d }.full_source();
+        let elf = match kernels::compile_source("chunk_fwd.cu", &src, "sm_90").unwrap() {
+            kernels::Image::Cubin(elf) => elf,
+            _ => panic!("expected a cubin for sm_90"),
+        };
         for k in ["ela_scan_m0", "ela_scan_m1", "ela_scan_join", "ela_scan_fold", "ela_out", "ela_bwd"] {
-            assert!(has(&lean, k), "{k} in the lean {dt:?} d={d} module");
+            assert!(has(&elf, k), "{k} in the {dt:?} d={d} module");
         }
-        assert!(!has(&lean, "ela_scan"), "no runtime-mode ela_scan in the lean {dt:?} d={d} module");
-        assert!(has(&plain, "ela_scan") && !has(&plain, "ela_scan_m0"), "the default {dt:?} d={d} module");
+        assert!(!has(&elf, "ela_scan"), "no runtime-mode ela_scan in the {dt:?} d={d} module");
     }
-    let la = kernels::KernelFile::ElaLa { dt: kernels::ElaDt::BF16, tc: true, f: 64, e: 80 };
-    let src = kernels::LEAN_DEFINE.to_string() + &la.full_source();
-    assert!(matches!(kernels::compile_source("la_chunk.cu", &src, "sm_90"), Ok(kernels::Image::Cubin(_))));
 }
 
 /// The whole-model decoding step compiles for every link and weight dtype, at head sizes below,

@@ -194,12 +194,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                 const int i = ACC_ROW(r0, e), d = ACC_COL(c0, nt, e);
                 if (i >= n) continue;
                 const bool on = gmul[i] != 0.f;  // 1 / den on the fast path, else 0
-#ifdef ELA_LEAN
                 float q0, q1;
                 load_st2(qg + (i64)i * lq + d, q0, q1);
-#else
-                const float q0 = DT::load(qg[(i64)i * lq + d]), q1 = DT::load(qg[(i64)i * lq + d + 1]);
-#endif
                 const float pb0 = exp_if(on, q0 + mcur[d] - uu[i]);
                 const float pb1 = exp_if(on, q1 + mcur[d + 1] - uu[i]);
                 float v0 = pb0 * (a2[nt][e] - cc[i] * zst[d]), v1 = pb1 * (a2[nt][e + 1] - cc[i] * zst[d + 1]);

@@ -4,7 +4,7 @@
 // running maxima, the exact path for rows whose fast denominator underflows), split into kernels
 // that each have plenty of parallel work:
 //
-//   ela_scan (mode 0; ela_scan_m0 in a lean module), one block per (sequence, 32 value columns),
+//   ela_scan_m0 (mode 0), one block per (sequence, 32 value columns),
 //     walks the chunks in order and writes the state before every chunk: slot c = (S^(c),
 //     z^(c), m^(c)), slot nch = the final state (S in the operand type, z and m f32). Per chunk:
 //     m' = max(m, column max of the keys), S <- S exp(m - m') + exp(K - m')^T V, z likewise
@@ -12,7 +12,7 @@
 //   ela_out, one block per (chunk, sequence): the chunk's rows from its state slot (eqs. (F1),
 //     (F2) with (N1), (U), (N2)): A = (Phi_a Psi_a^T) * E masked, y = (A V + Phi_b S) / den.
 //     In mode 1 (backward) it writes per row (u, den, c = g . y, exact-path flag) instead of y.
-//   ela_scan (mode 1; ela_scan_m1 when lean) walks the chunks backwards and writes U^(c+1),
+//   ela_scan_m1 (mode 1) walks the chunks backwards and writes U^(c+1),
 //     w^(c+1): the reverse accumulators of the rows after each chunk (eq. (R)), moved between
 //     units on the way.
 //   ela_bwd (chunk_bwd.cu), one block per (chunk, sequence): dq, dk, dv of the chunk
@@ -85,18 +85,16 @@ __device__ __forceinline__ void st_mt4(MT* p, float a, float b, float c, float d
 // run writes its end state to `seg` too; ela_scan_join (scan_runs.cu) then adds the runs before
 // each one.
 //
-// The body is compiled either once for both modes (MODE -1: ela_scan, the mode given at run time)
-// or, in a lean module (ELA_LEAN), once per mode (ela_scan_m0, ela_scan_m1): a walk step is a
-// chain of short dependent instructions run by few warps, so the other mode's instructions and
-// the branches between them cost time on every step (the per-mode kernels were 3-4 % faster in
-// the chunked fwd+bwd on an H100).
+// The body is compiled once per mode (ela_scan_m0, ela_scan_m1), not once with the mode given at
+// run time: a walk step is a chain of short dependent instructions run by few warps, so the other
+// mode's instructions and the branches between them cost time on every step (the per-mode kernels
+// were 3-4 % faster in the chunked fwd+bwd on an H100, and less than half the machine code).
 template <int MODE>
 __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s, float* slot_z, float* slot_m,
                                           const ela_f4* rows, const float* init_s, const float* init_z,
                                           const float* init_m, float* fin_s, float* fin_z, float* fin_m,
-                                          const ScanSegs& seg, const ElaIo& io, i64 T, int nch, int mode_rt,
-                                          int causal) {
-    const int mode = MODE < 0 ? mode_rt : MODE;
+                                          const ScanSegs& seg, const ElaIo& io, i64 T, int nch, int causal) {
+    constexpr int mode = MODE;
     // F: this block's features (state rows), FA: all of them (the row stride of x and the slots).
     constexpr int FA = ELA_F, F = SCAN_FB, DV = ELA_DV, C = ELA_C, DVB = SCAN_DVB, P = SCAN_P;
     constexpr int LDF = LDP(F), LDV = LDP(DVB + 8);
@@ -292,7 +290,6 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
         __syncthreads();
         // (4) Features from the registers: mode 0 psi = exp(k - m'); mode 1
         //     phi_b / den = exp(q + m^(c) - u) / den (eqs. (S'), (R); 1/den folds g = dy / den in).
-#ifdef ELA_LEAN
         // A thread's x vectors all hold the same four features (ELA_THREADS is a multiple of F / 4),
         // so their units are one vector load per chunk (mto and rinf are 16-byte aligned in every
         // carve). Rows past the chunk's end were loaded as zeros; exp_if gives them 0 features.
@@ -319,26 +316,6 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
                 st_mt4(psi + (p * C + r) * LDF + fx, ex[0], ex[1], ex[2], ex[3]);
             }
         }
-#else
-#pragma unroll
-        for (int p = 0; p < P; ++p) {
-            const int n = rows_of(chunk_of(it, p));
-            const float* mt = mto + p * F;
-#pragma unroll
-            for (int i = 0; i < NX; ++i) {
-                const int e = tid + i * ELA_THREADS, r = e / (F / 4), f = 4 * (e % (F / 4));
-                float o[4];
-                unpack4(px[p][i], o);
-                float u = 0.f, inv = 1.f;
-                if (mode == 1) u = rinf[(p * C + r) * 4], inv = 1.f / rinf[(p * C + r) * 4 + 1];
-                float ex[4];
-#pragma unroll
-                for (int j = 0; j < 4; ++j)
-                    ex[j] = r >= n ? 0.f : mode == 0 ? __expf(o[j] - mt[f + j]) : __expf(o[j] + mt[f + j] - u) * inv;
-                st_mt4(psi + (p * C + r) * LDF + f, ex[0], ex[1], ex[2], ex[3]);
-            }
-        }
-#endif
         if (it + P < ncs) fetch(it + P);  // the registers are free now
         __syncthreads();
         // (5) The chunks' products in order, the second chunk's slot between them.
@@ -378,18 +355,12 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
         const float *init_z, const float *init_m, float *fin_s, float *fin_z, float *fin_m, ScanSegs seg, ElaIo io,  \
         i64 T, int nch
 #define SCAN_ARGS x, val, slot_s, slot_z, slot_m, rows, init_s, init_z, init_m, fin_s, fin_z, fin_m, seg, io, T, nch
-#ifdef ELA_LEAN
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB) ela_scan_m0(SCAN_PARAMS, int causal) {
-    scan_walk<0>(SCAN_ARGS, 0, causal);
+    scan_walk<0>(SCAN_ARGS, causal);
 }
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB) ela_scan_m1(SCAN_PARAMS, int causal) {
-    scan_walk<1>(SCAN_ARGS, 1, causal);
+    scan_walk<1>(SCAN_ARGS, causal);
 }
-#else
-extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB) ela_scan(SCAN_PARAMS, int mode, int causal) {
-    scan_walk<-1>(SCAN_ARGS, mode, causal);
-}
-#endif
 #undef SCAN_PARAMS
 #undef SCAN_ARGS
 

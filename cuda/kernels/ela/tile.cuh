@@ -104,7 +104,6 @@ __device__ __forceinline__ void store_st2(ST* p, float a, float b) {
     p[1] = DT::store(b);
 #endif
 }
-#ifdef ELA_LEAN
 // Two adjacent storage elements with one load (4 bytes for 16-bit inputs, 8 for f32); p must be
 // aligned to the pair (an even column of a row that starts on 16 bytes).
 __device__ __forceinline__ void load_st2(const ST* p, float& a, float& b) {
@@ -116,7 +115,6 @@ __device__ __forceinline__ void load_st2(const ST* p, float& a, float& b) {
     a = DT::load((u16)(w & 0xffffu)), b = DT::load((u16)(w >> 16));
 #endif
 }
-#endif
 
 // Four consecutive storage elements as one vector load (8 or 16 bytes; callers keep the
 // alignment: row lengths are multiples of 4 elements and buffers come from cudaMalloc).
@@ -204,14 +202,6 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], u32 a0, u32 a1, u32 a2, 
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
-#ifndef ELA_LEAN
-// The pair X(r, k), X(r, k+1) of a matrix stored row-major (TR = false: X[r*ld + k], adjacent,
-// one 32-bit load) or column-major (TR = true: X[k*ld + r], two 16-bit loads), low half first.
-template <bool TR> __device__ __forceinline__ u32 pair16(const MT* X, int ld, int r, int k) {
-    if (!TR) return *(const u32*)(X + r * ld + k);
-    return (u32)X[k * ld + r] | ((u32)X[(k + 1) * ld + r] << 16);
-}
-#endif
 
 // Shared-memory address of a generic pointer into shared memory.
 __device__ __forceinline__ u32 smem_addr(const void* p) {
@@ -301,32 +291,15 @@ __device__ __forceinline__ void mm_tile(float (&acc)[NT][4], const MT* A, int ld
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #if ELA_MMA
     // ldmatrix needs 16-byte aligned rows and bases (a warp-uniform test). Every carve keeps them
-    // aligned (16-bit operand widths are multiples of 16, padded by 8). Lean modules trap on a
-    // misaligned call (a bug in a carve; a launch failure the host reports); the others fall back
-    // to 16-bit shared loads, code that never runs but sits inside the scans' walk loops (about
-    // 500 instructions a call site), taking instruction-cache room from the code that runs.
+    // aligned (16-bit operand widths are multiples of 16, padded by 8), so a misaligned call is a
+    // bug in a carve: it traps (a launch failure the host reports). A fallback through 16-bit
+    // shared loads would never run, yet sit inside the scans' walk loops (about 500 instructions
+    // a call site), taking instruction-cache room from the code that runs.
     if ((((smem_addr(A) | smem_addr(B)) & 15) | (((lda | ldb) * 2) & 15) | ((row0 | col0) & 7)) == 0) {
         mm_tile_ldsm<NT, AT, BT>(acc, A, lda, B, ldb, row0, col0, K);
         return;
     }
-#ifdef ELA_LEAN
     __trap();
-#else
-    for (int k0 = 0; k0 < K; k0 += 16) {
-        const int ka = k0 + 2 * t;
-        u32 a0 = pair16<AT>(A, lda, row0 + g, ka);
-        u32 a1 = pair16<AT>(A, lda, row0 + g + 8, ka);
-        u32 a2 = pair16<AT>(A, lda, row0 + g, ka + 8);
-        u32 a3 = pair16<AT>(A, lda, row0 + g + 8, ka + 8);
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            const int c = col0 + 8 * nt + g;
-            u32 b0 = pair16<!BT>(B, ldb, c, ka);
-            u32 b1 = pair16<!BT>(B, ldb, c, ka + 8);
-            mma_bf16(acc[nt], a0, a1, a2, a3, b0, b1);
-        }
-    }
-#endif
 #endif
 #if !ELA_MMA && __CUDA_ARCH__ >= 800 && !defined(ELA_F32_FFMA)
     // 3xTF32 (docs/ela.md, "f32 tile products on tensor cores"): each operand x splits into
@@ -376,18 +349,12 @@ __device__ __forceinline__ void mm_tile(float (&acc)[NT][4], const MT* A, int ld
 #endif
 }
 
-// x where `live`, else 0. Lean: by a bit mask, x computed either way (a dead entry's value may be
-// anything, inf or NaN included, and none of it survives); otherwise a test, which compiles to a
-// branch per entry around its exp and keeps neighbouring entries' loads and exps from
-// overlapping in the per-row loops of the chunk kernels. Macros where x must stay unevaluated for
-// dead entries, as in the test form.
-#ifdef ELA_LEAN
+// x where `live`, else 0, by a bit mask: x is computed either way (a dead entry's value may be
+// anything, inf or NaN included, and none of it survives). A test (`live ? x : 0`) compiles to a
+// branch per entry around its exp, which keeps neighbouring entries' loads and exps from
+// overlapping in the per-row loops of the chunk kernels.
 __device__ __forceinline__ float keep_if(bool live, float x) { return __int_as_float(__float_as_int(x) & -(int)live); }
-#define exp_if(live, x) keep_if((live), __expf(x))
-#else
-#define keep_if(live, x) ((live) ? (x) : 0.f)
-#define exp_if(live, x) ((live) ? __expf(x) : 0.f)
-#endif
+__device__ __forceinline__ float exp_if(bool live, float x) { return keep_if(live, __expf(x)); }
 
 // Row and column of accumulator element (nt, e) of this lane.
 #define ACC_ROW(row0, e) ((row0) + ((threadIdx.x & 31) >> 2) + 8 * ((e) >> 1))

@@ -326,7 +326,7 @@ impl Cuda {
         }
     }
 
-    /// `ela_scan` (or, compiled lean, `ela_scan_m0` / `ela_scan_m1`): mode 0 writes the forward
+    /// `ela_scan_m0` / `ela_scan_m1` (one kernel per mode): mode 0 writes the forward
     /// slots from `x = k`, `val = v` (and an optional initial state; `fin` receives the final
     /// state in f32); mode 1 the reverse accumulators from `x = q`, `val = dy` and the row info.
     /// Causal calls without a carried state may split each walk into runs ([`Cuda::scan_runs`]),
@@ -403,15 +403,7 @@ impl Cuda {
             Arg::n(t),
             Arg::I32(nch as i32),
         ];
-        // The lean modules have one scan kernel per mode; the others one taking the mode.
-        let name = match (super::switches().lean, mode) {
-            (false, _) => {
-                args.push(Arg::I32(mode));
-                "ela_scan"
-            }
-            (true, 0) => "ela_scan_m0",
-            (true, _) => "ela_scan_m1",
-        };
+        let name = if mode == 0 { "ela_scan_m0" } else { "ela_scan_m1" };
         args.push(Arg::I32(causal as i32));
         let cfg = Cfg { grid: n as u32, grid_y: (runs * cv.scan_blocks()) as u32, block: THREADS };
         launch(self, cv, name, cfg, cv.scan_smem(), &args)?;

@@ -47,11 +47,6 @@ pub(super) struct Switches {
     pub gemm_chunk: bool,
     /// `ELA_CUDA_PROFILE`: each chunked launch is timed alone and reported on stderr.
     pub profile: bool,
-    /// `ELA_CUDA_LEAN`: the chunk modules are compiled lean (`kernels::lean_chunk_kernels`), and
-    /// the chunked scans run the kernels compiled for one mode each (`ela_scan_m0`,
-    /// `ela_scan_m1`) instead of `ela_scan`, which takes the mode at run time. Same arithmetic;
-    /// an A/B switch until a GPU has run the whole suite with it and measured it.
-    pub lean: bool,
     /// `ELA_CUDA_SCAN_RUNS=K`: every split-able scan forced into K runs (as
     /// [`with_scan_runs`] does for one thread; that call takes precedence), for timing the split
     /// choices in a whole model. 0 or unset: chosen per call.
@@ -66,7 +61,6 @@ pub(super) fn switches() -> &'static Switches {
             scan_only: on("ELA_CUDA_SCAN_ONLY"),
             gemm_chunk: on("ELA_CUDA_GEMM_CHUNK"),
             profile: on("ELA_CUDA_PROFILE"),
-            lean: crate::kernels::lean_chunk_kernels(),
             scan_runs: match std::env::var("ELA_CUDA_SCAN_RUNS") {
                 Err(_) => 0,
                 Ok(v) => v.trim().parse().unwrap_or_else(|_| {
