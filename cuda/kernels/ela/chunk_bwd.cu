@@ -98,11 +98,15 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
         for (int e = 0; e < RP::EPT; ++e) mx = fmaxf(mx, kp.x[e]);
         mx = RP::max(mx);
 #pragma unroll
-        for (int e = 0; e < RP::EPT; e += 2) {
-            const int d = c0 + e;
-            const float k0 = kp.x[e], k1 = kp.x[e + 1];
-            store_mt2(psia + j * LDF + d, exp_if(j < n, k0 - mx), exp_if(j < n, k1 - mx));
-            store_mt2(psiu + j * LDF + d, exp_if(j < n, k0 - mnx[d]), exp_if(j < n, k1 - mnx[d + 1]));
+        for (int e0 = 0; e0 < RP::EPT; e0 += MT_VEC) {
+            float pa[MT_VEC], pu[MT_VEC];
+#pragma unroll
+            for (int k = 0; k < MT_VEC; ++k) {
+                pa[k] = exp_if(j < n, kp.x[e0 + k] - mx);
+                pu[k] = exp_if(j < n, kp.x[e0 + k] - mnx[c0 + e0 + k]);
+            }
+            store_mt_vec(psia + j * LDF + c0 + e0, pa);
+            store_mt_vec(psiu + j * LDF + c0 + e0, pu);
         }
         if (RP::head()) mk[j] = j < n ? mx : neg_inf<float>();
         if (causal) {
@@ -111,8 +115,12 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
             for (int e = 0; e < RP::EPT; ++e) mxq = fmaxf(mxq, qp.x[e]);
             mxq = RP::max(mxq);
 #pragma unroll
-            for (int e = 0; e < RP::EPT; e += 2)
-                store_mt2(phia + j * LDF + c0 + e, exp_if(j < n, qp.x[e] - mxq), exp_if(j < n, qp.x[e + 1] - mxq));
+            for (int e0 = 0; e0 < RP::EPT; e0 += MT_VEC) {
+                float pa[MT_VEC];
+#pragma unroll
+                for (int k = 0; k < MT_VEC; ++k) pa[k] = exp_if(j < n, qp.x[e0 + k] - mxq);
+                store_mt_vec(phia + j * LDF + c0 + e0, pa);
+            }
             if (RP::head()) mq[j] = mxq;
         }
     }

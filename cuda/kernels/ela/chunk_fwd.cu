@@ -97,7 +97,11 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
     constexpr int mode = MODE;
     // F: this block's features (state rows), FA: all of them (the row stride of x and the slots).
     constexpr int FA = ELA_F, F = SCAN_FB, DV = ELA_DV, C = ELA_C, DVB = SCAN_DVB, P = SCAN_P;
-    constexpr int LDF = LDP(F), LDV = LDP(DVB + 8);
+    // The value tile holds DVB + 8 columns (the values, then the [1 | c den] column block). With
+    // 16-bit operands its row stride is an odd count of 16-byte units (DVB + 24 elements: 7 or
+    // 11 units) so that the eight rows an ldmatrix reads fall in distinct bank groups; LDP alone
+    // (DVB + 16: 6 or 10 units) made every such read a 2-way bank conflict.
+    constexpr int LDF = LDP(F), LDV = ELA_MMA ? LDP(DVB + 16) : LDP(DVB + 8);
     typedef WarpMap<F, DVB> W;
     constexpr int NX = C * F / (4 * ELA_THREADS), NVV = C * DVB / (4 * ELA_THREADS);
     static_assert(NX * 4 * ELA_THREADS == C * F && NVV * 4 * ELA_THREADS == C * DVB, "staging split");
@@ -484,8 +488,12 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         mx = RP::max(mx);  // every lane takes part in the shuffles
         if (row >= n) mx = neg_inf<float>();
 #pragma unroll
-        for (int e = 0; e < RP::EPT; e += 2)
-            store_mt2(psia + row * LDF + rc0 + e, exp_if(row < n, kp.x[e] - mx), exp_if(row < n, kp.x[e + 1] - mx));
+        for (int e0 = 0; e0 < RP::EPT; e0 += MT_VEC) {
+            float pa[MT_VEC];
+#pragma unroll
+            for (int k = 0; k < MT_VEC; ++k) pa[k] = exp_if(row < n, kp.x[e0 + k] - mx);
+            store_mt_vec(psia + row * LDF + rc0 + e0, pa);
+        }
         if (RP::head()) mk[row] = mx;
         if (mode == 0) vt.store(vsm, LDV, (const float*)0);
     }
@@ -518,13 +526,19 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         const float u = causal ? fmaxf(mqv + pm[i], smax) : smax;
         float ds = 0.f;
 #pragma unroll
-        for (int e = 0; e < RP::EPT; e += 2) {
-            const float p0 = exp_if(i < n, qp.x[e] + mst[rc0 + e] - u);
-            const float p1 = exp_if(i < n, qp.x[e + 1] + mst[rc0 + e + 1] - u);
-            ds += p0 * zst[rc0 + e] + p1 * zst[rc0 + e + 1];
-            store_mt2(phib + i * LDF + rc0 + e, p0, p1);
-            if (causal)
-                store_mt2(phia + i * LDF + rc0 + e, exp_if(i < n, qp.x[e] - mqv), exp_if(i < n, qp.x[e + 1] - mqv));
+        for (int e0 = 0; e0 < RP::EPT; e0 += MT_VEC) {
+            float pb[MT_VEC], pa[MT_VEC];
+#pragma unroll
+            for (int k = 0; k < MT_VEC; k += 2) {
+                const int e = e0 + k;
+                pb[k] = exp_if(i < n, qp.x[e] + mst[rc0 + e] - u);
+                pb[k + 1] = exp_if(i < n, qp.x[e + 1] + mst[rc0 + e + 1] - u);
+                ds += pb[k] * zst[rc0 + e] + pb[k + 1] * zst[rc0 + e + 1];
+                pa[k] = exp_if(i < n, qp.x[e] - mqv);
+                pa[k + 1] = exp_if(i < n, qp.x[e + 1] - mqv);
+            }
+            store_mt_vec(phib + i * LDF + rc0 + e0, pb);
+            if (causal) store_mt_vec(phia + i * LDF + rc0 + e0, pa);
         }
         ds = RP::sum(ds);
         if (RP::head()) {

@@ -364,6 +364,29 @@ struct __align__(16) ela_u4 {
     u32 x, y, z, w;
 };
 
+// Tile entries per 16-byte vector: 8 16-bit operands or 4 f32.
+#define MT_VEC (16 / (int)sizeof(MT))
+// MT_VEC consecutive entries of a tile row with one 16-byte store (p 16-byte aligned). The
+// per-row loops (RowPart: 4 threads a row, each a contiguous quarter) stored pairs, 4 bytes at a
+// time, and the 32 lanes of such a store hit only 8 of the 32 banks (the row stride, 144 bytes
+// for 64-wide 16-bit tiles, is 4 banks mod 32; the quarters are 8 banks apart): 4-way conflicts.
+// A 16-byte store is served 8 lanes at a time, and those 8 (two rows of 4 quarters) land in
+// distinct 16-byte bank groups: no conflict, and a quarter of the store instructions.
+__device__ __forceinline__ void store_mt_vec(MT* p, const float (&v)[MT_VEC]) {
+#if ELA_MMA
+    ela_u4 w;
+    w.x = pack_bf16x2(v[0], v[1]);
+    w.y = pack_bf16x2(v[2], v[3]);
+    w.z = pack_bf16x2(v[4], v[5]);
+    w.w = pack_bf16x2(v[6], v[7]);
+    *(ela_u4*)p = w;
+#else
+    ela_f4 w;
+    w.x = v[0], w.y = v[1], w.z = v[2], w.w = v[3];
+    *(ela_f4*)p = w;
+#endif
+}
+
 // A ROWS x COLS row-major tile of E elements in global memory (E = ST for inputs, converted as
 // the dtype says; E = MT for state slots), read by all threads as 16-byte vectors into registers
 // first (`load`: every load in flight at once), then written to a shared tile of MT with row

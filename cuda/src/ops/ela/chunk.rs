@@ -120,7 +120,10 @@ impl Variant {
         // SCAN_P chunks per step (2 for 64-wide heads, else 1), each with its tiles and
         // per-feature / per-row vectors.
         let per_step = if self.scan_wide() { 1 } else { 2 };
-        let tiles = c * lp(self, f) + c * lp(self, scan_dvb(self.dv) + 8);
+        // The value tile: DVB + 8 columns, 8 more with 16-bit operands (an odd count of 16-byte
+        // units per row: conflict-free ldmatrix reads; `LDV` in the kernel).
+        let value_cols = scan_dvb(self.dv) + if self.mt == DType::F32 { 8 } else { 16 };
+        let tiles = c * lp(self, f) + c * lp(self, value_cols);
         (per_step * (tiles * self.mt.size_in_bytes() + (10 * f + 4 * c) * 4)) as u32
     }
     /// Dynamic shared memory of `ela_out`.
