@@ -7,7 +7,8 @@
 #   OUT=$OUT bash cuda/benches/scan_ab.sh long     # the same at B8 H16, T 4k and 16k
 #   OUT=$OUT bash cuda/benches/scan_ab.sh ncu      # Nsight Compute on the ELA kernels
 #   OUT=$OUT bash cuda/benches/scan_ab.sh sass     # where the warps of each chunk kernel stall, per
-#                                                  # SASS instruction (B8 H16 T16k D64 bf16)
+#                                                  # SASS instruction and per source line
+#                                                  # (B8 H16 T16k D64 bf16; sass_lines.py)
 #
 # What varies (cuda/README.md): the split of the walks (`ELA_GPU_SCAN_RUNS`: 0 = chosen per call,
 # 1000 = one chunk a run, the two-level scan folded by `ela_scan_fold`). Shapes: B8 H8 T2048 (the
@@ -67,7 +68,11 @@ for part in $parts; do
       # exported as CSV: the forward scan (mode 0), the reverse scan (mode 1), the per-chunk output
       # and the per-chunk gradients. The bench's first calls compile and check; skip past them.
       # The device tool returns few files per call: the reports stay in /tmp, the details of all
-      # four go to one file, and each CSV is compressed (0.7-1.7 MB each).
+      # four go to one file, and each CSV is compressed (0.7-1.7 MB each). The kernels are
+      # compiled with line information and their CUBIN kept (kernels::compile), so that
+      # sass_lines.py charges each instruction's samples to its source line.
+      export ELA_CUDA_LINEINFO=1 ELA_CUDA_DUMP_DIR=/tmp/cubins
+      NVDISASM=${NVDISASM:-$(dirname "$NCU")/nvdisasm}
       for k in ela_scan_m0 ela_scan_m1 ela_out ela_bwd; do
         rep="/tmp/sass_$k"
         timeout 100 "$NCU" --section SpeedOfLight --section WarpStateStats \
@@ -76,7 +81,12 @@ for part in $parts; do
         "$NCU" -i "$rep.ncu-rep" --page details >>"$OUT/sass_details.txt" 2>&1
         "$NCU" -i "$rep.ncu-rep" --page source --csv --print-source sass 2>&1 | xz >"$OUT/sass_$k.csv.xz"
         echo "sass $k: $(xz -dc "$OUT/sass_$k.csv.xz" | wc -l) lines" >>"$log"
+        xz -dc "$OUT/sass_$k.csv.xz" >"$rep.csv"
+        NVDISASM=$NVDISASM python3 cuda/benches/sass_lines.py "$rep.csv" /tmp/cubins/chunk_fwd_bf16_d64_dv64.cubin "$k" \
+          >>"$OUT/sass_lines.md" 2>&1
       done
+      cp /tmp/cubins/chunk_fwd_bf16_d64_dv64.cubin "$OUT/"
+      unset ELA_CUDA_LINEINFO ELA_CUDA_DUMP_DIR
       ;;
     *) echo "unknown part $part (check, time, long, ncu, sass)" >&2; exit 2 ;;
   esac

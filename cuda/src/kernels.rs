@@ -253,6 +253,23 @@ impl KernelFile {
         }
     }
 
+    /// A name for this compiled variant, usable as a file name: the file's stem and the
+    /// variant's parameters (e.g. `chunk_fwd_bf16_d64_dv64`, `la_chunk_bf16_tc_f64_e80`).
+    pub fn label(self) -> String {
+        let stem = self.name().rsplit('/').next().unwrap_or("").trim_end_matches(".cu");
+        let dt = |d: ElaDt| format!("{d:?}").to_lowercase();
+        match self {
+            KernelFile::ElaChunk { dt: t, d, dv } => format!("{stem}_{}_d{d}_dv{dv}", dt(t)),
+            KernelFile::ElaLa { dt: t, tc, f, e } => {
+                format!("{stem}_{}{}_f{f}_e{e}", dt(t), if tc { "_tc" } else { "" })
+            }
+            KernelFile::LmDecode(m) => {
+                format!("{stem}_{}_d{}_h{}_ff{}_link{}_cluster{}", dt(m.wt), m.d, m.heads, m.ff, m.link, m.cluster)
+            }
+            _ => stem.to_string(),
+        }
+    }
+
     /// The file's CUDA C source (without the common prelude).
     pub fn source(self) -> &'static str {
         match self {
@@ -432,8 +449,33 @@ pub fn pick_arch(cc: i32) -> Result<String> {
 
 /// Compiles one kernel file for `arch` (`sm_XY` gives a CUBIN, `compute_XY` PTX). A compile
 /// failure becomes [`Error::Backend`] carrying NVRTC's log.
+///
+/// For profiling (each read once per process): `ELA_CUDA_LINEINFO=1` compiles with NVRTC's
+/// `--generate-line-info` (machine code mapped to source lines, for Nsight Compute or
+/// `nvdisasm -g`), and `ELA_CUDA_DUMP_DIR=DIR` writes each CUBIN to `DIR/<file>.cubin` (named by
+/// [`KernelFile::label`]) as it is compiled, so the exact machine code a profile measured can be
+/// read back with its line table (`cuda/benches/sass_lines.py`).
 pub fn compile(file: KernelFile, arch: &str) -> Result<Image> {
-    compile_source(file.name(), &file.full_source(), arch)
+    let image = compile_source(file.name(), &file.full_source(), arch)?;
+    if let (Some(dir), Image::Cubin(elf)) = (dump_dir(), &image) {
+        let path = dir.join(format!("{}.cubin", file.label()));
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&path, elf))
+            .map_err(|e| nvrtc_err("compile", format!("ELA_CUDA_DUMP_DIR: writing {}: {e}", path.display())))?;
+    }
+    Ok(image)
+}
+
+/// `ELA_CUDA_DUMP_DIR`, read once per process (see [`compile`]).
+fn dump_dir() -> Option<&'static std::path::Path> {
+    static DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| std::env::var_os("ELA_CUDA_DUMP_DIR").map(std::path::PathBuf::from)).as_deref()
+}
+
+/// Whether `ELA_CUDA_LINEINFO` is set (read once per process; see [`compile`]).
+fn line_info() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("ELA_CUDA_LINEINFO").is_some())
 }
 
 /// Compiles CUDA C `source` (after the common prelude) as file `name` for `arch`.
@@ -463,6 +505,9 @@ fn compile_with(name: &str, source: &str, arch: &str, extra: &[String]) -> Resul
     let prog = nr::create_program(&src, Some(&cname))
         .map_err(|e| nvrtc_err("nvrtc_compile", format!("creating the program for {name}: {e:?}")))?;
     let mut opts = vec![format!("--gpu-architecture={arch}"), "--std=c++17".to_string()];
+    if line_info() {
+        opts.push("--generate-line-info".to_string());
+    }
     opts.extend_from_slice(extra);
     let out = (|| {
         let result = unsafe { nr::compile_program(prog, &opts) };
@@ -533,5 +578,20 @@ mod tests {
         // The defines reach the kernel source, which refuses to compile without them.
         let src = KernelFile::ElaChunk { dt: ElaDt::F32, d: 64, dv: 64 }.full_source();
         assert!(src.contains("#define ELA_MINB "), "launch bounds missing from the source");
+    }
+
+    /// Every variant has its own label, made of file-name characters only (dumped CUBINs are
+    /// named by it).
+    #[test]
+    fn labels_name_every_variant_apart() {
+        assert_eq!(KernelFile::ElaChunk { dt: ElaDt::BF16, d: 64, dv: 128 }.label(), "chunk_fwd_bf16_d64_dv128");
+        assert_eq!(KernelFile::ElaLa { dt: ElaDt::F32, tc: false, f: 66, e: 72 }.label(), "la_chunk_f32_f66_e72");
+        assert_eq!(KernelFile::Elementwise.label(), "elementwise");
+        let labels: Vec<String> = KernelFile::ALL.iter().map(|f| f.label()).collect();
+        let distinct: std::collections::HashSet<&String> = labels.iter().collect();
+        assert_eq!(distinct.len(), labels.len(), "{labels:?}");
+        for l in &labels {
+            assert!(l.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{l}");
+        }
     }
 }

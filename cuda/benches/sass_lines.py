@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Where a kernel's warps stall, by CUDA source line: Nsight Compute's per-instruction source
+counters (the CSV of `ncu -i REP --page source --csv --print-source sass`, as
+`cuda/benches/scan_ab.sh sass` writes them) joined with the line table of the exact machine code
+that was profiled (the CUBIN the process compiled, written by `ELA_CUDA_DUMP_DIR=DIR` with
+`ELA_CUDA_LINEINFO=1`, read with `nvdisasm -g`). The join is by instruction offset inside the
+function, so it needs the same CUBIN, not a rebuild (another NVRTC version schedules differently).
+
+    python3 cuda/benches/sass_lines.py CSV CUBIN FUNCTION [--src cuda/kernels] [--top 30]
+
+Prints the share of stall samples per source line (inlined code is charged to the line of the
+inlined function, as the line table says) with the line's text, and the two largest stall
+reasons of each. NVDISASM names the disassembler when it is not on PATH or next to ncu.
+"""
+import argparse
+import collections
+import csv
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+
+def nvdisasm():
+    tries = [os.environ.get("NVDISASM"), shutil.which("nvdisasm")] + sorted(glob.glob("/usr/local/cuda*/bin/nvdisasm"))
+    found = next((t for t in tries if t and os.access(t, os.X_OK)), None)
+    if not found:
+        sys.exit(f"nvdisasm not found (tried {[t for t in tries if t]}): set NVDISASM")
+    return found
+
+
+def line_table(cubin, function):
+    """{offset: (file, line)} of `function`'s instructions."""
+    out = subprocess.run([nvdisasm(), "-g", "-c", cubin], check=True, capture_output=True, text=True).stdout
+    table, inside, where = {}, False, None
+    for text in out.splitlines():
+        if text.startswith(".text."):
+            inside = text.strip() == f".text.{function}:"
+            continue
+        if not inside:
+            continue
+        m = re.match(r'\s*//## File "([^"]+)", line (\d+)', text)
+        if m:
+            where = (m.group(1), int(m.group(2)))
+            continue
+        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+\S", text)
+        if m and where:
+            table[int(m.group(1), 16)] = where
+    if not table:
+        sys.exit(f"{function}: no instructions with line information in {cubin} (compiled without ELA_CUDA_LINEINFO?)")
+    return table
+
+
+def samples(path):
+    """[(address, samples, {reason: samples})] of the CSV's instructions."""
+    rows = list(csv.reader(open(path, encoding="utf-8", errors="replace")))
+    start = next(i for i, r in enumerate(rows) if r and r[0] == "Address")
+    head = rows[start]
+    col = {h: i for i, h in enumerate(head)}
+    reasons = [h for h in head if h.startswith("stall_") and "(Not Issued)" not in h]
+    out = []
+    for r in rows[start + 1:]:
+        try:
+            out.append((int(r[col["Address"]], 16), float(r[col["Warp Stall Sampling (All Samples)"]] or 0),
+                        {h[6:]: float(r[col[h]] or 0) for h in reasons}))
+        except (ValueError, IndexError):
+            continue
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("csv")
+    ap.add_argument("cubin")
+    ap.add_argument("function")
+    ap.add_argument("--src", default="cuda/kernels", help="folder the line table's file names are relative to")
+    ap.add_argument("--top", type=int, default=30)
+    args = ap.parse_args()
+    table = line_table(args.cubin, args.function)
+    rows = samples(args.csv)
+    base = min(a for a, _, _ in rows)
+    if len(rows) != len(table):
+        print(f"warning: {len(rows)} instructions profiled, {len(table)} in the cubin's {args.function}: "
+              "not the same machine code?", file=sys.stderr)
+    total = sum(s for _, s, _ in rows) or 1.0
+    by_line, why = collections.Counter(), collections.defaultdict(collections.Counter)
+    for addr, s, reasons in rows:
+        where = table.get(addr - base, ("?", 0))
+        by_line[where] += s
+        why[where].update(reasons)
+    files = {}
+    print(f"{args.function}: {len(rows)} instructions, {total:.0f} samples")
+    for (name, line), s in by_line.most_common(args.top):
+        if name not in files:
+            files[name] = resolve(args.src, name)
+        short, lines = files[name]
+        text = lines[line - 1].strip() if 0 < line <= len(lines) else ""
+        top = ", ".join(f"{k} {v / total * 100:.1f}" for k, v in why[(name, line)].most_common(2) if v)
+        print(f"{s / total * 100:5.1f}%  {short}:{line:<5} {text[:90]:90s} [{top}]")
+
+
+def resolve(src, name):
+    """(short name, lines) of a line table's file: NVRTC puts the compiling process's working
+    directory before the `#line` names of the embedded sources (`ela/tile.cuh` becomes
+    `/where/it/ran/ela/tile.cuh`), so the shortest tail of the path found under `src` is the file."""
+    parts = name.split("/")
+    for i in range(len(parts) - 1, -1, -1):
+        path = os.path.join(src, *parts[i:])
+        if os.path.isfile(path):
+            return "/".join(parts[i:]), open(path).read().splitlines()
+    return name, []
+
+
+if __name__ == "__main__":
+    main()
