@@ -309,6 +309,7 @@ impl KernelFile {
                 format!("#define ELA_DT {}\n#define ELA_D {d}\n#define ELA_DV {dv}\n", dt as i32)
                     + &ChunkMinBlocks::of(dt, d, dv).defines()
                     + f32_products_define()
+                    + chunk_opt_defines()
                     + &with_lines(&[
                         ("ela/tile.cuh", include_str!("../kernels/ela/tile.cuh")),
                         (self.name(), self.source()),
@@ -352,6 +353,40 @@ fn f32_products_define() -> &'static str {
     } else {
         ""
     }
+}
+
+/// Opt-in variants of the chunked Hadamard-Exp kernels, not yet measured on a GPU: (name in
+/// `ELA_CUDA_OPT`, the module's define, what it changes). Each keeps the math; `yrcp` rounds y
+/// differently (within an ulp of the quotient before y's own rounding).
+pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[
+    ("yrcp", "ELA_OPT_YRCP", "ela_out writes y as products with one reciprocal of each row's denominator"),
+    ("pmax", "ELA_OPT_PMAX", "ela_out scans the prefix maxima of every 32-row segment at once"),
+];
+
+/// The defines of the opt-in variants named in `ELA_CUDA_OPT` (read once per process; a comma
+/// list of [`CHUNK_OPTS`] names, e.g. `yrcp,pmax`); an unknown name is reported and the whole
+/// setting ignored.
+fn chunk_opt_defines() -> &'static str {
+    static DEFS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DEFS.get_or_init(|| match std::env::var("ELA_CUDA_OPT") {
+        Ok(text) => parse_chunk_opts(&text).unwrap_or_else(|e| {
+            eprintln!("ela-cuda: ELA_CUDA_OPT={text:?} ignored: {e}");
+            String::new()
+        }),
+        Err(_) => String::new(),
+    })
+}
+
+fn parse_chunk_opts(text: &str) -> std::result::Result<String, String> {
+    let mut defs = String::new();
+    for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let Some((_, define, _)) = CHUNK_OPTS.iter().find(|(n, _, _)| *n == name) else {
+            let known: Vec<&str> = CHUNK_OPTS.iter().map(|(n, _, _)| *n).collect();
+            return Err(format!("unknown variant {name:?} (known: {})", known.join(", ")));
+        };
+        defs += &format!("#define {define} 1\n");
+    }
+    Ok(defs)
 }
 
 /// `files` (name, text) concatenated, each after a `#line 1 "name"` directive.
@@ -578,6 +613,17 @@ mod tests {
         // The defines reach the kernel source, which refuses to compile without them.
         let src = KernelFile::ElaChunk { dt: ElaDt::F32, d: 64, dv: 64 }.full_source();
         assert!(src.contains("#define ELA_MINB "), "launch bounds missing from the source");
+    }
+
+    #[test]
+    fn chunk_opts_parse_known_names_only() {
+        assert_eq!(parse_chunk_opts(""), Ok(String::new()));
+        assert_eq!(
+            parse_chunk_opts(" yrcp , pmax"),
+            Ok("#define ELA_OPT_YRCP 1\n#define ELA_OPT_PMAX 1\n".to_string())
+        );
+        let e = parse_chunk_opts("yrcp,fast").unwrap_err();
+        assert!(e.contains("\"fast\"") && e.contains("yrcp, pmax"), "{e}");
     }
 
     /// Every variant has its own label, made of file-name characters only (dumped CUBINs are

@@ -500,6 +500,31 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
     __syncthreads();
     if (causal && warp == 0) {
         // Prefix maxima of mk (causal: row i's units use keys <= i only).
+#ifdef ELA_OPT_PMAX
+        // Every 32-row segment is scanned at once, lane l holding row 32 g + l of segment g
+        // (independent shuffle chains the warp interleaves), then each segment takes the maximum
+        // of the rows before it: the steps of one scan, not of one scan per segment in turn.
+        constexpr int SEG = C / 32;
+        float a[SEG];
+#pragma unroll
+        for (int g = 0; g < SEG; ++g) a[g] = mk[32 * g + lane];
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1)
+#pragma unroll
+            for (int g = 0; g < SEG; ++g) {
+                const float b = __shfl_up_sync(0xffffffffu, a[g], o);
+                if (lane >= o) a[g] = fmaxf(a[g], b);
+            }
+        // The same fmaxf operands as the scan one segment at a time, so the same bits (NaN too).
+        pm[lane] = a[0];
+        float before = __shfl_sync(0xffffffffu, a[0], 31);
+#pragma unroll
+        for (int g = 1; g < SEG; ++g) {
+            const float t = fmaxf(a[g], before);
+            pm[32 * g + lane] = t;
+            before = __shfl_sync(0xffffffffu, t, 31);
+        }
+#else
         for (int h = 0; h < C; h += 32) {
             float a = mk[h + lane];
 #pragma unroll
@@ -511,6 +536,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
             pm[h + lane] = a;
             __syncwarp();
         }
+#endif
     }
     __syncthreads();
     {
@@ -599,6 +625,21 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         const int r0 = WY::row0(), c0 = WY::col0();
         if (causal) mm_tile<WY::NT, false, false>(acc, At, LDC, vsm, LDV, r0, c0, C);
         mm_tile<WY::NT, false, false>(acc, phib, LDF, Sst, LDV, r0, c0, F);
+#ifdef ELA_OPT_YRCP
+        // A thread's entries lie in two rows: one reciprocal of each row's denominator and a
+        // product per entry (within an ulp of the quotient), not an IEEE division per entry
+        // (a reciprocal, three fused multiply-adds, a range check and a branch around a slow
+        // path, each).
+#pragma unroll
+        for (int e = 0; e < 4; e += 2) {
+            const int i = ACC_ROW(r0, e);
+            if (i >= n || slw[i]) continue;
+            const float rd = 1.f / den[i];
+#pragma unroll
+            for (int nt = 0; nt < WY::NT; ++nt)
+                store_st2(yo + i * ly + ACC_COL(c0, nt, e), acc[nt][e] * rd, acc[nt][e + 1] * rd);
+        }
+#else
 #pragma unroll
         for (int nt = 0; nt < WY::NT; ++nt)
 #pragma unroll
@@ -607,6 +648,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
                 if (i < n && !slw[i])
                     store_st2(yo + i * ly + col, acc[nt][e] / den[i], acc[nt][e + 1] / den[i]);
             }
+#endif
         if (rows && tid < n && !slw[tid]) {
             ela_f4 o;
             o.x = uu[tid], o.y = den[tid], o.z = 0.f, o.w = 0.f;
