@@ -26,9 +26,11 @@
 
 // A scan block owns SCAN_FB state rows (features) and SCAN_DVB value columns of one sequence: the
 // rows of S, z and m are independent of each other (each feature has its own running maximum),
-// so 128-wide heads split theirs in two, for B * H * 4 blocks that are all resident (four per
-// multiprocessor): a scan block runs for the whole sequence. Value columns per block: 32, or 64
-// for 128-wide values (each column block recomputes the features' exp).
+// so 128-wide heads split theirs in two, for B * H * 4 blocks; a scan block runs for the whole
+// sequence. At two blocks per multiprocessor (128 registers, no spills: measured faster than four
+// with spills, docs/benchmarks.md) B8 H16's 512 blocks of 128-wide heads take two waves on an
+// H100. Value columns per block: 32, or 64 for 128-wide values (each column block recomputes the
+// features' exp).
 #define SCAN_DVB (ELA_DV > 64 ? 64 : 32)
 #define SCAN_FB 64
 // Chunks per step of the scan (below): 64-wide heads take 2 chunks a step in 2 * B * H blocks;
