@@ -361,6 +361,7 @@ fn f32_products_define() -> &'static str {
 pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[
     ("yrcp", "ELA_OPT_YRCP", "ela_out writes y as products with one reciprocal of each row's denominator"),
     ("pmax", "ELA_OPT_PMAX", "ela_out scans the prefix maxima of every 32-row segment at once"),
+    ("srcp", "ELA_OPT_SRCP", "the reverse scan divides by each row's denominator once, not per vector"),
 ];
 
 /// The defines of the opt-in variants named in `ELA_CUDA_OPT` (read once per process; a comma
@@ -623,7 +624,7 @@ mod tests {
             Ok("#define ELA_OPT_YRCP 1\n#define ELA_OPT_PMAX 1\n".to_string())
         );
         let e = parse_chunk_opts("yrcp,fast").unwrap_err();
-        assert!(e.contains("\"fast\"") && e.contains("yrcp, pmax"), "{e}");
+        assert!(e.contains("\"fast\"") && e.contains("yrcp, pmax, srcp"), "{e}");
     }
 
     /// Every variant has its own label, made of file-name characters only (dumped CUBINs are

@@ -241,7 +241,13 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
             MT* vp = vsm + p * C * LDV;
             if (mode == 1 && tid < C) {
                 float* ri = rinf + (p * C + tid) * 4;
+#ifdef ELA_OPT_SRCP
+                // The feature loop below needs 1 / den: divided here, once per row, rather than
+                // by every thread for each of its vectors inside the walk step.
+                ri[0] = pr[p].x, ri[1] = 1.f / pr[p].y, ri[2] = pr[p].z, ri[3] = pr[p].w;
+#else
                 ri[0] = pr[p].x, ri[1] = pr[p].y, ri[2] = pr[p].z, ri[3] = pr[p].w;
+#endif
             }
             if (tid < C) vp[tid * LDV + DVB] = to_mt(tid < n ? (mode == 0 ? 1.f : pr[p].z * pr[p].y) : 0.f);
 #pragma unroll
@@ -313,7 +319,11 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
                 float u = 0.f, inv = 1.f;
                 if (mode == 1) {
                     const ela_f4 ri = *(const ela_f4*)(rinf + (p * C + r) * 4);
+#ifdef ELA_OPT_SRCP
+                    u = ri.x, inv = ri.y;
+#else
                     u = ri.x, inv = 1.f / ri.y;
+#endif
                 }
                 float ex[4];
 #pragma unroll
