@@ -60,7 +60,7 @@ for part in $parts; do
       # ELA tests and both sanitizers with all of them on, then fwd+bwd timings of none, each and
       # all, alternating, twice (bf16 and f32 at 16k, the d512 LM's shape).
       # (OPTS: the names of kernels::CHUNK_OPTS.)
-      all=${OPTS:-yrcp,pmax,srcp}
+      all=${OPTS:-yrcp,srcp,pwarp}
       echo "## tests, ELA_CUDA_OPT=$all" >>"$log"
       ELA_CUDA_OPT=$all timeout 150 .gpu/bin/test-cuda_ops ela >>"$log" 2>&1
       echo "rc $?" >>"$log"

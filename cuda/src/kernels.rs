@@ -360,12 +360,12 @@ fn f32_products_define() -> &'static str {
 /// differently (within an ulp of the quotient before y's own rounding).
 pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[
     ("yrcp", "ELA_OPT_YRCP", "ela_out writes y as products with one reciprocal of each row's denominator"),
-    ("pmax", "ELA_OPT_PMAX", "ela_out scans the prefix maxima of every 32-row segment at once"),
     ("srcp", "ELA_OPT_SRCP", "the reverse scan divides by each row's denominator once, not per vector"),
+    ("pwarp", "ELA_OPT_PWARP", "ela_out: every warp scans the prefix maxima for its own rows (one barrier fewer)"),
 ];
 
 /// The defines of the opt-in variants named in `ELA_CUDA_OPT` (read once per process; a comma
-/// list of [`CHUNK_OPTS`] names, e.g. `yrcp,pmax`); an unknown name is reported and the whole
+/// list of [`CHUNK_OPTS`] names, e.g. `yrcp,pwarp`); an unknown name is reported and the whole
 /// setting ignored.
 fn chunk_opt_defines() -> &'static str {
     static DEFS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -620,11 +620,11 @@ mod tests {
     fn chunk_opts_parse_known_names_only() {
         assert_eq!(parse_chunk_opts(""), Ok(String::new()));
         assert_eq!(
-            parse_chunk_opts(" yrcp , pmax"),
-            Ok("#define ELA_OPT_YRCP 1\n#define ELA_OPT_PMAX 1\n".to_string())
+            parse_chunk_opts(" yrcp , pwarp"),
+            Ok("#define ELA_OPT_YRCP 1\n#define ELA_OPT_PWARP 1\n".to_string())
         );
         let e = parse_chunk_opts("yrcp,fast").unwrap_err();
-        assert!(e.contains("\"fast\"") && e.contains("yrcp, pmax, srcp"), "{e}");
+        assert!(e.contains("\"fast\"") && e.contains("yrcp, srcp, pwarp"), "{e}");
     }
 
     /// Every variant has its own label, made of file-name characters only (dumped CUBINs are

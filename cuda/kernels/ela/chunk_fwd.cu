@@ -432,6 +432,32 @@ __device__ void slow_row(int i, const ST* qg, const ST* kg, const ST* vg, i64 lq
     __syncthreads();
 }
 
+#ifdef ELA_OPT_PWARP
+// The prefix maximum mk[0..i] of a chunk's key maxima at row i, scanned by the calling warp (all
+// of its lanes call it; their rows lie in one 32-row segment, as RowPart's do). The same fmaxf
+// operations as the block-wide scan of the prefix maxima in ela_out, so the same bits.
+__device__ __forceinline__ float prefix_max_at(const float* mk, int i, int lane) {
+    constexpr int SEG = ELA_C / 32;
+    float a[SEG];
+#pragma unroll
+    for (int g = 0; g < SEG; ++g) a[g] = mk[32 * g + lane];
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1)
+#pragma unroll
+        for (int g = 0; g < SEG; ++g) {
+            const float b = __shfl_up_sync(0xffffffffu, a[g], o);
+            if (lane >= o) a[g] = fmaxf(a[g], b);
+        }
+    float t = a[0], pick = a[0];
+#pragma unroll
+    for (int g = 1; g < SEG; ++g) {
+        t = fmaxf(a[g], __shfl_sync(0xffffffffu, t, 31));
+        if (g == i / 32) pick = t;
+    }
+    return __shfl_sync(0xffffffffu, pick, i % 32);
+}
+#endif
+
 // Mode 0: y of the chunk's rows, and with `rows` also per row (u, den, 0, exact-path flag) for a
 // backward that reuses the forward (ela_rows_dot then fills in c). Mode 1: per row
 // (u, den, c = (dy . y) / den, exact-path flag).
@@ -510,33 +536,14 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         if (mode == 0) vt.store(vsm, LDV, (const float*)0);
     }
     __syncthreads();
+#ifdef ELA_OPT_PWARP
+    // The prefix maximum of the key maxima at this thread's row (causal: row i's units use keys
+    // <= i only), scanned by every warp for its own rows: no warp waits for another's scan and
+    // no barrier follows it.
+    const float pmi = causal ? prefix_max_at(mk, row, lane) : 0.f;
+#else
     if (causal && warp == 0) {
         // Prefix maxima of mk (causal: row i's units use keys <= i only).
-#ifdef ELA_OPT_PMAX
-        // Every 32-row segment is scanned at once, lane l holding row 32 g + l of segment g
-        // (independent shuffle chains the warp interleaves), then each segment takes the maximum
-        // of the rows before it: the steps of one scan, not of one scan per segment in turn.
-        constexpr int SEG = C / 32;
-        float a[SEG];
-#pragma unroll
-        for (int g = 0; g < SEG; ++g) a[g] = mk[32 * g + lane];
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1)
-#pragma unroll
-            for (int g = 0; g < SEG; ++g) {
-                const float b = __shfl_up_sync(0xffffffffu, a[g], o);
-                if (lane >= o) a[g] = fmaxf(a[g], b);
-            }
-        // The same fmaxf operands as the scan one segment at a time, so the same bits (NaN too).
-        pm[lane] = a[0];
-        float before = __shfl_sync(0xffffffffu, a[0], 31);
-#pragma unroll
-        for (int g = 1; g < SEG; ++g) {
-            const float t = fmaxf(a[g], before);
-            pm[32 * g + lane] = t;
-            before = __shfl_sync(0xffffffffu, t, 31);
-        }
-#else
         for (int h = 0; h < C; h += 32) {
             float a = mk[h + lane];
 #pragma unroll
@@ -548,9 +555,9 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
             pm[h + lane] = a;
             __syncwarp();
         }
-#endif
     }
     __syncthreads();
+#endif
     {
         // (U), (N1), (N2) query side: u_i, phi_a, phi_b and the state part of the denominator.
         const int i = row;
@@ -561,7 +568,11 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
             b = fmaxf(b, qp.x[e] + mst[rc0 + e]);
         }
         const float mqv = RP::max(a), smax = RP::max(b);
+#ifdef ELA_OPT_PWARP
+        const float u = causal ? fmaxf(mqv + pmi, smax) : smax;
+#else
         const float u = causal ? fmaxf(mqv + pm[i], smax) : smax;
+#endif
         float ds = 0.f;
 #pragma unroll
         for (int e0 = 0; e0 < RP::EPT; e0 += MT_VEC) {
