@@ -171,8 +171,8 @@ pub enum KernelFile {
     /// and the kernels around the cuBLAS chunked path of `ela/gemm_chunk.cu` (one module)
     Ela,
     /// chunked Hadamard-Exp ELA on tensor cores (`ela/tile.cuh`, `ela/chunk_fwd.cu`,
-    /// `ela/scan_runs.cu`, `ela/chunk_bwd.cu`, `ela/step.cu`), compiled separately for each input dtype and head sizes
-    /// `d`, `dv`
+    /// `ela/scan_runs.cu`, `ela/chunk_bwd.cu`, `ela/step.cu`), compiled separately for each input
+    /// dtype and head sizes `d`, `dv`
     ElaChunk {
         /// Input dtype.
         dt: ElaDt,

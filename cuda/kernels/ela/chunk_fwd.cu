@@ -4,17 +4,15 @@
 // running maxima, the exact path for rows whose fast denominator underflows), split into kernels
 // that each have plenty of parallel work:
 //
-//   ela_scan_m0 (mode 0), one block per (sequence, 32 value columns),
-//     walks the chunks in order and writes the state before every chunk: slot c = (S^(c),
-//     z^(c), m^(c)), slot nch = the final state (S in the operand type, z and m f32). Per chunk:
-//     m' = max(m, column max of the keys), S <- S exp(m - m') + exp(K - m')^T V, z likewise
-//     (eq. (S')).
+//   ela_scan_m0 (mode 0), one block per (sequence, 32 value columns), walks the chunks in order
+//     and writes the state before every chunk: slot c = (S^(c), z^(c), m^(c)), slot nch = the
+//     final state (S in the operand type, z and m f32). Per chunk: m' = max(m, column max of the
+//     keys), S <- S exp(m - m') + exp(K - m')^T V, z likewise (eq. (S')).
 //   ela_out, one block per (chunk, sequence): the chunk's rows from its state slot (eqs. (F1),
 //     (F2) with (N1), (U), (N2)): A = (Phi_a Psi_a^T) * E masked, y = (A V + Phi_b S) / den.
 //     In mode 1 (backward) it writes per row (u, den, c = g . y, exact-path flag) instead of y.
-//   ela_scan_m1 (mode 1) walks the chunks backwards and writes U^(c+1),
-//     w^(c+1): the reverse accumulators of the rows after each chunk (eq. (R)), moved between
-//     units on the way.
+//   ela_scan_m1 (mode 1) walks the chunks backwards and writes U^(c+1), w^(c+1): the reverse
+//     accumulators of the rows after each chunk (eq. (R)), moved between units on the way.
 //   ela_bwd (chunk_bwd.cu), one block per (chunk, sequence): dq, dk, dv of the chunk
 //     (eqs. (B1)-(B4) in units) from the slots, with the exact path for underflowed rows.
 //

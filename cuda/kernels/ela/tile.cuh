@@ -300,8 +300,7 @@ __device__ __forceinline__ void mm_tile(float (&acc)[NT][4], const MT* A, int ld
         return;
     }
     __trap();
-#endif
-#if !ELA_MMA && __CUDA_ARCH__ >= 800 && !defined(ELA_F32_FFMA)
+#elif __CUDA_ARCH__ >= 800 && !defined(ELA_F32_FFMA)
     // 3xTF32 (docs/ela.md, "f32 tile products on tensor cores"): each operand x splits into
     // hi = tf32(x) and lo = tf32(x - hi), and a block of 8 products is lo_a hi_b + hi_a lo_b +
     // hi_a hi_b (the dropped lo_a lo_b and the rounding of lo: ~2^-22 relative per product).
@@ -330,7 +329,7 @@ __device__ __forceinline__ void mm_tile(float (&acc)[NT][4], const MT* A, int ld
             for (int e = 0; e < 4; ++e) acc[nt][e] += blk[e];
         }
     }
-#elif !ELA_MMA
+#else
 #pragma unroll 4
     for (int k = 0; k < K; ++k) {
         const float alo = AT ? A[k * lda + row0 + g] : A[(row0 + g) * lda + k];

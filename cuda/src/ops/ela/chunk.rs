@@ -388,7 +388,7 @@ impl Cuda {
             },
             None => ScanSegs::default(),
         };
-        let mut args = vec![
+        let args = [
             Arg::Ptr(x),
             Arg::Ptr(val),
             Arg::Ptr(out.0.ptr()),
@@ -405,9 +405,9 @@ impl Cuda {
             Arg::by_value(*io),
             Arg::n(t),
             Arg::I32(nch as i32),
+            Arg::I32(causal as i32),
         ];
         let name = if mode == 0 { "ela_scan_m0" } else { "ela_scan_m1" };
-        args.push(Arg::I32(causal as i32));
         let cfg = Cfg { grid: n as u32, grid_y: (runs * cv.scan_blocks()) as u32, block: THREADS };
         launch(self, cv, name, cfg, cv.scan_smem(), &args)?;
         if runs > 1 {
