@@ -28,8 +28,13 @@
 // sequence. At two blocks per multiprocessor (128 registers, no spills: measured faster than four
 // with spills, docs/benchmarks.md) B8 H16's 512 blocks of 128-wide heads take two waves on an
 // H100. Value columns per block: 32, or 64 for 128-wide values (each column block recomputes the
-// features' exp).
+// features' exp). The opt-in variant `wscan` (ELA_OPT_WSCAN, cuda/README.md) doubles them: half
+// the blocks (one wave for B8 H16's 128-wide heads), each with twice the product per step.
+#ifdef ELA_OPT_WSCAN
+#define SCAN_DVB (ELA_DV > 64 ? 128 : 64)
+#else
 #define SCAN_DVB (ELA_DV > 64 ? 64 : 32)
+#endif
 #define SCAN_FB 64
 // Chunks per step of the scan (below): 64-wide heads take 2 chunks a step in 2 * B * H blocks;
 // 128-wide heads take 1 in 4 * B * H blocks. The blocks per multiprocessor each kernel is
@@ -239,13 +244,7 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
             MT* vp = vsm + p * C * LDV;
             if (mode == 1 && tid < C) {
                 float* ri = rinf + (p * C + tid) * 4;
-#ifdef ELA_OPT_SRCP
-                // The feature loop below needs 1 / den: divided here, once per row, rather than
-                // by every thread for each of its vectors inside the walk step.
-                ri[0] = pr[p].x, ri[1] = 1.f / pr[p].y, ri[2] = pr[p].z, ri[3] = pr[p].w;
-#else
                 ri[0] = pr[p].x, ri[1] = pr[p].y, ri[2] = pr[p].z, ri[3] = pr[p].w;
-#endif
             }
             if (tid < C) vp[tid * LDV + DVB] = to_mt(tid < n ? (mode == 0 ? 1.f : pr[p].z * pr[p].y) : 0.f);
 #pragma unroll
@@ -317,11 +316,7 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
                 float u = 0.f, inv = 1.f;
                 if (mode == 1) {
                     const ela_f4 ri = *(const ela_f4*)(rinf + (p * C + r) * 4);
-#ifdef ELA_OPT_SRCP
-                    u = ri.x, inv = ri.y;
-#else
                     u = ri.x, inv = 1.f / ri.y;
-#endif
                 }
                 float ex[4];
 #pragma unroll
@@ -430,32 +425,6 @@ __device__ void slow_row(int i, const ST* qg, const ST* kg, const ST* vg, i64 lq
     __syncthreads();
 }
 
-#ifdef ELA_OPT_PWARP
-// The prefix maximum mk[0..i] of a chunk's key maxima at row i, scanned by the calling warp (all
-// of its lanes call it; their rows lie in one 32-row segment, as RowPart's do). The same fmaxf
-// operations as the block-wide scan of the prefix maxima in ela_out, so the same bits.
-__device__ __forceinline__ float prefix_max_at(const float* mk, int i, int lane) {
-    constexpr int SEG = ELA_C / 32;
-    float a[SEG];
-#pragma unroll
-    for (int g = 0; g < SEG; ++g) a[g] = mk[32 * g + lane];
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1)
-#pragma unroll
-        for (int g = 0; g < SEG; ++g) {
-            const float b = __shfl_up_sync(0xffffffffu, a[g], o);
-            if (lane >= o) a[g] = fmaxf(a[g], b);
-        }
-    float t = a[0], pick = a[0];
-#pragma unroll
-    for (int g = 1; g < SEG; ++g) {
-        t = fmaxf(a[g], __shfl_sync(0xffffffffu, t, 31));
-        if (g == i / 32) pick = t;
-    }
-    return __shfl_sync(0xffffffffu, pick, i % 32);
-}
-#endif
-
 // Mode 0: y of the chunk's rows, and with `rows` also per row (u, den, 0, exact-path flag) for a
 // backward that reuses the forward (ela_rows_dot then fills in c). Mode 1: per row
 // (u, den, c = (dy . y) / den, exact-path flag).
@@ -534,12 +503,6 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         if (mode == 0) vt.store(vsm, LDV, (const float*)0);
     }
     __syncthreads();
-#ifdef ELA_OPT_PWARP
-    // The prefix maximum of the key maxima at this thread's row (causal: row i's units use keys
-    // <= i only), scanned by every warp for its own rows: no warp waits for another's scan and
-    // no barrier follows it.
-    const float pmi = causal ? prefix_max_at(mk, row, lane) : 0.f;
-#else
     if (causal && warp == 0) {
         // Prefix maxima of mk (causal: row i's units use keys <= i only).
         for (int h = 0; h < C; h += 32) {
@@ -555,7 +518,6 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         }
     }
     __syncthreads();
-#endif
     {
         // (U), (N1), (N2) query side: u_i, phi_a, phi_b and the state part of the denominator.
         const int i = row;
@@ -566,11 +528,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
             b = fmaxf(b, qp.x[e] + mst[rc0 + e]);
         }
         const float mqv = RP::max(a), smax = RP::max(b);
-#ifdef ELA_OPT_PWARP
-        const float u = causal ? fmaxf(mqv + pmi, smax) : smax;
-#else
         const float u = causal ? fmaxf(mqv + pm[i], smax) : smax;
-#endif
         float ds = 0.f;
 #pragma unroll
         for (int e0 = 0; e0 < RP::EPT; e0 += MT_VEC) {
@@ -646,11 +604,12 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         const int r0 = WY::row0(), c0 = WY::col0();
         if (causal) mm_tile<WY::NT, false, false>(acc, At, LDC, vsm, LDV, r0, c0, C);
         mm_tile<WY::NT, false, false>(acc, phib, LDF, Sst, LDV, r0, c0, F);
-#ifdef ELA_OPT_YRCP
-        // A thread's entries lie in two rows: one reciprocal of each row's denominator and a
-        // product per entry (within an ulp of the quotient), not an IEEE division per entry
-        // (a reciprocal, three fused multiply-adds, a range check and a branch around a slow
-        // path, each).
+#if ELA_MMA
+        // 16-bit outputs: a thread's entries lie in two rows, so one reciprocal of each row's
+        // denominator and a product per entry (within an ulp of the f32 quotient, far below y's
+        // own rounding to 16 bits), not an IEEE division per entry (a reciprocal, three fused
+        // multiply-adds, a range check and a branch around a slow path, each). f32 outputs keep
+        // the correctly rounded quotient.
 #pragma unroll
         for (int e = 0; e < 4; e += 2) {
             const int i = ACC_ROW(r0, e);
