@@ -61,7 +61,7 @@ for part in $parts; do
       # shape), then the chunked ELA tests (`ela::` and `ela_fast`; the feature-map kernels'
       # `ela_gemm` do not use the chunk module) and both sanitizers with all of them on.
       # (OPTS: the names of kernels::CHUNK_OPTS.)
-      all=${OPTS:-yrcp,srcp,pwarp}
+      all=${OPTS:-wscan}
       for r in 1 2; do
         for opt in none ${all//,/ } "$all"; do
           echo "## optin $r: ELA_CUDA_OPT=$opt" >>"$log"
