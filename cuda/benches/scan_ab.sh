@@ -5,8 +5,6 @@
 #   OUT=$OUT bash cuda/benches/scan_ab.sh check    # the chunked ELA tests + memcheck/racecheck
 #   OUT=$OUT bash cuda/benches/scan_ab.sh time     # ela_gpu: fold or not, the LMs' shapes
 #   OUT=$OUT bash cuda/benches/scan_ab.sh long     # the same at B8 H16, T 4k and 16k
-#   OUT=$OUT bash cuda/benches/scan_ab.sh optin    # the opt-in variants (ELA_CUDA_OPT): tests,
-#                                                  # sanitizers, then timings against the default
 #   OUT=$OUT bash cuda/benches/scan_ab.sh ncu      # Nsight Compute on the ELA kernels
 #   OUT=$OUT bash cuda/benches/scan_ab.sh sass     # where the warps of each chunk kernel stall, per
 #                                                  # SASS instruction and per source line
@@ -55,35 +53,6 @@ for part in $parts; do
         fi
       done
       ;;
-    optin)
-      # The opt-in variants of the chunk module (cuda/README.md, "Opt-in variants"): fwd+bwd
-      # timings of none, each and all, alternating, twice (bf16 and f32 at 16k, the d512 LM's
-      # shape), then the chunked ELA tests (`ela::` and `ela_fast`; the feature-map kernels'
-      # `ela_gemm` do not use the chunk module) and both sanitizers with all of them on.
-      # (OPTS: the names of kernels::CHUNK_OPTS.)
-      all=${OPTS:-wscan}
-      for r in 1 2; do
-        for opt in none ${all//,/ } "$all"; do
-          echo "## optin $r: ELA_CUDA_OPT=$opt" >>"$log"
-          o=$opt
-          [ "$opt" = none ] && o=""
-          ELA_CUDA_OPT=$o timeout 60 .gpu/bin/ela_gpu "d=64 bf16 T=16384" "d=128 bf16 T=16384" "d=64 f32 T=16384" \
-            "d=128 f32 T=16384" >>"$log" 2>&1
-          ELA_CUDA_OPT=$o ELA_GPU_BH=8x8 timeout 40 .gpu/bin/ela_gpu "d=64 bf16 T=2048" >>"$log" 2>&1
-        done
-      done
-      echo "## tests, ELA_CUDA_OPT=$all" >>"$log"
-      for f in ela:: ela_fast; do
-        ELA_CUDA_OPT=$all ELA_REQUIRE_CUDA=1 timeout 150 .gpu/bin/test-cuda_ops $f >>"$log" 2>&1
-        echo "$f rc $?" >>"$log"
-      done
-      # racecheck is the slow one: the main chunked test only (every kernel, both modes).
-      ELA_CUDA_OPT=$all timeout 150 "$CS" --tool memcheck .gpu/bin/test-cuda_ops ela_fast >>"$log" 2>&1
-      echo "memcheck rc $?" >>"$log"
-      ELA_CUDA_OPT=$all timeout 150 "$CS" --tool racecheck .gpu/bin/test-cuda_ops \
-        ela_fast::chunked_ela_matches >>"$log" 2>&1
-      echo "racecheck rc $?" >>"$log"
-      ;;
     ncu)
       s="--section SpeedOfLight --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis"
       s="$s --section Occupancy --section LaunchStats --section InstructionStats"
@@ -119,6 +88,6 @@ for part in $parts; do
       cp /tmp/cubins/chunk_fwd_bf16_d64_dv64.cubin "$OUT/"
       unset ELA_CUDA_LINEINFO ELA_CUDA_DUMP_DIR
       ;;
-    *) echo "unknown part $part (check, time, long, optin, ncu, sass)" >&2; exit 2 ;;
+    *) echo "unknown part $part (check, time, long, ncu, sass)" >&2; exit 2 ;;
   esac
 done

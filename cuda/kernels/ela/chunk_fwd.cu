@@ -28,13 +28,9 @@
 // sequence. At two blocks per multiprocessor (128 registers, no spills: measured faster than four
 // with spills, docs/benchmarks.md) B8 H16's 512 blocks of 128-wide heads take two waves on an
 // H100. Value columns per block: 32, or 64 for 128-wide values (each column block recomputes the
-// features' exp). The opt-in variant `wscan` (ELA_OPT_WSCAN, cuda/README.md) doubles them: half
-// the blocks (one wave for B8 H16's 128-wide heads), each with twice the product per step.
-#ifdef ELA_OPT_WSCAN
-#define SCAN_DVB (ELA_DV > 64 ? 128 : 64)
-#else
+// features' exp). (Twice as many value columns per block, measured: as slow at D = 128, where
+// the 256 blocks take one wave, each step twice as long; slower at D = 64. docs/benchmarks.md.)
 #define SCAN_DVB (ELA_DV > 64 ? 64 : 32)
-#endif
 #define SCAN_FB 64
 // Chunks per step of the scan (below): 64-wide heads take 2 chunks a step in 2 * B * H blocks;
 // 128-wide heads take 1 in 4 * B * H blocks. The blocks per multiprocessor each kernel is

@@ -23,14 +23,12 @@ pub(super) const THREADS: u32 = 256;
 /// State rows (features) per scan block (`SCAN_FB` in `kernels/ela/chunk_fwd.cu`).
 const SCAN_FB: usize = 64;
 
-/// Value columns per block of the scan kernel (`SCAN_DVB` in chunk_fwd.cu; twice as many with
-/// the opt-in variant `wscan`).
+/// Value columns per block of the scan kernel (`SCAN_DVB` in chunk_fwd.cu).
 fn scan_dvb(dv: usize) -> usize {
-    let base = if dv > 64 { 64 } else { 32 };
-    if crate::kernels::chunk_opt("wscan") {
-        2 * base
+    if dv > 64 {
+        64
     } else {
-        base
+        32
     }
 }
 
