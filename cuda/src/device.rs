@@ -474,6 +474,20 @@ impl Cuda {
         Ok(f)
     }
 
+    /// How many blocks of `block` threads and `smem` bytes of dynamic shared memory of the kernel
+    /// `name` one multiprocessor holds at once (the driver's occupancy calculator: registers,
+    /// shared memory and the block limit).
+    pub(crate) fn resident_blocks(&self, file: KernelFile, name: &str, block: u32, smem: u32) -> Result<u32> {
+        let f = self.function(file, name)?;
+        self.bind("occupancy")?;
+        opt_in_smem(&f, name, smem)?;
+        f.occupancy_max_active_blocks_per_multiprocessor(block, smem as usize, None).map_err(|e| Error::Backend {
+            backend: "cuda",
+            op: "occupancy",
+            msg: format!("{name} with {block} threads and {smem} bytes of shared memory: {e:?}"),
+        })
+    }
+
     /// Launches `name` from `file` with the given grid/block and arguments, on the device stream.
     pub(crate) fn launch(&self, file: KernelFile, name: &str, cfg: Cfg, args: &[Arg]) -> Result<()> {
         self.launch_smem(file, name, cfg, 0, args)

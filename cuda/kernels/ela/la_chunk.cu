@@ -11,8 +11,8 @@
 // checks row counts. Compiled once per (LA_IO, ELA_DT, F = ELA_D, E = ELA_DV) after tile.cuh and
 // features.cuh: A and B of a call are F or E wide, X the other width.
 //
-//   la_scan, one block per (sequence, LA_EB columns of X), walks the chunks in order (reverse: from
-//     the last) with the running sum S = sum B_c^T X_c [F x E] in registers (the next two
+//   la_scan, one block per (sequence, half the columns of X; la_scan_narrow: 16 columns, f32
+//     operands only), walks the chunks in order (reverse: from the last) with the running sum S = sum B_c^T X_c [F x E] in registers (the next two
 //     chunks' copies in flight while one is multiplied), and writes the state before each chunk:
 //     slot c = the sum over the chunks before c (reverse: after c), slot nch = the total (plus an
 //     optional carried initial state; `fin` gets the total in f32).
@@ -43,11 +43,13 @@ typedef IOT::S IOS;
 #define LA_F ELA_D
 #define LA_E ELA_DV
 #define LA_C ELA_C
-// Columns of X per scan block. Tensor cores: half of them, so two blocks share a sequence (each
+// Columns of X per scan block (la_scan below): half of them, so two blocks share a sequence (each
 // re-reads the chunk's B): 2 * B * H blocks keep an H100/H200 busy at B * H = 128 without reading
-// B more often. f32 operands: 16, as the products, not the reads, bound that path, and more
-// blocks per sequence hide their latency.
-#define LA_EB (ELA_MMA ? LA_E / 2 : 16)
+// B more often. With f32 operands also 16 (la_scan_narrow), more blocks with a shorter step each,
+// for calls with few sequences; the host picks the one that takes fewer waves of resident
+// blocks (every block walks the whole sequence, so a second wave doubles the time).
+#define LA_EB_HALF (LA_E / 2)
+#define LA_EB_NARROW 16
 
 // Epilogues of la_out (`mode`).
 #define LA_OUT_Y 1
@@ -107,9 +109,10 @@ template <int ROWS, int COLS> __device__ __forceinline__ void la_stage_async(MT*
 // Stages of the scan's copy pipeline: the chunk being multiplied and the next two in flight.
 #define LA_STAGES 3
 
-extern "C" __global__ void __launch_bounds__(ELA_THREADS)
-    la_scan(const MT* B, const MT* X, MT* slots, const float* init, float* fin, int nch, int reverse) {
-    constexpr int F = LA_F, E = LA_E, EB = LA_EB, C = LA_C, LDF = LDP(F), LDX = LDP(EB), NS = LA_STAGES;
+template <int EB>
+__device__ __forceinline__ void la_scan_impl(const MT* B, const MT* X, MT* slots, const float* init, float* fin, int nch,
+                                             int reverse) {
+    constexpr int F = LA_F, E = LA_E, C = LA_C, LDF = LDP(F), LDX = LDP(EB), NS = LA_STAGES;
     typedef Deal<F, EB, 1> W;
     MT* bs = (MT*)ela_smem;      // [NS][C][LDF] B of a chunk per stage
     MT* xs = bs + NS * C * LDF;  // [NS][C][LDX] this block's columns of X
@@ -176,6 +179,17 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS)
                     fin[((i64)seq * F + ACC_ROW(W::row0(s), e)) * E + j0 + ACC_COL(W::col0(s), 0, e)] = acc[s][0][e];
     }
 }
+
+extern "C" __global__ void __launch_bounds__(ELA_THREADS)
+    la_scan(const MT* B, const MT* X, MT* slots, const float* init, float* fin, int nch, int reverse) {
+    la_scan_impl<LA_EB_HALF>(B, X, slots, init, fin, nch, reverse);
+}
+#if !ELA_MMA
+extern "C" __global__ void __launch_bounds__(ELA_THREADS)
+    la_scan_narrow(const MT* B, const MT* X, MT* slots, const float* init, float* fin, int nch, int reverse) {
+    la_scan_impl<LA_EB_NARROW>(B, X, slots, init, fin, nch, reverse);
+}
+#endif
 
 // ---------------------------------------------------------------- rows of one chunk
 

@@ -151,8 +151,48 @@ fn plan_for(kernel: ElaKernel, dtype: DType, dims: &ElaDims, smem_limit: u32) ->
         return None;
     }
     let plan = Plan { file: KernelFile::ElaLa { dt, tc, f: f16, e: e16 }, c, f, e, mt };
-    let most = [plan.scan_smem(), plan.out_smem(Widths::Fe), plan.out_smem(Widths::Ef)].into_iter().max()?;
+    let scan = plan.scan_kinds().iter().map(|&k| plan.scan_smem(k)).min()?;
+    let most = [scan, plan.out_smem(Widths::Fe), plan.out_smem(Widths::Ef)].into_iter().max()?;
     (most <= smem_limit).then_some(plan)
+}
+
+/// Of `(kernel, blocks, resident blocks)`, the kernel whose blocks take the fewest waves of
+/// resident ones (the first of a tie; none where nothing is resident).
+fn fewest_waves(options: &[(ScanKind, usize, usize)]) -> Option<ScanKind> {
+    let mut best: Option<(usize, ScanKind)> = None;
+    for &(k, blocks, resident) in options {
+        if resident == 0 {
+            continue;
+        }
+        let waves = blocks.div_ceil(resident);
+        if best.is_none_or(|(w, _)| waves < w) {
+            best = Some((waves, k));
+        }
+    }
+    best.map(|(_, k)| k)
+}
+
+/// The two scan kernels of la_chunk.cu: `la_scan`, a block per half of `X`'s columns, and (f32
+/// operands only) `la_scan_narrow`, a block per 16 columns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ScanKind {
+    Narrow,
+    Half,
+}
+
+impl ScanKind {
+    fn kernel(self) -> &'static str {
+        match self {
+            ScanKind::Narrow => "la_scan_narrow",
+            ScanKind::Half => "la_scan",
+        }
+    }
+    fn label(self) -> &'static str {
+        match self {
+            ScanKind::Narrow => "narrow",
+            ScanKind::Half => "half",
+        }
+    }
 }
 
 impl Plan {
@@ -160,18 +200,24 @@ impl Plan {
     fn lp(&self, n: usize) -> usize {
         n + if self.mt == DType::F32 { 4 } else { 8 }
     }
-    /// Columns of `X` per scan block (`LA_EB` in la_chunk.cu): half of them on tensor cores, 16
-    /// with f32 operands.
-    fn scan_cols(&self) -> usize {
+    /// The scan kernels compiled for this plan, the narrow one first (it wins a tie).
+    fn scan_kinds(&self) -> &'static [ScanKind] {
         if self.mt == DType::F32 {
-            16
+            &[ScanKind::Narrow, ScanKind::Half]
         } else {
-            self.e / 2
+            &[ScanKind::Half]
         }
     }
-    /// Dynamic shared memory of `la_scan` (mirrors its carve).
-    fn scan_smem(&self) -> u32 {
-        (SCAN_STAGES * self.c * (self.lp(self.f) + self.lp(self.scan_cols())) * self.mt.size_in_bytes()) as u32
+    /// Columns of `X` per block of scan `k` (`LA_EB_HALF`, `LA_EB_NARROW` in la_chunk.cu).
+    fn scan_cols(&self, k: ScanKind) -> usize {
+        match k {
+            ScanKind::Narrow => 16,
+            ScanKind::Half => self.e / 2,
+        }
+    }
+    /// Dynamic shared memory of scan `k` (mirrors `la_scan_impl`'s carve).
+    fn scan_smem(&self, k: ScanKind) -> u32 {
+        (SCAN_STAGES * self.c * (self.lp(self.f) + self.lp(self.scan_cols(k))) * self.mt.size_in_bytes()) as u32
     }
     /// Dynamic shared memory of `la_out_fe` / `la_out_ef` (mirrors `la_out_impl`'s carve: the
     /// operand tiles, or the f32 output tile that replaces them).
@@ -273,9 +319,34 @@ impl Cuda {
             Arg::I32(g.nch as i32),
             Arg::I32(reverse as i32),
         ];
-        let cfg = Cfg { grid: g.n as u32, grid_y: (pl.e / pl.scan_cols()) as u32, block: THREADS };
-        self.launch_smem(pl.file, "la_scan", cfg, pl.scan_smem(), &args)?;
+        let k = self.la_scan_kind(pl, g.n)?;
+        let cfg = Cfg { grid: g.n as u32, grid_y: (pl.e / pl.scan_cols(k)) as u32, block: THREADS };
+        self.launch_smem(pl.file, k.kernel(), cfg, pl.scan_smem(k), &args)?;
         Ok(slots)
+    }
+
+    /// The scan kernel for `n` sequences: every block walks its sequence's chunks from the first
+    /// to the last, so the time is the number of waves of resident blocks times one walk, and
+    /// the kernel with fewer waves wins (a tie goes to the narrow one, whose step is shorter).
+    /// `ELA_CUDA_LA_SCAN` forces one (for timing the choice).
+    fn la_scan_kind(&self, pl: &Plan, n: usize) -> Result<ScanKind> {
+        let limit = self.max_shared_memory_per_block();
+        let kinds: Vec<ScanKind> = pl.scan_kinds().iter().copied().filter(|&k| pl.scan_smem(k) <= limit).collect();
+        if let Some(forced) = super::switches().la_scan {
+            if let Some(&k) = kinds.iter().find(|k| k.label() == forced) {
+                return Ok(k);
+            }
+        }
+        let mut options = Vec::with_capacity(kinds.len());
+        for k in kinds {
+            let per_sm = self.resident_blocks(pl.file, k.kernel(), THREADS, pl.scan_smem(k))? as usize;
+            options.push((k, n * (pl.e / pl.scan_cols(k)), per_sm * self.sm_count() as usize));
+        }
+        fewest_waves(&options).ok_or_else(|| ela_core::Error::Backend {
+            backend: "cuda",
+            op: "ela",
+            msg: format!("no scan kernel of {} fits a multiprocessor of this GPU", pl.file.label()),
+        })
     }
 
     /// One output pass `O = LA(a, b, x)` from `slots` into `out` with the given epilogue (`aux`:
@@ -480,6 +551,19 @@ mod tests {
         // A GPU with less shared memory (99 KiB, sm_86) takes narrower heads only.
         assert!(plan_for(ElaKernel::SumSqEuclid, DType::F32, &dims(64, 128, 128), 101_376).is_none());
         assert!(plan_for(ElaKernel::SumSqEuclid, DType::F32, &dims(64, 64, 64), 101_376).is_some());
+    }
+
+    #[test]
+    fn the_scan_with_fewer_waves_wins() {
+        use ScanKind::{Half, Narrow};
+        // B8 H16 sum-sq f32, D = 64 (E = 80) on 132 multiprocessors: 5 narrow blocks a sequence
+        // at 4 a multiprocessor (640 of 528: two waves) against 2 half ones at 3 (one wave).
+        assert_eq!(fewest_waves(&[(Narrow, 128 * 5, 4 * 132), (Half, 128 * 2, 3 * 132)]), Some(Half));
+        // Few sequences: one wave either way, and the narrow blocks' shorter step wins the tie.
+        assert_eq!(fewest_waves(&[(Narrow, 16 * 5, 4 * 132), (Half, 16 * 2, 3 * 132)]), Some(Narrow));
+        // A kernel that no multiprocessor can hold is never picked; nothing at all: none.
+        assert_eq!(fewest_waves(&[(Narrow, 10, 0), (Half, 4_000, 1)]), Some(Half));
+        assert_eq!(fewest_waves(&[(Half, 4, 0)]), None);
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub(super) struct Switches {
     /// [`with_scan_runs`] does for one thread; that call takes precedence), for timing the split
     /// choices in a whole model. 0 or unset: chosen per call.
     pub scan_runs: usize,
+    /// `ELA_CUDA_LA_SCAN=half|narrow`: the feature-map kernels' scan forced to `la_scan` (half
+    /// the columns a block) or, with f32 operands, `la_scan_narrow` (16), for timing the choice;
+    /// unset: the one that takes fewer waves.
+    pub la_scan: Option<&'static str>,
 }
 
 pub(super) fn switches() -> &'static Switches {
@@ -67,6 +71,15 @@ pub(super) fn switches() -> &'static Switches {
                     eprintln!("ela-cuda: ELA_CUDA_SCAN_RUNS={v:?} ignored: expected a count of runs");
                     0
                 }),
+            },
+            la_scan: match std::env::var("ELA_CUDA_LA_SCAN").as_deref() {
+                Err(_) => None,
+                Ok("half") => Some("half"),
+                Ok("narrow") => Some("narrow"),
+                Ok(v) => {
+                    eprintln!("ela-cuda: ELA_CUDA_LA_SCAN={v:?} ignored: expected half or narrow");
+                    None
+                }
             },
         }
     })
