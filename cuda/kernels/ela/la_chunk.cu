@@ -12,8 +12,9 @@
 // features.cuh: A and B of a call are F or E wide, X the other width.
 //
 //   la_scan, one block per (sequence, half the columns of X; la_scan_narrow: 16 columns, f32
-//     operands only), walks the chunks in order (reverse: from the last) with the running sum S = sum B_c^T X_c [F x E] in registers (the next two
-//     chunks' copies in flight while one is multiplied), and writes the state before each chunk:
+//     operands only), walks the chunks in order (reverse: from the last) with the running sum
+//     S = sum B_c^T X_c [F x E] in registers (the next two chunks' copies in flight while one is
+//     multiplied), and writes the state before each chunk:
 //     slot c = the sum over the chunks before c (reverse: after c), slot nch = the total (plus an
 //     optional carried initial state; `fin` gets the total in f32).
 //   la_out_fe / la_out_ef, one block per (chunk, sequence): O_c = A_c S_c + mask(A_c B_c^T) X_c,
@@ -110,8 +111,8 @@ template <int ROWS, int COLS> __device__ __forceinline__ void la_stage_async(MT*
 #define LA_STAGES 3
 
 template <int EB>
-__device__ __forceinline__ void la_scan_impl(const MT* B, const MT* X, MT* slots, const float* init, float* fin, int nch,
-                                             int reverse) {
+__device__ __forceinline__ void la_scan_impl(const MT* B, const MT* X, MT* slots, const float* init, float* fin,
+                                             int nch, int reverse) {
     constexpr int F = LA_F, E = LA_E, C = LA_C, LDF = LDP(F), LDX = LDP(EB), NS = LA_STAGES;
     typedef Deal<F, EB, 1> W;
     MT* bs = (MT*)ela_smem;      // [NS][C][LDF] B of a chunk per stage
