@@ -156,6 +156,31 @@ fn plan_for(kernel: ElaKernel, dtype: DType, dims: &ElaDims, smem_limit: u32) ->
     (most <= smem_limit).then_some(plan)
 }
 
+thread_local! {
+    /// The scan forced by [`with_la_scan`] on this thread (`None`: the environment's, else chosen).
+    static LA_SCAN: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with every feature-map scan it issues on this thread forced to `scan`: `"half"`
+/// (`la_scan`) or `"narrow"` (`la_scan_narrow`, f32 operands only; other calls keep their
+/// choice); `None` chooses per call. Takes precedence over `ELA_CUDA_LA_SCAN`. The two scans sum
+/// every state entry in the same order, so results are the same bits whichever runs. For tests
+/// and benchmarks that compare them; per thread, so concurrent tests do not see each other's
+/// setting.
+#[doc(hidden)]
+pub fn with_la_scan<R>(scan: Option<&'static str>, f: impl FnOnce() -> R) -> R {
+    let before = LA_SCAN.with(|c| c.replace(scan));
+    // Restored when `f` returns or unwinds.
+    struct Restore(Option<&'static str>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LA_SCAN.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(before);
+    f()
+}
+
 /// Of `(kernel, blocks, resident blocks)`, the kernel whose blocks take the fewest waves of
 /// resident ones (the first of a tie; none where nothing is resident).
 fn fewest_waves(options: &[(ScanKind, usize, usize)]) -> Option<ScanKind> {
@@ -328,11 +353,11 @@ impl Cuda {
     /// The scan kernel for `n` sequences: every block walks its sequence's chunks from the first
     /// to the last, so the time is the number of waves of resident blocks times one walk, and
     /// the kernel with fewer waves wins (a tie goes to the narrow one, whose step is shorter).
-    /// `ELA_CUDA_LA_SCAN` forces one (for timing the choice).
+    /// [`with_la_scan`] or `ELA_CUDA_LA_SCAN` forces one (for tests and for timing the choice).
     fn la_scan_kind(&self, pl: &Plan, n: usize) -> Result<ScanKind> {
         let limit = self.max_shared_memory_per_block();
         let kinds: Vec<ScanKind> = pl.scan_kinds().iter().copied().filter(|&k| pl.scan_smem(k) <= limit).collect();
-        if let Some(forced) = super::switches().la_scan {
+        if let Some(forced) = LA_SCAN.with(|c| c.get()).or(super::switches().la_scan) {
             if let Some(&k) = kinds.iter().find(|k| k.label() == forced) {
                 return Ok(k);
             }

@@ -25,6 +25,7 @@
 mod chunk;
 pub use chunk::with_scan_runs;
 mod feature_chunk;
+pub use feature_chunk::with_la_scan;
 mod gemm_chunk;
 mod noncausal;
 mod padded;
