@@ -5,6 +5,9 @@
 #   OUT=$OUT bash cuda/benches/scan_ab.sh check    # the chunked ELA tests + memcheck/racecheck
 #   OUT=$OUT bash cuda/benches/scan_ab.sh time     # ela_gpu: fold or not, the LMs' shapes
 #   OUT=$OUT bash cuda/benches/scan_ab.sh long     # the same at B8 H16, T 4k and 16k
+#   OUT=$OUT bash cuda/benches/scan_ab.sh feat     # the feature-map kernels' two scans: ela_gemm
+#                                                  # tests with each forced, then timings of the
+#                                                  # narrow one against the choice (T16k)
 #   OUT=$OUT bash cuda/benches/scan_ab.sh ncu      # Nsight Compute on the ELA kernels
 #   OUT=$OUT bash cuda/benches/scan_ab.sh sass     # where the warps of each chunk kernel stall, per
 #                                                  # SASS instruction and per source line
@@ -53,6 +56,26 @@ for part in $parts; do
         fi
       done
       ;;
+    feat)
+      # ELA_CUDA_LA_SCAN (cuda/README.md, "The other kernels, chunked"): the chunked feature-map
+      # tests with each scan forced, then fwd+bwd at B8 H16 T16k, narrow against the choice, twice.
+      for s in half narrow; do
+        ELA_CUDA_LA_SCAN=$s ELA_REQUIRE_CUDA=1 timeout 200 .gpu/bin/test-cuda_ops ela_gemm >>"$log" 2>&1
+        echo "ela_gemm with the $s scan: rc $?" >>"$log"
+      done
+      k="kernel=sum-sq-euclid kernel=identity kernel=blueprint kernel=elu-plus-one kernel=hadamard-exp"
+      for r in 1 2; do
+        for s in narrow choice; do
+          echo "## feat $r: scan $s" >>"$log"
+          # shellcheck disable=SC2086
+          if [ $s = choice ]; then
+            env -u ELA_CUDA_LA_SCAN timeout 120 .gpu/bin/ela_gpu $k T=16384 >>"$log" 2>&1
+          else
+            ELA_CUDA_LA_SCAN=$s timeout 120 .gpu/bin/ela_gpu $k T=16384 >>"$log" 2>&1
+          fi
+        done
+      done
+      ;;
     ncu)
       s="--section SpeedOfLight --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis"
       s="$s --section Occupancy --section LaunchStats --section InstructionStats"
@@ -88,6 +111,6 @@ for part in $parts; do
       cp /tmp/cubins/chunk_fwd_bf16_d64_dv64.cubin "$OUT/"
       unset ELA_CUDA_LINEINFO ELA_CUDA_DUMP_DIR
       ;;
-    *) echo "unknown part $part (check, time, long, ncu, sass)" >&2; exit 2 ;;
+    *) echo "unknown part $part (check, time, long, feat, ncu, sass)" >&2; exit 2 ;;
   esac
 done
