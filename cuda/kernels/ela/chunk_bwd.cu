@@ -30,7 +30,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
     MT* US = Dm + C * LDC;      // [F][LDV]: U, then S
     float* mcur = (float*)(US + F * LDV);
     float* mnx = mcur + F;
-    float* zst = mnx + F;
+    float* zst = mnx + FVEC(F);  // mnx: a per-feature vector read by row quarters (fsk)
     float* wst = zst + F;
     float* mq = wst + F;
     float* mk = mq + C;
@@ -76,7 +76,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
     if (tid < n) r = rows[rowbase + tid];
     if (tid < F) {
         mcur[tid] = slot_m[slot * F + tid];
-        mnx[tid] = slot_m[slot1 * F + tid];
+        mnx[fsk(tid)] = slot_m[slot1 * F + tid];
         zst[tid] = slot_z[slot * F + tid];
         wst[tid] = slot_w[uslot * F + tid];
     }
@@ -103,7 +103,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
 #pragma unroll
             for (int k = 0; k < MT_VEC; ++k) {
                 pa[k] = exp_if(j < n, kp.x[e0 + k] - mx);
-                pu[k] = exp_if(j < n, kp.x[e0 + k] - mnx[c0 + e0 + k]);
+                pu[k] = exp_if(j < n, kp.x[e0 + k] - mnx[fsk(c0) + fsk(e0 + k)]);
             }
             store_mt_vec(psia + j * LDF + c0 + e0, pa);
             store_mt_vec(psiu + j * LDF + c0 + e0, pu);

@@ -384,7 +384,7 @@ __device__ void slow_row(int i, const ST* qg, const ST* kg, const ST* vg, i64 lq
     float* wsf = sj + ELA_C;
     if (tid < F) qr[tid] = DT::load(qg[(i64)i * lq + tid]);
     __syncthreads();
-    float mx = tid < F ? qr[tid] + mst[tid] : neg_inf<float>();
+    float mx = tid < F ? qr[tid] + mst[fsk(tid)] : neg_inf<float>();
     for (int e = tid; e < (i + 1) * F; e += ELA_THREADS) mx = fmaxf(mx, qr[e % F] + DT::load(kg[(e / F) * lk + e % F]));
     const float r = block_max<float>(mx, red);
     for (int j = warp; j <= i; j += ELA_WARPS) {
@@ -393,9 +393,9 @@ __device__ void slow_row(int i, const ST* qg, const ST* kg, const ST* vg, i64 lq
         s = warp_sum(s);
         if (lane == 0) sj[j] = s;
     }
-    if (tid < F) wsf[tid] = __expf(qr[tid] + mst[tid] - r);
+    if (tid < F) wsf[tid] = __expf(qr[tid] + mst[fsk(tid)] - r);
     __syncthreads();
-    const float den = block_sum<float>((tid <= i ? sj[tid] : 0.f) + (tid < F ? wsf[tid] * zst[tid] : 0.f), red);
+    const float den = block_sum<float>((tid <= i ? sj[tid] : 0.f) + (tid < F ? wsf[tid] * zst[fsk(tid)] : 0.f), red);
     if (mode == 0) {
         for (int col = tid; col < DV; col += ELA_THREADS) {
             float num = 0.f;
@@ -438,8 +438,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
     MT* vsm = phib + C * LDF;   // [C][LDV]
     MT* At = vsm + C * LDV;     // [C][LDC] the masked intra-chunk block A
     float* mst = (float*)(At + C * LDC);
-    float* zst = mst + F;
-    float* mk = zst + F;
+    float* zst = mst + FVEC(F);  // mst, zst: per-feature vectors (fsk in tile.cuh)
+    float* mk = zst + FVEC(F);
     float* pm = mk + C;
     float* mq = pm + C;
     float* uu = mq + C;
@@ -477,8 +477,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         yp.load(yig, ly, n);
     }
     if (tid < F) {
-        mst[tid] = slot_m[slot * F + tid];
-        zst[tid] = slot_z[slot * F + tid];
+        mst[fsk(tid)] = slot_m[slot * F + tid];
+        zst[fsk(tid)] = slot_z[slot * F + tid];
     }
     const int row = RP::row(), rc0 = RP::col0();
     if (causal) {
@@ -521,7 +521,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
 #pragma unroll
         for (int e = 0; e < RP::EPT; ++e) {
             a = fmaxf(a, qp.x[e]);
-            b = fmaxf(b, qp.x[e] + mst[rc0 + e]);
+            b = fmaxf(b, qp.x[e] + mst[fsk(rc0) + fsk(e)]);
         }
         const float mqv = RP::max(a), smax = RP::max(b);
         const float u = causal ? fmaxf(mqv + pm[i], smax) : smax;
@@ -532,9 +532,9 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
 #pragma unroll
             for (int k = 0; k < MT_VEC; k += 2) {
                 const int e = e0 + k;
-                pb[k] = exp_if(i < n, qp.x[e] + mst[rc0 + e] - u);
-                pb[k + 1] = exp_if(i < n, qp.x[e + 1] + mst[rc0 + e + 1] - u);
-                ds += pb[k] * zst[rc0 + e] + pb[k + 1] * zst[rc0 + e + 1];
+                pb[k] = exp_if(i < n, qp.x[e] + mst[fsk(rc0) + fsk(e)] - u);
+                pb[k + 1] = exp_if(i < n, qp.x[e + 1] + mst[fsk(rc0) + fsk(e + 1)] - u);
+                ds += pb[k] * zst[fsk(rc0) + fsk(e)] + pb[k + 1] * zst[fsk(rc0) + fsk(e + 1)];
                 pa[k] = exp_if(i < n, qp.x[e] - mqv);
                 pa[k + 1] = exp_if(i < n, qp.x[e + 1] - mqv);
             }

@@ -451,6 +451,22 @@ __device__ __forceinline__ i64 io_seq(const i64 (&r)[3], int seq, int heads) {
     return (i64)(seq / heads) * r[0] + (i64)(seq % heads) * r[1];
 }
 
+// Where entry f of a per-feature vector in shared memory (a state's units or z) lies. RowPart
+// (below) gives each of a row's threads a contiguous quarter of the features, so a warp's 16-byte
+// loads of such a vector read four addresses a quarter apart: 0, 64, 128, 192 bytes at 64-wide
+// heads (two of them on the same banks: 2-way conflicts), 0, 128, 256, 384 at 128-wide (4-way).
+// With the opt-in ELA_OPT_SKEW every 32 entries are followed by 4 unused ones (16 bytes), so the
+// quarters start in distinct bank groups; FVEC(n) floats hold such a vector of n. A quarter
+// starting at q with q % 32 == 0 or q % 32 + its length <= 32 has entry e at fsk(q) + fsk(e), so
+// vector loads stay vector loads (fsk(e) is a constant in unrolled loops).
+#ifdef ELA_OPT_SKEW
+__device__ __forceinline__ int fsk(int f) { return f + ((f >> 5) << 2); }
+#define FVEC(n) ((n) + (n) / 8)
+#else
+__device__ __forceinline__ int fsk(int f) { return f; }
+#define FVEC(n) (n)
+#endif
+
 // The rows of a chunk, TPR = ELA_THREADS / ELA_C consecutive threads per row: thread tid holds row
 // tid / TPR, elements [(tid % TPR) * EPT, + EPT) of a W-wide row, as floats (rows >= n read 0).
 // All of a thread's loads are 16-byte vectors issued before any use; row reductions are TPR-lane

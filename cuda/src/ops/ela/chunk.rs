@@ -32,6 +32,16 @@ fn scan_dvb(dv: usize) -> usize {
     }
 }
 
+/// Floats a per-feature vector of `n` entries takes in shared memory (`FVEC` in tile.cuh: 4 more
+/// every 32 with the opt-in variant `skew`).
+fn fvec(n: usize) -> usize {
+    if crate::kernels::chunk_opt("skew") {
+        n + n / 8
+    } else {
+        n
+    }
+}
+
 /// Launches one chunked kernel; with `ELA_CUDA_PROFILE` set, each launch is timed alone (CUDA
 /// events, synchronizing) and reported on stderr: a debugging aid for where the time goes.
 fn launch(dev: &Cuda, cv: &Variant, name: &str, cfg: Cfg, smem: u32, args: &[Arg]) -> Result<()> {
@@ -133,14 +143,14 @@ impl Variant {
         let r0 = (2 * c * ldf).max(f * ldv);
         let groups = 8 / (c / 16);
         let tiles = r0 + c * ldf + c * ldv + c * ldc;
-        (tiles * self.mt.size_in_bytes() + 4 * (2 * f + 6 * c + groups * c + c + 32)) as u32
+        (tiles * self.mt.size_in_bytes() + 4 * (2 * fvec(f) + 6 * c + groups * c + c + 32)) as u32
     }
     /// Dynamic shared memory of `ela_bwd`.
     fn bwd_smem(&self) -> u32 {
         let (c, f, dv) = (self.c, self.f, self.dv);
         let (ldf, ldv, ldc) = (lp(self, f), lp(self, dv), lp(self, c));
         let tiles = 3 * c * ldf + 2 * c * ldv + 2 * c * ldc + f * ldv;
-        (tiles * self.mt.size_in_bytes() + 4 * (4 * f + 6 * c)) as u32
+        (tiles * self.mt.size_in_bytes() + 4 * (3 * f + fvec(f) + 6 * c)) as u32
     }
 }
 
