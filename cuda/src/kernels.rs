@@ -357,11 +357,14 @@ fn f32_products_define() -> &'static str {
 
 /// Opt-in variants of the chunked Hadamard-Exp kernels, not yet measured on a GPU: (name in
 /// `ELA_CUDA_OPT`, the module's define, what it changes). Each computes the same values.
-pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[(
-    "skew",
-    "ELA_OPT_SKEW",
-    "per-feature vectors in shared memory skewed by 16 bytes every 32 entries: no bank conflicts",
-)];
+pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[
+    (
+        "skew",
+        "ELA_OPT_SKEW",
+        "per-feature vectors in shared memory skewed by 16 bytes every 32 entries: no bank conflicts",
+    ),
+    ("hoist", "ELA_OPT_HOIST", "the per-row values of the tile epilogues loaded once per thread, not once per tile"),
+];
 
 /// The names of the opt-in variants set in `ELA_CUDA_OPT` (read once per process; a comma list
 /// of [`CHUNK_OPTS`] names); an unknown name is reported and the whole setting ignored.
@@ -631,7 +634,7 @@ mod tests {
         assert_eq!(parse_chunk_opts(""), Ok(vec![]));
         assert_eq!(parse_chunk_opts(" skew , "), Ok(vec!["skew"]));
         let e = parse_chunk_opts("skew,fast").unwrap_err();
-        assert!(e.contains("\"fast\"") && e.contains("known: skew"), "{e}");
+        assert!(e.contains("\"fast\"") && e.contains("known: skew, hoist"), "{e}");
     }
 
     /// Every variant has its own label, made of file-name characters only (dumped CUBINs are
