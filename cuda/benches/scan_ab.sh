@@ -64,7 +64,7 @@ for part in $parts; do
       # shape), then the chunked ELA tests (`ela::` and `ela_fast`; the feature-map kernels'
       # `ela_gemm` do not use the chunk module) and both sanitizers with all of them on.
       # (OPTS: the names of kernels::CHUNK_OPTS.)
-      all=${OPTS:-skew}
+      all=${OPTS:-skew,hoist}
       for r in 1 2; do
         opts="none ${all//,/ }"
         [ "$all" != "${all//,/}" ] && opts="$opts $all"  # and all together, where several
