@@ -564,7 +564,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         // A thread's entries lie in two rows: their units once, in registers (the stores into
         // At below could alias them for all the compiler knows, so it loads them again for every
         // tile otherwise). The same operations on the same values.
-        const float rq[2] = {mq[ACC_ROW(r0, 0)], mq[ACC_ROW(r0, 2)]}, ru[2] = {uu[ACC_ROW(r0, 0)], uu[ACC_ROW(r0, 2)]};
+        const int ia = ACC_ROW(r0, 0), ib = ACC_ROW(r0, 2);
+        const float rq[2] = {mq[ia], mq[ib]}, ru[2] = {uu[ia], uu[ib]};
 #define ELA_MQ(i, e) rq[(e) >> 1]
 #define ELA_UU(i, e) ru[(e) >> 1]
 #else
