@@ -40,6 +40,9 @@ pub(crate) struct Inner {
     pub(crate) alloc: Arc<Allocator>,
     modules: Mutex<HashMap<KernelFile, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(KernelFile, String), CudaFunction>>,
+    /// Resident blocks per multiprocessor by (file, kernel, threads, dynamic shared memory)
+    /// ([`Cuda::resident_blocks`]): fixed per compiled kernel, asked per launch.
+    occupancy: Mutex<HashMap<(KernelFile, String, u32, u32), u32>>,
     pub(crate) blas: Mutex<Blas>,
     pub(crate) tf32: AtomicBool,
     /// Direct depthwise conv kernels (true) or im2col + GEMM for every conv (benchmarks).
@@ -198,6 +201,7 @@ fn open(ordinal: usize) -> Result<Inner> {
         alloc,
         modules: Mutex::new(HashMap::new()),
         functions: Mutex::new(HashMap::new()),
+        occupancy: Mutex::new(HashMap::new()),
         blas: Mutex::new(Blas { handle, stream: cu_stream, workspace: (blas_workspace.ptr(), BLAS_WORKSPACE_BYTES) }),
         tf32: AtomicBool::new(false),
         direct_conv: AtomicBool::new(true),
@@ -476,16 +480,24 @@ impl Cuda {
 
     /// How many blocks of `block` threads and `smem` bytes of dynamic shared memory of the kernel
     /// `name` one multiprocessor holds at once (the driver's occupancy calculator: registers,
-    /// shared memory and the block limit).
+    /// shared memory and the block limit), asked once per kernel and size.
     pub(crate) fn resident_blocks(&self, file: KernelFile, name: &str, block: u32, smem: u32) -> Result<u32> {
+        let key = (file, name.to_string(), block, smem);
+        if let Some(&n) = self.inner.occupancy.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(n);
+        }
         let f = self.function(file, name)?;
         self.bind("occupancy")?;
         opt_in_smem(&f, name, smem)?;
-        f.occupancy_max_active_blocks_per_multiprocessor(block, smem as usize, None).map_err(|e| Error::Backend {
-            backend: "cuda",
-            op: "occupancy",
-            msg: format!("{name} with {block} threads and {smem} bytes of shared memory: {e:?}"),
-        })
+        let n = f.occupancy_max_active_blocks_per_multiprocessor(block, smem as usize, None).map_err(|e| {
+            Error::Backend {
+                backend: "cuda",
+                op: "occupancy",
+                msg: format!("{name} with {block} threads and {smem} bytes of shared memory: {e:?}"),
+            }
+        })?;
+        self.inner.occupancy.lock().unwrap_or_else(|p| p.into_inner()).insert(key, n);
+        Ok(n)
     }
 
     /// Launches `name` from `file` with the given grid/block and arguments, on the device stream.

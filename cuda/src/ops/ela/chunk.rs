@@ -201,16 +201,7 @@ thread_local! {
 /// see each other's setting.
 #[doc(hidden)]
 pub fn with_scan_runs<R>(runs: usize, f: impl FnOnce() -> R) -> R {
-    let before = SCAN_RUNS.with(|c| c.replace(runs));
-    // Restored when `f` returns or unwinds.
-    struct Restore(usize);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            SCAN_RUNS.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(before);
-    f()
+    super::with_override(&SCAN_RUNS, runs, f)
 }
 
 /// Slots one thread of `ela_scan_join` joins (`JOIN_SLOTS` in chunk_fwd.cu).

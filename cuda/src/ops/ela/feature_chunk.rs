@@ -169,16 +169,7 @@ thread_local! {
 /// setting.
 #[doc(hidden)]
 pub fn with_la_scan<R>(scan: Option<&'static str>, f: impl FnOnce() -> R) -> R {
-    let before = LA_SCAN.with(|c| c.replace(scan));
-    // Restored when `f` returns or unwinds.
-    struct Restore(Option<&'static str>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            LA_SCAN.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(before);
-    f()
+    super::with_override(&LA_SCAN, scan, f)
 }
 
 /// Of `(kernel, blocks, resident blocks)`, the kernel whose blocks take the fewest waves of

@@ -39,6 +39,24 @@ use super::stat_dtype;
 use crate::device::Cuda;
 use crate::storage::CudaStorage;
 
+/// Runs `f` with the thread-local `cell` set to `value`, restoring what it held when `f` returns
+/// or unwinds: the per-thread overrides tests and benchmarks use ([`with_scan_runs`],
+/// [`with_la_scan`]).
+fn with_override<T: Copy + 'static, R>(
+    cell: &'static std::thread::LocalKey<std::cell::Cell<T>>,
+    value: T,
+    f: impl FnOnce() -> R,
+) -> R {
+    struct Restore<T: Copy + 'static>(&'static std::thread::LocalKey<std::cell::Cell<T>>, T);
+    impl<T: Copy + 'static> Drop for Restore<T> {
+        fn drop(&mut self) {
+            self.0.with(|c| c.set(self.1));
+        }
+    }
+    let _restore = Restore(cell, cell.with(|c| c.replace(value)));
+    f()
+}
+
 /// The ELA paths' debugging switches, read from the environment once per process (every ELA
 /// call consults them, several times; reading the environment takes a lock).
 pub(super) struct Switches {
@@ -313,7 +331,7 @@ impl Cuda {
 
 #[cfg(test)]
 mod tests {
-    use super::tile_chunk_rows;
+    use super::{tile_chunk_rows, with_override};
 
     /// The kernels take their chunk length from tile.cuh's `ELA_C`, the launches from
     /// `tile_chunk_rows`: a mismatch runs 32-row kernels over a 64-row launch geometry. This pins
@@ -335,5 +353,19 @@ mod tests {
         ] {
             assert_eq!(tile_chunk_rows(f32_operands, f, e), c, "f32 operands {f32_operands}, {f} x {e}");
         }
+    }
+
+    thread_local! {
+        static SETTING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    #[test]
+    fn an_override_holds_inside_and_is_restored_on_return_and_unwind() {
+        let inside = with_override(&SETTING, 3, || with_override(&SETTING, 5, || SETTING.with(|c| c.get())));
+        assert_eq!(inside, 5);
+        assert_eq!(SETTING.with(|c| c.get()), 0);
+        let r = std::panic::catch_unwind(|| with_override(&SETTING, 7, || panic!("inside")));
+        assert!(r.is_err());
+        assert_eq!(SETTING.with(|c| c.get()), 0, "restored after a panic");
     }
 }
