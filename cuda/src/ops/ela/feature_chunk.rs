@@ -175,17 +175,12 @@ pub fn with_la_scan<R>(scan: Option<&'static str>, f: impl FnOnce() -> R) -> R {
 /// Of `(kernel, blocks, resident blocks)`, the kernel whose blocks take the fewest waves of
 /// resident ones (the first of a tie; none where nothing is resident).
 fn fewest_waves(options: &[(ScanKind, usize, usize)]) -> Option<ScanKind> {
-    let mut best: Option<(usize, ScanKind)> = None;
-    for &(k, blocks, resident) in options {
-        if resident == 0 {
-            continue;
-        }
-        let waves = blocks.div_ceil(resident);
-        if best.is_none_or(|(w, _)| waves < w) {
-            best = Some((waves, k));
-        }
-    }
-    best.map(|(_, k)| k)
+    // `min_by_key` keeps the first of equal minima.
+    options
+        .iter()
+        .filter(|&&(_, _, resident)| resident > 0)
+        .min_by_key(|&&(_, blocks, resident)| blocks.div_ceil(resident))
+        .map(|&(k, _, _)| k)
 }
 
 /// The two scan kernels of la_chunk.cu: `la_scan`, a block per half of `X`'s columns, and (f32
