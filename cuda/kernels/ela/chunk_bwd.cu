@@ -133,30 +133,21 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
         mm_tile<WA::NT, false, true>(aA, phia, LDF, psia, LDF, r0, c0, F);
         mm_tile<WA::NT, false, true>(aD, G, LDV, vsm, LDV, r0, c0, DV);
 #ifdef ELA_OPT_HOIST
-        // The two rows' values once, in registers (the stores into At and Dm could alias them
-        // for all the compiler knows, so it loads them again for every tile otherwise).
-        const int ia = ACC_ROW(r0, 0), ib = ACC_ROW(r0, 2);
+        const int ia = ACC_ROW(r0, 0), ib = ACC_ROW(r0, 2);  // this thread's two rows (ROW_VAL)
         const float rg[2] = {gmul[ia], gmul[ib]}, rq[2] = {mq[ia], mq[ib]}, ru[2] = {uu[ia], uu[ib]};
         const float rc[2] = {cc[ia], cc[ib]};
-#define ELA_ROW(a, i, e) r##a[(e) >> 1]
-#else
-#define ELA_ROW(a, i, e) ELA_ROW_##a(i)
 #endif
-#define ELA_ROW_g(i) gmul[i]
-#define ELA_ROW_q(i) mq[i]
-#define ELA_ROW_u(i) uu[i]
-#define ELA_ROW_c(i) cc[i]
 #pragma unroll
         for (int nt = 0; nt < WA::NT; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; e += 2) {
                 const int i = ACC_ROW(r0, e), j = ACC_COL(c0, nt, e);
-                const bool on = ELA_ROW(g, i, e) != 0.f;  // 1 / den on the fast path, else 0
-                const float e0 = exp_if(on && j <= i, ELA_ROW(q, i, e) + mk[j] - ELA_ROW(u, i, e));
-                const float e1 = exp_if(on && j + 1 <= i, ELA_ROW(q, i, e) + mk[j + 1] - ELA_ROW(u, i, e));
+                const bool on = ROW_VAL(rg, gmul, i, e) != 0.f;  // 1 / den on the fast path, else 0
+                const float e0 = exp_if(on && j <= i, ROW_VAL(rq, mq, i, e) + mk[j] - ROW_VAL(ru, uu, i, e));
+                const float e1 = exp_if(on && j + 1 <= i, ROW_VAL(rq, mq, i, e) + mk[j + 1] - ROW_VAL(ru, uu, i, e));
                 store_mt2(At + i * LDC + j, e0 == 0.f ? 0.f : aA[nt][e] * e0, e1 == 0.f ? 0.f : aA[nt][e + 1] * e1);
-                store_mt2(Dm + i * LDC + j, e0 == 0.f ? 0.f : (aD[nt][e] - ELA_ROW(c, i, e)) * e0,
-                          e1 == 0.f ? 0.f : (aD[nt][e + 1] - ELA_ROW(c, i, e)) * e1);
+                store_mt2(Dm + i * LDC + j, e0 == 0.f ? 0.f : (aD[nt][e] - ROW_VAL(rc, cc, i, e)) * e0,
+                          e1 == 0.f ? 0.f : (aD[nt][e + 1] - ROW_VAL(rc, cc, i, e)) * e1);
             }
     }
     __syncthreads();
@@ -210,7 +201,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
         if (causal) mm_tile<WF::NT, false, false>(a1, Dm, LDC, psia, LDF, r0, c0, C);
         mm_tile<WF::NT, false, true>(a2, G, LDV, US, LDV, r0, c0, DV);
 #ifdef ELA_OPT_HOIST
-        const int ia = ACC_ROW(r0, 0), ib = ACC_ROW(r0, 2);
+        const int ia = ACC_ROW(r0, 0), ib = ACC_ROW(r0, 2);  // (ROW_VAL)
         const float rg[2] = {gmul[ia], gmul[ib]}, ru[2] = {uu[ia], uu[ib]}, rc[2] = {cc[ia], cc[ib]};
 #endif
 #pragma unroll
@@ -219,13 +210,13 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
             for (int e = 0; e < 4; e += 2) {
                 const int i = ACC_ROW(r0, e), d = ACC_COL(c0, nt, e);
                 if (i >= n) continue;
-                const bool on = ELA_ROW(g, i, e) != 0.f;  // 1 / den on the fast path, else 0
+                const bool on = ROW_VAL(rg, gmul, i, e) != 0.f;  // 1 / den on the fast path, else 0
                 float q0, q1;
                 load_st2(qg + (i64)i * lq + d, q0, q1);
-                const float pb0 = exp_if(on, q0 + mcur[d] - ELA_ROW(u, i, e));
-                const float pb1 = exp_if(on, q1 + mcur[d + 1] - ELA_ROW(u, i, e));
-                float v0 = pb0 * (a2[nt][e] - ELA_ROW(c, i, e) * zst[d]),
-                      v1 = pb1 * (a2[nt][e + 1] - ELA_ROW(c, i, e) * zst[d + 1]);
+                const float pb0 = exp_if(on, q0 + mcur[d] - ROW_VAL(ru, uu, i, e));
+                const float pb1 = exp_if(on, q1 + mcur[d + 1] - ROW_VAL(ru, uu, i, e));
+                float v0 = pb0 * (a2[nt][e] - ROW_VAL(rc, cc, i, e) * zst[d]),
+                      v1 = pb1 * (a2[nt][e + 1] - ROW_VAL(rc, cc, i, e) * zst[d + 1]);
                 if (causal) {
                     v0 += from_mt(phia[i * LDF + d]) * a1[nt][e];
                     v1 += from_mt(phia[i * LDF + d + 1]) * a1[nt][e + 1];
@@ -233,11 +224,6 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                 store_st2(dqg + i * gsq + d, v0, v1);
             }
     }
-#undef ELA_ROW
-#undef ELA_ROW_g
-#undef ELA_ROW_q
-#undef ELA_ROW_u
-#undef ELA_ROW_c
     if (__syncthreads_or(tid < C && slw[tid])) {
         // Exact-path rows (exact_rows::backward_row): weights exp(q_i + k_j - r_i) over the chunk's keys
         // j <= i and exp(q_i + m - r_i) against the state. Their dk, dv terms are summed in f32

@@ -561,16 +561,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         mm_tile<WA::NT, false, true>(acc, phia, LDF, psia, LDF, r0, c0, F);
         float slo = 0.f, shi = 0.f;
 #ifdef ELA_OPT_HOIST
-        // A thread's entries lie in two rows: their units once, in registers (the stores into
-        // At below could alias them for all the compiler knows, so it loads them again for every
-        // tile otherwise). The same operations on the same values.
-        const int ia = ACC_ROW(r0, 0), ib = ACC_ROW(r0, 2);
+        const int ia = ACC_ROW(r0, 0), ib = ACC_ROW(r0, 2);  // this thread's two rows (ROW_VAL)
         const float rq[2] = {mq[ia], mq[ib]}, ru[2] = {uu[ia], uu[ib]};
-#define ELA_MQ(i, e) rq[(e) >> 1]
-#define ELA_UU(i, e) ru[(e) >> 1]
-#else
-#define ELA_MQ(i, e) mq[i]
-#define ELA_UU(i, e) uu[i]
 #endif
 #pragma unroll
         for (int nt = 0; nt < WA::NT; ++nt)
@@ -580,15 +572,13 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
                 const bool ok = i < n;
                 // Masked entries are dropped after the product, so a later key's inf or NaN
                 // cannot reach an earlier row.
-                const float a0 = keep_if(ok && j <= i, acc[nt][e] * __expf(ELA_MQ(i, e) + mk[j] - ELA_UU(i, e)));
+                const float a0 = keep_if(ok && j <= i, acc[nt][e] * __expf(ROW_VAL(rq, mq, i, e) + mk[j] - ROW_VAL(ru, uu, i, e)));
                 const float a1 =
-                    keep_if(ok && j + 1 <= i, acc[nt][e + 1] * __expf(ELA_MQ(i, e) + mk[j + 1] - ELA_UU(i, e)));
+                    keep_if(ok && j + 1 <= i, acc[nt][e + 1] * __expf(ROW_VAL(rq, mq, i, e) + mk[j + 1] - ROW_VAL(ru, uu, i, e)));
                 store_mt2(At + i * LDC + j, a0, a1);
                 if (e == 0) slo += a0 + a1;
                 else shi += a0 + a1;
             }
-#undef ELA_MQ
-#undef ELA_UU
         slo += __shfl_xor_sync(0xffffffffu, slo, 1);
         slo += __shfl_xor_sync(0xffffffffu, slo, 2);
         shi += __shfl_xor_sync(0xffffffffu, shi, 1);

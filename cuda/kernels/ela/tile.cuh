@@ -459,6 +459,16 @@ __device__ __forceinline__ i64 io_seq(const i64 (&r)[3], int seq, int heads) {
 // quarters start in distinct bank groups; FVEC(n) floats hold such a vector of n. A quarter
 // starting at q with q % 32 == 0 or q % 32 + its length <= 32 has entry e at fsk(q) + fsk(e), so
 // vector loads stay vector loads (fsk(e) is a constant in unrolled loops).
+// A per-row value of a tile epilogue for accumulator entry e of row i: `arr[i]` from shared
+// memory, or with the opt-in ELA_OPT_HOIST `reg[e / 2]`, the copy the thread loaded once for its
+// two rows before the epilogue's loops (the epilogues' stores into shared tiles could alias the
+// shared value for all the compiler knows, so it loads it again for every tile otherwise).
+#ifdef ELA_OPT_HOIST
+#define ROW_VAL(reg, arr, i, e) reg[(e) >> 1]
+#else
+#define ROW_VAL(reg, arr, i, e) arr[i]
+#endif
+
 #ifdef ELA_OPT_SKEW
 __device__ __forceinline__ int fsk(int f) { return f + ((f >> 5) << 2); }
 #define FVEC(n) ((n) + (n) / 8)
