@@ -10,7 +10,9 @@ function, so it needs the same CUBIN, not a rebuild (another NVRTC version sched
 
 Prints the share of stall samples per source line (inlined code is charged to the line of the
 inlined function, as the line table says) with the line's text, and the two largest stall
-reasons of each. NVDISASM names the disassembler when it is not on PATH or next to ncu.
+reasons of each; `--shared` prints each line's share of the shared-memory wavefronts instead, and
+the share that is excess over the ideal count (bank conflicts). NVDISASM names the disassembler
+when it is not on PATH or next to ncu.
 """
 import argparse
 import collections
@@ -53,6 +55,22 @@ def line_table(cubin, function):
     return table
 
 
+def shared_wavefronts(path):
+    """{address: (shared-memory wavefronts, the ideal count)} of the CSV's instructions (Nsight
+    Compute's `L1 Wavefronts Shared` and `... Ideal`: the excess is bank conflicts)."""
+    rows = list(csv.reader(open(path, encoding="utf-8", errors="replace")))
+    start = next(i for i, r in enumerate(rows) if r and r[0] == "Address")
+    col = {h: i for i, h in enumerate(rows[start])}
+    out = {}
+    for r in rows[start + 1:]:
+        try:
+            out[int(r[col["Address"]], 16)] = (float(r[col["L1 Wavefronts Shared"]] or 0),
+                                               float(r[col["L1 Wavefronts Shared Ideal"]] or 0))
+        except (ValueError, IndexError, KeyError):
+            continue
+    return out
+
+
 def samples(path):
     """[(address, samples, {reason: samples})] of the CSV's instructions."""
     rows = list(csv.reader(open(path, encoding="utf-8", errors="replace")))
@@ -77,8 +95,13 @@ def main():
     ap.add_argument("function")
     ap.add_argument("--src", default="cuda/kernels", help="folder the line table's file names are relative to")
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--shared", action="store_true",
+                    help="shared-memory wavefronts per line (and their excess over the ideal: bank conflicts) "
+                         "instead of stall samples")
     args = ap.parse_args()
     table = line_table(args.cubin, args.function)
+    if args.shared:
+        return print_shared(args, table)
     rows = samples(args.csv)
     base = min(a for a, _, _ in rows)
     if len(rows) != len(table):
@@ -99,6 +122,26 @@ def main():
         text = lines[line - 1].strip() if 0 < line <= len(lines) else ""
         top = ", ".join(f"{k} {v / total * 100:.1f}" for k, v in why[(name, line)].most_common(2) if v)
         print(f"{s / total * 100:5.1f}%  {short}:{line:<5} {text[:90]:90s} [{top}]")
+
+
+def print_shared(args, table):
+    waves = shared_wavefronts(args.csv)
+    base = min(waves)
+    total = sum(w for w, _ in waves.values()) or 1.0
+    excess = sum(w - i for w, i in waves.values())
+    by_line, over = collections.Counter(), collections.Counter()
+    for addr, (w, ideal) in waves.items():
+        where = table.get(addr - base, ("?", 0))
+        by_line[where] += w
+        over[where] += w - ideal
+    print(f"{args.function}: {total:.0f} shared-memory wavefronts, {excess / total * 100:.1f}% over the ideal")
+    files = {}
+    for (name, line), w in by_line.most_common(args.top):
+        if name not in files:
+            files[name] = resolve(args.src, name)
+        short, lines = files[name]
+        text = lines[line - 1].strip() if 0 < line <= len(lines) else ""
+        print(f"{w / total * 100:5.1f}%  excess {over[(name, line)] / total * 100:4.1f}%  {short}:{line:<5} {text[:80]}")
 
 
 def resolve(src, name):
