@@ -309,7 +309,6 @@ impl KernelFile {
                 format!("#define ELA_DT {}\n#define ELA_D {d}\n#define ELA_DV {dv}\n", dt as i32)
                     + &ChunkMinBlocks::of(dt, d, dv).defines()
                     + f32_products_define()
-                    + &chunk_opt_defines()
                     + &with_lines(&[
                         ("ela/tile.cuh", include_str!("../kernels/ela/tile.cuh")),
                         (self.name(), self.source()),
@@ -353,54 +352,6 @@ fn f32_products_define() -> &'static str {
     } else {
         ""
     }
-}
-
-/// Opt-in variants of the chunked Hadamard-Exp kernels, not yet measured on a GPU: (name in
-/// `ELA_CUDA_OPT`, the module's define, what it changes). Each computes the same values.
-pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[
-    (
-        "skew",
-        "ELA_OPT_SKEW",
-        "per-feature vectors in shared memory skewed by 16 bytes every 32 entries: no bank conflicts",
-    ),
-    ("hoist", "ELA_OPT_HOIST", "the per-row values of the tile epilogues loaded once per thread, not once per tile"),
-];
-
-/// The names of the opt-in variants set in `ELA_CUDA_OPT` (read once per process; a comma list
-/// of [`CHUNK_OPTS`] names); an unknown name is reported and the whole setting ignored.
-fn chunk_opts() -> &'static [&'static str] {
-    static ON: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
-    ON.get_or_init(|| match std::env::var("ELA_CUDA_OPT") {
-        Ok(text) => parse_chunk_opts(&text).unwrap_or_else(|e| {
-            eprintln!("ela-cuda: ELA_CUDA_OPT={text:?} ignored: {e}");
-            Vec::new()
-        }),
-        Err(_) => Vec::new(),
-    })
-}
-
-/// Whether the opt-in variant `name` of [`CHUNK_OPTS`] is on in this process (the host side of
-/// a variant that changes launch shapes).
-pub(crate) fn chunk_opt(name: &str) -> bool {
-    chunk_opts().contains(&name)
-}
-
-/// The chunk module's defines of the variants that are on.
-fn chunk_opt_defines() -> String {
-    let on = chunk_opts();
-    CHUNK_OPTS.iter().filter(|(n, _, _)| on.contains(n)).map(|(_, define, _)| format!("#define {define} 1\n")).collect()
-}
-
-fn parse_chunk_opts(text: &str) -> std::result::Result<Vec<&'static str>, String> {
-    let mut on = Vec::new();
-    for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        let Some((known, _, _)) = CHUNK_OPTS.iter().find(|(n, _, _)| *n == name) else {
-            let names: Vec<&str> = CHUNK_OPTS.iter().map(|(n, _, _)| *n).collect();
-            return Err(format!("unknown variant {name:?} (known: {})", names.join(", ")));
-        };
-        on.push(*known);
-    }
-    Ok(on)
 }
 
 /// `files` (name, text) concatenated, each after a `#line 1 "name"` directive.
@@ -627,14 +578,6 @@ mod tests {
         // The defines reach the kernel source, which refuses to compile without them.
         let src = KernelFile::ElaChunk { dt: ElaDt::F32, d: 64, dv: 64 }.full_source();
         assert!(src.contains("#define ELA_MINB "), "launch bounds missing from the source");
-    }
-
-    #[test]
-    fn chunk_opts_parse_known_names_only() {
-        assert_eq!(parse_chunk_opts(""), Ok(vec![]));
-        assert_eq!(parse_chunk_opts(" skew , "), Ok(vec!["skew"]));
-        let e = parse_chunk_opts("skew,fast").unwrap_err();
-        assert!(e.contains("\"fast\"") && e.contains("known: skew, hoist"), "{e}");
     }
 
     /// Every variant has its own label, made of file-name characters only (dumped CUBINs are

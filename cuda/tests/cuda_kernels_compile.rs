@@ -81,31 +81,6 @@ fn chunk_modules_hold_one_scan_per_mode() {
     }
 }
 
-/// Every opt-in variant of the chunk module (`kernels::CHUNK_OPTS`, `ELA_CUDA_OPT`) compiles, alone
-/// and all together, for 16-bit and f32 operands and both chunk lengths (64 rows; 32 for f32
-/// 128-wide heads and 16-bit 256-wide ones).
-#[test]
-fn opt_in_chunk_variants_compile() {
-    if !kernels::nvrtc_available() {
-        let tried = format!("tried {:?}", kernels::linux_candidates("nvrtc"));
-        return ela_cuda::testing::skip("no NVRTC library", &tried);
-    }
-    let defs: Vec<String> = kernels::CHUNK_OPTS.iter().map(|(_, d, _)| format!("#define {d} 1\n")).collect();
-    let mut sets: Vec<String> = defs.clone();
-    sets.push(defs.concat());
-    for (dt, d) in [(kernels::ElaDt::BF16, 64), (kernels::ElaDt::BF16, 256), (kernels::ElaDt::F32, 128)] {
-        // The plain source whatever this process's ELA_CUDA_OPT.
-        let mut src = kernels::KernelFile::ElaChunk { dt, d, dv: d }.full_source().into_owned();
-        for def in &defs {
-            src = src.replace(def.as_str(), "");
-        }
-        for set in &sets {
-            let r = kernels::compile_source("chunk_fwd.cu", &(set.clone() + &src), "sm_90");
-            assert!(matches!(r, Ok(kernels::Image::Cubin(_))), "{dt:?} d={d} with {set:?}: {r:?}");
-        }
-    }
-}
-
 /// The whole-model decoding step compiles for every link and weight dtype, at head sizes below,
 /// at and above a warp, and with rows shorter than one 16-byte load per lane; with bf16 weights
 /// also for clusters of 8 blocks per sequence (and of 2 and 4 at one shape).

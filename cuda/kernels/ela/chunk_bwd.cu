@@ -132,7 +132,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
         const int r0 = WA::row0(), c0 = WA::col0();
         mm_tile<WA::NT, false, true>(aA, phia, LDF, psia, LDF, r0, c0, F);
         mm_tile<WA::NT, false, true>(aD, G, LDV, vsm, LDV, r0, c0, DV);
-#ifdef ELA_OPT_HOIST
+#if ELA_HOIST
         const int ia = ACC_ROW(r0, 0), ib = ACC_ROW(r0, 2);  // this thread's two rows (ROW_VAL)
         const float rg[2] = {gmul[ia], gmul[ib]}, rq[2] = {mq[ia], mq[ib]}, ru[2] = {uu[ia], uu[ib]};
         const float rc[2] = {cc[ia], cc[ib]};
@@ -200,7 +200,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
         const int r0 = WF::row0(), c0 = WF::col0();
         if (causal) mm_tile<WF::NT, false, false>(a1, Dm, LDC, psia, LDF, r0, c0, C);
         mm_tile<WF::NT, false, true>(a2, G, LDV, US, LDV, r0, c0, DV);
-#ifdef ELA_OPT_HOIST
+#if ELA_HOIST
         const int ia = ACC_ROW(r0, 0), ib = ACC_ROW(r0, 2);  // (ROW_VAL)
         const float rg[2] = {gmul[ia], gmul[ib]}, ru[2] = {uu[ia], uu[ib]}, rc[2] = {cc[ia], cc[ib]};
 #endif

@@ -560,7 +560,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         const int r0 = WA::row0(), c0 = WA::col0();
         mm_tile<WA::NT, false, true>(acc, phia, LDF, psia, LDF, r0, c0, F);
         float slo = 0.f, shi = 0.f;
-#ifdef ELA_OPT_HOIST
+#if ELA_HOIST
         const int ia = ACC_ROW(r0, 0), ib = ACC_ROW(r0, 2);  // this thread's two rows (ROW_VAL)
         const float rq[2] = {mq[ia], mq[ib]}, ru[2] = {uu[ia], uu[ib]};
 #endif

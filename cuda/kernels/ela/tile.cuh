@@ -455,21 +455,28 @@ __device__ __forceinline__ i64 io_seq(const i64 (&r)[3], int seq, int heads) {
 // (below) gives each of a row's threads a contiguous quarter of the features, so a warp's 16-byte
 // loads of such a vector read four addresses a quarter apart: 0, 64, 128, 192 bytes at 64-wide
 // heads (two of them on the same banks: 2-way conflicts), 0, 128, 256, 384 at 128-wide (4-way).
-// With the opt-in ELA_OPT_SKEW every 32 entries are followed by 4 unused ones (16 bytes), so the
-// quarters start in distinct bank groups; FVEC(n) floats hold such a vector of n. A quarter
-// starting at q with q % 32 == 0 or q % 32 + its length <= 32 has entry e at fsk(q) + fsk(e), so
-// vector loads stay vector loads (fsk(e) is a constant in unrolled loops).
+// With ELA_SKEW every 32 entries are followed by 4 unused ones (16 bytes), so the quarters start
+// in distinct bank groups; FVEC(n) floats hold such a vector of n. A quarter starting at q with
+// q % 32 == 0 or q % 32 + its length <= 32 has entry e at fsk(q) + fsk(e), so vector loads stay
+// vector loads (fsk(e) is a constant in unrolled loops).
 // A per-row value of a tile epilogue for accumulator entry e of row i: `arr[i]` from shared
-// memory, or with the opt-in ELA_OPT_HOIST `reg[e / 2]`, the copy the thread loaded once for its
-// two rows before the epilogue's loops (the epilogues' stores into shared tiles could alias the
-// shared value for all the compiler knows, so it loads it again for every tile otherwise).
-#ifdef ELA_OPT_HOIST
+// memory, or with ELA_HOIST `reg[e / 2]`, the copy the thread loaded once for its two rows before
+// the epilogue's loops (the epilogues' stores into shared tiles could alias the shared value for
+// all the compiler knows, so it loads it again for every tile otherwise).
+// Both are on for 16-bit operands, where they were measured faster (cuda/README.md, "Skewed
+// vectors and hoisted row values": 4 % off the 128-wide bf16 fwd+bwd, 1-2 % at 64-wide); with
+// f32 operands (32-row chunks at 128-wide heads, another thread split) the skew was measured
+// slower and the hoist no faster, so f32 keeps the plain layout. The host mirrors ELA_SKEW in
+// the shared-memory sizes (`fvec` in ops/ela/chunk.rs).
+#define ELA_SKEW ELA_MMA
+#define ELA_HOIST ELA_MMA
+#if ELA_HOIST
 #define ROW_VAL(reg, arr, i, e) reg[(e) >> 1]
 #else
 #define ROW_VAL(reg, arr, i, e) arr[i]
 #endif
 
-#ifdef ELA_OPT_SKEW
+#if ELA_SKEW
 __device__ __forceinline__ int fsk(int f) { return f + ((f >> 5) << 2); }
 #define FVEC(n) ((n) + (n) / 8)
 #else
