@@ -1,5 +1,6 @@
-//! What ptxas reports for the chunked ELA kernels (`kernels/ela/chunk_fwd.cu`, `chunk_bwd.cu`),
-//! per compiled variant: registers per thread, stack frame, the bytes each thread spills to
+//! What ptxas reports for the chunked ELA kernels (`kernels/ela/chunk_fwd.cu`, `chunk_bwd.cu`,
+//! and for sm_90 the warpgroup products' checks, `kernels/ela/wgmma_check.cu`), per compiled
+//! variant: registers per thread, stack frame, the bytes each thread spills to
 //! local memory and loads back, and the size of its machine code (the `.text.<kernel>` section of
 //! the cubin: a short kernel launched as many blocks wants its code to stay in the instruction
 //! cache), as a markdown table. Needs NVRTC but no GPU:
@@ -77,9 +78,18 @@ fn main() -> ela_core::Result<()> {
     ] {
         files.push((format!("la {dt:?} f={f} e={e}"), KernelFile::ElaLa { dt, tc, f, e }));
     }
+    // The warpgroup products' checks (Hopper only): whether ptxas keeps the wgmma pipelined.
+    if arch.starts_with("sm_90") {
+        files.push(("wgmma check".to_string(), KernelFile::WgmmaCheck));
+    }
     let dump = std::env::var_os("ELA_KERNEL_CUBIN_DIR").map(std::path::PathBuf::from);
     for (label, file) in files {
         let log = resource_usage(file, &arch)?;
+        // ptxas's warnings (e.g. wgmma products it had to serialize) on stderr, once per line.
+        let mut seen = std::collections::HashSet::new();
+        for line in log.lines().filter(|l| l.contains("arning") && seen.insert(l.to_string())) {
+            eprintln!("{label}: {line}");
+        }
         let sizes = match compile(file, &arch)? {
             Image::Cubin(elf) => {
                 if let Some(dir) = &dump {

@@ -197,6 +197,9 @@ pub enum KernelFile {
     /// a whole decoding step of an ELA language model in one launch (`lm_decode.cu`), compiled
     /// for each model shape
     LmDecode(LmShape),
+    /// checks of the Hopper warpgroup tile products of `ela/wgmma.cuh` (`ela/wgmma_check.cu`),
+    /// compiled for `sm_90a` only (wgmma exists on no other architecture)
+    WgmmaCheck,
 }
 
 /// The compile-time shape of [`KernelFile::LmDecode`] (`LM_*` in `lm_decode.cu`).
@@ -220,7 +223,7 @@ impl KernelFile {
     /// Every kernel file (each family of chunked ELA kernels in representative variants: the
     /// tensor-core path, an f32-operand path with 32-row chunks, and for the feature-map kernels
     /// tensor-core tiles wider than 144, which take 32-row chunks too).
-    pub const ALL: [KernelFile; 14] = [
+    pub const ALL: [KernelFile; 15] = [
         KernelFile::Elementwise,
         KernelFile::Reduce,
         KernelFile::SoftmaxNorm,
@@ -235,6 +238,7 @@ impl KernelFile {
         KernelFile::ElaLa { dt: ElaDt::BF16, tc: true, f: 160, e: 16 },
         KernelFile::ElaLa { dt: ElaDt::BF16, tc: true, f: 256, e: 272 },
         KernelFile::LmDecode(LmShape { wt: ElaDt::BF16, d: 128, heads: 4, ff: 256, link: 0, cluster: 1 }),
+        KernelFile::WgmmaCheck,
     ];
 
     /// File name under `cuda/kernels/`.
@@ -250,6 +254,7 @@ impl KernelFile {
             KernelFile::ElaChunk { .. } => "ela/chunk_fwd.cu",
             KernelFile::ElaLa { .. } => "ela/la_chunk.cu",
             KernelFile::LmDecode(_) => "lm_decode.cu",
+            KernelFile::WgmmaCheck => "ela/wgmma_check.cu",
         }
     }
 
@@ -283,6 +288,7 @@ impl KernelFile {
             KernelFile::ElaChunk { .. } => include_str!("../kernels/ela/chunk_fwd.cu"),
             KernelFile::ElaLa { .. } => include_str!("../kernels/ela/la_chunk.cu"),
             KernelFile::LmDecode(_) => include_str!("../kernels/lm_decode.cu"),
+            KernelFile::WgmmaCheck => include_str!("../kernels/ela/wgmma_check.cu"),
         }
     }
 
@@ -337,7 +343,28 @@ impl KernelFile {
                     m.wt as i32, m.d, m.heads, m.ff, m.link, m.cluster
                 ) + &with_lines(&[(self.name(), self.source())]),
             ),
+            KernelFile::WgmmaCheck => Cow::Owned(with_lines(&[
+                ("ela/wgmma.cuh", include_str!("../kernels/ela/wgmma.cuh")),
+                (self.name(), self.source()),
+            ])),
             _ => Cow::Borrowed(self.source()),
+        }
+    }
+
+    /// The `--gpu-architecture` to compile this file with for a device whose own is `arch`: the
+    /// same, except for the warpgroup products, which need Hopper's architecture-specific target
+    /// (`sm_90a` / `compute_90a`) and exist on no other GPU.
+    pub fn arch_for(self, arch: &str) -> Result<String> {
+        match self {
+            KernelFile::WgmmaCheck => match arch {
+                "sm_90" | "sm_90a" => Ok("sm_90a".to_string()),
+                "compute_90" | "compute_90a" => Ok("compute_90a".to_string()),
+                _ => Err(nvrtc_err(
+                    "compile",
+                    format!("{} uses wgmma, which only Hopper (sm_90) GPUs have; this target is {arch}", self.name()),
+                )),
+            },
+            _ => Ok(arch.to_string()),
         }
     }
 }
@@ -456,7 +483,7 @@ pub fn pick_arch(cc: i32) -> Result<String> {
 /// [`KernelFile::label`]) as it is compiled, so the exact machine code a profile measured can be
 /// read back with its line table (`cuda/benches/sass_lines.py`).
 pub fn compile(file: KernelFile, arch: &str) -> Result<Image> {
-    let image = compile_source(file.name(), &file.full_source(), arch)?;
+    let image = compile_source(file.name(), &file.full_source(), &file.arch_for(arch)?)?;
     if let (Some(dir), Image::Cubin(elf)) = (dump_dir(), &image) {
         let path = dir.join(format!("{}.cubin", file.label()));
         std::fs::create_dir_all(dir)
@@ -491,7 +518,8 @@ pub fn resource_usage(file: KernelFile, arch: &str) -> Result<String> {
     if !arch.starts_with("sm_") {
         return Err(nvrtc_err("resource_usage", format!("needs a machine-code target sm_XY, got {arch}")));
     }
-    Ok(compile_with(file.name(), &file.full_source(), arch, &["--ptxas-options=-v".to_string()])?.1)
+    let arch = file.arch_for(arch)?;
+    Ok(compile_with(file.name(), &file.full_source(), &arch, &["--ptxas-options=-v".to_string()])?.1)
 }
 
 /// [`compile_source`] with more NVRTC options; also returns the program log.

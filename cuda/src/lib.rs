@@ -49,6 +49,7 @@ mod storage;
 mod strided;
 pub mod testing;
 mod timing;
+mod wgmma;
 
 pub use alloc::MemoryStats;
 pub use device::{cuda_if_available, cuda_or_none, Cuda};

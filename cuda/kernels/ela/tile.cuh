@@ -288,7 +288,6 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const u32 (&a)[4], const
 template <int NT, bool AT, bool BT>
 __device__ __forceinline__ void mm_tile(float (&acc)[NT][4], const MT* A, int lda, const MT* B, int ldb, int row0,
                                         int col0, int K) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #if ELA_MMA
     // ldmatrix needs 16-byte aligned rows and bases (a warp-uniform test). Every carve keeps them
     // aligned (16-bit operand widths are multiples of 16, padded by 8), so a misaligned call is a
@@ -300,7 +299,9 @@ __device__ __forceinline__ void mm_tile(float (&acc)[NT][4], const MT* A, int ld
         return;
     }
     __trap();
-#elif __CUDA_ARCH__ >= 800 && !defined(ELA_F32_FFMA)
+#else
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#if __CUDA_ARCH__ >= 800 && !defined(ELA_F32_FFMA)
     // 3xTF32 (docs/ela.md, "f32 tile products on tensor cores"): each operand x splits into
     // hi = tf32(x) and lo = tf32(x - hi), and a block of 8 products is lo_a hi_b + hi_a lo_b +
     // hi_a hi_b (the dropped lo_a lo_b and the rounding of lo: ~2^-22 relative per product).
@@ -345,6 +346,7 @@ __device__ __forceinline__ void mm_tile(float (&acc)[NT][4], const MT* A, int ld
             acc[nt][3] = fmaf(ahi, b1, acc[nt][3]);
         }
     }
+#endif
 #endif
 }
 
