@@ -13,10 +13,19 @@ mod tests {
 
     /// `out = a b` by the check kernel for `a [64][k]`, `b [k][n]` (bf16 bits, row-major),
     /// staged with A M-major (`ta`) or K-major and B N-major (`tb`) or K-major.
-    fn product(dev: &Cuda, a: &[u16], b: &[u16], (n, k): (usize, usize), ta: bool, tb: bool) -> Result<Vec<f32>> {
+    /// With `split` > 1 the kernel computes the columns as `split` products of `n / split` each,
+    /// their B read from inside the tile.
+    fn product(
+        dev: &Cuda,
+        a: &[u16],
+        b: &[u16],
+        (n, k, split): (usize, usize, usize),
+        ta: bool,
+        tb: bool,
+    ) -> Result<Vec<f32>> {
         let (da, db) = (dev.upload(a, DType::BF16)?, dev.upload(b, DType::BF16)?);
         let out = dev.zeros(DType::F32, 64 * n)?;
-        let name = format!("wgmma_check_n{n}_k{k}_a{}_b{}", ta as u8, tb as u8);
+        let name = format!("wgmma_check_n{n}_k{k}_a{}_b{}_s{split}", ta as u8, tb as u8);
         // Both tiles, and 1024 bytes to align them to an atom.
         let smem = ((64 + n) * k * 2 + 1024) as u32;
         let cfg = Cfg { grid: 1, grid_y: 1, block: 128 };
@@ -49,29 +58,42 @@ mod tests {
             let cc = dev.compute_capability();
             return crate::testing::skip("no Hopper GPU", &format!("compute capability {cc:?}"));
         }
-        for k in [64, 128] {
-            for n in [32, 64, 128] {
-                let (a, af) = values(64 * k, (n * k) as u64);
-                let (b, bf) = values(k * n, (n * k + 1) as u64);
-                let want: Vec<f64> =
-                    (0..64 * n).map(|e| (0..k).map(|j| af[(e / n) * k + j] * bf[j * n + e % n]).sum()).collect();
-                for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
-                    let got = product(&dev, &a, &b, (n, k), ta, tb).expect("launch");
-                    let bad: Vec<usize> = (0..64 * n).filter(|&e| got[e] as f64 != want[e]).collect();
-                    assert!(
-                        bad.is_empty(),
-                        "n {n} k {k} A {} B {}: {} of {} entries differ, first at (row {}, col {}): {} against {}",
+        // (n, k, split): one and two panels of K, one and two of N, B read from inside a tile.
+        let sizes = [
+            (32, 64, 1),
+            (64, 64, 1),
+            (128, 64, 1),
+            (32, 128, 1),
+            (64, 128, 1),
+            (128, 128, 1),
+            (64, 64, 2),
+            (128, 128, 2),
+        ];
+        let mut failures = Vec::new();
+        for (n, k, split) in sizes {
+            let (a, af) = values(64 * k, (n * k) as u64);
+            let (b, bf) = values(k * n, (n * k + 1) as u64);
+            let want: Vec<f64> =
+                (0..64 * n).map(|e| (0..k).map(|j| af[(e / n) * k + j] * bf[j * n + e % n]).sum()).collect();
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let got = product(&dev, &a, &b, (n, k, split), ta, tb).expect("launch");
+                let bad: Vec<usize> = (0..64 * n).filter(|&e| got[e] as f64 != want[e]).collect();
+                if let Some(&e) = bad.first() {
+                    failures.push(format!(
+                        "n {n} k {k} split {split} A {} B {}: {} of {} entries differ, first at (row {}, col {}): {} against {}",
                         if ta { "M-major" } else { "K-major" },
                         if tb { "N-major" } else { "K-major" },
                         bad.len(),
                         64 * n,
-                        bad[0] / n,
-                        bad[0] % n,
-                        got[bad[0]],
-                        want[bad[0]]
-                    );
+                        e / n,
+                        e % n,
+                        got[e],
+                        want[e]
+                    ));
                 }
             }
         }
+        // Every case is run before failing, so that one run shows which layouts are wrong.
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 }

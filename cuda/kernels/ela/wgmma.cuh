@@ -120,15 +120,17 @@ template <int TA, int TB> struct Wgmma<128, TA, TB> {
 #undef WG_F
 
 // d += A B over the whole reduction index K (a multiple of 16) for one warpgroup: A 64 x K, B K x N,
-// each a tile as above (`TA`: A stored M-major; `TB`: B stored N-major). Issues K / 16 products
-// and waits for them.
+// each a tile as above (`TA`: A stored M-major; `TB`: B stored N-major). B may be the columns of
+// a wider tile of `bn` columns (its panel stride), starting at `b` (K-major: whole atoms of rows
+// on; N-major: a multiple of 8 elements into each row). Issues K / 16 products and waits for them.
 template <int N, int K, int TA, int TB>
-__device__ __forceinline__ void wg_product(float (&d)[N / 2], const unsigned char* a, const unsigned char* b) {
+__device__ __forceinline__ void wg_product(float (&d)[N / 2], const unsigned char* a, const unsigned char* b,
+                                           int bn = N) {
     wg_fence();
 #pragma unroll
     for (int k = 0; k < K / 16; ++k) {
         const unsigned long long da = TA ? wg_desc_mnmajor(a, K, k) : wg_desc_kmajor(a, 64, k);
-        const unsigned long long db = TB ? wg_desc_mnmajor(b, K, k) : wg_desc_kmajor(b, N, k);
+        const unsigned long long db = TB ? wg_desc_mnmajor(b, K, k) : wg_desc_kmajor(b, bn, k);
         Wgmma<N, TA, TB>::mma(d, da, db);
     }
     wg_commit();

@@ -3,9 +3,9 @@
 // memory as bf16 bits, staged into shared memory in the layout named by TA (A M-major, else
 // K-major) and TB (B N-major, else K-major), so that every descriptor form the chunk kernels
 // would use is exercised: K-major panels at one and two panels of K, MN-major tiles with one and
-// two 64-wide panels of N (the leading offset).
+// two 64-wide panels of N (the leading offset), and B read from inside a tile (SPLIT).
 
-template <int N, int K, int TA, int TB>
+template <int N, int K, int TA, int TB, int SPLIT>
 __device__ __forceinline__ void wgmma_check(float* out, const u16* a, const u16* b) {
     extern __shared__ unsigned char wg_raw[];
     // Atoms must start 1024-byte aligned (the swizzle acts on absolute addresses); the launch
@@ -23,30 +23,40 @@ __device__ __forceinline__ void wgmma_check(float* out, const u16* a, const u16*
     }
     wg_smem_fence();
     __syncthreads();
-    float d[N / 2];
-#pragma unroll
-    for (int i = 0; i < N / 2; ++i) d[i] = 0.f;
-    wg_product<N, K, TA, TB>(d, sa, sb);
     const int warp = tid >> 5, lane = tid & 31, r = 16 * warp + (lane >> 2);
+    // SPLIT: the N columns as SPLIT products of N / SPLIT columns each, whose B starts inside the
+    // tile (K-major: N / SPLIT rows on, whole atoms; N-major: N / SPLIT elements into each
+    // swizzled row), as warpgroups sharing one tile's columns would read it.
+    constexpr int NS = N / SPLIT;
 #pragma unroll
-    for (int i = 0; i < N / 8; ++i) {
-        const int c = 8 * i + 2 * (lane & 3);
-        out[r * N + c] = d[4 * i];
-        out[r * N + c + 1] = d[4 * i + 1];
-        out[(r + 8) * N + c] = d[4 * i + 2];
-        out[(r + 8) * N + c + 1] = d[4 * i + 3];
+    for (int h = 0; h < SPLIT; ++h) {
+        float d[NS / 2];
+#pragma unroll
+        for (int i = 0; i < NS / 2; ++i) d[i] = 0.f;
+        wg_product<NS, K, TA, TB>(d, sa, sb + (TB ? h * NS * 2 : h * NS * 128), N);
+#pragma unroll
+        for (int i = 0; i < NS / 8; ++i) {
+            const int c = h * NS + 8 * i + 2 * (lane & 3);
+            out[r * N + c] = d[4 * i];
+            out[r * N + c + 1] = d[4 * i + 1];
+            out[(r + 8) * N + c] = d[4 * i + 2];
+            out[(r + 8) * N + c + 1] = d[4 * i + 3];
+        }
     }
 }
 
-#define WGMMA_CHECK(N, K, TA, TB)                                                                     \
-    extern "C" __global__ void __launch_bounds__(128) wgmma_check_n##N##_k##K##_a##TA##_b##TB(       \
-        float* out, const u16* a, const u16* b) {                                                     \
-        wgmma_check<N, K, TA, TB>(out, a, b);                                                         \
+#define WGMMA_CHECK(N, K, TA, TB, S)                                                             \
+    extern "C" __global__ void __launch_bounds__(128) wgmma_check_n##N##_k##K##_a##TA##_b##TB##_s##S( \
+        float* out, const u16* a, const u16* b) {                                                \
+        wgmma_check<N, K, TA, TB, S>(out, a, b);                                                 \
     }
-#define WGMMA_CHECK_T(N, K) WGMMA_CHECK(N, K, 0, 0) WGMMA_CHECK(N, K, 0, 1) WGMMA_CHECK(N, K, 1, 0) WGMMA_CHECK(N, K, 1, 1)
-WGMMA_CHECK_T(32, 64)
-WGMMA_CHECK_T(64, 64)
-WGMMA_CHECK_T(128, 64)
-WGMMA_CHECK_T(32, 128)
-WGMMA_CHECK_T(64, 128)
-WGMMA_CHECK_T(128, 128)
+#define WGMMA_CHECK_T(N, K, S) \
+    WGMMA_CHECK(N, K, 0, 0, S) WGMMA_CHECK(N, K, 0, 1, S) WGMMA_CHECK(N, K, 1, 0, S) WGMMA_CHECK(N, K, 1, 1, S)
+WGMMA_CHECK_T(32, 64, 1)
+WGMMA_CHECK_T(64, 64, 1)
+WGMMA_CHECK_T(128, 64, 1)
+WGMMA_CHECK_T(32, 128, 1)
+WGMMA_CHECK_T(64, 128, 1)
+WGMMA_CHECK_T(128, 128, 1)
+WGMMA_CHECK_T(64, 64, 2)
+WGMMA_CHECK_T(128, 128, 2)
