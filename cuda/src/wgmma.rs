@@ -26,8 +26,8 @@ mod tests {
         let (da, db) = (dev.upload(a, DType::BF16)?, dev.upload(b, DType::BF16)?);
         let out = dev.zeros(DType::F32, 64 * n)?;
         let name = format!("wgmma_check_n{n}_k{k}_a{}_b{}_s{split}", ta as u8, tb as u8);
-        // Both tiles, and 1024 bytes to align them to an atom.
-        let smem = ((64 + n) * k * 2 + 1024) as u32;
+        // Both tiles (B N-major in panels of 64 columns), and 1024 bytes to align them to an atom.
+        let smem = ((64 + n.max(64)) * k * 2 + 1024) as u32;
         let cfg = Cfg { grid: 1, grid_y: 1, block: 128 };
         let args = [Arg::Ptr(out.ptr()), Arg::Ptr(da.ptr()), Arg::Ptr(db.ptr())];
         dev.launch_smem(KernelFile::WgmmaCheck, &name, cfg, smem, &args)?;

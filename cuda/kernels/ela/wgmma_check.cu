@@ -12,6 +12,8 @@ __device__ __forceinline__ void wgmma_check(float* out, const u16* a, const u16*
     // gives 1024 bytes of slack for it.
     unsigned char* sa = wg_raw + ((1024 - ((unsigned)__cvta_generic_to_shared(wg_raw) & 1023)) & 1023);
     unsigned char* sb = sa + 64 * K * 2;
+    // (A 64-wide MN-major panel holds fewer columns with the rest unused: a B of N = 32 columns
+    // stored N-major takes a whole 64-column panel, as it would inside a wider tile.)
     const int tid = threadIdx.x;
     for (int e = tid; e < 64 * K; e += 128) {
         const int m = e / K, k = e % K;
@@ -26,17 +28,18 @@ __device__ __forceinline__ void wgmma_check(float* out, const u16* a, const u16*
     const int warp = tid >> 5, lane = tid & 31, r = 16 * warp + (lane >> 2);
     // SPLIT: the N columns as SPLIT products of N / SPLIT columns each, whose B starts inside the
     // tile (K-major: N / SPLIT rows on, whole atoms; N-major: N / SPLIT elements into each
-    // swizzled row), as warpgroups sharing one tile's columns would read it.
+    // swizzled row, or the next panel), as warpgroups sharing one tile's columns would read it.
     constexpr int NS = N / SPLIT;
 #pragma unroll
     for (int h = 0; h < SPLIT; ++h) {
         float d[NS / 2];
 #pragma unroll
         for (int i = 0; i < NS / 2; ++i) d[i] = 0.f;
-        wg_product<NS, K, TA, TB>(d, sa, sb + (TB ? h * NS * 2 : h * NS * 128), N);
+        const int c0 = h * NS;
+        wg_product<NS, K, TA, TB>(d, sa, sb + (TB ? (c0 >> 6) * K * 128 + (c0 & 63) * 2 : c0 * 128), N);
 #pragma unroll
         for (int i = 0; i < NS / 8; ++i) {
-            const int c = h * NS + 8 * i + 2 * (lane & 3);
+            const int c = c0 + 8 * i + 2 * (lane & 3);
             out[r * N + c] = d[4 * i];
             out[r * N + c + 1] = d[4 * i + 1];
             out[(r + 8) * N + c] = d[4 * i + 2];
