@@ -68,7 +68,7 @@ fn main() -> ela_core::Result<()> {
     // inputs, at D = 64 and 128 ([v | 1] padded to 80 and 144 columns).
     let mut files = Vec::new();
     for (dt, d) in [(ElaDt::BF16, 64), (ElaDt::BF16, 128), (ElaDt::BF16, 256), (ElaDt::F32, 64), (ElaDt::F32, 128)] {
-        files.push((format!("{dt:?} d={d}"), KernelFile::ElaChunk { dt, d, dv: d, wg: false }));
+        files.push((format!("{dt:?} d={d}"), KernelFile::ElaChunk { dt, d, dv: d }));
     }
     for (dt, tc, f, e) in [
         (ElaDt::F32, false, 64, 80),
@@ -78,10 +78,8 @@ fn main() -> ela_core::Result<()> {
     ] {
         files.push((format!("la {dt:?} f={f} e={e}"), KernelFile::ElaLa { dt, tc, f, e }));
     }
-    // Hopper only: the opt-in warpgroup output pass (`ELA_CUDA_WGMMA=1`) and the warpgroup
-    // products' checks (and whether ptxas keeps the wgmma pipelined: its warnings, below).
+    // The warpgroup products' checks (Hopper only): whether ptxas keeps the wgmma pipelined.
     if arch.starts_with("sm_90") {
-        files.push(("BF16 d=64 wg".to_string(), KernelFile::ElaChunk { dt: ElaDt::BF16, d: 64, dv: 64, wg: true }));
         files.push(("wgmma check".to_string(), KernelFile::WgmmaCheck));
     }
     let dump = std::env::var_os("ELA_KERNEL_CUBIN_DIR").map(std::path::PathBuf::from);

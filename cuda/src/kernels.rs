@@ -180,9 +180,6 @@ pub enum KernelFile {
         d: u16,
         /// Value head size.
         dv: u16,
-        /// The output pass's products as Hopper warpgroup products (`ELA_WGMMA`: bf16 64-wide
-        /// heads on sm_90 only, opt-in with `ELA_CUDA_WGMMA=1`; compiled for `sm_90a`).
-        wg: bool,
     },
     /// chunked unnormalised linear attention (`ela/tile.cuh`, `ela/la_chunk.cu`), the fast path of
     /// every feature-map kernel, compiled separately for each input dtype, operand type and pair
@@ -226,7 +223,7 @@ impl KernelFile {
     /// Every kernel file (each family of chunked ELA kernels in representative variants: the
     /// tensor-core path, an f32-operand path with 32-row chunks, and for the feature-map kernels
     /// tensor-core tiles wider than 144, which take 32-row chunks too).
-    pub const ALL: [KernelFile; 16] = [
+    pub const ALL: [KernelFile; 15] = [
         KernelFile::Elementwise,
         KernelFile::Reduce,
         KernelFile::SoftmaxNorm,
@@ -234,9 +231,8 @@ impl KernelFile {
         KernelFile::Index,
         KernelFile::ConvPool,
         KernelFile::Ela,
-        KernelFile::ElaChunk { dt: ElaDt::BF16, d: 64, dv: 64, wg: false },
-        KernelFile::ElaChunk { dt: ElaDt::F32, d: 128, dv: 128, wg: false },
-        KernelFile::ElaChunk { dt: ElaDt::BF16, d: 64, dv: 64, wg: true },
+        KernelFile::ElaChunk { dt: ElaDt::BF16, d: 64, dv: 64 },
+        KernelFile::ElaChunk { dt: ElaDt::F32, d: 128, dv: 128 },
         KernelFile::ElaLa { dt: ElaDt::BF16, tc: true, f: 80, e: 80 },
         KernelFile::ElaLa { dt: ElaDt::F16, tc: false, f: 144, e: 144 },
         KernelFile::ElaLa { dt: ElaDt::BF16, tc: true, f: 160, e: 16 },
@@ -268,9 +264,7 @@ impl KernelFile {
         let stem = self.name().rsplit('/').next().unwrap_or("").trim_end_matches(".cu");
         let dt = |d: ElaDt| format!("{d:?}").to_lowercase();
         match self {
-            KernelFile::ElaChunk { dt: t, d, dv, wg } => {
-                format!("{stem}_{}_d{d}_dv{dv}{}", dt(t), if wg { "_wg" } else { "" })
-            }
+            KernelFile::ElaChunk { dt: t, d, dv } => format!("{stem}_{}_d{d}_dv{dv}", dt(t)),
             KernelFile::ElaLa { dt: t, tc, f, e } => {
                 format!("{stem}_{}{}_f{f}_e{e}", dt(t), if tc { "_tc" } else { "" })
             }
@@ -317,13 +311,11 @@ impl KernelFile {
                         ("ela/gemm_chunk.cu", include_str!("../kernels/ela/gemm_chunk.cu")),
                     ]),
             ),
-            KernelFile::ElaChunk { dt, d, dv, wg } => Cow::Owned(
+            KernelFile::ElaChunk { dt, d, dv } => Cow::Owned(
                 format!("#define ELA_DT {}\n#define ELA_D {d}\n#define ELA_DV {dv}\n", dt as i32)
                     + &ChunkMinBlocks::of(dt, d, dv).defines()
                     + f32_products_define()
-                    + if wg { "#define ELA_WGMMA 1\n" } else { "" }
                     + &with_lines(&[
-                        ("ela/wgmma.cuh", if wg { include_str!("../kernels/ela/wgmma.cuh") } else { "" }),
                         ("ela/tile.cuh", include_str!("../kernels/ela/tile.cuh")),
                         (self.name(), self.source()),
                         ("ela/scan_runs.cu", include_str!("../kernels/ela/scan_runs.cu")),
@@ -364,7 +356,7 @@ impl KernelFile {
     /// (`sm_90a` / `compute_90a`) and exist on no other GPU.
     pub fn arch_for(self, arch: &str) -> Result<String> {
         match self {
-            KernelFile::WgmmaCheck | KernelFile::ElaChunk { wg: true, .. } => match arch {
+            KernelFile::WgmmaCheck => match arch {
                 "sm_90" | "sm_90a" => Ok("sm_90a".to_string()),
                 "compute_90" | "compute_90a" => Ok("compute_90a".to_string()),
                 _ => Err(nvrtc_err(
@@ -612,7 +604,7 @@ mod tests {
         assert_eq!(m(ElaDt::BF16, 64, 128), ChunkMinBlocks { scan: 2, out: 2, bwd: 1 });
         assert_eq!(m(ElaDt::BF16, 256, 256), ChunkMinBlocks { scan: 2, out: 1, bwd: 1 });
         // The defines reach the kernel source, which refuses to compile without them.
-        let src = KernelFile::ElaChunk { dt: ElaDt::F32, d: 64, dv: 64, wg: false }.full_source();
+        let src = KernelFile::ElaChunk { dt: ElaDt::F32, d: 64, dv: 64 }.full_source();
         assert!(src.contains("#define ELA_MINB "), "launch bounds missing from the source");
     }
 
@@ -620,14 +612,7 @@ mod tests {
     /// named by it).
     #[test]
     fn labels_name_every_variant_apart() {
-        assert_eq!(
-            KernelFile::ElaChunk { dt: ElaDt::BF16, d: 64, dv: 128, wg: false }.label(),
-            "chunk_fwd_bf16_d64_dv128"
-        );
-        assert_eq!(
-            KernelFile::ElaChunk { dt: ElaDt::BF16, d: 64, dv: 64, wg: true }.label(),
-            "chunk_fwd_bf16_d64_dv64_wg"
-        );
+        assert_eq!(KernelFile::ElaChunk { dt: ElaDt::BF16, d: 64, dv: 128 }.label(), "chunk_fwd_bf16_d64_dv128");
         assert_eq!(KernelFile::ElaLa { dt: ElaDt::F32, tc: false, f: 66, e: 72 }.label(), "la_chunk_f32_f66_e72");
         assert_eq!(KernelFile::Elementwise.label(), "elementwise");
         let labels: Vec<String> = KernelFile::ALL.iter().map(|f| f.label()).collect();

@@ -47,7 +47,7 @@ fn resource_usage_reports_every_kernel() {
         let tried = format!("tried {:?}", kernels::linux_candidates("nvrtc"));
         return ela_cuda::testing::skip("no NVRTC library", &tried);
     }
-    let file = kernels::KernelFile::ElaChunk { dt: kernels::ElaDt::BF16, d: 64, dv: 64, wg: false };
+    let file = kernels::KernelFile::ElaChunk { dt: kernels::ElaDt::BF16, d: 64, dv: 64 };
     let log = kernels::resource_usage(file, "sm_90").unwrap();
     for k in ["ela_scan_m0", "ela_scan_m1", "ela_scan_join", "ela_out", "ela_rows_dot", "ela_bwd", "ela_step_fast"] {
         assert!(log.contains(&format!("Compiling entry function '{k}'")), "{k} in the report:\n{log}");
@@ -69,7 +69,7 @@ fn chunk_modules_hold_one_scan_per_mode() {
     // A symbol's name ends at a NUL in the ELF string table.
     let has = |elf: &[u8], k: &str| elf.windows(k.len() + 1).any(|w| &w[..k.len()] == k.as_bytes() && w[k.len()] == 0);
     for (dt, d) in [(kernels::ElaDt::BF16, 64), (kernels::ElaDt::F32, 128)] {
-        let src = kernels::KernelFile::ElaChunk { dt, d, dv: d, wg: false }.full_source();
+        let src = kernels::KernelFile::ElaChunk { dt, d, dv: d }.full_source();
         let elf = match kernels::compile_source("chunk_fwd.cu", &src, "sm_90").unwrap() {
             kernels::Image::Cubin(elf) => elf,
             _ => panic!("expected a cubin for sm_90"),

@@ -421,57 +421,17 @@ __device__ void slow_row(int i, const ST* qg, const ST* kg, const ST* vg, i64 lq
     __syncthreads();
 }
 
-// ela_out's tiles and products. By default padded row-major tiles (LDP) and per-warp mma.sync
-// products (mm_tile). With ELA_WGMMA (opt-in; bf16, F = DV = C = 64) unpadded 64 x 64 tiles in
-// the 128-byte-swizzled layout of ela/wgmma.cuh, 1024-byte aligned, and warpgroup products: the
-// warps 4 g .. 4 g + 3 of WarpMap<64, 64> hold the columns 32 g .. 32 g + 31 in rows 16 (warp % 4)
-// .., exactly the accumulators of warpgroup g's 64 x 32 product, so the epilogues are unchanged.
-// OT is the address of entry (r, c) of a tile, OUT_STORE writes a TileRegs tile, and OUT_FENCE
-// makes a thread's tile stores visible to the warpgroup products (before the barrier that
-// precedes them).
-#if ELA_WGMMA
-static_assert(ELA_F == 64 && ELA_DV == 64 && ELA_C == 64 && ELA_DT == 2, "warpgroup output pass: bf16 64-wide heads");
-#define OUT_LD(n) (n)
-#define OT(base, ld, r, c) ((MT*)((unsigned char*)(base) + sw128((r), (c))))
-#define OUT_STORE(regs, dst, ld) (regs).store_sw(dst)
-#define OUT_FENCE() wg_smem_fence()
-#else
-#define OUT_LD(n) LDP(n)
-#define OT(base, ld, r, c) ((base) + (r) * (ld) + (c))
-#define OUT_STORE(regs, dst, ld) (regs).store((dst), (ld), (const float*)0)
-#define OUT_FENCE()
-#endif
-
-// acc += A B for this warp's 16 x 8 NT tile of ela_out at (r0, c0): A row-major, B(k, c) =
-// BT ? B[c][k] : B[k][c] (mm_tile's convention); with ELA_WGMMA the warpgroup's 64 x 32 block,
-// B K-major (BT) or N-major, its columns from c0 on.
-template <int NT, bool BT>
-__device__ __forceinline__ void out_mm(float (&acc)[NT][4], const MT* A, int lda, const MT* B, int ldb, int r0, int c0,
-                                       int K) {
-#if ELA_WGMMA
-    static_assert(NT == 4, "a warpgroup's 64 x 32 block");
-    wg_product<32, 64, 0, BT ? 0 : 1>(reinterpret_cast<float(&)[16]>(acc), (const unsigned char*)A,
-                                      (const unsigned char*)B + (BT ? c0 * 128 : c0 * 2), 64);
-#else
-    mm_tile<NT, false, BT>(acc, A, lda, B, ldb, r0, c0, K);
-#endif
-}
-
 // Mode 0: y of the chunk's rows, and with `rows` also per row (u, den, 0, exact-path flag) for a
 // backward that reuses the forward (ela_rows_dot then fills in c). Mode 1: per row
 // (u, den, c = (dy . y) / den, exact-path flag).
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
     ela_out(ST* y, ela_f4* rows, const ST* q, const ST* k, const ST* v, const ST* dy, const ST* yin,
             const MT* slot_s, const float* slot_z, const float* slot_m, ElaIo io, i64 T, int nch, int mode, int causal) {
-    constexpr int F = ELA_F, DV = ELA_DV, C = ELA_C, LDF = OUT_LD(F), LDV = OUT_LD(DV), LDC = OUT_LD(C);
+    constexpr int F = ELA_F, DV = ELA_DV, C = ELA_C, LDF = LDP(F), LDV = LDP(DV), LDC = LDP(C);
     constexpr int R0 = (2 * C * LDF > F * LDV) ? 2 * C * LDF : F * LDV;
     typedef WarpMap<C, C> WA;
     typedef WarpMap<C, DV> WY;
-#if ELA_WGMMA
-    MT* phia = (MT*)(ela_smem + ((1024 - (smem_addr(ela_smem) & 1023)) & 1023));  // (the host adds 1024 bytes)
-#else
     MT* phia = (MT*)ela_smem;  // [C][LDF] exp(q - mq); with psia later the state tile [F][LDV]
-#endif
     MT* psia = phia + C * LDF;  // [C][LDF] exp(k - mk)
     MT* Sst = phia;
     MT* phib = phia + R0;       // [C][LDF] exp(q + m - u)
@@ -533,10 +493,10 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
             float pa[MT_VEC];
 #pragma unroll
             for (int k = 0; k < MT_VEC; ++k) pa[k] = exp_if(row < n, kp.x[e0 + k] - mx);
-            store_mt_vec(OT(psia, LDF, row, rc0 + e0), pa);
+            store_mt_vec(psia + row * LDF + rc0 + e0, pa);
         }
         if (RP::head()) mk[row] = mx;
-        if (mode == 0) OUT_STORE(vt, vsm, LDV);
+        if (mode == 0) vt.store(vsm, LDV, (const float*)0);
     }
     __syncthreads();
     if (causal && warp == 0) {
@@ -578,8 +538,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
                 pa[k] = exp_if(i < n, qp.x[e] - mqv);
                 pa[k + 1] = exp_if(i < n, qp.x[e + 1] - mqv);
             }
-            store_mt_vec(OT(phib, LDF, i, rc0 + e0), pb);
-            if (causal) store_mt_vec(OT(phia, LDF, i, rc0 + e0), pa);
+            store_mt_vec(phib + i * LDF + rc0 + e0, pb);
+            if (causal) store_mt_vec(phia + i * LDF + rc0 + e0, pa);
         }
         ds = RP::sum(ds);
         if (RP::head()) {
@@ -592,14 +552,13 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
     // place once that product is done).
     TileRegs<MT, false, F, DV> st;
     if (mode == 0) st.load(Sg, F);
-    OUT_FENCE();
     __syncthreads();
     if (causal) {
         // A = (phi_a psi_a^T) * E, E_ij = exp(mq_i + mk_j - u_i), entries above the diagonal set to 0.
         float acc[WA::NT][4];
         zero_acc(acc);
         const int r0 = WA::row0(), c0 = WA::col0();
-        out_mm<WA::NT, true>(acc, phia, LDF, psia, LDF, r0, c0, F);
+        mm_tile<WA::NT, false, true>(acc, phia, LDF, psia, LDF, r0, c0, F);
         float slo = 0.f, shi = 0.f;
 #if ELA_HOIST
         const int ia = ACC_ROW(r0, 0), ib = ACC_ROW(r0, 2);  // this thread's two rows (ROW_VAL)
@@ -616,7 +575,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
                 const float a0 = keep_if(ok && j <= i, acc[nt][e] * __expf(ROW_VAL(rq, mq, i, e) + mk[j] - ROW_VAL(ru, uu, i, e)));
                 const float a1 =
                     keep_if(ok && j + 1 <= i, acc[nt][e + 1] * __expf(ROW_VAL(rq, mq, i, e) + mk[j + 1] - ROW_VAL(ru, uu, i, e)));
-                store_mt2(OT(At, LDC, i, j), a0, a1);
+                store_mt2(At + i * LDC + j, a0, a1);
                 if (e == 0) slo += a0 + a1;
                 else shi += a0 + a1;
             }
@@ -637,16 +596,15 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         den[tid] = d;
         slw[tid] = (causal && tid < n && d < ELA_TINY) ? 1 : 0;
     }
-    if (mode == 0) OUT_STORE(st, Sst, LDV);  // phi_a, psi_a are dead now
-    OUT_FENCE();
+    if (mode == 0) st.store(Sst, LDV, (const float*)0);  // phi_a, psi_a are dead now
     __syncthreads();
     if (mode == 0) {
         // (F1), (F2): y = (A V + phi_b S) / den.
         float acc[WY::NT][4];
         zero_acc(acc);
         const int r0 = WY::row0(), c0 = WY::col0();
-        if (causal) out_mm<WY::NT, false>(acc, At, LDC, vsm, LDV, r0, c0, C);
-        out_mm<WY::NT, false>(acc, phib, LDF, Sst, LDV, r0, c0, F);
+        if (causal) mm_tile<WY::NT, false, false>(acc, At, LDC, vsm, LDV, r0, c0, C);
+        mm_tile<WY::NT, false, false>(acc, phib, LDF, Sst, LDV, r0, c0, F);
 #if ELA_MMA
         // 16-bit outputs: a thread's entries lie in two rows, so one reciprocal of each row's
         // denominator and a product per entry (within an ulp of the f32 quotient, far below y's

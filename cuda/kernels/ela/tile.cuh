@@ -51,11 +51,6 @@ typedef BF16 DT;
 #endif
 typedef DT::S ST;  // storage type of q, k, v, y and the gradients
 #define LDP(n) ((n) + ELA_PAD)
-// ELA_WGMMA (opt-in, ELA_CUDA_WGMMA=1): ela_out's products as Hopper warpgroup products
-// (ela/wgmma.cuh, concatenated before this header when on); bf16 64-wide heads only.
-#ifndef ELA_WGMMA
-#define ELA_WGMMA 0
-#endif
 
 // Every kernel carves its dynamic shared memory from this array.
 extern __shared__ __align__(16) unsigned char ela_smem[];
@@ -412,18 +407,6 @@ template <typename E, bool INPUT, int ROWS, int COLS> struct TileRegs {
         }
     }
     __device__ __forceinline__ void load(const E* src, int valid) { load(src, COLS, valid); }
-#if ELA_WGMMA
-    // The same bits into a 128-byte-swizzled tile of 64 16-bit columns (ela/wgmma.cuh): each
-    // 16-byte vector is one chunk of the swizzle, so it stays one store.
-    __device__ __forceinline__ void store_sw(MT* dst) const {
-        static_assert(COLS == 64 && sizeof(E) == 2 && ELA_DT == 2, "swizzled tiles: 64 bf16 columns");
-#pragma unroll
-        for (int i = 0; i < PER; ++i) {
-            const int e = (threadIdx.x + i * ELA_THREADS) * EPV;
-            *(ela_u4*)((unsigned char*)dst + sw128(e / COLS, e % COLS)) = v[i];
-        }
-    }
-#endif
     __device__ __forceinline__ void store(MT* dst, int ld, const float* mul) const {
         // The same bits in the operand type (state slots; bf16 or f32 inputs) copy as they are.
         if (!mul && (!INPUT || ELA_DT != 1) && sizeof(E) == sizeof(MT)) {

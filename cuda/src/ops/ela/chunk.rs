@@ -66,19 +66,13 @@ pub(crate) struct Variant {
     mt: DType,
     /// Blocks per multiprocessor its kernels are compiled for.
     min_blocks: ChunkMinBlocks,
-    /// `ela_out` with warpgroup products (its tiles unpadded and swizzled; `ELA_WGMMA`).
-    wg: bool,
 }
 
 /// The variant for these inputs, if the chunked path supports them on `dev`: every kernel's
 /// shared memory must fit in what one block of this GPU may have (256-wide heads need 229,632
 /// bytes, which an H100/H200 has and an A100 does not).
 pub(crate) fn variant(dev: &Cuda, kernel: ElaKernel, dtype: DType, dims: &ElaDims) -> Option<Variant> {
-    let mut cv = variant_for(kernel, dtype, dims)?;
-    if cv.wg && dev.compute_capability() != (9, 0) {
-        // Warpgroup products exist on Hopper only.
-        cv = cv.without_wgmma();
-    }
+    let cv = variant_for(kernel, dtype, dims)?;
     let most = cv.scan_smem().max(cv.out_smem()).max(cv.bwd_smem());
     (most <= dev.max_shared_memory_per_block()).then_some(cv)
 }
@@ -102,10 +96,8 @@ pub(super) fn variant_for(kernel: ElaKernel, dtype: DType, dims: &ElaDims) -> Op
     if dims.t.div_ceil(c) >= i32::MAX as usize {
         return None;
     }
-    let wg = super::switches().wgmma && dt == ElaDt::BF16 && dims.d == 64 && dims.dv == 64;
     Some(Variant {
-        file: KernelFile::ElaChunk { dt, d: dims.d as u16, dv: dims.dv as u16, wg },
-        wg,
+        file: KernelFile::ElaChunk { dt, d: dims.d as u16, dv: dims.dv as u16 },
         min_blocks: ChunkMinBlocks::of(dt, dims.d as u16, dims.dv as u16),
         c,
         f: dims.d,
@@ -119,10 +111,6 @@ fn lp(cv: &Variant, n: usize) -> usize {
 }
 
 impl Variant {
-    fn without_wgmma(self) -> Variant {
-        let KernelFile::ElaChunk { dt, d, dv, .. } = self.file else { return self };
-        Variant { file: KernelFile::ElaChunk { dt, d, dv, wg: false }, wg: false, ..self }
-    }
     fn nch(&self, t: usize) -> usize {
         t.div_ceil(self.c)
     }
@@ -148,16 +136,14 @@ impl Variant {
         let tiles = c * lp(self, f) + c * lp(self, value_cols);
         (per_step * (tiles * self.mt.size_in_bytes() + (10 * f + 4 * c) * 4)) as u32
     }
-    /// Dynamic shared memory of `ela_out` (with warpgroup products: unpadded tiles, and 1024
-    /// bytes to align them to the swizzle's atoms).
+    /// Dynamic shared memory of `ela_out`.
     fn out_smem(&self) -> u32 {
         let (c, f, dv) = (self.c, self.f, self.dv);
-        let (ldf, ldv, ldc) = if self.wg { (f, dv, c) } else { (lp(self, f), lp(self, dv), lp(self, c)) };
+        let (ldf, ldv, ldc) = (lp(self, f), lp(self, dv), lp(self, c));
         let r0 = (2 * c * ldf).max(f * ldv);
         let groups = 8 / (c / 16);
         let tiles = r0 + c * ldf + c * ldv + c * ldc;
-        let align = if self.wg { 1024 } else { 0 };
-        (align + tiles * self.mt.size_in_bytes() + 4 * (2 * fvec(self.mt, f) + 6 * c + groups * c + c + 32)) as u32
+        (tiles * self.mt.size_in_bytes() + 4 * (2 * fvec(self.mt, f) + 6 * c + groups * c + c + 32)) as u32
     }
     /// Dynamic shared memory of `ela_bwd`.
     fn bwd_smem(&self) -> u32 {

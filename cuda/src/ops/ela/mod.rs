@@ -74,9 +74,6 @@ pub(super) struct Switches {
     /// the columns a block) or, with f32 operands, `la_scan_narrow` (16), for timing the choice;
     /// unset: the one that takes fewer waves.
     pub la_scan: Option<&'static str>,
-    /// `ELA_CUDA_WGMMA=1`: the output pass of bf16 64-wide heads with Hopper warpgroup products
-    /// (opt-in until measured; cuda/README.md, "Warpgroup products").
-    pub wgmma: bool,
 }
 
 pub(super) fn switches() -> &'static Switches {
@@ -87,7 +84,6 @@ pub(super) fn switches() -> &'static Switches {
             scan_only: on("ELA_CUDA_SCAN_ONLY"),
             gemm_chunk: on("ELA_CUDA_GEMM_CHUNK"),
             profile: on("ELA_CUDA_PROFILE"),
-            wgmma: std::env::var("ELA_CUDA_WGMMA").as_deref() == Ok("1"),
             scan_runs: match std::env::var("ELA_CUDA_SCAN_RUNS") {
                 Err(_) => 0,
                 Ok(v) => v.trim().parse().unwrap_or_else(|_| {
