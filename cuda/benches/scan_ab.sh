@@ -9,6 +9,8 @@
 #                                                  # tests with each forced, then timings of the
 #                                                  # narrow one against the choice (T16k)
 #   OUT=$OUT bash cuda/benches/scan_ab.sh ncu      # Nsight Compute on the ELA kernels
+#   OUT=$OUT bash cuda/benches/scan_ab.sh stalls   # each chunk kernel's instruction count and
+#                                                  # stall reasons (B8 H16 T16k, D 64 and 128)
 #   OUT=$OUT bash cuda/benches/scan_ab.sh sass     # where the warps of each chunk kernel stall, per
 #                                                  # SASS instruction and per source line
 #                                                  # (B8 H16 T16k D64 bf16; sass_lines.py)
@@ -86,6 +88,20 @@ for part in $parts; do
       timeout 120 "$NCU" $s -k regex:"ela_" --launch-count 8 .gpu/bin/ela_gpu "d=128 bf16 T=16384" \
         >"$OUT/ncu_ela_d128.txt" 2>&1
       ;;
+    stalls)
+      # What bounds each kernel: warp instructions (and ldmatrix among them), issue-slot use,
+      # occupancy and the stall reasons per issued instruction, one launch of each kernel after
+      # the bench's checking calls.
+      m="regex:smsp__average_warps_issue_stalled_.*_per_issue_active.ratio,smsp__inst_executed.sum"
+      m="$m,smsp__inst_executed_op_ldsm.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum"
+      for d in 64 128; do
+        for k in "^ela_out|^ela_scan_m0" "^ela_bwd|^ela_scan_m1|^ela_rows_dot"; do
+          timeout 150 "$NCU" --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
+            --section Occupancy --metrics "$m" -k regex:"$k" --launch-skip 4 --launch-count 3 \
+            .gpu/bin/ela_gpu "d=$d bf16 T=16384" >>"$OUT/stalls_d$d.txt" 2>&1
+        done
+      done
+      ;;
     sass)
       # One launch of each kernel with the source counters (sampled stall reasons per instruction),
       # exported as CSV: the forward scan (mode 0), the reverse scan (mode 1), the per-chunk output
@@ -114,6 +130,6 @@ for part in $parts; do
       cp /tmp/cubins/chunk_fwd_bf16_d64_dv64.cubin "$OUT/"
       unset ELA_CUDA_LINEINFO ELA_CUDA_DUMP_DIR
       ;;
-    *) echo "unknown part $part (check, time, long, feat, ncu, sass)" >&2; exit 2 ;;
+    *) echo "unknown part $part (check, time, long, feat, ncu, stalls, sass)" >&2; exit 2 ;;
   esac
 done
