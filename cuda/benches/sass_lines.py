@@ -11,7 +11,9 @@ function, so it needs the same CUBIN, not a rebuild (another NVRTC version sched
 Prints the share of stall samples per source line (inlined code is charged to the line of the
 inlined function, as the line table says) with the line's text, and the two largest stall
 reasons of each; `--shared` prints each line's share of the shared-memory wavefronts instead, and
-the share that is excess over the ideal count (bank conflicts). NVDISASM names the disassembler
+the share that is excess over the ideal count (bank conflicts); `--executed` each line's share of
+the warp instructions executed and its three most executed opcodes (for a kernel bound by how
+many instructions it issues). NVDISASM names the disassembler
 when it is not on PATH or next to ncu.
 """
 import argparse
@@ -71,6 +73,25 @@ def shared_wavefronts(path):
     return out
 
 
+def executed(path):
+    """{address: (warp instructions executed, opcode)} of the CSV's instructions."""
+    rows = list(csv.reader(open(path, encoding="utf-8", errors="replace")))
+    start = next(i for i, r in enumerate(rows) if r and r[0] == "Address")
+    col = {h: i for i, h in enumerate(rows[start])}
+    name = next((h for h in col if h.startswith("Instructions Executed")), None)
+    if name is None:
+        sys.exit(f"no 'Instructions Executed' column in {path} (columns: {sorted(col)})")
+    out = {}
+    for r in rows[start + 1:]:
+        try:
+            sass = r[col["Source"]].strip() if "Source" in col else ""
+            op = re.sub(r"^@!?U?P\w+\s+", "", sass).split(" ")[0].split(".")[0]
+            out[int(r[col["Address"]], 16)] = (float(r[col[name]] or 0), op)
+        except (ValueError, IndexError):
+            continue
+    return out
+
+
 def samples(path):
     """[(address, samples, {reason: samples})] of the CSV's instructions."""
     rows = list(csv.reader(open(path, encoding="utf-8", errors="replace")))
@@ -95,6 +116,8 @@ def main():
     ap.add_argument("function")
     ap.add_argument("--src", default="cuda/kernels", help="folder the line table's file names are relative to")
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--executed", action="store_true",
+                    help="warp instructions executed per line (and the line's most executed opcodes)")
     ap.add_argument("--shared", action="store_true",
                     help="shared-memory wavefronts per line (and their excess over the ideal: bank conflicts) "
                          "instead of stall samples")
@@ -102,6 +125,8 @@ def main():
     table = line_table(args.cubin, args.function)
     if args.shared:
         return print_shared(args, table)
+    if args.executed:
+        return print_executed(args, table)
     rows = samples(args.csv)
     base = min(a for a, _, _ in rows)
     if len(rows) != len(table):
@@ -122,6 +147,26 @@ def main():
         text = lines[line - 1].strip() if 0 < line <= len(lines) else ""
         top = ", ".join(f"{k} {v / total * 100:.1f}" for k, v in why[(name, line)].most_common(2) if v)
         print(f"{s / total * 100:5.1f}%  {short}:{line:<5} {text[:90]:90s} [{top}]")
+
+
+def print_executed(args, table):
+    inst = executed(args.csv)
+    base = min(inst)
+    total = sum(n for n, _ in inst.values()) or 1.0
+    by_line, ops = collections.Counter(), collections.defaultdict(collections.Counter)
+    for addr, (n, op) in inst.items():
+        where = table.get(addr - base, ("?", 0))
+        by_line[where] += n
+        ops[where][op] += n
+    print(f"{args.function}: {total:.0f} warp instructions executed")
+    files = {}
+    for (name, line), n in by_line.most_common(args.top):
+        if name not in files:
+            files[name] = resolve(args.src, name)
+        short, lines = files[name]
+        text = lines[line - 1].strip() if 0 < line <= len(lines) else ""
+        top = ", ".join(f"{k} {v / total * 100:.1f}" for k, v in ops[(name, line)].most_common(3) if v)
+        print(f"{n / total * 100:5.1f}%  {short}:{line:<5} {text[:80]:80s} [{top}]")
 
 
 def print_shared(args, table):

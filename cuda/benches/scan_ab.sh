@@ -121,7 +121,7 @@ for part in $parts; do
         "$NCU" -i "$rep.ncu-rep" --page source --csv --print-source sass 2>&1 | xz >"$OUT/sass_$k.csv.xz"
         echo "sass $k: $(xz -dc "$OUT/sass_$k.csv.xz" | wc -l) lines" >>"$log"
         xz -dc "$OUT/sass_$k.csv.xz" >"$rep.csv"
-        for how in "" --shared; do
+        for how in "" --shared --executed; do
           # shellcheck disable=SC2086
           NVDISASM=$NVDISASM python3 cuda/benches/sass_lines.py $how "$rep.csv" \
             /tmp/cubins/chunk_fwd_bf16_d64_dv64.cubin "$k" >>"$OUT/sass_lines.md" 2>&1
