@@ -572,9 +572,9 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
                 const bool ok = i < n;
                 // Masked entries are dropped after the product, so a later key's inf or NaN
                 // cannot reach an earlier row.
-                const float a0 = keep_if(ok && j <= i, acc[nt][e] * __expf(ROW_VAL(rq, mq, i, e) + mk[j] - ROW_VAL(ru, uu, i, e)));
+                const float a0 = keep_if(ok && j <= i, acc[nt][e] * exp_ftz(ROW_VAL(rq, mq, i, e) + mk[j] - ROW_VAL(ru, uu, i, e)));
                 const float a1 =
-                    keep_if(ok && j + 1 <= i, acc[nt][e + 1] * __expf(ROW_VAL(rq, mq, i, e) + mk[j + 1] - ROW_VAL(ru, uu, i, e)));
+                    keep_if(ok && j + 1 <= i, acc[nt][e + 1] * exp_ftz(ROW_VAL(rq, mq, i, e) + mk[j + 1] - ROW_VAL(ru, uu, i, e)));
                 store_mt2(At + i * LDC + j, a0, a1);
                 if (e == 0) slo += a0 + a1;
                 else shi += a0 + a1;

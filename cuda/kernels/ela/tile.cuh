@@ -355,7 +355,22 @@ __device__ __forceinline__ void mm_tile(float (&acc)[NT][4], const MT* A, int ld
 // branch per entry around its exp, which keeps neighbouring entries' loads and exps from
 // overlapping in the per-row loops of the chunk kernels.
 __device__ __forceinline__ float keep_if(bool live, float x) { return __int_as_float(__float_as_int(x) & -(int)live); }
-__device__ __forceinline__ float exp_if(bool live, float x) { return keep_if(live, __expf(x)); }
+
+// e^x as __expf computes it (the special function unit's 2^y of y = x log2 e), but with results
+// below 2^-126 flushed to zero (ex2.approx.ftz): __expf keeps such subnormal results, which costs
+// a range test and two scaling multiplies around every exp (five instructions where two do), and
+// the exps are the largest instruction group of the chunk kernels (15 % of the output pass's, by
+// Nsight Compute's per-line counts; cuda/README.md, "Exps without subnormals"). Every exp here is
+// of a log-term at most its row's or feature's shift, so the largest term of a sum is near 1 (or
+// the row takes the exact path when the sum is below ELA_TINY = 1e-20), and a term below 2^-126
+// is under 1e-18 of that sum: flushing it changes nothing f32 can hold. Normal results are the
+// same bits as __expf's.
+__device__ __forceinline__ float exp_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x * 1.4426950408889634f));
+    return y;
+}
+__device__ __forceinline__ float exp_if(bool live, float x) { return keep_if(live, exp_ftz(x)); }
 
 // Row and column of accumulator element (nt, e) of this lane.
 #define ACC_ROW(row0, e) ((row0) + ((threadIdx.x & 31) >> 2) + 8 * ((e) >> 1))
