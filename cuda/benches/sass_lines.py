@@ -159,14 +159,9 @@ def print_executed(args, table):
         by_line[where] += n
         ops[where][op] += n
     print(f"{args.function}: {total:.0f} warp instructions executed")
-    files = {}
-    for (name, line), n in by_line.most_common(args.top):
-        if name not in files:
-            files[name] = resolve(args.src, name)
-        short, lines = files[name]
-        text = lines[line - 1].strip() if 0 < line <= len(lines) else ""
-        top = ", ".join(f"{k} {v / total * 100:.1f}" for k, v in ops[(name, line)].most_common(3) if v)
-        print(f"{n / total * 100:5.1f}%  {short}:{line:<5} {text[:80]:80s} [{top}]")
+    for where, n, at, text in top_lines(args, by_line):
+        top = ", ".join(f"{k} {v / total * 100:.1f}" for k, v in ops[where].most_common(3) if v)
+        print(f"{n / total * 100:5.1f}%  {at} {text[:80]:80s} [{top}]")
 
 
 def print_shared(args, table):
@@ -180,13 +175,20 @@ def print_shared(args, table):
         by_line[where] += w
         over[where] += w - ideal
     print(f"{args.function}: {total:.0f} shared-memory wavefronts, {excess / total * 100:.1f}% over the ideal")
-    files = {}
-    for (name, line), w in by_line.most_common(args.top):
+    for where, w, at, text in top_lines(args, by_line):
+        print(f"{w / total * 100:5.1f}%  excess {over[where] / total * 100:4.1f}%  {at} {text[:80]}")
+
+
+def top_lines(args, by_line):
+    """[((file, line), count, "short:line", source text)] of the `--top` largest counts."""
+    files, out = {}, []
+    for (name, line), n in by_line.most_common(args.top):
         if name not in files:
             files[name] = resolve(args.src, name)
         short, lines = files[name]
         text = lines[line - 1].strip() if 0 < line <= len(lines) else ""
-        print(f"{w / total * 100:5.1f}%  excess {over[(name, line)] / total * 100:4.1f}%  {short}:{line:<5} {text[:80]}")
+        out.append(((name, line), n, f"{short}:{line:<5}", text))
+    return out
 
 
 def resolve(src, name):
