@@ -5,6 +5,9 @@
 #   OUT=$OUT bash cuda/benches/scan_ab.sh check    # the chunked ELA tests + memcheck/racecheck
 #   OUT=$OUT bash cuda/benches/scan_ab.sh time     # ela_gpu: fold or not, the LMs' shapes
 #   OUT=$OUT bash cuda/benches/scan_ab.sh long     # the same at B8 H16, T 4k and 16k
+#   OUT=$OUT bash cuda/benches/scan_ab.sh optin    # the opt-in variants (ELA_CUDA_OPT): timings
+#                                                  # against the default
+#   OUT=$OUT bash cuda/benches/scan_ab.sh optcheck # the same variants all on: tests, sanitizers
 #   OUT=$OUT bash cuda/benches/scan_ab.sh feat     # the feature-map kernels' two scans: ela_gemm
 #                                                  # tests with each forced, then timings of the
 #                                                  # narrow one against the choice (T16k)
@@ -57,6 +60,42 @@ for part in $parts; do
             "d=128 bf16 T=16384" >>"$log" 2>&1
         fi
       done
+      ;;
+    optin)
+      # The opt-in variants of the tile modules (cuda/README.md, "Opt-in variants"): fwd+bwd
+      # timings of none, each and all, alternating, twice (bf16 and f32 at 16k, the d512 LM's
+      # shape, two feature-map kernels). (OPTS: the names of kernels::CHUNK_OPTS.)
+      all=${OPTS:-cvta}
+      for r in 1 2; do
+        opts="none ${all//,/ }"
+        [ "$all" != "${all//,/}" ] && opts="$opts $all"  # and all together, where several
+        for opt in $opts; do
+          echo "## optin $r: ELA_CUDA_OPT=$opt" >>"$log"
+          o=$opt
+          [ "$opt" = none ] && o=""
+          ELA_CUDA_OPT=$o timeout 60 .gpu/bin/ela_gpu "d=64 bf16 T=16384" "d=128 bf16 T=16384" "d=64 f32 T=16384" \
+            "d=128 f32 T=16384" >>"$log" 2>&1
+          ELA_CUDA_OPT=$o ELA_GPU_BH=8x8 timeout 40 .gpu/bin/ela_gpu "d=64 bf16 T=2048" >>"$log" 2>&1
+          ELA_CUDA_OPT=$o timeout 90 .gpu/bin/ela_gpu kernel=elu-plus-one kernel=sum-sq-euclid T=16384 >>"$log" 2>&1
+        done
+      done
+      ;;
+    optcheck)
+      # The chunked ELA tests (`ela::`, `ela_fast`, and the feature-map kernels' `ela_gemm`) and
+      # both sanitizers with every opt-in variant on (one device call may not hold these and the
+      # timings of `optin` together).
+      all=${OPTS:-cvta}
+      echo "## tests, ELA_CUDA_OPT=$all" >>"$log"
+      for f in ela:: ela_fast ela_gemm; do
+        ELA_CUDA_OPT=$all ELA_REQUIRE_CUDA=1 timeout 150 .gpu/bin/test-cuda_ops $f >>"$log" 2>&1
+        echo "$f rc $?" >>"$log"
+      done
+      # racecheck is the slow one: the main chunked test only (every kernel, both modes).
+      ELA_CUDA_OPT=$all timeout 150 "$CS" --tool memcheck .gpu/bin/test-cuda_ops ela_fast >>"$log" 2>&1
+      echo "memcheck rc $?" >>"$log"
+      ELA_CUDA_OPT=$all timeout 150 "$CS" --tool racecheck .gpu/bin/test-cuda_ops \
+        ela_fast::chunked_ela_matches >>"$log" 2>&1
+      echo "racecheck rc $?" >>"$log"
       ;;
     feat)
       # ELA_CUDA_LA_SCAN (cuda/README.md, "The other kernels, chunked"): the chunked feature-map
@@ -130,6 +169,6 @@ for part in $parts; do
       cp /tmp/cubins/chunk_fwd_bf16_d64_dv64.cubin "$OUT/"
       unset ELA_CUDA_LINEINFO ELA_CUDA_DUMP_DIR
       ;;
-    *) echo "unknown part $part (check, time, long, feat, ncu, stalls, sass)" >&2; exit 2 ;;
+    *) echo "unknown part $part (check, time, long, optin, optcheck, feat, ncu, stalls, sass)" >&2; exit 2 ;;
   esac
 done

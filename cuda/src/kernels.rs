@@ -315,6 +315,7 @@ impl KernelFile {
                 format!("#define ELA_DT {}\n#define ELA_D {d}\n#define ELA_DV {dv}\n", dt as i32)
                     + &ChunkMinBlocks::of(dt, d, dv).defines()
                     + f32_products_define()
+                    + &chunk_opt_defines()
                     + &with_lines(&[
                         ("ela/tile.cuh", include_str!("../kernels/ela/tile.cuh")),
                         (self.name(), self.source()),
@@ -331,6 +332,7 @@ impl KernelFile {
                         dt as i32
                     )
                     + f32_products_define()
+                    + &chunk_opt_defines()
                     + &with_lines(&[
                         ("ela/tile.cuh", include_str!("../kernels/ela/tile.cuh")),
                         ("ela/features.cuh", include_str!("../kernels/ela/features.cuh")),
@@ -379,6 +381,47 @@ fn f32_products_define() -> &'static str {
     } else {
         ""
     }
+}
+
+/// Opt-in variants of the tile modules (the chunked Hadamard-Exp kernels and the feature-map
+/// kernels, both built on `ela/tile.cuh`), not yet measured on a GPU: (name in `ELA_CUDA_OPT`,
+/// the modules' define, what it changes). Each computes the same values.
+pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[(
+    "cvta",
+    "ELA_OPT_CVTA",
+    "ldmatrix addresses by the compiler's own shared-memory conversion, not an inline cvta: it folds the address \
+     arithmetic (5-15 % smaller code)",
+)];
+
+/// The names of the opt-in variants set in `ELA_CUDA_OPT` (read once per process; a comma list
+/// of [`CHUNK_OPTS`] names); an unknown name is reported and the whole setting ignored.
+fn chunk_opts() -> &'static [&'static str] {
+    static ON: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    ON.get_or_init(|| match std::env::var("ELA_CUDA_OPT") {
+        Ok(text) => parse_chunk_opts(&text).unwrap_or_else(|e| {
+            eprintln!("ela-cuda: ELA_CUDA_OPT={text:?} ignored: {e}");
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
+    })
+}
+
+/// The tile modules' defines of the variants that are on.
+fn chunk_opt_defines() -> String {
+    let on = chunk_opts();
+    CHUNK_OPTS.iter().filter(|(n, _, _)| on.contains(n)).map(|(_, define, _)| format!("#define {define} 1\n")).collect()
+}
+
+fn parse_chunk_opts(text: &str) -> std::result::Result<Vec<&'static str>, String> {
+    let mut on = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let Some((known, _, _)) = CHUNK_OPTS.iter().find(|(n, _, _)| *n == name) else {
+            let names: Vec<&str> = CHUNK_OPTS.iter().map(|(n, _, _)| *n).collect();
+            return Err(format!("unknown variant {name:?} (known: {})", names.join(", ")));
+        };
+        on.push(*known);
+    }
+    Ok(on)
 }
 
 /// `files` (name, text) concatenated, each after a `#line 1 "name"` directive.
@@ -606,6 +649,14 @@ mod tests {
         // The defines reach the kernel source, which refuses to compile without them.
         let src = KernelFile::ElaChunk { dt: ElaDt::F32, d: 64, dv: 64 }.full_source();
         assert!(src.contains("#define ELA_MINB "), "launch bounds missing from the source");
+    }
+
+    #[test]
+    fn chunk_opts_parse_known_names_only() {
+        assert_eq!(parse_chunk_opts(""), Ok(vec![]));
+        assert_eq!(parse_chunk_opts(" cvta , "), Ok(vec!["cvta"]));
+        let e = parse_chunk_opts("cvta,fast").unwrap_err();
+        assert!(e.contains("\"fast\"") && e.contains("known: cvta"), "{e}");
     }
 
     /// Every variant has its own label, made of file-name characters only (dumped CUBINs are

@@ -81,6 +81,42 @@ fn chunk_modules_hold_one_scan_per_mode() {
     }
 }
 
+/// Every opt-in variant of the tile modules (`kernels::CHUNK_OPTS`, `ELA_CUDA_OPT`) compiles, alone
+/// and all together: the chunked Hadamard-Exp module for 16-bit and f32 operands and both chunk
+/// lengths (64 rows; 32 for f32 128-wide heads and 16-bit 256-wide ones), and the feature-map
+/// module with bf16 tensor-core and f32 operands.
+#[test]
+fn opt_in_chunk_variants_compile() {
+    if !kernels::nvrtc_available() {
+        let tried = format!("tried {:?}", kernels::linux_candidates("nvrtc"));
+        return ela_cuda::testing::skip("no NVRTC library", &tried);
+    }
+    use kernels::{ElaDt, KernelFile};
+    let defs: Vec<String> = kernels::CHUNK_OPTS.iter().map(|(_, d, _)| format!("#define {d} 1\n")).collect();
+    let mut sets: Vec<String> = defs.clone();
+    if defs.len() > 1 {
+        sets.push(defs.concat());
+    }
+    let files = [
+        KernelFile::ElaChunk { dt: ElaDt::BF16, d: 64, dv: 64 },
+        KernelFile::ElaChunk { dt: ElaDt::BF16, d: 256, dv: 256 },
+        KernelFile::ElaChunk { dt: ElaDt::F32, d: 128, dv: 128 },
+        KernelFile::ElaLa { dt: ElaDt::BF16, tc: true, f: 64, e: 80 },
+        KernelFile::ElaLa { dt: ElaDt::F32, tc: false, f: 128, e: 144 },
+    ];
+    for file in files {
+        // The plain source whatever this process's ELA_CUDA_OPT.
+        let mut src = file.full_source().into_owned();
+        for def in &defs {
+            src = src.replace(def.as_str(), "");
+        }
+        for set in &sets {
+            let r = kernels::compile_source(file.name(), &(set.clone() + &src), "sm_90");
+            assert!(matches!(r, Ok(kernels::Image::Cubin(_))), "{} with {set:?}: {r:?}", file.label());
+        }
+    }
+}
+
 /// The whole-model decoding step compiles for every link and weight dtype, at head sizes below,
 /// at and above a warp, and with rows shorter than one 16-byte load per lane; with bf16 weights
 /// also for clusters of 8 blocks per sequence (and of 2 and 4 at one shape).
