@@ -68,8 +68,9 @@ __device__ __forceinline__ void wg_wait_all() { asm volatile("wgmma.wait_group.s
 template <int N, int TA, int TB> struct Wgmma;
 
 // (scale-d, the predicate that adds the product to d rather than replacing d, is always set: a
-// fresh sum starts from zeroed registers.)
+// fresh sum starts from zeroed registers.) WG_F8(i): the accumulators i .. i + 7 as in-out operands.
 #define WG_F(i) "+f"(d[i])
+#define WG_F8(i) WG_F(i), WG_F(i + 1), WG_F(i + 2), WG_F(i + 3), WG_F(i + 4), WG_F(i + 5), WG_F(i + 6), WG_F(i + 7)
 template <int TA, int TB> struct Wgmma<32, TA, TB> {
     static __device__ __forceinline__ void mma(float (&d)[16], unsigned long long da, unsigned long long db) {
         asm volatile(
@@ -77,8 +78,7 @@ template <int TA, int TB> struct Wgmma<32, TA, TB> {
             "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
             "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
             "%16, %17, p, 1, 1, %19, %20;\n}\n"
-            : WG_F(0), WG_F(1), WG_F(2), WG_F(3), WG_F(4), WG_F(5), WG_F(6), WG_F(7), WG_F(8), WG_F(9), WG_F(10),
-              WG_F(11), WG_F(12), WG_F(13), WG_F(14), WG_F(15)
+            : WG_F8(0), WG_F8(8)
             : "l"(da), "l"(db), "r"(1), "n"(TA), "n"(TB));
     }
 };
@@ -90,10 +90,7 @@ template <int TA, int TB> struct Wgmma<64, TA, TB> {
             "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
             "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
             "%32, %33, p, 1, 1, %35, %36;\n}\n"
-            : WG_F(0), WG_F(1), WG_F(2), WG_F(3), WG_F(4), WG_F(5), WG_F(6), WG_F(7), WG_F(8), WG_F(9), WG_F(10),
-              WG_F(11), WG_F(12), WG_F(13), WG_F(14), WG_F(15), WG_F(16), WG_F(17), WG_F(18), WG_F(19), WG_F(20),
-              WG_F(21), WG_F(22), WG_F(23), WG_F(24), WG_F(25), WG_F(26), WG_F(27), WG_F(28), WG_F(29), WG_F(30),
-              WG_F(31)
+            : WG_F8(0), WG_F8(8), WG_F8(16), WG_F8(24)
             : "l"(da), "l"(db), "r"(1), "n"(TA), "n"(TB));
     }
 };
@@ -107,16 +104,11 @@ template <int TA, int TB> struct Wgmma<128, TA, TB> {
             "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
             "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
             "%64, %65, p, 1, 1, %67, %68;\n}\n"
-            : WG_F(0), WG_F(1), WG_F(2), WG_F(3), WG_F(4), WG_F(5), WG_F(6), WG_F(7), WG_F(8), WG_F(9), WG_F(10),
-              WG_F(11), WG_F(12), WG_F(13), WG_F(14), WG_F(15), WG_F(16), WG_F(17), WG_F(18), WG_F(19), WG_F(20),
-              WG_F(21), WG_F(22), WG_F(23), WG_F(24), WG_F(25), WG_F(26), WG_F(27), WG_F(28), WG_F(29), WG_F(30),
-              WG_F(31), WG_F(32), WG_F(33), WG_F(34), WG_F(35), WG_F(36), WG_F(37), WG_F(38), WG_F(39), WG_F(40),
-              WG_F(41), WG_F(42), WG_F(43), WG_F(44), WG_F(45), WG_F(46), WG_F(47), WG_F(48), WG_F(49), WG_F(50),
-              WG_F(51), WG_F(52), WG_F(53), WG_F(54), WG_F(55), WG_F(56), WG_F(57), WG_F(58), WG_F(59), WG_F(60),
-              WG_F(61), WG_F(62), WG_F(63)
+            : WG_F8(0), WG_F8(8), WG_F8(16), WG_F8(24), WG_F8(32), WG_F8(40), WG_F8(48), WG_F8(56)
             : "l"(da), "l"(db), "r"(1), "n"(TA), "n"(TB));
     }
 };
+#undef WG_F8
 #undef WG_F
 
 // d += A B over the whole reduction index K (a multiple of 16) for one warpgroup: A 64 x K, B K x N,
