@@ -130,8 +130,11 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
         zero_acc(aA);
         zero_acc(aD);
         const int r0 = WA::row0(), c0 = WA::col0();
-        mm_tile<WA::NT, false, true>(aA, phia, LDF, psia, LDF, r0, c0, F);
-        mm_tile<WA::NT, false, true>(aD, G, LDV, vsm, LDV, r0, c0, DV);
+        const bool skip = TRI_SKIP(r0, c0);  // (warp-uniform)
+        if (!skip) {
+            mm_tile<WA::NT, false, true>(aA, phia, LDF, psia, LDF, r0, c0, F);
+            mm_tile<WA::NT, false, true>(aD, G, LDV, vsm, LDV, r0, c0, DV);
+        }
 #if ELA_HOIST
         const int ia = ACC_ROW(r0, 0), ib = ACC_ROW(r0, 2);  // this thread's two rows (ROW_VAL)
         const float rg[2] = {gmul[ia], gmul[ib]}, rq[2] = {mq[ia], mq[ib]}, ru[2] = {uu[ia], uu[ib]};
@@ -143,8 +146,11 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
             for (int e = 0; e < 4; e += 2) {
                 const int i = ACC_ROW(r0, e), j = ACC_COL(c0, nt, e);
                 const bool on = ROW_VAL(rg, gmul, i, e) != 0.f;  // 1 / den on the fast path, else 0
-                const float e0 = exp_if(on && j <= i, ROW_VAL(rq, mq, i, e) + mk[j] - ROW_VAL(ru, uu, i, e));
-                const float e1 = exp_if(on && j + 1 <= i, ROW_VAL(rq, mq, i, e) + mk[j + 1] - ROW_VAL(ru, uu, i, e));
+                float e0 = 0.f, e1 = 0.f;
+                if (!skip) {
+                    e0 = exp_if(on && j <= i, ROW_VAL(rq, mq, i, e) + mk[j] - ROW_VAL(ru, uu, i, e));
+                    e1 = exp_if(on && j + 1 <= i, ROW_VAL(rq, mq, i, e) + mk[j + 1] - ROW_VAL(ru, uu, i, e));
+                }
                 store_mt2(At + i * LDC + j, e0 == 0.f ? 0.f : aA[nt][e] * e0, e1 == 0.f ? 0.f : aA[nt][e + 1] * e1);
                 store_mt2(Dm + i * LDC + j, e0 == 0.f ? 0.f : (aD[nt][e] - ROW_VAL(rc, cc, i, e)) * e0,
                           e1 == 0.f ? 0.f : (aD[nt][e + 1] - ROW_VAL(rc, cc, i, e)) * e1);
@@ -159,7 +165,10 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
         float acc[WV::NT][4];
         zero_acc(acc);
         const int r0 = WV::row0(), c0 = WV::col0();
-        if (causal) mm_tile<WV::NT, true, false>(acc, At, LDC, G, LDV, r0, c0, C);
+        if (causal) {
+            const int k0 = TRI_KBEG(r0);  // A^T's rows j see queries i >= j only
+            mm_tile<WV::NT, true, false>(acc, At + k0 * LDC, LDC, G + k0 * LDV, LDV, r0, c0, C - k0);
+        }
         mm_tile<WV::NT, false, false>(acc, psiu, LDF, US, LDV, r0, c0, F);
 #pragma unroll
         for (int nt = 0; nt < WV::NT; ++nt)
@@ -175,7 +184,10 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
         zero_acc(a1);
         zero_acc(a2);
         const int r0 = WF::row0(), c0 = WF::col0();
-        if (causal) mm_tile<WF::NT, true, false>(a1, Dm, LDC, phia, LDF, r0, c0, C);
+        if (causal) {
+            const int k0 = TRI_KBEG(r0);  // D^T's rows j see queries i >= j only
+            mm_tile<WF::NT, true, false>(a1, Dm + k0 * LDC, LDC, phia + k0 * LDF, LDF, r0, c0, C - k0);
+        }
         mm_tile<WF::NT, false, true>(a2, vsm, LDV, US, LDV, r0, c0, DV);
 #pragma unroll
         for (int nt = 0; nt < WF::NT; ++nt)
@@ -198,7 +210,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
         zero_acc(a1);
         zero_acc(a2);
         const int r0 = WF::row0(), c0 = WF::col0();
-        if (causal) mm_tile<WF::NT, false, false>(a1, Dm, LDC, psia, LDF, r0, c0, C);
+        if (causal) mm_tile<WF::NT, false, false>(a1, Dm, LDC, psia, LDF, r0, c0, TRI_KEND(r0, C));
         mm_tile<WF::NT, false, true>(a2, G, LDV, US, LDV, r0, c0, DV);
 #if ELA_HOIST
         const int ia = ACC_ROW(r0, 0), ib = ACC_ROW(r0, 2);  // (ROW_VAL)

@@ -558,7 +558,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         float acc[WA::NT][4];
         zero_acc(acc);
         const int r0 = WA::row0(), c0 = WA::col0();
-        mm_tile<WA::NT, false, true>(acc, phia, LDF, psia, LDF, r0, c0, F);
+        const bool skip = TRI_SKIP(r0, c0);  // (warp-uniform)
+        if (!skip) mm_tile<WA::NT, false, true>(acc, phia, LDF, psia, LDF, r0, c0, F);
         float slo = 0.f, shi = 0.f;
 #if ELA_HOIST
         const int ia = ACC_ROW(r0, 0), ib = ACC_ROW(r0, 2);  // this thread's two rows (ROW_VAL)
@@ -572,9 +573,12 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
                 const bool ok = i < n;
                 // Masked entries are dropped after the product, so a later key's inf or NaN
                 // cannot reach an earlier row.
-                const float a0 = keep_if(ok && j <= i, acc[nt][e] * exp_ftz(ROW_VAL(rq, mq, i, e) + mk[j] - ROW_VAL(ru, uu, i, e)));
-                const float a1 =
-                    keep_if(ok && j + 1 <= i, acc[nt][e + 1] * exp_ftz(ROW_VAL(rq, mq, i, e) + mk[j + 1] - ROW_VAL(ru, uu, i, e)));
+                float a0 = 0.f, a1 = 0.f;
+                if (!skip) {
+                    a0 = keep_if(ok && j <= i, acc[nt][e] * exp_ftz(ROW_VAL(rq, mq, i, e) + mk[j] - ROW_VAL(ru, uu, i, e)));
+                    a1 = keep_if(ok && j + 1 <= i,
+                                 acc[nt][e + 1] * exp_ftz(ROW_VAL(rq, mq, i, e) + mk[j + 1] - ROW_VAL(ru, uu, i, e)));
+                }
                 store_mt2(At + i * LDC + j, a0, a1);
                 if (e == 0) slo += a0 + a1;
                 else shi += a0 + a1;
@@ -603,7 +607,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         float acc[WY::NT][4];
         zero_acc(acc);
         const int r0 = WY::row0(), c0 = WY::col0();
-        if (causal) mm_tile<WY::NT, false, false>(acc, At, LDC, vsm, LDV, r0, c0, C);
+        if (causal) mm_tile<WY::NT, false, false>(acc, At, LDC, vsm, LDV, r0, c0, TRI_KEND(r0, C));
         mm_tile<WY::NT, false, false>(acc, phib, LDF, Sst, LDV, r0, c0, F);
 #if ELA_MMA
         // 16-bit outputs: a thread's entries lie in two rows, so one reciprocal of each row's

@@ -381,6 +381,22 @@ __device__ __forceinline__ float exp_ftz(float x) {
 }
 __device__ __forceinline__ float exp_if(bool live, float x) { return keep_if(live, exp_ftz(x)); }
 
+// The causal intra-chunk blocks A and D (entries j > i are 0) with the opt-in ELA_OPT_TRI: a
+// warp whose 16-row strip r0 and columns from c0 lie wholly above the diagonal skips their
+// product and exps (TRI_SKIP), and products that read A or D skip the zero part of the inner
+// index: for row strip r0 of A B, keys k < r0 + 16 (TRI_KEND); for strip r0 of A^T B, queries
+// k >= r0 (the caller offsets both operands by r0 rows and takes TRI_KBEG). Exact: only terms
+// that are exactly 0 are left out.
+#ifdef ELA_OPT_TRI
+#define TRI_SKIP(r0, c0) ((c0) >= (r0) + 16)
+#define TRI_KEND(r0, k) ((r0) + 16 < (k) ? (r0) + 16 : (k))
+#define TRI_KBEG(r0) (r0)
+#else
+#define TRI_SKIP(r0, c0) false
+#define TRI_KEND(r0, k) (k)
+#define TRI_KBEG(r0) 0
+#endif
+
 // Row and column of accumulator element (nt, e) of this lane.
 #define ACC_ROW(row0, e) ((row0) + ((threadIdx.x & 31) >> 2) + 8 * ((e) >> 1))
 #define ACC_COL(col0, nt, e) ((col0) + 8 * (nt) + 2 * (threadIdx.x & 3) + ((e) & 1))
