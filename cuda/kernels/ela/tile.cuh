@@ -242,35 +242,48 @@ template <bool TRANS> __device__ __forceinline__ void ldsm_x2(u32 (&r)[2], const
                      : "r"(smem_addr(p)));
 }
 
-// mm_tile's tensor-core loop with ldmatrix fragments: one x4 per A fragment, one x4 per two B
-// tiles (x2 for an odd last one) instead of a 32- or two 16-bit shared loads per register.
-// Row strides and bases must be 16-byte aligned (mm_tile checks).
+// One 16-deep step (at k0) of mm_tile's tensor-core loop with ldmatrix fragments: one x4 per A
+// fragment, one x4 per two B tiles (x2 for an odd last one) instead of a 32- or two 16-bit
+// shared loads per register. Row strides and bases must be 16-byte aligned (mm_tile checks).
 template <int NT, bool AT, bool BT>
+__device__ __forceinline__ void mm_step_ldsm(float (&acc)[NT][4], const MT* A, int lda, const MT* B, int ldb,
+                                             int row0, int col0, int k0) {
+    const int lane = threadIdx.x & 31, li = lane & 7, m1 = (lane >> 3) & 1, m2 = lane >> 4;
+    u32 a[4];
+    // Tiles in a0..a3 order: (rows +0, k +0), (rows +8, k +0), (rows +0, k +8), (rows +8, k +8).
+    if (AT) ldsm_x4<true>(a, A + (k0 + li + 8 * m2) * lda + row0 + 8 * m1);
+    else ldsm_x4<false>(a, A + (row0 + li + 8 * m1) * lda + k0 + 8 * m2);
+#pragma unroll
+    for (int nt = 0; nt + 1 < NT; nt += 2) {
+        // Tiles: (nt, k +0), (nt, k +8), (nt + 1, k +0), (nt + 1, k +8).
+        u32 b[4];
+        const int c = col0 + 8 * nt + 8 * m2;
+        if (BT) ldsm_x4<false>(b, B + (c + li) * ldb + k0 + 8 * m1);
+        else ldsm_x4<true>(b, B + (k0 + li + 8 * m1) * ldb + c);
+        mma_bf16(acc[nt], a[0], a[1], a[2], a[3], b[0], b[1]);
+        mma_bf16(acc[nt + 1], a[0], a[1], a[2], a[3], b[2], b[3]);
+    }
+    if (NT % 2) {
+        u32 b[2];
+        const int c = col0 + 8 * (NT - 1);
+        if (BT) ldsm_x2<false>(b, B + (c + li) * ldb + k0 + 8 * m1);
+        else ldsm_x2<true>(b, B + (k0 + li + 8 * m1) * ldb + c);
+        mma_bf16(acc[NT - 1], a[0], a[1], a[2], a[3], b[0], b[1]);
+    }
+}
+
+// mm_tile's tensor-core loop. KMAX > 0: K is at most KMAX (a constant) and varies by warp
+// (TRI_KEND), so the loop is unrolled KMAX / 16 times with warp-uniform tests, as a constant K's
+// would be.
+template <int NT, bool AT, bool BT, int KMAX>
 __device__ __forceinline__ void mm_tile_ldsm(float (&acc)[NT][4], const MT* A, int lda, const MT* B, int ldb,
                                              int row0, int col0, int K) {
-    const int lane = threadIdx.x & 31, li = lane & 7, m1 = (lane >> 3) & 1, m2 = lane >> 4;
-    for (int k0 = 0; k0 < K; k0 += 16) {
-        u32 a[4];
-        // Tiles in a0..a3 order: (rows +0, k +0), (rows +8, k +0), (rows +0, k +8), (rows +8, k +8).
-        if (AT) ldsm_x4<true>(a, A + (k0 + li + 8 * m2) * lda + row0 + 8 * m1);
-        else ldsm_x4<false>(a, A + (row0 + li + 8 * m1) * lda + k0 + 8 * m2);
+    if (KMAX > 0) {
 #pragma unroll
-        for (int nt = 0; nt + 1 < NT; nt += 2) {
-            // Tiles: (nt, k +0), (nt, k +8), (nt + 1, k +0), (nt + 1, k +8).
-            u32 b[4];
-            const int c = col0 + 8 * nt + 8 * m2;
-            if (BT) ldsm_x4<false>(b, B + (c + li) * ldb + k0 + 8 * m1);
-            else ldsm_x4<true>(b, B + (k0 + li + 8 * m1) * ldb + c);
-            mma_bf16(acc[nt], a[0], a[1], a[2], a[3], b[0], b[1]);
-            mma_bf16(acc[nt + 1], a[0], a[1], a[2], a[3], b[2], b[3]);
-        }
-        if (NT % 2) {
-            u32 b[2];
-            const int c = col0 + 8 * (NT - 1);
-            if (BT) ldsm_x2<false>(b, B + (c + li) * ldb + k0 + 8 * m1);
-            else ldsm_x2<true>(b, B + (k0 + li + 8 * m1) * ldb + c);
-            mma_bf16(acc[NT - 1], a[0], a[1], a[2], a[3], b[0], b[1]);
-        }
+        for (int k0 = 0; k0 < KMAX; k0 += 16)
+            if (k0 < K) mm_step_ldsm<NT, AT, BT>(acc, A, lda, B, ldb, row0, col0, k0);
+    } else {
+        for (int k0 = 0; k0 < K; k0 += 16) mm_step_ldsm<NT, AT, BT>(acc, A, lda, B, ldb, row0, col0, k0);
     }
 }
 #endif
@@ -294,7 +307,8 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const u32 (&a)[4], const
 
 // acc += A B for this warp's 16 x 8*NT tile at (row0, col0), inner length K (a multiple of 16):
 // A(r, k) = AT ? A[k*lda + r] : A[r*lda + k],  B(k, c) = BT ? B[c*ldb + k] : B[k*ldb + c].
-template <int NT, bool AT, bool BT>
+// KMAX > 0: K <= KMAX, a per-warp length (the 16-bit loop stays unrolled; mm_tile_ldsm).
+template <int NT, bool AT, bool BT, int KMAX = 0>
 __device__ __forceinline__ void mm_tile(float (&acc)[NT][4], const MT* A, int lda, const MT* B, int ldb, int row0,
                                         int col0, int K) {
 #if ELA_MMA
@@ -304,7 +318,7 @@ __device__ __forceinline__ void mm_tile(float (&acc)[NT][4], const MT* A, int ld
     // shared loads would never run, yet sit inside the scans' walk loops (about 500 instructions
     // a call site), taking instruction-cache room from the code that runs.
     if ((((smem_addr(A) | smem_addr(B)) & 15) | (((lda | ldb) * 2) & 15) | ((row0 | col0) & 7)) == 0) {
-        mm_tile_ldsm<NT, AT, BT>(acc, A, lda, B, ldb, row0, col0, K);
+        mm_tile_ldsm<NT, AT, BT, KMAX>(acc, A, lda, B, ldb, row0, col0, K);
         return;
     }
     __trap();
@@ -385,16 +399,18 @@ __device__ __forceinline__ float exp_if(bool live, float x) { return keep_if(liv
 // warp whose 16-row strip r0 and columns from c0 lie wholly above the diagonal skips their
 // product and exps (TRI_SKIP), and products that read A or D skip the zero part of the inner
 // index: for row strip r0 of A B, keys k < r0 + 16 (TRI_KEND); for strip r0 of A^T B, queries
-// k >= r0 (the caller offsets both operands by r0 rows and takes TRI_KBEG). Exact: only terms
-// that are exactly 0 are left out.
+// k >= r0 (the caller offsets both operands by r0 rows and takes TRI_KBEG); TRI_KMAX is the
+// constant bound mm_tile unrolls to. Exact: only terms that are exactly 0 are left out.
 #ifdef ELA_OPT_TRI
 #define TRI_SKIP(r0, c0) ((c0) >= (r0) + 16)
 #define TRI_KEND(r0, k) ((r0) + 16 < (k) ? (r0) + 16 : (k))
 #define TRI_KBEG(r0) (r0)
+#define TRI_KMAX(k) (k)
 #else
 #define TRI_SKIP(r0, c0) false
 #define TRI_KEND(r0, k) (k)
 #define TRI_KBEG(r0) 0
+#define TRI_KMAX(k) 0
 #endif
 
 // Row and column of accumulator element (nt, e) of this lane.
