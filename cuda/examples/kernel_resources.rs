@@ -79,7 +79,7 @@ fn main() -> ela_core::Result<()> {
         files.push((format!("la {dt:?} f={f} e={e}"), KernelFile::ElaLa { dt, tc, f, e }));
     }
     // The warpgroup products' checks (Hopper only): whether ptxas keeps the wgmma pipelined.
-    if arch.starts_with("sm_90") {
+    if KernelFile::WgmmaCheck.arch_for(&arch).is_ok() {
         files.push(("wgmma check".to_string(), KernelFile::WgmmaCheck));
     }
     let dump = std::env::var_os("ELA_KERNEL_CUBIN_DIR").map(std::path::PathBuf::from);

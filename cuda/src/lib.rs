@@ -49,6 +49,7 @@ mod storage;
 mod strided;
 pub mod testing;
 mod timing;
+#[cfg(test)]
 mod wgmma;
 
 pub use alloc::MemoryStats;
