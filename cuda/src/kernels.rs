@@ -385,21 +385,9 @@ fn f32_products_define() -> &'static str {
 
 /// Opt-in variants of the tile modules (the chunked Hadamard-Exp kernels and the feature-map
 /// kernels, both built on `ela/tile.cuh`), not yet measured on a GPU: (name in `ELA_CUDA_OPT`,
-/// the modules' define, what it changes). Each computes the same values.
-pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[
-    (
-        "cvta",
-        "ELA_OPT_CVTA",
-        "ldmatrix addresses by the compiler's own shared-memory conversion, not an inline cvta: it folds the \
-         address arithmetic (5-15 % smaller code)",
-    ),
-    (
-        "tri",
-        "ELA_OPT_TRI",
-        "the zero half of the causal intra-chunk blocks skipped: no product or exps for warps above the diagonal, \
-         products over A and D only where they are nonzero",
-    ),
-];
+/// the modules' define, what it changes). Each computes the same values. (None at the moment:
+/// `cvta` and `tri` were measured and became the default.)
+pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[];
 
 /// The names of the opt-in variants set in `ELA_CUDA_OPT` (read once per process; a comma list
 /// of [`CHUNK_OPTS`] names); an unknown name is reported and the whole setting ignored.
@@ -676,9 +664,9 @@ mod tests {
     #[test]
     fn chunk_opts_parse_known_names_only() {
         assert_eq!(parse_chunk_opts(""), Ok(vec![]));
-        assert_eq!(parse_chunk_opts(" cvta , "), Ok(vec!["cvta"]));
-        let e = parse_chunk_opts("cvta,fast").unwrap_err();
-        assert!(e.contains("\"fast\"") && e.contains("known: cvta, tri"), "{e}");
+        assert_eq!(parse_chunk_opts(" , "), Ok(vec![]));
+        let e = parse_chunk_opts("fast").unwrap_err();
+        assert!(e.contains("\"fast\"") && e.contains("known: "), "{e}");
     }
 
     /// Every variant has its own label, made of file-name characters only (dumped CUBINs are

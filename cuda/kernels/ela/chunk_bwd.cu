@@ -166,8 +166,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
         zero_acc(acc);
         const int r0 = WV::row0(), c0 = WV::col0();
         if (causal) {
-            const int k0 = TRI_KBEG(r0);  // A^T's rows j see queries i >= j only
-            mm_tile<WV::NT, true, false, TRI_KMAX(C)>(acc, At + k0 * LDC, LDC, G + k0 * LDV, LDV, r0, c0, C - k0);
+            const int k0 = r0;  // A^T's rows j see queries i >= j only
+            mm_tile<WV::NT, true, false, C>(acc, At + k0 * LDC, LDC, G + k0 * LDV, LDV, r0, c0, C - k0);
         }
         mm_tile<WV::NT, false, false>(acc, psiu, LDF, US, LDV, r0, c0, F);
 #pragma unroll
@@ -185,8 +185,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
         zero_acc(a2);
         const int r0 = WF::row0(), c0 = WF::col0();
         if (causal) {
-            const int k0 = TRI_KBEG(r0);  // D^T's rows j see queries i >= j only
-            mm_tile<WF::NT, true, false, TRI_KMAX(C)>(a1, Dm + k0 * LDC, LDC, phia + k0 * LDF, LDF, r0, c0, C - k0);
+            const int k0 = r0;  // D^T's rows j see queries i >= j only
+            mm_tile<WF::NT, true, false, C>(a1, Dm + k0 * LDC, LDC, phia + k0 * LDF, LDF, r0, c0, C - k0);
         }
         mm_tile<WF::NT, false, true>(a2, vsm, LDV, US, LDV, r0, c0, DV);
 #pragma unroll
@@ -210,7 +210,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
         zero_acc(a1);
         zero_acc(a2);
         const int r0 = WF::row0(), c0 = WF::col0();
-        if (causal) mm_tile<WF::NT, false, false, TRI_KMAX(C)>(a1, Dm, LDC, psia, LDF, r0, c0, TRI_KEND(r0, C));
+        if (causal) mm_tile<WF::NT, false, false, C>(a1, Dm, LDC, psia, LDF, r0, c0, TRI_KEND(r0, C));
         mm_tile<WF::NT, false, true>(a2, G, LDV, US, LDV, r0, c0, DV);
 #if ELA_HOIST
         const int ia = ACC_ROW(r0, 0), ib = ACC_ROW(r0, 2);  // (ROW_VAL)

@@ -607,7 +607,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         float acc[WY::NT][4];
         zero_acc(acc);
         const int r0 = WY::row0(), c0 = WY::col0();
-        if (causal) mm_tile<WY::NT, false, false, TRI_KMAX(C)>(acc, At, LDC, vsm, LDV, r0, c0, TRI_KEND(r0, C));
+        if (causal) mm_tile<WY::NT, false, false, C>(acc, At, LDC, vsm, LDV, r0, c0, TRI_KEND(r0, C));
         mm_tile<WY::NT, false, false>(acc, phib, LDF, Sst, LDV, r0, c0, F);
 #if ELA_MMA
         // 16-bit outputs: a thread's entries lie in two rows, so one reciprocal of each row's

@@ -203,21 +203,13 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], u32 a0, u32 a1, u32 a2, 
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// Shared-memory address of a generic pointer into shared memory. With the opt-in ELA_OPT_CVTA
-// the compiler's own conversion: it knows what the conversion does, so it can do the address
-// arithmetic of a tile walk in 32-bit shared-memory offsets from one converted base, where the
-// inline cvta makes it form every generic address in 64 bits and convert each (ptxas, NVRTC 13.5:
-// the chunk and feature-map kernels' code 5-15 % smaller, fewer spills in the scans; `ela_bwd` of
-// 128-wide heads 222 -> 255 registers with 8 bytes spilled). Not yet measured on a GPU.
-__device__ __forceinline__ u32 smem_addr(const void* p) {
-#ifdef ELA_OPT_CVTA
-    return (u32)__cvta_generic_to_shared(p);
-#else
-    unsigned long long a;
-    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
-    return (u32)a;
-#endif
-}
+// Shared-memory address of a generic pointer into shared memory, by the compiler's own
+// conversion: it knows what the conversion does, so it does the address arithmetic of a tile walk
+// in 32-bit shared-memory offsets from one converted base. An inline `cvta.to.shared.u64` made it
+// form every generic address in 64 bits and convert each: the conversion's lines were 3-5 % of
+// the chunk kernels' executed instructions, and this form makes their code 5-15 % smaller
+// (measured on an H100: docs/benchmarks.md, "Addresses and the causal half").
+__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 // ldmatrix: four 8 x 8 tiles of 16-bit elements; lane l gives the address of row l % 8 of tile
 // l / 8 (16 bytes, 16-byte aligned) and receives in r[i] its pair of tile i, as the mma operand
 // layout wants it (TRANS: of the transposed tile).
@@ -395,23 +387,14 @@ __device__ __forceinline__ float exp_ftz(float x) {
 }
 __device__ __forceinline__ float exp_if(bool live, float x) { return keep_if(live, exp_ftz(x)); }
 
-// The causal intra-chunk blocks A and D (entries j > i are 0) with the opt-in ELA_OPT_TRI: a
-// warp whose 16-row strip r0 and columns from c0 lie wholly above the diagonal skips their
-// product and exps (TRI_SKIP), and products that read A or D skip the zero part of the inner
-// index: for row strip r0 of A B, keys k < r0 + 16 (TRI_KEND); for strip r0 of A^T B, queries
-// k >= r0 (the caller offsets both operands by r0 rows and takes TRI_KBEG); TRI_KMAX is the
-// constant bound mm_tile unrolls to. Exact: only terms that are exactly 0 are left out.
-#ifdef ELA_OPT_TRI
+// The causal intra-chunk blocks A and D are zero above the diagonal (entries j > i). A warp whose
+// 16-row strip r0 and columns from c0 lie wholly above it skips their product and exps
+// (TRI_SKIP), and products that read A or D leave out the zero part of the inner index: for row
+// strip r0 of A B, keys k < r0 + 16 (TRI_KEND); for strip r0 of A^T B, queries k >= r0 (the
+// caller offsets both operands by r0 rows). mm_tile's KMAX (the chunk length) keeps such loops
+// unrolled. Exact: only terms that are exactly 0 are left out.
 #define TRI_SKIP(r0, c0) ((c0) >= (r0) + 16)
 #define TRI_KEND(r0, k) ((r0) + 16 < (k) ? (r0) + 16 : (k))
-#define TRI_KBEG(r0) (r0)
-#define TRI_KMAX(k) (k)
-#else
-#define TRI_SKIP(r0, c0) false
-#define TRI_KEND(r0, k) (k)
-#define TRI_KBEG(r0) 0
-#define TRI_KMAX(k) 0
-#endif
 
 // Row and column of accumulator element (nt, e) of this lane.
 #define ACC_ROW(row0, e) ((row0) + ((threadIdx.x & 31) >> 2) + 8 * ((e) >> 1))
