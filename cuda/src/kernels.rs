@@ -385,21 +385,9 @@ fn f32_products_define() -> &'static str {
 
 /// Opt-in variants of the tile modules (the chunked Hadamard-Exp kernels and the feature-map
 /// kernels, both built on `ela/tile.cuh`), not yet measured on a GPU: (name in `ELA_CUDA_OPT`,
-/// the modules' define, what it changes). Each computes the same values to rounding.
-pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[
-    (
-        "exp2",
-        "ELA_OPT_EXP2",
-        "exps of shifted entries in base 2 with the shift scaled once per row or feature: one FFMA and the ex2 an \
-         entry (exp_less, exp_entry in tile.cuh)",
-    ),
-    (
-        "qload",
-        "ELA_OPT_QLOAD",
-        "ela_bwd's q for phi_b loaded before the dq products, all at once, instead of one load after another in the \
-         epilogue",
-    ),
-];
+/// the modules' define, what it changes). Each computes the same values. (None at the moment:
+/// the last ones were measured and became the default or went; cuda/README.md.)
+pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[];
 
 /// The names of the opt-in variants set in `ELA_CUDA_OPT` (read once per process; a comma list
 /// of [`CHUNK_OPTS`] names); an unknown name is reported and the whole setting ignored.
@@ -676,9 +664,9 @@ mod tests {
     #[test]
     fn chunk_opts_parse_known_names_only() {
         assert_eq!(parse_chunk_opts(""), Ok(vec![]));
-        assert_eq!(parse_chunk_opts(" exp2 , "), Ok(vec!["exp2"]));
-        let e = parse_chunk_opts("exp2,fast").unwrap_err();
-        assert!(e.contains("\"fast\"") && e.contains("known: exp2, qload"), "{e}");
+        assert_eq!(parse_chunk_opts(" , "), Ok(vec![]));
+        let e = parse_chunk_opts("fast").unwrap_err();
+        assert!(e.contains("\"fast\"") && e.contains("known: "), "{e}");
     }
 
     /// Every variant has its own label, made of file-name characters only (dumped CUBINs are

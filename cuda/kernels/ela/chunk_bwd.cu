@@ -12,6 +12,16 @@
 // Rows on the exact path (flag from ela_out) take no part in D and A; their terms are added
 // afterwards with u = r_i, as the CPU's exact_rows::backward_row does.
 
+// dq's epilogue needs q at its entries (phi_b = exp(q + m - u)). Loaded in the epilogue, each
+// load sat inside its entry's row test and a warp waited for one load after another (their
+// latency was the largest stall of this kernel); ELA_QLOAD loads them all before dq's products,
+// which hide the latency. Measured on an H100 (docs/benchmarks.md, "q before the dq products"):
+// fwd+bwd -3.3 % at 128-wide bf16 heads, -2.2 % / -0.9 % with f32 operands; at 64-wide 16-bit
+// heads, held to 80 registers for three blocks a multiprocessor, the eight more live registers
+// spill and it was no faster, so they keep the loads in the epilogue (as do the 256-wide heads,
+// not measured).
+#define ELA_QLOAD (!ELA_MMA || ELA_D == 128)
+
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
     ela_bwd(ST* dq, ST* dk, ST* dv, const ST* q, const ST* k, const ST* v, const ST* dy, const ela_f4* rows,
             const MT* slot_s, const float* slot_z, const float* slot_m, const MT* slot_u, const float* slot_w, ElaIo io,
@@ -76,7 +86,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
     if (tid < n) r = rows[rowbase + tid];
     if (tid < F) {
         mcur[tid] = slot_m[slot * F + tid];
-        mnx[fsk(tid)] = l2(slot_m[slot1 * F + tid]);  // (only psi_u's exps read it)
+        mnx[fsk(tid)] = slot_m[slot1 * F + tid];
         zst[tid] = slot_z[slot * F + tid];
         wst[tid] = slot_w[uslot * F + tid];
     }
@@ -102,8 +112,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
             float pa[MT_VEC], pu[MT_VEC];
 #pragma unroll
             for (int k = 0; k < MT_VEC; ++k) {
-                pa[k] = keep_if(j < n, exp_less(kp.x[e0 + k], l2(mx)));
-                pu[k] = keep_if(j < n, exp_less(kp.x[e0 + k], mnx[fsk(c0) + fsk(e0 + k)]));
+                pa[k] = exp_if(j < n, kp.x[e0 + k] - mx);
+                pu[k] = exp_if(j < n, kp.x[e0 + k] - mnx[fsk(c0) + fsk(e0 + k)]);
             }
             store_mt_vec(psia + j * LDF + c0 + e0, pa);
             store_mt_vec(psiu + j * LDF + c0 + e0, pu);
@@ -118,7 +128,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
             for (int e0 = 0; e0 < RP::EPT; e0 += MT_VEC) {
                 float pa[MT_VEC];
 #pragma unroll
-                for (int k = 0; k < MT_VEC; ++k) pa[k] = keep_if(j < n, exp_less(qp.x[e0 + k], l2(mxq)));
+                for (int k = 0; k < MT_VEC; ++k) pa[k] = exp_if(j < n, qp.x[e0 + k] - mxq);
                 store_mt_vec(phia + j * LDF + c0 + e0, pa);
             }
             if (RP::head()) mq[j] = mxq;
@@ -148,8 +158,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                 const bool on = ROW_VAL(rg, gmul, i, e) != 0.f;  // 1 / den on the fast path, else 0
                 float e0 = 0.f, e1 = 0.f;
                 if (!skip) {
-                    e0 = keep_if(on && j <= i, ROW_EXP(rq, mq, ru, uu, i, e, mk[j]));
-                    e1 = keep_if(on && j + 1 <= i, ROW_EXP(rq, mq, ru, uu, i, e, mk[j + 1]));
+                    e0 = exp_if(on && j <= i, ROW_VAL(rq, mq, i, e) + mk[j] - ROW_VAL(ru, uu, i, e));
+                    e1 = exp_if(on && j + 1 <= i, ROW_VAL(rq, mq, i, e) + mk[j + 1] - ROW_VAL(ru, uu, i, e));
                 }
                 store_mt2(At + i * LDC + j, e0 == 0.f ? 0.f : aA[nt][e] * e0, e1 == 0.f ? 0.f : aA[nt][e + 1] * e1);
                 store_mt2(Dm + i * LDC + j, e0 == 0.f ? 0.f : (aD[nt][e] - ROW_VAL(rc, cc, i, e)) * e0,
@@ -210,11 +220,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
         zero_acc(a1);
         zero_acc(a2);
         const int r0 = WF::row0(), c0 = WF::col0();
-#ifdef ELA_OPT_QLOAD
-        // q of this thread's entries, for phi_b, loaded before the products so that they hide the
-        // loads' latency. Loaded in the epilogue, each load sat inside its entry's row test, and
-        // the warp waited for one load after another.
-        st2_raw qw[WF::NT][2];
+#if ELA_QLOAD
+        st2_raw qw[WF::NT][2];  // q at this thread's entries (two rows, NT column pairs)
 #pragma unroll
         for (int nt = 0; nt < WF::NT; ++nt)
 #pragma unroll
@@ -237,13 +244,13 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                 if (i >= n) continue;
                 const bool on = ROW_VAL(rg, gmul, i, e) != 0.f;  // 1 / den on the fast path, else 0
                 float q0, q1;
-#ifdef ELA_OPT_QLOAD
+#if ELA_QLOAD
                 unpack_st2(qw[nt][e >> 1], q0, q1);
 #else
                 load_st2(qg + (i64)i * lq + d, q0, q1);
 #endif
-                const float pb0 = keep_if(on, exp_less(q0 + mcur[d], l2(ROW_VAL(ru, uu, i, e))));
-                const float pb1 = keep_if(on, exp_less(q1 + mcur[d + 1], l2(ROW_VAL(ru, uu, i, e))));
+                const float pb0 = exp_if(on, q0 + mcur[d] - ROW_VAL(ru, uu, i, e));
+                const float pb1 = exp_if(on, q1 + mcur[d + 1] - ROW_VAL(ru, uu, i, e));
                 float v0 = pb0 * (a2[nt][e] - ROW_VAL(rc, cc, i, e) * zst[d]),
                       v1 = pb1 * (a2[nt][e + 1] - ROW_VAL(rc, cc, i, e) * zst[d + 1]);
                 if (causal) {

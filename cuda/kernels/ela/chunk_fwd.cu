@@ -303,7 +303,7 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
         for (int p = 0; p < P; ++p) {
             const int n = rows_of(chunk_of(it, p));
             const ela_f4 m4 = *(const ela_f4*)(mto + p * F + fx);
-            const float mt[4] = {m4.x, m4.y, m4.z, m4.w}, mtl[4] = {l2(m4.x), l2(m4.y), l2(m4.z), l2(m4.w)};
+            const float mt[4] = {m4.x, m4.y, m4.z, m4.w};
 #pragma unroll
             for (int i = 0; i < NX; ++i) {
                 const int r = (tid + i * ELA_THREADS) / (F / 4);
@@ -317,8 +317,7 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
                 float ex[4];
 #pragma unroll
                 for (int j = 0; j < 4; ++j)
-                    ex[j] = mode == 0 ? keep_if(r < n, exp_less(o[j], mtl[j]))
-                                      : keep_if(r < n, exp_less(o[j] + mt[j], l2(u))) * inv;
+                    ex[j] = mode == 0 ? exp_if(r < n, o[j] - mt[j]) : exp_if(r < n, o[j] + mt[j] - u) * inv;
                 st_mt4(psi + (p * C + r) * LDF + fx, ex[0], ex[1], ex[2], ex[3]);
             }
         }
@@ -493,7 +492,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         for (int e0 = 0; e0 < RP::EPT; e0 += MT_VEC) {
             float pa[MT_VEC];
 #pragma unroll
-            for (int k = 0; k < MT_VEC; ++k) pa[k] = keep_if(row < n, exp_less(kp.x[e0 + k], l2(mx)));
+            for (int k = 0; k < MT_VEC; ++k) pa[k] = exp_if(row < n, kp.x[e0 + k] - mx);
             store_mt_vec(psia + row * LDF + rc0 + e0, pa);
         }
         if (RP::head()) mk[row] = mx;
@@ -533,11 +532,11 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
 #pragma unroll
             for (int k = 0; k < MT_VEC; k += 2) {
                 const int e = e0 + k;
-                pb[k] = keep_if(i < n, exp_less(qp.x[e] + mst[fsk(rc0) + fsk(e)], l2(u)));
-                pb[k + 1] = keep_if(i < n, exp_less(qp.x[e + 1] + mst[fsk(rc0) + fsk(e + 1)], l2(u)));
+                pb[k] = exp_if(i < n, qp.x[e] + mst[fsk(rc0) + fsk(e)] - u);
+                pb[k + 1] = exp_if(i < n, qp.x[e + 1] + mst[fsk(rc0) + fsk(e + 1)] - u);
                 ds += pb[k] * zst[fsk(rc0) + fsk(e)] + pb[k + 1] * zst[fsk(rc0) + fsk(e + 1)];
-                pa[k] = keep_if(i < n, exp_less(qp.x[e], l2(mqv)));
-                pa[k + 1] = keep_if(i < n, exp_less(qp.x[e + 1], l2(mqv)));
+                pa[k] = exp_if(i < n, qp.x[e] - mqv);
+                pa[k + 1] = exp_if(i < n, qp.x[e + 1] - mqv);
             }
             store_mt_vec(phib + i * LDF + rc0 + e0, pb);
             if (causal) store_mt_vec(phia + i * LDF + rc0 + e0, pa);
@@ -576,8 +575,9 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
                 // cannot reach an earlier row.
                 float a0 = 0.f, a1 = 0.f;
                 if (!skip) {
-                    a0 = keep_if(ok && j <= i, acc[nt][e] * ROW_EXP(rq, mq, ru, uu, i, e, mk[j]));
-                    a1 = keep_if(ok && j + 1 <= i, acc[nt][e + 1] * ROW_EXP(rq, mq, ru, uu, i, e, mk[j + 1]));
+                    a0 = keep_if(ok && j <= i, acc[nt][e] * exp_ftz(ROW_VAL(rq, mq, i, e) + mk[j] - ROW_VAL(ru, uu, i, e)));
+                    a1 = keep_if(ok && j + 1 <= i,
+                                 acc[nt][e + 1] * exp_ftz(ROW_VAL(rq, mq, i, e) + mk[j + 1] - ROW_VAL(ru, uu, i, e)));
                 }
                 store_mt2(At + i * LDC + j, a0, a1);
                 if (e == 0) slo += a0 + a1;

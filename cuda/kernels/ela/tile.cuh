@@ -394,30 +394,6 @@ __device__ __forceinline__ float exp_ftz(float x) {
 }
 __device__ __forceinline__ float exp_if(bool live, float x) { return keep_if(live, exp_ftz(x)); }
 
-// e^(x - m) for an entry x and a shift m shared by a row or a feature. With the opt-in
-// ELA_OPT_EXP2 the shift is scaled to base 2 once (`l2(m)`, by the caller, outside the entry
-// loop) and an entry takes one FFMA and the ex2 (x log2 e - m log2 e), where e^(x - m) takes a
-// subtraction, a multiply and the ex2; without it `l2` is the identity and `exp_less` is
-// exp_ftz(x - m), the same instructions as before. The two differ in the rounding of the
-// exponent (one FFMA against a subtraction and a product): a few ulps of e^(x - m) either way.
-// `exp_entry` is the intra-chunk weight exp(mq_i + mk_j - u_i) of the A and D blocks, with the
-// row's part `row_l2(mq_i, u_i)` = (u_i - mq_i) log2 e taken once per row.
-#ifdef ELA_OPT_EXP2
-__device__ __forceinline__ float l2(float m) { return m * 1.4426950408889634f; }
-__device__ __forceinline__ float exp_less(float x, float m_l2) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(fmaf(x, 1.4426950408889634f, -m_l2)));
-    return y;
-}
-__device__ __forceinline__ float row_l2(float mq, float u) { return (u - mq) * 1.4426950408889634f; }
-__device__ __forceinline__ float exp_entry(float, float mk, float, float row) { return exp_less(mk, row); }
-#else
-__device__ __forceinline__ float l2(float m) { return m; }
-__device__ __forceinline__ float exp_less(float x, float m) { return exp_ftz(x - m); }
-__device__ __forceinline__ float row_l2(float, float) { return 0.f; }
-__device__ __forceinline__ float exp_entry(float mq, float mk, float u, float) { return exp_ftz(mq + mk - u); }
-#endif
-
 // The causal intra-chunk blocks A and D are zero above the diagonal (entries j > i). A warp whose
 // 16-row strip r0 and columns from c0 lie wholly above it skips their product and exps
 // (TRI_SKIP), and products that read A or D leave out the zero part of the inner index: for row
@@ -547,12 +523,6 @@ __device__ __forceinline__ i64 io_seq(const i64 (&r)[3], int seq, int heads) {
 #else
 #define ROW_VAL(reg, arr, i, e) arr[i]
 #endif
-// The intra-chunk weight exp(mq_i + mk_j - u_i) of entry (i, j) from row values as ROW_VAL reads
-// them (exp_entry; the row's part is the same registers for all its entries, so it is computed
-// once per row).
-#define ROW_EXP(rq, mq, ru, uu, i, e, mkj)                                   \
-    exp_entry(ROW_VAL(rq, mq, i, e), mkj, ROW_VAL(ru, uu, i, e), \
-              row_l2(ROW_VAL(rq, mq, i, e), ROW_VAL(ru, uu, i, e)))
 
 #if ELA_SKEW
 __device__ __forceinline__ int fsk(int f) { return f + ((f >> 5) << 2); }
