@@ -385,9 +385,13 @@ fn f32_products_define() -> &'static str {
 
 /// Opt-in variants of the tile modules (the chunked Hadamard-Exp kernels and the feature-map
 /// kernels, both built on `ela/tile.cuh`), not yet measured on a GPU: (name in `ELA_CUDA_OPT`,
-/// the modules' define, what it changes). Each computes the same values. (None at the moment:
-/// the last ones were measured and became the default or went; cuda/README.md.)
-pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[];
+/// the modules' define, what it changes). Each computes the same values.
+pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[(
+    "rowshift",
+    "ELA_OPT_ROWSHIFT",
+    "rows past a chunk's end get the shift +inf for their feature exps (exactly 0), decided once per row, instead \
+     of a mask per entry (row_shift, exp_row in tile.cuh)",
+)];
 
 /// The names of the opt-in variants set in `ELA_CUDA_OPT` (read once per process; a comma list
 /// of [`CHUNK_OPTS`] names); an unknown name is reported and the whole setting ignored.
@@ -664,9 +668,9 @@ mod tests {
     #[test]
     fn chunk_opts_parse_known_names_only() {
         assert_eq!(parse_chunk_opts(""), Ok(vec![]));
-        assert_eq!(parse_chunk_opts(" , "), Ok(vec![]));
-        let e = parse_chunk_opts("fast").unwrap_err();
-        assert!(e.contains("\"fast\"") && e.contains("known: "), "{e}");
+        assert_eq!(parse_chunk_opts(" rowshift , "), Ok(vec!["rowshift"]));
+        let e = parse_chunk_opts("rowshift,fast").unwrap_err();
+        assert!(e.contains("\"fast\"") && e.contains("known: rowshift"), "{e}");
     }
 
     /// Every variant has its own label, made of file-name characters only (dumped CUBINs are

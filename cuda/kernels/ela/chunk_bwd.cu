@@ -107,12 +107,13 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
 #pragma unroll
         for (int e = 0; e < RP::EPT; ++e) mx = fmaxf(mx, kp.x[e]);
         mx = RP::max(mx);
+        const float sk = row_shift(j < n, mx);
 #pragma unroll
         for (int e0 = 0; e0 < RP::EPT; e0 += MT_VEC) {
             float pa[MT_VEC], pu[MT_VEC];
 #pragma unroll
             for (int k = 0; k < MT_VEC; ++k) {
-                pa[k] = exp_if(j < n, kp.x[e0 + k] - mx);
+                pa[k] = exp_row(j < n, kp.x[e0 + k], sk);
                 pu[k] = exp_if(j < n, kp.x[e0 + k] - mnx[fsk(c0) + fsk(e0 + k)]);
             }
             store_mt_vec(psia + j * LDF + c0 + e0, pa);
@@ -124,11 +125,12 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
 #pragma unroll
             for (int e = 0; e < RP::EPT; ++e) mxq = fmaxf(mxq, qp.x[e]);
             mxq = RP::max(mxq);
+            const float sq = row_shift(j < n, mxq);
 #pragma unroll
             for (int e0 = 0; e0 < RP::EPT; e0 += MT_VEC) {
                 float pa[MT_VEC];
 #pragma unroll
-                for (int k = 0; k < MT_VEC; ++k) pa[k] = exp_if(j < n, qp.x[e0 + k] - mxq);
+                for (int k = 0; k < MT_VEC; ++k) pa[k] = exp_row(j < n, qp.x[e0 + k], sq);
                 store_mt_vec(phia + j * LDF + c0 + e0, pa);
             }
             if (RP::head()) mq[j] = mxq;

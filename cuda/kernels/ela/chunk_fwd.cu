@@ -488,11 +488,12 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         for (int e = 0; e < RP::EPT; ++e) mx = fmaxf(mx, kp.x[e]);
         mx = RP::max(mx);  // every lane takes part in the shuffles
         if (row >= n) mx = neg_inf<float>();
+        const float sk = row_shift(row < n, mx);
 #pragma unroll
         for (int e0 = 0; e0 < RP::EPT; e0 += MT_VEC) {
             float pa[MT_VEC];
 #pragma unroll
-            for (int k = 0; k < MT_VEC; ++k) pa[k] = exp_if(row < n, kp.x[e0 + k] - mx);
+            for (int k = 0; k < MT_VEC; ++k) pa[k] = exp_row(row < n, kp.x[e0 + k], sk);
             store_mt_vec(psia + row * LDF + rc0 + e0, pa);
         }
         if (RP::head()) mk[row] = mx;
@@ -526,17 +527,20 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         const float mqv = RP::max(a), smax = RP::max(b);
         const float u = causal ? fmaxf(mqv + pm[i], smax) : smax;
         float ds = 0.f;
+        // (phi_b's rows are used row by row only, so a dead row's shift, +inf with
+        // ELA_OPT_ROWSHIFT, reaches no live row.)
+        const float su = row_shift(i < n, u), sq = row_shift(i < n, mqv);
 #pragma unroll
         for (int e0 = 0; e0 < RP::EPT; e0 += MT_VEC) {
             float pb[MT_VEC], pa[MT_VEC];
 #pragma unroll
             for (int k = 0; k < MT_VEC; k += 2) {
                 const int e = e0 + k;
-                pb[k] = exp_if(i < n, qp.x[e] + mst[fsk(rc0) + fsk(e)] - u);
-                pb[k + 1] = exp_if(i < n, qp.x[e + 1] + mst[fsk(rc0) + fsk(e + 1)] - u);
+                pb[k] = exp_row(i < n, qp.x[e] + mst[fsk(rc0) + fsk(e)], su);
+                pb[k + 1] = exp_row(i < n, qp.x[e + 1] + mst[fsk(rc0) + fsk(e + 1)], su);
                 ds += pb[k] * zst[fsk(rc0) + fsk(e)] + pb[k + 1] * zst[fsk(rc0) + fsk(e + 1)];
-                pa[k] = exp_if(i < n, qp.x[e] - mqv);
-                pa[k + 1] = exp_if(i < n, qp.x[e + 1] - mqv);
+                pa[k] = exp_row(i < n, qp.x[e], sq);
+                pa[k + 1] = exp_row(i < n, qp.x[e + 1], sq);
             }
             store_mt_vec(phib + i * LDF + rc0 + e0, pb);
             if (causal) store_mt_vec(phia + i * LDF + rc0 + e0, pa);
