@@ -386,12 +386,20 @@ fn f32_products_define() -> &'static str {
 /// Opt-in variants of the tile modules (the chunked Hadamard-Exp kernels and the feature-map
 /// kernels, both built on `ela/tile.cuh`), not yet measured on a GPU: (name in `ELA_CUDA_OPT`,
 /// the modules' define, what it changes). Each computes the same values.
-pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[(
-    "rowshift",
-    "ELA_OPT_ROWSHIFT",
-    "rows past a chunk's end get the shift +inf for their feature exps (exactly 0), decided once per row, instead \
-     of a mask per entry (row_shift, exp_row in tile.cuh)",
-)];
+pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[
+    (
+        "rowshift",
+        "ELA_OPT_ROWSHIFT",
+        "rows past a chunk's end get the shift +inf for their feature exps (exactly 0), decided once per row, \
+         instead of a mask per entry (row_shift, exp_row in tile.cuh)",
+    ),
+    (
+        "qstage",
+        "ELA_OPT_QSTAGE",
+        "16-bit heads up to the chunk length: ela_bwd copies q into A^T's tile with cp.async during the dk pass, for \
+         the dq epilogue (chunk_bwd.cu)",
+    ),
+];
 
 /// The names of the opt-in variants set in `ELA_CUDA_OPT` (read once per process; a comma list
 /// of [`CHUNK_OPTS`] names); an unknown name is reported and the whole setting ignored.
@@ -670,7 +678,7 @@ mod tests {
         assert_eq!(parse_chunk_opts(""), Ok(vec![]));
         assert_eq!(parse_chunk_opts(" rowshift , "), Ok(vec!["rowshift"]));
         let e = parse_chunk_opts("rowshift,fast").unwrap_err();
-        assert!(e.contains("\"fast\"") && e.contains("known: rowshift"), "{e}");
+        assert!(e.contains("\"fast\"") && e.contains("known: rowshift, qstage"), "{e}");
     }
 
     /// Every variant has its own label, made of file-name characters only (dumped CUBINs are

@@ -21,6 +21,15 @@
 // spill and it was no faster, so they keep the loads in the epilogue (as do the 256-wide heads,
 // not measured).
 #define ELA_QLOAD (!ELA_MMA || ELA_D == 128)
+// Where ELA_QLOAD is off, the opt-in ELA_OPT_QSTAGE copies the chunk's q rows with cp.async (no
+// registers) into A^T's tile once the dv products have read it (rows LDF apart: the epilogue's
+// eight rows a warp read then fall in distinct banks), in flight during the dk pass; the dq
+// epilogue reads them from shared memory. A^T's tile holds them when F <= C.
+#if defined(ELA_OPT_QSTAGE) && !ELA_QLOAD && ELA_F <= ELA_C
+#define ELA_QSTAGE 1
+#else
+#define ELA_QSTAGE 0
+#endif
 
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
     ela_bwd(ST* dq, ST* dk, ST* dv, const ST* q, const ST* k, const ST* v, const ST* dy, const ela_f4* rows,
@@ -182,6 +191,18 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
             mm_tile<WV::NT, true, false, C>(acc, At + k0 * LDC, LDC, G + k0 * LDV, LDV, r0, c0, C - k0);
         }
         mm_tile<WV::NT, false, false>(acc, psiu, LDF, US, LDV, r0, c0, F);
+#if ELA_QSTAGE
+        __syncthreads();  // every warp is done with At
+        {
+            constexpr int EPV = 16 / (int)sizeof(ST), NV = C * F / EPV;
+            ST* qs = (ST*)At;
+            for (int e = tid; e < NV; e += ELA_THREADS) {
+                const int x = e * EPV, r = x / F, col = x % F;
+                if (r < n) cp_async16(qs + r * LDF + col, qg + (i64)r * lq + col);
+            }
+            cp_async_commit();
+        }
+#endif
 #pragma unroll
         for (int nt = 0; nt < WV::NT; ++nt)
 #pragma unroll
@@ -213,6 +234,9 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                 store_st2(dkg + j * gsk + d, v0, v1);
             }
     }
+#if ELA_QSTAGE
+    cp_async_wait<0>();  // this thread's q copies have landed (the barrier shows them to all)
+#endif
     __syncthreads();
     stt.store(US, LDV, (const float*)0);
     __syncthreads();
@@ -248,6 +272,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                 float q0, q1;
 #if ELA_QLOAD
                 unpack_st2(qw[nt][e >> 1], q0, q1);
+#elif ELA_QSTAGE
+                load_st2((const ST*)At + i * LDF + d, q0, q1);
 #else
                 load_st2(qg + (i64)i * lq + d, q0, q1);
 #endif

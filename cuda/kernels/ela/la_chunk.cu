@@ -76,34 +76,13 @@ template <int R, int N> struct Nt {
 
 // ---------------------------------------------------------------- scan over chunks
 
-// One 16-byte vector global -> shared without passing through registers (cp.async, sm_80 on;
-// older GPUs copy synchronously), and the group bookkeeping of those copies.
-__device__ __forceinline__ void la_cp16(void* dst, const void* src) {
-#if __CUDA_ARCH__ >= 800
-    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
-#else
-    *(ela_u4*)dst = *(const ela_u4*)src;
-#endif
-}
-__device__ __forceinline__ void la_cp_commit() {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-// Waits until at most N of this thread's newest copy groups are still in flight.
-template <int N> __device__ __forceinline__ void la_cp_wait() {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-#endif
-}
 // A ROWS x COLS block of MT, global (rows `sld` apart) to shared (rows `dld` apart), asynchronously.
 template <int ROWS, int COLS> __device__ __forceinline__ void la_stage_async(MT* dst, int dld, const MT* src, i64 sld) {
     constexpr int EPV = 16 / (int)sizeof(MT), NV = ROWS * COLS / EPV;
     static_assert(COLS % EPV == 0, "whole vectors per row");
     for (int e = threadIdx.x; e < NV; e += ELA_THREADS) {
         const int x = e * EPV, r = x / COLS, c = x % COLS;
-        la_cp16(dst + r * dld + c, src + r * sld + c);
+        cp_async16(dst + r * dld + c, src + r * sld + c);
     }
 }
 
@@ -152,12 +131,12 @@ __device__ __forceinline__ void la_scan_impl(const MT* B, const MT* X, MT* slots
             la_stage_async<C, F>(bs + st * C * LDF, LDF, bq + (i64)chunk(it) * C * F, F);
             la_stage_async<C, EB>(xs + st * C * LDX, LDX, xq + (i64)chunk(it) * C * E, E);
         }
-        la_cp_commit();
+        cp_async_commit();
     };
     issue(0);
     issue(1);
     for (int it = 0; it < nch; ++it) {
-        la_cp_wait<1>();  // this thread's copies of step it have landed (it + 1 may be in flight)
+        cp_async_wait<1>();  // this thread's copies of step it have landed (it + 1 may be in flight)
         __syncthreads();  // ...everyone's; and every warp is done with step it - 1's stage
         issue(it + 2);    // into the stage step it - 1 used
         store_slot(chunk(it));
@@ -169,7 +148,7 @@ __device__ __forceinline__ void la_scan_impl(const MT* B, const MT* X, MT* slots
                 mm_tile<1, true, false>(acc[s], bs + st * C * LDF, LDF, xs + st * C * LDX, LDX, W::row0(s),
                                         W::col0(s), C);
     }
-    la_cp_wait<0>();
+    cp_async_wait<0>();
     store_slot(nch);
     if (fin) {
 #pragma unroll
@@ -258,8 +237,8 @@ __device__ __forceinline__ void la_out_impl(const MT* A, const MT* B, const MT* 
         la_stage_async<C, NO>(xs, LDN, X + row0g * NO, NO);
     }
     la_stage_async<SR, SC>(ss, LDS, slots + slot * SR * SC, SC);
-    la_cp_commit();
-    la_cp_wait<0>();
+    cp_async_commit();
+    cp_async_wait<0>();
     __syncthreads();
     if (dir != 2) {
         constexpr int NTM = Nt<C, C>::V;

@@ -424,6 +424,28 @@ struct __align__(16) ela_u4 {
     u32 x, y, z, w;
 };
 
+// One 16-byte vector global -> shared without passing through registers (cp.async, sm_80 on;
+// older GPUs copy synchronously), and the group bookkeeping of those copies.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
+#else
+    *(ela_u4*)dst = *(const ela_u4*)src;
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+// Waits until at most N of this thread's newest copy groups are still in flight.
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
 // Tile entries per 16-byte vector: 8 16-bit operands or 4 f32.
 #define MT_VEC (16 / (int)sizeof(MT))
 // MT_VEC consecutive entries of a tile row with one 16-byte store (p 16-byte aligned). The
