@@ -104,10 +104,10 @@ __device__ __forceinline__ void store_st2(ST* p, float a, float b) {
     p[1] = DT::store(b);
 #endif
 }
-// Two adjacent storage elements with one load (4 bytes for 16-bit inputs, 8 for f32); p must be
-// aligned to the pair (an even column of a row that starts on 16 bytes).
-// Two adjacent storage elements as one load (`st2_raw`: a 32-bit word of 16-bit elements, or two
-// floats), converted to f32 by `unpack_st2`: a load issued early and converted where it is used.
+// Two adjacent storage elements with one load (4 bytes for 16-bit inputs, 8 for f32; p aligned to
+// the pair: an even column of a row that starts on 16 bytes): `load_st2_raw` gives them as
+// stored (`st2_raw`), `unpack_st2` converts them to f32, so a load can be issued early and
+// converted where it is used; `load_st2` does both.
 #if ELA_DT == 0
 typedef float2 st2_raw;
 #else
