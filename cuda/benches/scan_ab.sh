@@ -65,7 +65,7 @@ for part in $parts; do
       # The opt-in variants of the tile modules (cuda/README.md, "Opt-in variants"): fwd+bwd
       # timings of none, each and all, alternating, twice (bf16 and f32 at 16k, the d512 LM's
       # shape, two feature-map kernels). (OPTS: the names of kernels::CHUNK_OPTS.)
-      all=${OPTS:-rowshift,qstage}
+      all=${OPTS:-rowshift,qstage,pstore}
       for r in 1 2; do
         opts="none ${all//,/ }"
         [ "$all" != "${all//,/}" ] && opts="$opts $all"  # and all together, where several
@@ -84,7 +84,7 @@ for part in $parts; do
       # The chunked ELA tests (`ela::`, `ela_fast`, and the feature-map kernels' `ela_gemm`) and
       # both sanitizers with every opt-in variant on (one device call may not hold these and the
       # timings of `optin` together).
-      all=${OPTS:-rowshift,qstage}
+      all=${OPTS:-rowshift,qstage,pstore}
       echo "## tests, ELA_CUDA_OPT=$all" >>"$log"
       for f in ela:: ela_fast ela_gemm; do
         ELA_CUDA_OPT=$all ELA_REQUIRE_CUDA=1 timeout 150 .gpu/bin/test-cuda_ops $f >>"$log" 2>&1

@@ -399,6 +399,12 @@ pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[
         "16-bit heads up to the chunk length: ela_bwd copies q into A^T's tile with cp.async during the dk pass, for \
          the dq epilogue (chunk_bwd.cu)",
     ),
+    (
+        "pstore",
+        "ELA_OPT_PSTORE",
+        "ela_bwd's epilogues compute rows past the chunk's end too and store with a predicate (store_st2_if): no \
+         branch per entry pair",
+    ),
 ];
 
 /// The names of the opt-in variants set in `ELA_CUDA_OPT` (read once per process; a comma list
@@ -678,7 +684,7 @@ mod tests {
         assert_eq!(parse_chunk_opts(""), Ok(vec![]));
         assert_eq!(parse_chunk_opts(" rowshift , "), Ok(vec!["rowshift"]));
         let e = parse_chunk_opts("rowshift,fast").unwrap_err();
-        assert!(e.contains("\"fast\"") && e.contains("known: rowshift, qstage"), "{e}");
+        assert!(e.contains("\"fast\"") && e.contains("known: rowshift, qstage, pstore"), "{e}");
     }
 
     /// Every variant has its own label, made of file-name characters only (dumped CUBINs are

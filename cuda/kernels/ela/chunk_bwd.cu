@@ -25,6 +25,14 @@
 // registers) into A^T's tile once the dv products have read it (rows LDF apart: the epilogue's
 // eight rows a warp read then fall in distinct banks), in flight during the dk pass; the dq
 // epilogue reads them from shared memory. A^T's tile holds them when F <= C.
+// The opt-in ELA_OPT_PSTORE computes the epilogues' entries of rows past the chunk's end too
+// (shared-memory reads inside the tiles; q's global loads stay guarded) and stores with
+// store_st2_if, so the dv, dk and dq epilogues need no branch per entry pair.
+#ifdef ELA_OPT_PSTORE
+#define ELA_PSTORE 1
+#else
+#define ELA_PSTORE 0
+#endif
 #if defined(ELA_OPT_QSTAGE) && !ELA_QLOAD && ELA_F <= ELA_C
 #define ELA_QSTAGE 1
 #else
@@ -208,7 +216,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
 #pragma unroll
             for (int e = 0; e < 4; e += 2) {
                 const int j = ACC_ROW(r0, e), col = ACC_COL(c0, nt, e);
-                if (j < n) store_st2(dvg + j * gsv + col, acc[nt][e], acc[nt][e + 1]);
+                if (ELA_PSTORE) store_st2_if(j < n, dvg + j * gsv + col, acc[nt][e], acc[nt][e + 1]);
+                else if (j < n) store_st2(dvg + j * gsv + col, acc[nt][e], acc[nt][e + 1]);
             }
     }
     {
@@ -227,11 +236,12 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
 #pragma unroll
             for (int e = 0; e < 4; e += 2) {
                 const int j = ACC_ROW(r0, e), d = ACC_COL(c0, nt, e);
-                if (j >= n) continue;
+                if (!ELA_PSTORE && j >= n) continue;
                 const float v0 = from_mt(psia[j * LDF + d]) * a1[nt][e] + from_mt(psiu[j * LDF + d]) * (a2[nt][e] - wst[d]);
                 const float v1 = from_mt(psia[j * LDF + d + 1]) * a1[nt][e + 1] +
                                  from_mt(psiu[j * LDF + d + 1]) * (a2[nt][e + 1] - wst[d + 1]);
-                store_st2(dkg + j * gsk + d, v0, v1);
+                if (ELA_PSTORE) store_st2_if(j < n, dkg + j * gsk + d, v0, v1);
+                else store_st2(dkg + j * gsk + d, v0, v1);
             }
     }
 #if ELA_QSTAGE
@@ -267,7 +277,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
 #pragma unroll
             for (int e = 0; e < 4; e += 2) {
                 const int i = ACC_ROW(r0, e), d = ACC_COL(c0, nt, e);
-                if (i >= n) continue;
+                if (!ELA_PSTORE && i >= n) continue;
                 const bool on = ROW_VAL(rg, gmul, i, e) != 0.f;  // 1 / den on the fast path, else 0
                 float q0, q1;
 #if ELA_QLOAD
@@ -275,7 +285,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
 #elif ELA_QSTAGE
                 load_st2((const ST*)At + i * LDF + d, q0, q1);
 #else
-                load_st2(qg + (i64)i * lq + d, q0, q1);
+                if (ELA_PSTORE) unpack_st2(i < n ? load_st2_raw(qg + (i64)i * lq + d) : st2_raw{}, q0, q1);
+                else load_st2(qg + (i64)i * lq + d, q0, q1);
 #endif
                 const float pb0 = exp_if(on, q0 + mcur[d] - ROW_VAL(ru, uu, i, e));
                 const float pb1 = exp_if(on, q1 + mcur[d + 1] - ROW_VAL(ru, uu, i, e));
@@ -285,7 +296,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                     v0 += from_mt(phia[i * LDF + d]) * a1[nt][e];
                     v1 += from_mt(phia[i * LDF + d + 1]) * a1[nt][e + 1];
                 }
-                store_st2(dqg + i * gsq + d, v0, v1);
+                if (ELA_PSTORE) store_st2_if(i < n, dqg + i * gsq + d, v0, v1);
+                else store_st2(dqg + i * gsq + d, v0, v1);
             }
     }
     if (__syncthreads_or(tid < C && slw[tid])) {

@@ -104,6 +104,18 @@ __device__ __forceinline__ void store_st2(ST* p, float a, float b) {
     p[1] = DT::store(b);
 #endif
 }
+// store_st2 where `live`, with the conversion outside the test so that only the store is
+// conditional: one predicated store, where a test around store_st2 compiles to a branch around
+// the conversion and the store (BSSY/BSYNC and a branch per entry pair of an epilogue).
+__device__ __forceinline__ void store_st2_if(bool live, ST* p, float a, float b) {
+#if ELA_DT == 0
+    const float2 w = make_float2(a, b);
+    if (live) *(float2*)p = w;
+#else
+    const u32 w = ELA_DT == 2 ? pack_bf16x2(a, b) : (u32)DT::store(a) | ((u32)DT::store(b) << 16);
+    if (live) *(u32*)p = w;
+#endif
+}
 // Two adjacent storage elements with one load (4 bytes for 16-bit inputs, 8 for f32; p aligned to
 // the pair: an even column of a row that starts on 16 bytes): `load_st2_raw` gives them as
 // stored (`st2_raw`), `unpack_st2` converts them to f32, so a load can be issued early and
