@@ -213,6 +213,14 @@ template <int NT> __device__ __forceinline__ void zero_acc(float (&acc)[NT][4]) 
     for (int i = 0; i < NT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
 }
 
+// Shared-memory address of a generic pointer into shared memory, by the compiler's own
+// conversion: it knows what the conversion does, so it does the address arithmetic of a tile walk
+// in 32-bit shared-memory offsets from one converted base. An inline `cvta.to.shared.u64` made it
+// form every generic address in 64 bits and convert each: the conversion's lines were 3-5 % of
+// the chunk kernels' executed instructions, and this form makes their code 5-15 % smaller
+// (measured on an H100: docs/benchmarks.md, "Addresses and the causal half").
+__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
 #if ELA_MMA
 __device__ __forceinline__ void mma_bf16(float (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
     asm volatile(
@@ -222,13 +230,6 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], u32 a0, u32 a1, u32 a2, 
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// Shared-memory address of a generic pointer into shared memory, by the compiler's own
-// conversion: it knows what the conversion does, so it does the address arithmetic of a tile walk
-// in 32-bit shared-memory offsets from one converted base. An inline `cvta.to.shared.u64` made it
-// form every generic address in 64 bits and convert each: the conversion's lines were 3-5 % of
-// the chunk kernels' executed instructions, and this form makes their code 5-15 % smaller
-// (measured on an H100: docs/benchmarks.md, "Addresses and the causal half").
-__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 // ldmatrix: four 8 x 8 tiles of 16-bit elements; lane l gives the address of row l % 8 of tile
 // l / 8 (16 bytes, 16-byte aligned) and receives in r[i] its pair of tile i, as the mma operand
 // layout wants it (TRANS: of the transposed tile).
@@ -440,8 +441,7 @@ struct __align__(16) ela_u4 {
 // older GPUs copy synchronously), and the group bookkeeping of those copies.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
 #if __CUDA_ARCH__ >= 800
-    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
 #else
     *(ela_u4*)dst = *(const ela_u4*)src;
 #endif
