@@ -64,8 +64,11 @@ for part in $parts; do
     optin)
       # The opt-in variants of the tile modules (cuda/README.md, "Opt-in variants"): fwd+bwd
       # timings of none, each and all, alternating, twice (bf16 and f32 at 16k, the d512 LM's
-      # shape, two feature-map kernels). (OPTS: the names of kernels::CHUNK_OPTS.)
-      all=${OPTS:-rowshift,qstage,pstore}
+      # shape, two feature-map kernels; SHAPES replaces the B8 H16 list, FEAT=0 drops the
+      # feature-map kernels). (OPTS: the names of kernels::CHUNK_OPTS.)
+      all=${OPTS:-scan4,scan4r}
+      shapes=${SHAPES:-d=64 bf16 T=16384;d=128 bf16 T=16384;d=64 f32 T=16384;d=128 f32 T=16384}
+      IFS=';' read -r -a shape_args <<<"$shapes"
       for r in 1 2; do
         opts="none ${all//,/ }"
         [ "$all" != "${all//,/}" ] && opts="$opts $all"  # and all together, where several
@@ -73,10 +76,10 @@ for part in $parts; do
           echo "## optin $r: ELA_CUDA_OPT=$opt" >>"$log"
           o=$opt
           [ "$opt" = none ] && o=""
-          ELA_CUDA_OPT=$o timeout 60 .gpu/bin/ela_gpu "d=64 bf16 T=16384" "d=128 bf16 T=16384" "d=64 f32 T=16384" \
-            "d=128 f32 T=16384" >>"$log" 2>&1
+          ELA_CUDA_OPT=$o timeout 60 .gpu/bin/ela_gpu "${shape_args[@]}" >>"$log" 2>&1
           ELA_CUDA_OPT=$o ELA_GPU_BH=8x8 timeout 40 .gpu/bin/ela_gpu "d=64 bf16 T=2048" >>"$log" 2>&1
-          ELA_CUDA_OPT=$o timeout 90 .gpu/bin/ela_gpu kernel=elu-plus-one kernel=sum-sq-euclid T=16384 >>"$log" 2>&1
+          [ "${FEAT:-1}" = 0 ] ||
+            ELA_CUDA_OPT=$o timeout 90 .gpu/bin/ela_gpu kernel=elu-plus-one kernel=sum-sq-euclid T=16384 >>"$log" 2>&1
         done
       done
       ;;
@@ -84,7 +87,7 @@ for part in $parts; do
       # The chunked ELA tests (`ela::`, `ela_fast`, and the feature-map kernels' `ela_gemm`) and
       # both sanitizers with every opt-in variant on (one device call may not hold these and the
       # timings of `optin` together).
-      all=${OPTS:-rowshift,qstage,pstore}
+      all=${OPTS:-scan4,scan4r}
       echo "## tests, ELA_CUDA_OPT=$all" >>"$log"
       for f in ela:: ela_fast ela_gemm; do
         ELA_CUDA_OPT=$all ELA_REQUIRE_CUDA=1 timeout 150 .gpu/bin/test-cuda_ops $f >>"$log" 2>&1

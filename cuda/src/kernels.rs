@@ -388,23 +388,12 @@ fn f32_products_define() -> &'static str {
 /// the modules' define, what it changes). Each computes the same values.
 pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[
     (
-        "rowshift",
-        "ELA_OPT_ROWSHIFT",
-        "rows past a chunk's end get the shift +inf for their feature exps (exactly 0), decided once per row, \
-         instead of a mask per entry (row_shift, exp_row in tile.cuh)",
+        "scan4",
+        "ELA_OPT_SCAN4",
+        "the forward scan (ela_scan_m0) of 64-wide heads takes four chunks a step instead of two (SCAN_P in \
+         chunk_fwd.cu: twice the shared memory and staging registers, half the steps)",
     ),
-    (
-        "qstage",
-        "ELA_OPT_QSTAGE",
-        "16-bit heads up to the chunk length: ela_bwd copies q into A^T's tile with cp.async during the dk pass, for \
-         the dq epilogue (chunk_bwd.cu)",
-    ),
-    (
-        "pstore",
-        "ELA_OPT_PSTORE",
-        "ela_bwd's epilogues compute rows past the chunk's end too and store with a predicate (store_st2_if): no \
-         branch per entry pair",
-    ),
+    ("scan4r", "ELA_OPT_SCAN4R", "the same for the reverse scan (ela_scan_m1)"),
 ];
 
 /// The names of the opt-in variants set in `ELA_CUDA_OPT` (read once per process; a comma list
@@ -418,6 +407,12 @@ fn chunk_opts() -> &'static [&'static str] {
         }),
         Err(_) => Vec::new(),
     })
+}
+
+/// Whether the opt-in variant `name` (of [`CHUNK_OPTS`]) is on in this process (the host's
+/// mirrors of a kernel's carve follow it).
+pub(crate) fn chunk_opt(name: &str) -> bool {
+    chunk_opts().contains(&name)
 }
 
 /// The tile modules' defines of the variants that are on.
@@ -682,9 +677,9 @@ mod tests {
     #[test]
     fn chunk_opts_parse_known_names_only() {
         assert_eq!(parse_chunk_opts(""), Ok(vec![]));
-        assert_eq!(parse_chunk_opts(" rowshift , "), Ok(vec!["rowshift"]));
-        let e = parse_chunk_opts("rowshift,fast").unwrap_err();
-        assert!(e.contains("\"fast\"") && e.contains("known: rowshift, qstage, pstore"), "{e}");
+        assert_eq!(parse_chunk_opts(" scan4 , "), Ok(vec!["scan4"]));
+        let e = parse_chunk_opts("scan4,fast").unwrap_err();
+        assert!(e.contains("\"fast\"") && e.contains("known: scan4, scan4r"), "{e}");
     }
 
     /// Every variant has its own label, made of file-name characters only (dumped CUBINs are

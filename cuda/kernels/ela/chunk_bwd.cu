@@ -21,23 +21,20 @@
 // spill and it was no faster, so they keep the loads in the epilogue (as do the 256-wide heads,
 // not measured).
 #define ELA_QLOAD (!ELA_MMA || ELA_D == 128)
-// Where ELA_QLOAD is off, the opt-in ELA_OPT_QSTAGE copies the chunk's q rows with cp.async (no
-// registers) into A^T's tile once the dv products have read it (rows LDF apart: the epilogue's
-// eight rows a warp read then fall in distinct banks), in flight during the dk pass; the dq
-// epilogue reads them from shared memory. A^T's tile holds them when F <= C.
-// The opt-in ELA_OPT_PSTORE computes the epilogues' entries of rows past the chunk's end too
-// (shared-memory reads inside the tiles; q's global loads stay guarded) and stores with
-// store_st2_if, so the dv, dk and dq epilogues need no branch per entry pair.
-#ifdef ELA_OPT_PSTORE
-#define ELA_PSTORE 1
-#else
-#define ELA_PSTORE 0
-#endif
-#if defined(ELA_OPT_QSTAGE) && !ELA_QLOAD && ELA_F <= ELA_C
-#define ELA_QSTAGE 1
-#else
-#define ELA_QSTAGE 0
-#endif
+// Where ELA_QLOAD is off and A^T's tile can hold them (F <= C: the 16-bit 64-wide heads),
+// ELA_QSTAGE copies the chunk's q rows with cp.async (no registers) into A^T's tile once the dv
+// products have read it (rows LDF apart: the epilogue's eight rows a warp reads then fall in
+// distinct banks), in flight during the dk pass; the dq epilogue reads them from shared memory.
+// Measured on an H100 (docs/benchmarks.md, "q in shared memory, predicated stores"): fwd+bwd
+// -2.8 % at bf16 D64 T16k, -3.9 % at the d512 LM's shape.
+#define ELA_QSTAGE (!ELA_QLOAD && ELA_F <= ELA_C)
+// ELA_PSTORE computes the epilogues' entries of rows past the chunk's end too (shared-memory
+// reads inside the tiles; q's global loads stay guarded) and stores with store_st2_if, so the
+// dv, dk and dq epilogues need no branch region per entry pair. Measured (same section): fwd+bwd
+// -1.7 % / -1.3 % at 128-wide bf16 / f32 heads, -0.4 % at 64-wide f32 ones; at 16-bit 64-wide
+// heads, held to 80 registers, it spilled more and was 2.9 % slower, so they keep the branches
+// (the same heads as ELA_QLOAD's).
+#define ELA_PSTORE ELA_QLOAD
 
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
     ela_bwd(ST* dq, ST* dk, ST* dv, const ST* q, const ST* k, const ST* v, const ST* dy, const ela_f4* rows,
@@ -124,13 +121,12 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
 #pragma unroll
         for (int e = 0; e < RP::EPT; ++e) mx = fmaxf(mx, kp.x[e]);
         mx = RP::max(mx);
-        const float sk = row_shift(j < n, mx);
 #pragma unroll
         for (int e0 = 0; e0 < RP::EPT; e0 += MT_VEC) {
             float pa[MT_VEC], pu[MT_VEC];
 #pragma unroll
             for (int k = 0; k < MT_VEC; ++k) {
-                pa[k] = exp_row(j < n, kp.x[e0 + k], sk);
+                pa[k] = exp_if(j < n, kp.x[e0 + k] - mx);
                 pu[k] = exp_if(j < n, kp.x[e0 + k] - mnx[fsk(c0) + fsk(e0 + k)]);
             }
             store_mt_vec(psia + j * LDF + c0 + e0, pa);
@@ -142,12 +138,11 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
 #pragma unroll
             for (int e = 0; e < RP::EPT; ++e) mxq = fmaxf(mxq, qp.x[e]);
             mxq = RP::max(mxq);
-            const float sq = row_shift(j < n, mxq);
 #pragma unroll
             for (int e0 = 0; e0 < RP::EPT; e0 += MT_VEC) {
                 float pa[MT_VEC];
 #pragma unroll
-                for (int k = 0; k < MT_VEC; ++k) pa[k] = exp_row(j < n, qp.x[e0 + k], sq);
+                for (int k = 0; k < MT_VEC; ++k) pa[k] = exp_if(j < n, qp.x[e0 + k] - mxq);
                 store_mt_vec(phia + j * LDF + c0 + e0, pa);
             }
             if (RP::head()) mq[j] = mxq;

@@ -37,7 +37,19 @@
 // compiled for (SCAN_MINB, ELA_MINB, ELA_BWD_MINB) come from the host (cuda/src/kernels.rs,
 // `ChunkMinBlocks`), which needs the scan's figure too.
 #define SCAN_WIDE (ELA_F > 64 || ELA_DV > 64)
-#define SCAN_P (SCAN_WIDE ? 1 : 2)
+// (The opt-ins ELA_OPT_SCAN4 and ELA_OPT_SCAN4R give the forward (mode 0) and the reverse scan
+// (mode 1) of 64-wide heads four chunks a step: the host's carve follows them.)
+#ifdef ELA_OPT_SCAN4
+#define SCAN_P0 4
+#else
+#define SCAN_P0 2
+#endif
+#ifdef ELA_OPT_SCAN4R
+#define SCAN_P1 4
+#else
+#define SCAN_P1 2
+#endif
+#define SCAN_P(mode) (SCAN_WIDE ? 1 : (mode) == 0 ? SCAN_P0 : SCAN_P1)
 #if !defined(SCAN_MINB) || !defined(ELA_MINB) || !defined(ELA_BWD_MINB)
 #error "the host defines SCAN_MINB, ELA_MINB and ELA_BWD_MINB"
 #endif
@@ -74,7 +86,7 @@ __device__ __forceinline__ void st_mt4(MT* p, float a, float b, float c, float d
 // features of the key (or query) vectors it loaded, from registers.
 //
 // The walk is sequential, so what bounds it is the latency of one step, not throughput: each
-// step takes SCAN_P chunks, whose staging, column maxima, units and features are computed side by
+// step takes SCAN_P(mode) chunks, whose staging, column maxima, units and features are computed side by
 // side (four barriers for all), and only the tile products and the slot stores between them run
 // one after the other. The state, the units and the slots are exactly those of a chunk-by-chunk
 // walk.
@@ -97,7 +109,7 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
                                           const ScanSegs& seg, const ElaIo& io, i64 T, int nch, int causal) {
     constexpr int mode = MODE;
     // F: this block's features (state rows), FA: all of them (the row stride of x and the slots).
-    constexpr int FA = ELA_F, F = SCAN_FB, DV = ELA_DV, C = ELA_C, DVB = SCAN_DVB, P = SCAN_P;
+    constexpr int FA = ELA_F, F = SCAN_FB, DV = ELA_DV, C = ELA_C, DVB = SCAN_DVB, P = SCAN_P(MODE);
     // The value tile holds DVB + 8 columns (the values, then the [1 | c den] column block). With
     // 16-bit operands its row stride is an odd count of 16-byte units (DVB + 24 elements: 7 or
     // 11 units) so that the eight rows an ldmatrix reads fall in distinct bank groups; LDP alone
@@ -488,12 +500,11 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         for (int e = 0; e < RP::EPT; ++e) mx = fmaxf(mx, kp.x[e]);
         mx = RP::max(mx);  // every lane takes part in the shuffles
         if (row >= n) mx = neg_inf<float>();
-        const float sk = row_shift(row < n, mx);
 #pragma unroll
         for (int e0 = 0; e0 < RP::EPT; e0 += MT_VEC) {
             float pa[MT_VEC];
 #pragma unroll
-            for (int k = 0; k < MT_VEC; ++k) pa[k] = exp_row(row < n, kp.x[e0 + k], sk);
+            for (int k = 0; k < MT_VEC; ++k) pa[k] = exp_if(row < n, kp.x[e0 + k] - mx);
             store_mt_vec(psia + row * LDF + rc0 + e0, pa);
         }
         if (RP::head()) mk[row] = mx;
@@ -527,20 +538,17 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         const float mqv = RP::max(a), smax = RP::max(b);
         const float u = causal ? fmaxf(mqv + pm[i], smax) : smax;
         float ds = 0.f;
-        // (phi_b's rows are used row by row only, so a dead row's shift, +inf with
-        // ELA_OPT_ROWSHIFT, reaches no live row.)
-        const float su = row_shift(i < n, u), sq = row_shift(i < n, mqv);
 #pragma unroll
         for (int e0 = 0; e0 < RP::EPT; e0 += MT_VEC) {
             float pb[MT_VEC], pa[MT_VEC];
 #pragma unroll
             for (int k = 0; k < MT_VEC; k += 2) {
                 const int e = e0 + k;
-                pb[k] = exp_row(i < n, qp.x[e] + mst[fsk(rc0) + fsk(e)], su);
-                pb[k + 1] = exp_row(i < n, qp.x[e + 1] + mst[fsk(rc0) + fsk(e + 1)], su);
+                pb[k] = exp_if(i < n, qp.x[e] + mst[fsk(rc0) + fsk(e)] - u);
+                pb[k + 1] = exp_if(i < n, qp.x[e + 1] + mst[fsk(rc0) + fsk(e + 1)] - u);
                 ds += pb[k] * zst[fsk(rc0) + fsk(e)] + pb[k + 1] * zst[fsk(rc0) + fsk(e + 1)];
-                pa[k] = exp_row(i < n, qp.x[e], sq);
-                pa[k + 1] = exp_row(i < n, qp.x[e + 1], sq);
+                pa[k] = exp_if(i < n, qp.x[e] - mqv);
+                pa[k + 1] = exp_if(i < n, qp.x[e + 1] - mqv);
             }
             store_mt_vec(phib + i * LDF + rc0 + e0, pb);
             if (causal) store_mt_vec(phia + i * LDF + rc0 + e0, pa);

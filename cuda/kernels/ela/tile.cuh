@@ -407,19 +407,6 @@ __device__ __forceinline__ float exp_ftz(float x) {
 }
 __device__ __forceinline__ float exp_if(bool live, float x) { return keep_if(live, exp_ftz(x)); }
 
-// e^(x - m) for the entries of one row of features with the row's shift m = row_shift(live, ..),
-// where `live` is false for a row past the chunk's end (its inputs were loaded as zeros). By
-// default the exps are masked per entry (exp_if). With the opt-in ELA_OPT_ROWSHIFT a dead row's
-// shift is +inf instead, decided once per row, so its exps are exactly 0 (e^(0 - inf)) with no
-// mask per entry; live rows compute the same bits either way.
-#ifdef ELA_OPT_ROWSHIFT
-__device__ __forceinline__ float row_shift(bool live, float m) { return live ? m : -neg_inf<float>(); }
-__device__ __forceinline__ float exp_row(bool, float x, float m) { return exp_ftz(x - m); }
-#else
-__device__ __forceinline__ float row_shift(bool, float m) { return m; }
-__device__ __forceinline__ float exp_row(bool live, float x, float m) { return exp_if(live, x - m); }
-#endif
-
 // The causal intra-chunk blocks A and D are zero above the diagonal (entries j > i). A warp whose
 // 16-row strip r0 and columns from c0 lie wholly above it skips their product and exps
 // (TRI_SKIP), and products that read A or D leave out the zero part of the inner index: for row
