@@ -5,9 +5,10 @@
 #   OUT=$OUT bash cuda/benches/scan_ab.sh check    # the chunked ELA tests + memcheck/racecheck
 #   OUT=$OUT bash cuda/benches/scan_ab.sh time     # ela_gpu: fold or not, the LMs' shapes
 #   OUT=$OUT bash cuda/benches/scan_ab.sh long     # the same at B8 H16, T 4k and 16k
-#   OUT=$OUT bash cuda/benches/scan_ab.sh optin    # the opt-in variants (ELA_CUDA_OPT): timings
-#                                                  # against the default
-#   OUT=$OUT bash cuda/benches/scan_ab.sh optcheck # the same variants all on: tests, sanitizers
+#   OPTS=a,b OUT=$OUT bash cuda/benches/scan_ab.sh optin    # opt-in variants (ELA_CUDA_OPT):
+#                                                           # timings against the default
+#   OPTS=a,b OUT=$OUT bash cuda/benches/scan_ab.sh optcheck # the same variants all on: tests,
+#                                                           # sanitizers
 #   OUT=$OUT bash cuda/benches/scan_ab.sh feat     # the feature-map kernels' two scans: ela_gemm
 #                                                  # tests with each forced, then timings of the
 #                                                  # narrow one against the choice (T16k)
@@ -66,7 +67,7 @@ for part in $parts; do
       # timings of none, each and all, alternating, twice (bf16 and f32 at 16k, the d512 LM's
       # shape, two feature-map kernels; SHAPES replaces the B8 H16 list, FEAT=0 drops the
       # feature-map kernels). (OPTS: the names of kernels::CHUNK_OPTS.)
-      all=${OPTS:-scan4,scan4r}
+      all=${OPTS:?"OPTS: the variants to time, a comma list of kernels::CHUNK_OPTS names"}
       shapes=${SHAPES:-d=64 bf16 T=16384;d=128 bf16 T=16384;d=64 f32 T=16384;d=128 f32 T=16384}
       IFS=';' read -r -a shape_args <<<"$shapes"
       for r in 1 2; do
@@ -87,7 +88,7 @@ for part in $parts; do
       # The chunked ELA tests (`ela::`, `ela_fast`, and the feature-map kernels' `ela_gemm`) and
       # both sanitizers with every opt-in variant on (one device call may not hold these and the
       # timings of `optin` together).
-      all=${OPTS:-scan4,scan4r}
+      all=${OPTS:?"OPTS: the variants to check, a comma list of kernels::CHUNK_OPTS names"}
       echo "## tests, ELA_CUDA_OPT=$all" >>"$log"
       for f in ela:: ela_fast ela_gemm; do
         ELA_CUDA_OPT=$all ELA_REQUIRE_CUDA=1 timeout 150 .gpu/bin/test-cuda_ops $f >>"$log" 2>&1

@@ -385,16 +385,9 @@ fn f32_products_define() -> &'static str {
 
 /// Opt-in variants of the tile modules (the chunked Hadamard-Exp kernels and the feature-map
 /// kernels, both built on `ela/tile.cuh`), not yet measured on a GPU: (name in `ELA_CUDA_OPT`,
-/// the modules' define, what it changes). Each computes the same values.
-pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[
-    (
-        "scan4",
-        "ELA_OPT_SCAN4",
-        "the forward scan (ela_scan_m0) of 64-wide heads takes four chunks a step instead of two (SCAN_P in \
-         chunk_fwd.cu: twice the shared memory and staging registers, half the steps)",
-    ),
-    ("scan4r", "ELA_OPT_SCAN4R", "the same for the reverse scan (ela_scan_m1)"),
-];
+/// the modules' define, what it changes). Each computes the same values. Empty while none waits
+/// (cuda/README.md, "Opt-in variants": the measured ones became the default or went).
+pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[];
 
 /// The names of the opt-in variants set in `ELA_CUDA_OPT` (read once per process; a comma list
 /// of [`CHUNK_OPTS`] names); an unknown name is reported and the whole setting ignored.
@@ -409,12 +402,6 @@ fn chunk_opts() -> &'static [&'static str] {
     })
 }
 
-/// Whether the opt-in variant `name` (of [`CHUNK_OPTS`]) is on in this process (the host's
-/// mirrors of a kernel's carve follow it).
-pub(crate) fn chunk_opt(name: &str) -> bool {
-    chunk_opts().contains(&name)
-}
-
 /// The tile modules' defines of the variants that are on.
 fn chunk_opt_defines() -> String {
     let on = chunk_opts();
@@ -426,7 +413,8 @@ fn parse_chunk_opts(text: &str) -> std::result::Result<Vec<&'static str>, String
     for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         let Some((known, _, _)) = CHUNK_OPTS.iter().find(|(n, _, _)| *n == name) else {
             let names: Vec<&str> = CHUNK_OPTS.iter().map(|(n, _, _)| *n).collect();
-            return Err(format!("unknown variant {name:?} (known: {})", names.join(", ")));
+            let known = if names.is_empty() { "none in this build".to_string() } else { names.join(", ") };
+            return Err(format!("unknown variant {name:?} (known: {known})"));
         };
         on.push(*known);
     }
@@ -677,9 +665,14 @@ mod tests {
     #[test]
     fn chunk_opts_parse_known_names_only() {
         assert_eq!(parse_chunk_opts(""), Ok(vec![]));
-        assert_eq!(parse_chunk_opts(" scan4 , "), Ok(vec!["scan4"]));
-        let e = parse_chunk_opts("scan4,fast").unwrap_err();
-        assert!(e.contains("\"fast\"") && e.contains("known: scan4, scan4r"), "{e}");
+        assert_eq!(parse_chunk_opts(" , "), Ok(vec![]));
+        let e = parse_chunk_opts("scan4").unwrap_err();
+        assert!(e.contains("\"scan4\""), "{e}");
+        for (name, _, _) in CHUNK_OPTS {
+            assert_eq!(parse_chunk_opts(&format!(" {name} , ")), Ok(vec![*name]));
+            let e = parse_chunk_opts(&format!("{name},fast")).unwrap_err();
+            assert!(e.contains("\"fast\"") && e.contains(name), "{e}");
+        }
     }
 
     /// Every variant has its own label, made of file-name characters only (dumped CUBINs are

@@ -81,10 +81,11 @@ fn chunk_modules_hold_one_scan_per_mode() {
     }
 }
 
-/// Every opt-in variant of the tile modules (`kernels::CHUNK_OPTS`, `ELA_CUDA_OPT`) compiles, alone
-/// and all together: the chunked Hadamard-Exp module for 16-bit and f32 operands and both chunk
-/// lengths (64 rows; 32 for f32 128-wide heads and 16-bit 256-wide ones), and the feature-map
-/// module with bf16 tensor-core and f32 operands.
+/// The tile modules compile as they run by default and with every opt-in variant
+/// (`kernels::CHUNK_OPTS`, `ELA_CUDA_OPT`; at times none), alone and all together: the chunked
+/// Hadamard-Exp module for 16-bit and f32 operands and both chunk lengths (64 rows; 32 for f32
+/// 128-wide heads and 16-bit 256-wide ones), and the feature-map module with bf16 tensor-core and
+/// f32 operands.
 #[test]
 fn opt_in_chunk_variants_compile() {
     if !kernels::nvrtc_available() {
@@ -93,7 +94,9 @@ fn opt_in_chunk_variants_compile() {
     }
     use kernels::{ElaDt, KernelFile};
     let defs: Vec<String> = kernels::CHUNK_OPTS.iter().map(|(_, d, _)| format!("#define {d} 1\n")).collect();
-    let mut sets: Vec<String> = defs.clone();
+    // The plain source first (what runs by default), then each variant, then all together.
+    let mut sets: Vec<String> = vec![String::new()];
+    sets.extend(defs.iter().cloned());
     if defs.len() > 1 {
         sets.push(defs.concat());
     }

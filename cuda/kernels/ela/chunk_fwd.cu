@@ -37,19 +37,7 @@
 // compiled for (SCAN_MINB, ELA_MINB, ELA_BWD_MINB) come from the host (cuda/src/kernels.rs,
 // `ChunkMinBlocks`), which needs the scan's figure too.
 #define SCAN_WIDE (ELA_F > 64 || ELA_DV > 64)
-// (The opt-ins ELA_OPT_SCAN4 and ELA_OPT_SCAN4R give the forward (mode 0) and the reverse scan
-// (mode 1) of 64-wide heads four chunks a step: the host's carve follows them.)
-#ifdef ELA_OPT_SCAN4
-#define SCAN_P0 4
-#else
-#define SCAN_P0 2
-#endif
-#ifdef ELA_OPT_SCAN4R
-#define SCAN_P1 4
-#else
-#define SCAN_P1 2
-#endif
-#define SCAN_P(mode) (SCAN_WIDE ? 1 : (mode) == 0 ? SCAN_P0 : SCAN_P1)
+#define SCAN_P (SCAN_WIDE ? 1 : 2)
 #if !defined(SCAN_MINB) || !defined(ELA_MINB) || !defined(ELA_BWD_MINB)
 #error "the host defines SCAN_MINB, ELA_MINB and ELA_BWD_MINB"
 #endif
@@ -86,7 +74,7 @@ __device__ __forceinline__ void st_mt4(MT* p, float a, float b, float c, float d
 // features of the key (or query) vectors it loaded, from registers.
 //
 // The walk is sequential, so what bounds it is the latency of one step, not throughput: each
-// step takes SCAN_P(mode) chunks, whose staging, column maxima, units and features are computed side by
+// step takes SCAN_P chunks, whose staging, column maxima, units and features are computed side by
 // side (four barriers for all), and only the tile products and the slot stores between them run
 // one after the other. The state, the units and the slots are exactly those of a chunk-by-chunk
 // walk.
@@ -109,7 +97,7 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
                                           const ScanSegs& seg, const ElaIo& io, i64 T, int nch, int causal) {
     constexpr int mode = MODE;
     // F: this block's features (state rows), FA: all of them (the row stride of x and the slots).
-    constexpr int FA = ELA_F, F = SCAN_FB, DV = ELA_DV, C = ELA_C, DVB = SCAN_DVB, P = SCAN_P(MODE);
+    constexpr int FA = ELA_F, F = SCAN_FB, DV = ELA_DV, C = ELA_C, DVB = SCAN_DVB, P = SCAN_P;
     // The value tile holds DVB + 8 columns (the values, then the [1 | c den] column block). With
     // 16-bit operands its row stride is an odd count of 16-byte units (DVB + 24 elements: 7 or
     // 11 units) so that the eight rows an ldmatrix reads fall in distinct bank groups; LDP alone

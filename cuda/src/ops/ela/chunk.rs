@@ -127,15 +127,9 @@ impl Variant {
     /// Dynamic shared memory of `ela_scan` (mirrors its carve).
     fn scan_smem(&self) -> u32 {
         let (c, f) = (self.c, SCAN_FB);
-        // SCAN_P chunks per step (2 for 64-wide heads, 4 with the opt-ins `scan4` / `scan4r`,
-        // else 1), each with its tiles and per-feature / per-row vectors; both scan kernels get
-        // the larger carve.
-        let four = crate::kernels::chunk_opt("scan4") || crate::kernels::chunk_opt("scan4r");
-        let per_step = match (self.scan_wide(), four) {
-            (true, _) => 1,
-            (false, false) => 2,
-            (false, true) => 4,
-        };
+        // SCAN_P chunks per step (2 for 64-wide heads, else 1), each with its tiles and
+        // per-feature / per-row vectors.
+        let per_step = if self.scan_wide() { 1 } else { 2 };
         // The value tile: DVB + 8 columns, 8 more with 16-bit operands (an odd count of 16-byte
         // units per row: conflict-free ldmatrix reads; `LDV` in the kernel).
         let value_cols = scan_dvb(self.dv) + if self.mt == DType::F32 { 8 } else { 16 };
