@@ -387,7 +387,12 @@ fn f32_products_define() -> &'static str {
 /// kernels, both built on `ela/tile.cuh`), not yet measured on a GPU: (name in `ELA_CUDA_OPT`,
 /// the modules' define, what it changes). Each computes the same values. Empty while none waits
 /// (cuda/README.md, "Opt-in variants": the measured ones became the default or went).
-pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[];
+pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[(
+    "laraw",
+    "ELA_OPT_LARAW",
+    "elu+1 with bf16 inputs: the feature-map kernels copy q, k, v rows where they lie and map them (elu+1, [v | 1]) in \
+     shared memory, instead of reading operand rows the row kernels wrote (la_stage_op, la_fix in la_chunk.cu)",
+)];
 
 /// The names of the opt-in variants set in `ELA_CUDA_OPT` (read once per process; a comma list
 /// of [`CHUNK_OPTS`] names); an unknown name is reported and the whole setting ignored.
@@ -400,6 +405,12 @@ fn chunk_opts() -> &'static [&'static str] {
         }),
         Err(_) => Vec::new(),
     })
+}
+
+/// Whether the opt-in variant `name` (of [`CHUNK_OPTS`]) is on in this process (the host side of
+/// a variant follows it).
+pub(crate) fn chunk_opt(name: &str) -> bool {
+    chunk_opts().contains(&name)
 }
 
 /// The tile modules' defines of the variants that are on.

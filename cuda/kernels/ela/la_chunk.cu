@@ -86,12 +86,86 @@ template <int ROWS, int COLS> __device__ __forceinline__ void la_stage_async(MT*
     }
 }
 
+// Operands read where the inputs lie (the opt-in ELA_OPT_LARAW; elu+1 with bf16 inputs, whose
+// operand type is the inputs' own): instead of materialised rows, a tile is copied from the raw
+// input rows ([seq][T][width]) and mapped in shared memory, so the row kernels that write Phi,
+// Psi and [v | 1] (gemm_chunk.cu) and their buffers are not needed. `maps` holds 2 bits per
+// operand of a call (A: bits 0-1, B: 2-3, X: 4-5), each one of:
+#define LA_MAP_ROWS 0  // materialised operand rows [seq][Tp][width] (zero rows past T)
+#define LA_MAP_FEAT 1  // elu+1 of raw rows [seq][T][width] (the feature width is the input's)
+#define LA_MAP_AUG 2   // [v | 1 | 0..] of raw value rows [seq][T][vw]
+#ifdef ELA_OPT_LARAW
+#define LA_RAW_PARAMS , int maps, int vw, i64 T_raw
+#define LA_RAW_ARGS , maps, vw, T_raw
+#define LA_OUT_RAW_PARAMS , int maps, int vw
+#define LA_OUT_RAW_ARGS , maps, vw
+#define LA_RAW 1
+#else
+#define LA_OUT_RAW_PARAMS
+#define LA_OUT_RAW_ARGS , 0, 0
+#define LA_RAW_PARAMS
+#define LA_RAW_ARGS , 0, 0, 0
+#define LA_RAW 0
+#endif
+__device__ __forceinline__ int la_map(int maps, int op) { return (maps >> (2 * op)) & 3; }
+
+// Rows [c C, c C + C) of an operand with map `map` (columns j0 .. j0 + COLS of width `width`) into
+// shared memory, asynchronously: materialised rows as la_stage_async; raw rows only where they
+// exist (t < T, and for [v | 1] columns < vw: vw is a multiple of 8), the rest is written by
+// la_fix once the copies have landed.
+template <int ROWS, int COLS>
+__device__ __forceinline__ void la_stage_op(MT* dst, int dld, const MT* src, int map, i64 seq, int c, int nch,
+                                            int width, int j0, int vw, i64 T) {
+    if (map == LA_MAP_ROWS) {
+        la_stage_async<ROWS, COLS>(dst, dld, src + (seq * nch + c) * (i64)ROWS * width + j0, width);
+        return;
+    }
+    constexpr int EPV = 16 / (int)sizeof(MT), NV = ROWS * COLS / EPV;
+    const int rw = map == LA_MAP_FEAT ? width : vw;  // the raw rows' width
+    const i64 t0 = (i64)c * ROWS;
+    const MT* base = src + (seq * T + t0) * rw;
+    for (int e = threadIdx.x; e < NV; e += ELA_THREADS) {
+        const int x = e * EPV, r = x / COLS, cc = x % COLS;
+        if (t0 + r < T && (map == LA_MAP_FEAT || j0 + cc < vw)) cp_async16(dst + r * dld + cc, base + r * rw + j0 + cc);
+    }
+}
+
+// After la_stage_op's copies have landed (and a barrier): elu+1 of the raw entries (0 on rows past
+// T), or [v | 1 | 0..] (0 on rows past T), in 16-byte vectors (the copied values of [v | 1] stay
+// as they are). Same bits as the row kernels' operands. (A first version mapped one entry at a
+// time: the forward was 21 % faster than with the row kernels, but the backward's four passes
+// lost more than that; docs/benchmarks.md, "Operands read where they lie".)
+template <int ROWS, int COLS>
+__device__ __forceinline__ void la_fix(MT* dst, int dld, int map, int c, int j0, int vw, i64 T) {
+    if (map == LA_MAP_ROWS) return;
+    static_assert(COLS % MT_VEC == 0, "whole vectors per row");
+    constexpr int NV = ROWS * COLS / MT_VEC;
+    const i64 t0 = (i64)c * ROWS;
+    for (int e = threadIdx.x; e < NV; e += ELA_THREADS) {
+        const int x = e * MT_VEC, r = x / COLS, cc = x % COLS, col = j0 + cc;
+        const bool live = t0 + r < T;
+        if (map == LA_MAP_AUG && live && col < vw) continue;  // copied values (vw: whole vectors)
+        MT* p = dst + r * dld + cc;
+        float f[MT_VEC];
+        if (map == LA_MAP_FEAT && live) {
+            __align__(16) MT v[MT_VEC];
+            *(ela_u4*)v = *(const ela_u4*)p;
+#pragma unroll
+            for (int k = 0; k < MT_VEC; ++k) f[k] = nc_feature_at<float>(K_ELU, false, from_mt(v[k]), 0, 0, 0.f, 0.f, 0.f);
+        } else {
+#pragma unroll
+            for (int k = 0; k < MT_VEC; ++k) f[k] = map == LA_MAP_AUG && live && col + k == vw ? 1.f : 0.f;
+        }
+        store_mt_vec(p, f);
+    }
+}
+
 // Stages of the scan's copy pipeline: the chunk being multiplied and the next two in flight.
 #define LA_STAGES 3
 
 template <int EB>
 __device__ __forceinline__ void la_scan_impl(const MT* B, const MT* X, MT* slots, const float* init, float* fin,
-                                             int nch, int reverse) {
+                                             int nch, int reverse, int maps, int vw, i64 T) {
     constexpr int F = LA_F, E = LA_E, C = LA_C, LDF = LDP(F), LDX = LDP(EB), NS = LA_STAGES;
     typedef Deal<F, EB, 1> W;
     MT* bs = (MT*)ela_smem;      // [NS][C][LDF] B of a chunk per stage
@@ -128,8 +202,13 @@ __device__ __forceinline__ void la_scan_impl(const MT* B, const MT* X, MT* slots
     auto issue = [&](int it) {
         if (it < nch) {
             const int st = it % NS;
-            la_stage_async<C, F>(bs + st * C * LDF, LDF, bq + (i64)chunk(it) * C * F, F);
-            la_stage_async<C, EB>(xs + st * C * LDX, LDX, xq + (i64)chunk(it) * C * E, E);
+            if (LA_RAW) {
+                la_stage_op<C, F>(bs + st * C * LDF, LDF, B, la_map(maps, 1), seq, chunk(it), nch, F, 0, vw, T);
+                la_stage_op<C, EB>(xs + st * C * LDX, LDX, X, la_map(maps, 2), seq, chunk(it), nch, E, j0, vw, T);
+            } else {
+                la_stage_async<C, F>(bs + st * C * LDF, LDF, bq + (i64)chunk(it) * C * F, F);
+                la_stage_async<C, EB>(xs + st * C * LDX, LDX, xq + (i64)chunk(it) * C * E, E);
+            }
         }
         cp_async_commit();
     };
@@ -142,6 +221,11 @@ __device__ __forceinline__ void la_scan_impl(const MT* B, const MT* X, MT* slots
         store_slot(chunk(it));
         // S += B_c^T X_c: B read transposed from its row-major tile.
         const int st = it % NS;
+        if (LA_RAW && maps != 0) {
+            la_fix<C, F>(bs + st * C * LDF, LDF, la_map(maps, 1), chunk(it), 0, vw, T);
+            la_fix<C, EB>(xs + st * C * LDX, LDX, la_map(maps, 2), chunk(it), j0, vw, T);
+            __syncthreads();
+        }
 #pragma unroll
         for (int s = 0; s < W::PER; ++s)
             if (W::has(s))
@@ -160,14 +244,22 @@ __device__ __forceinline__ void la_scan_impl(const MT* B, const MT* X, MT* slots
     }
 }
 
-extern "C" __global__ void __launch_bounds__(ELA_THREADS)
-    la_scan(const MT* B, const MT* X, MT* slots, const float* init, float* fin, int nch, int reverse) {
-    la_scan_impl<LA_EB_HALF>(B, X, slots, init, fin, nch, reverse);
+// (With ELA_OPT_LARAW the 128-wide bf16 scan took 176 registers, one block a multiprocessor;
+// its shared memory allows two.)
+#if LA_RAW
+#define LA_SCAN_BOUNDS __launch_bounds__(ELA_THREADS, 2)
+#else
+#define LA_SCAN_BOUNDS __launch_bounds__(ELA_THREADS)
+#endif
+extern "C" __global__ void LA_SCAN_BOUNDS la_scan(const MT* B, const MT* X, MT* slots, const float* init, float* fin,
+                                                  int nch, int reverse LA_RAW_PARAMS) {
+    la_scan_impl<LA_EB_HALF>(B, X, slots, init, fin, nch, reverse LA_RAW_ARGS);
 }
 #if !ELA_MMA
 extern "C" __global__ void __launch_bounds__(ELA_THREADS)
-    la_scan_narrow(const MT* B, const MT* X, MT* slots, const float* init, float* fin, int nch, int reverse) {
-    la_scan_impl<LA_EB_NARROW>(B, X, slots, init, fin, nch, reverse);
+    la_scan_narrow(const MT* B, const MT* X, MT* slots, const float* init, float* fin, int nch,
+                   int reverse LA_RAW_PARAMS) {
+    la_scan_impl<LA_EB_NARROW>(B, X, slots, init, fin, nch, reverse LA_RAW_ARGS);
 }
 #endif
 
@@ -216,7 +308,7 @@ template <int M> struct GradRow {
 template <int KI, int NO, bool STT>
 __device__ __forceinline__ void la_out_impl(const MT* A, const MT* B, const MT* X, const MT* slots, void* out,
                                             const IOS* aux0, const IOS* aux1, float* den, i64 T, int nch, int dir,
-                                            int mode, int dv, int kern, int key) {
+                                            int mode, int dv, int kern, int key, int maps, int vw) {
     constexpr int C = LA_C, LDK = LDP(KI), LDN = LDP(NO), LDC = LDP(C), LDO = NO + 4;
     constexpr int SR = STT ? NO : KI, SC = STT ? KI : NO, LDS = LDP(SC);  // the slot as stored
     MT* as = (MT*)ela_smem;  // [C][LDK]
@@ -231,15 +323,31 @@ __device__ __forceinline__ void la_out_impl(const MT* A, const MT* B, const MT* 
     const int c = blockIdx.x, seq = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const i64 Tp = (i64)nch * C, row0g = seq * Tp + (i64)c * C;
     const i64 slot = (i64)seq * (nch + 1) + (dir == 2 ? nch : c);
-    la_stage_async<C, KI>(as, LDK, A + row0g * KI, KI);
-    if (dir != 2) {
-        la_stage_async<C, KI>(bs, LDK, B + row0g * KI, KI);
-        la_stage_async<C, NO>(xs, LDN, X + row0g * NO, NO);
+    if (LA_RAW) {
+        la_stage_op<C, KI>(as, LDK, A, la_map(maps, 0), seq, c, nch, KI, 0, vw, T);
+        if (dir != 2) {
+            la_stage_op<C, KI>(bs, LDK, B, la_map(maps, 1), seq, c, nch, KI, 0, vw, T);
+            la_stage_op<C, NO>(xs, LDN, X, la_map(maps, 2), seq, c, nch, NO, 0, vw, T);
+        }
+    } else {
+        la_stage_async<C, KI>(as, LDK, A + row0g * KI, KI);
+        if (dir != 2) {
+            la_stage_async<C, KI>(bs, LDK, B + row0g * KI, KI);
+            la_stage_async<C, NO>(xs, LDN, X + row0g * NO, NO);
+        }
     }
     la_stage_async<SR, SC>(ss, LDS, slots + slot * SR * SC, SC);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
+    if (LA_RAW && maps != 0) {
+        la_fix<C, KI>(as, LDK, la_map(maps, 0), c, 0, vw, T);
+        if (dir != 2) {
+            la_fix<C, KI>(bs, LDK, la_map(maps, 1), c, 0, vw, T);
+            la_fix<C, NO>(xs, LDN, la_map(maps, 2), c, 0, vw, T);
+        }
+        __syncthreads();
+    }
     if (dir != 2) {
         constexpr int NTM = Nt<C, C>::V;
         typedef Deal<C, C, NTM> WM;
@@ -333,16 +441,16 @@ __device__ __forceinline__ void la_out_impl(const MT* A, const MT* B, const MT* 
 // LA with A, B of width F and X, O of width E (the forward; the backward's dV').
 extern "C" __global__ void __launch_bounds__(ELA_THREADS)
     la_out_fe(const MT* A, const MT* B, const MT* X, const MT* slots, void* out, const IOS* aux0, const IOS* aux1,
-              float* den, i64 T, int nch, int dir, int mode, int dv, int kern, int key) {
-    la_out_impl<LA_F, LA_E, false>(A, B, X, slots, out, aux0, aux1, den, T, nch, dir, mode, dv, kern, key);
+              float* den, i64 T, int nch, int dir, int mode, int dv, int kern, int key LA_OUT_RAW_PARAMS) {
+    la_out_impl<LA_F, LA_E, false>(A, B, X, slots, out, aux0, aux1, den, T, nch, dir, mode, dv, kern, key LA_OUT_RAW_ARGS);
 }
 
 // LA with A, B of width E and X, O of width F, the [F x E] slots read transposed (the backward's
 // dPhi and dPsi, turned into dq and dk by the LA_OUT_VJP epilogue).
 extern "C" __global__ void __launch_bounds__(ELA_THREADS)
     la_out_ef(const MT* A, const MT* B, const MT* X, const MT* slots, void* out, const IOS* aux0, const IOS* aux1,
-              float* den, i64 T, int nch, int dir, int mode, int dv, int kern, int key) {
-    la_out_impl<LA_E, LA_F, true>(A, B, X, slots, out, aux0, aux1, den, T, nch, dir, mode, dv, kern, key);
+              float* den, i64 T, int nch, int dir, int mode, int dv, int kern, int key LA_OUT_RAW_PARAMS) {
+    la_out_impl<LA_E, LA_F, true>(A, B, X, slots, out, aux0, aux1, den, T, nch, dir, mode, dv, kern, key LA_OUT_RAW_ARGS);
 }
 
 // G = [dy / den | -(dy . y) / den | 0] ([seq][Tp][E] operands, padding rows 0) from the

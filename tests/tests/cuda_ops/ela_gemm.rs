@@ -94,9 +94,12 @@ fn feature_kernels_match_f64_over_many_chunks() -> Result<()> {
     let Some(dev) = gpu() else { return Ok(()) };
     // T = 200: three full chunks of 64 (six of 32) and a ragged one; d = 64 gives F = 65, 66;
     // dv = 5 and 128; d = 160 has tiles wider than 144 (32-row chunks, also with elu+1's bf16
-    // operands); d = dv = 256 takes the cuBLAS form with f32 operands, 32-row tiles with bf16.
+    // operands); d = dv = 256 takes the cuBLAS form with f32 operands, 32-row tiles with bf16;
+    // d = dv = 64 has whole 16-byte rows, which elu+1 with bf16 inputs reads where they lie under
+    // the opt-in `ELA_CUDA_OPT=laraw` (as d = 16 with dv = 128 and d = dv = 256 do).
     let shapes = [
         ([2, 2, 200, 64], 5),
+        ([1, 2, 200, 64], 64),
         ([1, 3, 130, 16], 128),
         ([1, 1, 1, 8], 8),
         ([1, 2, 100, 160], 5),

@@ -111,6 +111,40 @@ pub(super) struct Plan {
     e: usize,
     /// Operand type: bf16 (elu+1 with bf16 inputs) or f32.
     mt: DType,
+    /// The opt-in `laraw` (`ELA_CUDA_OPT`): elu+1 with bf16 inputs whose rows are whole 16-byte
+    /// vectors (`d` a multiple of 16, so `F = d`; `dv` of 8) reads q, k, v where they lie and maps
+    /// them in shared memory ([`Op::Feat`], [`Op::Aug`]) instead of operand rows.
+    raw: bool,
+}
+
+/// An operand of a scan or an output pass (`LA_MAP_*` in la_chunk.cu): materialised rows
+/// (`[n][tp][width]`, zero rows past `t`), or input rows (`[n][t][width]`) mapped as their tiles
+/// load: elu+1 of them, or `[v | 1]`.
+#[derive(Clone, Copy)]
+enum Op<'a> {
+    Rows(&'a CudaStorage),
+    Feat(&'a CudaStorage),
+    Aug(&'a CudaStorage),
+}
+
+impl Op<'_> {
+    fn ptr(&self) -> u64 {
+        match self {
+            Op::Rows(b) | Op::Feat(b) | Op::Aug(b) => b.ptr(),
+        }
+    }
+    fn map(&self) -> i32 {
+        match self {
+            Op::Rows(_) => 0,
+            Op::Feat(_) => 1,
+            Op::Aug(_) => 2,
+        }
+    }
+}
+
+/// `maps` of la_chunk.cu: 2 bits per operand, `A` first.
+fn maps(ops: [Op; 3]) -> i32 {
+    ops[0].map() | ops[1].map() << 2 | ops[2].map() << 4
 }
 
 fn pad16(n: usize) -> usize {
@@ -150,7 +184,8 @@ fn plan_for(kernel: ElaKernel, dtype: DType, dims: &ElaDims, smem_limit: u32) ->
     if dims.t.div_ceil(c) >= i32::MAX as usize {
         return None;
     }
-    let plan = Plan { file: KernelFile::ElaLa { dt, tc, f: f16, e: e16 }, c, f, e, mt };
+    let raw = tc && crate::kernels::chunk_opt("laraw") && dims.d.is_multiple_of(16) && dims.dv.is_multiple_of(8);
+    let plan = Plan { file: KernelFile::ElaLa { dt, tc, f: f16, e: e16 }, c, f, e, mt, raw };
     let scan = plan.scan_kinds().iter().map(|&k| plan.scan_smem(k)).min()?;
     let most = [scan, plan.out_smem(Widths::Fe), plan.out_smem(Widths::Ef)].into_iter().max()?;
     (most <= smem_limit).then_some(plan)
@@ -251,12 +286,14 @@ struct Geo {
     t: usize,
     nch: usize,
     tp: usize,
+    /// The value width (`[v | 1]`'s `v` for [`Op::Aug`]).
+    dv: usize,
 }
 
 impl Geo {
     fn new(pl: &Plan, dims: &ElaDims) -> Geo {
         let nch = dims.t.div_ceil(pl.c);
-        Geo { n: dims.sequences(), t: dims.t, nch, tp: nch * pl.c }
+        Geo { n: dims.sequences(), t: dims.t, nch, tp: nch * pl.c, dv: dims.dv }
     }
     /// The launch of a row kernel over `rows` rows of each sequence (grid y: the sequence).
     fn rows_cfg(&self, rows: usize) -> Cfg {
@@ -310,18 +347,9 @@ impl Cuda {
     /// The state slots `[n][nch + 1][f][e]` of `sum B^T X` over chunks (forward or `reverse`),
     /// from `init` and writing the total to `fin` (both f32 `[n][f][e]`, optional).
     #[allow(clippy::too_many_arguments)]
-    fn ela_fc_scan(
-        &self,
-        pl: &Plan,
-        g: Geo,
-        b: &CudaStorage,
-        x: &CudaStorage,
-        init: u64,
-        fin: u64,
-        reverse: bool,
-    ) -> Result<CudaStorage> {
+    fn ela_fc_scan(&self, pl: &Plan, g: Geo, b: Op, x: Op, init: u64, fin: u64, reverse: bool) -> Result<CudaStorage> {
         let slots = self.alloc(pl.mt, g.n * (g.nch + 1) * pl.f * pl.e)?;
-        let args = [
+        let mut args = vec![
             Arg::Ptr(b.ptr()),
             Arg::Ptr(x.ptr()),
             Arg::Ptr(slots.ptr()),
@@ -330,6 +358,10 @@ impl Cuda {
             Arg::I32(g.nch as i32),
             Arg::I32(reverse as i32),
         ];
+        if crate::kernels::chunk_opt("laraw") {
+            // (The module's scans take the operand maps, the value width and T then.)
+            args.extend([Arg::I32(maps([b, b, x]) & !3), Arg::I32(g.dv as i32), Arg::n(g.t)]);
+        }
         let k = self.la_scan_kind(pl, g.n)?;
         let cfg = Cfg { grid: g.n as u32, grid_y: (pl.e / pl.scan_cols(k)) as u32, block: THREADS };
         self.launch_smem(pl.file, k.kernel(), cfg, pl.scan_smem(k), &args)?;
@@ -369,7 +401,7 @@ impl Cuda {
         pl: &Plan,
         g: Geo,
         w: Widths,
-        [a, b, x]: [&CudaStorage; 3],
+        ops: [Op; 3],
         slots: &CudaStorage,
         out: u64,
         aux: [u64; 2],
@@ -379,7 +411,8 @@ impl Cuda {
         width: usize,
     ) -> Result<()> {
         let (kern, key) = feat.map_or((0, 0), |(k, key)| (k.code(), key as i32));
-        let args = [
+        let [a, b, x] = ops;
+        let mut args = vec![
             Arg::Ptr(a.ptr()),
             Arg::Ptr(b.ptr()),
             Arg::Ptr(x.ptr()),
@@ -396,6 +429,9 @@ impl Cuda {
             Arg::I32(kern),
             Arg::I32(key),
         ];
+        if crate::kernels::chunk_opt("laraw") {
+            args.extend([Arg::I32(maps(ops)), Arg::I32(g.dv as i32)]);
+        }
         let name = if w == Widths::Fe { "la_out_fe" } else { "la_out_ef" };
         let cfg = Cfg { grid: g.nch as u32, grid_y: g.n as u32, block: THREADS };
         self.launch_smem(pl.file, name, cfg, pl.out_smem(w), &args)
@@ -419,9 +455,9 @@ impl Cuda {
             return Ok((y, None));
         }
         debug_assert!(p.causal || state.is_none(), "ela_forward: a carried state is causal (ElaParams::validate)");
-        let phi = self.ela_fc_features(pl, g, q, d, p.kernel, false)?;
-        let psi = self.ela_fc_features(pl, g, k, d, p.kernel, true)?;
-        let vaug = self.ela_fc_augment(pl, g, v, dv)?;
+        let raw = Self::ela_fc_raw(pl, [q, k, v]);
+        let mats = self.ela_fc_operands(pl, g, [q, k, v], d, dv, p.kernel, raw)?;
+        let ops = Self::ela_fc_ops(&mats, [q, k, v], raw);
         // A carried (S, z) travels as one f32 [S | z] block of the padded widths.
         let carried = match &state {
             Some(st) => {
@@ -434,21 +470,62 @@ impl Cuda {
             None => None,
         };
         let (init, fin) = carried.as_ref().map_or((0, 0), |(i, f)| (i.ptr(), f.ptr()));
-        let slots = self.ela_fc_scan(pl, g, &psi, &vaug, init, fin, false)?;
+        let slots = self.ela_fc_scan(pl, g, ops[1], ops[2], init, fin, false)?;
         let dir = if p.causal { Dir::Causal } else { Dir::All };
         let den = if save && state.is_none() { Some(self.alloc(DType::F32, g.n * g.t)?) } else { None };
         let den_ptr = den.as_ref().map_or(0, |x| x.ptr());
-        let ops = [&phi, &psi, &vaug];
         self.ela_fc_out(pl, g, Widths::Fe, ops, &slots, y.ptr(), [0, 0], den_ptr, dir, (Epilogue::Y, None), dv)?;
         if let (Some(st), Some((_, fin))) = (state, &carried) {
             self.ela_gc_state(st, fin, g.n, f, pl.f, dv, pl.e, false)?;
         }
-        Ok((y, den.map(|den| vec![phi, psi, vaug, slots, den])))
+        let Some(den) = den else { return Ok((y, None)) };
+        let [phi, psi, vaug] = match mats {
+            Some(m) => m,
+            // (Read where they lie: nothing to keep but empty buffers in their places.)
+            None => [self.alloc(pl.mt, 0)?, self.alloc(pl.mt, 0)?, self.alloc(pl.mt, 0)?],
+        };
+        Ok((y, Some(vec![phi, psi, vaug, slots, den])))
     }
 
-    /// The sizes of the buffers a saving forward keeps (see [`Cuda::ela_fc_forward`]).
-    fn ela_fc_saved_lens(pl: &Plan, g: Geo) -> [usize; 5] {
-        let rows = g.n * g.tp;
+    /// Whether this call reads q, k, v where they lie ([`Plan::raw`], and rows whose 16-byte
+    /// vectors are aligned: a view may start anywhere).
+    fn ela_fc_raw(pl: &Plan, inputs: [&CudaStorage; 3]) -> bool {
+        pl.raw && inputs.iter().all(|x| x.ptr().is_multiple_of(16))
+    }
+
+    /// `Phi`, `Psi` and `[v | 1]` as operand rows, or none when they are read where they lie.
+    #[allow(clippy::too_many_arguments)]
+    fn ela_fc_operands(
+        &self,
+        pl: &Plan,
+        g: Geo,
+        [q, k, v]: [&CudaStorage; 3],
+        d: usize,
+        dv: usize,
+        kernel: ElaKernel,
+        raw: bool,
+    ) -> Result<Option<[CudaStorage; 3]>> {
+        if raw {
+            return Ok(None);
+        }
+        let phi = self.ela_fc_features(pl, g, q, d, kernel, false)?;
+        let psi = self.ela_fc_features(pl, g, k, d, kernel, true)?;
+        let vaug = self.ela_fc_augment(pl, g, v, dv)?;
+        Ok(Some([phi, psi, vaug]))
+    }
+
+    /// The operands `Phi`, `Psi`, `[v | 1]`: the rows in `mats`, or q, k, v mapped as they load.
+    fn ela_fc_ops<'a>(mats: &'a Option<[CudaStorage; 3]>, [q, k, v]: [&'a CudaStorage; 3], raw: bool) -> [Op<'a>; 3] {
+        match mats {
+            Some([phi, psi, vaug]) if !raw => [Op::Rows(phi), Op::Rows(psi), Op::Rows(vaug)],
+            _ => [Op::Feat(q), Op::Feat(k), Op::Aug(v)],
+        }
+    }
+
+    /// The sizes of the buffers a saving forward keeps (see [`Cuda::ela_fc_forward`]; `raw`: the
+    /// operands were read where they lie, and their places hold empty buffers).
+    fn ela_fc_saved_lens(pl: &Plan, g: Geo, raw: bool) -> [usize; 5] {
+        let rows = if raw { 0 } else { g.n * g.tp };
         [rows * pl.f, rows * pl.f, rows * pl.e, g.n * (g.nch + 1) * pl.f * pl.e, g.n * g.t]
     }
 
@@ -471,10 +548,12 @@ impl Cuda {
         }
         let (fwd, bwd) = if p.causal { (Dir::Causal, Dir::AntiCausal) } else { (Dir::All, Dir::All) };
         let gg = self.alloc(pl.mt, g.n * g.tp * pl.e)?;
+        let raw = Self::ela_fc_raw(pl, [q, k, v]);
         let recomputed;
-        let [phi, psi, vaug, s] = match saved {
+        let mats;
+        let ([phi, psi, vaug], s) = match saved {
             Some(bufs) => {
-                let want = Self::ela_fc_saved_lens(pl, g);
+                let want = Self::ela_fc_saved_lens(pl, g, raw);
                 let have: Vec<usize> = bufs.iter().map(|b| b.len()).collect();
                 if have != want || bufs[..4].iter().any(|b| b.dtype() != pl.mt) {
                     return Err(super::saved_mismatch(&have, &want, format!("{:?} operands", pl.mt)));
@@ -490,28 +569,33 @@ impl Cuda {
                     Arg::I32(dv as i32),
                 ];
                 self.launch(pl.file, "la_grad", g.rows_cfg(g.tp), &args)?;
-                [&bufs[0], &bufs[1], &bufs[2], &bufs[3]]
+                mats = if raw { None } else { Some([&bufs[0], &bufs[1], &bufs[2]]) };
+                let ops = match mats {
+                    Some([phi, psi, vaug]) => [Op::Rows(phi), Op::Rows(psi), Op::Rows(vaug)],
+                    None => [Op::Feat(q), Op::Feat(k), Op::Aug(v)],
+                };
+                (ops, &bufs[3])
             }
             None => {
-                let phi = self.ela_fc_features(pl, g, q, d, p.kernel, false)?;
-                let psi = self.ela_fc_features(pl, g, k, d, p.kernel, true)?;
-                let vaug = self.ela_fc_augment(pl, g, v, dv)?;
-                let s = self.ela_fc_scan(pl, g, &psi, &vaug, 0, 0, false)?;
+                let made = self.ela_fc_operands(pl, g, [q, k, v], d, dv, p.kernel, raw)?;
+                let ops = Self::ela_fc_ops(&made, [q, k, v], raw);
+                let s = self.ela_fc_scan(pl, g, ops[1], ops[2], 0, 0, false)?;
                 // The forward's output pass again, its epilogue turning den into G.
-                let (ops, aux) = ([&phi, &psi, &vaug], [y.ptr(), dy.ptr()]);
+                let aux = [y.ptr(), dy.ptr()];
                 self.ela_fc_out(pl, g, Widths::Fe, ops, &s, gg.ptr(), aux, 0, fwd, (Epilogue::G, None), dv)?;
-                recomputed = [phi, psi, vaug, s];
-                [&recomputed[0], &recomputed[1], &recomputed[2], &recomputed[3]]
+                recomputed = (made, s);
+                (Self::ela_fc_ops(&recomputed.0, [q, k, v], raw), &recomputed.1)
             }
         };
+        let gr = Op::Rows(&gg);
         // R = sum over later chunks of Phi^T G (global calls: the total, slot nch, either way).
-        let r = self.ela_fc_scan(pl, g, phi, &gg, 0, 0, p.causal)?;
+        let r = self.ela_fc_scan(pl, g, phi, gr, 0, 0, p.causal)?;
         // dPhi, dPsi straight into dq, dk (their epilogue applies the feature maps' VJPs).
         let (kq, kk) = ((Epilogue::Vjp, Some((p.kernel, false))), (Epilogue::Vjp, Some((p.kernel, true))));
-        self.ela_fc_out(pl, g, Widths::Ef, [&gg, vaug, psi], s, dq.ptr(), [q.ptr(), 0], 0, fwd, kq, d)?;
-        self.ela_fc_out(pl, g, Widths::Ef, [vaug, &gg, phi], &r, dk.ptr(), [k.ptr(), 0], 0, bwd, kk, d)?;
+        self.ela_fc_out(pl, g, Widths::Ef, [gr, vaug, psi], s, dq.ptr(), [q.ptr(), 0], 0, fwd, kq, d)?;
+        self.ela_fc_out(pl, g, Widths::Ef, [vaug, gr, phi], &r, dk.ptr(), [k.ptr(), 0], 0, bwd, kk, d)?;
         let take = (Epilogue::Take, None);
-        self.ela_fc_out(pl, g, Widths::Fe, [psi, phi, &gg], &r, dvo.ptr(), [0, 0], 0, bwd, take, dv)?;
+        self.ela_fc_out(pl, g, Widths::Fe, [psi, phi, gr], &r, dvo.ptr(), [0, 0], 0, bwd, take, dv)?;
         Ok((dq, dk, dvo))
     }
 }
