@@ -457,7 +457,7 @@ impl Cuda {
         debug_assert!(p.causal || state.is_none(), "ela_forward: a carried state is causal (ElaParams::validate)");
         let raw = Self::ela_fc_raw(pl, [q, k, v]);
         let mats = self.ela_fc_operands(pl, g, [q, k, v], d, dv, p.kernel, raw)?;
-        let ops = Self::ela_fc_ops(&mats, [q, k, v], raw);
+        let ops = Self::ela_fc_ops(mats.as_ref().map(|m| &m[..]), [q, k, v]);
         // A carried (S, z) travels as one f32 [S | z] block of the padded widths.
         let carried = match &state {
             Some(st) => {
@@ -514,10 +514,11 @@ impl Cuda {
         Ok(Some([phi, psi, vaug]))
     }
 
-    /// The operands `Phi`, `Psi`, `[v | 1]`: the rows in `mats`, or q, k, v mapped as they load.
-    fn ela_fc_ops<'a>(mats: &'a Option<[CudaStorage; 3]>, [q, k, v]: [&'a CudaStorage; 3], raw: bool) -> [Op<'a>; 3] {
+    /// The operands `Phi`, `Psi`, `[v | 1]`: the rows in `mats`, or (none) q, k, v mapped as they
+    /// load.
+    fn ela_fc_ops<'a>(mats: Option<&'a [CudaStorage]>, [q, k, v]: [&'a CudaStorage; 3]) -> [Op<'a>; 3] {
         match mats {
-            Some([phi, psi, vaug]) if !raw => [Op::Rows(phi), Op::Rows(psi), Op::Rows(vaug)],
+            Some([phi, psi, vaug, ..]) => [Op::Rows(phi), Op::Rows(psi), Op::Rows(vaug)],
             _ => [Op::Feat(q), Op::Feat(k), Op::Aug(v)],
         }
     }
@@ -550,7 +551,6 @@ impl Cuda {
         let gg = self.alloc(pl.mt, g.n * g.tp * pl.e)?;
         let raw = Self::ela_fc_raw(pl, [q, k, v]);
         let recomputed;
-        let mats;
         let ([phi, psi, vaug], s) = match saved {
             Some(bufs) => {
                 let want = Self::ela_fc_saved_lens(pl, g, raw);
@@ -569,22 +569,17 @@ impl Cuda {
                     Arg::I32(dv as i32),
                 ];
                 self.launch(pl.file, "la_grad", g.rows_cfg(g.tp), &args)?;
-                mats = if raw { None } else { Some([&bufs[0], &bufs[1], &bufs[2]]) };
-                let ops = match mats {
-                    Some([phi, psi, vaug]) => [Op::Rows(phi), Op::Rows(psi), Op::Rows(vaug)],
-                    None => [Op::Feat(q), Op::Feat(k), Op::Aug(v)],
-                };
-                (ops, &bufs[3])
+                (Self::ela_fc_ops((!raw).then_some(&bufs[..3]), [q, k, v]), &bufs[3])
             }
             None => {
                 let made = self.ela_fc_operands(pl, g, [q, k, v], d, dv, p.kernel, raw)?;
-                let ops = Self::ela_fc_ops(&made, [q, k, v], raw);
+                let ops = Self::ela_fc_ops(made.as_ref().map(|m| &m[..]), [q, k, v]);
                 let s = self.ela_fc_scan(pl, g, ops[1], ops[2], 0, 0, false)?;
                 // The forward's output pass again, its epilogue turning den into G.
                 let aux = [y.ptr(), dy.ptr()];
                 self.ela_fc_out(pl, g, Widths::Fe, ops, &s, gg.ptr(), aux, 0, fwd, (Epilogue::G, None), dv)?;
                 recomputed = (made, s);
-                (Self::ela_fc_ops(&recomputed.0, [q, k, v], raw), &recomputed.1)
+                (Self::ela_fc_ops(recomputed.0.as_ref().map(|m| &m[..]), [q, k, v]), &recomputed.1)
             }
         };
         let gr = Op::Rows(&gg);
