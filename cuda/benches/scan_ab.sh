@@ -100,6 +100,12 @@ for part in $parts; do
       ELA_CUDA_OPT=$all timeout 150 "$CS" --tool racecheck .gpu/bin/test-cuda_ops \
         ela_fast::chunked_ela_matches >>"$log" 2>&1
       echo "racecheck rc $?" >>"$log"
+      # The feature-map kernels: one test with every kernel and both scans, under each tool.
+      for tool in memcheck racecheck; do
+        ELA_CUDA_OPT=$all timeout 100 "$CS" --tool $tool .gpu/bin/test-cuda_ops \
+          ela_gemm::both_scans_give_the_same_bits >>"$log" 2>&1
+        echo "$tool (ela_gemm) rc $?" >>"$log"
+      done
       ;;
     feat)
       # ELA_CUDA_LA_SCAN (cuda/README.md, "The other kernels, chunked"): the chunked feature-map

@@ -407,9 +407,9 @@ fn chunk_opts() -> &'static [&'static str] {
     })
 }
 
-/// Whether the opt-in variant `name` (of [`CHUNK_OPTS`]) is on in this process (the host side of
-/// a variant follows it).
-pub(crate) fn chunk_opt(name: &str) -> bool {
+/// Whether the opt-in variant `name` (of [`CHUNK_OPTS`]) is on in this process (`ELA_CUDA_OPT`;
+/// the host side of a variant follows it, and tests of a variant run only where it is on).
+pub fn chunk_opt(name: &str) -> bool {
     chunk_opts().contains(&name)
 }
 

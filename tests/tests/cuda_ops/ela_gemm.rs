@@ -216,3 +216,50 @@ fn both_scans_give_the_same_bits() -> Result<()> {
     }
     Ok(())
 }
+
+/// With the opt-in `ELA_CUDA_OPT=laraw`, elu+1 with bf16 inputs reads q, k, v where they lie and
+/// maps them as its tiles load: the outputs, gradients (saving and recomputing backward) and a
+/// carried state are the same bits as with the operand rows of the row kernels
+/// (`ela_cuda::with_la_rows`). Ragged last chunks, `Dv != D`, both directions. Without the
+/// variant there is nothing to compare, and the test says so.
+#[test]
+fn operands_read_where_they_lie_give_the_same_bits() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    if !ela_cuda::kernels::chunk_opt("laraw") {
+        // (Not a missing device: `testing::skip` would fail it under ELA_REQUIRE_CUDA=1.)
+        eprintln!("operands_read_where_they_lie: ELA_CUDA_OPT=laraw is off, nothing to compare");
+        return Ok(());
+    }
+    let kernel = ElaKernel::EluPlusOne;
+    for (ci, (shape, dv)) in
+        [([1, 2, 200, 64], 64), ([1, 3, 130, 16], 128), ([2, 1, 97, 32], 40)].into_iter().enumerate()
+    {
+        let [q, k, v] = inputs(kernel, shape, dv, DType::BF16, 960 + ci as u64, &dev);
+        let [b, h, t, d] = shape;
+        let dy = Pair::randn(&[b, h, t, dv], DType::BF16, 980 + ci as u64, &dev);
+        let run = || -> Result<Vec<Vec<f64>>> {
+            let mut out = Vec::new();
+            for causal in [true, false] {
+                let p = ElaParams { kernel, causal, chunk: 16 };
+                let (y, saved) = q.gpu.ela_saving(&k.gpu, &v.gpu, &p)?;
+                let (dq, dk, dv) = Tensor::ela_backward_saved(&q.gpu, &k.gpu, &v.gpu, &y, &dy.gpu, &p, saved.as_ref())?;
+                let (rq, rk, rv) = Tensor::ela_backward(&q.gpu, &k.gpu, &v.gpu, &y, &dy.gpu, &p)?;
+                for x in [&y, &dq, &dk, &dv, &rq, &rk, &rv] {
+                    out.push(x.to_vec_f64()?);
+                }
+            }
+            let mut st = FusedElaState::new(kernel, b, h, d, dv, DType::BF16, &dev)?;
+            out.push(st.prefill(&q.gpu, &k.gpu, &v.gpu)?.to_vec_f64()?);
+            let (s, z, _) = st.buffers()?;
+            out.push(s.to_vec_f64()?);
+            out.push(z.to_vec_f64()?);
+            Ok(out)
+        };
+        let (raw, rows) = (run()?, ela_cuda::with_la_rows(run)?);
+        for (i, (a, b)) in raw.iter().zip(&rows).enumerate() {
+            let same = a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "{shape:?}x{dv}: output {i} differs between raw inputs and operand rows");
+        }
+    }
+    Ok(())
+}

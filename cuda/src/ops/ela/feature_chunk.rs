@@ -207,6 +207,20 @@ pub fn with_la_scan<R>(scan: Option<&'static str>, f: impl FnOnce() -> R) -> R {
     super::with_override(&LA_SCAN, scan, f)
 }
 
+thread_local! {
+    /// Set by [`with_la_rows`]: this thread's calls materialise their operand rows even where the
+    /// opt-in `laraw` would read q, k, v where they lie.
+    static LA_ROWS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every feature-map call it issues on this thread reading operand rows that the
+/// row kernels wrote, as without the opt-in `laraw` (`ELA_CUDA_OPT`; the kernels take either).
+/// For tests that compare the two: they give the same bits.
+#[doc(hidden)]
+pub fn with_la_rows<R>(f: impl FnOnce() -> R) -> R {
+    super::with_override(&LA_ROWS, true, f)
+}
+
 /// Of `(kernel, blocks, resident blocks)`, the kernel whose blocks take the fewest waves of
 /// resident ones (the first of a tie; none where nothing is resident).
 fn fewest_waves(options: &[(ScanKind, usize, usize)]) -> Option<ScanKind> {
@@ -487,10 +501,10 @@ impl Cuda {
         Ok((y, Some(vec![phi, psi, vaug, slots, den])))
     }
 
-    /// Whether this call reads q, k, v where they lie ([`Plan::raw`], and rows whose 16-byte
-    /// vectors are aligned: a view may start anywhere).
+    /// Whether this call reads q, k, v where they lie ([`Plan::raw`], not [`with_la_rows`], and
+    /// rows whose 16-byte vectors are aligned: a view may start anywhere).
     fn ela_fc_raw(pl: &Plan, inputs: [&CudaStorage; 3]) -> bool {
-        pl.raw && inputs.iter().all(|x| x.ptr().is_multiple_of(16))
+        pl.raw && !LA_ROWS.with(|c| c.get()) && inputs.iter().all(|x| x.ptr().is_multiple_of(16))
     }
 
     /// `Phi`, `Psi` and `[v | 1]` as operand rows, or none when they are read where they lie.

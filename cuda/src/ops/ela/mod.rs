@@ -25,7 +25,7 @@
 mod chunk;
 pub use chunk::with_scan_runs;
 mod feature_chunk;
-pub use feature_chunk::with_la_scan;
+pub use feature_chunk::{with_la_rows, with_la_scan};
 mod gemm_chunk;
 mod noncausal;
 mod padded;
