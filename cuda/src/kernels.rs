@@ -392,6 +392,11 @@ pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[(
     "ELA_OPT_LARAW",
     "elu+1 with bf16 inputs: the feature-map kernels copy q, k, v rows where they lie and map them (elu+1, [v | 1]) in \
      shared memory, instead of reading operand rows the row kernels wrote (la_stage_op, la_fix in la_chunk.cu)",
+), (
+    "lascan2",
+    "ELA_OPT_LASCAN2",
+    "la_scan compiled for two blocks a multiprocessor (__launch_bounds__(256, 2), as laraw does): ptxas then \
+     schedules with up to 128 registers",
 )];
 
 /// The names of the opt-in variants set in `ELA_CUDA_OPT` (read once per process; a comma list

@@ -246,7 +246,7 @@ __device__ __forceinline__ void la_scan_impl(const MT* B, const MT* X, MT* slots
 
 // (With ELA_OPT_LARAW the 128-wide bf16 scan took 176 registers, one block a multiprocessor;
 // its shared memory allows two.)
-#if LA_RAW
+#if LA_RAW || defined(ELA_OPT_LASCAN2)
 #define LA_SCAN_BOUNDS __launch_bounds__(ELA_THREADS, 2)
 #else
 #define LA_SCAN_BOUNDS __launch_bounds__(ELA_THREADS)
