@@ -384,9 +384,10 @@ fn f32_products_define() -> &'static str {
 }
 
 /// Opt-in variants of the tile modules (the chunked Hadamard-Exp kernels and the feature-map
-/// kernels, both built on `ela/tile.cuh`), not yet measured on a GPU: (name in `ELA_CUDA_OPT`,
-/// the modules' define, what it changes). Each computes the same values. Empty while none waits
-/// (cuda/README.md, "Opt-in variants": the measured ones became the default or went).
+/// kernels, both built on `ela/tile.cuh`) that wait for a GPU to time or check them: (name in
+/// `ELA_CUDA_OPT`, the modules' define, what it changes). Each computes the same values. A variant
+/// becomes the default or goes once measured (cuda/README.md, "Opt-in variants"), so the list may
+/// be empty.
 pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[(
     "laraw",
     "ELA_OPT_LARAW",

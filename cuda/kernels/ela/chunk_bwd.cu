@@ -280,8 +280,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
 #elif ELA_QSTAGE
                 load_st2((const ST*)At + i * LDF + d, q0, q1);
 #else
-                if (ELA_PSTORE) unpack_st2(i < n ? load_st2_raw(qg + (i64)i * lq + d) : st2_raw{}, q0, q1);
-                else load_st2(qg + (i64)i * lq + d, q0, q1);
+                load_st2(qg + (i64)i * lq + d, q0, q1);  // (ELA_PSTORE is off here: i < n)
 #endif
                 const float pb0 = exp_if(on, q0 + mcur[d] - ROW_VAL(ru, uu, i, e));
                 const float pb1 = exp_if(on, q1 + mcur[d + 1] - ROW_VAL(ru, uu, i, e));

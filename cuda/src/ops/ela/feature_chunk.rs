@@ -373,8 +373,8 @@ impl Cuda {
             Arg::I32(reverse as i32),
         ];
         if crate::kernels::chunk_opt("laraw") {
-            // (The module's scans take the operand maps, the value width and T then.)
-            args.extend([Arg::I32(maps([b, b, x]) & !3), Arg::I32(g.dv as i32), Arg::n(g.t)]);
+            // (The module's scans take the maps of B and X, the value width and T then.)
+            args.extend([Arg::I32(b.map() << 2 | x.map() << 4), Arg::I32(g.dv as i32), Arg::n(g.t)]);
         }
         let k = self.la_scan_kind(pl, g.n)?;
         let cfg = Cfg { grid: g.n as u32, grid_y: (pl.e / pl.scan_cols(k)) as u32, block: THREADS };
