@@ -388,17 +388,7 @@ fn f32_products_define() -> &'static str {
 /// `ELA_CUDA_OPT`, the modules' define, what it changes). Each computes the same values. A variant
 /// becomes the default or goes once measured (cuda/README.md, "Opt-in variants"), so the list may
 /// be empty.
-pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[(
-    "laraw",
-    "ELA_OPT_LARAW",
-    "elu+1 with bf16 inputs: the feature-map kernels copy q, k, v rows where they lie and map them (elu+1, [v | 1]) in \
-     shared memory, instead of reading operand rows the row kernels wrote (la_stage_op, la_fix in la_chunk.cu)",
-), (
-    "lascan2",
-    "ELA_OPT_LASCAN2",
-    "la_scan compiled for two blocks a multiprocessor (__launch_bounds__(256, 2), as laraw does): ptxas then \
-     schedules with up to 128 registers",
-)];
+pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[];
 
 /// The names of the opt-in variants set in `ELA_CUDA_OPT` (read once per process; a comma list
 /// of [`CHUNK_OPTS`] names); an unknown name is reported and the whole setting ignored.

@@ -8,8 +8,10 @@
 // Operands are materialised rows in the tile operand type MT (bf16 or f32, below), [seq][Tp][width]
 // with Tp = nch * C rows (whole chunks) and widths that are multiples of 16; the padding (rows
 // t >= T, columns past the data) is zero, so it adds nothing to any product and no kernel here
-// checks row counts. Compiled once per (LA_IO, ELA_DT, F = ELA_D, E = ELA_DV) after tile.cuh and
-// features.cuh: A and B of a call are F or E wide, X the other width.
+// checks row counts. (elu+1 with bf16 inputs reads q, k, v where they lie instead and maps them
+// as they load, padding included: `maps`, below.) Compiled once per (LA_IO, ELA_DT, F = ELA_D,
+// E = ELA_DV) after tile.cuh and features.cuh: A and B of a call are F or E wide, X the other
+// width.
 //
 //   la_scan, one block per (sequence, half the columns of X; la_scan_narrow: 16 columns, f32
 //     operands only), walks the chunks in order (reverse: from the last) with the running sum
@@ -86,27 +88,14 @@ template <int ROWS, int COLS> __device__ __forceinline__ void la_stage_async(MT*
     }
 }
 
-// Operands read where the inputs lie (the opt-in ELA_OPT_LARAW; elu+1 with bf16 inputs, whose
-// operand type is the inputs' own): instead of materialised rows, a tile is copied from the raw
-// input rows ([seq][T][width]) and mapped in shared memory, so the row kernels that write Phi,
-// Psi and [v | 1] (gemm_chunk.cu) and their buffers are not needed. `maps` holds 2 bits per
+// Operands read where the inputs lie (elu+1 with bf16 inputs, whose operand type is the inputs'
+// own, rows of whole 16-byte vectors): instead of materialised rows, a tile is copied from the raw
+// input rows ([seq][T][width]) and mapped in shared memory, so those calls need no row kernels
+// for Phi, Psi and [v | 1] (gemm_chunk.cu) and no buffers for them. `maps` holds 2 bits per
 // operand of a call (A: bits 0-1, B: 2-3, X: 4-5), each one of:
 #define LA_MAP_ROWS 0  // materialised operand rows [seq][Tp][width] (zero rows past T)
 #define LA_MAP_FEAT 1  // elu+1 of raw rows [seq][T][width] (the feature width is the input's)
 #define LA_MAP_AUG 2   // [v | 1 | 0..] of raw value rows [seq][T][vw]
-#ifdef ELA_OPT_LARAW
-#define LA_RAW_PARAMS , int maps, int vw, i64 T_raw
-#define LA_RAW_ARGS , maps, vw, T_raw
-#define LA_OUT_RAW_PARAMS , int maps, int vw
-#define LA_OUT_RAW_ARGS , maps, vw
-#define LA_RAW 1
-#else
-#define LA_OUT_RAW_PARAMS
-#define LA_OUT_RAW_ARGS , 0, 0
-#define LA_RAW_PARAMS
-#define LA_RAW_ARGS , 0, 0, 0
-#define LA_RAW 0
-#endif
 __device__ __forceinline__ int la_map(int maps, int op) { return (maps >> (2 * op)) & 3; }
 
 // Rows [c C, c C + C) of an operand with map `map` (columns j0 .. j0 + COLS of width `width`) into
@@ -173,9 +162,6 @@ __device__ __forceinline__ void la_scan_impl(const MT* B, const MT* X, MT* slots
     check_smem(xs + NS * C * LDX);
 
     const int seq = blockIdx.x, j0 = blockIdx.y * EB;
-    const i64 Tp = (i64)nch * C;
-    const MT* bq = B + seq * Tp * F;
-    const MT* xq = X + seq * Tp * E + j0;
     MT* sl = slots + (i64)seq * (nch + 1) * F * E + j0;
 
     float acc[W::PER][1][4];
@@ -202,13 +188,8 @@ __device__ __forceinline__ void la_scan_impl(const MT* B, const MT* X, MT* slots
     auto issue = [&](int it) {
         if (it < nch) {
             const int st = it % NS;
-            if (LA_RAW) {
-                la_stage_op<C, F>(bs + st * C * LDF, LDF, B, la_map(maps, 1), seq, chunk(it), nch, F, 0, vw, T);
-                la_stage_op<C, EB>(xs + st * C * LDX, LDX, X, la_map(maps, 2), seq, chunk(it), nch, E, j0, vw, T);
-            } else {
-                la_stage_async<C, F>(bs + st * C * LDF, LDF, bq + (i64)chunk(it) * C * F, F);
-                la_stage_async<C, EB>(xs + st * C * LDX, LDX, xq + (i64)chunk(it) * C * E, E);
-            }
+            la_stage_op<C, F>(bs + st * C * LDF, LDF, B, la_map(maps, 1), seq, chunk(it), nch, F, 0, vw, T);
+            la_stage_op<C, EB>(xs + st * C * LDX, LDX, X, la_map(maps, 2), seq, chunk(it), nch, E, j0, vw, T);
         }
         cp_async_commit();
     };
@@ -221,7 +202,7 @@ __device__ __forceinline__ void la_scan_impl(const MT* B, const MT* X, MT* slots
         store_slot(chunk(it));
         // S += B_c^T X_c: B read transposed from its row-major tile.
         const int st = it % NS;
-        if (LA_RAW && maps != 0) {
+        if (maps != 0) {
             la_fix<C, F>(bs + st * C * LDF, LDF, la_map(maps, 1), chunk(it), 0, vw, T);
             la_fix<C, EB>(xs + st * C * LDX, LDX, la_map(maps, 2), chunk(it), j0, vw, T);
             __syncthreads();
@@ -244,22 +225,20 @@ __device__ __forceinline__ void la_scan_impl(const MT* B, const MT* X, MT* slots
     }
 }
 
-// (With ELA_OPT_LARAW the 128-wide bf16 scan took 176 registers, one block a multiprocessor;
-// its shared memory allows two.)
-#if LA_RAW || defined(ELA_OPT_LASCAN2)
-#define LA_SCAN_BOUNDS __launch_bounds__(ELA_THREADS, 2)
-#else
-#define LA_SCAN_BOUNDS __launch_bounds__(ELA_THREADS)
-#endif
-extern "C" __global__ void LA_SCAN_BOUNDS la_scan(const MT* B, const MT* X, MT* slots, const float* init, float* fin,
-                                                  int nch, int reverse LA_RAW_PARAMS) {
-    la_scan_impl<LA_EB_HALF>(B, X, slots, init, fin, nch, reverse LA_RAW_ARGS);
+// Two blocks a multiprocessor: without the bound the 128-wide bf16 scan took 176 registers, one
+// block a multiprocessor, where its shared memory allows two; the scan is latency-bound, and the
+// bound also made the f32 elu+1 scan at D = 64 faster (docs/benchmarks.md, "Operands read where
+// they lie").
+extern "C" __global__ void __launch_bounds__(ELA_THREADS, 2)
+    la_scan(const MT* B, const MT* X, MT* slots, const float* init, float* fin, int nch, int reverse, int maps,
+            int vw, i64 T_raw) {
+    la_scan_impl<LA_EB_HALF>(B, X, slots, init, fin, nch, reverse, maps, vw, T_raw);
 }
 #if !ELA_MMA
 extern "C" __global__ void __launch_bounds__(ELA_THREADS)
     la_scan_narrow(const MT* B, const MT* X, MT* slots, const float* init, float* fin, int nch,
-                   int reverse LA_RAW_PARAMS) {
-    la_scan_impl<LA_EB_NARROW>(B, X, slots, init, fin, nch, reverse LA_RAW_ARGS);
+                   int reverse, int maps, int vw, i64 T_raw) {
+    la_scan_impl<LA_EB_NARROW>(B, X, slots, init, fin, nch, reverse, maps, vw, T_raw);
 }
 #endif
 
@@ -323,24 +302,16 @@ __device__ __forceinline__ void la_out_impl(const MT* A, const MT* B, const MT* 
     const int c = blockIdx.x, seq = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const i64 Tp = (i64)nch * C, row0g = seq * Tp + (i64)c * C;
     const i64 slot = (i64)seq * (nch + 1) + (dir == 2 ? nch : c);
-    if (LA_RAW) {
-        la_stage_op<C, KI>(as, LDK, A, la_map(maps, 0), seq, c, nch, KI, 0, vw, T);
-        if (dir != 2) {
-            la_stage_op<C, KI>(bs, LDK, B, la_map(maps, 1), seq, c, nch, KI, 0, vw, T);
-            la_stage_op<C, NO>(xs, LDN, X, la_map(maps, 2), seq, c, nch, NO, 0, vw, T);
-        }
-    } else {
-        la_stage_async<C, KI>(as, LDK, A + row0g * KI, KI);
-        if (dir != 2) {
-            la_stage_async<C, KI>(bs, LDK, B + row0g * KI, KI);
-            la_stage_async<C, NO>(xs, LDN, X + row0g * NO, NO);
-        }
+    la_stage_op<C, KI>(as, LDK, A, la_map(maps, 0), seq, c, nch, KI, 0, vw, T);
+    if (dir != 2) {
+        la_stage_op<C, KI>(bs, LDK, B, la_map(maps, 1), seq, c, nch, KI, 0, vw, T);
+        la_stage_op<C, NO>(xs, LDN, X, la_map(maps, 2), seq, c, nch, NO, 0, vw, T);
     }
     la_stage_async<SR, SC>(ss, LDS, slots + slot * SR * SC, SC);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
-    if (LA_RAW && maps != 0) {
+    if (maps != 0) {
         la_fix<C, KI>(as, LDK, la_map(maps, 0), c, 0, vw, T);
         if (dir != 2) {
             la_fix<C, KI>(bs, LDK, la_map(maps, 1), c, 0, vw, T);
@@ -441,16 +412,16 @@ __device__ __forceinline__ void la_out_impl(const MT* A, const MT* B, const MT* 
 // LA with A, B of width F and X, O of width E (the forward; the backward's dV').
 extern "C" __global__ void __launch_bounds__(ELA_THREADS)
     la_out_fe(const MT* A, const MT* B, const MT* X, const MT* slots, void* out, const IOS* aux0, const IOS* aux1,
-              float* den, i64 T, int nch, int dir, int mode, int dv, int kern, int key LA_OUT_RAW_PARAMS) {
-    la_out_impl<LA_F, LA_E, false>(A, B, X, slots, out, aux0, aux1, den, T, nch, dir, mode, dv, kern, key LA_OUT_RAW_ARGS);
+              float* den, i64 T, int nch, int dir, int mode, int dv, int kern, int key, int maps, int vw) {
+    la_out_impl<LA_F, LA_E, false>(A, B, X, slots, out, aux0, aux1, den, T, nch, dir, mode, dv, kern, key, maps, vw);
 }
 
 // LA with A, B of width E and X, O of width F, the [F x E] slots read transposed (the backward's
 // dPhi and dPsi, turned into dq and dk by the LA_OUT_VJP epilogue).
 extern "C" __global__ void __launch_bounds__(ELA_THREADS)
     la_out_ef(const MT* A, const MT* B, const MT* X, const MT* slots, void* out, const IOS* aux0, const IOS* aux1,
-              float* den, i64 T, int nch, int dir, int mode, int dv, int kern, int key LA_OUT_RAW_PARAMS) {
-    la_out_impl<LA_E, LA_F, true>(A, B, X, slots, out, aux0, aux1, den, T, nch, dir, mode, dv, kern, key LA_OUT_RAW_ARGS);
+              float* den, i64 T, int nch, int dir, int mode, int dv, int kern, int key, int maps, int vw) {
+    la_out_impl<LA_E, LA_F, true>(A, B, X, slots, out, aux0, aux1, den, T, nch, dir, mode, dv, kern, key, maps, vw);
 }
 
 // G = [dy / den | -(dy . y) / den | 0] ([seq][Tp][E] operands, padding rows 0) from the

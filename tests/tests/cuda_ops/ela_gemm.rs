@@ -95,8 +95,8 @@ fn feature_kernels_match_f64_over_many_chunks() -> Result<()> {
     // T = 200: three full chunks of 64 (six of 32) and a ragged one; d = 64 gives F = 65, 66;
     // dv = 5 and 128; d = 160 has tiles wider than 144 (32-row chunks, also with elu+1's bf16
     // operands); d = dv = 256 takes the cuBLAS form with f32 operands, 32-row tiles with bf16;
-    // d = dv = 64 has whole 16-byte rows, which elu+1 with bf16 inputs reads where they lie under
-    // the opt-in `ELA_CUDA_OPT=laraw` (as d = 16 with dv = 128 and d = dv = 256 do).
+    // d = dv = 64 has whole 16-byte rows, which elu+1 with bf16 inputs reads where they lie (as
+    // d = 16 with dv = 128 and d = dv = 256 do); the others take operand rows.
     let shapes = [
         ([2, 2, 200, 64], 5),
         ([1, 2, 200, 64], 64),
@@ -217,19 +217,14 @@ fn both_scans_give_the_same_bits() -> Result<()> {
     Ok(())
 }
 
-/// With the opt-in `ELA_CUDA_OPT=laraw`, elu+1 with bf16 inputs reads q, k, v where they lie and
-/// maps them as its tiles load: the outputs, gradients (saving and recomputing backward) and a
-/// carried state are the same bits as with the operand rows of the row kernels
-/// (`ela_cuda::with_la_rows`). Ragged last chunks, `Dv != D`, both directions. Without the
-/// variant there is nothing to compare, and the test says so.
+/// elu+1 with bf16 inputs (rows of whole 16-byte vectors) reads q, k, v where they lie and maps
+/// them as its tiles load: the outputs, gradients (saving and recomputing backward) and a carried
+/// state are the same bits as with the operand rows of the row kernels
+/// (`ela_cuda::with_la_rows`). Ragged last chunks, `Dv != D`, both directions. That the two modes
+/// differ at all is checked too: only the row mode's saving forward keeps operand rows.
 #[test]
 fn operands_read_where_they_lie_give_the_same_bits() -> Result<()> {
     let Some(dev) = gpu() else { return Ok(()) };
-    if !ela_cuda::kernels::chunk_opt("laraw") {
-        // (Not a missing device: `testing::skip` would fail it under ELA_REQUIRE_CUDA=1.)
-        eprintln!("operands_read_where_they_lie: ELA_CUDA_OPT=laraw is off, nothing to compare");
-        return Ok(());
-    }
     let kernel = ElaKernel::EluPlusOne;
     for (ci, (shape, dv)) in
         [([1, 2, 200, 64], 64), ([1, 3, 130, 16], 128), ([2, 1, 97, 32], 40)].into_iter().enumerate()
@@ -237,11 +232,13 @@ fn operands_read_where_they_lie_give_the_same_bits() -> Result<()> {
         let [q, k, v] = inputs(kernel, shape, dv, DType::BF16, 960 + ci as u64, &dev);
         let [b, h, t, d] = shape;
         let dy = Pair::randn(&[b, h, t, dv], DType::BF16, 980 + ci as u64, &dev);
-        let run = || -> Result<Vec<Vec<f64>>> {
-            let mut out = Vec::new();
+        // The outputs, and the elements of operand rows the saving forwards kept.
+        let run = || -> Result<(Vec<Vec<f64>>, usize)> {
+            let (mut out, mut kept) = (Vec::new(), 0);
             for causal in [true, false] {
                 let p = ElaParams { kernel, causal, chunk: 16 };
                 let (y, saved) = q.gpu.ela_saving(&k.gpu, &v.gpu, &p)?;
+                kept += saved.as_ref().map_or(0, |s| s.buffers[..3].iter().map(|b| b.len()).sum());
                 let (dq, dk, dv) = Tensor::ela_backward_saved(&q.gpu, &k.gpu, &v.gpu, &y, &dy.gpu, &p, saved.as_ref())?;
                 let (rq, rk, rv) = Tensor::ela_backward(&q.gpu, &k.gpu, &v.gpu, &y, &dy.gpu, &p)?;
                 for x in [&y, &dq, &dk, &dv, &rq, &rk, &rv] {
@@ -253,9 +250,10 @@ fn operands_read_where_they_lie_give_the_same_bits() -> Result<()> {
             let (s, z, _) = st.buffers()?;
             out.push(s.to_vec_f64()?);
             out.push(z.to_vec_f64()?);
-            Ok(out)
+            Ok((out, kept))
         };
-        let (raw, rows) = (run()?, ela_cuda::with_la_rows(run)?);
+        let ((raw, raw_kept), (rows, rows_kept)) = (run()?, ela_cuda::with_la_rows(run)?);
+        assert!(raw_kept == 0 && rows_kept > 0, "{shape:?}x{dv}: operand rows kept {raw_kept} / {rows_kept}");
         for (i, (a, b)) in raw.iter().zip(&rows).enumerate() {
             let same = a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
             assert!(same, "{shape:?}x{dv}: output {i} differs between raw inputs and operand rows");

@@ -111,9 +111,9 @@ pub(super) struct Plan {
     e: usize,
     /// Operand type: bf16 (elu+1 with bf16 inputs) or f32.
     mt: DType,
-    /// The opt-in `laraw` (`ELA_CUDA_OPT`): elu+1 with bf16 inputs whose rows are whole 16-byte
-    /// vectors (`d` a multiple of 16, so `F = d`; `dv` of 8) reads q, k, v where they lie and maps
-    /// them in shared memory ([`Op::Feat`], [`Op::Aug`]) instead of operand rows.
+    /// elu+1 with bf16 inputs whose rows are whole 16-byte vectors (`d` a multiple of 16, so
+    /// `F = d`; `dv` of 8) reads q, k, v where they lie and maps them in shared memory
+    /// ([`Op::Feat`], [`Op::Aug`]) instead of operand rows: no row kernels, no row buffers.
     raw: bool,
 }
 
@@ -184,7 +184,7 @@ fn plan_for(kernel: ElaKernel, dtype: DType, dims: &ElaDims, smem_limit: u32) ->
     if dims.t.div_ceil(c) >= i32::MAX as usize {
         return None;
     }
-    let raw = tc && crate::kernels::chunk_opt("laraw") && dims.d.is_multiple_of(16) && dims.dv.is_multiple_of(8);
+    let raw = tc && dims.d.is_multiple_of(16) && dims.dv.is_multiple_of(8);
     let plan = Plan { file: KernelFile::ElaLa { dt, tc, f: f16, e: e16 }, c, f, e, mt, raw };
     let scan = plan.scan_kinds().iter().map(|&k| plan.scan_smem(k)).min()?;
     let most = [scan, plan.out_smem(Widths::Fe), plan.out_smem(Widths::Ef)].into_iter().max()?;
@@ -208,13 +208,14 @@ pub fn with_la_scan<R>(scan: Option<&'static str>, f: impl FnOnce() -> R) -> R {
 }
 
 thread_local! {
-    /// Set by [`with_la_rows`]: this thread's calls materialise their operand rows even where the
-    /// opt-in `laraw` would read q, k, v where they lie.
+    /// Set by [`with_la_rows`]: this thread's calls materialise their operand rows even where they
+    /// would read q, k, v where they lie ([`Plan::raw`]).
     static LA_ROWS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Runs `f` with every feature-map call it issues on this thread reading operand rows that the
-/// row kernels wrote, as without the opt-in `laraw` (`ELA_CUDA_OPT`; the kernels take either).
+/// row kernels wrote, also where they would read q, k, v where they lie (elu+1 with bf16
+/// inputs; the kernels take either).
 /// For tests that compare the two: they give the same bits.
 #[doc(hidden)]
 pub fn with_la_rows<R>(f: impl FnOnce() -> R) -> R {
@@ -363,7 +364,7 @@ impl Cuda {
     #[allow(clippy::too_many_arguments)]
     fn ela_fc_scan(&self, pl: &Plan, g: Geo, b: Op, x: Op, init: u64, fin: u64, reverse: bool) -> Result<CudaStorage> {
         let slots = self.alloc(pl.mt, g.n * (g.nch + 1) * pl.f * pl.e)?;
-        let mut args = vec![
+        let args = [
             Arg::Ptr(b.ptr()),
             Arg::Ptr(x.ptr()),
             Arg::Ptr(slots.ptr()),
@@ -371,11 +372,11 @@ impl Cuda {
             Arg::Ptr(fin),
             Arg::I32(g.nch as i32),
             Arg::I32(reverse as i32),
+            // The maps of B and X, the value width and T (for operands read where they lie).
+            Arg::I32(b.map() << 2 | x.map() << 4),
+            Arg::I32(g.dv as i32),
+            Arg::n(g.t),
         ];
-        if crate::kernels::chunk_opt("laraw") {
-            // (The module's scans take the maps of B and X, the value width and T then.)
-            args.extend([Arg::I32(b.map() << 2 | x.map() << 4), Arg::I32(g.dv as i32), Arg::n(g.t)]);
-        }
         let k = self.la_scan_kind(pl, g.n)?;
         let cfg = Cfg { grid: g.n as u32, grid_y: (pl.e / pl.scan_cols(k)) as u32, block: THREADS };
         self.launch_smem(pl.file, k.kernel(), cfg, pl.scan_smem(k), &args)?;
@@ -426,7 +427,7 @@ impl Cuda {
     ) -> Result<()> {
         let (kern, key) = feat.map_or((0, 0), |(k, key)| (k.code(), key as i32));
         let [a, b, x] = ops;
-        let mut args = vec![
+        let args = [
             Arg::Ptr(a.ptr()),
             Arg::Ptr(b.ptr()),
             Arg::Ptr(x.ptr()),
@@ -442,10 +443,9 @@ impl Cuda {
             Arg::I32(width as i32),
             Arg::I32(kern),
             Arg::I32(key),
+            Arg::I32(maps(ops)),
+            Arg::I32(g.dv as i32),
         ];
-        if crate::kernels::chunk_opt("laraw") {
-            args.extend([Arg::I32(maps(ops)), Arg::I32(g.dv as i32)]);
-        }
         let name = if w == Widths::Fe { "la_out_fe" } else { "la_out_ef" };
         let cfg = Cfg { grid: g.nch as u32, grid_y: g.n as u32, block: THREADS };
         self.launch_smem(pl.file, name, cfg, pl.out_smem(w), &args)
