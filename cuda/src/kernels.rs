@@ -327,9 +327,10 @@ impl KernelFile {
             KernelFile::ElaLa { dt, tc, f, e } => Cow::Owned(
                 ela_kernel_defines()
                     + &format!(
-                        "#define ELA_DT {}\n#define LA_IO {}\n#define ELA_D {f}\n#define ELA_DV {e}\n",
+                        "#define ELA_DT {}\n#define LA_IO {}\n#define ELA_D {f}\n#define ELA_DV {e}\n#define LA_RAW {}\n",
                         if tc { dt as i32 } else { 0 },
-                        dt as i32
+                        dt as i32,
+                        la_raw_code(tc, f, e) as i32
                     )
                     + f32_products_define()
                     + &chunk_opt_defines()
@@ -369,6 +370,20 @@ impl KernelFile {
             _ => Ok(arch.to_string()),
         }
     }
+}
+
+/// Whether a feature-map module (`la_chunk.cu`, operands of `f` and `e` columns; `tc`: bf16
+/// operands) is compiled with the staging that reads q, k, v where they lie (`LA_RAW`, which
+/// also bounds its scan to two blocks a multiprocessor). The bf16-operand modules need it: elu+1
+/// with bf16 inputs reads its inputs that way. The f32-operand modules never do, but the
+/// compiled code differs with it (ptxas allocates the scan's registers differently: 71 -> 109 at
+/// `f` = 64), and measured per module on an H100 (B8 H16 T16k fwd+bwd, docs/benchmarks.md,
+/// "Operands read where they lie, the default") it was 9-10 % faster at `f` = 64, `e` = 80
+/// (identity and elu+1 at D = 64) and 5-6 % at 144 x 144 (sum-sq and the blueprint at D = 128),
+/// but 2 % slower at 80 x 80 (sum-sq, blueprint at D = 64) and 0-3 % at 128 x 144 (identity,
+/// elu+1 at D = 128). Those two and every module not measured keep the code without it.
+pub fn la_raw_code(tc: bool, f: u16, e: u16) -> bool {
+    tc || matches!((f, e), (64, 80) | (144, 144))
 }
 
 /// The tile products of the chunked kernels' f32 variants run as 3xTF32 on the tensor cores

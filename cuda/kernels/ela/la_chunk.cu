@@ -9,9 +9,9 @@
 // with Tp = nch * C rows (whole chunks) and widths that are multiples of 16; the padding (rows
 // t >= T, columns past the data) is zero, so it adds nothing to any product and no kernel here
 // checks row counts. (elu+1 with bf16 inputs reads q, k, v where they lie instead and maps them
-// as they load, padding included: `maps`, below.) Compiled once per (LA_IO, ELA_DT, F = ELA_D,
-// E = ELA_DV) after tile.cuh and features.cuh: A and B of a call are F or E wide, X the other
-// width.
+// as they load, padding included: LA_RAW, below.) Compiled once per (LA_IO, ELA_DT, F = ELA_D,
+// E = ELA_DV, LA_RAW) after tile.cuh and features.cuh: A and B of a call are F or E wide, X the
+// other width.
 //
 //   la_scan, one block per (sequence, half the columns of X; la_scan_narrow: 16 columns, f32
 //     operands only), walks the chunks in order (reverse: from the last) with the running sum
@@ -96,6 +96,15 @@ template <int ROWS, int COLS> __device__ __forceinline__ void la_stage_async(MT*
 #define LA_MAP_ROWS 0  // materialised operand rows [seq][Tp][width] (zero rows past T)
 #define LA_MAP_FEAT 1  // elu+1 of raw rows [seq][T][width] (the feature width is the input's)
 #define LA_MAP_AUG 2   // [v | 1 | 0..] of raw value rows [seq][T][vw]
+// The host sets LA_RAW per module (kernels.rs, `la_raw_code`): 1 compiles that staging in (and
+// bounds la_scan to two blocks a multiprocessor, below), 0 leaves the kernels reading operand
+// rows only (`maps` must be 0 then). Every module with bf16 operands needs it; modules with f32
+// operands never read raw rows, but the machine code compiled with it was faster for some of
+// them and slower for others (measured per module, docs/benchmarks.md, "Operands read where
+// they lie, the default"), so each takes the faster.
+#if !defined(LA_RAW)
+#error "la_chunk.cu needs LA_RAW"
+#endif
 __device__ __forceinline__ int la_map(int maps, int op) { return (maps >> (2 * op)) & 3; }
 
 // Rows [c C, c C + C) of an operand with map `map` (columns j0 .. j0 + COLS of width `width`) into
@@ -162,6 +171,9 @@ __device__ __forceinline__ void la_scan_impl(const MT* B, const MT* X, MT* slots
     check_smem(xs + NS * C * LDX);
 
     const int seq = blockIdx.x, j0 = blockIdx.y * EB;
+    const i64 Tp = (i64)nch * C;
+    const MT* bq = B + seq * Tp * F;
+    const MT* xq = X + seq * Tp * E + j0;
     MT* sl = slots + (i64)seq * (nch + 1) * F * E + j0;
 
     float acc[W::PER][1][4];
@@ -188,8 +200,13 @@ __device__ __forceinline__ void la_scan_impl(const MT* B, const MT* X, MT* slots
     auto issue = [&](int it) {
         if (it < nch) {
             const int st = it % NS;
-            la_stage_op<C, F>(bs + st * C * LDF, LDF, B, la_map(maps, 1), seq, chunk(it), nch, F, 0, vw, T);
-            la_stage_op<C, EB>(xs + st * C * LDX, LDX, X, la_map(maps, 2), seq, chunk(it), nch, E, j0, vw, T);
+            if (LA_RAW) {
+                la_stage_op<C, F>(bs + st * C * LDF, LDF, B, la_map(maps, 1), seq, chunk(it), nch, F, 0, vw, T);
+                la_stage_op<C, EB>(xs + st * C * LDX, LDX, X, la_map(maps, 2), seq, chunk(it), nch, E, j0, vw, T);
+            } else {
+                la_stage_async<C, F>(bs + st * C * LDF, LDF, bq + (i64)chunk(it) * C * F, F);
+                la_stage_async<C, EB>(xs + st * C * LDX, LDX, xq + (i64)chunk(it) * C * E, E);
+            }
         }
         cp_async_commit();
     };
@@ -202,7 +219,7 @@ __device__ __forceinline__ void la_scan_impl(const MT* B, const MT* X, MT* slots
         store_slot(chunk(it));
         // S += B_c^T X_c: B read transposed from its row-major tile.
         const int st = it % NS;
-        if (maps != 0) {
+        if (LA_RAW && maps != 0) {
             la_fix<C, F>(bs + st * C * LDF, LDF, la_map(maps, 1), chunk(it), 0, vw, T);
             la_fix<C, EB>(xs + st * C * LDX, LDX, la_map(maps, 2), chunk(it), j0, vw, T);
             __syncthreads();
@@ -225,13 +242,15 @@ __device__ __forceinline__ void la_scan_impl(const MT* B, const MT* X, MT* slots
     }
 }
 
-// Two blocks a multiprocessor: without the bound the 128-wide bf16 scan took 176 registers, one
-// block a multiprocessor, where its shared memory allows two; the scan is latency-bound, and the
-// bound also made the f32 elu+1 scan at D = 64 faster (docs/benchmarks.md, "Operands read where
-// they lie").
-extern "C" __global__ void __launch_bounds__(ELA_THREADS, 2)
-    la_scan(const MT* B, const MT* X, MT* slots, const float* init, float* fin, int nch, int reverse, int maps,
-            int vw, i64 T_raw) {
+// (With LA_RAW the 128-wide bf16 scan took 176 registers without a bound, one block a
+// multiprocessor, where its shared memory allows two.)
+#if LA_RAW
+#define LA_SCAN_BOUNDS __launch_bounds__(ELA_THREADS, 2)
+#else
+#define LA_SCAN_BOUNDS __launch_bounds__(ELA_THREADS)
+#endif
+extern "C" __global__ void LA_SCAN_BOUNDS la_scan(const MT* B, const MT* X, MT* slots, const float* init, float* fin,
+                                                  int nch, int reverse, int maps, int vw, i64 T_raw) {
     la_scan_impl<LA_EB_HALF>(B, X, slots, init, fin, nch, reverse, maps, vw, T_raw);
 }
 #if !ELA_MMA
@@ -302,16 +321,24 @@ __device__ __forceinline__ void la_out_impl(const MT* A, const MT* B, const MT* 
     const int c = blockIdx.x, seq = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const i64 Tp = (i64)nch * C, row0g = seq * Tp + (i64)c * C;
     const i64 slot = (i64)seq * (nch + 1) + (dir == 2 ? nch : c);
-    la_stage_op<C, KI>(as, LDK, A, la_map(maps, 0), seq, c, nch, KI, 0, vw, T);
-    if (dir != 2) {
-        la_stage_op<C, KI>(bs, LDK, B, la_map(maps, 1), seq, c, nch, KI, 0, vw, T);
-        la_stage_op<C, NO>(xs, LDN, X, la_map(maps, 2), seq, c, nch, NO, 0, vw, T);
+    if (LA_RAW) {
+        la_stage_op<C, KI>(as, LDK, A, la_map(maps, 0), seq, c, nch, KI, 0, vw, T);
+        if (dir != 2) {
+            la_stage_op<C, KI>(bs, LDK, B, la_map(maps, 1), seq, c, nch, KI, 0, vw, T);
+            la_stage_op<C, NO>(xs, LDN, X, la_map(maps, 2), seq, c, nch, NO, 0, vw, T);
+        }
+    } else {
+        la_stage_async<C, KI>(as, LDK, A + row0g * KI, KI);
+        if (dir != 2) {
+            la_stage_async<C, KI>(bs, LDK, B + row0g * KI, KI);
+            la_stage_async<C, NO>(xs, LDN, X + row0g * NO, NO);
+        }
     }
     la_stage_async<SR, SC>(ss, LDS, slots + slot * SR * SC, SC);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
-    if (maps != 0) {
+    if (LA_RAW && maps != 0) {
         la_fix<C, KI>(as, LDK, la_map(maps, 0), c, 0, vw, T);
         if (dir != 2) {
             la_fix<C, KI>(bs, LDK, la_map(maps, 1), c, 0, vw, T);

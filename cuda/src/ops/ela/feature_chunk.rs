@@ -635,6 +635,25 @@ mod tests {
     }
 
     #[test]
+    fn raw_operands_only_from_modules_compiled_to_read_them() {
+        // elu+1 with bf16 inputs reads q, k, v where they lie when its rows are whole 16-byte
+        // vectors; its module must then carry that staging (LA_RAW), whatever the widths.
+        for (d, dv) in [(64, 64), (16, 128), (32, 40), (128, 128), (256, 256), (64, 5), (24, 64)] {
+            for (kernel, dt) in [(ElaKernel::EluPlusOne, DType::BF16), (ElaKernel::Identity, DType::BF16)] {
+                // (Identity's f32 operands at 256 do not fit: the cuBLAS form, no plan.)
+                let Some(p) = plan_for(kernel, dt, &dims(100, d, dv), HOPPER) else {
+                    assert!(kernel == ElaKernel::Identity && d == 256, "{kernel} {d}x{dv}: no plan");
+                    continue;
+                };
+                let KernelFile::ElaLa { tc, f, e, .. } = p.file else { panic!("{:?}", p.file) };
+                let whole = d % 16 == 0 && dv % 8 == 0;
+                assert_eq!(p.raw, tc && whole, "{kernel} {d}x{dv}");
+                assert!(!p.raw || crate::kernels::la_raw_code(tc, f, e), "{kernel} {d}x{dv}");
+            }
+        }
+    }
+
+    #[test]
     fn widths_pad_to_16_and_chunks_follow_the_operand_type() {
         // sum-sq: F = D + 2 = 66 -> 80, [v | 1] = 65 -> 80; f32 operands wider than 64: C = 32.
         let p = plan_for(ElaKernel::SumSqEuclid, DType::F32, &dims(100, 64, 64), HOPPER).unwrap();
