@@ -230,22 +230,21 @@ __device__ void rms_bwd_warp_impl(typename D::S* dx, const typename D::S* x, con
 // the block's warps add theirs in order through shared memory, and partial[block, j] takes the
 // block's sums (colsum_finish adds the blocks, as after colsum). One pass over x and dy where the
 // separate column sum (colsum, mode 0) read both again. The terms are colsum's, g x rstd rounded
-// to the compute type and summed in f64; only the order of the sum differs. MAXV: the most vectors
-// per lane the kernel holds registers for (the per-row loop stops at the row's own count).
+// to the compute type and summed in f64; only the order of the sum differs.
 #define RMS_DW_MAXV 4
-template <typename D, int MAXV>
+template <typename D>
 __device__ void rms_bwd_dw_impl(typename D::S* dx, double* partial, const typename D::S* x, const typename D::S* w,
                                 const typename D::C* rstd, const typename D::S* dy, const typename D::S* plus, i64 rows,
                                 i64 n) {
     typedef typename D::S S;
     typedef typename D::C C;
     constexpr int V = 16 / sizeof(S);
-    __shared__ double red[MAXV * 32 * 8];
+    __shared__ double red[RMS_DW_MAXV * 32 * 8];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, per_block = blockDim.x >> 5;
     const int nv = (int)(n / (32 * V));
-    double acc[MAXV][V];
+    double acc[RMS_DW_MAXV][V];
 #pragma unroll
-    for (int i = 0; i < MAXV; ++i)
+    for (int i = 0; i < RMS_DW_MAXV; ++i)
 #pragma unroll
         for (int k = 0; k < V; ++k) acc[i][k] = 0.0;
     for (i64 r = (i64)blockIdx.x * per_block + warp; r < rows; r += (i64)gridDim.x * per_block) {
@@ -255,7 +254,7 @@ __device__ void rms_bwd_dw_impl(typename D::S* dx, double* partial, const typena
         const C rs = rstd[r];
         const C c = rs * rs * rs * (C)dot / (C)n;
 #pragma unroll
-        for (int i = 0; i < MAXV; ++i) {
+        for (int i = 0; i < RMS_DW_MAXV; ++i) {
             if (i >= nv) break;
             const i64 j = (i64)(lane + 32 * i) * V;
             Pack16<S> ux, ug, uw, up, o;
@@ -278,7 +277,7 @@ __device__ void rms_bwd_dw_impl(typename D::S* dx, double* partial, const typena
     for (int wv = 0; wv < per_block; ++wv) {
         if (warp == wv)
 #pragma unroll
-            for (int i = 0; i < MAXV; ++i) {
+            for (int i = 0; i < RMS_DW_MAXV; ++i) {
                 if (i >= nv) break;
 #pragma unroll
                 for (int k = 0; k < V; ++k) {
@@ -291,17 +290,6 @@ __device__ void rms_bwd_dw_impl(typename D::S* dx, double* partial, const typena
     for (i64 j = threadIdx.x; j < n; j += blockDim.x) partial[(i64)blockIdx.x * n + j] = red[j];
 }
 
-// The same for rows of exactly NV vectors a lane, compiled for MINB resident blocks of 256
-// threads (registers capped at 65536 / (256 MINB); ptxas, without spills for 16-bit rows: 64 at
-// NV = 1, 80 at NV = 2, against 128 for the RMS_DW_MAXV kernel, which fits two blocks): the
-// kernel's warps walk rows one after another, so more of them resident hide more latency. The
-// opt-in ELA_CUDA_RMS_DW=short picks them (cuda/src/ops/nn.rs), to be timed.
-#define RMS_DW_SHORT(NAME, D, NV, MINB)                                                                          \
-    extern "C" __global__ void __launch_bounds__(256, MINB) rms_norm_bwd_dw##NV##_##NAME(                         \
-        D::S* dx, double* partial, const D::S* x, const D::S* w, const D::C* rstd, const D::S* dy,                \
-        const D::S* plus, i64 rows, i64 n) {                                                                      \
-        rms_bwd_dw_impl<D, NV>(dx, partial, x, w, rstd, dy, plus, rows, n);                                       \
-    }
 #define RMS(NAME, D)                                                                                              \
     extern "C" __global__ void rms_norm_##NAME(D::S* y, D::C* rstd, const D::S* x, const D::S* w, i64 rows, i64 n, \
                                                double eps) {                                                      \
@@ -323,10 +311,8 @@ __device__ void rms_bwd_dw_impl(typename D::S* dx, double* partial, const typena
     extern "C" __global__ void rms_norm_bwd_dw_##NAME(D::S* dx, double* partial, const D::S* x, const D::S* w,     \
                                                       const D::C* rstd, const D::S* dy, const D::S* plus, i64 rows, \
                                                       i64 n) {                                                    \
-        rms_bwd_dw_impl<D, RMS_DW_MAXV>(dx, partial, x, w, rstd, dy, plus, rows, n);                              \
-    }                                                                                                             \
-    RMS_DW_SHORT(NAME, D, 1, 4)                                                                                   \
-    RMS_DW_SHORT(NAME, D, 2, 3)
+        rms_bwd_dw_impl<D>(dx, partial, x, w, rstd, dy, plus, rows, n);                                           \
+    }
 RMS(f16, F16)
 RMS(bf16, BF16)
 RMS(f32, F32)

@@ -31,16 +31,6 @@ const WARP_ROWS_PER_BLOCK: usize = 8;
 /// gradient (`RMS_DW_MAXV` in softmax_norm.cu): rows up to 1024 16-bit or 512 f32 elements.
 const RMS_DW_MAXV: usize = 4;
 
-/// The opt-in `ELA_CUDA_RMS_DW=short` (read once per process): rows of one or two 16-byte vectors
-/// a lane take the RMS norm backward with the weight's gradient compiled for exactly that count
-/// (`rms_norm_bwd_dw1`, `rms_norm_bwd_dw2` in softmax_norm.cu: fewer registers, three or four
-/// resident blocks instead of two), launched with as many blocks as are resident at once. To be
-/// timed against the default before it becomes one (cuda/README.md, "Opt-in variants").
-fn rms_dw_short() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("ELA_CUDA_RMS_DW").as_deref() == Ok("short"))
-}
-
 /// Elements of `dtype` in a 16-byte vector.
 fn vector_len(dtype: DType) -> usize {
     16 / dtype.size_in_bytes()
@@ -216,25 +206,13 @@ impl Cuda {
         if let (Some(w), Some((_, true))) = (w, warp) {
             if rows > 0 && n.is_multiple_of(32 * vector_len(x.dtype())) && n <= RMS_DW_MAXV * 32 * vector_len(x.dtype())
             {
-                // One pass for dx and the weight's column sums (`rms_norm_bwd_dw`). Its warps walk
-                // rows in turn: two blocks a multiprocessor are resident (128 registers), and
-                // each block adds a row of partial sums. (`rms_dw_short`: the opt-in kernels for
-                // short rows, with as many blocks as are resident.)
-                let nv = n / (32 * vector_len(x.dtype()));
-                let threads = (32 * WARP_ROWS_PER_BLOCK) as u32;
-                let (name, per_sm) = if rms_dw_short() && nv <= 2 {
-                    let name = format!("rms_norm_bwd_dw{nv}_{}", dt(x.dtype()));
-                    let resident = self.resident_blocks(SN, &name, threads, 0)?.max(1) as usize;
-                    (name, resident)
-                } else {
-                    (format!("rms_norm_bwd_dw_{}", dt(x.dtype())), 2)
-                };
-                let blocks = rows.div_ceil(WARP_ROWS_PER_BLOCK).min(per_sm * self.sm_count() as usize);
+                // One pass for dx and the weight's column sums (`rms_norm_bwd_dw`).
+                let blocks = rows.div_ceil(WARP_ROWS_PER_BLOCK).min(2 * self.sm_count() as usize);
                 let partial = self.scratch(blocks * n * 8)?;
-                let cfg = Cfg { grid: blocks as u32, grid_y: 1, block: threads };
+                let cfg = Cfg { grid: blocks as u32, grid_y: 1, block: (32 * WARP_ROWS_PER_BLOCK) as u32 };
                 let mut dw_args = args.to_vec();
                 dw_args.insert(1, Arg::Ptr(partial.ptr()));
-                self.launch(SN, &name, cfg, &dw_args)?;
+                self.launch(SN, &format!("rms_norm_bwd_dw_{}", dt(x.dtype())), cfg, &dw_args)?;
                 let dw = self.alloc(w.dtype(), n)?;
                 let args = [Arg::Ptr(dw.ptr()), Arg::Ptr(partial.ptr()), Arg::n(blocks), Arg::n(n)];
                 let finish = Cfg { grid: n.div_ceil(32) as u32, grid_y: 1, block: 256 };
