@@ -76,12 +76,13 @@ fn run() -> Result<()> {
                 continue;
             }
             let tmax = *TS.iter().filter(|t| selected(&format!("{tag} T={t}"))).max().unwrap_or(&TS[5]);
-            // Hadamard Exp: inputs as in the peer script, uniform with variance 1, q shifted up and
-            // k down. The other kernels get q, k in [0, 0.5): positive kernels (the blueprint is
-            // negative, and the signed denominators cancel, for unlucky q . k).
+            // Hadamard Exp and elu+1: inputs as in the peer script, uniform with variance 1, q
+            // shifted up and k down (both branches of elu). The other kernels get q, k in [0, 0.5):
+            // positive kernels (the blueprint is negative, and the signed denominators cancel, for
+            // unlucky q . k).
             let s3 = 3f32.sqrt();
             let (qr, kr) = match kernel {
-                ElaKernel::HadamardExp => ((-s3 + 0.5, s3 + 0.5), (-s3 - 0.5, s3 - 0.5)),
+                ElaKernel::HadamardExp | ElaKernel::EluPlusOne => ((-s3 + 0.5, s3 + 0.5), (-s3 - 0.5, s3 - 0.5)),
                 _ => ((0.0, 0.5), (0.0, 0.5)),
             };
             let base = [

@@ -13,7 +13,7 @@
 //! With `ELA_KERNEL_CUBIN_DIR=DIR` it also writes each variant's cubin there (`DIR/<variant>.cubin`,
 //! e.g. `BF16_d64.cubin`), for reading the machine code with `nvdisasm` or `cuobjdump -sass`.
 
-use ela_cuda::kernels::{compile, resource_usage, ElaDt, Image, KernelFile};
+use ela_cuda::kernels::{compile, resource_usage, ChunkMap, ElaDt, Image, KernelFile};
 
 /// `(kernel, registers, stack frame, spill stores, spill loads)` from a ptxas `-v` log.
 fn parse(log: &str) -> Vec<(String, u32, u32, u32, u32)> {
@@ -67,8 +67,12 @@ fn main() -> ela_core::Result<()> {
     // identity and elu+1 kernels use them: f32 operands, and bf16 tensor cores for elu+1's bf16
     // inputs, at D = 64 and 128 ([v | 1] padded to 80 and 144 columns).
     let mut files = Vec::new();
-    for (dt, d) in [(ElaDt::BF16, 64), (ElaDt::BF16, 128), (ElaDt::BF16, 256), (ElaDt::F32, 64), (ElaDt::F32, 128)] {
-        files.push((format!("{dt:?} d={d}"), KernelFile::ElaChunk { dt, d, dv: d }));
+    for map in [ChunkMap::Exp, ChunkMap::EluPlusOne] {
+        for (dt, d) in [(ElaDt::BF16, 64), (ElaDt::BF16, 128), (ElaDt::BF16, 256), (ElaDt::F32, 64), (ElaDt::F32, 128)]
+        {
+            let name = if map == ChunkMap::Exp { "" } else { "elu+1 " };
+            files.push((format!("{name}{dt:?} d={d}"), KernelFile::ElaChunk { map, dt, d, dv: d }));
+        }
     }
     for (dt, tc, f, e) in [
         (ElaDt::F32, false, 64, 80),

@@ -151,6 +151,18 @@ fn parse_min_blocks(text: &str) -> std::result::Result<[Option<u32>; 3], String>
     Ok(o)
 }
 
+/// The feature map a module of the chunked Hadamard-Exp kernels computes (`ELA_FMAP` in
+/// `ela/chunk_fwd.cu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChunkMap {
+    /// Hadamard Exp: `phi(q) = exp(q)`, `psi(k) = exp(k)`.
+    Exp = 0,
+    /// elu+1, computed as Hadamard Exp on log-features: `elu(x) + 1 = exp(lf(x))` with
+    /// `lf(x) = log1p(x)` for `x > 0`, else `x`, applied to `q` and `k` as they are read
+    /// (docs/ela.md, "elu+1 on the Hadamard-Exp kernels").
+    EluPlusOne = 1,
+}
+
 /// One kernel source file (one op family).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KernelFile {
@@ -171,9 +183,11 @@ pub enum KernelFile {
     /// and the kernels around the cuBLAS chunked path of `ela/gemm_chunk.cu` (one module)
     Ela,
     /// chunked Hadamard-Exp ELA on tensor cores (`ela/tile.cuh`, `ela/chunk_fwd.cu`,
-    /// `ela/scan_runs.cu`, `ela/chunk_bwd.cu`, `ela/step.cu`), compiled separately for each input
-    /// dtype and head sizes `d`, `dv`
+    /// `ela/scan_runs.cu`, `ela/chunk_bwd.cu`, `ela/step.cu`), compiled separately for each feature
+    /// map, input dtype and head sizes `d`, `dv`
     ElaChunk {
+        /// What the kernels compute: Hadamard Exp, or elu+1 as Hadamard Exp on log-features.
+        map: ChunkMap,
         /// Input dtype.
         dt: ElaDt,
         /// Query/key head size (= the feature size).
@@ -231,8 +245,8 @@ impl KernelFile {
         KernelFile::Index,
         KernelFile::ConvPool,
         KernelFile::Ela,
-        KernelFile::ElaChunk { dt: ElaDt::BF16, d: 64, dv: 64 },
-        KernelFile::ElaChunk { dt: ElaDt::F32, d: 128, dv: 128 },
+        KernelFile::ElaChunk { map: ChunkMap::Exp, dt: ElaDt::BF16, d: 64, dv: 64 },
+        KernelFile::ElaChunk { map: ChunkMap::EluPlusOne, dt: ElaDt::F32, d: 128, dv: 128 },
         KernelFile::ElaLa { dt: ElaDt::BF16, tc: true, f: 80, e: 80 },
         KernelFile::ElaLa { dt: ElaDt::F16, tc: false, f: 144, e: 144 },
         KernelFile::ElaLa { dt: ElaDt::BF16, tc: true, f: 160, e: 16 },
@@ -264,7 +278,10 @@ impl KernelFile {
         let stem = self.name().rsplit('/').next().unwrap_or("").trim_end_matches(".cu");
         let dt = |d: ElaDt| format!("{d:?}").to_lowercase();
         match self {
-            KernelFile::ElaChunk { dt: t, d, dv } => format!("{stem}_{}_d{d}_dv{dv}", dt(t)),
+            KernelFile::ElaChunk { map, dt: t, d, dv } => {
+                let map = if map == ChunkMap::EluPlusOne { "_elu" } else { "" };
+                format!("{stem}{map}_{}_d{d}_dv{dv}", dt(t))
+            }
             KernelFile::ElaLa { dt: t, tc, f, e } => {
                 format!("{stem}_{}{}_f{f}_e{e}", dt(t), if tc { "_tc" } else { "" })
             }
@@ -311,8 +328,9 @@ impl KernelFile {
                         ("ela/gemm_chunk.cu", include_str!("../kernels/ela/gemm_chunk.cu")),
                     ]),
             ),
-            KernelFile::ElaChunk { dt, d, dv } => Cow::Owned(
+            KernelFile::ElaChunk { map, dt, d, dv } => Cow::Owned(
                 format!("#define ELA_DT {}\n#define ELA_D {d}\n#define ELA_DV {dv}\n", dt as i32)
+                    + &format!("#define ELA_FMAP {}\n", map as i32)
                     + &ChunkMinBlocks::of(dt, d, dv).defines()
                     + f32_products_define()
                     + &chunk_opt_defines()
@@ -668,7 +686,7 @@ mod tests {
         assert_eq!(m(ElaDt::BF16, 64, 128), ChunkMinBlocks { scan: 2, out: 2, bwd: 1 });
         assert_eq!(m(ElaDt::BF16, 256, 256), ChunkMinBlocks { scan: 2, out: 1, bwd: 1 });
         // The defines reach the kernel source, which refuses to compile without them.
-        let src = KernelFile::ElaChunk { dt: ElaDt::F32, d: 64, dv: 64 }.full_source();
+        let src = KernelFile::ElaChunk { map: ChunkMap::Exp, dt: ElaDt::F32, d: 64, dv: 64 }.full_source();
         assert!(src.contains("#define ELA_MINB "), "launch bounds missing from the source");
     }
 
@@ -701,7 +719,14 @@ mod tests {
     /// named by it).
     #[test]
     fn labels_name_every_variant_apart() {
-        assert_eq!(KernelFile::ElaChunk { dt: ElaDt::BF16, d: 64, dv: 128 }.label(), "chunk_fwd_bf16_d64_dv128");
+        assert_eq!(
+            KernelFile::ElaChunk { map: ChunkMap::Exp, dt: ElaDt::BF16, d: 64, dv: 128 }.label(),
+            "chunk_fwd_bf16_d64_dv128"
+        );
+        assert_eq!(
+            KernelFile::ElaChunk { map: ChunkMap::EluPlusOne, dt: ElaDt::F32, d: 64, dv: 64 }.label(),
+            "chunk_fwd_elu_f32_d64_dv64"
+        );
         assert_eq!(KernelFile::ElaLa { dt: ElaDt::F32, tc: false, f: 66, e: 72 }.label(), "la_chunk_f32_f66_e72");
         assert_eq!(KernelFile::Elementwise.label(), "elementwise");
         let labels: Vec<String> = KernelFile::ALL.iter().map(|f| f.label()).collect();

@@ -47,7 +47,7 @@ fn resource_usage_reports_every_kernel() {
         let tried = format!("tried {:?}", kernels::linux_candidates("nvrtc"));
         return ela_cuda::testing::skip("no NVRTC library", &tried);
     }
-    let file = kernels::KernelFile::ElaChunk { dt: kernels::ElaDt::BF16, d: 64, dv: 64 };
+    let file = kernels::KernelFile::ElaChunk { map: kernels::ChunkMap::Exp, dt: kernels::ElaDt::BF16, d: 64, dv: 64 };
     let log = kernels::resource_usage(file, "sm_90").unwrap();
     for k in ["ela_scan_m0", "ela_scan_m1", "ela_scan_join", "ela_out", "ela_rows_dot", "ela_bwd", "ela_step_fast"] {
         assert!(log.contains(&format!("Compiling entry function '{k}'")), "{k} in the report:\n{log}");
@@ -68,8 +68,12 @@ fn chunk_modules_hold_one_scan_per_mode() {
     }
     // A symbol's name ends at a NUL in the ELF string table.
     let has = |elf: &[u8], k: &str| elf.windows(k.len() + 1).any(|w| &w[..k.len()] == k.as_bytes() && w[k.len()] == 0);
-    for (dt, d) in [(kernels::ElaDt::BF16, 64), (kernels::ElaDt::F32, 128)] {
-        let src = kernels::KernelFile::ElaChunk { dt, d, dv: d }.full_source();
+    for (map, dt, d) in [
+        (kernels::ChunkMap::Exp, kernels::ElaDt::BF16, 64),
+        (kernels::ChunkMap::Exp, kernels::ElaDt::F32, 128),
+        (kernels::ChunkMap::EluPlusOne, kernels::ElaDt::BF16, 64),
+    ] {
+        let src = kernels::KernelFile::ElaChunk { map, dt, d, dv: d }.full_source();
         let elf = match kernels::compile_source("chunk_fwd.cu", &src, "sm_90").unwrap() {
             kernels::Image::Cubin(elf) => elf,
             _ => panic!("expected a cubin for sm_90"),
@@ -92,7 +96,7 @@ fn opt_in_chunk_variants_compile() {
         let tried = format!("tried {:?}", kernels::linux_candidates("nvrtc"));
         return ela_cuda::testing::skip("no NVRTC library", &tried);
     }
-    use kernels::{ElaDt, KernelFile};
+    use kernels::{ChunkMap, ElaDt, KernelFile};
     let defs: Vec<String> = kernels::CHUNK_OPTS.iter().map(|(_, d, _)| format!("#define {d} 1\n")).collect();
     // The plain source first (what runs by default), then each variant, then all together.
     let mut sets: Vec<String> = vec![String::new()];
@@ -101,9 +105,11 @@ fn opt_in_chunk_variants_compile() {
         sets.push(defs.concat());
     }
     let files = [
-        KernelFile::ElaChunk { dt: ElaDt::BF16, d: 64, dv: 64 },
-        KernelFile::ElaChunk { dt: ElaDt::BF16, d: 256, dv: 256 },
-        KernelFile::ElaChunk { dt: ElaDt::F32, d: 128, dv: 128 },
+        KernelFile::ElaChunk { map: ChunkMap::Exp, dt: ElaDt::BF16, d: 64, dv: 64 },
+        KernelFile::ElaChunk { map: ChunkMap::Exp, dt: ElaDt::BF16, d: 256, dv: 256 },
+        KernelFile::ElaChunk { map: ChunkMap::Exp, dt: ElaDt::F32, d: 128, dv: 128 },
+        KernelFile::ElaChunk { map: ChunkMap::EluPlusOne, dt: ElaDt::BF16, d: 256, dv: 256 },
+        KernelFile::ElaChunk { map: ChunkMap::EluPlusOne, dt: ElaDt::F32, d: 64, dv: 64 },
         KernelFile::ElaLa { dt: ElaDt::BF16, tc: true, f: 64, e: 80 },
         KernelFile::ElaLa { dt: ElaDt::F32, tc: false, f: 128, e: 144 },
     ];

@@ -117,6 +117,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
     gt.store(G, LDV, gmul);  // g = dy / den, 0 on exact-path rows
     {
         const int j = RP::row(), c0 = RP::col0();
+        log_features(kp);
         float mx = neg_inf<float>();
 #pragma unroll
         for (int e = 0; e < RP::EPT; ++e) mx = fmaxf(mx, kp.x[e]);
@@ -134,6 +135,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
         }
         if (RP::head()) mk[j] = j < n ? mx : neg_inf<float>();
         if (causal) {
+            log_features(qp);
             float mxq = neg_inf<float>();
 #pragma unroll
             for (int e = 0; e < RP::EPT; ++e) mxq = fmaxf(mxq, qp.x[e]);
@@ -232,9 +234,19 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
             for (int e = 0; e < 4; e += 2) {
                 const int j = ACC_ROW(r0, e), d = ACC_COL(c0, nt, e);
                 if (!ELA_PSTORE && j >= n) continue;
+#if ELA_FMAP == 0
                 const float v0 = from_mt(psia[j * LDF + d]) * a1[nt][e] + from_mt(psiu[j * LDF + d]) * (a2[nt][e] - wst[d]);
                 const float v1 = from_mt(psia[j * LDF + d + 1]) * a1[nt][e + 1] +
                                  from_mt(psiu[j * LDF + d + 1]) * (a2[nt][e + 1] - wst[d + 1]);
+#else
+                // The features' derivatives in the same units: exp(min(lf, 0) - shift) =
+                // min(exp(lf - shift), exp(-shift)), the shifts mk_j and m^(c+1)_d.
+                const float la = exp_ftz(-mk[j]), lu0 = exp_ftz(-mnx[fsk(d)]), lu1 = exp_ftz(-mnx[fsk(d + 1)]);
+                const float v0 = fminf(from_mt(psia[j * LDF + d]), la) * a1[nt][e] +
+                                 fminf(from_mt(psiu[j * LDF + d]), lu0) * (a2[nt][e] - wst[d]);
+                const float v1 = fminf(from_mt(psia[j * LDF + d + 1]), la) * a1[nt][e + 1] +
+                                 fminf(from_mt(psiu[j * LDF + d + 1]), lu1) * (a2[nt][e + 1] - wst[d + 1]);
+#endif
                 if (ELA_PSTORE) store_st2_if(j < n, dkg + j * gsk + d, v0, v1);
                 else store_st2(dkg + j * gsk + d, v0, v1);
             }
@@ -282,13 +294,21 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
 #else
                 load_st2(qg + (i64)i * lq + d, q0, q1);  // (ELA_PSTORE is off here: i < n)
 #endif
+                q0 = lderiv(q0), q1 = lderiv(q1);  // (ELA_FMAP 0: q itself)
                 const float pb0 = exp_if(on, q0 + mcur[d] - ROW_VAL(ru, uu, i, e));
                 const float pb1 = exp_if(on, q1 + mcur[d + 1] - ROW_VAL(ru, uu, i, e));
                 float v0 = pb0 * (a2[nt][e] - ROW_VAL(rc, cc, i, e) * zst[d]),
                       v1 = pb1 * (a2[nt][e + 1] - ROW_VAL(rc, cc, i, e) * zst[d + 1]);
                 if (causal) {
+#if ELA_FMAP == 0
                     v0 += from_mt(phia[i * LDF + d]) * a1[nt][e];
                     v1 += from_mt(phia[i * LDF + d + 1]) * a1[nt][e + 1];
+#else
+                    // phi_a's derivative: min(exp(lf - mq_i), exp(-mq_i)) (as dk's above).
+                    const float la = exp_ftz(-mq[i]);
+                    v0 += fminf(from_mt(phia[i * LDF + d]), la) * a1[nt][e];
+                    v1 += fminf(from_mt(phia[i * LDF + d + 1]), la) * a1[nt][e + 1];
+#endif
                 }
                 if (ELA_PSTORE) store_st2_if(i < n, dqg + i * gsq + d, v0, v1);
                 else store_st2(dqg + i * gsq + d, v0, v1);
@@ -319,12 +339,12 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
             const ela_f4 ri = rows[rowbase + i];
             const float r = uu[i], dn = ri.y, ci = ri.z;
             if (tid < DV) gv[tid] = DT::load(dyg[(i64)i * ldy + tid]) / dn;
-            if (tid < F) qr[tid] = DT::load(qg[(i64)i * lq + tid]);
+            if (tid < F) qr[tid] = lfeat(DT::load(qg[(i64)i * lq + tid]));
             __syncthreads();
             for (int j = warp; j <= i; j += ELA_WARPS) {
                 float a = 0.f, s = 0.f;
                 for (int col = lane; col < DV; col += 32) a += gv[col] * DT::load(vg[(i64)j * lv + col]);
-                for (int f = lane; f < F; f += 32) s += __expf(qr[f] + DT::load(kg[(i64)j * lk + f]) - r);
+                for (int f = lane; f < F; f += 32) s += __expf(qr[f] + lfeat(DT::load(kg[(i64)j * lk + f])) - r);
                 a = warp_sum(a);
                 s = warp_sum(s);
                 if (lane == 0) {
@@ -332,14 +352,15 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                     sj[j] = s;
                 }
             }
-            if (tid < F) ws[tid] = __expf(qr[tid] + mcur[tid] - r);
+            // dq's and dk's weights take the derivative of their own side's feature (lderiv).
+            if (tid < F) ws[tid] = __expf(lderiv(qr[tid]) + mcur[tid] - r);
             __syncthreads();
             for (int e = tid; e < (i + 1) * F; e += ELA_THREADS)
-                adk[e] += __expf(qr[e % F] + DT::load(kg[(e / F) * lk + e % F]) - r) * da[e / F];
+                adk[e] += __expf(qr[e % F] + lderiv(DT::load(kg[(e / F) * lk + e % F])) - r) * da[e / F];
             for (int e = tid; e < (i + 1) * DV; e += ELA_THREADS) adv[e] += sj[e / DV] * gv[e % DV];
             if (tid < F) {
                 float s = 0.f, sg = 0.f;
-                for (int j = 0; j <= i; ++j) s += __expf(qr[tid] + DT::load(kg[(i64)j * lk + tid]) - r) * da[j];
+                for (int j = 0; j <= i; ++j) s += __expf(lderiv(qr[tid]) + lfeat(DT::load(kg[(i64)j * lk + tid])) - r) * da[j];
                 for (int col = 0; col < DV; ++col) sg += from_mt(Sg[(i64)tid * DV + col]) * gv[col];
                 dqg[i * gsq + tid] = DT::store(s + ws[tid] * (sg - ci * zst[tid]));
             }

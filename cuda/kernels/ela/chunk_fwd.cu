@@ -22,6 +22,40 @@
 // split into runs are scan_runs.cu. These four files are compiled as one module after tile.cuh
 // (cuda/src/kernels.rs, `KernelFile::ElaChunk`).
 
+// The feature maps these kernels compute (ELA_FMAP, defined by the host per module):
+//   0  Hadamard Exp: phi(q) = exp(q), psi(k) = exp(k);
+//   1  elu+1 as Hadamard Exp on log-features: elu(x) + 1 = exp(lf(x)) with lf(x) = log1p(x) for
+//      x > 0 and x otherwise, so sum_d (elu(q_d) + 1)(elu(k_d) + 1) = sum_d exp(lf(q_d) + lf(k_d)).
+// Every kernel below applies lf to q and k as it reads them and is otherwise the Hadamard-Exp
+// kernel, units, maxima and exact path included. The backward needs, beside the features, their
+// derivatives: elu+1's is exp(min(x, 0)), the log of which, lderiv, is the same function of x and
+// of lf(x) (lf(x) > 0 exactly when x > 0, and lf(x) = x otherwise); so where Hadamard Exp
+// multiplies a gradient by a feature exp(x - shift), elu+1 multiplies it by exp(lderiv(x) - shift)
+// (docs/ela.md, "elu+1 on the Hadamard-Exp kernels"). With ELA_FMAP 0 both maps are the identity
+// and compile to nothing. NaN stays NaN through both.
+#ifndef ELA_FMAP
+#error "the host defines ELA_FMAP"
+#endif
+// log(1 + x) for x > 0 as lg2.approx of the rounded 1 + x: two instructions where log1pf takes
+// about thirty, and these run on every q and k element a scan step or a chunk reads. The rounding
+// of 1 + x and lg2.approx's error (about 2^-22 relative) make an absolute error in lf, i.e. a
+// relative one in the feature exp(lf), of the order of the kernels' own exp_ftz error for
+// moderate x (the measured errors: docs/ela.md).
+__device__ __forceinline__ float log1p_pos(float x) {
+    float y;
+    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(1.f + x));
+    return y * 0.6931471805599453f;
+}
+__device__ __forceinline__ float lfeat(float x) { return (ELA_FMAP == 1 && x > 0.f) ? log1p_pos(x) : x; }
+__device__ __forceinline__ float lderiv(float x) { return (ELA_FMAP == 1 && x > 0.f) ? 0.f : x; }
+// lf on a chunk's rows as loaded (at their first use, so the loads stay in flight until then).
+template <int W> __device__ __forceinline__ void log_features(RowPart<W>& p) {
+#if ELA_FMAP != 0
+#pragma unroll
+    for (int e = 0; e < RowPart<W>::EPT; ++e) p.x[e] = lfeat(p.x[e]);
+#endif
+}
+
 // A scan block owns SCAN_FB state rows (features) and SCAN_DVB value columns of one sequence: the
 // rows of S, z and m are independent of each other (each feature has its own running maximum),
 // so 128-wide heads split theirs in two, for B * H * 4 blocks; a scan block runs for the whole
@@ -259,7 +293,7 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
                     unpack4(px[p][i], o);
 #pragma unroll
                     for (int j = 0; j < 4; ++j)
-                        if (r < n) cm[j] = fmaxf(cm[j], o[j]);
+                        if (r < n) cm[j] = fmaxf(cm[j], lfeat(o[j]));
                 }
                 // Column maxima of this warp's key rows (lanes l and l + F/4 share columns).
 #pragma unroll
@@ -309,6 +343,8 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
                 const int r = (tid + i * ELA_THREADS) / (F / 4);
                 float o[4];
                 unpack4(px[p][i], o);
+#pragma unroll
+                for (int j = 0; j < 4; ++j) o[j] = lfeat(o[j]);
                 float u = 0.f, inv = 1.f;
                 if (mode == 1) {
                     const ela_f4 ri = *(const ela_f4*)(rinf + (p * C + r) * 4);
@@ -382,14 +418,14 @@ __device__ void slow_row(int i, const ST* qg, const ST* kg, const ST* vg, i64 lq
     float* qr = sc;
     float* sj = qr + F;
     float* wsf = sj + ELA_C;
-    if (tid < F) qr[tid] = DT::load(qg[(i64)i * lq + tid]);
+    if (tid < F) qr[tid] = lfeat(DT::load(qg[(i64)i * lq + tid]));
     __syncthreads();
     float mx = tid < F ? qr[tid] + mst[fsk(tid)] : neg_inf<float>();
-    for (int e = tid; e < (i + 1) * F; e += ELA_THREADS) mx = fmaxf(mx, qr[e % F] + DT::load(kg[(e / F) * lk + e % F]));
+    for (int e = tid; e < (i + 1) * F; e += ELA_THREADS) mx = fmaxf(mx, qr[e % F] + lfeat(DT::load(kg[(e / F) * lk + e % F])));
     const float r = block_max<float>(mx, red);
     for (int j = warp; j <= i; j += ELA_WARPS) {
         float s = 0.f;
-        for (int f = lane; f < F; f += 32) s += __expf(qr[f] + DT::load(kg[(i64)j * lk + f]) - r);
+        for (int f = lane; f < F; f += 32) s += __expf(qr[f] + lfeat(DT::load(kg[(i64)j * lk + f])) - r);
         s = warp_sum(s);
         if (lane == 0) sj[j] = s;
     }
@@ -483,6 +519,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
     const int row = RP::row(), rc0 = RP::col0();
     if (causal) {
         // (N1) key side: mk_j = max_d k_jd, psi_a = exp(k - mk).
+        log_features(kp);
         float mx = neg_inf<float>();
 #pragma unroll
         for (int e = 0; e < RP::EPT; ++e) mx = fmaxf(mx, kp.x[e]);
@@ -517,6 +554,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
     {
         // (U), (N1), (N2) query side: u_i, phi_a, phi_b and the state part of the denominator.
         const int i = row;
+        log_features(qp);
         float a = neg_inf<float>(), b = neg_inf<float>();
 #pragma unroll
         for (int e = 0; e < RP::EPT; ++e) {

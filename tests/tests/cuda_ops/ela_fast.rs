@@ -5,8 +5,9 @@
 //! backward (itself checked against the quadratic tape to 1e-9), and both against the CPU
 //! backend in the same dtype; the numerics cases of docs/ela.md (inputs of magnitude 80, crossed
 //! maxima that take the exact path); prefill with a carried state and the one-launch recurrent
-//! step against the CPU state, buffer by buffer. Outputs land in NaN-filled memory, so an
-//! element a kernel does not write shows up.
+//! step against the CPU state, buffer by buffer. The same kernels compute elu+1 on log-features
+//! (`ChunkMap::EluPlusOne`): the same checks for it, and its exact path. Outputs land in
+//! NaN-filled memory, so an element a kernel does not write shows up.
 
 use ela_autograd::Var;
 use ela_core::ela::ElaParams;
@@ -17,6 +18,7 @@ use ela_nn::ela::{Ela, Form};
 use crate::{gpu, rel_err, Pair};
 
 const EXP: ElaKernel = ElaKernel::HadamardExp;
+const ELU: ElaKernel = ElaKernel::EluPlusOne;
 
 /// Normwise bound against f64 of the chunked path: f32 to its rounding, 16-bit inputs to 1e-2
 /// (bf16 operands in the tile products; S, z, den and the log-scales f32).
@@ -42,10 +44,23 @@ fn finite(t: &Tensor<Cuda>) -> bool {
 /// Forward and backward of one case on the GPU, with the errors against f64 and against the
 /// CPU backend in the same dtype: `[y, dq, dk, dv]` each `(vs f64, vs CPU)`.
 fn run_case(dev: &Cuda, q: &Pair, k: &Pair, v: &Pair, dy: &Pair, causal: bool) -> Result<[(f64, f64); 4]> {
+    run_kernel_case(dev, EXP, q, k, v, dy, causal)
+}
+
+/// [`run_case`] for `kernel` (Hadamard Exp or elu+1, which must take the chunked kernels).
+fn run_kernel_case(
+    dev: &Cuda,
+    kernel: ElaKernel,
+    q: &Pair,
+    k: &Pair,
+    v: &Pair,
+    dy: &Pair,
+    causal: bool,
+) -> Result<[(f64, f64); 4]> {
     let (dims, dv) = (q.cpu.dims().to_vec(), v.cpu.dims()[3]);
     let (seqs, t, d) = (dims[0] * dims[1], dims[2], dims[3]);
     let dtype = q.cpu.dtype();
-    let p = ElaParams { kernel: EXP, causal, chunk: 64 };
+    let p = ElaParams { kernel, causal, chunk: 64 };
     poison(dev, seqs * t * dv, dtype, 4);
     let gy = q.gpu.ela(&k.gpu, &v.gpu, &p)?;
     assert!(finite(&gy), "every output written and finite ({dtype:?}, causal {causal})");
@@ -72,7 +87,7 @@ fn run_case(dev: &Cuda, q: &Pair, k: &Pair, v: &Pair, dy: &Pair, causal: bool) -
     // References: f64 on the same (rounded) inputs; the CPU backend in the same dtype.
     let up = |x: &Pair| x.cpu.to_dtype(DType::F64).unwrap();
     let (q64, k64, v64, dy64) = (up(q), up(k), up(v), up(dy));
-    let want = Ela::builtin(EXP).with_causal(causal).run(Form::Quadratic, &q64, &k64, &v64)?.to_vec_f64()?;
+    let want = Ela::builtin(kernel).with_causal(causal).run(Form::Quadratic, &q64, &k64, &v64)?.to_vec_f64()?;
     let y64 = q64.ela(&k64, &v64, &p)?;
     let r64 = Tensor::ela_backward(&q64, &k64, &v64, &y64, &dy64, &p)?;
     let cy = q.cpu.ela(&k.cpu, &v.cpu, &p)?;
@@ -292,10 +307,16 @@ fn chunked_prefill_and_batched_steps_match_the_cpu_state() -> Result<()> {
 fn strided_operands_are_read_in_place() -> Result<()> {
     let Some(dev) = gpu() else { return Ok(()) };
     let bits = |t: &Tensor<Cuda>| t.to_vec_f64().unwrap();
-    for (i, &(dtype, d, causal)) in
-        [(DType::BF16, 64, true), (DType::F32, 64, true), (DType::F16, 64, false), (DType::BF16, 128, true)]
-            .iter()
-            .enumerate()
+    for (i, &(kernel, dtype, d, causal)) in [
+        (EXP, DType::BF16, 64, true),
+        (EXP, DType::F32, 64, true),
+        (EXP, DType::F16, 64, false),
+        (EXP, DType::BF16, 128, true),
+        (ELU, DType::BF16, 64, true),
+        (ELU, DType::F32, 128, false),
+    ]
+    .iter()
+    .enumerate()
     {
         let (b, t, h) = (2, 150, 3);
         let mut rng = Rng::new(900 + i as u64);
@@ -308,7 +329,7 @@ fn strided_operands_are_read_in_place() -> Result<()> {
         let head = |j: usize| qkv.narrow(2, j, 1)?.squeeze(2)?.transpose(1usize, 2usize);
         let (q, k, v, dy) = (head(0)?, head(1)?, head(2)?, dy_tm.transpose(1usize, 2usize)?);
         assert!(!q.layout().is_contiguous() && !dy.layout().is_contiguous());
-        let p = ElaParams { kernel: EXP, causal, chunk: 64 };
+        let p = ElaParams { kernel, causal, chunk: 64 };
         let (y, saved) = q.ela_saving(&k, &v, &p)?;
         assert!(y.transpose(1usize, 2usize)?.layout().is_contiguous(), "y in [batch, t, heads, dv] order ({dtype:?})");
         let c = |x: &Tensor<Cuda>| x.contiguous().unwrap();
@@ -331,9 +352,10 @@ fn strided_operands_are_read_in_place() -> Result<()> {
             assert_eq!(bits(a), bits(b), "{name}, recomputed forward ({dtype:?} d={d} causal {causal})");
         }
         let f64_of = |x: &Tensor<Cuda>| x.to_device(&Cpu).unwrap().to_dtype(DType::F64).unwrap();
-        let want = Ela::builtin(EXP).with_causal(causal).run(Form::Quadratic, &f64_of(&q), &f64_of(&k), &f64_of(&v))?;
+        let want =
+            Ela::builtin(kernel).with_causal(causal).run(Form::Quadratic, &f64_of(&q), &f64_of(&k), &f64_of(&v))?;
         let e = rel_err(&bits(&y), &want.to_vec_f64()?);
-        assert!(e <= bound(dtype), "{dtype:?} d={d} causal {causal}: y {e:e} vs f64");
+        assert!(e <= bound(dtype), "{kernel} {dtype:?} d={d} causal {causal}: y {e:e} vs f64");
     }
     // Through the autograd, as the attention layer runs it: the fused product's gradient is the
     // one buffer the ELA backward wrote (its concatenation of the three heads is a view).
@@ -385,39 +407,131 @@ fn scans_split_into_runs_agree_with_one_walk() -> Result<()> {
         (DType::BF16, 64, 128, 600),
         (DType::BF16, 256, 256, 300),
     ];
-    let p = ElaParams { kernel: EXP, causal: true, chunk: 64 };
     for (ci, &(dtype, d, dv, t)) in cases.iter().enumerate() {
-        let (q, k, v, dy) = qkv([1, 2, t, d], dv, dtype, 900 + ci as u64, &dev);
-        let run = |runs: usize| -> Result<[Vec<f64>; 4]> {
-            ela_cuda::with_scan_runs(runs, || {
-                poison(&dev, 2 * t * dv.max(d), dtype, 4);
-                let (y, saved) = q.gpu.ela_saving(&k.gpu, &v.gpu, &p)?;
-                let g = Tensor::ela_backward_saved(&q.gpu, &k.gpu, &v.gpu, &y, &dy.gpu, &p, saved.as_ref())?;
-                Ok([y.to_vec_f64()?, g.0.to_vec_f64()?, g.1.to_vec_f64()?, g.2.to_vec_f64()?])
-            })
-        };
-        let one = run(1)?;
-        let up = |x: &Pair| x.cpu.to_dtype(DType::F64).unwrap();
-        let y64 = Ela::builtin(EXP).run(Form::Quadratic, &up(&q), &up(&k), &up(&v))?.to_vec_f64()?;
-        // Same math, sums in another order: f32 to its rounding; 16-bit outputs to a few of their
-        // roundings (a state entry's f32 sum may round to the neighbouring bf16 value).
-        let same = if dtype == DType::F32 { 2e-6 } else { 4e-3 };
-        for runs in [0, 2, 3, 1000] {
-            let split = run(runs)?;
-            let errs: Vec<f64> = split.iter().zip(&one).map(|(a, b)| rel_err(a, b)).collect();
-            let e64 = rel_err(&split[0], &y64);
-            println!(
-                "{dtype:?} d={d} dv={dv} T={t} runs={runs}: y, dq, dk, dv vs one walk {}; y vs f64 {e64:.2e}",
-                show_list(&errs)
+        split_scan_case(&dev, EXP, dtype, d, dv, t, 900 + ci as u64)?;
+    }
+    // elu+1 on the same kernels (log-features): the joins carry its units like Hadamard Exp's.
+    split_scan_case(&dev, ELU, DType::BF16, 64, 64, 1000, 990)?;
+    split_scan_case(&dev, ELU, DType::F32, 128, 128, 500, 991)?;
+    Ok(())
+}
+
+/// One case of [`scans_split_into_runs_agree_with_one_walk`].
+fn split_scan_case(
+    dev: &Cuda,
+    kernel: ElaKernel,
+    dtype: DType,
+    d: usize,
+    dv: usize,
+    t: usize,
+    seed: u64,
+) -> Result<()> {
+    let p = ElaParams { kernel, causal: true, chunk: 64 };
+    let (q, k, v, dy) = qkv([1, 2, t, d], dv, dtype, seed, dev);
+    let run = |runs: usize| -> Result<[Vec<f64>; 4]> {
+        ela_cuda::with_scan_runs(runs, || {
+            poison(dev, 2 * t * dv.max(d), dtype, 4);
+            let (y, saved) = q.gpu.ela_saving(&k.gpu, &v.gpu, &p)?;
+            let g = Tensor::ela_backward_saved(&q.gpu, &k.gpu, &v.gpu, &y, &dy.gpu, &p, saved.as_ref())?;
+            Ok([y.to_vec_f64()?, g.0.to_vec_f64()?, g.1.to_vec_f64()?, g.2.to_vec_f64()?])
+        })
+    };
+    let one = run(1)?;
+    let up = |x: &Pair| x.cpu.to_dtype(DType::F64).unwrap();
+    let y64 = Ela::builtin(kernel).run(Form::Quadratic, &up(&q), &up(&k), &up(&v))?.to_vec_f64()?;
+    // Same math, sums in another order: f32 to its rounding; 16-bit outputs to a few of their
+    // roundings (a state entry's f32 sum may round to the neighbouring bf16 value).
+    let same = if dtype == DType::F32 { 2e-6 } else { 4e-3 };
+    for runs in [0, 2, 3, 1000] {
+        let split = run(runs)?;
+        let errs: Vec<f64> = split.iter().zip(&one).map(|(a, b)| rel_err(a, b)).collect();
+        let e64 = rel_err(&split[0], &y64);
+        println!(
+            "{kernel} {dtype:?} d={d} dv={dv} T={t} runs={runs}: y, dq, dk, dv vs one walk {}; y vs f64 {e64:.2e}",
+            show_list(&errs)
+        );
+        assert!(e64 <= bound(dtype), "{kernel} {dtype:?} d={d} T={t} runs={runs}: y {e64:e} vs f64");
+        for (name, e) in ["y", "dq", "dk", "dv"].iter().zip(&errs) {
+            assert!(
+                e.is_finite() && *e <= same,
+                "{name} {kernel} {dtype:?} d={d} dv={dv} T={t} runs={runs}: {e:e} vs one walk"
             );
-            assert!(e64 <= bound(dtype), "{dtype:?} d={d} T={t} runs={runs}: y {e64:e} vs f64");
-            for (name, e) in ["y", "dq", "dk", "dv"].iter().zip(&errs) {
-                assert!(
-                    e.is_finite() && *e <= same,
-                    "{name} {dtype:?} d={d} dv={dv} T={t} runs={runs}: {e:e} vs one walk"
-                );
+        }
+    }
+    Ok(())
+}
+
+/// elu+1 on the Hadamard-Exp kernels (log-features, `ChunkMap::EluPlusOne`): the tile path takes
+/// it (it reads rows where they lie, which only that path does; `with_elu_on_la` sends it back to
+/// the feature-map path), and forward and gradients agree with f64 and the CPU to the bounds of
+/// Hadamard Exp's, at every compiled head size, causal and not, with a ragged last chunk.
+#[test]
+fn elu_plus_one_on_the_tiles_matches_f64_and_the_cpu() -> Result<()> {
+    use ela_core::Backend;
+    let Some(dev) = gpu() else { return Ok(()) };
+    let variants = [
+        (DType::F32, 64, 64),
+        (DType::BF16, 64, 64),
+        (DType::F32, 128, 128),
+        (DType::BF16, 128, 128),
+        (DType::BF16, 64, 128),
+        (DType::F32, 128, 64),
+        (DType::BF16, 256, 256),
+    ];
+    for (vi, &(dtype, d, dv)) in variants.iter().enumerate() {
+        let dims = ela_core::ela::ElaDims { batch: 2, heads: 2, t: 150, d, dv };
+        let p = ElaParams::causal(ELU);
+        assert!(dev.ela_rows_supported(dtype, &dims, &p), "elu+1 {dtype:?} {d}x{dv} takes the tiles");
+        let on_la = ela_cuda::with_elu_on_la(|| dev.ela_rows_supported(dtype, &dims, &p));
+        assert!(!on_la, "with_elu_on_la: the feature-map path");
+        for (t, causal) in [(150, true), (150, false), (37, true)] {
+            // q around 0.5 and k around -0.5 with unit spread: both branches of elu+1.
+            let (q, k, v, dy) = qkv([2, 2, t, d], dv, dtype, 500 + vi as u64, &dev);
+            let errs = run_kernel_case(&dev, ELU, &q, &k, &v, &dy, causal)?;
+            println!("elu+1 {dtype:?} d={d} dv={dv} T={t} causal={causal}: (vs f64, vs cpu) = {}", show(&errs));
+            for (name, (e64, ecpu)) in ["y", "dq", "dk", "dv"].iter().zip(errs) {
+                let tol = if *name == "y" || dtype != DType::F32 { bound(dtype) } else { 5e-5 };
+                assert!(e64 <= tol, "elu+1 {name} {dtype:?} d={d} dv={dv} T={t} causal={causal}: {e64:e} vs f64");
+                assert!(ecpu <= 2.0 * tol, "elu+1 {name} {dtype:?} d={d} T={t} causal={causal}: {ecpu:e} vs the CPU");
             }
         }
     }
+    Ok(())
+}
+
+/// elu+1 on the tiles with inputs of magnitude 80 (features up to 81 and down to e^-80), and with
+/// features so far apart that every fast term underflows: q = (N(0, 1).., -200..), k = (-200..,
+/// N(0, 1)..) make every a_ij about e^-200, so every row takes the exact path, forward and
+/// backward, where the feature derivatives (exp(min(x, 0))) meet the exact path's weights.
+#[test]
+fn elu_plus_one_on_the_tiles_magnitude_80_and_the_exact_path() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    let (t, d, dv) = (160, 64, 64);
+    for dtype in [DType::F32, DType::BF16] {
+        let u = |seed| Pair::uniform(&[1, 2, t, d], -80.0, 80.0, dtype, seed, &dev);
+        let (q, k) = (u(11), u(12));
+        let (v, dy) = (Pair::randn(&[1, 2, t, dv], dtype, 13, &dev), Pair::randn(&[1, 2, t, dv], dtype, 14, &dev));
+        let errs = run_kernel_case(&dev, ELU, &q, &k, &v, &dy, true)?;
+        println!("elu+1 magnitude 80 {dtype:?}: {}", show(&errs));
+        let tol = if dtype == DType::F32 { 1e-4 } else { 3e-2 };
+        assert!(errs.iter().all(|e| e.0 <= tol), "elu+1 magnitude 80 {dtype:?}: {errs:?} > {tol:e}");
+    }
+    let mut rng = Rng::new(19);
+    let (mut qv, mut kv) = (vec![0.0; 2 * t * d], vec![0.0; 2 * t * d]);
+    for r in 0..2 * t {
+        for e in 0..d {
+            let (sq, sk) = if e < d / 2 { (0.0, -200.0) } else { (-200.0, 0.0) };
+            qv[r * d + e] = sq + rng.normal();
+            kv[r * d + e] = sk + rng.normal();
+        }
+    }
+    let to =
+        |x: Vec<f64>| Pair::new(Tensor::from_vec(x, [1, 2, t, d], &Cpu).unwrap().to_dtype(DType::F32).unwrap(), &dev);
+    let (q, k) = (to(qv), to(kv));
+    let (v, dy) =
+        (Pair::randn(&[1, 2, t, dv], DType::F32, 15, &dev), Pair::randn(&[1, 2, t, dv], DType::F32, 16, &dev));
+    let errs = run_kernel_case(&dev, ELU, &q, &k, &v, &dy, true)?;
+    println!("elu+1 exact path f32: {}", show(&errs));
+    assert!(errs[0].0 <= 1e-4 && errs[1..].iter().all(|e| e.0 <= 1e-3), "elu+1 exact path {errs:?}");
     Ok(())
 }

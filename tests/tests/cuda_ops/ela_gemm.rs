@@ -4,6 +4,10 @@
 //! one, head sizes where `F = D + 1, D + 2` is not a multiple of 16, `Dv != D`, causal and
 //! non-causal, f32, bf16 and f16, and a carried state crossing chunk boundaries.
 //!
+//! elu+1 without a carried state takes the Hadamard-Exp kernels at their head sizes (log-features,
+//! tests/cuda_ops/ela_fast.rs); its cases here run both ways, by default and on this path
+//! (`ela_cuda::with_elu_on_la`), so the path stays covered where the tiles would take the call.
+//!
 //! The reference is the CPU backend's fused ELA in f64 on the same (rounded) inputs, itself
 //! checked against quadratic attention in f64 (tests/ela_forms.rs). The signed kernels cancel
 //! heavily, so the GPU is judged like the CPU: its normwise error against f64 may not exceed the
@@ -113,6 +117,11 @@ fn feature_kernels_match_f64_over_many_chunks() -> Result<()> {
                 for &dtype in dtypes {
                     let failures = check_case(kernel, shape, dv, causal, dtype, 700 + ki as u64, &dev)?;
                     assert!(failures.is_empty(), "{}", failures.join("\n"));
+                    if kernel == ElaKernel::EluPlusOne {
+                        let on_la =
+                            ela_cuda::with_elu_on_la(|| check_case(kernel, shape, dv, causal, dtype, 700, &dev))?;
+                        assert!(on_la.is_empty(), "feature-map path: {}", on_la.join("\n"));
+                    }
                 }
             }
         }
@@ -129,6 +138,11 @@ fn feature_kernels_match_f64_on_random_shapes() {
         let dtype = if bf16 { DType::BF16 } else { DType::F32 };
         let failures = check_case(KERNELS[ki], [b, h, t, d], dv, causal, dtype, seed, &dev).unwrap();
         prop_assert!(failures.is_empty(), "{}", failures.join("\n"));
+        if KERNELS[ki] == ElaKernel::EluPlusOne {
+            let on_la = ela_cuda::with_elu_on_la(|| check_case(KERNELS[ki], [b, h, t, d], dv, causal, dtype, seed, &dev));
+            let on_la = on_la.unwrap();
+            prop_assert!(on_la.is_empty(), "feature-map path: {}", on_la.join("\n"));
+        }
     });
 }
 
@@ -188,24 +202,27 @@ fn both_scans_give_the_same_bits() -> Result<()> {
         let [q, k, v] = inputs(kernel, shape, dv, dtype, 900 + ci as u64, &dev);
         let [b, h, t, d] = shape;
         let dy = Pair::randn(&[b, h, t, dv], dtype, 950 + ci as u64, &dev);
+        // (elu+1 on this path: the tiles would take its calls without a carried state.)
         let run = |scan: &'static str| -> Result<Vec<Vec<f64>>> {
-            ela_cuda::with_la_scan(Some(scan), || {
-                let mut out = Vec::new();
-                for causal in [true, false] {
-                    let p = ElaParams { kernel, causal, chunk: 16 };
-                    let (y, saved) = q.gpu.ela_saving(&k.gpu, &v.gpu, &p)?;
-                    let (dq, dk, dv) =
-                        Tensor::ela_backward_saved(&q.gpu, &k.gpu, &v.gpu, &y, &dy.gpu, &p, saved.as_ref())?;
-                    for x in [&y, &dq, &dk, &dv] {
-                        out.push(x.to_vec_f64()?);
+            ela_cuda::with_elu_on_la(|| {
+                ela_cuda::with_la_scan(Some(scan), || {
+                    let mut out = Vec::new();
+                    for causal in [true, false] {
+                        let p = ElaParams { kernel, causal, chunk: 16 };
+                        let (y, saved) = q.gpu.ela_saving(&k.gpu, &v.gpu, &p)?;
+                        let (dq, dk, dv) =
+                            Tensor::ela_backward_saved(&q.gpu, &k.gpu, &v.gpu, &y, &dy.gpu, &p, saved.as_ref())?;
+                        for x in [&y, &dq, &dk, &dv] {
+                            out.push(x.to_vec_f64()?);
+                        }
                     }
-                }
-                let mut st = FusedElaState::new(kernel, b, h, d, dv, dtype, &dev)?;
-                out.push(st.prefill(&q.gpu, &k.gpu, &v.gpu)?.to_vec_f64()?);
-                let (s, z, _) = st.buffers()?;
-                out.push(s.to_vec_f64()?);
-                out.push(z.to_vec_f64()?);
-                Ok(out)
+                    let mut st = FusedElaState::new(kernel, b, h, d, dv, dtype, &dev)?;
+                    out.push(st.prefill(&q.gpu, &k.gpu, &v.gpu)?.to_vec_f64()?);
+                    let (s, z, _) = st.buffers()?;
+                    out.push(s.to_vec_f64()?);
+                    out.push(z.to_vec_f64()?);
+                    Ok(out)
+                })
             })
         };
         let (half, narrow) = (run("half")?, run("narrow")?);
@@ -252,7 +269,9 @@ fn operands_read_where_they_lie_give_the_same_bits() -> Result<()> {
             out.push(z.to_vec_f64()?);
             Ok((out, kept))
         };
-        let ((raw, raw_kept), (rows, rows_kept)) = (run()?, ela_cuda::with_la_rows(run)?);
+        // (On the feature-map path: the tiles would take these calls without a carried state.)
+        let ((raw, raw_kept), (rows, rows_kept)) =
+            ela_cuda::with_elu_on_la(|| -> Result<_> { Ok((run()?, ela_cuda::with_la_rows(run)?)) })?;
         assert!(raw_kept == 0 && rows_kept > 0, "{shape:?}x{dv}: operand rows kept {raw_kept} / {rows_kept}");
         for (i, (a, b)) in raw.iter().zip(&rows).enumerate() {
             let same = a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());

@@ -3,7 +3,8 @@
 //! `chunk_fwd.cu`). The same module holds the one-launch decode step (`step.rs`).
 //!
 //! Taken for Hadamard Exp with f32/f16/bf16 inputs and head sizes `d`, `dv` in {64, 128} (and 256
-//! with 16-bit inputs, in 32-row chunks; see [`variant`]); every
+//! with 16-bit inputs, in 32-row chunks; see [`variant`]), and for elu+1 with f32/bf16 inputs at
+//! the same sizes without a carried state, as Hadamard Exp on log-features (`ChunkMap`); every
 //! other call runs the per-token scan of `recurrent.rs` (or the parallel form of `noncausal.rs`). Work is split into launches with parallel
 //! work: a scan over chunks per (sequence, 32 value columns) writes the state before every chunk
 //! ("slots"), then one block per (chunk, sequence) computes the chunk's rows; the backward adds
@@ -15,7 +16,7 @@ use ela_core::ela::{ElaArg, ElaDims, ElaKernel, ElaRows, ElaStateBufs};
 use ela_core::{DType, Result};
 
 use crate::device::{Arg, Cfg, Cuda};
-use crate::kernels::{ChunkMinBlocks, ElaDt, KernelFile};
+use crate::kernels::{ChunkMap, ChunkMinBlocks, ElaDt, KernelFile};
 use crate::storage::CudaStorage;
 
 /// Threads per block of every chunked kernel (8 warps).
@@ -70,26 +71,35 @@ pub(crate) struct Variant {
 
 /// The variant for these inputs, if the chunked path supports them on `dev`: every kernel's
 /// shared memory must fit in what one block of this GPU may have (256-wide heads need 229,632
-/// bytes, which an H100/H200 has and an A100 does not).
-pub(crate) fn variant(dev: &Cuda, kernel: ElaKernel, dtype: DType, dims: &ElaDims) -> Option<Variant> {
-    let cv = variant_for(kernel, dtype, dims)?;
+/// bytes, which an H100/H200 has and an A100 does not). `carried`: the call starts from or
+/// returns a carried state (prefill, a decode step), which only Hadamard Exp's take here (the
+/// kernels keep a state in per-feature units; elu+1's carried state has none).
+pub(crate) fn variant(dev: &Cuda, kernel: ElaKernel, dtype: DType, dims: &ElaDims, carried: bool) -> Option<Variant> {
+    let cv = variant_for(kernel, dtype, dims, carried)?;
     let most = cv.scan_smem().max(cv.out_smem()).max(cv.bwd_smem());
     (most <= dev.max_shared_memory_per_block()).then_some(cv)
 }
 
 /// [`variant`] before the device's shared-memory limit.
-pub(super) fn variant_for(kernel: ElaKernel, dtype: DType, dims: &ElaDims) -> Option<Variant> {
+pub(super) fn variant_for(kernel: ElaKernel, dtype: DType, dims: &ElaDims, carried: bool) -> Option<Variant> {
     if super::switches().scan_only {
         // Debugging/benchmark switch: force the per-token scan.
         return None;
     }
     let dt = ElaDt::of(dtype)?;
+    // elu+1 with f16 inputs keeps the feature-map path's f32 operands: these kernels' bf16
+    // operands are coarser than f16 (docs/ela.md, "The chunked form of the feature-map kernels").
+    let map = match kernel {
+        ElaKernel::HadamardExp => ChunkMap::Exp,
+        ElaKernel::EluPlusOne if !carried && dt != ElaDt::F16 && super::elu_on_tiles() => ChunkMap::EluPlusOne,
+        _ => return None,
+    };
     // 256-wide heads only with 16-bit operands: their tiles fit in shared memory with 32-row
     // chunks (the backward's: 229,632 of the 232,448 bytes an H100/H200 block may have); f32
     // tiles would not.
     let sizes = if dt == ElaDt::F32 { &[64, 128][..] } else { &[64, 128, 256][..] };
     let sizes_ok = sizes.contains(&dims.d) && sizes.contains(&dims.dv);
-    if kernel != ElaKernel::HadamardExp || !sizes_ok || dims.sequences() > 65_535 {
+    if !sizes_ok || dims.sequences() > 65_535 {
         return None;
     }
     let c = super::tile_chunk_rows(dt == ElaDt::F32, dims.d, dims.dv);
@@ -97,7 +107,7 @@ pub(super) fn variant_for(kernel: ElaKernel, dtype: DType, dims: &ElaDims) -> Op
         return None;
     }
     Some(Variant {
-        file: KernelFile::ElaChunk { dt, d: dims.d as u16, dv: dims.dv as u16 },
+        file: KernelFile::ElaChunk { map, dt, d: dims.d as u16, dv: dims.dv as u16 },
         min_blocks: ChunkMinBlocks::of(dt, dims.d as u16, dims.dv as u16),
         c,
         f: dims.d,
@@ -646,18 +656,37 @@ mod tests {
             (DType::F16, 256, 64, 32),
             (DType::BF16, 64, 256, 32),
         ] {
-            let cv = variant_for(k, dtype, &dims(d, dv)).expect("compiled");
+            let cv = variant_for(k, dtype, &dims(d, dv), true).expect("compiled");
             assert_eq!(cv.c, c, "{dtype:?} {d}x{dv}");
             let most = cv.scan_smem().max(cv.out_smem()).max(cv.bwd_smem());
             assert!(most <= HOPPER_SMEM, "{dtype:?} {d}x{dv}: {most} bytes of shared memory");
         }
         // The backward of a 256-wide bf16 head is the tightest fit (2,688 bytes to spare, 128 of
         // the earlier 2,816 taken by the skewed vector of next units).
-        assert_eq!(variant_for(k, DType::BF16, &dims(256, 256)).unwrap().bwd_smem(), 229_760);
+        assert_eq!(variant_for(k, DType::BF16, &dims(256, 256), true).unwrap().bwd_smem(), 229_760);
         // f32 tiles of 256-wide heads would not fit; other sizes are padded (padded.rs) or scanned.
-        assert!(variant_for(k, DType::F32, &dims(256, 256)).is_none());
-        assert!(variant_for(k, DType::BF16, &dims(32, 64)).is_none());
-        assert!(variant_for(ElaKernel::EluPlusOne, DType::BF16, &dims(64, 64)).is_none());
+        assert!(variant_for(k, DType::F32, &dims(256, 256), false).is_none());
+        assert!(variant_for(k, DType::BF16, &dims(32, 64), false).is_none());
+    }
+
+    /// elu+1 takes the Hadamard-Exp kernels' elu+1 modules at their head sizes, with f32 and bf16
+    /// inputs, without a carried state; f16 inputs, other sizes, carried states and the other
+    /// feature-map kernels do not.
+    #[test]
+    fn elu_plus_one_takes_the_tiles_without_a_carried_state() {
+        let elu = ElaKernel::EluPlusOne;
+        for (dtype, d, dv) in [(DType::BF16, 64, 64), (DType::F32, 128, 64), (DType::BF16, 256, 256)] {
+            let cv = variant_for(elu, dtype, &dims(d, dv), false).expect("elu+1 on the tiles");
+            assert!(matches!(cv.file, KernelFile::ElaChunk { map: ChunkMap::EluPlusOne, .. }), "{:?}", cv.file);
+            assert!(variant_for(elu, dtype, &dims(d, dv), true).is_none(), "carried state");
+            let exp = variant_for(ElaKernel::HadamardExp, dtype, &dims(d, dv), true).unwrap();
+            assert!(matches!(exp.file, KernelFile::ElaChunk { map: ChunkMap::Exp, .. }));
+        }
+        assert!(variant_for(elu, DType::F16, &dims(64, 64), false).is_none());
+        assert!(variant_for(elu, DType::BF16, &dims(32, 64), false).is_none());
+        assert!(variant_for(ElaKernel::Identity, DType::BF16, &dims(64, 64), false).is_none());
+        let on_la = super::super::with_elu_on_la(|| variant_for(elu, DType::BF16, &dims(64, 64), false));
+        assert!(on_la.is_none(), "with_elu_on_la sends elu+1 to the feature-map path");
     }
 
     #[test]

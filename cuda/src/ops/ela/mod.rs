@@ -3,7 +3,8 @@
 //! their CPU counterparts (`core/src/cpu/ela/`) and kernel files (`cuda/kernels/ela/`):
 //!
 //! - `chunk.rs`: Hadamard Exp with f32/f16/bf16 inputs and head sizes 64 or 128 (256 with 16-bit
-//!   inputs), the chunked tensor-core kernels (`chunk_fwd.cu`, `chunk_bwd.cu`);
+//!   inputs), the chunked tensor-core kernels (`chunk_fwd.cu`, `chunk_bwd.cu`); elu+1 with f32/bf16
+//!   inputs at those sizes and no carried state too, as Hadamard Exp on log-features;
 //! - `padded.rs`: Hadamard Exp with f32/bf16 inputs at the other head sizes up to 128 (bf16: 256),
 //!   the same kernels on copies padded to the next compiled size with features and columns that
 //!   contribute nothing;
@@ -74,6 +75,10 @@ pub(super) struct Switches {
     /// the columns a block) or, with f32 operands, `la_scan_narrow` (16), for timing the choice;
     /// unset: the one that takes fewer waves.
     pub la_scan: Option<&'static str>,
+    /// `ELA_CUDA_ELU_LA`: elu+1 takes the feature-map path (`feature_chunk.rs`) everywhere, not
+    /// the Hadamard-Exp kernels on log-features (as [`with_elu_on_la`] does for one thread), for
+    /// timing the two.
+    pub elu_la: bool,
 }
 
 pub(super) fn switches() -> &'static Switches {
@@ -91,6 +96,7 @@ pub(super) fn switches() -> &'static Switches {
                     0
                 }),
             },
+            elu_la: on("ELA_CUDA_ELU_LA"),
             la_scan: match std::env::var("ELA_CUDA_LA_SCAN").as_deref() {
                 Err(_) => None,
                 Ok("half") => Some("half"),
@@ -102,6 +108,24 @@ pub(super) fn switches() -> &'static Switches {
             },
         }
     })
+}
+
+thread_local! {
+    /// Set by [`with_elu_on_la`] on this thread.
+    static ELU_ON_LA: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every elu+1 call it issues on this thread on the feature-map path
+/// (`la_chunk.cu`), as before the Hadamard-Exp kernels took elu+1 on log-features: for tests
+/// and benchmarks that check or time that path where the tiles would otherwise take the call.
+pub fn with_elu_on_la<R>(f: impl FnOnce() -> R) -> R {
+    with_override(&ELU_ON_LA, true, f)
+}
+
+/// Whether elu+1 may take the Hadamard-Exp kernels (neither `ELA_CUDA_ELU_LA` nor
+/// [`with_elu_on_la`] says otherwise).
+fn elu_on_tiles() -> bool {
+    !switches().elu_la && !ELU_ON_LA.with(|c| c.get())
 }
 
 /// Rows per chunk of the tile kernels (`chunk_fwd.cu`, `chunk_bwd.cu`, `la_chunk.cu`) for
@@ -175,7 +199,7 @@ impl Cuda {
     ) -> Result<(CudaStorage, Option<ElaSaved<CudaStorage>>)> {
         let d = qkv_dtype(q, k, v, dims);
         let keep = |bufs: Option<Vec<CudaStorage>>| bufs.map(|buffers| ElaSaved { buffers, dims: *dims, params: *p });
-        if let Some(cv) = chunk::variant(self, p.kernel, d, dims) {
+        if let Some(cv) = chunk::variant(self, p.kernel, d, dims, false) {
             let io = chunk::Io::packed(dims, [q, k, v], None);
             let (y, bufs) = self.ela_chunk_forward(&cv, &io, d, dims, p.causal, None, true)?;
             return Ok((y, keep(bufs)));
@@ -199,7 +223,7 @@ impl Cuda {
 
     /// `Backend::ela_rows_supported`: the chunked Hadamard-Exp path reads strided rows.
     pub(crate) fn ela_rows_supported_impl(&self, dtype: DType, dims: &ElaDims, p: &ElaParams) -> bool {
-        chunk::variant(self, p.kernel, dtype, dims).is_some()
+        chunk::variant(self, p.kernel, dtype, dims, false).is_some()
     }
 
     /// `Backend::ela_forward_rows` (only for what [`Cuda::ela_rows_supported_impl`] accepts).
@@ -212,8 +236,8 @@ impl Cuda {
         save: bool,
     ) -> Result<(CudaStorage, Option<ElaSaved<CudaStorage>>)> {
         let d = qkv[0].storage.dtype();
-        let cv =
-            chunk::variant(self, p.kernel, d, dims).ok_or_else(|| rows_unsupported("ela_forward_rows", dims, p))?;
+        let cv = chunk::variant(self, p.kernel, d, dims, false)
+            .ok_or_else(|| rows_unsupported("ela_forward_rows", dims, p))?;
         let io = chunk::Io::of_args(dims, qkv, y_rows, None);
         let (y, bufs) = self.ela_chunk_forward(&cv, &io, d, dims, p.causal, None, save)?;
         Ok((y, bufs.map(|buffers| ElaSaved { buffers, dims: *dims, params: *p })))
@@ -229,8 +253,8 @@ impl Cuda {
         shared: Option<usize>,
     ) -> Result<ElaGrads<CudaStorage>> {
         let d = q.storage.dtype();
-        let cv =
-            chunk::variant(self, p.kernel, d, dims).ok_or_else(|| rows_unsupported("ela_backward_rows", dims, p))?;
+        let cv = chunk::variant(self, p.kernel, d, dims, false)
+            .ok_or_else(|| rows_unsupported("ela_backward_rows", dims, p))?;
         let saved = saved.filter(|s| s.dims == *dims && s.params == *p).map(|s| s.buffers.as_slice());
         let io = chunk::Io::of_args(dims, [q, k, v], y.rows, Some([y, dy]));
         let Some(len) = shared else {
@@ -258,7 +282,7 @@ impl Cuda {
         let d = qkv_dtype(q, k, v, dims);
         debug_assert!(p.chunk >= 1 && (p.causal || state.is_none()), "ela_forward: {p:?} (ElaParams::validate)");
         let sd = stat_dtype(d);
-        if let Some(cv) = chunk::variant(self, p.kernel, d, dims) {
+        if let Some(cv) = chunk::variant(self, p.kernel, d, dims, state.is_some()) {
             let state = match state {
                 Some(st) => {
                     let ptrs = state_ptrs(st, dims, p.kernel, sd);
@@ -304,7 +328,7 @@ impl Cuda {
         debug_assert!(y.dtype() == d && dy.dtype() == d, "{OP}: y, dy dtypes");
         debug_assert!(y.len() == v.len() && dy.len() == v.len(), "{OP}: y, dy for {dims:?}");
         let sd = stat_dtype(d);
-        if let Some(cv) = chunk::variant(self, p.kernel, d, dims) {
+        if let Some(cv) = chunk::variant(self, p.kernel, d, dims, false) {
             let saved = saved.filter(|s| s.dims == *dims && s.params == *p).map(|s| s.buffers.as_slice());
             let io = chunk::Io::packed(dims, [q, k, v], Some([y, dy]));
             return self.ela_chunk_backward(&cv, &io, d, dims, p.causal, saved, None);

@@ -51,8 +51,9 @@ pub(super) struct Padded {
 /// for it), for f32 and bf16 inputs (f16 inputs keep the scan: the chunked kernels round their
 /// operands to bf16, coarser than f16 itself).
 pub(super) fn plan(dev: &Cuda, kernel: ElaKernel, dtype: DType, dims: &ElaDims) -> Option<Padded> {
-    let padded = padded_dims(kernel, dtype, dims, |d| chunk::variant(dev, kernel, dtype, d).is_some())?;
-    Some(Padded { cv: chunk::variant(dev, kernel, dtype, &padded)?, dims: padded })
+    // (Hadamard Exp only, whose kernels take a carried state too: `carried` changes nothing.)
+    let padded = padded_dims(kernel, dtype, dims, |d| chunk::variant(dev, kernel, dtype, d, true).is_some())?;
+    Some(Padded { cv: chunk::variant(dev, kernel, dtype, &padded, true)?, dims: padded })
 }
 
 /// The padded sizes of [`plan`], given which sizes the chunked kernels take (`compiled`).
@@ -209,7 +210,8 @@ mod tests {
     #[test]
     fn small_and_odd_heads_pad_to_the_compiled_sizes() {
         let k = ElaKernel::HadamardExp;
-        let plan = |dtype, d, dv| padded_dims(k, dtype, &dims(d, dv), |x| chunk::variant_for(k, dtype, x).is_some());
+        let plan =
+            |dtype, d, dv| padded_dims(k, dtype, &dims(d, dv), |x| chunk::variant_for(k, dtype, x, true).is_some());
         for (dtype, d, dv, want) in [
             (DType::BF16, 32, 32, (64, 64)),
             (DType::BF16, 8, 5, (64, 64)),

@@ -25,7 +25,7 @@ impl Cuda {
         const OP: &str = "ela_step";
         let one = ElaDims { t: 1, ..*dims };
         let d = qkv_dtype(q, k, v, &one);
-        if let Some(cv) = chunk::variant(self, kernel, d, &one) {
+        if let Some(cv) = chunk::variant(self, kernel, d, &one, true) {
             let (s, z, m) = state_ptrs(state, &one, kernel, stat_dtype(d));
             return self.ela_chunk_step(&cv, q, k, v, one.sequences(), [s, z, m]);
         }
