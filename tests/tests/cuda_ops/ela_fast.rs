@@ -306,6 +306,12 @@ fn chunked_prefill_and_batched_steps_match_the_cpu_state() -> Result<()> {
 #[test]
 fn strided_operands_are_read_in_place() -> Result<()> {
     let Some(dev) = gpu() else { return Ok(()) };
+    // (elu+1 on the tiles, whatever the default.)
+    ela_cuda::with_elu_tiles(true, || strided_cases(&dev))
+}
+
+/// The body of [`strided_operands_are_read_in_place`].
+fn strided_cases(dev: &Cuda) -> Result<()> {
     let bits = |t: &Tensor<Cuda>| t.to_vec_f64().unwrap();
     for (i, &(kernel, dtype, d, causal)) in [
         (EXP, DType::BF16, 64, true),
@@ -322,7 +328,7 @@ fn strided_operands_are_read_in_place() -> Result<()> {
         let mut rng = Rng::new(900 + i as u64);
         let mut up = |shape: Vec<usize>| {
             let x = Tensor::randn(0.0, 1.0, shape, DType::F64, &mut rng, &Cpu).unwrap();
-            x.to_dtype(dtype).unwrap().to_device(&dev).unwrap()
+            x.to_dtype(dtype).unwrap().to_device(dev).unwrap()
         };
         let qkv = up(vec![b, t, 3, h, d]);
         let dy_tm = up(vec![b, t, h, d]);
@@ -361,8 +367,8 @@ fn strided_operands_are_read_in_place() -> Result<()> {
     // one buffer the ELA backward wrote (its concatenation of the three heads is a view).
     for dtype in [DType::BF16, DType::F32] {
         let (b, t, h, d) = (2, 130, 2, 64);
-        let x = Pair::randn(&[b, t, 3, h, d], dtype, 11, &dev).gpu;
-        let r = Pair::randn(&[b, h, t, d], dtype, 12, &dev).gpu;
+        let x = Pair::randn(&[b, t, 3, h, d], dtype, 11, dev).gpu;
+        let r = Pair::randn(&[b, h, t, d], dtype, 12, dev).gpu;
         let grad_of = |qkv: &Var<Cuda>| -> Result<Tensor<Cuda>> {
             let head = |j: usize| qkv.narrow(2usize, j, 1)?.squeeze(2usize)?.transpose(1usize, 2usize);
             let y = head(0)?.ela(&head(1)?, &head(2)?, &ElaParams::causal(EXP))?;
@@ -384,7 +390,7 @@ fn strided_operands_are_read_in_place() -> Result<()> {
         assert!(gf.layout().is_contiguous());
     }
     // Rows one element off a 16-byte boundary: copied, then the same call.
-    let x = Pair::randn(&[2, 3, 100, 65], DType::BF16, 7, &dev).gpu;
+    let x = Pair::randn(&[2, 3, 100, 65], DType::BF16, 7, dev).gpu;
     let q = x.narrow(3, 1, 64)?;
     let p = ElaParams::causal(EXP);
     assert_eq!(bits(&q.ela(&q, &q, &p)?), bits(&q.contiguous()?.ela(&q.contiguous()?, &q.contiguous()?, &p)?));
@@ -411,8 +417,10 @@ fn scans_split_into_runs_agree_with_one_walk() -> Result<()> {
         split_scan_case(&dev, EXP, dtype, d, dv, t, 900 + ci as u64)?;
     }
     // elu+1 on the same kernels (log-features): the joins carry its units like Hadamard Exp's.
-    split_scan_case(&dev, ELU, DType::BF16, 64, 64, 1000, 990)?;
-    split_scan_case(&dev, ELU, DType::F32, 128, 128, 500, 991)?;
+    ela_cuda::with_elu_tiles(true, || -> Result<()> {
+        split_scan_case(&dev, ELU, DType::BF16, 64, 64, 1000, 990)?;
+        split_scan_case(&dev, ELU, DType::F32, 128, 128, 500, 991)
+    })?;
     Ok(())
 }
 
@@ -461,14 +469,20 @@ fn split_scan_case(
     Ok(())
 }
 
-/// elu+1 on the Hadamard-Exp kernels (log-features, `ChunkMap::EluPlusOne`): the tile path takes
-/// it (it reads rows where they lie, which only that path does; `with_elu_on_la` sends it back to
-/// the feature-map path), and forward and gradients agree with f64 and the CPU to the bounds of
-/// Hadamard Exp's, at every compiled head size, causal and not, with a ragged last chunk.
+/// elu+1 on the Hadamard-Exp kernels (log-features, `ChunkMap::EluPlusOne`;
+/// `with_elu_tiles(true)` whatever the default): the tile path takes it (it reads rows where they
+/// lie, which only that path does; `with_elu_tiles(false)` sends it to the feature-map path), and
+/// forward and gradients agree with f64 and the CPU to the bounds of Hadamard Exp's, at every
+/// compiled head size, causal and not, with a ragged last chunk.
 #[test]
 fn elu_plus_one_on_the_tiles_matches_f64_and_the_cpu() -> Result<()> {
-    use ela_core::Backend;
     let Some(dev) = gpu() else { return Ok(()) };
+    ela_cuda::with_elu_tiles(true, || elu_tile_cases(&dev))
+}
+
+/// The body of [`elu_plus_one_on_the_tiles_matches_f64_and_the_cpu`].
+fn elu_tile_cases(dev: &Cuda) -> Result<()> {
+    use ela_core::Backend;
     let variants = [
         (DType::F32, 64, 64),
         (DType::BF16, 64, 64),
@@ -482,12 +496,12 @@ fn elu_plus_one_on_the_tiles_matches_f64_and_the_cpu() -> Result<()> {
         let dims = ela_core::ela::ElaDims { batch: 2, heads: 2, t: 150, d, dv };
         let p = ElaParams::causal(ELU);
         assert!(dev.ela_rows_supported(dtype, &dims, &p), "elu+1 {dtype:?} {d}x{dv} takes the tiles");
-        let on_la = ela_cuda::with_elu_on_la(|| dev.ela_rows_supported(dtype, &dims, &p));
-        assert!(!on_la, "with_elu_on_la: the feature-map path");
+        let on_la = ela_cuda::with_elu_tiles(false, || dev.ela_rows_supported(dtype, &dims, &p));
+        assert!(!on_la, "with_elu_tiles(false): the feature-map path");
         for (t, causal) in [(150, true), (150, false), (37, true)] {
             // q around 0.5 and k around -0.5 with unit spread: both branches of elu+1.
-            let (q, k, v, dy) = qkv([2, 2, t, d], dv, dtype, 500 + vi as u64, &dev);
-            let errs = run_kernel_case(&dev, ELU, &q, &k, &v, &dy, causal)?;
+            let (q, k, v, dy) = qkv([2, 2, t, d], dv, dtype, 500 + vi as u64, dev);
+            let errs = run_kernel_case(dev, ELU, &q, &k, &v, &dy, causal)?;
             println!("elu+1 {dtype:?} d={d} dv={dv} T={t} causal={causal}: (vs f64, vs cpu) = {}", show(&errs));
             for (name, (e64, ecpu)) in ["y", "dq", "dk", "dv"].iter().zip(errs) {
                 let tol = if *name == "y" || dtype != DType::F32 { bound(dtype) } else { 5e-5 };
@@ -506,12 +520,17 @@ fn elu_plus_one_on_the_tiles_matches_f64_and_the_cpu() -> Result<()> {
 #[test]
 fn elu_plus_one_on_the_tiles_magnitude_80_and_the_exact_path() -> Result<()> {
     let Some(dev) = gpu() else { return Ok(()) };
+    ela_cuda::with_elu_tiles(true, || elu_tile_extremes(&dev))
+}
+
+/// The body of [`elu_plus_one_on_the_tiles_magnitude_80_and_the_exact_path`].
+fn elu_tile_extremes(dev: &Cuda) -> Result<()> {
     let (t, d, dv) = (160, 64, 64);
     for dtype in [DType::F32, DType::BF16] {
-        let u = |seed| Pair::uniform(&[1, 2, t, d], -80.0, 80.0, dtype, seed, &dev);
+        let u = |seed| Pair::uniform(&[1, 2, t, d], -80.0, 80.0, dtype, seed, dev);
         let (q, k) = (u(11), u(12));
-        let (v, dy) = (Pair::randn(&[1, 2, t, dv], dtype, 13, &dev), Pair::randn(&[1, 2, t, dv], dtype, 14, &dev));
-        let errs = run_kernel_case(&dev, ELU, &q, &k, &v, &dy, true)?;
+        let (v, dy) = (Pair::randn(&[1, 2, t, dv], dtype, 13, dev), Pair::randn(&[1, 2, t, dv], dtype, 14, dev));
+        let errs = run_kernel_case(dev, ELU, &q, &k, &v, &dy, true)?;
         println!("elu+1 magnitude 80 {dtype:?}: {}", show(&errs));
         let tol = if dtype == DType::F32 { 1e-4 } else { 3e-2 };
         assert!(errs.iter().all(|e| e.0 <= tol), "elu+1 magnitude 80 {dtype:?}: {errs:?} > {tol:e}");
@@ -526,11 +545,10 @@ fn elu_plus_one_on_the_tiles_magnitude_80_and_the_exact_path() -> Result<()> {
         }
     }
     let to =
-        |x: Vec<f64>| Pair::new(Tensor::from_vec(x, [1, 2, t, d], &Cpu).unwrap().to_dtype(DType::F32).unwrap(), &dev);
+        |x: Vec<f64>| Pair::new(Tensor::from_vec(x, [1, 2, t, d], &Cpu).unwrap().to_dtype(DType::F32).unwrap(), dev);
     let (q, k) = (to(qv), to(kv));
-    let (v, dy) =
-        (Pair::randn(&[1, 2, t, dv], DType::F32, 15, &dev), Pair::randn(&[1, 2, t, dv], DType::F32, 16, &dev));
-    let errs = run_kernel_case(&dev, ELU, &q, &k, &v, &dy, true)?;
+    let (v, dy) = (Pair::randn(&[1, 2, t, dv], DType::F32, 15, dev), Pair::randn(&[1, 2, t, dv], DType::F32, 16, dev));
+    let errs = run_kernel_case(dev, ELU, &q, &k, &v, &dy, true)?;
     println!("elu+1 exact path f32: {}", show(&errs));
     assert!(errs[0].0 <= 1e-4 && errs[1..].iter().all(|e| e.0 <= 1e-3), "elu+1 exact path {errs:?}");
     Ok(())

@@ -4,9 +4,9 @@
 //! one, head sizes where `F = D + 1, D + 2` is not a multiple of 16, `Dv != D`, causal and
 //! non-causal, f32, bf16 and f16, and a carried state crossing chunk boundaries.
 //!
-//! elu+1 without a carried state takes the Hadamard-Exp kernels at their head sizes (log-features,
-//! tests/cuda_ops/ela_fast.rs); its cases here run both ways, by default and on this path
-//! (`ela_cuda::with_elu_on_la`), so the path stays covered where the tiles would take the call.
+//! elu+1 without a carried state may take the Hadamard-Exp kernels at their head sizes
+//! (log-features, tests/cuda_ops/ela_fast.rs; `ela_cuda::with_elu_tiles`): its cases here run
+//! both ways, on the tiles where they apply and on this path everywhere.
 //!
 //! The reference is the CPU backend's fused ELA in f64 on the same (rounded) inputs, itself
 //! checked against quadratic attention in f64 (tests/ela_forms.rs). The signed kernels cancel
@@ -115,12 +115,12 @@ fn feature_kernels_match_f64_over_many_chunks() -> Result<()> {
                 let dtypes: &[DType] =
                     if si == 0 { &[DType::F32, DType::BF16, DType::F16] } else { &[DType::F32, DType::BF16] };
                 for &dtype in dtypes {
-                    let failures = check_case(kernel, shape, dv, causal, dtype, 700 + ki as u64, &dev)?;
+                    let case = || check_case(kernel, shape, dv, causal, dtype, 700 + ki as u64, &dev);
+                    let failures = ela_cuda::with_elu_tiles(false, case)?;
                     assert!(failures.is_empty(), "{}", failures.join("\n"));
                     if kernel == ElaKernel::EluPlusOne {
-                        let on_la =
-                            ela_cuda::with_elu_on_la(|| check_case(kernel, shape, dv, causal, dtype, 700, &dev))?;
-                        assert!(on_la.is_empty(), "feature-map path: {}", on_la.join("\n"));
+                        let tiles = ela_cuda::with_elu_tiles(true, case)?;
+                        assert!(tiles.is_empty(), "elu+1 on the tiles: {}", tiles.join("\n"));
                     }
                 }
             }
@@ -136,12 +136,12 @@ fn feature_kernels_match_f64_on_random_shapes() {
     let shape = (1usize..3, 1usize..3, 1usize..300, prop::sample::select(vec![1usize, 4, 31, 64, 128]));
     proptest!(cfg, |(ki in 0usize..5, (b, h, t, d) in shape, dv in 1usize..130, causal: bool, bf16: bool, seed in 0u64..1000)| {
         let dtype = if bf16 { DType::BF16 } else { DType::F32 };
-        let failures = check_case(KERNELS[ki], [b, h, t, d], dv, causal, dtype, seed, &dev).unwrap();
+        let case = || check_case(KERNELS[ki], [b, h, t, d], dv, causal, dtype, seed, &dev).unwrap();
+        let failures = ela_cuda::with_elu_tiles(false, case);
         prop_assert!(failures.is_empty(), "{}", failures.join("\n"));
         if KERNELS[ki] == ElaKernel::EluPlusOne {
-            let on_la = ela_cuda::with_elu_on_la(|| check_case(KERNELS[ki], [b, h, t, d], dv, causal, dtype, seed, &dev));
-            let on_la = on_la.unwrap();
-            prop_assert!(on_la.is_empty(), "feature-map path: {}", on_la.join("\n"));
+            let tiles = ela_cuda::with_elu_tiles(true, case);
+            prop_assert!(tiles.is_empty(), "elu+1 on the tiles: {}", tiles.join("\n"));
         }
     });
 }
@@ -202,9 +202,9 @@ fn both_scans_give_the_same_bits() -> Result<()> {
         let [q, k, v] = inputs(kernel, shape, dv, dtype, 900 + ci as u64, &dev);
         let [b, h, t, d] = shape;
         let dy = Pair::randn(&[b, h, t, dv], dtype, 950 + ci as u64, &dev);
-        // (elu+1 on this path: the tiles would take its calls without a carried state.)
+        // (elu+1 on this path, whatever the default for calls without a carried state.)
         let run = |scan: &'static str| -> Result<Vec<Vec<f64>>> {
-            ela_cuda::with_elu_on_la(|| {
+            ela_cuda::with_elu_tiles(false, || {
                 ela_cuda::with_la_scan(Some(scan), || {
                     let mut out = Vec::new();
                     for causal in [true, false] {
@@ -269,9 +269,9 @@ fn operands_read_where_they_lie_give_the_same_bits() -> Result<()> {
             out.push(z.to_vec_f64()?);
             Ok((out, kept))
         };
-        // (On the feature-map path: the tiles would take these calls without a carried state.)
+        // (On the feature-map path, whatever the default for calls without a carried state.)
         let ((raw, raw_kept), (rows, rows_kept)) =
-            ela_cuda::with_elu_on_la(|| -> Result<_> { Ok((run()?, ela_cuda::with_la_rows(run)?)) })?;
+            ela_cuda::with_elu_tiles(false, || -> Result<_> { Ok((run()?, ela_cuda::with_la_rows(run)?)) })?;
         assert!(raw_kept == 0 && rows_kept > 0, "{shape:?}x{dv}: operand rows kept {raw_kept} / {rows_kept}");
         for (i, (a, b)) in raw.iter().zip(&rows).enumerate() {
             let same = a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());

@@ -674,6 +674,14 @@ mod tests {
     /// feature-map kernels do not.
     #[test]
     fn elu_plus_one_takes_the_tiles_without_a_carried_state() {
+        super::super::with_elu_tiles(true, elu_plus_one_on_the_tiles);
+        let on_la = super::super::with_elu_tiles(false, || {
+            variant_for(ElaKernel::EluPlusOne, DType::BF16, &dims(64, 64), false)
+        });
+        assert!(on_la.is_none(), "with_elu_tiles(false) sends elu+1 to the feature-map path");
+    }
+
+    fn elu_plus_one_on_the_tiles() {
         let elu = ElaKernel::EluPlusOne;
         for (dtype, d, dv) in [(DType::BF16, 64, 64), (DType::F32, 128, 64), (DType::BF16, 256, 256)] {
             let cv = variant_for(elu, dtype, &dims(d, dv), false).expect("elu+1 on the tiles");
@@ -685,8 +693,6 @@ mod tests {
         assert!(variant_for(elu, DType::F16, &dims(64, 64), false).is_none());
         assert!(variant_for(elu, DType::BF16, &dims(32, 64), false).is_none());
         assert!(variant_for(ElaKernel::Identity, DType::BF16, &dims(64, 64), false).is_none());
-        let on_la = super::super::with_elu_on_la(|| variant_for(elu, DType::BF16, &dims(64, 64), false));
-        assert!(on_la.is_none(), "with_elu_on_la sends elu+1 to the feature-map path");
     }
 
     #[test]

@@ -75,10 +75,10 @@ pub(super) struct Switches {
     /// the columns a block) or, with f32 operands, `la_scan_narrow` (16), for timing the choice;
     /// unset: the one that takes fewer waves.
     pub la_scan: Option<&'static str>,
-    /// `ELA_CUDA_ELU_LA`: elu+1 takes the feature-map path (`feature_chunk.rs`) everywhere, not
-    /// the Hadamard-Exp kernels on log-features (as [`with_elu_on_la`] does for one thread), for
-    /// timing the two.
-    pub elu_la: bool,
+    /// `ELA_CUDA_ELU_TILES=1|0`: elu+1 takes the Hadamard-Exp kernels on log-features where they
+    /// apply, or the feature-map path (`feature_chunk.rs`) everywhere (as [`with_elu_tiles`] does
+    /// for one thread), for timing the two; unset: [`ELU_TILES_DEFAULT`].
+    pub elu_tiles: Option<bool>,
 }
 
 pub(super) fn switches() -> &'static Switches {
@@ -96,7 +96,15 @@ pub(super) fn switches() -> &'static Switches {
                     0
                 }),
             },
-            elu_la: on("ELA_CUDA_ELU_LA"),
+            elu_tiles: match std::env::var("ELA_CUDA_ELU_TILES").as_deref() {
+                Err(_) => None,
+                Ok("1") => Some(true),
+                Ok("0") => Some(false),
+                Ok(v) => {
+                    eprintln!("ela-cuda: ELA_CUDA_ELU_TILES={v:?} ignored: expected 1 or 0");
+                    None
+                }
+            },
             la_scan: match std::env::var("ELA_CUDA_LA_SCAN").as_deref() {
                 Err(_) => None,
                 Ok("half") => Some("half"),
@@ -110,22 +118,26 @@ pub(super) fn switches() -> &'static Switches {
     })
 }
 
+/// Whether elu+1 takes the Hadamard-Exp kernels on log-features (`chunk.rs`, `ChunkMap::EluPlusOne`)
+/// where they apply, unless `ELA_CUDA_ELU_TILES` or [`with_elu_tiles`] says otherwise.
+pub const ELU_TILES_DEFAULT: bool = false;
+
 thread_local! {
-    /// Set by [`with_elu_on_la`] on this thread.
-    static ELU_ON_LA: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set by [`with_elu_tiles`] on this thread.
+    static ELU_TILES: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
-/// Runs `f` with every elu+1 call it issues on this thread on the feature-map path
-/// (`la_chunk.cu`), as before the Hadamard-Exp kernels took elu+1 on log-features: for tests
-/// and benchmarks that check or time that path where the tiles would otherwise take the call.
-pub fn with_elu_on_la<R>(f: impl FnOnce() -> R) -> R {
-    with_override(&ELU_ON_LA, true, f)
+/// Runs `f` with every elu+1 call it issues on this thread on the Hadamard-Exp kernels on
+/// log-features where they apply (`on`), or on the feature-map path (`la_chunk.cu`) everywhere:
+/// for tests and benchmarks that check or time one of the two paths whatever the default.
+pub fn with_elu_tiles<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    with_override(&ELU_TILES, Some(on), f)
 }
 
-/// Whether elu+1 may take the Hadamard-Exp kernels (neither `ELA_CUDA_ELU_LA` nor
-/// [`with_elu_on_la`] says otherwise).
+/// Whether elu+1 may take the Hadamard-Exp kernels: [`with_elu_tiles`] on this thread, else
+/// `ELA_CUDA_ELU_TILES`, else [`ELU_TILES_DEFAULT`].
 fn elu_on_tiles() -> bool {
-    !switches().elu_la && !ELU_ON_LA.with(|c| c.get())
+    ELU_TILES.with(|c| c.get()).or(switches().elu_tiles).unwrap_or(ELU_TILES_DEFAULT)
 }
 
 /// Rows per chunk of the tile kernels (`chunk_fwd.cu`, `chunk_bwd.cu`, `la_chunk.cu`) for
