@@ -4,7 +4,8 @@
 //!
 //! - `chunk.rs`: Hadamard Exp with f32/f16/bf16 inputs and head sizes 64 or 128 (256 with 16-bit
 //!   inputs), the chunked tensor-core kernels (`chunk_fwd.cu`, `chunk_bwd.cu`); elu+1 with f32/bf16
-//!   inputs at those sizes and no carried state too, as Hadamard Exp on log-features;
+//!   inputs at those sizes and no carried state too, as Hadamard Exp on log-features
+//!   ([`ELU_TILES_DEFAULT`]);
 //! - `padded.rs`: Hadamard Exp with f32/bf16 inputs at the other head sizes up to 128 (bf16: 256),
 //!   the same kernels on copies padded to the next compiled size with features and columns that
 //!   contribute nothing;
@@ -119,8 +120,10 @@ pub(super) fn switches() -> &'static Switches {
 }
 
 /// Whether elu+1 takes the Hadamard-Exp kernels on log-features (`chunk.rs`, `ChunkMap::EluPlusOne`)
-/// where they apply, unless `ELA_CUDA_ELU_TILES` or [`with_elu_tiles`] says otherwise.
-pub const ELU_TILES_DEFAULT: bool = false;
+/// where they apply, unless `ELA_CUDA_ELU_TILES` or [`with_elu_tiles`] says otherwise: on, they
+/// were 1.7-1.8x faster than the feature-map path in bf16 fwd+bwd (H100, B8 H16 T16k;
+/// docs/benchmarks.md, "GPU ELA: elu+1 on the Hadamard-Exp kernels").
+pub const ELU_TILES_DEFAULT: bool = true;
 
 thread_local! {
     /// Set by [`with_elu_tiles`] on this thread.
