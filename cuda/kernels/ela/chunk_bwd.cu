@@ -11,6 +11,12 @@
 //
 // Rows on the exact path (flag from ela_out) take no part in D and A; their terms are added
 // afterwards with u = r_i, as the CPU's exact_rows::backward_row does.
+//
+// elu+1 (ELA_FMAP 1, log-features: chunk_fwd.cu) is the same with one change: where dq and dk
+// multiply by a feature of their own side (phi_a, phi_b in dq; psi_a, psi_u in dk), they take
+// its derivative in the same units instead: min(phi_a, exp(-mq)), exp(lderiv(q) + m^(c) - u),
+// min(psi_a, exp(-mk)), min(psi_u, exp(-m^(c+1))) (docs/ela.md, "elu+1 on the Hadamard-Exp
+// kernels").
 
 // dq's epilogue needs q at its entries (phi_b = exp(q + m - u)). Loaded in the epilogue, each
 // load sat inside its entry's row test and a warp waited for one load after another (their
