@@ -681,6 +681,7 @@ mod tests {
         assert!(on_la.is_none(), "with_elu_tiles(false) sends elu+1 to the feature-map path");
     }
 
+    /// The checks of the test above with the tiles on for elu+1 (this thread).
     fn elu_plus_one_on_the_tiles() {
         let elu = ElaKernel::EluPlusOne;
         for (dtype, d, dv) in [(DType::BF16, 64, 64), (DType::F32, 128, 64), (DType::BF16, 256, 256)] {
