@@ -142,20 +142,25 @@ fn chunked_ela_matches_f64_and_the_cpu() -> Result<()> {
         (DType::BF16, 200, 256),
     ];
     for (vi, &(dtype, d, dv)) in variants.iter().enumerate() {
-        // 150 rows: two full 64-row chunks and a partial one (f32 with 128-wide heads: 32-row chunks).
-        for (t, causal) in [(150, true), (150, false), (37, true)] {
-            let (q, k, v, dy) = qkv([2, 2, t, d], dv, dtype, 300 + vi as u64, &dev);
-            let errs = run_case(&dev, &q, &k, &v, &dy, causal)?;
-            println!(
-                "{dtype:?} d={d} dv={dv} T={t} causal={causal}: [y, dq, dk, dv] (vs f64, vs cpu) = {}",
-                show(&errs)
-            );
-            for (name, (e64, ecpu)) in ["y", "dq", "dk", "dv"].iter().zip(errs) {
-                // Gradients: f32 to 5e-5 (the 1/den^2 terms cancel); 16-bit inputs to the bound.
-                let tol = if *name == "y" || dtype != DType::F32 { bound(dtype) } else { 5e-5 };
-                assert!(e64 <= tol, "{name} {dtype:?} d={d} dv={dv} T={t} causal={causal}: {e64:e} vs f64 > {tol:e}");
-                assert!(ecpu <= 2.0 * tol, "{name} {dtype:?} d={d} T={t} causal={causal}: {ecpu:e} vs the CPU");
-            }
+        check_shape(&dev, EXP, dtype, d, dv, 300 + vi as u64)?;
+    }
+    Ok(())
+}
+
+/// One head shape of `kernel` on the chunked path: T = 150 (two full 64-row chunks and a partial
+/// one; f32 with 128-wide heads: 32-row chunks) causal and not, and T = 37, forward and gradients
+/// against f64 and the CPU ([`run_kernel_case`]).
+fn check_shape(dev: &Cuda, kernel: ElaKernel, dtype: DType, d: usize, dv: usize, seed: u64) -> Result<()> {
+    for (t, causal) in [(150, true), (150, false), (37, true)] {
+        let (q, k, v, dy) = qkv([2, 2, t, d], dv, dtype, seed, dev);
+        let errs = run_kernel_case(dev, kernel, &q, &k, &v, &dy, causal)?;
+        let tag = format!("{kernel} {dtype:?} d={d} dv={dv} T={t} causal={causal}");
+        println!("{tag}: [y, dq, dk, dv] (vs f64, vs cpu) = {}", show(&errs));
+        for (name, (e64, ecpu)) in ["y", "dq", "dk", "dv"].iter().zip(errs) {
+            // Gradients: f32 to 5e-5 (the 1/den^2 terms cancel); 16-bit inputs to the bound.
+            let tol = if *name == "y" || dtype != DType::F32 { bound(dtype) } else { 5e-5 };
+            assert!(e64 <= tol, "{name} {tag}: {e64:e} vs f64 > {tol:e}");
+            assert!(ecpu <= 2.0 * tol, "{name} {tag}: {ecpu:e} vs the CPU");
         }
     }
     Ok(())
@@ -230,23 +235,31 @@ fn chunked_ela_magnitude_80_and_the_exact_path() -> Result<()> {
     }
     // Crossed maxima (q = (80.., -80..), k = (-80.., 80..)): u_i - r_i = 160 underflows every fast
     // term, so every row takes the exact path, in the forward and in the backward.
-    let mut rng = Rng::new(9);
-    let (mut qv, mut kv) = (vec![0.0; 2 * t * d], vec![0.0; 2 * t * d]);
-    for r in 0..2 * t {
-        for e in 0..d {
-            let s = if e < d / 2 { 80.0 } else { -80.0 };
-            qv[r * d + e] = s + rng.normal();
-            kv[r * d + e] = -s + rng.normal();
-        }
-    }
-    let to =
-        |x: Vec<f64>| Pair::new(Tensor::from_vec(x, [1, 2, t, d], &Cpu).unwrap().to_dtype(DType::F32).unwrap(), &dev);
-    let (q, k) = (to(qv), to(kv));
+    let (q, k) = crossed_qk(&dev, t, d, 80.0, -80.0, 9);
     let (v, dy) = (Pair::randn(&[1, 2, t, dv], DType::F32, 5, &dev), Pair::randn(&[1, 2, t, dv], DType::F32, 6, &dev));
     let errs = run_case(&dev, &q, &k, &v, &dy, true)?;
     println!("crossed maxima f32: {}", show(&errs));
     assert!(errs[0].0 <= 1e-4 && errs[1..].iter().all(|e| e.0 <= 1e-3), "exact path {errs:?}");
     Ok(())
+}
+
+/// f32 q, k `[1, 2, t, d]` with crossed maxima: q's first half of the features around `hi` and
+/// the rest around `lo`, k the other way round (each plus N(0, 1)), so a row's largest q and the
+/// keys' largest features sit in different coordinates and `u_i` lies far above the true largest
+/// log-term (docs/ela.md, "Exact rows after underflow").
+fn crossed_qk(dev: &Cuda, t: usize, d: usize, hi: f64, lo: f64, seed: u64) -> (Pair, Pair) {
+    let mut rng = Rng::new(seed);
+    let (mut qv, mut kv) = (vec![0.0; 2 * t * d], vec![0.0; 2 * t * d]);
+    for r in 0..2 * t {
+        for e in 0..d {
+            let (sq, sk) = if e < d / 2 { (hi, lo) } else { (lo, hi) };
+            qv[r * d + e] = sq + rng.normal();
+            kv[r * d + e] = sk + rng.normal();
+        }
+    }
+    let to =
+        |x: Vec<f64>| Pair::new(Tensor::from_vec(x, [1, 2, t, d], &Cpu).unwrap().to_dtype(DType::F32).unwrap(), dev);
+    (to(qv), to(kv))
 }
 
 #[test]
@@ -498,17 +511,8 @@ fn elu_tile_cases(dev: &Cuda) -> Result<()> {
         assert!(dev.ela_rows_supported(dtype, &dims, &p), "elu+1 {dtype:?} {d}x{dv} takes the tiles");
         let on_la = ela_cuda::with_elu_tiles(false, || dev.ela_rows_supported(dtype, &dims, &p));
         assert!(!on_la, "with_elu_tiles(false): the feature-map path");
-        for (t, causal) in [(150, true), (150, false), (37, true)] {
-            // q around 0.5 and k around -0.5 with unit spread: both branches of elu+1.
-            let (q, k, v, dy) = qkv([2, 2, t, d], dv, dtype, 500 + vi as u64, dev);
-            let errs = run_kernel_case(dev, ELU, &q, &k, &v, &dy, causal)?;
-            println!("elu+1 {dtype:?} d={d} dv={dv} T={t} causal={causal}: (vs f64, vs cpu) = {}", show(&errs));
-            for (name, (e64, ecpu)) in ["y", "dq", "dk", "dv"].iter().zip(errs) {
-                let tol = if *name == "y" || dtype != DType::F32 { bound(dtype) } else { 5e-5 };
-                assert!(e64 <= tol, "elu+1 {name} {dtype:?} d={d} dv={dv} T={t} causal={causal}: {e64:e} vs f64");
-                assert!(ecpu <= 2.0 * tol, "elu+1 {name} {dtype:?} d={d} T={t} causal={causal}: {ecpu:e} vs the CPU");
-            }
-        }
+        // (qkv: q around 0.5 and k around -0.5 with unit spread: both branches of elu+1.)
+        check_shape(dev, ELU, dtype, d, dv, 500 + vi as u64)?;
     }
     Ok(())
 }
@@ -535,18 +539,7 @@ fn elu_tile_extremes(dev: &Cuda) -> Result<()> {
         let tol = if dtype == DType::F32 { 1e-4 } else { 3e-2 };
         assert!(errs.iter().all(|e| e.0 <= tol), "elu+1 magnitude 80 {dtype:?}: {errs:?} > {tol:e}");
     }
-    let mut rng = Rng::new(19);
-    let (mut qv, mut kv) = (vec![0.0; 2 * t * d], vec![0.0; 2 * t * d]);
-    for r in 0..2 * t {
-        for e in 0..d {
-            let (sq, sk) = if e < d / 2 { (0.0, -200.0) } else { (-200.0, 0.0) };
-            qv[r * d + e] = sq + rng.normal();
-            kv[r * d + e] = sk + rng.normal();
-        }
-    }
-    let to =
-        |x: Vec<f64>| Pair::new(Tensor::from_vec(x, [1, 2, t, d], &Cpu).unwrap().to_dtype(DType::F32).unwrap(), dev);
-    let (q, k) = (to(qv), to(kv));
+    let (q, k) = crossed_qk(dev, t, d, 0.0, -200.0, 19);
     let (v, dy) = (Pair::randn(&[1, 2, t, dv], DType::F32, 15, dev), Pair::randn(&[1, 2, t, dv], DType::F32, 16, dev));
     let errs = run_kernel_case(dev, ELU, &q, &k, &v, &dy, true)?;
     println!("elu+1 exact path f32: {}", show(&errs));
