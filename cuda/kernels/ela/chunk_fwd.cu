@@ -76,6 +76,24 @@ template <int W> __device__ __forceinline__ void log_features(RowPart<W>& p) {
 #error "the host defines SCAN_MINB, ELA_MINB and ELA_BWD_MINB"
 #endif
 #define SCAN_NDVB (ELA_DV / SCAN_DVB)
+// ELA_SCAN_DOT (16-bit operands; opt-in `scandot`, cuda/src/kernels.rs): the reverse scan computes
+// each row's dy . y itself, from dy and y rows it copies with cp.async into shared memory one step
+// ahead, instead of reading c = dy . y / den from a separate pass over dy and y (ela_rows_dot).
+// The [1 | c den] column is that dot, and the first column block of each sequence writes
+// c = dot / den into the row info for ela_bwd. Every column block reads the whole rows (the dot
+// needs all DV columns): the repeats are L2 hits, and the copies, issued a step ahead, are off the
+// walk's chain; what the chain gains is one short row reduction in stage (2).
+#if defined(ELA_SCAN_DOT) && ELA_MMA
+#define SCAN_DOT 1
+#else
+#define SCAN_DOT 0
+#endif
+// Threads per row of the dot (the step's P * C rows over the block) and the row stride of its dy / y
+// copies, padded so that the eight 16-byte reads of a quarter-warp fall in distinct bank groups:
+// a thread reads vectors part, part + TPR, ... of its row, so a quarter-warp reads 8 / TPR rows of
+// TPR consecutive vectors, and the stride in vectors must be 2 (mod 4) at TPR 2, 4 (mod 8) at 4.
+#define SCAN_DOT_TPR (ELA_THREADS / (SCAN_P * ELA_C))
+#define SCAN_LDY (ELA_DV + (SCAN_DOT_TPR == 2 ? 16 : SCAN_DOT_TPR == 4 ? 32 : 8))
 
 // ---------------------------------------------------------------- scan over chunks
 
@@ -124,11 +142,21 @@ __device__ __forceinline__ void st_mt4(MT* p, float a, float b, float c, float d
 // run time: a walk step is a chain of short dependent instructions run by few warps, so the other
 // mode's instructions and the branches between them cost time on every step (the per-mode kernels
 // were 3-4 % faster in the chunked fwd+bwd on an H100, and less than half the machine code).
+// The row info: written by the reverse scan when it computes the dots (c), else only read.
+#if SCAN_DOT
+#define SCAN_ROWS_T ela_f4
+#else
+#define SCAN_ROWS_T const ela_f4
+#endif
 template <int MODE>
 __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s, float* slot_z, float* slot_m,
-                                          const ela_f4* rows, const float* init_s, const float* init_z,
+                                          SCAN_ROWS_T* rows, const float* init_s, const float* init_z,
                                           const float* init_m, float* fin_s, float* fin_z, float* fin_m,
-                                          const ScanSegs& seg, const ElaIo& io, i64 T, int nch, int causal) {
+                                          const ScanSegs& seg, const ElaIo& io, i64 T, int nch, int causal
+#if SCAN_DOT
+                                          , const ST* yin
+#endif
+) {
     constexpr int mode = MODE;
     // F: this block's features (state rows), FA: all of them (the row stride of x and the slots).
     constexpr int FA = ELA_F, F = SCAN_FB, DV = ELA_DV, C = ELA_C, DVB = SCAN_DVB, P = SCAN_P;
@@ -148,7 +176,12 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
     float* rsc = mto + P * F;             // [P][F] units change factors
     float* part = rsc + P * F;            // [P][ELA_WARPS][F] column maxima of the keys, per warp
     float* rinf = part + P * ELA_WARPS * F;  // [P][C][4] row info (mode 1)
-    check_smem(rinf + P * 4 * C);
+    // SCAN_DOT, mode 1: [P][C][2][SCAN_LDY] the step's dy and y rows, [P][C][LDF] its q rows (after
+    // rinf: 16-byte aligned).
+    constexpr bool DOT = SCAN_DOT && mode == 1;
+    ST* ydy = (ST*)(rinf + P * 4 * C);
+    ST* qsm = ydy + P * C * 2 * SCAN_LDY;
+    check_smem(DOT ? (const void*)(qsm + P * C * LDF) : (const void*)(rinf + P * 4 * C));
 
     constexpr int NCB = SCAN_NDVB * (FA / F);  // column blocks of one sequence
     const int seq = blockIdx.x, cb = blockIdx.y % NCB, run = blockIdx.y / NCB;
@@ -210,17 +243,53 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
 #pragma unroll
             for (int i = 0; i < NX; ++i) {
                 const int e = tid + i * ELA_THREADS, r = e / (F / 4), cq = e % (F / 4);
-                px[p][i] = r < n ? ld_raw4(xs + (t0 + r) * lx + 4 * cq) : raw_zero();
+                if (!DOT) px[p][i] = r < n ? ld_raw4(xs + (t0 + r) * lx + 4 * cq) : raw_zero();
             }
 #pragma unroll
             for (int i = 0; i < NVV; ++i) {
                 const int e = tid + i * ELA_THREADS, r = e / (DVB / 4), cq = e % (DVB / 4);
-                pv[p][i] = r < n ? ld_raw4(vs + (t0 + r) * lv + j0 + 4 * cq) : raw_zero();
+                if (!DOT) pv[p][i] = r < n ? ld_raw4(vs + (t0 + r) * lv + j0 + 4 * cq) : raw_zero();
             }
             if (mode == 1 && tid < C) {
+#if SCAN_DOT
+                // u and den only: c is what this scan writes (a first column block may be writing
+                // it now).
+                pr[p].x = 0.f, pr[p].y = 1.f, pr[p].z = 0.f, pr[p].w = 0.f;
+                if (tid < n) {
+                    const float2 h = *(const float2*)(rows + seq * T + t0 + tid);
+                    pr[p].x = h.x, pr[p].y = h.y;
+                }
+#else
                 if (tid < n) pr[p] = rows[seq * T + t0 + tid];
                 else pr[p].x = 0.f, pr[p].y = 1.f, pr[p].z = 0.f, pr[p].w = 0.f;
+#endif
             }
+#if SCAN_DOT
+            if (DOT) {
+                // The chunk's dy and y rows, whole, for stage (2)'s dots (rows past its end are
+                // not copied: their dots are not used).
+                constexpr int EPV = 16 / (int)sizeof(ST), VPR = DV / EPV, RPP = ELA_THREADS / VPR;
+                static_assert(ELA_THREADS % VPR == 0 && C % RPP == 0, "copy split");
+                const ST* ys = yin + io_seq(io.y, seq, io.heads);
+                const int cv = EPV * (tid % VPR);
+#pragma unroll
+                for (int r = tid / VPR; r < C; r += RPP) {
+                    if (r >= n) break;
+                    ST* dst = ydy + (p * C + r) * 2 * SCAN_LDY + cv;
+                    cp_async16(dst, vs + (t0 + r) * lv + cv);
+                    cp_async16(dst + SCAN_LDY, ys + (t0 + r) * io.y[2] + cv);
+                }
+                // ...and its q rows (this block's features), for stage (4), in place of px.
+                constexpr int QPR = F / EPV, QRP = ELA_THREADS / QPR;
+                static_assert(ELA_THREADS % QPR == 0 && C % QRP == 0, "copy split");
+                const int cx = EPV * (tid % QPR);
+#pragma unroll
+                for (int r = tid / QPR; r < C; r += QRP) {
+                    if (r >= n) break;
+                    cp_async16(qsm + (p * C + r) * LDF + cx, xs + (t0 + r) * lx + cx);
+                }
+            }
+#endif
             if (mode == 1 && tid < F) {
                 // A missing chunk keeps the units (factor 1).
                 m_from[p] = c < 0 ? 0.f : sm[(causal ? c + 1 : nch) * (i64)FA + tid];
@@ -267,6 +336,7 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
         //     after it (mode 1).
         if (causal) store_slot(chunk_of(it, 0));
         // (2) Stage each chunk's values and [1 | c den] column; the keys' column maxima (mode 0).
+        if (DOT) cp_async_wait<0>();  // this thread's dy / y copies have landed
         __syncthreads();  // the previous step's products have read psi, vsm
 #pragma unroll
         for (int p = 0; p < P; ++p) {
@@ -274,13 +344,18 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
             MT* vp = vsm + p * C * LDV;
             if (mode == 1 && tid < C) {
                 float* ri = rinf + (p * C + tid) * 4;
-                ri[0] = pr[p].x, ri[1] = pr[p].y, ri[2] = pr[p].z, ri[3] = pr[p].w;
+                ri[0] = pr[p].x, ri[1] = pr[p].y;
+                if (!DOT) ri[2] = pr[p].z, ri[3] = pr[p].w;  // (with DOT, ri[2] is the dot below)
             }
-            if (tid < C) vp[tid * LDV + DVB] = to_mt(tid < n ? (mode == 0 ? 1.f : pr[p].z * pr[p].y) : 0.f);
+            if (tid < C && !DOT) vp[tid * LDV + DVB] = to_mt(tid < n ? (mode == 0 ? 1.f : pr[p].z * pr[p].y) : 0.f);
 #pragma unroll
             for (int i = 0; i < NVV; ++i) {
                 const int e = tid + i * ELA_THREADS, r = e / (DVB / 4), cq = e % (DVB / 4);
                 MT o[4];
+#if SCAN_DOT
+                // (With the dots, this block's dy columns come from the copy of the whole rows.)
+                if (DOT) pv[p][i] = r < n ? *(const RAW4*)(ydy + (p * C + r) * 2 * SCAN_LDY + j0 + 4 * cq) : raw_zero();
+#endif
                 raw_to_mt4(pv[p][i], o);
                 st_mt4(vp + r * LDV + 4 * cq, from_mt(o[0]), from_mt(o[1]), from_mt(o[2]), from_mt(o[3]));
             }
@@ -305,8 +380,46 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
                     for (int j = 0; j < 4; ++j) part[(p * ELA_WARPS + warp) * F + 4 * (tid % (F / 4)) + j] = cm[j];
             }
         }
+#if SCAN_DOT
+        if (DOT) {
+            // Each row's dot dy . y (the column c den), SCAN_DOT_TPR threads a row, from the copies.
+            constexpr int TPR = SCAN_DOT_TPR, EPV = 16 / (int)sizeof(ST), VPR = DV / EPV;
+            const int rr = tid / TPR, part = tid % TPR, p = rr / C, r = rr % C;
+            const ST* dr = ydy + rr * 2 * SCAN_LDY;
+            float s0 = 0.f, s1 = 0.f;
+            if (r < rows_of(chunk_of(it, p))) {
+#pragma unroll 1
+                for (int v = part; v < VPR; v += TPR) {
+                    const ela_u4 a = *(const ela_u4*)(dr + EPV * v), b = *(const ela_u4*)(dr + SCAN_LDY + EPV * v);
+                    float x[4], y[4];
+                    unpack4(RAW4{a.x, a.y}, x);
+                    unpack4(RAW4{b.x, b.y}, y);
+#pragma unroll
+                    for (int k = 0; k < 4; ++k) s0 = fmaf(x[k], y[k], s0);
+                    unpack4(RAW4{a.z, a.w}, x);
+                    unpack4(RAW4{b.z, b.w}, y);
+#pragma unroll
+                    for (int k = 0; k < 4; ++k) s1 = fmaf(x[k], y[k], s1);
+                }
+            }
+            float s = s0 + s1;
+#pragma unroll
+            for (int o = 1; o < TPR; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            if (part == 0) {
+                vsm[rr * LDV + DVB] = to_mt(s);  // (rr = p * C + r: row r of chunk p's tile)
+                rinf[rr * 4 + 2] = s;
+            }
+        }
+#endif
         __syncthreads();
         // (3) The units after each chunk and the factors that move the state to them.
+#if SCAN_DOT
+        if (DOT && cb == 0 && tid >= ELA_THREADS - P * C) {
+            // The first column block gives ela_bwd c = dot / den (threads the units below leave idle).
+            const int rr = tid - (ELA_THREADS - P * C), c = chunk_of(it, rr / C), r = rr % C;
+            if (c >= 0 && r < rows_of(c)) rows[seq * T + (i64)c * C + r].z = rinf[rr * 4 + 2] / rinf[rr * 4 + 1];
+        }
+#endif
         if (tid < F) {
             float from = mf;
 #pragma unroll
@@ -342,6 +455,10 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
             for (int i = 0; i < NX; ++i) {
                 const int r = (tid + i * ELA_THREADS) / (F / 4);
                 float o[4];
+#if SCAN_DOT
+                // (With the dots, q comes from its copy; rows past the chunk's end were not copied.)
+                if (DOT) px[p][i] = r < n ? *(const RAW4*)(qsm + (p * C + r) * LDF + 4 * (tid % (F / 4))) : raw_zero();
+#endif
                 unpack4(px[p][i], o);
 #pragma unroll
                 for (int j = 0; j < 4; ++j) o[j] = lfeat(o[j]);
@@ -392,18 +509,27 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
 }
 
 #define SCAN_PARAMS                                                                                            \
-    const ST *x, const ST *val, MT *slot_s, float *slot_z, float *slot_m, const ela_f4 *rows, const float *init_s, \
+    const ST *x, const ST *val, MT *slot_s, float *slot_z, float *slot_m, SCAN_ROWS_T *rows, const float *init_s, \
         const float *init_z, const float *init_m, float *fin_s, float *fin_z, float *fin_m, ScanSegs seg, ElaIo io,  \
         i64 T, int nch
 #define SCAN_ARGS x, val, slot_s, slot_z, slot_m, rows, init_s, init_z, init_m, fin_s, fin_z, fin_m, seg, io, T, nch
-extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB) ela_scan_m0(SCAN_PARAMS, int causal) {
-    scan_walk<0>(SCAN_ARGS, causal);
+#if SCAN_DOT
+#define SCAN_YIN_PARAM , const ST* yin
+#define SCAN_YIN , yin
+#else
+#define SCAN_YIN_PARAM
+#define SCAN_YIN
+#endif
+extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB) ela_scan_m0(SCAN_PARAMS, int causal SCAN_YIN_PARAM) {
+    scan_walk<0>(SCAN_ARGS, causal SCAN_YIN);
 }
-extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB) ela_scan_m1(SCAN_PARAMS, int causal) {
-    scan_walk<1>(SCAN_ARGS, causal);
+extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB) ela_scan_m1(SCAN_PARAMS, int causal SCAN_YIN_PARAM) {
+    scan_walk<1>(SCAN_ARGS, causal SCAN_YIN);
 }
 #undef SCAN_PARAMS
 #undef SCAN_ARGS
+#undef SCAN_YIN_PARAM
+#undef SCAN_YIN
 
 // ---------------------------------------------------------------- rows of one chunk
 
@@ -460,6 +586,30 @@ __device__ void slow_row(int i, const ST* qg, const ST* kg, const ST* vg, i64 lq
 // Mode 0: y of the chunk's rows, and with `rows` also per row (u, den, 0, exact-path flag) for a
 // backward that reuses the forward (ela_rows_dot then fills in c). Mode 1: per row
 // (u, den, c = (dy . y) / den, exact-path flag).
+// ELA_OUT_CP (bf16 inputs; opt-in `outcp`, cuda/src/kernels.rs): ela_out copies the chunk's q, k
+// (and, in a causal forward, v) rows with cp.async straight into the tiles their features will
+// fill, instead of loading them into registers at the start and holding them there until used
+// (the 64-wide bf16 kernel, held to 64 registers for four blocks a multiprocessor, spills about
+// 330 bytes a thread with them). Each thread then reads its own elements back, computes their
+// features and writes them over the same places. bf16 only: the operands are the inputs' bits.
+#if defined(ELA_OUT_CP) && ELA_DT == 2
+#define OUT_CP 1
+#else
+#define OUT_CP 0
+#endif
+
+// A chunk's rows (W elements each, `lds` apart) copied as they are into a tile (rows `ld` apart)
+// with cp.async; rows from n on are zeroed if `zero`, else left as they are.
+template <int W>
+__device__ __forceinline__ void copy_rows(MT* dst, int ld, const ST* src, i64 lds, int n, bool zero) {
+    constexpr int EPV = 16 / (int)sizeof(ST), VPR = W / EPV;
+    for (int e = threadIdx.x; e < ELA_C * VPR; e += ELA_THREADS) {
+        const int r = e / VPR, c = EPV * (e % VPR);
+        if (r < n) cp_async16(dst + r * ld + c, src + r * lds + c);
+        else if (zero) *(ela_u4*)(dst + r * ld + c) = ela_u4{0u, 0u, 0u, 0u};
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
     ela_out(ST* y, ela_f4* rows, const ST* q, const ST* k, const ST* v, const ST* dy, const ST* yin,
             const MT* slot_s, const float* slot_z, const float* slot_m, ElaIo io, i64 T, int nch, int mode, int causal) {
@@ -503,10 +653,19 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
     // (or dy and y rows), and the log-scales and z of the state slot.
     typedef RowPart<F> RP;
     RP kp, qp;
+    TileRegs<ST, true, C, DV> vt;
+#if OUT_CP
+    // (q into phi_a's tile, k into psi_a's: each thread reads its elements back where it will
+    // write their features.)
+    copy_rows<F>(phia, LDF, qg, lq, n, false);
+    if (causal) copy_rows<F>(psia, LDF, kg, lk, n, false);
+    if (mode == 0 && causal) copy_rows<DV>(vsm, LDV, vg, lv, n, true);  // rows past n: 0 (A V)
+    cp_async_commit();
+#else
     if (causal) kp.load(kg, lk, n);
     qp.load(qg, lq, n);
-    TileRegs<ST, true, C, DV> vt;
     if (mode == 0 && causal) vt.load(vg, lv, n);
+#endif
     RowPart<DV> dyp, yp;
     if (mode == 1) {
         dyp.load(dyg, ldy, n);
@@ -517,6 +676,11 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         zst[fsk(tid)] = slot_z[slot * F + tid];
     }
     const int row = RP::row(), rc0 = RP::col0();
+#if OUT_CP
+    cp_async_wait<0>();
+    __syncthreads();  // every thread's copies have landed
+    if (causal) kp.load_shared(psia, LDF);
+#endif
     if (causal) {
         // (N1) key side: mk_j = max_d k_jd, psi_a = exp(k - mk).
         log_features(kp);
@@ -533,7 +697,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
             store_mt_vec(psia + row * LDF + rc0 + e0, pa);
         }
         if (RP::head()) mk[row] = mx;
-        if (mode == 0) vt.store(vsm, LDV, (const float*)0);
+        if (mode == 0 && !OUT_CP) vt.store(vsm, LDV, (const float*)0);
     }
     __syncthreads();
     if (causal && warp == 0) {
@@ -554,6 +718,9 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
     {
         // (U), (N1), (N2) query side: u_i, phi_a, phi_b and the state part of the denominator.
         const int i = row;
+#if OUT_CP
+        qp.load_shared(phia, LDF);
+#endif
         log_features(qp);
         float a = neg_inf<float>(), b = neg_inf<float>();
 #pragma unroll

@@ -76,7 +76,7 @@ pub(crate) struct Variant {
 /// kernels keep a state in per-feature units; elu+1's carried state has none).
 pub(crate) fn variant(dev: &Cuda, kernel: ElaKernel, dtype: DType, dims: &ElaDims, carried: bool) -> Option<Variant> {
     let cv = variant_for(kernel, dtype, dims, carried)?;
-    let most = cv.scan_smem().max(cv.out_smem()).max(cv.bwd_smem());
+    let most = cv.scan_smem_mode(1).max(cv.out_smem()).max(cv.bwd_smem());
     (most <= dev.max_shared_memory_per_block()).then_some(cv)
 }
 
@@ -134,7 +134,37 @@ impl Variant {
     fn scan_blocks(&self) -> usize {
         (self.dv / scan_dvb(self.dv)) * (self.f / SCAN_FB)
     }
-    /// Dynamic shared memory of `ela_scan` (mirrors its carve).
+    /// Whether the reverse scan computes the rows' `dy . y` itself (`ELA_SCAN_DOT` in chunk_fwd.cu,
+    /// the opt-in `scandot`; 16-bit operands only), so that a backward from saved slots needs no
+    /// `ela_rows_dot` pass.
+    fn scan_dot(&self) -> bool {
+        self.mt != DType::F32 && crate::kernels::chunk_opt("scandot")
+    }
+    /// The row stride, in elements, of the reverse scan's dy and y copies (`SCAN_LDY`: padded by
+    /// the threads a row's dot takes, `SCAN_DOT_TPR`).
+    fn scan_dot_ldy(&self) -> usize {
+        let per_step = if self.scan_wide() { 1 } else { 2 };
+        let pad = match THREADS as usize / (per_step * self.c) {
+            2 => 16,
+            4 => 32,
+            _ => 8,
+        };
+        self.dv + pad
+    }
+    /// Dynamic shared memory of `ela_scan` in `mode` (mirrors its carve: with [`Variant::scan_dot`]
+    /// the reverse scan's row copies follow the rest).
+    fn scan_smem_mode(&self, mode: i32) -> u32 {
+        self.scan_smem_with(mode == 1 && self.scan_dot())
+    }
+    /// Dynamic shared memory of `ela_scan`, with or without the row copies of the dots: per chunk
+    /// of a step, its dy and y rows (`[c][2][ldy]`) and this block's q rows (`[c][SCAN_FB + 8]`),
+    /// 16-bit.
+    fn scan_smem_with(&self, dot: bool) -> u32 {
+        let per_step = if self.scan_wide() { 1 } else { 2 };
+        let rows = 2 * self.scan_dot_ldy() + lp(self, SCAN_FB);
+        self.scan_smem() + if dot { (per_step * self.c * rows * 2) as u32 } else { 0 }
+    }
+    /// Dynamic shared memory of `ela_scan` without the reverse scan's dy and y copies.
     fn scan_smem(&self) -> u32 {
         let (c, f) = (self.c, SCAN_FB);
         // SCAN_P chunks per step (2 for 64-wide heads, else 1), each with its tiles and
@@ -361,6 +391,7 @@ impl Cuda {
         io: &IoRows,
         mode: i32,
         causal: bool,
+        yin: u64,
     ) -> Result<()> {
         let nch = cv.nch(t);
         let plain = !causal || init[0] != 0 || fin[0] != 0;
@@ -399,7 +430,7 @@ impl Cuda {
             },
             None => ScanSegs::default(),
         };
-        let args = [
+        let mut args = vec![
             Arg::Ptr(x),
             Arg::Ptr(val),
             Arg::Ptr(out.0.ptr()),
@@ -418,9 +449,13 @@ impl Cuda {
             Arg::I32(nch as i32),
             Arg::I32(causal as i32),
         ];
+        if cv.scan_dot() {
+            // The reverse scan's y (both kernels take it with ELA_SCAN_DOT; the forward's is unused).
+            args.push(Arg::Ptr(yin));
+        }
         let name = if mode == 0 { "ela_scan_m0" } else { "ela_scan_m1" };
         let cfg = Cfg { grid: n as u32, grid_y: (runs * cv.scan_blocks()) as u32, block: THREADS };
-        launch(self, cv, name, cfg, cv.scan_smem(), &args)?;
+        launch(self, cv, name, cfg, cv.scan_smem_mode(mode), &args)?;
         if runs > 1 {
             let mut args = vec![
                 Arg::Ptr(out.0.ptr()),
@@ -521,7 +556,7 @@ impl Cuda {
         };
         let init = state.as_ref().map_or([0; 3], |s| s.1);
         let finp = fin.as_ref().map_or([0; 3], |x| [x.0.ptr(), x.1.ptr(), x.2.ptr()]);
-        self.ela_scan(cv, n, t, io.k, io.v, (&sl.s, &sl.z), &sl.m, 0, init, finp, &io.rows, 0, causal)?;
+        self.ela_scan(cv, n, t, io.k, io.v, (&sl.s, &sl.z), &sl.m, 0, init, finp, &io.rows, 0, causal, 0)?;
         let rows_ptr = rows.as_ref().map_or(0, |r| r.ptr());
         self.ela_out(cv, n, t, OutMode::Forward { y: y.ptr(), rows: rows_ptr }, io, &sl, causal)?;
         if let (Some((st, _)), Some((fs, fz, fm))) = (state, fin) {
@@ -576,14 +611,17 @@ impl Cuda {
             if want != have || s.dtype() != cv.mt {
                 return Err(super::saved_mismatch(&have, &want, format!("{:?} slots", cv.mt)));
             }
-            let args = [Arg::Ptr(rows.ptr()), Arg::Ptr(io.dy), Arg::Ptr(io.y), Arg::by_value(io.rows), Arg::n(t)];
-            let cfg = Cfg { grid: nch as u32, grid_y: n as u32, block: THREADS };
-            launch(self, cv, "ela_rows_dot", cfg, 0, &args)?;
+            if !cv.scan_dot() {
+                // c = dy . y / den per row (with `scan_dot` the reverse scan computes it).
+                let args = [Arg::Ptr(rows.ptr()), Arg::Ptr(io.dy), Arg::Ptr(io.y), Arg::by_value(io.rows), Arg::n(t)];
+                let cfg = Cfg { grid: nch as u32, grid_y: n as u32, block: THREADS };
+                launch(self, cv, "ela_rows_dot", cfg, 0, &args)?;
+            }
             self.ela_chunk_backward_from(cv, io, [s, z, m], rows, &out, (n, t), causal)?;
             return Ok((dq, dk, dvo));
         }
         let sl = self.ela_slots(cv, n, nch + 1)?;
-        self.ela_scan(cv, n, t, io.k, io.v, (&sl.s, &sl.z), &sl.m, 0, [0; 3], [0; 3], &io.rows, 0, causal)?;
+        self.ela_scan(cv, n, t, io.k, io.v, (&sl.s, &sl.z), &sl.m, 0, [0; 3], [0; 3], &io.rows, 0, causal, 0)?;
         // Per row (u, den, c, exact-path flag).
         let rows = self.alloc(DType::F32, n * t * 4)?;
         let mode = OutMode::Rows { rows: rows.ptr(), dy: io.dy, y: io.y };
@@ -608,7 +646,7 @@ impl Cuda {
         let per_chunk = Cfg { grid: nch as u32, grid_y: n as u32, block: THREADS };
         // U, w of the rows after every chunk.
         let (u, w) = (self.alloc(cv.mt, n * nch * cv.f * cv.dv)?, self.alloc(DType::F32, n * nch * cv.f)?);
-        self.ela_scan(cv, n, t, io.q, io.dy, (&u, &w), sm, rows.ptr(), [0; 3], [0; 3], &io.rows, 1, causal)?;
+        self.ela_scan(cv, n, t, io.q, io.dy, (&u, &w), sm, rows.ptr(), [0; 3], [0; 3], &io.rows, 1, causal, io.y)?;
         let args = [
             Arg::Ptr(out.ptrs[0]),
             Arg::Ptr(out.ptrs[1]),
@@ -658,7 +696,7 @@ mod tests {
         ] {
             let cv = variant_for(k, dtype, &dims(d, dv), true).expect("compiled");
             assert_eq!(cv.c, c, "{dtype:?} {d}x{dv}");
-            let most = cv.scan_smem().max(cv.out_smem()).max(cv.bwd_smem());
+            let most = cv.scan_smem_mode(1).max(cv.out_smem()).max(cv.bwd_smem());
             assert!(most <= HOPPER_SMEM, "{dtype:?} {d}x{dv}: {most} bytes of shared memory");
         }
         // The backward of a 256-wide bf16 head is the tightest fit (2,688 bytes to spare, 128 of
@@ -694,6 +732,25 @@ mod tests {
         assert!(variant_for(elu, DType::F16, &dims(64, 64), false).is_none());
         assert!(variant_for(elu, DType::BF16, &dims(32, 64), false).is_none());
         assert!(variant_for(ElaKernel::Identity, DType::BF16, &dims(64, 64), false).is_none());
+    }
+
+    /// The reverse scan with its row copies (`scandot`) still fits two blocks in a multiprocessor
+    /// (the blocks it is compiled for) at every 16-bit size, and one block at most of a Hopper's.
+    #[test]
+    fn the_scan_with_its_row_copies_fits_two_blocks() {
+        // A Hopper multiprocessor's 233,472 bytes less 1 KiB the hardware reserves per block.
+        const PER_SM: u32 = 233_472;
+        for (d, dv) in [(64, 64), (128, 128), (256, 256), (64, 128), (128, 64), (64, 256), (256, 64)] {
+            for dt in [DType::BF16, DType::F16] {
+                let cv = variant_for(ElaKernel::HadamardExp, dt, &dims(d, dv), true).expect("compiled");
+                let with = cv.scan_smem_with(true);
+                assert!(with > cv.scan_smem_with(false));
+                assert!(2 * (with + 1024) <= PER_SM, "{dt:?} {d}x{dv}: {with} bytes");
+            }
+        }
+        // D64: two chunks a step, each 64 rows of dy and y at 80 elements and q at 72.
+        let cv = variant_for(ElaKernel::HadamardExp, DType::BF16, &dims(64, 64), true).unwrap();
+        assert_eq!(cv.scan_smem_with(true) - cv.scan_smem_with(false), 2 * 64 * (2 * 80 + 72) * 2);
     }
 
     #[test]
