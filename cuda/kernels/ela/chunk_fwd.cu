@@ -586,30 +586,6 @@ __device__ void slow_row(int i, const ST* qg, const ST* kg, const ST* vg, i64 lq
 // Mode 0: y of the chunk's rows, and with `rows` also per row (u, den, 0, exact-path flag) for a
 // backward that reuses the forward (ela_rows_dot then fills in c). Mode 1: per row
 // (u, den, c = (dy . y) / den, exact-path flag).
-// ELA_OUT_CP (bf16 inputs; opt-in `outcp`, cuda/src/kernels.rs): ela_out copies the chunk's q, k
-// (and, in a causal forward, v) rows with cp.async straight into the tiles their features will
-// fill, instead of loading them into registers at the start and holding them there until used
-// (the 64-wide bf16 kernel, held to 64 registers for four blocks a multiprocessor, spills about
-// 330 bytes a thread with them). Each thread then reads its own elements back, computes their
-// features and writes them over the same places. bf16 only: the operands are the inputs' bits.
-#if defined(ELA_OUT_CP) && ELA_DT == 2
-#define OUT_CP 1
-#else
-#define OUT_CP 0
-#endif
-
-// A chunk's rows (W elements each, `lds` apart) copied as they are into a tile (rows `ld` apart)
-// with cp.async; rows from n on are zeroed if `zero`, else left as they are.
-template <int W>
-__device__ __forceinline__ void copy_rows(MT* dst, int ld, const ST* src, i64 lds, int n, bool zero) {
-    constexpr int EPV = 16 / (int)sizeof(ST), VPR = W / EPV;
-    for (int e = threadIdx.x; e < ELA_C * VPR; e += ELA_THREADS) {
-        const int r = e / VPR, c = EPV * (e % VPR);
-        if (r < n) cp_async16(dst + r * ld + c, src + r * lds + c);
-        else if (zero) *(ela_u4*)(dst + r * ld + c) = ela_u4{0u, 0u, 0u, 0u};
-    }
-}
-
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
     ela_out(ST* y, ela_f4* rows, const ST* q, const ST* k, const ST* v, const ST* dy, const ST* yin,
             const MT* slot_s, const float* slot_z, const float* slot_m, ElaIo io, i64 T, int nch, int mode, int causal) {
@@ -653,19 +629,10 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
     // (or dy and y rows), and the log-scales and z of the state slot.
     typedef RowPart<F> RP;
     RP kp, qp;
-    TileRegs<ST, true, C, DV> vt;
-#if OUT_CP
-    // (q into phi_a's tile, k into psi_a's: each thread reads its elements back where it will
-    // write their features.)
-    copy_rows<F>(phia, LDF, qg, lq, n, false);
-    if (causal) copy_rows<F>(psia, LDF, kg, lk, n, false);
-    if (mode == 0 && causal) copy_rows<DV>(vsm, LDV, vg, lv, n, true);  // rows past n: 0 (A V)
-    cp_async_commit();
-#else
     if (causal) kp.load(kg, lk, n);
     qp.load(qg, lq, n);
+    TileRegs<ST, true, C, DV> vt;
     if (mode == 0 && causal) vt.load(vg, lv, n);
-#endif
     RowPart<DV> dyp, yp;
     if (mode == 1) {
         dyp.load(dyg, ldy, n);
@@ -676,11 +643,6 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         zst[fsk(tid)] = slot_z[slot * F + tid];
     }
     const int row = RP::row(), rc0 = RP::col0();
-#if OUT_CP
-    cp_async_wait<0>();
-    __syncthreads();  // every thread's copies have landed
-    if (causal) kp.load_shared(psia, LDF);
-#endif
     if (causal) {
         // (N1) key side: mk_j = max_d k_jd, psi_a = exp(k - mk).
         log_features(kp);
@@ -697,7 +659,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
             store_mt_vec(psia + row * LDF + rc0 + e0, pa);
         }
         if (RP::head()) mk[row] = mx;
-        if (mode == 0 && !OUT_CP) vt.store(vsm, LDV, (const float*)0);
+        if (mode == 0) vt.store(vsm, LDV, (const float*)0);
     }
     __syncthreads();
     if (causal && warp == 0) {
@@ -718,9 +680,6 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
     {
         // (U), (N1), (N2) query side: u_i, phi_a, phi_b and the state part of the denominator.
         const int i = row;
-#if OUT_CP
-        qp.load_shared(phia, LDF);
-#endif
         log_features(qp);
         float a = neg_inf<float>(), b = neg_inf<float>();
 #pragma unroll

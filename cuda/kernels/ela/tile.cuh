@@ -598,29 +598,6 @@ template <int W> struct RowPart {
             }
         }
     }
-    // The same rows from a tile in shared memory (rows `ld` elements apart) that holds the inputs'
-    // own bits: bf16 or f32 inputs copied as they are (their operand type is their storage type).
-    // Rows past the chunk's end hold what the tile held: callers mask them.
-    __device__ __forceinline__ void load_shared(const MT* base, int ld) {
-        static_assert(sizeof(ST) == sizeof(MT) && ELA_DT != 1, "the inputs' bits as operands");
-        ela_u4 raw[NV];
-        const ela_u4* p = (const ela_u4*)(base + row() * ld + col0());
-#pragma unroll
-        for (int i = 0; i < NV; ++i) raw[i] = p[i];
-        decode(raw);
-    }
-    // The raw vectors as floats.
-    __device__ __forceinline__ void decode(const ela_u4 (&raw)[NV]) {
-#pragma unroll
-        for (int i = 0; i < NV; ++i) {
-            const u32 w[4] = {raw[i].x, raw[i].y, raw[i].z, raw[i].w};
-#pragma unroll
-            for (int k = 0; k < PV; ++k) {
-                if (sizeof(ST) == 4) x[i * PV + k] = __uint_as_float(w[k]);
-                else x[i * PV + k] = DT::load((u16)((w[k / 2] >> (16 * (k & 1))) & 0xffffu));
-            }
-        }
-    }
     static __device__ __forceinline__ float max(float v) {
 #pragma unroll
         for (int o = 1; o < TPR; o <<= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
