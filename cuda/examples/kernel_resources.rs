@@ -1,4 +1,4 @@
-//! What ptxas reports for the chunked ELA kernels (`kernels/ela/chunk_fwd.cu`, `chunk_bwd.cu`,
+//! What ptxas reports for the chunked ELA kernels (`kernels/ela/chunk_fwd.cu`, `chunk_out.cu`, `chunk_bwd.cu`,
 //! and for sm_90 the warpgroup products' checks, `kernels/ela/wgmma_check.cu`), per compiled
 //! variant: registers per thread, stack frame, the bytes each thread spills to
 //! local memory and loads back, and the size of its machine code (the `.text.<kernel>` section of

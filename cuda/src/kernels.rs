@@ -183,7 +183,7 @@ pub enum KernelFile {
     /// and the kernels around the cuBLAS chunked path of `ela/gemm_chunk.cu` (one module)
     Ela,
     /// chunked Hadamard-Exp ELA on tensor cores (`ela/tile.cuh`, `ela/chunk_fwd.cu`,
-    /// `ela/scan_runs.cu`, `ela/chunk_bwd.cu`, `ela/step.cu`), compiled separately for each feature
+    /// `ela/chunk_out.cu`, `ela/scan_runs.cu`, `ela/chunk_bwd.cu`, `ela/step.cu`), compiled separately for each feature
     /// map, input dtype and head sizes `d`, `dv`
     ElaChunk {
         /// What the kernels compute: Hadamard Exp, or elu+1 as Hadamard Exp on log-features.
@@ -338,6 +338,7 @@ impl KernelFile {
                     + &with_lines(&[
                         ("ela/tile.cuh", include_str!("../kernels/ela/tile.cuh")),
                         (self.name(), self.source()),
+                        ("ela/chunk_out.cu", include_str!("../kernels/ela/chunk_out.cu")),
                         ("ela/scan_runs.cu", include_str!("../kernels/ela/scan_runs.cu")),
                         ("ela/chunk_bwd.cu", include_str!("../kernels/ela/chunk_bwd.cu")),
                         ("ela/step.cu", include_str!("../kernels/ela/step.cu")),

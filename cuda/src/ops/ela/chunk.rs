@@ -1,5 +1,5 @@
 //! The chunked tensor-core path of fused Hadamard-Exp ELA, forward and backward
-//! (`kernels/ela/tile.cuh`, `chunk_fwd.cu`, `chunk_bwd.cu`; the algorithm is in the header of
+//! (`kernels/ela/tile.cuh`, `chunk_fwd.cu`, `chunk_out.cu`, `chunk_bwd.cu`; the algorithm is in the header of
 //! `chunk_fwd.cu`). The same module holds the one-launch decode step (`step.rs`).
 //!
 //! Taken for Hadamard Exp with f32/f16/bf16 inputs and head sizes `d`, `dv` in {64, 128} (and 256
@@ -129,6 +129,14 @@ impl Variant {
     fn scan_wide(&self) -> bool {
         self.f > 64 || self.dv > 64
     }
+    /// Chunks per scan step (`SCAN_P`).
+    fn scan_p(&self) -> usize {
+        if self.scan_wide() {
+            1
+        } else {
+            2
+        }
+    }
 
     /// Blocks of one sequence's scan: column blocks x feature blocks.
     fn scan_blocks(&self) -> usize {
@@ -143,8 +151,7 @@ impl Variant {
     /// The row stride, in elements, of the reverse scan's dy and y copies (`SCAN_LDY`: padded by
     /// the threads a row's dot takes, `SCAN_DOT_TPR`).
     fn scan_dot_ldy(&self) -> usize {
-        let per_step = if self.scan_wide() { 1 } else { 2 };
-        let pad = match THREADS as usize / (per_step * self.c) {
+        let pad = match THREADS as usize / (self.scan_p() * self.c) {
             2 => 16,
             4 => 32,
             _ => 8,
@@ -160,16 +167,14 @@ impl Variant {
     /// of a step, its dy and y rows (`[c][2][ldy]`) and this block's q rows (`[c][SCAN_FB + 8]`),
     /// 16-bit.
     fn scan_smem_with(&self, dot: bool) -> u32 {
-        let per_step = if self.scan_wide() { 1 } else { 2 };
         let rows = 2 * self.scan_dot_ldy() + lp(self, SCAN_FB);
-        self.scan_smem() + if dot { (per_step * self.c * rows * 2) as u32 } else { 0 }
+        self.scan_smem() + if dot { (self.scan_p() * self.c * rows * 2) as u32 } else { 0 }
     }
     /// Dynamic shared memory of `ela_scan` without the reverse scan's dy and y copies.
     fn scan_smem(&self) -> u32 {
         let (c, f) = (self.c, SCAN_FB);
-        // SCAN_P chunks per step (2 for 64-wide heads, else 1), each with its tiles and
-        // per-feature / per-row vectors.
-        let per_step = if self.scan_wide() { 1 } else { 2 };
+        // SCAN_P chunks per step, each with its tiles and per-feature / per-row vectors.
+        let per_step = self.scan_p();
         // The value tile: DVB + 8 columns, 8 more with 16-bit operands (an odd count of 16-byte
         // units per row: conflict-free ldmatrix reads; `LDV` in the kernel).
         let value_cols = scan_dvb(self.dv) + if self.mt == DType::F32 { 8 } else { 16 };
@@ -734,8 +739,8 @@ mod tests {
         assert!(variant_for(ElaKernel::Identity, DType::BF16, &dims(64, 64), false).is_none());
     }
 
-    /// The reverse scan with its row copies (`scandot`) still fits two blocks in a multiprocessor
-    /// (the blocks it is compiled for) at every 16-bit size, and one block at most of a Hopper's.
+    /// The reverse scan with its row copies (`scandot`) still fits two blocks in a Hopper
+    /// multiprocessor (the blocks it is compiled for) at every 16-bit size.
     #[test]
     fn the_scan_with_its_row_copies_fits_two_blocks() {
         // A Hopper multiprocessor's 233,472 bytes less 1 KiB the hardware reserves per block.
