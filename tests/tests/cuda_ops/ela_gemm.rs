@@ -129,6 +129,34 @@ fn feature_kernels_match_f64_over_many_chunks() -> Result<()> {
     Ok(())
 }
 
+/// The opt-in bf16 operands of the signed kernels with bf16 inputs (`ela_cuda::with_signed_bf16`,
+/// an approximate fast path: bf16 products, state slots rounded to bf16 once a chunk) are judged
+/// like the default f32 operands, against the CPU's own bf16 error; the saving forward must keep
+/// bf16 slots (the switch took effect) where the default keeps f32 ones.
+#[test]
+fn signed_kernels_on_bf16_operands_match_f64() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    let shapes = [([2, 2, 200, 64], 5), ([1, 2, 200, 64], 64), ([1, 3, 130, 16], 128), ([1, 2, 100, 160], 5)];
+    for (ki, kernel) in KERNELS[..4].iter().copied().enumerate() {
+        for (shape, dv) in shapes {
+            for causal in [true, false] {
+                let case = || check_case(kernel, shape, dv, causal, DType::BF16, 720 + ki as u64, &dev);
+                let failures = ela_cuda::with_signed_bf16(true, case)?;
+                assert!(failures.is_empty(), "bf16 operands: {}", failures.join("\n"));
+            }
+            let [q, k, v] = inputs(kernel, shape, dv, DType::BF16, 730, &dev);
+            let slots = |on| {
+                ela_cuda::with_signed_bf16(on, || -> Result<DType> {
+                    let (_, saved) = q.gpu.ela_saving(&k.gpu, &v.gpu, &ElaParams::causal(kernel))?;
+                    Ok(saved.expect("the chunked path keeps its state").buffers[3].dtype())
+                })
+            };
+            assert_eq!((slots(true)?, slots(false)?), (DType::BF16, DType::F32), "{kernel} {shape:?}x{dv}");
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn feature_kernels_match_f64_on_random_shapes() {
     let Some(dev) = gpu() else { return };

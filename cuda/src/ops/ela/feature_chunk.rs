@@ -158,11 +158,13 @@ pub(super) fn plan(dev: &Cuda, kernel: ElaKernel, dtype: DType, dims: &ElaDims) 
     if super::switches().scan_only || super::switches().gemm_chunk {
         return None;
     }
-    plan_for(kernel, dtype, dims, dev.max_shared_memory_per_block())
+    let signed_bf16 = SIGNED_BF16.with(|c| c.get()).unwrap_or(super::switches().signed_bf16);
+    plan_for(kernel, dtype, dims, dev.max_shared_memory_per_block(), signed_bf16)
 }
 
-/// [`plan`] for a GPU whose blocks may have `smem_limit` bytes of shared memory.
-fn plan_for(kernel: ElaKernel, dtype: DType, dims: &ElaDims, smem_limit: u32) -> Option<Plan> {
+/// [`plan`] for a GPU whose blocks may have `smem_limit` bytes of shared memory; `signed_bf16`:
+/// the signed kernels with bf16 inputs take bf16 operands ([`with_signed_bf16`]).
+fn plan_for(kernel: ElaKernel, dtype: DType, dims: &ElaDims, smem_limit: u32, signed_bf16: bool) -> Option<Plan> {
     let dt = ElaDt::of(dtype)?;
     if kernel == ElaKernel::HadamardExp || dims.sequences() > 65_535 {
         return None;
@@ -177,14 +179,16 @@ fn plan_for(kernel: ElaKernel, dtype: DType, dims: &ElaDims, smem_limit: u32) ->
     // costs a relative 2^-8 per term. The signed kernels' denominators cancel (bf16 operands
     // measured 0.19 relative error for the blueprint where the CPU's bf16 path has 1.7e-3), and
     // f16 inputs carry 3 more mantissa bits than bf16 (measured: 1 % off the CPU's f16 result):
-    // they take f32 operands.
-    let tc = dt == ElaDt::BF16 && kernel == ElaKernel::EluPlusOne;
+    // they take f32 operands, unless the caller accepts bf16 operands for them
+    // (`ELA_CUDA_SIGNED_BF16`, [`with_signed_bf16`]: an approximate fast path).
+    let tc = dt == ElaDt::BF16 && (kernel == ElaKernel::EluPlusOne || signed_bf16);
     let mt = if tc { DType::BF16 } else { DType::F32 };
     let c = super::tile_chunk_rows(!tc, f, e);
     if dims.t.div_ceil(c) >= i32::MAX as usize {
         return None;
     }
-    let raw = tc && dims.d.is_multiple_of(16) && dims.dv.is_multiple_of(8);
+    // Only elu+1's features are mapped as tiles load (`LA_MAP_FEAT`); the others take rows.
+    let raw = tc && kernel == ElaKernel::EluPlusOne && dims.d.is_multiple_of(16) && dims.dv.is_multiple_of(8);
     let plan = Plan { file: KernelFile::ElaLa { dt, tc, f: f16, e: e16 }, c, f, e, mt, raw };
     let scan = plan.scan_kinds().iter().map(|&k| plan.scan_smem(k)).min()?;
     let most = [scan, plan.out_smem(Widths::Fe), plan.out_smem(Widths::Ef)].into_iter().max()?;
@@ -205,6 +209,21 @@ thread_local! {
 #[doc(hidden)]
 pub fn with_la_scan<R>(scan: Option<&'static str>, f: impl FnOnce() -> R) -> R {
     super::with_override(&LA_SCAN, scan, f)
+}
+
+thread_local! {
+    /// Set by [`with_signed_bf16`] on this thread (`None`: `ELA_CUDA_SIGNED_BF16`).
+    static SIGNED_BF16: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with the signed feature-map kernels (sum/sub squared Euclidean, blueprint, Identity)
+/// it issues on this thread with bf16 inputs on bf16 operands (`on`: bf16 tensor-core products,
+/// f32 accumulation, state slots rounded to bf16 once a chunk, as elu+1's), or on f32 operands
+/// (3xTF32, accurate to f32 rounding: the default). An approximate fast path, also set for a
+/// whole process by `ELA_CUDA_SIGNED_BF16=1`; cuda/README.md ("Signed kernels on bf16 operands")
+/// has its measured error and speed.
+pub fn with_signed_bf16<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    super::with_override(&SIGNED_BF16, Some(on), f)
 }
 
 thread_local! {
@@ -621,8 +640,8 @@ mod tests {
     }
 
     #[test]
-    fn bf16_operands_only_for_elu_plus_one_with_bf16_inputs() {
-        let tc = |k, dt| plan_for(k, dt, &dims(4096, 64, 64), HOPPER).map(|p| p.mt);
+    fn bf16_operands_for_elu_plus_one_with_bf16_inputs_and_signed_ones_on_request() {
+        let tc = |k, dt| plan_for(k, dt, &dims(4096, 64, 64), HOPPER, false).map(|p| p.mt);
         assert_eq!(tc(ElaKernel::EluPlusOne, DType::BF16), Some(DType::BF16));
         for dt in [DType::F16, DType::F32] {
             assert_eq!(tc(ElaKernel::EluPlusOne, dt), Some(DType::F32), "{dt:?}");
@@ -631,6 +650,15 @@ mod tests {
             assert_eq!(tc(k, DType::BF16), Some(DType::F32), "{k}");
         }
         assert!(tc(ElaKernel::HadamardExp, DType::BF16).is_none(), "Hadamard Exp has its own kernels");
+        // The opt-in: bf16 operands for the signed kernels' bf16 inputs, never for f16 or f32.
+        let tc_signed = |k, dt| plan_for(k, dt, &dims(4096, 64, 64), HOPPER, true).map(|p| (p.mt, p.f, p.c));
+        for k in [ElaKernel::SumSqEuclid, ElaKernel::SubSqEuclid, ElaKernel::Blueprint, ElaKernel::Identity] {
+            let f = pad16(k.feature_size(64));
+            assert_eq!(tc_signed(k, DType::BF16), Some((DType::BF16, f, 64)), "{k}");
+            for dt in [DType::F16, DType::F32] {
+                assert_eq!(tc_signed(k, dt).map(|p| p.0), Some(DType::F32), "{k} {dt:?}");
+            }
+        }
         assert!(tc(ElaKernel::Identity, DType::F64).is_none(), "f64 keeps the scan");
     }
 
@@ -638,16 +666,22 @@ mod tests {
     fn raw_operands_only_from_modules_compiled_to_read_them() {
         // elu+1 with bf16 inputs reads q, k, v where they lie when its rows are whole 16-byte
         // vectors; its module must then carry that staging (LA_RAW), whatever the widths.
+        // Identity's bf16 operands (the signed opt-in) take rows: only elu+1 is mapped as it loads.
         for (d, dv) in [(64, 64), (16, 128), (32, 40), (128, 128), (256, 256), (64, 5), (24, 64)] {
-            for (kernel, dt) in [(ElaKernel::EluPlusOne, DType::BF16), (ElaKernel::Identity, DType::BF16)] {
+            for (kernel, dt, signed) in [
+                (ElaKernel::EluPlusOne, DType::BF16, false),
+                (ElaKernel::Identity, DType::BF16, false),
+                (ElaKernel::Identity, DType::BF16, true),
+            ] {
                 // (Identity's f32 operands at 256 do not fit: the cuBLAS form, no plan.)
-                let Some(p) = plan_for(kernel, dt, &dims(100, d, dv), HOPPER) else {
+                let Some(p) = plan_for(kernel, dt, &dims(100, d, dv), HOPPER, signed) else {
                     assert!(kernel == ElaKernel::Identity && d == 256, "{kernel} {d}x{dv}: no plan");
                     continue;
                 };
                 let KernelFile::ElaLa { tc, f, e, .. } = p.file else { panic!("{:?}", p.file) };
                 let whole = d % 16 == 0 && dv % 8 == 0;
-                assert_eq!(p.raw, tc && whole, "{kernel} {d}x{dv}");
+                assert_eq!(tc, kernel == ElaKernel::EluPlusOne || signed, "{kernel} {d}x{dv}");
+                assert_eq!(p.raw, tc && whole && kernel == ElaKernel::EluPlusOne, "{kernel} {d}x{dv}");
                 assert!(!p.raw || crate::kernels::la_raw_code(tc, f, e), "{kernel} {d}x{dv}");
             }
         }
@@ -656,9 +690,9 @@ mod tests {
     #[test]
     fn widths_pad_to_16_and_chunks_follow_the_operand_type() {
         // sum-sq: F = D + 2 = 66 -> 80, [v | 1] = 65 -> 80; f32 operands wider than 64: C = 32.
-        let p = plan_for(ElaKernel::SumSqEuclid, DType::F32, &dims(100, 64, 64), HOPPER).unwrap();
+        let p = plan_for(ElaKernel::SumSqEuclid, DType::F32, &dims(100, 64, 64), HOPPER, false).unwrap();
         assert_eq!((p.f, p.e, p.c), (80, 80, 32));
-        let p = plan_for(ElaKernel::EluPlusOne, DType::BF16, &dims(100, 64, 5), HOPPER).unwrap();
+        let p = plan_for(ElaKernel::EluPlusOne, DType::BF16, &dims(100, 64, 5), HOPPER, false).unwrap();
         assert_eq!((p.f, p.e, p.c), (64, 16, 64));
         assert_eq!(p.file, KernelFile::ElaLa { dt: ElaDt::BF16, tc: true, f: 64, e: 16 });
     }
@@ -667,13 +701,13 @@ mod tests {
     fn heads_too_wide_for_shared_memory_take_the_cublas_form() {
         // The largest D = Dv whose tiles fit on an H100/H200 (docs/ela.md): 190 with f32
         // operands, 256 with bf16 ones (32-row chunks beyond 144-wide tiles).
-        let fits = |k, dt, d| plan_for(k, dt, &dims(64, d, d), HOPPER).is_some();
+        let fits = |k, dt, d| plan_for(k, dt, &dims(64, d, d), HOPPER, false).is_some();
         assert!(fits(ElaKernel::SumSqEuclid, DType::F32, 190) && !fits(ElaKernel::SumSqEuclid, DType::F32, 191));
         assert!(fits(ElaKernel::EluPlusOne, DType::BF16, 256) && !fits(ElaKernel::EluPlusOne, DType::BF16, 257));
         assert!(!fits(ElaKernel::Identity, DType::F32, 256));
         // A GPU with less shared memory (99 KiB, sm_86) takes narrower heads only.
-        assert!(plan_for(ElaKernel::SumSqEuclid, DType::F32, &dims(64, 128, 128), 101_376).is_none());
-        assert!(plan_for(ElaKernel::SumSqEuclid, DType::F32, &dims(64, 64, 64), 101_376).is_some());
+        assert!(plan_for(ElaKernel::SumSqEuclid, DType::F32, &dims(64, 128, 128), 101_376, false).is_none());
+        assert!(plan_for(ElaKernel::SumSqEuclid, DType::F32, &dims(64, 64, 64), 101_376, false).is_some());
     }
 
     #[test]

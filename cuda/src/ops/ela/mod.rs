@@ -27,7 +27,7 @@
 mod chunk;
 pub use chunk::with_scan_runs;
 mod feature_chunk;
-pub use feature_chunk::{with_la_rows, with_la_scan};
+pub use feature_chunk::{with_la_rows, with_la_scan, with_signed_bf16};
 mod gemm_chunk;
 mod noncausal;
 mod padded;
@@ -80,6 +80,10 @@ pub(super) struct Switches {
     /// apply, or the feature-map path (`feature_chunk.rs`) everywhere (as [`with_elu_tiles`] does
     /// for one thread), for timing the two; unset: [`ELU_TILES_DEFAULT`].
     pub elu_tiles: Option<bool>,
+    /// `ELA_CUDA_SIGNED_BF16`: the signed feature-map kernels with bf16 inputs take bf16
+    /// operands (as [`feature_chunk::with_signed_bf16`] does for one thread, which takes
+    /// precedence), an approximate fast path; unset: f32 operands.
+    pub signed_bf16: bool,
 }
 
 pub(super) fn switches() -> &'static Switches {
@@ -89,6 +93,7 @@ pub(super) fn switches() -> &'static Switches {
         Switches {
             scan_only: on("ELA_CUDA_SCAN_ONLY"),
             gemm_chunk: on("ELA_CUDA_GEMM_CHUNK"),
+            signed_bf16: on("ELA_CUDA_SIGNED_BF16"),
             profile: on("ELA_CUDA_PROFILE"),
             scan_runs: match std::env::var("ELA_CUDA_SCAN_RUNS") {
                 Err(_) => 0,
