@@ -297,6 +297,10 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
                 m_to[p] = c < 0 ? 0.f : causal ? sm[(i64)c * FA + tid] : m_from[p];
             }
         }
+#if SCAN_DOT
+        // One group for the step's copies: stage (2)'s wait_group 0 covers committed groups only.
+        if (DOT) cp_async_commit();
+#endif
     };
     // The state in f32: s[f * DV + j] for this block's features f and columns j, z[f], m[f] (m
     // may be null).
@@ -475,8 +479,11 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
                 st_mt4(psi + (p * C + r) * LDF + fx, ex[0], ex[1], ex[2], ex[3]);
             }
         }
-        if (it + P < ncs) fetch(it + P);  // the registers are free now
+        if (!DOT && it + P < ncs) fetch(it + P);  // the registers are free now
         __syncthreads();
+        // With the dots the next step's copies overwrite the q rows stage (4) has just read, so
+        // they wait for every thread to be past it; they land while (5) multiplies.
+        if (DOT && it + P < ncs) fetch(it + P);
         // (5) The chunks' products in order, the second chunk's slot between them.
 #pragma unroll
         for (int p = 0; p < P; ++p) {
