@@ -423,13 +423,7 @@ fn f32_products_define() -> &'static str {
 /// `ELA_CUDA_OPT`, the modules' define, what it changes). Each computes the same values. A variant
 /// becomes the default or goes once measured (cuda/README.md, "Opt-in variants"), so the list may
 /// be empty.
-pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[(
-    "scandot",
-    "ELA_SCAN_DOT",
-    "16-bit operands: the reverse scan computes each row's dy . y from its own copies of the rows \
-         (one step ahead, cp.async) and writes c for the gradient kernel, so a backward that reuses \
-         the forward's slots runs no `ela_rows_dot` pass over dy and y",
-)];
+pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[];
 
 /// The names of the opt-in variants set in `ELA_CUDA_OPT` (read once per process; a comma list
 /// of [`CHUNK_OPTS`] names); an unknown name is reported and the whole setting ignored.

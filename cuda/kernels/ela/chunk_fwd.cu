@@ -77,18 +77,14 @@ template <int W> __device__ __forceinline__ void log_features(RowPart<W>& p) {
 #error "the host defines SCAN_MINB, ELA_MINB and ELA_BWD_MINB"
 #endif
 #define SCAN_NDVB (ELA_DV / SCAN_DVB)
-// ELA_SCAN_DOT (16-bit operands; opt-in `scandot`, cuda/src/kernels.rs): the reverse scan computes
+// SCAN_DOT (16-bit operands; the opt-in `scandot` until it was measured): the reverse scan computes
 // each row's dy . y itself, from dy and y rows it copies with cp.async into shared memory one step
 // ahead, instead of reading c = dy . y / den from a separate pass over dy and y (ela_rows_dot).
 // The [1 | c den] column is that dot, and the first column block of each sequence writes
 // c = dot / den into the row info for ela_bwd. Every column block reads the whole rows (the dot
 // needs all DV columns): the repeats are L2 hits, and the copies, issued a step ahead, are off the
 // walk's chain; what the chain gains is one short row reduction in stage (2).
-#if defined(ELA_SCAN_DOT) && ELA_MMA
-#define SCAN_DOT 1
-#else
-#define SCAN_DOT 0
-#endif
+#define SCAN_DOT ELA_MMA
 // Threads per row of the dot (the step's P * C rows over the block) and the row stride of its dy / y
 // copies, padded so that the eight 16-byte reads of a quarter-warp fall in distinct bank groups:
 // a thread reads vectors part, part + TPR, ... of its row, so a quarter-warp reads 8 / TPR rows of

@@ -142,11 +142,10 @@ impl Variant {
     fn scan_blocks(&self) -> usize {
         (self.dv / scan_dvb(self.dv)) * (self.f / SCAN_FB)
     }
-    /// Whether the reverse scan computes the rows' `dy . y` itself (`ELA_SCAN_DOT` in chunk_fwd.cu,
-    /// the opt-in `scandot`; 16-bit operands only), so that a backward from saved slots needs no
-    /// `ela_rows_dot` pass.
+    /// Whether the reverse scan computes the rows' `dy . y` itself (`SCAN_DOT` in chunk_fwd.cu:
+    /// 16-bit operands), so that a backward from saved slots needs no `ela_rows_dot` pass.
     fn scan_dot(&self) -> bool {
-        self.mt != DType::F32 && crate::kernels::chunk_opt("scandot")
+        self.mt != DType::F32
     }
     /// The row stride, in elements, of the reverse scan's dy and y copies (`SCAN_LDY`: padded by
     /// the threads a row's dot takes, `SCAN_DOT_TPR`).
@@ -739,7 +738,7 @@ mod tests {
         assert!(variant_for(ElaKernel::Identity, DType::BF16, &dims(64, 64), false).is_none());
     }
 
-    /// The reverse scan with its row copies (`scandot`) still fits two blocks in a Hopper
+    /// The reverse scan with its row copies (16-bit operands) still fits two blocks in a Hopper
     /// multiprocessor (the blocks it is compiled for) at every 16-bit size.
     #[test]
     fn the_scan_with_its_row_copies_fits_two_blocks() {
