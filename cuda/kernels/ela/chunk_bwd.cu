@@ -384,7 +384,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
 }
 
 // c_i = (dy_i . y_i) / den_i into the row info a saving forward wrote (ela_out mode 0 with
-// `rows`): what ela_out mode 1 adds when the backward recomputes the forward. One block per
+// `rows`): what ela_out mode 1 adds when the backward recomputes the forward. f32 operands only
+// (with 16-bit ones the reverse scan computes it, SCAN_DOT in chunk_fwd.cu). One block per
 // (chunk, sequence); a row is read by TPR threads with 16-byte loads (RowPart's split).
 extern "C" __global__ void ela_rows_dot(ela_f4* rows, const ST* dy, const ST* y, ElaIo io, i64 T) {
     typedef RowPart<ELA_DV> RP;

@@ -454,7 +454,7 @@ impl Cuda {
             Arg::I32(causal as i32),
         ];
         if cv.scan_dot() {
-            // The reverse scan's y (both kernels take it with ELA_SCAN_DOT; the forward's is unused).
+            // The reverse scan's y (both kernels take it with SCAN_DOT; the forward's is unused).
             args.push(Arg::Ptr(yin));
         }
         let name = if mode == 0 { "ela_scan_m0" } else { "ela_scan_m1" };
