@@ -82,6 +82,9 @@ fn main() -> ela_core::Result<()> {
     ] {
         files.push((format!("la {dt:?} f={f} e={e}"), KernelFile::ElaLa { dt, tc, f, e }));
     }
+    // The norms (their RMS backward variants: `rms_norm_bwd_dw` and the register-held
+    // `rms_norm_bwd_dw1..4`).
+    files.push(("softmax/norm".to_string(), KernelFile::SoftmaxNorm));
     // The warpgroup products' checks (Hopper only): whether ptxas keeps the wgmma pipelined.
     if KernelFile::WgmmaCheck.arch_for(&arch).is_ok() {
         files.push(("wgmma check".to_string(), KernelFile::WgmmaCheck));

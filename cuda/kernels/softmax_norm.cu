@@ -290,6 +290,117 @@ __device__ void rms_bwd_dw_impl(typename D::S* dx, double* partial, const typena
     for (i64 j = threadIdx.x; j < n; j += blockDim.x) partial[(i64)blockIdx.x * n + j] = red[j];
 }
 
+// The same pass with the row held in registers: NV (= n / (32 x 16-byte vector), 1 to 4) is
+// known at compile time, so each lane loads its x, dy and plus vectors once (the kernel above reads
+// them twice: the dot, then dx), the weight once per warp instead of once per row, and, where the
+// registers allow (NV <= 2), the next row's vectors while it reduces and stores this one: the
+// warp's loads are in flight during its shuffles and stores instead of after them. Rows go to warps
+// as above and every sum is formed in the same order, so dx and the weight's partial sums are bit
+// for bit those of rms_bwd_dw_impl.
+template <typename D, int NV>
+__device__ void rms_bwd_dwr_impl(typename D::S* dx, double* partial, const typename D::S* x, const typename D::S* w,
+                                 const typename D::C* rstd, const typename D::S* dy, const typename D::S* plus,
+                                 i64 rows, i64 n) {
+    typedef typename D::S S;
+    typedef typename D::C C;
+    constexpr int V = 16 / sizeof(S);
+    // Registers: at NV <= 2 the next row's vectors and the weight's stay in registers too; at 3-4
+    // vectors a lane the f64 column sums alone take 48-64 of them, so the weight and plus are read
+    // where they are used (the weight from L1) and nothing is prefetched (at 128 registers, two
+    // blocks a multiprocessor, nothing spills).
+    constexpr bool PREFETCH = NV <= 2;
+    __shared__ double red[NV * 32 * V];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, per_block = blockDim.x >> 5;
+    const i64 step = (i64)gridDim.x * per_block;
+    Pack16<S> uw[NV], ux[NV], ug[NV], up[NV];
+    double acc[NV][V];
+#pragma unroll
+    for (int i = 0; i < NV; ++i) {
+        if (PREFETCH && w) uw[i].raw = *(const u128x*)(w + (lane + 32 * i) * V);
+#pragma unroll
+        for (int k = 0; k < V; ++k) acc[i][k] = 0.0;
+    }
+    auto load_row = [&](i64 r, Pack16<S>* lx, Pack16<S>* lg, Pack16<S>* lp) {
+#pragma unroll
+        for (int i = 0; i < NV; ++i) {
+            const i64 j = r * n + (lane + 32 * i) * V;
+            lx[i].raw = *(const u128x*)(x + j);
+            lg[i].raw = *(const u128x*)(dy + j);
+            if (PREFETCH && plus) lp[i].raw = *(const u128x*)(plus + j);
+        }
+    };
+    i64 r = (i64)blockIdx.x * per_block + warp;
+    if (PREFETCH && r < rows) load_row(r, ux, ug, up);
+    for (; r < rows; r += step) {
+        Pack16<S> cx[NV], cg[NV], cp[NV];
+        if (PREFETCH) {
+#pragma unroll
+            for (int i = 0; i < NV; ++i) cx[i] = ux[i], cg[i] = ug[i], cp[i] = up[i];
+            if (r + step < rows) load_row(r + step, ux, ug, up);
+        } else {
+            load_row(r, cx, cg, cp);
+        }
+        const C rs = rstd[r];
+        // rms_row_dot's terms and order: lane by lane, vector by vector, then the butterfly.
+        double s = 0.0;
+#pragma unroll
+        for (int i = 0; i < NV; ++i) {
+            if (!PREFETCH && w) uw[i].raw = *(const u128x*)(w + (lane + 32 * i) * V);
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+                C t = D::load(cg[i].v[k]);
+                if (w) t = t * D::load(uw[i].v[k]);
+                s += (double)t * (double)D::load(cx[i].v[k]);
+            }
+        }
+        const double dot = warp_sum(s);
+        const C c = rs * rs * rs * (C)dot / (C)n;
+        S* dxr = dx + r * n;
+#pragma unroll
+        for (int i = 0; i < NV; ++i) {
+            Pack16<S> o;
+            if (!PREFETCH && w) uw[i].raw = *(const u128x*)(w + (lane + 32 * i) * V);
+            if (!PREFETCH && plus) cp[i].raw = *(const u128x*)(plus + r * n + (lane + 32 * i) * V);
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+                const C g = D::load(cg[i].v[k]), xv = D::load(cx[i].v[k]);
+                acc[i][k] += (double)(g * xv * rs);
+                const C wg = w ? g * D::load(uw[i].v[k]) : g;
+                const C p = plus ? D::load(cp[i].v[k]) : (C)0;
+                o.v[k] = D::store(rs * wg - xv * c + p);
+            }
+            *(u128x*)(dxr + (lane + 32 * i) * V) = o.raw;
+        }
+    }
+    for (int wv = 0; wv < per_block; ++wv) {
+        if (warp == wv)
+#pragma unroll
+            for (int i = 0; i < NV; ++i)
+#pragma unroll
+                for (int k = 0; k < V; ++k) {
+                    const int j = (lane + 32 * i) * V + k;
+                    red[j] = (wv == 0 ? 0.0 : red[j]) + acc[i][k];
+                }
+        __syncthreads();
+    }
+    for (i64 j = threadIdx.x; j < n; j += blockDim.x) partial[(i64)blockIdx.x * n + j] = red[j];
+}
+#define RMS_DWR(NAME, D, NV)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(256, 2) rms_norm_bwd_dw##NV##_##NAME(                         \
+        D::S* dx, double* partial, const D::S* x, const D::S* w, const D::C* rstd, const D::S* dy,            \
+        const D::S* plus, i64 rows, i64 n) {                                                                  \
+        rms_bwd_dwr_impl<D, NV>(dx, partial, x, w, rstd, dy, plus, rows, n);                                  \
+    }
+// 16-bit rows of four vectors a lane (1024 elements) are left to rms_bwd_dw_impl: held whole,
+// with their 64 registers of f64 sums, they spill at 128 registers (ptxas, sm_90).
+#define RMS_DWR_3(NAME, D) RMS_DWR(NAME, D, 1) RMS_DWR(NAME, D, 2) RMS_DWR(NAME, D, 3)
+RMS_DWR_3(f16, F16)
+RMS_DWR_3(bf16, BF16)
+RMS_DWR_3(f32, F32)
+RMS_DWR(f32, F32, 4)
+RMS_DWR_3(f64, F64)
+RMS_DWR(f64, F64, 4)
+
 #define RMS(NAME, D)                                                                                              \
     extern "C" __global__ void rms_norm_##NAME(D::S* y, D::C* rstd, const D::S* x, const D::S* w, i64 rows, i64 n, \
                                                double eps) {                                                      \

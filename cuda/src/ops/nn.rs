@@ -31,6 +31,15 @@ const WARP_ROWS_PER_BLOCK: usize = 8;
 /// gradient (`RMS_DW_MAXV` in softmax_norm.cu): rows up to 1024 16-bit or 512 f32 elements.
 const RMS_DW_MAXV: usize = 4;
 
+/// Whether the RMS norm backward that sums the weight's gradient holds each row in registers
+/// (`rms_norm_bwd_dw{1,2,3,4}` in softmax_norm.cu: x, dy and plus read once, the weight once a
+/// warp, the next row prefetched) rather than reading it twice (`rms_norm_bwd_dw`). Both give the
+/// same bits. Opt-in, `ELA_CUDA_RMS_DW=reg`, until it is measured on a GPU.
+fn rms_dw_in_registers() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("ELA_CUDA_RMS_DW").as_deref() == Ok("reg"))
+}
+
 /// Elements of `dtype` in a 16-byte vector.
 fn vector_len(dtype: DType) -> usize {
     16 / dtype.size_in_bytes()
@@ -212,7 +221,15 @@ impl Cuda {
                 let cfg = Cfg { grid: blocks as u32, grid_y: 1, block: (32 * WARP_ROWS_PER_BLOCK) as u32 };
                 let mut dw_args = args.to_vec();
                 dw_args.insert(1, Arg::Ptr(partial.ptr()));
-                self.launch(SN, &format!("rms_norm_bwd_dw_{}", dt(x.dtype())), cfg, &dw_args)?;
+                let nv = n / (32 * vector_len(x.dtype()));
+                // `rms_norm_bwd_dw{nv}`: the row in registers, nv vectors a lane (not compiled for
+                // 16-bit rows of four: they would spill).
+                let held = nv < 4 || x.dtype().size_in_bytes() >= 4;
+                let kernel = match rms_dw_in_registers() && held {
+                    true => format!("rms_norm_bwd_dw{nv}_{}", dt(x.dtype())),
+                    false => format!("rms_norm_bwd_dw_{}", dt(x.dtype())),
+                };
+                self.launch(SN, &kernel, cfg, &dw_args)?;
                 let dw = self.alloc(w.dtype(), n)?;
                 let args = [Arg::Ptr(dw.ptr()), Arg::Ptr(partial.ptr()), Arg::n(blocks), Arg::n(n)];
                 let finish = Cfg { grid: n.div_ceil(32) as u32, grid_y: 1, block: 256 };
