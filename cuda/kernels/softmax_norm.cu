@@ -232,6 +232,28 @@ __device__ void rms_bwd_warp_impl(typename D::S* dx, const typename D::S* x, con
 // separate column sum (colsum, mode 0) read both again. The terms are colsum's, g x rstd rounded
 // to the compute type and summed in f64; only the order of the sum differs.
 #define RMS_DW_MAXV 4
+// The end of both weight-gradient passes below: the warps' column sums acc[i][k] (column
+// (lane + 32 i) V + k, the first nv of NV vectors) are added warp by warp, in order, into `red`,
+// and the block's row of sums goes to partial[block] for colsum_finish.
+template <int NV, int V>
+__device__ __forceinline__ void rms_dw_block_sums(const double (&acc)[NV][V], int nv, double* red, double* partial,
+                                                  i64 n) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, per_block = blockDim.x >> 5;
+    for (int wv = 0; wv < per_block; ++wv) {
+        if (warp == wv)
+#pragma unroll
+            for (int i = 0; i < NV; ++i) {
+                if (i >= nv) break;
+#pragma unroll
+                for (int k = 0; k < V; ++k) {
+                    const int j = (lane + 32 * i) * V + k;
+                    red[j] = (wv == 0 ? 0.0 : red[j]) + acc[i][k];
+                }
+            }
+        __syncthreads();
+    }
+    for (i64 j = threadIdx.x; j < n; j += blockDim.x) partial[(i64)blockIdx.x * n + j] = red[j];
+}
 template <typename D>
 __device__ void rms_bwd_dw_impl(typename D::S* dx, double* partial, const typename D::S* x, const typename D::S* w,
                                 const typename D::C* rstd, const typename D::S* dy, const typename D::S* plus, i64 rows,
@@ -273,21 +295,7 @@ __device__ void rms_bwd_dw_impl(typename D::S* dx, double* partial, const typena
             *(u128x*)(dxr + j) = o.raw;
         }
     }
-    // Warp by warp, in order: red = sum over the block's warps.
-    for (int wv = 0; wv < per_block; ++wv) {
-        if (warp == wv)
-#pragma unroll
-            for (int i = 0; i < RMS_DW_MAXV; ++i) {
-                if (i >= nv) break;
-#pragma unroll
-                for (int k = 0; k < V; ++k) {
-                    const int j = (lane + 32 * i) * V + k;
-                    red[j] = (wv == 0 ? 0.0 : red[j]) + acc[i][k];
-                }
-            }
-        __syncthreads();
-    }
-    for (i64 j = threadIdx.x; j < n; j += blockDim.x) partial[(i64)blockIdx.x * n + j] = red[j];
+    rms_dw_block_sums(acc, nv, red, partial, n);
 }
 
 // The same pass with the row held in registers: NV (= n / (32 x 16-byte vector), 1 to 4) is
@@ -372,18 +380,7 @@ __device__ void rms_bwd_dwr_impl(typename D::S* dx, double* partial, const typen
             *(u128x*)(dxr + (lane + 32 * i) * V) = o.raw;
         }
     }
-    for (int wv = 0; wv < per_block; ++wv) {
-        if (warp == wv)
-#pragma unroll
-            for (int i = 0; i < NV; ++i)
-#pragma unroll
-                for (int k = 0; k < V; ++k) {
-                    const int j = (lane + 32 * i) * V + k;
-                    red[j] = (wv == 0 ? 0.0 : red[j]) + acc[i][k];
-                }
-        __syncthreads();
-    }
-    for (i64 j = threadIdx.x; j < n; j += blockDim.x) partial[(i64)blockIdx.x * n + j] = red[j];
+    rms_dw_block_sums(acc, NV, red, partial, n);
 }
 #define RMS_DWR(NAME, D, NV)                                                                                  \
     extern "C" __global__ void __launch_bounds__(256, 2) rms_norm_bwd_dw##NV##_##NAME(                         \
