@@ -303,8 +303,8 @@ __device__ void rms_bwd_dw_impl(typename D::S* dx, double* partial, const typena
 // them twice: the dot, then dx), the weight once per warp instead of once per row, and, where the
 // registers allow (NV <= 2), the next row's vectors while it reduces and stores this one: the
 // warp's loads are in flight during its shuffles and stores instead of after them. Rows go to warps
-// as above and every sum is formed in the same order, so dx and the weight's partial sums are bit
-// for bit those of rms_bwd_dw_impl.
+// as above and every term is formed and summed in the same order as in rms_bwd_dw_impl (the same
+// bits, unless ptxas contracts a product into an FMA differently in the two kernels).
 template <typename D, int NV>
 __device__ void rms_bwd_dwr_impl(typename D::S* dx, double* partial, const typename D::S* x, const typename D::S* w,
                                  const typename D::C* rstd, const typename D::S* dy, const typename D::S* plus,

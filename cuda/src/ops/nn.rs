@@ -33,8 +33,8 @@ const RMS_DW_MAXV: usize = 4;
 
 /// Whether the RMS norm backward that sums the weight's gradient holds each row in registers
 /// (`rms_norm_bwd_dw{1,2,3,4}` in softmax_norm.cu: x, dy and plus read once, the weight once a
-/// warp, the next row prefetched) rather than reading it twice (`rms_norm_bwd_dw`). Both give the
-/// same bits. Opt-in, `ELA_CUDA_RMS_DW=reg`, until it is measured on a GPU.
+/// warp, the next row prefetched) rather than reading it twice (`rms_norm_bwd_dw`). Both form the
+/// same terms in the same order. Opt-in, `ELA_CUDA_RMS_DW=reg`, until it is measured on a GPU.
 fn rms_dw_in_registers() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("ELA_CUDA_RMS_DW").as_deref() == Ok("reg"))
