@@ -57,8 +57,7 @@ __device__ void slow_row(int i, const ST* qg, const ST* kg, const ST* vg, i64 lq
 
 // Mode 0: y of the chunk's rows, and with `rows` also per row (u, den, 0, exact-path flag) for a
 // backward that reuses the forward (the reverse scan, or ela_rows_dot with f32 operands, then
-// fills in c). Mode 1: per row
-// (u, den, c = (dy . y) / den, exact-path flag).
+// fills in c). Mode 1: per row (u, den, c = (dy . y) / den, exact-path flag).
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
     ela_out(ST* y, ela_f4* rows, const ST* q, const ST* k, const ST* v, const ST* dy, const ST* yin,
             const MT* slot_s, const float* slot_z, const float* slot_m, ElaIo io, i64 T, int nch, int mode, int causal) {
