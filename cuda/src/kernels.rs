@@ -423,12 +423,7 @@ fn f32_products_define() -> &'static str {
 /// `ELA_CUDA_OPT`, the modules' define, what it changes). Each computes the same values. A variant
 /// becomes the default or goes once measured (cuda/README.md, "Opt-in variants"), so the list may
 /// be empty.
-pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[(
-    "leadz",
-    "ELA_SCAN_LEADZ",
-    "the scans' [1 | c den] column (z in the forward, w and the rows' dy . y in the reverse) formed \
-         only by the first column block of each feature block, the only one that stores it",
-)];
+pub const CHUNK_OPTS: &[(&str, &str, &str)] = &[];
 
 /// The names of the opt-in variants set in `ELA_CUDA_OPT` (read once per process; a comma list
 /// of [`CHUNK_OPTS`] names); an unknown name is reported and the whole setting ignored.

@@ -85,15 +85,6 @@ template <int W> __device__ __forceinline__ void log_features(RowPart<W>& p) {
 // needs all DV columns): the repeats are L2 hits, and the copies, issued a step ahead, are off the
 // walk's chain; what the chain gains is one short row reduction in stage (2).
 #define SCAN_DOT ELA_MMA
-// ELA_SCAN_LEADZ (opt-in `leadz`, cuda/src/kernels.rs): only the first column block of a feature
-// block (`lead`) stores z (mode 0) or w (mode 1), so only it forms the [1 | c den] column's tile
-// product and, with SCAN_DOT, the dots and the y copies they read; the other blocks, which share
-// multiprocessors with lead ones, skip that work.
-#if defined(ELA_SCAN_LEADZ)
-#define SCAN_LEADZ 1
-#else
-#define SCAN_LEADZ 0
-#endif
 // Threads per row of the dot (the step's P * C rows over the block) and the row stride of its dy / y
 // copies, padded so that the eight 16-byte reads of a quarter-warp fall in distinct bank groups:
 // a thread reads vectors part, part + TPR, ... of its row, so a quarter-warp reads 8 / TPR rows of
@@ -202,7 +193,6 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int row0 = W::row0(), col0 = W::col0();
     const bool lead = j0 == 0, zw = W::group() == 0 && (lane & 3) == 0;  // zw: holds z (col 0)
-    const bool zcol = !SCAN_LEADZ || lead;  // this block forms the [1 | c den] column's product
     const i64 nslot = mode == 0 ? (i64)nch + 1 : (i64)nch;
     MT* ss = slot_s + seq * nslot * FA * DV + f0 * DV;
     float* sz = slot_z + seq * nslot * FA + f0;
@@ -284,7 +274,7 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
                     if (r >= n) break;
                     ST* dst = ydy + (p * C + r) * 2 * SCAN_LDY + cv;
                     cp_async16(dst, vs + (t0 + r) * lv + cv);
-                    if (zcol) cp_async16(dst + SCAN_LDY, ys + (t0 + r) * io.y[2] + cv);
+                    cp_async16(dst + SCAN_LDY, ys + (t0 + r) * io.y[2] + cv);
                 }
                 // ...and its q rows (this block's features), for stage (4), in place of px.
                 constexpr int QPR = F / EPV, QRP = ELA_THREADS / QPR;
@@ -392,7 +382,7 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
             }
         }
 #if SCAN_DOT
-        if (DOT && zcol) {
+        if (DOT) {
             // Each row's dot dy . y (the column c den), SCAN_DOT_TPR threads a row, from the copies.
             constexpr int TPR = SCAN_DOT_TPR, EPV = 16 / (int)sizeof(ST), VPR = DV / EPV;
             const int rr = tid / TPR, part = tid % TPR, p = rr / C, r = rr % C;
@@ -504,7 +494,7 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
             for (int e = 0; e < 4; ++e) accz[0][e] *= rsc[p * F + ACC_ROW(row0, e)];
             if (tid < F) mf = mto[p * F + tid];
             mm_tile<W::NT, true, false>(acc, psi + p * C * LDF, LDF, vsm + p * C * LDV, LDV, row0, col0, C);
-            if (W::group() == 0 && zcol)
+            if (W::group() == 0)
                 mm_tile<1, true, false>(accz, psi + p * C * LDF, LDF, vsm + p * C * LDV, LDV, row0, DVB, C);
         }
     }
