@@ -31,15 +31,6 @@ const WARP_ROWS_PER_BLOCK: usize = 8;
 /// gradient (`RMS_DW_MAXV` in softmax_norm.cu): rows up to 1024 16-bit or 512 f32 elements.
 const RMS_DW_MAXV: usize = 4;
 
-/// Whether the RMS norm backward that sums the weight's gradient holds each row in registers
-/// (`rms_norm_bwd_dw{1,2,3,4}` in softmax_norm.cu: x, dy and plus read once, the weight once a
-/// warp, the next row prefetched) rather than reading it twice (`rms_norm_bwd_dw`). Both form the
-/// same terms in the same order. Opt-in, `ELA_CUDA_RMS_DW=reg`, until it is measured on a GPU.
-fn rms_dw_in_registers() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("ELA_CUDA_RMS_DW").as_deref() == Ok("reg"))
-}
-
 /// Elements of `dtype` in a 16-byte vector.
 fn vector_len(dtype: DType) -> usize {
     16 / dtype.size_in_bytes()
@@ -215,17 +206,19 @@ impl Cuda {
         if let (Some(w), Some((_, true))) = (w, warp) {
             if rows > 0 && n.is_multiple_of(32 * vector_len(x.dtype())) && n <= RMS_DW_MAXV * 32 * vector_len(x.dtype())
             {
-                // One pass for dx and the weight's column sums (`rms_norm_bwd_dw`).
+                // One pass for dx and the weight's column sums.
                 let blocks = rows.div_ceil(WARP_ROWS_PER_BLOCK).min(2 * self.sm_count() as usize);
                 let partial = self.scratch(blocks * n * 8)?;
                 let cfg = Cfg { grid: blocks as u32, grid_y: 1, block: (32 * WARP_ROWS_PER_BLOCK) as u32 };
                 let mut dw_args = args.to_vec();
                 dw_args.insert(1, Arg::Ptr(partial.ptr()));
                 let nv = n / (32 * vector_len(x.dtype()));
-                // `rms_norm_bwd_dw{nv}`: the row in registers, nv vectors a lane (not compiled for
-                // 16-bit rows of four: they would spill).
+                // `rms_norm_bwd_dw{nv}`: the row held in registers, nv vectors a lane (x, dy and
+                // plus read once, the weight once a warp, the next row's loads issued early). Not
+                // compiled for 16-bit rows of four vectors (held whole they spill), which keep
+                // `rms_norm_bwd_dw`, reading the row twice.
                 let held = nv < 4 || x.dtype().size_in_bytes() >= 4;
-                let kernel = match rms_dw_in_registers() && held {
+                let kernel = match held {
                     true => format!("rms_norm_bwd_dw{nv}_{}", dt(x.dtype())),
                     false => format!("rms_norm_bwd_dw_{}", dt(x.dtype())),
                 };
