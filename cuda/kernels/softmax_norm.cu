@@ -314,21 +314,40 @@ __device__ void rms_bwd_dwr_impl(typename D::S* dx, double* partial, const typen
     typedef typename D::S S;
     typedef typename D::C C;
     constexpr int V = 16 / sizeof(S);
-    // Registers: at NV <= 2 the next row's vectors and the weight's stay in registers too; at 3-4
-    // vectors a lane the f64 column sums alone take 48-64 of them, so the weight and plus are read
-    // where they are used (the weight from L1) and nothing is prefetched (at 128 registers, two
-    // blocks a multiprocessor, nothing spills).
-    constexpr bool PREFETCH = NV <= 2;
-    __shared__ double red[NV * 32 * V];
+    // Registers. At NV <= 2 the next row's vectors and the weight's stay in registers too. At 3-4
+    // vectors a lane the f64 column sums take 48-64 of them, so the weight and plus are read where
+    // they are used (the weight from L1) and nothing is prefetched (at 128 registers, two blocks a
+    // multiprocessor, nothing spills). 16-bit rows of four vectors (SMEM_SUMS) would need 64
+    // registers of sums beside the row and spill: their warps keep the sums in shared memory
+    // instead (dynamic, n doubles a warp, launched with 8 n bytes a warp), which frees the
+    // registers to prefetch the next row's x and dy.
+    constexpr bool SMEM_SUMS = NV * V > 24;
+    constexpr bool HOLD_WP = NV <= 2;               // weight held, plus prefetched
+    constexpr bool PREFETCH = HOLD_WP || SMEM_SUMS;  // the next row's x and dy
+    __shared__ double red[SMEM_SUMS ? 1 : NV * 32 * V];
+    extern __shared__ double warp_sums[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, per_block = blockDim.x >> 5;
     const i64 step = (i64)gridDim.x * per_block;
     Pack16<S> uw[NV], ux[NV], ug[NV], up[NV];
-    double acc[NV][V];
+    double acc[SMEM_SUMS ? 1 : NV][V];
+    // This warp's sum of column (lane + 32 i) V + k lies at sums[k][i][lane]: a warp's 32 accesses
+    // for one (i, k) are 256 contiguous bytes, free of bank conflicts.
+    double* sums = warp_sums + (i64)warp * NV * 32 * V;
+    if (SMEM_SUMS) {
+        unsigned dyn;
+        asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
+        if (dyn < (unsigned)(per_block * NV * 32 * V * sizeof(double))) __trap();
+    }
 #pragma unroll
     for (int i = 0; i < NV; ++i) {
-        if (PREFETCH && w) uw[i].raw = *(const u128x*)(w + (lane + 32 * i) * V);
+        if (HOLD_WP && w) uw[i].raw = *(const u128x*)(w + (lane + 32 * i) * V);
 #pragma unroll
-        for (int k = 0; k < V; ++k) acc[i][k] = 0.0;
+        for (int k = 0; k < V; ++k) {
+            if (SMEM_SUMS)
+                sums[(k * NV + i) * 32 + lane] = 0.0;
+            else
+                acc[i][k] = 0.0;
+        }
     }
     auto load_row = [&](i64 r, Pack16<S>* lx, Pack16<S>* lg, Pack16<S>* lp) {
 #pragma unroll
@@ -336,7 +355,7 @@ __device__ void rms_bwd_dwr_impl(typename D::S* dx, double* partial, const typen
             const i64 j = r * n + (lane + 32 * i) * V;
             lx[i].raw = *(const u128x*)(x + j);
             lg[i].raw = *(const u128x*)(dy + j);
-            if (PREFETCH && plus) lp[i].raw = *(const u128x*)(plus + j);
+            if (HOLD_WP && plus) lp[i].raw = *(const u128x*)(plus + j);
         }
     };
     i64 r = (i64)blockIdx.x * per_block + warp;
@@ -345,7 +364,10 @@ __device__ void rms_bwd_dwr_impl(typename D::S* dx, double* partial, const typen
         Pack16<S> cx[NV], cg[NV], cp[NV];
         if (PREFETCH) {
 #pragma unroll
-            for (int i = 0; i < NV; ++i) cx[i] = ux[i], cg[i] = ug[i], cp[i] = up[i];
+            for (int i = 0; i < NV; ++i) {
+                cx[i] = ux[i], cg[i] = ug[i];
+                if (HOLD_WP) cp[i] = up[i];
+            }
             if (r + step < rows) load_row(r + step, ux, ug, up);
         } else {
             load_row(r, cx, cg, cp);
@@ -355,7 +377,7 @@ __device__ void rms_bwd_dwr_impl(typename D::S* dx, double* partial, const typen
         double s = 0.0;
 #pragma unroll
         for (int i = 0; i < NV; ++i) {
-            if (!PREFETCH && w) uw[i].raw = *(const u128x*)(w + (lane + 32 * i) * V);
+            if (!HOLD_WP && w) uw[i].raw = *(const u128x*)(w + (lane + 32 * i) * V);
 #pragma unroll
             for (int k = 0; k < V; ++k) {
                 C t = D::load(cg[i].v[k]);
@@ -369,12 +391,15 @@ __device__ void rms_bwd_dwr_impl(typename D::S* dx, double* partial, const typen
 #pragma unroll
         for (int i = 0; i < NV; ++i) {
             Pack16<S> o;
-            if (!PREFETCH && w) uw[i].raw = *(const u128x*)(w + (lane + 32 * i) * V);
-            if (!PREFETCH && plus) cp[i].raw = *(const u128x*)(plus + r * n + (lane + 32 * i) * V);
+            if (!HOLD_WP && w) uw[i].raw = *(const u128x*)(w + (lane + 32 * i) * V);
+            if (!HOLD_WP && plus) cp[i].raw = *(const u128x*)(plus + r * n + (lane + 32 * i) * V);
 #pragma unroll
             for (int k = 0; k < V; ++k) {
                 const C g = D::load(cg[i].v[k]), xv = D::load(cx[i].v[k]);
-                acc[i][k] += (double)(g * xv * rs);
+                if (SMEM_SUMS)
+                    sums[(k * NV + i) * 32 + lane] += (double)(g * xv * rs);
+                else
+                    acc[i][k] += (double)(g * xv * rs);
                 const C wg = w ? g * D::load(uw[i].v[k]) : g;
                 const C p = plus ? D::load(cp[i].v[k]) : (C)0;
                 o.v[k] = D::store(rs * wg - xv * c + p);
@@ -382,7 +407,18 @@ __device__ void rms_bwd_dwr_impl(typename D::S* dx, double* partial, const typen
             *(u128x*)(dxr + (lane + 32 * i) * V) = o.raw;
         }
     }
-    rms_dw_block_sums(acc, NV, red, partial, n);
+    if (!SMEM_SUMS) {
+        rms_dw_block_sums(acc, NV, red, partial, n);
+        return;
+    }
+    // rms_dw_block_sums's order: column by column, warp 0 first (0.0 + the first warp's sum).
+    __syncthreads();
+    for (int j = threadIdx.x; j < NV * 32 * V; j += blockDim.x) {
+        const int at = ((j % V) * NV + (j / V) / 32) * 32 + (j / V) % 32;
+        double t = 0.0;
+        for (int wv = 0; wv < per_block; ++wv) t += warp_sums[(i64)wv * NV * 32 * V + at];
+        partial[(i64)blockIdx.x * n + j] = t;
+    }
 }
 #define RMS_DWR(NAME, D, NV)                                                                                  \
     extern "C" __global__ void __launch_bounds__(256, 2) rms_norm_bwd_dw##NV##_##NAME(                         \
@@ -390,15 +426,14 @@ __device__ void rms_bwd_dwr_impl(typename D::S* dx, double* partial, const typen
         const D::S* plus, i64 rows, i64 n) {                                                                  \
         rms_bwd_dwr_impl<D, NV>(dx, partial, x, w, rstd, dy, plus, rows, n);                                  \
     }
-// 16-bit rows of four vectors a lane (1024 elements) are left to rms_bwd_dw_impl: held whole,
-// with their 64 registers of f64 sums, they spill at 128 registers (ptxas, sm_90).
 #define RMS_DWR_3(NAME, D) RMS_DWR(NAME, D, 1) RMS_DWR(NAME, D, 2) RMS_DWR(NAME, D, 3)
+#define RMS_DWR_4(NAME, D) RMS_DWR_3(NAME, D) RMS_DWR(NAME, D, 4)
+// f16 rows of four vectors are left to rms_bwd_dw_impl: their conversions push the prefetching
+// kernel 32 bytes a thread into spills (ptxas, sm_90), where bf16's stays at 128 registers.
 RMS_DWR_3(f16, F16)
-RMS_DWR_3(bf16, BF16)
-RMS_DWR_3(f32, F32)
-RMS_DWR(f32, F32, 4)
-RMS_DWR_3(f64, F64)
-RMS_DWR(f64, F64, 4)
+RMS_DWR_4(bf16, BF16)
+RMS_DWR_4(f32, F32)
+RMS_DWR_4(f64, F64)
 
 #define RMS(NAME, D)                                                                                              \
     extern "C" __global__ void rms_norm_##NAME(D::S* y, D::C* rstd, const D::S* x, const D::S* w, i64 rows, i64 n, \

@@ -31,6 +31,15 @@ const WARP_ROWS_PER_BLOCK: usize = 8;
 /// gradient (`RMS_DW_MAXV` in softmax_norm.cu): rows up to 1024 16-bit or 512 f32 elements.
 const RMS_DW_MAXV: usize = 4;
 
+/// Whether bf16 rows of four vectors a lane (n = 1024, the d1024 LM's) take the register-held
+/// RMS norm backward with the warps' weight-gradient sums in shared memory
+/// (`rms_norm_bwd_dw4_bf16`) instead of the kernel that reads the row twice. Opt-in,
+/// `ELA_CUDA_RMS_DW=smem`, until it is measured on a GPU.
+fn rms_dw4_shared_sums() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("ELA_CUDA_RMS_DW").as_deref() == Ok("smem"))
+}
+
 /// Elements of `dtype` in a 16-byte vector.
 fn vector_len(dtype: DType) -> usize {
     16 / dtype.size_in_bytes()
@@ -214,15 +223,19 @@ impl Cuda {
                 dw_args.insert(1, Arg::Ptr(partial.ptr()));
                 let nv = n / (32 * vector_len(x.dtype()));
                 // `rms_norm_bwd_dw{nv}`: the row held in registers, nv vectors a lane (x, dy and
-                // plus read once, the weight once a warp, the next row's loads issued early). Not
-                // compiled for 16-bit rows of four vectors (held whole they spill), which keep
-                // `rms_norm_bwd_dw`, reading the row twice.
-                let held = nv < 4 || x.dtype().size_in_bytes() >= 4;
-                let kernel = match held {
-                    true => format!("rms_norm_bwd_dw{nv}_{}", dt(x.dtype())),
-                    false => format!("rms_norm_bwd_dw_{}", dt(x.dtype())),
-                };
-                self.launch(SN, &kernel, cfg, &dw_args)?;
+                // plus read once, the weight once a warp, the next row's loads issued early).
+                // 16-bit rows of four vectors keep `rms_norm_bwd_dw`, reading the row twice, unless
+                // bf16 with `rms_dw4_shared_sums()`: its `rms_norm_bwd_dw4` keeps the warps' column
+                // sums in n doubles of shared memory a warp (in registers beside the row they spill).
+                let sixteen = x.dtype().size_in_bytes() == 2;
+                if nv < 4 || !sixteen {
+                    self.launch(SN, &format!("rms_norm_bwd_dw{nv}_{}", dt(x.dtype())), cfg, &dw_args)?;
+                } else if x.dtype() == DType::BF16 && rms_dw4_shared_sums() {
+                    let smem = (WARP_ROWS_PER_BLOCK * n * 8) as u32;
+                    self.launch_smem(SN, &format!("rms_norm_bwd_dw4_{}", dt(x.dtype())), cfg, smem, &dw_args)?;
+                } else {
+                    self.launch(SN, &format!("rms_norm_bwd_dw_{}", dt(x.dtype())), cfg, &dw_args)?;
+                }
                 let dw = self.alloc(w.dtype(), n)?;
                 let args = [Arg::Ptr(dw.ptr()), Arg::Ptr(partial.ptr()), Arg::n(blocks), Arg::n(n)];
                 let finish = Cfg { grid: n.div_ceil(32) as u32, grid_y: 1, block: 256 };
