@@ -40,6 +40,24 @@ fn rms_dw4_shared_sums() -> bool {
     *ON.get_or_init(|| std::env::var("ELA_CUDA_RMS_DW").as_deref() == Ok("smem"))
 }
 
+/// The RMS norm backward that also sums the weight's gradient, for rows of `n` elements that are
+/// whole 16-byte vectors, at most [`RMS_DW_MAXV`] a lane: (kernel, dynamic shared memory in
+/// bytes). `rms_norm_bwd_dw{nv}` holds the row in registers, nv vectors a lane (x, dy and plus
+/// read once, the weight once a warp, the next row's loads issued early). 16-bit rows of four
+/// vectors keep `rms_norm_bwd_dw`, which reads the row twice, unless `shared_sums` and bf16:
+/// then `rms_norm_bwd_dw4_bf16` keeps the warps' column sums in shared memory (n doubles a warp;
+/// in registers beside the row they would spill).
+fn rms_dw_kernel(dtype: DType, n: usize, shared_sums: bool) -> (String, u32) {
+    let nv = n / (32 * vector_len(dtype));
+    if nv < 4 || dtype.size_in_bytes() > 2 {
+        (format!("rms_norm_bwd_dw{nv}_{}", dt(dtype)), 0)
+    } else if dtype == DType::BF16 && shared_sums {
+        (format!("rms_norm_bwd_dw4_{}", dt(dtype)), (WARP_ROWS_PER_BLOCK * n * 8) as u32)
+    } else {
+        (format!("rms_norm_bwd_dw_{}", dt(dtype)), 0)
+    }
+}
+
 /// Elements of `dtype` in a 16-byte vector.
 fn vector_len(dtype: DType) -> usize {
     16 / dtype.size_in_bytes()
@@ -221,20 +239,9 @@ impl Cuda {
                 let cfg = Cfg { grid: blocks as u32, grid_y: 1, block: (32 * WARP_ROWS_PER_BLOCK) as u32 };
                 let mut dw_args = args.to_vec();
                 dw_args.insert(1, Arg::Ptr(partial.ptr()));
-                let nv = n / (32 * vector_len(x.dtype()));
-                // `rms_norm_bwd_dw{nv}`: the row held in registers, nv vectors a lane (x, dy and
-                // plus read once, the weight once a warp, the next row's loads issued early).
-                // 16-bit rows of four vectors keep `rms_norm_bwd_dw`, reading the row twice, unless
-                // bf16 with `rms_dw4_shared_sums()`: its `rms_norm_bwd_dw4` keeps the warps' column
-                // sums in n doubles of shared memory a warp (in registers beside the row they spill).
-                let sixteen = x.dtype().size_in_bytes() == 2;
-                if nv < 4 || !sixteen {
-                    self.launch(SN, &format!("rms_norm_bwd_dw{nv}_{}", dt(x.dtype())), cfg, &dw_args)?;
-                } else if x.dtype() == DType::BF16 && rms_dw4_shared_sums() {
-                    let smem = (WARP_ROWS_PER_BLOCK * n * 8) as u32;
-                    self.launch_smem(SN, &format!("rms_norm_bwd_dw4_{}", dt(x.dtype())), cfg, smem, &dw_args)?;
-                } else {
-                    self.launch(SN, &format!("rms_norm_bwd_dw_{}", dt(x.dtype())), cfg, &dw_args)?;
+                match rms_dw_kernel(x.dtype(), n, rms_dw4_shared_sums()) {
+                    (name, 0) => self.launch(SN, &name, cfg, &dw_args)?,
+                    (name, smem) => self.launch_smem(SN, &name, cfg, smem, &dw_args)?,
                 }
                 let dw = self.alloc(w.dtype(), n)?;
                 let args = [Arg::Ptr(dw.ptr()), Arg::Ptr(partial.ptr()), Arg::n(blocks), Arg::n(n)];
@@ -411,5 +418,25 @@ impl Cuda {
         ];
         self.launch(CE, &format!("ce_bwd_{}", dt(logits.dtype())), Cfg::rows(rows, classes), &args)?;
         Ok(dx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Which weight-gradient kernel each row width takes (the names must match the instances
+    /// compiled in softmax_norm.cu: `RMS_DWR_3(f16)`, `RMS_DWR_4` for bf16, f32 and f64).
+    #[test]
+    fn rms_weight_gradient_kernels_by_row_width() {
+        let pick = |d, n, s| rms_dw_kernel(d, n, s);
+        assert_eq!(pick(DType::BF16, 512, false), ("rms_norm_bwd_dw2_bf16".into(), 0));
+        assert_eq!(pick(DType::F16, 768, true), ("rms_norm_bwd_dw3_f16".into(), 0));
+        assert_eq!(pick(DType::F32, 512, false), ("rms_norm_bwd_dw4_f32".into(), 0));
+        assert_eq!(pick(DType::F64, 256, true), ("rms_norm_bwd_dw4_f64".into(), 0));
+        // 16-bit rows of four vectors: the two-read kernel unless bf16 with shared-memory sums.
+        assert_eq!(pick(DType::BF16, 1024, false), ("rms_norm_bwd_dw_bf16".into(), 0));
+        assert_eq!(pick(DType::F16, 1024, true), ("rms_norm_bwd_dw_f16".into(), 0));
+        assert_eq!(pick(DType::BF16, 1024, true), ("rms_norm_bwd_dw4_bf16".into(), 8 * 1024 * 8));
     }
 }
