@@ -249,3 +249,11 @@ __device__ __forceinline__ ListSeg list_segment(const i32* first_block, const i6
 
 // Threads per block for a row kernel over n elements: a power of two in 32..=1024.
 #define ROW_THREADS_MAX 1024
+
+// Bytes of dynamic shared memory this block was launched with: kernels that carve it check their
+// carve against it and trap on a mismatch rather than corrupt memory.
+__device__ __forceinline__ unsigned dynamic_smem_bytes() {
+    unsigned dyn;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
+    return dyn;
+}

@@ -333,11 +333,7 @@ __device__ void rms_bwd_dwr_impl(typename D::S* dx, double* partial, const typen
     // This warp's sum of column (lane + 32 i) V + k lies at sums[k][i][lane]: a warp's 32 accesses
     // for one (i, k) are 256 contiguous bytes, free of bank conflicts.
     double* sums = warp_sums + (i64)warp * NV * 32 * V;
-    if (SMEM_SUMS) {
-        unsigned dyn;
-        asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
-        if (dyn < (unsigned)(per_block * NV * 32 * V * sizeof(double))) __trap();
-    }
+    if (SMEM_SUMS && dynamic_smem_bytes() < (unsigned)(per_block * NV * 32 * V * sizeof(double))) __trap();
 #pragma unroll
     for (int i = 0; i < NV; ++i) {
         if (HOLD_WP && w) uw[i].raw = *(const u128x*)(w + (lane + 32 * i) * V);

@@ -59,9 +59,7 @@ extern __shared__ __align__(16) unsigned char ela_smem[];
 // memory it was launched with: the byte counts on the Rust side (ops/ela/chunk.rs) mirror the
 // carves, and this keeps a mismatch from silently corrupting memory.
 __device__ __forceinline__ void check_smem(const void* end) {
-    unsigned dyn;
-    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
-    if ((unsigned)((const unsigned char*)end - ela_smem) > dyn) __trap();
+    if ((unsigned)((const unsigned char*)end - ela_smem) > dynamic_smem_bytes()) __trap();
 }
 
 // Minimum denominator of the fast path (docs/ela.md, "exact rows after underflow").

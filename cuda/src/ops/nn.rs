@@ -239,10 +239,8 @@ impl Cuda {
                 let cfg = Cfg { grid: blocks as u32, grid_y: 1, block: (32 * WARP_ROWS_PER_BLOCK) as u32 };
                 let mut dw_args = args.to_vec();
                 dw_args.insert(1, Arg::Ptr(partial.ptr()));
-                match rms_dw_kernel(x.dtype(), n, rms_dw4_shared_sums()) {
-                    (name, 0) => self.launch(SN, &name, cfg, &dw_args)?,
-                    (name, smem) => self.launch_smem(SN, &name, cfg, smem, &dw_args)?,
-                }
+                let (kernel, smem) = rms_dw_kernel(x.dtype(), n, rms_dw4_shared_sums());
+                self.launch_smem(SN, &kernel, cfg, smem, &dw_args)?;
                 let dw = self.alloc(w.dtype(), n)?;
                 let args = [Arg::Ptr(dw.ptr()), Arg::Ptr(partial.ptr()), Arg::n(blocks), Arg::n(n)];
                 let finish = Cfg { grid: n.div_ceil(32) as u32, grid_y: 1, block: 256 };
@@ -429,14 +427,13 @@ mod tests {
     /// compiled in softmax_norm.cu: `RMS_DWR_3(f16)`, `RMS_DWR_4` for bf16, f32 and f64).
     #[test]
     fn rms_weight_gradient_kernels_by_row_width() {
-        let pick = |d, n, s| rms_dw_kernel(d, n, s);
-        assert_eq!(pick(DType::BF16, 512, false), ("rms_norm_bwd_dw2_bf16".into(), 0));
-        assert_eq!(pick(DType::F16, 768, true), ("rms_norm_bwd_dw3_f16".into(), 0));
-        assert_eq!(pick(DType::F32, 512, false), ("rms_norm_bwd_dw4_f32".into(), 0));
-        assert_eq!(pick(DType::F64, 256, true), ("rms_norm_bwd_dw4_f64".into(), 0));
+        assert_eq!(rms_dw_kernel(DType::BF16, 512, false), ("rms_norm_bwd_dw2_bf16".into(), 0));
+        assert_eq!(rms_dw_kernel(DType::F16, 768, true), ("rms_norm_bwd_dw3_f16".into(), 0));
+        assert_eq!(rms_dw_kernel(DType::F32, 512, false), ("rms_norm_bwd_dw4_f32".into(), 0));
+        assert_eq!(rms_dw_kernel(DType::F64, 256, true), ("rms_norm_bwd_dw4_f64".into(), 0));
         // 16-bit rows of four vectors: the two-read kernel unless bf16 with shared-memory sums.
-        assert_eq!(pick(DType::BF16, 1024, false), ("rms_norm_bwd_dw_bf16".into(), 0));
-        assert_eq!(pick(DType::F16, 1024, true), ("rms_norm_bwd_dw_f16".into(), 0));
-        assert_eq!(pick(DType::BF16, 1024, true), ("rms_norm_bwd_dw4_bf16".into(), 8 * 1024 * 8));
+        assert_eq!(rms_dw_kernel(DType::BF16, 1024, false), ("rms_norm_bwd_dw_bf16".into(), 0));
+        assert_eq!(rms_dw_kernel(DType::F16, 1024, true), ("rms_norm_bwd_dw_f16".into(), 0));
+        assert_eq!(rms_dw_kernel(DType::BF16, 1024, true), ("rms_norm_bwd_dw4_bf16".into(), 8 * 1024 * 8));
     }
 }
