@@ -305,8 +305,8 @@ __device__ void rms_bwd_dw_impl(typename D::S* dx, double* partial, const typena
 // warp's loads are in flight during its shuffles and stores instead of after them. Rows go to warps
 // as above and every term is formed and summed in the same order as in rms_bwd_dw_impl, but ptxas may
 // contract products into FMAs differently in the two kernels, so the bits may differ (after 30 bf16
-// steps of the d512 LM the losses differed by 5e-3, where two runs of one kernel set differ by
-// about 3e-4; both kernels match the CPU backend in cuda_ops).
+// steps of the d512 LM the losses differed by 5e-3, where two settings computing the same bits
+// differed by 3e-4; both kernels match the CPU backend in cuda_ops).
 template <typename D, int NV>
 __device__ void rms_bwd_dwr_impl(typename D::S* dx, double* partial, const typename D::S* x, const typename D::S* w,
                                  const typename D::C* rstd, const typename D::S* dy, const typename D::S* plus,
