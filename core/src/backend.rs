@@ -174,6 +174,25 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         n: usize,
         eps: f64,
     ) -> Result<(Self::Storage, Self::Storage)>;
+    /// `h = a + b` of two contiguous `[rows, n]` buffers of one float dtype and the RMS norm of
+    /// `h` ([`Backend::rms_norm`]): `(h, y, rstd)`, a pre-norm block's residual sum and the norm
+    /// that reads it. The result is bit for bit [`Backend::binary`]'s add followed by
+    /// `rms_norm`, which is what this default does; a device may do both in one pass over the
+    /// rows (reading `a` and `b`, writing `h` and `y`) instead of writing `h` and reading it back.
+    fn add_rms_norm(
+        &self,
+        a: &Self::Storage,
+        b: &Self::Storage,
+        weight: Option<&Self::Storage>,
+        rows: usize,
+        n: usize,
+        eps: f64,
+    ) -> Result<(Self::Storage, Self::Storage, Self::Storage)> {
+        let l = Layout::contiguous(rows * n);
+        let h = self.binary(BinaryOp::Add, a, &l, b, &l)?;
+        let (y, rstd) = self.rms_norm(&h, weight, rows, n, eps)?;
+        Ok((h, y, rstd))
+    }
     /// Backward of [`Backend::rms_norm`]: `(dx, dweight)` (dweight absent without weight). With
     /// `plus` (contiguous `[rows, n]` in `x`'s dtype: another gradient of `x`, e.g. from a
     /// residual branch), `dx` comes back with it added before its one rounding, which saves a

@@ -183,6 +183,69 @@ __device__ void rms_warp_impl(typename D::S* y, typename D::C* rstd, const typen
         }
     }
 }
+// h = a + b and the RMS norm of h, one warp per row: a pre-norm block's residual sum and the
+// norm that reads it, in one pass (a, b read, h and y written) instead of an add that writes h
+// and a norm that reads it back. The same bits as the two kernels: h is rounded as
+// binary_contig rounds an add, the sum of squares runs over the rounded h in rms_row_dot's
+// order, and y is rms_warp_impl's expression; each lane reads back only the h it stored.
+template <typename D>
+__device__ void add_rms_warp_impl(typename D::S* h, typename D::S* y, typename D::C* rstd, const typename D::S* a,
+                                  const typename D::S* b, const typename D::S* w, i64 rows, i64 n, double eps,
+                                  int vec) {
+    typedef typename D::S S;
+    typedef typename D::C C;
+    const int V = 16 / sizeof(S), lane = threadIdx.x & 31, per_block = blockDim.x >> 5;
+    for (i64 r = (i64)blockIdx.x * per_block + (threadIdx.x >> 5); r < rows; r += (i64)gridDim.x * per_block) {
+        const S *ar = a + r * n, *br = b + r * n;
+        S* hr = h + r * n;
+        double ss = 0.0;
+        if (vec) {
+            for (i64 j = (i64)lane * V; j < n; j += 32 * V) {
+                Pack16<S> ua, ub, o;
+                ua.raw = *(const u128x*)(ar + j);
+                ub.raw = *(const u128x*)(br + j);
+#pragma unroll
+                for (int k = 0; k < V; ++k) {
+                    o.v[k] = D::store(D::load(ua.v[k]) + D::load(ub.v[k]));
+                    const C t = D::load(o.v[k]);
+                    ss += (double)t * (double)t;
+                }
+                *(u128x*)(hr + j) = o.raw;
+            }
+        } else {
+            for (i64 j = lane; j < n; j += 32) {
+                const S hv = D::store(D::load(ar[j]) + D::load(br[j]));
+                hr[j] = hv;
+                const C t = D::load(hv);
+                ss += (double)t * (double)t;
+            }
+        }
+        ss = warp_sum(ss);
+        const C rs = (C)1 / x_sqrt((C)(ss / (double)(n > 0 ? n : 1)) + (C)eps);
+        if (lane == 0) rstd[r] = rs;
+        S* yr = y + r * n;
+        if (vec) {
+            for (i64 j = (i64)lane * V; j < n; j += 32 * V) {
+                Pack16<S> u, uw, o;
+                u.raw = *(const u128x*)(hr + j);
+                if (w) uw.raw = *(const u128x*)(w + j);
+#pragma unroll
+                for (int k = 0; k < V; ++k) {
+                    C v = D::load(u.v[k]) * rs;
+                    if (w) v = v * D::load(uw.v[k]);
+                    o.v[k] = D::store(v);
+                }
+                *(u128x*)(yr + j) = o.raw;
+            }
+        } else {
+            for (i64 j = lane; j < n; j += 32) {
+                C v = D::load(hr[j]) * rs;
+                if (w) v = v * D::load(w[j]);
+                yr[j] = D::store(v);
+            }
+        }
+    }
+}
 // Derivation: docs/autograd.md#fused-ops ("RMS norm").
 template <typename D>
 __device__ void rms_bwd_warp_impl(typename D::S* dx, const typename D::S* x, const typename D::S* w,
@@ -443,6 +506,10 @@ RMS_DWR_4(f64, F64)
     extern "C" __global__ void rms_norm_warp_##NAME(D::S* y, D::C* rstd, const D::S* x, const D::S* w, i64 rows,  \
                                                     i64 n, double eps, int vec) {                                 \
         rms_warp_impl<D>(y, rstd, x, w, rows, n, eps, vec);                                                       \
+    }                                                                                                             \
+    extern "C" __global__ void add_rms_norm_warp_##NAME(D::S* h, D::S* y, D::C* rstd, const D::S* a, const D::S* b, \
+                                                        const D::S* w, i64 rows, i64 n, double eps, int vec) {    \
+        add_rms_warp_impl<D>(h, y, rstd, a, b, w, rows, n, eps, vec);                                            \
     }                                                                                                             \
     extern "C" __global__ void rms_norm_bwd_warp_##NAME(D::S* dx, const D::S* x, const D::S* w, const D::C* rstd, \
                                                         const D::S* dy, const D::S* plus, i64 rows, i64 n,        \

@@ -119,6 +119,9 @@ impl Backend for Cuda {
     fn rms_norm(&self, x: &S, w: Option<&S>, rows: usize, n: usize, eps: f64) -> Result<(S, S)> {
         self.rms_norm_impl(x, w, rows, n, eps)
     }
+    fn add_rms_norm(&self, a: &S, b: &S, w: Option<&S>, rows: usize, n: usize, eps: f64) -> Result<(S, S, S)> {
+        self.add_rms_norm_impl(a, b, w, rows, n, eps)
+    }
     fn swiglu(&self, a: &S, b: &S, n: usize) -> Result<S> {
         self.swiglu_impl(a, b, n)
     }

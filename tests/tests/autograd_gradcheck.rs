@@ -389,6 +389,19 @@ device_proptest! {
         check(dev, "layer_norm(w, b)", &ins, |v| v[0].layer_norm(Some(&v[1]), Some(&v[2]), 1e-5))?;
     }
 
+    fn add_rms_norm<B: Backend>(
+        dev: &B,
+        ins in dims(1..=3, 4).prop_flat_map(|d| { let n = *d.last().unwrap(); inputs(vec![d.clone(), d, vec![n]], Vals::Normal) }),
+    ) {
+        // The residual sum h and its norm y from one pass: both outputs carry gradient (h on to
+        // the next sum, y into the layer), and the gradient of h meets the norm's in x's fold.
+        check(dev, "add_rms_norm: h * h + y", &ins, |v| {
+            let (h, y) = v[0].add_rms_norm(&v[1], Some(&v[2]), 1e-5)?;
+            h.mul(&h)?.add(&y)
+        })?;
+        check(dev, "add_rms_norm: y only", &ins[..2], |v| Ok(v[0].add_rms_norm(&v[1], None, 1e-5)?.1))?;
+    }
+
     fn cross_entropy<B: Backend>(
         dev: &B,
         (x, raw, dropped) in (1..=4usize, 1..=5usize).prop_flat_map(|(rows, classes)| {

@@ -62,6 +62,13 @@ device_proptest! {
         check(&t.rms_norm(wo, eps).ctx(&what)?, &r::rms_norm(&x, wr, eps), rt, at, &what)?;
         let what = format!("layer_norm eps {eps} weight {use_w} bias {use_b} of {s:?} {dt:?} {l:?}");
         check(&t.layer_norm(wo, bo, eps).ctx(&what)?, &r::layer_norm(&x, wr, br, eps), rt, at, &what)?;
+        // The residual sum and its norm in one call: h = x + u, y = rms_norm(h).
+        let (u, ut) = input(dev, &s, dt, lay_1d(&mut rng), Vals::Uni, &mut rng);
+        let what = format!("add_rms_norm eps {eps} weight {use_w} of {s:?} {dt:?} {l:?}");
+        let (h, y, _) = t.add_rms_norm_fwd(&ut, wo, eps).ctx(&what)?;
+        let hr = r::binary(&x, &u, |a, b| a + b).unwrap();
+        check(&h, &hr, rt, at, &what)?;
+        check(&y, &r::rms_norm(&hr, wr, eps), rt, at, &what)?;
     }
 
     fn cross_entropy_with_and_without_ignore<B: Backend>(
@@ -122,7 +129,25 @@ device_proptest! {
     }
 }
 
-device_tests!(softmax_large_values_and_masked_rows, cross_entropy_large_logits, topk_ties_lower_index_first);
+device_tests!(
+    softmax_large_values_and_masked_rows,
+    cross_entropy_large_logits,
+    topk_ties_lower_index_first,
+    add_rms_norm_rejects_summands_that_differ
+);
+
+/// `add_rms_norm_fwd` takes summands of one shape and dtype and names the op and the fix otherwise.
+fn add_rms_norm_rejects_summands_that_differ<B: Backend>(dev: &B) -> ela_core::Result<()> {
+    let a = Tensor::zeros([2, 4], DType::F32, dev)?;
+    let e = a.add_rms_norm_fwd(&Tensor::zeros([2, 1], DType::F32, dev)?, None, 1e-5).unwrap_err().to_string();
+    assert!(e.contains("add_rms_norm") && e.contains("rms_norm_fwd"), "{e}");
+    let e = a.add_rms_norm_fwd(&Tensor::zeros([2, 4], DType::F64, dev)?, None, 1e-5).unwrap_err().to_string();
+    assert!(e.contains("add_rms_norm") && e.contains("F64"), "{e}");
+    let w = Tensor::zeros([3], DType::F32, dev)?;
+    let e = a.add_rms_norm_fwd(&a, Some(&w), 1e-5).unwrap_err().to_string();
+    assert!(e.contains("add_rms_norm") && e.contains("[4]"), "{e}");
+    Ok(())
+}
 
 /// Rows of +-1000 and -1e308 neither overflow nor give NaN.
 fn softmax_large_values_and_masked_rows<B: Backend>(dev: &B) -> ela_core::Result<()> {

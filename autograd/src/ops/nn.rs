@@ -70,6 +70,29 @@ impl<B: Backend> Var<B> {
         let x = self.value();
         let w = weight.map(|w| w.value());
         let (y, rstd) = x.rms_norm_fwd(w.as_ref(), eps)?;
+        self.record_rms_norm(weight, y, rstd)
+    }
+
+    /// `h = self + other` (same shape and dtype, no broadcasting) and `y = h.rms_norm(weight,
+    /// eps)`: `(h, y)`, the same values and gradients as `add` followed by
+    /// [`Var::rms_norm`], with both computed in one pass over the rows where the device can
+    /// ([`Tensor::add_rms_norm_fwd`]). A pre-norm block's residual stream `h` goes on to the next
+    /// sum; `y` feeds the layer.
+    pub fn add_rms_norm(&self, other: &Self, weight: Option<&Self>, eps: f64) -> Result<(Self, Self)> {
+        let w = weight.map(|w| w.value());
+        let (h, y, rstd) = self.value().add_rms_norm_fwd(&other.value(), w.as_ref(), eps)?;
+        // The sum's node is `add`'s for operands of one shape: the gradient passes to both.
+        let h = Var::record("add", h, &[self, other], |g, needs| {
+            Ok(vec![needs[0].then(|| g.clone()), needs[1].then(|| g.clone())])
+        })?;
+        let y = h.record_rms_norm(weight, y, rstd)?;
+        Ok((h, y))
+    }
+
+    /// Records `y = rms_norm(self, weight)` computed elsewhere, with its `rstd`.
+    fn record_rms_norm(&self, weight: Option<&Self>, y: Tensor<B>, rstd: Tensor<B>) -> Result<Self> {
+        let x = self.value();
+        let w = weight.map(|w| w.value());
         let inputs: Vec<&Var<B>> = std::iter::once(self).chain(weight).collect();
         // x's other gradients (in a pre-norm block, the residual branch's) are added by the
         // backward kernel as it writes dx: one pass over the rows instead of two

@@ -91,6 +91,41 @@ impl<B: Backend> Tensor<B> {
         Ok((Self::from_storage(y, self.shape().clone(), self.device()), Self::from_storage(r, rows, self.device())))
     }
 
+    /// `h = self + other` (same shape, dtype and device; no broadcasting) and the RMS norm of
+    /// `h` over the last axis: `(h, y, rstd)`, bit for bit `self.add(other)` followed by
+    /// [`Tensor::rms_norm_fwd`] of the sum. This is a pre-norm block's residual stream and the
+    /// norm that reads it; a GPU computes both in one pass over the rows.
+    pub fn add_rms_norm_fwd(&self, other: &Self, weight: Option<&Self>, eps: f64) -> Result<(Self, Self, Self)> {
+        const OP: &str = "add_rms_norm";
+        self.check_float(OP)?;
+        self.check_same_device(other, OP)?;
+        if self.shape() != other.shape() || self.dtype() != other.dtype() {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                lhs: self.shape().clone(),
+                rhs: other.shape().clone(),
+                hint: format!(
+                    "both summands must have one shape and dtype (got {:?} and {:?}); for a broadcast sum, \
+                     call add and then rms_norm_fwd",
+                    self.dtype(),
+                    other.dtype()
+                ),
+            });
+        }
+        let (rows, n) = self.rows_n(OP)?;
+        self.check_norm_param(weight, n, OP)?;
+        let (a, b) = (self.contiguous()?, other.contiguous()?);
+        let w = weight.map(|w| w.to_dtype(self.dtype()).and_then(|w| w.contiguous())).transpose()?;
+        let dev = self.device();
+        let (h, y, r) = dev.add_rms_norm(a.storage(), b.storage(), w.as_ref().map(|w| w.storage()), rows, n, eps)?;
+        let shape = self.shape().clone();
+        Ok((
+            Self::from_storage(h, shape.clone(), dev),
+            Self::from_storage(y, shape, dev),
+            Self::from_storage(r, rows, dev),
+        ))
+    }
+
     /// RMS norm over the last axis: `x / sqrt(mean(x^2) + eps) * weight`.
     pub fn rms_norm(&self, weight: Option<&Self>, eps: f64) -> Result<Self> {
         Ok(self.rms_norm_fwd(weight, eps)?.0)

@@ -40,6 +40,26 @@ fn rms_dw4_shared_sums() -> bool {
     *ON.get_or_init(|| std::env::var("ELA_CUDA_RMS_DW").as_deref() == Ok("smem"))
 }
 
+/// Whether `add_rms_norm` runs as one kernel (`add_rms_norm_warp`) instead of the add and the
+/// norm. Opt-in, `ELA_CUDA_ADD_RMS=1` or [`with_fused_add_rms`], until it is measured on a GPU.
+fn add_rms_fused() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let env = || *ON.get_or_init(|| std::env::var("ELA_CUDA_ADD_RMS").as_deref() == Ok("1"));
+    FUSED_ADD_RMS.with(|c| c.get()).unwrap_or_else(env)
+}
+
+thread_local! {
+    /// Set by [`with_fused_add_rms`] on this thread (`None`: `ELA_CUDA_ADD_RMS`).
+    static FUSED_ADD_RMS: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with this thread's `add_rms_norm` calls taking the one-kernel form (`on`) or the add
+/// and the norm apart, whatever `ELA_CUDA_ADD_RMS` says. For tests that compare the two.
+#[doc(hidden)]
+pub fn with_fused_add_rms<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    super::ela::with_override(&FUSED_ADD_RMS, Some(on), f)
+}
+
 /// The RMS norm backward that also sums the weight's gradient, for rows of `n` elements that are
 /// whole 16-byte vectors, at most [`RMS_DW_MAXV`] a lane: (kernel, dynamic shared memory in
 /// bytes). `rms_norm_bwd_dw{nv}` holds the row in registers, nv vectors a lane (x, dy and plus
@@ -151,6 +171,50 @@ impl Cuda {
             None => self.launch(SN, &format!("rms_norm_{}", dt(x.dtype())), Cfg::rows(rows, n), &args)?,
         }
         Ok((y, rstd))
+    }
+
+    /// `h = a + b` and the RMS norm of `h` for contiguous `[rows, n]` buffers of one dtype:
+    /// `(h, y, rstd)`, in one pass when the rows take the warp-per-row kernels and
+    /// [`add_rms_fused`] (bit for bit the add and the norm: `add_rms_warp_impl` in
+    /// softmax_norm.cu), else as the two kernels.
+    pub(crate) fn add_rms_norm_impl(
+        &self,
+        a: &CudaStorage,
+        b: &CudaStorage,
+        w: Option<&CudaStorage>,
+        rows: usize,
+        n: usize,
+        eps: f64,
+    ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+        const OP: &str = "add_rms_norm";
+        check_float(OP, a.dtype())?;
+        expect_dtype(OP, b, a.dtype(), "the second summand")?;
+        let d = a.dtype();
+        let h = self.alloc(d, rows * n)?;
+        let y = self.alloc(d, rows * n)?;
+        let rstd = self.alloc(stat_dtype(d), rows)?;
+        let (wp, _wc) = self.param_as(w, d, n)?;
+        let fused = warp_rows(rows, n, d, &[h.ptr(), y.ptr(), a.ptr(), b.ptr(), wp]).filter(|_| add_rms_fused());
+        let Some((cfg, vec)) = fused else {
+            let l = Layout::contiguous(rows * n);
+            let h = self.binary_impl(ela_core::BinaryOp::Add, a, &l, b, &l)?;
+            let (y, rstd) = self.rms_norm_impl(&h, w, rows, n, eps)?;
+            return Ok((h, y, rstd));
+        };
+        let args = [
+            Arg::Ptr(h.ptr()),
+            Arg::Ptr(y.ptr()),
+            Arg::Ptr(rstd.ptr()),
+            Arg::Ptr(a.ptr()),
+            Arg::Ptr(b.ptr()),
+            Arg::Ptr(wp),
+            Arg::n(rows),
+            Arg::n(n),
+            Arg::F64(eps),
+            Arg::I32(vec as i32),
+        ];
+        self.launch(SN, &format!("add_rms_norm_warp_{}", dt(d)), cfg, &args)?;
+        Ok((h, y, rstd))
     }
 
     /// Sums over rows of `[rows, n]` per-element terms (see `colsum` in softmax_norm.cu), stored

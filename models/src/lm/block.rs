@@ -212,9 +212,9 @@ impl<B: Backend> Block<B> {
                 Ok((out, aux))
             }
             Link::Residual => {
-                let h = x.add(&a)?;
                 let norm2 = self.norm2.as_ref().expect("residual blocks have norm2");
-                let (f, aux) = self.ffn(&norm2.forward(&h)?)?;
+                let (h, hn) = norm2.add_forward(x, &a)?;
+                let (f, aux) = self.ffn(&hn)?;
                 let out = match &self.lobe {
                     Some(l) => h.add(&f)?.add(&lobe(l, &f)?)?,
                     None => h.add(&f)?,

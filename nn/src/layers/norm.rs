@@ -75,6 +75,22 @@ impl<B: Backend> RmsNorm<B> {
         check_last(x, self.weight.dims()[0], "RmsNorm")?;
         x.rms_norm(Some(&self.weight), self.eps)
     }
+
+    /// `h = x + r` and the norm of `h`: `(h, norm(h))`, a pre-norm block's residual sum and the
+    /// norm that reads it. Operands of one shape and dtype take [`Var::add_rms_norm`] (one pass
+    /// over the rows on a GPU); others (a broadcast or mixed-dtype sum) the add and then the norm.
+    /// Either way the values and gradients are those of `x.add(r)` followed by
+    /// [`RmsNorm::forward`].
+    pub fn add_forward(&self, x: &Var<B>, r: &Var<B>) -> Result<(Var<B>, Var<B>)> {
+        if x.shape() == r.shape() && x.dtype() == r.dtype() {
+            check_last(x, self.weight.dims()[0], "RmsNorm")?;
+            x.add_rms_norm(r, Some(&self.weight), self.eps)
+        } else {
+            let h = x.add(r)?;
+            let y = self.forward(&h)?;
+            Ok((h, y))
+        }
+    }
 }
 
 impl<B: Backend> Module<B> for RmsNorm<B> {

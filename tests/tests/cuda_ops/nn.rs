@@ -34,6 +34,46 @@ fn softmax_and_log_softmax_forward_backward() -> Result<()> {
 }
 
 #[test]
+fn add_rms_norm_is_the_add_then_the_norm_bit_for_bit() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    let bits =
+        |t: &Tensor<ela_cuda::Cuda>| -> Result<Vec<u64>> { Ok(t.to_vec_f64()?.iter().map(|v| v.to_bits()).collect()) };
+    for (k, &d) in FLOATS.iter().enumerate() {
+        // 16-byte vectors (512, 1024: the LMs' widths; 8), a row length that is not (33), rows
+        // past one block's eight (70), and rows too long for a warp (the add and the norm apart).
+        for (rows, n) in [(70usize, 512usize), (9, 1024), (5, 8), (70, 33), (3, 2056)] {
+            let s = 90 + k as u64 * 11 + n as u64;
+            let (a, b, w) = (
+                Pair::randn(&[rows, n], d, s, &dev),
+                Pair::randn(&[rows, n], d, s + 1, &dev),
+                Pair::randn(&[n], d, s + 2, &dev),
+            );
+            for with_w in [false, true] {
+                let tag = format!("{rows}x{n} {d:?} w={with_w}");
+                let (cw, gw) = if with_w { (Some(&w.cpu), Some(&w.gpu)) } else { (None, None) };
+                let (h, y, r) = ela_cuda::with_fused_add_rms(true, || a.gpu.add_rms_norm_fwd(&b.gpu, gw, 1e-5))?;
+                let (h2, y2, r2) = ela_cuda::with_fused_add_rms(false, || a.gpu.add_rms_norm_fwd(&b.gpu, gw, 1e-5))?;
+                assert_eq!(bits(&h)?, bits(&h2)?, "h {tag}");
+                assert_eq!(bits(&y)?, bits(&y2)?, "y {tag}");
+                assert_eq!(bits(&r)?, bits(&r2)?, "rstd {tag}");
+                let (ch, cy, cr) = a.cpu.add_rms_norm_fwd(&b.cpu, cw, 1e-5)?;
+                check(&format!("add_rms h {tag}"), &ch, &h);
+                check(&format!("add_rms y {tag}"), &cy, &y);
+                check(&format!("add_rms rstd {tag}"), &cr, &r);
+            }
+        }
+    }
+    // Summands of two shapes or dtypes are the caller's mistake, named as such.
+    let (a, b) = (Pair::randn(&[4, 8], DType::F32, 1, &dev), Pair::randn(&[4, 1], DType::F32, 2, &dev));
+    let e = ela_cuda::with_fused_add_rms(true, || a.gpu.add_rms_norm_fwd(&b.gpu, None, 1e-5)).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { op: "add_rms_norm", .. }), "{e}");
+    let c = a.gpu.to_dtype(DType::BF16)?;
+    let e = a.gpu.add_rms_norm_fwd(&c, None, 1e-5).unwrap_err();
+    assert!(e.to_string().contains("dtype"), "{e}");
+    Ok(())
+}
+
+#[test]
 fn rms_and_layer_norm_forward_backward() -> Result<()> {
     let Some(dev) = gpu() else { return Ok(()) };
     for (k, &d) in FLOATS.iter().enumerate() {

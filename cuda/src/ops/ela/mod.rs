@@ -44,7 +44,7 @@ use crate::storage::CudaStorage;
 /// Runs `f` with the thread-local `cell` set to `value`, restoring what it held when `f` returns
 /// or unwinds: the per-thread overrides tests and benchmarks use ([`with_scan_runs`],
 /// [`with_la_scan`]).
-fn with_override<T: Copy + 'static, R>(
+pub(crate) fn with_override<T: Copy + 'static, R>(
     cell: &'static std::thread::LocalKey<std::cell::Cell<T>>,
     value: T,
     f: impl FnOnce() -> R,
