@@ -193,33 +193,43 @@ impl<B: Backend> Block<B> {
     }
 
     /// Combine the attention output `a` (or the residual stream) into the layer output, given
-    /// the lobe's way of running (whole sequence or one step).
+    /// the lobe's way of running (whole sequence or one step). With `next` (the norm the next
+    /// layer or the head applies to this output), also that norm of the output, computed with
+    /// the output's last sum in one pass ([`RmsNorm::add_forward`]).
     fn connect(
         &self,
         x: &Var<B>,
         a: Var<B>,
+        next: Option<&RmsNorm<B>>,
         mut lobe: impl FnMut(&Attention<B>, &Var<B>) -> Result<Var<B>>,
-    ) -> Result<(Var<B>, BlockAux<B>)> {
+    ) -> Result<(Var<B>, Option<Var<B>>, BlockAux<B>)> {
+        // `p + q`, and its norm by `next` from the same pass.
+        let sum = |p: &Var<B>, q: &Var<B>| -> Result<(Var<B>, Option<Var<B>>)> {
+            match next {
+                Some(n) => n.add_forward(p, q).map(|(s, y)| (s, Some(y))),
+                None => Ok((p.add(q)?, None)),
+            }
+        };
         match self.link {
             Link::Hyper => {
                 // f = a + FFN(a); m = Lobe(f); x' = x + f + m (no residual around attention).
                 let (h, aux) = self.ffn(&a)?;
                 let f = a.add(&h)?;
-                let out = match &self.lobe {
-                    Some(l) => x.add(&f)?.add(&lobe(l, &f)?)?,
-                    None => x.add(&f)?,
+                let (out, out_n) = match &self.lobe {
+                    Some(l) => sum(&x.add(&f)?, &lobe(l, &f)?)?,
+                    None => sum(x, &f)?,
                 };
-                Ok((out, aux))
+                Ok((out, out_n, aux))
             }
             Link::Residual => {
                 let norm2 = self.norm2.as_ref().expect("residual blocks have norm2");
                 let (h, hn) = norm2.add_forward(x, &a)?;
                 let (f, aux) = self.ffn(&hn)?;
-                let out = match &self.lobe {
-                    Some(l) => h.add(&f)?.add(&lobe(l, &f)?)?,
-                    None => h.add(&f)?,
+                let (out, out_n) = match &self.lobe {
+                    Some(l) => sum(&h.add(&f)?, &lobe(l, &f)?)?,
+                    None => sum(&h, &f)?,
                 };
-                Ok((out, aux))
+                Ok((out, out_n, aux))
             }
             Link::PostNorm => {
                 // `a = Attn(x)` here (see `attn_input`): h = N1(x + a), x' = N2(h + f + Lobe(f)).
@@ -230,8 +240,19 @@ impl<B: Backend> Block<B> {
                     Some(l) => h.add(&f)?.add(&lobe(l, &f)?)?,
                     None => h.add(&f)?,
                 };
-                Ok((norm2.forward(&sum)?, aux))
+                let out = norm2.forward(&sum)?;
+                let out_n = next.map(|n| n.forward(&out)).transpose()?;
+                Ok((out, out_n, aux))
             }
+        }
+    }
+
+    /// The norm this layer applies to its input before attention (`N1` of the pre-norm links;
+    /// none for the post-norm residual).
+    pub(crate) fn input_norm(&self) -> Option<&RmsNorm<B>> {
+        match self.link {
+            Link::PostNorm => None,
+            Link::Hyper | Link::Residual => Some(&self.norm1),
         }
     }
 
@@ -246,8 +267,27 @@ impl<B: Backend> Block<B> {
 
     /// Whole-sequence forward `[batch, time, dim]`.
     pub fn forward(&self, x: &Var<B>) -> Result<(Var<B>, BlockAux<B>)> {
-        let a = self.attn.forward(&self.attn_input(x)?)?;
-        self.connect(x, a, |l, f| l.forward(f))
+        let (out, _, aux) = self.forward_chained(x, None, None)?;
+        Ok((out, aux))
+    }
+
+    /// [`Block::forward`] in a stack: `xn` is [`Block::input_norm`] of `x` when the layer before
+    /// computed it, and `next` the norm applied to this layer's output (the next layer's input
+    /// norm, or the final norm), which comes back computed with the output's last residual sum
+    /// in one pass: `(out, next(out), aux)`. The values and gradients are those of
+    /// [`Block::forward`] followed by `next`.
+    pub(crate) fn forward_chained(
+        &self,
+        x: &Var<B>,
+        xn: Option<Var<B>>,
+        next: Option<&RmsNorm<B>>,
+    ) -> Result<(Var<B>, Option<Var<B>>, BlockAux<B>)> {
+        let xn = match xn {
+            Some(v) if self.input_norm().is_some() => v,
+            _ => self.attn_input(x)?,
+        };
+        let a = self.attn.forward(&xn)?;
+        self.connect(x, a, next, |l, f| l.forward(f))
     }
 
     /// The attention layer's normalised weights `[batch, heads, t, t]` for the block input `x`
@@ -260,7 +300,7 @@ impl<B: Backend> Block<B> {
     pub fn prefill(&self, x: &Var<B>) -> Result<(Var<B>, BlockCache<B>)> {
         let (a, attn_cache) = self.attn.prefill(&self.attn_input(x)?)?;
         let mut lobe_cache = None;
-        let (out, _) = self.connect(x, a, |l, f| {
+        let (out, _, _) = self.connect(x, a, None, |l, f| {
             let (m, c) = l.prefill(f)?;
             lobe_cache = Some(c);
             Ok(m)
@@ -282,7 +322,7 @@ impl<B: Backend> Block<B> {
     pub fn step(&self, x: &Var<B>, pos: usize, cache: &mut BlockCache<B>) -> Result<Var<B>> {
         let a = self.attn.step(&self.attn_input(x)?, pos, &mut cache.attn)?;
         let lobe_cache = &mut cache.lobe;
-        let (out, _) = self.connect(x, a, |l, f| {
+        let (out, _, _) = self.connect(x, a, None, |l, f| {
             let c = lobe_cache.as_mut().ok_or_else(|| Error::invalid("Block::step", "missing lobe cache"))?;
             l.step(f, pos, c)
         })?;

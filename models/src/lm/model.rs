@@ -167,10 +167,14 @@ impl<B: Backend> ElaLm<B> {
     }
 
     fn logits(&self, h: &Var<B>) -> Result<Var<B>> {
-        let h = match &self.final_norm {
-            Some(n) => n.forward(h)?,
-            None => h.clone(),
-        };
+        match &self.final_norm {
+            Some(n) => self.head_logits(&n.forward(h)?),
+            None => self.head_logits(h),
+        }
+    }
+
+    /// The head on the final hidden states, after the final norm.
+    fn head_logits(&self, h: &Var<B>) -> Result<Var<B>> {
         match &self.head {
             Some(l) => l.forward(&h),
             None => {
@@ -188,9 +192,17 @@ impl<B: Backend> ElaLm<B> {
         let mut h = self.embed(ids)?;
         let mut aux: Option<Var<B>> = None;
         let mut routing = Vec::new();
-        for b in &self.blocks {
-            let (out, a) = b.forward(&h)?;
+        // Each layer hands on its output and, where the next layer (or the head) normalises it
+        // first, that norm too, computed with the output's last residual sum in one pass.
+        let mut hn = None;
+        for (i, b) in self.blocks.iter().enumerate() {
+            let next = match self.blocks.get(i + 1) {
+                Some(nb) => nb.input_norm(),
+                None => self.final_norm.as_ref(),
+            };
+            let (out, out_n, a) = b.forward_chained(&h, hn.take(), next)?;
             h = out;
+            hn = out_n;
             if let Some(l) = a.aux_loss {
                 aux = Some(match aux {
                     Some(prev) => prev.add(&l)?,
@@ -199,7 +211,11 @@ impl<B: Backend> ElaLm<B> {
             }
             routing.extend(a.stats);
         }
-        Ok(LmOutput { logits: self.logits(&h)?, aux_loss: aux, routing })
+        let logits = match hn {
+            Some(hn) => self.head_logits(&hn)?,
+            None => self.logits(&h)?,
+        };
+        Ok(LmOutput { logits, aux_loss: aux, routing })
     }
 
     /// Mean next-token cross-entropy of `ids` against `targets` (both `[batch, time]`), plus the
@@ -297,5 +313,77 @@ impl<B: Backend> ElaLm<B> {
             state.pos += 1;
             self.logits(&h)?.value().squeeze(1usize)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ela_core::{Cpu, DType, Tensor};
+    use ela_nn::module::ParamStore;
+
+    use super::ElaLm;
+    use ela_nn::ela::ElaKernel;
+
+    use crate::lm::{AttnKind, Link, LmConfig, LobeMode};
+
+    /// `forward` hands each layer's output norm on from the layer's last residual sum
+    /// (`Block::forward_chained`); the same model run layer by layer with `Block::forward` and
+    /// the final norm apart gives the same logits and gradients, bit for bit, for every link,
+    /// with and without the lobe and the final norm.
+    #[test]
+    fn chained_norms_give_the_layer_by_layer_bits() {
+        for link in [Link::Hyper, Link::Residual, Link::PostNorm] {
+            for lobe in [LobeMode::Off, LobeMode::Causal] {
+                for final_norm in [true, false] {
+                    let cfg = LmConfig {
+                        vocab: 30,
+                        dim: 16,
+                        layers: 3,
+                        heads: 2,
+                        ffn_hidden: 24,
+                        attention: AttnKind::Ela { kernel: ElaKernel::HadamardExp, chunk: 4 },
+                        link,
+                        lobe,
+                        moe: None,
+                        final_norm,
+                        tied_embeddings: true,
+                        rope_max_len: None,
+                    };
+                    let tag = format!("{link:?} {lobe:?} final_norm {final_norm}");
+                    let store = ParamStore::new(&Cpu, DType::F64, 11);
+                    let model = ElaLm::new(&store, cfg).unwrap();
+                    // Norm gains of their own (they start at 1), so a layer normalised by
+                    // another layer's norm would show.
+                    for (k, (name, p)) in store.named_params().into_iter().enumerate() {
+                        if name.contains("norm") {
+                            let g: Vec<f64> = (0..p.value().elem_count())
+                                .map(|i| 0.5 + ((i * 13 + k * 7) % 17) as f64 / 16.0)
+                                .collect();
+                            p.set_value(Tensor::from_vec(g, p.dims(), &Cpu).unwrap()).unwrap();
+                        }
+                    }
+                    let ids: Vec<u32> = (0..2 * 9).map(|i| (i * 7 % 30) as u32).collect();
+                    let ids = Tensor::from_vec(ids, [2, 9], &Cpu).unwrap();
+                    let chained = model.forward(&ids).unwrap().logits;
+                    let mut h = model.embed(&ids).unwrap();
+                    for b in &model.blocks {
+                        h = b.forward(&h).unwrap().0;
+                    }
+                    let apart = model.logits(&h).unwrap();
+                    let bits = |v: &ela_autograd::Var<Cpu>| -> Vec<u64> {
+                        v.value().to_vec_f64().unwrap().iter().map(|x| x.to_bits()).collect()
+                    };
+                    assert_eq!(bits(&chained), bits(&apart), "{tag}: logits");
+                    // Weight both logits alike and compare every parameter's gradient.
+                    let (gc, ga) =
+                        (chained.sum_all().unwrap().backward().unwrap(), apart.sum_all().unwrap().backward().unwrap());
+                    for (name, p) in store.named_params() {
+                        let (c, a) =
+                            (gc.get(&p).unwrap().to_vec_f64().unwrap(), ga.get(&p).unwrap().to_vec_f64().unwrap());
+                        assert!(c.iter().zip(&a).all(|(x, y)| x.to_bits() == y.to_bits()), "{tag}: gradient of {name}");
+                    }
+                }
+            }
+        }
     }
 }
