@@ -27,6 +27,10 @@ pub struct BlockAux<B: Backend> {
     pub stats: Option<RoutingStats>,
 }
 
+/// A layer's output, that output normalised by the norm the next layer (or the head) applies
+/// first when it was asked for ([`Block::forward_chained`]), and the rest of what it returns.
+pub(crate) type Chained<B> = (Var<B>, Option<Var<B>>, BlockAux<B>);
+
 /// Decoding caches of one block.
 pub struct BlockCache<B: Backend> {
     attn: AttnCache<B>,
@@ -202,7 +206,7 @@ impl<B: Backend> Block<B> {
         a: Var<B>,
         next: Option<&RmsNorm<B>>,
         mut lobe: impl FnMut(&Attention<B>, &Var<B>) -> Result<Var<B>>,
-    ) -> Result<(Var<B>, Option<Var<B>>, BlockAux<B>)> {
+    ) -> Result<Chained<B>> {
         // `p + q`, and its norm by `next` from the same pass.
         let sum = |p: &Var<B>, q: &Var<B>| -> Result<(Var<B>, Option<Var<B>>)> {
             match next {
@@ -281,7 +285,7 @@ impl<B: Backend> Block<B> {
         x: &Var<B>,
         xn: Option<Var<B>>,
         next: Option<&RmsNorm<B>>,
-    ) -> Result<(Var<B>, Option<Var<B>>, BlockAux<B>)> {
+    ) -> Result<Chained<B>> {
         let xn = match xn {
             Some(v) if self.input_norm().is_some() => v,
             _ => self.attn_input(x)?,

@@ -176,7 +176,7 @@ impl<B: Backend> ElaLm<B> {
     /// The head on the final hidden states, after the final norm.
     fn head_logits(&self, h: &Var<B>) -> Result<Var<B>> {
         match &self.head {
-            Some(l) => l.forward(&h),
+            Some(l) => l.forward(h),
             None => {
                 let d = h.dims();
                 let flat = h.reshape([d[0] * d[1], self.cfg.dim])?;
