@@ -4,6 +4,7 @@
 pub(crate) mod conv;
 pub(crate) mod ela;
 pub(crate) mod elementwise;
+pub(crate) mod gemm_tune;
 pub(crate) mod index;
 pub mod lm_decode;
 pub(crate) mod matmul;

@@ -215,3 +215,50 @@ fn matmul_f32_keeps_the_accumulator() -> Result<()> {
     assert!(e.contains("matmul_f32") && e.contains("f16 or bf16"), "{e}");
     Ok(())
 }
+
+/// Products with 16-bit inputs tuned by timing (`ela_cuda::with_gemm_tune`): every algorithm the
+/// tuner may pick is held to the default's bound against the f64 product (16-bit outputs and
+/// `matmul_f32`'s f32 ones; transposed operands; batches, one broadcast), and the second call of
+/// a problem, which runs the algorithm chosen at the first, repeats its bits.
+#[test]
+fn tuned_products_match_f64_and_repeat_their_bits() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    ela_cuda::with_gemm_tune(true, || -> Result<()> {
+        for (i, d) in [DType::BF16, DType::F16].into_iter().enumerate() {
+            let s = 70 + 10 * i as u64;
+            for (batch, m, k, n) in [(vec![], 512usize, 256usize, 384usize), (vec![3], 64, 96, 40), (vec![], 7, 300, 5)]
+            {
+                for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                    let mk = |r: usize, c: usize, t: bool, seed: u64| -> Result<Pair> {
+                        let mut shape = batch.clone();
+                        shape.extend(if t { [c, r] } else { [r, c] });
+                        let p = Pair::randn(&shape, d, seed, &dev);
+                        let rk = shape.len();
+                        Ok(if t {
+                            Pair { cpu: p.cpu.transpose(rk - 2, rk - 1)?, gpu: p.gpu.transpose(rk - 2, rk - 1)? }
+                        } else {
+                            p
+                        })
+                    };
+                    let (a, b) = (mk(m, k, ta, s)?, mk(k, n, tb, s + 1)?);
+                    let tag = format!("{d:?} {batch:?} m{m} k{k} n{n} ta{ta} tb{tb}");
+                    let want = reference(&a.cpu, &b.cpu);
+                    let first = a.gpu.matmul(&b.gpu)?.to_vec_f64()?;
+                    let err = rel_err(&first, &want);
+                    let bound = if d == DType::F16 { 2e-3 } else { 1e-2 };
+                    assert!(err < bound, "{tag}: rel err {err:e}");
+                    let again = a.gpu.matmul(&b.gpu)?.to_vec_f64()?;
+                    assert!(first.iter().zip(&again).all(|(x, y)| x.to_bits() == y.to_bits()), "{tag}: second call");
+                    let f32_out = a.gpu.matmul_f32(&b.gpu)?.to_vec_f64()?;
+                    assert!(rel_err(&f32_out, &want) < 5e-6, "{tag}: f32 output");
+                }
+            }
+            // A batch broadcast against one matrix (stride 0 on one side).
+            let a = Pair::randn(&[4, 33, 65], d, s + 5, &dev);
+            let b = Pair::randn(&[65, 17], d, s + 6, &dev);
+            let err = rel_err(&a.gpu.matmul(&b.gpu)?.to_vec_f64()?, &reference(&a.cpu, &b.cpu));
+            assert!(err < 1e-2, "{d:?} broadcast batch: rel err {err:e}");
+        }
+        Ok(())
+    })
+}
