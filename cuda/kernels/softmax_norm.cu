@@ -149,38 +149,47 @@ __device__ __forceinline__ double rms_row_dot(const typename D::S* a, const type
     }
     return warp_sum(s);
 }
+// y = x rs w for one row, by one warp (w may be null): the write of rms_warp_impl and add_rms_warp_impl.
+template <typename D>
+__device__ __forceinline__ void rms_warp_write(typename D::S* yr, const typename D::S* xr, const typename D::S* w,
+                                               typename D::C rs, i64 n, int vec) {
+    typedef typename D::S S;
+    typedef typename D::C C;
+    const int V = 16 / sizeof(S), lane = threadIdx.x & 31;
+    if (vec) {
+        for (i64 j = (i64)lane * V; j < n; j += 32 * V) {
+            Pack16<S> u, uw, o;
+            u.raw = *(const u128x*)(xr + j);
+            if (w) uw.raw = *(const u128x*)(w + j);
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+                C v = D::load(u.v[k]) * rs;
+                if (w) v = v * D::load(uw.v[k]);
+                o.v[k] = D::store(v);
+            }
+            *(u128x*)(yr + j) = o.raw;
+        }
+    } else {
+        for (i64 j = lane; j < n; j += 32) {
+            C v = D::load(xr[j]) * rs;
+            if (w) v = v * D::load(w[j]);
+            yr[j] = D::store(v);
+        }
+    }
+}
 template <typename D>
 __device__ void rms_warp_impl(typename D::S* y, typename D::C* rstd, const typename D::S* x, const typename D::S* w,
                               i64 rows, i64 n, double eps, int vec) {
     typedef typename D::S S;
     typedef typename D::C C;
-    const int V = 16 / sizeof(S), lane = threadIdx.x & 31, per_block = blockDim.x >> 5;
+    const int lane = threadIdx.x & 31, per_block = blockDim.x >> 5;
     for (i64 r = (i64)blockIdx.x * per_block + (threadIdx.x >> 5); r < rows; r += (i64)gridDim.x * per_block) {
         const S* xr = x + r * n;
         S* yr = y + r * n;
         const double ss = rms_row_dot<D>(xr, xr, nullptr, n, vec);
         const C rs = (C)1 / x_sqrt((C)(ss / (double)(n > 0 ? n : 1)) + (C)eps);
         if (lane == 0) rstd[r] = rs;
-        if (vec) {
-            for (i64 j = (i64)lane * V; j < n; j += 32 * V) {
-                Pack16<S> u, uw, o;
-                u.raw = *(const u128x*)(xr + j);
-                if (w) uw.raw = *(const u128x*)(w + j);
-#pragma unroll
-                for (int k = 0; k < V; ++k) {
-                    C v = D::load(u.v[k]) * rs;
-                    if (w) v = v * D::load(uw.v[k]);
-                    o.v[k] = D::store(v);
-                }
-                *(u128x*)(yr + j) = o.raw;
-            }
-        } else {
-            for (i64 j = lane; j < n; j += 32) {
-                C v = D::load(xr[j]) * rs;
-                if (w) v = v * D::load(w[j]);
-                yr[j] = D::store(v);
-            }
-        }
+        rms_warp_write<D>(yr, xr, w, rs, n, vec);
     }
 }
 // h = a + b and the RMS norm of h, one warp per row: a pre-norm block's residual sum and the
@@ -224,26 +233,7 @@ __device__ void add_rms_warp_impl(typename D::S* h, typename D::S* y, typename D
         const C rs = (C)1 / x_sqrt((C)(ss / (double)(n > 0 ? n : 1)) + (C)eps);
         if (lane == 0) rstd[r] = rs;
         S* yr = y + r * n;
-        if (vec) {
-            for (i64 j = (i64)lane * V; j < n; j += 32 * V) {
-                Pack16<S> u, uw, o;
-                u.raw = *(const u128x*)(hr + j);
-                if (w) uw.raw = *(const u128x*)(w + j);
-#pragma unroll
-                for (int k = 0; k < V; ++k) {
-                    C v = D::load(u.v[k]) * rs;
-                    if (w) v = v * D::load(uw.v[k]);
-                    o.v[k] = D::store(v);
-                }
-                *(u128x*)(yr + j) = o.raw;
-            }
-        } else {
-            for (i64 j = lane; j < n; j += 32) {
-                C v = D::load(hr[j]) * rs;
-                if (w) v = v * D::load(w[j]);
-                yr[j] = D::store(v);
-            }
-        }
+        rms_warp_write<D>(yr, hr, w, rs, n, vec);
     }
 }
 // Derivation: docs/autograd.md#fused-ops ("RMS norm").

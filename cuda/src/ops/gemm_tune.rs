@@ -215,24 +215,24 @@ impl Plan {
                 plan.layouts[slot] = l;
                 if p.batch > 1 {
                     let (count, offset) = (p.batch as i32, stride as i64);
-                    check(
-                        "cublasLtMatrixLayoutSetAttribute",
-                        lt::cublasLtMatrixLayoutSetAttribute(
-                            l,
+                    let attrs: [(_, *const c_void, usize); 2] = [
+                        (
                             lt::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
-                            &count as *const _ as *const c_void,
+                            &count as *const i32 as _,
                             4,
                         ),
-                    )?;
-                    check(
-                        "cublasLtMatrixLayoutSetAttribute",
-                        lt::cublasLtMatrixLayoutSetAttribute(
-                            l,
+                        (
                             lt::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
-                            &offset as *const _ as *const c_void,
+                            &offset as *const i64 as _,
                             8,
                         ),
-                    )?;
+                    ];
+                    for (attr, value, bytes) in attrs {
+                        check(
+                            "cublasLtMatrixLayoutSetAttribute",
+                            lt::cublasLtMatrixLayoutSetAttribute(l, attr, value, bytes),
+                        )?;
+                    }
                 }
             }
         }
