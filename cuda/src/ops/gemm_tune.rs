@@ -362,8 +362,12 @@ impl Cuda {
         workspace: (u64, usize),
         default: &dyn Fn(u64) -> Result<()>,
     ) -> Result<Option<Plan>> {
-        let mut plan = Plan::new(p)?;
-        let algos = plan.candidates(handle, workspace.1)?;
+        // A problem cublasLt cannot describe or offers nothing for keeps the default.
+        let Ok(mut plan) = Plan::new(p) else { return Ok(None) };
+        let algos = plan.candidates(handle, workspace.1).unwrap_or_default();
+        if algos.is_empty() {
+            return Ok(None);
+        }
         let scratch = self.scratch(output_bytes(p))?;
         let stream = self.cu_stream();
         let ev = || {
