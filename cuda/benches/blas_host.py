@@ -29,6 +29,27 @@ def libraries():
     return ctypes.CDLL(next(f for f in found if "Lt" not in f)), lt
 
 
+def lt_desc(lt, opa, opb):
+    """A cublasLt matmul descriptor: f32 compute and scale, the two operands' transposes."""
+    desc = ctypes.c_void_p()
+    assert lt.cublasLtMatmulDescCreate(ctypes.byref(desc), COMPUTE_32F, F32) == 0
+    for attr, op in [(3, opa), (4, opb)]:  # CUBLASLT_MATMUL_DESC_TRANSA / TRANSB
+        v = ctypes.c_int(op)
+        assert lt.cublasLtMatmulDescSetAttribute(desc, attr, ctypes.byref(v), 4) == 0
+    return desc
+
+
+def lt_layouts(lt, specs):
+    """Column-major cublasLt layouts, one per (dtype, rows, cols), leading dimension = rows."""
+    out = []
+    for ty, r, c in specs:
+        lay = ctypes.c_void_p()
+        assert lt.cublasLtMatrixLayoutCreate(ctypes.byref(lay), ty, ctypes.c_uint64(r), ctypes.c_uint64(c),
+                                             ctypes.c_int64(r)) == 0
+        out.append(lay)
+    return out
+
+
 def host_us(fn, n=50):
     """Host time per call, 50 calls queued without waiting (after 5 warm-ups)."""
     for _ in range(5):
@@ -73,15 +94,8 @@ def main():
         with torch.cuda.stream(stream):
             linear = host_us(lambda: torch.nn.functional.linear(x, w))
         # cublasLt: one heuristic query, then its first algorithm on every call.
-        desc = ctypes.c_void_p()
-        assert lt.cublasLtMatmulDescCreate(ctypes.byref(desc), COMPUTE_32F, F32) == 0
-        for attr, op in [(3, OP_T), (4, OP_N)]:  # CUBLASLT_MATMUL_DESC_TRANSA / TRANSB
-            v = ctypes.c_int(op)
-            assert lt.cublasLtMatmulDescSetAttribute(desc, attr, ctypes.byref(v), 4) == 0
-        la, lb, lc = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
-        for lay, (r, c) in [(la, (k, n)), (lb, (k, m)), (lc, (n, m))]:
-            assert lt.cublasLtMatrixLayoutCreate(ctypes.byref(lay), BF, ctypes.c_uint64(r), ctypes.c_uint64(c),
-                                                 ctypes.c_int64(r)) == 0
+        desc = lt_desc(lt, OP_T, OP_N)
+        la, lb, lc = lt_layouts(lt, [(BF, k, n), (BF, k, m), (BF, n, m)])
         pref = ctypes.c_void_p()
         assert lt.cublasLtMatmulPreferenceCreate(ctypes.byref(pref)) == 0
         wsz = ctypes.c_uint64(32 << 20)

@@ -15,23 +15,13 @@ writing; it needs PyTorch only for buffers and timing.
 """
 import argparse
 import ctypes
-import glob
-import site
 
 import torch
 
-BF, F32, COMPUTE_32F = 14, 0, 68  # CUDA_R_16BF, CUDA_R_32F, CUBLAS_COMPUTE_32F
-OP_N, OP_T, GEMM_DEFAULT = 0, 1, -1
+from blas_host import BF, COMPUTE_32F, F32, GEMM_DEFAULT, OP_N, OP_T, libraries, lt_desc, lt_layouts
+
 RESULT_BYTES = 96  # sizeof(cublasLtMatmulHeuristicResult_t)
 WS = 32 << 20
-
-
-def libraries():
-    found = []
-    for p in site.getsitepackages():
-        found += glob.glob(p + "/nvidia/cu*/lib/libcublas*.so*")
-    lt = ctypes.CDLL(next(f for f in found if "Lt" in f), mode=ctypes.RTLD_GLOBAL)
-    return ctypes.CDLL(next(f for f in found if "Lt" not in f)), lt
 
 
 def timed(fn, reps):
@@ -92,15 +82,8 @@ def main():
                                           ldb, ctypes.byref(zero), ptr(C), cty, M, COMPUTE_32F, GEMM_DEFAULT)
             assert ex() == 0
             t_ex = timed(ex, args.reps)
-            desc = ctypes.c_void_p()
-            assert lt.cublasLtMatmulDescCreate(ctypes.byref(desc), COMPUTE_32F, F32) == 0
-            for attr, op in [(3, opa), (4, opb)]:  # CUBLASLT_MATMUL_DESC_TRANSA / TRANSB
-                v = ctypes.c_int(op)
-                assert lt.cublasLtMatmulDescSetAttribute(desc, attr, ctypes.byref(v), 4) == 0
-            la, lb, lc = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
-            for lay, ty, (r, c) in [(la, BF, a_shape[::-1]), (lb, BF, b_shape[::-1]), (lc, cty, (M, N))]:
-                assert lt.cublasLtMatrixLayoutCreate(ctypes.byref(lay), ty, ctypes.c_uint64(r), ctypes.c_uint64(c),
-                                                     ctypes.c_int64(r)) == 0
+            desc = lt_desc(lt, opa, opb)
+            la, lb, lc = lt_layouts(lt, [(BF, *a_shape[::-1]), (BF, *b_shape[::-1]), (cty, M, N)])
             pref = ctypes.c_void_p()
             assert lt.cublasLtMatmulPreferenceCreate(ctypes.byref(pref)) == 0
             wsz = ctypes.c_uint64(WS)
