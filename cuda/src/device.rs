@@ -44,9 +44,6 @@ pub(crate) struct Inner {
     /// ([`Cuda::resident_blocks`]): fixed per compiled kernel, asked per launch.
     occupancy: Mutex<HashMap<(KernelFile, String, u32, u32), u32>>,
     pub(crate) blas: Mutex<Blas>,
-    /// The cublasLt handle and the algorithms chosen by timing (`ELA_CUDA_GEMM_TUNE`), created on
-    /// the first tuned product; locked after `blas`.
-    pub(crate) gemm_tuner: Mutex<Option<crate::ops::gemm_tune::Tuner>>,
     pub(crate) tf32: AtomicBool,
     /// Direct depthwise conv kernels (true) or im2col + GEMM for every conv (benchmarks).
     pub(crate) direct_conv: AtomicBool,
@@ -83,12 +80,6 @@ pub(crate) struct Blas {
 }
 
 impl Blas {
-    /// cuBLAS's workspace: (device pointer, bytes). Free for other products while the handle is
-    /// held, as cuBLAS's own calls are ordered on the same stream.
-    pub(crate) fn workspace(&self) -> (u64, usize) {
-        self.workspace
-    }
-
     /// Binds the handle to `stream` (no-op when it already is).
     pub(crate) fn on_stream(&mut self, stream: sys::CUstream) -> Result<()> {
         if stream == self.stream {
@@ -211,7 +202,6 @@ fn open(ordinal: usize) -> Result<Inner> {
         modules: Mutex::new(HashMap::new()),
         functions: Mutex::new(HashMap::new()),
         occupancy: Mutex::new(HashMap::new()),
-        gemm_tuner: Mutex::new(None),
         blas: Mutex::new(Blas { handle, stream: cu_stream, workspace: (blas_workspace.ptr(), BLAS_WORKSPACE_BYTES) }),
         tf32: AtomicBool::new(false),
         direct_conv: AtomicBool::new(true),

@@ -14,7 +14,7 @@
 use cudarc::cublas::sys as bs;
 use ela_core::{DType, Error, Layout, Result};
 
-use super::{check_float, check_same, gemm_tune};
+use super::{check_float, check_same};
 use crate::device::Cuda;
 use crate::storage::CudaStorage;
 use crate::strided::coalesce;
@@ -94,69 +94,40 @@ impl Cuda {
             let mut blas = self.inner.blas.lock().unwrap_or_else(|p| p.into_inner());
             self.bind(OP)?;
             blas.on_stream(self.cu_stream())?;
-            // cuBLAS's own choice of algorithm, writing the output at `c`.
-            let default = |c: u64| -> Result<()> {
-                // SAFETY: pointers are live device buffers sized for these dims and strides (checked by
-                // the callers), alpha/beta point to host scalars of the compute type.
-                unsafe {
-                    cudarc::cublas::result::gemm_strided_batched_ex(
-                        blas.handle,
-                        op_b,
-                        op_a,
-                        to_i32(OP, "n", n)?,
-                        to_i32(OP, "m", m)?,
-                        to_i32(OP, "k", k)?,
-                        pa,
-                        b.ptr as *const _,
-                        data_type(in_dtype),
-                        to_i32(OP, "ldb", ldb)?,
-                        b.batch_stride as i64,
-                        a.ptr as *const _,
-                        data_type(in_dtype),
-                        to_i32(OP, "lda", lda)?,
-                        a.batch_stride as i64,
-                        pb,
-                        c as *mut _,
-                        data_type(out_dtype),
-                        to_i32(OP, "ldc", ldc)?,
-                        c_batch as i64,
-                        to_i32(OP, "batch", batch)?,
-                        compute,
-                        bs::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                    )
-                }
-                .map_err(|e| Error::Backend {
-                    backend: "cuda",
-                    op: OP,
-                    msg: format!("cuBLAS GEMM (m={m}, n={n}, k={k}, batch={batch}, {in_dtype:?}) failed: {e:?}"),
-                })
-            };
-            if gemm_tune::tuning(in_dtype) {
-                // The same column-major product as the default's: C^T (n x m) = op(B) op(A).
-                let t = |op| op == bs::cublasOperation_t::CUBLAS_OP_T;
-                let problem = gemm_tune::Problem {
-                    in_dtype,
-                    out_dtype,
-                    trans_a: t(op_b),
-                    trans_b: t(op_a),
-                    rows: n,
-                    cols: m,
-                    inner: k,
-                    batch,
-                    lda: ldb,
-                    ldb: lda,
-                    ldc,
-                    stride_a: b.batch_stride,
-                    stride_b: a.batch_stride,
-                    stride_c: c_batch,
-                    beta_zero: beta == 0.0,
-                };
-                let call = gemm_tune::Call { a: b.ptr, b: a.ptr, c, alpha: alpha32, beta: beta32 };
-                if self.gemm_tuned(problem, &call, blas.workspace(), &default)? {
-                    return Ok(());
-                }
+            // SAFETY: pointers are live device buffers sized for these dims and strides (checked by
+            // the callers), alpha/beta point to host scalars of the compute type.
+            unsafe {
+                cudarc::cublas::result::gemm_strided_batched_ex(
+                    blas.handle,
+                    op_b,
+                    op_a,
+                    to_i32(OP, "n", n)?,
+                    to_i32(OP, "m", m)?,
+                    to_i32(OP, "k", k)?,
+                    pa,
+                    b.ptr as *const _,
+                    data_type(in_dtype),
+                    to_i32(OP, "ldb", ldb)?,
+                    b.batch_stride as i64,
+                    a.ptr as *const _,
+                    data_type(in_dtype),
+                    to_i32(OP, "lda", lda)?,
+                    a.batch_stride as i64,
+                    pb,
+                    c as *mut _,
+                    data_type(out_dtype),
+                    to_i32(OP, "ldc", ldc)?,
+                    c_batch as i64,
+                    to_i32(OP, "batch", batch)?,
+                    compute,
+                    bs::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
             }
-            default(c)
+            .map_err(|e| Error::Backend {
+                backend: "cuda",
+                op: OP,
+                msg: format!("cuBLAS GEMM (m={m}, n={n}, k={k}, batch={batch}, {in_dtype:?}) failed: {e:?}"),
+            })
         })
     }
 

@@ -4,7 +4,6 @@
 pub(crate) mod conv;
 pub(crate) mod ela;
 pub(crate) mod elementwise;
-pub(crate) mod gemm_tune;
 pub(crate) mod index;
 pub mod lm_decode;
 pub(crate) mod matmul;

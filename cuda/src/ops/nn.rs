@@ -40,11 +40,11 @@ fn rms_dw4_shared_sums() -> bool {
     *ON.get_or_init(|| std::env::var("ELA_CUDA_RMS_DW").as_deref() == Ok("smem"))
 }
 
-/// Whether `add_rms_norm` runs as one kernel (`add_rms_norm_warp`) instead of the add and the
-/// norm. Opt-in, `ELA_CUDA_ADD_RMS=1` or [`with_fused_add_rms`], until it is measured on a GPU.
+/// Whether `add_rms_norm` runs as one kernel (`add_rms_norm_warp`, the default) instead of the
+/// add and the norm (`ELA_CUDA_ADD_RMS=0`, or [`with_fused_add_rms`]; the same bits either way).
 fn add_rms_fused() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let env = || *ON.get_or_init(|| std::env::var("ELA_CUDA_ADD_RMS").as_deref() == Ok("1"));
+    let env = || *ON.get_or_init(|| std::env::var("ELA_CUDA_ADD_RMS").as_deref() != Ok("0"));
     FUSED_ADD_RMS.with(|c| c.get()).unwrap_or_else(env)
 }
 
