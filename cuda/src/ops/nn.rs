@@ -31,15 +31,6 @@ const WARP_ROWS_PER_BLOCK: usize = 8;
 /// gradient (`RMS_DW_MAXV` in softmax_norm.cu): rows up to 1024 16-bit or 512 f32 elements.
 const RMS_DW_MAXV: usize = 4;
 
-/// Whether bf16 rows of four vectors a lane (n = 1024, the d1024 LM's) take the register-held
-/// RMS norm backward with the warps' weight-gradient sums in shared memory
-/// (`rms_norm_bwd_dw4_bf16`) instead of the kernel that reads the row twice. Opt-in,
-/// `ELA_CUDA_RMS_DW=smem`, until it is measured on a GPU.
-fn rms_dw4_shared_sums() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("ELA_CUDA_RMS_DW").as_deref() == Ok("smem"))
-}
-
 /// Whether `add_rms_norm` runs as one kernel (`add_rms_norm_warp`, the default) instead of the
 /// add and the norm (`ELA_CUDA_ADD_RMS=0`, or [`with_fused_add_rms`]; the same bits either way).
 fn add_rms_fused() -> bool {
@@ -63,22 +54,22 @@ pub fn with_fused_add_rms<R>(on: bool, f: impl FnOnce() -> R) -> R {
 /// The RMS norm backward that also sums the weight's gradient, for rows of `n` elements that are
 /// whole 16-byte vectors, at most [`RMS_DW_MAXV`] a lane: (kernel, dynamic shared memory in
 /// bytes). `rms_norm_bwd_dw{nv}` holds the row in registers, nv vectors a lane (x, dy and plus
-/// read once, the weight once a warp, the next row's loads issued early). 16-bit rows of four
-/// vectors keep `rms_norm_bwd_dw`, which reads the row twice, unless `shared_sums` and bf16:
-/// then `rms_norm_bwd_dw4_bf16` keeps the warps' column sums in shared memory (n doubles a warp;
-/// in registers beside the row they would spill).
-fn rms_dw_kernel(dtype: DType, n: usize, shared_sums: bool) -> (String, u32) {
+/// read once, the weight once a warp, the next row's loads issued early). bf16 rows of four
+/// vectors (the d1024 LM's) take `rms_norm_bwd_dw4_bf16`, which keeps the warps' column sums in
+/// shared memory (n doubles a warp), as in registers beside the row they would spill; f16 rows of
+/// four vectors, whose kernel would spill even so, keep `rms_norm_bwd_dw`, which reads the row
+/// twice.
+fn rms_dw_kernel(dtype: DType, n: usize) -> (String, u32) {
     let nv = n / (32 * vector_len(dtype));
     if nv < 4 || dtype.size_in_bytes() > 2 {
         (format!("rms_norm_bwd_dw{nv}_{}", dt(dtype)), 0)
-    } else if dtype == DType::BF16 && shared_sums {
+    } else if dtype == DType::BF16 {
         (format!("rms_norm_bwd_dw4_{}", dt(dtype)), (WARP_ROWS_PER_BLOCK * n * 8) as u32)
     } else {
         (format!("rms_norm_bwd_dw_{}", dt(dtype)), 0)
     }
 }
 
-/// Elements of `dtype` in a 16-byte vector.
 fn vector_len(dtype: DType) -> usize {
     16 / dtype.size_in_bytes()
 }
@@ -303,7 +294,7 @@ impl Cuda {
                 let cfg = Cfg { grid: blocks as u32, grid_y: 1, block: (32 * WARP_ROWS_PER_BLOCK) as u32 };
                 let mut dw_args = args.to_vec();
                 dw_args.insert(1, Arg::Ptr(partial.ptr()));
-                let (kernel, smem) = rms_dw_kernel(x.dtype(), n, rms_dw4_shared_sums());
+                let (kernel, smem) = rms_dw_kernel(x.dtype(), n);
                 self.launch_smem(SN, &kernel, cfg, smem, &dw_args)?;
                 let dw = self.alloc(w.dtype(), n)?;
                 let args = [Arg::Ptr(dw.ptr()), Arg::Ptr(partial.ptr()), Arg::n(blocks), Arg::n(n)];
@@ -491,13 +482,13 @@ mod tests {
     /// compiled in softmax_norm.cu: `RMS_DWR_3(f16)`, `RMS_DWR_4` for bf16, f32 and f64).
     #[test]
     fn rms_weight_gradient_kernels_by_row_width() {
-        assert_eq!(rms_dw_kernel(DType::BF16, 512, false), ("rms_norm_bwd_dw2_bf16".into(), 0));
-        assert_eq!(rms_dw_kernel(DType::F16, 768, true), ("rms_norm_bwd_dw3_f16".into(), 0));
-        assert_eq!(rms_dw_kernel(DType::F32, 512, false), ("rms_norm_bwd_dw4_f32".into(), 0));
-        assert_eq!(rms_dw_kernel(DType::F64, 256, true), ("rms_norm_bwd_dw4_f64".into(), 0));
-        // 16-bit rows of four vectors: the two-read kernel unless bf16 with shared-memory sums.
-        assert_eq!(rms_dw_kernel(DType::BF16, 1024, false), ("rms_norm_bwd_dw_bf16".into(), 0));
-        assert_eq!(rms_dw_kernel(DType::F16, 1024, true), ("rms_norm_bwd_dw_f16".into(), 0));
-        assert_eq!(rms_dw_kernel(DType::BF16, 1024, true), ("rms_norm_bwd_dw4_bf16".into(), 8 * 1024 * 8));
+        assert_eq!(rms_dw_kernel(DType::BF16, 512), ("rms_norm_bwd_dw2_bf16".into(), 0));
+        assert_eq!(rms_dw_kernel(DType::F16, 768), ("rms_norm_bwd_dw3_f16".into(), 0));
+        assert_eq!(rms_dw_kernel(DType::F32, 512), ("rms_norm_bwd_dw4_f32".into(), 0));
+        assert_eq!(rms_dw_kernel(DType::F64, 256), ("rms_norm_bwd_dw4_f64".into(), 0));
+        // 16-bit rows of four vectors: bf16 with the column sums in shared memory, f16 the
+        // two-read kernel.
+        assert_eq!(rms_dw_kernel(DType::BF16, 1024), ("rms_norm_bwd_dw4_bf16".into(), 8 * 1024 * 8));
+        assert_eq!(rms_dw_kernel(DType::F16, 1024), ("rms_norm_bwd_dw_f16".into(), 0));
     }
 }
