@@ -70,6 +70,7 @@ fn rms_dw_kernel(dtype: DType, n: usize) -> (String, u32) {
     }
 }
 
+/// Elements of `dtype` in a 16-byte vector.
 fn vector_len(dtype: DType) -> usize {
     16 / dtype.size_in_bytes()
 }
@@ -181,16 +182,21 @@ impl Cuda {
         check_float(OP, a.dtype())?;
         expect_dtype(OP, b, a.dtype(), "the second summand")?;
         let d = a.dtype();
+        let apart = || {
+            let l = Layout::contiguous(rows * n);
+            let h = self.binary_impl(ela_core::BinaryOp::Add, a, &l, b, &l)?;
+            let (y, rstd) = self.rms_norm_impl(&h, w, rows, n, eps)?;
+            Ok((h, y, rstd))
+        };
+        if !add_rms_fused() || n > RMS_WARP_MAX {
+            return apart();
+        }
         let h = self.alloc(d, rows * n)?;
         let y = self.alloc(d, rows * n)?;
         let rstd = self.alloc(stat_dtype(d), rows)?;
         let (wp, _wc) = self.param_as(w, d, n)?;
-        let fused = warp_rows(rows, n, d, &[h.ptr(), y.ptr(), a.ptr(), b.ptr(), wp]).filter(|_| add_rms_fused());
-        let Some((cfg, vec)) = fused else {
-            let l = Layout::contiguous(rows * n);
-            let h = self.binary_impl(ela_core::BinaryOp::Add, a, &l, b, &l)?;
-            let (y, rstd) = self.rms_norm_impl(&h, w, rows, n, eps)?;
-            return Ok((h, y, rstd));
+        let Some((cfg, vec)) = warp_rows(rows, n, d, &[h.ptr(), y.ptr(), a.ptr(), b.ptr(), wp]) else {
+            return apart();
         };
         let args = [
             Arg::Ptr(h.ptr()),
