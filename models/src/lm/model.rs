@@ -319,11 +319,10 @@ impl<B: Backend> ElaLm<B> {
 #[cfg(test)]
 mod tests {
     use ela_core::{Cpu, DType, Tensor};
+    use ela_nn::ela::ElaKernel;
     use ela_nn::module::ParamStore;
 
     use super::ElaLm;
-    use ela_nn::ela::ElaKernel;
-
     use crate::lm::{AttnKind, Link, LmConfig, LobeMode};
 
     /// `forward` hands each layer's output norm on from the layer's last residual sum
