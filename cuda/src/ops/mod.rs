@@ -16,6 +16,24 @@ use ela_core::{DType, Error, Result};
 
 use crate::storage::CudaStorage;
 
+/// Runs `f` with the thread-local `cell` set to `value`, restoring what it held when `f` returns
+/// or unwinds: the per-thread overrides tests and benchmarks use (`ela::with_scan_runs`,
+/// `ela::with_la_scan`, `nn::with_fused_add_rms`).
+pub(crate) fn with_override<T: Copy + 'static, R>(
+    cell: &'static std::thread::LocalKey<std::cell::Cell<T>>,
+    value: T,
+    f: impl FnOnce() -> R,
+) -> R {
+    struct Restore<T: Copy + 'static>(&'static std::thread::LocalKey<std::cell::Cell<T>>, T);
+    impl<T: Copy + 'static> Drop for Restore<T> {
+        fn drop(&mut self) {
+            self.0.with(|c| c.set(self.1));
+        }
+    }
+    let _restore = Restore(cell, cell.with(|c| c.replace(value)));
+    f()
+}
+
 /// The kernel-name suffix of a dtype.
 pub(crate) fn dt(d: DType) -> &'static str {
     match d {

@@ -48,7 +48,7 @@ thread_local! {
 /// and the norm apart, whatever `ELA_CUDA_ADD_RMS` says. For tests that compare the two.
 #[doc(hidden)]
 pub fn with_fused_add_rms<R>(on: bool, f: impl FnOnce() -> R) -> R {
-    super::ela::with_override(&FUSED_ADD_RMS, Some(on), f)
+    super::with_override(&FUSED_ADD_RMS, Some(on), f)
 }
 
 /// The RMS norm backward that also sums the weight's gradient, for rows of `n` elements that are

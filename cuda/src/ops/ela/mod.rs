@@ -41,23 +41,7 @@ use super::stat_dtype;
 use crate::device::Cuda;
 use crate::storage::CudaStorage;
 
-/// Runs `f` with the thread-local `cell` set to `value`, restoring what it held when `f` returns
-/// or unwinds: the per-thread overrides tests and benchmarks use ([`with_scan_runs`],
-/// [`with_la_scan`]).
-pub(crate) fn with_override<T: Copy + 'static, R>(
-    cell: &'static std::thread::LocalKey<std::cell::Cell<T>>,
-    value: T,
-    f: impl FnOnce() -> R,
-) -> R {
-    struct Restore<T: Copy + 'static>(&'static std::thread::LocalKey<std::cell::Cell<T>>, T);
-    impl<T: Copy + 'static> Drop for Restore<T> {
-        fn drop(&mut self) {
-            self.0.with(|c| c.set(self.1));
-        }
-    }
-    let _restore = Restore(cell, cell.with(|c| c.replace(value)));
-    f()
-}
+use super::with_override;
 
 /// The ELA paths' debugging switches, read from the environment once per process (every ELA
 /// call consults them, several times; reading the environment takes a lock).
