@@ -99,17 +99,13 @@ impl<B: Backend> Tensor<B> {
         const OP: &str = "add_rms_norm";
         self.check_float(OP)?;
         self.check_same_device(other, OP)?;
-        if self.shape() != other.shape() || self.dtype() != other.dtype() {
+        self.check_same_dtype(other, OP)?;
+        if self.shape() != other.shape() {
             return Err(Error::ShapeMismatch {
                 op: OP,
                 lhs: self.shape().clone(),
                 rhs: other.shape().clone(),
-                hint: format!(
-                    "both summands must have one shape and dtype (got {:?} and {:?}); for a broadcast sum, \
-                     call add and then rms_norm_fwd",
-                    self.dtype(),
-                    other.dtype()
-                ),
+                hint: "both summands must have one shape; for a broadcast sum, call add and then rms_norm_fwd".into(),
             });
         }
         let (rows, n) = self.rows_n(OP)?;
