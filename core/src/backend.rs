@@ -220,6 +220,20 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         g: &Self::Storage,
         n: usize,
     ) -> Result<(Self::Storage, Self::Storage)>;
+    /// The SwiGLU gate of a contiguous `[rows, 2h]` buffer holding the gate and up projections
+    /// side by side in each row (`[gate | up]`, as one product with the two weights stacked makes
+    /// them): `y[r, j] = silu(x[r, j]) * x[r, h + j]`, `[rows, h]`, with the element formulas of
+    /// [`Backend::swiglu`] (so the same bits as it on the two halves).
+    fn swiglu_packed(&self, x: &Self::Storage, rows: usize, h: usize) -> Result<Self::Storage>;
+    /// Backward of [`Backend::swiglu_packed`] for the upstream gradient `g [rows, h]`: `dx [rows,
+    /// 2h]` with `[d gate | d up]` in each row, the layout the stacked product's backward reads.
+    fn swiglu_packed_backward(
+        &self,
+        x: &Self::Storage,
+        g: &Self::Storage,
+        rows: usize,
+        h: usize,
+    ) -> Result<Self::Storage>;
     /// `silu(x + bias[c])` of a contiguous `[outer, chans, inner]` buffer and a `[chans]` bias of
     /// the same float dtype (computed in f32, or f64 for f64, rounded once): a convolution's bias
     /// and activation in one pass over memory instead of two.

@@ -516,6 +516,61 @@ __device__ void swiglu_bwd_impl(typename D::S* da, typename D::S* db, const type
     }
     FOR_EACH(i, n - done) swiglu_bwd_elem<D>(da[done + i], db[done + i], a[done + i], b[done + i], g[done + i]);
 }
+// The packed form: the gate and up projections side by side in each row of x [rows, 2h] (one
+// GEMM made both), y [rows, h]; the backward writes [d gate | d up] into one dx [rows, 2h], the
+// layout the GEMM's backward reads. Same element functions, so the same bits as the two-buffer
+// kernels above. With `vec` (h a multiple of the vector width, x, y (dx, g) 16-byte aligned) a
+// thread moves one vector of y and the two of x it needs.
+template <typename D>
+__device__ void swiglu_packed_impl(typename D::S* y, const typename D::S* x, i64 rows, i64 h, int vec) {
+    typedef typename D::S S;
+    const int V = 16 / sizeof(S);
+    if (vec) {
+        const i64 hv = h / V;
+        FOR_EACH(j, rows * hv) {
+            const i64 r = j / hv, c = j - r * hv;
+            const u128x* xr = (const u128x*)(x + 2 * h * r);
+            Pack16<S> ua, ub, o;
+            ua.raw = xr[c];
+            ub.raw = xr[hv + c];
+#pragma unroll
+            for (int k = 0; k < V; ++k) o.v[k] = swiglu_elem<D>(ua.v[k], ub.v[k]);
+            ((u128x*)y)[j] = o.raw;
+        }
+        return;
+    }
+    FOR_EACH(i, rows * h) {
+        const i64 r = i / h, c = i - r * h;
+        y[i] = swiglu_elem<D>(x[2 * h * r + c], x[2 * h * r + h + c]);
+    }
+}
+template <typename D>
+__device__ void swiglu_packed_bwd_impl(typename D::S* dx, const typename D::S* x, const typename D::S* g, i64 rows, i64 h,
+                                       int vec) {
+    typedef typename D::S S;
+    const int V = 16 / sizeof(S);
+    if (vec) {
+        const i64 hv = h / V;
+        FOR_EACH(j, rows * hv) {
+            const i64 r = j / hv, c = j - r * hv;
+            const u128x* xr = (const u128x*)(x + 2 * h * r);
+            u128x* dr = (u128x*)(dx + 2 * h * r);
+            Pack16<S> ua, ub, ug, ra, rb;
+            ua.raw = xr[c];
+            ub.raw = xr[hv + c];
+            ug.raw = ((const u128x*)g)[j];
+#pragma unroll
+            for (int k = 0; k < V; ++k) swiglu_bwd_elem<D>(ra.v[k], rb.v[k], ua.v[k], ub.v[k], ug.v[k]);
+            dr[c] = ra.raw;
+            dr[hv + c] = rb.raw;
+        }
+        return;
+    }
+    FOR_EACH(i, rows * h) {
+        const i64 r = i / h, c = i - r * h, at = 2 * h * r + c;
+        swiglu_bwd_elem<D>(dx[at], dx[at + h], x[at], x[at + h], g[i]);
+    }
+}
 #define SWIGLU(NAME, D)                                                                                    \
     extern "C" __global__ void swiglu_##NAME(D::S* out, const D::S* a, const D::S* b, i64 n, int vec) {     \
         swiglu_impl<D>(out, a, b, n, vec);                                                                 \
@@ -523,6 +578,13 @@ __device__ void swiglu_bwd_impl(typename D::S* da, typename D::S* db, const type
     extern "C" __global__ void swiglu_bwd_##NAME(D::S* da, D::S* db, const D::S* a, const D::S* b,          \
                                                  const D::S* g, i64 n, int vec) {                          \
         swiglu_bwd_impl<D>(da, db, a, b, g, n, vec);                                                       \
+    }                                                                                                      \
+    extern "C" __global__ void swiglu_packed_##NAME(D::S* y, const D::S* x, i64 rows, i64 h, int vec) {     \
+        swiglu_packed_impl<D>(y, x, rows, h, vec);                                                         \
+    }                                                                                                      \
+    extern "C" __global__ void swiglu_packed_bwd_##NAME(D::S* dx, const D::S* x, const D::S* g, i64 rows,   \
+                                                        i64 h, int vec) {                                  \
+        swiglu_packed_bwd_impl<D>(dx, x, g, rows, h, vec);                                                 \
     }
 SWIGLU(f16, F16)
 SWIGLU(bf16, BF16)

@@ -128,6 +128,12 @@ impl Backend for Cuda {
     fn swiglu_backward(&self, a: &S, b: &S, g: &S, n: usize) -> Result<(S, S)> {
         self.swiglu_backward_impl(a, b, g, n)
     }
+    fn swiglu_packed(&self, x: &S, rows: usize, h: usize) -> Result<S> {
+        self.swiglu_packed_impl(x, rows, h)
+    }
+    fn swiglu_packed_backward(&self, x: &S, g: &S, rows: usize, h: usize) -> Result<S> {
+        self.swiglu_packed_backward_impl(x, g, rows, h)
+    }
     fn bias_silu(&self, x: &S, bias: &S, outer: usize, chans: usize, inner: usize) -> Result<S> {
         self.bias_silu_impl(x, bias, outer, chans, inner)
     }

@@ -216,6 +216,34 @@ fn swiglu_matches_composition_and_gradchecks() {
     assert!(r.passed, "{r}");
 }
 
+/// Inputs with at least `2 hidden` rows take the stacked gate/up product and the packed gate:
+/// the same values and gradients as the two products (up to the order of sums in `x`'s
+/// gradient), and gradients against central differences; fewer rows take the two products.
+#[test]
+fn swiglu_fuses_gate_and_up_for_tall_inputs() {
+    let vs = store(7);
+    let mlp = SwiGlu::new(&vs.sub("mlp"), 3, 2, LinearInit::Normal { std: 0.5 }).unwrap();
+    let x = Var::param(randn(&[5, 3], 19));
+    assert!(mlp.fuses_gate_up(&x), "5 rows >= 2 x 2 hidden");
+    assert!(!mlp.fuses_gate_up(&Var::param(randn(&[1, 3, 3], 20))), "3 rows < 4");
+    let apart = || -> Result<Var<Cpu>> {
+        let h = mlp.w_gate().forward(&x)?.swiglu(&mlp.w_up().forward(&x)?)?;
+        mlp.w_down().forward(&h)
+    };
+    let (fused, two) = (mlp.forward(&x).unwrap(), apart().unwrap());
+    assert_close(&v64(&fused), &v64(&two), 1e-14, "fused forward");
+    let g = randn(&[5, 3], 21);
+    let (gf, ga) = (fused.backward_with(g.clone()).unwrap(), two.backward_with(g).unwrap());
+    for (name, p) in mlp.named_params().iter().chain([("x".to_string(), x.clone())].iter()) {
+        let (a, b) = (gf.get(p).unwrap().to_vec::<f64>().unwrap(), ga.get(p).unwrap().to_vec::<f64>().unwrap());
+        assert_close(&a, &b, 1e-13, &format!("fused gradient of {name}"));
+    }
+    check_param_grads(&mlp.named_params(), &|| mlp.forward(&x));
+    let f = |v: &[Var<Cpu>]| mlp.forward(&v[0]);
+    let r = gradcheck(f, &[randn(&[2, 3, 3], 22)], GradcheckOptions::default()).unwrap();
+    assert!(r.passed, "{r}");
+}
+
 #[test]
 fn conv2d_matches_naive_loops_and_gradchecks() {
     let vs = store(6);

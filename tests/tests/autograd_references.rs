@@ -81,6 +81,31 @@ device_proptest! {
         }
     }
 
+    /// The packed SwiGLU gate of `x [.., 2h] = [gate | up]`: gradients against central
+    /// differences, and value and gradient equal to [`Var::swiglu`] on the two halves (narrowed
+    /// views: the same element formulas, so the same bits), for contiguous and strided inputs.
+    fn swiglu_packed_matches_its_halves<B: Backend>(
+        dev: &B,
+        ins in dims(1..=3, 4).prop_flat_map(|mut d| {
+            let h = *d.last().unwrap();
+            let mut gd = d.clone();
+            *d.last_mut().unwrap() = 2 * h;
+            *gd.last_mut().unwrap() = h;
+            inputs_m(vec![d, gd], Vals::Normal, &[0, 3])
+        }),
+    ) {
+        check(dev, "swiglu_packed", &ins[..1], |v| v[0].swiglu_packed())?;
+        let p = Var::param(ins[0].tensor(dev));
+        let x = ins[0].view(&p)?;
+        let (last, h) = (x.rank() - 1, ins[1].dims[ins[1].dims.len() - 1]);
+        let g = ins[1].view(&Var::constant(ins[1].tensor(dev)))?.value();
+        let packed = x.swiglu_packed()?;
+        let halves = x.narrow(last, 0, h)?.swiglu(&x.narrow(last, h, h)?)?;
+        let (gp, gh) = (packed.backward_with(g.clone())?, halves.backward_with(g)?);
+        prop_assert_eq!(packed.value().to_vec::<f64>()?, halves.value().to_vec::<f64>()?);
+        prop_assert_eq!(gp.get(&p).unwrap().to_vec::<f64>()?, gh.get(&p).unwrap().to_vec::<f64>()?);
+    }
+
     /// The fused conv bias + SiLU: gradients against central differences, value and gradients
     /// against `silu(x + b)` composed from primitives, for `x [N, C, ...]` of rank 2 to 4.
     fn bias_silu_matches_composed<B: Backend>(

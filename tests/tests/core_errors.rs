@@ -162,6 +162,22 @@ fn norm_parameter_shape_errors() {
 }
 
 #[test]
+fn swiglu_packed_shape_errors() {
+    let e = err(f32s(&[2, 5]).swiglu_packed(), "swiglu_packed odd last axis");
+    assert!(matches!(e, Error::InvalidArgument { op: "swiglu_packed", .. }), "{e:?}");
+    says(&e, &["swiglu_packed", "[2, 5]", "even"]);
+    let e = err(T::scalar(1.0, DType::F32, &Cpu).unwrap().swiglu_packed(), "swiglu_packed rank 0");
+    assert!(matches!(e, Error::InvalidArgument { op: "swiglu_packed", .. }), "{e:?}");
+    let e = err(f32s(&[2, 6]).swiglu_packed_backward(&f32s(&[2, 6])), "swiglu_packed_backward gradient");
+    assert!(matches!(e, Error::ShapeMismatch { op: "swiglu_packed_backward", .. }), "{e:?}");
+    says(&e, &["swiglu_packed_backward", "[2, 6]", "[2, 3]"]);
+    let e = err(f32s(&[2, 6]).swiglu_packed_backward(&f64s(&[2, 3])), "swiglu_packed_backward dtype");
+    assert!(matches!(e, Error::DTypeMismatch { op: "swiglu_packed_backward", .. }), "{e:?}");
+    let e = err(ids(&[1, 2]).swiglu_packed(), "swiglu_packed integers");
+    assert!(matches!(e, Error::UnsupportedDType { op: "swiglu_packed", .. }), "{e:?}");
+}
+
+#[test]
 fn concat_and_stack_shape_errors() {
     let (a, b) = (f32s(&[2, 3]), f32s(&[3, 3]));
     let e = err(T::concat(&[&a, &b], 1usize), "concat");

@@ -43,6 +43,17 @@ impl<B: Backend> Var<B> {
         })
     }
 
+    /// The SwiGLU gate of `self [.., 2h] = [gate | up]` (the two projections from one product
+    /// with their weights stacked), `silu(gate) * up` `[.., h]`, as one node: the backward
+    /// writes `[d gate | d up]` into one gradient of `self`'s shape, which the stacked product's
+    /// backward reads as it is (no concatenation of two gradients). Same formulas as
+    /// [`Var::swiglu`] (docs/autograd.md#swiglu).
+    pub fn swiglu_packed(&self) -> Result<Self> {
+        let x = self.value();
+        let y = x.swiglu_packed()?;
+        Var::record("swiglu_packed", y, &[self], move |g, _| Ok(vec![Some(x.swiglu_packed_backward(g)?)]))
+    }
+
     /// `silu(self + bias)` with `bias [C]` along axis 1, as one node (a convolution's bias and
     /// activation). Forward in one fused kernel; the backward (used when training with it, not
     /// on the inference path it exists for) is composed: with `z = x + b`, `s = sigmoid(z)`,

@@ -80,6 +80,12 @@ impl Backend for Cpu {
     fn swiglu_backward(&self, a: &S, b: &S, g: &S, n: usize) -> Result<(S, S)> {
         nn::swiglu_backward(a, b, g, n)
     }
+    fn swiglu_packed(&self, x: &S, rows: usize, h: usize) -> Result<S> {
+        nn::swiglu_packed(x, rows, h)
+    }
+    fn swiglu_packed_backward(&self, x: &S, g: &S, rows: usize, h: usize) -> Result<S> {
+        nn::swiglu_packed_backward(x, g, rows, h)
+    }
     fn bias_silu(&self, x: &S, bias: &S, outer: usize, chans: usize, inner: usize) -> Result<S> {
         nn::bias_silu(x, bias, outer, chans, inner)
     }

@@ -584,6 +584,61 @@ pub fn swiglu_backward(a: &CpuStorage, b: &CpuStorage, g: &CpuStorage, n: usize)
     })
 }
 
+/// The packed SwiGLU over rows `[gate | up]` of `x [rows, 2h]`: forward `y [rows, h]` (`g`
+/// absent) or backward `dx [rows, 2h]` (`[d gate | d up]` a row, for `g [rows, h]`). Each row's
+/// halves go through [`swiglu_task`], so the bits are those of [`swiglu_slices`] on the halves;
+/// a parallel task takes whole rows, about [`SWIGLU_GRAIN`] outputs of `y` together.
+fn swiglu_packed_rows<T: ElaFloat>(x: &[T], g: Option<&[T]>, h: usize) -> Result<Vec<T>> {
+    let rows = if h == 0 { 0 } else { x.len() / (2 * h) };
+    let per = (SWIGLU_GRAIN / h.max(1)).max(1);
+    let row = |r: usize| (&x[2 * h * r..2 * h * r + h], &x[2 * h * r + h..2 * h * (r + 1)]);
+    match g {
+        // SAFETY (both arms): the tasks' chunks cover the output, and every row of each is written.
+        _ if rows == 0 => Ok(Vec::new()),
+        None => unsafe {
+            written(rows * h, |y| {
+                y.par_chunks_mut(per * h).enumerate().for_each(|(t, ys)| {
+                    for (i, yr) in ys.chunks_mut(h).enumerate() {
+                        let (a, b) = row(t * per + i);
+                        swiglu_task(a, b, None, 0, yr, None);
+                    }
+                })
+            })
+        },
+        Some(g) => unsafe {
+            written(rows * 2 * h, |dx| {
+                dx.par_chunks_mut(per * 2 * h).enumerate().for_each(|(t, ds)| {
+                    for (i, dr) in ds.chunks_mut(2 * h).enumerate() {
+                        let r = t * per + i;
+                        let ((a, b), (da, db)) = (row(r), dr.split_at_mut(h));
+                        swiglu_task(a, b, Some(&g[h * r..h * (r + 1)]), 0, da, Some(db));
+                    }
+                })
+            })
+        },
+    }
+}
+
+/// `Backend::swiglu_packed` on the CPU.
+pub fn swiglu_packed(x: &CpuStorage, rows: usize, h: usize) -> Result<CpuStorage> {
+    let dtype = x.dtype();
+    Ok(match contiguous_float(x, rows * 2 * h, "swiglu_packed")? {
+        FloatCow::F64(x) => store(swiglu_packed_rows(&x, None, h)?, dtype)?,
+        FloatCow::F32(x) => store(swiglu_packed_rows(&x, None, h)?, dtype)?,
+    })
+}
+
+/// `Backend::swiglu_packed_backward` on the CPU. Derivation: docs/autograd.md#swiglu.
+pub fn swiglu_packed_backward(x: &CpuStorage, g: &CpuStorage, rows: usize, h: usize) -> Result<CpuStorage> {
+    const OP: &str = "swiglu_packed_backward";
+    let dtype = x.dtype();
+    Ok(match (contiguous_float(x, rows * 2 * h, OP)?, contiguous_float(g, rows * h, OP)?) {
+        (FloatCow::F64(x), FloatCow::F64(g)) => store(swiglu_packed_rows(&x, Some(&g), h)?, dtype)?,
+        (FloatCow::F32(x), FloatCow::F32(g)) => store(swiglu_packed_rows(&x, Some(&g), h)?, dtype)?,
+        _ => return Err(Error::invalid(OP, "x and the gradient must have one dtype")),
+    })
+}
+
 // ---------------------------------------------------------------- bias + SiLU
 
 /// `silu(x + b[c])` over `[outer, chans, inner]` in the compute float. Tasks take whole planes
@@ -624,6 +679,42 @@ pub fn bias_silu(x: &CpuStorage, b: &CpuStorage, outer: usize, chans: usize, inn
 mod tests {
     use super::*;
     use crate::rng::Rng;
+
+    /// The packed SwiGLU is the two-buffer one on each row's halves, bit for bit, forward and
+    /// backward, in f32 and bf16 (rounded once from f32), for halves shorter and longer than a
+    /// block of `exp_slice` and rows enough for several tasks.
+    #[test]
+    fn swiglu_packed_is_swiglu_on_the_halves() {
+        let mut rng = Rng::new(12);
+        for dtype in [DType::F32, DType::BF16] {
+            for (rows, h) in [(1usize, 1usize), (3, 7), (40, 300), (9, 2048)] {
+                let mut draw = |n: usize| {
+                    let v: Vec<f32> = (0..n).map(|_| (4.0 * rng.normal()) as f32).collect();
+                    CpuStorage::store_f32(v, dtype).unwrap()
+                };
+                let (x, g) = (draw(rows * 2 * h), draw(rows * h));
+                let all = |s: &CpuStorage| s.to_f64_vec(&Layout::contiguous(s.len())).unwrap();
+                let xs = all(&x);
+                let half = |off: usize| {
+                    let v: Vec<f32> = (0..rows)
+                        .flat_map(|r| xs[2 * h * r + off..2 * h * r + off + h].to_vec())
+                        .map(|v| v as f32)
+                        .collect();
+                    CpuStorage::store_f32(v, dtype).unwrap()
+                };
+                let (a, b) = (half(0), half(h));
+                let y = all(&swiglu_packed(&x, rows, h).unwrap());
+                assert_eq!(y, all(&swiglu(&a, &b, rows * h).unwrap()), "y {dtype:?} {rows}x{h}");
+                let dx = all(&swiglu_packed_backward(&x, &g, rows, h).unwrap());
+                let (da, db) = swiglu_backward(&a, &b, &g, rows * h).unwrap();
+                let (da, db) = (all(&da), all(&db));
+                for r in 0..rows {
+                    assert_eq!(dx[2 * h * r..2 * h * r + h], da[h * r..h * (r + 1)], "d gate {dtype:?} row {r}");
+                    assert_eq!(dx[2 * h * r + h..2 * h * (r + 1)], db[h * r..h * (r + 1)], "d up {dtype:?} row {r}");
+                }
+            }
+        }
+    }
 
     /// The SwiGLU tasks give the same bits whichever instruction set they were compiled for:
     /// the dispatched variant (AVX-512F or AVX2 where the CPU has them) against the baseline

@@ -5,7 +5,7 @@ use super::Tensor;
 use crate::backend::Backend;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::shape::Dim;
+use crate::shape::{Dim, Shape};
 
 impl<B: Backend> Tensor<B> {
     /// Moves `axis` last (a view), so a last-axis kernel can run; returns the axis index.
@@ -174,6 +174,72 @@ impl<B: Backend> Tensor<B> {
         let dev = self.device();
         let (da, db) = dev.swiglu_backward(a.storage(), b.storage(), gc.storage(), self.elem_count())?;
         Ok((Self::from_storage(da, self.shape().clone(), dev), Self::from_storage(db, self.shape().clone(), dev)))
+    }
+
+    /// The SwiGLU gate of the gate and up projections side by side in the last axis: `self [..,
+    /// 2h]` holds `[gate | up]` (one product with the two weights stacked, as
+    /// `Linear::fused_forward` of the nn crate makes it) and the result is `silu(gate) * up`,
+    /// `[.., h]`: the same bits as [`Tensor::swiglu`] on the two halves, without copying them
+    /// out first.
+    pub fn swiglu_packed(&self) -> Result<Self> {
+        let (rows, h) = self.check_swiglu_packed(None, "swiglu_packed")?;
+        let x = self.contiguous()?;
+        let y = self.device().swiglu_packed(x.storage(), rows, h)?;
+        Ok(Self::from_storage(y, self.packed_half_shape(h), self.device()))
+    }
+
+    /// The gradient of `self` (`[.., 2h]`, `[d gate | d up]` in the last axis) through
+    /// [`Tensor::swiglu_packed`] for the upstream gradient `g [.., h]`.
+    /// Derivation: docs/autograd.md#swiglu.
+    pub fn swiglu_packed_backward(&self, g: &Self) -> Result<Self> {
+        let (rows, h) = self.check_swiglu_packed(Some(g), "swiglu_packed_backward")?;
+        let (x, gc) = (self.contiguous()?, g.contiguous()?);
+        let dx = self.device().swiglu_packed_backward(x.storage(), gc.storage(), rows, h)?;
+        Ok(Self::from_storage(dx, self.shape().clone(), self.device()))
+    }
+
+    /// `self`'s shape with the last axis `h` (half of it).
+    fn packed_half_shape(&self, h: usize) -> Shape {
+        let mut d = self.dims().to_vec();
+        if let Some(last) = d.last_mut() {
+            *last = h;
+        }
+        Shape::from(d)
+    }
+
+    /// `(rows, h)` of a packed SwiGLU input `[.., 2h]`, and the upstream gradient's shape `[.., h]`.
+    fn check_swiglu_packed(&self, g: Option<&Self>, op: &'static str) -> Result<(usize, usize)> {
+        self.check_float(op)?;
+        let last = match self.dims().last() {
+            Some(&n) if n % 2 == 0 => n,
+            _ => {
+                return Err(Error::invalid(
+                    op,
+                    format!(
+                        "the input is {}, but it must be [.., 2h] with an even last axis: the gate's h \
+                         columns, then the up projection's h",
+                        self.shape()
+                    ),
+                ))
+            }
+        };
+        let h = last / 2;
+        if let Some(g) = g {
+            self.check_same_device(g, op)?;
+            if g.dtype() != self.dtype() {
+                return Err(Error::DTypeMismatch { op, lhs: self.dtype(), rhs: g.dtype() });
+            }
+            let want = self.packed_half_shape(h);
+            if g.shape() != &want {
+                return Err(Error::ShapeMismatch {
+                    op,
+                    lhs: self.shape().clone(),
+                    rhs: g.shape().clone(),
+                    hint: format!("the gradient must have the output's shape {want} (the input's, last axis halved)"),
+                });
+            }
+        }
+        Ok((self.elem_count() / last.max(1), h))
     }
 
     fn check_swiglu(&self, other: &Self, op: &'static str) -> Result<()> {

@@ -91,6 +91,35 @@ impl Cuda {
         Ok((da, db))
     }
 
+    /// `Backend::swiglu_packed`: `y [rows, h]` from the halves of each row of `x [rows, 2h]`.
+    pub(crate) fn swiglu_packed_impl(&self, x: &CudaStorage, rows: usize, h: usize) -> Result<CudaStorage> {
+        check_float("swiglu_packed", x.dtype())?;
+        let y = self.alloc(x.dtype(), rows * h)?;
+        let vec = packed_vec(x.dtype(), h, &[y.ptr(), x.ptr()]);
+        let args = [Arg::Ptr(y.ptr()), Arg::Ptr(x.ptr()), Arg::n(rows), Arg::n(h), Arg::I32(vec as i32)];
+        self.launch(EW, &format!("swiglu_packed_{}", dt(x.dtype())), fast_cfg(rows * h, x.dtype(), vec), &args)?;
+        Ok(y)
+    }
+
+    /// `Backend::swiglu_packed_backward`: `dx [rows, 2h]` (`[d gate | d up]` a row) from `x` and
+    /// the upstream gradient `g [rows, h]`.
+    pub(crate) fn swiglu_packed_backward_impl(
+        &self,
+        x: &CudaStorage,
+        g: &CudaStorage,
+        rows: usize,
+        h: usize,
+    ) -> Result<CudaStorage> {
+        check_float("swiglu_packed_backward", x.dtype())?;
+        let dx = self.alloc(x.dtype(), rows * 2 * h)?;
+        let vec = packed_vec(x.dtype(), h, &[dx.ptr(), x.ptr(), g.ptr()]);
+        let args =
+            [Arg::Ptr(dx.ptr()), Arg::Ptr(x.ptr()), Arg::Ptr(g.ptr()), Arg::n(rows), Arg::n(h), Arg::I32(vec as i32)];
+        let name = format!("swiglu_packed_bwd_{}", dt(x.dtype()));
+        self.launch(EW, &name, fast_cfg(rows * h, x.dtype(), vec), &args)?;
+        Ok(dx)
+    }
+
     /// `Backend::bias_silu`: one pass, 16-byte vectors where a vector cannot straddle channels.
     pub(crate) fn bias_silu_impl(
         &self,
@@ -122,4 +151,10 @@ impl Cuda {
         self.launch(EW, &format!("bias_silu_{}", dt(x.dtype())), fast_cfg(n, x.dtype(), vec), &args)?;
         Ok(out)
     }
+}
+
+/// Whether the packed SwiGLU kernels may move 16-byte vectors: rows of whole vectors (then every
+/// row of `x`, `2h` wide, starts on a vector too) and 16-byte aligned buffers.
+fn packed_vec(dtype: DType, h: usize, ptrs: &[u64]) -> bool {
+    h % (16 / dtype.size_in_bytes()) == 0 && aligned16(ptrs)
 }

@@ -66,10 +66,26 @@ impl<B: Backend> SwiGlu<B> {
         &self.w_down
     }
 
-    /// `x [.., dim] -> [.., dim]`.
+    /// `x [.., dim] -> [.., dim]`. With at least as many rows in `x` as the stacked gate and up
+    /// weights have (`2 hidden`: training, prefill), the two projections are one product with
+    /// the weights stacked ([`Linear::fused_forward`]) and the gate reads its halves
+    /// ([`Var::swiglu_packed`]): one GEMM each way instead of two, `x`'s gradient from one product
+    /// instead of the sum of two. Fewer rows (a decoding step) take the two products, where
+    /// copying the stacked weight would cost more than the rows' work.
     pub fn forward(&self, x: &Var<B>) -> Result<Var<B>> {
-        let h = self.w_gate.forward(x)?.swiglu(&self.w_up.forward(x)?)?;
+        let h = if self.fuses_gate_up(x) {
+            Linear::fused_forward(&[&self.w_gate, &self.w_up], x)?.swiglu_packed()?
+        } else {
+            self.w_gate.forward(x)?.swiglu(&self.w_up.forward(x)?)?
+        };
         self.w_down.forward(&h)
+    }
+
+    /// Whether [`SwiGlu::forward`] runs the gate and up projections as one stacked product for
+    /// `x`: when its rows are at least the stacked weight's (`2 hidden`).
+    pub fn fuses_gate_up(&self, x: &Var<B>) -> bool {
+        let rows = x.value().elem_count() / self.w_gate.in_dim().max(1);
+        rows >= 2 * self.w_gate.out_dim()
     }
 }
 

@@ -279,3 +279,35 @@ fn swiglu_forward_backward() -> Result<()> {
     assert!(a.gpu.swiglu(&b.gpu).is_err(), "mismatched shapes are an error");
     Ok(())
 }
+
+#[test]
+fn swiglu_packed_is_the_gate_of_its_halves_bit_for_bit() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    let bits =
+        |t: &Tensor<ela_cuda::Cuda>| -> Result<Vec<u64>> { Ok(t.to_vec_f64()?.iter().map(|v| v.to_bits()).collect()) };
+    // Halves of whole 16-byte vectors in every dtype (2048: the d512 LM's; 16), of whole vectors
+    // only in f32/f64 (4) and of none (33, 5); one row and many; a strided input.
+    for (k, &d) in FLOATS.iter().enumerate() {
+        for dims in [[7usize, 3, 2 * 16], [2, 64, 2 * 2048], [1, 5, 2 * 33], [3, 4, 2 * 4], [1, 1, 2 * 5]] {
+            let h = dims[2] / 2;
+            let x = Pair::randn_strided(&dims, d, 100 + k as u64 + dims[2] as u64, &dev);
+            let g = Pair::randn(&[dims[0], dims[1], h], d, 200 + k as u64, &dev);
+            let tag = format!("{dims:?} {d:?}");
+            let (c, y) = both!(|x| x.swiglu_packed()?);
+            check(&format!("swiglu_packed {tag}"), &c, &y);
+            let (cdx, dx) = both!(|x, g| x.swiglu_packed_backward(g)?);
+            check(&format!("swiglu_packed dx {tag}"), &cdx, &dx);
+            // The two-buffer kernels on the halves give the same bits.
+            let (a, b) = (x.gpu.narrow(2, 0, h)?, x.gpu.narrow(2, h, h)?);
+            assert_eq!(bits(&y)?, bits(&a.swiglu(&b)?)?, "y {tag}");
+            let (da, db) = a.swiglu_backward(&b, &g.gpu)?;
+            assert_eq!(bits(&dx.narrow(2, 0, h)?)?, bits(&da)?, "d gate {tag}");
+            assert_eq!(bits(&dx.narrow(2, h, h)?)?, bits(&db)?, "d up {tag}");
+        }
+    }
+    let x = Pair::randn(&[3, 5], DType::F32, 1, &dev);
+    assert!(matches!(x.gpu.swiglu_packed(), Err(Error::InvalidArgument { .. })), "an odd last axis is an error");
+    let (x, g) = (Pair::randn(&[3, 4], DType::F32, 2, &dev), Pair::randn(&[3, 4], DType::F32, 3, &dev));
+    assert!(matches!(x.gpu.swiglu_packed_backward(&g.gpu), Err(Error::ShapeMismatch { .. })), "g must be [3, 2]");
+    Ok(())
+}
