@@ -216,6 +216,43 @@ mod tests {
         assert_eq!(bits(&z.value()), bits(&y.value()));
     }
 
+    /// Stacked weights in one mixed-precision node: the same output bits and f32 weight
+    /// gradients as a `linear_mixed` node per weight, and bad operands are typed errors.
+    #[test]
+    fn stacked_mixed_products_match_one_product_per_weight() {
+        let mut rng = ela_core::Rng::new(6);
+        let mut randn = |d: [usize; 2], dt: DType| {
+            Tensor::<Cpu>::randn(0.0, 1.0, d, DType::F64, &mut rng, &Cpu).unwrap().to_dtype(dt).unwrap()
+        };
+        let x = Var::param(randn([37, 24], DType::BF16));
+        let (w1, w2) = (Var::param(randn([9, 24], DType::F32)), Var::param(randn([5, 24], DType::F32)));
+        let r = Var::constant(randn([37, 14], DType::BF16));
+        let y = x.linear_stacked(&[&w1, &w2]).unwrap();
+        assert_eq!((y.op_name(), y.dims()), ("linear_stacked", vec![37, 14]));
+        let g = y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+        let (y1, y2) = (x.linear_mixed(&w1).unwrap(), x.linear_mixed(&w2).unwrap());
+        let apart = Var::concat(&[&y1, &y2], 1usize).unwrap();
+        let g2 = apart.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+        let bits = |t: &Tensor<Cpu>| t.to_vec_f64().unwrap();
+        assert_eq!(bits(&y.value()), bits(&apart.value()));
+        for w in [&w1, &w2] {
+            let (a, b) = (g.get(w).unwrap(), g2.get(w).unwrap());
+            assert_eq!((a.dtype(), b.dtype()), (DType::F32, DType::F32));
+            assert!(a.all_close(b, 1e-6, 1e-6).unwrap(), "weight gradient");
+        }
+        // x's gradient: one product over 14 outputs instead of two summed, in bf16.
+        assert!(g.get(&x).unwrap().all_close(g2.get(&x).unwrap(), 2e-2, 2e-2).unwrap());
+        for (ws, what) in [
+            (vec![], "no weight"),
+            (vec![w1.clone(), Var::param(randn([3, 23], DType::F32))], "in dims differ"),
+            (vec![w1.clone(), Var::param(randn([3, 24], DType::F64))], "dtypes differ"),
+        ] {
+            let refs: Vec<&Var<Cpu>> = ws.iter().collect();
+            let e = x.linear_stacked(&refs).unwrap_err();
+            assert!(matches!(e, ela_core::Error::InvalidArgument { op: "linear_stacked", .. }), "{what}: {e:?}");
+        }
+    }
+
     #[test]
     fn the_cast_cache_reuses_a_parameters_copy_only_inside_its_scope_and_without_gradients() {
         let w = Var::param(Tensor::<Cpu>::from_vec(vec![1.5f32, -2.25, 3.0], [3], &Cpu).unwrap());

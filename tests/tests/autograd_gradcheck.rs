@@ -211,6 +211,41 @@ device_proptest! {
     }
 }
 
+// ------------------------------------------------------------------------------ stacked linear maps
+
+device_proptest! {
+    #![proptest_config(cfg())]
+
+    /// `x @ [w_1; w_2; ..]^T` as one node: gradients against central differences (strided
+    /// operands included), and value and gradients equal to the product with the weights
+    /// concatenated first (`Var::concat`, then `matmul`).
+    fn linear_stacked_is_the_product_with_concatenated_weights<B: Backend>(
+        dev: &B,
+        ins in (1..=4usize, 1..=3usize, vec(1..=3usize, 1..=3)).prop_flat_map(|(rows, k, outs)| {
+            let mut ds = vec![vec![rows, k]];
+            ds.extend(outs.iter().map(|&o| vec![o, k]));
+            inputs_m(ds, Vals::Normal, &[0, 1])
+        }),
+    ) {
+        check(dev, "linear_stacked", &ins, |v| {
+            let ws: Vec<&Var<B>> = v[1..].iter().collect();
+            v[0].linear_stacked(&ws)
+        })?;
+        let vars: Vec<Var<B>> = ins.iter().map(|i| Var::param(i.tensor(dev))).collect();
+        let views: Vec<Var<B>> = ins.iter().zip(&vars).map(|(i, v)| i.view(v)).collect::<Result<_>>()?;
+        let ws: Vec<&Var<B>> = views[1..].iter().collect();
+        let y = views[0].linear_stacked(&ws)?;
+        let y2 = views[0].matmul(&Var::concat(&ws, 0usize)?.t()?)?;
+        let close = |a: &Tensor<B>, b: &Tensor<B>| a.all_close(b, 1e-12, 1e-12);
+        prop_assert!(close(&y.value(), &y2.value())?);
+        let g = y.value().ones_like()?;
+        let (gs, gs2) = (y.backward_with(g.clone())?, y2.backward_with(g)?);
+        for v in &vars {
+            prop_assert!(close(gs.get(v).unwrap(), gs2.get(v).unwrap())?);
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------ shape ops
 
 device_proptest! {

@@ -1,7 +1,8 @@
 //! Matrix product. For `Y = A B`: `dA = dY B^T`, `dB = A^T dY`, each summed over broadcast batch
 //! dims. The transposes are views, so no copies are made. Derivation: docs/autograd.md#matmul.
 //! And the mixed-precision linear map `Y = X cast(W)^T`, whose `dW = dY^T X` is one product with
-//! an f32 result (docs/autograd.md#mixed-precision-linear-maps).
+//! an f32 result (docs/autograd.md#mixed-precision-linear-maps), and the stacked linear map of
+//! several weights that read one input.
 
 use ela_core::{Backend, DType, Error, Result};
 
@@ -52,6 +53,70 @@ impl<B: Backend> Var<B> {
                 false => None,
             };
             Ok(vec![dx, dw])
+        })
+    }
+
+    /// `self [rows, in] @ [w_1; w_2; ..]^T`: several weights `w_i [out_i, in]` that read the same
+    /// input, as one product with their rows stacked, `[rows, sum of out_i]` (a transformer's q,
+    /// k, v projections, or SwiGLU's gate and up). One node whose parents are `self` and the
+    /// weights themselves: it keeps one stacked copy of the weights in `self`'s dtype (what `dx
+    /// = dY W` reads), and no stacked copy in the weights' own dtype, which a `Var::concat` of
+    /// the weights would keep alive until the backward. The weights share one float dtype: that
+    /// of `self`, or (mixed precision) a wider one than `self`'s f16/bf16, whose gradient `dW =
+    /// dY^T X` is then one product with an f32 result as in [`Var::linear_mixed`]. Each weight's
+    /// gradient is its rows of `dW`.
+    pub fn linear_stacked(&self, ws: &[&Self]) -> Result<Self> {
+        const OP: &str = "linear_stacked";
+        let x = self.value();
+        let Some(first) = ws.first().map(|w| w.value()) else {
+            return Err(Error::invalid(OP, "needs at least one weight"));
+        };
+        let (cdt, wdt) = (x.dtype(), first.dtype());
+        let half = matches!(cdt, DType::F16 | DType::BF16);
+        let ok_dtypes = cdt.is_float() && wdt.is_float() && (wdt == cdt || half);
+        let vals: Vec<_> = ws.iter().map(|w| w.value()).collect();
+        let bad = vals.iter().find(|w| w.rank() != 2 || w.dtype() != wdt || w.dims()[1] != first.dims()[1]);
+        if !ok_dtypes || x.rank() != 2 || first.rank() != 2 || bad.is_some() || x.dims()[1] != first.dims()[1] {
+            let ws: Vec<String> = vals.iter().map(|w| format!("{:?} {:?}", w.dims(), w.dtype())).collect();
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "takes x [rows, in] and weights [out_i, in] of one float dtype (x's, or wider than x's f16/bf16); \
+                     got x {:?} {:?} and weights {}",
+                    x.dims(),
+                    cdt,
+                    ws.join(", ")
+                ),
+            ));
+        }
+        // The casts are temporaries; only the stacked copy lives on in the backward.
+        let cast: Vec<_> = vals.iter().map(|w| w.to_dtype(cdt)).collect::<Result<_>>()?;
+        let wc = ela_core::Tensor::concat(&cast.iter().collect::<Vec<_>>(), 0)?;
+        drop(cast);
+        let y = x.matmul(&wc.t()?)?;
+        let outs: Vec<usize> = vals.iter().map(|w| w.dims()[0]).collect();
+        drop(vals);
+        let parents: Vec<&Self> = std::iter::once(self).chain(ws.iter().copied()).collect();
+        Var::record(OP, y, &parents, move |g, needs| {
+            let mut grads = vec![needs[0].then(|| g.matmul(&wc)).transpose()?];
+            let dw = match needs[1..].iter().any(|&n| n) {
+                true if wdt != cdt => Some(g.t()?.matmul_f32(&x)?),
+                true => Some(g.t()?.matmul(&x)?),
+                false => None,
+            };
+            let mut at = 0;
+            for (&n, &need) in outs.iter().zip(&needs[1..]) {
+                let part = match (&dw, need) {
+                    (Some(dw), true) => {
+                        let rows = dw.narrow(0, at, n)?.contiguous()?;
+                        Some(if rows.dtype() == wdt { rows } else { rows.to_dtype(wdt)? })
+                    }
+                    _ => None,
+                };
+                grads.push(part);
+                at += n;
+            }
+            Ok(grads)
         })
     }
 }

@@ -128,7 +128,7 @@ impl<B: Backend> Linear<B> {
     /// `x [.., in] -> [.., out]`. Half-precision `x` (f16, bf16) with f32 parameters computes in
     /// `x`'s dtype on cast copies of the weight and bias ([`weight_for`]).
     pub fn forward(&self, x: &Var<B>) -> Result<Var<B>> {
-        affine(x, &self.weight, self.bias.as_ref())
+        affine(x, &[&self.weight], self.bias.as_ref())
     }
 
     /// `[x W_1^T + b_1 | x W_2^T + b_2 | ...]`: several layers applied to the same input `x
@@ -163,16 +163,18 @@ impl<B: Backend> Linear<B> {
             ));
         }
         let weights: Vec<&Var<B>> = layers.iter().map(|l| &l.weight).collect();
-        let w = Var::concat(&weights, 0usize)?;
         let b = if biases.is_empty() { None } else { Some(Var::concat(&biases, 0usize)?) };
-        affine(x, &w, b.as_ref())
+        affine(x, &weights, b.as_ref())
     }
 }
 
-/// `x [.., in] W^T + b` for `w [out, in]` (the body of [`Linear::forward`]).
-fn affine<B: Backend>(x: &Var<B>, weight: &Var<B>, bias: Option<&Var<B>>) -> Result<Var<B>> {
+/// `x [.., in] W^T + b` for `W [out, in]`, or for several weights stacked along their rows
+/// (the body of [`Linear::forward`] and [`Linear::fused_forward`]).
+fn affine<B: Backend>(x: &Var<B>, weights: &[&Var<B>], bias: Option<&Var<B>>) -> Result<Var<B>> {
     let dims = x.dims();
-    let (out_dim, in_dim) = (weight.dims()[0], weight.dims()[1]);
+    let weight = weights[0];
+    let in_dim = weight.dims()[1];
+    let out_dim: usize = weights.iter().map(|w| w.dims()[0]).sum();
     if dims.last() != Some(&in_dim) {
         return Err(Error::ShapeMismatch {
             op: "Linear",
@@ -184,9 +186,15 @@ fn affine<B: Backend>(x: &Var<B>, weight: &Var<B>, bias: Option<&Var<B>>) -> Res
     // Flatten the leading dims so the forward is one GEMM and the weight gradient one GEMM
     // `x^T dy` of shape [in, out], instead of a batched product summed over the batch.
     let rows = x.value().elem_count() / in_dim;
+    let x2 = x.reshape([rows, in_dim])?;
     // Half-precision activations meet a copy of the weights in their dtype (mixed precision:
     // the parameters stay f32 masters and get f32 gradients; docs/nn.md, "Mixed precision").
-    let y = times_weight_t(&x.reshape([rows, in_dim])?, weight)?;
+    // Stacked weights are one node over the weights themselves (`Var::linear_stacked`: no
+    // stacked copy of the f32 masters kept for the backward).
+    let y = match weights {
+        [w] => times_weight_t(&x2, w)?,
+        _ => x2.linear_stacked(weights)?,
+    };
     let y = match bias {
         Some(b) => y.add(&weight_for(b, x.dtype())?)?,
         None => y,
