@@ -99,9 +99,12 @@ impl<B: Backend> Var<B> {
         let parents: Vec<&Self> = std::iter::once(self).chain(ws.iter().copied()).collect();
         Var::record(OP, y, &parents, move |g, needs| {
             let mut grads = vec![needs[0].then(|| g.matmul(&wc)).transpose()?];
+            // In one dtype, `dW` is formed as `(X^T G)^T`, the matmul rule's own product (a
+            // transposed view; each weight's rows are copied out below): the CPU GEMM takes
+            // `X^T G` faster than `G^T X` at these shapes (many rows, few outputs).
             let dw = match needs[1..].iter().any(|&n| n) {
                 true if wdt != cdt => Some(g.t()?.matmul_f32(&x)?),
-                true => Some(g.t()?.matmul(&x)?),
+                true => Some(x.t()?.matmul(g)?.t()?),
                 false => None,
             };
             let mut at = 0;
