@@ -156,5 +156,5 @@ impl Cuda {
 /// Whether the packed SwiGLU kernels may move 16-byte vectors: rows of whole vectors (then every
 /// row of `x`, `2h` wide, starts on a vector too) and 16-byte aligned buffers.
 fn packed_vec(dtype: DType, h: usize, ptrs: &[u64]) -> bool {
-    h % (16 / dtype.size_in_bytes()) == 0 && aligned16(ptrs)
+    h.is_multiple_of(16 / dtype.size_in_bytes()) && aligned16(ptrs)
 }
