@@ -246,6 +246,7 @@ mod tests {
             (vec![], "no weight"),
             (vec![w1.clone(), Var::param(randn([3, 23], DType::F32))], "in dims differ"),
             (vec![w1.clone(), Var::param(randn([3, 24], DType::F64))], "dtypes differ"),
+            (vec![Var::param(randn([1, 24], DType::F32).reshape([24]).unwrap()), w1.clone()], "a weight of rank 1"),
         ] {
             let refs: Vec<&Var<Cpu>> = ws.iter().collect();
             let e = x.linear_stacked(&refs).unwrap_err();

@@ -75,8 +75,10 @@ impl<B: Backend> Var<B> {
         let half = matches!(cdt, DType::F16 | DType::BF16);
         let ok_dtypes = cdt.is_float() && wdt.is_float() && (wdt == cdt || half);
         let vals: Vec<_> = ws.iter().map(|w| w.value()).collect();
-        let bad = vals.iter().find(|w| w.rank() != 2 || w.dtype() != wdt || w.dims()[1] != first.dims()[1]);
-        if !ok_dtypes || x.rank() != 2 || first.rank() != 2 || bad.is_some() || x.dims()[1] != first.dims()[1] {
+        // Every operand a matrix, the weights of one dtype, all reading `in = x.dims()[1]`.
+        let in_dim = (x.rank() == 2).then(|| x.dims()[1]);
+        let fits = |w: &ela_core::Tensor<B>| w.rank() == 2 && w.dtype() == wdt && Some(w.dims()[1]) == in_dim;
+        if !ok_dtypes || !vals.iter().all(fits) {
             let ws: Vec<String> = vals.iter().map(|w| format!("{:?} {:?}", w.dims(), w.dtype())).collect();
             return Err(Error::invalid(
                 OP,
@@ -99,9 +101,9 @@ impl<B: Backend> Var<B> {
         let parents: Vec<&Self> = std::iter::once(self).chain(ws.iter().copied()).collect();
         Var::record(OP, y, &parents, move |g, needs| {
             let mut grads = vec![needs[0].then(|| g.matmul(&wc)).transpose()?];
-            // In one dtype, `dW` is formed as `(X^T G)^T`, the matmul rule's own product (a
-            // transposed view; each weight's rows are copied out below): the CPU GEMM takes
-            // `X^T G` faster than `G^T X` at these shapes (many rows, few outputs).
+            // In one dtype, `dW` is formed as `(X^T G)^T` (a transposed view; each weight's rows
+            // are copied out below): the product the matmul node forms for `x @ w^T`, so
+            // stacking the weights leaves their gradients' GEMM as it was.
             let dw = match needs[1..].iter().any(|&n| n) {
                 true if wdt != cdt => Some(g.t()?.matmul_f32(&x)?),
                 true => Some(x.t()?.matmul(g)?.t()?),
