@@ -543,7 +543,9 @@ __device__ void ln_impl(typename D::S* y, typename D::C* mean, typename D::C* rs
             rstd[r] = rs;
         }
         for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
-            C h = (D::load(xr[j]) - m) * rs;
+            // Centred against the f64 mean and rounded once (the CPU backend's order): with the
+            // mean rounded first, nearly constant rows lose the digits of x - mean.
+            C h = (C)((double)D::load(xr[j]) - mu) * rs;
             if (w) h = h * D::load(w[j]);
             if (b) h = h + D::load(b[j]);
             y[r * n + j] = D::store(h);

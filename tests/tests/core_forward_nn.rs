@@ -133,8 +133,31 @@ device_tests!(
     softmax_large_values_and_masked_rows,
     cross_entropy_large_logits,
     topk_ties_lower_index_first,
-    add_rms_norm_rejects_summands_that_differ
+    add_rms_norm_rejects_summands_that_differ,
+    layer_norm_of_nearly_constant_f32_rows
 );
+
+/// The case `rms_norm_and_layer_norm` drew on an H100 on 2026-12-07 (seed 3987804113433033785,
+/// f32 rows of two, eps 1e-6, a weight): rows whose two values nearly agree, where `x - mean`
+/// with the mean rounded to f32 first was off by 5e-4 relative. Both backends now centre
+/// against the f64 mean and round once.
+fn layer_norm_of_nearly_constant_f32_rows<B: Backend>(dev: &B) -> ela_core::Result<()> {
+    let mut rng = TestRng::new(3987804113433033785);
+    let (x, t) = input(dev, &[4, 2], DType::F32, Lay::Narrow, Vals::Uni, &mut rng);
+    let lw = if rng.below(2) == 0 { Lay::Narrow } else { Lay::Contig };
+    let (w, wt) = input(dev, &[2], DType::F32, lw, Vals::Uni, &mut rng);
+    let want = r::layer_norm(&x, Some(&w.data[..]), None, 1e-6);
+    check(&t.layer_norm(Some(&wt), None, 1e-6)?, &want, 1e-4, 1e-4, "layer_norm of nearly constant rows")
+        .map_err(|e| ela_core::Error::invalid("layer_norm_of_nearly_constant_f32_rows", e.to_string()))?;
+    // The same rows made more nearly constant still: x and x + 1e-4 |x|.
+    let v: Vec<f32> = [0.75f32, 3.5, -2.25, 1.0].iter().flat_map(|&a| [a, a + 1e-4 * a.abs()]).collect();
+    let data: Vec<f64> = v.iter().map(|&a| a as f64).collect();
+    let xt = Tensor::from_vec(v, [4, 2], dev)?;
+    let xr = RefTensor::new(vec![4, 2], data);
+    let want = r::layer_norm(&xr, None, None, 1e-6);
+    check(&xt.layer_norm(None, None, 1e-6)?, &want, 1e-4, 1e-4, "layer_norm of x, x + 1e-4 |x|")
+        .map_err(|e| ela_core::Error::invalid("layer_norm_of_nearly_constant_f32_rows", e.to_string()))
+}
 
 /// `add_rms_norm_fwd` takes summands of one shape and dtype and names the op and the fix otherwise.
 fn add_rms_norm_rejects_summands_that_differ<B: Backend>(dev: &B) -> ela_core::Result<()> {

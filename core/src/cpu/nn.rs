@@ -173,25 +173,29 @@ fn ln_rows<T: Float>(
     n: usize,
     eps: T,
 ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
-    let stats: Vec<(T, T)> = (0..rows)
+    // (mean in f64, rstd)
+    let stats: Vec<(f64, T)> = (0..rows)
         .into_par_iter()
         .map(|r| {
             let row = &x[r * n..(r + 1) * n];
             let nn = n.max(1) as f64;
             let mean = row.iter().map(|v| v.as_f64()).sum::<f64>() / nn;
             let var = row.iter().map(|v| (v.as_f64() - mean).powi(2)).sum::<f64>() / nn;
-            (T::from_f64(mean), T::ONE / (T::from_f64(var) + eps).sqrt())
+            (mean, T::ONE / (T::from_f64(var) + eps).sqrt())
         })
         .collect();
     let mut y = filled(x.len(), T::ZERO)?;
     rows_mut(&mut y, n, |i, yr| {
         let (m, r) = stats[i];
         for j in 0..n {
-            let h = (x[i * n + j] - m) * r;
+            // Centred against the f64 mean and rounded once: in f32, `x - mean` with the mean
+            // rounded first loses the digits of nearly constant rows (the mean's rounding error
+            // is then comparable to `x - mean` itself).
+            let h = T::from_f64(x[i * n + j].as_f64() - m) * r;
             yr[j] = h * w.map_or(T::ONE, |w| w[j]) + b.map_or(T::ZERO, |b| b[j]);
         }
     });
-    Ok((y, stats.iter().map(|s| s.0).collect(), stats.iter().map(|s| s.1).collect()))
+    Ok((y, stats.iter().map(|s| T::from_f64(s.0)).collect(), stats.iter().map(|s| s.1).collect()))
 }
 
 /// Layer norm forward.
