@@ -59,12 +59,12 @@ impl<B: Backend> Var<B> {
     /// `self [rows, in] @ [w_1; w_2; ..]^T`: several weights `w_i [out_i, in]` that read the same
     /// input, as one product with their rows stacked, `[rows, sum of out_i]` (a transformer's q,
     /// k, v projections, or SwiGLU's gate and up). One node whose parents are `self` and the
-    /// weights themselves: it keeps one stacked copy of the weights in `self`'s dtype (what `dx
-    /// = dY W` reads), and no stacked copy in the weights' own dtype, which a `Var::concat` of
-    /// the weights would keep alive until the backward. The weights share one float dtype: that
-    /// of `self`, or (mixed precision) a wider one than `self`'s f16/bf16, whose gradient `dW =
-    /// dY^T X` is then one product with an f32 result as in [`Var::linear_mixed`]. Each weight's
-    /// gradient is its rows of `dW`.
+    /// weights themselves: it keeps one stacked copy of the weights, in `self`'s dtype (what `dx
+    /// = dY W` reads); a `Var::concat` of wider master weights would keep a second one, in their
+    /// dtype, alive as the concat node's value until the backward. The weights share one float
+    /// dtype: that of `self`, or (mixed precision) a wider one than `self`'s f16/bf16, whose
+    /// gradient `dW = dY^T X` is then one product with an f32 result as in
+    /// [`Var::linear_mixed`]. Each weight's gradient is its rows of `dW`.
     pub fn linear_stacked(&self, ws: &[&Self]) -> Result<Self> {
         const OP: &str = "linear_stacked";
         let x = self.value();
@@ -91,13 +91,13 @@ impl<B: Backend> Var<B> {
                 ),
             ));
         }
-        // The casts are temporaries; only the stacked copy lives on in the backward.
-        let cast: Vec<_> = vals.iter().map(|w| w.to_dtype(cdt)).collect::<Result<_>>()?;
-        let wc = ela_core::Tensor::concat(&cast.iter().collect::<Vec<_>>(), 0)?;
-        drop(cast);
+        // The casts are temporaries, freed before the product; only the stacked copy lives on.
+        let wc = {
+            let cast: Vec<_> = vals.iter().map(|w| w.to_dtype(cdt)).collect::<Result<_>>()?;
+            ela_core::Tensor::concat(&cast.iter().collect::<Vec<_>>(), 0)?
+        };
         let y = x.matmul(&wc.t()?)?;
         let outs: Vec<usize> = vals.iter().map(|w| w.dims()[0]).collect();
-        drop(vals);
         let parents: Vec<&Self> = std::iter::once(self).chain(ws.iter().copied()).collect();
         Var::record(OP, y, &parents, move |g, needs| {
             let mut grads = vec![needs[0].then(|| g.matmul(&wc)).transpose()?];
