@@ -76,6 +76,19 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<()>;
     /// A contiguous copy converted to `dtype`.
     fn cast(&self, src: &Self::Storage, layout: &Layout, dtype: DType) -> Result<Self::Storage>;
+    /// The views `parts`, each converted to `dtype` as [`Backend::cast`] converts it (the same
+    /// bits) and flattened, back to back in one new buffer: part `i` starts at the sum of the
+    /// earlier parts' element counts. Mixed-precision training casts every weight at every step;
+    /// this is that as one call ([`crate::Tensor::cast_concat`]). The default casts part by part
+    /// and concatenates; a backend that can do it in one pass (CUDA: one launch for a few dozen
+    /// contiguous parts) overrides it.
+    fn cast_concat(&self, parts: &[(&Self::Storage, &Layout)], dtype: DType) -> Result<Self::Storage> {
+        let casts: Vec<Self::Storage> = parts.iter().map(|&(s, l)| self.cast(s, l, dtype)).collect::<Result<_>>()?;
+        let flat: Vec<Layout> =
+            parts.iter().map(|(_, l)| Layout::contiguous(Shape::from(vec![l.elem_count()]))).collect();
+        let views: Vec<(&Self::Storage, &Layout)> = casts.iter().zip(&flat).collect();
+        self.concat(&views, 0)
+    }
 
     // ---- elementwise ----
     /// `op(x)` for every element (float dtypes).

@@ -286,6 +286,46 @@ CAST_CONTIG(f16, F16, f32, F32)
 CAST_CONTIG(bf16, BF16, f16, F16)
 CAST_CONTIG(f16, F16, bf16, BF16)
 
+// Many contiguous casts in one launch (`Backend::cast_concat`: mixed precision's weight copies of
+// a step, written back to back into one buffer). Entry j casts n[j] elements from src[j] to
+// dst[j] and owns blocks first_block[j] .. first_block[j + 1], CAST_LIST_SEG elements each (a
+// multiple of 8, so a segment of an entry whose pointers are 16-byte aligned, vec[j], is whole
+// 8-element vectors but for the entry's tail). The element conversion is cast_contig's, so the
+// bits are those of one cast per entry. Mirror of `CastList` in src/ops/multi_tensor.rs.
+#define CAST_LIST_MAX 96
+#define CAST_LIST_SEG 8192
+struct CastList {
+    u64 dst[CAST_LIST_MAX], src[CAST_LIST_MAX];
+    i64 n[CAST_LIST_MAX];
+    i32 vec[CAST_LIST_MAX];
+    i32 first_block[CAST_LIST_MAX + 1];
+    i32 count;
+    i32 pad_[2];
+};
+static_assert(sizeof(CastList) == 3088, "CastList must match its Rust mirror in src/ops/multi_tensor.rs");
+template <typename A, typename B> __device__ void cast_list_impl(const CastList& l) {
+    const ListSeg sg = list_segment(l.first_block, l.n, l.count, blockIdx.x, CAST_LIST_SEG);
+    typename B::S* out = (typename B::S*)l.dst[sg.j];
+    const typename A::S* x = (const typename A::S*)l.src[sg.j];
+    i64 done = sg.start;
+    if (l.vec[sg.j]) {
+        const i64 v1 = sg.end / 8;
+        for (i64 v = sg.start / 8 + threadIdx.x; v < v1; v += blockDim.x) {
+            float f[8];
+            load8<A>(x, (u32)v, f);
+            store8<B>(out, (u32)v, f);
+        }
+        done = max(done, v1 * 8);
+    }
+    for (i64 i = done + threadIdx.x; i < sg.end; i += blockDim.x) out[i] = B::store(A::load(x[i]));
+}
+#define CAST_LIST(AN, A, BN, B) \
+    extern "C" __global__ void cast_list_##AN##_##BN(CastList l) { cast_list_impl<A, B>(l); }
+#define CAST_LIST_FROM(AN, A) CAST_LIST(AN, A, f32, F32) CAST_LIST(AN, A, f16, F16) CAST_LIST(AN, A, bf16, BF16)
+CAST_LIST_FROM(f32, F32)
+CAST_LIST_FROM(f16, F16)
+CAST_LIST_FROM(bf16, BF16)
+
 #define FAST(NAME, D)                                                                                              \
     extern "C" __global__ void unary_contig_##NAME(D::S* out, const D::S* x, u32 n, int op, double p1, double p2,   \
                                                    int vec) {                                                      \

@@ -86,6 +86,9 @@ impl Backend for Cuda {
     fn cast(&self, s: &S, l: &Layout, dtype: DType) -> Result<S> {
         self.cast_impl(s, l, dtype)
     }
+    fn cast_concat(&self, parts: &[(&S, &Layout)], dtype: DType) -> Result<S> {
+        self.cast_concat_impl(parts, dtype)
+    }
     fn unary(&self, op: UnaryOp, s: &S, l: &Layout) -> Result<S> {
         self.unary_impl(op, s, l)
     }

@@ -77,6 +77,11 @@ pub fn weight_for<B: Backend>(w: &Var<B>, x: DType) -> Result<Var<B>> {
     if !is_cast_for(w, x) {
         return Ok(w.clone());
     }
+    if !is_grad_enabled() {
+        if let Some(c) = weight_cast(w, x) {
+            return Ok(Var::constant(c));
+        }
+    }
     if !w.is_leaf() || is_grad_enabled() {
         return w.to_dtype(x);
     }
@@ -103,8 +108,12 @@ fn is_cast_for<B: Backend>(w: &Var<B>, x: DType) -> bool {
 /// a wider `w` (mixed precision), while gradients are recorded one node does the cast and the
 /// product (`Var::linear_mixed`: `w`'s gradient is one product with an f32 result, not a 16-bit
 /// one cast back), and without gradients the product takes [`weight_for`]'s (possibly cached)
-/// cast. Otherwise the plain product.
+/// cast. Inside [`with_weight_casts`] the product takes the cast made there (with or without
+/// gradients). Otherwise the plain product.
 pub fn times_weight_t<B: Backend>(x: &Var<B>, w: &Var<B>) -> Result<Var<B>> {
+    if let Some(c) = weight_cast(w, x.dtype()) {
+        return x.linear_mixed_cast(w, &c);
+    }
     if is_grad_enabled() && is_cast_for(w, x.dtype()) {
         return x.linear_mixed(w);
     }
@@ -147,6 +156,83 @@ pub fn with_cast_cache<R>(f: impl FnOnce() -> R) -> R {
         }
     }
     let _reset = Reset(outer);
+    f()
+}
+
+/// `[w_1; w_2; ..]` stacked for a product with activations of dtype `x`, when every `w_i` has a
+/// cast made by [`with_weight_casts`]: `(weights, their casts)` for `Var::linear_stacked_cast`
+/// (casts made back to back in one call are the stacked weight without a copy). `None` when any
+/// weight has none.
+pub fn stacked_weight_casts<B: Backend>(ws: &[&Var<B>], x: DType) -> Option<Vec<ela_core::Tensor<B>>> {
+    ws.iter().map(|w| weight_cast(w, x)).collect()
+}
+
+thread_local! {
+    /// The casts made by [`with_weight_casts`] on this thread, by (parameter id, dtype); each
+    /// value a `Tensor<B>`. `None` outside it.
+    static WEIGHT_CASTS: RefCell<Option<Casts>> = const { RefCell::new(None) };
+}
+
+/// The cast of parameter `w` to `x` made by [`with_weight_casts`], if any.
+fn weight_cast<B: Backend>(w: &Var<B>, x: DType) -> Option<ela_core::Tensor<B>> {
+    WEIGHT_CASTS.with(|c| {
+        let cache = c.borrow();
+        cache.as_ref()?.get(&(w.id(), x))?.downcast_ref::<ela_core::Tensor<B>>().cloned()
+    })
+}
+
+/// Runs `f` with every weight of `weights` that activations of dtype `x` would meet through a
+/// cast (a wider float weight, half-precision `x`) cast ahead of time, in one
+/// [`ela_core::Tensor::cast_concat`] (one launch on CUDA, where a training step would otherwise
+/// cast each weight where it is used: a launch and a round trip through memory apiece). The
+/// products of [`times_weight_t`] and [`crate::layers::Linear`] take these casts, with or without
+/// gradients; weights the list gives next to each other (in a module's parameter order, e.g.
+/// a transformer's q, k and v) come out adjacent, so a stacked product of them reads them in
+/// place instead of copying them together. Values and gradients are those without the
+/// precast: the same bits.
+///
+/// The weights must not change inside `f` (the casts are made once, before it). Nested calls
+/// keep the outer call's casts and add the ones it lacks, for the inner call's duration. The
+/// casts are freed when `f` returns, except where a recorded node keeps them for its backward,
+/// as the per-use casts were kept.
+pub fn with_weight_casts<B: Backend, R>(weights: &[&Var<B>], x: DType, f: impl FnOnce() -> Result<R>) -> Result<R> {
+    // Each weight once, and only those the outer call did not cast.
+    let mut seen = std::collections::HashSet::new();
+    let new: Vec<&Var<B>> = weights
+        .iter()
+        .copied()
+        .filter(|w| is_cast_for(w, x) && weight_cast(w, x).is_none() && seen.insert(w.id()))
+        .collect();
+    let values: Vec<_> = new.iter().map(|w| w.value()).collect();
+    let casts = ela_core::Tensor::cast_concat(&values.iter().collect::<Vec<_>>(), x)?;
+    let keys: Vec<(usize, DType)> = new.iter().map(|w| (w.id(), x)).collect();
+    let outer = WEIGHT_CASTS.with(|c| {
+        let mut c = c.borrow_mut();
+        let was_on = c.is_some();
+        let map = c.get_or_insert_with(HashMap::new);
+        for (k, t) in keys.iter().zip(casts) {
+            map.insert(*k, Box::new(t));
+        }
+        was_on
+    });
+    // Removes this call's casts when `f` returns or unwinds (the outermost call, the map).
+    struct Reset(bool, Vec<(usize, DType)>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            WEIGHT_CASTS.with(|c| {
+                let mut c = c.borrow_mut();
+                match (self.0, c.as_mut()) {
+                    (true, Some(map)) => {
+                        for k in &self.1 {
+                            map.remove(k);
+                        }
+                    }
+                    _ => *c = None,
+                }
+            });
+        }
+    }
+    let _reset = Reset(outer, keys);
     f()
 }
 
@@ -252,6 +338,60 @@ mod tests {
             let e = x.linear_stacked(&refs).unwrap_err();
             assert!(matches!(e, ela_core::Error::InvalidArgument { op: "linear_stacked", .. }), "{what}: {e:?}");
         }
+    }
+
+    /// Inside `with_weight_casts` the products read the casts made up front, in one buffer: the
+    /// same output and gradient bits as the per-use casts, the stacked weight read in place, the
+    /// casts gone when the scope ends (an inner scope keeps the outer one's), and casts of the
+    /// wrong shape or dtype are typed errors.
+    #[test]
+    fn precast_weights_give_the_bits_of_per_use_casts() {
+        let mut rng = ela_core::Rng::new(8);
+        let mut randn = |d: [usize; 2], dt: DType| {
+            Tensor::<Cpu>::randn(0.0, 1.0, d, DType::F64, &mut rng, &Cpu).unwrap().to_dtype(dt).unwrap()
+        };
+        let x = Var::param(randn([37, 24], DType::BF16));
+        let ws: Vec<Var<Cpu>> = [9, 5, 7].iter().map(|&o| Var::param(randn([o, 24], DType::F32))).collect();
+        let r = Var::constant(randn([37, 21], DType::BF16));
+        // Through the layers, as a model runs them: two fused, one alone.
+        let layers: Vec<crate::layers::Linear<Cpu>> =
+            ws.iter().map(|w| crate::layers::Linear::from_vars("l", w.clone(), None).unwrap()).collect();
+        let run = || {
+            let fused = crate::layers::Linear::fused_forward(&[&layers[0], &layers[1]], &x)?;
+            assert_eq!(fused.op_name() == "linear_stacked_cast", weight_cast(&ws[0], DType::BF16).is_some());
+            let y = Var::concat(&[&fused, &layers[2].forward(&x)?], 1usize)?;
+            let g = y.mul(&r)?.sum_all()?.backward()?;
+            let mut out = vec![y.value(), g.get(&x).unwrap().clone()];
+            out.extend(ws.iter().map(|w| g.get(w).unwrap().clone()));
+            Ok(out)
+        };
+        let want = run().unwrap();
+        let refs: Vec<&Var<Cpu>> = ws.iter().collect();
+        let got = with_weight_casts(&refs, DType::BF16, || {
+            let casts = stacked_weight_casts(&[&ws[0], &ws[1]], DType::BF16).unwrap();
+            let stacked = Tensor::concat(&casts.iter().collect::<Vec<_>>(), 0usize)?;
+            assert!(stacked.same_storage(&casts[0]), "adjacent casts are the stacked weight in place");
+            assert_eq!(times_weight_t(&x, &ws[2])?.op_name(), "linear_mixed_cast");
+            // An inner scope adds nothing it already has, and leaves the outer casts in place.
+            with_weight_casts(&refs[2..], DType::BF16, || Ok(()))?;
+            assert!(weight_cast(&ws[2], DType::BF16).is_some());
+            let out = run()?;
+            assert_eq!(x.linear_stacked_cast(&[&ws[0]], &[&casts[0]])?.op_name(), "linear_stacked_cast");
+            Ok(out)
+        })
+        .unwrap();
+        assert!(weight_cast(&ws[0], DType::BF16).is_none(), "the casts end with the scope");
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert_eq!((a.dtype(), a.to_vec_f64().unwrap()), (b.dtype(), b.to_vec_f64().unwrap()), "output {i}");
+        }
+        let f32_cast = ws[0].value();
+        let e = x.linear_mixed_cast(&ws[0], &f32_cast).unwrap_err();
+        assert!(matches!(e, ela_core::Error::InvalidArgument { op: "linear_mixed_cast", .. }), "{e:?}");
+        let wrong = randn([5, 24], DType::BF16);
+        let e = x.linear_stacked_cast(&[&ws[0], &ws[1]], &[&wrong, &wrong]).unwrap_err();
+        assert!(e.to_string().contains("one cast per weight"), "{e}");
+        let e = x.linear_stacked_cast(&[&ws[0], &ws[1]], &[&wrong]).unwrap_err();
+        assert!(matches!(e, ela_core::Error::InvalidArgument { op: "linear_stacked_cast", .. }), "{e:?}");
     }
 
     #[test]

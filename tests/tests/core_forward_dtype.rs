@@ -55,6 +55,50 @@ device_proptest! {
     }
 }
 
+device_tests!(cast_concat_is_one_cast_per_part);
+
+/// `Tensor::cast_concat` gives each part's `to_dtype`, bit for bit, as views lying back to back
+/// in one buffer: parts of every float dtype, an odd length that leaves the next part off the
+/// 16-byte grid, a strided view, an empty part, one of several 8192-element segments (CUDA's
+/// blocks), more parts than one CUDA launch lists (96), and target dtypes the list kernel has
+/// and has not (f64).
+fn cast_concat_is_one_cast_per_part<B: Backend>(dev: &B) -> ela_core::Result<()> {
+    let mut rng = Rng::new(17);
+    let mut randn = |dims: &[usize], dt: DType| Tensor::<B>::randn(0.0, 3.0, dims, dt, &mut rng, dev);
+    let wide = randn(&[8, 6], DType::F32)?;
+    let mut parts = vec![
+        randn(&[37, 24], DType::F32)?,
+        randn(&[5, 3], DType::F32)?,
+        randn(&[9, 17], DType::BF16)?,
+        wide.t()?,
+        randn(&[0, 3], DType::F32)?,
+        randn(&[4], DType::F64)?,
+        randn(&[20011], DType::F32)?,
+        randn(&[7], DType::F16)?,
+        randn(&[3, 1024], DType::F32)?,
+    ];
+    for i in 0..100 {
+        parts.push(randn(&[1 + i % 13], DType::F32)?);
+    }
+    let refs: Vec<&Tensor<B>> = parts.iter().collect();
+    for to in [DType::BF16, DType::F16, DType::F32, DType::F64] {
+        let casts = Tensor::cast_concat(&refs, to)?;
+        assert_eq!(casts.len(), parts.len());
+        let mut at = 0;
+        for (i, (c, p)) in casts.iter().zip(&parts).enumerate() {
+            let what = format!("part {i} {:?} {:?} -> {to:?}", p.dims(), p.dtype());
+            assert_eq!((c.dims(), c.dtype()), (p.dims(), to), "{what}");
+            assert!(c.same_storage(&casts[0]) && c.layout().offset() == at, "{what}: not in place");
+            let (got, want) = (c.to_vec_f64()?, p.to_dtype(to)?.to_vec_f64()?);
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{what}");
+            at += p.elem_count();
+        }
+    }
+    assert!(Tensor::<B>::cast_concat(&[], DType::BF16)?.is_empty());
+    Ok(())
+}
+
 // ====================================================================== randomness
 
 device_tests!(randn_is_reproducible);

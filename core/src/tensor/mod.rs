@@ -277,6 +277,41 @@ impl<B: Backend> Tensor<B> {
         Ok(Self::from_storage(s, self.shape().clone(), &self.device))
     }
 
+    /// Every tensor of `parts` converted to `dtype` (each as [`Tensor::to_dtype`] converts it:
+    /// the same bits), made as one buffer that holds them back to back, in order: the `i`-th
+    /// result is a contiguous view of that buffer with `parts[i]`'s shape, starting where the
+    /// previous one ends. Mixed-precision training casts all its weights at every step with
+    /// this (one launch on CUDA instead of one per weight), and weights used as one stacked
+    /// product (`[w_q; w_k; w_v]`) come out adjacent, so [`Tensor::concat`] of their casts is a
+    /// view rather than a copy. The buffer lives while any of the views does. An empty list
+    /// gives an empty list.
+    pub fn cast_concat(parts: &[&Self], dtype: DType) -> Result<Vec<Self>> {
+        const OP: &str = "cast_concat";
+        let Some(first) = parts.first() else { return Ok(Vec::new()) };
+        let mut total = 0usize;
+        for p in parts {
+            first.check_same_device(p, OP)?;
+            total = total
+                .checked_add(p.elem_count())
+                .ok_or_else(|| Error::TooLarge { op: OP, shape: Shape::from(vec![usize::MAX]) })?;
+        }
+        let whole = Shape::from(vec![total]);
+        whole.check_size(OP)?;
+        let views: Vec<_> = parts.iter().map(|p| (p.storage(), p.layout())).collect();
+        let s = first.device.cast_concat(&views, dtype)?;
+        let buffer = Self::from_storage(s, whole, &first.device);
+        let mut at = 0;
+        Ok(parts
+            .iter()
+            .map(|p| {
+                let l = Layout::contiguous(p.shape().clone());
+                let view = buffer.with_layout(Layout::from_parts(p.shape().clone(), l.strides().to_vec(), at));
+                at += p.elem_count();
+                view
+            })
+            .collect())
+    }
+
     /// A copy on another device (possibly of another backend type).
     pub fn to_device<B2: Backend>(&self, device: &B2) -> Result<Tensor<B2>> {
         let host = self.to_cpu_storage()?;

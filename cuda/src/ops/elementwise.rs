@@ -367,7 +367,7 @@ impl Cuda {
 const FAST_MAX: usize = 1 << 31;
 
 /// Whether every address is 16-byte aligned (the fast kernels' vector loads and stores).
-pub(super) fn aligned16(ptrs: &[u64]) -> bool {
+pub(crate) fn aligned16(ptrs: &[u64]) -> bool {
     ptrs.iter().all(|p| p % 16 == 0)
 }
 

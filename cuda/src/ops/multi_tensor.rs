@@ -1,5 +1,6 @@
-//! Multi-tensor kernels: the AdamW update and the global gradient norm's sum of squares over many
-//! parameters in a few launches (`adamw_list_*` in `kernels/elementwise.cu`, `sumsq_list` and
+//! Multi-tensor kernels: the AdamW update, the global gradient norm's sum of squares and the
+//! casts of mixed precision's weight copies over many parameters in a few launches
+//! (`adamw_list_*` and `cast_list_*` in `kernels/elementwise.cu`, `sumsq_list` and
 //! `sum_parts_f64` in `kernels/reduce.cu`).
 //!
 //! A training step updates every parameter once and sums the squares of every gradient once. One
@@ -10,10 +11,12 @@
 //! a CUDA graph); each block of the grid works on one fixed-size segment of one tensor.
 
 use cudarc::driver::DeviceRepr;
-use ela_core::{AdamWOperands, AdamWUpdated, DType, Error, Result, Tensor};
+use ela_core::{AdamWOperands, AdamWUpdated, DType, Error, Layout, Result, Shape, Tensor};
 
 use crate::device::{Arg, Cfg, Cuda};
 use crate::kernels::KernelFile::{Elementwise as EW, Reduce as RED};
+use crate::ops::dt;
+use crate::ops::elementwise::aligned16;
 use crate::storage::CudaStorage;
 
 /// Parameters per AdamW launch (`ADAMW_LIST_MAX` in elementwise.cu).
@@ -24,7 +27,11 @@ const ADAMW_LIST_SEG: usize = 4096;
 const SUMSQ_LIST_MAX: usize = 96;
 /// Elements per block of the sum of squares (`SUMSQ_LIST_SEG`).
 const SUMSQ_LIST_SEG: usize = 16384;
-/// Threads per block of both (the sum's order depends on it: it is fixed).
+/// Casts per launch (`CAST_LIST_MAX` in elementwise.cu).
+const CAST_LIST_MAX: usize = 96;
+/// Elements per block of the casts (`CAST_LIST_SEG`; a multiple of the kernel's 8-element vector).
+const CAST_LIST_SEG: usize = 8192;
+/// Threads per block of the lists (the sum's order depends on it: it is fixed).
 const LIST_THREADS: u32 = 256;
 /// Threads of the block that adds the partial sums.
 const PARTS_THREADS: u32 = 1024;
@@ -67,6 +74,21 @@ struct SumSqList {
 }
 // SAFETY: plain old data with the C layout of the kernel's parameter.
 unsafe impl DeviceRepr for SumSqList {}
+
+/// Mirror of `CastList` in elementwise.cu (same field order and sizes).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CastList {
+    dst: [u64; CAST_LIST_MAX],
+    src: [u64; CAST_LIST_MAX],
+    n: [i64; CAST_LIST_MAX],
+    vec: [i32; CAST_LIST_MAX],
+    first_block: [i32; CAST_LIST_MAX + 1],
+    count: i32,
+    pad: [i32; 2],
+}
+// SAFETY: plain old data with the C layout of the kernel's parameter.
+unsafe impl DeviceRepr for CastList {}
 
 /// The blocks a buffer of `n` elements takes in segments of `seg`, as the kernels' `i32` block
 /// index (an error past it: more than 2^31 segments).
@@ -349,6 +371,77 @@ impl Cuda {
     }
 }
 
+impl Cuda {
+    /// `Backend::cast_concat`: the parts go back to back into one buffer of `dtype`, one
+    /// `cast_list` launch per run of up to [`CAST_LIST_MAX`] parts of one source dtype. A part
+    /// the list kernel cannot read (a strided view, or a dtype other than f32, f16 and bf16) is
+    /// cast on its own first and copied in with the others: the bits are [`Cuda::cast_impl`]'s
+    /// either way.
+    pub(crate) fn cast_concat_impl(&self, parts: &[(&CudaStorage, &Layout)], dtype: DType) -> Result<CudaStorage> {
+        const OP: &str = "cast_concat";
+        let listed = |d: DType| matches!(d, DType::F32 | DType::F16 | DType::BF16);
+        let total: usize = parts.iter().map(|(_, l)| l.elem_count()).sum();
+        let out = self.alloc(dtype, total)?;
+        if !listed(dtype) {
+            // Other target dtypes: part by part, through the general cast and copy.
+            let mut at = 0;
+            for &(s, l) in parts {
+                let n = l.elem_count();
+                let c = self.cast_impl(s, l, dtype)?;
+                let dst = Layout::from_parts(Shape::from(vec![n]), vec![1], at);
+                self.copy_strided(&out, &dst, &c, &Layout::contiguous(Shape::from(vec![n])))?;
+                at += n;
+            }
+            return Ok(out);
+        }
+        // Each part as (source pointer, dtype, elements, destination pointer); `temps` keeps the
+        // separately cast parts alive until the launches are queued.
+        let mut temps = Vec::new();
+        let mut entries = Vec::with_capacity(parts.len());
+        let mut at = 0usize;
+        for &(s, l) in parts {
+            let n = l.elem_count();
+            let src = match l.contiguous_range() {
+                Some(r) if listed(s.dtype()) => (s.ptr_at(r.start), s.dtype()),
+                _ => {
+                    let c = self.cast_impl(s, l, dtype)?;
+                    let p = (c.ptr(), dtype);
+                    temps.push(c);
+                    p
+                }
+            };
+            entries.push((src, n, out.ptr_at(at)));
+            at += n;
+        }
+        let blocks: Vec<i32> =
+            entries.iter().map(|&(_, n, _)| blocks_of(OP, n, CAST_LIST_SEG)).collect::<Result<_>>()?;
+        for (from, group) in launch_plan(&blocks, CAST_LIST_MAX, |i| entries[i].0 .1) {
+            let mut l = CastList {
+                dst: [0; CAST_LIST_MAX],
+                src: [0; CAST_LIST_MAX],
+                n: [0; CAST_LIST_MAX],
+                vec: [0; CAST_LIST_MAX],
+                first_block: [0; CAST_LIST_MAX + 1],
+                count: group.len() as i32,
+                pad: [0; 2],
+            };
+            let mut sum = 0i32;
+            for (j, &i) in group.iter().enumerate() {
+                let ((src, _), n, dst) = entries[i];
+                (l.dst[j], l.src[j], l.n[j]) = (dst, src, n as i64);
+                // The kernel indexes 8-element vectors with 32 bits.
+                l.vec[j] = (aligned16(&[src, dst]) && n / 8 <= u32::MAX as usize) as i32;
+                l.first_block[j] = sum;
+                sum += blocks[i];
+            }
+            l.first_block[group.len()] = sum;
+            let cfg = Cfg { grid: sum as u32, grid_y: 1, block: LIST_THREADS };
+            self.launch_list(EW, &format!("cast_list_{}_{}", dt(from), dt(dtype)), cfg, &l, &[])?;
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,9 +449,11 @@ mod tests {
     #[test]
     fn lists_fit_the_kernel_parameter_block() {
         // The C structs: 11 x 32 u64/f64 + 3 f64 + 33 + 1 + 2 i32 = 2984 bytes; 2 x 96 u64 +
-        // 96 + 97 + 1 + 2 i32 = 2320 bytes.
+        // 96 + 97 + 1 + 2 i32 = 2320 bytes; 3 x 96 u64/i64 + 96 + 97 + 1 + 2 i32 = 3088 bytes
+        // (the parameter block holds 4 KiB).
         assert_eq!(std::mem::size_of::<AdamWList>(), 11 * 32 * 8 + 3 * 8 + 36 * 4);
         assert_eq!(std::mem::size_of::<SumSqList>(), 2 * 96 * 8 + 196 * 4);
+        assert_eq!(std::mem::size_of::<CastList>(), 3 * 96 * 8 + 196 * 4);
     }
 
     #[test]

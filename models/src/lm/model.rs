@@ -1,11 +1,11 @@
 //! `ElaLm`: the decoder language model.
 
-use ela_autograd::{no_grad, Var};
+use ela_autograd::{is_grad_enabled, no_grad, Var};
 use ela_core::{Backend, CpuStorage, DType, Error, Result, Tensor};
 use ela_nn::layers::{Embedding, Linear, LinearConfig, LinearInit, RmsNorm};
 use ela_nn::module::ParamStore;
 use ela_nn::moe::RoutingStats;
-use ela_nn::precision::{times_weight_t, Precision};
+use ela_nn::precision::{times_weight_t, with_weight_casts, Precision};
 
 use super::block::{Block, BlockCache};
 use super::config::LmConfig;
@@ -189,6 +189,22 @@ impl<B: Backend> ElaLm<B> {
     /// bidirectional lobe was chosen).
     pub fn forward(&self, ids: &Tensor<B>) -> Result<LmOutput<B>> {
         self.check_ids(ids)?;
+        match self.precision.compute_dtype() {
+            // Training in mixed precision: every weight matrix cast to bf16 in one call at the
+            // start of the step instead of one cast per product (a CUDA step had about a hundred
+            // such launches; docs/nn.md, "Mixed precision"). The values are the same. Without
+            // gradients (evaluation, decoding) the casts stay per use, where decoding caches them.
+            Some(d) if is_grad_enabled() => {
+                let params = self.store.params();
+                let matrices: Vec<&Var<B>> = params.iter().filter(|p| p.rank() == 2).collect();
+                with_weight_casts(&matrices, d, || self.forward_layers(ids))
+            }
+            _ => self.forward_layers(ids),
+        }
+    }
+
+    /// The body of [`ElaLm::forward`].
+    fn forward_layers(&self, ids: &Tensor<B>) -> Result<LmOutput<B>> {
         let mut h = self.embed(ids)?;
         let mut aux: Option<Var<B>> = None;
         let mut routing = Vec::new();
@@ -384,5 +400,45 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Mixed-precision training casts the weight matrices in one `with_weight_casts` call at the
+    /// start of `forward`: the logits and every gradient have the bits of the per-use casts, and
+    /// the weights that run as one stacked product (q, k, v; gate, up) are registered next to
+    /// each other, so their casts are the stacked weight in place.
+    #[test]
+    fn precast_weights_give_the_bits_of_per_use_casts() {
+        let cfg = LmConfig {
+            vocab: 30,
+            dim: 16,
+            layers: 2,
+            heads: 2,
+            ffn_hidden: 24,
+            attention: AttnKind::Ela { kernel: ElaKernel::HadamardExp, chunk: 8 },
+            link: Link::Residual,
+            lobe: LobeMode::Off,
+            moe: None,
+            final_norm: true,
+            tied_embeddings: true,
+            rope_max_len: None,
+        };
+        let store = ParamStore::new(&Cpu, DType::F32, 12);
+        let model = ElaLm::new(&store, cfg).unwrap().with_precision(ela_nn::precision::Precision::Bf16);
+        // 64 rows: enough for the gate and up projections to run stacked (2 x 24).
+        let ids: Vec<u32> = (0..2 * 32).map(|i| (i * 11 % 30) as u32).collect();
+        let ids = Tensor::from_vec(ids, [2, 32], &Cpu).unwrap();
+        let (pre, per_use) = (model.forward(&ids).unwrap().logits, model.forward_layers(&ids).unwrap().logits);
+        let bits = |t: &Tensor<Cpu>| -> Vec<u64> { t.to_vec_f64().unwrap().iter().map(|x| x.to_bits()).collect() };
+        assert_eq!(pre.dtype(), DType::BF16);
+        assert_eq!(bits(&pre.value()), bits(&per_use.value()), "logits");
+        let (gp, gu) = (pre.sum_all().unwrap().backward().unwrap(), per_use.sum_all().unwrap().backward().unwrap());
+        for (name, p) in store.named_params() {
+            assert_eq!(bits(gp.get(&p).unwrap()), bits(gu.get(&p).unwrap()), "gradient of {name}");
+        }
+        let names: Vec<String> = store.named_params().into_iter().map(|(n, _)| n).collect();
+        let next_to =
+            |a: &str, b: &str| names.iter().zip(&names[1..]).filter(|(x, y)| x.ends_with(a) && y.ends_with(b)).count();
+        assert_eq!((next_to(".q.weight", ".k.weight"), next_to(".k.weight", ".v.weight")), (2, 2), "{names:?}");
+        assert_eq!(next_to(".w_gate.weight", ".w_up.weight"), 2, "{names:?}");
     }
 }

@@ -4,7 +4,7 @@ use ela_autograd::Var;
 use ela_core::{Backend, Error, Result, Tensor};
 
 use crate::module::{Forward, Init, Module, ParamStore};
-use crate::precision::{times_weight_t, weight_for};
+use crate::precision::{stacked_weight_casts, times_weight_t, weight_for};
 
 /// How a [`Linear`] weight is initialised.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -191,9 +191,12 @@ fn affine<B: Backend>(x: &Var<B>, weights: &[&Var<B>], bias: Option<&Var<B>>) ->
     // the parameters stay f32 masters and get f32 gradients; docs/nn.md, "Mixed precision").
     // Stacked weights are one node over the weights themselves (`Var::linear_stacked`: no
     // stacked copy of the f32 masters kept for the backward).
-    let y = match weights {
-        [w] => times_weight_t(&x2, w)?,
-        _ => x2.linear_stacked(weights)?,
+    // Inside `with_weight_casts` the stacked product reads the casts made there (in place when
+    // they lie back to back).
+    let y = match (weights, stacked_weight_casts(weights, x.dtype())) {
+        ([w], _) => times_weight_t(&x2, w)?,
+        (_, Some(casts)) => x2.linear_stacked_cast(weights, &casts.iter().collect::<Vec<_>>())?,
+        (_, None) => x2.linear_stacked(weights)?,
     };
     let y = match bias {
         Some(b) => y.add(&weight_for(b, x.dtype())?)?,
@@ -201,6 +204,9 @@ fn affine<B: Backend>(x: &Var<B>, weights: &[&Var<B>], bias: Option<&Var<B>>) ->
     };
     let mut out = dims;
     *out.last_mut().expect("rank checked") = out_dim;
+    if y.dims() == out {
+        return Ok(y);
+    }
     y.reshape(out)
 }
 
