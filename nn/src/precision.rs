@@ -159,10 +159,9 @@ pub fn with_cast_cache<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// `[w_1; w_2; ..]` stacked for a product with activations of dtype `x`, when every `w_i` has a
-/// cast made by [`with_weight_casts`]: `(weights, their casts)` for `Var::linear_stacked_cast`
-/// (casts made back to back in one call are the stacked weight without a copy). `None` when any
-/// weight has none.
+/// The casts of `w_1, w_2, ..` to `x` made by [`with_weight_casts`], in order, for
+/// `Var::linear_stacked_cast` (casts made back to back in one call are the stacked weight
+/// without a copy); `None` when any weight has none.
 pub fn stacked_weight_casts<B: Backend>(ws: &[&Var<B>], x: DType) -> Option<Vec<ela_core::Tensor<B>>> {
     ws.iter().map(|w| weight_cast(w, x)).collect()
 }
