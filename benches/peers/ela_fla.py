@@ -22,8 +22,11 @@ which then measures only the combinations whose warm-up finished.
 
 Usage (GPU machine, fla-core installed):
     python3 benches/peers/ela_fla.py --warm 64 bfloat16      # optional, in parallel, first
-    python3 benches/peers/ela_fla.py [--section fla|sdpa|decode]... [--feature exp|elu]
-`--feature elu` times fla on elu(q) + 1, elu(k) + 1: the peer of the elu+1 kernel.
+    python3 benches/peers/ela_fla.py [--section fla|sdpa|decode]... [--feature exp|elu|identity]
+`--feature elu` times fla on elu(q) + 1, elu(k) + 1: the peer of the elu+1 kernel; `--feature
+identity` on q, k themselves (fla's own normalised linear attention: the peer of the Identity
+kernel), with q, k uniform in [0, 0.5) as ela_gpu draws them for the signed kernels (signed
+inputs would make the denominators cancel and the error column meaningless).
 Prints markdown tables.
 """
 import argparse
@@ -40,6 +43,13 @@ S3 = math.sqrt(3.0)
 
 def uniform(shape, shift, dtype, gen):
     return ((torch.rand(shape, generator=gen, device="cuda") * 2 - 1) * S3 + shift).to(dtype)
+
+
+def qk_input(shape, shift, dtype, gen):
+    """q (shift 0.5) or k (-0.5): `uniform`, or for the identity feature uniform in [0, 0.5)."""
+    if FEATURE == "identity":
+        return (torch.rand(shape, generator=gen, device="cuda") * 0.5).to(dtype)
+    return uniform(shape, shift, dtype, gen)
 
 
 def time_ms(fn, warm=2, reps=5):
@@ -60,7 +70,7 @@ def time_ms(fn, warm=2, reps=5):
 
 # The feature map applied to q and k before fla's kernel (`--feature`): exp gives Hadamard-Exp
 # ELA, elu+1 the kernel of the same name (phi = psi = elu(x) + 1).
-FEATURES = {"exp": torch.exp, "elu": lambda x: F.elu(x) + 1.0}
+FEATURES = {"exp": torch.exp, "elu": lambda x: F.elu(x) + 1.0, "identity": lambda x: x}
 FEATURE = "exp"
 # What bench_fla sweeps (`--t`, `--d`, `--dtype` narrow it).
 DS = (64, 128)
@@ -90,7 +100,8 @@ def marker(d, dtype):
 def warm(d, dtype):
     """Autotune fla's kernels for one (D, dtype): forward and backward at T = 1024."""
     gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (uniform((B, 1024, H, d), s, dtype, gen).requires_grad_() for s in (0.5, -0.5, 0.0))
+    q, k = (qk_input((B, 1024, H, d), s, dtype, gen).requires_grad_() for s in (0.5, -0.5))
+    v = uniform((B, 1024, H, d), 0.0, dtype, gen).requires_grad_()
     fla_ela(q, k, v).backward(uniform((B, 1024, H, d), 0.0, dtype, gen))
     torch.cuda.synchronize()
     open(marker(d, dtype), "w").close()
@@ -101,8 +112,8 @@ def fla_error(ela, d, dtype, gen):
     (the same for every T of the table: computed once per D and dtype, whichever T are timed)."""
     t = 1024
     with torch.no_grad():
-        q = uniform((B, t, H, d), 0.5, dtype, gen)
-        k = uniform((B, t, H, d), -0.5, dtype, gen)
+        q = qk_input((B, t, H, d), 0.5, dtype, gen)
+        k = qk_input((B, t, H, d), -0.5, dtype, gen)
         v = uniform((B, t, H, d), 0.0, dtype, gen)
         y = ela(q, k, v)[0, :, 0].double()
         ref = quadratic_f64(q[0, :, 0], k[0, :, 0], v[0, :, 0])
@@ -114,7 +125,7 @@ def fla_error(ela, d, dtype, gen):
 def bench_fla():
     ela = fla_ela
 
-    f = "exp" if FEATURE == "exp" else "elu(.) + 1"
+    f = {"exp": "exp", "elu": "elu(.) + 1", "identity": "."}[FEATURE]
     print(f"\n### fla-core chunk_linear_attn({f.replace('.', 'q')}, {f.replace('.', 'k')}, v, scale=1, normalize=True)\n")
     print("| D | dtype | T | forward ms | fwd+bwd ms | y err (T=1024, seq 0, vs f64) |")
     print("|---|---|---|---|---|---|")
@@ -130,8 +141,8 @@ def bench_fla():
                 err = f"failed: {type(e).__name__}"
             for t in TS:
                 try:
-                    q = uniform((B, t, H, d), 0.5, dtype, gen).requires_grad_()
-                    k = uniform((B, t, H, d), -0.5, dtype, gen).requires_grad_()
+                    q = qk_input((B, t, H, d), 0.5, dtype, gen).requires_grad_()
+                    k = qk_input((B, t, H, d), -0.5, dtype, gen).requires_grad_()
                     v = uniform((B, t, H, d), 0.0, dtype, gen).requires_grad_()
                     dy = uniform((B, t, H, d), 0.0, dtype, gen)
                     reps = 10 if t <= 4096 else 5

@@ -63,14 +63,18 @@ fn main() -> ela_core::Result<()> {
     let arch = std::env::args().nth(1).unwrap_or_else(|| "sm_90".into());
     println!("| variant | kernel | registers | stack frame (B) | spill stores (B) | spill loads (B) | code (KB) |");
     println!("|---|---|---:|---:|---:|---:|---:|");
-    // Hadamard Exp's variants (D = Dv), then the feature-map kernels' (`la_chunk.cu`) as the
+    // Hadamard Exp's variants (D = Dv) and their elu+1 and Identity maps, then the feature-map kernels' (`la_chunk.cu`) as the
     // identity and elu+1 kernels use them: f32 operands, and bf16 tensor cores for elu+1's bf16
     // inputs, at D = 64 and 128 ([v | 1] padded to 80 and 144 columns).
     let mut files = Vec::new();
-    for map in [ChunkMap::Exp, ChunkMap::EluPlusOne] {
+    for map in [ChunkMap::Exp, ChunkMap::EluPlusOne, ChunkMap::Identity] {
         for (dt, d) in [(ElaDt::BF16, 64), (ElaDt::BF16, 128), (ElaDt::BF16, 256), (ElaDt::F32, 64), (ElaDt::F32, 128)]
         {
-            let name = if map == ChunkMap::Exp { "" } else { "elu+1 " };
+            let name = match map {
+                ChunkMap::Exp => "",
+                ChunkMap::EluPlusOne => "elu+1 ",
+                ChunkMap::Identity => "identity ",
+            };
             files.push((format!("{name}{dt:?} d={d}"), KernelFile::ElaChunk { map, dt, d, dv: d }));
         }
     }

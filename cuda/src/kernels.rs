@@ -161,6 +161,9 @@ pub enum ChunkMap {
     /// `lf(x) = log1p(x)` for `x > 0`, else `x`, applied to `q` and `k` as they are read
     /// (docs/ela.md, "elu+1 on the Hadamard-Exp kernels").
     EluPlusOne = 1,
+    /// Identity: `phi(q) = q`, `psi(k) = k`, signed, so without exps or units (every shift is
+    /// 0 and no row takes the exact path; docs/ela.md, "Identity on the Hadamard-Exp kernels").
+    Identity = 2,
 }
 
 /// One kernel source file (one op family).
@@ -236,9 +239,9 @@ pub struct LmShape {
 impl KernelFile {
     /// Every kernel file (each family of chunked ELA kernels in representative variants: the
     /// tensor-core path (Hadamard Exp), an f32-operand path with 32-row chunks (the elu+1 map of
-    /// the same kernels), and for the feature-map kernels tensor-core tiles wider than 144, which
+    /// the same kernels), Identity's map on 64-row f32 tiles, and for the feature-map kernels tensor-core tiles wider than 144, which
     /// take 32-row chunks too).
-    pub const ALL: [KernelFile; 15] = [
+    pub const ALL: [KernelFile; 16] = [
         KernelFile::Elementwise,
         KernelFile::Reduce,
         KernelFile::SoftmaxNorm,
@@ -248,6 +251,7 @@ impl KernelFile {
         KernelFile::Ela,
         KernelFile::ElaChunk { map: ChunkMap::Exp, dt: ElaDt::BF16, d: 64, dv: 64 },
         KernelFile::ElaChunk { map: ChunkMap::EluPlusOne, dt: ElaDt::F32, d: 128, dv: 128 },
+        KernelFile::ElaChunk { map: ChunkMap::Identity, dt: ElaDt::F32, d: 64, dv: 64 },
         KernelFile::ElaLa { dt: ElaDt::BF16, tc: true, f: 80, e: 80 },
         KernelFile::ElaLa { dt: ElaDt::F16, tc: false, f: 144, e: 144 },
         KernelFile::ElaLa { dt: ElaDt::BF16, tc: true, f: 160, e: 16 },
@@ -280,7 +284,11 @@ impl KernelFile {
         let dt = |d: ElaDt| format!("{d:?}").to_lowercase();
         match self {
             KernelFile::ElaChunk { map, dt: t, d, dv } => {
-                let map = if map == ChunkMap::EluPlusOne { "_elu" } else { "" };
+                let map = match map {
+                    ChunkMap::Exp => "",
+                    ChunkMap::EluPlusOne => "_elu",
+                    ChunkMap::Identity => "_id",
+                };
                 format!("{stem}{map}_{}_d{d}_dv{dv}", dt(t))
             }
             KernelFile::ElaLa { dt: t, tc, f, e } => {
@@ -728,6 +736,10 @@ mod tests {
         assert_eq!(
             KernelFile::ElaChunk { map: ChunkMap::EluPlusOne, dt: ElaDt::F32, d: 64, dv: 64 }.label(),
             "chunk_fwd_elu_f32_d64_dv64"
+        );
+        assert_eq!(
+            KernelFile::ElaChunk { map: ChunkMap::Identity, dt: ElaDt::BF16, d: 128, dv: 128 }.label(),
+            "chunk_fwd_id_bf16_d128_dv128"
         );
         assert_eq!(KernelFile::ElaLa { dt: ElaDt::F32, tc: false, f: 66, e: 72 }.label(), "la_chunk_f32_f66_e72");
         assert_eq!(KernelFile::Elementwise.label(), "elementwise");

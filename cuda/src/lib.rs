@@ -57,7 +57,10 @@ pub use device::{cuda_if_available, cuda_or_none, Cuda};
 pub use graph::CudaGraphExec;
 pub use nccl::{NcclComm, DEFAULT_NCCL_TIMEOUT, NCCL_ID_BYTES};
 #[doc(hidden)]
-pub use ops::ela::{with_elu_tiles, with_la_rows, with_la_scan, with_scan_runs, with_signed_bf16, ELU_TILES_DEFAULT};
+pub use ops::ela::{
+    with_elu_tiles, with_identity_tiles, with_la_rows, with_la_scan, with_scan_runs, with_signed_bf16,
+    ELU_TILES_DEFAULT, IDENTITY_TILES_DEFAULT,
+};
 pub use ops::lm_decode::{DecodeLayer, DecodeLink, DecodeModel, LmDecodePlan, LM_DECODE_MAX_LAYERS};
 pub use ops::multi_tensor::AdamWInPlace;
 pub use ops::nn::with_fused_add_rms;

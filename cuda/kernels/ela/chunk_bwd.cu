@@ -33,7 +33,7 @@
 // distinct banks), in flight during the dk pass; the dq epilogue reads them from shared memory.
 // Measured on an H100 (docs/benchmarks.md, "q in shared memory, predicated stores"): fwd+bwd
 // -2.8 % at bf16 D64 T16k, -3.9 % at the d512 LM's shape.
-#define ELA_QSTAGE (!ELA_QLOAD && ELA_F <= ELA_C)
+#define ELA_QSTAGE (!ELA_QLOAD && ELA_F <= ELA_C && ELA_UNITS)
 // ELA_PSTORE computes the epilogues' entries of rows past the chunk's end too (shared-memory
 // reads inside the tiles; q's global loads stay guarded) and stores with store_st2_if, so the
 // dv, dk and dq epilogues need no branch region per entry pair. Measured (same section): fwd+bwd
@@ -127,14 +127,14 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
         float mx = neg_inf<float>();
 #pragma unroll
         for (int e = 0; e < RP::EPT; ++e) mx = fmaxf(mx, kp.x[e]);
-        mx = RP::max(mx);
+        mx = unit_max(RP::max(mx));
 #pragma unroll
         for (int e0 = 0; e0 < RP::EPT; e0 += MT_VEC) {
             float pa[MT_VEC], pu[MT_VEC];
 #pragma unroll
             for (int k = 0; k < MT_VEC; ++k) {
-                pa[k] = exp_if(j < n, kp.x[e0 + k] - mx);
-                pu[k] = exp_if(j < n, kp.x[e0 + k] - mnx[fsk(c0) + fsk(e0 + k)]);
+                pa[k] = feat_if(j < n, kp.x[e0 + k] - mx);
+                pu[k] = feat_if(j < n, kp.x[e0 + k] - mnx[fsk(c0) + fsk(e0 + k)]);
             }
             store_mt_vec(psia + j * LDF + c0 + e0, pa);
             store_mt_vec(psiu + j * LDF + c0 + e0, pu);
@@ -145,12 +145,12 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
             float mxq = neg_inf<float>();
 #pragma unroll
             for (int e = 0; e < RP::EPT; ++e) mxq = fmaxf(mxq, qp.x[e]);
-            mxq = RP::max(mxq);
+            mxq = unit_max(RP::max(mxq));
 #pragma unroll
             for (int e0 = 0; e0 < RP::EPT; e0 += MT_VEC) {
                 float pa[MT_VEC];
 #pragma unroll
-                for (int k = 0; k < MT_VEC; ++k) pa[k] = exp_if(j < n, qp.x[e0 + k] - mxq);
+                for (int k = 0; k < MT_VEC; ++k) pa[k] = feat_if(j < n, qp.x[e0 + k] - mxq);
                 store_mt_vec(phia + j * LDF + c0 + e0, pa);
             }
             if (RP::head()) mq[j] = mxq;
@@ -180,8 +180,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                 const bool on = ROW_VAL(rg, gmul, i, e) != 0.f;  // 1 / den on the fast path, else 0
                 float e0 = 0.f, e1 = 0.f;
                 if (!skip) {
-                    e0 = exp_if(on && j <= i, ROW_VAL(rq, mq, i, e) + mk[j] - ROW_VAL(ru, uu, i, e));
-                    e1 = exp_if(on && j + 1 <= i, ROW_VAL(rq, mq, i, e) + mk[j + 1] - ROW_VAL(ru, uu, i, e));
+                    e0 = keep_if(on && j <= i, unit_exp(ROW_VAL(rq, mq, i, e) + mk[j] - ROW_VAL(ru, uu, i, e)));
+                    e1 = keep_if(on && j + 1 <= i, unit_exp(ROW_VAL(rq, mq, i, e) + mk[j + 1] - ROW_VAL(ru, uu, i, e)));
                 }
                 store_mt2(At + i * LDC + j, e0 == 0.f ? 0.f : aA[nt][e] * e0, e1 == 0.f ? 0.f : aA[nt][e + 1] * e1);
                 store_mt2(Dm + i * LDC + j, e0 == 0.f ? 0.f : (aD[nt][e] - ROW_VAL(rc, cc, i, e)) * e0,
@@ -244,6 +244,10 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                 const float v0 = from_mt(psia[j * LDF + d]) * a1[nt][e] + from_mt(psiu[j * LDF + d]) * (a2[nt][e] - wst[d]);
                 const float v1 = from_mt(psia[j * LDF + d + 1]) * a1[nt][e + 1] +
                                  from_mt(psiu[j * LDF + d + 1]) * (a2[nt][e + 1] - wst[d + 1]);
+#elif ELA_FMAP == 2
+                // Identity: the features' derivative is 1.
+                const float v0 = a1[nt][e] + (a2[nt][e] - wst[d]);
+                const float v1 = a1[nt][e + 1] + (a2[nt][e + 1] - wst[d + 1]);
 #else
                 // The features' derivatives in the same units: exp(min(lf, 0) - shift) =
                 // min(exp(lf - shift), exp(-shift)), the shifts mk_j and m^(c+1)_d.
@@ -301,14 +305,18 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                 load_st2(qg + (i64)i * lq + d, q0, q1);  // (ELA_PSTORE is off here: i < n)
 #endif
                 q0 = lderiv(q0), q1 = lderiv(q1);  // (ELA_FMAP 0: q itself)
-                const float pb0 = exp_if(on, q0 + mcur[d] - ROW_VAL(ru, uu, i, e));
-                const float pb1 = exp_if(on, q1 + mcur[d + 1] - ROW_VAL(ru, uu, i, e));
+                // (Identity: the derivative of phi_b is 1, q unused.)
+                const float pb0 = keep_if(on, unit_exp(q0 + mcur[d] - ROW_VAL(ru, uu, i, e)));
+                const float pb1 = keep_if(on, unit_exp(q1 + mcur[d + 1] - ROW_VAL(ru, uu, i, e)));
                 float v0 = pb0 * (a2[nt][e] - ROW_VAL(rc, cc, i, e) * zst[d]),
                       v1 = pb1 * (a2[nt][e + 1] - ROW_VAL(rc, cc, i, e) * zst[d + 1]);
                 if (causal) {
 #if ELA_FMAP == 0
                     v0 += from_mt(phia[i * LDF + d]) * a1[nt][e];
                     v1 += from_mt(phia[i * LDF + d + 1]) * a1[nt][e + 1];
+#elif ELA_FMAP == 2
+                    v0 += a1[nt][e];
+                    v1 += a1[nt][e + 1];
 #else
                     // phi_a's derivative: min(exp(lf - mq_i), exp(-mq_i)) (as dk's above).
                     const float la = exp_ftz(-mq[i]);

@@ -34,9 +34,24 @@
 // multiplies a gradient by a feature exp(x - shift), elu+1 multiplies it by exp(lderiv(x) - shift)
 // (docs/ela.md, "elu+1 on the Hadamard-Exp kernels"). With ELA_FMAP 0 both maps are the identity
 // and compile to nothing. NaN stays NaN through both.
+//   2  Identity: phi(q) = q, psi(k) = k, signed, so there is no exp to keep in range and no
+//      units: every maximum, shift and unit is 0 (slots' m included), a feature is the input
+//      itself (feat_if of the input less a shift of 0) and an entry of E is 1 (unit_exp). A
+//      denominator may be 0 or negative, so no row takes the exact path, which exists for sums of
+//      exps that underflow. Where the backward multiplies by a feature of its own side (the
+//      derivative of exp), Identity multiplies by 1 (docs/ela.md, "Identity on the
+//      Hadamard-Exp kernels").
 #ifndef ELA_FMAP
 #error "the host defines ELA_FMAP"
 #endif
+#define ELA_UNITS (ELA_FMAP != 2)
+// A feature from its argument x, the input less its shift: exp(x), or x itself for Identity; 0
+// where `live` is false (rows past the chunk's end).
+__device__ __forceinline__ float feat_if(bool live, float x) { return ELA_UNITS ? exp_if(live, x) : keep_if(live, x); }
+// A factor exp(x) between units (E's entries): 1 for Identity, whose units are all 0.
+__device__ __forceinline__ float unit_exp(float x) { return ELA_UNITS ? exp_ftz(x) : 1.f; }
+// A maximum that sets units (a row's, a feature's): 0 for Identity.
+__device__ __forceinline__ float unit_max(float m) { return ELA_UNITS ? m : 0.f; }
 // log(1 + x) for x > 0 as lg2.approx of the rounded 1 + x: two instructions where log1pf takes
 // about thirty, and these run on every q and k element a scan step or a chunk reads. The rounding
 // of 1 + x and lg2.approx's error (about 2^-22 relative) make an absolute error in lf, i.e. a
@@ -205,7 +220,7 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
     float acc[W::NT][4], accz[1][4];  // accz: the [1 | c den] tile (group-0 warps)
     zero_acc(acc);
     zero_acc(accz);
-    float mf = neg_inf<float>();  // thread f < F: the units of acc (mode 0)
+    float mf = ELA_UNITS ? neg_inf<float>() : 0.f;  // thread f < F: the units of acc (mode 0)
     if (mode == 0 && init_s) {
         const float* is = init_s + ((i64)seq * FA + f0) * DV;
 #pragma unroll
@@ -360,7 +375,7 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
                 raw_to_mt4(pv[p][i], o);
                 st_mt4(vp + r * LDV + 4 * cq, from_mt(o[0]), from_mt(o[1]), from_mt(o[2]), from_mt(o[3]));
             }
-            if (mode == 0) {
+            if (mode == 0 && ELA_UNITS) {
                 float cm[4] = {neg_inf<float>(), neg_inf<float>(), neg_inf<float>(), neg_inf<float>()};
 #pragma unroll
                 for (int i = 0; i < NX; ++i) {
@@ -430,7 +445,7 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
                     float mx = neg_inf<float>();
 #pragma unroll
                     for (int w = 0; w < ELA_WARPS; ++w) mx = fmaxf(mx, part[(p * ELA_WARPS + w) * F + tid]);
-                    to = fmaxf(from, mx);  // a missing chunk's maxima are -inf: units kept
+                    to = unit_max(fmaxf(from, mx));  // a missing chunk's maxima are -inf: units kept
                 } else {
                     from = m_from[p];
                     to = m_to[p];
@@ -471,7 +486,7 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
                 float ex[4];
 #pragma unroll
                 for (int j = 0; j < 4; ++j)
-                    ex[j] = mode == 0 ? exp_if(r < n, o[j] - mt[j]) : exp_if(r < n, o[j] + mt[j] - u) * inv;
+                    ex[j] = mode == 0 ? feat_if(r < n, o[j] - mt[j]) : feat_if(r < n, o[j] + mt[j] - u) * inv;
                 st_mt4(psi + (p * C + r) * LDF + fx, ex[0], ex[1], ex[2], ex[3]);
             }
         }

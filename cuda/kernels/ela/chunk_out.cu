@@ -123,11 +123,12 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         for (int e = 0; e < RP::EPT; ++e) mx = fmaxf(mx, kp.x[e]);
         mx = RP::max(mx);  // every lane takes part in the shuffles
         if (row >= n) mx = neg_inf<float>();
+        mx = unit_max(mx);
 #pragma unroll
         for (int e0 = 0; e0 < RP::EPT; e0 += MT_VEC) {
             float pa[MT_VEC];
 #pragma unroll
-            for (int k = 0; k < MT_VEC; ++k) pa[k] = exp_if(row < n, kp.x[e0 + k] - mx);
+            for (int k = 0; k < MT_VEC; ++k) pa[k] = feat_if(row < n, kp.x[e0 + k] - mx);
             store_mt_vec(psia + row * LDF + rc0 + e0, pa);
         }
         if (RP::head()) mk[row] = mx;
@@ -159,8 +160,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
             a = fmaxf(a, qp.x[e]);
             b = fmaxf(b, qp.x[e] + mst[fsk(rc0) + fsk(e)]);
         }
-        const float mqv = RP::max(a), smax = RP::max(b);
-        const float u = causal ? fmaxf(mqv + pm[i], smax) : smax;
+        const float mqv = unit_max(RP::max(a)), smax = RP::max(b);
+        const float u = unit_max(causal ? fmaxf(mqv + pm[i], smax) : smax);
         float ds = 0.f;
 #pragma unroll
         for (int e0 = 0; e0 < RP::EPT; e0 += MT_VEC) {
@@ -168,11 +169,11 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
 #pragma unroll
             for (int k = 0; k < MT_VEC; k += 2) {
                 const int e = e0 + k;
-                pb[k] = exp_if(i < n, qp.x[e] + mst[fsk(rc0) + fsk(e)] - u);
-                pb[k + 1] = exp_if(i < n, qp.x[e + 1] + mst[fsk(rc0) + fsk(e + 1)] - u);
+                pb[k] = feat_if(i < n, qp.x[e] + mst[fsk(rc0) + fsk(e)] - u);
+                pb[k + 1] = feat_if(i < n, qp.x[e + 1] + mst[fsk(rc0) + fsk(e + 1)] - u);
                 ds += pb[k] * zst[fsk(rc0) + fsk(e)] + pb[k + 1] * zst[fsk(rc0) + fsk(e + 1)];
-                pa[k] = exp_if(i < n, qp.x[e] - mqv);
-                pa[k + 1] = exp_if(i < n, qp.x[e + 1] - mqv);
+                pa[k] = feat_if(i < n, qp.x[e] - mqv);
+                pa[k + 1] = feat_if(i < n, qp.x[e + 1] - mqv);
             }
             store_mt_vec(phib + i * LDF + rc0 + e0, pb);
             if (causal) store_mt_vec(phia + i * LDF + rc0 + e0, pa);
@@ -211,9 +212,9 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
                 // cannot reach an earlier row.
                 float a0 = 0.f, a1 = 0.f;
                 if (!skip) {
-                    a0 = keep_if(ok && j <= i, acc[nt][e] * exp_ftz(ROW_VAL(rq, mq, i, e) + mk[j] - ROW_VAL(ru, uu, i, e)));
+                    a0 = keep_if(ok && j <= i, acc[nt][e] * unit_exp(ROW_VAL(rq, mq, i, e) + mk[j] - ROW_VAL(ru, uu, i, e)));
                     a1 = keep_if(ok && j + 1 <= i,
-                                 acc[nt][e + 1] * exp_ftz(ROW_VAL(rq, mq, i, e) + mk[j + 1] - ROW_VAL(ru, uu, i, e)));
+                                 acc[nt][e + 1] * unit_exp(ROW_VAL(rq, mq, i, e) + mk[j + 1] - ROW_VAL(ru, uu, i, e)));
                 }
                 store_mt2(At + i * LDC + j, a0, a1);
                 if (e == 0) slo += a0 + a1;
@@ -234,7 +235,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         if (causal)
             for (int g = 0; g < WA::GROUPS; ++g) d += dpart[g * C + tid];
         den[tid] = d;
-        slw[tid] = (causal && tid < n && d < ELA_TINY) ? 1 : 0;
+        slw[tid] = (ELA_UNITS && causal && tid < n && d < ELA_TINY) ? 1 : 0;
     }
     if (mode == 0) st.store(Sst, LDV, (const float*)0);  // phi_a, psi_a are dead now
     __syncthreads();

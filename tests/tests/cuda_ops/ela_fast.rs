@@ -546,3 +546,58 @@ fn elu_tile_extremes(dev: &Cuda) -> Result<()> {
     assert!(errs[0].0 <= 1e-4 && errs[1..].iter().all(|e| e.0 <= 1e-3), "elu+1 exact path {errs:?}");
     Ok(())
 }
+
+/// Identity on the Hadamard-Exp kernels without exps or units (`ChunkMap::Identity`;
+/// `with_identity_tiles(true)` whatever the default): f32 inputs take them, bf16 inputs only with
+/// the signed kernels' bf16-operand opt-in; forward and gradients agree with f64 and the CPU to
+/// Hadamard Exp's bounds, or at worst twice the feature-map path's own error
+/// (`with_identity_tiles(false)`, the path they replace: Identity's gradients are worse
+/// conditioned than Hadamard Exp's), at every compiled head size, causal and not, with a ragged
+/// last chunk. q and k are drawn from [-0.3, 1) (signed features; the denominators stay away from
+/// 0, where Identity's outputs have no accuracy to check).
+#[test]
+fn identity_on_the_tiles_matches_f64_the_cpu_and_the_feature_map_path() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    ela_cuda::with_identity_tiles(true, || identity_tile_cases(&dev))
+}
+
+/// The body of [`identity_on_the_tiles_matches_f64_the_cpu_and_the_feature_map_path`].
+fn identity_tile_cases(dev: &Cuda) -> Result<()> {
+    use ela_core::Backend;
+    const ID: ElaKernel = ElaKernel::Identity;
+    let variants = [
+        (DType::F32, 64, 64),
+        (DType::F32, 128, 128),
+        (DType::F32, 64, 128),
+        (DType::F32, 128, 64),
+        (DType::BF16, 64, 64),
+        (DType::BF16, 128, 128),
+        (DType::BF16, 256, 256),
+    ];
+    for (vi, &(dtype, d, dv)) in variants.iter().enumerate() {
+        let signed = dtype == DType::BF16;
+        let dims = ela_core::ela::ElaDims { batch: 2, heads: 2, t: 150, d, dv };
+        let p = ElaParams::causal(ID);
+        let tiles = ela_cuda::with_signed_bf16(signed, || dev.ela_rows_supported(dtype, &dims, &p));
+        assert!(tiles, "identity {dtype:?} {d}x{dv} takes the tiles");
+        for (t, causal) in [(150, true), (150, false), (37, true)] {
+            let seed = 700 + 10 * vi as u64 + t as u64;
+            let u = |s: u64, w: usize, lo: f64| Pair::uniform(&[2, 2, t, w], lo, 1.0, dtype, seed + s, dev);
+            let (q, k, v, dy) = (u(0, d, -0.3), u(1, d, -0.3), u(2, dv, -1.0), u(3, dv, -1.0));
+            let case = || ela_cuda::with_signed_bf16(signed, || run_kernel_case(dev, ID, &q, &k, &v, &dy, causal));
+            let errs = case()?;
+            // (Non-causal calls off the tiles may take the parallel form, which saves no state:
+            // run_kernel_case would refuse it, so the comparison is causal only.)
+            let la = if causal { ela_cuda::with_identity_tiles(false, case)? } else { [(0.0, 0.0); 4] };
+            let tag = format!("identity {dtype:?} d={d} dv={dv} T={t} causal={causal}");
+            println!("{tag}: [y, dq, dk, dv] (vs f64, vs cpu) tiles {}, feature-map path {}", show(&errs), show(&la));
+            for ((name, (e64, ecpu)), (la64, _)) in ["y", "dq", "dk", "dv"].iter().zip(errs).zip(la) {
+                let tol = if *name == "y" || dtype != DType::F32 { bound(dtype) } else { 5e-5 };
+                let tol = tol.max(2.0 * la64);
+                assert!(e64 <= tol, "{name} {tag}: {e64:e} vs f64 > {tol:e}");
+                assert!(ecpu <= 2.0 * tol, "{name} {tag}: {ecpu:e} vs the CPU");
+            }
+        }
+    }
+    Ok(())
+}

@@ -3,8 +3,9 @@
 //! `chunk_fwd.cu`). The same module holds the one-launch decode step (`step.rs`).
 //!
 //! Taken for Hadamard Exp with f32/f16/bf16 inputs and head sizes `d`, `dv` in {64, 128} (and 256
-//! with 16-bit inputs, in 32-row chunks; see [`variant`]), and for elu+1 with f32/bf16 inputs at
-//! the same sizes without a carried state, as Hadamard Exp on log-features (`ChunkMap`); every
+//! with 16-bit inputs, in 32-row chunks; see [`variant`]), for elu+1 with f32/bf16 inputs at
+//! the same sizes without a carried state, as Hadamard Exp on log-features, and for Identity with
+//! f32 inputs (bf16 with the signed kernels' opt-in) likewise, without exps (`ChunkMap`); every
 //! other call runs the per-token scan of `recurrent.rs` (or the parallel form of `noncausal.rs`). Work is split into launches with parallel
 //! work: a scan over chunks per (sequence, 32 value columns) writes the state before every chunk
 //! ("slots"), then one block per (chunk, sequence) computes the chunk's rows; the backward adds
@@ -73,7 +74,7 @@ pub(crate) struct Variant {
 /// shared memory must fit in what one block of this GPU may have (256-wide heads need 229,632
 /// bytes, which an H100/H200 has and an A100 does not). `carried`: the call starts from or
 /// returns a carried state (prefill, a decode step), which only Hadamard Exp's take here (the
-/// kernels keep a state in per-feature units; elu+1's carried state has none).
+/// kernels keep a state in per-feature units; elu+1's and Identity's carried states have none).
 pub(crate) fn variant(dev: &Cuda, kernel: ElaKernel, dtype: DType, dims: &ElaDims, carried: bool) -> Option<Variant> {
     let cv = variant_for(kernel, dtype, dims, carried)?;
     let most = cv.scan_smem_mode(1).max(cv.out_smem()).max(cv.bwd_smem());
@@ -89,9 +90,19 @@ pub(super) fn variant_for(kernel: ElaKernel, dtype: DType, dims: &ElaDims, carri
     let dt = ElaDt::of(dtype)?;
     // elu+1 with f16 inputs keeps the feature-map path's f32 operands: these kernels' bf16
     // operands are coarser than f16 (docs/ela.md, "The chunked form of the feature-map kernels").
+    // Identity's f32 inputs take f32 operands (3xTF32, as the feature-map path's); its bf16
+    // inputs bf16 operands only where the caller accepts them for the signed kernels
+    // (`with_signed_bf16`: the state slots are rounded to bf16 once a chunk, and its sums cancel).
     let map = match kernel {
         ElaKernel::HadamardExp => ChunkMap::Exp,
         ElaKernel::EluPlusOne if !carried && dt != ElaDt::F16 && super::elu_on_tiles() => ChunkMap::EluPlusOne,
+        ElaKernel::Identity
+            if !carried
+                && super::identity_on_tiles()
+                && (dt == ElaDt::F32 || (dt == ElaDt::BF16 && super::feature_chunk::signed_bf16())) =>
+        {
+            ChunkMap::Identity
+        }
         _ => return None,
     };
     // 256-wide heads only with 16-bit operands: their tiles fit in shared memory with 32-row
@@ -735,7 +746,38 @@ mod tests {
         }
         assert!(variant_for(elu, DType::F16, &dims(64, 64), false).is_none());
         assert!(variant_for(elu, DType::BF16, &dims(32, 64), false).is_none());
-        assert!(variant_for(ElaKernel::Identity, DType::BF16, &dims(64, 64), false).is_none());
+        for k in [ElaKernel::SumSqEuclid, ElaKernel::SubSqEuclid, ElaKernel::Blueprint] {
+            assert!(variant_for(k, DType::F32, &dims(64, 64), false).is_none(), "{k}");
+        }
+    }
+
+    /// Identity takes the kernels' Identity modules with f32 inputs, and with bf16 inputs only
+    /// where the caller accepts bf16 operands for the signed kernels; never with f16 inputs, a
+    /// carried state, or the tiles switched off.
+    #[test]
+    fn identity_takes_the_tiles_with_f32_operands_or_the_signed_opt_in() {
+        use super::super::{with_identity_tiles, with_signed_bf16};
+        let id = ElaKernel::Identity;
+        let map = |dtype, d, dv, carried| variant_for(id, dtype, &dims(d, dv), carried).map(|cv| (cv.file, cv.mt));
+        with_identity_tiles(true, || {
+            with_signed_bf16(false, || {
+                for (d, dv) in [(64, 64), (128, 128), (64, 128)] {
+                    let (file, mt) = map(DType::F32, d, dv, false).expect("f32 on the tiles");
+                    assert!(matches!(file, KernelFile::ElaChunk { map: ChunkMap::Identity, .. }), "{file:?}");
+                    assert_eq!(mt, DType::F32);
+                    assert!(map(DType::F32, d, dv, true).is_none(), "carried state");
+                }
+                assert!(map(DType::BF16, 64, 64, false).is_none(), "bf16 operands only with the opt-in");
+                assert!(map(DType::F32, 256, 256, false).is_none(), "f32 tiles of 256 do not fit");
+            });
+            with_signed_bf16(true, || {
+                let (file, mt) = map(DType::BF16, 256, 256, false).expect("bf16 with the opt-in");
+                assert!(matches!(file, KernelFile::ElaChunk { map: ChunkMap::Identity, .. }), "{file:?}");
+                assert_eq!(mt, DType::BF16);
+                assert!(map(DType::F16, 64, 64, false).is_none(), "f16 inputs keep f32 operands");
+            });
+        });
+        assert!(with_identity_tiles(false, || map(DType::F32, 64, 64, false)).is_none());
     }
 
     /// The reverse scan with its row copies (16-bit operands) still fits two blocks in a Hopper

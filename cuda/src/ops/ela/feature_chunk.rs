@@ -158,8 +158,13 @@ pub(super) fn plan(dev: &Cuda, kernel: ElaKernel, dtype: DType, dims: &ElaDims) 
     if super::switches().scan_only || super::switches().gemm_chunk {
         return None;
     }
-    let signed_bf16 = SIGNED_BF16.with(|c| c.get()).unwrap_or(super::switches().signed_bf16);
-    plan_for(kernel, dtype, dims, dev.max_shared_memory_per_block(), signed_bf16)
+    plan_for(kernel, dtype, dims, dev.max_shared_memory_per_block(), signed_bf16())
+}
+
+/// Whether the signed kernels' bf16 inputs take bf16 operands on this thread:
+/// [`with_signed_bf16`], else `ELA_CUDA_SIGNED_BF16`.
+pub(super) fn signed_bf16() -> bool {
+    SIGNED_BF16.with(|c| c.get()).unwrap_or(super::switches().signed_bf16)
 }
 
 /// [`plan`] for a GPU whose blocks may have `smem_limit` bytes of shared memory; `signed_bf16`:

@@ -5,7 +5,8 @@
 //! - `chunk.rs`: Hadamard Exp with f32/f16/bf16 inputs and head sizes 64 or 128 (256 with 16-bit
 //!   inputs), the chunked tensor-core kernels (`chunk_fwd.cu`, `chunk_bwd.cu`); elu+1 with f32/bf16
 //!   inputs at those sizes and no carried state too, as Hadamard Exp on log-features
-//!   ([`ELU_TILES_DEFAULT`]);
+//!   ([`ELU_TILES_DEFAULT`]), and Identity with f32 inputs (bf16 with [`with_signed_bf16`]) as
+//!   Hadamard Exp without exps or units ([`IDENTITY_TILES_DEFAULT`]);
 //! - `padded.rs`: Hadamard Exp with f32/bf16 inputs at the other head sizes up to 128 (bf16: 256),
 //!   the same kernels on copies padded to the next compiled size with features and columns that
 //!   contribute nothing;
@@ -64,6 +65,10 @@ pub(super) struct Switches {
     /// apply, or the feature-map path (`feature_chunk.rs`) everywhere (as [`with_elu_tiles`] does
     /// for one thread), for timing the two; unset: [`ELU_TILES_DEFAULT`].
     pub elu_tiles: Option<bool>,
+    /// `ELA_CUDA_ID_TILES=1|0`: the Identity kernel takes the Hadamard-Exp kernels without
+    /// exps where they apply, or the feature-map path everywhere (as [`with_identity_tiles`]
+    /// does for one thread); unset: [`IDENTITY_TILES_DEFAULT`].
+    pub identity_tiles: Option<bool>,
     /// `ELA_CUDA_SIGNED_BF16`: the signed feature-map kernels with bf16 inputs take bf16
     /// operands (as [`feature_chunk::with_signed_bf16`] does for one thread, which takes
     /// precedence), an approximate fast path; unset: f32 operands.
@@ -86,15 +91,8 @@ pub(super) fn switches() -> &'static Switches {
                     0
                 }),
             },
-            elu_tiles: match std::env::var("ELA_CUDA_ELU_TILES").as_deref() {
-                Err(_) => None,
-                Ok("1") => Some(true),
-                Ok("0") => Some(false),
-                Ok(v) => {
-                    eprintln!("ela-cuda: ELA_CUDA_ELU_TILES={v:?} ignored: expected 1 or 0");
-                    None
-                }
-            },
+            elu_tiles: on_off("ELA_CUDA_ELU_TILES"),
+            identity_tiles: on_off("ELA_CUDA_ID_TILES"),
             la_scan: match std::env::var("ELA_CUDA_LA_SCAN").as_deref() {
                 Err(_) => None,
                 Ok("half") => Some("half"),
@@ -106,6 +104,20 @@ pub(super) fn switches() -> &'static Switches {
             },
         }
     })
+}
+
+/// A switch set to `1` or `0` in the environment (`None`: unset, or anything else, which is
+/// reported and ignored).
+fn on_off(name: &str) -> Option<bool> {
+    match std::env::var(name).as_deref() {
+        Err(_) => None,
+        Ok("1") => Some(true),
+        Ok("0") => Some(false),
+        Ok(v) => {
+            eprintln!("ela-cuda: {name}={v:?} ignored: expected 1 or 0");
+            None
+        }
+    }
 }
 
 /// Whether elu+1 takes the Hadamard-Exp kernels on log-features (`chunk.rs`, `ChunkMap::EluPlusOne`)
@@ -130,6 +142,29 @@ pub fn with_elu_tiles<R>(on: bool, f: impl FnOnce() -> R) -> R {
 /// `ELA_CUDA_ELU_TILES`, else [`ELU_TILES_DEFAULT`].
 fn elu_on_tiles() -> bool {
     ELU_TILES.with(|c| c.get()).or(switches().elu_tiles).unwrap_or(ELU_TILES_DEFAULT)
+}
+
+/// Whether the Identity kernel takes the Hadamard-Exp kernels without exps or units (`chunk.rs`,
+/// `ChunkMap::Identity`) where they apply, unless `ELA_CUDA_ID_TILES` or [`with_identity_tiles`]
+/// says otherwise. Off until its kernels have run on a GPU: opt in with `ELA_CUDA_ID_TILES=1`.
+pub const IDENTITY_TILES_DEFAULT: bool = false;
+
+thread_local! {
+    /// Set by [`with_identity_tiles`] on this thread.
+    static IDENTITY_TILES: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with every Identity call it issues on this thread on the Hadamard-Exp kernels
+/// without exps where they apply (`on`), or on the feature-map path everywhere: for tests and
+/// benchmarks that check or time one path whatever the default.
+pub fn with_identity_tiles<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    with_override(&IDENTITY_TILES, Some(on), f)
+}
+
+/// Whether Identity may take the Hadamard-Exp kernels: [`with_identity_tiles`] on this thread,
+/// else `ELA_CUDA_ID_TILES`, else [`IDENTITY_TILES_DEFAULT`].
+fn identity_on_tiles() -> bool {
+    IDENTITY_TILES.with(|c| c.get()).or(switches().identity_tiles).unwrap_or(IDENTITY_TILES_DEFAULT)
 }
 
 /// Rows per chunk of the tile kernels (`chunk_fwd.cu`, `chunk_bwd.cu`, `la_chunk.cu`) for
