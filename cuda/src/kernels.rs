@@ -239,8 +239,8 @@ pub struct LmShape {
 impl KernelFile {
     /// Every kernel file (each family of chunked ELA kernels in representative variants: the
     /// tensor-core path (Hadamard Exp), an f32-operand path with 32-row chunks (the elu+1 map of
-    /// the same kernels), Identity's map on 64-row f32 tiles, and for the feature-map kernels tensor-core tiles wider than 144, which
-    /// take 32-row chunks too).
+    /// the same kernels), Identity's map on 64-row f32 tiles, and for the feature-map kernels
+    /// tensor-core tiles wider than 144, which take 32-row chunks too).
     pub const ALL: [KernelFile; 16] = [
         KernelFile::Elementwise,
         KernelFile::Reduce,

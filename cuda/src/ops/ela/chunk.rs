@@ -751,35 +751,6 @@ mod tests {
         }
     }
 
-    /// Identity takes the kernels' Identity modules with f32 inputs, and with bf16 inputs only
-    /// where the caller accepts bf16 operands for the signed kernels; never with f16 inputs, a
-    /// carried state, or the tiles switched off.
-    #[test]
-    fn identity_takes_the_tiles_with_f32_operands_or_the_signed_opt_in() {
-        use super::super::{with_identity_tiles, with_signed_bf16};
-        let id = ElaKernel::Identity;
-        let map = |dtype, d, dv, carried| variant_for(id, dtype, &dims(d, dv), carried).map(|cv| (cv.file, cv.mt));
-        with_identity_tiles(true, || {
-            with_signed_bf16(false, || {
-                for (d, dv) in [(64, 64), (128, 128), (64, 128)] {
-                    let (file, mt) = map(DType::F32, d, dv, false).expect("f32 on the tiles");
-                    assert!(matches!(file, KernelFile::ElaChunk { map: ChunkMap::Identity, .. }), "{file:?}");
-                    assert_eq!(mt, DType::F32);
-                    assert!(map(DType::F32, d, dv, true).is_none(), "carried state");
-                }
-                assert!(map(DType::BF16, 64, 64, false).is_none(), "bf16 operands only with the opt-in");
-                assert!(map(DType::F32, 256, 256, false).is_none(), "f32 tiles of 256 do not fit");
-            });
-            with_signed_bf16(true, || {
-                let (file, mt) = map(DType::BF16, 256, 256, false).expect("bf16 with the opt-in");
-                assert!(matches!(file, KernelFile::ElaChunk { map: ChunkMap::Identity, .. }), "{file:?}");
-                assert_eq!(mt, DType::BF16);
-                assert!(map(DType::F16, 64, 64, false).is_none(), "f16 inputs keep f32 operands");
-            });
-        });
-        assert!(with_identity_tiles(false, || map(DType::F32, 64, 64, false)).is_none());
-    }
-
     /// The reverse scan with its row copies (16-bit operands) still fits two blocks in a Hopper
     /// multiprocessor (the blocks it is compiled for) at every 16-bit size.
     #[test]

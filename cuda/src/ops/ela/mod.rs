@@ -395,6 +395,37 @@ impl Cuda {
 #[cfg(test)]
 mod tests {
     use super::{tile_chunk_rows, with_override};
+    use crate::kernels::{ChunkMap, ElaDt, KernelFile};
+    use ela_core::ela::ElaDims;
+    use ela_core::{DType, ElaKernel};
+
+    /// Identity takes the chunk kernels' Identity modules with f32 inputs (f32 operands), and with
+    /// bf16 inputs (bf16 operands) only where the caller accepts bf16 operands for the signed
+    /// kernels; never with f16 inputs, a carried state, or the tiles switched off.
+    #[test]
+    fn identity_takes_the_tiles_with_f32_operands_or_the_signed_opt_in() {
+        use super::{with_identity_tiles, with_signed_bf16};
+        let map = |dtype, d, dv, carried| {
+            let dims = ElaDims { batch: 2, heads: 2, t: 300, d, dv };
+            super::chunk::variant_for(ElaKernel::Identity, dtype, &dims, carried).map(|cv| cv.file)
+        };
+        let on_tiles = |f: Option<KernelFile>, operands: ElaDt| matches!(f, Some(KernelFile::ElaChunk { map: ChunkMap::Identity, dt, .. }) if dt == operands);
+        with_identity_tiles(true, || {
+            with_signed_bf16(false, || {
+                for (d, dv) in [(64, 64), (128, 128), (64, 128)] {
+                    assert!(on_tiles(map(DType::F32, d, dv, false), ElaDt::F32), "f32 {d}x{dv}");
+                    assert!(map(DType::F32, d, dv, true).is_none(), "carried state");
+                }
+                assert!(map(DType::BF16, 64, 64, false).is_none(), "bf16 operands only with the opt-in");
+                assert!(map(DType::F32, 256, 256, false).is_none(), "f32 tiles of 256 do not fit");
+            });
+            with_signed_bf16(true, || {
+                assert!(on_tiles(map(DType::BF16, 256, 256, false), ElaDt::BF16), "bf16 with the opt-in");
+                assert!(map(DType::F16, 64, 64, false).is_none(), "f16 inputs keep f32 operands");
+            });
+        });
+        assert!(with_identity_tiles(false, || map(DType::F32, 64, 64, false)).is_none());
+    }
 
     /// The kernels take their chunk length from tile.cuh's `ELA_C`, the launches from
     /// `tile_chunk_rows`: a mismatch runs 32-row kernels over a 64-row launch geometry. This pins
