@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Identity on the Hadamard-Exp chunk kernels (`ChunkMap::Identity`, opt-in `ELA_CUDA_ID_TILES=1`)
+# Identity on the Hadamard-Exp chunk kernels (`ChunkMap::Identity`, the default since 2026-12-07)
 # on the GPU machine, from the repo root, with the bundle of cuda/benches/pack.sh carried (unpacked
 # here if .gpu/ is missing) and the fla-core wheel in .gpu-pack/whl/ for the peer. Steps in order
 # of importance, each skipped when it would run past CAP seconds (default 540). Logs go to $OUT.
@@ -29,7 +29,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 for combo in "64 bfloat16" "128 bfloat16"; do
   # shellcheck disable=SC2086
   (PYTHONPATH=/tmp/site timeout 120 python3 benches/peers/ela_fla.py --feature identity --warm $combo \
-    >"/tmp/warm_id_${combo// /_}.log" 2>&1) &
+    >"$OUT/warm_id_${combo// /_}.log" 2>&1) &
 done
 stamp "test"
 ELA_REQUIRE_CUDA=1 timeout 120 $B/test-cuda_ops ela_fast::identity --nocapture >"$OUT/identity_test.log" 2>&1

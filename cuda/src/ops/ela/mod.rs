@@ -146,8 +146,10 @@ fn elu_on_tiles() -> bool {
 
 /// Whether the Identity kernel takes the Hadamard-Exp kernels without exps or units (`chunk.rs`,
 /// `ChunkMap::Identity`) where they apply, unless `ELA_CUDA_ID_TILES` or [`with_identity_tiles`]
-/// says otherwise. Off until its kernels have run on a GPU: opt in with `ELA_CUDA_ID_TILES=1`.
-pub const IDENTITY_TILES_DEFAULT: bool = false;
+/// says otherwise. On: its GPU test and both sanitizers passed on an H100 (2026-12-07), and the
+/// tiles took 0.93-0.97x Hadamard Exp's time where the feature-map path took 1.7-2.2x
+/// (docs/benchmarks.md, "GPU ELA: Identity on the Hadamard-Exp kernels").
+pub const IDENTITY_TILES_DEFAULT: bool = true;
 
 thread_local! {
     /// Set by [`with_identity_tiles`] on this thread.
