@@ -186,8 +186,8 @@ pub enum KernelFile {
     /// and the kernels around the cuBLAS chunked path of `ela/gemm_chunk.cu` (one module)
     Ela,
     /// chunked Hadamard-Exp ELA on tensor cores (`ela/tile.cuh`, `ela/chunk_fwd.cu`,
-    /// `ela/chunk_out.cu`, `ela/scan_runs.cu`, `ela/chunk_bwd.cu`, `ela/step.cu`), compiled separately for each feature
-    /// map, input dtype and head sizes `d`, `dv`
+    /// `ela/chunk_out.cu`, `ela/scan_runs.cu`, `ela/chunk_bwd.cu`, `ela/chunk_ext.cu`, `ela/step.cu`), compiled
+    /// separately for each feature map, input dtype and head sizes `d`, `dv`
     ElaChunk {
         /// What the kernels compute: Hadamard Exp, or elu+1 as Hadamard Exp on log-features.
         map: ChunkMap,
@@ -349,6 +349,7 @@ impl KernelFile {
                         ("ela/chunk_out.cu", include_str!("../kernels/ela/chunk_out.cu")),
                         ("ela/scan_runs.cu", include_str!("../kernels/ela/scan_runs.cu")),
                         ("ela/chunk_bwd.cu", include_str!("../kernels/ela/chunk_bwd.cu")),
+                        ("ela/chunk_ext.cu", include_str!("../kernels/ela/chunk_ext.cu")),
                         ("ela/step.cu", include_str!("../kernels/ela/step.cu")),
                     ]),
             ),

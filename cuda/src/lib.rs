@@ -59,7 +59,7 @@ pub use nccl::{NcclComm, DEFAULT_NCCL_TIMEOUT, NCCL_ID_BYTES};
 #[doc(hidden)]
 pub use ops::ela::{
     with_elu_tiles, with_identity_tiles, with_la_rows, with_la_scan, with_scan_runs, with_signed_bf16,
-    ELU_TILES_DEFAULT, IDENTITY_TILES_DEFAULT,
+    with_signed_tiles, ELU_TILES_DEFAULT, IDENTITY_TILES_DEFAULT, SIGNED_TILES_DEFAULT,
 };
 pub use ops::lm_decode::{DecodeLayer, DecodeLink, DecodeModel, LmDecodePlan, LM_DECODE_MAX_LAYERS};
 pub use ops::multi_tensor::AdamWInPlace;

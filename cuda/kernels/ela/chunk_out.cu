@@ -5,6 +5,13 @@
 
 // ---------------------------------------------------------------- rows of one chunk
 
+// The row stride of `ela_out`'s extra terms (DV numerator entries, the denominator, padding to
+// 16 bytes), and the two numerator entries at columns col, col + 1 (col even) of packed row `r`.
+#define EXT_LD (ELA_DV + 4)
+__device__ __forceinline__ float2 ext_num(const float* ext, i64 r, int col) {
+    return ext ? *(const float2*)(ext + r * EXT_LD + col) : float2{0.f, 0.f};
+}
+
 // The exact path for row i of the chunk (docs/ela.md "exact rows after underflow"; the CPU's
 // exact_rows.rs): u = r_i, the row's true largest log-term, so its largest term is 1. Block-wide;
 // `sc` is scratch for 2F + C floats.
@@ -58,9 +65,13 @@ __device__ void slow_row(int i, const ST* qg, const ST* kg, const ST* vg, i64 lq
 // Mode 0: y of the chunk's rows, and with `rows` also per row (u, den, 0, exact-path flag) for a
 // backward that reuses the forward (the reverse scan, or ela_rows_dot with f32 operands, then
 // fills in c). Mode 1: per row (u, den, c = (dy . y) / den, exact-path flag).
+// `ext` (null but for the kernels with rank-one extra features, chunk_ext.cu): per row, f32, an
+// extra numerator (DV entries) and denominator (entry DV) added to the row's own before the
+// division, rows EXT_LD apart and packed like the row info.
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
     ela_out(ST* y, ela_f4* rows, const ST* q, const ST* k, const ST* v, const ST* dy, const ST* yin,
-            const MT* slot_s, const float* slot_z, const float* slot_m, ElaIo io, i64 T, int nch, int mode, int causal) {
+            const MT* slot_s, const float* slot_z, const float* slot_m, const float* ext, ElaIo io, i64 T, int nch,
+            int mode, int causal) {
     constexpr int F = ELA_F, DV = ELA_DV, C = ELA_C, LDF = LDP(F), LDV = LDP(DV), LDC = LDP(C);
     constexpr int R0 = (2 * C * LDF > F * LDV) ? 2 * C * LDF : F * LDV;
     typedef WarpMap<C, C> WA;
@@ -234,6 +245,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         float d = dst[tid];
         if (causal)
             for (int g = 0; g < WA::GROUPS; ++g) d += dpart[g * C + tid];
+        if (ext && tid < n) d += ext[(rowbase + tid) * EXT_LD + DV];
         den[tid] = d;
         slw[tid] = (ELA_UNITS && causal && tid < n && d < ELA_TINY) ? 1 : 0;
     }
@@ -258,8 +270,10 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
             if (i >= n || slw[i]) continue;
             const float rd = 1.f / den[i];
 #pragma unroll
-            for (int nt = 0; nt < WY::NT; ++nt)
-                store_st2(yo + i * ly + ACC_COL(c0, nt, e), acc[nt][e] * rd, acc[nt][e + 1] * rd);
+            for (int nt = 0; nt < WY::NT; ++nt) {
+                const float2 x = ext_num(ext, rowbase + i, ACC_COL(c0, nt, e));
+                store_st2(yo + i * ly + ACC_COL(c0, nt, e), (acc[nt][e] + x.x) * rd, (acc[nt][e + 1] + x.y) * rd);
+            }
         }
 #else
 #pragma unroll
@@ -267,8 +281,10 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
 #pragma unroll
             for (int e = 0; e < 4; e += 2) {
                 const int i = ACC_ROW(r0, e), col = ACC_COL(c0, nt, e);
-                if (i < n && !slw[i])
-                    store_st2(yo + i * ly + col, acc[nt][e] / den[i], acc[nt][e + 1] / den[i]);
+                if (i < n && !slw[i]) {
+                    const float2 x = ext_num(ext, rowbase + i, col);
+                    store_st2(yo + i * ly + col, (acc[nt][e] + x.x) / den[i], (acc[nt][e + 1] + x.y) / den[i]);
+                }
             }
 #endif
         if (rows && tid < n && !slw[tid]) {

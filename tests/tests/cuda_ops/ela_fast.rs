@@ -601,3 +601,83 @@ fn identity_tile_cases(dev: &Cuda) -> Result<()> {
     }
     Ok(())
 }
+
+/// Sum-sq (and, in the two tests below, sub-sq and the blueprint) on the Identity tiles with rank-one extra terms
+/// (`ops/ela/signed.rs`, `chunk_ext.cu`; `with_signed_tiles(true)` whatever the default): the
+/// forward and the gradients agree with f64 and the CPU to the bounds of the Identity tiles' test,
+/// or at worst twice the feature-map path's own error (`with_signed_tiles(false)`), at every
+/// compiled head size, causal and not, with a ragged last chunk and a last segment of the extra
+/// terms' sums that is short (T = 150 = 2 x 64 + 22). Inputs keep each kernel's denominators away
+/// from cancellation, as the property tests do (docs/ela.md, "Signed kernels"): sum-sq `q, k` in
+/// [0.5, 1.5), sub-sq `k` in [-1.5, -0.5), the blueprint `|q|, |k| < 0.9`. (Non-causal calls are
+/// held to the feature-map path's error on the causal call of the same size.)
+#[test]
+fn signed_tiles_sum_sq_matches_f64_the_cpu_and_the_feature_map_path() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    ela_cuda::with_signed_tiles(true, || signed_tile_cases(&dev, 0))
+}
+
+/// Sub-sq: as [`signed_tiles_sum_sq_matches_f64_the_cpu_and_the_feature_map_path`].
+#[test]
+fn signed_tiles_sub_sq_matches_f64_the_cpu_and_the_feature_map_path() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    ela_cuda::with_signed_tiles(true, || signed_tile_cases(&dev, 1))
+}
+
+/// The blueprint: as [`signed_tiles_sum_sq_matches_f64_the_cpu_and_the_feature_map_path`].
+#[test]
+fn signed_tiles_blueprint_matches_f64_the_cpu_and_the_feature_map_path() -> Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    ela_cuda::with_signed_tiles(true, || signed_tile_cases(&dev, 2))
+}
+
+/// The body of the three tests above: kernel `ki` of sum-sq, sub-sq, the blueprint.
+fn signed_tile_cases(dev: &Cuda, ki: usize) -> Result<()> {
+    use ela_core::Backend;
+    let variants = [
+        (DType::F32, 64, 64),
+        (DType::F32, 128, 128),
+        (DType::F32, 64, 128),
+        (DType::F32, 128, 64),
+        (DType::BF16, 64, 64),
+        (DType::BF16, 128, 128),
+        (DType::BF16, 256, 256),
+    ];
+    let kernel = [ElaKernel::SumSqEuclid, ElaKernel::SubSqEuclid, ElaKernel::Blueprint][ki];
+    for (vi, &(dtype, d, dv)) in variants.iter().enumerate() {
+        let signed = dtype == DType::BF16;
+        let dims = ela_core::ela::ElaDims { batch: 2, heads: 2, t: 150, d, dv };
+        let p = ElaParams::causal(kernel);
+        // Not the strided-rows path (that is the tiles alone): what the tests below call.
+        let rows = ela_cuda::with_signed_bf16(signed, || dev.ela_rows_supported(dtype, &dims, &p));
+        assert!(!rows, "{kernel:?} takes the packed entry points only");
+        // Per-element ranges: the blueprint's keep |x| < 0.9 at every head size.
+        let b = 0.9 / (d as f64).sqrt();
+        let (qr, kr) = match kernel {
+            ElaKernel::SumSqEuclid => ((0.5, 1.5), (0.5, 1.5)),
+            ElaKernel::SubSqEuclid => ((0.5, 1.5), (-1.5, -0.5)),
+            _ => ((-b, b), (-b, b)),
+        };
+        let mut la_ref = [(0.0, 0.0); 4];
+        for (t, causal) in [(150, true), (150, false), (37, true)] {
+            let seed = 900 + 100 * ki as u64 + 10 * vi as u64 + t as u64;
+            let u = |s: u64, w: usize, (lo, hi): (f64, f64)| Pair::uniform(&[2, 2, t, w], lo, hi, dtype, seed + s, dev);
+            let (q, k, v, dy) = (u(0, d, qr), u(1, d, kr), u(2, dv, (-1.0, 1.0)), u(3, dv, (-1.0, 1.0)));
+            let case = || ela_cuda::with_signed_bf16(signed, || run_kernel_case(dev, kernel, &q, &k, &v, &dy, causal));
+            let errs = case()?;
+            // Non-causal calls off the tiles may take the parallel form, which saves no state
+            // (run_kernel_case would refuse it): they are held to the causal call's reference.
+            let la = if causal { ela_cuda::with_signed_tiles(false, case)? } else { la_ref };
+            la_ref = la;
+            let tag = format!("{kernel:?} {dtype:?} d={d} dv={dv} T={t} causal={causal}");
+            println!("{tag}: [y, dq, dk, dv] (vs f64, vs cpu) tiles {}, feature-map path {}", show(&errs), show(&la));
+            for ((name, (e64, ecpu)), (la64, _)) in ["y", "dq", "dk", "dv"].iter().zip(errs).zip(la) {
+                let tol = if *name == "y" || dtype != DType::F32 { bound(dtype) } else { 5e-5 };
+                let tol = tol.max(2.0 * la64);
+                assert!(e64 <= tol, "{name} {tag}: {e64:e} vs f64 > {tol:e}");
+                assert!(ecpu <= 2.0 * tol, "{name} {tag}: {ecpu:e} vs the CPU");
+            }
+        }
+    }
+    Ok(())
+}

@@ -46,7 +46,7 @@ fn fvec(mt: DType, n: usize) -> usize {
 
 /// Launches one chunked kernel; with `ELA_CUDA_PROFILE` set, each launch is timed alone (CUDA
 /// events, synchronizing) and reported on stderr: a debugging aid for where the time goes.
-fn launch(dev: &Cuda, cv: &Variant, name: &str, cfg: Cfg, smem: u32, args: &[Arg]) -> Result<()> {
+pub(super) fn launch(dev: &Cuda, cv: &Variant, name: &str, cfg: Cfg, smem: u32, args: &[Arg]) -> Result<()> {
     if !super::switches().profile {
         return dev.launch_smem(cv.file, name, cfg, smem, args);
     }
@@ -76,7 +76,11 @@ pub(crate) struct Variant {
 /// returns a carried state (prefill, a decode step), which only Hadamard Exp's take here (the
 /// kernels keep a state in per-feature units; elu+1's and Identity's carried states have none).
 pub(crate) fn variant(dev: &Cuda, kernel: ElaKernel, dtype: DType, dims: &ElaDims, carried: bool) -> Option<Variant> {
-    let cv = variant_for(kernel, dtype, dims, carried)?;
+    fits(dev, variant_for(kernel, dtype, dims, carried)?)
+}
+
+/// `cv` if its kernels' shared memory fits in one block of `dev`.
+pub(super) fn fits(dev: &Cuda, cv: Variant) -> Option<Variant> {
     let most = cv.scan_smem_mode(1).max(cv.out_smem()).max(cv.bwd_smem());
     (most <= dev.max_shared_memory_per_block()).then_some(cv)
 }
@@ -105,6 +109,11 @@ pub(super) fn variant_for(kernel: ElaKernel, dtype: DType, dims: &ElaDims, carri
         }
         _ => return None,
     };
+    tiles(map, dt, dims)
+}
+
+/// The chunk module of `map` for these inputs, where one is compiled (before the device's limit).
+pub(super) fn tiles(map: ChunkMap, dt: ElaDt, dims: &ElaDims) -> Option<Variant> {
     // 256-wide heads only with 16-bit operands: their tiles fit in shared memory with 32-row
     // chunks (the backward's: 229,632 of the 232,448 bytes an H100/H200 block may have); f32
     // tiles would not.
@@ -282,12 +291,14 @@ fn strides(r: &ElaRows) -> [i64; 3] {
 /// The operands of one chunked call: the address of each one's first row (`y`, `dy`: 0 in a
 /// forward, which makes `y` itself with the layout `rows.y`) and where their rows lie.
 pub(crate) struct Io {
-    q: u64,
-    k: u64,
-    v: u64,
-    y: u64,
-    dy: u64,
-    rows: IoRows,
+    pub(super) q: u64,
+    pub(super) k: u64,
+    pub(super) v: u64,
+    pub(super) y: u64,
+    pub(super) dy: u64,
+    /// `ela_out`'s extra terms per row (0: none; `signed.rs`).
+    pub(super) ext: u64,
+    pub(super) rows: IoRows,
 }
 
 impl Io {
@@ -310,6 +321,7 @@ impl Io {
             v: at(v),
             y,
             dy,
+            ext: 0,
             rows: IoRows {
                 q: strides(&q.rows),
                 k: strides(&k.rows),
@@ -526,6 +538,7 @@ impl Cuda {
             Arg::Ptr(sl.s.ptr()),
             Arg::Ptr(sl.z.ptr()),
             Arg::Ptr(sl.m.ptr()),
+            Arg::Ptr(io.ext),
             Arg::by_value(io.rows),
             Arg::n(t),
             Arg::I32(nch as i32),
@@ -687,105 +700,5 @@ impl Cuda {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The shared memory an H100/H200 block may opt into (CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN).
-    const HOPPER_SMEM: u32 = 232_448;
-
-    fn dims(d: usize, dv: usize) -> ElaDims {
-        ElaDims { batch: 2, heads: 3, t: 500, d, dv }
-    }
-
-    #[test]
-    fn wide_heads_take_32_row_chunks_and_fit_a_hopper_block() {
-        let k = ElaKernel::HadamardExp;
-        for (dtype, d, dv, c) in [
-            (DType::BF16, 64, 64, 64),
-            (DType::F32, 64, 64, 64),
-            (DType::F32, 128, 64, 32),
-            (DType::BF16, 128, 128, 64),
-            (DType::BF16, 256, 256, 32),
-            (DType::F16, 256, 64, 32),
-            (DType::BF16, 64, 256, 32),
-        ] {
-            let cv = variant_for(k, dtype, &dims(d, dv), true).expect("compiled");
-            assert_eq!(cv.c, c, "{dtype:?} {d}x{dv}");
-            let most = cv.scan_smem_mode(1).max(cv.out_smem()).max(cv.bwd_smem());
-            assert!(most <= HOPPER_SMEM, "{dtype:?} {d}x{dv}: {most} bytes of shared memory");
-        }
-        // The backward of a 256-wide bf16 head is the tightest fit (2,688 bytes to spare, 128 of
-        // the earlier 2,816 taken by the skewed vector of next units).
-        assert_eq!(variant_for(k, DType::BF16, &dims(256, 256), true).unwrap().bwd_smem(), 229_760);
-        // f32 tiles of 256-wide heads would not fit; other sizes are padded (padded.rs) or scanned.
-        assert!(variant_for(k, DType::F32, &dims(256, 256), false).is_none());
-        assert!(variant_for(k, DType::BF16, &dims(32, 64), false).is_none());
-    }
-
-    /// elu+1 takes the Hadamard-Exp kernels' elu+1 modules at their head sizes, with f32 and bf16
-    /// inputs, without a carried state; f16 inputs, other sizes, carried states and the other
-    /// feature-map kernels do not.
-    #[test]
-    fn elu_plus_one_takes_the_tiles_without_a_carried_state() {
-        super::super::with_elu_tiles(true, elu_plus_one_on_the_tiles);
-        let on_la = super::super::with_elu_tiles(false, || {
-            variant_for(ElaKernel::EluPlusOne, DType::BF16, &dims(64, 64), false)
-        });
-        assert!(on_la.is_none(), "with_elu_tiles(false) sends elu+1 to the feature-map path");
-    }
-
-    /// The checks of the test above with the tiles on for elu+1 (this thread).
-    fn elu_plus_one_on_the_tiles() {
-        let elu = ElaKernel::EluPlusOne;
-        for (dtype, d, dv) in [(DType::BF16, 64, 64), (DType::F32, 128, 64), (DType::BF16, 256, 256)] {
-            let cv = variant_for(elu, dtype, &dims(d, dv), false).expect("elu+1 on the tiles");
-            assert!(matches!(cv.file, KernelFile::ElaChunk { map: ChunkMap::EluPlusOne, .. }), "{:?}", cv.file);
-            assert!(variant_for(elu, dtype, &dims(d, dv), true).is_none(), "carried state");
-            let exp = variant_for(ElaKernel::HadamardExp, dtype, &dims(d, dv), true).unwrap();
-            assert!(matches!(exp.file, KernelFile::ElaChunk { map: ChunkMap::Exp, .. }));
-        }
-        assert!(variant_for(elu, DType::F16, &dims(64, 64), false).is_none());
-        assert!(variant_for(elu, DType::BF16, &dims(32, 64), false).is_none());
-        for k in [ElaKernel::SumSqEuclid, ElaKernel::SubSqEuclid, ElaKernel::Blueprint] {
-            assert!(variant_for(k, DType::F32, &dims(64, 64), false).is_none(), "{k}");
-        }
-    }
-
-    /// The reverse scan with its row copies (16-bit operands) still fits two blocks in a Hopper
-    /// multiprocessor (the blocks it is compiled for) at every 16-bit size.
-    #[test]
-    fn the_scan_with_its_row_copies_fits_two_blocks() {
-        // A Hopper multiprocessor's 233,472 bytes less 1 KiB the hardware reserves per block.
-        const PER_SM: u32 = 233_472;
-        for (d, dv) in [(64, 64), (128, 128), (256, 256), (64, 128), (128, 64), (64, 256), (256, 64)] {
-            for dt in [DType::BF16, DType::F16] {
-                let cv = variant_for(ElaKernel::HadamardExp, dt, &dims(d, dv), true).expect("compiled");
-                let with = cv.scan_smem_with(true);
-                assert!(with > cv.scan_smem_with(false));
-                assert!(2 * (with + 1024) <= PER_SM, "{dt:?} {d}x{dv}: {with} bytes");
-            }
-        }
-        // D64: two chunks a step, each 64 rows of dy and y at 80 elements and q at 72.
-        let cv = variant_for(ElaKernel::HadamardExp, DType::BF16, &dims(64, 64), true).unwrap();
-        assert_eq!(cv.scan_smem_with(true) - cv.scan_smem_with(false), 2 * 64 * (2 * 80 + 72) * 2);
-    }
-
-    #[test]
-    fn runs_cover_every_chunk_and_none_is_empty() {
-        // The d1024 LM's scan (64 chunks, room for two runs), a short one, a forced split.
-        assert_eq!(runs_of(64, 2, false), (2, 32));
-        assert_eq!(runs_of(7, 2, false), (1, 7)); // fewer than 2 x MIN_RUN_CHUNKS chunks
-        assert_eq!(runs_of(33, 66, false), (7, 5));
-        assert_eq!(runs_of(11, 1000, true), (11, 1));
-        assert_eq!(runs_of(10, 3, true), (3, 4));
-        for nch in 1..200 {
-            for wanted in 0..40 {
-                for forced in [false, true] {
-                    let (runs, len) = runs_of(nch, wanted, forced);
-                    assert!(runs >= 1 && len >= 1 && (runs - 1) * len < nch && runs * len >= nch, "{nch} {wanted}");
-                    assert!(runs <= wanted.max(1));
-                }
-            }
-        }
-    }
-}
+#[path = "chunk_tests.rs"]
+mod tests;

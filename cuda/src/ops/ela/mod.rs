@@ -7,6 +7,8 @@
 //!   inputs at those sizes and no carried state too, as Hadamard Exp on log-features
 //!   ([`ELU_TILES_DEFAULT`]), and Identity with f32 inputs (bf16 with [`with_signed_bf16`]) as
 //!   Hadamard Exp without exps or units ([`IDENTITY_TILES_DEFAULT`]);
+//! - `signed.rs`: sum-sq, sub-sq and the blueprint where Identity takes the tiles, as Identity
+//!   plus rank-one extra terms per row (`chunk_ext.cu`; [`SIGNED_TILES_DEFAULT`]);
 //! - `padded.rs`: Hadamard Exp with f32/bf16 inputs at the other head sizes up to 128 (bf16: 256),
 //!   the same kernels on copies padded to the next compiled size with features and columns that
 //!   contribute nothing;
@@ -33,6 +35,8 @@ mod gemm_chunk;
 mod noncausal;
 mod padded;
 mod recurrent;
+mod signed;
+pub use signed::{with_signed_tiles, SIGNED_TILES_DEFAULT};
 mod step;
 
 use ela_core::ela::{ElaArg, ElaDims, ElaGrads, ElaKernel, ElaParams, ElaRows, ElaSaved, ElaStateBufs};
@@ -69,6 +73,10 @@ pub(super) struct Switches {
     /// exps where they apply, or the feature-map path everywhere (as [`with_identity_tiles`]
     /// does for one thread); unset: [`IDENTITY_TILES_DEFAULT`].
     pub identity_tiles: Option<bool>,
+    /// `ELA_CUDA_SIGNED_TILES=1|0`: sum-sq, sub-sq and the blueprint take the Identity tiles with
+    /// extra terms where they apply (`signed.rs`), or the feature-map path everywhere (as
+    /// [`with_signed_tiles`] does for one thread); unset: [`SIGNED_TILES_DEFAULT`].
+    pub signed_tiles: Option<bool>,
     /// `ELA_CUDA_SIGNED_BF16`: the signed feature-map kernels with bf16 inputs take bf16
     /// operands (as [`feature_chunk::with_signed_bf16`] does for one thread, which takes
     /// precedence), an approximate fast path; unset: f32 operands.
@@ -93,6 +101,7 @@ pub(super) fn switches() -> &'static Switches {
             },
             elu_tiles: on_off("ELA_CUDA_ELU_TILES"),
             identity_tiles: on_off("ELA_CUDA_ID_TILES"),
+            signed_tiles: on_off("ELA_CUDA_SIGNED_TILES"),
             la_scan: match std::env::var("ELA_CUDA_LA_SCAN").as_deref() {
                 Err(_) => None,
                 Ok("half") => Some("half"),
@@ -245,6 +254,10 @@ impl Cuda {
             let (y, bufs) = self.ela_chunk_forward(&cv, &io, d, dims, p.causal, None, true)?;
             return Ok((y, keep(bufs)));
         }
+        if let Some(pl) = signed::plan(self, p.kernel, d, dims, false) {
+            let (y, bufs) = self.ela_signed_forward(&pl, [q, k, v], d, dims, p.causal, true)?;
+            return Ok((y, keep(bufs)));
+        }
         // Non-causal calls that the parallel form takes save nothing: their backward does not
         // use it. The order of the rest is `ela_backward_impl`'s, so the backward finds what its
         // path saved.
@@ -334,6 +347,9 @@ impl Cuda {
             let io = chunk::Io::packed(dims, [q, k, v], None);
             return Ok(self.ela_chunk_forward(&cv, &io, d, dims, p.causal, state, false)?.0);
         }
+        if let Some(pl) = signed::plan(self, p.kernel, d, dims, state.is_some()) {
+            return Ok(self.ela_signed_forward(&pl, [q, k, v], d, dims, p.causal, false)?.0);
+        }
         if !p.causal && state.is_none() {
             if let Some(plan) = noncausal::plan(p.kernel, dims, sd) {
                 return self.ela_nc_forward(&plan, q, k, v, dims, p.kernel, sd);
@@ -373,6 +389,10 @@ impl Cuda {
             let saved = saved.filter(|s| s.dims == *dims && s.params == *p).map(|s| s.buffers.as_slice());
             let io = chunk::Io::packed(dims, [q, k, v], Some([y, dy]));
             return self.ela_chunk_backward(&cv, &io, d, dims, p.causal, saved, None);
+        }
+        if let Some(pl) = signed::plan(self, p.kernel, d, dims, false) {
+            let saved = saved.filter(|s| s.dims == *dims && s.params == *p).map(|s| s.buffers.as_slice());
+            return self.ela_signed_backward(&pl, [q, k, v, y, dy], d, dims, p.causal, saved);
         }
         if !p.causal {
             if let Some(plan) = noncausal::plan(p.kernel, dims, sd) {
