@@ -102,6 +102,27 @@ impl Cuda {
         Ok(kp)
     }
 
+    /// One launch of a kernel with a block per (segment, sequence), whose arguments are `ptrs`,
+    /// then the rows' strides, `T`, the segment count, `kind`, `scale` and, where given, `causal`.
+    #[allow(clippy::too_many_arguments)]
+    fn ela_ext_launch(
+        &self,
+        pl: &Plan,
+        name: &str,
+        io: &Io,
+        dims: &ElaDims,
+        ptrs: &[u64],
+        causal: Option<bool>,
+        smem: u32,
+    ) -> Result<()> {
+        let (n, t, nseg) = (dims.sequences(), dims.t, pl.segments(dims.t));
+        let mut args: Vec<Arg> = ptrs.iter().map(|&p| Arg::Ptr(p)).collect();
+        args.extend([Arg::by_value(io.rows), Arg::n(t), Arg::I32(nseg as i32), Arg::I32(pl.kind), Arg::I32(pl.scale)]);
+        args.extend(causal.map(|c| Arg::I32(c as i32)));
+        let cfg = Cfg { grid: nseg as u32, grid_y: n as u32, block: EXT_THREADS };
+        launch(self, &pl.cv, name, cfg, smem, &args)
+    }
+
     /// The segment sums of the forward (`dy_rows` None) or the backward (`(dy, row info)`),
     /// scanned: `[sequence][segment + 1][sum_ld]` f32.
     fn ela_ext_sums(&self, pl: &Plan, io: &Io, dims: &ElaDims, dy_rows: Option<(u64, u64)>) -> Result<CudaStorage> {
@@ -109,21 +130,8 @@ impl Cuda {
         let nseg = pl.segments(t);
         let sums = self.alloc(DType::F32, n * (nseg + 1) * pl.sum_ld())?;
         let (dy, rows) = dy_rows.unwrap_or((0, 0));
-        let args = [
-            Arg::Ptr(sums.ptr()),
-            Arg::Ptr(io.q),
-            Arg::Ptr(io.k),
-            Arg::Ptr(io.v),
-            Arg::Ptr(dy),
-            Arg::Ptr(rows),
-            Arg::by_value(io.rows),
-            Arg::n(t),
-            Arg::I32(nseg as i32),
-            Arg::I32(pl.kind),
-            Arg::I32(pl.scale),
-        ];
-        let cfg = Cfg { grid: nseg as u32, grid_y: n as u32, block: EXT_THREADS };
-        launch(self, &pl.cv, "ela_ext_sums", cfg, 0, &args)?;
+        let ptrs = [sums.ptr(), io.q, io.k, io.v, dy, rows];
+        self.ela_ext_launch(pl, "ela_ext_sums", io, dims, &ptrs, None, 0)?;
         let bwd = dy_rows.is_some() as i32;
         let cols = if bwd == 1 { 3 * pl.cv.dv + 1 } else { 2 * pl.cv.dv + 1 };
         let args = [Arg::Ptr(sums.ptr()), Arg::I32(nseg as i32), Arg::I32(bwd)];
@@ -148,24 +156,10 @@ impl Cuda {
         if n == 0 || t == 0 {
             return self.ela_chunk_forward(&pl.cv, &io, dtype, dims, causal, None, save);
         }
-        let nseg = pl.segments(t);
         let sums = self.ela_ext_sums(pl, &io, dims, None)?;
         let ext = self.alloc(DType::F32, n * t * (pl.cv.dv + 4))?;
-        let args = [
-            Arg::Ptr(ext.ptr()),
-            Arg::Ptr(sums.ptr()),
-            Arg::Ptr(io.q),
-            Arg::Ptr(io.k),
-            Arg::Ptr(io.v),
-            Arg::by_value(io.rows),
-            Arg::n(t),
-            Arg::I32(nseg as i32),
-            Arg::I32(pl.kind),
-            Arg::I32(pl.scale),
-            Arg::I32(causal as i32),
-        ];
-        let cfg = Cfg { grid: nseg as u32, grid_y: n as u32, block: EXT_THREADS };
-        launch(self, &pl.cv, "ela_ext_rows", cfg, pl.ext_tile(), &args)?;
+        let ptrs = [ext.ptr(), sums.ptr(), io.q, io.k, io.v];
+        self.ela_ext_launch(pl, "ela_ext_rows", &io, dims, &ptrs, Some(causal), pl.ext_tile())?;
         let kp = if pl.kind == 1 { Some(self.ela_ext_keys(pl, &io, dtype, dims)?) } else { None };
         let mut tio = Io::packed(dims, [q, kp.as_ref().unwrap_or(k), v], None);
         tio.ext = ext.ptr();
@@ -206,26 +200,8 @@ impl Cuda {
             return Err(super::saved_mismatch(&[saved.len()], &[4], "buffers".into()));
         };
         let sums = self.ela_ext_sums(pl, &io, dims, Some((io.dy, rows)))?;
-        let nseg = pl.segments(t);
-        let args = [
-            Arg::Ptr(dq.ptr()),
-            Arg::Ptr(dk.ptr()),
-            Arg::Ptr(dv.ptr()),
-            Arg::Ptr(sums.ptr()),
-            Arg::Ptr(io.q),
-            Arg::Ptr(io.k),
-            Arg::Ptr(io.v),
-            Arg::Ptr(io.dy),
-            Arg::Ptr(rows),
-            Arg::by_value(io.rows),
-            Arg::n(t),
-            Arg::I32(nseg as i32),
-            Arg::I32(pl.kind),
-            Arg::I32(pl.scale),
-            Arg::I32(causal as i32),
-        ];
-        let cfg = Cfg { grid: nseg as u32, grid_y: n as u32, block: EXT_THREADS };
-        launch(self, &pl.cv, "ela_ext_grads", cfg, 2 * pl.ext_tile(), &args)?;
+        let ptrs = [dq.ptr(), dk.ptr(), dv.ptr(), sums.ptr(), io.q, io.k, io.v, io.dy, rows];
+        self.ela_ext_launch(pl, "ela_ext_grads", &io, dims, &ptrs, Some(causal), 2 * pl.ext_tile())?;
         Ok((dq, dk, dv))
     }
 }
