@@ -116,7 +116,9 @@ fn feature_kernels_match_f64_over_many_chunks() -> Result<()> {
                     if si == 0 { &[DType::F32, DType::BF16, DType::F16] } else { &[DType::F32, DType::BF16] };
                 for &dtype in dtypes {
                     let case = || check_case(kernel, shape, dv, causal, dtype, 700 + ki as u64, &dev);
-                    let failures = ela_cuda::with_elu_tiles(false, case)?;
+                    // The feature-map path, whatever the tiles' defaults (their own tests: ela_fast.rs).
+                    let la = || ela_cuda::with_identity_tiles(false, || ela_cuda::with_signed_tiles(false, case));
+                    let failures = ela_cuda::with_elu_tiles(false, la)?;
                     assert!(failures.is_empty(), "{}", failures.join("\n"));
                     if kernel == ElaKernel::EluPlusOne {
                         let tiles = ela_cuda::with_elu_tiles(true, case)?;
@@ -234,26 +236,28 @@ fn both_scans_give_the_same_bits() -> Result<()> {
         let [q, k, v] = inputs(kernel, shape, dv, dtype, 900 + ci as u64, &dev);
         let [b, h, t, d] = shape;
         let dy = Pair::randn(&[b, h, t, dv], dtype, 950 + ci as u64, &dev);
-        // (elu+1 on this path, whatever the default for calls without a carried state.)
+        // (elu+1 and sum-sq on this path, whatever the defaults for calls without a carried state.)
         let run = |scan: &'static str| -> Result<Vec<Vec<f64>>> {
-            ela_cuda::with_elu_tiles(false, || {
-                ela_cuda::with_la_scan(Some(scan), || {
-                    let mut out = Vec::new();
-                    for causal in [true, false] {
-                        let p = ElaParams { kernel, causal, chunk: 16 };
-                        let (y, saved) = q.gpu.ela_saving(&k.gpu, &v.gpu, &p)?;
-                        let (dq, dk, dv) =
-                            Tensor::ela_backward_saved(&q.gpu, &k.gpu, &v.gpu, &y, &dy.gpu, &p, saved.as_ref())?;
-                        for x in [&y, &dq, &dk, &dv] {
-                            out.push(x.to_vec_f64()?);
+            ela_cuda::with_signed_tiles(false, || {
+                ela_cuda::with_elu_tiles(false, || {
+                    ela_cuda::with_la_scan(Some(scan), || {
+                        let mut out = Vec::new();
+                        for causal in [true, false] {
+                            let p = ElaParams { kernel, causal, chunk: 16 };
+                            let (y, saved) = q.gpu.ela_saving(&k.gpu, &v.gpu, &p)?;
+                            let (dq, dk, dv) =
+                                Tensor::ela_backward_saved(&q.gpu, &k.gpu, &v.gpu, &y, &dy.gpu, &p, saved.as_ref())?;
+                            for x in [&y, &dq, &dk, &dv] {
+                                out.push(x.to_vec_f64()?);
+                            }
                         }
-                    }
-                    let mut st = FusedElaState::new(kernel, b, h, d, dv, dtype, &dev)?;
-                    out.push(st.prefill(&q.gpu, &k.gpu, &v.gpu)?.to_vec_f64()?);
-                    let (s, z, _) = st.buffers()?;
-                    out.push(s.to_vec_f64()?);
-                    out.push(z.to_vec_f64()?);
-                    Ok(out)
+                        let mut st = FusedElaState::new(kernel, b, h, d, dv, dtype, &dev)?;
+                        out.push(st.prefill(&q.gpu, &k.gpu, &v.gpu)?.to_vec_f64()?);
+                        let (s, z, _) = st.buffers()?;
+                        out.push(s.to_vec_f64()?);
+                        out.push(z.to_vec_f64()?);
+                        Ok(out)
+                    })
                 })
             })
         };

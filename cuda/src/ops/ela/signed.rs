@@ -9,8 +9,9 @@
 //! each row's numerator and denominator before the division (`ela_out`'s `ext`), so the row info
 //! holds the denominator over `s` that Identity's backward divides by, and `ela_bwd` gives the
 //! Identity part of every gradient; `ela_ext_grads` adds the rest. Taken where the Identity tiles
-//! are (f32 inputs; bf16 inputs with the signed kernels' bf16-operand opt-in; no carried state)
-//! unless [`with_signed_tiles`] or `ELA_CUDA_SIGNED_TILES` says otherwise.
+//! are and no state is carried: f32 inputs by default ([`SIGNED_TILES_DEFAULT`]), bf16 inputs
+//! (with the signed kernels' bf16-operand opt-in) when asked by [`with_signed_tiles`] or
+//! `ELA_CUDA_SIGNED_TILES=1`.
 
 use ela_core::ela::{ElaDims, ElaKernel};
 use ela_core::{DType, Result};
@@ -25,10 +26,15 @@ use crate::storage::CudaStorage;
 const EXT_SEG: usize = 64;
 const EXT_THREADS: u32 = 256;
 
-/// Whether sum-sq, sub-sq and the blueprint take the Identity tiles with extra terms where they
-/// apply, unless `ELA_CUDA_SIGNED_TILES` or [`with_signed_tiles`] says otherwise. Off until the
-/// kernels have run on a GPU: opt in with `ELA_CUDA_SIGNED_TILES=1`.
-pub const SIGNED_TILES_DEFAULT: bool = false;
+/// Whether sum-sq, sub-sq and the blueprint with f32 inputs take the Identity tiles with extra
+/// terms where they apply, unless `ELA_CUDA_SIGNED_TILES` or [`with_signed_tiles`] says otherwise.
+/// On: their GPU tests and both sanitizers passed on an H100 (2026-12-07), and at B8 H16 T16k
+/// their fwd+bwd took 15.2-15.6 ms at D = 64 and 36.1-37.7 at D = 128 where the feature-map path
+/// took 15.7-15.9 and 50.2-50.8, with smaller errors (docs/benchmarks.md, "GPU ELA: the signed
+/// kernels on the Identity tiles"). bf16 inputs (with the bf16-operand opt-in) take them only when
+/// asked: there the feature-map path was faster (7.3 against 7.4-7.7 ms at D = 64, 16.6-16.8
+/// against 17.2-19.1 at D = 128).
+pub const SIGNED_TILES_DEFAULT: bool = true;
 
 thread_local! {
     /// Set by [`with_signed_tiles`] on this thread.
@@ -42,8 +48,11 @@ pub fn with_signed_tiles<R>(on: bool, f: impl FnOnce() -> R) -> R {
     crate::ops::with_override(&SIGNED_TILES, Some(on), f)
 }
 
-fn signed_on_tiles() -> bool {
-    SIGNED_TILES.with(|c| c.get()).or(super::switches().signed_tiles).unwrap_or(SIGNED_TILES_DEFAULT)
+/// Whether inputs of type `dt` take the tiles: as [`with_signed_tiles`] on this thread, else
+/// `ELA_CUDA_SIGNED_TILES`, else [`SIGNED_TILES_DEFAULT`] for f32 inputs.
+fn signed_on_tiles(dt: ElaDt) -> bool {
+    let asked = SIGNED_TILES.with(|c| c.get()).or(super::switches().signed_tiles);
+    asked.unwrap_or(SIGNED_TILES_DEFAULT && dt == ElaDt::F32)
 }
 
 /// A call this path takes: the Identity variant, what the extra terms are (`kind` 0: `a_i =
@@ -71,7 +80,7 @@ fn plan_for(kernel: ElaKernel, dtype: DType, dims: &ElaDims, carried: bool) -> O
     };
     let dt = ElaDt::of(dtype)?;
     let operands_ok = dt == ElaDt::F32 || (dt == ElaDt::BF16 && super::feature_chunk::signed_bf16());
-    if carried || !operands_ok || super::switches().scan_only || !signed_on_tiles() {
+    if carried || !operands_ok || super::switches().scan_only || !signed_on_tiles(dt) {
         return None;
     }
     Some(Plan { cv: chunk::tiles(ChunkMap::Identity, dt, dims)?, kind, scale })
@@ -238,6 +247,13 @@ mod tests {
             assert_eq!(bf.map(|p| p.2), Some(id(ElaDt::BF16, 256, 256)), "{k:?}: bf16 with the opt-in");
             let off = with_signed_tiles(false, || plan_for(k, DType::F32, &dims(64, 64), false));
             assert!(off.is_none(), "{k:?}: switched off");
+        }
+        if std::env::var_os("ELA_CUDA_SIGNED_TILES").is_none() {
+            // Unasked: f32 inputs take the tiles, bf16 inputs (even with the opt-in) do not.
+            let sum = ElaKernel::SumSqEuclid;
+            assert!(plan_for(sum, DType::F32, &dims(64, 64), false).is_some(), "f32 by default");
+            let bf = with_signed_bf16(true, || plan_for(sum, DType::BF16, &dims(64, 64), false));
+            assert!(bf.is_none(), "bf16 only when asked");
         }
         for k in [ElaKernel::HadamardExp, ElaKernel::EluPlusOne, ElaKernel::Identity] {
             assert!(take(k, DType::F32, 64, 64, false).is_none(), "{k:?} is not this path's");
