@@ -141,7 +141,7 @@ fn chunked_ela_matches_f64_and_the_cpu() -> Result<()> {
         (DType::BF16, 64, 256),
         (DType::BF16, 200, 256),
     ];
-    for (vi, &(dtype, d, dv)) in variants.iter().enumerate() {
+    for (vi, &(dtype, d, dv)) in TILE_VARIANTS.iter().enumerate() {
         check_shape(&dev, EXP, dtype, d, dv, 300 + vi as u64)?;
     }
     Ok(())
@@ -505,7 +505,7 @@ fn elu_tile_cases(dev: &Cuda) -> Result<()> {
         (DType::F32, 128, 64),
         (DType::BF16, 256, 256),
     ];
-    for (vi, &(dtype, d, dv)) in variants.iter().enumerate() {
+    for (vi, &(dtype, d, dv)) in TILE_VARIANTS.iter().enumerate() {
         let dims = ela_core::ela::ElaDims { batch: 2, heads: 2, t: 150, d, dv };
         let p = ElaParams::causal(ELU);
         assert!(dev.ela_rows_supported(dtype, &dims, &p), "elu+1 {dtype:?} {d}x{dv} takes the tiles");
@@ -573,20 +573,23 @@ fn assert_tiles_within(tag: &str, dtype: DType, errs: [(f64, f64); 4], la: [(f64
     }
 }
 
+/// Input dtype, `d`, `dv` of every Identity module the tiles compile: f32 (f32 operands) at 64 and
+/// 128, bf16 (bf16 operands, the signed kernels' opt-in) at 64, 128 and 256.
+const TILE_VARIANTS: [(DType, usize, usize); 7] = [
+    (DType::F32, 64, 64),
+    (DType::F32, 128, 128),
+    (DType::F32, 64, 128),
+    (DType::F32, 128, 64),
+    (DType::BF16, 64, 64),
+    (DType::BF16, 128, 128),
+    (DType::BF16, 256, 256),
+];
+
 /// The body of [`identity_on_the_tiles_matches_f64_the_cpu_and_the_feature_map_path`].
 fn identity_tile_cases(dev: &Cuda) -> Result<()> {
     use ela_core::Backend;
     const ID: ElaKernel = ElaKernel::Identity;
-    let variants = [
-        (DType::F32, 64, 64),
-        (DType::F32, 128, 128),
-        (DType::F32, 64, 128),
-        (DType::F32, 128, 64),
-        (DType::BF16, 64, 64),
-        (DType::BF16, 128, 128),
-        (DType::BF16, 256, 256),
-    ];
-    for (vi, &(dtype, d, dv)) in variants.iter().enumerate() {
+    for (vi, &(dtype, d, dv)) in TILE_VARIANTS.iter().enumerate() {
         let signed = dtype == DType::BF16;
         let dims = ela_core::ela::ElaDims { batch: 2, heads: 2, t: 150, d, dv };
         let p = ElaParams::causal(ID);
@@ -639,17 +642,8 @@ fn signed_tiles_blueprint_matches_f64_the_cpu_and_the_feature_map_path() -> Resu
 /// The body of the three tests above: kernel `ki` of sum-sq, sub-sq, the blueprint.
 fn signed_tile_cases(dev: &Cuda, ki: usize) -> Result<()> {
     use ela_core::Backend;
-    let variants = [
-        (DType::F32, 64, 64),
-        (DType::F32, 128, 128),
-        (DType::F32, 64, 128),
-        (DType::F32, 128, 64),
-        (DType::BF16, 64, 64),
-        (DType::BF16, 128, 128),
-        (DType::BF16, 256, 256),
-    ];
     let kernel = [ElaKernel::SumSqEuclid, ElaKernel::SubSqEuclid, ElaKernel::Blueprint][ki];
-    for (vi, &(dtype, d, dv)) in variants.iter().enumerate() {
+    for (vi, &(dtype, d, dv)) in TILE_VARIANTS.iter().enumerate() {
         let signed = dtype == DType::BF16;
         let dims = ela_core::ela::ElaDims { batch: 2, heads: 2, t: 150, d, dv };
         let p = ElaParams::causal(kernel);
