@@ -141,7 +141,7 @@ fn chunked_ela_matches_f64_and_the_cpu() -> Result<()> {
         (DType::BF16, 64, 256),
         (DType::BF16, 200, 256),
     ];
-    for (vi, &(dtype, d, dv)) in TILE_VARIANTS.iter().enumerate() {
+    for (vi, &(dtype, d, dv)) in variants.iter().enumerate() {
         check_shape(&dev, EXP, dtype, d, dv, 300 + vi as u64)?;
     }
     Ok(())
@@ -505,7 +505,7 @@ fn elu_tile_cases(dev: &Cuda) -> Result<()> {
         (DType::F32, 128, 64),
         (DType::BF16, 256, 256),
     ];
-    for (vi, &(dtype, d, dv)) in TILE_VARIANTS.iter().enumerate() {
+    for (vi, &(dtype, d, dv)) in variants.iter().enumerate() {
         let dims = ela_core::ela::ElaDims { batch: 2, heads: 2, t: 150, d, dv };
         let p = ElaParams::causal(ELU);
         assert!(dev.ela_rows_supported(dtype, &dims, &p), "elu+1 {dtype:?} {d}x{dv} takes the tiles");
