@@ -28,7 +28,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   $(ls .gpu-pack/whl/*.whl .whl/*.whl 2>/dev/null | head -n 1) >"$OUT/pip.log" 2>&1
 for combo in "64 bfloat16" "128 bfloat16"; do
   # shellcheck disable=SC2086
-  (PYTHONPATH=/tmp/site timeout 120 python3 benches/peers/ela_fla.py --feature identity --warm $combo \
+  (PYTHONPATH=/tmp/site timeout 240 python3 benches/peers/ela_fla.py --feature identity --warm $combo \
     >"$OUT/warm_id_${combo// /_}.log" 2>&1) &
 done
 stamp "test"
@@ -39,7 +39,7 @@ wait
 stamp "timings (fla warm: $(ls /tmp/fla_ready_identity_* 2>/dev/null | tr '\n' ' '))"
 fits 90 && ELA_CUDA_ID_TILES=1 ELA_CUDA_SIGNED_BF16=1 timeout 90 $B/ela_gpu kernel=hadamard-exp kernel=identity \
   T=16384 >"$OUT/identity_tiles.md" 2>&1
-fits 60 && PYTHONPATH=/tmp/site timeout 60 python3 benches/peers/ela_fla.py --section fla --feature identity \
+fits 120 && PYTHONPATH=/tmp/site timeout 120 python3 benches/peers/ela_fla.py --section fla --feature identity \
   --dtype bfloat16 --t 16384 >"$OUT/identity_fla.md" 2>&1
 fits 60 && ELA_CUDA_ID_TILES=0 ELA_CUDA_SIGNED_BF16=1 timeout 60 $B/ela_gpu kernel=identity T=16384 \
   >"$OUT/identity_la.md" 2>&1
