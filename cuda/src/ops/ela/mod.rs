@@ -156,7 +156,7 @@ fn elu_on_tiles() -> bool {
 /// Whether the Identity kernel takes the Hadamard-Exp kernels without exps or units (`chunk.rs`,
 /// `ChunkMap::Identity`) where they apply, unless `ELA_CUDA_ID_TILES` or [`with_identity_tiles`]
 /// says otherwise. On: its GPU test and both sanitizers passed on an H100 (2026-12-07), and the
-/// tiles took 0.93-0.97x Hadamard Exp's time where the feature-map path took 1.7-2.2x
+/// tiles took 0.92-0.97x Hadamard Exp's time where the feature-map path took 1.21-2.16x
 /// (docs/benchmarks.md, "GPU ELA: Identity on the Hadamard-Exp kernels").
 pub const IDENTITY_TILES_DEFAULT: bool = true;
 
