@@ -8,12 +8,13 @@
 #   OUT=$OUT PACK=.gpu-pack/s/bin.txz bash cuda/benches/signed_tiles.sh
 #
 # 1. the three GPU tests (`cuda_ops ela_fast::signed_tiles_*`: every compiled size, f32 and bf16,
-#    against f64, the CPU and the feature-map path);
+#    against f64, the CPU and the feature-map path), with the tests of the chunk kernels they share
+#    with Identity and Hadamard Exp (`ela_out`, `ela_bwd`);
 # 2. ela_gpu at B8 H16 T16k: Hadamard Exp, Identity and the three kernels on the tiles (bf16 with
 #    the signed kernels' bf16-operand opt-in), the issue's 1.3x comparison;
-# 3. the same three on the feature-map path (what the tiles replace);
-# 4. each launch of sum-sq's fwd+bwd timed alone (`ELA_CUDA_PROFILE=1`), where the time goes;
-# 5. compute-sanitizer memcheck (sub-sq's test) and racecheck (the blueprint's).
+# 3. each launch of sum-sq's fwd+bwd timed alone (`ELA_CUDA_PROFILE=1`), where the time goes;
+# 4. compute-sanitizer memcheck (sub-sq's test) and racecheck (the blueprint's);
+# 5. the three kernels on the feature-map path (what the tiles replace).
 set -u
 S0=$(date +%s)
 CAP=${CAP:-540}
@@ -27,17 +28,15 @@ fits() { [ $(($(date +%s) - S0 + $1)) -le "$CAP" ]; }
 { date -u +%FT%TZ; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; } >>"$log"
 K="kernel=sum-sq-euclid kernel=sub-sq-euclid kernel=blueprint"
 stamp "tests"
-ELA_REQUIRE_CUDA=1 timeout 240 $B/test-cuda_ops ela_fast::signed_tiles --nocapture --test-threads=3 \
-  >"$OUT/signed_test.log" 2>&1
+ELA_REQUIRE_CUDA=1 timeout 300 $B/test-cuda_ops ela_fast::signed_tiles ela_fast::identity_on_the_tiles \
+  ela_fast::chunked_ela_matches ela_fast::saved_forward ela_fast::elu_plus_one_on_the_tiles_matches \
+  --nocapture --test-threads=6 >"$OUT/signed_test.log" 2>&1
 echo "tests rc $? $(grep -E '^test result' "$OUT/signed_test.log")" >>"$log"
 grep -E "FAILED|panicked" "$OUT/signed_test.log" | head -10 >>"$log"
 stamp "timings"
 # shellcheck disable=SC2086
 fits 150 && ELA_CUDA_SIGNED_TILES=1 ELA_CUDA_SIGNED_BF16=1 timeout 150 $B/ela_gpu kernel=hadamard-exp \
   kernel=identity $K T=16384 >"$OUT/signed_tiles.md" 2>&1
-# shellcheck disable=SC2086
-fits 100 && ELA_CUDA_SIGNED_TILES=0 ELA_CUDA_SIGNED_BF16=1 timeout 100 $B/ela_gpu $K T=16384 \
-  >"$OUT/signed_la.md" 2>&1
 fits 40 && ELA_CUDA_PROFILE=1 ELA_CUDA_SIGNED_TILES=1 timeout 40 $B/ela_gpu kernel=sum-sq-euclid \
   "d=64 f32 T=16384" >"$OUT/signed_profile.log" 2>&1
 CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
@@ -47,6 +46,9 @@ for pair in "memcheck sub_sq" "racecheck blueprint"; do
   ELA_REQUIRE_CUDA=1 timeout 120 "$CS" --tool "$1" $B/test-cuda_ops "ela_fast::signed_tiles_$2" >"$OUT/signed_$1.log" 2>&1
   echo "$1 ($2) rc $? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/signed_$1.log" | tail -1)" >>"$log"
 done
+# shellcheck disable=SC2086
+fits 100 && ELA_CUDA_SIGNED_TILES=0 ELA_CUDA_SIGNED_BF16=1 timeout 100 $B/ela_gpu $K T=16384 \
+  >"$OUT/signed_la.md" 2>&1
 stamp end
 cat "$log"
 cat "$OUT"/signed_tiles.md "$OUT"/signed_la.md 2>/dev/null | grep -E "^\|"

@@ -126,6 +126,25 @@ fn opt_in_chunk_variants_compile() {
     }
 }
 
+/// Identity's chunk modules, which alone compile the signed kernels' extra terms (chunk_ext.cu
+/// and the `ELA_FMAP == 2` parts of `ela_out` and `ela_bwd`), compile at both chunk lengths (f32
+/// 64- and 128-wide heads; bf16 256-wide), with mixed widths and with 16-bit operands held to
+/// three gradient blocks a multiprocessor (64-wide bf16).
+#[test]
+fn identity_chunk_variants_compile() {
+    if !kernels::nvrtc_available() {
+        let tried = format!("tried {:?}", kernels::linux_candidates("nvrtc"));
+        return ela_cuda::testing::skip("no NVRTC library", &tried);
+    }
+    use kernels::{ChunkMap, ElaDt, KernelFile};
+    let id = |dt, d, dv| KernelFile::ElaChunk { map: ChunkMap::Identity, dt, d, dv };
+    for file in [id(ElaDt::F32, 128, 128), id(ElaDt::F32, 64, 128), id(ElaDt::BF16, 64, 64), id(ElaDt::BF16, 256, 256)]
+    {
+        let r = kernels::compile_source(file.name(), &file.full_source(), "sm_90");
+        assert!(matches!(r, Ok(kernels::Image::Cubin(_))), "{}: {r:?}", file.label());
+    }
+}
+
 /// The whole-model decoding step compiles for every link and weight dtype, at head sizes below,
 /// at and above a warp, and with rows shorter than one 16-byte load per lane; with bf16 weights
 /// also for clusters of 8 blocks per sequence (and of 2 and 4 at one shape).

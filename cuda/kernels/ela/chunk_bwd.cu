@@ -17,6 +17,10 @@
 // its derivative in the same units instead: min(phi_a, exp(-mq)), exp(lderiv(q) + m^(c) - u),
 // min(psi_a, exp(-mk)), min(psi_u, exp(-m^(c+1))) (docs/ela.md, "elu+1 on the Hadamard-Exp
 // kernels").
+//
+// Identity (ELA_FMAP 2) with `ext` (the signed kernels, chunk_ext.cu): A's visible entries take
+// a_i + g_j, D's row and column sums (plus the chunk sums' parts) give da and dg, which the dq and
+// dk epilogues turn into the extra terms' gradients; dv's adds RaG + g_j RG.
 
 // dq's epilogue needs q at its entries (phi_b = exp(q + m - u)). Loaded in the epilogue, each
 // load sat inside its entry's row test and a warp waited for one load after another (their
@@ -42,9 +46,32 @@
 // (the same heads as ELA_QLOAD's).
 #define ELA_PSTORE ELA_QLOAD
 
+#if ELA_FMAP == 2
+// The parts of the extra terms' da_i and dg_j that the chunk sums give (sr: the backward sums'
+// slot; the keys before the chunk and the rows after it, or all of them, cnt keys):
+//   da_i += G_i . V1 - c_i cnt        dg_j += v_j . RG - Rc
+// A warp per row, added to the block's sums of its intra-chunk part (the order is free).
+__device__ void ext_row_dots(float* eda, float* edg, const MT* G, int ldg, const MT* vs, int ldv, const float* cc,
+                             const float* sr, int n, float cnt) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int r = warp; r < n; r += ELA_WARPS) {
+        float a = 0.f, b = 0.f;
+        for (int col = lane; col < ELA_DV; col += 32) {
+            a += from_mt(G[r * ldg + col]) * sr[col];
+            b += from_mt(vs[r * ldv + col]) * sr[ELA_DV + col];
+        }
+        a = warp_sum(a), b = warp_sum(b);
+        if (lane == 0) {
+            atomicAdd(eda + r, a - cc[r] * cnt);
+            atomicAdd(edg + r, b - sr[EXT_SUM_SC]);
+        }
+    }
+}
+#endif
+
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
     ela_bwd(ST* dq, ST* dk, ST* dv, const ST* q, const ST* k, const ST* v, const ST* dy, const ela_f4* rows,
-            const MT* slot_s, const float* slot_z, const float* slot_m, const MT* slot_u, const float* slot_w, ElaIo io,
+            const MT* slot_s, const float* slot_z, const float* slot_m, const MT* slot_u, const float* slot_w, ElaExt ext, ElaIo io,
             i64 T, int nch, int causal, int grads_like_inputs) {
     constexpr int F = ELA_F, DV = ELA_DV, C = ELA_C, LDF = LDP(F), LDV = LDP(DV), LDC = LDP(C);
     typedef WarpMap<C, C> WA;
@@ -72,6 +99,17 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
     // rows' den and c from global memory.)
     int* slw = (int*)(cc + C);
     check_smem(slw + C);
+#if ELA_FMAP == 2
+    // Identity has no units and no exact path: mq, mk, uu and mcur are never read (unit_exp is 1),
+    // so the extra terms (chunk_ext.cu) take their places: the chunk's a and g, and the sums da, dg
+    // of each row's and each key's entries of D' (the gradient of A + a_i + g_j).
+    static_assert(C <= F, "dg fits in mcur");
+    float* ea = mq;
+    float* eg = mk;
+    float* eda = uu;
+    float* edg = mcur;
+    const bool xt = ext.sums != 0, xt_qk = xt && ext.kind == 0;  // extra terms; their dq, dk
+#endif
 
     const int c = blockIdx.x, seq = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const i64 t0 = (i64)c * C, rowbase = seq * T + t0;
@@ -94,8 +132,14 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
     // Every global load of the chunk is issued here, before any is used.
     typedef RowPart<F> RP;
     RP kp, qp;
+    // (Identity with extra terms reads q from phi_a for dq, causal or not.)
+#if ELA_FMAP == 2
+    const bool qrows = causal || ext.sums;
+#else
+    const bool qrows = causal;
+#endif
     kp.load(kg, lk, n);
-    if (causal) qp.load(qg, lq, n);
+    if (qrows) qp.load(qg, lq, n);
     TileRegs<ST, true, C, DV> vt, gt;
     vt.load(vg, lv, n);
     gt.load(dyg, ldy, n);
@@ -105,18 +149,24 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
     r.x = 0.f, r.y = 1.f, r.z = 0.f, r.w = 0.f;
     if (tid < n) r = rows[rowbase + tid];
     if (tid < F) {
-        mcur[tid] = slot_m[slot * F + tid];
+        if (ELA_UNITS) mcur[tid] = slot_m[slot * F + tid];
         mnx[fsk(tid)] = slot_m[slot1 * F + tid];
         zst[tid] = slot_z[slot * F + tid];
         wst[tid] = slot_w[uslot * F + tid];
     }
     if (tid < C) {
         const bool slow = tid < n && r.w != 0.f, on = tid < n && !slow;
-        uu[tid] = r.x;
+        if (ELA_UNITS) uu[tid] = r.x;
         gmul[tid] = on ? 1.f / r.y : 0.f;
         cc[tid] = on ? r.z : 0.f;
         slw[tid] = slow ? 1 : 0;
     }
+#if ELA_FMAP == 2
+    if (tid < C) {
+        const float2 x = (ext.ag && tid < n) ? ext.ag[rowbase + tid] : float2{0.f, 0.f};
+        ea[tid] = x.x, eg[tid] = x.y, eda[tid] = 0.f, edg[tid] = 0.f;
+    }
+#endif
     ut.store(US, LDV, (const float*)0);
     vt.store(vsm, LDV, (const float*)0);
     __syncthreads();
@@ -139,8 +189,8 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
             store_mt_vec(psia + j * LDF + c0 + e0, pa);
             store_mt_vec(psiu + j * LDF + c0 + e0, pu);
         }
-        if (RP::head()) mk[j] = j < n ? mx : neg_inf<float>();
-        if (causal) {
+        if (ELA_UNITS && RP::head()) mk[j] = j < n ? mx : neg_inf<float>();
+        if (qrows) {
             log_features(qp);
             float mxq = neg_inf<float>();
 #pragma unroll
@@ -153,10 +203,13 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                 for (int k = 0; k < MT_VEC; ++k) pa[k] = feat_if(j < n, qp.x[e0 + k] - mxq);
                 store_mt_vec(phia + j * LDF + c0 + e0, pa);
             }
-            if (RP::head()) mq[j] = mxq;
+            if (ELA_UNITS && RP::head()) mq[j] = mxq;
         }
     }
     __syncthreads();
+#if ELA_FMAP == 2
+    if (xt) ext_row_dots(eda, edg, G, LDV, vsm, LDV, cc, ext.sums + slot * EXT_SUM_LD, n, (float)(causal ? t0 : T));
+#endif
     if (causal) {
         float aA[WA::NT][4], aD[WA::NT][4];
         zero_acc(aA);
@@ -172,6 +225,9 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
         const float rg[2] = {gmul[ia], gmul[ib]}, rq[2] = {mq[ia], mq[ib]}, ru[2] = {uu[ia], uu[ib]};
         const float rc[2] = {cc[ia], cc[ib]};
 #endif
+#if ELA_FMAP == 2
+        float rsum[2] = {0.f, 0.f}, csum[WA::NT][2];  // this thread's entries of D' by row, by key
+#endif
 #pragma unroll
         for (int nt = 0; nt < WA::NT; ++nt)
 #pragma unroll
@@ -183,10 +239,45 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                     e0 = keep_if(on && j <= i, unit_exp(ROW_VAL(rq, mq, i, e) + mk[j] - ROW_VAL(ru, uu, i, e)));
                     e1 = keep_if(on && j + 1 <= i, unit_exp(ROW_VAL(rq, mq, i, e) + mk[j + 1] - ROW_VAL(ru, uu, i, e)));
                 }
-                store_mt2(At + i * LDC + j, e0 == 0.f ? 0.f : aA[nt][e] * e0, e1 == 0.f ? 0.f : aA[nt][e + 1] * e1);
-                store_mt2(Dm + i * LDC + j, e0 == 0.f ? 0.f : (aD[nt][e] - ROW_VAL(rc, cc, i, e)) * e0,
-                          e1 == 0.f ? 0.f : (aD[nt][e + 1] - ROW_VAL(rc, cc, i, e)) * e1);
+                store_mt2(At + i * LDC + j, e0 == 0.f ? 0.f : aA[nt][e] * e0 PLUS_EXT_AG(i, j),
+                          e1 == 0.f ? 0.f : aA[nt][e + 1] * e1 PLUS_EXT_AG(i, j + 1));
+                const float d0 = e0 == 0.f ? 0.f : (aD[nt][e] - ROW_VAL(rc, cc, i, e)) * e0;
+                const float d1 = e1 == 0.f ? 0.f : (aD[nt][e + 1] - ROW_VAL(rc, cc, i, e)) * e1;
+                store_mt2(Dm + i * LDC + j, d0, d1);
+#if ELA_FMAP == 2
+                rsum[e >> 1] += d0 + d1;
+                csum[nt][0] = (e == 0 ? 0.f : csum[nt][0]) + d0;
+                csum[nt][1] = (e == 0 ? 0.f : csum[nt][1]) + d1;
+#endif
             }
+#if ELA_FMAP == 2
+        // da_i, dg_j: D' is D (the entries a_i + g_j add to A carry the same gradient), so its
+        // row sums go to da and its column sums to dg: over the quad that shares a row, over
+        // the eight quads that share a column, then across warps in shared memory.
+        if (xt && !skip) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                rsum[h] += __shfl_xor_sync(0xffffffffu, rsum[h], 1);
+                rsum[h] += __shfl_xor_sync(0xffffffffu, rsum[h], 2);
+            }
+#pragma unroll
+            for (int nt = 0; nt < WA::NT; ++nt)
+#pragma unroll
+                for (int h = 0; h < 2; ++h)
+#pragma unroll
+                    for (int o = 4; o < 32; o <<= 1) csum[nt][h] += __shfl_xor_sync(0xffffffffu, csum[nt][h], o);
+            if ((lane & 3) == 0) {
+                atomicAdd(eda + ACC_ROW(r0, 0), rsum[0]);
+                atomicAdd(eda + ACC_ROW(r0, 2), rsum[1]);
+            }
+            if (lane < 4)
+#pragma unroll
+                for (int nt = 0; nt < WA::NT; ++nt) {
+                    atomicAdd(edg + ACC_COL(c0, nt, 0), csum[nt][0]);
+                    atomicAdd(edg + ACC_COL(c0, nt, 1), csum[nt][1]);
+                }
+        }
+#endif
     }
     __syncthreads();
     // The state tile for dq, in flight during the dv and dk products (it replaces U after dk).
@@ -212,6 +303,23 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                 if (r < n) cp_async16(qs + r * LDF + col, qg + (i64)r * lq + col);
             }
             cp_async_commit();
+        }
+#endif
+#if ELA_FMAP == 2
+        if (xt) {
+            // The extra terms of the rows after the chunk (or all): RaG + g_j RG.
+            const float* sr = ext.sums + slot * EXT_SUM_LD;
+#pragma unroll
+            for (int nt = 0; nt < WV::NT; ++nt) {
+                const int col = ACC_COL(c0, nt, 0);
+                const float2 rg = *(const float2*)(sr + DV + col), rag = *(const float2*)(sr + 2 * DV + col);
+#pragma unroll
+                for (int e = 0; e < 4; e += 2) {
+                    const float g = eg[ACC_ROW(r0, e)];
+                    acc[nt][e] += rag.x + g * rg.x;
+                    acc[nt][e + 1] += rag.y + g * rg.y;
+                }
+            }
         }
 #endif
 #pragma unroll
@@ -245,9 +353,11 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                 const float v1 = from_mt(psia[j * LDF + d + 1]) * a1[nt][e + 1] +
                                  from_mt(psiu[j * LDF + d + 1]) * (a2[nt][e + 1] - wst[d + 1]);
 #elif ELA_FMAP == 2
-                // Identity: the features' derivative is 1.
-                const float v0 = a1[nt][e] + (a2[nt][e] - wst[d]);
-                const float v1 = a1[nt][e + 1] + (a2[nt][e + 1] - wst[d + 1]);
+                // Identity: the features' derivative is 1. Sum/sub-sq: dk_j += dg_j 2 k_j / s (psi_a
+                // holds k itself).
+                const float xk = xt_qk ? 2.f * ext.inv_s * edg[j] : 0.f;
+                const float v0 = a1[nt][e] + (a2[nt][e] - wst[d]) + xk * from_mt(psia[j * LDF + d]);
+                const float v1 = a1[nt][e + 1] + (a2[nt][e + 1] - wst[d + 1]) + xk * from_mt(psia[j * LDF + d + 1]);
 #else
                 // The features' derivatives in the same units: exp(min(lf, 0) - shift) =
                 // min(exp(lf - shift), exp(-shift)), the shifts mk_j and m^(c+1)_d.
@@ -263,6 +373,10 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
     }
 #if ELA_QSTAGE
     cp_async_wait<0>();  // this thread's q copies have landed (the barrier shows them to all)
+#endif
+#if ELA_FMAP == 2
+    // The blueprint: dg_j, for the pass that turns dk' into dk (ela_ext_bp_dk).
+    if (xt && ext.kind == 1 && tid < n) ext.dg[rowbase + tid] = edg[tid];
 #endif
     __syncthreads();
     stt.store(US, LDV, (const float*)0);
@@ -310,6 +424,14 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                 const float pb1 = keep_if(on, unit_exp(q1 + mcur[d + 1] - ROW_VAL(ru, uu, i, e)));
                 float v0 = pb0 * (a2[nt][e] - ROW_VAL(rc, cc, i, e) * zst[d]),
                       v1 = pb1 * (a2[nt][e + 1] - ROW_VAL(rc, cc, i, e) * zst[d + 1]);
+#if ELA_FMAP == 2
+                if (xt_qk) {
+                    // Sum/sub-sq: dq_i += da_i 2 q_i / s (phi_a holds q itself).
+                    const float xq = 2.f * ext.inv_s * eda[i];
+                    v0 += xq * from_mt(phia[i * LDF + d]);
+                    v1 += xq * from_mt(phia[i * LDF + d + 1]);
+                }
+#endif
                 if (causal) {
 #if ELA_FMAP == 0
                     v0 += from_mt(phia[i * LDF + d]) * a1[nt][e];
@@ -328,7 +450,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                 else store_st2(dqg + i * gsq + d, v0, v1);
             }
     }
-    if (__syncthreads_or(tid < C && slw[tid])) {
+    if (ELA_UNITS && __syncthreads_or(tid < C && slw[tid])) {
         // Exact-path rows (exact_rows::backward_row): weights exp(q_i + k_j - r_i) over the chunk's keys
         // j <= i and exp(q_i + m - r_i) against the state. Their dk, dv terms are summed in f32
         // over all such rows and added to the fast-path values once (one extra rounding in

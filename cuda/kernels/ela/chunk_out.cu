@@ -5,11 +5,40 @@
 
 // ---------------------------------------------------------------- rows of one chunk
 
-// The row stride of `ela_out`'s extra terms (DV numerator entries, the denominator, padding to
-// 16 bytes), and the two numerator entries at columns col, col + 1 (col even) of packed row `r`.
-#define EXT_LD (ELA_DV + 4)
-__device__ __forceinline__ float2 ext_num(const float* ext, i64 r, int col) {
-    return ext ? *(const float2*)(ext + r * EXT_LD + col) : float2{0.f, 0.f};
+// The rank-one extra terms of the signed kernels on Identity's tiles (chunk_ext.cu, which has the
+// math; ops/ela/signed.rs): `sums` null everywhere else. `ela_out` reads the forward chunk sums
+// (V1 = sum v, V2 = sum g v, G = sum g over the keys before the chunk, or all of them), `ela_bwd`
+// the backward ones (V1 before the chunk; RG, RaG, Rc after it, or all); both take (a_i, g_i)
+// per row. Mirrored by `ExtArgs` in ops/ela/chunk.rs.
+struct ElaExt {
+    const float* sums;  // [sequence][nch + 1][EXT_SUM_LD], the slots' indexing
+    const float2* ag;   // (a_i, g_i) per row, packed [sequence][T]
+    float* dg;          // ela_bwd, kind 1: dg_j per row (packed), for the blueprint's dk
+    int kind;           // 0: sum/sub-sq (a = |q|^2 / s, g = |k|^2 / s); 1: the blueprint (a = 0)
+    float inv_s;        // 1 / s, the key scale's inverse
+};
+// A row of the chunk sums: V1 at 0, V2 (forward) or RG, RaG (backward) at DV and 2 DV, the scalar
+// (G forward, Rc backward) at 3 DV, padded to 16 bytes.
+#define EXT_SUM_LD (3 * ELA_DV + 4)
+#define EXT_SUM_SC (3 * ELA_DV)
+// Identity's tiles add a_i + g_j to every visible entry of the intra-chunk block A (ea, eg: the
+// chunk's a and g, in shared memory); the other maps have no extra terms.
+// (PLUS_EXT_AG expands to nothing elsewhere: adding 0.f is not free, as x + 0.f is not x for
+// x = -0.)
+#if ELA_FMAP == 2
+#define PLUS_EXT_AG(i, j) +(ea[i] + eg[j])
+#define EXT_A(i) ea[i]
+#else
+#define PLUS_EXT_AG(i, j)
+#define EXT_A(i) 0.f
+#endif
+// The extra numerator a V1 + V2 of a row at columns col, col + 1 (col even), from the forward
+// sums' slot.
+__device__ __forceinline__ float2 ext_num(const ElaExt& ext, i64 slot, float a, int col) {
+    if (ELA_FMAP != 2 || !ext.sums) return float2{0.f, 0.f};
+    const float* s = ext.sums + slot * EXT_SUM_LD;
+    const float2 v1 = *(const float2*)(s + col), v2 = *(const float2*)(s + ELA_DV + col);
+    return float2{a * v1.x + v2.x, a * v1.y + v2.y};
 }
 
 // The exact path for row i of the chunk (docs/ela.md "exact rows after underflow"; the CPU's
@@ -65,12 +94,11 @@ __device__ void slow_row(int i, const ST* qg, const ST* kg, const ST* vg, i64 lq
 // Mode 0: y of the chunk's rows, and with `rows` also per row (u, den, 0, exact-path flag) for a
 // backward that reuses the forward (the reverse scan, or ela_rows_dot with f32 operands, then
 // fills in c). Mode 1: per row (u, den, c = (dy . y) / den, exact-path flag).
-// `ext` (null but for the kernels with rank-one extra features, chunk_ext.cu): per row, f32, an
-// extra numerator (DV entries) and denominator (entry DV) added to the row's own before the
-// division, rows EXT_LD apart and packed like the row info.
+// `ext` (Identity's tiles only, chunk_ext.cu): the extra terms, added to A's visible entries and
+// to each row's numerator and denominator before the division.
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
     ela_out(ST* y, ela_f4* rows, const ST* q, const ST* k, const ST* v, const ST* dy, const ST* yin,
-            const MT* slot_s, const float* slot_z, const float* slot_m, const float* ext, ElaIo io, i64 T, int nch,
+            const MT* slot_s, const float* slot_z, const float* slot_m, ElaExt ext, ElaIo io, i64 T, int nch,
             int mode, int causal) {
     constexpr int F = ELA_F, DV = ELA_DV, C = ELA_C, LDF = LDP(F), LDV = LDP(DV), LDC = LDP(C);
     constexpr int R0 = (2 * C * LDF > F * LDV) ? 2 * C * LDF : F * LDV;
@@ -94,6 +122,12 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
     int* slw = (int*)(dpart + WA::GROUPS * C);
     float* red = (float*)(slw + C);
     check_smem(red + 32);
+#if ELA_FMAP == 2
+    // Identity has no units: mk and pm (key maxima and their prefix maxima) are never read, so
+    // the chunk's a and g take their places.
+    float* ea = mk;
+    float* eg = pm;
+#endif
 
     const int c = blockIdx.x, seq = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const i64 t0 = (i64)c * C, rowbase = seq * T + t0;
@@ -125,6 +159,12 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         mst[fsk(tid)] = slot_m[slot * F + tid];
         zst[fsk(tid)] = slot_z[slot * F + tid];
     }
+#if ELA_FMAP == 2
+    if (tid < C) {
+        const float2 x = (ext.ag && tid < n) ? ext.ag[rowbase + tid] : float2{0.f, 0.f};
+        ea[tid] = x.x, eg[tid] = x.y;
+    }
+#endif
     const int row = RP::row(), rc0 = RP::col0();
     if (causal) {
         // (N1) key side: mk_j = max_d k_jd, psi_a = exp(k - mk).
@@ -142,11 +182,11 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
             for (int k = 0; k < MT_VEC; ++k) pa[k] = feat_if(row < n, kp.x[e0 + k] - mx);
             store_mt_vec(psia + row * LDF + rc0 + e0, pa);
         }
-        if (RP::head()) mk[row] = mx;
+        if (ELA_UNITS && RP::head()) mk[row] = mx;
         if (mode == 0) vt.store(vsm, LDV, (const float*)0);
     }
     __syncthreads();
-    if (causal && warp == 0) {
+    if (ELA_UNITS && causal && warp == 0) {
         // Prefix maxima of mk (causal: row i's units use keys <= i only).
         for (int h = 0; h < C; h += 32) {
             float a = mk[h + lane];
@@ -223,9 +263,9 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
                 // cannot reach an earlier row.
                 float a0 = 0.f, a1 = 0.f;
                 if (!skip) {
-                    a0 = keep_if(ok && j <= i, acc[nt][e] * unit_exp(ROW_VAL(rq, mq, i, e) + mk[j] - ROW_VAL(ru, uu, i, e)));
+                    a0 = keep_if(ok && j <= i, acc[nt][e] * unit_exp(ROW_VAL(rq, mq, i, e) + mk[j] - ROW_VAL(ru, uu, i, e)) PLUS_EXT_AG(i, j));
                     a1 = keep_if(ok && j + 1 <= i,
-                                 acc[nt][e + 1] * unit_exp(ROW_VAL(rq, mq, i, e) + mk[j + 1] - ROW_VAL(ru, uu, i, e)));
+                                 acc[nt][e + 1] * unit_exp(ROW_VAL(rq, mq, i, e) + mk[j + 1] - ROW_VAL(ru, uu, i, e)) PLUS_EXT_AG(i, j + 1));
                 }
                 store_mt2(At + i * LDC + j, a0, a1);
                 if (e == 0) slo += a0 + a1;
@@ -245,7 +285,10 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         float d = dst[tid];
         if (causal)
             for (int g = 0; g < WA::GROUPS; ++g) d += dpart[g * C + tid];
-        if (ext && tid < n) d += ext[(rowbase + tid) * EXT_LD + DV];
+#if ELA_FMAP == 2
+        // The extra terms of the keys before the chunk (or all): a_i cnt + G.
+        if (ext.sums) d += ea[tid] * (float)(causal ? t0 : T) + ext.sums[slot * EXT_SUM_LD + EXT_SUM_SC];
+#endif
         den[tid] = d;
         slw[tid] = (ELA_UNITS && causal && tid < n && d < ELA_TINY) ? 1 : 0;
     }
@@ -271,7 +314,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
             const float rd = 1.f / den[i];
 #pragma unroll
             for (int nt = 0; nt < WY::NT; ++nt) {
-                const float2 x = ext_num(ext, rowbase + i, ACC_COL(c0, nt, e));
+                const float2 x = ext_num(ext, slot, EXT_A(i), ACC_COL(c0, nt, e));
                 store_st2(yo + i * ly + ACC_COL(c0, nt, e), (acc[nt][e] + x.x) * rd, (acc[nt][e + 1] + x.y) * rd);
             }
         }
@@ -282,7 +325,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
             for (int e = 0; e < 4; e += 2) {
                 const int i = ACC_ROW(r0, e), col = ACC_COL(c0, nt, e);
                 if (i < n && !slw[i]) {
-                    const float2 x = ext_num(ext, rowbase + i, col);
+                    const float2 x = ext_num(ext, slot, EXT_A(i), col);
                     store_st2(yo + i * ly + col, (acc[nt][e] + x.x) / den[i], (acc[nt][e + 1] + x.y) / den[i]);
                 }
             }

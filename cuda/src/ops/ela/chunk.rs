@@ -61,7 +61,7 @@ pub(super) fn launch(dev: &Cuda, cv: &Variant, name: &str, cfg: Cfg, smem: u32, 
 pub(crate) struct Variant {
     pub(super) file: KernelFile,
     /// Chunk length (`ELA_C`).
-    c: usize,
+    pub(super) c: usize,
     f: usize,
     pub(super) dv: usize,
     /// Operand type of the state slots: bf16 (16-bit inputs) or f32.
@@ -288,6 +288,22 @@ fn strides(r: &ElaRows) -> [i64; 3] {
     [r.batch as i64, r.head as i64, r.row as i64]
 }
 
+/// Mirror of `struct ElaExt` in `kernels/ela/chunk_out.cu`: the rank-one extra terms of the signed
+/// kernels on Identity's tiles (`signed.rs`; all zero elsewhere): the scanned chunk sums
+/// `ela_out` (forward sums) or `ela_bwd` (backward sums) reads, each row's `(a, g)`, the
+/// blueprint's `dg` rows `ela_bwd` writes, the kind of the terms and `1 / s`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ExtArgs {
+    pub(super) sums: u64,
+    pub(super) ag: u64,
+    pub(super) dg: u64,
+    pub(super) kind: i32,
+    pub(super) inv_s: f32,
+}
+// SAFETY: plain-old-data with the C layout of the kernel-side struct.
+unsafe impl DeviceRepr for ExtArgs {}
+
 /// The operands of one chunked call: the address of each one's first row (`y`, `dy`: 0 in a
 /// forward, which makes `y` itself with the layout `rows.y`) and where their rows lie.
 pub(crate) struct Io {
@@ -296,8 +312,8 @@ pub(crate) struct Io {
     pub(super) v: u64,
     pub(super) y: u64,
     pub(super) dy: u64,
-    /// `ela_out`'s extra terms per row (0: none; `signed.rs`).
-    pub(super) ext: u64,
+    /// The extra terms `ela_out` and `ela_bwd` add (none by default; `signed.rs`).
+    pub(super) ext: ExtArgs,
     pub(super) rows: IoRows,
 }
 
@@ -321,7 +337,7 @@ impl Io {
             v: at(v),
             y,
             dy,
-            ext: 0,
+            ext: ExtArgs::default(),
             rows: IoRows {
                 q: strides(&q.rows),
                 k: strides(&k.rows),
@@ -349,9 +365,9 @@ impl Io {
 
 /// Where `ela_bwd` writes `dq`, `dk`, `dv`: the addresses of their first rows, packed
 /// `[sequence][t][width]` or (`like_inputs`) with `q`, `k`, `v`'s strides.
-struct Grads {
-    ptrs: [u64; 3],
-    like_inputs: bool,
+pub(super) struct Grads {
+    pub(super) ptrs: [u64; 3],
+    pub(super) like_inputs: bool,
 }
 
 /// What `ela_out` computes: mode 0 writes `y` (and, with `rows != 0`, the row info a saving
@@ -538,7 +554,7 @@ impl Cuda {
             Arg::Ptr(sl.s.ptr()),
             Arg::Ptr(sl.z.ptr()),
             Arg::Ptr(sl.m.ptr()),
-            Arg::Ptr(io.ext),
+            Arg::by_value(io.ext),
             Arg::by_value(io.rows),
             Arg::n(t),
             Arg::I32(nch as i32),
@@ -633,19 +649,11 @@ impl Cuda {
             None => Grads { ptrs: [dq.ptr(), dk.ptr(), dvo.ptr()], like_inputs: false },
         };
         let nch = cv.nch(t);
-        if let Some([s, z, m, rows]) = saved {
-            let want = [n * (nch + 1) * cv.f * cv.dv, n * (nch + 1) * cv.f, n * (nch + 1) * cv.f, n * t * 4];
-            let have = [s.len(), z.len(), m.len(), rows.len()];
-            if want != have || s.dtype() != cv.mt {
-                return Err(super::saved_mismatch(&have, &want, format!("{:?} slots", cv.mt)));
-            }
-            if !cv.scan_dot() {
-                // c = dy . y / den per row (with `scan_dot` the reverse scan computes it).
-                let args = [Arg::Ptr(rows.ptr()), Arg::Ptr(io.dy), Arg::Ptr(io.y), Arg::by_value(io.rows), Arg::n(t)];
-                let cfg = Cfg { grid: nch as u32, grid_y: n as u32, block: THREADS };
-                launch(self, cv, "ela_rows_dot", cfg, 0, &args)?;
-            }
-            self.ela_chunk_backward_from(cv, io, [s, z, m], rows, &out, (n, t), causal)?;
+        // (A set of another count, from another path, is recomputed here as before.)
+        if let Some(saved) = saved.filter(|s| s.len() == 4) {
+            let [s, z, m, rows] = self.ela_saved_rows(cv, io, (n, t), saved)?;
+            let uw = self.ela_reverse_scan(cv, io, m, rows, (n, t), causal)?;
+            self.ela_bwd(cv, io, [s, z, m], rows, &uw, &out, (n, t), causal)?;
             return Ok((dq, dk, dvo));
         }
         let sl = self.ela_slots(cv, n, nch + 1)?;
@@ -654,27 +662,72 @@ impl Cuda {
         let rows = self.alloc(DType::F32, n * t * 4)?;
         let mode = OutMode::Rows { rows: rows.ptr(), dy: io.dy, y: io.y };
         self.ela_out(cv, n, t, mode, io, &sl, causal)?;
-        self.ela_chunk_backward_from(cv, io, [&sl.s, &sl.z, &sl.m], &rows, &out, (n, t), causal)?;
+        let uw = self.ela_reverse_scan(cv, io, &sl.m, &rows, (n, t), causal)?;
+        self.ela_bwd(cv, io, [&sl.s, &sl.z, &sl.m], &rows, &uw, &out, (n, t), causal)?;
         Ok((dq, dk, dvo))
     }
 
-    /// The backward's reverse scan and gradient kernel, from the forward slots and row info.
+    /// The buffers a saving [`Cuda::ela_chunk_forward`] kept (`[s, z, m, rows]`), checked against
+    /// this call, with `c = dy . y / den` filled into the row info where the reverse scan does
+    /// not compute it.
+    pub(super) fn ela_saved_rows<'a>(
+        &self,
+        cv: &Variant,
+        io: &Io,
+        (n, t): (usize, usize),
+        saved: &'a [CudaStorage],
+    ) -> Result<[&'a CudaStorage; 4]> {
+        let nch = cv.nch(t);
+        let want = [n * (nch + 1) * cv.f * cv.dv, n * (nch + 1) * cv.f, n * (nch + 1) * cv.f, n * t * 4];
+        let have: Vec<usize> = saved.iter().map(|b| b.len()).collect();
+        let [s, z, m, rows] = saved else {
+            return Err(super::saved_mismatch(&have, &want, format!("{:?} slots", cv.mt)));
+        };
+        if want[..] != have[..] || s.dtype() != cv.mt {
+            return Err(super::saved_mismatch(&have, &want, format!("{:?} slots", cv.mt)));
+        }
+        if !cv.scan_dot() {
+            // c = dy . y / den per row (with `scan_dot` the reverse scan computes it).
+            let args = [Arg::Ptr(rows.ptr()), Arg::Ptr(io.dy), Arg::Ptr(io.y), Arg::by_value(io.rows), Arg::n(t)];
+            let cfg = Cfg { grid: nch as u32, grid_y: n as u32, block: THREADS };
+            launch(self, cv, "ela_rows_dot", cfg, 0, &args)?;
+        }
+        Ok([s, z, m, rows])
+    }
+
+    /// The backward's reverse scan: `U`, `w` of the rows after every chunk (and, with
+    /// [`Variant::scan_dot`], each row's `c` into the row info).
+    pub(super) fn ela_reverse_scan(
+        &self,
+        cv: &Variant,
+        io: &Io,
+        sm: &CudaStorage,
+        rows: &CudaStorage,
+        (n, t): (usize, usize),
+        causal: bool,
+    ) -> Result<(CudaStorage, CudaStorage)> {
+        let nch = cv.nch(t);
+        let (u, w) = (self.alloc(cv.mt, n * nch * cv.f * cv.dv)?, self.alloc(DType::F32, n * nch * cv.f)?);
+        self.ela_scan(cv, n, t, io.q, io.dy, (&u, &w), sm, rows.ptr(), [0; 3], [0; 3], &io.rows, 1, causal, io.y)?;
+        Ok((u, w))
+    }
+
+    /// The gradient kernel, from the forward slots, the row info and the reverse accumulators
+    /// `(U, w)`, with `io.ext`'s extra terms.
     #[allow(clippy::too_many_arguments)]
-    fn ela_chunk_backward_from(
+    pub(super) fn ela_bwd(
         &self,
         cv: &Variant,
         io: &Io,
         [ss, sz, sm]: [&CudaStorage; 3],
         rows: &CudaStorage,
+        (u, w): &(CudaStorage, CudaStorage),
         out: &Grads,
         (n, t): (usize, usize),
         causal: bool,
     ) -> Result<()> {
         let nch = cv.nch(t);
         let per_chunk = Cfg { grid: nch as u32, grid_y: n as u32, block: THREADS };
-        // U, w of the rows after every chunk.
-        let (u, w) = (self.alloc(cv.mt, n * nch * cv.f * cv.dv)?, self.alloc(DType::F32, n * nch * cv.f)?);
-        self.ela_scan(cv, n, t, io.q, io.dy, (&u, &w), sm, rows.ptr(), [0; 3], [0; 3], &io.rows, 1, causal, io.y)?;
         let args = [
             Arg::Ptr(out.ptrs[0]),
             Arg::Ptr(out.ptrs[1]),
@@ -689,6 +742,7 @@ impl Cuda {
             Arg::Ptr(sm.ptr()),
             Arg::Ptr(u.ptr()),
             Arg::Ptr(w.ptr()),
+            Arg::by_value(io.ext),
             Arg::by_value(io.rows),
             Arg::n(t),
             Arg::I32(nch as i32),

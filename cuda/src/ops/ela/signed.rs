@@ -5,35 +5,31 @@
 //!
 //! With `s` the key scale (2 sum-sq, -2 sub-sq, 1 the blueprint), the kernel is `s` times
 //! Identity's on `(q, k)` (the blueprint: on `(q, k')`, `k' = (|k|^2 + 1) k`) plus terms of rank
-//! one in each row, whose sums over the visible keys are prefix sums: the forward adds them to
-//! each row's numerator and denominator before the division (`ela_out`'s `ext`), so the row info
-//! holds the denominator over `s` that Identity's backward divides by, and `ela_bwd` gives the
-//! Identity part of every gradient; `ela_ext_grads` adds the rest. Taken where the Identity tiles
-//! are and no state is carried: f32 inputs by default ([`SIGNED_TILES_DEFAULT`]), bf16 inputs
-//! (with the signed kernels' bf16-operand opt-in) when asked by [`with_signed_tiles`] or
-//! `ELA_CUDA_SIGNED_TILES=1`.
+//! one, `a_i + g_j`: `ela_out` and `ela_bwd` add them to their chunk's block of entries and take
+//! what the other chunks add from chunk sums made here (`ela_ext_sums`, `ela_ext_scan`), so the row
+//! info holds the denominator over `s` that Identity's backward divides by. Taken where the
+//! Identity tiles are and no state is carried (f32 inputs; bf16 inputs with the signed kernels'
+//! bf16-operand opt-in), unless [`with_signed_tiles`] or `ELA_CUDA_SIGNED_TILES=0` turns it off
+//! ([`SIGNED_TILES_DEFAULT`]).
 
 use ela_core::ela::{ElaDims, ElaKernel};
 use ela_core::{DType, Result};
 
-use super::chunk::{self, launch, Io, Variant};
+use super::chunk::{self, launch, ExtArgs, Grads, Io, Variant};
 use crate::device::{Arg, Cfg, Cuda};
 use crate::kernels::{ChunkMap, ElaDt};
 use crate::storage::CudaStorage;
 
-/// Rows per segment of the extra terms' sums, and threads per block (`EXT_SEG`, `EXT_THREADS` in
-/// chunk_ext.cu).
-const EXT_SEG: usize = 64;
+/// Threads per block of `ela_ext_sums` (`EXT_THREADS` in chunk_ext.cu; a block per chunk).
 const EXT_THREADS: u32 = 256;
 
-/// Whether sum-sq, sub-sq and the blueprint with f32 inputs take the Identity tiles with extra
-/// terms where they apply, unless `ELA_CUDA_SIGNED_TILES` or [`with_signed_tiles`] says otherwise.
-/// On: their GPU tests and both sanitizers passed on an H100 (2026-12-07), and at B8 H16 T16k
-/// their fwd+bwd took 15.2-15.6 ms at D = 64 and 36.1-37.7 at D = 128 where the feature-map path
-/// took 15.7-15.9 and 50.2-50.8, with smaller errors (docs/benchmarks.md, "GPU ELA: the signed
-/// kernels on the Identity tiles"). bf16 inputs (with the bf16-operand opt-in) take them only when
-/// asked: there the feature-map path was faster (7.3 against 7.4-7.7 ms at D = 64, 16.6-16.8
-/// against 17.2-19.1 at D = 128).
+/// Whether sum-sq, sub-sq and the blueprint take the Identity tiles with extra terms where they
+/// apply (f32 inputs; bf16 inputs with the signed kernels' bf16-operand opt-in), unless
+/// `ELA_CUDA_SIGNED_TILES` or [`with_signed_tiles`] says otherwise. On: their GPU tests and both
+/// sanitizers passed on an H200 (2026-12-07), and at B8 H16 T16k their fwd+bwd took 1.16-1.30x
+/// Hadamard Exp's time in f32 and 1.34-1.81x in bf16, where the feature-map path took 1.44-1.92x
+/// and 1.90-2.26x, with errors of the same order (docs/benchmarks.md, "GPU ELA: the signed kernels
+/// on the Identity tiles").
 pub const SIGNED_TILES_DEFAULT: bool = true;
 
 thread_local! {
@@ -48,11 +44,10 @@ pub fn with_signed_tiles<R>(on: bool, f: impl FnOnce() -> R) -> R {
     crate::ops::with_override(&SIGNED_TILES, Some(on), f)
 }
 
-/// Whether inputs of type `dt` take the tiles: as [`with_signed_tiles`] on this thread, else
-/// `ELA_CUDA_SIGNED_TILES`, else [`SIGNED_TILES_DEFAULT`] for f32 inputs.
-fn signed_on_tiles(dt: ElaDt) -> bool {
-    let asked = SIGNED_TILES.with(|c| c.get()).or(super::switches().signed_tiles);
-    asked.unwrap_or(SIGNED_TILES_DEFAULT && dt == ElaDt::F32)
+/// Whether calls take the tiles (where their operands allow): as [`with_signed_tiles`] on this
+/// thread, else `ELA_CUDA_SIGNED_TILES`, else [`SIGNED_TILES_DEFAULT`].
+fn signed_on_tiles() -> bool {
+    SIGNED_TILES.with(|c| c.get()).or(super::switches().signed_tiles).unwrap_or(SIGNED_TILES_DEFAULT)
 }
 
 /// A call this path takes: the Identity variant, what the extra terms are (`kind` 0: `a_i =
@@ -80,67 +75,61 @@ fn plan_for(kernel: ElaKernel, dtype: DType, dims: &ElaDims, carried: bool) -> O
     };
     let dt = ElaDt::of(dtype)?;
     let operands_ok = dt == ElaDt::F32 || (dt == ElaDt::BF16 && super::feature_chunk::signed_bf16());
-    if carried || !operands_ok || super::switches().scan_only || !signed_on_tiles(dt) {
+    if carried || !operands_ok || super::switches().scan_only || !signed_on_tiles() {
         return None;
     }
     Some(Plan { cv: chunk::tiles(ChunkMap::Identity, dt, dims)?, kind, scale })
 }
 
 impl Plan {
+    /// The chunk sums' segments: the chunk kernels' chunks (`EXT_SEG` is `ELA_C`).
     fn segments(&self, t: usize) -> usize {
-        t.div_ceil(EXT_SEG)
+        t.div_ceil(self.cv.c)
     }
-    /// Floats per row of the segment sums (`SUM_LD`).
+    /// Floats per row of the chunk sums (`EXT_SUM_LD`).
     fn sum_ld(&self) -> usize {
         3 * self.cv.dv + 4
     }
-    /// Bytes of one staged `[EXT_SEG][dv + 1]` f32 tile (`ela_ext_rows` takes one, `ela_ext_grads` two).
-    fn ext_tile(&self) -> u32 {
-        (EXT_SEG * (self.cv.dv + 1) * 4) as u32
+    /// The kernel-side description of the extra terms.
+    fn ext(&self, sums: &CudaStorage, ag: &CudaStorage, dg: u64) -> ExtArgs {
+        ExtArgs { sums: sums.ptr(), ag: ag.ptr(), dg, kind: self.kind, inv_s: 1.0 / self.scale as f32 }
     }
 }
 
 impl Cuda {
+    /// A kernel with a warp per row of every sequence (`ela_ext_keys`, `ela_ext_bp_dk`).
+    fn ela_ext_per_row(&self, pl: &Plan, name: &str, dims: &ElaDims, args: &[Arg]) -> Result<()> {
+        let cfg = Cfg { grid: dims.t.div_ceil(8) as u32, grid_y: dims.sequences() as u32, block: 256 };
+        launch(self, &pl.cv, name, cfg, 0, args)
+    }
+
     /// The blueprint's keys `k' = (|k|^2 + 1) k`, packed like `k`.
     fn ela_ext_keys(&self, pl: &Plan, io: &Io, dtype: DType, dims: &ElaDims) -> Result<CudaStorage> {
-        let (n, t) = (dims.sequences(), dims.t);
-        let kp = self.alloc(dtype, n * t * dims.d)?;
-        let args = [Arg::Ptr(kp.ptr()), Arg::Ptr(io.k), Arg::by_value(io.rows), Arg::n(t)];
-        let cfg = Cfg { grid: t.div_ceil(8) as u32, grid_y: n as u32, block: 256 };
-        launch(self, &pl.cv, "ela_ext_keys", cfg, 0, &args)?;
+        let kp = self.alloc(dtype, dims.sequences() * dims.t * dims.d)?;
+        let args = [Arg::Ptr(kp.ptr()), Arg::Ptr(io.k), Arg::by_value(io.rows), Arg::n(dims.t)];
+        self.ela_ext_per_row(pl, "ela_ext_keys", dims, &args)?;
         Ok(kp)
     }
 
-    /// One launch of a kernel with a block per (segment, sequence), whose arguments are `ptrs`,
-    /// then the rows' strides, `T`, the segment count, `kind`, `scale` and, where given, `causal`.
-    #[allow(clippy::too_many_arguments)]
-    fn ela_ext_launch(
+    /// The chunk sums of the forward (`dy_rows` None; each row's `(a, g)` into `ag`) or the
+    /// backward (`(dy, row info)`; `(a, g)` read from `ag`), scanned:
+    /// `[sequence][chunk + 1][sum_ld]` f32.
+    fn ela_ext_sums(
         &self,
         pl: &Plan,
-        name: &str,
         io: &Io,
         dims: &ElaDims,
-        ptrs: &[u64],
-        causal: Option<bool>,
-        smem: u32,
-    ) -> Result<()> {
-        let (n, t, nseg) = (dims.sequences(), dims.t, pl.segments(dims.t));
-        let mut args: Vec<Arg> = ptrs.iter().map(|&p| Arg::Ptr(p)).collect();
-        args.extend([Arg::by_value(io.rows), Arg::n(t), Arg::I32(nseg as i32), Arg::I32(pl.kind), Arg::I32(pl.scale)]);
-        args.extend(causal.map(|c| Arg::I32(c as i32)));
-        let cfg = Cfg { grid: nseg as u32, grid_y: n as u32, block: EXT_THREADS };
-        launch(self, &pl.cv, name, cfg, smem, &args)
-    }
-
-    /// The segment sums of the forward (`dy_rows` None) or the backward (`(dy, row info)`),
-    /// scanned: `[sequence][segment + 1][sum_ld]` f32.
-    fn ela_ext_sums(&self, pl: &Plan, io: &Io, dims: &ElaDims, dy_rows: Option<(u64, u64)>) -> Result<CudaStorage> {
+        ag: &CudaStorage,
+        dy_rows: Option<(u64, u64)>,
+    ) -> Result<CudaStorage> {
         let (n, t) = (dims.sequences(), dims.t);
         let nseg = pl.segments(t);
         let sums = self.alloc(DType::F32, n * (nseg + 1) * pl.sum_ld())?;
         let (dy, rows) = dy_rows.unwrap_or((0, 0));
-        let ptrs = [sums.ptr(), io.q, io.k, io.v, dy, rows];
-        self.ela_ext_launch(pl, "ela_ext_sums", io, dims, &ptrs, None, 0)?;
+        let mut args: Vec<Arg> = [sums.ptr(), ag.ptr(), io.q, io.k, io.v, dy, rows].map(Arg::Ptr).to_vec();
+        args.extend([Arg::by_value(io.rows), Arg::n(t), Arg::I32(nseg as i32), Arg::I32(pl.kind), Arg::I32(pl.scale)]);
+        let cfg = Cfg { grid: nseg as u32, grid_y: n as u32, block: EXT_THREADS };
+        launch(self, &pl.cv, "ela_ext_sums", cfg, 0, &args)?;
         let bwd = dy_rows.is_some() as i32;
         let cols = if bwd == 1 { 3 * pl.cv.dv + 1 } else { 2 * pl.cv.dv + 1 };
         let args = [Arg::Ptr(sums.ptr()), Arg::I32(nseg as i32), Arg::I32(bwd)];
@@ -150,7 +139,8 @@ impl Cuda {
     }
 
     /// Forward on the Identity tiles with the extra terms; with `save`, the buffers
-    /// [`Cuda::ela_chunk_backward`] reuses (the row info holds the denominators over `s`).
+    /// [`Cuda::ela_signed_backward`] reuses: Identity's four (whose row info holds the
+    /// denominators over `s`) and each row's `(a, g)`.
     pub(super) fn ela_signed_forward(
         &self,
         pl: &Plan,
@@ -165,18 +155,21 @@ impl Cuda {
         if n == 0 || t == 0 {
             return self.ela_chunk_forward(&pl.cv, &io, dtype, dims, causal, None, save);
         }
-        let sums = self.ela_ext_sums(pl, &io, dims, None)?;
-        let ext = self.alloc(DType::F32, n * t * (pl.cv.dv + 4))?;
-        let ptrs = [ext.ptr(), sums.ptr(), io.q, io.k, io.v];
-        self.ela_ext_launch(pl, "ela_ext_rows", &io, dims, &ptrs, Some(causal), pl.ext_tile())?;
+        let ag = self.alloc(DType::F32, n * t * 2)?;
+        let sums = self.ela_ext_sums(pl, &io, dims, &ag, None)?;
         let kp = if pl.kind == 1 { Some(self.ela_ext_keys(pl, &io, dtype, dims)?) } else { None };
         let mut tio = Io::packed(dims, [q, kp.as_ref().unwrap_or(k), v], None);
-        tio.ext = ext.ptr();
-        self.ela_chunk_forward(&pl.cv, &tio, dtype, dims, causal, None, save)
+        tio.ext = pl.ext(&sums, &ag, 0);
+        let (y, saved) = self.ela_chunk_forward(&pl.cv, &tio, dtype, dims, causal, None, save)?;
+        let keep = |mut b: Vec<CudaStorage>| {
+            b.push(ag);
+            b
+        };
+        Ok((y, saved.map(keep)))
     }
 
-    /// Backward: Identity's on the tiles (from `saved`, or from a saving forward run here), then
-    /// the extra terms' gradients added to it.
+    /// Backward: Identity's gradient kernel on the tiles with the extra terms, from `saved` or
+    /// from a saving forward run here.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn ela_signed_backward(
         &self,
@@ -194,23 +187,41 @@ impl Cuda {
         }
         // What another path saved (the switches changed between the calls) is not reusable here.
         let fresh;
-        let saved = match saved.filter(|s| s.len() == 4) {
+        let saved = match saved.filter(|s| s.len() == 5) {
             Some(s) => s,
             None => {
                 fresh = self.ela_signed_forward(pl, [q, k, v], dtype, dims, causal, true)?.1.unwrap_or_default();
                 &fresh[..]
             }
         };
-        let kp = if pl.kind == 1 { Some(self.ela_ext_keys(pl, &io, dtype, dims)?) } else { None };
-        let tio = Io::packed(dims, [q, kp.as_ref().unwrap_or(k), v], Some([y, dy]));
-        let (dq, dk, dv) = self.ela_chunk_backward(&pl.cv, &tio, dtype, dims, causal, Some(saved), None)?;
-        // The row info (u, den', c, flag) the backward completed.
-        let Some(rows) = saved.get(3).map(|r| r.ptr()) else {
-            return Err(super::saved_mismatch(&[saved.len()], &[4], "buffers".into()));
+        let (tiles, ag) = saved.split_at(4);
+        let ag = match ag {
+            [ag] if ag.len() == n * t * 2 => ag,
+            _ => {
+                let have: Vec<usize> = saved.iter().map(|b| b.len()).collect();
+                return Err(super::saved_mismatch(&have, &[n * t * 2], "(a, g) rows last".into()));
+            }
         };
-        let sums = self.ela_ext_sums(pl, &io, dims, Some((io.dy, rows)))?;
-        let ptrs = [dq.ptr(), dk.ptr(), dv.ptr(), sums.ptr(), io.q, io.k, io.v, io.dy, rows];
-        self.ela_ext_launch(pl, "ela_ext_grads", &io, dims, &ptrs, Some(causal), 2 * pl.ext_tile())?;
+        let kp = if pl.kind == 1 { Some(self.ela_ext_keys(pl, &io, dtype, dims)?) } else { None };
+        let mut tio = Io::packed(dims, [q, kp.as_ref().unwrap_or(k), v], Some([y, dy]));
+        let [s, z, m, rows] = self.ela_saved_rows(&pl.cv, &tio, (n, t), tiles)?;
+        let uw = self.ela_reverse_scan(&pl.cv, &tio, m, rows, (n, t), causal)?;
+        // The backward sums need each row's c, which the reverse scan or ela_saved_rows wrote.
+        let sums = self.ela_ext_sums(pl, &io, dims, ag, Some((io.dy, rows.ptr())))?;
+        let dg = self.alloc(DType::F32, if pl.kind == 1 { n * t } else { 0 })?;
+        tio.ext = pl.ext(&sums, ag, if pl.kind == 1 { dg.ptr() } else { 0 });
+        let (dq, dk, dv) = (
+            self.alloc(dtype, n * t * dims.d)?,
+            self.alloc(dtype, n * t * dims.d)?,
+            self.alloc(dtype, n * t * dims.dv)?,
+        );
+        let out = Grads { ptrs: [dq.ptr(), dk.ptr(), dv.ptr()], like_inputs: false };
+        self.ela_bwd(&pl.cv, &tio, [s, z, m], rows, &uw, &out, (n, t), causal)?;
+        if pl.kind == 1 {
+            let args = [dk.ptr(), io.k, ag.ptr(), dg.ptr()].map(Arg::Ptr);
+            let args = [&args[..], &[Arg::by_value(io.rows), Arg::n(t)]].concat();
+            self.ela_ext_per_row(pl, "ela_ext_bp_dk", dims, &args)?;
+        }
         Ok((dq, dk, dv))
     }
 }
@@ -249,11 +260,11 @@ mod tests {
             assert!(off.is_none(), "{k:?}: switched off");
         }
         if std::env::var_os("ELA_CUDA_SIGNED_TILES").is_none() {
-            // Unasked: f32 inputs take the tiles, bf16 inputs (even with the opt-in) do not.
+            // Unasked: f32 inputs take the tiles, and bf16 inputs with the bf16-operand opt-in.
             let sum = ElaKernel::SumSqEuclid;
             assert!(plan_for(sum, DType::F32, &dims(64, 64), false).is_some(), "f32 by default");
             let bf = with_signed_bf16(true, || plan_for(sum, DType::BF16, &dims(64, 64), false));
-            assert!(bf.is_none(), "bf16 only when asked");
+            assert!(bf.is_some(), "bf16 with the opt-in by default");
         }
         for k in [ElaKernel::HadamardExp, ElaKernel::EluPlusOne, ElaKernel::Identity] {
             assert!(take(k, DType::F32, 64, 64, false).is_none(), "{k:?} is not this path's");
