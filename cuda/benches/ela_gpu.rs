@@ -4,9 +4,10 @@
 //! Hadamard Exp's kernels on log-features, `ELA_CUDA_ELU_TILES=0` its feature-map path; Identity
 //! takes them without exps (f32 inputs by default, `ELA_CUDA_ID_TILES=0` its feature-map path;
 //! bf16 inputs with `ELA_CUDA_SIGNED_BF16=1`), and sum-sq, sub-sq and the blueprint take them as
-//! Identity plus extra terms with `ELA_CUDA_SIGNED_TILES=1`; the other kernels take the chunked path of `ops/ela/feature_chunk.rs`; `ELA_CUDA_GEMM_CHUNK=1` forces its
-//! cuBLAS form, `ELA_CUDA_SCAN_ONLY=1` the per-token scan). Device time (CUDA events),
-//! median of repetitions after warm-up. Every configuration is also checked: the outputs start as
+//! Identity plus extra terms where Identity does (`ELA_CUDA_SIGNED_TILES=0` their feature-map
+//! path); the other kernels take the chunked path of `ops/ela/feature_chunk.rs`;
+//! `ELA_CUDA_GEMM_CHUNK=1` forces its cuBLAS form, `ELA_CUDA_SCAN_ONLY=1` the per-token scan).
+//! Device time (CUDA events), median of repetitions after warm-up. Every configuration is also checked: the outputs start as
 //! NaN (poisoned allocator blocks) and sequence 0 (batch 0, head 0) of y, dq, dk, dv is compared
 //! with the CPU backend's f64 fused kernels on the same (rounded) inputs.
 //!

@@ -189,7 +189,9 @@ pub enum KernelFile {
     /// `ela/chunk_out.cu`, `ela/scan_runs.cu`, `ela/chunk_bwd.cu`, `ela/chunk_ext.cu`, `ela/step.cu`), compiled
     /// separately for each feature map, input dtype and head sizes `d`, `dv`
     ElaChunk {
-        /// What the kernels compute: Hadamard Exp, or elu+1 as Hadamard Exp on log-features.
+        /// What the kernels compute: Hadamard Exp, elu+1 as Hadamard Exp on log-features, or
+        /// Identity (no exps; with `ela/chunk_ext.cu`'s extra terms, also sum-sq, sub-sq and the
+        /// blueprint).
         map: ChunkMap,
         /// Input dtype.
         dt: ElaDt,

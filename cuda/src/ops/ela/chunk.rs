@@ -680,12 +680,10 @@ impl Cuda {
         let nch = cv.nch(t);
         let want = [n * (nch + 1) * cv.f * cv.dv, n * (nch + 1) * cv.f, n * (nch + 1) * cv.f, n * t * 4];
         let have: Vec<usize> = saved.iter().map(|b| b.len()).collect();
-        let [s, z, m, rows] = saved else {
-            return Err(super::saved_mismatch(&have, &want, format!("{:?} slots", cv.mt)));
+        let (s, z, m, rows) = match saved {
+            [s, z, m, rows] if want[..] == have[..] && s.dtype() == cv.mt => (s, z, m, rows),
+            _ => return Err(super::saved_mismatch(&have, &want, format!("{:?} slots", cv.mt))),
         };
-        if want[..] != have[..] || s.dtype() != cv.mt {
-            return Err(super::saved_mismatch(&have, &want, format!("{:?} slots", cv.mt)));
-        }
         if !cv.scan_dot() {
             // c = dy . y / den per row (with `scan_dot` the reverse scan computes it).
             let args = [Arg::Ptr(rows.ptr()), Arg::Ptr(io.dy), Arg::Ptr(io.y), Arg::by_value(io.rows), Arg::n(t)];
