@@ -69,28 +69,13 @@ __device__ void ext_rows_of(ExtRow& er, const ST* __restrict__ qg, const ST* __r
     }
 }
 
-// The blueprint's key features k' = (|k|^2 + 1) k, packed [sequence][T][D]: a warp per row.
-extern "C" __global__ void ela_ext_keys(ST* __restrict__ kp, const ST* __restrict__ k, ElaIo io, i64 T) {
-    const int seq = blockIdx.y, lane = threadIdx.x & 31;
-    const i64 t = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (t >= T) return;
-    const ST* kr = k + io_seq(io.k, seq, io.heads) + t * io.k[2];
-    float kk = 0.f;
-    for (int f = lane; f < ELA_D; f += 32) {
-        const float x = DT::load(kr[f]);
-        kk += x * x;
-    }
-    const float g = warp_sum(kk) + 1.f;
-    ST* out = kp + ((i64)seq * T + t) * ELA_D;
-    for (int f = lane; f < ELA_D; f += 32) out[f] = DT::store(g * DT::load(kr[f]));
-}
-
 // Chunk sums into sums[seq][seg] (EXT_SUM_LD floats). Forward (dy null): V1 = sum v, V2 = sum g v,
-// G = sum g, and each row's (a, g) into `ag`. Backward: V1, RG = sum G', RaG = sum a G',
+// G = sum g, each row's (a, g) into `ag` and, for the blueprint, its keys k' = g k into `kp`
+// (packed [sequence][T][D], what the chunk kernels read as k). Backward: V1, RG = sum G', RaG = sum a G',
 // Rc = sum c, with a from `ag` and G', c from the row info. Thread t sums column t % DV over the
 // rows t / DV, t / DV + EXT_THREADS / DV, ...; the row groups' partial sums meet in shared memory.
 extern "C" __global__ void __launch_bounds__(EXT_THREADS) ela_ext_sums(float* __restrict__ sums, float2* __restrict__ ag,
-                                        const ST* __restrict__ q, const ST* __restrict__ k, const ST* __restrict__ v,
+                                        ST* __restrict__ kp, const ST* __restrict__ q, const ST* __restrict__ k, const ST* __restrict__ v,
                                         const ST* __restrict__ dy, const ela_f4* __restrict__ rows, ElaIo io, i64 T,
                                         int nseg, int kind, int scale) {
     const float inv_s = 1.f / (float)scale;  // exact: scale is 2, -2 or 1
@@ -109,6 +94,12 @@ extern "C" __global__ void __launch_bounds__(EXT_THREADS) ela_ext_sums(float* __
         ext_rows_of(er, qg, kg, io.q[2], io.k[2], n, kind, inv_s);
         __syncthreads();
         if (tid < n) agr[tid] = float2{er.a[tid], er.g[tid]};
+        if (kind == 1) {
+            // k' = g k (the k rows were just read: cache hits), a warp per row.
+            ST* kpr = kp + ((i64)seq * T + t0) * ELA_D;
+            for (int r = tid >> 5; r < n; r += EXT_WARPS)
+                for (int f = tid & 31; f < ELA_D; f += 32) kpr[r * ELA_D + f] = DT::store(er.g[r] * DT::load(kg[r * io.k[2] + f]));
+        }
     } else {
         if (tid < EXT_SEG) er.a[tid] = tid < n ? agr[tid].x : 0.f;
         __syncthreads();

@@ -97,36 +97,23 @@ impl Plan {
 }
 
 impl Cuda {
-    /// A kernel with a warp per row of every sequence (`ela_ext_keys`, `ela_ext_bp_dk`).
-    fn ela_ext_per_row(&self, pl: &Plan, name: &str, dims: &ElaDims, args: &[Arg]) -> Result<()> {
-        let cfg = Cfg { grid: dims.t.div_ceil(8) as u32, grid_y: dims.sequences() as u32, block: 256 };
-        launch(self, &pl.cv, name, cfg, 0, args)
-    }
-
-    /// The blueprint's keys `k' = (|k|^2 + 1) k`, packed like `k`.
-    fn ela_ext_keys(&self, pl: &Plan, io: &Io, dtype: DType, dims: &ElaDims) -> Result<CudaStorage> {
-        let kp = self.alloc(dtype, dims.sequences() * dims.t * dims.d)?;
-        let args = [Arg::Ptr(kp.ptr()), Arg::Ptr(io.k), Arg::by_value(io.rows), Arg::n(dims.t)];
-        self.ela_ext_per_row(pl, "ela_ext_keys", dims, &args)?;
-        Ok(kp)
-    }
-
-    /// The chunk sums of the forward (`dy_rows` None; each row's `(a, g)` into `ag`) or the
-    /// backward (`(dy, row info)`; `(a, g)` read from `ag`), scanned:
-    /// `[sequence][chunk + 1][sum_ld]` f32.
+    /// The chunk sums of the forward (`dy_rows` None; each row's `(a, g)` into `ag` and, for the
+    /// blueprint, its keys `k' = (|k|^2 + 1) k` into `kp`, packed like `k`) or the backward
+    /// (`(dy, row info)`; `(a, g)` read from `ag`), scanned: `[sequence][chunk + 1][sum_ld]` f32.
     fn ela_ext_sums(
         &self,
         pl: &Plan,
         io: &Io,
         dims: &ElaDims,
         ag: &CudaStorage,
+        kp: u64,
         dy_rows: Option<(u64, u64)>,
     ) -> Result<CudaStorage> {
         let (n, t) = (dims.sequences(), dims.t);
         let nseg = pl.segments(t);
         let sums = self.alloc(DType::F32, n * (nseg + 1) * pl.sum_ld())?;
         let (dy, rows) = dy_rows.unwrap_or((0, 0));
-        let mut args: Vec<Arg> = [sums.ptr(), ag.ptr(), io.q, io.k, io.v, dy, rows].map(Arg::Ptr).to_vec();
+        let mut args: Vec<Arg> = [sums.ptr(), ag.ptr(), kp, io.q, io.k, io.v, dy, rows].map(Arg::Ptr).to_vec();
         args.extend([Arg::by_value(io.rows), Arg::n(t), Arg::I32(nseg as i32), Arg::I32(pl.kind), Arg::I32(pl.scale)]);
         let cfg = Cfg { grid: nseg as u32, grid_y: n as u32, block: EXT_THREADS };
         launch(self, &pl.cv, "ela_ext_sums", cfg, 0, &args)?;
@@ -140,7 +127,7 @@ impl Cuda {
 
     /// Forward on the Identity tiles with the extra terms; with `save`, the buffers
     /// [`Cuda::ela_signed_backward`] reuses: Identity's four (whose row info holds the
-    /// denominators over `s`) and each row's `(a, g)`.
+    /// denominators over `s`), each row's `(a, g)` and, for the blueprint, the keys `k'`.
     pub(super) fn ela_signed_forward(
         &self,
         pl: &Plan,
@@ -155,14 +142,16 @@ impl Cuda {
         if n == 0 || t == 0 {
             return self.ela_chunk_forward(&pl.cv, &io, dtype, dims, causal, None, save);
         }
+        let blueprint = pl.kind == 1;
         let ag = self.alloc(DType::F32, n * t * 2)?;
-        let sums = self.ela_ext_sums(pl, &io, dims, &ag, None)?;
-        let kp = if pl.kind == 1 { Some(self.ela_ext_keys(pl, &io, dtype, dims)?) } else { None };
-        let mut tio = Io::packed(dims, [q, kp.as_ref().unwrap_or(k), v], None);
+        let kp = self.alloc(dtype, if blueprint { n * t * dims.d } else { 0 })?;
+        let sums = self.ela_ext_sums(pl, &io, dims, &ag, if blueprint { kp.ptr() } else { 0 }, None)?;
+        let mut tio = Io::packed(dims, [q, if blueprint { &kp } else { k }, v], None);
         tio.ext = pl.ext(&sums, &ag, 0);
         let (y, saved) = self.ela_chunk_forward(&pl.cv, &tio, dtype, dims, causal, None, save)?;
         let keep = |mut b: Vec<CudaStorage>| {
             b.push(ag);
+            b.extend(blueprint.then_some(kp));
             b
         };
         Ok((y, saved.map(keep)))
@@ -187,27 +176,30 @@ impl Cuda {
         }
         // What another path saved (the switches changed between the calls) is not reusable here.
         let fresh;
-        let saved = match saved.filter(|s| s.len() == 5) {
+        let count = if pl.kind == 1 { 6 } else { 5 };
+        let saved = match saved.filter(|s| s.len() == count) {
             Some(s) => s,
             None => {
                 fresh = self.ela_signed_forward(pl, [q, k, v], dtype, dims, causal, true)?.1.unwrap_or_default();
                 &fresh[..]
             }
         };
-        let (tiles, ag) = saved.split_at(4);
-        let ag = match ag {
-            [ag] if ag.len() == n * t * 2 => ag,
+        let (tiles, rest) = saved.split_at(4);
+        let (ag, kp) = match rest {
+            [ag] if ag.len() == n * t * 2 => (ag, k),
+            [ag, kp] if ag.len() == n * t * 2 && kp.len() == n * t * dims.d => (ag, kp),
             _ => {
                 let have: Vec<usize> = saved.iter().map(|b| b.len()).collect();
-                return Err(super::saved_mismatch(&have, &[n * t * 2], "(a, g) rows last".into()));
+                let mut want = vec![n * t * 2];
+                want.extend((pl.kind == 1).then_some(n * t * dims.d));
+                return Err(super::saved_mismatch(&have, &want, "(a, g) rows, then the blueprint's k', last".into()));
             }
         };
-        let kp = if pl.kind == 1 { Some(self.ela_ext_keys(pl, &io, dtype, dims)?) } else { None };
-        let mut tio = Io::packed(dims, [q, kp.as_ref().unwrap_or(k), v], Some([y, dy]));
+        let mut tio = Io::packed(dims, [q, kp, v], Some([y, dy]));
         let [s, z, m, rows] = self.ela_saved_rows(&pl.cv, &tio, (n, t), tiles)?;
         let uw = self.ela_reverse_scan(&pl.cv, &tio, m, rows, (n, t), causal)?;
         // The backward sums need each row's c, which the reverse scan or ela_saved_rows wrote.
-        let sums = self.ela_ext_sums(pl, &io, dims, ag, Some((io.dy, rows.ptr())))?;
+        let sums = self.ela_ext_sums(pl, &io, dims, ag, 0, Some((io.dy, rows.ptr())))?;
         let dg = self.alloc(DType::F32, if pl.kind == 1 { n * t } else { 0 })?;
         tio.ext = pl.ext(&sums, ag, if pl.kind == 1 { dg.ptr() } else { 0 });
         let (dq, dk, dv) = (
@@ -220,7 +212,9 @@ impl Cuda {
         if pl.kind == 1 {
             let args = [dk.ptr(), io.k, ag.ptr(), dg.ptr()].map(Arg::Ptr);
             let args = [&args[..], &[Arg::by_value(io.rows), Arg::n(t)]].concat();
-            self.ela_ext_per_row(pl, "ela_ext_bp_dk", dims, &args)?;
+            // A warp per row.
+            let cfg = Cfg { grid: t.div_ceil(8) as u32, grid_y: n as u32, block: 256 };
+            launch(self, &pl.cv, "ela_ext_bp_dk", cfg, 0, &args)?;
         }
         Ok((dq, dk, dv))
     }
