@@ -12,7 +12,8 @@
 #    with Identity and Hadamard Exp (`ela_out`, `ela_bwd`);
 # 2. ela_gpu at B8 H16 T16k: Hadamard Exp, Identity and the three kernels on the tiles (bf16 with
 #    the signed kernels' bf16-operand opt-in), the issue's 1.3x comparison;
-# 3. each launch of sum-sq's fwd+bwd timed alone (`ELA_CUDA_PROFILE=1`), where the time goes;
+# 3. each launch of sum-sq's fwd+bwd timed alone (`ELA_CUDA_PROFILE=1`), where the time goes (f32,
+#    and sum-sq and the blueprint with bf16 operands);
 # 4. compute-sanitizer memcheck (sub-sq's test) and racecheck (the blueprint's);
 # 5. the three kernels on the feature-map path (what the tiles replace).
 set -u
@@ -37,8 +38,17 @@ stamp "timings"
 # shellcheck disable=SC2086
 fits 150 && ELA_CUDA_SIGNED_TILES=1 ELA_CUDA_SIGNED_BF16=1 timeout 150 $B/ela_gpu kernel=hadamard-exp \
   kernel=identity $K T=16384 >"$OUT/signed_tiles.md" 2>&1
+# ...and an earlier build's (.gpu/bin/ela_gpu_base, when bundled) right after, for an A/B in one call.
+# shellcheck disable=SC2086
+[ -x $B/ela_gpu_base ] && fits 150 && ELA_CUDA_SIGNED_TILES=1 ELA_CUDA_SIGNED_BF16=1 timeout 150 $B/ela_gpu_base \
+  kernel=hadamard-exp $K T=16384 >"$OUT/signed_tiles_base.md" 2>&1
 fits 40 && ELA_CUDA_PROFILE=1 ELA_CUDA_SIGNED_TILES=1 timeout 40 $B/ela_gpu kernel=sum-sq-euclid \
   "d=64 f32 T=16384" >"$OUT/signed_profile.log" 2>&1
+# ...and with bf16 operands (Identity, sum-sq and the blueprint: the extra terms' cost per kernel).
+for k in identity sum-sq-euclid blueprint; do
+  fits 40 && ELA_CUDA_PROFILE=1 ELA_CUDA_SIGNED_TILES=1 ELA_CUDA_SIGNED_BF16=1 timeout 40 $B/ela_gpu kernel=$k \
+    "d=64 bf16 T=16384" >"$OUT/signed_profile_bf16_$k.log" 2>&1
+done
 CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
 for pair in "memcheck sub_sq" "racecheck blueprint"; do
   set -- $pair
@@ -51,4 +61,4 @@ fits 100 && ELA_CUDA_SIGNED_TILES=0 ELA_CUDA_SIGNED_BF16=1 timeout 100 $B/ela_gp
   >"$OUT/signed_la.md" 2>&1
 stamp end
 cat "$log"
-cat "$OUT"/signed_tiles.md "$OUT"/signed_la.md 2>/dev/null | grep -E "^\|"
+cat "$OUT"/signed_tiles.md "$OUT"/signed_tiles_base.md "$OUT"/signed_la.md 2>/dev/null | grep -E "^\|"

@@ -101,7 +101,8 @@ extern "C" __global__ void __launch_bounds__(EXT_THREADS) ela_ext_sums(float* __
                 for (int f = tid & 31; f < ELA_D; f += 32) kpr[r * ELA_D + f] = DT::store(er.g[r] * DT::load(kg[r * io.k[2] + f]));
         }
     } else {
-        if (tid < EXT_SEG) er.a[tid] = tid < n ? agr[tid].x : 0.f;
+        // (er.g holds each row's 1 / den here: one division a row, not one an element.)
+        if (tid < EXT_SEG) er.a[tid] = tid < n ? agr[tid].x : 0.f, er.g[tid] = tid < n ? 1.f / rw[tid].y : 0.f;
         __syncthreads();
     }
     float s1 = 0.f, s2 = 0.f, s3 = 0.f;
@@ -116,7 +117,7 @@ extern "C" __global__ void __launch_bounds__(EXT_THREADS) ela_ext_sums(float* __
             const ST* dyg = dy + io_seq(io.dy, seq, io.heads) + t0 * io.dy[2];
 #pragma unroll 4
             for (int r = rg; r < n; r += RG) {
-                const float gp = DT::load(dyg[r * io.dy[2] + c]) / rw[r].y;
+                const float gp = DT::load(dyg[r * io.dy[2] + c]) * er.g[r];
                 s1 += DT::load(vg[r * io.v[2] + c]), s2 += gp, s3 += er.a[r] * gp;
             }
         }
@@ -141,24 +142,29 @@ extern "C" __global__ void __launch_bounds__(EXT_THREADS) ela_ext_sums(float* __
 
 // Segment sums to exclusive prefix sums, each sequence's total in slot nseg; a thread per column.
 // Forward sums (bwd 0): V1, V2 and G, all prefix sums. Backward: V1 a prefix sum, RG, RaG and Rc
-// suffix sums (what the rows after a segment add).
+// suffix sums (what the rows after a segment add). The walk loads EXT_SCAN_BATCH segments before
+// it adds them: the loads are independent, so they overlap, where one load a step made the walk
+// a chain of nseg memory latencies.
+#define EXT_SCAN_BATCH 8
 extern "C" __global__ void ela_ext_scan(float* sums, int nseg, int bwd) {
     const int col = threadIdx.x;
     if (col > (bwd ? EXT_SUM_SC : 2 * ELA_DV)) return;
     const int p = (bwd || col < 2 * ELA_DV) ? col : EXT_SUM_SC;  // the column's place in the row
     float* base = sums + (i64)blockIdx.x * (nseg + 1) * EXT_SUM_LD + p;
+    const bool rev = bwd && p >= ELA_DV;
     float acc = 0.f;
-    if (!bwd || p < ELA_DV) {
-        for (int s = 0; s < nseg; ++s) {
-            const float x = base[(i64)s * EXT_SUM_LD];
-            base[(i64)s * EXT_SUM_LD] = acc;
-            acc += x;
+    for (int s0 = 0; s0 < nseg; s0 += EXT_SCAN_BATCH) {
+        float x[EXT_SCAN_BATCH];
+#pragma unroll
+        for (int u = 0; u < EXT_SCAN_BATCH; ++u) {
+            const int s = s0 + u;
+            x[u] = s < nseg ? base[(i64)(rev ? nseg - 1 - s : s) * EXT_SUM_LD] : 0.f;
         }
-    } else {
-        for (int s = nseg - 1; s >= 0; --s) {
-            const float x = base[(i64)s * EXT_SUM_LD];
-            base[(i64)s * EXT_SUM_LD] = acc;
-            acc += x;
+#pragma unroll
+        for (int u = 0; u < EXT_SCAN_BATCH; ++u) {
+            const int s = s0 + u;
+            if (s < nseg) base[(i64)(rev ? nseg - 1 - s : s) * EXT_SUM_LD] = acc;
+            acc += x[u];
         }
     }
     base[(i64)nseg * EXT_SUM_LD] = acc;

@@ -32,14 +32,16 @@ struct ElaExt {
 #define PLUS_EXT_AG(i, j)
 #define EXT_A(i) 0.f
 #endif
-// The extra numerator a V1 + V2 of a row at columns col, col + 1 (col even), from the forward
-// sums' slot.
-__device__ __forceinline__ float2 ext_num(const ElaExt& ext, i64 slot, float a, int col) {
-    if (ELA_FMAP != 2 || !ext.sums) return float2{0.f, 0.f};
+// The forward sums' V1 and V2 at columns col, col + 1 (col even), from the slot's row: one load
+// per column pair, shared by the thread's two rows (ext_num).
+__device__ __forceinline__ float4 ext_cols(const ElaExt& ext, i64 slot, int col) {
+    if (ELA_FMAP != 2 || !ext.sums) return float4{0.f, 0.f, 0.f, 0.f};
     const float* s = ext.sums + slot * EXT_SUM_LD;
     const float2 v1 = *(const float2*)(s + col), v2 = *(const float2*)(s + ELA_DV + col);
-    return float2{a * v1.x + v2.x, a * v1.y + v2.y};
+    return float4{v1.x, v1.y, v2.x, v2.y};
 }
+// The extra numerator a V1 + V2 of a row with extra term a at those columns.
+__device__ __forceinline__ float2 ext_num(float4 c, float a) { return float2{fmaf(a, c.x, c.z), fmaf(a, c.y, c.w)}; }
 
 // The exact path for row i of the chunk (docs/ela.md "exact rows after underflow"; the CPU's
 // exact_rows.rs): u = r_i, the row's true largest log-term, so its largest term is 1. Block-wide;
@@ -307,28 +309,38 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         // own rounding to 16 bits), not an IEEE division per entry (a reciprocal, three fused
         // multiply-adds, a range check and a branch around a slow path, each). f32 outputs keep
         // the correctly rounded quotient.
+        float rd[2];
+        bool ok[2];
 #pragma unroll
-        for (int e = 0; e < 4; e += 2) {
-            const int i = ACC_ROW(r0, e);
-            if (i >= n || slw[i]) continue;
-            const float rd = 1.f / den[i];
+        for (int h = 0; h < 2; ++h) {
+            const int i = ACC_ROW(r0, 2 * h);
+            ok[h] = i < n && !slw[i];
+            rd[h] = ok[h] ? 1.f / den[i] : 0.f;
+        }
 #pragma unroll
-            for (int nt = 0; nt < WY::NT; ++nt) {
-                const float2 x = ext_num(ext, slot, EXT_A(i), ACC_COL(c0, nt, e));
-                store_st2(yo + i * ly + ACC_COL(c0, nt, e), (acc[nt][e] + x.x) * rd, (acc[nt][e + 1] + x.y) * rd);
+        for (int nt = 0; nt < WY::NT; ++nt) {
+            const float4 xc = ext_cols(ext, slot, ACC_COL(c0, nt, 0));
+#pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const int i = ACC_ROW(r0, e);
+                if (!ok[e / 2]) continue;
+                const float2 x = ext_num(xc, EXT_A(i));
+                store_st2(yo + i * ly + ACC_COL(c0, nt, e), (acc[nt][e] + x.x) * rd[e / 2], (acc[nt][e + 1] + x.y) * rd[e / 2]);
             }
         }
 #else
 #pragma unroll
-        for (int nt = 0; nt < WY::NT; ++nt)
+        for (int nt = 0; nt < WY::NT; ++nt) {
+            const float4 xc = ext_cols(ext, slot, ACC_COL(c0, nt, 0));
 #pragma unroll
             for (int e = 0; e < 4; e += 2) {
                 const int i = ACC_ROW(r0, e), col = ACC_COL(c0, nt, e);
                 if (i < n && !slw[i]) {
-                    const float2 x = ext_num(ext, slot, EXT_A(i), col);
+                    const float2 x = ext_num(xc, EXT_A(i));
                     store_st2(yo + i * ly + col, (acc[nt][e] + x.x) / den[i], (acc[nt][e + 1] + x.y) / den[i]);
                 }
             }
+        }
 #endif
         if (rows && tid < n && !slw[tid]) {
             ela_f4 o;
