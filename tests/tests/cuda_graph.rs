@@ -209,3 +209,47 @@ fn other_threads_run_eagerly_while_one_captures() -> Result<()> {
         Ok(())
     })
 }
+
+/// Sum-sq ELA on the Identity tiles runs its chunk sums on a side stream beside the chunk scans
+/// (`Cuda::fork`, forward and backward): a capture takes the side branch in, and a replay gives
+/// the eager outputs and gradients, for the captured inputs and for new ones.
+#[test]
+fn a_capture_records_the_side_stream_of_the_signed_ela_kernels() -> Result<()> {
+    use ela_core::ela::{ElaKernel, ElaParams};
+    let _l = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(dev) = gpu() else { return Ok(()) };
+    let p = ElaParams { kernel: ElaKernel::SumSqEuclid, causal: true, chunk: 64 };
+    let shape = [2, 2, 700, 64];
+    let u = |lo, hi, seed| Tensor::rand_uniform(lo, hi, shape, DType::F32, &mut Rng::new(seed), &dev);
+    let (q, k, v, dy) = (u(0.5, 1.5, 21)?, u(0.5, 1.5, 22)?, u(-1.0, 1.0, 23)?, u(-1.0, 1.0, 24)?);
+    // Forward with its saved state, then the backward from it: both entry points that fork.
+    let step = || -> Result<Vec<Tensor<Cuda>>> {
+        ela_cuda::with_signed_tiles(true, || {
+            let (y, saved) = q.ela_saving(&k, &v, &p)?;
+            let (dq, dk, dv) = Tensor::ela_backward_saved(&q, &k, &v, &y, &dy, &p, saved.as_ref())?;
+            Ok(vec![y, dq, dk, dv])
+        })
+    };
+    // The gradient kernel's row and column sums add in shared memory in no fixed order: runs
+    // agree to f32 rounding, not bit for bit.
+    let close = |a: &[Tensor<Cuda>], b: &[Tensor<Cuda>], what: &str| -> Result<()> {
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            let scale = y.to_vec_f64()?.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let d = max_diff(x, y)?;
+            assert!(d <= 1e-5 * scale.max(1.0), "{what}: output {i} differs by {d} (scale {scale})");
+        }
+        Ok(())
+    };
+    let eager = step()?;
+    drop(step()?);
+    let (graph, outs) = dev.capture(step)?;
+    graph.replay()?;
+    close(&outs, &eager, "replay on the captured inputs")?;
+    dev.write_from_host(&q, &u(0.4, 1.6, 31)?.to_vec::<f32>()?)?;
+    dev.write_from_host(&dy, &u(-2.0, 2.0, 32)?.to_vec::<f32>()?)?;
+    graph.replay()?;
+    let fresh = step()?;
+    close(&outs, &fresh, "replay on new inputs")?;
+    assert!(max_diff(&outs[0], &eager[0])? > 1e-3, "the output changed with the input");
+    Ok(())
+}

@@ -72,16 +72,18 @@ __device__ void ext_rows_of(ExtRow& er, const ST* __restrict__ qg, const ST* __r
 // Chunk sums into sums[seq][seg] (EXT_SUM_LD floats). Forward (dy null): V1 = sum v, V2 = sum g v,
 // G = sum g, each row's (a, g) into `ag` and, for the blueprint, its keys k' = g k into `kp`
 // (packed [sequence][T][D], what the chunk kernels read as k). Backward: V1, RG = sum G', RaG = sum a G',
-// Rc = sum c, with a from `ag` and G', c from the row info. Thread t sums column t % DV over the
+// Rc = sum c, with a from `ag`, den from the row info and c from there too, or, with `yin`, from
+// dy . y / den (so that the sums need nothing the reverse scan writes, and can run beside it). Thread t sums column t % DV over the
 // rows t / DV, t / DV + EXT_THREADS / DV, ...; the row groups' partial sums meet in shared memory.
 extern "C" __global__ void __launch_bounds__(EXT_THREADS) ela_ext_sums(float* __restrict__ sums, float2* __restrict__ ag,
                                         ST* __restrict__ kp, const ST* __restrict__ q, const ST* __restrict__ k, const ST* __restrict__ v,
-                                        const ST* __restrict__ dy, const ela_f4* __restrict__ rows, ElaIo io, i64 T,
+                                        const ST* __restrict__ dy, const ST* __restrict__ yin, const ela_f4* rows, ElaIo io, i64 T,
                                         int nseg, int kind, int scale) {
     const float inv_s = 1.f / (float)scale;  // exact: scale is 2, -2 or 1
     constexpr int RG = EXT_THREADS / ELA_DV > 0 ? EXT_THREADS / ELA_DV : 1;
     __shared__ ExtRow er;
     __shared__ float part[3][RG][ELA_DV];
+    __shared__ float csum[EXT_WARPS];
     const int seg = blockIdx.x, seq = blockIdx.y, tid = threadIdx.x, col = tid % ELA_DV, rg = tid / ELA_DV;
     const i64 t0 = (i64)seg * EXT_SEG;
     const int n = (int)min((i64)EXT_SEG, T - t0);
@@ -101,9 +103,26 @@ extern "C" __global__ void __launch_bounds__(EXT_THREADS) ela_ext_sums(float* __
                 for (int f = tid & 31; f < ELA_D; f += 32) kpr[r * ELA_D + f] = DT::store(er.g[r] * DT::load(kg[r * io.k[2] + f]));
         }
     } else {
-        // (er.g holds each row's 1 / den here: one division a row, not one an element.)
-        if (tid < EXT_SEG) er.a[tid] = tid < n ? agr[tid].x : 0.f, er.g[tid] = tid < n ? 1.f / rw[tid].y : 0.f;
+        // (er.g holds each row's 1 / den here: one division a row, not one an element. Only den
+        // is read from the row info: with `yin` the reverse scan may be writing c beside it.)
+        if (tid < EXT_SEG) er.a[tid] = tid < n ? agr[tid].x : 0.f, er.g[tid] = tid < n ? 1.f / ((const float*)(rw + tid))[1] : 0.f;
         __syncthreads();
+        // Rc, this segment's sum of c: c = dy . y / den from the rows themselves (yin; a warp
+        // per row, as ext_rows_of), else from the row info, where ela_rows_dot put it.
+        float cs = 0.f;
+        if (yin) {
+            const ST* dyg = dy + io_seq(io.dy, seq, io.heads) + t0 * io.dy[2];
+            const ST* yg = yin + io_seq(io.y, seq, io.heads) + t0 * io.y[2];
+            for (int r = tid >> 5; r < n; r += EXT_WARPS) {
+                float x = 0.f;
+                for (int c = tid & 31; c < ELA_DV; c += 32) x += DT::load(dyg[r * io.dy[2] + c]) * DT::load(yg[r * io.y[2] + c]);
+                cs += warp_sum(x) * er.g[r];
+            }
+        } else if (tid < 32) {
+            for (int r = tid; r < n; r += 32) cs += rw[r].z;
+            cs = warp_sum(cs);
+        }
+        if ((tid & 31) == 0) csum[tid >> 5] = cs;
     }
     float s1 = 0.f, s2 = 0.f, s3 = 0.f;
     for (int c = col; c < ELA_DV; c += EXT_THREADS) {  // one pass unless DV > EXT_THREADS
@@ -134,7 +153,12 @@ extern "C" __global__ void __launch_bounds__(EXT_THREADS) ela_ext_sums(float* __
     }
     if (tid < 32) {
         float s = 0.f;
-        for (int r = tid; r < n; r += 32) s += dy ? rw[r].z : er.g[r];
+        if (dy) {
+            // (csum was written before the barrier above.)
+            s = tid < EXT_WARPS ? csum[tid] : 0.f;
+        } else {
+            for (int r = tid; r < n; r += 32) s += er.g[r];
+        }
         s = warp_sum(s);
         if (tid == 0) out[EXT_SUM_SC] = s;
     }

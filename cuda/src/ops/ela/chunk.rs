@@ -18,6 +18,7 @@ use ela_core::{DType, Result};
 
 use crate::device::{Arg, Cfg, Cuda};
 use crate::kernels::{ChunkMap, ChunkMinBlocks, ElaDt, KernelFile};
+use crate::side_stream::Forked;
 use crate::storage::CudaStorage;
 
 /// Threads per block of every chunked kernel (8 warps).
@@ -164,7 +165,7 @@ impl Variant {
     }
     /// Whether the reverse scan computes the rows' `dy . y` itself (`SCAN_DOT` in chunk_fwd.cu:
     /// 16-bit operands), so that a backward from saved slots needs no `ela_rows_dot` pass.
-    fn scan_dot(&self) -> bool {
+    pub(super) fn scan_dot(&self) -> bool {
         self.mt != DType::F32
     }
     /// The row stride, in elements, of the reverse scan's dy and y copies (`SCAN_LDY`: padded by
@@ -581,6 +582,23 @@ impl Cuda {
         state: Option<(&mut ElaStateBufs<CudaStorage>, [u64; 3])>,
         save: bool,
     ) -> Result<(CudaStorage, Option<Vec<CudaStorage>>)> {
+        self.ela_chunk_forward_joining(cv, io, dtype, dims, causal, state, save, None)
+    }
+
+    /// [`Cuda::ela_chunk_forward`] that joins `forked` (work on the side stream that `io`'s
+    /// extra terms come from) after the scan, before the output pass reads it: the two overlap.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn ela_chunk_forward_joining(
+        &self,
+        cv: &Variant,
+        io: &Io,
+        dtype: DType,
+        dims: &ElaDims,
+        causal: bool,
+        state: Option<(&mut ElaStateBufs<CudaStorage>, [u64; 3])>,
+        save: bool,
+        forked: Option<Forked<'_>>,
+    ) -> Result<(CudaStorage, Option<Vec<CudaStorage>>)> {
         let (n, t) = (dims.sequences(), dims.t);
         let y = self.alloc(dtype, n * t * dims.dv)?;
         if n == 0 || t == 0 {
@@ -601,6 +619,9 @@ impl Cuda {
         let init = state.as_ref().map_or([0; 3], |s| s.1);
         let finp = fin.as_ref().map_or([0; 3], |x| [x.0.ptr(), x.1.ptr(), x.2.ptr()]);
         self.ela_scan(cv, n, t, io.k, io.v, (&sl.s, &sl.z), &sl.m, 0, init, finp, &io.rows, 0, causal, 0)?;
+        if let Some(f) = forked {
+            self.join(f)?;
+        }
         let rows_ptr = rows.as_ref().map_or(0, |r| r.ptr());
         self.ela_out(cv, n, t, OutMode::Forward { y: y.ptr(), rows: rows_ptr }, io, &sl, causal)?;
         if let (Some((st, _)), Some((fs, fz, fm))) = (state, fin) {

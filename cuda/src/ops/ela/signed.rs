@@ -97,9 +97,11 @@ impl Plan {
 }
 
 impl Cuda {
-    /// The chunk sums of the forward (`dy_rows` None; each row's `(a, g)` into `ag` and, for the
+    /// The chunk sums of the forward (`bwd` None; each row's `(a, g)` into `ag` and, for the
     /// blueprint, its keys `k' = (|k|^2 + 1) k` into `kp`, packed like `k`) or the backward
-    /// (`(dy, row info)`; `(a, g)` read from `ag`), scanned: `[sequence][chunk + 1][sum_ld]` f32.
+    /// (`(dy, row info, y)`; `(a, g)` read from `ag`, den from the row info, and each row's `c`
+    /// from the row info or, with `y` not 0, from `dy . y / den`), scanned:
+    /// `[sequence][chunk + 1][sum_ld]` f32.
     fn ela_ext_sums(
         &self,
         pl: &Plan,
@@ -107,17 +109,17 @@ impl Cuda {
         dims: &ElaDims,
         ag: &CudaStorage,
         kp: u64,
-        dy_rows: Option<(u64, u64)>,
+        bwd: Option<(u64, u64, u64)>,
     ) -> Result<CudaStorage> {
         let (n, t) = (dims.sequences(), dims.t);
         let nseg = pl.segments(t);
         let sums = self.alloc(DType::F32, n * (nseg + 1) * pl.sum_ld())?;
-        let (dy, rows) = dy_rows.unwrap_or((0, 0));
-        let mut args: Vec<Arg> = [sums.ptr(), ag.ptr(), kp, io.q, io.k, io.v, dy, rows].map(Arg::Ptr).to_vec();
+        let (dy, rows, y) = bwd.unwrap_or((0, 0, 0));
+        let mut args: Vec<Arg> = [sums.ptr(), ag.ptr(), kp, io.q, io.k, io.v, dy, y, rows].map(Arg::Ptr).to_vec();
         args.extend([Arg::by_value(io.rows), Arg::n(t), Arg::I32(nseg as i32), Arg::I32(pl.kind), Arg::I32(pl.scale)]);
         let cfg = Cfg { grid: nseg as u32, grid_y: n as u32, block: EXT_THREADS };
         launch(self, &pl.cv, "ela_ext_sums", cfg, 0, &args)?;
-        let bwd = dy_rows.is_some() as i32;
+        let bwd = bwd.is_some() as i32;
         let cols = if bwd == 1 { 3 * pl.cv.dv + 1 } else { 2 * pl.cv.dv + 1 };
         let args = [Arg::Ptr(sums.ptr()), Arg::I32(nseg as i32), Arg::I32(bwd)];
         let cfg = Cfg { grid: n as u32, grid_y: 1, block: cols.next_multiple_of(32) as u32 };
@@ -145,10 +147,14 @@ impl Cuda {
         let blueprint = pl.kind == 1;
         let ag = self.alloc(DType::F32, n * t * 2)?;
         let kp = self.alloc(dtype, if blueprint { n * t * dims.d } else { 0 })?;
-        let sums = self.ela_ext_sums(pl, &io, dims, &ag, if blueprint { kp.ptr() } else { 0 }, None)?;
+        // The sums run on the side stream beside the chunk scan, which needs none of them (the
+        // blueprint's scan reads the keys k' they write: in order there).
+        let beside = !blueprint && !super::switches().serial;
+        let kpp = if blueprint { kp.ptr() } else { 0 };
+        let (sums, forked) = self.fork(beside, || self.ela_ext_sums(pl, &io, dims, &ag, kpp, None))?;
         let mut tio = Io::packed(dims, [q, if blueprint { &kp } else { k }, v], None);
         tio.ext = pl.ext(&sums, &ag, 0);
-        let (y, saved) = self.ela_chunk_forward(&pl.cv, &tio, dtype, dims, causal, None, save)?;
+        let (y, saved) = self.ela_chunk_forward_joining(&pl.cv, &tio, dtype, dims, causal, None, save, Some(forked))?;
         let keep = |mut b: Vec<CudaStorage>| {
             b.push(ag);
             b.extend(blueprint.then_some(kp));
@@ -197,9 +203,14 @@ impl Cuda {
         };
         let mut tio = Io::packed(dims, [q, kp, v], Some([y, dy]));
         let [s, z, m, rows] = self.ela_saved_rows(&pl.cv, &tio, (n, t), tiles)?;
+        // The backward sums run on the side stream beside the reverse scan. They need each row's
+        // c: ela_saved_rows has written it where the scan does not compute it; where the scan
+        // does (and is writing it now), they compute it from dy and y.
+        let y_for_c = if pl.cv.scan_dot() { io.y } else { 0 };
+        let bwd = Some((io.dy, rows.ptr(), y_for_c));
+        let (sums, forked) = self.fork(!super::switches().serial, || self.ela_ext_sums(pl, &io, dims, ag, 0, bwd))?;
         let uw = self.ela_reverse_scan(&pl.cv, &tio, m, rows, (n, t), causal)?;
-        // The backward sums need each row's c, which the reverse scan or ela_saved_rows wrote.
-        let sums = self.ela_ext_sums(pl, &io, dims, ag, 0, Some((io.dy, rows.ptr())))?;
+        self.join(forked)?;
         let dg = self.alloc(DType::F32, if pl.kind == 1 { n * t } else { 0 })?;
         tio.ext = pl.ext(&sums, ag, if pl.kind == 1 { dg.ptr() } else { 0 });
         let (dq, dk, dv) = (
