@@ -38,31 +38,59 @@ struct ExtRow {
     float a[EXT_SEG], g[EXT_SEG];
 };
 
-// a and g of the segment's rows (0 past n): warp w takes rows w, w + 8, ..., all its loads issued
-// before the reductions.
+// The row loops give each lane four consecutive elements (one 8- or 16-byte load: scalar 16-bit
+// loads made these passes instruction-bound) and each row L = min(32, W / 4) lanes, so a warp
+// takes RPW = 32 / L rows at once: lane l works on row sub() of its warp's group, elements
+// 4 part(), 4 (part() + L), ...
+template <int W> struct ExtLanes {
+    static constexpr int L = W / 4 < 32 ? W / 4 : 32, RPW = 32 / L, PER = W / 4 / L;
+    static_assert(W % 4 == 0 && (W / 4) % L == 0, "row split");
+    __device__ static int sub() { return (threadIdx.x & 31) / L; }
+    __device__ static int part() { return (threadIdx.x & 31) % L; }
+    // The sum over the L lanes of a row (every lane of the warp takes part).
+    __device__ static float sum(float x) {
+#pragma unroll
+        for (int o = L / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+        return x;
+    }
+};
+__device__ __forceinline__ float dot4(const float* x, const float* y) { return x[0] * y[0] + x[1] * y[1] + x[2] * y[2] + x[3] * y[3]; }
+__device__ __forceinline__ void store_st4(ST* p, float a, float b, float c, float d) {
+    store_st2(p, a, b);
+    store_st2(p + 2, c, d);
+}
+
+// a and g of the segment's rows (0 past n): warp w takes the row groups w, w + 8, ..., all its
+// loads issued before the reductions.
 __device__ void ext_rows_of(ExtRow& er, const ST* __restrict__ qg, const ST* __restrict__ kg, i64 lq, i64 lk, int n,
                             int kind, float inv_s) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    float qq[EXT_SEG / EXT_WARPS], kk[EXT_SEG / EXT_WARPS];
+    typedef ExtLanes<ELA_D> X;
+    constexpr int GROUP = EXT_WARPS * X::RPW, U = EXT_SEG / GROUP;
+    static_assert(U * GROUP == EXT_SEG, "segment split");
+    const int warp = threadIdx.x >> 5;
+    float qq[U], kk[U];
 #pragma unroll
-    for (int u = 0; u < EXT_SEG / EXT_WARPS; ++u) {
-        const int r = warp + u * EXT_WARPS;
+    for (int u = 0; u < U; ++u) {
+        const int r = u * GROUP + warp * X::RPW + X::sub();
         qq[u] = kk[u] = 0.f;
         if (r >= n) continue;
-        for (int f = lane; f < ELA_D; f += 32) {
-            const float kv = DT::load(kg[r * lk + f]);
-            kk[u] += kv * kv;
+#pragma unroll
+        for (int h = 0; h < X::PER; ++h) {
+            const int f = 4 * (X::part() + h * X::L);
+            float x[4];
+            unpack4(ld_raw4(kg + r * lk + f), x);
+            kk[u] += dot4(x, x);
             if (kind == 0) {
-                const float qv = DT::load(qg[r * lq + f]);
-                qq[u] += qv * qv;
+                unpack4(ld_raw4(qg + r * lq + f), x);
+                qq[u] += dot4(x, x);
             }
         }
     }
 #pragma unroll
-    for (int u = 0; u < EXT_SEG / EXT_WARPS; ++u) {
-        const int r = warp + u * EXT_WARPS;
-        const float a = warp_sum(qq[u]), g = warp_sum(kk[u]);
-        if (lane == 0) {
+    for (int u = 0; u < U; ++u) {
+        const int r = u * GROUP + warp * X::RPW + X::sub();
+        const float a = X::sum(qq[u]), g = X::sum(kk[u]);
+        if (X::part() == 0) {
             er.a[r] = (kind == 0 && r < n) ? a * inv_s : 0.f;
             er.g[r] = r >= n ? 0.f : kind == 0 ? g * inv_s : g + 1.f;
         }
@@ -73,18 +101,21 @@ __device__ void ext_rows_of(ExtRow& er, const ST* __restrict__ qg, const ST* __r
 // G = sum g, each row's (a, g) into `ag` and, for the blueprint, its keys k' = g k into `kp`
 // (packed [sequence][T][D], what the chunk kernels read as k). Backward: V1, RG = sum G', RaG = sum a G',
 // Rc = sum c, with a from `ag`, den from the row info and c from there too, or, with `yin`, from
-// dy . y / den (so that the sums need nothing the reverse scan writes, and can run beside it). Thread t sums column t % DV over the
-// rows t / DV, t / DV + EXT_THREADS / DV, ...; the row groups' partial sums meet in shared memory.
+// dy . y / den (so that the sums need nothing the reverse scan writes, and can run beside it).
+// Each thread sums four columns over a group of rows; the groups' partial sums meet in shared
+// memory.
 extern "C" __global__ void __launch_bounds__(EXT_THREADS) ela_ext_sums(float* __restrict__ sums, float2* __restrict__ ag,
                                         ST* __restrict__ kp, const ST* __restrict__ q, const ST* __restrict__ k, const ST* __restrict__ v,
                                         const ST* __restrict__ dy, const ST* __restrict__ yin, const ela_f4* rows, ElaIo io, i64 T,
                                         int nseg, int kind, int scale) {
     const float inv_s = 1.f / (float)scale;  // exact: scale is 2, -2 or 1
-    constexpr int RG = EXT_THREADS / ELA_DV > 0 ? EXT_THREADS / ELA_DV : 1;
+    // NQ column quads, each summed by RG row groups.
+    constexpr int NQ = ELA_DV / 4, RG = EXT_THREADS / NQ;
+    static_assert(EXT_THREADS % NQ == 0, "column split");
     __shared__ ExtRow er;
     __shared__ float part[3][RG][ELA_DV];
     __shared__ float csum[EXT_WARPS];
-    const int seg = blockIdx.x, seq = blockIdx.y, tid = threadIdx.x, col = tid % ELA_DV, rg = tid / ELA_DV;
+    const int seg = blockIdx.x, seq = blockIdx.y, tid = threadIdx.x, col = 4 * (tid % NQ), rg = tid / NQ;
     const i64 t0 = (i64)seg * EXT_SEG;
     const int n = (int)min((i64)EXT_SEG, T - t0);
     const ST* vg = v + io_seq(io.v, seq, io.heads) + t0 * io.v[2];
@@ -97,51 +128,82 @@ extern "C" __global__ void __launch_bounds__(EXT_THREADS) ela_ext_sums(float* __
         __syncthreads();
         if (tid < n) agr[tid] = float2{er.a[tid], er.g[tid]};
         if (kind == 1) {
-            // k' = g k (the k rows were just read: cache hits), a warp per row.
+            // k' = g k (the k rows were just read: cache hits), as ext_rows_of reads them.
+            typedef ExtLanes<ELA_D> X;
             ST* kpr = kp + ((i64)seq * T + t0) * ELA_D;
-            for (int r = tid >> 5; r < n; r += EXT_WARPS)
-                for (int f = tid & 31; f < ELA_D; f += 32) kpr[r * ELA_D + f] = DT::store(er.g[r] * DT::load(kg[r * io.k[2] + f]));
+            for (int r = (tid >> 5) * X::RPW + X::sub(); r < n; r += EXT_WARPS * X::RPW)
+#pragma unroll
+                for (int h = 0; h < X::PER; ++h) {
+                    const int f = 4 * (X::part() + h * X::L);
+                    const float g = er.g[r];
+                    float x[4];
+                    unpack4(ld_raw4(kg + r * io.k[2] + f), x);
+                    store_st4(kpr + r * ELA_D + f, g * x[0], g * x[1], g * x[2], g * x[3]);
+                }
         }
     } else {
         // (er.g holds each row's 1 / den here: one division a row, not one an element. Only den
         // is read from the row info: with `yin` the reverse scan may be writing c beside it.)
         if (tid < EXT_SEG) er.a[tid] = tid < n ? agr[tid].x : 0.f, er.g[tid] = tid < n ? 1.f / ((const float*)(rw + tid))[1] : 0.f;
         __syncthreads();
-        // Rc, this segment's sum of c: c = dy . y / den from the rows themselves (yin; a warp
-        // per row, as ext_rows_of), else from the row info, where ela_rows_dot put it.
+        // Rc, this segment's sum of c: c = dy . y / den from the rows themselves (yin; rows
+        // split over lanes as in ext_rows_of), else from the row info, where ela_rows_dot put it.
         float cs = 0.f;
         if (yin) {
             const ST* dyg = dy + io_seq(io.dy, seq, io.heads) + t0 * io.dy[2];
             const ST* yg = yin + io_seq(io.y, seq, io.heads) + t0 * io.y[2];
-            for (int r = tid >> 5; r < n; r += EXT_WARPS) {
+            typedef ExtLanes<ELA_DV> X;
+            // (The loop bound is the warp's first row: the whole warp takes part in the sums.)
+            for (int r0 = (tid >> 5) * X::RPW; r0 < n; r0 += EXT_WARPS * X::RPW) {
+                const int r = r0 + X::sub();
                 float x = 0.f;
-                for (int c = tid & 31; c < ELA_DV; c += 32) x += DT::load(dyg[r * io.dy[2] + c]) * DT::load(yg[r * io.y[2] + c]);
-                cs += warp_sum(x) * er.g[r];
+                if (r < n)
+#pragma unroll
+                    for (int h = 0; h < X::PER; ++h) {
+                        const int c = 4 * (X::part() + h * X::L);
+                        float d4[4], y4[4];
+                        unpack4(ld_raw4(dyg + r * io.dy[2] + c), d4);
+                        unpack4(ld_raw4(yg + r * io.y[2] + c), y4);
+                        x += dot4(d4, y4);
+                    }
+                x = X::sum(x);
+                if (X::part() == 0 && r < n) cs += x * er.g[r];
             }
+            cs = warp_sum(cs);
         } else if (tid < 32) {
             for (int r = tid; r < n; r += 32) cs += rw[r].z;
             cs = warp_sum(cs);
         }
         if ((tid & 31) == 0) csum[tid >> 5] = cs;
     }
-    float s1 = 0.f, s2 = 0.f, s3 = 0.f;
-    for (int c = col; c < ELA_DV; c += EXT_THREADS) {  // one pass unless DV > EXT_THREADS
-        if (!dy) {
+    // Thread t sums columns 4 (t % NQ) .. + 3 over the rows t / NQ, t / NQ + RG, ...
+    float s1[4] = {0.f, 0.f, 0.f, 0.f}, s2[4] = {0.f, 0.f, 0.f, 0.f}, s3[4] = {0.f, 0.f, 0.f, 0.f};
+    if (!dy) {
 #pragma unroll 4
-            for (int r = rg; r < n; r += RG) {
-                const float x = DT::load(vg[r * io.v[2] + c]);
-                s1 += x, s2 += er.g[r] * x;
-            }
-        } else {
-            const ST* dyg = dy + io_seq(io.dy, seq, io.heads) + t0 * io.dy[2];
+        for (int r = rg; r < n; r += RG) {
+            float x[4];
+            unpack4(ld_raw4(vg + r * io.v[2] + col), x);
+            const float g = er.g[r];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s1[e] += x[e], s2[e] += g * x[e];
+        }
+    } else {
+        const ST* dyg = dy + io_seq(io.dy, seq, io.heads) + t0 * io.dy[2];
 #pragma unroll 4
-            for (int r = rg; r < n; r += RG) {
-                const float gp = DT::load(dyg[r * io.dy[2] + c]) * er.g[r];
-                s1 += DT::load(vg[r * io.v[2] + c]), s2 += gp, s3 += er.a[r] * gp;
+        for (int r = rg; r < n; r += RG) {
+            float x[4], d4[4];
+            unpack4(ld_raw4(vg + r * io.v[2] + col), x);
+            unpack4(ld_raw4(dyg + r * io.dy[2] + col), d4);
+            const float ig = er.g[r], a = er.a[r];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float gp = d4[e] * ig;
+                s1[e] += x[e], s2[e] += gp, s3[e] += a * gp;
             }
         }
     }
-    if (rg < RG) part[0][rg][col] = s1, part[1][rg][col] = s2, part[2][rg][col] = s3;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) part[0][rg][col + e] = s1[e], part[1][rg][col + e] = s2[e], part[2][rg][col + e] = s3[e];
     __syncthreads();
     float* out = sums + ((i64)seq * (nseg + 1) + seg) * EXT_SUM_LD;
     for (int c = tid; c < ELA_DV; c += EXT_THREADS) {
@@ -195,18 +257,38 @@ extern "C" __global__ void ela_ext_scan(float* sums, int nseg, int bwd) {
 }
 
 // The blueprint's dk from dk', the gradient ela_bwd wrote (packed) for the keys k' = g k, and dg:
-// dk_j = g_j dk'_j + 2 k_j (k_j . dk'_j + dg_j), in place; a warp per row.
+// dk_j = g_j dk'_j + 2 k_j (k_j . dk'_j + dg_j), in place. Rows split over lanes as in
+// ext_rows_of: EXT_WARPS * RPW rows a block (the host's grid follows).
 extern "C" __global__ void ela_ext_bp_dk(ST* dk, const ST* __restrict__ k, const float2* __restrict__ ag,
                                          const float* __restrict__ dg, ElaIo io, i64 T) {
-    const int seq = blockIdx.y, lane = threadIdx.x & 31;
-    const i64 t = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (t >= T) return;
+    typedef ExtLanes<ELA_D> X;
+    const int seq = blockIdx.y;
+    const i64 t = ((i64)blockIdx.x * EXT_WARPS + (threadIdx.x >> 5)) * X::RPW + X::sub();
+    const bool live = t < T;
     const ST* kr = k + io_seq(io.k, seq, io.heads) + t * io.k[2];
     const i64 row = (i64)seq * T + t;
     ST* dr = dk + row * ELA_D;
-    float x = 0.f;
-    for (int f = lane; f < ELA_D; f += 32) x += DT::load(kr[f]) * DT::load(dr[f]);
-    x = warp_sum(x);
+    float kx[X::PER][4], dx[X::PER][4], x = 0.f;
+#pragma unroll
+    for (int h = 0; h < X::PER; ++h) {
+        const int f = 4 * (X::part() + h * X::L);
+        if (live) {
+            unpack4(ld_raw4(kr + f), kx[h]);
+            unpack4(ld_raw4(dr + f), dx[h]);
+        } else {
+            unpack4(raw_zero(), kx[h]);
+            unpack4(raw_zero(), dx[h]);
+        }
+        x += dot4(kx[h], dx[h]);
+    }
+    x = X::sum(x);  // (every lane takes part: no early return above)
+    if (!live) return;
     const float g = ag[row].y, s = 2.f * (x + dg[row]);
-    for (int f = lane; f < ELA_D; f += 32) dr[f] = DT::store(g * DT::load(dr[f]) + s * DT::load(kr[f]));
+#pragma unroll
+    for (int h = 0; h < X::PER; ++h) {
+        const float* a = kx[h];
+        const float* b = dx[h];
+        store_st4(dr + 4 * (X::part() + h * X::L), g * b[0] + s * a[0], g * b[1] + s * a[1], g * b[2] + s * a[2],
+                  g * b[3] + s * a[3]);
+    }
 }

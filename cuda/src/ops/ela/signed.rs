@@ -23,6 +23,12 @@ use crate::storage::CudaStorage;
 /// Threads per block of `ela_ext_sums` (`EXT_THREADS` in chunk_ext.cu; a block per chunk).
 const EXT_THREADS: u32 = 256;
 
+/// Rows per block of `ela_ext_bp_dk`: 8 warps, each taking 32 / L rows at once, L = min(32, d / 4)
+/// lanes a row (`ExtLanes` in chunk_ext.cu).
+fn bp_dk_rows(d: usize) -> usize {
+    8 * (32 / (d / 4).clamp(1, 32))
+}
+
 /// Whether sum-sq, sub-sq and the blueprint take the Identity tiles with extra terms where they
 /// apply (f32 inputs; bf16 inputs with the signed kernels' bf16-operand opt-in), unless
 /// `ELA_CUDA_SIGNED_TILES` or [`with_signed_tiles`] says otherwise. On: their GPU tests and both
@@ -223,8 +229,7 @@ impl Cuda {
         if pl.kind == 1 {
             let args = [dk.ptr(), io.k, ag.ptr(), dg.ptr()].map(Arg::Ptr);
             let args = [&args[..], &[Arg::by_value(io.rows), Arg::n(t)]].concat();
-            // A warp per row.
-            let cfg = Cfg { grid: t.div_ceil(8) as u32, grid_y: n as u32, block: 256 };
+            let cfg = Cfg { grid: t.div_ceil(bp_dk_rows(dims.d)) as u32, grid_y: n as u32, block: EXT_THREADS };
             launch(self, &pl.cv, "ela_ext_bp_dk", cfg, 0, &args)?;
         }
         Ok((dq, dk, dv))
@@ -238,6 +243,13 @@ mod tests {
 
     fn dims(d: usize, dv: usize) -> ElaDims {
         ElaDims { batch: 2, heads: 3, t: 500, d, dv }
+    }
+
+    /// The blueprint's dk pass takes as many rows a block as its kernel's lane split gives: two
+    /// rows a warp at 64-wide heads (16 lanes a row), one at 128 and 256.
+    #[test]
+    fn bp_dk_blocks_follow_the_kernels_rows() {
+        assert_eq!([64, 128, 256].map(bp_dk_rows), [16, 8, 8]);
     }
 
     /// The three kernels take the Identity tiles where Identity would (f32 inputs; bf16 only with
