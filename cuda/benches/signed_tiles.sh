@@ -15,7 +15,7 @@
 # 3. each launch of sum-sq's fwd+bwd timed alone (`ELA_CUDA_PROFILE=1`), where the time goes (f32,
 #    and sum-sq and the blueprint with bf16 operands);
 # 4. compute-sanitizer memcheck (sub-sq's test) and racecheck (the blueprint's);
-# 5. the three kernels on the feature-map path (what the tiles replace).
+# 5. with LA=1, the three kernels on the feature-map path (what the tiles replace).
 set -u
 S0=$(date +%s)
 CAP=${CAP:-540}
@@ -68,7 +68,7 @@ for pair in "memcheck sub_sq" "racecheck blueprint"; do
   echo "$1 ($2) rc $? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/signed_$1.log" | tail -1)" >>"$log"
 done
 # shellcheck disable=SC2086
-fits 100 && ELA_CUDA_SIGNED_TILES=0 ELA_CUDA_SIGNED_BF16=1 timeout 100 $B/ela_gpu $K T=16384 \
+[ -n "${LA:-}" ] && fits 100 && ELA_CUDA_SIGNED_TILES=0 ELA_CUDA_SIGNED_BF16=1 timeout 100 $B/ela_gpu $K T=16384 \
   >"$OUT/signed_la.md" 2>&1
 stamp end
 cat "$log"
