@@ -570,25 +570,10 @@ impl Cuda {
     /// empty one, on operands of dtype `dtype` where `io` says (`y` is made in the layout
     /// `io.rows.y`). With `save` (empty state only), it also keeps for the backward the slots and
     /// the row info `(u, den, 0, exact-path flag)`: buffers `[s, z, m, rows]` (`None` for an empty
-    /// call or without `save`).
+    /// call or without `save`). `forked` (work on the side stream that `io`'s extra terms come from, or `None`) is joined
+    /// after the scan, before the output pass reads it: the two overlap.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn ela_chunk_forward(
-        &self,
-        cv: &Variant,
-        io: &Io,
-        dtype: DType,
-        dims: &ElaDims,
-        causal: bool,
-        state: Option<(&mut ElaStateBufs<CudaStorage>, [u64; 3])>,
-        save: bool,
-    ) -> Result<(CudaStorage, Option<Vec<CudaStorage>>)> {
-        self.ela_chunk_forward_joining(cv, io, dtype, dims, causal, state, save, None)
-    }
-
-    /// [`Cuda::ela_chunk_forward`] that joins `forked` (work on the side stream that `io`'s
-    /// extra terms come from) after the scan, before the output pass reads it: the two overlap.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn ela_chunk_forward_joining(
         &self,
         cv: &Variant,
         io: &Io,

@@ -148,7 +148,7 @@ impl Cuda {
         let (n, t) = (dims.sequences(), dims.t);
         let io = Io::packed(dims, [q, k, v], None);
         if n == 0 || t == 0 {
-            return self.ela_chunk_forward(&pl.cv, &io, dtype, dims, causal, None, save);
+            return self.ela_chunk_forward(&pl.cv, &io, dtype, dims, causal, None, save, None);
         }
         let blueprint = pl.kind == 1;
         let ag = self.alloc(DType::F32, n * t * 2)?;
@@ -160,7 +160,7 @@ impl Cuda {
         let (sums, forked) = self.fork(beside, || self.ela_ext_sums(pl, &io, dims, &ag, kpp, None))?;
         let mut tio = Io::packed(dims, [q, if blueprint { &kp } else { k }, v], None);
         tio.ext = pl.ext(&sums, &ag, 0);
-        let (y, saved) = self.ela_chunk_forward_joining(&pl.cv, &tio, dtype, dims, causal, None, save, Some(forked))?;
+        let (y, saved) = self.ela_chunk_forward(&pl.cv, &tio, dtype, dims, causal, None, save, Some(forked))?;
         let keep = |mut b: Vec<CudaStorage>| {
             b.push(ag);
             b.extend(blueprint.then_some(kp));
