@@ -51,23 +51,65 @@
 // slot; the keys before the chunk and the rows after it, or all of them, cnt keys):
 //   da_i += G_i . V1 - c_i cnt        dg_j += v_j . RG - Rc
 // A warp per row, added to the block's sums of its intra-chunk part (the order is free).
+// (With `da` false, the blueprint's, whose a is 0, eda is left alone: its dk epilogue sums there.)
 __device__ void ext_row_dots(float* eda, float* edg, const MT* G, int ldg, const MT* vs, int ldv, const float* cc,
-                             const float* sr, int n, float cnt) {
+                             const float* sr, int n, float cnt, bool da) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     for (int r = warp; r < n; r += ELA_WARPS) {
         float a = 0.f, b = 0.f;
         for (int col = lane; col < ELA_DV; col += 32) {
-            a += from_mt(G[r * ldg + col]) * sr[col];
+            if (da) a += from_mt(G[r * ldg + col]) * sr[col];
             b += from_mt(vs[r * ldv + col]) * sr[ELA_DV + col];
         }
         a = warp_sum(a), b = warp_sum(b);
         if (lane == 0) {
-            atomicAdd(eda + r, a - cc[r] * cnt);
+            if (da) atomicAdd(eda + r, a - cc[r] * cnt);
             atomicAdd(edg + r, b - sr[EXT_SUM_SC]);
         }
     }
 }
 #endif
+
+// The blueprint's dk from dk' (ela_bwd's dk epilogue, in acc; psi_a holds the keys k' = g k):
+// with k_j = k'_j / g_j,
+//   dk_j = g_j dk'_j + 2 k_j (k_j . dk'_j + dg_j) = g_j dk'_j + (2 / g_j) ((k'_j . dk'_j) / g_j + dg_j) k'_j.
+// The row dots k'_j . dk'_j add over the thread's columns, its quad, then the warps that share
+// the row (shared atomics into ed, which holds 0: the blueprint's a is 0, so nothing summed da
+// there); after the barrier each entry takes its row's dot. Every thread of the block calls it.
+template <int NT>
+__device__ void bp_dk_epilogue(float (&acc)[NT][4], const MT* psia, const float* eg, float* ed, const float* edg,
+                               ST* dkg, i64 gsk, int r0, int c0, int n) {
+    float dot[2] = {0.f, 0.f};
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; e += 2) {
+            const int j = ACC_ROW(r0, e), d = ACC_COL(c0, nt, e);
+            if (j < n) dot[e >> 1] += from_mt(psia[j * LDP(ELA_F) + d]) * acc[nt][e] + from_mt(psia[j * LDP(ELA_F) + d + 1]) * acc[nt][e + 1];
+        }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        dot[h] += __shfl_xor_sync(0xffffffffu, dot[h], 1);
+        dot[h] += __shfl_xor_sync(0xffffffffu, dot[h], 2);
+    }
+    if ((threadIdx.x & 3) == 0) {
+        atomicAdd(ed + ACC_ROW(r0, 0), dot[0]);
+        atomicAdd(ed + ACC_ROW(r0, 2), dot[1]);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; e += 2) {
+            const int j = ACC_ROW(r0, e), d = ACC_COL(c0, nt, e);
+            if (!ELA_PSTORE && j >= n) continue;
+            const float g = j < n ? eg[j] : 1.f, s = 2.f / g * (ed[j] / g + edg[j]);
+            const float v0 = g * acc[nt][e] + s * from_mt(psia[j * LDP(ELA_F) + d]);
+            const float v1 = g * acc[nt][e + 1] + s * from_mt(psia[j * LDP(ELA_F) + d + 1]);
+            if (ELA_PSTORE) store_st2_if(j < n, dkg + j * gsk + d, v0, v1);
+            else store_st2(dkg + j * gsk + d, v0, v1);
+        }
+}
 
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
     ela_bwd(ST* dq, ST* dk, ST* dv, const ST* q, const ST* k, const ST* v, const ST* dy, const ela_f4* rows,
@@ -109,6 +151,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
     float* eda = uu;
     float* edg = mcur;
     const bool xt = ext.sums != 0, xt_qk = xt && ext.kind == 0;  // extra terms; their dq, dk
+    const bool xt_bp = xt && ext.kind == 1;  // the blueprint: dk from dk' (bp_dk_epilogue)
 #endif
 
     const int c = blockIdx.x, seq = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -208,7 +251,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
     }
     __syncthreads();
 #if ELA_FMAP == 2
-    if (xt) ext_row_dots(eda, edg, G, LDV, vsm, LDV, cc, ext.sums + slot * EXT_SUM_LD, n, (float)(causal ? t0 : T));
+    if (xt) ext_row_dots(eda, edg, G, LDV, vsm, LDV, cc, ext.sums + slot * EXT_SUM_LD, n, (float)(causal ? t0 : T), xt_qk);
 #endif
     if (causal) {
         float aA[WA::NT][4], aD[WA::NT][4];
@@ -266,7 +309,7 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                 for (int h = 0; h < 2; ++h)
 #pragma unroll
                     for (int o = 4; o < 32; o <<= 1) csum[nt][h] += __shfl_xor_sync(0xffffffffu, csum[nt][h], o);
-            if ((lane & 3) == 0) {
+            if (xt_qk && (lane & 3) == 0) {
                 atomicAdd(eda + ACC_ROW(r0, 0), rsum[0]);
                 atomicAdd(eda + ACC_ROW(r0, 2), rsum[1]);
             }
@@ -367,16 +410,22 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                 const float v1 = fminf(from_mt(psia[j * LDF + d + 1]), la) * a1[nt][e + 1] +
                                  fminf(from_mt(psiu[j * LDF + d + 1]), lu1) * (a2[nt][e + 1] - wst[d + 1]);
 #endif
+#if ELA_FMAP == 2
+                if (xt_bp) {
+                    // The blueprint: these are dk'; dk follows the row dots (below).
+                    a1[nt][e] = v0, a1[nt][e + 1] = v1;
+                    continue;
+                }
+#endif
                 if (ELA_PSTORE) store_st2_if(j < n, dkg + j * gsk + d, v0, v1);
                 else store_st2(dkg + j * gsk + d, v0, v1);
             }
+#if ELA_FMAP == 2
+        if (xt_bp) bp_dk_epilogue<WF::NT>(a1, psia, eg, eda, edg, dkg, gsk, r0, c0, n);
+#endif
     }
 #if ELA_QSTAGE
     cp_async_wait<0>();  // this thread's q copies have landed (the barrier shows them to all)
-#endif
-#if ELA_FMAP == 2
-    // The blueprint: dg_j, for the pass that turns dk' into dk (ela_ext_bp_dk).
-    if (xt && ext.kind == 1 && tid < n) ext.dg[rowbase + tid] = edg[tid];
 #endif
     __syncthreads();
     stt.store(US, LDV, (const float*)0);

@@ -22,7 +22,7 @@
 //   dg_j = sum_i D'_ij                 (column sums; the rows after it: v_j . RG - Rc)
 //   dv_j += RaG + g_j RG               (the rows after it; within the chunk A'^T G' has them)
 //   kind 0: dq_i += da_i 2 q_i / s, dk_j += dg_j 2 k_j / s
-//   kind 1: dk_j = g_j dk'_j + 2 k_j (k_j . dk'_j + dg_j)   (ela_ext_bp_dk, after ela_bwd)
+//   kind 1: dk_j = g_j dk'_j + 2 k_j (k_j . dk'_j + dg_j)   (ela_bwd's dk epilogue, bp_dk_epilogue)
 //
 // with RG = sum_i G'_i, RaG = sum_i a_i G'_i, Rc = sum_i c_i over the rows after the chunk (or
 // all). `ela_ext_sums` takes each chunk's sums (and, forward, each row's a and g), `ela_ext_scan`
@@ -254,41 +254,4 @@ extern "C" __global__ void ela_ext_scan(float* sums, int nseg, int bwd) {
         }
     }
     base[(i64)nseg * EXT_SUM_LD] = acc;
-}
-
-// The blueprint's dk from dk', the gradient ela_bwd wrote (packed) for the keys k' = g k, and dg:
-// dk_j = g_j dk'_j + 2 k_j (k_j . dk'_j + dg_j), in place. Rows split over lanes as in
-// ext_rows_of: EXT_WARPS * RPW rows a block (the host's grid follows).
-extern "C" __global__ void ela_ext_bp_dk(ST* dk, const ST* __restrict__ k, const float2* __restrict__ ag,
-                                         const float* __restrict__ dg, ElaIo io, i64 T) {
-    typedef ExtLanes<ELA_D> X;
-    const int seq = blockIdx.y;
-    const i64 t = ((i64)blockIdx.x * EXT_WARPS + (threadIdx.x >> 5)) * X::RPW + X::sub();
-    const bool live = t < T;
-    const ST* kr = k + io_seq(io.k, seq, io.heads) + t * io.k[2];
-    const i64 row = (i64)seq * T + t;
-    ST* dr = dk + row * ELA_D;
-    float kx[X::PER][4], dx[X::PER][4], x = 0.f;
-#pragma unroll
-    for (int h = 0; h < X::PER; ++h) {
-        const int f = 4 * (X::part() + h * X::L);
-        if (live) {
-            unpack4(ld_raw4(kr + f), kx[h]);
-            unpack4(ld_raw4(dr + f), dx[h]);
-        } else {
-            unpack4(raw_zero(), kx[h]);
-            unpack4(raw_zero(), dx[h]);
-        }
-        x += dot4(kx[h], dx[h]);
-    }
-    x = X::sum(x);  // (every lane takes part: no early return above)
-    if (!live) return;
-    const float g = ag[row].y, s = 2.f * (x + dg[row]);
-#pragma unroll
-    for (int h = 0; h < X::PER; ++h) {
-        const float* a = kx[h];
-        const float* b = dx[h];
-        store_st4(dr + 4 * (X::part() + h * X::L), g * b[0] + s * a[0], g * b[1] + s * a[1], g * b[2] + s * a[2],
-                  g * b[3] + s * a[3]);
-    }
 }

@@ -13,7 +13,6 @@
 struct ElaExt {
     const float* sums;  // [sequence][nch + 1][EXT_SUM_LD], the slots' indexing
     const float2* ag;   // (a_i, g_i) per row, packed [sequence][T]
-    float* dg;          // ela_bwd, kind 1: dg_j per row (packed), for the blueprint's dk
     int kind;           // 0: sum/sub-sq (a = |q|^2 / s, g = |k|^2 / s); 1: the blueprint (a = 0)
     float inv_s;        // 1 / s, the key scale's inverse
 };

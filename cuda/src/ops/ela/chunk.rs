@@ -291,14 +291,13 @@ fn strides(r: &ElaRows) -> [i64; 3] {
 
 /// Mirror of `struct ElaExt` in `kernels/ela/chunk_out.cu`: the rank-one extra terms of the signed
 /// kernels on Identity's tiles (`signed.rs`; all zero elsewhere): the scanned chunk sums
-/// `ela_out` (forward sums) or `ela_bwd` (backward sums) reads, each row's `(a, g)`, the
-/// blueprint's `dg` rows `ela_bwd` writes, the kind of the terms and `1 / s`.
+/// `ela_out` (forward sums) or `ela_bwd` (backward sums) reads, each row's `(a, g)`, the kind
+/// of the terms and `1 / s`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct ExtArgs {
     pub(super) sums: u64,
     pub(super) ag: u64,
-    pub(super) dg: u64,
     pub(super) kind: i32,
     pub(super) inv_s: f32,
 }

@@ -23,12 +23,6 @@ use crate::storage::CudaStorage;
 /// Threads per block of `ela_ext_sums` (`EXT_THREADS` in chunk_ext.cu; a block per chunk).
 const EXT_THREADS: u32 = 256;
 
-/// Rows per block of `ela_ext_bp_dk`: 8 warps, each taking 32 / L rows at once, L = min(32, d / 4)
-/// lanes a row (`ExtLanes` in chunk_ext.cu).
-fn bp_dk_rows(d: usize) -> usize {
-    8 * (32 / (d / 4).clamp(1, 32))
-}
-
 /// Whether sum-sq, sub-sq and the blueprint take the Identity tiles with extra terms where they
 /// apply (f32 inputs; bf16 inputs with the signed kernels' bf16-operand opt-in), unless
 /// `ELA_CUDA_SIGNED_TILES` or [`with_signed_tiles`] says otherwise. On: their GPU tests and both
@@ -97,8 +91,8 @@ impl Plan {
         3 * self.cv.dv + 4
     }
     /// The kernel-side description of the extra terms.
-    fn ext(&self, sums: &CudaStorage, ag: &CudaStorage, dg: u64) -> ExtArgs {
-        ExtArgs { sums: sums.ptr(), ag: ag.ptr(), dg, kind: self.kind, inv_s: 1.0 / self.scale as f32 }
+    fn ext(&self, sums: &CudaStorage, ag: &CudaStorage) -> ExtArgs {
+        ExtArgs { sums: sums.ptr(), ag: ag.ptr(), kind: self.kind, inv_s: 1.0 / self.scale as f32 }
     }
 }
 
@@ -159,7 +153,7 @@ impl Cuda {
         let kpp = if blueprint { kp.ptr() } else { 0 };
         let (sums, forked) = self.fork(beside, || self.ela_ext_sums(pl, &io, dims, &ag, kpp, None))?;
         let mut tio = Io::packed(dims, [q, if blueprint { &kp } else { k }, v], None);
-        tio.ext = pl.ext(&sums, &ag, 0);
+        tio.ext = pl.ext(&sums, &ag);
         let (y, saved) = self.ela_chunk_forward(&pl.cv, &tio, dtype, dims, causal, None, save, Some(forked))?;
         let keep = |mut b: Vec<CudaStorage>| {
             b.push(ag);
@@ -217,21 +211,15 @@ impl Cuda {
         let (sums, forked) = self.fork(!super::switches().serial, || self.ela_ext_sums(pl, &io, dims, ag, 0, bwd))?;
         let uw = self.ela_reverse_scan(&pl.cv, &tio, m, rows, (n, t), causal)?;
         self.join(forked)?;
-        let dg = self.alloc(DType::F32, if pl.kind == 1 { n * t } else { 0 })?;
-        tio.ext = pl.ext(&sums, ag, if pl.kind == 1 { dg.ptr() } else { 0 });
+        tio.ext = pl.ext(&sums, ag);
         let (dq, dk, dv) = (
             self.alloc(dtype, n * t * dims.d)?,
             self.alloc(dtype, n * t * dims.d)?,
             self.alloc(dtype, n * t * dims.dv)?,
         );
         let out = Grads { ptrs: [dq.ptr(), dk.ptr(), dv.ptr()], like_inputs: false };
+        // (The blueprint's gradient kernel turns dk' into dk itself: its dk epilogue.)
         self.ela_bwd(&pl.cv, &tio, [s, z, m], rows, &uw, &out, (n, t), causal)?;
-        if pl.kind == 1 {
-            let args = [dk.ptr(), io.k, ag.ptr(), dg.ptr()].map(Arg::Ptr);
-            let args = [&args[..], &[Arg::by_value(io.rows), Arg::n(t)]].concat();
-            let cfg = Cfg { grid: t.div_ceil(bp_dk_rows(dims.d)) as u32, grid_y: n as u32, block: EXT_THREADS };
-            launch(self, &pl.cv, "ela_ext_bp_dk", cfg, 0, &args)?;
-        }
         Ok((dq, dk, dv))
     }
 }
@@ -243,13 +231,6 @@ mod tests {
 
     fn dims(d: usize, dv: usize) -> ElaDims {
         ElaDims { batch: 2, heads: 3, t: 500, d, dv }
-    }
-
-    /// The blueprint's dk pass takes as many rows a block as its kernel's lane split gives: two
-    /// rows a warp at 64-wide heads (16 lanes a row), one at 128 and 256.
-    #[test]
-    fn bp_dk_blocks_follow_the_kernels_rows() {
-        assert_eq!([64, 128, 256].map(bp_dk_rows), [16, 8, 8]);
     }
 
     /// The three kernels take the Identity tiles where Identity would (f32 inputs; bf16 only with
