@@ -54,7 +54,7 @@ pub(crate) struct Inner {
     pub(crate) fast_elementwise: AtomicBool,
     /// The stream CUDA graphs are captured on (created on first capture).
     pub(crate) capture_stream: OnceLock<Arc<CudaStream>>,
-    /// The streams of [`Cuda::fork`] (side_stream.rs; created on first use): for eager work, and
+    /// The streams of [`Cuda::fork_at`] (side_stream.rs; created on first use): for eager work, and
     /// for the thread that captures a graph (whose side branch must not take in other threads'
     /// eager work).
     pub(crate) side_streams: [OnceLock<Arc<CudaStream>>; 2],
@@ -373,7 +373,7 @@ impl Cuda {
     }
 
     /// The stream work is queued on: the device's stream, the capture stream for the thread
-    /// that is capturing a CUDA graph of this device, or the side stream inside [`Cuda::fork`].
+    /// that is capturing a CUDA graph of this device, or the side stream inside [`Cuda::fork_at`].
     pub(crate) fn cu_stream(&self) -> sys::CUstream {
         match (self.side_stream_now(), self.capturing_stream()) {
             (Some(s), _) | (None, Some(s)) => s,

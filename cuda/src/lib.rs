@@ -32,7 +32,7 @@
 //! `alloc.rs` (caching allocator, [`MemoryStats`]), `graph.rs` (CUDA graph capture and replay,
 //! [`CudaGraphExec`], in-place writes), `kernels.rs` (sources and NVRTC),
 //! `strided.rs` (strided views as kernel arguments), `side_stream.rs` (work run beside the main
-//! stream: `Cuda::fork` / `join`), `nccl/` (NCCL collectives for data-parallel
+//! stream: `Cuda::fork_point` / `fork_at` / `join`), `nccl/` (NCCL collectives for data-parallel
 //! training, [`NcclComm`], with its watchdog), `ops/` (one file per op family, next to its
 //! `.cu` file, fused ELA included), `backend_impl.rs` (the trait impl). See `cuda/README.md`.
 #![warn(missing_docs)]

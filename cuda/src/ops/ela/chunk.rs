@@ -18,7 +18,6 @@ use ela_core::{DType, Result};
 
 use crate::device::{Arg, Cfg, Cuda};
 use crate::kernels::{ChunkMap, ChunkMinBlocks, ElaDt, KernelFile};
-use crate::side_stream::Forked;
 use crate::storage::CudaStorage;
 
 /// Threads per block of every chunked kernel (8 warps).
@@ -569,8 +568,8 @@ impl Cuda {
     /// empty one, on operands of dtype `dtype` where `io` says (`y` is made in the layout
     /// `io.rows.y`). With `save` (empty state only), it also keeps for the backward the slots and
     /// the row info `(u, den, 0, exact-path flag)`: buffers `[s, z, m, rows]` (`None` for an empty
-    /// call or without `save`). `forked` (work on the side stream that `io`'s extra terms come from, or `None`) is joined
-    /// after the scan, before the output pass reads it: the two overlap.
+    /// call or without `save`). `after_scan` runs once the scan is queued, before the output pass:
+    /// it queues what `io`'s extra terms need (on the side stream, beside the scan, and joined).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn ela_chunk_forward(
         &self,
@@ -581,7 +580,7 @@ impl Cuda {
         causal: bool,
         state: Option<(&mut ElaStateBufs<CudaStorage>, [u64; 3])>,
         save: bool,
-        forked: Option<Forked<'_>>,
+        after_scan: Option<Box<dyn FnOnce() -> Result<()> + '_>>,
     ) -> Result<(CudaStorage, Option<Vec<CudaStorage>>)> {
         let (n, t) = (dims.sequences(), dims.t);
         let y = self.alloc(dtype, n * t * dims.dv)?;
@@ -603,8 +602,8 @@ impl Cuda {
         let init = state.as_ref().map_or([0; 3], |s| s.1);
         let finp = fin.as_ref().map_or([0; 3], |x| [x.0.ptr(), x.1.ptr(), x.2.ptr()]);
         self.ela_scan(cv, n, t, io.k, io.v, (&sl.s, &sl.z), &sl.m, 0, init, finp, &io.rows, 0, causal, 0)?;
-        if let Some(f) = forked {
-            self.join(f)?;
+        if let Some(f) = after_scan {
+            f()?;
         }
         let rows_ptr = rows.as_ref().map_or(0, |r| r.ptr());
         self.ela_out(cv, n, t, OutMode::Forward { y: y.ptr(), rows: rows_ptr }, io, &sl, causal)?;

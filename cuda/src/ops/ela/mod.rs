@@ -57,7 +57,7 @@ pub(super) struct Switches {
     pub gemm_chunk: bool,
     /// `ELA_CUDA_PROFILE`: each chunked launch is timed alone and reported on stderr.
     pub profile: bool,
-    /// `ELA_CUDA_SERIAL`: no ELA call runs work on the side stream (`Cuda::fork`): everything
+    /// `ELA_CUDA_SERIAL`: no ELA call runs work on the side stream (`Cuda::fork_at`): everything
     /// in order on one stream, for timing what the overlap gains. Also implied by `profile`.
     pub serial: bool,
     /// `ELA_CUDA_SCAN_RUNS=K`: every split-able scan forced into K runs (as

@@ -101,7 +101,8 @@ impl Cuda {
     /// blueprint, its keys `k' = (|k|^2 + 1) k` into `kp`, packed like `k`) or the backward
     /// (`(dy, row info, y)`; `(a, g)` read from `ag`, den from the row info, and each row's `c`
     /// from the row info or, with `y` not 0, from `dy . y / den`), scanned:
-    /// `[sequence][chunk + 1][sum_ld]` f32.
+    /// `[sequence][chunk + 1][sum_ld]` f32 into `sums` (from [`Cuda::ela_ext_buffer`]).
+    #[allow(clippy::too_many_arguments)]
     fn ela_ext_sums(
         &self,
         pl: &Plan,
@@ -110,10 +111,10 @@ impl Cuda {
         ag: &CudaStorage,
         kp: u64,
         bwd: Option<(u64, u64, u64)>,
-    ) -> Result<CudaStorage> {
+        sums: &CudaStorage,
+    ) -> Result<()> {
         let (n, t) = (dims.sequences(), dims.t);
         let nseg = pl.segments(t);
-        let sums = self.alloc(DType::F32, n * (nseg + 1) * pl.sum_ld())?;
         let (dy, rows, y) = bwd.unwrap_or((0, 0, 0));
         let mut args: Vec<Arg> = [sums.ptr(), ag.ptr(), kp, io.q, io.k, io.v, dy, y, rows].map(Arg::Ptr).to_vec();
         args.extend([Arg::by_value(io.rows), Arg::n(t), Arg::I32(nseg as i32), Arg::I32(pl.kind), Arg::I32(pl.scale)]);
@@ -123,8 +124,12 @@ impl Cuda {
         let cols = if bwd == 1 { 3 * pl.cv.dv + 1 } else { 2 * pl.cv.dv + 1 };
         let args = [Arg::Ptr(sums.ptr()), Arg::I32(nseg as i32), Arg::I32(bwd)];
         let cfg = Cfg { grid: n as u32, grid_y: 1, block: cols.next_multiple_of(32) as u32 };
-        launch(self, &pl.cv, "ela_ext_scan", cfg, 0, &args)?;
-        Ok(sums)
+        launch(self, &pl.cv, "ela_ext_scan", cfg, 0, &args)
+    }
+
+    /// The chunk sums' buffer for these dims.
+    fn ela_ext_buffer(&self, pl: &Plan, dims: &ElaDims) -> Result<CudaStorage> {
+        self.alloc(DType::F32, dims.sequences() * (pl.segments(dims.t) + 1) * pl.sum_ld())
     }
 
     /// Forward on the Identity tiles with the extra terms; with `save`, the buffers
@@ -147,14 +152,24 @@ impl Cuda {
         let blueprint = pl.kind == 1;
         let ag = self.alloc(DType::F32, n * t * 2)?;
         let kp = self.alloc(dtype, if blueprint { n * t * dims.d } else { 0 })?;
-        // The sums run on the side stream beside the chunk scan, which needs none of them (the
-        // blueprint's scan reads the keys k' they write: in order there).
-        let beside = !blueprint && !super::switches().serial;
-        let kpp = if blueprint { kp.ptr() } else { 0 };
-        let (sums, forked) = self.fork(beside, || self.ela_ext_sums(pl, &io, dims, &ag, kpp, None))?;
+        let sums = self.ela_ext_buffer(pl, dims)?;
         let mut tio = Io::packed(dims, [q, if blueprint { &kp } else { k }, v], None);
         tio.ext = pl.ext(&sums, &ag);
-        let (y, saved) = self.ela_chunk_forward(&pl.cv, &tio, dtype, dims, causal, None, save, Some(forked))?;
+        let (y, saved) = if blueprint {
+            // The blueprint's scan reads the keys k' its sums write: in order.
+            self.ela_ext_sums(pl, &io, dims, &ag, kp.ptr(), None, &sums)?;
+            self.ela_chunk_forward(&pl.cv, &tio, dtype, dims, causal, None, save, None)?
+        } else {
+            // The sums run on the side stream beside the chunk scan, which needs none of them:
+            // forked from before the scan, queued after it (`ForkPoint`), joined before the
+            // output pass.
+            let point = self.fork_point(!super::switches().serial)?;
+            let sums_beside = Box::new(|| {
+                let ((), forked) = self.fork_at(point, || self.ela_ext_sums(pl, &io, dims, &ag, 0, None, &sums))?;
+                self.join(forked)
+            });
+            self.ela_chunk_forward(&pl.cv, &tio, dtype, dims, causal, None, save, Some(sums_beside))?
+        };
         let keep = |mut b: Vec<CudaStorage>| {
             b.push(ag);
             b.extend(blueprint.then_some(kp));
@@ -203,13 +218,16 @@ impl Cuda {
         };
         let mut tio = Io::packed(dims, [q, kp, v], Some([y, dy]));
         let [s, z, m, rows] = self.ela_saved_rows(&pl.cv, &tio, (n, t), tiles)?;
-        // The backward sums run on the side stream beside the reverse scan. They need each row's
-        // c: ela_saved_rows has written it where the scan does not compute it; where the scan
-        // does (and is writing it now), they compute it from dy and y.
+        // The backward sums run on the side stream beside the reverse scan (forked from before
+        // it, queued after it). They need each row's c: ela_saved_rows has written it where the
+        // scan does not compute it; where the scan does (and is writing it now), they compute it
+        // from dy and y.
         let y_for_c = if pl.cv.scan_dot() { io.y } else { 0 };
         let bwd = Some((io.dy, rows.ptr(), y_for_c));
-        let (sums, forked) = self.fork(!super::switches().serial, || self.ela_ext_sums(pl, &io, dims, ag, 0, bwd))?;
+        let sums = self.ela_ext_buffer(pl, dims)?;
+        let point = self.fork_point(!super::switches().serial)?;
         let uw = self.ela_reverse_scan(&pl.cv, &tio, m, rows, (n, t), causal)?;
+        let ((), forked) = self.fork_at(point, || self.ela_ext_sums(pl, &io, dims, ag, 0, bwd, &sums))?;
         self.join(forked)?;
         tio.ext = pl.ext(&sums, ag);
         let (dq, dk, dv) = (
