@@ -7,6 +7,8 @@
 #
 #   OUT=$OUT PACK=.gpu-pack/s/bin.txz bash cuda/benches/signed_tiles.sh
 #
+# (The pack: `BASE=<commit> bash cuda/benches/signed_pack.sh` here, before the device call.)
+#
 # 1. the three GPU tests (`cuda_ops ela_fast::signed_tiles_*`: every compiled size, f32 and bf16,
 #    against f64, the CPU and the feature-map path), with the tests of the chunk kernels they share
 #    with Identity and Hadamard Exp (`ela_out`, `ela_bwd`);
