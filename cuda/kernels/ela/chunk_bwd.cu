@@ -68,7 +68,6 @@ __device__ void ext_row_dots(float* eda, float* edg, const MT* G, int ldg, const
         }
     }
 }
-#endif
 
 // The blueprint's dk from dk' (ela_bwd's dk epilogue, in acc; psi_a holds the keys k' = g k):
 // with k_j = k'_j / g_j,
@@ -110,6 +109,7 @@ __device__ void bp_dk_epilogue(float (&acc)[NT][4], const MT* psia, const float*
             else store_st2(dkg + j * gsk + d, v0, v1);
         }
 }
+#endif
 
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
     ela_bwd(ST* dq, ST* dk, ST* dv, const ST* q, const ST* k, const ST* v, const ST* dy, const ela_f4* rows,

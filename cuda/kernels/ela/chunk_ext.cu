@@ -38,63 +38,30 @@ struct ExtRow {
     float a[EXT_SEG], g[EXT_SEG];
 };
 
-// The row loops give each lane four consecutive elements (one 8- or 16-byte load: scalar 16-bit
-// loads made these passes instruction-bound) and each row L = min(32, W / 4) lanes, so a warp
-// takes RPW = 32 / L rows at once: lane l works on row sub() of its warp's group, elements
-// 4 part(), 4 (part() + L), ...
-template <int W> struct ExtLanes {
-    static constexpr int L = W / 4 < 32 ? W / 4 : 32, RPW = 32 / L, PER = W / 4 / L;
-    static_assert(W % 4 == 0 && (W / 4) % L == 0, "row split");
-    __device__ static int sub() { return (threadIdx.x & 31) / L; }
-    __device__ static int part() { return (threadIdx.x & 31) % L; }
-    // The sum over the L lanes of a row (every lane of the warp takes part).
-    __device__ static float sum(float x) {
+// Each row's a and g (0 past n), rows spread over the block as the chunk kernels read them
+// (RowPart, tile.cuh: TPR threads a row, 16-byte loads); `kr` keeps this thread's part of its
+// key row. Returns the row's g to every thread of the row.
+__device__ float ext_rows_of(ExtRow& er, RowPart<ELA_D>& kr, const ST* __restrict__ qg, const ST* __restrict__ kg,
+                             i64 lq, i64 lk, int n, int kind, float inv_s) {
+    typedef RowPart<ELA_D> RP;
+    kr.load(kg, lk, n);
+    float qq = 0.f, kk = 0.f;
 #pragma unroll
-        for (int o = L / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-        return x;
+    for (int e = 0; e < RP::EPT; ++e) kk += kr.x[e] * kr.x[e];
+    if (kind == 0) {
+        RP qr;
+        qr.load(qg, lq, n);
+#pragma unroll
+        for (int e = 0; e < RP::EPT; ++e) qq += qr.x[e] * qr.x[e];
     }
-};
-__device__ __forceinline__ float dot4(const float* x, const float* y) { return x[0] * y[0] + x[1] * y[1] + x[2] * y[2] + x[3] * y[3]; }
-__device__ __forceinline__ void store_st4(ST* p, float a, float b, float c, float d) {
-    store_st2(p, a, b);
-    store_st2(p + 2, c, d);
-}
-
-// a and g of the segment's rows (0 past n): warp w takes the row groups w, w + 8, ..., all its
-// loads issued before the reductions.
-__device__ void ext_rows_of(ExtRow& er, const ST* __restrict__ qg, const ST* __restrict__ kg, i64 lq, i64 lk, int n,
-                            int kind, float inv_s) {
-    typedef ExtLanes<ELA_D> X;
-    constexpr int GROUP = EXT_WARPS * X::RPW, U = EXT_SEG / GROUP;
-    static_assert(U * GROUP == EXT_SEG, "segment split");
-    const int warp = threadIdx.x >> 5;
-    float qq[U], kk[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-        const int r = u * GROUP + warp * X::RPW + X::sub();
-        qq[u] = kk[u] = 0.f;
-        if (r >= n) continue;
-#pragma unroll
-        for (int h = 0; h < X::PER; ++h) {
-            const int f = 4 * (X::part() + h * X::L);
-            float x[4];
-            unpack4(ld_raw4(kg + r * lk + f), x);
-            kk[u] += dot4(x, x);
-            if (kind == 0) {
-                unpack4(ld_raw4(qg + r * lq + f), x);
-                qq[u] += dot4(x, x);
-            }
-        }
+    const float a = RP::sum(qq), g = RP::sum(kk);
+    const int r = RP::row();
+    const float gr = r >= n ? 0.f : kind == 0 ? g * inv_s : g + 1.f;
+    if (RP::head()) {
+        er.a[r] = (kind == 0 && r < n) ? a * inv_s : 0.f;
+        er.g[r] = gr;
     }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-        const int r = u * GROUP + warp * X::RPW + X::sub();
-        const float a = X::sum(qq[u]), g = X::sum(kk[u]);
-        if (X::part() == 0) {
-            er.a[r] = (kind == 0 && r < n) ? a * inv_s : 0.f;
-            er.g[r] = r >= n ? 0.f : kind == 0 ? g * inv_s : g + 1.f;
-        }
-    }
+    return gr;
 }
 
 // Chunk sums into sums[seq][seg] (EXT_SUM_LD floats). Forward (dy null): V1 = sum v, V2 = sum g v,
@@ -124,51 +91,36 @@ extern "C" __global__ void __launch_bounds__(EXT_THREADS) ela_ext_sums(float* __
     if (!dy) {
         const ST* qg = q + io_seq(io.q, seq, io.heads) + t0 * io.q[2];
         const ST* kg = k + io_seq(io.k, seq, io.heads) + t0 * io.k[2];
-        ext_rows_of(er, qg, kg, io.q[2], io.k[2], n, kind, inv_s);
+        RowPart<ELA_D> kr;
+        const float g = ext_rows_of(er, kr, qg, kg, io.q[2], io.k[2], n, kind, inv_s);
+        if (kind == 1 && RowPart<ELA_D>::row() < n) {
+            // k' = g k, from the key row this thread holds.
+            ST* kpr = kp + ((i64)seq * T + t0 + RowPart<ELA_D>::row()) * ELA_D + RowPart<ELA_D>::col0();
+#pragma unroll
+            for (int e = 0; e < RowPart<ELA_D>::EPT; e += 2) store_st2(kpr + e, g * kr.x[e], g * kr.x[e + 1]);
+        }
         __syncthreads();
         if (tid < n) agr[tid] = float2{er.a[tid], er.g[tid]};
-        if (kind == 1) {
-            // k' = g k (the k rows were just read: cache hits), as ext_rows_of reads them.
-            typedef ExtLanes<ELA_D> X;
-            ST* kpr = kp + ((i64)seq * T + t0) * ELA_D;
-            for (int r = (tid >> 5) * X::RPW + X::sub(); r < n; r += EXT_WARPS * X::RPW)
-#pragma unroll
-                for (int h = 0; h < X::PER; ++h) {
-                    const int f = 4 * (X::part() + h * X::L);
-                    const float g = er.g[r];
-                    float x[4];
-                    unpack4(ld_raw4(kg + r * io.k[2] + f), x);
-                    store_st4(kpr + r * ELA_D + f, g * x[0], g * x[1], g * x[2], g * x[3]);
-                }
-        }
     } else {
         // (er.g holds each row's 1 / den here: one division a row, not one an element. Only den
         // is read from the row info: with `yin` the reverse scan may be writing c beside it.)
         if (tid < EXT_SEG) er.a[tid] = tid < n ? agr[tid].x : 0.f, er.g[tid] = tid < n ? 1.f / ((const float*)(rw + tid))[1] : 0.f;
         __syncthreads();
         // Rc, this segment's sum of c: c = dy . y / den from the rows themselves (yin; rows
-        // split over lanes as in ext_rows_of), else from the row info, where ela_rows_dot put it.
+        // read as in ext_rows_of), else from the row info, where ela_rows_dot put it.
         float cs = 0.f;
         if (yin) {
             const ST* dyg = dy + io_seq(io.dy, seq, io.heads) + t0 * io.dy[2];
             const ST* yg = yin + io_seq(io.y, seq, io.heads) + t0 * io.y[2];
-            typedef ExtLanes<ELA_DV> X;
-            // (The loop bound is the warp's first row: the whole warp takes part in the sums.)
-            for (int r0 = (tid >> 5) * X::RPW; r0 < n; r0 += EXT_WARPS * X::RPW) {
-                const int r = r0 + X::sub();
-                float x = 0.f;
-                if (r < n)
+            typedef RowPart<ELA_DV> RP;
+            RP dr, yr;
+            dr.load(dyg, io.dy[2], n);
+            yr.load(yg, io.y[2], n);
+            float x = 0.f;
 #pragma unroll
-                    for (int h = 0; h < X::PER; ++h) {
-                        const int c = 4 * (X::part() + h * X::L);
-                        float d4[4], y4[4];
-                        unpack4(ld_raw4(dyg + r * io.dy[2] + c), d4);
-                        unpack4(ld_raw4(yg + r * io.y[2] + c), y4);
-                        x += dot4(d4, y4);
-                    }
-                x = X::sum(x);
-                if (X::part() == 0 && r < n) cs += x * er.g[r];
-            }
+            for (int e = 0; e < RP::EPT; ++e) x += dr.x[e] * yr.x[e];
+            x = RP::sum(x);
+            if (RP::head() && RP::row() < n) cs = x * er.g[RP::row()];
             cs = warp_sum(cs);
         } else if (tid < 32) {
             for (int r = tid; r < n; r += 32) cs += rw[r].z;

@@ -32,15 +32,24 @@ struct ElaExt {
 #define EXT_A(i) 0.f
 #endif
 // The forward sums' V1 and V2 at columns col, col + 1 (col even), from the slot's row: one load
-// per column pair, shared by the thread's two rows (ext_num).
+// per column pair, shared by the thread's two rows.
 __device__ __forceinline__ float4 ext_cols(const ElaExt& ext, i64 slot, int col) {
-    if (ELA_FMAP != 2 || !ext.sums) return float4{0.f, 0.f, 0.f, 0.f};
+    if (!ext.sums) return float4{0.f, 0.f, 0.f, 0.f};
     const float* s = ext.sums + slot * EXT_SUM_LD;
     const float2 v1 = *(const float2*)(s + col), v2 = *(const float2*)(s + ELA_DV + col);
     return float4{v1.x, v1.y, v2.x, v2.y};
 }
-// The extra numerator a V1 + V2 of a row with extra term a at those columns.
-__device__ __forceinline__ float2 ext_num(float4 c, float a) { return float2{fmaf(a, c.x, c.z), fmaf(a, c.y, c.w)}; }
+// ela_out's y epilogue: the extra numerator a_i V1 + V2 added to the accumulator's column pair
+// (EXT_NUM_COLS loads the pair's sums once for both rows); nothing for the other maps, whose
+// epilogue keeps its plain quotient.
+#if ELA_FMAP == 2
+#define EXT_NUM_COLS(nt) const float4 xc = ext_cols(ext, slot, ACC_COL(c0, nt, 0))
+#define EXT_NUM_ADD(nt, e, i) \
+    (acc[nt][e] += fmaf(EXT_A(i), xc.x, xc.z), acc[nt][(e) + 1] += fmaf(EXT_A(i), xc.y, xc.w))
+#else
+#define EXT_NUM_COLS(nt) (void)0
+#define EXT_NUM_ADD(nt, e, i) (void)0
+#endif
 
 // The exact path for row i of the chunk (docs/ela.md "exact rows after underflow"; the CPU's
 // exact_rows.rs): u = r_i, the row's true largest log-term, so its largest term is 1. Block-wide;
@@ -318,25 +327,25 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         }
 #pragma unroll
         for (int nt = 0; nt < WY::NT; ++nt) {
-            const float4 xc = ext_cols(ext, slot, ACC_COL(c0, nt, 0));
+            EXT_NUM_COLS(nt);
 #pragma unroll
             for (int e = 0; e < 4; e += 2) {
                 const int i = ACC_ROW(r0, e);
                 if (!ok[e / 2]) continue;
-                const float2 x = ext_num(xc, EXT_A(i));
-                store_st2(yo + i * ly + ACC_COL(c0, nt, e), (acc[nt][e] + x.x) * rd[e / 2], (acc[nt][e + 1] + x.y) * rd[e / 2]);
+                EXT_NUM_ADD(nt, e, i);
+                store_st2(yo + i * ly + ACC_COL(c0, nt, e), acc[nt][e] * rd[e / 2], acc[nt][e + 1] * rd[e / 2]);
             }
         }
 #else
 #pragma unroll
         for (int nt = 0; nt < WY::NT; ++nt) {
-            const float4 xc = ext_cols(ext, slot, ACC_COL(c0, nt, 0));
+            EXT_NUM_COLS(nt);
 #pragma unroll
             for (int e = 0; e < 4; e += 2) {
                 const int i = ACC_ROW(r0, e), col = ACC_COL(c0, nt, e);
                 if (i < n && !slw[i]) {
-                    const float2 x = ext_num(xc, EXT_A(i));
-                    store_st2(yo + i * ly + col, (acc[nt][e] + x.x) / den[i], (acc[nt][e + 1] + x.y) / den[i]);
+                    EXT_NUM_ADD(nt, e, i);
+                    store_st2(yo + i * ly + col, acc[nt][e] / den[i], acc[nt][e + 1] / den[i]);
                 }
             }
         }
