@@ -186,7 +186,7 @@ pub enum KernelFile {
     /// and the kernels around the cuBLAS chunked path of `ela/gemm_chunk.cu` (one module)
     Ela,
     /// chunked Hadamard-Exp ELA on tensor cores (`ela/tile.cuh`, `ela/chunk_fwd.cu`,
-    /// `ela/chunk_out.cu`, `ela/scan_runs.cu`, `ela/chunk_bwd.cu`, `ela/chunk_ext.cu`, `ela/step.cu`), compiled
+    /// `ela/chunk_out.cu`, `ela/scan_runs.cu`, `ela/chunk_bwd.cu`, `ela/step.cu`; Identity also `ela/chunk_ext.cu`), compiled
     /// separately for each feature map, input dtype and head sizes `d`, `dv`
     ElaChunk {
         /// What the kernels compute: Hadamard Exp, elu+1 as Hadamard Exp on log-features, or
@@ -345,15 +345,7 @@ impl KernelFile {
                     + &ChunkMinBlocks::of(dt, d, dv).defines()
                     + f32_products_define()
                     + &chunk_opt_defines()
-                    + &with_lines(&[
-                        ("ela/tile.cuh", include_str!("../kernels/ela/tile.cuh")),
-                        (self.name(), self.source()),
-                        ("ela/chunk_out.cu", include_str!("../kernels/ela/chunk_out.cu")),
-                        ("ela/scan_runs.cu", include_str!("../kernels/ela/scan_runs.cu")),
-                        ("ela/chunk_bwd.cu", include_str!("../kernels/ela/chunk_bwd.cu")),
-                        ("ela/chunk_ext.cu", include_str!("../kernels/ela/chunk_ext.cu")),
-                        ("ela/step.cu", include_str!("../kernels/ela/step.cu")),
-                    ]),
+                    + &with_lines(&chunk_files(self.name(), self.source(), map)),
             ),
             KernelFile::ElaLa { dt, tc, f, e } => Cow::Owned(
                 ela_kernel_defines()
@@ -401,6 +393,26 @@ impl KernelFile {
             _ => Ok(arch.to_string()),
         }
     }
+}
+
+/// The files of a chunked-ELA module, in the order NVRTC reads them: the tile header, the
+/// forward (`name`, `source`), output, scan-run and backward files, then the step. The signed
+/// kernels' chunk sums (`chunk_ext.cu`) are launched only on Identity's tiles, so only Identity
+/// modules compile them: the other maps would pay NVRTC time at start-up for kernels they never
+/// launch.
+fn chunk_files(name: &'static str, source: &'static str, map: ChunkMap) -> Vec<(&'static str, &'static str)> {
+    let mut files = vec![
+        ("ela/tile.cuh", include_str!("../kernels/ela/tile.cuh")),
+        (name, source),
+        ("ela/chunk_out.cu", include_str!("../kernels/ela/chunk_out.cu")),
+        ("ela/scan_runs.cu", include_str!("../kernels/ela/scan_runs.cu")),
+        ("ela/chunk_bwd.cu", include_str!("../kernels/ela/chunk_bwd.cu")),
+    ];
+    if map == ChunkMap::Identity {
+        files.push(("ela/chunk_ext.cu", include_str!("../kernels/ela/chunk_ext.cu")));
+    }
+    files.push(("ela/step.cu", include_str!("../kernels/ela/step.cu")));
+    files
 }
 
 /// Whether a feature-map module (`la_chunk.cu`, operands of `f` and `e` columns; `tc`: bf16
