@@ -72,6 +72,41 @@ template <int W> __device__ __forceinline__ void log_features(RowPart<W>& p) {
 #endif
 }
 
+// ---------------------------------------------------------------- the signed kernels' extra terms
+
+// The rank-one extra terms of the signed kernels on Identity's tiles (chunk_ext.cu has the math;
+// ops/ela/signed.rs): `sums` null everywhere else. `ela_out` reads the forward chunk sums (V1 =
+// sum v, V2 = sum g v, G = sum g over the keys before the chunk, or all of them), `ela_bwd` the
+// backward ones (RG, RaG, Rc over the rows after it, or all) and V1 from the forward's (`pre`).
+// Each row's (a_i, g_i) comes from `ag` where given (the blueprint's, whose kernels read the keys
+// k' = g k and cannot form g), else from the rows the kernel holds (sum/sub-sq: |q|^2 / s,
+// |k|^2 / s). Mirrored by `ExtArgs` in ops/ela/chunk.rs.
+struct ElaExt {
+    const float* sums;  // [sequence][nch + 1][EXT_SUM_LD], the slots' indexing
+    const float* pre;   // ela_bwd: the forward's scanned sums (V1), laid out as `sums`
+    const float2* ag;   // (a_i, g_i) per row, packed [sequence][T], or null
+    int kind;           // 0: sum/sub-sq (a = |q|^2 / s, g = |k|^2 / s); 1: the blueprint (a = 0)
+    float inv_s;        // 1 / s, the key scale's inverse
+};
+// A row of the chunk sums: V1 at 0, V2 (forward) or RG, RaG (backward) at DV and 2 DV, the scalar
+// (G forward, Rc backward) at 3 DV, padded to 16 bytes.
+#define EXT_SUM_LD (3 * ELA_DV + 4)
+#define EXT_SUM_SC (3 * ELA_DV)
+// What the scans give the signed kernels' chunk sums (Identity modules only; `sums` null
+// elsewhere): each chunk's own sums, before ela_ext_scan turns them into prefix (or suffix) sums.
+// The forward scan, walking k and v, makes V1 = sum v, V2 = sum g v and G = sum g; the reverse
+// scan, walking q and dy, makes RG = sum G', RaG = sum a G' and Rc = sum c (G' = dy / den). A
+// scan block holds SCAN_FB of the features, so g (or a) from its slice of the row is a part of
+// the row's: V2, G and RaG, linear in it, are summed over the blocks' planes (`plane` floats
+// apart) by ela_ext_scan; the first feature block's plane alone has V1, RG and Rc (the others
+// hold zeros there). Mirrored by `ExtScanArgs` in ops/ela/chunk.rs.
+struct ExtScan {
+    float* sums;  // [feature block][sequence][nch + 1][EXT_SUM_LD]
+    i64 plane;    // floats between feature blocks' planes
+    float inv_s;  // 1 / s
+    int norms;    // 1: a (reverse) or g (forward) from the rows' norms, |x|^2 / s; 0: none (the blueprint's a)
+};
+
 // A scan block owns SCAN_FB state rows (features) and SCAN_DVB value columns of one sequence: the
 // rows of S, z and m are independent of each other (each feature has its own running maximum),
 // so 128-wide heads split theirs in two, for B * H * 4 blocks; a scan block runs for the whole
@@ -160,11 +195,70 @@ __device__ __forceinline__ void st_mt4(MT* p, float a, float b, float c, float d
 #else
 #define SCAN_ROWS_T const ela_f4
 #endif
+#if ELA_FMAP == 2
+// The signed kernels' chunk sums in the scan (ExtScan), step (4): a row's two weights, w[0] for
+// V1 (forward) or RG (reverse), w[1] for V2 or RaG, from the four features `o` this thread holds
+// of it (F / 4 consecutive lanes hold a row): forward 1 and g = |k|^2 / s, reverse 1 / den and
+// a / den = |q|^2 / (s den) (this block's features only: a part of g or a). Rows past the chunk's
+// end weigh 0; so does w[0] outside the first feature block, whose plane alone holds V1 and RG.
+template <int MODE, int F>
+__device__ __forceinline__ void ext_weights(float* w, const ExtScan& ext, const float* o, bool live, bool first, float inv) {
+    float s = 0.f;
+    if (ext.norms) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) s = fmaf(o[j], o[j], s);
+#pragma unroll
+        for (int off = F / 8; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    }
+    if (threadIdx.x % (F / 4) == 0) {
+        const float k = MODE == 0 ? 1.f : inv;
+        w[0] = live && first ? k : 0.f;
+        w[1] = live ? s * ext.inv_s * k : 0.f;
+    }
+}
+
+// Step (5): one chunk's sums into `out` (its row of this block's plane): the weighted column
+// sums of the block's value (or dy) columns j0.., RPC threads a column, and, in the blocks of the
+// first value columns, the scalar: G = sum g (forward) or Rc = sum c (reverse; c from the row
+// info in `ri`, or, with the dots, dot / den).
+template <int MODE, int LDV>
+__device__ void ext_chunk_sums(float* out, const MT* v, const float* w, const float* ri, int n, int j0, bool first) {
+    constexpr int DVB = SCAN_DVB, RPC = ELA_THREADS / DVB;
+    static_assert(ELA_THREADS % DVB == 0 && 32 % RPC == 0, "column split");
+    const int tid = threadIdx.x, col = tid / RPC, part = tid % RPC;
+    float s1 = 0.f, s2 = 0.f;
+#pragma unroll 4
+    for (int r = part; r < n; r += RPC) {
+        const float x = from_mt(v[r * LDV + col]);
+        s1 = fmaf(w[2 * r], x, s1);
+        s2 = fmaf(w[2 * r + 1], x, s2);
+    }
+#pragma unroll
+    for (int o = 1; o < RPC; o <<= 1) {
+        s1 += __shfl_xor_sync(0xffffffffu, s1, o);
+        s2 += __shfl_xor_sync(0xffffffffu, s2, o);
+    }
+    if (part == 0) {
+        const int at = (MODE == 0 ? 0 : ELA_DV) + j0 + col;
+        out[at] = s1;
+        out[ELA_DV + at] = s2;
+    }
+    if (j0 == 0 && tid < 32) {
+        float s = 0.f;
+        for (int r = tid; r < n; r += 32)
+            s += MODE == 0 ? w[2 * r + 1] : !first ? 0.f : SCAN_DOT ? ri[4 * r + 2] / ri[4 * r + 1] : ri[4 * r + 2];
+        s = warp_sum(s);
+        if (tid == 0) out[EXT_SUM_SC] = s;
+    }
+}
+#endif
+
 template <int MODE>
 __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s, float* slot_z, float* slot_m,
                                           SCAN_ROWS_T* rows, const float* init_s, const float* init_z,
                                           const float* init_m, float* fin_s, float* fin_z, float* fin_m,
-                                          const ScanSegs& seg, const ElaIo& io, i64 T, int nch, int causal
+                                          const ScanSegs& seg, const ElaIo& io, const ExtScan& ext, i64 T, int nch,
+                                          int causal
 #if SCAN_DOT
                                           , const ST* yin
 #endif
@@ -188,12 +282,14 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
     float* rsc = mto + P * F;             // [P][F] units change factors
     float* part = rsc + P * F;            // [P][ELA_WARPS][F] column maxima of the keys, per warp
     float* rinf = part + P * ELA_WARPS * F;  // [P][C][4] row info (mode 1)
+    // Identity: [P][C][2] each row's weights in the signed kernels' chunk sums (ext_weights).
+    float* wext = rinf + P * 4 * C;
     // SCAN_DOT, mode 1: [P][C][2][SCAN_LDY] the step's dy and y rows, [P][C][LDF] its q rows (after
-    // rinf: 16-byte aligned).
+    // rinf and wext: 16-byte aligned).
     constexpr bool DOT = SCAN_DOT && mode == 1;
-    ST* ydy = (ST*)(rinf + P * 4 * C);
+    ST* ydy = (ST*)(wext + (ELA_FMAP == 2 ? P * 2 * C : 0));
     ST* qsm = ydy + P * C * 2 * SCAN_LDY;
-    check_smem(DOT ? (const void*)(qsm + P * C * LDF) : (const void*)(rinf + P * 4 * C));
+    check_smem(DOT ? (const void*)(qsm + P * C * LDF) : (const void*)ydy);
 
     constexpr int NCB = SCAN_NDVB * (FA / F);  // column blocks of one sequence
     const int seq = blockIdx.x, cb = blockIdx.y % NCB, run = blockIdx.y / NCB;
@@ -488,6 +584,9 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
                 for (int j = 0; j < 4; ++j)
                     ex[j] = mode == 0 ? feat_if(r < n, o[j] - mt[j]) : feat_if(r < n, o[j] + mt[j] - u) * inv;
                 st_mt4(psi + (p * C + r) * LDF + fx, ex[0], ex[1], ex[2], ex[3]);
+#if ELA_FMAP == 2
+                if (ext.sums) ext_weights<mode, F>(wext + (p * C + r) * 2, ext, o, r < n, f0 == 0, inv);
+#endif
             }
         }
         if (!DOT && it + P < ncs) fetch(it + P);  // the registers are free now
@@ -512,6 +611,19 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
             if (W::group() == 0)
                 mm_tile<1, true, false>(accz, psi + p * C * LDF, LDF, vsm + p * C * LDV, LDV, row0, DVB, C);
         }
+#if ELA_FMAP == 2
+        // The chunks' own sums for the signed kernels, from the tiles the products have just
+        // read (they stay until the next step's first barrier); off the walk's chain.
+        if (ext.sums)
+#pragma unroll
+            for (int p = 0; p < P; ++p) {
+                const int c = chunk_of(it, p);
+                if (c < 0) break;
+                float* out = ext.sums + (f0 / F) * ext.plane + ((i64)seq * (nch + 1) + c) * EXT_SUM_LD;
+                ext_chunk_sums<mode, LDV>(out, vsm + p * C * LDV, wext + p * C * 2, rinf + p * C * 4,
+                                          rows_of(c), j0, f0 == 0);
+            }
+#endif
     }
 
     if (split) {
@@ -530,8 +642,8 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
 #define SCAN_PARAMS                                                                                            \
     const ST *x, const ST *val, MT *slot_s, float *slot_z, float *slot_m, SCAN_ROWS_T *rows, const float *init_s, \
         const float *init_z, const float *init_m, float *fin_s, float *fin_z, float *fin_m, ScanSegs seg, ElaIo io,  \
-        i64 T, int nch
-#define SCAN_ARGS x, val, slot_s, slot_z, slot_m, rows, init_s, init_z, init_m, fin_s, fin_z, fin_m, seg, io, T, nch
+        ExtScan ext, i64 T, int nch
+#define SCAN_ARGS x, val, slot_s, slot_z, slot_m, rows, init_s, init_z, init_m, fin_s, fin_z, fin_m, seg, io, ext, T, nch
 #if SCAN_DOT
 #define SCAN_YIN_PARAM , const ST* yin
 #define SCAN_YIN , yin

@@ -255,7 +255,7 @@ impl Cuda {
         let keep = |bufs: Option<Vec<CudaStorage>>| bufs.map(|buffers| ElaSaved { buffers, dims: *dims, params: *p });
         if let Some(cv) = chunk::variant(self, p.kernel, d, dims, false) {
             let io = chunk::Io::packed(dims, [q, k, v], None);
-            let (y, bufs) = self.ela_chunk_forward(&cv, &io, d, dims, p.causal, None, true, None)?;
+            let (y, bufs) = self.ela_chunk_forward(&cv, &io, d, dims, p.causal, None, true)?;
             return Ok((y, keep(bufs)));
         }
         if let Some(pl) = signed::plan(self, p.kernel, d, dims, false) {
@@ -297,7 +297,7 @@ impl Cuda {
         let cv = chunk::variant(self, p.kernel, d, dims, false)
             .ok_or_else(|| rows_unsupported("ela_forward_rows", dims, p))?;
         let io = chunk::Io::of_args(dims, qkv, y_rows, None);
-        let (y, bufs) = self.ela_chunk_forward(&cv, &io, d, dims, p.causal, None, save, None)?;
+        let (y, bufs) = self.ela_chunk_forward(&cv, &io, d, dims, p.causal, None, save)?;
         Ok((y, bufs.map(|buffers| ElaSaved { buffers, dims: *dims, params: *p })))
     }
 
@@ -349,7 +349,7 @@ impl Cuda {
                 None => None,
             };
             let io = chunk::Io::packed(dims, [q, k, v], None);
-            return Ok(self.ela_chunk_forward(&cv, &io, d, dims, p.causal, state, false, None)?.0);
+            return Ok(self.ela_chunk_forward(&cv, &io, d, dims, p.causal, state, false)?.0);
         }
         if let Some(pl) = signed::plan(self, p.kernel, d, dims, state.is_some()) {
             return Ok(self.ela_signed_forward(&pl, [q, k, v], d, dims, p.causal, false)?.0);

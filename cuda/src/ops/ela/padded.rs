@@ -132,7 +132,7 @@ impl Cuda {
         let (yp, saved) = match state {
             None => {
                 let io = chunk::Io::packed(&pp.dims, [qp, kp, vp], None);
-                self.ela_chunk_forward(&pp.cv, &io, qp.dtype(), &pp.dims, causal, None, save, None)?
+                self.ela_chunk_forward(&pp.cv, &io, qp.dtype(), &pp.dims, causal, None, save)?
             }
             Some(st) => {
                 let Some(m) = st.m.as_ref() else {
@@ -163,7 +163,6 @@ impl Cuda {
                     causal,
                     Some((&mut padded, ptrs)),
                     save,
-                    None,
                 )?;
                 // The real features and columns back into the caller's buffers.
                 let s_view = Layout::from_parts([n, f, dv].into(), vec![fp * dvp, dvp, 1], 0);
