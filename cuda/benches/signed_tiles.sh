@@ -36,7 +36,7 @@ ELA_REQUIRE_CUDA=1 timeout 300 $B/test-cuda_ops ela_fast::signed_tiles ela_fast:
   --nocapture --test-threads=6 >"$OUT/signed_test.log" 2>&1
 echo "tests rc $? $(grep -E '^test result' "$OUT/signed_test.log")" >>"$log"
 grep -E "FAILED|panicked" "$OUT/signed_test.log" | head -10 >>"$log"
-# The side stream under a CUDA graph capture (and the rest of the capture tests), when bundled.
+# The signed kernels under a CUDA graph capture (and the rest of the capture tests), when bundled.
 if [ -x $B/test-cuda_graph ]; then
   ELA_REQUIRE_CUDA=1 timeout 120 $B/test-cuda_graph --nocapture >"$OUT/graph_test.log" 2>&1
   echo "graph tests rc $? $(grep -E '^test result' "$OUT/graph_test.log")" >>"$log"
@@ -46,11 +46,6 @@ stamp "timings"
 # shellcheck disable=SC2086
 fits 150 && ELA_CUDA_SIGNED_TILES=1 ELA_CUDA_SIGNED_BF16=1 timeout 150 $B/ela_gpu kernel=hadamard-exp \
   kernel=identity $K T=16384 >"$OUT/signed_tiles.md" 2>&1
-# ...the same binary with everything on one stream (ELA_CUDA_SERIAL: no chunk sums beside the
-# scans), bf16 only, where the overlap matters most...
-# shellcheck disable=SC2086
-fits 120 && ELA_CUDA_SERIAL=1 ELA_CUDA_SIGNED_TILES=1 ELA_CUDA_SIGNED_BF16=1 timeout 100 $B/ela_gpu \
-  kernel=hadamard-exp $K "bf16 T=16384" >"$OUT/signed_tiles_serial.md" 2>&1
 # ...and an earlier build's (.gpu/bin/ela_gpu_base, when bundled) right after, for an A/B in one call.
 # shellcheck disable=SC2086
 [ -x $B/ela_gpu_base ] && fits 150 && ELA_CUDA_SIGNED_TILES=1 ELA_CUDA_SIGNED_BF16=1 timeout 150 $B/ela_gpu_base \
@@ -74,4 +69,4 @@ done
   >"$OUT/signed_la.md" 2>&1
 stamp end
 cat "$log"
-cat "$OUT"/signed_tiles.md "$OUT"/signed_tiles_serial.md "$OUT"/signed_tiles_base.md "$OUT"/signed_la.md 2>/dev/null | grep -E "^\|"
+cat "$OUT"/signed_tiles.md "$OUT"/signed_tiles_base.md "$OUT"/signed_la.md 2>/dev/null | grep -E "^\|"

@@ -57,9 +57,6 @@ pub(super) struct Switches {
     pub gemm_chunk: bool,
     /// `ELA_CUDA_PROFILE`: each chunked launch is timed alone and reported on stderr.
     pub profile: bool,
-    /// `ELA_CUDA_SERIAL`: no ELA call runs work on the side stream (`Cuda::fork_at`): everything
-    /// in order on one stream, for timing what the overlap gains. Also implied by `profile`.
-    pub serial: bool,
     /// `ELA_CUDA_SCAN_RUNS=K`: every split-able scan forced into K runs (as
     /// [`with_scan_runs`] does for one thread; that call takes precedence), for timing the split
     /// choices in a whole model. 0 or unset: chosen per call.
@@ -95,7 +92,6 @@ pub(super) fn switches() -> &'static Switches {
             gemm_chunk: on("ELA_CUDA_GEMM_CHUNK"),
             signed_bf16: on("ELA_CUDA_SIGNED_BF16"),
             profile: on("ELA_CUDA_PROFILE"),
-            serial: on("ELA_CUDA_SERIAL") || on("ELA_CUDA_PROFILE"),
             scan_runs: match std::env::var("ELA_CUDA_SCAN_RUNS") {
                 Err(_) => 0,
                 Ok(v) => v.trim().parse().unwrap_or_else(|_| {

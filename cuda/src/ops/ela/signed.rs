@@ -128,14 +128,28 @@ impl Cuda {
         bwd: bool,
         parts: usize,
     ) -> Result<()> {
-        let args = [Arg::Ptr(ext.sums), Arg::I32(nch as i32), Arg::I32(bwd as i32), Arg::I64(ext.plane), Arg::I32(parts as i32)];
+        let args = [
+            Arg::Ptr(ext.sums),
+            Arg::I32(nch as i32),
+            Arg::I32(bwd as i32),
+            Arg::I64(ext.plane),
+            Arg::I32(parts as i32),
+        ];
         let cfg = Cfg { grid: n as u32, grid_y: 1, block: (2 * cv.dv + 1).next_multiple_of(32) as u32 };
         launch(self, cv, "ela_ext_scan", cfg, 0, &args)
     }
 
     /// The blueprint's forward chunk sums, scanned, into `sums`, with each row's `(0, g)` into
     /// `ag` and its keys `k' = (|k|^2 + 1) k` into `kp`, packed like `k`: its scan reads `k'`.
-    fn ela_bp_sums(&self, pl: &Plan, io: &Io, dims: &ElaDims, ag: &CudaStorage, kp: &CudaStorage, sums: &CudaStorage) -> Result<()> {
+    fn ela_bp_sums(
+        &self,
+        pl: &Plan,
+        io: &Io,
+        dims: &ElaDims,
+        ag: &CudaStorage,
+        kp: &CudaStorage,
+        sums: &CudaStorage,
+    ) -> Result<()> {
         let (n, t) = (dims.sequences(), dims.t);
         let nseg = pl.segments(t);
         let mut args: Vec<Arg> = [sums.ptr(), ag.ptr(), kp.ptr(), io.k, io.v].map(Arg::Ptr).to_vec();
@@ -177,7 +191,13 @@ impl Cuda {
             let mut tio = Io::packed(dims, [q, &kp, v], None);
             tio.ext = pl.ext(&sums, 0, ag.ptr());
             let (y, saved) = self.ela_chunk_forward(&pl.cv, &tio, dtype, dims, causal, None, save)?;
-            (y, saved.map(|mut b| { b.extend([sums, ag, kp]); b }))
+            (
+                y,
+                saved.map(|mut b| {
+                    b.extend([sums, ag, kp]);
+                    b
+                }),
+            )
         } else {
             // The forward scan makes the chunk sums as it walks k and v (ExtScan); `ela_out`
             // takes each row's a and g from the q and k rows it reads.
@@ -186,7 +206,13 @@ impl Cuda {
             tio.ext = pl.ext(&sums, 0, 0);
             tio.ext_scan = pl.ext_scan(&sums, dims);
             let (y, saved) = self.ela_chunk_forward(&pl.cv, &tio, dtype, dims, causal, None, save)?;
-            (y, saved.map(|mut b| { b.push(sums); b }))
+            (
+                y,
+                saved.map(|mut b| {
+                    b.push(sums);
+                    b
+                }),
+            )
         };
         Ok((y, saved))
     }
@@ -223,7 +249,9 @@ impl Cuda {
         let bp_len = pl.plane(dims);
         let (pre, ag, kp) = match rest {
             [pre] if pl.kind == 0 && pre.len() == fwd_len => (pre, 0, k),
-            [pre, ag, kp] if pre.len() == bp_len && ag.len() == n * t * 2 && kp.len() == n * t * dims.d => (pre, ag.ptr(), kp),
+            [pre, ag, kp] if pre.len() == bp_len && ag.len() == n * t * 2 && kp.len() == n * t * dims.d => {
+                (pre, ag.ptr(), kp)
+            }
             _ => {
                 let have: Vec<usize> = saved.iter().map(|b| b.len()).collect();
                 let want = if pl.kind == 1 { vec![bp_len, n * t * 2, n * t * dims.d] } else { vec![fwd_len] };
