@@ -114,16 +114,14 @@ extern "C" __global__ void ela_ext_scan(float* sums, int nseg, int bwd, i64 plan
     float* base = sums + (i64)blockIdx.x * (nseg + 1) * EXT_SUM_LD + p;
     float acc = 0.f;
     for (int s0 = 0; s0 < nseg; s0 += EXT_SCAN_BATCH) {
-        float x[EXT_SCAN_BATCH];
+        float x[EXT_SCAN_BATCH] = {};
+#pragma unroll 1
+        for (int f = 0; f < parts; ++f)
 #pragma unroll
-        for (int u = 0; u < EXT_SCAN_BATCH; ++u) {
-            const int s = s0 + u;
-            x[u] = 0.f;
-            if (s < nseg) {
-                const i64 at = (i64)(bwd ? nseg - 1 - s : s) * EXT_SUM_LD;
-                for (int f = 0; f < parts; ++f) x[u] += base[at + f * plane];
+            for (int u = 0; u < EXT_SCAN_BATCH; ++u) {
+                const int s = s0 + u;
+                if (s < nseg) x[u] += base[(i64)(bwd ? nseg - 1 - s : s) * EXT_SUM_LD + f * plane];
             }
-        }
 #pragma unroll
         for (int u = 0; u < EXT_SCAN_BATCH; ++u) {
             const int s = s0 + u;
