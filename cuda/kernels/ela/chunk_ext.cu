@@ -36,38 +36,61 @@
 // Rows per segment: the chunk kernels' chunks.
 #define EXT_SEG ELA_C
 #define EXT_THREADS 256
+#define EXT_WARPS (EXT_THREADS / 32)
 // The blueprint's forward chunk sums into sums[seq][seg] (EXT_SUM_LD floats): V1 = sum v, V2 =
 // sum g v, G = sum g, with each row's (0, g) into `ag` and its keys k' = g k into `kp` (packed
-// [sequence][T][D], what the chunk kernels read as k). Each thread sums four columns over a group
-// of rows; the groups' partial sums meet in shared memory.
+// [sequence][T][D], what the chunk kernels read as k). A memory-bound pass, so its rows are read
+// and written with a warp's lanes along them, four consecutive elements a lane, so each access
+// instruction of a warp covers whole rows (RowPart's split, a thread's elements contiguous, has
+// each instruction stride across rows). Each thread then sums four value columns over a group of
+// rows; the groups' partial sums meet in shared memory.
 extern "C" __global__ void __launch_bounds__(EXT_THREADS) ela_bp_sums(float* __restrict__ sums, float2* __restrict__ ag,
                                         ST* __restrict__ kp, const ST* __restrict__ k, const ST* __restrict__ v,
                                         ElaIo io, i64 T, int nseg) {
     // NQ column quads, each summed by RG row groups.
     constexpr int NQ = ELA_DV / 4, RG = EXT_THREADS / NQ;
     static_assert(EXT_THREADS % NQ == 0, "column split");
-    typedef RowPart<ELA_D> RP;
+    // Key rows: L lanes a row, RPW rows a warp, PER quads a lane, U rows a thread.
+    constexpr int L = ELA_D / 4 < 32 ? ELA_D / 4 : 32, RPW = 32 / L, PER = ELA_D / 4 / L;
+    constexpr int GROUP = EXT_WARPS * RPW, U = EXT_SEG / GROUP;
+    static_assert(U * GROUP == EXT_SEG && PER * L * 4 == ELA_D, "row split");
     __shared__ float gs[EXT_SEG];
     __shared__ float part[2][RG][ELA_DV];
     const int seg = blockIdx.x, seq = blockIdx.y, tid = threadIdx.x, col = 4 * (tid % NQ), rg = tid / NQ;
     const i64 t0 = (i64)seg * EXT_SEG;
     const int n = (int)min((i64)EXT_SEG, T - t0);
     const ST* vg = v + io_seq(io.v, seq, io.heads) + t0 * io.v[2];
-    {
-        // Each row's g from the key row (read as the chunk kernels read rows), then k' = g k.
-        RP kr;
-        kr.load(k + io_seq(io.k, seq, io.heads) + t0 * io.k[2], io.k[2], n);
+    const ST* kg = k + io_seq(io.k, seq, io.heads) + t0 * io.k[2];
+    ST* kpg = kp + ((i64)seq * T + t0) * ELA_D;
+    const int lr = (tid >> 5) * RPW + (tid & 31) / L, lp = (tid & 31) % L;  // first row, lane in it
+    float x[U][PER][4];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int h = 0; h < PER; ++h) {
+            const int r = lr + u * GROUP;
+            if (r < n) unpack4(ld_raw4(kg + r * io.k[2] + 4 * (lp + h * L)), x[u][h]);
+            else x[u][h][0] = x[u][h][1] = x[u][h][2] = x[u][h][3] = 0.f;
+        }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        const int r = lr + u * GROUP;
         float kk = 0.f;
 #pragma unroll
-        for (int e = 0; e < RP::EPT; ++e) kk += kr.x[e] * kr.x[e];
-        const int r = RP::row();
-        const float g = RP::sum(kk) + 1.f;  // (every lane takes part in the shuffles)
-        if (RP::head()) gs[r] = r < n ? g : 0.f;
-        if (r < n) {
-            ST* kpr = kp + ((i64)seq * T + t0 + r) * ELA_D + RP::col0();
+        for (int h = 0; h < PER; ++h)
 #pragma unroll
-            for (int e = 0; e < RP::EPT; e += 2) store_st2(kpr + e, g * kr.x[e], g * kr.x[e + 1]);
-        }
+            for (int e = 0; e < 4; ++e) kk = fmaf(x[u][h][e], x[u][h][e], kk);
+#pragma unroll
+        for (int o = L / 2; o > 0; o >>= 1) kk += __shfl_xor_sync(0xffffffffu, kk, o);
+        const float g = kk + 1.f;
+        if (lp == 0) gs[r] = r < n ? g : 0.f;
+        if (r < n)
+#pragma unroll
+            for (int h = 0; h < PER; ++h) {
+                ST* o = kpg + r * ELA_D + 4 * (lp + h * L);
+                store_st2(o, g * x[u][h][0], g * x[u][h][1]);
+                store_st2(o + 2, g * x[u][h][2], g * x[u][h][3]);
+            }
     }
     __syncthreads();
     if (tid < n) ag[seq * T + t0 + tid] = float2{0.f, gs[tid]};

@@ -196,13 +196,16 @@ __device__ __forceinline__ void st_mt4(MT* p, float a, float b, float c, float d
 #define SCAN_ROWS_T const ela_f4
 #endif
 #if ELA_FMAP == 2
-// The signed kernels' chunk sums in the scan (ExtScan), step (4): a row's two weights, w[0] for
-// V1 (forward) or RG (reverse), w[1] for V2 or RaG, from the four features `o` this thread holds
-// of it (F / 4 consecutive lanes hold a row): forward 1 and g = |k|^2 / s, reverse 1 / den and
+// The signed kernels' chunk sums in the scan (ExtScan), step (4): a row's two weights, w1 for V1
+// (forward) or RG (reverse), w2 for V2 or RaG, from the four features `o` this thread holds of
+// it (F / 4 consecutive lanes hold a row): forward 1 and g = |k|^2 / s, reverse 1 / den and
 // a / den = |q|^2 / (s den) (this block's features only: a part of g or a). Rows past the chunk's
-// end weigh 0; so does w[0] outside the first feature block, whose plane alone holds V1 and RG.
+// end weigh 0; so does w1 outside the first feature block, whose plane alone holds V1 and RG.
+// They go to the row's first four columns of the weight tile `w` as operands of step (5)'s tile
+// product, each split in two (hi = w rounded to the operand type, lo = w - hi), so the product
+// keeps them to about f32's precision with bf16 operands.
 template <int MODE, int F>
-__device__ __forceinline__ void ext_weights(float* w, const ExtScan& ext, const float* o, bool live, bool first, float inv) {
+__device__ __forceinline__ void ext_weights(MT* w, const ExtScan& ext, const float* o, bool live, bool first, float inv) {
     float s = 0.f;
     if (ext.norms) {
 #pragma unroll
@@ -212,48 +215,55 @@ __device__ __forceinline__ void ext_weights(float* w, const ExtScan& ext, const 
     }
     if (threadIdx.x % (F / 4) == 0) {
         const float k = MODE == 0 ? 1.f : inv;
-        w[0] = live && first ? k : 0.f;
-        w[1] = live ? s * ext.inv_s * k : 0.f;
+        const float w1 = live && first ? k : 0.f, w2 = live ? s * ext.inv_s * k : 0.f;
+        const float h1 = from_mt(to_mt(w1)), h2 = from_mt(to_mt(w2));
+        st_mt4(w, h1, w1 - h1, h2, w2 - h2);
     }
 }
 
-// Step (5): one chunk's sums into `out` (its row of this block's plane): the weighted column
-// sums of the block's value (or dy) columns j0.., RPC threads a column, and, in the blocks of the
-// first value columns, the scalar: G = sum g (forward) or Rc = sum c (reverse; c from the row
-// info in `ri`, or, with the dots, dot / den).
-template <int MODE, int LDV>
-__device__ void ext_chunk_sums(float* out, const MT* v, const float* w, const float* ri, int n, int j0, bool first) {
-    constexpr int DVB = SCAN_DVB, RPC = ELA_THREADS / DVB;
-    static_assert(ELA_THREADS % DVB == 0 && 32 % RPC == 0, "column split");
-    const int tid = threadIdx.x, col = tid / RPC, part = tid % RPC;
-    float s1 = 0.f, s2 = 0.f;
-#pragma unroll 4
-    for (int r = part; r < n; r += RPC) {
-        const float x = from_mt(v[r * LDV + col]);
-        s1 = fmaf(w[2 * r], x, s1);
-        s2 = fmaf(w[2 * r + 1], x, s2);
+// Step (5): the chunks' sums of this block's value (or dy) columns, W^T V on the tensor cores, W
+// the weight tile [C][LDW] (columns w1 hi, lo, w2 hi, lo, then zeros) and V the value tile: warp
+// t takes 8 columns of one chunk (P * DVB / 8 such tiles over the warps); lanes 0-3 hold w1's
+// sums (rows 0 and 1 of the product, added), lanes 8-11 w2's. Then, in the blocks of the first
+// value columns, warp 0 adds the scalar in f32: G = sum g (forward) or Rc = sum c (reverse; c from
+// the row info in `ri`, or, with the dots, dot / den). `out(p)`: chunk p's row of this block's
+// plane (null past the walk's end).
+template <int MODE, int LDV, int LDW, int P, typename Out>
+__device__ void ext_chunk_sums(Out out, const MT* vsm, const MT* wmt, const float* ri, const int* nrows, int j0, bool first) {
+    constexpr int DVB = SCAN_DVB, C = ELA_C, NT = DVB / 8;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int t = warp; t < P * NT; t += ELA_WARPS) {
+        const int p = t / NT, c0 = 8 * (t % NT);
+        float* o = out(p);
+        if (!o) continue;  // (warp-uniform)
+        float acc[1][4] = {{0.f, 0.f, 0.f, 0.f}};
+        mm_tile<1, true, false>(acc, wmt + p * C * LDW, LDW, vsm + p * C * LDV, LDV, 0, c0, C);
+        float x0 = acc[0][0], x1 = acc[0][1];  // row lane / 4: w1 hi, lo, w2 hi, lo for lanes 0-15
+        x0 += __shfl_xor_sync(0xffffffffu, x0, 4);
+        x1 += __shfl_xor_sync(0xffffffffu, x1, 4);
+        const int col = j0 + ACC_COL(c0, 0, 0);
+        if (lane < 4 || (lane >= 8 && lane < 12)) {
+            const int at = (MODE == 0 ? 0 : ELA_DV) + (lane < 4 ? 0 : ELA_DV) + col;
+            *(float2*)(o + at) = float2{x0, x1};
+        }
     }
-#pragma unroll
-    for (int o = 1; o < RPC; o <<= 1) {
-        s1 += __shfl_xor_sync(0xffffffffu, s1, o);
-        s2 += __shfl_xor_sync(0xffffffffu, s2, o);
-    }
-    if (part == 0) {
-        const int at = (MODE == 0 ? 0 : ELA_DV) + j0 + col;
-        out[at] = s1;
-        out[ELA_DV + at] = s2;
-    }
-    if (j0 == 0 && tid < 32) {
-        float s = 0.f;
-        for (int r = tid; r < n; r += 32)
-            s += MODE == 0 ? w[2 * r + 1] : !first ? 0.f : SCAN_DOT ? ri[4 * r + 2] / ri[4 * r + 1] : ri[4 * r + 2];
-        s = warp_sum(s);
-        if (tid == 0) out[EXT_SUM_SC] = s;
-    }
+    if (j0 == 0 && warp == 0)
+        for (int p = 0; p < P; ++p) {
+            float* o = out(p);
+            if (!o) break;
+            float s = 0.f;
+            for (int r = lane; r < nrows[p]; r += 32) {
+                const float* x = ri + (p * C + r) * 4;
+                s += MODE == 0 ? from_mt(wmt[(p * C + r) * LDW + 2]) + from_mt(wmt[(p * C + r) * LDW + 3])
+                               : !first ? 0.f : SCAN_DOT ? x[2] / x[1] : x[2];
+            }
+            s = warp_sum(s);
+            if (lane == 0) o[EXT_SUM_SC] = s;
+        }
 }
 #endif
 
-template <int MODE>
+template <int MODE, bool EXT>
 __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s, float* slot_z, float* slot_m,
                                           SCAN_ROWS_T* rows, const float* init_s, const float* init_z,
                                           const float* init_m, float* fin_s, float* fin_z, float* fin_m,
@@ -282,12 +292,13 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
     float* rsc = mto + P * F;             // [P][F] units change factors
     float* part = rsc + P * F;            // [P][ELA_WARPS][F] column maxima of the keys, per warp
     float* rinf = part + P * ELA_WARPS * F;  // [P][C][4] row info (mode 1)
-    // Identity: [P][C][2] each row's weights in the signed kernels' chunk sums (ext_weights).
-    float* wext = rinf + P * 4 * C;
+    // Identity: [P][C][LDW] each row's weights in the signed kernels' chunk sums (ext_weights).
+    constexpr int LDW = LDP(16);
+    MT* wmt = (MT*)(rinf + P * 4 * C);
     // SCAN_DOT, mode 1: [P][C][2][SCAN_LDY] the step's dy and y rows, [P][C][LDF] its q rows (after
-    // rinf and wext: 16-byte aligned).
+    // rinf and wmt: 16-byte aligned).
     constexpr bool DOT = SCAN_DOT && mode == 1;
-    ST* ydy = (ST*)(wext + (ELA_FMAP == 2 ? P * 2 * C : 0));
+    ST* ydy = (ST*)(wmt + (ELA_FMAP == 2 ? P * C * LDW : 0));
     ST* qsm = ydy + P * C * 2 * SCAN_LDY;
     check_smem(DOT ? (const void*)(qsm + P * C * LDF) : (const void*)ydy);
 
@@ -329,8 +340,12 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
         }
         if (tid < F) mf = init_m[(i64)seq * FA + f0 + tid];
     }
-    // Columns DVB + 1 .. DVB + 7 of [V | 1] stay 0.
+    // Columns DVB + 1 .. DVB + 7 of [V | 1] stay 0; so do columns 4 .. 15 of the weight tile.
     for (int e = tid; e < P * C * 8; e += ELA_THREADS) vsm[(e / 8) * LDV + DVB + e % 8] = to_mt(0.f);
+#if ELA_FMAP == 2
+    if (EXT)
+        for (int e = tid; e < P * C * 12; e += ELA_THREADS) wmt[(e / 12) * LDW + 4 + e % 12] = to_mt(0.f);
+#endif
 
     // The chunk handled as the `p`-th of step `it` (-1: none, past the end of the walk).
     auto chunk_of = [&](int it, int p) {
@@ -585,7 +600,7 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
                     ex[j] = mode == 0 ? feat_if(r < n, o[j] - mt[j]) : feat_if(r < n, o[j] + mt[j] - u) * inv;
                 st_mt4(psi + (p * C + r) * LDF + fx, ex[0], ex[1], ex[2], ex[3]);
 #if ELA_FMAP == 2
-                if (ext.sums) ext_weights<mode, F>(wext + (p * C + r) * 2, ext, o, r < n, f0 == 0, inv);
+                if (EXT) ext_weights<mode, F>(wmt + (p * C + r) * LDW, ext, o, r < n, f0 == 0, inv);
 #endif
             }
         }
@@ -614,15 +629,16 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
 #if ELA_FMAP == 2
         // The chunks' own sums for the signed kernels, from the tiles the products have just
         // read (they stay until the next step's first barrier); off the walk's chain.
-        if (ext.sums)
+        if (EXT) {
+            int nrows[P];
 #pragma unroll
-            for (int p = 0; p < P; ++p) {
+            for (int p = 0; p < P; ++p) nrows[p] = rows_of(chunk_of(it, p));
+            auto out = [&](int p) -> float* {
                 const int c = chunk_of(it, p);
-                if (c < 0) break;
-                float* out = ext.sums + (f0 / F) * ext.plane + ((i64)seq * (nch + 1) + c) * EXT_SUM_LD;
-                ext_chunk_sums<mode, LDV>(out, vsm + p * C * LDV, wext + p * C * 2, rinf + p * C * 4,
-                                          rows_of(c), j0, f0 == 0);
-            }
+                return c < 0 ? nullptr : ext.sums + (f0 / F) * ext.plane + ((i64)seq * (nch + 1) + c) * EXT_SUM_LD;
+            };
+            ext_chunk_sums<mode, LDV, LDW, P>(out, vsm, wmt, rinf, nrows, j0, f0 == 0);
+        }
 #endif
     }
 
@@ -652,11 +668,21 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
 #define SCAN_YIN
 #endif
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB) ela_scan_m0(SCAN_PARAMS, int causal SCAN_YIN_PARAM) {
-    scan_walk<0>(SCAN_ARGS, causal SCAN_YIN);
+    scan_walk<0, false>(SCAN_ARGS, causal SCAN_YIN);
 }
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB) ela_scan_m1(SCAN_PARAMS, int causal SCAN_YIN_PARAM) {
-    scan_walk<1>(SCAN_ARGS, causal SCAN_YIN);
+    scan_walk<1, false>(SCAN_ARGS, causal SCAN_YIN);
 }
+#if ELA_FMAP == 2
+// The same walks making the signed kernels' chunk sums as well (`ext`; Identity modules only):
+// kernels of their own, so that the plain walks keep their code and registers.
+extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB) ela_scan_x0(SCAN_PARAMS, int causal SCAN_YIN_PARAM) {
+    scan_walk<0, true>(SCAN_ARGS, causal SCAN_YIN);
+}
+extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB) ela_scan_x1(SCAN_PARAMS, int causal SCAN_YIN_PARAM) {
+    scan_walk<1, true>(SCAN_ARGS, causal SCAN_YIN);
+}
+#endif
 #undef SCAN_PARAMS
 #undef SCAN_ARGS
 #undef SCAN_YIN_PARAM

@@ -203,11 +203,11 @@ impl Variant {
         // The value tile: DVB + 8 columns, 8 more with 16-bit operands (an odd count of 16-byte
         // units per row: conflict-free ldmatrix reads; `LDV` in the kernel).
         let value_cols = scan_dvb(self.dv) + if self.mt == DType::F32 { 8 } else { 16 };
-        let tiles = c * lp(self, f) + c * lp(self, value_cols);
-        // Identity's modules also hold each row's two weights in the signed kernels' chunk sums.
+        // Identity's modules also hold the weight tile of the signed kernels' chunk sums, 16 wide.
         let identity = matches!(self.file, KernelFile::ElaChunk { map: ChunkMap::Identity, .. });
-        let rows = if identity { 6 * c } else { 4 * c };
-        (per_step * (tiles * self.mt.size_in_bytes() + (10 * f + rows) * 4)) as u32
+        let weights = if identity { c * lp(self, 16) } else { 0 };
+        let tiles = c * lp(self, f) + c * lp(self, value_cols) + weights;
+        (per_step * (tiles * self.mt.size_in_bytes() + (10 * f + 4 * c) * 4)) as u32
     }
     /// Dynamic shared memory of `ela_out`.
     fn out_smem(&self) -> u32 {
@@ -440,7 +440,8 @@ impl Cuda {
         }
     }
 
-    /// `ela_scan_m0` / `ela_scan_m1` (one kernel per mode): mode 0 writes the forward
+    /// `ela_scan_m0` / `ela_scan_m1` (one kernel per mode; `ela_scan_x0` / `ela_scan_x1` with
+    /// `io.ext_scan`): mode 0 writes the forward
     /// slots from `x = k`, `val = v` (and an optional initial state; `fin` receives the final
     /// state in f32); mode 1 the reverse accumulators from `x = q`, `val = dy` and the row info.
     /// Causal calls without a carried state may split each walk into runs ([`Cuda::scan_runs`]),
@@ -525,7 +526,12 @@ impl Cuda {
             // The reverse scan's y (both kernels take it with SCAN_DOT; the forward's is unused).
             args.push(Arg::Ptr(yin));
         }
-        let name = if mode == 0 { "ela_scan_m0" } else { "ela_scan_m1" };
+        let name = match (mode, io.ext_scan.sums != 0) {
+            (0, false) => "ela_scan_m0",
+            (_, false) => "ela_scan_m1",
+            (0, true) => "ela_scan_x0",
+            (_, true) => "ela_scan_x1",
+        };
         let cfg = Cfg { grid: n as u32, grid_y: (runs * cv.scan_blocks()) as u32, block: THREADS };
         launch(self, cv, name, cfg, cv.scan_smem_mode(mode), &args)?;
         if runs > 1 {
