@@ -51,21 +51,37 @@
 // slot, v1: the forward's; the keys before the chunk and the rows after it, or all of them, cnt
 // keys):
 //   da_i += G_i . V1 - c_i cnt        dg_j += v_j . RG - Rc
-// A warp per row, added to the block's sums of its intra-chunk part (the order is free).
-// (With `da` false, the blueprint's, whose a is 0, eda is left alone: its dk epilogue sums there.)
+// A warp per row, its lanes over the columns, added to the block's sums of its intra-chunk part
+// (the order is free). The chunk sums' columns are the same for every row, so each lane loads
+// its own once, before the rows. (With `da` false, the blueprint's, whose a is 0, eda is left
+// alone: its dk epilogue sums there.)
 __device__ void ext_row_dots(float* eda, float* edg, const MT* G, int ldg, const MT* vs, int ldv, const float* cc,
                              const float* sr, const float* v1, int n, float cnt, bool da) {
+    constexpr int NC = (ELA_DV + 31) / 32;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float w1[NC], rg[NC];
+#pragma unroll
+    for (int h = 0; h < NC; ++h) {
+        const int col = lane + 32 * h;
+        w1[h] = da && col < ELA_DV ? v1[col] : 0.f;
+        rg[h] = col < ELA_DV ? sr[ELA_DV + col] : 0.f;
+    }
+    const float rc = sr[EXT_SUM_SC];
+#pragma unroll 2
     for (int r = warp; r < n; r += ELA_WARPS) {
         float a = 0.f, b = 0.f;
-        for (int col = lane; col < ELA_DV; col += 32) {
-            if (da) a += from_mt(G[r * ldg + col]) * v1[col];
-            b += from_mt(vs[r * ldv + col]) * sr[ELA_DV + col];
+#pragma unroll
+        for (int h = 0; h < NC; ++h) {
+            const int col = lane + 32 * h;
+            if (col < ELA_DV) {
+                a = fmaf(from_mt(G[r * ldg + col]), w1[h], a);
+                b = fmaf(from_mt(vs[r * ldv + col]), rg[h], b);
+            }
         }
         a = warp_sum(a), b = warp_sum(b);
         if (lane == 0) {
             if (da) atomicAdd(eda + r, a - cc[r] * cnt);
-            atomicAdd(edg + r, b - sr[EXT_SUM_SC]);
+            atomicAdd(edg + r, b - rc);
         }
     }
 }
