@@ -18,6 +18,7 @@
 #    and sum-sq and the blueprint with bf16 operands);
 # 4. compute-sanitizer memcheck (sub-sq's test) and racecheck (the blueprint's);
 # 5. with LA=1, the three kernels on the feature-map path (what the tiles replace).
+# NOPROF=1 skips step 3 (so the sanitizers fit in a shorter call).
 set -u
 S0=$(date +%s)
 CAP=${CAP:-540}
@@ -50,11 +51,11 @@ fits 150 && ELA_CUDA_SIGNED_TILES=1 ELA_CUDA_SIGNED_BF16=1 timeout 150 $B/ela_gp
 # shellcheck disable=SC2086
 [ -x $B/ela_gpu_base ] && fits 150 && ELA_CUDA_SIGNED_TILES=1 ELA_CUDA_SIGNED_BF16=1 timeout 150 $B/ela_gpu_base \
   kernel=hadamard-exp $K T=16384 >"$OUT/signed_tiles_base.md" 2>&1
-fits 40 && ELA_CUDA_PROFILE=1 ELA_CUDA_SIGNED_TILES=1 timeout 40 $B/ela_gpu kernel=sum-sq-euclid \
+[ -z "${NOPROF:-}" ] && fits 40 && ELA_CUDA_PROFILE=1 ELA_CUDA_SIGNED_TILES=1 timeout 40 $B/ela_gpu kernel=sum-sq-euclid \
   "d=64 f32 T=16384" >"$OUT/signed_profile.log" 2>&1
 # ...and with bf16 operands (Identity, sum-sq and the blueprint: the extra terms' cost per kernel).
 for k in identity sum-sq-euclid blueprint; do
-  fits 40 && ELA_CUDA_PROFILE=1 ELA_CUDA_SIGNED_TILES=1 ELA_CUDA_SIGNED_BF16=1 timeout 40 $B/ela_gpu kernel=$k \
+  [ -z "${NOPROF:-}" ] && fits 40 && ELA_CUDA_PROFILE=1 ELA_CUDA_SIGNED_TILES=1 ELA_CUDA_SIGNED_BF16=1 timeout 40 $B/ela_gpu kernel=$k \
     "d=64 bf16 T=16384" >"$OUT/signed_profile_bf16_$k.log" 2>&1
 done
 CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
