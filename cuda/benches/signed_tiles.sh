@@ -18,6 +18,7 @@
 #    and sum-sq and the blueprint with bf16 operands);
 # 4. compute-sanitizer memcheck (sub-sq's test) and racecheck (the blueprint's);
 # 5. with LA=1, the three kernels on the feature-map path (what the tiles replace).
+# NOPROF=1 skips step 3 (so the sanitizers fit in a shorter call).
 set -u
 S0=$(date +%s)
 CAP=${CAP:-540}
@@ -36,7 +37,7 @@ ELA_REQUIRE_CUDA=1 timeout 300 $B/test-cuda_ops ela_fast::signed_tiles ela_fast:
   --nocapture --test-threads=6 >"$OUT/signed_test.log" 2>&1
 echo "tests rc $? $(grep -E '^test result' "$OUT/signed_test.log")" >>"$log"
 grep -E "FAILED|panicked" "$OUT/signed_test.log" | head -10 >>"$log"
-# The side stream under a CUDA graph capture (and the rest of the capture tests), when bundled.
+# The signed kernels under a CUDA graph capture (and the rest of the capture tests), when bundled.
 if [ -x $B/test-cuda_graph ]; then
   ELA_REQUIRE_CUDA=1 timeout 120 $B/test-cuda_graph --nocapture >"$OUT/graph_test.log" 2>&1
   echo "graph tests rc $? $(grep -E '^test result' "$OUT/graph_test.log")" >>"$log"
@@ -46,20 +47,15 @@ stamp "timings"
 # shellcheck disable=SC2086
 fits 150 && ELA_CUDA_SIGNED_TILES=1 ELA_CUDA_SIGNED_BF16=1 timeout 150 $B/ela_gpu kernel=hadamard-exp \
   kernel=identity $K T=16384 >"$OUT/signed_tiles.md" 2>&1
-# ...the same binary with everything on one stream (ELA_CUDA_SERIAL: no chunk sums beside the
-# scans), bf16 only, where the overlap matters most...
-# shellcheck disable=SC2086
-fits 120 && ELA_CUDA_SERIAL=1 ELA_CUDA_SIGNED_TILES=1 ELA_CUDA_SIGNED_BF16=1 timeout 100 $B/ela_gpu \
-  kernel=hadamard-exp $K "bf16 T=16384" >"$OUT/signed_tiles_serial.md" 2>&1
 # ...and an earlier build's (.gpu/bin/ela_gpu_base, when bundled) right after, for an A/B in one call.
 # shellcheck disable=SC2086
 [ -x $B/ela_gpu_base ] && fits 150 && ELA_CUDA_SIGNED_TILES=1 ELA_CUDA_SIGNED_BF16=1 timeout 150 $B/ela_gpu_base \
   kernel=hadamard-exp $K T=16384 >"$OUT/signed_tiles_base.md" 2>&1
-fits 40 && ELA_CUDA_PROFILE=1 ELA_CUDA_SIGNED_TILES=1 timeout 40 $B/ela_gpu kernel=sum-sq-euclid \
+[ -z "${NOPROF:-}" ] && fits 40 && ELA_CUDA_PROFILE=1 ELA_CUDA_SIGNED_TILES=1 timeout 40 $B/ela_gpu kernel=sum-sq-euclid \
   "d=64 f32 T=16384" >"$OUT/signed_profile.log" 2>&1
 # ...and with bf16 operands (Identity, sum-sq and the blueprint: the extra terms' cost per kernel).
 for k in identity sum-sq-euclid blueprint; do
-  fits 40 && ELA_CUDA_PROFILE=1 ELA_CUDA_SIGNED_TILES=1 ELA_CUDA_SIGNED_BF16=1 timeout 40 $B/ela_gpu kernel=$k \
+  [ -z "${NOPROF:-}" ] && fits 40 && ELA_CUDA_PROFILE=1 ELA_CUDA_SIGNED_TILES=1 ELA_CUDA_SIGNED_BF16=1 timeout 40 $B/ela_gpu kernel=$k \
     "d=64 bf16 T=16384" >"$OUT/signed_profile_bf16_$k.log" 2>&1
 done
 CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
@@ -74,4 +70,4 @@ done
   >"$OUT/signed_la.md" 2>&1
 stamp end
 cat "$log"
-cat "$OUT"/signed_tiles.md "$OUT"/signed_tiles_serial.md "$OUT"/signed_tiles_base.md "$OUT"/signed_la.md 2>/dev/null | grep -E "^\|"
+cat "$OUT"/signed_tiles.md "$OUT"/signed_tiles_base.md "$OUT"/signed_la.md 2>/dev/null | grep -E "^\|"

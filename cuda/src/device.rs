@@ -54,10 +54,6 @@ pub(crate) struct Inner {
     pub(crate) fast_elementwise: AtomicBool,
     /// The stream CUDA graphs are captured on (created on first capture).
     pub(crate) capture_stream: OnceLock<Arc<CudaStream>>,
-    /// The streams of [`Cuda::fork_at`] (side_stream.rs; created on first use): for eager work, and
-    /// for the thread that captures a graph (whose side branch must not take in other threads'
-    /// eager work).
-    pub(crate) side_streams: [OnceLock<Arc<CudaStream>>; 2],
     /// Per-kernel device times (`ELA_CUDA_KERNEL_STATS=1`), else `None`.
     pub(crate) stats: Option<crate::profile::KernelStats>,
     /// cuBLAS's workspace (set on the handle; kept alive with it).
@@ -212,7 +208,6 @@ fn open(ordinal: usize) -> Result<Inner> {
         direct_small_conv: AtomicBool::new(true),
         fast_elementwise: AtomicBool::new(true),
         capture_stream: OnceLock::new(),
-        side_streams: [OnceLock::new(), OnceLock::new()],
         stats: crate::profile::KernelStats::from_env(),
         _blas_workspace: blas_workspace,
     })
@@ -372,12 +367,12 @@ impl Cuda {
         self.inner.ctx.bind_to_thread().map_err(|e| driver_error(op, e))
     }
 
-    /// The stream work is queued on: the device's stream, the capture stream for the thread
-    /// that is capturing a CUDA graph of this device, or the side stream inside [`Cuda::fork_at`].
+    /// The stream work is queued on: the device's stream, or the capture stream for the thread
+    /// that is capturing a CUDA graph of this device.
     pub(crate) fn cu_stream(&self) -> sys::CUstream {
-        match (self.side_stream_now(), self.capturing_stream()) {
-            (Some(s), _) | (None, Some(s)) => s,
-            (None, None) => self.inner.stream.cu_stream(),
+        match self.capturing_stream() {
+            Some(s) => s,
+            None => self.inner.stream.cu_stream(),
         }
     }
 

@@ -31,8 +31,7 @@
 //! GPU, module cache, launches, transfers),
 //! `alloc.rs` (caching allocator, [`MemoryStats`]), `graph.rs` (CUDA graph capture and replay,
 //! [`CudaGraphExec`], in-place writes), `kernels.rs` (sources and NVRTC),
-//! `strided.rs` (strided views as kernel arguments), `side_stream.rs` (work run beside the main
-//! stream: `Cuda::fork_point` / `fork_at` / `join`), `nccl/` (NCCL collectives for data-parallel
+//! `strided.rs` (strided views as kernel arguments), `nccl/` (NCCL collectives for data-parallel
 //! training, [`NcclComm`], with its watchdog), `ops/` (one file per op family, next to its
 //! `.cu` file, fused ELA included), `backend_impl.rs` (the trait impl). See `cuda/README.md`.
 #![warn(missing_docs)]
@@ -46,7 +45,6 @@ pub mod kernels;
 mod nccl;
 mod ops;
 mod profile;
-mod side_stream;
 mod storage;
 mod strided;
 pub mod testing;

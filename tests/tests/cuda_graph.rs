@@ -210,11 +210,11 @@ fn other_threads_run_eagerly_while_one_captures() -> Result<()> {
     })
 }
 
-/// Sum-sq ELA on the Identity tiles runs its chunk sums on a side stream beside the chunk scans
-/// (`Cuda::fork`, forward and backward): a capture takes the side branch in, and a replay gives
+/// Sum-sq ELA on the Identity tiles (its chunk scans make the extra terms' chunk sums, a pass
+/// prefixes them, the chunk kernels read them): a capture of its forward and backward replays to
 /// the eager outputs and gradients, for the captured inputs and for new ones.
 #[test]
-fn a_capture_records_the_side_stream_of_the_signed_ela_kernels() -> Result<()> {
+fn a_capture_records_the_signed_ela_kernels() -> Result<()> {
     use ela_core::ela::{ElaKernel, ElaParams};
     let _l = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let Some(dev) = gpu() else { return Ok(()) };
@@ -222,7 +222,7 @@ fn a_capture_records_the_side_stream_of_the_signed_ela_kernels() -> Result<()> {
     let shape = [2, 2, 700, 64];
     let u = |lo, hi, seed| Tensor::rand_uniform(lo, hi, shape, DType::F32, &mut Rng::new(seed), &dev);
     let (q, k, v, dy) = (u(0.5, 1.5, 21)?, u(0.5, 1.5, 22)?, u(-1.0, 1.0, 23)?, u(-1.0, 1.0, 24)?);
-    // Forward with its saved state, then the backward from it: both entry points that fork.
+    // Forward with its saved state, then the backward from it.
     let step = || -> Result<Vec<Tensor<Cuda>>> {
         ela_cuda::with_signed_tiles(true, || {
             let (y, saved) = q.ela_saving(&k, &v, &p)?;

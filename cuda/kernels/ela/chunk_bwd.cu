@@ -48,27 +48,43 @@
 
 #if ELA_FMAP == 2
 // The parts of the extra terms' da_i and dg_j that the chunk sums give (sr: the backward sums'
-// slot; the keys before the chunk and the rows after it, or all of them, cnt keys):
+// slot, v1: the forward's; the keys before the chunk and the rows after it, or all of them, cnt
+// keys):
 //   da_i += G_i . V1 - c_i cnt        dg_j += v_j . RG - Rc
-// A warp per row, added to the block's sums of its intra-chunk part (the order is free).
-// (With `da` false, the blueprint's, whose a is 0, eda is left alone: its dk epilogue sums there.)
+// A warp per row, its lanes over the columns, added to the block's sums of its intra-chunk part
+// (the order is free). The chunk sums' columns are the same for every row, so each lane loads
+// its own once, before the rows. (With `da` false, the blueprint's, whose a is 0, eda is left
+// alone: its dk epilogue sums there.)
 __device__ void ext_row_dots(float* eda, float* edg, const MT* G, int ldg, const MT* vs, int ldv, const float* cc,
-                             const float* sr, int n, float cnt, bool da) {
+                             const float* sr, const float* v1, int n, float cnt, bool da) {
+    constexpr int NC = (ELA_DV + 31) / 32;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float w1[NC], rg[NC];
+#pragma unroll
+    for (int h = 0; h < NC; ++h) {
+        const int col = lane + 32 * h;
+        w1[h] = da && col < ELA_DV ? v1[col] : 0.f;
+        rg[h] = col < ELA_DV ? sr[ELA_DV + col] : 0.f;
+    }
+    const float rc = sr[EXT_SUM_SC];
+#pragma unroll 2
     for (int r = warp; r < n; r += ELA_WARPS) {
         float a = 0.f, b = 0.f;
-        for (int col = lane; col < ELA_DV; col += 32) {
-            if (da) a += from_mt(G[r * ldg + col]) * sr[col];
-            b += from_mt(vs[r * ldv + col]) * sr[ELA_DV + col];
+#pragma unroll
+        for (int h = 0; h < NC; ++h) {
+            const int col = lane + 32 * h;
+            if (col < ELA_DV) {
+                a = fmaf(from_mt(G[r * ldg + col]), w1[h], a);
+                b = fmaf(from_mt(vs[r * ldv + col]), rg[h], b);
+            }
         }
         a = warp_sum(a), b = warp_sum(b);
         if (lane == 0) {
             if (da) atomicAdd(eda + r, a - cc[r] * cnt);
-            atomicAdd(edg + r, b - sr[EXT_SUM_SC]);
+            atomicAdd(edg + r, b - rc);
         }
     }
 }
-#endif
 
 // The blueprint's dk from dk' (ela_bwd's dk epilogue, in acc; psi_a holds the keys k' = g k):
 // with k_j = k'_j / g_j,
@@ -110,6 +126,7 @@ __device__ void bp_dk_epilogue(float (&acc)[NT][4], const MT* psia, const float*
             else store_st2(dkg + j * gsk + d, v0, v1);
         }
 }
+#endif
 
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
     ela_bwd(ST* dq, ST* dk, ST* dv, const ST* q, const ST* k, const ST* v, const ST* dy, const ela_f4* rows,
@@ -205,9 +222,14 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
         slw[tid] = slow ? 1 : 0;
     }
 #if ELA_FMAP == 2
+    // Sum/sub-sq take a and g from the rows below (ext_norm); the blueprint reads them.
+    const bool xt_rows = xt && !ext.ag;
     if (tid < C) {
-        const float2 x = (ext.ag && tid < n) ? ext.ag[rowbase + tid] : float2{0.f, 0.f};
-        ea[tid] = x.x, eg[tid] = x.y, eda[tid] = 0.f, edg[tid] = 0.f;
+        if (!xt_rows) {
+            const float2 x = (ext.ag && tid < n) ? ext.ag[rowbase + tid] : float2{0.f, 0.f};
+            ea[tid] = x.x, eg[tid] = x.y;
+        }
+        eda[tid] = 0.f, edg[tid] = 0.f;
     }
 #endif
     ut.store(US, LDV, (const float*)0);
@@ -233,6 +255,9 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
             store_mt_vec(psiu + j * LDF + c0 + e0, pu);
         }
         if (ELA_UNITS && RP::head()) mk[j] = j < n ? mx : neg_inf<float>();
+#if ELA_FMAP == 2
+        if (xt_rows) ext_norm(eg, kp, j, n, ext.inv_s);
+#endif
         if (qrows) {
             log_features(qp);
             float mxq = neg_inf<float>();
@@ -247,11 +272,16 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_BWD_MINB)
                 store_mt_vec(phia + j * LDF + c0 + e0, pa);
             }
             if (ELA_UNITS && RP::head()) mq[j] = mxq;
+#if ELA_FMAP == 2
+            if (xt_rows) ext_norm(ea, qp, j, n, ext.inv_s);
+#endif
         }
     }
     __syncthreads();
 #if ELA_FMAP == 2
-    if (xt) ext_row_dots(eda, edg, G, LDV, vsm, LDV, cc, ext.sums + slot * EXT_SUM_LD, n, (float)(causal ? t0 : T), xt_qk);
+    if (xt)
+        ext_row_dots(eda, edg, G, LDV, vsm, LDV, cc, ext.sums + slot * EXT_SUM_LD, ext.pre + slot * EXT_SUM_LD, n,
+                     (float)(causal ? t0 : T), xt_qk);
 #endif
     if (causal) {
         float aA[WA::NT][4], aD[WA::NT][4];

@@ -25,231 +25,130 @@
 //   kind 1: dk_j = g_j dk'_j + 2 k_j (k_j . dk'_j + dg_j)   (ela_bwd's dk epilogue, bp_dk_epilogue)
 //
 // with RG = sum_i G'_i, RaG = sum_i a_i G'_i, Rc = sum_i c_i over the rows after the chunk (or
-// all). `ela_ext_sums` takes each chunk's sums (and, forward, each row's a and g), `ela_ext_scan`
-// turns them into exclusive prefix (or suffix) sums with the total in slot nch: the slots'
-// indexing, so the chunk kernels read the sums of chunk c where they read its state.
+// all). Each chunk's own sums come from the chunk scans, which read those rows anyway (ExtScan,
+// chunk_fwd.cu: V1, V2, G from the forward scan over k and v, RG, RaG, Rc from the reverse scan
+// over q and dy); the backward takes V1 from the forward's sums. The blueprint's forward scan
+// reads the keys k' = g k, which need whole rows, so `ela_bp_sums` makes them first, with each
+// row's g and the chunk's sums. `ela_ext_scan` turns the chunk sums into exclusive prefix (or
+// suffix) sums with the total in slot nch: the slots' indexing, so the chunk kernels read the
+// sums of chunk c where they read its state.
 
 // Rows per segment: the chunk kernels' chunks.
 #define EXT_SEG ELA_C
 #define EXT_THREADS 256
 #define EXT_WARPS (EXT_THREADS / 32)
-// Per row of the segment: a_i, g_i.
-struct ExtRow {
-    float a[EXT_SEG], g[EXT_SEG];
-};
-
-// The row loops give each lane four consecutive elements (one 8- or 16-byte load: scalar 16-bit
-// loads made these passes instruction-bound) and each row L = min(32, W / 4) lanes, so a warp
-// takes RPW = 32 / L rows at once: lane l works on row sub() of its warp's group, elements
-// 4 part(), 4 (part() + L), ...
-template <int W> struct ExtLanes {
-    static constexpr int L = W / 4 < 32 ? W / 4 : 32, RPW = 32 / L, PER = W / 4 / L;
-    static_assert(W % 4 == 0 && (W / 4) % L == 0, "row split");
-    __device__ static int sub() { return (threadIdx.x & 31) / L; }
-    __device__ static int part() { return (threadIdx.x & 31) % L; }
-    // The sum over the L lanes of a row (every lane of the warp takes part).
-    __device__ static float sum(float x) {
-#pragma unroll
-        for (int o = L / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-        return x;
-    }
-};
-__device__ __forceinline__ float dot4(const float* x, const float* y) { return x[0] * y[0] + x[1] * y[1] + x[2] * y[2] + x[3] * y[3]; }
-__device__ __forceinline__ void store_st4(ST* p, float a, float b, float c, float d) {
-    store_st2(p, a, b);
-    store_st2(p + 2, c, d);
-}
-
-// a and g of the segment's rows (0 past n): warp w takes the row groups w, w + 8, ..., all its
-// loads issued before the reductions.
-__device__ void ext_rows_of(ExtRow& er, const ST* __restrict__ qg, const ST* __restrict__ kg, i64 lq, i64 lk, int n,
-                            int kind, float inv_s) {
-    typedef ExtLanes<ELA_D> X;
-    constexpr int GROUP = EXT_WARPS * X::RPW, U = EXT_SEG / GROUP;
-    static_assert(U * GROUP == EXT_SEG, "segment split");
-    const int warp = threadIdx.x >> 5;
-    float qq[U], kk[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-        const int r = u * GROUP + warp * X::RPW + X::sub();
-        qq[u] = kk[u] = 0.f;
-        if (r >= n) continue;
-#pragma unroll
-        for (int h = 0; h < X::PER; ++h) {
-            const int f = 4 * (X::part() + h * X::L);
-            float x[4];
-            unpack4(ld_raw4(kg + r * lk + f), x);
-            kk[u] += dot4(x, x);
-            if (kind == 0) {
-                unpack4(ld_raw4(qg + r * lq + f), x);
-                qq[u] += dot4(x, x);
-            }
-        }
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-        const int r = u * GROUP + warp * X::RPW + X::sub();
-        const float a = X::sum(qq[u]), g = X::sum(kk[u]);
-        if (X::part() == 0) {
-            er.a[r] = (kind == 0 && r < n) ? a * inv_s : 0.f;
-            er.g[r] = r >= n ? 0.f : kind == 0 ? g * inv_s : g + 1.f;
-        }
-    }
-}
-
-// Chunk sums into sums[seq][seg] (EXT_SUM_LD floats). Forward (dy null): V1 = sum v, V2 = sum g v,
-// G = sum g, each row's (a, g) into `ag` and, for the blueprint, its keys k' = g k into `kp`
-// (packed [sequence][T][D], what the chunk kernels read as k). Backward: V1, RG = sum G', RaG = sum a G',
-// Rc = sum c, with a from `ag`, den from the row info and c from there too, or, with `yin`, from
-// dy . y / den (so that the sums need nothing the reverse scan writes, and can run beside it).
-// Each thread sums four columns over a group of rows; the groups' partial sums meet in shared
-// memory.
-extern "C" __global__ void __launch_bounds__(EXT_THREADS) ela_ext_sums(float* __restrict__ sums, float2* __restrict__ ag,
-                                        ST* __restrict__ kp, const ST* __restrict__ q, const ST* __restrict__ k, const ST* __restrict__ v,
-                                        const ST* __restrict__ dy, const ST* __restrict__ yin, const ela_f4* rows, ElaIo io, i64 T,
-                                        int nseg, int kind, int scale) {
-    const float inv_s = 1.f / (float)scale;  // exact: scale is 2, -2 or 1
+// The blueprint's forward chunk sums into sums[seq][seg] (EXT_SUM_LD floats): V1 = sum v, V2 =
+// sum g v, G = sum g, with each row's (0, g) into `ag` and its keys k' = g k into `kp` (packed
+// [sequence][T][D], what the chunk kernels read as k). A memory-bound pass, so its rows are read
+// and written with a warp's lanes along them, four consecutive elements a lane, so each access
+// instruction of a warp covers whole rows (RowPart's split, a thread's elements contiguous, has
+// each instruction stride across rows). Each thread then sums four value columns over a group of
+// rows; the groups' partial sums meet in shared memory.
+extern "C" __global__ void __launch_bounds__(EXT_THREADS) ela_bp_sums(float* __restrict__ sums, float2* __restrict__ ag,
+                                        ST* __restrict__ kp, const ST* __restrict__ k, const ST* __restrict__ v,
+                                        ElaIo io, i64 T, int nseg) {
     // NQ column quads, each summed by RG row groups.
     constexpr int NQ = ELA_DV / 4, RG = EXT_THREADS / NQ;
     static_assert(EXT_THREADS % NQ == 0, "column split");
-    __shared__ ExtRow er;
-    __shared__ float part[3][RG][ELA_DV];
-    __shared__ float csum[EXT_WARPS];
+    // Key rows: L lanes a row, RPW rows a warp, PER quads a lane, U rows a thread.
+    constexpr int L = ELA_D / 4 < 32 ? ELA_D / 4 : 32, RPW = 32 / L, PER = ELA_D / 4 / L;
+    constexpr int GROUP = EXT_WARPS * RPW, U = EXT_SEG / GROUP;
+    static_assert(U * GROUP == EXT_SEG && PER * L * 4 == ELA_D, "row split");
+    __shared__ float gs[EXT_SEG];
+    __shared__ float part[2][RG][ELA_DV];
     const int seg = blockIdx.x, seq = blockIdx.y, tid = threadIdx.x, col = 4 * (tid % NQ), rg = tid / NQ;
     const i64 t0 = (i64)seg * EXT_SEG;
     const int n = (int)min((i64)EXT_SEG, T - t0);
     const ST* vg = v + io_seq(io.v, seq, io.heads) + t0 * io.v[2];
-    const ela_f4* rw = rows + seq * T + t0;
-    float2* agr = ag + seq * T + t0;
-    if (!dy) {
-        const ST* qg = q + io_seq(io.q, seq, io.heads) + t0 * io.q[2];
-        const ST* kg = k + io_seq(io.k, seq, io.heads) + t0 * io.k[2];
-        ext_rows_of(er, qg, kg, io.q[2], io.k[2], n, kind, inv_s);
-        __syncthreads();
-        if (tid < n) agr[tid] = float2{er.a[tid], er.g[tid]};
-        if (kind == 1) {
-            // k' = g k (the k rows were just read: cache hits), as ext_rows_of reads them.
-            typedef ExtLanes<ELA_D> X;
-            ST* kpr = kp + ((i64)seq * T + t0) * ELA_D;
-            for (int r = (tid >> 5) * X::RPW + X::sub(); r < n; r += EXT_WARPS * X::RPW)
+    const ST* kg = k + io_seq(io.k, seq, io.heads) + t0 * io.k[2];
+    ST* kpg = kp + ((i64)seq * T + t0) * ELA_D;
+    const int lr = (tid >> 5) * RPW + (tid & 31) / L, lp = (tid & 31) % L;  // first row, lane in it
+    float x[U][PER][4];
 #pragma unroll
-                for (int h = 0; h < X::PER; ++h) {
-                    const int f = 4 * (X::part() + h * X::L);
-                    const float g = er.g[r];
-                    float x[4];
-                    unpack4(ld_raw4(kg + r * io.k[2] + f), x);
-                    store_st4(kpr + r * ELA_D + f, g * x[0], g * x[1], g * x[2], g * x[3]);
-                }
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int h = 0; h < PER; ++h) {
+            const int r = lr + u * GROUP;
+            if (r < n) unpack4(ld_raw4(kg + r * io.k[2] + 4 * (lp + h * L)), x[u][h]);
+            else x[u][h][0] = x[u][h][1] = x[u][h][2] = x[u][h][3] = 0.f;
         }
-    } else {
-        // (er.g holds each row's 1 / den here: one division a row, not one an element. Only den
-        // is read from the row info: with `yin` the reverse scan may be writing c beside it.)
-        if (tid < EXT_SEG) er.a[tid] = tid < n ? agr[tid].x : 0.f, er.g[tid] = tid < n ? 1.f / ((const float*)(rw + tid))[1] : 0.f;
-        __syncthreads();
-        // Rc, this segment's sum of c: c = dy . y / den from the rows themselves (yin; rows
-        // split over lanes as in ext_rows_of), else from the row info, where ela_rows_dot put it.
-        float cs = 0.f;
-        if (yin) {
-            const ST* dyg = dy + io_seq(io.dy, seq, io.heads) + t0 * io.dy[2];
-            const ST* yg = yin + io_seq(io.y, seq, io.heads) + t0 * io.y[2];
-            typedef ExtLanes<ELA_DV> X;
-            // (The loop bound is the warp's first row: the whole warp takes part in the sums.)
-            for (int r0 = (tid >> 5) * X::RPW; r0 < n; r0 += EXT_WARPS * X::RPW) {
-                const int r = r0 + X::sub();
-                float x = 0.f;
-                if (r < n)
 #pragma unroll
-                    for (int h = 0; h < X::PER; ++h) {
-                        const int c = 4 * (X::part() + h * X::L);
-                        float d4[4], y4[4];
-                        unpack4(ld_raw4(dyg + r * io.dy[2] + c), d4);
-                        unpack4(ld_raw4(yg + r * io.y[2] + c), y4);
-                        x += dot4(d4, y4);
-                    }
-                x = X::sum(x);
-                if (X::part() == 0 && r < n) cs += x * er.g[r];
+    for (int u = 0; u < U; ++u) {
+        const int r = lr + u * GROUP;
+        float kk = 0.f;
+#pragma unroll
+        for (int h = 0; h < PER; ++h)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) kk = fmaf(x[u][h][e], x[u][h][e], kk);
+#pragma unroll
+        for (int o = L / 2; o > 0; o >>= 1) kk += __shfl_xor_sync(0xffffffffu, kk, o);
+        const float g = kk + 1.f;
+        if (lp == 0) gs[r] = r < n ? g : 0.f;
+        if (r < n)
+#pragma unroll
+            for (int h = 0; h < PER; ++h) {
+                ST* o = kpg + r * ELA_D + 4 * (lp + h * L);
+                store_st2(o, g * x[u][h][0], g * x[u][h][1]);
+                store_st2(o + 2, g * x[u][h][2], g * x[u][h][3]);
             }
-            cs = warp_sum(cs);
-        } else if (tid < 32) {
-            for (int r = tid; r < n; r += 32) cs += rw[r].z;
-            cs = warp_sum(cs);
-        }
-        if ((tid & 31) == 0) csum[tid >> 5] = cs;
     }
+    __syncthreads();
+    if (tid < n) ag[seq * T + t0 + tid] = float2{0.f, gs[tid]};
     // Thread t sums columns 4 (t % NQ) .. + 3 over the rows t / NQ, t / NQ + RG, ...
-    float s1[4] = {0.f, 0.f, 0.f, 0.f}, s2[4] = {0.f, 0.f, 0.f, 0.f}, s3[4] = {0.f, 0.f, 0.f, 0.f};
-    if (!dy) {
+    float s1[4] = {0.f, 0.f, 0.f, 0.f}, s2[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll 4
-        for (int r = rg; r < n; r += RG) {
-            float x[4];
-            unpack4(ld_raw4(vg + r * io.v[2] + col), x);
-            const float g = er.g[r];
+    for (int r = rg; r < n; r += RG) {
+        float x[4];
+        unpack4(ld_raw4(vg + r * io.v[2] + col), x);
+        const float g = gs[r];
 #pragma unroll
-            for (int e = 0; e < 4; ++e) s1[e] += x[e], s2[e] += g * x[e];
-        }
-    } else {
-        const ST* dyg = dy + io_seq(io.dy, seq, io.heads) + t0 * io.dy[2];
-#pragma unroll 4
-        for (int r = rg; r < n; r += RG) {
-            float x[4], d4[4];
-            unpack4(ld_raw4(vg + r * io.v[2] + col), x);
-            unpack4(ld_raw4(dyg + r * io.dy[2] + col), d4);
-            const float ig = er.g[r], a = er.a[r];
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float gp = d4[e] * ig;
-                s1[e] += x[e], s2[e] += gp, s3[e] += a * gp;
-            }
-        }
+        for (int e = 0; e < 4; ++e) s1[e] += x[e], s2[e] += g * x[e];
     }
 #pragma unroll
-    for (int e = 0; e < 4; ++e) part[0][rg][col + e] = s1[e], part[1][rg][col + e] = s2[e], part[2][rg][col + e] = s3[e];
+    for (int e = 0; e < 4; ++e) part[0][rg][col + e] = s1[e], part[1][rg][col + e] = s2[e];
     __syncthreads();
     float* out = sums + ((i64)seq * (nseg + 1) + seg) * EXT_SUM_LD;
     for (int c = tid; c < ELA_DV; c += EXT_THREADS) {
-        float a = 0.f, b = 0.f, d = 0.f;
-        for (int g = 0; g < RG; ++g) a += part[0][g][c], b += part[1][g][c], d += part[2][g][c];
+        float a = 0.f, b = 0.f;
+        for (int g = 0; g < RG; ++g) a += part[0][g][c], b += part[1][g][c];
         out[c] = a;
         out[ELA_DV + c] = b;
-        if (dy) out[2 * ELA_DV + c] = d;
     }
     if (tid < 32) {
         float s = 0.f;
-        if (dy) {
-            // (csum was written before the barrier above.)
-            s = tid < EXT_WARPS ? csum[tid] : 0.f;
-        } else {
-            for (int r = tid; r < n; r += 32) s += er.g[r];
-        }
+        for (int r = tid; r < n; r += 32) s += gs[r];
         s = warp_sum(s);
         if (tid == 0) out[EXT_SUM_SC] = s;
     }
 }
 
-// Segment sums to exclusive prefix sums, each sequence's total in slot nseg; a thread per column.
-// Forward sums (bwd 0): V1, V2 and G, all prefix sums. Backward: V1 a prefix sum, RG, RaG and Rc
-// suffix sums (what the rows after a segment add). The walk loads EXT_SCAN_BATCH segments before
-// it adds them: the loads are independent, so they overlap, where one load a step made the walk
-// a chain of nseg memory latencies.
+// Chunk sums to exclusive prefix sums, each sequence's total in slot nseg; a thread per column,
+// adding the `parts` feature blocks' planes (`plane` floats apart; ExtScan) into the first.
+// Forward (bwd 0): V1, V2 and G, prefix sums. Backward: RG, RaG and Rc, suffix sums (what the
+// rows after a segment add). The walk loads EXT_SCAN_BATCH segments before it adds them: the
+// loads are independent, so they overlap, where one load a step made the walk a chain of nseg
+// memory latencies.
 #define EXT_SCAN_BATCH 8
-extern "C" __global__ void ela_ext_scan(float* sums, int nseg, int bwd) {
+extern "C" __global__ void ela_ext_scan(float* sums, int nseg, int bwd, i64 plane, int parts) {
     const int col = threadIdx.x;
-    if (col > (bwd ? EXT_SUM_SC : 2 * ELA_DV)) return;
-    const int p = (bwd || col < 2 * ELA_DV) ? col : EXT_SUM_SC;  // the column's place in the row
+    if (col > 2 * ELA_DV) return;
+    // The column's place in the row: [V1 | V2] or [RG | RaG], then the scalar.
+    const int p = col == 2 * ELA_DV ? EXT_SUM_SC : bwd ? ELA_DV + col : col;
     float* base = sums + (i64)blockIdx.x * (nseg + 1) * EXT_SUM_LD + p;
-    const bool rev = bwd && p >= ELA_DV;
     float acc = 0.f;
     for (int s0 = 0; s0 < nseg; s0 += EXT_SCAN_BATCH) {
-        float x[EXT_SCAN_BATCH];
+        float x[EXT_SCAN_BATCH] = {};
+#pragma unroll 1
+        for (int f = 0; f < parts; ++f)
+#pragma unroll
+            for (int u = 0; u < EXT_SCAN_BATCH; ++u) {
+                const int s = s0 + u;
+                if (s < nseg) x[u] += base[(i64)(bwd ? nseg - 1 - s : s) * EXT_SUM_LD + f * plane];
+            }
 #pragma unroll
         for (int u = 0; u < EXT_SCAN_BATCH; ++u) {
             const int s = s0 + u;
-            x[u] = s < nseg ? base[(i64)(rev ? nseg - 1 - s : s) * EXT_SUM_LD] : 0.f;
-        }
-#pragma unroll
-        for (int u = 0; u < EXT_SCAN_BATCH; ++u) {
-            const int s = s0 + u;
-            if (s < nseg) base[(i64)(rev ? nseg - 1 - s : s) * EXT_SUM_LD] = acc;
+            if (s < nseg) base[(i64)(bwd ? nseg - 1 - s : s) * EXT_SUM_LD] = acc;
             acc += x[u];
         }
     }

@@ -72,6 +72,41 @@ template <int W> __device__ __forceinline__ void log_features(RowPart<W>& p) {
 #endif
 }
 
+// ---------------------------------------------------------------- the signed kernels' extra terms
+
+// The rank-one extra terms of the signed kernels on Identity's tiles (chunk_ext.cu has the math;
+// ops/ela/signed.rs): `sums` null everywhere else. `ela_out` reads the forward chunk sums (V1 =
+// sum v, V2 = sum g v, G = sum g over the keys before the chunk, or all of them), `ela_bwd` the
+// backward ones (RG, RaG, Rc over the rows after it, or all) and V1 from the forward's (`pre`).
+// Each row's (a_i, g_i) comes from `ag` where given (the blueprint's, whose kernels read the keys
+// k' = g k and cannot form g), else from the rows the kernel holds (sum/sub-sq: |q|^2 / s,
+// |k|^2 / s). Mirrored by `ExtArgs` in ops/ela/chunk.rs.
+struct ElaExt {
+    const float* sums;  // [sequence][nch + 1][EXT_SUM_LD], the slots' indexing
+    const float* pre;   // ela_bwd: the forward's scanned sums (V1), laid out as `sums`
+    const float2* ag;   // (a_i, g_i) per row, packed [sequence][T], or null
+    int kind;           // 0: sum/sub-sq (a = |q|^2 / s, g = |k|^2 / s); 1: the blueprint (a = 0)
+    float inv_s;        // 1 / s, the key scale's inverse
+};
+// A row of the chunk sums: V1 at 0, V2 (forward) or RG, RaG (backward) at DV and 2 DV, the scalar
+// (G forward, Rc backward) at 3 DV, padded to 16 bytes.
+#define EXT_SUM_LD (3 * ELA_DV + 4)
+#define EXT_SUM_SC (3 * ELA_DV)
+// What the scans give the signed kernels' chunk sums (Identity modules only; `sums` null
+// elsewhere): each chunk's own sums, before ela_ext_scan turns them into prefix (or suffix) sums.
+// The forward scan, walking k and v, makes V1 = sum v, V2 = sum g v and G = sum g; the reverse
+// scan, walking q and dy, makes RG = sum G', RaG = sum a G' and Rc = sum c (G' = dy / den). A
+// scan block holds SCAN_FB of the features, so g (or a) from its slice of the row is a part of
+// the row's: V2, G and RaG, linear in it, are summed over the blocks' planes (`plane` floats
+// apart) by ela_ext_scan; the first feature block's plane alone has V1, RG and Rc (the others
+// hold zeros there). Mirrored by `ExtScanArgs` in ops/ela/chunk.rs.
+struct ExtScan {
+    float* sums;  // [feature block][sequence][nch + 1][EXT_SUM_LD]
+    i64 plane;    // floats between feature blocks' planes
+    float inv_s;  // 1 / s
+    int norms;    // 1: a (reverse) or g (forward) from the rows' norms, |x|^2 / s; 0: none (the blueprint's a)
+};
+
 // A scan block owns SCAN_FB state rows (features) and SCAN_DVB value columns of one sequence: the
 // rows of S, z and m are independent of each other (each feature has its own running maximum),
 // so 128-wide heads split theirs in two, for B * H * 4 blocks; a scan block runs for the whole
@@ -160,11 +195,80 @@ __device__ __forceinline__ void st_mt4(MT* p, float a, float b, float c, float d
 #else
 #define SCAN_ROWS_T const ela_f4
 #endif
-template <int MODE>
+#if ELA_FMAP == 2
+// The signed kernels' chunk sums in the scan (ExtScan), step (4): a row's two weights, w1 for V1
+// (forward) or RG (reverse), w2 for V2 or RaG, from the four features `o` this thread holds of
+// it (F / 4 consecutive lanes hold a row): forward 1 and g = |k|^2 / s, reverse 1 / den and
+// a / den = |q|^2 / (s den) (this block's features only: a part of g or a). Rows past the chunk's
+// end weigh 0; so does w1 outside the first feature block, whose plane alone holds V1 and RG.
+// They go to the row's first four columns of the weight tile `w` as operands of step (5)'s tile
+// product, each split in two (hi = w rounded to the operand type, lo = w - hi), so the product
+// keeps them to about f32's precision with bf16 operands.
+template <int MODE, int F>
+__device__ __forceinline__ void ext_weights(MT* w, const ExtScan& ext, const float* o, bool live, bool first, float inv) {
+    float s = 0.f;
+    if (ext.norms) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) s = fmaf(o[j], o[j], s);
+#pragma unroll
+        for (int off = F / 8; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    }
+    if (threadIdx.x % (F / 4) == 0) {
+        const float k = MODE == 0 ? 1.f : inv;
+        const float w1 = live && first ? k : 0.f, w2 = live ? s * ext.inv_s * k : 0.f;
+        const float h1 = from_mt(to_mt(w1)), h2 = from_mt(to_mt(w2));
+        st_mt4(w, h1, w1 - h1, h2, w2 - h2);
+    }
+}
+
+// Step (5): the chunks' sums of this block's value (or dy) columns, W^T V on the tensor cores, W
+// the weight tile [C][LDW] (columns w1 hi, lo, w2 hi, lo, then zeros) and V the value tile: warp
+// t takes 8 columns of one chunk (P * DVB / 8 such tiles over the warps); lanes 0-3 hold w1's
+// sums (rows 0 and 1 of the product, added), lanes 8-11 w2's. Then, in the blocks of the first
+// value columns, warp 0 adds the scalar in f32: G = sum g (forward) or Rc = sum c (reverse; c from
+// the row info in `ri`, or, with the dots, dot / den). `out(p)`: chunk p's row of this block's
+// plane (null past the walk's end).
+template <int MODE, int LDV, int LDW, int P, typename Out>
+__device__ void ext_chunk_sums(Out out, const MT* vsm, const MT* wmt, const float* ri, const int* nrows, int j0, bool first) {
+    constexpr int DVB = SCAN_DVB, C = ELA_C, NT = DVB / 8;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int t = warp; t < P * NT; t += ELA_WARPS) {
+        const int p = t / NT, c0 = 8 * (t % NT);
+        float* o = out(p);
+        if (!o) continue;  // (warp-uniform)
+        float acc[1][4] = {{0.f, 0.f, 0.f, 0.f}};
+        mm_tile<1, true, false>(acc, wmt + p * C * LDW, LDW, vsm + p * C * LDV, LDV, 0, c0, C);
+        float x0 = acc[0][0], x1 = acc[0][1];  // row lane / 4: w1 hi, lo, w2 hi, lo for lanes 0-15
+        x0 += __shfl_xor_sync(0xffffffffu, x0, 4);
+        x1 += __shfl_xor_sync(0xffffffffu, x1, 4);
+        const int col = j0 + ACC_COL(c0, 0, 0);
+        if (lane < 4 || (lane >= 8 && lane < 12)) {
+            const int at = (MODE == 0 ? 0 : ELA_DV) + (lane < 4 ? 0 : ELA_DV) + col;
+            *(float2*)(o + at) = float2{x0, x1};
+        }
+    }
+    if (j0 == 0 && warp == 0)
+        for (int p = 0; p < P; ++p) {
+            float* o = out(p);
+            if (!o) break;
+            float s = 0.f;
+            for (int r = lane; r < nrows[p]; r += 32) {
+                const float* x = ri + (p * C + r) * 4;
+                s += MODE == 0 ? from_mt(wmt[(p * C + r) * LDW + 2]) + from_mt(wmt[(p * C + r) * LDW + 3])
+                               : !first ? 0.f : SCAN_DOT ? x[2] / x[1] : x[2];
+            }
+            s = warp_sum(s);
+            if (lane == 0) o[EXT_SUM_SC] = s;
+        }
+}
+#endif
+
+template <int MODE, bool EXT>
 __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s, float* slot_z, float* slot_m,
                                           SCAN_ROWS_T* rows, const float* init_s, const float* init_z,
                                           const float* init_m, float* fin_s, float* fin_z, float* fin_m,
-                                          const ScanSegs& seg, const ElaIo& io, i64 T, int nch, int causal
+                                          const ScanSegs& seg, const ElaIo& io, const ExtScan& ext, i64 T, int nch,
+                                          int causal
 #if SCAN_DOT
                                           , const ST* yin
 #endif
@@ -188,12 +292,15 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
     float* rsc = mto + P * F;             // [P][F] units change factors
     float* part = rsc + P * F;            // [P][ELA_WARPS][F] column maxima of the keys, per warp
     float* rinf = part + P * ELA_WARPS * F;  // [P][C][4] row info (mode 1)
+    // Identity: [P][C][LDW] each row's weights in the signed kernels' chunk sums (ext_weights).
+    constexpr int LDW = LDP(16);
+    MT* wmt = (MT*)(rinf + P * 4 * C);
     // SCAN_DOT, mode 1: [P][C][2][SCAN_LDY] the step's dy and y rows, [P][C][LDF] its q rows (after
-    // rinf: 16-byte aligned).
+    // rinf and wmt: 16-byte aligned).
     constexpr bool DOT = SCAN_DOT && mode == 1;
-    ST* ydy = (ST*)(rinf + P * 4 * C);
+    ST* ydy = (ST*)(wmt + (ELA_FMAP == 2 ? P * C * LDW : 0));
     ST* qsm = ydy + P * C * 2 * SCAN_LDY;
-    check_smem(DOT ? (const void*)(qsm + P * C * LDF) : (const void*)(rinf + P * 4 * C));
+    check_smem(DOT ? (const void*)(qsm + P * C * LDF) : (const void*)ydy);
 
     constexpr int NCB = SCAN_NDVB * (FA / F);  // column blocks of one sequence
     const int seq = blockIdx.x, cb = blockIdx.y % NCB, run = blockIdx.y / NCB;
@@ -233,8 +340,12 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
         }
         if (tid < F) mf = init_m[(i64)seq * FA + f0 + tid];
     }
-    // Columns DVB + 1 .. DVB + 7 of [V | 1] stay 0.
+    // Columns DVB + 1 .. DVB + 7 of [V | 1] stay 0; so do columns 4 .. 15 of the weight tile.
     for (int e = tid; e < P * C * 8; e += ELA_THREADS) vsm[(e / 8) * LDV + DVB + e % 8] = to_mt(0.f);
+#if ELA_FMAP == 2
+    if (EXT)
+        for (int e = tid; e < P * C * 12; e += ELA_THREADS) wmt[(e / 12) * LDW + 4 + e % 12] = to_mt(0.f);
+#endif
 
     // The chunk handled as the `p`-th of step `it` (-1: none, past the end of the walk).
     auto chunk_of = [&](int it, int p) {
@@ -488,6 +599,9 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
                 for (int j = 0; j < 4; ++j)
                     ex[j] = mode == 0 ? feat_if(r < n, o[j] - mt[j]) : feat_if(r < n, o[j] + mt[j] - u) * inv;
                 st_mt4(psi + (p * C + r) * LDF + fx, ex[0], ex[1], ex[2], ex[3]);
+#if ELA_FMAP == 2
+                if (EXT) ext_weights<mode, F>(wmt + (p * C + r) * LDW, ext, o, r < n, f0 == 0, inv);
+#endif
             }
         }
         if (!DOT && it + P < ncs) fetch(it + P);  // the registers are free now
@@ -512,6 +626,20 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
             if (W::group() == 0)
                 mm_tile<1, true, false>(accz, psi + p * C * LDF, LDF, vsm + p * C * LDV, LDV, row0, DVB, C);
         }
+#if ELA_FMAP == 2
+        // The chunks' own sums for the signed kernels, from the tiles the products have just
+        // read (they stay until the next step's first barrier); off the walk's chain.
+        if (EXT) {
+            int nrows[P];
+#pragma unroll
+            for (int p = 0; p < P; ++p) nrows[p] = rows_of(chunk_of(it, p));
+            auto out = [&](int p) -> float* {
+                const int c = chunk_of(it, p);
+                return c < 0 ? nullptr : ext.sums + (f0 / F) * ext.plane + ((i64)seq * (nch + 1) + c) * EXT_SUM_LD;
+            };
+            ext_chunk_sums<mode, LDV, LDW, P>(out, vsm, wmt, rinf, nrows, j0, f0 == 0);
+        }
+#endif
     }
 
     if (split) {
@@ -530,8 +658,8 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
 #define SCAN_PARAMS                                                                                            \
     const ST *x, const ST *val, MT *slot_s, float *slot_z, float *slot_m, SCAN_ROWS_T *rows, const float *init_s, \
         const float *init_z, const float *init_m, float *fin_s, float *fin_z, float *fin_m, ScanSegs seg, ElaIo io,  \
-        i64 T, int nch
-#define SCAN_ARGS x, val, slot_s, slot_z, slot_m, rows, init_s, init_z, init_m, fin_s, fin_z, fin_m, seg, io, T, nch
+        ExtScan ext, i64 T, int nch
+#define SCAN_ARGS x, val, slot_s, slot_z, slot_m, rows, init_s, init_z, init_m, fin_s, fin_z, fin_m, seg, io, ext, T, nch
 #if SCAN_DOT
 #define SCAN_YIN_PARAM , const ST* yin
 #define SCAN_YIN , yin
@@ -540,11 +668,21 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
 #define SCAN_YIN
 #endif
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB) ela_scan_m0(SCAN_PARAMS, int causal SCAN_YIN_PARAM) {
-    scan_walk<0>(SCAN_ARGS, causal SCAN_YIN);
+    scan_walk<0, false>(SCAN_ARGS, causal SCAN_YIN);
 }
 extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB) ela_scan_m1(SCAN_PARAMS, int causal SCAN_YIN_PARAM) {
-    scan_walk<1>(SCAN_ARGS, causal SCAN_YIN);
+    scan_walk<1, false>(SCAN_ARGS, causal SCAN_YIN);
 }
+#if ELA_FMAP == 2
+// The same walks making the signed kernels' chunk sums as well (`ext`; Identity modules only):
+// kernels of their own, so that the plain walks keep their code and registers.
+extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB) ela_scan_x0(SCAN_PARAMS, int causal SCAN_YIN_PARAM) {
+    scan_walk<0, true>(SCAN_ARGS, causal SCAN_YIN);
+}
+extern "C" __global__ void __launch_bounds__(ELA_THREADS, SCAN_MINB) ela_scan_x1(SCAN_PARAMS, int causal SCAN_YIN_PARAM) {
+    scan_walk<1, true>(SCAN_ARGS, causal SCAN_YIN);
+}
+#endif
 #undef SCAN_PARAMS
 #undef SCAN_ARGS
 #undef SCAN_YIN_PARAM

@@ -5,21 +5,6 @@
 
 // ---------------------------------------------------------------- rows of one chunk
 
-// The rank-one extra terms of the signed kernels on Identity's tiles (chunk_ext.cu, which has the
-// math; ops/ela/signed.rs): `sums` null everywhere else. `ela_out` reads the forward chunk sums
-// (V1 = sum v, V2 = sum g v, G = sum g over the keys before the chunk, or all of them), `ela_bwd`
-// the backward ones (V1 before the chunk; RG, RaG, Rc after it, or all); both take (a_i, g_i)
-// per row. Mirrored by `ExtArgs` in ops/ela/chunk.rs.
-struct ElaExt {
-    const float* sums;  // [sequence][nch + 1][EXT_SUM_LD], the slots' indexing
-    const float2* ag;   // (a_i, g_i) per row, packed [sequence][T]
-    int kind;           // 0: sum/sub-sq (a = |q|^2 / s, g = |k|^2 / s); 1: the blueprint (a = 0)
-    float inv_s;        // 1 / s, the key scale's inverse
-};
-// A row of the chunk sums: V1 at 0, V2 (forward) or RG, RaG (backward) at DV and 2 DV, the scalar
-// (G forward, Rc backward) at 3 DV, padded to 16 bytes.
-#define EXT_SUM_LD (3 * ELA_DV + 4)
-#define EXT_SUM_SC (3 * ELA_DV)
 // Identity's tiles add a_i + g_j to every visible entry of the intra-chunk block A (ea, eg: the
 // chunk's a and g, in shared memory); the other maps have no extra terms.
 // (PLUS_EXT_AG expands to nothing elsewhere: adding 0.f is not free, as x + 0.f is not x for
@@ -31,16 +16,36 @@ struct ElaExt {
 #define PLUS_EXT_AG(i, j)
 #define EXT_A(i) 0.f
 #endif
+#if ELA_FMAP == 2
+// Sum/sub-sq's a_i = |q_i|^2 / s or g_j = |k_j|^2 / s of the row `r` whose part `p` holds, into
+// e[r] (0 past the chunk's end). Every thread of the block calls it (the row sum's shuffles).
+template <int W> __device__ __forceinline__ void ext_norm(float* e, const RowPart<W>& p, int r, int n, float inv_s) {
+    float x = 0.f;
+#pragma unroll
+    for (int k = 0; k < RowPart<W>::EPT; ++k) x = fmaf(p.x[k], p.x[k], x);
+    x = RowPart<W>::sum(x);
+    if (RowPart<W>::head()) e[r] = r < n ? x * inv_s : 0.f;
+}
+#endif
 // The forward sums' V1 and V2 at columns col, col + 1 (col even), from the slot's row: one load
-// per column pair, shared by the thread's two rows (ext_num).
+// per column pair, shared by the thread's two rows.
 __device__ __forceinline__ float4 ext_cols(const ElaExt& ext, i64 slot, int col) {
-    if (ELA_FMAP != 2 || !ext.sums) return float4{0.f, 0.f, 0.f, 0.f};
+    if (!ext.sums) return float4{0.f, 0.f, 0.f, 0.f};
     const float* s = ext.sums + slot * EXT_SUM_LD;
     const float2 v1 = *(const float2*)(s + col), v2 = *(const float2*)(s + ELA_DV + col);
     return float4{v1.x, v1.y, v2.x, v2.y};
 }
-// The extra numerator a V1 + V2 of a row with extra term a at those columns.
-__device__ __forceinline__ float2 ext_num(float4 c, float a) { return float2{fmaf(a, c.x, c.z), fmaf(a, c.y, c.w)}; }
+// ela_out's y epilogue: the extra numerator a_i V1 + V2 added to the accumulator's column pair
+// (EXT_NUM_COLS loads the pair's sums once for both rows); nothing for the other maps, whose
+// epilogue keeps its plain quotient.
+#if ELA_FMAP == 2
+#define EXT_NUM_COLS(nt) const float4 xc = ext_cols(ext, slot, ACC_COL(c0, nt, 0))
+#define EXT_NUM_ADD(nt, e, i) \
+    (acc[nt][e] += fmaf(EXT_A(i), xc.x, xc.z), acc[nt][(e) + 1] += fmaf(EXT_A(i), xc.y, xc.w))
+#else
+#define EXT_NUM_COLS(nt) (void)0
+#define EXT_NUM_ADD(nt, e, i) (void)0
+#endif
 
 // The exact path for row i of the chunk (docs/ela.md "exact rows after underflow"; the CPU's
 // exact_rows.rs): u = r_i, the row's true largest log-term, so its largest term is 1. Block-wide;
@@ -161,7 +166,9 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         zst[fsk(tid)] = slot_z[slot * F + tid];
     }
 #if ELA_FMAP == 2
-    if (tid < C) {
+    // Sum/sub-sq take a and g from the rows below (ext_norm); the blueprint reads them.
+    const bool xt_rows = ext.sums && !ext.ag;
+    if (tid < C && !xt_rows) {
         const float2 x = (ext.ag && tid < n) ? ext.ag[rowbase + tid] : float2{0.f, 0.f};
         ea[tid] = x.x, eg[tid] = x.y;
     }
@@ -184,6 +191,9 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
             store_mt_vec(psia + row * LDF + rc0 + e0, pa);
         }
         if (ELA_UNITS && RP::head()) mk[row] = mx;
+#if ELA_FMAP == 2
+        if (xt_rows) ext_norm(eg, kp, row, n, ext.inv_s);
+#endif
         if (mode == 0) vt.store(vsm, LDV, (const float*)0);
     }
     __syncthreads();
@@ -231,6 +241,9 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
             if (causal) store_mt_vec(phia + i * LDF + rc0 + e0, pa);
         }
         ds = RP::sum(ds);
+#if ELA_FMAP == 2
+        if (xt_rows) ext_norm(ea, qp, i, n, ext.inv_s);
+#endif
         if (RP::head()) {
             mq[i] = i < n ? mqv : 0.f;
             uu[i] = i < n ? u : 0.f;
@@ -318,25 +331,25 @@ extern "C" __global__ void __launch_bounds__(ELA_THREADS, ELA_MINB)
         }
 #pragma unroll
         for (int nt = 0; nt < WY::NT; ++nt) {
-            const float4 xc = ext_cols(ext, slot, ACC_COL(c0, nt, 0));
+            EXT_NUM_COLS(nt);
 #pragma unroll
             for (int e = 0; e < 4; e += 2) {
                 const int i = ACC_ROW(r0, e);
                 if (!ok[e / 2]) continue;
-                const float2 x = ext_num(xc, EXT_A(i));
-                store_st2(yo + i * ly + ACC_COL(c0, nt, e), (acc[nt][e] + x.x) * rd[e / 2], (acc[nt][e + 1] + x.y) * rd[e / 2]);
+                EXT_NUM_ADD(nt, e, i);
+                store_st2(yo + i * ly + ACC_COL(c0, nt, e), acc[nt][e] * rd[e / 2], acc[nt][e + 1] * rd[e / 2]);
             }
         }
 #else
 #pragma unroll
         for (int nt = 0; nt < WY::NT; ++nt) {
-            const float4 xc = ext_cols(ext, slot, ACC_COL(c0, nt, 0));
+            EXT_NUM_COLS(nt);
 #pragma unroll
             for (int e = 0; e < 4; e += 2) {
                 const int i = ACC_ROW(r0, e), col = ACC_COL(c0, nt, e);
                 if (i < n && !slw[i]) {
-                    const float2 x = ext_num(xc, EXT_A(i));
-                    store_st2(yo + i * ly + col, (acc[nt][e] + x.x) / den[i], (acc[nt][e + 1] + x.y) / den[i]);
+                    EXT_NUM_ADD(nt, e, i);
+                    store_st2(yo + i * ly + col, acc[nt][e] / den[i], acc[nt][e + 1] / den[i]);
                 }
             }
         }

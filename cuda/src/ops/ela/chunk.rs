@@ -70,6 +70,12 @@ pub(crate) struct Variant {
     min_blocks: ChunkMinBlocks,
 }
 
+/// Feature blocks of one sequence's scan (`SCAN_FB` features each): the planes of the chunk
+/// sums a scan makes for the signed kernels (`ExtScan` in chunk_fwd.cu).
+pub(super) fn scan_feature_blocks(cv: &Variant) -> usize {
+    cv.f / SCAN_FB
+}
+
 /// The variant for these inputs, if the chunked path supports them on `dev`: every kernel's
 /// shared memory must fit in what one block of this GPU may have (256-wide heads need 229,632
 /// bytes, which an H100/H200 has and an A100 does not). `carried`: the call starts from or
@@ -197,7 +203,10 @@ impl Variant {
         // The value tile: DVB + 8 columns, 8 more with 16-bit operands (an odd count of 16-byte
         // units per row: conflict-free ldmatrix reads; `LDV` in the kernel).
         let value_cols = scan_dvb(self.dv) + if self.mt == DType::F32 { 8 } else { 16 };
-        let tiles = c * lp(self, f) + c * lp(self, value_cols);
+        // Identity's modules also hold the weight tile of the signed kernels' chunk sums, 16 wide.
+        let identity = matches!(self.file, KernelFile::ElaChunk { map: ChunkMap::Identity, .. });
+        let weights = if identity { c * lp(self, 16) } else { 0 };
+        let tiles = c * lp(self, f) + c * lp(self, value_cols) + weights;
         (per_step * (tiles * self.mt.size_in_bytes() + (10 * f + 4 * c) * 4)) as u32
     }
     /// Dynamic shared memory of `ela_out`.
@@ -288,20 +297,35 @@ fn strides(r: &ElaRows) -> [i64; 3] {
     [r.batch as i64, r.head as i64, r.row as i64]
 }
 
-/// Mirror of `struct ElaExt` in `kernels/ela/chunk_out.cu`: the rank-one extra terms of the signed
+/// Mirror of `struct ElaExt` in `kernels/ela/chunk_fwd.cu`: the rank-one extra terms of the signed
 /// kernels on Identity's tiles (`signed.rs`; all zero elsewhere): the scanned chunk sums
-/// `ela_out` (forward sums) or `ela_bwd` (backward sums) reads, each row's `(a, g)`, the kind
-/// of the terms and `1 / s`.
+/// `ela_out` (forward sums) or `ela_bwd` (backward sums, and the forward's in `pre`) reads, each
+/// row's `(a, g)` where given (0: from the rows), the kind of the terms and `1 / s`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct ExtArgs {
     pub(super) sums: u64,
+    pub(super) pre: u64,
     pub(super) ag: u64,
     pub(super) kind: i32,
     pub(super) inv_s: f32,
 }
 // SAFETY: plain-old-data with the C layout of the kernel-side struct.
 unsafe impl DeviceRepr for ExtArgs {}
+
+/// Mirror of `struct ExtScan` in `kernels/ela/chunk_fwd.cu`: where a scan writes each chunk's own
+/// sums for the signed kernels (`sums` 0: nowhere), `plane` floats apart per feature block, and
+/// whether they weigh rows by their norms (`norms`, with `1 / s`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ExtScanArgs {
+    pub(super) sums: u64,
+    pub(super) plane: i64,
+    pub(super) inv_s: f32,
+    pub(super) norms: i32,
+}
+// SAFETY: plain-old-data with the C layout of the kernel-side struct.
+unsafe impl DeviceRepr for ExtScanArgs {}
 
 /// The operands of one chunked call: the address of each one's first row (`y`, `dy`: 0 in a
 /// forward, which makes `y` itself with the layout `rows.y`) and where their rows lie.
@@ -313,6 +337,9 @@ pub(crate) struct Io {
     pub(super) dy: u64,
     /// The extra terms `ela_out` and `ela_bwd` add (none by default; `signed.rs`).
     pub(super) ext: ExtArgs,
+    /// The chunk sums the scans make for those terms (none by default; `signed.rs`), prefixed by
+    /// `ela_ext_scan` after the scan.
+    pub(super) ext_scan: ExtScanArgs,
     pub(super) rows: IoRows,
 }
 
@@ -337,6 +364,7 @@ impl Io {
             y,
             dy,
             ext: ExtArgs::default(),
+            ext_scan: ExtScanArgs::default(),
             rows: IoRows {
                 q: strides(&q.rows),
                 k: strides(&k.rows),
@@ -412,11 +440,13 @@ impl Cuda {
         }
     }
 
-    /// `ela_scan_m0` / `ela_scan_m1` (one kernel per mode): mode 0 writes the forward
+    /// `ela_scan_m0` / `ela_scan_m1` (one kernel per mode; `ela_scan_x0` / `ela_scan_x1` with
+    /// `io.ext_scan`): mode 0 writes the forward
     /// slots from `x = k`, `val = v` (and an optional initial state; `fin` receives the final
     /// state in f32); mode 1 the reverse accumulators from `x = q`, `val = dy` and the row info.
     /// Causal calls without a carried state may split each walk into runs ([`Cuda::scan_runs`]),
-    /// joined by `ela_scan_join` (or folded by `ela_scan_fold` at one chunk a run).
+    /// joined by `ela_scan_join` (or folded by `ela_scan_fold` at one chunk a run). With
+    /// `io.ext_scan`, the scan also makes the signed kernels' chunk sums, prefixed here.
     #[allow(clippy::too_many_arguments)]
     fn ela_scan(
         &self,
@@ -430,7 +460,7 @@ impl Cuda {
         rows: u64,
         init: [u64; 3],
         fin: [u64; 3],
-        io: &IoRows,
+        io: &Io,
         mode: i32,
         causal: bool,
         yin: u64,
@@ -486,7 +516,8 @@ impl Cuda {
             Arg::Ptr(fin[1]),
             Arg::Ptr(fin[2]),
             Arg::by_value(segs),
-            Arg::by_value(*io),
+            Arg::by_value(io.rows),
+            Arg::by_value(io.ext_scan),
             Arg::n(t),
             Arg::I32(nch as i32),
             Arg::I32(causal as i32),
@@ -495,7 +526,12 @@ impl Cuda {
             // The reverse scan's y (both kernels take it with SCAN_DOT; the forward's is unused).
             args.push(Arg::Ptr(yin));
         }
-        let name = if mode == 0 { "ela_scan_m0" } else { "ela_scan_m1" };
+        let name = match (mode, io.ext_scan.sums != 0) {
+            (0, false) => "ela_scan_m0",
+            (_, false) => "ela_scan_m1",
+            (0, true) => "ela_scan_x0",
+            (_, true) => "ela_scan_x1",
+        };
         let cfg = Cfg { grid: n as u32, grid_y: (runs * cv.scan_blocks()) as u32, block: THREADS };
         launch(self, cv, name, cfg, cv.scan_smem_mode(mode), &args)?;
         if runs > 1 {
@@ -521,6 +557,9 @@ impl Cuda {
                 let cfg = Cfg { grid: joined.div_ceil(JOIN_SLOTS) as u32, grid_y: groups_y as u32, block: THREADS };
                 launch(self, cv, "ela_scan_join", cfg, 0, &args)?;
             }
+        }
+        if io.ext_scan.sums != 0 {
+            self.ela_ext_prefix(cv, io.ext_scan, n, nch, mode == 1, scan_feature_blocks(cv))?;
         }
         Ok(())
     }
@@ -568,8 +607,7 @@ impl Cuda {
     /// empty one, on operands of dtype `dtype` where `io` says (`y` is made in the layout
     /// `io.rows.y`). With `save` (empty state only), it also keeps for the backward the slots and
     /// the row info `(u, den, 0, exact-path flag)`: buffers `[s, z, m, rows]` (`None` for an empty
-    /// call or without `save`). `after_scan` runs once the scan is queued, before the output pass:
-    /// it queues what `io`'s extra terms need (on the side stream, beside the scan, and joined).
+    /// call or without `save`).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn ela_chunk_forward(
         &self,
@@ -580,7 +618,6 @@ impl Cuda {
         causal: bool,
         state: Option<(&mut ElaStateBufs<CudaStorage>, [u64; 3])>,
         save: bool,
-        after_scan: Option<Box<dyn FnOnce() -> Result<()> + '_>>,
     ) -> Result<(CudaStorage, Option<Vec<CudaStorage>>)> {
         let (n, t) = (dims.sequences(), dims.t);
         let y = self.alloc(dtype, n * t * dims.dv)?;
@@ -601,10 +638,7 @@ impl Cuda {
         };
         let init = state.as_ref().map_or([0; 3], |s| s.1);
         let finp = fin.as_ref().map_or([0; 3], |x| [x.0.ptr(), x.1.ptr(), x.2.ptr()]);
-        self.ela_scan(cv, n, t, io.k, io.v, (&sl.s, &sl.z), &sl.m, 0, init, finp, &io.rows, 0, causal, 0)?;
-        if let Some(f) = after_scan {
-            f()?;
-        }
+        self.ela_scan(cv, n, t, io.k, io.v, (&sl.s, &sl.z), &sl.m, 0, init, finp, io, 0, causal, 0)?;
         let rows_ptr = rows.as_ref().map_or(0, |r| r.ptr());
         self.ela_out(cv, n, t, OutMode::Forward { y: y.ptr(), rows: rows_ptr }, io, &sl, causal)?;
         if let (Some((st, _)), Some((fs, fz, fm))) = (state, fin) {
@@ -661,7 +695,7 @@ impl Cuda {
             return Ok((dq, dk, dvo));
         }
         let sl = self.ela_slots(cv, n, nch + 1)?;
-        self.ela_scan(cv, n, t, io.k, io.v, (&sl.s, &sl.z), &sl.m, 0, [0; 3], [0; 3], &io.rows, 0, causal, 0)?;
+        self.ela_scan(cv, n, t, io.k, io.v, (&sl.s, &sl.z), &sl.m, 0, [0; 3], [0; 3], io, 0, causal, 0)?;
         // Per row (u, den, c, exact-path flag).
         let rows = self.alloc(DType::F32, n * t * 4)?;
         let mode = OutMode::Rows { rows: rows.ptr(), dy: io.dy, y: io.y };
@@ -710,7 +744,7 @@ impl Cuda {
     ) -> Result<(CudaStorage, CudaStorage)> {
         let nch = cv.nch(t);
         let (u, w) = (self.alloc(cv.mt, n * nch * cv.f * cv.dv)?, self.alloc(DType::F32, n * nch * cv.f)?);
-        self.ela_scan(cv, n, t, io.q, io.dy, (&u, &w), sm, rows.ptr(), [0; 3], [0; 3], &io.rows, 1, causal, io.y)?;
+        self.ela_scan(cv, n, t, io.q, io.dy, (&u, &w), sm, rows.ptr(), [0; 3], [0; 3], io, 1, causal, io.y)?;
         Ok((u, w))
     }
 

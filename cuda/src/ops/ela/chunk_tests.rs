@@ -101,13 +101,17 @@ fn runs_cover_every_chunk_and_none_is_empty() {
 }
 
 /// The kernel-argument mirrors keep the C layouts of their device structs (`ElaExt` in
-/// chunk_out.cu: two pointers, an int, a float; `ElaIo` in tile.cuh: five stride triples and the
-/// head count, padded), and the default extra terms are none (null sums: the chunk kernels' test).
+/// chunk_fwd.cu: three pointers, an int, a float; `ExtScan`: a pointer, an i64, a float, an int;
+/// `ElaIo` in tile.cuh: five stride triples and the head count, padded), and the default extra
+/// terms are none (null sums: the chunk kernels' and the scans' test).
 #[test]
 fn argument_structs_match_their_device_layouts() {
-    assert_eq!((std::mem::size_of::<ExtArgs>(), std::mem::align_of::<ExtArgs>()), (24, 8));
-    assert_eq!((std::mem::offset_of!(ExtArgs, kind), std::mem::offset_of!(ExtArgs, inv_s)), (16, 20));
+    assert_eq!((std::mem::size_of::<ExtArgs>(), std::mem::align_of::<ExtArgs>()), (32, 8));
+    assert_eq!((std::mem::offset_of!(ExtArgs, kind), std::mem::offset_of!(ExtArgs, inv_s)), (24, 28));
+    assert_eq!((std::mem::size_of::<ExtScanArgs>(), std::mem::align_of::<ExtScanArgs>()), (24, 8));
+    assert_eq!((std::mem::offset_of!(ExtScanArgs, inv_s), std::mem::offset_of!(ExtScanArgs, norms)), (16, 20));
     assert_eq!(std::mem::size_of::<IoRows>(), 5 * 3 * 8 + 8);
     let none = ExtArgs::default();
-    assert_eq!((none.sums, none.ag), (0, 0));
+    assert_eq!((none.sums, none.pre, none.ag), (0, 0, 0));
+    assert_eq!(ExtScanArgs::default().sums, 0);
 }

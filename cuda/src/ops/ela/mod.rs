@@ -57,9 +57,6 @@ pub(super) struct Switches {
     pub gemm_chunk: bool,
     /// `ELA_CUDA_PROFILE`: each chunked launch is timed alone and reported on stderr.
     pub profile: bool,
-    /// `ELA_CUDA_SERIAL`: no ELA call runs work on the side stream (`Cuda::fork_at`): everything
-    /// in order on one stream, for timing what the overlap gains. Also implied by `profile`.
-    pub serial: bool,
     /// `ELA_CUDA_SCAN_RUNS=K`: every split-able scan forced into K runs (as
     /// [`with_scan_runs`] does for one thread; that call takes precedence), for timing the split
     /// choices in a whole model. 0 or unset: chosen per call.
@@ -95,7 +92,6 @@ pub(super) fn switches() -> &'static Switches {
             gemm_chunk: on("ELA_CUDA_GEMM_CHUNK"),
             signed_bf16: on("ELA_CUDA_SIGNED_BF16"),
             profile: on("ELA_CUDA_PROFILE"),
-            serial: on("ELA_CUDA_SERIAL") || on("ELA_CUDA_PROFILE"),
             scan_runs: match std::env::var("ELA_CUDA_SCAN_RUNS") {
                 Err(_) => 0,
                 Ok(v) => v.trim().parse().unwrap_or_else(|_| {
@@ -255,7 +251,7 @@ impl Cuda {
         let keep = |bufs: Option<Vec<CudaStorage>>| bufs.map(|buffers| ElaSaved { buffers, dims: *dims, params: *p });
         if let Some(cv) = chunk::variant(self, p.kernel, d, dims, false) {
             let io = chunk::Io::packed(dims, [q, k, v], None);
-            let (y, bufs) = self.ela_chunk_forward(&cv, &io, d, dims, p.causal, None, true, None)?;
+            let (y, bufs) = self.ela_chunk_forward(&cv, &io, d, dims, p.causal, None, true)?;
             return Ok((y, keep(bufs)));
         }
         if let Some(pl) = signed::plan(self, p.kernel, d, dims, false) {
@@ -297,7 +293,7 @@ impl Cuda {
         let cv = chunk::variant(self, p.kernel, d, dims, false)
             .ok_or_else(|| rows_unsupported("ela_forward_rows", dims, p))?;
         let io = chunk::Io::of_args(dims, qkv, y_rows, None);
-        let (y, bufs) = self.ela_chunk_forward(&cv, &io, d, dims, p.causal, None, save, None)?;
+        let (y, bufs) = self.ela_chunk_forward(&cv, &io, d, dims, p.causal, None, save)?;
         Ok((y, bufs.map(|buffers| ElaSaved { buffers, dims: *dims, params: *p })))
     }
 
@@ -349,7 +345,7 @@ impl Cuda {
                 None => None,
             };
             let io = chunk::Io::packed(dims, [q, k, v], None);
-            return Ok(self.ela_chunk_forward(&cv, &io, d, dims, p.causal, state, false, None)?.0);
+            return Ok(self.ela_chunk_forward(&cv, &io, d, dims, p.causal, state, false)?.0);
         }
         if let Some(pl) = signed::plan(self, p.kernel, d, dims, state.is_some()) {
             return Ok(self.ela_signed_forward(&pl, [q, k, v], d, dims, p.causal, false)?.0);

@@ -132,7 +132,7 @@ impl Cuda {
         let (yp, saved) = match state {
             None => {
                 let io = chunk::Io::packed(&pp.dims, [qp, kp, vp], None);
-                self.ela_chunk_forward(&pp.cv, &io, qp.dtype(), &pp.dims, causal, None, save, None)?
+                self.ela_chunk_forward(&pp.cv, &io, qp.dtype(), &pp.dims, causal, None, save)?
             }
             Some(st) => {
                 let Some(m) = st.m.as_ref() else {
@@ -155,16 +155,8 @@ impl Cuda {
                 };
                 let ptrs = [padded.s.ptr(), padded.z.ptr(), padded.m.as_ref().map_or(0, |m| m.ptr())];
                 let io = chunk::Io::packed(&pp.dims, [qp, kp, vp], None);
-                let out = self.ela_chunk_forward(
-                    &pp.cv,
-                    &io,
-                    qp.dtype(),
-                    &pp.dims,
-                    causal,
-                    Some((&mut padded, ptrs)),
-                    save,
-                    None,
-                )?;
+                let out =
+                    self.ela_chunk_forward(&pp.cv, &io, qp.dtype(), &pp.dims, causal, Some((&mut padded, ptrs)), save)?;
                 // The real features and columns back into the caller's buffers.
                 let s_view = Layout::from_parts([n, f, dv].into(), vec![fp * dvp, dvp, 1], 0);
                 self.copy_strided(&st.s, &Layout::contiguous([n, f, dv]), &padded.s, &s_view)?;

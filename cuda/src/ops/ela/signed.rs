@@ -6,8 +6,9 @@
 //! With `s` the key scale (2 sum-sq, -2 sub-sq, 1 the blueprint), the kernel is `s` times
 //! Identity's on `(q, k)` (the blueprint: on `(q, k')`, `k' = (|k|^2 + 1) k`) plus terms of rank
 //! one, `a_i + g_j`: `ela_out` and `ela_bwd` add them to their chunk's block of entries and take
-//! what the other chunks add from chunk sums made here (`ela_ext_sums`, `ela_ext_scan`), so the row
-//! info holds the denominator over `s` that Identity's backward divides by. Taken where the
+//! what the other chunks add from chunk sums, which the chunk scans make as they walk the rows
+//! (the blueprint's forward: `ela_bp_sums`, before its scan) and `ela_ext_scan` prefixes, so the
+//! row info holds the denominator over `s` that Identity's backward divides by. Taken where the
 //! Identity tiles are and no state is carried (f32 inputs; bf16 inputs with the signed kernels'
 //! bf16-operand opt-in), unless [`with_signed_tiles`] or `ELA_CUDA_SIGNED_TILES=0` turns it off
 //! ([`SIGNED_TILES_DEFAULT`]).
@@ -15,12 +16,12 @@
 use ela_core::ela::{ElaDims, ElaKernel};
 use ela_core::{DType, Result};
 
-use super::chunk::{self, launch, ExtArgs, Grads, Io, Variant};
+use super::chunk::{self, launch, ExtArgs, ExtScanArgs, Grads, Io, Variant};
 use crate::device::{Arg, Cfg, Cuda};
 use crate::kernels::{ChunkMap, ElaDt};
 use crate::storage::CudaStorage;
 
-/// Threads per block of `ela_ext_sums` (`EXT_THREADS` in chunk_ext.cu; a block per chunk).
+/// Threads per block of `ela_bp_sums` (`EXT_THREADS` in chunk_ext.cu; a block per chunk).
 const EXT_THREADS: u32 = 256;
 
 /// Whether sum-sq, sub-sq and the blueprint take the Identity tiles with extra terms where they
@@ -90,51 +91,83 @@ impl Plan {
     fn sum_ld(&self) -> usize {
         3 * self.cv.dv + 4
     }
-    /// The kernel-side description of the extra terms.
-    fn ext(&self, sums: &CudaStorage, ag: &CudaStorage) -> ExtArgs {
-        ExtArgs { sums: sums.ptr(), ag: ag.ptr(), kind: self.kind, inv_s: 1.0 / self.scale as f32 }
+    /// Floats per plane of the chunk sums: one row per slot of every sequence.
+    fn plane(&self, dims: &ElaDims) -> usize {
+        dims.sequences() * (self.segments(dims.t) + 1) * self.sum_ld()
+    }
+    /// The planes the scans write: one per feature block of a scan (`ExtScan` in chunk_fwd.cu).
+    fn parts(&self) -> usize {
+        chunk::scan_feature_blocks(&self.cv)
+    }
+    /// The kernel-side description of the extra terms: the scanned sums `ela_out` or `ela_bwd`
+    /// reads, the forward's (`pre`, backward only) and the rows' `(a, g)` (0: from the rows).
+    fn ext(&self, sums: &CudaStorage, pre: u64, ag: u64) -> ExtArgs {
+        ExtArgs { sums: sums.ptr(), pre, ag, kind: self.kind, inv_s: 1.0 / self.scale as f32 }
+    }
+    /// What a scan makes of the chunk sums into `sums` (weighing rows by their norms: sum/sub-sq).
+    fn ext_scan(&self, sums: &CudaStorage, dims: &ElaDims) -> ExtScanArgs {
+        ExtScanArgs {
+            sums: sums.ptr(),
+            plane: self.plane(dims) as i64,
+            inv_s: 1.0 / self.scale as f32,
+            norms: (self.kind == 0) as i32,
+        }
     }
 }
 
 impl Cuda {
-    /// The chunk sums of the forward (`bwd` None; each row's `(a, g)` into `ag` and, for the
-    /// blueprint, its keys `k' = (|k|^2 + 1) k` into `kp`, packed like `k`) or the backward
-    /// (`(dy, row info, y)`; `(a, g)` read from `ag`, den from the row info, and each row's `c`
-    /// from the row info or, with `y` not 0, from `dy . y / den`), scanned:
-    /// `[sequence][chunk + 1][sum_ld]` f32 into `sums` (from [`Cuda::ela_ext_buffer`]).
-    #[allow(clippy::too_many_arguments)]
-    fn ela_ext_sums(
+    /// `ela_ext_scan`: the chunk sums of `n` sequences of `nch` chunks, summed over the `parts`
+    /// planes a scan wrote, to prefix sums (forward: `V1`, `V2`, `G`) or suffix sums (`bwd`: `RG`,
+    /// `RaG`, `Rc`) in the first plane, with each sequence's total in slot `nch`.
+    pub(super) fn ela_ext_prefix(
+        &self,
+        cv: &Variant,
+        ext: ExtScanArgs,
+        n: usize,
+        nch: usize,
+        bwd: bool,
+        parts: usize,
+    ) -> Result<()> {
+        let args = [
+            Arg::Ptr(ext.sums),
+            Arg::I32(nch as i32),
+            Arg::I32(bwd as i32),
+            Arg::I64(ext.plane),
+            Arg::I32(parts as i32),
+        ];
+        let cfg = Cfg { grid: n as u32, grid_y: 1, block: (2 * cv.dv + 1).next_multiple_of(32) as u32 };
+        launch(self, cv, "ela_ext_scan", cfg, 0, &args)
+    }
+
+    /// The blueprint's forward chunk sums, scanned, into `sums`, with each row's `(0, g)` into
+    /// `ag` and its keys `k' = (|k|^2 + 1) k` into `kp`, packed like `k`: its scan reads `k'`.
+    fn ela_bp_sums(
         &self,
         pl: &Plan,
         io: &Io,
         dims: &ElaDims,
         ag: &CudaStorage,
-        kp: u64,
-        bwd: Option<(u64, u64, u64)>,
+        kp: &CudaStorage,
         sums: &CudaStorage,
     ) -> Result<()> {
         let (n, t) = (dims.sequences(), dims.t);
         let nseg = pl.segments(t);
-        let (dy, rows, y) = bwd.unwrap_or((0, 0, 0));
-        let mut args: Vec<Arg> = [sums.ptr(), ag.ptr(), kp, io.q, io.k, io.v, dy, y, rows].map(Arg::Ptr).to_vec();
-        args.extend([Arg::by_value(io.rows), Arg::n(t), Arg::I32(nseg as i32), Arg::I32(pl.kind), Arg::I32(pl.scale)]);
+        let mut args: Vec<Arg> = [sums.ptr(), ag.ptr(), kp.ptr(), io.k, io.v].map(Arg::Ptr).to_vec();
+        args.extend([Arg::by_value(io.rows), Arg::n(t), Arg::I32(nseg as i32)]);
         let cfg = Cfg { grid: nseg as u32, grid_y: n as u32, block: EXT_THREADS };
-        launch(self, &pl.cv, "ela_ext_sums", cfg, 0, &args)?;
-        let bwd = bwd.is_some() as i32;
-        let cols = if bwd == 1 { 3 * pl.cv.dv + 1 } else { 2 * pl.cv.dv + 1 };
-        let args = [Arg::Ptr(sums.ptr()), Arg::I32(nseg as i32), Arg::I32(bwd)];
-        let cfg = Cfg { grid: n as u32, grid_y: 1, block: cols.next_multiple_of(32) as u32 };
-        launch(self, &pl.cv, "ela_ext_scan", cfg, 0, &args)
+        launch(self, &pl.cv, "ela_bp_sums", cfg, 0, &args)?;
+        self.ela_ext_prefix(&pl.cv, pl.ext_scan(sums, dims), n, nseg, false, 1)
     }
 
-    /// The chunk sums' buffer for these dims.
-    fn ela_ext_buffer(&self, pl: &Plan, dims: &ElaDims) -> Result<CudaStorage> {
-        self.alloc(DType::F32, dims.sequences() * (pl.segments(dims.t) + 1) * pl.sum_ld())
+    /// The chunk sums' buffer for these dims: `parts` planes.
+    fn ela_ext_buffer(&self, pl: &Plan, dims: &ElaDims, parts: usize) -> Result<CudaStorage> {
+        self.alloc(DType::F32, parts * pl.plane(dims))
     }
 
     /// Forward on the Identity tiles with the extra terms; with `save`, the buffers
     /// [`Cuda::ela_signed_backward`] reuses: Identity's four (whose row info holds the
-    /// denominators over `s`), each row's `(a, g)` and, for the blueprint, the keys `k'`.
+    /// denominators over `s`), the scanned forward sums and, for the blueprint, each row's
+    /// `(a, g)` and the keys `k'`.
     pub(super) fn ela_signed_forward(
         &self,
         pl: &Plan,
@@ -147,35 +180,41 @@ impl Cuda {
         let (n, t) = (dims.sequences(), dims.t);
         let io = Io::packed(dims, [q, k, v], None);
         if n == 0 || t == 0 {
-            return self.ela_chunk_forward(&pl.cv, &io, dtype, dims, causal, None, save, None);
+            return self.ela_chunk_forward(&pl.cv, &io, dtype, dims, causal, None, save);
         }
-        let blueprint = pl.kind == 1;
-        let ag = self.alloc(DType::F32, n * t * 2)?;
-        let kp = self.alloc(dtype, if blueprint { n * t * dims.d } else { 0 })?;
-        let sums = self.ela_ext_buffer(pl, dims)?;
-        let mut tio = Io::packed(dims, [q, if blueprint { &kp } else { k }, v], None);
-        tio.ext = pl.ext(&sums, &ag);
-        let (y, saved) = if blueprint {
-            // The blueprint's scan reads the keys k' its sums write: in order.
-            self.ela_ext_sums(pl, &io, dims, &ag, kp.ptr(), None, &sums)?;
-            self.ela_chunk_forward(&pl.cv, &tio, dtype, dims, causal, None, save, None)?
+        let (y, saved) = if pl.kind == 1 {
+            // The blueprint's scan reads the keys k' its sums write: sums first, then Identity.
+            let ag = self.alloc(DType::F32, n * t * 2)?;
+            let kp = self.alloc(dtype, n * t * dims.d)?;
+            let sums = self.ela_ext_buffer(pl, dims, 1)?;
+            self.ela_bp_sums(pl, &io, dims, &ag, &kp, &sums)?;
+            let mut tio = Io::packed(dims, [q, &kp, v], None);
+            tio.ext = pl.ext(&sums, 0, ag.ptr());
+            let (y, saved) = self.ela_chunk_forward(&pl.cv, &tio, dtype, dims, causal, None, save)?;
+            (
+                y,
+                saved.map(|mut b| {
+                    b.extend([sums, ag, kp]);
+                    b
+                }),
+            )
         } else {
-            // The sums run on the side stream beside the chunk scan, which needs none of them:
-            // forked from before the scan, queued after it (`ForkPoint`), joined before the
-            // output pass.
-            let point = self.fork_point(!super::switches().serial)?;
-            let sums_beside = Box::new(|| {
-                let ((), forked) = self.fork_at(point, || self.ela_ext_sums(pl, &io, dims, &ag, 0, None, &sums))?;
-                self.join(forked)
-            });
-            self.ela_chunk_forward(&pl.cv, &tio, dtype, dims, causal, None, save, Some(sums_beside))?
+            // The forward scan makes the chunk sums as it walks k and v (ExtScan); `ela_out`
+            // takes each row's a and g from the q and k rows it reads.
+            let sums = self.ela_ext_buffer(pl, dims, pl.parts())?;
+            let mut tio = Io::packed(dims, [q, k, v], None);
+            tio.ext = pl.ext(&sums, 0, 0);
+            tio.ext_scan = pl.ext_scan(&sums, dims);
+            let (y, saved) = self.ela_chunk_forward(&pl.cv, &tio, dtype, dims, causal, None, save)?;
+            (
+                y,
+                saved.map(|mut b| {
+                    b.push(sums);
+                    b
+                }),
+            )
         };
-        let keep = |mut b: Vec<CudaStorage>| {
-            b.push(ag);
-            b.extend(blueprint.then_some(kp));
-            b
-        };
-        Ok((y, saved.map(keep)))
+        Ok((y, saved))
     }
 
     /// Backward: Identity's gradient kernel on the tiles with the extra terms, from `saved` or
@@ -197,7 +236,7 @@ impl Cuda {
         }
         // What another path saved (the switches changed between the calls) is not reusable here.
         let fresh;
-        let count = if pl.kind == 1 { 6 } else { 5 };
+        let count = if pl.kind == 1 { 7 } else { 5 };
         let saved = match saved.filter(|s| s.len() == count) {
             Some(s) => s,
             None => {
@@ -206,30 +245,27 @@ impl Cuda {
             }
         };
         let (tiles, rest) = saved.split_at(4);
-        let (ag, kp) = match rest {
-            [ag] if ag.len() == n * t * 2 => (ag, k),
-            [ag, kp] if ag.len() == n * t * 2 && kp.len() == n * t * dims.d => (ag, kp),
+        let fwd_len = pl.parts() * pl.plane(dims);
+        let bp_len = pl.plane(dims);
+        let (pre, ag, kp) = match rest {
+            [pre] if pl.kind == 0 && pre.len() == fwd_len => (pre, 0, k),
+            [pre, ag, kp] if pre.len() == bp_len && ag.len() == n * t * 2 && kp.len() == n * t * dims.d => {
+                (pre, ag.ptr(), kp)
+            }
             _ => {
                 let have: Vec<usize> = saved.iter().map(|b| b.len()).collect();
-                let mut want = vec![n * t * 2];
-                want.extend((pl.kind == 1).then_some(n * t * dims.d));
-                return Err(super::saved_mismatch(&have, &want, "(a, g) rows, then the blueprint's k', last".into()));
+                let want = if pl.kind == 1 { vec![bp_len, n * t * 2, n * t * dims.d] } else { vec![fwd_len] };
+                let what = "the forward's chunk sums, then the blueprint's (a, g) rows and k', last";
+                return Err(super::saved_mismatch(&have, &want, what.into()));
             }
         };
+        // The reverse scan makes the backward chunk sums as it walks q and dy (ExtScan).
+        let sums = self.ela_ext_buffer(pl, dims, pl.parts())?;
         let mut tio = Io::packed(dims, [q, kp, v], Some([y, dy]));
+        tio.ext_scan = pl.ext_scan(&sums, dims);
         let [s, z, m, rows] = self.ela_saved_rows(&pl.cv, &tio, (n, t), tiles)?;
-        // The backward sums run on the side stream beside the reverse scan (forked from before
-        // it, queued after it). They need each row's c: ela_saved_rows has written it where the
-        // scan does not compute it; where the scan does (and is writing it now), they compute it
-        // from dy and y.
-        let y_for_c = if pl.cv.scan_dot() { io.y } else { 0 };
-        let bwd = Some((io.dy, rows.ptr(), y_for_c));
-        let sums = self.ela_ext_buffer(pl, dims)?;
-        let point = self.fork_point(!super::switches().serial)?;
         let uw = self.ela_reverse_scan(&pl.cv, &tio, m, rows, (n, t), causal)?;
-        let ((), forked) = self.fork_at(point, || self.ela_ext_sums(pl, &io, dims, ag, 0, bwd, &sums))?;
-        self.join(forked)?;
-        tio.ext = pl.ext(&sums, ag);
+        tio.ext = pl.ext(&sums, pre.ptr(), ag);
         let (dq, dk, dv) = (
             self.alloc(dtype, n * t * dims.d)?,
             self.alloc(dtype, n * t * dims.d)?,
