@@ -26,11 +26,11 @@ const EXT_THREADS: u32 = 256;
 
 /// Whether sum-sq, sub-sq and the blueprint take the Identity tiles with extra terms where they
 /// apply (f32 inputs; bf16 inputs with the signed kernels' bf16-operand opt-in), unless
-/// `ELA_CUDA_SIGNED_TILES` or [`with_signed_tiles`] says otherwise. On: their GPU tests passed
-/// (and both sanitizers, on an H200, 2026-12-07), and at B8 H16 T16k their fwd+bwd took 1.12-1.21x
-/// Hadamard Exp's time in f32 and 1.34-1.41x in bf16 on an H100, where the feature-map path took
+/// `ELA_CUDA_SIGNED_TILES` or [`with_signed_tiles`] says otherwise. On: their GPU tests and both
+/// sanitizers passed (H100, 2026-12-08), and at B8 H16 T16k their fwd+bwd took 1.17-1.21x
+/// Hadamard Exp's time in f32 and 1.25-1.33x in bf16 on an H100, where the feature-map path took
 /// 1.44-1.92x and 1.90-2.26x (H200), with errors of the same order (docs/benchmarks.md, "GPU ELA:
-/// the signed kernels on the Identity tiles", both rounds).
+/// the signed kernels on the Identity tiles", all rounds).
 pub const SIGNED_TILES_DEFAULT: bool = true;
 
 thread_local! {
