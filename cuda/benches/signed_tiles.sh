@@ -45,12 +45,13 @@ if [ -x $B/test-cuda_graph ]; then
 fi
 stamp "timings"
 # shellcheck disable=SC2086
-# (Each sweep took about 40 s on an H100, 2026-12-08: reserve 60, allow 90.)
-fits 60 && ELA_CUDA_SIGNED_TILES=1 ELA_CUDA_SIGNED_BF16=1 timeout 90 $B/ela_gpu kernel=hadamard-exp \
+# (On an H100, 2026-12-08, this sweep took about 40 s; the base build's (44503cd, 4 kernels) did
+# not finish in 60 s.)
+fits 60 && ELA_CUDA_SIGNED_TILES=1 ELA_CUDA_SIGNED_BF16=1 timeout 120 $B/ela_gpu kernel=hadamard-exp \
   kernel=identity $K T=16384 >"$OUT/signed_tiles.md" 2>&1
 # ...and an earlier build's (.gpu/bin/ela_gpu_base, when bundled) right after, for an A/B in one call.
 # shellcheck disable=SC2086
-[ -x $B/ela_gpu_base ] && fits 60 && ELA_CUDA_SIGNED_TILES=1 ELA_CUDA_SIGNED_BF16=1 timeout 90 $B/ela_gpu_base \
+[ -x $B/ela_gpu_base ] && fits 100 && ELA_CUDA_SIGNED_TILES=1 ELA_CUDA_SIGNED_BF16=1 timeout 150 $B/ela_gpu_base \
   kernel=hadamard-exp $K T=16384 >"$OUT/signed_tiles_base.md" 2>&1
 [ -z "${NOPROF:-}" ] && fits 40 && ELA_CUDA_PROFILE=1 ELA_CUDA_SIGNED_TILES=1 timeout 40 $B/ela_gpu kernel=sum-sq-euclid \
   "d=64 f32 T=16384" >"$OUT/signed_profile.log" 2>&1
