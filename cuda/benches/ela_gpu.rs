@@ -13,7 +13,9 @@
 //!
 //! Run on the GPU machine: `ela_gpu [filters]`, e.g. `ela_gpu d=64 bf16`; a filter keeps the rows
 //! whose label (`kernel=K d=D dtype T=T`) contains it. `ELA_GPU_D=32,96` measures those head
-//! sizes instead of 64 and 128; `ELA_GPU_BH=4x16` other batch and head counts (the scans split
+//! sizes instead of 64 and 128; `ELA_GPU_DV=64` gives `v` (and `y`, `dy`) that width instead of
+//! D's (e.g. a user feature map of width 66 on 64-wide values: `ELA_GPU_D=66 ELA_GPU_DV=64
+//! kernel=identity`; the D column then reads `66/64`); `ELA_GPU_BH=4x16` other batch and head counts (the scans split
 //! their walks into runs when the sequences alone do not fill the GPU); `ELA_GPU_SCAN_RUNS=K`
 //! forces K runs (1: one walk per sequence, as before the split); `ELA_CUDA_MINB=out=2` (and
 //! `scan=`, `bwd=`) compiles the chunked kernels for other blocks per multiprocessor. Prints a
@@ -72,8 +74,12 @@ fn run() -> Result<()> {
         Ok(v) => v.split(',').map(|x| x.trim().parse().expect("ELA_GPU_D: comma-separated head sizes")).collect(),
         Err(_) => vec![64, 128],
     };
+    let value_width: Option<usize> =
+        std::env::var("ELA_GPU_DV").ok().map(|v| v.trim().parse().expect("ELA_GPU_DV: a value width"));
     for (kernel, d) in kernels.iter().flat_map(|&k| sizes.iter().map(move |&d| (k, d))) {
         let p = ElaParams::causal(kernel);
+        let dv = value_width.unwrap_or(d);
+        let width = if dv == d { d.to_string() } else { format!("{d}/{dv}") };
         for dtype in [DType::BF16, DType::F32] {
             let tag = format!("kernel={kernel} d={d} {dtype:?}").to_lowercase();
             if !TS.iter().any(|t| selected(&format!("{tag} T={t}"))) {
@@ -92,8 +98,8 @@ fn run() -> Result<()> {
             let base = [
                 rand_tensor(&dev, &[b, h, tmax, d], qr.0, qr.1, 1, dtype)?,
                 rand_tensor(&dev, &[b, h, tmax, d], kr.0, kr.1, 2, dtype)?,
-                rand_tensor(&dev, &[b, h, tmax, d], -s3, s3, 3, dtype)?,
-                rand_tensor(&dev, &[b, h, tmax, d], -s3, s3, 4, dtype)?,
+                rand_tensor(&dev, &[b, h, tmax, dv], -s3, s3, 3, dtype)?,
+                rand_tensor(&dev, &[b, h, tmax, dv], -s3, s3, 4, dtype)?,
             ];
             for t in TS {
                 let label = format!("{tag} T={t}");
@@ -119,9 +125,9 @@ fn run() -> Result<()> {
                     }
                 }
                 // The checked run: outputs in NaN-filled blocks, sequence 0 against f64 on the CPU.
-                poison(&dev, b * h * t * d, dtype, 4)?;
+                poison(&dev, b * h * t * d.max(dv), dtype, 4)?;
                 let (y, saved) = q.ela_saving(&k, &v, &p)?;
-                poison(&dev, b * h * t * d, dtype, 4)?;
+                poison(&dev, b * h * t * d.max(dv), dtype, 4)?;
                 let (dq, dk, dv) = Tensor::ela_backward_saved(&q, &k, &v, &y, &dy, &p, saved.as_ref())?;
                 drop(saved);
                 let (q0, k0, v0, dy0) = (seq0(&q)?, seq0(&k)?, seq0(&v)?, seq0(&dy)?);
@@ -135,11 +141,12 @@ fn run() -> Result<()> {
                 // Every element written and finite: a NaN or inf anywhere makes the sum non-finite.
                 let mut all_finite = true;
                 for x in [&y, &dq, &dk, &dv] {
-                    let rows = x.to_dtype(DType::F32)?.reshape([b * h, t * d])?.sum(1, false)?;
+                    let w = x.dims()[3];
+                    let rows = x.to_dtype(DType::F32)?.reshape([b * h, t * w])?.sum(1, false)?;
                     all_finite &= rows.sum_all()?.to_scalar()?.is_finite();
                 }
                 println!(
-                    "| {kernel} | {d} | {} | {t} | {:.3} | {:.3} | {ey:.1e} | {eg:.1e}{} |",
+                    "| {kernel} | {width} | {} | {t} | {:.3} | {:.3} | {ey:.1e} | {eg:.1e}{} |",
                     format!("{dtype:?}").to_lowercase(),
                     median(fwd),
                     median(both),
