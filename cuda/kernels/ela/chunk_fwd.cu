@@ -628,7 +628,10 @@ __device__ __forceinline__ void scan_walk(const ST* x, const ST* val, MT* slot_s
         }
 #if ELA_FMAP == 2
         // The chunks' own sums for the signed kernels, from the tiles the products have just
-        // read (they stay until the next step's first barrier); off the walk's chain.
+        // read (they stay until the next step's first barrier). The state does not depend on
+        // them, but the next step's barriers wait for them: measured on an H100 they add 0.1-0.2 ms
+        // to a bf16 D = 64 walk and 1.0-1.2 ms to an f32 D = 128 one (docs/benchmarks.md, "third
+        // round").
         if (EXT) {
             int nrows[P];
 #pragma unroll
